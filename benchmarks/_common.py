@@ -1,0 +1,131 @@
+"""Shared helpers for the benchmark scripts: machine/version info, timing, result files."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+
+
+def _version(module: str) -> str | None:
+    try:
+        mod = __import__(module)
+    except Exception:
+        return None
+    return getattr(mod, "__version__", "unknown")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """Machine, library versions and date, recorded with every result file."""
+    info: dict[str, Any] = {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "hostname_hash": hex(abs(hash(platform.node())) % (1 << 32)),
+        "platform": platform.platform(),
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "versions": {
+            name: _version(name)
+            for name in ("dcpe", "numpy", "scipy", "sklearn", "fastcluster", "torch", "triton")
+        },
+    }
+    try:
+        pages = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        info["memory_gib"] = round(pages / 2**30, 1)
+    except (ValueError, OSError):
+        pass
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name(0)
+            info["cuda"] = torch.version.cuda
+    except Exception:
+        pass
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, cwd=Path(__file__).parent, timeout=5)
+        if out.returncode == 0:
+            info["commit"] = out.stdout.strip()
+    except Exception:
+        pass
+    return info
+
+
+def time_call(fn: Callable[[], Any], repeats: int = 3, warmup: int = 0) -> dict[str, Any]:
+    """Wall-clock seconds of ``fn()`` over ``repeats`` runs (after ``warmup``), with median."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times),
+            "runs": times}
+
+
+def fit_power_law(ns: list[int], seconds: list[float]) -> tuple[float, float]:
+    """Least-squares fit of ``t = c * n**p`` in log space; returns ``(p, c)``."""
+    xs = [math.log(n) for n in ns]
+    ys = [math.log(max(t, 1e-9)) for t in seconds]
+    mx, my = statistics.fmean(xs), statistics.fmean(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    p = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sxx if sxx > 0 else float("nan")
+    c = math.exp(my - p * mx)
+    return p, c
+
+
+def fmt_seconds(t: float | None) -> str:
+    if t is None or (isinstance(t, float) and math.isnan(t)):
+        return "—"
+    if t < 1e-3:
+        return f"{t * 1e6:.0f} µs"
+    if t < 1:
+        return f"{t * 1e3:.1f} ms"
+    if t < 120:
+        return f"{t:.2f} s"
+    if t < 7200:
+        return f"{t / 60:.1f} min"
+    return f"{t / 3600:.1f} h"
+
+
+def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
+    for row in rows:
+        lines.append("| " + " | ".join(str(c) for c in row) + " |")
+    return "\n".join(lines)
+
+
+def write_results(name: str, payload: dict[str, Any], markdown: str,
+                  out_dir: Path | str | None = None) -> tuple[Path, Path]:
+    """Write ``<name>.json`` and ``<name>.md`` atomically into ``out_dir`` (default results/)."""
+    out = Path(out_dir) if out_dir is not None else RESULTS_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    jpath, mpath = out / f"{name}.json", out / f"{name}.md"
+    for path, text in ((jpath, json.dumps(payload, indent=2, default=str) + "\n"),
+                       (mpath, markdown.rstrip() + "\n")):
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return jpath, mpath

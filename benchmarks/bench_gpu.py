@@ -1,0 +1,312 @@
+"""GPU benchmark: tensor on the GPU -> canonical labels on the GPU, k = N/2, d = 8.
+
+Providers (``PROVIDERS``) are dcpe backends called through ``dcpe.cluster(x, k,
+backend=...)``:
+
+* ``cuda``   — CUDA C++ kernels, reciprocal-nearest-neighbour rounds;
+* ``triton`` — Triton kernels, same engine;
+* ``torch``  — the paper's Algorithm 1 in PyTorch (one merge per step, O(N^3)), the
+  published baseline.  It is timed at small N only (``--torch-sizes``, each run capped by
+  ``--torch-budget`` seconds) and extrapolated to larger N with a fitted power law
+  ``t = c N^p``; extrapolated figures are marked as such.
+
+Data: N <= 16384 uses the built-in sample codebook (``dcpe.datasets.sample_codebook()``,
+16384 x 8, L2-normalised); larger N uses the same generator at the largest requested N
+(``dcpe.datasets.make_sample_codebook(n=max(N))``) and every smaller size above 16384 is a
+prefix of it, so "labels at N = 65536 on the prefix of the 131072 data" is checked against
+the ``cpu`` backend at 65536.
+
+Timing: one warm-up call (Triton compilation, allocator), then ``--repeats`` calls timed
+with CUDA events (wall clock on CPU), median reported.  Peak memory: the peak of
+``torch.cuda.max_memory_allocated`` during one call minus the memory held before it.  The
+CUDA extension allocates no device memory of its own (all buffers are PyTorch tensors
+handed to it as pointers), and Triton kernels allocate none, so this is the whole device
+footprint apart from the CUDA context.
+
+Smoke test without a GPU::
+
+    TRITON_INTERPRET=1 python benchmarks/bench_gpu.py --device cpu --sizes 256 --out /tmp/b
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import (  # noqa: E402
+    fit_power_law,
+    fmt_seconds,
+    machine_info,
+    markdown_table,
+    write_results,
+)
+
+PROVIDERS = ["cuda", "triton", "torch"]
+DEFAULT_SIZES = [4096, 16384, 65536, 131072]
+DEFAULT_TORCH_SIZES = [1024, 2048, 4096]
+D = 8
+
+
+def make_data(sizes: list[int]) -> dict[int, np.ndarray]:
+    """``{N: (N, 8) float32}``; see the module docstring for the data used."""
+    import dcpe.datasets as ds
+
+    out: dict[int, np.ndarray] = {}
+    sample = ds.sample_codebook()
+    big = [n for n in sizes if n > len(sample)]
+    large = ds.make_sample_codebook(n=max(big), d=D) if big else None
+    for n in sizes:
+        out[n] = sample[:n] if n <= len(sample) else large[:n]
+    return out
+
+
+def cluster_fn(provider: str) -> Callable[[Any, int], Any]:
+    """``f(x, k) -> labels`` through the public API ``dcpe.cluster``.
+
+    Falls back to the backend module (``labels``, else ``linkage`` + cut) when the
+    installed package has no ``dcpe.cluster``.
+    """
+    import dcpe
+
+    if hasattr(dcpe, "cluster"):
+        def run(x: Any, k: int) -> Any:
+            return dcpe.cluster(x, k, backend=provider)
+
+        return run
+    from dcpe import backends
+
+    mod = backends.get(provider)
+    kw = {"method": "average", "metric": "euclidean", "max_cluster_size": None}
+
+    def run_module(x: Any, k: int) -> Any:
+        if hasattr(mod, "labels"):
+            return mod.labels(x, k, **kw)
+        return _cut(mod.linkage(x, **kw), len(x), k)
+
+    return run_module
+
+
+def _cut(z: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Canonical labels after the first ``n - k`` merges of ``z``."""
+    parent = np.arange(2 * n)
+
+    def root(t: int) -> int:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for i, row in enumerate(np.asarray(z)[: n - k]):
+        parent[root(int(row[0]))] = n + i
+        parent[root(int(row[1]))] = n + i
+    roots = np.array([root(t) for t in range(n)])
+    _, first, inv = np.unique(roots, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inv.ravel()]
+
+
+def provider_status(provider: str, device: str) -> tuple[bool, str]:
+    from dcpe import backends
+
+    try:
+        ok, why = backends.get(provider).available()
+    except Exception as exc:  # import failure is a reason
+        return False, f"{type(exc).__name__}: {exc}"
+    if ok and device == "cpu" and provider == "cuda":
+        return False, "needs a CUDA device"
+    return ok, why
+
+
+def time_gpu(fn: Callable[[], Any], repeats: int, device: str,
+             budget_s: float = math.inf) -> dict[str, Any]:
+    """Median of ``repeats`` timed calls after one warm-up; peak memory of one call."""
+    import torch
+
+    cuda = device == "cuda"
+
+    def once() -> tuple[float, Any]:
+        if cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(
+                enable_timing=True)
+            torch.cuda.synchronize()
+            start.record()
+            out = fn()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3, out
+        t0 = time.perf_counter()
+        out = fn()
+        return time.perf_counter() - t0, out
+
+    t_warm, out = once()
+    peak = None
+    if cuda:
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        t_first, out = once()
+        peak = torch.cuda.max_memory_allocated() - base
+        times = [t_first]
+    else:
+        times = []
+    while len(times) < repeats and sum(times) + t_warm < budget_s:
+        t, out = once()
+        times.append(t)
+    if not times:
+        times = [t_warm]
+    return {"median_s": statistics.median(times), "min_s": min(times), "runs": times,
+            "warmup_s": t_warm, "peak_bytes": peak, "labels": out}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
+    ap.add_argument("--providers", nargs="+", default=PROVIDERS, choices=PROVIDERS)
+    ap.add_argument("--torch-sizes", type=int, nargs="+", default=DEFAULT_TORCH_SIZES,
+                    help="N at which the torch baseline is measured (then extrapolated)")
+    ap.add_argument("--torch-budget", type=float, default=60.0,
+                    help="seconds of torch-baseline runs per size before stopping")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--check-n", type=int, default=65536,
+                    help="N at which labels are compared with the cpu backend (0: none)")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                    help="cpu runs the Triton kernels under TRITON_INTERPRET=1 (smoke test)")
+    ap.add_argument("--name", default="gpu-h200", help="result file stem")
+    ap.add_argument("--out", default=None, help="output directory (default results/)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="tiny sizes, 1 repeat: checks that everything runs")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.dry_run:
+        args.sizes = [min(n, 256) for n in args.sizes][:1] if device == "cpu" else [1024]
+        args.torch_sizes = [64, 128]
+        args.repeats = 1
+        args.check_n = args.sizes[0]
+    sizes = sorted(set(args.sizes))
+    check_n = args.check_n if args.check_n and args.check_n <= max(sizes) else 0
+    data = make_data(sorted(set(sizes) | ({check_n} if check_n else set())))
+    torch_sizes = sorted(set(args.torch_sizes))
+
+    status = {p: provider_status(p, device) for p in args.providers}
+    print(f"device={device} sizes={sizes} providers={status}", flush=True)
+    rows: list[dict[str, Any]] = []
+    labels_at: dict[tuple[str, int], Any] = {}
+
+    for provider in args.providers:
+        ok, why = status[provider]
+        if not ok:
+            rows.append({"provider": provider, "n": None, "skipped": why})
+            continue
+        fn = cluster_fn(provider)
+        ns = torch_sizes if provider == "torch" else sizes
+        for n in ns:
+            x_np = data[n] if n in data else make_data([n])[n]
+            x = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
+            k = n // 2
+            budget = args.torch_budget if provider == "torch" else math.inf
+            try:
+                res = time_gpu(lambda x=x, k=k, fn=fn: fn(x, k), args.repeats, device,
+                               budget)
+            except Exception as exc:
+                rows.append({"provider": provider, "n": n,
+                             "error": f"{type(exc).__name__}: {exc}"})
+                print(f"{provider:7s} N={n:7d} ERROR {exc}", flush=True)
+                continue
+            lab = res.pop("labels")
+            if n == check_n and provider != "torch":
+                labels_at[(provider, n)] = lab.cpu().numpy()
+            rows.append({"provider": provider, "n": n, "k": k, **res})
+            print(f"{provider:7s} N={n:7d} median {fmt_seconds(res['median_s'])} "
+                  f"peak {res['peak_bytes']}", flush=True)
+            del x, lab
+            if device == "cuda":
+                torch.cuda.empty_cache()
+            if provider == "torch" and res["warmup_s"] > args.torch_budget:
+                break
+
+    # torch baseline: power law through the measured points
+    tpts = [(r["n"], r["median_s"]) for r in rows
+            if r["provider"] == "torch" and "median_s" in r]
+    fit = None
+    if len(tpts) >= 2:
+        p, c = fit_power_law([n for n, _ in tpts], [t for _, t in tpts])
+        fit = {"exponent": p, "coefficient": c, "points": tpts}
+
+    def torch_time(n: int) -> tuple[float | None, bool]:
+        for m, t in tpts:
+            if m == n:
+                return t, False
+        if fit is None:
+            return None, False
+        return fit["coefficient"] * n ** fit["exponent"], True
+
+    # agreement with the cpu backend at check_n (data prefix)
+    check: dict[str, Any] = {"n": check_n}
+    if check_n and labels_at:
+        try:
+            t0 = time.perf_counter()
+            ref = np.asarray(cluster_fn("cpu")(data[check_n], check_n // 2))
+            check["cpu_seconds"] = time.perf_counter() - t0
+            for (provider, _), lab in labels_at.items():
+                check[provider] = {"identical": bool(np.array_equal(lab, ref)),
+                                   "tokens_differing": int(np.count_nonzero(lab != ref))}
+        except Exception as exc:
+            check["error"] = f"{type(exc).__name__}: {exc}"
+
+    # markdown
+    table = []
+    for r in rows:
+        if r.get("n") is None or "median_s" not in r:
+            table.append([r["provider"], r.get("n") or "—", "—", "—", "—",
+                          r.get("skipped") or r.get("error", "")])
+            continue
+        tt, extrap = torch_time(r["n"])
+        ratio = "—"
+        if tt is not None and r["provider"] != "torch":
+            ratio = f"{tt / r['median_s']:.3g}x" + (" (vs extrapolated)" if extrap else "")
+        peak = r["peak_bytes"]
+        table.append([r["provider"], r["n"], fmt_seconds(r["median_s"]),
+                      fmt_seconds(r["min_s"]),
+                      "—" if peak is None else f"{peak / 2**30:.2f} GiB", ratio])
+    for n in sizes:
+        tt, extrap = torch_time(n)
+        if extrap and tt is not None:
+            table.append(["torch (extrapolated)", n, fmt_seconds(tt), "—", "—", "fit"])
+    md = [f"# dcpe GPU benchmark ({device})", "",
+          f"Tensor on the {device} to canonical labels on the {device}, d = {D}, k = N/2; "
+          f"median of {args.repeats} after a warm-up.", "",
+          markdown_table(["provider", "N", "median", "min", "peak memory",
+                          "speed-up vs torch"], table), ""]
+    if fit is not None:
+        md.append(f"torch (Algorithm 1) fit: t = {fit['coefficient']:.3g} * N^"
+                  f"{fit['exponent']:.2f} s from N = {[n for n, _ in tpts]}.")
+    if check_n:
+        md.append(f"Labels vs cpu at N = {check_n} (prefix of the largest data set): "
+                  f"{ {k: v for k, v in check.items() if k != 'n'} }.")
+    md.append("Peak memory: torch.cuda.max_memory_allocated during one call, minus memory "
+              "held before; the CUDA extension allocates no device memory itself.")
+    payload = {"machine": machine_info(), "device": device, "d": D, "sizes": sizes,
+               "providers": status, "results": rows, "torch_fit": fit, "cpu_check": check,
+               "repeats": args.repeats}
+    jpath, mpath = write_results(args.name, payload, "\n".join(md), args.out)
+    print("\n".join(md))
+    print(f"wrote {jpath} and {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Device check for the GPU backends (cuda, triton), run from the repository root on the
+# GPU machine (no internet): build, GPU tests, benchmark.  Logs and results go to $OUT
+# (default ./out).  Budget: well under 10 minutes (build ~2 min, tests ~2 min, bench ~4).
+set -euo pipefail
+
+OUT="${OUT:-./out}"
+mkdir -p "$OUT"
+unset TRITON_INTERPRET || true
+export DCPE_BUILD_JOBS="${DCPE_BUILD_JOBS:-16}"
+export DCPE_CUDA_ARCHS="${DCPE_CUDA_ARCHS:-90}"
+
+{
+  echo "== $(date -u +%FT%TZ) environment"
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
+  python -c "import torch, sys; print(sys.version); print('torch', torch.__version__, \
+'cuda', torch.version.cuda, torch.cuda.is_available())"
+  python -c "import triton; print('triton', triton.__version__)" || true
+} 2>&1 | tee "$OUT/env.log"
+
+echo "== build" | tee "$OUT/build.log"
+timeout 300 pip install --no-build-isolation --no-deps -e . >>"$OUT/build.log" 2>&1 \
+  || { tail -50 "$OUT/build.log"; exit 1; }
+python -c "import dcpe, dcpe._C as C; print('has_cuda', C.has_cuda); \
+print(dcpe.backends.status())" 2>&1 | tee -a "$OUT/build.log"
+
+echo "== tests" | tee "$OUT/tests.log"
+status=0
+timeout 240 python -m pytest tests/test_cuda.py tests/test_triton.py -q -rs \
+  --durations=15 2>&1 | tee -a "$OUT/tests.log" || status=$?
+
+echo "== benchmark" | tee "$OUT/bench.log"
+timeout 330 python benchmarks/bench_gpu.py --out "$OUT" 2>&1 | tee -a "$OUT/bench.log" \
+  || status=$?
+exit "$status"

@@ -1,0 +1,35 @@
+// The dcpe._C extension module.
+
+#include <omp.h>
+#include <pybind11/pybind11.h>
+
+#include "linkage.h"
+
+#ifdef DCPE_WITH_CUDA
+#include "cuda/cuda_ops.h"
+#endif
+
+namespace py = pybind11;
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "dcpe compiled kernels (C++ CPU engine; CUDA kernels when built with nvcc)";
+  m.attr("__version__") = DCPE_VERSION;
+  m.def("linkage_cpu", &dcpe::linkage_cpu, py::arg("x"), py::arg("method") = "average",
+        py::arg("metric") = "euclidean", py::arg("max_cluster_size") = 0,
+        py::arg("num_threads") = 0,
+        "Exact agglomerative clustering of the rows of x; returns the SciPy linkage matrix "
+        "(m, 4) in greedy order.");
+  m.def("cut_cpu", &dcpe::cut_cpu, py::arg("Z"), py::arg("n"), py::arg("n_clusters"),
+        "Canonical labels after the first min(m, n - n_clusters) merges of Z.");
+  m.def("workspace_bytes_cpu", &dcpe::workspace_bytes_cpu, py::arg("n"), py::arg("d"),
+        py::arg("method"), py::arg("elem_size"), py::arg("num_threads") = 0,
+        "Bytes of working memory linkage_cpu allocates for this problem.");
+  m.def("max_threads", []() { return omp_get_max_threads(); },
+        "Number of OpenMP threads used by default.");
+#ifdef DCPE_WITH_CUDA
+  m.attr("has_cuda") = true;
+  dcpe_register_cuda(m);
+#else
+  m.attr("has_cuda") = false;
+#endif
+}

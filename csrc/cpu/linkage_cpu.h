@@ -1,0 +1,65 @@
+// C++ CPU engine of dcpe: exact agglomerative clustering in O(N^2) time.
+//
+// Algorithms (see the .cpp files for details):
+//  * reducible linkages (average = DCPE, single, complete, weighted), optional size cap:
+//    reciprocal-nearest-neighbour rounds on a condensed (lower-triangular) float32/float64
+//    distance matrix, each round one streaming pass (Lance–Williams merge + in-place
+//    compaction + nearest-neighbour search), finishing with a nearest-neighbour chain when
+//    rounds stop paying off [Murtagh 1983, "A survey of recent advances in hierarchical
+//    clustering algorithms"; Müllner 2011, arXiv:1109.2378, section 3.3].
+//  * centroid (not reducible): the generic greedy algorithm with cached row minima
+//    [Müllner 2011, section 3.1] on cluster centroids, no matrix.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace dcpe {
+
+enum class Method { Average, Single, Complete, Weighted, Centroid };
+enum class Metric { Euclidean, SqEuclidean, Cosine };
+
+Method parse_method(const std::string& name);
+Metric parse_metric(const std::string& name);
+
+// One merge as found by an engine. a and b are the clusters' representatives (their
+// smallest token index); order_key orders merges into greedy order (for monotone linkages
+// the height made monotone up the tree, for centroid the discovery index).
+struct Merge {
+  int64_t a, b;
+  double height;
+  double order_key;
+  int64_t size;
+};
+
+struct RunOptions {
+  Method method = Method::Average;
+  Metric metric = Metric::Euclidean;
+  int64_t max_cluster_size = 0;  // 0: no cap
+  int num_threads = 0;           // 0: OpenMP default (OMP_NUM_THREADS or all cores)
+  // Polled from the calling thread between blocks of work; returns true to stop.
+  std::function<bool()> interrupted;
+};
+
+// Reducible linkages on a condensed distance matrix of element type T.
+template <typename T>
+std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt);
+
+// Centroid linkage on centroids (Euclidean only).
+template <typename T>
+std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt);
+
+// Bytes of working memory the engine allocates for a problem of this size.
+std::size_t workspace_bytes(int64_t n, int64_t d, Method method, std::size_t elem_size,
+                            int num_threads);
+
+// Merges (any order) -> rows of a SciPy linkage matrix in greedy order, row-major (m x 4).
+std::vector<double> merges_to_z(int64_t n, std::vector<Merge> merges);
+
+// Apply the first min(m, n - k) rows of Z; canonical labels (0.. in order of first token).
+std::vector<int64_t> cut_tree(const double* z, int64_t m, int64_t n, int64_t k);
+
+}  // namespace dcpe

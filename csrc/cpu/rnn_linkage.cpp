@@ -1,0 +1,516 @@
+// Exact agglomerative clustering for reducible linkages (average = DCPE, single, complete,
+// weighted), with an optional cluster-size cap.
+//
+// Algorithm: reciprocal-nearest-neighbour (RNN) rounds [Murtagh 1983; Müllner 2011,
+// arXiv:1109.2378] on a condensed lower-triangular distance matrix.
+//
+// A linkage is reducible when d(A ∪ B, C) >= min(d(A, C), d(B, C)). Then a pair of active
+// clusters that are each other's nearest neighbour is merged by the greedy algorithm too,
+// whatever else is merged first: no later cluster comes closer to either of them. So every
+// RNN pair of a round can be merged at once, and sorting all merges by height gives the
+// greedy order. The size cap keeps this true: a frozen cluster only leaves the matrix,
+// which never brings two clusters closer.
+//
+// One round is one streaming pass over the matrix: the merged distances (Lance–Williams,
+// with up to two merged clusters on each side, e.g. for average linkage
+//   d(A1 ∪ A2, C1 ∪ C2) = Σ_ij |Ai||Cj| d(Ai, Cj) / (|A||C|)),
+// the compaction of the matrix in place (a merged cluster keeps the smaller slot, so slot
+// order stays the order of the clusters' smallest token index), and the nearest neighbour
+// of every cluster for the next round. Rows are processed in blocks: a block's new rows are
+// written to a small buffer and copied into place after the block, so the threads never
+// overwrite a row another thread still reads. When a round merges few pairs, the remaining
+// clusters are finished by the nearest-neighbour chain algorithm on the same matrix.
+//
+// Ties: nearest neighbours are chosen by (distance, slot) lexicographically, a strict total
+// order on pairs, so at least one RNN pair exists in every round and the result does not
+// depend on the number of threads.
+
+#include <omp.h>
+#include <sys/mman.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <cstring>
+#include <limits>
+#include <memory>
+#include <new>
+
+#include "cpu/linkage_cpu.h"
+#include "macros.h"
+
+namespace dcpe {
+namespace {
+
+constexpr std::size_t kBlockElems = std::size_t(1) << 20;  // elements per block buffer
+constexpr std::size_t kDirectElems = std::size_t(1) << 23;  // elements per in-place block
+
+inline std::size_t tri(int64_t i) {  // start of row i of the condensed lower triangle
+  return static_cast<std::size_t>(i) * static_cast<std::size_t>(i - 1) / 2;
+}
+
+template <typename T>
+class TriMatrix {
+ public:
+  explicit TriMatrix(int64_t n) {
+    const std::size_t count = n > 1 ? tri(n) : 1;
+    const std::size_t align = std::size_t(1) << 21;
+    bytes_ = (count * sizeof(T) + align - 1) / align * align;
+    data_ = static_cast<T*>(std::aligned_alloc(align, bytes_));
+    if (data_ == nullptr) throw std::bad_alloc();
+    madvise(data_, bytes_, MADV_HUGEPAGE);  // advice only; failure is harmless
+  }
+  ~TriMatrix() { std::free(data_); }
+  TriMatrix(const TriMatrix&) = delete;
+  TriMatrix& operator=(const TriMatrix&) = delete;
+  T* data() { return data_; }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t bytes_ = 0;
+};
+
+// Lance–Williams combination of the distances of two merged clusters to a third.
+template <typename T>
+struct WeightedMean {  // average (weights = size fractions) and weighted (1/2, 1/2)
+  static T apply(T a, T b, T wa, T wb) { return wa * a + wb * b; }
+};
+template <typename T>
+struct Minimum {
+  static T apply(T a, T b, T, T) { return a < b ? a : b; }
+};
+template <typename T>
+struct Maximum {
+  static T apply(T a, T b, T, T) { return a < b ? b : a; }
+};
+
+template <typename T>
+struct Best {
+  T v;
+  int32_t i;
+};
+
+template <typename T>
+inline bool better(T v1, int32_t i1, T v2, int32_t i2) {
+  return v1 < v2 || (v1 == v2 && i1 < i2);
+}
+
+inline int resolve_threads(int requested) {
+  return requested > 0 ? requested : std::max(1, omp_get_max_threads());
+}
+
+inline void poll(const RunOptions& opt) {
+  if (opt.interrupted && opt.interrupted()) throw Interrupted();
+}
+
+// Per-thread running column minima, merged in thread order (deterministic).
+template <typename T>
+struct ColumnMinima {
+  ColumnMinima(int threads, int64_t n) : v(threads), i(threads) {
+    for (int t = 0; t < threads; ++t) {
+      v[t].assign(n, std::numeric_limits<T>::infinity());
+      i[t].assign(n, -1);
+    }
+  }
+  void reset(int64_t n) {
+    for (std::size_t t = 0; t < v.size(); ++t) {
+      std::fill(v[t].begin(), v[t].begin() + n, std::numeric_limits<T>::infinity());
+      std::fill(i[t].begin(), i[t].begin() + n, -1);
+    }
+  }
+  // Row `row` of values `vals` (length `len` = row) contributes to columns 0..len-1 and
+  // returns the row's own minimum (smallest column on ties). The loops are kept simple
+  // enough for the compiler to vectorise without fast-math.
+  Best<T> update(int tid, const T* __restrict vals, int64_t len, int32_t row) {
+    T* __restrict cv = v[tid].data();
+    int32_t* __restrict ci = i[tid].data();
+    for (int64_t y = 0; y < len; ++y) {
+      const T val = vals[y];
+      const T c = cv[y];
+      const bool u = val < c;
+      cv[y] = u ? val : c;
+      ci[y] = u ? row : ci[y];
+    }
+    constexpr int kLanes = 8;
+    T lanes[kLanes];
+    for (int l = 0; l < kLanes; ++l) lanes[l] = std::numeric_limits<T>::infinity();
+    int64_t y = 0;
+    for (; y + kLanes <= len; y += kLanes) {
+      for (int l = 0; l < kLanes; ++l) {
+        const T val = vals[y + l];
+        lanes[l] = val < lanes[l] ? val : lanes[l];
+      }
+    }
+    T bv = std::numeric_limits<T>::infinity();
+    for (int l = 0; l < kLanes; ++l) bv = lanes[l] < bv ? lanes[l] : bv;
+    for (; y < len; ++y) bv = vals[y] < bv ? vals[y] : bv;
+    for (int64_t t = 0; t < len; ++t) {
+      if (vals[t] == bv) return {bv, static_cast<int32_t>(t)};
+    }
+    return {bv, len > 0 ? 0 : -1};  // len == 0, or NaN values (inputs are finite)
+  }
+  std::vector<std::vector<T>> v;
+  std::vector<std::vector<int32_t>> i;
+};
+
+template <typename T>
+void finish_nn(const std::vector<Best<T>>& rowbest, const ColumnMinima<T>& cols, int64_t n,
+               std::vector<T>& nnv, std::vector<int32_t>& nni) {
+  for (int64_t y = 0; y < n; ++y) {
+    T bv = std::numeric_limits<T>::infinity();
+    int32_t bi = -1;
+    for (std::size_t t = 0; t < cols.v.size(); ++t) {
+      if (cols.i[t][y] >= 0 && (bi < 0 || better(cols.v[t][y], cols.i[t][y], bv, bi))) {
+        bv = cols.v[t][y];
+        bi = cols.i[t][y];
+      }
+    }
+    // Row entries are to smaller slots, so they win ties against column entries.
+    if (rowbest[y].i >= 0 && (bi < 0 || rowbest[y].v <= bv)) {
+      bv = rowbest[y].v;
+      bi = rowbest[y].i;
+    }
+    nnv[y] = bv;
+    nni[y] = bi;
+  }
+}
+
+// Condensed distance matrix of the rows of x, and every row's nearest neighbour.
+template <typename T>
+void compute_distances(const T* x, int64_t n, int64_t d, Metric metric, T* D, int threads,
+                       const RunOptions& opt, std::vector<T>& nnv, std::vector<int32_t>& nni) {
+  // Coordinates transposed (d x n) so the inner loop runs over contiguous tokens. Cosine
+  // distance of unit vectors is |u - v|^2 / 2, computed from differences (no cancellation).
+  std::vector<T> xt(static_cast<std::size_t>(d) * n);
+  for (int64_t i = 0; i < n; ++i) {
+    double scale = 1.0;
+    if (metric == Metric::Cosine) {
+      double s = 0.0;
+      for (int64_t k = 0; k < d; ++k) s += double(x[i * d + k]) * double(x[i * d + k]);
+      DCPE_CHECK(s > 0.0, "cosine distance is undefined for the zero vector in row ", i);
+      scale = 1.0 / std::sqrt(s);
+    }
+    for (int64_t k = 0; k < d; ++k) xt[k * n + i] = static_cast<T>(double(x[i * d + k]) * scale);
+  }
+  ColumnMinima<T> cols(threads, n);
+  std::vector<Best<T>> rowbest(n, Best<T>{std::numeric_limits<T>::infinity(), -1});
+  int64_t lo = 0;
+  while (lo < n) {
+    int64_t hi = lo + 1;
+    while (hi < n && tri(hi + 1) - tri(lo) <= kBlockElems) ++hi;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 8)
+    for (int64_t i = lo; i < hi; ++i) {
+      T* row = D + tri(i);
+      {
+        const T* col = xt.data();
+        const T xi = col[i];
+        for (int64_t j = 0; j < i; ++j) {
+          const T t = col[j] - xi;
+          row[j] = t * t;
+        }
+      }
+      for (int64_t k = 1; k < d; ++k) {
+        const T* col = xt.data() + k * n;
+        const T xi = col[i];
+        for (int64_t j = 0; j < i; ++j) {
+          const T t = col[j] - xi;
+          row[j] += t * t;
+        }
+      }
+      if (metric == Metric::Euclidean) {
+        for (int64_t j = 0; j < i; ++j) row[j] = std::sqrt(row[j]);
+      } else if (metric == Metric::Cosine) {
+        for (int64_t j = 0; j < i; ++j) row[j] *= T(0.5);
+      }
+      rowbest[i] = cols.update(omp_get_thread_num(), row, i, static_cast<int32_t>(i));
+    }
+    poll(opt);
+    lo = hi;
+  }
+  finish_nn(rowbest, cols, n, nnv, nni);
+}
+
+// State of the active clusters, indexed by slot.
+struct Clusters {
+  std::vector<int64_t> size, rep;  // rep: smallest token index of the cluster
+  std::vector<double> adj;         // largest merge height inside the cluster (sort key)
+};
+
+template <typename T, typename Comb>
+class Engine {
+ public:
+  Engine(T* D, int64_t n, const RunOptions& opt, int threads)
+      : D_(D), n_(n), opt_(opt), threads_(threads) {}
+
+  // Reciprocal-nearest-neighbour rounds; returns when finished or handing over to the chain.
+  void rounds(Clusters& cl, std::vector<T>& nnv, std::vector<int32_t>& nni,
+              std::vector<Merge>& merges) {
+    const int64_t cap = opt_.max_cluster_size;
+    std::vector<int32_t> partner, newidx;
+    std::vector<int32_t> col_old, col_partner, mcols;
+    std::vector<T> w1, w2;
+    ColumnMinima<T> cols(threads_, n_);
+    std::vector<Best<T>> rowbest;
+    std::vector<T> block(std::min<std::size_t>(kBlockElems, std::max<std::size_t>(tri(n_), 1)) +
+                         static_cast<std::size_t>(n_));
+    std::vector<std::vector<T>> scratch(threads_, std::vector<T>(n_));
+    while (n_ >= 2) {
+      const int64_t n = n_;
+      partner.assign(n, -1);
+      int64_t n_pairs = 0;
+      for (int64_t x = 0; x < n; ++x) {
+        const int32_t y = nni[x];
+        if (y > x && nni[y] == x) {
+          partner[x] = y;
+          partner[y] = static_cast<int32_t>(x);
+          ++n_pairs;
+          const double h = static_cast<double>(nnv[x]);
+          merges.push_back({cl.rep[x], cl.rep[y], h, std::max({h, cl.adj[x], cl.adj[y]}),
+                            cl.size[x] + cl.size[y]});
+        }
+      }
+      if (n_pairs == 0) throw std::runtime_error("dcpe: internal error: no reciprocal pair");
+      // New slots: singles keep theirs (shifted); a pair keeps the smaller slot unless the
+      // merged cluster exceeds the cap, in which case both leave the matrix.
+      newidx.assign(n, -1);
+      col_old.clear();
+      col_partner.clear();
+      w1.clear();
+      w2.clear();
+      mcols.clear();
+      Clusters next;
+      for (int64_t x = 0; x < n; ++x) {
+        const int32_t p = partner[x];
+        if (p >= 0 && p < x) continue;  // second member of a pair
+        const int64_t sz = cl.size[x] + (p >= 0 ? cl.size[p] : 0);
+        if (p >= 0 && cap > 0 && sz > cap) continue;  // frozen
+        const int32_t X = static_cast<int32_t>(col_old.size());
+        newidx[x] = X;
+        col_old.push_back(static_cast<int32_t>(x));
+        col_partner.push_back(p);
+        if (p >= 0) {
+          const double a = double(cl.size[x]), b = double(cl.size[p]);
+          w1.push_back(static_cast<T>(weight_a(a, b)));
+          w2.push_back(static_cast<T>(weight_b(a, b)));
+          mcols.push_back(X);
+          next.adj.push_back(std::max({double(nnv[x]), cl.adj[x], cl.adj[p]}));
+        } else {
+          w1.push_back(T(1));
+          w2.push_back(T(0));
+          next.adj.push_back(cl.adj[x]);
+        }
+        next.size.push_back(sz);
+        next.rep.push_back(cl.rep[x]);
+      }
+      const int64_t m = static_cast<int64_t>(col_old.size());
+      if (m >= 2) {
+        compact(m, col_old, col_partner, w1, w2, mcols, cols, rowbest, block, scratch, nnv,
+                nni);
+      }
+      cl = std::move(next);
+      n_ = m;
+      poll(opt_);
+      if (n_ >= 2 && n_pairs * 16 < n) return;  // few merges per pass: finish by chain
+    }
+  }
+
+  // Nearest-neighbour chain on the current matrix (slots 0..n_-1).
+  void chain(Clusters& cl, std::vector<Merge>& merges) {
+    const int64_t n = n_;
+    const int64_t cap = opt_.max_cluster_size;
+    std::vector<char> active(n, 1);
+    int64_t n_active = n;
+    std::vector<int32_t> stack;
+    int64_t first = 0;
+    auto at = [this](int64_t i, int64_t j) -> T& {
+      return i > j ? D_[tri(i) + j] : D_[tri(j) + i];
+    };
+    int64_t steps = 0;
+    while (n_active >= 2) {
+      if ((++steps & 1023) == 0) poll(opt_);
+      if (stack.empty()) {
+        while (!active[first]) ++first;
+        stack.push_back(static_cast<int32_t>(first));
+      }
+      const int32_t t = stack.back();
+      const int32_t prev = stack.size() >= 2 ? stack[stack.size() - 2] : -1;
+      T bv = std::numeric_limits<T>::infinity();
+      int32_t bi = -1;
+      for (int64_t v = 0; v < n; ++v) {
+        if (!active[v] || v == t) continue;
+        const T val = at(t, v);
+        if (bi < 0 || val < bv) {
+          bv = val;
+          bi = static_cast<int32_t>(v);
+        }
+      }
+      if (bi != prev) {
+        stack.push_back(bi);
+        continue;
+      }
+      stack.pop_back();
+      stack.pop_back();
+      const int32_t a = std::min(t, prev), b = std::max(t, prev);
+      const double h = static_cast<double>(bv);
+      const int64_t sz = cl.size[a] + cl.size[b];
+      merges.push_back({cl.rep[a], cl.rep[b], h, std::max({h, cl.adj[a], cl.adj[b]}), sz});
+      const double fa = double(cl.size[a]), fb = double(cl.size[b]);
+      const T wa = static_cast<T>(weight_a(fa, fb)), wb = static_cast<T>(weight_b(fa, fb));
+      active[b] = 0;
+      --n_active;
+      cl.adj[a] = std::max({h, cl.adj[a], cl.adj[b]});
+      cl.size[a] = sz;
+      if (cap > 0 && sz > cap) {
+        active[a] = 0;
+        --n_active;
+        continue;
+      }
+      for (int64_t v = 0; v < n; ++v) {
+        if (!active[v] || v == a) continue;
+        T& dav = at(a, v);
+        dav = Comb::apply(dav, at(b, v), wa, wb);
+      }
+    }
+  }
+
+ private:
+  double weight_a(double a, double b) const {
+    return opt_.method == Method::Weighted ? 0.5 : a / (a + b);
+  }
+  double weight_b(double a, double b) const {
+    return opt_.method == Method::Weighted ? 0.5 : b / (a + b);
+  }
+
+  // One streaming pass: merged and compacted matrix of m clusters, and their nearest
+  // neighbours.
+  void compact(int64_t m, const std::vector<int32_t>& col_old,
+               const std::vector<int32_t>& col_partner, const std::vector<T>& w1,
+               const std::vector<T>& w2, const std::vector<int32_t>& mcols,
+               ColumnMinima<T>& cols, std::vector<Best<T>>& rowbest, std::vector<T>& block,
+               std::vector<std::vector<T>>& scratch, std::vector<T>& nnv,
+               std::vector<int32_t>& nni) {
+    T* const D = D_;
+    cols.reset(m);
+    rowbest.assign(m, Best<T>{std::numeric_limits<T>::infinity(), -1});
+    int64_t lo = 0;
+    while (lo < m) {
+      // A block's rows may be written in place when they end before the first old row the
+      // block reads (slot col_old[lo]); otherwise they go through the block buffer.
+      int64_t hi = lo + 1;
+      const bool direct = lo + 1 <= col_old[lo];
+      if (direct) {
+        while (hi < m && hi + 1 <= col_old[lo] && tri(hi + 1) - tri(lo) <= kDirectElems) ++hi;
+      } else {
+        while (hi < m && tri(hi + 1) - tri(lo) <= kBlockElems) ++hi;
+      }
+      T* const buf = direct ? D + tri(lo) : block.data();
+#pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
+      for (int64_t X = lo; X < hi; ++X) {
+        const int64_t x = col_old[X];
+        const int32_t x2 = col_partner[X];
+        T* out = buf + (tri(X) - tri(lo));
+        const int64_t n_merged =
+            std::lower_bound(mcols.begin(), mcols.end(), static_cast<int32_t>(X)) -
+            mcols.begin();
+        gather_row(D, x, X, col_old, col_partner, w1, w2, mcols.data(), n_merged, out);
+        if (x2 >= 0) {
+          T* tmp = scratch[omp_get_thread_num()].data();
+          gather_row(D, x2, X, col_old, col_partner, w1, w2, mcols.data(), n_merged, tmp);
+          const T wa = w1[X], wb = w2[X];
+          for (int64_t Y = 0; Y < X; ++Y) out[Y] = Comb::apply(out[Y], tmp[Y], wa, wb);
+        }
+        rowbest[X] = cols.update(omp_get_thread_num(), out, X, static_cast<int32_t>(X));
+      }
+      if (!direct) std::memcpy(D + tri(lo), buf, (tri(hi) - tri(lo)) * sizeof(T));
+      poll(opt_);
+      lo = hi;
+    }
+    finish_nn(rowbest, cols, m, nnv, nni);
+  }
+
+  // Distances from old cluster u to the new clusters 0..X-1 (columns merged as needed).
+  static void gather_row(const T* D, int64_t u, int64_t X, const std::vector<int32_t>& col_old,
+                         const std::vector<int32_t>& col_partner, const std::vector<T>& w1,
+                         const std::vector<T>& w2, const int32_t* mcols, int64_t n_merged,
+                         T* out) {
+    const T* __restrict row = D + tri(u);
+    const int32_t* __restrict idx = col_old.data();
+    T* __restrict dst = out;
+    for (int64_t Y = 0; Y < X; ++Y) dst[Y] = row[idx[Y]];
+    for (int64_t t = 0; t < n_merged; ++t) {
+      const int32_t Y = mcols[t];
+      const int64_t y2 = col_partner[Y];
+      const T v2 = y2 < u ? row[y2] : D[tri(y2) + u];
+      out[Y] = Comb::apply(out[Y], v2, w1[Y], w2[Y]);
+    }
+  }
+
+  T* D_;
+  int64_t n_;
+  const RunOptions& opt_;
+  int threads_;
+};
+
+template <typename T, typename Comb>
+void run_engine(T* D, int64_t n, const RunOptions& opt, int threads, Clusters& cl,
+                std::vector<T>& nnv, std::vector<int32_t>& nni, std::vector<Merge>& merges) {
+  Engine<T, Comb> engine(D, n, opt, threads);
+  engine.rounds(cl, nnv, nni, merges);
+  engine.chain(cl, merges);
+}
+
+}  // namespace
+
+template <typename T>
+std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt) {
+  DCPE_CHECK_ARG(n >= 1, "n", n, "need at least one row");
+  DCPE_CHECK_ARG(n < (int64_t(1) << 31), "n", n, "at most 2^31 - 1 rows");
+  DCPE_CHECK_ARG(d >= 1, "d", d, "need at least one column");
+  DCPE_CHECK(opt.method != Method::Centroid, "centroid linkage has its own engine");
+  std::vector<Merge> merges;
+  if (n == 1) return merges;
+  merges.reserve(n - 1);
+  const int threads = resolve_threads(opt.num_threads);
+  TriMatrix<T> mat(n);
+  std::vector<T> nnv(n);
+  std::vector<int32_t> nni(n);
+  compute_distances(x, n, d, opt.metric, mat.data(), threads, opt, nnv, nni);
+  Clusters cl;
+  cl.size.assign(n, 1);
+  cl.rep.resize(n);
+  for (int64_t i = 0; i < n; ++i) cl.rep[i] = i;
+  cl.adj.assign(n, -std::numeric_limits<double>::infinity());
+  switch (opt.method) {
+    case Method::Single:
+      run_engine<T, Minimum<T>>(mat.data(), n, opt, threads, cl, nnv, nni, merges);
+      break;
+    case Method::Complete:
+      run_engine<T, Maximum<T>>(mat.data(), n, opt, threads, cl, nnv, nni, merges);
+      break;
+    default:
+      run_engine<T, WeightedMean<T>>(mat.data(), n, opt, threads, cl, nnv, nni, merges);
+      break;
+  }
+  return merges;
+}
+
+template std::vector<Merge> matrix_linkage<float>(const float*, int64_t, int64_t,
+                                                  const RunOptions&);
+template std::vector<Merge> matrix_linkage<double>(const double*, int64_t, int64_t,
+                                                   const RunOptions&);
+
+std::size_t workspace_bytes(int64_t n, int64_t d, Method method, std::size_t elem_size,
+                            int num_threads) {
+  const std::size_t threads = static_cast<std::size_t>(resolve_threads(num_threads));
+  const std::size_t un = static_cast<std::size_t>(std::max<int64_t>(n, 1));
+  // per-cluster bookkeeping, merges, NN arrays, transposed coordinates
+  std::size_t bytes = un * 160 + un * static_cast<std::size_t>(d) * 8;
+  if (method == Method::Centroid) return bytes + un * static_cast<std::size_t>(d) * 8;
+  const std::size_t count = n > 1 ? tri(n) : 1;
+  bytes += count * elem_size;                                             // the matrix
+  bytes += (std::min(kBlockElems, count) + un) * elem_size;               // block buffer
+  bytes += threads * un * (2 * elem_size + sizeof(int32_t));              // per-thread rows
+  return bytes;
+}
+
+}  // namespace dcpe

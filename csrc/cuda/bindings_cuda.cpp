@@ -1,0 +1,26 @@
+// pybind11 registration of the CUDA kernels as ``dcpe._C.cuda`` (compiled by the host
+// compiler).  The kernels implement reciprocal-nearest-neighbour rounds (Murtagh 1983;
+// Müllner 2011); see rnn_kernels.cu.  Nothing here touches CUDA at import time.
+#include <pybind11/pybind11.h>
+
+#include <cstdint>
+
+#include "cuda_ops.h"
+
+namespace py = pybind11;
+
+void dcpe_register_cuda(py::module_& m) {
+  py::module_ c = m.def_submodule(
+      "cuda", "CUDA kernels of the reciprocal-nearest-neighbour engine (pointers as ints).");
+  c.def("pairwise_nn", &dcpe_cuda::pairwise_nn, py::arg("dtype"), py::arg("x"), py::arg("D"),
+        py::arg("nn"), py::arg("nnd"), py::arg("n"), py::arg("dim"), py::arg("ld"),
+        py::arg("metric"), py::arg("stream"),
+        "Dense dissimilarity matrix (+inf diagonal) and row argmin/min.");
+  c.def("merge_compact_nn", &dcpe_cuda::merge_compact_nn, py::arg("dtype"), py::arg("src"),
+        py::arg("ld_src"), py::arg("dst"), py::arg("ld_dst"), py::arg("p"), py::arg("q"),
+        py::arg("wp"), py::arg("wq"), py::arg("n_new"), py::arg("row0"), py::arg("nrows"),
+        py::arg("mode"), py::arg("nn"), py::arg("nnd"), py::arg("stream"),
+        "Merge the reciprocal pairs of a round, compact, and find row argmin/min.");
+  c.def("device_count", &dcpe_cuda::device_count,
+        "Number of visible CUDA devices (0 without a driver).");
+}

@@ -1,0 +1,68 @@
+"""Triton kernels of dcpe (exact agglomerative clustering on the GPU).
+
+Importing this package never fails: without Triton, :data:`HAS_TRITON` is False and the
+kernel launchers raise ``RuntimeError``.  The reciprocal-nearest-neighbour driver
+(:mod:`dcpe_kernels.rnn`) is pure PyTorch and is shared by the ``triton`` and ``cuda``
+backends.
+
+Kernels (Liger-Kernel layout: ``_<op>_<variant>_kernel``, a host launcher, and a PyTorch
+``_reference_<op>`` beside each):
+
+* :func:`pairwise.pairwise_nn` — ``_pairwise_dist_rownn_kernel``: dense dissimilarities
+  from direct differences, with row nearest neighbours;
+* :func:`merge.merge_compact_nn` — ``_merge_compact_rownn_kernel``: Lance–Williams merge of
+  all reciprocal pairs of a round, compaction and the next row nearest neighbours.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import HAS_TRITON, TRITON_IMPORT_ERROR
+from .merge import _reference_merge_compact_nn, merge_compact_nn
+from .pairwise import _reference_pairwise_nn, pairwise_nn
+
+__all__ = [
+    "HAS_TRITON",
+    "TRITON_IMPORT_ERROR",
+    "ReferenceOps",
+    "TritonOps",
+    "merge_compact_nn",
+    "pairwise_nn",
+]
+
+
+class TritonOps:
+    """:class:`dcpe_kernels.rnn.RNNOps` backed by the Triton kernels."""
+
+    pairwise_nn = staticmethod(pairwise_nn)
+    merge_compact_nn = staticmethod(merge_compact_nn)
+
+
+class ReferenceOps:
+    """:class:`dcpe_kernels.rnn.RNNOps` backed by the PyTorch references (any device).
+
+    Slow and memory-hungry (it materialises gathered copies); used to test the driver.
+    """
+
+    @staticmethod
+    def pairwise_nn(x: torch.Tensor, out: torch.Tensor, ld: int, metric: int,
+                    nn: torch.Tensor, nnd: torch.Tensor) -> None:
+        n = x.shape[0]
+        d, nn_, nnd_ = _reference_pairwise_nn(x, metric)
+        out[: n * ld].view(n, ld)[:, :n].copy_(d)
+        nn[:n] = nn_
+        nnd[:n] = nnd_
+
+    @staticmethod
+    def merge_compact_nn(src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: int,
+                         p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor,
+                         n_new: int, row0: int, nrows: int, mode: int, nn: torch.Tensor,
+                         nnd: torch.Tensor) -> None:
+        n_old = int(max(int(p.max()), int(q.max()))) + 1
+        old = src[: n_old * ld_src].view(n_old, ld_src)[:, :n_old]
+        new, nn_, nnd_ = _reference_merge_compact_nn(old, p, q, wp, wq, mode)
+        sl = slice(row0, row0 + nrows)
+        dst[: nrows * ld_dst].view(nrows, ld_dst)[:, :n_new].copy_(new[sl])
+        nn[sl] = nn_[sl]
+        nnd[sl] = nnd_[sl]

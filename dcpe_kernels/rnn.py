@@ -1,0 +1,375 @@
+"""Reciprocal-nearest-neighbour (RNN) rounds for exact agglomerative clustering on a device.
+
+Algorithm
+---------
+Reciprocal nearest neighbours (Murtagh 1983, "A survey of recent advances in
+hierarchical clustering algorithms", The Computer Journal 26(4); Müllner 2011, "Modern
+hierarchical, agglomerative clustering algorithms", arXiv:1109.2378): for a *reducible*
+linkage (average, single, complete, weighted) every pair of active clusters that are each
+other's nearest neighbour is a merge of the greedy dendrogram, and all disjoint such pairs
+can be merged at once.  One round is
+
+1. the nearest neighbour of every active cluster (row argmin of the dense dissimilarity
+   matrix, ties to the smallest slot), produced by the previous kernel as a by-product;
+2. the reciprocal pairs ``(a, b)`` with ``nn[a] == b`` and ``nn[b] == a`` (O(n) tensor ops);
+3. one fused kernel that writes the merged *and* compacted matrix of the next round
+   (the merged cluster takes the smaller slot, the other slot disappears, clusters over the
+   size cap are dropped) and, while doing so, the row minima of the new matrix.
+
+Lance–Williams with two merged clusters on both sides is applied in one step; for average
+linkage ``d(A1 ∪ A2, C1 ∪ C2) = Σ n_Ai n_Cj d(Ai, Cj) / (n_A n_C)``.  Under the strict order
+(distance, slot) the globally closest pair is always reciprocal, so every round merges at
+least one pair.  Slots stay sorted by the smallest token index of their cluster, hence
+"smallest slot" and "smallest token index" coincide and the tie rule of
+:mod:`dcpe.backends` holds.
+
+Each merge is recorded as ``(rep_a, rep_b, height, monotone height, size)`` where ``rep``
+is the smallest token index.  Sorting the merges by (monotone height, discovery order)
+gives the greedy order; :func:`merges_to_linkage` turns it into SciPy's format and
+:func:`merges_to_labels` cuts it on the device.
+
+This module is pure PyTorch: the kernels are passed in as an :class:`RNNOps` (Triton in
+:mod:`dcpe_kernels`, CUDA C++ in ``dcpe._C``, or the PyTorch references).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+__all__ = [
+    "METHOD_MODES",
+    "METRIC_CODES",
+    "Merges",
+    "RNNOps",
+    "memory_available",
+    "merges_to_labels",
+    "merges_to_linkage",
+    "rnn_merges",
+    "required_bytes",
+    "supported_or_raise",
+]
+
+#: linkage -> (kernel mode, weighting). Mode 0: weighted sum, 1: min, 2: max.
+METHOD_MODES: dict[str, int] = {"average": 0, "weighted": 0, "single": 1, "complete": 2}
+#: metric -> kernel code. 0: sqrt(sum (a-b)^2), 1: sum (a-b)^2, 2: sum (u-v)^2 / 2 on unit rows.
+METRIC_CODES: dict[str, int] = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
+
+
+class RNNOps(Protocol):
+    """The two kernels an RNN engine needs (all tensors on one device, contiguous)."""
+
+    def pairwise_nn(self, x: torch.Tensor, out: torch.Tensor, ld: int, metric: int,
+                    nn: torch.Tensor, nnd: torch.Tensor) -> None:
+        """Write the (n, n) dissimilarity matrix of the rows of ``x`` into ``out``
+        (row stride ``ld``, +inf on the diagonal) and each row's argmin/min into
+        ``nn[:n]``/``nnd[:n]``."""
+
+    def merge_compact_nn(self, src: torch.Tensor, ld_src: int, dst: torch.Tensor,
+                         ld_dst: int, p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor,
+                         wq: torch.Tensor, n_new: int, row0: int, nrows: int, mode: int,
+                         nn: torch.Tensor, nnd: torch.Tensor) -> None:
+        """Write rows ``row0 .. row0+nrows-1`` of the next round's matrix into ``dst``
+        (local row ``r`` at ``dst[r * ld_dst:]``), and their argmin/min into
+        ``nn``/``nnd`` at the global row index."""
+
+
+def supported_or_raise(method: str, metric: str, backend: str) -> tuple[int, int]:
+    """Return ``(mode, metric_code)`` or raise ``ValueError`` naming what is supported."""
+    if method not in METHOD_MODES:
+        raise ValueError(
+            f"linkage={method!r} is not supported by the {backend!r} backend (its reciprocal-"
+            f"nearest-neighbour engine is exact only for reducible linkages); supported: "
+            f"{sorted(METHOD_MODES)}. Use backend='cpu' for other linkages.")
+    if metric not in METRIC_CODES:
+        raise ValueError(f"metric={metric!r} is not supported by the {backend!r} backend; "
+                         f"supported: {sorted(METRIC_CODES)}")
+    return METHOD_MODES[method], METRIC_CODES[metric]
+
+
+def required_bytes(n: int, d: int, itemsize: int) -> int:
+    """Device bytes the engine needs at least for ``n`` rows of dimension ``d``.
+
+    The dense ``n x n`` matrix, a copy of the data, ~16 length-``n`` work arrays and one
+    staging row.  A second, smaller matrix is used only when it fits (see
+    :func:`rnn_merges`).
+    """
+    return n * n * itemsize + n * d * itemsize + 16 * 8 * n + n * itemsize
+
+
+def memory_available(device: torch.device) -> int:
+    """Bytes that a new allocation on ``device`` can use (free + cached by PyTorch)."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        cached = torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(free + max(cached, 0))
+    try:  # host memory (interpreter runs)
+        for line in open("/proc/meminfo"):
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 1 << 62
+
+
+def _insufficient(needed: int, available: int, what: str) -> Exception:
+    try:
+        from dcpe._errors import InsufficientMemoryError
+    except ImportError:  # the package is used without its Python half
+        return MemoryError(f"{what}: needs {needed} bytes, {available} available")
+    return InsufficientMemoryError(needed, available, what)
+
+
+@dataclass
+class Merges:
+    """Merges in discovery order, on the device. ``m`` merges, ``n`` leaves."""
+
+    n: int
+    rep_a: torch.Tensor  # int64 (m,), smallest token index of the first cluster (the smaller)
+    rep_b: torch.Tensor  # int64 (m,)
+    height: torch.Tensor  # (m,) compute dtype, dissimilarity at the merge
+    hmono: torch.Tensor  # (m,) height made monotone up the tree: max(own, children)
+    size: torch.Tensor  # int64 (m,)
+    rounds: int = 0
+
+    @property
+    def m(self) -> int:
+        return int(self.rep_a.shape[0])
+
+    def greedy_order(self) -> torch.Tensor:
+        """Permutation sorting merges into greedy order: (monotone height, discovery)."""
+        return torch.sort(self.hmono, stable=True).indices
+
+
+def _view_rows(buf: torch.Tensor, ld: int, row0: int, nrows: int, ncols: int) -> torch.Tensor:
+    return buf.as_strided((nrows, ncols), (ld, 1), row0 * ld)
+
+
+def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: int | None,
+               ops: RNNOps, backend: str = "triton",
+               memory_budget: int | None = None) -> Merges:
+    """Run RNN rounds to completion and return all merges in discovery order.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, d)`` float32 or float64, finite, on the device the kernels run on.
+    method, metric : str
+        A linkage of :data:`METHOD_MODES` and a metric of :data:`METRIC_CODES`.
+    max_cluster_size : int or None
+        Clusters larger than this take no further part in merging.
+    ops : RNNOps
+        The kernels.
+    backend : str
+        Name used in error messages.
+    memory_budget : int, optional
+        Bytes the engine may use; default: what the device reports free.  Exposed so that
+        tests can force the in-place (staged) compaction used when a second matrix does
+        not fit.
+
+    Returns
+    -------
+    Merges
+
+    Raises
+    ------
+    InsufficientMemoryError
+        Before allocating anything, when the dense matrix cannot fit.
+    """
+    mode, metric_code = supported_or_raise(method, metric, backend)
+    dev, dt = x.device, x.dtype
+    n_all, dim = int(x.shape[0]), int(x.shape[1])
+    itemsize = x.element_size()
+    i64 = torch.int64
+
+    if n_all < 2:
+        e = torch.empty(0, dtype=i64, device=dev)
+        return Merges(n_all, e, e.clone(), torch.empty(0, dtype=dt, device=dev),
+                      torch.empty(0, dtype=dt, device=dev), e.clone())
+
+    avail = memory_available(dev) if memory_budget is None else int(memory_budget)
+    needed = required_bytes(n_all, dim, itemsize)
+    if needed > avail:
+        raise _insufficient(needed, avail,
+                            f"{backend} backend: {n_all}x{n_all} {str(dt).replace('torch.', '')} "
+                            f"dissimilarity matrix")
+
+    xs = x.contiguous()
+    if metric == "cosine":
+        # cosine distance = |u - v|^2 / 2 on unit rows; a zero row stays at the origin
+        # (distance 0.5 to every unit vector), as in the reference backend
+        norms = torch.linalg.vector_norm(xs, dim=1)
+        xs = xs / torch.where(norms > 0, norms, 1)[:, None]
+
+    cur = torch.empty(n_all * n_all, dtype=dt, device=dev)
+    used = n_all * n_all * itemsize
+    ld = n_all
+    nn = torch.empty(n_all, dtype=i64, device=dev)
+    nnd = torch.empty(n_all, dtype=dt, device=dev)
+    ops.pairwise_nn(xs, cur, ld, metric_code, nn, nnd)
+    del xs
+
+    rep = torch.arange(n_all, dtype=i64, device=dev)
+    size = torch.ones(n_all, dtype=i64, device=dev)
+    hfix = torch.zeros(n_all, dtype=dt, device=dev)
+    # merge records; the last entry is a dump slot for masked scatters
+    m_a = torch.empty(n_all, dtype=i64, device=dev)
+    m_b = torch.empty(n_all, dtype=i64, device=dev)
+    m_h = torch.empty(n_all, dtype=dt, device=dev)
+    m_hf = torch.empty(n_all, dtype=dt, device=dev)
+    m_s = torch.empty(n_all, dtype=i64, device=dev)
+    dump_m = n_all - 1
+
+    other: torch.Tensor | None = None  # second matrix buffer once one fits
+    staging: torch.Tensor | None = None
+    cap = max_cluster_size
+    m = 0
+    n = n_all
+    rounds = 0
+    ar_all = torch.arange(n_all, dtype=i64, device=dev)
+    while n >= 2:
+        rounds += 1
+        ar = ar_all[:n]
+        partner = nn[:n]
+        recip = partner.gather(0, partner) == ar
+        is_a = recip & (ar < partner)
+        is_b = recip & (ar > partner)
+        size_p = size.gather(0, partner)
+        size_new = torch.where(is_a, size + size_p, size)
+        keep = ~is_b
+        if cap is not None:
+            keep &= size_new <= cap
+        counts = torch.stack([is_a.sum(), keep.sum()]).tolist()  # the one sync of a round
+        n_pairs, n_new = int(counts[0]), int(counts[1])
+        if n_pairs == 0:
+            raise RuntimeError(f"{backend} backend: no reciprocal nearest-neighbour pair among "
+                               f"{n} clusters (non-finite dissimilarities?)")
+        # record the merges of this round, in slot order of their smaller member
+        hraw = nnd[:n]
+        hf = torch.maximum(torch.maximum(hraw, hfix), hfix.gather(0, partner))
+        apos = torch.where(is_a, torch.cumsum(is_a, 0) - 1 + m, dump_m)
+        m_a.scatter_(0, apos, rep)
+        m_b.scatter_(0, apos, rep.gather(0, partner))
+        m_h.scatter_(0, apos, hraw)
+        m_hf.scatter_(0, apos, hf)
+        m_s.scatter_(0, apos, size_new)
+        m += n_pairs
+        if n_new < 2:
+            break
+        # slots of the next round
+        npos = torch.where(keep, torch.cumsum(keep, 0) - 1, n_new)
+        p = torch.empty(n_new + 1, dtype=i64, device=dev).scatter_(0, npos, ar)[:n_new]
+        merged = is_a.gather(0, p)
+        q = torch.where(merged, partner.gather(0, p), -1)
+        new_size = size_new.gather(0, p)
+        if method == "average":
+            nsf = new_size.to(dt)
+            wp = size.gather(0, p).to(dt) / nsf
+            wq = torch.where(merged, size.gather(0, q.clamp_min(0)).to(dt) / nsf, 0)
+        else:  # weighted (WPGMA); ignored by min/max modes
+            half = torch.where(merged, 0.5, 1.0).to(dt)
+            wp = half
+            wq = torch.where(merged, half, 0).to(dt)
+        hfix = torch.where(is_a, hf, hfix).gather(0, p)
+        rep = rep.gather(0, p)
+        size = new_size
+        p32, q32 = p.to(torch.int32), q.to(torch.int32)
+
+        if other is None:
+            room = avail - used
+            if n_new * n_new * itemsize <= room:
+                other = torch.empty(n_new * n_new, dtype=dt, device=dev)
+                used += n_new * n_new * itemsize
+                staging = None
+        if other is not None and other.numel() >= n_new * n_new:
+            ops.merge_compact_nn(cur, ld, other, n_new, p32, q32, wp, wq, n_new, 0, n_new,
+                                 mode, nn, nnd)
+            cur, other, ld = other, cur, n_new
+        else:
+            # In place, in row chunks: new row i reads old rows >= i only, so a chunk's rows
+            # can be overwritten as soon as the chunk is done (through a staging buffer).
+            room = max(avail - used, 0)
+            chunk = max(1, min(n_new, room // max(1, n_new * itemsize)))
+            if staging is None or staging.numel() < chunk * n_new:
+                staging = None
+                staging = torch.empty(chunk * n_new, dtype=dt, device=dev)
+            for row0 in range(0, n_new, chunk):
+                nrows = min(chunk, n_new - row0)
+                ops.merge_compact_nn(cur, ld, staging, n_new, p32, q32, wp, wq, n_new, row0,
+                                     nrows, mode, nn, nnd)
+                _view_rows(cur, ld, row0, nrows, n_new).copy_(
+                    staging[: nrows * n_new].view(nrows, n_new))
+        n = n_new
+    del cur, other, staging
+    return Merges(n_all, m_a[:m], m_b[:m], m_h[:m], m_hf[:m], m_s[:m], rounds)
+
+
+def merges_to_linkage(mg: Merges) -> np.ndarray:
+    """SciPy linkage matrix ``(m, 4)`` float64 in greedy order.
+
+    Heights are the monotone heights (equal to the raw ones up to rounding).
+    """
+    order = mg.greedy_order()
+    a = mg.rep_a[order].cpu().numpy()
+    b = mg.rep_b[order].cpu().numpy()
+    h = mg.hmono[order].cpu().numpy().astype(np.float64)
+    s = mg.size[order].cpu().numpy().astype(np.float64)
+    n, m = mg.n, a.shape[0]
+    z = np.empty((m, 4), dtype=np.float64)
+    if m == 0:
+        return z
+    idx = np.arange(m)
+    # The cluster represented by token r is created by the merges whose rep_a == r: the id
+    # of r's cluster just before merge i is the last such merge before i (or the leaf r).
+    srt = np.argsort(a, kind="stable")
+    prev = np.full(m, -1, dtype=np.int64)
+    same = a[srt[1:]] == a[srt[:-1]]
+    prev[srt[1:][same]] = srt[:-1][same]
+    id_a = np.where(prev >= 0, n + prev, a)
+    last = np.full(n, -1, dtype=np.int64)
+    ends = np.flatnonzero(np.append(~same, True))  # last position of each key in srt
+    last[a[srt[ends]]] = srt[ends]
+    # rep_b is absorbed at merge i and never appears again, so its latest merge precedes i
+    lb = last[b]
+    id_b = np.where((lb >= 0) & (lb < idx), n + lb, b)
+    z[:, 0] = np.minimum(id_a, id_b)
+    z[:, 1] = np.maximum(id_a, id_b)
+    z[:, 2] = h
+    z[:, 3] = s
+    return z
+
+
+def merges_to_labels(mg: Merges, n_clusters: int) -> torch.Tensor:
+    """Canonical labels after the first ``N - n_clusters`` merges in greedy order.
+
+    Computed on the merges' device without host synchronisation.  If fewer merges exist
+    (size cap), all of them are applied and more than ``n_clusters`` clusters result.
+    """
+    n = mg.n
+    dev = mg.rep_a.device
+    t = max(0, min(n - int(n_clusters), mg.m))
+    parent = torch.arange(n, dtype=torch.int64, device=dev)
+    if t > 0:
+        order = mg.greedy_order()[:t]
+        parent[mg.rep_b[order]] = mg.rep_a[order]
+        # parent[i] < i: pointer jumping reaches the roots in ceil(log2(N)) steps
+        for _ in range(max(1, math.ceil(math.log2(n)))):
+            parent = parent[parent]
+    is_root = parent == torch.arange(n, dtype=torch.int64, device=dev)
+    rank = torch.cumsum(is_root, 0) - 1
+    return rank[parent]
+
+
+def interpreter_enabled() -> bool:
+    """True when ``TRITON_INTERPRET=1`` (Triton kernels run on CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def describe(mg: Merges) -> dict[str, Any]:
+    """Small summary used by benchmarks."""
+    return {"n": mg.n, "merges": mg.m, "rounds": mg.rounds}

@@ -1,0 +1,335 @@
+"""Public functions: :func:`cluster`, :func:`linkage`, :func:`cut`."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from typing import Any
+
+import numpy as np
+
+from . import backends as _backends
+from ._errors import BackendUnavailableError
+from ._validation import (
+    Data,
+    check_backend,
+    check_data,
+    check_int,
+    check_linkage_metric,
+    check_max_cluster_size,
+    is_tensor,
+)
+
+__all__ = ["cluster", "linkage", "cut"]
+
+
+# --------------------------------------------------------------------------- dispatch
+def _resolve_backend(name: str, data: Data) -> str:
+    if name != "auto":
+        ok, why = _backends.get(name).available()
+        if not ok:
+            raise BackendUnavailableError(
+                f"backend={name!r} is not available: {why}. "
+                f"Available backends here: {_backends.available_backends()}"
+            )
+        return name
+    if data.device.startswith("cuda"):
+        for candidate in ("cuda", "triton"):
+            module = _backends.get(candidate)
+            if module.available()[0] and module.accepts(data.original):
+                return candidate
+        return "torch"
+    ok, why = _backends.get("cpu").available()
+    if not ok:
+        raise BackendUnavailableError(
+            f"backend='auto' needs the compiled 'cpu' backend for host data, which is not "
+            f"available: {why}. Available backends here: {_backends.available_backends()}"
+        )
+    return "cpu"
+
+
+def _to_backend_input(name: str, data: Data) -> Any:
+    """The validated data as the backend takes it: NumPy for host backends, else torch."""
+    x, dtype = data.original, data.compute_dtype
+    if name in ("reference", "cpu"):
+        if data.kind == "tensor":
+            x = x.detach().to("cpu")
+            if not x.is_floating_point() or x.dtype not in _torch_float_types():
+                x = x.to(_torch_dtype(dtype))
+            x = x.numpy()
+        return np.ascontiguousarray(x, dtype=dtype)
+    import torch
+
+    if data.kind == "tensor":
+        t = x.detach()
+    else:
+        t = torch.from_numpy(np.ascontiguousarray(x))
+    return t.to(_torch_dtype(dtype)).contiguous()
+
+
+def _torch_float_types() -> tuple:
+    import torch
+
+    return (torch.float32, torch.float64)
+
+
+def _torch_dtype(dtype: np.dtype) -> Any:
+    import torch
+
+    return torch.float64 if dtype == np.float64 else torch.float32
+
+
+def _check_accepts(name: str, data: Data) -> None:
+    module = _backends.get(name)
+    if name in ("triton", "cuda") and not module.accepts(data.original):
+        raise ValueError(
+            f"backend={name!r} runs on CUDA tensors; got {data.kind} data on {data.device}. "
+            "Move the tensor to a GPU, or use backend='cpu'"
+        )
+
+
+def _preflight(name: str, data: Data, method: str) -> None:
+    module = _backends.get(name)
+    check = getattr(module, "preflight", None)
+    if check is not None:
+        check(data.n, data.d, method=method, dtype=data.compute_dtype, device=data.device)
+
+
+def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: str,
+         dtype: Any, n_clusters: Any = None, want_z: bool = True) -> tuple[Data, Any, Any, str]:
+    """Validate everything, run the backend; returns (data, Z or None, labels or None, name)."""
+    method, metric = check_linkage_metric(linkage, metric)
+    backend = check_backend(backend)
+    cap = check_max_cluster_size(max_cluster_size)
+    data = check_data(x, dtype)
+    k = None if n_clusters is None else check_int("n_clusters", n_clusters, 1, data.n)
+    name = _resolve_backend(backend, data)
+    _check_accepts(name, data)
+    _preflight(name, data, method)
+    module = _backends.get(name)
+    xin = _to_backend_input(name, data)
+    if k is not None and not want_z and hasattr(module, "labels"):
+        labels = module.labels(xin, k, method=method, metric=metric, max_cluster_size=cap)
+        return data, None, labels, name
+    z = module.linkage(xin, method=method, metric=metric, max_cluster_size=cap)
+    return data, np.ascontiguousarray(z, dtype=np.float64), None, name
+
+
+def _warn_if_short(n: int, k: int, n_found: int, cap: Any) -> None:
+    if n_found > k:
+        warnings.warn(
+            f"max_cluster_size={cap} left fewer than two mergeable clusters before reaching "
+            f"n_clusters={k}: returning {n_found} clusters",
+            UserWarning,
+            stacklevel=3,
+        )
+
+
+def _labels_from_z(z: np.ndarray, n: int, k: int) -> np.ndarray:
+    try:
+        from . import _C
+    except ImportError:
+        return _cut_numpy(z, n, k)
+    return _C.cut_cpu(z, n, k)
+
+
+def _cut_numpy(z: np.ndarray, n: int, k: int) -> np.ndarray:
+    parent = np.arange(n + max(len(z), 0))
+
+    def find(v: int) -> int:
+        while parent[v] != v:
+            parent[v] = parent[parent[v]]
+            v = parent[v]
+        return v
+
+    for t in range(min(len(z), n - k)):
+        a, b = int(z[t, 0]), int(z[t, 1])
+        parent[find(a)] = n + t
+        parent[find(b)] = n + t
+    roots = np.array([find(i) for i in range(n)])
+    _, first, inverse = np.unique(roots, return_index=True, return_inverse=True)
+    return np.argsort(np.argsort(first))[inverse].astype(np.int64)
+
+
+def _follow(data: Data, array: np.ndarray) -> Any:
+    """Return ``array`` in the container and on the device of the input."""
+    if data.kind == "tensor":
+        import torch
+
+        return torch.from_numpy(np.ascontiguousarray(array)).to(data.device)
+    return array
+
+
+# --------------------------------------------------------------------------- public API
+def cluster(
+    x: Any,
+    n_clusters: int,
+    *,
+    linkage: str = "average",
+    metric: str = "euclidean",
+    max_cluster_size: int | None = None,
+    backend: str = "auto",
+    dtype: Any = None,
+) -> Any:
+    """Partition the rows of ``x`` into ``n_clusters`` clusters by exact agglomerative clustering.
+
+    With the defaults this is DCPE: average linkage, i.e. start from singletons and
+    ``N - n_clusters`` times merge the two clusters with the smallest mean pairwise
+    Euclidean distance between their tokens.
+
+    Parameters
+    ----------
+    x : array_like or torch.Tensor, shape (N, d)
+        Codebook vectors. NumPy arrays, array-likes and torch tensors (CPU or CUDA) of
+        float16, bfloat16, float32, float64 or integer type.
+    n_clusters : int
+        Number of clusters k, ``1 <= k <= N``.
+    linkage : {"average", "centroid", "single", "complete", "weighted"}
+        ``"average"`` is DCPE; ``"centroid"`` (Euclidean distance between cluster means) is
+        the "DCPE w/ centroid" ablation.
+    metric : {"euclidean", "sqeuclidean", "cosine"}
+        Token distance. ``"cosine"`` is ``1 - cos``; ``"centroid"`` needs ``"euclidean"``.
+    max_cluster_size : int, optional
+        Size cap (IAR uses ``N // k``): a cluster whose size exceeds it takes no further part
+        in merging. If fewer than two mergeable clusters remain before ``n_clusters`` is
+        reached, a ``UserWarning`` is issued and more than ``n_clusters`` clusters are
+        returned.
+    backend : {"auto", "cpu", "cuda", "triton", "torch", "reference"}
+        ``"auto"`` uses ``"cpu"`` for host data and ``"cuda"`` (else ``"triton"``) for CUDA
+        tensors. A backend that was asked for explicitly and cannot run raises
+        :class:`dcpe._errors.BackendUnavailableError` saying why; there is no fallback.
+    dtype : {None, "float32", "float64"}
+        Compute precision. Default: float64 for float64 input, float32 otherwise.
+
+    Returns
+    -------
+    labels : numpy.ndarray or torch.Tensor, int64, shape (N,)
+        Canonical labels: clusters are numbered ``0..k-1`` in order of their smallest token
+        index, so results of different backends compare with ``==``. NumPy (or array-like)
+        input gives a NumPy array; a tensor gives a tensor on the same device.
+
+    Notes
+    -----
+    Exactness: on inputs without tied distances the partition equals SciPy's
+    ``linkage(x, "average")`` cut at ``n_clusters`` and scikit-learn's
+    ``AgglomerativeClustering(linkage="average")``. Ties are broken deterministically: a
+    cluster is identified by its smallest token index and, among pairs at the same
+    distance, the lexicographically smallest pair merges first (backends that merge
+    several reciprocal-nearest-neighbour pairs at once apply this rule to each
+    nearest-neighbour choice). Exactly ``n_clusters`` clusters are returned even when the
+    cut falls among tied heights. For the non-monotone ``"centroid"`` linkage the result is
+    the state after the first ``N - n_clusters`` merges in greedy order.
+
+    Raises
+    ------
+    ValueError, TypeError
+        Bad input, before any work: not 2-D, empty, NaN/Inf rows, ``n_clusters`` outside
+        ``[1, N]``, ``max_cluster_size < 1``, unknown linkage/metric/backend, non-numeric
+        dtype.
+    dcpe.InsufficientMemoryError
+        The problem cannot fit in available memory (a ``MemoryError`` and a ``ValueError``).
+
+    Examples
+    --------
+    >>> import dcpe
+    >>> x = dcpe.datasets.sample_codebook()
+    >>> labels = dcpe.cluster(x[:2048], 256)
+    >>> int(labels.max()) + 1
+    256
+    """
+    data, z, labels, _ = _run(x, linkage=linkage, metric=metric,
+                              max_cluster_size=max_cluster_size, backend=backend, dtype=dtype,
+                              n_clusters=n_clusters, want_z=False)
+    k = int(n_clusters)
+    if labels is not None:  # computed on the device by the backend
+        n_found = int(labels.max()) + 1 if data.n else 0
+        _warn_if_short(data.n, k, n_found, max_cluster_size)
+        return labels
+    out = _labels_from_z(z, data.n, k)
+    _warn_if_short(data.n, k, data.n - min(len(z), data.n - k), max_cluster_size)
+    return _follow(data, out)
+
+
+def linkage(
+    x: Any,
+    *,
+    linkage: str = "average",
+    metric: str = "euclidean",
+    backend: str = "auto",
+    dtype: Any = None,
+) -> Any:
+    """The full merge tree of exact agglomerative clustering, in SciPy's linkage format.
+
+    Parameters
+    ----------
+    x, linkage, metric, backend, dtype
+        As in :func:`cluster`.
+
+    Returns
+    -------
+    Z : numpy.ndarray or torch.Tensor, float64, shape (N - 1, 4)
+        Row ``i`` merges clusters ``Z[i, 0] < Z[i, 1]`` (leaves are ``0..N-1``, row ``i``
+        creates cluster ``N + i``) at height ``Z[i, 2]`` into a cluster of ``Z[i, 3]``
+        tokens. Rows are in greedy order (nondecreasing heights for monotone linkages), so
+        ``scipy.cluster.hierarchy`` functions accept it. A tensor input gives a float64
+        tensor on the same device (``Z.cpu().numpy()`` for SciPy).
+
+    Examples
+    --------
+    >>> import dcpe, scipy.cluster.hierarchy as sch
+    >>> Z = dcpe.linkage(dcpe.datasets.sample_codebook()[:500])
+    >>> sch.is_valid_linkage(Z)
+    True
+    """
+    data, z, _, _ = _run(x, linkage=linkage, metric=metric, max_cluster_size=None,
+                         backend=backend, dtype=dtype)
+    return _follow(data, z)
+
+
+def cut(Z: Any, n_clusters: int) -> Any:
+    """Cut a linkage matrix into ``n_clusters`` clusters: apply its first ``N - k`` merges.
+
+    Unlike ``scipy.cluster.hierarchy.fcluster(Z, k, "maxclust")``, this returns exactly
+    ``k`` clusters even when the cut falls among tied heights, and for non-monotone
+    linkages (centroid) it takes the first merges in Z's (greedy) order rather than the
+    lowest heights.
+
+    Parameters
+    ----------
+    Z : array_like or torch.Tensor, shape (N - 1, 4)
+        A linkage matrix, e.g. from :func:`linkage` or SciPy.
+    n_clusters : int
+        ``1 <= n_clusters <= N``.
+
+    Returns
+    -------
+    labels : numpy.ndarray or torch.Tensor, int64, shape (N,)
+        Canonical labels (clusters numbered in order of their smallest token index).
+    """
+    if is_tensor(Z):
+        device = str(Z.device)
+        z = Z.detach().to("cpu", dtype=__import__("torch").float64).numpy()
+    else:
+        device = None
+        try:
+            z = np.asarray(Z, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise TypeError(f"Z cannot be read as a float64 array: {exc}") from exc
+    if z.ndim != 2 or z.shape[1] != 4:
+        raise ValueError(f"Z must have shape (N - 1, 4); got {z.shape}")
+    if not np.isfinite(z).all():
+        raise ValueError("Z contains NaN or Inf")
+    n = len(z) + 1
+    k = check_int("n_clusters", n_clusters, 1, n)
+    labels = _labels_from_z(np.ascontiguousarray(z), n, k)
+    if device is not None:
+        import torch
+
+        return torch.from_numpy(labels).to(device)
+    return labels
+
+
+def _num_threads() -> int:
+    """Threads for the CPU engine: ``DCPE_NUM_THREADS`` if set, else OpenMP's default."""
+    value = os.environ.get("DCPE_NUM_THREADS")
+    return int(value) if value else 0

@@ -1,0 +1,159 @@
+"""Input checks shared by the public API. Every check runs before any clustering work."""
+
+from __future__ import annotations
+
+import numbers
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .backends import BACKENDS, LINKAGES, METRICS
+
+#: Largest |x| for which float32 squared distances cannot overflow (d <= 2**20).
+_FLOAT32_SAFE_ABS = 1e15
+
+
+def is_tensor(x: Any) -> bool:
+    """Whether ``x`` is a ``torch.Tensor`` (without importing torch when it is not loaded)."""
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(x, torch.Tensor)
+
+
+@dataclass
+class Data:
+    """Validated input: the original object and what the dispatcher needs to know of it."""
+
+    original: Any
+    kind: str  # "numpy", "tensor"
+    n: int
+    d: int
+    compute_dtype: np.dtype  # float32 or float64
+    device: str  # "cpu" or e.g. "cuda:0"
+
+
+def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {list(choices)}; got {value!r}")
+    if value not in choices:
+        raise ValueError(f"unknown {name}={value!r}; expected one of {list(choices)}")
+    return value
+
+
+def check_linkage_metric(linkage: Any, metric: Any) -> tuple[str, str]:
+    linkage = check_choice("linkage", linkage, LINKAGES)
+    metric = check_choice("metric", metric, METRICS)
+    if linkage == "centroid" and metric != "euclidean":
+        raise ValueError(
+            f"linkage='centroid' is the Euclidean distance between cluster means; "
+            f"metric={metric!r} is not supported with it (use metric='euclidean')"
+        )
+    return linkage, metric
+
+
+def check_backend(backend: Any) -> str:
+    return check_choice("backend", backend, BACKENDS)
+
+
+def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
+    value = int(value)
+    if value < low or (high is not None and value > high):
+        bound = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name}={value} is out of range: must be {bound}")
+    return value
+
+
+def check_max_cluster_size(value: Any) -> int | None:
+    if value is None:
+        return None
+    return check_int("max_cluster_size", value, 1)
+
+
+def _resolve_dtype(dtype: Any, input_is_f64: bool) -> np.dtype:
+    if dtype is None:
+        return np.dtype(np.float64) if input_is_f64 else np.dtype(np.float32)
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(dtype, torch.dtype):
+        if dtype == torch.float32:
+            return np.dtype(np.float32)
+        if dtype == torch.float64:
+            return np.dtype(np.float64)
+    else:
+        try:
+            resolved = np.dtype(dtype)
+        except TypeError:
+            resolved = None
+        if resolved in (np.dtype(np.float32), np.dtype(np.float64)):
+            return resolved
+    raise ValueError(f"dtype={dtype!r} is not supported; use None, 'float32' or 'float64'")
+
+
+def check_data(x: Any, dtype: Any = None) -> Data:
+    """Check shape, element type and finiteness of ``x``; decide the compute dtype."""
+    if is_tensor(x):
+        import torch
+
+        if x.is_complex() or x.dtype in (torch.bool,) or not (
+            x.is_floating_point() or x.dtype in (torch.int8, torch.uint8, torch.int16,
+                                                 torch.int32, torch.int64)
+        ):
+            raise TypeError(f"x has dtype {x.dtype}; a real (float or integer) tensor is needed")
+        shape = tuple(x.shape)
+        kind, device, is_f64 = "tensor", str(x.device), x.dtype == torch.float64
+    else:
+        if isinstance(x, np.ndarray):
+            arr = x
+        else:
+            try:
+                arr = np.asarray(x)
+            except Exception as exc:
+                raise TypeError(f"x cannot be read as an array: {exc}") from exc
+        if arr.dtype.kind not in "iuf":
+            raise TypeError(
+                f"x has dtype {arr.dtype} (kind {arr.dtype.kind!r}); a real (float or integer) "
+                "array is needed"
+            )
+        shape = arr.shape
+        kind, device, is_f64 = "numpy", "cpu", arr.dtype == np.float64
+        x = arr
+    if len(shape) != 2:
+        raise ValueError(f"x must be 2-D (N, d); got shape {shape}")
+    n, d = int(shape[0]), int(shape[1])
+    if n == 0 or d == 0:
+        raise ValueError(f"x must have at least one row and one column; got shape {shape}")
+    compute = _resolve_dtype(dtype, is_f64)
+    _check_finite(x, kind, compute)
+    return Data(original=x, kind=kind, n=n, d=d, compute_dtype=compute, device=device)
+
+
+def _check_finite(x: Any, kind: str, compute: np.dtype) -> None:
+    if kind == "tensor":
+        import torch
+
+        if x.is_floating_point():
+            bad_rows = (~torch.isfinite(x)).any(dim=1)
+            n_bad = int(bad_rows.sum())
+            if n_bad:
+                first = int(torch.nonzero(bad_rows)[0, 0])
+                raise ValueError(
+                    f"x has {n_bad} row(s) containing NaN or Inf (first: row {first})"
+                )
+        big = float(x.abs().max()) if x.numel() else 0.0
+    else:
+        if x.dtype.kind == "f":
+            finite = np.isfinite(x)
+            if not finite.all():
+                bad_rows = ~finite.all(axis=1)
+                raise ValueError(
+                    f"x has {int(bad_rows.sum())} row(s) containing NaN or Inf "
+                    f"(first: row {int(np.argmax(bad_rows))})"
+                )
+        big = float(np.abs(x).max()) if x.size else 0.0
+    if compute == np.float32 and big > _FLOAT32_SAFE_ABS:
+        raise ValueError(
+            f"x has values up to {big:.3g}, too large for float32 distances; "
+            "pass dtype='float64'"
+        )

@@ -1,0 +1,64 @@
+"""Backend registry.
+
+Every backend is a module in this package exposing
+
+``available() -> tuple[bool, str]``
+    Whether it can run here, and if not, why (one sentence).
+``accepts(x) -> bool``
+    Whether it runs on data living where ``x`` lives (host array, CPU tensor, CUDA tensor).
+``linkage(x, *, method, metric, max_cluster_size) -> numpy.ndarray``
+    The merges, as a float64 array of shape (m, 4) in SciPy's linkage format
+    (``[id_a, id_b, height, size]``, ``id_a < id_b``; leaf ids are 0..N-1 and merge ``i``
+    creates cluster ``N + i``), in greedy order: children before parents, and for
+    monotone linkages nondecreasing heights. ``m == N - 1`` unless a size cap
+    exhausted the mergeable clusters earlier.
+
+``x`` arrives validated (2-D, N >= 1, d >= 1, finite) and already in the compute dtype
+(float32 or float64): a NumPy array for host backends (``reference``, ``cpu``) and a
+``torch.Tensor`` on its own device for the tensor backends (``torch``, ``triton``, ``cuda``).
+``method`` and ``metric`` are lower-case names already checked against
+:data:`LINKAGES` and :data:`METRICS`; ``max_cluster_size`` is ``None`` or an int >= 1.
+
+Tie rule shared by all backends: clusters are identified by their smallest token index,
+and among pairs at exactly the same distance the pair ``(a, b)`` (a < b by that identity)
+that is lexicographically smallest is merged first.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+LINKAGES = ("average", "centroid", "single", "complete", "weighted")
+METRICS = ("euclidean", "sqeuclidean", "cosine")
+
+#: backend name -> module (relative to this package)
+_MODULES = {
+    "reference": "reference",
+    "torch": "torch_backend",
+    "cpu": "cpu",
+    "triton": "triton_backend",
+    "cuda": "cuda_backend",
+}
+BACKENDS = tuple(_MODULES) + ("auto",)
+
+
+def get(name: str) -> ModuleType:
+    """Import and return the module of backend ``name`` (not ``"auto"``)."""
+    return importlib.import_module(f"{__name__}.{_MODULES[name]}")
+
+
+def status() -> dict[str, tuple[bool, str]]:
+    """``{name: (available, reason)}`` for every concrete backend."""
+    out = {}
+    for name in _MODULES:
+        try:
+            out[name] = get(name).available()
+        except Exception as exc:  # an import error is a reason, not a crash
+            out[name] = (False, f"import failed: {exc}")
+    return out
+
+
+def available_backends() -> list[str]:
+    """Names of the backends that can run on this machine."""
+    return [name for name, (ok, _) in status().items() if ok]

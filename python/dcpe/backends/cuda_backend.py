@@ -1,0 +1,128 @@
+"""Backend ``cuda``: exact agglomerative clustering with CUDA C++ kernels (``dcpe._C.cuda``).
+
+Same engine as the ``triton`` backend — reciprocal-nearest-neighbour rounds (Murtagh 1983;
+Müllner 2011) over a dense dissimilarity matrix, driven by :mod:`dcpe_kernels.rnn` — with
+the two O(n^2) passes written in CUDA (``csrc/cuda/rnn_kernels.cu``).  Device pointers,
+sizes and the current stream are passed to the extension as integers; the extension does
+not allocate device memory (all buffers are PyTorch tensors, so
+``torch.cuda.max_memory_allocated`` accounts for everything).
+
+Supported: linkages average, weighted, single, complete; metrics euclidean,
+sqeuclidean, cosine; ``max_cluster_size``; float32 and float64.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+import numpy as np
+import torch
+
+NAME = "cuda"
+
+
+def _ext() -> ModuleType:
+    """The ``dcpe._C.cuda`` submodule, or raise ``RuntimeError`` saying why not."""
+    try:
+        from dcpe import _C
+    except ImportError as exc:
+        raise RuntimeError(f"the compiled extension dcpe._C is not built ({exc})") from exc
+    if not getattr(_C, "has_cuda", False) or not hasattr(_C, "cuda"):
+        raise RuntimeError("dcpe._C was built without CUDA kernels (nvcc not found at build "
+                           "time, or DCPE_SKIP_CUDA was set)")
+    return _C.cuda
+
+
+def available() -> tuple[bool, str]:
+    """Whether the CUDA kernels are built and a CUDA device is visible."""
+    try:
+        _ext()
+    except RuntimeError as exc:
+        return False, str(exc)
+    if not torch.cuda.is_available():
+        return False, "no CUDA device is visible to PyTorch"
+    return True, f"CUDA kernels on {torch.cuda.get_device_name(0)}"
+
+
+def accepts(x: object) -> bool:
+    """CUDA tensors only."""
+    return isinstance(x, torch.Tensor) and x.is_cuda
+
+
+def _dtype_code(t: torch.Tensor) -> int:
+    if t.dtype == torch.float32:
+        return 0
+    if t.dtype == torch.float64:
+        return 1
+    raise ValueError(f"the {NAME!r} backend computes in float32 or float64, got {t.dtype}")
+
+
+class CudaOps:
+    """:class:`dcpe_kernels.rnn.RNNOps` backed by ``dcpe._C.cuda``."""
+
+    @staticmethod
+    def pairwise_nn(x: torch.Tensor, out: torch.Tensor, ld: int, metric: int,
+                    nn: torch.Tensor, nnd: torch.Tensor) -> None:
+        ext = _ext()
+        n, dim = x.shape
+        ext.pairwise_nn(_dtype_code(x), x.data_ptr(), out.data_ptr(), nn.data_ptr(),
+                        nnd.data_ptr(), n, dim, ld, metric,
+                        torch.cuda.current_stream(x.device).cuda_stream)
+
+    @staticmethod
+    def merge_compact_nn(src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: int,
+                         p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor,
+                         n_new: int, row0: int, nrows: int, mode: int, nn: torch.Tensor,
+                         nnd: torch.Tensor) -> None:
+        ext = _ext()
+        ext.merge_compact_nn(_dtype_code(src), src.data_ptr(), ld_src, dst.data_ptr(), ld_dst,
+                             p.data_ptr(), q.data_ptr(), wp.data_ptr(), wq.data_ptr(), n_new,
+                             row0, nrows, mode, nn.data_ptr(), nnd.data_ptr(),
+                             torch.cuda.current_stream(src.device).cuda_stream)
+
+
+def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | None):
+    from dcpe_kernels.rnn import rnn_merges
+
+    if not accepts(x):
+        raise ValueError(f"the {NAME!r} backend needs a CUDA tensor; got a tensor on "
+                         f"{getattr(x, 'device', type(x).__name__)}")
+    _ext()
+    with torch.cuda.device(x.device):
+        return rnn_merges(x.contiguous(), method=method, metric=metric,
+                          max_cluster_size=max_cluster_size, ops=CudaOps, backend=NAME)
+
+
+def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidean",
+            max_cluster_size: int | None = None) -> np.ndarray:
+    """Merges of ``x`` in SciPy linkage format.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, d)`` float32/float64 CUDA tensor, finite.
+    method, metric : str
+        See the module docstring for what is supported.
+    max_cluster_size : int, optional
+        Clusters larger than this take no further part in merging.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(m, 4)`` float64, greedy order, ``m = N - 1`` unless the size cap stopped earlier.
+    """
+    from dcpe_kernels.rnn import merges_to_linkage
+
+    return merges_to_linkage(_merges(x, method, metric, max_cluster_size))
+
+
+def labels(x: torch.Tensor, n_clusters: int, *, method: str = "average",
+           metric: str = "euclidean", max_cluster_size: int | None = None) -> torch.Tensor:
+    """Canonical int64 labels on ``x``'s device after the first ``N - n_clusters`` merges.
+
+    If the size cap leaves fewer merges, all are applied (more than ``n_clusters``
+    clusters result; the caller reports it).
+    """
+    from dcpe_kernels.rnn import merges_to_labels
+
+    return merges_to_labels(_merges(x, method, metric, max_cluster_size), n_clusters)

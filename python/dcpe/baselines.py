@@ -1,0 +1,634 @@
+"""Centroid-based baselines that DCPE is compared with, in PyTorch (CPU and CUDA).
+
+Three methods from the literature on codebook priors:
+
+:func:`kmeans`
+    Lloyd's algorithm with ``"k-means++"`` (greedy, as in scikit-learn) or ``"random"``
+    initialisation: the paper's *k-means* and *k-means++* rows.
+:func:`balanced_kmeans`
+    k-means whose clusters all have the same size, as in IAR: ``N // k`` tokens each, and
+    when ``k`` does not divide ``N`` exactly ``N % k`` clusters get one token more, so
+    sizes differ by at most 1.
+:func:`centroid_free_kmeans`
+    The paper's "k-means w/o centroid" ablation: a token joins the cluster whose current
+    members are at the smallest *mean* distance from it.
+
+All of them
+
+- accept an ``(N, d)`` NumPy array, array-like or ``torch.Tensor`` (any device) and answer
+  in the same container: NumPy in, NumPy out; torch in, torch out on the same device;
+- compute in float32, or in float64 for float64 input;
+- are deterministic for a given ``seed``: the random numbers come from a CPU
+  ``torch.Generator`` whatever the device, so a NumPy array and the same data as a CPU
+  tensor give identical results;
+- return canonical labels: clusters are numbered ``0..k-1`` in order of their smallest
+  token index, like :func:`dcpe.cluster` (``centers`` is reordered to match);
+- chunk the ``N x k`` distance computations so that memory stays bounded
+  (16,384 x 8 into 8,192 clusters needs well under 100 MB of scratch space).
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from typing import Any, NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["ClusteringResult", "balanced_kmeans", "centroid_free_kmeans", "kmeans"]
+
+#: Number of matrix elements a single chunk of a distance computation may hold.
+_CHUNK_ELEMENTS = 1 << 22
+
+
+class ClusteringResult(NamedTuple):
+    """Outcome of a baseline clustering.
+
+    Attributes
+    ----------
+    labels : numpy.ndarray or torch.Tensor
+        ``(N,)`` int64 canonical cluster ids (0..k-1, numbered by smallest token index).
+    centers : numpy.ndarray or torch.Tensor
+        ``(k, d)`` cluster means in the compute dtype, row ``c`` for cluster ``c``.
+    inertia : float
+        k-means objective of the result: sum over tokens of the squared Euclidean
+        distance to the mean of their cluster.
+    n_iter : int
+        Number of assignment steps performed.
+    history : tuple of float
+        The method's objective after every assignment step. For :func:`kmeans` and
+        :func:`balanced_kmeans` it is the sum of squared distances to the centers used in
+        that step, and it never increases. For :func:`centroid_free_kmeans` it is the
+        mean over tokens of the mean distance to the members of their cluster (no
+        monotonicity guarantee).
+    """
+
+    labels: Any
+    centers: Any
+    inertia: float
+    n_iter: int
+    history: tuple[float, ...]
+
+
+# --------------------------------------------------------------------------- validation
+
+
+def _prepare(x: Any, name: str = "x") -> tuple[torch.Tensor, bool]:
+    """Validate ``x`` and return it as a float tensor plus whether it came from NumPy."""
+    if isinstance(x, torch.Tensor):
+        t = x.detach()
+        if t.dtype == torch.bool or t.is_complex():
+            raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+        from_numpy = False
+    else:
+        try:
+            a = np.asarray(x)
+        except Exception as exc:  # ragged lists and the like
+            raise TypeError(f"{name} must be an array-like of numbers ({exc})") from None
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"{name} must hold real numbers, got dtype {a.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(a))
+        from_numpy = True
+    if t.ndim != 2:
+        raise ValueError(f"{name} must be 2-D (N, d), got shape {tuple(t.shape)}")
+    if t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"{name} must have N >= 1 rows and d >= 1 columns, "
+                         f"got shape {tuple(t.shape)}")
+    t = t.to(torch.float64 if t.dtype == torch.float64 else torch.float32)
+    bad = ~torch.isfinite(t).all(dim=1)
+    n_bad = int(bad.sum())
+    if n_bad:
+        raise ValueError(f"{name} has {n_bad} row(s) containing NaN or Inf")
+    return t.contiguous(), from_numpy
+
+
+def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    try:
+        v = operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {value!r}") from None
+    if v < low or (high is not None and v > high):
+        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be in {bounds}, got {v}")
+    return v
+
+
+def _check_tol(tol: Any) -> float:
+    try:
+        t = float(tol)
+    except (TypeError, ValueError):
+        raise TypeError(f"tol must be a number, got {tol!r}") from None
+    if not (t >= 0.0 and math.isfinite(t)):
+        raise ValueError(f"tol must be a finite number >= 0, got {tol!r}")
+    return t
+
+
+def _check_init(init: Any) -> str:
+    if init not in ("k-means++", "random"):
+        raise ValueError(f"init must be 'k-means++' or 'random', got {init!r}")
+    return init
+
+
+def _output(t: torch.Tensor, from_numpy: bool) -> Any:
+    return t.cpu().numpy() if from_numpy else t
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _row_chunk(n_cols: int) -> int:
+    return max(1, _CHUNK_ELEMENTS // max(1, n_cols))
+
+
+def _sq_dist_rows(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Exact squared distance of each row of ``x`` to ``c[labels]`` (differences, no
+    expansion, so that nearly equal points are not hit by cancellation)."""
+    return (x - c[labels]).square().sum(dim=1)
+
+
+def _nearest(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Index of the nearest row of ``c`` for every row of ``x`` (chunked; rows of ``c``
+    where ``mask`` is False are skipped)."""
+    c_sq = c.square().sum(dim=1)
+    if mask is not None:
+        c_sq = c_sq.masked_fill(~mask, float("inf"))
+    out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
+    step = _row_chunk(c.shape[0])
+    for i in range(0, x.shape[0], step):
+        xb = x[i:i + step]
+        d2 = torch.addmm(c_sq.unsqueeze(0), xb, c.T, alpha=-2.0)
+        out[i:i + step] = d2.argmin(dim=1)
+    return out
+
+
+def _segment_sums(values: torch.Tensor, labels: torch.Tensor, k: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-cluster sums (float64) of the rows of ``values`` and the cluster counts.
+
+    Uses a stable sort and a cumulative sum, which is deterministic on every device
+    (unlike atomic ``index_add`` on CUDA).
+    """
+    order = torch.argsort(labels, stable=True)
+    cs = torch.cumsum(values[order].to(torch.float64), dim=0)
+    cs = torch.cat([cs.new_zeros((1,) + tuple(cs.shape[1:])), cs])
+    counts = torch.bincount(labels, minlength=k)
+    ends = torch.cumsum(counts, dim=0)
+    return cs[ends] - cs[ends - counts], counts
+
+
+def _means(x: torch.Tensor, labels: torch.Tensor, k: int, previous: torch.Tensor
+           ) -> torch.Tensor:
+    """Cluster means; an empty cluster keeps its previous center."""
+    sums, counts = _segment_sums(x, labels, k)
+    means = (sums / counts.clamp(min=1).unsqueeze(1).to(torch.float64)).to(x.dtype)
+    return torch.where((counts > 0).unsqueeze(1), means, previous)
+
+
+def _refill_empty(labels: torch.Tensor, score: torch.Tensor, k: int) -> torch.Tensor:
+    """Give every empty cluster one token: the tokens with the largest ``score`` among
+    those whose cluster keeps at least one other member. Returns the moved token ids
+    (in the order of the clusters they now form)."""
+    moved = []
+    for _ in range(8):  # a few rounds settle the rare case of two picks from one cluster
+        counts = torch.bincount(labels, minlength=k)
+        empty = torch.nonzero(counts == 0).flatten()
+        if empty.numel() == 0:
+            break
+        movable = counts[labels] > 1
+        n_take = min(int(empty.numel()), int(movable.sum()))
+        if n_take == 0:
+            break
+        s = torch.where(movable, score.to(torch.float64),
+                        torch.full_like(score, -float("inf"), dtype=torch.float64))
+        pick = torch.topk(s, n_take, sorted=True).indices
+        labels[pick] = empty[:n_take]
+        moved.append(pick)
+    if moved:
+        return torch.cat(moved)
+    return labels.new_empty(0)
+
+
+def _canonical(labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Renumber clusters by their smallest token index; return new labels and the
+    permutation ``order`` such that new cluster ``i`` is old cluster ``order[i]``."""
+    n = labels.numel()
+    first = torch.full((k,), n, dtype=torch.int64, device=labels.device)
+    first.scatter_reduce_(0, labels, torch.arange(n, device=labels.device), reduce="amin")
+    order = torch.argsort(first, stable=True)
+    inverse = torch.empty_like(order)
+    inverse[order] = torch.arange(k, device=labels.device)
+    return inverse[labels], order
+
+
+def _seed_generator(seed: Any) -> torch.Generator:
+    s = _check_int(seed, "seed", 0)
+    return torch.Generator(device="cpu").manual_seed(s)
+
+
+def _init_indices(x: torch.Tensor, k: int, init: str, gen: torch.Generator,
+                  n_local_trials: int | None) -> torch.Tensor:
+    """Indices of the ``k`` tokens chosen as initial centers."""
+    n = x.shape[0]
+    if init == "random":
+        return torch.randperm(n, generator=gen)[:k].to(x.device)
+    # Greedy k-means++ (Arthur & Vassilvitskii 2007; greedy variant as in scikit-learn):
+    # draw several candidates proportionally to D^2, keep the one that lowers the
+    # potential most.
+    trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(k))
+    idx = torch.empty(k, dtype=torch.int64, device=x.device)
+    first = int(torch.randint(n, (1,), generator=gen))
+    idx[0] = first
+    x_sq = x.square().sum(dim=1)
+    closest = (x - x[first]).square().sum(dim=1)
+    for c in range(1, k):
+        u = torch.rand(trials, generator=gen, dtype=torch.float64).to(x.device)
+        cum = torch.cumsum(closest.to(torch.float64), dim=0)
+        cand = torch.searchsorted(cum, u * cum[-1], right=True).clamp_(max=n - 1)
+        # (trials, N) squared distances to the candidates; the expansion is accurate
+        # enough for sampling weights.
+        d_cand = torch.addmm(x_sq[cand].unsqueeze(1), x[cand], x.T, alpha=-2.0)
+        d_cand += x_sq.unsqueeze(0)
+        new = torch.minimum(closest.unsqueeze(0), d_cand.clamp_(min=0))
+        best = int(new.sum(dim=1).argmin())
+        closest = new[best]
+        idx[c] = cand[best]
+    return idx
+
+
+# --------------------------------------------------------------------------- k-means
+
+
+def _lloyd(x: torch.Tensor, centers: torch.Tensor, k: int, n_iter: int, tol_abs: float
+           ) -> tuple[torch.Tensor, torch.Tensor, int, list[float]]:
+    labels: torch.Tensor | None = None
+    history: list[float] = []
+    it = 0
+    while it < n_iter:
+        it += 1
+        new = _nearest(x, centers)
+        dist = _sq_dist_rows(x, centers, new)
+        if labels is not None:
+            # Keep the old label unless the new one is strictly closer when measured
+            # exactly: every token's term never increases.
+            old = _sq_dist_rows(x, centers, labels)
+            keep = dist >= old
+            new = torch.where(keep, labels, new)
+            dist = torch.where(keep, old, dist)
+        moved = _refill_empty(new, dist, k)
+        if moved.numel():
+            centers = centers.clone()
+            centers[new[moved]] = x[moved]
+            dist[moved] = 0
+        history.append(float(dist.to(torch.float64).sum()))
+        changed = labels is None or bool((new != labels).any())
+        labels = new
+        new_centers = _means(x, labels, k, centers)
+        shift = float((new_centers - centers).to(torch.float64).square().sum())
+        centers = new_centers
+        if not changed or shift <= tol_abs:
+            break
+    assert labels is not None
+    return labels, centers, it, history
+
+
+def kmeans(
+    x: Any,
+    k: int,
+    *,
+    init: str = "k-means++",
+    n_iter: int = 300,
+    tol: float = 1e-4,
+    seed: int = 0,
+    n_init: int = 1,
+    n_local_trials: int | None = None,
+) -> ClusteringResult:
+    """Lloyd's k-means with k-means++ or random initialisation.
+
+    Parameters
+    ----------
+    x : array-like or torch.Tensor
+        ``(N, d)`` data (the codebook), float or integer, finite.
+    k : int
+        Number of clusters, ``1 <= k <= N``.
+    init : {"k-means++", "random"}
+        ``"k-means++"``: greedy k-means++ seeding (``n_local_trials`` candidates per
+        center, default ``2 + int(log(k))`` as in scikit-learn). ``"random"``: ``k``
+        distinct tokens drawn uniformly.
+    n_iter : int
+        Maximum number of assignment steps per run.
+    tol : float
+        Stop when the total squared movement of the centers is at most
+        ``tol * mean(var(x, axis=0))`` (scikit-learn's rule), or when no label changes.
+    seed : int
+        Seed of the CPU ``torch.Generator`` used for initialisation.
+    n_init : int
+        Number of runs with consecutive draws of the same generator; the run with the
+        lowest inertia is returned.
+    n_local_trials : int, optional
+        Candidates per center for greedy k-means++.
+
+    Returns
+    -------
+    ClusteringResult
+        ``labels`` (canonical), ``centers``, ``inertia``, ``n_iter``, ``history``
+        (sum of squared distances after each assignment step, non-increasing).
+
+    Notes
+    -----
+    A cluster that becomes empty is given the token farthest from its center (among
+    tokens whose cluster keeps another member), which lowers the objective. Labels can
+    have fewer than ``k`` distinct values only if ``x`` has fewer than ``k`` distinct
+    rows.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dcpe.baselines import kmeans
+    >>> x = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    >>> res = kmeans(x, 16, seed=0)
+    >>> res.labels.shape, res.centers.shape
+    ((500,), (16, 8))
+    """
+    xt, from_numpy = _prepare(x)
+    n = xt.shape[0]
+    k = _check_int(k, "k", 1, n)
+    init = _check_init(init)
+    n_iter = _check_int(n_iter, "n_iter", 1)
+    tol = _check_tol(tol)
+    n_init = _check_int(n_init, "n_init", 1)
+    if n_local_trials is not None:
+        n_local_trials = _check_int(n_local_trials, "n_local_trials", 1)
+    gen = _seed_generator(seed)
+    tol_abs = tol * float(xt.to(torch.float64).var(dim=0, unbiased=False).mean())
+
+    best = None
+    for _ in range(n_init):
+        idx = _init_indices(xt, k, init, gen, n_local_trials)
+        labels, centers, it, history = _lloyd(xt, xt[idx].clone(), k, n_iter, tol_abs)
+        inertia = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
+        if best is None or inertia < best[2]:
+            best = (labels, centers, inertia, it, history)
+    assert best is not None
+    labels, centers, inertia, it, history = best
+    labels, order = _canonical(labels, k)
+    return ClusteringResult(_output(labels, from_numpy), _output(centers[order], from_numpy),
+                            inertia, it, tuple(history))
+
+
+# --------------------------------------------------------------------------- balanced
+
+
+def _candidates(x: torch.Tensor, centers: torch.Tensor, m: int,
+                allowed: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``m`` nearest allowed centers of every row (ids and squared distances)."""
+    c_sq = centers.square().sum(dim=1)
+    if allowed is not None:
+        c_sq = c_sq.masked_fill(~allowed, float("inf"))
+    n = x.shape[0]
+    ids = torch.empty((n, m), dtype=torch.int64, device=x.device)
+    dist = torch.empty((n, m), dtype=x.dtype, device=x.device)
+    step = _row_chunk(centers.shape[0])
+    x_sq = x.square().sum(dim=1, keepdim=True)
+    for i in range(0, n, step):
+        d2 = torch.addmm(c_sq.unsqueeze(0), x[i:i + step], centers.T, alpha=-2.0)
+        d2 += x_sq[i:i + step]
+        val, ind = torch.topk(d2, m, dim=1, largest=False, sorted=True)
+        ids[i:i + step] = ind
+        dist[i:i + step] = val
+    return ids, dist
+
+
+def _balanced_assign(x: torch.Tensor, centers: torch.Tensor, capacity: torch.Tensor,
+                     n_candidates: int) -> torch.Tensor:
+    """Capacity-constrained assignment by rounds of proposals.
+
+    In every round each unassigned token proposes to its nearest center that still has
+    room; each center accepts its closest proposers up to its remaining capacity. Each
+    round is a handful of vectorized tensor operations; at least one token is accepted
+    per round, and in practice a few dozen rounds suffice.
+    """
+    n, k = x.shape[0], centers.shape[0]
+    m = min(n_candidates, k)
+    cand, cand_d = _candidates(x, centers, m)
+    labels = torch.full((n,), -1, dtype=torch.int64, device=x.device)
+    remaining = capacity.clone()
+    todo = torch.arange(n, device=x.device)
+    inf = float("inf")
+    while todo.numel():
+        full = remaining <= 0
+        cd = cand_d[todo].masked_fill(full[cand[todo]], inf)
+        best_d, best_pos = cd.min(dim=1)
+        stale = torch.isinf(best_d)
+        if bool(stale.any()):
+            # All candidates of these tokens are full: look again among open centers.
+            rows = todo[stale]
+            m2 = min(m, int((~full).sum()))
+            ids, d = _candidates(x[rows], centers, m2, allowed=~full)
+            if m2 < m:
+                pad = m - m2
+                ids = torch.cat([ids, ids[:, :1].expand(-1, pad)], dim=1)
+                d = torch.cat([d, torch.full((rows.numel(), pad), inf, dtype=d.dtype,
+                                             device=d.device)], dim=1)
+            cand[rows] = ids
+            cand_d[rows] = d
+            cd = cand_d[todo].masked_fill(full[cand[todo]], inf)
+            best_d, best_pos = cd.min(dim=1)
+        prop = cand[todo].gather(1, best_pos.unsqueeze(1)).squeeze(1)
+        # Group proposals by center, closest first (two stable sorts).
+        o1 = torch.argsort(best_d, stable=True)
+        o2 = torch.argsort(prop[o1], stable=True)
+        order = o1[o2]
+        pc = prop[order]
+        counts = torch.bincount(pc, minlength=k)
+        start = torch.cumsum(counts, dim=0) - counts
+        rank = torch.arange(pc.numel(), device=x.device) - start[pc]
+        accept = rank < remaining[pc]
+        who = todo[order]
+        labels[who[accept]] = pc[accept]
+        remaining -= torch.bincount(pc[accept], minlength=k)
+        todo = torch.sort(who[~accept]).values
+    return labels
+
+
+def balanced_kmeans(
+    x: Any,
+    k: int,
+    *,
+    init: str = "k-means++",
+    n_iter: int = 100,
+    tol: float = 1e-4,
+    seed: int = 0,
+    n_candidates: int = 32,
+) -> ClusteringResult:
+    """k-means with equal cluster sizes (IAR's codebook clustering).
+
+    Parameters
+    ----------
+    x : array-like or torch.Tensor
+        ``(N, d)`` data.
+    k : int
+        Number of clusters, ``1 <= k <= N``.
+    init : {"k-means++", "random"}
+        Initial centers, as in :func:`kmeans`.
+    n_iter : int
+        Maximum number of assignment steps.
+    tol : float
+        Stop when the total squared movement of the centers is at most
+        ``tol * mean(var(x, axis=0))``.
+    seed : int
+        Seed of the CPU ``torch.Generator`` used for initialisation.
+    n_candidates : int
+        Number of nearest centers kept per token for the capacity-constrained
+        assignment (more are looked up when all of them are full).
+
+    Returns
+    -------
+    ClusteringResult
+        ``history`` (sum of squared distances after each accepted assignment) never
+        increases.
+
+    Notes
+    -----
+    Sizes: every cluster has ``N // k`` or ``N // k + 1`` tokens; exactly ``N % k``
+    clusters have the larger size. The assignment step is a greedy capacity-constrained
+    assignment (rounds of vectorized proposals, see the module source); the center step
+    takes the cluster means. A new assignment is kept only if it lowers the objective,
+    otherwise the iteration stops. Memory is ``O(N * n_candidates)`` plus chunked
+    distance tiles.
+    """
+    xt, from_numpy = _prepare(x)
+    n = xt.shape[0]
+    k = _check_int(k, "k", 1, n)
+    init = _check_init(init)
+    n_iter = _check_int(n_iter, "n_iter", 1)
+    tol = _check_tol(tol)
+    n_candidates = _check_int(n_candidates, "n_candidates", 1)
+    gen = _seed_generator(seed)
+    tol_abs = tol * float(xt.to(torch.float64).var(dim=0, unbiased=False).mean())
+
+    capacity = torch.full((k,), n // k, dtype=torch.int64, device=xt.device)
+    capacity[: n % k] += 1
+    centers = xt[_init_indices(xt, k, init, gen, None)].clone()
+    labels = _balanced_assign(xt, centers, capacity, n_candidates)
+    history = [float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())]
+    it = 1
+    while it < n_iter:
+        new_centers = _means(xt, labels, k, centers)
+        shift = float((new_centers - centers).to(torch.float64).square().sum())
+        centers = new_centers
+        current = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
+        if shift <= tol_abs:
+            break
+        new = _balanced_assign(xt, centers, capacity, n_candidates)
+        it += 1
+        obj = float(_sq_dist_rows(xt, centers, new).to(torch.float64).sum())
+        if not obj < current:
+            break
+        labels = new
+        history.append(obj)
+    centers = _means(xt, labels, k, centers)
+    inertia = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
+    labels, order = _canonical(labels, k)
+    return ClusteringResult(_output(labels, from_numpy), _output(centers[order], from_numpy),
+                            inertia, it, tuple(history))
+
+
+# --------------------------------------------------------------------------- centroid-free
+
+
+def _mean_member_distances(x: torch.Tensor, labels: torch.Tensor, k: int,
+                           counts: torch.Tensor, rows: slice) -> torch.Tensor:
+    """``(len(rows), k)``: mean Euclidean distance of each token in ``rows`` to the
+    current members of every cluster (``inf`` for empty clusters)."""
+    order = torch.argsort(labels, stable=True)
+    xs = x[order]
+    ends = torch.cumsum(counts, dim=0)
+    d = torch.cdist(x[rows], xs, compute_mode="donot_use_mm_for_euclid_dist")
+    cs = torch.cumsum(d.to(torch.float64), dim=1)
+    cs = torch.cat([cs.new_zeros((cs.shape[0], 1)), cs], dim=1)
+    sums = cs[:, ends] - cs[:, ends - counts]
+    return sums / counts.to(torch.float64)  # x / 0 -> inf for empty clusters
+
+
+def centroid_free_kmeans(
+    x: Any,
+    k: int,
+    *,
+    init: str = "k-means++",
+    n_iter: int = 100,
+    seed: int = 0,
+) -> ClusteringResult:
+    """k-means without centroids (the paper's "k-means w/o centroid" ablation).
+
+    Each step, every token moves to the cluster with the smallest mean Euclidean distance
+    from it to the cluster's current members (the token itself counts as a member of its
+    own cluster, at distance 0). All tokens move at once, from the same state.
+
+    Parameters
+    ----------
+    x : array-like or torch.Tensor
+        ``(N, d)`` data.
+    k : int
+        Number of clusters, ``1 <= k <= N``.
+    init : {"k-means++", "random"}
+        How the ``k`` seed tokens are chosen; the first assignment puts every token with
+        its nearest seed.
+    n_iter : int
+        Maximum number of assignment steps; stops earlier when no token moves.
+    seed : int
+        Seed of the CPU ``torch.Generator`` used for initialisation.
+
+    Returns
+    -------
+    ClusteringResult
+        ``centers`` are the cluster means (for reference), ``inertia`` the k-means
+        objective with respect to them, ``history`` the mean over tokens of the mean
+        distance to their cluster's members after each step.
+
+    Notes
+    -----
+    One step costs ``O(N^2 d)`` time (chunked, bounded memory). A token keeps its
+    cluster on ties. A cluster that empties is given the token with the largest mean
+    distance to its own cluster (among clusters with two or more members).
+    """
+    xt, from_numpy = _prepare(x)
+    n = xt.shape[0]
+    k = _check_int(k, "k", 1, n)
+    init = _check_init(init)
+    n_iter = _check_int(n_iter, "n_iter", 1)
+    gen = _seed_generator(seed)
+
+    seeds = _init_indices(xt, k, init, gen, None)
+    labels = _nearest(xt, xt[seeds])
+    labels[seeds] = torch.arange(k, device=xt.device)  # duplicates: each seed owns one
+    history: list[float] = []
+    step = _row_chunk(max(n, k))
+    it = 0
+    while it < n_iter:
+        it += 1
+        counts = torch.bincount(labels, minlength=k)
+        new = torch.empty_like(labels)
+        own = torch.empty(n, dtype=torch.float64, device=xt.device)
+        for i in range(0, n, step):
+            rows = slice(i, min(n, i + step))
+            mean_d = _mean_member_distances(xt, labels, k, counts, rows)
+            cur = labels[rows]
+            own_d = mean_d.gather(1, cur.unsqueeze(1)).squeeze(1)
+            best_d, best = mean_d.min(dim=1)
+            stay = own_d <= best_d
+            new[rows] = torch.where(stay, cur, best)
+            own[rows] = own_d
+        history.append(float(own.mean()))
+        _refill_empty(new, own, k)
+        changed = bool((new != labels).any())
+        labels = new
+        if not changed:
+            break
+    centers = _means(xt, labels, k, xt[seeds])
+    inertia = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
+    labels, order = _canonical(labels, k)
+    return ClusteringResult(_output(labels, from_numpy), _output(centers[order], from_numpy),
+                            inertia, it, tuple(history))

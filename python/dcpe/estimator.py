@@ -1,0 +1,102 @@
+"""``dcpe.DCPE``: a scikit-learn style estimator around :func:`dcpe.cluster`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ._api import _follow, _labels_from_z, _run, _warn_if_short
+from ._validation import check_int
+
+try:  # scikit-learn is optional; without it a minimal get_params/set_params is used
+    from sklearn.base import BaseEstimator, ClusterMixin
+except ImportError:  # pragma: no cover - exercised only without scikit-learn
+    class BaseEstimator:  # type: ignore[no-redef]
+        _param_names = ("n_clusters", "linkage", "metric", "max_cluster_size", "backend",
+                        "dtype")
+
+        def get_params(self, deep: bool = True) -> dict[str, Any]:
+            return {name: getattr(self, name) for name in self._param_names}
+
+        def set_params(self, **params: Any) -> BaseEstimator:
+            for name, value in params.items():
+                if name not in self._param_names:
+                    raise ValueError(f"invalid parameter {name!r} for {type(self).__name__}")
+                setattr(self, name, value)
+            return self
+
+    class ClusterMixin:  # type: ignore[no-redef]
+        def fit_predict(self, X: Any, y: Any = None, **kwargs: Any) -> Any:
+            self.fit(X, **kwargs)
+            return self.labels_
+
+
+class DCPE(ClusterMixin, BaseEstimator):
+    """Exact agglomerative clustering of a codebook (average linkage: DCPE).
+
+    Attribute names follow :class:`sklearn.cluster.AgglomerativeClustering`.
+
+    Parameters
+    ----------
+    n_clusters : int, default 8192
+        Number of clusters (``1 <= n_clusters <= N``).
+    linkage, metric, max_cluster_size, backend, dtype
+        As in :func:`dcpe.cluster`.
+
+    Attributes
+    ----------
+    labels_ : numpy.ndarray or torch.Tensor, int64, shape (N,)
+        Canonical cluster labels (container and device follow the input).
+    n_clusters_ : int
+        Number of clusters found: ``n_clusters``, or more when ``max_cluster_size`` stopped
+        the merging early (a ``UserWarning`` says so).
+    children_ : numpy.ndarray, int64, shape (m, 2)
+        The merged clusters of each merge, as in scikit-learn (leaves ``< N``; ``N + i`` is
+        the cluster formed by merge ``i``); ``m = N - 1`` without a size cap.
+    distances_ : numpy.ndarray, float64, shape (m,)
+        Height of each merge.
+    linkage_matrix_ : numpy.ndarray, float64, shape (m, 4)
+        The merges in SciPy's linkage format.
+    n_leaves_, n_features_in_ : int
+        N and d.
+
+    Examples
+    --------
+    >>> import dcpe
+    >>> est = dcpe.DCPE(n_clusters=64).fit(dcpe.datasets.sample_codebook()[:1024])
+    >>> est.n_clusters_
+    64
+    """
+
+    def __init__(self, n_clusters: int = 8192, *, linkage: str = "average",
+                 metric: str = "euclidean", max_cluster_size: int | None = None,
+                 backend: str = "auto", dtype: Any = None) -> None:
+        self.n_clusters = n_clusters
+        self.linkage = linkage
+        self.metric = metric
+        self.max_cluster_size = max_cluster_size
+        self.backend = backend
+        self.dtype = dtype
+
+    def fit(self, X: Any, y: Any = None) -> DCPE:
+        """Cluster the rows of ``X``; ``y`` is ignored."""
+        check_int("n_clusters", self.n_clusters, 1)
+        data, z, _, _ = _run(X, linkage=self.linkage, metric=self.metric,
+                             max_cluster_size=self.max_cluster_size, backend=self.backend,
+                             dtype=self.dtype, n_clusters=self.n_clusters, want_z=True)
+        k = int(self.n_clusters)
+        labels = _labels_from_z(z, data.n, k)
+        self.n_clusters_ = int(labels.max()) + 1
+        _warn_if_short(data.n, k, self.n_clusters_, self.max_cluster_size)
+        self.labels_ = _follow(data, labels)
+        self.linkage_matrix_ = z
+        self.children_ = z[:, :2].astype(np.int64)
+        self.distances_ = z[:, 2].copy()
+        self.n_leaves_ = data.n
+        self.n_features_in_ = data.d
+        return self
+
+    def fit_predict(self, X: Any, y: Any = None, **kwargs: Any) -> Any:
+        """Fit and return ``labels_``."""
+        return self.fit(X).labels_

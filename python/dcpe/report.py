@@ -1,0 +1,323 @@
+"""Cluster statistics and the comparison report (the paper's Fig. 4 and a coherence
+table): DCPE against k-means and balanced k-means with the same number of clusters.
+
+Statistics (:func:`coherence`), all distances Euclidean:
+
+``mean_intra_pairwise_distance``
+    Mean distance over all unordered pairs of distinct tokens that share a cluster
+    (``None`` when every cluster is a singleton).
+``expected_distance_to_random_member``
+    Mean over tokens ``i`` of the expected distance from ``i`` to a token drawn
+    uniformly from ``i``'s cluster (``i`` itself included): the error of decoding a
+    correctly predicted cluster by a random member, as the paper's sampler does.
+``inertia``
+    Sum of squared distances of the tokens to their cluster means (k-means objective).
+``largest_cluster``, ``smallest_cluster``, ``singletons``, ``num_clusters``,
+``num_tokens``.
+
+Sums of pairwise distances are computed per cluster, for many small clusters at a time
+(padded batches) and in row chunks for large ones, so memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .io import atomic_write
+
+__all__ = ["coherence", "compare", "write_report"]
+
+_BUDGET = 1 << 22  # distance-matrix elements per batch
+_BASELINES = ("kmeans", "balanced_kmeans")
+
+
+def _as_codebook(codebook: Any) -> torch.Tensor:
+    if isinstance(codebook, torch.Tensor):
+        t = codebook.detach().cpu()
+    else:
+        a = np.asarray(codebook)
+        if a.dtype.kind not in "fiu":
+            raise TypeError(f"codebook must hold real numbers, got dtype {a.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
+        raise ValueError(f"codebook must be 2-D (N, d) with N, d >= 1, "
+                         f"got shape {tuple(t.shape)}")
+    t = t.to(torch.float64)
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError("codebook contains NaN or Inf")
+    return t
+
+
+def _as_labels(labels: Any, n: int) -> torch.Tensor:
+    if isinstance(labels, torch.Tensor):
+        t = labels.detach().cpu()
+        if t.dtype.is_floating_point or t.dtype == torch.bool:
+            raise TypeError(f"labels must hold integers, got dtype {t.dtype}")
+    else:
+        a = np.asarray(labels)
+        if a.dtype.kind not in "iu":
+            raise TypeError(f"labels must hold integers, got dtype {a.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(a))
+    t = t.to(torch.int64)
+    if t.shape != (n,):
+        raise ValueError(f"labels must have shape ({n},) to match the codebook, "
+                         f"got {tuple(t.shape)}")
+    if int(t.min()) < 0:
+        raise ValueError(f"labels must be >= 0, got {int(t.min())}")
+    return t
+
+
+def _pair_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Per cluster, the sum of distances over unordered pairs of its members."""
+    order = torch.argsort(labels, stable=True)
+    xs = x[order]
+    sizes = torch.bincount(labels, minlength=k)
+    starts = torch.cumsum(sizes, dim=0) - sizes
+    out = torch.zeros(k, dtype=torch.float64)
+    multi = torch.nonzero(sizes >= 2).flatten()
+    if multi.numel() == 0:
+        return out
+    pad = torch.pow(2, torch.ceil(torch.log2(sizes[multi].to(torch.float64)))).to(torch.int64)
+    for p in torch.unique(pad).tolist():
+        clusters = multi[pad == p]
+        if p * p <= _BUDGET:
+            per_batch = max(1, _BUDGET // (p * p))
+            ar = torch.arange(p)
+            for b in range(0, clusters.numel(), per_batch):
+                cb = clusters[b:b + per_batch]
+                valid = ar.unsqueeze(0) < sizes[cb].unsqueeze(1)
+                idx = torch.where(valid, starts[cb].unsqueeze(1) + ar.unsqueeze(0), 0)
+                pts = xs[idx]
+                d = torch.cdist(pts, pts, compute_mode="donot_use_mm_for_euclid_dist")
+                d = d * (valid.unsqueeze(2) & valid.unsqueeze(1))
+                out[cb] = d.sum(dim=(1, 2)) / 2
+        else:
+            for c in clusters.tolist():
+                s0, n_c = int(starts[c]), int(sizes[c])
+                members = xs[s0:s0 + n_c]
+                step = max(1, _BUDGET // n_c)
+                total = 0.0
+                for r in range(0, n_c, step):
+                    d = torch.cdist(members[r:r + step], members,
+                                    compute_mode="donot_use_mm_for_euclid_dist")
+                    total += float(d.sum())
+                out[c] = total / 2
+    return out
+
+
+def coherence(codebook: Any, labels: Any) -> dict[str, Any]:
+    """Coherence statistics of a partition of a codebook.
+
+    Parameters
+    ----------
+    codebook : array-like or torch.Tensor
+        ``(N, d)`` codebook.
+    labels : array-like or torch.Tensor
+        ``(N,)`` integer cluster ids (``>= 0``; unused ids are ignored).
+
+    Returns
+    -------
+    dict
+        ``num_tokens``, ``num_clusters`` (non-empty clusters), ``largest_cluster``,
+        ``smallest_cluster``, ``singletons``, ``mean_intra_pairwise_distance``,
+        ``expected_distance_to_random_member``, ``inertia`` (see the module docstring);
+        plain Python numbers.
+    """
+    x = _as_codebook(codebook)
+    n = x.shape[0]
+    lab = _as_labels(labels, n)
+    k = int(lab.max()) + 1
+    sizes = torch.bincount(lab, minlength=k)
+    used = sizes > 0
+    pair_sums = _pair_sums(x, lab, k)
+    n_pairs = int((sizes * (sizes - 1) // 2).sum())
+    nonempty = sizes[used].to(torch.float64)
+    expected = float((2 * pair_sums[used] / nonempty).sum()) / n
+    sums = torch.zeros((k, x.shape[1]), dtype=torch.float64).index_add_(0, lab, x)
+    means = sums / sizes.clamp(min=1).unsqueeze(1)
+    inertia = float((x - means[lab]).square().sum())
+    return {
+        "num_tokens": int(n),
+        "num_clusters": int(used.sum()),
+        "largest_cluster": int(sizes.max()),
+        "smallest_cluster": int(nonempty.min()),
+        "singletons": int((sizes == 1).sum()),
+        "mean_intra_pairwise_distance": (float(pair_sums.sum()) / n_pairs) if n_pairs else None,
+        "expected_distance_to_random_member": expected,
+        "inertia": inertia,
+    }
+
+
+def compare(codebook: Any, prior: Any, *, methods: Sequence[str] = _BASELINES,
+            seed: int = 0, n_iter: int = 50, show_progress: bool | None = False
+            ) -> dict[str, Any]:
+    """Compare a prior with centroid baselines that use the same number of clusters.
+
+    Parameters
+    ----------
+    codebook : array-like or torch.Tensor
+        ``(N, d)`` codebook the prior was made for (checked against the prior's stored
+        fingerprint, when it has one).
+    prior : CodebookPrior
+        The prior (usually DCPE).
+    methods : sequence of {"kmeans", "balanced_kmeans"}
+        Baselines to run (k-means++ initialisation, ``seed``, at most ``n_iter``
+        iterations).
+    seed : int
+        Seed of the baselines.
+    n_iter : int
+        Maximum iterations of the baselines.
+    show_progress : bool or None
+        Progress bar over the methods (``None``: only on a terminal).
+
+    Returns
+    -------
+    dict
+        ``num_tokens``, ``dim``, ``num_clusters``, ``prior`` (its metadata),
+        ``methods``: ``{name: coherence dict}`` with the prior under its own method name
+        (``"dcpe"`` for DCPE) first, and ``labels``: ``{name: (N,) int64 ndarray}``.
+    """
+    from . import baselines
+    from ._progress import progress
+    from .prior import CodebookPrior
+
+    if not isinstance(prior, CodebookPrior):
+        raise TypeError(f"prior must be a CodebookPrior, got {type(prior).__name__}")
+    for m in methods:
+        if m not in _BASELINES:
+            raise ValueError(f"methods may contain {', '.join(_BASELINES)}; got {m!r}")
+    x = _as_codebook(codebook)
+    prior.check_codebook(x.to(torch.float32))
+    k = prior.num_clusters
+    x32 = x.to(torch.float32).numpy()
+    name = prior.method or "prior"
+    labels = {name: prior.token_to_cluster.cpu().numpy()}
+    stats = {}
+    bar = progress(total=1 + len(methods), desc="report", unit="method",
+                   disable=None if show_progress is None else not show_progress)
+    with bar:
+        stats[name] = coherence(x, labels[name])
+        bar.update()
+        for m in methods:
+            res = getattr(baselines, m)(x32, k, seed=seed, n_iter=n_iter)
+            labels[m] = res.labels
+            stats[m] = coherence(x, res.labels)
+            bar.update()
+    return {
+        "num_tokens": int(x.shape[0]),
+        "dim": int(x.shape[1]),
+        "num_clusters": int(k),
+        "prior": prior.metadata(),
+        "methods": stats,
+        "labels": labels,
+    }
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4f}"
+    return str(v)
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The coherence table of a :func:`compare` result as markdown."""
+    cols = [("clusters", "num_clusters"), ("largest", "largest_cluster"),
+            ("singletons", "singletons"),
+            ("mean intra-cluster pairwise dist.", "mean_intra_pairwise_distance"),
+            ("E[dist. to random member]", "expected_distance_to_random_member"),
+            ("inertia", "inertia")]
+    lines = [
+        "# Codebook prior report\n",
+        f"Codebook: {result['num_tokens']} tokens x {result['dim']} dims; "
+        f"k = {result['num_clusters']}.\n",
+        "| method | " + " | ".join(c for c, _ in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
+    for name, s in result["methods"].items():
+        lines.append(f"| {name} | " + " | ".join(_fmt(s[key]) for _, key in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _plot_sizes(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10, 4), dpi=120)
+    ax_hist, ax_rank = fig.subplots(1, 2)
+    names = [n for n in result["labels"] if n != "balanced_kmeans"]
+    all_sizes = {n: np.bincount(result["labels"][n]) for n in names}
+    top = max(int(s.max()) for s in all_sizes.values())
+    bins = np.unique(np.round(np.logspace(0, math.log10(top + 1), 30)).astype(int))
+    if bins.size < 2:
+        bins = np.array([1, 2])
+    for n, s in all_sizes.items():
+        s = s[s > 0]
+        ax_hist.hist(s, bins=bins, histtype="step", linewidth=1.5, label=n)
+        ax_rank.plot(np.arange(1, s.size + 1), np.sort(s)[::-1], label=n)
+    ax_hist.set(xscale="log", yscale="log", xlabel="cluster size (tokens)",
+                ylabel="number of clusters", title="Cluster-size distribution")
+    ax_rank.set(xscale="log", yscale="log", xlabel="cluster rank",
+                ylabel="cluster size (tokens)", title="Clusters by size")
+    for ax in (ax_hist, ax_rank):
+        ax.legend()
+        ax.grid(True, which="major", alpha=0.3)
+    fig.suptitle(f"{result['num_tokens']} tokens into k = {result['num_clusters']} clusters")
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png")
+
+
+def write_report(out_dir: str | os.PathLike, codebook: Any, prior: Any, *,
+                 result: dict[str, Any] | None = None, seed: int = 0, n_iter: int = 50,
+                 show_progress: bool | None = False) -> dict[str, Path]:
+    """Write the comparison report into ``out_dir`` (created if missing).
+
+    Files (each written atomically): ``cluster_sizes.png`` (Fig. 4: cluster-size
+    distribution of the prior vs k-means with the same k), ``coherence.md`` and
+    ``coherence.json`` (the :func:`compare` result without the labels).
+
+    Parameters
+    ----------
+    out_dir : str or os.PathLike
+        Output directory.
+    codebook, prior
+        As in :func:`compare`.
+    result : dict, optional
+        A :func:`compare` result to reuse instead of computing one.
+    seed, n_iter, show_progress
+        Passed to :func:`compare`.
+
+    Returns
+    -------
+    dict
+        ``{"figure": path, "markdown": path, "json": path}``.
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output path exists and is not a directory: {out}")
+    if result is None:
+        result = compare(codebook, prior, seed=seed, n_iter=n_iter,
+                         show_progress=show_progress)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"figure": out / "cluster_sizes.png", "markdown": out / "coherence.md",
+             "json": out / "coherence.json"}
+    _plot_sizes(result, paths["figure"])
+    with atomic_write(paths["markdown"], "w") as fh:
+        fh.write(markdown_table(result))
+    public = {key: value for key, value in result.items() if key != "labels"}
+    with atomic_write(paths["json"], "w") as fh:
+        json.dump(public, fh, indent=2)
+        fh.write("\n")
+    return paths

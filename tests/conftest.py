@@ -1,0 +1,168 @@
+"""Shared fixtures and helpers: tie-free data, partition comparison, SciPy/sklearn oracles."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+# --------------------------------------------------------------------------- data
+
+
+def tie_free(rng: np.random.Generator, n: int, d: int, dtype: type = np.float64) -> np.ndarray:
+    """Gaussian points with a random scale per coordinate (no tied distances, a.s.).
+
+    The scales span two decades so that clusters are anisotropic and of very different
+    widths; continuous random coordinates make exactly tied pairwise (and cluster)
+    distances an event of probability zero, also for ``d == 1``.
+    """
+    scales = np.exp(rng.uniform(np.log(0.1), np.log(10.0), size=d))
+    x = rng.standard_normal((n, d)) * scales + rng.normal(0, 3, size=d)
+    return x.astype(dtype)
+
+
+def integer_grid(rng: np.random.Generator, n: int, d: int, side: int = 3) -> np.ndarray:
+    """Points on a small integer grid: many exactly tied distances and duplicate rows."""
+    return rng.integers(0, side, size=(n, d)).astype(np.float64)
+
+
+# --------------------------------------------------------------------------- partitions
+
+
+def canonical(labels: np.ndarray) -> np.ndarray:
+    """Relabel 0..k-1 in order of first occurrence (int64)."""
+    labels = np.asarray(labels).ravel()
+    _, first, inverse = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inverse.ravel()]
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label vectors describe the same partition (label names ignored)."""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    return a.shape == b.shape and bool(np.array_equal(canonical(a), canonical(b)))
+
+
+def to_numpy(labels: object) -> np.ndarray:
+    """Labels as a NumPy array, whatever container they came in."""
+    if hasattr(labels, "detach"):
+        return labels.detach().cpu().numpy()
+    return np.asarray(labels)
+
+
+def apply_merges(z: np.ndarray, n: int, n_merges: int) -> np.ndarray:
+    """Canonical labels after the first ``n_merges`` rows of a linkage matrix.
+
+    Independent of ``fcluster``: valid for non-monotone heights and for cuts among tied
+    heights, where it returns exactly ``n - n_merges`` clusters.
+    """
+    parent = np.arange(2 * n)
+    for i, row in enumerate(np.asarray(z)[:n_merges]):
+        parent[int(row[0])] = n + i
+        parent[int(row[1])] = n + i
+
+    def root(t: int) -> int:
+        while parent[t] != t:
+            t = parent[t]
+        return t
+
+    return canonical(np.array([root(t) for t in range(n)]))
+
+
+def cut_z(z: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Canonical labels of ``k`` clusters: the first ``n - k`` merges of ``z``."""
+    return apply_merges(z, n, n - k)
+
+
+def hierarchy_sets(z: np.ndarray, n: int) -> set[frozenset[int]]:
+    """The clusters created by ``z`` as sets of leaves (independent of merge order)."""
+    members: list[frozenset[int]] = [frozenset([t]) for t in range(n)]
+    for row in np.asarray(z):
+        members.append(members[int(row[0])] | members[int(row[1])])
+    return set(members[n:])
+
+
+# --------------------------------------------------------------------------- oracles
+
+
+def scipy_linkage(x: np.ndarray, method: str = "average", metric: str = "euclidean"
+                  ) -> np.ndarray:
+    """SciPy's linkage matrix, in float64."""
+    from scipy.cluster.hierarchy import linkage
+
+    return linkage(np.asarray(x, dtype=np.float64), method=method, metric=metric)
+
+
+def sklearn_labels(x: np.ndarray, k: int, linkage: str = "average",
+                   metric: str = "euclidean") -> np.ndarray:
+    """Labels of scikit-learn's ``AgglomerativeClustering``."""
+    from sklearn.cluster import AgglomerativeClustering
+
+    model = AgglomerativeClustering(n_clusters=k, linkage=linkage, metric=metric)
+    return model.fit_predict(np.asarray(x, dtype=np.float64))
+
+
+def token_distances(x: np.ndarray, metric: str = "euclidean") -> np.ndarray:
+    """Float64 token distance matrix by SciPy's ``cdist``."""
+    from scipy.spatial.distance import cdist
+
+    x = np.asarray(x, dtype=np.float64)
+    return cdist(x, x, metric=metric)
+
+
+def replay_gaps(z: np.ndarray, x: np.ndarray, metric: str = "euclidean",
+                max_cluster_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Replay ``z`` in float64; per merge, its Eq. 2 distance and the smallest available.
+
+    Average-linkage (Eq. 2) distances between all current clusters are kept in float64
+    (size-weighted row merges of SciPy's token distance matrix, with cached row minima).
+    Returns ``(merged, best)``: ``merged[s]`` is the distance of the pair that ``z``
+    merges at step ``s``, ``best[s]`` the smallest distance over all mergeable pairs at
+    that step (a cluster whose size exceeds ``max_cluster_size`` is not mergeable).
+    A greedy ``z`` has ``merged == best`` up to rounding.
+    """
+    dist = token_distances(x, metric)
+    n = dist.shape[0]
+    np.fill_diagonal(dist, np.inf)
+    sizes = np.ones(n)
+    rowmin = dist.min(axis=1) if n > 1 else np.full(n, np.inf)
+    slot = {t: t for t in range(n)}  # SciPy id -> row of `dist`
+    cap = np.inf if max_cluster_size is None else max_cluster_size
+    merged, best = [], []
+    for i, row in enumerate(np.asarray(z)):
+        a, b = slot.pop(int(row[0])), slot.pop(int(row[1]))
+        merged.append(dist[a, b])
+        best.append(rowmin.min())
+        old_a, old_b = dist[a].copy(), dist[b].copy()  # = columns (symmetric)
+        size = sizes[a] + sizes[b]
+        new = (sizes[a] * dist[a] + sizes[b] * dist[b]) / size
+        if size > cap:
+            new[:] = np.inf
+        new[a] = new[b] = np.inf
+        dist[a], dist[:, a] = new, new
+        dist[b], dist[:, b] = np.inf, np.inf
+        sizes[a] = size
+        stale = ((old_a == rowmin) | (old_b == rowmin)) & np.isfinite(rowmin)
+        stale[a] = True
+        rowmin[b] = np.inf
+        rowmin = np.minimum(rowmin, new)
+        for r in np.flatnonzero(stale):
+            rowmin[r] = dist[r].min()
+        slot[n + i] = a
+    return np.array(merged), np.array(best)
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture
+def rng(request: pytest.FixtureRequest) -> np.random.Generator:
+    """A generator seeded from the test's node id (stable across runs and orderings)."""
+    seed = sum(ord(ch) * 31**i for i, ch in enumerate(request.node.nodeid)) % (2**32)
+    return np.random.default_rng(seed)
+
+
+@pytest.fixture(scope="session")
+def dcpe_mod():  # noqa: ANN201
+    """The ``dcpe`` package (skips the module's tests when it cannot be imported)."""
+    return pytest.importorskip("dcpe")

@@ -1,0 +1,226 @@
+"""Tests of dcpe.baselines: k-means, balanced k-means, centroid-free k-means."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from dcpe import baselines
+from dcpe.baselines import balanced_kmeans, centroid_free_kmeans, kmeans
+
+
+def _blobs(n: int = 600, d: int = 8, centers: int = 12, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, d)) * 3
+    x = c[rng.integers(0, centers, n)] + rng.standard_normal((n, d))
+    return x.astype(np.float32)
+
+
+def _canonical(labels: np.ndarray) -> bool:
+    _, first = np.unique(labels, return_index=True)
+    return bool(np.all(np.diff(first) > 0)) and labels.min() == 0
+
+
+@pytest.mark.parametrize("init", ["k-means++", "random"])
+def test_kmeans_history_never_increases(init):
+    x = _blobs(seed=1)
+    res = kmeans(x, 20, init=init, seed=3, tol=0.0)
+    h = np.asarray(res.history)
+    assert h.size == res.n_iter >= 2
+    assert np.all(np.diff(h) <= 1e-9 * h[0])
+    assert res.inertia <= h[-1] * (1 + 1e-9)
+
+
+def test_kmeans_inertia_matches_definition_and_centers_are_means():
+    x = _blobs(seed=2)
+    res = kmeans(x, 10, seed=0)
+    labels, centers = res.labels, res.centers
+    assert labels.dtype == np.int64 and labels.shape == (600,)
+    assert centers.shape == (10, 8)
+    means = np.stack([x[labels == c].mean(axis=0) for c in range(10)])
+    np.testing.assert_allclose(centers, means, rtol=1e-5, atol=1e-5)
+    inertia = float(((x - means[labels]) ** 2).sum())
+    assert res.inertia == pytest.approx(inertia, rel=1e-5)
+    assert _canonical(labels)
+
+
+def test_kmeans_objective_close_to_sklearn():
+    from sklearn.cluster import KMeans
+
+    ratios = []
+    for seed in range(4):
+        x = np.random.default_rng(seed).standard_normal((1500, 8)).astype(np.float32)
+        ours = kmeans(x, 32, seed=seed, n_init=1)
+        ref = KMeans(32, n_init=1, random_state=seed).fit(x)
+        ratios.append(ours.inertia / ref.inertia_)
+    assert abs(np.mean(ratios) - 1.0) < 0.03
+    assert max(ratios) < 1.06
+
+
+def test_kmeans_n_init_keeps_best():
+    x = _blobs(seed=4)
+    one = kmeans(x, 15, seed=0, n_init=1)
+    three = kmeans(x, 15, seed=0, n_init=3)
+    assert three.inertia <= one.inertia
+
+
+def test_kmeans_deterministic_and_numpy_equals_torch():
+    x = _blobs(seed=5)
+    a = kmeans(x, 17, seed=11)
+    b = kmeans(x, 17, seed=11)
+    t = kmeans(torch.from_numpy(x), 17, seed=11)
+    np.testing.assert_array_equal(a.labels, b.labels)
+    assert isinstance(t.labels, torch.Tensor) and t.labels.dtype == torch.int64
+    np.testing.assert_array_equal(a.labels, t.labels.numpy())
+    np.testing.assert_array_equal(a.centers, t.centers.numpy())
+    assert a.history == t.history
+    other = kmeans(x, 17, seed=12)
+    assert other.history != a.history  # the seed matters
+
+
+def test_kmeans_float64_and_k_edges():
+    x = _blobs(n=50, seed=6).astype(np.float64)
+    res = kmeans(x, 1)
+    assert res.centers.dtype == np.float64
+    np.testing.assert_array_equal(res.labels, np.zeros(50, dtype=np.int64))
+    res = kmeans(x, 50)
+    np.testing.assert_array_equal(res.labels, np.arange(50))
+    assert res.inertia == pytest.approx(0.0, abs=1e-9)
+
+
+def test_kmeans_duplicates_fill_empty_clusters():
+    rng = np.random.default_rng(0)
+    base = rng.standard_normal((5, 4)).astype(np.float32)
+    x = np.repeat(base, 20, axis=0)
+    res = kmeans(x, 5, init="random", seed=1)
+    # 5 distinct points, 5 clusters: the optimum puts each distinct point alone.
+    assert res.inertia == pytest.approx(0.0, abs=1e-6)
+    assert len(np.unique(res.labels)) == 5
+
+
+@pytest.mark.parametrize("n,k", [(600, 12), (601, 12), (500, 7), (64, 64), (10, 1)])
+def test_balanced_sizes_exact(n, k):
+    x = _blobs(n=n, seed=n)
+    res = balanced_kmeans(x, k, seed=0)
+    sizes = np.bincount(res.labels, minlength=k)
+    assert sizes.size == k
+    assert sizes.sum() == n
+    assert set(np.unique(sizes)) <= {n // k, n // k + 1}
+    assert int(np.sum(sizes == n // k + 1)) == n % k
+    assert _canonical(res.labels)
+
+
+def test_balanced_history_and_quality():
+    x = _blobs(n=1200, centers=16, seed=7)
+    res = balanced_kmeans(x, 16, seed=2)
+    h = np.asarray(res.history)
+    assert np.all(np.diff(h) <= 1e-9 * h[0])
+    assert res.inertia <= h[-1] * (1 + 1e-9)
+    # Equal sizes cost something but the result must beat a random balanced split.
+    perm = np.random.default_rng(0).permutation(1200) % 16
+    means = np.stack([x[perm == c].mean(axis=0) for c in range(16)])
+    random_inertia = float(((x - means[perm]) ** 2).sum())
+    assert res.inertia < 0.5 * random_inertia
+
+
+def test_balanced_deterministic_and_numpy_equals_torch():
+    x = _blobs(n=800, seed=8)
+    a = balanced_kmeans(x, 25, seed=4)
+    t = balanced_kmeans(torch.from_numpy(x), 25, seed=4)
+    np.testing.assert_array_equal(a.labels, t.labels.numpy())
+    np.testing.assert_array_equal(balanced_kmeans(x, 25, seed=4).labels, a.labels)
+
+
+def test_balanced_sample_codebook_runs():
+    import dcpe
+
+    x = dcpe.datasets.sample_codebook()[:4096]
+    res = balanced_kmeans(x, 128, seed=0, n_iter=5)
+    assert np.all(np.bincount(res.labels, minlength=128) == 32)
+
+
+def test_capacity_assignment_is_optimal_when_unconstrained():
+    # With capacity N for every center, the greedy assignment is plain nearest-center.
+    x = torch.from_numpy(_blobs(n=300, seed=9))
+    centers = x[:10].clone()
+    cap = torch.full((10,), 300)
+    got = baselines._balanced_assign(x, centers, cap, n_candidates=4)
+    want = torch.cdist(x, centers).argmin(dim=1)
+    assert torch.equal(got, want)
+
+
+def _brute_centroid_free_step(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:
+    d = np.sqrt(((x[:, None, :] - x[None, :, :]) ** 2).sum(-1))
+    mean = np.stack([d[:, labels == c].mean(axis=1) for c in range(k)], axis=1)
+    own = mean[np.arange(len(x)), labels]
+    best = mean.argmin(axis=1)
+    return np.where(own <= mean.min(axis=1), labels, best)
+
+
+def test_centroid_free_fixed_point_matches_brute_force():
+    x = _blobs(n=200, centers=5, seed=10).astype(np.float64)
+    res = centroid_free_kmeans(x, 5, seed=0, n_iter=100)
+    assert res.n_iter < 100  # converged
+    # At convergence one more brute-force step changes nothing.
+    np.testing.assert_array_equal(_brute_centroid_free_step(x, res.labels, 5), res.labels)
+    assert _canonical(res.labels)
+    assert len(res.history) == res.n_iter
+
+
+def test_centroid_free_one_step_matches_brute_force():
+    x = _blobs(n=150, centers=6, seed=11).astype(np.float64)
+    start = kmeans(x, 6, seed=0, n_iter=1)  # nearest-seed assignment, like the init
+    brute = _brute_centroid_free_step(x, start.labels, 6)
+    xt = torch.from_numpy(x)
+    lab = torch.from_numpy(start.labels)
+    counts = torch.bincount(lab, minlength=6)
+    mean = baselines._mean_member_distances(xt, lab, 6, counts, slice(0, 150)).numpy()
+    own = mean[np.arange(150), start.labels]
+    ours = np.where(own <= mean.min(axis=1), start.labels, mean.argmin(axis=1))
+    np.testing.assert_array_equal(ours, brute)
+
+
+def test_centroid_free_deterministic_and_torch():
+    x = _blobs(n=300, seed=12)
+    a = centroid_free_kmeans(x, 9, seed=1)
+    t = centroid_free_kmeans(torch.from_numpy(x), 9, seed=1)
+    np.testing.assert_array_equal(a.labels, t.labels.numpy())
+    assert len(np.unique(a.labels)) == 9
+
+
+@pytest.mark.parametrize("fn", [kmeans, balanced_kmeans, centroid_free_kmeans])
+def test_bad_inputs(fn):
+    x = _blobs(n=20)
+    with pytest.raises(ValueError, match="k must be in"):
+        fn(x, 0)
+    with pytest.raises(ValueError, match="k must be in"):
+        fn(x, 21)
+    with pytest.raises(TypeError, match="k must be an integer"):
+        fn(x, 2.5)
+    with pytest.raises(ValueError, match="2-D"):
+        fn(x[0], 2)
+    with pytest.raises(ValueError, match="N >= 1"):
+        fn(x[:0], 1)
+    bad = x.copy()
+    bad[3, 1] = np.nan
+    bad[7, 0] = np.inf
+    with pytest.raises(ValueError, match="2 row"):
+        fn(bad, 2)
+    with pytest.raises(TypeError, match="real numbers"):
+        fn(np.array([["a", "b"]]), 1)
+    with pytest.raises(ValueError, match="init"):
+        fn(x, 2, init="kmeans++")
+    with pytest.raises(ValueError, match="seed"):
+        fn(x, 2, seed=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_cuda_matches_cpu():
+    x = _blobs(n=500, seed=13)
+    cpu = kmeans(x, 12, seed=0)
+    gpu = kmeans(torch.from_numpy(x).cuda(), 12, seed=0)
+    assert gpu.labels.device.type == "cuda"
+    assert gpu.inertia == pytest.approx(cpu.inertia, rel=1e-3)
+    bal = balanced_kmeans(torch.from_numpy(x).cuda(), 10, seed=0)
+    assert torch.all(torch.bincount(bal.labels) == 50)

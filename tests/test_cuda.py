@@ -1,0 +1,250 @@
+"""Backend ``cuda`` (CUDA C++ kernels in ``dcpe._C.cuda``).
+
+The build test runs everywhere; the rest needs a CUDA device and skips cleanly without.
+``dcpe_kernels`` (which decorates Triton kernels on import) is imported inside the tests
+only, so that collecting this module does not fix the Triton interpreter mode for
+``tests/test_triton.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+HAS_CUDA_DEVICE = bool(torch.cuda.is_available())
+needs_gpu = pytest.mark.skipif(not HAS_CUDA_DEVICE, reason="needs a CUDA device")
+
+
+def _ext():
+    try:
+        from dcpe import _C
+    except ImportError:
+        return None
+    return _C
+
+
+def tie_free(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    """Gaussian points, random per-coordinate scales: no tied distances (a.s.)."""
+    scales = np.exp(rng.uniform(np.log(0.2), np.log(5.0), size=d))
+    return rng.standard_normal((n, d)) * scales
+
+
+def cut(z: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Canonical labels after the first ``n - k`` merges of ``z``."""
+    parent = np.arange(2 * n)
+
+    def root(t: int) -> int:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for i, row in enumerate(z[: max(0, n - k)]):
+        parent[root(int(row[0]))] = n + i
+        parent[root(int(row[1]))] = n + i
+    roots = np.array([root(t) for t in range(n)])
+    _, first, inv = np.unique(roots, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inv.ravel()]
+
+
+def test_cuda_kernels_built_when_nvcc_present() -> None:
+    """The build compiles the CUDA sources whenever nvcc is available (and not skipped)."""
+    ext = _ext()
+    if ext is None:
+        pytest.skip("dcpe._C is not built")
+    if shutil.which("nvcc") is None or os.environ.get("DCPE_SKIP_CUDA", "0") not in ("", "0"):
+        pytest.skip("nvcc not on PATH or DCPE_SKIP_CUDA set")
+    assert getattr(ext, "has_cuda", False) is True
+    assert callable(ext.cuda.pairwise_nn) and callable(ext.cuda.merge_compact_nn)
+    assert ext.cuda.device_count() >= 0  # never raises, also without a driver
+
+
+def test_available_says_why() -> None:
+    from dcpe.backends import cuda_backend
+
+    ok, why = cuda_backend.available()
+    assert isinstance(why, str) and why
+    if not HAS_CUDA_DEVICE:
+        assert not ok
+    assert not cuda_backend.accepts(np.zeros((3, 2)))
+    assert not cuda_backend.accepts(torch.zeros((3, 2)))
+
+
+def _backend():
+    from dcpe.backends import cuda_backend
+
+    ok, why = cuda_backend.available()
+    if not ok:
+        pytest.skip(f"cuda backend unavailable: {why}")
+    return cuda_backend
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", [0, 1, 2])
+def test_pairwise_kernel_matches_reference(dtype: torch.dtype, metric: int) -> None:
+    cb = _backend()
+    from dcpe_kernels.pairwise import _reference_pairwise_nn
+
+    rng = np.random.default_rng(metric)
+    n, d, ld = 333, 7, 340
+    x = torch.tensor(tie_free(rng, n, d), dtype=dtype, device="cuda")
+    out = torch.full((n * ld,), -7.0, dtype=dtype, device="cuda")
+    nn = torch.empty(n, dtype=torch.int64, device="cuda")
+    nnd = torch.empty(n, dtype=dtype, device="cuda")
+    cb.CudaOps.pairwise_nn(x, out, ld, metric, nn, nnd)
+    ref, ref_nn, ref_nnd = _reference_pairwise_nn(x, metric)
+    mat = out.view(n, ld)
+    torch.testing.assert_close(mat[:, :n], ref, rtol=1e-6, atol=0)
+    assert bool((mat[:, n:] == -7.0).all())
+    assert torch.equal(nn, ref_nn)
+    torch.testing.assert_close(nnd, ref_nnd, rtol=1e-6, atol=0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
+    cb = _backend()
+    from dcpe_kernels.merge import _reference_merge_compact_nn
+
+    rng = np.random.default_rng(40 + mode)
+    n_old, ld_src = 300, 301
+    a = tie_free(rng, n_old, 3)
+    old = torch.tensor(np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1)), dtype=dtype,
+                       device="cuda")
+    old.fill_diagonal_(float("inf"))
+    perm = rng.permutation(n_old)
+    partner = np.full(n_old, -1)
+    for k in range(0, 100, 2):
+        i, j = sorted(perm[k:k + 2])
+        partner[i], partner[j] = j, i
+    dropped = set(perm[100:110].tolist())
+    p = [s for s in range(n_old) if not (0 <= partner[s] < s) and s not in dropped]
+    q = [partner[s] if partner[s] > s else -1 for s in p]
+    sz = rng.integers(1, 9, size=n_old).astype(np.float64)
+    wp = [sz[s] / (sz[s] + (sz[t] if t >= 0 else 0)) for s, t in zip(p, q, strict=True)]
+    wq = [sz[t] / (sz[s] + sz[t]) if t >= 0 else 0.0 for s, t in zip(p, q, strict=True)]
+    pt = torch.tensor(p, dtype=torch.int32, device="cuda")
+    qt = torch.tensor(q, dtype=torch.int32, device="cuda")
+    wpt = torch.tensor(wp, dtype=dtype, device="cuda")
+    wqt = torch.tensor(wq, dtype=dtype, device="cuda")
+    n_new = len(p)
+    src = torch.zeros(n_old * ld_src, dtype=dtype, device="cuda")
+    src.view(n_old, ld_src)[:, :n_old] = old
+    ref, ref_nn, ref_nnd = _reference_merge_compact_nn(old, pt, qt, wpt, wqt, mode)
+    for row0, nrows in ((0, n_new), (17, 40)):
+        dst = torch.full((nrows * n_new,), -7.0, dtype=dtype, device="cuda")
+        nn = torch.full((n_new,), -1, dtype=torch.int64, device="cuda")
+        nnd = torch.zeros(n_new, dtype=dtype, device="cuda")
+        cb.CudaOps.merge_compact_nn(src, ld_src, dst, n_new, pt, qt, wpt, wqt, n_new, row0,
+                                    nrows, mode, nn, nnd)
+        rows = slice(row0, row0 + nrows)
+        torch.testing.assert_close(dst.view(nrows, n_new), ref[rows], rtol=1e-6, atol=0)
+        assert torch.equal(nn[rows], ref_nn[rows])
+        torch.testing.assert_close(nnd[rows], ref_nnd[rows], rtol=1e-6, atol=0)
+
+
+def _oracle(x: np.ndarray, cap: int | None, method: str = "average") -> np.ndarray:
+    try:
+        from dcpe import backends
+
+        cpu = backends.get("cpu")
+        ok = cpu.available()[0]
+    except Exception:
+        ok = False
+    if ok:
+        return cpu.linkage(x, method=method, metric="euclidean", max_cluster_size=cap)
+    if cap is not None:
+        pytest.skip("size-capped oracle needs the cpu backend")
+    from scipy.cluster.hierarchy import linkage
+
+    return linkage(x.astype(np.float64), method)
+
+
+@needs_gpu
+@pytest.mark.parametrize("n,seed,dtype,cap", [
+    (2, 0, np.float32, None),
+    (257, 1, np.float32, None),
+    (257, 2, np.float64, 3),
+    (2048, 3, np.float32, None),
+    (4096, 4, np.float64, None),
+    (4096, 5, np.float32, 2),
+    (16384, 6, np.float64, None),
+    (16384, 7, np.float64, 2),
+])
+def test_labels_match_cpu(n: int, seed: int, dtype: type, cap: int | None) -> None:
+    cb = _backend()
+    x = tie_free(np.random.default_rng(seed), n, 8).astype(dtype)
+    z_ref = _oracle(x, cap)
+    xt = torch.from_numpy(x).cuda()
+    z = cb.linkage(xt, method="average", metric="euclidean", max_cluster_size=cap)
+    assert z.shape == z_ref.shape
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], z_ref[:, [0, 1, 3]])
+    np.testing.assert_allclose(z[:, 2], z_ref[:, 2], rtol=1e-5, atol=1e-12)
+    for k in sorted({max(1, n // 2), max(1, n // 7), 1}):
+        lab = cb.labels(xt, k, method="average", metric="euclidean", max_cluster_size=cap)
+        assert lab.is_cuda and lab.dtype == torch.int64
+        np.testing.assert_array_equal(lab.cpu().numpy(), cut(z_ref, n, k))
+
+
+@needs_gpu
+def test_sample_codebook_float32_matches_cpu() -> None:
+    """The LlamaGen-shaped sample (16384 x 8, float32), k = N/2."""
+    cb = _backend()
+    import dcpe.datasets as ds
+
+    x = ds.sample_codebook()
+    z_ref = _oracle(x, None)
+    z = cb.linkage(torch.from_numpy(x).cuda(), method="average", metric="euclidean",
+                   max_cluster_size=None)
+    np.testing.assert_allclose(z[:, 2], z_ref[:, 2], rtol=1e-5, atol=1e-7)
+    lab = cb.labels(torch.from_numpy(x).cuda(), 8192, method="average", metric="euclidean",
+                    max_cluster_size=None)
+    np.testing.assert_array_equal(lab.cpu().numpy(), cut(z_ref, len(x), 8192))
+
+
+@needs_gpu
+@pytest.mark.parametrize("method", ["single", "complete", "weighted"])
+def test_other_linkages_match_scipy(method: str) -> None:
+    cb = _backend()
+    from scipy.cluster.hierarchy import linkage
+
+    x = tie_free(np.random.default_rng(9), 500, 5)
+    z = cb.linkage(torch.from_numpy(x).cuda(), method=method, metric="euclidean",
+                   max_cluster_size=None)
+    z_ref = linkage(x, method)
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], z_ref[:, [0, 1, 3]])
+    np.testing.assert_allclose(z[:, 2], z_ref[:, 2], rtol=1e-10)
+
+
+@needs_gpu
+def test_inplace_path_matches() -> None:
+    cb = _backend()
+    from dcpe_kernels.rnn import merges_to_linkage, required_bytes, rnn_merges
+
+    x = torch.from_numpy(tie_free(np.random.default_rng(13), 3000, 8)).float().cuda()
+    ref = cb.linkage(x, method="average", metric="euclidean", max_cluster_size=None)
+    tight = required_bytes(3000, 8, 4) + 100 * 3000 * 4
+    mg = rnn_merges(x, method="average", metric="euclidean", max_cluster_size=None,
+                    ops=cb.CudaOps, backend="cuda", memory_budget=tight)
+    np.testing.assert_array_equal(merges_to_linkage(mg), ref)
+
+
+@needs_gpu
+def test_preflight_refuses_too_large() -> None:
+    cb = _backend()
+    _, total = torch.cuda.mem_get_info()
+    n = int((total / 4) ** 0.5) + 4096
+    xt = torch.zeros((n, 2), dtype=torch.float32, device="cuda")
+    before = torch.cuda.memory_allocated()
+    with pytest.raises(MemoryError):
+        cb.labels(xt, 2, method="average", metric="euclidean", max_cluster_size=None)
+    assert torch.cuda.memory_allocated() == before

@@ -1,0 +1,416 @@
+"""Backend ``triton`` and its kernels.
+
+Without a GPU the kernels run on CPU tensors under the Triton interpreter
+(``TRITON_INTERPRET=1``, set below before anything imports Triton) at small N.  On a
+machine with CUDA and without ``TRITON_INTERPRET`` the same comparisons run on CUDA
+tensors, plus larger inputs compared with the ``cpu`` backend.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def _cuda_visible() -> bool:
+    try:
+        import torch
+    except Exception:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+if "TRITON_INTERPRET" not in os.environ and not _cuda_visible():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import importlib  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+if not INTERPRET and not torch.cuda.is_available():
+    pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+DEVICE = "cpu" if INTERPRET else "cuda"
+
+
+def _load_kernels():
+    """Import ``dcpe_kernels``; re-decorate its kernels if it was imported in the other mode."""
+    from triton.runtime.interpreter import InterpretedFunction
+
+    import dcpe_kernels
+    from dcpe_kernels import merge, pairwise
+
+    if isinstance(pairwise._pairwise_dist_rownn_kernel, InterpretedFunction) != INTERPRET:
+        importlib.reload(pairwise)
+        importlib.reload(merge)
+        importlib.reload(dcpe_kernels)
+    return dcpe_kernels
+
+
+dk = _load_kernels()
+from dcpe.backends import triton_backend  # noqa: E402
+
+from dcpe_kernels.rnn import merges_to_labels, merges_to_linkage, rnn_merges  # noqa: E402
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def tie_free(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
+    """Gaussian points, random per-coordinate scales: no tied distances (a.s.)."""
+    scales = np.exp(rng.uniform(np.log(0.2), np.log(5.0), size=d))
+    return rng.standard_normal((n, d)) * scales
+
+
+def canonical(labels: np.ndarray) -> np.ndarray:
+    """Relabel 0..k-1 in order of first occurrence."""
+    _, first, inv = np.unique(labels, return_index=True, return_inverse=True)
+    rank = np.empty(len(first), dtype=np.int64)
+    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+    return rank[inv.ravel()]
+
+
+def cut(z: np.ndarray, n: int, k: int) -> np.ndarray:
+    """Canonical labels after the first ``n - k`` merges of ``z`` (union-find)."""
+    parent = list(range(2 * n))
+
+    def root(t: int) -> int:
+        while parent[t] != t:
+            parent[t] = parent[parent[t]]
+            t = parent[t]
+        return t
+
+    for i, row in enumerate(z[: max(0, n - k)]):
+        parent[root(int(row[0]))] = n + i
+        parent[root(int(row[1]))] = n + i
+    return canonical(np.array([root(t) for t in range(n)]))
+
+
+def greedy_oracle(x: np.ndarray, method: str = "average", metric: str = "euclidean",
+                  cap: int | None = None) -> np.ndarray:
+    """Literal greedy agglomeration in float64 (dense matrix, one merge per step).
+
+    Tie rule: lexicographically smallest (distance, a, b) with clusters identified by
+    their smallest token index; clusters larger than ``cap`` stop merging.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    n = len(x)
+    if metric == "cosine":
+        nrm = np.linalg.norm(x, axis=1, keepdims=True)
+        x = x / np.where(nrm > 0, nrm, 1)
+    sq = ((x[:, None, :] - x[None, :, :]) ** 2).sum(-1)
+    dist = {"euclidean": np.sqrt(sq), "sqeuclidean": sq, "cosine": 0.5 * sq}[metric]
+    np.fill_diagonal(dist, np.inf)
+    size = np.ones(n)
+    alive = np.ones(n, dtype=bool)
+    cid = np.arange(n)
+    z = []
+    while True:
+        act = np.flatnonzero(alive & (size <= (cap if cap is not None else np.inf)))
+        if len(act) < 2:
+            break
+        sub = dist[np.ix_(act, act)].copy()
+        sub[np.tril_indices(len(act))] = np.inf
+        i, j = np.unravel_index(np.argmin(sub), sub.shape)
+        a, b = act[i], act[j]
+        na, nb = size[a], size[b]
+        z.append([min(cid[a], cid[b]), max(cid[a], cid[b]), dist[a, b], na + nb])
+        if method == "average":
+            new = (na * dist[a] + nb * dist[b]) / (na + nb)
+        elif method == "weighted":
+            new = 0.5 * (dist[a] + dist[b])
+        elif method == "single":
+            new = np.minimum(dist[a], dist[b])
+        else:
+            new = np.maximum(dist[a], dist[b])
+        dist[a], dist[:, a] = new, new
+        dist[a, a] = np.inf
+        dist[b], dist[:, b] = np.inf, np.inf
+        alive[b] = False
+        size[a] = na + nb
+        cid[a] = n + len(z) - 1
+    return np.array(z, dtype=np.float64).reshape(-1, 4)
+
+
+def run(x: np.ndarray, dtype: torch.dtype = torch.float64, method: str = "average",
+        metric: str = "euclidean", cap: int | None = None, **kw: object):
+    xt = torch.tensor(x, dtype=dtype, device=DEVICE)
+    return rnn_merges(xt, method=method, metric=metric, max_cluster_size=cap,
+                      ops=dk.TritonOps, **kw)
+
+
+def assert_same_tree(z: np.ndarray, z_ref: np.ndarray, rtol: float) -> None:
+    assert z.shape == z_ref.shape
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], z_ref[:, [0, 1, 3]])
+    np.testing.assert_allclose(z[:, 2], z_ref[:, 2], rtol=rtol, atol=1e-12)
+
+
+# ----------------------------------------------------------------------------- kernels
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", [0, 1, 2])
+def test_pairwise_kernel_matches_reference(dtype: torch.dtype, metric: int) -> None:
+    rng = np.random.default_rng(10 + metric)
+    n, d, ld = 37, 5, 41  # n not a multiple of the tiles; padded row stride
+    x = torch.tensor(tie_free(rng, n, d), dtype=dtype, device=DEVICE)
+    out = torch.full((n * ld,), -7.0, dtype=dtype, device=DEVICE)
+    nn = torch.empty(n, dtype=torch.int64, device=DEVICE)
+    nnd = torch.empty(n, dtype=dtype, device=DEVICE)
+    dk.pairwise_nn(x, out, ld, metric, nn, nnd)
+    ref, ref_nn, ref_nnd = dk._reference_pairwise_nn(x, metric)
+    mat = out.view(n, ld)
+    torch.testing.assert_close(mat[:, :n], ref, rtol=1e-6, atol=0)
+    assert bool((mat[:, n:] == -7.0).all()), "wrote outside the matrix"
+    assert torch.equal(nn, ref_nn)
+    torch.testing.assert_close(nnd, ref_nnd, rtol=1e-6, atol=0)
+
+
+def _random_round(rng: np.random.Generator, n_old: int, dtype: torch.dtype):
+    """A symmetric old matrix and a random round: pairs merged, some slots dropped."""
+    a = tie_free(rng, n_old, 3)
+    old = torch.tensor(np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1)), dtype=dtype,
+                       device=DEVICE)
+    old.fill_diagonal_(float("inf"))
+    perm = rng.permutation(n_old)
+    partner = np.full(n_old, -1)
+    for k in range(0, 12, 2):  # 6 disjoint pairs
+        i, j = sorted(perm[k:k + 2])
+        partner[i], partner[j] = j, i
+    dropped = set(perm[12:15].tolist())  # e.g. over the size cap
+    p = [s for s in range(n_old) if not (0 <= partner[s] < s) and s not in dropped]
+    q = [partner[s] if partner[s] > s else -1 for s in p]
+    sizes = rng.integers(1, 5, size=n_old).astype(np.float64)
+    wp = [sizes[s] / (sizes[s] + (sizes[t] if t >= 0 else 0)) for s, t in zip(p, q, strict=True)]
+    wq = [sizes[t] / (sizes[s] + sizes[t]) if t >= 0 else 0.0 for s, t in zip(p, q, strict=True)]
+
+    def t(v, dt):
+        return torch.tensor(v, dtype=dt, device=DEVICE)
+
+    return old, t(p, torch.int32), t(q, torch.int32), t(wp, dtype), t(wq, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
+    rng = np.random.default_rng(20 + mode)
+    n_old, ld_src = 45, 48
+    old, p, q, wp, wq = _random_round(rng, n_old, dtype)
+    n_new = p.shape[0]
+    src = torch.zeros(n_old * ld_src, dtype=dtype, device=DEVICE)
+    src.view(n_old, ld_src)[:, :n_old] = old
+    ref, ref_nn, ref_nnd = dk._reference_merge_compact_nn(old, p, q, wp, wq, mode)
+    # whole matrix, then a chunk of rows (row offset path used by in-place compaction)
+    for row0, nrows in ((0, n_new), (5, 17)):
+        ld_dst = n_new + 2
+        dst = torch.full((nrows * ld_dst,), -7.0, dtype=dtype, device=DEVICE)
+        nn = torch.full((n_new,), -1, dtype=torch.int64, device=DEVICE)
+        nnd = torch.zeros(n_new, dtype=dtype, device=DEVICE)
+        dk.merge_compact_nn(src, ld_src, dst, ld_dst, p, q, wp, wq, n_new, row0, nrows, mode,
+                            nn, nnd)
+        rows = slice(row0, row0 + nrows)
+        got = dst.view(nrows, ld_dst)
+        torch.testing.assert_close(got[:, :n_new], ref[rows], rtol=1e-6, atol=0)
+        assert bool((got[:, n_new:] == -7.0).all())
+        assert torch.equal(nn[rows], ref_nn[rows])
+        torch.testing.assert_close(nnd[rows], ref_nnd[rows], rtol=1e-6, atol=0)
+        untouched = torch.ones(n_new, dtype=torch.bool, device=DEVICE)
+        untouched[rows] = False
+        assert bool((nn[untouched] == -1).all())
+
+
+def test_reference_merge_is_lance_williams() -> None:
+    """The reference itself: a merged row equals Eq. 2 recomputed from token distances."""
+    rng = np.random.default_rng(3)
+    x = tie_free(rng, 6, 2)
+    tok = np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1))
+    old = torch.tensor(tok)
+    old.fill_diagonal_(float("inf"))
+    # merge {0,3} and {1,4}; slots 2, 5 stay
+    p = torch.tensor([0, 1, 2, 5], dtype=torch.int32)
+    q = torch.tensor([3, 4, -1, -1], dtype=torch.int32)
+    w = torch.tensor([0.5, 0.5, 1.0, 1.0], dtype=torch.float64)
+    wq = torch.tensor([0.5, 0.5, 0.0, 0.0], dtype=torch.float64)
+    new, _, _ = dk._reference_merge_compact_nn(old, p, q, w, wq, 0)
+    assert np.isclose(float(new[0, 1]), tok[np.ix_([0, 3], [1, 4])].mean())
+    assert np.isclose(float(new[0, 2]), tok[[0, 3], 2].mean())
+    assert float(new[2, 3]) == tok[2, 5]
+
+
+# ----------------------------------------------------------------------------- engine
+
+
+@pytest.mark.parametrize("n", [2, 3, 17, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_average_matches_greedy(n: int, dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(100 + n)
+    x = tie_free(rng, n, 8)
+    z_ref = greedy_oracle(x)
+    mg = run(x, dtype)
+    z = merges_to_linkage(mg)
+    assert_same_tree(z, z_ref, rtol=1e-5 if dtype == torch.float32 else 1e-10)
+    assert np.all(np.diff(z[:, 2]) >= 0)
+    for k in sorted({1, 2, max(1, n // 2), n - 1, n}):
+        lab = merges_to_labels(mg, k)
+        assert lab.dtype == torch.int64 and lab.device.type == DEVICE
+        np.testing.assert_array_equal(lab.cpu().numpy(), cut(z_ref, n, k))
+
+
+@pytest.mark.parametrize("method", ["single", "complete", "weighted"])
+def test_other_reducible_linkages(method: str) -> None:
+    x = tie_free(np.random.default_rng(7), 40, 4)
+    assert_same_tree(merges_to_linkage(run(x, method=method)), greedy_oracle(x, method), 1e-10)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+def test_other_metrics(metric: str) -> None:
+    x = tie_free(np.random.default_rng(8), 48, 6)
+    assert_same_tree(merges_to_linkage(run(x, metric=metric)), greedy_oracle(x, metric=metric),
+                     1e-9)
+
+
+@pytest.mark.parametrize("cap", [1, 2, 3, 8])
+def test_size_cap_matches_greedy(cap: int) -> None:
+    rng = np.random.default_rng(200 + cap)
+    n = 96
+    x = tie_free(rng, n, 8)
+    z_ref = greedy_oracle(x, cap=cap)
+    mg = run(x, torch.float32, cap=cap)
+    z = merges_to_linkage(mg)
+    assert_same_tree(z, z_ref, rtol=1e-5)
+    if cap == 1:  # singletons pair up once, then every pair is over the cap
+        assert z.shape[0] == n // 2 and bool(np.all(z[:, 3] == 2))
+    assert z.shape[0] < n - 1 or cap >= n
+    for k in (n // cap, n // 2):
+        lab = merges_to_labels(mg, k).cpu().numpy()
+        np.testing.assert_array_equal(lab, cut(z_ref, n, k))
+        assert np.bincount(lab).max() <= 2 * cap  # a capped cluster took at most one merge
+
+
+def test_duplicates_share_clusters() -> None:
+    rng = np.random.default_rng(5)
+    base = tie_free(rng, 30, 4)
+    idx = rng.integers(0, 30, size=90)
+    idx[:30] = np.arange(30)  # every distinct row present
+    x = base[rng.permutation(idx)]
+    n, distinct = len(x), 30
+    mg = run(x, torch.float32)
+    z = merges_to_linkage(mg)
+    z_ref = greedy_oracle(x)
+    # same hierarchy; the tied zero-height merges may be listed in another order
+    assert np.count_nonzero(z[:, 2] == 0) == n - distinct
+    np.testing.assert_allclose(np.sort(z[:, 2]), np.sort(z_ref[:, 2]), rtol=1e-5, atol=0)
+    for k in (1, 7, distinct):
+        lab = merges_to_labels(mg, k).cpu().numpy()
+        np.testing.assert_array_equal(lab, cut(z_ref, n, k))
+        _, inv = np.unique(x, axis=0, return_inverse=True)
+        for g in np.unique(inv):
+            assert len(set(lab[inv.ravel() == g])) == 1
+
+
+def test_inplace_compaction_matches_out_of_place() -> None:
+    """When a second matrix does not fit, rows are compacted in place through staging."""
+    x = tie_free(np.random.default_rng(11), 80, 8)
+    xt = torch.tensor(x, dtype=torch.float32, device=DEVICE)
+    ref = run(x, torch.float32)
+    from dcpe_kernels.rnn import required_bytes
+
+    tight = required_bytes(80, 8, 4) + 12 * 80 * 4  # room for a 12-row staging buffer only
+    mg = rnn_merges(xt, method="average", metric="euclidean", max_cluster_size=None,
+                    ops=dk.TritonOps, memory_budget=tight)
+    np.testing.assert_array_equal(merges_to_linkage(mg), merges_to_linkage(ref))
+
+
+def test_memory_preflight_refuses_before_allocating() -> None:
+    xt = torch.zeros((64, 3), dtype=torch.float32, device=DEVICE)
+    with pytest.raises(MemoryError) as info:
+        rnn_merges(xt, method="average", metric="euclidean", max_cluster_size=None,
+                   ops=dk.TritonOps, memory_budget=1000)
+    assert "64x64" in str(info.value)  # says what did not fit
+
+
+# ----------------------------------------------------------------------------- backend
+
+
+def test_backend_module_contract() -> None:
+    ok, why = triton_backend.available()
+    assert ok, why
+    x = tie_free(np.random.default_rng(12), 20, 3)
+    xt = torch.tensor(x, dtype=torch.float32, device=DEVICE)
+    assert triton_backend.accepts(xt)
+    assert not triton_backend.accepts(x)
+    z = triton_backend.linkage(xt, method="average", metric="euclidean", max_cluster_size=None)
+    assert z.dtype == np.float64 and z.shape == (19, 4)
+    lab = triton_backend.labels(xt, 5, method="average", metric="euclidean",
+                                max_cluster_size=None)
+    assert lab.device == xt.device and lab.dtype == torch.int64
+    np.testing.assert_array_equal(lab.cpu().numpy(), cut(z, 20, 5))
+    with pytest.raises(ValueError, match="supported"):
+        triton_backend.linkage(xt, method="centroid", metric="euclidean",
+                               max_cluster_size=None)
+
+
+# ----------------------------------------------------------------------------- GPU, larger N
+
+gpu_only = pytest.mark.skipif(INTERPRET or not torch.cuda.is_available(),
+                              reason="needs CUDA (and TRITON_INTERPRET unset)")
+
+
+def _cpu_backend():
+    try:
+        from dcpe import backends
+
+        mod = backends.get("cpu")
+        ok, _ = mod.available()
+    except Exception:
+        return None
+    return mod if ok else None
+
+
+def _oracle_linkage(x: np.ndarray, cap: int | None) -> np.ndarray:
+    cpu = _cpu_backend()
+    if cpu is not None:
+        return cpu.linkage(x, method="average", metric="euclidean", max_cluster_size=cap)
+    if cap is not None:
+        pytest.skip("size-capped oracle at this N needs the cpu backend")
+    from scipy.cluster.hierarchy import linkage
+
+    return linkage(x.astype(np.float64), "average")
+
+
+@gpu_only
+@pytest.mark.parametrize("n,seed,dtype,cap", [
+    (1000, 0, np.float32, None),
+    (4096, 1, np.float64, None),
+    (4096, 2, np.float32, 2),
+    (16384, 3, np.float64, None),
+    (16384, 4, np.float64, 2),
+])
+def test_gpu_labels_match_cpu(n: int, seed: int, dtype: type, cap: int | None) -> None:
+    x = tie_free(np.random.default_rng(seed), n, 8).astype(dtype)
+    z_ref = _oracle_linkage(x, cap)
+    xt = torch.from_numpy(x).cuda()
+    z = triton_backend.linkage(xt, method="average", metric="euclidean", max_cluster_size=cap)
+    assert_same_tree(z, z_ref, rtol=1e-5)
+    for k in (n // 2, n // 16, 10):
+        lab = triton_backend.labels(xt, k, method="average", metric="euclidean",
+                                    max_cluster_size=cap)
+        np.testing.assert_array_equal(lab.cpu().numpy(), cut(z_ref, n, k))
+
+
+@gpu_only
+def test_gpu_preflight_refuses_too_large() -> None:
+    free, total = torch.cuda.mem_get_info()
+    n = int((total / 4) ** 0.5) + 4096  # the float32 matrix alone exceeds the device
+    xt = torch.zeros((n, 2), dtype=torch.float32, device="cuda")
+    before = torch.cuda.memory_allocated()
+    with pytest.raises(MemoryError):
+        triton_backend.labels(xt, 2, method="average", metric="euclidean", max_cluster_size=None)
+    assert torch.cuda.memory_allocated() == before
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -126,8 +126,9 @@ def _make_call(provider: str, x: np.ndarray, k: int, opts: dict[str, Any]):  # n
                                 "max_iter": opts["kmeans_max_iter"]}
         return run_km
     if provider == "torch-alg1":
-        import dcpe
         import torch
+
+        import dcpe
 
         t = torch.from_numpy(x)
         return lambda: (dcpe.cluster(t, k, backend="torch").numpy(),
@@ -137,11 +138,12 @@ def _make_call(provider: str, x: np.ndarray, k: int, opts: dict[str, Any]):  # n
 
         return lambda: (dcpe.cluster(x, k, backend="reference"), {})
     if provider == "baseline":
-        import dcpe  # noqa: F401
         import fastcluster  # noqa: F401
         import scipy.cluster.hierarchy  # noqa: F401
         import sklearn.cluster  # noqa: F401
         import torch  # noqa: F401
+
+        import dcpe  # noqa: F401
 
         return lambda: (None, {})
     raise SystemExit(f"unknown provider {provider!r}; known: {', '.join(PROVIDERS)}")
@@ -243,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
     repeats = {"dcpe-cpu": 3, "dcpe-cpu-f64": 3, "fastcluster": 3, "scipy": 3,
                "sklearn-agglomerative": 1, "sklearn-kmeans": 1}
     t_start = time.perf_counter()
+    load_start = os.getloadavg()
     results: dict[str, Any] = {"main": {}, "scaling": {}, "big": None, "baseline": None}
 
     with tempfile.TemporaryDirectory(prefix="dcpe-bench-labels-") as tmp:
@@ -304,6 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                      "skip_slow": args.skip_slow, "kmeans_max_iter": args.kmeans_max_iter,
                      "repeats": repeats},
         "total_wall_s": time.perf_counter() - t_start,
+        "load_average": {"start": load_start, "end": os.getloadavg()},
         **results,
     }
     path_json, path_md = write_results("cpu", payload, render_markdown(payload), out_dir)
@@ -326,6 +330,11 @@ def render_markdown(p: dict[str, Any]) -> str:
              f"{m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib')} GiB; "
              f"Python {m.get('python')}; " + ", ".join(
                  f"{k} {v}" for k, v in m.get("versions", {}).items() if v) + f"; {m['date']}."]
+    load = p.get("load_average")
+    if load:
+        lines.append(f"1-minute load average {load['start'][0]:.2f} at the start, "
+                     f"{load['end'][0]:.2f} at the end ({m.get('cores')} cores); other "
+                     "processes on the machine add noise to the times.")
     if p["env"]:
         lines.append("Environment: " + ", ".join(f"`{k}={v}`" for k, v in p["env"].items())
                      + ".")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from dcpe import baselines
 from dcpe.baselines import balanced_kmeans, centroid_free_kmeans, kmeans
 
@@ -48,10 +49,10 @@ def test_kmeans_objective_close_to_sklearn():
     from sklearn.cluster import KMeans
 
     ratios = []
-    for seed in range(4):
-        x = np.random.default_rng(seed).standard_normal((1500, 8)).astype(np.float32)
-        ours = kmeans(x, 32, seed=seed, n_init=1)
-        ref = KMeans(32, n_init=1, random_state=seed).fit(x)
+    for seed in range(3):
+        x = np.random.default_rng(seed).standard_normal((1000, 8)).astype(np.float32)
+        ours = kmeans(x, 24, seed=seed, n_init=1)
+        ref = KMeans(24, n_init=1, random_state=seed).fit(x)
         ratios.append(ours.inertia / ref.inertia_)
     assert abs(np.mean(ratios) - 1.0) < 0.03
     assert max(ratios) < 1.06

@@ -8,10 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import dcpe
 import numpy as np
 import pytest
 import torch
+
+import dcpe
 from dcpe.cli import main
 from dcpe.io import load_codebook
 from dcpe.prior import CodebookPrior
@@ -199,9 +200,6 @@ def test_report_wrong_codebook(tmp_path, ckpt, prior_file, capsys):
 def test_subprocess_console_entry(tmp_path, ckpt):
     env = dict(os.environ)
     run = [sys.executable, "-m", "dcpe.cli"]
-    res = subprocess.run([*run, "--version"], capture_output=True, text=True, env=env,
-                         timeout=120)
-    assert res.returncode == 0 and res.stdout.strip() == f"dcpe {dcpe.__version__}"
     res = subprocess.run([*run, "cluster", str(tmp_path / "missing.pt"), "-k", "3",
                           "-o", str(tmp_path / "p.npz")],
                          capture_output=True, text=True, env=env, timeout=120)
@@ -212,3 +210,20 @@ def test_subprocess_console_entry(tmp_path, ckpt):
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 0, res.stderr
     assert CodebookPrior.load(out).num_clusters == 10
+
+
+def test_cluster_size_cap(tmp_path, ckpt, capsys):
+    out = tmp_path / "capped.npz"
+    assert main(["cluster", str(ckpt), "-k", "30", "--max-cluster-size", "10",
+                 "-o", str(out)]) == 0
+    prior = CodebookPrior.load(out)
+    assert prior.max_cluster_size == 10
+    capsys.readouterr()
+    # a cap of 1 stops merging long before 3 clusters: one warning line, still a prior
+    assert main(["cluster", str(ckpt), "-k", "3", "--max-cluster-size", "1",
+                 "-o", str(out)]) == 0
+    captured = capsys.readouterr()
+    warning_lines = [ln for ln in captured.err.splitlines() if ln.strip()]
+    assert len(warning_lines) >= 1 and warning_lines[0].startswith("dcpe: warning: ")
+    found = CodebookPrior.load(out).num_clusters
+    assert found != 3 and f"clusters found: {found}" in captured.out

@@ -7,6 +7,7 @@ import os
 import numpy as np
 import pytest
 import torch
+
 from dcpe.io import atomic_write, load_codebook, save_codebook
 
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 import hashlib
 import os
 
-import dcpe
 import numpy as np
 import pytest
 import torch
+
+import dcpe
 from dcpe.prior import CodebookPrior, codebook_sha256
 
 

@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 import os
 
-import dcpe
 import numpy as np
 import pytest
+from scipy.spatial.distance import cdist, pdist
+
+import dcpe
 from dcpe import report
 from dcpe.prior import CodebookPrior
-from scipy.spatial.distance import cdist, pdist
 
 
 def _brute(x: np.ndarray, labels: np.ndarray) -> dict:

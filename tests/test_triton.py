@@ -53,7 +53,6 @@ def _load_kernels():
 
 dk = _load_kernels()
 from dcpe.backends import triton_backend  # noqa: E402
-
 from dcpe_kernels.rnn import merges_to_labels, merges_to_linkage, rnn_merges  # noqa: E402
 
 # ----------------------------------------------------------------------------- helpers

@@ -27,6 +27,9 @@
 
 #include <omp.h>
 #include <sys/mman.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -35,6 +38,7 @@
 #include <limits>
 #include <memory>
 #include <new>
+#include <type_traits>
 
 #include "cpu/linkage_cpu.h"
 #include "macros.h"
@@ -103,6 +107,60 @@ inline void poll(const RunOptions& opt) {
   if (opt.interrupted && opt.interrupted()) throw Interrupted();
 }
 
+#if defined(__AVX2__)
+// float32 fast paths of the two hot loops (same results as the generic code: strict
+// comparisons, smallest index on ties).
+inline void gather_f32(const float* row, const int32_t* idx, float* out, int64_t n) {
+  int64_t y = 0;
+  for (; y + 8 <= n; y += 8) {
+    const __m256i iv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + y));
+    _mm256_storeu_ps(out + y, _mm256_i32gather_ps(row, iv, 4));
+  }
+  for (; y < n; ++y) out[y] = row[idx[y]];
+}
+
+inline Best<float> update_f32(const float* vals, float* cv, int32_t* ci, int64_t len,
+                              int32_t row) {
+  const __m256i rv = _mm256_set1_epi32(row);
+  __m256 lanes = _mm256_set1_ps(std::numeric_limits<float>::infinity());
+  int64_t y = 0;
+  for (; y + 8 <= len; y += 8) {
+    const __m256 v = _mm256_loadu_ps(vals + y);
+    const __m256 c = _mm256_loadu_ps(cv + y);
+    const __m256 m = _mm256_cmp_ps(v, c, _CMP_LT_OQ);
+    _mm256_storeu_ps(cv + y, _mm256_blendv_ps(c, v, m));
+    const __m256i old = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(ci + y));
+    const __m256i upd = _mm256_castps_si256(_mm256_blendv_ps(
+        _mm256_castsi256_ps(old), _mm256_castsi256_ps(rv), m));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(ci + y), upd);
+    lanes = _mm256_min_ps(lanes, v);
+  }
+  alignas(32) float tmp[8];
+  _mm256_store_ps(tmp, lanes);
+  float bv = std::numeric_limits<float>::infinity();
+  for (int l = 0; l < 8; ++l) bv = tmp[l] < bv ? tmp[l] : bv;
+  for (; y < len; ++y) {
+    const float v = vals[y];
+    if (v < cv[y]) {
+      cv[y] = v;
+      ci[y] = row;
+    }
+    bv = v < bv ? v : bv;
+  }
+  const __m256 target = _mm256_set1_ps(bv);
+  int64_t t = 0;
+  for (; t + 8 <= len; t += 8) {
+    const int mask = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(vals + t), target,
+                                                      _CMP_EQ_OQ));
+    if (mask) return {bv, static_cast<int32_t>(t + __builtin_ctz(mask))};
+  }
+  for (; t < len; ++t) {
+    if (vals[t] == bv) return {bv, static_cast<int32_t>(t)};
+  }
+  return {bv, len > 0 ? 0 : -1};
+}
+#endif
+
 // Per-thread running column minima, merged in thread order (deterministic).
 template <typename T>
 struct ColumnMinima {
@@ -124,6 +182,9 @@ struct ColumnMinima {
   Best<T> update(int tid, const T* __restrict vals, int64_t len, int32_t row) {
     T* __restrict cv = v[tid].data();
     int32_t* __restrict ci = i[tid].data();
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float>) return update_f32(vals, cv, ci, len, row);
+#endif
     for (int64_t y = 0; y < len; ++y) {
       const T val = vals[y];
       const T c = cv[y];
@@ -436,12 +497,27 @@ class Engine {
     const T* __restrict row = D + tri(u);
     const int32_t* __restrict idx = col_old.data();
     T* __restrict dst = out;
+#if defined(__AVX2__)
+    if constexpr (std::is_same_v<T, float>) {
+      gather_f32(row, idx, dst, X);
+    } else {
+      for (int64_t Y = 0; Y < X; ++Y) dst[Y] = row[idx[Y]];
+    }
+#else
     for (int64_t Y = 0; Y < X; ++Y) dst[Y] = row[idx[Y]];
+#endif
+    // Merged columns: the second member's distance to u is in row u (member < u) or in
+    // the member's own row (member > u), a scattered read that is prefetched ahead.
+    constexpr int64_t kAhead = 16;
     for (int64_t t = 0; t < n_merged; ++t) {
+      if (t + kAhead < n_merged) {
+        const int64_t ahead = col_partner[mcols[t + kAhead]];
+        if (ahead > u) __builtin_prefetch(D + tri(ahead) + u);
+      }
       const int32_t Y = mcols[t];
       const int64_t y2 = col_partner[Y];
       const T v2 = y2 < u ? row[y2] : D[tri(y2) + u];
-      out[Y] = Comb::apply(out[Y], v2, w1[Y], w2[Y]);
+      dst[Y] = Comb::apply(dst[Y], v2, w1[Y], w2[Y]);
     }
   }
 

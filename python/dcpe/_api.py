@@ -103,6 +103,8 @@ def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: s
     cap = check_max_cluster_size(max_cluster_size)
     data = check_data(x, dtype)
     k = None if n_clusters is None else check_int("n_clusters", n_clusters, 1, data.n)
+    if metric == "cosine":
+        _check_no_zero_rows(data)
     name = _resolve_backend(backend, data)
     _check_accepts(name, data)
     _preflight(name, data, method)
@@ -113,6 +115,18 @@ def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: s
         return data, None, labels, name
     z = module.linkage(xin, method=method, metric=metric, max_cluster_size=cap)
     return data, np.ascontiguousarray(z, dtype=np.float64), None, name
+
+
+def _check_no_zero_rows(data: Data) -> None:
+    x = data.original
+    zero = (x == 0).all(dim=1) if data.kind == "tensor" else (x == 0).all(axis=1)
+    n_zero = int(zero.sum())
+    if n_zero:
+        first = int(zero.nonzero()[0][0]) if data.kind == "tensor" else int(np.argmax(zero))
+        raise ValueError(
+            f"cosine distance is undefined for the zero vector: x has {n_zero} zero row(s) "
+            f"(first: row {first})"
+        )
 
 
 def _warn_if_short(n: int, k: int, n_found: int, cap: Any) -> None:
@@ -237,10 +251,10 @@ def cluster(
     >>> int(labels.max()) + 1
     256
     """
+    k = check_int("n_clusters", n_clusters, -(2**63))  # type only; range once N is known
     data, z, labels, _ = _run(x, linkage=linkage, metric=metric,
                               max_cluster_size=max_cluster_size, backend=backend, dtype=dtype,
-                              n_clusters=n_clusters, want_z=False)
-    k = int(n_clusters)
+                              n_clusters=k, want_z=False)
     if labels is not None:  # computed on the device by the backend
         n_found = int(labels.max()) + 1 if data.n else 0
         _warn_if_short(data.n, k, n_found, max_cluster_size)

@@ -61,7 +61,7 @@ class ClusteringResult(NamedTuple):
         :func:`balanced_kmeans` it is the sum of squared distances to the centers used in
         that step, and it never increases. For :func:`centroid_free_kmeans` it is the
         mean over tokens of the mean distance to the members of their cluster (no
-        monotonicity guarantee).
+        monotonicity guarantee), evaluated on the assignment each step starts from.
     """
 
     labels: Any
@@ -586,7 +586,7 @@ def centroid_free_kmeans(
     ClusteringResult
         ``centers`` are the cluster means (for reference), ``inertia`` the k-means
         objective with respect to them, ``history`` the mean over tokens of the mean
-        distance to their cluster's members after each step.
+        distance to their cluster's members, for the assignment each step starts from.
 
     Notes
     -----

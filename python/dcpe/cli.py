@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -162,10 +163,14 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     if args.k > n:
         raise ValueError(f"-k must be at most the number of tokens ({n}), got {args.k}")
     t0 = time.perf_counter()
-    prior = CodebookPrior.from_codebook(x, args.k, linkage=args.linkage,
-                                        max_cluster_size=args.max_cluster_size,
-                                        backend=args.backend, metric=args.metric)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        prior = CodebookPrior.from_codebook(x, args.k, linkage=args.linkage,
+                                            max_cluster_size=args.max_cluster_size,
+                                            backend=args.backend, metric=args.metric)
     seconds = time.perf_counter() - t0
+    for w in caught:
+        print(f"dcpe: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
     prior.meta["normalize"] = bool(args.normalize)
     prior.save(out)
     sizes = prior.cluster_sizes.cpu().numpy()
@@ -178,13 +183,16 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect_codes(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
-    """(source file, relative output name) for every input, validated."""
+def _collect_codes(inputs: Sequence[str], out_dir: Path) -> list[tuple[Path, Path]]:
+    """(source file, relative output name) for every input, validated. Files already
+    under ``out_dir`` (an output directory inside an input directory) are skipped."""
     pairs: list[tuple[Path, Path]] = []
+    out_root = out_dir.resolve()
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*.npy") if f.is_file())
+            found = sorted(f for f in p.rglob("*.npy")
+                           if f.is_file() and not f.resolve().is_relative_to(out_root))
             if not found:
                 raise ValueError(f"no .npy files under directory {item}")
             pairs.extend((f, f.relative_to(p)) for f in found)
@@ -209,8 +217,8 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     from dcpe.prior import CodebookPrior
 
     prior = CodebookPrior.load(args.prior)
-    pairs = _collect_codes(args.codes)
     out_dir = Path(args.output)
+    pairs = _collect_codes(args.codes, out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output path exists and is not a directory: {out_dir}")
     n = prior.num_tokens

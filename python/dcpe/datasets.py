@@ -45,7 +45,7 @@ def make_sample_codebook(n: int = SAMPLE_SHAPE[0], d: int = SAMPLE_SHAPE[1],
     n_background = n // 16
     counts = rng.multinomial(n - n_background, weights)
     parts = []
-    for c, (center, width, count) in enumerate(zip(centers, widths, counts)):
+    for center, width, count in zip(centers, widths, counts):
         if count == 0:
             continue
         axes = rng.standard_normal((d, d)) * rng.uniform(0.3, 1.0, size=d)

@@ -81,11 +81,10 @@ class DCPE(ClusterMixin, BaseEstimator):
 
     def fit(self, X: Any, y: Any = None) -> DCPE:
         """Cluster the rows of ``X``; ``y`` is ignored."""
-        check_int("n_clusters", self.n_clusters, 1)
+        k = check_int("n_clusters", self.n_clusters, -(2**63))  # range checked with N
         data, z, _, _ = _run(X, linkage=self.linkage, metric=self.metric,
                              max_cluster_size=self.max_cluster_size, backend=self.backend,
                              dtype=self.dtype, n_clusters=self.n_clusters, want_z=True)
-        k = int(self.n_clusters)
         labels = _labels_from_z(z, data.n, k)
         self.n_clusters_ = int(labels.max()) + 1
         _warn_if_short(data.n, k, self.n_clusters_, self.max_cluster_size)

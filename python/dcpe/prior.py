@@ -542,8 +542,8 @@ class CodebookPrior:
             raise ValueError(f"target_tokens must have shape token_logits.shape[:-1] = "
                              f"{tuple(token_logits.shape[:-1])}, got {tuple(target.shape)}")
         ignore_index = _index(ignore_index, "ignore_index", -(2**63))
-        logits = self.cluster_logits(token_logits, reduce=reduce)
         _check_range(target, "target_tokens", self.num_tokens, "token id", ignore=ignore_index)
+        logits = self.cluster_logits(token_logits, reduce=reduce)
         labels, _, _ = self._tables(target.device)
         keep = target != ignore_index
         target_clusters = torch.where(keep, labels[torch.where(keep, target, 0)],

@@ -171,7 +171,8 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
     with torch.no_grad():
         dist = token_distances(x, metric)
         dist.fill_diagonal_(inf)
-        sums = x.to(torch.float64) if method == "centroid" else None  # centroid sums
+        # centroid coordinate sums (a copy: .to() would alias a float64 input)
+        sums = x.to(torch.float64, copy=True) if method == "centroid" else None
         sizes = [1] * n  # per slot
         ids = list(range(n))  # SciPy id per slot
         m = 0

@@ -1,0 +1,154 @@
+"""Every bad input of the design's Errors section raises the documented error, before work."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dcpe
+from dcpe._errors import BackendUnavailableError
+
+rng = np.random.default_rng(0)
+X = rng.standard_normal((20, 3))
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (np.zeros(5), "2-D"),
+        (np.zeros((2, 3, 4)), "2-D"),
+        (np.zeros((0, 3)), "at least one row"),
+        (np.zeros((4, 0)), "at least one row"),
+    ],
+)
+def test_shape_errors(bad, match):
+    with pytest.raises(ValueError, match=match):
+        dcpe.cluster(bad, 1)
+    with pytest.raises(ValueError, match=match):
+        dcpe.linkage(bad)
+
+
+@pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
+def test_non_finite_rows_counted(value):
+    x = X.copy()
+    x[3, 1] = value
+    x[7, 0] = value
+    with pytest.raises(ValueError, match=r"2 row\(s\) containing NaN or Inf \(first: row 3\)"):
+        dcpe.cluster(x, 2)
+    with pytest.raises(ValueError, match=r"2 row\(s\)"):
+        dcpe.cluster(torch.from_numpy(x), 2)
+
+
+@pytest.mark.parametrize("k", [0, -1, 21, 10**9])
+def test_n_clusters_out_of_range(k):
+    with pytest.raises(ValueError, match=rf"n_clusters={k} is out of range: must be \[1, 20\]"):
+        dcpe.cluster(X, k)
+
+
+@pytest.mark.parametrize("k", [2.0, "3", None, True])
+def test_n_clusters_not_integer(k):
+    with pytest.raises(TypeError, match="n_clusters must be an integer"):
+        dcpe.cluster(X, k)
+
+
+@pytest.mark.parametrize("cap", [0, -3])
+def test_max_cluster_size_below_one(cap):
+    with pytest.raises(ValueError, match=f"max_cluster_size={cap} is out of range"):
+        dcpe.cluster(X, 2, max_cluster_size=cap)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"linkage": "ward2"}, "unknown linkage='ward2'"),
+        ({"metric": "manhattan"}, "unknown metric='manhattan'"),
+        ({"backend": "gpu"}, "unknown backend='gpu'"),
+        ({"linkage": "centroid", "metric": "cosine"}, "metric='cosine' is not supported"),
+        ({"dtype": "float16"}, "dtype='float16' is not supported"),
+        ({"dtype": np.int32}, "is not supported"),
+    ],
+)
+def test_unknown_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        dcpe.cluster(X, 2, **kwargs)
+
+
+def test_option_types():
+    with pytest.raises(TypeError, match="linkage must be a string"):
+        dcpe.cluster(X, 2, linkage=None)
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.array([["a", "b"], ["c", "d"]]),
+        np.ones((3, 2), dtype=complex),
+        np.array([[object(), 1.0]], dtype=object),
+        np.ones((3, 2), dtype=bool),
+        torch.ones((3, 2), dtype=torch.complex64),
+        torch.ones((3, 2), dtype=torch.bool),
+    ],
+)
+def test_non_numeric_dtype(bad):
+    with pytest.raises(TypeError, match="real \\(float or integer\\)"):
+        dcpe.cluster(bad, 1)
+
+
+def test_ragged_array_like():
+    with pytest.raises((TypeError, ValueError)):
+        dcpe.cluster([[1.0, 2.0], [3.0]], 1)
+
+
+def test_float32_overflow_refused():
+    x = X * 1e20
+    with pytest.raises(ValueError, match="pass dtype='float64'"):
+        dcpe.cluster(x.astype(np.float32), 2)
+    assert dcpe.cluster(x, 2).shape == (20,)  # float64 input computes in float64
+
+
+def test_memory_preflight_refuses_before_allocating(monkeypatch):
+    monkeypatch.setenv("DCPE_MEMORY_LIMIT", str(10_000))
+    with pytest.raises(dcpe.InsufficientMemoryError, match=r"needs [\d,]+ bytes .* only 10,000"):
+        dcpe.cluster(rng.standard_normal((500, 4)), 2)
+    # also catchable as MemoryError and ValueError
+    with pytest.raises(MemoryError):
+        dcpe.linkage(rng.standard_normal((500, 4)))
+
+
+def test_memory_preflight_huge_problem():
+    # 3,000,000 x 1 needs ~18 TB of distances: refused with numbers, nothing allocated.
+    x = np.zeros((3_000_000, 1), dtype=np.float32)
+    with pytest.raises(dcpe.InsufficientMemoryError) as info:
+        dcpe.cluster(x, 2)
+    assert info.value.needed > info.value.available
+
+
+def test_unavailable_backend_says_why():
+    if torch.cuda.is_available():
+        pytest.skip("CUDA present")
+    with pytest.raises(BackendUnavailableError, match="not available: .*Available backends"):
+        dcpe.cluster(X, 2, backend="cuda")
+
+
+def test_cut_rejects_bad_z():
+    Z = dcpe.linkage(X)
+    with pytest.raises(ValueError, match=r"shape \(N - 1, 4\)"):
+        dcpe.cut(Z[:, :3], 2)
+    with pytest.raises(ValueError, match="out of range"):
+        dcpe.cut(Z, 0)
+    bad = Z.copy()
+    bad[0, 0] = 1000
+    with pytest.raises(ValueError, match="not a valid linkage matrix"):
+        dcpe.cut(bad, 2)
+    bad = Z.copy()
+    bad[1, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        dcpe.cut(bad, 2)
+
+
+def test_cosine_zero_vector():
+    x = X.copy()
+    x[4] = 0.0
+    with pytest.raises(ValueError, match=r"zero vector: x has 1 zero row\(s\) \(first: row 4\)"):
+        dcpe.cluster(x, 2, metric="cosine")

@@ -347,17 +347,21 @@ def render_markdown(p: dict[str, Any]) -> str:
               "Peak = `ru_maxrss` of the process.", ""]
     main = p["main"]
     dcpe_t = (main.get("dcpe-cpu") or {}).get("median_s")
+    dcpe_m = (main.get("dcpe-cpu") or {}).get("peak_rss_bytes")
     rows = []
     for name, r in main.items():
         if "error" in r:
-            rows.append([name, "—", "—", "—", "—", "—", r["error"]])
+            rows.append([name, "—", "—", "—", "—", "—", "—", r["error"]])
             continue
         ratio = f"{r['median_s'] / dcpe_t:,.1f}×" if dcpe_t and name != "dcpe-cpu" else ""
+        mratio = (f"{r['peak_rss_bytes'] / dcpe_m:,.2f}×" if dcpe_m and name != "dcpe-cpu"
+                  else "")
         note = ", ".join(f"{k}={v}" for k, v in r.get("info", {}).items())
         rows.append([name, r["repeats"], fmt_seconds(r["median_s"]),
-                     _mib(r["peak_rss_bytes"]), _mib(r["rss_before_bytes"]), ratio, note])
+                     _mib(r["peak_rss_bytes"]), _mib(r["rss_before_bytes"]), ratio, mratio,
+                     note])
     lines.append(markdown_table(["provider", "runs", "time", "peak MiB", "before MiB",
-                                 "time / dcpe-cpu", "notes"], rows))
+                                 "time / dcpe-cpu", "peak / dcpe-cpu", "notes"], rows))
     if p.get("labels_check"):
         lines += ["", f"Partitions at k = {s['k']} (peers compute in float64):", ""]
         lines.append(markdown_table(

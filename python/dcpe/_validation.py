@@ -53,7 +53,12 @@ def check_linkage_metric(linkage: Any, metric: Any) -> tuple[str, str]:
 
 
 def check_backend(backend: Any) -> str:
-    return check_choice("backend", backend, BACKENDS)
+    try:
+        return check_choice("backend", backend, BACKENDS)
+    except ValueError as exc:
+        from .backends import available_backends
+
+        raise ValueError(f"{exc}; available here: {available_backends() + ['auto']}") from None
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:

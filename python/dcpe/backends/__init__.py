@@ -19,9 +19,14 @@ Every backend is a module in this package exposing
 ``method`` and ``metric`` are lower-case names already checked against
 :data:`LINKAGES` and :data:`METRICS`; ``max_cluster_size`` is ``None`` or an int >= 1.
 
-Tie rule shared by all backends: clusters are identified by their smallest token index,
-and among pairs at exactly the same distance the pair ``(a, b)`` (a < b by that identity)
-that is lexicographically smallest is merged first.
+Tie rule: clusters are identified by their smallest token index. Backends that merge one
+pair at a time (``reference``, ``torch``) merge, among pairs at exactly the same distance,
+the lexicographically smallest pair ``(a, b)`` (a < b by that identity) first. Backends
+that merge reciprocal-nearest-neighbour pairs in rounds (``cpu``, ``triton``, ``cuda``)
+apply the same rule to each nearest-neighbour choice (the nearest neighbour among tied
+candidates is the one with the smallest identity) and order merges of equal height by
+round. Labels are deterministic for a given backend and thread count; across backends
+they are equal on inputs without tied distances.
 """
 
 from __future__ import annotations

@@ -1,0 +1,88 @@
+"""The C++ engine itself: interruption, input untouched, float64 storage, thread counts."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+import dcpe
+from dcpe import _C
+
+
+def test_ctrl_c_stops_cleanly():
+    """SIGINT during a long run raises KeyboardInterrupt in the caller; nothing crashes."""
+    code = textwrap.dedent(
+        """
+        import sys, numpy as np, dcpe
+        x = np.random.default_rng(0).standard_normal((30000, 8)).astype(np.float32)
+        print("start", flush=True)
+        try:
+            dcpe.cluster(x, 2)
+        except KeyboardInterrupt:
+            print("interrupted", flush=True)
+            sys.exit(0)
+        print("finished", flush=True)
+        sys.exit(3)
+        """
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "start"
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail("the engine did not stop within 60 s of SIGINT")
+    assert proc.returncode == 0, out
+    assert out.strip() == "interrupted"
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_raw_engine_matches_reference_tree(dtype):
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((120, 5)).astype(dtype)
+    before = x.copy()
+    z = _C.linkage_cpu(x, "average", "euclidean", 0, 0)
+    assert np.array_equal(x, before)
+    z_ref = dcpe.linkage(x.astype(np.float64), backend="reference")
+    assert z.shape == (119, 4)
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], z_ref[:, [0, 1, 3]])
+    rtol = 1e-12 if dtype == np.float64 else 1e-5
+    np.testing.assert_allclose(z[:, 2], z_ref[:, 2], rtol=rtol)
+
+
+def test_non_contiguous_input():
+    rng = np.random.default_rng(6)
+    big = rng.standard_normal((300, 10))
+    x = big[::2, ::2]  # strided view
+    assert not x.flags.c_contiguous
+    np.testing.assert_array_equal(dcpe.linkage(x), dcpe.linkage(np.ascontiguousarray(x)))
+
+
+@pytest.mark.parametrize("threads", ["1", "2", "3"])
+def test_thread_count_env_gives_same_tree(threads, monkeypatch):
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 4, size=(400, 2)).astype(np.float32)  # many ties
+    monkeypatch.setenv("DCPE_NUM_THREADS", "1")
+    z1 = dcpe.linkage(x)
+    monkeypatch.setenv("DCPE_NUM_THREADS", threads)
+    np.testing.assert_array_equal(dcpe.linkage(x), z1)
+
+
+def test_workspace_estimate_covers_the_matrix():
+    n = 65536
+    need = _C.workspace_bytes_cpu(n, 8, "average", 4, 2)
+    assert need >= n * (n - 1) // 2 * 4
+    assert need < 1.1 * n * (n - 1) // 2 * 4 + (1 << 28)
+
+
+def test_num_threads_argument_checked():
+    with pytest.raises(ValueError, match="num_threads"):
+        _C.linkage_cpu(np.zeros((3, 2)), "average", "euclidean", 0, -1)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import numbers
+import operator
 import sys
 from dataclasses import dataclass
 from typing import Any
@@ -62,9 +62,15 @@ def check_backend(backend: Any) -> str:
 
 
 def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+    """``value`` as an int in ``[low, high]``; TypeError/ValueError naming ``name`` otherwise."""
+    if isinstance(value, bool):
         raise TypeError(f"{name} must be an integer, got {value!r} ({type(value).__name__})")
-    value = int(value)
+    try:
+        value = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{name} must be an integer, got {value!r} ({type(value).__name__})"
+        ) from None
     if value < low or (high is not None and value > high):
         bound = f"[{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name}={value} is out of range: must be {bound}")

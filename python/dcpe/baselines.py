@@ -30,11 +30,12 @@ All of them
 from __future__ import annotations
 
 import math
-import operator
 from typing import Any, NamedTuple
 
 import numpy as np
 import torch
+
+from ._validation import check_int
 
 __all__ = ["ClusteringResult", "balanced_kmeans", "centroid_free_kmeans", "kmeans"]
 
@@ -104,16 +105,7 @@ def _prepare(x: Any, name: str = "x") -> tuple[torch.Tensor, bool]:
 
 
 def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if v < low or (high is not None and v > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bounds}, got {v}")
-    return v
+    return check_int(name, value, low, high)
 
 
 def _check_tol(tol: Any) -> float:

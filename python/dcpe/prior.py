@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import operator
 import os
 from pathlib import Path
 from typing import Any
@@ -31,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ._validation import check_int
 from .io import atomic_write
 
 __all__ = ["CodebookPrior", "codebook_sha256"]
@@ -79,16 +79,7 @@ def _version() -> str:
 
 
 def _index(value: Any, name: str, low: int, high: int | None = None) -> int:
-    if isinstance(value, bool):
-        raise TypeError(f"{name} must be an integer, got {value!r}")
-    try:
-        v = operator.index(value)
-    except TypeError:
-        raise TypeError(f"{name} must be an integer, got {value!r}") from None
-    if v < low or (high is not None and v > high):
-        bounds = f"[{low}, {high}]" if high is not None else f">= {low}"
-        raise ValueError(f"{name} must be in {bounds}, got {v}")
-    return v
+    return check_int(name, value, low, high)
 
 
 def _int_tensor(values: Any, name: str) -> tuple[torch.Tensor, bool]:

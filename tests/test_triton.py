@@ -24,6 +24,7 @@ if "TRITON_INTERPRET" not in os.environ and not _cuda_visible():
     os.environ["TRITON_INTERPRET"] = "1"
 
 import importlib  # noqa: E402
+import warnings  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -409,6 +410,31 @@ def test_gpu_preflight_refuses_too_large() -> None:
     with pytest.raises(MemoryError):
         triton_backend.labels(xt, 2, method="average", metric="euclidean", max_cluster_size=None)
     assert torch.cuda.memory_allocated() == before
+
+
+@pytest.mark.skipif(not INTERPRET, reason="interpreter-sized comparison (GPU tests cover more)")
+@pytest.mark.parametrize("case", ["tie_free", "duplicates", "capped", "grid"])
+def test_public_api_triton_equals_cpu(case: str) -> None:
+    """dcpe.cluster(..., backend="triton") on CPU tensors (interpreter) == backend "cpu"."""
+    import dcpe
+
+    rng = np.random.default_rng({"tie_free": 11, "duplicates": 12, "capped": 13, "grid": 14}[case])
+    n = 96
+    if case == "grid":
+        x = rng.integers(0, 3, size=(n, 2)).astype(np.float32)
+    else:
+        x = tie_free(rng, n, 8).astype(np.float32)
+    if case == "duplicates":
+        x[50:70] = x[rng.integers(0, 50, size=20)]
+    cap = 6 if case == "capped" else None
+    xt = torch.from_numpy(x)
+    for k in (1, 7, n // 2, n - 1, n):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # the cap may stop early
+            got = dcpe.cluster(xt, k, backend="triton", max_cluster_size=cap)
+            want = dcpe.cluster(x, k, backend="cpu", max_cluster_size=cap)
+        assert isinstance(got, torch.Tensor) and got.dtype == torch.int64
+        np.testing.assert_array_equal(got.numpy(), want, err_msg=f"{case}, k={k}")
 
 
 if __name__ == "__main__":  # pragma: no cover

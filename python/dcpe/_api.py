@@ -38,7 +38,8 @@ def _resolve_backend(name: str, data: Data) -> str:
             module = _backends.get(candidate)
             if module.available()[0] and module.accepts(data.original):
                 return candidate
-        return "torch"
+        # No GPU kernels here: the exact O(N^2) host engine (data copied to the host and
+        # labels moved back), never the O(N^3) Algorithm 1.
     ok, why = _backends.get("cpu").available()
     if not ok:
         raise BackendUnavailableError(
@@ -209,8 +210,8 @@ def cluster(
         reached, a ``UserWarning`` is issued and more than ``n_clusters`` clusters are
         returned.
     backend : {"auto", "cpu", "cuda", "triton", "torch", "reference"}
-        ``"auto"`` uses ``"cpu"`` for host data and ``"cuda"`` (else ``"triton"``) for CUDA
-        tensors. A backend that was asked for explicitly and cannot run raises
+        ``"auto"`` uses ``"cpu"`` for host data and ``"cuda"`` (else ``"triton"``, else
+        ``"cpu"`` with a copy to the host) for CUDA tensors. A backend that was asked for explicitly and cannot run raises
         :class:`dcpe._errors.BackendUnavailableError` saying why; there is no fallback.
     dtype : {None, "float32", "float64"}
         Compute precision. Default: float64 for float64 input, float32 otherwise.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import warnings
 from typing import Any
 
@@ -54,10 +53,7 @@ def _to_backend_input(name: str, data: Data) -> Any:
     x, dtype = data.original, data.compute_dtype
     if name in ("reference", "cpu"):
         if data.kind == "tensor":
-            x = x.detach().to("cpu")
-            if not x.is_floating_point() or x.dtype not in _torch_float_types():
-                x = x.to(_torch_dtype(dtype))
-            x = x.numpy()
+            x = x.detach().to("cpu", _torch_dtype(dtype)).numpy()
         return np.ascontiguousarray(x, dtype=dtype)
     import torch
 
@@ -66,12 +62,6 @@ def _to_backend_input(name: str, data: Data) -> Any:
     else:
         t = torch.from_numpy(np.ascontiguousarray(x))
     return t.to(_torch_dtype(dtype)).contiguous()
-
-
-def _torch_float_types() -> tuple:
-    import torch
-
-    return (torch.float32, torch.float64)
 
 
 def _torch_dtype(dtype: np.dtype) -> Any:
@@ -211,8 +201,9 @@ def cluster(
         returned.
     backend : {"auto", "cpu", "cuda", "triton", "torch", "reference"}
         ``"auto"`` uses ``"cpu"`` for host data and ``"cuda"`` (else ``"triton"``, else
-        ``"cpu"`` with a copy to the host) for CUDA tensors. A backend that was asked for explicitly and cannot run raises
-        :class:`dcpe._errors.BackendUnavailableError` saying why; there is no fallback.
+        ``"cpu"`` with a copy to the host) for CUDA tensors. A backend that was asked for
+        explicitly and cannot run raises :class:`dcpe._errors.BackendUnavailableError`
+        saying why; there is no fallback.
     dtype : {None, "float32", "float64"}
         Compute precision. Default: float64 for float64 input, float32 otherwise.
 
@@ -343,8 +334,3 @@ def cut(Z: Any, n_clusters: int) -> Any:
         return torch.from_numpy(labels).to(device)
     return labels
 
-
-def _num_threads() -> int:
-    """Threads for the CPU engine: ``DCPE_NUM_THREADS`` if set, else OpenMP's default."""
-    value = os.environ.get("DCPE_NUM_THREADS")
-    return int(value) if value else 0

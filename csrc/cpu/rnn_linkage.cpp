@@ -107,10 +107,17 @@ inline void poll(const RunOptions& opt) {
   if (opt.interrupted && opt.interrupted()) throw Interrupted();
 }
 
+// out[y] = row[idx[y]]; float32 has an AVX2 overload below.
+template <typename T>
+inline void gather(const T* __restrict row, const int32_t* __restrict idx, T* __restrict out,
+                   int64_t n) {
+  for (int64_t y = 0; y < n; ++y) out[y] = row[idx[y]];
+}
+
 #if defined(__AVX2__)
 // float32 fast paths of the two hot loops (same results as the generic code: strict
 // comparisons, smallest index on ties).
-inline void gather_f32(const float* row, const int32_t* idx, float* out, int64_t n) {
+inline void gather(const float* row, const int32_t* idx, float* out, int64_t n) {
   int64_t y = 0;
   for (; y + 8 <= n; y += 8) {
     const __m256i iv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + y));
@@ -497,15 +504,7 @@ class Engine {
     const T* __restrict row = D + tri(u);
     const int32_t* __restrict idx = col_old.data();
     T* __restrict dst = out;
-#if defined(__AVX2__)
-    if constexpr (std::is_same_v<T, float>) {
-      gather_f32(row, idx, dst, X);
-    } else {
-      for (int64_t Y = 0; Y < X; ++Y) dst[Y] = row[idx[Y]];
-    }
-#else
-    for (int64_t Y = 0; Y < X; ++Y) dst[Y] = row[idx[Y]];
-#endif
+    gather(row, idx, dst, X);
     // Merged columns: the second member's distance to u is in row u (member < u) or in
     // the member's own row (member > u), a scattered read that is prefetched ahead.
     constexpr int64_t kAhead = 16;

@@ -104,10 +104,6 @@ def _prepare(x: Any, name: str = "x") -> tuple[torch.Tensor, bool]:
     return t.contiguous(), from_numpy
 
 
-def _check_int(value: Any, name: str, low: int, high: int | None = None) -> int:
-    return check_int(name, value, low, high)
-
-
 def _check_tol(tol: Any) -> float:
     try:
         t = float(tol)
@@ -216,7 +212,7 @@ def _canonical(labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _seed_generator(seed: Any) -> torch.Generator:
-    s = _check_int(seed, "seed", 0)
+    s = check_int("seed", seed, 0)
     return torch.Generator(device="cpu").manual_seed(s)
 
 
@@ -346,13 +342,13 @@ def kmeans(
     """
     xt, from_numpy = _prepare(x)
     n = xt.shape[0]
-    k = _check_int(k, "k", 1, n)
+    k = check_int("k", k, 1, n)
     init = _check_init(init)
-    n_iter = _check_int(n_iter, "n_iter", 1)
+    n_iter = check_int("n_iter", n_iter, 1)
     tol = _check_tol(tol)
-    n_init = _check_int(n_init, "n_init", 1)
+    n_init = check_int("n_init", n_init, 1)
     if n_local_trials is not None:
-        n_local_trials = _check_int(n_local_trials, "n_local_trials", 1)
+        n_local_trials = check_int("n_local_trials", n_local_trials, 1)
     gen = _seed_generator(seed)
     tol_abs = tol * float(xt.to(torch.float64).var(dim=0, unbiased=False).mean())
 
@@ -493,11 +489,11 @@ def balanced_kmeans(
     """
     xt, from_numpy = _prepare(x)
     n = xt.shape[0]
-    k = _check_int(k, "k", 1, n)
+    k = check_int("k", k, 1, n)
     init = _check_init(init)
-    n_iter = _check_int(n_iter, "n_iter", 1)
+    n_iter = check_int("n_iter", n_iter, 1)
     tol = _check_tol(tol)
-    n_candidates = _check_int(n_candidates, "n_candidates", 1)
+    n_candidates = check_int("n_candidates", n_candidates, 1)
     gen = _seed_generator(seed)
     tol_abs = tol * float(xt.to(torch.float64).var(dim=0, unbiased=False).mean())
 
@@ -588,9 +584,9 @@ def centroid_free_kmeans(
     """
     xt, from_numpy = _prepare(x)
     n = xt.shape[0]
-    k = _check_int(k, "k", 1, n)
+    k = check_int("k", k, 1, n)
     init = _check_init(init)
-    n_iter = _check_int(n_iter, "n_iter", 1)
+    n_iter = check_int("n_iter", n_iter, 1)
     gen = _seed_generator(seed)
 
     seeds = _init_indices(xt, k, init, gen, None)

@@ -78,10 +78,6 @@ def _version() -> str:
     return __version__
 
 
-def _index(value: Any, name: str, low: int, high: int | None = None) -> int:
-    return check_int(name, value, low, high)
-
-
 def _int_tensor(values: Any, name: str) -> tuple[torch.Tensor, bool]:
     """``values`` as an int64 tensor (on its device) and whether it came from NumPy."""
     if isinstance(values, torch.Tensor):
@@ -156,7 +152,7 @@ class CodebookPrior:
             raise ValueError(f"labels must use every cluster id 0..{k - 1}; "
                              f"{empty.numel()} id(s) have no token, e.g. {int(empty[0])}")
         if max_cluster_size is not None:
-            max_cluster_size = _index(max_cluster_size, "max_cluster_size", 1)
+            max_cluster_size = check_int("max_cluster_size", max_cluster_size, 1)
         self._labels = labels
         self._sizes = sizes
         self._indices = torch.argsort(labels, stable=True)
@@ -320,7 +316,7 @@ class CodebookPrior:
         torch.Tensor
             int64 token ids on the prior's device.
         """
-        c = _index(c, "c", 0, self.num_clusters - 1)
+        c = check_int("c", c, 0, self.num_clusters - 1)
         return self._indices[int(self._indptr[c]):int(self._indptr[c + 1])]
 
     def to(self, device: str | torch.device) -> CodebookPrior:
@@ -532,7 +528,7 @@ class CodebookPrior:
         if token_logits.ndim < 1 or tuple(target.shape) != tuple(token_logits.shape[:-1]):
             raise ValueError(f"target_tokens must have shape token_logits.shape[:-1] = "
                              f"{tuple(token_logits.shape[:-1])}, got {tuple(target.shape)}")
-        ignore_index = _index(ignore_index, "ignore_index", -(2**63))
+        ignore_index = check_int("ignore_index", ignore_index, -(2**63))
         _check_range(target, "target_tokens", self.num_tokens, "token id", ignore=ignore_index)
         logits = self.cluster_logits(token_logits, reduce=reduce)
         labels, _, _ = self._tables(target.device)

@@ -168,76 +168,44 @@ def time_gpu(fn: Callable[[], Any], repeats: int, device: str,
             "warmup_s": t_warm, "peak_bytes": peak, "labels": out}
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
-    ap.add_argument("--providers", nargs="+", default=PROVIDERS, choices=PROVIDERS)
-    ap.add_argument("--torch-sizes", type=int, nargs="+", default=DEFAULT_TORCH_SIZES,
-                    help="N at which the torch baseline is measured (then extrapolated)")
-    ap.add_argument("--torch-budget", type=float, default=60.0,
-                    help="seconds of torch-baseline runs per size before stopping")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--check-n", type=int, default=65536,
-                    help="N at which labels are compared with the cpu backend (0: none)")
-    ap.add_argument("--device", choices=["cuda", "cpu"], default=None,
-                    help="cpu runs the Triton kernels under TRITON_INTERPRET=1 (smoke test)")
-    ap.add_argument("--name", default="gpu-h200", help="result file stem")
-    ap.add_argument("--out", default=None, help="output directory (default results/)")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="tiny sizes, 1 repeat: checks that everything runs")
-    args = ap.parse_args(argv)
-
+def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
+                data: dict[int, np.ndarray], n: int, device: str) -> dict[str, Any]:
+    """Per RNN provider at ``N = n``, k = N/2: rounds of the labels path (early stop) and of
+    the full dendrogram, and the wall time of one full ``linkage`` call (after warm-up)."""
     import torch
 
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if args.dry_run:
-        args.sizes = [min(n, 256) for n in args.sizes][:1] if device == "cpu" else [1024]
-        args.torch_sizes = [64, 128]
-        args.repeats = 1
-        args.check_n = args.sizes[0]
-    sizes = sorted(set(args.sizes))
-    check_n = args.check_n if args.check_n and args.check_n <= max(sizes) else 0
-    data = make_data(sorted(set(sizes) | ({check_n} if check_n else set())))
-    torch_sizes = sorted(set(args.torch_sizes))
+    from dcpe import backends
 
-    status = {p: provider_status(p, device) for p in args.providers}
-    print(f"device={device} sizes={sizes} providers={status}", flush=True)
-    rows: list[dict[str, Any]] = []
-    labels_at: dict[tuple[str, int], Any] = {}
-
-    for provider in args.providers:
-        ok, why = status[provider]
-        if not ok:
-            rows.append({"provider": provider, "n": None, "skipped": why})
+    out: dict[str, Any] = {}
+    if not n or n not in data:
+        return out
+    x = torch.from_numpy(np.ascontiguousarray(data[n])).to(device)
+    for provider in providers:
+        if provider == "torch" or not status[provider][0]:
             continue
-        fn = cluster_fn(provider)
-        ns = torch_sizes if provider == "torch" else sizes
-        for n in ns:
-            x_np = data[n] if n in data else make_data([n])[n]
-            x = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
-            k = n // 2
-            budget = args.torch_budget if provider == "torch" else math.inf
-            try:
-                res = time_gpu(lambda x=x, k=k, fn=fn: fn(x, k), args.repeats, device,
-                               budget)
-            except Exception as exc:
-                rows.append({"provider": provider, "n": n,
-                             "error": f"{type(exc).__name__}: {exc}"})
-                print(f"{provider:7s} N={n:7d} ERROR {exc}", flush=True)
-                continue
-            lab = res.pop("labels")
-            if n == check_n and provider != "torch":
-                labels_at[(provider, n)] = lab.cpu().numpy()
-            rows.append({"provider": provider, "n": n, "k": k, **res})
-            print(f"{provider:7s} N={n:7d} median {fmt_seconds(res['median_s'])} "
-                  f"peak {res['peak_bytes']}", flush=True)
-            del x, lab
+        mod = backends.get(provider)
+        try:
+            kw = {"method": "average", "metric": "euclidean", "max_cluster_size": None}
+            part = mod._merges(x, n_clusters=n // 2, **kw)
+            full = mod._merges(x, **kw)
             if device == "cuda":
-                torch.cuda.empty_cache()
-            if provider == "torch" and res["warmup_s"] > args.torch_budget:
-                break
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            mod.linkage(x, **kw)
+            t_link = time.perf_counter() - t0
+            out[provider] = {"rounds_labels_k_half": part.rounds, "rounds_full": full.rounds,
+                             "merges_computed_k_half": part.m,
+                             "linkage_seconds": round(t_link, 6)}
+        except Exception as exc:
+            out[provider] = {"error": f"{type(exc).__name__}: {exc}"}
+    return out
 
+
+def summarize(args: argparse.Namespace, device: str, sizes: list[int],
+              status: dict[str, tuple[bool, str]], rows: list[dict[str, Any]],
+              check: dict[str, Any], diag: dict[str, Any],
+              done: bool) -> tuple[str, dict[str, Any]]:
+    """Markdown and JSON payload of what has been measured so far."""
     # torch baseline: power law through the measured points
     tpts = [(r["n"], r["median_s"]) for r in rows
             if r["provider"] == "torch" and "median_s" in r]
@@ -254,8 +222,138 @@ def main(argv: list[str] | None = None) -> int:
             return None, False
         return fit["coefficient"] * n ** fit["exponent"], True
 
-    # agreement with the cpu backend at check_n (data prefix)
+    table = []
+    for r in rows:
+        if r.get("n") is None or "median_s" not in r:
+            table.append([r["provider"], r.get("n") or "—", "—", "—", "—", "—",
+                          r.get("skipped") or r.get("error", "")])
+            continue
+        tt, extrap = torch_time(r["n"])
+        ratio = "—"
+        if tt is not None and r["provider"] != "torch":
+            ratio = f"{tt / r['median_s']:.3g}x" + (" (vs extrapolated)" if extrap else "")
+        peak = r["peak_bytes"]
+        table.append([r["provider"], r["n"], fmt_seconds(r["median_s"]),
+                      fmt_seconds(r["min_s"]), len(r["runs"]),
+                      "—" if peak is None else f"{peak / 2**30:.2f} GiB", ratio])
+    for n in sizes:
+        tt, extrap = torch_time(n)
+        if extrap and tt is not None:
+            table.append(["torch (extrapolated)", n, fmt_seconds(tt), "—", "—", "—", "fit"])
+    md = [f"# dcpe GPU benchmark ({device})", "",
+          f"Tensor on the {device} to canonical labels on the {device}, d = {D}, k = N/2; "
+          f"median of up to {args.repeats} timed calls after a warm-up "
+          f"(fewer when they exceed {args.budget:g} s per row).", "",
+          markdown_table(["provider", "N", "median", "min", "runs", "peak memory",
+                          "speed-up vs torch"], table), ""]
+    if not done:
+        md.append("**Incomplete: the run stopped before all rows were measured.**")
+    if fit is not None:
+        md.append(f"torch (Algorithm 1) fit: t = {fit['coefficient']:.3g} * N^"
+                  f"{fit['exponent']:.2f} s from N = {[n for n, _ in tpts]}.")
+    if check.get("n"):
+        md.append(f"Labels vs cpu at N = {check['n']} (prefix of the largest data set): "
+                  f"{ {k: v for k, v in check.items() if k != 'n'} }.")
+    md.append("Peak memory: torch.cuda.max_memory_allocated during one call, minus memory "
+              "held before; the CUDA extension allocates no device memory itself.")
+    for provider, dg in diag.items():
+        md.append(f"Engine at N = {args.diag_n} ({provider}): {dg}.")
+    payload = {"machine": machine_info(), "device": device, "d": D, "sizes": sizes,
+               "providers": status, "results": rows, "torch_fit": fit, "cpu_check": check,
+               "engine": diag, "repeats": args.repeats, "budget_s": args.budget,
+               "complete": done}
+    return "\n".join(md), payload
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
+    ap.add_argument("--providers", nargs="+", default=PROVIDERS, choices=PROVIDERS)
+    ap.add_argument("--torch-sizes", type=int, nargs="+", default=DEFAULT_TORCH_SIZES,
+                    help="N at which the torch baseline is measured (then extrapolated)")
+    ap.add_argument("--torch-budget", type=float, default=60.0,
+                    help="seconds of torch-baseline runs per size before stopping")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=60.0,
+                    help="seconds of timed calls per (provider, N) row: fewer repeats beyond")
+    ap.add_argument("--check-n", type=int, default=65536,
+                    help="N at which labels are compared with the cpu backend (0: none)")
+    ap.add_argument("--diag-n", type=int, default=16384,
+                    help="N of the engine diagnostics (rounds, full linkage time; 0: none)")
+    ap.add_argument("--device", choices=["cuda", "cpu"], default=None,
+                    help="cpu runs the Triton kernels under TRITON_INTERPRET=1 (smoke test)")
+    ap.add_argument("--name", default="gpu-h200", help="result file stem")
+    ap.add_argument("--out", default=None, help="output directory (default results/)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="tiny sizes, 1 repeat: checks that everything runs")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if args.dry_run:
+        args.sizes = [min(n, 256) for n in args.sizes][:1] if device == "cpu" else [1024]
+        args.torch_sizes = [64, 128]
+        args.repeats = 1
+        args.check_n = args.sizes[0]
+        args.diag_n = args.sizes[0]
+    sizes = sorted(set(args.sizes))
+    check_n = args.check_n if args.check_n and args.check_n <= max(sizes) else 0
+    data = make_data(sorted(set(sizes) | ({check_n} if check_n else set())))
+    torch_sizes = sorted(set(args.torch_sizes))
+
+    status = {p: provider_status(p, device) for p in args.providers}
+    print(f"device={device} sizes={sizes} providers={status}", flush=True)
+    rows: list[dict[str, Any]] = []
+    labels_at: dict[tuple[str, int], Any] = {}
     check: dict[str, Any] = {"n": check_n}
+    diag: dict[str, Any] = {}
+
+    def save(done: bool = False) -> tuple[Path, Path, str]:
+        md, payload = summarize(args, device, sizes, status, rows, check, diag, done)
+        return (*write_results(args.name, payload, md, args.out), md)
+
+    # Work order: the budget-capped baseline first, then every size for all providers,
+    # smallest first, so that a run cut short still holds the figures of the small sizes.
+    # Results are rewritten after every row.
+    work: list[tuple[str, int]] = []
+    for provider in args.providers:
+        if not status[provider][0]:
+            rows.append({"provider": provider, "n": None, "skipped": status[provider][1]})
+    if "torch" in args.providers and status["torch"][0]:
+        work += [("torch", n) for n in torch_sizes]
+    work += [(p, n) for n in sizes for p in args.providers if p != "torch" and status[p][0]]
+    torch_over = False
+    for provider, n in work:
+        if provider == "torch" and torch_over:
+            continue
+        fn = cluster_fn(provider)
+        x_np = data[n] if n in data else make_data([n])[n]
+        x = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
+        k = n // 2
+        budget = args.torch_budget if provider == "torch" else args.budget
+        try:
+            res = time_gpu(lambda x=x, k=k, fn=fn: fn(x, k), args.repeats, device, budget)
+        except Exception as exc:
+            rows.append({"provider": provider, "n": n, "error": f"{type(exc).__name__}: {exc}"})
+            print(f"{provider:7s} N={n:7d} ERROR {exc}", flush=True)
+            save()
+            continue
+        lab = res.pop("labels")
+        if n == check_n and provider != "torch":
+            labels_at[(provider, n)] = lab.cpu().numpy()
+        rows.append({"provider": provider, "n": n, "k": k, **res})
+        print(f"{provider:7s} N={n:7d} median {fmt_seconds(res['median_s'])} "
+              f"runs {len(res['runs'])} peak {res['peak_bytes']}", flush=True)
+        del x, lab
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        if provider == "torch" and res["warmup_s"] > args.torch_budget:
+            torch_over = True
+        save()
+
+    # agreement with the cpu backend at check_n (data prefix)
     if check_n and labels_at:
         try:
             t0 = time.perf_counter()
@@ -266,44 +364,11 @@ def main(argv: list[str] | None = None) -> int:
                                    "tokens_differing": int(np.count_nonzero(lab != ref))}
         except Exception as exc:
             check["error"] = f"{type(exc).__name__}: {exc}"
+        save()
 
-    # markdown
-    table = []
-    for r in rows:
-        if r.get("n") is None or "median_s" not in r:
-            table.append([r["provider"], r.get("n") or "—", "—", "—", "—",
-                          r.get("skipped") or r.get("error", "")])
-            continue
-        tt, extrap = torch_time(r["n"])
-        ratio = "—"
-        if tt is not None and r["provider"] != "torch":
-            ratio = f"{tt / r['median_s']:.3g}x" + (" (vs extrapolated)" if extrap else "")
-        peak = r["peak_bytes"]
-        table.append([r["provider"], r["n"], fmt_seconds(r["median_s"]),
-                      fmt_seconds(r["min_s"]),
-                      "—" if peak is None else f"{peak / 2**30:.2f} GiB", ratio])
-    for n in sizes:
-        tt, extrap = torch_time(n)
-        if extrap and tt is not None:
-            table.append(["torch (extrapolated)", n, fmt_seconds(tt), "—", "—", "fit"])
-    md = [f"# dcpe GPU benchmark ({device})", "",
-          f"Tensor on the {device} to canonical labels on the {device}, d = {D}, k = N/2; "
-          f"median of {args.repeats} after a warm-up.", "",
-          markdown_table(["provider", "N", "median", "min", "peak memory",
-                          "speed-up vs torch"], table), ""]
-    if fit is not None:
-        md.append(f"torch (Algorithm 1) fit: t = {fit['coefficient']:.3g} * N^"
-                  f"{fit['exponent']:.2f} s from N = {[n for n, _ in tpts]}.")
-    if check_n:
-        md.append(f"Labels vs cpu at N = {check_n} (prefix of the largest data set): "
-                  f"{ {k: v for k, v in check.items() if k != 'n'} }.")
-    md.append("Peak memory: torch.cuda.max_memory_allocated during one call, minus memory "
-              "held before; the CUDA extension allocates no device memory itself.")
-    payload = {"machine": machine_info(), "device": device, "d": D, "sizes": sizes,
-               "providers": status, "results": rows, "torch_fit": fit, "cpu_check": check,
-               "repeats": args.repeats}
-    jpath, mpath = write_results(args.name, payload, "\n".join(md), args.out)
-    print("\n".join(md))
+    diag.update(diagnostics(args.providers, status, data, args.diag_n, device))
+    jpath, mpath, md = save(done=True)
+    print(md)
     print(f"wrote {jpath} and {mpath}")
     return 0
 

@@ -28,6 +28,15 @@ is the smallest token index.  Sorting the merges by (monotone height, discovery 
 gives the greedy order; :func:`merges_to_linkage` turns it into SciPy's format and
 :func:`merges_to_labels` cuts it on the device.
 
+Early stop for a flat cut.  Every merge still to come joins clusters whose pairwise
+dissimilarities are all at least ``T``, the smallest entry of the current matrix, so its
+height (a weighted mean, min or max of such entries) and its monotone height are at least
+``T``; merges of earlier rounds with monotone height below ``T`` therefore precede it in
+greedy order.  Once ``N - k`` recorded merges lie strictly below ``T`` the first ``N - k``
+merges of the greedy order are known, and rounds stop (``n_clusters=k``).  On codebooks at
+``k = N/2`` this skips about half of the rounds: the late rounds merge clusters that are
+far apart.
+
 This module is pure PyTorch: the kernels are passed in as an :class:`RNNOps` (Triton in
 :mod:`dcpe_kernels`, CUDA C++ in ``dcpe._C``, or the PyTorch references).
 """
@@ -136,6 +145,14 @@ class Merges:
     hmono: torch.Tensor  # (m,) height made monotone up the tree: max(own, children)
     size: torch.Tensor  # int64 (m,)
     rounds: int = 0
+    #: how many merges of the greedy order are known (``m``, or fewer after an early stop)
+    known: int = -1
+    #: False when the rounds stopped early for a flat cut (``rnn_merges(n_clusters=...)``)
+    complete: bool = True
+
+    def __post_init__(self) -> None:
+        if self.known < 0:
+            self.known = self.m
 
     @property
     def m(self) -> int:
@@ -151,7 +168,7 @@ def _view_rows(buf: torch.Tensor, ld: int, row0: int, nrows: int, ncols: int) ->
 
 
 def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: int | None,
-               ops: RNNOps, backend: str = "triton",
+               ops: RNNOps, backend: str = "triton", n_clusters: int | None = None,
                memory_budget: int | None = None) -> Merges:
     """Run RNN rounds to completion and return all merges in discovery order.
 
@@ -167,6 +184,11 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
         The kernels.
     backend : str
         Name used in error messages.
+    n_clusters : int, optional
+        Stop as soon as the first ``N - n_clusters`` merges of the greedy order are known
+        (see the module docstring); the result is then a *partial* :class:`Merges`
+        (``complete`` is False) that :func:`merges_to_labels` cuts at ``n_clusters`` or
+        more clusters only.  Default: run to completion.
     memory_budget : int, optional
         Bytes the engine may use; default: what the device reports free.  Exposed so that
         tests can force the in-place (staged) compaction used when a second matrix does
@@ -175,6 +197,8 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
     Returns
     -------
     Merges
+        In discovery order; all merges, or with ``n_clusters`` at least the first
+        ``N - n_clusters`` of the greedy order.
 
     Raises
     ------
@@ -231,7 +255,9 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
     m = 0
     n = n_all
     rounds = 0
+    need = None if n_clusters is None else max(0, n_all - int(n_clusters))
     ar_all = torch.arange(n_all, dtype=i64, device=dev)
+    known, complete = 0, True
     while n >= 2:
         rounds += 1
         ar = ar_all[:n]
@@ -244,8 +270,16 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
         keep = ~is_b
         if cap is not None:
             keep &= size_new <= cap
-        counts = torch.stack([is_a.sum(), keep.sum()]).tolist()  # the one sync of a round
+        sums = [is_a.sum(), keep.sum()]
+        stop_check = need is not None and m >= need
+        if stop_check:  # merges recorded so far below every merge still to come
+            sums.append((m_hf[:m] < nnd[:n].min()).sum())
+        counts = torch.stack(sums).tolist()  # the one sync of a round
         n_pairs, n_new = int(counts[0]), int(counts[1])
+        if stop_check and int(counts[2]) >= need:
+            known, complete = int(counts[2]), False
+            rounds -= 1
+            break
         if n_pairs == 0:
             raise RuntimeError(f"{backend} backend: no reciprocal nearest-neighbour pair among "
                                f"{n} clusters (non-finite dissimilarities?)")
@@ -306,7 +340,9 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
                     staging[: nrows * n_new].view(nrows, n_new))
         n = n_new
     del cur, other, staging
-    return Merges(n_all, m_a[:m], m_b[:m], m_h[:m], m_hf[:m], m_s[:m], rounds)
+    if complete:
+        known = m
+    return Merges(n_all, m_a[:m], m_b[:m], m_h[:m], m_hf[:m], m_s[:m], rounds, known, complete)
 
 
 def merges_to_linkage(mg: Merges) -> np.ndarray:
@@ -314,6 +350,9 @@ def merges_to_linkage(mg: Merges) -> np.ndarray:
 
     Heights are the monotone heights (equal to the raw ones up to rounding).
     """
+    if not mg.complete:
+        raise ValueError("these merges were stopped early for a flat cut "
+                         "(rnn_merges(n_clusters=...)); run without n_clusters for a linkage")
     order = mg.greedy_order()
     a = mg.rep_a[order].cpu().numpy()
     b = mg.rep_b[order].cpu().numpy()
@@ -349,10 +388,15 @@ def merges_to_labels(mg: Merges, n_clusters: int) -> torch.Tensor:
 
     Computed on the merges' device without host synchronisation.  If fewer merges exist
     (size cap), all of them are applied and more than ``n_clusters`` clusters result.
+    Merges stopped early for a flat cut at ``k`` clusters can be cut at ``k`` or more.
     """
     n = mg.n
     dev = mg.rep_a.device
     t = max(0, min(n - int(n_clusters), mg.m))
+    if not mg.complete and n - int(n_clusters) > mg.known:
+        raise ValueError(f"these merges were stopped early and know only the first "
+                         f"{mg.known} merges of the greedy order; n_clusters={n_clusters} "
+                         f"needs {n - int(n_clusters)}")
     parent = torch.arange(n, dtype=torch.int64, device=dev)
     if t > 0:
         order = mg.greedy_order()[:t]

@@ -290,6 +290,31 @@ def test_size_cap_matches_greedy(cap: int) -> None:
         assert np.bincount(lab).max() <= 2 * cap  # a capped cluster took at most one merge
 
 
+@pytest.mark.parametrize("cap", [None, 4])
+def test_early_stop_for_a_cut_is_exact(cap: int | None) -> None:
+    """rnn_merges(n_clusters=k) stops once the first N-k greedy merges are known."""
+    n = 120
+    x = tie_free(np.random.default_rng(300 + (cap or 0)), n, 8)
+    full = run(x, torch.float32, cap=cap)
+    z_ref = greedy_oracle(x, cap=cap)
+    assert full.complete and full.known == full.m
+    stopped_early = 0
+    for k in (1, 2, 10, n // 4, n // 2, n - 5, n - 1, n):
+        part = run(x, torch.float32, cap=cap, n_clusters=k)
+        assert part.known >= min(n - k, full.m) and part.rounds <= full.rounds
+        lab = merges_to_labels(part, k).cpu().numpy()
+        np.testing.assert_array_equal(lab, cut(z_ref, n, k), err_msg=f"k={k}")
+        if not part.complete:
+            stopped_early += 1
+            assert part.rounds < full.rounds
+            with pytest.raises(ValueError, match="stopped early"):
+                merges_to_linkage(part)
+            if part.known < full.m:
+                with pytest.raises(ValueError, match="stopped early"):
+                    merges_to_labels(part, n - part.known - 1)
+    assert stopped_early >= 3  # the stop fires for k = N/2 and larger k
+
+
 def test_duplicates_share_clusters() -> None:
     rng = np.random.default_rng(5)
     base = tie_free(rng, 30, 4)

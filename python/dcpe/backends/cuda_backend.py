@@ -81,7 +81,8 @@ class CudaOps:
                              torch.cuda.current_stream(src.device).cuda_stream)
 
 
-def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | None):
+def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | None,
+            n_clusters: int | None = None):
     from dcpe_kernels.rnn import rnn_merges
 
     if not accepts(x):
@@ -90,7 +91,8 @@ def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | N
     _ext()
     with torch.cuda.device(x.device):
         return rnn_merges(x.contiguous(), method=method, metric=metric,
-                          max_cluster_size=max_cluster_size, ops=CudaOps, backend=NAME)
+                          max_cluster_size=max_cluster_size, ops=CudaOps, backend=NAME,
+                          n_clusters=n_clusters)
 
 
 def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidean",
@@ -121,8 +123,10 @@ def labels(x: torch.Tensor, n_clusters: int, *, method: str = "average",
     """Canonical int64 labels on ``x``'s device after the first ``N - n_clusters`` merges.
 
     If the size cap leaves fewer merges, all are applied (more than ``n_clusters``
-    clusters result; the caller reports it).
+    clusters result; the caller reports it).  The rounds stop as soon as those merges are
+    known (:func:`dcpe_kernels.rnn.rnn_merges` with ``n_clusters``).
     """
     from dcpe_kernels.rnn import merges_to_labels
 
-    return merges_to_labels(_merges(x, method, metric, max_cluster_size), n_clusters)
+    mg = _merges(x, method, metric, max_cluster_size, n_clusters=n_clusters)
+    return merges_to_labels(mg, n_clusters)

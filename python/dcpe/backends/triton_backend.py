@@ -47,7 +47,8 @@ def accepts(x: object) -> bool:
     return x.is_cuda or (x.device.type == "cpu" and _interpret())
 
 
-def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | None):
+def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | None,
+            n_clusters: int | None = None):
     from dcpe_kernels import TritonOps
     from dcpe_kernels.rnn import rnn_merges
 
@@ -58,7 +59,7 @@ def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | N
     ctx = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
     with ctx:
         return rnn_merges(x, method=method, metric=metric, max_cluster_size=max_cluster_size,
-                          ops=TritonOps, backend=NAME)
+                          ops=TritonOps, backend=NAME, n_clusters=n_clusters)
 
 
 def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidean",
@@ -89,8 +90,10 @@ def labels(x: torch.Tensor, n_clusters: int, *, method: str = "average",
     """Canonical int64 labels on ``x``'s device after the first ``N - n_clusters`` merges.
 
     If the size cap leaves fewer merges, all are applied (more than ``n_clusters``
-    clusters result; the caller reports it).
+    clusters result; the caller reports it).  The rounds stop as soon as those merges are
+    known (:func:`dcpe_kernels.rnn.rnn_merges` with ``n_clusters``).
     """
     from dcpe_kernels.rnn import merges_to_labels
 
-    return merges_to_labels(_merges(x, method, metric, max_cluster_size), n_clusters)
+    mg = _merges(x, method, metric, max_cluster_size, n_clusters=n_clusters)
+    return merges_to_labels(mg, n_clusters)

@@ -49,7 +49,12 @@ PROVIDERS: dict[str, str] = {
     "torch-alg1": "dcpe backend 'torch': Algorithm 1 of the paper (dense matrix, argmin, "
                   "Lance-Williams merge, compaction), CPU, full tree",
     "reference": "dcpe backend 'reference': the literal O(N^3 d) definition, full tree",
+    "dcpe-cpu-ward": "dcpe.cluster(x, k, linkage='ward', backend='cpu')",
+    "fastcluster-ward": "fastcluster.linkage_vector(x, 'ward') + exact k-cut",
+    "scipy-ward": "scipy linkage(x, 'ward') + exact k-cut",
 }
+#: Ward linkage, a second table (ratios against dcpe-cpu-ward)
+WARD = ("dcpe-cpu-ward", "fastcluster-ward", "scipy-ward")
 SLOW = ("sklearn-agglomerative", "sklearn-kmeans", "torch-alg1", "reference")
 PEERS = ("fastcluster", "scipy", "sklearn-agglomerative", "sklearn-kmeans")
 
@@ -92,6 +97,22 @@ def _make_call(provider: str, x: np.ndarray, k: int, opts: dict[str, Any]):  # n
 
         kw = {"dtype": np.float64} if provider == "dcpe-cpu-f64" else {}
         return lambda: (dcpe.cluster(x, k, backend="cpu", **kw), {})
+    if provider == "dcpe-cpu-ward":
+        import dcpe
+
+        return lambda: (dcpe.cluster(x, k, linkage="ward", backend="cpu"), {})
+    if provider in ("fastcluster-ward", "scipy-ward"):
+        if provider == "fastcluster-ward":
+            import fastcluster
+
+            def build_ward() -> np.ndarray:
+                return fastcluster.linkage_vector(x, method="ward")
+        else:
+            from scipy.cluster.hierarchy import linkage as scipy_linkage
+
+            def build_ward() -> np.ndarray:
+                return scipy_linkage(x, method="ward")
+        return lambda: (_first_merges(build_ward(), n, k), {})
     if provider in ("fastcluster", "scipy"):
         from scipy.cluster.hierarchy import fcluster, linkage
         from scipy.spatial.distance import pdist
@@ -246,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
                "sklearn-agglomerative": 1, "sklearn-kmeans": 1}
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    results: dict[str, Any] = {"main": {}, "scaling": {}, "big": None, "baseline": None}
+    results: dict[str, Any] = {"main": {}, "ward": {}, "scaling": {}, "big": None,
+                               "baseline": None}
 
     with tempfile.TemporaryDirectory(prefix="dcpe-bench-labels-") as tmp:
         labels_dir = Path(tmp)
@@ -270,6 +292,17 @@ def main(argv: list[str] | None = None) -> int:
                 if mine in loaded and peer in loaded:
                     checks[f"{mine} vs {peer}"] = partition_check(loaded[mine], loaded[peer])
         results["labels_check"] = checks
+
+        print("Ward linkage")
+        for provider in WARD:
+            results["ward"][provider] = run_worker(provider, n_main, k_main, 1, labels_dir,
+                                                   opts, args.timeout)
+        ward_labels = {p: np.load(labels_dir / f"{p}-{n_main}.npy") for p in WARD
+                       if (labels_dir / f"{p}-{n_main}.npy").exists()}
+        results["ward_check"] = {
+            f"dcpe-cpu-ward vs {peer}": partition_check(ward_labels["dcpe-cpu-ward"],
+                                                        ward_labels[peer])
+            for peer in WARD[1:] if peer in ward_labels and "dcpe-cpu-ward" in ward_labels}
 
     if not args.skip_slow:
         print("Scaling of the O(N^3) paths (full tree, k = N/2)")
@@ -362,13 +395,33 @@ def render_markdown(p: dict[str, Any]) -> str:
                      note])
     lines.append(markdown_table(["provider", "runs", "time", "peak MiB", "before MiB",
                                  "time / dcpe-cpu", "peak / dcpe-cpu", "notes"], rows))
-    if p.get("labels_check"):
-        lines += ["", f"Partitions at k = {s['k']} (peers compute in float64):", ""]
-        lines.append(markdown_table(
+
+    def checks_table(checks: dict[str, Any]) -> str:
+        return markdown_table(
             ["pair", "identical", "adjusted Rand", "identical clusters"],
             [[pair, c["identical"], f"{c['adjusted_rand']:.6f}",
-              f"{100 * c['shared_clusters_fraction']:.3f} %"]
-             for pair, c in p["labels_check"].items()]))
+              f"{100 * c['shared_clusters_fraction']:.3f} %"] for pair, c in checks.items()])
+
+    if p.get("labels_check"):
+        lines += ["", f"Partitions at k = {s['k']} (peers compute in float64):", "",
+                  checks_table(p["labels_check"])]
+    ward = p.get("ward") or {}
+    if ward:
+        w_t = (ward.get("dcpe-cpu-ward") or {}).get("median_s")
+        rows = []
+        for name, r in ward.items():
+            if "error" in r:
+                rows.append([name, "—", "—", "—", r["error"]])
+                continue
+            ratio = f"{r['median_s'] / w_t:,.1f}×" if w_t and name != "dcpe-cpu-ward" else ""
+            rows.append([name, r["repeats"], fmt_seconds(r["median_s"]),
+                         _mib(r["peak_rss_bytes"]), ratio])
+        lines += ["", "Ward linkage, same data and k (dcpe: generic greedy algorithm on "
+                  "centroids, float64):", "",
+                  markdown_table(["provider", "runs", "time", "peak MiB",
+                                  "time / dcpe-cpu-ward"], rows)]
+        if p.get("ward_check"):
+            lines += ["", checks_table(p["ward_check"])]
     if p["scaling"]:
         lines += ["", "O(N^3) paths, full tree (k = N/2 is about 7/8 of its cost), "
                   f"fitted t = c·N^p and extrapolated to N = {s['n']}:", ""]

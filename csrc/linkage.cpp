@@ -20,8 +20,10 @@ Method parse_method(const std::string& name) {
   if (name == "complete") return Method::Complete;
   if (name == "weighted") return Method::Weighted;
   if (name == "centroid") return Method::Centroid;
+  if (name == "ward") return Method::Ward;
   DCPE_CHECK_ARG(false, "linkage", "'" + name + "'",
-                 "expected one of 'average', 'centroid', 'single', 'complete', 'weighted'");
+                 "expected one of 'average', 'centroid', 'single', 'complete', 'weighted', "
+                 "'ward'");
   return Method::Average;
 }
 
@@ -39,6 +41,7 @@ namespace {
 template <typename T>
 std::vector<Merge> run(const T* data, int64_t n, int64_t d, const RunOptions& opt) {
   if (opt.method == Method::Centroid) return centroid_linkage<T>(data, n, d, opt);
+  if (opt.method == Method::Ward) return ward_linkage<T>(data, n, d, opt);
   return matrix_linkage<T>(data, n, d, opt);
 }
 
@@ -65,9 +68,9 @@ py::array_t<double> linkage_cpu(const py::array& x, const std::string& method,
   RunOptions opt;
   opt.method = parse_method(method);
   opt.metric = parse_metric(metric);
-  DCPE_CHECK(opt.method != Method::Centroid || opt.metric == Metric::Euclidean,
-             "linkage='centroid' is defined for metric='euclidean' only, got metric='", metric,
-             "'");
+  DCPE_CHECK(!is_centroid_method(opt.method) || opt.metric == Metric::Euclidean,
+             "linkage='", method, "' is defined for metric='euclidean' only, got metric='",
+             metric, "'");
   opt.max_cluster_size = max_cluster_size;
   opt.num_threads = num_threads;
   opt.interrupted = []() {

@@ -93,8 +93,9 @@ def supported_or_raise(method: str, metric: str, backend: str) -> tuple[int, int
     if method not in METHOD_MODES:
         raise ValueError(
             f"linkage={method!r} is not supported by the {backend!r} backend (its reciprocal-"
-            f"nearest-neighbour engine is exact only for reducible linkages); supported: "
-            f"{sorted(METHOD_MODES)}. Use backend='cpu' for other linkages.")
+            f"nearest-neighbour kernels merge by Lance-Williams updates of the matrix); "
+            f"supported: {sorted(METHOD_MODES)}. Use backend='cpu' for other linkages "
+            f"(backend='auto' does so).")
     if metric not in METRIC_CODES:
         raise ValueError(f"metric={metric!r} is not supported by the {backend!r} backend; "
                          f"supported: {sorted(METRIC_CODES)}")

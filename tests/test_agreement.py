@@ -98,7 +98,7 @@ def test_other_metrics_match_scipy(dcpe_mod, metric: str, seed: int) -> None:
         assert same_partition(dcpe_mod.cluster(x, k, metric=metric), cut_z(z_ref, n, k))
 
 
-@pytest.mark.parametrize("linkage", ["single", "complete", "weighted"])
+@pytest.mark.parametrize("linkage", ["single", "complete", "weighted", "ward"])
 @pytest.mark.parametrize("seed", range(6))
 def test_other_linkages_match_scipy(dcpe_mod, linkage: str, seed: int) -> None:
     rng = np.random.default_rng(100 + seed)
@@ -107,6 +107,7 @@ def test_other_linkages_match_scipy(dcpe_mod, linkage: str, seed: int) -> None:
     z = dcpe_mod.linkage(x, linkage=linkage)
     z_ref = scipy_linkage(x, linkage)
     np.testing.assert_allclose(np.sort(z[:, 2]), np.sort(z_ref[:, 2]), rtol=1e-6, atol=0)
+    assert hierarchy_sets(z, n) == hierarchy_sets(z_ref, n)
     for k in ks(n):
         assert same_partition(dcpe_mod.cluster(x, k, linkage=linkage), cut_z(z_ref, n, k))
         if linkage != "weighted":  # scikit-learn has no WPGMA

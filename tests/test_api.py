@@ -53,6 +53,37 @@ def test_cuda_in_cuda_out(dcpe_mod, x: np.ndarray) -> None:
     np.testing.assert_array_equal(labels.cpu().numpy(), dcpe_mod.cluster(x, 7))
 
 
+@pytest.mark.parametrize("gpu_kernels", [True, False])
+def test_auto_backend_for_cuda_data(dcpe_mod, monkeypatch: pytest.MonkeyPatch,
+                                    gpu_kernels: bool) -> None:
+    """auto on CUDA data: the GPU engine for the linkages it has, else the exact host engine
+    (never the O(N^3) torch path), whether or not GPU kernels exist here."""
+    from dcpe import _api, backends
+    from dcpe._validation import Data
+
+    for name in ("cuda", "triton"):
+        module = backends.get(name)
+        monkeypatch.setattr(module, "available", lambda: (gpu_kernels, "stubbed"))
+        monkeypatch.setattr(module, "accepts", lambda x: True)
+    data = Data(original=None, kind="tensor", n=10, d=2, compute_dtype=np.dtype("float32"),
+                device="cuda:0")
+    for method in backends.LINKAGES:
+        want = "cuda" if gpu_kernels and method in backends.GPU_LINKAGES else "cpu"
+        assert _api._resolve_backend("auto", data, method) == want, method
+    host = Data(original=None, kind="numpy", n=10, d=2, compute_dtype=np.dtype("float32"),
+                device="cpu")
+    assert _api._resolve_backend("auto", host, "average") == "cpu"
+
+
+def test_gpu_engine_linkages_are_the_kernel_modes() -> None:
+    pytest.importorskip("torch")
+    from dcpe import backends
+    from dcpe_kernels.rnn import METHOD_MODES
+
+    assert set(backends.GPU_LINKAGES) == set(METHOD_MODES)
+    assert set(backends.GPU_LINKAGES) <= set(backends.LINKAGES)
+
+
 def test_labels_are_canonical(dcpe_mod, x: np.ndarray) -> None:
     n = len(x)
     for k in (1, 2, 10, 50, n - 1, n):
@@ -71,7 +102,7 @@ def test_linkage_is_a_scipy_linkage(dcpe_mod, x: np.ndarray) -> None:
     from scipy.cluster.hierarchy import dendrogram, fcluster, is_valid_linkage
 
     n = len(x)
-    for linkage in ("average", "single", "complete", "weighted", "centroid"):
+    for linkage in ("average", "single", "complete", "weighted", "centroid", "ward"):
         z = dcpe_mod.linkage(x, linkage=linkage)
         assert isinstance(z, np.ndarray)
         assert z.shape == (n - 1, 4) and z.dtype == np.float64
@@ -94,7 +125,8 @@ def test_linkage_of_one_point(dcpe_mod) -> None:
     np.testing.assert_array_equal(dcpe_mod.cluster(np.zeros((1, 3)), 1), [0])
 
 
-@pytest.mark.parametrize("linkage", ["average", "centroid", "single", "complete", "weighted"])
+@pytest.mark.parametrize("linkage", ["average", "centroid", "single", "complete", "weighted",
+                                     "ward"])
 def test_cut_equals_cluster(dcpe_mod, rng: np.random.Generator, linkage: str) -> None:
     x = tie_free(rng, 150, 3)
     z = dcpe_mod.linkage(x, linkage=linkage)

@@ -17,6 +17,7 @@ METHOD_METRICS = [
     ("average", "sqeuclidean"),
     ("average", "cosine"),
     ("centroid", "euclidean"),
+    ("ward", "euclidean"),
     ("single", "euclidean"),
     ("complete", "euclidean"),
     ("weighted", "euclidean"),
@@ -68,7 +69,7 @@ def test_linkage_matrices_agree(dcpe_mod, method: str, metric: str, seed: int) -
         assert_same_z(zs[name], zs["reference"], what=f"{name} vs reference, N={n}")
 
 
-@pytest.mark.parametrize("method,metric", METHOD_METRICS[:7])
+@pytest.mark.parametrize("method,metric", METHOD_METRICS[:8])
 @pytest.mark.parametrize("seed", range(6))
 def test_labels_agree(dcpe_mod, method: str, metric: str, seed: int) -> None:
     x, n = random_case(1000 + seed, n_max=150, metric=metric)
@@ -85,7 +86,8 @@ def test_labels_agree(dcpe_mod, method: str, metric: str, seed: int) -> None:
         cluster(dcpe_mod, "reference", x, k, linkage=method, metric=metric), cut_z(z_ref, n, k))
 
 
-@pytest.mark.parametrize("method", ["average", "centroid", "single", "complete", "weighted"])
+@pytest.mark.parametrize("method", ["average", "centroid", "single", "complete", "weighted",
+                                    "ward"])
 @pytest.mark.parametrize("seed", range(8))
 def test_size_cap_agrees(dcpe_mod, method: str, seed: int) -> None:
     x, n = random_case(2000 + seed, n_max=120)

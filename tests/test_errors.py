@@ -65,6 +65,7 @@ def test_max_cluster_size_below_one(cap):
         ({"metric": "manhattan"}, "unknown metric='manhattan'"),
         ({"backend": "gpu"}, "unknown backend='gpu'"),
         ({"linkage": "centroid", "metric": "cosine"}, "metric='cosine' is not supported"),
+        ({"linkage": "ward", "metric": "sqeuclidean"}, "metric='sqeuclidean' is not supported"),
         ({"dtype": "float16"}, "dtype='float16' is not supported"),
         ({"dtype": np.int32}, "is not supported"),
     ],

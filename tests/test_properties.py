@@ -38,7 +38,8 @@ def with_duplicates(rng: np.random.Generator, n_distinct: int, n: int, d: int) -
 # --------------------------------------------------------------------------- ties
 
 
-@pytest.mark.parametrize("linkage", ["average", "centroid", "single", "complete", "weighted"])
+@pytest.mark.parametrize("linkage", ["average", "centroid", "single", "complete", "weighted",
+                                     "ward"])
 @pytest.mark.parametrize("seed", range(5))
 def test_ties_exactly_k_clusters_and_deterministic(dcpe_mod, linkage: str, seed: int) -> None:
     rng = np.random.default_rng(seed)
@@ -53,7 +54,8 @@ def test_ties_exactly_k_clusters_and_deterministic(dcpe_mod, linkage: str, seed:
             np.testing.assert_array_equal(cluster_quiet(dcpe_mod, x, k, linkage=linkage), first)
 
 
-@pytest.mark.parametrize("linkage", ["average", "single", "complete", "weighted", "centroid"])
+@pytest.mark.parametrize("linkage", ["average", "single", "complete", "weighted", "centroid",
+                                     "ward"])
 @pytest.mark.parametrize("seed", range(4))
 def test_duplicates_share_a_cluster(dcpe_mod, linkage: str, seed: int) -> None:
     rng = np.random.default_rng(50 + seed)
@@ -80,7 +82,7 @@ def test_thread_count_does_not_change_ties(dcpe_mod, tmp_path: Path) -> None:
         import numpy as np, dcpe
         x = np.load({str(tmp_path / 'x.npy')!r})
         out = np.stack([dcpe.cluster(x, k, linkage=m)
-                        for m in ("average", "single", "centroid") for k in (2, 37, 1000)])
+                        for m in ("average", "single", "centroid", "ward") for k in (2, 37, 1000)])
         np.save({str(tmp_path)!r} + "/labels_" + __import__("os").environ["OMP_NUM_THREADS"]
                 + ".npy", out)
     """)
@@ -92,8 +94,22 @@ def test_thread_count_does_not_change_ties(dcpe_mod, tmp_path: Path) -> None:
         results[threads] = np.load(tmp_path / f"labels_{threads}.npy")
     np.testing.assert_array_equal(results["1"], results["2"])
     here = np.stack([dcpe_mod.cluster(x, k, linkage=m)
-                     for m in ("average", "single", "centroid") for k in (2, 37, 1000)])
+                     for m in ("average", "single", "centroid", "ward") for k in (2, 37, 1000)])
     np.testing.assert_array_equal(here, results["1"])
+
+
+@pytest.mark.parametrize("kind", ["grid", "tie_free"])
+def test_ward_thread_count_does_not_change_result(dcpe_mod, monkeypatch: pytest.MonkeyPatch,
+                                                  kind: str) -> None:
+    """Ward's nearest-neighbour passes split across threads above 4096 active clusters."""
+    rng = np.random.default_rng(9)
+    x = integer_grid(rng, 6000, 2, side=6) if kind == "grid" else tie_free(rng, 6000, 3)
+    zs = []
+    for threads in ("1", "2", "3"):
+        monkeypatch.setenv("DCPE_NUM_THREADS", threads)
+        zs.append(dcpe_mod.linkage(x, linkage="ward"))
+    np.testing.assert_array_equal(zs[1], zs[0])
+    np.testing.assert_array_equal(zs[2], zs[0])
 
 
 # --------------------------------------------------------------------------- greediness
@@ -115,18 +131,37 @@ def test_every_merge_is_a_minimum(dcpe_mod, kind: str, cap: int | None, seed: in
     np.testing.assert_allclose(z[:, 2], merged, rtol=1e-6, atol=1e-12)
 
 
+def _ward_increase(x: np.ndarray, a: list[int], b: list[int]) -> float:
+    """Increase of the within-cluster sum of squares when a and b merge (from scratch)."""
+    def ess(rows: list[int]) -> float:
+        pts = x[rows]
+        return float(((pts - pts.mean(axis=0)) ** 2).sum())
+
+    return ess(a + b) - ess(a) - ess(b)
+
+
+@pytest.mark.parametrize("linkage", ["centroid", "ward"])
 @pytest.mark.parametrize("seed", range(6))
-def test_centroid_merges_are_greedy(dcpe_mod, seed: int) -> None:
+def test_centroid_merges_are_greedy(dcpe_mod, linkage: str, seed: int) -> None:
+    """Replay: every merge is the closest pair of the current clusters, recomputed from the
+    members (Ward: the smallest increase of the within-cluster sum of squares, reported as
+    SciPy's sqrt(2 * increase)); Ward's heights never decrease."""
     rng = np.random.default_rng(seed)
-    n = int(rng.integers(2, 120))
+    n = int(rng.integers(2, 120 if linkage == "centroid" else 45))  # Ward's replay is O(n^4)
     x = tie_free(rng, n, int(rng.choice([1, 2, 5])))
-    z = dcpe_mod.linkage(x, linkage="centroid")
+    z = dcpe_mod.linkage(x, linkage=linkage)
+    if linkage == "ward":
+        assert np.all(np.diff(z[:, 2]) >= 0)
     members = {t: [t] for t in range(n)}
     for i, (a, b, h, size) in enumerate(z):
         keys = sorted(members)
-        means = np.stack([x[members[c]].mean(axis=0) for c in keys])
-        dist = np.sqrt(((means[:, None] - means[None]) ** 2).sum(-1))
-        np.fill_diagonal(dist, np.inf)
+        if linkage == "ward":
+            dist = np.array([[np.sqrt(2 * _ward_increase(x, members[p], members[q]))
+                              if p != q else np.inf for q in keys] for p in keys])
+        else:
+            means = np.stack([x[members[c]].mean(axis=0) for c in keys])
+            dist = np.sqrt(((means[:, None] - means[None]) ** 2).sum(-1))
+            np.fill_diagonal(dist, np.inf)
         ia, ib = keys.index(int(a)), keys.index(int(b))
         np.testing.assert_allclose(dist[ia, ib], dist.min(), rtol=1e-9)
         np.testing.assert_allclose(h, dist[ia, ib], rtol=1e-9)
@@ -207,7 +242,8 @@ def test_scaling_invariance(dcpe_mod, scale: float, seed: int) -> None:
 # --------------------------------------------------------------------------- size cap
 
 
-@pytest.mark.parametrize("linkage", ["average", "centroid", "single", "complete", "weighted"])
+@pytest.mark.parametrize("linkage", ["average", "centroid", "single", "complete", "weighted",
+                                     "ward"])
 @pytest.mark.parametrize("seed", range(4))
 def test_size_cap_respected(dcpe_mod, linkage: str, seed: int) -> None:
     rng = np.random.default_rng(seed)

@@ -373,9 +373,10 @@ def test_backend_module_contract() -> None:
                                 max_cluster_size=None)
     assert lab.device == xt.device and lab.dtype == torch.int64
     np.testing.assert_array_equal(lab.cpu().numpy(), cut(z, 20, 5))
-    with pytest.raises(ValueError, match="supported"):
-        triton_backend.linkage(xt, method="centroid", metric="euclidean",
-                               max_cluster_size=None)
+    for method in ("centroid", "ward"):
+        with pytest.raises(ValueError, match="supported"):
+            triton_backend.linkage(xt, method=method, metric="euclidean",
+                                   max_cluster_size=None)
 
 
 # ----------------------------------------------------------------------------- GPU, larger N

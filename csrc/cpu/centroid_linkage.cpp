@@ -66,6 +66,7 @@ template <typename T>
 std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt) {
   DCPE_CHECK_ARG(n >= 1, "n", n, "need at least one row");
   DCPE_CHECK_ARG(d >= 1, "d", d, "need at least one column");
+  DCPE_CHECK(opt.method == Method::Centroid, "centroid_linkage: method is not centroid");
   DCPE_CHECK(opt.metric == Metric::Euclidean, "centroid linkage needs metric='euclidean'");
   const int threads = opt.num_threads > 0 ? opt.num_threads : std::max(1, omp_get_max_threads());
   CentroidState st(n, d);

@@ -9,6 +9,8 @@
 //    clustering algorithms"; Müllner 2011, arXiv:1109.2378, section 3.3].
 //  * centroid (not reducible): the generic greedy algorithm with cached row minima
 //    [Müllner 2011, section 3.1] on cluster centroids, no matrix.
+//  * ward (reducible): nearest-neighbour chain on centroids and sizes [Murtagh 1983;
+//    Müllner 2011, section 3.2], no matrix.
 #pragma once
 
 #include <cstddef>
@@ -19,7 +21,10 @@
 
 namespace dcpe {
 
-enum class Method { Average, Single, Complete, Weighted, Centroid };
+enum class Method { Average, Single, Complete, Weighted, Centroid, Ward };
+
+// Linkages computed from centroids and sizes (Euclidean metric only).
+inline bool is_centroid_method(Method m) { return m == Method::Centroid || m == Method::Ward; }
 enum class Metric { Euclidean, SqEuclidean, Cosine };
 
 Method parse_method(const std::string& name);
@@ -51,6 +56,10 @@ std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOpt
 // Centroid linkage on centroids (Euclidean only).
 template <typename T>
 std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt);
+
+// Ward linkage on centroids and sizes (Euclidean only).
+template <typename T>
+std::vector<Merge> ward_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt);
 
 // Bytes of working memory the engine allocates for a problem of this size.
 std::size_t workspace_bytes(int64_t n, int64_t d, Method method, std::size_t elem_size,

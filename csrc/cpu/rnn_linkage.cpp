@@ -541,7 +541,7 @@ std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   DCPE_CHECK_ARG(n >= 1, "n", n, "need at least one row");
   DCPE_CHECK_ARG(n < (int64_t(1) << 31), "n", n, "at most 2^31 - 1 rows");
   DCPE_CHECK_ARG(d >= 1, "d", d, "need at least one column");
-  DCPE_CHECK(opt.method != Method::Centroid, "centroid linkage has its own engine");
+  DCPE_CHECK(!is_centroid_method(opt.method), "centroid and ward linkage have their own engine");
   std::vector<Merge> merges;
   if (n == 1) return merges;
   merges.reserve(n - 1);
@@ -580,7 +580,7 @@ std::size_t workspace_bytes(int64_t n, int64_t d, Method method, std::size_t ele
   const std::size_t un = static_cast<std::size_t>(std::max<int64_t>(n, 1));
   // per-cluster bookkeeping, merges, NN arrays, transposed coordinates
   std::size_t bytes = un * 160 + un * static_cast<std::size_t>(d) * 8;
-  if (method == Method::Centroid) return bytes + un * static_cast<std::size_t>(d) * 8;
+  if (is_centroid_method(method)) return bytes + un * static_cast<std::size_t>(d) * 8;
   const std::size_t count = n > 1 ? tri(n) : 1;
   bytes += count * elem_size;                                             // the matrix
   bytes += (std::min(kBlockElems, count) + un) * elem_size;               // block buffer

@@ -23,7 +23,7 @@ __all__ = ["cluster", "linkage", "cut"]
 
 
 # --------------------------------------------------------------------------- dispatch
-def _resolve_backend(name: str, data: Data) -> str:
+def _resolve_backend(name: str, data: Data, method: str) -> str:
     if name != "auto":
         ok, why = _backends.get(name).available()
         if not ok:
@@ -32,13 +32,13 @@ def _resolve_backend(name: str, data: Data) -> str:
                 f"Available backends here: {_backends.available_backends()}"
             )
         return name
-    if data.device.startswith("cuda"):
+    if data.device.startswith("cuda") and method in _backends.GPU_LINKAGES:
         for candidate in ("cuda", "triton"):
             module = _backends.get(candidate)
             if module.available()[0] and module.accepts(data.original):
                 return candidate
-        # No GPU kernels here: the exact O(N^2) host engine (data copied to the host and
-        # labels moved back), never the O(N^3) Algorithm 1.
+    # No GPU kernels here (or none for this linkage): the exact O(N^2) host engine (data
+    # copied to the host, results moved back), never the O(N^3) Algorithm 1.
     ok, why = _backends.get("cpu").available()
     if not ok:
         raise BackendUnavailableError(
@@ -96,7 +96,7 @@ def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: s
     k = None if n_clusters is None else check_int("n_clusters", n_clusters, 1, data.n)
     if metric == "cosine":
         _check_no_zero_rows(data)
-    name = _resolve_backend(backend, data)
+    name = _resolve_backend(backend, data, method)
     _check_accepts(name, data)
     _preflight(name, data, method)
     module = _backends.get(name)
@@ -189,11 +189,15 @@ def cluster(
         float16, bfloat16, float32, float64 or integer type.
     n_clusters : int
         Number of clusters k, ``1 <= k <= N``.
-    linkage : {"average", "centroid", "single", "complete", "weighted"}
+    linkage : {"average", "centroid", "single", "complete", "weighted", "ward"}
         ``"average"`` is DCPE; ``"centroid"`` (Euclidean distance between cluster means) is
-        the "DCPE w/ centroid" ablation.
+        the "DCPE w/ centroid" ablation; ``"ward"`` merges the pair that increases the
+        within-cluster sum of squares least (heights as SciPy's, scikit-learn's default).
+        The GPU backends have average, single, complete and weighted; ``backend="auto"``
+        runs centroid and ward on the host engine.
     metric : {"euclidean", "sqeuclidean", "cosine"}
-        Token distance. ``"cosine"`` is ``1 - cos``; ``"centroid"`` needs ``"euclidean"``.
+        Token distance. ``"cosine"`` is ``1 - cos``; ``"centroid"`` and ``"ward"`` need
+        ``"euclidean"``.
     max_cluster_size : int, optional
         Size cap (IAR uses ``N // k``): a cluster whose size exceeds it takes no further part
         in merging. If fewer than two mergeable clusters remain before ``n_clusters`` is

@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from .backends import BACKENDS, LINKAGES, METRICS
+from .backends import BACKENDS, EUCLIDEAN_ONLY, LINKAGES, METRICS
 
 #: Largest |x| for which float32 squared distances cannot overflow (d <= 2**20).
 _FLOAT32_SAFE_ABS = 1e15
@@ -44,10 +44,12 @@ def check_choice(name: str, value: Any, choices: tuple[str, ...]) -> str:
 def check_linkage_metric(linkage: Any, metric: Any) -> tuple[str, str]:
     linkage = check_choice("linkage", linkage, LINKAGES)
     metric = check_choice("metric", metric, METRICS)
-    if linkage == "centroid" and metric != "euclidean":
+    if linkage in EUCLIDEAN_ONLY and metric != "euclidean":
+        what = {"centroid": "the Euclidean distance between cluster means",
+                "ward": "the increase of the within-cluster sum of squares"}[linkage]
         raise ValueError(
-            f"linkage='centroid' is the Euclidean distance between cluster means; "
-            f"metric={metric!r} is not supported with it (use metric='euclidean')"
+            f"linkage={linkage!r} is {what}; metric={metric!r} is not supported with it "
+            f"(use metric='euclidean')"
         )
     return linkage, metric
 

@@ -77,7 +77,8 @@ def _build_parser() -> argparse.ArgumentParser:
                         "omit for the sample codebook")
     c.add_argument("-k", "--n-clusters", type=_positive_int, required=True, dest="k",
                    help="number of clusters")
-    c.add_argument("--linkage", default="average", help="linkage (default: average = DCPE)")
+    c.add_argument("--linkage", default="average",
+                   help="average (default, DCPE), centroid, single, complete, weighted, ward")
     c.add_argument("--metric", default="euclidean", help="token distance (default: euclidean)")
     c.add_argument("--max-cluster-size", type=_positive_int, default=None,
                    help="clusters larger than this stop merging (IAR setting: N // k)")

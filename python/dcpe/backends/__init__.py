@@ -34,7 +34,12 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-LINKAGES = ("average", "centroid", "single", "complete", "weighted")
+LINKAGES = ("average", "centroid", "single", "complete", "weighted", "ward")
+#: linkages defined on cluster means, hence for the Euclidean metric only
+EUCLIDEAN_ONLY = ("centroid", "ward")
+#: linkages of the GPU engine (reciprocal nearest neighbours need a reducible linkage that
+#: is a Lance--Williams function of the merged pair's own distances)
+GPU_LINKAGES = ("average", "single", "complete", "weighted")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 
 #: backend name -> module (relative to this package)

@@ -14,6 +14,10 @@ Cluster distances, for clusters A and B with token distance ``delta``:
     ``min`` / ``max`` of ``delta(a, b)`` over the same pairs.
 ``centroid``
     Euclidean distance between the coordinate means of A and B (Euclidean metric only).
+``ward``
+    Ward's criterion: merging A and B increases the within-cluster sum of squares by
+    ``|A||B| / (|A| + |B|) * ||mean_A - mean_B||^2``; the distance reported (and compared)
+    is SciPy's ``sqrt(2 |A||B| / (|A| + |B|)) * ||mean_A - mean_B||`` (Euclidean only).
 ``weighted`` (WPGMA)
     Has no closed form over the members: it is *defined* by the recursion
     ``D(A u B, C) = (D(A, C) + D(B, C)) / 2`` starting from token distances, so it is the
@@ -41,7 +45,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import LINKAGES, METRICS
+from . import EUCLIDEAN_ONLY, LINKAGES, METRICS
 
 #: rows per block when forming token differences (bounds the (rows, N, d) temporary)
 _BLOCK_ELEMENTS = 1 << 22
@@ -123,10 +127,14 @@ def _cluster_distances(x: np.ndarray, members: list[list[int]], method: str,
                        metric: str) -> np.ndarray:
     """Distances between all current clusters, recomputed from the coordinates."""
     c = len(members)
-    if method == "centroid":
+    if method in ("centroid", "ward"):
         means = np.stack([x[m].astype(np.float64).mean(axis=0) for m in members])
         diff = means[:, None, :] - means[None, :, :]
-        return np.sqrt(np.einsum("ijk,ijk->ij", diff, diff))
+        sq = np.einsum("ijk,ijk->ij", diff, diff)
+        if method == "ward":
+            sizes = np.array([len(m) for m in members], dtype=np.float64)
+            sq *= 2.0 * np.outer(sizes, sizes) / (sizes[:, None] + sizes[None, :])
+        return np.sqrt(sq)
     n = x.shape[0]
     delta = token_distances(x, metric).astype(np.float64)
     order, starts = _groups(members, n)
@@ -150,10 +158,10 @@ def linkage(x: np.ndarray, *, method: str = "average", metric: str = "euclidean"
     ----------
     x : numpy.ndarray
         ``(N, d)`` float32 or float64, finite (validated by the caller).
-    method : {"average", "centroid", "single", "complete", "weighted"}
+    method : {"average", "centroid", "single", "complete", "weighted", "ward"}
         Cluster distance; ``"average"`` is DCPE (Eq. 2).
     metric : {"euclidean", "sqeuclidean", "cosine"}
-        Token distance. ``"centroid"`` requires ``"euclidean"``.
+        Token distance. ``"centroid"`` and ``"ward"`` require ``"euclidean"``.
     max_cluster_size : int or None
         A cluster whose size exceeds this takes no further part in merging; when fewer
         than two mergeable clusters remain the run stops early.
@@ -166,15 +174,15 @@ def linkage(x: np.ndarray, *, method: str = "average", metric: str = "euclidean"
     Raises
     ------
     ValueError
-        For an unknown ``method``/``metric``, or ``"centroid"`` with a metric other than
-        ``"euclidean"``.
+        For an unknown ``method``/``metric``, or ``"centroid"``/``"ward"`` with a metric
+        other than ``"euclidean"``.
     """
     if method not in LINKAGES:
         raise ValueError(f"method must be one of {LINKAGES}, got {method!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if method == "centroid" and metric != "euclidean":
-        raise ValueError(f"linkage 'centroid' requires metric 'euclidean', got {metric!r}")
+    if method in EUCLIDEAN_ONLY and metric != "euclidean":
+        raise ValueError(f"linkage {method!r} requires metric 'euclidean', got {metric!r}")
     x = np.asarray(x)
     if x.dtype not in (np.float32, np.float64):
         x = x.astype(np.float64)

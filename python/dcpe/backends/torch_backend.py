@@ -19,6 +19,9 @@ Lance--Williams updates, for clusters ``i``, ``j`` of sizes ``n_i``, ``n_j`` mer
                             digits for close clusters); instead the centroids are kept
                             (as float64 coordinate sums) and the merged cluster's row is
                             recomputed as direct differences to the other centroids.
+``ward``                    likewise from the centroids:
+                            ``sqrt(2 n_i n_c / (n_i + n_c)) ||mean_i - mean_c||`` (SciPy's
+                            Ward distance; the recursion would cancel the same way).
 
 The matrix is symmetric and every update writes row and column ``i`` from the same
 values, so it stays exactly symmetric; the merged cluster keeps the smaller slot ``i``,
@@ -37,7 +40,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import LINKAGES, METRICS
+from . import EUCLIDEAN_ONLY, LINKAGES, METRICS
 
 if TYPE_CHECKING:  # torch is imported lazily, on first use
     import torch
@@ -130,10 +133,10 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
     ----------
     x : torch.Tensor
         ``(N, d)`` float32 or float64 tensor on any device, finite (validated by the caller).
-    method : {"average", "centroid", "single", "complete", "weighted"}
+    method : {"average", "centroid", "single", "complete", "weighted", "ward"}
         Cluster distance; ``"average"`` is DCPE.
     metric : {"euclidean", "sqeuclidean", "cosine"}
-        Token distance; ``"centroid"`` requires ``"euclidean"``.
+        Token distance; ``"centroid"`` and ``"ward"`` require ``"euclidean"``.
     max_cluster_size : int or None
         A cluster whose size exceeds this takes no further part in merging; the run stops
         when fewer than two mergeable clusters remain.
@@ -146,7 +149,8 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
     Raises
     ------
     ValueError
-        For an unknown ``method``/``metric``, or ``"centroid"`` with another metric.
+        For an unknown ``method``/``metric``, or ``"centroid"``/``"ward"`` with another
+        metric.
     """
     import torch
 
@@ -154,8 +158,8 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
         raise ValueError(f"method must be one of {LINKAGES}, got {method!r}")
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
-    if method == "centroid" and metric != "euclidean":
-        raise ValueError(f"linkage 'centroid' requires metric 'euclidean', got {metric!r}")
+    if method in EUCLIDEAN_ONLY and metric != "euclidean":
+        raise ValueError(f"linkage {method!r} requires metric 'euclidean', got {metric!r}")
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(np.asarray(x))
     if x.dtype not in (torch.float32, torch.float64):
@@ -172,7 +176,7 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
         dist = token_distances(x, metric)
         dist.fill_diagonal_(inf)
         # centroid coordinate sums (a copy: .to() would alias a float64 input)
-        sums = x.to(torch.float64, copy=True) if method == "centroid" else None
+        sums = x.to(torch.float64, copy=True) if method in EUCLIDEAN_ONLY else None
         sizes = [1] * n  # per slot
         ids = list(range(n))  # SciPy id per slot
         m = 0
@@ -198,12 +202,16 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
                 row = torch.maximum(dist[i], dist[j])
             elif method == "weighted":
                 row = (dist[i] + dist[j]) * 0.5
-            else:  # centroid: recompute from the centroids, no cancellation
+            else:  # centroid, ward: recompute from the centroids, no cancellation
                 sums[i] += sums[j]
-                means = sums / torch.tensor(sizes, dtype=torch.float64, device=device)[:, None]
-                means[i] = sums[i] / size
+                counts = torch.tensor(sizes, dtype=torch.float64, device=device)
+                counts[i] = size
+                means = sums / counts[:, None]
                 diff = means - means[i]
-                row = torch.sqrt((diff * diff).sum(dim=1)).to(dtype)
+                sq = (diff * diff).sum(dim=1)
+                if method == "ward":
+                    sq = sq * (2.0 * size * counts / (size + counts))
+                row = torch.sqrt(sq).to(dtype)
                 # keep frozen clusters frozen
                 row = torch.where(torch.isinf(dist[j]) & torch.isinf(dist[i]),
                                   torch.full_like(row, inf), row)

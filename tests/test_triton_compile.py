@@ -1,0 +1,82 @@
+"""The Triton kernels compile for real GPUs (sm_80, sm_90), without a GPU.
+
+The interpreter (``TRITON_INTERPRET=1``) checks what the kernels compute but not that they
+compile: it runs them as NumPy code. Here every kernel variant the backends launch (both
+dtypes, every metric / merge mode) goes through Triton's full compiler down to a cubin for
+an NVIDIA target, ahead of time. It runs in a subprocess because the kernels must be
+decorated with the interpreter off, and ``tests/test_triton.py`` turns it on.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+pytest.importorskip("torch")
+triton = pytest.importorskip("triton")
+
+SCRIPT = textwrap.dedent("""
+    import json, sys
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from dcpe_kernels import merge, pairwise
+
+    arch = int(sys.argv[1])
+    target = GPUTarget("cuda", arch, 32)
+    done = []
+
+    def build(fn, signature, constexprs, num_warps):
+        src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
+        kernel = triton.compile(src, target=target, options={"num_warps": num_warps})
+        assert len(kernel.asm["cubin"]) > 0
+        done.append(fn.__name__)
+
+    for dt in ("fp32", "fp64"):
+        cfg = pairwise._launch_config(16384, on_cpu=False)
+        for metric in (0, 1, 2):
+            sig = {"x_ptr": f"*{dt}", "d_ptr": f"*{dt}", "nn_ptr": "*i64",
+                   "nnd_ptr": f"*{dt}", "n": "i32", "dim": "i32", "ld": "i32",
+                   "METRIC": "constexpr", "IS_F32": "constexpr", "BLOCK_M": "constexpr",
+                   "BLOCK_N": "constexpr"}
+            build(pairwise._pairwise_dist_rownn_kernel, sig,
+                  {"METRIC": metric, "IS_F32": dt == "fp32", "BLOCK_M": cfg["BLOCK_M"],
+                   "BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"])
+        cfg = merge._launch_config(16384, on_cpu=False)
+        for mode in (0, 1, 2):
+            sig = {"src_ptr": f"*{dt}", "ld_src": "i32", "dst_ptr": f"*{dt}",
+                   "ld_dst": "i32", "p_ptr": "*i32", "q_ptr": "*i32",
+                   "wp_ptr": f"*{dt}", "wq_ptr": f"*{dt}", "nn_ptr": "*i64",
+                   "nnd_ptr": f"*{dt}", "n_new": "i32", "row0": "i32", "nrows": "i32",
+                   "MODE": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
+            build(merge._merge_compact_rownn_kernel, sig,
+                  {"MODE": mode, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]},
+                  cfg["num_warps"])
+    print(json.dumps(done))
+""")
+
+
+def _nvidia_backend_present() -> bool:
+    try:
+        from triton.backends.nvidia import compiler  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+@pytest.mark.skipif(not _nvidia_backend_present(), reason="Triton without its NVIDIA backend")
+@pytest.mark.parametrize("arch", [80, 90])
+def test_kernels_compile_for_nvidia_gpus(arch: int) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # the default of the Triton versions used
+    proc = subprocess.run([sys.executable, "-c", SCRIPT, str(arch)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    built = proc.stdout.strip().splitlines()[-1]
+    assert built.count("_pairwise_dist_rownn_kernel") == 6
+    assert built.count("_merge_compact_rownn_kernel") == 6

@@ -416,7 +416,7 @@ def render_markdown(p: dict[str, Any]) -> str:
             ratio = f"{r['median_s'] / w_t:,.1f}×" if w_t and name != "dcpe-cpu-ward" else ""
             rows.append([name, r["repeats"], fmt_seconds(r["median_s"]),
                          _mib(r["peak_rss_bytes"]), ratio])
-        lines += ["", "Ward linkage, same data and k (dcpe: generic greedy algorithm on "
+        lines += ["", "Ward linkage, same data and k (dcpe: nearest-neighbour chain on "
                   "centroids, float64):", "",
                   markdown_table(["provider", "runs", "time", "peak MiB",
                                   "time / dcpe-cpu-ward"], rows)]

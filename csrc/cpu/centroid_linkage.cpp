@@ -68,7 +68,7 @@ std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunO
   DCPE_CHECK_ARG(d >= 1, "d", d, "need at least one column");
   DCPE_CHECK(opt.method == Method::Centroid, "centroid_linkage: method is not centroid");
   DCPE_CHECK(opt.metric == Metric::Euclidean, "centroid linkage needs metric='euclidean'");
-  const int threads = opt.num_threads > 0 ? opt.num_threads : std::max(1, omp_get_max_threads());
+  const int threads = resolve_threads(opt.num_threads);
   CentroidState st(n, d);
   for (int64_t i = 0; i < n * d; ++i) st.c_[i] = static_cast<double>(x[i]);
   std::vector<double> nnv(n);

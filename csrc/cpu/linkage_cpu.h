@@ -13,6 +13,9 @@
 //    Müllner 2011, section 3.2], no matrix.
 #pragma once
 
+#include <omp.h>
+
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -48,6 +51,11 @@ struct RunOptions {
   // Polled from the calling thread between blocks of work; returns true to stop.
   std::function<bool()> interrupted;
 };
+
+// Threads to use: the requested count, or OpenMP's default (OMP_NUM_THREADS or all cores).
+inline int resolve_threads(int requested) {
+  return requested > 0 ? requested : std::max(1, omp_get_max_threads());
+}
 
 // Reducible linkages on a condensed distance matrix of element type T.
 template <typename T>

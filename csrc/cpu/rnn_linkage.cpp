@@ -99,10 +99,6 @@ inline bool better(T v1, int32_t i1, T v2, int32_t i2) {
   return v1 < v2 || (v1 == v2 && i1 < i2);
 }
 
-inline int resolve_threads(int requested) {
-  return requested > 0 ? requested : std::max(1, omp_get_max_threads());
-}
-
 inline void poll(const RunOptions& opt) {
   if (opt.interrupted && opt.interrupted()) throw Interrupted();
 }

@@ -145,7 +145,7 @@ std::vector<Merge> ward_linkage(const T* x, int64_t n, int64_t d, const RunOptio
   DCPE_CHECK_ARG(d >= 1, "d", d, "need at least one column");
   DCPE_CHECK(opt.method == Method::Ward, "ward_linkage: method is not ward");
   DCPE_CHECK(opt.metric == Metric::Euclidean, "ward linkage needs metric='euclidean'");
-  const int threads = opt.num_threads > 0 ? opt.num_threads : std::max(1, omp_get_max_threads());
+  const int threads = resolve_threads(opt.num_threads);
   WardChain st(n, d, threads);
   st.load(x);
   std::vector<double> adj(n, -std::numeric_limits<double>::infinity());  // monotone heights

@@ -37,8 +37,8 @@ from types import ModuleType
 LINKAGES = ("average", "centroid", "single", "complete", "weighted", "ward")
 #: linkages defined on cluster means, hence for the Euclidean metric only
 EUCLIDEAN_ONLY = ("centroid", "ward")
-#: linkages of the GPU engine (reciprocal nearest neighbours need a reducible linkage that
-#: is a Lance--Williams function of the merged pair's own distances)
+#: linkages of the GPU engine: its merge kernels update the matrix by a weighted mean,
+#: minimum or maximum of the merged clusters' rows (see dcpe_kernels.rnn.METHOD_MODES)
 GPU_LINKAGES = ("average", "single", "complete", "weighted")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
 

@@ -127,7 +127,7 @@ def _cluster_distances(x: np.ndarray, members: list[list[int]], method: str,
                        metric: str) -> np.ndarray:
     """Distances between all current clusters, recomputed from the coordinates."""
     c = len(members)
-    if method in ("centroid", "ward"):
+    if method in EUCLIDEAN_ONLY:
         means = np.stack([x[m].astype(np.float64).mean(axis=0) for m in members])
         diff = means[:, None, :] - means[None, :, :]
         sq = np.einsum("ijk,ijk->ij", diff, diff)

@@ -52,9 +52,13 @@ PROVIDERS: dict[str, str] = {
     "dcpe-cpu-ward": "dcpe.cluster(x, k, linkage='ward', backend='cpu')",
     "fastcluster-ward": "fastcluster.linkage_vector(x, 'ward') + exact k-cut",
     "scipy-ward": "scipy linkage(x, 'ward') + exact k-cut",
+    "dcpe-cpu-centroid": "dcpe.cluster(x, k, linkage='centroid', backend='cpu')",
+    "fastcluster-centroid": "fastcluster.linkage_vector(x, 'centroid') + first N-k merges",
 }
-#: Ward linkage, a second table (ratios against dcpe-cpu-ward)
-WARD = ("dcpe-cpu-ward", "fastcluster-ward", "scipy-ward")
+#: linkages on centroids, a second table: linkage -> providers, dcpe's first (the ratios
+#: are against it)
+CENTROID_LINKAGES = {"ward": ("dcpe-cpu-ward", "fastcluster-ward", "scipy-ward"),
+                     "centroid": ("dcpe-cpu-centroid", "fastcluster-centroid")}
 SLOW = ("sklearn-agglomerative", "sklearn-kmeans", "torch-alg1", "reference")
 PEERS = ("fastcluster", "scipy", "sklearn-agglomerative", "sklearn-kmeans")
 
@@ -97,22 +101,25 @@ def _make_call(provider: str, x: np.ndarray, k: int, opts: dict[str, Any]):  # n
 
         kw = {"dtype": np.float64} if provider == "dcpe-cpu-f64" else {}
         return lambda: (dcpe.cluster(x, k, backend="cpu", **kw), {})
-    if provider == "dcpe-cpu-ward":
+    if provider in ("dcpe-cpu-ward", "dcpe-cpu-centroid"):
         import dcpe
 
-        return lambda: (dcpe.cluster(x, k, linkage="ward", backend="cpu"), {})
-    if provider in ("fastcluster-ward", "scipy-ward"):
-        if provider == "fastcluster-ward":
+        method = provider.rsplit("-", 1)[1]
+        return lambda: (dcpe.cluster(x, k, linkage=method, backend="cpu"), {})
+    if provider in ("fastcluster-ward", "scipy-ward", "fastcluster-centroid"):
+        method = provider.rsplit("-", 1)[1]
+        if provider.startswith("fastcluster"):
             import fastcluster
 
-            def build_ward() -> np.ndarray:
-                return fastcluster.linkage_vector(x, method="ward")
+            def build_tree() -> np.ndarray:
+                return fastcluster.linkage_vector(x, method=method)
         else:
             from scipy.cluster.hierarchy import linkage as scipy_linkage
 
-            def build_ward() -> np.ndarray:
-                return scipy_linkage(x, method="ward")
-        return lambda: (_first_merges(build_ward(), n, k), {})
+            def build_tree() -> np.ndarray:
+                return scipy_linkage(x, method=method)
+        # the first N - k merges in Z's (greedy) order: exact for non-monotone centroid too
+        return lambda: (_first_merges(build_tree(), n, k), {})
     if provider in ("fastcluster", "scipy"):
         from scipy.cluster.hierarchy import fcluster, linkage
         from scipy.spatial.distance import pdist
@@ -267,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                "sklearn-agglomerative": 1, "sklearn-kmeans": 1}
     t_start = time.perf_counter()
     load_start = os.getloadavg()
-    results: dict[str, Any] = {"main": {}, "ward": {}, "scaling": {}, "big": None,
+    results: dict[str, Any] = {"main": {}, "centroid_linkages": {}, "scaling": {}, "big": None,
                                "baseline": None}
 
     with tempfile.TemporaryDirectory(prefix="dcpe-bench-labels-") as tmp:
@@ -293,16 +300,19 @@ def main(argv: list[str] | None = None) -> int:
                     checks[f"{mine} vs {peer}"] = partition_check(loaded[mine], loaded[peer])
         results["labels_check"] = checks
 
-        print("Ward linkage")
-        for provider in WARD:
-            results["ward"][provider] = run_worker(provider, n_main, k_main, 1, labels_dir,
-                                                   opts, args.timeout)
-        ward_labels = {p: np.load(labels_dir / f"{p}-{n_main}.npy") for p in WARD
-                       if (labels_dir / f"{p}-{n_main}.npy").exists()}
-        results["ward_check"] = {
-            f"dcpe-cpu-ward vs {peer}": partition_check(ward_labels["dcpe-cpu-ward"],
-                                                        ward_labels[peer])
-            for peer in WARD[1:] if peer in ward_labels and "dcpe-cpu-ward" in ward_labels}
+        print("Linkages on centroids")
+        results["centroid_checks"] = {}
+        for providers in CENTROID_LINKAGES.values():
+            for provider in providers:
+                results["centroid_linkages"][provider] = run_worker(
+                    provider, n_main, k_main, 1, labels_dir, opts, args.timeout)
+            got = {p: np.load(labels_dir / f"{p}-{n_main}.npy") for p in providers
+                   if (labels_dir / f"{p}-{n_main}.npy").exists()}
+            mine = providers[0]
+            for peer in providers[1:]:
+                if mine in got and peer in got:
+                    results["centroid_checks"][f"{mine} vs {peer}"] = partition_check(
+                        got[mine], got[peer])
 
     if not args.skip_slow:
         print("Scaling of the O(N^3) paths (full tree, k = N/2)")
@@ -405,23 +415,28 @@ def render_markdown(p: dict[str, Any]) -> str:
     if p.get("labels_check"):
         lines += ["", f"Partitions at k = {s['k']} (peers compute in float64):", "",
                   checks_table(p["labels_check"])]
-    ward = p.get("ward") or {}
-    if ward:
-        w_t = (ward.get("dcpe-cpu-ward") or {}).get("median_s")
+    cl = p.get("centroid_linkages") or {}
+    if cl:
         rows = []
-        for name, r in ward.items():
-            if "error" in r:
-                rows.append([name, "—", "—", "—", r["error"]])
-                continue
-            ratio = f"{r['median_s'] / w_t:,.1f}×" if w_t and name != "dcpe-cpu-ward" else ""
-            rows.append([name, r["repeats"], fmt_seconds(r["median_s"]),
-                         _mib(r["peak_rss_bytes"]), ratio])
-        lines += ["", "Ward linkage, same data and k (dcpe: nearest-neighbour chain on "
-                  "centroids, float64):", "",
-                  markdown_table(["provider", "runs", "time", "peak MiB",
-                                  "time / dcpe-cpu-ward"], rows)]
-        if p.get("ward_check"):
-            lines += ["", checks_table(p["ward_check"])]
+        for linkage, providers in CENTROID_LINKAGES.items():
+            mine = (cl.get(providers[0]) or {}).get("median_s")
+            for name in providers:
+                r = cl.get(name)
+                if r is None:
+                    continue
+                if "error" in r:
+                    rows.append([linkage, name, "—", "—", "—", r["error"]])
+                    continue
+                ratio = f"{r['median_s'] / mine:,.1f}×" if mine and name != providers[0] else ""
+                rows.append([linkage, name, r["repeats"], fmt_seconds(r["median_s"]),
+                             _mib(r["peak_rss_bytes"]), ratio])
+        lines += ["", "Linkages on centroids, same data and k (dcpe: Ward by a nearest-"
+                  "neighbour chain, centroid by the generic algorithm with cached minima; "
+                  "both on float64 centroids without a matrix):", "",
+                  markdown_table(["linkage", "provider", "runs", "time", "peak MiB",
+                                  "time / dcpe"], rows)]
+        if p.get("centroid_checks"):
+            lines += ["", checks_table(p["centroid_checks"])]
     if p["scaling"]:
         lines += ["", "O(N^3) paths, full tree (k = N/2 is about 7/8 of its cost), "
                   f"fitted t = c·N^p and extrapolated to N = {s['n']}:", ""]

@@ -98,16 +98,17 @@ def test_thread_count_does_not_change_ties(dcpe_mod, tmp_path: Path) -> None:
     np.testing.assert_array_equal(here, results["1"])
 
 
+@pytest.mark.parametrize("linkage", ["ward", "centroid"])
 @pytest.mark.parametrize("kind", ["grid", "tie_free"])
-def test_ward_thread_count_does_not_change_result(dcpe_mod, monkeypatch: pytest.MonkeyPatch,
-                                                  kind: str) -> None:
-    """Ward's nearest-neighbour passes split across threads above 4096 active clusters."""
+def test_centroid_engines_thread_count_does_not_change_result(
+        dcpe_mod, monkeypatch: pytest.MonkeyPatch, kind: str, linkage: str) -> None:
+    """The centroid/Ward passes split across threads above 4096 active clusters."""
     rng = np.random.default_rng(9)
     x = integer_grid(rng, 6000, 2, side=6) if kind == "grid" else tie_free(rng, 6000, 3)
     zs = []
     for threads in ("1", "2", "3"):
         monkeypatch.setenv("DCPE_NUM_THREADS", threads)
-        zs.append(dcpe_mod.linkage(x, linkage="ward"))
+        zs.append(dcpe_mod.linkage(x, linkage=linkage))
     np.testing.assert_array_equal(zs[1], zs[0])
     np.testing.assert_array_equal(zs[2], zs[0])
 

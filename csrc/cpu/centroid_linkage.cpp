@@ -6,13 +6,13 @@
 // arXiv:1109.2378, Fig. 3]: every active slot i caches its nearest active slot j > i; the
 // greedy pair is the smallest cached entry. After merging a < b into a, only rows whose
 // cached neighbour was a or b are rescanned, and rows i < a compare their cache with the
-// new distance to a (which may have decreased). Distances are computed from the centroids
-// by direct differences in float64; no distance matrix is stored (memory O(N d)).
+// new distance to a (which may have decreased). Squared distances are computed from the
+// centroids by direct differences in float64, one vectorised pass over the active clusters
+// per merge plus one per rescanned row (packed_centroids.h); no distance matrix is stored
+// (memory O(N d)).
 //
 // Ties: the pair order is (distance, smaller slot, larger slot), slots being the clusters'
 // smallest token indices.
-
-#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -20,44 +20,39 @@
 #include <vector>
 
 #include "cpu/linkage_cpu.h"
+#include "cpu/packed_centroids.h"
 #include "macros.h"
 
 namespace dcpe {
 namespace {
 
-class CentroidState {
+// Tournament tree over slots: the smallest (value, slot) among the leaves, kept up to date
+// in O(log N) per changed leaf.
+class MinTree {
  public:
-  CentroidState(int64_t n, int64_t d) : n_(n), d_(d), c_(n * d), size_(n, 1), active_(n, 1) {}
-
-  double dist(int64_t i, int64_t j) const {
-    const double* a = &c_[i * d_];
-    const double* b = &c_[j * d_];
-    double s = 0.0;
-    for (int64_t k = 0; k < d_; ++k) {
-      const double t = a[k] - b[k];
-      s += t * t;
-    }
-    return std::sqrt(s);
+  explicit MinTree(int64_t n) : size_(1) {
+    while (size_ < n) size_ *= 2;
+    v_.assign(2 * size_, std::numeric_limits<double>::infinity());
+    i_.assign(2 * size_, -1);
   }
-
-  // Nearest active j > i (smallest j on ties); j = -1 if none.
-  void scan(int64_t i, double& bv, int64_t& bj) const {
-    bv = std::numeric_limits<double>::infinity();
-    bj = -1;
-    for (int64_t j = i + 1; j < n_; ++j) {
-      if (!active_[j]) continue;
-      const double v = dist(i, j);
-      if (bj < 0 || v < bv) {
-        bv = v;
-        bj = j;
-      }
+  void set(int64_t slot, double value, bool present) {
+    int64_t node = size_ + slot;
+    v_[node] = present ? value : std::numeric_limits<double>::infinity();
+    i_[node] = present ? slot : -1;
+    for (node /= 2; node >= 1; node /= 2) {
+      const int64_t l = 2 * node, r = l + 1;
+      const bool left = i_[r] < 0 || (i_[l] >= 0 && (v_[l] < v_[r] || (v_[l] == v_[r] &&
+                                                                      i_[l] < i_[r])));
+      v_[node] = left ? v_[l] : v_[r];
+      i_[node] = left ? i_[l] : i_[r];
     }
   }
+  int64_t min_slot() const { return i_[1]; }  // -1 when empty
 
-  int64_t n_, d_;
-  std::vector<double> c_;
-  std::vector<int64_t> size_;
-  std::vector<char> active_;
+ private:
+  int64_t size_;
+  std::vector<double> v_;
+  std::vector<int64_t> i_;
 };
 
 }  // namespace
@@ -68,68 +63,63 @@ std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunO
   DCPE_CHECK_ARG(d >= 1, "d", d, "need at least one column");
   DCPE_CHECK(opt.method == Method::Centroid, "centroid_linkage: method is not centroid");
   DCPE_CHECK(opt.metric == Metric::Euclidean, "centroid linkage needs metric='euclidean'");
-  const int threads = resolve_threads(opt.num_threads);
-  CentroidState st(n, d);
-  for (int64_t i = 0; i < n * d; ++i) st.c_[i] = static_cast<double>(x[i]);
-  std::vector<double> nnv(n);
-  std::vector<int64_t> nnj(n);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 16)
-  for (int64_t i = 0; i < n; ++i) st.scan(i, nnv[i], nnj[i]);
+  PackedCentroids st(n, d, resolve_threads(opt.num_threads));
+  st.load(x);
+  // Cached nearest active slot j > i of every active slot i, and its squared distance.
+  std::vector<double> nnv(n, std::numeric_limits<double>::infinity());
+  std::vector<int64_t> nnj(n, -1);
+  MinTree tree(n);
+  auto cache = [&](int64_t i, double v, int64_t j) {
+    nnv[i] = v;
+    nnj[i] = j;
+    tree.set(i, v, j >= 0);
+  };
+  auto rescan = [&](int64_t i) {
+    const Nearest nb = st.pass<false>(i, i);
+    cache(i, nb.v, nb.j);
+  };
+  st.nearest_above(nnv, nnj);
+  for (int64_t i = 0; i < n; ++i) tree.set(i, nnv[i], nnj[i] >= 0);
+  if (opt.interrupted && opt.interrupted()) throw Interrupted();
 
   std::vector<Merge> merges;
   merges.reserve(n > 0 ? n - 1 : 0);
   const int64_t cap = opt.max_cluster_size;
-  std::vector<int64_t> rescan;
+  std::vector<int64_t> stale;
   while (true) {
-    if ((merges.size() & 255) == 255) {
-      if (opt.interrupted && opt.interrupted()) throw Interrupted();
+    if ((merges.size() & 255) == 255 && opt.interrupted && opt.interrupted()) {
+      throw Interrupted();
     }
-    int64_t a = -1;
-    for (int64_t i = 0; i < n; ++i) {
-      if (st.active_[i] && nnj[i] >= 0 && (a < 0 || nnv[i] < nnv[a])) a = i;
-    }
+    // the greedy pair: smallest cached entry, ties to the smallest row slot
+    const int64_t a = tree.min_slot();
     if (a < 0) break;  // fewer than two active clusters
     const int64_t b = nnj[a];
-    const double h = nnv[a];
-    const int64_t sz = st.size_[a] + st.size_[b];
+    const double h = std::sqrt(nnv[a]);
+    const int64_t sz = st.size(a) + st.size(b);
     merges.push_back({a, b, h, static_cast<double>(merges.size()), sz});
-    const double wa = double(st.size_[a]) / double(sz), wb = double(st.size_[b]) / double(sz);
-    for (int64_t k = 0; k < d; ++k) {
-      st.c_[a * d + k] = wa * st.c_[a * d + k] + wb * st.c_[b * d + k];
-    }
-    st.size_[a] = sz;
-    st.active_[b] = 0;
+    st.merge(a, b);
+    cache(b, nnv[b], -1);
     const bool frozen = cap > 0 && sz > cap;
-    if (frozen) st.active_[a] = 0;
-    // Rows i < a: the distance to a changed (either way) and b is gone.
-    rescan.clear();
-#pragma omp parallel for num_threads(threads) schedule(static) if (a > 4096)
-    for (int64_t i = 0; i < a; ++i) {
-      if (!st.active_[i]) continue;
+    if (frozen) {
+      st.deactivate(a);
+      cache(a, nnv[a], -1);
+    } else {
+      rescan(a);  // a's own neighbour (slots > a) and, in the pass, every distance to a
+    }
+    // Rows i < a: b is gone and the distance to a changed (either way); rows a < i < b
+    // that pointed to b lost it. Rows past b cache slots past b: unaffected.
+    stale.clear();
+    for (int64_t p = 0; p < st.active(); ++p) {
+      const int64_t i = st.slot_at(p);
+      if (i >= b || i == a) continue;
       if (nnj[i] == a || nnj[i] == b) {
-        nnj[i] = -2;  // mark for rescan
-        continue;
-      }
-      if (!frozen) {
-        const double v = st.dist(i, a);
-        if (v < nnv[i] || (v == nnv[i] && a < nnj[i])) {
-          nnv[i] = v;
-          nnj[i] = a;
-        }
+        stale.push_back(i);
+      } else if (i < a && !frozen) {
+        const double v = st.last(i);  // from the pass of a
+        if (v < nnv[i] || (v == nnv[i] && a < nnj[i])) cache(i, v, a);
       }
     }
-    for (int64_t i = 0; i < b; ++i) {
-      if (st.active_[i] && (nnj[i] == -2 || (i > a && nnj[i] == b) || i == a)) {
-        rescan.push_back(i);
-      }
-    }
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (rescan.size() > 8)
-    for (std::size_t t = 0; t < rescan.size(); ++t) {
-      const int64_t i = rescan[t];
-      st.scan(i, nnv[i], nnj[i]);
-    }
-    nnj[b] = -1;
-    if (frozen) nnj[a] = -1;
+    for (int64_t i : stale) rescan(i);
   }
   return merges;
 }

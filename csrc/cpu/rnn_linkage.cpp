@@ -576,7 +576,9 @@ std::size_t workspace_bytes(int64_t n, int64_t d, Method method, std::size_t ele
   const std::size_t un = static_cast<std::size_t>(std::max<int64_t>(n, 1));
   // per-cluster bookkeeping, merges, NN arrays, transposed coordinates
   std::size_t bytes = un * 160 + un * static_cast<std::size_t>(d) * 8;
-  if (is_centroid_method(method)) return bytes + un * static_cast<std::size_t>(d) * 8;
+  if (is_centroid_method(method)) {  // packed centroids, min tree, per-thread pass rows
+    return bytes + un * static_cast<std::size_t>(d) * 8 + un * (64 + 8 * threads);
+  }
   const std::size_t count = n > 1 ? tri(n) : 1;
   bytes += count * elem_size;                                             // the matrix
   bytes += (std::min(kBlockElems, count) + un) * elem_size;               // block buffer

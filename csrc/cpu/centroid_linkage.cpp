@@ -4,15 +4,15 @@
 //
 // Algorithm: the generic agglomerative algorithm with cached row minima [Müllner 2011,
 // arXiv:1109.2378, Fig. 3]: every active slot i caches its nearest active slot j > i; the
-// greedy pair is the smallest cached entry. After merging a < b into a, only rows whose
-// cached neighbour was a or b are rescanned, and rows i < a compare their cache with the
-// new distance to a (which may have decreased). Squared distances are computed from the
-// centroids by direct differences in float64, one vectorised pass over the active clusters
-// per merge plus one per rescanned row (packed_centroids.h); no distance matrix is stored
-// (memory O(N d)).
+// greedy pair is the smallest cached entry (kept in a tournament tree). After merging a < b
+// into a, only rows whose cached neighbour was a or b are rescanned, and rows i < a compare
+// their cache with the new distance to a (which may have decreased). Squared distances are
+// computed from the centroids by direct differences in float64, one vectorised pass over
+// the active clusters per merge plus one per rescanned row (packed_centroids.h); no
+// distance matrix is stored (memory O(N d)).
 //
-// Ties: the pair order is (distance, smaller slot, larger slot), slots being the clusters'
-// smallest token indices.
+// Ties: the pair order is (squared distance, smaller slot, larger slot), slots being the
+// clusters' smallest token indices.
 
 #include <algorithm>
 #include <cmath>

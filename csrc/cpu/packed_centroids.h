@@ -76,11 +76,19 @@ class PackedCentroids {
         const double* sz = size_.data();
         for (int64_t p = lo; p < hi; ++p) v[p] *= 2.0 * nt * sz[p] / (nt + sz[p]);
       }
-      Nearest mine{std::numeric_limits<double>::infinity(), -1};
+      // smallest criterion among the eligible positions, then the smallest slot holding it
       const int64_t floor = above < 0 ? -1 : above;
+      const int64_t* sl = slot_.data();
+      double bv = std::numeric_limits<double>::infinity();
       for (int64_t p = lo; p < hi; ++p) {
-        const int64_t s = slot_[p];
-        if (s > floor && p != pt && closer(v[p], s, mine)) mine = {v[p], s};
+        const double w = (sl[p] > floor && p != pt) ? v[p] : bv;
+        bv = w < bv ? w : bv;
+      }
+      Nearest mine{bv, -1};
+      for (int64_t p = lo; p < hi; ++p) {
+        if (v[p] == bv && sl[p] > floor && p != pt && (mine.j < 0 || sl[p] < mine.j)) {
+          mine.j = sl[p];
+        }
       }
 #pragma omp critical
       if (mine.j >= 0 && closer(mine.v, mine.j, best)) best = mine;

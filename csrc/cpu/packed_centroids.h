@@ -44,7 +44,6 @@ class PackedCentroids {
   }
 
   int64_t active() const { return m_; }
-  bool is_active(int64_t s) const { return pos_[s] >= 0; }
   int64_t slot_at(int64_t p) const { return slot_[p]; }
   int64_t size(int64_t s) const { return static_cast<int64_t>(size_[pos_[s]]); }
   int64_t first_active() const { return *std::min_element(slot_.begin(), slot_.begin() + m_); }

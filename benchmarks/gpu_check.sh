@@ -11,27 +11,28 @@ mkdir -p "$OUT"
 unset TRITON_INTERPRET || true
 export DCPE_BUILD_JOBS="${DCPE_BUILD_JOBS:-16}"
 export DCPE_CUDA_ARCHS="${DCPE_CUDA_ARCHS:-90}"
+PY="${PYTHON:-$(command -v python3 || command -v python)}"
 
 {
   echo "== $(date -u +%FT%TZ) environment"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv || true
-  python -c "import torch, sys; print(sys.version); print('torch', torch.__version__, \
+  "$PY" -c "import torch, sys; print(sys.version); print('torch', torch.__version__, \
 'cuda', torch.version.cuda, torch.cuda.is_available())"
-  python -c "import triton; print('triton', triton.__version__)" || true
+  "$PY" -c "import triton; print('triton', triton.__version__)" || true
 } 2>&1 | tee "$OUT/env.log"
 
 echo "== build" | tee "$OUT/build.log"
-timeout 200 pip install --no-build-isolation --no-deps -e . >>"$OUT/build.log" 2>&1 \
+timeout 200 "$PY" -m pip install --no-build-isolation --no-deps -e . >>"$OUT/build.log" 2>&1 \
   || { tail -50 "$OUT/build.log"; exit 1; }
-python -c "import dcpe, dcpe._C as C; print('has_cuda', C.has_cuda); \
+"$PY" -c "import dcpe, dcpe._C as C; print('has_cuda', C.has_cuda); \
 print(dcpe.backends.status())" 2>&1 | tee -a "$OUT/build.log"
 
 echo "== tests" | tee "$OUT/tests.log"
 status=0
-timeout 150 python -m pytest tests/test_cuda.py tests/test_triton.py -q -rs \
+timeout 150 "$PY" -m pytest tests/test_cuda.py tests/test_triton.py -q -rs \
   --durations=15 2>&1 | tee -a "$OUT/tests.log" || status=$?
 
 echo "== benchmark" | tee "$OUT/bench.log"
-timeout 200 python benchmarks/bench_gpu.py --out "$OUT" --budget 15 --torch-budget 20 2>&1 | tee -a "$OUT/bench.log" \
+timeout 200 "$PY" benchmarks/bench_gpu.py --out "$OUT" --budget 15 --torch-budget 20 2>&1 | tee -a "$OUT/bench.log" \
   || status=$?
 exit "$status"

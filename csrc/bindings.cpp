@@ -3,6 +3,7 @@
 #include <omp.h>
 #include <pybind11/pybind11.h>
 
+#include "balanced_assign.h"
 #include "linkage.h"
 
 #ifdef DCPE_WITH_CUDA
@@ -24,6 +25,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("workspace_bytes_cpu", &dcpe::workspace_bytes_cpu, py::arg("n"), py::arg("d"),
         py::arg("method"), py::arg("elem_size"), py::arg("num_threads") = 0,
         "Bytes of working memory linkage_cpu allocates for this problem.");
+  m.def("balanced_assign_cpu", &dcpe::balanced_assign_cpu, py::arg("x"), py::arg("centers"),
+        py::arg("capacity"), py::arg("prices"), py::arg("n_candidates") = 32,
+        py::arg("rel_eps") = 1e-6, py::arg("num_threads") = 0,
+        "Capacity-constrained assignment of the rows of x to the centers (auction with "
+        "eps-scaling; cost within N * eps of the optimum). Updates prices in place; "
+        "returns (labels, stats).");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "Number of OpenMP threads used by default.");
 #ifdef DCPE_WITH_CUDA

@@ -140,14 +140,77 @@ def test_balanced_sample_codebook_runs():
     assert np.all(np.bincount(res.labels, minlength=128) == 32)
 
 
-def test_capacity_assignment_is_optimal_when_unconstrained():
-    # With capacity N for every center, the greedy assignment is plain nearest-center.
-    x = torch.from_numpy(_blobs(n=300, seed=9))
-    centers = x[:10].clone()
-    cap = torch.full((10,), 300)
-    got = baselines._balanced_assign(x, centers, cap, n_candidates=4)
-    want = torch.cdist(x, centers).argmin(dim=1)
-    assert torch.equal(got, want)
+def _optimal_balanced_cost(x: np.ndarray, c: np.ndarray, cap: np.ndarray) -> float:
+    """The optimum of the capacity-constrained assignment by SciPy's Hungarian solver
+    (every center expanded into cap[j] identical slots)."""
+    from scipy.optimize import linear_sum_assignment
+
+    slots = np.repeat(np.arange(len(c)), cap)
+    cost = ((x[:, None, :] - c[slots][None, :, :]) ** 2).sum(-1)
+    rows, cols = linear_sum_assignment(cost)
+    return float(cost[rows, cols].sum())
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_balanced_assignment_is_optimal(seed):
+    # the auction's cost equals the Hungarian optimum up to its relative 1e-6 (float64)
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(2, 80))
+    k = int(rng.integers(1, n + 1))
+    d = int(rng.integers(1, 5))
+    x = rng.standard_normal((n, d))
+    c = rng.standard_normal((k, d))
+    if seed % 4 == 0:  # ties: integer grids
+        x, c = np.round(x * 2), np.round(c * 2)
+    cap = np.full(k, n // k, dtype=np.int64)
+    cap[: n % k] += 1
+    labels, prices = baselines._balanced_assign(torch.from_numpy(x), torch.from_numpy(c),
+                                                torch.from_numpy(cap), int(rng.integers(1, 6)))
+    got = labels.numpy()
+    np.testing.assert_array_equal(np.bincount(got, minlength=k), cap)
+    cost = float(((x - c[got]) ** 2).sum())
+    best = _optimal_balanced_cost(x, c, cap)
+    assert best - 1e-9 <= cost <= best * (1 + 1e-6) + 1e-12
+    assert prices.shape == (k,) and np.all(prices >= 0)
+    # a second call started from these prices gives an optimal answer too
+    again, _ = baselines._balanced_assign(torch.from_numpy(x), torch.from_numpy(c),
+                                          torch.from_numpy(cap), 3, prices)
+    assert float(((x - c[again.numpy()]) ** 2).sum()) <= best * (1 + 1e-6) + 1e-12
+
+
+def test_balanced_assignment_optimal_on_crowded_sample_codebook():
+    # two tokens per cluster on the sample codebook: the optimum is checked on a slice
+    # against the Hungarian solver, in float32 as balanced_kmeans runs it
+    import dcpe
+
+    x = dcpe.datasets.sample_codebook()[:400]
+    c = x[::2].copy() + np.float32(1e-3)
+    cap = np.full(200, 2, dtype=np.int64)
+    labels, _ = baselines._balanced_assign(torch.from_numpy(x), torch.from_numpy(c),
+                                           torch.from_numpy(cap), 4)
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    cost = float(((x64 - c64[labels.numpy()]) ** 2).sum())
+    assert cost <= _optimal_balanced_cost(x64, c64, cap) * (1 + 1e-5)
+
+
+def test_balanced_assignment_rejects_bad_arguments():
+    from dcpe import _C
+
+    x = np.zeros((4, 2), np.float32)
+    c = np.zeros((2, 2), np.float32)
+    cap = np.array([2, 2], np.int64)
+    with pytest.raises(ValueError, match="sum\\(capacity\\)"):
+        _C.balanced_assign_cpu(x, c, np.array([2, 1], np.int64), np.zeros(2))
+    with pytest.raises(ValueError, match="capacity"):
+        _C.balanced_assign_cpu(x, c, np.array([4, 0], np.int64), np.zeros(2))
+    with pytest.raises(ValueError, match="centers.dtype"):
+        _C.balanced_assign_cpu(x, c.astype(np.float64), cap, np.zeros(2))
+    with pytest.raises(ValueError, match="prices"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(3))
+    with pytest.raises(ValueError, match="1 <= k <= N"):
+        _C.balanced_assign_cpu(x[:1], c, np.array([1, 0], np.int64), np.zeros(2))
+    with pytest.raises(ValueError, match="rel_eps"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(2), rel_eps=0.0)
 
 
 def _brute_centroid_free_step(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

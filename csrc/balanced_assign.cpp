@@ -1,0 +1,91 @@
+// Dispatch of the balanced assignment (the assignment step of balanced k-means): argument
+// checks naming the argument, dtype dispatch, GIL release and Ctrl-C polling around the
+// auction of csrc/cpu/balanced_assign_cpu.cpp.
+
+#include "balanced_assign.h"
+
+#include <Python.h>
+
+#include <string>
+
+#include "cpu/balanced_assign_cpu.h"
+#include "macros.h"
+
+namespace py = pybind11;
+
+namespace dcpe {
+
+py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
+                              const py::array& capacity, py::array& prices,
+                              int64_t n_candidates, double rel_eps, int num_threads) {
+  DCPE_CHECK_ARG(x.ndim() == 2, "x.ndim", x.ndim(), "expected a 2-D array (N, d)");
+  DCPE_CHECK_ARG(centers.ndim() == 2, "centers.ndim", centers.ndim(),
+                 "expected a 2-D array (k, d)");
+  const bool is_f32 = py::isinstance<py::array_t<float>>(x);
+  const bool is_f64 = py::isinstance<py::array_t<double>>(x);
+  DCPE_CHECK_ARG(is_f32 || is_f64, "x.dtype", std::string(py::str(x.dtype())),
+                 "expected float32 or float64");
+  DCPE_CHECK_ARG(centers.dtype().is(x.dtype()), "centers.dtype",
+                 std::string(py::str(centers.dtype())), "expected the dtype of x");
+  const int64_t n = x.shape(0), d = x.shape(1), k = centers.shape(0);
+  DCPE_CHECK_ARG(k >= 1 && k <= n, "k", k, "expected 1 <= k <= N");
+  DCPE_CHECK_ARG(centers.shape(1) == d, "centers.shape[1]", centers.shape(1),
+                 "expected the d of x");
+  DCPE_CHECK_ARG(py::isinstance<py::array_t<int64_t>>(capacity) && capacity.ndim() == 1 &&
+                     capacity.shape(0) == k,
+                 "capacity", std::string(py::str(capacity.attr("shape"))),
+                 "expected an int64 array of shape (k,)");
+  DCPE_CHECK_ARG(py::isinstance<py::array_t<double>>(prices) && prices.ndim() == 1 &&
+                     prices.shape(0) == k && (prices.flags() & py::array::c_style) &&
+                     prices.writeable(),
+                 "prices", std::string(py::str(prices.attr("shape"))),
+                 "expected a writable contiguous float64 array of shape (k,)");
+  DCPE_CHECK_ARG(n_candidates >= 1, "n_candidates", n_candidates, "must be >= 1");
+  DCPE_CHECK_ARG(rel_eps > 0 && rel_eps < 1, "rel_eps", rel_eps, "expected 0 < rel_eps < 1");
+  DCPE_CHECK_ARG(num_threads >= 0, "num_threads", num_threads, "must be >= 0 (0 = default)");
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> cap(capacity);
+  int64_t total = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    DCPE_CHECK_ARG(cap.data()[j] >= 1, "capacity", cap.data()[j], "every entry must be >= 1");
+    total += cap.data()[j];
+  }
+  DCPE_CHECK_ARG(total == n, "sum(capacity)", total, "must equal N");
+
+  py::array xc = py::array::ensure(x, py::array::c_style | py::array::forcecast);
+  py::array cc = py::array::ensure(centers, py::array::c_style | py::array::forcecast);
+  py::array_t<int64_t> labels(static_cast<py::ssize_t>(n));
+  AuctionOptions opt;
+  opt.rel_eps = rel_eps;
+  opt.n_candidates = n_candidates;
+  opt.num_threads = num_threads;
+  opt.interrupted = []() {
+    py::gil_scoped_acquire gil;
+    return PyErr_CheckSignals() != 0;
+  };
+  double* pr = static_cast<double*>(prices.mutable_data());
+  int64_t* lab = labels.mutable_data();
+  AuctionStats st;
+  bool interrupted = false;
+  {
+    py::gil_scoped_release release;
+    try {
+      st = is_f32 ? balanced_assign<float>(static_cast<const float*>(xc.data()), n, d,
+                                           static_cast<const float*>(cc.data()), k, cap.data(),
+                                           pr, lab, opt)
+                  : balanced_assign<double>(static_cast<const double*>(xc.data()), n, d,
+                                            static_cast<const double*>(cc.data()), k,
+                                            cap.data(), pr, lab, opt);
+    } catch (const Interrupted&) {
+      interrupted = true;
+    }
+  }
+  if (interrupted) throw py::error_already_set();
+  py::dict stats;
+  stats["bids"] = st.bids;
+  stats["refreshes"] = st.refreshes;
+  stats["phases"] = st.phases;
+  stats["eps"] = st.eps;
+  return py::make_tuple(labels, stats);
+}
+
+}  // namespace dcpe

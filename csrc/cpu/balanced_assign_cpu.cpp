@@ -1,0 +1,286 @@
+// Capacity-constrained assignment by a forward auction with eps-scaling (see
+// balanced_assign_cpu.h for the algorithm and references).
+//
+// Candidate lists.  Every point keeps its m best centers by value (at first: the m nearest)
+// and `bound`, the best value of any center outside the list when it was made.  Prices
+// never decrease, so values outside the list stay <= bound.  While the best value in the
+// list is >= bound, the point bids on it against max(second best in the list, bound), an
+// upper bound of its second best value over all k centers, which keeps eps-CS (O(m) per
+// bid).  Otherwise the list is rebuilt from all k centers, twice as long as before (up to
+// 256), so points that must travel far rescan rarely.  Distances are computed from
+// coordinate differences in double precision.
+
+#include "balanced_assign_cpu.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <limits>
+#include <numeric>
+#include <utility>
+#include <vector>
+
+#include "../macros.h"
+#include "linkage_cpu.h"
+
+namespace dcpe {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+// One point's candidate list: ids and squared distances of its centers, and the bound.
+struct List {
+  std::vector<int64_t> id;
+  std::vector<double> dist;
+  double bound = -std::numeric_limits<double>::infinity();
+};
+
+// Scratch of one thread for rebuild(): k distances and a selection buffer.
+struct RebuildScratch {
+  std::vector<double> dist;
+  std::vector<std::pair<double, int64_t>> buf;
+  explicit RebuildScratch(int64_t k) : dist(static_cast<size_t>(k)) {}
+};
+
+// Rebuild a point's list with its m best centers by value -dist - price; bound = the best
+// value outside the list (-inf when the list holds every center).  ct holds the centers
+// transposed (d x k, double) so that the distance loop runs along the centers.
+template <typename T>
+void rebuild(const T* xi, const double* ct, int64_t k, int64_t d, const double* price,
+             int64_t m, List& list, RebuildScratch& s) {
+  double* dist = s.dist.data();
+  constexpr int64_t kBlock = 256;  // centers per block: the partial sums stay in L1
+  for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
+    const int64_t len = std::min(kBlock, k - j0);
+    double acc[kBlock] = {};
+    for (int64_t t = 0; t < d; ++t) {
+      const double xv = static_cast<double>(xi[t]);
+      const double* row = ct + t * k + j0;
+      for (int64_t j = 0; j < len; ++j) {
+        const double diff = xv - row[j];
+        acc[j] += diff * diff;
+      }
+    }
+    std::copy(acc, acc + len, dist + j0);
+  }
+  m = std::min(m, k);
+  list.id.clear();
+  list.dist.clear();
+  if (m == k) {  // every center
+    for (int64_t j = 0; j < k; ++j) {
+      list.id.push_back(j);
+      list.dist.push_back(dist[j]);
+    }
+    list.bound = -kInf;
+    return;
+  }
+  // Select the m + 1 best (value, id) in one pass: a buffer collects the entries not
+  // below the running threshold and is cut back to the m + 1 best when it fills up.
+  auto better = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  auto& buf = s.buf;
+  const size_t keep = static_cast<size_t>(m + 1), cap = 4 * keep;
+  buf.clear();
+  double thr = -kInf;
+  for (int64_t j = 0; j < k; ++j) {
+    const double v = -dist[j] - price[j];
+    if (v >= thr) {
+      buf.emplace_back(v, j);
+      if (buf.size() == cap) {
+        std::nth_element(buf.begin(), buf.begin() + (keep - 1), buf.end(), better);
+        buf.resize(keep);
+        thr = buf[keep - 1].first;
+      }
+    }
+  }
+  std::nth_element(buf.begin(), buf.begin() + (keep - 1), buf.end(), better);
+  list.bound = buf[keep - 1].first;  // the best value left outside
+  for (size_t t = 0; t + 1 < keep; ++t) {
+    list.id.push_back(buf[t].second);
+    list.dist.push_back(dist[buf[t].second]);
+  }
+}
+
+// Best and second best value of point i within its list.
+struct Pick {
+  int64_t pos;
+  double best, second;
+};
+
+inline Pick scan(const List& list, const double* price) {
+  const int64_t m = static_cast<int64_t>(list.id.size());
+  const int64_t* id = list.id.data();
+  const double* dist = list.dist.data();
+  Pick p{0, -kInf, -kInf};
+  for (int64_t t = 0; t < m; ++t) {
+    const double v = -dist[t] - price[id[t]];
+    if (v > p.best || (v == p.best && id[t] < id[p.pos])) {
+      p.second = p.best;
+      p.best = v;
+      p.pos = t;
+    } else if (v > p.second) {
+      p.second = v;
+    }
+  }
+  return p;
+}
+
+// Min-heap of (bid, point) per center, stored in the center's segment of a flat array.
+struct Holder {
+  double bid;
+  int64_t point;
+};
+
+inline bool lower(const Holder& a, const Holder& b) {
+  return a.bid < b.bid || (a.bid == b.bid && a.point > b.point);
+}
+
+void sift_up(Holder* h, int64_t pos) {
+  while (pos > 0) {
+    const int64_t parent = (pos - 1) / 2;
+    if (!lower(h[pos], h[parent])) break;
+    std::swap(h[pos], h[parent]);
+    pos = parent;
+  }
+}
+
+void sift_down(Holder* h, int64_t size) {
+  int64_t pos = 0;
+  for (;;) {
+    const int64_t l = 2 * pos + 1, r = l + 1;
+    int64_t low = pos;
+    if (l < size && lower(h[l], h[low])) low = l;
+    if (r < size && lower(h[r], h[low])) low = r;
+    if (low == pos) return;
+    std::swap(h[pos], h[low]);
+    pos = low;
+  }
+}
+
+}  // namespace
+
+template <typename T>
+AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64_t k,
+                             const int64_t* capacity, double* prices, int64_t* labels,
+                             const AuctionOptions& opt) {
+  AuctionStats st;
+  if (n == 0) return st;
+  if (k == 1) {
+    std::fill(labels, labels + n, int64_t(0));
+    return st;
+  }
+  const int threads = resolve_threads(opt.num_threads);
+  std::vector<int64_t> offset(k + 1, 0);
+  for (int64_t j = 0; j < k; ++j) offset[j + 1] = offset[j] + capacity[j];
+  std::vector<double> price(prices, prices + k);
+  for (double& p : price) p = std::max(p, 0.0);
+
+  std::vector<double> ct(static_cast<size_t>(k * d));  // centers transposed, double
+  for (int64_t j = 0; j < k; ++j) {
+    for (int64_t t = 0; t < d; ++t) ct[t * k + j] = static_cast<double>(c[j * d + t]);
+  }
+  // Initial lists: the m nearest centers (values at the current prices), in parallel.
+  // A point whose list runs out gets a list twice as long (up to kMaxList centers): points in
+  // crowded regions, which must travel far, stop rescanning all centers after a few times.
+  const int64_t m0 = std::max<int64_t>(2, std::min(opt.n_candidates, k));
+  const int64_t kMaxList = std::max<int64_t>(m0, 256);
+  std::vector<List> lists(static_cast<size_t>(n));
+  const int64_t block = 1024;
+  for (int64_t b0 = 0; b0 < n; b0 += block) {
+    if (opt.interrupted && opt.interrupted()) throw Interrupted();
+    const int64_t b1 = std::min(n, b0 + block);
+#pragma omp parallel num_threads(threads)
+    {
+      RebuildScratch scratch(k);
+#pragma omp for schedule(static)
+      for (int64_t i = b0; i < b1; ++i) {
+        rebuild(x + i * d, ct.data(), k, d, price.data(), m0, lists[i], scratch);
+      }
+    }
+  }
+  // eps: from a quarter of the largest listed cost down to rel_eps times the mean cost of
+  // a point's best listed center (the unconstrained optimum per point or more).
+  double top = 0.0, mean_best = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const std::vector<double>& dist = lists[i].dist;
+    top = std::max(top, *std::max_element(dist.begin(), dist.end()));
+    mean_best += *std::min_element(dist.begin(), dist.end());
+  }
+  mean_best /= static_cast<double>(n);
+  const double p_max = *std::max_element(price.begin(), price.end());
+  // eps must stay far above the rounding of price + eps
+  const double eps_floor = 64.0 * DBL_EPSILON * std::max(1e-300, top + p_max);
+  double eps_final = opt.rel_eps * mean_best;
+  if (!(eps_final > eps_floor)) eps_final = top > 0 ? eps_floor : 1.0;
+  double eps = std::max(top / 4.0, eps_final);
+
+  std::vector<Holder> heap(static_cast<size_t>(n));
+  std::vector<int64_t> size(static_cast<size_t>(k));
+  std::vector<int64_t> queue(static_cast<size_t>(n));  // circular: at most n waiting
+  RebuildScratch scratch(k);
+  std::vector<double> floor_price(price);
+  for (;;) {
+    ++st.phases;
+    floor_price = price;
+    std::fill(size.begin(), size.end(), int64_t(0));
+    std::fill(labels, labels + n, int64_t(-1));
+    std::iota(queue.begin(), queue.end(), int64_t(0));
+    int64_t head = 0, waiting = n;
+    while (waiting > 0) {
+      const int64_t i = queue[head];
+      head = head + 1 == n ? 0 : head + 1;
+      --waiting;
+      if ((++st.bids & 0xffff) == 0 && opt.interrupted && opt.interrupted()) {
+        throw Interrupted();
+      }
+      List& list = lists[i];
+      Pick p = scan(list, price.data());
+      if (p.best < list.bound) {
+        ++st.refreshes;
+        const int64_t m = std::min<int64_t>(2 * static_cast<int64_t>(list.id.size()), kMaxList);
+        rebuild(x + i * d, ct.data(), k, d, price.data(), m, list, scratch);
+        p = scan(list, price.data());
+      }
+      // bound >= every value outside the list, so max(second, bound) is at least the
+      // second best value over all centers: bidding against it keeps eps-CS
+      const double second = std::max(p.second, list.bound);
+      const int64_t j = list.id[p.pos];
+      const double bid = -list.dist[p.pos] - second + eps;
+      Holder* h = heap.data() + offset[j];
+      const int64_t cap = offset[j + 1] - offset[j];
+      if (size[j] < cap) {
+        h[size[j]] = {bid, i};
+        sift_up(h, size[j]);
+        ++size[j];
+      } else {
+        const int64_t out = h[0].point;
+        labels[out] = -1;
+        int64_t tail = head + waiting;
+        if (tail >= n) tail -= n;
+        queue[tail] = out;
+        ++waiting;
+        h[0] = {bid, i};
+        sift_down(h, cap);
+      }
+      labels[i] = j;
+      if (size[j] == cap) price[j] = std::max(floor_price[j], h[0].bid);
+    }
+    if (eps <= eps_final) break;
+    eps = std::max(eps / opt.eps_factor, eps_final);
+  }
+  std::copy(price.begin(), price.end(), prices);
+  st.eps = eps_final;
+  return st;
+}
+
+template AuctionStats balanced_assign<float>(const float*, int64_t, int64_t, const float*,
+                                             int64_t, const int64_t*, double*, int64_t*,
+                                             const AuctionOptions&);
+template AuctionStats balanced_assign<double>(const double*, int64_t, int64_t, const double*,
+                                              int64_t, const int64_t*, double*, int64_t*,
+                                              const AuctionOptions&);
+
+}  // namespace dcpe

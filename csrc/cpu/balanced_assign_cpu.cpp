@@ -188,6 +188,7 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   const int64_t m0 = std::max<int64_t>(2, std::min(opt.n_candidates, k));
   const int64_t kMaxList = std::max<int64_t>(m0, 256);
   std::vector<List> lists(static_cast<size_t>(n));
+  std::vector<double> nearest(static_cast<size_t>(n));  // squared distance to the nearest center
   const int64_t block = 1024;
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     if (opt.interrupted && opt.interrupted()) throw Interrupted();
@@ -198,16 +199,18 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
 #pragma omp for schedule(static)
       for (int64_t i = b0; i < b1; ++i) {
         rebuild(x + i * d, ct.data(), k, d, price.data(), m0, lists[i], scratch);
+        nearest[i] = *std::min_element(scratch.dist.begin(), scratch.dist.end());
       }
     }
   }
-  // eps: from a quarter of the largest listed cost down to rel_eps times the mean cost of
-  // a point's best listed center (the unconstrained optimum per point or more).
+  // eps: from a quarter of the largest listed cost down to rel_eps times the mean squared
+  // distance to the nearest center, so that n * eps <= rel_eps * (unconstrained optimum)
+  // <= rel_eps * optimum.
   double top = 0.0, mean_best = 0.0;
   for (int64_t i = 0; i < n; ++i) {
     const std::vector<double>& dist = lists[i].dist;
     top = std::max(top, *std::max_element(dist.begin(), dist.end()));
-    mean_best += *std::min_element(dist.begin(), dist.end());
+    mean_best += nearest[i];
   }
   mean_best /= static_cast<double>(n);
   const double p_max = *std::max_element(price.begin(), price.end());

@@ -16,7 +16,6 @@
 
 #include <algorithm>
 #include <cfloat>
-#include <cmath>
 #include <limits>
 #include <numeric>
 #include <utility>

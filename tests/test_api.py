@@ -282,3 +282,19 @@ def test_unavailable_backend_says_why(dcpe_mod, x: np.ndarray) -> None:
         message = str(info.value)
         assert name in message and "available" in message
         assert "cpu" in message
+
+
+def test_import_is_light() -> None:
+    # `import dcpe` and clustering a NumPy array load neither scikit-learn nor torch;
+    # dcpe.DCPE loads scikit-learn on first access.
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np, dcpe\n"
+            "dcpe.cluster(np.random.default_rng(0).random((50, 3)), 5)\n"
+            "assert 'sklearn' not in sys.modules and 'torch' not in sys.modules, "
+            "sorted(m for m in sys.modules if m.split('.')[0] in ('sklearn', 'torch'))[:5]\n"
+            "assert 'DCPE' in dir(dcpe)\n"
+            "dcpe.DCPE\n"
+            "assert 'sklearn' in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -17,7 +17,6 @@ from ._api import cluster, cut, linkage
 from ._errors import InsufficientMemoryError
 from ._version import __version__
 from .backends import available_backends
-from .estimator import DCPE
 
 __all__ = [
     "DCPE",
@@ -37,9 +36,15 @@ _LAZY_MODULES = {"baselines", "io", "prior", "report", "cli"}
 
 
 def __getattr__(name: str) -> Any:
-    # Heavy or optional parts (torch, matplotlib) load on first use only.
+    # Heavy or optional parts (scikit-learn, torch, matplotlib) load on first use only.
+    if name == "DCPE":
+        return import_module(".estimator", __name__).DCPE
     if name == "CodebookPrior":
         return import_module(".prior", __name__).CodebookPrior
     if name in _LAZY_MODULES:
         return import_module(f".{name}", __name__)
     raise AttributeError(f"module 'dcpe' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -198,6 +198,36 @@ def test_report_wrong_codebook(tmp_path, ckpt, prior_file, capsys):
     assert not out.exists()
 
 
+def test_report_without_codebook_needs_one(tmp_path, prior_file, capsys):
+    out = tmp_path / "rep"
+    rc = main(["report", "--prior", str(prior_file), "-o", str(out)])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert "no codebook" in line and "300 x 8" in line and "--codebook" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_report_without_codebook_finds_the_sample(tmp_path, normalize, monkeypatch, capsys):
+    import argparse
+
+    from dcpe import cli
+
+    x = dcpe.datasets.sample_codebook()
+    if normalize:
+        x = x / np.linalg.norm(x, axis=1, keepdims=True)
+    prior = CodebookPrior.from_labels(np.arange(len(x)) // 2, codebook=x)
+    args = argparse.Namespace(prior="p.npz", sample=False, normalize=False)
+    cli._default_to_sample(prior, args)
+    assert args.sample and args.normalize == normalize
+    assert "sample codebook" in capsys.readouterr().err
+    # a different codebook of the same shape is not taken for the sample
+    other = CodebookPrior.from_labels(np.arange(len(x)) // 2, codebook=x[::-1].copy())
+    args = argparse.Namespace(prior="p.npz", sample=False, normalize=False)
+    with pytest.raises(cli._UsageError, match="16384 x 8"):
+        cli._default_to_sample(other, args)
+
+
 def test_subprocess_console_entry(tmp_path, ckpt):
     env = dict(os.environ)
     run = [sys.executable, "-m", "dcpe.cli"]

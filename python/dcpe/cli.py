@@ -253,6 +253,37 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_to_sample(prior: Any, args: argparse.Namespace) -> None:
+    """Without a codebook, ``report`` uses the sample codebook if the prior was made from it.
+
+    The prior's fingerprint (:func:`dcpe.prior.codebook_sha256`) decides, with or without
+    the L2 normalisation recorded in the prior; anything else is a usage error that says
+    which codebook the prior needs.
+    """
+    import numpy as np
+
+    import dcpe
+    from dcpe.prior import codebook_sha256
+
+    if prior.codebook_sha256 is not None:
+        x = dcpe.datasets.sample_codebook()
+        for normalize in ((True,) if args.normalize else (False, True)):
+            y = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) \
+                if normalize else x
+            if codebook_sha256(y.astype(np.float32)) == prior.codebook_sha256:
+                args.sample, args.normalize = True, normalize
+                print("codebook: the built-in sample codebook"
+                      + (" (normalised)" if normalize else "")
+                      + ", which the prior's fingerprint matches", file=sys.stderr)
+                return
+    made_for = (f"a {prior.codebook_shape[0]} x {prior.codebook_shape[1]} codebook "
+                f"(sha256 {prior.codebook_sha256[:12]}...)"
+                if prior.codebook_sha256 is not None and prior.codebook_shape
+                else "a codebook it does not record")
+    raise _UsageError(f"no codebook: {args.prior} was made for {made_for}; give it with "
+                      "--codebook FILE (and --normalize if it was normalised), or --sample")
+
+
 def _cmd_report(args: argparse.Namespace) -> int:
     from dcpe.prior import CodebookPrior
     from dcpe.report import compare, markdown_table, write_report
@@ -263,6 +294,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
     if args.sample and args.codebook is not None:
         raise _UsageError("give either --codebook or --sample, not both")
     prior = CodebookPrior.load(args.prior)
+    if args.codebook is None and not args.sample:
+        _default_to_sample(prior, args)
     x, _ = _load_codebook(args.codebook, args)
     prior.check_codebook(x, source=args.prior)
     result = compare(x, prior, seed=args.seed, n_iter=args.kmeans_iter,

@@ -17,9 +17,10 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = DCPE_VERSION;
   m.def("linkage_cpu", &dcpe::linkage_cpu, py::arg("x"), py::arg("method") = "average",
         py::arg("metric") = "euclidean", py::arg("max_cluster_size") = 0,
-        py::arg("num_threads") = 0,
+        py::arg("num_threads") = 0, py::arg("max_merges") = 0,
         "Exact agglomerative clustering of the rows of x; returns the SciPy linkage matrix "
-        "(m, 4) in greedy order.");
+        "(m, 4) in greedy order. max_merges > 0: engines that find merges in greedy order "
+        "(centroid) may stop after that many (the first rows of the full result).");
   m.def("cut_cpu", &dcpe::cut_cpu, py::arg("Z"), py::arg("n"), py::arg("n_clusters"),
         "Canonical labels after the first min(m, n - n_clusters) merges of Z.");
   m.def("workspace_bytes_cpu", &dcpe::workspace_bytes_cpu, py::arg("n"), py::arg("d"),

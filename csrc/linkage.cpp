@@ -56,7 +56,7 @@ py::array_t<double> to_array(const std::vector<double>& z) {
 
 py::array_t<double> linkage_cpu(const py::array& x, const std::string& method,
                                  const std::string& metric, int64_t max_cluster_size,
-                                 int num_threads) {
+                                 int num_threads, int64_t max_merges) {
   DCPE_CHECK_ARG(x.ndim() == 2, "x.ndim", x.ndim(), "expected a 2-D array (N, d)");
   const bool is_f32 = py::isinstance<py::array_t<float>>(x);
   const bool is_f64 = py::isinstance<py::array_t<double>>(x);
@@ -65,6 +65,7 @@ py::array_t<double> linkage_cpu(const py::array& x, const std::string& method,
   DCPE_CHECK_ARG(max_cluster_size >= 0, "max_cluster_size", max_cluster_size,
                  "must be >= 1 (0 means no cap)");
   DCPE_CHECK_ARG(num_threads >= 0, "num_threads", num_threads, "must be >= 0 (0 = default)");
+  DCPE_CHECK_ARG(max_merges >= 0, "max_merges", max_merges, "must be >= 0 (0 = all)");
   RunOptions opt;
   opt.method = parse_method(method);
   opt.metric = parse_metric(metric);
@@ -73,6 +74,7 @@ py::array_t<double> linkage_cpu(const py::array& x, const std::string& method,
              metric, "'");
   opt.max_cluster_size = max_cluster_size;
   opt.num_threads = num_threads;
+  opt.max_merges = max_merges;
   opt.interrupted = []() {
     py::gil_scoped_acquire gil;
     return PyErr_CheckSignals() != 0;

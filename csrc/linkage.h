@@ -11,7 +11,7 @@ namespace dcpe {
 // x: (N, d) float32/float64 -> Z (m, 4) float64 in SciPy format, greedy order.
 pybind11::array_t<double> linkage_cpu(const pybind11::array& x, const std::string& method,
                                       const std::string& metric, int64_t max_cluster_size,
-                                      int num_threads);
+                                      int num_threads, int64_t max_merges = 0);
 
 // First min(m, n - k) merges of Z -> canonical labels.
 pybind11::array_t<int64_t> cut_cpu(

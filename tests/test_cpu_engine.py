@@ -86,3 +86,27 @@ def test_workspace_estimate_covers_the_matrix():
 def test_num_threads_argument_checked():
     with pytest.raises(ValueError, match="num_threads"):
         _C.linkage_cpu(np.zeros((3, 2)), "average", "euclidean", 0, -1)
+
+
+@pytest.mark.filterwarnings("ignore:max_cluster_size")
+@pytest.mark.parametrize("cap", [0, 7])
+@pytest.mark.parametrize("grid", [False, True])
+def test_centroid_stops_after_max_merges(cap, grid):
+    """The centroid engine finds merges in greedy order: stopping after m of them gives
+    the first m rows of the whole tree (ties and the size cap included)."""
+    rng = np.random.default_rng(11 + cap + grid)
+    x = (rng.integers(0, 5, size=(300, 2)) if grid else rng.standard_normal((300, 4)))
+    full = _C.linkage_cpu(x.astype(np.float64), "centroid", "euclidean", cap, 0)
+    for m in (1, 2, 150, len(full) - 1, len(full)):
+        part = _C.linkage_cpu(x.astype(np.float64), "centroid", "euclidean", cap, 0, m)
+        np.testing.assert_array_equal(part, full[:m])
+    # dcpe.cluster stops early; it must agree with cutting the whole tree
+    for k in (1, 2, 40, 299):
+        np.testing.assert_array_equal(dcpe.cluster(x, k, linkage="centroid",
+                                                   max_cluster_size=cap or None),
+                                      _C.cut_cpu(full, len(x), k))
+
+
+def test_max_merges_argument_checked():
+    with pytest.raises(ValueError, match="max_merges"):
+        _C.linkage_cpu(np.zeros((3, 2)), "centroid", "euclidean", 0, 0, -1)

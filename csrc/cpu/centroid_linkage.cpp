@@ -8,8 +8,13 @@
 // into a, only rows whose cached neighbour was a or b are rescanned, and rows i < a compare
 // their cache with the new distance to a (which may have decreased). Squared distances are
 // computed from the centroids by direct differences in float64, one vectorised pass over
-// the active clusters per merge plus one per rescanned row (packed_centroids.h); no
-// distance matrix is stored (memory O(N d)).
+// the active clusters per merge plus one over the clusters above each rescanned row
+// (packed_centroids.h keeps them in slot order); no distance matrix is stored (memory
+// O(N d)).
+//
+// Merges come out in greedy order, so a flat cut at k clusters stops after the first N - k
+// (RunOptions::max_merges): the later merges, between fewer and larger clusters, are never
+// computed.
 //
 // Ties: the pair order is (squared distance, smaller slot, larger slot), slots being the
 // clusters' smallest token indices.
@@ -74,8 +79,8 @@ std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunO
     nnj[i] = j;
     tree.set(i, v, j >= 0);
   };
-  auto rescan = [&](int64_t i) {
-    const Nearest nb = st.pass<false>(i, i);
+  auto rescan = [&](int64_t i) {  // nearest slot above i: reads the positions above i's
+    const Nearest nb = st.pass<false, Scan::Above>(i);
     cache(i, nb.v, nb.j);
   };
   st.nearest_above(nnv, nnj);
@@ -86,7 +91,9 @@ std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunO
   merges.reserve(n > 0 ? n - 1 : 0);
   const int64_t cap = opt.max_cluster_size;
   std::vector<int64_t> stale;
-  while (true) {
+  const std::size_t stop =
+      opt.max_merges > 0 ? static_cast<std::size_t>(opt.max_merges) : static_cast<std::size_t>(n);
+  while (merges.size() < stop) {
     if ((merges.size() & 255) == 255 && opt.interrupted && opt.interrupted()) {
       throw Interrupted();
     }
@@ -104,14 +111,17 @@ std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunO
       st.deactivate(a);
       cache(a, nnv[a], -1);
     } else {
-      rescan(a);  // a's own neighbour (slots > a) and, in the pass, every distance to a
+      // every distance to a (for the rows below a) and a's own nearest slot above it
+      const Nearest nb = st.pass<false, Scan::AllNearestAbove>(a);
+      cache(a, nb.v, nb.j);
     }
     // Rows i < a: b is gone and the distance to a changed (either way); rows a < i < b
     // that pointed to b lost it. Rows past b cache slots past b: unaffected.
     stale.clear();
-    for (int64_t p = 0; p < st.active(); ++p) {
+    for (int64_t p = 0; p < st.positions(); ++p) {
       const int64_t i = st.slot_at(p);
-      if (i >= b || i == a) continue;
+      if (i >= b) break;  // positions are in slot order
+      if (i < 0 || i == a) continue;
       if (nnj[i] == a || nnj[i] == b) {
         stale.push_back(i);
       } else if (i < a && !frozen) {

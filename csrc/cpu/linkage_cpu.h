@@ -48,6 +48,9 @@ struct RunOptions {
   Metric metric = Metric::Euclidean;
   int64_t max_cluster_size = 0;  // 0: no cap
   int num_threads = 0;           // 0: OpenMP default (OMP_NUM_THREADS or all cores)
+  // Engines that find merges in greedy order (centroid) stop after this many merges, which
+  // are then the first ones of the full result; 0: all. The others ignore it.
+  int64_t max_merges = 0;
   // Polled from the calling thread between blocks of work; returns true to stop.
   std::function<bool()> interrupted;
 };

@@ -2,11 +2,13 @@
 // Shared by the centroid and Ward engines (centroid_linkage.cpp, ward_linkage.cpp), which
 // store no distance matrix (memory O(N d)).
 //
-// The active clusters occupy positions 0..m-1; coordinates are stored by dimension
-// (c[k * n + p]) so that one pass over all active clusters is a contiguous loop the compiler
-// vectorises. Removing a cluster moves the last one into its position. Clusters are named by
-// their slot, the smallest token index they contain; positions carry no order, so every
-// tie between equal criteria is broken by slot, whatever the thread count.
+// Clusters are named by their slot, the smallest token index they contain. Coordinates are
+// stored by dimension (c[k * n + p]) so that one pass over the clusters is a contiguous loop
+// the compiler vectorises. Positions keep the slot order: a removed cluster leaves a hole
+// (slot -1), and the holes are squeezed out, in order, once they are more than an eighth of
+// the positions in use. So "the slots above t" are the positions above t's, and a rescan
+// for the nearest slot above t (the centroid engine's cached minima) reads only those.
+// Every tie between equal criteria is broken by slot, whatever the thread count.
 #pragma once
 
 #include <omp.h>
@@ -17,6 +19,11 @@
 #include <vector>
 
 namespace dcpe {
+
+// What a pass from cluster t computes (criteria into val_) and where it looks for the
+// nearest cluster: All: every cluster / every cluster; Above: the clusters of slots > t /
+// the same; AllNearestAbove: every cluster / the slots > t.
+enum class Scan { All, Above, AllNearestAbove };
 
 struct Nearest {
   double v;     // criterion (squared distance, or Ward's squared height)
@@ -30,9 +37,11 @@ inline bool closer(double v, int64_t j, const Nearest& best) {
 
 class PackedCentroids {
  public:
+  static constexpr int64_t kBlock = 256;  // positions per block of a pass
+
   PackedCentroids(int64_t n, int64_t d, int threads)
-      : n_(n), d_(d), threads_(threads), m_(n), c_(n * d), size_(n, 1.0), slot_(n), pos_(n),
-        val_(n) {
+      : n_(n), d_(d), threads_(threads), m_(n), end_(n), c_(n * d), size_(n, 1.0), slot_(n),
+        pos_(n), val_(n) {
     for (int64_t i = 0; i < n; ++i) slot_[i] = pos_[i] = i;
   }
 
@@ -44,49 +53,65 @@ class PackedCentroids {
   }
 
   int64_t active() const { return m_; }
+  // Positions in use (active clusters and holes); slot_at(p) is -1 for a hole.
+  int64_t positions() const { return end_; }
   int64_t slot_at(int64_t p) const { return slot_[p]; }
   int64_t size(int64_t s) const { return static_cast<int64_t>(size_[pos_[s]]); }
-  int64_t first_active() const { return *std::min_element(slot_.begin(), slot_.begin() + m_); }
+  int64_t first_active() const {
+    int64_t p = 0;
+    while (slot_[p] < 0) ++p;
+    return slot_[p];
+  }
 
-  // One pass from cluster t: the criterion to every active cluster into val_ (by
-  // position) -- |c_t - c_p|^2, times 2 |t||p| / (|t| + |p|) for Ward -- and the nearest
-  // cluster among the slots > above (any slot but t when above < 0), by (criterion, slot).
-  template <bool Ward>
-  Nearest pass(int64_t t, int64_t above) {
-    const int64_t pt = pos_[t], m = m_, n = n_, d = d_;
+  // One pass from active cluster t: the criterion -- |c_t - c_p|^2, times
+  // 2 |t||p| / (|t| + |p|) for Ward -- into val_ (by position) for the clusters that R
+  // names, and the nearest cluster of its search range by (criterion, slot).
+  template <bool Ward, Scan R>
+  Nearest pass(int64_t t) {
+    const int64_t pt = pos_[t], n = n_, d = d_;
+    const int64_t begin = R == Scan::Above ? pt + 1 : 0, count = end_ - begin;
+    const int64_t from = R == Scan::All ? 0 : pt + 1;  // search range: positions >= from
     const double nt = size_[pt];
     Nearest best{std::numeric_limits<double>::infinity(), -1};
-    const int nthreads = m > 4096 ? threads_ : 1;
+    if (count <= 0) return best;
+    const int nthreads = count > 4096 ? threads_ : 1;
 #pragma omp parallel num_threads(nthreads)
     {
       const int nth = omp_get_num_threads(), me = omp_get_thread_num();
-      const int64_t lo = m * me / nth, hi = m * (me + 1) / nth;
-      double* v = val_.data();
-      for (int64_t p = lo; p < hi; ++p) v[p] = 0.0;
-      for (int64_t k = 0; k < d; ++k) {
-        const double* col = c_.data() + k * n;
-        const double ck = col[pt];
-        for (int64_t p = lo; p < hi; ++p) {
-          const double diff = col[p] - ck;
-          v[p] += diff * diff;
-        }
-      }
-      if (Ward) {
-        const double* sz = size_.data();
-        for (int64_t p = lo; p < hi; ++p) v[p] *= 2.0 * nt * sz[p] / (nt + sz[p]);
-      }
-      // smallest criterion among the eligible positions, then the smallest slot holding it
-      const int64_t floor = above < 0 ? -1 : above;
+      const int64_t lo = begin + count * me / nth, hi = begin + count * (me + 1) / nth;
       const int64_t* sl = slot_.data();
-      double bv = std::numeric_limits<double>::infinity();
-      for (int64_t p = lo; p < hi; ++p) {
-        const double w = (sl[p] > floor && p != pt) ? v[p] : bv;
-        bv = w < bv ? w : bv;
-      }
-      Nearest mine{bv, -1};
-      for (int64_t p = lo; p < hi; ++p) {
-        if (v[p] == bv && sl[p] > floor && p != pt && (mine.j < 0 || sl[p] < mine.j)) {
-          mine.j = sl[p];
+      const double* sz = size_.data();
+      Nearest mine{std::numeric_limits<double>::infinity(), -1};
+      // blocks of positions: the partial sums stay in L1 across the d coordinates
+      for (int64_t b0 = lo; b0 < hi; b0 += kBlock) {
+        const int64_t len = std::min(kBlock, hi - b0);
+        double acc[kBlock] = {};
+        for (int64_t k = 0; k < d; ++k) {
+          const double* col = c_.data() + k * n + b0;
+          const double ck = c_[k * n + pt];
+          for (int64_t j = 0; j < len; ++j) {
+            const double diff = col[j] - ck;
+            acc[j] += diff * diff;
+          }
+        }
+        if (Ward) {
+          for (int64_t j = 0; j < len; ++j) acc[j] *= 2.0 * nt * sz[b0 + j] / (nt + sz[b0 + j]);
+        }
+        std::copy(acc, acc + len, val_.data() + b0);
+        // smallest criterion among the active positions other than t; positions are in
+        // slot order, so the first position holding it has the smallest slot
+        double bv = mine.v;
+        for (int64_t j = 0; j < len; ++j) {
+          const double w = (sl[b0 + j] >= 0 && b0 + j != pt && b0 + j >= from) ? acc[j] : bv;
+          bv = w < bv ? w : bv;
+        }
+        if (bv < mine.v) {
+          for (int64_t j = 0; j < len; ++j) {
+            if (acc[j] == bv && sl[b0 + j] >= 0 && b0 + j != pt && b0 + j >= from) {
+              mine = {bv, sl[b0 + j]};
+              break;
+            }
+          }
         }
       }
 #pragma omp critical
@@ -99,27 +124,30 @@ class PackedCentroids {
   // distance, (criterion, slot) order; rows in parallel.
   void nearest_above(std::vector<double>& nnv, std::vector<int64_t>& nnj) const {
     const int64_t n = n_, d = d_;
-#pragma omp parallel num_threads(threads_)
-    {
-      std::vector<double> v(n);
-#pragma omp for schedule(dynamic, 16)
-      for (int64_t i = 0; i < n - 1; ++i) {
-        for (int64_t p = i + 1; p < n; ++p) v[p] = 0.0;
+#pragma omp parallel for num_threads(threads_) schedule(dynamic, 16)
+    for (int64_t i = 0; i < n - 1; ++i) {
+      Nearest best{std::numeric_limits<double>::infinity(), -1};
+      for (int64_t b0 = i + 1; b0 < n; b0 += kBlock) {
+        const int64_t len = std::min(kBlock, n - b0);
+        double acc[kBlock] = {};
         for (int64_t k = 0; k < d; ++k) {
-          const double* col = c_.data() + k * n;
-          const double ck = col[i];
-          for (int64_t p = i + 1; p < n; ++p) {
-            const double diff = col[p] - ck;
-            v[p] += diff * diff;
+          const double* col = c_.data() + k * n + b0;
+          const double ck = c_[k * n + i];
+          for (int64_t j = 0; j < len; ++j) {
+            const double diff = col[j] - ck;
+            acc[j] += diff * diff;
           }
         }
-        Nearest best{std::numeric_limits<double>::infinity(), -1};
-        for (int64_t p = i + 1; p < n; ++p) {
-          if (v[p] < best.v || best.j < 0) best = {v[p], p};  // p ascending: ties to smallest
+        double bv = acc[0];
+        for (int64_t j = 1; j < len; ++j) bv = acc[j] < bv ? acc[j] : bv;
+        if (bv < best.v || best.j < 0) {  // the first position holding it: smallest slot
+          int64_t j = 0;
+          while (acc[j] != bv) ++j;
+          best = {bv, b0 + j};
         }
-        nnv[i] = best.v;
-        nnj[i] = best.j;
       }
+      nnv[i] = best.v;
+      nnj[i] = best.j;
     }
   }
 
@@ -139,23 +167,35 @@ class PackedCentroids {
     deactivate(b);
   }
 
-  void deactivate(int64_t s) {  // move the last active cluster into s's position
-    const int64_t p = pos_[s], last = m_ - 1;
-    if (p != last) {
-      for (int64_t k = 0; k < d_; ++k) c_[k * n_ + p] = c_[k * n_ + last];
-      size_[p] = size_[last];
-      slot_[p] = slot_[last];
-      val_[p] = val_[last];
-      pos_[slot_[p]] = p;
-    }
+  void deactivate(int64_t s) {  // leave a hole; squeeze the holes out now and then
+    slot_[pos_[s]] = -1;
     pos_[s] = -1;
     --m_;
+    if (8 * (end_ - m_) > end_) compact();
   }
 
  private:
   int64_t n_, d_;
   int threads_;
+  // Move the active clusters down to positions 0..m-1, in order (criteria too).
+  void compact() {
+    int64_t q = 0;
+    for (int64_t p = 0; p < end_; ++p) {
+      if (slot_[p] < 0) continue;
+      if (q != p) {
+        for (int64_t k = 0; k < d_; ++k) c_[k * n_ + q] = c_[k * n_ + p];
+        size_[q] = size_[p];
+        slot_[q] = slot_[p];
+        val_[q] = val_[p];
+        pos_[slot_[q]] = q;
+      }
+      ++q;
+    }
+    end_ = q;
+  }
+
   int64_t m_;                  // active clusters
+  int64_t end_;                // positions in use: active clusters and holes
   std::vector<double> c_;      // d x n, by position
   std::vector<double> size_;   // by position
   std::vector<int64_t> slot_;  // position -> slot

@@ -49,7 +49,7 @@ std::vector<Merge> ward_linkage(const T* x, int64_t n, int64_t d, const RunOptio
     if (chain.empty()) chain.push_back(st.first_active());
     const int64_t t = chain.back();
     const int64_t prev = chain.size() >= 2 ? chain[chain.size() - 2] : -1;
-    Nearest nb = st.pass<true>(t, -1);
+    Nearest nb = st.pass<true, Scan::All>(t);
     if (prev >= 0 && nb.j != prev && st.last(prev) <= nb.v) nb = {st.last(prev), prev};
     if (nb.j != prev) {
       chain.push_back(nb.j);

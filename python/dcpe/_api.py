@@ -251,10 +251,10 @@ def cluster(
     data, z, labels, _ = _run(x, linkage=linkage, metric=metric,
                               max_cluster_size=max_cluster_size, backend=backend, dtype=dtype,
                               n_clusters=k, want_z=False)
-    if labels is not None:  # computed on the device by the backend
+    if labels is not None:  # computed by the backend (GPU backends: on the device)
         n_found = int(labels.max()) + 1 if data.n else 0
         _warn_if_short(data.n, k, n_found, max_cluster_size)
-        return labels
+        return _follow(data, labels) if isinstance(labels, np.ndarray) else labels
     out = _labels_from_z(z, data.n, k)
     _warn_if_short(data.n, k, data.n - min(len(z), data.n - k), max_cluster_size)
     return _follow(data, out)

@@ -53,3 +53,16 @@ def preflight(n: int, d: int, *, method: str, dtype: np.dtype, device: str) -> N
 def linkage(x: np.ndarray, *, method: str, metric: str,
             max_cluster_size: int | None) -> np.ndarray:
     return _ext().linkage_cpu(x, method, metric, max_cluster_size or 0, _threads())
+
+
+def labels(x: np.ndarray, n_clusters: int, *, method: str, metric: str,
+           max_cluster_size: int | None) -> np.ndarray:
+    """Canonical labels after the first ``N - n_clusters`` merges in greedy order.
+
+    The centroid engine finds merges in greedy order, so it stops after those merges;
+    the other engines build the whole tree (their merges come out of order) and it is cut.
+    """
+    n = x.shape[0]
+    stop = n - n_clusters if method == "centroid" else 0
+    z = _ext().linkage_cpu(x, method, metric, max_cluster_size or 0, _threads(), stop)
+    return _ext().cut_cpu(z, n, n_clusters)

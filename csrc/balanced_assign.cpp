@@ -7,6 +7,7 @@
 #include <Python.h>
 
 #include <string>
+#include <vector>
 
 #include "cpu/balanced_assign_cpu.h"
 #include "macros.h"
@@ -17,7 +18,8 @@ namespace dcpe {
 
 py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
                               const py::array& capacity, py::array& prices,
-                              int64_t n_candidates, double rel_eps, int num_threads) {
+                              int64_t n_candidates, double rel_eps, int num_threads,
+                              const py::object& warm_labels, double start_rel_eps) {
   DCPE_CHECK_ARG(x.ndim() == 2, "x.ndim", x.ndim(), "expected a 2-D array (N, d)");
   DCPE_CHECK_ARG(centers.ndim() == 2, "centers.ndim", centers.ndim(),
                  "expected a 2-D array (k, d)");
@@ -29,6 +31,7 @@ py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
                  std::string(py::str(centers.dtype())), "expected the dtype of x");
   const int64_t n = x.shape(0), d = x.shape(1), k = centers.shape(0);
   DCPE_CHECK_ARG(k >= 1 && k <= n, "k", k, "expected 1 <= k <= N");
+  DCPE_CHECK_ARG(k <= 0x7fffffffLL, "k", k, "expected at most 2**31 - 1 centers");
   DCPE_CHECK_ARG(centers.shape(1) == d, "centers.shape[1]", centers.shape(1),
                  "expected the d of x");
   DCPE_CHECK_ARG(py::isinstance<py::array_t<int64_t>>(capacity) && capacity.ndim() == 1 &&
@@ -53,11 +56,32 @@ py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
 
   py::array xc = py::array::ensure(x, py::array::c_style | py::array::forcecast);
   py::array cc = py::array::ensure(centers, py::array::c_style | py::array::forcecast);
+  DCPE_CHECK_ARG(start_rel_eps >= 0, "start_rel_eps", start_rel_eps,
+                 "must be >= 0 (0 = the cold schedule)");
   py::array_t<int64_t> labels(static_cast<py::ssize_t>(n));
+  const bool warm = !warm_labels.is_none();
+  if (warm) {
+    DCPE_CHECK_ARG(py::isinstance<py::array_t<int64_t>>(warm_labels),
+                   "labels.dtype", std::string(py::str(warm_labels.attr("dtype"))),
+                   "expected int64");
+    py::array_t<int64_t, py::array::c_style | py::array::forcecast> wl(warm_labels);
+    DCPE_CHECK_ARG(wl.ndim() == 1 && wl.shape(0) == n, "labels",
+                   std::string(py::str(wl.attr("shape"))), "expected shape (N,)");
+    std::vector<int64_t> count(static_cast<size_t>(k), 0);
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = wl.data()[i];
+      DCPE_CHECK_ARG(j >= 0 && j < k, "labels", j, "every entry must be in [0, k)");
+      DCPE_CHECK_ARG(++count[j] <= cap.data()[j], "labels", j,
+                     "a center is given more points than its capacity");
+    }
+    std::copy(wl.data(), wl.data() + n, labels.mutable_data());
+  }
   AuctionOptions opt;
   opt.rel_eps = rel_eps;
   opt.n_candidates = n_candidates;
   opt.num_threads = num_threads;
+  opt.warm_labels = warm;
+  opt.start_rel_eps = start_rel_eps;
   opt.interrupted = []() {
     py::gil_scoped_acquire gil;
     return PyErr_CheckSignals() != 0;

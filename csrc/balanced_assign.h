@@ -12,6 +12,8 @@ namespace dcpe {
 // Returns (labels (n,) int64, stats dict).
 pybind11::tuple balanced_assign_cpu(const pybind11::array& x, const pybind11::array& centers,
                                     const pybind11::array& capacity, pybind11::array& prices,
-                                    int64_t n_candidates, double rel_eps, int num_threads);
+                                    int64_t n_candidates, double rel_eps, int num_threads,
+                                    const pybind11::object& warm_labels,
+                                    double start_rel_eps);
 
 }  // namespace dcpe

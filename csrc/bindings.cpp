@@ -29,9 +29,12 @@ PYBIND11_MODULE(_C, m) {
   m.def("balanced_assign_cpu", &dcpe::balanced_assign_cpu, py::arg("x"), py::arg("centers"),
         py::arg("capacity"), py::arg("prices"), py::arg("n_candidates") = 32,
         py::arg("rel_eps") = 1e-6, py::arg("num_threads") = 0,
+        py::arg("labels") = py::none(), py::arg("start_rel_eps") = 0.0,
         "Capacity-constrained assignment of the rows of x to the centers (auction with "
         "eps-scaling; cost within N * eps of the optimum). Updates prices in place; "
-        "returns (labels, stats).");
+        "returns (labels, stats). labels: an assignment that fills every center (e.g. the "
+        "previous step's) as a warm start; start_rel_eps > 0: the first eps relative to the "
+        "mean squared distance to the nearest center.");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "Number of OpenMP threads used by default.");
 #ifdef DCPE_WITH_CUDA

@@ -176,6 +176,42 @@ def test_balanced_assignment_is_optimal(seed):
     again, _ = baselines._balanced_assign(torch.from_numpy(x), torch.from_numpy(c),
                                           torch.from_numpy(cap), 3, prices)
     assert float(((x - c[again.numpy()]) ** 2).sum()) <= best * (1 + 1e-6) + 1e-12
+    # warm starts: these prices with this assignment, and no prices with a random one
+    for warm_prices, warm_labels in ((prices, labels),
+                                     (None, torch.from_numpy(rng.permutation(
+                                         np.repeat(np.arange(k), cap))))):
+        again, _ = baselines._balanced_assign(torch.from_numpy(x), torch.from_numpy(c),
+                                              torch.from_numpy(cap), 3, warm_prices,
+                                              warm_labels)
+        np.testing.assert_array_equal(np.bincount(again.numpy(), minlength=k), cap)
+        assert float(((x - c[again.numpy()]) ** 2).sum()) <= best * (1 + 1e-6) + 1e-12
+
+
+@pytest.mark.parametrize("d", [4, 5, 8, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_balanced_assignment_optimal_with_many_centers(d, dtype):
+    # k large next to the candidate lists: lists run out and are rebuilt (sampled
+    # threshold, batched refresh); then the centers move a little and the next call starts
+    # from the previous prices and assignment, as in balanced_kmeans
+    rng = np.random.default_rng(d)
+    n = 600
+    x = rng.standard_normal((n, d)).astype(dtype)
+    x[:200] *= 0.05  # a crowded region whose points must travel
+    for k in (300, 150):
+        c = x[rng.choice(n, k, replace=False)] + dtype(0.01)
+        cap = np.full(k, n // k, dtype=np.int64)
+        prices, labels = None, None
+        for _step in range(2):
+            labels, prices = baselines._balanced_assign(
+                torch.from_numpy(x), torch.from_numpy(c), torch.from_numpy(cap), 2, prices,
+                labels)
+            got = labels.numpy()
+            np.testing.assert_array_equal(np.bincount(got, minlength=k), cap)
+            x64, c64 = x.astype(np.float64), c.astype(np.float64)
+            cost = float(((x64 - c64[got]) ** 2).sum())
+            best = _optimal_balanced_cost(x64, c64, cap)
+            assert best - 1e-9 <= cost <= best * (1 + 1e-5)
+            c = (c + rng.standard_normal(c.shape).astype(dtype) * dtype(0.02)).astype(dtype)
 
 
 def test_balanced_assignment_optimal_on_crowded_sample_codebook():
@@ -211,6 +247,16 @@ def test_balanced_assignment_rejects_bad_arguments():
         _C.balanced_assign_cpu(x[:1], c, np.array([1, 0], np.int64), np.zeros(2))
     with pytest.raises(ValueError, match="rel_eps"):
         _C.balanced_assign_cpu(x, c, cap, np.zeros(2), rel_eps=0.0)
+    with pytest.raises(ValueError, match="start_rel_eps"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(2), start_rel_eps=-1.0)
+    with pytest.raises(ValueError, match="in \\[0, k\\)"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(2), labels=np.array([0, 1, 2, 0]))
+    with pytest.raises(ValueError, match="capacity"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(2), labels=np.array([0, 0, 0, 1]))
+    with pytest.raises(ValueError, match="shape"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(2), labels=np.array([0, 1, 0]))
+    with pytest.raises(ValueError, match="int64"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(2), labels=np.array([0.0, 1, 0, 1]))
 
 
 def _brute_centroid_free_step(x: np.ndarray, labels: np.ndarray, k: int) -> np.ndarray:

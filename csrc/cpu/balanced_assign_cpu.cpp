@@ -7,8 +7,14 @@
 // list is >= bound, the point bids on it against max(second best in the list, bound), an
 // upper bound of its second best value over all k centers, which keeps eps-CS (O(m) per
 // bid).  Otherwise the list is rebuilt from all k centers, twice as long as before (up to
-// 256), so points that must travel far rescan rarely.  Distances are computed from
-// coordinate differences in double precision.
+// 256), so points that must travel far rescan rarely; the points queued next whose lists
+// have run out too are rebuilt with it, in parallel (a list made earlier stays valid, as
+// prices only rise).  Distances are computed from coordinate differences in double
+// precision; the m best are picked by a filter whose threshold comes from a sample.
+//
+// Phases.  After the first phase (or given a previous assignment as a warm start), the
+// points whose center still satisfies eps-CS for the new eps keep it; only the others bid
+// again.
 
 #include "balanced_assign_cpu.h"
 
@@ -20,6 +26,7 @@
 #include <numeric>
 #include <utility>
 #include <vector>
+#include <functional>
 
 #include "../macros.h"
 #include "linkage_cpu.h"
@@ -39,30 +46,58 @@ struct List {
 // Scratch of one thread for rebuild(): k distances and a selection buffer.
 struct RebuildScratch {
   std::vector<double> dist;
+  std::vector<double> sample;
+  std::vector<int32_t> idx;
   std::vector<std::pair<double, int64_t>> buf;
-  explicit RebuildScratch(int64_t k) : dist(static_cast<size_t>(k)) {}
+  explicit RebuildScratch(int64_t k) : dist(static_cast<size_t>(k)), idx(static_cast<size_t>(k)) {}
 };
 
-// Rebuild a point's list with its m best centers by value -dist - price; bound = the best
-// value outside the list (-inf when the list holds every center).  ct holds the centers
-// transposed (d x k, double) so that the distance loop runs along the centers.
-template <typename T>
-void rebuild(const T* xi, const double* ct, int64_t k, int64_t d, const double* price,
-             int64_t m, List& list, RebuildScratch& s) {
-  double* dist = s.dist.data();
-  constexpr int64_t kBlock = 256;  // centers per block: the partial sums stay in L1
+// Squared distances from xi to all k centers (ct: d x k), in double, summed over the
+// coordinates in order.  D > 0: the dimension fixed at compile time, so the sum of a center
+// stays in a register; D = 0: any d, by blocks of centers whose partial sums stay in L1.
+template <int D, typename T>
+void distances(const T* xi, const T* ct, int64_t k, int64_t d, double* dist) {
+  if (D > 0) {
+    double xd[D > 0 ? D : 1];
+    for (int t = 0; t < D; ++t) xd[t] = static_cast<double>(xi[t]);
+    for (int64_t j = 0; j < k; ++j) {
+      double acc = 0.0;
+      for (int t = 0; t < D; ++t) {
+        const double diff = xd[t] - static_cast<double>(ct[t * k + j]);
+        acc += diff * diff;
+      }
+      dist[j] = acc;
+    }
+    return;
+  }
+  constexpr int64_t kBlock = 256;
   for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
     const int64_t len = std::min(kBlock, k - j0);
     double acc[kBlock] = {};
     for (int64_t t = 0; t < d; ++t) {
       const double xv = static_cast<double>(xi[t]);
-      const double* row = ct + t * k + j0;
+      const T* row = ct + t * k + j0;
       for (int64_t j = 0; j < len; ++j) {
-        const double diff = xv - row[j];
+        const double diff = xv - static_cast<double>(row[j]);
         acc[j] += diff * diff;
       }
     }
     std::copy(acc, acc + len, dist + j0);
+  }
+}
+
+// Rebuild a point's list with its m best centers by value -dist - price; bound = the best
+// value outside the list (-inf when the list holds every center).  ct holds the centers
+// transposed (d x k) so that the distance loop runs along the centers.
+template <typename T>
+void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price,
+             int64_t m, List& list, RebuildScratch& s) {
+  double* dist = s.dist.data();
+  switch (d) {  // the usual codebook dimensions get a register-resident sum
+    case 4: distances<4>(xi, ct, k, d, dist); break;
+    case 8: distances<8>(xi, ct, k, d, dist); break;
+    case 16: distances<16>(xi, ct, k, d, dist); break;
+    default: distances<0>(xi, ct, k, d, dist); break;
   }
   m = std::min(m, k);
   list.id.clear();
@@ -75,29 +110,40 @@ void rebuild(const T* xi, const double* ct, int64_t k, int64_t d, const double* 
     list.bound = -kInf;
     return;
   }
-  // Select the m + 1 best (value, id) in one pass: a buffer collects the entries not
-  // below the running threshold and is cut back to the m + 1 best when it fills up.
+  // Select the m + 1 best (value, id).  A threshold from a strided sample of the values
+  // should let about twice the m + 1 needed pass a branch-free filter; the survivors are
+  // then cut to the m + 1 best.  If fewer pass, all centers are candidates (the sample only
+  // saves work).
   auto better = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
-  auto& buf = s.buf;
-  const size_t keep = static_cast<size_t>(m + 1), cap = 4 * keep;
-  buf.clear();
+  const int64_t keep = m + 1;
   double thr = -kInf;
-  for (int64_t j = 0; j < k; ++j) {
-    const double v = -dist[j] - price[j];
-    if (v >= thr) {
-      buf.emplace_back(v, j);
-      if (buf.size() == cap) {
-        std::nth_element(buf.begin(), buf.begin() + (keep - 1), buf.end(), better);
-        buf.resize(keep);
-        thr = buf[keep - 1].first;
-      }
-    }
+  const int64_t stride = std::min<int64_t>(16, k / (4 * keep));
+  if (stride >= 2) {
+    auto& smp = s.sample;
+    smp.clear();
+    for (int64_t j = 0; j < k; j += stride) smp.push_back(-dist[j] - price[j]);
+    const int64_t rank = 2 * keep / stride;  // of the sample, 0-based, best first
+    std::nth_element(smp.begin(), smp.begin() + rank, smp.end(), std::greater<double>());
+    thr = smp[rank];
   }
+  int32_t* idx = s.idx.data();
+  int64_t passed = 0;
+  for (int64_t j = 0; j < k; ++j) {
+    idx[passed] = static_cast<int32_t>(j);
+    passed += (-dist[j] - price[j] >= thr) ? 1 : 0;
+  }
+  if (passed < keep) {  // the sample's threshold was too high
+    for (int64_t j = 0; j < k; ++j) idx[j] = static_cast<int32_t>(j);
+    passed = k;
+  }
+  auto& buf = s.buf;
+  buf.clear();
+  for (int64_t q = 0; q < passed; ++q) buf.emplace_back(-dist[idx[q]] - price[idx[q]], idx[q]);
   std::nth_element(buf.begin(), buf.begin() + (keep - 1), buf.end(), better);
   list.bound = buf[keep - 1].first;  // the best value left outside
-  for (size_t t = 0; t + 1 < keep; ++t) {
+  for (int64_t t = 0; t + 1 < keep; ++t) {
     list.id.push_back(buf[t].second);
     list.dist.push_back(dist[buf[t].second]);
   }
@@ -177,9 +223,11 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   std::vector<double> price(prices, prices + k);
   for (double& p : price) p = std::max(p, 0.0);
 
-  std::vector<double> ct(static_cast<size_t>(k * d));  // centers transposed, double
+  // centers transposed (d x k), in the input type: float32 centers take half the cache
+  // of doubles, and every distance is still formed in double from the exact values
+  std::vector<T> ct(static_cast<size_t>(k * d));
   for (int64_t j = 0; j < k; ++j) {
-    for (int64_t t = 0; t < d; ++t) ct[t * k + j] = static_cast<double>(c[j * d + t]);
+    for (int64_t t = 0; t < d; ++t) ct[t * k + j] = c[j * d + t];
   }
   // Initial lists: the m nearest centers (values at the current prices), in parallel.
   // A point whose list runs out gets a list twice as long (up to kMaxList centers): points in
@@ -218,19 +266,64 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   double eps_final = opt.rel_eps * mean_best;
   if (!(eps_final > eps_floor)) eps_final = top > 0 ? eps_floor : 1.0;
   double eps = std::max(top / 4.0, eps_final);
+  if (opt.start_rel_eps > 0) {
+    eps = std::max(eps_final, std::min(eps, opt.start_rel_eps * mean_best));
+  } else if (opt.warm_labels) {
+    // warm: start from the mean eps-CS violation of the given assignment (a start close to
+    // the answer needs no coarse phases; one far from it keeps the coarse start)
+    double gap = 0.0;
+    for (int64_t i = 0; i < n; ++i) {
+      const int64_t j = labels[i];
+      const Pick p = scan(lists[i], price.data());
+      double dist = 0.0;
+      for (int64_t t = 0; t < d; ++t) {
+        const double diff = static_cast<double>(x[i * d + t]) - static_cast<double>(ct[t * k + j]);
+        dist += diff * diff;
+      }
+      gap += std::max(0.0, std::max(p.best, lists[i].bound) + dist + price[j]);
+    }
+    gap /= static_cast<double>(n);
+    eps = std::max(eps_final, std::min(eps, gap));
+  }
 
   std::vector<Holder> heap(static_cast<size_t>(n));
   std::vector<int64_t> size(static_cast<size_t>(k));
   std::vector<int64_t> queue(static_cast<size_t>(n));  // circular: at most n waiting
-  RebuildScratch scratch(k);
+  std::vector<RebuildScratch> scratch(static_cast<size_t>(threads), RebuildScratch(k));
+  std::vector<int64_t> batch;
+  constexpr int64_t kLookahead = 64, kBatch = 16;
   std::vector<double> floor_price(price);
   for (;;) {
-    ++st.phases;
     floor_price = price;
     std::fill(size.begin(), size.end(), int64_t(0));
-    std::fill(labels, labels + n, int64_t(-1));
-    std::iota(queue.begin(), queue.end(), int64_t(0));
-    int64_t head = 0, waiting = n;
+    int64_t head = 0, waiting = 0;
+    if (st.phases++ == 0 && !opt.warm_labels) {
+      std::fill(labels, labels + n, int64_t(-1));
+      std::iota(queue.begin(), queue.end(), int64_t(0));
+      waiting = n;
+    } else {
+      // A new phase (or a warm start) keeps the points whose center is still within the new
+      // eps of their best value (eps-CS holds for them at the current prices, every slot of
+      // a center priced at its floor) and lets the others bid again.
+      for (int64_t i = 0; i < n; ++i) {
+        const int64_t j = labels[i];
+        const Pick p = scan(lists[i], price.data());
+        const double top = std::max(p.best, lists[i].bound);  // >= the best value
+        double dist = 0.0;
+        for (int64_t t = 0; t < d; ++t) {
+          const double diff = static_cast<double>(x[i * d + t]) - static_cast<double>(ct[t * k + j]);
+          dist += diff * diff;
+        }
+        if (-dist - price[j] >= top - eps) {
+          heap[offset[j] + size[j]] = {price[j], i};
+          sift_up(heap.data() + offset[j], size[j]);
+          ++size[j];
+        } else {
+          labels[i] = -1;
+          queue[waiting++] = i;
+        }
+      }
+    }
     while (waiting > 0) {
       const int64_t i = queue[head];
       head = head + 1 == n ? 0 : head + 1;
@@ -241,9 +334,27 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
       List& list = lists[i];
       Pick p = scan(list, price.data());
       if (p.best < list.bound) {
-        ++st.refreshes;
-        const int64_t m = std::min<int64_t>(2 * static_cast<int64_t>(list.id.size()), kMaxList);
-        rebuild(x + i * d, ct.data(), k, d, price.data(), m, list, scratch);
+        // The list ran out. So may those of the points queued next: they are rebuilt too,
+        // in parallel (a list stays valid under later prices, which only rise).
+        batch.assign(1, i);
+        for (int64_t t = 0, pos = head; t < std::min(waiting, kLookahead); ++t) {
+          const int64_t q = queue[pos];
+          pos = pos + 1 == n ? 0 : pos + 1;
+          if (scan(lists[q], price.data()).best < lists[q].bound) {
+            batch.push_back(q);
+            if (static_cast<int64_t>(batch.size()) == kBatch) break;
+          }
+        }
+        st.refreshes += static_cast<int64_t>(batch.size());
+        const int64_t nb = static_cast<int64_t>(batch.size());
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (nb > 1)
+        for (int64_t t = 0; t < nb; ++t) {
+          const int64_t q = batch[t];
+          const int64_t m =
+              std::min<int64_t>(2 * static_cast<int64_t>(lists[q].id.size()), kMaxList);
+          rebuild(x + q * d, ct.data(), k, d, price.data(), m, lists[q],
+                  scratch[omp_get_thread_num()]);
+        }
         p = scan(list, price.data());
       }
       // bound >= every value outside the list, so max(second, bound) is at least the

@@ -24,6 +24,13 @@ struct AuctionOptions {
   double rel_eps = 1e-6;
   double eps_factor = 8.0;    // eps-scaling: eps is divided by this between phases
   int64_t n_candidates = 32;  // centers kept per point (more are scanned when needed)
+  // Warm start: labels holds an assignment that fills every center exactly (e.g. the
+  // previous step's); the first phase keeps the points that satisfy eps-CS at the given
+  // prices and starts from eps = the mean eps-CS violation of the given assignment (at most
+  // the cold start's).  start_rel_eps > 0 sets the first eps instead, relative to the mean
+  // squared distance to the nearest center.
+  bool warm_labels = false;
+  double start_rel_eps = 0.0;
   int num_threads = 0;        // 0: OpenMP default
   std::function<bool()> interrupted;  // polled from the calling thread
 };
@@ -38,7 +45,7 @@ struct AuctionStats {
 // x: (n, d) row-major, c: (k, d) row-major, capacity: (k,) >= 0 summing to n.
 // prices: (k,) in/out, >= 0: zeros, or a previous solution's prices as a start (eps-scaling
 // still starts from a coarse eps, so a start far from the answer costs no price war).
-// labels: (n,) out.
+// labels: (n,) out (and in, with opt.warm_labels).
 template <typename T>
 AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64_t k,
                              const int64_t* capacity, double* prices, int64_t* labels,

@@ -370,16 +370,17 @@ def kmeans(
 
 
 def _balanced_assign(x: torch.Tensor, centers: torch.Tensor, capacity: torch.Tensor,
-                     n_candidates: int, prices: np.ndarray | None = None
-                     ) -> tuple[torch.Tensor, np.ndarray]:
+                     n_candidates: int, prices: np.ndarray | None = None,
+                     labels: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Optimal capacity-constrained assignment (``dcpe._C.balanced_assign_cpu``).
 
     Minimises the sum of squared distances subject to ``capacity[j]`` tokens in cluster
     ``j`` (``capacity`` sums to N), by a forward auction with epsilon-scaling (Bertsekas
     1988; Bertsekas & Castanon 1989): the cost is within a relative ``1e-6`` of the
     optimum.  Runs on the host (the problem is small next to the data transfer); labels
-    are returned on ``x``'s device.  ``prices`` from a previous call with nearby centers
-    are a start; the prices of this solution are returned.
+    are returned on ``x``'s device.  ``prices`` and ``labels`` from a previous call with
+    nearby centers are a warm start (points whose center is still near-optimal keep it);
+    the prices of this solution are returned.
     """
     from . import _C
 
@@ -388,8 +389,9 @@ def _balanced_assign(x: torch.Tensor, centers: torch.Tensor, capacity: torch.Ten
     cs = centers.detach().cpu().numpy().astype(dt, copy=False)
     cap = capacity.detach().cpu().numpy().astype(np.int64)
     pr = np.zeros(cap.shape[0]) if prices is None else np.array(prices, dtype=np.float64)
-    labels, _stats = _C.balanced_assign_cpu(xs, cs, cap, pr, n_candidates, 1e-6)
-    return torch.from_numpy(labels).to(x.device), pr
+    warm = None if labels is None else labels.detach().cpu().numpy().astype(np.int64)
+    out, _stats = _C.balanced_assign_cpu(xs, cs, cap, pr, n_candidates, 1e-6, labels=warm)
+    return torch.from_numpy(out).to(x.device), pr
 
 
 def balanced_kmeans(
@@ -436,9 +438,9 @@ def balanced_kmeans(
     of squared distances to the current centers under the size constraint (a transport
     problem), solved by a forward auction with epsilon-scaling [Bertsekas 1988; Bertsekas
     & Castanon 1989] in the compiled extension, to within a relative ``1e-6``; each step
-    starts from the previous step's prices. The center step takes the cluster means. A
-    new assignment is kept only if it lowers the objective, otherwise the iteration
-    stops. The assignment runs on the host; CUDA input is copied there and labels come
+    starts from the previous step's prices and assignment. The center step takes the
+    cluster means. A new assignment is kept only if it lowers the objective, otherwise the
+    iteration stops. The assignment runs on the host; CUDA input is copied there and labels come
     back on its device.
     """
     xt, from_numpy = _prepare(x)
@@ -464,7 +466,7 @@ def balanced_kmeans(
         current = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
         if shift <= tol_abs:
             break
-        new, prices = _balanced_assign(xt, centers, capacity, n_candidates, prices)
+        new, prices = _balanced_assign(xt, centers, capacity, n_candidates, prices, labels)
         it += 1
         obj = float(_sq_dist_rows(xt, centers, new).to(torch.float64).sum())
         if not obj < current:

@@ -440,8 +440,8 @@ def balanced_kmeans(
     & Castanon 1989] in the compiled extension, to within a relative ``1e-6``; each step
     starts from the previous step's prices and assignment. The center step takes the
     cluster means. A new assignment is kept only if it lowers the objective, otherwise the
-    iteration stops. The assignment runs on the host; CUDA input is copied there and labels come
-    back on its device.
+    iteration stops. The assignment runs on the host; CUDA input is copied there and
+    labels come back on its device.
     """
     xt, from_numpy = _prepare(x)
     n = xt.shape[0]

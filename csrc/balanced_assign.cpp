@@ -11,6 +11,7 @@
 
 #include "cpu/balanced_assign_cpu.h"
 #include "macros.h"
+#include "point_checks.h"
 
 namespace py = pybind11;
 
@@ -20,20 +21,11 @@ py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
                               const py::array& capacity, py::array& prices,
                               int64_t n_candidates, double rel_eps, int num_threads,
                               const py::object& warm_labels, double start_rel_eps) {
-  DCPE_CHECK_ARG(x.ndim() == 2, "x.ndim", x.ndim(), "expected a 2-D array (N, d)");
-  DCPE_CHECK_ARG(centers.ndim() == 2, "centers.ndim", centers.ndim(),
-                 "expected a 2-D array (k, d)");
-  const bool is_f32 = py::isinstance<py::array_t<float>>(x);
-  const bool is_f64 = py::isinstance<py::array_t<double>>(x);
-  DCPE_CHECK_ARG(is_f32 || is_f64, "x.dtype", std::string(py::str(x.dtype())),
-                 "expected float32 or float64");
-  DCPE_CHECK_ARG(centers.dtype().is(x.dtype()), "centers.dtype",
-                 std::string(py::str(centers.dtype())), "expected the dtype of x");
-  const int64_t n = x.shape(0), d = x.shape(1), k = centers.shape(0);
-  DCPE_CHECK_ARG(k >= 1 && k <= n, "k", k, "expected 1 <= k <= N");
+  const PointsAndCenters pc = check_points_and_centers(x, centers);
+  const bool is_f32 = pc.is_f32;
+  const int64_t n = pc.n, d = pc.d, k = pc.k;
+  DCPE_CHECK_ARG(k <= n, "k", k, "expected 1 <= k <= N");
   DCPE_CHECK_ARG(k <= 0x7fffffffLL, "k", k, "expected at most 2**31 - 1 centers");
-  DCPE_CHECK_ARG(centers.shape(1) == d, "centers.shape[1]", centers.shape(1),
-                 "expected the d of x");
   DCPE_CHECK_ARG(py::isinstance<py::array_t<int64_t>>(capacity) && capacity.ndim() == 1 &&
                      capacity.shape(0) == k,
                  "capacity", std::string(py::str(capacity.attr("shape"))),

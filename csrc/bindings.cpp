@@ -5,6 +5,7 @@
 
 #include "balanced_assign.h"
 #include "linkage.h"
+#include "nearest.h"
 
 #ifdef DCPE_WITH_CUDA
 #include "cuda/cuda_ops.h"
@@ -35,6 +36,11 @@ PYBIND11_MODULE(_C, m) {
         "returns (labels, stats). labels: an assignment that fills every center (e.g. the "
         "previous step's) as a warm start; start_rel_eps > 0: the first eps relative to the "
         "mean squared distance to the nearest center.");
+  m.def("nearest_cpu", &dcpe::nearest_cpu, py::arg("x"), py::arg("centers"),
+        py::arg("mask") = py::none(), py::arg("num_threads") = 0,
+        "Index of the nearest row of centers for every row of x (squared distances from "
+        "differences in double, ties to the smallest index; mask: bool (k,), the usable "
+        "centers).");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "Number of OpenMP threads used by default.");
 #ifdef DCPE_WITH_CUDA

@@ -334,3 +334,46 @@ def test_cuda_matches_cpu():
     assert gpu.inertia == pytest.approx(cpu.inertia, rel=1e-3)
     bal = balanced_kmeans(torch.from_numpy(x).cuda(), 10, seed=0)
     assert torch.all(torch.bincount(bal.labels) == 50)
+
+
+@pytest.mark.parametrize("d", [1, 4, 5, 8, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nearest_center_matches_brute_force(d, dtype):
+    # the compiled scan of Lloyd's assignment step: the first nearest center by exact
+    # squared distances, across block boundaries (k > 256), with ties and a mask
+    from dcpe import _C
+
+    rng = np.random.default_rng(d)
+    x = rng.integers(-3, 4, size=(700, d)).astype(dtype)  # integer grid: many ties
+    c = rng.integers(-3, 4, size=(600, d)).astype(dtype)
+    c[300:] = c[:300]  # duplicated centers: ties across blocks go to the smaller index
+    mask = rng.random(600) < 0.7
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    dist = ((x64[:, None, :] - c64[None, :, :]) ** 2).sum(-1)
+    np.testing.assert_array_equal(_C.nearest_cpu(x, c), dist.argmin(axis=1))
+    masked = np.where(mask[None, :], dist, np.inf)
+    np.testing.assert_array_equal(_C.nearest_cpu(x, c, mask), masked.argmin(axis=1))
+    # the host path of _nearest, and the matrix-product path of other devices (exact on
+    # these small integers)
+    for fn in (baselines._nearest, baselines._nearest_matmul):
+        got = fn(torch.from_numpy(x), torch.from_numpy(c), torch.from_numpy(mask))
+        np.testing.assert_array_equal(got.numpy(), masked.argmin(axis=1))
+
+
+def test_nearest_center_rejects_bad_arguments():
+    from dcpe import _C
+
+    x = np.zeros((4, 2), np.float32)
+    c = np.zeros((3, 2), np.float32)
+    with pytest.raises(ValueError, match="centers.dtype"):
+        _C.nearest_cpu(x, c.astype(np.float64))
+    with pytest.raises(ValueError, match="centers.shape"):
+        _C.nearest_cpu(x, np.zeros((3, 3), np.float32))
+    with pytest.raises(ValueError, match="at least one center"):
+        _C.nearest_cpu(x, c[:0])
+    with pytest.raises(ValueError, match="no usable center"):
+        _C.nearest_cpu(x, c, np.zeros(3, bool))
+    with pytest.raises(ValueError, match="mask"):
+        _C.nearest_cpu(x, c, np.ones(2, bool))
+    with pytest.raises(ValueError, match="x.dtype"):
+        _C.nearest_cpu(x.astype(np.int64), c)

@@ -138,8 +138,28 @@ def _sq_dist_rows(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor) -> tor
 
 
 def _nearest(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Index of the nearest row of ``c`` for every row of ``x`` (chunked; rows of ``c``
-    where ``mask`` is False are skipped)."""
+    """Index of the nearest row of ``c`` for every row of ``x``, ties to the smallest index;
+    rows of ``c`` where ``mask`` is False are skipped.
+
+    Host tensors use the compiled exhaustive scan (``dcpe._C.nearest_cpu``: squared
+    distances from coordinate differences in double); other devices, or a build without
+    the extension, a chunked matrix product.
+    """
+    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
+        try:
+            from . import _C
+        except ImportError:  # pragma: no cover - the Python half used alone
+            _C = None
+        if _C is not None:
+            m = None if mask is None else mask.numpy().astype(bool)
+            return torch.from_numpy(_C.nearest_cpu(x.contiguous().numpy(),
+                                                   c.to(x.dtype).contiguous().numpy(), m))
+    return _nearest_matmul(x, c, mask)
+
+
+def _nearest_matmul(x: torch.Tensor, c: torch.Tensor,
+                    mask: torch.Tensor | None = None) -> torch.Tensor:
+    """:func:`_nearest` by chunked ``|c|^2 - 2 x.c`` products on any device."""
     c_sq = c.square().sum(dim=1)
     if mask is not None:
         c_sq = c_sq.masked_fill(~mask, float("inf"))

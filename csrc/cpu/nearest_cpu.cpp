@@ -1,0 +1,126 @@
+// Nearest center of every point by a blocked exhaustive scan (see nearest_cpu.h).  Centers
+// are transposed (d x k) so that a block of 256 centers is a contiguous run per coordinate;
+// the block's squared distances are summed in double in L1 (in registers for the usual
+// dimensions 4, 8 and 16), then reduced to the first smallest.  Points run in parallel.
+
+#include "nearest_cpu.h"
+
+#include <omp.h>
+
+#include <algorithm>
+#include <limits>
+#include <vector>
+
+#include "../macros.h"
+#include "linkage_cpu.h"
+
+namespace dcpe {
+namespace {
+
+constexpr int64_t kBlock = 256;  // centers per block
+
+// acc[j] = |xi - c_(j0 + j)|^2 for j < len; D > 0 fixes the dimension at compile time.
+template <int D, typename T>
+inline void block_distances(const double* xd, const T* ct, int64_t k, int64_t d, int64_t j0,
+                            int64_t len, double* acc) {
+  if (D > 0) {
+    for (int64_t j = 0; j < len; ++j) {
+      double s = 0.0;
+      for (int t = 0; t < D; ++t) {
+        const double diff = xd[t] - static_cast<double>(ct[t * k + j0 + j]);
+        s += diff * diff;
+      }
+      acc[j] = s;
+    }
+    return;
+  }
+  std::fill(acc, acc + len, 0.0);
+  for (int64_t t = 0; t < d; ++t) {
+    const T* row = ct + t * k + j0;
+    for (int64_t j = 0; j < len; ++j) {
+      const double diff = xd[t] - static_cast<double>(row[j]);
+      acc[j] += diff * diff;
+    }
+  }
+}
+
+template <int D, typename T>
+int64_t nearest_one(const T* xi, const T* ct, const double* penalty, int64_t k, int64_t d,
+                    double* xd, double* acc) {
+  for (int64_t t = 0; t < d; ++t) xd[t] = static_cast<double>(xi[t]);
+  double best = std::numeric_limits<double>::infinity();
+  int64_t arg = -1;
+  for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
+    const int64_t len = std::min(kBlock, k - j0);
+    block_distances<D>(xd, ct, k, d, j0, len, acc);
+    double bv = std::numeric_limits<double>::infinity();
+    for (int64_t j = 0; j < len; ++j) {
+      acc[j] += penalty[j0 + j];
+      bv = acc[j] < bv ? acc[j] : bv;
+    }
+    if (bv < best) {  // strict: an earlier block keeps a tie
+      int64_t j = 0;
+      while (acc[j] != bv) ++j;
+      best = bv;
+      arg = j0 + j;
+    }
+  }
+  return arg;
+}
+
+// first: the first usable center, the answer when every distance overflows to +inf
+template <int D, typename T>
+void run(const T* x, int64_t n, int64_t d, const T* ct, const double* penalty, int64_t k,
+         int64_t first, int64_t* out, int threads, const std::function<bool()>& interrupted) {
+  const int64_t rows = 1024;  // points between two polls of Ctrl-C
+  for (int64_t r0 = 0; r0 < n; r0 += rows) {
+    if (interrupted && interrupted()) throw Interrupted();
+    const int64_t r1 = std::min(n, r0 + rows);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<double> xd(static_cast<size_t>(d)), acc(static_cast<size_t>(kBlock));
+#pragma omp for schedule(static)
+      for (int64_t i = r0; i < r1; ++i) {
+        const int64_t j = nearest_one<D>(x + i * d, ct, penalty, k, d, xd.data(), acc.data());
+        out[i] = j >= 0 ? j : first;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void nearest_center(const T* x, int64_t n, int64_t d, const T* c, int64_t k,
+                    const uint8_t* mask, int64_t* out, int num_threads,
+                    const std::function<bool()>& interrupted) {
+  if (n == 0) return;
+  std::vector<T> ct(static_cast<size_t>(k * d));  // centers transposed, input type (exact)
+  for (int64_t j = 0; j < k; ++j) {
+    for (int64_t t = 0; t < d; ++t) ct[t * k + j] = c[j * d + t];
+  }
+  std::vector<double> penalty(static_cast<size_t>(k), 0.0);  // +inf: a skipped center
+  if (mask != nullptr) {
+    for (int64_t j = 0; j < k; ++j) {
+      if (!mask[j]) penalty[j] = std::numeric_limits<double>::infinity();
+    }
+  }
+  int64_t first = 0;
+  while (first < k - 1 && penalty[first] > 0) ++first;
+  const int threads = resolve_threads(num_threads);
+  const double* pen = penalty.data();
+  switch (d) {
+    case 4: run<4>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted); break;
+    case 8: run<8>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted); break;
+    case 16: run<16>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted); break;
+    default: run<0>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted); break;
+  }
+}
+
+template void nearest_center<float>(const float*, int64_t, int64_t, const float*, int64_t,
+                                    const uint8_t*, int64_t*, int, const std::function<bool()>&);
+template void nearest_center<double>(const double*, int64_t, int64_t, const double*, int64_t,
+                                     const uint8_t*, int64_t*, int,
+                                     const std::function<bool()>&);
+
+}  // namespace dcpe

@@ -41,6 +41,10 @@ PYBIND11_MODULE(_C, m) {
         "Index of the nearest row of centers for every row of x (squared distances from "
         "differences in double, ties to the smallest index; mask: bool (k,), the usable "
         "centers).");
+  m.def("kmeanspp_cpu", &dcpe::kmeanspp_cpu, py::arg("x"), py::arg("k"), py::arg("first"),
+        py::arg("u"), py::arg("num_threads") = 0,
+        "Greedy k-means++ seeds (indices into x): first, then for every further seed the "
+        "best of u.shape[1] candidates drawn by D^2 with the uniforms u (k - 1, trials).");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "Number of OpenMP threads used by default.");
 #ifdef DCPE_WITH_CUDA

@@ -1,17 +1,17 @@
-// Dispatch of the nearest-center search (the assignment step of k-means): argument checks
-// naming the argument, dtype dispatch, GIL release and Ctrl-C polling around
-// csrc/cpu/nearest_cpu.cpp.
+// Dispatch of the nearest-center search (the assignment step of k-means) and of the greedy
+// k-means++ seeding: argument checks naming the argument, dtype dispatch, GIL release and
+// Ctrl-C polling around csrc/cpu/nearest_cpu.cpp.
 
 #include "nearest.h"
 
-#include <Python.h>
-
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "cpu/nearest_cpu.h"
 #include "macros.h"
 #include "point_checks.h"
+#include "released.h"
 
 namespace py = pybind11;
 
@@ -40,28 +40,45 @@ py::array_t<int64_t> nearest_cpu(const py::array& x, const py::array& centers,
   py::array_t<int64_t> out(static_cast<py::ssize_t>(n));
   int64_t* o = out.mutable_data();
   const uint8_t* mk = usable.empty() ? nullptr : usable.data();
-  auto interrupted = []() {
-    py::gil_scoped_acquire gil;
-    return PyErr_CheckSignals() != 0;
-  };
-  bool stopped = false;
-  {
-    py::gil_scoped_release release;
-    try {
-      if (is_f32) {
-        nearest_center<float>(static_cast<const float*>(xc.data()), n, d,
-                              static_cast<const float*>(cc.data()), k, mk, o, num_threads,
-                              interrupted);
-      } else {
-        nearest_center<double>(static_cast<const double*>(xc.data()), n, d,
-                               static_cast<const double*>(cc.data()), k, mk, o, num_threads,
-                               interrupted);
-      }
-    } catch (const Interrupted&) {
-      stopped = true;
+  call_released([&](const std::function<bool()>& interrupted) {
+    if (is_f32) {
+      nearest_center<float>(static_cast<const float*>(xc.data()), n, d,
+                            static_cast<const float*>(cc.data()), k, mk, o, num_threads,
+                            interrupted);
+    } else {
+      nearest_center<double>(static_cast<const double*>(xc.data()), n, d,
+                             static_cast<const double*>(cc.data()), k, mk, o, num_threads,
+                             interrupted);
     }
-  }
-  if (stopped) throw py::error_already_set();
+  });
+  return out;
+}
+
+py::array_t<int64_t> kmeanspp_cpu(const py::array& x, int64_t k, int64_t first,
+                                  const py::array& u, int num_threads) {
+  const PointsAndCenters pc = check_points_and_centers(x, x);
+  const int64_t n = pc.n, d = pc.d;
+  DCPE_CHECK_ARG(k >= 1 && k <= n, "k", k, "expected 1 <= k <= N");
+  DCPE_CHECK_ARG(first >= 0 && first < n, "first", first, "expected 0 <= first < N");
+  DCPE_CHECK_ARG(py::isinstance<py::array_t<double>>(u) && u.ndim() == 2 && u.shape(0) == k - 1,
+                 "u", std::string(py::str(u.attr("shape"))),
+                 "expected a float64 array of shape (k - 1, trials)");
+  const int64_t trials = u.shape(1);
+  DCPE_CHECK_ARG(trials >= 1 || k == 1, "u.shape[1]", trials, "expected at least one trial");
+  DCPE_CHECK_ARG(num_threads >= 0, "num_threads", num_threads, "must be >= 0 (0 = default)");
+  py::array xc = py::array::ensure(x, py::array::c_style | py::array::forcecast);
+  py::array_t<double, py::array::c_style | py::array::forcecast> uc(u);
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(k));
+  int64_t* o = out.mutable_data();
+  call_released([&](const std::function<bool()>& interrupted) {
+    if (pc.is_f32) {
+      kmeanspp_seeds<float>(static_cast<const float*>(xc.data()), n, d, k, first, uc.data(),
+                            trials, o, num_threads, interrupted);
+    } else {
+      kmeanspp_seeds<double>(static_cast<const double*>(xc.data()), n, d, k, first,
+                             uc.data(), trials, o, num_threads, interrupted);
+    }
+  });
   return out;
 }
 

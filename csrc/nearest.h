@@ -10,4 +10,9 @@ namespace dcpe {
 pybind11::array_t<int64_t> nearest_cpu(const pybind11::array& x, const pybind11::array& centers,
                                        const pybind11::object& mask, int num_threads);
 
+// Greedy k-means++ seeds of the rows of x (n, d): first index, then (k - 1) * trials
+// uniforms u (float64, C order) drive the D^2 draws.  Returns int64 (k,).
+pybind11::array_t<int64_t> kmeanspp_cpu(const pybind11::array& x, int64_t k, int64_t first,
+                                        const pybind11::array& u, int num_threads);
+
 }  // namespace dcpe

@@ -377,3 +377,53 @@ def test_nearest_center_rejects_bad_arguments():
         _C.nearest_cpu(x, c, np.ones(2, bool))
     with pytest.raises(ValueError, match="x.dtype"):
         _C.nearest_cpu(x.astype(np.int64), c)
+
+
+def _brute_kmeanspp(x: np.ndarray, k: int, first: int, u: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    idx = [first]
+    closest = ((x - x[first]) ** 2).sum(1)
+    for c in range(1, k):
+        cum = np.cumsum(closest)
+        cand = np.minimum(np.searchsorted(cum, u[c - 1] * cum[-1], side="right"), len(x) - 1)
+        d_cand = ((x[None, :, :] - x[cand][:, None, :]) ** 2).sum(-1)
+        pots = np.minimum(closest[None, :], d_cand).sum(1)
+        best = int(np.argmin(pots))
+        idx.append(int(cand[best]))
+        closest = np.minimum(closest, d_cand[best])
+    return np.array(idx)
+
+
+@pytest.mark.parametrize("d", [2, 8])
+def test_kmeanspp_seeds_match_brute_force(d):
+    # compiled greedy k-means++ == its definition, given the same uniforms (integer
+    # coordinates: every sum is exact, so even tied potentials compare equal)
+    from dcpe import _C
+
+    rng = np.random.default_rng(d)
+    x = rng.integers(-20, 21, size=(700, d)).astype(np.float32)
+    for k, trials in ((1, 3), (2, 1), (40, 3), (300, 5)):
+        u = rng.random((k - 1, trials))
+        got = _C.kmeanspp_cpu(x, k, 17, u)
+        np.testing.assert_array_equal(got, _brute_kmeanspp(x, k, 17, u))
+    # the thread count does not change the seeds (partial sums over fixed blocks)
+    y = rng.standard_normal((1000, d))
+    u = rng.random((99, 4))
+    np.testing.assert_array_equal(_C.kmeanspp_cpu(y, 100, 3, u, num_threads=1),
+                                  _C.kmeanspp_cpu(y, 100, 3, u, num_threads=3))
+
+
+def test_kmeanspp_rejects_bad_arguments():
+    from dcpe import _C
+
+    x = np.zeros((5, 2))
+    with pytest.raises(ValueError, match="'k'"):
+        _C.kmeanspp_cpu(x, 6, 0, np.zeros((5, 2)))
+    with pytest.raises(ValueError, match="first"):
+        _C.kmeanspp_cpu(x, 2, 5, np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="'u'"):
+        _C.kmeanspp_cpu(x, 3, 0, np.zeros((1, 2)))
+    with pytest.raises(ValueError, match="'u'"):
+        _C.kmeanspp_cpu(x, 3, 0, np.zeros((2, 2), np.float32))
+    with pytest.raises(ValueError, match="x.dtype"):
+        _C.kmeanspp_cpu(x.astype(np.int32), 2, 0, np.zeros((1, 2)))

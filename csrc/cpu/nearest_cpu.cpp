@@ -2,6 +2,9 @@
 // are transposed (d x k) so that a block of 256 centers is a contiguous run per coordinate;
 // the block's squared distances are summed in double in L1 (in registers for the usual
 // dimensions 4, 8 and 16), then reduced to the first smallest.  Points run in parallel.
+//
+// k-means++ seeding (kmeanspp_seeds) uses the same blocked distances, from each candidate
+// to all points (transposed), one partial potential per block of points.
 
 #include "nearest_cpu.h"
 
@@ -116,6 +119,101 @@ void nearest_center(const T* x, int64_t n, int64_t d, const T* c, int64_t k,
     default: run<0>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted); break;
   }
 }
+
+namespace {
+
+template <int D, typename T>
+void kmeanspp_run(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, const double* u,
+                  int64_t trials, int64_t* idx, int threads,
+                  const std::function<bool()>& interrupted) {
+  std::vector<T> xt(static_cast<size_t>(n * d));  // points transposed (d x n), exact
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t t = 0; t < d; ++t) xt[t * n + i] = x[i * d + t];
+  }
+  const int64_t chunks = (n + kBlock - 1) / kBlock;  // one partial sum per block of points
+  std::vector<double> closest(static_cast<size_t>(n)), cum(static_cast<size_t>(n));
+  std::vector<double> part(static_cast<size_t>(chunks * trials)), cd(static_cast<size_t>(d));
+  std::vector<int64_t> cand(static_cast<size_t>(trials));
+  // closest[i] = min(closest[i], |x_i - x_j|^2) for all i (all = true: assign instead)
+  auto update = [&](int64_t j, bool all) {
+    std::vector<double> xj(static_cast<size_t>(d));
+    for (int64_t t = 0; t < d; ++t) xj[t] = static_cast<double>(x[j * d + t]);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<double> acc(static_cast<size_t>(kBlock));
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < chunks; ++b) {
+        const int64_t lo = b * kBlock, len = std::min(kBlock, n - lo);
+        block_distances<D>(xj.data(), xt.data(), n, d, lo, len, acc.data());
+        for (int64_t i = 0; i < len; ++i) {
+          closest[lo + i] = all ? acc[i] : std::min(closest[lo + i], acc[i]);
+        }
+      }
+    }
+  };
+  idx[0] = first;
+  update(first, true);
+  for (int64_t c = 1; c < k; ++c) {
+    if ((c & 63) == 0 && interrupted && interrupted()) throw Interrupted();
+    double total = 0.0;
+    for (int64_t i = 0; i < n; ++i) cum[i] = (total += closest[i]);
+    for (int64_t t = 0; t < trials; ++t) {  // searchsorted(cum, u * total, right=True)
+      const double target = u[(c - 1) * trials + t] * total;
+      const int64_t at = std::upper_bound(cum.begin(), cum.end(), target) - cum.begin();
+      cand[t] = std::min(at, n - 1);
+    }
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<double> acc(static_cast<size_t>(kBlock)), xj(static_cast<size_t>(d));
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < chunks; ++b) {
+        const int64_t lo = b * kBlock, len = std::min(kBlock, n - lo);
+        for (int64_t t = 0; t < trials; ++t) {
+          for (int64_t q = 0; q < d; ++q) xj[q] = static_cast<double>(x[cand[t] * d + q]);
+          block_distances<D>(xj.data(), xt.data(), n, d, lo, len, acc.data());
+          double s = 0.0;
+          for (int64_t i = 0; i < len; ++i) s += std::min(closest[lo + i], acc[i]);
+          part[b * trials + t] = s;
+        }
+      }
+    }
+    int64_t best = 0;
+    double best_pot = std::numeric_limits<double>::infinity();
+    for (int64_t t = 0; t < trials; ++t) {
+      double pot = 0.0;
+      for (int64_t b = 0; b < chunks; ++b) pot += part[b * trials + t];
+      if (pot < best_pot) {
+        best_pot = pot;
+        best = t;
+      }
+    }
+    idx[c] = cand[best];
+    update(cand[best], false);
+  }
+}
+
+}  // namespace
+
+template <typename T>
+void kmeanspp_seeds(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
+                    const double* u, int64_t trials, int64_t* idx, int num_threads,
+                    const std::function<bool()>& interrupted) {
+  if (k < 1) return;
+  const int threads = resolve_threads(num_threads);
+  switch (d) {
+    case 4: kmeanspp_run<4>(x, n, d, k, first, u, trials, idx, threads, interrupted); break;
+    case 8: kmeanspp_run<8>(x, n, d, k, first, u, trials, idx, threads, interrupted); break;
+    case 16: kmeanspp_run<16>(x, n, d, k, first, u, trials, idx, threads, interrupted); break;
+    default: kmeanspp_run<0>(x, n, d, k, first, u, trials, idx, threads, interrupted); break;
+  }
+}
+
+template void kmeanspp_seeds<float>(const float*, int64_t, int64_t, int64_t, int64_t,
+                                    const double*, int64_t, int64_t*, int,
+                                    const std::function<bool()>&);
+template void kmeanspp_seeds<double>(const double*, int64_t, int64_t, int64_t, int64_t,
+                                     const double*, int64_t, int64_t*, int,
+                                     const std::function<bool()>&);
 
 template void nearest_center<float>(const float*, int64_t, int64_t, const float*, int64_t,
                                     const uint8_t*, int64_t*, int, const std::function<bool()>&);

@@ -137,6 +137,17 @@ def _sq_dist_rows(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor) -> tor
     return (x - c[labels]).square().sum(dim=1)
 
 
+def _host_ext(x: torch.Tensor) -> Any:
+    """``dcpe._C`` when ``x`` is a float32/float64 host tensor and the extension is built."""
+    if x.device.type != "cpu" or x.dtype not in (torch.float32, torch.float64):
+        return None
+    try:
+        from . import _C
+    except ImportError:  # pragma: no cover - the Python half used alone
+        return None
+    return _C
+
+
 def _nearest(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Index of the nearest row of ``c`` for every row of ``x``, ties to the smallest index;
     rows of ``c`` where ``mask`` is False are skipped.
@@ -145,15 +156,11 @@ def _nearest(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None)
     distances from coordinate differences in double); other devices, or a build without
     the extension, a chunked matrix product.
     """
-    if x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64):
-        try:
-            from . import _C
-        except ImportError:  # pragma: no cover - the Python half used alone
-            _C = None
-        if _C is not None:
-            m = None if mask is None else mask.numpy().astype(bool)
-            return torch.from_numpy(_C.nearest_cpu(x.contiguous().numpy(),
-                                                   c.to(x.dtype).contiguous().numpy(), m))
+    ext = _host_ext(x)
+    if ext is not None:
+        m = None if mask is None else mask.numpy().astype(bool)
+        return torch.from_numpy(ext.nearest_cpu(x.contiguous().numpy(),
+                                                c.to(x.dtype).contiguous().numpy(), m))
     return _nearest_matmul(x, c, mask)
 
 
@@ -246,8 +253,12 @@ def _init_indices(x: torch.Tensor, k: int, init: str, gen: torch.Generator,
     # draw several candidates proportionally to D^2, keep the one that lowers the
     # potential most.
     trials = n_local_trials if n_local_trials is not None else 2 + int(math.log(k))
-    idx = torch.empty(k, dtype=torch.int64, device=x.device)
     first = int(torch.randint(n, (1,), generator=gen))
+    ext = _host_ext(x)
+    if ext is not None:  # compiled, exact distances in double
+        u = torch.rand((k - 1, trials), generator=gen, dtype=torch.float64)
+        return torch.from_numpy(ext.kmeanspp_cpu(x.contiguous().numpy(), k, first, u.numpy()))
+    idx = torch.empty(k, dtype=torch.int64, device=x.device)
     idx[0] = first
     x_sq = x.square().sum(dim=1)
     closest = (x - x[first]).square().sum(dim=1)

@@ -298,3 +298,29 @@ def test_import_is_light() -> None:
             "dcpe.DCPE\n"
             "assert 'sklearn' in sys.modules\n")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_cli_cluster_and_remap_do_not_import_torch(tmp_path) -> None:
+    # the quickstart path: a NumPy codebook -> .npz prior -> remapped token files, with the
+    # prior's tables kept in NumPy (torch costs seconds to import)
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "cb.npy", rng.standard_normal((60, 4)).astype(np.float32))
+    (tmp_path / "codes").mkdir()
+    np.save(tmp_path / "codes" / "a.npy", rng.integers(0, 60, size=(3, 5)))
+    code = (f"import sys\n"
+            f"from dcpe.cli import main\n"
+            f"assert main(['cluster', r'{tmp_path / 'cb.npy'}', '-k', '7', '-o', "
+            f"r'{tmp_path / 'p.npz'}']) == 0\n"
+            f"assert main(['remap', r'{tmp_path / 'codes'}', '--prior', r'{tmp_path / 'p.npz'}', "
+            f"'-o', r'{tmp_path / 'out'}', '-q']) == 0\n"
+            f"assert 'torch' not in sys.modules\n")
+    subprocess.run([sys.executable, "-c", code], check=True)
+    from dcpe.prior import CodebookPrior
+
+    prior = CodebookPrior.load(tmp_path / "p.npz")
+    codes = np.load(tmp_path / "codes" / "a.npy")
+    np.testing.assert_array_equal(np.load(tmp_path / "out" / "a.npy"),
+                                  prior.token_to_cluster.numpy()[codes])

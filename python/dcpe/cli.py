@@ -174,7 +174,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         print(f"dcpe: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
     prior.meta["normalize"] = bool(args.normalize)
     prior.save(out)
-    sizes = prior.cluster_sizes.cpu().numpy()
+    sizes = prior._numpy("sizes")
     print(f"codebook: {source} (N={n}, d={d}{', normalized' if args.normalize else ''})")
     print(f"k={args.k} linkage={args.linkage} metric={args.metric} "
           f"max_cluster_size={args.max_cluster_size}")

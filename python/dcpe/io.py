@@ -41,6 +41,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from ._validation import is_tensor
+
 __all__ = ["atomic_write", "find_codebook_candidates", "load_codebook", "save_codebook"]
 
 PathLike = str | os.PathLike
@@ -114,9 +116,8 @@ def _write_atomic(path: PathLike, writer: Callable[[IO[bytes]], None]) -> None:
 
 
 def _is_tensor(obj: Any) -> bool:
-    import torch
-
-    return isinstance(obj, (torch.Tensor, np.ndarray))
+    """A NumPy array or a torch tensor (torch is not imported for this)."""
+    return isinstance(obj, np.ndarray) or is_tensor(obj)
 
 
 def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
@@ -139,9 +140,7 @@ def _flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
 
 def _as_float_matrix(value: Any) -> np.ndarray | None:
     """The value as a 2-D floating NumPy array, or None if it is not one."""
-    import torch
-
-    if isinstance(value, torch.Tensor):
+    if is_tensor(value):
         if not value.is_floating_point():
             return None
         shape = tuple(value.shape)
@@ -149,7 +148,7 @@ def _as_float_matrix(value: Any) -> np.ndarray | None:
             value = value[0]
         if value.ndim != 2:
             return None
-        return value.detach().to(torch.float32).cpu().numpy()
+        return value.detach().float().cpu().numpy()
     if isinstance(value, np.ndarray):
         if value.dtype.kind != "f":
             return None

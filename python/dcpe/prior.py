@@ -25,13 +25,16 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ._validation import check_int
+from ._validation import is_tensor as _is_tensor
 from .io import atomic_write
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["CodebookPrior", "codebook_sha256"]
 
@@ -39,11 +42,12 @@ _FORMAT = "dcpe-codebook-prior"
 _FORMAT_VERSION = 1
 _REDUCES = ("mean", "sum", "logsumexp")
 _METHODS = ("dcpe", "kmeans", "balanced_kmeans", "centroid_free_kmeans")
+_TABLES = ("labels", "sizes", "indices", "indptr")
 
 
 def _codebook_array(codebook: Any, name: str = "codebook") -> np.ndarray:
-    if isinstance(codebook, torch.Tensor):
-        codebook = codebook.detach().to(torch.float32).cpu().numpy()
+    if _is_tensor(codebook):
+        codebook = codebook.detach().float().cpu().numpy()
     arr = np.asarray(codebook)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
@@ -78,27 +82,32 @@ def _version() -> str:
     return __version__
 
 
-def _int_tensor(values: Any, name: str) -> tuple[torch.Tensor, bool]:
-    """``values`` as an int64 tensor (on its device) and whether it came from NumPy."""
-    if isinstance(values, torch.Tensor):
-        if values.dtype.is_floating_point or values.is_complex() or values.dtype == torch.bool:
-            raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
-        return values.to(torch.int64), False
+def _int_array(values: Any, name: str) -> np.ndarray:
+    """Array-like ``values`` (not a tensor) as a contiguous int64 NumPy array."""
     arr = np.asarray(values)
     if arr.dtype.kind not in "iu":
         if arr.size == 0 and arr.dtype.kind == "f":
             arr = arr.astype(np.int64)
         else:
             raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return torch.from_numpy(np.ascontiguousarray(arr, dtype=np.int64)), True
+    return np.ascontiguousarray(arr, dtype=np.int64)
 
 
-def _check_range(t: torch.Tensor, name: str, high: int, what: str,
-                 ignore: int | None = None) -> None:
-    if t.numel() == 0:
-        return
+def _int_tensor(values: Any, name: str) -> tuple[Any, bool]:
+    """``values`` as an int64 tensor (on its device) and whether it came from NumPy."""
+    import torch
+
+    if isinstance(values, torch.Tensor):
+        if values.dtype.is_floating_point or values.is_complex() or values.dtype == torch.bool:
+            raise TypeError(f"{name} must hold integers, got dtype {values.dtype}")
+        return values.to(torch.int64), False
+    return torch.from_numpy(_int_array(values, name)), True
+
+
+def _check_range(t: Any, name: str, high: int, what: str, ignore: int | None = None) -> None:
+    """Every entry of ``t`` (NumPy array or tensor) other than ``ignore`` in [0, high)."""
     v = t if ignore is None else t[t != ignore]
-    if v.numel() == 0:
+    if v.reshape(-1).shape[0] == 0:
         return
     lo, hi = int(v.min()), int(v.max())
     if lo < 0 or hi >= high:
@@ -112,7 +121,10 @@ class CodebookPrior:
 
     Build one with :meth:`from_labels` or :meth:`from_codebook`, or read one with
     :meth:`load`. The tables live on one torch device (CPU by default, see :meth:`to`);
-    methods accept inputs on any device and answer on the input's device.
+    methods accept inputs on any device and answer on the input's device. A prior made
+    from NumPy labels (or read from ``.npz``) keeps NumPy tables until a tensor is asked
+    for, so building, saving, loading and :meth:`to_clusters` on NumPy input do not import
+    torch.
 
     Attributes
     ----------
@@ -135,28 +147,43 @@ class CodebookPrior:
                  codebook_sha256: str | None = None,
                  codebook_shape: tuple[int, int] | None = None,
                  dcpe_version: str | None = None, meta: dict[str, Any] | None = None) -> None:
-        labels, _ = _int_tensor(token_to_cluster, "labels")
+        host = not _is_tensor(token_to_cluster)
+        if host:
+            labels = _int_array(token_to_cluster, "labels")
+        else:
+            labels = _int_tensor(token_to_cluster, "labels")[0].contiguous()
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D (one cluster id per token), "
                              f"got shape {tuple(labels.shape)}")
-        if labels.numel() == 0:
+        if labels.shape[0] == 0:
             raise ValueError("labels must not be empty")
-        labels = labels.contiguous()
         lo = int(labels.min())
         if lo < 0:
             raise ValueError(f"labels must be >= 0, got {lo}")
         k = int(labels.max()) + 1
-        sizes = torch.bincount(labels, minlength=k)
-        empty = torch.nonzero(sizes == 0).flatten()
-        if empty.numel():
+        if host:
+            sizes = np.bincount(labels, minlength=k).astype(np.int64)
+        else:
+            import torch
+
+            sizes = torch.bincount(labels, minlength=k)
+        n_empty = int((sizes == 0).sum())
+        if n_empty:
+            first = int((sizes == 0).nonzero()[0][0])
             raise ValueError(f"labels must use every cluster id 0..{k - 1}; "
-                             f"{empty.numel()} id(s) have no token, e.g. {int(empty[0])}")
+                             f"{n_empty} id(s) have no token, e.g. {first}")
         if max_cluster_size is not None:
             max_cluster_size = check_int("max_cluster_size", max_cluster_size, 1)
-        self._labels = labels
-        self._sizes = sizes
-        self._indices = torch.argsort(labels, stable=True)
-        self._indptr = torch.cat([labels.new_zeros(1), torch.cumsum(sizes, dim=0)])
+        # the tables: NumPy (host) until a tensor is asked for, or torch from the start
+        self._host: dict[str, np.ndarray] | None = None
+        self._t: tuple[Any, Any, Any, Any] | None = None
+        if host:
+            self._host = {"labels": labels, "sizes": sizes,
+                          "indices": np.argsort(labels, kind="stable"),
+                          "indptr": np.concatenate([np.zeros(1, np.int64), np.cumsum(sizes)])}
+        else:
+            self._t = (labels, sizes, torch.argsort(labels, stable=True),
+                       torch.cat([labels.new_zeros(1), torch.cumsum(sizes, dim=0)]))
         self.method = method
         self.linkage = linkage
         self.max_cluster_size = max_cluster_size
@@ -165,7 +192,7 @@ class CodebookPrior:
         self.dcpe_version = dcpe_version if dcpe_version is not None else _version()
         self.meta = dict(meta or {})
         self._np_cache: dict[str, np.ndarray] = {}
-        self._dev_cache: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        self._dev_cache: dict[str, tuple[Any, Any, Any]] = {}
 
     # ------------------------------------------------------------------ construction
 
@@ -201,7 +228,7 @@ class CodebookPrior:
         sha = shape = None
         if codebook is not None:
             arr = _codebook_array(codebook)
-            n = len(labels) if not isinstance(labels, torch.Tensor) else labels.shape[0]
+            n = labels.shape[0] if _is_tensor(labels) else len(labels)
             if arr.shape[0] != n:
                 raise ValueError(f"codebook has {arr.shape[0]} rows but labels has {n} "
                                  f"entries")
@@ -261,7 +288,7 @@ class CodebookPrior:
             meta = {"seed": int(seed)}
             link = None
             max_cluster_size = None
-        if isinstance(labels, torch.Tensor):
+        if _is_tensor(labels):
             labels = labels.cpu()
         return cls.from_labels(labels, method=method, linkage=link,
                                max_cluster_size=max_cluster_size, codebook=arr, **meta)
@@ -271,17 +298,41 @@ class CodebookPrior:
     @property
     def num_tokens(self) -> int:
         """Number of tokens ``N``."""
-        return int(self._labels.shape[0])
+        return int((self._host["labels"] if self._host is not None else self._t[0]).shape[0])
 
     @property
     def num_clusters(self) -> int:
         """Number of clusters ``k``."""
-        return int(self._sizes.shape[0])
+        return int((self._host["sizes"] if self._host is not None else self._t[1]).shape[0])
 
     @property
     def device(self) -> torch.device:
         """Device of the tables."""
         return self._labels.device
+
+    def _torch_tables(self) -> tuple[Any, Any, Any, Any]:
+        """(labels, sizes, indices, indptr) as tensors, made from the NumPy tables once."""
+        if self._t is None:
+            import torch
+
+            self._t = tuple(torch.from_numpy(self._host[name]) for name in _TABLES)
+        return self._t
+
+    @property
+    def _labels(self) -> torch.Tensor:
+        return self._torch_tables()[0]
+
+    @property
+    def _sizes(self) -> torch.Tensor:
+        return self._torch_tables()[1]
+
+    @property
+    def _indices(self) -> torch.Tensor:
+        return self._torch_tables()[2]
+
+    @property
+    def _indptr(self) -> torch.Tensor:
+        return self._torch_tables()[3]
 
     @property
     def token_to_cluster(self) -> torch.Tensor:
@@ -323,10 +374,8 @@ class CodebookPrior:
         """A copy of the prior with its tables on ``device``."""
         new = CodebookPrior.__new__(CodebookPrior)
         new.__dict__.update(self.__dict__)
-        new._labels = self._labels.to(device)
-        new._sizes = self._sizes.to(device)
-        new._indices = self._indices.to(device)
-        new._indptr = self._indptr.to(device)
+        new._t = tuple(t.to(device) for t in self._torch_tables())
+        new._host = None
         new.meta = dict(self.meta)
         new._np_cache = {}
         new._dev_cache = {}
@@ -335,7 +384,7 @@ class CodebookPrior:
     def __repr__(self) -> str:
         return (f"CodebookPrior(num_tokens={self.num_tokens}, num_clusters={self.num_clusters}, "
                 f"method={self.method!r}, linkage={self.linkage!r}, "
-                f"largest_cluster={int(self._sizes.max())})")
+                f"largest_cluster={int(self._numpy('sizes').max())})")
 
     # ------------------------------------------------------------------ tables on devices
 
@@ -347,6 +396,8 @@ class CodebookPrior:
         return self._dev_cache[key]
 
     def _numpy(self, name: str) -> np.ndarray:
+        if self._host is not None:
+            return self._host[name]
         if name not in self._np_cache:
             self._np_cache[name] = getattr(self, f"_{name}").cpu().numpy()
         return self._np_cache[name]
@@ -374,10 +425,12 @@ class CodebookPrior:
         ValueError
             A token id outside ``[0, N)``.
         """
-        t, from_numpy = _int_tensor(tokens, "tokens")
+        if not _is_tensor(tokens):
+            arr = _int_array(tokens, "tokens")
+            _check_range(arr, "tokens", self.num_tokens, "token id")
+            return self._numpy("labels")[arr]
+        t, _ = _int_tensor(tokens, "tokens")
         _check_range(t, "tokens", self.num_tokens, "token id")
-        if from_numpy:
-            return self._numpy("labels")[t.numpy()]
         labels, _, _ = self._tables(t.device)
         return labels[t]
 
@@ -403,6 +456,8 @@ class CodebookPrior:
         numpy.ndarray or torch.Tensor
             int64 token ids, same shape and container/device as ``cluster_ids``.
         """
+        import torch
+
         c, from_numpy = _int_tensor(cluster_ids, "cluster_ids")
         _check_range(c, "cluster_ids", self.num_clusters, "cluster id")
         shape = tuple(c.shape)
@@ -460,6 +515,8 @@ class CodebookPrior:
         torch.Tensor or numpy.ndarray
             ``(..., k)`` cluster logits, same dtype, device and container.
         """
+        import torch
+
         if reduce not in _REDUCES:
             raise ValueError(f"reduce must be one of {', '.join(_REDUCES)}; got {reduce!r}")
         from_numpy = not isinstance(token_logits, torch.Tensor)
@@ -518,6 +575,8 @@ class CodebookPrior:
         torch.Tensor
             The loss (differentiable with respect to ``token_logits``).
         """
+        import torch
+
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none'; got {reduction!r}")
         if not isinstance(token_logits, torch.Tensor):
@@ -578,13 +637,15 @@ class CodebookPrior:
         if suffix not in (".pt", ".npz"):
             raise ValueError(f"path must end with .pt or .npz, got {str(path)!r}")
         meta_json = json.dumps(self.metadata())
-        labels = self._labels.cpu().contiguous()
+        labels = np.ascontiguousarray(self._numpy("labels"))
         with atomic_write(path, "wb") as fh:
             if suffix == ".pt":
-                torch.save({"token_to_cluster": labels, "metadata": meta_json}, fh)
+                import torch
+
+                torch.save({"token_to_cluster": torch.from_numpy(labels),
+                            "metadata": meta_json}, fh)
             else:
-                np.savez(fh, token_to_cluster=labels.numpy(),
-                         metadata=np.array(meta_json))
+                np.savez(fh, token_to_cluster=labels, metadata=np.array(meta_json))
 
     @classmethod
     def load(cls, path: str | os.PathLike, codebook: Any = None,
@@ -619,12 +680,14 @@ class CodebookPrior:
             raise ValueError(f"{path}: a prior file must end with .pt or .npz")
         try:
             if suffix == ".pt":
+                import torch
+
                 data = torch.load(path, weights_only=True, map_location="cpu")
                 labels = data["token_to_cluster"]
                 meta_json = data["metadata"]
             else:
                 with np.load(path, allow_pickle=False) as data:
-                    labels = torch.from_numpy(np.array(data["token_to_cluster"]))
+                    labels = np.array(data["token_to_cluster"])
                     meta_json = str(data["metadata"][()])
             meta = json.loads(meta_json)
             if not isinstance(meta, dict) or meta.get("format") != _FORMAT:

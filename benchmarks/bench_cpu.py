@@ -46,6 +46,8 @@ PROVIDERS: dict[str, str] = {
     "scipy": "pdist(x) + scipy linkage(..., 'average') + fcluster(maxclust)",
     "sklearn-agglomerative": "AgglomerativeClustering(n_clusters=k, linkage='average')",
     "sklearn-kmeans": "KMeans(n_clusters=k, n_init=1, max_iter=M), not hierarchical",
+    "dcpe-kmeans": "dcpe.baselines.kmeans(x, k, n_iter=M): greedy k-means++ and Lloyd, "
+                   "not hierarchical (the prior toolkit's baseline)",
     "torch-alg1": "dcpe backend 'torch': Algorithm 1 of the paper (dense matrix, argmin, "
                   "Lance-Williams merge, compaction), CPU, full tree",
     "reference": "dcpe backend 'reference': the literal O(N^3 d) definition, full tree",
@@ -151,8 +153,17 @@ def _make_call(provider: str, x: np.ndarray, k: int, opts: dict[str, Any]):  # n
             km = KMeans(n_clusters=k, n_init=1, max_iter=opts["kmeans_max_iter"],
                         random_state=0).fit(x)
             return km.labels_, {"n_iter": int(km.n_iter_),
-                                "max_iter": opts["kmeans_max_iter"]}
+                                "max_iter": opts["kmeans_max_iter"],
+                                "inertia": round(float(km.inertia_), 4)}
         return run_km
+    if provider == "dcpe-kmeans":
+        from dcpe.baselines import kmeans
+
+        def run_dkm() -> tuple[np.ndarray, dict[str, Any]]:
+            res = kmeans(x, k, seed=0, n_iter=opts["kmeans_max_iter"])
+            return res.labels, {"n_iter": int(res.n_iter), "max_iter": opts["kmeans_max_iter"],
+                                "inertia": round(float(res.inertia), 4)}
+        return run_dkm
     if provider == "torch-alg1":
         import torch
 
@@ -271,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = Path(args.out) if args.out else (
         Path(tempfile.mkdtemp(prefix="dcpe-bench-")) if args.quick else None)
     repeats = {"dcpe-cpu": 3, "dcpe-cpu-f64": 3, "fastcluster": 3, "scipy": 3,
-               "sklearn-agglomerative": 1, "sklearn-kmeans": 1}
+               "sklearn-agglomerative": 1, "sklearn-kmeans": 1, "dcpe-kmeans": 1}
     t_start = time.perf_counter()
     load_start = os.getloadavg()
     results: dict[str, Any] = {"main": {}, "centroid_linkages": {}, "scaling": {}, "big": None,
@@ -283,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         results["baseline"] = run_worker("baseline", n_main, k_main, 1, None, opts,
                                          args.timeout)
         for provider in ("dcpe-cpu", "dcpe-cpu-f64", "fastcluster", "scipy",
-                         "sklearn-agglomerative", "sklearn-kmeans"):
+                         "sklearn-agglomerative", "sklearn-kmeans", "dcpe-kmeans"):
             if args.skip_slow and provider in SLOW:
                 continue
             results["main"][provider] = run_worker(provider, n_main, k_main,

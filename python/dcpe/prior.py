@@ -148,8 +148,8 @@ class CodebookPrior:
                  codebook_shape: tuple[int, int] | None = None,
                  dcpe_version: str | None = None, meta: dict[str, Any] | None = None) -> None:
         host = not _is_tensor(token_to_cluster)
-        if host:
-            labels = _int_array(token_to_cluster, "labels")
+        if host:  # a copy: later changes to the caller's array do not reach the tables
+            labels = _int_array(token_to_cluster, "labels").copy()
         else:
             labels = _int_tensor(token_to_cluster, "labels")[0].contiguous()
         if labels.ndim != 1:

@@ -287,3 +287,13 @@ def test_cuda_tables(prior):
     assert torch.equal(g.to_clusters(tok), c)
     logits = torch.randn(2, prior.num_tokens, device="cuda")
     assert prior.cluster_logits(logits).device.type == "cuda"
+
+
+def test_numpy_labels_are_copied_and_torch_is_not_needed():
+    labels = np.array([0, 1, 1, 2, 0])
+    prior = CodebookPrior.from_labels(labels)
+    assert prior._t is None  # NumPy tables until a tensor is asked for
+    labels[:] = 0  # the caller's array changes afterwards
+    np.testing.assert_array_equal(prior.to_clusters(np.arange(5)), [0, 1, 1, 2, 0])
+    np.testing.assert_array_equal(prior.cluster_sizes.numpy(), [2, 2, 1])
+    np.testing.assert_array_equal(prior.members(0).numpy(), [0, 4])

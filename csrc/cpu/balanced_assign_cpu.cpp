@@ -266,22 +266,26 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   double eps_final = opt.rel_eps * mean_best;
   if (!(eps_final > eps_floor)) eps_final = top > 0 ? eps_floor : 1.0;
   double eps = std::max(top / 4.0, eps_final);
+  // How far the value of point i's current center falls short of its best value (an upper
+  // bound of it, through the list's bound): eps-CS holds for i while this is <= eps.
+  auto shortfall = [&](int64_t i) {
+    const int64_t j = labels[i];
+    double dist = 0.0;
+    for (int64_t t = 0; t < d; ++t) {
+      const double diff =
+          static_cast<double>(x[i * d + t]) - static_cast<double>(ct[t * k + j]);
+      dist += diff * diff;
+    }
+    const Pick p = scan(lists[i], price.data());
+    return std::max(p.best, lists[i].bound) + dist + price[j];
+  };
   if (opt.start_rel_eps > 0) {
     eps = std::max(eps_final, std::min(eps, opt.start_rel_eps * mean_best));
   } else if (opt.warm_labels) {
     // warm: start from the mean eps-CS violation of the given assignment (a start close to
     // the answer needs no coarse phases; one far from it keeps the coarse start)
     double gap = 0.0;
-    for (int64_t i = 0; i < n; ++i) {
-      const int64_t j = labels[i];
-      const Pick p = scan(lists[i], price.data());
-      double dist = 0.0;
-      for (int64_t t = 0; t < d; ++t) {
-        const double diff = static_cast<double>(x[i * d + t]) - static_cast<double>(ct[t * k + j]);
-        dist += diff * diff;
-      }
-      gap += std::max(0.0, std::max(p.best, lists[i].bound) + dist + price[j]);
-    }
+    for (int64_t i = 0; i < n; ++i) gap += std::max(0.0, shortfall(i));
     gap /= static_cast<double>(n);
     eps = std::max(eps_final, std::min(eps, gap));
   }
@@ -307,14 +311,7 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
       // a center priced at its floor) and lets the others bid again.
       for (int64_t i = 0; i < n; ++i) {
         const int64_t j = labels[i];
-        const Pick p = scan(lists[i], price.data());
-        const double top = std::max(p.best, lists[i].bound);  // >= the best value
-        double dist = 0.0;
-        for (int64_t t = 0; t < d; ++t) {
-          const double diff = static_cast<double>(x[i * d + t]) - static_cast<double>(ct[t * k + j]);
-          dist += diff * diff;
-        }
-        if (-dist - price[j] >= top - eps) {
+        if (shortfall(i) <= eps) {
           heap[offset[j] + size[j]] = {price[j], i};
           sift_up(heap.data() + offset[j], size[j]);
           ++size[j];

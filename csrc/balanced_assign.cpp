@@ -4,14 +4,14 @@
 
 #include "balanced_assign.h"
 
-#include <Python.h>
-
+#include <functional>
 #include <string>
 #include <vector>
 
 #include "cpu/balanced_assign_cpu.h"
 #include "macros.h"
 #include "point_checks.h"
+#include "released.h"
 
 namespace py = pybind11;
 
@@ -74,28 +74,18 @@ py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
   opt.num_threads = num_threads;
   opt.warm_labels = warm;
   opt.start_rel_eps = start_rel_eps;
-  opt.interrupted = []() {
-    py::gil_scoped_acquire gil;
-    return PyErr_CheckSignals() != 0;
-  };
   double* pr = static_cast<double*>(prices.mutable_data());
   int64_t* lab = labels.mutable_data();
   AuctionStats st;
-  bool interrupted = false;
-  {
-    py::gil_scoped_release release;
-    try {
-      st = is_f32 ? balanced_assign<float>(static_cast<const float*>(xc.data()), n, d,
-                                           static_cast<const float*>(cc.data()), k, cap.data(),
-                                           pr, lab, opt)
-                  : balanced_assign<double>(static_cast<const double*>(xc.data()), n, d,
-                                            static_cast<const double*>(cc.data()), k,
-                                            cap.data(), pr, lab, opt);
-    } catch (const Interrupted&) {
-      interrupted = true;
-    }
-  }
-  if (interrupted) throw py::error_already_set();
+  call_released([&](const std::function<bool()>& interrupted) {
+    opt.interrupted = interrupted;
+    st = is_f32 ? balanced_assign<float>(static_cast<const float*>(xc.data()), n, d,
+                                         static_cast<const float*>(cc.data()), k, cap.data(),
+                                         pr, lab, opt)
+                : balanced_assign<double>(static_cast<const double*>(xc.data()), n, d,
+                                          static_cast<const double*>(cc.data()), k, cap.data(),
+                                          pr, lab, opt);
+  });
   py::dict stats;
   stats["bids"] = st.bids;
   stats["refreshes"] = st.refreshes;

@@ -3,12 +3,12 @@
 
 #include "linkage.h"
 
-#include <Python.h>
-
 #include <cstring>
+#include <functional>
 
 #include "cpu/linkage_cpu.h"
 #include "macros.h"
+#include "released.h"
 
 namespace py = pybind11;
 
@@ -75,29 +75,19 @@ py::array_t<double> linkage_cpu(const py::array& x, const std::string& method,
   opt.max_cluster_size = max_cluster_size;
   opt.num_threads = num_threads;
   opt.max_merges = max_merges;
-  opt.interrupted = []() {
-    py::gil_scoped_acquire gil;
-    return PyErr_CheckSignals() != 0;
-  };
   const int64_t n = x.shape(0), d = x.shape(1);
   DCPE_CHECK_ARG(n >= 1, "N", n, "need at least one row");
   DCPE_CHECK_ARG(d >= 1, "d", d, "need at least one column");
   // A C-contiguous copy owned here (the input is never modified).
   py::array contiguous = py::array::ensure(x, py::array::c_style | py::array::forcecast);
   std::vector<double> z;
-  bool interrupted = false;
-  {
-    py::gil_scoped_release release;
-    try {
-      std::vector<Merge> merges =
-          is_f32 ? run<float>(static_cast<const float*>(contiguous.data()), n, d, opt)
-                 : run<double>(static_cast<const double*>(contiguous.data()), n, d, opt);
-      z = merges_to_z(n, std::move(merges));
-    } catch (const Interrupted&) {
-      interrupted = true;
-    }
-  }
-  if (interrupted) throw py::error_already_set();
+  call_released([&](const std::function<bool()>& interrupted) {
+    opt.interrupted = interrupted;
+    std::vector<Merge> merges =
+        is_f32 ? run<float>(static_cast<const float*>(contiguous.data()), n, d, opt)
+               : run<double>(static_cast<const double*>(contiguous.data()), n, d, opt);
+    z = merges_to_z(n, std::move(merges));
+  });
   return to_array(z);
 }
 

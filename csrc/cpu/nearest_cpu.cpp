@@ -132,7 +132,7 @@ void kmeanspp_run(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, co
   }
   const int64_t chunks = (n + kBlock - 1) / kBlock;  // one partial sum per block of points
   std::vector<double> closest(static_cast<size_t>(n)), cum(static_cast<size_t>(n));
-  std::vector<double> part(static_cast<size_t>(chunks * trials)), cd(static_cast<size_t>(d));
+  std::vector<double> part(static_cast<size_t>(chunks * trials));
   std::vector<int64_t> cand(static_cast<size_t>(trials));
   // closest[i] = min(closest[i], |x_i - x_j|^2) for all i (all = true: assign instead)
   auto update = [&](int64_t j, bool all) {

@@ -68,7 +68,7 @@ class PackedCentroids {
   // names, and the nearest cluster of its search range by (criterion, slot).
   template <bool Ward, Scan R>
   Nearest pass(int64_t t) {
-    const int64_t pt = pos_[t], n = n_, d = d_;
+    const int64_t pt = pos_[t];
     const int64_t begin = R == Scan::Above ? pt + 1 : 0, count = end_ - begin;
     const int64_t from = R == Scan::All ? 0 : pt + 1;  // search range: positions >= from
     const double nt = size_[pt];
@@ -82,18 +82,11 @@ class PackedCentroids {
       const int64_t* sl = slot_.data();
       const double* sz = size_.data();
       Nearest mine{std::numeric_limits<double>::infinity(), -1};
-      // blocks of positions: the partial sums stay in L1 across the d coordinates
+      // blocks of positions (block_sq)
       for (int64_t b0 = lo; b0 < hi; b0 += kBlock) {
         const int64_t len = std::min(kBlock, hi - b0);
-        double acc[kBlock] = {};
-        for (int64_t k = 0; k < d; ++k) {
-          const double* col = c_.data() + k * n + b0;
-          const double ck = c_[k * n + pt];
-          for (int64_t j = 0; j < len; ++j) {
-            const double diff = col[j] - ck;
-            acc[j] += diff * diff;
-          }
-        }
+        double acc[kBlock];
+        block_sq(pt, b0, len, acc);
         if (Ward) {
           for (int64_t j = 0; j < len; ++j) acc[j] *= 2.0 * nt * sz[b0 + j] / (nt + sz[b0 + j]);
         }
@@ -123,21 +116,14 @@ class PackedCentroids {
   // Before any merge (position == slot): every slot's nearest slot above it by squared
   // distance, (criterion, slot) order; rows in parallel.
   void nearest_above(std::vector<double>& nnv, std::vector<int64_t>& nnj) const {
-    const int64_t n = n_, d = d_;
+    const int64_t n = n_;
 #pragma omp parallel for num_threads(threads_) schedule(dynamic, 16)
     for (int64_t i = 0; i < n - 1; ++i) {
       Nearest best{std::numeric_limits<double>::infinity(), -1};
       for (int64_t b0 = i + 1; b0 < n; b0 += kBlock) {
         const int64_t len = std::min(kBlock, n - b0);
-        double acc[kBlock] = {};
-        for (int64_t k = 0; k < d; ++k) {
-          const double* col = c_.data() + k * n + b0;
-          const double ck = c_[k * n + i];
-          for (int64_t j = 0; j < len; ++j) {
-            const double diff = col[j] - ck;
-            acc[j] += diff * diff;
-          }
-        }
+        double acc[kBlock];
+        block_sq(i, b0, len, acc);
         double bv = acc[0];
         for (int64_t j = 1; j < len; ++j) bv = acc[j] < bv ? acc[j] : bv;
         if (bv < best.v || best.j < 0) {  // the first position holding it: smallest slot
@@ -175,6 +161,20 @@ class PackedCentroids {
   }
 
  private:
+  // acc[j] = |c_p - c_(b0 + j)|^2 for j < len (positions), summed over the coordinates in
+  // order: a block's partial sums stay in L1 across the d coordinates.
+  void block_sq(int64_t p, int64_t b0, int64_t len, double* acc) const {
+    std::fill(acc, acc + len, 0.0);
+    for (int64_t k = 0; k < d_; ++k) {
+      const double* col = c_.data() + k * n_ + b0;
+      const double ck = c_[k * n_ + p];
+      for (int64_t j = 0; j < len; ++j) {
+        const double diff = col[j] - ck;
+        acc[j] += diff * diff;
+      }
+    }
+  }
+
   int64_t n_, d_;
   int threads_;
   // Move the active clusters down to positions 0..m-1, in order (criteria too).

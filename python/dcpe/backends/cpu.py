@@ -63,6 +63,9 @@ def labels(x: np.ndarray, n_clusters: int, *, method: str, metric: str,
     the other engines build the whole tree (their merges come out of order) and it is cut.
     """
     n = x.shape[0]
-    stop = n - n_clusters if method == "centroid" else 0
-    z = _ext().linkage_cpu(x, method, metric, max_cluster_size or 0, _threads(), stop)
+    if method == "centroid" and n_clusters == n:  # no merge needed (max_merges=0 means all)
+        z = np.empty((0, 4))
+    else:
+        stop = n - n_clusters if method == "centroid" else 0
+        z = _ext().linkage_cpu(x, method, metric, max_cluster_size or 0, _threads(), stop)
     return _ext().cut_cpu(z, n, n_clusters)

@@ -163,11 +163,13 @@ class PackedCentroids {
  private:
   // acc[j] = |c_p - c_(b0 + j)|^2 for j < len (positions), summed over the coordinates in
   // order: a block's partial sums stay in L1 across the d coordinates.
-  void block_sq(int64_t p, int64_t b0, int64_t len, double* acc) const {
-    std::fill(acc, acc + len, 0.0);
-    for (int64_t k = 0; k < d_; ++k) {
-      const double* col = c_.data() + k * n_ + b0;
-      const double ck = c_[k * n_ + p];
+  void block_sq(int64_t p, int64_t b0, int64_t len, double* __restrict__ acc) const {
+    const int64_t n = n_, d = d_;
+    const double* c = c_.data();
+    for (int64_t j = 0; j < len; ++j) acc[j] = 0.0;
+    for (int64_t k = 0; k < d; ++k) {
+      const double* col = c + k * n + b0;
+      const double ck = c[k * n + p];
       for (int64_t j = 0; j < len; ++j) {
         const double diff = col[j] - ck;
         acc[j] += diff * diff;

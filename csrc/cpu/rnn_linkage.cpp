@@ -103,23 +103,57 @@ inline void poll(const RunOptions& opt) {
   if (opt.interrupted && opt.interrupted()) throw Interrupted();
 }
 
-// out[y] = row[idx[y]]; float32 has an AVX2 overload below.
+// Compaction of a row: out[y] = row[idx[y]] for the n kept columns idx (increasing), the
+// same as copying the entries of row[0 .. len) whose bit is set in `keep` (bit c % 8 of
+// byte c / 8), in order. float32 has an AVX2 overload below that does the latter.
 template <typename T>
-inline void gather(const T* __restrict row, const int32_t* __restrict idx, T* __restrict out,
-                   int64_t n) {
+inline void compact_row(const T* __restrict row, const int32_t* __restrict idx,
+                        const uint8_t* /*keep*/, int64_t /*len*/, T* __restrict out, int64_t n) {
   for (int64_t y = 0; y < n; ++y) out[y] = row[idx[y]];
 }
 
 #if defined(__AVX2__)
 // float32 fast paths of the two hot loops (same results as the generic code: strict
 // comparisons, smallest index on ties).
-inline void gather(const float* row, const int32_t* idx, float* out, int64_t n) {
-  int64_t y = 0;
-  for (; y + 8 <= n; y += 8) {
-    const __m256i iv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(idx + y));
-    _mm256_storeu_ps(out + y, _mm256_i32gather_ps(row, iv, 4));
+
+// Lane permutations that move the lanes selected by an 8-bit mask to the front.
+struct LeftPackTable {
+  alignas(32) int32_t perm[256][8];
+  LeftPackTable() {
+    for (int m = 0; m < 256; ++m) {
+      int o = 0;
+      for (int l = 0; l < 8; ++l) {
+        if (m & (1 << l)) perm[m][o++] = l;
+      }
+      for (; o < 8; ++o) perm[m][o] = 0;
+    }
   }
-  for (; y < n; ++y) out[y] = row[idx[y]];
+};
+
+// Left-packing: 8 columns per step through a lane permutation instead of a gather; never
+// writes past out[n - 1] (the last steps use a masked store), so rows written in place
+// next to each other by different threads do not interfere.
+inline void compact_row(const float* row, const int32_t* /*idx*/, const uint8_t* keep,
+                        int64_t len, float* out, int64_t n) {
+  static const LeftPackTable table;
+  const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  int64_t o = 0, c = 0;
+  for (; c + 8 <= len; c += 8) {
+    const unsigned mk = keep[c >> 3];
+    const __m256 v = _mm256_permutevar8x32_ps(
+        _mm256_loadu_ps(row + c),
+        _mm256_load_si256(reinterpret_cast<const __m256i*>(table.perm[mk])));
+    if (o + 8 <= n) {
+      _mm256_storeu_ps(out + o, v);
+    } else {
+      const __m256i lanes = _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(n - o)), iota);
+      _mm256_maskstore_ps(out + o, lanes, v);
+    }
+    o += __builtin_popcount(mk);
+  }
+  for (; c < len; ++c) {
+    if ((keep[c >> 3] >> (c & 7)) & 1) out[o++] = row[c];
+  }
 }
 
 inline Best<float> update_f32(const float* vals, float* cv, int32_t* ci, int64_t len,
@@ -300,9 +334,37 @@ struct Clusters {
   std::vector<double> adj;         // largest merge height inside the cluster (sort key)
 };
 
+// What one round does to the matrix, indexed by new slot X (col_old[X]: the old slot that
+// keeps it, col_partner[X]: the merged-in old slot or -1, w1/w2: Lance–Williams weights)
+// and by merged column t (mc_*: new slot, second member's old slot and row start,
+// weights). keep: bit x set when old slot x keeps a new slot.
+template <typename T>
+struct RoundPlan {
+  std::vector<int32_t> col_old, col_partner;
+  std::vector<T> w1, w2;
+  std::vector<int32_t> mc_col, mc_second;
+  std::vector<std::size_t> mc_second_row;
+  std::vector<T> mc_w1, mc_w2;
+  std::vector<uint8_t> keep;
+
+  void clear(int64_t n) {
+    col_old.clear();
+    col_partner.clear();
+    w1.clear();
+    w2.clear();
+    mc_col.clear();
+    mc_second.clear();
+    mc_second_row.clear();
+    mc_w1.clear();
+    mc_w2.clear();
+    keep.assign(static_cast<std::size_t>(n + 7) / 8, 0);
+  }
+};
+
 template <typename T, typename Comb>
 class Engine {
  public:
+  using Plan = RoundPlan<T>;
   Engine(T* D, int64_t n, const RunOptions& opt, int threads)
       : D_(D), n_(n), opt_(opt), threads_(threads) {}
 
@@ -311,8 +373,7 @@ class Engine {
               std::vector<Merge>& merges) {
     const int64_t cap = opt_.max_cluster_size;
     std::vector<int32_t> partner, newidx;
-    std::vector<int32_t> col_old, col_partner, mcols;
-    std::vector<T> w1, w2;
+    Plan plan;
     ColumnMinima<T> cols(threads_, n_);
     std::vector<Best<T>> rowbest;
     std::vector<T> block(std::min<std::size_t>(kBlockElems, std::max<std::size_t>(tri(n_), 1)) +
@@ -337,11 +398,8 @@ class Engine {
       // New slots: singles keep theirs (shifted); a pair keeps the smaller slot unless the
       // merged cluster exceeds the cap, in which case both leave the matrix.
       newidx.assign(n, -1);
-      col_old.clear();
-      col_partner.clear();
-      w1.clear();
-      w2.clear();
-      mcols.clear();
+      plan.clear(n);
+      std::vector<int32_t>& col_old = plan.col_old;
       Clusters next;
       for (int64_t x = 0; x < n; ++x) {
         const int32_t p = partner[x];
@@ -351,16 +409,22 @@ class Engine {
         const int32_t X = static_cast<int32_t>(col_old.size());
         newidx[x] = X;
         col_old.push_back(static_cast<int32_t>(x));
-        col_partner.push_back(p);
+        plan.col_partner.push_back(p);
+        plan.keep[x >> 3] |= static_cast<uint8_t>(1u << (x & 7));
         if (p >= 0) {
           const double a = double(cl.size[x]), b = double(cl.size[p]);
-          w1.push_back(static_cast<T>(weight_a(a, b)));
-          w2.push_back(static_cast<T>(weight_b(a, b)));
-          mcols.push_back(X);
+          const T wa = static_cast<T>(weight_a(a, b)), wb = static_cast<T>(weight_b(a, b));
+          plan.w1.push_back(wa);
+          plan.w2.push_back(wb);
+          plan.mc_col.push_back(X);
+          plan.mc_second.push_back(p);
+          plan.mc_second_row.push_back(tri(p));
+          plan.mc_w1.push_back(wa);
+          plan.mc_w2.push_back(wb);
           next.adj.push_back(std::max({double(nnv[x]), cl.adj[x], cl.adj[p]}));
         } else {
-          w1.push_back(T(1));
-          w2.push_back(T(0));
+          plan.w1.push_back(T(1));
+          plan.w2.push_back(T(0));
           next.adj.push_back(cl.adj[x]);
         }
         next.size.push_back(sz);
@@ -368,8 +432,7 @@ class Engine {
       }
       const int64_t m = static_cast<int64_t>(col_old.size());
       if (m >= 2) {
-        compact(m, col_old, col_partner, w1, w2, mcols, cols, rowbest, block, scratch, nnv,
-                nni);
+        compact(m, plan, cols, rowbest, block, scratch, nnv, nni);
       }
       cl = std::move(next);
       n_ = m;
@@ -447,13 +510,12 @@ class Engine {
 
   // One streaming pass: merged and compacted matrix of m clusters, and their nearest
   // neighbours.
-  void compact(int64_t m, const std::vector<int32_t>& col_old,
-               const std::vector<int32_t>& col_partner, const std::vector<T>& w1,
-               const std::vector<T>& w2, const std::vector<int32_t>& mcols,
-               ColumnMinima<T>& cols, std::vector<Best<T>>& rowbest, std::vector<T>& block,
+  void compact(int64_t m, const Plan& plan, ColumnMinima<T>& cols,
+               std::vector<Best<T>>& rowbest, std::vector<T>& block,
                std::vector<std::vector<T>>& scratch, std::vector<T>& nnv,
                std::vector<int32_t>& nni) {
     T* const D = D_;
+    const std::vector<int32_t>& col_old = plan.col_old;
     cols.reset(m);
     rowbest.assign(m, Best<T>{std::numeric_limits<T>::infinity(), -1});
     int64_t lo = 0;
@@ -471,16 +533,16 @@ class Engine {
 #pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
       for (int64_t X = lo; X < hi; ++X) {
         const int64_t x = col_old[X];
-        const int32_t x2 = col_partner[X];
+        const int32_t x2 = plan.col_partner[X];
         T* out = buf + (tri(X) - tri(lo));
         const int64_t n_merged =
-            std::lower_bound(mcols.begin(), mcols.end(), static_cast<int32_t>(X)) -
-            mcols.begin();
-        gather_row(D, x, X, col_old, col_partner, w1, w2, mcols.data(), n_merged, out);
+            std::lower_bound(plan.mc_col.begin(), plan.mc_col.end(), static_cast<int32_t>(X)) -
+            plan.mc_col.begin();
+        gather_row(D, x, X, x, plan, n_merged, out);
         if (x2 >= 0) {
           T* tmp = scratch[omp_get_thread_num()].data();
-          gather_row(D, x2, X, col_old, col_partner, w1, w2, mcols.data(), n_merged, tmp);
-          const T wa = w1[X], wb = w2[X];
+          gather_row(D, x2, X, x, plan, n_merged, tmp);
+          const T wa = plan.w1[X], wb = plan.w2[X];
           for (int64_t Y = 0; Y < X; ++Y) out[Y] = Comb::apply(out[Y], tmp[Y], wa, wb);
         }
         rowbest[X] = cols.update(omp_get_thread_num(), out, X, static_cast<int32_t>(X));
@@ -492,27 +554,36 @@ class Engine {
     finish_nn(rowbest, cols, m, nnv, nni);
   }
 
-  // Distances from old cluster u to the new clusters 0..X-1 (columns merged as needed).
-  static void gather_row(const T* D, int64_t u, int64_t X, const std::vector<int32_t>& col_old,
-                         const std::vector<int32_t>& col_partner, const std::vector<T>& w1,
-                         const std::vector<T>& w2, const int32_t* mcols, int64_t n_merged,
-                         T* out) {
-    const T* __restrict row = D + tri(u);
-    const int32_t* __restrict idx = col_old.data();
-    T* __restrict dst = out;
-    gather(row, idx, dst, X);
+  // Distances from old cluster u to the new clusters 0..X-1 (columns merged as needed);
+  // x = col_old[X] <= u: the kept old columns below x are the new columns 0..X-1.
+  static void gather_row(const T* D, int64_t u, int64_t X, int64_t x, const Plan& plan,
+                         int64_t n_merged, T* __restrict out) {
+    const std::size_t row_u = tri(u);
+    compact_row(D + row_u, plan.col_old.data(), plan.keep.data(), x, out, X);
     // Merged columns: the second member's distance to u is in row u (member < u) or in
-    // the member's own row (member > u), a scattered read that is prefetched ahead.
+    // the member's own row (member > u), a scattered read that is prefetched ahead. The
+    // address is selected without a branch (members lie on either side of u at random).
+    const int32_t* __restrict mcol = plan.mc_col.data();
+    const int32_t* __restrict second = plan.mc_second.data();
+    const std::size_t* __restrict second_row = plan.mc_second_row.data();
+    const T* __restrict wa = plan.mc_w1.data();
+    const T* __restrict wb = plan.mc_w2.data();
+    const std::size_t uu = static_cast<std::size_t>(u);
     constexpr int64_t kAhead = 16;
-    for (int64_t t = 0; t < n_merged; ++t) {
-      if (t + kAhead < n_merged) {
-        const int64_t ahead = col_partner[mcols[t + kAhead]];
-        if (ahead > u) __builtin_prefetch(D + tri(ahead) + u);
-      }
-      const int32_t Y = mcols[t];
-      const int64_t y2 = col_partner[Y];
-      const T v2 = y2 < u ? row[y2] : D[tri(y2) + u];
-      dst[Y] = Comb::apply(dst[Y], v2, w1[Y], w2[Y]);
+    const int64_t n_ahead = std::max<int64_t>(0, n_merged - kAhead);
+    auto addr = [&](int64_t t) {
+      const std::size_t y2 = static_cast<std::size_t>(second[t]);
+      return y2 < uu ? row_u + y2 : second_row[t] + uu;
+    };
+    int64_t t = 0;
+    for (; t < n_ahead; ++t) {
+      __builtin_prefetch(D + addr(t + kAhead));
+      const int32_t Y = mcol[t];
+      out[Y] = Comb::apply(out[Y], D[addr(t)], wa[t], wb[t]);
+    }
+    for (; t < n_merged; ++t) {
+      const int32_t Y = mcol[t];
+      out[Y] = Comb::apply(out[Y], D[addr(t)], wa[t], wb[t]);
     }
   }
 

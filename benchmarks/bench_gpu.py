@@ -70,49 +70,13 @@ def make_data(sizes: list[int]) -> dict[int, np.ndarray]:
 
 
 def cluster_fn(provider: str) -> Callable[[Any, int], Any]:
-    """``f(x, k) -> labels`` through the public API ``dcpe.cluster``.
-
-    Falls back to the backend module (``labels``, else ``linkage`` + cut) when the
-    installed package has no ``dcpe.cluster``.
-    """
+    """``f(x, k) -> labels`` through the public API ``dcpe.cluster``."""
     import dcpe
 
-    if hasattr(dcpe, "cluster"):
-        def run(x: Any, k: int) -> Any:
-            return dcpe.cluster(x, k, backend=provider)
+    def run(x: Any, k: int) -> Any:
+        return dcpe.cluster(x, k, backend=provider)
 
-        return run
-    from dcpe import backends
-
-    mod = backends.get(provider)
-    kw = {"method": "average", "metric": "euclidean", "max_cluster_size": None}
-
-    def run_module(x: Any, k: int) -> Any:
-        if hasattr(mod, "labels"):
-            return mod.labels(x, k, **kw)
-        return _cut(mod.linkage(x, **kw), len(x), k)
-
-    return run_module
-
-
-def _cut(z: np.ndarray, n: int, k: int) -> np.ndarray:
-    """Canonical labels after the first ``n - k`` merges of ``z``."""
-    parent = np.arange(2 * n)
-
-    def root(t: int) -> int:
-        while parent[t] != t:
-            parent[t] = parent[parent[t]]
-            t = parent[t]
-        return t
-
-    for i, row in enumerate(np.asarray(z)[: n - k]):
-        parent[root(int(row[0]))] = n + i
-        parent[root(int(row[1]))] = n + i
-    roots = np.array([root(t) for t in range(n)])
-    _, first, inv = np.unique(roots, return_index=True, return_inverse=True)
-    rank = np.empty(len(first), dtype=np.int64)
-    rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-    return rank[inv.ravel()]
+    return run
 
 
 def provider_status(provider: str, device: str) -> tuple[bool, str]:

@@ -6,9 +6,14 @@ backend=...)``:
 * ``cuda``   — CUDA C++ kernels, reciprocal-nearest-neighbour rounds;
 * ``triton`` — Triton kernels, same engine;
 * ``torch``  — the paper's Algorithm 1 in PyTorch (one merge per step, O(N^3)), the
-  published baseline.  It is timed at small N only (``--torch-sizes``, each run capped by
-  ``--torch-budget`` seconds) and extrapolated to larger N with a fitted power law
-  ``t = c N^p``; extrapolated figures are marked as such.
+  published baseline, timed at ``--torch-sizes`` (up to N = 16384 by default) in the same
+  run.  Sizes up to ``--torch-early-max`` (4096) are timed first; larger ones after every
+  dcpe row, so that a slow
+  baseline cannot crowd out the main figures, and only when the cubic prediction from the
+  previous size fits in ``--torch-budget`` seconds.  Sizes not measured are extrapolated
+  with a power law ``t = c N^p`` fitted to the two largest measured sizes (at small N the
+  per-merge overhead dominates and a fit through them would under-estimate the O(N^3)
+  cost); extrapolated figures are marked as such.
 
 Data: N <= 16384 uses the built-in sample codebook (``dcpe.datasets.sample_codebook()``,
 16384 x 8, L2-normalised); larger N uses the same generator at the largest requested N
@@ -17,7 +22,9 @@ prefix of it, so "labels at N = 65536 on the prefix of the 131072 data" is check
 the ``cpu`` backend at 65536.
 
 Timing: one warm-up call (Triton compilation, allocator), then ``--repeats`` calls timed
-with CUDA events (wall clock on CPU), median reported.  Peak memory: the peak of
+with CUDA events (wall clock on CPU), median reported; fewer calls when a row's calls
+exceed ``--budget`` seconds.  Torch rows after the first skip the warm-up (the kernels and
+the allocator are warm by then, and a call takes seconds).  Peak memory: the peak of
 ``torch.cuda.max_memory_allocated`` during one call minus the memory held before it.  The
 CUDA extension allocates no device memory of its own (all buffers are PyTorch tensors
 handed to it as pointers), and Triton kernels allocate none, so this is the whole device
@@ -52,7 +59,7 @@ from _common import (  # noqa: E402
 
 PROVIDERS = ["cuda", "triton", "torch"]
 DEFAULT_SIZES = [4096, 16384, 65536, 131072]
-DEFAULT_TORCH_SIZES = [1024, 2048, 4096]
+DEFAULT_TORCH_SIZES = [1024, 2048, 4096, 8192, 16384]
 D = 8
 
 
@@ -92,8 +99,10 @@ def provider_status(provider: str, device: str) -> tuple[bool, str]:
 
 
 def time_gpu(fn: Callable[[], Any], repeats: int, device: str,
-             budget_s: float = math.inf) -> dict[str, Any]:
-    """Median of ``repeats`` timed calls after one warm-up; peak memory of one call."""
+             budget_s: float = math.inf, warmup: bool = True) -> dict[str, Any]:
+    """Median of ``repeats`` timed calls after one warm-up; peak memory of one call.
+
+    Without ``warmup`` the first call is timed too (``warmup_s`` is then None)."""
     import torch
 
     cuda = device == "cuda"
@@ -112,7 +121,7 @@ def time_gpu(fn: Callable[[], Any], repeats: int, device: str,
         out = fn()
         return time.perf_counter() - t0, out
 
-    t_warm, out = once()
+    t_warm, out = once() if warmup else (0.0, None)
     peak = None
     if cuda:
         torch.cuda.synchronize()
@@ -129,7 +138,7 @@ def time_gpu(fn: Callable[[], Any], repeats: int, device: str,
     if not times:
         times = [t_warm]
     return {"median_s": statistics.median(times), "min_s": min(times), "runs": times,
-            "warmup_s": t_warm, "peak_bytes": peak, "labels": out}
+            "warmup_s": t_warm if warmup else None, "peak_bytes": peak, "labels": out}
 
 
 def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
@@ -170,13 +179,14 @@ def summarize(args: argparse.Namespace, device: str, sizes: list[int],
               check: dict[str, Any], diag: dict[str, Any],
               done: bool) -> tuple[str, dict[str, Any]]:
     """Markdown and JSON payload of what has been measured so far."""
-    # torch baseline: power law through the measured points
-    tpts = [(r["n"], r["median_s"]) for r in rows
-            if r["provider"] == "torch" and "median_s" in r]
+    # torch baseline: power law through the two largest measured sizes
+    tpts = sorted((r["n"], r["median_s"]) for r in rows
+                  if r["provider"] == "torch" and "median_s" in r)
     fit = None
     if len(tpts) >= 2:
-        p, c = fit_power_law([n for n, _ in tpts], [t for _, t in tpts])
-        fit = {"exponent": p, "coefficient": c, "points": tpts}
+        pts = tpts[-2:]
+        p, c = fit_power_law([n for n, _ in pts], [t for _, t in pts])
+        fit = {"exponent": p, "coefficient": c, "points": pts}
 
     def torch_time(n: int) -> tuple[float | None, bool]:
         for m, t in tpts:
@@ -207,14 +217,17 @@ def summarize(args: argparse.Namespace, device: str, sizes: list[int],
     md = [f"# dcpe GPU benchmark ({device})", "",
           f"Tensor on the {device} to canonical labels on the {device}, d = {D}, k = N/2; "
           f"median of up to {args.repeats} timed calls after a warm-up "
-          f"(fewer when they exceed {args.budget:g} s per row).", "",
+          f"(fewer when they exceed {args.budget:g} s per row); torch (Algorithm 1): up "
+          f"to {args.torch_repeats} calls, {args.torch_budget:g} s per row, no warm-up "
+          f"after its first size.", "",
           markdown_table(["provider", "N", "median", "min", "runs", "peak memory",
                           "speed-up vs torch"], table), ""]
     if not done:
         md.append("**Incomplete: the run stopped before all rows were measured.**")
     if fit is not None:
-        md.append(f"torch (Algorithm 1) fit: t = {fit['coefficient']:.3g} * N^"
-                  f"{fit['exponent']:.2f} s from N = {[n for n, _ in tpts]}.")
+        md.append(f"torch (Algorithm 1) fit for the sizes not measured: t = "
+                  f"{fit['coefficient']:.3g} * N^{fit['exponent']:.2f} s from N = "
+                  f"{[n for n, _ in fit['points']]}.")
     if check.get("n"):
         md.append(f"Labels vs cpu at N = {check['n']} (prefix of the largest data set): "
                   f"{ {k: v for k, v in check.items() if k != 'n'} }.")
@@ -237,8 +250,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--torch-sizes", type=int, nargs="+", default=DEFAULT_TORCH_SIZES,
                     help="N at which the torch baseline is measured (then extrapolated)")
     ap.add_argument("--torch-budget", type=float, default=60.0,
-                    help="seconds of torch-baseline runs per size before stopping")
+                    help="seconds of torch-baseline calls per size; a size whose predicted "
+                         "time exceeds it is not run (extrapolated instead)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--torch-repeats", type=int, default=3,
+                    help="timed calls of the torch baseline per size (at most)")
+    ap.add_argument("--torch-early-max", type=int, default=4096,
+                    help="torch sizes above this are timed after the dcpe rows")
     ap.add_argument("--budget", type=float, default=60.0,
                     help="seconds of timed calls per (provider, N) row: fewer repeats beyond")
     ap.add_argument("--check-n", type=int, default=65536,
@@ -258,8 +276,10 @@ def main(argv: list[str] | None = None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.dry_run:
         args.sizes = [min(n, 256) for n in args.sizes][:1] if device == "cpu" else [1024]
-        args.torch_sizes = [64, 128]
+        args.torch_sizes = [64, 128, 16384]  # 128 after the dcpe rows; 16384 skipped
+        args.torch_early_max = 64
         args.repeats = 1
+        args.torch_repeats = 1
         args.check_n = args.sizes[0]
         args.diag_n = args.sizes[0]
     sizes = sorted(set(args.sizes))
@@ -278,27 +298,41 @@ def main(argv: list[str] | None = None) -> int:
         md, payload = summarize(args, device, sizes, status, rows, check, diag, done)
         return (*write_results(args.name, payload, md, args.out), md)
 
-    # Work order: the budget-capped baseline first, then every size for all providers,
-    # smallest first, so that a run cut short still holds the figures of the small sizes.
-    # Results are rewritten after every row.
+    # Work order: the small torch sizes, then every size for all dcpe providers, smallest
+    # first, then the large torch sizes, so that a run cut short still holds the figures
+    # measured first.  Results are rewritten after every row.
     work: list[tuple[str, int]] = []
     for provider in args.providers:
         if not status[provider][0]:
             rows.append({"provider": provider, "n": None, "skipped": status[provider][1]})
-    if "torch" in args.providers and status["torch"][0]:
-        work += [("torch", n) for n in torch_sizes]
+    run_torch = "torch" in args.providers and status["torch"][0]
+    if run_torch:
+        work += [("torch", n) for n in torch_sizes if n <= args.torch_early_max]
     work += [(p, n) for n in sizes for p in args.providers if p != "torch" and status[p][0]]
-    torch_over = False
+    if run_torch:
+        work += [("torch", n) for n in torch_sizes if n > args.torch_early_max]
+    torch_last: tuple[int, float] | None = None  # (N, seconds) of the last torch row
     for provider, n in work:
-        if provider == "torch" and torch_over:
-            continue
+        if provider == "torch" and torch_last is not None:
+            predicted = torch_last[1] * (n / torch_last[0]) ** 3
+            if predicted > args.torch_budget:
+                rows.append({"provider": provider, "n": n,
+                             "skipped": f"predicted {fmt_seconds(predicted)} > "
+                                        f"--torch-budget {args.torch_budget:g} s"})
+                print(f"{provider:7s} N={n:7d} skipped (predicted {predicted:.0f} s)",
+                      flush=True)
+                save()
+                continue
         fn = cluster_fn(provider)
         x_np = data[n] if n in data else make_data([n])[n]
         x = torch.from_numpy(np.ascontiguousarray(x_np)).to(device)
         k = n // 2
         budget = args.torch_budget if provider == "torch" else args.budget
+        warmup = not (provider == "torch" and torch_last is not None)
         try:
-            res = time_gpu(lambda x=x, k=k, fn=fn: fn(x, k), args.repeats, device, budget)
+            repeats = args.torch_repeats if provider == "torch" else args.repeats
+            res = time_gpu(lambda x=x, k=k, fn=fn: fn(x, k), repeats, device, budget,
+                           warmup=warmup)
         except Exception as exc:
             rows.append({"provider": provider, "n": n, "error": f"{type(exc).__name__}: {exc}"})
             print(f"{provider:7s} N={n:7d} ERROR {exc}", flush=True)
@@ -313,8 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         del x, lab
         if device == "cuda":
             torch.cuda.empty_cache()
-        if provider == "torch" and res["warmup_s"] > args.torch_budget:
-            torch_over = True
+        if provider == "torch":
+            torch_last = (n, res["min_s"])
         save()
 
     # agreement with the cpu backend at check_n (data prefix)

@@ -1,0 +1,48 @@
+"""``benchmarks/bench_gpu.py`` end to end at tiny sizes (``--dry-run``).
+
+Without a GPU the script runs the Triton kernels under the interpreter on CPU tensors; the
+test checks that it writes complete results (JSON and markdown), that the dcpe rows agree
+with the ``cpu`` backend, and that the torch baseline takes both paths: a size timed after
+the dcpe rows and a size skipped by the cubic prediction.  On a GPU machine
+``benchmarks/gpu_check.sh`` runs the real benchmark.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_dry_run_writes_complete_results(tmp_path: Path) -> None:
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--dry-run", "--device",
+         "cpu", "--sizes", "64", "--out", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((tmp_path / "gpu-h200.json").read_text())
+    md = (tmp_path / "gpu-h200.md").read_text()
+    assert payload["complete"] is True
+    assert "Incomplete" not in md
+    rows = {(r["provider"], r["n"]): r for r in payload["results"]}
+    assert rows[("triton", 64)]["median_s"] > 0
+    assert rows[("cuda", None)]["skipped"]  # the reason is recorded
+    # torch: 64 timed first, 128 after the dcpe rows, 16384 skipped by the prediction
+    order = [(r["provider"], r["n"]) for r in payload["results"] if r["provider"] != "cuda"]
+    assert order == [("torch", 64), ("triton", 64), ("torch", 128), ("torch", 16384)]
+    assert rows[("torch", 128)]["warmup_s"] is None
+    assert "predicted" in rows[("torch", 16384)]["skipped"]
+    assert payload["torch_fit"]["points"][-1][0] == 128
+    assert payload["cpu_check"]["triton"] == {"identical": True, "tokens_differing": 0}
+    assert payload["engine"]["triton"]["rounds_full"] >= payload["engine"]["triton"][
+        "rounds_labels_k_half"]

@@ -3,7 +3,8 @@
 // Algorithms (see the .cpp files for details):
 //  * reducible linkages (average = DCPE, single, complete, weighted), optional size cap:
 //    reciprocal-nearest-neighbour rounds on a condensed (lower-triangular) float32/float64
-//    distance matrix, each round one streaming pass (Lance–Williams merge + in-place
+//    distance matrix (first built for the clusters left by the first round, from the
+//    points), each round one streaming pass (Lance–Williams merge + in-place
 //    compaction + nearest-neighbour search), finishing with a nearest-neighbour chain when
 //    rounds stop paying off [Murtagh 1983, "A survey of recent advances in hierarchical
 //    clustering algorithms"; Müllner 2011, arXiv:1109.2378, section 3.3].
@@ -72,7 +73,8 @@ std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunO
 template <typename T>
 std::vector<Merge> ward_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt);
 
-// Bytes of working memory the engine allocates for a problem of this size.
+// Bytes of working memory the engine allocates for a problem of this size, at most (the
+// matrix of the reducible linkages is counted for N clusters; it is built for fewer).
 std::size_t workspace_bytes(int64_t n, int64_t d, Method method, std::size_t elem_size,
                             int num_threads);
 

@@ -21,6 +21,14 @@
 // overwrite a row another thread still reads. When a round merges few pairs, the remaining
 // clusters are finished by the nearest-neighbour chain algorithm on the same matrix.
 //
+// The token matrix itself is never stored: a first pass finds every token's nearest
+// neighbour from distance rows computed on the fly, and the first round writes the matrix
+// it leaves (merged pairs combined, removed tokens left out) from distance rows computed
+// again, with the same expressions as a pass over a stored matrix. This trades a second
+// O(N^2 d) computation of distances for the write and read of the N(N-1)/2 matrix, and
+// the memory holds only the clusters left after the first round (on codebooks about 3/4
+// of the tokens, so about 0.6 of the token matrix).
+//
 // Ties: nearest neighbours are chosen by (distance, slot) lexicographically, a strict total
 // order on pairs, so at least one RNN pair exists in every round and the result does not
 // depend on the number of threads.
@@ -273,12 +281,11 @@ void finish_nn(const std::vector<Best<T>>& rowbest, const ColumnMinima<T>& cols,
   }
 }
 
-// Condensed distance matrix of the rows of x, and every row's nearest neighbour.
+// Token coordinates transposed (d x n) so that distance rows run over contiguous tokens.
+// Cosine distance of unit vectors is |u - v|^2 / 2, computed from differences (no
+// cancellation), so the rows are scaled to unit length here.
 template <typename T>
-void compute_distances(const T* x, int64_t n, int64_t d, Metric metric, T* D, int threads,
-                       const RunOptions& opt, std::vector<T>& nnv, std::vector<int32_t>& nni) {
-  // Coordinates transposed (d x n) so the inner loop runs over contiguous tokens. Cosine
-  // distance of unit vectors is |u - v|^2 / 2, computed from differences (no cancellation).
+std::vector<T> transposed_points(const T* x, int64_t n, int64_t d, Metric metric) {
   std::vector<T> xt(static_cast<std::size_t>(d) * n);
   for (int64_t i = 0; i < n; ++i) {
     double scale = 1.0;
@@ -290,36 +297,55 @@ void compute_distances(const T* x, int64_t n, int64_t d, Metric metric, T* D, in
     }
     for (int64_t k = 0; k < d; ++k) xt[k * n + i] = static_cast<T>(double(x[i * d + k]) * scale);
   }
+  return xt;
+}
+
+// out[j] = dissimilarity of tokens i and j for j < len, summed over the coordinates in
+// order from direct differences. The value of a pair does not depend on which of the two
+// tokens the row belongs to or on the row length ((a - b)^2 == (b - a)^2 exactly, and the
+// build turns off floating-point contraction, so vector and scalar lanes round alike).
+template <typename T>
+inline void distance_row(const T* __restrict xt, int64_t n, int64_t d, Metric metric, int64_t i,
+                         int64_t len, T* __restrict out) {
+  {
+    const T* col = xt;
+    const T xi = col[i];
+    for (int64_t j = 0; j < len; ++j) {
+      const T t = col[j] - xi;
+      out[j] = t * t;
+    }
+  }
+  for (int64_t k = 1; k < d; ++k) {
+    const T* col = xt + k * n;
+    const T xi = col[i];
+    for (int64_t j = 0; j < len; ++j) {
+      const T t = col[j] - xi;
+      out[j] += t * t;
+    }
+  }
+  if (metric == Metric::Euclidean) {
+    for (int64_t j = 0; j < len; ++j) out[j] = std::sqrt(out[j]);
+  } else if (metric == Metric::Cosine) {
+    for (int64_t j = 0; j < len; ++j) out[j] *= T(0.5);
+  }
+}
+
+// Every token's nearest neighbour (smallest index on ties), without storing distances.
+template <typename T>
+void token_nearest_neighbours(const std::vector<T>& xt, int64_t n, int64_t d, Metric metric,
+                              int threads, const RunOptions& opt, std::vector<T>& nnv,
+                              std::vector<int32_t>& nni) {
   ColumnMinima<T> cols(threads, n);
   std::vector<Best<T>> rowbest(n, Best<T>{std::numeric_limits<T>::infinity(), -1});
+  std::vector<std::vector<T>> rows(threads, std::vector<T>(n));
   int64_t lo = 0;
   while (lo < n) {
     int64_t hi = lo + 1;
-    while (hi < n && tri(hi + 1) - tri(lo) <= kBlockElems) ++hi;
+    while (hi < n && tri(hi + 1) - tri(lo) <= kDirectElems) ++hi;
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 8)
     for (int64_t i = lo; i < hi; ++i) {
-      T* row = D + tri(i);
-      {
-        const T* col = xt.data();
-        const T xi = col[i];
-        for (int64_t j = 0; j < i; ++j) {
-          const T t = col[j] - xi;
-          row[j] = t * t;
-        }
-      }
-      for (int64_t k = 1; k < d; ++k) {
-        const T* col = xt.data() + k * n;
-        const T xi = col[i];
-        for (int64_t j = 0; j < i; ++j) {
-          const T t = col[j] - xi;
-          row[j] += t * t;
-        }
-      }
-      if (metric == Metric::Euclidean) {
-        for (int64_t j = 0; j < i; ++j) row[j] = std::sqrt(row[j]);
-      } else if (metric == Metric::Cosine) {
-        for (int64_t j = 0; j < i; ++j) row[j] *= T(0.5);
-      }
+      T* row = rows[omp_get_thread_num()].data();
+      distance_row(xt.data(), n, d, metric, i, i, row);
       rowbest[i] = cols.update(omp_get_thread_num(), row, i, static_cast<int32_t>(i));
     }
     poll(opt);
@@ -327,6 +353,14 @@ void compute_distances(const T* x, int64_t n, int64_t d, Metric metric, T* D, in
   }
   finish_nn(rowbest, cols, n, nnv, nni);
 }
+
+// The tokens as the engine's first round sees them.
+template <typename T>
+struct Points {
+  const std::vector<T>& xt;  // transposed coordinates (d x n)
+  int64_t n, d;
+  Metric metric;
+};
 
 // State of the active clusters, indexed by slot.
 struct Clusters {
@@ -365,12 +399,13 @@ template <typename T, typename Comb>
 class Engine {
  public:
   using Plan = RoundPlan<T>;
-  Engine(T* D, int64_t n, const RunOptions& opt, int threads)
-      : D_(D), n_(n), opt_(opt), threads_(threads) {}
+  Engine(int64_t n, const RunOptions& opt, int threads) : n_(n), opt_(opt), threads_(threads) {}
 
   // Reciprocal-nearest-neighbour rounds; returns when finished or handing over to the chain.
+  // nnv/nni: the tokens' nearest neighbours. The first round computes the matrix it leaves
+  // (merged and compacted) directly from the points, so the token matrix is never stored.
   void rounds(Clusters& cl, std::vector<T>& nnv, std::vector<int32_t>& nni,
-              std::vector<Merge>& merges) {
+              std::vector<Merge>& merges, const Points<T>& pts) {
     const int64_t cap = opt_.max_cluster_size;
     std::vector<int32_t> partner, newidx;
     Plan plan;
@@ -379,6 +414,7 @@ class Engine {
     std::vector<T> block(std::min<std::size_t>(kBlockElems, std::max<std::size_t>(tri(n_), 1)) +
                          static_cast<std::size_t>(n_));
     std::vector<std::vector<T>> scratch(threads_, std::vector<T>(n_));
+    bool first = true;
     while (n_ >= 2) {
       const int64_t n = n_;
       partner.assign(n, -1);
@@ -431,7 +467,12 @@ class Engine {
         next.rep.push_back(cl.rep[x]);
       }
       const int64_t m = static_cast<int64_t>(col_old.size());
-      if (m >= 2) {
+      if (first) {
+        mat_ = std::make_unique<TriMatrix<T>>(m);
+        D_ = mat_->data();
+        if (m >= 2) fill_from_points(m, plan, pts, cols, rowbest, scratch, nnv, nni);
+        first = false;
+      } else if (m >= 2) {
         compact(m, plan, cols, rowbest, block, scratch, nnv, nni);
       }
       cl = std::move(next);
@@ -506,6 +547,64 @@ class Engine {
   }
   double weight_b(double a, double b) const {
     return opt_.method == Method::Weighted ? 0.5 : b / (a + b);
+  }
+
+  // The matrix after the first round, from the points: row X holds the distances of
+  // new cluster X to the new clusters below it, combined exactly as compact() combines
+  // stored distances (same Lance–Williams expression, same order), from each kept token's
+  // full distance row (and its partner's), kept in a per-thread buffer.
+  void fill_from_points(int64_t m, const Plan& plan, const Points<T>& pts, ColumnMinima<T>& cols,
+                        std::vector<Best<T>>& rowbest, std::vector<std::vector<T>>& scratch,
+                        std::vector<T>& nnv, std::vector<int32_t>& nni) {
+    T* const D = D_;
+    const int64_t n = pts.n;
+    std::vector<std::vector<T>> rows(threads_, std::vector<T>(2 * static_cast<std::size_t>(n)));
+    cols.reset(m);
+    rowbest.assign(m, Best<T>{std::numeric_limits<T>::infinity(), -1});
+    int64_t lo = 0;
+    while (lo < m) {
+      int64_t hi = lo + 1;
+      while (hi < m && tri(hi + 1) - tri(lo) <= kDirectElems) ++hi;
+#pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
+      for (int64_t X = lo; X < hi; ++X) {
+        const int tid = omp_get_thread_num();
+        const int64_t x = plan.col_old[X];
+        const int32_t x2 = plan.col_partner[X];
+        T* out = D + tri(X);
+        const int64_t n_merged =
+            std::lower_bound(plan.mc_col.begin(), plan.mc_col.end(), static_cast<int32_t>(X)) -
+            plan.mc_col.begin();
+        T* rx = rows[tid].data();
+        distance_row(pts.xt.data(), n, pts.d, pts.metric, x, n, rx);
+        combine_row(rx, X, x, plan, n_merged, out);
+        if (x2 >= 0) {
+          T* rx2 = rx + n;
+          T* tmp = scratch[tid].data();
+          distance_row(pts.xt.data(), n, pts.d, pts.metric, x2, n, rx2);
+          combine_row(rx2, X, x, plan, n_merged, tmp);
+          const T wa = plan.w1[X], wb = plan.w2[X];
+          for (int64_t Y = 0; Y < X; ++Y) out[Y] = Comb::apply(out[Y], tmp[Y], wa, wb);
+        }
+        rowbest[X] = cols.update(tid, out, X, static_cast<int32_t>(X));
+      }
+      poll(opt_);
+      lo = hi;
+    }
+    finish_nn(rowbest, cols, m, nnv, nni);
+  }
+
+  // gather_row() for a full distance row r (r[j]: distance to token j) of the first round.
+  static void combine_row(const T* r, int64_t X, int64_t x, const Plan& plan, int64_t n_merged,
+                          T* __restrict out) {
+    compact_row(r, plan.col_old.data(), plan.keep.data(), x, out, X);
+    const int32_t* __restrict mcol = plan.mc_col.data();
+    const int32_t* __restrict second = plan.mc_second.data();
+    const T* __restrict wa = plan.mc_w1.data();
+    const T* __restrict wb = plan.mc_w2.data();
+    for (int64_t t = 0; t < n_merged; ++t) {
+      const int32_t Y = mcol[t];
+      out[Y] = Comb::apply(out[Y], r[second[t]], wa[t], wb[t]);
+    }
   }
 
   // One streaming pass: merged and compacted matrix of m clusters, and their nearest
@@ -587,17 +686,18 @@ class Engine {
     }
   }
 
-  T* D_;
+  std::unique_ptr<TriMatrix<T>> mat_;
+  T* D_ = nullptr;
   int64_t n_;
   const RunOptions& opt_;
   int threads_;
 };
 
 template <typename T, typename Comb>
-void run_engine(T* D, int64_t n, const RunOptions& opt, int threads, Clusters& cl,
+void run_engine(const Points<T>& pts, const RunOptions& opt, int threads, Clusters& cl,
                 std::vector<T>& nnv, std::vector<int32_t>& nni, std::vector<Merge>& merges) {
-  Engine<T, Comb> engine(D, n, opt, threads);
-  engine.rounds(cl, nnv, nni, merges);
+  Engine<T, Comb> engine(pts.n, opt, threads);
+  engine.rounds(cl, nnv, nni, merges, pts);
   engine.chain(cl, merges);
 }
 
@@ -613,10 +713,11 @@ std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   if (n == 1) return merges;
   merges.reserve(n - 1);
   const int threads = resolve_threads(opt.num_threads);
-  TriMatrix<T> mat(n);
+  const std::vector<T> xt = transposed_points(x, n, d, opt.metric);
+  const Points<T> pts{xt, n, d, opt.metric};
   std::vector<T> nnv(n);
   std::vector<int32_t> nni(n);
-  compute_distances(x, n, d, opt.metric, mat.data(), threads, opt, nnv, nni);
+  token_nearest_neighbours(xt, n, d, opt.metric, threads, opt, nnv, nni);
   Clusters cl;
   cl.size.assign(n, 1);
   cl.rep.resize(n);
@@ -624,13 +725,13 @@ std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   cl.adj.assign(n, -std::numeric_limits<double>::infinity());
   switch (opt.method) {
     case Method::Single:
-      run_engine<T, Minimum<T>>(mat.data(), n, opt, threads, cl, nnv, nni, merges);
+      run_engine<T, Minimum<T>>(pts, opt, threads, cl, nnv, nni, merges);
       break;
     case Method::Complete:
-      run_engine<T, Maximum<T>>(mat.data(), n, opt, threads, cl, nnv, nni, merges);
+      run_engine<T, Maximum<T>>(pts, opt, threads, cl, nnv, nni, merges);
       break;
     default:
-      run_engine<T, WeightedMean<T>>(mat.data(), n, opt, threads, cl, nnv, nni, merges);
+      run_engine<T, WeightedMean<T>>(pts, opt, threads, cl, nnv, nni, merges);
       break;
   }
   return merges;
@@ -653,7 +754,7 @@ std::size_t workspace_bytes(int64_t n, int64_t d, Method method, std::size_t ele
   const std::size_t count = n > 1 ? tri(n) : 1;
   bytes += count * elem_size;                                             // the matrix
   bytes += (std::min(kBlockElems, count) + un) * elem_size;               // block buffer
-  bytes += threads * un * (2 * elem_size + sizeof(int32_t));              // per-thread rows
+  bytes += threads * un * (4 * elem_size + sizeof(int32_t));              // per-thread rows
   return bytes;
 }
 

@@ -1,6 +1,7 @@
 """Backend ``cpu``: the C++ engine (``dcpe._C.linkage_cpu``) on host arrays.
 
-O(N^2) time, N(N-1)/2 distances stored in the compute dtype (float32 by default),
+O(N^2) time, at most N(N-1)/2 distances stored in the compute dtype (float32 by default;
+the matrix is built for the clusters left after the first round of merges),
 OpenMP across all cores (``OMP_NUM_THREADS`` or ``DCPE_NUM_THREADS`` to limit), the GIL
 released while it runs, and Ctrl-C honoured between blocks of work. See
 ``csrc/cpu/linkage_cpu.h`` for the algorithms.

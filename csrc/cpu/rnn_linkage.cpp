@@ -61,6 +61,14 @@ inline std::size_t tri(int64_t i) {  // start of row i of the condensed lower tr
   return static_cast<std::size_t>(i) * static_cast<std::size_t>(i - 1) / 2;
 }
 
+// End of the block of rows that starts at row lo: rows lo.. (at least one, at most n) while
+// they hold at most `elems` entries of the triangle together.
+inline int64_t block_end(int64_t lo, int64_t n, std::size_t elems) {
+  int64_t hi = lo + 1;
+  while (hi < n && tri(hi + 1) - tri(lo) <= elems) ++hi;
+  return hi;
+}
+
 template <typename T>
 class TriMatrix {
  public:
@@ -340,8 +348,7 @@ void token_nearest_neighbours(const std::vector<T>& xt, int64_t n, int64_t d, Me
   std::vector<std::vector<T>> rows(threads, std::vector<T>(n));
   int64_t lo = 0;
   while (lo < n) {
-    int64_t hi = lo + 1;
-    while (hi < n && tri(hi + 1) - tri(lo) <= kDirectElems) ++hi;
+    const int64_t hi = block_end(lo, n, kDirectElems);
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 8)
     for (int64_t i = lo; i < hi; ++i) {
       T* row = rows[omp_get_thread_num()].data();
@@ -563,8 +570,7 @@ class Engine {
     rowbest.assign(m, Best<T>{std::numeric_limits<T>::infinity(), -1});
     int64_t lo = 0;
     while (lo < m) {
-      int64_t hi = lo + 1;
-      while (hi < m && tri(hi + 1) - tri(lo) <= kDirectElems) ++hi;
+      const int64_t hi = block_end(lo, m, kDirectElems);
 #pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
       for (int64_t X = lo; X < hi; ++X) {
         const int tid = omp_get_thread_num();
@@ -626,7 +632,7 @@ class Engine {
       if (direct) {
         while (hi < m && hi + 1 <= col_old[lo] && tri(hi + 1) - tri(lo) <= kDirectElems) ++hi;
       } else {
-        while (hi < m && tri(hi + 1) - tri(lo) <= kBlockElems) ++hi;
+        hi = block_end(lo, m, kBlockElems);
       }
       T* const buf = direct ? D + tri(lo) : block.data();
 #pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)

@@ -8,12 +8,11 @@ backend=...)``:
 * ``torch``  — the paper's Algorithm 1 in PyTorch (one merge per step, O(N^3)), the
   published baseline, timed at ``--torch-sizes`` (up to N = 16384 by default) in the same
   run.  Sizes up to ``--torch-early-max`` (4096) are timed first; larger ones after every
-  dcpe row, so that a slow
-  baseline cannot crowd out the main figures, and only when the cubic prediction from the
-  previous size fits in ``--torch-budget`` seconds.  Sizes not measured are extrapolated
-  with a power law ``t = c N^p`` fitted to the two largest measured sizes (at small N the
-  per-merge overhead dominates and a fit through them would under-estimate the O(N^3)
-  cost); extrapolated figures are marked as such.
+  dcpe row, so that a slow baseline cannot crowd out the main figures, and only when the
+  cubic prediction from the previous size fits in ``--torch-budget`` seconds.  Sizes not
+  measured are extrapolated with a power law ``t = c N^p`` fitted to the two largest
+  measured sizes (at small N the per-merge overhead dominates and a fit through them
+  would under-estimate the O(N^3) cost); extrapolated figures are marked as such.
 
 Data: N <= 16384 uses the built-in sample codebook (``dcpe.datasets.sample_codebook()``,
 16384 x 8, L2-normalised); larger N uses the same generator at the largest requested N
@@ -248,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
     ap.add_argument("--providers", nargs="+", default=PROVIDERS, choices=PROVIDERS)
     ap.add_argument("--torch-sizes", type=int, nargs="+", default=DEFAULT_TORCH_SIZES,
-                    help="N at which the torch baseline is measured (then extrapolated)")
+                    help="N at which the torch baseline is timed (others are extrapolated)")
     ap.add_argument("--torch-budget", type=float, default=60.0,
                     help="seconds of torch-baseline calls per size; a size whose predicted "
                          "time exceeds it is not run (extrapolated instead)")

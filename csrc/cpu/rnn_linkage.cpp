@@ -129,19 +129,28 @@ inline void compact_row(const T* __restrict row, const int32_t* __restrict idx,
 }
 
 #if defined(__AVX2__)
-// float32 fast paths of the two hot loops (same results as the generic code: strict
-// comparisons, smallest index on ties).
+// AVX2 fast paths of the two hot loops, float32 (and the row compaction for float64 too);
+// same results as the generic code: strict comparisons, smallest index on ties.
 
-// Lane permutations that move the lanes selected by an 8-bit mask to the front.
+// Lane permutations that move the elements selected by a mask to the front: an element
+// is W float lanes wide (W = 1 for float32, 2 for float64), so a 256-bit register holds
+// 8 / W of them and the mask has 8 / W bits.
+template <int W>
 struct LeftPackTable {
-  alignas(32) int32_t perm[256][8];
+  static constexpr int kElems = 8 / W;
+  alignas(32) int32_t perm[1 << kElems][8];
   LeftPackTable() {
-    for (int m = 0; m < 256; ++m) {
+    for (int m = 0; m < (1 << kElems); ++m) {
       int o = 0;
-      for (int l = 0; l < 8; ++l) {
-        if (m & (1 << l)) perm[m][o++] = l;
+      for (int l = 0; l < kElems; ++l) {
+        if (m & (1 << l)) {
+          for (int w = 0; w < W; ++w) perm[m][W * o + w] = W * l + w;
+          ++o;
+        }
       }
-      for (; o < 8; ++o) perm[m][o] = 0;
+      for (; o < kElems; ++o) {
+        for (int w = 0; w < W; ++w) perm[m][W * o + w] = 0;
+      }
     }
   }
 };
@@ -151,7 +160,7 @@ struct LeftPackTable {
 // next to each other by different threads do not interfere.
 inline void compact_row(const float* row, const int32_t* /*idx*/, const uint8_t* keep,
                         int64_t len, float* out, int64_t n) {
-  static const LeftPackTable table;
+  static const LeftPackTable<1> table;
   const __m256i iota = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   int64_t o = 0, c = 0;
   for (; c + 8 <= len; c += 8) {
@@ -172,27 +181,10 @@ inline void compact_row(const float* row, const int32_t* /*idx*/, const uint8_t*
   }
 }
 
-// The same for float64, 4 columns per step (a double lane is a pair of float lanes).
-struct LeftPackTable4 {
-  alignas(32) int32_t perm[16][8];
-  LeftPackTable4() {
-    for (int m = 0; m < 16; ++m) {
-      int o = 0;
-      for (int l = 0; l < 4; ++l) {
-        if (m & (1 << l)) {
-          perm[m][2 * o] = 2 * l;
-          perm[m][2 * o + 1] = 2 * l + 1;
-          ++o;
-        }
-      }
-      for (; o < 4; ++o) perm[m][2 * o] = perm[m][2 * o + 1] = 0;
-    }
-  }
-};
-
+// The same for float64, 4 columns per step.
 inline void compact_row(const double* row, const int32_t* /*idx*/, const uint8_t* keep,
                         int64_t len, double* out, int64_t n) {
-  static const LeftPackTable4 table;
+  static const LeftPackTable<2> table;
   const __m256i iota = _mm256_setr_epi64x(0, 1, 2, 3);
   int64_t o = 0, c = 0;
   for (; c + 4 <= len; c += 4) {

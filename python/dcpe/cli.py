@@ -117,7 +117,6 @@ def _build_parser() -> argparse.ArgumentParser:
 
 
 def _load_codebook(path: str | None, args: argparse.Namespace) -> tuple[Any, str]:
-    import dcpe
     from dcpe.io import load_codebook
 
     if args.sample:
@@ -125,12 +124,7 @@ def _load_codebook(path: str | None, args: argparse.Namespace) -> tuple[Any, str
             raise _UsageError("give either a codebook file or --sample, not both")
         if args.key is not None:
             raise _UsageError("--key applies to a codebook file, not to --sample")
-        x = dcpe.datasets.sample_codebook()
-        if args.normalize:
-            import numpy as np
-
-            x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        return x.astype("float32"), "sample codebook"
+        return _sample_codebook(args.normalize), "sample codebook"
     if path is None:
         raise _UsageError("no codebook: give a codebook file or --sample")
     return load_codebook(path, key=args.key, normalize=args.normalize), path
@@ -253,6 +247,18 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample_codebook(normalize: bool) -> Any:
+    """The built-in sample codebook as float32, L2-normalised on request."""
+    import numpy as np
+
+    import dcpe
+
+    x = dcpe.datasets.sample_codebook()
+    if normalize:
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    return x.astype(np.float32)
+
+
 def _default_to_sample(prior: Any, args: argparse.Namespace) -> None:
     """Without a codebook, ``report`` uses the sample codebook if the prior was made from it.
 
@@ -260,17 +266,11 @@ def _default_to_sample(prior: Any, args: argparse.Namespace) -> None:
     the L2 normalisation recorded in the prior; anything else is a usage error that says
     which codebook the prior needs.
     """
-    import numpy as np
-
-    import dcpe
     from dcpe.prior import codebook_sha256
 
     if prior.codebook_sha256 is not None:
-        x = dcpe.datasets.sample_codebook()
         for normalize in ((True,) if args.normalize else (False, True)):
-            y = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12) \
-                if normalize else x
-            if codebook_sha256(y.astype(np.float32)) == prior.codebook_sha256:
+            if codebook_sha256(_sample_codebook(normalize)) == prior.codebook_sha256:
                 args.sample, args.normalize = True, normalize
                 print("codebook: the built-in sample codebook"
                       + (" (normalised)" if normalize else "")

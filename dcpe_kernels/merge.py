@@ -13,6 +13,15 @@ this round, old slot ``q[i]`` (else ``q[i] = -1``).  The new dissimilarity is
 The kernel reads the old matrix once (gathered), writes the compacted new matrix and the
 row minimum / argmin (ties to the smallest column) of every new row, so a round costs a
 single pass over the matrix.
+
+Every entry is computed twice, once in each of its rows, so the order of operations is
+symmetric: ``(t_pp + (t_pq + t_qp)) + t_qq`` with ``t_xy = (w_x * w_y) * D[x, y]``; swapping
+the row and the column swaps ``t_pq`` and ``t_qp`` only, and both the products and that
+sum commute.  The kernel is compiled without fused multiply-add (``enable_fp_fusion=False``),
+which would round the two sides differently.  The new matrix is therefore exactly
+symmetric, as the old one was, and the two members of a reciprocal pair see the same
+distance: the reciprocal-pair test and the recorded height do not depend on which side
+computed it.
 """
 
 from __future__ import annotations
@@ -44,9 +53,12 @@ def _reference_merge_compact_nn(d_old: torch.Tensor, p: torch.Tensor, q: torch.T
     if mode == 0:
         wp_, wq_ = wp.to(d_old.dtype), torch.where(has_q, wq.to(d_old.dtype), 0)
         z = torch.zeros((), dtype=d_old.dtype, device=d_old.device)
-        new = (wp_[:, None] * (wp_[None, :] * dpp + wq_[None, :] * torch.where(mc, dpq, z))
-               + wq_[:, None] * torch.where(mr, wp_[None, :] * dqp
-                                            + wq_[None, :] * torch.where(mc, dqq, z), z))
+        # the kernels' symmetric order of operations (see the module docstring)
+        t_pp = (wp_[:, None] * wp_[None, :]) * dpp
+        t_pq = (wp_[:, None] * wq_[None, :]) * torch.where(mc, dpq, z)
+        t_qp = (wq_[:, None] * wp_[None, :]) * torch.where(mr, dqp, z)
+        t_qq = (wq_[:, None] * wq_[None, :]) * torch.where(mr & mc, dqq, z)
+        new = (t_pp + (t_pq + t_qp)) + t_qq
     else:
         fill = float("inf") if mode == 1 else float("-inf")
         f = torch.full((), fill, dtype=d_old.dtype, device=d_old.device)
@@ -101,8 +113,11 @@ if HAS_TRITON:
                 v_pq = tl.load(base_p[:, None] + qc0[None, :], mask=m_pq, other=0.0)
                 v_qp = tl.load(base_q[:, None] + pc[None, :], mask=m_qp, other=0.0)
                 v_qq = tl.load(base_q[:, None] + qc0[None, :], mask=m_qq, other=0.0)
-                val = (wpr[:, None] * (wpc[None, :] * v_pp + wqc[None, :] * v_pq)
-                       + wqr[:, None] * (wpc[None, :] * v_qp + wqc[None, :] * v_qq))
+                t_pp = (wpr[:, None] * wpc[None, :]) * v_pp
+                t_pq = (wpr[:, None] * wqc[None, :]) * v_pq
+                t_qp = (wqr[:, None] * wpc[None, :]) * v_qp
+                t_qq = (wqr[:, None] * wqc[None, :]) * v_qq
+                val = (t_pp + (t_pq + t_qp)) + t_qq  # symmetric; no fma (see launch)
             elif MODE == 1:
                 v_pp = tl.load(base_p[:, None] + pc[None, :], mask=m2, other=float("inf"))
                 v_pq = tl.load(base_p[:, None] + qc0[None, :], mask=m_pq, other=float("inf"))
@@ -172,4 +187,4 @@ def merge_compact_nn(src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: 
     _merge_compact_rownn_kernel[grid](src, ld_src, dst, ld_dst, p, q, wp, wq, nn, nnd,
                                       n_new, row0, nrows, MODE=mode,
                                       BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                                      num_warps=cfg["num_warps"])
+                                      num_warps=cfg["num_warps"], enable_fp_fusion=False)

@@ -152,6 +152,39 @@ def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
         torch.testing.assert_close(nnd[rows], ref_nnd[rows], rtol=1e-6, atol=0)
 
 
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_merged_matrix_is_exactly_symmetric(dtype: torch.dtype) -> None:
+    """Both rows of an entry round alike (symmetric order of operations, no fma)."""
+    cb = _backend()
+    rng = np.random.default_rng(77)
+    n_old = 700
+    a = tie_free(rng, n_old, 8)
+    x = torch.tensor(a, dtype=dtype, device="cuda")
+    old = torch.empty(n_old * n_old, dtype=dtype, device="cuda")
+    nn = torch.empty(n_old, dtype=torch.int64, device="cuda")
+    nnd = torch.empty(n_old, dtype=dtype, device="cuda")
+    cb.CudaOps.pairwise_nn(x, old, n_old, 0, nn, nnd)
+    om = old.view(n_old, n_old)
+    assert torch.equal(om, om.T)
+    # merge the reciprocal pairs with unequal cluster sizes (non-trivial weights)
+    ar = torch.arange(n_old, device="cuda")
+    recip = nn[nn] == ar
+    keep = ~(recip & (ar > nn))
+    p = ar[keep]
+    merged = (recip & (ar < nn))[p]
+    q = torch.where(merged, nn[p], -1)
+    sz = torch.from_numpy(rng.integers(1, 9, size=n_old)).to(device="cuda", dtype=dtype)
+    tot = sz[p] + torch.where(merged, sz[q.clamp_min(0)], 0)
+    wp, wq = sz[p] / tot, torch.where(merged, sz[q.clamp_min(0)] / tot, 0)
+    n_new = int(p.numel())
+    dst = torch.empty(n_new * n_new, dtype=dtype, device="cuda")
+    cb.CudaOps.merge_compact_nn(old, n_old, dst, n_new, p.int(), q.int(), wp, wq, n_new, 0,
+                                n_new, 0, nn, nnd)
+    new = dst.view(n_new, n_new)
+    assert int((new != new.T).sum()) == 0
+
+
 def _oracle(x: np.ndarray, cap: int | None, method: str = "average") -> np.ndarray:
     try:
         from dcpe import backends

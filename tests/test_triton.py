@@ -222,6 +222,27 @@ def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
         assert bool((nn[untouched] == -1).all())
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", [0, 1, 2])
+def test_merged_matrix_is_exactly_symmetric(dtype: torch.dtype, mode: int) -> None:
+    """Each entry is computed in both of its rows; both must round alike (no fma, symmetric
+    order), so the two members of a reciprocal pair see the same distance."""
+    rng = np.random.default_rng(30 + mode)
+    n_old = 45
+    old, p, q, wp, wq = _random_round(rng, n_old, dtype)
+    assert torch.equal(old, old.T)
+    n_new = p.shape[0]
+    dst = torch.empty(n_new * n_new, dtype=dtype, device=DEVICE)
+    nn = torch.empty(n_new, dtype=torch.int64, device=DEVICE)
+    nnd = torch.empty(n_new, dtype=dtype, device=DEVICE)
+    dk.merge_compact_nn(old.reshape(-1), n_old, dst, n_new, p, q, wp, wq, n_new, 0, n_new,
+                        mode, nn, nnd)
+    new = dst.view(n_new, n_new)
+    assert int((new != new.T).sum()) == 0
+    ref, _, _ = dk._reference_merge_compact_nn(old, p, q, wp, wq, mode)
+    assert torch.equal(ref, ref.T)
+
+
 def test_reference_merge_is_lance_williams() -> None:
     """The reference itself: a merged row equals Eq. 2 recomputed from token distances."""
     rng = np.random.default_rng(3)

@@ -11,7 +11,10 @@
 //   pairwise_rownn_kernel       dense dissimilarities from direct differences (no
 //                               |a|^2+|b|^2-2ab cancellation) + row argmin;
 //   merge_compact_rownn_kernel  merge + compaction of the matrix + row argmin, one pass.
-// One thread block per matrix row; row argmin ties go to the smallest column.
+// One thread block per matrix row; row argmin ties go to the smallest column.  Each entry
+// is computed in both of its rows, so the weighted merge uses an order of operations that
+// is symmetric in (row, column) and no fma: the matrix stays exactly symmetric (see
+// dcpe_kernels/merge.py).
 
 #include <cuda_runtime.h>
 
@@ -46,6 +49,12 @@ __device__ __forceinline__ double dev_inf<double>() {
 }
 
 constexpr std::int64_t kNoIndex = 0x7fffffffffffffffLL;
+
+// Round-to-nearest product and sum that the compiler never fuses into an fma.
+__device__ __forceinline__ float mul_rn(float a, float b) { return __fmul_rn(a, b); }
+__device__ __forceinline__ double mul_rn(double a, double b) { return __dmul_rn(a, b); }
+__device__ __forceinline__ float add_rn(float a, float b) { return __fadd_rn(a, b); }
+__device__ __forceinline__ double add_rn(double a, double b) { return __dadd_rn(a, b); }
 
 template <typename T>
 __device__ __forceinline__ void better(T& bv, std::int64_t& bi, T v, std::int64_t i) {
@@ -147,7 +156,12 @@ __global__ void __launch_bounds__(kThreads)
       const T v_pq = hq_c ? sp[qc] : T(0);
       const T v_qp = hq_r ? sq[pc] : T(0);
       const T v_qq = (hq_r && hq_c) ? sq[qc] : T(0);
-      val = wpr * (wpc * v_pp + wqc * v_pq) + wqr * (wpc * v_qp + wqc * v_qq);
+      // symmetric order, never contracted into fma: entry (j, i) rounds like (i, j)
+      const T t_pp = mul_rn(mul_rn(wpr, wpc), v_pp);
+      const T t_pq = mul_rn(mul_rn(wpr, wqc), v_pq);
+      const T t_qp = mul_rn(mul_rn(wqr, wpc), v_qp);
+      const T t_qq = mul_rn(mul_rn(wqr, wqc), v_qq);
+      val = add_rn(add_rn(t_pp, add_rn(t_pq, t_qp)), t_qq);
     } else if (mode == 1) {
       val = sp[pc];
       if (hq_c) val = fmin(val, sp[qc]);

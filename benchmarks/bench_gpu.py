@@ -29,6 +29,14 @@ CUDA extension allocates no device memory of its own (all buffers are PyTorch te
 handed to it as pointers), and Triton kernels allocate none, so this is the whole device
 footprint apart from the CUDA context.
 
+Isolation (``--isolate``, used by ``gpu_check.sh``): each dcpe provider runs all its sizes
+in a child process of its own (this script with ``--worker``), so that a kernel fault that
+poisons the CUDA context of one provider cannot take the other provider's figures with it;
+the parent keeps the torch rows, the comparison with ``cpu`` and the summary, and records
+a failed or timed-out child as an error row at the first size it did not finish.
+``--time-limit`` bounds the whole run: children get the time that is left, and torch
+sizes that would not fit are skipped.
+
 Smoke test without a GPU::
 
     TRITON_INTERPRET=1 python benchmarks/bench_gpu.py --device cpu --sizes 256 --out /tmp/b
@@ -37,9 +45,12 @@ Smoke test without a GPU::
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -241,6 +252,54 @@ def summarize(args: argparse.Namespace, device: str, sizes: list[int],
     return "\n".join(md), payload
 
 
+def run_child(provider: str, args: argparse.Namespace, device: str, sizes: list[int],
+              check_n: int, deadline: float, rows: list[dict[str, Any]],
+              labels_at: dict[tuple[str, int], Any], diag: dict[str, Any]) -> None:
+    """Run every size of ``provider`` in a child process (``--worker``) and collect its
+    rows, its labels at ``check_n`` and its diagnostics; a child that fails or runs out of
+    time becomes an error row at the first size it did not finish."""
+    # under --out, so that what a child measured comes back even if the parent is killed
+    wdir = (Path(args.out) if args.out else Path(tempfile.mkdtemp())) / f"worker-{provider}"
+    wdir.mkdir(parents=True, exist_ok=True)
+    for stale in wdir.iterdir():
+        stale.unlink()
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--providers", provider,
+           "--sizes", *map(str, sizes), "--repeats", str(args.repeats), "--budget",
+           str(args.budget), "--check-n", str(check_n), "--diag-n", str(args.diag_n),
+           "--device", device, "--name", "worker", "--out", str(wdir)]
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    left = deadline - time.monotonic()
+    timeout = None if math.isinf(left) else max(5.0, left - 20.0)
+    failure = None
+    try:
+        proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            failure = f"worker process exited with {proc.returncode}: {tail}"
+        sys.stderr.write(proc.stderr)
+    except subprocess.TimeoutExpired:
+        failure = f"worker process stopped after {timeout:.0f} s (--time-limit)"
+    jpath = wdir / "worker.json"
+    payload = json.loads(jpath.read_text()) if jpath.exists() else {}
+    got = [r for r in payload.get("results", []) if r.get("provider") == provider]
+    rows.extend(got)
+    diag.update(payload.get("engine", {}))
+    lab = wdir / f"labels-{provider}-{check_n}.npy"
+    if check_n and lab.exists():
+        labels_at[(provider, check_n)] = np.load(lab)
+    if failure is not None:
+        done = {r["n"] for r in got if "median_s" in r or "error" in r}
+        missing = [n for n in sizes if n not in done]
+        if missing:
+            rows.append({"provider": provider, "n": missing[0], "error": failure})
+        else:
+            diag[provider] = {"error": failure}
+        print(f"{provider:7s} {failure}", flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -268,7 +327,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="output directory (default results/)")
     ap.add_argument("--dry-run", action="store_true",
                     help="tiny sizes, 1 repeat: checks that everything runs")
+    ap.add_argument("--isolate", action="store_true",
+                    help="run each dcpe provider in a child process of its own")
+    ap.add_argument("--time-limit", type=float, default=math.inf,
+                    help="seconds for the whole run (children and torch sizes that do not "
+                         "fit are cut short or skipped)")
+    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
+    deadline = time.monotonic() + args.time_limit
 
     import torch
 
@@ -304,20 +370,30 @@ def main(argv: list[str] | None = None) -> int:
     for provider in args.providers:
         if not status[provider][0]:
             rows.append({"provider": provider, "n": None, "skipped": status[provider][1]})
-    run_torch = "torch" in args.providers and status["torch"][0]
+    run_torch = "torch" in args.providers and status["torch"][0] and not args.worker
     if run_torch:
         work += [("torch", n) for n in torch_sizes if n <= args.torch_early_max]
-    work += [(p, n) for n in sizes for p in args.providers if p != "torch" and status[p][0]]
+    dcpe_ok = [p for p in args.providers if p != "torch" and status[p][0]]
+    if args.isolate and not args.worker:
+        work += [(p, 0) for p in dcpe_ok]  # N = 0: all sizes in a child process
+    else:
+        work += [(p, n) for n in sizes for p in dcpe_ok]
     if run_torch:
         work += [("torch", n) for n in torch_sizes if n > args.torch_early_max]
     torch_last: tuple[int, float] | None = None  # (N, seconds) of the last torch row
     for provider, n in work:
+        if n == 0:
+            run_child(provider, args, device, sizes, check_n, deadline, rows, labels_at, diag)
+            save()
+            continue
         if provider == "torch" and torch_last is not None:
             predicted = torch_last[1] * (n / torch_last[0]) ** 3
-            if predicted > args.torch_budget:
+            left = deadline - time.monotonic()
+            if predicted > min(args.torch_budget, left):
+                limit = (f"--torch-budget {args.torch_budget:g} s"
+                         if predicted > args.torch_budget else f"the {left:.0f} s left")
                 rows.append({"provider": provider, "n": n,
-                             "skipped": f"predicted {fmt_seconds(predicted)} > "
-                                        f"--torch-budget {args.torch_budget:g} s"})
+                             "skipped": f"predicted {fmt_seconds(predicted)} > {limit}"})
                 print(f"{provider:7s} N={n:7d} skipped (predicted {predicted:.0f} s)",
                       flush=True)
                 save()
@@ -340,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         lab = res.pop("labels")
         if n == check_n and provider != "torch":
             labels_at[(provider, n)] = lab.cpu().numpy()
+            if args.worker:
+                np.save(Path(args.out) / f"labels-{provider}-{n}.npy", labels_at[(provider, n)])
         rows.append({"provider": provider, "n": n, "k": k, **res})
         print(f"{provider:7s} N={n:7d} median {fmt_seconds(res['median_s'])} "
               f"runs {len(res['runs'])} peak {res['peak_bytes']}", flush=True)
@@ -351,7 +429,7 @@ def main(argv: list[str] | None = None) -> int:
         save()
 
     # agreement with the cpu backend at check_n (data prefix)
-    if check_n and labels_at:
+    if check_n and labels_at and not args.worker:
         try:
             t0 = time.perf_counter()
             ref = np.asarray(cluster_fn("cpu")(data[check_n], check_n // 2))
@@ -363,9 +441,11 @@ def main(argv: list[str] | None = None) -> int:
             check["error"] = f"{type(exc).__name__}: {exc}"
         save()
 
-    diag.update(diagnostics(args.providers, status, data, args.diag_n, device))
+    if not (args.isolate and not args.worker):  # else the children ran them
+        diag.update(diagnostics(args.providers, status, data, args.diag_n, device))
     jpath, mpath, md = save(done=True)
-    print(md)
+    if not args.worker:
+        print(md)
     print(f"wrote {jpath} and {mpath}")
     return 0
 

@@ -9,8 +9,10 @@ the dcpe rows and a size skipped by the cubic prediction.  On a GPU machine
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import math
 import os
 import subprocess
 import sys
@@ -26,11 +28,13 @@ if importlib.util.find_spec("torch") is None or importlib.util.find_spec("triton
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_dry_run_writes_complete_results(tmp_path: Path) -> None:
+@pytest.mark.parametrize("isolate", [False, True])
+def test_dry_run_writes_complete_results(tmp_path: Path, isolate: bool) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--dry-run", "--device",
-         "cpu", "--sizes", "64", "--out", str(tmp_path)],
+         "cpu", "--sizes", "64", "--out", str(tmp_path),
+         *(["--isolate", "--time-limit", "250"] if isolate else [])],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     payload = json.loads((tmp_path / "gpu-h200.json").read_text())
@@ -49,3 +53,24 @@ def test_dry_run_writes_complete_results(tmp_path: Path) -> None:
     assert payload["cpu_check"]["triton"] == {"identical": True, "tokens_differing": 0}
     assert payload["engine"]["triton"]["rounds_full"] >= payload["engine"]["triton"][
         "rounds_labels_k_half"]
+    if isolate:  # the child's own files came back under --out
+        assert (tmp_path / "worker-triton" / "worker.json").exists()
+
+
+def test_failed_child_becomes_an_error_row(tmp_path: Path) -> None:
+    """A child process that dies (here: an argument it rejects) is recorded at the first
+    size it did not finish, with the reason, and the parent goes on."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    args = argparse.Namespace(out=str(tmp_path), repeats=1, budget=1.0, diag_n=0)
+    rows: list = []
+    labels: dict = {}
+    diag: dict = {}
+    bench_gpu.run_child("triton", args, "no-such-device", [64, 128], 0, math.inf, rows,
+                        labels, diag)
+    assert len(rows) == 1 and rows[0]["provider"] == "triton" and rows[0]["n"] == 64
+    assert "exited with 2" in rows[0]["error"] and "--device" in rows[0]["error"]
+    assert labels == {} and diag == {}

@@ -370,6 +370,33 @@ def test_inplace_compaction_matches_out_of_place() -> None:
     np.testing.assert_array_equal(merges_to_linkage(mg), merges_to_linkage(ref))
 
 
+@pytest.mark.parametrize("cap,staged", [(None, False), (2, True)])
+def test_driver_at_scale_with_reference_kernels(cap: int | None, staged: bool) -> None:
+    """The round driver at a codebook-like size (the sample's first 4096 tokens, float32,
+    about 50 rounds) with the PyTorch reference kernels, against the cpu backend: the same
+    tree, the early stop for a cut, and (``staged``) the in-place compaction in several
+    row chunks per round until a second matrix fits."""
+    cpu = _cpu_backend()
+    if cpu is None:
+        pytest.skip("needs the cpu backend")
+    import dcpe.datasets as ds
+    from dcpe_kernels.rnn import required_bytes
+
+    n = 4096
+    x = ds.sample_codebook()[:n]
+    z_ref = cpu.linkage(x, method="average", metric="euclidean", max_cluster_size=cap)
+    xt = torch.from_numpy(x).to(DEVICE)
+    kw = {"method": "average", "metric": "euclidean", "max_cluster_size": cap,
+          "ops": dk.ReferenceOps,
+          "memory_budget": required_bytes(n, 8, 4) + 1024 * n * 4 if staged else None}
+    mg = rnn_merges(xt, **kw)
+    assert_same_tree(merges_to_linkage(mg), z_ref, rtol=1e-5)
+    part = rnn_merges(xt, n_clusters=n // 2, **kw)
+    assert not part.complete and part.rounds < mg.rounds
+    np.testing.assert_array_equal(merges_to_labels(part, n // 2).cpu().numpy(),
+                                  cut(z_ref, n, n // 2))
+
+
 def test_memory_preflight_refuses_before_allocating() -> None:
     xt = torch.zeros((64, 3), dtype=torch.float32, device=DEVICE)
     with pytest.raises(MemoryError) as info:

@@ -66,6 +66,31 @@ def test_cuda_kernels_built_when_nvcc_present() -> None:
     assert ext.cuda.device_count() >= 0  # never raises, also without a driver
 
 
+def test_weighted_merge_is_never_contracted_into_fma(tmp_path) -> None:
+    """Each matrix entry is computed in both of its rows; with an fma the two would round
+    differently. The merge kernels' PTX (as nvcc emits it for sm_90) has explicitly
+    rounded products and sums only, no ``fma.rn.f32/f64``."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not on PATH")
+    root = Path(__file__).resolve().parents[1]
+    ptx = tmp_path / "rnn_kernels.ptx"
+    proc = subprocess.run([nvcc, "-ptx", "-arch=sm_90", "-O3", f"-I{root / 'csrc'}",
+                           str(root / "csrc" / "cuda" / "rnn_kernels.cu"), "-o", str(ptx)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = re.split(r"(?m)^\.(?:visible )?\.?entry ", ptx.read_text())[1:]
+    merge = [e for e in entries if "merge_compact_rownn_kernel" in e.split("(", 1)[0]]
+    assert len(merge) == 2  # float and double
+    for body in merge:
+        assert not re.findall(r"\bfma\.rn\.f(?:32|64)", body)
+        assert re.findall(r"\bmul\.rn\.f(?:32|64)", body)
+
+
 def test_available_says_why() -> None:
     from dcpe.backends import cuda_backend
 

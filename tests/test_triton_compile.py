@@ -20,7 +20,7 @@ pytest.importorskip("torch")
 triton = pytest.importorskip("triton")
 
 SCRIPT = textwrap.dedent("""
-    import json, sys
+    import json, re, sys
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -31,11 +31,13 @@ SCRIPT = textwrap.dedent("""
     target = GPUTarget("cuda", arch, 32)
     done = []
 
-    def build(fn, signature, constexprs, num_warps):
+    def build(fn, signature, constexprs, cfg):
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-        kernel = triton.compile(src, target=target, options={"num_warps": num_warps})
+        options = {k: v for k, v in cfg.items() if not k.startswith("BLOCK_")}
+        kernel = triton.compile(src, target=target, options=options)
         assert len(kernel.asm["cubin"]) > 0
         done.append(fn.__name__)
+        return kernel
 
     for dt in ("fp32", "fp64"):
         cfg = pairwise._launch_config(16384, on_cpu=False)
@@ -46,7 +48,7 @@ SCRIPT = textwrap.dedent("""
                    "BLOCK_N": "constexpr"}
             build(pairwise._pairwise_dist_rownn_kernel, sig,
                   {"METRIC": metric, "IS_F32": dt == "fp32", "BLOCK_M": cfg["BLOCK_M"],
-                   "BLOCK_N": cfg["BLOCK_N"]}, cfg["num_warps"])
+                   "BLOCK_N": cfg["BLOCK_N"]}, cfg)
         cfg = merge._launch_config(16384, on_cpu=False)
         for mode in (0, 1, 2):
             sig = {"src_ptr": f"*{dt}", "ld_src": "i32", "dst_ptr": f"*{dt}",
@@ -54,9 +56,12 @@ SCRIPT = textwrap.dedent("""
                    "wp_ptr": f"*{dt}", "wq_ptr": f"*{dt}", "nn_ptr": "*i64",
                    "nnd_ptr": f"*{dt}", "n_new": "i32", "row0": "i32", "nrows": "i32",
                    "MODE": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
-            build(merge._merge_compact_rownn_kernel, sig,
-                  {"MODE": mode, "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]},
-                  cfg["num_warps"])
+            kernel = build(merge._merge_compact_rownn_kernel, sig,
+                           {"MODE": mode, "BLOCK_M": cfg["BLOCK_M"],
+                            "BLOCK_N": cfg["BLOCK_N"]}, cfg)
+            # the weighted merge must not be contracted into fma (symmetric rounding)
+            fmas = re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"])
+            assert not fmas, (dt, mode, len(fmas))
     print(json.dumps(done))
 """)
 

@@ -253,11 +253,13 @@ def summarize(args: argparse.Namespace, device: str, sizes: list[int],
 
 
 def run_child(provider: str, args: argparse.Namespace, device: str, sizes: list[int],
-              check_n: int, deadline: float, rows: list[dict[str, Any]],
+              check_n: int, deadline: float, share: int, rows: list[dict[str, Any]],
               labels_at: dict[tuple[str, int], Any], diag: dict[str, Any]) -> None:
     """Run every size of ``provider`` in a child process (``--worker``) and collect its
     rows, its labels at ``check_n`` and its diagnostics; a child that fails or runs out of
-    time becomes an error row at the first size it did not finish."""
+    time becomes an error row at the first size it did not finish.  The child may use a
+    ``1 / share`` part of the time left before ``deadline`` (less a margin), so that one
+    that hangs leaves time to the children after it."""
     # under --out, so that what a child measured comes back even if the parent is killed
     wdir = (Path(args.out) if args.out else Path(tempfile.mkdtemp())) / f"worker-{provider}"
     wdir.mkdir(parents=True, exist_ok=True)
@@ -272,7 +274,7 @@ def run_child(provider: str, args: argparse.Namespace, device: str, sizes: list[
 
         torch.cuda.empty_cache()
     left = deadline - time.monotonic()
-    timeout = None if math.isinf(left) else max(5.0, left - 20.0)
+    timeout = None if math.isinf(left) else max(5.0, (left - 20.0) / max(1, share))
     failure = None
     try:
         proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=timeout)
@@ -381,9 +383,11 @@ def main(argv: list[str] | None = None) -> int:
     if run_torch:
         work += [("torch", n) for n in torch_sizes if n > args.torch_early_max]
     torch_last: tuple[int, float] | None = None  # (N, seconds) of the last torch row
-    for provider, n in work:
+    for idx, (provider, n) in enumerate(work):
         if n == 0:
-            run_child(provider, args, device, sizes, check_n, deadline, rows, labels_at, diag)
+            share = sum(1 for _, m in work[idx:] if m == 0)  # children still to run
+            run_child(provider, args, device, sizes, check_n, deadline, share, rows,
+                      labels_at, diag)
             save()
             continue
         if provider == "torch" and torch_last is not None:

@@ -69,8 +69,28 @@ def test_failed_child_becomes_an_error_row(tmp_path: Path) -> None:
     rows: list = []
     labels: dict = {}
     diag: dict = {}
-    bench_gpu.run_child("triton", args, "no-such-device", [64, 128], 0, math.inf, rows,
+    bench_gpu.run_child("triton", args, "no-such-device", [64, 128], 0, math.inf, 1, rows,
                         labels, diag)
     assert len(rows) == 1 and rows[0]["provider"] == "triton" and rows[0]["n"] == 64
     assert "exited with 2" in rows[0]["error"] and "--device" in rows[0]["error"]
     assert labels == {} and diag == {}
+
+
+def test_child_out_of_time_becomes_an_error_row(tmp_path: Path,
+                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    """A child still running at its share of the time limit is stopped and recorded."""
+    import time
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import bench_gpu
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the child's environment only
+    args = argparse.Namespace(out=str(tmp_path), repeats=1, budget=1.0, diag_n=0)
+    rows: list = []
+    # N = 4096 under the interpreter takes minutes; no time is left, so the child gets the
+    # minimum of 5 s
+    bench_gpu.run_child("triton", args, "cpu", [4096], 0, time.monotonic(), 1, rows, {}, {})
+    assert len(rows) == 1 and rows[0]["n"] == 4096
+    assert "stopped after 5 s" in rows[0]["error"]

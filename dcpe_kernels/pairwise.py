@@ -8,6 +8,11 @@ minimum and argmin (ties to the smallest column).
 
 Metric codes: 0 euclidean (correctly rounded sqrt), 1 squared euclidean, 2 half squared
 euclidean of unit rows (= cosine distance for L2-normalised input).
+
+Order of operations: ``acc = (x_i0 - x_j0)^2``, then ``acc = acc + (x_ik - x_jk)^2`` for
+``k = 1 .. d-1``, every product and sum rounded (no fused multiply-add), then the metric's
+last step — the order of the ``cpu`` engine, so for euclidean and sqeuclidean the token
+distances of the two engines are identical bit for bit, and the matrix is symmetric.
 """
 
 from __future__ import annotations
@@ -89,10 +94,14 @@ else:  # pragma: no cover - exercised only without triton
 
 
 def _launch_config(n: int, on_cpu: bool) -> dict[str, int]:
-    """Tile sizes: small tiles for the interpreter, wide rows on a GPU."""
+    """Tile sizes: small tiles for the interpreter, wide rows on a GPU.
+
+    ``enable_fp_fusion`` is off: each square is rounded before it is added, as in the
+    ``cpu`` engine, so the token distances of both engines are identical (module docstring).
+    """
     if on_cpu:
-        return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 1}
-    return {"BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 4}
+        return {"BLOCK_M": 16, "BLOCK_N": 64, "num_warps": 1, "enable_fp_fusion": False}
+    return {"BLOCK_M": 16, "BLOCK_N": 128, "num_warps": 4, "enable_fp_fusion": False}
 
 
 def pairwise_nn(x: torch.Tensor, out: torch.Tensor, ld: int, metric: int, nn: torch.Tensor,
@@ -120,4 +129,5 @@ def pairwise_nn(x: torch.Tensor, out: torch.Tensor, ld: int, metric: int, nn: to
     _pairwise_dist_rownn_kernel[grid](x, out, nn, nnd, n, dim, ld, METRIC=metric,
                                       IS_F32=x.dtype == torch.float32,
                                       BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
-                                      num_warps=cfg["num_warps"])
+                                      num_warps=cfg["num_warps"],
+                                      enable_fp_fusion=cfg["enable_fp_fusion"])

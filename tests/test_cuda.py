@@ -66,10 +66,11 @@ def test_cuda_kernels_built_when_nvcc_present() -> None:
     assert ext.cuda.device_count() >= 0  # never raises, also without a driver
 
 
-def test_weighted_merge_is_never_contracted_into_fma(tmp_path) -> None:
-    """Each matrix entry is computed in both of its rows; with an fma the two would round
-    differently. The merge kernels' PTX (as nvcc emits it for sm_90) has explicitly
-    rounded products and sums only, no ``fma.rn.f32/f64``."""
+def test_kernels_are_never_contracted_into_fma(tmp_path) -> None:
+    """Each matrix entry is computed in both of its rows; with an fma in the weighted merge
+    the two would round differently, and token distances would not round as in the cpu
+    engine. The kernels' PTX (as nvcc emits it for sm_90) has explicitly rounded products
+    and sums only, no ``fma.rn.f32/f64``."""
     import re
     import subprocess
     from pathlib import Path
@@ -84,9 +85,9 @@ def test_weighted_merge_is_never_contracted_into_fma(tmp_path) -> None:
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     entries = re.split(r"(?m)^\.(?:visible )?\.?entry ", ptx.read_text())[1:]
-    merge = [e for e in entries if "merge_compact_rownn_kernel" in e.split("(", 1)[0]]
-    assert len(merge) == 2  # float and double
-    for body in merge:
+    kernels = [e for e in entries if "rownn_kernel" in e.split("(", 1)[0]]
+    assert len(kernels) == 4  # pairwise and merge, float and double
+    for body in kernels:
         assert not re.findall(r"\bfma\.rn\.f(?:32|64)", body)
         assert re.findall(r"\bmul\.rn\.f(?:32|64)", body)
 
@@ -175,6 +176,25 @@ def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
         torch.testing.assert_close(dst.view(nrows, n_new), ref[rows], rtol=1e-6, atol=0)
         assert torch.equal(nn[rows], ref_nn[rows])
         torch.testing.assert_close(nnd[rows], ref_nnd[rows], rtol=1e-6, atol=0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_pairwise_kernel_rounds_like_the_cpu_engine(dtype: torch.dtype) -> None:
+    """Squares of differences added one dimension after the other, each step rounded."""
+    cb = _backend()
+    x = tie_free(np.random.default_rng(78), 500, 8)
+    x = x.astype(np.float32 if dtype == torch.float32 else np.float64)
+    acc = (x[:, None, 0] - x[None, :, 0]) ** 2
+    for k in range(1, 8):
+        acc = acc + (x[:, None, k] - x[None, :, k]) ** 2
+    ref = np.sqrt(acc)
+    np.fill_diagonal(ref, np.inf)
+    out = torch.empty(500 * 500, dtype=dtype, device="cuda")
+    nn = torch.empty(500, dtype=torch.int64, device="cuda")
+    nnd = torch.empty(500, dtype=dtype, device="cuda")
+    cb.CudaOps.pairwise_nn(torch.from_numpy(x).cuda(), out, 500, 0, nn, nnd)
+    np.testing.assert_array_equal(out.view(500, 500).cpu().numpy(), ref)
 
 
 @needs_gpu

@@ -169,6 +169,31 @@ def test_pairwise_kernel_matches_reference(dtype: torch.dtype, metric: int) -> N
     torch.testing.assert_close(nnd, ref_nnd, rtol=1e-6, atol=0)
 
 
+def cpu_order_distances(x: np.ndarray, metric: int) -> np.ndarray:
+    """Token distances in the cpu engine's order of operations: squares of coordinate
+    differences added one dimension after the other, each step rounded (NumPy: no fma)."""
+    acc = (x[:, None, 0] - x[None, :, 0]) ** 2
+    for k in range(1, x.shape[1]):
+        acc = acc + (x[:, None, k] - x[None, :, k]) ** 2
+    if metric == 0:
+        acc = np.sqrt(acc)
+    np.fill_diagonal(acc, np.inf)
+    return acc
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("metric", [0, 1])
+def test_pairwise_kernel_rounds_like_the_cpu_engine(dtype: torch.dtype, metric: int) -> None:
+    """Bit for bit (no fma), so both engines start from the same matrix."""
+    rng = np.random.default_rng(50 + metric)
+    x = tie_free(rng, 70, 8).astype(np.float32 if dtype == torch.float32 else np.float64)
+    out = torch.empty(70 * 70, dtype=dtype, device=DEVICE)
+    nn = torch.empty(70, dtype=torch.int64, device=DEVICE)
+    nnd = torch.empty(70, dtype=dtype, device=DEVICE)
+    dk.pairwise_nn(torch.from_numpy(x).to(DEVICE), out, 70, metric, nn, nnd)
+    np.testing.assert_array_equal(out.view(70, 70).cpu().numpy(), cpu_order_distances(x, metric))
+
+
 def _random_round(rng: np.random.Generator, n_old: int, dtype: torch.dtype):
     """A symmetric old matrix and a random round: pairs merged, some slots dropped."""
     a = tie_free(rng, n_old, 3)

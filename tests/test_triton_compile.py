@@ -46,9 +46,12 @@ SCRIPT = textwrap.dedent("""
                    "nnd_ptr": f"*{dt}", "n": "i32", "dim": "i32", "ld": "i32",
                    "METRIC": "constexpr", "IS_F32": "constexpr", "BLOCK_M": "constexpr",
                    "BLOCK_N": "constexpr"}
-            build(pairwise._pairwise_dist_rownn_kernel, sig,
-                  {"METRIC": metric, "IS_F32": dt == "fp32", "BLOCK_M": cfg["BLOCK_M"],
-                   "BLOCK_N": cfg["BLOCK_N"]}, cfg)
+            kernel = build(pairwise._pairwise_dist_rownn_kernel, sig,
+                           {"METRIC": metric, "IS_F32": dt == "fp32",
+                            "BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}, cfg)
+            # squares rounded before they are added, as in the cpu engine
+            fmas = re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"])
+            assert not fmas, ("pairwise", dt, metric, len(fmas))
         cfg = merge._launch_config(16384, on_cpu=False)
         for mode in (0, 1, 2):
             sig = {"src_ptr": f"*{dt}", "ld_src": "i32", "dst_ptr": f"*{dt}",

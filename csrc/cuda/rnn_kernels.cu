@@ -14,7 +14,8 @@
 // One thread block per matrix row; row argmin ties go to the smallest column.  Each entry
 // is computed in both of its rows, so the weighted merge uses an order of operations that
 // is symmetric in (row, column) and no fma: the matrix stays exactly symmetric (see
-// dcpe_kernels/merge.py).
+// dcpe_kernels/merge.py).  Token distances round every square and sum in the cpu engine's
+// order (no fma either), so both engines start from the same matrix.
 
 #include <cuda_runtime.h>
 
@@ -106,7 +107,7 @@ __global__ void __launch_bounds__(kThreads)
     T acc = T(0);
     for (std::int64_t k = 0; k < dim; ++k) {
       const T diff = xi[k] - xj[k];
-      acc += diff * diff;
+      acc = add_rn(acc, mul_rn(diff, diff));  // no fma: the cpu engine's rounding
     }
     if (metric == 0) {
       acc = sqrt(acc);  // IEEE-rounded (no fast math)

@@ -29,6 +29,7 @@
 #include <functional>
 
 #include "../macros.h"
+#include "block_distances.h"
 #include "linkage_cpu.h"
 
 namespace dcpe {
@@ -46,45 +47,12 @@ struct List {
 // Scratch of one thread for rebuild(): k distances and a selection buffer.
 struct RebuildScratch {
   std::vector<double> dist;
+  std::vector<double> xd;  // the point in double
   std::vector<double> sample;
   std::vector<int32_t> idx;
   std::vector<std::pair<double, int64_t>> buf;
   explicit RebuildScratch(int64_t k) : dist(static_cast<size_t>(k)), idx(static_cast<size_t>(k)) {}
 };
-
-// Squared distances from xi to all k centers (ct: d x k), in double, summed over the
-// coordinates in order.  D > 0: the dimension fixed at compile time, so the sum of a center
-// stays in a register; D = 0: any d, by blocks of centers whose partial sums stay in L1.
-template <int D, typename T>
-void distances(const T* xi, const T* ct, int64_t k, int64_t d, double* dist) {
-  if (D > 0) {
-    double xd[D > 0 ? D : 1];
-    for (int t = 0; t < D; ++t) xd[t] = static_cast<double>(xi[t]);
-    for (int64_t j = 0; j < k; ++j) {
-      double acc = 0.0;
-      for (int t = 0; t < D; ++t) {
-        const double diff = xd[t] - static_cast<double>(ct[t * k + j]);
-        acc += diff * diff;
-      }
-      dist[j] = acc;
-    }
-    return;
-  }
-  constexpr int64_t kBlock = 256;
-  for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
-    const int64_t len = std::min(kBlock, k - j0);
-    double acc[kBlock] = {};
-    for (int64_t t = 0; t < d; ++t) {
-      const double xv = static_cast<double>(xi[t]);
-      const T* row = ct + t * k + j0;
-      for (int64_t j = 0; j < len; ++j) {
-        const double diff = xv - static_cast<double>(row[j]);
-        acc[j] += diff * diff;
-      }
-    }
-    std::copy(acc, acc + len, dist + j0);
-  }
-}
 
 // Rebuild a point's list with its m best centers by value -dist - price; bound = the best
 // value outside the list (-inf when the list holds every center).  ct holds the centers
@@ -93,12 +61,14 @@ template <typename T>
 void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price,
              int64_t m, List& list, RebuildScratch& s) {
   double* dist = s.dist.data();
-  switch (d) {  // the usual codebook dimensions get a register-resident sum
-    case 4: distances<4>(xi, ct, k, d, dist); break;
-    case 8: distances<8>(xi, ct, k, d, dist); break;
-    case 16: distances<16>(xi, ct, k, d, dist); break;
-    default: distances<0>(xi, ct, k, d, dist); break;
-  }
+  s.xd.resize(static_cast<size_t>(d));
+  for (int64_t t = 0; t < d; ++t) s.xd[t] = static_cast<double>(xi[t]);
+  with_dimension(d, [&](auto D) {  // the usual codebook dimensions: register-resident sums
+    constexpr int64_t kBlock = 256;
+    for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
+      block_distances<D.value>(s.xd.data(), ct, k, d, j0, std::min(kBlock, k - j0), dist + j0);
+    }
+  });
   m = std::min(m, k);
   list.id.clear();
   list.dist.clear();

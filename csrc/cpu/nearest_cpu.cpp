@@ -15,37 +15,13 @@
 #include <vector>
 
 #include "../macros.h"
+#include "block_distances.h"
 #include "linkage_cpu.h"
 
 namespace dcpe {
 namespace {
 
 constexpr int64_t kBlock = 256;  // centers per block
-
-// acc[j] = |xi - c_(j0 + j)|^2 for j < len; D > 0 fixes the dimension at compile time.
-template <int D, typename T>
-inline void block_distances(const double* xd, const T* ct, int64_t k, int64_t d, int64_t j0,
-                            int64_t len, double* acc) {
-  if (D > 0) {
-    for (int64_t j = 0; j < len; ++j) {
-      double s = 0.0;
-      for (int t = 0; t < D; ++t) {
-        const double diff = xd[t] - static_cast<double>(ct[t * k + j0 + j]);
-        s += diff * diff;
-      }
-      acc[j] = s;
-    }
-    return;
-  }
-  std::fill(acc, acc + len, 0.0);
-  for (int64_t t = 0; t < d; ++t) {
-    const T* row = ct + t * k + j0;
-    for (int64_t j = 0; j < len; ++j) {
-      const double diff = xd[t] - static_cast<double>(row[j]);
-      acc[j] += diff * diff;
-    }
-  }
-}
 
 template <int D, typename T>
 int64_t nearest_one(const T* xi, const T* ct, const double* penalty, int64_t k, int64_t d,
@@ -112,12 +88,9 @@ void nearest_center(const T* x, int64_t n, int64_t d, const T* c, int64_t k,
   while (first < k - 1 && penalty[first] > 0) ++first;
   const int threads = resolve_threads(num_threads);
   const double* pen = penalty.data();
-  switch (d) {
-    case 4: run<4>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted); break;
-    case 8: run<8>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted); break;
-    case 16: run<16>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted); break;
-    default: run<0>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted); break;
-  }
+  with_dimension(d, [&](auto D) {
+    run<D.value>(x, n, d, ct.data(), pen, k, first, out, threads, interrupted);
+  });
 }
 
 namespace {
@@ -200,12 +173,9 @@ void kmeanspp_seeds(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
                     const std::function<bool()>& interrupted) {
   if (k < 1) return;
   const int threads = resolve_threads(num_threads);
-  switch (d) {
-    case 4: kmeanspp_run<4>(x, n, d, k, first, u, trials, idx, threads, interrupted); break;
-    case 8: kmeanspp_run<8>(x, n, d, k, first, u, trials, idx, threads, interrupted); break;
-    case 16: kmeanspp_run<16>(x, n, d, k, first, u, trials, idx, threads, interrupted); break;
-    default: kmeanspp_run<0>(x, n, d, k, first, u, trials, idx, threads, interrupted); break;
-  }
+  with_dimension(d, [&](auto D) {
+    kmeanspp_run<D.value>(x, n, d, k, first, u, trials, idx, threads, interrupted);
+  });
 }
 
 template void kmeanspp_seeds<float>(const float*, int64_t, int64_t, int64_t, int64_t,

@@ -11,7 +11,9 @@ Kernels (Liger-Kernel layout: ``_<op>_<variant>_kernel``, a host launcher, and a
 * :func:`pairwise.pairwise_nn` — ``_pairwise_dist_rownn_kernel``: dense dissimilarities
   from direct differences, with row nearest neighbours;
 * :func:`merge.merge_compact_nn` — ``_merge_compact_rownn_kernel``: Lance–Williams merge of
-  all reciprocal pairs of a round, compaction and the next row nearest neighbours.
+  all reciprocal pairs of a round, compaction and the next row nearest neighbours;
+* :func:`round.round_scan` — ``_round_scan_oneblock_kernel``: a round's O(n) bookkeeping
+  (reciprocal pairs, merge records, the next round's slots and weights) in one launch.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from ._triton import HAS_TRITON, TRITON_IMPORT_ERROR
 from .merge import _reference_merge_compact_nn, merge_compact_nn
 from .pairwise import _reference_pairwise_nn, pairwise_nn
+from .round import _reference_round_scan, round_scan
 
 __all__ = [
     "HAS_TRITON",
@@ -29,6 +32,7 @@ __all__ = [
     "TritonOps",
     "merge_compact_nn",
     "pairwise_nn",
+    "round_scan",
 ]
 
 
@@ -37,6 +41,7 @@ class TritonOps:
 
     pairwise_nn = staticmethod(pairwise_nn)
     merge_compact_nn = staticmethod(merge_compact_nn)
+    round_scan = staticmethod(round_scan)
 
 
 class ReferenceOps:
@@ -44,6 +49,8 @@ class ReferenceOps:
 
     Slow and memory-hungry (it materialises gathered copies); used to test the driver.
     """
+
+    round_scan = staticmethod(_reference_round_scan)
 
     @staticmethod
     def pairwise_nn(x: torch.Tensor, out: torch.Tensor, ld: int, metric: int,

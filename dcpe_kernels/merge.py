@@ -73,7 +73,8 @@ def _reference_merge_compact_nn(d_old: torch.Tensor, p: torch.Tensor, q: torch.T
 
 if HAS_TRITON:
 
-    @triton.jit
+    # sizes change every round: not specialised on, so one compile per dtype and mode
+    @triton.jit(do_not_specialize=["ld_src", "ld_dst", "n_new", "row0", "nrows"])
     def _merge_compact_rownn_kernel(src_ptr, ld_src, dst_ptr, ld_dst, p_ptr, q_ptr, wp_ptr,
                                     wq_ptr, nn_ptr, nnd_ptr, n_new, row0, nrows,
                                     MODE: tl.constexpr, BLOCK_M: tl.constexpr,

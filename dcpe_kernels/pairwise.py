@@ -49,7 +49,7 @@ def _row_argmin(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 if HAS_TRITON:
 
-    @triton.jit
+    @triton.jit(do_not_specialize=["n", "dim", "ld"])  # one compile per dtype and metric
     def _pairwise_dist_rownn_kernel(x_ptr, d_ptr, nn_ptr, nnd_ptr, n, dim, ld,
                                     METRIC: tl.constexpr, IS_F32: tl.constexpr,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):

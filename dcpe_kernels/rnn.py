@@ -11,7 +11,9 @@ can be merged at once.  One round is
 
 1. the nearest neighbour of every active cluster (row argmin of the dense dissimilarity
    matrix, ties to the smallest slot), produced by the previous kernel as a by-product;
-2. the reciprocal pairs ``(a, b)`` with ``nn[a] == b`` and ``nn[b] == a`` (O(n) tensor ops);
+2. the reciprocal pairs ``(a, b)`` with ``nn[a] == b`` and ``nn[b] == a``, their merge
+   records and the next round's slots (one O(n) kernel, :mod:`dcpe_kernels.round`, then
+   the round's only host synchronisation: three counts);
 3. one fused kernel that writes the merged *and* compacted matrix of the next round
    (the merged cluster takes the smaller slot, the other slot disappears, clusters over the
    size cap are dropped) and, while doing so, the row minima of the new matrix.
@@ -71,7 +73,7 @@ METRIC_CODES: dict[str, int] = {"euclidean": 0, "sqeuclidean": 1, "cosine": 2}
 
 
 class RNNOps(Protocol):
-    """The two kernels an RNN engine needs (all tensors on one device, contiguous)."""
+    """The three kernels an RNN engine needs (all tensors on one device, contiguous)."""
 
     def pairwise_nn(self, x: torch.Tensor, out: torch.Tensor, ld: int, metric: int,
                     nn: torch.Tensor, nnd: torch.Tensor) -> None:
@@ -86,6 +88,15 @@ class RNNOps(Protocol):
         """Write rows ``row0 .. row0+nrows-1`` of the next round's matrix into ``dst``
         (local row ``r`` at ``dst[r * ld_dst:]``), and their argmin/min into
         ``nn``/``nnd`` at the global row index."""
+
+    def round_scan(self, n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
+                   rep: torch.Tensor, hfix: torch.Tensor, m_a: torch.Tensor, m_b: torch.Tensor,
+                   m_h: torch.Tensor, m_hf: torch.Tensor, m_s: torch.Tensor, m: int,
+                   check: bool, cap: int, average: bool, p: torch.Tensor, q: torch.Tensor,
+                   wp: torch.Tensor, wq: torch.Tensor, size_out: torch.Tensor,
+                   rep_out: torch.Tensor, hfix_out: torch.Tensor, counts: torch.Tensor) -> None:
+        """Reciprocal pairs, merge records and the next round's slots
+        (:func:`dcpe_kernels.round.round_scan`)."""
 
 
 def supported_or_raise(method: str, metric: str, backend: str) -> tuple[int, int]:
@@ -242,78 +253,52 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
     rep = torch.arange(n_all, dtype=i64, device=dev)
     size = torch.ones(n_all, dtype=i64, device=dev)
     hfix = torch.zeros(n_all, dtype=dt, device=dev)
-    # merge records; the last entry is a dump slot for masked scatters
+    # the next round's cluster state (swapped with the current one after every round)
+    rep2 = torch.empty_like(rep)
+    size2 = torch.empty_like(size)
+    hfix2 = torch.empty_like(hfix)
+    # merge records, in discovery order
     m_a = torch.empty(n_all, dtype=i64, device=dev)
     m_b = torch.empty(n_all, dtype=i64, device=dev)
     m_h = torch.empty(n_all, dtype=dt, device=dev)
     m_hf = torch.empty(n_all, dtype=dt, device=dev)
     m_s = torch.empty(n_all, dtype=i64, device=dev)
-    dump_m = n_all - 1
+    # slots of the next round: old slot, merged partner, their Lance-Williams weights
+    p32 = torch.empty(n_all, dtype=torch.int32, device=dev)
+    q32 = torch.empty(n_all, dtype=torch.int32, device=dev)
+    wp = torch.empty(n_all, dtype=dt, device=dev)
+    wq = torch.empty(n_all, dtype=dt, device=dev)
+    counts = torch.empty(3, dtype=i64, device=dev)
 
     other: torch.Tensor | None = None  # second matrix buffer once one fits
     staging: torch.Tensor | None = None
-    cap = max_cluster_size
+    cap = 0 if max_cluster_size is None else int(max_cluster_size)
     m = 0
     n = n_all
     rounds = 0
     need = None if n_clusters is None else max(0, n_all - int(n_clusters))
-    ar_all = torch.arange(n_all, dtype=i64, device=dev)
     known, complete = 0, True
     while n >= 2:
         rounds += 1
-        ar = ar_all[:n]
-        partner = nn[:n]
-        recip = partner.gather(0, partner) == ar
-        is_a = recip & (ar < partner)
-        is_b = recip & (ar > partner)
-        size_p = size.gather(0, partner)
-        size_new = torch.where(is_a, size + size_p, size)
-        keep = ~is_b
-        if cap is not None:
-            keep &= size_new <= cap
-        sums = [is_a.sum(), keep.sum()]
+        # merges recorded so far below every merge still to come?
         stop_check = need is not None and m >= need
-        if stop_check:  # merges recorded so far below every merge still to come
-            sums.append((m_hf[:m] < nnd[:n].min()).sum())
-        counts = torch.stack(sums).tolist()  # the one sync of a round
-        n_pairs, n_new = int(counts[0]), int(counts[1])
-        if stop_check and int(counts[2]) >= need:
-            known, complete = int(counts[2]), False
+        ops.round_scan(n, nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s, m, stop_check,
+                       cap, method == "average", p32, q32, wp, wq, size2, rep2, hfix2, counts)
+        n_pairs, n_new, below = counts.tolist()  # the one sync of a round
+        if stop_check and below >= need:
+            known, complete = below, False
             rounds -= 1
             break
         if n_pairs == 0:
             raise RuntimeError(f"{backend} backend: no reciprocal nearest-neighbour pair among "
                                f"{n} clusters (non-finite dissimilarities?)")
-        # record the merges of this round, in slot order of their smaller member
-        hraw = nnd[:n]
-        hf = torch.maximum(torch.maximum(hraw, hfix), hfix.gather(0, partner))
-        apos = torch.where(is_a, torch.cumsum(is_a, 0) - 1 + m, dump_m)
-        m_a.scatter_(0, apos, rep)
-        m_b.scatter_(0, apos, rep.gather(0, partner))
-        m_h.scatter_(0, apos, hraw)
-        m_hf.scatter_(0, apos, hf)
-        m_s.scatter_(0, apos, size_new)
         m += n_pairs
         if n_new < 2:
             break
-        # slots of the next round
-        npos = torch.where(keep, torch.cumsum(keep, 0) - 1, n_new)
-        p = torch.empty(n_new + 1, dtype=i64, device=dev).scatter_(0, npos, ar)[:n_new]
-        merged = is_a.gather(0, p)
-        q = torch.where(merged, partner.gather(0, p), -1)
-        new_size = size_new.gather(0, p)
-        if method == "average":
-            nsf = new_size.to(dt)
-            wp = size.gather(0, p).to(dt) / nsf
-            wq = torch.where(merged, size.gather(0, q.clamp_min(0)).to(dt) / nsf, 0)
-        else:  # weighted (WPGMA); ignored by min/max modes
-            half = torch.where(merged, 0.5, 1.0).to(dt)
-            wp = half
-            wq = torch.where(merged, half, 0).to(dt)
-        hfix = torch.where(is_a, hf, hfix).gather(0, p)
-        rep = rep.gather(0, p)
-        size = new_size
-        p32, q32 = p.to(torch.int32), q.to(torch.int32)
+        size, size2 = size2, size
+        rep, rep2 = rep2, rep
+        hfix, hfix2 = hfix2, hfix
+        slots = (p32[:n_new], q32[:n_new], wp[:n_new], wq[:n_new])
 
         if other is None:
             room = avail - used
@@ -322,8 +307,7 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
                 used += n_new * n_new * itemsize
                 staging = None
         if other is not None and other.numel() >= n_new * n_new:
-            ops.merge_compact_nn(cur, ld, other, n_new, p32, q32, wp, wq, n_new, 0, n_new,
-                                 mode, nn, nnd)
+            ops.merge_compact_nn(cur, ld, other, n_new, *slots, n_new, 0, n_new, mode, nn, nnd)
             cur, other, ld = other, cur, n_new
         else:
             # In place, in row chunks: new row i reads old rows >= i only, so a chunk's rows
@@ -335,8 +319,8 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
                 staging = torch.empty(chunk * n_new, dtype=dt, device=dev)
             for row0 in range(0, n_new, chunk):
                 nrows = min(chunk, n_new - row0)
-                ops.merge_compact_nn(cur, ld, staging, n_new, p32, q32, wp, wq, n_new, row0,
-                                     nrows, mode, nn, nnd)
+                ops.merge_compact_nn(cur, ld, staging, n_new, *slots, n_new, row0, nrows, mode,
+                                     nn, nnd)
                 _view_rows(cur, ld, row0, nrows, n_new).copy_(
                     staging[: nrows * n_new].view(nrows, n_new))
         n = n_new

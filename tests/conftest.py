@@ -152,6 +152,71 @@ def replay_gaps(z: np.ndarray, x: np.ndarray, metric: str = "euclidean",
     return np.array(merged), np.array(best)
 
 
+# --------------------------------------------------------------------------- GPU rounds
+
+
+def round_scan_outputs(round_scan, n: int, state: dict, m: int, check: bool, cap: int,
+                       average: bool) -> dict:
+    """Run a ``round_scan`` (kernel or reference) for ``n`` clusters on a copy of ``state``.
+
+    Every output starts filled with a sentinel, so that entries a scan must leave alone
+    are compared too.  Returns the outputs (and the record arrays) by name.
+    """
+    import torch
+
+    s = {k: v.clone() for k, v in state.items()}
+    nmax, dev, dt = s["nn"].shape[0], s["nn"].device, s["nnd"].dtype
+    i64, i32 = torch.int64, torch.int32
+    out = {"p": torch.full((nmax,), -7, dtype=i32, device=dev),
+           "q": torch.full((nmax,), -7, dtype=i32, device=dev),
+           "wp": torch.full((nmax,), -7.0, dtype=dt, device=dev),
+           "wq": torch.full((nmax,), -7.0, dtype=dt, device=dev),
+           "size_out": torch.full((nmax,), -7, dtype=i64, device=dev),
+           "rep_out": torch.full((nmax,), -7, dtype=i64, device=dev),
+           "hfix_out": torch.full((nmax,), -7.0, dtype=dt, device=dev),
+           "counts": torch.full((3,), -7, dtype=i64, device=dev)}
+    round_scan(n, s["nn"], s["nnd"], s["size"], s["rep"], s["hfix"], s["m_a"],
+               s["m_b"], s["m_h"], s["m_hf"], s["m_s"], m, check, cap, average, out["p"],
+               out["q"], out["wp"], out["wq"], out["size_out"], out["rep_out"],
+               out["hfix_out"], out["counts"])
+    out.update({k: s[k] for k in ("m_a", "m_b", "m_h", "m_hf", "m_s")})
+    return out
+
+
+def random_round_state(rng: np.random.Generator, n: int, n_max: int, m: int, dtype,
+                       device: str) -> dict:
+    """A plausible engine state of ``n`` clusters (arrays of length ``n_max``) with ``m``
+    merges recorded: nearest neighbours with many reciprocal pairs and some one-way
+    pointers, distinct heights, sizes 1..6, increasing representatives."""
+    import torch
+
+    perm = rng.permutation(n)
+    nn = np.empty(n, dtype=np.int64)
+    n_pairs = n // 3
+    a, b = perm[: n_pairs], perm[n_pairs: 2 * n_pairs]
+    nn[a], nn[b] = b, a
+    for i in perm[2 * n_pairs:]:  # pointers into the pairs (or anywhere else)
+        nn[i] = rng.choice(np.delete(np.arange(n), i))
+    nnd = rng.permutation(n).astype(np.float64) * 0.37 + 1.0 + rng.uniform(0, 0.1, n)
+    nnd[b] = nnd[a]  # both members of a pair see the same distance
+    hfix = np.where(rng.random(n) < 0.5, 0.0, rng.uniform(0.5, 3.0, n))
+    rep = np.sort(rng.choice(4 * n_max, size=n, replace=False))
+    size = rng.integers(1, 7, size=n)
+    m_hf = rng.uniform(0.0, 3.0, n_max)
+
+    def full(v: np.ndarray, fill: float, dt) -> torch.Tensor:
+        t = torch.full((n_max,), fill, dtype=dt)
+        t[: len(v)] = torch.as_tensor(v).to(dt)
+        return t.to(device)
+
+    i64 = torch.int64
+    return {"nn": full(nn, 0, i64), "nnd": full(nnd, 9.0, dtype),
+            "size": full(size, 1, i64), "rep": full(rep, 0, i64), "hfix": full(hfix, 0.0, dtype),
+            "m_a": full(np.arange(m), -5, i64), "m_b": full(np.arange(m), -5, i64),
+            "m_h": full(m_hf[:m], -5.0, dtype), "m_hf": full(m_hf[:m], -5.0, dtype),
+            "m_s": full(np.full(m, 2), -5, i64)}
+
+
 # --------------------------------------------------------------------------- fixtures
 
 

@@ -63,6 +63,7 @@ def test_cuda_kernels_built_when_nvcc_present() -> None:
         pytest.skip("nvcc not on PATH or DCPE_SKIP_CUDA set")
     assert getattr(ext, "has_cuda", False) is True
     assert callable(ext.cuda.pairwise_nn) and callable(ext.cuda.merge_compact_nn)
+    assert callable(ext.cuda.round_scan)
     assert ext.cuda.device_count() >= 0  # never raises, also without a driver
 
 
@@ -90,6 +91,13 @@ def test_kernels_are_never_contracted_into_fma(tmp_path) -> None:
     for body in kernels:
         assert not re.findall(r"\bfma\.rn\.f(?:32|64)", body)
         assert re.findall(r"\bmul\.rn\.f(?:32|64)", body)
+    # the round bookkeeping's average-linkage weights are IEEE float64 quotients, as in the
+    # cpu engine (not an approximate reciprocal)
+    scans = [e for e in entries if "round_scan_kernel" in e.split("(", 1)[0]]
+    assert len(scans) == 2
+    for body in scans:
+        assert re.findall(r"\bdiv\.rn\.f64", body)
+        assert not re.findall(r"\b(?:div\.approx|div\.full|rcp\.approx)", body)
 
 
 def test_available_says_why() -> None:
@@ -132,6 +140,27 @@ def test_pairwise_kernel_matches_reference(dtype: torch.dtype, metric: int) -> N
     assert bool((mat[:, n:] == -7.0).all())
     assert torch.equal(nn, ref_nn)
     torch.testing.assert_close(nnd, ref_nnd, rtol=1e-6, atol=0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [2, 3, 511, 513, 5000])
+def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None:
+    """The one-block bookkeeping equals its PyTorch reference bit for bit, untouched
+    entries included, across its 512-cluster blocks."""
+    cb = _backend()
+    from conftest import random_round_state, round_scan_outputs
+
+    from dcpe_kernels.round import _reference_round_scan
+
+    rng = np.random.default_rng(n)
+    for m, check, cap, average in ((0, False, 0, True), (n // 2, True, 0, True),
+                                   (n // 2, True, 7, False), (1, False, 4, True)):
+        state = random_round_state(rng, n, n + 5, m, dtype, "cuda")
+        ref = round_scan_outputs(_reference_round_scan, n, state, m, check, cap, average)
+        got = round_scan_outputs(cb.CudaOps.round_scan, n, state, m, check, cap, average)
+        for name, want in ref.items():
+            assert torch.equal(got[name], want), (name, m, check, cap, average)
 
 
 @needs_gpu

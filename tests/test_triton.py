@@ -43,11 +43,12 @@ def _load_kernels():
     from triton.runtime.interpreter import InterpretedFunction
 
     import dcpe_kernels
-    from dcpe_kernels import merge, pairwise
+    from dcpe_kernels import merge, pairwise, round
 
     if isinstance(pairwise._pairwise_dist_rownn_kernel, InterpretedFunction) != INTERPRET:
         importlib.reload(pairwise)
         importlib.reload(merge)
+        importlib.reload(round)
         importlib.reload(dcpe_kernels)
     return dcpe_kernels
 
@@ -284,6 +285,63 @@ def test_reference_merge_is_lance_williams() -> None:
     assert np.isclose(float(new[0, 1]), tok[np.ix_([0, 3], [1, 4])].mean())
     assert np.isclose(float(new[0, 2]), tok[[0, 3], 2].mean())
     assert float(new[2, 3]) == tok[2, 5]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [2, 3, 64, 65, 300])
+def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None:
+    """The one-launch bookkeeping equals its PyTorch reference bit for bit, including what
+    it must leave untouched; block boundaries crossed (64 clusters per block here)."""
+    from conftest import random_round_state, round_scan_outputs
+
+    rng = np.random.default_rng(n)
+    for m, check, cap, average in ((0, False, 0, True), (n // 2, True, 0, True),
+                                   (n // 2, True, 7, False), (1, False, 4, True)):
+        state = random_round_state(rng, n, n + 5, m, dtype, DEVICE)
+        ref = round_scan_outputs(dk._reference_round_scan, n, state, m, check, cap, average)
+        got = round_scan_outputs(dk.round_scan, n, state, m, check, cap, average)
+        for name, want in ref.items():
+            assert torch.equal(got[name], want), (name, m, check, cap, average)
+        n_pairs, n_new, below = ref["counts"].tolist()
+        assert n_pairs >= n // 3 and 0 <= n_new <= n - n_pairs
+        if check:
+            floor = state["nnd"][:n].min()
+            assert below == int((state["m_hf"][:m] < floor).sum())
+        else:
+            assert below == 0
+
+
+def test_reference_round_scan_semantics() -> None:
+    """The reference itself on a hand-made round: pairs (0, 2) and (1, 4), 3 -> 1 one-way."""
+    dt = torch.float64
+    nn = torch.tensor([2, 4, 0, 1, 1])
+    nnd = torch.tensor([1.0, 0.5, 1.0, 0.7, 0.5], dtype=dt)
+    size = torch.tensor([1, 2, 3, 1, 2])
+    rep = torch.tensor([0, 3, 5, 6, 9])
+    hfix = torch.tensor([0.0, 0.6, 0.2, 0.0, 0.1], dtype=dt)
+    m_hf = torch.tensor([0.3, 0.6, 0.0, 0.0, 0.0], dtype=dt)
+    rec = [torch.zeros(5, dtype=torch.int64), torch.zeros(5, dtype=torch.int64),
+           torch.zeros(5, dtype=dt), m_hf, torch.zeros(5, dtype=torch.int64)]
+    p, q = torch.zeros(5, dtype=torch.int32), torch.zeros(5, dtype=torch.int32)
+    wp, wq, hf2 = (torch.zeros(5, dtype=dt) for _ in range(3))
+    s2, r2, counts = torch.zeros(5, dtype=torch.int64), torch.zeros(5, dtype=torch.int64), \
+        torch.zeros(3, dtype=torch.int64)
+    dk._reference_round_scan(5, nn, nnd, size, rep, hfix, *rec, 2, True, 4, True, p, q, wp, wq,
+                             s2, r2, hf2, counts)
+    # merges in slot order of the smaller member; {0, 2} has 4 tokens > cap 4? no: 1 + 3 = 4
+    assert counts.tolist() == [2, 3, 1]  # pairs, kept (0, 1, 3), merges below 0.5: one
+    assert rec[0][2:4].tolist() == [0, 3] and rec[1][2:4].tolist() == [5, 9]
+    assert rec[2][2:4].tolist() == [1.0, 0.5] and rec[3][2:4].tolist() == [1.0, 0.6]
+    assert rec[4][2:4].tolist() == [4, 4]
+    assert p[:3].tolist() == [0, 1, 3] and q[:3].tolist() == [2, 4, -1]
+    assert wp[:3].tolist() == [0.25, 0.5, 1.0] and wq[:3].tolist() == [0.75, 0.5, 0.0]
+    assert s2[:3].tolist() == [4, 4, 1] and r2[:3].tolist() == [0, 3, 6]
+    assert hf2[:3].tolist() == [1.0, 0.6, 0.0]
+    # a cap of 3 freezes both merged clusters; halves for weighted linkage
+    dk._reference_round_scan(5, nn, nnd, size, rep, hfix, *rec, 2, False, 3, False, p, q, wp,
+                             wq, s2, r2, hf2, counts)
+    assert counts.tolist() == [2, 1, 0] and p[:1].tolist() == [3]
+    assert wp[:1].tolist() == [1.0] and wq[:1].tolist() == [0.0]
 
 
 # ----------------------------------------------------------------------------- engine

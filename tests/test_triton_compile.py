@@ -25,7 +25,7 @@ SCRIPT = textwrap.dedent("""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from dcpe_kernels import merge, pairwise
+    from dcpe_kernels import merge, pairwise, round as round_
 
     arch = int(sys.argv[1])
     target = GPUTarget("cuda", arch, 32)
@@ -33,7 +33,7 @@ SCRIPT = textwrap.dedent("""
 
     def build(fn, signature, constexprs, cfg):
         src = ASTSource(fn=fn, signature=signature, constexprs=constexprs)
-        options = {k: v for k, v in cfg.items() if not k.startswith("BLOCK_")}
+        options = {k: v for k, v in cfg.items() if not k.startswith("BLOCK")}
         kernel = triton.compile(src, target=target, options=options)
         assert len(kernel.asm["cubin"]) > 0
         done.append(fn.__name__)
@@ -65,6 +65,30 @@ SCRIPT = textwrap.dedent("""
             # the weighted merge must not be contracted into fma (symmetric rounding)
             fmas = re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"])
             assert not fmas, (dt, mode, len(fmas))
+        cfg = round_._launch_config(on_cpu=False)
+        sig = {name: "*i64" for name in ("nn_ptr", "size_ptr", "rep_ptr", "ma_ptr", "mb_ptr",
+                                         "ms_ptr", "size_out_ptr", "rep_out_ptr",
+                                         "counts_ptr")}
+        sig.update({name: f"*{dt}" for name in ("nnd_ptr", "hfix_ptr", "mh_ptr", "mhf_ptr",
+                                                "wp_ptr", "wq_ptr", "hfix_out_ptr")})
+        sig.update({"p_ptr": "*i32", "q_ptr": "*i32", "n": "i32", "m": "i32", "cap": "i64",
+                    "check": "i32", "average": "i32", "BLOCK": "constexpr"})
+        kernel = build(round_._round_scan_oneblock_kernel, sig, {"BLOCK": cfg["BLOCK"]}, cfg)
+        # average-linkage weights are IEEE float64 quotients, as the cpu engine's
+        ptx = kernel.asm["ptx"]
+        assert re.findall(r"\\bdiv\\.rn\\.f64", ptx), dt
+        assert not re.findall(r"\\b(?:div\\.approx|div\\.full)", ptx), dt
+
+    # Sizes change from round to round; a kernel specialised on them (divisibility by 16,
+    # value 1) would be compiled again for new sizes in the middle of a run. Every integer
+    # argument is exempt, so each kernel compiles once per dtype and constexpr set.
+    for fn in (pairwise._pairwise_dist_rownn_kernel, merge._merge_compact_rownn_kernel,
+               round_._round_scan_oneblock_kernel):
+        exempt = {fn.arg_names.index(a) if isinstance(a, str) else int(a)
+                  for a in fn.do_not_specialize}
+        ints = [i for i, name in enumerate(fn.arg_names)
+                if not name.endswith("_ptr") and not fn.params[i].is_constexpr]
+        assert ints and set(ints) <= exempt, (fn.__name__, ints, sorted(exempt))
     print(json.dumps(done))
 """)
 
@@ -88,3 +112,4 @@ def test_kernels_compile_for_nvidia_gpus(arch: int) -> None:
     built = proc.stdout.strip().splitlines()[-1]
     assert built.count("_pairwise_dist_rownn_kernel") == 6
     assert built.count("_merge_compact_rownn_kernel") == 6
+    assert built.count("_round_scan_oneblock_kernel") == 2

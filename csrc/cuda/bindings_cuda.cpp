@@ -21,6 +21,13 @@ void dcpe_register_cuda(py::module_& m) {
         py::arg("wp"), py::arg("wq"), py::arg("n_new"), py::arg("row0"), py::arg("nrows"),
         py::arg("mode"), py::arg("nn"), py::arg("nnd"), py::arg("stream"),
         "Merge the reciprocal pairs of a round, compact, and find row argmin/min.");
+  c.def("round_scan", &dcpe_cuda::round_scan, py::arg("dtype"), py::arg("n"), py::arg("nn"),
+        py::arg("nnd"), py::arg("size"), py::arg("rep"), py::arg("hfix"), py::arg("m_a"),
+        py::arg("m_b"), py::arg("m_h"), py::arg("m_hf"), py::arg("m_s"), py::arg("m"),
+        py::arg("check"), py::arg("cap"), py::arg("average"), py::arg("p"), py::arg("q"),
+        py::arg("wp"), py::arg("wq"), py::arg("size_out"), py::arg("rep_out"),
+        py::arg("hfix_out"), py::arg("counts"), py::arg("stream"),
+        "A round's reciprocal pairs, merge records and next slots, in one launch.");
   c.def("device_count", &dcpe_cuda::device_count,
         "Number of visible CUDA devices (0 without a driver).");
 }

@@ -38,6 +38,20 @@ void merge_compact_nn(int dtype, std::uintptr_t src, std::int64_t ld_src, std::u
                       std::int64_t row0, std::int64_t nrows, int mode, std::uintptr_t nn,
                       std::uintptr_t nnd, std::uintptr_t stream);
 
+// One round's O(n) bookkeeping in one single-block launch (semantics and PyTorch reference:
+// dcpe_kernels/round.py): reciprocal pairs of nn[0..n), their merge records at m.. of
+// m_a/m_b/m_h/m_hf/m_s, the next round's slots p/q (int32) and weights wp/wq, and the new
+// size/rep/hfix; counts (int64, 3) = pairs, slots kept, recorded merges below min(nnd)
+// (0 unless check).  cap <= 0: no size cap.  nn, size, rep, m_a, m_b, m_s: int64; the
+// others dtype.
+void round_scan(int dtype, std::int64_t n, std::uintptr_t nn, std::uintptr_t nnd,
+                std::uintptr_t size, std::uintptr_t rep, std::uintptr_t hfix,
+                std::uintptr_t m_a, std::uintptr_t m_b, std::uintptr_t m_h, std::uintptr_t m_hf,
+                std::uintptr_t m_s, std::int64_t m, bool check, std::int64_t cap, bool average,
+                std::uintptr_t p, std::uintptr_t q, std::uintptr_t wp, std::uintptr_t wq,
+                std::uintptr_t size_out, std::uintptr_t rep_out, std::uintptr_t hfix_out,
+                std::uintptr_t counts, std::uintptr_t stream);
+
 // Number of visible CUDA devices (0 without a driver); never throws.
 int device_count();
 

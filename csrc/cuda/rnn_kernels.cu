@@ -10,13 +10,19 @@
 // the O(n^2) passes:
 //   pairwise_rownn_kernel       dense dissimilarities from direct differences (no
 //                               |a|^2+|b|^2-2ab cancellation) + row argmin;
-//   merge_compact_rownn_kernel  merge + compaction of the matrix + row argmin, one pass.
+//   merge_compact_rownn_kernel  merge + compaction of the matrix + row argmin, one pass;
+// and the round's O(n) bookkeeping in one launch:
+//   round_scan_kernel           reciprocal pairs, merge records, next slots and weights
+//                               (one block walking the clusters with two running counts;
+//                               semantics in dcpe_kernels/round.py).
 // One thread block per matrix row; row argmin ties go to the smallest column.  Each entry
 // is computed in both of its rows, so the weighted merge uses an order of operations that
 // is symmetric in (row, column) and no fma: the matrix stays exactly symmetric (see
 // dcpe_kernels/merge.py).  Token distances round every square and sum in the cpu engine's
 // order (no fma either), so both engines start from the same matrix.
 
+#include <cub/block/block_reduce.cuh>
+#include <cub/block/block_scan.cuh>
 #include <cuda_runtime.h>
 
 #include <cmath>
@@ -188,6 +194,120 @@ __global__ void __launch_bounds__(kThreads)
   block_argmin_store(bv, bi, nn, nnd, i);
 }
 
+// Round bookkeeping (dcpe_kernels/round.py has the PyTorch reference and the semantics):
+// one block; clusters are taken kScanThreads at a time, and a block-wide exclusive scan
+// of (is_a, keep), packed as is_a * 2^32 + keep, gives each cluster its merge record
+// and its next slot, offset by the running totals of the blocks before.
+constexpr int kScanThreads = 512;  // 64 registers per thread, no spills (sm_90)
+
+struct MinOp {
+  template <typename T>
+  __device__ __forceinline__ T operator()(const T& a, const T& b) const {
+    return b < a ? b : a;
+  }
+};
+
+template <typename T>
+__global__ void __launch_bounds__(kScanThreads)
+    round_scan_kernel(std::int64_t n, const std::int64_t* __restrict__ nn,
+                      const T* __restrict__ nnd, const std::int64_t* __restrict__ size,
+                      const std::int64_t* __restrict__ rep, const T* __restrict__ hfix,
+                      std::int64_t* __restrict__ m_a, std::int64_t* __restrict__ m_b,
+                      T* __restrict__ m_h, T* __restrict__ m_hf, std::int64_t* __restrict__ m_s,
+                      std::int64_t m, int check, std::int64_t cap, int average,
+                      std::int32_t* __restrict__ P, std::int32_t* __restrict__ Q,
+                      T* __restrict__ WP, T* __restrict__ WQ,
+                      std::int64_t* __restrict__ size_out, std::int64_t* __restrict__ rep_out,
+                      T* __restrict__ hfix_out, std::int64_t* __restrict__ counts) {
+  using Scan = cub::BlockScan<long long, kScanThreads>;
+  using ReduceT = cub::BlockReduce<T, kScanThreads>;
+  using ReduceI = cub::BlockReduce<long long, kScanThreads>;
+  __shared__ union {
+    typename Scan::TempStorage scan;
+    typename ReduceT::TempStorage reduce_t;
+    typename ReduceI::TempStorage reduce_i;
+  } tmp;
+  __shared__ T floor_shared;
+  const int tid = threadIdx.x;
+  long long below = 0;
+  if (check) {
+    // recorded merges below the smallest entry of the current matrix
+    T lo = dev_inf<T>();
+    for (std::int64_t i = tid; i < n; i += kScanThreads) lo = MinOp()(lo, nnd[i]);
+    const T floor_value = ReduceT(tmp.reduce_t).Reduce(lo, MinOp());  // valid in thread 0
+    if (tid == 0) floor_shared = floor_value;
+    __syncthreads();
+    const T t = floor_shared;
+    long long c = 0;
+    for (std::int64_t i = tid; i < m; i += kScanThreads) c += m_hf[i] < t ? 1 : 0;
+    below = ReduceI(tmp.reduce_i).Sum(c);  // valid in thread 0
+    __syncthreads();
+  }
+  long long pairs = 0, kept = 0;  // the same in every thread
+  for (std::int64_t base = 0; base < n; base += kScanThreads) {
+    const std::int64_t i = base + tid;
+    const bool valid = i < n;
+    std::int64_t partner = 0, sz = 0, szp = 0, size_new = 0;
+    bool is_a = false, keep = false;
+    if (valid) {
+      partner = nn[i];
+      const bool recip = nn[partner] == i;
+      is_a = recip && i < partner;
+      const bool is_b = recip && i > partner;
+      sz = size[i];
+      szp = size[partner];
+      size_new = is_a ? sz + szp : sz;
+      keep = !is_b && size_new <= cap;
+    }
+    const long long packed = (static_cast<long long>(is_a) << 32) | static_cast<long long>(keep);
+    long long prefix = 0, total = 0;
+    Scan(tmp.scan).ExclusiveSum(packed, prefix, total);
+    __syncthreads();  // tmp is reused by the next block's scan
+    if (valid) {
+      const T hraw = nnd[i];
+      const T hf_own = hfix[i];
+      const T hf_p = hfix[partner];
+      const T hf0 = hraw < hf_own ? hf_own : hraw;  // torch.maximum of finite values
+      const T hf = hf0 < hf_p ? hf_p : hf0;
+      const std::int64_t rep_own = rep[i];
+      if (is_a) {
+        const std::int64_t r = m + pairs + (prefix >> 32);
+        m_a[r] = rep_own;
+        m_b[r] = rep[partner];
+        m_h[r] = hraw;
+        m_hf[r] = hf;
+        m_s[r] = size_new;
+      }
+      if (keep) {
+        const std::int64_t k = kept + (prefix & 0xffffffffLL);
+        P[k] = static_cast<std::int32_t>(i);
+        Q[k] = is_a ? static_cast<std::int32_t>(partner) : -1;
+        T wp, wq;
+        if (average) {  // float64 quotients rounded once, as the cpu engine's weights
+          const double nsf = static_cast<double>(size_new);
+          wp = static_cast<T>(__ddiv_rn(static_cast<double>(sz), nsf));
+          wq = is_a ? static_cast<T>(__ddiv_rn(static_cast<double>(szp), nsf)) : T(0);
+        } else {
+          wp = is_a ? T(0.5) : T(1);
+          wq = is_a ? T(0.5) : T(0);
+        }
+        WP[k] = wp;
+        WQ[k] = wq;
+        size_out[k] = size_new;
+        rep_out[k] = rep_own;
+        hfix_out[k] = is_a ? hf : hf_own;
+      }
+    }
+    pairs += total >> 32;
+    kept += total & 0xffffffffLL;
+  }
+  if (tid == 0) {
+    counts[0] = pairs;
+    counts[1] = kept;
+    counts[2] = below;
+  }
+}
+
 inline cudaStream_t as_stream(std::uintptr_t s) { return reinterpret_cast<cudaStream_t>(s); }
 
 template <typename T>
@@ -212,6 +332,29 @@ void launch_merge(std::uintptr_t src, std::int64_t ld_src, std::uintptr_t dst,
       reinterpret_cast<const T*>(wp), reinterpret_cast<const T*>(wq), n_new, row0, mode,
       reinterpret_cast<std::int64_t*>(nn), reinterpret_cast<T*>(nnd));
   check(cudaGetLastError(), "merge_compact_rownn_kernel launch");
+}
+
+template <typename T>
+void launch_round_scan(std::int64_t n, std::uintptr_t nn, std::uintptr_t nnd,
+                       std::uintptr_t size, std::uintptr_t rep, std::uintptr_t hfix,
+                       std::uintptr_t m_a, std::uintptr_t m_b, std::uintptr_t m_h,
+                       std::uintptr_t m_hf, std::uintptr_t m_s, std::int64_t m, bool count_below,
+                       std::int64_t cap, bool average, std::uintptr_t p, std::uintptr_t q,
+                       std::uintptr_t wp, std::uintptr_t wq, std::uintptr_t size_out,
+                       std::uintptr_t rep_out, std::uintptr_t hfix_out, std::uintptr_t counts,
+                       std::uintptr_t stream) {
+  using I64 = std::int64_t;
+  round_scan_kernel<T><<<1, kScanThreads, 0, as_stream(stream)>>>(
+      n, reinterpret_cast<const I64*>(nn), reinterpret_cast<const T*>(nnd),
+      reinterpret_cast<const I64*>(size), reinterpret_cast<const I64*>(rep),
+      reinterpret_cast<const T*>(hfix), reinterpret_cast<I64*>(m_a),
+      reinterpret_cast<I64*>(m_b), reinterpret_cast<T*>(m_h), reinterpret_cast<T*>(m_hf),
+      reinterpret_cast<I64*>(m_s), m, count_below ? 1 : 0, cap, average ? 1 : 0,
+      reinterpret_cast<std::int32_t*>(p), reinterpret_cast<std::int32_t*>(q),
+      reinterpret_cast<T*>(wp), reinterpret_cast<T*>(wq), reinterpret_cast<I64*>(size_out),
+      reinterpret_cast<I64*>(rep_out), reinterpret_cast<T*>(hfix_out),
+      reinterpret_cast<I64*>(counts));
+  check(cudaGetLastError(), "round_scan_kernel launch");
 }
 
 void check_args(int dtype, std::int64_t rows, const char* what) {
@@ -254,6 +397,29 @@ void merge_compact_nn(int dtype, std::uintptr_t src, std::int64_t ld_src, std::u
   } else {
     launch_merge<double>(src, ld_src, dst, ld_dst, p, q, wp, wq, n_new, row0, nrows, mode, nn,
                          nnd, stream);
+  }
+}
+
+void round_scan(int dtype, std::int64_t n, std::uintptr_t nn, std::uintptr_t nnd,
+                std::uintptr_t size, std::uintptr_t rep, std::uintptr_t hfix,
+                std::uintptr_t m_a, std::uintptr_t m_b, std::uintptr_t m_h, std::uintptr_t m_hf,
+                std::uintptr_t m_s, std::int64_t m, bool check, std::int64_t cap, bool average,
+                std::uintptr_t p, std::uintptr_t q, std::uintptr_t wp, std::uintptr_t wq,
+                std::uintptr_t size_out, std::uintptr_t rep_out, std::uintptr_t hfix_out,
+                std::uintptr_t counts, std::uintptr_t stream) {
+  check_args(dtype, n, "round_scan");
+  if (m < 0 || m > 0x7fffffffLL) {
+    throw std::invalid_argument("round_scan: m out of range: " + std::to_string(m));
+  }
+  const std::int64_t cap_eff = cap > 0 ? cap : (std::int64_t(1) << 62);
+  if (dtype == kFloat32) {
+    launch_round_scan<float>(n, nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s, m, check,
+                             cap_eff, average, p, q, wp, wq, size_out, rep_out, hfix_out,
+                             counts, stream);
+  } else {
+    launch_round_scan<double>(n, nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s, m, check,
+                              cap_eff, average, p, q, wp, wq, size_out, rep_out, hfix_out,
+                              counts, stream);
   }
 }
 

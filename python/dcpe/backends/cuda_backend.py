@@ -80,6 +80,19 @@ class CudaOps:
                              row0, nrows, mode, nn.data_ptr(), nnd.data_ptr(),
                              torch.cuda.current_stream(src.device).cuda_stream)
 
+    @staticmethod
+    def round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
+                   rep: torch.Tensor, hfix: torch.Tensor, m_a: torch.Tensor, m_b: torch.Tensor,
+                   m_h: torch.Tensor, m_hf: torch.Tensor, m_s: torch.Tensor, m: int,
+                   check: bool, cap: int, average: bool, p: torch.Tensor, q: torch.Tensor,
+                   wp: torch.Tensor, wq: torch.Tensor, size_out: torch.Tensor,
+                   rep_out: torch.Tensor, hfix_out: torch.Tensor, counts: torch.Tensor) -> None:
+        ext = _ext()
+        ptrs = [t.data_ptr() for t in (nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s)]
+        outs = [t.data_ptr() for t in (p, q, wp, wq, size_out, rep_out, hfix_out, counts)]
+        ext.round_scan(_dtype_code(nnd), n, *ptrs, m, bool(check), int(cap), bool(average),
+                       *outs, torch.cuda.current_stream(nnd.device).cuda_stream)
+
 
 def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | None,
             n_clusters: int | None = None):

@@ -1,0 +1,223 @@
+"""The O(n) bookkeeping of one reciprocal-nearest-neighbour round, in one launch (Triton).
+
+Between two O(n^2) passes over the matrix (:mod:`dcpe_kernels.merge`), a round of the
+reciprocal-nearest-neighbour engine (Murtagh 1983; Müllner 2011, "Modern hierarchical,
+agglomerative clustering algorithms", arXiv:1109.2378), see :mod:`dcpe_kernels.rnn`, has
+O(n) work on the active clusters: find the reciprocal pairs ``nn[nn[i]] == i``, record
+their merges in slot order of the smaller member, and lay out the next round's slots (the
+merged cluster keeps the smaller slot, the other slot disappears, clusters over the size
+cap leave).  Written as PyTorch operations that is about sixty small kernels per round;
+here it is one single-program kernel that walks the clusters in blocks and carries two
+running counts (merges recorded, slots kept), so a round costs two launches and one
+synchronisation.
+
+Inputs (``n`` active clusters): ``nn``/``nnd`` the row argmin/min of the current matrix,
+``size``, ``rep`` (smallest token index), ``hfix`` (monotone height of each cluster).
+Outputs:
+
+* merge records at ``m, m + 1, ...`` of ``m_a, m_b, m_h, m_hf, m_s``: the two
+  representatives, the height ``nnd[a]``, the monotone height
+  ``max(nnd[a], hfix[a], hfix[b])`` and the merged size;
+* the next round's slots ``0 .. n_new - 1``: old slot ``p``, merged partner ``q`` (or -1),
+  the Lance–Williams weights ``wp, wq`` and the new ``size``, ``rep``, ``hfix``;
+* ``counts = [pairs, n_new, below]``; ``below`` is the number of the first ``m`` recorded
+  merges whose monotone height is below every entry of the current matrix (the early-stop
+  test of :func:`dcpe_kernels.rnn.rnn_merges`), 0 unless asked for.
+
+Weights: average linkage ``wp = n_p / (n_p + n_q)`` and ``wq = n_q / (n_p + n_q)``
+computed in float64 and rounded once to the compute dtype, as the ``cpu`` engine does;
+weighted (and single / complete, which ignore them) ``1/2, 1/2``; an unmerged slot
+``1, 0``.  The kernel and :func:`_reference_round_scan` produce the same bits.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import HAS_TRITON, tl, triton
+
+__all__ = ["_reference_round_scan", "round_scan"]
+
+#: the kernel's cap when there is none (larger than any cluster)
+_NO_CAP = 1 << 62
+
+
+def _reference_round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
+                          rep: torch.Tensor, hfix: torch.Tensor, m_a: torch.Tensor,
+                          m_b: torch.Tensor, m_h: torch.Tensor, m_hf: torch.Tensor,
+                          m_s: torch.Tensor, m: int, check: bool, cap: int, average: bool,
+                          p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor,
+                          size_out: torch.Tensor, rep_out: torch.Tensor,
+                          hfix_out: torch.Tensor, counts: torch.Tensor) -> None:
+    """PyTorch reference of :func:`round_scan` (same arguments, same results)."""
+    dev, dt, i64 = nnd.device, nnd.dtype, torch.int64
+    ar = torch.arange(n, dtype=i64, device=dev)
+    partner = nn[:n]
+    size_, rep_, hfix_ = size[:n], rep[:n], hfix[:n]
+    recip = partner.gather(0, partner) == ar
+    is_a = recip & (ar < partner)
+    is_b = recip & (ar > partner)
+    size_p = size_.gather(0, partner)
+    size_new = torch.where(is_a, size_ + size_p, size_)
+    keep = ~is_b
+    if cap > 0:
+        keep &= size_new <= cap
+    below = (m_hf[:m] < nnd[:n].min()).sum() if check else torch.zeros((), dtype=i64, device=dev)
+    n_pairs, n_new = int(is_a.sum()), int(keep.sum())
+    hraw = nnd[:n]
+    hf = torch.maximum(torch.maximum(hraw, hfix_), hfix_.gather(0, partner))
+    rec = torch.nonzero(is_a).flatten()
+    sl = slice(m, m + n_pairs)
+    m_a[sl] = rep_[rec]
+    m_b[sl] = rep_.gather(0, partner)[rec]
+    m_h[sl] = hraw[rec]
+    m_hf[sl] = hf[rec]
+    m_s[sl] = size_new[rec]
+    slots = torch.nonzero(keep).flatten()
+    merged = is_a[slots]
+    part = partner[slots]
+    p[:n_new] = slots.to(p.dtype)
+    q[:n_new] = torch.where(merged, part, -1).to(q.dtype)
+    if average:
+        nsf = size_new[slots].to(torch.float64)
+        wp[:n_new] = (size_[slots].to(torch.float64) / nsf).to(dt)
+        wq[:n_new] = torch.where(merged, size_p[slots].to(torch.float64) / nsf, 0.0).to(dt)
+    else:
+        wp[:n_new] = torch.where(merged, 0.5, 1.0).to(dt)
+        wq[:n_new] = torch.where(merged, 0.5, 0.0).to(dt)
+    size_out[:n_new] = size_new[slots]
+    rep_out[:n_new] = rep_[slots]
+    hfix_out[:n_new] = torch.where(is_a, hf, hfix_)[slots]
+    counts.copy_(torch.stack([torch.tensor(n_pairs, device=dev), torch.tensor(n_new, device=dev),
+                              below.to(i64)]))
+
+
+if HAS_TRITON:
+
+    # one compile per dtype: no specialisation on the sizes, flags tested at run time
+    @triton.jit(do_not_specialize=["n", "m", "cap", "check", "average"])
+    def _round_scan_oneblock_kernel(nn_ptr, nnd_ptr, size_ptr, rep_ptr, hfix_ptr, ma_ptr,
+                                    mb_ptr, mh_ptr, mhf_ptr, ms_ptr, p_ptr, q_ptr, wp_ptr,
+                                    wq_ptr, size_out_ptr, rep_out_ptr, hfix_out_ptr,
+                                    counts_ptr, n, m, cap, check, average,
+                                    BLOCK: tl.constexpr):
+        offs = tl.arange(0, BLOCK)
+        dtype = nnd_ptr.dtype.element_ty
+        below = tl.zeros([BLOCK], dtype=tl.int64)
+        if check != 0:
+            lo = tl.full([BLOCK], float("inf"), dtype)
+            for s in range(0, n, BLOCK):
+                i = s + offs
+                lo = tl.minimum(lo, tl.load(nnd_ptr + i, mask=i < n, other=float("inf")))
+            t = tl.min(lo, axis=0)
+            for s in range(0, m, BLOCK):
+                i = s + offs
+                h = tl.load(mhf_ptr + i, mask=i < m, other=float("inf"))
+                below += (h < t).to(tl.int64)
+        pairs = tl.zeros([BLOCK], dtype=tl.int64)  # running totals, broadcast over lanes
+        kept = tl.zeros([BLOCK], dtype=tl.int64)
+        for s in range(0, n, BLOCK):
+            i = (s + offs).to(tl.int64)
+            valid = i < n
+            partner = tl.load(nn_ptr + i, mask=valid, other=0)
+            back = tl.load(nn_ptr + partner, mask=valid, other=-1)
+            recip = valid & (back == i)
+            is_a = recip & (i < partner)
+            is_b = recip & (i > partner)
+            sz = tl.load(size_ptr + i, mask=valid, other=0)
+            szp = tl.load(size_ptr + partner, mask=valid, other=0)
+            size_new = tl.where(is_a, sz + szp, sz)
+            keep = valid & (is_b == 0) & (size_new <= cap)
+            a_i = is_a.to(tl.int64)
+            k_i = keep.to(tl.int64)
+            a_pos = pairs + tl.cumsum(a_i, axis=0) - a_i  # exclusive prefix counts
+            k_pos = kept + tl.cumsum(k_i, axis=0) - k_i
+            hraw = tl.load(nnd_ptr + i, mask=valid, other=0.0)
+            hf_own = tl.load(hfix_ptr + i, mask=valid, other=0.0)
+            hf = tl.maximum(tl.maximum(hraw, hf_own), tl.load(hfix_ptr + partner, mask=valid,
+                                                              other=0.0))
+            rep_own = tl.load(rep_ptr + i, mask=valid, other=0)
+            rec = m + a_pos
+            tl.store(ma_ptr + rec, rep_own, mask=is_a)
+            tl.store(mb_ptr + rec, tl.load(rep_ptr + partner, mask=is_a, other=0), mask=is_a)
+            tl.store(mh_ptr + rec, hraw, mask=is_a)
+            tl.store(mhf_ptr + rec, hf, mask=is_a)
+            tl.store(ms_ptr + rec, size_new, mask=is_a)
+            tl.store(p_ptr + k_pos, i.to(tl.int32), mask=keep)
+            tl.store(q_ptr + k_pos, tl.where(is_a, partner, -1).to(tl.int32), mask=keep)
+            if average != 0:
+                nsf = tl.where(keep, size_new, 1).to(tl.float64)
+                wpv = (sz.to(tl.float64) / nsf).to(dtype)
+                wqv = tl.where(is_a, szp.to(tl.float64) / nsf, 0.0).to(dtype)
+            else:
+                wpv = tl.where(is_a, 0.5, 1.0).to(dtype)
+                wqv = tl.where(is_a, 0.5, 0.0).to(dtype)
+            tl.store(wp_ptr + k_pos, wpv, mask=keep)
+            tl.store(wq_ptr + k_pos, wqv, mask=keep)
+            tl.store(size_out_ptr + k_pos, size_new, mask=keep)
+            tl.store(rep_out_ptr + k_pos, rep_own, mask=keep)
+            tl.store(hfix_out_ptr + k_pos, tl.where(is_a, hf, hf_own), mask=keep)
+            pairs += tl.sum(a_i, axis=0)
+            kept += tl.sum(k_i, axis=0)
+        first = offs == 0
+        tl.store(counts_ptr + offs, pairs, mask=first)
+        tl.store(counts_ptr + 1 + offs, kept, mask=first)
+        tl.store(counts_ptr + 2 + offs, tl.sum(below, axis=0) + tl.zeros_like(below),
+                 mask=first)
+
+else:  # pragma: no cover - exercised only without triton
+    _round_scan_oneblock_kernel = None
+
+
+def _launch_config(on_cpu: bool) -> dict[str, int]:
+    """One program; blocks of 64 clusters under the interpreter (so that tests cross block
+    boundaries), 1024 on a GPU.  Divisions are IEEE float64 (``div.rn.f64``) either way."""
+    if on_cpu:
+        return {"BLOCK": 64, "num_warps": 1}
+    return {"BLOCK": 1024, "num_warps": 8}
+
+
+def round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
+               rep: torch.Tensor, hfix: torch.Tensor, m_a: torch.Tensor, m_b: torch.Tensor,
+               m_h: torch.Tensor, m_hf: torch.Tensor, m_s: torch.Tensor, m: int, check: bool,
+               cap: int, average: bool, p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor,
+               wq: torch.Tensor, size_out: torch.Tensor, rep_out: torch.Tensor,
+               hfix_out: torch.Tensor, counts: torch.Tensor) -> None:
+    """Reciprocal pairs, merge records and next slots of one round, in one launch.
+
+    Parameters
+    ----------
+    n : int
+        Active clusters (>= 2).
+    nn, nnd : torch.Tensor
+        int64 / compute dtype ``(>= n,)``: row argmin and minimum of the current matrix.
+    size, rep, hfix : torch.Tensor
+        int64, int64, compute dtype ``(>= n,)``: cluster sizes, smallest token index and
+        monotone height.
+    m_a, m_b, m_h, m_hf, m_s : torch.Tensor
+        Merge records (int64, int64, dtype, dtype, int64); this round's go to ``m ..``.
+    m : int
+        Merges recorded so far.
+    check : bool
+        Also count the recorded merges below the current matrix's minimum (``counts[2]``).
+    cap : int
+        Size cap; 0 for none.
+    average : bool
+        Size-fraction weights (average linkage); else halves.
+    p, q : torch.Tensor
+        int32 outputs: old slot and merged partner (-1 if none) of each new slot.
+    wp, wq : torch.Tensor
+        Compute-dtype outputs: the weights of ``p`` and ``q``.
+    size_out, rep_out, hfix_out : torch.Tensor
+        The new slots' size, representative and monotone height (not aliasing the inputs).
+    counts : torch.Tensor
+        int64 ``(3,)`` output: pairs merged, slots kept, recorded merges below the minimum.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("triton is not installed")
+    cfg = _launch_config(nnd.device.type == "cpu")
+    cap_arg = int(cap) if cap > 0 else _NO_CAP
+    _round_scan_oneblock_kernel[(1,)](nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s, p, q,
+                                      wp, wq, size_out, rep_out, hfix_out, counts, n, m, cap_arg,
+                                      int(bool(check)), int(bool(average)), BLOCK=cfg["BLOCK"],
+                                      num_warps=cfg["num_warps"])

@@ -480,6 +480,57 @@ def test_driver_at_scale_with_reference_kernels(cap: int | None, staged: bool) -
                                   cut(z_ref, n, n // 2))
 
 
+@pytest.mark.skipif(not INTERPRET, reason="counts host-side ops; run once, on CPU tensors")
+def test_driver_round_costs_two_kernels_and_few_tensor_ops() -> None:
+    """On a GPU every tensor operation of the driver is a launch, and at ~30 rounds per
+    codebook those would dominate the run. A round is the bookkeeping kernel, the merge
+    kernel, one read of three counts, and views; besides the kernels only the set-up
+    computes anything (the kernels' own work is excluded from the count)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    free = {"slice", "view", "alias", "as_strided", "empty", "empty_like"}  # no launch
+
+    class Count(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside = False
+            self.free, self.computing = 0, []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            if not self.inside:
+                name = func.overloadpacket.__name__
+                if name in free:
+                    self.free += 1
+                else:
+                    self.computing.append(name)
+            return func(*args, **(kwargs or {}))
+
+    mode = Count()
+    calls = {"pairwise_nn": 0, "merge_compact_nn": 0, "round_scan": 0}
+
+    def counted(name: str):  # noqa: ANN202
+        def call(*args, **kwargs) -> None:  # noqa: ANN002, ANN003
+            calls[name] += 1
+            mode.inside = True
+            try:
+                getattr(dk.ReferenceOps, name)(*args, **kwargs)
+            finally:
+                mode.inside = False
+        return staticmethod(call)
+
+    ops = type("CountedOps", (), {name: counted(name) for name in calls})
+    x = torch.from_numpy(tie_free(np.random.default_rng(5), 1024, 8)).float()
+    with mode:
+        mg = rnn_merges(x, method="average", metric="euclidean", max_cluster_size=None,
+                        ops=ops, n_clusters=512)
+    assert mg.rounds >= 5 and not mg.complete
+    assert calls == {"pairwise_nn": 1, "merge_compact_nn": mg.rounds,
+                     "round_scan": mg.rounds + 1}  # the last scan decides to stop
+    # set-up only: the initial cluster state (arange, ones, zeros); was ~60 per round
+    assert len(mode.computing) <= 4, mode.computing
+    assert mode.free <= 8 * mg.rounds + 20, (mode.free, mg.rounds)
+
+
 def test_memory_preflight_refuses_before_allocating() -> None:
     xt = torch.zeros((64, 3), dtype=torch.float32, device=DEVICE)
     with pytest.raises(MemoryError) as info:

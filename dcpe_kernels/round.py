@@ -38,8 +38,9 @@ from ._triton import HAS_TRITON, tl, triton
 
 __all__ = ["_reference_round_scan", "round_scan"]
 
-#: the kernel's cap when there is none (larger than any cluster)
-_NO_CAP = 1 << 62
+#: the kernel's cap when there is none: no cluster is larger (N < 2**31); an int32 value
+#: either way, so the kernel compiles with one signature
+_NO_CAP = (1 << 31) - 1
 
 
 def _reference_round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
@@ -216,7 +217,7 @@ def round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")
     cfg = _launch_config(nnd.device.type == "cpu")
-    cap_arg = int(cap) if cap > 0 else _NO_CAP
+    cap_arg = min(int(cap), _NO_CAP) if cap > 0 else _NO_CAP
     _round_scan_oneblock_kernel[(1,)](nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s, p, q,
                                       wp, wq, size_out, rep_out, hfix_out, counts, n, m, cap_arg,
                                       int(bool(check)), int(bool(average)), BLOCK=cfg["BLOCK"],

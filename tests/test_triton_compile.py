@@ -71,7 +71,7 @@ SCRIPT = textwrap.dedent("""
                                          "counts_ptr")}
         sig.update({name: f"*{dt}" for name in ("nnd_ptr", "hfix_ptr", "mh_ptr", "mhf_ptr",
                                                 "wp_ptr", "wq_ptr", "hfix_out_ptr")})
-        sig.update({"p_ptr": "*i32", "q_ptr": "*i32", "n": "i32", "m": "i32", "cap": "i64",
+        sig.update({"p_ptr": "*i32", "q_ptr": "*i32", "n": "i32", "m": "i32", "cap": "i32",
                     "check": "i32", "average": "i32", "BLOCK": "constexpr"})
         kernel = build(round_._round_scan_oneblock_kernel, sig, {"BLOCK": cfg["BLOCK"]}, cfg)
         # average-linkage weights are IEEE float64 quotients, as the cpu engine's

@@ -288,10 +288,11 @@ def test_reference_merge_is_lance_williams() -> None:
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("n", [2, 3, 64, 65, 300])
+@pytest.mark.parametrize("n", [2, 3, 64, 65, 300] + ([] if INTERPRET else [1024, 2100]))
 def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None:
     """The one-launch bookkeeping equals its PyTorch reference bit for bit, including what
-    it must leave untouched; block boundaries crossed (64 clusters per block here)."""
+    it must leave untouched; block boundaries crossed (blocks of 64 clusters under the
+    interpreter, 1024 on a GPU)."""
     from conftest import random_round_state, round_scan_outputs
 
     rng = np.random.default_rng(n)

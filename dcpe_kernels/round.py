@@ -89,8 +89,7 @@ def _reference_round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: tor
     size_out[:n_new] = size_new[slots]
     rep_out[:n_new] = rep_[slots]
     hfix_out[:n_new] = torch.where(is_a, hf, hfix_)[slots]
-    counts.copy_(torch.stack([torch.tensor(n_pairs, device=dev), torch.tensor(n_new, device=dev),
-                              below.to(i64)]))
+    counts[0], counts[1], counts[2] = n_pairs, n_new, below
 
 
 if HAS_TRITON:

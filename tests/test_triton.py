@@ -329,7 +329,7 @@ def test_reference_round_scan_semantics() -> None:
         torch.zeros(3, dtype=torch.int64)
     dk._reference_round_scan(5, nn, nnd, size, rep, hfix, *rec, 2, True, 4, True, p, q, wp, wq,
                              s2, r2, hf2, counts)
-    # merges in slot order of the smaller member; {0, 2} has 4 tokens > cap 4? no: 1 + 3 = 4
+    # merges in slot order of the smaller member; {0, 2} has 1 + 3 = 4 tokens, within the cap
     assert counts.tolist() == [2, 3, 1]  # pairs, kept (0, 1, 3), merges below 0.5: one
     assert rec[0][2:4].tolist() == [0, 3] and rec[1][2:4].tolist() == [5, 9]
     assert rec[2][2:4].tolist() == [1.0, 0.5] and rec[3][2:4].tolist() == [1.0, 0.6]

@@ -155,6 +155,104 @@ def replay_gaps(z: np.ndarray, x: np.ndarray, metric: str = "euclidean",
 # --------------------------------------------------------------------------- GPU rounds
 
 
+def cpu_order_distances(x: np.ndarray, metric: int) -> np.ndarray:
+    """Token distances in the cpu engine's order of operations: squares of coordinate
+    differences added one dimension after the other, each step rounded (NumPy: no fma);
+    metric 0 euclidean, 1 squared euclidean; +inf diagonal."""
+    acc = (x[:, None, 0] - x[None, :, 0]) ** 2
+    for k in range(1, x.shape[1]):
+        acc = acc + (x[:, None, k] - x[None, :, k]) ** 2
+    if metric == 0:
+        acc = np.sqrt(acc)
+    np.fill_diagonal(acc, np.inf)
+    return acc
+
+
+def check_pairwise_kernel(pairwise_nn, x, ld: int, metric: int) -> None:
+    """Run a ``pairwise_nn`` kernel on the rows of ``x`` (a tensor) into rows of length
+    ``ld`` and compare with the PyTorch reference: the matrix, nothing written past column
+    ``n``, the row argmin exactly, the row minima."""
+    import torch
+
+    from dcpe_kernels.pairwise import _reference_pairwise_nn
+
+    n = x.shape[0]
+    out = torch.full((n * ld,), -7.0, dtype=x.dtype, device=x.device)
+    nn = torch.empty(n, dtype=torch.int64, device=x.device)
+    nnd = torch.empty(n, dtype=x.dtype, device=x.device)
+    pairwise_nn(x, out, ld, metric, nn, nnd)
+    ref, ref_nn, ref_nnd = _reference_pairwise_nn(x, metric)
+    mat = out.view(n, ld)
+    torch.testing.assert_close(mat[:, :n], ref, rtol=1e-6, atol=0)
+    assert bool((mat[:, n:] == -7.0).all()), "wrote outside the matrix"
+    assert torch.equal(nn, ref_nn)
+    torch.testing.assert_close(nnd, ref_nnd, rtol=1e-6, atol=0)
+
+
+def random_merge_round(rng: np.random.Generator, n_old: int, n_pairs: int, n_dropped: int,
+                       max_size: int, dtype, device: str):
+    """A symmetric dissimilarity matrix (+inf diagonal) of ``n_old`` clusters and a round of
+    it: ``n_pairs`` disjoint pairs merged, ``n_dropped`` slots dropped (e.g. over the size
+    cap), average-linkage weights from random sizes 1..``max_size``.  Returns
+    ``(old, p, q, wp, wq)`` as the merge kernels take them."""
+    import torch
+
+    a = tie_free(rng, n_old, 3)
+    old = torch.tensor(np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1)), dtype=dtype,
+                       device=device)
+    old.fill_diagonal_(float("inf"))
+    perm = rng.permutation(n_old)
+    partner = np.full(n_old, -1)
+    for k in range(0, 2 * n_pairs, 2):
+        i, j = sorted(perm[k:k + 2])
+        partner[i], partner[j] = j, i
+    dropped = set(perm[2 * n_pairs:2 * n_pairs + n_dropped].tolist())
+    p = [s for s in range(n_old) if not (0 <= partner[s] < s) and s not in dropped]
+    q = [partner[s] if partner[s] > s else -1 for s in p]
+    sizes = rng.integers(1, max_size + 1, size=n_old).astype(np.float64)
+    wp = [sizes[s] / (sizes[s] + (sizes[t] if t >= 0 else 0)) for s, t in zip(p, q, strict=True)]
+    wq = [sizes[t] / (sizes[s] + sizes[t]) if t >= 0 else 0.0 for s, t in zip(p, q, strict=True)]
+
+    def t(v, dt):
+        return torch.tensor(v, dtype=dt, device=device)
+
+    return old, t(p, torch.int32), t(q, torch.int32), t(wp, dtype), t(wq, dtype)
+
+
+def check_merge_kernel(merge_compact_nn, old, p, q, wp, wq, mode: int, chunks) -> None:
+    """Run a ``merge_compact_nn`` kernel on ``old`` (stored with a padded row stride) for
+    each ``(row0, nrows)`` of ``chunks`` and compare with the PyTorch reference: the new
+    rows, nothing written past column ``n_new``, row argmin exactly, row minima, and the
+    argmin of rows outside the chunk left alone."""
+    import torch
+
+    from dcpe_kernels.merge import _reference_merge_compact_nn
+
+    n_old, dev, dt = old.shape[0], old.device, old.dtype
+    ld_src = n_old + 3
+    src = torch.zeros(n_old * ld_src, dtype=dt, device=dev)
+    src.view(n_old, ld_src)[:, :n_old] = old
+    n_new = p.shape[0]
+    ref, ref_nn, ref_nnd = _reference_merge_compact_nn(old, p, q, wp, wq, mode)
+    for row0, nrows in chunks:
+        ld_dst = n_new + 2
+        dst = torch.full((nrows * ld_dst,), -7.0, dtype=dt, device=dev)
+        nn = torch.full((n_new,), -1, dtype=torch.int64, device=dev)
+        nnd = torch.zeros(n_new, dtype=dt, device=dev)
+        merge_compact_nn(src, ld_src, dst, ld_dst, p, q, wp, wq, n_new, row0, nrows, mode,
+                         nn, nnd)
+        rows = slice(row0, row0 + nrows)
+        got = dst.view(nrows, ld_dst)
+        torch.testing.assert_close(got[:, :n_new], ref[rows], rtol=1e-6, atol=0)
+        assert bool((got[:, n_new:] == -7.0).all()), "wrote outside the matrix"
+        assert torch.equal(nn[rows], ref_nn[rows])
+        torch.testing.assert_close(nnd[rows], ref_nnd[rows], rtol=1e-6, atol=0)
+        untouched = torch.ones(n_new, dtype=torch.bool, device=dev)
+        untouched[rows] = False
+        assert bool((nn[untouched] == -1).all())
+
+
+
 def round_scan_outputs(round_scan, n: int, state: dict, m: int, check: bool, cap: int,
                        average: bool) -> dict:
     """Run a ``round_scan`` (kernel or reference) for ``n`` clusters on a copy of ``state``.

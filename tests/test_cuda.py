@@ -1,6 +1,7 @@
 """Backend ``cuda`` (CUDA C++ kernels in ``dcpe._C.cuda``).
 
 The build test runs everywhere; the rest needs a CUDA device and skips cleanly without.
+Without a GPU, ``tests/test_cuda_sim.py`` runs the kernels' same source on the CPU.
 ``dcpe_kernels`` (which decorates Triton kernels on import) is imported inside the tests
 only, so that collecting this module does not fix the Triton interpreter mode for
 ``tests/test_triton.py``.
@@ -125,21 +126,11 @@ def _backend():
 @pytest.mark.parametrize("metric", [0, 1, 2])
 def test_pairwise_kernel_matches_reference(dtype: torch.dtype, metric: int) -> None:
     cb = _backend()
-    from dcpe_kernels.pairwise import _reference_pairwise_nn
+    from conftest import check_pairwise_kernel
 
     rng = np.random.default_rng(metric)
-    n, d, ld = 333, 7, 340
-    x = torch.tensor(tie_free(rng, n, d), dtype=dtype, device="cuda")
-    out = torch.full((n * ld,), -7.0, dtype=dtype, device="cuda")
-    nn = torch.empty(n, dtype=torch.int64, device="cuda")
-    nnd = torch.empty(n, dtype=dtype, device="cuda")
-    cb.CudaOps.pairwise_nn(x, out, ld, metric, nn, nnd)
-    ref, ref_nn, ref_nnd = _reference_pairwise_nn(x, metric)
-    mat = out.view(n, ld)
-    torch.testing.assert_close(mat[:, :n], ref, rtol=1e-6, atol=0)
-    assert bool((mat[:, n:] == -7.0).all())
-    assert torch.equal(nn, ref_nn)
-    torch.testing.assert_close(nnd, ref_nnd, rtol=1e-6, atol=0)
+    x = torch.tensor(tie_free(rng, 333, 7), dtype=dtype, device="cuda")
+    check_pairwise_kernel(cb.CudaOps.pairwise_nn, x, 340, metric)
 
 
 @needs_gpu
@@ -168,43 +159,12 @@ def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
     cb = _backend()
-    from dcpe_kernels.merge import _reference_merge_compact_nn
+    from conftest import check_merge_kernel, random_merge_round
 
     rng = np.random.default_rng(40 + mode)
-    n_old, ld_src = 300, 301
-    a = tie_free(rng, n_old, 3)
-    old = torch.tensor(np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1)), dtype=dtype,
-                       device="cuda")
-    old.fill_diagonal_(float("inf"))
-    perm = rng.permutation(n_old)
-    partner = np.full(n_old, -1)
-    for k in range(0, 100, 2):
-        i, j = sorted(perm[k:k + 2])
-        partner[i], partner[j] = j, i
-    dropped = set(perm[100:110].tolist())
-    p = [s for s in range(n_old) if not (0 <= partner[s] < s) and s not in dropped]
-    q = [partner[s] if partner[s] > s else -1 for s in p]
-    sz = rng.integers(1, 9, size=n_old).astype(np.float64)
-    wp = [sz[s] / (sz[s] + (sz[t] if t >= 0 else 0)) for s, t in zip(p, q, strict=True)]
-    wq = [sz[t] / (sz[s] + sz[t]) if t >= 0 else 0.0 for s, t in zip(p, q, strict=True)]
-    pt = torch.tensor(p, dtype=torch.int32, device="cuda")
-    qt = torch.tensor(q, dtype=torch.int32, device="cuda")
-    wpt = torch.tensor(wp, dtype=dtype, device="cuda")
-    wqt = torch.tensor(wq, dtype=dtype, device="cuda")
-    n_new = len(p)
-    src = torch.zeros(n_old * ld_src, dtype=dtype, device="cuda")
-    src.view(n_old, ld_src)[:, :n_old] = old
-    ref, ref_nn, ref_nnd = _reference_merge_compact_nn(old, pt, qt, wpt, wqt, mode)
-    for row0, nrows in ((0, n_new), (17, 40)):
-        dst = torch.full((nrows * n_new,), -7.0, dtype=dtype, device="cuda")
-        nn = torch.full((n_new,), -1, dtype=torch.int64, device="cuda")
-        nnd = torch.zeros(n_new, dtype=dtype, device="cuda")
-        cb.CudaOps.merge_compact_nn(src, ld_src, dst, n_new, pt, qt, wpt, wqt, n_new, row0,
-                                    nrows, mode, nn, nnd)
-        rows = slice(row0, row0 + nrows)
-        torch.testing.assert_close(dst.view(nrows, n_new), ref[rows], rtol=1e-6, atol=0)
-        assert torch.equal(nn[rows], ref_nn[rows])
-        torch.testing.assert_close(nnd[rows], ref_nnd[rows], rtol=1e-6, atol=0)
+    round_ = random_merge_round(rng, 300, 50, 10, 8, dtype, "cuda")
+    n_new = round_[1].shape[0]
+    check_merge_kernel(cb.CudaOps.merge_compact_nn, *round_, mode, ((0, n_new), (17, 40)))
 
 
 @needs_gpu
@@ -212,18 +172,15 @@ def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
 def test_pairwise_kernel_rounds_like_the_cpu_engine(dtype: torch.dtype) -> None:
     """Squares of differences added one dimension after the other, each step rounded."""
     cb = _backend()
+    from conftest import cpu_order_distances
+
     x = tie_free(np.random.default_rng(78), 500, 8)
     x = x.astype(np.float32 if dtype == torch.float32 else np.float64)
-    acc = (x[:, None, 0] - x[None, :, 0]) ** 2
-    for k in range(1, 8):
-        acc = acc + (x[:, None, k] - x[None, :, k]) ** 2
-    ref = np.sqrt(acc)
-    np.fill_diagonal(ref, np.inf)
     out = torch.empty(500 * 500, dtype=dtype, device="cuda")
     nn = torch.empty(500, dtype=torch.int64, device="cuda")
     nnd = torch.empty(500, dtype=dtype, device="cuda")
     cb.CudaOps.pairwise_nn(torch.from_numpy(x).cuda(), out, 500, 0, nn, nnd)
-    np.testing.assert_array_equal(out.view(500, 500).cpu().numpy(), ref)
+    np.testing.assert_array_equal(out.view(500, 500).cpu().numpy(), cpu_order_distances(x, 0))
 
 
 @needs_gpu

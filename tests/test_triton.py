@@ -53,6 +53,13 @@ def _load_kernels():
     return dcpe_kernels
 
 
+from conftest import (  # noqa: E402
+    check_merge_kernel,
+    check_pairwise_kernel,
+    cpu_order_distances,
+    random_merge_round,
+)
+
 dk = _load_kernels()
 from dcpe.backends import triton_backend  # noqa: E402
 from dcpe_kernels.rnn import merges_to_labels, merges_to_linkage, rnn_merges  # noqa: E402
@@ -158,28 +165,7 @@ def test_pairwise_kernel_matches_reference(dtype: torch.dtype, metric: int) -> N
     rng = np.random.default_rng(10 + metric)
     n, d, ld = 37, 5, 41  # n not a multiple of the tiles; padded row stride
     x = torch.tensor(tie_free(rng, n, d), dtype=dtype, device=DEVICE)
-    out = torch.full((n * ld,), -7.0, dtype=dtype, device=DEVICE)
-    nn = torch.empty(n, dtype=torch.int64, device=DEVICE)
-    nnd = torch.empty(n, dtype=dtype, device=DEVICE)
-    dk.pairwise_nn(x, out, ld, metric, nn, nnd)
-    ref, ref_nn, ref_nnd = dk._reference_pairwise_nn(x, metric)
-    mat = out.view(n, ld)
-    torch.testing.assert_close(mat[:, :n], ref, rtol=1e-6, atol=0)
-    assert bool((mat[:, n:] == -7.0).all()), "wrote outside the matrix"
-    assert torch.equal(nn, ref_nn)
-    torch.testing.assert_close(nnd, ref_nnd, rtol=1e-6, atol=0)
-
-
-def cpu_order_distances(x: np.ndarray, metric: int) -> np.ndarray:
-    """Token distances in the cpu engine's order of operations: squares of coordinate
-    differences added one dimension after the other, each step rounded (NumPy: no fma)."""
-    acc = (x[:, None, 0] - x[None, :, 0]) ** 2
-    for k in range(1, x.shape[1]):
-        acc = acc + (x[:, None, k] - x[None, :, k]) ** 2
-    if metric == 0:
-        acc = np.sqrt(acc)
-    np.fill_diagonal(acc, np.inf)
-    return acc
+    check_pairwise_kernel(dk.pairwise_nn, x, ld, metric)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -195,57 +181,14 @@ def test_pairwise_kernel_rounds_like_the_cpu_engine(dtype: torch.dtype, metric: 
     np.testing.assert_array_equal(out.view(70, 70).cpu().numpy(), cpu_order_distances(x, metric))
 
 
-def _random_round(rng: np.random.Generator, n_old: int, dtype: torch.dtype):
-    """A symmetric old matrix and a random round: pairs merged, some slots dropped."""
-    a = tie_free(rng, n_old, 3)
-    old = torch.tensor(np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1)), dtype=dtype,
-                       device=DEVICE)
-    old.fill_diagonal_(float("inf"))
-    perm = rng.permutation(n_old)
-    partner = np.full(n_old, -1)
-    for k in range(0, 12, 2):  # 6 disjoint pairs
-        i, j = sorted(perm[k:k + 2])
-        partner[i], partner[j] = j, i
-    dropped = set(perm[12:15].tolist())  # e.g. over the size cap
-    p = [s for s in range(n_old) if not (0 <= partner[s] < s) and s not in dropped]
-    q = [partner[s] if partner[s] > s else -1 for s in p]
-    sizes = rng.integers(1, 5, size=n_old).astype(np.float64)
-    wp = [sizes[s] / (sizes[s] + (sizes[t] if t >= 0 else 0)) for s, t in zip(p, q, strict=True)]
-    wq = [sizes[t] / (sizes[s] + sizes[t]) if t >= 0 else 0.0 for s, t in zip(p, q, strict=True)]
-
-    def t(v, dt):
-        return torch.tensor(v, dtype=dt, device=DEVICE)
-
-    return old, t(p, torch.int32), t(q, torch.int32), t(wp, dtype), t(wq, dtype)
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
     rng = np.random.default_rng(20 + mode)
-    n_old, ld_src = 45, 48
-    old, p, q, wp, wq = _random_round(rng, n_old, dtype)
-    n_new = p.shape[0]
-    src = torch.zeros(n_old * ld_src, dtype=dtype, device=DEVICE)
-    src.view(n_old, ld_src)[:, :n_old] = old
-    ref, ref_nn, ref_nnd = dk._reference_merge_compact_nn(old, p, q, wp, wq, mode)
+    round_ = random_merge_round(rng, 45, 6, 3, 4, dtype, DEVICE)
+    n_new = round_[1].shape[0]
     # whole matrix, then a chunk of rows (row offset path used by in-place compaction)
-    for row0, nrows in ((0, n_new), (5, 17)):
-        ld_dst = n_new + 2
-        dst = torch.full((nrows * ld_dst,), -7.0, dtype=dtype, device=DEVICE)
-        nn = torch.full((n_new,), -1, dtype=torch.int64, device=DEVICE)
-        nnd = torch.zeros(n_new, dtype=dtype, device=DEVICE)
-        dk.merge_compact_nn(src, ld_src, dst, ld_dst, p, q, wp, wq, n_new, row0, nrows, mode,
-                            nn, nnd)
-        rows = slice(row0, row0 + nrows)
-        got = dst.view(nrows, ld_dst)
-        torch.testing.assert_close(got[:, :n_new], ref[rows], rtol=1e-6, atol=0)
-        assert bool((got[:, n_new:] == -7.0).all())
-        assert torch.equal(nn[rows], ref_nn[rows])
-        torch.testing.assert_close(nnd[rows], ref_nnd[rows], rtol=1e-6, atol=0)
-        untouched = torch.ones(n_new, dtype=torch.bool, device=DEVICE)
-        untouched[rows] = False
-        assert bool((nn[untouched] == -1).all())
+    check_merge_kernel(dk.merge_compact_nn, *round_, mode, ((0, n_new), (5, 17)))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -255,7 +198,7 @@ def test_merged_matrix_is_exactly_symmetric(dtype: torch.dtype, mode: int) -> No
     order), so the two members of a reciprocal pair see the same distance."""
     rng = np.random.default_rng(30 + mode)
     n_old = 45
-    old, p, q, wp, wq = _random_round(rng, n_old, dtype)
+    old, p, q, wp, wq = random_merge_round(rng, n_old, 6, 3, 4, dtype, DEVICE)
     assert torch.equal(old, old.T)
     n_new = p.shape[0]
     dst = torch.empty(n_new * n_new, dtype=dtype, device=DEVICE)

@@ -14,6 +14,7 @@ sqeuclidean, cosine; ``max_cluster_size``; float32 and float64.
 from __future__ import annotations
 
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
@@ -58,40 +59,52 @@ def _dtype_code(t: torch.Tensor) -> int:
 
 
 class CudaOps:
-    """:class:`dcpe_kernels.rnn.RNNOps` backed by ``dcpe._C.cuda``."""
+    """:class:`dcpe_kernels.rnn.RNNOps` backed by ``dcpe._C.cuda``.
+
+    The extension module and the stream are looked up through :meth:`_lib` and
+    :meth:`_stream`, so that the same argument marshalling can drive another build of
+    the same kernels (the tests run them on the CPU: ``tests/cuda_sim``).
+    """
 
     @staticmethod
-    def pairwise_nn(x: torch.Tensor, out: torch.Tensor, ld: int, metric: int,
+    def _lib() -> Any:
+        return _ext()
+
+    @staticmethod
+    def _stream(t: torch.Tensor) -> int:
+        return torch.cuda.current_stream(t.device).cuda_stream
+
+    @classmethod
+    def pairwise_nn(cls, x: torch.Tensor, out: torch.Tensor, ld: int, metric: int,
                     nn: torch.Tensor, nnd: torch.Tensor) -> None:
-        ext = _ext()
+        ext = cls._lib()
         n, dim = x.shape
         ext.pairwise_nn(_dtype_code(x), x.data_ptr(), out.data_ptr(), nn.data_ptr(),
-                        nnd.data_ptr(), n, dim, ld, metric,
-                        torch.cuda.current_stream(x.device).cuda_stream)
+                        nnd.data_ptr(), n, dim, ld, metric, cls._stream(x))
 
-    @staticmethod
-    def merge_compact_nn(src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: int,
+    @classmethod
+    def merge_compact_nn(cls, src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: int,
                          p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor,
                          n_new: int, row0: int, nrows: int, mode: int, nn: torch.Tensor,
                          nnd: torch.Tensor) -> None:
-        ext = _ext()
+        ext = cls._lib()
         ext.merge_compact_nn(_dtype_code(src), src.data_ptr(), ld_src, dst.data_ptr(), ld_dst,
                              p.data_ptr(), q.data_ptr(), wp.data_ptr(), wq.data_ptr(), n_new,
                              row0, nrows, mode, nn.data_ptr(), nnd.data_ptr(),
-                             torch.cuda.current_stream(src.device).cuda_stream)
+                             cls._stream(src))
 
-    @staticmethod
-    def round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
+    @classmethod
+    def round_scan(cls, n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
                    rep: torch.Tensor, hfix: torch.Tensor, m_a: torch.Tensor, m_b: torch.Tensor,
                    m_h: torch.Tensor, m_hf: torch.Tensor, m_s: torch.Tensor, m: int,
                    check: bool, cap: int, average: bool, p: torch.Tensor, q: torch.Tensor,
                    wp: torch.Tensor, wq: torch.Tensor, size_out: torch.Tensor,
                    rep_out: torch.Tensor, hfix_out: torch.Tensor, counts: torch.Tensor) -> None:
-        ext = _ext()
+        ext = cls._lib()
         ptrs = [t.data_ptr() for t in (nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s)]
         outs = [t.data_ptr() for t in (p, q, wp, wq, size_out, rep_out, hfix_out, counts)]
         ext.round_scan(_dtype_code(nnd), n, *ptrs, m, bool(check), int(cap), bool(average),
-                       *outs, torch.cuda.current_stream(nnd.device).cuda_stream)
+                       *outs, cls._stream(nnd))
 
 
 def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | None,

@@ -7,7 +7,8 @@ shuffles and the two CUB block collectives the kernels use emulated (see that he
 what is and is not emulated).  The kernels are then driven through
 :class:`dcpe.backends.cuda_backend.CudaOps` — the backend's own argument marshalling —
 and compared with the PyTorch references and, end to end, with the ``cpu`` backend, on
-machines without a GPU.  ``tests/test_cuda.py`` runs the same comparisons on a GPU.
+machines without a GPU; a sanitizer build checks that no kernel reads or writes outside
+its buffers.  ``tests/test_cuda.py`` runs the same comparisons on a GPU.
 
 Skipped where there is no C++17 compiler or no ``ucontext`` (non-Linux).
 """
@@ -146,6 +147,34 @@ def test_executor_shuffles_scans_and_barriers(sim: _SimExt, any_order: type) -> 
     assert sim.lib.dcpe_sim_selftest(*args, 1) == -1
     assert b"divergent barrier" in sim.lib.dcpe_sim_last_error()
     assert sim.lib.dcpe_sim_selftest(*args, 0) == 0  # usable again afterwards
+
+
+def test_kernels_stay_inside_their_buffers(tmp_path: Path) -> None:
+    """Every kernel, float and double, on buffers of exactly the documented sizes, built
+    with AddressSanitizer and UndefinedBehaviorSanitizer (tests/cuda_sim/bounds_check.cpp):
+    an access outside a buffer stops the program with a report, also one whose value no
+    output depends on."""
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the executor uses ucontext fibers (Linux)")
+    cxx = _compiler()
+    if cxx is None:
+        pytest.skip("no C++ compiler on PATH")
+    exe = tmp_path / "bounds_check"
+    cmd = [cxx, "-std=c++17", "-O1", "-g", "-ffp-contract=off",
+           "-fsanitize=address,undefined", "-fno-sanitize-recover=all",
+           "-DCUDA_SIM_STACK_BYTES=65536", "-Wall", "-Wextra", "-Werror",
+           f"-I{ROOT / 'csrc'}", str(SIM / "bounds_check.cpp"), "-o", str(exe)]
+    probe = subprocess.run([cxx, "-fsanitize=address,undefined", "-x", "c++", "-", "-o",
+                            str(tmp_path / "probe")], input="int main() { return 0; }\n",
+                           capture_output=True, text=True, timeout=120)
+    if probe.returncode != 0:
+        pytest.skip(f"{cxx} cannot link sanitizer builds: {probe.stderr[-300:]}")
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    env = dict(os.environ, ASAN_OPTIONS="detect_leaks=0:abort_on_error=0",
+               UBSAN_OPTIONS="print_stacktrace=1")
+    run = subprocess.run([str(exe)], capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-4000:]
 
 
 # ---------------------------------------------------------------- kernels vs. references

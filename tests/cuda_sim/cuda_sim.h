@@ -81,7 +81,12 @@ inline State& state() {
   return s;
 }
 
-constexpr std::size_t kStackBytes = 256 * 1024;
+// Stack of each fiber (the kernels' frames are small; a sanitizer build may lower it, since
+// AddressSanitizer clears the shadow of the whole stack at every switch).
+#ifndef CUDA_SIM_STACK_BYTES
+#define CUDA_SIM_STACK_BYTES (256 * 1024)
+#endif
+constexpr std::size_t kStackBytes = CUDA_SIM_STACK_BYTES;
 
 inline void fiber_entry() {
   State& s = state();

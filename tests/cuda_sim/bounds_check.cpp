@@ -1,0 +1,165 @@
+// Memory-safety check of the CUDA kernels (csrc/cuda/rnn_kernels.cuh) on the CPU executor:
+// built with AddressSanitizer and UndefinedBehaviorSanitizer by tests/test_cuda_sim.py,
+// it runs every kernel, float and double, on random valid inputs held in buffers of
+// exactly the documented sizes (csrc/cuda/cuda_ops.h), so that any read or write outside
+// them, including one whose value is never used (which no comparison of outputs can see,
+// and which may fault on a GPU), stops the program with a report.  Sizes cross the
+// kernels' thread strides (256 threads per row, 512 clusters per bookkeeping step).
+// Prints "ok" and exits 0 when nothing was found.
+#include "cuda_sim.h"
+// the kernel source under test
+#include "cuda/rnn_kernels.cuh"
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <numeric>
+#include <random>
+#include <vector>
+
+namespace {
+
+using I64 = std::int64_t;
+using dcpe_cuda::kernels::kScanThreads;
+using dcpe_cuda::kernels::kThreads;
+std::mt19937_64 rng(12345);
+
+template <typename T>
+std::vector<T> uniform(std::size_t n, double lo, double hi) {
+  std::uniform_real_distribution<double> u(lo, hi);
+  std::vector<T> v(n);
+  for (auto& e : v) e = static_cast<T>(u(rng));
+  return v;
+}
+
+template <typename T>
+void pairwise(I64 n, I64 dim, int metric) {
+  const I64 ld = n + 3;
+  auto x = uniform<T>(static_cast<std::size_t>(n * dim), -1, 1);
+  std::vector<T> D(static_cast<std::size_t>((n - 1) * ld + n));  // last row ends at column n
+  std::vector<I64> nn(n);
+  std::vector<T> nnd(n);
+  const T* xp = x.data();
+  T* dp = D.data();
+  I64* nnp = nn.data();
+  T* nndp = nnd.data();
+  cuda_sim::launch(static_cast<unsigned>(n), kThreads, [=] {
+    dcpe_cuda::kernels::pairwise_rownn_kernel<T>(xp, dp, nnp, nndp, n, dim, ld, metric);
+  });
+}
+
+// A round of n_old clusters: every third slot pairs with the next one, every tenth is
+// dropped; new rows [row0, row0 + nrows) of the compacted matrix.
+template <typename T>
+void merge(I64 n_old, int mode, I64 row0_frac_num, I64 chunk_den) {
+  const I64 ld_src = n_old + 1;
+  std::vector<T> src = uniform<T>(static_cast<std::size_t>((n_old - 1) * ld_src + n_old), 0.5, 2);
+  std::vector<std::int32_t> P, Q;
+  std::vector<T> WP, WQ;
+  for (I64 s = 0; s < n_old; ++s) {
+    if (s % 10 == 9) continue;  // dropped
+    const bool pair_head = s % 3 == 0 && s + 1 < n_old && (s + 1) % 10 != 9;
+    if (s % 3 == 1 && (s - 1) % 10 != 9) continue;  // merged into s - 1
+    P.push_back(static_cast<std::int32_t>(s));
+    Q.push_back(pair_head ? static_cast<std::int32_t>(s + 1) : -1);
+    WP.push_back(pair_head ? T(0.25) : T(1));
+    WQ.push_back(pair_head ? T(0.75) : T(0));
+  }
+  const I64 n_new = static_cast<I64>(P.size());
+  const I64 row0 = n_new * row0_frac_num / chunk_den;
+  const I64 nrows = std::max<I64>(1, std::min(n_new - row0, n_new / chunk_den));
+  const I64 ld_dst = n_new;
+  std::vector<T> dst(static_cast<std::size_t>(nrows * ld_dst));
+  std::vector<I64> nn(n_new);
+  std::vector<T> nnd(n_new);
+  const T* sp = src.data();
+  T* dp = dst.data();
+  const std::int32_t* pp = P.data();
+  const std::int32_t* qp = Q.data();
+  const T* wpp = WP.data();
+  const T* wqp = WQ.data();
+  I64* nnp = nn.data();
+  T* nndp = nnd.data();
+  cuda_sim::launch(static_cast<unsigned>(nrows), kThreads, [=] {
+    dcpe_cuda::kernels::merge_compact_rownn_kernel<T>(sp, ld_src, dp, ld_dst, pp, qp, wpp, wqp,
+                                                      n_new, row0, mode, nnp, nndp);
+  });
+}
+
+// One round's bookkeeping of n clusters with m merges recorded: record arrays hold exactly
+// m + n / 2 entries (at most n / 2 pairs), the per-cluster arrays n.
+template <typename T>
+void round_scan(I64 n, I64 m, bool check, I64 cap, bool average) {
+  std::vector<I64> nn(n);
+  std::vector<I64> perm(n);
+  std::iota(perm.begin(), perm.end(), 0);
+  std::shuffle(perm.begin(), perm.end(), rng);
+  const I64 pairs = n / 3;
+  for (I64 k = 0; k < pairs; ++k) {
+    nn[perm[k]] = perm[pairs + k];
+    nn[perm[pairs + k]] = perm[k];
+  }
+  for (I64 k = 2 * pairs; k < n; ++k) nn[perm[k]] = perm[(k + 1) % n];  // one-way pointers
+  auto nnd = uniform<T>(n, 1, 2);
+  auto hfix = uniform<T>(n, 0, 1);
+  std::vector<I64> size(n), rep(n);
+  for (I64 i = 0; i < n; ++i) {
+    size[i] = 1 + i % 5;
+    rep[i] = 3 * i;
+  }
+  const I64 cap_rec = m + n / 2;
+  std::vector<I64> m_a(cap_rec), m_b(cap_rec), m_s(cap_rec);
+  auto m_h = uniform<T>(cap_rec, 0, 2);
+  auto m_hf = uniform<T>(cap_rec, 0, 2);
+  std::vector<std::int32_t> P(n), Q(n);
+  std::vector<T> WP(n), WQ(n), hfix_out(n);
+  std::vector<I64> size_out(n), rep_out(n), counts(3);
+  const I64* nnp = nn.data();
+  const T* nndp = nnd.data();
+  const I64* szp = size.data();
+  const I64* repp = rep.data();
+  const T* hfp = hfix.data();
+  I64 *map = m_a.data(), *mbp = m_b.data(), *msp = m_s.data(), *sop = size_out.data(),
+      *rop = rep_out.data(), *cp = counts.data();
+  T *mhp = m_h.data(), *mhfp = m_hf.data(), *wpp = WP.data(), *wqp = WQ.data(),
+    *hfop = hfix_out.data();
+  std::int32_t *pp = P.data(), *qp = Q.data();
+  const I64 cap_eff = cap > 0 ? cap : (I64(1) << 62);
+  cuda_sim::launch(1, kScanThreads, [=] {
+    dcpe_cuda::kernels::round_scan_kernel<T>(n, nnp, nndp, szp, repp, hfp, map, mbp, mhp, mhfp,
+                                             msp, m, check ? 1 : 0, cap_eff, average ? 1 : 0, pp,
+                                             qp, wpp, wqp, sop, rop, hfop, cp);
+  });
+}
+
+template <typename T>
+void all_kernels() {
+  for (I64 n : {1, 2, 3, 255, 256, 257, 300}) pairwise<T>(n, 8, 0);
+  for (int metric = 1; metric < 3; ++metric) pairwise<T>(3, 5, metric);
+  for (I64 n_old : {2, 3, 40, 400}) {
+    for (int mode = 0; mode < 3; ++mode) {
+      if (mode > 0 && n_old > 40) continue;  // the modes differ in arithmetic only
+      merge<T>(n_old, mode, 0, 1);  // all rows
+      merge<T>(n_old, mode, 2, 3);  // the last third
+    }
+  }
+  for (I64 n : {1, 2, 3, 511, 512, 513, 1030}) {
+    round_scan<T>(n, 0, false, 0, true);
+    round_scan<T>(n, n / 2, true, 0, true);
+    round_scan<T>(n, n / 2, true, 4, false);
+  }
+}
+
+}  // namespace
+
+int main() {
+  try {
+    all_kernels<float>();
+    all_kernels<double>();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "executor error: %s\n", e.what());
+    return 2;
+  }
+  std::puts("ok");
+  return 0;
+}

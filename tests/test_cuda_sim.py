@@ -1,7 +1,8 @@
 """The CUDA kernels' source, run on the CPU.
 
-``csrc/cuda/rnn_kernels.cuh`` (the device code of the ``cuda`` backend) is compiled here by
-the host C++ compiler against ``tests/cuda_sim/cuda_sim.h``, an executor that runs each
+``csrc/cuda/rnn_kernels.cuh`` (the device code of the ``cuda`` backend) and
+``csrc/cuda/rnn_dispatch.h`` (its host-side checks and launch configuration) are compiled
+here by the host C++ compiler against ``tests/cuda_sim/cuda_sim.h``, an executor that runs each
 block's threads as fibers switched at every barrier, with the CUDA intrinsics, warp
 shuffles and the two CUB block collectives the kernels use emulated (see that header for
 what is and is not emulated).  The kernels are then driven through

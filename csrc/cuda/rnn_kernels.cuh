@@ -1,7 +1,7 @@
 // Device code of the CUDA reciprocal-nearest-neighbour (RNN) engine (Murtagh 1983; Müllner
 // 2011, arXiv:1109.2378): the kernels and their device helpers, without host code.  The
-// algorithm, and what each kernel computes, are described in rnn_kernels.cu, which
-// includes this header and launches the kernels.
+// algorithm, and what each kernel computes, are described in rnn_kernels.cu; the host code
+// that checks the arguments and launches the kernels is rnn_dispatch.h.
 //
 // The includer provides the CUDA built-ins and intrinsics used here (threadIdx, blockIdx,
 // __syncthreads, __shfl_down_sync, __fmul_rn and the other explicitly rounded

@@ -1,28 +1,39 @@
 // Memory-safety check of the CUDA kernels (csrc/cuda/rnn_kernels.cuh) on the CPU executor:
 // built with AddressSanitizer and UndefinedBehaviorSanitizer by tests/test_cuda_sim.py,
-// it runs every kernel, float and double, on random valid inputs held in buffers of
+// it runs every kernel, float and double, through the host code of rnn_dispatch.h (as
+// rnn_kernels.cu launches them) on random valid inputs held in buffers of
 // exactly the documented sizes (csrc/cuda/cuda_ops.h), so that any read or write outside
 // them, including one whose value is never used (which no comparison of outputs can see,
 // and which may fault on a GPU), stops the program with a report.  Sizes cross the
 // kernels' thread strides (256 threads per row, 512 clusters per bookkeeping step).
 // Prints "ok" and exits 0 when nothing was found.
 #include "cuda_sim.h"
-// the kernel source under test
-#include "cuda/rnn_kernels.cuh"
+// the kernel source and host code under test
+#include "cuda/rnn_dispatch.h"
 
 #include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <numeric>
 #include <random>
+#include <type_traits>
 #include <vector>
 
 namespace {
 
 using I64 = std::int64_t;
-using dcpe_cuda::kernels::kScanThreads;
-using dcpe_cuda::kernels::kThreads;
+namespace dispatch = dcpe_cuda::dispatch;
 std::mt19937_64 rng(12345);
+
+template <typename T>
+constexpr int dtype_code() {
+  return std::is_same_v<T, float> ? dcpe_cuda::kFloat32 : dcpe_cuda::kFloat64;
+}
+
+template <typename V>
+std::uintptr_t ptr(V& v) {
+  return reinterpret_cast<std::uintptr_t>(v.data());
+}
 
 template <typename T>
 std::vector<T> uniform(std::size_t n, double lo, double hi) {
@@ -39,13 +50,8 @@ void pairwise(I64 n, I64 dim, int metric) {
   std::vector<T> D(static_cast<std::size_t>((n - 1) * ld + n));  // last row ends at column n
   std::vector<I64> nn(n);
   std::vector<T> nnd(n);
-  const T* xp = x.data();
-  T* dp = D.data();
-  I64* nnp = nn.data();
-  T* nndp = nnd.data();
-  cuda_sim::launch(static_cast<unsigned>(n), kThreads, [=] {
-    dcpe_cuda::kernels::pairwise_rownn_kernel<T>(xp, dp, nnp, nndp, n, dim, ld, metric);
-  });
+  dispatch::pairwise_nn(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), ptr(D), ptr(nn),
+                        ptr(nnd), n, dim, ld, metric);
 }
 
 // A round of n_old clusters: every third slot pairs with the next one, every tenth is
@@ -72,18 +78,9 @@ void merge(I64 n_old, int mode, I64 row0_frac_num, I64 chunk_den) {
   std::vector<T> dst(static_cast<std::size_t>(nrows * ld_dst));
   std::vector<I64> nn(n_new);
   std::vector<T> nnd(n_new);
-  const T* sp = src.data();
-  T* dp = dst.data();
-  const std::int32_t* pp = P.data();
-  const std::int32_t* qp = Q.data();
-  const T* wpp = WP.data();
-  const T* wqp = WQ.data();
-  I64* nnp = nn.data();
-  T* nndp = nnd.data();
-  cuda_sim::launch(static_cast<unsigned>(nrows), kThreads, [=] {
-    dcpe_cuda::kernels::merge_compact_rownn_kernel<T>(sp, ld_src, dp, ld_dst, pp, qp, wpp, wqp,
-                                                      n_new, row0, mode, nnp, nndp);
-  });
+  dispatch::merge_compact_nn(cuda_sim::Launcher{}, dtype_code<T>(), ptr(src), ld_src, ptr(dst),
+                             ld_dst, ptr(P), ptr(Q), ptr(WP), ptr(WQ), n_new, row0, nrows, mode,
+                             ptr(nn), ptr(nnd));
 }
 
 // One round's bookkeeping of n clusters with m merges recorded: record arrays hold exactly
@@ -114,22 +111,10 @@ void round_scan(I64 n, I64 m, bool check, I64 cap, bool average) {
   std::vector<std::int32_t> P(n), Q(n);
   std::vector<T> WP(n), WQ(n), hfix_out(n);
   std::vector<I64> size_out(n), rep_out(n), counts(3);
-  const I64* nnp = nn.data();
-  const T* nndp = nnd.data();
-  const I64* szp = size.data();
-  const I64* repp = rep.data();
-  const T* hfp = hfix.data();
-  I64 *map = m_a.data(), *mbp = m_b.data(), *msp = m_s.data(), *sop = size_out.data(),
-      *rop = rep_out.data(), *cp = counts.data();
-  T *mhp = m_h.data(), *mhfp = m_hf.data(), *wpp = WP.data(), *wqp = WQ.data(),
-    *hfop = hfix_out.data();
-  std::int32_t *pp = P.data(), *qp = Q.data();
-  const I64 cap_eff = cap > 0 ? cap : (I64(1) << 62);
-  cuda_sim::launch(1, kScanThreads, [=] {
-    dcpe_cuda::kernels::round_scan_kernel<T>(n, nnp, nndp, szp, repp, hfp, map, mbp, mhp, mhfp,
-                                             msp, m, check ? 1 : 0, cap_eff, average ? 1 : 0, pp,
-                                             qp, wpp, wqp, sop, rop, hfop, cp);
-  });
+  dispatch::round_scan(cuda_sim::Launcher{}, dtype_code<T>(), n, ptr(nn), ptr(nnd), ptr(size),
+                       ptr(rep), ptr(hfix), ptr(m_a), ptr(m_b), ptr(m_h), ptr(m_hf), ptr(m_s), m,
+                       check, cap, average, ptr(P), ptr(Q), ptr(WP), ptr(WQ), ptr(size_out),
+                       ptr(rep_out), ptr(hfix_out), ptr(counts));
 }
 
 template <typename T>

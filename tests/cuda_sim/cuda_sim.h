@@ -165,6 +165,15 @@ void launch(unsigned grid, unsigned block, F&& body) {
   s.body = nullptr;
 }
 
+// The launcher of csrc/cuda/rnn_dispatch.h for this executor.
+struct Launcher {
+  template <typename... P, typename... A>
+  void operator()(const char* /*name*/, void (*kernel)(P...), unsigned grid, unsigned block,
+                  A... args) const {
+    launch(grid, block, [=] { kernel(args...); });
+  }
+};
+
 template <typename T>
 T poison() {
   if constexpr (std::is_floating_point_v<T>) {

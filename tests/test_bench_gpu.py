@@ -57,14 +57,20 @@ def test_dry_run_writes_complete_results(tmp_path: Path, isolate: bool) -> None:
         assert (tmp_path / "worker-triton" / "worker.json").exists()
 
 
-def test_failed_child_becomes_an_error_row(tmp_path: Path) -> None:
-    """A child process that dies (here: an argument it rejects) is recorded at the first
-    size it did not finish, with the reason, and the parent goes on."""
+def _bench_gpu():
+    """The benchmark script as a module (it is not part of the package)."""
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import bench_gpu
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return bench_gpu
+
+
+def test_failed_child_becomes_an_error_row(tmp_path: Path) -> None:
+    """A child process that dies (here: an argument it rejects) is recorded at the first
+    size it did not finish, with the reason, and the parent goes on."""
+    bench_gpu = _bench_gpu()
     args = argparse.Namespace(out=str(tmp_path), repeats=1, budget=1.0, diag_n=0)
     rows: list = []
     labels: dict = {}
@@ -81,11 +87,7 @@ def test_child_out_of_time_becomes_an_error_row(tmp_path: Path,
     """A child still running at its share of the time limit is stopped and recorded."""
     import time
 
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    try:
-        import bench_gpu
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
+    bench_gpu = _bench_gpu()
     monkeypatch.setenv("TRITON_INTERPRET", "1")  # the child's environment only
     args = argparse.Namespace(out=str(tmp_path), repeats=1, budget=1.0, diag_n=0)
     rows: list = []

@@ -236,6 +236,10 @@ def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None
     """The one-launch bookkeeping equals its PyTorch reference bit for bit, including what
     it must leave untouched; block boundaries crossed (blocks of 64 clusters under the
     interpreter, 1024 on a GPU)."""
+    _check_round_scan_kernel(n, dtype)
+
+
+def _check_round_scan_kernel(n: int, dtype: torch.dtype) -> None:
     from conftest import random_round_state, round_scan_outputs
 
     rng = np.random.default_rng(n)
@@ -481,6 +485,76 @@ def test_memory_preflight_refuses_before_allocating() -> None:
         rnn_merges(xt, method="average", metric="euclidean", max_cluster_size=None,
                    ops=dk.TritonOps, memory_budget=1000)
     assert "64x64" in str(info.value)  # says what did not fit
+
+
+# ----------------------------------------------------------------------------- GPU tiles
+# Under the interpreter the host functions pick small tiles (fast to interpret); the tiles a
+# GPU gets (16 x 128 distance tiles, 8 x 256 merge tiles, bookkeeping blocks of 1024
+# clusters) would otherwise only be compiled in CI (test_triton_compile.py), never run.
+# On a GPU every test above already runs with them.
+
+interpret_only = pytest.mark.skipif(not INTERPRET, reason="on a GPU every test uses these tiles")
+
+
+@pytest.fixture
+def gpu_tiles(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, int]]:
+    """Make the host functions launch with their GPU configuration; returns the configs
+    used (``num_warps`` means nothing to the interpreter)."""
+    from dcpe_kernels import merge, pairwise
+    from dcpe_kernels import round as round_
+
+    used: list[dict[str, int]] = []
+
+    def gpu(cfg_fn):
+        def pick(*args: object) -> dict[str, int]:
+            cfg = cfg_fn(*args[:-1], False)
+            used.append(cfg)
+            return cfg
+        return pick
+
+    for mod in (pairwise, merge, round_):
+        monkeypatch.setattr(mod, "_launch_config", gpu(mod._launch_config))
+    return used
+
+
+@interpret_only
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernels_with_gpu_tiles_match_references(gpu_tiles: list, dtype: torch.dtype) -> None:
+    rng = np.random.default_rng(70)
+    # 300 rows: ragged 16 x 128 tiles on both edges; padded row stride
+    x = torch.tensor(tie_free(rng, 300, 8), dtype=dtype, device=DEVICE)
+    for metric in (0, 1, 2):
+        check_pairwise_kernel(dk.pairwise_nn, x, 307, metric)
+    # 330 slots -> 300: ragged 8 x 256 tiles; whole matrix, then a chunk of rows
+    for mode in (0, 1, 2):
+        round_ = random_merge_round(rng, 330, 25, 5, 4, dtype, DEVICE)
+        n_new = round_[1].shape[0]
+        check_merge_kernel(dk.merge_compact_nn, *round_, mode, ((0, n_new), (9, 83)))
+    # the bookkeeping's blocks of 1024 clusters: one block, just over, several
+    for n in (1023, 1025, 2100):
+        _check_round_scan_kernel(n, dtype)
+    assert {(c.get("BLOCK_M"), c.get("BLOCK_N"), c.get("BLOCK")) for c in gpu_tiles} == {
+        (16, 128, None), (8, 256, None), (None, None, 1024)}
+
+
+@interpret_only
+@pytest.mark.parametrize("cap", [None, 3])
+def test_engine_with_gpu_tiles_matches_cpu(gpu_tiles: list, cap: int | None) -> None:
+    """Whole runs with the GPU tiles: the tree (no cap) and the early-stopped cut, against
+    the cpu backend, at an N that spans several tiles of every kernel."""
+    cpu = _cpu_backend()
+    if cpu is None:
+        pytest.skip("needs the cpu backend")
+    n = 400
+    x = tie_free(np.random.default_rng(71), n, 8).astype(np.float32)
+    z_ref = cpu.linkage(x, method="average", metric="euclidean", max_cluster_size=cap)
+    if cap is None:
+        assert_same_tree(merges_to_linkage(run(x, torch.float32)), z_ref, rtol=1e-5)
+    part = run(x, torch.float32, cap=cap, n_clusters=n // 2)
+    assert not part.complete
+    np.testing.assert_array_equal(merges_to_labels(part, n // 2).cpu().numpy(),
+                                  cut(z_ref, n, n // 2))
+    assert any(c.get("BLOCK_N") == 256 for c in gpu_tiles)
 
 
 # ----------------------------------------------------------------------------- backend

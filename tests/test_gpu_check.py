@@ -1,0 +1,115 @@
+"""``benchmarks/gpu_check.sh``, the one script run on a lent GPU machine: its control flow.
+
+The script is run with a stand-in for Python (``PYTHON``) that records each call and
+answers at once, so the stages' order, the fallback build without the CUDA sources, the
+exit status and the benchmark's share of the time limit are checked here, in a second,
+without building or a GPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "benchmarks" / "gpu_check.sh"
+
+if shutil.which("bash") is None or shutil.which("timeout") is None:
+    pytest.skip("needs bash and timeout", allow_module_level=True)
+
+FAKE_PYTHON = """#!/usr/bin/env bash
+# stands in for python: logs the call (with DCPE_SKIP_CUDA) and plays the part asked for
+echo "skip_cuda=${DCPE_SKIP_CUDA:-} $*" >> "$FAKE_LOG"
+case "$*" in
+  "-m pip install"*)
+    if [ -n "${FAKE_BUILD_FAILS:-}" ] && { [ -z "${DCPE_SKIP_CUDA:-}" ] ||
+        [ "$FAKE_BUILD_FAILS" = always ]; }; then
+      echo "nvcc fatal   : something the compiler said"; exit 1
+    fi ;;
+  "-m pytest"*)
+    if [ -n "${FAKE_TESTS_FAIL:-}" ]; then echo "1 failed"; exit 1; fi
+    echo "1 passed" ;;
+esac
+exit 0
+"""
+
+
+def run_check(tmp_path: Path, **env: str) -> tuple[int, str, list[str]]:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    log = tmp_path / "calls.log"
+    log.write_text("")
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith(("DCPE_", "FAKE_"))}
+    full_env.update(PYTHON=str(fake), OUT=str(tmp_path / "out"), FAKE_LOG=str(log), **env)
+    proc = subprocess.run(["bash", str(SCRIPT)], cwd=ROOT, env=full_env, capture_output=True,
+                          text=True, timeout=60)
+    return proc.returncode, proc.stdout + proc.stderr, log.read_text().splitlines()
+
+
+def stages(calls: list[str]) -> list[str]:
+    names = []
+    for call in calls:
+        words = call.split()
+        if words[1:4] == ["-m", "pip", "install"]:
+            names.append("build-no-cuda" if words[0] == "skip_cuda=1" else "build")
+        elif words[1:3] == ["-m", "pytest"]:
+            names.append("test-" + words[3].removeprefix("tests/test_").removesuffix(".py"))
+        elif words[1] == "benchmarks/bench_gpu.py":
+            names.append("bench")
+    return names
+
+
+def time_limit(calls: list[str]) -> float:
+    (bench,) = [c for c in calls if "bench_gpu.py" in c]
+    words = bench.split()
+    return float(words[words.index("--time-limit") + 1])
+
+
+def test_all_stages_in_order(tmp_path: Path) -> None:
+    rc, out, calls = run_check(tmp_path)
+    assert rc == 0, out
+    assert stages(calls) == ["build", "test-triton", "test-cuda", "bench"]
+    assert time_limit(calls) == 240
+    assert "--isolate" in [c for c in calls if "bench_gpu.py" in c][0]
+    for name in ("env.log", "build.log", "tests.log", "bench.log"):
+        assert (tmp_path / "out" / name).exists()
+
+
+def test_failed_cuda_build_falls_back_and_still_measures_triton(tmp_path: Path) -> None:
+    rc, out, calls = run_check(tmp_path, FAKE_BUILD_FAILS="cuda")
+    assert rc == 1
+    assert stages(calls) == ["build", "build-no-cuda", "test-triton", "test-cuda", "bench"]
+    assert "nvcc fatal" in out  # the compiler's message is shown, not only the log's end
+
+
+def test_failed_build_stops_before_tests(tmp_path: Path) -> None:
+    rc, out, calls = run_check(tmp_path, FAKE_BUILD_FAILS="always")
+    assert rc == 1
+    assert stages(calls) == ["build", "build-no-cuda"]
+
+
+def test_failed_tests_fail_the_check_but_the_benchmark_runs(tmp_path: Path) -> None:
+    rc, out, calls = run_check(tmp_path, FAKE_TESTS_FAIL="1")
+    assert rc != 0
+    assert stages(calls) == ["build", "test-triton", "test-cuda", "bench"]
+
+
+@pytest.mark.parametrize("deadline,expected", [(100, 80), (400, 240)])
+def test_benchmark_gets_the_time_left_before_the_deadline(tmp_path: Path, deadline: int,
+                                                          expected: int) -> None:
+    rc, out, calls = run_check(tmp_path, DCPE_CHECK_SECONDS=str(deadline))
+    assert rc == 0, out
+    # the stand-in answers at once: at most a second or two has gone by
+    assert expected - 2 <= time_limit(calls) <= expected
+
+
+def test_no_benchmark_without_time_for_it(tmp_path: Path) -> None:
+    rc, out, calls = run_check(tmp_path, DCPE_CHECK_SECONDS="40")
+    assert rc == 1
+    assert "bench" not in stages(calls)
+    assert "no time left for the benchmark" in out

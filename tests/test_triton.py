@@ -541,7 +541,7 @@ def test_kernels_with_gpu_tiles_match_references(gpu_tiles: list, dtype: torch.d
 @pytest.mark.parametrize("cap", [None, 3])
 def test_engine_with_gpu_tiles_matches_cpu(gpu_tiles: list, cap: int | None) -> None:
     """Whole runs with the GPU tiles: the tree (no cap) and the early-stopped cut, against
-    the cpu backend, at an N that spans several tiles of every kernel."""
+    the cpu backend, at an N that spans several distance and merge tiles."""
     cpu = _cpu_backend()
     if cpu is None:
         pytest.skip("needs the cpu backend")

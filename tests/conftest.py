@@ -252,7 +252,6 @@ def check_merge_kernel(merge_compact_nn, old, p, q, wp, wq, mode: int, chunks) -
         assert bool((nn[untouched] == -1).all())
 
 
-
 def round_scan_outputs(round_scan, n: int, state: dict, m: int, check: bool, cap: int,
                        average: bool) -> dict:
     """Run a ``round_scan`` (kernel or reference) for ``n`` clusters on a copy of ``state``.
@@ -313,6 +312,34 @@ def random_round_state(rng: np.random.Generator, n: int, n_max: int, m: int, dty
             "m_a": full(np.arange(m), -5, i64), "m_b": full(np.arange(m), -5, i64),
             "m_h": full(m_hf[:m], -5.0, dtype), "m_hf": full(m_hf[:m], -5.0, dtype),
             "m_s": full(np.full(m, 2), -5, i64)}
+
+
+def check_round_scan_kernel(round_scan, n: int, dtype, device: str, make_state=None) -> list:
+    """Run a ``round_scan`` kernel and its PyTorch reference on four states of ``n``
+    clusters (nothing recorded yet; the early-stop count; a size cap with halves for
+    weights; one merge recorded and a cap) and compare every output bit for bit, entries
+    to be left alone included.  ``make_state(rng, m)`` makes a state (default:
+    :func:`random_round_state` with ``n + 5`` slots).  Returns ``(state, reference
+    outputs, m, check)`` for each case."""
+    import torch
+
+    from dcpe_kernels.round import _reference_round_scan
+
+    if make_state is None:
+        def make_state(rng: np.random.Generator, m: int) -> dict:
+            return random_round_state(rng, n, n + 5, m, dtype, device)
+
+    rng = np.random.default_rng(n)
+    cases = []
+    for m, check, cap, average in ((0, False, 0, True), (n // 2, True, 0, True),
+                                   (n // 2, True, 7, False), (1, False, 4, True)):
+        state = make_state(rng, m)
+        ref = round_scan_outputs(_reference_round_scan, n, state, m, check, cap, average)
+        got = round_scan_outputs(round_scan, n, state, m, check, cap, average)
+        for name, want in ref.items():
+            assert torch.equal(got[name], want), (name, m, check, cap, average)
+        cases.append((state, ref, m, check))
+    return cases
 
 
 # --------------------------------------------------------------------------- fixtures

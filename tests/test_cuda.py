@@ -140,18 +140,9 @@ def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None
     """The one-block bookkeeping equals its PyTorch reference bit for bit, untouched
     entries included, across its 512-cluster blocks."""
     cb = _backend()
-    from conftest import random_round_state, round_scan_outputs
+    from conftest import check_round_scan_kernel
 
-    from dcpe_kernels.round import _reference_round_scan
-
-    rng = np.random.default_rng(n)
-    for m, check, cap, average in ((0, False, 0, True), (n // 2, True, 0, True),
-                                   (n // 2, True, 7, False), (1, False, 4, True)):
-        state = random_round_state(rng, n, n + 5, m, dtype, "cuda")
-        ref = round_scan_outputs(_reference_round_scan, n, state, m, check, cap, average)
-        got = round_scan_outputs(cb.CudaOps.round_scan, n, state, m, check, cap, average)
-        for name, want in ref.items():
-            assert torch.equal(got[name], want), (name, m, check, cap, average)
+    check_round_scan_kernel(cb.CudaOps.round_scan, n, dtype, "cuda")
 
 
 @needs_gpu

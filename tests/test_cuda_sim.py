@@ -31,11 +31,10 @@ torch = pytest.importorskip("torch")
 from conftest import (  # noqa: E402
     check_merge_kernel,
     check_pairwise_kernel,
+    check_round_scan_kernel,
     cpu_order_distances,
     cut_z,
     random_merge_round,
-    random_round_state,
-    round_scan_outputs,
     tie_free,
 )
 
@@ -242,17 +241,8 @@ def test_round_scan_kernel_matches_reference(any_order: type, dtype: torch.dtype
                                             n: int) -> None:
     """The one-block bookkeeping equals its PyTorch reference bit for bit, untouched entries
     included, across its blocks of 512 clusters."""
-    from dcpe_kernels.round import _reference_round_scan
-
-    rng = np.random.default_rng(n)
-    for m, check, cap, average in ((0, False, 0, True), (n // 2, True, 0, True),
-                                   (n // 2, True, 7, False), (1, False, 4, True)):
-        state = random_round_state(rng, n, n + 5, m, dtype, "cpu") if n > 1 else \
-            _single_cluster_state(m, dtype)
-        ref = round_scan_outputs(_reference_round_scan, n, state, m, check, cap, average)
-        got = round_scan_outputs(any_order.round_scan, n, state, m, check, cap, average)
-        for name, want in ref.items():
-            assert torch.equal(got[name], want), (name, m, check, cap, average)
+    check_round_scan_kernel(any_order.round_scan, n, dtype, "cpu",
+                            None if n > 1 else lambda rng, m: _single_cluster_state(m, dtype))
 
 
 def _single_cluster_state(m: int, dtype: torch.dtype) -> dict:

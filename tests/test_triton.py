@@ -240,16 +240,9 @@ def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None
 
 
 def _check_round_scan_kernel(n: int, dtype: torch.dtype) -> None:
-    from conftest import random_round_state, round_scan_outputs
+    from conftest import check_round_scan_kernel
 
-    rng = np.random.default_rng(n)
-    for m, check, cap, average in ((0, False, 0, True), (n // 2, True, 0, True),
-                                   (n // 2, True, 7, False), (1, False, 4, True)):
-        state = random_round_state(rng, n, n + 5, m, dtype, DEVICE)
-        ref = round_scan_outputs(dk._reference_round_scan, n, state, m, check, cap, average)
-        got = round_scan_outputs(dk.round_scan, n, state, m, check, cap, average)
-        for name, want in ref.items():
-            assert torch.equal(got[name], want), (name, m, check, cap, average)
+    for state, ref, m, check in check_round_scan_kernel(dk.round_scan, n, dtype, DEVICE):
         n_pairs, n_new, below = ref["counts"].tolist()
         assert n_pairs >= n // 3 and 0 <= n_new <= n - n_pairs
         if check:

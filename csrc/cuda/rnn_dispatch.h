@@ -87,11 +87,12 @@ template <typename T, typename Launch>
 void round_scan_typed(Launch& launch, I64 n, U nn, U nnd, U size, U rep, U hfix, U m_a,
                       U m_b, U m_h, U m_hf, U m_s, I64 m, bool check, I64 cap, bool average,
                       U p, U q, U wp, U wq, U size_out, U rep_out, U hfix_out, U counts) {
-  launch("round_scan_kernel", kernels::round_scan_kernel<T>, 1u, kernels::kScanThreads, n, as<const I64>(nn), as<const T>(nnd),
-         as<const I64>(size), as<const I64>(rep), as<const T>(hfix), as<I64>(m_a),
-         as<I64>(m_b), as<T>(m_h), as<T>(m_hf), as<I64>(m_s), m, check ? 1 : 0, cap,
-         average ? 1 : 0, as<std::int32_t>(p), as<std::int32_t>(q), as<T>(wp), as<T>(wq),
-         as<I64>(size_out), as<I64>(rep_out), as<T>(hfix_out), as<I64>(counts));
+  launch("round_scan_kernel", kernels::round_scan_kernel<T>, 1u, kernels::kScanThreads, n,
+         as<const I64>(nn), as<const T>(nnd), as<const I64>(size), as<const I64>(rep),
+         as<const T>(hfix), as<I64>(m_a), as<I64>(m_b), as<T>(m_h), as<T>(m_hf), as<I64>(m_s),
+         m, check ? 1 : 0, cap, average ? 1 : 0, as<std::int32_t>(p), as<std::int32_t>(q),
+         as<T>(wp), as<T>(wq), as<I64>(size_out), as<I64>(rep_out), as<T>(hfix_out),
+         as<I64>(counts));
 }
 
 template <typename Launch>

@@ -3,8 +3,7 @@
 Reciprocal-nearest-neighbour rounds (Murtagh 1983; Müllner 2011) over a dense
 dissimilarity matrix on the device; see :mod:`dcpe_kernels.rnn` for the algorithm and
 :mod:`dcpe_kernels.pairwise` / :mod:`dcpe_kernels.merge` / :mod:`dcpe_kernels.round` for
-the kernels.  Runs on CUDA
-tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` (tests).
+the kernels.  Runs on CUDA tensors, and on CPU tensors when ``TRITON_INTERPRET=1`` (tests).
 
 Supported: linkages average, weighted, single, complete (the reducible ones);
 metrics euclidean, sqeuclidean, cosine; ``max_cluster_size``.  Heights are computed in

@@ -56,6 +56,7 @@ def _load_kernels():
 from conftest import (  # noqa: E402
     check_merge_kernel,
     check_pairwise_kernel,
+    check_round_scan_kernel,
     cpu_order_distances,
     random_merge_round,
 )
@@ -240,8 +241,6 @@ def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None
 
 
 def _check_round_scan_kernel(n: int, dtype: torch.dtype) -> None:
-    from conftest import check_round_scan_kernel
-
     for state, ref, m, check in check_round_scan_kernel(dk.round_scan, n, dtype, DEVICE):
         n_pairs, n_new, below = ref["counts"].tolist()
         assert n_pairs >= n // 3 and 0 <= n_new <= n - n_pairs

@@ -174,6 +174,13 @@ struct Launcher {
   }
 };
 
+// A block-wide collective's thread count (template argument) must be the block's.
+inline void check_block(int threads, const char* what) {
+  if (state().block_dim.x != static_cast<unsigned>(threads)) {
+    fail(std::string(what) + ": block size differs from the template argument");
+  }
+}
+
 template <typename T>
 T poison() {
   if constexpr (std::is_floating_point_v<T>) {
@@ -238,7 +245,9 @@ class BlockScan {
   struct TempStorage {
     T v[kBlock];
   };
-  explicit BlockScan(TempStorage& storage) : s_(storage) { check_block(); }
+  explicit BlockScan(TempStorage& storage) : s_(storage) {
+    ::cuda_sim::check_block(kBlock, "cub::BlockScan");
+  }
 
   void ExclusiveSum(T input, T& output, T& aggregate) {
     const int me = ::cuda_sim::state().current;
@@ -254,11 +263,6 @@ class BlockScan {
   }
 
  private:
-  static void check_block() {
-    if (::cuda_sim::state().block_dim.x != static_cast<unsigned>(kBlock)) {
-      ::cuda_sim::fail("cub::BlockScan: block size differs from the template argument");
-    }
-  }
   TempStorage& s_;
 };
 
@@ -269,9 +273,7 @@ class BlockReduce {
     T v[kBlock];
   };
   explicit BlockReduce(TempStorage& storage) : s_(storage) {
-    if (::cuda_sim::state().block_dim.x != static_cast<unsigned>(kBlock)) {
-      ::cuda_sim::fail("cub::BlockReduce: block size differs from the template argument");
-    }
+    ::cuda_sim::check_block(kBlock, "cub::BlockReduce");
   }
 
   template <typename Op>

@@ -17,6 +17,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from conftest import (  # noqa: E402
+    check_merge_kernel,
+    check_pairwise_kernel,
+    check_round_scan_kernel,
+    cpu_order_distances,
+    random_merge_round,
+)
+
 HAS_CUDA_DEVICE = bool(torch.cuda.is_available())
 needs_gpu = pytest.mark.skipif(not HAS_CUDA_DEVICE, reason="needs a CUDA device")
 
@@ -126,8 +134,6 @@ def _backend():
 @pytest.mark.parametrize("metric", [0, 1, 2])
 def test_pairwise_kernel_matches_reference(dtype: torch.dtype, metric: int) -> None:
     cb = _backend()
-    from conftest import check_pairwise_kernel
-
     rng = np.random.default_rng(metric)
     x = torch.tensor(tie_free(rng, 333, 7), dtype=dtype, device="cuda")
     check_pairwise_kernel(cb.CudaOps.pairwise_nn, x, 340, metric)
@@ -140,8 +146,6 @@ def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None
     """The one-block bookkeeping equals its PyTorch reference bit for bit, untouched
     entries included, across its 512-cluster blocks."""
     cb = _backend()
-    from conftest import check_round_scan_kernel
-
     check_round_scan_kernel(cb.CudaOps.round_scan, n, dtype, "cuda")
 
 
@@ -150,8 +154,6 @@ def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None
 @pytest.mark.parametrize("mode", [0, 1, 2])
 def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
     cb = _backend()
-    from conftest import check_merge_kernel, random_merge_round
-
     rng = np.random.default_rng(40 + mode)
     round_ = random_merge_round(rng, 300, 50, 10, 8, dtype, "cuda")
     n_new = round_[1].shape[0]
@@ -163,8 +165,6 @@ def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
 def test_pairwise_kernel_rounds_like_the_cpu_engine(dtype: torch.dtype) -> None:
     """Squares of differences added one dimension after the other, each step rounded."""
     cb = _backend()
-    from conftest import cpu_order_distances
-
     x = tie_free(np.random.default_rng(78), 500, 8)
     x = x.astype(np.float32 if dtype == torch.float32 else np.float64)
     out = torch.empty(500 * 500, dtype=dtype, device="cuda")

@@ -18,14 +18,19 @@ PYBIND11_MODULE(_C, m) {
   m.attr("__version__") = DCPE_VERSION;
   m.def("linkage_cpu", &dcpe::linkage_cpu, py::arg("x"), py::arg("method") = "average",
         py::arg("metric") = "euclidean", py::arg("max_cluster_size") = 0,
-        py::arg("num_threads") = 0, py::arg("max_merges") = 0,
+        py::arg("num_threads") = 0, py::arg("max_merges") = 0, py::arg("engine") = "matrix",
+        py::arg("cache_bytes") = 0, py::arg("progress") = py::none(),
         "Exact agglomerative clustering of the rows of x; returns the SciPy linkage matrix "
         "(m, 4) in greedy order. max_merges > 0: engines that find merges in greedy order "
-        "(centroid) may stop after that many (the first rows of the full result).");
+        "(centroid) may stop after that many (the first rows of the full result). "
+        "engine: 'matrix' (condensed distance matrix) or 'linear' (average linkage in "
+        "O(N d) memory plus cache_bytes). progress: called with the merges found so far.");
   m.def("cut_cpu", &dcpe::cut_cpu, py::arg("Z"), py::arg("n"), py::arg("n_clusters"),
         "Canonical labels after the first min(m, n - n_clusters) merges of Z.");
   m.def("workspace_bytes_cpu", &dcpe::workspace_bytes_cpu, py::arg("n"), py::arg("d"),
         py::arg("method"), py::arg("elem_size"), py::arg("num_threads") = 0,
+        py::arg("engine") = "matrix", py::arg("metric") = "euclidean",
+        py::arg("cache_bytes") = 0,
         "Bytes of working memory linkage_cpu allocates for this problem.");
   m.def("balanced_assign_cpu", &dcpe::balanced_assign_cpu, py::arg("x"), py::arg("centers"),
         py::arg("capacity"), py::arg("prices"), py::arg("n_candidates") = 32,

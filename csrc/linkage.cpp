@@ -39,9 +39,11 @@ Metric parse_metric(const std::string& name) {
 namespace {
 
 template <typename T>
-std::vector<Merge> run(const T* data, int64_t n, int64_t d, const RunOptions& opt) {
+std::vector<Merge> run(const T* data, int64_t n, int64_t d, const RunOptions& opt,
+                       bool linear) {
   if (opt.method == Method::Centroid) return centroid_linkage<T>(data, n, d, opt);
   if (opt.method == Method::Ward) return ward_linkage<T>(data, n, d, opt);
+  if (linear) return linear_linkage<T>(data, n, d, opt);
   return matrix_linkage<T>(data, n, d, opt);
 }
 
@@ -56,7 +58,9 @@ py::array_t<double> to_array(const std::vector<double>& z) {
 
 py::array_t<double> linkage_cpu(const py::array& x, const std::string& method,
                                  const std::string& metric, int64_t max_cluster_size,
-                                 int num_threads, int64_t max_merges) {
+                                 int num_threads, int64_t max_merges,
+                                 const std::string& engine, std::size_t cache_bytes,
+                                 const py::object& progress) {
   DCPE_CHECK_ARG(x.ndim() == 2, "x.ndim", x.ndim(), "expected a 2-D array (N, d)");
   const bool is_f32 = py::isinstance<py::array_t<float>>(x);
   const bool is_f64 = py::isinstance<py::array_t<double>>(x);
@@ -75,6 +79,18 @@ py::array_t<double> linkage_cpu(const py::array& x, const std::string& method,
   opt.max_cluster_size = max_cluster_size;
   opt.num_threads = num_threads;
   opt.max_merges = max_merges;
+  DCPE_CHECK_ARG(engine == "matrix" || engine == "linear", "engine", "'" + engine + "'",
+                 "expected 'matrix' or 'linear'");
+  const bool linear = engine == "linear" && !is_centroid_method(opt.method);
+  DCPE_CHECK(!linear || opt.method == Method::Average,
+             "engine='linear' computes average linkage only, got linkage='", method, "'");
+  opt.cache_bytes = cache_bytes;
+  if (!progress.is_none()) {
+    opt.progress = [progress](int64_t done) {
+      pybind11::gil_scoped_acquire gil;
+      progress(done);
+    };
+  }
   const int64_t n = x.shape(0), d = x.shape(1);
   DCPE_CHECK_ARG(n >= 1, "N", n, "need at least one row");
   DCPE_CHECK_ARG(d >= 1, "d", d, "need at least one column");
@@ -84,8 +100,8 @@ py::array_t<double> linkage_cpu(const py::array& x, const std::string& method,
   call_released([&](const std::function<bool()>& interrupted) {
     opt.interrupted = interrupted;
     std::vector<Merge> merges =
-        is_f32 ? run<float>(static_cast<const float*>(contiguous.data()), n, d, opt)
-               : run<double>(static_cast<const double*>(contiguous.data()), n, d, opt);
+        is_f32 ? run<float>(static_cast<const float*>(contiguous.data()), n, d, opt, linear)
+               : run<double>(static_cast<const double*>(contiguous.data()), n, d, opt, linear);
     z = merges_to_z(n, std::move(merges));
   });
   return to_array(z);
@@ -106,10 +122,17 @@ py::array_t<int64_t> cut_cpu(const py::array_t<double, py::array::c_style | py::
 }
 
 std::size_t workspace_bytes_cpu(int64_t n, int64_t d, const std::string& method, int elem_size,
-                                int num_threads) {
+                                int num_threads, const std::string& engine,
+                                const std::string& metric, std::size_t cache_bytes) {
   DCPE_CHECK_ARG(elem_size == 4 || elem_size == 8, "elem_size", elem_size, "expected 4 or 8");
-  return workspace_bytes(n, d, parse_method(method), static_cast<std::size_t>(elem_size),
-                         num_threads);
+  DCPE_CHECK_ARG(engine == "matrix" || engine == "linear", "engine", "'" + engine + "'",
+                 "expected 'matrix' or 'linear'");
+  const Method m = parse_method(method);
+  if (engine == "linear" && !is_centroid_method(m)) {
+    return linear_workspace_bytes(n, d, static_cast<std::size_t>(elem_size),
+                                  has_closed_form(m, parse_metric(metric)), cache_bytes);
+  }
+  return workspace_bytes(n, d, m, static_cast<std::size_t>(elem_size), num_threads);
 }
 
 }  // namespace dcpe

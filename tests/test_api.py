@@ -213,17 +213,19 @@ def test_float64_input_computed_in_float64(dcpe_mod) -> None:
 
 
 def test_dtype_override_to_float64(dcpe_mod) -> None:
-    # squared differences of 1e-25 underflow in float32 but not in float64
+    # squared differences of 1e-25 underflow in float32 but not in float64 (Euclidean: the
+    # token distances are computed in the compute dtype; the closed forms of sqeuclidean
+    # and cosine average linkage run on float64 cluster moments whatever the dtype)
     x = np.array([[0.0], [1e-25], [3e-25], [7e-25]], dtype=np.float32)
-    z32 = dcpe_mod.linkage(x, metric="sqeuclidean")
+    z32 = dcpe_mod.linkage(x, engine="matrix")
     np.testing.assert_array_equal(z32[:, 2], 0)
-    z64 = dcpe_mod.linkage(x, metric="sqeuclidean", dtype=np.float64)
+    z64 = dcpe_mod.linkage(x, dtype=np.float64)
     assert np.all(z64[:, 2] > 0)
+    np.testing.assert_array_equal(dcpe_mod.cluster(x, 2, dtype=np.float64), [0, 0, 0, 1])
     np.testing.assert_array_equal(
-        dcpe_mod.cluster(x, 2, metric="sqeuclidean", dtype=np.float64), [0, 0, 0, 1])
-    np.testing.assert_array_equal(
-        dcpe_mod.cluster(torch.from_numpy(x), 2, metric="sqeuclidean",
-                         dtype=torch.float64).numpy(), [0, 0, 0, 1])
+        dcpe_mod.cluster(torch.from_numpy(x), 2, dtype=torch.float64).numpy(), [0, 0, 0, 1])
+    zsq = dcpe_mod.linkage(x, metric="sqeuclidean")
+    assert np.all(zsq[:, 2] > 0)
 
 
 # --------------------------------------------------------------------------- size cap

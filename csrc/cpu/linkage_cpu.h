@@ -8,6 +8,11 @@
 //    compaction + nearest-neighbour search), finishing with a nearest-neighbour chain when
 //    rounds stop paying off [Murtagh 1983, "A survey of recent advances in hierarchical
 //    clustering algorithms"; Müllner 2011, arXiv:1109.2378, section 3.3].
+//  * average linkage in linear memory (linear_linkage.cpp): reciprocal-nearest-neighbour
+//    rounds on clusters kept as groups of token rows, nearest neighbours found through a
+//    kd-tree on centroids and exact bounds, exact average distances from member pairs, and
+//    the nearest-neighbour chain on the matrix of the clusters left once it fits a cache;
+//    sqeuclidean and cosine by their closed forms on cluster moments.
 //  * centroid (not reducible): the generic greedy algorithm with cached row minima
 //    [Müllner 2011, section 3.1] on cluster centroids, no matrix.
 //  * ward (reducible): nearest-neighbour chain on centroids and sizes [Murtagh 1983;
@@ -52,8 +57,13 @@ struct RunOptions {
   // Engines that find merges in greedy order (centroid) stop after this many merges, which
   // are then the first ones of the full result; 0: all. The others ignore it.
   int64_t max_merges = 0;
+  // Linear-memory engine: bytes it may use for the matrix of the clusters it has left,
+  // once they fit (0: never).
+  std::size_t cache_bytes = 0;
   // Polled from the calling thread between blocks of work; returns true to stop.
   std::function<bool()> interrupted;
+  // Called from the calling thread with the number of merges found so far (may be empty).
+  std::function<void(int64_t)> progress;
 };
 
 // Threads to use: the requested count, or OpenMP's default (OMP_NUM_THREADS or all cores).
@@ -64,6 +74,27 @@ inline int resolve_threads(int requested) {
 // Reducible linkages on a condensed distance matrix of element type T.
 template <typename T>
 std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt);
+
+// Average linkage by the matrix engine's rounds and chain on a condensed matrix D of m
+// clusters (sizes, representatives, monotone heights so far) made elsewhere; D is
+// overwritten. Merges are appended.
+template <typename T>
+void matrix_linkage_on(T* D, int64_t m, const std::vector<int64_t>& size,
+                       const std::vector<int64_t>& rep, const std::vector<double>& adj,
+                       const RunOptions& opt, std::vector<Merge>& merges);
+
+// Average linkage in O(N d) memory plus opt.cache_bytes (linear_linkage.cpp): Euclidean
+// by bound-pruned searches over clusters of token rows, sqeuclidean and cosine by their
+// closed forms on cluster moments.
+template <typename T>
+std::vector<Merge> linear_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt);
+
+// Average linkage with a metric whose cluster distance is a function of cluster moments.
+bool has_closed_form(Method method, Metric metric);
+
+// Bytes the linear engine allocates at most (its cache included).
+std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size, bool closed,
+                                   std::size_t cache_bytes);
 
 // Centroid linkage on centroids (Euclidean only).
 template <typename T>

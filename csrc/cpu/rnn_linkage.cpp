@@ -441,6 +441,10 @@ class Engine {
   using Plan = RoundPlan<T>;
   Engine(int64_t n, const RunOptions& opt, int threads) : n_(n), opt_(opt), threads_(threads) {}
 
+  // Start from a matrix of the n clusters made elsewhere (condensed, owned by the caller)
+  // instead of computing the first round's matrix from the points.
+  void adopt(T* D) { D_ = D; }
+
   // Reciprocal-nearest-neighbour rounds; returns when finished or handing over to the chain.
   // nnv/nni: the tokens' nearest neighbours. The first round computes the matrix it leaves
   // (merged and compacted) directly from the points, so the token matrix is never stored.
@@ -454,7 +458,7 @@ class Engine {
     std::vector<T> block(std::min<std::size_t>(kBlockElems, std::max<std::size_t>(tri(n_), 1)) +
                          static_cast<std::size_t>(n_));
     std::vector<std::vector<T>> scratch(threads_, std::vector<T>(n_));
-    bool first = true;
+    bool first = D_ == nullptr;
     while (n_ >= 2) {
       const int64_t n = n_;
       partner.assign(n, -1);
@@ -775,6 +779,44 @@ std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   }
   return merges;
 }
+
+template <typename T>
+void matrix_linkage_on(T* D, int64_t m, const std::vector<int64_t>& size,
+                       const std::vector<int64_t>& rep, const std::vector<double>& adj,
+                       const RunOptions& opt, std::vector<Merge>& merges) {
+  DCPE_CHECK(opt.method == Method::Average, "matrix_linkage_on: average linkage only");
+  if (m < 2) return;
+  const int threads = resolve_threads(opt.num_threads);
+  Clusters cl;
+  cl.size = size;
+  cl.rep = rep;
+  cl.adj = adj;
+  // nearest neighbours from the matrix: row and column minima in one pass
+  std::vector<T> nnv(m);
+  std::vector<int32_t> nni(m);
+  {
+    ColumnMinima<T> cols(threads, m);
+    std::vector<Best<T>> rowbest(m, Best<T>{std::numeric_limits<T>::infinity(), -1});
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 64)
+    for (int64_t i = 1; i < m; ++i) {
+      rowbest[i] = cols.update(omp_get_thread_num(), D + tri(i), i, static_cast<int32_t>(i));
+    }
+    finish_nn(rowbest, cols, m, nnv, nni);
+  }
+  static const std::vector<T> no_points;
+  const Points<T> pts{no_points, 0, 0, opt.metric};
+  Engine<T, WeightedMean<T>> engine(m, opt, threads);
+  engine.adopt(D);
+  engine.rounds(cl, nnv, nni, merges, pts);
+  engine.chain(cl, merges);
+}
+
+template void matrix_linkage_on<float>(float*, int64_t, const std::vector<int64_t>&,
+                                       const std::vector<int64_t>&, const std::vector<double>&,
+                                       const RunOptions&, std::vector<Merge>&);
+template void matrix_linkage_on<double>(double*, int64_t, const std::vector<int64_t>&,
+                                        const std::vector<int64_t>&, const std::vector<double>&,
+                                        const RunOptions&, std::vector<Merge>&);
 
 template std::vector<Merge> matrix_linkage<float>(const float*, int64_t, int64_t,
                                                   const RunOptions&);

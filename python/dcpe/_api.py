@@ -9,6 +9,7 @@ import numpy as np
 
 from . import backends as _backends
 from ._errors import BackendUnavailableError
+from ._memory import parse_memory_limit
 from ._validation import (
     Data,
     check_backend,
@@ -79,32 +80,62 @@ def _check_accepts(name: str, data: Data) -> None:
         )
 
 
-def _preflight(name: str, data: Data, method: str) -> None:
+def _preflight(name: str, data: Data, method: str, metric: str, memory_limit: Any,
+               engine: str) -> dict[str, Any]:
+    """The backend's memory preflight; returns extra keyword arguments for its run."""
     module = _backends.get(name)
     check = getattr(module, "preflight", None)
+    if name == "cpu":
+        plan = check(data.n, data.d, method=method, dtype=data.compute_dtype,
+                     device=data.device, metric=metric, memory_limit=memory_limit,
+                     engine=engine)
+        return {"plan": plan}
+    if engine != "auto":
+        raise ValueError(f"engine={engine!r} selects an engine of the 'cpu' backend; "
+                         f"backend {name!r} has one engine. Use engine='auto'")
     if check is not None:
         check(data.n, data.d, method=method, dtype=data.compute_dtype, device=data.device)
+    return {}
+
+
+def _check_engine(engine: Any) -> str:
+    from .backends.cpu import ENGINES
+
+    if not isinstance(engine, str) or engine.lower() not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    return engine.lower()
 
 
 def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: str,
-         dtype: Any, n_clusters: Any = None, want_z: bool = True) -> tuple[Data, Any, Any, str]:
-    """Validate everything, run the backend; returns (data, Z or None, labels or None, name)."""
+         dtype: Any, n_clusters: Any = None, want_z: bool = True, memory_limit: Any = None,
+         engine: Any = "auto", progress: Any = None) -> tuple[Data, Any, Any, str]:
+    """Validate everything, run the backend; returns (data, Z or None, labels or None, name).
+
+    ``progress``: None, or a callable taking ``(merges_done, merges_total)`` that the
+    ``cpu`` backend calls from time to time.
+    """
     method, metric = check_linkage_metric(linkage, metric)
     backend = check_backend(backend)
     cap = check_max_cluster_size(max_cluster_size)
+    parse_memory_limit(memory_limit)
+    engine = _check_engine(engine)
     data = check_data(x, dtype)
     k = None if n_clusters is None else check_int("n_clusters", n_clusters, 1, data.n)
     if metric == "cosine":
         _check_no_zero_rows(data)
     name = _resolve_backend(backend, data, method)
     _check_accepts(name, data)
-    _preflight(name, data, method)
+    extra = _preflight(name, data, method, metric, memory_limit, engine)
+    if progress is not None and name == "cpu":
+        total = max(data.n - 1, 0)
+        extra["progress"] = lambda done: progress(min(int(done), total), total)
     module = _backends.get(name)
     xin = _to_backend_input(name, data)
     if k is not None and not want_z and hasattr(module, "labels"):
-        labels = module.labels(xin, k, method=method, metric=metric, max_cluster_size=cap)
+        labels = module.labels(xin, k, method=method, metric=metric, max_cluster_size=cap,
+                               **extra)
         return data, None, labels, name
-    z = module.linkage(xin, method=method, metric=metric, max_cluster_size=cap)
+    z = module.linkage(xin, method=method, metric=metric, max_cluster_size=cap, **extra)
     return data, np.ascontiguousarray(z, dtype=np.float64), None, name
 
 
@@ -175,6 +206,8 @@ def cluster(
     max_cluster_size: int | None = None,
     backend: str = "auto",
     dtype: Any = None,
+    memory_limit: int | str | None = None,
+    engine: str = "auto",
 ) -> Any:
     """Partition the rows of ``x`` into ``n_clusters`` clusters by exact agglomerative clustering.
 
@@ -210,6 +243,22 @@ def cluster(
         saying why; there is no fallback.
     dtype : {None, "float32", "float64"}
         Compute precision. Default: float64 for float64 input, float32 otherwise.
+    memory_limit : int or str, optional
+        Memory budget of the ``cpu`` backend, in bytes or as a string such as ``"8GiB"``
+        or ``"512MiB"`` (``KiB``/``MiB``/``GiB``/``K``/``M``/``G`` are powers of 1024,
+        ``KB``/``MB``/``GB`` powers of 1000). Default: the available host memory
+        (``DCPE_MEMORY_LIMIT`` lowers it); an explicit limit is capped by it too. The
+        engine is chosen within it (see ``engine``), and
+        :class:`dcpe.InsufficientMemoryError` is raised, before any work, only when not
+        even O(N d) fits (for average, centroid and ward linkage; the other linkages
+        need the N(N-1)/2 matrix).
+    engine : {"auto", "matrix", "linear"}
+        Engine of the ``cpu`` backend. ``"matrix"`` stores the N(N-1)/2 distances;
+        ``"linear"`` (average linkage) needs O(N d) memory plus a cache (at most a quarter
+        of the budget) and is exact too; ``"auto"`` takes the matrix engine for Euclidean
+        average linkage up to 32,768 tokens when it fits, the linear engine otherwise.
+        Average linkage with ``"sqeuclidean"`` or ``"cosine"`` always runs on cluster
+        moments (their closed forms), in O(N d) memory. Other backends take ``"auto"``.
 
     Returns
     -------
@@ -234,8 +283,8 @@ def cluster(
     ------
     ValueError, TypeError
         Bad input, before any work: not 2-D, empty, NaN/Inf rows, ``n_clusters`` outside
-        ``[1, N]``, ``max_cluster_size < 1``, unknown linkage/metric/backend, non-numeric
-        dtype.
+        ``[1, N]``, ``max_cluster_size < 1``, unknown linkage/metric/backend/engine,
+        non-numeric dtype, a ``memory_limit`` that is not a positive size.
     dcpe.InsufficientMemoryError
         The problem cannot fit in available memory (a ``MemoryError`` and a ``ValueError``).
 
@@ -250,7 +299,8 @@ def cluster(
     k = check_int("n_clusters", n_clusters, -(2**63))  # type only; range once N is known
     data, z, labels, _ = _run(x, linkage=linkage, metric=metric,
                               max_cluster_size=max_cluster_size, backend=backend, dtype=dtype,
-                              n_clusters=k, want_z=False)
+                              n_clusters=k, want_z=False, memory_limit=memory_limit,
+                              engine=engine)
     if labels is not None:  # computed by the backend (GPU backends: on the device)
         n_found = int(labels.max()) + 1 if data.n else 0
         _warn_if_short(data.n, k, n_found, max_cluster_size)
@@ -267,12 +317,14 @@ def linkage(
     metric: str = "euclidean",
     backend: str = "auto",
     dtype: Any = None,
+    memory_limit: int | str | None = None,
+    engine: str = "auto",
 ) -> Any:
     """The full merge tree of exact agglomerative clustering, in SciPy's linkage format.
 
     Parameters
     ----------
-    x, linkage, metric, backend, dtype
+    x, linkage, metric, backend, dtype, memory_limit, engine
         As in :func:`cluster`.
 
     Returns
@@ -292,7 +344,8 @@ def linkage(
     True
     """
     data, z, _, _ = _run(x, linkage=linkage, metric=metric, max_cluster_size=None,
-                         backend=backend, dtype=dtype)
+                         backend=backend, dtype=dtype, memory_limit=memory_limit,
+                         engine=engine)
     return _follow(data, z)
 
 

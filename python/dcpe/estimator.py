@@ -14,7 +14,7 @@ try:  # scikit-learn is optional; without it a minimal get_params/set_params is 
 except ImportError:  # pragma: no cover - exercised only without scikit-learn
     class BaseEstimator:  # type: ignore[no-redef]
         _param_names = ("n_clusters", "linkage", "metric", "max_cluster_size", "backend",
-                        "dtype")
+                        "dtype", "memory_limit", "engine")
 
         def get_params(self, deep: bool = True) -> dict[str, Any]:
             return {name: getattr(self, name) for name in self._param_names}
@@ -41,7 +41,7 @@ class DCPE(ClusterMixin, BaseEstimator):
     ----------
     n_clusters : int, default 8192
         Number of clusters (``1 <= n_clusters <= N``).
-    linkage, metric, max_cluster_size, backend, dtype
+    linkage, metric, max_cluster_size, backend, dtype, memory_limit, engine
         As in :func:`dcpe.cluster`.
 
     Attributes
@@ -71,20 +71,24 @@ class DCPE(ClusterMixin, BaseEstimator):
 
     def __init__(self, n_clusters: int = 8192, *, linkage: str = "average",
                  metric: str = "euclidean", max_cluster_size: int | None = None,
-                 backend: str = "auto", dtype: Any = None) -> None:
+                 backend: str = "auto", dtype: Any = None,
+                 memory_limit: int | str | None = None, engine: str = "auto") -> None:
         self.n_clusters = n_clusters
         self.linkage = linkage
         self.metric = metric
         self.max_cluster_size = max_cluster_size
         self.backend = backend
         self.dtype = dtype
+        self.memory_limit = memory_limit
+        self.engine = engine
 
     def fit(self, X: Any, y: Any = None) -> DCPE:
         """Cluster the rows of ``X``; ``y`` is ignored."""
         k = check_int("n_clusters", self.n_clusters, -(2**63))  # range checked with N
         data, z, _, _ = _run(X, linkage=self.linkage, metric=self.metric,
                              max_cluster_size=self.max_cluster_size, backend=self.backend,
-                             dtype=self.dtype, n_clusters=self.n_clusters, want_z=True)
+                             dtype=self.dtype, n_clusters=self.n_clusters, want_z=True,
+                             memory_limit=self.memory_limit, engine=self.engine)
         labels = _labels_from_z(z, data.n, k)
         self.n_clusters_ = int(labels.max()) + 1
         _warn_if_short(data.n, k, self.n_clusters_, self.max_cluster_size)

@@ -1,20 +1,50 @@
-"""Backend ``cpu``: the C++ engine (``dcpe._C.linkage_cpu``) on host arrays.
+"""Backend ``cpu``: the C++ engines (``dcpe._C.linkage_cpu``) on host arrays.
 
-O(N^2) time, at most N(N-1)/2 distances stored in the compute dtype (float32 by default;
-the matrix is built for the clusters left after the first round of merges),
-OpenMP across all cores (``OMP_NUM_THREADS`` or ``DCPE_NUM_THREADS`` to limit), the GIL
-released while it runs, and Ctrl-C honoured between blocks of work. See
-``csrc/cpu/linkage_cpu.h`` for the algorithms.
+Two engines compute the reducible linkages, and :func:`plan` is the one place that
+chooses between them, from N, d and the memory budget (:func:`choose_engine`):
+
+``matrix``
+    reciprocal-nearest-neighbour rounds on a condensed matrix of N(N-1)/2 distances in
+    the compute dtype (float32 by default; built for the clusters left after the first
+    round). Every reducible linkage (average, single, complete, weighted).
+``linear``
+    average linkage in O(N d) memory plus a bounded cache: Euclidean by exact-bound
+    searches over clusters kept as groups of token rows (a kd-tree on centroids, exact
+    average distances from member pairs), finished by the nearest-neighbour chain on the
+    matrix of the clusters left once it fits the cache; ``sqeuclidean`` and ``cosine``
+    by their closed forms on cluster moments (mean and mean squared distance to it), at
+    any N. Euclidean distance, the paper's DCPE, has no such closed form.
+
+``centroid`` and ``ward`` have engines of their own on centroids (O(N d) memory).
+
+Both engines give the same labels on inputs without tied distances. ``auto`` takes the
+matrix engine for Euclidean average linkage up to :data:`MATRIX_MAX_N` tokens when its
+matrix fits the budget (it is the faster one there) and the linear engine beyond; the
+closed forms always run on moments. OpenMP across all cores (``OMP_NUM_THREADS`` or
+``DCPE_NUM_THREADS`` to limit), the GIL released while it runs, Ctrl-C honoured between
+blocks of work. See ``csrc/cpu/linkage_cpu.h`` for the algorithms.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .._memory import check_host_memory
+from .._errors import InsufficientMemoryError
+from .._memory import memory_budget
+
+#: engine names of the ``engine=`` argument
+ENGINES = ("auto", "matrix", "linear")
+#: largest N at which ``auto`` prefers the matrix engine for Euclidean average linkage
+MATRIX_MAX_N = 32768
+#: the linear engine's cache: at most this many times the size of the data...
+_CACHE_PER_DATA = 64
+#: ...within these bounds, and at most a quarter of the budget
+_CACHE_MIN, _CACHE_MAX = 256 << 20, 2 << 30
 
 
 def _ext() -> Any:
@@ -40,33 +70,121 @@ def _threads() -> int:
     return int(value) if value.strip() else 0
 
 
-def workspace_bytes(n: int, d: int, method: str, dtype: np.dtype) -> int:
+@dataclass(frozen=True)
+class Plan:
+    """What :func:`choose_engine` chose: the engine, and the linear engine's cache in bytes."""
+
+    engine: str
+    cache_bytes: int = 0
+
+
+def has_closed_form(method: str, metric: str) -> bool:
+    """Average linkage whose cluster distance is a function of cluster moments."""
+    return method == "average" and metric in ("sqeuclidean", "cosine")
+
+
+def workspace_bytes(n: int, d: int, method: str, dtype: np.dtype, engine: str = "matrix",
+                    metric: str = "euclidean", cache_bytes: int = 0) -> int:
     """Bytes of memory the engine allocates for an (n, d) problem."""
-    return int(_ext().workspace_bytes_cpu(n, d, method, np.dtype(dtype).itemsize, _threads()))
+    return int(_ext().workspace_bytes_cpu(n, d, method, np.dtype(dtype).itemsize, _threads(),
+                                          engine, metric, cache_bytes))
 
 
-def preflight(n: int, d: int, *, method: str, dtype: np.dtype, device: str) -> None:
-    # the input copy in the compute dtype comes on top of the engine's workspace
-    needed = workspace_bytes(n, d, method, dtype) + n * d * np.dtype(dtype).itemsize
-    check_host_memory(needed, f"backend='cpu' on N={n}, d={d} ({np.dtype(dtype).name})")
+def choose_engine(n: int, d: int, *, method: str, metric: str, dtype: np.dtype,
+         memory_limit: Any = None, engine: str = "auto") -> Plan:
+    """Choose the engine for an (n, d) problem within the memory budget.
+
+    Parameters
+    ----------
+    n, d : int
+        Problem size.
+    method, metric : str
+        Validated linkage and metric names.
+    dtype : numpy.dtype
+        Compute dtype (float32 or float64).
+    memory_limit : None, int or str
+        Budget in bytes or a string such as ``"8GiB"``; ``None``: the available host
+        memory (``DCPE_MEMORY_LIMIT`` lowers it). The input copy counts against it.
+    engine : {"auto", "matrix", "linear"}
+        ``"auto"`` chooses; the others force an engine (``"linear"``: average linkage only).
+
+    Returns
+    -------
+    Plan
+
+    Raises
+    ------
+    InsufficientMemoryError
+        Nothing fits: the matrix for linkages that need it, or O(N d) for the others.
+    ValueError
+        ``engine="linear"`` with a linkage other than average.
+    """
+    dtype = np.dtype(dtype)
+    budget = memory_budget(memory_limit)
+    what = f"backend='cpu' on N={n}, d={d} ({dtype.name})"
+    data = n * d * dtype.itemsize  # the input copy in the compute dtype
+    if method in ("centroid", "ward"):
+        _require(data + workspace_bytes(n, d, method, dtype), budget, what)
+        return Plan("matrix")
+    if engine == "linear" and method != "average":
+        raise ValueError(f"engine='linear' computes average linkage only; got "
+                         f"linkage={method!r}. Use engine='auto' or 'matrix'")
+    matrix_needs = data + workspace_bytes(n, d, method, dtype)
+    closed = has_closed_form(method, metric)
+    if engine == "matrix" or method != "average":
+        _require(matrix_needs, budget, what + " (matrix engine)")
+        return Plan("matrix")
+    if engine == "auto" and not closed and n <= MATRIX_MAX_N and matrix_needs <= budget:
+        return Plan("matrix")
+    base = data + workspace_bytes(n, d, method, dtype, "linear", metric, 0)
+    _require(base, budget, what + " (linear-memory engine)")
+    if closed:
+        return Plan("linear")
+    cache = min(max(_CACHE_MIN, _CACHE_PER_DATA * data), _CACHE_MAX, budget // 4,
+                budget - base)
+    return Plan("linear", max(0, int(cache)))
 
 
-def linkage(x: np.ndarray, *, method: str, metric: str,
-            max_cluster_size: int | None) -> np.ndarray:
-    return _ext().linkage_cpu(x, method, metric, max_cluster_size or 0, _threads())
+def _require(needed: int, budget: int, what: str) -> None:
+    if needed > budget:
+        raise InsufficientMemoryError(needed, budget, what)
+
+
+def preflight(n: int, d: int, *, method: str, dtype: np.dtype, device: str,
+              metric: str = "euclidean", memory_limit: Any = None,
+              engine: str = "auto") -> Plan:
+    """:func:`choose_engine`, under the name the dispatcher calls before any work."""
+    return choose_engine(n, d, method=method, metric=metric, dtype=dtype, memory_limit=memory_limit,
+                engine=engine)
+
+
+def linkage(x: np.ndarray, *, method: str, metric: str, max_cluster_size: int | None,
+            plan: Plan | None = None,
+            progress: Callable[[int], None] | None = None) -> np.ndarray:
+    """SciPy linkage matrix of ``x`` by the engine of ``plan`` (default: chosen here)."""
+    if plan is None:
+        n, d = x.shape
+        plan = choose_engine(n, d, method=method, metric=metric, dtype=x.dtype)
+    return _ext().linkage_cpu(x, method, metric, max_cluster_size or 0, _threads(), 0,
+                              plan.engine, plan.cache_bytes, progress)
 
 
 def labels(x: np.ndarray, n_clusters: int, *, method: str, metric: str,
-           max_cluster_size: int | None) -> np.ndarray:
+           max_cluster_size: int | None, plan: Plan | None = None,
+           progress: Callable[[int], None] | None = None) -> np.ndarray:
     """Canonical labels after the first ``N - n_clusters`` merges in greedy order.
 
     The centroid engine finds merges in greedy order, so it stops after those merges;
     the other engines build the whole tree (their merges come out of order) and it is cut.
     """
     n = x.shape[0]
-    if method == "centroid" and n_clusters == n:  # no merge needed (max_merges=0 means all)
-        z = np.empty((0, 4))
+    if method == "centroid":
+        if n_clusters == n:  # no merge needed (max_merges=0 means all)
+            z = np.empty((0, 4))
+        else:
+            z = _ext().linkage_cpu(x, method, metric, max_cluster_size or 0, _threads(),
+                                   n - n_clusters, "matrix", 0, progress)
     else:
-        stop = n - n_clusters if method == "centroid" else 0
-        z = _ext().linkage_cpu(x, method, metric, max_cluster_size or 0, _threads(), stop)
+        z = linkage(x, method=method, metric=metric, max_cluster_size=max_cluster_size,
+                    plan=plan, progress=progress)
     return _ext().cut_cpu(z, n, n_clusters)

@@ -30,6 +30,15 @@ is left at the origin, i.e. at cosine distance 0.5 from every unit vector). All 
 distances are computed from direct coordinate differences, never from the
 ``|a|^2 + |b|^2 - 2 a.b`` expansion.
 
+Closed forms: average linkage needs only cluster moments for two metrics. With
+``sqeuclidean``, ``D(A, B) = ||mu_A - mu_B||^2 + s_A + s_B``, where ``mu`` is the mean of a
+cluster's tokens and ``s`` their mean squared distance to it; with ``cosine``, on unit rows,
+``D(A, B) = 1 - <mu_A, mu_B>``. :func:`linkage` does not use them (it stays the literal
+definition, the oracle of the tests); :func:`closed_form_linkage` runs the same greedy loop
+on those formulas, so that tests can check the identities against it. The Euclidean metric
+(the paper's DCPE) has no such form: the mean of ``||a - b||`` over member pairs is not a
+function of a few moments of A and B.
+
 Precision: token distances are evaluated in the compute dtype of ``x`` (float32 or
 float64); sums, means, centroids and the recursion are carried in float64, so for a given
 set of token distances this is the most accurate answer the package can give.
@@ -46,6 +55,9 @@ from __future__ import annotations
 import numpy as np
 
 from . import EUCLIDEAN_ONLY, LINKAGES, METRICS
+
+#: token metrics whose average linkage has a closed form in cluster moments
+CLOSED_FORM_METRICS = ("sqeuclidean", "cosine")
 
 #: rows per block when forming token differences (bounds the (rows, N, d) temporary)
 _BLOCK_ELEMENTS = 1 << 22
@@ -222,4 +234,148 @@ def linkage(x: np.ndarray, *, method: str = "average", metric: str = "euclidean"
             wpgma[:, i] = new
             wpgma[i, i] = 0.0
             wpgma = np.delete(np.delete(wpgma, j, axis=0), j, axis=1)
+    return np.asarray(rows, dtype=np.float64).reshape(-1, 4)
+
+
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit length in float64; a zero row stays at the origin.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(N, d)`` array of any real dtype.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(N, d)`` float64, a new array.
+    """
+    x = np.array(x, dtype=np.float64)
+    norms = np.sqrt(np.einsum("ij,ij->i", x, x))
+    norms[norms == 0] = 1
+    return x / norms[:, None]
+
+
+def cluster_moments(x: np.ndarray, members: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and mean squared distance to the mean of every cluster, from its members.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(N, d)`` float64 token coordinates.
+    members : list of list of int
+        Token indices of each cluster (a partition of ``0..N-1`` or of a subset).
+
+    Returns
+    -------
+    mu : numpy.ndarray
+        ``(M, d)`` float64: ``mu[c]`` is the mean of the tokens of cluster ``c``, evaluated
+        as ``x[t0] + mean(x[t] - x[t0])`` with ``t0`` its first member (so a cluster of
+        identical rows has exactly that row as its mean).
+    s : numpy.ndarray
+        ``(M,)`` float64: ``s[c]`` is the mean of ``||a - mu[c]||^2`` over its tokens ``a``,
+        from direct differences (two passes, no ``E[a^2] - mu^2`` cancellation).
+    """
+    sizes = np.fromiter((len(m) for m in members), dtype=np.intp, count=len(members))
+    order = np.fromiter((t for m in members for t in m), dtype=np.intp, count=int(sizes.sum()))
+    starts = np.concatenate(([0], np.cumsum(sizes)[:-1]))
+    xs = x[order]
+    first = np.repeat(xs[starts], sizes, axis=0)
+    mu = xs[starts] + np.add.reduceat(xs - first, starts, axis=0) / sizes[:, None]
+    dev = xs - np.repeat(mu, sizes, axis=0)
+    s = np.add.reduceat(np.einsum("ij,ij->i", dev, dev), starts) / sizes
+    return mu, s
+
+
+def closed_form_distances(mu: np.ndarray, s: np.ndarray) -> np.ndarray:
+    """Average-linkage squared-Euclidean distances of all cluster pairs from their moments.
+
+    Parameters
+    ----------
+    mu, s : numpy.ndarray
+        Moments as returned by :func:`cluster_moments`.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(M, M)`` float64, ``D[a, b] = ||mu_a - mu_b||^2 + (s_a + s_b)``, which equals the
+        mean of ``||x - y||^2`` over ``x`` in ``a`` and ``y`` in ``b``. Exactly symmetric.
+    """
+    diff = mu[:, None, :] - mu[None, :, :]
+    return np.einsum("ijk,ijk->ij", diff, diff) + (s[:, None] + s[None, :])
+
+
+def closed_form_linkage(x: np.ndarray, *, metric: str,
+                        max_cluster_size: int | None = None) -> np.ndarray:
+    """Greedy average linkage from the closed forms, moments recomputed from the members.
+
+    Same loop as :func:`linkage` with ``method="average"`` (same tie rule, same size cap),
+    but the distance of clusters ``A`` and ``B`` comes from their moments, recomputed from
+    the member tokens at every step:
+
+    ``sqeuclidean``
+        ``||mu_A - mu_B||^2 + s_A + s_B`` (mean ``mu``, mean squared distance to the mean
+        ``s``).
+    ``cosine``
+        ``1 - <mu_A, mu_B>`` with ``mu`` the mean of the unit rows (``x`` is normalised
+        first; a zero row stays at the origin). It is evaluated as half the
+        ``sqeuclidean`` form on the unit rows, ``(||mu_A - mu_B||^2 + s_A + s_B) / 2``: the
+        same number when every row has unit length (``s = 1 - ||mu||^2``), without the
+        cancellation of ``1 - <mu_A, mu_B>`` for nearly parallel clusters, and equal to the
+        token distance ``||a/|a| - b/|b|||^2 / 2`` of :func:`token_distances` for
+        singletons.
+
+    The Euclidean metric (the paper's DCPE) has no such form, so it is not accepted. All
+    arithmetic is in float64, whatever the dtype of ``x``.
+
+    Parameters
+    ----------
+    x : numpy.ndarray
+        ``(N, d)`` real array, finite.
+    metric : {"sqeuclidean", "cosine"}
+        Token distance.
+    max_cluster_size : int or None
+        A cluster whose size exceeds this takes no further part in merging; when fewer
+        than two mergeable clusters remain the run stops early.
+
+    Returns
+    -------
+    numpy.ndarray
+        ``(m, 4)`` float64 in SciPy's linkage format and greedy order, ``m <= N - 1``.
+
+    Raises
+    ------
+    ValueError
+        For a metric without a closed form.
+    """
+    if metric not in CLOSED_FORM_METRICS:
+        raise ValueError(
+            f"metric must be one of {CLOSED_FORM_METRICS} for the closed form of average "
+            f"linkage, got {metric!r} (the Euclidean metric has no closed form)"
+        )
+    x64 = unit_rows(x) if metric == "cosine" else np.array(x, dtype=np.float64)
+    n = x64.shape[0]
+    cap = np.inf if max_cluster_size is None else max_cluster_size
+    members: list[list[int]] = [[t] for t in range(n)]  # sorted by identity
+    ids = list(range(n))
+    rows: list[list[float]] = []
+    while len(members) >= 2:
+        dist = closed_form_distances(*cluster_moments(x64, members))
+        if metric == "cosine":
+            dist *= 0.5
+        c = len(members)
+        frozen = np.array([len(m) > cap for m in members])
+        dist[np.tril_indices(c)] = np.inf
+        dist[frozen, :] = np.inf
+        dist[:, frozen] = np.inf
+        i, j = divmod(int(np.argmin(dist)), c)  # first minimum in row-major order
+        height = dist[i, j]
+        if not np.isfinite(height):
+            break
+        merged = sorted(members[i] + members[j])
+        lo, hi = sorted((ids[i], ids[j]))
+        rows.append([lo, hi, float(height), len(merged)])
+        members[i] = merged
+        ids[i] = n + len(rows) - 1
+        del members[j], ids[j]
     return np.asarray(rows, dtype=np.float64).reshape(-1, 4)

@@ -1,0 +1,247 @@
+"""Exact average linkage at scale: dcpe's linear-memory and matrix engines against
+fastcluster and ParChain, time and peak memory, in one run.
+
+Every provider computes the full dendrogram of the same data (the built-in sample
+codebook's generator, ``dcpe.datasets.make_sample_codebook(n, d)``, float32; its
+16,384 x 8 case is the sample codebook itself) in a child process of its own, so that
+each peak resident set size (``ru_maxrss`` of that child) is its own. Times are wall
+clock of the clustering call alone (data generation and imports excluded; for ParChain
+the "clustering" time it prints, which excludes reading its input file).
+
+Providers
+---------
+``dcpe-linear``   ``dcpe.linkage(x, engine="linear")``: O(N d) memory plus a cache
+``dcpe-matrix``   ``dcpe.linkage(x, engine="matrix")``: N(N-1)/2 float32 distances, where
+                  they fit the memory (``--matrix-max-n``)
+``fastcluster``   ``fastcluster.linkage_vector`` is not defined for average linkage, so
+                  ``fastcluster.linkage(x, "average")`` on its float64 matrix, where it fits
+                  (``--fastcluster-max-n``)
+``parchain``      ParChain's ``avg`` method, with ``--parchain PATH`` to a built binary
+``dcpe-cosine``   ``dcpe.linkage(x, metric="cosine")``: the closed form on cluster moments
+
+ParChain (Yu, Wang, Gu, Dhulipala, Shun, PVLDB 15) is never downloaded or built here. To
+build it: clone its public repository ``yushangdi/ParChain-HAC`` with its ``parlaylib``
+submodule (``external/parlaylib``, e.g. at commit ``552fd85``), then in ``hac/``::
+
+    g++ -O3 -std=c++20 -mcx16 -march=native -pthread \\
+        -I../external/parlaylib/include linkage.cpp -o linkage -ldl
+
+and pass ``--parchain path/to/hac/linkage``. It is run as
+``PARLAY_NUM_THREADS=<threads> linkage -method avg -cachesize 32 -d <d> -o out.txt in.pbbs``
+on a ``pbbs_sequencePoint<d>d`` text file of the same points (d <= 10 only).
+
+Results go to ``benchmarks/results/scale.{json,md}``. Ratios are against dcpe's linear
+engine, within the run.
+
+Examples
+--------
+    python benchmarks/bench_scale.py --parchain ~/ParChain-HAC/hac/linkage
+    python benchmarks/bench_scale.py --sizes 16384x8,65536x8 --providers dcpe-linear,fastcluster
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fmt_seconds, machine_info, markdown_table, write_results  # noqa: E402
+
+PROVIDERS = ("dcpe-linear", "dcpe-matrix", "fastcluster", "parchain", "dcpe-cosine")
+DEFAULT_SIZES = ("16384x8", "65536x8", "131072x8", "262144x8", "8192x256", "16384x256",
+                 "65536x256")
+
+_CHILD = r"""
+import json, resource, sys, time
+import numpy as np
+provider, n, d, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+from dcpe.datasets import make_sample_codebook, sample_codebook
+x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
+x = np.ascontiguousarray(x, dtype=np.float32)
+t0 = time.perf_counter()
+if provider == "fastcluster":
+    import fastcluster
+    z = fastcluster.linkage(x.astype(np.float64), method="average", metric="euclidean")
+else:
+    import dcpe
+    kw = {"dcpe-linear": {"engine": "linear"}, "dcpe-matrix": {"engine": "matrix"},
+          "dcpe-cosine": {"metric": "cosine"}}[provider]
+    z = dcpe.linkage(x, **kw)
+seconds = time.perf_counter() - t0
+print(json.dumps({"seconds": seconds, "heights_sum": float(np.sum(z[:, 2])),
+                  "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+"""
+
+
+def _parse_sizes(text: str) -> list[tuple[int, int]]:
+    out = []
+    for item in text.split(","):
+        n, _, d = item.strip().lower().partition("x")
+        out.append((int(n), int(d)))
+    return out
+
+
+def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, int]:
+    """Wait for ``proc``; return (exit status, its peak RSS in bytes), killing it on timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+        if pid == proc.pid:
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            return proc.returncode, usage.ru_maxrss * 1024
+        if time.monotonic() > deadline:
+            proc.kill()
+            _, status, usage = os.wait4(proc.pid, 0)
+            proc.returncode = -9
+            return -9, usage.ru_maxrss * 1024
+        time.sleep(0.05)
+
+
+def run_python(provider: str, n: int, d: int, threads: int, timeout: float) -> dict[str, Any]:
+    env = dict(os.environ, DCPE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-c", _CHILD, provider, str(n), str(d),
+                                 str(threads)], stdout=out, stderr=err, env=env)
+        code, rss = _wait(proc, timeout)
+        out.seek(0)
+        err.seek(0)
+        text, etext = out.read(), err.read()
+    if code != 0:
+        why = "timed out" if code == -9 else (etext.strip().splitlines() or ["failed"])[-1]
+        return {"error": why[:300], "peak_rss": rss}
+    row = json.loads(text.strip().splitlines()[-1])
+    row["peak_rss"] = rss
+    return row
+
+
+def run_parchain(binary: str, n: int, d: int, threads: int, timeout: float) -> dict[str, Any]:
+    if d > 10:
+        return {"error": "ParChain is built for d <= 10"}
+    import numpy as np
+
+    from dcpe.datasets import make_sample_codebook, sample_codebook
+
+    x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, dst = Path(tmp) / "points.pbbs", Path(tmp) / "dendrogram.txt"
+        with open(src, "w") as fh:
+            fh.write(f"pbbs_sequencePoint{d}d\n")
+            np.savetxt(fh, x.astype(np.float64), fmt="%.9g")
+        env = dict(os.environ, PARLAY_NUM_THREADS=str(threads))
+        with tempfile.TemporaryFile("w+") as out:
+            proc = subprocess.Popen([binary, "-method", "avg", "-cachesize", "32", "-d", str(d),
+                                     "-o", str(dst), str(src)], stdout=out,
+                                    stderr=subprocess.STDOUT, env=env)
+            code, rss = _wait(proc, timeout)
+            out.seek(0)
+            text = out.read()
+        if code != 0:
+            return {"error": "timed out" if code == -9 else text.strip()[-300:],
+                    "peak_rss": rss}
+        seconds = None
+        for line in text.splitlines():
+            if "clustering:" in line:  # "Parlay time: clustering: 12.3456"
+                seconds = float(line.rsplit(":", 1)[1])
+        heights = np.loadtxt(dst, usecols=2, ndmin=1)
+    return {"seconds": seconds, "heights_sum": float(heights.sum()), "peak_rss": rss}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
+                   help="comma-separated NxD list (default: %(default)s)")
+    p.add_argument("--providers", default=",".join(PROVIDERS),
+                   help=f"comma-separated subset of {', '.join(PROVIDERS)}")
+    p.add_argument("--parchain", default=None, metavar="PATH",
+                   help="a built ParChain 'linkage' binary (see the module docstring)")
+    p.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    p.add_argument("--matrix-max-n", type=int, default=65536,
+                   help="largest N for dcpe's matrix engine (default: %(default)s)")
+    p.add_argument("--fastcluster-max-n", type=int, default=65536,
+                   help="largest N for fastcluster's float64 matrix (default: %(default)s)")
+    p.add_argument("--cosine-sizes", default="262144x8",
+                   help="sizes for the dcpe-cosine provider (default: %(default)s)")
+    p.add_argument("--timeout", type=float, default=3600.0,
+                   help="seconds per provider and size before it is stopped")
+    p.add_argument("--name", default="scale", help="results file name (default: scale)")
+    p.add_argument("--out", default=None, help="results folder (default: benchmarks/results)")
+    args = p.parse_args(argv)
+
+    providers = [s.strip() for s in args.providers.split(",") if s.strip()]
+    unknown = sorted(set(providers) - set(PROVIDERS))
+    if unknown:
+        p.error(f"unknown providers {unknown}; choose from {', '.join(PROVIDERS)}")
+    if "parchain" in providers and args.parchain is None:
+        providers.remove("parchain")
+    if args.parchain is not None and not os.access(args.parchain, os.X_OK):
+        p.error(f"--parchain {args.parchain!r} is not an executable file")
+    sizes = _parse_sizes(args.sizes)
+    cosine_sizes = set(_parse_sizes(args.cosine_sizes))
+
+    rows: list[dict[str, Any]] = []
+    for n, d in sizes:
+        for provider in providers:
+            if provider == "dcpe-matrix" and n > args.matrix_max_n:
+                continue
+            if provider == "fastcluster" and n > args.fastcluster_max_n:
+                continue
+            if provider == "parchain" and d > 10:
+                continue
+            if provider == "dcpe-cosine" and (n, d) not in cosine_sizes:
+                continue
+            print(f"{provider} {n}x{d} ...", file=sys.stderr, flush=True)
+            if provider == "parchain":
+                row = run_parchain(args.parchain, n, d, args.threads, args.timeout)
+            else:
+                row = run_python(provider, n, d, args.threads, args.timeout)
+            row.update(provider=provider, n=n, d=d)
+            print(f"  {row}", file=sys.stderr, flush=True)
+            rows.append(row)
+
+    def seconds_of(provider: str, n: int, d: int) -> float | None:
+        for r in rows:
+            if (r["provider"], r["n"], r["d"]) == (provider, n, d) and r.get("seconds"):
+                return r["seconds"]
+        return None
+
+    table = []
+    for r in rows:
+        base = seconds_of("dcpe-linear", r["n"], r["d"])
+        ratio = (f"{r['seconds'] / base:.2f}×" if base and r.get("seconds")
+                 and r["provider"] != "dcpe-cosine" else "")
+        r["ratio_to_dcpe_linear"] = (r["seconds"] / base
+                                     if base and r.get("seconds") else None)
+        table.append([f"{r['n']:,} × {r['d']}", r["provider"],
+                      fmt_seconds(r.get("seconds")) if "error" not in r else r["error"],
+                      ratio, f"{r.get('peak_rss', 0) / 2**20:,.0f} MiB"])
+    info = machine_info()
+    md = "\n".join([
+        "# Exact average linkage at scale (full dendrogram)",
+        "",
+        f"{info['date']} · {info['cpu']} · {info['cores']} cores · threads {args.threads} · "
+        f"dcpe {info['versions'].get('dcpe')} · fastcluster "
+        f"{info['versions'].get('fastcluster')}",
+        "",
+        "Data: the sample codebook's generator, float32. Time: the clustering call alone, "
+        "one run per cell; peak RSS: the provider's own process. "
+        "Ratio: time / dcpe-linear's time at the same size, in this run.",
+        "",
+        markdown_table(["N × d", "provider", "time", "× dcpe-linear", "peak RSS"], table),
+    ])
+    payload = {"machine": info, "threads": args.threads, "rows": rows,
+               "parchain": args.parchain is not None}
+    jpath, mpath = write_results(args.name, payload, md, args.out)
+    print(md)
+    print(f"wrote {jpath} and {mpath}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,817 @@
+// Exact average linkage in O(N d) memory plus a bounded cache: the `linear` engine.
+//
+// Algorithm: reciprocal-nearest-neighbour (RNN) rounds [Murtagh 1983, "A survey of recent
+// advances in hierarchical clustering algorithms"; Müllner 2011, arXiv:1109.2378] on
+// clusters kept as contiguous groups of token rows, without a distance matrix.
+//
+// Average linkage is reducible (d(A ∪ B, C) >= min(d(A, C), d(B, C))), so every pair of
+// clusters that are each other's nearest neighbour is merged by the greedy algorithm too,
+// and a round merges all of them at once (sorting the merges by height, made monotone up
+// the tree, gives the greedy order: dendrogram.cpp). For the same reason a cluster whose
+// nearest neighbour was not merged keeps it: a merge elsewhere never brings a cluster
+// closer than the nearer of its two parts. Only the new clusters and the clusters whose
+// nearest neighbour was merged (or frozen by the size cap) search again.
+//
+// A search for cluster A over the other clusters B (Euclidean token distance) prunes with
+// exact bounds on the average distance avg(A, B) = E||a - b|| (a in A, b in B uniform):
+//   lower: ||mu_A - mu_B||                                   (convexity of the norm)
+//          (||mu_A - mu_B||^2 + s_A + s_B) / (||mu_A - mu_B|| + R_A + R_B)
+//                                 (E||X|| >= E||X||^2 / max||X||, max||X|| <= that sum)
+//   upper: sqrt(||mu_A - mu_B||^2 + s_A + s_B)               (Jensen: E||X|| <= sqrt(E||X||^2))
+// with mu the centroid, s the mean squared distance to it, R the largest distance to it.
+// Candidates come from a kd-tree over the centroids, rebuilt every round [Bentley 1975;
+// Friedman, Bentley, Finkel 1977]: first the nearest centroid, whose upper bound sets the
+// search radius, then every centroid within it; the survivors of the lower bounds are
+// evaluated exactly, in increasing order of their lower bound, until the bound passes the
+// best exact distance. An exact distance is the mean of the token distances of all member
+// pairs, each computed in the compute type with the matrix engine's expression (squares
+// of direct coordinate differences summed in coordinate order, then the square root),
+// summed in float64; it is computed from the cluster of the smaller identity, so it is the
+// same number whichever of the two asks. The comparisons use a relative safety margin of a
+// few units of the compute type's rounding, so pruning never drops the true nearest
+// neighbour.
+//
+// Once the clusters left fit the cache (their condensed matrix within `cache_bytes`), the
+// matrix of their exact average distances is built in one pass over all token pairs and
+// the nearest-neighbour chain [Murtagh 1983; Müllner 2011, Fig. 4] finishes on it with
+// Lance–Williams updates, so large clusters are never compared member by member.
+//
+// Closed forms. With metric "sqeuclidean", average linkage is a function of cluster
+// moments: E||a - b||^2 = ||mu_A - mu_B||^2 + s_A + s_B; with "cosine" (rows scaled to unit
+// length) 1 - cos = ||a - b||^2 / 2, so it is half of that. Moments merge exactly
+// (mu_C = (|A| mu_A + |B| mu_B) / |C|, s_C = (|A| s_A + |B| s_B) / |C| +
+// |A||B| / |C|^2 ||mu_A - mu_B||^2, no cancellation), so these run on the moments alone
+// (float64), with the kd-tree on the centroids for the search, in O(N d) memory at any N.
+// Euclidean distance (the paper's DCPE) has no such form.
+//
+// Size cap: a merged cluster larger than max_cluster_size leaves (frozen), as in the
+// matrix engine. Ties: nearest neighbours are chosen by (distance, identity), a strict
+// order, so every round has a reciprocal pair, and the result does not depend on the
+// number of threads (each search runs on one thread; merges are recorded in slot order).
+
+#include <omp.h>
+#if defined(__AVX512F__)
+#include <immintrin.h>
+#endif
+#include <chrono>
+#include <cstdio>
+#include <atomic>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+#include <numeric>
+#include <vector>
+
+#include "cpu/linkage_cpu.h"
+#include "macros.h"
+
+namespace dcpe {
+namespace {
+
+constexpr double kInf = std::numeric_limits<double>::infinity();
+
+inline std::size_t tri(int64_t i) {
+  return static_cast<std::size_t>(i) * static_cast<std::size_t>(i - 1) / 2;
+}
+
+inline void poll(const RunOptions& opt) {
+  if (opt.interrupted && opt.interrupted()) throw Interrupted();
+}
+
+// kd-tree over a set of points (float64, row-major), rebuilt from scratch each round.
+class KdTree {
+ public:
+  static constexpr int kLeaf = 8;
+
+  void build(const double* pts, const std::vector<int32_t>& ids, int64_t d) {
+    d_ = d;
+    ids_ = ids;
+    nodes_.clear();
+    box_.clear();
+    src_ = pts;
+    if (!ids_.empty()) build_rec(0, static_cast<int32_t>(ids_.size()));
+    pts_.resize(ids_.size() * static_cast<std::size_t>(d));
+    for (std::size_t i = 0; i < ids_.size(); ++i) {
+      std::memcpy(&pts_[i * d], pts + static_cast<std::size_t>(ids_[i]) * d, d * sizeof(double));
+    }
+  }
+
+  // Smallest squared distance to q over points other than `exclude` (id); -1 if none.
+  int32_t nearest(const double* q, int32_t exclude, double& best2) const {
+    best2 = kInf;
+    int32_t best = -1;
+    if (!nodes_.empty()) nearest_rec(0, q, exclude, best2, best);
+    return best;
+  }
+
+  // visit(id, squared distance) for every point within squared distance r2 of q.
+  template <typename F>
+  void range(const double* q, double r2, F&& visit) const {
+    if (!nodes_.empty()) range_rec(0, q, r2, visit);
+  }
+
+ private:
+  struct Node {
+    int32_t lo, hi, left, right;
+  };
+
+  double dist2(const double* a, const double* b) const {
+    double s = 0.0;
+    for (int64_t k = 0; k < d_; ++k) {
+      const double t = a[k] - b[k];
+      s += t * t;
+    }
+    return s;
+  }
+
+  // Squared distance from q to the node's bounding box (a lower bound of dist2 for every
+  // point inside, also in floating point: each term and the sum round monotonically).
+  double box_dist2(int32_t node, const double* q) const {
+    const double* lo = &box_[static_cast<std::size_t>(node) * 2 * d_];
+    const double* hi = lo + d_;
+    double s = 0.0;
+    for (int64_t k = 0; k < d_; ++k) {
+      double t = 0.0;
+      if (q[k] < lo[k]) t = lo[k] - q[k];
+      else if (q[k] > hi[k]) t = q[k] - hi[k];
+      s += t * t;
+    }
+    return s;
+  }
+
+  int32_t build_rec(int32_t lo, int32_t hi) {
+    const int32_t node = static_cast<int32_t>(nodes_.size());
+    nodes_.push_back({lo, hi, -1, -1});
+    box_.resize(box_.size() + 2 * d_);
+    double* blo = &box_[static_cast<std::size_t>(node) * 2 * d_];
+    double* bhi = blo + d_;
+    for (int64_t k = 0; k < d_; ++k) {
+      blo[k] = kInf;
+      bhi[k] = -kInf;
+    }
+    for (int32_t i = lo; i < hi; ++i) {
+      const double* p = src_ + static_cast<std::size_t>(ids_[i]) * d_;
+      for (int64_t k = 0; k < d_; ++k) {
+        blo[k] = std::min(blo[k], p[k]);
+        bhi[k] = std::max(bhi[k], p[k]);
+      }
+    }
+    if (hi - lo <= kLeaf) return node;
+    int64_t dim = 0;
+    double spread = -1.0;
+    for (int64_t k = 0; k < d_; ++k) {
+      if (bhi[k] - blo[k] > spread) {
+        spread = bhi[k] - blo[k];
+        dim = k;
+      }
+    }
+    if (!(spread > 0.0)) return node;  // all points equal: one leaf
+    const int32_t mid = lo + (hi - lo) / 2;
+    const double* src = src_;
+    const int64_t d = d_;
+    std::nth_element(ids_.begin() + lo, ids_.begin() + mid, ids_.begin() + hi,
+                     [src, d, dim](int32_t a, int32_t b) {
+                       const double va = src[static_cast<std::size_t>(a) * d + dim];
+                       const double vb = src[static_cast<std::size_t>(b) * d + dim];
+                       return va < vb || (va == vb && a < b);
+                     });
+    const int32_t left = build_rec(lo, mid);
+    const int32_t right = build_rec(mid, hi);
+    nodes_[node].left = left;
+    nodes_[node].right = right;
+    return node;
+  }
+
+  void nearest_rec(int32_t node, const double* q, int32_t exclude, double& best2,
+                   int32_t& best) const {
+    const Node& nd = nodes_[node];
+    if (nd.left < 0) {
+      for (int32_t i = nd.lo; i < nd.hi; ++i) {
+        const int32_t id = ids_[i];
+        if (id == exclude) continue;
+        const double v = dist2(q, &pts_[static_cast<std::size_t>(i) * d_]);
+        if (v < best2 || (v == best2 && id < best)) {
+          best2 = v;
+          best = id;
+        }
+      }
+      return;
+    }
+    const double dl = box_dist2(nd.left, q), dr = box_dist2(nd.right, q);
+    const int32_t first = dl <= dr ? nd.left : nd.right, second = dl <= dr ? nd.right : nd.left;
+    const double d1 = std::min(dl, dr), d2 = std::max(dl, dr);
+    if (d1 <= best2) nearest_rec(first, q, exclude, best2, best);
+    if (d2 <= best2) nearest_rec(second, q, exclude, best2, best);
+  }
+
+  template <typename F>
+  void range_rec(int32_t node, const double* q, double r2, F& visit) const {
+    if (box_dist2(node, q) > r2) return;
+    const Node& nd = nodes_[node];
+    if (nd.left < 0) {
+      for (int32_t i = nd.lo; i < nd.hi; ++i) {
+        const double v = dist2(q, &pts_[static_cast<std::size_t>(i) * d_]);
+        if (v <= r2) visit(ids_[i], v);
+      }
+      return;
+    }
+    range_rec(nd.left, q, r2, visit);
+    range_rec(nd.right, q, r2, visit);
+  }
+
+  int64_t d_ = 0;
+  const double* src_ = nullptr;
+  std::vector<int32_t> ids_;
+  std::vector<double> pts_;
+  std::vector<Node> nodes_;
+  std::vector<double> box_;
+};
+
+// Sum of the token distances between the tokens of two clusters stored as blocks
+// [d][n] (coordinate k of token i at k * n + i). Each pair's distance is the matrix
+// engine's (squares of direct differences summed in coordinate order in T, square root in
+// T); the sum is float64, over the tokens of `a` in order and, for each, over those of `b`.
+template <typename T>
+double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64_t nb,
+                 int64_t d) {
+  constexpr int L = 16;
+  double total = 0.0;
+  for (int64_t i = 0; i < na; ++i) {
+    int64_t j = 0;
+    for (; j + L <= nb; j += L) {
+      T acc[L];
+      {
+        const T xa = a[i];
+        const T* col = b + j;
+        for (int l = 0; l < L; ++l) {
+          const T t = col[l] - xa;
+          acc[l] = t * t;
+        }
+      }
+      for (int64_t k = 1; k < d; ++k) {
+        const T xa = a[k * na + i];
+        const T* col = b + k * nb + j;
+        for (int l = 0; l < L; ++l) {
+          const T t = col[l] - xa;
+          acc[l] += t * t;
+        }
+      }
+      double s = 0.0;
+      for (int l = 0; l < L; ++l) s += static_cast<double>(std::sqrt(acc[l]));
+      total += s;
+    }
+    for (; j < nb; ++j) {
+      T acc;
+      {
+        const T t = b[j] - a[i];
+        acc = t * t;
+      }
+      for (int64_t k = 1; k < d; ++k) {
+        const T t = b[k * nb + j] - a[k * na + i];
+        acc += t * t;
+      }
+      total += static_cast<double>(std::sqrt(acc));
+    }
+  }
+  return total;
+}
+
+// racc[q] = sum over the n tokens x (row-major, d coordinates each) of their distance to
+// token q of the transposed array xt (stride `stride`), q < len, in float64; buf: len
+// scratch entries of T. Each distance with the same expression as block_sum(), computed
+// for a chunk of tokens at a time (the loops run over contiguous coordinates and vectorise).
+template <typename T>
+void span_sums(const T* __restrict xt, int64_t stride, int64_t d, const T* __restrict x,
+               int64_t n, int64_t len, T* __restrict buf, double* __restrict racc) {
+  constexpr int64_t kChunk = 2048;
+  std::fill(racc, racc + len, 0.0);
+  for (int64_t b = 0; b < n; ++b) {
+    const T* xb = x + b * d;
+    for (int64_t c = 0; c < len; c += kChunk) {
+      const int64_t e = std::min(len, c + kChunk);
+      {
+        const T xv = xb[0];
+        for (int64_t j = c; j < e; ++j) {
+          const T t = xt[j] - xv;
+          buf[j] = t * t;
+        }
+      }
+      for (int64_t k = 1; k < d; ++k) {
+        const T* col = xt + k * stride;
+        const T xv = xb[k];
+        for (int64_t j = c; j < e; ++j) {
+          const T t = col[j] - xv;
+          buf[j] += t * t;
+        }
+      }
+      for (int64_t j = c; j < e; ++j) racc[j] += static_cast<double>(std::sqrt(buf[j]));
+    }
+  }
+}
+
+#if defined(__AVX512F__) && defined(__AVX512DQ__)
+// AVX-512 version for float32: 16 tokens of xt against 4 tokens of x at a time, every
+// sum in registers; same arithmetic per pair (no fused multiply-add: the file is built
+// with -ffp-contract=off, and each square and sum is its own instruction) and the same
+// float64 sums, in the same order (over the tokens of x, for each token q).
+template <>
+inline void span_sums<float>(const float* __restrict xt, int64_t stride, int64_t d,
+                             const float* __restrict x, int64_t n, int64_t len,
+                             float* __restrict buf, double* __restrict racc) {
+  int64_t q = 0;
+  for (; q + 16 <= len; q += 16) {
+    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
+    auto add = [&lo, &hi](__m512 v) {
+      v = _mm512_sqrt_ps(v);
+      lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+      hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+    };
+    int64_t b = 0;
+    for (; b + 4 <= n; b += 4) {
+      const float* x0 = x + b * d;
+      const float* x1 = x0 + d;
+      const float* x2 = x1 + d;
+      const float* x3 = x2 + d;
+      __m512 c = _mm512_loadu_ps(xt + q);
+      __m512 t0 = _mm512_sub_ps(c, _mm512_set1_ps(x0[0]));
+      __m512 t1 = _mm512_sub_ps(c, _mm512_set1_ps(x1[0]));
+      __m512 t2 = _mm512_sub_ps(c, _mm512_set1_ps(x2[0]));
+      __m512 t3 = _mm512_sub_ps(c, _mm512_set1_ps(x3[0]));
+      __m512 a0 = _mm512_mul_ps(t0, t0), a1 = _mm512_mul_ps(t1, t1);
+      __m512 a2 = _mm512_mul_ps(t2, t2), a3 = _mm512_mul_ps(t3, t3);
+      for (int64_t k = 1; k < d; ++k) {
+        c = _mm512_loadu_ps(xt + k * stride + q);
+        t0 = _mm512_sub_ps(c, _mm512_set1_ps(x0[k]));
+        t1 = _mm512_sub_ps(c, _mm512_set1_ps(x1[k]));
+        t2 = _mm512_sub_ps(c, _mm512_set1_ps(x2[k]));
+        t3 = _mm512_sub_ps(c, _mm512_set1_ps(x3[k]));
+        a0 = _mm512_add_ps(a0, _mm512_mul_ps(t0, t0));
+        a1 = _mm512_add_ps(a1, _mm512_mul_ps(t1, t1));
+        a2 = _mm512_add_ps(a2, _mm512_mul_ps(t2, t2));
+        a3 = _mm512_add_ps(a3, _mm512_mul_ps(t3, t3));
+      }
+      add(a0);
+      add(a1);
+      add(a2);
+      add(a3);
+    }
+    for (; b < n; ++b) {
+      const float* x0 = x + b * d;
+      __m512 t0 = _mm512_sub_ps(_mm512_loadu_ps(xt + q), _mm512_set1_ps(x0[0]));
+      __m512 a0 = _mm512_mul_ps(t0, t0);
+      for (int64_t k = 1; k < d; ++k) {
+        t0 = _mm512_sub_ps(_mm512_loadu_ps(xt + k * stride + q), _mm512_set1_ps(x0[k]));
+        a0 = _mm512_add_ps(a0, _mm512_mul_ps(t0, t0));
+      }
+      add(a0);
+    }
+    _mm512_storeu_pd(racc + q, lo);
+    _mm512_storeu_pd(racc + q + 8, hi);
+  }
+  for (; q < len; ++q) {
+    double s = 0.0;
+    for (int64_t b = 0; b < n; ++b) {
+      const float* xb = x + b * d;
+      float v;
+      {
+        const float t = xt[q] - xb[0];
+        v = t * t;
+      }
+      for (int64_t k = 1; k < d; ++k) {
+        const float t = xt[k * stride + q] - xb[k];
+        v += t * t;
+      }
+      s += static_cast<double>(std::sqrt(v));
+    }
+    racc[q] = s;
+  }
+  (void)buf;
+}
+#endif
+
+template <typename T>
+class LinearEngine {
+ public:
+  LinearEngine(const T* x, int64_t n, int64_t d, const RunOptions& opt, int threads,
+               bool closed)
+      : n_(n), d_(d), opt_(opt), threads_(threads), closed_(closed) {
+    mu_.resize(static_cast<std::size_t>(n) * d);
+    size_.assign(n, 1);
+    s2_.assign(n, 0.0);
+    rad_.assign(n, 0.0);
+    adj_.assign(n, -kInf);
+    nn_.assign(n, -1);
+    nnd_.assign(n, kInf);
+    state_.assign(n, kActive);
+    const bool cosine = opt.metric == Metric::Cosine;
+    // Centroids of the singletons (unit rows for cosine), and the token arena.
+    if (!closed_) {
+      cap_ = 2 * n;
+      ar_.resize(static_cast<std::size_t>(d) * cap_);
+      pos_.resize(n);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      double scale = 1.0;
+      if (cosine) {
+        double s = 0.0;
+        for (int64_t k = 0; k < d; ++k) s += double(x[i * d + k]) * double(x[i * d + k]);
+        DCPE_CHECK(s > 0.0, "cosine distance is undefined for the zero vector in row ", i);
+        scale = 1.0 / std::sqrt(s);
+      }
+      for (int64_t k = 0; k < d; ++k) {
+        mu_[i * d + k] = double(x[i * d + k]) * scale;
+        if (!closed_) ar_[i * d + k] = x[i * d + k];
+      }
+      if (!closed_) pos_[i] = i;
+    }
+    used_ = n;
+    // Relative margin of the bound tests: a few roundings of T per coordinate.
+    margin_ = closed_ ? 1e-12
+                      : 8.0 * double(d + 4) * double(std::numeric_limits<T>::epsilon());
+    active_.resize(n);
+    std::iota(active_.begin(), active_.end(), 0);
+  }
+
+  std::vector<Merge> run() {
+    std::vector<Merge> merges;
+    merges.reserve(n_ > 0 ? n_ - 1 : 0);
+    if (n_ < 2) return merges;
+    std::vector<int32_t> todo(active_);
+    tree_.build(mu_.data(), active_, d_);
+    search(todo);
+    while (active_.size() >= 2) {
+      // Reciprocal pairs, in slot order (slot = smallest token index of the cluster).
+      std::vector<std::pair<int32_t, int32_t>> pairs;
+      for (const int32_t a : active_) {
+        const int32_t b = nn_[a];
+        if (b > a && nn_[b] == a) pairs.emplace_back(a, b);
+      }
+      DCPE_CHECK(!pairs.empty(), "internal error: no reciprocal pair");
+      merge_pairs(pairs, merges);
+      report(merges.size());
+      poll(opt_);
+      if (active_.size() < 2) break;
+      if (!closed_ && tri(static_cast<int64_t>(active_.size())) * sizeof(T) <=
+                          opt_.cache_bytes) {
+        finish_on_matrix(merges);
+        break;
+      }
+      // Who searches again: new clusters, and clusters whose neighbour changed or left.
+      todo.clear();
+      for (const int32_t a : active_) {
+        const int32_t b = nn_[a];
+        if (state_[a] == kChanged || b < 0 || state_[b] != kActive) todo.push_back(a);
+      }
+      for (const auto& p : pairs) state_[p.first] = state_[p.first] == kFrozen ? kFrozen : kActive;
+      tree_.build(mu_.data(), active_, d_);
+      search(todo);
+    }
+    return merges;
+  }
+
+ private:
+  enum : uint8_t { kActive = 0, kChanged = 1, kGone = 2, kFrozen = 3 };
+
+  void report(std::size_t done) const {
+    if (opt_.progress) opt_.progress(static_cast<int64_t>(done));
+  }
+
+  const double* mu(int32_t a) const { return &mu_[static_cast<std::size_t>(a) * d_]; }
+  const T* block(int32_t a) const { return &ar_[static_cast<std::size_t>(pos_[a]) * d_]; }
+
+  double centroid_dist2(int32_t a, int32_t b) const {
+    const double* p = mu(a);
+    const double* q = mu(b);
+    double s = 0.0;
+    for (int64_t k = 0; k < d_; ++k) {
+      const double t = p[k] - q[k];
+      s += t * t;
+    }
+    return s;
+  }
+
+  // Exact linkage value of clusters a != b (computed from the one of smaller identity).
+  double exact(int32_t a, int32_t b) const {
+    if (a > b) std::swap(a, b);
+    if (closed_) {
+      const double v = centroid_dist2(a, b) + s2_[a] + s2_[b];
+      return opt_.metric == Metric::Cosine ? 0.5 * v : v;
+    }
+    // the smaller cluster outside (the smaller identity on equal sizes): one order per pair
+    if (size_[b] < size_[a]) std::swap(a, b);
+    const double s = block_sum<T>(block(a), size_[a], block(b), size_[b], d_);
+    return s / (double(size_[a]) * double(size_[b]));
+  }
+
+  // Nearest neighbour of every cluster in `todo` (exact, ties to the smaller identity).
+  void search(const std::vector<int32_t>& todo) {
+    const int64_t m = static_cast<int64_t>(todo.size());
+    constexpr int64_t kBatch = 2048;
+    for (int64_t lo = 0; lo < m; lo += kBatch) {
+      const int64_t hi = std::min(m, lo + kBatch);
+      // small batches (closed forms, late rounds) run on this thread: a parallel region
+      // costs more than they do, and far more when the cores are busy with other work
+#pragma omp parallel num_threads(threads_) if (closed_ ? hi - lo >= 1024 : hi - lo >= 16)
+      {
+        std::vector<std::pair<double, int32_t>> cand;
+#pragma omp for schedule(dynamic, 4)
+        for (int64_t t = lo; t < hi; ++t) {
+          const int32_t a = todo[t];
+          if (closed_) search_closed(a, cand);
+          else search_euclidean(a, cand);
+        }
+      }
+      poll(opt_);
+    }
+  }
+
+  void search_closed(int32_t a, std::vector<std::pair<double, int32_t>>& cand) {
+    // value(b) = scale * (||mu_a - mu_b||^2 + s_a + s_b) >= scale * (||.||^2 + s_a)
+    const double scale = opt_.metric == Metric::Cosine ? 0.5 : 1.0;
+    double b2;
+    const int32_t b0 = tree_.nearest(mu(a), a, b2);
+    double best = exact(a, b0);
+    int32_t bi = b0;
+    const double r2 = (best / scale - s2_[a]) * (1.0 + margin_) + 1e-300;
+    cand.clear();
+    tree_.range(mu(a), r2, [&](int32_t b, double) {
+      if (b != a) cand.emplace_back(0.0, b);
+    });
+    for (const auto& c : cand) {
+      const double v = exact(a, c.second);
+      if (v < best || (v == best && c.second < bi)) {
+        best = v;
+        bi = c.second;
+      }
+    }
+    nn_[a] = bi;
+    nnd_[a] = best;
+  }
+
+  void search_euclidean(int32_t a, std::vector<std::pair<double, int32_t>>& cand) {
+    const double up = 1.0 + margin_, down = 1.0 - margin_;
+    double b2;
+    const int32_t b0 = tree_.nearest(mu(a), a, b2);
+    const double sa = s2_[a], ra = rad_[a];
+    auto upper = [&](int32_t b, double dm2) { return std::sqrt(dm2 + sa + s2_[b]); };
+    auto lower = [&](int32_t b, double dm2) {
+      const double dm = std::sqrt(dm2);
+      const double den = dm + ra + rad_[b];
+      const double l2 = den > 0.0 ? (dm2 + sa + s2_[b]) / den : 0.0;
+      return std::max(dm, l2);
+    };
+    double r = upper(b0, b2);
+    const double rr = r * up;
+    cand.clear();
+    tree_.range(mu(a), rr * rr, [&](int32_t b, double dm2) {
+      if (b == a) return;
+      r = std::min(r, upper(b, dm2));
+      cand.emplace_back(lower(b, dm2), b);
+    });
+    const double cut = r * up;
+    std::size_t keep = 0;
+    for (const auto& c : cand) {
+      if (c.first * down <= cut) cand[keep++] = c;
+    }
+    cand.resize(keep);
+    std::sort(cand.begin(), cand.end());
+    double best = kInf;
+    int32_t bi = -1;
+    for (const auto& c : cand) {
+      if (c.first * down > best) break;
+      const double v = exact(a, c.second);
+      if (v < best || (v == best && c.second < bi)) {
+        best = v;
+        bi = c.second;
+      }
+    }
+    nn_[a] = bi;
+    nnd_[a] = best;
+  }
+
+  // Merge the reciprocal pairs (a < b): a keeps the slot; merged clusters over the cap leave.
+  void merge_pairs(const std::vector<std::pair<int32_t, int32_t>>& pairs,
+                   std::vector<Merge>& merges) {
+    const int64_t cap = opt_.max_cluster_size;
+    const int64_t np = static_cast<int64_t>(pairs.size());
+    for (const auto& [a, b] : pairs) {
+      const double h = nnd_[a];
+      const int64_t sz = size_[a] + size_[b];
+      const double key = std::max({h, adj_[a], adj_[b]});
+      merges.push_back({a, b, h, key, sz});
+      adj_[a] = key;
+    }
+    if (!closed_) {
+      // Arena space for the merged groups (a's tokens, then b's); compact when full.
+      int64_t need = 0;
+      for (const auto& [a, b] : pairs) {
+        const int64_t sz = size_[a] + size_[b];
+        if (!(cap > 0 && sz > cap)) need += sz;
+      }
+      if (used_ + need > cap_) compact_arena(pairs);
+      std::vector<int64_t> dest(np, -1);
+      for (int64_t t = 0; t < np; ++t) {
+        const auto [a, b] = pairs[t];
+        const int64_t sz = size_[a] + size_[b];
+        if (cap > 0 && sz > cap) continue;
+        dest[t] = used_;
+        used_ += sz;
+      }
+#pragma omp parallel for num_threads(threads_) schedule(dynamic, 16) if (np >= 256)
+      for (int64_t t = 0; t < np; ++t) {
+        if (dest[t] < 0) continue;
+        const auto [a, b] = pairs[t];
+        const int64_t na = size_[a], nb = size_[b], nc = na + nb;
+        T* out = &ar_[static_cast<std::size_t>(dest[t]) * d_];
+        const T* pa = block(a);
+        const T* pb = block(b);
+        for (int64_t k = 0; k < d_; ++k) {
+          std::memcpy(out + k * nc, pa + k * na, na * sizeof(T));
+          std::memcpy(out + k * nc + na, pb + k * nb, nb * sizeof(T));
+        }
+      }
+      for (int64_t t = 0; t < np; ++t) {
+        if (dest[t] >= 0) pos_[pairs[t].first] = dest[t];
+      }
+    }
+    // Moments of the merged clusters, and the radius (largest distance to the centroid).
+#pragma omp parallel for num_threads(threads_) schedule(dynamic, 16) if (np >= 256)
+    for (int64_t t = 0; t < np; ++t) {
+      const auto [a, b] = pairs[t];
+      const double na = double(size_[a]), nb = double(size_[b]), nc = na + nb;
+      const double dm2 = centroid_dist2(a, b);
+      double* ma = &mu_[static_cast<std::size_t>(a) * d_];
+      const double* mb = mu(b);
+      for (int64_t k = 0; k < d_; ++k) ma[k] = (na * ma[k] + nb * mb[k]) / nc;
+      s2_[a] = (na * s2_[a] + nb * s2_[b]) / nc + na * nb / (nc * nc) * dm2;
+      if (!closed_ && !(cap > 0 && size_[a] + size_[b] > cap)) {
+        double r2 = 0.0;
+        const int64_t cnt = size_[a] + size_[b];
+        const T* blk = &ar_[static_cast<std::size_t>(pos_[a]) * d_];
+        for (int64_t p = 0; p < cnt; ++p) {
+          double s = 0.0;
+          for (int64_t k = 0; k < d_; ++k) {
+            const double t2 = double(blk[k * cnt + p]) - ma[k];
+            s += t2 * t2;
+          }
+          r2 = std::max(r2, s);
+        }
+        rad_[a] = std::sqrt(r2);
+      }
+    }
+    for (const auto& [a, b] : pairs) {
+      size_[a] += size_[b];
+      state_[b] = kGone;
+      state_[a] = (cap > 0 && size_[a] > cap) ? kFrozen : kChanged;
+    }
+    std::size_t keep = 0;
+    for (const int32_t a : active_) {
+      if (state_[a] == kActive || state_[a] == kChanged) active_[keep++] = a;
+    }
+    active_.resize(keep);
+  }
+
+  // Move the live groups to the front of the arena (slot order), keeping positions valid.
+  void compact_arena(const std::vector<std::pair<int32_t, int32_t>>& pairs) {
+    std::vector<int32_t> live(active_);  // the pairs' members are still in active_
+    std::sort(live.begin(), live.end(),
+              [this](int32_t u, int32_t v) { return pos_[u] < pos_[v]; });
+    std::vector<int64_t> dest(live.size());
+    int64_t o = 0;
+    for (std::size_t i = 0; i < live.size(); ++i) {
+      dest[i] = o;
+      o += size_[live[i]];
+    }
+    // in arena order, blocks only move towards the front: copy in place
+    for (std::size_t i = 0; i < live.size(); ++i) {
+      const std::size_t from = static_cast<std::size_t>(pos_[live[i]]) * d_;
+      const std::size_t to = static_cast<std::size_t>(dest[i]) * d_;
+      if (from != to) {
+        std::memmove(&ar_[to], &ar_[from], size_[live[i]] * d_ * sizeof(T));
+      }
+    }
+    for (std::size_t i = 0; i < live.size(); ++i) pos_[live[i]] = dest[i];
+    used_ = o;
+    (void)pairs;
+  }
+
+  // The clusters left fit the cache: their exact average distances in a condensed matrix
+  // (one pass over all token pairs), then the nearest-neighbour chain with Lance–Williams.
+  void finish_on_matrix(std::vector<Merge>& merges) {
+    const int64_t m = static_cast<int64_t>(active_.size());
+    const std::vector<int32_t> slot(active_);
+    // The clusters' tokens transposed (d x total), cluster i at seg[i] .. seg[i + 1].
+    std::vector<int64_t> seg(m + 1, 0);
+    for (int64_t i = 0; i < m; ++i) seg[i + 1] = seg[i] + size_[slot[i]];
+    const int64_t total = seg[m];
+    std::vector<T> xt(static_cast<std::size_t>(d_) * total);
+#pragma omp parallel for num_threads(threads_) schedule(dynamic, 64)
+    for (int64_t i = 0; i < m; ++i) {
+      const T* blk = block(slot[i]);
+      const int64_t nc = size_[slot[i]];
+      for (int64_t k = 0; k < d_; ++k) {
+        std::memcpy(&xt[k * total + seg[i]], blk + k * nc, nc * sizeof(T));
+      }
+    }
+    { std::vector<T>().swap(ar_); }  // the arena is not needed any more
+    std::vector<T> D(tri(m) + 1);
+    constexpr int64_t kRows = 256;
+    const std::size_t row_len = static_cast<std::size_t>(std::max<int64_t>(total, 1));
+    std::vector<std::vector<double>> accs(threads_, std::vector<double>(row_len));
+    std::vector<std::vector<T>> bufs(threads_, std::vector<T>(row_len));
+    std::vector<std::vector<T>> pts(threads_);
+    for (int64_t lo = 1; lo < m; lo += kRows) {
+      const int64_t hi = std::min(m, lo + kRows);
+#pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
+      for (int64_t i = lo; i < hi; ++i) {
+        const int tid = omp_get_thread_num();
+        double* racc = accs[tid].data();
+        const int64_t ni = seg[i + 1] - seg[i];
+        std::vector<T>& xb = pts[tid];
+        xb.resize(static_cast<std::size_t>(ni) * d_);
+        for (int64_t b = 0; b < ni; ++b) {
+          for (int64_t k = 0; k < d_; ++k) xb[b * d_ + k] = xt[k * total + seg[i] + b];
+        }
+        span_sums<T>(xt.data(), total, d_, xb.data(), ni, seg[i], bufs[tid].data(), racc);
+        T* row = D.data() + tri(i);
+        for (int64_t j = 0; j < i; ++j) {
+          double sum = 0.0;
+          for (int64_t q = seg[j]; q < seg[j + 1]; ++q) sum += racc[q];
+          row[j] = static_cast<T>(sum / (double(ni) * double(seg[j + 1] - seg[j])));
+        }
+      }
+      poll(opt_);
+    }
+    // The matrix engine's rounds and chain finish on D.
+    std::vector<int64_t> sz(m), rep(m);
+    std::vector<double> adj(m);
+    for (int64_t i = 0; i < m; ++i) {
+      sz[i] = size_[slot[i]];
+      rep[i] = slot[i];
+      adj[i] = adj_[slot[i]];
+    }
+    { std::vector<T>().swap(xt); }
+    matrix_linkage_on<T>(D.data(), m, sz, rep, adj, opt_, merges);
+    report(merges.size());
+  }
+
+  int64_t n_, d_;
+  const RunOptions& opt_;
+  int threads_;
+  bool closed_;
+  double margin_ = 0.0;
+  // token arena of cap_ tokens: cluster a's tokens from token offset pos_[a], a block
+  // [d][size_[a]] (coordinate k of its token i at pos_[a] * d + k * size_[a] + i)
+  std::vector<T> ar_;
+  int64_t cap_ = 0, used_ = 0;
+  std::vector<int64_t> pos_;
+  // per slot (slot = smallest token index of the cluster)
+  std::vector<double> mu_, s2_, rad_, adj_, nnd_;
+  std::vector<int64_t> size_;
+  std::vector<int32_t> nn_;
+  std::vector<uint8_t> state_;
+  std::vector<int32_t> active_;
+  KdTree tree_;
+};
+
+}  // namespace
+
+bool has_closed_form(Method method, Metric metric) {
+  return method == Method::Average && (metric == Metric::SqEuclidean || metric == Metric::Cosine);
+}
+
+template <typename T>
+std::vector<Merge> linear_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt) {
+  DCPE_CHECK_ARG(n >= 1, "n", n, "need at least one row");
+  DCPE_CHECK_ARG(n < (int64_t(1) << 31), "n", n, "at most 2^31 - 1 rows");
+  DCPE_CHECK_ARG(d >= 1, "d", d, "need at least one column");
+  DCPE_CHECK(opt.method == Method::Average,
+             "the linear-memory engine computes average linkage only");
+  const bool closed = has_closed_form(opt.method, opt.metric);
+  DCPE_CHECK(closed || opt.metric == Metric::Euclidean,
+             "the linear-memory engine needs metric 'euclidean', 'sqeuclidean' or 'cosine'");
+  LinearEngine<T> engine(x, n, d, opt, resolve_threads(opt.num_threads), closed);
+  return engine.run();
+}
+
+template std::vector<Merge> linear_linkage<float>(const float*, int64_t, int64_t,
+                                                  const RunOptions&);
+template std::vector<Merge> linear_linkage<double>(const double*, int64_t, int64_t,
+                                                   const RunOptions&);
+
+std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
+                                   bool closed, std::size_t cache_bytes) {
+  const std::size_t un = static_cast<std::size_t>(std::max<int64_t>(n, 1));
+  const std::size_t ud = static_cast<std::size_t>(d);
+  // per slot: moments, sizes, neighbours, state; kd-tree copy of the centroids and boxes
+  std::size_t bytes = un * (ud * 8 + 80) + un * (ud * 8 + 4) + un / 2 * (2 * ud * 8 + 16);
+  if (!closed) {
+    bytes += 2 * un * ud * elem_size + un * ud * elem_size + un * 8;  // arena + compaction
+    bytes += cache_bytes;
+  }
+  return bytes;
+}
+
+}  // namespace dcpe

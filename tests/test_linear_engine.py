@@ -1,0 +1,267 @@
+"""The cpu backend's linear-memory engine and its choice: agreement with the matrix engine,
+SciPy and scikit-learn on tie-free inputs, the closed forms, ties, and the memory budget.
+
+The linear path is forced two ways: ``engine="linear"`` through the public API (its cache
+then follows ``memory_limit``), and directly through ``dcpe.backends.cpu`` with a given
+cache, so that both the pure bound-pruned rounds (cache 0: never a matrix) and the
+hand-over to the nearest-neighbour chain on the matrix of the clusters left are covered.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import (
+    cut_z,
+    hierarchy_sets,
+    integer_grid,
+    replay_gaps,
+    same_partition,
+    scipy_linkage,
+    sklearn_labels,
+    tie_free,
+)
+
+dcpe = pytest.importorskip("dcpe")
+cpu = pytest.importorskip("dcpe.backends.cpu")
+if not cpu.available()[0]:  # pragma: no cover
+    pytest.skip("the compiled cpu backend is not available", allow_module_level=True)
+
+#: caches of the forced linear engine: 0 (rounds only) and one that takes over midway
+CACHES = (0, 4096)
+
+
+def _linear_z(x: np.ndarray, cache: int, *, metric: str = "euclidean",
+              cap: int | None = None) -> np.ndarray:
+    return cpu.linkage(x, method="average", metric=metric, max_cluster_size=cap,
+                       plan=cpu.Plan("linear", cache))
+
+
+def _matrix_z(x: np.ndarray, *, metric: str = "euclidean", cap: int | None = None) -> np.ndarray:
+    return cpu.linkage(x, method="average", metric=metric, max_cluster_size=cap,
+                       plan=cpu.Plan("matrix"))
+
+
+def _ks(n: int) -> list[int]:
+    return sorted({1, 2, max(1, n // 2), max(1, n - 1), n})
+
+
+CASES = [(n, d) for n, d in [(2, 1), (3, 2), (17, 1), (60, 8), (150, 2), (257, 8), (400, 64),
+                             (300, 256), (999, 8), (1500, 2)]]
+
+
+@pytest.mark.parametrize("n,d", CASES)
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_linear_equals_matrix_and_scipy(rng, n, d, dtype):
+    x = tie_free(rng, n, d, dtype)
+    zm = _matrix_z(x)
+    zs = scipy_linkage(x)
+    for cache in CACHES:
+        zl = _linear_z(x, cache)
+        assert zl.shape == (n - 1, 4)
+        assert hierarchy_sets(zl, n) == hierarchy_sets(zm, n)
+        for k in _ks(n):
+            assert same_partition(cut_z(zl, n, k), cut_z(zm, n, k))
+            assert same_partition(cut_z(zl, n, k), cut_z(zs, n, k))
+        if dtype == np.float64:
+            np.testing.assert_allclose(zl[:, 2], zs[:, 2], rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_linear_at_3000_tokens_equals_scipy_and_sklearn(rng):
+    n, d = 3000, 8
+    x = tie_free(rng, n, d)
+    zs = scipy_linkage(x)
+    zl = dcpe.linkage(x, engine="linear", memory_limit="64MiB")
+    np.testing.assert_allclose(zl[:, 2], zs[:, 2], rtol=1e-6)
+    for k in (1, 2, 10, n // 2, n - 1, n):
+        assert same_partition(cut_z(zl, n, k), cut_z(zs, n, k))
+    k = 300
+    assert same_partition(dcpe.cluster(x, k, engine="linear", memory_limit="64MiB"),
+                          sklearn_labels(x, k))
+
+
+@pytest.mark.filterwarnings("ignore:max_cluster_size")
+@pytest.mark.parametrize("cap", [1, 3, 8])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cache", CACHES)
+def test_size_cap_equals_matrix_engine(rng, cap, dtype, cache):
+    n = 240
+    x = tie_free(rng, n, 4, dtype)
+    zm = _matrix_z(x, cap=cap)
+    zl = _linear_z(x, cache, cap=cap)
+    assert zl.shape == zm.shape
+    for k in sorted({1, 2, n // cap, n // 2, n - 1, n}):
+        assert same_partition(cut_z(zl, n, k), cut_z(zm, n, k))
+        assert np.array_equal(
+            dcpe.cluster(x, k, max_cluster_size=cap, engine="linear", memory_limit="8MiB"),
+            cpu.labels(x, k, method="average", metric="euclidean", max_cluster_size=cap,
+                       plan=cpu.Plan("matrix")))
+
+
+def test_every_merge_is_a_minimum(rng):
+    x = tie_free(rng, 200, 3)
+    for cap in (None, 5):
+        for cache in CACHES:
+            merged, best = replay_gaps(_linear_z(x, cache, cap=cap), x, max_cluster_size=cap)
+            np.testing.assert_allclose(merged, best, rtol=1e-9)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("n,d", [(2, 2), (50, 2), (333, 8), (500, 64), (200, 256)])
+def test_closed_forms_equal_scipy(rng, metric, n, d):
+    x = tie_free(rng, n, d)
+    zs = scipy_linkage(x, metric=metric)
+    z = dcpe.linkage(x, metric=metric, backend="cpu")  # auto: the closed form on moments
+    assert cpu.choose_engine(n, d, method="average", metric=metric,
+                             dtype=np.float64).engine == "linear"
+    np.testing.assert_allclose(z[:, 2], zs[:, 2], rtol=1e-9, atol=1e-13)
+    for k in _ks(n):
+        assert same_partition(cut_z(z, n, k), cut_z(zs, n, k))
+    zm = _matrix_z(x, metric=metric)
+    assert hierarchy_sets(z, n) == hierarchy_sets(zm, n)
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+def test_closed_forms_with_cap_equal_matrix_engine(rng, metric):
+    n = 300
+    x = tie_free(rng, n, 5)
+    for cap in (2, 7):
+        zl = _linear_z(x, 0, metric=metric, cap=cap)
+        zm = _matrix_z(x, metric=metric, cap=cap)
+        for k in (1, n // cap, n // 2, n):
+            assert same_partition(cut_z(zl, n, k), cut_z(zm, n, k))
+
+
+def test_closed_forms_in_float32_equal_scipy_on_the_same_values(rng):
+    x = tie_free(rng, 400, 8, np.float32)
+    for metric in ("sqeuclidean", "cosine"):
+        z = dcpe.linkage(x, metric=metric)
+        zs = scipy_linkage(x.astype(np.float64), metric=metric)
+        for k in (2, 40, 200):
+            assert same_partition(cut_z(z, 400, k), cut_z(zs, 400, k))
+
+
+@pytest.mark.parametrize("cache", CACHES)
+def test_ties_are_deterministic_and_give_exactly_k(rng, cache):
+    x = integer_grid(rng, 300, 3)  # many tied distances and duplicate rows
+    z1 = _linear_z(x, cache)
+    z2 = _linear_z(x, cache)
+    assert np.array_equal(z1, z2)
+    for k in (1, 5, 17, 150, 299, 300):
+        labels = dcpe.cluster(x, k, engine="linear", memory_limit="4MiB")
+        assert int(labels.max()) + 1 == k
+    # duplicates merge first, at height 0
+    n_dup = len(x) - len(np.unique(x, axis=0))
+    assert np.all(z1[:n_dup, 2] == 0.0)
+
+
+def test_same_result_for_any_thread_count(rng):
+    x = np.concatenate([integer_grid(rng, 200, 2), tie_free(rng, 300, 2)])
+    code = (
+        "import sys, numpy as np; from dcpe.backends import cpu; "
+        "x = np.load(sys.argv[1]); "
+        "z = cpu.linkage(x, method='average', metric='euclidean', max_cluster_size=None, "
+        "plan=cpu.Plan('linear', int(sys.argv[3]))); np.save(sys.argv[2], z)"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "x.npy")
+        np.save(src, x)
+        for cache in CACHES:
+            results = []
+            for threads in ("1", "2"):
+                out = os.path.join(tmp, f"z{threads}.npy")
+                env = dict(os.environ, DCPE_NUM_THREADS=threads)
+                subprocess.run([sys.executable, "-c", code, src, out, str(cache)], env=env,
+                               check=True)
+                results.append(np.load(out))
+            assert np.array_equal(results[0], results[1])
+
+
+def test_input_not_mutated(rng):
+    x = tie_free(rng, 100, 8, np.float32)
+    before = x.copy()
+    dcpe.cluster(x, 10, engine="linear", memory_limit="1MiB")
+    assert np.array_equal(x, before)
+
+
+def test_progress_is_reported(rng):
+    from dcpe._api import _run
+
+    x = tie_free(rng, 500, 2)
+    seen = []
+    _run(x, linkage="average", metric="euclidean", max_cluster_size=None, backend="cpu",
+         dtype=None, engine="linear", memory_limit="1MiB",
+         progress=lambda done, total: seen.append((done, total)))
+    assert seen and seen[-1] == (499, 499)
+    assert all(a <= b for (a, _), (b, _) in zip(seen, seen[1:]))
+
+
+# --------------------------------------------------------------------------- the choice
+
+
+def test_auto_takes_the_matrix_engine_for_small_problems_and_linear_beyond():
+    f32 = np.float32
+    assert cpu.choose_engine(16384, 8, method="average", metric="euclidean",
+                             dtype=f32).engine == "matrix"
+    big = cpu.choose_engine(262144, 8, method="average", metric="euclidean", dtype=f32,
+                            memory_limit="2GiB")
+    assert big.engine == "linear" and 0 < big.cache_bytes <= (2 << 30) // 4
+    # a budget too small for the matrix sends even small problems to the linear engine
+    small = cpu.choose_engine(16384, 8, method="average", metric="euclidean", dtype=f32,
+                              memory_limit="64MiB")
+    assert small.engine == "linear"
+    # linkages without a linear engine keep the matrix; centroid/ward need no matrix
+    assert cpu.choose_engine(1000, 8, method="single", metric="euclidean",
+                             dtype=f32).engine == "matrix"
+
+
+def test_insufficient_memory_only_when_even_linear_cannot_fit(rng):
+    x = tie_free(rng, 2000, 8, np.float32)
+    dcpe.cluster(x, 10, memory_limit="2MiB")  # far below the 8 MB matrix: linear engine
+    with pytest.raises(dcpe.InsufficientMemoryError, match="linear-memory engine"):
+        dcpe.cluster(x, 10, memory_limit="100KiB")
+    with pytest.raises(dcpe.InsufficientMemoryError, match="matrix engine"):
+        dcpe.cluster(x, 10, linkage="single", memory_limit="2MiB")
+    with pytest.raises(dcpe.InsufficientMemoryError):
+        dcpe.cluster(x, 10, engine="matrix", memory_limit="2MiB")
+
+
+def test_memory_limit_forms_are_accepted(rng):
+    from dcpe._memory import parse_memory_limit
+
+    assert parse_memory_limit("8GiB") == 8 << 30
+    assert parse_memory_limit("512 mib") == 512 << 20
+    assert parse_memory_limit("1.5G") == 3 << 29
+    assert parse_memory_limit("2GB") == 2 * 10**9
+    assert parse_memory_limit(4096) == 4096
+    assert parse_memory_limit(np.int64(4096)) == 4096
+    assert parse_memory_limit(8e9) == 8 * 10**9
+    x = tie_free(rng, 50, 2)
+    est = dcpe.DCPE(n_clusters=5, memory_limit="16MiB", engine="linear").fit(x)
+    assert same_partition(est.labels_, dcpe.cluster(x, 5))
+
+
+@pytest.mark.parametrize("bad", ["8 parsecs", "GiB", "", "-1GiB", "0", 0, -5, 1.5, float("nan"),
+                                 float("inf"), True, [8], "1e-3"])
+def test_bad_memory_limit_is_rejected_before_any_work(bad):
+    with pytest.raises((ValueError, TypeError), match="memory_limit"):
+        dcpe.cluster(np.zeros((4, 2)), 2, memory_limit=bad)
+    with pytest.raises((ValueError, TypeError), match="memory_limit"):
+        dcpe.linkage(np.zeros((4, 2)), memory_limit=bad)
+
+
+def test_bad_engine_is_rejected(rng):
+    x = tie_free(rng, 20, 2)
+    with pytest.raises(ValueError, match="engine"):
+        dcpe.cluster(x, 2, engine="fast")
+    with pytest.raises(ValueError, match="average linkage only"):
+        dcpe.cluster(x, 2, linkage="single", engine="linear")
+    with pytest.raises(ValueError, match="engine"):
+        dcpe.cluster(x, 2, backend="reference", engine="linear")

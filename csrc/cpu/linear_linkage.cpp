@@ -20,8 +20,8 @@
 //   upper: sqrt(||mu_A - mu_B||^2 + s_A + s_B)               (Jensen: E||X|| <= sqrt(E||X||^2))
 // with mu the centroid, s the mean squared distance to it, R the largest distance to it.
 // Candidates come from a kd-tree over the centroids, rebuilt every round [Bentley 1975;
-// Friedman, Bentley, Finkel 1977]: first the nearest centroid, whose upper bound sets the
-// search radius, then every centroid within it; the survivors of the lower bounds are
+// Friedman, Bentley, Finkel 1977], searched nearer subtrees first within a radius that
+// shrinks to the smallest upper bound seen; the survivors of the lower bounds are
 // evaluated exactly, in increasing order of their lower bound, until the bound passes the
 // best exact distance. An exact distance is the mean of the token distances of all member
 // pairs, each computed in the compute type with the matrix engine's expression (squares
@@ -33,8 +33,9 @@
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`), the
 // matrix of their exact average distances is built in one pass over all token pairs and
-// the nearest-neighbour chain [Murtagh 1983; Müllner 2011, Fig. 4] finishes on it with
-// Lance–Williams updates, so large clusters are never compared member by member.
+// the matrix engine (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the
+// nearest-neighbour chain [Murtagh 1983; Müllner 2011, Fig. 4]) finishes on it, so large
+// clusters are never compared member by member.
 //
 // Closed forms. With metric "sqeuclidean", average linkage is a function of cluster
 // moments: E||a - b||^2 = ||mu_A - mu_B||^2 + s_A + s_B; with "cosine" (rows scaled to unit
@@ -83,7 +84,7 @@ inline void poll(const RunOptions& opt) {
 // kd-tree over a set of points (float64, row-major), rebuilt from scratch each round.
 class KdTree {
  public:
-  static constexpr int kLeaf = 8;
+  static constexpr int kLeaf = 24;
 
   void build(const double* pts, const std::vector<int32_t>& ids, int64_t d) {
     d_ = d;
@@ -98,18 +99,11 @@ class KdTree {
     }
   }
 
-  // Smallest squared distance to q over points other than `exclude` (id); -1 if none.
-  int32_t nearest(const double* q, int32_t exclude, double& best2) const {
-    best2 = kInf;
-    int32_t best = -1;
-    if (!nodes_.empty()) nearest_rec(0, q, exclude, best2, best);
-    return best;
-  }
-
-  // visit(id, squared distance) for every point within squared distance r2 of q.
+  // visit(id, squared distance, r2) for every point within squared distance r2 of q,
+  // nearer subtrees first; visit may lower r2 (a branch-and-bound search).
   template <typename F>
-  void range(const double* q, double r2, F&& visit) const {
-    if (!nodes_.empty()) range_rec(0, q, r2, visit);
+  void search(const double* q, double& r2, F&& visit) const {
+    if (!nodes_.empty()) search_rec(0, q, r2, visit);
   }
 
  private:
@@ -184,41 +178,22 @@ class KdTree {
     return node;
   }
 
-  void nearest_rec(int32_t node, const double* q, int32_t exclude, double& best2,
-                   int32_t& best) const {
+  template <typename F>
+  void search_rec(int32_t node, const double* q, double& r2, F& visit) const {
     const Node& nd = nodes_[node];
     if (nd.left < 0) {
       for (int32_t i = nd.lo; i < nd.hi; ++i) {
-        const int32_t id = ids_[i];
-        if (id == exclude) continue;
         const double v = dist2(q, &pts_[static_cast<std::size_t>(i) * d_]);
-        if (v < best2 || (v == best2 && id < best)) {
-          best2 = v;
-          best = id;
-        }
+        if (v <= r2) visit(ids_[i], v, r2);
       }
       return;
     }
     const double dl = box_dist2(nd.left, q), dr = box_dist2(nd.right, q);
-    const int32_t first = dl <= dr ? nd.left : nd.right, second = dl <= dr ? nd.right : nd.left;
-    const double d1 = std::min(dl, dr), d2 = std::max(dl, dr);
-    if (d1 <= best2) nearest_rec(first, q, exclude, best2, best);
-    if (d2 <= best2) nearest_rec(second, q, exclude, best2, best);
-  }
-
-  template <typename F>
-  void range_rec(int32_t node, const double* q, double r2, F& visit) const {
-    if (box_dist2(node, q) > r2) return;
-    const Node& nd = nodes_[node];
-    if (nd.left < 0) {
-      for (int32_t i = nd.lo; i < nd.hi; ++i) {
-        const double v = dist2(q, &pts_[static_cast<std::size_t>(i) * d_]);
-        if (v <= r2) visit(ids_[i], v);
-      }
-      return;
-    }
-    range_rec(nd.left, q, r2, visit);
-    range_rec(nd.right, q, r2, visit);
+    const bool left_first = dl <= dr;
+    const int32_t first = left_first ? nd.left : nd.right;
+    const int32_t second = left_first ? nd.right : nd.left;
+    if ((left_first ? dl : dr) <= r2) search_rec(first, q, r2, visit);
+    if ((left_first ? dr : dl) <= r2) search_rec(second, q, r2, visit);
   }
 
   int64_t d_ = 0;
@@ -527,33 +502,28 @@ class LinearEngine {
     }
   }
 
-  void search_closed(int32_t a, std::vector<std::pair<double, int32_t>>& cand) {
-    // value(b) = scale * (||mu_a - mu_b||^2 + s_a + s_b) >= scale * (||.||^2 + s_a)
+  void search_closed(int32_t a, std::vector<std::pair<double, int32_t>>& /*cand*/) {
+    // value(b) = scale * (||mu_a - mu_b||^2 + s_a + s_b) >= scale * (||.||^2 + s_a): the
+    // search radius around mu_a follows the best value found so far
     const double scale = opt_.metric == Metric::Cosine ? 0.5 : 1.0;
-    double b2;
-    const int32_t b0 = tree_.nearest(mu(a), a, b2);
-    double best = exact(a, b0);
-    int32_t bi = b0;
-    const double r2 = (best / scale - s2_[a]) * (1.0 + margin_) + 1e-300;
-    cand.clear();
-    tree_.range(mu(a), r2, [&](int32_t b, double) {
-      if (b != a) cand.emplace_back(0.0, b);
-    });
-    for (const auto& c : cand) {
-      const double v = exact(a, c.second);
-      if (v < best || (v == best && c.second < bi)) {
+    double best = kInf;
+    int32_t bi = -1;
+    double r2 = kInf;
+    tree_.search(mu(a), r2, [&](int32_t b, double, double& radius2) {
+      if (b == a) return;
+      const double v = exact(a, b);
+      if (v < best || (v == best && b < bi)) {
         best = v;
-        bi = c.second;
+        bi = b;
+        radius2 = std::max(0.0, best / scale - s2_[a]) * (1.0 + margin_) + 1e-300;
       }
-    }
+    });
     nn_[a] = bi;
     nnd_[a] = best;
   }
 
   void search_euclidean(int32_t a, std::vector<std::pair<double, int32_t>>& cand) {
     const double up = 1.0 + margin_, down = 1.0 - margin_;
-    double b2;
-    const int32_t b0 = tree_.nearest(mu(a), a, b2);
     const double sa = s2_[a], ra = rad_[a];
     auto upper = [&](int32_t b, double dm2) { return std::sqrt(dm2 + sa + s2_[b]); };
     auto lower = [&](int32_t b, double dm2) {
@@ -562,12 +532,17 @@ class LinearEngine {
       const double l2 = den > 0.0 ? (dm2 + sa + s2_[b]) / den : 0.0;
       return std::max(dm, l2);
     };
-    double r = upper(b0, b2);
-    const double rr = r * up;
+    // Candidates: every centroid within the smallest upper bound seen so far (the radius
+    // shrinks during the search); each with its lower bound.
+    double r = kInf, r2 = kInf;
     cand.clear();
-    tree_.range(mu(a), rr * rr, [&](int32_t b, double dm2) {
+    tree_.search(mu(a), r2, [&](int32_t b, double dm2, double& radius2) {
       if (b == a) return;
-      r = std::min(r, upper(b, dm2));
+      const double ub = upper(b, dm2);
+      if (ub < r) {
+        r = ub;
+        radius2 = (r * up) * (r * up);
+      }
       cand.emplace_back(lower(b, dm2), b);
     });
     const double cut = r * up;
@@ -698,7 +673,7 @@ class LinearEngine {
   }
 
   // The clusters left fit the cache: their exact average distances in a condensed matrix
-  // (one pass over all token pairs), then the nearest-neighbour chain with Lance–Williams.
+  // (one pass over all token pairs), then the matrix engine's rounds and chain on it.
   void finish_on_matrix(std::vector<Merge>& merges) {
     const int64_t m = static_cast<int64_t>(active_.size());
     const std::vector<int32_t> slot(active_);

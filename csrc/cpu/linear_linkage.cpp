@@ -413,6 +413,10 @@ class LinearEngine {
     std::vector<Merge> merges;
     merges.reserve(n_ > 0 ? n_ - 1 : 0);
     if (n_ < 2) return merges;
+    if (!closed_ && tri(n_) * sizeof(T) <= opt_.cache_bytes) {  // the tokens fit already
+      finish_on_matrix(merges);
+      return merges;
+    }
     std::vector<int32_t> todo(active_);
     tree_.build(mu_.data(), active_, d_);
     search(todo);
@@ -677,48 +681,69 @@ class LinearEngine {
   void finish_on_matrix(std::vector<Merge>& merges) {
     const int64_t m = static_cast<int64_t>(active_.size());
     const std::vector<int32_t> slot(active_);
-    // The clusters' tokens transposed (d x total), cluster i at seg[i] .. seg[i + 1].
+    // Cluster i's tokens are tokens seg[i] .. seg[i + 1] of the clusters left, in slot order.
     std::vector<int64_t> seg(m + 1, 0);
     for (int64_t i = 0; i < m; ++i) seg[i + 1] = seg[i] + size_[slot[i]];
     const int64_t total = seg[m];
-    std::vector<T> xt(static_cast<std::size_t>(d_) * total);
+    // Column tiles: runs of whole clusters of about `tile` tokens, each stored transposed
+    // in a block of its own (d rows, padded so that the rows fall in different cache sets),
+    // which stays in the core's cache while every later cluster's tokens meet it.
+    const int64_t tile = std::clamp<int64_t>(65536 / d_, 64, 8192);
+    std::vector<int64_t> tiles{0}, stride, offset{0};
+    while (tiles.back() < m) {
+      int64_t c = tiles.back() + 1;
+      while (c < m && seg[c + 1] - seg[tiles.back()] <= tile) ++c;
+      const int64_t len = seg[c] - seg[tiles.back()];
+      stride.push_back((len + 15) / 16 * 16 + 16);
+      offset.push_back(offset.back() + stride.back() * d_);
+      tiles.push_back(c);
+    }
+    const std::size_t n_tiles = tiles.size() - 1;
+    std::vector<T> xt(static_cast<std::size_t>(offset.back()));
+    std::vector<T> xr(static_cast<std::size_t>(d_) * total);  // row-major copy
+    std::vector<int64_t> tile_of(m);
+    for (std::size_t t = 0; t < n_tiles; ++t) {
+      for (int64_t i = tiles[t]; i < tiles[t + 1]; ++i) tile_of[i] = static_cast<int64_t>(t);
+    }
 #pragma omp parallel for num_threads(threads_) schedule(dynamic, 64)
     for (int64_t i = 0; i < m; ++i) {
       const T* blk = block(slot[i]);
-      const int64_t nc = size_[slot[i]];
+      const int64_t nc = size_[slot[i]], t = tile_of[i];
+      const int64_t at = seg[i] - seg[tiles[t]];
       for (int64_t k = 0; k < d_; ++k) {
-        std::memcpy(&xt[k * total + seg[i]], blk + k * nc, nc * sizeof(T));
+        std::memcpy(&xt[offset[t] + k * stride[t] + at], blk + k * nc, nc * sizeof(T));
+        for (int64_t b = 0; b < nc; ++b) xr[(seg[i] + b) * d_ + k] = blk[k * nc + b];
       }
     }
     { std::vector<T>().swap(ar_); }  // the arena is not needed any more
     std::vector<T> D(tri(m) + 1);
-    constexpr int64_t kRows = 256;
-    const std::size_t row_len = static_cast<std::size_t>(std::max<int64_t>(total, 1));
-    std::vector<std::vector<double>> accs(threads_, std::vector<double>(row_len));
-    std::vector<std::vector<T>> bufs(threads_, std::vector<T>(row_len));
-    std::vector<std::vector<T>> pts(threads_);
-    for (int64_t lo = 1; lo < m; lo += kRows) {
-      const int64_t hi = std::min(m, lo + kRows);
+    int64_t longest = 1;
+    for (std::size_t t = 0; t < n_tiles; ++t) {
+      longest = std::max(longest, seg[tiles[t + 1]] - seg[tiles[t]]);
+    }
+    std::vector<std::vector<double>> accs(threads_, std::vector<double>(longest));
+    std::vector<std::vector<T>> bufs(threads_, std::vector<T>(longest));
+    for (std::size_t t = 0; t < n_tiles; ++t) {
+      const int64_t c0 = tiles[t], c1 = tiles[t + 1], p0 = seg[c0];
 #pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
-      for (int64_t i = lo; i < hi; ++i) {
+      for (int64_t i = c0 + 1; i < m; ++i) {
         const int tid = omp_get_thread_num();
         double* racc = accs[tid].data();
         const int64_t ni = seg[i + 1] - seg[i];
-        std::vector<T>& xb = pts[tid];
-        xb.resize(static_cast<std::size_t>(ni) * d_);
-        for (int64_t b = 0; b < ni; ++b) {
-          for (int64_t k = 0; k < d_; ++k) xb[b * d_ + k] = xt[k * total + seg[i] + b];
-        }
-        span_sums<T>(xt.data(), total, d_, xb.data(), ni, seg[i], bufs[tid].data(), racc);
+        const int64_t jend = std::min(i, c1);
+        const int64_t len = seg[jend] - p0;
+        span_sums<T>(xt.data() + offset[t], stride[t], d_, xr.data() + seg[i] * d_, ni, len,
+                     bufs[tid].data(), racc);
         T* row = D.data() + tri(i);
-        for (int64_t j = 0; j < i; ++j) {
+        for (int64_t j = c0; j < jend; ++j) {
           double sum = 0.0;
-          for (int64_t q = seg[j]; q < seg[j + 1]; ++q) sum += racc[q];
+          for (int64_t q = seg[j] - p0; q < seg[j + 1] - p0; ++q) sum += racc[q];
           row[j] = static_cast<T>(sum / (double(ni) * double(seg[j + 1] - seg[j])));
         }
       }
       poll(opt_);
     }
+    { std::vector<T>().swap(xr); }
     // The matrix engine's rounds and chain finish on D.
     std::vector<int64_t> sz(m), rep(m);
     std::vector<double> adj(m);

@@ -256,7 +256,8 @@ def cluster(
         Engine of the ``cpu`` backend. ``"matrix"`` stores the N(N-1)/2 distances;
         ``"linear"`` (average linkage) needs O(N d) memory plus a cache (at most a quarter
         of the budget) and is exact too; ``"auto"`` takes the matrix engine for Euclidean
-        average linkage up to 32,768 tokens when it fits, the linear engine otherwise.
+        average linkage up to 32,768 tokens (at any N when d > 16) when it fits, the
+        linear engine otherwise.
         Average linkage with ``"sqeuclidean"`` or ``"cosine"`` always runs on cluster
         moments (their closed forms), in O(N d) memory. Other backends take ``"auto"``.
 

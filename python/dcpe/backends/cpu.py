@@ -18,8 +18,9 @@ chooses between them, from N, d and the memory budget (:func:`choose_engine`):
 ``centroid`` and ``ward`` have engines of their own on centroids (O(N d) memory).
 
 Both engines give the same labels on inputs without tied distances. ``auto`` takes the
-matrix engine for Euclidean average linkage up to :data:`MATRIX_MAX_N` tokens when its
-matrix fits the budget (it is the faster one there) and the linear engine beyond; the
+matrix engine for Euclidean average linkage up to :data:`MATRIX_MAX_N` tokens, and at
+any N above :data:`KDTREE_MAX_D` dimensions, when its matrix fits the budget (it is the
+faster one there), and the linear engine otherwise; the
 closed forms always run on moments. OpenMP across all cores (``OMP_NUM_THREADS`` or
 ``DCPE_NUM_THREADS`` to limit), the GIL released while it runs, Ctrl-C honoured between
 blocks of work. See ``csrc/cpu/linkage_cpu.h`` for the algorithms.
@@ -41,6 +42,9 @@ from .._memory import memory_budget
 ENGINES = ("auto", "matrix", "linear")
 #: largest N at which ``auto`` prefers the matrix engine for Euclidean average linkage
 MATRIX_MAX_N = 32768
+#: above this dimension ``auto`` prefers the matrix engine whenever it fits: the linear
+#: engine's kd-tree on centroids prunes little there
+KDTREE_MAX_D = 16
 #: the linear engine's cache: at most this many times the size of the data...
 _CACHE_PER_DATA = 64
 #: ...within these bounds, and at most a quarter of the budget
@@ -134,7 +138,8 @@ def choose_engine(n: int, d: int, *, method: str, metric: str, dtype: np.dtype,
     if engine == "matrix" or method != "average":
         _require(matrix_needs, budget, what + " (matrix engine)")
         return Plan("matrix")
-    if engine == "auto" and not closed and n <= MATRIX_MAX_N and matrix_needs <= budget:
+    if (engine == "auto" and not closed and (n <= MATRIX_MAX_N or d > KDTREE_MAX_D)
+            and matrix_needs <= budget):
         return Plan("matrix")
     base = data + workspace_bytes(n, d, method, dtype, "linear", metric, 0)
     _require(base, budget, what + " (linear-memory engine)")

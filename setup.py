@@ -81,7 +81,7 @@ setup(
     package_data={"dcpe": ["data/*.npy"]},
     ext_modules=[CMakeExtension("dcpe._C", sourcedir=str(ROOT))],
     cmdclass={"build_ext": CMakeBuild},
-    install_requires=["numpy>=1.23", "torch>=2.1", "tqdm>=4.60"],
+    install_requires=["numpy>=1.23", "torch>=2.1", "tqdm>=4.66"],
     extras_require={
         "test": [
             "pytest>=7",

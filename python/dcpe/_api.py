@@ -10,6 +10,7 @@ import numpy as np
 from . import backends as _backends
 from ._errors import BackendUnavailableError
 from ._memory import parse_memory_limit
+from ._progress import merge_progress
 from ._validation import (
     Data,
     check_backend,
@@ -108,11 +109,11 @@ def _check_engine(engine: Any) -> str:
 
 def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: str,
          dtype: Any, n_clusters: Any = None, want_z: bool = True, memory_limit: Any = None,
-         engine: Any = "auto", progress: Any = None) -> tuple[Data, Any, Any, str]:
+         engine: Any = "auto", progress: Any = False) -> tuple[Data, Any, Any, str]:
     """Validate everything, run the backend; returns (data, Z or None, labels or None, name).
 
-    ``progress``: None, or a callable taking ``(merges_done, merges_total)`` that the
-    ``cpu`` backend calls from time to time.
+    ``progress``: as in :func:`cluster`, or a callable taking ``(merges_done,
+    merges_total)`` that the ``cpu`` backend calls from time to time.
     """
     method, metric = check_linkage_metric(linkage, metric)
     backend = check_backend(backend)
@@ -126,16 +127,21 @@ def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: s
     name = _resolve_backend(backend, data, method)
     _check_accepts(name, data)
     extra = _preflight(name, data, method, metric, memory_limit, engine)
-    if progress is not None and name == "cpu":
+    callback, bar = merge_progress(progress) if name == "cpu" else (None, None)
+    if callback is not None:
         total = max(data.n - 1, 0)
-        extra["progress"] = lambda done: progress(min(int(done), total), total)
+        extra["progress"] = lambda done: callback(min(int(done), total), total)
     module = _backends.get(name)
     xin = _to_backend_input(name, data)
-    if k is not None and not want_z and hasattr(module, "labels"):
-        labels = module.labels(xin, k, method=method, metric=metric, max_cluster_size=cap,
-                               **extra)
-        return data, None, labels, name
-    z = module.linkage(xin, method=method, metric=metric, max_cluster_size=cap, **extra)
+    try:
+        if k is not None and not want_z and hasattr(module, "labels"):
+            labels = module.labels(xin, k, method=method, metric=metric,
+                                   max_cluster_size=cap, **extra)
+            return data, None, labels, name
+        z = module.linkage(xin, method=method, metric=metric, max_cluster_size=cap, **extra)
+    finally:
+        if bar is not None:
+            bar.close()
     return data, np.ascontiguousarray(z, dtype=np.float64), None, name
 
 
@@ -208,6 +214,7 @@ def cluster(
     dtype: Any = None,
     memory_limit: int | str | None = None,
     engine: str = "auto",
+    progress: bool | None = False,
 ) -> Any:
     """Partition the rows of ``x`` into ``n_clusters`` clusters by exact agglomerative clustering.
 
@@ -260,6 +267,10 @@ def cluster(
         linear engine otherwise.
         Average linkage with ``"sqeuclidean"`` or ``"cosine"`` always runs on cluster
         moments (their closed forms), in O(N d) memory. Other backends take ``"auto"``.
+    progress : bool or None
+        A progress bar of the merges on standard error for runs of the ``cpu`` backend
+        longer than two seconds: ``True`` always, ``None`` when standard error is a
+        terminal, ``False`` (default) never.
 
     Returns
     -------
@@ -301,7 +312,7 @@ def cluster(
     data, z, labels, _ = _run(x, linkage=linkage, metric=metric,
                               max_cluster_size=max_cluster_size, backend=backend, dtype=dtype,
                               n_clusters=k, want_z=False, memory_limit=memory_limit,
-                              engine=engine)
+                              engine=engine, progress=progress)
     if labels is not None:  # computed by the backend (GPU backends: on the device)
         n_found = int(labels.max()) + 1 if data.n else 0
         _warn_if_short(data.n, k, n_found, max_cluster_size)
@@ -320,12 +331,13 @@ def linkage(
     dtype: Any = None,
     memory_limit: int | str | None = None,
     engine: str = "auto",
+    progress: bool | None = False,
 ) -> Any:
     """The full merge tree of exact agglomerative clustering, in SciPy's linkage format.
 
     Parameters
     ----------
-    x, linkage, metric, backend, dtype, memory_limit, engine
+    x, linkage, metric, backend, dtype, memory_limit, engine, progress
         As in :func:`cluster`.
 
     Returns
@@ -346,7 +358,7 @@ def linkage(
     """
     data, z, _, _ = _run(x, linkage=linkage, metric=metric, max_cluster_size=None,
                          backend=backend, dtype=dtype, memory_limit=memory_limit,
-                         engine=engine)
+                         engine=engine, progress=progress)
     return _follow(data, z)
 
 

@@ -10,6 +10,9 @@ import time
 
 import numpy as np
 import pytest
+from conftest import cpu_order_distances, integer_grid, tie_free
+from scipy.cluster.hierarchy import linkage as scipy_linkage
+from scipy.spatial.distance import squareform
 
 import dcpe
 from dcpe import _C
@@ -134,3 +137,65 @@ def test_float32_engine_equals_float64_on_exact_distances(method, cap):
     z32 = _C.linkage_cpu(x.astype(np.float32), method, "sqeuclidean", cap, 0)
     assert z64.shape[0] > 0
     np.testing.assert_array_equal(z32, z64)
+
+
+def _engine_order_distances(x: np.ndarray, metric: str) -> np.ndarray:
+    """The engine's token distances in NumPy (each operation rounded to x's dtype, no fma):
+    cosine on rows scaled to unit length in float64 (norms summed in order), then halved."""
+    if metric == "cosine":
+        x64 = x.astype(np.float64)
+        norm2 = np.zeros(len(x))
+        for k in range(x.shape[1]):
+            norm2 = norm2 + x64[:, k] * x64[:, k]
+        x = (x64 * (1.0 / np.sqrt(norm2))[:, None]).astype(x.dtype)
+    dist = cpu_order_distances(x, 0 if metric == "euclidean" else 1)
+    if metric == "cosine":
+        dist = dist * x.dtype.type(0.5)
+    np.fill_diagonal(dist, 0)
+    return dist
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [1, 2, 7, 8, 9, 33, 256])
+@pytest.mark.parametrize("n", [37, 201])
+def test_token_distances_bit_for_bit(dtype, d, n):
+    """The engine's token distances (register tiles of several rows against panels of
+    columns, with partial tiles at odd N) equal the plain sum in coordinate order bit for
+    bit. Single linkage heights are the minimum-spanning-tree edge lengths, a set of token
+    distances unique under any tie breaking; complete linkage (float64, no ties) copies the
+    largest token distance of every merge. Both take distances from the first pass (nearest
+    neighbours) and the matrix built from the points after the first round."""
+    rng = np.random.default_rng(1000 * d + n)
+    x = tie_free(rng, n, d, dtype)
+    for metric in ("euclidean", "sqeuclidean", "cosine"):
+        ref = squareform(_engine_order_distances(x, metric).astype(np.float64), checks=False)
+        z = _C.linkage_cpu(x, "single", metric, 0, 0)
+        z_ref = scipy_linkage(ref, "single")
+        np.testing.assert_array_equal(np.sort(z[:, 2]), np.sort(z_ref[:, 2]), err_msg=metric)
+        if dtype == np.float64 and (d > 1 or metric != "cosine"):  # 1-D unit rows: all tied
+            z = _C.linkage_cpu(x, "complete", metric, 0, 0)
+            np.testing.assert_array_equal(z, scipy_linkage(ref, "complete"), err_msg=metric)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("grid", [False, True])
+@pytest.mark.parametrize("cap", [0, 6])
+def test_high_dimension_keeps_token_matrix_same_tree(dtype, grid, cap):
+    """From d = 128 on, the first pass keeps the token matrix and the first round reads it
+    instead of computing the distances again. Zero columns leave every distance unchanged
+    bit for bit (adding (0 - 0)^2 = 0 is exact), so padding 8-D points to 128 and 136
+    columns must give the very tree of the 8-D points, ties and the size cap included."""
+    rng = np.random.default_rng(31 + grid + 2 * cap)
+    n = 300
+    x = integer_grid(rng, n, 8, side=3) if grid else tie_free(rng, n, 8)
+    x = x.astype(dtype)
+    for method in ("average", "single", "complete", "weighted"):
+        for metric in ("euclidean", "sqeuclidean", "cosine"):
+            if metric == "cosine" and grid:
+                continue  # zero rows
+            z = _C.linkage_cpu(x, method, metric, cap, 0)
+            for d in (128, 136):
+                padded = np.zeros((n, d), dtype=dtype)
+                padded[:, :8] = x
+                np.testing.assert_array_equal(_C.linkage_cpu(padded, method, metric, cap, 0), z,
+                                              err_msg=f"{method} {metric} d={d}")

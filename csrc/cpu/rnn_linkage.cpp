@@ -21,13 +21,18 @@
 // overwrite a row another thread still reads. When a round merges few pairs, the remaining
 // clusters are finished by the nearest-neighbour chain algorithm on the same matrix.
 //
-// The token matrix itself is never stored: a first pass finds every token's nearest
+// The token matrix itself is not stored: a first pass finds every token's nearest
 // neighbour from distance rows computed on the fly, and the first round writes the matrix
 // it leaves (merged pairs combined, removed tokens left out) from distance rows computed
 // again, with the same expressions as a pass over a stored matrix. This trades a second
 // O(N^2 d) computation of distances for the write and read of the N(N-1)/2 matrix, and
 // the memory holds only the clusters left after the first round (on codebooks about 3/4
-// of the tokens, so about 0.6 of the token matrix).
+// of the tokens, so about 0.6 of the token matrix). At high dimension (d >= 128) the trade
+// goes the other way: there the first pass keeps the token matrix and the first round is
+// an ordinary pass over it. Distances come from the register-tiled kernel of
+// distance_tiles.h, a tile of consecutive rows at a time against panels of columns, for
+// the lower triangle only (in the second computation, of the kept tokens copied in slot
+// order).
 //
 // Ties: nearest neighbours are chosen by (distance, slot) lexicographically, a strict total
 // order on pairs, so at least one RNN pair exists in every round and the result does not
@@ -48,6 +53,7 @@
 #include <new>
 #include <type_traits>
 
+#include "cpu/distance_tiles.h"
 #include "cpu/linkage_cpu.h"
 #include "macros.h"
 
@@ -56,6 +62,12 @@ namespace {
 
 constexpr std::size_t kBlockElems = std::size_t(1) << 20;  // elements per block buffer
 constexpr std::size_t kDirectElems = std::size_t(1) << 23;  // elements per in-place block
+// From this dimension on, the first pass keeps the token matrix (then the first round is
+// an ordinary pass over it) instead of computing the distances a second time: there the
+// second O(N^2 d) computation costs more than writing and reading the N(N-1)/2 matrix
+// (about 20% of the run at d = 256, for 1/3 more memory than the matrix of the first
+// round's clusters; the memory estimate always counts the token matrix).
+constexpr int64_t kKeepTokenMatrixDim = 128;
 
 inline std::size_t tri(int64_t i) {  // start of row i of the condensed lower triangle
   return static_cast<std::size_t>(i) * static_cast<std::size_t>(i - 1) / 2;
@@ -322,12 +334,13 @@ void finish_nn(const std::vector<Best<T>>& rowbest, const ColumnMinima<T>& cols,
   }
 }
 
-// Token coordinates transposed (d x n) so that distance rows run over contiguous tokens.
-// Cosine distance of unit vectors is |u - v|^2 / 2, computed from differences (no
-// cancellation), so the rows are scaled to unit length here.
+// Token coordinates in the column panels of distance_tiles.h (each panel: W tokens, d rows
+// of W values) so that tiles of distances read contiguous blocks. Cosine distance of unit
+// vectors is |u - v|^2 / 2, computed from differences (no cancellation), so the rows are
+// scaled to unit length here.
 template <typename T>
-std::vector<T> transposed_points(const T* x, int64_t n, int64_t d, Metric metric) {
-  std::vector<T> xt(static_cast<std::size_t>(d) * n);
+std::vector<T> panel_points(const T* x, int64_t n, int64_t d, Metric metric) {
+  std::vector<T> xp(panel_elems<T>(n, d), T(0));
   for (int64_t i = 0; i < n; ++i) {
     double scale = 1.0;
     if (metric == Metric::Cosine) {
@@ -336,57 +349,45 @@ std::vector<T> transposed_points(const T* x, int64_t n, int64_t d, Metric metric
       DCPE_CHECK(s > 0.0, "cosine distance is undefined for the zero vector in row ", i);
       scale = 1.0 / std::sqrt(s);
     }
-    for (int64_t k = 0; k < d; ++k) xt[k * n + i] = static_cast<T>(double(x[i * d + k]) * scale);
-  }
-  return xt;
-}
-
-// out[j] = dissimilarity of tokens i and j for j < len, summed over the coordinates in
-// order from direct differences. The value of a pair does not depend on which of the two
-// tokens the row belongs to or on the row length ((a - b)^2 == (b - a)^2 exactly, and the
-// build turns off floating-point contraction, so vector and scalar lanes round alike).
-template <typename T>
-inline void distance_row(const T* __restrict xt, int64_t n, int64_t d, Metric metric, int64_t i,
-                         int64_t len, T* __restrict out) {
-  {
-    const T* col = xt;
-    const T xi = col[i];
-    for (int64_t j = 0; j < len; ++j) {
-      const T t = col[j] - xi;
-      out[j] = t * t;
+    T* dst = xp.data() + panel_offset<T>(i, 0, d);
+    for (int64_t k = 0; k < d; ++k) {
+      dst[k * kDistancePanel<T>] = static_cast<T>(double(x[i * d + k]) * scale);
     }
   }
-  for (int64_t k = 1; k < d; ++k) {
-    const T* col = xt + k * n;
-    const T xi = col[i];
-    for (int64_t j = 0; j < len; ++j) {
-      const T t = col[j] - xi;
-      out[j] += t * t;
-    }
-  }
-  if (metric == Metric::Euclidean) {
-    for (int64_t j = 0; j < len; ++j) out[j] = std::sqrt(out[j]);
-  } else if (metric == Metric::Cosine) {
-    for (int64_t j = 0; j < len; ++j) out[j] *= T(0.5);
-  }
+  return xp;
 }
 
-// Every token's nearest neighbour (smallest index on ties), without storing distances.
+// Every token's nearest neighbour (smallest index on ties); the distances are kept in D
+// (the condensed token matrix) unless D is null. Rows (each to the tokens before it) are
+// computed a tile of kDistanceTileRows consecutive tokens at a time; a thread takes tiles
+// in increasing order, so its column minima see rows in increasing order, as finish_nn()'s
+// tie rule expects.
 template <typename T>
-void token_nearest_neighbours(const std::vector<T>& xt, int64_t n, int64_t d, Metric metric,
-                              int threads, const RunOptions& opt, std::vector<T>& nnv,
+void token_nearest_neighbours(const std::vector<T>& xp, int64_t n, int64_t d, Metric metric,
+                              int threads, const RunOptions& opt, T* D, std::vector<T>& nnv,
                               std::vector<int32_t>& nni) {
+  constexpr int R = kDistanceTileRows<T>;
+  static_assert(kDistancePanel<T> % R == 0, "a tile's rows share a panel");
   ColumnMinima<T> cols(threads, n);
   std::vector<Best<T>> rowbest(n, Best<T>{std::numeric_limits<T>::infinity(), -1});
-  std::vector<std::vector<T>> rows(threads, std::vector<T>(n));
+  std::vector<std::vector<T>> rows(threads, std::vector<T>(static_cast<std::size_t>(R) * n));
   int64_t lo = 0;
   while (lo < n) {
-    const int64_t hi = block_end(lo, n, kDirectElems);
-#pragma omp parallel for num_threads(threads) schedule(dynamic, 8)
-    for (int64_t i = lo; i < hi; ++i) {
-      T* row = rows[omp_get_thread_num()].data();
-      distance_row(xt.data(), n, d, metric, i, i, row);
-      rowbest[i] = cols.update(omp_get_thread_num(), row, i, static_cast<int32_t>(i));
+    const int64_t hi = std::min(n, (block_end(lo, n, kDirectElems) + R - 1) / R * R);
+    const int64_t n_tiles = (hi - lo + R - 1) / R;
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
+    for (int64_t t = 0; t < n_tiles; ++t) {
+      const int tid = omp_get_thread_num();
+      const int64_t i0 = lo + t * R;
+      const int cnt = static_cast<int>(std::min<int64_t>(R, hi - i0));
+      T* buf = rows[tid].data();
+      distance_rows(xp.data() + panel_offset<T>(i0, 0, d), kDistancePanel<T>, cnt, xp.data(), d,
+                    i0 + cnt - 1, metric, buf, n);
+      for (int r = 0; r < cnt; ++r) {
+        const int64_t i = i0 + r;
+        if (D != nullptr) std::memcpy(D + tri(i), buf + r * n, sizeof(T) * i);
+        rowbest[i] = cols.update(tid, buf + r * n, i, static_cast<int32_t>(i));
+      }
     }
     poll(opt);
     lo = hi;
@@ -397,7 +398,7 @@ void token_nearest_neighbours(const std::vector<T>& xt, int64_t n, int64_t d, Me
 // The tokens as the engine's first round sees them.
 template <typename T>
 struct Points {
-  const std::vector<T>& xt;  // transposed coordinates (d x n)
+  const std::vector<T>& xp;  // coordinates in column panels (panel_points)
   int64_t n, d;
   Metric metric;
 };
@@ -439,15 +440,19 @@ template <typename T, typename Comb>
 class Engine {
  public:
   using Plan = RoundPlan<T>;
-  Engine(int64_t n, const RunOptions& opt, int threads) : n_(n), opt_(opt), threads_(threads) {}
+  // tokens: the token matrix when the first pass kept it, else null.
+  Engine(int64_t n, const RunOptions& opt, int threads, std::unique_ptr<TriMatrix<T>> tokens)
+      : mat_(std::move(tokens)), D_(mat_ ? mat_->data() : nullptr), n_(n), opt_(opt),
+        threads_(threads) {}
 
   // Start from a matrix of the n clusters made elsewhere (condensed, owned by the caller)
   // instead of computing the first round's matrix from the points.
   void adopt(T* D) { D_ = D; }
 
   // Reciprocal-nearest-neighbour rounds; returns when finished or handing over to the chain.
-  // nnv/nni: the tokens' nearest neighbours. The first round computes the matrix it leaves
-  // (merged and compacted) directly from the points, so the token matrix is never stored.
+  // nnv/nni: the tokens' nearest neighbours. Unless the first pass kept the token matrix,
+  // the first round computes the matrix it leaves (merged and compacted) directly from the
+  // points.
   void rounds(Clusters& cl, std::vector<T>& nnv, std::vector<int32_t>& nni,
               std::vector<Merge>& merges, const Points<T>& pts) {
     const int64_t cap = opt_.max_cluster_size;
@@ -458,7 +463,7 @@ class Engine {
     std::vector<T> block(std::min<std::size_t>(kBlockElems, std::max<std::size_t>(tri(n_), 1)) +
                          static_cast<std::size_t>(n_));
     std::vector<std::vector<T>> scratch(threads_, std::vector<T>(n_));
-    bool first = D_ == nullptr;
+    bool first = D_ == nullptr;  // the first round, without a token matrix
     while (n_ >= 2) {
       const int64_t n = n_;
       partner.assign(n, -1);
@@ -595,40 +600,93 @@ class Engine {
 
   // The matrix after the first round, from the points: row X holds the distances of
   // new cluster X to the new clusters below it, combined exactly as compact() combines
-  // stored distances (same Lance–Williams expression, same order), from each kept token's
-  // full distance row (and its partner's), kept in a per-thread buffer.
+  // stored distances (same Lance–Williams expression, same order). The kept tokens are
+  // copied in slot order (slot X's token at position pos[X], its partner's next to it), so
+  // the tokens of the clusters below X are the positions before pos[X]: a row of distances
+  // from position 0 up to pos[X] holds all that row X needs, and the rows of consecutive
+  // slots are consecutive tokens, computed a tile (kDistanceTileRows tokens) at a time.
   void fill_from_points(int64_t m, const Plan& plan, const Points<T>& pts, ColumnMinima<T>& cols,
                         std::vector<Best<T>>& rowbest, std::vector<std::vector<T>>& scratch,
                         std::vector<T>& nnv, std::vector<int32_t>& nni) {
+    constexpr int R = kDistanceTileRows<T>;
     T* const D = D_;
-    const int64_t n = pts.n;
-    std::vector<std::vector<T>> rows(threads_, std::vector<T>(2 * static_cast<std::size_t>(n)));
+    const int64_t d = pts.d;
+    // The round's plan in positions: col_old -> pos, keep -> bits at pos, and a merged
+    // column's second member -> the position after its slot's.
+    Plan q;
+    q.col_old.resize(m + 1);
+    q.col_old[0] = 0;
+    for (int64_t X = 0; X < m; ++X) {
+      q.col_old[X + 1] = q.col_old[X] + (plan.col_partner[X] >= 0 ? 2 : 1);
+    }
+    const int64_t np = q.col_old[m];
+    q.keep.assign(static_cast<std::size_t>(np + 7) / 8, 0);
+    for (int64_t X = 0; X < m; ++X) {
+      const int32_t P = q.col_old[X];
+      q.keep[P >> 3] |= static_cast<uint8_t>(1u << (P & 7));
+    }
+    q.mc_col = plan.mc_col;
+    q.mc_second.resize(plan.mc_col.size());
+    for (std::size_t t = 0; t < plan.mc_col.size(); ++t) {
+      q.mc_second[t] = q.col_old[plan.mc_col[t]] + 1;
+    }
+    q.mc_w1 = plan.mc_w1;
+    q.mc_w2 = plan.mc_w2;
+    std::vector<T> xq(panel_elems<T>(np, d), T(0));
+    constexpr int64_t W = kDistancePanel<T>;
+#pragma omp parallel for num_threads(threads_) schedule(static)
+    for (int64_t X = 0; X < m; ++X) {
+      const int64_t P = q.col_old[X];
+      for (int u = 0; u < q.col_old[X + 1] - P; ++u) {
+        const int64_t token = u == 0 ? plan.col_old[X] : plan.col_partner[X];
+        const T* src = pts.xp.data() + panel_offset<T>(token, 0, d);
+        T* dst = xq.data() + panel_offset<T>(P + u, 0, d);
+        for (int64_t k = 0; k < d; ++k) dst[k * W] = src[k * W];
+      }
+    }
+    std::vector<std::vector<T>> rows(threads_,
+                                     std::vector<T>(static_cast<std::size_t>(R) * np));
+    std::vector<std::vector<T>> packed(threads_, std::vector<T>(static_cast<std::size_t>(R) * d));
+    std::vector<int64_t> groups;  // first slots of groups of at most R tokens
     cols.reset(m);
     rowbest.assign(m, Best<T>{std::numeric_limits<T>::infinity(), -1});
     int64_t lo = 0;
     while (lo < m) {
       const int64_t hi = block_end(lo, m, kDirectElems);
+      groups.clear();
+      for (int64_t X = lo; X < hi;) {
+        groups.push_back(X);
+        const int64_t P0 = q.col_old[X];
+        while (X < hi && q.col_old[X + 1] - P0 <= R) ++X;
+      }
+      groups.push_back(hi);
+      const int64_t n_groups = static_cast<int64_t>(groups.size()) - 1;
 #pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
-      for (int64_t X = lo; X < hi; ++X) {
+      for (int64_t g = 0; g < n_groups; ++g) {
         const int tid = omp_get_thread_num();
-        const int64_t x = plan.col_old[X];
-        const int32_t x2 = plan.col_partner[X];
-        T* out = D + tri(X);
-        const int64_t n_merged =
-            std::lower_bound(plan.mc_col.begin(), plan.mc_col.end(), static_cast<int32_t>(X)) -
-            plan.mc_col.begin();
-        T* rx = rows[tid].data();
-        distance_row(pts.xt.data(), n, pts.d, pts.metric, x, n, rx);
-        combine_row(rx, X, x, plan, n_merged, out);
-        if (x2 >= 0) {
-          T* rx2 = rx + n;
-          T* tmp = scratch[tid].data();
-          distance_row(pts.xt.data(), n, pts.d, pts.metric, x2, n, rx2);
-          combine_row(rx2, X, x, plan, n_merged, tmp);
-          const T wa = plan.w1[X], wb = plan.w2[X];
-          for (int64_t Y = 0; Y < X; ++Y) out[Y] = Comb::apply(out[Y], tmp[Y], wa, wb);
+        const int64_t X0 = groups[g], X1 = groups[g + 1];
+        const int64_t P0 = q.col_old[X0];
+        const int cnt = static_cast<int>(q.col_old[X1] - P0);
+        T* a = packed[tid].data();
+        T* buf = rows[tid].data();
+        pack_rows(xq.data(), d, P0, cnt, a);
+        distance_rows(a, cnt, cnt, xq.data(), d, q.col_old[X1 - 1], pts.metric, buf, np);
+        for (int64_t X = X0; X < X1; ++X) {
+          const int64_t P = q.col_old[X];
+          T* out = D + tri(X);
+          const int64_t n_merged =
+              std::lower_bound(plan.mc_col.begin(), plan.mc_col.end(), static_cast<int32_t>(X)) -
+              plan.mc_col.begin();
+          T* rx = buf + (P - P0) * np;
+          combine_row(rx, X, P, q, n_merged, out);
+          if (plan.col_partner[X] >= 0) {
+            T* tmp = scratch[tid].data();
+            combine_row(rx + np, X, P, q, n_merged, tmp);
+            const T wa = plan.w1[X], wb = plan.w2[X];
+            for (int64_t Y = 0; Y < X; ++Y) out[Y] = Comb::apply(out[Y], tmp[Y], wa, wb);
+          }
+          rowbest[X] = cols.update(tid, out, X, static_cast<int32_t>(X));
         }
-        rowbest[X] = cols.update(tid, out, X, static_cast<int32_t>(X));
       }
       poll(opt_);
       lo = hi;
@@ -636,7 +694,8 @@ class Engine {
     finish_nn(rowbest, cols, m, nnv, nni);
   }
 
-  // gather_row() for a full distance row r (r[j]: distance to token j) of the first round.
+  // gather_row() for a distance row r of the first round, indexed like `plan`'s columns
+  // (fill_from_points: r[P] is the distance to the kept token at position P).
   static void combine_row(const T* r, int64_t X, int64_t x, const Plan& plan, int64_t n_merged,
                           T* __restrict out) {
     compact_row(r, plan.col_old.data(), plan.keep.data(), x, out, X);
@@ -737,9 +796,10 @@ class Engine {
 };
 
 template <typename T, typename Comb>
-void run_engine(const Points<T>& pts, const RunOptions& opt, int threads, Clusters& cl,
-                std::vector<T>& nnv, std::vector<int32_t>& nni, std::vector<Merge>& merges) {
-  Engine<T, Comb> engine(pts.n, opt, threads);
+void run_engine(const Points<T>& pts, const RunOptions& opt, int threads,
+                std::unique_ptr<TriMatrix<T>> tokens, Clusters& cl, std::vector<T>& nnv,
+                std::vector<int32_t>& nni, std::vector<Merge>& merges) {
+  Engine<T, Comb> engine(pts.n, opt, threads, std::move(tokens));
   engine.rounds(cl, nnv, nni, merges, pts);
   engine.chain(cl, merges);
 }
@@ -756,11 +816,14 @@ std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   if (n == 1) return merges;
   merges.reserve(n - 1);
   const int threads = resolve_threads(opt.num_threads);
-  const std::vector<T> xt = transposed_points(x, n, d, opt.metric);
-  const Points<T> pts{xt, n, d, opt.metric};
+  const std::vector<T> xp = panel_points(x, n, d, opt.metric);
+  const Points<T> pts{xp, n, d, opt.metric};
   std::vector<T> nnv(n);
   std::vector<int32_t> nni(n);
-  token_nearest_neighbours(xt, n, d, opt.metric, threads, opt, nnv, nni);
+  std::unique_ptr<TriMatrix<T>> tokens;
+  if (d >= kKeepTokenMatrixDim) tokens = std::make_unique<TriMatrix<T>>(n);
+  token_nearest_neighbours(xp, n, d, opt.metric, threads, opt,
+                           tokens ? tokens->data() : nullptr, nnv, nni);
   Clusters cl;
   cl.size.assign(n, 1);
   cl.rep.resize(n);
@@ -768,13 +831,14 @@ std::vector<Merge> matrix_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   cl.adj.assign(n, -std::numeric_limits<double>::infinity());
   switch (opt.method) {
     case Method::Single:
-      run_engine<T, Minimum<T>>(pts, opt, threads, cl, nnv, nni, merges);
+      run_engine<T, Minimum<T>>(pts, opt, threads, std::move(tokens), cl, nnv, nni, merges);
       break;
     case Method::Complete:
-      run_engine<T, Maximum<T>>(pts, opt, threads, cl, nnv, nni, merges);
+      run_engine<T, Maximum<T>>(pts, opt, threads, std::move(tokens), cl, nnv, nni, merges);
       break;
     default:
-      run_engine<T, WeightedMean<T>>(pts, opt, threads, cl, nnv, nni, merges);
+      run_engine<T, WeightedMean<T>>(pts, opt, threads, std::move(tokens), cl, nnv, nni,
+                                     merges);
       break;
   }
   return merges;
@@ -805,7 +869,7 @@ void matrix_linkage_on(T* D, int64_t m, const std::vector<int64_t>& size,
   }
   static const std::vector<T> no_points;
   const Points<T> pts{no_points, 0, 0, opt.metric};
-  Engine<T, WeightedMean<T>> engine(m, opt, threads);
+  Engine<T, WeightedMean<T>> engine(m, opt, threads, nullptr);
   engine.adopt(D);
   engine.rounds(cl, nnv, nni, merges, pts);
   engine.chain(cl, merges);
@@ -833,9 +897,14 @@ std::size_t workspace_bytes(int64_t n, int64_t d, Method method, std::size_t ele
     return bytes + un * static_cast<std::size_t>(d) * 8 + un * (64 + 8 * threads);
   }
   const std::size_t count = n > 1 ? tri(n) : 1;
+  const std::size_t tile_rows = static_cast<std::size_t>(
+      elem_size == sizeof(float) ? kDistanceTileRows<float> : kDistanceTileRows<double>);
+  const std::size_t ud = static_cast<std::size_t>(d);
   bytes += count * elem_size;                                             // the matrix
   bytes += (std::min(kBlockElems, count) + un) * elem_size;               // block buffer
-  bytes += threads * un * (4 * elem_size + sizeof(int32_t));              // per-thread rows
+  bytes += (un + 64) * ud * elem_size;                  // kept tokens in slot order (panels)
+  bytes += threads * un * ((tile_rows + 2) * elem_size + sizeof(int32_t));  // per-thread rows
+  bytes += threads * tile_rows * ud * elem_size;                          // packed tile rows
   return bytes;
 }
 

@@ -326,3 +326,22 @@ def test_cli_cluster_and_remap_do_not_import_torch(tmp_path) -> None:
     codes = np.load(tmp_path / "codes" / "a.npy")
     np.testing.assert_array_equal(np.load(tmp_path / "out" / "a.npy"),
                                   prior.token_to_cluster.numpy()[codes])
+
+
+def test_package_namespace_is_the_public_api() -> None:
+    import dcpe as dcpe_mod
+
+    names = dir(dcpe_mod)
+    for helper in ("Any", "annotations", "import_module", "_LAZY_MODULES", "_api",
+                   "_validation"):
+        assert helper not in names
+    for public in dcpe_mod.__all__:
+        assert public in names
+        assert getattr(dcpe_mod, public) is not None
+    # every listed name resolves, the lazy ones included
+    for name in names:
+        getattr(dcpe_mod, name)
+    assert dcpe_mod.BackendUnavailableError is dcpe_mod._errors.BackendUnavailableError
+    assert issubclass(dcpe_mod.BackendUnavailableError, RuntimeError)
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        dcpe_mod.nope  # noqa: B018

@@ -427,3 +427,115 @@ def test_kmeanspp_rejects_bad_arguments():
         _C.kmeanspp_cpu(x, 3, 0, np.zeros((2, 2), np.float32))
     with pytest.raises(ValueError, match="x.dtype"):
         _C.kmeanspp_cpu(x.astype(np.int32), 2, 0, np.zeros((1, 2)))
+
+
+# --------------------------------------------------------------------------- threads
+
+
+@pytest.fixture()
+def busy(monkeypatch):
+    """Pretend that other processes keep ``value`` CPUs busy (None: unknown)."""
+    from dcpe import _threads
+
+    def set_busy(value):
+        monkeypatch.setattr(_threads, "busy_cpus_elsewhere", lambda: value)
+
+    return set_busy
+
+
+def test_host_threads_leave_busy_cpus_alone(busy, monkeypatch):
+    from dcpe import _threads
+
+    monkeypatch.setattr(_threads, "_default_threads", lambda: 8)
+    monkeypatch.setattr(_threads, "_allowed_cpus", lambda: 8)
+    for value, expected in [(None, 8), (0, 8), (1, 7), (3, 5), (7, 1), (8, 1), (50, 1)]:
+        busy(value)
+        assert _threads.host_threads() == expected, value
+    monkeypatch.setattr(_threads, "_allowed_cpus", lambda: 16)
+    busy(1)
+    assert _threads.host_threads() == 8  # never above the default
+
+
+def test_busy_cpus_elsewhere_counts_other_processes_only(monkeypatch):
+    from dcpe import _threads
+
+    monkeypatch.setattr(_threads, "_procs_running", lambda: 5)
+    monkeypatch.setattr(_threads, "_own_running", lambda: 3)  # e.g. spinning OpenMP workers
+    monkeypatch.setattr(_threads, "_allowed_cpus", lambda: 4)
+    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 4)
+    assert _threads.busy_cpus_elsewhere() == 2
+    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 64)  # 4 of 64 CPUs are ours
+    monkeypatch.setattr(_threads, "_procs_running", lambda: 35)
+    assert _threads.busy_cpus_elsewhere() == 2  # 32 others * 4 / 64
+    monkeypatch.setattr(_threads, "_procs_running", lambda: None)
+    assert _threads.busy_cpus_elsewhere() is None
+
+
+def test_own_threads_and_machine_counts_are_read():
+    import sys
+
+    from dcpe import _threads
+
+    assert _threads._allowed_cpus() >= 1
+    assert _threads._own_running() >= 1  # this thread is running
+    if sys.platform.startswith("linux"):
+        assert _threads._procs_running() >= 1
+        assert _threads.busy_cpus_elsewhere() >= 0
+
+
+def test_limit_threads_lowers_and_restores_torch(busy, monkeypatch):
+    from dcpe import _threads
+
+    before = torch.get_num_threads()
+    monkeypatch.setattr(_threads, "_allowed_cpus", lambda: max(2, before))
+    busy(10**6)
+    with _threads.limit_threads():
+        assert torch.get_num_threads() == 1
+        with _threads.limit_threads():  # nested: no-op
+            assert torch.get_num_threads() == 1
+        assert _threads.host_threads() == 1
+    assert torch.get_num_threads() == before
+    with pytest.raises(RuntimeError), _threads.limit_threads():
+        raise RuntimeError("inside")
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("fn,k", [(kmeans, 30), (balanced_kmeans, 12),
+                                  (centroid_free_kmeans, 12)])
+def test_results_do_not_depend_on_threads(busy, fn, k, monkeypatch):
+    from dcpe import _C
+
+    x = _blobs(n=400, seed=5)
+    busy(0)
+    free = fn(x, k, seed=1)
+    seen = []
+    for name in ("nearest_cpu", "kmeanspp_cpu", "balanced_assign_cpu"):
+        real = getattr(_C, name)
+
+        def spy(*args, _real=real, **kwargs):
+            seen.append(kwargs.get("num_threads"))
+            return _real(*args, **kwargs)
+
+        monkeypatch.setattr(_C, name, spy)
+    before = torch.get_num_threads()
+    busy(10**6)  # every CPU taken: one thread
+    loaded = fn(x, k, seed=1)
+    assert torch.get_num_threads() == before
+    assert seen and set(seen) == {1}
+    np.testing.assert_array_equal(loaded.labels, free.labels)
+    np.testing.assert_array_equal(loaded.centers, free.centers)
+    assert loaded.n_iter == free.n_iter
+
+
+def test_baselines_restore_torch_threads_on_error(busy):
+    before = torch.get_num_threads()
+    busy(10**6)
+    with pytest.raises(ValueError):
+        kmeans(_blobs(n=50), 51)
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("fn", [kmeans, balanced_kmeans, centroid_free_kmeans])
+def test_file_name_points_to_load_codebook(fn):
+    with pytest.raises(TypeError, match=r"file name .*dcpe\.io\.load_codebook"):
+        fn("vq_ds16_c2i.pt", 4)

@@ -75,7 +75,6 @@ def test_cluster_sample_readme_command(tmp_path, capsys):
     (["missing.pt", "-k", "3"], "not found"),
     (["{ckpt}", "-k", "301"], "at most the number of tokens"),
     (["{ckpt}", "-k", "3", "--key", "nope"], "no key 'nope'"),
-    (["{ckpt}", "-k", "3", "--linkage", "nope"], "nope"),
     (["{bad}", "-k", "3"], "cannot read"),
 ])
 def test_cluster_user_errors(tmp_path, ckpt, capsys, args, fragment):
@@ -92,12 +91,18 @@ def test_cluster_user_errors(tmp_path, ckpt, capsys, args, fragment):
 
 def test_cluster_usage_errors(tmp_path, ckpt, capsys):
     out = str(tmp_path / "p.npz")
-    assert main(["cluster", str(ckpt), "-k", "0", "-o", out]) == 2
-    assert main(["cluster", str(ckpt), "-o", out]) == 2
-    assert main(["cluster", str(ckpt), "--sample", "-k", "3", "-o", out]) == 2
-    assert main(["frobnicate"]) == 2
-    assert main([]) == 2
-    capsys.readouterr()
+    for argv, fragment in [
+        (["cluster", str(ckpt), "-k", "0", "-o", out], "positive integer"),
+        (["cluster", str(ckpt), "-o", out], "required"),
+        (["cluster", str(ckpt), "--sample", "-k", "3", "-o", out], "not both"),
+        (["cluster", str(ckpt), "-k", "3", "--linkage", "nope", "-o", out], "'ward'"),
+        (["frobnicate"], "invalid choice"),
+        ([], "no command given"),
+    ]:
+        assert main(argv) == 2, argv
+        line = _one_error_line(capsys.readouterr().err)  # no usage block, one line
+        assert fragment in line, (argv, line)
+        assert "--help" in line or "not both" in line, line
     assert main(["cluster", str(ckpt), "-k", "3", "-o", str(tmp_path / "p.json")]) == 1
     assert ".npz or .pt" in _one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "p.npz").exists()
@@ -191,10 +196,20 @@ def test_report(tmp_path, ckpt, prior_file, capsys):
 
 def test_report_wrong_codebook(tmp_path, ckpt, prior_file, capsys):
     out = tmp_path / "rep"
-    # without --normalize the codebook bytes differ from the ones the prior was made for
-    rc = main(["report", "--prior", str(prior_file), "--codebook", str(ckpt), "-o", str(out)])
+    # the prior was made with --normalize: without it the codebook bytes differ, and the
+    # error says which flag makes them match
+    rc = main(["report", "--prior", str(prior_file), "--codebook", str(ckpt),
+               "--no-normalize", "-o", str(out)])
     assert rc == 1
-    assert "another codebook" in _one_error_line(capsys.readouterr().err)
+    line = _one_error_line(capsys.readouterr().err)
+    assert "another codebook" in line and "run the command again with --normalize" in line
+    assert not out.exists()
+    other = tmp_path / "other.npy"
+    np.save(other, np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32))
+    rc = main(["report", "--prior", str(prior_file), "--codebook", str(other), "-o", str(out)])
+    assert rc == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "another codebook" in line and "run the command again" not in line
     assert not out.exists()
 
 
@@ -217,7 +232,7 @@ def test_report_without_codebook_finds_the_sample(tmp_path, normalize, monkeypat
     if normalize:
         x = x / np.linalg.norm(x, axis=1, keepdims=True)
     prior = CodebookPrior.from_labels(np.arange(len(x)) // 2, codebook=x)
-    args = argparse.Namespace(prior="p.npz", sample=False, normalize=False)
+    args = argparse.Namespace(prior="p.npz", sample=False, normalize=None)
     cli._default_to_sample(prior, args)
     assert args.sample and args.normalize == normalize
     assert "sample codebook" in capsys.readouterr().err
@@ -230,12 +245,17 @@ def test_report_without_codebook_finds_the_sample(tmp_path, normalize, monkeypat
 
 def test_subprocess_console_entry(tmp_path, ckpt):
     env = dict(os.environ)
-    run = [sys.executable, "-m", "dcpe.cli"]
-    res = subprocess.run([*run, "cluster", str(tmp_path / "missing.pt"), "-k", "3",
-                          "-o", str(tmp_path / "p.npz")],
+    missing = ["cluster", str(tmp_path / "missing.pt"), "-k", "3", "-o", str(tmp_path / "p.npz")]
+    res = subprocess.run([sys.executable, "-m", "dcpe.cli", *missing],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 1
     _one_error_line(res.stderr)
+    # python -m dcpe is the same command; --debug after the command shows the traceback
+    run = [sys.executable, "-m", "dcpe"]
+    res = subprocess.run([*run, *missing, "--debug"],
+                         capture_output=True, text=True, env=env, timeout=120)
+    assert res.returncode == 1
+    assert "Traceback" in res.stderr and "FileNotFoundError" in res.stderr
     out = tmp_path / "p.npz"
     res = subprocess.run([*run, "cluster", str(ckpt), "-k", "10", "-o", str(out)],
                          capture_output=True, text=True, env=env, timeout=120)
@@ -258,3 +278,143 @@ def test_cluster_size_cap(tmp_path, ckpt, capsys):
     assert len(warning_lines) >= 1 and warning_lines[0].startswith("dcpe: warning: ")
     found = CodebookPrior.load(out).num_clusters
     assert found != 3 and f"clusters found: {found}" in captured.out
+
+
+# --------------------------------------------------------------------------- every failure
+
+
+def test_debug_anywhere_raises(tmp_path, ckpt, capsys):
+    missing = ["cluster", str(tmp_path / "missing.pt"), "-k", "3", "-o", str(tmp_path / "p.npz")]
+    assert main(missing) == 1
+    _one_error_line(capsys.readouterr().err)
+    for argv in (["--debug", *missing], [*missing, "--debug"], [*missing[:2], "--debug",
+                                                                 *missing[2:]]):
+        with pytest.raises(FileNotFoundError):
+            main(argv)
+    # the option still appears in the help
+    assert main(["--help"]) == 0
+    assert "--debug" in capsys.readouterr().out
+
+
+def test_python_dash_m_dcpe_module():
+    import runpy
+
+    # python/dcpe/__main__.py runs the command line and exits with its code
+    with pytest.raises(SystemExit) as info:
+        saved = sys.argv
+        sys.argv = ["dcpe", "--version"]
+        try:
+            runpy.run_module("dcpe", run_name="__main__")
+        finally:
+            sys.argv = saved
+    assert info.value.code == 0
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_backend_without_gpu_is_one_line(tmp_path, ckpt, capsys, backend, monkeypatch):
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    out = tmp_path / "p.npz"
+    rc = main(["cluster", str(ckpt), "-k", "3", "--backend", backend, "-o", str(out)])
+    assert rc == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"--backend {backend} cannot run here" in line
+    assert "choose one of: " in line and "cpu" in line and "auto" in line
+    assert not out.exists()
+
+
+def test_metric_backend_linkage_help_lists_choices(capsys):
+    from dcpe.backends import BACKENDS, LINKAGES, METRICS
+
+    assert main(["cluster", "--help"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert ", ".join(METRICS) in text
+    assert ", ".join(BACKENDS) in text
+    assert ", ".join(LINKAGES) in text
+    # the size cap is said plainly: larger than the cap stops merging, up to twice the cap
+    assert "LARGER than CAP" in text and "2 x CAP" in text and "Not a hard bound" in text
+
+
+@pytest.mark.parametrize("option,value", [("--metric", "manhattan"), ("--backend", "gpu")])
+def test_bad_choice_is_one_line(tmp_path, ckpt, capsys, option, value):
+    rc = main(["cluster", str(ckpt), "-k", "3", option, value, "-o", str(tmp_path / "p.npz")])
+    assert rc == 2
+    line = _one_error_line(capsys.readouterr().err)
+    assert value in line and "choose from" in line and "dcpe cluster --help" in line
+
+
+def test_unexpected_exception_is_one_line(tmp_path, capsys, monkeypatch):
+    from dcpe import cli
+
+    def broken(args):
+        raise KeyError("boom")
+
+    monkeypatch.setitem(cli._COMMANDS, "cluster", broken)
+    argv = ["cluster", "--sample", "-k", "3", "-o", str(tmp_path / "p.npz")]
+    assert main(argv) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "unexpected KeyError" in line and "--debug" in line
+    with pytest.raises(KeyError):
+        main([*argv, "--debug"])
+
+
+def test_runtime_error_from_a_command_is_one_line(tmp_path, capsys, monkeypatch):
+    from dcpe import cli
+
+    def fails(args):
+        raise RuntimeError("CUDA error: out of memory\n  more detail")
+
+    monkeypatch.setitem(cli._COMMANDS, "cluster", fails)
+    assert main(["cluster", "--sample", "-k", "3", "-o", str(tmp_path / "p.npz")]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert line == "dcpe: error: CUDA error: out of memory more detail"
+
+
+def test_interrupt_exit_code(tmp_path, capsys, monkeypatch):
+    from dcpe import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(cli._COMMANDS, "cluster", interrupted)
+    assert main(["cluster", "--sample", "-k", "3", "-o", str(tmp_path / "p.npz")]) == 130
+    assert capsys.readouterr().err.strip() == "dcpe: interrupted"
+
+
+# --------------------------------------------------------------------------- output folders
+
+
+def test_prepare_output_dir_rule(tmp_path):
+    from dcpe.cli import _prepare_output_dir
+
+    files = ["a.json", "sub/b.npy"]
+    missing = tmp_path / "new" / "deeper"
+    assert _prepare_output_dir(missing, what="report folder", files=files) == missing
+    assert not missing.exists()  # created when the command writes, not before
+
+    out = tmp_path / "out"
+    (out / "sub").mkdir(parents=True)
+    assert _prepare_output_dir(out, what="report folder", files=files) == out  # empty
+    (out / "a.json").write_text("{}")
+    (out / "sub" / "b.npy").write_bytes(b"x")
+    assert _prepare_output_dir(out, what="report folder", files=files) == out  # earlier run
+
+    (out / "sub" / "other.npy").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"report folder .*out already holds "
+                                         r"sub/other.npy, which this command does not write; "
+                                         r"choose a new or empty folder"):
+        _prepare_output_dir(out, what="report folder", files=files)
+    (out / "sub" / "other.npy").unlink()
+    (out / "stray").mkdir()
+    (out / "stray" / "x.txt").write_text("")
+    with pytest.raises(ValueError, match=r"holds stray, which"):  # not entered
+        _prepare_output_dir(out, what="report folder", files=files)
+    (out / "notes.txt").write_text("")
+    with pytest.raises(ValueError, match=r"holds notes.txt and 1 more, which"):
+        _prepare_output_dir(out, what="report folder", files=files)
+
+    a_file = tmp_path / "file.txt"
+    a_file.write_text("")
+    with pytest.raises(ValueError, match="exists and is not a folder"):
+        _prepare_output_dir(a_file, what="output folder", files=files)
+

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -128,8 +130,21 @@ def test_memory_preflight_huge_problem():
 def test_unavailable_backend_says_why():
     if torch.cuda.is_available():
         pytest.skip("CUDA present")
-    with pytest.raises(BackendUnavailableError, match="not available: .*Available backends"):
+    with pytest.raises(BackendUnavailableError, match="not available: .*Available backends") \
+            as info:
         dcpe.cluster(X, 2, backend="cuda")
+    assert dcpe.BackendUnavailableError is BackendUnavailableError  # exported
+    err = info.value
+    assert err.backend == "cuda" and "CUDA" in err.reason
+    assert "cpu" in err.available and "cuda" not in err.available
+
+
+@pytest.mark.parametrize("path", ["codebook.pt", Path("vq_ds16_c2i.pt")])
+def test_file_name_points_to_load_codebook(path):
+    for call in (lambda: dcpe.cluster(path, 2), lambda: dcpe.linkage(path),
+                 lambda: dcpe.DCPE(n_clusters=2).fit(path)):
+        with pytest.raises(TypeError, match=r"file name .*dcpe\.io\.load_codebook\("):
+            call()
 
 
 def test_cut_rejects_bad_z():
@@ -146,6 +161,22 @@ def test_cut_rejects_bad_z():
     bad[1, 2] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         dcpe.cut(bad, 2)
+    # 4 points: row 1 merges 0 and 1 again, which row 0 already joined
+    bad = np.array([[0, 1, 1.0, 2], [0, 1, 2.0, 2], [2, 3, 3.0, 2]])
+    with pytest.raises(ValueError, match="merges a cluster with itself"):
+        dcpe.cut(bad, 1)
+    with pytest.raises(TypeError, match="Z cannot be read as a float64 array"):
+        dcpe.cut([["a", "b", "c", "d"]], 1)
+    with pytest.raises(TypeError, match="n_clusters must be an integer"):
+        dcpe.cut(Z, 2.0)
+
+
+def test_cut_documents_its_errors():
+    doc = dcpe.cut.__doc__
+    raises = " ".join(doc[doc.index("Raises\n    ------"):].split())
+    for documented in ("TypeError", "ValueError", "(N - 1, 4)", "NaN", "[1, N]",
+                       "not a valid linkage matrix"):
+        assert documented in raises
 
 
 def test_cosine_zero_vector():

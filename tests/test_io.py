@@ -44,13 +44,16 @@ def test_wrappers(tmp_path, weight, wrapper):
     np.testing.assert_array_equal(load_codebook(path), weight.numpy())
 
 
-def test_ema_preferred_over_model(tmp_path, weight):
+def test_model_preferred_over_ema(tmp_path, weight):
+    # LlamaGen's extract_codes_c2i.py encodes with checkpoint["model"]: that is the default
     path = tmp_path / "ckpt.pt"
-    torch.save({"model": _vq_state(weight * 0), "ema": _vq_state(weight)}, path)
+    torch.save({"model": _vq_state(weight), "ema": _vq_state(weight * 0)}, path)
     np.testing.assert_array_equal(load_codebook(path), weight.numpy())
     # an explicit key reaches either one
     np.testing.assert_array_equal(
-        load_codebook(path, key="model.quantize.embedding.weight"), np.zeros((64, 8)))
+        load_codebook(path, key="ema.quantize.embedding.weight"), np.zeros((64, 8)))
+    np.testing.assert_array_equal(
+        load_codebook(path, key="quantize.embedding.weight"), weight.numpy())
 
 
 def test_bare_state_dict_and_tensor(tmp_path, weight):

@@ -297,3 +297,221 @@ def test_numpy_labels_are_copied_and_torch_is_not_needed():
     np.testing.assert_array_equal(prior.to_clusters(np.arange(5)), [0, 1, 1, 2, 0])
     np.testing.assert_array_equal(prior.cluster_sizes.numpy(), [2, 2, 1])
     np.testing.assert_array_equal(prior.members(0).numpy(), [0, 4])
+
+
+# --------------------------------------------------------------------------- construction
+
+
+def test_from_labels_accepts_a_baseline_result(codebook):
+    from dcpe.baselines import kmeans
+
+    res = kmeans(codebook, 20, seed=0, n_iter=5)
+    p = CodebookPrior.from_labels(res, codebook=codebook)
+    np.testing.assert_array_equal(p.token_to_cluster.numpy(), res.labels)
+    assert p.method is None and p.linkage is None  # the result does not say its method
+    assert p.codebook_sha256 == codebook_sha256(codebook)
+    named = CodebookPrior.from_labels(res, method="kmeans")
+    assert named.method == "kmeans" and named.linkage is None
+    res_t = kmeans(torch.from_numpy(codebook), 20, seed=0, n_iter=5)
+    assert torch.equal(CodebookPrior.from_labels(res_t).token_to_cluster, res_t.labels)
+    assert CodebookPrior.from_labels(res.labels).method == "dcpe"  # plain labels: as before
+    with pytest.raises(ValueError, match="rows"):
+        CodebookPrior.from_labels(res, codebook=codebook[:10])
+    with pytest.raises(TypeError, match="method"):
+        CodebookPrior.from_labels(res, method=3)
+
+
+@pytest.mark.parametrize("labels, error, match", [
+    (np.array([0.0, 1.0]), TypeError, "integers"),
+    (np.array([True, False]), TypeError, "integers"),
+    ([[0, 1], [2]], TypeError, "integers"),
+    (torch.tensor([0.5]), TypeError, "integers"),
+    (np.array(3), ValueError, "1-D"),
+    (np.zeros((2, 2), dtype=np.int64), ValueError, "1-D"),
+    (np.zeros(0, dtype=np.int64), ValueError, "empty"),
+    (np.array([0, -1]), ValueError, ">= 0"),
+    (np.array([0, 3, 3]), ValueError, "2 id"),
+])
+def test_constructor_errors(labels, error, match):
+    with pytest.raises(error, match=match):
+        CodebookPrior(labels)
+
+
+def test_constructor_size_cap_errors():
+    with pytest.raises(ValueError, match="max_cluster_size"):
+        CodebookPrior(np.array([0, 1]), max_cluster_size=0)
+    with pytest.raises(TypeError, match="max_cluster_size"):
+        CodebookPrior(np.array([0, 1]), max_cluster_size="3")
+
+
+def test_constructor_documents_its_errors():
+    doc = CodebookPrior.__doc__
+    assert "Raises" in doc and "TypeError" in doc and "ValueError" in doc
+
+
+def test_tensor_labels_are_copied():
+    labels = torch.tensor([0, 1, 1, 0])
+    p = CodebookPrior(labels)
+    labels[:] = 0
+    assert p.token_to_cluster.tolist() == [0, 1, 1, 0]
+
+
+# --------------------------------------------------------------------------- scalars
+
+
+def test_to_clusters_of_a_scalar_is_a_scalar():
+    p = CodebookPrior.from_labels(np.array([1, 0, 1, 2]))
+    out = p.to_clusters(3)
+    assert type(out) is int and out == 2
+    for value in (np.int32(3), np.int64(3), np.array(3), np.array(3, dtype=np.uint8)):
+        out = p.to_clusters(value)
+        assert type(out) is np.int64 and out == 2
+    out = p.to_clusters(torch.tensor(3))
+    assert isinstance(out, torch.Tensor) and out.shape == () and int(out) == 2
+    assert p.to_clusters([3]).shape == (1,)  # a list is an array, not a scalar
+    with pytest.raises(ValueError, match="4"):
+        p.to_clusters(4)
+    with pytest.raises(TypeError, match="integers"):
+        p.to_clusters(True)
+    with pytest.raises(TypeError, match="integers"):
+        p.to_clusters(1.0)
+
+
+# --------------------------------------------------------------------------- layout
+
+
+def _unequal_labels(n: int = 120, k: int = 17, seed: int = 0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    labels = np.concatenate([np.arange(k), rng.integers(0, k, n - k)])
+    rng.shuffle(labels)
+    return labels
+
+
+def test_permutation_and_offsets():
+    labels = _unequal_labels()
+    p = CodebookPrior.from_labels(labels)
+    perm = p.permutation
+    assert perm.dtype == torch.int64 and perm.shape == (120,)
+    assert torch.equal(torch.sort(perm).values, torch.arange(120))
+    assert torch.equal(perm[p.indices], torch.arange(120))
+    offsets = p.offsets
+    assert offsets.shape == (p.num_clusters + 1,) and int(offsets[-1]) == 120
+    sizes = np.bincount(labels)
+    np.testing.assert_array_equal(offsets.numpy(), np.concatenate([[0], np.cumsum(sizes)]))
+    for old in range(120):  # cluster c at offsets[c] .. offsets[c+1]-1, in cluster order
+        c = labels[old]
+        assert offsets[c] <= perm[old] < offsets[c + 1]
+    for c in range(p.num_clusters):  # ascending token ids inside a cluster
+        new = perm[p.members(c)]
+        assert torch.equal(new, torch.arange(int(offsets[c]), int(offsets[c + 1])))
+    assert not p.is_contiguous
+
+
+def test_permuted_prior():
+    labels = _unequal_labels()
+    p = CodebookPrior.from_labels(labels, method="dcpe", max_cluster_size=30, note="x")
+    q = p.permuted()
+    assert q.is_contiguous and q.num_clusters == p.num_clusters
+    assert torch.equal(q.cluster_sizes, p.cluster_sizes)
+    assert torch.equal(q.permutation, torch.arange(120))
+    tokens = torch.randint(0, 120, (5, 7))
+    assert torch.equal(q.to_clusters(p.permutation[tokens]), p.to_clusters(tokens))
+    assert q.method == "dcpe" and q.max_cluster_size == 30
+    assert q.meta == {"note": "x", "permuted": True} and p.meta == {"note": "x"}
+    assert q.codebook_sha256 is None
+    x = np.random.default_rng(0).standard_normal((120, 4)).astype(np.float32)
+    reordered = x[p.indices.numpy()]
+    q2 = p.permuted(codebook=reordered)
+    assert q2.codebook_sha256 == codebook_sha256(reordered)
+    with pytest.raises(ValueError, match="rows"):
+        p.permuted(codebook=x[:5])
+
+
+def _layouts():
+    unequal = _unequal_labels()
+    equal = np.random.default_rng(1).permutation(np.repeat(np.arange(12), 10))
+    return {
+        "unequal": CodebookPrior.from_labels(unequal),
+        "unequal-contiguous": CodebookPrior.from_labels(np.sort(unequal)),
+        "equal": CodebookPrior.from_labels(equal),
+        "equal-contiguous": CodebookPrior.from_labels(np.sort(equal)),
+        "torch-unequal-contiguous": CodebookPrior.from_labels(torch.from_numpy(np.sort(unequal))),
+    }
+
+
+@pytest.mark.parametrize("layout", list(_layouts()))
+@pytest.mark.parametrize("reduce", ["mean", "sum", "logsumexp"])
+@pytest.mark.parametrize("shape", [(120,), (3, 120), (2, 5, 120), (0, 120)])
+def test_segment_path_equals_scatter_path(layout, reduce, shape):
+    p = _layouts()[layout]
+    assert p.is_contiguous == layout.endswith("contiguous")
+    torch.manual_seed(0)
+    logits = (torch.randn(shape, dtype=torch.float64) * 5).requires_grad_()
+    if logits.numel():
+        with torch.no_grad():  # a cluster with every logit at -inf, one with +inf
+            logits[..., p.members(0)] = -float("inf")
+            logits[..., int(p.members(1)[0])] = float("inf") if reduce == "logsumexp" else 7.0
+    seg = p.cluster_logits(logits, reduce, algorithm="segment")
+    scat = p.cluster_logits(logits, reduce, algorithm="scatter")
+    auto = p.cluster_logits(logits, reduce)
+    assert seg.shape == shape[:-1] + (p.num_clusters,) and seg.dtype == torch.float64
+    torch.testing.assert_close(seg, scat, equal_nan=True)
+    torch.testing.assert_close(auto, scat, equal_nan=True)
+    if logits.numel() and reduce != "logsumexp":
+        ref = _reference_cluster_logits(p, logits, reduce)
+        torch.testing.assert_close(seg, ref)
+    finite = torch.isfinite(scat)
+    (g_seg,) = torch.autograd.grad(seg[finite].square().sum(), logits, allow_unused=True)
+    (g_scat,) = torch.autograd.grad(scat[finite].square().sum(), logits, allow_unused=True)
+    if g_scat is not None:
+        torch.testing.assert_close(g_seg, g_scat, equal_nan=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_segment_path_low_precision(dtype):
+    p = CodebookPrior.from_labels(np.sort(_unequal_labels()))
+    logits = torch.randn(4, 120).to(dtype)
+    for reduce in ("mean", "sum", "logsumexp"):
+        seg = p.cluster_logits(logits, reduce, algorithm="segment")
+        assert seg.dtype == dtype
+        ref = p.cluster_logits(logits.double(), reduce, algorithm="scatter")
+        torch.testing.assert_close(seg.double(), ref, atol=0.1, rtol=0.02)
+
+
+def test_cluster_loss_same_on_both_paths_and_after_permutation():
+    labels = _unequal_labels()
+    p = CodebookPrior.from_labels(labels)
+    q = p.permuted()
+    torch.manual_seed(1)
+    logits = torch.randn(3, 6, 120, dtype=torch.float64, requires_grad=True)
+    target = torch.randint(0, 120, (3, 6))
+    target[0, 0] = -100
+    a = p.cluster_loss(logits, target, algorithm="scatter")
+    b = p.cluster_loss(logits, target, algorithm="segment")
+    # the same model with its outputs and targets in the new token order
+    order = p.indices  # new id j holds old id order[j]
+    new_target = torch.where(target >= 0, p.permutation[target.clamp(min=0)], target)
+    c = q.cluster_loss(logits[..., order], new_target)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)
+    (ga,) = torch.autograd.grad(a, logits)
+    (gc,) = torch.autograd.grad(c, logits)
+    torch.testing.assert_close(ga, gc)
+
+
+def test_cluster_logits_algorithm_checked(prior):
+    with pytest.raises(ValueError, match="algorithm"):
+        prior.cluster_logits(torch.zeros(2, 400), algorithm="fast")
+    with pytest.raises(ValueError, match="algorithm"):
+        prior.cluster_loss(torch.zeros(2, 400), torch.zeros(2, dtype=torch.int64),
+                           algorithm="fast")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+def test_segment_path_cuda():
+    p = CodebookPrior.from_labels(np.sort(_unequal_labels())).to("cuda")
+    logits = torch.randn(4, 120, device="cuda", dtype=torch.float64)
+    for reduce in ("mean", "sum", "logsumexp"):
+        torch.testing.assert_close(p.cluster_logits(logits, reduce, algorithm="segment"),
+                                   p.cluster_logits(logits, reduce, algorithm="scatter"))

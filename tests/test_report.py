@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
+import sys
+import threading
 
 import numpy as np
 import pytest
+import torch
 from scipy.spatial.distance import cdist, pdist
 
 import dcpe
@@ -109,3 +113,114 @@ def test_compare_refuses_other_codebook(small):
         report.compare(x, prior, methods=("spectral",))
     with pytest.raises(TypeError, match="CodebookPrior"):
         report.compare(x, "prior.npz")
+
+
+def test_report_says_what_the_statistics_measure(tmp_path, small):
+    x, prior = small
+    paths = report.write_report(tmp_path / "rep", x, prior, n_iter=5)
+    md = paths["markdown"].read_text()
+    assert report.PROXY_NOTE in md
+    for phrase in ("geometry", "not generation quality", "k-means", "FID, IS"):
+        assert phrase in report.PROXY_NOTE
+    assert json.loads(paths["json"].read_text())["note"] == report.PROXY_NOTE
+
+
+def test_missing_matplotlib_is_reported_before_any_work(tmp_path, small, monkeypatch):
+    x, prior = small
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib fails
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("computed before checking matplotlib")
+
+    monkeypatch.setattr(report, "compare", no_work)
+    with pytest.raises(ImportError, match=r"pip install matplotlib.*dcpe\[report\]"):
+        report.write_report(tmp_path / "rep", x, prior)
+    assert not (tmp_path / "rep").exists()
+
+
+def test_cli_missing_matplotlib_one_line(tmp_path, monkeypatch, capsys):
+    from dcpe.cli import main
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)
+    # the prior does not even exist: matplotlib is checked first
+    rc = main(["report", "--prior", str(tmp_path / "p.npz"), "--sample",
+               "-o", str(tmp_path / "rep")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1
+    assert err.startswith("dcpe: error: ") and "pip install matplotlib" in err
+    assert not (tmp_path / "rep").exists()
+
+
+def test_progress_names_each_baseline(small, capsys):
+    x, prior = small
+    report.compare(x, prior, n_iter=3, show_progress=True)
+    err = capsys.readouterr().err
+    assert "report: kmeans (k=30" in err and "report: balanced_kmeans (k=30" in err
+    report.compare(x, prior, n_iter=3, show_progress=False)
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_bar_keeps_ticking_during_a_step():
+    refreshed = threading.Event()
+
+    class Bar:
+        disable = False
+
+        def refresh(self):
+            refreshed.set()
+
+    with report._ticking(Bar(), interval=0.01):
+        assert refreshed.wait(timeout=30)  # redrawn while the step is still running
+
+
+# --------------------------------------------------------------------------- chained commands
+
+
+def _checkpoint(tmp_path, model, ema=None):
+    path = tmp_path / "vq.pt"
+    ckpt = {"model": {"quantize.embedding.weight": torch.from_numpy(model),
+                      "decoder.conv.weight": torch.zeros(3, 3, 3, 3)},
+            "args": argparse.Namespace(vq_model="VQ-16", codebook_size=len(model))}
+    if ema is not None:
+        ckpt["ema"] = {"quantize.embedding.weight": torch.from_numpy(ema)}
+    torch.save(ckpt, path)
+    return path
+
+
+def test_report_applies_the_priors_preprocessing(tmp_path, capsys):
+    from dcpe.cli import main
+
+    model = dcpe.datasets.sample_codebook()[:200] * 3.0
+    ckpt = _checkpoint(tmp_path, model, ema=model[::-1].copy())
+    prior = tmp_path / "p.npz"
+    assert main(["cluster", str(ckpt), "-k", "20", "--normalize",
+                 "--key", "ema.quantize.embedding.weight", "-o", str(prior)]) == 0
+    meta = CodebookPrior.load(prior).meta
+    assert meta["normalize"] is True and meta["codebook_key"] == "ema.quantize.embedding.weight"
+    assert meta["codebook_file"] == "vq.pt" and meta["codebook_sample"] is False
+    capsys.readouterr()
+    # neither --normalize nor --key: report reads the codebook as the prior records
+    out = tmp_path / "rep"
+    assert main(["report", "--prior", str(prior), "--codebook", str(ckpt), "-o", str(out),
+                 "--kmeans-iter", "3", "-q"]) == 0
+    text = capsys.readouterr().out
+    assert "ema.quantize.embedding.weight [200, 8]" in text and "as the prior records" in text
+    assert sorted(os.listdir(out)) == ["cluster_sizes.png", "coherence.json", "coherence.md"]
+
+
+def test_report_names_the_missing_flag(tmp_path, capsys):
+    from dcpe.cli import main
+
+    model = dcpe.datasets.sample_codebook()[:200] * 3.0
+    ckpt = _checkpoint(tmp_path, model, ema=model[::-1].copy())
+    # a prior made in Python records no preprocessing, only the codebook's fingerprint
+    x = dcpe.io.load_codebook(ckpt, key="ema.quantize.embedding.weight", normalize=True)
+    prior = tmp_path / "p.npz"
+    CodebookPrior.from_codebook(x, 20).save(prior)
+    out = tmp_path / "rep"
+    rc = main(["report", "--prior", str(prior), "--codebook", str(ckpt), "-o", str(out)])
+    err = capsys.readouterr().err.strip()
+    assert rc == 1 and len(err.splitlines()) == 1 and "another codebook" in err
+    assert err.endswith("run the command again with --key ema.quantize.embedding.weight "
+                        "--normalize")
+    assert not out.exists()

@@ -7,19 +7,17 @@
 >>> dcpe.cut(Z, 10)                              # doctest: +SKIP
 """
 
-from __future__ import annotations
-
-from importlib import import_module
-from typing import Any
-
+# No ``from __future__ import annotations`` and no module-level helper imports here: the
+# package namespace holds the public API only (``dir(dcpe)``).
 from . import datasets
 from ._api import cluster, cut, linkage
-from ._errors import InsufficientMemoryError
+from ._errors import BackendUnavailableError, InsufficientMemoryError
 from ._version import __version__
 from .backends import available_backends
 
 __all__ = [
     "DCPE",
+    "BackendUnavailableError",
     "CodebookPrior",
     "InsufficientMemoryError",
     "__version__",
@@ -32,19 +30,21 @@ __all__ = [
     "linkage",
 ]
 
-_LAZY_MODULES = {"baselines", "io", "prior", "report", "cli"}
+#: Submodules imported on first use (scikit-learn, torch, matplotlib load only then).
+_LAZY_MODULES = ("baselines", "io", "prior", "report", "cli", "export", "sweep")
+_LAZY_CLASSES = {"DCPE": "estimator", "CodebookPrior": "prior"}
 
 
-def __getattr__(name: str) -> Any:
-    # Heavy or optional parts (scikit-learn, torch, matplotlib) load on first use only.
-    if name == "DCPE":
-        return import_module(".estimator", __name__).DCPE
-    if name == "CodebookPrior":
-        return import_module(".prior", __name__).CodebookPrior
+def __getattr__(name: str) -> object:
+    from importlib import import_module
+
+    if name in _LAZY_CLASSES:
+        return getattr(import_module(f".{_LAZY_CLASSES[name]}", __name__), name)
     if name in _LAZY_MODULES:
         return import_module(f".{name}", __name__)
     raise AttributeError(f"module 'dcpe' has no attribute {name!r}")
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+    dunder = {n for n in globals() if n.startswith("__") and n.endswith("__")}
+    return sorted(dunder | set(__all__) | set(_LAZY_MODULES) | {"backends"})

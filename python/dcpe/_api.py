@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Any
 
@@ -29,9 +30,10 @@ def _resolve_backend(name: str, data: Data, method: str) -> str:
     if name != "auto":
         ok, why = _backends.get(name).available()
         if not ok:
+            here = _backends.available_backends()
             raise BackendUnavailableError(
-                f"backend={name!r} is not available: {why}. "
-                f"Available backends here: {_backends.available_backends()}"
+                f"backend={name!r} is not available: {why}. Available backends here: {here}",
+                backend=name, reason=why, available=here,
             )
         return name
     if data.device.startswith("cuda") and method in _backends.GPU_LINKAGES:
@@ -43,9 +45,12 @@ def _resolve_backend(name: str, data: Data, method: str) -> str:
     # copied to the host, results moved back), never the O(N^3) Algorithm 1.
     ok, why = _backends.get("cpu").available()
     if not ok:
+        here = _backends.available_backends()
         raise BackendUnavailableError(
             f"backend='auto' needs the compiled 'cpu' backend for host data, which is not "
-            f"available: {why}. Available backends here: {_backends.available_backends()}"
+            f"available: {why}. Available backends here: {here}",
+            backend="auto", reason=f"the compiled 'cpu' backend is not available: {why}",
+            available=here,
         )
     return "cpu"
 
@@ -115,6 +120,7 @@ def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: s
     ``progress``: as in :func:`cluster`, or a callable taking ``(merges_done,
     merges_total)`` that the ``cpu`` backend calls from time to time.
     """
+    _check_not_a_path(x)
     method, metric = check_linkage_metric(linkage, metric)
     backend = check_backend(backend)
     cap = check_max_cluster_size(max_cluster_size)
@@ -143,6 +149,16 @@ def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: s
         if bar is not None:
             bar.close()
     return data, np.ascontiguousarray(z, dtype=np.float64), None, name
+
+
+def _check_not_a_path(x: Any) -> None:
+    """A file name given as ``x`` gets an error that says how to read the file."""
+    if isinstance(x, (str, os.PathLike)):
+        raise TypeError(
+            f"x is a file name ({os.fspath(x)!r}), not an array; read the codebook first with "
+            f"x = dcpe.io.load_codebook({os.fspath(x)!r}) (checkpoints, .npy, .npz, "
+            f".safetensors), then pass x"
+        )
 
 
 def _check_no_zero_rows(data: Data) -> None:
@@ -239,14 +255,17 @@ def cluster(
         Token distance. ``"cosine"`` is ``1 - cos``; ``"centroid"`` and ``"ward"`` need
         ``"euclidean"``.
     max_cluster_size : int, optional
-        Size cap (IAR uses ``N // k``): a cluster whose size exceeds it takes no further part
-        in merging. If fewer than two mergeable clusters remain before ``n_clusters`` is
-        reached, a ``UserWarning`` is issued and more than ``n_clusters`` clusters are
-        returned.
+        Size cap, the rule of the paper's IAR setting (which uses ``N // k``): a cluster
+        whose size exceeds it takes no further part in merging. Two clusters of up to
+        ``max_cluster_size`` tokens each may still merge, so a cluster can reach
+        ``2 * max_cluster_size`` tokens: the cap is not a hard bound on sizes (on the
+        sample codebook, ``n_clusters=512, max_cluster_size=32`` gives sizes 2 to 59). If
+        fewer than two mergeable clusters remain before ``n_clusters`` is reached, a
+        ``UserWarning`` is issued and more than ``n_clusters`` clusters are returned.
     backend : {"auto", "cpu", "cuda", "triton", "torch", "reference"}
         ``"auto"`` uses ``"cpu"`` for host data and ``"cuda"`` (else ``"triton"``, else
         ``"cpu"`` with a copy to the host) for CUDA tensors. A backend that was asked for
-        explicitly and cannot run raises :class:`dcpe._errors.BackendUnavailableError`
+        explicitly and cannot run raises :class:`dcpe.BackendUnavailableError`
         saying why; there is no fallback.
     dtype : {None, "float32", "float64"}
         Compute precision. Default: float64 for float64 input, float32 otherwise.
@@ -296,7 +315,10 @@ def cluster(
     ValueError, TypeError
         Bad input, before any work: not 2-D, empty, NaN/Inf rows, ``n_clusters`` outside
         ``[1, N]``, ``max_cluster_size < 1``, unknown linkage/metric/backend/engine,
-        non-numeric dtype, a ``memory_limit`` that is not a positive size.
+        non-numeric dtype, a ``memory_limit`` that is not a positive size. A file name
+        given as ``x`` is a ``TypeError`` that points to :func:`dcpe.io.load_codebook`.
+    dcpe.BackendUnavailableError
+        ``backend`` names a backend that cannot run here (a ``RuntimeError``).
     dcpe.InsufficientMemoryError
         The problem cannot fit in available memory (a ``MemoryError`` and a ``ValueError``).
 
@@ -380,7 +402,27 @@ def cut(Z: Any, n_clusters: int) -> Any:
     Returns
     -------
     labels : numpy.ndarray or torch.Tensor, int64, shape (N,)
-        Canonical labels (clusters numbered in order of their smallest token index).
+        Canonical labels (clusters numbered in order of their smallest token index). A
+        tensor ``Z`` gives a tensor on its device.
+
+    Raises
+    ------
+    TypeError
+        ``Z`` cannot be read as a float64 array, or ``n_clusters`` is not an integer
+        (``bool`` and ``float`` included).
+    ValueError
+        ``Z`` does not have shape ``(N - 1, 4)``; ``Z`` holds NaN or Inf; ``n_clusters`` is
+        outside ``[1, N]``; or one of the ``N - n_clusters`` rows applied refers to a
+        cluster that does not exist yet or merges a cluster with itself (not a valid
+        linkage matrix). Heights are not checked.
+
+    Examples
+    --------
+    >>> import dcpe
+    >>> Z = dcpe.linkage(dcpe.datasets.sample_codebook()[:500])
+    >>> labels = dcpe.cut(Z, 10)
+    >>> int(labels.max()) + 1
+    10
     """
     if is_tensor(Z):
         device = str(Z.device)

@@ -25,22 +25,46 @@ All of them
   token index, like :func:`dcpe.cluster` (``centers`` is reordered to match);
 - chunk the ``N x k`` distance computations so that memory stays bounded
   (16,384 x 8 into 8,192 clusters needs well under 100 MB of scratch space).
+- use no more threads than the CPUs that other processes leave free, measured as they
+  run (Linux): short parallel loops, such as the two per center of k-means++ seeding,
+  would otherwise wait at every barrier for a thread that a competing process has
+  descheduled. PyTorch's thread count is lowered for the call when needed and then
+  restored. The result does not depend on the number of threads.
 """
 
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, NamedTuple
+import os
+from collections.abc import Callable
+from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
 
+from ._threads import host_threads, limit_threads
 from ._validation import check_int
 
 __all__ = ["ClusteringResult", "balanced_kmeans", "centroid_free_kmeans", "kmeans"]
 
 #: Number of matrix elements a single chunk of a distance computation may hold.
 _CHUNK_ELEMENTS = 1 << 22
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _fit_threads(func: _F) -> _F:
+    """Run ``func`` with its threads held to the CPUs that other processes leave free
+    (:func:`dcpe._threads.limit_threads`), so a busy machine slows it down in proportion
+    instead of stalling every parallel loop."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with limit_threads():
+            return func(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 class ClusteringResult(NamedTuple):
@@ -83,6 +107,9 @@ def _prepare(x: Any, name: str = "x") -> tuple[torch.Tensor, bool]:
             raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
         from_numpy = False
     else:
+        if isinstance(x, (str, os.PathLike)):
+            raise TypeError(f"{name} is a file name ({os.fspath(x)!r}), not an array; read the "
+                            f"codebook first with dcpe.io.load_codebook({os.fspath(x)!r})")
         try:
             a = np.asarray(x)
         except Exception as exc:  # ragged lists and the like
@@ -160,7 +187,8 @@ def _nearest(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None)
     if ext is not None:
         m = None if mask is None else mask.numpy().astype(bool)
         return torch.from_numpy(ext.nearest_cpu(x.contiguous().numpy(),
-                                                c.to(x.dtype).contiguous().numpy(), m))
+                                                c.to(x.dtype).contiguous().numpy(), m,
+                                                num_threads=host_threads()))
     return _nearest_matmul(x, c, mask)
 
 
@@ -257,7 +285,8 @@ def _init_indices(x: torch.Tensor, k: int, init: str, gen: torch.Generator,
     ext = _host_ext(x)
     if ext is not None:  # compiled, exact distances in double
         u = torch.rand((k - 1, trials), generator=gen, dtype=torch.float64)
-        return torch.from_numpy(ext.kmeanspp_cpu(x.contiguous().numpy(), k, first, u.numpy()))
+        return torch.from_numpy(ext.kmeanspp_cpu(x.contiguous().numpy(), k, first, u.numpy(),
+                                                 num_threads=host_threads()))
     idx = torch.empty(k, dtype=torch.int64, device=x.device)
     idx[0] = first
     x_sq = x.square().sum(dim=1)
@@ -313,6 +342,7 @@ def _lloyd(x: torch.Tensor, centers: torch.Tensor, k: int, n_iter: int, tol_abs:
     return labels, centers, it, history
 
 
+@_fit_threads
 def kmeans(
     x: Any,
     k: int,
@@ -421,10 +451,12 @@ def _balanced_assign(x: torch.Tensor, centers: torch.Tensor, capacity: torch.Ten
     cap = capacity.detach().cpu().numpy().astype(np.int64)
     pr = np.zeros(cap.shape[0]) if prices is None else np.array(prices, dtype=np.float64)
     warm = None if labels is None else labels.detach().cpu().numpy().astype(np.int64)
-    out, _stats = _C.balanced_assign_cpu(xs, cs, cap, pr, n_candidates, 1e-6, labels=warm)
+    out, _stats = _C.balanced_assign_cpu(xs, cs, cap, pr, n_candidates, 1e-6,
+                                         num_threads=host_threads(), labels=warm)
     return torch.from_numpy(out).to(x.device), pr
 
 
+@_fit_threads
 def balanced_kmeans(
     x: Any,
     k: int,
@@ -528,6 +560,7 @@ def _mean_member_distances(x: torch.Tensor, labels: torch.Tensor, k: int,
     return sums / counts.to(torch.float64)  # x / 0 -> inf for empty clusters
 
 
+@_fit_threads
 def centroid_free_kmeans(
     x: Any,
     k: int,
@@ -584,6 +617,7 @@ def centroid_free_kmeans(
     it = 0
     while it < n_iter:
         it += 1
+        host_threads()  # PyTorch's pool follows the load, step by step
         counts = torch.bincount(labels, minlength=k)
         new = torch.empty_like(labels)
         own = torch.empty(n, dtype=torch.float64, device=xt.device)

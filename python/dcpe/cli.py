@@ -27,15 +27,32 @@ examples:
 """
 
 
+#: ``dcpe cluster --method`` names and the prior's method names.
+_METHODS = {"dcpe": "dcpe", "kmeans": "kmeans", "balanced": "balanced_kmeans",
+            "centroid-free": "centroid_free_kmeans"}
+
+
 class _UsageError(Exception):
     """A mistake in the command line that argparse cannot see."""
 
 
 class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line that says where the help is, exit code 2."""
+
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.print_usage(sys.stderr)
-        print(f"dcpe: error: {message}", file=sys.stderr)
+        text = " ".join(message.split())
+        print(f"dcpe: error: {text}; see '{self.prog} --help'", file=sys.stderr)
         raise SystemExit(2)
+
+
+def _memory_limit(text: str) -> str:
+    from ._memory import parse_memory_limit
+
+    try:
+        parse_memory_limit(text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _positive_int(text: str) -> int:
@@ -48,8 +65,70 @@ def _positive_int(text: str) -> int:
     return v
 
 
+def _prepare_output_dir(path: str | Path, *, what: str, files: Sequence[str | Path]) -> Path:
+    """Check the output folder of a command before any work; the one rule of every command.
+
+    - a missing folder is created, with its parents, when the command writes its files;
+    - an existing folder may hold only files that this command is about to write (the
+      output of an earlier run, which is replaced); anything else in it stops the command,
+      so that outputs of different runs never mix;
+    - a path that exists and is not a folder is an error.
+
+    Parameters
+    ----------
+    path : str or Path
+        The folder (``-o DIR``).
+    what : str
+        What the folder is, for the message, e.g. ``"report folder"``.
+    files : sequence of str or Path
+        The files the command writes, relative to the folder.
+
+    Returns
+    -------
+    Path
+        The folder (not created yet).
+
+    Raises
+    ------
+    ValueError
+        The path is a file, or the folder holds something the command does not write.
+    """
+    import os
+
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{what} {out} exists and is not a folder; choose a folder path")
+    if not out.is_dir():
+        return out
+    expected = {Path(f) for f in files}
+    parents = {p for f in expected for p in f.parents}
+    foreign: list[str] = []
+    complete = True
+    for top, dirs, names in os.walk(out):  # foreign folders are not entered
+        here = Path(top).relative_to(out)
+        entered = []
+        for name in sorted(dirs):
+            if here / name in parents:
+                entered.append(name)
+            else:
+                foreign.append(str(here / name))
+        dirs[:] = entered
+        foreign.extend(str(here / n) for n in sorted(names) if here / n not in expected)
+        if len(foreign) > 100:
+            complete = False
+            break
+    if foreign:
+        foreign.sort()
+        more = (f" and {len(foreign) - 1} more" if complete else " and more") \
+            if len(foreign) > 1 else ""
+        raise ValueError(f"{what} {out} already holds {foreign[0]}{more}, which this command "
+                         f"does not write; choose a new or empty folder, or remove them")
+    return out
+
+
 def _build_parser() -> argparse.ArgumentParser:
     from ._version import __version__
+    from .backends import BACKENDS, LINKAGES, METRICS
 
     parser = _Parser(
         prog="dcpe",
@@ -57,14 +136,26 @@ def _build_parser() -> argparse.ArgumentParser:
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"dcpe {__version__}")
     parser.add_argument("--debug", action="store_true",
-                        help="show full tracebacks on errors")
+                        help="show full tracebacks on errors (accepted anywhere on the "
+                             "command line, e.g. after the command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def codebook_options(p: argparse.ArgumentParser) -> None:
+    def codebook_options(p: argparse.ArgumentParser, report: bool = False) -> None:
+        recorded = "the key the prior records, else " if report else ""
         p.add_argument("--key", default=None,
-                       help="dotted key of the codebook tensor inside the checkpoint")
-        p.add_argument("--normalize", action="store_true",
-                       help="L2-normalise codebook rows (as LlamaGen does)")
+                       help="dotted key of the codebook tensor inside the checkpoint, "
+                            "'KEY[i]' for head i of a (heads, K, d) tensor (default: "
+                            f"{recorded}the one codebook-like tensor of checkpoint['model'], "
+                            "else 'ema', else 'state_dict')")
+        p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
+                       help="L2-normalise codebook rows, as LlamaGen does"
+                            + (" (default: what the prior records)" if report else
+                               " (default: no)"))
+        p.add_argument("--trust-checkpoint", action="store_true",
+                       help="read the checkpoint with full unpickling (torch.load with "
+                            "weights_only=False), which imports and can run what the file "
+                            "names: only for files you made yourself. Without it, dcpe "
+                            "imports and calls nothing the file names")
         p.add_argument("--sample", action="store_true",
                        help="use the built-in synthetic sample codebook (16384 x 8)")
 
@@ -77,30 +168,64 @@ def _build_parser() -> argparse.ArgumentParser:
                         "omit for the sample codebook")
     c.add_argument("-k", "--n-clusters", type=_positive_int, required=True, dest="k",
                    help="number of clusters")
-    c.add_argument("--linkage", default="average",
-                   help="average (default, DCPE), centroid, single, complete, weighted, ward")
-    c.add_argument("--metric", default="euclidean", help="token distance (default: euclidean)")
-    c.add_argument("--max-cluster-size", type=_positive_int, default=None,
-                   help="clusters larger than this stop merging (IAR setting: N // k)")
-    c.add_argument("--backend", default="auto", help="clustering backend (default: auto)")
+    c.add_argument("--linkage", default="average", choices=LINKAGES, metavar="LINKAGE",
+                   help=f"one of {', '.join(LINKAGES)} (default: average, DCPE)")
+    c.add_argument("--metric", default="euclidean", choices=METRICS, metavar="METRIC",
+                   help=f"token distance: {', '.join(METRICS)} (default: euclidean)")
+    c.add_argument("--max-cluster-size", type=_positive_int, default=None, metavar="CAP",
+                   help="size cap, the rule of the paper's IAR setting (CAP = N // k): a "
+                        "cluster stops merging once it is LARGER than CAP, so two clusters "
+                        "of up to CAP tokens each can still merge and a cluster can reach "
+                        "2 x CAP tokens. Not a hard bound (see the README)")
+    c.add_argument("--backend", default="auto", choices=BACKENDS, metavar="BACKEND",
+                   help=f"one of {', '.join(BACKENDS)} (default: auto: cpu for files; an "
+                        f"unavailable backend is an error, never a fallback)")
+    c.add_argument("--memory-limit", default=None, metavar="SIZE", type=_memory_limit,
+                   help="memory budget of the cpu backend, e.g. 8GiB or 512MiB (default: "
+                        "the available memory); within it dcpe picks the distance-matrix "
+                        "engine or the linear-memory one")
+    c.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar (one appears for runs longer than two seconds "
+                        "when standard error is a terminal)")
+    c.add_argument("--method", choices=tuple(_METHODS), default="dcpe",
+                   help="dcpe (default): exact average linkage; kmeans, balanced (equal "
+                        "sizes, IAR's clustering; -k N/128 is IAR's setting), centroid-free "
+                        "(k-means w/o centroid): the baselines of the paper")
+    c.add_argument("--seed", type=int, default=0,
+                   help="seed of the k-means methods (default: 0)")
     c.add_argument("-o", "--output", required=True, help="prior file to write (.npz or .pt)")
     codebook_options(c)
 
     r = sub.add_parser(
         "remap", help="map extracted token codes (.npy) to cluster ids",
         description="Map token ids in .npy files to cluster ids; files keep their relative "
-                    "names under OUTDIR.",
+                    "names under OUTDIR.\n\n"
+                    "LlamaGen's and IAR's layout (extract_codes_c2i.py) is kept: in "
+                    "CODE_PATH/NAME_codes/*.npy\nthe token ids are remapped, and "
+                    "CODE_PATH/NAME_labels/*.npy (class labels) are copied\nunchanged, "
+                    "so OUTDIR is a complete --code-path for their dataset loaders. A folder "
+                    "named\nNAME_codes is written to OUTDIR/NAME_codes with its sibling "
+                    "NAME_labels copied next to it.\nCode files must be .npy (another array "
+                    "file is an error); other files are skipped.\n"
+                    "OUTDIR may be new, or hold only the files this command writes (they are "
+                    "replaced).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("codes", nargs="+", metavar="CODES",
-                   help=".npy files or directories (searched recursively for *.npy)")
+                   help=".npy files or folders (searched recursively for *.npy; files in "
+                        "*_labels folders are copied, not remapped)")
     r.add_argument("--prior", required=True, help="prior file (.npz or .pt)")
-    r.add_argument("-o", "--output", required=True, metavar="OUTDIR", help="output directory")
+    r.add_argument("-o", "--output", required=True, metavar="OUTDIR",
+                   help="output folder: created if missing; an existing one may hold only "
+                        "files this command writes")
     r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
 
     p = sub.add_parser(
         "report", help="compare a prior with k-means (figure + coherence table)",
         description="Write cluster_sizes.png (cluster-size distribution, prior vs k-means), "
-                    "coherence.md and coherence.json (prior vs k-means vs balanced k-means).",
+                    "coherence.md and coherence.json (prior vs k-means vs balanced k-means). "
+                    "The codebook is read as the prior records (--normalize, --key). The "
+                    "statistics measure codebook geometry, not generation quality; the "
+                    "paper's gains are measured downstream (FID, IS). Needs matplotlib.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--prior", required=True, help="prior file (.npz or .pt)")
     p.add_argument("--codebook", default=None, help="codebook file the prior was made for")
@@ -109,25 +234,143 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kmeans-iter", type=_positive_int, default=50,
                    help="maximum iterations of the baselines (default: 50)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
-    codebook_options(p)
+    codebook_options(p, report=True)
+    _add_export_parser(sub)
+    _add_sweep_parser(sub, codebook_options)
     return parser
+
+
+def _k_list(text: str) -> list[int]:
+    """``--k 512,1024,...``: a comma-separated list of positive integers."""
+    values = []
+    for part in text.split(","):
+        try:
+            v = int(part.strip())
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected comma-separated positive integers such as 512,1024,2048, "
+                f"got {text!r}") from None
+        if v < 1:
+            raise argparse.ArgumentTypeError(f"every k must be a positive integer, got {v}")
+        values.append(v)
+    return values
+
+
+def _add_export_parser(sub: Any) -> None:
+    e = sub.add_parser(
+        "export", help="write a prior in the files another project reads (IAR)",
+        description="Write a prior in the files another project's training reads.")
+    formats = e.add_subparsers(dest="format", metavar="FORMAT", parser_class=_Parser)
+    formats.required = True
+    i = formats.add_parser(
+        "iar", help="IAR: mapping.pt, the reordered checkpoint, clusters.json",
+        description="Write three files for IAR's training:\n"
+                    "  DIR/mapping.pt    int64 permutation, mapping[old] = new "
+                    "(IAR's --mapping-path)\n"
+                    "  DIR/<CKPT stem>-reordered<suffix>\n"
+                    "                    the checkpoint with its codebook rows permuted "
+                    "(under both\n"
+                    "                    'model' and 'ema' when both hold it); clusters "
+                    "contiguous, in\n"
+                    "                    cluster order, nearest-neighbour order inside a "
+                    "cluster\n"
+                    "  DIR/clusters.json sizes, offsets, method, k, codebook fingerprints",
+        epilog="example:\n  dcpe cluster vq_ds16_c2i.pt --normalize --method balanced "
+               "-k 128 -o prior_iar.npz\n  dcpe export iar --prior prior_iar.npz "
+               "--checkpoint vq_ds16_c2i.pt -o iar/\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    i.add_argument("--prior", required=True, help="prior file (.npz or .pt)")
+    i.add_argument("--checkpoint", required=True, metavar="CKPT",
+                   help="the tokenizer checkpoint the prior was made from")
+    i.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    i.add_argument("--key", default=None,
+                   help="dotted key of the codebook tensor inside the checkpoint (default: "
+                        "the key the prior records, else the rule of 'dcpe cluster')")
+    i.add_argument("--trust-checkpoint", action="store_true",
+                   help="read the checkpoint with full unpickling (torch.load with "
+                        "weights_only=False), which imports and can run what the file "
+                        "names: only for files you made yourself")
+
+
+def _add_sweep_parser(sub: Any, codebook_options: Any) -> None:
+    from dcpe.backends import BACKENDS, LINKAGES, METRICS
+
+    w = sub.add_parser(
+        "sweep", help="statistics of DCPE's clusters over a grid of k (choosing k)",
+        description="Build one tree (average linkage unless --linkage), cut it at every k "
+                    "of a grid\nand write sweep.png, sweep.md and sweep.json: the expected "
+                    "distance from a\ntoken to a random member of its cluster (the decoding "
+                    "step), the same weighted\nby token usage (--codes), the largest "
+                    "cluster and the number of singletons.\nThese measure codebook "
+                    "geometry, not generation quality.",
+        epilog="examples:\n  dcpe sweep vq_ds16_c2i.pt --normalize -o sweep/\n"
+               "  dcpe sweep vq_ds16_c2i.pt --normalize --k 1024,4096,8192 "
+               "--codes codes/imagenet_code_c2i_flip_ten_crop/ --baseline kmeans -o sweep/\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("codebook", nargs="?", metavar="CODEBOOK",
+                   help="codebook file (.pt/.pth/.ckpt, .npy, .npz, .safetensors)")
+    w.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
+    w.add_argument("--k", type=_k_list, default=None, dest="ks", metavar="K,K,...",
+                   help="values of k (default: powers of two from 256 to N/2; from 2 when N < 512)")
+    w.add_argument("--codes", default=None, metavar="DIR",
+                   help="extracted codes (.npy token ids; LlamaGen's <name>_codes/ layout) "
+                        "for the usage-weighted distance")
+    w.add_argument("--baseline", choices=("kmeans",), default=None,
+                   help="also run k-means at every k")
+    w.add_argument("--linkage", default="average", choices=LINKAGES, metavar="LINKAGE",
+                   help=f"one of {', '.join(LINKAGES)} (default: average, DCPE)")
+    w.add_argument("--metric", default="euclidean", choices=METRICS, metavar="METRIC",
+                   help=f"token distance of the tree: {', '.join(METRICS)} "
+                        f"(default: euclidean)")
+    w.add_argument("--backend", default="auto", choices=BACKENDS, metavar="BACKEND",
+                   help=f"one of {', '.join(BACKENDS)} (default: auto)")
+    w.add_argument("--seed", type=int, default=0, help="seed of k-means (default: 0)")
+    w.add_argument("--kmeans-iter", type=_positive_int, default=50,
+                   help="maximum iterations of k-means (default: 50)")
+    w.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    codebook_options(w)
 
 
 # --------------------------------------------------------------------------- helpers
 
 
 def _load_codebook(path: str | None, args: argparse.Namespace) -> tuple[Any, str]:
-    from dcpe.io import load_codebook
+    """The codebook of a command (file or ``--sample``) and a short name for it."""
+    x, label, _ = _read_codebook(path, args)
+    return x, label
 
-    if args.sample:
+
+def _read_codebook(path: str | None, args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """Like :func:`_load_codebook`, plus the :class:`dcpe.io.CodebookSource` of a file
+    (``None`` for ``--sample``). The name of a file's codebook says which tensor was used
+    (key, shape, dtype, ``model`` or ``ema``, normalisation); errors name ``--key`` and
+    ``--trust-checkpoint``."""
+    from dcpe.io import _CLI, _load
+
+    key = getattr(args, "key", None)
+    if getattr(args, "sample", False):
         if path is not None:
             raise _UsageError("give either a codebook file or --sample, not both")
-        if args.key is not None:
+        if key is not None:
             raise _UsageError("--key applies to a codebook file, not to --sample")
-        return _sample_codebook(args.normalize), "sample codebook"
+        return _sample_codebook(bool(args.normalize)), "sample codebook", None
     if path is None:
         raise _UsageError("no codebook: give a codebook file or --sample")
-    return load_codebook(path, key=args.key, normalize=args.normalize), path
+    x, source = _load(path, key, bool(getattr(args, "normalize", False)),
+                      bool(getattr(args, "trust_checkpoint", False)), _CLI)
+    note = "; --key chooses another" if source.key is not None else ""
+    return x, f"{source.describe()}{note}", source
+
+
+def _preprocessing(args: argparse.Namespace, origin: Any) -> dict[str, Any]:
+    """How the codebook was read, stored in the prior's ``meta`` so that ``report`` (and
+    ``export``) can read it the same way: ``normalize`` (bool), ``codebook_key`` (the
+    dotted key in the file, or None), ``codebook_file`` (its name, or None) and
+    ``codebook_sample`` (whether it was the built-in sample)."""
+    return {"normalize": bool(args.normalize),
+            "codebook_key": origin.key if origin is not None else None,
+            "codebook_file": Path(origin.path).name if origin is not None else None,
+            "codebook_sample": origin is None}
 
 
 def _check_output_file(path: str, suffixes: tuple[str, ...]) -> Path:
@@ -142,6 +385,19 @@ def _check_output_file(path: str, suffixes: tuple[str, ...]) -> Path:
     return out
 
 
+def _check_dcpe_only(args: argparse.Namespace) -> None:
+    """Options of ``cluster`` that only ``--method dcpe`` uses must keep their defaults."""
+    given = [flag for flag, value, default in (
+        ("--linkage", args.linkage, "average"), ("--metric", args.metric, "euclidean"),
+        ("--max-cluster-size", args.max_cluster_size, None),
+        ("--backend", args.backend, "auto"),
+        ("--memory-limit", args.memory_limit, None)) if value != default]
+    if given:
+        raise _UsageError(f"{', '.join(given)} appl{'y' if len(given) > 1 else 'ies'} to "
+                          f"--method dcpe only; drop {'them' if len(given) > 1 else 'it'} "
+                          f"for --method {args.method}")
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -153,7 +409,10 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     if args.codebook is None and not args.sample:
         args.sample = True  # no CODEBOOK: the built-in sample
     out = _check_output_file(args.output, (".npz", ".pt"))
-    x, source = _load_codebook(args.codebook, args)
+    method = _METHODS[args.method]
+    if method != "dcpe":
+        _check_dcpe_only(args)
+    x, source, origin = _read_codebook(args.codebook, args)
     n, d = x.shape
     if args.k > n:
         raise ValueError(f"-k must be at most the number of tokens ({n}), got {args.k}")
@@ -162,88 +421,203 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
         warnings.simplefilter("always")
         prior = CodebookPrior.from_codebook(x, args.k, linkage=args.linkage,
                                             max_cluster_size=args.max_cluster_size,
-                                            backend=args.backend, metric=args.metric)
+                                            backend=args.backend, metric=args.metric,
+                                            method=method, seed=args.seed,
+                                            memory_limit=args.memory_limit,
+                                            progress=None if not args.quiet else False)
     seconds = time.perf_counter() - t0
     for w in caught:
         print(f"dcpe: warning: {' '.join(str(w.message).split())}", file=sys.stderr)
-    prior.meta["normalize"] = bool(args.normalize)
+    prior.meta.update(_preprocessing(args, origin))
     prior.save(out)
     sizes = prior._numpy("sizes")
-    print(f"codebook: {source} (N={n}, d={d}{', normalized' if args.normalize else ''})")
-    print(f"k={args.k} linkage={args.linkage} metric={args.metric} "
-          f"max_cluster_size={args.max_cluster_size}")
+    normalized = ", normalized" if args.normalize and origin is None else ""
+    print(f"codebook: {source} (N={n}, d={d}{normalized})")
+    if method == "dcpe":
+        print(f"k={args.k} linkage={args.linkage} metric={args.metric} "
+              f"max_cluster_size={args.max_cluster_size}")
+    else:
+        print(f"k={args.k} method={method} seed={args.seed}")
     print(f"clusters found: {prior.num_clusters}, largest cluster: {int(sizes.max())}, "
           f"singletons: {int(np.sum(sizes == 1))}, seconds: {seconds:.2f}")
     print(f"wrote {out}")
     return 0
 
 
-def _collect_codes(inputs: Sequence[str], out_dir: Path) -> list[tuple[Path, Path]]:
-    """(source file, relative output name) for every input, validated. Files already
-    under ``out_dir`` (an output directory inside an input directory) are skipped."""
-    pairs: list[tuple[Path, Path]] = []
+#: Array files that are not ``.npy``: refused as code files (remap reads ``.npy`` only).
+_ARRAY_SUFFIXES = (".pt", ".pth", ".ckpt", ".npz", ".safetensors", ".pkl")
+_CODES_HINT = ("code files must be .npy arrays of token ids, as LlamaGen's "
+               "extract_codes_c2i.py writes them; save them with numpy.save")
+
+
+def _is_labels_dir(name: str) -> bool:
+    return name.endswith("_labels")
+
+
+class _RemapPlan:
+    """What ``remap`` reads and writes: ``codes`` (remapped) and ``labels`` (copied), each
+    a list of (source file, path relative to OUTDIR), and ``skipped`` (files that are not
+    .npy, left alone)."""
+
+    def __init__(self) -> None:
+        self.codes: list[tuple[Path, Path]] = []
+        self.labels: list[tuple[Path, Path]] = []
+        self.skipped: list[Path] = []
+
+    def outputs(self) -> list[Path]:
+        return [rel for _, rel in self.codes + self.labels]
+
+
+def _walk(root: Path, base: Path, plan: _RemapPlan, out_root: Path, *,
+          labels: bool = False) -> int:
+    """Add the files under ``root`` to ``plan`` as ``base / relative path``; a file under a
+    folder named ``*_labels`` (or all of them with ``labels``) is a label file. When the
+    output folder ``out_root`` lies inside ``root``, the files under it (an earlier run's
+    output) are not inputs. Returns the number of code files added."""
+    added = 0
+    nested = out_root != root.resolve() and out_root.is_relative_to(root.resolve())
+    for f in sorted(root.rglob("*")):
+        if not f.is_file() or (nested and f.resolve().is_relative_to(out_root)):
+            continue
+        rel = f.relative_to(root)
+        is_label = labels or any(_is_labels_dir(part) for part in rel.parts[:-1])
+        if f.suffix.lower() == ".npy":
+            (plan.labels if is_label else plan.codes).append((f, base / rel))
+            added += not is_label
+        elif f.suffix.lower() in _ARRAY_SUFFIXES and not is_label:
+            raise ValueError(f"{f}: {_CODES_HINT}")
+        else:
+            plan.skipped.append(f)
+    return added
+
+
+def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
+    """The files of ``dcpe remap``, validated by name (contents are checked later).
+
+    LlamaGen's layout (``extract_codes_c2i.py``): ``CODE_PATH/NAME_codes/*.npy`` token ids
+    and ``CODE_PATH/NAME_labels/*.npy`` class labels. Code files are remapped; files in a
+    folder named ``*_labels`` are copied unchanged, so that OUTDIR is a complete code path
+    for LlamaGen's and IAR's dataset loaders:
+
+    - a folder: its files keep their relative names under OUTDIR;
+    - a folder named ``NAME_codes``: written to ``OUTDIR/NAME_codes``, and its sibling
+      ``NAME_labels``, if there is one, is copied to ``OUTDIR/NAME_labels``;
+    - a folder named ``NAME_labels``: copied to ``OUTDIR/NAME_labels``;
+    - a ``.npy`` file: written to ``OUTDIR/<its name>``.
+    """
+    plan = _RemapPlan()
     out_root = out_dir.resolve()
+    n_codes = 0
     for item in inputs:
         p = Path(item)
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*.npy")
-                           if f.is_file() and not f.resolve().is_relative_to(out_root))
+            name = p.resolve().name
+            if _is_labels_dir(name):
+                _walk(p, Path(name), plan, out_root, labels=True)
+                continue
+            if name.endswith("_codes"):
+                found = _walk(p, Path(name), plan, out_root)
+                sibling = p.resolve().parent / (name[: -len("_codes")] + "_labels")
+                if sibling.is_dir():
+                    _walk(sibling, Path(sibling.name), plan, out_root, labels=True)
+            else:
+                found = _walk(p, Path(), plan, out_root)
             if not found:
-                raise ValueError(f"no .npy files under directory {item}")
-            pairs.extend((f, f.relative_to(p)) for f in found)
+                raise ValueError(f"no .npy code files under folder {item}; {_CODES_HINT}")
+            n_codes += found
         elif p.is_file():
-            pairs.append((p, Path(p.name)))
+            if p.suffix.lower() != ".npy":
+                raise ValueError(f"{item}: {_CODES_HINT}")
+            if _is_labels_dir(p.resolve().parent.name):
+                raise ValueError(f"{item} is in a folder of class labels "
+                                 f"({p.resolve().parent.name}); remap maps token codes: give "
+                                 f"the *_codes folder, or the folder that holds both")
+            plan.codes.append((p, Path(p.name)))
+            n_codes += 1
         else:
-            raise FileNotFoundError(f"codes file or directory not found: {item}")
-    seen: dict[Path, Path] = {}
-    for src, rel in pairs:
-        if rel in seen:
-            raise ValueError(f"two inputs map to the same output name {rel}: "
-                             f"{seen[rel]} and {src}")
-        seen[rel] = src
-    return pairs
+            raise FileNotFoundError(f"codes file or folder not found: {item}; check the path")
+    if not n_codes:
+        raise ValueError("no code files: the inputs hold class labels only; give the "
+                         "*_codes folder, or the folder that holds both")
+    for what in ("codes", "labels"):  # the same file twice is fine, two files to one name not
+        unique: dict[Path, Path] = {}
+        for src, rel in getattr(plan, what):
+            if rel in unique and unique[rel].resolve() != src.resolve():
+                raise ValueError(f"two inputs map to the same output name {rel}: "
+                                 f"{unique[rel]} and {src}; remap them into separate folders")
+            unique.setdefault(rel, src)
+        setattr(plan, what, [(src, rel) for rel, src in unique.items()])
+    clash = {rel for _, rel in plan.codes} & {rel for _, rel in plan.labels}
+    if clash:
+        raise ValueError(f"{sorted(clash)[0]} would be written as codes and as labels; "
+                         f"remap them into separate folders")
+    return plan
+
+
+def _check_codes_file(src: Path, n: int) -> None:
+    """A code file must be an integer ``.npy`` array with ids in ``[0, n)``."""
+    import numpy as np
+
+    try:
+        arr = np.load(src, mmap_mode="r", allow_pickle=False)
+    except Exception as exc:
+        raise ValueError(f"{src}: cannot read as a .npy file ({exc}); {_CODES_HINT}") from None
+    if not isinstance(arr, np.ndarray):  # e.g. a zip archive (.npz, .pt) named .npy
+        if hasattr(arr, "close"):
+            arr.close()
+        raise ValueError(f"{src}: not a .npy array but an archive; {_CODES_HINT}")
+    if arr.dtype.kind not in "iu":
+        raise ValueError(f"{src}: token ids must be integers, got dtype {arr.dtype}")
+    if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= n):
+        bad = int(arr.min()) if int(arr.min()) < 0 else int(arr.max())
+        raise ValueError(f"{src}: contains token id {bad}, outside [0, {n - 1}] of the "
+                         f"prior; was the prior made for this tokenizer?")
 
 
 def _cmd_remap(args: argparse.Namespace) -> int:
+    import shutil
+
     import numpy as np
 
     from dcpe._progress import progress
     from dcpe.io import atomic_write
     from dcpe.prior import CodebookPrior
 
-    prior = CodebookPrior.load(args.prior)
     out_dir = Path(args.output)
-    pairs = _collect_codes(args.codes, out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output path exists and is not a directory: {out_dir}")
+    plan = _collect_codes(args.codes, out_dir)
+    for src, rel in plan.codes + plan.labels:
+        if (out_dir / rel).resolve() == src.resolve():
+            raise ValueError(f"output would overwrite its input: {src}; choose another "
+                             f"output folder")
+    _prepare_output_dir(out_dir, what="output folder", files=plan.outputs())
+    prior = CodebookPrior.load(args.prior)
     n = prior.num_tokens
     # Validate every input before writing anything.
     disable = True if args.quiet else None
-    for src, rel in progress(pairs, desc="checking", unit="file", disable=disable):
-        if (out_dir / rel).resolve() == src.resolve():
-            raise ValueError(f"output would overwrite its input: {src}")
-        try:
-            arr = np.load(src, mmap_mode="r", allow_pickle=False)
-        except Exception as exc:
-            raise ValueError(f"{src}: cannot read as a .npy file ({exc})") from None
-        if arr.dtype.kind not in "iu":
-            raise ValueError(f"{src}: token ids must be integers, got dtype {arr.dtype}")
-        if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= n):
-            bad = int(arr.min()) if int(arr.min()) < 0 else int(arr.max())
-            raise ValueError(f"{src}: contains token id {bad}, outside [0, {n - 1}] "
-                             f"of the prior")
-        del arr
+    for src, _ in progress(plan.codes, desc="checking", unit="file", disable=disable):
+        _check_codes_file(src, n)
     k = prior.num_clusters
-    for src, rel in progress(pairs, desc="remap", unit="file", disable=disable):
+    for src, rel in progress(plan.codes, desc="remap", unit="file", disable=disable):
         codes = np.load(src, allow_pickle=False)
         dtype = codes.dtype if np.iinfo(codes.dtype).max >= k - 1 else np.int64
-        clusters = prior.to_clusters(codes).astype(dtype, copy=False)
+        clusters = np.asarray(prior.to_clusters(codes)).astype(dtype, copy=False)
         dest = out_dir / rel
         dest.parent.mkdir(parents=True, exist_ok=True)
         with atomic_write(dest, "wb") as fh:
             np.save(fh, clusters)
+    for src, rel in progress(plan.labels, desc="labels", unit="file", disable=disable):
+        dest = out_dir / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(src, "rb") as fin, atomic_write(dest, "wb") as fh:
+            shutil.copyfileobj(fin, fh)
     if not args.quiet:
-        print(f"wrote {len(pairs)} file(s) of cluster ids (k={k}) under {out_dir}")
+        line = f"remapped {len(plan.codes)} code file(s) to cluster ids (k={k})"
+        if plan.labels:
+            line += f", copied {len(plan.labels)} label file(s) unchanged"
+        print(f"{line} under {out_dir}")
+        if plan.skipped:
+            print(f"skipped {len(plan.skipped)} file(s) that are not .npy, such as "
+                  f"{plan.skipped[0]}")
     return 0
 
 
@@ -259,17 +633,32 @@ def _sample_codebook(normalize: bool) -> Any:
     return x.astype(np.float32)
 
 
+def _apply_recorded(prior: Any, args: argparse.Namespace) -> None:
+    """``report``: ``--normalize``/``--key`` not given take the values the prior records
+    (``dcpe cluster`` stores them in ``meta``; see :func:`_preprocessing`)."""
+    meta = prior.meta
+    args.recorded_normalize = args.normalize is None and isinstance(meta.get("normalize"),
+                                                                     bool)
+    if args.recorded_normalize:
+        args.normalize = meta["normalize"]
+    args.recorded_key = None
+    if args.key is None and args.codebook is not None \
+            and isinstance(meta.get("codebook_key"), str):
+        args.recorded_key = meta["codebook_key"]
+
+
 def _default_to_sample(prior: Any, args: argparse.Namespace) -> None:
     """Without a codebook, ``report`` uses the sample codebook if the prior was made from it.
 
-    The prior's fingerprint (:func:`dcpe.prior.codebook_sha256`) decides, with or without
-    the L2 normalisation recorded in the prior; anything else is a usage error that says
-    which codebook the prior needs.
+    The prior's fingerprint (:func:`dcpe.prior.codebook_sha256`) decides, with the L2
+    normalisation asked for or recorded in the prior, or else with and without it;
+    anything else is a usage error that says which codebook the prior needs.
     """
     from dcpe.prior import codebook_sha256
 
     if prior.codebook_sha256 is not None:
-        for normalize in ((True,) if args.normalize else (False, True)):
+        tries = (False, True) if args.normalize is None else (bool(args.normalize),)
+        for normalize in tries:
             if codebook_sha256(_sample_codebook(normalize)) == prior.codebook_sha256:
                 args.sample, args.normalize = True, normalize
                 print("codebook: the built-in sample codebook"
@@ -280,24 +669,88 @@ def _default_to_sample(prior: Any, args: argparse.Namespace) -> None:
                 f"(sha256 {prior.codebook_sha256[:12]}...)"
                 if prior.codebook_sha256 is not None and prior.codebook_shape
                 else "a codebook it does not record")
+    made_from = prior.meta.get("codebook_file")
+    if isinstance(made_from, str):
+        key = prior.meta.get("codebook_key")
+        made_for += f", read from {made_from}" + (f" (key {key})" if key else "")
+    flag = "" if isinstance(prior.meta.get("normalize"), bool) else \
+        " (and --normalize if it was normalised)"
     raise _UsageError(f"no codebook: {args.prior} was made for {made_for}; give it with "
-                      "--codebook FILE (and --normalize if it was normalised), or --sample")
+                      f"--codebook FILE{flag}, or --sample")
+
+
+def _read_report_codebook(args: argparse.Namespace) -> tuple[Any, str, Any]:
+    """The codebook of ``report``: with the key the prior records when the file has it,
+    else by the usual rule (another file layout)."""
+    from dcpe.io import _MissingKeyError
+
+    if args.recorded_key is not None:
+        args.key = args.recorded_key
+        try:
+            x, label, origin = _read_codebook(args.codebook, args)
+            return x, label, origin
+        except _MissingKeyError:
+            args.key = None
+    return _read_codebook(args.codebook, args)
+
+
+def _matching_options(prior: Any, args: argparse.Namespace, origin: Any) -> str | None:
+    """The ``--key``/``--normalize`` options with which the codebook matches the prior's
+    fingerprint, when other ones than those used do (``None`` otherwise)."""
+    from dcpe.io import _CLI, _load
+    from dcpe.prior import codebook_sha256
+
+    if prior.codebook_sha256 is None:
+        return None
+    normalized = bool(args.normalize)
+    keys = [None] if origin is None else [origin.key, *origin.alternatives]
+    current = None if origin is None else origin.key
+    for key in keys:
+        for normalize in (normalized, not normalized):
+            if (key, normalize) == (current, normalized):
+                continue
+            try:
+                if origin is None:
+                    x = _sample_codebook(normalize)
+                else:
+                    x, _ = _load(origin.path, key, normalize,
+                                 bool(getattr(args, "trust_checkpoint", False)), _CLI)
+            except ValueError:
+                continue
+            if codebook_sha256(x) == prior.codebook_sha256:
+                flags = [] if key == current else [f"--key {key}"]
+                if normalize != normalized:
+                    flags.append("--normalize" if normalize else "--no-normalize")
+                return " ".join(flags)
+    return None
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
     from dcpe.prior import CodebookPrior
-    from dcpe.report import compare, markdown_table, write_report
+    from dcpe.report import compare, markdown_table, require_matplotlib, write_report
 
+    require_matplotlib()  # before any work
     out_dir = Path(args.output)
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"output path exists and is not a directory: {out_dir}")
     if args.sample and args.codebook is not None:
         raise _UsageError("give either --codebook or --sample, not both")
     prior = CodebookPrior.load(args.prior)
+    _apply_recorded(prior, args)
     if args.codebook is None and not args.sample:
         _default_to_sample(prior, args)
-    x, _ = _load_codebook(args.codebook, args)
-    prior.check_codebook(x, source=args.prior)
+    x, label, origin = _read_report_codebook(args)
+    if args.recorded_normalize and args.normalize:
+        label += "; rows normalised as the prior records (--no-normalize skips it)"
+    print(f"codebook: {label}")
+    try:
+        prior.check_codebook(x, source=args.prior)
+    except ValueError as exc:
+        options = _matching_options(prior, args, origin)
+        if options is None:
+            raise
+        raise ValueError(f"{exc}; it matches this codebook read with {options}: run the "
+                         f"command again with {options}") from None
     result = compare(x, prior, seed=args.seed, n_iter=args.kmeans_iter,
                      show_progress=False if args.quiet else None)
     paths = write_report(out_dir, x, prior, result=result)
@@ -306,11 +759,95 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-_COMMANDS = {"cluster": _cmd_cluster, "remap": _cmd_remap, "report": _cmd_report}
+def _cmd_export(args: argparse.Namespace) -> int:
+    from dcpe.export import _export_iar
+    from dcpe.prior import CodebookPrior
+
+    key = args.key
+    if key is None:  # the tensor the prior was made from, when it says
+        recorded = CodebookPrior.load(args.prior).meta.get("preprocessing")
+        if isinstance(recorded, dict) and isinstance(recorded.get("key"), str):
+            key = recorded["key"]
+    result = _export_iar(args.prior, args.checkpoint, args.output, key=key,
+                         trust=args.trust_checkpoint, cli=True)
+    print(f"dcpe: codebook: {result['source'].describe()}", file=sys.stderr)
+    print(f"permuted: {', '.join(result['permuted'])}"
+          + (" (model and ema)" if len(result["permuted"]) > 1 else ""))
+    print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from dcpe import sweep as sw
+
+    sw.require_matplotlib()  # before any work: the figure is one of the outputs
+    out_dir = Path(args.output)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ValueError(f"output path exists and is not a directory: {out_dir}")
+    if args.codes is not None and not Path(args.codes).exists():
+        raise FileNotFoundError(f"codes file or directory not found: {args.codes}")
+    x, _ = _load_codebook(args.codebook, args)
+    n = x.shape[0]
+    try:
+        ks = sw.default_ks(n) if args.ks is None else sw._check_ks(args.ks, n)
+    except ValueError as exc:
+        raise ValueError(f"{exc}; choose --k values in [1, {n}]") from None
+    show = False if args.quiet else None
+    usage = None if args.codes is None else sw.read_usage(args.codes, n, show_progress=show)
+    result = sw.sweep(x, ks, linkage=args.linkage, metric=args.metric, backend=args.backend,
+                      usage=usage, baseline=args.baseline, seed=args.seed,
+                      kmeans_iter=args.kmeans_iter, show_progress=show)
+    paths = sw.write_sweep(out_dir, result)
+    print(sw.markdown_table(result), end="")
+    print("wrote " + ", ".join(str(p) for p in paths.values()))
+    return 0
+
+
+_COMMANDS = {"cluster": _cmd_cluster, "remap": _cmd_remap, "report": _cmd_report,
+             "export": _cmd_export, "sweep": _cmd_sweep}
+
+
+def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
+    """Take ``--debug`` out of ``argv`` wherever it is (before a ``--`` separator), so that
+    ``dcpe --debug cluster ...`` and ``dcpe cluster ... --debug`` both work."""
+    rest: list[str] = []
+    debug = False
+    for i, arg in enumerate(argv):
+        if arg == "--":
+            rest.extend(argv[i:])
+            break
+        if arg == "--debug":
+            debug = True
+        else:
+            rest.append(arg)
+    return rest, debug
+
+
+def _error_message(exc: BaseException) -> str:
+    """One line for an exception: its message with whitespace folded, without a repeated
+    ``dcpe:`` prefix; a backend that cannot run says which ones can."""
+    from dcpe._errors import BackendUnavailableError
+
+    if isinstance(exc, BackendUnavailableError) and exc.backend and exc.reason:
+        choices = ", ".join([*exc.available, "auto"])
+        if exc.backend == "auto":
+            return f"{exc.reason}; rebuild dcpe with its C++ extension, or choose --backend " \
+                   f"from: {choices}"
+        return (f"--backend {exc.backend} cannot run here: {exc.reason}; choose one of: "
+                f"{choices}")
+    message = " ".join(str(exc).split())
+    while message.startswith("dcpe: "):
+        message = message[len("dcpe: "):]
+    if isinstance(exc, FileNotFoundError) and exc.filename and not message:
+        message = f"file not found: {exc.filename}"
+    return message or type(exc).__name__
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``dcpe`` command line.
+
+    Every failure is one ``dcpe: error: <what>; <next step>`` line on standard error and
+    no traceback, unless ``--debug`` is given (anywhere on the command line).
 
     Parameters
     ----------
@@ -320,30 +857,43 @@ def main(argv: Sequence[str] | None = None) -> int:
     Returns
     -------
     int
-        0 on success, 1 on failure, 2 on a usage error.
+        0 on success, 1 on failure, 2 on a usage error, 130 when interrupted (Ctrl-C).
     """
+    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     parser = _build_parser()
     try:
-        args = parser.parse_args(list(argv) if argv is not None else None)
+        args = parser.parse_args(argv)
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
+    args.debug = debug
     if args.command is None:
-        parser.print_help(sys.stderr)
+        print(f"dcpe: error: no command given; choose one of {', '.join(_COMMANDS)} "
+              f"(see 'dcpe --help')", file=sys.stderr)
         return 2
     try:
         return _COMMANDS[args.command](args)
-    except _UsageError as exc:
-        print(f"dcpe: error: {exc}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, FileNotFoundError, OSError, ImportError) as exc:
-        if args.debug:
-            raise
-        message = " ".join(str(exc).split()) or type(exc).__name__
-        print(f"dcpe: error: {message}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
+        if debug:
+            raise
         print("dcpe: interrupted", file=sys.stderr)
         return 130
+    except _UsageError as exc:
+        if debug:
+            raise
+        print(f"dcpe: error: {_error_message(exc)}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError, OSError, ImportError, RuntimeError, MemoryError) as exc:
+        # what a user can cause: bad files, arguments, missing packages, no GPU, no memory
+        if debug:
+            raise
+        print(f"dcpe: error: {_error_message(exc)}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug: still one line, with the way to the traceback
+        if debug:
+            raise
+        print(f"dcpe: error: unexpected {type(exc).__name__}: {_error_message(exc)}; run the "
+              f"command again with --debug for the traceback, and report it", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

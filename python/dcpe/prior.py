@@ -9,7 +9,10 @@ operations an autoregressive model needs from it.
 
 Training on cluster indices: ``prior.to_clusters(tokens)``. Decoding: draw a token of the
 predicted cluster uniformly, ``prior.sample_tokens(cluster_ids)``. Cluster-oriented loss
-(IAR): ``prior.cluster_loss(token_logits, target_tokens)``.
+(IAR): ``prior.cluster_loss(token_logits, target_tokens)``. Contiguous layout (IAR's
+reordered codebook): ``new = prior.permutation[old]`` puts cluster ``c`` at new ids
+``prior.offsets[c]`` to ``prior.offsets[c + 1] - 1``; ``prior.permuted()`` is the prior
+over the new ids (see also :mod:`dcpe.export`).
 
 Codebook fingerprint
 --------------------
@@ -24,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -41,6 +45,7 @@ __all__ = ["CodebookPrior", "codebook_sha256"]
 _FORMAT = "dcpe-codebook-prior"
 _FORMAT_VERSION = 1
 _REDUCES = ("mean", "sum", "logsumexp")
+_ALGORITHMS = ("auto", "segment", "scatter")
 _METHODS = ("dcpe", "kmeans", "balanced_kmeans", "centroid_free_kmeans")
 _TABLES = ("labels", "sizes", "indices", "indptr")
 
@@ -83,14 +88,18 @@ def _version() -> str:
 
 
 def _int_array(values: Any, name: str) -> np.ndarray:
-    """Array-like ``values`` (not a tensor) as a contiguous int64 NumPy array."""
-    arr = np.asarray(values)
+    """Array-like ``values`` (not a tensor) as a C-contiguous int64 NumPy array of the same
+    shape (a scalar gives a 0-d array)."""
+    try:
+        arr = np.asarray(values)
+    except ValueError as exc:  # ragged nested sequences
+        raise TypeError(f"{name} must be an array of integers ({exc})") from None
     if arr.dtype.kind not in "iu":
         if arr.size == 0 and arr.dtype.kind == "f":
             arr = arr.astype(np.int64)
         else:
             raise TypeError(f"{name} must hold integers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.int64)
+    return np.require(arr.astype(np.int64, copy=False), requirements="C")
 
 
 def _int_tensor(values: Any, name: str) -> tuple[Any, bool]:
@@ -114,6 +123,16 @@ def _check_range(t: Any, name: str, high: int, what: str, ignore: int | None = N
         bad = lo if lo < 0 else hi
         raise ValueError(f"{name} contains {bad}, outside the valid {what} range "
                          f"[0, {high - 1}]")
+
+
+_UNSET: Any = object()  # "argument not given"
+
+
+def _is_clustering_result(obj: Any) -> bool:
+    """Whether ``obj`` is a :class:`dcpe.baselines.ClusteringResult` (without importing
+    the baselines, and so torch, when they are not loaded)."""
+    baselines = sys.modules.get("dcpe.baselines")
+    return baselines is not None and isinstance(obj, baselines.ClusteringResult)
 
 
 class CodebookPrior:
@@ -140,6 +159,34 @@ class CodebookPrior:
         Version of dcpe that made the prior.
     meta : dict
         Extra JSON-serialisable metadata.
+
+    Parameters
+    ----------
+    token_to_cluster : array-like or torch.Tensor
+        ``(N,)`` integer cluster id of every token, ids ``0..k-1`` with every id used. The
+        values are copied.
+    method, linkage, max_cluster_size, codebook_sha256, codebook_shape, dcpe_version, meta
+        Stored as the attributes of the same names (see above). :meth:`from_labels` and
+        :meth:`from_codebook` fill them in for you.
+
+    Raises
+    ------
+    TypeError
+        ``token_to_cluster`` does not hold integers (floating-point, boolean or complex
+        values, or a ragged sequence), or ``max_cluster_size`` is not an integer.
+    ValueError
+        ``token_to_cluster`` is not 1-D, is empty, holds a negative id, or leaves an id in
+        ``0..max`` without a token (the message gives how many and the first one); or
+        ``max_cluster_size < 1``.
+
+    Notes
+    -----
+    Layout: :attr:`permutation` sends every token id to its position when the tokens are
+    laid out cluster after cluster (cluster ``c`` occupies ``offsets[c]`` to
+    ``offsets[c + 1] - 1``). A prior whose labels never decrease
+    (:attr:`is_contiguous`, e.g. one made by :meth:`permuted`) is already in that layout;
+    :meth:`cluster_logits` and :meth:`cluster_loss` then pool each cluster as one
+    contiguous segment of the logits instead of scattering every logit to its cluster.
     """
 
     def __init__(self, token_to_cluster: Any, *, method: str | None = "dcpe",
@@ -151,7 +198,7 @@ class CodebookPrior:
         if host:  # a copy: later changes to the caller's array do not reach the tables
             labels = _int_array(token_to_cluster, "labels").copy()
         else:
-            labels = _int_tensor(token_to_cluster, "labels")[0].contiguous()
+            labels = _int_tensor(token_to_cluster, "labels")[0].clone().contiguous()
         if labels.ndim != 1:
             raise ValueError(f"labels must be 1-D (one cluster id per token), "
                              f"got shape {tuple(labels.shape)}")
@@ -184,6 +231,9 @@ class CodebookPrior:
         else:
             self._t = (labels, sizes, torch.argsort(labels, stable=True),
                        torch.cat([labels.new_zeros(1), torch.cumsum(sizes, dim=0)]))
+        # layout facts used by the segment path of cluster_logits
+        self._contiguous = bool((labels[1:] >= labels[:-1]).all())
+        self._equal_size = int(sizes.min()) == int(sizes.max())
         self.method = method
         self.linkage = linkage
         self.max_cluster_size = max_cluster_size
@@ -193,24 +243,29 @@ class CodebookPrior:
         self.meta = dict(meta or {})
         self._np_cache: dict[str, np.ndarray] = {}
         self._dev_cache: dict[str, tuple[Any, Any, Any]] = {}
+        self._perm: Any = None
 
     # ------------------------------------------------------------------ construction
 
     @classmethod
-    def from_labels(cls, labels: Any, *, method: str = "dcpe", linkage: str | None = "average",
-                    max_cluster_size: int | None = None, codebook: Any = None,
-                    **meta: Any) -> CodebookPrior:
+    def from_labels(cls, labels: Any, *, method: str | None = _UNSET,
+                    linkage: str | None = _UNSET, max_cluster_size: int | None = None,
+                    codebook: Any = None, **meta: Any) -> CodebookPrior:
         """Make a prior from cluster labels.
 
         Parameters
         ----------
-        labels : array-like or torch.Tensor
+        labels : array-like, torch.Tensor or dcpe.baselines.ClusteringResult
             ``(N,)`` integer cluster id of every token. Ids must be ``0..k-1`` with every
-            id used; the numbering is kept as given.
-        method : str
-            Name of the method that produced the labels (metadata).
+            id used; the numbering is kept as given. A :class:`ClusteringResult` from
+            :mod:`dcpe.baselines` gives its ``labels``.
+        method : str or None
+            Name of the method that produced the labels (metadata). Default: ``"dcpe"``
+            for labels; for a :class:`ClusteringResult`, which does not record its method,
+            ``None`` (pass e.g. ``method="kmeans"`` to record it).
         linkage : str or None
-            Linkage used (metadata; ``None`` for centroid methods).
+            Linkage used (metadata). Default: ``"average"`` for labels, ``None`` for a
+            :class:`ClusteringResult` (centroid methods have no linkage).
         max_cluster_size : int, optional
             Size cap used (metadata).
         codebook : array-like or torch.Tensor, optional
@@ -222,29 +277,45 @@ class CodebookPrior:
         Returns
         -------
         CodebookPrior
+
+        Raises
+        ------
+        TypeError
+            ``method`` is not a string (or ``None``), the labels are not integers, or the
+            extra metadata is not JSON-serialisable.
+        ValueError
+            As for the constructor, or ``codebook`` does not have one row per label.
         """
-        if not isinstance(method, str):
-            raise TypeError(f"method must be a string, got {method!r}")
-        sha = shape = None
-        if codebook is not None:
-            arr = _codebook_array(codebook)
-            n = labels.shape[0] if _is_tensor(labels) else len(labels)
-            if arr.shape[0] != n:
-                raise ValueError(f"codebook has {arr.shape[0]} rows but labels has {n} "
-                                 f"entries")
-            sha, shape = codebook_sha256(arr), arr.shape
+        result = _is_clustering_result(labels)
+        if result:
+            labels = labels.labels
+        if method is _UNSET:
+            method = None if result else "dcpe"
+        if linkage is _UNSET:
+            linkage = None if result else "average"
+        if method is not None and not isinstance(method, str):
+            raise TypeError(f"method must be a string or None, got {method!r}")
         try:
             json.dumps(meta)
         except TypeError as exc:
             raise TypeError(f"extra metadata must be JSON-serialisable ({exc})") from None
-        return cls(labels, method=method, linkage=linkage, max_cluster_size=max_cluster_size,
-                   codebook_sha256=sha, codebook_shape=shape, meta=meta)
+        prior = cls(labels, method=method, linkage=linkage, max_cluster_size=max_cluster_size,
+                    meta=meta)
+        if codebook is not None:
+            arr = _codebook_array(codebook)
+            if arr.shape[0] != prior.num_tokens:
+                raise ValueError(f"codebook has {arr.shape[0]} rows but labels has "
+                                 f"{prior.num_tokens} entries")
+            prior.codebook_sha256 = codebook_sha256(arr)
+            prior.codebook_shape = tuple(int(v) for v in arr.shape)
+        return prior
 
     @classmethod
     def from_codebook(cls, codebook: Any, n_clusters: int, *, linkage: str = "average",
                       max_cluster_size: int | None = None, backend: str = "auto",
                       method: str = "dcpe", metric: str = "euclidean",
-                      seed: int = 0) -> CodebookPrior:
+                      seed: int = 0, memory_limit: int | str | None = None,
+                      progress: bool | None = False) -> CodebookPrior:
         """Cluster a codebook and make its prior.
 
         Parameters
@@ -266,6 +337,10 @@ class CodebookPrior:
             Token distance for ``method="dcpe"`` (stored in ``meta`` when not Euclidean).
         seed : int
             Seed for the baselines.
+        memory_limit : int or str, optional
+            Memory budget for ``method="dcpe"`` (see :func:`dcpe.cluster`).
+        progress : bool or None
+            Progress bar of the merges for ``method="dcpe"`` (see :func:`dcpe.cluster`).
 
         Returns
         -------
@@ -278,7 +353,8 @@ class CodebookPrior:
             import dcpe
 
             labels = dcpe.cluster(codebook, n_clusters, linkage=linkage, metric=metric,
-                                  max_cluster_size=max_cluster_size, backend=backend)
+                                  max_cluster_size=max_cluster_size, backend=backend,
+                                  memory_limit=memory_limit, progress=progress)
             meta: dict[str, Any] = {} if metric == "euclidean" else {"metric": metric}
             link: str | None = linkage
         else:
@@ -354,6 +430,80 @@ class CodebookPrior:
         """``(N,)`` int64 token ids grouped by cluster, ascending within a cluster."""
         return self._indices
 
+    @property
+    def offsets(self) -> torch.Tensor:
+        """``(k + 1,)`` int64 start of every cluster in the permuted layout, and ``N``.
+
+        After ``new = permutation[old]``, cluster ``c`` is the contiguous range of new ids
+        ``offsets[c] .. offsets[c + 1] - 1``. The values equal :attr:`indptr`.
+        """
+        return self._indptr
+
+    @property
+    def permutation(self) -> torch.Tensor:
+        """``(N,)`` int64 permutation ``new = permutation[old]`` laying the clusters out
+        contiguously, in cluster order.
+
+        Cluster ``c`` goes to the new ids ``offsets[c] .. offsets[c + 1] - 1``; inside a
+        cluster the tokens keep ascending id order, so ``permutation[indices[j]] == j``.
+        ``dcpe export iar`` writes a permutation with the same clusters at the same
+        offsets but with each cluster's tokens in nearest-neighbour order
+        (:func:`dcpe.export.iar_permutation`); :meth:`permuted` gives the prior over the
+        new ids for either one.
+        """
+        if self._perm is None:
+            import torch
+
+            idx = self._indices
+            perm = torch.empty_like(idx)
+            perm[idx] = torch.arange(idx.shape[0], device=idx.device)
+            self._perm = perm
+        return self._perm
+
+    @property
+    def is_contiguous(self) -> bool:
+        """Whether the labels never decrease, i.e. the token ids are already in the permuted
+        layout (``permutation`` is the identity)."""
+        return self._contiguous
+
+    def permuted(self, codebook: Any = None) -> CodebookPrior:
+        """The same clusters over the new token ids of a contiguous layout.
+
+        Valid for any permutation that keeps the clusters contiguous and in cluster order
+        (:attr:`permutation`, or the file ``dcpe export iar`` writes): token ``new`` of
+        cluster ``c`` has ``offsets[c] <= new < offsets[c + 1]``. Use it with a model
+        trained on the reordered codebook; its :meth:`cluster_logits` and
+        :meth:`cluster_loss` take the segment path.
+
+        Parameters
+        ----------
+        codebook : array-like or torch.Tensor, optional
+            The reordered ``(N, d)`` codebook, to store its fingerprint. Without it the new
+            prior has no fingerprint (the old one describes the old order).
+
+        Returns
+        -------
+        CodebookPrior
+            Labels ``0, ..., 0, 1, ..., k - 1`` (cluster ``c`` repeated ``size[c]`` times);
+            method, linkage, size cap and metadata are copied, and ``meta["permuted"]`` is
+            ``True``.
+        """
+        sizes = self._numpy("sizes")
+        labels = np.repeat(np.arange(sizes.shape[0], dtype=np.int64), sizes)
+        meta = dict(self.meta)
+        meta["permuted"] = True
+        prior = CodebookPrior(labels, method=self.method, linkage=self.linkage,
+                              max_cluster_size=self.max_cluster_size,
+                              dcpe_version=self.dcpe_version, meta=meta)
+        if codebook is not None:
+            arr = _codebook_array(codebook)
+            if arr.shape[0] != self.num_tokens:
+                raise ValueError(f"codebook has {arr.shape[0]} rows but the prior has "
+                                 f"{self.num_tokens} tokens")
+            prior.codebook_sha256 = codebook_sha256(arr)
+            prior.codebook_shape = tuple(int(v) for v in arr.shape)
+        return prior
+
     def members(self, c: int) -> torch.Tensor:
         """Token ids of cluster ``c``, ascending.
 
@@ -379,6 +529,7 @@ class CodebookPrior:
         new.meta = dict(self.meta)
         new._np_cache = {}
         new._dev_cache = {}
+        new._perm = None
         return new
 
     def __repr__(self) -> str:
@@ -414,21 +565,26 @@ class CodebookPrior:
 
         Returns
         -------
-        numpy.ndarray or torch.Tensor
-            int64 cluster ids, same shape; NumPy for NumPy/array-like input, otherwise a
-            tensor on the input's device.
+        numpy.ndarray, numpy.int64, int or torch.Tensor
+            int64 cluster ids, same shape. An array-like gives a NumPy array and a tensor a
+            tensor on its device (a 0-d tensor gives a 0-d tensor). A scalar gives a
+            scalar: a Python ``int`` for a Python ``int``, a ``numpy.int64`` for a NumPy
+            integer or a 0-d NumPy array (as NumPy indexing does).
 
         Raises
         ------
         TypeError
-            Non-integer ``tokens``.
+            Non-integer ``tokens`` (``bool`` included).
         ValueError
             A token id outside ``[0, N)``.
         """
         if not _is_tensor(tokens):
             arr = _int_array(tokens, "tokens")
             _check_range(arr, "tokens", self.num_tokens, "token id")
-            return self._numpy("labels")[arr]
+            out = self._numpy("labels")[arr]
+            if arr.ndim == 0:
+                return int(out) if isinstance(tokens, int) else np.int64(out)
+            return out
         t, _ = _int_tensor(tokens, "tokens")
         _check_range(t, "tokens", self.num_tokens, "token id")
         labels, _, _ = self._tables(t.device)
@@ -496,7 +652,8 @@ class CodebookPrior:
 
     # ------------------------------------------------------------------ logits and loss
 
-    def cluster_logits(self, token_logits: Any, reduce: str = "mean") -> Any:
+    def cluster_logits(self, token_logits: Any, reduce: str = "mean", *,
+                       algorithm: str = "auto") -> Any:
         """Pool token logits into cluster logits (differentiable).
 
         Parameters
@@ -509,16 +666,36 @@ class CodebookPrior:
             from cluster size. ``"sum"``: with unequal clusters, a large cluster gets a
             large logit just because it has many tokens. ``"logsumexp"``: the log of the
             cluster's total (unnormalised) probability mass.
+        algorithm : {"auto", "segment", "scatter"}
+            ``"scatter"`` adds every logit into its cluster (``index_add``), for any
+            labels. ``"segment"`` reads the logits in the permuted layout (see
+            :attr:`permutation`; no reordering is needed when :attr:`is_contiguous`) and
+            reduces each cluster as one contiguous segment: a reshape to ``(..., k, N/k)``
+            when all clusters have the same size, :func:`torch.segment_reduce` at
+            :attr:`offsets` otherwise, with no scatter-adds. ``"auto"`` (default):
+            ``"segment"`` for a contiguous prior (e.g. from :meth:`permuted`),
+            ``"scatter"`` otherwise. Both give the same values up to floating-point
+            rounding.
 
         Returns
         -------
         torch.Tensor or numpy.ndarray
             ``(..., k)`` cluster logits, same dtype, device and container.
+
+        Raises
+        ------
+        TypeError
+            Non-floating-point logits.
+        ValueError
+            Unknown ``reduce`` or ``algorithm``, or a last dimension other than ``N``.
         """
         import torch
 
         if reduce not in _REDUCES:
             raise ValueError(f"reduce must be one of {', '.join(_REDUCES)}; got {reduce!r}")
+        if algorithm not in _ALGORITHMS:
+            raise ValueError(f"algorithm must be one of {', '.join(_ALGORITHMS)}; "
+                             f"got {algorithm!r}")
         from_numpy = not isinstance(token_logits, torch.Tensor)
         logits = torch.from_numpy(np.asarray(token_logits)) if from_numpy else token_logits
         if not logits.is_floating_point():
@@ -527,6 +704,18 @@ class CodebookPrior:
             raise ValueError(f"token_logits must have shape (..., {self.num_tokens}) "
                              f"(last dimension = number of tokens), "
                              f"got {tuple(logits.shape)}")
+        if algorithm == "auto":
+            algorithm = "segment" if self._contiguous else "scatter"
+        if algorithm == "segment" and logits.numel() > 0:
+            out = self._segment_pool(logits, reduce)
+        else:
+            out = self._scatter_pool(logits, reduce)
+        return out.detach().numpy() if from_numpy else out
+
+    def _scatter_pool(self, logits: torch.Tensor, reduce: str) -> torch.Tensor:
+        """Cluster pooling for any labels: every logit is added into its cluster."""
+        import torch
+
         labels, _, _ = self._tables(logits.device)
         sizes = self._sizes.to(logits.device)
         out_shape = tuple(logits.shape[:-1]) + (self.num_clusters,)
@@ -538,17 +727,52 @@ class CodebookPrior:
             shifted = torch.exp(logits - peak.gather(-1, index))
             total = torch.zeros(out_shape, dtype=logits.dtype, device=logits.device)
             total = total.index_add(-1, labels, shifted)
-            out = torch.log(total) + peak
-        else:
-            out = torch.zeros(out_shape, dtype=logits.dtype, device=logits.device)
-            out = out.index_add(-1, labels, logits)
+            return torch.log(total) + peak
+        out = torch.zeros(out_shape, dtype=logits.dtype, device=logits.device)
+        out = out.index_add(-1, labels, logits)
+        if reduce == "mean":
+            out = out / sizes.to(logits.dtype)
+        return out
+
+    def _segment_pool(self, logits: torch.Tensor, reduce: str) -> torch.Tensor:
+        """Cluster pooling on the permuted layout: one contiguous segment per cluster."""
+        import torch
+
+        n, k = self.num_tokens, self.num_clusters
+        lead = tuple(logits.shape[:-1])
+        if not self._contiguous:  # bring the logits into the permuted layout
+            _, _, indices = self._tables(logits.device)
+            logits = torch.index_select(logits, -1, indices)
+        if self._equal_size:
+            seg = logits.reshape(lead + (k, n // k))
+            if reduce == "sum":
+                return seg.sum(dim=-1)
             if reduce == "mean":
-                out = out / sizes.to(logits.dtype)
-        return out.detach().numpy() if from_numpy else out
+                return seg.mean(dim=-1)
+            return torch.logsumexp(seg, dim=-1)
+        # (N, M) with the token axis first, so that one (k + 1,) offsets table serves
+        # every row of the batch
+        _, indptr, _ = self._tables(logits.device)
+        cols = logits.reshape(-1, n).T.contiguous()
+
+        def seg_reduce(data: torch.Tensor, how: str) -> torch.Tensor:
+            return torch.segment_reduce(data, how, offsets=indptr, axis=0)
+
+        if reduce == "logsumexp":
+            peak = seg_reduce(cols.detach(), "max")
+            peak = torch.where(torch.isfinite(peak), peak, torch.zeros_like(peak))
+            sizes = self._sizes.to(logits.device)
+            spread = torch.repeat_interleave(peak, sizes, dim=0, output_size=n)
+            out = torch.log(seg_reduce(torch.exp(cols - spread), "sum")) + peak
+        else:
+            out = seg_reduce(cols, "sum")
+            if reduce == "mean":
+                out = out / self._sizes.to(device=logits.device, dtype=out.dtype).unsqueeze(1)
+        return out.T.reshape(lead + (k,))
 
     def cluster_loss(self, token_logits: torch.Tensor, target_tokens: torch.Tensor, *,
                      reduce: str = "mean", ignore_index: int = -100,
-                     reduction: str = "mean") -> torch.Tensor:
+                     reduction: str = "mean", algorithm: str = "auto") -> torch.Tensor:
         """IAR's cluster-oriented cross-entropy.
 
         Cross-entropy between :meth:`cluster_logits` and the clusters of the target
@@ -569,6 +793,8 @@ class CodebookPrior:
         reduction : {"mean", "sum", "none"}
             As in :func:`torch.nn.functional.cross_entropy`; ``"none"`` returns a tensor of
             the targets' shape.
+        algorithm : {"auto", "segment", "scatter"}
+            How the logits are pooled (see :meth:`cluster_logits`).
 
         Returns
         -------
@@ -589,7 +815,7 @@ class CodebookPrior:
                              f"{tuple(token_logits.shape[:-1])}, got {tuple(target.shape)}")
         ignore_index = check_int("ignore_index", ignore_index, -(2**63))
         _check_range(target, "target_tokens", self.num_tokens, "token id", ignore=ignore_index)
-        logits = self.cluster_logits(token_logits, reduce=reduce)
+        logits = self.cluster_logits(token_logits, reduce=reduce, algorithm=algorithm)
         labels, _, _ = self._tables(target.device)
         keep = target != ignore_index
         target_clusters = torch.where(keep, labels[torch.where(keep, target, 0)],

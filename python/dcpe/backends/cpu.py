@@ -152,7 +152,9 @@ def choose_engine(n: int, d: int, *, method: str, metric: str, dtype: np.dtype,
 
 def _require(needed: int, budget: int, what: str) -> None:
     if needed > budget:
-        raise InsufficientMemoryError(needed, budget, what)
+        raise InsufficientMemoryError(
+            needed, budget, what, "raise memory_limit (--memory-limit in the CLI) or "
+            "DCPE_MEMORY_LIMIT, free memory, or use average linkage, which needs O(N d)")
 
 
 def preflight(n: int, d: int, *, method: str, dtype: np.dtype, device: str,

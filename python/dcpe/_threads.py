@@ -1,0 +1,139 @@
+"""How many threads the baselines' host kernels use, so that they hold up on a busy machine.
+
+The k-means++ seeding, the Lloyd assignment scan and the auction of balanced k-means run
+short OpenMP parallel loops one after another; the seeding alone meets at a barrier twice
+per center. When another process keeps a core busy, one of these threads is regularly
+descheduled and every barrier waits for it, so ``T`` threads on ``T`` cores with one
+competitor can be many times slower than one thread. :func:`host_threads` therefore asks
+for no more threads than there are CPUs not busy with other processes, measured when a
+kernel starts; inside :func:`limit_threads` PyTorch's own (OpenMP) thread pool follows
+the same count, and its setting is restored afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+__all__ = ["busy_cpus_elsewhere", "host_threads", "limit_threads"]
+
+
+def _allowed_cpus() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
+def _procs_running() -> int | None:
+    """Runnable tasks on the whole machine (Linux ``/proc/stat``), or None."""
+    try:
+        with open("/proc/stat", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("procs_running"):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _own_running() -> int:
+    """Threads of this process that are runnable now (including idle-spinning OpenMP
+    workers, which must not be counted as competition)."""
+    count = 0
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return 1
+    for tid in tasks:
+        try:
+            with open(f"/proc/self/task/{tid}/stat", encoding="ascii", errors="replace") as fh:
+                stat = fh.read()
+        except OSError:  # the thread exited meanwhile
+            continue
+        end = stat.rfind(")")
+        if end >= 0 and stat[end + 2:end + 3] == "R":
+            count += 1
+    return max(1, count)
+
+
+def busy_cpus_elsewhere() -> int | None:
+    """Estimated number of runnable tasks of other processes on this process's CPUs, now.
+
+    Runnable tasks of other processes (Linux: ``/proc/stat`` minus this process's
+    runnable threads), scaled by the share of the machine's CPUs this process may use;
+    it can exceed the number of CPUs. ``None`` where the kernel does not say (then nothing
+    is assumed).
+    """
+    running = _procs_running()
+    if running is None:
+        return None
+    others = max(0, running - _own_running())
+    allowed = _allowed_cpus()
+    total = max(allowed, os.cpu_count() or allowed)
+    return int(others * allowed / total + 0.5)
+
+
+def _default_threads() -> int:
+    """The compiled kernels' OpenMP default (``OMP_NUM_THREADS``, ``torch.set_num_threads``
+    or the number of CPUs); PyTorch's thread count when the extension is not built."""
+    try:
+        from . import _C
+
+        return max(1, int(_C.max_threads()))
+    except ImportError:  # pragma: no cover - the Python half used alone
+        import torch
+
+        return max(1, torch.get_num_threads())
+
+
+_local = threading.local()
+
+
+def host_threads() -> int:
+    """Threads for one call of a host kernel, measured now: the default thread count (as
+    it was when the enclosing :func:`limit_threads` began), but no more than the CPUs that
+    other processes leave free, and at least 1. Inside :func:`limit_threads`, PyTorch's
+    thread pool is set to the same count."""
+    scope = getattr(_local, "scope", None)
+    ceiling = scope["omp"] if scope is not None else _default_threads()
+    busy = busy_cpus_elsewhere()
+    threads = ceiling if busy is None else max(1, min(ceiling, _allowed_cpus() - busy))
+    if scope is not None:
+        _set_torch_threads(scope, min(threads, scope["torch"]))
+    return threads
+
+
+def _set_torch_threads(scope: dict[str, int], n: int) -> None:
+    if n != scope["now"]:
+        import torch
+
+        torch.set_num_threads(n)
+        scope["now"] = n
+
+
+@contextmanager
+def limit_threads() -> Iterator[None]:
+    """Hold the baselines to the CPUs that other processes leave free for the body.
+
+    On entry, the current thread counts (OpenMP's and PyTorch's) are taken as ceilings and
+    PyTorch's pool is fitted to the free CPUs; every :func:`host_threads` call in the body
+    measures again. On exit PyTorch's thread count is restored. Nested uses are no-ops.
+    """
+    if getattr(_local, "scope", None) is not None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    _local.scope = {"omp": _default_threads(), "torch": before, "now": before}
+    try:
+        host_threads()
+        yield
+    finally:
+        scope = _local.scope
+        _local.scope = None
+        if scope["now"] != before:
+            torch.set_num_threads(before)

@@ -1,0 +1,208 @@
+"""``dcpe remap`` on extracted codes in LlamaGen's layout (``extract_codes_c2i.py``):
+``CODE_PATH/NAME_codes/<i>.npy`` token ids and ``CODE_PATH/NAME_labels/<i>.npy`` labels."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dcpe.cli import main
+from dcpe.prior import CodebookPrior
+
+N_TOKENS, K = 64, 8
+
+
+def _files(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def _one_error_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("dcpe: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture()
+def prior_file(tmp_path) -> Path:
+    labels = (np.arange(N_TOKENS) * 7919) % K  # every cluster used, not sorted
+    path = tmp_path / "prior.npz"
+    CodebookPrior.from_labels(labels).save(path)
+    return path
+
+
+def _llamagen_code_path(root: Path, name: str = "imagenet256", n: int = 3) -> Path:
+    """What extract_codes_c2i.py writes: one (1, 2, 256) code array (flip augmentation)
+    and one (1,) int64 label per image, numbered from 0."""
+    rng = np.random.default_rng(0)
+    codes, labels = root / f"{name}_codes", root / f"{name}_labels"
+    codes.mkdir(parents=True)
+    labels.mkdir()
+    for i in range(n):
+        np.save(codes / f"{i}.npy", rng.integers(0, N_TOKENS, (1, 2, 256)))
+        # class ids below N_TOKENS, so that remapping them by mistake would go unnoticed
+        np.save(labels / f"{i}.npy", np.array([rng.integers(0, N_TOKENS)]))
+    return root
+
+
+def _check_layout(src: Path, out: Path, prior_file: Path, name: str = "imagenet256") -> None:
+    prior = CodebookPrior.load(prior_file)
+    codes, labels = out / f"{name}_codes", out / f"{name}_labels"
+    # what the dataset loaders read: the sorted files of both folders, paired by position
+    assert sorted(p.name for p in codes.iterdir()) == sorted(p.name for p in labels.iterdir())
+    for f in sorted((src / f"{name}_codes").iterdir()):
+        got = np.load(codes / f.name)
+        original = np.load(f)
+        assert got.shape == original.shape and got.dtype == original.dtype
+        np.testing.assert_array_equal(got, prior.to_clusters(original))
+    for f in sorted((src / f"{name}_labels").iterdir()):
+        assert (labels / f.name).read_bytes() == f.read_bytes()  # copied, not remapped
+
+
+def test_code_path_keeps_layout_and_copies_labels(tmp_path, prior_file, capsys):
+    src = _llamagen_code_path(tmp_path / "codes")
+    out = tmp_path / "cluster_codes"
+    assert main(["remap", str(src), "--prior", str(prior_file), "-o", str(out)]) == 0
+    assert _files(out) == [f"imagenet256_{kind}/{i}.npy" for kind in ("codes", "labels")
+                           for i in range(3)]
+    _check_layout(src, out, prior_file)
+    text = capsys.readouterr().out
+    assert "remapped 3 code file(s)" in text and "copied 3 label file(s) unchanged" in text
+
+
+def test_codes_folder_brings_its_labels(tmp_path, prior_file):
+    src = _llamagen_code_path(tmp_path / "codes")
+    out = tmp_path / "cluster_codes"
+    rc = main(["remap", str(src / "imagenet256_codes"), "--prior", str(prior_file),
+               "-o", str(out), "-q"])
+    assert rc == 0
+    _check_layout(src, out, prior_file)
+    # both folders given (as a shell glob gives them): the same result
+    out2 = tmp_path / "cluster_codes2"
+    rc = main(["remap", str(src / "imagenet256_codes"), str(src / "imagenet256_labels"),
+               "--prior", str(prior_file), "-o", str(out2), "-q"])
+    assert rc == 0
+    _check_layout(src, out2, prior_file)
+
+
+def test_codes_folder_without_labels(tmp_path, prior_file):
+    src = _llamagen_code_path(tmp_path / "codes")
+    for f in (src / "imagenet256_labels").iterdir():
+        f.unlink()
+    (src / "imagenet256_labels").rmdir()
+    out = tmp_path / "out"
+    assert main(["remap", str(src / "imagenet256_codes"), "--prior", str(prior_file),
+                 "-o", str(out), "-q"]) == 0
+    assert _files(out) == [f"imagenet256_codes/{i}.npy" for i in range(3)]
+
+
+def test_rerun_replaces_and_foreign_files_stop(tmp_path, prior_file, capsys):
+    src = _llamagen_code_path(tmp_path / "codes")
+    out = tmp_path / "cluster_codes"
+    argv = ["remap", str(src), "--prior", str(prior_file), "-o", str(out), "-q"]
+    assert main(argv) == 0
+    assert main(argv) == 0  # the same outputs again: replaced
+    _check_layout(src, out, prior_file)
+    (out / "imagenet256_codes" / "99.npy").write_bytes(b"from another run")
+    before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main(argv) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "imagenet256_codes/99.npy" in line and "choose a new or empty folder" in line
+    assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_labels_only_is_refused(tmp_path, prior_file, capsys):
+    src = _llamagen_code_path(tmp_path / "codes")
+    out = tmp_path / "out"
+    rc = main(["remap", str(src / "imagenet256_labels"), "--prior", str(prior_file),
+               "-o", str(out)])
+    assert rc == 1
+    assert "class labels only" in _one_error_line(capsys.readouterr().err)
+    rc = main(["remap", str(src / "imagenet256_labels" / "0.npy"), "--prior",
+               str(prior_file), "-o", str(out)])
+    assert rc == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "folder of class labels" in line and "_codes folder" in line
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".npz", ".safetensors"])
+def test_code_files_must_be_npy(tmp_path, prior_file, capsys, suffix):
+    src = _llamagen_code_path(tmp_path / "codes")
+    bad = src / "imagenet256_codes" / f"3{suffix}"
+    torch.save(torch.zeros(1, 2, 256, dtype=torch.int64), bad)
+    out = tmp_path / "out"
+    # as a file
+    rc = main(["remap", str(bad), "--prior", str(prior_file), "-o", str(out)])
+    assert rc == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert f"3{suffix}" in line and "must be .npy" in line and "numpy.save" in line
+    # inside a folder of codes
+    rc = main(["remap", str(src), "--prior", str(prior_file), "-o", str(out)])
+    assert rc == 1
+    assert "must be .npy" in _one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
+def test_archive_named_npy_and_pickles_are_refused(tmp_path, prior_file, capsys):
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    torch.save(torch.zeros(4, dtype=torch.int64), codes / "a.npy")  # a zip archive
+    out = tmp_path / "out"
+    assert main(["remap", str(codes), "--prior", str(prior_file), "-o", str(out)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "a.npy" in line and "archive" in line
+    np.save(codes / "a.npy", np.array([1, None], dtype=object), allow_pickle=True)
+    assert main(["remap", str(codes), "--prior", str(prior_file), "-o", str(out)]) == 1
+    line = _one_error_line(capsys.readouterr().err)
+    assert "a.npy" in line and "cannot read as a .npy file" in line
+    assert not out.exists()
+
+
+def test_other_files_are_skipped_and_said(tmp_path, prior_file, capsys):
+    src = _llamagen_code_path(tmp_path / "codes")
+    (src / "README.txt").write_text("extracted with flip augmentation")
+    out = tmp_path / "out"
+    assert main(["remap", str(src), "--prior", str(prior_file), "-o", str(out)]) == 0
+    assert "README.txt" not in " ".join(_files(out))
+    assert "skipped 1 file(s) that are not .npy" in capsys.readouterr().out
+
+
+def test_output_inside_input_and_in_place(tmp_path, prior_file, capsys):
+    src = _llamagen_code_path(tmp_path / "codes")
+    out = src / "clusters"
+    argv = ["remap", str(src), "--prior", str(prior_file), "-o", str(out), "-q"]
+    assert main(argv) == 0
+    assert main(argv) == 0  # its own earlier output is not read as input
+    _check_layout(src, out, prior_file)
+    rc = main(["remap", str(src / "imagenet256_codes"), "--prior", str(prior_file), "-o",
+               str(src)])
+    assert rc == 1
+    assert "would overwrite its input" in _one_error_line(capsys.readouterr().err)
+
+
+def test_two_inputs_to_one_name(tmp_path, prior_file, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        d.mkdir()
+        np.save(d / "0.npy", np.arange(4))
+    rc = main(["remap", str(a / "0.npy"), str(b / "0.npy"), "--prior", str(prior_file),
+               "-o", str(tmp_path / "out")])
+    assert rc == 1
+    assert "same output name 0.npy" in _one_error_line(capsys.readouterr().err)
+
+
+def test_dtype_kept_when_it_holds_the_cluster_ids(tmp_path, prior_file):
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    np.save(codes / "u8.npy", np.arange(N_TOKENS, dtype=np.uint8))
+    np.save(codes / "i16.npy", np.arange(N_TOKENS, dtype=np.int16).reshape(8, 8))
+    out = tmp_path / "out"
+    assert main(["remap", str(codes), "--prior", str(prior_file), "-o", str(out), "-q"]) == 0
+    assert np.load(out / "u8.npy").dtype == np.uint8
+    got = np.load(out / "i16.npy")
+    assert got.dtype == np.int16 and got.shape == (8, 8)

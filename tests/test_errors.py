@@ -120,10 +120,15 @@ def test_memory_preflight_refuses_before_allocating(monkeypatch):
 
 
 def test_memory_preflight_huge_problem():
-    # 3,000,000 x 1 needs ~18 TB of distances: refused with numbers, nothing allocated.
+    # 3,000,000 x 1 needs ~18 TB of distances: single linkage (matrix engine only) is
+    # refused with numbers, nothing allocated; average linkage would run in linear memory,
+    # and is refused only when not even O(N d) fits the budget.
     x = np.zeros((3_000_000, 1), dtype=np.float32)
     with pytest.raises(dcpe.InsufficientMemoryError) as info:
-        dcpe.cluster(x, 2)
+        dcpe.cluster(x, 2, linkage="single")
+    assert info.value.needed > info.value.available
+    with pytest.raises(dcpe.InsufficientMemoryError, match="linear-memory engine") as info:
+        dcpe.cluster(x, 2, memory_limit="16MiB")
     assert info.value.needed > info.value.available
 
 

@@ -459,16 +459,53 @@ def test_host_threads_leave_busy_cpus_alone(busy, monkeypatch):
 def test_busy_cpus_elsewhere_counts_other_processes_only(monkeypatch):
     from dcpe import _threads
 
+    # every CPU of the machine is ours: runnable tasks minus this process's own threads
+    monkeypatch.setattr(_threads, "_allowed_set", lambda: {0, 1, 2, 3})
+    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 4)
     monkeypatch.setattr(_threads, "_procs_running", lambda: 5)
     monkeypatch.setattr(_threads, "_own_running", lambda: 3)  # e.g. spinning OpenMP workers
-    monkeypatch.setattr(_threads, "_allowed_cpus", lambda: 4)
-    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 4)
     assert _threads.busy_cpus_elsewhere() == 2
-    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 64)  # 4 of 64 CPUs are ours
-    monkeypatch.setattr(_threads, "_procs_running", lambda: 35)
-    assert _threads.busy_cpus_elsewhere() == 2  # 32 others * 4 / 64
     monkeypatch.setattr(_threads, "_procs_running", lambda: None)
     assert _threads.busy_cpus_elsewhere() is None
+
+    # 2 of 64 CPUs (taskset, a cpuset): the tasks on those CPUs, reused for a moment
+    calls = []
+
+    def runnable_on(cpus):
+        calls.append(set(cpus))
+        return 3
+
+    monkeypatch.setattr(_threads, "_allowed_set", lambda: {5, 9})
+    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(_threads, "_runnable_on", runnable_on)
+    monkeypatch.setattr(_threads, "_scan_cache", {})
+    assert _threads.busy_cpus_elsewhere() == 3
+    assert _threads.busy_cpus_elsewhere() == 3
+    assert calls == [{5, 9}]
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="Linux only")
+def test_runnable_on_sees_a_pinned_competitor():
+    import subprocess
+    import sys
+    import time
+
+    from dcpe import _threads
+
+    cpu = min(_threads._allowed_set())
+    code = f"import os\nos.sched_setaffinity(0, {{{cpu}}})\nwhile True: pass\n"
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 10
+        seen = 0
+        while time.monotonic() < deadline and not seen:
+            time.sleep(0.1)
+            seen = _threads._runnable_on({cpu})
+        assert seen >= 1
+        assert _threads._runnable_on(set()) == 0
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def test_own_threads_and_machine_counts_are_read():

@@ -334,7 +334,7 @@ def test_export_missing_files_and_bad_output(tmp_path, ckpt, prior_file, capsys)
     blocker = tmp_path / "file"
     blocker.write_text("x")
     rc, _ = _export(tmp_path, prior_file, ckpt, blocker)
-    assert rc == 1 and "not a directory" in _one_error_line(capsys.readouterr().err)
+    assert rc == 1 and "not a folder" in _one_error_line(capsys.readouterr().err)
     assert blocker.read_text() == "x"
 
 

@@ -268,7 +268,13 @@ def test_cli_sweep_rejects_paths(tmp_path, x, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     assert main(["sweep", str(cb), "-o", str(blocker)]) == 1
-    assert "not a directory" in _one_error_line(capsys.readouterr().err)
+    assert "not a folder" in _one_error_line(capsys.readouterr().err)
+    foreign = tmp_path / "busy"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    assert main(["sweep", str(cb), "-o", str(foreign)]) == 1
+    assert "notes.txt" in _one_error_line(capsys.readouterr().err)
+    assert (foreign / "notes.txt").read_text() == "mine"
     assert main(["sweep", str(cb), "--codes", str(tmp_path / "nope"), "-o",
                  str(tmp_path / "s")]) == 1
     assert "not found" in _one_error_line(capsys.readouterr().err)

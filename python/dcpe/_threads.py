@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -59,21 +60,70 @@ def _own_running() -> int:
     return max(1, count)
 
 
-def busy_cpus_elsewhere() -> int | None:
-    """Estimated number of runnable tasks of other processes on this process's CPUs, now.
+def _allowed_set() -> set[int] | None:
+    try:
+        return set(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not Linux
+        return None
 
-    Runnable tasks of other processes (Linux: ``/proc/stat`` minus this process's
-    runnable threads), scaled by the share of the machine's CPUs this process may use;
-    it can exceed the number of CPUs. ``None`` where the kernel does not say (then nothing
-    is assumed).
+
+def _runnable_on(cpus: set[int]) -> int | None:
+    """Runnable tasks of other processes whose current (or last) CPU is one of ``cpus``
+    (Linux: field 39 of ``/proc/<pid>/task/<tid>/stat``), or None."""
+    me = os.getpid()
+    count = 0
+    try:
+        pids = [p for p in os.listdir("/proc") if p.isdigit() and int(p) != me]
+    except OSError:
+        return None
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:  # exited, or not ours to read
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/stat", "rb") as fh:
+                    stat = fh.read()
+            except OSError:
+                continue
+            fields = stat[stat.rfind(b")") + 2:].split()
+            try:
+                if fields[0] == b"R" and int(fields[36]) in cpus:
+                    count += 1
+            except (IndexError, ValueError):
+                continue
+    return count
+
+
+_SCAN_SECONDS = 0.5  # a scan of every task is reused this long
+_scan_cache: dict[frozenset[int], tuple[float, int | None]] = {}
+
+
+def busy_cpus_elsewhere() -> int | None:
+    """Runnable tasks of other processes on this process's CPUs, now (Linux).
+
+    When this process may use every CPU of the machine: all runnable tasks
+    (``/proc/stat``) minus this process's own runnable threads. When its CPUs are a subset
+    (``taskset``, a container's cpuset): the runnable tasks of other processes on those
+    CPUs, from a scan of ``/proc`` that is reused for half a second. It can exceed the
+    number of CPUs. ``None`` where the kernel does not say (then nothing is assumed).
     """
+    allowed = _allowed_set()
+    total = os.cpu_count() or 0
+    if allowed is not None and 0 < len(allowed) < total:
+        key = frozenset(allowed)
+        now = time.monotonic()
+        hit = _scan_cache.get(key)
+        if hit is None or now - hit[0] > _SCAN_SECONDS:
+            hit = (now, _runnable_on(allowed))
+            _scan_cache.clear()
+            _scan_cache[key] = hit
+        return hit[1]
     running = _procs_running()
     if running is None:
         return None
-    others = max(0, running - _own_running())
-    allowed = _allowed_cpus()
-    total = max(allowed, os.cpu_count() or allowed)
-    return int(others * allowed / total + 0.5)
+    return max(0, running - _own_running())
 
 
 def _default_threads() -> int:

@@ -29,7 +29,8 @@ All of them
   run (Linux): short parallel loops, such as the two per center of k-means++ seeding,
   would otherwise wait at every barrier for a thread that a competing process has
   descheduled. PyTorch's thread count is lowered for the call when needed and then
-  restored. The result does not depend on the number of threads.
+  restored. The kernels compute every assignment the same way whatever the number of
+  threads (only float64 totals such as ``inertia`` may differ in their last bits).
 """
 
 from __future__ import annotations

@@ -730,9 +730,9 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from dcpe.report import compare, markdown_table, require_matplotlib, write_report
 
     require_matplotlib()  # before any work
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output path exists and is not a directory: {out_dir}")
+    out_dir = _prepare_output_dir(args.output, what="report folder",
+                                  files=("cluster_sizes.png", "coherence.md",
+                                         "coherence.json"))
     if args.sample and args.codebook is not None:
         raise _UsageError("give either --codebook or --sample, not both")
     prior = CodebookPrior.load(args.prior)
@@ -768,6 +768,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
         recorded = CodebookPrior.load(args.prior).meta.get("preprocessing")
         if isinstance(recorded, dict) and isinstance(recorded.get("key"), str):
             key = recorded["key"]
+    ckpt = Path(args.checkpoint)
+    _prepare_output_dir(args.output, what="export folder",
+                        files=("mapping.pt", f"{ckpt.stem}-reordered{ckpt.suffix}",
+                               "clusters.json"))
     result = _export_iar(args.prior, args.checkpoint, args.output, key=key,
                          trust=args.trust_checkpoint, cli=True)
     print(f"dcpe: codebook: {result['source'].describe()}", file=sys.stderr)
@@ -781,9 +785,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from dcpe import sweep as sw
 
     sw.require_matplotlib()  # before any work: the figure is one of the outputs
-    out_dir = Path(args.output)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise ValueError(f"output path exists and is not a directory: {out_dir}")
+    out_dir = _prepare_output_dir(args.output, what="sweep folder",
+                                  files=("sweep.png", "sweep.md", "sweep.json"))
     if args.codes is not None and not Path(args.codes).exists():
         raise FileNotFoundError(f"codes file or directory not found: {args.codes}")
     x, _ = _load_codebook(args.codebook, args)

@@ -108,42 +108,53 @@ def _as_labels(labels: Any, n: int) -> torch.Tensor:
     return t
 
 
-def _pair_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Per cluster, the sum of distances over unordered pairs of its members."""
+def member_distance_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """``(N,)`` float64: for every token, the sum of its distances to its cluster's members.
+
+    Clusters are batched by padded size so that memory stays bounded (``_BUDGET`` distances
+    at a time); distances from coordinate differences.
+    """
+    n = x.shape[0]
     order = torch.argsort(labels, stable=True)
     xs = x[order]
     sizes = torch.bincount(labels, minlength=k)
     starts = torch.cumsum(sizes, dim=0) - sizes
-    out = torch.zeros(k, dtype=torch.float64)
+    sums = torch.zeros(n, dtype=torch.float64)
     multi = torch.nonzero(sizes >= 2).flatten()
-    if multi.numel() == 0:
-        return out
-    pad = torch.pow(2, torch.ceil(torch.log2(sizes[multi].to(torch.float64)))).to(torch.int64)
-    for p in torch.unique(pad).tolist():
-        clusters = multi[pad == p]
-        if p * p <= _BUDGET:
-            per_batch = max(1, _BUDGET // (p * p))
-            ar = torch.arange(p)
-            for b in range(0, clusters.numel(), per_batch):
-                cb = clusters[b:b + per_batch]
-                valid = ar.unsqueeze(0) < sizes[cb].unsqueeze(1)
-                idx = torch.where(valid, starts[cb].unsqueeze(1) + ar.unsqueeze(0), 0)
-                pts = xs[idx]
-                d = torch.cdist(pts, pts, compute_mode="donot_use_mm_for_euclid_dist")
-                d = d * (valid.unsqueeze(2) & valid.unsqueeze(1))
-                out[cb] = d.sum(dim=(1, 2)) / 2
-        else:
-            for c in clusters.tolist():
-                s0, n_c = int(starts[c]), int(sizes[c])
-                members = xs[s0:s0 + n_c]
-                step = max(1, _BUDGET // n_c)
-                total = 0.0
-                for r in range(0, n_c, step):
-                    d = torch.cdist(members[r:r + step], members,
-                                    compute_mode="donot_use_mm_for_euclid_dist")
-                    total += float(d.sum())
-                out[c] = total / 2
+    if multi.numel():
+        pad = torch.pow(2, torch.ceil(torch.log2(sizes[multi].to(torch.float64))))
+        pad = pad.to(torch.int64)
+        for p in torch.unique(pad).tolist():
+            clusters = multi[pad == p]
+            if p * p <= _BUDGET:
+                per_batch = max(1, _BUDGET // (p * p))
+                ar = torch.arange(p)
+                for b in range(0, clusters.numel(), per_batch):
+                    cb = clusters[b:b + per_batch]
+                    valid = ar.unsqueeze(0) < sizes[cb].unsqueeze(1)
+                    idx = torch.where(valid, starts[cb].unsqueeze(1) + ar.unsqueeze(0), 0)
+                    pts = xs[idx]
+                    d = torch.cdist(pts, pts, compute_mode="donot_use_mm_for_euclid_dist")
+                    rows = (d * valid.unsqueeze(1)).sum(dim=2)
+                    sums[idx[valid]] = rows[valid].to(torch.float64)
+            else:
+                for c in clusters.tolist():
+                    s0, n_c = int(starts[c]), int(sizes[c])
+                    members = xs[s0:s0 + n_c]
+                    step = max(1, _BUDGET // n_c)
+                    for r in range(0, n_c, step):
+                        d = torch.cdist(members[r:r + step], members,
+                                        compute_mode="donot_use_mm_for_euclid_dist")
+                        sums[s0 + r:s0 + r + d.shape[0]] = d.sum(dim=1).to(torch.float64)
+    out = torch.empty_like(sums)
+    out[order] = sums
     return out
+
+
+def _pair_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
+    """Per cluster, the sum of distances over unordered pairs of its members."""
+    per_token = member_distance_sums(x, labels, k)
+    return torch.bincount(labels, weights=per_token, minlength=k) / 2
 
 
 def coherence(codebook: Any, labels: Any) -> dict[str, Any]:

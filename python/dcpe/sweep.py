@@ -39,7 +39,6 @@ from .io import atomic_write
 __all__ = ["default_ks", "markdown_table", "read_usage", "require_matplotlib", "sweep",
            "write_sweep"]
 
-_BUDGET = 1 << 22  # distance-matrix elements per batch
 _BASELINES = ("kmeans",)
 _LOWEST_DEFAULT_K = 256
 
@@ -170,46 +169,13 @@ def read_usage(path: str | os.PathLike, num_tokens: int, *,
 
 def _member_distance_sums(x: Any, labels: np.ndarray) -> np.ndarray:
     """``(N,)`` float64: for every token, the sum of its distances to its cluster's
-    members. Clusters are batched by padded size so that memory stays bounded."""
+    members (:func:`dcpe.report.member_distance_sums`)."""
     import torch
 
-    n = x.shape[0]
+    from .report import member_distance_sums
+
     lab = torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))
-    k = int(lab.max()) + 1
-    order = torch.argsort(lab, stable=True)
-    xs = x[order]
-    sizes = torch.bincount(lab, minlength=k)
-    starts = torch.cumsum(sizes, dim=0) - sizes
-    sums = torch.zeros(n, dtype=torch.float64)
-    multi = torch.nonzero(sizes >= 2).flatten()
-    if multi.numel():
-        pad = torch.pow(2, torch.ceil(torch.log2(sizes[multi].to(torch.float64))))
-        pad = pad.to(torch.int64)
-        for p in torch.unique(pad).tolist():
-            clusters = multi[pad == p]
-            if p * p <= _BUDGET:
-                per_batch = max(1, _BUDGET // (p * p))
-                ar = torch.arange(p)
-                for b in range(0, clusters.numel(), per_batch):
-                    cb = clusters[b:b + per_batch]
-                    valid = ar.unsqueeze(0) < sizes[cb].unsqueeze(1)
-                    idx = torch.where(valid, starts[cb].unsqueeze(1) + ar.unsqueeze(0), 0)
-                    pts = xs[idx]
-                    d = torch.cdist(pts, pts, compute_mode="donot_use_mm_for_euclid_dist")
-                    rows = (d * valid.unsqueeze(1)).sum(dim=2)
-                    sums[idx[valid]] = rows[valid]
-            else:
-                for c in clusters.tolist():
-                    s0, n_c = int(starts[c]), int(sizes[c])
-                    members = xs[s0:s0 + n_c]
-                    step = max(1, _BUDGET // n_c)
-                    for r in range(0, n_c, step):
-                        d = torch.cdist(members[r:r + step], members,
-                                        compute_mode="donot_use_mm_for_euclid_dist")
-                        sums[s0 + r:s0 + r + d.shape[0]] = d.sum(dim=1)
-    out = torch.empty_like(sums)
-    out[order] = sums
-    return out.numpy()
+    return member_distance_sums(x, lab, int(lab.max()) + 1).numpy()
 
 
 def _partition_metrics(x: Any, labels: np.ndarray, usage: np.ndarray | None

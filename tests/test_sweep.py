@@ -107,10 +107,11 @@ def test_usage_weighting_follows_the_tokens(x):
 
 
 def test_large_clusters_are_chunked(x, monkeypatch):
+    import dcpe.report
     import dcpe.sweep as sw
 
     whole = sw._member_distance_sums(torch.from_numpy(x).double(), dcpe.cluster(x, 3))
-    monkeypatch.setattr(sw, "_BUDGET", 64)  # every cluster on the row-chunk path
+    monkeypatch.setattr(dcpe.report, "_BUDGET", 64)  # every cluster on the row-chunk path
     chunked = sw._member_distance_sums(torch.from_numpy(x).double(), dcpe.cluster(x, 3))
     np.testing.assert_allclose(chunked, whole, rtol=1e-12)
 

@@ -136,7 +136,7 @@ def choose_engine(n: int, d: int, *, method: str, metric: str, dtype: np.dtype,
     matrix_needs = data + workspace_bytes(n, d, method, dtype)
     closed = has_closed_form(method, metric)
     if engine == "matrix" or method != "average":
-        _require(matrix_needs, budget, what + " (matrix engine)")
+        _require(matrix_needs, budget, what + " (matrix engine)", method)
         return Plan("matrix")
     if (engine == "auto" and not closed and (n <= MATRIX_MAX_N or d > KDTREE_MAX_D)
             and matrix_needs <= budget):
@@ -150,11 +150,12 @@ def choose_engine(n: int, d: int, *, method: str, metric: str, dtype: np.dtype,
     return Plan("linear", max(0, int(cache)))
 
 
-def _require(needed: int, budget: int, what: str) -> None:
+def _require(needed: int, budget: int, what: str, method: str = "average") -> None:
     if needed > budget:
-        raise InsufficientMemoryError(
-            needed, budget, what, "raise memory_limit (--memory-limit in the CLI) or "
-            "DCPE_MEMORY_LIMIT, free memory, or use average linkage, which needs O(N d)")
+        hint = "raise memory_limit (--memory-limit in the CLI) or DCPE_MEMORY_LIMIT, or free memory"
+        if method in ("single", "complete", "weighted"):
+            hint += "; average linkage runs in O(N d) memory"
+        raise InsufficientMemoryError(needed, budget, what, hint)
 
 
 def preflight(n: int, d: int, *, method: str, dtype: np.dtype, device: str,

@@ -48,8 +48,10 @@ def test_small_run_writes_complete_results(tmp_path: Path) -> None:
         if key[0] == "fastcluster" and "fastcluster" in rows.get(key, {}).get("error", ""):
             continue  # fastcluster not installed here: its row says so
         assert key in rows, sorted(rows)
-        assert rows[key].get("seconds") is not None or rows[key].get("error"), rows[key]
-    assert rows[("parchain", 300, 4)]["seconds"] == pytest.approx(0.0123)
+        measured = rows[key].get("seconds")
+        assert measured is not None or rows[key].get("error"), rows[key]
+    parsed = rows[("parchain", 300, 4)]["seconds"]  # the stand-in's printed figure, parsed
+    assert parsed == pytest.approx(0.0123)
     assert ("parchain", 200, 32) not in rows  # ParChain is built for d <= 10
     # the exact engines agree on the dendrogram's heights
     a = rows[("dcpe-linear", 300, 4)]["heights_sum"]

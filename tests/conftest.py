@@ -342,6 +342,20 @@ def check_round_scan_kernel(round_scan, n: int, dtype, device: str, make_state=N
     return cases
 
 
+# --------------------------------------------------------------------------- CLI
+
+
+def one_error_line(err: str, ignore: tuple[str, ...] = ()) -> str:
+    """The one ``dcpe: error: ...`` line of a command's standard error (asserted: no other
+    line, apart from lines that start with one of ``ignore``, and no traceback)."""
+    lines = [line for line in err.strip().splitlines()
+             if line.strip() and not (ignore and line.startswith(ignore))]
+    assert len(lines) == 1, err
+    assert lines[0].startswith("dcpe: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
 # --------------------------------------------------------------------------- fixtures
 
 

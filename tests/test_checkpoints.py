@@ -24,6 +24,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 
 from dcpe import io as dio
 from dcpe.io import load_codebook, load_codebook_with_source
@@ -465,13 +466,6 @@ def test_no_key_lists_candidates_of_whole_file(tmp_path, weight):
 # --------------------------------------------------------------------------- command line
 
 
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("dcpe: error: ") and "Traceback" not in err, err
-    return lines[0]
-
-
 def test_cli_says_which_tensor(tmp_path, weight, capsys):
     from dcpe.cli import main
 
@@ -496,7 +490,7 @@ def test_cli_errors_name_the_cli_options(tmp_path, weight, capsys):
     vqp = tmp_path / "vqp.pt"
     torch.save({"vq._codebook.embed": torch.randn(3, K, D)}, vqp)
     assert main(["cluster", str(vqp), "-k", "4", "-o", str(out)]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "--key vq._codebook.embed[0]" in line and "key=" not in line
     assert main(["cluster", str(vqp), "-k", "4", "--key", "vq._codebook.embed[1]",
                  "-o", str(out)]) == 0
@@ -506,7 +500,7 @@ def test_cli_errors_name_the_cli_options(tmp_path, weight, capsys):
     evil = tmp_path / "evil.pt"
     torch.save({"model": _vq_state(weight), "args": _System(str(marker))}, evil)
     assert main(["cluster", str(evil), "-k", "4", "-o", str(out)]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "refused" in line and "--trust-checkpoint" in line and "trust=True" not in line
     assert not marker.exists()
 
@@ -524,6 +518,6 @@ def test_cli_lightning_and_trust(tmp_path, weight, capsys):
     assert "state_dict.quantize.embedding.weight [96, 8]" in text and "not loaded" in text
     assert not marker.exists() and "lightning_stub_cli" not in sys.modules
     assert main(["cluster", str(path), "-k", "4", "--trust-checkpoint", "-o", str(out)]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "'lightning_stub_cli'" in line and "not installed" in line
     assert "--trust-checkpoint" in line

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 
 import dcpe
 from dcpe.cli import main
@@ -20,14 +21,6 @@ from dcpe.prior import CodebookPrior
 
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("dcpe: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture()
@@ -85,7 +78,7 @@ def test_cluster_user_errors(tmp_path, ckpt, capsys, args, fragment):
     out.parent.mkdir()
     rc = main(["cluster", *args, "-o", str(out)])
     assert rc == 1
-    assert fragment in _one_error_line(capsys.readouterr().err)
+    assert fragment in one_error_line(capsys.readouterr().err)
     assert _files(out.parent) == []
 
 
@@ -100,11 +93,11 @@ def test_cluster_usage_errors(tmp_path, ckpt, capsys):
         ([], "no command given"),
     ]:
         assert main(argv) == 2, argv
-        line = _one_error_line(capsys.readouterr().err)  # no usage block, one line
+        line = one_error_line(capsys.readouterr().err)  # no usage block, one line
         assert fragment in line, (argv, line)
         assert "--help" in line or "not both" in line, line
     assert main(["cluster", str(ckpt), "-k", "3", "-o", str(tmp_path / "p.json")]) == 1
-    assert ".npz or .pt" in _one_error_line(capsys.readouterr().err)
+    assert ".npz or .pt" in one_error_line(capsys.readouterr().err)
     assert not (tmp_path / "p.npz").exists()
 
 
@@ -159,26 +152,26 @@ def test_remap_validates_before_writing(tmp_path, prior_file, capsys):
     out = tmp_path / "clusters"
     rc = main(["remap", str(codes), "--prior", str(prior_file), "-o", str(out), "--quiet"])
     assert rc == 1
-    assert "300" in _one_error_line(capsys.readouterr().err)
+    assert "300" in one_error_line(capsys.readouterr().err)
     assert not out.exists() or _files(out) == []
 
     np.save(codes / "zz_bad.npy", np.array([0.5, 1.0]))
     assert main(["remap", str(codes), "--prior", str(prior_file), "-o", str(out)]) == 1
-    assert "integers" in _one_error_line(capsys.readouterr().err)
+    assert "integers" in one_error_line(capsys.readouterr().err)
 
     (codes / "zz_bad.npy").write_bytes(b"garbage")
     assert main(["remap", str(codes), "--prior", str(prior_file), "-o", str(out)]) == 1
-    assert "zz_bad.npy" in _one_error_line(capsys.readouterr().err)
+    assert "zz_bad.npy" in one_error_line(capsys.readouterr().err)
 
     rc = main(["remap", str(codes / "a.npy"), str(tmp_path / "nope.npy"),
                "--prior", str(prior_file), "-o", str(out)])
     assert rc == 1
-    assert "nope.npy" in _one_error_line(capsys.readouterr().err)
+    assert "nope.npy" in one_error_line(capsys.readouterr().err)
 
     rc = main(["remap", str(codes / "a.npy"), "--prior", str(tmp_path / "nope.npz"),
                "-o", str(out)])
     assert rc == 1
-    assert "nope.npz" in _one_error_line(capsys.readouterr().err)
+    assert "nope.npz" in one_error_line(capsys.readouterr().err)
     assert not out.exists() or _files(out) == []
 
 
@@ -201,14 +194,14 @@ def test_report_wrong_codebook(tmp_path, ckpt, prior_file, capsys):
     rc = main(["report", "--prior", str(prior_file), "--codebook", str(ckpt),
                "--no-normalize", "-o", str(out)])
     assert rc == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "another codebook" in line and "run the command again with --normalize" in line
     assert not out.exists()
     other = tmp_path / "other.npy"
     np.save(other, np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32))
     rc = main(["report", "--prior", str(prior_file), "--codebook", str(other), "-o", str(out)])
     assert rc == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "another codebook" in line and "run the command again" not in line
     assert not out.exists()
 
@@ -217,7 +210,7 @@ def test_report_without_codebook_needs_one(tmp_path, prior_file, capsys):
     out = tmp_path / "rep"
     rc = main(["report", "--prior", str(prior_file), "-o", str(out)])
     assert rc == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "no codebook" in line and "300 x 8" in line and "--codebook" in line
     assert not out.exists()
 
@@ -249,7 +242,7 @@ def test_subprocess_console_entry(tmp_path, ckpt):
     res = subprocess.run([sys.executable, "-m", "dcpe.cli", *missing],
                          capture_output=True, text=True, env=env, timeout=120)
     assert res.returncode == 1
-    _one_error_line(res.stderr)
+    one_error_line(res.stderr)
     # python -m dcpe is the same command; --debug after the command shows the traceback
     run = [sys.executable, "-m", "dcpe"]
     res = subprocess.run([*run, *missing, "--debug"],
@@ -286,7 +279,7 @@ def test_cluster_size_cap(tmp_path, ckpt, capsys):
 def test_debug_anywhere_raises(tmp_path, ckpt, capsys):
     missing = ["cluster", str(tmp_path / "missing.pt"), "-k", "3", "-o", str(tmp_path / "p.npz")]
     assert main(missing) == 1
-    _one_error_line(capsys.readouterr().err)
+    one_error_line(capsys.readouterr().err)
     for argv in (["--debug", *missing], [*missing, "--debug"], [*missing[:2], "--debug",
                                                                  *missing[2:]]):
         with pytest.raises(FileNotFoundError):
@@ -317,7 +310,7 @@ def test_backend_without_gpu_is_one_line(tmp_path, ckpt, capsys, backend, monkey
     out = tmp_path / "p.npz"
     rc = main(["cluster", str(ckpt), "-k", "3", "--backend", backend, "-o", str(out)])
     assert rc == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert f"--backend {backend} cannot run here" in line
     assert "choose one of: " in line and "cpu" in line and "auto" in line
     assert not out.exists()
@@ -339,7 +332,7 @@ def test_metric_backend_linkage_help_lists_choices(capsys):
 def test_bad_choice_is_one_line(tmp_path, ckpt, capsys, option, value):
     rc = main(["cluster", str(ckpt), "-k", "3", option, value, "-o", str(tmp_path / "p.npz")])
     assert rc == 2
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert value in line and "choose from" in line and "dcpe cluster --help" in line
 
 
@@ -352,7 +345,7 @@ def test_unexpected_exception_is_one_line(tmp_path, capsys, monkeypatch):
     monkeypatch.setitem(cli._COMMANDS, "cluster", broken)
     argv = ["cluster", "--sample", "-k", "3", "-o", str(tmp_path / "p.npz")]
     assert main(argv) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "unexpected KeyError" in line and "--debug" in line
     with pytest.raises(KeyError):
         main([*argv, "--debug"])
@@ -366,7 +359,7 @@ def test_runtime_error_from_a_command_is_one_line(tmp_path, capsys, monkeypatch)
 
     monkeypatch.setitem(cli._COMMANDS, "cluster", fails)
     assert main(["cluster", "--sample", "-k", "3", "-o", str(tmp_path / "p.npz")]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert line == "dcpe: error: CUDA error: out of memory more detail"
 
 

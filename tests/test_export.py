@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 
 import dcpe
 from dcpe.cli import main
@@ -28,12 +29,7 @@ def _files(root: Path) -> list[str]:
 
 
 def _one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()
-             and not line.startswith(("usage:", " ", "dcpe: codebook:"))]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("dcpe: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+    return one_error_line(err, ignore=("usage:", " ", "dcpe: codebook:"))
 
 
 def _state_dict(w: torch.Tensor, seed: int) -> OrderedDict:

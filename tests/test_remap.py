@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 
 from dcpe.cli import main
 from dcpe.prior import CodebookPrior
@@ -17,14 +18,6 @@ N_TOKENS, K = 64, 8
 
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
-
-
-def _one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("dcpe: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
 
 
 @pytest.fixture()
@@ -110,7 +103,7 @@ def test_rerun_replaces_and_foreign_files_stop(tmp_path, prior_file, capsys):
     (out / "imagenet256_codes" / "99.npy").write_bytes(b"from another run")
     before = {p: p.read_bytes() for p in out.rglob("*") if p.is_file()}
     assert main(argv) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "imagenet256_codes/99.npy" in line and "choose a new or empty folder" in line
     assert {p: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
@@ -121,11 +114,11 @@ def test_labels_only_is_refused(tmp_path, prior_file, capsys):
     rc = main(["remap", str(src / "imagenet256_labels"), "--prior", str(prior_file),
                "-o", str(out)])
     assert rc == 1
-    assert "class labels only" in _one_error_line(capsys.readouterr().err)
+    assert "class labels only" in one_error_line(capsys.readouterr().err)
     rc = main(["remap", str(src / "imagenet256_labels" / "0.npy"), "--prior",
                str(prior_file), "-o", str(out)])
     assert rc == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "folder of class labels" in line and "_codes folder" in line
     assert not out.exists()
 
@@ -139,12 +132,12 @@ def test_code_files_must_be_npy(tmp_path, prior_file, capsys, suffix):
     # as a file
     rc = main(["remap", str(bad), "--prior", str(prior_file), "-o", str(out)])
     assert rc == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert f"3{suffix}" in line and "must be .npy" in line and "numpy.save" in line
     # inside a folder of codes
     rc = main(["remap", str(src), "--prior", str(prior_file), "-o", str(out)])
     assert rc == 1
-    assert "must be .npy" in _one_error_line(capsys.readouterr().err)
+    assert "must be .npy" in one_error_line(capsys.readouterr().err)
     assert not out.exists()
 
 
@@ -154,11 +147,11 @@ def test_archive_named_npy_and_pickles_are_refused(tmp_path, prior_file, capsys)
     torch.save(torch.zeros(4, dtype=torch.int64), codes / "a.npy")  # a zip archive
     out = tmp_path / "out"
     assert main(["remap", str(codes), "--prior", str(prior_file), "-o", str(out)]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "a.npy" in line and "archive" in line
     np.save(codes / "a.npy", np.array([1, None], dtype=object), allow_pickle=True)
     assert main(["remap", str(codes), "--prior", str(prior_file), "-o", str(out)]) == 1
-    line = _one_error_line(capsys.readouterr().err)
+    line = one_error_line(capsys.readouterr().err)
     assert "a.npy" in line and "cannot read as a .npy file" in line
     assert not out.exists()
 
@@ -182,7 +175,7 @@ def test_output_inside_input_and_in_place(tmp_path, prior_file, capsys):
     rc = main(["remap", str(src / "imagenet256_codes"), "--prior", str(prior_file), "-o",
                str(src)])
     assert rc == 1
-    assert "would overwrite its input" in _one_error_line(capsys.readouterr().err)
+    assert "would overwrite its input" in one_error_line(capsys.readouterr().err)
 
 
 def test_two_inputs_to_one_name(tmp_path, prior_file, capsys):
@@ -193,7 +186,7 @@ def test_two_inputs_to_one_name(tmp_path, prior_file, capsys):
     rc = main(["remap", str(a / "0.npy"), str(b / "0.npy"), "--prior", str(prior_file),
                "-o", str(tmp_path / "out")])
     assert rc == 1
-    assert "same output name 0.npy" in _one_error_line(capsys.readouterr().err)
+    assert "same output name 0.npy" in one_error_line(capsys.readouterr().err)
 
 
 def test_dtype_kept_when_it_holds_the_cluster_ids(tmp_path, prior_file):

@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import one_error_line
 from scipy.spatial.distance import cdist
 
 import dcpe
@@ -25,12 +26,7 @@ def x() -> np.ndarray:
 
 
 def _one_error_line(err: str) -> str:
-    lines = [line for line in err.strip().splitlines() if line.strip()
-             and not line.startswith(("usage:", " ", "dcpe: codebook:"))]
-    assert len(lines) == 1, err
-    assert lines[0].startswith("dcpe: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
+    return one_error_line(err, ignore=("usage:", " ", "dcpe: codebook:"))
 
 
 def _per_token_expected_distance(x: np.ndarray, labels: np.ndarray) -> np.ndarray:

@@ -72,7 +72,9 @@ def require_matplotlib() -> None:
                           f"install it with: {_INSTALL}") from None
 
 
-def _as_codebook(codebook: Any) -> torch.Tensor:
+def codebook_tensor(codebook: Any) -> torch.Tensor:
+    """The codebook as a CPU tensor in its own dtype, checked to be (N, d) with N, d >= 1
+    (NumPy input: of a real dtype)."""
     if isinstance(codebook, torch.Tensor):
         t = codebook.detach().cpu()
     else:
@@ -83,7 +85,11 @@ def _as_codebook(codebook: Any) -> torch.Tensor:
     if t.ndim != 2 or t.shape[0] == 0 or t.shape[1] == 0:
         raise ValueError(f"codebook must be 2-D (N, d) with N, d >= 1, "
                          f"got shape {tuple(t.shape)}")
-    t = t.to(torch.float64)
+    return t
+
+
+def _as_codebook(codebook: Any) -> torch.Tensor:
+    t = codebook_tensor(codebook).to(torch.float64)
     if not bool(torch.isfinite(t).all()):
         raise ValueError("codebook contains NaN or Inf")
     return t

@@ -254,17 +254,9 @@ def sweep(codebook: Any, ks: Sequence[int] | None = None, *, linkage: str = "ave
 
     from ._progress import progress
     from ._validation import check_linkage_metric
+    from .report import codebook_tensor
 
-    if isinstance(codebook, torch.Tensor):
-        x = codebook.detach().cpu()
-    else:
-        arr = np.asarray(codebook)
-        if arr.dtype.kind not in "fiu":
-            raise TypeError(f"codebook must hold real numbers, got dtype {arr.dtype}")
-        x = torch.from_numpy(np.ascontiguousarray(arr))
-    if x.ndim != 2 or x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"codebook must be 2-D (N, d) with N, d >= 1, "
-                         f"got shape {tuple(x.shape)}")
+    x = codebook_tensor(codebook)
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"codebook must hold real numbers, got dtype {x.dtype}")
     n = int(x.shape[0])

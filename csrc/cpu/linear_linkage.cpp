@@ -498,7 +498,7 @@ class LinearEngine {
 #pragma omp for schedule(dynamic, 4)
         for (int64_t t = lo; t < hi; ++t) {
           const int32_t a = todo[t];
-          if (closed_) search_closed(a, cand);
+          if (closed_) search_closed(a);
           else search_euclidean(a, cand);
         }
       }
@@ -506,7 +506,7 @@ class LinearEngine {
     }
   }
 
-  void search_closed(int32_t a, std::vector<std::pair<double, int32_t>>& /*cand*/) {
+  void search_closed(int32_t a) {
     // value(b) = scale * (||mu_a - mu_b||^2 + s_a + s_b) >= scale * (||.||^2 + s_a): the
     // search radius around mu_a follows the best value found so far
     const double scale = opt_.metric == Metric::Cosine ? 0.5 : 1.0;
@@ -589,7 +589,7 @@ class LinearEngine {
         const int64_t sz = size_[a] + size_[b];
         if (!(cap > 0 && sz > cap)) need += sz;
       }
-      if (used_ + need > cap_) compact_arena(pairs);
+      if (used_ + need > cap_) compact_arena();
       std::vector<int64_t> dest(np, -1);
       for (int64_t t = 0; t < np; ++t) {
         const auto [a, b] = pairs[t];
@@ -653,7 +653,7 @@ class LinearEngine {
   }
 
   // Move the live groups to the front of the arena (slot order), keeping positions valid.
-  void compact_arena(const std::vector<std::pair<int32_t, int32_t>>& pairs) {
+  void compact_arena() {
     std::vector<int32_t> live(active_);  // the pairs' members are still in active_
     std::sort(live.begin(), live.end(),
               [this](int32_t u, int32_t v) { return pos_[u] < pos_[v]; });
@@ -673,7 +673,6 @@ class LinearEngine {
     }
     for (std::size_t i = 0; i < live.size(); ++i) pos_[live[i]] = dest[i];
     used_ = o;
-    (void)pairs;
   }
 
   // The clusters left fit the cache: their exact average distances in a condensed matrix

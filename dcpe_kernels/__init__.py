@@ -13,7 +13,19 @@ Kernels (Liger-Kernel layout: ``_<op>_<variant>_kernel``, a host launcher, and a
 * :func:`merge.merge_compact_nn` — ``_merge_compact_rownn_kernel``: Lance–Williams merge of
   all reciprocal pairs of a round, compaction and the next row nearest neighbours;
 * :func:`round.round_scan` — ``_round_scan_oneblock_kernel``: a round's O(n) bookkeeping
-  (reciprocal pairs, merge records, the next round's slots and weights) in one launch.
+  (reciprocal pairs, merge records, the next round's slots and weights) in one launch;
+
+and for the matrix-free rounds of :mod:`dcpe_kernels.linear` (average linkage past the
+dense matrix's memory):
+
+* :func:`centroid.centroid_nn` — ``_centroid_nn_tiled_kernel``: each cluster's smallest
+  upper bound (Euclidean) or closed-form nearest neighbour (sqeuclidean, cosine);
+* :func:`centroid.candidate_pairs` — ``_candidate_pairs_tiled_kernel``: the pairs whose
+  lower bound is within that upper bound;
+* :func:`pair_average.pair_average` — ``_pair_average_tiled_kernel``: their exact average
+  distances, over token pairs, in float64;
+* :func:`pair_average.cluster_matrix` — ``_cluster_matrix_rowlanes_kernel``: the clusters'
+  dense matrix, to hand the last rounds to the dense engine.
 """
 
 from __future__ import annotations
@@ -21,7 +33,19 @@ from __future__ import annotations
 import torch
 
 from ._triton import HAS_TRITON, TRITON_IMPORT_ERROR
+from .centroid import (
+    _reference_candidate_pairs,
+    _reference_centroid_nn,
+    candidate_pairs,
+    centroid_nn,
+)
 from .merge import _reference_merge_compact_nn, merge_compact_nn
+from .pair_average import (
+    _reference_cluster_matrix,
+    _reference_pair_average,
+    cluster_matrix,
+    pair_average,
+)
 from .pairwise import _reference_pairwise_nn, pairwise_nn
 from .round import _reference_round_scan, round_scan
 
@@ -30,7 +54,11 @@ __all__ = [
     "TRITON_IMPORT_ERROR",
     "ReferenceOps",
     "TritonOps",
+    "candidate_pairs",
+    "centroid_nn",
+    "cluster_matrix",
     "merge_compact_nn",
+    "pair_average",
     "pairwise_nn",
     "round_scan",
 ]
@@ -42,6 +70,10 @@ class TritonOps:
     pairwise_nn = staticmethod(pairwise_nn)
     merge_compact_nn = staticmethod(merge_compact_nn)
     round_scan = staticmethod(round_scan)
+    centroid_nn = staticmethod(centroid_nn)
+    candidate_pairs = staticmethod(candidate_pairs)
+    pair_average = staticmethod(pair_average)
+    cluster_matrix = staticmethod(cluster_matrix)
 
 
 class ReferenceOps:
@@ -51,6 +83,10 @@ class ReferenceOps:
     """
 
     round_scan = staticmethod(_reference_round_scan)
+    centroid_nn = staticmethod(_reference_centroid_nn)
+    candidate_pairs = staticmethod(_reference_candidate_pairs)
+    pair_average = staticmethod(_reference_pair_average)
+    cluster_matrix = staticmethod(_reference_cluster_matrix)
 
     @staticmethod
     def pairwise_nn(x: torch.Tensor, out: torch.Tensor, ld: int, metric: int,

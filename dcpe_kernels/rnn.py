@@ -138,12 +138,12 @@ def memory_available(device: torch.device) -> int:
     return 1 << 62
 
 
-def _insufficient(needed: int, available: int, what: str) -> Exception:
+def _insufficient(needed: int, available: int, what: str, hint: str = "") -> Exception:
     try:
         from dcpe._errors import InsufficientMemoryError
     except ImportError:  # the package is used without its Python half
         return MemoryError(f"{what}: needs {needed} bytes, {available} available")
-    return InsufficientMemoryError(needed, available, what)
+    return InsufficientMemoryError(needed, available, what, hint)
 
 
 @dataclass
@@ -250,55 +250,125 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
     ops.pairwise_nn(xs, cur, ld, metric_code, nn, nnd)
     del xs
 
-    rep = torch.arange(n_all, dtype=i64, device=dev)
-    size = torch.ones(n_all, dtype=i64, device=dev)
-    hfix = torch.zeros(n_all, dtype=dt, device=dev)
-    # the next round's cluster state (swapped with the current one after every round)
-    rep2 = torch.empty_like(rep)
-    size2 = torch.empty_like(size)
-    hfix2 = torch.empty_like(hfix)
-    # merge records, in discovery order
-    m_a = torch.empty(n_all, dtype=i64, device=dev)
-    m_b = torch.empty(n_all, dtype=i64, device=dev)
-    m_h = torch.empty(n_all, dtype=dt, device=dev)
-    m_hf = torch.empty(n_all, dtype=dt, device=dev)
-    m_s = torch.empty(n_all, dtype=i64, device=dev)
-    # slots of the next round: old slot, merged partner, their Lance-Williams weights
-    p32 = torch.empty(n_all, dtype=torch.int32, device=dev)
-    q32 = torch.empty(n_all, dtype=torch.int32, device=dev)
-    wp = torch.empty(n_all, dtype=dt, device=dev)
-    wq = torch.empty(n_all, dtype=dt, device=dev)
-    counts = torch.empty(3, dtype=i64, device=dev)
+    st = RoundState.new(n_all, dev, dt, max_cluster_size, n_clusters, method == "average")
+    dense_rounds(st, ops, cur, ld, n_all, nn, nnd, mode, avail, used, backend)
+    return st.merges()
 
-    other: torch.Tensor | None = None  # second matrix buffer once one fits
-    staging: torch.Tensor | None = None
-    cap = 0 if max_cluster_size is None else int(max_cluster_size)
-    m = 0
-    n = n_all
-    rounds = 0
-    need = None if n_clusters is None else max(0, n_all - int(n_clusters))
-    known, complete = 0, True
-    while n >= 2:
-        rounds += 1
+
+@dataclass
+class RoundState:
+    """Cluster state and merge records of the rounds, on the device.
+
+    Shared by the dense rounds (:func:`dense_rounds`) and the matrix-free rounds of
+    :mod:`dcpe_kernels.linear`, which hand their state over to the dense rounds.  Slot
+    ``i < n`` of the current round has ``size[i]``, ``rep[i]`` (smallest token index) and
+    ``hfix[i]`` (monotone height); ``*2`` are the next round's, written by ``round_scan``.
+    """
+
+    n_all: int
+    size: torch.Tensor
+    rep: torch.Tensor
+    hfix: torch.Tensor
+    size2: torch.Tensor
+    rep2: torch.Tensor
+    hfix2: torch.Tensor
+    m_a: torch.Tensor
+    m_b: torch.Tensor
+    m_h: torch.Tensor
+    m_hf: torch.Tensor
+    m_s: torch.Tensor
+    p32: torch.Tensor
+    q32: torch.Tensor
+    wp: torch.Tensor
+    wq: torch.Tensor
+    counts: torch.Tensor
+    cap: int
+    need: int | None
+    average: bool
+    m: int = 0
+    rounds: int = 0
+    known: int = 0
+    complete: bool = True
+    stop_check: bool = False
+
+    @classmethod
+    def new(cls, n_all: int, dev: torch.device, dt: torch.dtype, max_cluster_size: int | None,
+            n_clusters: int | None, average: bool) -> RoundState:
+        i64 = torch.int64
+        rep = torch.arange(n_all, dtype=i64, device=dev)
+        size = torch.ones(n_all, dtype=i64, device=dev)
+        hfix = torch.zeros(n_all, dtype=dt, device=dev)
+        return cls(
+            n_all, size, rep, hfix, torch.empty_like(size), torch.empty_like(rep),
+            torch.empty_like(hfix),
+            # merge records, in discovery order
+            torch.empty(n_all, dtype=i64, device=dev), torch.empty(n_all, dtype=i64, device=dev),
+            torch.empty(n_all, dtype=dt, device=dev), torch.empty(n_all, dtype=dt, device=dev),
+            torch.empty(n_all, dtype=i64, device=dev),
+            # slots of the next round: old slot, merged partner, Lance-Williams weights
+            torch.empty(n_all, dtype=torch.int32, device=dev),
+            torch.empty(n_all, dtype=torch.int32, device=dev),
+            torch.empty(n_all, dtype=dt, device=dev), torch.empty(n_all, dtype=dt, device=dev),
+            torch.empty(3, dtype=i64, device=dev),
+            0 if max_cluster_size is None else int(max_cluster_size),
+            None if n_clusters is None else max(0, n_all - int(n_clusters)),
+            average)
+
+    def scan(self, ops: Any, n: int, nn: torch.Tensor, nnd: torch.Tensor,
+             extra: Any = None) -> list[int]:
+        """Launch the round's bookkeeping and synchronise once: ``[pairs, n_new, below]``
+        followed by the values of ``extra()`` (a callable returning int64 tensors, called
+        after the bookkeeping is launched; read in the same transfer)."""
         # merges recorded so far below every merge still to come?
-        stop_check = need is not None and m >= need
-        ops.round_scan(n, nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s, m, stop_check,
-                       cap, method == "average", p32, q32, wp, wq, size2, rep2, hfix2, counts)
-        n_pairs, n_new, below = counts.tolist()  # the one sync of a round
-        if stop_check and below >= need:
-            known, complete = below, False
-            rounds -= 1
-            break
+        self.stop_check = self.need is not None and self.m >= self.need
+        ops.round_scan(n, nn, nnd, self.size, self.rep, self.hfix, self.m_a, self.m_b,
+                       self.m_h, self.m_hf, self.m_s, self.m, self.stop_check, self.cap,
+                       self.average, self.p32, self.q32, self.wp, self.wq, self.size2,
+                       self.rep2, self.hfix2, self.counts)
+        if extra is not None:
+            return torch.cat([self.counts, *extra()]).tolist()  # the one sync of a round
+        return self.counts.tolist()
+
+    def commit(self, n: int, n_pairs: int, n_new: int, below: int, backend: str) -> bool:
+        """Apply a scanned round; True when another round follows (``n_new`` slots)."""
+        if self.stop_check and below >= self.need:
+            self.known, self.complete = below, False
+            return False
         if n_pairs == 0:
             raise RuntimeError(f"{backend} backend: no reciprocal nearest-neighbour pair among "
                                f"{n} clusters (non-finite dissimilarities?)")
-        m += n_pairs
+        self.rounds += 1
+        self.m += n_pairs
         if n_new < 2:
+            return False
+        self.size, self.size2 = self.size2, self.size
+        self.rep, self.rep2 = self.rep2, self.rep
+        self.hfix, self.hfix2 = self.hfix2, self.hfix
+        return True
+
+    def merges(self) -> Merges:
+        m = self.m
+        if self.complete:
+            self.known = m
+        return Merges(self.n_all, self.m_a[:m], self.m_b[:m], self.m_h[:m], self.m_hf[:m],
+                      self.m_s[:m], self.rounds, self.known, self.complete)
+
+
+def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int,
+                 nn: torch.Tensor, nnd: torch.Tensor, mode: int, avail: int, used: int,
+                 backend: str) -> None:
+    """Run the dense rounds from ``n`` active clusters whose matrix is ``cur`` (row stride
+    ``ld``, row argmin/min in ``nn``/``nnd``) to the end, within ``avail`` bytes of which
+    ``used`` are taken; merges are recorded in ``st``."""
+    dev, dt = cur.device, cur.dtype
+    itemsize = cur.element_size()
+    other: torch.Tensor | None = None  # second matrix buffer once one fits
+    staging: torch.Tensor | None = None
+    while n >= 2:
+        n_pairs, n_new, below = st.scan(ops, n, nn, nnd)
+        if not st.commit(n, n_pairs, n_new, below, backend):
             break
-        size, size2 = size2, size
-        rep, rep2 = rep2, rep
-        hfix, hfix2 = hfix2, hfix
-        slots = (p32[:n_new], q32[:n_new], wp[:n_new], wq[:n_new])
+        slots = (st.p32[:n_new], st.q32[:n_new], st.wp[:n_new], st.wq[:n_new])
 
         if other is None:
             room = avail - used
@@ -324,10 +394,6 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
                 _view_rows(cur, ld, row0, nrows, n_new).copy_(
                     staging[: nrows * n_new].view(nrows, n_new))
         n = n_new
-    del cur, other, staging
-    if complete:
-        known = m
-    return Merges(n_all, m_a[:m], m_b[:m], m_h[:m], m_hf[:m], m_s[:m], rounds, known, complete)
 
 
 def merges_to_linkage(mg: Merges) -> np.ndarray:

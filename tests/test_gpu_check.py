@@ -73,8 +73,8 @@ def time_limit(calls: list[str]) -> float:
 def test_all_stages_in_order(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path)
     assert rc == 0, out
-    assert stages(calls) == ["build", "test-triton", "test-cuda", "bench"]
-    assert time_limit(calls) == 240
+    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu", "bench"]
+    assert time_limit(calls) == 420
     assert "--isolate" in [c for c in calls if "bench_gpu.py" in c][0]
     for name in ("env.log", "build.log", "tests.log", "bench.log"):
         assert (tmp_path / "out" / name).exists()
@@ -83,7 +83,8 @@ def test_all_stages_in_order(tmp_path: Path) -> None:
 def test_failed_cuda_build_falls_back_and_still_measures_triton(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path, FAKE_BUILD_FAILS="cuda")
     assert rc == 1
-    assert stages(calls) == ["build", "build-no-cuda", "test-triton", "test-cuda", "bench"]
+    assert stages(calls) == ["build", "build-no-cuda", "test-triton", "test-cuda",
+                             "test-linear_gpu", "bench"]
     assert "nvcc fatal" in out  # the compiler's message is shown, not only the log's end
 
 
@@ -96,10 +97,10 @@ def test_failed_build_stops_before_tests(tmp_path: Path) -> None:
 def test_failed_tests_fail_the_check_but_the_benchmark_runs(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path, FAKE_TESTS_FAIL="1")
     assert rc != 0
-    assert stages(calls) == ["build", "test-triton", "test-cuda", "bench"]
+    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu", "bench"]
 
 
-@pytest.mark.parametrize("deadline,expected", [(100, 80), (400, 240)])
+@pytest.mark.parametrize("deadline,expected", [(100, 80), (400, 380), (600, 420)])
 def test_benchmark_gets_the_time_left_before_the_deadline(tmp_path: Path, deadline: int,
                                                           expected: int) -> None:
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SECONDS=str(deadline))

@@ -25,7 +25,11 @@ SCRIPT = textwrap.dedent("""
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
+    import importlib
     from dcpe_kernels import merge, pairwise, round as round_
+
+    centroid = importlib.import_module("dcpe_kernels.centroid")
+    pair_average = importlib.import_module("dcpe_kernels.pair_average")
 
     arch = int(sys.argv[1])
     target = GPUTarget("cuda", arch, 32)
@@ -79,11 +83,49 @@ SCRIPT = textwrap.dedent("""
         assert re.findall(r"\\bdiv\\.rn\\.f64", ptx), dt
         assert not re.findall(r"\\b(?:div\\.approx|div\\.full)", ptx), dt
 
+        # the matrix-free rounds' kernels (dcpe_kernels.linear)
+        cfg = centroid._launch_config(on_cpu=False)
+        blocks = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+        for mode, half in ((0, False), (1, False), (1, True)):
+            sig = {"mu_ptr": f"*{dt}", "s2_ptr": f"*{dt}", "out_ptr": f"*{dt}",
+                   "nn_ptr": "*i64", "n": "i32", "dim": "i32", "MODE": "constexpr",
+                   "HALF": "constexpr", "IS_F32": "constexpr", "BLOCK_M": "constexpr",
+                   "BLOCK_N": "constexpr"}
+            kernel = build(centroid._centroid_nn_tiled_kernel, sig,
+                           {"MODE": mode, "HALF": half, "IS_F32": dt == "fp32", **blocks}, cfg)
+            assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), (dt, mode)
+        sig = {"mu_ptr": f"*{dt}", "s2_ptr": f"*{dt}", "rad_ptr": f"*{dt}", "tau_ptr": f"*{dt}",
+               "n": "i32", "dim": "i32", "margin_ptr": f"*{dt}", "pa_ptr": "*i32",
+               "pb_ptr": "*i32", "count_ptr": "*i64", "capacity": "i32",
+               "IS_F32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
+        kernel = build(centroid._candidate_pairs_tiled_kernel, sig,
+                       {"IS_F32": dt == "fp32", **blocks}, cfg)
+        assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
+        cfg = pair_average._launch_config(on_cpu=False)
+        sig = {"x_ptr": f"*{dt}", "dim": "i32", "off_ptr": "*i64", "size_ptr": "*i64",
+               "pa_ptr": "*i32", "pb_ptr": "*i32", "count_ptr": "*i64", "capacity": "i32",
+               "val_ptr": f"*{dt}", "IS_F32": "constexpr", "BLOCK_I": "constexpr",
+               "BLOCK_J": "constexpr"}
+        kernel = build(pair_average._pair_average_tiled_kernel, sig,
+                       {"IS_F32": dt == "fp32", "BLOCK_I": cfg["BLOCK_I"],
+                        "BLOCK_J": cfg["BLOCK_J"]},
+                       {k: v for k, v in cfg.items() if k != "PROGRAMS"})
+        assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
+        sig = {"x_ptr": f"*{dt}", "dim": "i32", "off_ptr": "*i64", "size_ptr": "*i64",
+               "n": "i32", "out_ptr": f"*{dt}", "ld": "i32", "nn_ptr": "*i64",
+               "nnd_ptr": f"*{dt}", "IS_F32": "constexpr", "BLOCK_B": "constexpr"}
+        kernel = build(pair_average._cluster_matrix_rowlanes_kernel, sig,
+                       {"IS_F32": dt == "fp32", "BLOCK_B": cfg["BLOCK_B"]},
+                       {k: v for k, v in cfg.items() if k != "PROGRAMS"})
+        assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
+
     # Sizes change from round to round; a kernel specialised on them (divisibility by 16,
     # value 1) would be compiled again for new sizes in the middle of a run. Every integer
     # argument is exempt, so each kernel compiles once per dtype and constexpr set.
     for fn in (pairwise._pairwise_dist_rownn_kernel, merge._merge_compact_rownn_kernel,
-               round_._round_scan_oneblock_kernel):
+               round_._round_scan_oneblock_kernel, centroid._centroid_nn_tiled_kernel,
+               centroid._candidate_pairs_tiled_kernel, pair_average._pair_average_tiled_kernel,
+               pair_average._cluster_matrix_rowlanes_kernel):
         exempt = {fn.arg_names.index(a) if isinstance(a, str) else int(a)
                   for a in fn.do_not_specialize}
         ints = [i for i, name in enumerate(fn.arg_names)
@@ -113,3 +155,7 @@ def test_kernels_compile_for_nvidia_gpus(arch: int) -> None:
     assert built.count("_pairwise_dist_rownn_kernel") == 6
     assert built.count("_merge_compact_rownn_kernel") == 6
     assert built.count("_round_scan_oneblock_kernel") == 2
+    assert built.count("_centroid_nn_tiled_kernel") == 6
+    assert built.count("_candidate_pairs_tiled_kernel") == 2
+    assert built.count("_pair_average_tiled_kernel") == 2
+    assert built.count("_cluster_matrix_rowlanes_kernel") == 2

@@ -96,9 +96,16 @@ def _preflight(name: str, data: Data, method: str, metric: str, memory_limit: An
                      device=data.device, metric=metric, memory_limit=memory_limit,
                      engine=engine)
         return {"plan": plan}
+    if name in ("cuda", "triton"):
+        # the engine and its memory are planned on the device (dcpe_kernels.linear)
+        if engine == "linear" and method != "average":
+            raise ValueError(f"engine='linear' runs average linkage only, got "
+                             f"linkage={method!r}; use engine='auto' or 'matrix'")
+        return {"memory_limit": parse_memory_limit(memory_limit), "engine": engine}
     if engine != "auto":
-        raise ValueError(f"engine={engine!r} selects an engine of the 'cpu' backend; "
-                         f"backend {name!r} has one engine. Use engine='auto'")
+        raise ValueError(f"engine={engine!r} selects an engine of the 'cpu', 'cuda' or "
+                         f"'triton' backend; backend {name!r} has one engine. Use "
+                         f"engine='auto'")
     if check is not None:
         check(data.n, data.d, method=method, dtype=data.compute_dtype, device=data.device)
     return {}
@@ -270,22 +277,25 @@ def cluster(
     dtype : {None, "float32", "float64"}
         Compute precision. Default: float64 for float64 input, float32 otherwise.
     memory_limit : int or str, optional
-        Memory budget of the ``cpu`` backend, in bytes or as a string such as ``"8GiB"``
-        or ``"512MiB"`` (``KiB``/``MiB``/``GiB``/``K``/``M``/``G`` are powers of 1024,
-        ``KB``/``MB``/``GB`` powers of 1000). Default: the available host memory
-        (``DCPE_MEMORY_LIMIT`` lowers it); an explicit limit is capped by it too. The
-        engine is chosen within it (see ``engine``), and
-        :class:`dcpe.InsufficientMemoryError` is raised, before any work, only when not
-        even O(N d) fits (for average, centroid and ward linkage; the other linkages
-        need the N(N-1)/2 matrix).
+        Memory budget of the ``cpu``, ``cuda`` and ``triton`` backends, in bytes or as a
+        string such as ``"8GiB"`` or ``"512MiB"`` (``KiB``/``MiB``/``GiB``/``K``/``M``/``G``
+        are powers of 1024, ``KB``/``MB``/``GB`` powers of 1000). Default: the available
+        host memory (``DCPE_MEMORY_LIMIT`` lowers it), or for CUDA tensors the device's
+        free memory; an explicit limit is capped by it too. The engine is chosen within
+        it (see ``engine``), and :class:`dcpe.InsufficientMemoryError` is raised, before
+        any work, only when not even O(N d) fits (for average, centroid and ward linkage
+        on the host, average linkage on the GPU; the other linkages need the matrix).
     engine : {"auto", "matrix", "linear"}
-        Engine of the ``cpu`` backend. ``"matrix"`` stores the N(N-1)/2 distances;
-        ``"linear"`` (average linkage) needs O(N d) memory plus a cache (at most a quarter
-        of the budget) and is exact too; ``"auto"`` takes the matrix engine for Euclidean
-        average linkage up to 32,768 tokens (at any N when d > 16) when it fits, the
-        linear engine otherwise.
-        Average linkage with ``"sqeuclidean"`` or ``"cosine"`` always runs on cluster
-        moments (their closed forms), in O(N d) memory. Other backends take ``"auto"``.
+        Engine of the ``cpu``, ``cuda`` and ``triton`` backends. ``"matrix"`` stores the
+        distances (N(N-1)/2 on the host, N x N on the GPU); ``"linear"`` (average linkage)
+        needs O(N d) memory (plus, on the host, a cache of at most a quarter of the
+        budget; on the GPU the clusters' own matrix once it fits) and is exact too.
+        ``"auto"`` on the host takes the matrix engine for Euclidean average linkage up
+        to 32,768 tokens (at any N when d > 16) when it fits, the linear engine
+        otherwise; on the GPU the matrix engine up to 131,072 tokens when it fits.
+        Average linkage with ``"sqeuclidean"`` or ``"cosine"`` runs on cluster moments
+        (their closed forms) in the linear engines, in O(N d) memory. Other backends
+        take ``"auto"``.
     progress : bool or None
         A progress bar of the merges on standard error for runs of the ``cpu`` backend
         longer than two seconds: ``True`` always, ``None`` when standard error is a

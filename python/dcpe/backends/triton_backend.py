@@ -48,9 +48,10 @@ def accepts(x: object) -> bool:
 
 
 def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | None,
-            n_clusters: int | None = None):
+            n_clusters: int | None = None, memory_limit: int | None = None,
+            engine: str = "auto"):
     from dcpe_kernels import TritonOps
-    from dcpe_kernels.rnn import rnn_merges
+    from dcpe_kernels.linear import run_merges
 
     if not accepts(x):
         raise ValueError(f"the {NAME!r} backend needs a CUDA tensor (or a CPU tensor with "
@@ -58,12 +59,14 @@ def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | N
     dev = x.device
     ctx = torch.cuda.device(dev) if dev.type == "cuda" else contextlib.nullcontext()
     with ctx:
-        return rnn_merges(x, method=method, metric=metric, max_cluster_size=max_cluster_size,
-                          ops=TritonOps, backend=NAME, n_clusters=n_clusters)
+        return run_merges(x, method=method, metric=metric, max_cluster_size=max_cluster_size,
+                          ops=TritonOps, backend=NAME, n_clusters=n_clusters,
+                          memory_limit=memory_limit, engine=engine)
 
 
 def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidean",
-            max_cluster_size: int | None = None) -> np.ndarray:
+            max_cluster_size: int | None = None, memory_limit: int | None = None,
+            engine: str = "auto") -> np.ndarray:
     """Merges of ``x`` in SciPy linkage format.
 
     Parameters
@@ -74,6 +77,12 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
         See the module docstring for what is supported.
     max_cluster_size : int, optional
         Clusters larger than this take no further part in merging.
+    memory_limit : int, optional
+        Device bytes the engine may use; default (and at most) the device's free memory.
+    engine : {"auto", "matrix", "linear"}
+        Dense rounds over the ``N x N`` matrix, or matrix-free rounds in ``O(N d)``
+        memory (average linkage; :mod:`dcpe_kernels.linear`); ``auto`` takes the dense
+        engine while its matrix fits and ``N <= 131072``.
 
     Returns
     -------
@@ -82,18 +91,22 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
     """
     from dcpe_kernels.rnn import merges_to_linkage
 
-    return merges_to_linkage(_merges(x, method, metric, max_cluster_size))
+    return merges_to_linkage(_merges(x, method, metric, max_cluster_size,
+                                     memory_limit=memory_limit, engine=engine))
 
 
 def labels(x: torch.Tensor, n_clusters: int, *, method: str = "average",
-           metric: str = "euclidean", max_cluster_size: int | None = None) -> torch.Tensor:
+           metric: str = "euclidean", max_cluster_size: int | None = None,
+           memory_limit: int | None = None, engine: str = "auto") -> torch.Tensor:
     """Canonical int64 labels on ``x``'s device after the first ``N - n_clusters`` merges.
 
     If the size cap leaves fewer merges, all are applied (more than ``n_clusters``
     clusters result; the caller reports it).  The rounds stop as soon as those merges are
-    known (:func:`dcpe_kernels.rnn.rnn_merges` with ``n_clusters``).
+    known (:func:`dcpe_kernels.rnn.rnn_merges` with ``n_clusters``).  ``memory_limit``
+    and ``engine`` as in :func:`linkage`.
     """
     from dcpe_kernels.rnn import merges_to_labels
 
-    mg = _merges(x, method, metric, max_cluster_size, n_clusters=n_clusters)
+    mg = _merges(x, method, metric, max_cluster_size, n_clusters=n_clusters,
+                 memory_limit=memory_limit, engine=engine)
     return merges_to_labels(mg, n_clusters)

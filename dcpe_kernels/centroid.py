@@ -1,0 +1,297 @@
+"""Scans over cluster centroids for the matrix-free engine (Triton): bounds and closed forms.
+
+The matrix-free rounds of :mod:`dcpe_kernels.linear` keep, per active cluster ``a``, its
+centroid ``mu_a``, the mean squared distance of its tokens to it ``s2_a`` (``sigma_a^2``)
+and, for the Euclidean metric, a radius ``rad_a >= max_{x in a} |x - mu_a|``.  With
+``dd = |mu_a - mu_b|^2`` and ``D = sqrt(dd)``:
+
+* average linkage of ``sqeuclidean`` is exactly ``dd + s2_a + s2_b`` and of ``cosine`` on
+  unit rows half of it (Ward 1963's decomposition of a mean of squared distances; the
+  closed forms of the ``cpu`` engine), so one scan gives every cluster's nearest
+  neighbour (:func:`centroid_nn`, mode 1);
+* average linkage of ``euclidean`` has no closed form, but by Jensen's inequality
+  ``mean |x - y| <= sqrt(mean |x - y|^2) = sqrt(dd + s2_a + s2_b)`` (an upper bound; mode
+  0 gives each cluster the smallest one, ``tau_a``), and ``mean |x - y| >= |mu_a - mu_b|``
+  (convexity) and ``mean |x - y| >= mean |x - y|^2 / max |x - y| >= (dd + s2_a + s2_b) /
+  (D + rad_a + rad_b)`` are lower bounds.  :func:`candidate_pairs` lists the pairs whose
+  lower bound does not exceed ``tau_a`` (with margins for rounding): the nearest
+  neighbour of ``a`` is among them, and only they get an exact average
+  (:mod:`dcpe_kernels.pair_average`).
+
+Both scans are ``O(n^2 d)`` over centroids (``n`` clusters, ``d`` dimensions), brute force
+in tiles, like :mod:`dcpe_kernels.pairwise`.  Order of operations (shared with the CUDA
+kernels and the references): ``dd`` sums the rounded squares for ``k = 0 .. d-1`` in that
+order (no fused multiply-add); ``t = s2_a + s2_b`` and ``r = rad_a + rad_b`` commute, so
+every quantity is the same bits for ``(a, b)`` and ``(b, a)``.
+
+* :func:`centroid_nn` — ``_centroid_nn_tiled_kernel``: per row the minimum over ``b != a``
+  of ``sqrt(dd + t)`` (mode 0) or ``scale * (dd + t)`` (mode 1) and its smallest argmin;
+* :func:`candidate_pairs` — ``_candidate_pairs_tiled_kernel``: ``lb = D`` if
+  ``D + r == 0`` else ``max(D, (dd + t) / (D + r))``; ``cand(a, b)`` is
+  ``lb - absm <= (tau_a + absm) * (1 + rel)``; the unordered pair is emitted once, by
+  ``a`` if ``cand(a, b)`` and (``a < b`` or not ``cand(b, a)``), at an atomically counted
+  position (``count`` keeps counting past ``capacity``; later pairs are not written).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ._triton import HAS_TRITON, tl, triton
+
+__all__ = [
+    "_reference_candidate_pairs",
+    "_reference_centroid_nn",
+    "candidate_pairs",
+    "centroid_nn",
+]
+
+
+def _sqrt_rn(t: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded (IEEE) square root, as the kernels take it: NumPy's, since
+    PyTorch's ``sqrt`` on the CPU is not always correctly rounded."""
+    return torch.from_numpy(np.sqrt(t.detach().cpu().numpy())).to(t.device)
+
+
+def _reference_dd(mu_t: torch.Tensor, n: int) -> torch.Tensor:
+    """``dd[a, b]``: squared distances of the centroid columns, summed in dimension order."""
+    mu = mu_t[:, :n]
+    dd = torch.zeros((n, n), dtype=mu_t.dtype, device=mu_t.device)
+    for k in range(mu_t.shape[0]):
+        diff = mu[k][:, None] - mu[k][None, :]
+        dd = dd + diff * diff
+    return dd
+
+
+def _reference_centroid_nn(mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int,
+                           scale: float, out: torch.Tensor, nn: torch.Tensor) -> None:
+    """PyTorch reference of :func:`centroid_nn` (same arguments, same bits)."""
+    if n == 1:
+        out[0] = float("inf")
+        nn[0] = 0
+        return
+    dd = _reference_dd(mu_t, n)
+    t = s2[:n][:, None] + s2[:n][None, :]
+    v = dd + t
+    v = _sqrt_rn(v) if mode == 0 else v * torch.tensor(scale, dtype=v.dtype)
+    v.fill_diagonal_(float("inf"))
+    best = v.min(dim=1).values
+    cols = torch.arange(n, device=v.device).expand(n, n)
+    out[:n] = best
+    nn[:n] = torch.where(v == best[:, None], cols, n).min(dim=1).values
+
+
+def _reference_lower_bounds(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Tensor,
+                            n: int) -> torch.Tensor:
+    dd = _reference_dd(mu_t, n)
+    d = _sqrt_rn(dd)
+    t = s2[:n][:, None] + s2[:n][None, :]
+    r = rad[:n][:, None] + rad[:n][None, :]
+    den = d + r
+    safe = torch.where(den == 0, torch.ones_like(den), den)
+    return torch.where(den == 0, d, torch.maximum(d, (dd + t) / safe))
+
+
+def _reference_candidate_pairs(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Tensor,
+                               tau: torch.Tensor, n: int, rel: float, absm: float,
+                               pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor,
+                               capacity: int) -> None:
+    """PyTorch reference of :func:`candidate_pairs`; pairs in row-major order of ``(a, b)``."""
+    dt = mu_t.dtype
+    lb = _reference_lower_bounds(mu_t, s2, rad, n)
+    rel_t = torch.tensor(rel, dtype=dt)
+    absm_t = torch.tensor(absm, dtype=dt)
+    one_rel = torch.tensor(1.0, dtype=dt) + rel_t
+    cand = (lb - absm_t) <= (tau[:n][:, None] + absm_t) * one_rel
+    cand.fill_diagonal_(False)
+    ar = torch.arange(n, device=mu_t.device)
+    emit = cand & ((ar[:, None] < ar[None, :]) | ~cand.T)
+    a, b = torch.nonzero(emit, as_tuple=True)
+    total = int(a.numel())
+    start = int(count[0])
+    w = max(0, min(total, capacity - start))
+    pa[start:start + w] = a[:w].to(pa.dtype)
+    pb[start:start + w] = b[:w].to(pb.dtype)
+    count[0] += total
+
+
+if HAS_TRITON:
+
+    @triton.jit
+    def _centroid_dd_tile(mu_ptr, ld, rows64, rmask, cols64, cmask, dim,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """``dd`` of a tile: rounded squares summed in dimension order (fusion is off)."""
+        dtype = mu_ptr.dtype.element_ty
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=dtype)
+        for k in range(0, dim):
+            a = tl.load(mu_ptr + k * ld + rows64, mask=rmask, other=0.0)
+            b = tl.load(mu_ptr + k * ld + cols64, mask=cmask, other=0.0)
+            diff = a[:, None] - b[None, :]
+            acc += diff * diff
+        return acc
+
+    @triton.jit(do_not_specialize=["n", "dim"])
+    def _centroid_nn_tiled_kernel(mu_ptr, s2_ptr, out_ptr, nn_ptr, n, dim,
+                                  MODE: tl.constexpr, HALF: tl.constexpr, IS_F32: tl.constexpr,
+                                  BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        pid = tl.program_id(0)
+        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = rows < n
+        rows64 = rows.to(tl.int64)
+        dtype = mu_ptr.dtype.element_ty
+        s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
+        best = tl.full([BLOCK_M], float("inf"), dtype)
+        besti = tl.zeros([BLOCK_M], dtype=tl.int64)
+        for c0 in range(0, n, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            cmask = cols < n
+            cols64 = cols.to(tl.int64)
+            acc = _centroid_dd_tile(mu_ptr, n, rows64, rmask, cols64, cmask, dim,
+                                    BLOCK_M, BLOCK_N)
+            s2c = tl.load(s2_ptr + cols64, mask=cmask, other=0.0)
+            v = acc + (s2r[:, None] + s2c[None, :])
+            if MODE == 0:
+                if IS_F32:
+                    v = tl.sqrt_rn(v)
+                else:
+                    v = tl.sqrt(v)
+            elif HALF:
+                v = v * 0.5
+            v = tl.where((rows[:, None] == cols[None, :]) | (cmask[None, :] == 0),
+                         float("inf"), v)
+            bm = tl.min(v, axis=1)
+            bi = tl.min(tl.where(v == bm[:, None], cols64[None, :], n), axis=1)
+            upd = bm < best
+            best = tl.where(upd, bm, best)
+            besti = tl.where(upd, bi, besti)
+        besti = tl.where(best < float("inf"), besti, 0)
+        tl.store(nn_ptr + rows64, besti, mask=rmask)
+        tl.store(out_ptr + rows64, best, mask=rmask)
+
+    @triton.jit(do_not_specialize=["n", "dim", "capacity"])
+    def _candidate_pairs_tiled_kernel(mu_ptr, s2_ptr, rad_ptr, tau_ptr, n, dim, margin_ptr,
+                                      pa_ptr, pb_ptr, count_ptr, capacity,
+                                      IS_F32: tl.constexpr, BLOCK_M: tl.constexpr,
+                                      BLOCK_N: tl.constexpr):
+        pid_m = tl.program_id(0)
+        pid_n = tl.program_id(1)
+        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+        rmask = rows < n
+        cmask = cols < n
+        rows64 = rows.to(tl.int64)
+        cols64 = cols.to(tl.int64)
+        dd = _centroid_dd_tile(mu_ptr, n, rows64, rmask, cols64, cmask, dim, BLOCK_M, BLOCK_N)
+        if IS_F32:
+            d = tl.sqrt_rn(dd)
+        else:
+            d = tl.sqrt(dd)
+        s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
+        s2c = tl.load(s2_ptr + cols64, mask=cmask, other=0.0)
+        rr = tl.load(rad_ptr + rows64, mask=rmask, other=0.0)
+        rc = tl.load(rad_ptr + cols64, mask=cmask, other=0.0)
+        tr = tl.load(tau_ptr + rows64, mask=rmask, other=0.0)
+        tc = tl.load(tau_ptr + cols64, mask=cmask, other=0.0)
+        den = d + (rr[:, None] + rc[None, :])
+        safe = tl.where(den == 0, 1.0, den)
+        lb = tl.where(den == 0, d, tl.maximum(d, (dd + (s2r[:, None] + s2c[None, :])) / safe))
+        absm_t = tl.load(margin_ptr + 1)
+        one_rel = 1.0 + tl.load(margin_ptr)
+        low = lb - absm_t
+        cand_ab = low <= (tr[:, None] + absm_t) * one_rel
+        cand_ba = low <= (tc[None, :] + absm_t) * one_rel
+        valid = rmask[:, None] & cmask[None, :] & (rows[:, None] != cols[None, :])
+        emit = valid & cand_ab & ((rows[:, None] < cols[None, :]) | (cand_ba == 0))
+        ones = tl.full([BLOCK_M, BLOCK_N], 1, tl.int64)
+        cptr = count_ptr + tl.zeros([BLOCK_M, BLOCK_N], tl.int64)
+        pos = tl.atomic_add(cptr, ones, mask=emit)
+        ok = emit & (pos < capacity)
+        tl.store(pa_ptr + pos, (rows[:, None] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32)),
+                 mask=ok)
+        tl.store(pb_ptr + pos, (cols[None, :] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32)),
+                 mask=ok)
+
+else:  # pragma: no cover - exercised only without triton
+    _centroid_nn_tiled_kernel = None
+    _candidate_pairs_tiled_kernel = None
+
+
+def _launch_config(on_cpu: bool) -> dict[str, int]:
+    """Small tiles under the interpreter; 64 x 64 tiles of 4 warps on a GPU.
+
+    ``enable_fp_fusion`` is off: every square is rounded before it is added (module
+    docstring), so both kernels and the references agree bit for bit.
+    """
+    if on_cpu:
+        return {"BLOCK_M": 16, "BLOCK_N": 32, "num_warps": 1, "enable_fp_fusion": False}
+    return {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "enable_fp_fusion": False}
+
+
+def centroid_nn(mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int, scale: float,
+                out: torch.Tensor, nn: torch.Tensor) -> None:
+    """Each cluster's smallest bound (mode 0) or closed-form nearest neighbour (mode 1).
+
+    Parameters
+    ----------
+    mu_t : torch.Tensor
+        ``(d, n)`` contiguous float32/float64: column ``c`` is the centroid of cluster ``c``.
+    s2 : torch.Tensor
+        ``(n,)``, same dtype: mean squared distance of each cluster's tokens to its centroid.
+    n : int
+        Clusters.
+    mode : int
+        0: ``sqrt(dd + s2_a + s2_b)`` (the Euclidean upper bound); 1: ``scale * (dd + s2_a +
+        s2_b)`` (the sqeuclidean / cosine closed form).
+    scale : float
+        Factor of mode 1 (1.0 sqeuclidean, 0.5 cosine).
+    out, nn : torch.Tensor
+        ``(n,)`` dtype / int64 outputs: row minimum over ``b != a`` and its smallest argmin
+        (``inf`` and 0 when ``n == 1``).
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("triton is not installed")
+    cfg = _launch_config(mu_t.device.type == "cpu")
+    grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
+    if mode == 1 and float(scale) not in (0.5, 1.0):
+        raise ValueError(f"scale must be 0.5 or 1.0, got {scale}")
+    _centroid_nn_tiled_kernel[grid](mu_t, s2, out, nn, n, mu_t.shape[0], MODE=int(mode),
+                                    HALF=float(scale) == 0.5, IS_F32=mu_t.dtype == torch.float32,
+                                    BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                                    num_warps=cfg["num_warps"],
+                                    enable_fp_fusion=cfg["enable_fp_fusion"])
+
+
+def candidate_pairs(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Tensor,
+                    tau: torch.Tensor, n: int, rel: float, absm: float, pa: torch.Tensor,
+                    pb: torch.Tensor, count: torch.Tensor, capacity: int) -> None:
+    """Emit the cluster pairs whose lower bound does not exceed the smaller ``tau``.
+
+    Parameters
+    ----------
+    mu_t, s2 : torch.Tensor
+        As in :func:`centroid_nn`.
+    rad, tau : torch.Tensor
+        ``(n,)`` dtype: radius bounds and the mode-0 minima of :func:`centroid_nn`.
+    n : int
+        Clusters.
+    rel, absm : float
+        Relative and absolute margins for rounding (module docstring).
+    pa, pb : torch.Tensor
+        int32 ``(capacity,)`` outputs: the pairs, in no particular order.
+    count : torch.Tensor
+        int64 ``(1,)``, zero on entry: the number of pairs (even past ``capacity``).
+    capacity : int
+        Room in ``pa`` / ``pb``.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("triton is not installed")
+    cfg = _launch_config(mu_t.device.type == "cpu")
+    grid = (triton.cdiv(n, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
+    margins = torch.tensor([rel, absm], dtype=mu_t.dtype).to(mu_t.device, non_blocking=True)
+    _candidate_pairs_tiled_kernel[grid](mu_t, s2, rad, tau, n, mu_t.shape[0], margins, pa, pb,
+                                        count, int(capacity),
+                                        IS_F32=mu_t.dtype == torch.float32,
+                                        BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
+                                        num_warps=cfg["num_warps"],
+                                        enable_fp_fusion=cfg["enable_fp_fusion"])

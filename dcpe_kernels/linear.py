@@ -1,0 +1,372 @@
+"""Matrix-free reciprocal-nearest-neighbour rounds for average linkage on a device.
+
+The dense engine (:mod:`dcpe_kernels.rnn`) keeps the ``N x N`` dissimilarity matrix, which
+limits it to about 130,000 tokens on the largest GPUs.  This engine keeps ``O(N d)``:
+
+* the tokens, sorted so that every active cluster is a contiguous segment;
+* per cluster its size, smallest token index, monotone height, centroid and the sum of
+  squared distances of its tokens to the centroid (float64; merged with the parallel
+  formula of Chan, Golub & LeVeque 1979), and for Euclidean a radius bound.
+
+A round is the same as a dense round (Murtagh 1983; Müllner 2011, arXiv:1109.2378): every
+active cluster's nearest neighbour by the exact average distance (ties to the smallest
+slot), the reciprocal pairs merged at once by :func:`dcpe_kernels.round.round_scan`, one
+host synchronisation.  Only the nearest neighbours are found differently:
+
+* ``sqeuclidean`` and ``cosine`` (on unit rows): average linkage is the closed form
+  ``scale * (|mu_a - mu_b|^2 + s2_a + s2_b)`` on the moments (``s2`` the mean squared
+  distance to the centroid), so one ``O(n^2 d)`` scan of the centroids gives every nearest
+  neighbour (:func:`dcpe_kernels.centroid.centroid_nn`, mode 1), in float64;
+* ``euclidean``: one scan gives every cluster the smallest upper bound ``tau_a`` (Jensen),
+  a second lists the pairs whose lower bound (centroid distance, and mean square over the
+  largest possible distance) is within ``tau_a`` (:func:`dcpe_kernels.centroid.
+  candidate_pairs`), and only those get an exact average over their token pairs, summed
+  in float64 (:func:`dcpe_kernels.pair_average.pair_average`).  Every cluster's nearest
+  neighbour is among its candidates, so the result is that of the dense engine.  Once the
+  clusters' own matrix fits ``handover_bytes`` it is built in one pass over the token
+  pairs (:func:`dcpe_kernels.pair_average.cluster_matrix`) and the dense rounds finish.
+
+Merges, the early stop for a flat cut and the size cap are those of the dense engine
+(merge records, tie rule and slot order are the same, so labels agree with the dense
+engine and the ``cpu`` backend on inputs without tied distances).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from .rnn import Merges, RoundState, _insufficient, dense_rounds, memory_available
+
+__all__ = [
+    "CLOSED_FORM_SCALE",
+    "DEFAULT_HANDOVER_BYTES",
+    "DENSE_MAX_N",
+    "ENGINES",
+    "choose_engine",
+    "linear_merges",
+    "linear_required_bytes",
+    "run_merges",
+]
+
+#: metric -> factor of the closed form (``None``: no closed form, bounds and exact sums)
+CLOSED_FORM_SCALE: dict[str, float | None] = {"euclidean": None, "sqeuclidean": 1.0,
+                                              "cosine": 0.5}
+#: default size of the clusters' matrix (two buffers) at which the dense rounds take over
+DEFAULT_HANDOVER_BYTES = 16 << 30
+#: initial room for candidate pairs, per active cluster
+_PAIRS_PER_CLUSTER = 8
+_MIN_PAIRS = 1024
+
+
+def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
+    """Device bytes the matrix-free engine needs for ``n`` tokens of dimension ``d``.
+
+    Three copies of the tokens (input, sorted, next order), float64 centroids and their
+    transposed copy, about 200 bytes of per-cluster state and the initial room for
+    candidate pairs (about 40 bytes each).
+    """
+    return 3 * n * d * itemsize + 3 * n * d * 8 + 200 * n + _PAIRS_PER_CLUSTER * 40 * n
+
+
+def _margins(x: torch.Tensor, dim: int) -> tuple[float, float]:
+    """Relative and absolute rounding margins of the bounds (float32-representable)."""
+    eps = float(torch.finfo(x.dtype).eps)
+    rel = 8.0 * (dim + 4) * eps
+    scale = float(x.abs().max()) if x.numel() else 0.0
+    absm = 8.0 * math.sqrt(dim) * eps * scale + float(torch.finfo(x.dtype).tiny)
+    return float(np.float32(rel * 1.0001)), float(np.float32(absm * 1.0001))
+
+
+class _Tokens:
+    """Tokens sorted by cluster, with each cluster's first row (Euclidean only)."""
+
+    def __init__(self, x: torch.Tensor) -> None:
+        n = x.shape[0]
+        self.x = x
+        self.offsets = torch.arange(n, dtype=torch.int64, device=x.device)
+        self.ntok = n
+
+    def regroup(self, p: torch.Tensor, q: torch.Tensor, old_size: torch.Tensor,
+                new_size: torch.Tensor, ntok: int) -> torch.Tensor:
+        """Reorder for the next round's slots (``p``/``q`` old slots, ``q`` -1 if none);
+        returns the slot of every new row."""
+        dev = self.x.device
+        n_new = p.shape[0]
+        offsets = torch.cumsum(new_size, 0) - new_size
+        slot = torch.repeat_interleave(torch.arange(n_new, device=dev), new_size,
+                                       output_size=ntok)
+        local = torch.arange(ntok, device=dev) - offsets[slot]
+        ps, qs = p[slot], q[slot]
+        n_p = old_size[ps]
+        from_p = local < n_p
+        src = torch.where(from_p, self.offsets[ps] + local,
+                          self.offsets[qs.clamp_min(0)] + (local - n_p))
+        self.x = self.x[src]
+        self.offsets = offsets
+        self.ntok = ntok
+        return slot
+
+
+def _radius(tokens: _Tokens, slot: torch.Tensor, mu: torch.Tensor, n: int) -> torch.Tensor:
+    """``max |x - mu|`` per cluster in the compute dtype (margins applied by the caller)."""
+    diff = tokens.x - mu.to(tokens.x.dtype)[slot]
+    nrm = torch.linalg.vector_norm(diff, dim=1)
+    out = torch.zeros(n, dtype=tokens.x.dtype, device=tokens.x.device)
+    return out.scatter_reduce(0, slot, nrm, "amax")
+
+
+def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None, ops: Any,
+                  backend: str = "triton", n_clusters: int | None = None,
+                  memory_budget: int | None = None,
+                  handover_bytes: int | None = None) -> Merges:
+    """Average-linkage merges of ``x`` without an ``N x N`` matrix (module docstring).
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(N, d)`` float32 or float64, finite, on the device the kernels run on.
+    metric : str
+        ``"euclidean"``, ``"sqeuclidean"`` or ``"cosine"``.
+    max_cluster_size : int or None
+        Clusters larger than this take no further part in merging.
+    ops : object
+        The kernels: ``centroid_nn``, ``candidate_pairs``, ``pair_average``,
+        ``cluster_matrix`` and the dense engine's ``round_scan`` and ``merge_compact_nn``
+        (:class:`dcpe_kernels.TritonOps`, ``CudaOps`` or :class:`dcpe_kernels.ReferenceOps`).
+    backend : str
+        Name used in error messages.
+    n_clusters : int, optional
+        Stop once the first ``N - n_clusters`` merges of the greedy order are known.
+    memory_budget : int, optional
+        Bytes the engine may use (default: what the device reports free).
+    handover_bytes : int, optional
+        The dense rounds take over (Euclidean) once two matrices of the active clusters
+        fit in this many bytes and in the budget; 0 never hands over.  Default
+        :data:`DEFAULT_HANDOVER_BYTES`.
+
+    Returns
+    -------
+    Merges
+        As :func:`dcpe_kernels.rnn.rnn_merges` returns them.
+
+    Raises
+    ------
+    InsufficientMemoryError
+        Before any work, when even ``O(N d)`` does not fit.
+    """
+    if metric not in CLOSED_FORM_SCALE:
+        raise ValueError(f"metric={metric!r} is not supported by the matrix-free engine; "
+                         f"supported: {sorted(CLOSED_FORM_SCALE)}")
+    dev, dt = x.device, x.dtype
+    n_all, dim = int(x.shape[0]), int(x.shape[1])
+    itemsize = x.element_size()
+    i64, f64 = torch.int64, torch.float64
+    if n_all < 2:
+        e = torch.empty(0, dtype=i64, device=dev)
+        return Merges(n_all, e, e.clone(), torch.empty(0, dtype=dt, device=dev),
+                      torch.empty(0, dtype=dt, device=dev), e.clone())
+    avail = memory_available(dev) if memory_budget is None else int(memory_budget)
+    needed = linear_required_bytes(n_all, dim, itemsize)
+    if needed > avail:
+        raise _insufficient(needed, avail,
+                            f"{backend} backend: matrix-free rounds on {n_all} x {dim} tokens")
+    handover = DEFAULT_HANDOVER_BYTES if handover_bytes is None else int(handover_bytes)
+    handover = min(handover, avail - needed)
+
+    scale = CLOSED_FORM_SCALE[metric]
+    xs = x.contiguous()
+    if metric == "cosine":  # unit rows, as the dense engine takes them
+        norms = torch.linalg.vector_norm(xs, dim=1)
+        xs = xs / torch.where(norms > 0, norms, 1)[:, None]
+
+    st = RoundState.new(n_all, dev, dt, max_cluster_size, n_clusters, True)
+    mu = xs.to(f64)  # (n, d) centroids
+    m2 = torch.zeros(n_all, dtype=f64, device=dev)  # sum of squared distances to mu
+    nn = torch.empty(n_all, dtype=i64, device=dev)
+    nnd = torch.empty(n_all, dtype=dt, device=dev)
+    best = torch.empty(n_all, dtype=f64 if scale is not None else dt, device=dev)
+    tokens = rad = None
+    if scale is None:
+        tokens = _Tokens(xs)
+        rad = torch.zeros(n_all, dtype=dt, device=dev)
+        rel, absm = _margins(xs, dim)
+        capacity = max(_MIN_PAIRS, _PAIRS_PER_CLUSTER * n_all)
+        pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
+        pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
+        val = torch.empty(capacity, dtype=dt, device=dev)
+        count = torch.zeros(1, dtype=i64, device=dev)
+    del xs
+    big = torch.tensor(n_all, dtype=i64, device=dev)
+    n = n_all
+    while n >= 2:
+        s2 = m2[:n] / st.size[:n].to(f64)
+        if scale is not None:
+            ops.centroid_nn(mu[:n].T.contiguous(), s2, n, 1, scale, best, nn)
+            nnd[:n] = best[:n].to(dt)
+        else:
+            mu_t = mu[:n].T.to(dt).contiguous()
+            s2t = s2.to(dt)
+            ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, nn)
+            while True:
+                count.zero_()
+                ops.candidate_pairs(mu_t, s2t, rad, best, n, rel, absm, pa, pb, count,
+                                    capacity)
+                ops.pair_average(tokens.x, tokens.offsets, st.size, pa, pb, count, capacity,
+                                 val)
+                _nearest_from_pairs(pa, pb, val, count, n, big, nn, nnd)
+                vals = st.scan(ops, n, nn, nnd, lambda n=n: (count, _token_total(st, n)))
+                if vals[3] <= capacity:
+                    break
+                capacity = 1 << math.ceil(math.log2(vals[3] * 1.25))
+                pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
+                pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
+                val = torch.empty(capacity, dtype=dt, device=dev)
+        if scale is not None:
+            vals = st.scan(ops, n, nn, nnd)
+        n_pairs, n_new, below = vals[:3]
+        old_size = st.size
+        if not st.commit(n, n_pairs, n_new, below, backend):
+            break
+        p = st.p32[:n_new].to(i64)
+        q = st.q32[:n_new].to(i64)
+        new_size = st.size[:n_new]
+        mu, m2 = _merge_moments(mu, m2, old_size, p, q, new_size)
+        n = n_new
+        if tokens is not None:
+            slot = tokens.regroup(p, q, old_size, new_size, vals[4])
+            r = _radius(tokens, slot, mu, n)
+            rad = r + (r * rel + absm)
+            if 2 * n * n * itemsize <= handover and n > 1:
+                cur = torch.empty(n * n, dtype=dt, device=dev)
+                ops.cluster_matrix(tokens.x, tokens.offsets, new_size, n, cur, n, nn, nnd)
+                used = needed + n * n * itemsize
+                del tokens, mu, m2, rad, pa, pb, val
+                dense_rounds(st, ops, cur, n, n, nn, nnd, 0, avail, used, backend)
+                break
+    return st.merges()
+
+
+def _token_total(st: RoundState, n: int) -> torch.Tensor:
+    """Tokens in the next round's slots (on the device; read with the round's counts)."""
+    keep = torch.arange(n, device=st.size2.device) < st.counts[1]
+    return (st.size2[:n] * keep).sum().reshape(1)
+
+
+def _nearest_from_pairs(pa: torch.Tensor, pb: torch.Tensor, val: torch.Tensor,
+                        count: torch.Tensor, n: int, big: torch.Tensor, nn: torch.Tensor,
+                        nnd: torch.Tensor) -> None:
+    """Each cluster's nearest neighbour among the evaluated pairs (smallest slot on ties),
+    without reading ``count`` on the host."""
+    live = torch.arange(pa.shape[0], device=pa.device) < count
+    a = torch.where(live, pa, 0).to(torch.int64)
+    b = torch.where(live, pb, 0).to(torch.int64)
+    v = torch.where(live, val, torch.full_like(val, float("inf")))
+    best = torch.full((n,), float("inf"), dtype=val.dtype, device=val.device)
+    best = best.scatter_reduce(0, a, v, "amin").scatter_reduce(0, b, v, "amin")
+    idx = torch.full((n,), int(big), dtype=torch.int64, device=val.device)
+    take_b = torch.where(live & (v == best[a]), b, big)
+    take_a = torch.where(live & (v == best[b]), a, big)
+    idx = idx.scatter_reduce(0, a, take_b, "amin").scatter_reduce(0, b, take_a, "amin")
+    # every cluster has a pair unless the pairs overflowed (that round is run again): a
+    # cluster without one points to itself, which the round scan never merges
+    ar = torch.arange(n, device=idx.device)
+    nn[:n] = torch.where(idx >= big, ar, idx)
+    nnd[:n] = best
+
+
+def _merge_moments(mu: torch.Tensor, m2: torch.Tensor, old_size: torch.Tensor,
+                   p: torch.Tensor, q: torch.Tensor, new_size: torch.Tensor
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centroids and sums of squared deviations of the next round's slots (Chan, Golub &
+    LeVeque 1979: ``M2 = M2_p + M2_q + |mu_p - mu_q|^2 n_p n_q / n``)."""
+    f64 = torch.float64
+    has_q = q >= 0
+    qc = q.clamp_min(0)
+    n_p = old_size[p].to(f64)
+    n_q = torch.where(has_q, old_size[qc], 0).to(f64)
+    n_t = new_size.to(f64)
+    mu_p, mu_q = mu[p], mu[qc]
+    delta = mu_q - mu_p
+    w = (n_q / n_t)[:, None]
+    mu_new = mu_p + delta * w
+    cross = (delta * delta).sum(1) * (n_p * n_q / n_t)
+    m2_new = m2[p] + torch.where(has_q, m2[qc] + cross, 0)
+    return mu_new, m2_new
+
+
+#: the dense engine is used up to this many tokens when its matrix fits (past it the
+#: matrix-free rounds are as fast and need far less memory)
+DENSE_MAX_N = 131072
+ENGINES = ("auto", "matrix", "linear")
+
+
+def choose_engine(n: int, d: int, itemsize: int, *, method: str, budget: int,
+                  engine: str = "auto", backend: str = "triton") -> str:
+    """``"matrix"`` (dense rounds) or ``"linear"`` (matrix-free rounds) for ``n`` tokens.
+
+    ``auto`` takes the dense engine while its matrix fits ``budget`` and ``n <=``
+    :data:`DENSE_MAX_N` (any ``n`` for the linkages that only it runs), else the
+    matrix-free rounds (average linkage).
+
+    Raises
+    ------
+    ValueError
+        An unknown engine, or ``"linear"`` for a linkage other than average.
+    InsufficientMemoryError
+        When the chosen engine cannot fit ``budget``.
+    """
+    from .rnn import required_bytes
+
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
+    dense = required_bytes(n, d, itemsize)
+    linear = linear_required_bytes(n, d, itemsize)
+    if engine == "linear" and method != "average":
+        raise ValueError(f"engine='linear' runs average linkage only, got linkage={method!r}; "
+                         f"use engine='auto' or 'matrix'")
+    if engine == "auto":
+        if method != "average" or (dense <= budget and n <= DENSE_MAX_N):
+            engine = "matrix"
+        else:
+            engine = "linear"
+    needed = dense if engine == "matrix" else linear
+    if needed > budget:
+        what = (f"{backend} backend: {n}x{n} dissimilarity matrix" if engine == "matrix"
+                else f"{backend} backend: matrix-free rounds on {n} x {d} tokens")
+        if engine == "linear":
+            hint = "free device memory or pass a larger memory_limit, or use backend='cpu'"
+        elif method == "average":
+            hint = "engine='auto' or 'linear' needs only O(N d) memory for average linkage"
+        else:
+            hint = (f"linkage={method!r} needs the matrix; use linkage='average' (O(N d) "
+                    f"memory) or backend='cpu'")
+        raise _insufficient(needed, budget, what, hint)
+    return engine
+
+
+def run_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: int | None,
+               ops: Any, backend: str, n_clusters: int | None = None,
+               memory_limit: int | None = None, engine: str = "auto",
+               handover_bytes: int | None = None) -> Merges:
+    """The merges of ``x`` by the engine :func:`choose_engine` picks within
+    ``min(memory_limit, free device memory)``."""
+    from .rnn import rnn_merges, supported_or_raise
+
+    supported_or_raise(method, metric, backend)
+    budget = memory_available(x.device)
+    if memory_limit is not None:
+        budget = min(budget, int(memory_limit))
+    n, d = int(x.shape[0]), int(x.shape[1])
+    chosen = choose_engine(n, d, x.element_size(), method=method, budget=budget,
+                           engine=engine, backend=backend)
+    if chosen == "matrix":
+        return rnn_merges(x, method=method, metric=metric, max_cluster_size=max_cluster_size,
+                          ops=ops, backend=backend, n_clusters=n_clusters,
+                          memory_budget=budget)
+    return linear_merges(x, metric=metric, max_cluster_size=max_cluster_size, ops=ops,
+                         backend=backend, n_clusters=n_clusters, memory_budget=budget,
+                         handover_bytes=handover_bytes)

@@ -1,0 +1,262 @@
+"""Exact average distances between clusters of sorted tokens (Triton).
+
+The matrix-free rounds of :mod:`dcpe_kernels.linear` keep the tokens sorted so that cluster
+``c`` is the rows ``offsets[c] .. offsets[c] + sizes[c] - 1`` of ``x``.  The average
+linkage distance (UPGMA, Sokal & Michener 1958) of clusters ``A`` and ``B`` is
+
+    ``avg(A, B) = sum_{i in A, j in B} |x_i - x_j| / (|A| |B|)``
+
+with every token distance ``|x_i - x_j|`` rounded exactly as the dense engines round it
+(:mod:`dcpe_kernels.pairwise`: rounded squares summed in dimension order, no fused
+multiply-add, an IEEE square root, in the compute dtype), the sum accumulated in float64,
+divided in float64 and rounded once to the compute dtype.  A pair is always summed in one
+canonical order (the cluster with the smaller slot, ``lo``, outside), so ``avg(A, B)`` and
+``avg(B, A)`` are the same bits and the reciprocal-pair test of a round does not depend on
+which side computed a distance.
+
+* :func:`pair_average` — ``_pair_average_tiled_kernel``: the averages of a list of pairs
+  whose length lives on the device (the candidates of
+  :func:`dcpe_kernels.centroid.candidate_pairs`), one pair at a time per program in a
+  grid-stride loop, in tiles of ``lo`` x ``hi`` tokens;
+* :func:`cluster_matrix` — ``_cluster_matrix_rowlanes_kernel``: the dense matrix of all
+  averages with its row minima and argmins (ties to the smallest column), to hand the
+  last rounds over to the dense engine of :mod:`dcpe_kernels.rnn`; one program per row,
+  one lane per column cluster, each lane summing its pair sequentially.
+
+The references sum each pair's token distances ``lo`` row by row in a fixed order too,
+but not in the kernels' order: the float64 sums may differ in their last bits, so kernel
+and reference agree to about ``1e-15`` relative before the final rounding.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ._triton import HAS_TRITON, tl, triton
+from .centroid import _sqrt_rn
+
+__all__ = [
+    "_reference_cluster_matrix",
+    "_reference_pair_average",
+    "cluster_matrix",
+    "pair_average",
+]
+
+
+def _token_distances(xa: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+    """``|x_i - x_j|`` for all rows of ``xa`` and ``xb``, in the engines' rounding."""
+    acc = torch.zeros((xa.shape[0], xb.shape[0]), dtype=xa.dtype, device=xa.device)
+    for k in range(xa.shape[1]):
+        diff = xa[:, k][:, None] - xb[:, k][None, :]
+        acc = acc + diff * diff
+    return _sqrt_rn(acc)
+
+
+def _reference_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor, a: int,
+                       b: int) -> float:
+    lo, hi = min(a, b), max(a, b)
+    ol, nl = int(offsets[lo]), int(sizes[lo])
+    oh, nh = int(offsets[hi]), int(sizes[hi])
+    d = _token_distances(x[ol:ol + nl], x[oh:oh + nh]).to(torch.float64)
+    return float(d.sum()) / (float(nl) * float(nh))
+
+
+def _reference_pair_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
+                            pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor,
+                            capacity: int, val: torch.Tensor) -> None:
+    """PyTorch reference of :func:`pair_average` (same arguments)."""
+    cnt = min(int(count[0]), int(capacity))
+    for k in range(cnt):
+        v = _reference_average(x, offsets, sizes, int(pa[k]), int(pb[k]))
+        val[k] = torch.tensor(v, dtype=torch.float64).to(val.dtype)
+
+
+def _reference_cluster_matrix(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
+                              n: int, out: torch.Tensor, ld: int, nn: torch.Tensor,
+                              nnd: torch.Tensor) -> None:
+    """PyTorch reference of :func:`cluster_matrix` (same arguments)."""
+    dt = out.dtype
+    m = torch.full((n, n), float("inf"), dtype=torch.float64)
+    for a in range(n):
+        for b in range(a + 1, n):
+            m[a, b] = m[b, a] = _reference_average(x, offsets, sizes, a, b)
+    m = m.to(dt)
+    out[: n * ld].view(n, ld)[:, :n].copy_(m.to(out.device))
+    best = m.min(dim=1).values
+    cols = torch.arange(n).expand(n, n)
+    idx = torch.where(m == best[:, None], cols, n).min(dim=1).values
+    idx = torch.where(best < float("inf"), idx, 0)
+    nn[:n] = idx.to(nn.device)
+    nnd[:n] = best.to(nnd.device)
+
+
+if HAS_TRITON:
+
+    @triton.jit(do_not_specialize=["dim", "capacity"])
+    def _pair_average_tiled_kernel(x_ptr, dim, off_ptr, size_ptr, pa_ptr, pb_ptr, count_ptr,
+                                   capacity, val_ptr, IS_F32: tl.constexpr,
+                                   BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        dtype = x_ptr.dtype.element_ty
+        cnt = tl.minimum(tl.load(count_ptr), capacity)
+        ii = tl.arange(0, BLOCK_I)
+        jj = tl.arange(0, BLOCK_J)
+        for k in range(pid, cnt, nprog):
+            a = tl.load(pa_ptr + k).to(tl.int64)
+            b = tl.load(pb_ptr + k).to(tl.int64)
+            lo = tl.minimum(a, b)
+            hi = tl.maximum(a, b)
+            o_lo = tl.load(off_ptr + lo)
+            n_lo = tl.load(size_ptr + lo)
+            o_hi = tl.load(off_ptr + hi)
+            n_hi = tl.load(size_ptr + hi)
+            total = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float64)
+            for i0 in range(0, n_lo, BLOCK_I):
+                mi = (i0 + ii) < n_lo
+                ti = o_lo + i0 + ii
+                for j0 in range(0, n_hi, BLOCK_J):
+                    mj = (j0 + jj) < n_hi
+                    tj = o_hi + j0 + jj
+                    acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=dtype)
+                    for c in range(0, dim):
+                        u = tl.load(x_ptr + ti * dim + c, mask=mi, other=0.0)
+                        v = tl.load(x_ptr + tj * dim + c, mask=mj, other=0.0)
+                        diff = u[:, None] - v[None, :]
+                        acc += diff * diff
+                    if IS_F32:
+                        dist = tl.sqrt_rn(acc)
+                    else:
+                        dist = tl.sqrt(acc)
+                    total += tl.where(mi[:, None] & mj[None, :], dist.to(tl.float64), 0.0)
+            s = tl.sum(tl.sum(total, axis=1), axis=0)
+            avg = s / (n_lo.to(tl.float64) * n_hi.to(tl.float64))
+            tl.store(val_ptr + k, avg.to(dtype))
+
+    @triton.jit(do_not_specialize=["dim", "n", "ld"])
+    def _cluster_matrix_rowlanes_kernel(x_ptr, dim, off_ptr, size_ptr, n, out_ptr, ld, nn_ptr,
+                                        nnd_ptr, IS_F32: tl.constexpr, BLOCK_B: tl.constexpr):
+        row = tl.program_id(0).to(tl.int64)
+        dtype = x_ptr.dtype.element_ty
+        o_row = tl.load(off_ptr + row)
+        n_row = tl.load(size_ptr + row)
+        best = tl.full([BLOCK_B], float("inf"), dtype)
+        besti = tl.full([BLOCK_B], 0, tl.int64)
+        for c0 in range(0, n, BLOCK_B):
+            cols = c0 + tl.arange(0, BLOCK_B).to(tl.int64)
+            cm = (cols < n) & (cols != row)
+            o_col = tl.load(off_ptr + cols, mask=cm, other=0)
+            n_col = tl.load(size_ptr + cols, mask=cm, other=0)
+            before = cols < row  # the column cluster is lo: its tokens go outside
+            o_lo = tl.where(before, o_col, o_row)
+            n_lo = tl.where(before, n_col, n_row)
+            o_hi = tl.where(before, o_row, o_col)
+            n_hi = tl.where(before, n_row, n_col)
+            n_lo = tl.where(cm, n_lo, 0)
+            n_hi = tl.where(cm, n_hi, 0)
+            s = tl.zeros([BLOCK_B], dtype=tl.float64)
+            for i in range(0, tl.max(n_lo, axis=0)):
+                mi = i < n_lo
+                for j in range(0, tl.max(n_hi, axis=0)):
+                    m = mi & (j < n_hi)
+                    acc = tl.zeros([BLOCK_B], dtype=dtype)
+                    for c in range(0, dim):
+                        u = tl.load(x_ptr + (o_lo + i) * dim + c, mask=m, other=0.0)
+                        v = tl.load(x_ptr + (o_hi + j) * dim + c, mask=m, other=0.0)
+                        diff = u - v
+                        acc += diff * diff
+                    if IS_F32:
+                        dist = tl.sqrt_rn(acc)
+                    else:
+                        dist = tl.sqrt(acc)
+                    s += tl.where(m, dist.to(tl.float64), 0.0)
+            nlo = tl.where(cm, n_lo, 1).to(tl.float64)
+            nhi = tl.where(cm, n_hi, 1).to(tl.float64)
+            v = (s / (nlo * nhi)).to(dtype)
+            v = tl.where(cm, v, float("inf"))
+            tl.store(out_ptr + row * ld + cols, v, mask=cols < n)
+            bm = tl.min(v, axis=0)
+            bi = tl.min(tl.where(v == bm, cols, n), axis=0)
+            upd = bm < best
+            best = tl.where(upd, bm, best)
+            besti = tl.where(upd, bi, besti)
+        fin = tl.min(best, axis=0)
+        idx = tl.min(tl.where(best == fin, besti, n), axis=0)
+        idx = tl.where(fin < float("inf"), idx, 0)
+        tl.store(nn_ptr + row, idx)
+        tl.store(nnd_ptr + row, fin)
+
+else:  # pragma: no cover - exercised only without triton
+    _pair_average_tiled_kernel = None
+    _cluster_matrix_rowlanes_kernel = None
+
+
+def _launch_config(on_cpu: bool) -> dict[str, int]:
+    """Small tiles and few programs under the interpreter; on a GPU 16 x 16 token tiles
+    and a grid of 4096 programs for the pairs, 128 lanes per row for the matrix.
+
+    ``enable_fp_fusion`` is off: token distances round like the dense engines' (module
+    docstring).
+    """
+    if on_cpu:
+        return {"BLOCK_I": 4, "BLOCK_J": 8, "PROGRAMS": 3, "BLOCK_B": 16, "num_warps": 1,
+                "enable_fp_fusion": False}
+    return {"BLOCK_I": 16, "BLOCK_J": 16, "PROGRAMS": 4096, "BLOCK_B": 128, "num_warps": 4,
+            "enable_fp_fusion": False}
+
+
+def pair_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
+                 pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, capacity: int,
+                 val: torch.Tensor) -> None:
+    """Average distances of the first ``min(count[0], capacity)`` pairs into ``val``.
+
+    Parameters
+    ----------
+    x : torch.Tensor
+        ``(ntok, d)`` contiguous float32/float64, tokens sorted by cluster.
+    offsets, sizes : torch.Tensor
+        int64: first row and number of rows of each cluster.
+    pa, pb : torch.Tensor
+        int32 ``(capacity,)``: cluster pairs.
+    count : torch.Tensor
+        int64 ``(1,)`` on the device: how many pairs there are (read by the kernel).
+    capacity : int
+        Length of ``pa`` / ``pb`` / ``val``.
+    val : torch.Tensor
+        ``(capacity,)`` dtype output; entries past the count are left as they are.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("triton is not installed")
+    cfg = _launch_config(x.device.type == "cpu")
+    grid = (max(1, min(cfg["PROGRAMS"], int(capacity))),)
+    _pair_average_tiled_kernel[grid](x, x.shape[1], offsets, sizes, pa, pb, count,
+                                     int(capacity), val, IS_F32=x.dtype == torch.float32,
+                                     BLOCK_I=cfg["BLOCK_I"], BLOCK_J=cfg["BLOCK_J"],
+                                     num_warps=cfg["num_warps"],
+                                     enable_fp_fusion=cfg["enable_fp_fusion"])
+
+
+def cluster_matrix(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor, n: int,
+                   out: torch.Tensor, ld: int, nn: torch.Tensor, nnd: torch.Tensor) -> None:
+    """Dense matrix of the average distances of ``n`` clusters, with row argmin / min.
+
+    Parameters
+    ----------
+    x, offsets, sizes : torch.Tensor
+        As in :func:`pair_average`.
+    n : int
+        Clusters.
+    out : torch.Tensor
+        Flat output, row ``a`` at ``out[a * ld:]``; ``+inf`` on the diagonal.
+    ld : int
+        Row stride.
+    nn, nnd : torch.Tensor
+        ``(n,)`` int64 / dtype: row argmin (smallest column on ties) and minimum.
+    """
+    if not HAS_TRITON:
+        raise RuntimeError("triton is not installed")
+    cfg = _launch_config(x.device.type == "cpu")
+    _cluster_matrix_rowlanes_kernel[(n,)](x, x.shape[1], offsets, sizes, n, out, ld, nn, nnd,
+                                          IS_F32=x.dtype == torch.float32,
+                                          BLOCK_B=cfg["BLOCK_B"], num_warps=cfg["num_warps"],
+                                          enable_fp_fusion=cfg["enable_fp_fusion"])

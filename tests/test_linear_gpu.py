@@ -1,0 +1,392 @@
+"""The matrix-free GPU engine (:mod:`dcpe_kernels.linear`) and its Triton kernels.
+
+Without a GPU the Triton kernels run on CPU tensors under the interpreter
+(``TRITON_INTERPRET=1``) at small N, and the engine's driver also runs on the PyTorch
+references (:class:`dcpe_kernels.ReferenceOps`).  On a machine with CUDA the same
+comparisons run on CUDA tensors, with the ``cuda`` backend's kernels too when they are
+built, plus labels at N = 65,536 under a 4 GiB budget compared with the ``cpu`` backend.
+The CUDA kernels are compared with the same references on the CPU in
+``tests/test_cuda_sim.py``.
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def _cuda_visible() -> bool:
+    try:
+        import torch
+    except Exception:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+if "TRITON_INTERPRET" not in os.environ and not _cuda_visible():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+torch = pytest.importorskip("torch")
+
+from conftest import same_partition, tie_free  # noqa: E402
+
+import dcpe_kernels.linear as linear  # noqa: E402
+from dcpe_kernels import ReferenceOps  # noqa: E402
+from dcpe_kernels.centroid import (  # noqa: E402
+    _reference_candidate_pairs,
+    _reference_centroid_nn,
+)
+from dcpe_kernels.pair_average import (  # noqa: E402
+    _reference_cluster_matrix,
+    _reference_pair_average,
+)
+from dcpe_kernels.rnn import merges_to_labels, merges_to_linkage  # noqa: E402
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+ON_GPU = torch.cuda.is_available() and not INTERPRET
+DEVICE = "cuda" if ON_GPU else "cpu"
+
+
+def _triton_ops():
+    pytest.importorskip("triton")
+    if not INTERPRET and not torch.cuda.is_available():
+        pytest.skip("no CUDA device and TRITON_INTERPRET is not 1")
+    from dcpe_kernels import TritonOps
+
+    return TritonOps
+
+
+def _cuda_ops():
+    if not ON_GPU:
+        pytest.skip("the cuda backend's kernels need a GPU (tests/test_cuda_sim.py runs them "
+                    "on the CPU)")
+    from dcpe.backends import cuda_backend
+
+    ok, why = cuda_backend.available()
+    if not ok:
+        pytest.skip(why)
+    return cuda_backend.CudaOps
+
+
+def _ops(name: str):
+    return {"reference": lambda: ReferenceOps, "triton": _triton_ops, "cuda": _cuda_ops}[name]()
+
+
+KERNEL_OPS = ["triton", "cuda"]
+#: tolerance of kernels against references: float64 sums in another order
+RTOL = {torch.float32: 0.0, torch.float64: 1e-14}
+
+
+def _clusters(rng: np.random.Generator, n: int, d: int, dtype: torch.dtype):
+    """Random clusters of 1..5 tokens: sorted tokens, offsets, sizes, and the moments."""
+    sizes = torch.from_numpy(rng.integers(1, 6, size=n)).to(torch.int64)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    x = torch.from_numpy(tie_free(rng, int(sizes.sum()), d)).to(dtype)
+    seg = torch.repeat_interleave(torch.arange(n), sizes)
+    mu = torch.zeros(n, d, dtype=torch.float64).index_add_(0, seg, x.double())
+    mu /= sizes[:, None].double()
+    dev2 = ((x.double() - mu[seg]) ** 2).sum(1)
+    s2 = torch.zeros(n, dtype=torch.float64).index_add_(0, seg, dev2) / sizes.double()
+    rad = torch.zeros(n, dtype=torch.float64).scatter_reduce(0, seg, dev2.sqrt(), "amax")
+    dev = DEVICE
+    return (x.to(dev), offsets.to(dev), sizes.to(dev), mu.T.to(dtype).contiguous().to(dev),
+            s2.to(dtype).to(dev), (rad * 1.001).to(dtype).to(dev))
+
+
+# ------------------------------------------------------------------ kernels vs references
+
+
+@pytest.mark.parametrize("which", KERNEL_OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("mode", [0, 1])
+@pytest.mark.parametrize("n,d", [(1, 3), (2, 1), (45, 3), (70, 8)])
+def test_centroid_nn_matches_reference(which: str, dtype: torch.dtype, mode: int, n: int,
+                                       d: int, rng: np.random.Generator) -> None:
+    ops = _ops(which)
+    _, _, _, mu_t, s2, _ = _clusters(rng, n, d, dtype)
+    scale = 0.5 if d == 3 else 1.0
+    out = torch.empty(n, dtype=dtype, device=DEVICE)
+    nn = torch.empty(n, dtype=torch.int64, device=DEVICE)
+    ops.centroid_nn(mu_t, s2, n, mode, scale, out, nn)
+    ref_out, ref_nn = torch.empty(n, dtype=dtype), torch.empty(n, dtype=torch.int64)
+    _reference_centroid_nn(mu_t.cpu(), s2.cpu(), n, mode, scale, ref_out, ref_nn)
+    assert torch.equal(out.cpu(), ref_out)
+    assert torch.equal(nn.cpu(), ref_nn)
+
+
+def _pairs(ops, mu_t, s2, rad, tau, n, capacity, rel=1e-5, absm=1e-6):
+    rel, absm = (float(np.float32(v)) for v in (rel, absm))
+    pa = torch.full((capacity,), -1, dtype=torch.int32, device=mu_t.device)
+    pb = pa.clone()
+    count = torch.zeros(1, dtype=torch.int64, device=mu_t.device)
+    ops(mu_t, s2, rad, tau, n, rel, absm, pa, pb, count, capacity)
+    c = int(count[0])
+    w = min(c, capacity)
+    return c, sorted(zip(pa[:w].tolist(), pb[:w].tolist())), pa, pb
+
+
+@pytest.mark.parametrize("which", KERNEL_OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_candidate_pairs_match_reference(which: str, dtype: torch.dtype,
+                                         rng: np.random.Generator) -> None:
+    ops = _ops(which)
+    n, d = 60, 4
+    _, _, _, mu_t, s2, rad = _clusters(rng, n, d, dtype)
+    tau = torch.empty(n, dtype=dtype, device=DEVICE)
+    nn = torch.empty(n, dtype=torch.int64, device=DEVICE)
+    ops.centroid_nn(mu_t, s2, n, 0, 1.0, tau, nn)
+    tau = tau * 1.3  # more than one candidate per cluster
+    c, got, _, _ = _pairs(ops.candidate_pairs, mu_t, s2, rad, tau, n, 4096)
+    c_ref, ref, _, _ = _pairs(_reference_candidate_pairs, mu_t.cpu(), s2.cpu(), rad.cpu(),
+                              tau.cpu(), n, 4096)
+    assert c == c_ref == len(got) and got == ref
+    assert all(a != b for a, b in got)
+    assert len({frozenset(p) for p in got}) == len(got)  # each unordered pair once
+    # every cluster's tau-argmin is a candidate: its nearest neighbour can be found
+    listed = {frozenset(p) for p in got}
+    assert all(frozenset((a, int(nn[a]))) in listed for a in range(n))
+    # past the capacity: the count goes on, nothing is written out of bounds
+    c_small, part, pa, _ = _pairs(ops.candidate_pairs, mu_t, s2, rad, tau, n, 7)
+    assert c_small == c and len(part) == 7 and set(part) <= set(got)
+
+
+@pytest.mark.parametrize("which", KERNEL_OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("d", [1, 5])
+def test_pair_average_matches_reference(which: str, dtype: torch.dtype, d: int,
+                                        rng: np.random.Generator) -> None:
+    ops = _ops(which)
+    n = 30
+    x, offsets, sizes, _, _, _ = _clusters(rng, n, d, dtype)
+    pairs = [(a, b) for a in range(n) for b in range(n) if a != b and (a * 7 + b) % 5 == 0]
+    capacity = len(pairs) + 5
+    pa = torch.tensor([p[0] for p in pairs] + [0] * 5, dtype=torch.int32, device=DEVICE)
+    pb = torch.tensor([p[1] for p in pairs] + [0] * 5, dtype=torch.int32, device=DEVICE)
+    count = torch.tensor([len(pairs)], dtype=torch.int64, device=DEVICE)
+    val = torch.full((capacity,), -7.0, dtype=dtype, device=DEVICE)
+    ops.pair_average(x, offsets, sizes, pa, pb, count, capacity, val)
+    ref = torch.empty(capacity, dtype=dtype)
+    _reference_pair_average(x.cpu(), offsets.cpu(), sizes.cpu(), pa.cpu(), pb.cpu(),
+                            count.cpu(), capacity, ref)
+    got = val.cpu()
+    k = len(pairs)
+    torch.testing.assert_close(got[:k], ref[:k], rtol=RTOL[dtype], atol=0)
+    assert bool((got[k:] == -7.0).all())  # past the count: untouched
+    # (a, b) and (b, a) are the same bits; a second run gives the same bits
+    index = {p: i for i, p in enumerate(pairs)}
+    for (a, b), i in index.items():
+        if (b, a) in index:
+            assert got[i] == got[index[(b, a)]]
+    again = torch.full_like(val, -7.0)
+    ops.pair_average(x, offsets, sizes, pa, pb, count, capacity, again)
+    assert torch.equal(again, val)
+
+
+@pytest.mark.parametrize("which", KERNEL_OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n", [1, 2, 37])
+def test_cluster_matrix_matches_reference(which: str, dtype: torch.dtype, n: int,
+                                          rng: np.random.Generator) -> None:
+    ops = _ops(which)
+    x, offsets, sizes, _, _, _ = _clusters(rng, n, 3, dtype)
+    ld = n + 3
+    out = torch.full((n * ld,), -1.0, dtype=dtype, device=DEVICE)
+    nn = torch.empty(n, dtype=torch.int64, device=DEVICE)
+    nnd = torch.empty(n, dtype=dtype, device=DEVICE)
+    ops.cluster_matrix(x, offsets, sizes, n, out, ld, nn, nnd)
+    ref = torch.full((n * ld,), -1.0, dtype=dtype)
+    rnn, rnnd = torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=dtype)
+    _reference_cluster_matrix(x.cpu(), offsets.cpu(), sizes.cpu(), n, ref, ld, rnn, rnnd)
+    m = out.cpu().view(n, ld)[:, :n]
+    torch.testing.assert_close(m, ref.view(n, ld)[:, :n], rtol=RTOL[dtype], atol=0)
+    assert torch.equal(m, m.T)  # exactly symmetric
+    assert bool(torch.isinf(m.diagonal()).all())
+    assert bool((out.cpu().view(n, ld)[:, n:] == -1.0).all())  # padding untouched
+    best = m.min(dim=1).values
+    assert torch.equal(nnd.cpu(), best)
+    if n > 1:
+        cols = torch.arange(n).expand(n, n)
+        assert torch.equal(nn.cpu(), torch.where(m == best[:, None], cols, n).min(1).values)
+    else:
+        assert int(nn[0]) == 0
+
+
+# ------------------------------------------------------------------------ the engine
+
+
+def _cpu_labels(x: np.ndarray, k: int, metric: str, cap: int | None) -> np.ndarray:
+    import warnings
+
+    import dcpe
+
+    with warnings.catch_warnings():  # the cap may leave more than k clusters (both sides)
+        warnings.simplefilter("ignore", UserWarning)
+        return np.asarray(dcpe.cluster(x, k, metric=metric, max_cluster_size=cap,
+                                       backend="cpu"))
+
+
+ENGINE_CASES = [
+    # n, d, dtype, metric, cap, handover (bytes of two cluster matrices; 0 never)
+    (60, 3, np.float64, "euclidean", None, 0),
+    (70, 8, np.float32, "euclidean", None, 0),
+    (64, 2, np.float64, "euclidean", 5, 0),
+    (80, 4, np.float64, "euclidean", None, 2 * 30 * 30 * 8),
+    (72, 5, np.float32, "euclidean", 9, 2 * 40 * 40 * 4),
+    (66, 5, np.float64, "sqeuclidean", None, 0),
+    (60, 4, np.float32, "cosine", 6, 0),
+]
+
+
+@pytest.mark.parametrize("which", ["reference", "triton"])
+@pytest.mark.parametrize("case", ENGINE_CASES, ids=lambda c: f"{c[0]}x{c[1]}-{c[3]}")
+def test_labels_match_cpu(which: str, case: tuple, rng: np.random.Generator) -> None:
+    """Labels identical (as partitions) to the ``cpu`` backend at several cuts, with and
+    without the size cap, float32 and float64, matrix-free to the end or handed over."""
+    ops = _ops(which)
+    n, d, dt, metric, cap, handover = case
+    x = tie_free(rng, n, d, dt)
+    xt = torch.from_numpy(x).to(DEVICE)
+    for k in (1, n // 3, n - 2):
+        mg = linear.linear_merges(xt, metric=metric, max_cluster_size=cap, ops=ops,
+                                  backend=which, n_clusters=k, handover_bytes=handover)
+        got = merges_to_labels(mg, k).cpu().numpy()
+        assert same_partition(got, _cpu_labels(x, k, metric, cap)), (k, mg.rounds)
+
+
+@pytest.mark.parametrize("which", ["reference", "triton"])
+@pytest.mark.parametrize("handover", [0, 2 * 25 * 25 * 8])
+def test_linkage_matches_scipy(which: str, handover: int, rng: np.random.Generator) -> None:
+    """The whole dendrogram: SciPy's merges and heights (every merge is the minimum)."""
+    from scipy.cluster.hierarchy import linkage as scipy_linkage
+
+    ops = _ops(which)
+    x = tie_free(rng, 50, 3)
+    mg = linear.linear_merges(torch.from_numpy(x).to(DEVICE), metric="euclidean",
+                              max_cluster_size=None, ops=ops, backend=which,
+                              handover_bytes=handover)
+    z = merges_to_linkage(mg)
+    ref = scipy_linkage(x, method="average")
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+    np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
+
+
+def test_handover_happens_when_it_fits(monkeypatch: pytest.MonkeyPatch,
+                                       rng: np.random.Generator) -> None:
+    """The dense rounds take over once two cluster matrices fit ``handover_bytes``."""
+    calls = []
+    real = linear.dense_rounds
+
+    def spy(st, ops, cur, ld, n, *args):
+        calls.append(n)
+        return real(st, ops, cur, ld, n, *args)
+
+    monkeypatch.setattr(linear, "dense_rounds", spy)
+    x = torch.from_numpy(tie_free(rng, 90, 3)).to(DEVICE)
+    linear.linear_merges(x, metric="euclidean", max_cluster_size=None, ops=ReferenceOps,
+                         handover_bytes=2 * 40 * 40 * 8)
+    assert len(calls) == 1 and 1 < calls[0] <= 40
+    calls.clear()
+    linear.linear_merges(x, metric="euclidean", max_cluster_size=None, ops=ReferenceOps,
+                         handover_bytes=0)
+    assert calls == []
+
+
+def test_pair_overflow_reruns_the_round(monkeypatch: pytest.MonkeyPatch,
+                                        rng: np.random.Generator) -> None:
+    """Room for fewer candidate pairs than a round has: the round runs again with more."""
+    x = tie_free(rng, 120, 2)
+    xt = torch.from_numpy(x).to(DEVICE)
+    monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER", 0)
+    monkeypatch.setattr(linear, "_MIN_PAIRS", 4)
+    seen = []
+    real = linear._nearest_from_pairs
+
+    def spy(pa, *args):
+        seen.append(pa.shape[0])
+        return real(pa, *args)
+
+    monkeypatch.setattr(linear, "_nearest_from_pairs", spy)
+    mg = linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                              ops=ReferenceOps, n_clusters=30, handover_bytes=0)
+    assert seen[0] == 4 and max(seen) > 4
+    assert same_partition(merges_to_labels(mg, 30).cpu().numpy(),
+                          _cpu_labels(x, 30, "euclidean", None))
+
+
+def test_deterministic_and_input_untouched(rng: np.random.Generator) -> None:
+    x = torch.from_numpy(tie_free(rng, 80, 4, np.float32)).to(DEVICE)
+    before = x.clone()
+    runs = [merges_to_labels(linear.linear_merges(x, metric="euclidean", max_cluster_size=None,
+                                                  ops=ReferenceOps, n_clusters=20,
+                                                  handover_bytes=0), 20) for _ in range(2)]
+    assert torch.equal(runs[0], runs[1])
+    assert torch.equal(x, before)
+
+
+def test_choose_engine() -> None:
+    from dcpe import InsufficientMemoryError
+
+    choose = linear.choose_engine
+    gib = 1 << 30
+    assert choose(16384, 8, 4, method="average", budget=100 * gib) == "matrix"
+    assert choose(262144, 8, 4, method="average", budget=100 * gib) == "linear"
+    assert choose(65536, 8, 4, method="average", budget=4 * gib) == "linear"
+    assert choose(65536, 8, 4, method="single", budget=100 * gib) == "matrix"
+    assert choose(16384, 8, 4, method="average", budget=100 * gib, engine="linear") == "linear"
+    with pytest.raises(InsufficientMemoryError, match="linkage='average'"):
+        choose(65536, 8, 4, method="complete", budget=4 * gib)
+    with pytest.raises(InsufficientMemoryError, match="memory_limit"):
+        choose(1 << 20, 8, 4, method="average", budget=1 << 20)
+    with pytest.raises(InsufficientMemoryError, match="engine='auto'"):
+        choose(65536, 8, 4, method="average", budget=4 * gib, engine="matrix")
+    with pytest.raises(ValueError, match="average linkage only"):
+        choose(100, 8, 4, method="single", budget=gib, engine="linear")
+    with pytest.raises(ValueError, match="engine must be one of"):
+        choose(100, 8, 4, method="average", budget=gib, engine="fast")
+
+
+def _api_backend() -> str:
+    _triton_ops()
+    return "triton"
+
+
+def test_public_api_memory_limit_and_engine(rng: np.random.Generator) -> None:
+    """``memory_limit`` and ``engine`` reach the GPU backends through ``dcpe.cluster``."""
+    import dcpe
+
+    backend = _api_backend()
+    x = tie_free(rng, 40, 3)
+    xt = torch.from_numpy(x).to(DEVICE)
+    want = _cpu_labels(x, 8, "euclidean", None)
+    for kw in ({"engine": "linear"}, {"memory_limit": "64KiB"}, {"engine": "matrix"}):
+        got = dcpe.cluster(xt, 8, backend=backend, **kw)
+        assert same_partition(got.cpu().numpy(), want), kw
+    with pytest.raises(dcpe.InsufficientMemoryError, match="memory_limit"):
+        dcpe.cluster(xt, 8, backend=backend, memory_limit="1KiB")
+    with pytest.raises(dcpe.InsufficientMemoryError, match="linkage='average'"):
+        dcpe.cluster(xt, 8, backend=backend, linkage="single", memory_limit="8KiB")
+    with pytest.raises(ValueError, match="average linkage only"):
+        dcpe.cluster(xt, 8, backend=backend, linkage="single", engine="linear")
+    with pytest.raises(ValueError, match="memory_limit"):
+        dcpe.cluster(xt, 8, backend=backend, memory_limit="lots")
+
+
+# ------------------------------------------------------------------- large N on a GPU
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+def test_large_n_under_4gib_matches_cpu(backend: str) -> None:
+    """N = 65,536 codebook under a 4 GiB budget: the dense matrix (16 GiB) does not fit,
+    the matrix-free rounds run, and the labels equal the ``cpu`` backend's."""
+    import dcpe
+
+    if backend == "cuda":
+        _cuda_ops()
+    x = dcpe.datasets.make_sample_codebook(n=65536)
+    k = 65536 // 2
+    want = np.asarray(dcpe.cluster(x, k, backend="cpu"))
+    got = dcpe.cluster(torch.from_numpy(x).cuda(), k, backend=backend, memory_limit="4GiB")
+    assert same_partition(got.cpu().numpy(), want)

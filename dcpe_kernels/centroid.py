@@ -25,12 +25,18 @@ order (no fused multiply-add); ``t = s2_a + s2_b`` and ``r = rad_a + rad_b`` com
 every quantity is the same bits for ``(a, b)`` and ``(b, a)``.
 
 * :func:`centroid_nn` — ``_centroid_nn_tiled_kernel``: per row the minimum over ``b != a``
-  of ``sqrt(dd + t)`` (mode 0) or ``scale * (dd + t)`` (mode 1) and its smallest argmin;
+  of ``sqrt(dd + t)`` (mode 0; taken as the correctly rounded root of the smallest
+  ``dd + t``, the same value since the root is monotone) or ``scale * (dd + t)`` (mode 1)
+  and its smallest argmin (mode 0: of ``dd + t``; only the value is used there);
 * :func:`candidate_pairs` — ``_candidate_pairs_tiled_kernel``: ``lb = D`` if
   ``D + r == 0`` else ``max(D, (dd + t) / (D + r))``; ``cand(a, b)`` is
   ``lb - absm <= (tau_a + absm) * (1 + rel)``; the unordered pair is emitted once, by
   ``a`` if ``cand(a, b)`` and (``a < b`` or not ``cand(b, a)``), at an atomically counted
   position (``count`` keeps counting past ``capacity``; later pairs are not written).
+  ``lb`` is a bound, so in float32 the kernel takes the GPU's fast square root and
+  quotient (errors of a few ulp, far inside the margins ``rel`` / ``absm``, which the
+  engine sizes at ``8 (d + 4)`` ulp); its pairs then equal the reference's except for
+  pairs within a few ulp of the threshold.
 """
 
 from __future__ import annotations
@@ -74,11 +80,12 @@ def _reference_centroid_nn(mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: i
     dd = _reference_dd(mu_t, n)
     t = s2[:n][:, None] + s2[:n][None, :]
     v = dd + t
-    v = _sqrt_rn(v) if mode == 0 else v * torch.tensor(scale, dtype=v.dtype)
+    if mode == 1:
+        v = v * torch.tensor(scale, dtype=v.dtype)
     v.fill_diagonal_(float("inf"))
     best = v.min(dim=1).values
     cols = torch.arange(n, device=v.device).expand(n, n)
-    out[:n] = best
+    out[:n] = _sqrt_rn(best) if mode == 0 else best
     nn[:n] = torch.where(v == best[:, None], cols, n).min(dim=1).values
 
 
@@ -151,12 +158,7 @@ if HAS_TRITON:
                                     BLOCK_M, BLOCK_N)
             s2c = tl.load(s2_ptr + cols64, mask=cmask, other=0.0)
             v = acc + (s2r[:, None] + s2c[None, :])
-            if MODE == 0:
-                if IS_F32:
-                    v = tl.sqrt_rn(v)
-                else:
-                    v = tl.sqrt(v)
-            elif HALF:
+            if MODE == 1 and HALF:
                 v = v * 0.5
             v = tl.where((rows[:, None] == cols[None, :]) | (cmask[None, :] == 0),
                          float("inf"), v)
@@ -166,6 +168,11 @@ if HAS_TRITON:
             best = tl.where(upd, bm, best)
             besti = tl.where(upd, bi, besti)
         besti = tl.where(best < float("inf"), besti, 0)
+        if MODE == 0:  # the root of the minimum is the minimum of the roots (monotone)
+            if IS_F32:
+                best = tl.sqrt_rn(best)
+            else:
+                best = tl.sqrt(best)
         tl.store(nn_ptr + rows64, besti, mask=rmask)
         tl.store(out_ptr + rows64, best, mask=rmask)
 
@@ -183,10 +190,8 @@ if HAS_TRITON:
         rows64 = rows.to(tl.int64)
         cols64 = cols.to(tl.int64)
         dd = _centroid_dd_tile(mu_ptr, n, rows64, rmask, cols64, cmask, dim, BLOCK_M, BLOCK_N)
-        if IS_F32:
-            d = tl.sqrt_rn(dd)
-        else:
-            d = tl.sqrt(dd)
+        # a bound: the fast square root and quotient of float32 are well within the margins
+        d = tl.sqrt(dd)
         s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
         s2c = tl.load(s2_ptr + cols64, mask=cmask, other=0.0)
         rr = tl.load(rad_ptr + rows64, mask=rmask, other=0.0)

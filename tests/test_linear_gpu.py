@@ -113,7 +113,8 @@ def test_centroid_nn_matches_reference(which: str, dtype: torch.dtype, mode: int
     ref_out, ref_nn = torch.empty(n, dtype=dtype), torch.empty(n, dtype=torch.int64)
     _reference_centroid_nn(mu_t.cpu(), s2.cpu(), n, mode, scale, ref_out, ref_nn)
     assert torch.equal(out.cpu(), ref_out)
-    assert torch.equal(nn.cpu(), ref_nn)
+    if mode == 1:  # mode 0's argmin is not used (and is free on ties of the root)
+        assert torch.equal(nn.cpu(), ref_nn)
 
 
 def _pairs(ops, mu_t, s2, rad, tau, n, capacity, rel=1e-5, absm=1e-6):
@@ -139,9 +140,19 @@ def test_candidate_pairs_match_reference(which: str, dtype: torch.dtype,
     ops.centroid_nn(mu_t, s2, n, 0, 1.0, tau, nn)
     tau = tau * 1.3  # more than one candidate per cluster
     c, got, _, _ = _pairs(ops.candidate_pairs, mu_t, s2, rad, tau, n, 4096)
-    c_ref, ref, _, _ = _pairs(_reference_candidate_pairs, mu_t.cpu(), s2.cpu(), rad.cpu(),
-                              tau.cpu(), n, 4096)
-    assert c == c_ref == len(got) and got == ref
+    host = (mu_t.cpu(), s2.cpu(), rad.cpu(), tau.cpu(), n, 4096)
+    c_ref, ref, _, _ = _pairs(_reference_candidate_pairs, *host)
+    assert c == len(got)
+    if which == "triton" and ON_GPU and dtype == torch.float32:
+        # the fast float32 root and quotient of a GPU: equal to the reference but for pairs
+        # within a few ulp of the threshold, so between the reference's sets at margins
+        # a little below and above
+        unordered = {frozenset(p) for p in got}
+        inner = _pairs(_reference_candidate_pairs, *host, rel=1e-5 - 2e-6)[1]
+        outer = _pairs(_reference_candidate_pairs, *host, rel=1e-5 + 2e-6)[1]
+        assert {frozenset(p) for p in inner} <= unordered <= {frozenset(p) for p in outer}
+    else:
+        assert c == c_ref and got == ref
     assert all(a != b for a, b in got)
     assert len({frozenset(p) for p in got}) == len(got)  # each unordered pair once
     # every cluster's tau-argmin is a candidate: its nearest neighbour can be found

@@ -31,7 +31,8 @@ every quantity is the same bits for ``(a, b)`` and ``(b, a)``.
 * :func:`candidate_pairs` — ``_candidate_pairs_tiled_kernel``: ``lb = D`` if
   ``D + r == 0`` else ``max(D, (dd + t) / (D + r))``; ``cand(a, b)`` is
   ``lb - absm <= (tau_a + absm) * (1 + rel)``; the unordered pair is emitted once, by
-  ``a`` if ``cand(a, b)`` and (``a < b`` or not ``cand(b, a)``), at an atomically counted
+  ``a`` if ``cand(a, b)`` and (``a < b`` or not ``cand(b, a)`` or ``b`` is not scanned
+  this round), at an atomically counted
   position (``count`` keeps counting past ``capacity``; later pairs are not written).
   ``lb`` is a bound, so in float32 the kernel takes the GPU's fast square root and
   quotient (errors of a few ulp, far inside the margins ``rel`` / ``absm``, which the
@@ -71,8 +72,12 @@ def _reference_dd(mu_t: torch.Tensor, n: int) -> torch.Tensor:
 
 
 def _reference_centroid_nn(mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int,
-                           scale: float, out: torch.Tensor, nn: torch.Tensor) -> None:
+                           scale: float, out: torch.Tensor, nn: torch.Tensor,
+                           rows: torch.Tensor, nrows: int) -> None:
     """PyTorch reference of :func:`centroid_nn` (same arguments, same bits)."""
+    r = rows[:nrows].long().cpu()
+    if nrows == 0:
+        return
     if n == 1:
         out[0] = float("inf")
         nn[0] = 0
@@ -85,8 +90,10 @@ def _reference_centroid_nn(mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: i
     v.fill_diagonal_(float("inf"))
     best = v.min(dim=1).values
     cols = torch.arange(n, device=v.device).expand(n, n)
-    out[:n] = _sqrt_rn(best) if mode == 0 else best
-    nn[:n] = torch.where(v == best[:, None], cols, n).min(dim=1).values
+    got = _sqrt_rn(best) if mode == 0 else best
+    arg = torch.where(v == best[:, None], cols, n).min(dim=1).values
+    out[r.to(out.device)] = got[r].to(out.device)
+    nn[r.to(nn.device)] = arg[r].to(nn.device)
 
 
 def _reference_lower_bounds(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Tensor,
@@ -103,7 +110,8 @@ def _reference_lower_bounds(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Ten
 def _reference_candidate_pairs(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Tensor,
                                tau: torch.Tensor, n: int, rel: float, absm: float,
                                pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor,
-                               capacity: int) -> None:
+                               capacity: int, rows: torch.Tensor, nrows: int,
+                               needy: torch.Tensor) -> None:
     """PyTorch reference of :func:`candidate_pairs`; pairs in row-major order of ``(a, b)``."""
     dt = mu_t.dtype
     lb = _reference_lower_bounds(mu_t, s2, rad, n)
@@ -113,7 +121,11 @@ def _reference_candidate_pairs(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.
     cand = (lb - absm_t) <= (tau[:n][:, None] + absm_t) * one_rel
     cand.fill_diagonal_(False)
     ar = torch.arange(n, device=mu_t.device)
-    emit = cand & ((ar[:, None] < ar[None, :]) | ~cand.T)
+    scanned = torch.zeros(n, dtype=torch.bool, device=mu_t.device)
+    scanned[rows[:nrows].long().to(mu_t.device)] = True
+    other = needy[:n].to(mu_t.device) != 0
+    emit = cand & ((ar[:, None] < ar[None, :]) | ~cand.T | ~other[None, :])
+    emit &= scanned[:, None]
     a, b = torch.nonzero(emit, as_tuple=True)
     total = int(a.numel())
     start = int(count[0])
@@ -138,13 +150,14 @@ if HAS_TRITON:
             acc += diff * diff
         return acc
 
-    @triton.jit(do_not_specialize=["n", "dim"])
-    def _centroid_nn_tiled_kernel(mu_ptr, s2_ptr, out_ptr, nn_ptr, n, dim,
+    @triton.jit(do_not_specialize=["n", "dim", "nrows"])
+    def _centroid_nn_tiled_kernel(mu_ptr, s2_ptr, out_ptr, nn_ptr, n, dim, rows_ptr, nrows,
                                   MODE: tl.constexpr, HALF: tl.constexpr, IS_F32: tl.constexpr,
                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid = tl.program_id(0)
-        rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = rows < n
+        r = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = r < nrows
+        rows = tl.load(rows_ptr + r, mask=rmask, other=0)
         rows64 = rows.to(tl.int64)
         dtype = mu_ptr.dtype.element_ty
         s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
@@ -176,46 +189,57 @@ if HAS_TRITON:
         tl.store(nn_ptr + rows64, besti, mask=rmask)
         tl.store(out_ptr + rows64, best, mask=rmask)
 
-    @triton.jit(do_not_specialize=["n", "dim", "capacity"])
+    @triton.jit(do_not_specialize=["n", "dim", "capacity", "nrows"])
     def _candidate_pairs_tiled_kernel(mu_ptr, s2_ptr, rad_ptr, tau_ptr, n, dim, margin_ptr,
-                                      pa_ptr, pb_ptr, count_ptr, capacity,
-                                      IS_F32: tl.constexpr, BLOCK_M: tl.constexpr,
+                                      pa_ptr, pb_ptr, count_ptr, capacity, rows_ptr, nrows,
+                                      needy_ptr, IS_F32: tl.constexpr, BLOCK_M: tl.constexpr,
                                       BLOCK_N: tl.constexpr):
-        pid_m = tl.program_id(0)
-        pid_n = tl.program_id(1)
-        rows = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-        rmask = rows < n
-        cmask = cols < n
+        pid = tl.program_id(0)
+        r = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = r < nrows
+        rows = tl.load(rows_ptr + r, mask=rmask, other=0)
         rows64 = rows.to(tl.int64)
-        cols64 = cols.to(tl.int64)
-        dd = _centroid_dd_tile(mu_ptr, n, rows64, rmask, cols64, cmask, dim, BLOCK_M, BLOCK_N)
-        # a bound: the fast square root and quotient of float32 are well within the margins
-        d = tl.sqrt(dd)
         s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
-        s2c = tl.load(s2_ptr + cols64, mask=cmask, other=0.0)
         rr = tl.load(rad_ptr + rows64, mask=rmask, other=0.0)
-        rc = tl.load(rad_ptr + cols64, mask=cmask, other=0.0)
         tr = tl.load(tau_ptr + rows64, mask=rmask, other=0.0)
-        tc = tl.load(tau_ptr + cols64, mask=cmask, other=0.0)
-        den = d + (rr[:, None] + rc[None, :])
-        safe = tl.where(den == 0, 1.0, den)
-        lb = tl.where(den == 0, d, tl.maximum(d, (dd + (s2r[:, None] + s2c[None, :])) / safe))
         absm_t = tl.load(margin_ptr + 1)
         one_rel = 1.0 + tl.load(margin_ptr)
-        low = lb - absm_t
-        cand_ab = low <= (tr[:, None] + absm_t) * one_rel
-        cand_ba = low <= (tc[None, :] + absm_t) * one_rel
-        valid = rmask[:, None] & cmask[None, :] & (rows[:, None] != cols[None, :])
-        emit = valid & cand_ab & ((rows[:, None] < cols[None, :]) | (cand_ba == 0))
-        ones = tl.full([BLOCK_M, BLOCK_N], 1, tl.int64)
-        cptr = count_ptr + tl.zeros([BLOCK_M, BLOCK_N], tl.int64)
-        pos = tl.atomic_add(cptr, ones, mask=emit)
-        ok = emit & (pos < capacity)
-        tl.store(pa_ptr + pos, (rows[:, None] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32)),
-                 mask=ok)
-        tl.store(pb_ptr + pos, (cols[None, :] + tl.zeros([BLOCK_M, BLOCK_N], tl.int32)),
-                 mask=ok)
+        thr_r = (tr + absm_t) * one_rel
+        # lb >= D, so a pair with D > thr + absm is no candidate: a tile without a pair
+        # under that (squared, with room for rounding) skips the bound's root and quotient
+        lim = thr_r + absm_t
+        lim = lim * lim * 1.0001
+        for c0 in range(0, n, BLOCK_N):
+            cols = c0 + tl.arange(0, BLOCK_N)
+            cmask = cols < n
+            cols64 = cols.to(tl.int64)
+            dd = _centroid_dd_tile(mu_ptr, n, rows64, rmask, cols64, cmask, dim, BLOCK_M,
+                                   BLOCK_N)
+            valid = rmask[:, None] & cmask[None, :] & (rows[:, None] != cols[None, :])
+            maybe = valid & (dd <= lim[:, None])
+            if tl.sum(maybe.to(tl.int32)) > 0:
+                # a bound: the fast float32 root and quotient are well within the margins
+                d = tl.sqrt(dd)
+                s2c = tl.load(s2_ptr + cols64, mask=cmask, other=0.0)
+                rc = tl.load(rad_ptr + cols64, mask=cmask, other=0.0)
+                tc = tl.load(tau_ptr + cols64, mask=cmask, other=0.0)
+                den = d + (rr[:, None] + rc[None, :])
+                safe = tl.where(den == 0, 1.0, den)
+                lb = tl.where(den == 0, d,
+                              tl.maximum(d, (dd + (s2r[:, None] + s2c[None, :])) / safe))
+                low = lb - absm_t
+                cand_ab = low <= thr_r[:, None]
+                cand_ba = low <= (tc[None, :] + absm_t) * one_rel
+                other = tl.load(needy_ptr + cols64, mask=cmask, other=0)
+                emit = valid & cand_ab & ((rows[:, None] < cols[None, :]) | (cand_ba == 0)
+                                          | (other[None, :] == 0))
+                ones = tl.full([BLOCK_M, BLOCK_N], 1, tl.int64)
+                cptr = count_ptr + tl.zeros([BLOCK_M, BLOCK_N], tl.int64)
+                pos = tl.atomic_add(cptr, ones, mask=emit)
+                ok = emit & (pos < capacity)
+                zero = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
+                tl.store(pa_ptr + pos, rows[:, None] + zero, mask=ok)
+                tl.store(pb_ptr + pos, cols[None, :] + zero, mask=ok)
 
 else:  # pragma: no cover - exercised only without triton
     _centroid_nn_tiled_kernel = None
@@ -234,7 +258,7 @@ def _launch_config(on_cpu: bool) -> dict[str, int]:
 
 
 def centroid_nn(mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int, scale: float,
-                out: torch.Tensor, nn: torch.Tensor) -> None:
+                out: torch.Tensor, nn: torch.Tensor, rows: torch.Tensor, nrows: int) -> None:
     """Each cluster's smallest bound (mode 0) or closed-form nearest neighbour (mode 1).
 
     Parameters
@@ -252,16 +276,24 @@ def centroid_nn(mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int, scale: 
         Factor of mode 1 (1.0 sqeuclidean, 0.5 cosine).
     out, nn : torch.Tensor
         ``(n,)`` dtype / int64 outputs: row minimum over ``b != a`` and its smallest argmin
-        (``inf`` and 0 when ``n == 1``).
+        (``inf`` and 0 when ``n == 1``), written for the rows scanned only.
+    rows : torch.Tensor
+        int32: the clusters ``a`` to scan are ``rows[:nrows]`` (the others keep ``out`` /
+        ``nn`` as they are).
+    nrows : int
+        Number of rows to scan.
     """
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")
     cfg = _launch_config(mu_t.device.type == "cpu")
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]),)
     if mode == 1 and float(scale) not in (0.5, 1.0):
         raise ValueError(f"scale must be 0.5 or 1.0, got {scale}")
-    _centroid_nn_tiled_kernel[grid](mu_t, s2, out, nn, n, mu_t.shape[0], MODE=int(mode),
-                                    HALF=float(scale) == 0.5, IS_F32=mu_t.dtype == torch.float32,
+    if nrows == 0:
+        return
+    grid = (triton.cdiv(nrows, cfg["BLOCK_M"]),)
+    _centroid_nn_tiled_kernel[grid](mu_t, s2, out, nn, n, mu_t.shape[0], rows, nrows,
+                                    MODE=int(mode), HALF=float(scale) == 0.5,
+                                    IS_F32=mu_t.dtype == torch.float32,
                                     BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                     num_warps=cfg["num_warps"],
                                     enable_fp_fusion=cfg["enable_fp_fusion"])
@@ -269,7 +301,8 @@ def centroid_nn(mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int, scale: 
 
 def candidate_pairs(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Tensor,
                     tau: torch.Tensor, n: int, rel: float, absm: float, pa: torch.Tensor,
-                    pb: torch.Tensor, count: torch.Tensor, capacity: int) -> None:
+                    pb: torch.Tensor, count: torch.Tensor, capacity: int, rows: torch.Tensor,
+                    nrows: int, needy: torch.Tensor) -> None:
     """Emit the cluster pairs whose lower bound does not exceed the smaller ``tau``.
 
     Parameters
@@ -288,14 +321,21 @@ def candidate_pairs(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Tensor,
         int64 ``(1,)``, zero on entry: the number of pairs (even past ``capacity``).
     capacity : int
         Room in ``pa`` / ``pb``.
+    rows, nrows : torch.Tensor, int
+        int32: pairs are emitted by the clusters ``rows[:nrows]`` only.
+    needy : torch.Tensor
+        int8 ``(n,)``: 1 for the clusters in ``rows``.  A pair with a cluster that is not
+        scanned is emitted by the one that is, whatever their order.
     """
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")
     cfg = _launch_config(mu_t.device.type == "cpu")
-    grid = (triton.cdiv(n, cfg["BLOCK_M"]), triton.cdiv(n, cfg["BLOCK_N"]))
+    if nrows == 0:
+        return
+    grid = (triton.cdiv(nrows, cfg["BLOCK_M"]),)
     margins = torch.tensor([rel, absm], dtype=mu_t.dtype).to(mu_t.device, non_blocking=True)
     _candidate_pairs_tiled_kernel[grid](mu_t, s2, rad, tau, n, mu_t.shape[0], margins, pa, pb,
-                                        count, int(capacity),
+                                        count, int(capacity), rows, nrows, needy,
                                         IS_F32=mu_t.dtype == torch.float32,
                                         BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                         num_warps=cfg["num_warps"],

@@ -186,9 +186,16 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     st = RoundState.new(n_all, dev, dt, max_cluster_size, n_clusters, True)
     mu = xs.to(f64)  # (n, d) centroids
     m2 = torch.zeros(n_all, dtype=f64, device=dev)  # sum of squared distances to mu
-    nn = torch.empty(n_all, dtype=i64, device=dev)
-    nnd = torch.empty(n_all, dtype=dt, device=dev)
-    best = torch.empty(n_all, dtype=f64 if scale is not None else dt, device=dev)
+    # each cluster's nearest neighbour and distance (best: float64 for the closed forms),
+    # kept from round to round for clusters that need no new search; *2: the next round's
+    nn, nn2 = (torch.zeros(n_all, dtype=i64, device=dev) for _ in range(2))
+    nnd, nnd2 = (torch.zeros(n_all, dtype=dt, device=dev) for _ in range(2))
+    bdt = f64 if scale is not None else dt
+    best, best2 = (torch.zeros(n_all, dtype=bdt, device=dev) for _ in range(2))
+    needy = torch.ones(n_all, dtype=torch.int8, device=dev)  # searches this round
+    needy2 = torch.empty_like(needy)
+    rows = torch.arange(n_all, dtype=torch.int32, device=dev)
+    nrows = n_all
     tokens = rad = None
     if scale is None:
         tokens = _Tokens(xs)
@@ -199,45 +206,57 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
         val = torch.empty(capacity, dtype=dt, device=dev)
         count = torch.zeros(1, dtype=i64, device=dev)
+        scratch = torch.empty(n_all, dtype=i64, device=dev)
     del xs
-    big = torch.tensor(n_all, dtype=i64, device=dev)
     n = n_all
+
+    def carry(n: int) -> tuple[torch.Tensor, ...]:
+        """After the round's scan: the next round's kept neighbours and who searches."""
+        needy_next = _carry_neighbours(st, n, nn, nnd, best, nn2, nnd2, best2)
+        needy2[:n] = needy_next.to(torch.int8)
+        out = [needy_next.sum().reshape(1)]
+        if tokens is not None:
+            out += [count, _token_total(st, n)]
+        return tuple(out)
+
     while n >= 2:
         s2 = m2[:n] / st.size[:n].to(f64)
         if scale is not None:
-            ops.centroid_nn(mu[:n].T.contiguous(), s2, n, 1, scale, best, nn)
+            ops.centroid_nn(mu[:n].T.contiguous(), s2, n, 1, scale, best, nn, rows, nrows)
             nnd[:n] = best[:n].to(dt)
+            vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
         else:
             mu_t = mu[:n].T.to(dt).contiguous()
             s2t = s2.to(dt)
-            ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, nn)
+            ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, scratch, rows, nrows)
             while True:
                 count.zero_()
                 ops.candidate_pairs(mu_t, s2t, rad, best, n, rel, absm, pa, pb, count,
-                                    capacity)
+                                    capacity, rows, nrows, needy)
                 ops.pair_average(tokens.x, tokens.offsets, st.size, pa, pb, count, capacity,
                                  val)
-                _nearest_from_pairs(pa, pb, val, count, n, big, nn, nnd)
-                vals = st.scan(ops, n, nn, nnd, lambda n=n: (count, _token_total(st, n)))
-                if vals[3] <= capacity:
+                _nearest_from_pairs(pa, pb, val, count, n, needy, nn, nnd)
+                vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
+                if vals[4] <= capacity:
                     break
-                capacity = 1 << math.ceil(math.log2(vals[3] * 1.25))
+                capacity = 1 << math.ceil(math.log2(vals[4] * 1.25))
                 pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
                 pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
                 val = torch.empty(capacity, dtype=dt, device=dev)
-        if scale is not None:
-            vals = st.scan(ops, n, nn, nnd)
-        n_pairs, n_new, below = vals[:3]
+        n_pairs, n_new, below, nrows = vals[:4]
         old_size = st.size
         if not st.commit(n, n_pairs, n_new, below, backend):
             break
+        nn, nn2, nnd, nnd2, best, best2 = nn2, nn, nnd2, nnd, best2, best
+        needy, needy2 = needy2, needy
+        rows = _compact(needy[:n_new], nrows)
         p = st.p32[:n_new].to(i64)
         q = st.q32[:n_new].to(i64)
         new_size = st.size[:n_new]
         mu, m2 = _merge_moments(mu, m2, old_size, p, q, new_size)
         n = n_new
         if tokens is not None:
-            slot = tokens.regroup(p, q, old_size, new_size, vals[4])
+            slot = tokens.regroup(p, q, old_size, new_size, vals[5])
             r = _radius(tokens, slot, mu, n)
             rad = r + (r * rel + absm)
             if 2 * n * n * itemsize <= handover and n > 1:
@@ -250,6 +269,49 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     return st.merges()
 
 
+def _carry_neighbours(st: RoundState, n: int, nn: torch.Tensor, nnd: torch.Tensor,
+                      best: torch.Tensor, nn2: torch.Tensor, nnd2: torch.Tensor,
+                      best2: torch.Tensor) -> torch.Tensor:
+    """The next round's slots that search again (bool ``(n,)``, False past the new count),
+    with the others' nearest neighbours carried into ``nn2``/``nnd2``/``best2``.
+
+    Average linkage is reducible (Bruynooghe 1977; Müllner 2011): a merged cluster is never
+    closer to a third cluster than the nearer of its parts.  So a cluster that did not
+    merge, and whose nearest neighbour did not merge or leave (size cap), keeps that
+    neighbour and distance.  Only merged clusters and those whose neighbour merged search.
+    (On exactly tied distances the kept neighbour may not be the one with the smallest
+    slot among the tied; results are deterministic either way.)  Runs on the device,
+    launched after the round's scan and before its synchronisation.
+    """
+    dev = nn.device
+    ar = torch.arange(n, device=dev)
+    valid = ar < st.counts[1]
+    p = torch.where(valid, st.p32[:n].to(torch.int64), 0)
+    q = torch.where(valid, st.q32[:n].to(torch.int64), -1)
+    old = nn[:n]
+    merged = old[old] == ar  # old slots in a reciprocal pair
+    inv = torch.full((n + 1,), -1, dtype=torch.int64, device=dev)
+    inv.scatter_(0, torch.where(valid, p, n), ar)
+    t = old[p]  # the old neighbour of each new slot's cluster
+    target = inv[t]
+    needy = valid & ((q >= 0) | (target < 0) | merged[t])
+    nn2[:n] = torch.where(needy, 0, target.clamp_min(0))
+    nnd2[:n] = nnd[:n][p]
+    best2[:n] = best[:n][p]
+    return needy
+
+
+def _compact(flags: torch.Tensor, count: int) -> torch.Tensor:
+    """int32 indices of the nonzero ``flags`` (``count`` of them), without a host sync."""
+    n = flags.shape[0]
+    on = flags != 0
+    pos = torch.cumsum(on, 0) - 1
+    out = torch.empty(count + 1, dtype=torch.int32, device=flags.device)
+    out.scatter_(0, torch.where(on, pos, count),
+                 torch.arange(n, dtype=torch.int32, device=flags.device))
+    return out[:count]
+
+
 def _token_total(st: RoundState, n: int) -> torch.Tensor:
     """Tokens in the next round's slots (on the device; read with the round's counts)."""
     keep = torch.arange(n, device=st.size2.device) < st.counts[1]
@@ -257,25 +319,32 @@ def _token_total(st: RoundState, n: int) -> torch.Tensor:
 
 
 def _nearest_from_pairs(pa: torch.Tensor, pb: torch.Tensor, val: torch.Tensor,
-                        count: torch.Tensor, n: int, big: torch.Tensor, nn: torch.Tensor,
+                        count: torch.Tensor, n: int, needy: torch.Tensor, nn: torch.Tensor,
                         nnd: torch.Tensor) -> None:
-    """Each cluster's nearest neighbour among the evaluated pairs (smallest slot on ties),
-    without reading ``count`` on the host."""
-    live = torch.arange(pa.shape[0], device=pa.device) < count
+    """The nearest neighbour of every searching cluster (``needy``) among the evaluated
+    pairs (smallest slot on ties), without reading ``count`` on the host; the others keep
+    ``nn``/``nnd``."""
+    dev = val.device
+    live = torch.arange(pa.shape[0], device=dev) < count
     a = torch.where(live, pa, 0).to(torch.int64)
     b = torch.where(live, pb, 0).to(torch.int64)
-    v = torch.where(live, val, torch.full_like(val, float("inf")))
-    best = torch.full((n,), float("inf"), dtype=val.dtype, device=val.device)
-    best = best.scatter_reduce(0, a, v, "amin").scatter_reduce(0, b, v, "amin")
-    idx = torch.full((n,), int(big), dtype=torch.int64, device=val.device)
-    take_b = torch.where(live & (v == best[a]), b, big)
-    take_a = torch.where(live & (v == best[b]), a, big)
+    inf = torch.full_like(val, float("inf"))
+    # the emitting side always searches; the other side only if it is needy
+    va = torch.where(live, val, inf)
+    vb = torch.where(live & (needy[b] != 0), val, inf)
+    best = torch.full((n,), float("inf"), dtype=val.dtype, device=dev)
+    best = best.scatter_reduce(0, a, va, "amin").scatter_reduce(0, b, vb, "amin")
+    big = torch.full((), n, dtype=torch.int64, device=dev)
+    take_b = torch.where(live & (va == best[a]), b, big)
+    take_a = torch.where(live & (vb == best[b]), a, big)
+    idx = torch.full((n,), n, dtype=torch.int64, device=dev)
     idx = idx.scatter_reduce(0, a, take_b, "amin").scatter_reduce(0, b, take_a, "amin")
-    # every cluster has a pair unless the pairs overflowed (that round is run again): a
-    # cluster without one points to itself, which the round scan never merges
-    ar = torch.arange(n, device=idx.device)
-    nn[:n] = torch.where(idx >= big, ar, idx)
-    nnd[:n] = best
+    # every searching cluster has a pair unless the pairs overflowed (that round is run
+    # again): a cluster without one points to itself, which the round scan never merges
+    ar = torch.arange(n, device=dev)
+    on = needy[:n] != 0
+    nn[:n] = torch.where(on, torch.where(idx >= n, ar, idx), nn[:n])
+    nnd[:n] = torch.where(on, best, nnd[:n])
 
 
 def _merge_moments(mu: torch.Tensor, m2: torch.Tensor, old_size: torch.Tensor,

@@ -107,22 +107,34 @@ def test_centroid_nn_matches_reference(which: str, dtype: torch.dtype, mode: int
     ops = _ops(which)
     _, _, _, mu_t, s2, _ = _clusters(rng, n, d, dtype)
     scale = 0.5 if d == 3 else 1.0
-    out = torch.empty(n, dtype=dtype, device=DEVICE)
-    nn = torch.empty(n, dtype=torch.int64, device=DEVICE)
-    ops.centroid_nn(mu_t, s2, n, mode, scale, out, nn)
-    ref_out, ref_nn = torch.empty(n, dtype=dtype), torch.empty(n, dtype=torch.int64)
-    _reference_centroid_nn(mu_t.cpu(), s2.cpu(), n, mode, scale, ref_out, ref_nn)
-    assert torch.equal(out.cpu(), ref_out)
-    if mode == 1:  # mode 0's argmin is not used (and is free on ties of the root)
-        assert torch.equal(nn.cpu(), ref_nn)
+    # every row, and a subset of the rows (the others are left as they are)
+    subsets = [torch.arange(n), torch.arange(n)[torch.from_numpy(rng.random(n) < 0.4)]]
+    for rows in subsets:
+        rows = rows.to(torch.int32)
+        out = torch.full((n,), -1.0, dtype=dtype, device=DEVICE)
+        nn = torch.full((n,), -1, dtype=torch.int64, device=DEVICE)
+        ops.centroid_nn(mu_t, s2, n, mode, scale, out, nn, rows.to(DEVICE), len(rows))
+        ref_out = torch.full((n,), -1.0, dtype=dtype)
+        ref_nn = torch.full((n,), -1, dtype=torch.int64)
+        _reference_centroid_nn(mu_t.cpu(), s2.cpu(), n, mode, scale, ref_out, ref_nn, rows,
+                               len(rows))
+        assert torch.equal(out.cpu(), ref_out)
+        if mode == 1:  # mode 0's argmin is not used (and is free on ties of the root)
+            assert torch.equal(nn.cpu(), ref_nn)
 
 
-def _pairs(ops, mu_t, s2, rad, tau, n, capacity, rel=1e-5, absm=1e-6):
+def _pairs(ops, mu_t, s2, rad, tau, n, capacity, rel=1e-5, absm=1e-6, rows=None):
     rel, absm = (float(np.float32(v)) for v in (rel, absm))
-    pa = torch.full((capacity,), -1, dtype=torch.int32, device=mu_t.device)
+    dev = mu_t.device
+    pa = torch.full((capacity,), -1, dtype=torch.int32, device=dev)
     pb = pa.clone()
-    count = torch.zeros(1, dtype=torch.int64, device=mu_t.device)
-    ops(mu_t, s2, rad, tau, n, rel, absm, pa, pb, count, capacity)
+    count = torch.zeros(1, dtype=torch.int64, device=dev)
+    if rows is None:
+        rows = torch.arange(n, dtype=torch.int32)
+    needy = torch.zeros(n, dtype=torch.int8)
+    needy[rows.long()] = 1
+    ops(mu_t, s2, rad, tau, n, rel, absm, pa, pb, count, capacity, rows.to(dev), len(rows),
+        needy.to(dev))
     c = int(count[0])
     w = min(c, capacity)
     return c, sorted(zip(pa[:w].tolist(), pb[:w].tolist())), pa, pb
@@ -137,7 +149,9 @@ def test_candidate_pairs_match_reference(which: str, dtype: torch.dtype,
     _, _, _, mu_t, s2, rad = _clusters(rng, n, d, dtype)
     tau = torch.empty(n, dtype=dtype, device=DEVICE)
     nn = torch.empty(n, dtype=torch.int64, device=DEVICE)
-    ops.centroid_nn(mu_t, s2, n, 0, 1.0, tau, nn)
+    ops.centroid_nn(mu_t, s2, n, 1, 1.0, tau, nn, torch.arange(n, dtype=torch.int32,
+                                                               device=DEVICE), n)
+    tau = torch.sqrt(tau)
     tau = tau * 1.3  # more than one candidate per cluster
     c, got, _, _ = _pairs(ops.candidate_pairs, mu_t, s2, rad, tau, n, 4096)
     host = (mu_t.cpu(), s2.cpu(), rad.cpu(), tau.cpu(), n, 4096)
@@ -161,6 +175,15 @@ def test_candidate_pairs_match_reference(which: str, dtype: torch.dtype,
     # past the capacity: the count goes on, nothing is written out of bounds
     c_small, part, pa, _ = _pairs(ops.candidate_pairs, mu_t, s2, rad, tau, n, 7)
     assert c_small == c and len(part) == 7 and set(part) <= set(got)
+    # a subset of the rows searches: its pairs, each once, also with clusters that do not
+    sub = torch.arange(n)[torch.from_numpy(rng.random(n) < 0.3)].to(torch.int32)
+    c_sub, got_sub, _, _ = _pairs(ops.candidate_pairs, mu_t, s2, rad, tau, n, 4096, rows=sub)
+    c_ref, ref_sub, _, _ = _pairs(_reference_candidate_pairs, *host, rows=sub)
+    members = set(sub.tolist())
+    assert all(a in members for a, _ in got_sub)
+    assert len({frozenset(p) for p in got_sub}) == len(got_sub)
+    if not (which == "triton" and ON_GPU and dtype == torch.float32):
+        assert c_sub == c_ref and got_sub == ref_sub
 
 
 @pytest.mark.parametrize("which", KERNEL_OPS)

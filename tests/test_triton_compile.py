@@ -88,7 +88,8 @@ SCRIPT = textwrap.dedent("""
         blocks = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
         for mode, half in ((0, False), (1, False), (1, True)):
             sig = {"mu_ptr": f"*{dt}", "s2_ptr": f"*{dt}", "out_ptr": f"*{dt}",
-                   "nn_ptr": "*i64", "n": "i32", "dim": "i32", "MODE": "constexpr",
+                   "nn_ptr": "*i64", "n": "i32", "dim": "i32", "rows_ptr": "*i32",
+                   "nrows": "i32", "MODE": "constexpr",
                    "HALF": "constexpr", "IS_F32": "constexpr", "BLOCK_M": "constexpr",
                    "BLOCK_N": "constexpr"}
             kernel = build(centroid._centroid_nn_tiled_kernel, sig,
@@ -96,8 +97,9 @@ SCRIPT = textwrap.dedent("""
             assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), (dt, mode)
         sig = {"mu_ptr": f"*{dt}", "s2_ptr": f"*{dt}", "rad_ptr": f"*{dt}", "tau_ptr": f"*{dt}",
                "n": "i32", "dim": "i32", "margin_ptr": f"*{dt}", "pa_ptr": "*i32",
-               "pb_ptr": "*i32", "count_ptr": "*i64", "capacity": "i32",
-               "IS_F32": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
+               "pb_ptr": "*i32", "count_ptr": "*i64", "capacity": "i32", "rows_ptr": "*i32",
+               "nrows": "i32", "needy_ptr": "*i8", "IS_F32": "constexpr",
+               "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
         kernel = build(centroid._candidate_pairs_tiled_kernel, sig,
                        {"IS_F32": dt == "fp32", **blocks}, cfg)
         assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt

@@ -23,8 +23,14 @@ host synchronisation.  Only the nearest neighbours are found differently:
   candidate_pairs`), and only those get an exact average over their token pairs, summed
   in float64 (:func:`dcpe_kernels.pair_average.pair_average`).  Every cluster's nearest
   neighbour is among its candidates, so the result is that of the dense engine.  Once the
-  clusters' own matrix fits ``handover_bytes`` it is built in one pass over the token
-  pairs (:func:`dcpe_kernels.pair_average.cluster_matrix`) and the dense rounds finish.
+  clusters' own matrix fits ``handover_bytes`` (and, by default, the clusters hold 64
+  tokens on average, when exact pair sums start to cost more than the rounds' scans) it
+  is built in one pass over the token pairs (:func:`dcpe_kernels.pair_average.
+  cluster_matrix`) and the dense rounds finish.
+
+Reducibility (Bruynooghe 1977) spares most searches after the first round: a cluster
+that did not merge and whose nearest neighbour did not merge keeps it, so only merged
+clusters and those whose neighbour merged scan (:func:`_carry_neighbours`).
 
 Merges, the early stop for a flat cut and the size cap are those of the dense engine
 (merge records, tie rule and slot order are the same, so labels agree with the dense
@@ -57,6 +63,9 @@ CLOSED_FORM_SCALE: dict[str, float | None] = {"euclidean": None, "sqeuclidean": 
                                               "cosine": 0.5}
 #: default size of the clusters' matrix (two buffers) at which the dense rounds take over
 DEFAULT_HANDOVER_BYTES = 16 << 30
+#: ... and, by default, once the clusters hold this many tokens on average: the hand-over
+#: costs one pass over all token pairs, and before it the matrix-free rounds are cheap
+HANDOVER_MEAN_SIZE = 64
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8
 _MIN_PAIRS = 1024
@@ -145,8 +154,9 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         Bytes the engine may use (default: what the device reports free).
     handover_bytes : int, optional
         The dense rounds take over (Euclidean) once two matrices of the active clusters
-        fit in this many bytes and in the budget; 0 never hands over.  Default
-        :data:`DEFAULT_HANDOVER_BYTES`.
+        fit in this many bytes and in the budget; 0 never hands over.  Default: once they
+        fit :data:`DEFAULT_HANDOVER_BYTES` and the clusters hold
+        :data:`HANDOVER_MEAN_SIZE` tokens on average.
 
     Returns
     -------
@@ -176,6 +186,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                             f"{backend} backend: matrix-free rounds on {n_all} x {dim} tokens")
     handover = DEFAULT_HANDOVER_BYTES if handover_bytes is None else int(handover_bytes)
     handover = min(handover, avail - needed)
+    mean_size = HANDOVER_MEAN_SIZE if handover_bytes is None else 0
 
     scale = CLOSED_FORM_SCALE[metric]
     xs = x.contiguous()
@@ -259,7 +270,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             slot = tokens.regroup(p, q, old_size, new_size, vals[5])
             r = _radius(tokens, slot, mu, n)
             rad = r + (r * rel + absm)
-            if 2 * n * n * itemsize <= handover and n > 1:
+            if 2 * n * n * itemsize <= handover and n > 1 and tokens.ntok >= mean_size * n:
                 cur = torch.empty(n * n, dtype=dt, device=dev)
                 ops.cluster_matrix(tokens.x, tokens.offsets, new_size, n, cur, n, nn, nnd)
                 used = needed + n * n * itemsize

@@ -303,3 +303,141 @@ def test_preflight_refuses_too_large() -> None:
     with pytest.raises(MemoryError):
         cb.labels(xt, 2, method="average", metric="euclidean", max_cluster_size=None)
     assert torch.cuda.memory_allocated() == before
+
+
+# ------------------------------------------- matrix-free engine: kernels vs. references
+# (the checks and inputs of tests/test_cuda_sim.py, on the GPU)
+
+
+def _linear_checks():
+    import test_cuda_sim
+
+    return test_cuda_sim
+
+
+def test_linear_kernels_built_when_nvcc_present() -> None:
+    ext = _ext()
+    if ext is None or not getattr(ext, "has_cuda", False):
+        pytest.skip("dcpe._C is not built with CUDA")
+    for name in ("centroid_nn", "candidate_pairs", "pair_average", "cluster_matrix"):
+        assert callable(getattr(ext.cuda, name))
+
+
+def test_linear_kernels_are_never_contracted_into_fma(tmp_path) -> None:
+    """Centroid distances and token distances round every square and sum (no
+    ``fma.rn``); square roots and quotients are IEEE (``sqrt.rn``, ``div.rn``)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    nvcc = shutil.which("nvcc")
+    if nvcc is None:
+        pytest.skip("nvcc not on PATH")
+    root = Path(__file__).resolve().parents[1]
+    ptx = tmp_path / "linear_kernels.ptx"
+    proc = subprocess.run([nvcc, "-ptx", "-arch=sm_90", "-O3", f"-I{root / 'csrc'}",
+                           str(root / "csrc" / "cuda" / "linear_kernels.cu"), "-o", str(ptx)],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    entries = re.split(r"(?m)^\.(?:visible )?\.?entry ", ptx.read_text())[1:]
+    assert len(entries) == 22  # (3 + 1 scan kernels) x 2 ops x 2 dtypes, 3 x 2 others
+    for body in entries:
+        assert not re.findall(r"\bfma\.rn\.f(?:32|64)", body)
+        assert not re.findall(r"\b(?:div|sqrt|rcp|rsqrt)\.approx", body)
+    text = ptx.read_text()
+    for op in ("sqrt.rn.f32", "sqrt.rn.f64", "div.rn.f32", "div.rn.f64"):
+        assert op in text
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [1, 3, 8, 20])
+def test_centroid_scans_match_reference(dtype: torch.dtype, dim: int) -> None:
+    cb = _backend()
+    t = _linear_checks()
+    rng = np.random.default_rng(100 + dim)
+    for n in (1, 2, 70, 333):
+        mu_t, s2, rad = t.centroid_inputs(rng, n, dim, dtype, device="cuda")
+        for mode, scale in ((0, 1.0), (1, 1.0), (1, 0.5)):
+            t.check_centroid_nn(cb.CudaOps.centroid_nn, mu_t, s2, n, mode, scale)
+        tau = t.tau_of(mu_t, s2, n)
+        for rel, absm in ((1e-6, 1e-7), (0.0, 0.0), (0.3, 0.05)):
+            t.check_candidate_pairs(cb.CudaOps.candidate_pairs, mu_t, s2, rad, tau, n, rel,
+                                    absm)
+    mu_t, s2, rad = t.centroid_inputs(rng, 90, dim, dtype, device="cuda", grid=True)
+    t.check_centroid_nn(cb.CudaOps.centroid_nn, mu_t, s2, 90, 0, 1.0)
+    t.check_candidate_pairs(cb.CudaOps.candidate_pairs, mu_t, s2, rad, t.tau_of(mu_t, s2, 90),
+                            90, 0.0, 0.0)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_candidate_pairs_count_past_capacity_on_gpu(dtype: torch.dtype) -> None:
+    cb = _backend()
+    t = _linear_checks()
+    mu_t, s2, rad = t.centroid_inputs(np.random.default_rng(11), 500, 4, dtype, device="cuda")
+    tau = t.tau_of(mu_t, s2, 500)
+    total = len(t.reference_pairs(mu_t, s2, rad, tau, 500, 0.5, 0.1))
+    for cap in (0, 1, total // 3, total):
+        t.check_candidate_pairs(cb.CudaOps.candidate_pairs, mu_t, s2, rad, tau, 500, 0.5, 0.1,
+                                capacity=cap)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [8, 40])
+def test_centroid_nn_3000_clusters(dtype: torch.dtype, dim: int) -> None:
+    cb = _backend()
+    t = _linear_checks()
+    mu_t, s2, _ = t.centroid_inputs(np.random.default_rng(3000), 3000, dim, dtype,
+                                    device="cuda")
+    t.check_centroid_nn(cb.CudaOps.centroid_nn, mu_t, s2, 3000, 0, 1.0)
+    t.check_centroid_nn(cb.CudaOps.centroid_nn, mu_t, s2, 3000, 1, 0.5)
+
+
+@needs_gpu
+def test_centroid_nn_one_warp_per_row_group() -> None:
+    """From n = 524288 on a block's 256 rows each get one warp (split 1): sampled rows
+    against the same arithmetic in PyTorch on the GPU (eager ops, no fusion)."""
+    cb = _backend()
+    t = _linear_checks()
+    n, dim = 600_000, 8
+    mu_t, s2, _ = t.centroid_inputs(np.random.default_rng(6), n, dim, torch.float32,
+                                    device="cuda")
+    out = torch.empty(n, dtype=torch.float32, device="cuda")
+    nn = torch.empty(n, dtype=torch.int64, device="cuda")
+    cb.CudaOps.centroid_nn(mu_t, s2, n, 0, 1.0, out, nn,
+                           torch.arange(n, dtype=torch.int32, device="cuda"), n)
+    rows = torch.tensor([0, 1, 255, 256, 70_001, 524_287, n - 1], device="cuda")
+    dd = torch.zeros((rows.numel(), n), dtype=torch.float32, device="cuda")
+    for k in range(dim):
+        diff = mu_t[k][rows][:, None] - mu_t[k][None, :]
+        dd = dd + diff * diff
+    v = dd + (s2[rows][:, None] + s2[None, :])
+    v = t.sqrt_rn(v.cpu())
+    v[torch.arange(rows.numel()), rows.cpu()] = float("inf")
+    best = v.min(dim=1).values
+    arg = torch.where(v == best[:, None], torch.arange(n).expand_as(v), n).min(dim=1).values
+    assert torch.equal(out[rows].cpu(), best)
+    assert torch.equal(nn[rows].cpu(), arg)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("dim", [1, 3, 8, 20])
+def test_cluster_averages_match_reference(dtype: torch.dtype, dim: int) -> None:
+    cb = _backend()
+    t = _linear_checks()
+    rng = np.random.default_rng(300 + dim)
+    sizes = list(rng.integers(1, 6, size=40)) + [50, 60]
+    x, offsets, sizes_t = t.cluster_inputs(rng, sizes, dim, dtype, device="cuda")
+    pa, pb = t.random_pairs(rng, 42, 300, extra=[(41, 40), (3, 40), (40, 41)])
+    m = pa.shape[0]
+    first = t.check_pair_average(cb.CudaOps.pair_average, x, offsets, sizes_t, pa, pb, m, m)
+    again = t.check_pair_average(cb.CudaOps.pair_average, x, offsets, sizes_t, pa, pb, m, m)
+    assert torch.equal(first, again)  # deterministic
+    t.check_pair_average(cb.CudaOps.pair_average, x, offsets, sizes_t, pa, pb, m + 9, m - 2)
+    mat = t.check_cluster_matrix(cb.CudaOps.cluster_matrix, x, offsets, sizes_t, 42, 45)
+    mat2 = t.check_cluster_matrix(cb.CudaOps.cluster_matrix, x, offsets, sizes_t, 42, 45)
+    for u, w in zip(mat, mat2):
+        assert torch.equal(u, w)

@@ -1,7 +1,8 @@
 """The CUDA kernels' source, run on the CPU.
 
-``csrc/cuda/rnn_kernels.cuh`` (the device code of the ``cuda`` backend) and
-``csrc/cuda/rnn_dispatch.h`` (its host-side checks and launch configuration) are compiled
+``csrc/cuda/rnn_kernels.cuh`` and ``csrc/cuda/linear_kernels.cuh`` (the device code of the
+``cuda`` backend) and ``csrc/cuda/rnn_dispatch.h`` and ``csrc/cuda/linear_dispatch.h``
+(their host-side checks and launch configuration) are compiled
 here by the host C++ compiler against ``tests/cuda_sim/cuda_sim.h``, an executor that runs each
 block's threads as fibers switched at every barrier, with the CUDA intrinsics, warp
 shuffles and the two CUB block collectives the kernels use emulated (see that header for
@@ -35,21 +36,28 @@ from conftest import (  # noqa: E402
     cpu_order_distances,
     cut_z,
     random_merge_round,
+    same_partition,
     tie_free,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 SIM = ROOT / "tests" / "cuda_sim"
 
-_U, _I64, _INT = ctypes.c_uint64, ctypes.c_int64, ctypes.c_int
+_U, _I64, _INT, _F64 = ctypes.c_uint64, ctypes.c_int64, ctypes.c_int, ctypes.c_double
 _SIGNATURES = {
     "dcpe_sim_pairwise_nn": [_INT, _U, _U, _U, _U, _I64, _I64, _I64, _INT, _U],
     "dcpe_sim_merge_compact_nn": [_INT, _U, _I64, _U, _I64, _U, _U, _U, _U, _I64, _I64, _I64,
                                   _INT, _U, _U, _U],
     "dcpe_sim_round_scan": [_INT, _I64] + [_U] * 10 + [_I64, ctypes.c_bool, _I64,
                                                       ctypes.c_bool] + [_U] * 9,
+    "dcpe_sim_centroid_nn": [_INT, _U, _U, _I64, _I64, _INT, _F64, _U, _U, _U, _I64, _U],
+    "dcpe_sim_candidate_pairs": [_INT, _U, _U, _U, _U, _I64, _I64, _F64, _F64, _U, _U, _U,
+                                 _I64, _U, _I64, _U, _U],
+    "dcpe_sim_pair_average": [_INT, _U, _I64, _U, _U, _U, _U, _U, _I64, _U, _U],
+    "dcpe_sim_cluster_matrix": [_INT, _U, _I64, _U, _U, _I64, _U, _I64, _U, _U, _U],
     "dcpe_sim_selftest": [ctypes.c_void_p] * 4 + [_INT],
     "dcpe_sim_set_reverse": [_INT],
+    "dcpe_sim_set_scan_split": [_INT],
 }
 
 
@@ -75,6 +83,18 @@ class _SimExt:
 
     def round_scan(self, *args: object) -> None:
         self._call("dcpe_sim_round_scan", *args)
+
+    def centroid_nn(self, *args: object) -> None:
+        self._call("dcpe_sim_centroid_nn", *args)
+
+    def candidate_pairs(self, *args: object) -> None:
+        self._call("dcpe_sim_candidate_pairs", *args)
+
+    def pair_average(self, *args: object) -> None:
+        self._call("dcpe_sim_pair_average", *args)
+
+    def cluster_matrix(self, *args: object) -> None:
+        self._call("dcpe_sim_cluster_matrix", *args)
 
 
 def _compiler() -> str | None:
@@ -334,3 +354,467 @@ def test_inplace_compaction_matches(ops: type) -> None:
     ref = merges_to_linkage(_run(ops, x))
     tight = required_bytes(120, 8, 4) + 20 * 120 * 4
     np.testing.assert_array_equal(merges_to_linkage(_run(ops, x, budget=tight)), ref)
+
+
+# ------------------------------------------- matrix-free engine: kernels vs. references
+
+
+def centroid_inputs(rng: np.random.Generator, n: int, dim: int, dtype: torch.dtype,
+                    device: str = "cpu", grid: bool = False):
+    """``(dim, n)`` centroids, ``s2`` and ``rad`` of ``n`` clusters: Gaussian with random
+    per-coordinate scales (no ties, a.s.), or small integers (many exact ties)."""
+    if grid:
+        mu = rng.integers(-2, 3, size=(dim, n)).astype(np.float64)
+        s2 = rng.integers(0, 3, size=n).astype(np.float64)
+    else:
+        mu = rng.standard_normal((dim, n)) * np.exp(rng.uniform(-1.0, 1.0, size=(dim, 1)))
+        s2 = rng.uniform(0.0, 0.3, size=n) * dim
+    rad = np.sqrt(s2) * rng.uniform(1.0, 3.0, size=n)
+    return tuple(torch.tensor(a, dtype=dtype, device=device).contiguous() for a in (mu, s2, rad))
+
+
+def cluster_inputs(rng: np.random.Generator, sizes, dim: int, dtype: torch.dtype,
+                   device: str = "cpu"):
+    """Tokens sorted by cluster (cluster ``c`` has ``sizes[c]`` rows), offsets, sizes."""
+    sizes = np.asarray(sizes, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    x = rng.standard_normal((int(sizes.sum()), dim)) * np.exp(rng.uniform(-1, 1, size=dim))
+    return (torch.tensor(x, dtype=dtype, device=device).contiguous(),
+            torch.from_numpy(offsets).to(device), torch.from_numpy(sizes).to(device))
+
+
+def sqrt_rn(t: torch.Tensor) -> torch.Tensor:
+    """Correctly rounded square root (NumPy's), as the kernels take it."""
+    return torch.from_numpy(np.sqrt(t.numpy()))
+
+
+def centroid_dd(mu_t: torch.Tensor, n: int) -> torch.Tensor:
+    """``dd[a, b]``: rounded squares of the centroid differences added in dimension order."""
+    mu = mu_t.cpu()[:, :n]
+    dd = torch.zeros((n, n), dtype=mu.dtype)
+    for k in range(mu.shape[0]):
+        diff = mu[k][:, None] - mu[k][None, :]
+        dd = dd + diff * diff
+    return dd
+
+
+def reference_centroid_nn(mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int,
+                          scale: float):
+    """Row minimum over b != a of sqrt(dd + t) (mode 0) or scale * (dd + t) (mode 1),
+    t = s2[a] + s2[b], and its smallest argmin; +inf and slot 0 for a single cluster."""
+    s2 = s2.cpu()
+    v = centroid_dd(mu_t, n) + (s2[:n][:, None] + s2[:n][None, :])
+    v = sqrt_rn(v) if mode == 0 else v * torch.tensor(scale, dtype=v.dtype)
+    v.fill_diagonal_(float("inf"))
+    best = v.min(dim=1).values
+    arg = torch.where(v == best[:, None], torch.arange(n).expand(n, n), n).min(dim=1).values
+    return best, arg
+
+
+def tau_of(mu_t: torch.Tensor, s2: torch.Tensor, n: int) -> torch.Tensor:
+    """Each cluster's smallest Euclidean upper bound (mode 0)."""
+    return reference_centroid_nn(mu_t, s2, n, 0, 1.0)[0].to(mu_t.device)
+
+
+def _all_rows(n: int, dev: torch.device) -> torch.Tensor:
+    """Every cluster scans (the first round)."""
+    return torch.arange(n, dtype=torch.int32, device=dev)
+
+
+def check_centroid_nn(centroid_nn, mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int,
+                      scale: float):
+    """Kernel and reference agree bit for bit: minima and smallest argmins."""
+    dt, dev = mu_t.dtype, mu_t.device
+    out = torch.full((n,), -1.0, dtype=dt, device=dev)
+    nn = torch.full((n,), -5, dtype=torch.int64, device=dev)
+    centroid_nn(mu_t, s2, n, mode, scale, out, nn, _all_rows(n, dev), n)
+    ref_out, ref_nn = reference_centroid_nn(mu_t, s2, n, mode, scale)
+    assert torch.equal(out.cpu(), ref_out)
+    assert torch.equal(nn.cpu(), ref_nn)
+    return out.cpu(), nn.cpu()
+
+
+def reference_pairs(mu_t, s2, rad, tau, n: int, rel: float, absm: float) -> list:
+    """The pairs (a, b) with cand(a, b) and (a < b or not cand(b, a)), sorted, where
+    cand(a, b) = lb - absm <= (tau[a] + absm) * (1 + rel), lb = D if D + r == 0 else
+    max(D, (dd + t) / (D + r)), D = sqrt(dd), t = s2[a] + s2[b], r = rad[a] + rad[b]."""
+    dt = mu_t.dtype
+    s2, rad, tau = s2.cpu()[:n], rad.cpu()[:n], tau.cpu()[:n]
+    dd = centroid_dd(mu_t, n)
+    d = sqrt_rn(dd)
+    den = d + (rad[:, None] + rad[None, :])
+    safe = torch.where(den == 0, torch.ones_like(den), den)
+    lb = torch.where(den == 0, d, torch.maximum(d, (dd + (s2[:, None] + s2[None, :])) / safe))
+    absm_t = torch.tensor(absm, dtype=dt)
+    one_rel = torch.tensor(1.0, dtype=dt) + torch.tensor(rel, dtype=dt)
+    cand = (lb - absm_t) <= (tau[:, None] + absm_t) * one_rel
+    cand.fill_diagonal_(False)
+    ar = torch.arange(n)
+    a, b = torch.nonzero(cand & ((ar[:, None] < ar[None, :]) | ~cand.T), as_tuple=True)
+    return sorted(zip(a.tolist(), b.tolist()))
+
+
+def check_candidate_pairs(candidate_pairs, mu_t, s2, rad, tau, n: int, rel: float, absm: float,
+                          capacity: int | None = None) -> int:
+    """The emitted pairs are the reference's (as sets); past ``capacity`` the count goes on
+    and nothing more is written."""
+    ref = reference_pairs(mu_t, s2, rad, tau, n, rel, absm)
+    cap = max(1, len(ref)) if capacity is None else capacity
+    dev = mu_t.device
+    pa = torch.full((cap + 3,), -7, dtype=torch.int32, device=dev)
+    pb = torch.full((cap + 3,), -7, dtype=torch.int32, device=dev)
+    count = torch.zeros(1, dtype=torch.int64, device=dev)
+    candidate_pairs(mu_t, s2, rad, tau, n, rel, absm, pa, pb, count, cap, _all_rows(n, dev), n,
+                    torch.ones(n, dtype=torch.int8, device=dev))
+    assert int(count[0]) == len(ref)
+    w = min(len(ref), cap)
+    got = sorted(zip(pa[:w].tolist(), pb[:w].tolist()))
+    if w == len(ref):
+        assert got == ref
+    else:
+        assert len(set(got)) == w and set(got) <= set(ref)
+    assert bool((pa[w:] == -7).all()) and bool((pb[w:] == -7).all())
+    return len(ref)
+
+
+def assert_close_averages(got: torch.Tensor, ref: torch.Tensor) -> None:
+    """Averages summed in float64 in another order than the reference's: equal up to the
+    last bits of the float64 sum, so within 1e-12 relative in float64 and at most one unit
+    in the last place once rounded to float32.  Entries not computed (sentinels, +inf
+    diagonal) are bit for bit equal."""
+    got, ref = got.cpu().reshape(-1), ref.cpu().reshape(-1)
+    same = (got == ref) | (torch.isnan(got) & torch.isnan(ref))
+    if got.dtype == torch.float64:
+        np.testing.assert_allclose(got.numpy(), ref.numpy(), rtol=1e-12, atol=0)
+    else:
+        diff = (got.view(torch.int32).long() - ref.view(torch.int32).long()).abs()
+        assert bool(((diff <= 1) & torch.isfinite(ref) | same).all())
+        assert bool((torch.isfinite(got) == torch.isfinite(ref)).all())
+
+
+def random_pairs(rng: np.random.Generator, n: int, m: int, extra=()):
+    """``m`` random pairs of distinct clusters in both orders, then ``extra``."""
+    a = rng.integers(0, n, size=m)
+    b = (a + rng.integers(1, n, size=m)) % n
+    pa = np.concatenate([a, [p[0] for p in extra]]).astype(np.int32)
+    pb = np.concatenate([b, [p[1] for p in extra]]).astype(np.int32)
+    return torch.from_numpy(pa), torch.from_numpy(pb)
+
+
+def check_pair_average(pair_average, x, offsets, sizes, pa, pb, count: int, capacity: int):
+    from dcpe_kernels.pair_average import _reference_pair_average
+
+    dev = x.device
+    cnt = torch.tensor([count], dtype=torch.int64)
+    val = torch.full((capacity + 2,), 7.5, dtype=x.dtype, device=dev)
+    pair_average(x, offsets, sizes, pa.to(dev), pb.to(dev), cnt.to(dev), capacity, val)
+    ref = torch.full((capacity + 2,), 7.5, dtype=x.dtype)
+    _reference_pair_average(x.cpu(), offsets.cpu(), sizes.cpu(), pa, pb, cnt, capacity, ref)
+    assert_close_averages(val, ref)
+    w = min(count, capacity)
+    assert bool((val[w:].cpu() == 7.5).all())
+    return val.cpu()
+
+
+def check_cluster_matrix(cluster_matrix, x, offsets, sizes, n: int, ld: int):
+    """Reference averages, exactly symmetric, +inf diagonal, columns past n untouched, and
+    nn / nnd the row argmin (smallest column) / minimum of the kernel's own matrix."""
+    from dcpe_kernels.pair_average import _reference_cluster_matrix
+
+    dt, dev = x.dtype, x.device
+    out = torch.full((n * ld,), -3.0, dtype=dt, device=dev)
+    nn = torch.full((n,), -5, dtype=torch.int64, device=dev)
+    nnd = torch.full((n,), -1.0, dtype=dt, device=dev)
+    cluster_matrix(x, offsets, sizes, n, out, ld, nn, nnd)
+    ref = torch.full((n * ld,), -3.0, dtype=dt)
+    _reference_cluster_matrix(x.cpu(), offsets.cpu(), sizes.cpu(), n, ref, ld,
+                              torch.empty(n, dtype=torch.int64), torch.empty(n, dtype=dt))
+    assert_close_averages(out, ref)
+    m = out.cpu().view(n, ld)[:, :n]
+    assert torch.equal(m, m.T)
+    assert bool(torch.isinf(torch.diagonal(m)).all())
+    best = m.min(dim=1).values
+    cols = torch.arange(n).expand(n, n)
+    idx = torch.where(m == best[:, None], cols, n).min(dim=1).values
+    idx = torch.where(best < float("inf"), idx, 0)
+    assert torch.equal(nnd.cpu(), best)
+    assert torch.equal(nn.cpu(), idx)
+    return out.cpu(), nn.cpu(), nnd.cpu()
+
+
+@pytest.fixture(params=[0, 1, 8])
+def split(request: pytest.FixtureRequest, sim: _SimExt):
+    """Warps per row group of the centroid scans: 0 is the choice for the test's small n
+    (8); 1 is what a GPU uses from n = 524288 on."""
+    sim.lib.dcpe_sim_set_scan_split(request.param)
+    yield request.param
+    sim.lib.dcpe_sim_set_scan_split(0)
+
+
+_DTYPES = [torch.float32, torch.float64]
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+@pytest.mark.parametrize("dim", [1, 3, 8, 20])
+def test_centroid_nn_kernel_matches_reference(ops: type, split: int, dtype: torch.dtype,
+                                              dim: int) -> None:
+    rng = np.random.default_rng(100 + dim)
+    for n in (1, 2, 70):
+        mu_t, s2, _ = centroid_inputs(rng, n, dim, dtype)
+        check_centroid_nn(ops.centroid_nn, mu_t, s2, n, 0, 1.0)
+        check_centroid_nn(ops.centroid_nn, mu_t, s2, n, 1, 1.0)
+        check_centroid_nn(ops.centroid_nn, mu_t, s2, n, 1, 0.5)
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+@pytest.mark.parametrize("dim", [2, 20])
+def test_centroid_nn_ties_go_to_the_smallest_column(any_order: type, split: int,
+                                                    dtype: torch.dtype, dim: int) -> None:
+    """Integer centroids: many rows have several nearest neighbours at the same value."""
+    mu_t, s2, _ = centroid_inputs(np.random.default_rng(7), 90, dim, dtype, grid=True)
+    for mode, scale in ((0, 1.0), (1, 0.5)):
+        out, nn = check_centroid_nn(any_order.centroid_nn, mu_t, s2, 90, mode, scale)
+        assert int((out[:, None] == out[None, :]).sum()) > 90  # ties were there to break
+
+
+@pytest.mark.parametrize("dim", [3, 17])
+def test_centroid_scans_over_several_row_blocks(ops: type, sim: _SimExt, dim: int) -> None:
+    """300 rows: two blocks of 256 rows at split 1, ten of 32 at split 8."""
+    rng = np.random.default_rng(5)
+    mu_t, s2, rad = centroid_inputs(rng, 300, dim, torch.float32)
+    tau = tau_of(mu_t, s2, 300)
+    for sp in (1, 8):
+        sim.lib.dcpe_sim_set_scan_split(sp)
+        try:
+            check_centroid_nn(ops.centroid_nn, mu_t, s2, 300, 0, 1.0)
+            check_candidate_pairs(ops.candidate_pairs, mu_t, s2, rad, tau, 300, 1e-6, 1e-7)
+        finally:
+            sim.lib.dcpe_sim_set_scan_split(0)
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+@pytest.mark.parametrize("dim", [1, 3, 8, 20])
+def test_candidate_pairs_kernel_matches_reference(ops: type, split: int, dtype: torch.dtype,
+                                                  dim: int) -> None:
+    rng = np.random.default_rng(200 + dim)
+    for n, rel, absm in ((2, 1e-6, 1e-7), (70, 1e-6, 1e-7), (70, 0.0, 0.0), (70, 0.3, 0.05)):
+        mu_t, s2, rad = centroid_inputs(rng, n, dim, dtype)
+        tau = tau_of(mu_t, s2, n)
+        total = check_candidate_pairs(ops.candidate_pairs, mu_t, s2, rad, tau, n, rel, absm)
+        assert total >= (n + 1) // 2  # every cluster's nearest bound is among them
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+def test_candidate_pairs_count_past_capacity(any_order: type, dtype: torch.dtype) -> None:
+    """Fewer slots than pairs: count is the full number, only `capacity` pairs are written
+    (distinct reference pairs), nothing past them."""
+    rng = np.random.default_rng(11)
+    mu_t, s2, rad = centroid_inputs(rng, 60, 4, dtype)
+    tau = tau_of(mu_t, s2, 60)
+    total = len(reference_pairs(mu_t, s2, rad, tau, 60, 0.5, 0.1))
+    assert total > 40
+    for cap in (0, 1, 17, total - 1, total):
+        check_candidate_pairs(any_order.candidate_pairs, mu_t, s2, rad, tau, 60, 0.5, 0.1,
+                              capacity=cap)
+
+
+def test_candidate_pairs_with_ties_are_emitted_once(ops: type, split: int) -> None:
+    """Integer centroids: bounds equal to tau exactly, pairs cand in both directions."""
+    mu_t, s2, rad = centroid_inputs(np.random.default_rng(8), 80, 3, torch.float64, grid=True)
+    tau = tau_of(mu_t, s2, 80)
+    check_candidate_pairs(ops.candidate_pairs, mu_t, s2, rad, tau, 80, 0.0, 0.0)
+    check_candidate_pairs(ops.candidate_pairs, mu_t, s2, rad, tau, 80, 1e-9, 0.0)
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+@pytest.mark.parametrize("dim", [1, 3, 8, 20])
+def test_pair_average_kernel_matches_reference(ops: type, dtype: torch.dtype, dim: int) -> None:
+    """Sizes 1..5, plus two large clusters whose pair (50 x 60 tokens) takes the one-block
+    path; the pair count is read on the device, below, at and above the capacity."""
+    rng = np.random.default_rng(300 + dim)
+    sizes = list(rng.integers(1, 6, size=40)) + [50, 60]
+    x, offsets, sizes_t = cluster_inputs(rng, sizes, dim, dtype)
+    pa, pb = random_pairs(rng, 42, 70, extra=[(41, 40), (3, 40), (40, 41)])
+    m = pa.shape[0]
+    check_pair_average(ops.pair_average, x, offsets, sizes_t, pa, pb, m, m)
+    check_pair_average(ops.pair_average, x, offsets, sizes_t, pa, pb, m - 5, m)
+    check_pair_average(ops.pair_average, x, offsets, sizes_t, pa, pb, m + 9, m - 2)
+    check_pair_average(ops.pair_average, x, offsets, sizes_t, pa, pb, 0, m)
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+@pytest.mark.parametrize("dim", [1, 3, 8, 20])
+def test_cluster_matrix_kernel_matches_reference(ops: type, dtype: torch.dtype,
+                                                 dim: int) -> None:
+    rng = np.random.default_rng(400 + dim)
+    sizes = rng.integers(1, 6, size=45)
+    x, offsets, sizes_t = cluster_inputs(rng, sizes, dim, dtype)
+    check_cluster_matrix(ops.cluster_matrix, x, offsets, sizes_t, 45, 48)
+    check_cluster_matrix(ops.cluster_matrix, x, offsets, sizes_t, 7, 7)  # the first 7
+
+
+def test_averages_agree_between_pair_list_and_matrix(ops: type) -> None:
+    """The same pair from the list and from the matrix: the same average up to the order of
+    the float64 sum."""
+    rng = np.random.default_rng(17)
+    x, offsets, sizes = cluster_inputs(rng, rng.integers(1, 6, size=20), 5, torch.float64)
+    mat, _, _ = check_cluster_matrix(ops.cluster_matrix, x, offsets, sizes, 20, 20)
+    a, b = np.triu_indices(20, 1)
+    pa, pb = torch.from_numpy(b.astype(np.int32)), torch.from_numpy(a.astype(np.int32))
+    val = check_pair_average(ops.pair_average, x, offsets, sizes, pa, pb, len(a), len(a))
+    np.testing.assert_allclose(val[:len(a)].numpy(), mat.view(20, 20)[a, b].numpy(), rtol=1e-12)
+
+
+def test_linear_kernels_do_not_depend_on_thread_order(sim: _SimExt, ops: type) -> None:
+    """Forward and reverse order of the threads of a block: the same bits (the candidate
+    pairs as a set, their order being unspecified)."""
+    rng = np.random.default_rng(21)
+    mu_t, s2, rad = centroid_inputs(rng, 50, 20, torch.float32)
+    tau = tau_of(mu_t, s2, 50)
+    x, offsets, sizes = cluster_inputs(rng, list(rng.integers(1, 6, size=30)) + [45, 50], 3,
+                                       torch.float32)
+    pa, pb = random_pairs(rng, 32, 40, extra=[(30, 31)])
+    runs = []
+    try:
+        for reverse in (0, 1):
+            sim.lib.dcpe_sim_set_reverse(reverse)
+            out, nn = check_centroid_nn(ops.centroid_nn, mu_t, s2, 50, 0, 1.0)
+            check_candidate_pairs(ops.candidate_pairs, mu_t, s2, rad, tau, 50, 0.1, 0.0)
+            val = check_pair_average(ops.pair_average, x, offsets, sizes, pa, pb, 41, 41)
+            mat = check_cluster_matrix(ops.cluster_matrix, x, offsets, sizes, 32, 32)
+            runs.append((out, nn, val, *mat))
+    finally:
+        sim.lib.dcpe_sim_set_reverse(0)
+    for first, second in zip(*runs):
+        assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+def test_linear_kernels_single_cluster(ops: type, dtype: torch.dtype) -> None:
+    """n == 1: no neighbour (+inf at slot 0), no candidate pair, a 1 x 1 matrix of +inf."""
+    mu_t = torch.tensor([[0.5], [-1.0], [2.0]], dtype=dtype)
+    s2 = torch.tensor([0.25], dtype=dtype)
+    for mode in (0, 1):
+        out = torch.zeros(1, dtype=dtype)
+        nn = torch.full((1,), 9, dtype=torch.int64)
+        ops.centroid_nn(mu_t, s2, 1, mode, 1.0, out, nn, _all_rows(1, "cpu"), 1)
+        assert out.item() == float("inf") and nn.item() == 0
+    pa = torch.full((4,), -7, dtype=torch.int32)
+    pb = torch.full((4,), -7, dtype=torch.int32)
+    count = torch.zeros(1, dtype=torch.int64)
+    ops.candidate_pairs(mu_t, s2, s2, torch.full((1,), float("inf"), dtype=dtype), 1, 1e-6,
+                        1e-7, pa, pb, count, 4, _all_rows(1, "cpu"), 1,
+                        torch.ones(1, dtype=torch.int8))
+    assert count.item() == 0 and bool((pa == -7).all())
+    x = torch.tensor([[1.0, 2.0], [3.0, 4.0]], dtype=dtype)
+    out = torch.zeros(3, dtype=dtype)
+    nn = torch.full((1,), 9, dtype=torch.int64)
+    nnd = torch.zeros(1, dtype=dtype)
+    ops.cluster_matrix(x, torch.tensor([0]), torch.tensor([2]), 1, out, 3, nn, nnd)
+    assert out[0].item() == float("inf") and out[1:].tolist() == [0.0, 0.0]
+    assert nn.item() == 0 and nnd.item() == float("inf")
+
+
+def test_linear_kernels_check_their_arguments(sim: _SimExt, ops: type) -> None:
+    """Bad codes and sizes are refused with a message that names the argument."""
+    mu = torch.zeros((2, 3))
+    v = torch.zeros(3)
+    i64 = torch.zeros(3, dtype=torch.int64)
+    i32 = torch.zeros(3, dtype=torch.int32)
+    p = [t.data_ptr() for t in (mu, v, i64, i32)]
+    cases = [
+        ("dtype code", lambda: sim.centroid_nn(2, p[0], p[1], 3, 2, 0, 1.0, p[1], p[2], p[3],
+                                               3, 0)),
+        ("mode", lambda: sim.centroid_nn(0, p[0], p[1], 3, 2, 2, 1.0, p[1], p[2], p[3], 3, 0)),
+        ("scale", lambda: sim.centroid_nn(0, p[0], p[1], 3, 2, 1, 0.3, p[1], p[2], p[3], 3, 0)),
+        ("dim", lambda: sim.centroid_nn(0, p[0], p[1], 3, 0, 0, 1.0, p[1], p[2], p[3], 3, 0)),
+        ("nrows", lambda: sim.centroid_nn(0, p[0], p[1], 3, 2, 0, 1.0, p[1], p[2], p[3], 4, 0)),
+        ("dtype code", lambda: sim.candidate_pairs(-1, p[0], p[1], p[1], p[1], 3, 2, 0.0, 0.0,
+                                                   p[3], p[3], p[2], 3, p[3], 3, p[3], 0)),
+        ("capacity", lambda: sim.candidate_pairs(0, p[0], p[1], p[1], p[1], 3, 2, 0.0, 0.0,
+                                                 p[3], p[3], p[2], -1, p[3], 3, p[3], 0)),
+        ("nrows", lambda: sim.candidate_pairs(0, p[0], p[1], p[1], p[1], 3, 2, 0.0, 0.0,
+                                              p[3], p[3], p[2], 3, p[3], -1, p[3], 0)),
+        ("dtype code", lambda: sim.pair_average(5, p[0], 2, p[2], p[2], p[3], p[3], p[2], 3,
+                                                p[1], 0)),
+        ("capacity", lambda: sim.pair_average(0, p[0], 2, p[2], p[2], p[3], p[3], p[2], -2,
+                                              p[1], 0)),
+        ("dtype code", lambda: sim.cluster_matrix(3, p[0], 2, p[2], p[2], 3, p[1], 3, p[2],
+                                                  p[1], 0)),
+        ("ld", lambda: sim.cluster_matrix(0, p[0], 2, p[2], p[2], 3, p[1], 2, p[2], p[1], 0)),
+    ]
+    for word, call in cases:
+        with pytest.raises(RuntimeError, match=word):
+            call()
+    with pytest.raises(ValueError, match="float32 or float64"):
+        ops.centroid_nn(mu.long(), v, 3, 0, 1.0, v, i64, i32, 3)
+
+
+# ------------------------------------------- the matrix-free engine's rounds, end to end
+
+
+@pytest.mark.parametrize("split", [0, 8])
+@pytest.mark.parametrize("dtype", _DTYPES)
+def test_scans_of_a_subset_of_rows_match_the_references(sim: _SimExt, ops: type, split: int,
+                                                         dtype: torch.dtype) -> None:
+    """After the first round only some clusters search (reducibility): the scans of
+    ``rows[:nrows]`` equal the references (``dcpe_kernels.centroid``) on those rows, leave
+    the other rows as they were, and emit a pair with a cluster that does not search from
+    the one that does."""
+    from dcpe_kernels.centroid import _reference_candidate_pairs, _reference_centroid_nn
+
+    rng = np.random.default_rng(11)
+    n = 70
+    mu_t, s2, rad = centroid_inputs(rng, n, 5, dtype)
+    rows = torch.from_numpy(np.flatnonzero(rng.random(n) < 0.35)).to(torch.int32)
+    needy = torch.zeros(n, dtype=torch.int8)
+    needy[rows.long()] = 1
+    sim.lib.dcpe_sim_set_scan_split(split)
+    try:
+        for mode in (0, 1):
+            out = torch.full((n,), -1.0, dtype=dtype)
+            nn = torch.full((n,), -1, dtype=torch.int64)
+            ops.centroid_nn(mu_t, s2, n, mode, 1.0, out, nn, rows, len(rows))
+            ref_out, ref_nn = out.clone().fill_(-1.0), nn.clone().fill_(-1)
+            _reference_centroid_nn(mu_t, s2, n, mode, 1.0, ref_out, ref_nn, rows, len(rows))
+            assert torch.equal(out, ref_out)
+            if mode == 1:
+                assert torch.equal(nn, ref_nn)
+        tau = tau_of(mu_t, s2, n) * 1.2
+        got = []
+        for kernel in (ops.candidate_pairs, _reference_candidate_pairs):
+            pa = torch.full((4096,), -7, dtype=torch.int32)
+            pb = pa.clone()
+            count = torch.zeros(1, dtype=torch.int64)
+            kernel(mu_t, s2, rad, tau, n, 1e-6, 1e-7, pa, pb, count, 4096, rows, len(rows),
+                   needy)
+            c = int(count[0])
+            got.append(sorted(zip(pa[:c].tolist(), pb[:c].tolist())))
+        assert got[0] == got[1] and got[0]
+        assert {a for a, _ in got[0]} <= set(rows.tolist())
+    finally:
+        sim.lib.dcpe_sim_set_scan_split(0)
+
+
+@pytest.mark.parametrize("case", [(60, 3, np.float64, None, 0), (70, 8, np.float32, None, 0),
+                                  (64, 2, np.float64, 6, 2 * 25 * 25 * 8)],
+                         ids=["f64", "f32", "cap-handover"])
+def test_matrix_free_rounds_match_cpu(ops: type, case: tuple) -> None:
+    """The matrix-free engine (``dcpe_kernels.linear``) driving these kernels: labels
+    identical to the ``cpu`` backend's, with and without the size cap, to the end
+    matrix-free or handed over to the dense rounds (``round_scan``, ``merge_compact_nn``)."""
+    import warnings
+
+    import dcpe
+    from dcpe_kernels.linear import linear_merges
+    from dcpe_kernels.rnn import merges_to_labels
+
+    n, d, dt, cap, handover = case
+    x = tie_free(np.random.default_rng(n), n, d).astype(dt)
+    for k in (1, n // 3, n - 2):
+        mg = linear_merges(torch.from_numpy(x), metric="euclidean", max_cluster_size=cap,
+                           ops=ops, backend="cuda", n_clusters=k, handover_bytes=handover)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)
+            want = dcpe.cluster(x, k, max_cluster_size=cap, backend="cpu")
+        assert same_partition(merges_to_labels(mg, k).numpy(), np.asarray(want)), k

@@ -1,6 +1,7 @@
 // pybind11 registration of the CUDA kernels as ``dcpe._C.cuda`` (compiled by the host
 // compiler).  The kernels implement reciprocal-nearest-neighbour rounds (Murtagh 1983;
-// Müllner 2011); see rnn_kernels.cu.  Nothing here touches CUDA at import time.
+// Müllner 2011); see rnn_kernels.cu and, for the matrix-free engine,
+// linear_kernels.cu.  Nothing here touches CUDA at import time.
 #include <pybind11/pybind11.h>
 
 #include <cstdint>
@@ -28,6 +29,24 @@ void dcpe_register_cuda(py::module_& m) {
         py::arg("wp"), py::arg("wq"), py::arg("size_out"), py::arg("rep_out"),
         py::arg("hfix_out"), py::arg("counts"), py::arg("stream"),
         "A round's reciprocal pairs, merge records and next slots, in one launch.");
+  c.def("centroid_nn", &dcpe_cuda::centroid_nn, py::arg("dtype"), py::arg("mu_t"),
+        py::arg("s2"), py::arg("n"), py::arg("dim"), py::arg("mode"), py::arg("scale"),
+        py::arg("out"), py::arg("nn"), py::arg("rows"), py::arg("nrows"), py::arg("stream"),
+        "Each centroid's nearest neighbour under the sqrt bound (mode 0) or closed form (1).");
+  c.def("candidate_pairs", &dcpe_cuda::candidate_pairs, py::arg("dtype"), py::arg("mu_t"),
+        py::arg("s2"), py::arg("rad"), py::arg("tau"), py::arg("n"), py::arg("dim"),
+        py::arg("rel"), py::arg("absm"), py::arg("pa"), py::arg("pb"), py::arg("count"),
+        py::arg("capacity"), py::arg("rows"), py::arg("nrows"), py::arg("needy"),
+        py::arg("stream"),
+        "Cluster pairs whose lower bound does not exceed tau, each once, atomically counted.");
+  c.def("pair_average", &dcpe_cuda::pair_average, py::arg("dtype"), py::arg("x"),
+        py::arg("dim"), py::arg("offsets"), py::arg("sizes"), py::arg("pa"), py::arg("pb"),
+        py::arg("count"), py::arg("capacity"), py::arg("val"), py::arg("stream"),
+        "Exact average distances of a device-counted list of cluster pairs.");
+  c.def("cluster_matrix", &dcpe_cuda::cluster_matrix, py::arg("dtype"), py::arg("x"),
+        py::arg("dim"), py::arg("offsets"), py::arg("sizes"), py::arg("n"), py::arg("out"),
+        py::arg("ld"), py::arg("nn"), py::arg("nnd"), py::arg("stream"),
+        "Dense matrix of exact average distances of n clusters, with row argmin/min.");
   c.def("device_count", &dcpe_cuda::device_count,
         "Number of visible CUDA devices (0 without a driver).");
 }

@@ -52,6 +52,49 @@ void round_scan(int dtype, std::int64_t n, std::uintptr_t nn, std::uintptr_t nnd
                 std::uintptr_t size_out, std::uintptr_t rep_out, std::uintptr_t hfix_out,
                 std::uintptr_t counts, std::uintptr_t stream);
 
+// Matrix-free engine (linear_kernels.cu; PyTorch references in dcpe_kernels/centroid.py and
+// dcpe_kernels/pair_average.py).  mu_t: (dim, n) contiguous dtype, column c the centroid of
+// cluster c; s2, rad, tau: (n,) dtype.  dd(a, b): rounded squares of the differences summed
+// for k = 0 .. dim-1 in that order (no fma).
+
+// out[a] / nn[a] = min / smallest argmin over b != a of sqrt(dd + (s2[a] + s2[b])) (mode 0)
+// or scale * (dd + (s2[a] + s2[b])) (mode 1, scale 0.5 or 1.0); +inf / 0 when n == 1;
+// for the rows a = rows[0 .. nrows) only (int32, distinct, < n; the others untouched).
+// out: dtype; nn: int64.
+void centroid_nn(int dtype, std::uintptr_t mu_t, std::uintptr_t s2, std::int64_t n,
+                 std::int64_t dim, int mode, double scale, std::uintptr_t out,
+                 std::uintptr_t nn, std::uintptr_t rows, std::int64_t nrows,
+                 std::uintptr_t stream);
+
+// Emits (a, b), for a in rows[0 .. nrows), iff cand(a, b) and (a < b or not cand(b, a) or
+// needy[b] == 0; needy: int8 (n,), 1 exactly for the rows scanned), with D = sqrt(dd),
+// lb = D if D + (rad[a] + rad[b]) == 0 else max(D, (dd + (s2[a] + s2[b])) / that sum) and
+// cand(a, b) = lb - absm <= (tau[a] + absm) * (1 + rel), all in dtype: k = count[0]++
+// (atomic), and pa[k] = a, pb[k] = b if k < capacity.  Order unspecified; count keeps
+// counting past capacity.  pa, pb: int32; count: int64 (1,), zeroed by the caller.
+void candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2, std::uintptr_t rad,
+                     std::uintptr_t tau, std::int64_t n, std::int64_t dim, double rel,
+                     double absm, std::uintptr_t pa, std::uintptr_t pb, std::uintptr_t count,
+                     std::int64_t capacity, std::uintptr_t rows, std::int64_t nrows,
+                     std::uintptr_t needy, std::uintptr_t stream);
+
+// val[k] for k < min(count[0], capacity) (count read on the device): the average over the
+// tokens i of lo = min(pa[k], pb[k]) and j of hi = max(...) of |x_i - x_j| (rounded as
+// pairwise_nn's metric 0), summed in float64 in a fixed order, divided in float64 by
+// size_lo * size_hi, rounded once to dtype.  x: (ntok, dim) row-major dtype, cluster c
+// the rows offsets[c] .. offsets[c] + sizes[c] - 1 (int64); pa, pb: int32; val: dtype.
+void pair_average(int dtype, std::uintptr_t x, std::int64_t dim, std::uintptr_t offsets,
+                  std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,
+                  std::uintptr_t count, std::int64_t capacity, std::uintptr_t val,
+                  std::uintptr_t stream);
+
+// out[a*ld + b] = the average of pair_average for every a != b < n (exactly symmetric),
+// +inf on the diagonal; nn / nnd = row argmin (ties to the smallest column) / minimum.
+// x, offsets, sizes as in pair_average; out, nnd: dtype; nn: int64.
+void cluster_matrix(int dtype, std::uintptr_t x, std::int64_t dim, std::uintptr_t offsets,
+                    std::uintptr_t sizes, std::int64_t n, std::uintptr_t out, std::int64_t ld,
+                    std::uintptr_t nn, std::uintptr_t nnd, std::uintptr_t stream);
+
 // Number of visible CUDA devices (0 without a driver); never throws.
 int device_count();
 

@@ -1,14 +1,17 @@
-// Memory-safety check of the CUDA kernels (csrc/cuda/rnn_kernels.cuh) on the CPU executor:
+// Memory-safety check of the CUDA kernels (csrc/cuda/rnn_kernels.cuh, linear_kernels.cuh) on
+// the CPU executor:
 // built with AddressSanitizer and UndefinedBehaviorSanitizer by tests/test_cuda_sim.py,
-// it runs every kernel, float and double, through the host code of rnn_dispatch.h (as
-// rnn_kernels.cu launches them) on random valid inputs held in buffers of
+// it runs every kernel, float and double, through the host code of rnn_dispatch.h and
+// linear_dispatch.h (as rnn_kernels.cu and linear_kernels.cu launch them) on random valid inputs held in buffers of
 // exactly the documented sizes (csrc/cuda/cuda_ops.h), so that any read or write outside
 // them, including one whose value is never used (which no comparison of outputs can see,
 // and which may fault on a GPU), stops the program with a report.  Sizes cross the
-// kernels' thread strides (256 threads per row, 512 clusters per bookkeeping step).
+// kernels' thread strides (256 threads per row, 512 clusters per bookkeeping step) and the
+// centroid scans' row blocks and column tiles at every split.
 // Prints "ok" and exits 0 when nothing was found.
 #include "cuda_sim.h"
 // the kernel source and host code under test
+#include "cuda/linear_dispatch.h"
 #include "cuda/rnn_dispatch.h"
 
 #include <algorithm>
@@ -117,6 +120,72 @@ void round_scan(I64 n, I64 m, bool check, I64 cap, bool average) {
                        ptr(rep_out), ptr(hfix_out), ptr(counts));
 }
 
+// Centroid scans of n clusters in dim dimensions at one split (0: the dispatch's choice).
+template <typename T>
+void centroid_scans(I64 n, I64 dim, int split) {
+  auto mu_t = uniform<T>(static_cast<std::size_t>(dim * n), -1, 1);
+  auto s2 = uniform<T>(n, 0, 0.2);
+  auto rad = uniform<T>(n, 0.1, 0.5);
+  std::vector<T> out(n);
+  std::vector<I64> nn(n);
+  // every row, then every third row (a round where only some clusters search)
+  std::vector<std::int32_t> rows(n), some;
+  std::vector<std::int8_t> needy(n, 1), needy_some(n, 0);
+  for (I64 i = 0; i < n; ++i) {
+    rows[i] = static_cast<std::int32_t>(i);
+    if (i % 3 == 0) {
+      some.push_back(static_cast<std::int32_t>(i));
+      needy_some[i] = 1;
+    }
+  }
+  dispatch::centroid_nn(cuda_sim::Launcher{}, dtype_code<T>(), ptr(mu_t), ptr(s2), n, dim,
+                        split % 2, 1.0, ptr(out), ptr(nn), ptr(rows), n, split);
+  dispatch::centroid_nn(cuda_sim::Launcher{}, dtype_code<T>(), ptr(mu_t), ptr(s2), n, dim,
+                        split % 2, 1.0, ptr(out), ptr(nn), ptr(some),
+                        static_cast<I64>(some.size()), split);
+  for (I64 capacity : {I64(0), I64(3), n * n}) {
+    std::vector<std::int32_t> pa(capacity), pb(capacity);
+    std::vector<I64> count(1);
+    dispatch::candidate_pairs(cuda_sim::Launcher{}, dtype_code<T>(), ptr(mu_t), ptr(s2),
+                              ptr(rad), ptr(out), n, dim, 0.2, 0.01, ptr(pa), ptr(pb),
+                              ptr(count), capacity, ptr(rows), n, ptr(needy), split);
+    dispatch::candidate_pairs(cuda_sim::Launcher{}, dtype_code<T>(), ptr(mu_t), ptr(s2),
+                              ptr(rad), ptr(out), n, dim, 0.2, 0.01, ptr(pa), ptr(pb),
+                              ptr(count), capacity, ptr(some), static_cast<I64>(some.size()),
+                              ptr(needy_some), split);
+  }
+}
+
+// Clusters of sizes 1..5 and two of 50 and 60 tokens; pairs k < min(count, capacity).
+template <typename T>
+void averages(I64 dim, I64 count, I64 capacity) {
+  std::vector<I64> sizes, offsets;
+  I64 ntok = 0;
+  for (I64 c = 0; c < 42; ++c) {
+    sizes.push_back(c == 40 ? 50 : c == 41 ? 60 : 1 + c % 5);
+    offsets.push_back(ntok);
+    ntok += sizes.back();
+  }
+  const I64 n = static_cast<I64>(sizes.size());
+  auto x = uniform<T>(static_cast<std::size_t>(ntok * dim), -1, 1);
+  std::vector<std::int32_t> pa(capacity), pb(capacity);
+  for (I64 k = 0; k < capacity; ++k) {
+    pa[k] = static_cast<std::int32_t>(k % 5 == 0 ? 41 : k % n);
+    pb[k] = static_cast<std::int32_t>(k % 5 == 0 ? 40 : (k * 7 + 1) % n);
+    if (pa[k] == pb[k]) pb[k] = (pb[k] + 1) % n;
+  }
+  std::vector<I64> cnt{count};
+  std::vector<T> val(capacity);
+  dispatch::pair_average(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ptr(offsets),
+                         ptr(sizes), ptr(pa), ptr(pb), ptr(cnt), capacity, ptr(val));
+  const I64 m = 30, ld = m + 2;  // the first 30 clusters
+  std::vector<T> out(static_cast<std::size_t>((m - 1) * ld + m));
+  std::vector<I64> nn(m);
+  std::vector<T> nnd(m);
+  dispatch::cluster_matrix(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ptr(offsets),
+                           ptr(sizes), m, ptr(out), ld, ptr(nn), ptr(nnd));
+}
+
 template <typename T>
 void all_kernels() {
   for (I64 n : {1, 2, 3, 255, 256, 257, 300}) pairwise<T>(n, 8, 0);
@@ -132,6 +201,15 @@ void all_kernels() {
     round_scan<T>(n, 0, false, 0, true);
     round_scan<T>(n, n / 2, true, 0, true);
     round_scan<T>(n, n / 2, true, 4, false);
+  }
+  for (int split : {0, 1, 8}) {
+    for (I64 dim : {1, 8, 20}) centroid_scans<T>(split == 1 ? 300 : 45, dim, split);
+  }
+  centroid_scans<T>(1, 3, 0);
+  centroid_scans<T>(33, 16, 2);
+  for (I64 dim : {1, 7}) {
+    averages<T>(dim, 20, 20);
+    averages<T>(dim, 30, 12);
   }
 }
 

@@ -1,6 +1,6 @@
 // A CPU executor for CUDA kernel source, for tests on machines without a GPU.
 //
-// The kernels of csrc/cuda/rnn_kernels.cuh are compiled by the host compiler against this
+// The kernels of csrc/cuda/rnn_kernels.cuh and linear_kernels.cuh are compiled by the host compiler against this
 // header and run on the CPU: the blocks of a grid run one after the other; the threads of
 // a block are fibers (ucontext) on one OS thread, each on its own stack, and every
 // barrier (__syncthreads, and the one barrier of each emulated warp shuffle or block-wide
@@ -13,10 +13,14 @@
 // all threads of the block or by none (a divergent __syncthreads is an error on a GPU).
 //
 // What it emulates:
-//   threadIdx.x, blockIdx.x, blockDim.x; __syncthreads; __shfl_down_sync (full warps of
-//   32, lanes past the end of the warp read their own value, as on a GPU);
-//   __fmul_rn/__dmul_rn/__fadd_rn/__dadd_rn/__ddiv_rn as IEEE operations (compile with
-//   -ffp-contract=off so that nothing is fused); __int_as_float, __longlong_as_double;
+//   threadIdx.x, blockIdx.x, blockDim.x, gridDim.x; __syncthreads; __shfl_down_sync (full
+//   warps of 32, lanes past the end of the warp read their own value, as on a GPU);
+//   __fmul_rn/__dmul_rn/__fadd_rn/__dadd_rn/__fdiv_rn/__ddiv_rn/__fsqrt_rn/__dsqrt_rn as
+//   IEEE operations (compile with -ffp-contract=off so that nothing is fused);
+//   __int_as_float, __longlong_as_double; atomicAdd on unsigned long long (the threads run
+//   one at a time, so a plain read-modify-write is atomic; the order in which threads get
+//   their positions follows the executor's thread order, one of the orders a GPU allows);
+//   __align__(n) as the GNU aligned attribute;
 //   cub::BlockScan<T, N>::ExclusiveSum(input, output, aggregate) and
 //   cub::BlockReduce<T, N>::Reduce(input, op) / Sum(input), whose result, as CUB
 //   documents, is valid in thread 0 only: the other threads get a poison value (NaN, or
@@ -49,6 +53,7 @@
 #define __forceinline__ inline
 #define __launch_bounds__(...)
 #define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
 
 using std::fmax;
 using std::fmin;
@@ -63,7 +68,7 @@ struct Dim3 {
 enum class Status { kRunning, kAtBarrier, kDone };
 
 struct State {
-  Dim3 thread_idx, block_idx, block_dim;
+  Dim3 thread_idx, block_idx, block_dim, grid_dim;
   int current = 0;
   std::vector<ucontext_t> fibers;
   std::vector<std::unique_ptr<char[]>> stacks;
@@ -158,6 +163,7 @@ void launch(unsigned grid, unsigned block, F&& body) {
   s.error.clear();
   s.body = std::forward<F>(body);
   s.block_dim.x = block;
+  s.grid_dim.x = grid;
   for (unsigned b = 0; b < grid; ++b) {
     s.block_idx.x = b;
     run_block(block);
@@ -165,7 +171,7 @@ void launch(unsigned grid, unsigned block, F&& body) {
   s.body = nullptr;
 }
 
-// The launcher of csrc/cuda/rnn_dispatch.h for this executor.
+// The launcher of csrc/cuda/rnn_dispatch.h and linear_dispatch.h for this executor.
 struct Launcher {
   template <typename... P, typename... A>
   void operator()(const char* /*name*/, void (*kernel)(P...), unsigned grid, unsigned block,
@@ -197,6 +203,7 @@ T poison() {
 #define threadIdx (::cuda_sim::state().thread_idx)
 #define blockIdx (::cuda_sim::state().block_idx)
 #define blockDim (::cuda_sim::state().block_dim)
+#define gridDim (::cuda_sim::state().grid_dim)
 
 inline void __syncthreads() { ::cuda_sim::barrier(); }
 
@@ -224,7 +231,16 @@ inline float __fmul_rn(float a, float b) { return a * b; }
 inline double __dmul_rn(double a, double b) { return a * b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
 inline double __dadd_rn(double a, double b) { return a + b; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
 inline double __ddiv_rn(double a, double b) { return a / b; }
+inline float __fsqrt_rn(float a) { return std::sqrt(a); }
+inline double __dsqrt_rn(double a) { return std::sqrt(a); }
+
+inline unsigned long long atomicAdd(unsigned long long* address, unsigned long long value) {
+  const unsigned long long old = *address;
+  *address = old + value;
+  return old;
+}
 
 inline float __int_as_float(int v) {
   float f;

@@ -1,15 +1,19 @@
-// The CUDA kernels of csrc/cuda/rnn_kernels.cuh, compiled by the host compiler and run on
-// the CPU by cuda_sim.h; loaded by tests/test_cuda_sim.py with ctypes.
+// The CUDA kernels of csrc/cuda/rnn_kernels.cuh and linear_kernels.cuh, compiled by the
+// host compiler and run on the CPU by cuda_sim.h; loaded by tests/test_cuda_sim.py with
+// ctypes.
 //
-// The three entry points take the arguments of dcpe._C.cuda's functions in the same order
-// (pointers as integers; the stream is accepted and ignored) and go through the same host
-// code as rnn_kernels.cu (csrc/cuda/rnn_dispatch.h: checks, dtype dispatch, grid and block)
-// with this executor's launcher.  They return 0, or -1 with the message in
-// dcpe_sim_last_error().
+// The entry points dcpe_sim_<name> take the arguments of dcpe._C.cuda's functions <name> in
+// the same order (pointers as integers; the stream is accepted and ignored) and go through
+// the same host code as rnn_kernels.cu and linear_kernels.cu (csrc/cuda/rnn_dispatch.h,
+// linear_dispatch.h: checks, dtype dispatch, grid and block) with this executor's launcher.
+// The centroid scans' grid depends on n (linear_dispatch.h, scan_split): the split a GPU
+// uses for a large n is set for the small n of the tests with dcpe_sim_set_scan_split.
+// They return 0, or -1 with the message in dcpe_sim_last_error().
 //
 // Build: c++ -std=c++17 -O2 -ffp-contract=off -fPIC -shared -I<repo>/csrc sim_kernels.cpp
 #include "cuda_sim.h"
 // the kernel source and host code under test
+#include "cuda/linear_dispatch.h"
 #include "cuda/rnn_dispatch.h"
 
 #include <cstdint>
@@ -22,6 +26,7 @@ using I64 = std::int64_t;
 namespace dispatch = dcpe_cuda::dispatch;
 
 std::string g_error;
+int g_scan_split = 0;  // 0: linear_dispatch.h's choice for n
 
 template <typename F>
 int guarded(F&& f) {
@@ -95,6 +100,48 @@ int dcpe_sim_round_scan(int dtype, I64 n, std::uintptr_t nn, std::uintptr_t nnd,
     dispatch::round_scan(cuda_sim::Launcher{}, dtype, n, nn, nnd, size, rep, hfix, m_a, m_b,
                          m_h, m_hf, m_s, m, check, cap, average, p, q, wp, wq, size_out,
                          rep_out, hfix_out, counts);
+  });
+}
+
+// Warps per row group of the centroid scans (1, 2, 4, 8), or 0 for the choice a GPU makes.
+void dcpe_sim_set_scan_split(int split) { g_scan_split = split; }
+
+int dcpe_sim_centroid_nn(int dtype, std::uintptr_t mu_t, std::uintptr_t s2, I64 n, I64 dim,
+                         int mode, double scale, std::uintptr_t out, std::uintptr_t nn,
+                         std::uintptr_t rows, I64 nrows, std::uintptr_t /*stream*/) {
+  return guarded([&] {
+    dispatch::centroid_nn(cuda_sim::Launcher{}, dtype, mu_t, s2, n, dim, mode, scale, out, nn,
+                          rows, nrows, g_scan_split);
+  });
+}
+
+int dcpe_sim_candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2,
+                             std::uintptr_t rad, std::uintptr_t tau, I64 n, I64 dim, double rel,
+                             double absm, std::uintptr_t pa, std::uintptr_t pb,
+                             std::uintptr_t count, I64 capacity, std::uintptr_t rows,
+                             I64 nrows, std::uintptr_t needy, std::uintptr_t /*stream*/) {
+  return guarded([&] {
+    dispatch::candidate_pairs(cuda_sim::Launcher{}, dtype, mu_t, s2, rad, tau, n, dim, rel,
+                              absm, pa, pb, count, capacity, rows, nrows, needy, g_scan_split);
+  });
+}
+
+int dcpe_sim_pair_average(int dtype, std::uintptr_t x, I64 dim, std::uintptr_t offsets,
+                          std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,
+                          std::uintptr_t count, I64 capacity, std::uintptr_t val,
+                          std::uintptr_t /*stream*/) {
+  return guarded([&] {
+    dispatch::pair_average(cuda_sim::Launcher{}, dtype, x, dim, offsets, sizes, pa, pb, count,
+                           capacity, val);
+  });
+}
+
+int dcpe_sim_cluster_matrix(int dtype, std::uintptr_t x, I64 dim, std::uintptr_t offsets,
+                            std::uintptr_t sizes, I64 n, std::uintptr_t out, I64 ld,
+                            std::uintptr_t nn, std::uintptr_t nnd, std::uintptr_t /*stream*/) {
+  return guarded([&] {
+    dispatch::cluster_matrix(cuda_sim::Launcher{}, dtype, x, dim, offsets, sizes, n, out, ld, nn,
+                             nnd);
   });
 }
 

@@ -2,9 +2,10 @@
 
 Same engine as the ``triton`` backend — reciprocal-nearest-neighbour rounds (Murtagh 1983;
 Müllner 2011) over a dense dissimilarity matrix, driven by :mod:`dcpe_kernels.rnn` — with
-the two O(n^2) passes written in CUDA (``csrc/cuda/rnn_kernels.cu``).  Device pointers,
-sizes and the current stream are passed to the extension as integers; the extension does
-not allocate device memory (all buffers are PyTorch tensors, so
+the two O(n^2) passes written in CUDA (``csrc/cuda/rnn_kernels.cu``; the matrix-free
+engine's centroid scans and exact cluster averages in ``csrc/cuda/linear_kernels.cu``).
+Device pointers, sizes and the current stream are passed to the extension as integers; the
+extension does not allocate device memory (all buffers are PyTorch tensors, so
 ``torch.cuda.max_memory_allocated`` accounts for everything).
 
 Supported: linkages average, weighted, single, complete; metrics euclidean,
@@ -106,23 +107,64 @@ class CudaOps:
         ext.round_scan(_dtype_code(nnd), n, *ptrs, m, bool(check), int(cap), bool(average),
                        *outs, cls._stream(nnd))
 
+    @classmethod
+    def centroid_nn(cls, mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int,
+                    scale: float, out: torch.Tensor, nn: torch.Tensor, rows: torch.Tensor,
+                    nrows: int) -> None:
+        ext = cls._lib()
+        ext.centroid_nn(_dtype_code(mu_t), mu_t.data_ptr(), s2.data_ptr(), int(n),
+                        int(mu_t.shape[0]), int(mode), float(scale), out.data_ptr(),
+                        nn.data_ptr(), rows.data_ptr(), int(nrows), cls._stream(mu_t))
+
+    @classmethod
+    def candidate_pairs(cls, mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Tensor,
+                        tau: torch.Tensor, n: int, rel: float, absm: float, pa: torch.Tensor,
+                        pb: torch.Tensor, count: torch.Tensor, capacity: int,
+                        rows: torch.Tensor, nrows: int, needy: torch.Tensor) -> None:
+        ext = cls._lib()
+        ext.candidate_pairs(_dtype_code(mu_t), mu_t.data_ptr(), s2.data_ptr(), rad.data_ptr(),
+                            tau.data_ptr(), int(n), int(mu_t.shape[0]), float(rel),
+                            float(absm), pa.data_ptr(), pb.data_ptr(), count.data_ptr(),
+                            int(capacity), rows.data_ptr(), int(nrows), needy.data_ptr(),
+                            cls._stream(mu_t))
+
+    @classmethod
+    def pair_average(cls, x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
+                     pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, capacity: int,
+                     val: torch.Tensor) -> None:
+        ext = cls._lib()
+        ext.pair_average(_dtype_code(x), x.data_ptr(), int(x.shape[1]), offsets.data_ptr(),
+                         sizes.data_ptr(), pa.data_ptr(), pb.data_ptr(), count.data_ptr(),
+                         int(capacity), val.data_ptr(), cls._stream(x))
+
+    @classmethod
+    def cluster_matrix(cls, x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
+                       n: int, out: torch.Tensor, ld: int, nn: torch.Tensor,
+                       nnd: torch.Tensor) -> None:
+        ext = cls._lib()
+        ext.cluster_matrix(_dtype_code(x), x.data_ptr(), int(x.shape[1]), offsets.data_ptr(),
+                           sizes.data_ptr(), int(n), out.data_ptr(), int(ld), nn.data_ptr(),
+                           nnd.data_ptr(), cls._stream(x))
+
 
 def _merges(x: torch.Tensor, method: str, metric: str, max_cluster_size: int | None,
-            n_clusters: int | None = None):
-    from dcpe_kernels.rnn import rnn_merges
+            n_clusters: int | None = None, memory_limit: int | None = None,
+            engine: str = "auto"):
+    from dcpe_kernels.linear import run_merges
 
     if not accepts(x):
         raise ValueError(f"the {NAME!r} backend needs a CUDA tensor; got a tensor on "
                          f"{getattr(x, 'device', type(x).__name__)}")
     _ext()
     with torch.cuda.device(x.device):
-        return rnn_merges(x.contiguous(), method=method, metric=metric,
+        return run_merges(x.contiguous(), method=method, metric=metric,
                           max_cluster_size=max_cluster_size, ops=CudaOps, backend=NAME,
-                          n_clusters=n_clusters)
+                          n_clusters=n_clusters, memory_limit=memory_limit, engine=engine)
 
 
 def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidean",
-            max_cluster_size: int | None = None) -> np.ndarray:
+            max_cluster_size: int | None = None, memory_limit: int | None = None,
+            engine: str = "auto") -> np.ndarray:
     """Merges of ``x`` in SciPy linkage format.
 
     Parameters
@@ -133,6 +175,12 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
         See the module docstring for what is supported.
     max_cluster_size : int, optional
         Clusters larger than this take no further part in merging.
+    memory_limit : int, optional
+        Device bytes the engine may use; default (and at most) the device's free memory.
+    engine : {"auto", "matrix", "linear"}
+        Dense rounds over the ``N x N`` matrix, or matrix-free rounds in ``O(N d)``
+        memory (average linkage; :mod:`dcpe_kernels.linear`); ``auto`` takes the dense
+        engine while its matrix fits and ``N <= 131072``.
 
     Returns
     -------
@@ -141,18 +189,22 @@ def linkage(x: torch.Tensor, *, method: str = "average", metric: str = "euclidea
     """
     from dcpe_kernels.rnn import merges_to_linkage
 
-    return merges_to_linkage(_merges(x, method, metric, max_cluster_size))
+    return merges_to_linkage(_merges(x, method, metric, max_cluster_size,
+                                     memory_limit=memory_limit, engine=engine))
 
 
 def labels(x: torch.Tensor, n_clusters: int, *, method: str = "average",
-           metric: str = "euclidean", max_cluster_size: int | None = None) -> torch.Tensor:
+           metric: str = "euclidean", max_cluster_size: int | None = None,
+           memory_limit: int | None = None, engine: str = "auto") -> torch.Tensor:
     """Canonical int64 labels on ``x``'s device after the first ``N - n_clusters`` merges.
 
     If the size cap leaves fewer merges, all are applied (more than ``n_clusters``
     clusters result; the caller reports it).  The rounds stop as soon as those merges are
-    known (:func:`dcpe_kernels.rnn.rnn_merges` with ``n_clusters``).
+    known (:func:`dcpe_kernels.rnn.rnn_merges` with ``n_clusters``).  ``memory_limit``
+    and ``engine`` as in :func:`linkage`.
     """
     from dcpe_kernels.rnn import merges_to_labels
 
-    mg = _merges(x, method, metric, max_cluster_size, n_clusters=n_clusters)
+    mg = _merges(x, method, metric, max_cluster_size, n_clusters=n_clusters,
+                 memory_limit=memory_limit, engine=engine)
     return merges_to_labels(mg, n_clusters)

@@ -1,0 +1,472 @@
+// Device code of the CUDA kernels of the matrix-free engine (reciprocal nearest neighbours,
+// Murtagh 1983; Müllner 2011, arXiv:1109.2378, over clusters that are contiguous segments
+// of a sorted token array): the kernels and their device helpers, without host code.
+// What each kernel computes is described in linear_kernels.cu (PyTorch references:
+// dcpe_kernels/centroid.py and dcpe_kernels/pair_average.py); the host code that checks the
+// arguments and launches them is linear_dispatch.h.
+//
+// The includer provides what rnn_kernels.cuh needs (CUDA built-ins, the explicitly rounded
+// operations, warp shuffles, cub block collectives) and, in addition, gridDim,
+// __fsqrt_rn/__dsqrt_rn, __fdiv_rn/__ddiv_rn, atomicAdd on unsigned long long and
+// __align__: nvcc in linear_kernels.cu; the tests' CPU executor (tests/cuda_sim/).
+#pragma once
+
+#include <cstdint>
+
+#include "rnn_kernels.cuh"
+
+#if defined(__CUDACC__)
+#define DCPE_UNROLL _Pragma("unroll")
+#else
+#define DCPE_UNROLL
+#endif
+
+namespace dcpe_cuda {
+namespace kernels {
+
+// IEEE (correctly rounded) square root and quotient, whatever the compiler's fast-math flags.
+__device__ __forceinline__ float sqrt_rn(float a) { return __fsqrt_rn(a); }
+__device__ __forceinline__ double sqrt_rn(double a) { return __dsqrt_rn(a); }
+__device__ __forceinline__ float div_rn(float a, float b) { return __fdiv_rn(a, b); }
+__device__ __forceinline__ double div_rn(double a, double b) { return __ddiv_rn(a, b); }
+
+template <typename T>
+__device__ __forceinline__ double max_finite();
+template <>
+__device__ __forceinline__ double max_finite<float>() {
+  return 3.40282346638528859812e+38;
+}
+template <>
+__device__ __forceinline__ double max_finite<double>() {
+  return 1.79769313486231570815e+308;
+}
+
+// ------------------------------------------------------------------ centroid scans
+//
+// Both scans visit every ordered pair (a, b) of centroids once, in tiles: a block of
+// kTileThreads threads owns kTileThreads / split rows (one per thread, `split` warps per
+// group of 32 rows); the columns go through shared memory a tile at a time, and each warp of
+// a group takes its own run of consecutive columns of the tile, so that all lanes of a
+// warp read the same column (a broadcast).  Every thread sees its columns in increasing
+// order.  dd(a, b) sums the rounded squares of the coordinate differences for k = 0, 1, ...
+// in that order, never an fma; coordinates past dim are zero on both sides and add +0.
+// What is done with dd(a, b) is the scan's Op: NearestOp or CandidateOp below.
+
+constexpr int kTileThreads = 256;
+constexpr int kTileWarps = kTileThreads / 32;
+constexpr int kMaxSplit = 8;
+constexpr int kSmallCols = 32;   // columns per warp and tile, dim <= 16 (centroid in registers)
+constexpr int kChunkCols = 16;   // columns per warp and tile, dim > 16
+constexpr int kChunkDims = 16;   // dimensions per shared-memory chunk, dim > 16
+
+// Row minimum of value(a, b) over b != a and its smallest argmin, where value is
+// sqrt(dd + (s2_a + s2_b)) (mode 0) or scale * (dd + (s2_a + s2_b)) (mode 1).  Both are
+// non-decreasing functions f of v = dd + (s2_a + s2_b), so f is evaluated only for a v
+// below the smallest v seen whose f(v) equals the current minimum (`raw`): a larger v
+// cannot give a smaller value, and an equal value at a larger column never replaces it.
+template <typename T>
+struct NearestOp {
+  static constexpr int kExtras = 1;  // per column: s2
+  const T* s2;
+  T* out;
+  std::int64_t* nn;
+  int mode;
+  T scale;
+
+  struct Row {
+    T s2, raw, best;
+    std::int64_t arg;
+  };
+
+  __device__ Row row(std::int64_t a, bool valid) const {
+    return Row{valid ? s2[a] : T(0), dev_inf<T>(), dev_inf<T>(), kNoIndex};
+  }
+  __device__ T extra(int, std::int64_t b) const { return s2[b]; }
+  __device__ T pad(int) const { return dev_inf<T>(); }  // v = +inf: never taken
+
+  __device__ __forceinline__ void pair(Row& r, std::int64_t a, std::int64_t b, T dd,
+                                       const T* cx, int) const {
+    const T v = add_rn(dd, add_rn(r.s2, cx[0]));
+    if (v < r.raw && b != a) {
+      const T val = mode == 0 ? sqrt_rn(v) : mul_rn(scale, v);
+      if (val < r.best) {  // columns increase per thread: strict < keeps the smallest
+        r.best = val;
+        r.arg = b;
+      }
+      if (val <= r.best) r.raw = v;
+    }
+  }
+
+  // The `split` warps of a row group hold disjoint column sets: (value, column) minimum.
+  __device__ void finish(const Row& r, std::int64_t a, std::int64_t n, int warp, int lane,
+                         int split) const {
+    __shared__ T sv[kTileWarps][32];
+    __shared__ std::int64_t si[kTileWarps][32];
+    sv[warp][lane] = r.best;
+    si[warp][lane] = r.arg;
+    __syncthreads();
+    if (warp % split == 0 && a < n) {
+      T bv = r.best;
+      std::int64_t bi = r.arg;
+      for (int w = 1; w < split; ++w) better(bv, bi, sv[warp + w][lane], si[warp + w][lane]);
+      if (bi == kNoIndex) bi = 0;  // no finite value (a single cluster): slot 0
+      out[a] = bv;
+      nn[a] = bi;
+    }
+  }
+};
+
+// A bound on dd above which cand(a, b) is false whatever lb is, from
+// thr = (tau_a + absm) * (1 + rel) and absm, with M = |thr| + |absm|: dd > h (h >= M^2 (1 +
+// 2^-8) up to the final rounding, and dd > fl(h) implies dd > h) gives D = fl(sqrt(dd)) >
+// M (1 + 2^-10), hence D - absm > |thr| + 2^-10 M, which still exceeds thr after rounding;
+// lb >= D and rounded subtraction is monotone, so fl(lb - absm) > thr.  M = 0 needs no
+// margin (D > 0 = thr); M outside [1e-150, 1e150] (or NaN) gets no bound.
+template <typename T>
+__device__ T skip_bound(T thr, T absm) {
+  const double t = static_cast<double>(thr), m0 = static_cast<double>(absm);
+  const double m = (t < 0 ? -t : t) + (m0 < 0 ? -m0 : m0);
+  if (m == 0) return T(0);
+  if (!(m >= 1e-150 && m <= 1e150)) return dev_inf<T>();
+  const double u = __dmul_rn(m, 1.0 + 0x1p-10);
+  const double h = __dmul_rn(__dmul_rn(u, u), 1.0 + 0x1p-8);
+  return h > max_finite<T>() ? dev_inf<T>() : static_cast<T>(h);
+}
+
+// Emits (a, b), for a scanned row a, iff cand(a, b) and (a < b or not cand(b, a) or b is
+// not scanned this round), where
+// cand(a, b) = lb - absm <= (tau_a + absm) * (1 + rel), lb = D if D + r == 0 else
+// max(D, (dd + t) / (D + r)), D = sqrt(dd), t = s2_a + s2_b, r = rad_a + rad_b.  Every
+// quantity is symmetric in (a, b) bit for bit, so each unordered pair is emitted once.
+// Candidates are rare: most pairs stop at dd > skip (skip_bound).
+template <typename T>
+struct CandidateOp {
+  static constexpr int kExtras = 3;  // per column: s2, rad, tau
+  const T* s2;
+  const T* rad;
+  const T* tau;
+  T one_rel;
+  T absm;
+  std::int32_t* pa;
+  std::int32_t* pb;
+  unsigned long long* count;
+  std::int64_t capacity;
+  std::int64_t n;
+  const std::int8_t* needy;  // 1: the cluster scans this round (emits its own pairs)
+
+  struct Row {
+    T s2, rad, thr, skip;
+  };
+
+  __device__ Row row(std::int64_t a, bool valid) const {
+    Row r{T(0), T(0), T(0), T(-1)};  // a row that is not scanned skips every pair (dd >= 0)
+    if (valid) {
+      r.s2 = s2[a];
+      r.rad = rad[a];
+      r.thr = mul_rn(add_rn(tau[a], absm), one_rel);
+      r.skip = skip_bound(r.thr, absm);
+    }
+    return r;
+  }
+  __device__ T extra(int e, std::int64_t b) const {
+    return e == 0 ? s2[b] : (e == 1 ? rad[b] : tau[b]);
+  }
+  __device__ T pad(int) const { return T(0); }  // padded columns fail b < n
+
+  __device__ __forceinline__ void pair(Row& r, std::int64_t a, std::int64_t b, T dd,
+                                       const T* cx, int stride) const {
+    if (dd > r.skip || b >= n || b == a) return;
+    const T d = sqrt_rn(dd);
+    const T t = add_rn(r.s2, cx[0]);
+    const T den = add_rn(d, add_rn(r.rad, cx[stride]));
+    T lb = d;
+    if (den != T(0)) {
+      const T q = div_rn(add_rn(dd, t), den);
+      if (q > d) lb = q;
+    }
+    const T low = add_rn(lb, -absm);
+    if (!(low <= r.thr)) return;
+    // b emits it (only a scanned b does)
+    if (a > b && needy[b] != 0 && low <= mul_rn(add_rn(cx[2 * stride], absm), one_rel)) return;
+    const unsigned long long k = atomicAdd(count, 1ull);
+    if (k < static_cast<unsigned long long>(capacity)) {
+      pa[k] = static_cast<std::int32_t>(a);
+      pb[k] = static_cast<std::int32_t>(b);
+    }
+  }
+
+  __device__ void finish(const Row&, std::int64_t, std::int64_t, int, int, int) const {}
+};
+
+// dim <= KMAX (4, 8 or 16): each thread keeps its centroid in registers; tiles of
+// kSmallCols * split columns, all their coordinates at once.
+template <typename T, int KMAX, typename Op>
+__global__ void __launch_bounds__(kTileThreads)
+    centroid_scan_kernel(const T* __restrict__ mu_t, std::int64_t n, std::int64_t dim,
+                         const std::int32_t* __restrict__ rows, std::int64_t nrows, int split,
+                         Op op) {
+  constexpr int kTile = kSmallCols * kMaxSplit;
+  __shared__ __align__(16) T cmu[kTile * KMAX];  // column-major: a column's coordinates
+  __shared__ T cx[Op::kExtras * kTile];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tile = kSmallCols * split;
+  const int first = (warp % split) * kSmallCols;
+  // the thread's row: rows[r] (the rows scanned this round); a = n for none
+  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (kTileThreads / split) +
+                         (warp / split) * 32 + lane;
+  const bool valid = r < nrows;
+  const std::int64_t a = valid ? static_cast<std::int64_t>(rows[r]) : n;
+  T xr[KMAX];
+  DCPE_UNROLL
+  for (int k = 0; k < KMAX; ++k) xr[k] = (valid && k < dim) ? mu_t[k * n + a] : T(0);
+  typename Op::Row row = op.row(a, valid);
+  for (std::int64_t c0 = 0; c0 < n; c0 += tile) {
+    __syncthreads();  // everyone is done with the previous tile
+    for (int e = threadIdx.x; e < tile * KMAX; e += kTileThreads) {
+      const int k = e % KMAX;
+      const std::int64_t b = c0 + e / KMAX;
+      cmu[e] = (k < dim && b < n) ? mu_t[k * n + b] : T(0);
+    }
+    for (int j = threadIdx.x; j < tile; j += kTileThreads) {
+      const std::int64_t b = c0 + j;
+      for (int e = 0; e < Op::kExtras; ++e) cx[e * kTile + j] = b < n ? op.extra(e, b) : op.pad(e);
+    }
+    __syncthreads();
+    for (int jj = 0; jj < kSmallCols; ++jj) {
+      const int j = first + jj;
+      const T* cm = cmu + j * KMAX;
+      T dd = T(0);
+      DCPE_UNROLL
+      for (int k = 0; k < KMAX; ++k) {
+        const T diff = xr[k] - cm[k];
+        dd = add_rn(dd, mul_rn(diff, diff));
+      }
+      op.pair(row, a, c0 + j, dd, cx + j, kTile);
+    }
+  }
+  op.finish(row, a, n, warp, lane, split);
+}
+
+// dim > 16: tiles of kChunkCols * split columns, their coordinates kChunkDims at a time;
+// each thread accumulates dd of its kChunkCols columns across the chunks, in dimension order.
+template <typename T, typename Op>
+__global__ void __launch_bounds__(kTileThreads)
+    centroid_scan_chunked_kernel(const T* __restrict__ mu_t, std::int64_t n, std::int64_t dim,
+                                 const std::int32_t* __restrict__ rows, std::int64_t nrows,
+                                 int split, Op op) {
+  constexpr int kTile = kChunkCols * kMaxSplit;
+  __shared__ __align__(16) T cmu[kTile * kChunkDims];
+  __shared__ T cx[Op::kExtras * kTile];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tile = kChunkCols * split;
+  const int first = (warp % split) * kChunkCols;
+  // the thread's row: rows[r] (the rows scanned this round); a = n for none
+  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (kTileThreads / split) +
+                         (warp / split) * 32 + lane;
+  const bool valid = r < nrows;
+  const std::int64_t a = valid ? static_cast<std::int64_t>(rows[r]) : n;
+  typename Op::Row row = op.row(a, valid);
+  for (std::int64_t c0 = 0; c0 < n; c0 += tile) {
+    T acc[kChunkCols];
+    DCPE_UNROLL
+    for (int jj = 0; jj < kChunkCols; ++jj) acc[jj] = T(0);
+    for (std::int64_t k0 = 0; k0 < dim; k0 += kChunkDims) {
+      __syncthreads();  // everyone is done with the previous chunk
+      for (int e = threadIdx.x; e < tile * kChunkDims; e += kTileThreads) {
+        const std::int64_t k = k0 + e % kChunkDims;
+        const std::int64_t b = c0 + e / kChunkDims;
+        cmu[e] = (k < dim && b < n) ? mu_t[k * n + b] : T(0);
+      }
+      if (k0 == 0) {
+        for (int j = threadIdx.x; j < tile; j += kTileThreads) {
+          const std::int64_t b = c0 + j;
+          for (int e = 0; e < Op::kExtras; ++e) {
+            cx[e * kTile + j] = b < n ? op.extra(e, b) : op.pad(e);
+          }
+        }
+      }
+      __syncthreads();
+      T xr[kChunkDims];
+      DCPE_UNROLL
+      for (int kk = 0; kk < kChunkDims; ++kk) {
+        xr[kk] = (valid && k0 + kk < dim) ? mu_t[(k0 + kk) * n + a] : T(0);
+      }
+      DCPE_UNROLL
+      for (int jj = 0; jj < kChunkCols; ++jj) {
+        const T* cm = cmu + (first + jj) * kChunkDims;
+        DCPE_UNROLL
+        for (int kk = 0; kk < kChunkDims; ++kk) {
+          const T diff = xr[kk] - cm[kk];
+          acc[jj] = add_rn(acc[jj], mul_rn(diff, diff));
+        }
+      }
+    }
+    for (int jj = 0; jj < kChunkCols; ++jj) {
+      const int j = first + jj;
+      op.pair(row, a, c0 + j, acc[jj], cx + j, kTile);
+    }
+  }
+  op.finish(row, a, n, warp, lane, split);
+}
+
+// ------------------------------------------------------------------ cluster averages
+//
+// avg(A, B) = sum_{i in lo, j in hi} |x_i - x_j| / (|lo| |hi|) with lo the cluster of the
+// smaller slot; each token distance rounds as in pairwise_rownn_kernel (metric 0), the sum
+// is accumulated in float64 in an order that depends only on the two sizes (no atomics),
+// the quotient is an IEEE float64 division rounded once to T.
+
+constexpr int kPairThreads = 256;
+constexpr int kPairWarps = kPairThreads / 32;
+constexpr std::int64_t kWarpPairMax = 2048;  // token pairs up to which a warp sums a pair
+
+template <typename T>
+__device__ __forceinline__ double token_distance(const T* __restrict__ xi,
+                                                 const T* __restrict__ xj, std::int64_t dim) {
+  T acc = T(0);
+  for (std::int64_t k = 0; k < dim; ++k) {
+    const T diff = xi[k] - xj[k];
+    acc = add_rn(acc, mul_rn(diff, diff));
+  }
+  return static_cast<double>(sqrt_rn(acc));
+}
+
+// Sum over the token pairs e = first, first + step, ... < nl * nh (lo token e / nh, hi
+// token e % nh), stepping (i, j) without a division per pair.
+template <typename T>
+__device__ double strided_pair_sum(const T* __restrict__ x, std::int64_t dim, std::int64_t o_lo,
+                                   std::int64_t nl, std::int64_t o_hi, std::int64_t nh,
+                                   int first, int step) {
+  double s = 0.0;
+  if (nl <= 0 || nh <= 0) return s;
+  std::int64_t i = first / nh, j = first % nh;
+  const std::int64_t qs = step / nh, rs = step % nh;
+  while (i < nl) {
+    s = add_rn(s, token_distance(x + (o_lo + i) * dim, x + (o_hi + j) * dim, dim));
+    i += qs;
+    j += rs;
+    if (j >= nh) {
+      j -= nh;
+      ++i;
+    }
+  }
+  return s;
+}
+
+// Fixed-shape tree over the warp; the total is valid in lane 0.
+__device__ __forceinline__ double warp_sum(double s) {
+  for (int off = 16; off > 0; off >>= 1) s = add_rn(s, __shfl_down_sync(0xffffffffu, s, off));
+  return s;
+}
+
+struct PairSpan {
+  std::int64_t o_lo, nl, o_hi, nh;
+};
+
+__device__ __forceinline__ PairSpan pair_span(const std::int64_t* __restrict__ offsets,
+                                              const std::int64_t* __restrict__ sizes,
+                                              std::int64_t a, std::int64_t b) {
+  const std::int64_t lo = a < b ? a : b, hi = a < b ? b : a;
+  return PairSpan{offsets[lo], sizes[lo], offsets[hi], sizes[hi]};
+}
+
+template <typename T>
+__device__ __forceinline__ T pair_mean(double s, const PairSpan& p) {
+  return static_cast<T>(
+      __ddiv_rn(s, __dmul_rn(static_cast<double>(p.nl), static_cast<double>(p.nh))));
+}
+
+// Pairs k < min(count, capacity): a warp each for pairs of at most kWarpPairMax token
+// pairs (grid-stride over the warps; the loop runs alike in all warps of a block, so the
+// shuffles stay convergent), then a block each for the larger ones.
+template <typename T>
+__global__ void __launch_bounds__(kPairThreads)
+    pair_average_kernel(const T* __restrict__ x, std::int64_t dim,
+                        const std::int64_t* __restrict__ offsets,
+                        const std::int64_t* __restrict__ sizes,
+                        const std::int32_t* __restrict__ pa, const std::int32_t* __restrict__ pb,
+                        const std::int64_t* __restrict__ count, std::int64_t capacity,
+                        T* __restrict__ val) {
+  __shared__ double ws[kPairWarps];
+  const std::int64_t c = count[0];
+  const std::int64_t cnt = c < capacity ? c : capacity;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const std::int64_t wstride = static_cast<std::int64_t>(gridDim.x) * kPairWarps;
+  for (std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * kPairWarps; base < cnt;
+       base += wstride) {
+    const std::int64_t k = base + warp;
+    bool mine = false;
+    PairSpan p{0, 0, 0, 0};
+    double s = 0.0;
+    if (k < cnt) {
+      p = pair_span(offsets, sizes, pa[k], pb[k]);
+      mine = p.nl * p.nh <= kWarpPairMax;
+      if (mine) s = strided_pair_sum(x, dim, p.o_lo, p.nl, p.o_hi, p.nh, lane, 32);
+    }
+    s = warp_sum(s);
+    if (mine && lane == 0) val[k] = pair_mean<T>(s, p);
+  }
+  for (std::int64_t k = blockIdx.x; k < cnt; k += gridDim.x) {
+    const PairSpan p = pair_span(offsets, sizes, pa[k], pb[k]);
+    if (p.nl * p.nh <= kWarpPairMax) continue;  // the same in every thread
+    double s = strided_pair_sum(x, dim, p.o_lo, p.nl, p.o_hi, p.nh,
+                                static_cast<int>(threadIdx.x), kPairThreads);
+    s = warp_sum(s);
+    if (lane == 0) ws[warp] = s;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+      double t = ws[0];
+      for (int w = 1; w < kPairWarps; ++w) t = add_rn(t, ws[w]);
+      val[k] = pair_mean<T>(t, p);
+    }
+    __syncthreads();  // ws is reused by the next pair
+  }
+}
+
+// Entries (a, b) and (b, a) for b > a of the dense matrix, +inf at (a, a); one block per
+// row a, one thread per column, each summing its pair sequentially (a's tokens outside).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    cluster_matrix_kernel(const T* __restrict__ x, std::int64_t dim,
+                          const std::int64_t* __restrict__ offsets,
+                          const std::int64_t* __restrict__ sizes, std::int64_t n,
+                          T* __restrict__ out, std::int64_t ld) {
+  const std::int64_t a = blockIdx.x;
+  const std::int64_t oa = offsets[a], na = sizes[a];
+  if (threadIdx.x == 0) out[a * ld + a] = dev_inf<T>();
+  for (std::int64_t b = a + 1 + threadIdx.x; b < n; b += kThreads) {
+    const PairSpan p{oa, na, offsets[b], sizes[b]};
+    double s = 0.0;
+    for (std::int64_t i = 0; i < p.nl; ++i) {
+      const T* xi = x + (p.o_lo + i) * dim;
+      for (std::int64_t j = 0; j < p.nh; ++j) {
+        s = add_rn(s, token_distance(xi, x + (p.o_hi + j) * dim, dim));
+      }
+    }
+    const T v = pair_mean<T>(s, p);
+    out[a * ld + b] = v;
+    out[b * ld + a] = v;
+  }
+}
+
+// Row argmin / min of a finished matrix (ties to the smallest column).
+template <typename T>
+__global__ void __launch_bounds__(kThreads)
+    row_argmin_kernel(const T* __restrict__ D, std::int64_t n, std::int64_t ld,
+                      std::int64_t* __restrict__ nn, T* __restrict__ nnd) {
+  const std::int64_t i = blockIdx.x;
+  const T* row = D + i * ld;
+  T bv = dev_inf<T>();
+  std::int64_t bi = kNoIndex;
+  for (std::int64_t j = threadIdx.x; j < n; j += kThreads) {
+    const T v = row[j];
+    if (v < bv) {  // j increases per thread: strict < keeps the smallest column
+      bv = v;
+      bi = j;
+    }
+  }
+  block_argmin_store(bv, bi, nn, nnd, i);
+}
+
+}  // namespace kernels
+}  // namespace dcpe_cuda

@@ -37,9 +37,34 @@ a failed or timed-out child as an error row at the first size it did not finish.
 ``--time-limit`` bounds the whole run: children get the time that is left, and torch
 sizes that would not fit are skipped.
 
+Past the dense matrix (``--scale``, after every row above): the dense engine keeps the
+N x N matrix (N^2 * 4 bytes: 256 GiB at N = 262,144), so beyond N = 131,072, or when
+``memory_limit`` is too small for it, ``engine="auto"`` runs the matrix-free rounds
+(``dcpe_kernels.linear``).  Each spec ``NxD[@LIMIT]`` (default ``DEFAULT_SCALE``) is timed
+for every available dcpe provider as ``dcpe.cluster(x, N // 2, backend=provider,
+memory_limit=LIMIT)`` on ``dcpe.datasets.make_sample_codebook(n=N, d=D)`` (float32; one
+array per D at the largest N of the specs, smaller N are prefixes), in the order given:
+one timed call (CUDA events), preceded by a warm-up call only for rows predicted short
+(N < 524,288 and D < 64 on a GPU; the larger rows find the kernels compiled by the smaller
+rows of the same process).  A row records its time, its peak memory (as above), the engine
+that ``dcpe_kernels.linear.choose_engine`` picks within min(LIMIT, free device memory),
+and the rounds of the engine (one more call, only for rows under 5 s).  The ``cpu`` backend
+is timed once per spec without ``@LIMIT`` whose D is in ``--scale-cpu-dims`` (default 8),
+after the GPU rows, when its prediction (t ~ N^1.5 from the previous cpu row, or from the
+cpu time at ``--check-n``) fits in the time left; its labels are compared, as partitions,
+with the GPU providers' labels at the same N and D (``labels_equal_cpu``).  A GPU row is
+skipped once less than a margin is left or when t ~ N^2 from the provider's previous row
+at the same D (t ~ N^2 D from its previous row at another D) predicts that it would not
+fit.  Under ``--isolate`` each provider's scale rows run in a second child process of its
+own, after the torch rows, with its share of the time left as its ``--time-limit``; the
+children share the generated data, and the labels the cpu rows need (``.npy``), through a
+temporary directory that the parent removes at the end.  ``--scale`` with no value or
+``--no-scale`` turns the section off.
+
 Smoke test without a GPU::
 
-    TRITON_INTERPRET=1 python benchmarks/bench_gpu.py --device cpu --sizes 256 --out /tmp/b
+    TRITON_INTERPRET=1 python benchmarks/bench_gpu.py --device cpu --sizes 256 --out /tmp/b \\
+        --scale 200x3 200x3@160KiB --scale-cpu-dims 3
 """
 
 from __future__ import annotations
@@ -47,6 +72,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -71,6 +98,24 @@ PROVIDERS = ["cuda", "triton", "torch"]
 DEFAULT_SIZES = [4096, 16384, 65536, 131072]
 DEFAULT_TORCH_SIZES = [1024, 2048, 4096, 8192, 16384]
 D = 8
+#: ``--scale`` specs ``NxD[@LIMIT]``, run in this order (the small rows compile the kernels)
+DEFAULT_SCALE = ["262144x8", "524288x8", "1048576x8", "262144x256", "262144x8@24GiB",
+                 "262144x8@16GiB"]
+#: dry-run specs: the dense and (by the limit) the matrix-free engine at a tiny N
+DRY_RUN_SCALE = {"cpu": ["200x3", "200x3@160KiB"], "cuda": ["4096x8", "4096x8@16MiB"]}
+DEFAULT_SCALE_CPU_DIMS = [8]
+#: a scale row gets a warm-up call (on a GPU) only below these N and D
+SCALE_WARMUP_BELOW_N = 524288
+SCALE_WARMUP_BELOW_D = 64
+#: seconds kept free at the end of the time limit by the scale rows
+SCALE_MARGIN_S = 10.0
+#: rounds are counted (one more call) only for rows at most this long
+SCALE_ROUNDS_MAX_S = 5.0
+#: exponents of the time predictions t ~ N^p from the previous row at the same d
+GPU_SCALE_EXPONENT = 2.0
+CPU_SCALE_EXPONENT = 1.5
+
+ScaleSpec = tuple[int, int, str | None]
 
 
 def make_data(sizes: list[int]) -> dict[int, np.ndarray]:
@@ -84,6 +129,84 @@ def make_data(sizes: list[int]) -> dict[int, np.ndarray]:
     for n in sizes:
         out[n] = sample[:n] if n <= len(sample) else large[:n]
     return out
+
+
+def parse_scale_spec(text: str) -> ScaleSpec:
+    """``"NxD"`` or ``"NxD@LIMIT"`` -> ``(N, D, LIMIT or None)``; LIMIT as ``memory_limit``
+    takes it (bytes or a size such as ``24GiB``)."""
+    match = re.fullmatch(r"\s*(\d+)x(\d+)(?:@(\S+))?\s*", text)
+    if match is None or int(match[1]) < 2 or int(match[2]) < 1:
+        raise argparse.ArgumentTypeError(
+            f"invalid scale spec {text!r}: expected NxD or NxD@LIMIT with N >= 2 and D >= 1, "
+            f"e.g. 262144x8 or 262144x8@24GiB")
+    limit = match[3]
+    if limit is not None:
+        from dcpe._memory import parse_memory_limit
+
+        try:
+            parse_memory_limit(limit)
+        except (TypeError, ValueError) as exc:
+            raise argparse.ArgumentTypeError(f"invalid scale spec {text!r}: {exc}") from None
+    return int(match[1]), int(match[2]), limit
+
+
+def spec_name(spec: ScaleSpec) -> str:
+    n, d, limit = spec
+    return f"{n}x{d}" + (f"@{limit}" if limit else "")
+
+
+def spec_file(spec: ScaleSpec) -> str:
+    """``spec_name`` with plain characters only (for file names)."""
+    n, d, limit = spec
+    return f"{n}x{d}" + (f"-{limit}" if limit else "")
+
+
+class ScaleData:
+    """Data of the scale rows: per D one ``make_sample_codebook(n=max N, d=D)`` array,
+    generated once per process (smaller N are prefixes); with ``cache`` (a directory shared
+    by the processes of one run) it is generated once per run."""
+
+    def __init__(self, specs: list[ScaleSpec], cache: str | None = None) -> None:
+        self.max_n: dict[int, int] = {}
+        for n, d, _ in specs:
+            self.max_n[d] = max(n, self.max_n.get(d, 0))
+        self.cache = Path(cache) if cache else None
+        self.arrays: dict[int, np.ndarray] = {}
+
+    def get(self, n: int, d: int) -> np.ndarray:
+        if d not in self.arrays:
+            import dcpe.datasets as ds
+
+            big = self.max_n[d]
+            path = self.cache / f"codebook-{big}x{d}.npy" if self.cache else None
+            if path is not None and path.exists():
+                self.arrays[d] = np.load(path)
+            else:
+                self.arrays[d] = ds.make_sample_codebook(n=big, d=d).astype(np.float32)
+                if path is not None:  # written whole, then renamed: never read half-written
+                    tmp = path.with_name(f"{path.stem}.{id(self)}.tmp.npy")
+                    np.save(tmp, self.arrays[d])
+                    tmp.replace(path)
+        return self.arrays[d][:n]
+
+
+def cpu_label_keys(specs: list[ScaleSpec], cpu_dims: list[int]) -> set[tuple[int, int]]:
+    """``(N, D)`` at which the ``cpu`` backend runs in the scale section."""
+    return {(n, d) for n, d, limit in specs if limit is None and d in cpu_dims}
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label vectors describe the same partition (equal canonical relabelings:
+    clusters numbered in the order of their first token)."""
+
+    def canonical(lab: np.ndarray) -> np.ndarray:
+        _, first, inverse = np.unique(np.asarray(lab).ravel(), return_index=True,
+                                      return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        return rank[inverse.ravel()]
+
+    return len(a) == len(b) and bool(np.array_equal(canonical(a), canonical(b)))
 
 
 def cluster_fn(provider: str) -> Callable[[Any, int], Any]:
@@ -184,10 +307,176 @@ def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
     return out
 
 
+def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline: float,
+                   data: ScaleData, keep: set[tuple[int, int]], rows: list[dict[str, Any]],
+                   labels: dict[tuple[str, str], np.ndarray], save: Callable[[], Any],
+                   labels_dir: Path | None = None) -> None:
+    """The scale rows of one dcpe provider, in the order of ``specs`` (see the module
+    docstring).  Labels at the ``(N, D)`` in ``keep`` are kept in ``labels`` (and saved
+    under ``labels_dir``) for the comparison with the ``cpu`` backend."""
+    import torch
+
+    import dcpe
+    from dcpe import backends
+    from dcpe._memory import parse_memory_limit
+    from dcpe_kernels.linear import choose_engine
+    from dcpe_kernels.rnn import memory_available
+
+    last: dict[int, tuple[int, int, float]] = {}  # d -> (N, d, seconds) of its last row
+    latest: tuple[int, int, float] | None = None  # the same of the last row at any d
+    for spec in specs:
+        n, d, limit = spec
+        row: dict[str, Any] = {"provider": provider, "spec": spec_name(spec), "n": n, "d": d,
+                               "memory_limit": limit}
+        # rows predicted short; the interpreter (device cpu) compiles nothing
+        warmup = device == "cuda" and n < SCALE_WARMUP_BELOW_N and d < SCALE_WARMUP_BELOW_D
+        left = deadline - time.monotonic()
+        predicted = None
+        ref = last.get(d, latest)  # O(N^2 d) scans: t ~ N^2 at one d, ~ d across d
+        if ref is not None:
+            predicted = (ref[2] * (n / ref[0]) ** GPU_SCALE_EXPONENT * (d / ref[1])
+                         * (1 + warmup))
+        if left < SCALE_MARGIN_S or (predicted is not None
+                                     and predicted > left - SCALE_MARGIN_S):
+            row["skipped"] = "skipped: time limit"
+            if predicted is not None:
+                row["predicted_s"] = predicted
+            rows.append(row)
+            print(f"{provider:7s} {spec_name(spec):>16s} skipped ({left:.0f} s left)",
+                  flush=True)
+            save()
+            continue
+        limit_bytes = parse_memory_limit(limit)
+        x = lab = None
+        try:
+            x = torch.from_numpy(np.ascontiguousarray(data.get(n, d))).to(device)
+            budget = memory_available(x.device)
+            if limit_bytes is not None:
+                budget = min(budget, limit_bytes)
+            row["engine"] = choose_engine(n, d, x.element_size(), method="average",
+                                          budget=budget, backend=provider)
+            res = time_gpu(lambda x=x, k=n // 2, lim=limit: dcpe.cluster(
+                x, k, backend=provider, memory_limit=lim), 1, device, warmup=warmup)
+            lab = res.pop("labels")
+            row.update({"k": n // 2, "seconds": res["runs"][0], "warmup_s": res["warmup_s"],
+                        "peak_bytes": res["peak_bytes"]})
+            last[d] = latest = (n, d, row["seconds"])
+            if (n, d) in keep:
+                labels[(provider, spec_name(spec))] = lab.cpu().numpy()
+                if labels_dir is not None:  # int32: half the disk of int64
+                    np.save(labels_dir / f"labels-{provider}-scale-{spec_file(spec)}.npy",
+                            labels[(provider, spec_name(spec))].astype(np.int32))
+            left = deadline - time.monotonic()
+            if row["seconds"] <= SCALE_ROUNDS_MAX_S and row["seconds"] < left - SCALE_MARGIN_S:
+                try:
+                    row["rounds"] = backends.get(provider)._merges(
+                        x, "average", "euclidean", None, n_clusters=n // 2,
+                        memory_limit=limit_bytes).rounds
+                except Exception as exc:
+                    row["rounds_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"{provider:7s} {spec_name(spec):>16s} {fmt_seconds(row['seconds'])} "
+                  f"engine {row['engine']} peak {row['peak_bytes']} "
+                  f"rounds {row.get('rounds')}", flush=True)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"{provider:7s} {spec_name(spec):>16s} ERROR {exc}", flush=True)
+        rows.append(row)
+        del x, lab
+        if device == "cuda":
+            torch.cuda.empty_cache()
+        save()
+
+
+def scale_cpu_rows(specs: list[ScaleSpec], cpu_dims: list[int], deadline: float,
+                   data: ScaleData, rows: list[dict[str, Any]],
+                   labels: dict[tuple[str, str], np.ndarray], check: dict[str, Any],
+                   save: Callable[[], Any]) -> None:
+    """The ``cpu`` backend once per ``(N, D)`` of the specs without a limit (D in
+    ``cpu_dims``), when its predicted time fits; marks ``labels_equal_cpu`` in the GPU rows
+    whose labels were kept."""
+    import dcpe
+
+    last: tuple[int, int, float] | None = None  # (N, d, seconds) of the last cpu call
+    if check.get("n") and check.get("cpu_seconds"):
+        last = (check["n"], D, check["cpu_seconds"])
+    for n, d in dict.fromkeys((n, d) for n, d, limit in specs
+                              if limit is None and d in cpu_dims):
+        row: dict[str, Any] = {"provider": "cpu", "spec": f"{n}x{d}", "n": n, "d": d,
+                               "memory_limit": None}
+        left = deadline - time.monotonic()
+        predicted = None
+        if last is not None:
+            predicted = last[2] * (n / last[0]) ** CPU_SCALE_EXPONENT * (d / last[1])
+        if left < SCALE_MARGIN_S or (predicted is not None
+                                     and predicted > left - SCALE_MARGIN_S):
+            row["skipped"] = "skipped: would not fit the time limit"
+            if predicted is not None:
+                row["predicted_s"] = predicted
+            print(f"cpu     {n:>9d}x{d:<6d} skipped ({left:.0f} s left, predicted "
+                  f"{fmt_seconds(predicted)})", flush=True)
+            rows.append(row)
+            save()
+            continue
+        try:
+            x = data.get(n, d)
+            t0 = time.perf_counter()
+            ref = np.asarray(dcpe.cluster(x, n // 2, backend="cpu"))
+            row.update({"k": n // 2, "seconds": time.perf_counter() - t0})
+            last = (n, d, row["seconds"])
+            for r in rows:
+                key = (r["provider"], r.get("spec", ""))
+                if r["n"] == n and r["d"] == d and key in labels:
+                    r["labels_equal_cpu"] = same_partition(labels[key], ref)
+            print(f"cpu     {n:>9d}x{d:<6d} {fmt_seconds(row['seconds'])}", flush=True)
+        except Exception as exc:
+            row["error"] = f"{type(exc).__name__}: {exc}"
+            print(f"cpu     {n:>9d}x{d:<6d} ERROR {exc}", flush=True)
+        rows.append(row)
+        save()
+
+
+def scale_table(specs: list[ScaleSpec], rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown of the scale section."""
+    cpu = {(r["n"], r["d"]): r["seconds"] for r in rows
+           if r["provider"] == "cpu" and "seconds" in r}
+    table = []
+    for r in rows:
+        limit = r.get("memory_limit") or "—"
+        if "seconds" not in r:
+            table.append([r["provider"], r["n"], r["d"], limit, r.get("engine", "—"),
+                          r.get("skipped") or r.get("error", ""), "—", "—", "—", "—"])
+            continue
+        peak = r.get("peak_bytes")
+        ratio, equal = "—", "—"
+        if r["provider"] != "cpu" and (r["n"], r["d"]) in cpu:
+            ratio = f"{cpu[(r['n'], r['d'])] / r['seconds']:.3g}x"
+        if "labels_equal_cpu" in r:
+            equal = "yes" if r["labels_equal_cpu"] else "**NO**"
+        table.append([r["provider"], r["n"], r["d"], limit, r.get("engine", "—"),
+                      fmt_seconds(r["seconds"]),
+                      "—" if peak is None else f"{peak / 2**30:.2f} GiB",
+                      r.get("rounds", "—"), ratio, equal])
+    ns = sorted({n for n, _, _ in specs})
+    need = ", ".join((f"{n * n * 4 / 2**30:,.0f} GiB" if n * n * 4 >= 2**30 else
+                      f"{n * n * 4 / 2**20:.2f} MiB") + f" at N = {n:,}" for n in ns)
+    return ["## Past the dense matrix (k = N/2, one call)", "",
+            markdown_table(["provider", "N", "d", "memory_limit", "engine", "time",
+                            "peak memory", "rounds", "vs cpu", "labels = cpu"], table), "",
+            f"The dense engine's N x N float32 matrix would need N^2 * 4 bytes here: {need}. "
+            f"engine: what dcpe_kernels.linear.choose_engine picks within min(memory_limit, "
+            f"free device memory) (matrix: dense rounds, linear: matrix-free rounds); vs cpu: "
+            f"cpu backend time / provider time at the same N and d (cpu rows: one call, d in "
+            f"--scale-cpu-dims, when the prediction fits the time left); labels = cpu: the "
+            f"same partition as the cpu backend's labels. One timed call per row, after a "
+            f"warm-up call only for N < {SCALE_WARMUP_BELOW_N:,} and d < "
+            f"{SCALE_WARMUP_BELOW_D}; rounds only for rows under {SCALE_ROUNDS_MAX_S:g} s.", ""]
+
+
 def summarize(args: argparse.Namespace, device: str, sizes: list[int],
               status: dict[str, tuple[bool, str]], rows: list[dict[str, Any]],
-              check: dict[str, Any], diag: dict[str, Any],
-              done: bool) -> tuple[str, dict[str, Any]]:
+              check: dict[str, Any], diag: dict[str, Any], done: bool,
+              scale_specs: list[ScaleSpec] | None = None,
+              scale_rows: list[dict[str, Any]] | None = None) -> tuple[str, dict[str, Any]]:
     """Markdown and JSON payload of what has been measured so far."""
     # torch baseline: power law through the two largest measured sizes
     tpts = sorted((r["n"], r["median_s"]) for r in rows
@@ -245,11 +534,92 @@ def summarize(args: argparse.Namespace, device: str, sizes: list[int],
               "held before; the CUDA extension allocates no device memory itself.")
     for provider, dg in diag.items():
         md.append(f"Engine at N = {args.diag_n} ({provider}): {dg}.")
+    if scale_specs:
+        md += ["", *scale_table(scale_specs, scale_rows or [])]
     payload = {"machine": machine_info(), "device": device, "d": D, "sizes": sizes,
                "providers": status, "results": rows, "torch_fit": fit, "cpu_check": check,
                "engine": diag, "repeats": args.repeats, "budget_s": args.budget,
-               "complete": done}
+               "scale_specs": [spec_name(s) for s in scale_specs or []],
+               "scale": scale_rows or [], "complete": done}
     return "\n".join(md), payload
+
+
+def _worker_dir(args: argparse.Namespace, name: str) -> Path:
+    """An empty directory for a child's files: under --out, so that what a child measured
+    comes back even if the parent is killed."""
+    wdir = (Path(args.out) if args.out else Path(tempfile.mkdtemp())) / name
+    wdir.mkdir(parents=True, exist_ok=True)
+    for stale in wdir.iterdir():
+        stale.unlink()
+    return wdir
+
+
+def _child_timeout(deadline: float, share: int) -> float | None:
+    left = deadline - time.monotonic()
+    return None if math.isinf(left) else max(5.0, (left - 20.0) / max(1, share))
+
+
+def _run_worker(cmd: list[str], device: str,
+                timeout: float | None) -> tuple[dict[str, Any], str | None]:
+    """Run a child (``cmd`` holds its ``--out`` directory); its ``worker.json`` payload and
+    the reason it failed (None if it did not)."""
+    if device == "cuda":
+        import torch
+
+        torch.cuda.empty_cache()
+    failure = None
+    try:
+        proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=timeout)
+        if proc.returncode != 0:
+            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
+            failure = f"worker process exited with {proc.returncode}: {tail}"
+        sys.stderr.write(proc.stderr)
+    except subprocess.TimeoutExpired:
+        failure = f"worker process stopped after {timeout:.0f} s (--time-limit)"
+    jpath = Path(cmd[cmd.index("--out") + 1]) / "worker.json"
+    try:
+        payload = json.loads(jpath.read_text()) if jpath.exists() else {}
+    except json.JSONDecodeError:  # cannot happen with write_results' rename; be safe
+        payload = {}
+    return payload, failure
+
+
+def run_scale_child(provider: str, args: argparse.Namespace, device: str,
+                    specs: list[ScaleSpec], cpu_dims: list[int], cache: str | None,
+                    deadline: float, share: int, rows: list[dict[str, Any]],
+                    labels: dict[tuple[str, str], np.ndarray]) -> None:
+    """The scale rows of ``provider`` in a child process (``--worker``), with the time
+    limit of its share of the time left, so that it skips the rows that would not fit
+    rather than being stopped in one; a child that fails anyway keeps the rows it finished,
+    the first row it did not finish becomes an error row and the rest are skipped."""
+    wdir = _worker_dir(args, f"worker-{provider}-scale")
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--providers", provider,
+           "--sizes", "--check-n", "0", "--diag-n", "0", "--device", device,
+           "--scale", *map(spec_name, specs), "--scale-cpu-dims", *map(str, cpu_dims)]
+    timeout = _child_timeout(deadline, share)
+    if timeout is not None:  # the child's clock starts a little later than ours
+        cmd += ["--time-limit", f"{max(1.0, timeout - 5.0):.1f}"]
+    if cache:
+        cmd += ["--scale-cache", cache]
+    cmd += ["--name", "worker", "--out", str(wdir)]
+    payload, failure = _run_worker(cmd, device, timeout)
+    got = [r for r in payload.get("scale", []) if r.get("provider") == provider]
+    rows.extend(got)
+    keep = cpu_label_keys(specs, cpu_dims)
+    for spec in specs:
+        lab = (Path(cache) if cache else wdir) / f"labels-{provider}-scale-{spec_file(spec)}.npy"
+        if spec[:2] in keep and lab.exists():
+            labels[(provider, spec_name(spec))] = np.load(lab)
+    if failure is not None:
+        done = {r["spec"] for r in got}
+        missing = [spec_name(s) for s in specs if spec_name(s) not in done]
+        for i, name in enumerate(missing):
+            n, d, limit = parse_scale_spec(name)
+            rows.append({"provider": provider, "spec": name, "n": n, "d": d,
+                         "memory_limit": limit,
+                         **({"error": failure} if i == 0 else
+                            {"skipped": "skipped: the worker process ended early"})})
+        print(f"{provider:7s} scale: {failure}", flush=True)
 
 
 def run_child(provider: str, args: argparse.Namespace, device: str, sizes: list[int],
@@ -260,32 +630,12 @@ def run_child(provider: str, args: argparse.Namespace, device: str, sizes: list[
     time becomes an error row at the first size it did not finish.  The child may use a
     ``1 / share`` part of the time left before ``deadline`` (less a margin), so that one
     that hangs leaves time to the children after it."""
-    # under --out, so that what a child measured comes back even if the parent is killed
-    wdir = (Path(args.out) if args.out else Path(tempfile.mkdtemp())) / f"worker-{provider}"
-    wdir.mkdir(parents=True, exist_ok=True)
-    for stale in wdir.iterdir():
-        stale.unlink()
+    wdir = _worker_dir(args, f"worker-{provider}")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--providers", provider,
            "--sizes", *map(str, sizes), "--repeats", str(args.repeats), "--budget",
            str(args.budget), "--check-n", str(check_n), "--diag-n", str(args.diag_n),
-           "--device", device, "--name", "worker", "--out", str(wdir)]
-    if device == "cuda":
-        import torch
-
-        torch.cuda.empty_cache()
-    left = deadline - time.monotonic()
-    timeout = None if math.isinf(left) else max(5.0, (left - 20.0) / max(1, share))
-    failure = None
-    try:
-        proc = subprocess.run(cmd, stderr=subprocess.PIPE, text=True, timeout=timeout)
-        if proc.returncode != 0:
-            tail = " | ".join(proc.stderr.strip().splitlines()[-3:])
-            failure = f"worker process exited with {proc.returncode}: {tail}"
-        sys.stderr.write(proc.stderr)
-    except subprocess.TimeoutExpired:
-        failure = f"worker process stopped after {timeout:.0f} s (--time-limit)"
-    jpath = wdir / "worker.json"
-    payload = json.loads(jpath.read_text()) if jpath.exists() else {}
+           "--device", device, "--name", "worker", "--out", str(wdir), "--no-scale"]
+    payload, failure = _run_worker(cmd, device, _child_timeout(deadline, share))
     got = [r for r in payload.get("results", []) if r.get("provider") == provider]
     rows.extend(got)
     diag.update(payload.get("engine", {}))
@@ -302,10 +652,42 @@ def run_child(provider: str, args: argparse.Namespace, device: str, sizes: list[
         print(f"{provider:7s} {failure}", flush=True)
 
 
+def scale_section(args: argparse.Namespace, device: str, providers: list[str],
+                  specs: list[ScaleSpec], cpu_dims: list[int], deadline: float,
+                  check: dict[str, Any], rows: list[dict[str, Any]],
+                  save: Callable[[], Any]) -> None:
+    """The scale rows of every available dcpe provider (in a child process each under
+    ``--isolate``), then, in this process, those of the ``cpu`` backend."""
+    labels: dict[tuple[str, str], np.ndarray] = {}
+    keep = cpu_label_keys(specs, cpu_dims)
+    cache = args.scale_cache
+    own_cache = args.isolate and not args.worker and cache is None
+    if own_cache:  # the children generate each data set once; not under --out (large)
+        cache = tempfile.mkdtemp(prefix="dcpe-bench-scale-")
+    data = ScaleData(specs, cache)
+    try:
+        for idx, provider in enumerate(providers):
+            if args.isolate and not args.worker:
+                run_scale_child(provider, args, device, specs, cpu_dims, cache, deadline,
+                                len(providers) - idx, rows, labels)
+                save()
+            else:
+                # a child saves the labels the cpu rows need where its parent reads them
+                ldir = Path(cache or args.out) if args.worker and (cache or args.out) else None
+                scale_gpu_rows(provider, specs, device, deadline, data, keep, rows, labels,
+                               save, ldir)
+        if not args.worker:
+            scale_cpu_rows(specs, cpu_dims, deadline, data, rows, labels, check, save)
+    finally:
+        if own_cache:
+            shutil.rmtree(cache, ignore_errors=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
+    ap.add_argument("--sizes", type=int, nargs="*", default=DEFAULT_SIZES,
+                    help="N of the dense-size rows (none: only the scale section)")
     ap.add_argument("--providers", nargs="+", default=PROVIDERS, choices=PROVIDERS)
     ap.add_argument("--torch-sizes", type=int, nargs="+", default=DEFAULT_TORCH_SIZES,
                     help="N at which the torch baseline is timed (others are extrapolated)")
@@ -328,13 +710,24 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--name", default="gpu-h200", help="result file stem")
     ap.add_argument("--out", default=None, help="output directory (default results/)")
     ap.add_argument("--dry-run", action="store_true",
-                    help="tiny sizes, 1 repeat: checks that everything runs")
+                    help="tiny sizes and scale specs, 1 repeat: checks that everything runs")
     ap.add_argument("--isolate", action="store_true",
                     help="run each dcpe provider in a child process of its own")
     ap.add_argument("--time-limit", type=float, default=math.inf,
                     help="seconds for the whole run (children and torch sizes that do not "
                          "fit are cut short or skipped)")
+    ap.add_argument("--scale", type=parse_scale_spec, nargs="*", metavar="NxD[@LIMIT]",
+                    help="past the dense matrix: k = N/2 on N x D data, memory_limit=LIMIT "
+                         f"if given, one call per provider (default: {' '.join(DEFAULT_SCALE)}"
+                         "; no value: none)")
+    ap.add_argument("--no-scale", dest="scale", action="store_const", const=[],
+                    help="no scale section")
+    ap.add_argument("--scale-cpu-dims", type=int, nargs="*", default=None, metavar="D",
+                    help="D at which the cpu backend is timed in the scale section "
+                         f"(default: {' '.join(map(str, DEFAULT_SCALE_CPU_DIMS))})")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--scale-cache", default=None, help=argparse.SUPPRESS)
+    ap.set_defaults(scale=None)
     args = ap.parse_args(argv)
     deadline = time.monotonic() + args.time_limit
 
@@ -347,22 +740,33 @@ def main(argv: list[str] | None = None) -> int:
         args.torch_early_max = 64
         args.repeats = 1
         args.torch_repeats = 1
-        args.check_n = args.sizes[0]
-        args.diag_n = args.sizes[0]
+        args.check_n = args.sizes[0] if args.sizes else 0
+        args.diag_n = args.sizes[0] if args.sizes else 0
+        if args.scale is None:
+            args.scale = [parse_scale_spec(t) for t in DRY_RUN_SCALE[device]]
+            if args.scale_cpu_dims is None:
+                args.scale_cpu_dims = sorted({d for _, d, _ in args.scale})
+    scale_specs: list[ScaleSpec] = (list(args.scale) if args.scale is not None
+                                    else [parse_scale_spec(t) for t in DEFAULT_SCALE])
+    cpu_dims = (args.scale_cpu_dims if args.scale_cpu_dims is not None
+                else DEFAULT_SCALE_CPU_DIMS)
     sizes = sorted(set(args.sizes))
-    check_n = args.check_n if args.check_n and args.check_n <= max(sizes) else 0
+    check_n = args.check_n if sizes and args.check_n and args.check_n <= max(sizes) else 0
     data = make_data(sorted(set(sizes) | ({check_n} if check_n else set())))
     torch_sizes = sorted(set(args.torch_sizes))
 
     status = {p: provider_status(p, device) for p in args.providers}
-    print(f"device={device} sizes={sizes} providers={status}", flush=True)
+    print(f"device={device} sizes={sizes} scale={[spec_name(s) for s in scale_specs]} "
+          f"providers={status}", flush=True)
     rows: list[dict[str, Any]] = []
     labels_at: dict[tuple[str, int], Any] = {}
     check: dict[str, Any] = {"n": check_n}
     diag: dict[str, Any] = {}
+    scale_rows: list[dict[str, Any]] = []
 
     def save(done: bool = False) -> tuple[Path, Path, str]:
-        md, payload = summarize(args, device, sizes, status, rows, check, diag, done)
+        md, payload = summarize(args, device, sizes, status, rows, check, diag, done,
+                                scale_specs, scale_rows)
         return (*write_results(args.name, payload, md, args.out), md)
 
     # Work order: the small torch sizes, then every size for all dcpe providers, smallest
@@ -447,6 +851,12 @@ def main(argv: list[str] | None = None) -> int:
 
     if not (args.isolate and not args.worker):  # else the children ran them
         diag.update(diagnostics(args.providers, status, data, args.diag_n, device))
+        save()
+
+    # past the dense matrix: after everything above, GPU rows first, then the cpu backend
+    if scale_specs:
+        scale_section(args, device, dcpe_ok, scale_specs, cpu_dims, deadline, check,
+                      scale_rows, save)
     jpath, mpath, md = save(done=True)
     if not args.worker:
         print(md)

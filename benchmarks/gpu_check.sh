@@ -52,7 +52,7 @@ print(dcpe.backends.status())" 2>&1 | tee -a "$OUT/build.log"
 # 4 GiB budget against the cpu backend).
 for t in triton cuda linear_gpu; do
   echo "== tests ($t)" | tee -a "$OUT/tests.log"
-  timeout 90 "$PY" -m pytest "tests/test_$t.py" -q -rs --durations=10 2>&1 \
+  timeout 80 "$PY" -m pytest "tests/test_$t.py" -q -rs --durations=10 2>&1 \
     | tee -a "$OUT/tests.log" || status=$?
 done
 
@@ -65,7 +65,12 @@ if [ "$limit" -lt 30 ]; then
   echo "no time left for the benchmark" | tee -a "$OUT/bench.log"
   exit 1
 fi
+# The dense sizes, Algorithm 1 up to N = 8192 (its larger sizes are extrapolated), then the
+# sizes past the dense matrix (--scale; the costliest last, so that a short run loses it
+# first).
 timeout $(( limit + 15 )) "$PY" benchmarks/bench_gpu.py --out "$OUT" --isolate \
-  --time-limit "$limit" --budget 15 --torch-budget 30 --torch-repeats 2 2>&1 \
-  | tee -a "$OUT/bench.log" || status=$?
+  --time-limit "$limit" --budget 10 --repeats 3 --torch-sizes 1024 2048 4096 8192 \
+  --torch-budget 20 --torch-repeats 2 \
+  --scale 262144x8 262144x8@24GiB 262144x8@16GiB 524288x8 1048576x8 262144x256 \
+  --scale-cpu-dims 8 2>&1 | tee -a "$OUT/bench.log" || status=$?
 exit "$status"

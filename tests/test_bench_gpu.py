@@ -3,8 +3,10 @@
 Without a GPU the script runs the Triton kernels under the interpreter on CPU tensors; the
 test checks that it writes complete results (JSON and markdown), that the dcpe rows agree
 with the ``cpu`` backend, and that the torch baseline takes both paths: a size timed after
-the dcpe rows and a size skipped by the cubic prediction.  On a GPU machine
-``benchmarks/gpu_check.sh`` runs the real benchmark.
+the dcpe rows and a size skipped by the cubic prediction; and that the section past the
+dense matrix (``--scale``) runs both engines, in a child process under ``--isolate``, and
+rejects a malformed spec.  On a GPU machine ``benchmarks/gpu_check.sh`` runs the real
+benchmark.
 """
 
 from __future__ import annotations
@@ -55,6 +57,12 @@ def test_dry_run_writes_complete_results(tmp_path: Path, isolate: bool) -> None:
         "rounds_labels_k_half"]
     if isolate:  # the child's own files came back under --out
         assert (tmp_path / "worker-triton" / "worker.json").exists()
+    # the dry run also runs the scale section at a tiny N, on both engines
+    scale = {(r["provider"], r["spec"]): r for r in payload["scale"]}
+    assert scale[("triton", "200x3")]["engine"] == "matrix"
+    assert scale[("triton", "200x3@160KiB")]["engine"] == "linear"
+    assert scale[("triton", "200x3@160KiB")]["labels_equal_cpu"] is True
+    assert scale[("cpu", "200x3")]["seconds"] > 0
 
 
 def _bench_gpu():
@@ -96,3 +104,63 @@ def test_child_out_of_time_becomes_an_error_row(tmp_path: Path,
     bench_gpu.run_child("triton", args, "cpu", [4096], 0, time.monotonic(), 1, rows, {}, {})
     assert len(rows) == 1 and rows[0]["n"] == 4096
     assert "stopped after 5 s" in rows[0]["error"]
+
+
+def test_scale_section_runs_both_engines(tmp_path: Path) -> None:
+    """``--scale`` under ``--isolate``: the rows of the child process come back, the limit
+    selects the matrix-free engine, and the labels agree with the ``cpu`` backend."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu",
+         "--sizes", "128", "--repeats", "1", "--providers", "triton", "--torch-sizes", "64",
+         "--scale", "200x3", "200x3@160KiB", "--scale-cpu-dims", "3", "--isolate",
+         "--time-limit", "250", "--out", str(tmp_path)],
+        env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((tmp_path / "gpu-h200.json").read_text())
+    assert payload["complete"] is True
+    assert payload["scale_specs"] == ["200x3", "200x3@160KiB"]
+    rows = {(r["provider"], r["spec"]): r for r in payload["scale"]}
+    assert set(rows) == {("triton", "200x3"), ("triton", "200x3@160KiB"), ("cpu", "200x3")}
+    for row in rows.values():
+        assert row["seconds"] > 0, row
+    assert rows[("triton", "200x3")]["engine"] == "matrix"
+    limited = rows[("triton", "200x3@160KiB")]
+    assert limited["engine"] == "linear" and limited["memory_limit"] == "160KiB"
+    assert limited["rounds"] >= 1
+    for provider, spec in [("triton", "200x3"), ("triton", "200x3@160KiB")]:
+        assert rows[(provider, spec)]["labels_equal_cpu"] is True
+    md = (tmp_path / "gpu-h200.md").read_text()
+    assert "## Past the dense matrix (k = N/2, one call)" in md
+    assert ("| provider | N | d | memory_limit | engine | time | peak memory | rounds | "
+            "vs cpu | labels = cpu |") in md
+    # the labels went through the temporary directory, which is gone; the child's own
+    # results came back under --out
+    assert (tmp_path / "worker-triton-scale" / "worker.json").exists()
+    assert not list(tmp_path.rglob("labels-*-scale-*.npy"))
+
+
+def test_bad_scale_spec_is_an_argument_error() -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--scale", "12y3"],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if "error:" in line]
+    assert len(errors) == 1 and "--scale" in errors[0] and "'12y3'" in errors[0], proc.stderr
+
+
+def test_scale_helpers() -> None:
+    bench_gpu = _bench_gpu()
+    assert bench_gpu.parse_scale_spec("262144x8@24GiB") == (262144, 8, "24GiB")
+    assert bench_gpu.parse_scale_spec("300x4") == (300, 4, None)
+    for bad in ["12y3", "1x8", "300x0", "300x4@", "300x4@lots", "x8"]:
+        with pytest.raises(argparse.ArgumentTypeError, match="invalid scale spec"):
+            bench_gpu.parse_scale_spec(bad)
+    import numpy as np
+
+    assert bench_gpu.same_partition(np.array([3, 3, 1, 2]), np.array([0, 0, 1, 2]))
+    assert not bench_gpu.same_partition(np.array([0, 0, 1, 2]), np.array([0, 1, 1, 2]))
+    # one generated array per d, smaller N are its prefixes
+    data = bench_gpu.ScaleData([(300, 4, None), (200, 4, "1MiB")])
+    assert data.get(200, 4).shape == (200, 4)
+    assert np.array_equal(data.get(200, 4), data.get(300, 4)[:200])

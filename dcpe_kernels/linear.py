@@ -23,10 +23,12 @@ host synchronisation.  Only the nearest neighbours are found differently:
   candidate_pairs`), and only those get an exact average over their token pairs, summed
   in float64 (:func:`dcpe_kernels.pair_average.pair_average`).  Every cluster's nearest
   neighbour is among its candidates, so the result is that of the dense engine.  Once the
-  clusters' own matrix fits ``handover_bytes`` (and, by default, the clusters hold 64
-  tokens on average, when exact pair sums start to cost more than the rounds' scans) it
-  is built in one pass over the token pairs (:func:`dcpe_kernels.pair_average.
-  cluster_matrix`) and the dense rounds finish.
+  clusters' own matrix fits ``handover_bytes`` (and, by default, a round's exact sums cover
+  1/64 of all token pairs: late rounds of a whole dendrogram, whose clusters are large)
+  it is built in one pass over the token pairs and the dense rounds finish: with
+  :func:`dcpe_kernels.pair_average.cluster_matrix` (one lane per pair) while every
+  cluster is small, else from the list of all pairs with ``pair_average``, which gives a
+  large pair a whole block.  A flat cut at ``k = N/2`` usually stops before.
 
 Reducibility (Bruynooghe 1977) spares most searches after the first round: a cluster
 that did not merge and whose nearest neighbour did not merge keeps it, so only merged
@@ -63,9 +65,18 @@ CLOSED_FORM_SCALE: dict[str, float | None] = {"euclidean": None, "sqeuclidean": 
                                               "cosine": 0.5}
 #: default size of the clusters' matrix (two buffers) at which the dense rounds take over
 DEFAULT_HANDOVER_BYTES = 16 << 30
-#: ... and, by default, once the clusters hold this many tokens on average: the hand-over
-#: costs one pass over all token pairs, and before it the matrix-free rounds are cheap
-HANDOVER_MEAN_SIZE = 64
+#: ... and, by default, once a round's exact sums cover at least this fraction of all token
+#: pairs: the hand-over costs one pass over all token pairs, while the rounds before it sum
+#: only their candidates' (a flat cut at k = N/2 usually never gets there)
+HANDOVER_WORK_FRACTION = 1 / 64
+#: the hand-over builds the matrix with one lane per cluster pair (cluster_matrix) while
+#: every cluster has at most this many tokens, else from the list of all pairs
+#: (pair_average, which gives a large pair a whole block / program)
+_LANE_MAX_SIZE = 32
+#: bytes per candidate pair: pa, pb, val and the temporaries of the nearest-neighbour pass
+_PAIR_BYTES = 64
+#: pairs per pair_average call when the hand-over builds the matrix from all pairs
+_MATRIX_CHUNK = 1 << 25
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8
 _MIN_PAIRS = 1024
@@ -155,8 +166,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     handover_bytes : int, optional
         The dense rounds take over (Euclidean) once two matrices of the active clusters
         fit in this many bytes and in the budget; 0 never hands over.  Default: once they
-        fit :data:`DEFAULT_HANDOVER_BYTES` and the clusters hold
-        :data:`HANDOVER_MEAN_SIZE` tokens on average.
+        fit :data:`DEFAULT_HANDOVER_BYTES` and a round's exact sums cover
+        :data:`HANDOVER_WORK_FRACTION` of all token pairs.
 
     Returns
     -------
@@ -186,7 +197,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                             f"{backend} backend: matrix-free rounds on {n_all} x {dim} tokens")
     handover = DEFAULT_HANDOVER_BYTES if handover_bytes is None else int(handover_bytes)
     handover = min(handover, avail - needed)
-    mean_size = HANDOVER_MEAN_SIZE if handover_bytes is None else 0
+    work_floor = HANDOVER_WORK_FRACTION if handover_bytes is None else 0.0
 
     scale = CLOSED_FORM_SCALE[metric]
     xs = x.contiguous()
@@ -227,7 +238,9 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         needy2[:n] = needy_next.to(torch.int8)
         out = [needy_next.sum().reshape(1)]
         if tokens is not None:
-            out += [count, _token_total(st, n)]
+            kept = torch.arange(n, device=dev) < st.counts[1]
+            out += [count, _token_total(st, n), _pair_work(pa, pb, count, st.size, n),
+                    torch.where(kept, st.size2[:n], 0).max().reshape(1)]
         return tuple(out)
 
     while n >= 2:
@@ -250,7 +263,14 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                 if vals[4] <= capacity:
                     break
-                capacity = 1 << math.ceil(math.log2(vals[4] * 1.25))
+                room = max(0, avail - needed) // _PAIR_BYTES
+                if vals[4] > room:
+                    raise _insufficient(
+                        needed + vals[4] * _PAIR_BYTES, avail,
+                        f"{backend} backend: {vals[4]:,} candidate cluster pairs in one "
+                        f"matrix-free round (many tied distances, such as duplicate rows?)",
+                        "remove duplicate rows, or use backend='cpu'")
+                capacity = min(room, 1 << math.ceil(math.log2(vals[4] * 1.25)))
                 pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
                 pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
                 val = torch.empty(capacity, dtype=dt, device=dev)
@@ -270,9 +290,15 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             slot = tokens.regroup(p, q, old_size, new_size, vals[5])
             r = _radius(tokens, slot, mu, n)
             rad = r + (r * rel + absm)
-            if 2 * n * n * itemsize <= handover and n > 1 and tokens.ntok >= mean_size * n:
+            if (2 * n * n * itemsize <= handover and n > 1
+                    and vals[6] >= work_floor * tokens.ntok * tokens.ntok):
                 cur = torch.empty(n * n, dtype=dt, device=dev)
-                ops.cluster_matrix(tokens.x, tokens.offsets, new_size, n, cur, n, nn, nnd)
+                if vals[7] <= _LANE_MAX_SIZE:
+                    ops.cluster_matrix(tokens.x, tokens.offsets, new_size, n, cur, n, nn, nnd)
+                else:
+                    room = avail - needed - n * n * itemsize
+                    _matrix_from_pairs(ops, tokens, new_size, n, cur, nn, nnd,
+                                       max(1024, min(_MATRIX_CHUNK, room // 48)))
                 used = needed + n * n * itemsize
                 del tokens, mu, m2, rad, pa, pb, val
                 dense_rounds(st, ops, cur, n, n, nn, nnd, 0, avail, used, backend)
@@ -321,6 +347,54 @@ def _compact(flags: torch.Tensor, count: int) -> torch.Tensor:
     out.scatter_(0, torch.where(on, pos, count),
                  torch.arange(n, dtype=torch.int32, device=flags.device))
     return out[:count]
+
+
+def _pair_work(pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, size: torch.Tensor,
+               n: int) -> torch.Tensor:
+    """Token pairs the round's exact sums covered (on the device)."""
+    live = torch.arange(pa.shape[0], device=pa.device) < count
+    a = torch.where(live, pa, 0).to(torch.int64)
+    b = torch.where(live, pb, 0).to(torch.int64)
+    return (torch.where(live, size[a] * size[b], 0)).sum().reshape(1)
+
+
+def _matrix_from_pairs(ops: Any, tokens: _Tokens, size: torch.Tensor, n: int,
+                       cur: torch.Tensor, nn: torch.Tensor, nnd: torch.Tensor,
+                       chunk: int) -> None:
+    """The clusters' matrix from the exact averages of all their pairs, in chunks of
+    ``chunk`` pairs (``pair_average`` sums a large pair with a whole block or
+    program), with row minima and smallest argmins; the same values as ``cluster_matrix``
+    up to the order of the float64 sums, and exactly symmetric (one sum per pair)."""
+    dev = cur.device
+    d = cur[: n * n].view(n, n)
+    d.fill_(float("inf"))
+    rows = torch.arange(n, device=dev)
+    a0 = 0
+    while a0 < n - 1:
+        # rows a0 .. a1 - 1, each with its pairs (a, b > a)
+        a1, total = a0, 0
+        while a1 < n - 1 and (total == 0 or total + (n - 1 - a1) <= chunk):
+            total += n - 1 - a1
+            a1 += 1
+        lengths = (n - 1) - rows[a0:a1]
+        a = torch.repeat_interleave(rows[a0:a1], lengths, output_size=total)
+        starts = torch.cumsum(lengths, 0) - lengths
+        b = torch.arange(total, device=dev) - starts[a - a0] + a + 1
+        pa, pb = a.to(torch.int32), b.to(torch.int32)
+        val = torch.empty(total, dtype=cur.dtype, device=dev)
+        count = torch.full((1,), total, dtype=torch.int64, device=dev)
+        ops.pair_average(tokens.x, tokens.offsets, size, pa, pb, count, total, val)
+        d[a, b] = val
+        d[b, a] = val
+        a0 = a1
+    step = max(1, (1 << 26) // max(n, 1))
+    for r0 in range(0, n, step):
+        r1 = min(n, r0 + step)
+        block = d[r0:r1]
+        best = block.min(dim=1).values
+        nnd[r0:r1] = best
+        # the first column at the minimum (argmax of a boolean returns the first maximum)
+        nn[r0:r1] = (block == best[:, None]).to(torch.uint8).argmax(dim=1)
 
 
 def _token_total(st: RoundState, n: int) -> torch.Tensor:

@@ -300,8 +300,12 @@ def test_preflight_refuses_too_large() -> None:
     n = int((total / 4) ** 0.5) + 4096
     xt = torch.zeros((n, 2), dtype=torch.float32, device="cuda")
     before = torch.cuda.memory_allocated()
-    with pytest.raises(MemoryError):
-        cb.labels(xt, 2, method="average", metric="euclidean", max_cluster_size=None)
+    # the matrix engine's preflight: single linkage needs the matrix, and so does average
+    # linkage with engine="matrix" (engine="auto" runs it matrix-free)
+    for method, engine in (("single", "auto"), ("average", "matrix")):
+        with pytest.raises(MemoryError):
+            cb.labels(xt, 2, method=method, metric="euclidean", max_cluster_size=None,
+                      engine=engine)
     assert torch.cuda.memory_allocated() == before
 
 

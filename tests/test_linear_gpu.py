@@ -328,6 +328,50 @@ def test_handover_happens_when_it_fits(monkeypatch: pytest.MonkeyPatch,
     assert calls == []
 
 
+@pytest.mark.parametrize("which", ["reference", "triton"])
+def test_handover_from_the_list_of_pairs(which: str, monkeypatch: pytest.MonkeyPatch,
+                                         rng: np.random.Generator) -> None:
+    """With clusters too large for one lane per pair, the hand-over builds the matrix from
+    ``pair_average`` over all pairs (in chunks): the same labels and dendrogram."""
+    from scipy.cluster.hierarchy import linkage as scipy_linkage
+
+    ops = _ops(which)
+    monkeypatch.setattr(linear, "_LANE_MAX_SIZE", 0)
+    monkeypatch.setattr(linear, "_MATRIX_CHUNK", 50)
+    x = tie_free(rng, 70, 3)
+    used = []
+    real = linear._matrix_from_pairs
+
+    def spy(*args):
+        used.append(args[3])
+        return real(*args)
+
+    monkeypatch.setattr(linear, "_matrix_from_pairs", spy)
+    mg = linear.linear_merges(torch.from_numpy(x).to(DEVICE), metric="euclidean",
+                              max_cluster_size=None, ops=ops, handover_bytes=2 * 30 * 30 * 8)
+    assert len(used) == 1 and 1 < used[0] <= 30
+    z = merges_to_linkage(mg)
+    ref = scipy_linkage(x, method="average")
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+    np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
+
+
+def test_duplicate_rows_past_the_budget_are_refused(rng: np.random.Generator) -> None:
+    """Identical rows make every pair a candidate (all distances 0): past the budget the
+    engine stops with InsufficientMemoryError naming the cause, instead of allocating."""
+    from dcpe import InsufficientMemoryError
+
+    x = torch.zeros((400, 2), dtype=torch.float32, device=DEVICE)
+    budget = linear.linear_required_bytes(400, 2, 4) + 100_000
+    with pytest.raises(InsufficientMemoryError, match="duplicate rows"):
+        linear.linear_merges(x, metric="euclidean", max_cluster_size=None, ops=ReferenceOps,
+                             n_clusters=2, memory_budget=budget)
+    # with room for them, duplicates are merged at height 0 like any tie
+    mg = linear.linear_merges(x[:60], metric="euclidean", max_cluster_size=None,
+                              ops=ReferenceOps, n_clusters=3)
+    assert int(merges_to_labels(mg, 3).max()) == 2
+
+
 def test_pair_overflow_reruns_the_round(monkeypatch: pytest.MonkeyPatch,
                                         rng: np.random.Generator) -> None:
     """Room for fewer candidate pairs than a round has: the round runs again with more."""

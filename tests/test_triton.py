@@ -625,8 +625,12 @@ def test_gpu_preflight_refuses_too_large() -> None:
     n = int((total / 4) ** 0.5) + 4096  # the float32 matrix alone exceeds the device
     xt = torch.zeros((n, 2), dtype=torch.float32, device="cuda")
     before = torch.cuda.memory_allocated()
-    with pytest.raises(MemoryError):
-        triton_backend.labels(xt, 2, method="average", metric="euclidean", max_cluster_size=None)
+    # the matrix engine's preflight: single linkage needs the matrix, and so does average
+    # linkage with engine="matrix" (engine="auto" runs it matrix-free)
+    for method, engine in (("single", "auto"), ("average", "matrix")):
+        with pytest.raises(MemoryError):
+            triton_backend.labels(xt, 2, method=method, metric="euclidean",
+                                  max_cluster_size=None, engine=engine)
     assert torch.cuda.memory_allocated() == before
 
 

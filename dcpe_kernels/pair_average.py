@@ -17,7 +17,8 @@ which side computed a distance.
 * :func:`pair_average` — ``_pair_average_tiled_kernel``: the averages of a list of pairs
   whose length lives on the device (the candidates of
   :func:`dcpe_kernels.centroid.candidate_pairs`), one pair at a time per program in a
-  grid-stride loop, in tiles of ``lo`` x ``hi`` tokens;
+  grid-stride loop, in tiles of ``lo`` x ``hi`` tokens: two launches, small pairs (most)
+  in small tiles, large pairs in 64 x 64 tiles of 8 warps;
 * :func:`cluster_matrix` — ``_cluster_matrix_rowlanes_kernel``: the dense matrix of all
   averages with its row minima and argmins (ties to the smallest column), to hand the
   last rounds over to the dense engine of :mod:`dcpe_kernels.rnn`; one program per row,
@@ -34,6 +35,9 @@ import torch
 
 from ._triton import HAS_TRITON, tl, triton
 from .centroid import _sqrt_rn
+
+#: no upper limit on a pair's token pairs (an int64 the kernel compares with)
+_NO_LIMIT = (1 << 62)
 
 __all__ = [
     "_reference_cluster_matrix",
@@ -92,46 +96,54 @@ def _reference_cluster_matrix(x: torch.Tensor, offsets: torch.Tensor, sizes: tor
 
 if HAS_TRITON:
 
-    @triton.jit(do_not_specialize=["dim", "capacity"])
+    @triton.jit
+    def _pair_average_one(x_ptr, dim, val_ptr, k, o_lo, n_lo, o_hi, n_hi,
+                          IS_F32: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
+        """Pair ``k``'s average, in ``BLOCK_I`` x ``BLOCK_J`` tiles of token pairs."""
+        dtype = x_ptr.dtype.element_ty
+        ii = tl.arange(0, BLOCK_I)
+        jj = tl.arange(0, BLOCK_J)
+        total = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float64)
+        for i0 in range(0, n_lo, BLOCK_I):
+            mi = (i0 + ii) < n_lo
+            ti = o_lo + i0 + ii
+            for j0 in range(0, n_hi, BLOCK_J):
+                mj = (j0 + jj) < n_hi
+                tj = o_hi + j0 + jj
+                acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=dtype)
+                for c in range(0, dim):
+                    u = tl.load(x_ptr + ti * dim + c, mask=mi, other=0.0)
+                    v = tl.load(x_ptr + tj * dim + c, mask=mj, other=0.0)
+                    diff = u[:, None] - v[None, :]
+                    acc += diff * diff
+                if IS_F32:
+                    dist = tl.sqrt_rn(acc)
+                else:
+                    dist = tl.sqrt(acc)
+                total += tl.where(mi[:, None] & mj[None, :], dist.to(tl.float64), 0.0)
+        s = tl.sum(tl.sum(total, axis=1), axis=0)
+        avg = s / (n_lo.to(tl.float64) * n_hi.to(tl.float64))
+        tl.store(val_ptr + k, avg.to(dtype))
+
+    @triton.jit(do_not_specialize=["dim", "capacity", "work_lo", "work_hi"])
     def _pair_average_tiled_kernel(x_ptr, dim, off_ptr, size_ptr, pa_ptr, pb_ptr, count_ptr,
-                                   capacity, val_ptr, IS_F32: tl.constexpr,
+                                   capacity, val_ptr, work_lo, work_hi, IS_F32: tl.constexpr,
                                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
-        dtype = x_ptr.dtype.element_ty
         cnt = tl.minimum(tl.load(count_ptr), capacity)
-        ii = tl.arange(0, BLOCK_I)
-        jj = tl.arange(0, BLOCK_J)
         for k in range(pid, cnt, nprog):
             a = tl.load(pa_ptr + k).to(tl.int64)
             b = tl.load(pb_ptr + k).to(tl.int64)
             lo = tl.minimum(a, b)
             hi = tl.maximum(a, b)
-            o_lo = tl.load(off_ptr + lo)
             n_lo = tl.load(size_ptr + lo)
-            o_hi = tl.load(off_ptr + hi)
             n_hi = tl.load(size_ptr + hi)
-            total = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float64)
-            for i0 in range(0, n_lo, BLOCK_I):
-                mi = (i0 + ii) < n_lo
-                ti = o_lo + i0 + ii
-                for j0 in range(0, n_hi, BLOCK_J):
-                    mj = (j0 + jj) < n_hi
-                    tj = o_hi + j0 + jj
-                    acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=dtype)
-                    for c in range(0, dim):
-                        u = tl.load(x_ptr + ti * dim + c, mask=mi, other=0.0)
-                        v = tl.load(x_ptr + tj * dim + c, mask=mj, other=0.0)
-                        diff = u[:, None] - v[None, :]
-                        acc += diff * diff
-                    if IS_F32:
-                        dist = tl.sqrt_rn(acc)
-                    else:
-                        dist = tl.sqrt(acc)
-                    total += tl.where(mi[:, None] & mj[None, :], dist.to(tl.float64), 0.0)
-            s = tl.sum(tl.sum(total, axis=1), axis=0)
-            avg = s / (n_lo.to(tl.float64) * n_hi.to(tl.float64))
-            tl.store(val_ptr + k, avg.to(dtype))
+            work = n_lo * n_hi
+            # this launch's class of pairs: [work_lo, work_hi) token pairs
+            if (work >= work_lo) & (work < work_hi):
+                _pair_average_one(x_ptr, dim, val_ptr, k, tl.load(off_ptr + lo), n_lo,
+                                  tl.load(off_ptr + hi), n_hi, IS_F32, BLOCK_I, BLOCK_J)
 
     @triton.jit(do_not_specialize=["dim", "n", "ld"])
     def _cluster_matrix_rowlanes_kernel(x_ptr, dim, off_ptr, size_ptr, n, out_ptr, ld, nn_ptr,
@@ -193,15 +205,19 @@ else:  # pragma: no cover - exercised only without triton
 
 def _launch_config(on_cpu: bool) -> dict[str, int]:
     """Small tiles and few programs under the interpreter; on a GPU 16 x 16 token tiles
-    and a grid of 4096 programs for the pairs, 128 lanes per row for the matrix.
+    and a grid of 4096 programs for the pairs of up to ``SPLIT`` token pairs, 64 x 64
+    tiles of 8 warps on 1024 programs for the larger ones, 128 lanes per row for the
+    matrix.
 
     ``enable_fp_fusion`` is off: token distances round like the dense engines' (module
     docstring).
     """
     if on_cpu:
         return {"BLOCK_I": 4, "BLOCK_J": 8, "PROGRAMS": 3, "BLOCK_B": 16, "num_warps": 1,
+                "SPLIT": 6, "BIG_I": 8, "BIG_J": 8, "BIG_PROGRAMS": 2, "big_warps": 1,
                 "enable_fp_fusion": False}
     return {"BLOCK_I": 16, "BLOCK_J": 16, "PROGRAMS": 4096, "BLOCK_B": 128, "num_warps": 4,
+            "SPLIT": 4096, "BIG_I": 64, "BIG_J": 64, "BIG_PROGRAMS": 1024, "big_warps": 8,
             "enable_fp_fusion": False}
 
 
@@ -228,12 +244,18 @@ def pair_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")
     cfg = _launch_config(x.device.type == "cpu")
-    grid = (max(1, min(cfg["PROGRAMS"], int(capacity))),)
-    _pair_average_tiled_kernel[grid](x, x.shape[1], offsets, sizes, pa, pb, count,
-                                     int(capacity), val, IS_F32=x.dtype == torch.float32,
-                                     BLOCK_I=cfg["BLOCK_I"], BLOCK_J=cfg["BLOCK_J"],
-                                     num_warps=cfg["num_warps"],
-                                     enable_fp_fusion=cfg["enable_fp_fusion"])
+    f32 = x.dtype == torch.float32
+    # small pairs (most of them) with small tiles; large ones with large tiles and warps
+    classes = ((0, cfg["SPLIT"], cfg["PROGRAMS"], cfg["BLOCK_I"], cfg["BLOCK_J"],
+                cfg["num_warps"]),
+               (cfg["SPLIT"], _NO_LIMIT, cfg["BIG_PROGRAMS"], cfg["BIG_I"], cfg["BIG_J"],
+                cfg["big_warps"]))
+    for lo, hi, programs, bi, bj, warps in classes:
+        grid = (max(1, min(programs, int(capacity))),)
+        _pair_average_tiled_kernel[grid](x, x.shape[1], offsets, sizes, pa, pb, count,
+                                         int(capacity), val, lo, hi, IS_F32=f32, BLOCK_I=bi,
+                                         BLOCK_J=bj, num_warps=warps,
+                                         enable_fp_fusion=cfg["enable_fp_fusion"])
 
 
 def cluster_matrix(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor, n: int,

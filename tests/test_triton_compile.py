@@ -106,19 +106,20 @@ SCRIPT = textwrap.dedent("""
         cfg = pair_average._launch_config(on_cpu=False)
         sig = {"x_ptr": f"*{dt}", "dim": "i32", "off_ptr": "*i64", "size_ptr": "*i64",
                "pa_ptr": "*i32", "pb_ptr": "*i32", "count_ptr": "*i64", "capacity": "i32",
-               "val_ptr": f"*{dt}", "IS_F32": "constexpr", "BLOCK_I": "constexpr",
-               "BLOCK_J": "constexpr"}
-        kernel = build(pair_average._pair_average_tiled_kernel, sig,
-                       {"IS_F32": dt == "fp32", "BLOCK_I": cfg["BLOCK_I"],
-                        "BLOCK_J": cfg["BLOCK_J"]},
-                       {k: v for k, v in cfg.items() if k != "PROGRAMS"})
-        assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
+               "val_ptr": f"*{dt}", "work_lo": "i64", "work_hi": "i64", "IS_F32": "constexpr",
+               "BLOCK_I": "constexpr", "BLOCK_J": "constexpr"}
+        for bi, bj, warps in ((cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["num_warps"]),
+                              (cfg["BIG_I"], cfg["BIG_J"], cfg["big_warps"])):
+            kernel = build(pair_average._pair_average_tiled_kernel, sig,
+                           {"IS_F32": dt == "fp32", "BLOCK_I": bi, "BLOCK_J": bj},
+                           {"num_warps": warps, "enable_fp_fusion": False})
+            assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
         sig = {"x_ptr": f"*{dt}", "dim": "i32", "off_ptr": "*i64", "size_ptr": "*i64",
                "n": "i32", "out_ptr": f"*{dt}", "ld": "i32", "nn_ptr": "*i64",
                "nnd_ptr": f"*{dt}", "IS_F32": "constexpr", "BLOCK_B": "constexpr"}
         kernel = build(pair_average._cluster_matrix_rowlanes_kernel, sig,
                        {"IS_F32": dt == "fp32", "BLOCK_B": cfg["BLOCK_B"]},
-                       {k: v for k, v in cfg.items() if k != "PROGRAMS"})
+                       {"num_warps": cfg["num_warps"], "enable_fp_fusion": False})
         assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
 
     # Sizes change from round to round; a kernel specialised on them (divisibility by 16,
@@ -159,5 +160,5 @@ def test_kernels_compile_for_nvidia_gpus(arch: int) -> None:
     assert built.count("_round_scan_oneblock_kernel") == 2
     assert built.count("_centroid_nn_tiled_kernel") == 6
     assert built.count("_candidate_pairs_tiled_kernel") == 2
-    assert built.count("_pair_average_tiled_kernel") == 2
+    assert built.count("_pair_average_tiled_kernel") == 4
     assert built.count("_cluster_matrix_rowlanes_kernel") == 2

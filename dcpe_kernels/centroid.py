@@ -161,8 +161,11 @@ if HAS_TRITON:
         rows64 = rows.to(tl.int64)
         dtype = mu_ptr.dtype.element_ty
         s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
-        best = tl.full([BLOCK_M], float("inf"), dtype)
-        besti = tl.zeros([BLOCK_M], dtype=tl.int64)
+        # running minimum per tile position: position j sees the columns j, j + BLOCK_N, ...
+        # in increasing order, so a strict < keeps the smallest column among equal values;
+        # the rows are reduced once, at the end
+        tile_v = tl.full([BLOCK_M, BLOCK_N], float("inf"), dtype)
+        tile_i = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
         for c0 in range(0, n, BLOCK_N):
             cols = c0 + tl.arange(0, BLOCK_N)
             cmask = cols < n
@@ -173,13 +176,11 @@ if HAS_TRITON:
             v = acc + (s2r[:, None] + s2c[None, :])
             if MODE == 1 and HALF:
                 v = v * 0.5
-            v = tl.where((rows[:, None] == cols[None, :]) | (cmask[None, :] == 0),
-                         float("inf"), v)
-            bm = tl.min(v, axis=1)
-            bi = tl.min(tl.where(v == bm[:, None], cols64[None, :], n), axis=1)
-            upd = bm < best
-            best = tl.where(upd, bm, best)
-            besti = tl.where(upd, bi, besti)
+            upd = (v < tile_v) & (rows[:, None] != cols[None, :]) & cmask[None, :]
+            tile_v = tl.where(upd, v, tile_v)
+            tile_i = tl.where(upd, cols[None, :], tile_i)
+        best = tl.min(tile_v, axis=1)
+        besti = tl.min(tl.where(tile_v == best[:, None], tile_i, n), axis=1).to(tl.int64)
         besti = tl.where(best < float("inf"), besti, 0)
         if MODE == 0:  # the root of the minimum is the minimum of the roots (monotone)
             if IS_F32:

@@ -124,6 +124,28 @@ def test_centroid_nn_matches_reference(which: str, dtype: torch.dtype, mode: int
             assert torch.equal(nn.cpu(), ref_nn)
 
 
+@pytest.mark.parametrize("which", KERNEL_OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_centroid_nn_ties_go_to_the_smallest_column(which: str, dtype: torch.dtype,
+                                                    rng: np.random.Generator) -> None:
+    """Centroids on a small integer grid: many equal values; every row's argmin is the
+    smallest column among them, as in the reference (and across column tiles)."""
+    ops = _ops(which)
+    n = 150
+    mu_t = torch.from_numpy(rng.integers(-1, 2, size=(2, n)).astype(np.float64)).to(dtype)
+    s2 = torch.from_numpy(rng.integers(0, 2, size=n).astype(np.float64)).to(dtype)
+    rows = torch.arange(n, dtype=torch.int32)
+    for mode in (0, 1):
+        out = torch.empty(n, dtype=dtype, device=DEVICE)
+        nn = torch.empty(n, dtype=torch.int64, device=DEVICE)
+        ops.centroid_nn(mu_t.to(DEVICE), s2.to(DEVICE), n, mode, 1.0, out, nn,
+                        rows.to(DEVICE), n)
+        ref_out, ref_nn = torch.empty(n, dtype=dtype), torch.empty(n, dtype=torch.int64)
+        _reference_centroid_nn(mu_t, s2, n, mode, 1.0, ref_out, ref_nn, rows, n)
+        assert torch.equal(out.cpu(), ref_out)
+        assert torch.equal(nn.cpu(), ref_nn)  # on a grid, equal roots come from equal values
+
+
 def _pairs(ops, mu_t, s2, rad, tau, n, capacity, rel=1e-5, absm=1e-6, rows=None):
     rel, absm = (float(np.float32(v)) for v in (rel, absm))
     dev = mu_t.device

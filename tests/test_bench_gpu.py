@@ -127,7 +127,11 @@ def test_scale_section_runs_both_engines(tmp_path: Path) -> None:
     assert rows[("triton", "200x3")]["engine"] == "matrix"
     limited = rows[("triton", "200x3@160KiB")]
     assert limited["engine"] == "linear" and limited["memory_limit"] == "160KiB"
-    assert limited["rounds"] >= 1
+    # rounds are counted by one more call, only for rows short enough (bench_gpu.py)
+    if limited["seconds"] <= _bench_gpu().SCALE_ROUNDS_MAX_S:
+        assert limited["rounds"] >= 1
+    else:
+        assert "rounds" not in limited
     for provider, spec in [("triton", "200x3"), ("triton", "200x3@160KiB")]:
         assert rows[(provider, spec)]["labels_equal_cpu"] is True
     md = (tmp_path / "gpu-h200.md").read_text()

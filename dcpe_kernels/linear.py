@@ -187,9 +187,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     itemsize = x.element_size()
     i64, f64 = torch.int64, torch.float64
     if n_all < 2:
-        e = torch.empty(0, dtype=i64, device=dev)
-        return Merges(n_all, e, e.clone(), torch.empty(0, dtype=dt, device=dev),
-                      torch.empty(0, dtype=dt, device=dev), e.clone())
+        return Merges.none(n_all, dev, dt)
     avail = memory_available(dev) if memory_budget is None else int(memory_budget)
     needed = linear_required_bytes(n_all, dim, itemsize)
     if needed > avail:

@@ -166,6 +166,13 @@ class Merges:
         if self.known < 0:
             self.known = self.m
 
+    @classmethod
+    def none(cls, n: int, dev: torch.device, dt: torch.dtype) -> Merges:
+        """No merges (fewer than two leaves)."""
+        e = torch.empty(0, dtype=torch.int64, device=dev)
+        return cls(n, e, e.clone(), torch.empty(0, dtype=dt, device=dev),
+                   torch.empty(0, dtype=dt, device=dev), e.clone())
+
     @property
     def m(self) -> int:
         return int(self.rep_a.shape[0])
@@ -224,9 +231,7 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
     i64 = torch.int64
 
     if n_all < 2:
-        e = torch.empty(0, dtype=i64, device=dev)
-        return Merges(n_all, e, e.clone(), torch.empty(0, dtype=dt, device=dev),
-                      torch.empty(0, dtype=dt, device=dev), e.clone())
+        return Merges.none(n_all, dev, dt)
 
     avail = memory_available(dev) if memory_budget is None else int(memory_budget)
     needed = required_bytes(n_all, dim, itemsize)

@@ -36,32 +36,9 @@
 
 #include "cuda_ops.h"
 #include "rnn_dispatch.h"
+#include "stream_launch.cuh"
 
 namespace dcpe_cuda {
-namespace {
-
-// The launcher of rnn_dispatch.h: kernel<<<grid, block, 0, stream>>>(args...), and a launch
-// error thrown as std::runtime_error.
-struct StreamLaunch {
-  cudaStream_t stream;
-
-  template <typename... P, typename... A>
-  void operator()(const char* name, void (*kernel)(P...), unsigned grid, unsigned block,
-                  A... args) const {
-    kernel<<<grid, block, 0, stream>>>(args...);
-    const cudaError_t err = cudaGetLastError();
-    if (err != cudaSuccess) {
-      throw std::runtime_error(std::string("dcpe CUDA error in ") + name + " launch: " +
-                               cudaGetErrorString(err));
-    }
-  }
-};
-
-inline StreamLaunch on(std::uintptr_t stream) {
-  return StreamLaunch{reinterpret_cast<cudaStream_t>(stream)};
-}
-
-}  // namespace
 
 void pairwise_nn(int dtype, std::uintptr_t x, std::uintptr_t D, std::uintptr_t nn,
                  std::uintptr_t nnd, std::int64_t n, std::int64_t dim, std::int64_t ld,

@@ -42,6 +42,8 @@ every quantity is the same bits for ``(a, b)`` and ``(b, a)``.
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import torch
 
@@ -247,6 +249,14 @@ else:  # pragma: no cover - exercised only without triton
     _candidate_pairs_tiled_kernel = None
 
 
+@functools.lru_cache(maxsize=16)
+def _margins_on(rel: float, absm: float, dtype: torch.dtype,
+                device: torch.device) -> torch.Tensor:
+    """``[rel, absm]`` in ``dtype`` on ``device``, copied there once per run (the values
+    are fixed for a run), so that a round does not wait for a host-to-device copy."""
+    return torch.tensor([rel, absm], dtype=dtype).to(device)
+
+
 def _launch_config(on_cpu: bool) -> dict[str, int]:
     """Small tiles under the interpreter; 64 x 64 tiles of 4 warps on a GPU.
 
@@ -334,7 +344,7 @@ def candidate_pairs(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.Tensor,
     if nrows == 0:
         return
     grid = (triton.cdiv(nrows, cfg["BLOCK_M"]),)
-    margins = torch.tensor([rel, absm], dtype=mu_t.dtype).to(mu_t.device, non_blocking=True)
+    margins = _margins_on(float(rel), float(absm), mu_t.dtype, mu_t.device)
     _candidate_pairs_tiled_kernel[grid](mu_t, s2, rad, tau, n, mu_t.shape[0], margins, pa, pb,
                                         count, int(capacity), rows, nrows, needy,
                                         IS_F32=mu_t.dtype == torch.float32,

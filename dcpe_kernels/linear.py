@@ -30,6 +30,10 @@ host synchronisation.  Only the nearest neighbours are found differently:
   cluster is small, else from the list of all pairs with ``pair_average``, which gives a
   large pair a whole block.  A flat cut at ``k = N/2`` usually stops before.
 
+A pair of clusters with at least 2**20 token pairs is summed in 128 parts of its larger
+cluster, each part a pair of its own for ``pair_average`` (:func:`_pair_sums`): a few large
+pairs do not leave the device to one block each.
+
 Reducibility (Bruynooghe 1977) spares most searches after the first round: a cluster
 that did not merge and whose nearest neighbour did not merge keeps it, so only merged
 clusters and those whose neighbour merged scan (:func:`_carry_neighbours`).
@@ -74,7 +78,13 @@ HANDOVER_WORK_FRACTION = 1 / 64
 #: (pair_average, which gives a large pair a whole block / program)
 _LANE_MAX_SIZE = 32
 #: bytes per candidate pair: pa, pb, val and the temporaries of the nearest-neighbour pass
-_PAIR_BYTES = 64
+_PAIR_BYTES = 96
+#: a pair of at least this many token pairs is summed in parts, all over the device
+_SPLIT_WORK = 1 << 20
+#: ... in this many parts of its larger cluster (each a pair of its own for pair_average)
+_SPLIT_PARTS = 128
+#: at most this many pairs are split per call (any more are summed whole)
+_SPLIT_MAX = 512
 #: pairs per pair_average call when the hand-over builds the matrix from all pairs
 _MATRIX_CHUNK = 1 << 25
 #: initial room for candidate pairs, per active cluster
@@ -255,8 +265,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 count.zero_()
                 ops.candidate_pairs(mu_t, s2t, rad, best, n, rel, absm, pa, pb, count,
                                     capacity, rows, nrows, needy)
-                ops.pair_average(tokens.x, tokens.offsets, st.size, pa, pb, count, capacity,
-                                 val)
+                _pair_sums(ops, tokens.x, tokens.offsets, st.size, n, pa, pb, count, capacity,
+                           val)
                 _nearest_from_pairs(pa, pb, val, count, n, needy, nn, nnd)
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                 if vals[4] <= capacity:
@@ -347,6 +357,57 @@ def _compact(flags: torch.Tensor, count: int) -> torch.Tensor:
     return out[:count]
 
 
+def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Tensor, n: int,
+               pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, capacity: int,
+               val: torch.Tensor) -> None:
+    """``ops.pair_average`` of the pairs ``k < count`` into ``val``, without leaving a large
+    pair to one block (one program): the first :data:`_SPLIT_MAX` pairs of at least
+    :data:`_SPLIT_WORK` token pairs are summed in :data:`_SPLIT_PARTS` parts of their larger
+    cluster, each part a pair of its own (float64 averages, times their token pairs), and
+    the parts added in a fixed order.  The value is that of one sum up to the order of the
+    float64 additions; everything stays on the device (no host synchronisation)."""
+    dev = val.device
+    i64, f64 = torch.int64, torch.float64
+    ar = torch.arange(capacity, device=dev)
+    live = ar < count
+    a = torch.where(live, pa, 0).to(i64)
+    b = torch.where(live, pb, 0).to(i64)
+    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+    n_lo, n_hi = size[lo], size[hi]
+    # (the larger cluster has at least one token per part)
+    big = live & (n_lo * n_hi >= _SPLIT_WORK) & (torch.maximum(n_lo, n_hi) >= _SPLIT_PARTS)
+    rank = torch.cumsum(big, 0) - 1
+    take = big & (rank < _SPLIT_MAX)
+    # the other pairs whole; a split pair is replaced by the small pair (0, 1) there
+    ops.pair_average(x, offsets, size, torch.where(take, 0, pa), torch.where(take, 1, pb),
+                     count, capacity, val)
+    # the split pairs: slot j < _SPLIT_MAX holds pair k_of[j]
+    k_of = torch.zeros(_SPLIT_MAX + 1, dtype=i64, device=dev)
+    k_of = k_of.scatter(0, torch.where(take, rank, _SPLIT_MAX), ar)[:_SPLIT_MAX]
+    n_take = take.sum()
+    lo_j, hi_j, nl_j, nh_j = lo[k_of], hi[k_of], n_lo[k_of], n_hi[k_of]
+    split_hi = nh_j >= nl_j
+    c_s = torch.where(split_hi, hi_j, lo_j)  # the cluster cut into parts
+    c_o = torch.where(split_hi, lo_j, hi_j)
+    parts = torch.arange(_SPLIT_PARTS + 1, device=dev)
+    edges = (parts[None, :] * size[c_s][:, None]) // _SPLIT_PARTS
+    part_size = edges[:, 1:] - edges[:, :-1]
+    part_off = offsets[c_s][:, None] + edges[:, :-1]
+    # the parts are clusters n, n + 1, ...: the uncut cluster is always the smaller slot
+    offsets_x = torch.cat([offsets[:n], part_off.reshape(-1)])
+    sizes_x = torch.cat([size[:n], part_size.reshape(-1)])
+    m = _SPLIT_MAX * _SPLIT_PARTS
+    pa_x = c_o.repeat_interleave(_SPLIT_PARTS).to(torch.int32)
+    pb_x = (n + torch.arange(m, device=dev)).to(torch.int32)
+    val_x = torch.zeros(m, dtype=f64, device=dev)
+    ops.pair_average(x, offsets_x, sizes_x, pa_x, pb_x, (n_take * _SPLIT_PARTS).reshape(1), m,
+                     val_x)
+    weight = part_size.to(f64) * size[c_o].to(f64)[:, None]
+    sums = val_x.view(_SPLIT_MAX, _SPLIT_PARTS) * weight  # rows past n_take are not used
+    avg = (sums.sum(1) / (nl_j.to(f64) * nh_j.to(f64))).to(val.dtype)
+    val.copy_(torch.where(take, avg[torch.where(take, rank, 0)], val))
+
+
 def _pair_work(pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, size: torch.Tensor,
                n: int) -> torch.Tensor:
     """Token pairs the round's exact sums covered (on the device)."""
@@ -381,7 +442,7 @@ def _matrix_from_pairs(ops: Any, tokens: _Tokens, size: torch.Tensor, n: int,
         pa, pb = a.to(torch.int32), b.to(torch.int32)
         val = torch.empty(total, dtype=cur.dtype, device=dev)
         count = torch.full((1,), total, dtype=torch.int64, device=dev)
-        ops.pair_average(tokens.x, tokens.offsets, size, pa, pb, count, total, val)
+        _pair_sums(ops, tokens.x, tokens.offsets, size, n, pa, pb, count, total, val)
         d[a, b] = val
         d[b, a] = val
         a0 = a1

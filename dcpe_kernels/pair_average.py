@@ -61,6 +61,8 @@ def _reference_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tens
     lo, hi = min(a, b), max(a, b)
     ol, nl = int(offsets[lo]), int(sizes[lo])
     oh, nh = int(offsets[hi]), int(sizes[hi])
+    if nl * nh == 0:  # an empty cluster: 0 / 0, as the kernels compute it
+        return float("nan")
     d = _token_distances(x[ol:ol + nl], x[oh:oh + nh]).to(torch.float64)
     return float(d.sum()) / (float(nl) * float(nh))
 
@@ -123,7 +125,7 @@ if HAS_TRITON:
                 total += tl.where(mi[:, None] & mj[None, :], dist.to(tl.float64), 0.0)
         s = tl.sum(tl.sum(total, axis=1), axis=0)
         avg = s / (n_lo.to(tl.float64) * n_hi.to(tl.float64))
-        tl.store(val_ptr + k, avg.to(dtype))
+        tl.store(val_ptr + k, avg.to(val_ptr.dtype.element_ty))
 
     @triton.jit(do_not_specialize=["dim", "capacity", "work_lo", "work_hi"])
     def _pair_average_tiled_kernel(x_ptr, dim, off_ptr, size_ptr, pa_ptr, pb_ptr, count_ptr,
@@ -239,7 +241,9 @@ def pair_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
     capacity : int
         Length of ``pa`` / ``pb`` / ``val``.
     val : torch.Tensor
-        ``(capacity,)`` dtype output; entries past the count are left as they are.
+        ``(capacity,)`` output in the dtype of ``x``, or float64 (the average unrounded: the
+        parts of a large pair, which the caller sums); entries past the count are left as
+        they are.
     """
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")

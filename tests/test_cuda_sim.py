@@ -53,7 +53,8 @@ _SIGNATURES = {
     "dcpe_sim_centroid_nn": [_INT, _U, _U, _I64, _I64, _INT, _F64, _U, _U, _U, _I64, _U],
     "dcpe_sim_candidate_pairs": [_INT, _U, _U, _U, _U, _I64, _I64, _F64, _F64, _U, _U, _U,
                                  _I64, _U, _I64, _U, _U],
-    "dcpe_sim_pair_average": [_INT, _U, _I64, _U, _U, _U, _U, _U, _I64, _U, _U],
+    "dcpe_sim_pair_average": [_INT, _U, _I64, _U, _U, _U, _U, _U, _I64, _U, ctypes.c_bool,
+                              _U],
     "dcpe_sim_cluster_matrix": [_INT, _U, _I64, _U, _U, _I64, _U, _I64, _U, _U, _U],
     "dcpe_sim_selftest": [ctypes.c_void_p] * 4 + [_INT],
     "dcpe_sim_set_reverse": [_INT],
@@ -736,9 +737,9 @@ def test_linear_kernels_check_their_arguments(sim: _SimExt, ops: type) -> None:
         ("nrows", lambda: sim.candidate_pairs(0, p[0], p[1], p[1], p[1], 3, 2, 0.0, 0.0,
                                               p[3], p[3], p[2], 3, p[3], -1, p[3], 0)),
         ("dtype code", lambda: sim.pair_average(5, p[0], 2, p[2], p[2], p[3], p[3], p[2], 3,
-                                                p[1], 0)),
+                                                p[1], False, 0)),
         ("capacity", lambda: sim.pair_average(0, p[0], 2, p[2], p[2], p[3], p[3], p[2], -2,
-                                              p[1], 0)),
+                                              p[1], False, 0)),
         ("dtype code", lambda: sim.cluster_matrix(3, p[0], 2, p[2], p[2], 3, p[1], 3, p[2],
                                                   p[1], 0)),
         ("ld", lambda: sim.cluster_matrix(0, p[0], 2, p[2], p[2], 3, p[1], 2, p[2], p[1], 0)),
@@ -818,3 +819,36 @@ def test_matrix_free_rounds_match_cpu(ops: type, case: tuple) -> None:
             warnings.simplefilter("ignore", UserWarning)
             want = dcpe.cluster(x, k, max_cluster_size=cap, backend="cpu")
         assert same_partition(merges_to_labels(mg, k).numpy(), np.asarray(want)), k
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+def test_large_pairs_in_parts_match_cpu(ops: type, dtype: torch.dtype,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large pairs summed in parts (float64 part averages from the kernel, whatever the
+    tokens' dtype): the parts add up to the whole pair's average, and the engine's
+    dendrogram is SciPy's."""
+    from scipy.cluster.hierarchy import linkage as scipy_linkage
+
+    import dcpe_kernels.linear as linear
+    from dcpe_kernels.pair_average import _reference_pair_average
+    from dcpe_kernels.rnn import merges_to_linkage
+
+    monkeypatch.setattr(linear, "_SPLIT_WORK", 6)
+    monkeypatch.setattr(linear, "_SPLIT_PARTS", 4)
+    rng = np.random.default_rng(12)
+    x, offsets, sizes = cluster_inputs(rng, [5, 7, 1, 9, 4, 6, 2, 8], 3, dtype)
+    pa = torch.tensor([0, 1, 3, 2, 5, 7, 4], dtype=torch.int32)
+    pb = torch.tensor([1, 3, 7, 6, 0, 4, 2], dtype=torch.int32)
+    count = torch.tensor([7], dtype=torch.int64)
+    got = torch.empty(7, dtype=dtype)
+    linear._pair_sums(ops, x, offsets, sizes, 8, pa, pb, count, 7, got)
+    want = torch.empty(7, dtype=dtype)
+    _reference_pair_average(x, offsets, sizes, pa, pb, count, 7, want)
+    assert_close_averages(got, want)
+    pts = tie_free(np.random.default_rng(3), 50, 3)
+    mg = linear.linear_merges(torch.from_numpy(pts), metric="euclidean", max_cluster_size=None,
+                              ops=ops, backend="cuda", handover_bytes=0)
+    z = merges_to_linkage(mg)
+    ref = scipy_linkage(pts, method="average")
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+    np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)

@@ -378,6 +378,60 @@ def test_handover_from_the_list_of_pairs(which: str, monkeypatch: pytest.MonkeyP
     np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
 
 
+@pytest.mark.parametrize("which", ["reference", "triton"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_large_pairs_summed_in_parts(which: str, dtype: torch.dtype,
+                                     monkeypatch: pytest.MonkeyPatch,
+                                     rng: np.random.Generator) -> None:
+    """Pairs of many token pairs are summed in parts of their larger cluster (here: from 4
+    token pairs, 3 parts, at most 5 pairs split per call, so some large pairs stay whole):
+    the values of one sum, up to the order of the float64 additions."""
+    ops = _ops(which)
+    monkeypatch.setattr(linear, "_SPLIT_WORK", 4)
+    monkeypatch.setattr(linear, "_SPLIT_PARTS", 3)
+    monkeypatch.setattr(linear, "_SPLIT_MAX", 5)
+    n = 25
+    x, offsets, sizes, _, _, _ = _clusters(rng, n, 4, dtype)
+    pairs = [(a, b) for a in range(n) for b in range(n) if a != b and (3 * a + b) % 7 == 0]
+    capacity = len(pairs) + 4
+    pa = torch.tensor([p[0] for p in pairs] + [0] * 4, dtype=torch.int32, device=DEVICE)
+    pb = torch.tensor([p[1] for p in pairs] + [1] * 4, dtype=torch.int32, device=DEVICE)
+    count = torch.tensor([len(pairs)], dtype=torch.int64, device=DEVICE)
+    got = torch.full((capacity,), -7.0, dtype=dtype, device=DEVICE)
+    linear._pair_sums(ops, x, offsets, sizes, n, pa, pb, count, capacity, got)
+    want = torch.full((capacity,), -7.0, dtype=dtype)
+    _reference_pair_average(x.cpu(), offsets.cpu(), sizes.cpu(), pa.cpu(), pb.cpu(),
+                            count.cpu(), capacity, want)
+    na, nb = sizes.cpu()[pa.cpu().long()], sizes.cpu()[pb.cpu().long()]
+    big = ((na * nb >= 4) & (torch.maximum(na, nb) >= 3))[:len(pairs)]
+    assert int(big.sum()) > 5  # some split, some too many to split
+    rtol = 1e-14 if dtype == torch.float64 else 1.2e-7  # float32: one rounding apart at most
+    torch.testing.assert_close(got.cpu()[:len(pairs)], want[:len(pairs)], rtol=rtol, atol=0)
+    assert bool((got.cpu()[len(pairs):] == -7.0).all())
+
+
+@pytest.mark.parametrize("which", ["reference", "triton"])
+def test_engine_with_pairs_in_parts_matches_scipy(which: str,
+                                                  monkeypatch: pytest.MonkeyPatch,
+                                                  rng: np.random.Generator) -> None:
+    """The whole engine with large pairs in parts, to the end and through the hand-over
+    from all pairs: SciPy's dendrogram."""
+    from scipy.cluster.hierarchy import linkage as scipy_linkage
+
+    ops = _ops(which)
+    monkeypatch.setattr(linear, "_SPLIT_WORK", 6)
+    monkeypatch.setattr(linear, "_SPLIT_PARTS", 4)
+    monkeypatch.setattr(linear, "_LANE_MAX_SIZE", 0)
+    x = tie_free(rng, 60, 3)
+    for handover in (0, 2 * 20 * 20 * 8):
+        mg = linear.linear_merges(torch.from_numpy(x).to(DEVICE), metric="euclidean",
+                                  max_cluster_size=None, ops=ops, handover_bytes=handover)
+        z = merges_to_linkage(mg)
+        ref = scipy_linkage(x, method="average")
+        np.testing.assert_array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+        np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
+
+
 def test_duplicate_rows_past_the_budget_are_refused(rng: np.random.Generator) -> None:
     """Identical rows make every pair a candidate (all distances 0): past the budget the
     engine stops with InsufficientMemoryError naming the cause, instead of allocating."""

@@ -83,10 +83,12 @@ void candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2, std::uin
 // pairwise_nn's metric 0), summed in float64 in a fixed order, divided in float64 by
 // size_lo * size_hi, rounded once to dtype.  x: (ntok, dim) row-major dtype, cluster c
 // the rows offsets[c] .. offsets[c] + sizes[c] - 1 (int64); pa, pb: int32; val: dtype.
+// val_f64: val is float64 whatever dtype is (the parts of a large pair, which the caller
+// sums in float64).
 void pair_average(int dtype, std::uintptr_t x, std::int64_t dim, std::uintptr_t offsets,
                   std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,
                   std::uintptr_t count, std::int64_t capacity, std::uintptr_t val,
-                  std::uintptr_t stream);
+                  bool val_f64, std::uintptr_t stream);
 
 // out[a*ld + b] = the average of pair_average for every a != b < n (exactly symmetric),
 // +inf on the diagonal; nn / nnd = row argmin (ties to the smallest column) / minimum.

@@ -157,18 +157,18 @@ inline unsigned pair_grid(I64 capacity) {
   return static_cast<unsigned>(blocks < 1024 ? blocks : 1024);
 }
 
-template <typename T, typename Launch>
+template <typename T, typename V, typename Launch>
 void pair_average_typed(Launch& launch, U x, I64 dim, U offsets, U sizes, U pa, U pb, U count,
                         I64 capacity, U val) {
-  launch("pair_average_kernel", kernels::pair_average_kernel<T>, pair_grid(capacity),
+  launch("pair_average_kernel", kernels::pair_average_kernel<T, V>, pair_grid(capacity),
          kernels::kPairThreads, as<const T>(x), dim, as<const I64>(offsets),
          as<const I64>(sizes), as<const std::int32_t>(pa), as<const std::int32_t>(pb),
-         as<const I64>(count), capacity, as<T>(val));
+         as<const I64>(count), capacity, as<V>(val));
 }
 
 template <typename Launch>
 void pair_average(Launch&& launch, int dtype, U x, I64 dim, U offsets, U sizes, U pa, U pb,
-                  U count, I64 capacity, U val) {
+                  U count, I64 capacity, U val, bool val_f64 = false) {
   check_args(dtype, 0, "pair_average");
   if (dim < 1) {
     throw std::invalid_argument("pair_average: dim must be positive, got " +
@@ -177,9 +177,16 @@ void pair_average(Launch&& launch, int dtype, U x, I64 dim, U offsets, U sizes, 
   check_capacity("pair_average", capacity);
   if (capacity == 0) return;
   if (dtype == kFloat32) {
-    pair_average_typed<float>(launch, x, dim, offsets, sizes, pa, pb, count, capacity, val);
+    if (val_f64) {
+      pair_average_typed<float, double>(launch, x, dim, offsets, sizes, pa, pb, count,
+                                        capacity, val);
+    } else {
+      pair_average_typed<float, float>(launch, x, dim, offsets, sizes, pa, pb, count, capacity,
+                                       val);
+    }
   } else {
-    pair_average_typed<double>(launch, x, dim, offsets, sizes, pa, pb, count, capacity, val);
+    pair_average_typed<double, double>(launch, x, dim, offsets, sizes, pa, pb, count, capacity,
+                                       val);
   }
 }
 

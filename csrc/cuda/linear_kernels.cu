@@ -65,9 +65,9 @@ void candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2, std::uin
 void pair_average(int dtype, std::uintptr_t x, std::int64_t dim, std::uintptr_t offsets,
                   std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,
                   std::uintptr_t count, std::int64_t capacity, std::uintptr_t val,
-                  std::uintptr_t stream) {
+                  bool val_f64, std::uintptr_t stream) {
   dispatch::pair_average(on(stream), dtype, x, dim, offsets, sizes, pa, pb, count, capacity,
-                         val);
+                         val, val_f64);
 }
 
 void cluster_matrix(int dtype, std::uintptr_t x, std::int64_t dim, std::uintptr_t offsets,

@@ -378,15 +378,16 @@ __device__ __forceinline__ T pair_mean(double s, const PairSpan& p) {
 
 // Pairs k < min(count, capacity): a warp each for pairs of at most kWarpPairMax token
 // pairs (grid-stride over the warps; the loop runs alike in all warps of a block, so the
-// shuffles stay convergent), then a block each for the larger ones.
-template <typename T>
+// shuffles stay convergent), then a block each for the larger ones.  The averages are
+// written in V: T, or double (parts of a large pair, summed by the caller).
+template <typename T, typename V>
 __global__ void __launch_bounds__(kPairThreads)
     pair_average_kernel(const T* __restrict__ x, std::int64_t dim,
                         const std::int64_t* __restrict__ offsets,
                         const std::int64_t* __restrict__ sizes,
                         const std::int32_t* __restrict__ pa, const std::int32_t* __restrict__ pb,
                         const std::int64_t* __restrict__ count, std::int64_t capacity,
-                        T* __restrict__ val) {
+                        V* __restrict__ val) {
   __shared__ double ws[kPairWarps];
   const std::int64_t c = count[0];
   const std::int64_t cnt = c < capacity ? c : capacity;
@@ -404,7 +405,7 @@ __global__ void __launch_bounds__(kPairThreads)
       if (mine) s = strided_pair_sum(x, dim, p.o_lo, p.nl, p.o_hi, p.nh, lane, 32);
     }
     s = warp_sum(s);
-    if (mine && lane == 0) val[k] = pair_mean<T>(s, p);
+    if (mine && lane == 0) val[k] = pair_mean<V>(s, p);
   }
   for (std::int64_t k = blockIdx.x; k < cnt; k += gridDim.x) {
     const PairSpan p = pair_span(offsets, sizes, pa[k], pb[k]);
@@ -417,7 +418,7 @@ __global__ void __launch_bounds__(kPairThreads)
     if (threadIdx.x == 0) {
       double t = ws[0];
       for (int w = 1; w < kPairWarps; ++w) t = add_rn(t, ws[w]);
-      val[k] = pair_mean<T>(t, p);
+      val[k] = pair_mean<V>(t, p);
     }
     __syncthreads();  // ws is reused by the next pair
   }

@@ -178,6 +178,9 @@ void averages(I64 dim, I64 count, I64 capacity) {
   std::vector<T> val(capacity);
   dispatch::pair_average(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ptr(offsets),
                          ptr(sizes), ptr(pa), ptr(pb), ptr(cnt), capacity, ptr(val));
+  std::vector<double> val64(capacity);  // float64 averages (the parts of a large pair)
+  dispatch::pair_average(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ptr(offsets),
+                         ptr(sizes), ptr(pa), ptr(pb), ptr(cnt), capacity, ptr(val64), true);
   const I64 m = 30, ld = m + 2;  // the first 30 clusters
   std::vector<T> out(static_cast<std::size_t>((m - 1) * ld + m));
   std::vector<I64> nn(m);

@@ -129,10 +129,10 @@ int dcpe_sim_candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2,
 int dcpe_sim_pair_average(int dtype, std::uintptr_t x, I64 dim, std::uintptr_t offsets,
                           std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,
                           std::uintptr_t count, I64 capacity, std::uintptr_t val,
-                          std::uintptr_t /*stream*/) {
+                          bool val_f64, std::uintptr_t /*stream*/) {
   return guarded([&] {
     dispatch::pair_average(cuda_sim::Launcher{}, dtype, x, dim, offsets, sizes, pa, pb, count,
-                           capacity, val);
+                           capacity, val, val_f64);
   });
 }
 

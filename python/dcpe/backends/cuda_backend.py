@@ -133,9 +133,11 @@ class CudaOps:
                      pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, capacity: int,
                      val: torch.Tensor) -> None:
         ext = cls._lib()
+        if val.dtype not in (x.dtype, torch.float64):
+            raise ValueError(f"pair_average writes {x.dtype} or float64, got {val.dtype}")
         ext.pair_average(_dtype_code(x), x.data_ptr(), int(x.shape[1]), offsets.data_ptr(),
                          sizes.data_ptr(), pa.data_ptr(), pb.data_ptr(), count.data_ptr(),
-                         int(capacity), val.data_ptr(), cls._stream(x))
+                         int(capacity), val.data_ptr(), val.dtype != x.dtype, cls._stream(x))
 
     @classmethod
     def cluster_matrix(cls, x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,

@@ -552,3 +552,25 @@ def _large_cpu_labels() -> tuple[np.ndarray, np.ndarray]:
 
     x = dcpe.datasets.make_sample_codebook(n=65536)
     return x, np.asarray(dcpe.cluster(x, 65536 // 2, backend="cpu"))
+
+
+def test_cli_gpu_backend_with_memory_limit(tmp_path, capsys,
+                                           rng: np.random.Generator) -> None:
+    """``dcpe cluster FILE --backend triton --memory-limit SIZE``: the CLI hands the
+    backend a tensor where it runs (here the interpreter's CPU), the limit picks the
+    matrix-free engine, and the prior's clusters are the ``cpu`` backend's."""
+    from dcpe.cli import main
+
+    _api_backend()
+    path = tmp_path / "codebook.npy"
+    x = tie_free(rng, 300, 4).astype(np.float32)
+    np.save(path, x)
+    # the dense engine would need about 400 KB here, the matrix-free rounds about 200 KB
+    assert linear.choose_engine(300, 4, 4, method="average", budget=250 << 10) == "linear"
+    out = tmp_path / "prior.npz"
+    rc = main(["cluster", str(path), "-k", "100", "--backend", "triton", "--memory-limit",
+               "250KiB", "-q", "-o", str(out)])
+    assert rc == 0
+    assert "clusters found: 100" in capsys.readouterr().out
+    got = np.load(out)["token_to_cluster"]
+    assert same_partition(got, _cpu_labels(x, 100, "euclidean", None))

@@ -181,9 +181,9 @@ def _build_parser() -> argparse.ArgumentParser:
                    help=f"one of {', '.join(BACKENDS)} (default: auto: cpu for files; an "
                         f"unavailable backend is an error, never a fallback)")
     c.add_argument("--memory-limit", default=None, metavar="SIZE", type=_memory_limit,
-                   help="memory budget of the cpu backend, e.g. 8GiB or 512MiB (default: "
-                        "the available memory); within it dcpe picks the distance-matrix "
-                        "engine or the linear-memory one")
+                   help="memory budget, e.g. 8GiB or 512MiB (default: the available "
+                        "memory, or the GPU's with --backend cuda or triton); within it dcpe "
+                        "picks the distance-matrix engine or the linear-memory one")
     c.add_argument("-q", "--quiet", action="store_true",
                    help="no progress bar (one appears for runs longer than two seconds "
                         "when standard error is a terminal)")
@@ -373,6 +373,19 @@ def _preprocessing(args: argparse.Namespace, origin: Any) -> dict[str, Any]:
             "codebook_sample": origin is None}
 
 
+def _for_backend(x: Any, backend: str) -> Any:
+    """The codebook where ``backend`` runs: the GPU backends (``cuda``, ``triton``) take a
+    tensor on the GPU (on the CPU when there is none: the Triton interpreter's, and
+    otherwise the backend's own one-line error says what is missing)."""
+    if backend not in ("cuda", "triton"):
+        return x
+    import numpy as np
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(x))
+    return t.cuda() if torch.cuda.is_available() else t
+
+
 def _check_output_file(path: str, suffixes: tuple[str, ...]) -> Path:
     out = Path(path)
     if out.suffix.lower() not in suffixes:
@@ -419,7 +432,8 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        prior = CodebookPrior.from_codebook(x, args.k, linkage=args.linkage,
+        prior = CodebookPrior.from_codebook(_for_backend(x, args.backend), args.k,
+                                            linkage=args.linkage,
                                             max_cluster_size=args.max_cluster_size,
                                             backend=args.backend, metric=args.metric,
                                             method=method, seed=args.seed,

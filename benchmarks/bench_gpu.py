@@ -310,10 +310,12 @@ def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
 def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline: float,
                    data: ScaleData, keep: set[tuple[int, int]], rows: list[dict[str, Any]],
                    labels: dict[tuple[str, str], np.ndarray], save: Callable[[], Any],
-                   labels_dir: Path | None = None) -> None:
+                   labels_dir: Path | None = None,
+                   rounds_max_s: float = SCALE_ROUNDS_MAX_S) -> None:
     """The scale rows of one dcpe provider, in the order of ``specs`` (see the module
     docstring).  Labels at the ``(N, D)`` in ``keep`` are kept in ``labels`` (and saved
-    under ``labels_dir``) for the comparison with the ``cpu`` backend."""
+    under ``labels_dir``) for the comparison with the ``cpu`` backend; rounds are counted
+    for rows of at most ``rounds_max_s`` seconds."""
     import torch
 
     import dcpe
@@ -367,7 +369,7 @@ def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline:
                     np.save(labels_dir / f"labels-{provider}-scale-{spec_file(spec)}.npy",
                             labels[(provider, spec_name(spec))].astype(np.int32))
             left = deadline - time.monotonic()
-            if row["seconds"] <= SCALE_ROUNDS_MAX_S and row["seconds"] < left - SCALE_MARGIN_S:
+            if row["seconds"] <= rounds_max_s and row["seconds"] < left - SCALE_MARGIN_S:
                 try:
                     row["rounds"] = backends.get(provider)._merges(
                         x, "average", "euclidean", None, n_clusters=n // 2,
@@ -435,7 +437,8 @@ def scale_cpu_rows(specs: list[ScaleSpec], cpu_dims: list[int], deadline: float,
         save()
 
 
-def scale_table(specs: list[ScaleSpec], rows: list[dict[str, Any]]) -> list[str]:
+def scale_table(specs: list[ScaleSpec], rows: list[dict[str, Any]],
+                rounds_max_s: float = SCALE_ROUNDS_MAX_S) -> list[str]:
     """Markdown of the scale section."""
     cpu = {(r["n"], r["d"]): r["seconds"] for r in rows
            if r["provider"] == "cpu" and "seconds" in r}
@@ -469,7 +472,7 @@ def scale_table(specs: list[ScaleSpec], rows: list[dict[str, Any]]) -> list[str]
             f"--scale-cpu-dims, when the prediction fits the time left); labels = cpu: the "
             f"same partition as the cpu backend's labels. One timed call per row, after a "
             f"warm-up call only for N < {SCALE_WARMUP_BELOW_N:,} and d < "
-            f"{SCALE_WARMUP_BELOW_D}; rounds only for rows under {SCALE_ROUNDS_MAX_S:g} s.", ""]
+            f"{SCALE_WARMUP_BELOW_D}; rounds only for rows under {rounds_max_s:g} s.", ""]
 
 
 def summarize(args: argparse.Namespace, device: str, sizes: list[int],
@@ -535,7 +538,7 @@ def summarize(args: argparse.Namespace, device: str, sizes: list[int],
     for provider, dg in diag.items():
         md.append(f"Engine at N = {args.diag_n} ({provider}): {dg}.")
     if scale_specs:
-        md += ["", *scale_table(scale_specs, scale_rows or [])]
+        md += ["", *scale_table(scale_specs, scale_rows or [], args.scale_rounds_max_s)]
     payload = {"machine": machine_info(), "device": device, "d": D, "sizes": sizes,
                "providers": status, "results": rows, "torch_fit": fit, "cpu_check": check,
                "engine": diag, "repeats": args.repeats, "budget_s": args.budget,
@@ -595,7 +598,8 @@ def run_scale_child(provider: str, args: argparse.Namespace, device: str,
     wdir = _worker_dir(args, f"worker-{provider}-scale")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--providers", provider,
            "--sizes", "--check-n", "0", "--diag-n", "0", "--device", device,
-           "--scale", *map(spec_name, specs), "--scale-cpu-dims", *map(str, cpu_dims)]
+           "--scale", *map(spec_name, specs), "--scale-cpu-dims", *map(str, cpu_dims),
+           "--scale-rounds-max-s", str(args.scale_rounds_max_s)]
     timeout = _child_timeout(deadline, share)
     if timeout is not None:  # the child's clock starts a little later than ours
         cmd += ["--time-limit", f"{max(1.0, timeout - 5.0):.1f}"]
@@ -675,7 +679,7 @@ def scale_section(args: argparse.Namespace, device: str, providers: list[str],
                 # a child saves the labels the cpu rows need where its parent reads them
                 ldir = Path(cache or args.out) if args.worker and (cache or args.out) else None
                 scale_gpu_rows(provider, specs, device, deadline, data, keep, rows, labels,
-                               save, ldir)
+                               save, ldir, args.scale_rounds_max_s)
         if not args.worker:
             scale_cpu_rows(specs, cpu_dims, deadline, data, rows, labels, check, save)
     finally:
@@ -725,6 +729,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-cpu-dims", type=int, nargs="*", default=None, metavar="D",
                     help="D at which the cpu backend is timed in the scale section "
                          f"(default: {' '.join(map(str, DEFAULT_SCALE_CPU_DIMS))})")
+    ap.add_argument("--scale-rounds-max-s", type=float, default=SCALE_ROUNDS_MAX_S,
+                    metavar="S", help="count the engine's rounds (one more call) for scale "
+                    f"rows of at most S seconds (default: {SCALE_ROUNDS_MAX_S:g})")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scale-cache", default=None, help=argparse.SUPPRESS)
     ap.set_defaults(scale=None)

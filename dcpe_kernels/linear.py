@@ -51,7 +51,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .rnn import Merges, RoundState, _insufficient, dense_rounds, memory_available
+from .rnn import (
+    Merges,
+    RoundState,
+    _insufficient,
+    budget_for,
+    dense_rounds,
+    memory_available,
+)
 
 __all__ = [
     "CLOSED_FORM_SCALE",
@@ -198,11 +205,9 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     i64, f64 = torch.int64, torch.float64
     if n_all < 2:
         return Merges.none(n_all, dev, dt)
-    avail = memory_available(dev) if memory_budget is None else int(memory_budget)
     needed = linear_required_bytes(n_all, dim, itemsize)
-    if needed > avail:
-        raise _insufficient(needed, avail,
-                            f"{backend} backend: matrix-free rounds on {n_all} x {dim} tokens")
+    avail = budget_for(dev, memory_budget, needed,
+                       f"{backend} backend: matrix-free rounds on {n_all} x {dim} tokens")
     handover = DEFAULT_HANDOVER_BYTES if handover_bytes is None else int(handover_bytes)
     handover = min(handover, avail - needed)
     work_floor = HANDOVER_WORK_FRACTION if handover_bytes is None else 0.0
@@ -247,7 +252,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         out = [needy_next.sum().reshape(1)]
         if tokens is not None:
             kept = torch.arange(n, device=dev) < st.counts[1]
-            out += [count, _token_total(st, n), _pair_work(pa, pb, count, st.size, n),
+            out += [count, _token_total(st, n), _pair_work(*live_ab, st.size),
                     torch.where(kept, st.size2[:n], 0).max().reshape(1)]
         return tuple(out)
 
@@ -265,9 +270,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 count.zero_()
                 ops.candidate_pairs(mu_t, s2t, rad, best, n, rel, absm, pa, pb, count,
                                     capacity, rows, nrows, needy)
+                live_ab = _live_pairs(pa, pb, count)  # shared by the three passes below
                 _pair_sums(ops, tokens.x, tokens.offsets, st.size, n, pa, pb, count, capacity,
-                           val)
-                _nearest_from_pairs(pa, pb, val, count, n, needy, nn, nnd)
+                           val, live_ab)
+                _nearest_from_pairs(*live_ab, val, n, needy, nn, nnd)
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                 if vals[4] <= capacity:
                     break
@@ -357,21 +363,29 @@ def _compact(flags: torch.Tensor, count: int) -> torch.Tensor:
     return out[:count]
 
 
+def _live_pairs(pa: torch.Tensor, pb: torch.Tensor,
+                count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairs ``k < count`` of ``pa``/``pb`` as a mask and int64 slots (0 past the count),
+    without reading ``count`` on the host."""
+    live = torch.arange(pa.shape[0], device=pa.device) < count
+    return (live, torch.where(live, pa, 0).to(torch.int64),
+            torch.where(live, pb, 0).to(torch.int64))
+
+
 def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Tensor, n: int,
                pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, capacity: int,
-               val: torch.Tensor) -> None:
+               val: torch.Tensor, live_ab: tuple[torch.Tensor, ...] | None = None) -> None:
     """``ops.pair_average`` of the pairs ``k < count`` into ``val``, without leaving a large
     pair to one block (one program): the first :data:`_SPLIT_MAX` pairs of at least
     :data:`_SPLIT_WORK` token pairs are summed in :data:`_SPLIT_PARTS` parts of their larger
     cluster, each part a pair of its own (float64 averages, times their token pairs), and
     the parts added in a fixed order.  The value is that of one sum up to the order of the
-    float64 additions; everything stays on the device (no host synchronisation)."""
+    float64 additions; everything stays on the device (no host synchronisation).
+    ``live_ab``: :func:`_live_pairs` of these pairs, when the caller has it."""
     dev = val.device
     i64, f64 = torch.int64, torch.float64
     ar = torch.arange(capacity, device=dev)
-    live = ar < count
-    a = torch.where(live, pa, 0).to(i64)
-    b = torch.where(live, pb, 0).to(i64)
+    live, a, b = _live_pairs(pa, pb, count) if live_ab is None else live_ab
     lo, hi = torch.minimum(a, b), torch.maximum(a, b)
     n_lo, n_hi = size[lo], size[hi]
     # (the larger cluster has at least one token per part)
@@ -408,12 +422,9 @@ def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Ten
     val.copy_(torch.where(take, avg[torch.where(take, rank, 0)], val))
 
 
-def _pair_work(pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, size: torch.Tensor,
-               n: int) -> torch.Tensor:
-    """Token pairs the round's exact sums covered (on the device)."""
-    live = torch.arange(pa.shape[0], device=pa.device) < count
-    a = torch.where(live, pa, 0).to(torch.int64)
-    b = torch.where(live, pb, 0).to(torch.int64)
+def _pair_work(live: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+               size: torch.Tensor) -> torch.Tensor:
+    """Token pairs the round's exact sums covered (on the device; :func:`_live_pairs`)."""
     return (torch.where(live, size[a] * size[b], 0)).sum().reshape(1)
 
 
@@ -462,16 +473,13 @@ def _token_total(st: RoundState, n: int) -> torch.Tensor:
     return (st.size2[:n] * keep).sum().reshape(1)
 
 
-def _nearest_from_pairs(pa: torch.Tensor, pb: torch.Tensor, val: torch.Tensor,
-                        count: torch.Tensor, n: int, needy: torch.Tensor, nn: torch.Tensor,
+def _nearest_from_pairs(live: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
+                        val: torch.Tensor, n: int, needy: torch.Tensor, nn: torch.Tensor,
                         nnd: torch.Tensor) -> None:
     """The nearest neighbour of every searching cluster (``needy``) among the evaluated
-    pairs (smallest slot on ties), without reading ``count`` on the host; the others keep
+    pairs (:func:`_live_pairs`; smallest slot on ties), on the device; the others keep
     ``nn``/``nnd``."""
     dev = val.device
-    live = torch.arange(pa.shape[0], device=dev) < count
-    a = torch.where(live, pa, 0).to(torch.int64)
-    b = torch.where(live, pb, 0).to(torch.int64)
     inf = torch.full_like(val, float("inf"))
     # the emitting side always searches; the other side only if it is needy
     va = torch.where(live, val, inf)

@@ -139,6 +139,15 @@ def memory_available(device: torch.device) -> int:
     return 1 << 62
 
 
+def budget_for(dev: torch.device, memory_budget: int | None, needed: int, what: str) -> int:
+    """The bytes an engine may use on ``dev`` (``memory_budget``, or what the device reports
+    free); raise :class:`InsufficientMemoryError` for ``what`` if ``needed`` exceeds them."""
+    avail = memory_available(dev) if memory_budget is None else int(memory_budget)
+    if needed > avail:
+        raise _insufficient(needed, avail, what)
+    return avail
+
+
 def _insufficient(needed: int, available: int, what: str, hint: str = "") -> Exception:
     try:
         from dcpe._errors import InsufficientMemoryError
@@ -234,12 +243,10 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
     if n_all < 2:
         return Merges.none(n_all, dev, dt)
 
-    avail = memory_available(dev) if memory_budget is None else int(memory_budget)
     needed = required_bytes(n_all, dim, itemsize)
-    if needed > avail:
-        raise _insufficient(needed, avail,
-                            f"{backend} backend: {n_all}x{n_all} {str(dt).replace('torch.', '')} "
-                            f"dissimilarity matrix")
+    avail = budget_for(dev, memory_budget, needed,
+                       f"{backend} backend: {n_all}x{n_all} {str(dt).replace('torch.', '')} "
+                       f"dissimilarity matrix")
 
     xs = x.contiguous()
     if metric == "cosine":

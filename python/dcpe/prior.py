@@ -302,12 +302,7 @@ class CodebookPrior:
         prior = cls(labels, method=method, linkage=linkage, max_cluster_size=max_cluster_size,
                     meta=meta)
         if codebook is not None:
-            arr = _codebook_array(codebook)
-            if arr.shape[0] != prior.num_tokens:
-                raise ValueError(f"codebook has {arr.shape[0]} rows but labels has "
-                                 f"{prior.num_tokens} entries")
-            prior.codebook_sha256 = codebook_sha256(arr)
-            prior.codebook_shape = tuple(int(v) for v in arr.shape)
+            prior._record_codebook(codebook, "labels has {n} entries")
         return prior
 
     @classmethod
@@ -496,13 +491,18 @@ class CodebookPrior:
                               max_cluster_size=self.max_cluster_size,
                               dcpe_version=self.dcpe_version, meta=meta)
         if codebook is not None:
-            arr = _codebook_array(codebook)
-            if arr.shape[0] != self.num_tokens:
-                raise ValueError(f"codebook has {arr.shape[0]} rows but the prior has "
-                                 f"{self.num_tokens} tokens")
-            prior.codebook_sha256 = codebook_sha256(arr)
-            prior.codebook_shape = tuple(int(v) for v in arr.shape)
+            prior._record_codebook(codebook, "the prior has {n} tokens")
         return prior
+
+    def _record_codebook(self, codebook: Any, what: str) -> None:
+        """Record ``codebook``'s fingerprint and shape; its rows must be this prior's tokens
+        (``what`` names them in the error, with ``{n}`` their number)."""
+        arr = _codebook_array(codebook)
+        if arr.shape[0] != self.num_tokens:
+            raise ValueError(f"codebook has {arr.shape[0]} rows but "
+                             f"{what.format(n=self.num_tokens)}")
+        self.codebook_sha256 = codebook_sha256(arr)
+        self.codebook_shape = tuple(int(v) for v in arr.shape)
 
     def members(self, c: int) -> torch.Tensor:
         """Token ids of cluster ``c``, ascending.

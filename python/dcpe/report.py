@@ -295,7 +295,8 @@ def _ticking(bar: Any, interval: float = 0.5) -> Iterator[None]:
         thread.join()
 
 
-def _fmt(v: Any) -> str:
+def format_cell(v: Any) -> str:
+    """A table cell: ``-`` for None, floats to four decimals (also used by ``dcpe.sweep``)."""
     if v is None:
         return "-"
     if isinstance(v, float):
@@ -319,7 +320,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         "|---|" + "---:|" * len(cols),
     ]
     for name, s in result["methods"].items():
-        lines.append(f"| {name} | " + " | ".join(_fmt(s[key]) for _, key in cols) + " |")
+        lines.append(f"| {name} | " + " | ".join(format_cell(s[key]) for _, key in cols) + " |")
     lines += ["", PROXY_NOTE]
     return "\n".join(lines) + "\n"
 

@@ -319,16 +319,10 @@ def sweep(codebook: Any, ks: Sequence[int] | None = None, *, linkage: str = "ave
 # --------------------------------------------------------------------------- outputs
 
 
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "-"
-    if isinstance(v, float):
-        return f"{v:.4f}"
-    return str(v)
-
-
 def markdown_table(result: dict[str, Any]) -> str:
     """A :func:`sweep` result as markdown (title, notes and one table)."""
+    from .report import format_cell
+
     cols = [("k", "k"), ("method", "method"),
             ("E[dist. to random member]", "expected_distance_to_random_member"),
             ("usage-weighted", "usage_weighted_expected_distance"),
@@ -346,7 +340,7 @@ def markdown_table(result: dict[str, Any]) -> str:
         "|---:|---|" + "---:|" * (len(cols) - 2),
     ]
     for row in result["rows"]:
-        lines.append("| " + " | ".join(_fmt(row[key]) for _, key in cols) + " |")
+        lines.append("| " + " | ".join(format_cell(row[key]) for _, key in cols) + " |")
     return "\n".join(lines) + "\n"
 
 

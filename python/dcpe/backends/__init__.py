@@ -41,6 +41,18 @@ EUCLIDEAN_ONLY = ("centroid", "ward")
 #: minimum or maximum of the merged clusters' rows (see dcpe_kernels.rnn.METHOD_MODES)
 GPU_LINKAGES = ("average", "single", "complete", "weighted")
 METRICS = ("euclidean", "sqeuclidean", "cosine")
+#: metrics whose average linkage is a function of cluster moments (its closed forms:
+#: |mu_a - mu_b|^2 + s2_a + s2_b, and half of it on unit rows for cosine)
+CLOSED_FORM_METRICS = ("sqeuclidean", "cosine")
+
+
+def check_closed_form_metric(metric: str) -> None:
+    """Raise ``ValueError`` unless average linkage with ``metric`` has a closed form."""
+    if metric not in CLOSED_FORM_METRICS:
+        raise ValueError(
+            f"metric must be one of {CLOSED_FORM_METRICS} for the closed form of average "
+            f"linkage, got {metric!r} (the Euclidean metric has no closed form)"
+        )
 
 #: backend name -> module (relative to this package)
 _MODULES = {

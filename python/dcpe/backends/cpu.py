@@ -37,6 +37,7 @@ import numpy as np
 
 from .._errors import InsufficientMemoryError
 from .._memory import memory_budget
+from . import CLOSED_FORM_METRICS
 
 #: engine names of the ``engine=`` argument
 ENGINES = ("auto", "matrix", "linear")
@@ -84,7 +85,7 @@ class Plan:
 
 def has_closed_form(method: str, metric: str) -> bool:
     """Average linkage whose cluster distance is a function of cluster moments."""
-    return method == "average" and metric in ("sqeuclidean", "cosine")
+    return method == "average" and metric in CLOSED_FORM_METRICS
 
 
 def workspace_bytes(n: int, d: int, method: str, dtype: np.dtype, engine: str = "matrix",

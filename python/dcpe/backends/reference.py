@@ -54,10 +54,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import EUCLIDEAN_ONLY, LINKAGES, METRICS
+from . import EUCLIDEAN_ONLY, LINKAGES, METRICS, check_closed_form_metric
 
 #: token metrics whose average linkage has a closed form in cluster moments
-CLOSED_FORM_METRICS = ("sqeuclidean", "cosine")
 
 #: rows per block when forming token differences (bounds the (rows, N, d) temporary)
 _BLOCK_ELEMENTS = 1 << 22
@@ -348,11 +347,7 @@ def closed_form_linkage(x: np.ndarray, *, metric: str,
     ValueError
         For a metric without a closed form.
     """
-    if metric not in CLOSED_FORM_METRICS:
-        raise ValueError(
-            f"metric must be one of {CLOSED_FORM_METRICS} for the closed form of average "
-            f"linkage, got {metric!r} (the Euclidean metric has no closed form)"
-        )
+    check_closed_form_metric(metric)
     x64 = unit_rows(x) if metric == "cosine" else np.array(x, dtype=np.float64)
     n = x64.shape[0]
     cap = np.inf if max_cluster_size is None else max_cluster_size

@@ -52,7 +52,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from . import EUCLIDEAN_ONLY, LINKAGES, METRICS
+from . import (
+    CLOSED_FORM_METRICS,
+    EUCLIDEAN_ONLY,
+    LINKAGES,
+    METRICS,
+    check_closed_form_metric,
+)
 
 if TYPE_CHECKING:  # torch is imported lazily, on first use
     import torch
@@ -60,7 +66,6 @@ if TYPE_CHECKING:  # torch is imported lazily, on first use
 #: elements of the (rows, N, d) difference temporary per block
 _BLOCK_ELEMENTS = 1 << 24
 #: token metrics whose average linkage has a closed form in cluster moments
-CLOSED_FORM_METRICS = ("sqeuclidean", "cosine")
 
 
 def available() -> tuple[bool, str]:
@@ -366,11 +371,7 @@ def closed_form_linkage(x: torch.Tensor, *, metric: str,
     """
     import torch
 
-    if metric not in CLOSED_FORM_METRICS:
-        raise ValueError(
-            f"metric must be one of {CLOSED_FORM_METRICS} for the closed form of average "
-            f"linkage, got {metric!r} (the Euclidean metric has no closed form)"
-        )
+    check_closed_form_metric(metric)
     if not isinstance(x, torch.Tensor):
         x = torch.as_tensor(np.asarray(x))
     n = int(x.shape[0])

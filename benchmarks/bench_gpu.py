@@ -48,7 +48,10 @@ one timed call (CUDA events), preceded by a warm-up call only for rows predicted
 (N < 524,288 and D < 64 on a GPU; the larger rows find the kernels compiled by the smaller
 rows of the same process).  A row records its time, its peak memory (as above), the engine
 that ``dcpe_kernels.linear.choose_engine`` picks within min(LIMIT, free device memory),
-and the rounds of the engine (one more call, only for rows under 5 s).  The ``cpu`` backend
+and, for the matrix-free engine, what ``dcpe_kernels.linear.trace_rounds`` records of the
+timed call: its rounds, its time per phase (CUDA events between the phases, read after each
+round's own synchronisation) and its work (centroid-scan pairs, candidate pairs, token
+pairs summed); a round of at least 1 s is printed as it ends.  The ``cpu`` backend
 is timed once per spec without ``@LIMIT`` whose D is in ``--scale-cpu-dims`` (default 8),
 after the GPU rows, when its prediction (t ~ N^1.5 from the previous cpu row, or from the
 cpu time at ``--check-n``) fits in the time left; its labels are compared, as partitions,
@@ -109,8 +112,10 @@ SCALE_WARMUP_BELOW_N = 524288
 SCALE_WARMUP_BELOW_D = 64
 #: seconds kept free at the end of the time limit by the scale rows
 SCALE_MARGIN_S = 10.0
-#: rounds are counted (one more call) only for rows at most this long
-SCALE_ROUNDS_MAX_S = 5.0
+#: a matrix-free round at least this long is printed as it ends
+SCALE_SLOW_ROUND_S = 1.0
+#: phases of the matrix-free rounds, in table order (dcpe_kernels.linear.trace_rounds)
+PHASES = ["scan", "candidates", "sums", "select", "update", "handover", "dense"]
 #: exponents of the time predictions t ~ N^p from the previous row at the same d
 GPU_SCALE_EXPONENT = 2.0
 CPU_SCALE_EXPONENT = 1.5
@@ -307,21 +312,56 @@ def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
     return out
 
 
+class RoundTrace:
+    """Sink of ``dcpe_kernels.linear.trace_rounds``: the records of the last complete run
+    (a warm-up call's are replaced by the timed call's); rounds of at least
+    ``SCALE_SLOW_ROUND_S`` are printed as they end, under ``label``."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.current: list[dict[str, Any]] = []
+        self.last: list[dict[str, Any]] = []
+
+    def __call__(self, record: dict[str, Any]) -> None:
+        self.current.append(record)
+        if sum(record["ms"].values()) >= SCALE_SLOW_ROUND_S * 1e3 and not record.get("done"):
+            print(f"{self.label} round {record['round']}: n {record['n']} rows "
+                  f"{record['rows']} pairs {record.get('pairs', '-')} token pairs "
+                  f"{record.get('token_pairs', '-')} ms {record['ms']}", flush=True)
+        if record.get("done"):
+            self.last, self.current = self.current, []
+
+    def summary(self) -> dict[str, Any]:
+        """``rounds``, ``phases_ms`` (summed over the rounds) and ``work`` of the last run;
+        empty when no matrix-free run ended."""
+        if not self.last:
+            return {}
+        ms: dict[str, float] = {}
+        for rec in self.last:
+            for name, value in rec["ms"].items():
+                ms[name] = ms.get(name, 0.0) + value
+        rounds = [r for r in self.last if not r.get("done")]
+        work = {"scan_pairs": sum(r["rows"] * r["n"] for r in rounds),
+                "candidate_pairs": sum(r.get("pairs", 0) for r in rounds),
+                "token_pairs": sum(r.get("token_pairs", 0) for r in rounds),
+                "max_size": max((r.get("max_size", 0) for r in rounds), default=0),
+                "matrix_free_rounds": len(rounds)}
+        return {"rounds": self.last[-1]["rounds"],
+                "phases_ms": {k: round(v, 1) for k, v in ms.items()}, "work": work}
+
+
 def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline: float,
                    data: ScaleData, keep: set[tuple[int, int]], rows: list[dict[str, Any]],
                    labels: dict[tuple[str, str], np.ndarray], save: Callable[[], Any],
-                   labels_dir: Path | None = None,
-                   rounds_max_s: float = SCALE_ROUNDS_MAX_S) -> None:
+                   labels_dir: Path | None = None) -> None:
     """The scale rows of one dcpe provider, in the order of ``specs`` (see the module
     docstring).  Labels at the ``(N, D)`` in ``keep`` are kept in ``labels`` (and saved
-    under ``labels_dir``) for the comparison with the ``cpu`` backend; rounds are counted
-    for rows of at most ``rounds_max_s`` seconds."""
+    under ``labels_dir``) for the comparison with the ``cpu`` backend."""
     import torch
 
     import dcpe
-    from dcpe import backends
     from dcpe._memory import parse_memory_limit
-    from dcpe_kernels.linear import choose_engine
+    from dcpe_kernels.linear import choose_engine, trace_rounds
     from dcpe_kernels.rnn import memory_available
 
     last: dict[int, tuple[int, int, float]] = {}  # d -> (N, d, seconds) of its last row
@@ -357,28 +397,22 @@ def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline:
                 budget = min(budget, limit_bytes)
             row["engine"] = choose_engine(n, d, x.element_size(), method="average",
                                           budget=budget, backend=provider)
-            res = time_gpu(lambda x=x, k=n // 2, lim=limit: dcpe.cluster(
-                x, k, backend=provider, memory_limit=lim), 1, device, warmup=warmup)
+            trace = RoundTrace(f"{provider:7s} {spec_name(spec):>16s}")
+            with trace_rounds(trace):
+                res = time_gpu(lambda x=x, k=n // 2, lim=limit: dcpe.cluster(
+                    x, k, backend=provider, memory_limit=lim), 1, device, warmup=warmup)
             lab = res.pop("labels")
             row.update({"k": n // 2, "seconds": res["runs"][0], "warmup_s": res["warmup_s"],
-                        "peak_bytes": res["peak_bytes"]})
+                        "peak_bytes": res["peak_bytes"], **trace.summary()})
             last[d] = latest = (n, d, row["seconds"])
             if (n, d) in keep:
                 labels[(provider, spec_name(spec))] = lab.cpu().numpy()
                 if labels_dir is not None:  # int32: half the disk of int64
                     np.save(labels_dir / f"labels-{provider}-scale-{spec_file(spec)}.npy",
                             labels[(provider, spec_name(spec))].astype(np.int32))
-            left = deadline - time.monotonic()
-            if row["seconds"] <= rounds_max_s and row["seconds"] < left - SCALE_MARGIN_S:
-                try:
-                    row["rounds"] = backends.get(provider)._merges(
-                        x, "average", "euclidean", None, n_clusters=n // 2,
-                        memory_limit=limit_bytes).rounds
-                except Exception as exc:
-                    row["rounds_error"] = f"{type(exc).__name__}: {exc}"
             print(f"{provider:7s} {spec_name(spec):>16s} {fmt_seconds(row['seconds'])} "
                   f"engine {row['engine']} peak {row['peak_bytes']} "
-                  f"rounds {row.get('rounds')}", flush=True)
+                  f"rounds {row.get('rounds')} ms per phase {row.get('phases_ms')}", flush=True)
         except Exception as exc:
             row["error"] = f"{type(exc).__name__}: {exc}"
             print(f"{provider:7s} {spec_name(spec):>16s} ERROR {exc}", flush=True)
@@ -437,8 +471,7 @@ def scale_cpu_rows(specs: list[ScaleSpec], cpu_dims: list[int], deadline: float,
         save()
 
 
-def scale_table(specs: list[ScaleSpec], rows: list[dict[str, Any]],
-                rounds_max_s: float = SCALE_ROUNDS_MAX_S) -> list[str]:
+def scale_table(specs: list[ScaleSpec], rows: list[dict[str, Any]]) -> list[str]:
     """Markdown of the scale section."""
     cpu = {(r["n"], r["d"]): r["seconds"] for r in rows
            if r["provider"] == "cpu" and "seconds" in r}
@@ -472,7 +505,33 @@ def scale_table(specs: list[ScaleSpec], rows: list[dict[str, Any]],
             f"--scale-cpu-dims, when the prediction fits the time left); labels = cpu: the "
             f"same partition as the cpu backend's labels. One timed call per row, after a "
             f"warm-up call only for N < {SCALE_WARMUP_BELOW_N:,} and d < "
-            f"{SCALE_WARMUP_BELOW_D}; rounds only for rows under {rounds_max_s:g} s.", ""]
+            f"{SCALE_WARMUP_BELOW_D}.", "", *phase_table(rows)]
+
+
+def phase_table(rows: list[dict[str, Any]]) -> list[str]:
+    """Markdown of where the matrix-free rows' time went (``RoundTrace.summary``)."""
+    traced = [r for r in rows if r.get("phases_ms")]
+    if not traced:
+        return []
+    table = []
+    for r in traced:
+        ms, w = r["phases_ms"], r["work"]
+        table.append([r["provider"], r["n"], r["d"], r.get("memory_limit") or "—",
+                      *(f"{ms[p]:.0f}" if p in ms else "—" for p in PHASES),
+                      f"{w['scan_pairs'] / r['n'] ** 2:.2f}",
+                      f"{w['candidate_pairs'] / r['n']:.1f}",
+                      f"{w['token_pairs'] / r['n']:.0f}", w["max_size"]])
+    return ["### Where the matrix-free rounds' time goes (ms per phase, the timed call)", "",
+            markdown_table(["provider", "N", "d", "memory_limit", *PHASES, "scan pairs / N^2",
+                            "candidates / N", "token pairs / N", "largest cluster"], table),
+            "", "Phases as dcpe_kernels.linear.trace_rounds defines them (on a GPU, CUDA "
+            "events between the phases of the timed call; summed over its rounds): scan = "
+            "centroid scan, candidates = candidate-pair scan, sums = exact averages over "
+            "token pairs, select = nearest neighbours and the round's bookkeeping up to its "
+            "synchronisation, update = new moments and token order, handover / dense = the "
+            "clusters' matrix and the dense rounds after it.  Work summed over the "
+            "matrix-free rounds: centroid-scan pairs (rows searched x clusters), candidate "
+            "pairs, token pairs summed exactly; the largest cluster at the end.", ""]
 
 
 def summarize(args: argparse.Namespace, device: str, sizes: list[int],
@@ -538,7 +597,7 @@ def summarize(args: argparse.Namespace, device: str, sizes: list[int],
     for provider, dg in diag.items():
         md.append(f"Engine at N = {args.diag_n} ({provider}): {dg}.")
     if scale_specs:
-        md += ["", *scale_table(scale_specs, scale_rows or [], args.scale_rounds_max_s)]
+        md += ["", *scale_table(scale_specs, scale_rows or [])]
     payload = {"machine": machine_info(), "device": device, "d": D, "sizes": sizes,
                "providers": status, "results": rows, "torch_fit": fit, "cpu_check": check,
                "engine": diag, "repeats": args.repeats, "budget_s": args.budget,
@@ -598,8 +657,7 @@ def run_scale_child(provider: str, args: argparse.Namespace, device: str,
     wdir = _worker_dir(args, f"worker-{provider}-scale")
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--providers", provider,
            "--sizes", "--check-n", "0", "--diag-n", "0", "--device", device,
-           "--scale", *map(spec_name, specs), "--scale-cpu-dims", *map(str, cpu_dims),
-           "--scale-rounds-max-s", str(args.scale_rounds_max_s)]
+           "--scale", *map(spec_name, specs), "--scale-cpu-dims", *map(str, cpu_dims)]
     timeout = _child_timeout(deadline, share)
     if timeout is not None:  # the child's clock starts a little later than ours
         cmd += ["--time-limit", f"{max(1.0, timeout - 5.0):.1f}"]
@@ -679,7 +737,7 @@ def scale_section(args: argparse.Namespace, device: str, providers: list[str],
                 # a child saves the labels the cpu rows need where its parent reads them
                 ldir = Path(cache or args.out) if args.worker and (cache or args.out) else None
                 scale_gpu_rows(provider, specs, device, deadline, data, keep, rows, labels,
-                               save, ldir, args.scale_rounds_max_s)
+                               save, ldir)
         if not args.worker:
             scale_cpu_rows(specs, cpu_dims, deadline, data, rows, labels, check, save)
     finally:
@@ -729,9 +787,6 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--scale-cpu-dims", type=int, nargs="*", default=None, metavar="D",
                     help="D at which the cpu backend is timed in the scale section "
                          f"(default: {' '.join(map(str, DEFAULT_SCALE_CPU_DIMS))})")
-    ap.add_argument("--scale-rounds-max-s", type=float, default=SCALE_ROUNDS_MAX_S,
-                    metavar="S", help="count the engine's rounds (one more call) for scale "
-                    f"rows of at most S seconds (default: {SCALE_ROUNDS_MAX_S:g})")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--scale-cache", default=None, help=argparse.SUPPRESS)
     ap.set_defaults(scale=None)

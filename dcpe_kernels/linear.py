@@ -22,7 +22,9 @@ host synchronisation.  Only the nearest neighbours are found differently:
   largest possible distance) is within ``tau_a`` (:func:`dcpe_kernels.centroid.
   candidate_pairs`), and only those get an exact average over their token pairs, summed
   in float64 (:func:`dcpe_kernels.pair_average.pair_average`).  Every cluster's nearest
-  neighbour is among its candidates, so the result is that of the dense engine.  Once the
+  neighbour is among its candidates, so the result is that of the dense engine.  In the
+  first round every cluster is one token, the upper bound is the exact distance, and the
+  first scan alone gives every nearest neighbour.  Once the
   clusters' own matrix fits ``handover_bytes`` (and, by default, a round's exact sums cover
   1/64 of all token pairs: late rounds of a whole dendrogram, whose clusters are large)
   it is built in one pass over the token pairs and the dense rounds finish: with
@@ -45,7 +47,10 @@ engine and the ``cpu`` backend on inputs without tied distances).
 
 from __future__ import annotations
 
+import contextlib
 import math
+import time
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -69,6 +74,7 @@ __all__ = [
     "linear_merges",
     "linear_required_bytes",
     "run_merges",
+    "trace_rounds",
 ]
 
 #: metric -> factor of the closed form (``None``: no closed form, bounds and exact sums)
@@ -94,6 +100,9 @@ _SPLIT_PARTS = 128
 _SPLIT_MAX = 512
 #: pairs per pair_average call when the hand-over builds the matrix from all pairs
 _MATRIX_CHUNK = 1 << 25
+#: Euclidean, while every cluster is one token: the centroid scan's minimum is the exact
+#: nearest-neighbour distance (the first round skips the candidate scan and the sums)
+_SINGLETON_ROUND = True
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8
 _MIN_PAIRS = 1024
@@ -154,6 +163,69 @@ def _radius(tokens: _Tokens, slot: torch.Tensor, mu: torch.Tensor, n: int) -> to
     nrm = torch.linalg.vector_norm(diff, dim=1)
     out = torch.zeros(n, dtype=tokens.x.dtype, device=tokens.x.device)
     return out.scatter_reduce(0, slot, nrm, "amax")
+
+
+#: sinks of :func:`trace_rounds` (the innermost one is called)
+_TRACE: list[Callable[[dict[str, Any]], None]] = []
+
+
+@contextlib.contextmanager
+def trace_rounds(sink: Callable[[dict[str, Any]], None]) -> Iterator[None]:
+    """Within the block, every matrix-free run calls ``sink(record)`` once per round.
+
+    A diagnostic for benchmarks (not thread-safe; costs one event per phase): the record
+    of a round holds ``round``, ``n`` (active clusters), ``rows`` (clusters that search),
+    ``pairs`` (candidate pairs, Euclidean), ``token_pairs`` (token pairs summed exactly),
+    ``max_size`` (largest cluster) and ``ms``, the time per phase: ``scan`` (centroid
+    scan), ``candidates``, ``sums`` (exact averages), ``select`` (nearest neighbours and
+    the round's bookkeeping, up to its synchronisation), ``update`` (the previous
+    round's new moments and token order) and ``handover`` / ``dense`` (matrix and dense
+    rounds).  On a GPU the times come from CUDA events read after the round's own
+    synchronisation; elsewhere from the host clock.  The last record of a run has
+    ``done`` set and the run's ``rounds`` (dense rounds after a hand-over included).
+    """
+    _TRACE.append(sink)
+    try:
+        yield
+    finally:
+        _TRACE.remove(sink)
+
+
+class _Phases:
+    """Phase clock of :func:`trace_rounds` (does nothing without a sink)."""
+
+    def __init__(self, dev: torch.device, sink: Callable[[dict[str, Any]], None] | None):
+        self.sink = sink
+        self.cuda = dev.type == "cuda"
+        self.pending: list[tuple[str, Any, Any]] = []
+        self.last: Any = self._now() if sink is not None else None
+
+    def _now(self) -> Any:
+        if not self.cuda:
+            return time.perf_counter()
+        event = torch.cuda.Event(enable_timing=True)
+        event.record()
+        return event
+
+    def mark(self, name: str) -> None:
+        """The phase ``name`` ends here (it began at the previous mark)."""
+        if self.sink is not None:
+            now = self._now()
+            self.pending.append((name, self.last, now))
+            self.last = now
+
+    def emit(self, **record: Any) -> None:
+        """Hand the round's record to the sink (after the round's synchronisation)."""
+        if self.sink is None:
+            return
+        if self.cuda:
+            self.last.synchronize()  # the stream is idle here: no wait
+        ms: dict[str, float] = {}
+        for name, a, b in self.pending:
+            ms[name] = ms.get(name, 0.0) + (a.elapsed_time(b) if self.cuda else (b - a) * 1e3)
+        self.pending = []
+        record["ms"] = {k: round(v, 3) for k, v in ms.items()}
+        self.sink(record)
 
 
 def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None, ops: Any,
@@ -232,6 +304,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     rows = torch.arange(n_all, dtype=torch.int32, device=dev)
     nrows = n_all
     tokens = rad = None
+    # the first round of a Euclidean run needs no exact sums (_SINGLETON_ROUND)
+    singletons = _SINGLETON_ROUND
     if scale is None:
         tokens = _Tokens(xs)
         rad = torch.zeros(n_all, dtype=dt, device=dev)
@@ -256,25 +330,44 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                     torch.where(kept, st.size2[:n], 0).max().reshape(1)]
         return tuple(out)
 
+    clock = _Phases(dev, _TRACE[-1] if _TRACE else None)
     while n >= 2:
+        clock.mark("update")
+        searched = nrows
         s2 = m2[:n] / st.size[:n].to(f64)
         if scale is not None:
             ops.centroid_nn(mu[:n].T.contiguous(), s2, n, 1, scale, best, nn, rows, nrows)
+            clock.mark("scan")
             nnd[:n] = best[:n].to(dt)
             vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
+            clock.mark("select")
         else:
             mu_t = mu[:n].T.to(dt).contiguous()
             s2t = s2.to(dt)
             ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, scratch, rows, nrows)
-            while True:
+            clock.mark("scan")
+            if singletons:
+                # every cluster one token: the bound sqrt(dd + 0 + 0) is the exact distance,
+                # rounded as pair_average rounds it, and the scan's argmin is the smallest
+                # slot among the nearest: no candidates, no sums
+                count.zero_()
+                live_ab = _live_pairs(pa, pb, count)
+                nn[:n] = scratch[:n]
+                nnd[:n] = best[:n]
+                vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
+                clock.mark("select")
+            while not singletons:
                 count.zero_()
                 ops.candidate_pairs(mu_t, s2t, rad, best, n, rel, absm, pa, pb, count,
                                     capacity, rows, nrows, needy)
+                clock.mark("candidates")
                 live_ab = _live_pairs(pa, pb, count)  # shared by the three passes below
                 _pair_sums(ops, tokens.x, tokens.offsets, st.size, n, pa, pb, count, capacity,
                            val, live_ab)
+                clock.mark("sums")
                 _nearest_from_pairs(*live_ab, val, n, needy, nn, nnd)
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
+                clock.mark("select")
                 if vals[4] <= capacity:
                     break
                 room = max(0, avail - needed) // _PAIR_BYTES
@@ -289,9 +382,13 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
                 val = torch.empty(capacity, dtype=dt, device=dev)
         n_pairs, n_new, below, nrows = vals[:4]
+        clock.emit(round=st.rounds + 1, n=n, rows=searched,
+                   **({} if tokens is None else {"pairs": vals[4], "token_pairs": vals[6],
+                                                 "max_size": vals[7]}))
         old_size = st.size
         if not st.commit(n, n_pairs, n_new, below, backend):
             break
+        singletons = singletons and n_pairs == 0
         nn, nn2, nnd, nnd2, best, best2 = nn2, nn, nnd2, nnd, best2, best
         needy, needy2 = needy2, needy
         rows = _compact(needy[:n_new], nrows)
@@ -315,8 +412,11 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                                        max(1024, min(_MATRIX_CHUNK, room // 48)))
                 used = needed + n * n * itemsize
                 del tokens, mu, m2, rad, pa, pb, val
+                clock.mark("handover")
                 dense_rounds(st, ops, cur, n, n, nn, nnd, 0, avail, used, backend)
+                clock.mark("dense")
                 break
+    clock.emit(done=True, rounds=st.rounds)
     return st.merges()
 
 

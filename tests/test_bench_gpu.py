@@ -114,7 +114,6 @@ def test_scale_section_runs_both_engines(tmp_path: Path) -> None:
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu",
          "--sizes", "128", "--repeats", "1", "--providers", "triton", "--torch-sizes", "64",
          "--scale", "200x3", "200x3@160KiB", "--scale-cpu-dims", "3", "--isolate",
-         "--scale-rounds-max-s", "1e9",  # rounds for every row, however slow the machine
          "--time-limit", "250", "--out", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -129,12 +128,17 @@ def test_scale_section_runs_both_engines(tmp_path: Path) -> None:
     limited = rows[("triton", "200x3@160KiB")]
     assert limited["engine"] == "linear" and limited["memory_limit"] == "160KiB"
     assert limited["rounds"] >= 1
+    assert "rounds" not in rows[("triton", "200x3")]  # the dense engine is not traced
+    assert {"scan", "select"} <= set(limited["phases_ms"])
+    assert limited["work"]["scan_pairs"] >= 200 * 200 - 200
+    assert limited["work"]["matrix_free_rounds"] <= limited["rounds"]
     for provider, spec in [("triton", "200x3"), ("triton", "200x3@160KiB")]:
         assert rows[(provider, spec)]["labels_equal_cpu"] is True
     md = (tmp_path / "gpu-h200.md").read_text()
     assert "## Past the dense matrix (k = N/2, one call)" in md
     assert ("| provider | N | d | memory_limit | engine | time | peak memory | rounds | "
             "vs cpu | labels = cpu |") in md
+    assert "### Where the matrix-free rounds' time goes" in md
     # the labels went through the temporary directory, which is gone; the child's own
     # results came back under --out
     assert (tmp_path / "worker-triton-scale" / "worker.json").exists()

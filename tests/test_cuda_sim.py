@@ -852,3 +852,22 @@ def test_large_pairs_in_parts_match_cpu(ops: type, dtype: torch.dtype,
     ref = scipy_linkage(pts, method="average")
     np.testing.assert_array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
     np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+def test_first_round_without_sums_is_the_same(ops: type, dtype: torch.dtype,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """These kernels' centroid scan gives the first round's exact distances (every cluster
+    one token) bit for bit as their pair sums do, ties included (a grid with duplicates)."""
+    import dcpe_kernels.linear as linear
+
+    rng = np.random.default_rng(5)
+    for x in (rng.integers(0, 4, size=(60, 2)).astype(np.float64), tie_free(rng, 60, 3)):
+        xt = torch.from_numpy(x).to(dtype)
+        got = []
+        for shortcut in (True, False):
+            monkeypatch.setattr(linear, "_SINGLETON_ROUND", shortcut)
+            got.append(linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                                            ops=ops, backend="cuda", handover_bytes=0))
+        for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+            assert torch.equal(getattr(got[0], name), getattr(got[1], name)), name

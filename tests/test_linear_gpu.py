@@ -470,6 +470,71 @@ def test_pair_overflow_reruns_the_round(monkeypatch: pytest.MonkeyPatch,
                           _cpu_labels(x, 30, "euclidean", None))
 
 
+@pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("ties", [False, True])
+def test_first_round_without_sums_is_the_same(which: str, dtype: torch.dtype, ties: bool,
+                                              monkeypatch: pytest.MonkeyPatch,
+                                              rng: np.random.Generator) -> None:
+    """The first round's nearest neighbours from the centroid scan alone (every cluster one
+    token) are those of candidates and exact sums, bit for bit: heights, and on a grid with
+    many tied distances and duplicate rows, the same tie choices."""
+    ops = _ops(which)
+    if ties:
+        x = rng.integers(0, 4, size=(90, 2)).astype(np.float64)
+    else:
+        x = tie_free(rng, 90, 3)
+    xt = torch.from_numpy(x).to(dtype).to(DEVICE)
+    calls = []
+    real = linear._nearest_from_pairs
+
+    def spy(*args):
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(linear, "_nearest_from_pairs", spy)
+    got = []
+    for shortcut in (True, False):
+        monkeypatch.setattr(linear, "_SINGLETON_ROUND", shortcut)
+        calls.clear()
+        got.append(linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                                        ops=ops, n_clusters=None, handover_bytes=0))
+        got[-1].searches = len(calls)
+    fast, full = got
+    assert fast.searches == full.searches - 1  # the first round had no exact sums
+    for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+        assert torch.equal(getattr(fast, name), getattr(full, name)), name
+    assert fast.rounds == full.rounds
+
+
+@pytest.mark.parametrize("metric,handover", [("euclidean", 0), ("euclidean", 2 * 20 * 20 * 8),
+                                             ("sqeuclidean", None)])
+def test_trace_rounds(metric: str, handover: int | None, rng: np.random.Generator) -> None:
+    """``trace_rounds``: one record per matrix-free round with its work and phase times,
+    then the run's total of rounds; nothing is recorded outside the block."""
+    x = torch.from_numpy(tie_free(rng, 70, 3)).to(DEVICE)
+    records: list[dict] = []
+    with linear.trace_rounds(records.append):
+        mg = linear.linear_merges(x, metric=metric, max_cluster_size=None, ops=ReferenceOps,
+                                  handover_bytes=handover)
+    *rounds, last = records
+    assert last["done"] and last["rounds"] == mg.rounds
+    assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
+    assert rounds[0]["n"] == rounds[0]["rows"] == 70
+    assert all(0 < r["rows"] <= r["n"] for r in rounds)
+    assert all(r["ms"] and min(r["ms"].values()) >= 0 for r in rounds)
+    if metric == "euclidean":
+        assert rounds[0]["pairs"] == rounds[0]["token_pairs"] == 0  # exact from the scan
+        assert all(r["pairs"] > 0 and r["token_pairs"] >= r["pairs"] for r in rounds[1:])
+        assert {"scan", "candidates", "sums", "select"} <= set(rounds[1]["ms"])
+    if handover:
+        assert len(rounds) < mg.rounds and set(last["ms"]) == {"handover", "dense"}
+    else:
+        assert len(rounds) == mg.rounds
+    linear.linear_merges(x, metric=metric, max_cluster_size=None, ops=ReferenceOps)
+    assert len(records) == len(rounds) + 1
+
+
 def test_deterministic_and_input_untouched(rng: np.random.Generator) -> None:
     x = torch.from_numpy(tie_free(rng, 80, 4, np.float32)).to(DEVICE)
     before = x.clone()

@@ -1,0 +1,302 @@
+"""Work of the GPU matrix-free engine, counted on the CPU (no GPU needed).
+
+The matrix-free rounds of ``dcpe_kernels.linear`` (average linkage past the dense matrix)
+cost three kinds of work, each of which a GPU does at a rate of its own:
+
+* centroid-scan pairs: every cluster that searches in a round, against every cluster
+  (``O(n^2 d)`` per round; the Euclidean rounds after the first scan twice, once for the
+  bounds and once for the candidate pairs);
+* candidate pairs: the cluster pairs whose lower bound is within the upper bound;
+* token pairs: the exact averages of the candidate pairs, summed over their token pairs.
+
+This script runs the engine's own driver (``linear_merges``: its rounds, bounds, hand-over
+rule, early stop for a flat cut and size cap) at sizes the GPU benchmark runs (prefixes of
+``make_sample_codebook(n=--data-n, d)``, k = N/2) with kernels that do the same on the CPU
+in far less than ``O(n^2)``: the centroid scans as ball queries of a k-d tree
+(``scipy.spatial.cKDTree``, float64 from the same centroids; a cluster's nearest bound lies
+within the ball of its best neighbour among its k nearest centroids), the exact averages
+as the kernels take them (float32 or float64 distances summed in float64).  The work is
+what ``dcpe_kernels.linear.trace_rounds`` records; it does not depend on the device.
+Bounds from float64 centroids can differ from the kernels' in the last bits, so the
+candidate counts are those of the GPU up to pairs exactly at the bound.  Labels are
+compared with the ``cpu`` backend up to ``--check-max-n``.
+
+Usage::
+
+    python benchmarks/linear_work.py                  # -> results/linear-work.{json,md}
+    python benchmarks/linear_work.py --sizes 4096 --out /tmp/w   # a quick look
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fmt_seconds, machine_info, markdown_table, write_results  # noqa: E402
+
+DEFAULT_SIZES = [65536, 131072, 262144, 524288, 1048576]
+#: k of the first ball query (the best of these bounds the ball of the exact search)
+KNN = 4
+#: token pairs per vectorised block of the exact averages
+BLOCK_ELEMENTS = 4_000_000
+
+
+def _torch():
+    import torch
+
+    return torch
+
+
+class KDTreeOps:
+    """``centroid_nn``, ``candidate_pairs`` and ``pair_average`` on the CPU through a k-d
+    tree of the centroids; the rest of the engine's kernels are the PyTorch references
+    (``dcpe_kernels.ReferenceOps``)."""
+
+    @staticmethod
+    def _tree(mu_t, n: int):
+        from scipy.spatial import cKDTree
+
+        mu = mu_t[:, :n].T.double().contiguous().numpy()
+        return mu, cKDTree(mu)
+
+    @staticmethod
+    def _flat(lists) -> tuple[np.ndarray, np.ndarray]:
+        lens = np.fromiter((len(x) for x in lists), dtype=np.int64, count=len(lists))
+        cols = (np.concatenate([np.asarray(x, dtype=np.int64) for x in lists])
+                if lens.sum() else np.zeros(0, np.int64))
+        return lens, cols
+
+    @staticmethod
+    def centroid_nn(mu_t, s2, n, mode, scale, out, nn, rows, nrows) -> None:
+        torch = _torch()
+        if nrows == 0:
+            return
+        if n == 1:
+            out[0], nn[0] = float("inf"), 0
+            return
+        mu, tree = KDTreeOps._tree(mu_t, n)
+        r = rows[:nrows].long().numpy()
+        s2d = s2[:n].double().numpy()
+        k = min(n, KNN)
+        dist, idx = tree.query(mu[r], k=k, workers=-1)
+        ub = np.full(len(r), np.inf)
+        for j in range(k):  # any other cluster bounds the minimum
+            v = dist[:, j] ** 2 + s2d[r] + s2d[idx[:, j]]
+            ub = np.where(idx[:, j] != r, np.minimum(ub, v), ub)
+        # v = |mu_a - mu_b|^2 + s2_a + s2_b <= ub needs |mu_a - mu_b|^2 <= ub - s2_a
+        radius = np.sqrt(np.maximum(ub - s2d[r], 0.0)) * (1 + 1e-9) + 1e-12
+        lens, cols = KDTreeOps._flat(
+            tree.query_ball_point(mu[r], radius, workers=-1, return_sorted=False))
+        rep = np.repeat(r, lens)
+        seg = np.repeat(np.arange(len(r)), lens)
+        v = ((mu[rep] - mu[cols]) ** 2).sum(1) + s2d[rep] + s2d[cols]
+        if mode == 1:
+            v = v * scale
+        v[cols == rep] = np.inf
+        best = np.full(len(r), np.inf)
+        np.minimum.at(best, seg, v)
+        arg = np.full(len(r), n, dtype=np.int64)
+        hit = v == best[seg]
+        np.minimum.at(arg, seg[hit], cols[hit])
+        rt = torch.from_numpy(r)
+        out[rt] = torch.from_numpy(np.sqrt(best) if mode == 0 else best).to(out.dtype)
+        nn[rt] = torch.from_numpy(arg).to(nn.dtype)
+
+    @staticmethod
+    def candidate_pairs(mu_t, s2, rad, tau, n, rel, absm, pa, pb, count, capacity, rows,
+                        nrows, needy) -> None:
+        torch = _torch()
+        if nrows == 0:
+            return
+        mu, tree = KDTreeOps._tree(mu_t, n)
+        r = rows[:nrows].long().numpy()
+        s2d, radd, taud = (t[:n].double().numpy() for t in (s2, rad, tau))
+        other = needy[:n].numpy() != 0
+        thr = (taud + absm) * (1 + rel)
+        # lb >= |mu_a - mu_b|: the candidates of a lie within thr_a + absm
+        lens, b = KDTreeOps._flat(tree.query_ball_point(
+            mu[r], (thr[r] + absm) * (1 + 1e-9) + 1e-12, workers=-1, return_sorted=False))
+        a = np.repeat(r, lens)
+        dd = ((mu[a] - mu[b]) ** 2).sum(1)
+        d = np.sqrt(dd)
+        den = d + radd[a] + radd[b]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            lb = np.where(den == 0, d, np.maximum(d, (dd + s2d[a] + s2d[b])
+                                                  / np.where(den == 0, 1.0, den)))
+        low = lb - absm
+        cand_ab = (low <= thr[a]) & (a != b)
+        cand_ba = low <= thr[b]
+        keep = cand_ab & ((a < b) | ~cand_ba | ~other[b])
+        a, b = a[keep], b[keep]
+        start, total = int(count[0]), len(a)
+        w = max(0, min(total, capacity - start))
+        pa[start:start + w] = torch.from_numpy(a[:w]).to(pa.dtype)
+        pb[start:start + w] = torch.from_numpy(b[:w]).to(pb.dtype)
+        count[0] += total
+
+    @staticmethod
+    def pair_average(x, offsets, sizes, pa, pb, count, capacity, val) -> None:
+        """Distances in the tokens' dtype (squares summed in dimension order, correctly
+        rounded root), summed in float64, by blocks of pairs of similar sizes."""
+        torch = _torch()
+        cnt = min(int(count[0]), int(capacity))
+        if cnt == 0:
+            return
+        a, b = pa[:cnt].long(), pb[:cnt].long()
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        n_lo, n_hi = sizes[lo], sizes[hi]
+        xs = x.numpy()
+        off = offsets.numpy()
+        lo_n, hi_n, nl, nh = lo.numpy(), hi.numpy(), n_lo.numpy(), n_hi.numpy()
+        out = np.empty(cnt, dtype=np.float64)
+        bl = 1 << np.ceil(np.log2(np.maximum(nl, 1))).astype(np.int64)
+        bh = 1 << np.ceil(np.log2(np.maximum(nh, 1))).astype(np.int64)
+        key = bl * (1 << 32) + bh
+        for k in np.unique(key):
+            sel = np.nonzero(key == k)[0]
+            sa, sb = int(k >> 32), int(k & ((1 << 32) - 1))
+            step = max(1, BLOCK_ELEMENTS // (sa * sb))
+            for j in range(0, len(sel), step):
+                s = sel[j:j + step]
+                ia = off[lo_n[s]][:, None] + np.arange(sa)[None, :]
+                ib = off[hi_n[s]][:, None] + np.arange(sb)[None, :]
+                ma = np.arange(sa)[None, :] < nl[s][:, None]
+                mb = np.arange(sb)[None, :] < nh[s][:, None]
+                xa = xs[np.where(ma, ia, 0)]
+                xb = xs[np.where(mb, ib, 0)]
+                acc = np.zeros((len(s), sa, sb), dtype=xs.dtype)
+                for c in range(xs.shape[1]):
+                    diff = xa[:, :, None, c] - xb[:, None, :, c]
+                    acc += diff * diff
+                dist = np.sqrt(acc).astype(np.float64) * (ma[:, :, None] & mb[:, None, :])
+                out[s] = dist.sum((1, 2)) / (nl[s].astype(np.float64) * nh[s])
+        val[:cnt] = torch.from_numpy(out).to(val.dtype)
+
+
+def _ops():
+    from dcpe_kernels import ReferenceOps
+
+    return type("KDTreeWorkOps", (ReferenceOps,), {
+        "centroid_nn": staticmethod(KDTreeOps.centroid_nn),
+        "candidate_pairs": staticmethod(KDTreeOps.candidate_pairs),
+        "pair_average": staticmethod(KDTreeOps.pair_average)})
+
+
+def measure(x: np.ndarray, k: int, check: bool) -> dict[str, Any]:
+    """One run of the engine on ``x`` with a flat cut at ``k``: the work per round."""
+    torch = _torch()
+    from dcpe_kernels.linear import linear_merges, trace_rounds
+    from dcpe_kernels.rnn import merges_to_labels
+
+    records: list[dict[str, Any]] = []
+    t0 = time.perf_counter()
+    with trace_rounds(records.append):
+        mg = linear_merges(torch.from_numpy(x), metric="euclidean", max_cluster_size=None,
+                           ops=_ops(), backend="work", n_clusters=k,
+                           memory_budget=1 << 62)
+    seconds = time.perf_counter() - t0
+    rounds = [{key: v for key, v in r.items() if key != "ms"} for r in records
+              if not r.get("done")]
+    n = x.shape[0]
+    row: dict[str, Any] = {
+        "n": n, "d": x.shape[1], "k": k, "rounds": records[-1]["rounds"],
+        "matrix_free_rounds": len(rounds),
+        "scan_pairs": sum(r["rows"] * r["n"] for r in rounds),
+        "candidate_scan_pairs": sum(r["rows"] * r["n"] for r in rounds[1:]),
+        "candidate_pairs": sum(r["pairs"] for r in rounds),
+        "token_pairs": sum(r["token_pairs"] for r in rounds),
+        "largest_cluster": max(r["max_size"] for r in rounds),
+        "final_clusters": rounds[-1]["n"], "host_seconds": round(seconds, 2),
+        "per_round": rounds}
+    if check:
+        import dcpe
+
+        t1 = time.perf_counter()
+        want = np.asarray(dcpe.cluster(x, k, backend="cpu"))
+        row["cpu_seconds"] = round(time.perf_counter() - t1, 2)
+        got = merges_to_labels(mg, k).numpy()
+        row["labels_equal_cpu"] = bool(_same_partition(got, want))
+    return row
+
+
+def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    def canon(v: np.ndarray) -> np.ndarray:
+        _, first = np.unique(v, return_index=True)
+        order = np.empty(v.max() + 1, dtype=np.int64)
+        order[v[np.sort(first)]] = np.arange(len(first))
+        return order[v]
+
+    return a.shape == b.shape and bool(np.array_equal(canon(a), canon(b)))
+
+
+def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    table = []
+    for r in rows:
+        n = r["n"]
+        table.append([n, r["d"], r["rounds"], r["final_clusters"],
+                      f"{r['scan_pairs'] / n ** 2:.2f}",
+                      f"{r['candidate_scan_pairs'] / n ** 2:.2f}",
+                      f"{r['candidate_pairs'] / n:.1f}", f"{r['token_pairs'] / n:,.0f}",
+                      f"{r['token_pairs']:.3g}", r["largest_cluster"],
+                      {True: "yes", False: "**NO**"}.get(r.get("labels_equal_cpu"), "—"),
+                      fmt_seconds(r["host_seconds"])])
+    return "\n".join([
+        "# Work of the matrix-free engine (counted on the CPU)", "",
+        f"`dcpe_kernels.linear.linear_merges` on prefixes of "
+        f"`make_sample_codebook(n={args.data_n}, d={args.d})`, k = N/2, Euclidean, with "
+        f"k-d tree kernels (benchmarks/linear_work.py); the work does not depend on the "
+        f"device.", "",
+        markdown_table(["N", "d", "rounds", "clusters at the stop", "centroid scan / N^2",
+                        "candidate scan / N^2", "candidate pairs / N", "token pairs / N",
+                        "token pairs", "largest cluster", "labels = cpu",
+                        "host time (k-d tree)"], table), "",
+        "centroid scan: pairs (searching cluster, cluster) of the bound scan, summed over "
+        "the rounds; candidate scan: the same for the candidate scan, which the first "
+        "round (every cluster one token) does not need; candidate pairs and token pairs: "
+        "the exact averages computed.  A GPU's time is about a * (centroid + candidate "
+        "scan pairs) * d + b * token pairs * d + c * rounds.  Labels = cpu: the same "
+        "partition as the cpu backend's (up to --check-max-n).", ""])
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=DEFAULT_SIZES)
+    ap.add_argument("--d", type=int, default=8)
+    ap.add_argument("--data-n", type=int, default=None,
+                    help="N of the generated codebook the sizes are prefixes of "
+                         "(default: the largest size)")
+    ap.add_argument("--check-max-n", type=int, default=131072,
+                    help="compare the labels with the cpu backend up to this N")
+    ap.add_argument("--out", default=None, help="directory (default: benchmarks/results)")
+    args = ap.parse_args(argv)
+    if min(args.sizes) < 2 or args.d < 1:
+        ap.error("sizes must be >= 2 and --d >= 1")
+    args.data_n = args.data_n or max(args.sizes)
+    if args.data_n < max(args.sizes):
+        ap.error(f"--data-n {args.data_n} is smaller than the largest size")
+    import dcpe.datasets as ds
+
+    data = ds.make_sample_codebook(n=args.data_n, d=args.d)
+    rows: list[dict[str, Any]] = []
+    payload: dict[str, Any] = {"benchmark": "linear-work", "machine": machine_info(),
+                               "data": f"make_sample_codebook(n={args.data_n}, d={args.d})",
+                               "rows": rows}
+    for n in sorted(args.sizes):
+        row = measure(np.ascontiguousarray(data[:n]), n // 2, n <= args.check_max_n)
+        rows.append(row)
+        print(f"N={n}: rounds {row['rounds']} scan {row['scan_pairs'] / n ** 2:.2f} N^2 "
+              f"candidate scan {row['candidate_scan_pairs'] / n ** 2:.2f} N^2 "
+              f"token pairs {row['token_pairs']:.3g} labels = cpu "
+              f"{row.get('labels_equal_cpu', '-')} ({row['host_seconds']} s)", flush=True)
+        write_results("linear-work", payload, report(rows, args), args.out)
+    return 0 if all(r.get("labels_equal_cpu", True) for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -341,7 +341,9 @@ class RoundTrace:
             for name, value in rec["ms"].items():
                 ms[name] = ms.get(name, 0.0) + value
         rounds = [r for r in self.last if not r.get("done")]
-        work = {"scan_pairs": sum(r["rows"] * r["n"] for r in rounds),
+        work = {"scan_pairs": sum(r.get("scan_rows", r["rows"]) * r["n"] for r in rounds),
+                "candidate_scan_pairs": sum(r["rows"] * r["n"] for r in rounds
+                                            if r.get("pairs") is not None and r["round"] > 1),
                 "candidate_pairs": sum(r.get("pairs", 0) for r in rounds),
                 "token_pairs": sum(r.get("token_pairs", 0) for r in rounds),
                 "max_size": max((r.get("max_size", 0) for r in rounds), default=0),
@@ -519,19 +521,22 @@ def phase_table(rows: list[dict[str, Any]]) -> list[str]:
         table.append([r["provider"], r["n"], r["d"], r.get("memory_limit") or "—",
                       *(f"{ms[p]:.0f}" if p in ms else "—" for p in PHASES),
                       f"{w['scan_pairs'] / r['n'] ** 2:.2f}",
+                      f"{w['candidate_scan_pairs'] / r['n'] ** 2:.2f}",
                       f"{w['candidate_pairs'] / r['n']:.1f}",
                       f"{w['token_pairs'] / r['n']:.0f}", w["max_size"]])
     return ["### Where the matrix-free rounds' time goes (ms per phase, the timed call)", "",
-            markdown_table(["provider", "N", "d", "memory_limit", *PHASES, "scan pairs / N^2",
-                            "candidates / N", "token pairs / N", "largest cluster"], table),
+            markdown_table(["provider", "N", "d", "memory_limit", *PHASES,
+                            "centroid scan / N^2", "candidate scan / N^2", "candidates / N",
+                            "token pairs / N", "largest cluster"], table),
             "", "Phases as dcpe_kernels.linear.trace_rounds defines them (on a GPU, CUDA "
             "events between the phases of the timed call; summed over its rounds): scan = "
             "centroid scan, candidates = candidate-pair scan, sums = exact averages over "
             "token pairs, select = nearest neighbours and the round's bookkeeping up to its "
             "synchronisation, update = new moments and token order, handover / dense = the "
             "clusters' matrix and the dense rounds after it.  Work summed over the "
-            "matrix-free rounds: centroid-scan pairs (rows searched x clusters), candidate "
-            "pairs, token pairs summed exactly; the largest cluster at the end.", ""]
+            "matrix-free rounds: pairs of the centroid scan (clusters that scan x "
+            "clusters) and of the candidate scan (clusters that search x clusters), "
+            "candidate pairs, token pairs summed exactly; the largest cluster.", ""]
 
 
 def summarize(args: argparse.Namespace, device: str, sizes: list[int],

@@ -207,7 +207,7 @@ def measure(x: np.ndarray, k: int, check: bool) -> dict[str, Any]:
     row: dict[str, Any] = {
         "n": n, "d": x.shape[1], "k": k, "rounds": records[-1]["rounds"],
         "matrix_free_rounds": len(rounds),
-        "scan_pairs": sum(r["rows"] * r["n"] for r in rounds),
+        "scan_pairs": sum(r["scan_rows"] * r["n"] for r in rounds),
         "candidate_scan_pairs": sum(r["rows"] * r["n"] for r in rounds[1:]),
         "candidate_pairs": sum(r["pairs"] for r in rounds),
         "token_pairs": sum(r["token_pairs"] for r in rounds),

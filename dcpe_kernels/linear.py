@@ -38,7 +38,15 @@ pairs do not leave the device to one block each.
 
 Reducibility (Bruynooghe 1977) spares most searches after the first round: a cluster
 that did not merge and whose nearest neighbour did not merge keeps it, so only merged
-clusters and those whose neighbour merged scan (:func:`_carry_neighbours`).
+clusters and those whose neighbour merged search (:func:`_carry_neighbours`).  Most of
+those need no centroid scan either (Euclidean): the new clusters of a cluster and of its
+old nearest neighbour give both an upper bound (:func:`_neighbour_bounds`), which serves as
+the candidate threshold in place of the scan's smallest bound when it is within
+:data:`_BOUND_FACTOR` of the old nearest distance (a lower bound of the new one).  A looser
+threshold only lets more pairs through to the exact sums, all of which are candidates of
+the searching cluster; the nearest neighbour, and every pair tied with it, is among them.
+On the sample codebook about one searching cluster in ten still scans after the first
+round (benchmarks/linear_work.py counts it).
 
 Merges, the early stop for a flat cut and the size cap are those of the dense engine
 (merge records, tie rule and slot order are the same, so labels agree with the dense
@@ -103,6 +111,11 @@ _MATRIX_CHUNK = 1 << 25
 #: Euclidean, while every cluster is one token: the centroid scan's minimum is the exact
 #: nearest-neighbour distance (the first round skips the candidate scan and the sums)
 _SINGLETON_ROUND = True
+#: Euclidean, after the first round: a cluster that searches takes as its threshold the
+#: upper bound to the new cluster of its (or its part's) old nearest neighbour, and skips
+#: the centroid scan, when that bound is at most this factor times its old nearest
+#: distance (a lower bound of the new one); the others scan (:func:`_neighbour_bounds`)
+_BOUND_FACTOR = 2.0
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8
 _MIN_PAIRS = 1024
@@ -304,8 +317,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     rows = torch.arange(n_all, dtype=torch.int32, device=dev)
     nrows = n_all
     tokens = rad = None
-    # the first round of a Euclidean run needs no exact sums (_SINGLETON_ROUND)
+    # the first round of a Euclidean run needs no exact sums (_SINGLETON_ROUND), and only
+    # the later rounds have thresholds from the old neighbours (_BOUND_FACTOR)
     singletons = _SINGLETON_ROUND
+    bounded, n_unknown, searched_scan = False, 0, n_all
     if scale is None:
         tokens = _Tokens(xs)
         rad = torch.zeros(n_all, dtype=dt, device=dev)
@@ -316,18 +331,35 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         val = torch.empty(capacity, dtype=dt, device=dev)
         count = torch.zeros(1, dtype=i64, device=dev)
         scratch = torch.empty(n_all, dtype=i64, device=dev)
+        # the next round's thresholds from the old neighbours, and who must scan for one
+        bound = torch.full((n_all,), float("inf"), dtype=dt, device=dev)
+        unknown = torch.zeros(n_all, dtype=torch.int8, device=dev)
+    nxt: dict[str, torch.Tensor] = {}  # the next round's moments, from carry()
     del xs
     n = n_all
 
     def carry(n: int) -> tuple[torch.Tensor, ...]:
-        """After the round's scan: the next round's kept neighbours and who searches."""
+        """After the round's scan: the next round's kept neighbours, who searches, the
+        next round's moments and (Euclidean) thresholds, all launched before the round's
+        synchronisation, with the counts it reads."""
         needy_next = _carry_neighbours(st, n, nn, nnd, best, nn2, nnd2, best2)
         needy2[:n] = needy_next.to(torch.int8)
         out = [needy_next.sum().reshape(1)]
+        ar = torch.arange(n, device=dev)
+        kept = ar < st.counts[1]
+        p = torch.where(kept, st.p32[:n].to(i64), 0)
+        q = torch.where(kept, st.q32[:n].to(i64), -1)
+        size_next = torch.where(kept, st.size2[:n], 1)
+        nxt["mu"], nxt["m2"] = _merge_moments(mu, m2, st.size, p, q, size_next)
         if tokens is not None:
-            kept = torch.arange(n, device=dev) < st.counts[1]
             out += [count, _token_total(st, n), _pair_work(*live_ab, st.size),
                     torch.where(kept, st.size2[:n], 0).max().reshape(1)]
+            ub = _neighbour_bounds(kept, p, q, nn[:n], nnd[:n], nxt["mu"], nxt["m2"],
+                                   size_next, _BOUND_FACTOR if _BOUND_FACTOR else 0.0)
+            bound[:n] = _up_to(ub, dt)
+            need_scan = needy_next & ~torch.isfinite(ub)
+            unknown[:n] = need_scan.to(torch.int8)
+            out += [need_scan.sum().reshape(1)]
         return tuple(out)
 
     clock = _Phases(dev, _TRACE[-1] if _TRACE else None)
@@ -344,7 +376,16 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         else:
             mu_t = mu[:n].T.to(dt).contiguous()
             s2t = s2.to(dt)
-            ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, scratch, rows, nrows)
+            if bounded:
+                # the thresholds from the old neighbours; the rest scan for theirs
+                ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, scratch,
+                                _compact(unknown[:n], n_unknown), n_unknown)
+                use = (needy[:n] != 0) & (unknown[:n] == 0)
+                best[:n] = torch.where(use, bound[:n], best[:n])
+                searched_scan = n_unknown
+            else:
+                ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, scratch, rows, nrows)
+                searched_scan = nrows
             clock.mark("scan")
             if singletons:
                 # every cluster one token: the bound sqrt(dd + 0 + 0) is the exact distance,
@@ -383,19 +424,24 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 val = torch.empty(capacity, dtype=dt, device=dev)
         n_pairs, n_new, below, nrows = vals[:4]
         clock.emit(round=st.rounds + 1, n=n, rows=searched,
-                   **({} if tokens is None else {"pairs": vals[4], "token_pairs": vals[6],
+                   **({} if tokens is None else {"scan_rows": searched_scan,
+                                                 "pairs": vals[4], "token_pairs": vals[6],
                                                  "max_size": vals[7]}))
         old_size = st.size
         if not st.commit(n, n_pairs, n_new, below, backend):
             break
         singletons = singletons and n_pairs == 0
+        if tokens is not None:
+            n_unknown = vals[8]
+            bounded = _BOUND_FACTOR > 0
         nn, nn2, nnd, nnd2, best, best2 = nn2, nn, nnd2, nnd, best2, best
         needy, needy2 = needy2, needy
         rows = _compact(needy[:n_new], nrows)
         p = st.p32[:n_new].to(i64)
         q = st.q32[:n_new].to(i64)
         new_size = st.size[:n_new]
-        mu, m2 = _merge_moments(mu, m2, old_size, p, q, new_size)
+        mu, m2 = nxt["mu"][:n_new], nxt["m2"][:n_new]
+        nxt.clear()
         n = n_new
         if tokens is not None:
             slot = tokens.regroup(p, q, old_size, new_size, vals[5])
@@ -450,6 +496,49 @@ def _carry_neighbours(st: RoundState, n: int, nn: torch.Tensor, nnd: torch.Tenso
     nnd2[:n] = nnd[:n][p]
     best2[:n] = best[:n][p]
     return needy
+
+
+def _neighbour_bounds(kept: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+                      nn: torch.Tensor, nnd: torch.Tensor, mu: torch.Tensor, m2: torch.Tensor,
+                      size: torch.Tensor, factor: float) -> torch.Tensor:
+    """Upper bounds of the next round's nearest-neighbour distances (float64 ``(n,)``,
+    ``inf`` where none is taken), on the device, before the round's synchronisation.
+
+    Every old cluster ``a`` and its nearest neighbour ``nn[a]`` lie in two new clusters
+    ``A`` and ``B`` (old slot ``p`` or ``q`` of a new slot); when they differ,
+    ``sqrt(|mu_A - mu_B|^2 + s2_A + s2_B)`` bounds the average distance of ``A`` and ``B``
+    (Jensen), hence the nearest distance of both.  Each new cluster takes the smallest of
+    its bounds, kept when at most ``factor`` times its old nearest distance ``nnd[p]``,
+    which bounds the new one from below (reducibility): a looser bound would let through
+    too many candidates.  ``mu``/``m2``/``size``: the new clusters' moments (rows past the
+    new count unused); ``kept``/``p``/``q``: the new slots' old ones, as
+    :func:`_carry_neighbours` takes them.
+    """
+    n = nn.shape[0]
+    dev = nn.device
+    ar = torch.arange(n, device=dev)
+    new_of = torch.full((n + 1,), -1, dtype=torch.int64, device=dev)
+    new_of.scatter_(0, torch.where(kept, p, n), ar)
+    new_of.scatter_(0, torch.where(kept & (q >= 0), q, n), ar)
+    new_of[n] = -1
+    na, nb = new_of[:n], new_of[nn]
+    ok = (na >= 0) & (nb >= 0) & (na != nb)
+    na, nb = torch.where(ok, na, 0), torch.where(ok, nb, 0)
+    s2 = m2 / size.to(torch.float64)
+    diff = mu[na] - mu[nb]
+    ub = torch.sqrt((diff * diff).sum(1) + (s2[na] + s2[nb]))
+    ub = torch.where(ok, ub, float("inf"))
+    out = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
+    out = out.scatter_reduce(0, na, ub, "amin").scatter_reduce(0, nb, ub, "amin")
+    low = nnd[p].to(torch.float64)
+    return torch.where(kept & (out <= factor * low), out, float("inf"))
+
+
+def _up_to(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``x`` in ``dtype``, rounded up (a threshold never below its float64 value)."""
+    y = x.to(dtype)
+    return torch.where(y.to(x.dtype) < x, torch.nextafter(y, torch.full_like(y, float("inf"))),
+                       y)
 
 
 def _compact(flags: torch.Tensor, count: int) -> torch.Tensor:

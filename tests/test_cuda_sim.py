@@ -871,3 +871,21 @@ def test_first_round_without_sums_is_the_same(ops: type, dtype: torch.dtype,
                                             ops=ops, backend="cuda", handover_bytes=0))
         for name in ("rep_a", "rep_b", "height", "hmono", "size"):
             assert torch.equal(getattr(got[0], name), getattr(got[1], name)), name
+
+
+def test_thresholds_from_old_neighbours_change_nothing(ops: type,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """With these kernels too, the rounds that take thresholds from the old neighbours (and
+    scan only for the rest) merge as a scan for every searching cluster does, bit for bit."""
+    import dcpe_kernels.linear as linear
+
+    rng = np.random.default_rng(8)
+    for x in (rng.integers(0, 4, size=(70, 2)).astype(np.float64), tie_free(rng, 80, 3)):
+        xt = torch.from_numpy(x).to(torch.float32)
+        got = []
+        for factor in (linear._BOUND_FACTOR, 0.0):
+            monkeypatch.setattr(linear, "_BOUND_FACTOR", factor)
+            got.append(linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                                            ops=ops, backend="cuda", handover_bytes=0))
+        for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+            assert torch.equal(getattr(got[0], name), getattr(got[1], name)), name

@@ -507,6 +507,64 @@ def test_first_round_without_sums_is_the_same(which: str, dtype: torch.dtype, ti
     assert fast.rounds == full.rounds
 
 
+@pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_thresholds_from_old_neighbours_change_nothing(which: str, ties: bool,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       rng: np.random.Generator) -> None:
+    """Rounds after the first take most thresholds from the old neighbours and scan only
+    for the rest: the merges are those of a centroid scan for every searching cluster, bit
+    for bit (ties and duplicates included), and fewer clusters scan."""
+    ops = _ops(which)
+    x = (rng.integers(0, 4, size=(90, 2)).astype(np.float64) if ties
+         else tie_free(rng, 120, 3))
+    xt = torch.from_numpy(x).to(DEVICE)
+    got, scans = [], []
+    for factor in (linear._BOUND_FACTOR, 0.0):
+        monkeypatch.setattr(linear, "_BOUND_FACTOR", factor)
+        records: list[dict] = []
+        with linear.trace_rounds(records.append):
+            got.append(linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                                            ops=ops, handover_bytes=0))
+        scans.append([(r["scan_rows"], r["rows"]) for r in records if "rows" in r])
+    for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+        assert torch.equal(getattr(got[0], name), getattr(got[1], name)), name
+    assert all(s <= r for s, r in scans[0]) and all(s == r for s, r in scans[1])
+    assert sum(s for s, _ in scans[0][1:]) < sum(r for _, r in scans[0][1:])
+
+
+def test_neighbour_bounds_bound_the_next_nearest_distance(monkeypatch: pytest.MonkeyPatch,
+                                                          rng: np.random.Generator) -> None:
+    """Every finite threshold taken from the old neighbours is at least the exact nearest
+    average distance that the next round finds, and at most _BOUND_FACTOR times the old
+    nearest distance."""
+    x = torch.from_numpy(tie_free(rng, 150, 3)).to(DEVICE)
+    bounds, nearest = [], []
+    real_b, real_n = linear._neighbour_bounds, linear._nearest_from_pairs
+
+    def spy_b(*args):
+        out = real_b(*args)
+        bounds.append((out.clone(), args[4][args[1]].clone()))  # and nnd[p]: the old nearest
+        return out
+
+    def spy_n(live, a, b, val, n, needy, nn, nnd):
+        real_n(live, a, b, val, n, needy, nn, nnd)
+        nearest.append(nnd[:n].clone())
+
+    monkeypatch.setattr(linear, "_neighbour_bounds", spy_b)
+    monkeypatch.setattr(linear, "_nearest_from_pairs", spy_n)
+    linear.linear_merges(x, metric="euclidean", max_cluster_size=None, ops=ReferenceOps,
+                         handover_bytes=0)
+    checked = 0
+    for (ub, low), nnd in zip(bounds, nearest):  # the bounds of round i, the nearest of i + 1
+        m = nnd.shape[0]
+        fin = torch.isfinite(ub[:m])
+        assert torch.all(ub[:m][fin] >= nnd[fin].to(torch.float64) * (1 - 1e-12))
+        assert torch.all(ub[:m][fin] <= linear._BOUND_FACTOR * low[:m][fin])
+        checked += int(fin.sum())
+    assert checked > 150
+
+
 @pytest.mark.parametrize("metric,handover", [("euclidean", 0), ("euclidean", 2 * 20 * 20 * 8),
                                              ("sqeuclidean", None)])
 def test_trace_rounds(metric: str, handover: int | None, rng: np.random.Generator) -> None:
@@ -522,6 +580,9 @@ def test_trace_rounds(metric: str, handover: int | None, rng: np.random.Generato
     assert [r["round"] for r in rounds] == list(range(1, len(rounds) + 1))
     assert rounds[0]["n"] == rounds[0]["rows"] == 70
     assert all(0 < r["rows"] <= r["n"] for r in rounds)
+    if metric == "euclidean":
+        assert rounds[0]["scan_rows"] == 70 and all(0 <= r["scan_rows"] <= r["rows"]
+                                                    for r in rounds)
     assert all(r["ms"] and min(r["ms"].values()) >= 0 for r in rounds)
     if metric == "euclidean":
         assert rounds[0]["pairs"] == rounds[0]["token_pairs"] == 0  # exact from the scan

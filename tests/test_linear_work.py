@@ -93,8 +93,13 @@ def test_small_run_writes_the_work(tmp_path: Path) -> None:
     for r in rows:
         n = r["n"]
         assert r["labels_equal_cpu"] is True
-        assert r["scan_pairs"] >= n * n  # the first round scans every cluster
-        assert r["candidate_scan_pairs"] == r["scan_pairs"] - n * n
+        # the first round scans every cluster, the later ones the searching clusters without
+        # a threshold from their old neighbours, and the candidates of every searching one
+        rows = r["per_round"]
+        assert rows[0]["scan_rows"] == rows[0]["rows"] == n
+        assert r["scan_pairs"] == sum(x["scan_rows"] * x["n"] for x in rows) >= n * n
+        assert r["candidate_scan_pairs"] == sum(x["rows"] * x["n"] for x in rows[1:])
+        assert r["scan_pairs"] - n * n < r["candidate_scan_pairs"]
         assert r["per_round"][0]["pairs"] == 0 < r["candidate_pairs"] <= r["token_pairs"]
         # the round that finds the early stop is scanned, not counted as a round of merges
         assert r["matrix_free_rounds"] == len(r["per_round"]) == r["rounds"] + 1

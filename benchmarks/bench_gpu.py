@@ -363,7 +363,7 @@ def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline:
 
     import dcpe
     from dcpe._memory import parse_memory_limit
-    from dcpe_kernels.linear import choose_engine, trace_rounds
+    from dcpe_kernels.linear import choose_engine, linear_required_bytes, trace_rounds
     from dcpe_kernels.rnn import memory_available
 
     last: dict[int, tuple[int, int, float]] = {}  # d -> (N, d, seconds) of its last row
@@ -399,6 +399,8 @@ def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline:
                 budget = min(budget, limit_bytes)
             row["engine"] = choose_engine(n, d, x.element_size(), method="average",
                                           budget=budget, backend=provider)
+            if row["engine"] == "linear":  # what the preflight counts, beside the peak
+                row["preflight_bytes"] = linear_required_bytes(n, d, x.element_size())
             trace = RoundTrace(f"{provider:7s} {spec_name(spec):>16s}")
             with trace_rounds(trace):
                 res = time_gpu(lambda x=x, k=n // 2, lim=limit: dcpe.cluster(
@@ -523,20 +525,26 @@ def phase_table(rows: list[dict[str, Any]]) -> list[str]:
                       f"{w['scan_pairs'] / r['n'] ** 2:.2f}",
                       f"{w['candidate_scan_pairs'] / r['n'] ** 2:.2f}",
                       f"{w['candidate_pairs'] / r['n']:.1f}",
-                      f"{w['token_pairs'] / r['n']:.0f}", w["max_size"]])
+                      f"{w['token_pairs'] / r['n']:.0f}", w["max_size"],
+                      (f"{r['peak_bytes'] / r['preflight_bytes']:.2f}"
+                       if r.get("peak_bytes") and r.get("preflight_bytes") else "—")])
     return ["### Where the matrix-free rounds' time goes (ms per phase, the timed call)", "",
             markdown_table(["provider", "N", "d", "memory_limit", *PHASES,
                             "centroid scan / N^2", "candidate scan / N^2", "candidates / N",
-                            "token pairs / N", "largest cluster"], table),
+                            "token pairs / N", "largest cluster", "peak / preflight"],
+                           table),
             "", "Phases as dcpe_kernels.linear.trace_rounds defines them (on a GPU, CUDA "
             "events between the phases of the timed call; summed over its rounds): scan = "
             "centroid scan, candidates = candidate-pair scan, sums = exact averages over "
-            "token pairs, select = nearest neighbours and the round's bookkeeping up to its "
-            "synchronisation, update = new moments and token order, handover / dense = the "
-            "clusters' matrix and the dense rounds after it.  Work summed over the "
+            "token pairs, select = nearest neighbours, the round's bookkeeping and the next "
+            "round's moments and thresholds, up to its synchronisation, update = the new "
+            "token order and radii, handover / dense = the clusters' matrix and the dense "
+            "rounds after it.  Work summed over the "
             "matrix-free rounds: pairs of the centroid scan (clusters that scan x "
             "clusters) and of the candidate scan (clusters that search x clusters), "
-            "candidate pairs, token pairs summed exactly; the largest cluster.", ""]
+            "candidate pairs, token pairs summed exactly; the largest cluster; the peak "
+            "memory over what the preflight counts (dcpe_kernels.linear."
+            "linear_required_bytes), at most 1 when the preflight holds.", ""]
 
 
 def summarize(args: argparse.Namespace, device: str, sizes: list[int],

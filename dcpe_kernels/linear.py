@@ -124,11 +124,20 @@ _MIN_PAIRS = 1024
 def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
     """Device bytes the matrix-free engine needs for ``n`` tokens of dimension ``d``.
 
-    Three copies of the tokens (input, sorted, next order), float64 centroids and their
-    transposed copy, about 200 bytes of per-cluster state and the initial room for
-    candidate pairs (about 40 bytes each).
+    At its peak: three copies of the tokens (input, sorted, and the next order or the
+    radius pass's gather), three of the float64 centroids (current, next, a difference),
+    two in the compute dtype (the transposed centroids and the radius pass's), the
+    bound pass's two float64 blocks of :func:`_bound_rows` rows, about 256 bytes of
+    per-cluster state and temporaries, and the initial room for candidate pairs (about
+    40 bytes each).
     """
-    return 3 * n * d * itemsize + 3 * n * d * 8 + 200 * n + _PAIRS_PER_CLUSTER * 40 * n
+    return ((3 * n * d + 2 * n * d) * itemsize + 3 * n * d * 8
+            + 2 * min(n, _bound_rows(d)) * d * 8 + 256 * n + _PAIRS_PER_CLUSTER * 40 * n)
+
+
+def _bound_rows(d: int) -> int:
+    """Rows per block of :func:`_neighbour_bounds` (two float64 blocks of 128 MiB at most)."""
+    return max(1, (1 << 24) // max(1, d))
 
 
 def _margins(x: torch.Tensor, dim: int) -> tuple[float, float]:
@@ -171,9 +180,11 @@ class _Tokens:
 
 
 def _radius(tokens: _Tokens, slot: torch.Tensor, mu: torch.Tensor, n: int) -> torch.Tensor:
-    """``max |x - mu|`` per cluster in the compute dtype (margins applied by the caller)."""
-    diff = tokens.x - mu.to(tokens.x.dtype)[slot]
+    """``max |x - mu|`` per cluster in the compute dtype (margins applied by the caller),
+    with one token-sized temporary (``mu - x``: the same norms as ``x - mu``)."""
+    diff = mu.to(tokens.x.dtype).index_select(0, slot).sub_(tokens.x)
     nrm = torch.linalg.vector_norm(diff, dim=1)
+    del diff
     out = torch.zeros(n, dtype=tokens.x.dtype, device=tokens.x.device)
     return out.scatter_reduce(0, slot, nrm, "amax")
 
@@ -189,11 +200,12 @@ def trace_rounds(sink: Callable[[dict[str, Any]], None]) -> Iterator[None]:
     A diagnostic for benchmarks (not thread-safe; costs one event per phase): the record
     of a round holds ``round``, ``n`` (active clusters), ``rows`` (clusters that search),
     ``pairs`` (candidate pairs, Euclidean), ``token_pairs`` (token pairs summed exactly),
-    ``max_size`` (largest cluster) and ``ms``, the time per phase: ``scan`` (centroid
-    scan), ``candidates``, ``sums`` (exact averages), ``select`` (nearest neighbours and
-    the round's bookkeeping, up to its synchronisation), ``update`` (the previous
-    round's new moments and token order) and ``handover`` / ``dense`` (matrix and dense
-    rounds).  On a GPU the times come from CUDA events read after the round's own
+    ``max_size`` (largest cluster), ``scan_rows`` (clusters that scan the centroids;
+    Euclidean) and ``ms``, the time per phase: ``scan`` (centroid scan), ``candidates``,
+    ``sums`` (exact averages), ``select`` (nearest neighbours, the round's bookkeeping and
+    the next round's moments and thresholds, up to its synchronisation), ``update`` (the
+    new token order and radii, counted in the next round) and ``handover`` / ``dense``
+    (matrix and dense rounds).  On a GPU the times come from CUDA events read after the round's own
     synchronisation; elsewhere from the host clock.  The last record of a run has
     ``done`` set and the run's ``rounds`` (dense rounds after a hand-over included).
     """
@@ -374,7 +386,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
             clock.mark("select")
         else:
-            mu_t = mu[:n].T.to(dt).contiguous()
+            mu_t = None  # (the last round's is not kept alongside)
+            mu_t = torch.empty((dim, n), dtype=dt, device=dev).copy_(mu[:n].T)
             s2t = s2.to(dt)
             if bounded:
                 # the thresholds from the old neighbours; the rest scan for theirs
@@ -525,9 +538,14 @@ def _neighbour_bounds(kept: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
     ok = (na >= 0) & (nb >= 0) & (na != nb)
     na, nb = torch.where(ok, na, 0), torch.where(ok, nb, 0)
     s2 = m2 / size.to(torch.float64)
-    diff = mu[na] - mu[nb]
-    ub = torch.sqrt((diff * diff).sum(1) + (s2[na] + s2[nb]))
-    ub = torch.where(ok, ub, float("inf"))
+    ub = torch.empty(n, dtype=torch.float64, device=dev)
+    step = _bound_rows(mu.shape[1])
+    for r0 in range(0, n, step):  # blocks of rows: two (rows, d) temporaries at most
+        ia, ib = na[r0:r0 + step], nb[r0:r0 + step]
+        diff = mu.index_select(0, ia).sub_(mu.index_select(0, ib))
+        ub[r0:r0 + step] = torch.linalg.vector_norm(diff, dim=1).square() + (s2[ia] + s2[ib])
+        del diff
+    ub = torch.where(ok, ub.sqrt_(), float("inf"))
     out = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
     out = out.scatter_reduce(0, na, ub, "amin").scatter_reduce(0, nb, ub, "amin")
     low = nnd[p].to(torch.float64)
@@ -692,18 +710,18 @@ def _merge_moments(mu: torch.Tensor, m2: torch.Tensor, old_size: torch.Tensor,
                    p: torch.Tensor, q: torch.Tensor, new_size: torch.Tensor
                    ) -> tuple[torch.Tensor, torch.Tensor]:
     """Centroids and sums of squared deviations of the next round's slots (Chan, Golub &
-    LeVeque 1979: ``M2 = M2_p + M2_q + |mu_p - mu_q|^2 n_p n_q / n``)."""
+    LeVeque 1979: ``M2 = M2_p + M2_q + |mu_p - mu_q|^2 n_p n_q / n``), with two ``(n, d)``
+    temporaries besides ``mu`` (the result and the difference)."""
     f64 = torch.float64
     has_q = q >= 0
     qc = q.clamp_min(0)
     n_p = old_size[p].to(f64)
     n_q = torch.where(has_q, old_size[qc], 0).to(f64)
     n_t = new_size.to(f64)
-    mu_p, mu_q = mu[p], mu[qc]
-    delta = mu_q - mu_p
-    w = (n_q / n_t)[:, None]
-    mu_new = mu_p + delta * w
-    cross = (delta * delta).sum(1) * (n_p * n_q / n_t)
+    mu_new = mu.index_select(0, p)
+    delta = mu.index_select(0, qc).sub_(mu_new)  # mu_q - mu_p
+    cross = torch.linalg.vector_norm(delta, dim=1).square() * (n_p * n_q / n_t)
+    mu_new.add_(delta.mul_((n_q / n_t)[:, None]))
     m2_new = m2[p] + torch.where(has_q, m2[qc] + cross, 0)
     return mu_new, m2_new
 

@@ -131,7 +131,9 @@ def test_scale_section_runs_both_engines(tmp_path: Path) -> None:
     assert "rounds" not in rows[("triton", "200x3")]  # the dense engine is not traced
     assert {"scan", "select"} <= set(limited["phases_ms"])
     assert limited["work"]["scan_pairs"] >= 200 * 200 - 200
-    assert limited["work"]["matrix_free_rounds"] <= limited["rounds"]
+    # the round that finds a flat cut's early stop is traced, not counted as a round of
+    # merges; dense rounds after a hand-over are counted, not traced
+    assert 1 <= limited["work"]["matrix_free_rounds"] <= limited["rounds"] + 1
     for provider, spec in [("triton", "200x3"), ("triton", "200x3@160KiB")]:
         assert rows[(provider, spec)]["labels_equal_cpu"] is True
     md = (tmp_path / "gpu-h200.md").read_text()

@@ -102,7 +102,8 @@ def test_small_run_writes_the_work(tmp_path: Path) -> None:
         assert r["scan_pairs"] - n * n < r["candidate_scan_pairs"]
         assert r["per_round"][0]["pairs"] == 0 < r["candidate_pairs"] <= r["token_pairs"]
         # the round that finds the early stop is scanned, not counted as a round of merges
-        assert r["matrix_free_rounds"] == len(r["per_round"]) == r["rounds"] + 1
+        # (dense rounds after a hand-over would be counted, not traced)
+        assert r["matrix_free_rounds"] == len(r["per_round"]) <= r["rounds"] + 1
     md = (tmp_path / "linear-work.md").read_text()
     assert "| 700 | 3 |" in md and "**NO**" not in md
 

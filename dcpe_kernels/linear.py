@@ -45,7 +45,7 @@ the candidate threshold in place of the scan's smallest bound when it is within
 :data:`_BOUND_FACTOR` of the old nearest distance (a lower bound of the new one).  A looser
 threshold only lets more pairs through to the exact sums, all of which are candidates of
 the searching cluster; the nearest neighbour, and every pair tied with it, is among them.
-On the sample codebook about one searching cluster in ten still scans after the first
+On the sample codebook 7 to 9% of the searching clusters still scan after the first
 round (benchmarks/linear_work.py counts it).
 
 Merges, the early stop for a flat cut and the size cap are those of the dense engine

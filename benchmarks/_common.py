@@ -15,6 +15,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
 
@@ -109,6 +111,20 @@ def fmt_seconds(t: float | None) -> str:
     if t < 7200:
         return f"{t / 60:.1f} min"
     return f"{t / 3600:.1f} h"
+
+
+def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two label vectors describe the same partition (equal canonical relabelings:
+    clusters numbered in the order of their first token)."""
+
+    def canonical(lab: np.ndarray) -> np.ndarray:
+        _, first, inverse = np.unique(np.asarray(lab).ravel(), return_index=True,
+                                      return_inverse=True)
+        rank = np.empty(len(first), dtype=np.int64)
+        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
+        return rank[inverse.ravel()]
+
+    return len(a) == len(b) and bool(np.array_equal(canonical(a), canonical(b)))
 
 
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:

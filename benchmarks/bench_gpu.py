@@ -94,6 +94,7 @@ from _common import (  # noqa: E402
     fmt_seconds,
     machine_info,
     markdown_table,
+    same_partition,
     write_results,
 )
 
@@ -198,20 +199,6 @@ class ScaleData:
 def cpu_label_keys(specs: list[ScaleSpec], cpu_dims: list[int]) -> set[tuple[int, int]]:
     """``(N, D)`` at which the ``cpu`` backend runs in the scale section."""
     return {(n, d) for n, d, limit in specs if limit is None and d in cpu_dims}
-
-
-def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    """Whether two label vectors describe the same partition (equal canonical relabelings:
-    clusters numbered in the order of their first token)."""
-
-    def canonical(lab: np.ndarray) -> np.ndarray:
-        _, first, inverse = np.unique(np.asarray(lab).ravel(), return_index=True,
-                                      return_inverse=True)
-        rank = np.empty(len(first), dtype=np.int64)
-        rank[np.argsort(first, kind="stable")] = np.arange(len(first))
-        return rank[inverse.ravel()]
-
-    return len(a) == len(b) and bool(np.array_equal(canonical(a), canonical(b)))
 
 
 def cluster_fn(provider: str) -> Callable[[Any, int], Any]:

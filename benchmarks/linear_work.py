@@ -38,7 +38,13 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt_seconds, machine_info, markdown_table, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    fmt_seconds,
+    machine_info,
+    markdown_table,
+    same_partition,
+    write_results,
+)
 
 DEFAULT_SIZES = [65536, 131072, 262144, 524288, 1048576]
 #: k of the first ball query (the best of these bounds the ball of the exact search)
@@ -221,18 +227,8 @@ def measure(x: np.ndarray, k: int, check: bool) -> dict[str, Any]:
         want = np.asarray(dcpe.cluster(x, k, backend="cpu"))
         row["cpu_seconds"] = round(time.perf_counter() - t1, 2)
         got = merges_to_labels(mg, k).numpy()
-        row["labels_equal_cpu"] = bool(_same_partition(got, want))
+        row["labels_equal_cpu"] = same_partition(got, want)
     return row
-
-
-def _same_partition(a: np.ndarray, b: np.ndarray) -> bool:
-    def canon(v: np.ndarray) -> np.ndarray:
-        _, first = np.unique(v, return_index=True)
-        order = np.empty(v.max() + 1, dtype=np.int64)
-        order[v[np.sort(first)]] = np.arange(len(first))
-        return order[v]
-
-    return a.shape == b.shape and bool(np.array_equal(canon(a), canon(b)))
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:

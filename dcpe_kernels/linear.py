@@ -354,20 +354,19 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         """After the round's scan: the next round's kept neighbours, who searches, the
         next round's moments and (Euclidean) thresholds, all launched before the round's
         synchronisation, with the counts it reads."""
-        needy_next = _carry_neighbours(st, n, nn, nnd, best, nn2, nnd2, best2)
+        kept, p, q, new_of = _new_slots(st, n)
+        needy_next = _carry_neighbours(kept, p, q, new_of, nn[:n], nnd, best, nn2, nnd2,
+                                       best2)
         needy2[:n] = needy_next.to(torch.int8)
         out = [needy_next.sum().reshape(1)]
-        ar = torch.arange(n, device=dev)
-        kept = ar < st.counts[1]
-        p = torch.where(kept, st.p32[:n].to(i64), 0)
-        q = torch.where(kept, st.q32[:n].to(i64), -1)
         size_next = torch.where(kept, st.size2[:n], 1)
         nxt["mu"], nxt["m2"] = _merge_moments(mu, m2, st.size, p, q, size_next)
         if tokens is not None:
-            out += [count, _token_total(st, n), _pair_work(*live_ab, st.size),
-                    torch.where(kept, st.size2[:n], 0).max().reshape(1)]
-            ub = _neighbour_bounds(kept, p, q, nn[:n], nnd[:n], nxt["mu"], nxt["m2"],
-                                   size_next, _BOUND_FACTOR if _BOUND_FACTOR else 0.0)
+            kept_size = torch.where(kept, st.size2[:n], 0)  # tokens of the next round's slots
+            out += [count, kept_size.sum().reshape(1), _pair_work(*live_ab, st.size),
+                    kept_size.max().reshape(1)]
+            ub = _neighbour_bounds(kept, p, new_of, nn[:n], nnd[:n], nxt["mu"], nxt["m2"],
+                                   size_next, _BOUND_FACTOR)
             bound[:n] = _up_to(ub, dt)
             need_scan = needy_next & ~torch.isfinite(ub)
             unknown[:n] = need_scan.to(torch.int8)
@@ -479,11 +478,31 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     return st.merges()
 
 
-def _carry_neighbours(st: RoundState, n: int, nn: torch.Tensor, nnd: torch.Tensor,
+def _new_slots(st: RoundState, n: int) -> tuple[torch.Tensor, ...]:
+    """The scanned round's slot map, on the device (before its synchronisation): ``kept``
+    (new slot ``j < n`` exists), ``p``/``q`` (its old slots: the kept one, and the merged
+    partner or -1; 0 / -1 past the new count) and ``new_of`` (old slot -> new slot, -1
+    for a cluster that left)."""
+    dev = st.p32.device
+    ar = torch.arange(n, device=dev)
+    kept = ar < st.counts[1]
+    p = torch.where(kept, st.p32[:n].to(torch.int64), 0)
+    q = torch.where(kept, st.q32[:n].to(torch.int64), -1)
+    new_of = torch.full((n + 1,), -1, dtype=torch.int64, device=dev)
+    new_of.scatter_(0, torch.where(kept, p, n), ar)
+    new_of.scatter_(0, torch.where(kept & (q >= 0), q, n), ar)
+    new_of[n] = -1
+    return kept, p, q, new_of[:n]
+
+
+def _carry_neighbours(kept: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+                      new_of: torch.Tensor, nn: torch.Tensor, nnd: torch.Tensor,
                       best: torch.Tensor, nn2: torch.Tensor, nnd2: torch.Tensor,
                       best2: torch.Tensor) -> torch.Tensor:
     """The next round's slots that search again (bool ``(n,)``, False past the new count),
-    with the others' nearest neighbours carried into ``nn2``/``nnd2``/``best2``.
+    with the others' nearest neighbours carried into ``nn2``/``nnd2``/``best2``
+    (``kept``/``p``/``q``/``new_of``: the slot map of :func:`_new_slots`; ``nn``: the
+    ``n`` old slots' neighbours).
 
     Average linkage is reducible (Bruynooghe 1977; Müllner 2011): a merged cluster is never
     closer to a third cluster than the nearer of its parts.  So a cluster that did not
@@ -493,25 +512,18 @@ def _carry_neighbours(st: RoundState, n: int, nn: torch.Tensor, nnd: torch.Tenso
     slot among the tied; results are deterministic either way.)  Runs on the device,
     launched after the round's scan and before its synchronisation.
     """
-    dev = nn.device
-    ar = torch.arange(n, device=dev)
-    valid = ar < st.counts[1]
-    p = torch.where(valid, st.p32[:n].to(torch.int64), 0)
-    q = torch.where(valid, st.q32[:n].to(torch.int64), -1)
-    old = nn[:n]
-    merged = old[old] == ar  # old slots in a reciprocal pair
-    inv = torch.full((n + 1,), -1, dtype=torch.int64, device=dev)
-    inv.scatter_(0, torch.where(valid, p, n), ar)
-    t = old[p]  # the old neighbour of each new slot's cluster
-    target = inv[t]
-    needy = valid & ((q >= 0) | (target < 0) | merged[t])
+    n = nn.shape[0]
+    merged = nn[nn] == torch.arange(n, device=nn.device)  # old slots in a reciprocal pair
+    t = nn[p]  # the old neighbour of each new slot's cluster
+    target = new_of[t]  # (a neighbour that merged has a new slot, but is `merged`)
+    needy = kept & ((q >= 0) | (target < 0) | merged[t])
     nn2[:n] = torch.where(needy, 0, target.clamp_min(0))
     nnd2[:n] = nnd[:n][p]
     best2[:n] = best[:n][p]
     return needy
 
 
-def _neighbour_bounds(kept: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
+def _neighbour_bounds(kept: torch.Tensor, p: torch.Tensor, new_of: torch.Tensor,
                       nn: torch.Tensor, nnd: torch.Tensor, mu: torch.Tensor, m2: torch.Tensor,
                       size: torch.Tensor, factor: float) -> torch.Tensor:
     """Upper bounds of the next round's nearest-neighbour distances (float64 ``(n,)``,
@@ -524,17 +536,11 @@ def _neighbour_bounds(kept: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
     its bounds, kept when at most ``factor`` times its old nearest distance ``nnd[p]``,
     which bounds the new one from below (reducibility): a looser bound would let through
     too many candidates.  ``mu``/``m2``/``size``: the new clusters' moments (rows past the
-    new count unused); ``kept``/``p``/``q``: the new slots' old ones, as
-    :func:`_carry_neighbours` takes them.
+    new count unused); ``kept``/``p``/``new_of``: the slot map of :func:`_new_slots`.
     """
     n = nn.shape[0]
     dev = nn.device
-    ar = torch.arange(n, device=dev)
-    new_of = torch.full((n + 1,), -1, dtype=torch.int64, device=dev)
-    new_of.scatter_(0, torch.where(kept, p, n), ar)
-    new_of.scatter_(0, torch.where(kept & (q >= 0), q, n), ar)
-    new_of[n] = -1
-    na, nb = new_of[:n], new_of[nn]
+    na, nb = new_of, new_of[nn]
     ok = (na >= 0) & (nb >= 0) & (na != nb)
     na, nb = torch.where(ok, na, 0), torch.where(ok, nb, 0)
     s2 = m2 / size.to(torch.float64)
@@ -672,12 +678,6 @@ def _matrix_from_pairs(ops: Any, tokens: _Tokens, size: torch.Tensor, n: int,
         nnd[r0:r1] = best
         # the first column at the minimum (argmax of a boolean returns the first maximum)
         nn[r0:r1] = (block == best[:, None]).to(torch.uint8).argmax(dim=1)
-
-
-def _token_total(st: RoundState, n: int) -> torch.Tensor:
-    """Tokens in the next round's slots (on the device; read with the round's counts)."""
-    keep = torch.arange(n, device=st.size2.device) < st.counts[1]
-    return (st.size2[:n] * keep).sum().reshape(1)
 
 
 def _nearest_from_pairs(live: torch.Tensor, a: torch.Tensor, b: torch.Tensor,

@@ -76,11 +76,9 @@ def test_cuda_kernels_built_when_nvcc_present() -> None:
     assert ext.cuda.device_count() >= 0  # never raises, also without a driver
 
 
-def test_kernels_are_never_contracted_into_fma(tmp_path) -> None:
-    """Each matrix entry is computed in both of its rows; with an fma in the weighted merge
-    the two would round differently, and token distances would not round as in the cpu
-    engine. The kernels' PTX (as nvcc emits it for sm_90) has explicitly rounded products
-    and sums only, no ``fma.rn.f32/f64``."""
+def _ptx_entries(tmp_path, source: str) -> tuple[list[str], str]:
+    """The kernel entries of ``csrc/cuda/<source>`` as nvcc emits its PTX for sm_90, and the
+    whole PTX text (skips without nvcc)."""
     import re
     import subprocess
     from pathlib import Path
@@ -89,12 +87,23 @@ def test_kernels_are_never_contracted_into_fma(tmp_path) -> None:
     if nvcc is None:
         pytest.skip("nvcc not on PATH")
     root = Path(__file__).resolve().parents[1]
-    ptx = tmp_path / "rnn_kernels.ptx"
+    ptx = tmp_path / source.replace(".cu", ".ptx")
     proc = subprocess.run([nvcc, "-ptx", "-arch=sm_90", "-O3", f"-I{root / 'csrc'}",
-                           str(root / "csrc" / "cuda" / "rnn_kernels.cu"), "-o", str(ptx)],
+                           str(root / "csrc" / "cuda" / source), "-o", str(ptx)],
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    entries = re.split(r"(?m)^\.(?:visible )?\.?entry ", ptx.read_text())[1:]
+    text = ptx.read_text()
+    return re.split(r"(?m)^\.(?:visible )?\.?entry ", text)[1:], text
+
+
+def test_kernels_are_never_contracted_into_fma(tmp_path) -> None:
+    """Each matrix entry is computed in both of its rows; with an fma in the weighted merge
+    the two would round differently, and token distances would not round as in the cpu
+    engine. The kernels' PTX (as nvcc emits it for sm_90) has explicitly rounded products
+    and sums only, no ``fma.rn.f32/f64``."""
+    import re
+
+    entries, _ = _ptx_entries(tmp_path, "rnn_kernels.cu")
     kernels = [e for e in entries if "rownn_kernel" in e.split("(", 1)[0]]
     assert len(kernels) == 4  # pairwise and merge, float and double
     for body in kernels:
@@ -331,26 +340,14 @@ def test_linear_kernels_are_never_contracted_into_fma(tmp_path) -> None:
     """Centroid distances and token distances round every square and sum (no
     ``fma.rn``); square roots and quotients are IEEE (``sqrt.rn``, ``div.rn``)."""
     import re
-    import subprocess
-    from pathlib import Path
 
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        pytest.skip("nvcc not on PATH")
-    root = Path(__file__).resolve().parents[1]
-    ptx = tmp_path / "linear_kernels.ptx"
-    proc = subprocess.run([nvcc, "-ptx", "-arch=sm_90", "-O3", f"-I{root / 'csrc'}",
-                           str(root / "csrc" / "cuda" / "linear_kernels.cu"), "-o", str(ptx)],
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    entries = re.split(r"(?m)^\.(?:visible )?\.?entry ", ptx.read_text())[1:]
+    entries, text = _ptx_entries(tmp_path, "linear_kernels.cu")
     # (3 + 1 scan kernels) x 2 ops x 2 dtypes, 3 x 2 others, and the pair averages of
     # float32 tokens written in float64
     assert len(entries) == 23
     for body in entries:
         assert not re.findall(r"\bfma\.rn\.f(?:32|64)", body)
         assert not re.findall(r"\b(?:div|sqrt|rcp|rsqrt)\.approx", body)
-    text = ptx.read_text()
     for op in ("sqrt.rn.f32", "sqrt.rn.f64", "div.rn.f32", "div.rn.f64"):
         assert op in text
 

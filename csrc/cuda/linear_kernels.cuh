@@ -198,6 +198,28 @@ struct CandidateOp {
   __device__ void finish(const Row&, std::int64_t, std::int64_t, int, int, int) const {}
 };
 
+// The row a thread of a scan scans: rows[r] for its place r among the block's row groups
+// (`split` warps per group of 32 rows); n, and valid = false, past nrows.
+__device__ __forceinline__ std::int64_t scan_row(const std::int32_t* __restrict__ rows,
+                                                 std::int64_t nrows, std::int64_t n,
+                                                 int split, int warp, int lane, bool& valid) {
+  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (kTileThreads / split) +
+                         (warp / split) * 32 + lane;
+  valid = r < nrows;
+  return valid ? static_cast<std::int64_t>(rows[r]) : n;
+}
+
+// The Op's per-column values of the tile's columns c0 .. c0 + tile - 1 into cx (padding
+// past n), a column's e-th value at cx[e * stride + j].
+template <typename T, typename Op>
+__device__ __forceinline__ void load_extras(const Op& op, T* cx, int stride, std::int64_t c0,
+                                            int tile, std::int64_t n) {
+  for (int j = threadIdx.x; j < tile; j += kTileThreads) {
+    const std::int64_t b = c0 + j;
+    for (int e = 0; e < Op::kExtras; ++e) cx[e * stride + j] = b < n ? op.extra(e, b) : op.pad(e);
+  }
+}
+
 // dim <= KMAX (4, 8 or 16): each thread keeps its centroid in registers; tiles of
 // kSmallCols * split columns, all their coordinates at once.
 template <typename T, int KMAX, typename Op>
@@ -211,11 +233,8 @@ __global__ void __launch_bounds__(kTileThreads)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int tile = kSmallCols * split;
   const int first = (warp % split) * kSmallCols;
-  // the thread's row: rows[r] (the rows scanned this round); a = n for none
-  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (kTileThreads / split) +
-                         (warp / split) * 32 + lane;
-  const bool valid = r < nrows;
-  const std::int64_t a = valid ? static_cast<std::int64_t>(rows[r]) : n;
+  bool valid;
+  const std::int64_t a = scan_row(rows, nrows, n, split, warp, lane, valid);
   T xr[KMAX];
   DCPE_UNROLL
   for (int k = 0; k < KMAX; ++k) xr[k] = (valid && k < dim) ? mu_t[k * n + a] : T(0);
@@ -227,10 +246,7 @@ __global__ void __launch_bounds__(kTileThreads)
       const std::int64_t b = c0 + e / KMAX;
       cmu[e] = (k < dim && b < n) ? mu_t[k * n + b] : T(0);
     }
-    for (int j = threadIdx.x; j < tile; j += kTileThreads) {
-      const std::int64_t b = c0 + j;
-      for (int e = 0; e < Op::kExtras; ++e) cx[e * kTile + j] = b < n ? op.extra(e, b) : op.pad(e);
-    }
+    load_extras<T>(op, cx, kTile, c0, tile, n);
     __syncthreads();
     for (int jj = 0; jj < kSmallCols; ++jj) {
       const int j = first + jj;
@@ -260,11 +276,8 @@ __global__ void __launch_bounds__(kTileThreads)
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int tile = kChunkCols * split;
   const int first = (warp % split) * kChunkCols;
-  // the thread's row: rows[r] (the rows scanned this round); a = n for none
-  const std::int64_t r = static_cast<std::int64_t>(blockIdx.x) * (kTileThreads / split) +
-                         (warp / split) * 32 + lane;
-  const bool valid = r < nrows;
-  const std::int64_t a = valid ? static_cast<std::int64_t>(rows[r]) : n;
+  bool valid;
+  const std::int64_t a = scan_row(rows, nrows, n, split, warp, lane, valid);
   typename Op::Row row = op.row(a, valid);
   for (std::int64_t c0 = 0; c0 < n; c0 += tile) {
     T acc[kChunkCols];
@@ -277,14 +290,7 @@ __global__ void __launch_bounds__(kTileThreads)
         const std::int64_t b = c0 + e / kChunkDims;
         cmu[e] = (k < dim && b < n) ? mu_t[k * n + b] : T(0);
       }
-      if (k0 == 0) {
-        for (int j = threadIdx.x; j < tile; j += kTileThreads) {
-          const std::int64_t b = c0 + j;
-          for (int e = 0; e < Op::kExtras; ++e) {
-            cx[e * kTile + j] = b < n ? op.extra(e, b) : op.pad(e);
-          }
-        }
-      }
+      if (k0 == 0) load_extras<T>(op, cx, kTile, c0, tile, n);
       __syncthreads();
       T xr[kChunkDims];
       DCPE_UNROLL

@@ -68,10 +68,13 @@ fi
 # The dense sizes, Algorithm 1 up to N = 8192 (its larger sizes are extrapolated), then the
 # sizes past the dense matrix (--scale): the rows with a figure to meet first (1,048,576 x 8
 # before 262,144 x 256, whose time is the harder to predict), 524,288 x 8
-# (none) last, so that a short run, or a row slower than predicted, loses it first.
+# (none) after them, so that a short run, or a row slower than predicted, loses it first;
+# last, the matrix-free engine at the dense sizes 16,384 and 131,072 (forced by the limit),
+# beside the dense rows of the same sizes above.
 timeout $(( limit + 15 )) "$PY" benchmarks/bench_gpu.py --out "$OUT" --isolate \
   --time-limit "$limit" --budget 10 --repeats 3 --torch-sizes 1024 2048 4096 8192 \
   --torch-budget 20 --torch-repeats 2 \
   --scale 262144x8 262144x8@24GiB 262144x8@16GiB 1048576x8 262144x256 524288x8 \
+  16384x8@256MiB 131072x8@16GiB \
   --scale-cpu-dims 8 2>&1 | tee -a "$OUT/bench.log" || status=$?
 exit "$status"

@@ -50,7 +50,7 @@ print(dcpe.backends.status())" 2>&1 | tee -a "$OUT/build.log"
 # process cannot fail the other files' tests.  test_linear_gpu.py: the matrix-free engine
 # (kernels of both backends against their references, and labels at N = 65,536 under a
 # 4 GiB budget against the cpu backend).
-for t in triton:80 cuda:80 linear_gpu:110; do
+for t in ${DCPE_CHECK_TESTS:-triton:80 cuda:80 linear_gpu:110}; do
   echo "== tests (${t%:*})" | tee -a "$OUT/tests.log"
   timeout "${t#*:}" "$PY" -m pytest "tests/test_${t%:*}.py" -q -rs --durations=10 2>&1 \
     | tee -a "$OUT/tests.log" || status=$?
@@ -71,10 +71,15 @@ fi
 # (none) after them, so that a short run, or a row slower than predicted, loses it first;
 # last, the matrix-free engine at the dense sizes 16,384 and 131,072 (forced by the limit),
 # beside the dense rows of the same sizes above.
+# DCPE_CHECK_DENSE=0 leaves out the dense sizes and Algorithm 1; DCPE_CHECK_SCALE replaces
+# the list of scale rows (a shorter check of the rows past the dense matrix).
+dense=(--sizes 4096 16384 65536 131072 --torch-sizes 1024 2048 4096 8192)
+[ "${DCPE_CHECK_DENSE:-1}" = 0 ] && dense=(--sizes --providers cuda triton)
+# shellcheck disable=SC2206
+scale=(${DCPE_CHECK_SCALE:-262144x8 262144x8@24GiB 262144x8@16GiB 1048576x8 262144x256 \
+  524288x8 16384x8@256MiB 131072x8@16GiB})
 timeout $(( limit + 15 )) "$PY" benchmarks/bench_gpu.py --out "$OUT" --isolate \
-  --time-limit "$limit" --budget 10 --repeats 3 --torch-sizes 1024 2048 4096 8192 \
-  --torch-budget 20 --torch-repeats 2 \
-  --scale 262144x8 262144x8@24GiB 262144x8@16GiB 1048576x8 262144x256 524288x8 \
-  16384x8@256MiB 131072x8@16GiB \
+  --time-limit "$limit" --budget 10 --repeats 3 "${dense[@]}" \
+  --torch-budget 20 --torch-repeats 2 --scale "${scale[@]}" \
   --scale-cpu-dims 8 2>&1 | tee -a "$OUT/bench.log" || status=$?
 exit "$status"

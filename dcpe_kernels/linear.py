@@ -89,7 +89,7 @@ __all__ = [
 CLOSED_FORM_SCALE: dict[str, float | None] = {"euclidean": None, "sqeuclidean": 1.0,
                                               "cosine": 0.5}
 #: default size of the clusters' matrix (two buffers) at which the dense rounds take over
-DEFAULT_HANDOVER_BYTES = 16 << 30
+DEFAULT_HANDOVER_BYTES = 64 << 30
 #: ... and, by default, once a round's exact sums cover at least this fraction of all token
 #: pairs: the hand-over costs one pass over all token pairs, while the rounds before it sum
 #: only their candidates' (a flat cut at k = N/2 usually never gets there)
@@ -116,6 +116,12 @@ _SINGLETON_ROUND = True
 #: the centroid scan, when that bound is at most this factor times its old nearest
 #: distance (a lower bound of the new one); the others scan (:func:`_neighbour_bounds`)
 _BOUND_FACTOR = 2.0
+#: tokens of at least this many dimensions are kept as columns (:class:`_Tokens`)
+_COLUMNS_MIN_DIM = 17
+#: when the candidate pairs overflow their room (the round then runs again), the new room
+#: is the next power of two of this many times the count (the counts of the early rounds
+#: of a high-dimensional codebook grow by up to about 1.5x a round)
+_PAIRS_GROWTH = 2.0
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8
 _MIN_PAIRS = 1024
@@ -150,11 +156,18 @@ def _margins(x: torch.Tensor, dim: int) -> tuple[float, float]:
 
 
 class _Tokens:
-    """Tokens sorted by cluster, with each cluster's first row (Euclidean only)."""
+    """Tokens sorted by cluster, with each cluster's first row (Euclidean only).
+
+    ``x`` is ``(ntok, d)``: rows of a contiguous array up to :data:`_COLUMNS_MIN_DIM`
+    dimensions, else the columns of a contiguous ``(d, ntok)`` array ``xt`` (``x = xt.T``),
+    so that the exact sums read the tokens of a cluster at adjacent addresses for every
+    coordinate (:func:`dcpe_kernels.pair_average.token_strides`).  The sums are the same
+    bits in either layout."""
 
     def __init__(self, x: torch.Tensor) -> None:
         n = x.shape[0]
-        self.x = x
+        self.xt = x.T.contiguous() if x.shape[1] >= _COLUMNS_MIN_DIM else None
+        self.x = x if self.xt is None else self.xt.T
         self.offsets = torch.arange(n, dtype=torch.int64, device=x.device)
         self.ntok = n
 
@@ -173,7 +186,11 @@ class _Tokens:
         from_p = local < n_p
         src = torch.where(from_p, self.offsets[ps] + local,
                           self.offsets[qs.clamp_min(0)] + (local - n_p))
-        self.x = self.x[src]
+        if self.xt is None:
+            self.x = self.x[src]
+        else:
+            self.xt = self.xt.index_select(1, src)
+            self.x = self.xt.T
         self.offsets = offsets
         self.ntok = ntok
         return slot
@@ -404,7 +421,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 # rounded as pair_average rounds it, and the scan's argmin is the smallest
                 # slot among the nearest: no candidates, no sums
                 count.zero_()
-                live_ab = _live_pairs(pa, pb, count)
+                live_ab = _live_pairs(pa, pb, count, n)
                 nn[:n] = scratch[:n]
                 nnd[:n] = best[:n]
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
@@ -414,7 +431,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 ops.candidate_pairs(mu_t, s2t, rad, best, n, rel, absm, pa, pb, count,
                                     capacity, rows, nrows, needy)
                 clock.mark("candidates")
-                live_ab = _live_pairs(pa, pb, count)  # shared by the three passes below
+                live_ab = _live_pairs(pa, pb, count, n)  # shared by the three passes below
                 _pair_sums(ops, tokens.x, tokens.offsets, st.size, n, pa, pb, count, capacity,
                            val, live_ab)
                 clock.mark("sums")
@@ -430,7 +447,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                         f"{backend} backend: {vals[4]:,} candidate cluster pairs in one "
                         f"matrix-free round (many tied distances, such as duplicate rows?)",
                         "remove duplicate rows, or use backend='cpu'")
-                capacity = min(room, 1 << math.ceil(math.log2(vals[4] * 1.25)))
+                capacity = min(room, 1 << math.ceil(math.log2(vals[4] * _PAIRS_GROWTH)))
                 pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
                 pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
                 val = torch.empty(capacity, dtype=dt, device=dev)
@@ -576,13 +593,18 @@ def _compact(flags: torch.Tensor, count: int) -> torch.Tensor:
     return out[:count]
 
 
-def _live_pairs(pa: torch.Tensor, pb: torch.Tensor,
-                count: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The pairs ``k < count`` of ``pa``/``pb`` as a mask and int64 slots (0 past the count),
-    without reading ``count`` on the host."""
-    live = torch.arange(pa.shape[0], device=pa.device) < count
-    return (live, torch.where(live, pa, 0).to(torch.int64),
-            torch.where(live, pb, 0).to(torch.int64))
+def _live_pairs(pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor,
+                n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The pairs ``k < count`` of ``pa``/``pb`` as a mask and int64 slots, without reading
+    ``count`` on the host.  Past the count both slots are ``k mod n``: spread over the
+    ``n`` clusters, the masked entries of the scatters of :func:`_nearest_from_pairs` do not
+    queue their atomic minima on one slot (most of the list, in a round with far fewer
+    pairs than the room for them)."""
+    ar = torch.arange(pa.shape[0], device=pa.device)
+    live = ar < count
+    spread = ar.remainder_(max(1, n))
+    return (live, torch.where(live, pa.to(torch.int64), spread),
+            torch.where(live, pb.to(torch.int64), spread))
 
 
 def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Tensor, n: int,
@@ -598,7 +620,7 @@ def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Ten
     dev = val.device
     i64, f64 = torch.int64, torch.float64
     ar = torch.arange(capacity, device=dev)
-    live, a, b = _live_pairs(pa, pb, count) if live_ab is None else live_ab
+    live, a, b = _live_pairs(pa, pb, count, n) if live_ab is None else live_ab
     lo, hi = torch.minimum(a, b), torch.maximum(a, b)
     n_lo, n_hi = size[lo], size[hi]
     # (the larger cluster has at least one token per part)

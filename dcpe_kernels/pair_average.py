@@ -44,6 +44,7 @@ __all__ = [
     "_reference_pair_average",
     "cluster_matrix",
     "pair_average",
+    "token_strides",
 ]
 
 
@@ -99,9 +100,10 @@ def _reference_cluster_matrix(x: torch.Tensor, offsets: torch.Tensor, sizes: tor
 if HAS_TRITON:
 
     @triton.jit
-    def _pair_average_one(x_ptr, dim, val_ptr, k, o_lo, n_lo, o_hi, n_hi,
+    def _pair_average_one(x_ptr, dim, ts, cs, val_ptr, k, o_lo, n_lo, o_hi, n_hi,
                           IS_F32: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
-        """Pair ``k``'s average, in ``BLOCK_I`` x ``BLOCK_J`` tiles of token pairs."""
+        """Pair ``k``'s average, in ``BLOCK_I`` x ``BLOCK_J`` tiles of token pairs (token
+        ``t``'s coordinate ``c`` at ``x_ptr + t * ts + c * cs``)."""
         dtype = x_ptr.dtype.element_ty
         ii = tl.arange(0, BLOCK_I)
         jj = tl.arange(0, BLOCK_J)
@@ -114,8 +116,8 @@ if HAS_TRITON:
                 tj = o_hi + j0 + jj
                 acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=dtype)
                 for c in range(0, dim):
-                    u = tl.load(x_ptr + ti * dim + c, mask=mi, other=0.0)
-                    v = tl.load(x_ptr + tj * dim + c, mask=mj, other=0.0)
+                    u = tl.load(x_ptr + ti * ts + c * cs, mask=mi, other=0.0)
+                    v = tl.load(x_ptr + tj * ts + c * cs, mask=mj, other=0.0)
                     diff = u[:, None] - v[None, :]
                     acc += diff * diff
                 if IS_F32:
@@ -128,7 +130,8 @@ if HAS_TRITON:
         tl.store(val_ptr + k, avg.to(val_ptr.dtype.element_ty))
 
     @triton.jit(do_not_specialize=["dim", "capacity", "work_lo", "work_hi"])
-    def _pair_average_tiled_kernel(x_ptr, dim, off_ptr, size_ptr, pa_ptr, pb_ptr, count_ptr,
+    def _pair_average_tiled_kernel(x_ptr, dim, ts, cs, off_ptr, size_ptr, pa_ptr, pb_ptr,
+                                   count_ptr,
                                    capacity, val_ptr, work_lo, work_hi, IS_F32: tl.constexpr,
                                    BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
         pid = tl.program_id(0)
@@ -144,12 +147,13 @@ if HAS_TRITON:
             work = n_lo * n_hi
             # this launch's class of pairs: [work_lo, work_hi) token pairs
             if (work >= work_lo) & (work < work_hi):
-                _pair_average_one(x_ptr, dim, val_ptr, k, tl.load(off_ptr + lo), n_lo,
+                _pair_average_one(x_ptr, dim, ts, cs, val_ptr, k, tl.load(off_ptr + lo), n_lo,
                                   tl.load(off_ptr + hi), n_hi, IS_F32, BLOCK_I, BLOCK_J)
 
     @triton.jit(do_not_specialize=["dim", "n", "ld"])
-    def _cluster_matrix_rowlanes_kernel(x_ptr, dim, off_ptr, size_ptr, n, out_ptr, ld, nn_ptr,
-                                        nnd_ptr, IS_F32: tl.constexpr, BLOCK_B: tl.constexpr):
+    def _cluster_matrix_rowlanes_kernel(x_ptr, dim, ts, cs, off_ptr, size_ptr, n, out_ptr, ld,
+                                        nn_ptr, nnd_ptr, IS_F32: tl.constexpr,
+                                        BLOCK_B: tl.constexpr):
         row = tl.program_id(0).to(tl.int64)
         dtype = x_ptr.dtype.element_ty
         o_row = tl.load(off_ptr + row)
@@ -175,8 +179,8 @@ if HAS_TRITON:
                     m = mi & (j < n_hi)
                     acc = tl.zeros([BLOCK_B], dtype=dtype)
                     for c in range(0, dim):
-                        u = tl.load(x_ptr + (o_lo + i) * dim + c, mask=m, other=0.0)
-                        v = tl.load(x_ptr + (o_hi + j) * dim + c, mask=m, other=0.0)
+                        u = tl.load(x_ptr + (o_lo + i) * ts + c * cs, mask=m, other=0.0)
+                        v = tl.load(x_ptr + (o_hi + j) * ts + c * cs, mask=m, other=0.0)
                         diff = u - v
                         acc += diff * diff
                     if IS_F32:
@@ -205,6 +209,17 @@ else:  # pragma: no cover - exercised only without triton
     _cluster_matrix_rowlanes_kernel = None
 
 
+def token_strides(x: torch.Tensor) -> tuple[int, int]:
+    """Element strides of the tokens ``x`` ``(ntok, d)``: between tokens, between a token's
+    coordinates.  Rows of a contiguous array (``d``, 1), or columns of a contiguous
+    ``(d, ld)`` array (1, ``ld``): the matrix-free engine keeps tokens of more than 16
+    dimensions as columns, so that a tile's tokens are adjacent for every coordinate."""
+    ts, cs = (int(s) for s in x.stride())
+    if ts < 1 or cs < 1:
+        raise ValueError(f"tokens must have positive strides, got {tuple(x.stride())}")
+    return ts, cs
+
+
 def _launch_config(on_cpu: bool) -> dict[str, int]:
     """Small tiles and few programs under the interpreter; on a GPU 16 x 16 token tiles
     and a grid of 4096 programs for the pairs of up to ``SPLIT`` token pairs, 64 x 64
@@ -231,7 +246,8 @@ def pair_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
     Parameters
     ----------
     x : torch.Tensor
-        ``(ntok, d)`` contiguous float32/float64, tokens sorted by cluster.
+        ``(ntok, d)`` float32/float64, tokens sorted by cluster: rows of a contiguous array or
+        columns of one (:func:`token_strides`).
     offsets, sizes : torch.Tensor
         int64: first row and number of rows of each cluster.
     pa, pb : torch.Tensor
@@ -256,7 +272,8 @@ def pair_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
                 cfg["big_warps"]))
     for lo, hi, programs, bi, bj, warps in classes:
         grid = (max(1, min(programs, int(capacity))),)
-        _pair_average_tiled_kernel[grid](x, x.shape[1], offsets, sizes, pa, pb, count,
+        _pair_average_tiled_kernel[grid](x, x.shape[1], *token_strides(x), offsets, sizes, pa, pb,
+                                         count,
                                          int(capacity), val, lo, hi, IS_F32=f32, BLOCK_I=bi,
                                          BLOCK_J=bj, num_warps=warps,
                                          enable_fp_fusion=cfg["enable_fp_fusion"])
@@ -282,7 +299,8 @@ def cluster_matrix(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor, 
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")
     cfg = _launch_config(x.device.type == "cpu")
-    _cluster_matrix_rowlanes_kernel[(n,)](x, x.shape[1], offsets, sizes, n, out, ld, nn, nnd,
+    _cluster_matrix_rowlanes_kernel[(n,)](x, x.shape[1], *token_strides(x), offsets, sizes, n, out,
+                                          ld, nn, nnd,
                                           IS_F32=x.dtype == torch.float32,
                                           BLOCK_B=cfg["BLOCK_B"], num_warps=cfg["num_warps"],
                                           enable_fp_fusion=cfg["enable_fp_fusion"])

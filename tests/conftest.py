@@ -20,6 +20,18 @@ def tie_free(rng: np.random.Generator, n: int, d: int, dtype: type = np.float64)
     return x.astype(dtype)
 
 
+def as_columns(x):
+    """The ``(ntok, d)`` torch tokens ``x`` as columns of a ``(d, ntok + 3)`` array whose
+    padding is NaN (the matrix-free engine's layout past 16 dimensions): a view with
+    strides ``(1, ntok + 3)``; a kernel that read the padding would return NaN."""
+    import torch
+
+    buf = torch.full((x.shape[1], x.shape[0] + 3), float("nan"), dtype=x.dtype,
+                     device=x.device)
+    buf[:, : x.shape[0]] = x.T
+    return buf[:, : x.shape[0]].T
+
+
 def integer_grid(rng: np.random.Generator, n: int, d: int, side: int = 3) -> np.ndarray:
     """Points on a small integer grid: many exactly tied distances and duplicate rows."""
     return rng.integers(0, side, size=(n, d)).astype(np.float64)

@@ -444,3 +444,11 @@ def test_cluster_averages_match_reference(dtype: torch.dtype, dim: int) -> None:
     mat2 = t.check_cluster_matrix(cb.CudaOps.cluster_matrix, x, offsets, sizes_t, 42, 45)
     for u, w in zip(mat, mat2):
         assert torch.equal(u, w)
+    # the tokens as columns (the engine's layout past 16 dimensions): the same bits
+    cols = t.check_pair_average(cb.CudaOps.pair_average, t.as_columns(x), offsets, sizes_t,
+                                pa, pb, m, m)
+    assert torch.equal(cols, first)
+    mat3 = t.check_cluster_matrix(cb.CudaOps.cluster_matrix, t.as_columns(x), offsets,
+                                  sizes_t, 42, 45)
+    for u, w in zip(mat, mat3):
+        assert torch.equal(u, w)

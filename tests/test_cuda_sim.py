@@ -30,6 +30,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import (  # noqa: E402
+    as_columns,
     check_merge_kernel,
     check_pairwise_kernel,
     check_round_scan_kernel,
@@ -53,9 +54,10 @@ _SIGNATURES = {
     "dcpe_sim_centroid_nn": [_INT, _U, _U, _I64, _I64, _INT, _F64, _U, _U, _U, _I64, _U],
     "dcpe_sim_candidate_pairs": [_INT, _U, _U, _U, _U, _I64, _I64, _F64, _F64, _U, _U, _U,
                                  _I64, _U, _I64, _U, _U],
-    "dcpe_sim_pair_average": [_INT, _U, _I64, _U, _U, _U, _U, _U, _I64, _U, ctypes.c_bool,
-                              _U],
-    "dcpe_sim_cluster_matrix": [_INT, _U, _I64, _U, _U, _I64, _U, _I64, _U, _U, _U],
+    "dcpe_sim_pair_average": [_INT, _U, _I64, _I64, _I64, _U, _U, _U, _U, _U, _I64, _U,
+                              ctypes.c_bool, _U],
+    "dcpe_sim_cluster_matrix": [_INT, _U, _I64, _I64, _I64, _U, _U, _I64, _U, _I64, _U, _U,
+                                _U],
     "dcpe_sim_selftest": [ctypes.c_void_p] * 4 + [_INT],
     "dcpe_sim_set_reverse": [_INT],
     "dcpe_sim_set_scan_split": [_INT],
@@ -641,6 +643,10 @@ def test_pair_average_kernel_matches_reference(ops: type, dtype: torch.dtype, di
     check_pair_average(ops.pair_average, x, offsets, sizes_t, pa, pb, m - 5, m)
     check_pair_average(ops.pair_average, x, offsets, sizes_t, pa, pb, m + 9, m - 2)
     check_pair_average(ops.pair_average, x, offsets, sizes_t, pa, pb, 0, m)
+    # the tokens as columns (the engine's layout past 16 dimensions): the same bits
+    rows = check_pair_average(ops.pair_average, x, offsets, sizes_t, pa, pb, m, m)
+    cols = check_pair_average(ops.pair_average, as_columns(x), offsets, sizes_t, pa, pb, m, m)
+    assert torch.equal(cols, rows)
 
 
 @pytest.mark.parametrize("dtype", _DTYPES)
@@ -650,8 +656,10 @@ def test_cluster_matrix_kernel_matches_reference(ops: type, dtype: torch.dtype,
     rng = np.random.default_rng(400 + dim)
     sizes = rng.integers(1, 6, size=45)
     x, offsets, sizes_t = cluster_inputs(rng, sizes, dim, dtype)
-    check_cluster_matrix(ops.cluster_matrix, x, offsets, sizes_t, 45, 48)
+    rows = check_cluster_matrix(ops.cluster_matrix, x, offsets, sizes_t, 45, 48)
     check_cluster_matrix(ops.cluster_matrix, x, offsets, sizes_t, 7, 7)  # the first 7
+    cols = check_cluster_matrix(ops.cluster_matrix, as_columns(x), offsets, sizes_t, 45, 48)
+    assert all(torch.equal(u, w) for u, w in zip(cols, rows))  # the same bits as columns
 
 
 def test_averages_agree_between_pair_list_and_matrix(ops: type) -> None:
@@ -736,13 +744,20 @@ def test_linear_kernels_check_their_arguments(sim: _SimExt, ops: type) -> None:
                                                  p[3], p[3], p[2], -1, p[3], 3, p[3], 0)),
         ("nrows", lambda: sim.candidate_pairs(0, p[0], p[1], p[1], p[1], 3, 2, 0.0, 0.0,
                                               p[3], p[3], p[2], 3, p[3], -1, p[3], 0)),
-        ("dtype code", lambda: sim.pair_average(5, p[0], 2, p[2], p[2], p[3], p[3], p[2], 3,
-                                                p[1], False, 0)),
-        ("capacity", lambda: sim.pair_average(0, p[0], 2, p[2], p[2], p[3], p[3], p[2], -2,
-                                              p[1], False, 0)),
-        ("dtype code", lambda: sim.cluster_matrix(3, p[0], 2, p[2], p[2], 3, p[1], 3, p[2],
-                                                  p[1], 0)),
-        ("ld", lambda: sim.cluster_matrix(0, p[0], 2, p[2], p[2], 3, p[1], 2, p[2], p[1], 0)),
+        ("dtype code", lambda: sim.pair_average(5, p[0], 2, 2, 1, p[2], p[2], p[3], p[3], p[2],
+                                                3, p[1], False, 0)),
+        ("capacity", lambda: sim.pair_average(0, p[0], 2, 2, 1, p[2], p[2], p[3], p[3], p[2],
+                                              -2, p[1], False, 0)),
+        ("token stride", lambda: sim.pair_average(0, p[0], 2, 0, 1, p[2], p[2], p[3], p[3],
+                                                  p[2], 3, p[1], False, 0)),
+        ("coordinate stride", lambda: sim.pair_average(0, p[0], 2, 1, -3, p[2], p[2], p[3],
+                                                       p[3], p[2], 3, p[1], False, 0)),
+        ("dtype code", lambda: sim.cluster_matrix(3, p[0], 2, 2, 1, p[2], p[2], 3, p[1], 3,
+                                                  p[2], p[1], 0)),
+        ("ld", lambda: sim.cluster_matrix(0, p[0], 2, 2, 1, p[2], p[2], 3, p[1], 2, p[2], p[1],
+                                          0)),
+        ("token stride", lambda: sim.cluster_matrix(0, p[0], 2, 0, 3, p[2], p[2], 3, p[1], 3,
+                                                    p[2], p[1], 0)),
     ]
     for word, call in cases:
         with pytest.raises(RuntimeError, match=word):

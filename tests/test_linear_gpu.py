@@ -31,7 +31,7 @@ import pytest  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
-from conftest import same_partition, tie_free  # noqa: E402
+from conftest import as_columns, same_partition, tie_free  # noqa: E402
 
 import dcpe_kernels.linear as linear  # noqa: E402
 from dcpe_kernels import ReferenceOps  # noqa: E402
@@ -239,6 +239,10 @@ def test_pair_average_matches_reference(which: str, dtype: torch.dtype, d: int,
     again = torch.full_like(val, -7.0)
     ops.pair_average(x, offsets, sizes, pa, pb, count, capacity, again)
     assert torch.equal(again, val)
+    # the tokens as columns (the engine's layout past 16 dimensions): the same bits
+    cols = torch.full_like(val, -7.0)
+    ops.pair_average(as_columns(x), offsets, sizes, pa, pb, count, capacity, cols)
+    assert torch.equal(cols, val)
 
 
 @pytest.mark.parametrize("which", KERNEL_OPS)
@@ -268,6 +272,11 @@ def test_cluster_matrix_matches_reference(which: str, dtype: torch.dtype, n: int
         assert torch.equal(nn.cpu(), torch.where(m == best[:, None], cols, n).min(1).values)
     else:
         assert int(nn[0]) == 0
+    # the tokens as columns (the engine's layout past 16 dimensions): the same bits
+    out2 = torch.full_like(out, -1.0)
+    ops.cluster_matrix(as_columns(x), offsets, sizes, n, out2, ld, torch.empty_like(nn),
+                       torch.empty_like(nnd))
+    assert torch.equal(out2, out)
 
 
 # ------------------------------------------------------------------------ the engine
@@ -291,6 +300,8 @@ ENGINE_CASES = [
     (64, 2, np.float64, "euclidean", 5, 0),
     (80, 4, np.float64, "euclidean", None, 2 * 30 * 30 * 8),
     (72, 5, np.float32, "euclidean", 9, 2 * 40 * 40 * 4),
+    (60, 20, np.float32, "euclidean", None, 0),  # tokens as columns (past 16 dimensions)
+    (64, 24, np.float64, "euclidean", 6, 2 * 30 * 30 * 8),
     (66, 5, np.float64, "sqeuclidean", None, 0),
     (60, 4, np.float32, "cosine", 6, 0),
 ]
@@ -531,6 +542,25 @@ def test_thresholds_from_old_neighbours_change_nothing(which: str, ties: bool,
         assert torch.equal(getattr(got[0], name), getattr(got[1], name)), name
     assert all(s <= r for s, r in scans[0]) and all(s == r for s, r in scans[1])
     assert sum(s for s, _ in scans[0][1:]) < sum(r for _, r in scans[0][1:])
+
+
+@pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_token_layout_changes_nothing(which: str, dtype: torch.dtype,
+                                      monkeypatch: pytest.MonkeyPatch,
+                                      rng: np.random.Generator) -> None:
+    """Tokens kept as rows or as columns (the layout past 16 dimensions), handed over to the
+    dense rounds or not: the same merges bit for bit."""
+    ops = _ops(which)
+    xt = torch.from_numpy(tie_free(rng, 80, 6)).to(dtype).to(DEVICE)
+    for handover in (0, 2 * 30 * 30 * 8):
+        got = []
+        for columns_from in (1, 1 << 30):
+            monkeypatch.setattr(linear, "_COLUMNS_MIN_DIM", columns_from)
+            got.append(linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                                            ops=ops, handover_bytes=handover))
+        for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+            assert torch.equal(getattr(got[0], name), getattr(got[1], name)), name
 
 
 def test_neighbour_bounds_bound_the_next_nearest_distance(monkeypatch: pytest.MonkeyPatch,

@@ -40,11 +40,11 @@ void dcpe_register_cuda(py::module_& m) {
         py::arg("stream"),
         "Cluster pairs whose lower bound does not exceed tau, each once, atomically counted.");
   c.def("pair_average", &dcpe_cuda::pair_average, py::arg("dtype"), py::arg("x"),
-        py::arg("dim"), py::arg("offsets"), py::arg("sizes"), py::arg("pa"), py::arg("pb"),
+        py::arg("dim"), py::arg("ts"), py::arg("cs"), py::arg("offsets"), py::arg("sizes"), py::arg("pa"), py::arg("pb"),
         py::arg("count"), py::arg("capacity"), py::arg("val"), py::arg("val_f64"),
         py::arg("stream"), "Exact average distances of a device-counted list of cluster pairs.");
   c.def("cluster_matrix", &dcpe_cuda::cluster_matrix, py::arg("dtype"), py::arg("x"),
-        py::arg("dim"), py::arg("offsets"), py::arg("sizes"), py::arg("n"), py::arg("out"),
+        py::arg("dim"), py::arg("ts"), py::arg("cs"), py::arg("offsets"), py::arg("sizes"), py::arg("n"), py::arg("out"),
         py::arg("ld"), py::arg("nn"), py::arg("nnd"), py::arg("stream"),
         "Dense matrix of exact average distances of n clusters, with row argmin/min.");
   c.def("device_count", &dcpe_cuda::device_count,

@@ -81,19 +81,23 @@ void candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2, std::uin
 // val[k] for k < min(count[0], capacity) (count read on the device): the average over the
 // tokens i of lo = min(pa[k], pb[k]) and j of hi = max(...) of |x_i - x_j| (rounded as
 // pairwise_nn's metric 0), summed in float64 in a fixed order, divided in float64 by
-// size_lo * size_hi, rounded once to dtype.  x: (ntok, dim) row-major dtype, cluster c
-// the rows offsets[c] .. offsets[c] + sizes[c] - 1 (int64); pa, pb: int32; val: dtype.
+// size_lo * size_hi, rounded once to dtype.  x: ntok tokens of dim coordinates in dtype,
+// token t's coordinate k at x[t * ts + k * cs] (rows of a row-major (ntok, dim) array:
+// ts = dim, cs = 1; columns of a row-major (dim, ld) array: ts = 1, cs = ld), cluster c
+// the tokens offsets[c] .. offsets[c] + sizes[c] - 1 (int64); pa, pb: int32; val: dtype.
 // val_f64: val is float64 whatever dtype is (the parts of a large pair, which the caller
 // sums in float64).
-void pair_average(int dtype, std::uintptr_t x, std::int64_t dim, std::uintptr_t offsets,
+void pair_average(int dtype, std::uintptr_t x, std::int64_t dim, std::int64_t ts,
+                  std::int64_t cs, std::uintptr_t offsets,
                   std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,
                   std::uintptr_t count, std::int64_t capacity, std::uintptr_t val,
                   bool val_f64, std::uintptr_t stream);
 
 // out[a*ld + b] = the average of pair_average for every a != b < n (exactly symmetric),
 // +inf on the diagonal; nn / nnd = row argmin (ties to the smallest column) / minimum.
-// x, offsets, sizes as in pair_average; out, nnd: dtype; nn: int64.
-void cluster_matrix(int dtype, std::uintptr_t x, std::int64_t dim, std::uintptr_t offsets,
+// x, ts, cs, offsets, sizes as in pair_average; out, nnd: dtype; nn: int64.
+void cluster_matrix(int dtype, std::uintptr_t x, std::int64_t dim, std::int64_t ts,
+                    std::int64_t cs, std::uintptr_t offsets,
                     std::uintptr_t sizes, std::int64_t n, std::uintptr_t out, std::int64_t ld,
                     std::uintptr_t nn, std::uintptr_t nnd, std::uintptr_t stream);
 

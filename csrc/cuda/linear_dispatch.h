@@ -158,65 +158,77 @@ inline unsigned pair_grid(I64 capacity) {
 }
 
 template <typename T, typename V, typename Launch>
-void pair_average_typed(Launch& launch, U x, I64 dim, U offsets, U sizes, U pa, U pb, U count,
-                        I64 capacity, U val) {
+void pair_average_typed(Launch& launch, U x, I64 dim, I64 ts, I64 cs, U offsets, U sizes, U pa,
+                        U pb, U count, I64 capacity, U val) {
   launch("pair_average_kernel", kernels::pair_average_kernel<T, V>, pair_grid(capacity),
-         kernels::kPairThreads, as<const T>(x), dim, as<const I64>(offsets),
+         kernels::kPairThreads, as<const T>(x), dim, ts, cs, as<const I64>(offsets),
          as<const I64>(sizes), as<const std::int32_t>(pa), as<const std::int32_t>(pb),
          as<const I64>(count), capacity, as<V>(val));
 }
 
-template <typename Launch>
-void pair_average(Launch&& launch, int dtype, U x, I64 dim, U offsets, U sizes, U pa, U pb,
-                  U count, I64 capacity, U val, bool val_f64 = false) {
-  check_args(dtype, 0, "pair_average");
+// The tokens' layout: ts elements between tokens, cs between a token's coordinates (rows:
+// dim and 1; columns of a (dim, ld) buffer: 1 and ld).
+inline void check_token_layout(const char* what, I64 dim, I64 ts, I64 cs) {
   if (dim < 1) {
-    throw std::invalid_argument("pair_average: dim must be positive, got " +
+    throw std::invalid_argument(std::string(what) + ": dim must be positive, got " +
                                 std::to_string(dim));
   }
+  if (ts < 1) {
+    throw std::invalid_argument(std::string(what) + ": token stride must be positive, got " +
+                                std::to_string(ts));
+  }
+  if (cs < 1) {
+    throw std::invalid_argument(std::string(what) +
+                                ": coordinate stride must be positive, got " +
+                                std::to_string(cs));
+  }
+}
+
+template <typename Launch>
+void pair_average(Launch&& launch, int dtype, U x, I64 dim, I64 ts, I64 cs, U offsets, U sizes,
+                  U pa, U pb, U count, I64 capacity, U val, bool val_f64 = false) {
+  check_args(dtype, 0, "pair_average");
+  check_token_layout("pair_average", dim, ts, cs);
   check_capacity("pair_average", capacity);
   if (capacity == 0) return;
   if (dtype == kFloat32) {
     if (val_f64) {
-      pair_average_typed<float, double>(launch, x, dim, offsets, sizes, pa, pb, count,
+      pair_average_typed<float, double>(launch, x, dim, ts, cs, offsets, sizes, pa, pb, count,
                                         capacity, val);
     } else {
-      pair_average_typed<float, float>(launch, x, dim, offsets, sizes, pa, pb, count, capacity,
-                                       val);
+      pair_average_typed<float, float>(launch, x, dim, ts, cs, offsets, sizes, pa, pb, count,
+                                       capacity, val);
     }
   } else {
-    pair_average_typed<double, double>(launch, x, dim, offsets, sizes, pa, pb, count, capacity,
-                                       val);
+    pair_average_typed<double, double>(launch, x, dim, ts, cs, offsets, sizes, pa, pb, count,
+                                       capacity, val);
   }
 }
 
 template <typename T, typename Launch>
-void cluster_matrix_typed(Launch& launch, U x, I64 dim, U offsets, U sizes, I64 n, U out,
-                          I64 ld, U nn, U nnd) {
+void cluster_matrix_typed(Launch& launch, U x, I64 dim, I64 ts, I64 cs, U offsets, U sizes,
+                          I64 n, U out, I64 ld, U nn, U nnd) {
   const unsigned grid = static_cast<unsigned>(n);
   launch("cluster_matrix_kernel", kernels::cluster_matrix_kernel<T>, grid, kernels::kThreads,
-         as<const T>(x), dim, as<const I64>(offsets), as<const I64>(sizes), n, as<T>(out), ld);
+         as<const T>(x), dim, ts, cs, as<const I64>(offsets), as<const I64>(sizes), n, as<T>(out), ld);
   launch("row_argmin_kernel", kernels::row_argmin_kernel<T>, grid, kernels::kThreads,
          as<const T>(out), n, ld, as<I64>(nn), as<T>(nnd));
 }
 
 template <typename Launch>
-void cluster_matrix(Launch&& launch, int dtype, U x, I64 dim, U offsets, U sizes, I64 n, U out,
-                    I64 ld, U nn, U nnd) {
+void cluster_matrix(Launch&& launch, int dtype, U x, I64 dim, I64 ts, I64 cs, U offsets,
+                    U sizes, I64 n, U out, I64 ld, U nn, U nnd) {
   check_args(dtype, n, "cluster_matrix");
-  if (dim < 1) {
-    throw std::invalid_argument("cluster_matrix: dim must be positive, got " +
-                                std::to_string(dim));
-  }
+  check_token_layout("cluster_matrix", dim, ts, cs);
   if (ld < n) {
     throw std::invalid_argument("cluster_matrix: ld must be >= n, got ld=" + std::to_string(ld) +
                                 ", n=" + std::to_string(n));
   }
   if (n == 0) return;
   if (dtype == kFloat32) {
-    cluster_matrix_typed<float>(launch, x, dim, offsets, sizes, n, out, ld, nn, nnd);
+    cluster_matrix_typed<float>(launch, x, dim, ts, cs, offsets, sizes, n, out, ld, nn, nnd);
   } else {
-    cluster_matrix_typed<double>(launch, x, dim, offsets, sizes, n, out, ld, nn, nnd);
+    cluster_matrix_typed<double>(launch, x, dim, ts, cs, offsets, sizes, n, out, ld, nn, nnd);
   }
 }
 

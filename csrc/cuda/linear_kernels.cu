@@ -62,18 +62,21 @@ void candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2, std::uin
                             count, capacity, rows, nrows, needy);
 }
 
-void pair_average(int dtype, std::uintptr_t x, std::int64_t dim, std::uintptr_t offsets,
+void pair_average(int dtype, std::uintptr_t x, std::int64_t dim, std::int64_t ts,
+                  std::int64_t cs, std::uintptr_t offsets,
                   std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,
                   std::uintptr_t count, std::int64_t capacity, std::uintptr_t val,
                   bool val_f64, std::uintptr_t stream) {
-  dispatch::pair_average(on(stream), dtype, x, dim, offsets, sizes, pa, pb, count, capacity,
-                         val, val_f64);
+  dispatch::pair_average(on(stream), dtype, x, dim, ts, cs, offsets, sizes, pa, pb, count,
+                         capacity, val, val_f64);
 }
 
-void cluster_matrix(int dtype, std::uintptr_t x, std::int64_t dim, std::uintptr_t offsets,
+void cluster_matrix(int dtype, std::uintptr_t x, std::int64_t dim, std::int64_t ts,
+                    std::int64_t cs, std::uintptr_t offsets,
                     std::uintptr_t sizes, std::int64_t n, std::uintptr_t out, std::int64_t ld,
                     std::uintptr_t nn, std::uintptr_t nnd, std::uintptr_t stream) {
-  dispatch::cluster_matrix(on(stream), dtype, x, dim, offsets, sizes, n, out, ld, nn, nnd);
+  dispatch::cluster_matrix(on(stream), dtype, x, dim, ts, cs, offsets, sizes, n, out, ld, nn,
+                           nnd);
 }
 
 }  // namespace dcpe_cuda

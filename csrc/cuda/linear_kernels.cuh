@@ -326,12 +326,18 @@ constexpr int kPairThreads = 256;
 constexpr int kPairWarps = kPairThreads / 32;
 constexpr std::int64_t kWarpPairMax = 2048;  // token pairs up to which a warp sums a pair
 
+// Tokens are read through two strides (elements): ts between tokens, cs between the
+// coordinates of one token.  Rows (ntok, dim) row-major: ts = dim, cs = 1.  Columns, a
+// (dim, ld) row-major buffer: ts = 1, cs = ld; then the lanes of a warp, which take
+// consecutive tokens of a cluster, read consecutive addresses for every coordinate (the
+// layout the matrix-free engine uses past 16 dimensions).
 template <typename T>
 __device__ __forceinline__ double token_distance(const T* __restrict__ xi,
-                                                 const T* __restrict__ xj, std::int64_t dim) {
+                                                 const T* __restrict__ xj, std::int64_t dim,
+                                                 std::int64_t cs) {
   T acc = T(0);
   for (std::int64_t k = 0; k < dim; ++k) {
-    const T diff = xi[k] - xj[k];
+    const T diff = xi[k * cs] - xj[k * cs];
     acc = add_rn(acc, mul_rn(diff, diff));
   }
   return static_cast<double>(sqrt_rn(acc));
@@ -340,15 +346,15 @@ __device__ __forceinline__ double token_distance(const T* __restrict__ xi,
 // Sum over the token pairs e = first, first + step, ... < nl * nh (lo token e / nh, hi
 // token e % nh), stepping (i, j) without a division per pair.
 template <typename T>
-__device__ double strided_pair_sum(const T* __restrict__ x, std::int64_t dim, std::int64_t o_lo,
-                                   std::int64_t nl, std::int64_t o_hi, std::int64_t nh,
-                                   int first, int step) {
+__device__ double strided_pair_sum(const T* __restrict__ x, std::int64_t dim, std::int64_t ts,
+                                   std::int64_t cs, std::int64_t o_lo, std::int64_t nl,
+                                   std::int64_t o_hi, std::int64_t nh, int first, int step) {
   double s = 0.0;
   if (nl <= 0 || nh <= 0) return s;
   std::int64_t i = first / nh, j = first % nh;
   const std::int64_t qs = step / nh, rs = step % nh;
   while (i < nl) {
-    s = add_rn(s, token_distance(x + (o_lo + i) * dim, x + (o_hi + j) * dim, dim));
+    s = add_rn(s, token_distance(x + (o_lo + i) * ts, x + (o_hi + j) * ts, dim, cs));
     i += qs;
     j += rs;
     if (j >= nh) {
@@ -388,8 +394,8 @@ __device__ __forceinline__ T pair_mean(double s, const PairSpan& p) {
 // written in V: T, or double (parts of a large pair, summed by the caller).
 template <typename T, typename V>
 __global__ void __launch_bounds__(kPairThreads)
-    pair_average_kernel(const T* __restrict__ x, std::int64_t dim,
-                        const std::int64_t* __restrict__ offsets,
+    pair_average_kernel(const T* __restrict__ x, std::int64_t dim, std::int64_t ts,
+                        std::int64_t cs, const std::int64_t* __restrict__ offsets,
                         const std::int64_t* __restrict__ sizes,
                         const std::int32_t* __restrict__ pa, const std::int32_t* __restrict__ pb,
                         const std::int64_t* __restrict__ count, std::int64_t capacity,
@@ -408,7 +414,7 @@ __global__ void __launch_bounds__(kPairThreads)
     if (k < cnt) {
       p = pair_span(offsets, sizes, pa[k], pb[k]);
       mine = p.nl * p.nh <= kWarpPairMax;
-      if (mine) s = strided_pair_sum(x, dim, p.o_lo, p.nl, p.o_hi, p.nh, lane, 32);
+      if (mine) s = strided_pair_sum(x, dim, ts, cs, p.o_lo, p.nl, p.o_hi, p.nh, lane, 32);
     }
     s = warp_sum(s);
     if (mine && lane == 0) val[k] = pair_mean<V>(s, p);
@@ -416,7 +422,7 @@ __global__ void __launch_bounds__(kPairThreads)
   for (std::int64_t k = blockIdx.x; k < cnt; k += gridDim.x) {
     const PairSpan p = pair_span(offsets, sizes, pa[k], pb[k]);
     if (p.nl * p.nh <= kWarpPairMax) continue;  // the same in every thread
-    double s = strided_pair_sum(x, dim, p.o_lo, p.nl, p.o_hi, p.nh,
+    double s = strided_pair_sum(x, dim, ts, cs, p.o_lo, p.nl, p.o_hi, p.nh,
                                 static_cast<int>(threadIdx.x), kPairThreads);
     s = warp_sum(s);
     if (lane == 0) ws[warp] = s;
@@ -434,8 +440,8 @@ __global__ void __launch_bounds__(kPairThreads)
 // row a, one thread per column, each summing its pair sequentially (a's tokens outside).
 template <typename T>
 __global__ void __launch_bounds__(kThreads)
-    cluster_matrix_kernel(const T* __restrict__ x, std::int64_t dim,
-                          const std::int64_t* __restrict__ offsets,
+    cluster_matrix_kernel(const T* __restrict__ x, std::int64_t dim, std::int64_t ts,
+                          std::int64_t cs, const std::int64_t* __restrict__ offsets,
                           const std::int64_t* __restrict__ sizes, std::int64_t n,
                           T* __restrict__ out, std::int64_t ld) {
   const std::int64_t a = blockIdx.x;
@@ -445,9 +451,9 @@ __global__ void __launch_bounds__(kThreads)
     const PairSpan p{oa, na, offsets[b], sizes[b]};
     double s = 0.0;
     for (std::int64_t i = 0; i < p.nl; ++i) {
-      const T* xi = x + (p.o_lo + i) * dim;
+      const T* xi = x + (p.o_lo + i) * ts;
       for (std::int64_t j = 0; j < p.nh; ++j) {
-        s = add_rn(s, token_distance(xi, x + (p.o_hi + j) * dim, dim));
+        s = add_rn(s, token_distance(xi, x + (p.o_hi + j) * ts, dim, cs));
       }
     }
     const T v = pair_mean<T>(s, p);

@@ -20,6 +20,7 @@
 #include <numeric>
 #include <random>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -176,17 +177,22 @@ void averages(I64 dim, I64 count, I64 capacity) {
   }
   std::vector<I64> cnt{count};
   std::vector<T> val(capacity);
-  dispatch::pair_average(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ptr(offsets),
-                         ptr(sizes), ptr(pa), ptr(pb), ptr(cnt), capacity, ptr(val));
-  std::vector<double> val64(capacity);  // float64 averages (the parts of a large pair)
-  dispatch::pair_average(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ptr(offsets),
-                         ptr(sizes), ptr(pa), ptr(pb), ptr(cnt), capacity, ptr(val64), true);
-  const I64 m = 30, ld = m + 2;  // the first 30 clusters
-  std::vector<T> out(static_cast<std::size_t>((m - 1) * ld + m));
-  std::vector<I64> nn(m);
-  std::vector<T> nnd(m);
-  dispatch::cluster_matrix(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ptr(offsets),
-                           ptr(sizes), m, ptr(out), ld, ptr(nn), ptr(nnd));
+  // the same buffer as rows (ntok, dim) and as columns (dim, ntok)
+  for (const auto& [ts, cs] : {std::pair<I64, I64>{dim, 1}, std::pair<I64, I64>{1, ntok}}) {
+    dispatch::pair_average(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ts, cs,
+                           ptr(offsets), ptr(sizes), ptr(pa), ptr(pb), ptr(cnt), capacity,
+                           ptr(val));
+    std::vector<double> val64(capacity);  // float64 averages (the parts of a large pair)
+    dispatch::pair_average(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ts, cs,
+                           ptr(offsets), ptr(sizes), ptr(pa), ptr(pb), ptr(cnt), capacity,
+                           ptr(val64), true);
+    const I64 m = 30, ld = m + 2;  // the first 30 clusters
+    std::vector<T> out(static_cast<std::size_t>((m - 1) * ld + m));
+    std::vector<I64> nn(m);
+    std::vector<T> nnd(m);
+    dispatch::cluster_matrix(cuda_sim::Launcher{}, dtype_code<T>(), ptr(x), dim, ts, cs,
+                             ptr(offsets), ptr(sizes), m, ptr(out), ld, ptr(nn), ptr(nnd));
+  }
 }
 
 template <typename T>

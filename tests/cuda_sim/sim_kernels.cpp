@@ -126,22 +126,24 @@ int dcpe_sim_candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2,
   });
 }
 
-int dcpe_sim_pair_average(int dtype, std::uintptr_t x, I64 dim, std::uintptr_t offsets,
+int dcpe_sim_pair_average(int dtype, std::uintptr_t x, I64 dim, I64 ts, I64 cs,
+                          std::uintptr_t offsets,
                           std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,
                           std::uintptr_t count, I64 capacity, std::uintptr_t val,
                           bool val_f64, std::uintptr_t /*stream*/) {
   return guarded([&] {
-    dispatch::pair_average(cuda_sim::Launcher{}, dtype, x, dim, offsets, sizes, pa, pb, count,
-                           capacity, val, val_f64);
+    dispatch::pair_average(cuda_sim::Launcher{}, dtype, x, dim, ts, cs, offsets, sizes, pa, pb,
+                           count, capacity, val, val_f64);
   });
 }
 
-int dcpe_sim_cluster_matrix(int dtype, std::uintptr_t x, I64 dim, std::uintptr_t offsets,
+int dcpe_sim_cluster_matrix(int dtype, std::uintptr_t x, I64 dim, I64 ts, I64 cs,
+                            std::uintptr_t offsets,
                             std::uintptr_t sizes, I64 n, std::uintptr_t out, I64 ld,
                             std::uintptr_t nn, std::uintptr_t nnd, std::uintptr_t /*stream*/) {
   return guarded([&] {
-    dispatch::cluster_matrix(cuda_sim::Launcher{}, dtype, x, dim, offsets, sizes, n, out, ld, nn,
-                             nnd);
+    dispatch::cluster_matrix(cuda_sim::Launcher{}, dtype, x, dim, ts, cs, offsets, sizes, n, out,
+                             ld, nn, nnd);
   });
 }
 

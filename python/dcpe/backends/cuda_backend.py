@@ -132,10 +132,13 @@ class CudaOps:
     def pair_average(cls, x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
                      pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, capacity: int,
                      val: torch.Tensor) -> None:
+        from dcpe_kernels.pair_average import token_strides
+
         ext = cls._lib()
         if val.dtype not in (x.dtype, torch.float64):
             raise ValueError(f"pair_average writes {x.dtype} or float64, got {val.dtype}")
-        ext.pair_average(_dtype_code(x), x.data_ptr(), int(x.shape[1]), offsets.data_ptr(),
+        ext.pair_average(_dtype_code(x), x.data_ptr(), int(x.shape[1]), *token_strides(x),
+                         offsets.data_ptr(),
                          sizes.data_ptr(), pa.data_ptr(), pb.data_ptr(), count.data_ptr(),
                          int(capacity), val.data_ptr(), val.dtype != x.dtype, cls._stream(x))
 
@@ -143,8 +146,11 @@ class CudaOps:
     def cluster_matrix(cls, x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
                        n: int, out: torch.Tensor, ld: int, nn: torch.Tensor,
                        nnd: torch.Tensor) -> None:
+        from dcpe_kernels.pair_average import token_strides
+
         ext = cls._lib()
-        ext.cluster_matrix(_dtype_code(x), x.data_ptr(), int(x.shape[1]), offsets.data_ptr(),
+        ext.cluster_matrix(_dtype_code(x), x.data_ptr(), int(x.shape[1]), *token_strides(x),
+                           offsets.data_ptr(),
                            sizes.data_ptr(), int(n), out.data_ptr(), int(ld), nn.data_ptr(),
                            nnd.data_ptr(), cls._stream(x))
 

@@ -32,8 +32,10 @@ host synchronisation.  Only the nearest neighbours are found differently:
   cluster is small, else from the list of all pairs with ``pair_average``, which gives a
   large pair a whole block.  A flat cut at ``k = N/2`` usually stops before.
 
-A pair of clusters with at least 2**20 token pairs is summed in 128 parts of its larger
-cluster, each part a pair of its own for ``pair_average`` (:func:`_pair_sums`): a few large
+Past 16 dimensions the tokens are kept as the columns of a ``(d, N)`` array, so that the
+lanes summing a pair read adjacent addresses for every coordinate (:class:`_Tokens`; the
+sums are the same bits as from rows).  A pair of clusters with at least 2**20 token pairs
+is summed in 128 parts of its larger cluster, each part a pair of its own for ``pair_average`` (:func:`_pair_sums`): a few large
 pairs do not leave the device to one block each.
 
 Reducibility (Bruynooghe 1977) spares most searches after the first round: a cluster
@@ -121,7 +123,7 @@ _COLUMNS_MIN_DIM = 17
 #: when the candidate pairs overflow their room (the round then runs again), the new room
 #: is the next power of two of this many times the count (the counts of the early rounds
 #: of a high-dimensional codebook grow by up to about 1.5x a round)
-_PAIRS_GROWTH = 2.0
+_PAIRS_GROWTH = 1.25
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8
 _MIN_PAIRS = 1024
@@ -133,12 +135,14 @@ def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
     At its peak: three copies of the tokens (input, sorted, and the next order or the
     radius pass's gather), three of the float64 centroids (current, next, a difference),
     two in the compute dtype (the transposed centroids and the radius pass's), the
-    bound pass's two float64 blocks of :func:`_bound_rows` rows, about 256 bytes of
+    bound pass's two float64 blocks of :func:`_bound_rows` rows, about 288 bytes of
     per-cluster state and temporaries, and the initial room for candidate pairs (about
-    40 bytes each).
+    40 bytes each).  (On an H200 the peak of 262,144 x 8 tokens was 18 bytes per cluster
+    above a count with 256 bytes per cluster; the room for candidate pairs grows past its
+    initial size only within the budget, checked before it grows.)
     """
     return ((3 * n * d + 2 * n * d) * itemsize + 3 * n * d * 8
-            + 2 * min(n, _bound_rows(d)) * d * 8 + 256 * n + _PAIRS_PER_CLUSTER * 40 * n)
+            + 2 * min(n, _bound_rows(d)) * d * 8 + 288 * n + _PAIRS_PER_CLUSTER * 40 * n)
 
 
 def _bound_rows(d: int) -> int:

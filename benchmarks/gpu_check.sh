@@ -47,8 +47,8 @@ fi
 print(dcpe.backends.status())" 2>&1 | tee -a "$OUT/build.log"
 
 # DCPE_CHECK_TESTS: the files and their seconds (default below); DCPE_CHECK_K: a pytest -k
-# expression for all of them (a shorter check).  One pytest process per test file: a kernel fault that poisons the CUDA context of one
-# process cannot fail the other files' tests.  test_linear_gpu.py: the matrix-free engine
+# expression for all of them (a shorter check).  One pytest process per test file: a kernel
+# fault that poisons the CUDA context of one process cannot fail the other files' tests.  test_linear_gpu.py: the matrix-free engine
 # (kernels of both backends against their references, and labels at N = 65,536 under a
 # 4 GiB budget against the cpu backend).
 for t in ${DCPE_CHECK_TESTS:-triton:80 cuda:80 linear_gpu:110}; do

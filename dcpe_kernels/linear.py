@@ -35,8 +35,9 @@ host synchronisation.  Only the nearest neighbours are found differently:
 Past 16 dimensions the tokens are kept as the columns of a ``(d, N)`` array, so that the
 lanes summing a pair read adjacent addresses for every coordinate (:class:`_Tokens`; the
 sums are the same bits as from rows).  A pair of clusters with at least 2**20 token pairs
-is summed in 128 parts of its larger cluster, each part a pair of its own for ``pair_average`` (:func:`_pair_sums`): a few large
-pairs do not leave the device to one block each.
+is summed in 128 parts of its larger cluster, each part a pair of its own for
+``pair_average`` (:func:`_pair_sums`): a few large pairs do not leave the device to one
+block each.
 
 Reducibility (Bruynooghe 1977) spares most searches after the first round: a cluster
 that did not merge and whose nearest neighbour did not merge keeps it, so only merged

@@ -103,8 +103,8 @@ DEFAULT_SIZES = [4096, 16384, 65536, 131072]
 DEFAULT_TORCH_SIZES = [1024, 2048, 4096, 8192, 16384]
 D = 8
 #: ``--scale`` specs ``NxD[@LIMIT]``, run in this order (the small rows compile the kernels)
-DEFAULT_SCALE = ["262144x8", "524288x8", "1048576x8", "262144x256", "262144x8@24GiB",
-                 "262144x8@16GiB"]
+DEFAULT_SCALE = ["262144x8", "524288x8", "1048576x8", "262144x8@24GiB", "262144x8@16GiB",
+                 "262144x256"]
 #: dry-run specs: the dense and (by the limit) the matrix-free engine at a tiny N
 DRY_RUN_SCALE = {"cpu": ["200x3", "200x3@160KiB"], "cuda": ["4096x8", "4096x8@16MiB"]}
 DEFAULT_SCALE_CPU_DIMS = [8]

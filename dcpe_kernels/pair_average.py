@@ -129,7 +129,7 @@ if HAS_TRITON:
         avg = s / (n_lo.to(tl.float64) * n_hi.to(tl.float64))
         tl.store(val_ptr + k, avg.to(val_ptr.dtype.element_ty))
 
-    @triton.jit(do_not_specialize=["dim", "capacity", "work_lo", "work_hi"])
+    @triton.jit(do_not_specialize=["dim", "ts", "cs", "capacity", "work_lo", "work_hi"])
     def _pair_average_tiled_kernel(x_ptr, dim, ts, cs, off_ptr, size_ptr, pa_ptr, pb_ptr,
                                    count_ptr,
                                    capacity, val_ptr, work_lo, work_hi, IS_F32: tl.constexpr,
@@ -150,7 +150,7 @@ if HAS_TRITON:
                 _pair_average_one(x_ptr, dim, ts, cs, val_ptr, k, tl.load(off_ptr + lo), n_lo,
                                   tl.load(off_ptr + hi), n_hi, IS_F32, BLOCK_I, BLOCK_J)
 
-    @triton.jit(do_not_specialize=["dim", "n", "ld"])
+    @triton.jit(do_not_specialize=["dim", "ts", "cs", "n", "ld"])
     def _cluster_matrix_rowlanes_kernel(x_ptr, dim, ts, cs, off_ptr, size_ptr, n, out_ptr, ld,
                                         nn_ptr, nnd_ptr, IS_F32: tl.constexpr,
                                         BLOCK_B: tl.constexpr):

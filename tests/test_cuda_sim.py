@@ -813,12 +813,14 @@ def test_scans_of_a_subset_of_rows_match_the_references(sim: _SimExt, ops: type,
 
 
 @pytest.mark.parametrize("case", [(60, 3, np.float64, None, 0), (70, 8, np.float32, None, 0),
-                                  (64, 2, np.float64, 6, 2 * 25 * 25 * 8)],
-                         ids=["f64", "f32", "cap-handover"])
+                                  (64, 2, np.float64, 6, 2 * 25 * 25 * 8),
+                                  (50, 20, np.float32, 5, 2 * 25 * 25 * 4)],
+                         ids=["f64", "f32", "cap-handover", "columns-cap-handover"])
 def test_matrix_free_rounds_match_cpu(ops: type, case: tuple) -> None:
     """The matrix-free engine (``dcpe_kernels.linear``) driving these kernels: labels
     identical to the ``cpu`` backend's, with and without the size cap, to the end
-    matrix-free or handed over to the dense rounds (``round_scan``, ``merge_compact_nn``)."""
+    matrix-free or handed over to the dense rounds (``round_scan``, ``merge_compact_nn``),
+    tokens as rows or (d = 20) as columns."""
     import warnings
 
     import dcpe

@@ -481,6 +481,42 @@ def test_pair_overflow_reruns_the_round(monkeypatch: pytest.MonkeyPatch,
                           _cpu_labels(x, 30, "euclidean", None))
 
 
+def test_pairs_past_the_count_change_no_neighbour(rng: np.random.Generator) -> None:
+    """The entries past a round's pair count (slots spread over all clusters, so that the
+    scatters' atomic minima do not queue on one) leave every nearest neighbour as the live
+    pairs alone give it, ties to the smallest slot included."""
+    n, m, room = 9, 14, 40
+    a = rng.integers(0, n, size=m)
+    b = (a + rng.integers(1, n, size=m)) % n
+    pa = torch.zeros(room, dtype=torch.int32)
+    pb = torch.zeros(room, dtype=torch.int32)
+    pa[:m], pb[:m] = torch.from_numpy(a), torch.from_numpy(b)
+    val = torch.full((room,), -1.0, dtype=torch.float64)  # below every live value
+    val[:m] = torch.from_numpy(rng.integers(1, 4, size=m).astype(np.float64))  # ties
+    count = torch.tensor([m])
+    live, la, lb = linear._live_pairs(pa, pb, count, n)
+    assert bool(live[:m].all()) and not bool(live[m:].any())
+    assert torch.equal(la[m:], torch.arange(m, room) % n)  # spread, all valid slots
+    assert torch.equal(la[:m], pa[:m].long()) and torch.equal(lb[:m], pb[:m].long())
+    needy = torch.ones(n, dtype=torch.int8)
+    needy[2] = 0  # keeps its neighbour: only its own pairs' other sides see it
+    nn = torch.full((n,), 7, dtype=torch.int64)
+    nnd = torch.full((n,), 5.0, dtype=torch.float64)
+    linear._nearest_from_pairs(live, la, lb, val, n, needy, nn, nnd)
+    dist = {}
+    for x, y, v in zip(a.tolist(), b.tolist(), val[:m].tolist()):
+        dist.setdefault(x, []).append((v, y))
+        if needy[y]:
+            dist.setdefault(y, []).append((v, x))
+    for c in range(n):
+        if not needy[c]:
+            assert (int(nn[c]), float(nnd[c])) == (7, 5.0)
+        elif c in dist:
+            assert (float(nnd[c]), int(nn[c])) == min(dist[c])
+        else:  # no pair: points to itself, which the round scan never merges
+            assert int(nn[c]) == c and nnd[c] == float("inf")
+
+
 @pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("ties", [False, True])

@@ -104,19 +104,20 @@ SCRIPT = textwrap.dedent("""
                        {"IS_F32": dt == "fp32", **blocks}, cfg)
         assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
         cfg = pair_average._launch_config(on_cpu=False)
-        sig = {"x_ptr": f"*{dt}", "dim": "i32", "off_ptr": "*i64", "size_ptr": "*i64",
-               "pa_ptr": "*i32", "pb_ptr": "*i32", "count_ptr": "*i64", "capacity": "i32",
-               "val_ptr": f"*{dt}", "work_lo": "i64", "work_hi": "i64", "IS_F32": "constexpr",
-               "BLOCK_I": "constexpr", "BLOCK_J": "constexpr"}
+        sig = {"x_ptr": f"*{dt}", "dim": "i32", "ts": "i32", "cs": "i32", "off_ptr": "*i64",
+               "size_ptr": "*i64", "pa_ptr": "*i32", "pb_ptr": "*i32", "count_ptr": "*i64",
+               "capacity": "i32", "val_ptr": f"*{dt}", "work_lo": "i64", "work_hi": "i64",
+               "IS_F32": "constexpr", "BLOCK_I": "constexpr", "BLOCK_J": "constexpr"}
         for bi, bj, warps in ((cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["num_warps"]),
                               (cfg["BIG_I"], cfg["BIG_J"], cfg["big_warps"])):
             kernel = build(pair_average._pair_average_tiled_kernel, sig,
                            {"IS_F32": dt == "fp32", "BLOCK_I": bi, "BLOCK_J": bj},
                            {"num_warps": warps, "enable_fp_fusion": False})
             assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
-        sig = {"x_ptr": f"*{dt}", "dim": "i32", "off_ptr": "*i64", "size_ptr": "*i64",
-               "n": "i32", "out_ptr": f"*{dt}", "ld": "i32", "nn_ptr": "*i64",
-               "nnd_ptr": f"*{dt}", "IS_F32": "constexpr", "BLOCK_B": "constexpr"}
+        sig = {"x_ptr": f"*{dt}", "dim": "i32", "ts": "i32", "cs": "i32", "off_ptr": "*i64",
+               "size_ptr": "*i64", "n": "i32", "out_ptr": f"*{dt}", "ld": "i32",
+               "nn_ptr": "*i64", "nnd_ptr": f"*{dt}", "IS_F32": "constexpr",
+               "BLOCK_B": "constexpr"}
         kernel = build(pair_average._cluster_matrix_rowlanes_kernel, sig,
                        {"IS_F32": dt == "fp32", "BLOCK_B": cfg["BLOCK_B"]},
                        {"num_warps": cfg["num_warps"], "enable_fp_fusion": False})

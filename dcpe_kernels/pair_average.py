@@ -17,8 +17,9 @@ which side computed a distance.
 * :func:`pair_average` — ``_pair_average_tiled_kernel``: the averages of a list of pairs
   whose length lives on the device (the candidates of
   :func:`dcpe_kernels.centroid.candidate_pairs`), one pair at a time per program in a
-  grid-stride loop, in tiles of ``lo`` x ``hi`` tokens: two launches, small pairs (most)
-  in small tiles, large pairs in 64 x 64 tiles of 8 warps;
+  grid-stride loop, in tiles of ``lo`` x ``hi`` tokens: three launches, the smallest
+  pairs in 8 x 8 tiles, small ones (most) in 16 x 16 tiles, large pairs in 64 x 64 tiles
+  of 8 warps;
 * :func:`cluster_matrix` — ``_cluster_matrix_rowlanes_kernel``: the dense matrix of all
   averages with its row minima and argmins (ties to the smallest column), to hand the
   last rounds over to the dense engine of :mod:`dcpe_kernels.rnn`; one program per row,
@@ -221,19 +222,24 @@ def token_strides(x: torch.Tensor) -> tuple[int, int]:
 
 
 def _launch_config(on_cpu: bool) -> dict[str, int]:
-    """Small tiles and few programs under the interpreter; on a GPU 16 x 16 token tiles
-    and a grid of 4096 programs for the pairs of up to ``SPLIT`` token pairs, 64 x 64
+    """Small tiles and few programs under the interpreter; on a GPU 8 x 8 token tiles of
+    2 warps on 8192 programs for the pairs of fewer than ``TINY`` token pairs (the many
+    small pairs of high-dimensional rounds, which would leave most of a 16 x 16 tile
+    idle), 16 x 16 tiles and a grid of 4096 programs up to ``SPLIT`` token pairs, 64 x 64
     tiles of 8 warps on 1024 programs for the larger ones, 128 lanes per row for the
-    matrix.
+    matrix.  Which launch sums a pair, and so the order of its float64 sum, depends on
+    its sizes alone.
 
     ``enable_fp_fusion`` is off: token distances round like the dense engines' (module
     docstring).
     """
     if on_cpu:
-        return {"BLOCK_I": 4, "BLOCK_J": 8, "PROGRAMS": 3, "BLOCK_B": 16, "num_warps": 1,
+        return {"TINY": 3, "TINY_I": 2, "TINY_J": 4, "TINY_PROGRAMS": 2, "tiny_warps": 1,
+                "BLOCK_I": 4, "BLOCK_J": 8, "PROGRAMS": 3, "BLOCK_B": 16, "num_warps": 1,
                 "SPLIT": 6, "BIG_I": 8, "BIG_J": 8, "BIG_PROGRAMS": 2, "big_warps": 1,
                 "enable_fp_fusion": False}
-    return {"BLOCK_I": 16, "BLOCK_J": 16, "PROGRAMS": 4096, "BLOCK_B": 128, "num_warps": 4,
+    return {"TINY": 64, "TINY_I": 8, "TINY_J": 8, "TINY_PROGRAMS": 8192, "tiny_warps": 2,
+            "BLOCK_I": 16, "BLOCK_J": 16, "PROGRAMS": 4096, "BLOCK_B": 128, "num_warps": 4,
             "SPLIT": 4096, "BIG_I": 64, "BIG_J": 64, "BIG_PROGRAMS": 1024, "big_warps": 8,
             "enable_fp_fusion": False}
 
@@ -266,16 +272,17 @@ def pair_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
     cfg = _launch_config(x.device.type == "cpu")
     f32 = x.dtype == torch.float32
     # small pairs (most of them) with small tiles; large ones with large tiles and warps
-    classes = ((0, cfg["SPLIT"], cfg["PROGRAMS"], cfg["BLOCK_I"], cfg["BLOCK_J"],
+    classes = ((0, cfg["TINY"], cfg["TINY_PROGRAMS"], cfg["TINY_I"], cfg["TINY_J"],
+                cfg["tiny_warps"]),
+               (cfg["TINY"], cfg["SPLIT"], cfg["PROGRAMS"], cfg["BLOCK_I"], cfg["BLOCK_J"],
                 cfg["num_warps"]),
                (cfg["SPLIT"], _NO_LIMIT, cfg["BIG_PROGRAMS"], cfg["BIG_I"], cfg["BIG_J"],
                 cfg["big_warps"]))
     for lo, hi, programs, bi, bj, warps in classes:
         grid = (max(1, min(programs, int(capacity))),)
-        _pair_average_tiled_kernel[grid](x, x.shape[1], *token_strides(x), offsets, sizes, pa, pb,
-                                         count,
-                                         int(capacity), val, lo, hi, IS_F32=f32, BLOCK_I=bi,
-                                         BLOCK_J=bj, num_warps=warps,
+        _pair_average_tiled_kernel[grid](x, x.shape[1], *token_strides(x), offsets, sizes, pa,
+                                         pb, count, int(capacity), val, lo, hi, IS_F32=f32,
+                                         BLOCK_I=bi, BLOCK_J=bj, num_warps=warps,
                                          enable_fp_fusion=cfg["enable_fp_fusion"])
 
 

@@ -108,7 +108,8 @@ SCRIPT = textwrap.dedent("""
                "size_ptr": "*i64", "pa_ptr": "*i32", "pb_ptr": "*i32", "count_ptr": "*i64",
                "capacity": "i32", "val_ptr": f"*{dt}", "work_lo": "i64", "work_hi": "i64",
                "IS_F32": "constexpr", "BLOCK_I": "constexpr", "BLOCK_J": "constexpr"}
-        for bi, bj, warps in ((cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["num_warps"]),
+        for bi, bj, warps in ((cfg["TINY_I"], cfg["TINY_J"], cfg["tiny_warps"]),
+                              (cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["num_warps"]),
                               (cfg["BIG_I"], cfg["BIG_J"], cfg["big_warps"])):
             kernel = build(pair_average._pair_average_tiled_kernel, sig,
                            {"IS_F32": dt == "fp32", "BLOCK_I": bi, "BLOCK_J": bj},
@@ -161,5 +162,5 @@ def test_kernels_compile_for_nvidia_gpus(arch: int) -> None:
     assert built.count("_round_scan_oneblock_kernel") == 2
     assert built.count("_centroid_nn_tiled_kernel") == 6
     assert built.count("_candidate_pairs_tiled_kernel") == 2
-    assert built.count("_pair_average_tiled_kernel") == 4
+    assert built.count("_pair_average_tiled_kernel") == 6
     assert built.count("_cluster_matrix_rowlanes_kernel") == 2

@@ -22,8 +22,9 @@ dense matrix's memory):
   upper bound (Euclidean) or closed-form nearest neighbour (sqeuclidean, cosine);
 * :func:`centroid.candidate_pairs` — ``_candidate_pairs_tiled_kernel``: the pairs whose
   lower bound is within that upper bound;
-* :func:`pair_average.pair_average` — ``_pair_average_tiled_kernel``: their exact average
-  distances, over token pairs, in float64;
+* :func:`pair_average.pair_average` — ``_pair_average_tiled_kernel`` and
+  ``_pair_average_packed_kernel`` (the smallest pairs, many per program): their exact
+  average distances, over token pairs, in float64;
 * :func:`pair_average.cluster_matrix` — ``_cluster_matrix_rowlanes_kernel``: the clusters'
   dense matrix, to hand the last rounds to the dense engine.
 """

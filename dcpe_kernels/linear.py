@@ -51,6 +51,13 @@ the searching cluster; the nearest neighbour, and every pair tied with it, is am
 On the sample codebook 7 to 9% of the searching clusters still scan after the first
 round (benchmarks/linear_work.py counts it).
 
+A flat cut needs only the first ``N - k`` merges of the greedy order.  Once that many are
+recorded, the ``(N - k)``-th smallest of their heights, ``U``, bounds the cut's height, and
+the searches stop at ``U`` (Euclidean): a cluster with no neighbour within ``U`` can only
+merge after the cut (reducibility) and is set aside for good (:func:`_set_aside`).  At
+``k = N/2`` on the sample codebook this sums about a tenth of the token pairs, in as many
+rounds.
+
 Merges, the early stop for a flat cut and the size cap are those of the dense engine
 (merge records, tie rule and slot order are the same, so labels agree with the dense
 engine and the ``cpu`` backend on inputs without tied distances).
@@ -119,6 +126,9 @@ _SINGLETON_ROUND = True
 #: the centroid scan, when that bound is at most this factor times its old nearest
 #: distance (a lower bound of the new one); the others scan (:func:`_neighbour_bounds`)
 _BOUND_FACTOR = 2.0
+#: Euclidean, for a flat cut: clusters that cannot merge before the cut are set aside
+#: (:func:`_set_aside`)
+_SET_ASIDE = True
 #: tokens of at least this many dimensions are kept as columns (:class:`_Tokens`)
 _COLUMNS_MIN_DIM = 17
 #: when the candidate pairs overflow their room (the round then runs again), the new room
@@ -371,6 +381,9 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     nxt: dict[str, torch.Tensor] = {}  # the next round's moments, from carry()
     del xs
     n = n_all
+    # flat cut (Euclidean): the (N - k)-th smallest monotone height recorded, once known
+    # (:func:`_cut_height`); a cluster farther than it from all others is set aside
+    cut: torch.Tensor | None = None
 
     def carry(n: int) -> tuple[torch.Tensor, ...]:
         """After the round's scan: the next round's kept neighbours, who searches, the
@@ -433,7 +446,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 clock.mark("select")
             while not singletons:
                 count.zero_()
-                ops.candidate_pairs(mu_t, s2t, rad, best, n, rel, absm, pa, pb, count,
+                tau = best if cut is None else torch.minimum(best, cut)
+                ops.candidate_pairs(mu_t, s2t, rad, tau, n, rel, absm, pa, pb, count,
                                     capacity, rows, nrows, needy)
                 clock.mark("candidates")
                 live_ab = _live_pairs(pa, pb, count, n)  # shared by the three passes below
@@ -441,6 +455,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                            val, live_ab)
                 clock.mark("sums")
                 _nearest_from_pairs(*live_ab, val, n, needy, nn, nnd)
+                if cut is not None:
+                    _set_aside(nn, nnd, n, cut)
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                 clock.mark("select")
                 if vals[4] <= capacity:
@@ -477,6 +493,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         mu, m2 = nxt["mu"][:n_new], nxt["m2"][:n_new]
         nxt.clear()
         n = n_new
+        if tokens is not None and _SET_ASIDE:
+            cut = _cut_height(st)
         if tokens is not None:
             slot = tokens.regroup(p, q, old_size, new_size, vals[5])
             r = _radius(tokens, slot, mu, n)
@@ -498,6 +516,42 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 break
     clock.emit(done=True, rounds=st.rounds)
     return st.merges()
+
+
+def _cut_height(st: RoundState) -> torch.Tensor | None:
+    """For a flat cut at ``k`` clusters, once at least ``N - k`` merges are recorded: the
+    ``(N - k)``-th smallest of their monotone heights, ``U`` (a 0-d tensor on the device;
+    else None).
+
+    Merges still to come can only add heights, so the ``(N - k)``-th smallest height of
+    the whole dendrogram is at most ``U``, and a merge found later with a monotone height
+    of at least ``U`` sorts after the first ``N - k`` merges of the greedy order (heights,
+    then discovery order): it cannot change the cut.  ``U`` only decreases as merges are
+    recorded.
+    """
+    if st.need is None or st.need < 1 or st.m < st.need:
+        return None
+    return torch.kthvalue(st.m_hf[: st.m], st.need).values
+
+
+def _set_aside(nn: torch.Tensor, nnd: torch.Tensor, n: int, cut: torch.Tensor) -> None:
+    """Set aside every cluster whose nearest distance exceeds ``cut`` (:func:`_cut_height`):
+    it points to itself at ``+inf``, so it never merges again, never searches again
+    (:func:`_carry_neighbours`) and does not hold back the early stop.
+
+    Average linkage is reducible: every later distance of such a cluster ``C``, to any
+    cluster or merged cluster, is at least its nearest distance ``delta_C > U`` (up to the
+    rounding of the averages, within one unit in the last place: at least ``U``), so all
+    of its later merges sort after the cut.  No other cluster loses its nearest neighbour:
+    one whose nearest distance is at most ``U`` has a neighbour closer than ``U``, which
+    is then not set aside.  So the searches can also stop at ``U`` (the candidate
+    threshold ``min(tau, U)``): a cluster whose nearest distance is at most ``U`` finds
+    it, one with none within ``U`` finds none or one beyond ``U``, and is set aside.  The
+    merges below ``U``, which make the cut, are those of the full run.
+    """
+    over = nnd[:n] > cut
+    nn[:n] = torch.where(over, torch.arange(n, device=nn.device), nn[:n])
+    nnd[:n] = torch.where(over, float("inf"), nnd[:n])
 
 
 def _new_slots(st: RoundState, n: int) -> tuple[torch.Tensor, ...]:
@@ -535,7 +589,8 @@ def _carry_neighbours(kept: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
     launched after the round's scan and before its synchronisation.
     """
     n = nn.shape[0]
-    merged = nn[nn] == torch.arange(n, device=nn.device)  # old slots in a reciprocal pair
+    ar = torch.arange(n, device=nn.device)
+    merged = (nn[nn] == ar) & (nn != ar)  # old slots in a reciprocal pair (not set aside)
     t = nn[p]  # the old neighbour of each new slot's cluster
     target = new_of[t]  # (a neighbour that merged has a new slot, but is `merged`)
     needy = kept & ((q >= 0) | (target < 0) | merged[t])

@@ -17,9 +17,9 @@ which side computed a distance.
 * :func:`pair_average` — ``_pair_average_tiled_kernel``: the averages of a list of pairs
   whose length lives on the device (the candidates of
   :func:`dcpe_kernels.centroid.candidate_pairs`), one pair at a time per program in a
-  grid-stride loop, in tiles of ``lo`` x ``hi`` tokens: three launches, the smallest
-  pairs in 8 x 8 tiles, small ones (most) in 16 x 16 tiles, large pairs in 64 x 64 tiles
-  of 8 warps;
+  grid-stride loop, in tiles of ``lo`` x ``hi`` tokens (8 x 8, 16 x 16, 64 x 64 tiles of 8
+  warps by the pair's token pairs); the smallest pairs many at a time per program, a lane
+  per token pair, in ``_pair_average_packed_kernel`` (:func:`_launch_config`);
 * :func:`cluster_matrix` — ``_cluster_matrix_rowlanes_kernel``: the dense matrix of all
   averages with its row minima and argmins (ties to the smallest column), to hand the
   last rounds over to the dense engine of :mod:`dcpe_kernels.rnn`; one program per row,
@@ -151,6 +151,52 @@ if HAS_TRITON:
                 _pair_average_one(x_ptr, dim, ts, cs, val_ptr, k, tl.load(off_ptr + lo), n_lo,
                                   tl.load(off_ptr + hi), n_hi, IS_F32, BLOCK_I, BLOCK_J)
 
+    @triton.jit(do_not_specialize=["dim", "ts", "cs", "capacity", "work_lo", "work_hi"])
+    def _pair_average_packed_kernel(x_ptr, dim, ts, cs, off_ptr, size_ptr, pa_ptr, pb_ptr,
+                                    count_ptr, capacity, val_ptr, work_lo, work_hi,
+                                    IS_F32: tl.constexpr, BLOCK_P: tl.constexpr,
+                                    BLOCK_E: tl.constexpr):
+        """``BLOCK_P`` pairs at a time per program (grid-stride), those of the class
+        ``[work_lo, work_hi)`` token pairs, at most ``BLOCK_E``: lane ``e`` of a pair
+        takes its token pair ``(e // n_hi, e % n_hi)``."""
+        pid = tl.program_id(0)
+        nprog = tl.num_programs(0)
+        cnt = tl.minimum(tl.load(count_ptr), capacity)
+        dtype = x_ptr.dtype.element_ty
+        pp = tl.arange(0, BLOCK_P)
+        ee = tl.arange(0, BLOCK_E)
+        for base in range(pid * BLOCK_P, cnt, nprog * BLOCK_P):
+            k = base + pp
+            mk = k < cnt
+            a = tl.load(pa_ptr + k, mask=mk, other=0).to(tl.int64)
+            b = tl.load(pb_ptr + k, mask=mk, other=0).to(tl.int64)
+            lo = tl.minimum(a, b)
+            hi = tl.maximum(a, b)
+            n_lo = tl.load(size_ptr + lo, mask=mk, other=0)
+            n_hi = tl.load(size_ptr + hi, mask=mk, other=0)
+            work = n_lo * n_hi
+            mine = mk & (work >= work_lo) & (work < work_hi)
+            if tl.max(mine.to(tl.int32), axis=0) > 0:
+                o_lo = tl.load(off_ptr + lo, mask=mine, other=0)
+                o_hi = tl.load(off_ptr + hi, mask=mine, other=0)
+                nh = tl.maximum(n_hi, 1)
+                me = mine[:, None] & (ee[None, :] < work[:, None])
+                ti = o_lo[:, None] + ee[None, :] // nh[:, None]
+                tj = o_hi[:, None] + ee[None, :] % nh[:, None]
+                acc = tl.zeros([BLOCK_P, BLOCK_E], dtype=dtype)
+                for c in range(0, dim):
+                    u = tl.load(x_ptr + ti * ts + c * cs, mask=me, other=0.0)
+                    v = tl.load(x_ptr + tj * ts + c * cs, mask=me, other=0.0)
+                    diff = u - v
+                    acc += diff * diff
+                if IS_F32:
+                    dist = tl.sqrt_rn(acc)
+                else:
+                    dist = tl.sqrt(acc)
+                s = tl.sum(tl.where(me, dist.to(tl.float64), 0.0), axis=1)
+                den = tl.where(mine, n_lo.to(tl.float64) * n_hi.to(tl.float64), 1.0)
+                tl.store(val_ptr + k, (s / den).to(val_ptr.dtype.element_ty), mask=mine)
+
     @triton.jit(do_not_specialize=["dim", "ts", "cs", "n", "ld"])
     def _cluster_matrix_rowlanes_kernel(x_ptr, dim, ts, cs, off_ptr, size_ptr, n, out_ptr, ld,
                                         nn_ptr, nnd_ptr, IS_F32: tl.constexpr,
@@ -207,6 +253,7 @@ if HAS_TRITON:
 
 else:  # pragma: no cover - exercised only without triton
     _pair_average_tiled_kernel = None
+    _pair_average_packed_kernel = None
     _cluster_matrix_rowlanes_kernel = None
 
 
@@ -221,27 +268,32 @@ def token_strides(x: torch.Tensor) -> tuple[int, int]:
     return ts, cs
 
 
-def _launch_config(on_cpu: bool) -> dict[str, int]:
-    """Small tiles and few programs under the interpreter; on a GPU 8 x 8 token tiles of
-    2 warps on 8192 programs for the pairs of fewer than ``TINY`` token pairs (the many
-    small pairs of high-dimensional rounds, which would leave most of a 16 x 16 tile
-    idle), 16 x 16 tiles and a grid of 4096 programs up to ``SPLIT`` token pairs, 64 x 64
-    tiles of 8 warps on 1024 programs for the larger ones, 128 lanes per row for the
-    matrix.  Which launch sums a pair, and so the order of its float64 sum, depends on
-    its sizes alone.
+def _launch_config(on_cpu: bool) -> dict:
+    """Launch classes of :func:`pair_average` and the matrix's lanes.
+
+    ``PACKED``: ``(hi, P, E, programs, warps)``, pairs of fewer than ``hi`` token pairs,
+    ``P`` pairs per program, ``E`` >= their token pairs lanes each; ``TILED``: ``(hi, BI,
+    BJ, programs, warps)``, pairs of fewer than ``hi`` token pairs in ``BI x BJ`` tiles,
+    one pair at a time per program; each class starts where the one before it ends, the
+    last has no limit.  On a GPU: 64 pairs of at most 4 token pairs per program and 16 of
+    at most 16 (the many small pairs of high-dimensional rounds, which would leave most of
+    a tile idle: a pair of 2 x 2 tokens in an 8 x 8 tile uses 4 of its 64 lanes), 8 x 8
+    tiles of 2 warps below 64 token pairs, 16 x 16 below 4096, 64 x 64 tiles of 8 warps
+    on 1024 programs past that, 128 lanes per row for the matrix.  Small sizes and few
+    programs under the interpreter, every class used by pairs of 1 to 5 tokens.  Which
+    launch sums a pair, and so the order of its float64 sum, depends on its sizes alone.
 
     ``enable_fp_fusion`` is off: token distances round like the dense engines' (module
     docstring).
     """
     if on_cpu:
-        return {"TINY": 3, "TINY_I": 2, "TINY_J": 4, "TINY_PROGRAMS": 2, "tiny_warps": 1,
-                "BLOCK_I": 4, "BLOCK_J": 8, "PROGRAMS": 3, "BLOCK_B": 16, "num_warps": 1,
-                "SPLIT": 6, "BIG_I": 8, "BIG_J": 8, "BIG_PROGRAMS": 2, "big_warps": 1,
-                "enable_fp_fusion": False}
-    return {"TINY": 64, "TINY_I": 8, "TINY_J": 8, "TINY_PROGRAMS": 8192, "tiny_warps": 2,
-            "BLOCK_I": 16, "BLOCK_J": 16, "PROGRAMS": 4096, "BLOCK_B": 128, "num_warps": 4,
-            "SPLIT": 4096, "BIG_I": 64, "BIG_J": 64, "BIG_PROGRAMS": 1024, "big_warps": 8,
-            "enable_fp_fusion": False}
+        return {"PACKED": ((3, 4, 2, 2, 1), (5, 2, 4, 2, 1)),
+                "TILED": ((9, 2, 4, 2, 1), (16, 4, 8, 3, 1), (_NO_LIMIT, 8, 8, 2, 1)),
+                "BLOCK_B": 16, "num_warps": 1, "enable_fp_fusion": False}
+    return {"PACKED": ((5, 64, 4, 4096, 4), (17, 16, 16, 4096, 4)),
+            "TILED": ((64, 8, 8, 8192, 2), (4096, 16, 16, 4096, 4),
+                      (_NO_LIMIT, 64, 64, 1024, 8)),
+            "BLOCK_B": 128, "num_warps": 4, "enable_fp_fusion": False}
 
 
 def pair_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
@@ -271,19 +323,23 @@ def pair_average(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
         raise RuntimeError("triton is not installed")
     cfg = _launch_config(x.device.type == "cpu")
     f32 = x.dtype == torch.float32
-    # small pairs (most of them) with small tiles; large ones with large tiles and warps
-    classes = ((0, cfg["TINY"], cfg["TINY_PROGRAMS"], cfg["TINY_I"], cfg["TINY_J"],
-                cfg["tiny_warps"]),
-               (cfg["TINY"], cfg["SPLIT"], cfg["PROGRAMS"], cfg["BLOCK_I"], cfg["BLOCK_J"],
-                cfg["num_warps"]),
-               (cfg["SPLIT"], _NO_LIMIT, cfg["BIG_PROGRAMS"], cfg["BIG_I"], cfg["BIG_J"],
-                cfg["big_warps"]))
-    for lo, hi, programs, bi, bj, warps in classes:
+    strides = token_strides(x)
+    fusion = cfg["enable_fp_fusion"]
+    lo = 0
+    for hi, per, lanes, programs, warps in cfg["PACKED"]:
+        grid = (max(1, min(programs, -(-int(capacity) // per))),)
+        _pair_average_packed_kernel[grid](x, x.shape[1], *strides, offsets, sizes, pa, pb,
+                                          count, int(capacity), val, lo, hi, IS_F32=f32,
+                                          BLOCK_P=per, BLOCK_E=lanes, num_warps=warps,
+                                          enable_fp_fusion=fusion)
+        lo = hi
+    for hi, bi, bj, programs, warps in cfg["TILED"]:
         grid = (max(1, min(programs, int(capacity))),)
-        _pair_average_tiled_kernel[grid](x, x.shape[1], *token_strides(x), offsets, sizes, pa,
-                                         pb, count, int(capacity), val, lo, hi, IS_F32=f32,
+        _pair_average_tiled_kernel[grid](x, x.shape[1], *strides, offsets, sizes, pa, pb,
+                                         count, int(capacity), val, lo, hi, IS_F32=f32,
                                          BLOCK_I=bi, BLOCK_J=bj, num_warps=warps,
-                                         enable_fp_fusion=cfg["enable_fp_fusion"])
+                                         enable_fp_fusion=fusion)
+        lo = hi
 
 
 def cluster_matrix(x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor, n: int,

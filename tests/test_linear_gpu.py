@@ -40,6 +40,9 @@ from dcpe_kernels.centroid import (  # noqa: E402
     _reference_centroid_nn,
 )
 from dcpe_kernels.pair_average import (  # noqa: E402
+    _launch_config as _pair_launch_config,
+)
+from dcpe_kernels.pair_average import (  # noqa: E402
     _reference_cluster_matrix,
     _reference_pair_average,
 )
@@ -229,6 +232,13 @@ def test_pair_average_matches_reference(which: str, dtype: torch.dtype, d: int,
                             count.cpu(), capacity, ref)
     got = val.cpu()
     k = len(pairs)
+    if which == "triton":  # every launch class of pair_average sums some of these pairs
+        cfg = _pair_launch_config(not ON_GPU)
+        work = {int(sizes[a]) * int(sizes[b]) for a, b in pairs}
+        lo = 0
+        for hi, *_ in (*cfg["PACKED"], *cfg["TILED"]):
+            assert any(lo <= w < hi for w in work), (lo, hi, sorted(work))
+            lo = hi
     torch.testing.assert_close(got[:k], ref[:k], rtol=RTOL[dtype], atol=0)
     assert bool((got[k:] == -7.0).all())  # past the count: untouched
     # (a, b) and (b, a) are the same bits; a second run gives the same bits
@@ -597,6 +607,39 @@ def test_token_layout_changes_nothing(which: str, dtype: torch.dtype,
                                             ops=ops, handover_bytes=handover))
         for name in ("rep_a", "rep_b", "height", "hmono", "size"):
             assert torch.equal(getattr(got[0], name), getattr(got[1], name)), name
+
+
+@pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("ties", [False, True])
+def test_setting_aside_changes_no_cut(which: str, ties: bool, monkeypatch: pytest.MonkeyPatch,
+                                      rng: np.random.Generator) -> None:
+    """A flat cut with the clusters that cannot merge before it set aside: the same first
+    N - k merges of the greedy order (the same labels at k and at every coarser-or-equal
+    cut of those merges) as the rounds run without it, with the cap and without, ties and
+    duplicate rows included; and fewer exact token pairs summed in all."""
+    ops = _ops(which)
+    x = (rng.integers(0, 5, size=(110, 2)).astype(np.float64) if ties
+         else tie_free(rng, 130, 3))
+    xt = torch.from_numpy(x).to(DEVICE)
+    n = x.shape[0]
+    fewer = 0
+    for k, cap in ((n // 2, None), (n // 4, None), (n - 10, None), (n // 4, 9), (2, None)):
+        got, work = [], []
+        for aside in (True, False):
+            monkeypatch.setattr(linear, "_SET_ASIDE", aside)
+            records: list[dict] = []
+            with linear.trace_rounds(records.append):
+                mg = linear.linear_merges(xt, metric="euclidean", max_cluster_size=cap,
+                                          ops=ops, n_clusters=k, handover_bytes=0)
+            got.append(mg)
+            work.append(sum(r.get("token_pairs", 0) for r in records))
+        with_aside, without = got
+        for kk in {k, k + 1, n - 1}:
+            assert torch.equal(merges_to_labels(with_aside, kk), merges_to_labels(without, kk)), (
+                k, cap, kk)
+        assert work[0] <= work[1], (k, cap, work)
+        fewer += work[0] < work[1]
+    assert fewer >= 2
 
 
 def test_neighbour_bounds_bound_the_next_nearest_distance(monkeypatch: pytest.MonkeyPatch,

@@ -108,11 +108,16 @@ SCRIPT = textwrap.dedent("""
                "size_ptr": "*i64", "pa_ptr": "*i32", "pb_ptr": "*i32", "count_ptr": "*i64",
                "capacity": "i32", "val_ptr": f"*{dt}", "work_lo": "i64", "work_hi": "i64",
                "IS_F32": "constexpr", "BLOCK_I": "constexpr", "BLOCK_J": "constexpr"}
-        for bi, bj, warps in ((cfg["TINY_I"], cfg["TINY_J"], cfg["tiny_warps"]),
-                              (cfg["BLOCK_I"], cfg["BLOCK_J"], cfg["num_warps"]),
-                              (cfg["BIG_I"], cfg["BIG_J"], cfg["big_warps"])):
+        for _, bi, bj, _, warps in cfg["TILED"]:
             kernel = build(pair_average._pair_average_tiled_kernel, sig,
                            {"IS_F32": dt == "fp32", "BLOCK_I": bi, "BLOCK_J": bj},
+                           {"num_warps": warps, "enable_fp_fusion": False})
+            assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
+        sig = {k: v for k, v in sig.items() if k not in ("BLOCK_I", "BLOCK_J")}
+        sig.update({"BLOCK_P": "constexpr", "BLOCK_E": "constexpr"})
+        for _, per, lanes, _, warps in cfg["PACKED"]:
+            kernel = build(pair_average._pair_average_packed_kernel, sig,
+                           {"IS_F32": dt == "fp32", "BLOCK_P": per, "BLOCK_E": lanes},
                            {"num_warps": warps, "enable_fp_fusion": False})
             assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
         sig = {"x_ptr": f"*{dt}", "dim": "i32", "ts": "i32", "cs": "i32", "off_ptr": "*i64",
@@ -130,6 +135,7 @@ SCRIPT = textwrap.dedent("""
     for fn in (pairwise._pairwise_dist_rownn_kernel, merge._merge_compact_rownn_kernel,
                round_._round_scan_oneblock_kernel, centroid._centroid_nn_tiled_kernel,
                centroid._candidate_pairs_tiled_kernel, pair_average._pair_average_tiled_kernel,
+               pair_average._pair_average_packed_kernel,
                pair_average._cluster_matrix_rowlanes_kernel):
         exempt = {fn.arg_names.index(a) if isinstance(a, str) else int(a)
                   for a in fn.do_not_specialize}
@@ -163,4 +169,5 @@ def test_kernels_compile_for_nvidia_gpus(arch: int) -> None:
     assert built.count("_centroid_nn_tiled_kernel") == 6
     assert built.count("_candidate_pairs_tiled_kernel") == 2
     assert built.count("_pair_average_tiled_kernel") == 6
+    assert built.count("_pair_average_packed_kernel") == 4
     assert built.count("_cluster_matrix_rowlanes_kernel") == 2

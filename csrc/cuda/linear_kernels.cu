@@ -17,8 +17,9 @@
 //                  tau (the mode-0 minimum), with margins for rounding, each once, at an
 //                  atomically counted position;
 //   pair_average_kernel     exact average distances (UPGMA, Sokal & Michener 1958) of a
-//                           list of pairs whose length is on the device: a warp per small
-//                           pair, a block per large one;
+//                           list of pairs whose length is on the device: 4 or 8 lanes per
+//                           pair of few token pairs, a warp per small pair, a block per
+//                           large one;
 //   cluster_matrix_kernel   the dense matrix of all exact averages (to hand the last rounds
 //   + row_argmin_kernel     to the dense engine of rnn_kernels.cu) and its row argmin/min.
 // Every pairwise quantity is computed in an order of operations symmetric in (a, b), so

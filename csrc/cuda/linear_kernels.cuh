@@ -325,6 +325,8 @@ __global__ void __launch_bounds__(kTileThreads)
 constexpr int kPairThreads = 256;
 constexpr int kPairWarps = kPairThreads / 32;
 constexpr std::int64_t kWarpPairMax = 2048;  // token pairs up to which a warp sums a pair
+constexpr std::int64_t kQuadPairMax = 5;     // ... 4 lanes, below this many
+constexpr std::int64_t kOctPairMax = 17;     // ... 8 lanes, below this many
 
 // Tokens are read through two strides (elements): ts between tokens, cs between the
 // coordinates of one token.  Rows (ntok, dim) row-major: ts = dim, cs = 1.  Columns, a
@@ -365,11 +367,17 @@ __device__ double strided_pair_sum(const T* __restrict__ x, std::int64_t dim, st
   return s;
 }
 
-// Fixed-shape tree over the warp; the total is valid in lane 0.
-__device__ __forceinline__ double warp_sum(double s) {
-  for (int off = 16; off > 0; off >>= 1) s = add_rn(s, __shfl_down_sync(0xffffffffu, s, off));
+// Fixed-shape tree over groups of kLanes lanes of a warp (kLanes a power of two up to 32);
+// the group's total is valid in its first lane.  Every lane of the warp takes part.
+template <int kLanes>
+__device__ __forceinline__ double group_sum(double s) {
+  for (int off = kLanes / 2; off > 0; off >>= 1) {
+    s = add_rn(s, __shfl_down_sync(0xffffffffu, s, off));
+  }
   return s;
 }
+
+__device__ __forceinline__ double warp_sum(double s) { return group_sum<32>(s); }
 
 struct PairSpan {
   std::int64_t o_lo, nl, o_hi, nh;
@@ -388,10 +396,43 @@ __device__ __forceinline__ T pair_mean(double s, const PairSpan& p) {
       __ddiv_rn(s, __dmul_rn(static_cast<double>(p.nl), static_cast<double>(p.nh))));
 }
 
-// Pairs k < min(count, capacity): a warp each for pairs of at most kWarpPairMax token
-// pairs (grid-stride over the warps; the loop runs alike in all warps of a block, so the
-// shuffles stay convergent), then a block each for the larger ones.  The averages are
-// written in V: T, or double (parts of a large pair, summed by the caller).
+// The pairs k < cnt of [work_lo, work_hi) token pairs, a group of kLanes lanes each, the
+// lanes striding over the pair's token pairs (grid-stride over the groups; the loop runs
+// alike in all threads of a block, so the shuffles stay convergent).
+template <int kLanes, typename T, typename V>
+__device__ void pair_groups(const T* __restrict__ x, std::int64_t dim, std::int64_t ts,
+                            std::int64_t cs, const std::int64_t* __restrict__ offsets,
+                            const std::int64_t* __restrict__ sizes,
+                            const std::int32_t* __restrict__ pa,
+                            const std::int32_t* __restrict__ pb, std::int64_t cnt,
+                            V* __restrict__ val, std::int64_t work_lo, std::int64_t work_hi) {
+  constexpr int kGroups = kPairThreads / kLanes;
+  const int lane = static_cast<int>(threadIdx.x) % kLanes;
+  const int group = static_cast<int>(threadIdx.x) / kLanes;
+  const std::int64_t stride = static_cast<std::int64_t>(gridDim.x) * kGroups;
+  for (std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * kGroups; base < cnt;
+       base += stride) {
+    const std::int64_t k = base + group;
+    bool mine = false;
+    PairSpan p{0, 0, 0, 0};
+    double s = 0.0;
+    if (k < cnt) {
+      p = pair_span(offsets, sizes, pa[k], pb[k]);
+      const std::int64_t work = p.nl * p.nh;
+      mine = work >= work_lo && work < work_hi;
+      if (mine) s = strided_pair_sum(x, dim, ts, cs, p.o_lo, p.nl, p.o_hi, p.nh, lane, kLanes);
+    }
+    s = group_sum<kLanes>(s);
+    if (mine && lane == 0) val[k] = pair_mean<V>(s, p);
+  }
+}
+
+// Pairs k < min(count, capacity), by their token pairs: 4 lanes each below kQuadPairMax,
+// 8 below kOctPairMax (the many small pairs of high-dimensional rounds, which would leave
+// most of a warp idle), a warp each up to kWarpPairMax, then a block each for the larger
+// ones.  Which path sums a pair, and so the order of its float64 sum, depends on its
+// sizes alone.  The averages are written in V: T, or double (parts of a large pair,
+// summed by the caller).
 template <typename T, typename V>
 __global__ void __launch_bounds__(kPairThreads)
     pair_average_kernel(const T* __restrict__ x, std::int64_t dim, std::int64_t ts,
@@ -404,21 +445,10 @@ __global__ void __launch_bounds__(kPairThreads)
   const std::int64_t c = count[0];
   const std::int64_t cnt = c < capacity ? c : capacity;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
-  const std::int64_t wstride = static_cast<std::int64_t>(gridDim.x) * kPairWarps;
-  for (std::int64_t base = static_cast<std::int64_t>(blockIdx.x) * kPairWarps; base < cnt;
-       base += wstride) {
-    const std::int64_t k = base + warp;
-    bool mine = false;
-    PairSpan p{0, 0, 0, 0};
-    double s = 0.0;
-    if (k < cnt) {
-      p = pair_span(offsets, sizes, pa[k], pb[k]);
-      mine = p.nl * p.nh <= kWarpPairMax;
-      if (mine) s = strided_pair_sum(x, dim, ts, cs, p.o_lo, p.nl, p.o_hi, p.nh, lane, 32);
-    }
-    s = warp_sum(s);
-    if (mine && lane == 0) val[k] = pair_mean<V>(s, p);
-  }
+  pair_groups<4>(x, dim, ts, cs, offsets, sizes, pa, pb, cnt, val, 0, kQuadPairMax);
+  pair_groups<8>(x, dim, ts, cs, offsets, sizes, pa, pb, cnt, val, kQuadPairMax, kOctPairMax);
+  pair_groups<32>(x, dim, ts, cs, offsets, sizes, pa, pb, cnt, val, kOctPairMax,
+                  kWarpPairMax + 1);
   for (std::int64_t k = blockIdx.x; k < cnt; k += gridDim.x) {
     const PairSpan p = pair_span(offsets, sizes, pa[k], pb[k]);
     if (p.nl * p.nh <= kWarpPairMax) continue;  // the same in every thread

@@ -55,8 +55,9 @@ A flat cut needs only the first ``N - k`` merges of the greedy order.  Once that
 recorded, the ``(N - k)``-th smallest of their heights, ``U``, bounds the cut's height, and
 the searches stop at ``U`` (Euclidean): a cluster with no neighbour within ``U`` can only
 merge after the cut (reducibility) and is set aside for good (:func:`_set_aside`).  At
-``k = N/2`` on the sample codebook this sums about a tenth of the token pairs, in as many
-rounds.
+``k = N/2`` on the sample codebook (d = 8) the exact sums cover 34% fewer token pairs at
+N = 65,536 and 59% fewer at N = 262,144 (benchmarks/linear_work.py); at d = 256 the
+rounds before the cut is known hold most of the sums.
 
 Merges, the early stop for a flat cut and the size cap are those of the dense engine
 (merge records, tie rule and slot order are the same, so labels agree with the dense
@@ -135,6 +136,10 @@ _COLUMNS_MIN_DIM = 17
 #: is the next power of two of this many times the count (the counts of the early rounds
 #: of a high-dimensional codebook grow by up to about 1.5x a round)
 _PAIRS_GROWTH = 1.25
+#: when a round lists fewer than 1/_PAIRS_SHRINK of the room's pairs, the next rounds use
+#: a view of the room of the next power of two of _PAIRS_HEADROOM times the count (0: never)
+_PAIRS_SHRINK = 8
+_PAIRS_HEADROOM = 2.0
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8
 _MIN_PAIRS = 1024
@@ -233,11 +238,12 @@ def trace_rounds(sink: Callable[[dict[str, Any]], None]) -> Iterator[None]:
     of a round holds ``round``, ``n`` (active clusters), ``rows`` (clusters that search),
     ``pairs`` (candidate pairs, Euclidean), ``token_pairs`` (token pairs summed exactly),
     ``max_size`` (largest cluster), ``scan_rows`` (clusters that scan the centroids;
-    Euclidean) and ``ms``, the time per phase: ``scan`` (centroid scan), ``candidates``,
-    ``sums`` (exact averages), ``select`` (nearest neighbours, the round's bookkeeping and
-    the next round's moments and thresholds, up to its synchronisation), ``update`` (the
-    new token order and radii, counted in the next round) and ``handover`` / ``dense``
-    (matrix and dense rounds).  On a GPU the times come from CUDA events read after the round's own
+    Euclidean), ``room`` (the length of the list of candidate pairs; Euclidean) and
+    ``ms``, the time per phase: ``scan`` (centroid scan), ``candidates``, ``sums`` (exact
+    averages), ``select`` (nearest neighbours, the round's bookkeeping and the next
+    round's moments and thresholds, up to its synchronisation), ``update`` (the new token
+    order and radii, counted in the next round) and ``handover`` / ``dense`` (matrix and
+    dense rounds).  On a GPU the times come from CUDA events read after the round's own
     synchronisation; elsewhere from the host clock.  The last record of a run has
     ``done`` set and the run's ``rounds`` (dense rounds after a hand-over included).
     """
@@ -373,6 +379,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
         pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
         val = torch.empty(capacity, dtype=dt, device=dev)
+        pairs_buf = (pa, pb, val)  # the room; pa, pb, val: views of its first `capacity`
         count = torch.zeros(1, dtype=i64, device=dev)
         scratch = torch.empty(n_all, dtype=i64, device=dev)
         # the next round's thresholds from the old neighbours, and who must scan for one
@@ -469,14 +476,26 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                         f"matrix-free round (many tied distances, such as duplicate rows?)",
                         "remove duplicate rows, or use backend='cpu'")
                 capacity = min(room, 1 << math.ceil(math.log2(vals[4] * _PAIRS_GROWTH)))
-                pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
-                pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
-                val = torch.empty(capacity, dtype=dt, device=dev)
+                if capacity > pairs_buf[0].shape[0]:
+                    del pa, pb, val, live_ab
+                    pairs_buf = ()  # the old room goes before the new one is allocated
+                    pairs_buf = (torch.zeros(capacity, dtype=torch.int32, device=dev),
+                                 torch.zeros(capacity, dtype=torch.int32, device=dev),
+                                 torch.empty(capacity, dtype=dt, device=dev))
+                pa, pb, val = (t[:capacity] for t in pairs_buf)
+            shorter = max(_MIN_PAIRS, 1 << max(0, math.ceil(math.log2(
+                max(1.0, _PAIRS_HEADROOM * vals[4])))))
+            if (not singletons and _PAIRS_SHRINK and vals[4] * _PAIRS_SHRINK < capacity
+                    and shorter < capacity):
+                # far fewer pairs than room (the late rounds, a flat cut's set-aside): the
+                # next rounds' passes over the list take a shorter view of the same room
+                capacity = shorter
+                pa, pb, val = (t[:capacity] for t in pairs_buf)
         n_pairs, n_new, below, nrows = vals[:4]
         clock.emit(round=st.rounds + 1, n=n, rows=searched,
                    **({} if tokens is None else {"scan_rows": searched_scan,
                                                  "pairs": vals[4], "token_pairs": vals[6],
-                                                 "max_size": vals[7]}))
+                                                 "max_size": vals[7], "room": capacity}))
         old_size = st.size
         if not st.commit(n, n_pairs, n_new, below, backend):
             break

@@ -642,6 +642,43 @@ def test_setting_aside_changes_no_cut(which: str, ties: bool, monkeypatch: pytes
     assert fewer >= 2
 
 
+@pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
+def test_shorter_pair_lists_change_nothing(which: str, monkeypatch: pytest.MonkeyPatch,
+                                           rng: np.random.Generator) -> None:
+    """The room for candidate pairs used in a shorter view once a round lists far fewer
+    pairs, even down to less than the count after every round (so that later rounds
+    overflow and run again in a longer view of the same room): the same merges bit for bit
+    as with the whole room."""
+    base = _ops(which)
+    calls = []
+
+    def candidate_pairs(*args):
+        calls.append(1)
+        return base.candidate_pairs(*args)
+
+    ops = type("Counting", (base,), {"candidate_pairs": staticmethod(candidate_pairs)})
+    xt = torch.from_numpy(tie_free(rng, 150, 3)).to(DEVICE)
+    monkeypatch.setattr(linear, "_MIN_PAIRS", 8)
+    got, rooms, reruns = [], [], []
+    for shrink, headroom in ((0, 2.0), (linear._PAIRS_SHRINK, linear._PAIRS_HEADROOM),
+                             (1, 0.3)):
+        monkeypatch.setattr(linear, "_PAIRS_SHRINK", shrink)
+        monkeypatch.setattr(linear, "_PAIRS_HEADROOM", headroom)
+        records: list[dict] = []
+        calls.clear()
+        with linear.trace_rounds(records.append):
+            got.append(linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                                            ops=ops, n_clusters=40, handover_bytes=0))
+        rooms.append([r["room"] for r in records if "room" in r])
+        reruns.append(len(calls) - sum(r["round"] > 1 for r in records if "room" in r))
+    for mg in got[1:]:
+        for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+            assert torch.equal(getattr(mg, name), getattr(got[0], name)), name
+    assert rooms[0] == sorted(rooms[0])  # never shorter without it
+    assert min(rooms[1]) < max(rooms[1])
+    assert reruns[2] > reruns[0] >= 0  # the shortest views overflowed and ran again
+
+
 def test_neighbour_bounds_bound_the_next_nearest_distance(monkeypatch: pytest.MonkeyPatch,
                                                           rng: np.random.Generator) -> None:
     """Every finite threshold taken from the old neighbours is at least the exact nearest

@@ -55,9 +55,9 @@ A flat cut needs only the first ``N - k`` merges of the greedy order.  Once that
 recorded, the ``(N - k)``-th smallest of their heights, ``U``, bounds the cut's height, and
 the searches stop at ``U`` (Euclidean): a cluster with no neighbour within ``U`` can only
 merge after the cut (reducibility) and is set aside for good (:func:`_set_aside`).  At
-``k = N/2`` on the sample codebook (d = 8) the exact sums cover 34% fewer token pairs at
-N = 65,536 and 59% fewer at N = 262,144 (benchmarks/linear_work.py); at d = 256 the
-rounds before the cut is known hold most of the sums.
+``k = N/2`` on the sample codebook (d = 8, N = 65,536 to 1,048,576) the exact sums cover 7
+to 9 times fewer token pairs in the same rounds (benchmarks/results/linear-work.md); at
+d = 256 the rounds before the cut is known hold most of the sums.
 
 Merges, the early stop for a flat cut and the size cap are those of the dense engine
 (merge records, tie rule and slot order are the same, so labels agree with the dense

@@ -114,3 +114,19 @@ def test_no_benchmark_without_time_for_it(tmp_path: Path) -> None:
     assert rc == 1
     assert "bench" not in stages(calls)
     assert "no time left for the benchmark" in out
+
+
+def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
+    rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1")
+    assert rc == 0, out
+    assert stages(calls) == ["build", "test-linear_gpu", "bench"]
+    (test,) = [c for c in calls if "-m pytest" in c]
+    assert "-k pair_average or setting_aside" in test
+    assert 208 - 2 <= time_limit(calls) <= 210
+    (bench,) = [c for c in calls if "bench_gpu.py" in c]
+    assert bench.split("--scale ")[1].split(" --")[0] == "524288x8 262144x256"
+    assert "--sizes --providers cuda triton" in bench
+    # a knob set by hand still wins
+    rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1", DCPE_CHECK_SCALE="262144x8")
+    (bench,) = [c for c in calls if "bench_gpu.py" in c]
+    assert bench.split("--scale ")[1].split(" --")[0] == "262144x8"

@@ -101,6 +101,20 @@ def _reference_cluster_matrix(x: torch.Tensor, offsets: torch.Tensor, sizes: tor
 if HAS_TRITON:
 
     @triton.jit
+    def _token_distance_lanes(x_ptr, ti, tj, mask, dim, ts, cs, IS_F32: tl.constexpr):
+        """``|x_ti - x_tj|`` lane by lane (token indices ``ti``, ``tj`` of one shape), in the
+        engines' rounding: squares summed in dimension order, an IEEE root."""
+        acc = (ti * 0).to(x_ptr.dtype.element_ty)
+        for c in range(0, dim):
+            u = tl.load(x_ptr + ti * ts + c * cs, mask=mask, other=0.0)
+            v = tl.load(x_ptr + tj * ts + c * cs, mask=mask, other=0.0)
+            diff = u - v
+            acc += diff * diff
+        if IS_F32:
+            return tl.sqrt_rn(acc)
+        return tl.sqrt(acc)
+
+    @triton.jit
     def _pair_average_one(x_ptr, dim, ts, cs, val_ptr, k, o_lo, n_lo, o_hi, n_hi,
                           IS_F32: tl.constexpr, BLOCK_I: tl.constexpr, BLOCK_J: tl.constexpr):
         """Pair ``k``'s average, in ``BLOCK_I`` x ``BLOCK_J`` tiles of token pairs (token
@@ -162,7 +176,6 @@ if HAS_TRITON:
         pid = tl.program_id(0)
         nprog = tl.num_programs(0)
         cnt = tl.minimum(tl.load(count_ptr), capacity)
-        dtype = x_ptr.dtype.element_ty
         pp = tl.arange(0, BLOCK_P)
         ee = tl.arange(0, BLOCK_E)
         for base in range(pid * BLOCK_P, cnt, nprog * BLOCK_P):
@@ -183,16 +196,7 @@ if HAS_TRITON:
                 me = mine[:, None] & (ee[None, :] < work[:, None])
                 ti = o_lo[:, None] + ee[None, :] // nh[:, None]
                 tj = o_hi[:, None] + ee[None, :] % nh[:, None]
-                acc = tl.zeros([BLOCK_P, BLOCK_E], dtype=dtype)
-                for c in range(0, dim):
-                    u = tl.load(x_ptr + ti * ts + c * cs, mask=me, other=0.0)
-                    v = tl.load(x_ptr + tj * ts + c * cs, mask=me, other=0.0)
-                    diff = u - v
-                    acc += diff * diff
-                if IS_F32:
-                    dist = tl.sqrt_rn(acc)
-                else:
-                    dist = tl.sqrt(acc)
+                dist = _token_distance_lanes(x_ptr, ti, tj, me, dim, ts, cs, IS_F32)
                 s = tl.sum(tl.where(me, dist.to(tl.float64), 0.0), axis=1)
                 den = tl.where(mine, n_lo.to(tl.float64) * n_hi.to(tl.float64), 1.0)
                 tl.store(val_ptr + k, (s / den).to(val_ptr.dtype.element_ty), mask=mine)
@@ -224,16 +228,8 @@ if HAS_TRITON:
                 mi = i < n_lo
                 for j in range(0, tl.max(n_hi, axis=0)):
                     m = mi & (j < n_hi)
-                    acc = tl.zeros([BLOCK_B], dtype=dtype)
-                    for c in range(0, dim):
-                        u = tl.load(x_ptr + (o_lo + i) * ts + c * cs, mask=m, other=0.0)
-                        v = tl.load(x_ptr + (o_hi + j) * ts + c * cs, mask=m, other=0.0)
-                        diff = u - v
-                        acc += diff * diff
-                    if IS_F32:
-                        dist = tl.sqrt_rn(acc)
-                    else:
-                        dist = tl.sqrt(acc)
+                    dist = _token_distance_lanes(x_ptr, o_lo + i, o_hi + j, m, dim, ts, cs,
+                                                 IS_F32)
                     s += tl.where(m, dist.to(tl.float64), 0.0)
             nlo = tl.where(cm, n_lo, 1).to(tl.float64)
             nhi = tl.where(cm, n_hi, 1).to(tl.float64)

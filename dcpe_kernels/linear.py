@@ -483,13 +483,11 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                                  torch.zeros(capacity, dtype=torch.int32, device=dev),
                                  torch.empty(capacity, dtype=dt, device=dev))
                 pa, pb, val = (t[:capacity] for t in pairs_buf)
-            shorter = max(_MIN_PAIRS, 1 << max(0, math.ceil(math.log2(
-                max(1.0, _PAIRS_HEADROOM * vals[4])))))
-            if (not singletons and _PAIRS_SHRINK and vals[4] * _PAIRS_SHRINK < capacity
-                    and shorter < capacity):
+            if not singletons and _PAIRS_SHRINK and vals[4] * _PAIRS_SHRINK < capacity:
                 # far fewer pairs than room (the late rounds, a flat cut's set-aside): the
                 # next rounds' passes over the list take a shorter view of the same room
-                capacity = shorter
+                capacity = min(capacity, max(_MIN_PAIRS, 1 << max(0, math.ceil(math.log2(
+                    max(1.0, _PAIRS_HEADROOM * vals[4]))))))
                 pa, pb, val = (t[:capacity] for t in pairs_buf)
         n_pairs, n_new, below, nrows = vals[:4]
         clock.emit(round=st.rounds + 1, n=n, rows=searched,

@@ -21,8 +21,9 @@ PYBIND11_MODULE(_C, m) {
         py::arg("num_threads") = 0, py::arg("max_merges") = 0, py::arg("engine") = "matrix",
         py::arg("cache_bytes") = 0, py::arg("progress") = py::none(),
         "Exact agglomerative clustering of the rows of x; returns the SciPy linkage matrix "
-        "(m, 4) in greedy order. max_merges > 0: engines that find merges in greedy order "
-        "(centroid) may stop after that many (the first rows of the full result). "
+        "(m, 4) in greedy order. max_merges > 0: the first that many rows are those of the "
+        "full result; the centroid engine returns only those, the matrix and linear engines "
+        "those and some later ones (a flat cut), ward all. "
         "engine: 'matrix' (condensed distance matrix) or 'linear' (average linkage in "
         "O(N d) memory plus cache_bytes). progress: called with the merges found so far.");
   m.def("cut_cpu", &dcpe::cut_cpu, py::arg("Z"), py::arg("n"), py::arg("n_clusters"),

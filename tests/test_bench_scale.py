@@ -44,7 +44,8 @@ def test_small_run_writes_complete_results(tmp_path: Path) -> None:
     payload = json.loads((out / "t.json").read_text())
     rows = {(r["provider"], r["n"], r["d"]): r for r in payload["rows"]}
     for key in [("dcpe-linear", 300, 4), ("dcpe-matrix", 300, 4), ("fastcluster", 300, 4),
-                ("parchain", 300, 4), ("dcpe-cosine", 300, 4), ("dcpe-linear", 200, 32)]:
+                ("parchain", 300, 4), ("dcpe-cosine", 300, 4), ("dcpe-linear", 200, 32),
+                ("dcpe-cut", 300, 4)]:
         if key[0] == "fastcluster" and "fastcluster" in rows.get(key, {}).get("error", ""):
             continue  # fastcluster not installed here: its row says so
         assert key in rows, sorted(rows)
@@ -57,6 +58,8 @@ def test_small_run_writes_complete_results(tmp_path: Path) -> None:
     a = rows[("dcpe-linear", 300, 4)]["heights_sum"]
     b = rows[("dcpe-matrix", 300, 4)]["heights_sum"]
     assert a == pytest.approx(b, rel=1e-5)
+    assert rows[("dcpe-cut", 300, 4)]["clusters"] == 150  # labels at k = N/2
+    assert rows[("dcpe-cut", 300, 4)]["heights_sum"] is None
     assert "| N × d |" in (out / "t.md").read_text()
 
 

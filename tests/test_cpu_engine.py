@@ -10,7 +10,7 @@ import time
 
 import numpy as np
 import pytest
-from conftest import cpu_order_distances, integer_grid, tie_free
+from conftest import cpu_order_distances, integer_grid, replay_gaps, tie_free
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
 
@@ -116,6 +116,57 @@ def test_centroid_stops_after_max_merges(cap, grid):
         np.testing.assert_array_equal(dcpe.cluster(x, k, linkage="centroid",
                                                    max_cluster_size=cap or None),
                                       _C.cut_cpu(full, len(x), k))
+
+
+@pytest.mark.filterwarnings("ignore:max_cluster_size")
+@pytest.mark.parametrize("method", ["average", "single", "complete", "weighted"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cap", [0, 6])
+@pytest.mark.parametrize("d", [3, 130])  # 130: the first pass keeps the token matrix
+def test_matrix_engine_flat_cut_stops_early_and_changes_no_label(method, dtype, cap, d):
+    """A flat cut (max_merges = N - k) sets aside the clusters beyond the cut's bound: its
+    first N - k rows are the whole tree's, it returns fewer rows, and its labels equal the
+    whole tree's cut, in the rounds and in the chain."""
+    n = 700
+    x = tie_free(np.random.default_rng(5 + cap + d), n, d, dtype)
+    full = _C.linkage_cpu(x, method, "euclidean", cap, 0)
+    shorter = 0
+    for k in (1, 2, 5, 70, 350, 690, 699):
+        part = _C.linkage_cpu(x, method, "euclidean", cap, 0, n - k)
+        steps = min(n - k, len(full))
+        np.testing.assert_array_equal(part[:steps], full[:steps])
+        np.testing.assert_array_equal(_C.cut_cpu(part, n, k), _C.cut_cpu(full, n, k))
+        shorter += len(part) < len(full)
+    assert shorter >= 3
+
+
+@pytest.mark.filterwarnings("ignore:max_cluster_size")
+@pytest.mark.parametrize("cap", [0, 5])
+def test_matrix_engine_flat_cut_at_every_k(cap):
+    """Every cut of one tree: a bound that set aside clusters merging just below the cut's
+    height would change some of them."""
+    n = 400
+    x = tie_free(np.random.default_rng(17 + cap), n, 2)
+    full = _C.linkage_cpu(x, "average", "euclidean", cap, 0)
+    for k in range(1, n):
+        part = _C.linkage_cpu(x, "average", "euclidean", cap, 0, n - k)
+        steps = min(n - k, len(full))
+        np.testing.assert_array_equal(part[:steps], full[:steps], err_msg=f"k={k}")
+
+
+def test_matrix_engine_flat_cut_with_ties_is_greedy_and_gives_exactly_k():
+    """With tied heights a flat cut may order merges of equal height differently from the
+    whole tree (it hands over to the chain at another round), so only the tie rule's
+    promises are checked: deterministic, exactly k, every merge before the cut a minimum."""
+    x = integer_grid(np.random.default_rng(3), 500, 3)  # tied distances, duplicate rows
+    for k in (1, 4, 30, 250, 499):
+        part = _C.linkage_cpu(x, "average", "euclidean", 0, 0, 500 - k)
+        np.testing.assert_array_equal(part, _C.linkage_cpu(x, "average", "euclidean", 0, 0,
+                                                           500 - k))
+        labels = _C.cut_cpu(part, 500, k)
+        assert int(labels.max()) + 1 == k
+        merged, best = replay_gaps(part[: 500 - k], x)
+        np.testing.assert_allclose(merged, best, rtol=1e-6, atol=1e-12)
 
 
 def test_max_merges_argument_checked():

@@ -146,6 +146,73 @@ def test_closed_forms_in_float32_equal_scipy_on_the_same_values(rng):
             assert same_partition(cut_z(z, 400, k), cut_z(zs, 400, k))
 
 
+def _cut_z(x: np.ndarray, k: int, cache: int, *, metric: str = "euclidean",
+           cap: int | None = None) -> np.ndarray:
+    """The rows of a flat cut's run at ``k`` (``max_merges = N - k``), in greedy order."""
+    return cpu._ext().linkage_cpu(x, "average", metric, cap or 0, 0, len(x) - k, "linear",
+                                  cache)
+
+
+@pytest.mark.parametrize("n,d", [(1500, 2), (600, 8), (300, 64)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cap", [None, 6])
+@pytest.mark.parametrize("cache", CACHES)
+def test_flat_cut_stops_early_and_changes_no_label(rng, n, d, dtype, cap, cache):
+    x = tie_free(rng, n, d, dtype)
+    full = _linear_z(x, cache, cap=cap)
+    shorter = 0
+    for k in (1, 2, 7, n // 10, n // 2, n - 1):
+        z = _cut_z(x, k, cache, cap=cap)
+        assert z.shape[0] >= min(n - k, full.shape[0])
+        shorter += z.shape[0] < full.shape[0]
+        assert same_partition(cut_z(z, n, k), cut_z(full, n, k)), k
+        # the first N - k merges are the full run's, up to the float32 rounding of the
+        # heights that the matrix hand-over stores
+        steps = min(n - k, full.shape[0])
+        np.testing.assert_allclose(z[:steps, 2], full[:steps, 2], rtol=1e-6)
+        assert hierarchy_sets(z[:steps], n) == hierarchy_sets(full[:steps], n)
+        via_api = cpu.labels(x, k, method="average", metric="euclidean", max_cluster_size=cap,
+                             plan=cpu.Plan("linear", cache))
+        assert np.array_equal(via_api, cut_z(z, n, k))
+    assert shorter >= 2  # the cuts below the top stopped before the whole tree
+
+
+def test_flat_cut_equals_scipy_and_sklearn(rng):
+    x = tie_free(rng, 2000, 3, np.float32)
+    zs = scipy_linkage(x)
+    for k in (3, 50, 1000, 1900):
+        labels = dcpe.cluster(x, k, engine="linear", memory_limit="1MiB")
+        assert same_partition(labels, cut_z(zs, 2000, k))
+    assert same_partition(dcpe.cluster(x, 64, engine="linear", memory_limit="1MiB"),
+                          sklearn_labels(x, 64))
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+@pytest.mark.parametrize("cap", [None, 5])
+def test_flat_cut_of_the_closed_forms_changes_no_label(rng, metric, cap):
+    n = 800
+    x = tie_free(rng, n, 8)
+    full = _linear_z(x, 0, metric=metric, cap=cap)
+    shorter = 0
+    for k in (1, 9, n // 3, n // 2, n - 1):
+        z = _cut_z(x, k, 0, metric=metric, cap=cap)
+        shorter += z.shape[0] < full.shape[0]
+        assert same_partition(cut_z(z, n, k), cut_z(full, n, k)), k
+    assert shorter >= 2
+
+
+def test_flat_cut_with_ties_equals_the_whole_tree_cut(rng):
+    # without the matrix hand-over both runs find their merges in the same rounds, so even
+    # tied heights come in the same order (the hand-over's float32 matrix rounds them)
+    x = integer_grid(rng, 400, 3)
+    full = _linear_z(x, 0)
+    for k in (1, 5, 17, 60, 200, 399, 400):
+        z = _cut_z(x, k, 0) if k < 400 else full[:0]
+        labels = cut_z(z, 400, k)
+        assert np.array_equal(labels, cut_z(full, 400, k))
+        assert int(labels.max()) + 1 == k
+
+
 @pytest.mark.parametrize("cache", CACHES)
 def test_ties_are_deterministic_and_give_exactly_k(rng, cache):
     x = integer_grid(rng, 300, 3)  # many tied distances and duplicate rows
@@ -208,13 +275,20 @@ def test_progress_is_reported(rng):
 
 def test_auto_takes_the_matrix_engine_for_small_problems_and_linear_beyond():
     f32 = np.float32
-    assert cpu.choose_engine(16384, 8, method="average", metric="euclidean",
+    assert cpu.choose_engine(2048, 8, method="average", metric="euclidean",
                              dtype=f32).engine == "matrix"
+    assert cpu.choose_engine(16384, 16, method="average", metric="euclidean",
+                             dtype=f32).engine == "matrix"
+    assert cpu.choose_engine(16384, 256, method="average", metric="euclidean",
+                             dtype=f32).engine == "matrix"
+    # at most 8 dimensions the linear engine is the faster one from a few thousand tokens
+    assert cpu.choose_engine(4096, 8, method="average", metric="euclidean",
+                             dtype=f32).engine == "linear"
     big = cpu.choose_engine(262144, 8, method="average", metric="euclidean", dtype=f32,
                             memory_limit="2GiB")
     assert big.engine == "linear" and 0 < big.cache_bytes <= (2 << 30) // 4
     # a budget too small for the matrix sends even small problems to the linear engine
-    small = cpu.choose_engine(16384, 8, method="average", metric="euclidean", dtype=f32,
+    small = cpu.choose_engine(16384, 16, method="average", metric="euclidean", dtype=f32,
                               memory_limit="64MiB")
     assert small.engine == "linear"
     # linkages without a linear engine keep the matrix; centroid/ward need no matrix

@@ -31,8 +31,10 @@
 // few units of the compute type's rounding, so pruning never drops the true nearest
 // neighbour.
 //
-// Once the clusters left fit the cache (their condensed matrix within `cache_bytes`), the
-// matrix of their exact average distances is built in one pass over all token pairs and
+// Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
+// their searches have become costly (the last one summed at least 1/256 of the token pairs
+// among their tokens exactly: kHandoverShare), the matrix of their exact average distances
+// is built in one pass over all those token pairs and
 // the matrix engine (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the
 // nearest-neighbour chain [Murtagh 1983; Müllner 2011, Fig. 4]) finishes on it, so large
 // clusters are never compared member by member.
@@ -44,6 +46,13 @@
 // |A||B| / |C|^2 ||mu_A - mu_B||^2, no cancellation), so these run on the moments alone
 // (float64), with the kd-tree on the centroids for the search, in O(N d) memory at any N.
 // Euclidean distance (the paper's DCPE) has no such form.
+//
+// Flat cut (RunOptions::max_merges = N - k): once N - k merges are recorded, the
+// (N - k)-th smallest of their monotone heights, U, bounds the cut's height; the searches
+// stop at U and a cluster with no neighbour within U is set aside for good (reducibility:
+// all of its later merges sort after the cut), so the engine stops once every cluster
+// left is set aside (update_cut(), set_aside()). The merges returned are the first N - k
+// of the full result and some later ones.
 //
 // Size cap: a merged cluster larger than max_cluster_size leaves (frozen), as in the
 // matrix engine. Ties: nearest neighbours are chosen by (distance, identity), a strict
@@ -413,14 +422,12 @@ class LinearEngine {
     std::vector<Merge> merges;
     merges.reserve(n_ > 0 ? n_ - 1 : 0);
     if (n_ < 2) return merges;
-    if (!closed_ && tri(n_) * sizeof(T) <= opt_.cache_bytes) {  // the tokens fit already
-      finish_on_matrix(merges);
-      return merges;
-    }
     std::vector<int32_t> todo(active_);
     tree_.build(mu_.data(), active_, d_);
     search(todo);
     while (active_.size() >= 2) {
+      set_aside();
+      if (active_.size() < 2) break;
       // Reciprocal pairs, in slot order (slot = smallest token index of the cluster).
       std::vector<std::pair<int32_t, int32_t>> pairs;
       for (const int32_t a : active_) {
@@ -429,11 +436,12 @@ class LinearEngine {
       }
       DCPE_CHECK(!pairs.empty(), "internal error: no reciprocal pair");
       merge_pairs(pairs, merges);
+      update_cut(merges);
       report(merges.size());
       poll(opt_);
       if (active_.size() < 2) break;
       if (!closed_ && tri(static_cast<int64_t>(active_.size())) * sizeof(T) <=
-                          opt_.cache_bytes) {
+                          opt_.cache_bytes && work_ >= kHandoverShare * live_pairs()) {
         finish_on_matrix(merges);
         break;
       }
@@ -445,13 +453,63 @@ class LinearEngine {
       }
       for (const auto& p : pairs) state_[p.first] = state_[p.first] == kFrozen ? kFrozen : kActive;
       tree_.build(mu_.data(), active_, d_);
+      work_ = 0.0;
       search(todo);
     }
     return merges;
   }
 
  private:
-  enum : uint8_t { kActive = 0, kChanged = 1, kGone = 2, kFrozen = 3 };
+  // The hand-over to the matrix of the clusters left sums all token pairs among their
+  // tokens once; it is taken when that matrix fits the cache and the last search summed
+  // at least this share of those pairs exactly (the searches cost more as the clusters
+  // grow). On the sample codebook's generator (d = 8, 2 cores) this took the whole tree of
+  // 16,384 tokens from 0.53 s (hand-over as soon as the matrix fit) to 0.21 s, of 65,536
+  // from 1.59 s to 1.35 s, and a flat cut at k = N/16 of 262,144 tokens from 13.5 s to 8.0
+  // s, the others within noise; a share of 1/1024 gave less, 1/100 a slower whole tree.
+  static constexpr double kHandoverShare = 1.0 / 256;
+
+  // Token pairs among the tokens of the active clusters (what the hand-over sums).
+  double live_pairs() const {
+    double t = 0.0;
+    for (const int32_t a : active_) t += double(size_[a]);
+    return 0.5 * t * (t - 1.0);
+  }
+
+  // kAside: set aside by a flat cut (set_aside()); it never merges again.
+  enum : uint8_t { kActive = 0, kChanged = 1, kGone = 2, kFrozen = 3, kAside = 4 };
+
+  // A flat cut (opt.max_merges = N - k > 0) needs only the first N - k merges of the greedy
+  // order. Once that many are recorded, the (N - k)-th smallest of their monotone heights,
+  // U (cut_), bounds the cut's height: merges still to come only add heights, and one
+  // found later with a monotone height of at least U sorts after the first N - k (heights,
+  // then discovery order; merges_to_z). U only decreases as merges are recorded.
+  void update_cut(const std::vector<Merge>& merges) {
+    const int64_t need = opt_.max_merges;
+    if (need <= 0 || static_cast<int64_t>(merges.size()) < need) return;
+    keys_.resize(merges.size());
+    for (std::size_t t = 0; t < merges.size(); ++t) keys_[t] = merges[t].order_key;
+    std::nth_element(keys_.begin(), keys_.begin() + (need - 1), keys_.end());
+    cut_ = std::min(cut_, keys_[need - 1]);
+  }
+
+  // Every active cluster whose nearest distance exceeds U leaves for good. Average linkage
+  // is reducible: each later distance of such a cluster C, to any cluster or union of
+  // clusters, is at least its nearest distance (> U; up to the rounding of the float64
+  // averages), so all of its later merges sort after the cut. No other cluster loses its
+  // nearest neighbour: one whose nearest distance is at most U has a neighbour within U,
+  // which stays. So the searches stop at U too (search_*: a cluster with a neighbour
+  // within U finds it; one with none finds none or one beyond U and leaves here), and the
+  // merges below U, which make the cut, are those of the full run.
+  void set_aside() {
+    if (!(cut_ < kInf)) return;
+    std::size_t keep = 0;
+    for (const int32_t a : active_) {
+      if (nnd_[a] > cut_) state_[a] = kAside;
+      else active_[keep++] = a;
+    }
+    active_.resize(keep);
+  }
 
   void report(std::size_t done) const {
     if (opt_.progress) opt_.progress(static_cast<int64_t>(done));
@@ -495,12 +553,15 @@ class LinearEngine {
 #pragma omp parallel num_threads(threads_) if (closed_ ? hi - lo >= 1024 : hi - lo >= 16)
       {
         std::vector<std::pair<double, int32_t>> cand;
+        double pairs = 0.0;  // token pairs summed by this thread
 #pragma omp for schedule(dynamic, 4)
         for (int64_t t = lo; t < hi; ++t) {
           const int32_t a = todo[t];
           if (closed_) search_closed(a);
-          else search_euclidean(a, cand);
+          else search_euclidean(a, cand, pairs);
         }
+#pragma omp atomic
+        work_ += pairs;
       }
       poll(opt_);
     }
@@ -512,7 +573,9 @@ class LinearEngine {
     const double scale = opt_.metric == Metric::Cosine ? 0.5 : 1.0;
     double best = kInf;
     int32_t bi = -1;
-    double r2 = kInf;
+    // a flat cut's bound U: only clusters within it matter (set_aside())
+    double r2 = cut_ < kInf ? std::max(0.0, cut_ / scale - s2_[a]) * (1.0 + margin_) + 1e-300
+                            : kInf;
     tree_.search(mu(a), r2, [&](int32_t b, double, double& radius2) {
       if (b == a) return;
       const double v = exact(a, b);
@@ -526,7 +589,8 @@ class LinearEngine {
     nnd_[a] = best;
   }
 
-  void search_euclidean(int32_t a, std::vector<std::pair<double, int32_t>>& cand) {
+  void search_euclidean(int32_t a, std::vector<std::pair<double, int32_t>>& cand,
+                        double& pairs) {
     const double up = 1.0 + margin_, down = 1.0 - margin_;
     const double sa = s2_[a], ra = rad_[a];
     auto upper = [&](int32_t b, double dm2) { return std::sqrt(dm2 + sa + s2_[b]); };
@@ -537,8 +601,9 @@ class LinearEngine {
       return std::max(dm, l2);
     };
     // Candidates: every centroid within the smallest upper bound seen so far (the radius
-    // shrinks during the search); each with its lower bound.
-    double r = kInf, r2 = kInf;
+    // shrinks during the search), and within a flat cut's bound U (set_aside()); each with
+    // its lower bound.
+    double r = cut_, r2 = cut_ < kInf ? (r * up) * (r * up) : kInf;
     cand.clear();
     tree_.search(mu(a), r2, [&](int32_t b, double dm2, double& radius2) {
       if (b == a) return;
@@ -561,6 +626,7 @@ class LinearEngine {
     for (const auto& c : cand) {
       if (c.first * down > best) break;
       const double v = exact(a, c.second);
+      pairs += double(size_[a]) * double(size_[c.second]);
       if (v < best || (v == best && c.second < bi)) {
         best = v;
         bi = c.second;
@@ -761,6 +827,9 @@ class LinearEngine {
   int threads_;
   bool closed_;
   double margin_ = 0.0;
+  double cut_ = kInf;         // a flat cut's bound U (update_cut()), +inf until known
+  double work_ = 0.0;         // token pairs summed by the last search
+  std::vector<double> keys_;  // scratch of update_cut()
   // token arena of cap_ tokens: cluster a's tokens from token offset pos_[a], a block
   // [d][size_[a]] (coordinate k of its token i at pos_[a] * d + k * size_[a] + i)
   std::vector<T> ar_;

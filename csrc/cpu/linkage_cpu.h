@@ -54,8 +54,11 @@ struct RunOptions {
   Metric metric = Metric::Euclidean;
   int64_t max_cluster_size = 0;  // 0: no cap
   int num_threads = 0;           // 0: OpenMP default (OMP_NUM_THREADS or all cores)
-  // Engines that find merges in greedy order (centroid) stop after this many merges, which
-  // are then the first ones of the full result; 0: all. The others ignore it.
+  // A flat cut: only the first this many merges of the greedy order are needed; 0: all.
+  // The centroid engine (merges found in greedy order) stops after them; the matrix and
+  // linear engines stop once they are known and return them with some later merges
+  // (clusters beyond the cut's bound are set aside: rnn_linkage.cpp, linear_linkage.cpp);
+  // ward ignores it.
   int64_t max_merges = 0;
   // Linear-memory engine: bytes it may use for the matrix of the clusters it has left,
   // once they fit (0: never).

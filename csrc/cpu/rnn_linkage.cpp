@@ -34,6 +34,16 @@
 // the lower triangle only (in the second computation, of the kept tokens copied in slot
 // order).
 //
+// Flat cut (RunOptions::max_merges = N - k > 0): only the first N - k merges of the greedy
+// order are needed. Once that many are recorded, the (N - k)-th smallest of their heights,
+// U, bounds the cut's height (merges still to come only add heights; one found later at a
+// height of at least U sorts after them). A cluster whose nearest distance exceeds U then
+// leaves the matrix for good (set aside): by reducibility every later distance of it is at
+// least that nearest distance, so all of its merges sort after the cut; no other cluster
+// loses its nearest neighbour (one within U has a neighbour within U, which stays). The
+// rounds and the chain stop when every cluster left is set aside. The comparison allows
+// for the rounding of the Lance–Williams updates in the compute type (kAsideUlps).
+//
 // Ties: nearest neighbours are chosen by (distance, slot) lexicographically, a strict total
 // order on pairs, so at least one RNN pair exists in every round and the result does not
 // depend on the number of threads.
@@ -456,6 +466,7 @@ class Engine {
   void rounds(Clusters& cl, std::vector<T>& nnv, std::vector<int32_t>& nni,
               std::vector<Merge>& merges, const Points<T>& pts) {
     const int64_t cap = opt_.max_cluster_size;
+    update_cut(merges);  // merges made before (matrix_linkage_on) count too
     std::vector<int32_t> partner, newidx;
     Plan plan;
     ColumnMinima<T> cols(threads_, n_);
@@ -467,9 +478,13 @@ class Engine {
     while (n_ >= 2) {
       const int64_t n = n_;
       partner.assign(n, -1);
-      int64_t n_pairs = 0;
+      int64_t n_pairs = 0, n_aside = 0;
       for (int64_t x = 0; x < n; ++x) {
         const int32_t y = nni[x];
+        if (aside(nnv[x])) {  // so is its nearest neighbour, if it points back
+          ++n_aside;
+          continue;
+        }
         if (y > x && nni[y] == x) {
           partner[x] = y;
           partner[y] = static_cast<int32_t>(x);
@@ -479,7 +494,12 @@ class Engine {
                             cl.size[x] + cl.size[y]});
         }
       }
+      if (n_pairs == 0 && n_aside == n) {  // a flat cut's merges are all known
+        n_ = 0;
+        return;
+      }
       if (n_pairs == 0) throw std::runtime_error("dcpe: internal error: no reciprocal pair");
+      update_cut(merges);
       // New slots: singles keep theirs (shifted); a pair keeps the smaller slot unless the
       // merged cluster exceeds the cap, in which case both leave the matrix.
       newidx.assign(n, -1);
@@ -489,6 +509,7 @@ class Engine {
       for (int64_t x = 0; x < n; ++x) {
         const int32_t p = partner[x];
         if (p >= 0 && p < x) continue;  // second member of a pair
+        if (p < 0 && aside(nnv[x])) continue;  // set aside by a flat cut: leaves
         const int64_t sz = cl.size[x] + (p >= 0 ? cl.size[p] : 0);
         if (p >= 0 && cap > 0 && sz > cap) continue;  // frozen
         const int32_t X = static_cast<int32_t>(col_old.size());
@@ -543,8 +564,16 @@ class Engine {
       return i > j ? D_[tri(i) + j] : D_[tri(j) + i];
     };
     int64_t steps = 0;
+    std::size_t known = merges.size();  // merges when the cut's bound was last updated
+    update_cut(merges);
     while (n_active >= 2) {
       if ((++steps & 1023) == 0) poll(opt_);
+      if (merges.size() >= known + 1024 ||
+          (known < static_cast<std::size_t>(opt_.max_merges) &&
+           merges.size() >= static_cast<std::size_t>(opt_.max_merges))) {
+        known = merges.size();
+        update_cut(merges);
+      }
       if (stack.empty()) {
         while (!active[first]) ++first;
         stack.push_back(static_cast<int32_t>(first));
@@ -560,6 +589,14 @@ class Engine {
           bv = val;
           bi = static_cast<int32_t>(v);
         }
+      }
+      if (aside(bv)) {
+        // t's nearest distance exceeds U, and so does every distance along the chain to it
+        // (they decrease towards t): the whole chain is set aside
+        for (const int32_t s : stack) active[s] = 0;
+        n_active -= static_cast<int64_t>(stack.size());
+        stack.clear();
+        continue;
       }
       if (bi != prev) {
         stack.push_back(bi);
@@ -591,6 +628,25 @@ class Engine {
   }
 
  private:
+  // Units of rounding of T allowed between a cluster's nearest distance and its later
+  // distances (each Lance–Williams update rounds a few times).
+  static constexpr double kAsideUlps = 16.0;
+
+  // A flat cut's bound: once opt_.max_merges merges are recorded, the max_merges-th
+  // smallest monotone height U, widened by kAsideUlps roundings; +inf before (and for a
+  // whole tree). A cluster whose nearest distance exceeds it is set aside.
+  void update_cut(const std::vector<Merge>& merges) {
+    const int64_t need = opt_.max_merges;
+    if (need <= 0 || static_cast<int64_t>(merges.size()) < need) return;
+    keys_.resize(merges.size());
+    for (std::size_t t = 0; t < merges.size(); ++t) keys_[t] = merges[t].order_key;
+    std::nth_element(keys_.begin(), keys_.begin() + (need - 1), keys_.end());
+    const double u = keys_[need - 1];
+    const double wide = u + std::fabs(u) * kAsideUlps * double(std::numeric_limits<T>::epsilon());
+    aside_ = std::min(aside_, wide);
+  }
+  bool aside(T v) const { return static_cast<double>(v) > aside_; }
+
   double weight_a(double a, double b) const {
     return opt_.method == Method::Weighted ? 0.5 : a / (a + b);
   }
@@ -793,6 +849,8 @@ class Engine {
   int64_t n_;
   const RunOptions& opt_;
   int threads_;
+  double aside_ = std::numeric_limits<double>::infinity();  // update_cut()
+  std::vector<double> keys_;                                // scratch of update_cut()
 };
 
 template <typename T, typename Comb>

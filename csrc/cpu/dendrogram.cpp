@@ -1,6 +1,9 @@
-// From merges to SciPy's linkage matrix, and cutting a linkage matrix into k clusters.
+// From merges to SciPy's linkage matrix, a flat cut's bound on its height, and cutting a
+// linkage matrix into k clusters.
 
 #include <algorithm>
+#include <cmath>
+#include <limits>
 #include <numeric>
 #include <vector>
 
@@ -27,6 +30,18 @@ std::vector<double> merges_to_z(int64_t n, std::vector<Merge> merges) {
     cur[std::min(m.a, m.b)] = n + static_cast<int64_t>(t);
   }
   return z;
+}
+
+double cut_bound(const std::vector<Merge>& merges, int64_t need, double ulps, double eps,
+                 std::vector<double>& keys) {
+  if (need <= 0 || static_cast<int64_t>(merges.size()) < need) {
+    return std::numeric_limits<double>::infinity();
+  }
+  keys.resize(merges.size());
+  for (std::size_t t = 0; t < merges.size(); ++t) keys[t] = merges[t].order_key;
+  std::nth_element(keys.begin(), keys.begin() + (need - 1), keys.end());
+  const double u = keys[need - 1];
+  return u + std::fabs(u) * ulps * eps;
 }
 
 std::vector<int64_t> cut_tree(const double* z, int64_t m, int64_t n, int64_t k) {

@@ -480,17 +480,11 @@ class LinearEngine {
   enum : uint8_t { kActive = 0, kChanged = 1, kGone = 2, kFrozen = 3, kAside = 4 };
 
   // A flat cut (opt.max_merges = N - k > 0) needs only the first N - k merges of the greedy
-  // order. Once that many are recorded, the (N - k)-th smallest of their monotone heights,
-  // U (cut_), bounds the cut's height: merges still to come only add heights, and one
-  // found later with a monotone height of at least U sorts after the first N - k (heights,
-  // then discovery order; merges_to_z). U only decreases as merges are recorded.
+  // order: their bound U (cut_bound()), widened by a few roundings of T (the hand-over
+  // stores averages in T), is cut_; +inf before and for a whole tree.
   void update_cut(const std::vector<Merge>& merges) {
-    const int64_t need = opt_.max_merges;
-    if (need <= 0 || static_cast<int64_t>(merges.size()) < need) return;
-    keys_.resize(merges.size());
-    for (std::size_t t = 0; t < merges.size(); ++t) keys_[t] = merges[t].order_key;
-    std::nth_element(keys_.begin(), keys_.begin() + (need - 1), keys_.end());
-    cut_ = std::min(cut_, keys_[need - 1]);
+    cut_ = std::min(cut_, cut_bound(merges, opt_.max_merges, 16.0,
+                                    double(std::numeric_limits<T>::epsilon()), keys_));
   }
 
   // Every active cluster whose nearest distance exceeds U leaves for good. Average linkage

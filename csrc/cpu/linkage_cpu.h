@@ -115,6 +115,16 @@ std::size_t workspace_bytes(int64_t n, int64_t d, Method method, std::size_t ele
 // Merges (any order) -> rows of a SciPy linkage matrix in greedy order, row-major (m x 4).
 std::vector<double> merges_to_z(int64_t n, std::vector<Merge> merges);
 
+// A flat cut's bound (RunOptions::max_merges = need > 0). Once at least `need` merges are
+// recorded, the need-th smallest of their order keys, U, bounds the cut's height: merges
+// still to come only add keys, and one found later with a key of at least U sorts after
+// the first `need` (keys, then discovery order: merges_to_z). U only decreases as merges
+// are recorded. Returned widened by `ulps` units of rounding of a type with machine
+// epsilon `eps` (what the engine's distances may lose below their exact values); +inf
+// while fewer than `need` merges are known or need <= 0. keys: scratch.
+double cut_bound(const std::vector<Merge>& merges, int64_t need, double ulps, double eps,
+                 std::vector<double>& keys);
+
 // Apply the first min(m, n - k) rows of Z; canonical labels (0.. in order of first token).
 std::vector<int64_t> cut_tree(const double* z, int64_t m, int64_t n, int64_t k);
 

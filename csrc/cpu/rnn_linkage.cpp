@@ -632,18 +632,11 @@ class Engine {
   // distances (each Lance–Williams update rounds a few times).
   static constexpr double kAsideUlps = 16.0;
 
-  // A flat cut's bound: once opt_.max_merges merges are recorded, the max_merges-th
-  // smallest monotone height U, widened by kAsideUlps roundings; +inf before (and for a
-  // whole tree). A cluster whose nearest distance exceeds it is set aside.
+  // A flat cut's bound U (cut_bound()), widened by kAsideUlps roundings; +inf before (and
+  // for a whole tree). A cluster whose nearest distance exceeds it is set aside.
   void update_cut(const std::vector<Merge>& merges) {
-    const int64_t need = opt_.max_merges;
-    if (need <= 0 || static_cast<int64_t>(merges.size()) < need) return;
-    keys_.resize(merges.size());
-    for (std::size_t t = 0; t < merges.size(); ++t) keys_[t] = merges[t].order_key;
-    std::nth_element(keys_.begin(), keys_.begin() + (need - 1), keys_.end());
-    const double u = keys_[need - 1];
-    const double wide = u + std::fabs(u) * kAsideUlps * double(std::numeric_limits<T>::epsilon());
-    aside_ = std::min(aside_, wide);
+    aside_ = std::min(aside_, cut_bound(merges, opt_.max_merges, kAsideUlps,
+                                        double(std::numeric_limits<T>::epsilon()), keys_));
   }
   bool aside(T v) const { return static_cast<double>(v) > aside_; }
 

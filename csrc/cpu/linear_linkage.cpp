@@ -31,9 +31,9 @@
 // few units of the compute type's rounding, so pruning never drops the true nearest
 // neighbour.
 //
-// Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
-// their searches have become costly (the last one summed at least 1/256 of the token pairs
-// among their tokens exactly: kHandoverShare), the matrix of their exact average distances
+// Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and,
+// at d <= 16, their searches have become costly (the last one summed at least 1/256 of the
+// token pairs among their tokens exactly: kHandoverShare), the matrix of their exact average distances
 // is built in one pass over all those token pairs and
 // the matrix engine (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the
 // nearest-neighbour chain [Murtagh 1983; Müllner 2011, Fig. 4]) finishes on it, so large
@@ -422,6 +422,10 @@ class LinearEngine {
     std::vector<Merge> merges;
     merges.reserve(n_ > 0 ? n_ - 1 : 0);
     if (n_ < 2) return merges;
+    if (!closed_ && d_ > kKdTreeMaxDim && tri(n_) * sizeof(T) <= opt_.cache_bytes) {
+      finish_on_matrix(merges);  // the tokens fit already, and the kd-tree prunes little
+      return merges;
+    }
     std::vector<int32_t> todo(active_);
     tree_.build(mu_.data(), active_, d_);
     search(todo);
@@ -441,7 +445,8 @@ class LinearEngine {
       poll(opt_);
       if (active_.size() < 2) break;
       if (!closed_ && tri(static_cast<int64_t>(active_.size())) * sizeof(T) <=
-                          opt_.cache_bytes && work_ >= kHandoverShare * live_pairs()) {
+                          opt_.cache_bytes &&
+          (d_ > kKdTreeMaxDim || work_ >= kHandoverShare * live_pairs())) {
         finish_on_matrix(merges);
         break;
       }
@@ -461,13 +466,17 @@ class LinearEngine {
 
  private:
   // The hand-over to the matrix of the clusters left sums all token pairs among their
-  // tokens once; it is taken when that matrix fits the cache and the last search summed
-  // at least this share of those pairs exactly (the searches cost more as the clusters
-  // grow). On the sample codebook's generator (d = 8, 2 cores) this took the whole tree of
-  // 16,384 tokens from 0.53 s (hand-over as soon as the matrix fit) to 0.21 s, of 65,536
-  // from 1.59 s to 1.35 s, and a flat cut at k = N/16 of 262,144 tokens from 13.5 s to 8.0
-  // s, the others within noise; a share of 1/1024 gave less, 1/100 a slower whole tree.
+  // tokens once; it is taken when that matrix fits the cache and, at most kKdTreeMaxDim
+  // dimensions, the last search summed at least this share of those pairs exactly (the
+  // searches cost more as the clusters grow). Above kKdTreeMaxDim the kd-tree prunes
+  // little and every search costs a scan of the centroids: the matrix takes over as soon
+  // as it fits (at the start if the tokens' matrix does). On the sample codebook's
+  // generator (d = 8, 2 cores, default cache) this took the whole tree of 16,384 tokens
+  // from 0.53 s (hand-over as soon as the matrix fit) to 0.21 s, of 65,536 from 1.59 s to
+  // 1.35 s, and a flat cut at k = N/16 of 262,144 tokens from 13.5 s to 8.0 s, the other
+  // cases within noise; a share of 1/1024 gained less, 1/100 slowed the whole tree.
   static constexpr double kHandoverShare = 1.0 / 256;
+  static constexpr int64_t kKdTreeMaxDim = 16;
 
   // Token pairs among the tokens of the active clusters (what the hand-over sums).
   double live_pairs() const {
@@ -547,7 +556,7 @@ class LinearEngine {
 #pragma omp parallel num_threads(threads_) if (closed_ ? hi - lo >= 1024 : hi - lo >= 16)
       {
         std::vector<std::pair<double, int32_t>> cand;
-        double pairs = 0.0;  // token pairs summed by this thread
+        double pairs = 0.0;  // token pairs summed exactly by this thread
 #pragma omp for schedule(dynamic, 4)
         for (int64_t t = lo; t < hi; ++t) {
           const int32_t a = todo[t];
@@ -822,7 +831,7 @@ class LinearEngine {
   bool closed_;
   double margin_ = 0.0;
   double cut_ = kInf;         // a flat cut's bound U (update_cut()), +inf until known
-  double work_ = 0.0;         // token pairs summed by the last search
+  double work_ = 0.0;         // token pairs summed exactly by the last search
   std::vector<double> keys_;  // scratch of update_cut()
   // token arena of cap_ tokens: cluster a's tokens from token offset pos_[a], a block
   // [d][size_[a]] (coordinate k of its token i at pos_[a] * d + k * size_[a] + i)

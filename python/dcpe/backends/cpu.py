@@ -49,9 +49,10 @@ ENGINES = ("auto", "matrix", "linear")
 #: largest N at which ``auto`` prefers the matrix engine for Euclidean average linkage
 MATRIX_MAX_N = 32768
 #: ...and at most :data:`LOW_D` dimensions, where the linear engine's kd-tree prunes best:
-#: on the sample codebook's generator (2 cores) the linear engine took the whole tree of
-#: 4,096 x 8 tokens in 0.87x the matrix engine's time, 16,384 x 8 in 0.47x (a flat cut at
-#: N/2: 0.32x), 16,384 x 2 in 0.19x; at 1,024 x 8 it took 1.5x, at 16,384 x 16 1.3x
+#: on the sample codebook's generator (2 cores, best of 3 to 5) the linear engine took the
+#: whole tree of 4,096 x 8 tokens in 0.86x the matrix engine's time (0.86x to 1.07x over
+#: runs), 16,384 x 8 in 0.46x (a flat cut at N/2: 0.32x), 16,384 x 2 in 0.19x; at
+#: 1,024 x 8 it took 1.6x, at 16,384 x 16 1.3x
 LOW_D, LOW_D_MATRIX_MAX_N = 8, 2048
 #: above this dimension ``auto`` prefers the matrix engine whenever it fits: the linear
 #: engine's kd-tree on centroids prunes little there

@@ -83,8 +83,11 @@ def test_thread_count_env_gives_same_tree(threads, monkeypatch):
     x = rng.integers(0, 4, size=(400, 2)).astype(np.float32)  # many ties
     monkeypatch.setenv("DCPE_NUM_THREADS", "1")
     z1 = dcpe.linkage(x)
+    cuts = [dcpe.cluster(x, 37, engine=e) for e in ("matrix", "linear")]  # stop early
     monkeypatch.setenv("DCPE_NUM_THREADS", threads)
     np.testing.assert_array_equal(dcpe.linkage(x), z1)
+    for e, labels in zip(("matrix", "linear"), cuts):
+        np.testing.assert_array_equal(dcpe.cluster(x, 37, engine=e), labels)
 
 
 def test_workspace_estimate_covers_the_matrix():

@@ -233,7 +233,10 @@ def test_same_result_for_any_thread_count(rng):
         "import sys, numpy as np; from dcpe.backends import cpu; "
         "x = np.load(sys.argv[1]); "
         "z = cpu.linkage(x, method='average', metric='euclidean', max_cluster_size=None, "
-        "plan=cpu.Plan('linear', int(sys.argv[3]))); np.save(sys.argv[2], z)"
+        "plan=cpu.Plan('linear', int(sys.argv[3]))); "
+        "cut = cpu._ext().linkage_cpu(x, 'average', 'euclidean', 0, 0, len(x) - 40, "
+        "'linear', int(sys.argv[3])); "  # a flat cut, which stops early
+        "np.save(sys.argv[2], np.concatenate([z, cut]))"
     )
     import tempfile
 

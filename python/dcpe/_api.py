@@ -292,7 +292,8 @@ def cluster(
         budget; on the GPU the clusters' own matrix once it fits) and is exact too.
         ``"auto"`` on the host takes the matrix engine for Euclidean average linkage up
         to 2,048 tokens at d <= 8, up to 32,768 at d <= 16 (at any N when d > 16) when
-        it fits, the linear engine otherwise; on the GPU the matrix engine up to 131,072 tokens when it fits.
+        it fits, the linear engine otherwise; on the GPU the matrix engine up to 131,072
+        tokens when it fits.
         Average linkage with ``"sqeuclidean"`` or ``"cosine"`` runs on cluster moments
         (their closed forms) in the linear engines, in O(N d) memory. Other backends
         take ``"auto"``.

@@ -70,9 +70,10 @@ done
 
 # --isolate: each backend's sizes in a child process of its own (same reason).
 # The benchmark's own --time-limit is what is left before the deadline (at most 420 s).
-left=$(( DEADLINE - SECONDS - 20 ))
+elapsed=$SECONDS
+left=$(( DEADLINE - elapsed - 20 ))
 limit=$(( left < 420 ? left : 420 ))
-echo "== benchmark (${limit} s after ${SECONDS} s)" | tee "$OUT/bench.log"
+echo "== benchmark (${limit} s after ${elapsed} s)" | tee "$OUT/bench.log"
 if [ "$limit" -lt 30 ]; then
   echo "no time left for the benchmark" | tee -a "$OUT/bench.log"
   exit 1

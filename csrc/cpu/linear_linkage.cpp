@@ -476,7 +476,7 @@ class LinearEngine {
   // 1.35 s, and a flat cut at k = N/16 of 262,144 tokens from 13.5 s to 8.0 s, the other
   // cases within noise; a share of 1/1024 gained less, 1/100 slowed the whole tree.
   static constexpr double kHandoverShare = 1.0 / 256;
-  static constexpr int64_t kKdTreeMaxDim = 16;
+  static constexpr int64_t kKdTreeMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
 
   // Token pairs among the tokens of the active clusters (what the hand-over sums).
   double live_pairs() const {
@@ -492,7 +492,7 @@ class LinearEngine {
   // order: their bound U (cut_bound()), widened by a few roundings of T (the hand-over
   // stores averages in T), is cut_; +inf before and for a whole tree.
   void update_cut(const std::vector<Merge>& merges) {
-    cut_ = std::min(cut_, cut_bound(merges, opt_.max_merges, 16.0,
+    cut_ = std::min(cut_, cut_bound(merges, opt_.max_merges, kCutBoundUlps,
                                     double(std::numeric_limits<T>::epsilon()), keys_));
   }
 

@@ -125,6 +125,10 @@ std::vector<double> merges_to_z(int64_t n, std::vector<Merge> merges);
 double cut_bound(const std::vector<Merge>& merges, int64_t need, double ulps, double eps,
                  std::vector<double>& keys);
 
+// The widening the engines use: units of rounding between a cluster's nearest distance and
+// its later distances (each Lance–Williams update, or the hand-over's matrix, rounds).
+constexpr double kCutBoundUlps = 16.0;
+
 // Apply the first min(m, n - k) rows of Z; canonical labels (0.. in order of first token).
 std::vector<int64_t> cut_tree(const double* z, int64_t m, int64_t n, int64_t k);
 

@@ -42,7 +42,7 @@
 // least that nearest distance, so all of its merges sort after the cut; no other cluster
 // loses its nearest neighbour (one within U has a neighbour within U, which stays). The
 // rounds and the chain stop when every cluster left is set aside. The comparison allows
-// for the rounding of the Lance–Williams updates in the compute type (kAsideUlps).
+// for the rounding of the Lance–Williams updates in the compute type (kCutBoundUlps).
 //
 // Ties: nearest neighbours are chosen by (distance, slot) lexicographically, a strict total
 // order on pairs, so at least one RNN pair exists in every round and the result does not
@@ -564,15 +564,16 @@ class Engine {
       return i > j ? D_[tri(i) + j] : D_[tri(j) + i];
     };
     int64_t steps = 0;
-    std::size_t known = merges.size();  // merges when the cut's bound was last updated
+    // the cut's bound is updated once the flat cut's merges are all recorded, then every
+    // 1024 merges
+    const auto need = static_cast<std::size_t>(std::max<int64_t>(opt_.max_merges, 0));
     update_cut(merges);
+    std::size_t next = merges.size() < need ? need : merges.size() + 1024;
     while (n_active >= 2) {
       if ((++steps & 1023) == 0) poll(opt_);
-      if (merges.size() >= known + 1024 ||
-          (known < static_cast<std::size_t>(opt_.max_merges) &&
-           merges.size() >= static_cast<std::size_t>(opt_.max_merges))) {
-        known = merges.size();
+      if (merges.size() >= next) {
         update_cut(merges);
+        next = merges.size() + 1024;
       }
       if (stack.empty()) {
         while (!active[first]) ++first;
@@ -628,14 +629,10 @@ class Engine {
   }
 
  private:
-  // Units of rounding of T allowed between a cluster's nearest distance and its later
-  // distances (each Lance–Williams update rounds a few times).
-  static constexpr double kAsideUlps = 16.0;
-
-  // A flat cut's bound U (cut_bound()), widened by kAsideUlps roundings; +inf before (and
-  // for a whole tree). A cluster whose nearest distance exceeds it is set aside.
+  // A flat cut's bound U (cut_bound()), widened by kCutBoundUlps roundings; +inf before
+  // (and for a whole tree). A cluster whose nearest distance exceeds it is set aside.
   void update_cut(const std::vector<Merge>& merges) {
-    aside_ = std::min(aside_, cut_bound(merges, opt_.max_merges, kAsideUlps,
+    aside_ = std::min(aside_, cut_bound(merges, opt_.max_merges, kCutBoundUlps,
                                         double(std::numeric_limits<T>::epsilon()), keys_));
   }
   bool aside(T v) const { return static_cast<double>(v) > aside_; }

@@ -207,7 +207,6 @@ def labels(x: np.ndarray, n_clusters: int, *, method: str, metric: str,
         return _ext().cut_cpu(np.empty((0, 4)), n, n_clusters)
     if plan is None:
         plan = choose_engine(n, x.shape[1], method=method, metric=metric, dtype=x.dtype)
-    engine = "matrix" if method in ("centroid", "ward") else plan.engine
     z = _ext().linkage_cpu(x, method, metric, max_cluster_size or 0, _threads(),
-                           n - n_clusters, engine, plan.cache_bytes, progress)
+                           n - n_clusters, plan.engine, plan.cache_bytes, progress)
     return _ext().cut_cpu(z, n, n_clusters)

@@ -15,7 +15,9 @@ rule, early stop for a flat cut and size cap) at sizes the GPU benchmark runs (p
 in far less than ``O(n^2)``: the centroid scans as ball queries of a k-d tree
 (``scipy.spatial.cKDTree``, float64 from the same centroids; a cluster's nearest bound lies
 within the ball of its best neighbour among its k nearest centroids), the exact averages
-as the kernels take them (float32 or float64 distances summed in float64).  The work is
+as the kernels take them (float32 or float64 distances summed in float64).  Above 16
+dimensions a k-d tree prunes nothing, and the three kernels are brute force in float64
+(:class:`BruteOps`: blocks of rows, matrix products).  The work is
 what ``dcpe_kernels.linear.trace_rounds`` records; it does not depend on the device.
 Bounds from float64 centroids can differ from the kernels' in the last bits, so the
 candidate counts are those of the GPU up to pairs exactly at the bound.  Labels are
@@ -24,6 +26,8 @@ compared with the ``cpu`` backend up to ``--check-max-n``.
 Usage::
 
     python benchmarks/linear_work.py                  # -> results/linear-work.{json,md}
+    python benchmarks/linear_work.py --d 256 --sizes 4096 8192 16384 \
+        --no-handover                                 # -> results/linear-work-d256.*
     python benchmarks/linear_work.py --sizes 4096 --out /tmp/w   # a quick look
 """
 
@@ -51,12 +55,33 @@ DEFAULT_SIZES = [65536, 131072, 262144, 524288, 1048576]
 KNN = 4
 #: token pairs per vectorised block of the exact averages
 BLOCK_ELEMENTS = 4_000_000
+#: above this many dimensions the kernels are brute force (:class:`BruteOps`)
+KDTREE_MAX_DIM = 16
+#: searching rows per block of the brute-force scans
+BRUTE_ROWS = 1024
 
 
 def _torch():
     import torch
 
     return torch
+
+
+def _nothing_to_scan(n: int, nrows: int, out: Any, nn: Any) -> bool:
+    """``centroid_nn``'s trivial cases: no searching row, or one cluster (no neighbour)."""
+    if nrows and n == 1:
+        out[0], nn[0] = float("inf"), 0
+    return nrows == 0 or n == 1
+
+
+def _emit(a: Any, b: Any, pa: Any, pb: Any, count: Any, capacity: int) -> None:
+    """Append the pairs ``(a, b)`` as ``candidate_pairs`` does (``count`` counts past
+    ``capacity``; pairs past it are not written)."""
+    start, total = int(count[0]), len(a)
+    w = max(0, min(total, capacity - start))
+    pa[start:start + w] = a[:w].to(pa.dtype)
+    pb[start:start + w] = b[:w].to(pb.dtype)
+    count[0] += total
 
 
 class KDTreeOps:
@@ -81,10 +106,7 @@ class KDTreeOps:
     @staticmethod
     def centroid_nn(mu_t, s2, n, mode, scale, out, nn, rows, nrows) -> None:
         torch = _torch()
-        if nrows == 0:
-            return
-        if n == 1:
-            out[0], nn[0] = float("inf"), 0
+        if _nothing_to_scan(n, nrows, out, nn):
             return
         mu, tree = KDTreeOps._tree(mu_t, n)
         r = rows[:nrows].long().numpy()
@@ -140,11 +162,7 @@ class KDTreeOps:
         cand_ba = low <= thr[b]
         keep = cand_ab & ((a < b) | ~cand_ba | ~other[b])
         a, b = a[keep], b[keep]
-        start, total = int(count[0]), len(a)
-        w = max(0, min(total, capacity - start))
-        pa[start:start + w] = torch.from_numpy(a[:w]).to(pa.dtype)
-        pb[start:start + w] = torch.from_numpy(b[:w]).to(pb.dtype)
-        count[0] += total
+        _emit(torch.from_numpy(a), torch.from_numpy(b), pa, pb, count, capacity)
 
     @staticmethod
     def pair_average(x, offsets, sizes, pa, pb, count, capacity, val) -> None:
@@ -185,16 +203,131 @@ class KDTreeOps:
         val[:cnt] = torch.from_numpy(out).to(val.dtype)
 
 
-def _ops():
+class BruteOps:
+    """The same three kernels by brute force, for many dimensions (a k-d tree of 256-dim
+    centroids prunes almost nothing and its queries take hours): the scans in blocks of
+    :data:`BRUTE_ROWS` searching rows against every cluster, the exact averages of pairs of
+    similar sizes as batched matrix products, all in float64 with squared distances taken
+    as ``|a|^2 + |b|^2 - 2 a.b``.  The values differ from the kernels' in the last bits (of
+    float64 here, of the tokens' dtype there), far inside the engine's margins; so the
+    candidate pairs are the GPU's up to pairs at the bound, and the nearest neighbours up
+    to pairs whose averages are that close (the labels are compared with the cpu backend's)."""
+
+    @staticmethod
+    def _sq(mu: Any, r: Any) -> Any:
+        a = mu[r]
+        dd = (a * a).sum(1)[:, None] + (mu * mu).sum(1)[None, :] - 2.0 * (a @ mu.T)
+        return dd.clamp_min_(0.0)
+
+    @staticmethod
+    def centroid_nn(mu_t, s2, n, mode, scale, out, nn, rows, nrows) -> None:
+        torch = _torch()
+        if _nothing_to_scan(n, nrows, out, nn):
+            return
+        mu, s = mu_t[:, :n].T.double(), s2[:n].double()
+        r = rows[:nrows].long()
+        for i in range(0, nrows, BRUTE_ROWS):
+            rr = r[i:i + BRUTE_ROWS]
+            v = BruteOps._sq(mu, rr).add_(s[rr][:, None]).add_(s[None, :])
+            if mode == 1:
+                v.mul_(scale)
+            v[torch.arange(len(rr)), rr] = float("inf")
+            best, arg = v.min(1)  # the first (smallest) index of the minimum
+            out[rr] = (best.sqrt() if mode == 0 else best).to(out.dtype)
+            nn[rr] = arg.to(nn.dtype)
+
+    @staticmethod
+    def candidate_pairs(mu_t, s2, rad, tau, n, rel, absm, pa, pb, count, capacity, rows,
+                        nrows, needy) -> None:
+        torch = _torch()
+        if nrows == 0:
+            return
+        mu, s, rd = mu_t[:, :n].T.double(), s2[:n].double(), rad[:n].double()
+        thr = (tau[:n].double() + absm) * (1 + rel)
+        r = rows[:nrows].long()
+        other = needy[:n] != 0
+        ar = torch.arange(n)
+        found_a, found_b = [], []
+        for i in range(0, nrows, BRUTE_ROWS):
+            rr = r[i:i + BRUTE_ROWS]
+            dd = BruteOps._sq(mu, rr)
+            dist = dd.sqrt()
+            den = dist + rd[rr][:, None] + rd[None, :]
+            lb = torch.where(den == 0, dist, torch.maximum(
+                dist, (dd + s[rr][:, None] + s[None, :]) / torch.where(den == 0, 1.0, den)))
+            low = lb - absm
+            cand_ab = low <= thr[rr][:, None]
+            cand_ab[torch.arange(len(rr)), rr] = False
+            cand_ba = low <= thr[None, :]
+            keep = cand_ab & ((rr[:, None] < ar[None, :]) | ~cand_ba | ~other[None, :])
+            ia, ib = torch.nonzero(keep, as_tuple=True)
+            found_a.append(rr[ia])
+            found_b.append(ib)
+        _emit(torch.cat(found_a), torch.cat(found_b), pa, pb, count, capacity)
+
+    @staticmethod
+    def pair_average(x, offsets, sizes, pa, pb, count, capacity, val) -> None:
+        torch = _torch()
+        cnt = min(int(count[0]), int(capacity))
+        if cnt == 0:
+            return
+        a, b = pa[:cnt].long(), pb[:cnt].long()
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        nl, nh = sizes[lo].long(), sizes[hi].long()
+        xs = x.double()
+        norms = (xs * xs).sum(1)
+        out = torch.empty(cnt, dtype=torch.float64)
+        bl = 1 << torch.ceil(torch.log2(nl.clamp_min(1).double())).long()
+        bh = 1 << torch.ceil(torch.log2(nh.clamp_min(1).double())).long()
+        key = bl * (1 << 32) + bh
+        for k in torch.unique(key).tolist():
+            sel = torch.nonzero(key == k).flatten()
+            sa, sb = k >> 32, k & ((1 << 32) - 1)
+            step = max(1, BLOCK_ELEMENTS // (sa * sb))
+            for j in range(0, len(sel), step):
+                s = sel[j:j + step]
+                ma = torch.arange(sa)[None, :] < nl[s][:, None]
+                mb = torch.arange(sb)[None, :] < nh[s][:, None]
+                ia = torch.where(ma, offsets[lo[s]][:, None] + torch.arange(sa)[None, :], 0)
+                ib = torch.where(mb, offsets[hi[s]][:, None] + torch.arange(sb)[None, :], 0)
+                dd = (norms[ia][:, :, None] + norms[ib][:, None, :]
+                      - 2.0 * torch.bmm(xs[ia], xs[ib].transpose(1, 2)))
+                dist = dd.clamp_min_(0.0).sqrt_() * (ma[:, :, None] & mb[:, None, :])
+                out[s] = dist.sum((1, 2)) / (nl[s] * nh[s]).double()
+        val[:cnt] = out.to(val.dtype)
+
+    @staticmethod
+    def cluster_matrix(x, offsets, sizes, n, out, ld, nn, nnd) -> None:
+        """The hand-over's matrix of all ``n`` clusters, from :meth:`pair_average`."""
+        torch = _torch()
+        a, b = torch.triu_indices(n, n, 1)
+        val = torch.empty(a.numel(), dtype=torch.float64)
+        BruteOps.pair_average(x, offsets, sizes, a, b, torch.tensor([a.numel()]),
+                              a.numel(), val)
+        m = torch.full((n, n), float("inf"), dtype=torch.float64)
+        m[a, b] = val
+        m[b, a] = val
+        m = m.to(out.dtype)
+        out[: n * ld].view(n, ld)[:, :n].copy_(m)
+        best, idx = m.min(dim=1)  # the first (smallest) index of the minimum
+        nn[:n] = torch.where(best < float("inf"), idx, 0).to(nn.dtype)
+        nnd[:n] = best.to(nnd.dtype)
+
+
+def _ops(d: int):
     from dcpe_kernels import ReferenceOps
 
-    return type("KDTreeWorkOps", (ReferenceOps,), {
-        "centroid_nn": staticmethod(KDTreeOps.centroid_nn),
-        "candidate_pairs": staticmethod(KDTreeOps.candidate_pairs),
-        "pair_average": staticmethod(KDTreeOps.pair_average)})
+    if d <= KDTREE_MAX_DIM:
+        return type("KDTreeWorkOps", (ReferenceOps,), {
+            "centroid_nn": staticmethod(KDTreeOps.centroid_nn),
+            "candidate_pairs": staticmethod(KDTreeOps.candidate_pairs),
+            "pair_average": staticmethod(KDTreeOps.pair_average)})
+    return type("BruteWorkOps", (ReferenceOps,), {
+        name: staticmethod(getattr(BruteOps, name)) for name in (
+            "centroid_nn", "candidate_pairs", "pair_average", "cluster_matrix")})
 
 
-def measure(x: np.ndarray, k: int, check: bool) -> dict[str, Any]:
+def measure(x: np.ndarray, k: int, check: bool, handover: bool = True) -> dict[str, Any]:
     """One run of the engine on ``x`` with a flat cut at ``k``: the work per round."""
     torch = _torch()
     from dcpe_kernels.linear import linear_merges, trace_rounds
@@ -204,8 +337,8 @@ def measure(x: np.ndarray, k: int, check: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     with trace_rounds(records.append):
         mg = linear_merges(torch.from_numpy(x), metric="euclidean", max_cluster_size=None,
-                           ops=_ops(), backend="work", n_clusters=k,
-                           memory_budget=1 << 62)
+                           ops=_ops(x.shape[1]), backend="work", n_clusters=k,
+                           memory_budget=1 << 62, handover_bytes=None if handover else 0)
     seconds = time.perf_counter() - t0
     rounds = [{key: v for key, v in r.items() if key != "ms"} for r in records
               if not r.get("done")]
@@ -246,12 +379,18 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "# Work of the matrix-free engine (counted on the CPU)", "",
         f"`dcpe_kernels.linear.linear_merges` on prefixes of "
         f"`make_sample_codebook(n={args.data_n}, d={args.d})`, k = N/2, Euclidean, with "
-        f"k-d tree kernels (benchmarks/linear_work.py); the work does not depend on the "
-        f"device.", "",
+        f"{'k-d tree' if args.d <= KDTREE_MAX_DIM else 'brute-force float64'} kernels "
+        f"(benchmarks/linear_work.py); the work does not depend on the device.  "
+        + ("Matrix-free rounds to the end (--no-handover): at k = N/2 the GPU engine "
+           "hands over to the dense rounds only below N = 185,364, where the clusters' "
+           "matrix fits its 64 GiB default." if args.no_handover else
+           "Default hand-over (the dense rounds, not counted here, take over once the "
+           "clusters' matrix fits 64 GiB and a round's sums cover 1/64 of all token "
+           "pairs)."), "",
         markdown_table(["N", "d", "rounds", "clusters at the stop", "centroid scan / N^2",
                         "candidate scan / N^2", "candidate pairs / N", "token pairs / N",
                         "token pairs", "largest cluster", "labels = cpu",
-                        "host time (k-d tree)"], table), "",
+                        "host time"], table), "",
         "centroid scan: pairs (searching cluster, cluster) of the bound scan, summed over "
         "the rounds; candidate scan: the same for the candidate scan, which the first "
         "round (every cluster one token) does not need; candidate pairs and token pairs: "
@@ -270,10 +409,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--check-max-n", type=int, default=131072,
                     help="compare the labels with the cpu backend up to this N")
     ap.add_argument("--out", default=None, help="directory (default: benchmarks/results)")
+    ap.add_argument("--no-handover", action="store_true",
+                    help="matrix-free rounds to the end, as on the GPU from N = 185,364 at "
+                         "k = N/2 (the clusters' matrix never fits its 64 GiB default)")
+    ap.add_argument("--name", default=None,
+                    help="file name (default: linear-work, linear-work-d<d> past 8 dims)")
     args = ap.parse_args(argv)
     if min(args.sizes) < 2 or args.d < 1:
         ap.error("sizes must be >= 2 and --d >= 1")
     args.data_n = args.data_n or max(args.sizes)
+    args.name = args.name or ("linear-work" if args.d <= 8 else f"linear-work-d{args.d}")
     if args.data_n < max(args.sizes):
         ap.error(f"--data-n {args.data_n} is smaller than the largest size")
     import dcpe.datasets as ds
@@ -281,16 +426,18 @@ def main(argv: list[str] | None = None) -> int:
     data = ds.make_sample_codebook(n=args.data_n, d=args.d)
     rows: list[dict[str, Any]] = []
     payload: dict[str, Any] = {"benchmark": "linear-work", "machine": machine_info(),
+                               "handover": not args.no_handover,
                                "data": f"make_sample_codebook(n={args.data_n}, d={args.d})",
                                "rows": rows}
     for n in sorted(args.sizes):
-        row = measure(np.ascontiguousarray(data[:n]), n // 2, n <= args.check_max_n)
+        row = measure(np.ascontiguousarray(data[:n]), n // 2, n <= args.check_max_n,
+                      handover=not args.no_handover)
         rows.append(row)
         print(f"N={n}: rounds {row['rounds']} scan {row['scan_pairs'] / n ** 2:.2f} N^2 "
               f"candidate scan {row['candidate_scan_pairs'] / n ** 2:.2f} N^2 "
               f"token pairs {row['token_pairs']:.3g} labels = cpu "
               f"{row.get('labels_equal_cpu', '-')} ({row['host_seconds']} s)", flush=True)
-        write_results("linear-work", payload, report(rows, args), args.out)
+        write_results(args.name, payload, report(rows, args), args.out)
     return 0 if all(r.get("labels_equal_cpu", True) for r in rows) else 1
 
 

@@ -1,5 +1,6 @@
-"""benchmarks/linear_work.py: its k-d tree kernels give the references' results, and a small
-run writes the matrix-free engine's work with labels equal to the cpu backend's."""
+"""benchmarks/linear_work.py: its k-d tree and brute-force kernels give the references'
+results, and small runs write the matrix-free engine's work with labels equal to the cpu
+backend's."""
 
 from __future__ import annotations
 
@@ -21,7 +22,10 @@ from dcpe_kernels.centroid import (  # noqa: E402
     _reference_candidate_pairs,
     _reference_centroid_nn,
 )
-from dcpe_kernels.pair_average import _reference_pair_average  # noqa: E402
+from dcpe_kernels.pair_average import (  # noqa: E402
+    _reference_cluster_matrix,
+    _reference_pair_average,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -34,11 +38,27 @@ def _work():
     return mod
 
 
+#: the tool's kernels and the dimension each serves: the k-d tree's are the references'
+#: bits, the brute-force ones (float64 matrix products) agree to float64 rounding
+IMPLS = [("KDTreeOps", 3), ("BruteOps", 24)]
+
+
+def _close(got: torch.Tensor, want: torch.Tensor, impl: str) -> None:
+    if impl == "KDTreeOps":
+        assert torch.equal(got, want)
+    else:
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("impl,d", IMPLS)
 @pytest.mark.parametrize("mode", [0, 1])
-def test_centroid_scan_matches_reference(mode: int, rng: np.random.Generator) -> None:
-    ops = _work().KDTreeOps
+def test_centroid_scan_matches_reference(impl: str, d: int, mode: int,
+                                         rng: np.random.Generator) -> None:
+    work = _work()
+    ops = getattr(work, impl)
+    assert work._ops(d).centroid_nn is ops.centroid_nn
     n = 150
-    mu_t = torch.from_numpy(tie_free(rng, n, 3).T.copy())
+    mu_t = torch.from_numpy(tie_free(rng, n, d).T.copy())
     s2 = torch.from_numpy(rng.uniform(0, 0.5, n))
     rows = torch.from_numpy(rng.permutation(n)[:90].astype(np.int32))
     out = [torch.full((n,), -1.0, dtype=torch.float64) for _ in range(2)]
@@ -49,10 +69,12 @@ def test_centroid_scan_matches_reference(mode: int, rng: np.random.Generator) ->
     torch.testing.assert_close(out[0], out[1], rtol=1e-12, atol=0)
 
 
-def test_candidates_and_averages_match_reference(rng: np.random.Generator) -> None:
-    ops = _work().KDTreeOps
+@pytest.mark.parametrize("impl,d", IMPLS)
+def test_candidates_and_averages_match_reference(impl: str, d: int,
+                                                 rng: np.random.Generator) -> None:
+    ops = getattr(_work(), impl)
     n = 120
-    mu_t = torch.from_numpy(tie_free(rng, n, 3).T.copy())
+    mu_t = torch.from_numpy(tie_free(rng, n, d).T.copy())
     s2 = torch.from_numpy(rng.uniform(0, 0.3, n))
     rad = torch.sqrt(s2) * 2
     tau = torch.empty(n, dtype=torch.float64)
@@ -68,18 +90,32 @@ def test_candidates_and_averages_match_reference(rng: np.random.Generator) -> No
         fn(mu_t, s2, rad, tau, n, 1e-12, 1e-15, pa, pb, count, 4096, sub, len(sub), needy)
         c = int(count[0])
         got.append(sorted(zip(pa[:c].tolist(), pb[:c].tolist())))
-    assert got[0] == got[1] and len(got[0]) > len(sub)
-    # the exact averages of those pairs, clusters of 1 to 6 tokens
+    # no pair at the bound here; every searching cluster has its nearest neighbour among
+    # them (a pair can serve two)
+    assert got[0] == got[1] and 2 * len(got[0]) >= len(sub)
+    assert {a for pair in got[0] for a in pair} >= set(sub.tolist())
+    # the exact averages of those pairs, clusters of 1 to 6 tokens (float32: the distances
+    # are rounded to float32 before the float64 sums; the brute force sums float64 ones)
     sizes = torch.from_numpy(rng.integers(1, 7, n))
     offsets = torch.cumsum(sizes, 0) - sizes
-    x = torch.from_numpy(tie_free(rng, int(sizes.sum()), 3).astype(np.float32))
+    x = torch.from_numpy(tie_free(rng, int(sizes.sum()), d).astype(
+        np.float32 if impl == "KDTreeOps" else np.float64))
     pa = torch.tensor([a for a, _ in got[0]], dtype=torch.int32)
     pb = torch.tensor([b for _, b in got[0]], dtype=torch.int32)
     count = torch.tensor([len(pa)])
-    vals = [torch.empty(len(pa), dtype=torch.float32) for _ in range(2)]
+    vals = [torch.empty(len(pa), dtype=x.dtype) for _ in range(2)]
     ops.pair_average(x, offsets, sizes, pa, pb, count, len(pa), vals[0])
     _reference_pair_average(x, offsets, sizes, pa, pb, count, len(pa), vals[1])
-    assert torch.equal(vals[0], vals[1])
+    _close(vals[0], vals[1], impl)
+    if impl == "BruteOps":  # the hand-over's matrix, from the same averages
+        m = 12
+        mats = [torch.zeros(m * 16, dtype=torch.float64) for _ in range(2)]
+        nns = [torch.zeros(m, dtype=torch.int64) for _ in range(2)]
+        nnds = [torch.zeros(m, dtype=torch.float64) for _ in range(2)]
+        ops.cluster_matrix(x, offsets, sizes, m, mats[0], 16, nns[0], nnds[0])
+        _reference_cluster_matrix(x, offsets, sizes, m, mats[1], 16, nns[1], nnds[1])
+        _close(mats[0], mats[1], impl)
+        assert torch.equal(nns[0], nns[1])
 
 
 def test_small_run_writes_the_work(tmp_path: Path) -> None:
@@ -106,6 +142,20 @@ def test_small_run_writes_the_work(tmp_path: Path) -> None:
         assert r["matrix_free_rounds"] == len(r["per_round"]) <= r["rounds"] + 1
     md = (tmp_path / "linear-work.md").read_text()
     assert "| 700 | 3 |" in md and "**NO**" not in md
+
+
+def test_small_run_past_16_dimensions(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "linear_work.py"), "--sizes", "400",
+         "--d", "20", "--no-handover", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((tmp_path / "linear-work-d20.json").read_text())
+    (row,) = payload["rows"]
+    assert row["d"] == 20 and row["labels_equal_cpu"] is True and payload["handover"] is False
+    # every round of merges is matrix-free (plus the one that finds the early stop)
+    assert row["rounds"] <= row["matrix_free_rounds"] <= row["rounds"] + 1
+    assert row["per_round"][0]["scan_rows"] == 400 and row["token_pairs"] > 0
 
 
 def test_bad_sizes_are_an_argument_error(tmp_path: Path) -> None:

@@ -27,7 +27,7 @@ Usage::
 
     python benchmarks/linear_work.py                  # -> results/linear-work.{json,md}
     python benchmarks/linear_work.py --d 256 --sizes 4096 8192 16384 \
-        --no-handover                                 # -> results/linear-work-d256.*
+        --own-data --no-handover                      # -> results/linear-work-d256.*
     python benchmarks/linear_work.py --sizes 4096 --out /tmp/w   # a quick look
 """
 
@@ -364,6 +364,12 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True) -> dict[s
     return row
 
 
+def _data_name(args: argparse.Namespace) -> str:
+    if args.own_data:
+        return f"`make_sample_codebook(n=N, d={args.d})` for each N"
+    return f"prefixes of `make_sample_codebook(n={args.data_n}, d={args.d})`"
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     table = []
     for r in rows:
@@ -377,8 +383,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                       fmt_seconds(r["host_seconds"])])
     return "\n".join([
         "# Work of the matrix-free engine (counted on the CPU)", "",
-        f"`dcpe_kernels.linear.linear_merges` on prefixes of "
-        f"`make_sample_codebook(n={args.data_n}, d={args.d})`, k = N/2, Euclidean, with "
+        f"`dcpe_kernels.linear.linear_merges` on {_data_name(args)}, k = N/2, Euclidean, with "
         f"{'k-d tree' if args.d <= KDTREE_MAX_DIM else 'brute-force float64'} kernels "
         f"(benchmarks/linear_work.py); the work does not depend on the device.  "
         + ("Matrix-free rounds to the end (--no-handover): at k = N/2 the GPU engine "
@@ -406,6 +411,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--data-n", type=int, default=None,
                     help="N of the generated codebook the sizes are prefixes of "
                          "(default: the largest size)")
+    ap.add_argument("--own-data", action="store_true",
+                    help="each size its own make_sample_codebook(n=N, d), as bench_gpu.py "
+                         "generates a scale row of the largest N at its d (instead of "
+                         "prefixes of one codebook, whose clumps are far sparser)")
     ap.add_argument("--check-max-n", type=int, default=131072,
                     help="compare the labels with the cpu backend up to this N")
     ap.add_argument("--out", default=None, help="directory (default: benchmarks/results)")
@@ -423,14 +432,16 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--data-n {args.data_n} is smaller than the largest size")
     import dcpe.datasets as ds
 
-    data = ds.make_sample_codebook(n=args.data_n, d=args.d)
+    data = None if args.own_data else ds.make_sample_codebook(n=args.data_n, d=args.d)
     rows: list[dict[str, Any]] = []
     payload: dict[str, Any] = {"benchmark": "linear-work", "machine": machine_info(),
                                "handover": not args.no_handover,
-                               "data": f"make_sample_codebook(n={args.data_n}, d={args.d})",
+                               "data": _data_name(args),
                                "rows": rows}
     for n in sorted(args.sizes):
-        row = measure(np.ascontiguousarray(data[:n]), n // 2, n <= args.check_max_n,
+        x = (ds.make_sample_codebook(n=n, d=args.d) if data is None
+             else np.ascontiguousarray(data[:n]))
+        row = measure(x, n // 2, n <= args.check_max_n,
                       handover=not args.no_handover)
         rows.append(row)
         print(f"N={n}: rounds {row['rounds']} scan {row['scan_pairs'] / n ** 2:.2f} N^2 "

@@ -147,12 +147,13 @@ def test_small_run_writes_the_work(tmp_path: Path) -> None:
 def test_small_run_past_16_dimensions(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "linear_work.py"), "--sizes", "400",
-         "--d", "20", "--no-handover", "--out", str(tmp_path)],
+         "--d", "20", "--no-handover", "--own-data", "--out", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     payload = json.loads((tmp_path / "linear-work-d20.json").read_text())
     (row,) = payload["rows"]
     assert row["d"] == 20 and row["labels_equal_cpu"] is True and payload["handover"] is False
+    assert payload["data"] == "`make_sample_codebook(n=N, d=20)` for each N"
     # every round of merges is matrix-free (plus the one that finds the early stop)
     assert row["rounds"] <= row["matrix_free_rounds"] <= row["rounds"] + 1
     assert row["per_round"][0]["scan_rows"] == 400 and row["token_pairs"] > 0

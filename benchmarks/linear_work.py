@@ -26,7 +26,7 @@ compared with the ``cpu`` backend up to ``--check-max-n``.
 Usage::
 
     python benchmarks/linear_work.py                  # -> results/linear-work.{json,md}
-    python benchmarks/linear_work.py --d 256 --sizes 4096 8192 16384 \
+    python benchmarks/linear_work.py --d 256 --sizes 4096 8192 16384 32768 \
         --own-data --no-handover                      # -> results/linear-work-d256.*
     python benchmarks/linear_work.py --sizes 4096 --out /tmp/w   # a quick look
 """

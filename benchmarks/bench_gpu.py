@@ -333,6 +333,7 @@ class RoundTrace:
                                             if r.get("pairs") is not None and r["round"] > 1),
                 "candidate_pairs": sum(r.get("pairs", 0) for r in rounds),
                 "token_pairs": sum(r.get("token_pairs", 0) for r in rounds),
+                "reused_token_pairs": sum(r.get("reused", 0) for r in rounds),
                 "max_size": max((r.get("max_size", 0) for r in rounds), default=0),
                 "matrix_free_rounds": len(rounds)}
         return {"rounds": self.last[-1]["rounds"],
@@ -512,13 +513,15 @@ def phase_table(rows: list[dict[str, Any]]) -> list[str]:
                       f"{w['scan_pairs'] / r['n'] ** 2:.2f}",
                       f"{w['candidate_scan_pairs'] / r['n'] ** 2:.2f}",
                       f"{w['candidate_pairs'] / r['n']:.1f}",
-                      f"{w['token_pairs'] / r['n']:.0f}", w["max_size"],
+                      f"{w['token_pairs'] / r['n']:.0f}",
+                      f"{w.get('reused_token_pairs', 0) / r['n']:.0f}", w["max_size"],
                       (f"{r['peak_bytes'] / r['preflight_bytes']:.2f}"
                        if r.get("peak_bytes") and r.get("preflight_bytes") else "—")])
     return ["### Where the matrix-free rounds' time goes (ms per phase, the timed call)", "",
             markdown_table(["provider", "N", "d", "memory_limit", *PHASES,
                             "centroid scan / N^2", "candidate scan / N^2", "candidates / N",
-                            "token pairs / N", "largest cluster", "peak / preflight"],
+                            "token pairs / N", "reused / N", "largest cluster",
+                            "peak / preflight"],
                            table),
             "", "Phases as dcpe_kernels.linear.trace_rounds defines them (on a GPU, CUDA "
             "events between the phases of the timed call; summed over its rounds): scan = "
@@ -529,7 +532,8 @@ def phase_table(rows: list[dict[str, Any]]) -> list[str]:
             "rounds after it.  Work summed over the "
             "matrix-free rounds: pairs of the centroid scan (clusters that scan x "
             "clusters) and of the candidate scan (clusters that search x clusters), "
-            "candidate pairs, token pairs summed exactly; the largest cluster; the peak "
+            "candidate pairs, token pairs summed exactly, token pairs whose average the "
+            "pair store held (reused, from 32 dimensions on); the largest cluster; the peak "
             "memory over what the preflight counts (dcpe_kernels.linear."
             "linear_required_bytes), at most 1 when the preflight holds.", ""]
 

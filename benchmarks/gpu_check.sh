@@ -11,11 +11,12 @@ set -euo pipefail
 
 # DCPE_CHECK_SHORT=1: a check for a few minutes of device time (each knob below still wins
 # when set): 230 s in all, the matrix-free engine's GPU tests of its kernels, its set-aside,
-# its shorter pair lists and the labels at N = 65,536 under 4 GiB, then the two rows past
-# the dense matrix not measured yet (524,288 x 8, 262,144 x 256), no dense sizes.
+# its shorter pair lists, its pair store and the labels at N = 65,536 under 4 GiB, then the
+# two rows past the dense matrix not measured yet (524,288 x 8, 262,144 x 256), no dense
+# sizes.
 if [ "${DCPE_CHECK_SHORT:-0}" = 1 ]; then
   : "${DCPE_CHECK_SECONDS:=230}" "${DCPE_CHECK_TESTS:=linear_gpu:60}" "${DCPE_CHECK_DENSE:=0}"
-  : "${DCPE_CHECK_K:=pair_average or setting_aside or shorter or 4gib}"
+  : "${DCPE_CHECK_K:=pair_average or setting_aside or shorter or pair_store or 4gib}"
   : "${DCPE_CHECK_SCALE:=524288x8 262144x256}"
 fi
 

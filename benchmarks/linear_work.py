@@ -26,8 +26,8 @@ compared with the ``cpu`` backend up to ``--check-max-n``.
 Usage::
 
     python benchmarks/linear_work.py                  # -> results/linear-work.{json,md}
-    python benchmarks/linear_work.py --d 256 --sizes 4096 8192 16384 32768 \
-        --own-data --no-handover                      # -> results/linear-work-d256.*
+    python benchmarks/linear_work.py --d 256 --sizes 4096 8192 16384 \
+        --own-data --no-handover --pair-store both    # -> results/linear-work-d256.*
     python benchmarks/linear_work.py --sizes 4096 --out /tmp/w   # a quick look
 """
 
@@ -59,6 +59,9 @@ BLOCK_ELEMENTS = 4_000_000
 KDTREE_MAX_DIM = 16
 #: searching rows per block of the brute-force scans
 BRUTE_ROWS = 1024
+#: --pair-store -> the engine's option per run of a size
+STORE_CHOICES: dict[str, tuple[bool | None, ...]] = {
+    "auto": (None,), "on": (True,), "off": (False,), "both": (False, True)}
 
 
 def _torch():
@@ -327,8 +330,10 @@ def _ops(d: int):
             "centroid_nn", "candidate_pairs", "pair_average", "cluster_matrix")})
 
 
-def measure(x: np.ndarray, k: int, check: bool, handover: bool = True) -> dict[str, Any]:
-    """One run of the engine on ``x`` with a flat cut at ``k``: the work per round."""
+def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
+            pair_store: bool | None = None) -> dict[str, Any]:
+    """One run of the engine on ``x`` with a flat cut at ``k``: the work per round
+    (``pair_store``: the engine's option; None its default)."""
     torch = _torch()
     from dcpe_kernels.linear import linear_merges, trace_rounds
     from dcpe_kernels.rnn import merges_to_labels
@@ -338,7 +343,8 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True) -> dict[s
     with trace_rounds(records.append):
         mg = linear_merges(torch.from_numpy(x), metric="euclidean", max_cluster_size=None,
                            ops=_ops(x.shape[1]), backend="work", n_clusters=k,
-                           memory_budget=1 << 62, handover_bytes=None if handover else 0)
+                           memory_budget=1 << 62, handover_bytes=None if handover else 0,
+                           pair_store=pair_store)
     seconds = time.perf_counter() - t0
     rounds = [{key: v for key, v in r.items() if key != "ms"} for r in records
               if not r.get("done")]
@@ -350,6 +356,12 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True) -> dict[s
         "candidate_scan_pairs": sum(r["rows"] * r["n"] for r in rounds[1:]),
         "candidate_pairs": sum(r["pairs"] for r in rounds),
         "token_pairs": sum(r["token_pairs"] for r in rounds),
+        "pair_store": any("store" in r for r in rounds),
+        "reused_token_pairs": sum(r.get("reused", 0) for r in rounds),
+        "largest_store": max(r.get("store", 0) for r in rounds),
+        # the store's update passes over its entries and sorts what changes every round
+        "store_entries": sum(r.get("store", 0) for r in rounds),
+        "store_sorted": sum(r.get("sorted", 0) for r in rounds),
         "largest_cluster": max(r["max_size"] for r in rounds),
         "final_clusters": rounds[-1]["n"], "host_seconds": round(seconds, 2),
         "per_round": rounds}
@@ -374,11 +386,16 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     table = []
     for r in rows:
         n = r["n"]
-        table.append([n, r["d"], r["rounds"], r["final_clusters"],
+        table.append([n, r["d"], "on" if r.get("pair_store") else "off", r["rounds"],
+                      r["final_clusters"],
                       f"{r['scan_pairs'] / n ** 2:.2f}",
                       f"{r['candidate_scan_pairs'] / n ** 2:.2f}",
                       f"{r['candidate_pairs'] / n:.1f}", f"{r['token_pairs'] / n:,.0f}",
-                      f"{r['token_pairs']:.3g}", r["largest_cluster"],
+                      f"{r['token_pairs']:.3g}",
+                      f"{r.get('reused_token_pairs', 0):.3g}",
+                      f"{r.get('largest_store', 0) / n:.0f}",
+                      f"{r.get('store_entries', 0):.3g}", f"{r.get('store_sorted', 0):.3g}",
+                      r["largest_cluster"],
                       {True: "yes", False: "**NO**"}.get(r.get("labels_equal_cpu"), "—"),
                       fmt_seconds(r["host_seconds"])])
     return "\n".join([
@@ -392,16 +409,22 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
            "Default hand-over (the dense rounds, not counted here, take over once the "
            "clusters' matrix fits 64 GiB and a round's sums cover 1/64 of all token "
            "pairs)."), "",
-        markdown_table(["N", "d", "rounds", "clusters at the stop", "centroid scan / N^2",
-                        "candidate scan / N^2", "candidate pairs / N", "token pairs / N",
-                        "token pairs", "largest cluster", "labels = cpu",
-                        "host time"], table), "",
+        markdown_table(["N", "d", "pair store", "rounds", "clusters at the stop",
+                        "centroid scan / N^2", "candidate scan / N^2", "candidate pairs / N",
+                        "token pairs / N", "token pairs", "token pairs reused",
+                        "largest store / N", "store entries", "entries sorted",
+                        "largest cluster", "labels = cpu", "host time"], table), "",
         "centroid scan: pairs (searching cluster, cluster) of the bound scan, summed over "
         "the rounds; candidate scan: the same for the candidate scan, which the first "
         "round (every cluster one token) does not need; candidate pairs and token pairs: "
-        "the exact averages computed.  A GPU's time is about a * (centroid + candidate "
-        "scan pairs) * d + b * token pairs * d + c * rounds.  Labels = cpu: the same "
-        "partition as the cpu backend's (up to --check-max-n).", ""])
+        "the exact averages computed; token pairs reused: those of the candidate pairs "
+        "whose average the pair store held (not summed again); largest store: its most "
+        "entries in a round; store entries: its entries summed over the rounds (its update "
+        "passes over them every round); entries sorted: those the update sorts, the "
+        "entries of merged clusters and the round's new averages, summed over the rounds. "
+        " A GPU's time is about a * (centroid + candidate scan pairs) * d + b * token "
+        "pairs * d + c * rounds + e * store entries + f * entries sorted.  Labels = cpu: "
+        "the same partition as the cpu backend's (up to --check-max-n).", ""])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -421,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--no-handover", action="store_true",
                     help="matrix-free rounds to the end, as on the GPU from N = 185,364 at "
                          "k = N/2 (the clusters' matrix never fits its 64 GiB default)")
+    ap.add_argument("--pair-store", choices=["auto", "on", "off", "both"], default="auto",
+                    help="the engine's pair store (auto: its default, on from "
+                         "STORE_MIN_DIM dimensions; both: each size without, then with)")
     ap.add_argument("--name", default=None,
                     help="file name (default: linear-work, linear-work-d<d> past 8 dims)")
     args = ap.parse_args(argv)
@@ -441,14 +467,17 @@ def main(argv: list[str] | None = None) -> int:
     for n in sorted(args.sizes):
         x = (ds.make_sample_codebook(n=n, d=args.d) if data is None
              else np.ascontiguousarray(data[:n]))
-        row = measure(x, n // 2, n <= args.check_max_n,
-                      handover=not args.no_handover)
-        rows.append(row)
-        print(f"N={n}: rounds {row['rounds']} scan {row['scan_pairs'] / n ** 2:.2f} N^2 "
-              f"candidate scan {row['candidate_scan_pairs'] / n ** 2:.2f} N^2 "
-              f"token pairs {row['token_pairs']:.3g} labels = cpu "
-              f"{row.get('labels_equal_cpu', '-')} ({row['host_seconds']} s)", flush=True)
-        write_results(args.name, payload, report(rows, args), args.out)
+        for store in STORE_CHOICES[args.pair_store]:
+            row = measure(x, n // 2, n <= args.check_max_n,
+                          handover=not args.no_handover, pair_store=store)
+            rows.append(row)
+            print(f"N={n}: store {'on' if row['pair_store'] else 'off'} rounds "
+                  f"{row['rounds']} scan {row['scan_pairs'] / n ** 2:.2f} N^2 "
+                  f"candidate scan {row['candidate_scan_pairs'] / n ** 2:.2f} N^2 "
+                  f"token pairs {row['token_pairs']:.3g} (reused "
+                  f"{row['reused_token_pairs']:.3g}) labels = cpu "
+                  f"{row.get('labels_equal_cpu', '-')} ({row['host_seconds']} s)", flush=True)
+            write_results(args.name, payload, report(rows, args), args.out)
     return 0 if all(r.get("labels_equal_cpu", True) for r in rows) else 1
 
 

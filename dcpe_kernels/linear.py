@@ -51,6 +51,21 @@ the searching cluster; the nearest neighbour, and every pair tied with it, is am
 On the sample codebook 7 to 9% of the searching clusters still scan after the first
 round (benchmarks/linear_work.py counts it).
 
+From :data:`STORE_MIN_DIM` dimensions on, the exact averages summed are kept from round
+to round (:class:`_PairStore`, a sparse Lance-Williams update: a merged cluster's average
+to another is the size-weighted mean of its parts' averages).  A candidate pair whose
+average is held is not summed again, and one held in part (some pairs of its parts known)
+is summed over the missing pairs of parts only.  In those rounds most candidate pairs come
+back: a searching cluster lists much the same neighbourhood as its parts did.  Each
+cluster's smallest complete average held is an upper bound of its nearest distance, so
+it also tightens the thresholds (and spares a centroid scan, like the old neighbour's
+bound).  The store costs a round a few passes over its entries and a sort of those of
+the merged clusters and of the round's new averages, small next to token pairs of 256
+coordinates; below the threshold the engine runs without it, as before.  At d = 256
+(k = N/2; benchmarks/results/linear-work-d256.md) it leaves 3.3 times fewer token pairs to
+sum at N = 4,096 and 4.2 times fewer at N = 16,384.  What is left is mostly new pairs of small
+clusters, whose centroid bounds come to about 0.85 of their averages.
+
 A flat cut needs only the first ``N - k`` merges of the greedy order.  Once that many are
 recorded, the ``(N - k)``-th smallest of their heights, ``U``, bounds the cut's height, and
 the searches stop at ``U`` (Euclidean): a cluster with no neighbour within ``U`` can only
@@ -142,6 +157,18 @@ _PAIRS_SHRINK = 8
 _PAIRS_HEADROOM = 2.0
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8
+#: Euclidean tokens of at least this many dimensions keep the exact averages already summed
+#: from round to round (:class:`_PairStore`): a token pair costs ``O(d)`` reads, an entry of
+#: the store a few sorted words, and in the high-dimensional rounds most candidate pairs
+#: come back round after round (below it the engine runs as without the store)
+STORE_MIN_DIM = 32
+#: bytes per entry of the store at its peak (its keys and values, and the temporaries of
+#: the round's update over the store and the round's new entries)
+_STORE_BYTES = 128
+#: ... and per candidate pair, the store's own temporaries (its lookup, the pairs not in it
+#: and their float64 averages, and the list of up to three missing pairs of parts per pair
+#: with the sums' own temporaries over it)
+_STORE_PAIR_BYTES = 320
 _MIN_PAIRS = 1024
 
 
@@ -155,10 +182,13 @@ def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
     per-cluster state and temporaries, and the initial room for candidate pairs (about
     40 bytes each).  (On an H200 the peak of 262,144 x 8 tokens was 18 bytes per cluster
     above a count with 256 bytes per cluster; the room for candidate pairs grows past its
-    initial size only within the budget, checked before it grows.)
+    initial size only within the budget, checked before it grows.)  From
+    :data:`STORE_MIN_DIM` dimensions on, the pair store's temporaries for that initial room
+    too; the store itself takes a share of what the budget leaves (:class:`_PairStore`).
     """
+    per_pair = 40 + (_STORE_PAIR_BYTES if d >= STORE_MIN_DIM else 0)
     return ((3 * n * d + 2 * n * d) * itemsize + 3 * n * d * 8
-            + 2 * min(n, _bound_rows(d)) * d * 8 + 288 * n + _PAIRS_PER_CLUSTER * 40 * n)
+            + 2 * min(n, _bound_rows(d)) * d * 8 + 288 * n + _PAIRS_PER_CLUSTER * per_pair * n)
 
 
 def _bound_rows(d: int) -> int:
@@ -224,6 +254,214 @@ def _radius(tokens: _Tokens, slot: torch.Tensor, mu: torch.Tensor, n: int) -> to
     del diff
     out = torch.zeros(n, dtype=tokens.x.dtype, device=tokens.x.device)
     return out.scatter_reduce(0, slot, nrm, "amax")
+
+
+class _PairStore:
+    """Exact averages already summed, carried from round to round (a sparse Lance-Williams
+    update; Lance & Williams 1967).
+
+    Average linkage satisfies ``d(P u Q, M) = (|P| d(P, M) + |Q| d(Q, M)) / (|P| + |Q|)``:
+    the average of two clusters follows from the averages of the pairs of their parts.  The
+    store holds, per cluster pair, keyed ``lo * N + hi`` by slots and sorted by key (unused
+    entries, key ``SENT``, at the end), the float64 average (as ``pair_average`` writes it
+    before rounding) over the token pairs it knows, and ``miss``: which pairs of parts it
+    lacks (bit ``2 i + j``: part ``i`` of ``lo`` with part ``j`` of ``hi``; part 0 of a
+    cluster merged in the last round is the old cluster its tokens start with, part 1 the
+    other; 0: complete).  A round looks its candidate pairs up (:meth:`lookup`): a complete
+    entry is not summed, an incomplete one only over its missing parts
+    (:func:`_stored_sums`).
+
+    The update has two halves around the round's synchronisation.  :meth:`plan`, launched
+    in the round's ``carry``, sorts the entries out: a complete pair of two clusters that
+    neither merge nor leave stays, under its new slots (slots keep their order, so these
+    keys stay sorted); one that touches a merged cluster changes; the others go.  After the
+    synchronisation, which reads how many change, :meth:`apply` sorts only the changed
+    entries and the round's new averages, combines the entries of each new pair in a fixed
+    order (its parts'), keeping a pair with some parts missing as an incomplete entry, and
+    merges them into the staying ones.  So a round costs a few passes over the store and a
+    sort of what changed.  A value is the direct sum's up to the order of the float64
+    additions (as for the split pairs of :func:`_pair_sums`), and is deterministic.
+    Entries past the store's room (a share of the memory budget) are dropped, the largest
+    averages first: the store is a cache, never needed for the result.
+    """
+
+    SENT = torch.iinfo(torch.int64).max
+    #: keep incomplete entries (False: only the pairs whose parts were all known)
+    PARTS = True
+    #: bits of the pairs of parts of (lo, hi) with (1 or 2) x (1 or 2) parts
+    _NEED = (1, 3, 5, 15)
+
+    def __init__(self, n_all: int, dev: torch.device, room: int) -> None:
+        self.mult = n_all
+        self.room = max(0, int(room))
+        self.key = torch.empty(0, dtype=torch.int64, device=dev)
+        self.val = torch.empty(0, dtype=torch.float64, device=dev)
+        self.miss = torch.empty(0, dtype=torch.int64, device=dev)
+        self.part = torch.empty(0, dtype=torch.int64, device=dev)  # size of part 0, per slot
+        self.planned: dict[str, torch.Tensor] | None = None
+        #: per slot, the smallest complete average held (``inf``: none), or None
+        self.low: torch.Tensor | None = None
+
+    def lookup(self, live: torch.Tensor, a: torch.Tensor, b: torch.Tensor
+               ) -> tuple[torch.Tensor, ...]:
+        """``(keys, found, values, miss)`` of the live pairs ``(a, b)`` (:func:`_live_pairs`;
+        ``miss`` 0 where not found)."""
+        key = torch.where(live, torch.minimum(a, b) * self.mult + torch.maximum(a, b),
+                          self.SENT)
+        if self.key.numel() == 0:
+            zero = torch.zeros(key.shape, dtype=torch.int64, device=key.device)
+            return key, torch.zeros_like(live), zero.to(torch.float64), zero
+        idx = torch.searchsorted(self.key, key).clamp_max_(self.key.numel() - 1)
+        found = live & (self.key[idx] == key)
+        return key, found, self.val[idx], torch.where(found, self.miss[idx], 0)
+
+    def plan(self, new_key: torch.Tensor, new_val: torch.Tensor, new_of: torch.Tensor,
+             p: torch.Tensor, q: torch.Tensor, old_size: torch.Tensor
+             ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first half of the update, before the synchronisation.
+
+        ``new_key``/``new_val``: the round's new complete averages (``SENT`` keys: none);
+        ``new_of``: old slot -> new slot (-1: left); ``p``/``q``: new slot -> its old slots
+        (``q`` -1: none); ``old_size``: the old slots' sizes.  Returns, per new
+        slot (``(n,)`` float64, ``inf`` where none), the smallest complete average it keeps
+        without a merge (an upper bound of its next nearest distance), and the counts
+        ``[staying, changing, new, entries now]`` (int64, read at the synchronisation)."""
+        i64 = torch.int64
+        n = new_of.shape[0]
+        valid = self.key != self.SENT
+        kk = torch.where(valid, self.key, 0)
+        na, nb = new_of[kk // self.mult], new_of[kk % self.mult]
+        alive = valid & (self.miss == 0) & (na >= 0) & (nb >= 0) & (na != nb)
+        merged = q >= 0  # per new slot
+        stay = alive & ~merged[na.clamp_min(0)] & ~merged[nb.clamp_min(0)]
+        change = alive & ~stay
+        fk = torch.where(new_key != self.SENT, new_key, 0)
+        fa, fb = new_of[fk // self.mult], new_of[fk % self.mult]
+        fresh = (new_key != self.SENT) & (fa >= 0) & (fb >= 0) & (fa != fb)
+        # new averages of two clusters that neither merge nor leave hold as they are
+        fstay = fresh & ~merged[fa.clamp_min(0)] & ~merged[fb.clamp_min(0)]
+        lo = torch.cat([torch.where(stay, na, n), torch.where(fstay, fa, n)])
+        hi = torch.cat([torch.where(stay, nb, n), torch.where(fstay, fb, n)])
+        v = torch.cat([self.val, new_val.to(torch.float64)])
+        low = torch.full((n + 1,), float("inf"), dtype=torch.float64, device=kk.device)
+        low = low.scatter_reduce(0, lo, v, "amin").scatter_reduce(0, hi, v, "amin")[:n]
+        self.planned = {"stay": stay, "skey": na * self.mult + nb, "change": change,
+                        "new_key": new_key, "new_val": new_val, "fresh": fresh,
+                        "new_of": new_of, "q": q, "old_size": old_size[:n].clone(),
+                        "part": old_size[p]}
+        counts = torch.stack([stay.sum(), change.sum(), fresh.sum(), valid.sum()]).to(i64)
+        return low, counts
+
+    def apply(self, n_stay: int, n_change: int, n_new: int) -> None:
+        """The second half, after the synchronisation (the counts of :meth:`plan`): the
+        store of the next round."""
+        pl = self.planned
+        self.planned = None
+        if pl is None:
+            return
+        i64, f64 = torch.int64, torch.float64
+        dev = self.key.device
+        # the staying entries, compacted in their (sorted) order under the new slots
+        pos = torch.where(pl["stay"], torch.cumsum(pl["stay"], 0) - 1, n_stay)
+        s_key = torch.empty(n_stay + 1, dtype=i64, device=dev).scatter_(0, pos, pl["skey"])
+        s_val = torch.empty(n_stay + 1, dtype=f64, device=dev).scatter_(0, pos, self.val)
+        s_key, s_val = s_key[:n_stay], s_val[:n_stay]
+        # the changing entries and the round's new averages: only these are sorted
+        m = n_change + n_new
+        take = torch.cat([pl["change"], pl["fresh"]])
+        pos = torch.where(take, torch.cumsum(take, 0) - 1, m)
+        keys = torch.empty(m + 1, dtype=i64, device=dev).scatter_(
+            0, pos, torch.cat([self.key, pl["new_key"]]))[:m]
+        vals = torch.empty(m + 1, dtype=f64, device=dev).scatter_(
+            0, pos, torch.cat([self.val, pl["new_val"].to(f64)]))[:m]
+        del pos, take
+        c_key, c_val, c_miss = self._combine(keys, vals, pl)
+        # merge the two sorted lists (their keys differ): each entry's place is its rank
+        # in its own list plus the number of the other list's keys below it
+        total = n_stay + m
+        out_key = torch.full((total + 1,), self.SENT, dtype=i64, device=dev)
+        out_val = torch.zeros(total + 1, dtype=f64, device=dev)
+        out_miss = torch.zeros(total + 1, dtype=i64, device=dev)
+        ar_s = torch.arange(n_stay, device=dev)
+        ps = ar_s + torch.searchsorted(c_key, s_key)
+        out_key.scatter_(0, ps, s_key)
+        out_val.scatter_(0, ps, s_val)
+        ar_c = torch.arange(m, device=dev)
+        pc = torch.where(c_key != self.SENT, ar_c + torch.searchsorted(s_key, c_key), total)
+        out_key.scatter_(0, pc, c_key)
+        out_val.scatter_(0, pc, c_val)
+        out_miss.scatter_(0, pc, c_miss)
+        out_key[total] = self.SENT  # (the slot the unused entries were written to)
+        key, val, miss = out_key[:total], out_val[:total], out_miss[:total]
+        if total > self.room:  # the smallest averages stay
+            keep = torch.topk(torch.where(key != self.SENT, val, float("inf")), self.room,
+                              largest=False).indices.sort().values
+            key, val, miss = key[keep], val[keep], miss[keep]
+        self.key, self.val, self.miss, self.part = key, val, miss, pl["part"]
+        # each slot's smallest complete average: an upper bound of its nearest distance
+        n = pl["part"].shape[0]
+        on = (key != self.SENT) & (miss == 0)
+        kk = torch.where(on, key, 0)
+        lo, hi = torch.where(on, kk // self.mult, n), torch.where(on, kk % self.mult, n)
+        low = torch.full((n + 1,), float("inf"), dtype=f64, device=dev)
+        self.low = low.scatter_reduce(0, lo, val, "amin").scatter_reduce(0, hi, val,
+                                                                         "amin")[:n]
+
+    def _combine(self, keys: torch.Tensor, vals: torch.Tensor, pl: dict[str, torch.Tensor]
+                 ) -> tuple[torch.Tensor, ...]:
+        """Sort the changing and new entries (old slots) by their new pair and combine each
+        new pair's (at most four) entries in the order of its parts: keys (``SENT`` past
+        the pairs made, at the end), averages over the token pairs known, missing bits."""
+        i64, f64 = torch.int64, torch.float64
+        new_of, q = pl["new_of"], pl["q"]
+        old_size = pl["old_size"]
+        a, b = keys // self.mult, keys % self.mult
+        na, nb = new_of[a], new_of[b]
+        swap = na > nb
+        lo, hi = torch.where(swap, nb, na), torch.where(swap, na, nb)
+        olo, ohi = torch.where(swap, b, a), torch.where(swap, a, b)
+        # which parts of the two new clusters the old pair joins (0 .. 3): a fixed order of
+        # the entries of a new pair, whatever their order in the list
+        part = 2 * (olo == q[lo]).to(i64) + (ohi == q[hi]).to(i64)
+        wt = (old_size[a] * old_size[b]).to(f64)
+        w = vals * wt
+        sk, order = torch.sort((lo * self.mult + hi) * 4 + part)
+        del a, b, na, nb, swap, lo, hi, olo, ohi, part
+        sw, swt = w[order], wt[order]
+        del w, wt, order
+        seg, bits = sk >> 2, 1 << (sk & 3)
+        del sk
+        total, known, have = sw.clone(), swt.clone(), bits.clone()
+        for j in (1, 2, 3):  # the (at most three) later entries of the same new pair
+            same = torch.zeros_like(seg, dtype=torch.bool)
+            same[:-j] = seg[j:] == seg[:-j]
+            for acc, src in ((total, sw), (known, swt)):
+                shifted = torch.zeros_like(src)
+                shifted[:-j] = src[j:]
+                acc += torch.where(same, shifted, 0.0)
+            shifted_bits = torch.zeros_like(bits)
+            shifted_bits[:-j] = bits[j:]
+            have |= torch.where(same, shifted_bits, 0)
+        del sw, swt, bits
+        head = torch.ones_like(seg, dtype=torch.bool)
+        head[1:] = seg[1:] != seg[:-1]
+        parts = 1 + (q >= 0).to(i64)
+        slo, shi = seg // self.mult, seg % self.mult
+        need = torch.tensor(self._NEED, dtype=i64, device=seg.device)[
+            2 * (parts[slo] - 1) + (parts[shi] - 1)]
+        miss = need & ~have
+        if not self.PARTS:
+            head &= miss == 0
+        m = seg.numel()
+        pos = torch.where(head, torch.cumsum(head, 0) - 1, m)
+        out_key = torch.full((m + 1,), self.SENT, dtype=i64, device=seg.device)
+        out_val = torch.zeros(m + 1, dtype=f64, device=seg.device)
+        out_miss = torch.zeros(m + 1, dtype=i64, device=seg.device)
+        out_key.scatter_(0, pos, seg)
+        out_val.scatter_(0, pos, total / known)  # the average over the token pairs known
+        out_miss.scatter_(0, pos, miss)
+        out_key[m] = self.SENT
+        return out_key[:m], out_val[:m], out_miss[:m]
 
 
 #: sinks of :func:`trace_rounds` (the innermost one is called)
@@ -294,7 +532,8 @@ class _Phases:
 def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None, ops: Any,
                   backend: str = "triton", n_clusters: int | None = None,
                   memory_budget: int | None = None,
-                  handover_bytes: int | None = None) -> Merges:
+                  handover_bytes: int | None = None,
+                  pair_store: bool | None = None) -> Merges:
     """Average-linkage merges of ``x`` without an ``N x N`` matrix (module docstring).
 
     Parameters
@@ -320,6 +559,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         fit in this many bytes and in the budget; 0 never hands over.  Default: once they
         fit :data:`DEFAULT_HANDOVER_BYTES` and a round's exact sums cover
         :data:`HANDOVER_WORK_FRACTION` of all token pairs.
+    pair_store : bool, optional
+        Keep the exact averages already summed from round to round (:class:`_PairStore`;
+        Euclidean).  Default: from :data:`STORE_MIN_DIM` dimensions on.  The merges are
+        the same either way.
 
     Returns
     -------
@@ -366,7 +609,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     needy2 = torch.empty_like(needy)
     rows = torch.arange(n_all, dtype=torch.int32, device=dev)
     nrows = n_all
-    tokens = rad = None
+    tokens = rad = store = None
+    pair_bytes, store_bytes = _PAIR_BYTES, 0
+    # the round's new exact averages for the store: keys (SENT: none) and float64 values
+    fresh: list[torch.Tensor] = []
     # the first round of a Euclidean run needs no exact sums (_SINGLETON_ROUND), and only
     # the later rounds have thresholds from the old neighbours (_BOUND_FACTOR)
     singletons = _SINGLETON_ROUND
@@ -376,6 +622,14 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         rad = torch.zeros(n_all, dtype=dt, device=dev)
         rel, absm = _margins(xs, dim)
         capacity = max(_MIN_PAIRS, _PAIRS_PER_CLUSTER * n_all)
+        if pair_store is None:
+            pair_store = dim >= STORE_MIN_DIM
+        if pair_store and n_all < (1 << 30):
+            pair_bytes = _PAIR_BYTES + _STORE_PAIR_BYTES
+            # half of what the budget leaves past the initial room for candidate pairs
+            store = _PairStore(n_all, dev, max(0, avail - needed - capacity * pair_bytes)
+                               // (2 * _STORE_BYTES))
+            store_bytes = store.room * _STORE_BYTES
         pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
         pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
         val = torch.empty(capacity, dtype=dt, device=dev)
@@ -405,14 +659,21 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         nxt["mu"], nxt["m2"] = _merge_moments(mu, m2, st.size, p, q, size_next)
         if tokens is not None:
             kept_size = torch.where(kept, st.size2[:n], 0)  # tokens of the next round's slots
-            out += [count, kept_size.sum().reshape(1), _pair_work(*live_ab, st.size),
-                    kept_size.max().reshape(1)]
+            work = fresh[2] if fresh else _pair_work(*live_ab, st.size)
+            out += [count, kept_size.sum().reshape(1), work, kept_size.max().reshape(1)]
+            known, tail = None, []
+            if store is not None and fresh:
+                known, counts = store.plan(fresh[0], fresh[1], new_of, p, q, st.size)
+                tail = [fresh[3], counts]
+            elif store is not None:  # (the first round has no sums)
+                store.planned = None
+                tail = [torch.zeros(5, dtype=i64, device=dev)]
             ub = _neighbour_bounds(kept, p, new_of, nn[:n], nnd[:n], nxt["mu"], nxt["m2"],
-                                   size_next, _BOUND_FACTOR)
+                                   size_next, _BOUND_FACTOR, known)
             bound[:n] = _up_to(ub, dt)
             need_scan = needy_next & ~torch.isfinite(ub)
             unknown[:n] = need_scan.to(torch.int8)
-            out += [need_scan.sum().reshape(1)]
+            out += [need_scan.sum().reshape(1), *tail]
         return tuple(out)
 
     clock = _Phases(dev, _TRACE[-1] if _TRACE else None)
@@ -440,6 +701,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             else:
                 ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, scratch, rows, nrows)
                 searched_scan = nrows
+            if store is not None and store.low is not None:
+                # the smallest average the store holds of each cluster is an upper bound of
+                # its nearest distance too (the scans above could not wait for it)
+                best[:n] = torch.minimum(best[:n], _up_to(store.low[:n], dt))
             clock.mark("scan")
             if singletons:
                 # every cluster one token: the bound sqrt(dd + 0 + 0) is the exact distance,
@@ -458,8 +723,12 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                                     capacity, rows, nrows, needy)
                 clock.mark("candidates")
                 live_ab = _live_pairs(pa, pb, count, n)  # shared by the three passes below
-                _pair_sums(ops, tokens.x, tokens.offsets, st.size, n, pa, pb, count, capacity,
-                           val, live_ab)
+                if store is None:
+                    _pair_sums(ops, tokens.x, tokens.offsets, st.size, n, pa, pb, count,
+                               capacity, val, live_ab)
+                else:
+                    fresh[:] = _stored_sums(ops, store, tokens, st.size, n, pa, pb, capacity,
+                                            val, live_ab)
                 clock.mark("sums")
                 _nearest_from_pairs(*live_ab, val, n, needy, nn, nnd)
                 if cut is not None:
@@ -468,10 +737,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 clock.mark("select")
                 if vals[4] <= capacity:
                     break
-                room = max(0, avail - needed) // _PAIR_BYTES
+                room = max(0, avail - needed - store_bytes) // pair_bytes
                 if vals[4] > room:
                     raise _insufficient(
-                        needed + vals[4] * _PAIR_BYTES, avail,
+                        needed + store_bytes + vals[4] * pair_bytes, avail,
                         f"{backend} backend: {vals[4]:,} candidate cluster pairs in one "
                         f"matrix-free round (many tied distances, such as duplicate rows?)",
                         "remove duplicate rows, or use backend='cpu'")
@@ -490,10 +759,13 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                     max(1.0, _PAIRS_HEADROOM * vals[4]))))))
                 pa, pb, val = (t[:capacity] for t in pairs_buf)
         n_pairs, n_new, below, nrows = vals[:4]
-        clock.emit(round=st.rounds + 1, n=n, rows=searched,
-                   **({} if tokens is None else {"scan_rows": searched_scan,
-                                                 "pairs": vals[4], "token_pairs": vals[6],
-                                                 "max_size": vals[7], "room": capacity}))
+        extra: dict[str, Any] = {}
+        if tokens is not None:
+            extra = {"scan_rows": searched_scan, "pairs": vals[4], "token_pairs": vals[6],
+                     "max_size": vals[7], "room": capacity}
+        if store is not None:
+            extra.update(reused=vals[9], store=vals[13], sorted=vals[11] + vals[12])
+        clock.emit(round=st.rounds + 1, n=n, rows=searched, **extra)
         old_size = st.size
         if not st.commit(n, n_pairs, n_new, below, backend):
             break
@@ -501,6 +773,9 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         if tokens is not None:
             n_unknown = vals[8]
             bounded = _BOUND_FACTOR > 0
+        if store is not None:
+            store.apply(*vals[10:13])
+            fresh.clear()
         nn, nn2, nnd, nnd2, best, best2 = nn2, nn, nnd2, nnd, best2, best
         needy, needy2 = needy2, needy
         rows = _compact(needy[:n_new], nrows)
@@ -526,7 +801,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                     _matrix_from_pairs(ops, tokens, new_size, n, cur, nn, nnd,
                                        max(1024, min(_MATRIX_CHUNK, room // 48)))
                 used = needed + n * n * itemsize
-                del tokens, mu, m2, rad, pa, pb, val
+                del tokens, mu, m2, rad, pa, pb, val, store
+                fresh.clear()
                 clock.mark("handover")
                 dense_rounds(st, ops, cur, n, n, nn, nnd, 0, avail, used, backend)
                 clock.mark("dense")
@@ -619,7 +895,8 @@ def _carry_neighbours(kept: torch.Tensor, p: torch.Tensor, q: torch.Tensor,
 
 def _neighbour_bounds(kept: torch.Tensor, p: torch.Tensor, new_of: torch.Tensor,
                       nn: torch.Tensor, nnd: torch.Tensor, mu: torch.Tensor, m2: torch.Tensor,
-                      size: torch.Tensor, factor: float) -> torch.Tensor:
+                      size: torch.Tensor, factor: float,
+                      known: torch.Tensor | None = None) -> torch.Tensor:
     """Upper bounds of the next round's nearest-neighbour distances (float64 ``(n,)``,
     ``inf`` where none is taken), on the device, before the round's synchronisation.
 
@@ -630,7 +907,9 @@ def _neighbour_bounds(kept: torch.Tensor, p: torch.Tensor, new_of: torch.Tensor,
     its bounds, kept when at most ``factor`` times its old nearest distance ``nnd[p]``,
     which bounds the new one from below (reducibility): a looser bound would let through
     too many candidates.  ``mu``/``m2``/``size``: the new clusters' moments (rows past the
-    new count unused); ``kept``/``p``/``new_of``: the slot map of :func:`_new_slots`.
+    new count unused); ``kept``/``p``/``new_of``: the slot map of :func:`_new_slots`;
+    ``known``: optional further upper bounds per new slot (the smallest exact average the
+    pair store holds for it, :meth:`_PairStore.plan`), under the same rule.
     """
     n = nn.shape[0]
     dev = nn.device
@@ -648,6 +927,8 @@ def _neighbour_bounds(kept: torch.Tensor, p: torch.Tensor, new_of: torch.Tensor,
     ub = torch.where(ok, ub.sqrt_(), float("inf"))
     out = torch.full((n,), float("inf"), dtype=torch.float64, device=dev)
     out = out.scatter_reduce(0, na, ub, "amin").scatter_reduce(0, nb, ub, "amin")
+    if known is not None:
+        out = torch.minimum(out, known)
     low = nnd[p].to(torch.float64)
     return torch.where(kept & (out <= factor * low), out, float("inf"))
 
@@ -732,6 +1013,73 @@ def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Ten
     sums = val_x.view(_SPLIT_MAX, _SPLIT_PARTS) * weight  # rows past n_take are not used
     avg = (sums.sum(1) / (nl_j.to(f64) * nh_j.to(f64))).to(val.dtype)
     val.copy_(torch.where(take, avg[torch.where(take, rank, 0)], val))
+
+
+def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tensor, n: int,
+                 pa: torch.Tensor, pb: torch.Tensor, capacity: int, val: torch.Tensor,
+                 live_ab: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+    """The averages of the pairs ``k < count`` into ``val``, with ``store``
+    (:class:`_PairStore`): a pair it holds complete takes its value; one it holds in part
+    is summed over its missing pairs of parts only (each part a cluster of its own for
+    :func:`_pair_sums`: part 0 of a slot its first :attr:`_PairStore.part` tokens, part 1
+    the rest), added in the order of the parts to the known ones; the others are summed
+    whole.  Returns the round's new complete entries for :meth:`_PairStore.update` (keys,
+    ``SENT`` where none, and float64 averages), and the token pairs summed and those whose
+    average the store held (int64 ``(1,)`` each, on the device)."""
+    f64 = torch.float64
+    dev = val.device
+    live, a, b = live_ab
+    key, found, known, miss = store.lookup(live, a, b)
+    todo = live & ~found
+    pos = torch.where(todo, torch.cumsum(todo, 0) - 1, capacity)
+    pa_u = torch.zeros(capacity + 1, dtype=torch.int32, device=dev)
+    pb_u = torch.zeros(capacity + 1, dtype=torch.int32, device=dev)
+    pa_u.scatter_(0, pos, pa[:capacity])
+    pb_u.scatter_(0, pos, pb[:capacity])
+    val64 = torch.zeros(capacity + 1, dtype=f64, device=dev)
+    _pair_sums(ops, tokens.x, tokens.offsets, size, n, pa_u[:capacity], pb_u[:capacity],
+               todo.sum().reshape(1), capacity, val64[:capacity])
+    avg = torch.where(todo, val64[pos], known)
+    del pa_u, pb_u, val64
+    partial = found & (miss != 0)
+    pairs = torch.where(live, size[a] * size[b], 0)
+    work = torch.where(todo, pairs, 0).sum()
+    if store.part.numel():
+        # the missing pairs of parts: (pair k, bit i) -> a pair of part clusters
+        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        bit = torch.arange(4, device=dev)
+        flag = partial[:, None] & (((miss[:, None] >> bit) & 1) == 1)  # (capacity, 4)
+        part0 = store.part[:n]
+        psize = torch.stack([part0, size[:n] - part0], 1)  # (n, 2): tokens of each part
+        ulo, uhi = bit >> 1, bit & 1
+        vlo = n + 2 * lo[:, None] + ulo  # part clusters n .. 3n - 1
+        vhi = n + 2 * hi[:, None] + uhi
+        m = 3 * capacity  # at most three missing pairs of parts per pair
+        fpos = torch.where(flag, torch.cumsum(flag.reshape(-1), 0).view(-1, 4) - 1, m)
+        pa_v = torch.zeros(m + 1, dtype=torch.int32, device=dev)
+        pb_v = torch.zeros(m + 1, dtype=torch.int32, device=dev)
+        pa_v.scatter_(0, fpos.reshape(-1), vlo.reshape(-1).to(torch.int32))
+        pb_v.scatter_(0, fpos.reshape(-1), vhi.reshape(-1).to(torch.int32))
+        offs = tokens.offsets[:n]
+        offsets_x = torch.cat([offs, torch.stack([offs, offs + part0], 1).reshape(-1)])
+        sizes_x = torch.cat([size[:n], psize.reshape(-1)])
+        val_v = torch.zeros(m + 1, dtype=f64, device=dev)
+        _pair_sums(ops, tokens.x, offsets_x, sizes_x, 3 * n, pa_v[:m], pb_v[:m],
+                   flag.sum().reshape(1), m, val_v[:m])
+        del pa_v, pb_v
+        wt = (psize[lo[:, None], ulo] * psize[hi[:, None], uhi]).to(f64)  # (capacity, 4)
+        wt = torch.where(flag, wt, 0.0)
+        total = (size[lo] * size[hi]).to(f64)
+        s = known * (total - wt.sum(1))  # the known token pairs' sum
+        for i in range(4):  # in the order of the parts
+            s = s + torch.where(flag[:, i], wt[:, i] * val_v[fpos[:, i]], 0.0)
+        avg = torch.where(partial, s / total, avg)
+        work = work + wt.sum().to(torch.int64)
+    val[:capacity] = avg.to(val.dtype)
+    summed = todo | partial
+    reused = pairs.sum() - work
+    return [torch.where(summed, key, _PairStore.SENT), avg, work.reshape(1),
+            reused.reshape(1)]
 
 
 def _pair_work(live: torch.Tensor, a: torch.Tensor, b: torch.Tensor,

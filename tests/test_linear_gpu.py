@@ -742,6 +742,241 @@ def test_trace_rounds(metric: str, handover: int | None, rng: np.random.Generato
     assert len(records) == len(rounds) + 1
 
 
+# ------------------------------------------------------------------ the pair store
+
+
+def _store_run(xt, ops, store: bool, handover: int = 0, **kw):
+    records: list[dict] = []
+    with linear.trace_rounds(records.append):
+        mg = linear.linear_merges(xt, metric="euclidean", ops=ops, handover_bytes=handover,
+                                  pair_store=store, **kw)
+    return mg, [r for r in records if "room" in r]
+
+
+#: heights with and without the store: the same float64 sums in another order
+STORE_RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
+
+
+@pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("cap,k,handover", [(None, None, 0), (6, None, 0), (None, 30, 0),
+                                            (None, None, 2 * 30 * 30 * 8)])
+def test_pair_store_changes_no_merge(which: str, dtype: torch.dtype, cap: int | None,
+                                     k: int | None, handover: int,
+                                     rng: np.random.Generator) -> None:
+    """Averages kept from round to round (the pair store): the same merges as summing
+    every candidate pair, with the size cap, a flat cut and a hand-over too, heights equal
+    up to the order of the float64 sums, and fewer token pairs summed."""
+    ops = _ops(which)
+    xt = torch.from_numpy(tie_free(rng, 120, 5)).to(dtype).to(DEVICE)
+    (plain, r_plain), (kept, r_kept) = (_store_run(xt, ops, s, handover, max_cluster_size=cap,
+                                                   n_clusters=k) for s in (False, True))
+    for name in ("rep_a", "rep_b", "size"):
+        assert torch.equal(getattr(kept, name), getattr(plain, name)), name
+    for name in ("height", "hmono"):
+        torch.testing.assert_close(getattr(kept, name), getattr(plain, name),
+                                   rtol=STORE_RTOL[dtype], atol=0)
+    assert all("reused" not in r for r in r_plain)
+    assert sum(r["reused"] for r in r_kept) > 0
+    assert sum(r["token_pairs"] for r in r_kept) < sum(r["token_pairs"] for r in r_plain)
+
+
+@pytest.mark.parametrize("which", ["reference", "triton"])
+def test_pair_store_sums_only_the_missing_parts(which: str, monkeypatch: pytest.MonkeyPatch,
+                                                rng: np.random.Generator) -> None:
+    """A pair the store holds in part is summed over its missing pairs of parts only: the
+    same merges as with complete entries alone, fewer token pairs summed."""
+    ops = _ops(which)
+    xt = torch.from_numpy(tie_free(rng, 120, 5)).to(DEVICE)
+    runs = []
+    for parts in (False, True):
+        monkeypatch.setattr(linear._PairStore, "PARTS", parts)
+        runs.append(_store_run(xt, ops, True, max_cluster_size=None))
+    (whole, r_whole), (part, r_part) = runs
+    for name in ("rep_a", "rep_b", "size"):
+        assert torch.equal(getattr(part, name), getattr(whole, name)), name
+    torch.testing.assert_close(part.height, whole.height, rtol=1e-12, atol=0)
+    assert sum(r["token_pairs"] for r in r_part) < sum(r["token_pairs"] for r in r_whole)
+    assert (sum(r["token_pairs"] + r["reused"] for r in r_part)
+            == sum(r["token_pairs"] + r["reused"] for r in r_whole))
+
+
+@pytest.mark.parametrize("which", ["reference", "triton"])
+def test_pair_store_with_ties_is_deterministic(which: str, rng: np.random.Generator) -> None:
+    """Tied and duplicate distances: the same merges on every run (the store's entries
+    are combined in a fixed order), exactly k clusters, and the same heights as without
+    the store up to rounding."""
+    ops = _ops(which)
+    xt = torch.from_numpy(rng.integers(0, 4, size=(90, 2)).astype(np.float64)).to(DEVICE)
+    runs = [_store_run(xt, ops, True, max_cluster_size=None)[0] for _ in range(2)]
+    for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+        assert torch.equal(getattr(runs[0], name), getattr(runs[1], name)), name
+    plain = _store_run(xt, ops, False, max_cluster_size=None)[0]
+    torch.testing.assert_close(runs[0].height.sort().values, plain.height.sort().values,
+                               rtol=1e-12, atol=0)
+    for k in (1, 7, 40):
+        assert int(torch.unique(merges_to_labels(runs[0], k)).numel()) == k
+
+
+def _held_store(n_old: int, held: dict, fresh_share: float, rng: np.random.Generator,
+                room: int = 1000):
+    """A store holding part of ``held`` ((old slot, old slot) -> average), the rest as the
+    round's new averages (keys and values, ``SENT`` in a quarter of the places)."""
+    store = linear._PairStore(n_old, torch.device("cpu"), room=room)
+    pairs = sorted(held)
+    in_store = [pr for pr in pairs if rng.random() >= fresh_share]
+    new = [pr for pr in pairs if pr not in in_store]
+    store.key = torch.tensor([u * n_old + v for u, v in in_store], dtype=torch.int64)
+    store.val = torch.tensor([held[pr] for pr in in_store], dtype=torch.float64)
+    store.miss = torch.zeros(len(in_store), dtype=torch.int64)
+    keys = [u * n_old + v for u, v in new] + [linear._PairStore.SENT] * (len(new) // 3)
+    vals = [held[pr] for pr in new] + [0.0] * (len(new) // 3)
+    order = rng.permutation(len(keys))  # the round's list is in no particular order
+    return (store, torch.tensor(keys, dtype=torch.int64)[order],
+            torch.tensor(vals, dtype=torch.float64)[order])
+
+
+def test_pair_store_update_is_lance_williams(rng: np.random.Generator) -> None:
+    """One update of the store (plan, then apply): a new pair whose pairs of parts were all
+    held, in the store or among the round's new averages, gets the direct average of the
+    new clusters; one with only some of them the average over the token pairs known and
+    the bits of the missing pairs of parts; pairs within one new cluster and clusters that
+    left are dropped; the store stays sorted; past the room, the smallest averages stay;
+    a lookup finds the held pairs in either order; the per-slot minima bound from above."""
+    n_old = 14
+    sizes = rng.integers(1, 5, size=n_old)
+    toks = [rng.standard_normal((int(s), 3)) for s in sizes]
+
+    def dsum(a: np.ndarray, b: np.ndarray) -> float:
+        return float(np.linalg.norm(a[:, None, :] - b[None, :, :], axis=2).sum())
+
+    # new slots: (p, q) old slots, in the order of p; old slot 13 leaves (size cap)
+    parts = [(0, 5), (1, -1), (2, 3), (4, -1), (6, 7), (8, -1), (9, 12), (10, -1), (11, -1)]
+    new_of = torch.full((n_old,), -1, dtype=torch.int64)
+    for j, (u, v) in enumerate(parts):
+        new_of[u] = j
+        if v >= 0:
+            new_of[v] = j
+    p_old = torch.tensor([u for u, _ in parts] + [0] * (n_old - len(parts)))
+    q_old = torch.tensor([v for _, v in parts] + [-1] * (n_old - len(parts)))
+    held = {(u, v): dsum(toks[u], toks[v]) / (sizes[u] * sizes[v])
+            for u in range(n_old) for v in range(u + 1, n_old) if rng.random() < 0.6}
+    want = {}  # key -> (average over the known token pairs, missing bits)
+    for i, (pa, qa) in enumerate(parts):
+        for j in range(i + 1, len(parts)):
+            pb, qb = parts[j]
+            s = w = 0.0
+            miss = 0
+            for ui, u in enumerate((pa, qa)):
+                for vi, v in enumerate((pb, qb)):
+                    if u < 0 or v < 0:
+                        continue
+                    if (min(u, v), max(u, v)) in held:
+                        s += dsum(toks[u], toks[v])
+                        w += sizes[u] * sizes[v]
+                    else:
+                        miss |= 1 << (2 * ui + vi)
+            if w:
+                want[i * n_old + j] = (s / w, miss)
+    assert sum(m == 0 for _, m in want.values()) > 3 and sum(m != 0 for _, m in
+                                                             want.values()) > 3
+    old_size = torch.from_numpy(sizes)
+    for share in (0.0, 0.5):  # all held in the store; half of them new this round
+        store, nk, nv = _held_store(n_old, held, share, rng)
+        low, counts = store.plan(nk, nv, new_of, p_old, q_old, old_size)
+        store.apply(*counts[:3].tolist())
+        got = {k: (v, m) for k, v, m in zip(store.key.tolist(), store.val.tolist(),
+                                            store.miss.tolist())
+               if k != linear._PairStore.SENT}
+        assert set(got) == set(want)
+        keys = store.key.tolist()
+        assert keys[:len(got)] == sorted(got)
+        assert all(k == linear._PairStore.SENT for k in keys[len(got):])
+        for k, (v, m) in want.items():
+            assert got[k][1] == m and got[k][0] == pytest.approx(v, rel=1e-13)
+        assert store.part.tolist()[:len(parts)] == [int(sizes[u]) for u, _ in parts]
+        # minima: of all complete entries after apply; of the staying ones at the plan
+        for j in range(len(parts)):
+            mine = [v for k, (v, m) in want.items() if m == 0 and j in divmod(k, n_old)]
+            assert float(store.low[j]) == pytest.approx(min(mine, default=float("inf")),
+                                                        rel=1e-13)
+            assert float(low[j]) >= float(store.low[j])
+    # the room: the smallest averages stay, in key order
+    small, nk, nv = _held_store(n_old, held, 0.0, rng, room=4)
+    _, counts = small.plan(nk, nv, new_of, p_old, q_old, old_size)
+    small.apply(*counts[:3].tolist())
+    assert small.key.tolist() == sorted(sorted(want, key=lambda k: want[k][0])[:4])
+    # a lookup finds exactly the held pairs (either order), with their values and bits
+    a = torch.tensor([1, 0, 3, 8, 2, 6], dtype=torch.int64)
+    b = torch.tensor([0, 1, 5, 7, 2, 4], dtype=torch.int64)
+    live = torch.tensor([True, True, True, True, False, True])
+    keys, found, vals, miss = store.lookup(live, a, b)
+    for i in range(6):
+        k = min(int(a[i]), int(b[i])) * n_old + max(int(a[i]), int(b[i]))
+        assert bool(found[i]) == (bool(live[i]) and k in want)
+        if found[i]:
+            assert (float(vals[i]), int(miss[i])) == got[k]
+
+
+def test_pair_store_stays_sorted(monkeypatch: pytest.MonkeyPatch,
+                                 rng: np.random.Generator) -> None:
+    """After every round's update the store's keys are sorted and distinct, with the unused
+    places at the end (slots keep their order, so the staying entries need no sort), with
+    and without the size cap, ties included."""
+    real = linear._PairStore.apply
+    checked = []
+
+    def apply(self, *counts):
+        real(self, *counts)
+        k = self.key[self.key != linear._PairStore.SENT]
+        assert torch.all(k[1:] > k[:-1]) and torch.equal(self.key[:k.numel()], k)
+        checked.append(int(k.numel()))
+
+    monkeypatch.setattr(linear._PairStore, "apply", apply)
+    grid = rng.integers(0, 4, size=(90, 2)).astype(np.float64)
+    for x, cap in ((tie_free(rng, 120, 4), None), (tie_free(rng, 120, 4), 6), (grid, None),
+                   (grid, 5)):
+        linear.linear_merges(torch.from_numpy(x).to(DEVICE), metric="euclidean",
+                             max_cluster_size=cap, ops=ReferenceOps, handover_bytes=0,
+                             pair_store=True)
+    assert len(checked) > 20 and max(checked) > 50
+
+
+def test_pair_store_in_a_tiny_room_changes_nothing(monkeypatch: pytest.MonkeyPatch,
+                                                   rng: np.random.Generator) -> None:
+    """A store of a few entries (a small memory budget) drops the largest averages: the
+    same merges, fewer pairs reused than in a large room."""
+    xt = torch.from_numpy(tie_free(rng, 100, 4)).to(DEVICE)
+    plain, _ = _store_run(xt, ReferenceOps, False, max_cluster_size=None)
+    reused = []
+    real = linear._PairStore.__init__
+    for room in (8, 1 << 40):  # entries
+
+        def init(self, n_all, dev, budget_room, real=real, room=room):
+            real(self, n_all, dev, min(budget_room, room))
+
+        monkeypatch.setattr(linear._PairStore, "__init__", init)
+        mg, recs = _store_run(xt, ReferenceOps, True, max_cluster_size=None)
+        assert max(r["store"] for r in recs) <= room
+        for name in ("rep_a", "rep_b", "size"):
+            assert torch.equal(getattr(mg, name), getattr(plain, name)), name
+        reused.append(sum(r["reused"] for r in recs))
+    assert reused[0] < reused[1]
+
+
+def test_pair_store_is_on_past_its_dimension(monkeypatch: pytest.MonkeyPatch,
+                                             rng: np.random.Generator) -> None:
+    """By default the store is kept from STORE_MIN_DIM dimensions on (Euclidean)."""
+    xt = torch.from_numpy(tie_free(rng, 40, 3)).to(DEVICE)
+    for min_dim, on in ((3, True), (4, False)):
+        monkeypatch.setattr(linear, "STORE_MIN_DIM", min_dim)
+        records: list[dict] = []
+        with linear.trace_rounds(records.append):
+            linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                                 ops=ReferenceOps, handover_bytes=0)
+        assert any("store" in r for r in records) == on
+
+
 def test_deterministic_and_input_untouched(rng: np.random.Generator) -> None:
     x = torch.from_numpy(tie_free(rng, 80, 4, np.float32)).to(DEVICE)
     before = x.clone()

@@ -141,22 +141,33 @@ def test_small_run_writes_the_work(tmp_path: Path) -> None:
         # (dense rounds after a hand-over would be counted, not traced)
         assert r["matrix_free_rounds"] == len(r["per_round"]) <= r["rounds"] + 1
     md = (tmp_path / "linear-work.md").read_text()
-    assert "| 700 | 3 |" in md and "**NO**" not in md
+    assert "| 700 | 3 | off |" in md and "**NO**" not in md
 
 
 def test_small_run_past_16_dimensions(tmp_path: Path) -> None:
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "linear_work.py"), "--sizes", "400",
-         "--d", "20", "--no-handover", "--own-data", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
+         "--d", "20", "--no-handover", "--own-data", "--pair-store", "both",
+         "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     payload = json.loads((tmp_path / "linear-work-d20.json").read_text())
-    (row,) = payload["rows"]
-    assert row["d"] == 20 and row["labels_equal_cpu"] is True and payload["handover"] is False
+    off, on = payload["rows"]
+    assert payload["handover"] is False
     assert payload["data"] == "`make_sample_codebook(n=N, d=20)` for each N"
-    # every round of merges is matrix-free (plus the one that finds the early stop)
-    assert row["rounds"] <= row["matrix_free_rounds"] <= row["rounds"] + 1
-    assert row["per_round"][0]["scan_rows"] == 400 and row["token_pairs"] > 0
+    for row in (off, on):
+        assert row["d"] == 20 and row["labels_equal_cpu"] is True
+        # every round of merges is matrix-free (plus the one that finds the early stop)
+        assert row["rounds"] <= row["matrix_free_rounds"] <= row["rounds"] + 1
+        assert row["per_round"][0]["scan_rows"] == 400 and row["token_pairs"] > 0
+    # the same merges; with the store, fewer token pairs summed (the rest reused)
+    assert (off["pair_store"], on["pair_store"]) == (False, True)
+    assert on["rounds"] == off["rounds"] and on["final_clusters"] == off["final_clusters"]
+    assert off["reused_token_pairs"] == 0 < on["reused_token_pairs"]
+    assert on["token_pairs"] < off["token_pairs"] and on["largest_store"] > 0
+    assert 0 < on["store_sorted"] and on["largest_store"] <= on["store_entries"]
+    assert off["store_entries"] == off["store_sorted"] == 0
+    md = (tmp_path / "linear-work-d20.md").read_text()
+    assert "| 400 | 20 | off |" in md and "| 400 | 20 | on |" in md
 
 
 def test_bad_sizes_are_an_argument_error(tmp_path: Path) -> None:

@@ -63,7 +63,7 @@ bound).  The store costs a round a few passes over its entries and a sort of tho
 the merged clusters and of the round's new averages, small next to token pairs of 256
 coordinates; below the threshold the engine runs without it, as before.  At d = 256
 (k = N/2; benchmarks/results/linear-work-d256.md) it leaves 3.3 times fewer token pairs to
-sum at N = 4,096 and 4.2 times fewer at N = 16,384.  What is left is mostly new pairs of small
+sum at N = 4,096 and 6.8 times fewer at N = 32,768.  What is left is mostly new pairs of small
 clusters, whose centroid bounds come to about 0.85 of their averages.
 
 A flat cut needs only the first ``N - k`` merges of the greedy order.  Once that many are

@@ -274,7 +274,8 @@ class _PairStore:
     The update has two halves around the round's synchronisation.  :meth:`plan`, launched
     in the round's ``carry``, sorts the entries out: a complete pair of two clusters that
     neither merge nor leave stays, under its new slots (slots keep their order, so these
-    keys stay sorted); one that touches a merged cluster changes; the others go.  After the
+    keys stay sorted); one that touches a merged cluster changes; the others go, and so, for
+    a flat cut, does a pair of two clusters set aside (neither searches again).  After the
     synchronisation, which reads how many change, :meth:`apply` sorts only the changed
     entries and the round's new averages, combines the entries of each new pair in a fixed
     order (its parts'), keeping a pair with some parts missing as an incomplete entry, and
@@ -316,13 +317,15 @@ class _PairStore:
         return key, found, self.val[idx], torch.where(found, self.miss[idx], 0)
 
     def plan(self, new_key: torch.Tensor, new_val: torch.Tensor, new_of: torch.Tensor,
-             p: torch.Tensor, q: torch.Tensor, old_size: torch.Tensor
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+             p: torch.Tensor, q: torch.Tensor, old_size: torch.Tensor,
+             aside: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """The first half of the update, before the synchronisation.
 
         ``new_key``/``new_val``: the round's new complete averages (``SENT`` keys: none);
         ``new_of``: old slot -> new slot (-1: left); ``p``/``q``: new slot -> its old slots
-        (``q`` -1: none); ``old_size``: the old slots' sizes.  Returns, per new
+        (``q`` -1: none); ``old_size``: the old slots' sizes; ``aside``: the old slots set
+        aside for good (:func:`_set_aside`), optional: a pair of two of them is never
+        looked up again (neither searches), and goes.  Returns, per new
         slot (``(n,)`` float64, ``inf`` where none), the smallest complete average it keeps
         without a merge (an upper bound of its next nearest distance), and the counts
         ``[staying, changing, new, entries now]`` (int64, read at the synchronisation)."""
@@ -332,12 +335,16 @@ class _PairStore:
         kk = torch.where(valid, self.key, 0)
         na, nb = new_of[kk // self.mult], new_of[kk % self.mult]
         alive = valid & (self.miss == 0) & (na >= 0) & (nb >= 0) & (na != nb)
+        if aside is not None:
+            alive &= ~(aside[kk // self.mult] & aside[kk % self.mult])
         merged = q >= 0  # per new slot
         stay = alive & ~merged[na.clamp_min(0)] & ~merged[nb.clamp_min(0)]
         change = alive & ~stay
         fk = torch.where(new_key != self.SENT, new_key, 0)
         fa, fb = new_of[fk // self.mult], new_of[fk % self.mult]
         fresh = (new_key != self.SENT) & (fa >= 0) & (fb >= 0) & (fa != fb)
+        if aside is not None:
+            fresh &= ~(aside[fk // self.mult] & aside[fk % self.mult])
         # new averages of two clusters that neither merge nor leave hold as they are
         fstay = fresh & ~merged[fa.clamp_min(0)] & ~merged[fb.clamp_min(0)]
         lo = torch.cat([torch.where(stay, na, n), torch.where(fstay, fa, n)])
@@ -663,7 +670,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             out += [count, kept_size.sum().reshape(1), work, kept_size.max().reshape(1)]
             known, tail = None, []
             if store is not None and fresh:
-                known, counts = store.plan(fresh[0], fresh[1], new_of, p, q, st.size)
+                aside = None
+                if cut is not None:  # (see _set_aside)
+                    aside = (nn[:n] == torch.arange(n, device=dev)) & torch.isinf(nnd[:n])
+                known, counts = store.plan(fresh[0], fresh[1], new_of, p, q, st.size, aside)
                 tail = [fresh[3], counts]
             elif store is not None:  # (the first round has no sums)
                 store.planned = None

@@ -918,6 +918,29 @@ def test_pair_store_update_is_lance_williams(rng: np.random.Generator) -> None:
             assert (float(vals[i]), int(miss[i])) == got[k]
 
 
+def test_pair_store_drops_pairs_set_aside(monkeypatch: pytest.MonkeyPatch,
+                                          rng: np.random.Generator) -> None:
+    """For a flat cut, a pair of two clusters set aside (neither searches again) leaves the
+    store: the same merges and the same token pairs summed as when it stays, in a smaller
+    store."""
+    xt = torch.from_numpy(tie_free(rng, 150, 4)).to(DEVICE)
+    real = linear._PairStore.plan
+    runs = []
+    for drop in (False, True):
+        def plan(self, *args, drop=drop):
+            if not drop:
+                args = args[:6]  # without the clusters set aside
+            return real(self, *args)
+
+        monkeypatch.setattr(linear._PairStore, "plan", plan)
+        runs.append(_store_run(xt, ReferenceOps, True, max_cluster_size=None, n_clusters=40))
+    (kept, r_kept), (dropped, r_dropped) = runs
+    for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+        assert torch.equal(getattr(dropped, name), getattr(kept, name)), name
+    assert [r["token_pairs"] for r in r_dropped] == [r["token_pairs"] for r in r_kept]
+    assert sum(r["store"] for r in r_dropped) < sum(r["store"] for r in r_kept)
+
+
 def test_pair_store_stays_sorted(monkeypatch: pytest.MonkeyPatch,
                                  rng: np.random.Generator) -> None:
     """After every round's update the store's keys are sorted and distinct, with the unused

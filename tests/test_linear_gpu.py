@@ -757,10 +757,19 @@ def _store_run(xt, ops, store: bool, handover: int = 0, **kw):
 STORE_RTOL = {torch.float32: 1e-6, torch.float64: 1e-12}
 
 
-@pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("cap,k,handover", [(None, None, 0), (6, None, 0), (None, 30, 0),
-                                            (None, None, 2 * 30 * 30 * 8)])
+#: (dtype, cap, k, handover) of the store's engine runs: every one with the references
+#: and the cuda kernels; the interpreted Triton kernels (slow) in five of them
+STORE_CASES = [(dt, cap, k, handover) for dt in (torch.float32, torch.float64)
+               for cap, k, handover in ((None, None, 0), (6, None, 0), (None, 30, 0),
+                                        (None, None, 2 * 30 * 30 * 8))]
+STORE_TRITON = [STORE_CASES[i] for i in (0, 4, 2, 5, 3)]
+STORE_RUNS = ([(w, *c) for w in ("reference", "cuda") for c in STORE_CASES]
+              + [("triton", *c) for c in STORE_TRITON])
+
+
+@pytest.mark.parametrize("which,dtype,cap,k,handover", STORE_RUNS,
+                         ids=[f"{w}-{str(dt)[6:]}-cap{cap}-k{k}-handover{h}"
+                              for w, dt, cap, k, h in STORE_RUNS])
 def test_pair_store_changes_no_merge(which: str, dtype: torch.dtype, cap: int | None,
                                      k: int | None, handover: int,
                                      rng: np.random.Generator) -> None:

@@ -256,6 +256,25 @@ def _radius(tokens: _Tokens, slot: torch.Tensor, mu: torch.Tensor, n: int) -> to
     return out.scatter_reduce(0, slot, nrm, "amax")
 
 
+def _pack(mask: torch.Tensor, size: int, *srcs: torch.Tensor, fill: float = 0
+          ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """The entries of each of ``srcs`` where ``mask`` is set, in order, at the front of a
+    new tensor of length ``size`` (the rest ``fill``), without a host synchronisation; and
+    each entry's place (``size`` where ``mask`` is not set)."""
+    pos = torch.where(mask, torch.cumsum(mask, 0) - 1, size)
+    return pos, [torch.full((size + 1,), fill, dtype=src.dtype, device=src.device)
+                 .scatter_(0, pos, src)[:size] for src in srcs]
+
+
+def _pair_minima(lo: torch.Tensor, hi: torch.Tensor, val: torch.Tensor,
+                 n: int) -> torch.Tensor:
+    """Per slot ``0 .. n-1``, the smallest ``val`` of the pairs ``(lo, hi)`` it is in
+    (float64, ``inf`` where none; a pair with ``lo`` or ``hi`` equal to ``n`` counts for
+    none)."""
+    out = torch.full((n + 1,), float("inf"), dtype=torch.float64, device=val.device)
+    return out.scatter_reduce(0, lo, val, "amin").scatter_reduce(0, hi, val, "amin")[:n]
+
+
 class _PairStore:
     """Exact averages already summed, carried from round to round (a sparse Lance-Williams
     update; Lance & Williams 1967).
@@ -333,25 +352,25 @@ class _PairStore:
         n = new_of.shape[0]
         valid = self.key != self.SENT
         kk = torch.where(valid, self.key, 0)
-        na, nb = new_of[kk // self.mult], new_of[kk % self.mult]
+        a, b = kk // self.mult, kk % self.mult
+        na, nb = new_of[a], new_of[b]
         alive = valid & (self.miss == 0) & (na >= 0) & (nb >= 0) & (na != nb)
         if aside is not None:
-            alive &= ~(aside[kk // self.mult] & aside[kk % self.mult])
+            alive &= ~(aside[a] & aside[b])
         merged = q >= 0  # per new slot
         stay = alive & ~merged[na.clamp_min(0)] & ~merged[nb.clamp_min(0)]
         change = alive & ~stay
         fk = torch.where(new_key != self.SENT, new_key, 0)
-        fa, fb = new_of[fk // self.mult], new_of[fk % self.mult]
+        f_a, f_b = fk // self.mult, fk % self.mult
+        fa, fb = new_of[f_a], new_of[f_b]
         fresh = (new_key != self.SENT) & (fa >= 0) & (fb >= 0) & (fa != fb)
         if aside is not None:
-            fresh &= ~(aside[fk // self.mult] & aside[fk % self.mult])
+            fresh &= ~(aside[f_a] & aside[f_b])
         # new averages of two clusters that neither merge nor leave hold as they are
         fstay = fresh & ~merged[fa.clamp_min(0)] & ~merged[fb.clamp_min(0)]
         lo = torch.cat([torch.where(stay, na, n), torch.where(fstay, fa, n)])
         hi = torch.cat([torch.where(stay, nb, n), torch.where(fstay, fb, n)])
-        v = torch.cat([self.val, new_val.to(torch.float64)])
-        low = torch.full((n + 1,), float("inf"), dtype=torch.float64, device=kk.device)
-        low = low.scatter_reduce(0, lo, v, "amin").scatter_reduce(0, hi, v, "amin")[:n]
+        low = _pair_minima(lo, hi, torch.cat([self.val, new_val.to(torch.float64)]), n)
         self.planned = {"stay": stay, "skey": na * self.mult + nb, "change": change,
                         "new_key": new_key, "new_val": new_val, "fresh": fresh,
                         "new_of": new_of, "q": q, "old_size": old_size[:n].clone(),
@@ -369,19 +388,12 @@ class _PairStore:
         i64, f64 = torch.int64, torch.float64
         dev = self.key.device
         # the staying entries, compacted in their (sorted) order under the new slots
-        pos = torch.where(pl["stay"], torch.cumsum(pl["stay"], 0) - 1, n_stay)
-        s_key = torch.empty(n_stay + 1, dtype=i64, device=dev).scatter_(0, pos, pl["skey"])
-        s_val = torch.empty(n_stay + 1, dtype=f64, device=dev).scatter_(0, pos, self.val)
-        s_key, s_val = s_key[:n_stay], s_val[:n_stay]
+        _, (s_key, s_val) = _pack(pl["stay"], n_stay, pl["skey"], self.val)
         # the changing entries and the round's new averages: only these are sorted
         m = n_change + n_new
-        take = torch.cat([pl["change"], pl["fresh"]])
-        pos = torch.where(take, torch.cumsum(take, 0) - 1, m)
-        keys = torch.empty(m + 1, dtype=i64, device=dev).scatter_(
-            0, pos, torch.cat([self.key, pl["new_key"]]))[:m]
-        vals = torch.empty(m + 1, dtype=f64, device=dev).scatter_(
-            0, pos, torch.cat([self.val, pl["new_val"].to(f64)]))[:m]
-        del pos, take
+        _, (keys, vals) = _pack(torch.cat([pl["change"], pl["fresh"]]), m,
+                                torch.cat([self.key, pl["new_key"]]),
+                                torch.cat([self.val, pl["new_val"].to(f64)]))
         c_key, c_val, c_miss = self._combine(keys, vals, pl)
         # merge the two sorted lists (their keys differ): each entry's place is its rank
         # in its own list plus the number of the other list's keys below it
@@ -398,7 +410,6 @@ class _PairStore:
         out_key.scatter_(0, pc, c_key)
         out_val.scatter_(0, pc, c_val)
         out_miss.scatter_(0, pc, c_miss)
-        out_key[total] = self.SENT  # (the slot the unused entries were written to)
         key, val, miss = out_key[:total], out_val[:total], out_miss[:total]
         if total > self.room:  # the smallest averages stay
             keep = torch.topk(torch.where(key != self.SENT, val, float("inf")), self.room,
@@ -409,10 +420,8 @@ class _PairStore:
         n = pl["part"].shape[0]
         on = (key != self.SENT) & (miss == 0)
         kk = torch.where(on, key, 0)
-        lo, hi = torch.where(on, kk // self.mult, n), torch.where(on, kk % self.mult, n)
-        low = torch.full((n + 1,), float("inf"), dtype=f64, device=dev)
-        self.low = low.scatter_reduce(0, lo, val, "amin").scatter_reduce(0, hi, val,
-                                                                         "amin")[:n]
+        self.low = _pair_minima(torch.where(on, kk // self.mult, n),
+                                torch.where(on, kk % self.mult, n), val, n)
 
     def _combine(self, keys: torch.Tensor, vals: torch.Tensor, pl: dict[str, torch.Tensor]
                  ) -> tuple[torch.Tensor, ...]:
@@ -460,15 +469,10 @@ class _PairStore:
         if not self.PARTS:
             head &= miss == 0
         m = seg.numel()
-        pos = torch.where(head, torch.cumsum(head, 0) - 1, m)
-        out_key = torch.full((m + 1,), self.SENT, dtype=i64, device=seg.device)
-        out_val = torch.zeros(m + 1, dtype=f64, device=seg.device)
-        out_miss = torch.zeros(m + 1, dtype=i64, device=seg.device)
-        out_key.scatter_(0, pos, seg)
-        out_val.scatter_(0, pos, total / known)  # the average over the token pairs known
-        out_miss.scatter_(0, pos, miss)
-        out_key[m] = self.SENT
-        return out_key[:m], out_val[:m], out_miss[:m]
+        _, (out_key,) = _pack(head, m, seg, fill=self.SENT)
+        # the average over the token pairs known
+        _, (out_val, out_miss) = _pack(head, m, total / known, miss)
+        return out_key, out_val, out_miss
 
 
 #: sinks of :func:`trace_rounds` (the innermost one is called)
@@ -1033,7 +1037,7 @@ def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tenso
     is summed over its missing pairs of parts only (each part a cluster of its own for
     :func:`_pair_sums`: part 0 of a slot its first :attr:`_PairStore.part` tokens, part 1
     the rest), added in the order of the parts to the known ones; the others are summed
-    whole.  Returns the round's new complete entries for :meth:`_PairStore.update` (keys,
+    whole.  Returns the round's new complete entries for :meth:`_PairStore.plan` (keys,
     ``SENT`` where none, and float64 averages), and the token pairs summed and those whose
     average the store held (int64 ``(1,)`` each, on the device)."""
     f64 = torch.float64
@@ -1041,14 +1045,10 @@ def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tenso
     live, a, b = live_ab
     key, found, known, miss = store.lookup(live, a, b)
     todo = live & ~found
-    pos = torch.where(todo, torch.cumsum(todo, 0) - 1, capacity)
-    pa_u = torch.zeros(capacity + 1, dtype=torch.int32, device=dev)
-    pb_u = torch.zeros(capacity + 1, dtype=torch.int32, device=dev)
-    pa_u.scatter_(0, pos, pa[:capacity])
-    pb_u.scatter_(0, pos, pb[:capacity])
+    pos, (pa_u, pb_u) = _pack(todo, capacity, pa[:capacity], pb[:capacity])
     val64 = torch.zeros(capacity + 1, dtype=f64, device=dev)
-    _pair_sums(ops, tokens.x, tokens.offsets, size, n, pa_u[:capacity], pb_u[:capacity],
-               todo.sum().reshape(1), capacity, val64[:capacity])
+    _pair_sums(ops, tokens.x, tokens.offsets, size, n, pa_u, pb_u, todo.sum().reshape(1),
+               capacity, val64[:capacity])
     avg = torch.where(todo, val64[pos], known)
     del pa_u, pb_u, val64
     partial = found & (miss != 0)
@@ -1065,16 +1065,14 @@ def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tenso
         vlo = n + 2 * lo[:, None] + ulo  # part clusters n .. 3n - 1
         vhi = n + 2 * hi[:, None] + uhi
         m = 3 * capacity  # at most three missing pairs of parts per pair
-        fpos = torch.where(flag, torch.cumsum(flag.reshape(-1), 0).view(-1, 4) - 1, m)
-        pa_v = torch.zeros(m + 1, dtype=torch.int32, device=dev)
-        pb_v = torch.zeros(m + 1, dtype=torch.int32, device=dev)
-        pa_v.scatter_(0, fpos.reshape(-1), vlo.reshape(-1).to(torch.int32))
-        pb_v.scatter_(0, fpos.reshape(-1), vhi.reshape(-1).to(torch.int32))
+        fpos, (pa_v, pb_v) = _pack(flag.reshape(-1), m, vlo.reshape(-1).to(torch.int32),
+                                   vhi.reshape(-1).to(torch.int32))
+        fpos = fpos.view(-1, 4)
         offs = tokens.offsets[:n]
         offsets_x = torch.cat([offs, torch.stack([offs, offs + part0], 1).reshape(-1)])
         sizes_x = torch.cat([size[:n], psize.reshape(-1)])
         val_v = torch.zeros(m + 1, dtype=f64, device=dev)
-        _pair_sums(ops, tokens.x, offsets_x, sizes_x, 3 * n, pa_v[:m], pb_v[:m],
+        _pair_sums(ops, tokens.x, offsets_x, sizes_x, 3 * n, pa_v, pb_v,
                    flag.sum().reshape(1), m, val_v[:m])
         del pa_v, pb_v
         wt = (psize[lo[:, None], ulo] * psize[hi[:, None], uhi]).to(f64)  # (capacity, 4)

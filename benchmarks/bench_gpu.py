@@ -329,11 +329,13 @@ class RoundTrace:
                 ms[name] = ms.get(name, 0.0) + value
         rounds = [r for r in self.last if not r.get("done")]
         work = {"scan_pairs": sum(r.get("scan_rows", r["rows"]) * r["n"] for r in rounds),
-                "candidate_scan_pairs": sum(r["rows"] * r["n"] for r in rounds
+                "candidate_scan_pairs": sum(r["rows"] * r["n"] * (1 + r.get("relisted", 0))
+                                            for r in rounds
                                             if r.get("pairs") is not None and r["round"] > 1),
                 "candidate_pairs": sum(r.get("pairs", 0) for r in rounds),
                 "token_pairs": sum(r.get("token_pairs", 0) for r in rounds),
                 "reused_token_pairs": sum(r.get("reused", 0) for r in rounds),
+                "relisted": sum(r.get("relisted", 0) for r in rounds),
                 "max_size": max((r.get("max_size", 0) for r in rounds), default=0),
                 "matrix_free_rounds": len(rounds)}
         return {"rounds": self.last[-1]["rounds"],
@@ -512,6 +514,7 @@ def phase_table(rows: list[dict[str, Any]]) -> list[str]:
                       *(f"{ms[p]:.0f}" if p in ms else "—" for p in PHASES),
                       f"{w['scan_pairs'] / r['n'] ** 2:.2f}",
                       f"{w['candidate_scan_pairs'] / r['n'] ** 2:.2f}",
+                      w.get("relisted", "—"),
                       f"{w['candidate_pairs'] / r['n']:.1f}",
                       f"{w['token_pairs'] / r['n']:.0f}",
                       f"{w.get('reused_token_pairs', 0) / r['n']:.0f}", w["max_size"],
@@ -519,7 +522,8 @@ def phase_table(rows: list[dict[str, Any]]) -> list[str]:
                        if r.get("peak_bytes") and r.get("preflight_bytes") else "—")])
     return ["### Where the matrix-free rounds' time goes (ms per phase, the timed call)", "",
             markdown_table(["provider", "N", "d", "memory_limit", *PHASES,
-                            "centroid scan / N^2", "candidate scan / N^2", "candidates / N",
+                            "centroid scan / N^2", "candidate scan / N^2", "relisted",
+                            "candidates / N",
                             "token pairs / N", "reused / N", "largest cluster",
                             "peak / preflight"],
                            table),
@@ -531,7 +535,9 @@ def phase_table(rows: list[dict[str, Any]]) -> list[str]:
             "token order and radii, handover / dense = the clusters' matrix and the dense "
             "rounds after it.  Work summed over the "
             "matrix-free rounds: pairs of the centroid scan (clusters that scan x "
-            "clusters) and of the candidate scan (clusters that search x clusters), "
+            "clusters) and of the candidate scan (clusters that search x clusters, again for "
+            "a list past its room), lists of candidate pairs past their room (relisted: "
+            "scanned again in a larger room; none of their pairs is summed), "
             "candidate pairs, token pairs summed exactly, token pairs whose average the "
             "pair store held (reused, from 32 dimensions on); the largest cluster; the peak "
             "memory over what the preflight counts (dcpe_kernels.linear."

@@ -10,14 +10,18 @@
 set -euo pipefail
 
 # DCPE_CHECK_SHORT=1: a check for a few minutes of device time (each knob below still wins
-# when set): 230 s in all, the matrix-free engine's GPU tests of its kernels, its set-aside,
-# its shorter pair lists, its pair store and the labels at N = 65,536 under 4 GiB, then the
-# two rows past the dense matrix not measured yet (524,288 x 8, 262,144 x 256), no dense
-# sizes.
+# when set): 320 s in all, the matrix-free engine's GPU tests of its kernels, its set-aside,
+# its shorter pair lists, its pair store, its chunks and overflowed lists and the labels at
+# N = 65,536 under 4 GiB, a shorter kernel benchmark, then the dense size 16,384 (no
+# Algorithm 1) and the two rows past the dense matrix not measured yet (524,288 x 8,
+# 262,144 x 256).
 if [ "${DCPE_CHECK_SHORT:-0}" = 1 ]; then
-  : "${DCPE_CHECK_SECONDS:=230}" "${DCPE_CHECK_TESTS:=linear_gpu:60}" "${DCPE_CHECK_DENSE:=0}"
-  : "${DCPE_CHECK_K:=pair_average or setting_aside or shorter or pair_store or 4gib}"
-  : "${DCPE_CHECK_SCALE:=524288x8 262144x256}"
+  : "${DCPE_CHECK_SECONDS:=320}" "${DCPE_CHECK_TESTS:=linear_gpu:70}" "${DCPE_CHECK_DENSE:=0}"
+  k="pair_average or setting_aside or shorter or pair_store or chunks or overflow"
+  : "${DCPE_CHECK_K:=$k or 4gib}"
+  : "${DCPE_CHECK_SCALE:=524288x8 262144x256}" "${DCPE_CHECK_DENSE_SIZES:=16384}"
+  : "${DCPE_CHECK_KERNELS:=20}"
+  : "${DCPE_CHECK_KERNEL_ARGS:=--token-pairs 33554432 --repeats 2 --scan-clusters 32768}"
 fi
 
 DEADLINE="${DCPE_CHECK_SECONDS:-570}"
@@ -69,6 +73,18 @@ for t in ${DCPE_CHECK_TESTS:-triton:80 cuda:80 linear_gpu:110}; do
     | tee -a "$OUT/tests.log" || status=$?
 done
 
+# The matrix-free engine's kernels alone (benchmarks/bench_kernels.py: token pairs and
+# centroid pairs per second, tokens as rows against columns), for DCPE_CHECK_KERNELS
+# seconds (default 60; 0 leaves it out), with DCPE_CHECK_KERNEL_ARGS.
+kernels="${DCPE_CHECK_KERNELS:-60}"
+if [ "$kernels" -gt 0 ]; then
+  echo "== kernels (${kernels} s)" | tee "$OUT/kernels.log"
+  # shellcheck disable=SC2086
+  timeout $(( kernels + 30 )) "$PY" benchmarks/bench_kernels.py --out "$OUT" \
+    --time-limit "$kernels" ${DCPE_CHECK_KERNEL_ARGS:-} 2>&1 | tee -a "$OUT/kernels.log" \
+    || status=$?
+fi
+
 # --isolate: each backend's sizes in a child process of its own (same reason).
 # The benchmark's own --time-limit is what is left before the deadline (at most 420 s).
 elapsed=$SECONDS
@@ -85,10 +101,13 @@ fi
 # (forced by the limit, beside the dense rows of the same sizes above); 262,144 x 256 last,
 # whose time is the hardest to predict (it did not finish in a worker's 184 s before the
 # changes made for it), so that a run cut short loses it alone.
-# DCPE_CHECK_DENSE=0 leaves out the dense sizes and Algorithm 1; DCPE_CHECK_SCALE replaces
-# the list of scale rows (a shorter check of the rows past the dense matrix).
+# DCPE_CHECK_DENSE=0 leaves out Algorithm 1 and the dense sizes but DCPE_CHECK_DENSE_SIZES
+# (none by default); DCPE_CHECK_SCALE replaces the list of scale rows (a shorter check of the
+# rows past the dense matrix).
 dense=(--sizes 4096 16384 65536 131072 --torch-sizes 1024 2048 4096 8192)
-[ "${DCPE_CHECK_DENSE:-1}" = 0 ] && dense=(--sizes --providers cuda triton)
+# shellcheck disable=SC2206
+[ "${DCPE_CHECK_DENSE:-1}" = 0 ] && dense=(--sizes ${DCPE_CHECK_DENSE_SIZES:-} \
+  --providers cuda triton)
 # shellcheck disable=SC2206
 scale=(${DCPE_CHECK_SCALE:-262144x8 262144x8@24GiB 262144x8@16GiB 1048576x8 524288x8 \
   16384x8@256MiB 131072x8@16GiB 262144x256})

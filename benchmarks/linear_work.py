@@ -330,6 +330,29 @@ def _ops(d: int):
             "centroid_nn", "candidate_pairs", "pair_average", "cluster_matrix")})
 
 
+#: upper ends (exclusive) of the classes of pairs by their token pairs: the histogram of the
+#: token pairs summed (which kernel path sums a pair depends on its class)
+PAIR_CLASSES = (5, 17, 65, 257, 2049)
+
+
+def _counting(ops: Any, hist: Any) -> Any:
+    """``ops`` whose ``pair_average`` also adds each pair's token pairs to ``hist`` (float64,
+    ``len(PAIR_CLASSES) + 1``) by class: the pairs the kernel is given, parts of a split
+    pair and of the pair store's entries each on its own."""
+    torch = _torch()
+    base = ops.pair_average
+    edges = torch.tensor(PAIR_CLASSES)
+
+    def pair_average(x, offsets, sizes, pa, pb, count, capacity, val) -> None:
+        cnt = min(int(count[0]), int(capacity))
+        work = sizes[pa[:cnt].long()] * sizes[pb[:cnt].long()]
+        cls = torch.bucketize(work, edges, right=True)
+        hist.add_(torch.bincount(cls, weights=work.double(), minlength=len(edges) + 1))
+        base(x, offsets, sizes, pa, pb, count, capacity, val)
+
+    return type(ops.__name__, (ops,), {"pair_average": staticmethod(pair_average)})
+
+
 def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
             pair_store: bool | None = None) -> dict[str, Any]:
     """One run of the engine on ``x`` with a flat cut at ``k``: the work per round
@@ -339,10 +362,11 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
     from dcpe_kernels.rnn import merges_to_labels
 
     records: list[dict[str, Any]] = []
+    hist = torch.zeros(len(PAIR_CLASSES) + 1, dtype=torch.float64)
     t0 = time.perf_counter()
     with trace_rounds(records.append):
         mg = linear_merges(torch.from_numpy(x), metric="euclidean", max_cluster_size=None,
-                           ops=_ops(x.shape[1]), backend="work", n_clusters=k,
+                           ops=_counting(_ops(x.shape[1]), hist), backend="work", n_clusters=k,
                            memory_budget=1 << 62, handover_bytes=None if handover else 0,
                            pair_store=pair_store)
     seconds = time.perf_counter() - t0
@@ -353,7 +377,10 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
         "n": n, "d": x.shape[1], "k": k, "rounds": records[-1]["rounds"],
         "matrix_free_rounds": len(rounds),
         "scan_pairs": sum(r["scan_rows"] * r["n"] for r in rounds),
-        "candidate_scan_pairs": sum(r["rows"] * r["n"] for r in rounds[1:]),
+        # (a list past its room is scanned again)
+        "candidate_scan_pairs": sum(r["rows"] * r["n"] * (1 + r.get("relisted", 0))
+                                    for r in rounds[1:]),
+        "relisted": sum(r.get("relisted", 0) for r in rounds),
         "candidate_pairs": sum(r["pairs"] for r in rounds),
         "token_pairs": sum(r["token_pairs"] for r in rounds),
         "pair_store": any("store" in r for r in rounds),
@@ -363,6 +390,9 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
         "store_entries": sum(r.get("store", 0) for r in rounds),
         "store_sorted": sum(r.get("sorted", 0) for r in rounds),
         "largest_cluster": max(r["max_size"] for r in rounds),
+        # token pairs summed, by the class of their pair: below 5, 17, ... token pairs
+        "token_pairs_by_pair_size": {f"<{e}": float(v) for e, v in zip(
+            [*PAIR_CLASSES, "inf"], hist.tolist())},
         "final_clusters": rounds[-1]["n"], "host_seconds": round(seconds, 2),
         "per_round": rounds}
     if check:
@@ -382,6 +412,14 @@ def _data_name(args: argparse.Namespace) -> str:
     return f"prefixes of `make_sample_codebook(n={args.data_n}, d={args.d})`"
 
 
+def _small_share(r: dict[str, Any]) -> str:
+    h = r.get("token_pairs_by_pair_size")
+    total = sum(h.values()) if h else 0
+    if not total:
+        return "—"
+    return f"{h['<5'] / total:.0%} / {(h['<5'] + h['<17']) / total:.0%}"
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     table = []
     for r in rows:
@@ -389,13 +427,13 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         table.append([n, r["d"], "on" if r.get("pair_store") else "off", r["rounds"],
                       r["final_clusters"],
                       f"{r['scan_pairs'] / n ** 2:.2f}",
-                      f"{r['candidate_scan_pairs'] / n ** 2:.2f}",
+                      f"{r['candidate_scan_pairs'] / n ** 2:.2f}", r.get("relisted", "—"),
                       f"{r['candidate_pairs'] / n:.1f}", f"{r['token_pairs'] / n:,.0f}",
                       f"{r['token_pairs']:.3g}",
                       f"{r.get('reused_token_pairs', 0):.3g}",
                       f"{r.get('largest_store', 0) / n:.0f}",
                       f"{r.get('store_entries', 0):.3g}", f"{r.get('store_sorted', 0):.3g}",
-                      r["largest_cluster"],
+                      r["largest_cluster"], _small_share(r),
                       {True: "yes", False: "**NO**"}.get(r.get("labels_equal_cpu"), "—"),
                       fmt_seconds(r["host_seconds"])])
     return "\n".join([
@@ -410,18 +448,25 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
            "clusters' matrix fits 64 GiB and a round's sums cover 1/64 of all token "
            "pairs)."), "",
         markdown_table(["N", "d", "pair store", "rounds", "clusters at the stop",
-                        "centroid scan / N^2", "candidate scan / N^2", "candidate pairs / N",
+                        "centroid scan / N^2", "candidate scan / N^2", "relisted",
+                        "candidate pairs / N",
                         "token pairs / N", "token pairs", "token pairs reused",
                         "largest store / N", "store entries", "entries sorted",
-                        "largest cluster", "labels = cpu", "host time"], table), "",
+                        "largest cluster", "in pairs < 5 / < 17 token pairs",
+                        "labels = cpu", "host time"], table), "",
         "centroid scan: pairs (searching cluster, cluster) of the bound scan, summed over "
         "the rounds; candidate scan: the same for the candidate scan, which the first "
-        "round (every cluster one token) does not need; candidate pairs and token pairs: "
+        "round (every cluster one token) does not need, again for a list past its room; "
+        "relisted: lists of candidate pairs past their room, scanned again in a larger "
+        "one (none of their pairs summed); candidate pairs and token pairs: "
         "the exact averages computed; token pairs reused: those of the candidate pairs "
         "whose average the pair store held (not summed again); largest store: its most "
         "entries in a round; store entries: its entries summed over the rounds (its update "
         "passes over them every round); entries sorted: those the update sorts, the "
-        "entries of merged clusters and the round's new averages, summed over the rounds. "
+        "entries of merged clusters and the round's new averages, summed over the rounds; "
+        "in pairs < 5 / < 17: the shares of the token pairs summed in pairs of fewer than 5 "
+        "and 17 token pairs (as the kernel is given them: the parts of a split pair and of "
+        "the pair store's entries each on its own). "
         " A GPU's time is about a * (centroid + candidate scan pairs) * d + b * token "
         "pairs * d + c * rounds + e * store entries + f * entries sorted.  Labels = cpu: "
         "the same partition as the cpu backend's (up to --check-max-n).", ""])

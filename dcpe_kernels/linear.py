@@ -66,6 +66,17 @@ coordinates; below the threshold the engine runs without it, as before.  At d = 
 sum at N = 4,096 and 6.8 times fewer at N = 32,768.  What is left is mostly new pairs of small
 clusters, whose centroid bounds come to about 0.85 of their averages.
 
+A round's list of candidate pairs has a room (grown when a list overflows it; the list is
+then scanned again in the larger room, and the overflowed one sums none of its pairs).  The
+round works through the list a chunk of at most :data:`_PAIR_CHUNK` entries at a time
+(:func:`_chunks`): the sums, the store's lookups and update and the nearest-neighbour
+passes keep their temporaries per chunk, so that the room costs only the pairs themselves
+and the store's new averages (:data:`_PAIR_BYTES`, :data:`_STORE_PAIR_BYTES` per entry).
+The store gives way to the pairs: when a round's list needs its share of the budget, it
+keeps fewer entries (the smallest averages) or, if even an empty store's temporaries do
+not fit, the rounds go on without it; the engine fails for lack of memory only where it
+would without the store.
+
 A flat cut needs only the first ``N - k`` merges of the greedy order.  Once that many are
 recorded, the ``(N - k)``-th smallest of their heights, ``U``, bounds the cut's height, and
 the searches stop at ``U`` (Euclidean): a cluster with no neighbour within ``U`` can only
@@ -82,6 +93,7 @@ engine and the ``cpu`` backend on inputs without tied distances).
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from collections.abc import Callable, Iterator
@@ -124,8 +136,15 @@ HANDOVER_WORK_FRACTION = 1 / 64
 #: every cluster has at most this many tokens, else from the list of all pairs
 #: (pair_average, which gives a large pair a whole block / program)
 _LANE_MAX_SIZE = 32
-#: bytes per candidate pair: pa, pb, val and the temporaries of the nearest-neighbour pass
-_PAIR_BYTES = 96
+#: bytes per entry of the room for candidate pairs (pa, pb, val), and per entry of a chunk of
+#: it, the temporaries of its exact sums and of the nearest-neighbour passes: a round works
+#: through its list a chunk at a time (:func:`_chunks`), so that only the pairs themselves
+#: take room in proportion to a round's count
+_PAIR_BYTES = 16
+_PAIR_CHUNK_BYTES = 96
+#: most entries of a chunk; at most an eighth of what the budget leaves goes to a chunk's
+#: temporaries (:func:`_chunk_size`)
+_PAIR_CHUNK = 1 << 24
 #: a pair of at least this many token pairs is summed in parts, all over the device
 _SPLIT_WORK = 1 << 20
 #: ... in this many parts of its larger cluster (each a pair of its own for pair_average)
@@ -147,16 +166,23 @@ _BOUND_FACTOR = 2.0
 _SET_ASIDE = True
 #: tokens of at least this many dimensions are kept as columns (:class:`_Tokens`)
 _COLUMNS_MIN_DIM = 17
-#: when the candidate pairs overflow their room (the round then runs again), the new room
-#: is the next power of two of this many times the count (the counts of the early rounds
-#: of a high-dimensional codebook grow by up to about 1.5x a round)
-_PAIRS_GROWTH = 1.25
+#: when the candidate pairs overflow their room (the round then runs again, and the
+#: overflowed list sums none of its pairs: only the round's synchronisation tells the host),
+#: the new room is the next power of two of this many times the count (the counts of the
+#: early rounds of a high-dimensional codebook grow by up to about 1.5x a round; with 1.25
+#: a second list overflowed at N = 4,096 x 256, benchmarks/linear_work.py)
+_PAIRS_GROWTH = 2.0
 #: when a round lists fewer than 1/_PAIRS_SHRINK of the room's pairs, the next rounds use
 #: a view of the room of the next power of two of _PAIRS_HEADROOM times the count (0: never)
 _PAIRS_SHRINK = 8
 _PAIRS_HEADROOM = 2.0
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8
+#: ... from STORE_MIN_DIM dimensions on, up to this many per cluster within a quarter of the
+#: budget left: the first rounds of a high-dimensional codebook list far more pairs (46 to
+#: 129 per cluster in the second round at N = 4,096 to 16,384 x 256, 1,455 at 262,144 x 256
+#: on an H200), and a list past its room costs a second candidate scan, O(n^2 d)
+_PAIRS_PER_CLUSTER_HIGH_D = 2048
 #: Euclidean tokens of at least this many dimensions keep the exact averages already summed
 #: from round to round (:class:`_PairStore`): a token pair costs ``O(d)`` reads, an entry of
 #: the store a few sorted words, and in the high-dimensional rounds most candidate pairs
@@ -165,10 +191,13 @@ STORE_MIN_DIM = 32
 #: bytes per entry of the store at its peak (its keys and values, and the temporaries of
 #: the round's update over the store and the round's new entries)
 _STORE_BYTES = 128
-#: ... and per candidate pair, the store's own temporaries (its lookup, the pairs not in it
-#: and their float64 averages, and the list of up to three missing pairs of parts per pair
-#: with the sums' own temporaries over it)
-_STORE_PAIR_BYTES = 320
+#: ... per entry of the room for candidate pairs: the round's new averages for the update
+#: (keys and float64 values) and the update's temporaries over them
+_STORE_PAIR_BYTES = 48
+#: ... and per entry of a chunk, the store's own temporaries (its lookup, the pairs not in
+#: it and their float64 averages, and the list of up to three missing pairs of parts per
+#: pair with the sums' own temporaries over it)
+_STORE_CHUNK_BYTES = 320
 _MIN_PAIRS = 1024
 
 
@@ -186,9 +215,37 @@ def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
     :data:`STORE_MIN_DIM` dimensions on, the pair store's temporaries for that initial room
     too; the store itself takes a share of what the budget leaves (:class:`_PairStore`).
     """
-    per_pair = 40 + (_STORE_PAIR_BYTES if d >= STORE_MIN_DIM else 0)
+    per_pair = 40 + (_STORE_CHUNK_BYTES if d >= STORE_MIN_DIM else 0)
     return ((3 * n * d + 2 * n * d) * itemsize + 3 * n * d * 8
             + 2 * min(n, _bound_rows(d)) * d * 8 + 288 * n + _PAIRS_PER_CLUSTER * per_pair * n)
+
+
+def _chunk_size(free: int, per_entry: int) -> int:
+    """Entries of a chunk of the list of candidate pairs: a power of two, at most
+    :data:`_PAIR_CHUNK`, whose temporaries (``per_entry`` bytes each) take at most an eighth
+    of ``free``; at least :data:`_MIN_PAIRS`."""
+    fit = max(1, free // (8 * per_entry))
+    return min(_PAIR_CHUNK, max(_MIN_PAIRS, 1 << (fit.bit_length() - 1)))
+
+
+def _pair_room(free: int, per_pair: int, per_chunk: int, chunk: int) -> int:
+    """Most entries of the room for candidate pairs within ``free`` bytes: ``per_pair``
+    bytes each, and the temporaries of one chunk (``per_chunk`` bytes per entry, at most
+    ``chunk`` entries)."""
+    small = max(0, free) // (per_pair + per_chunk)
+    if small <= chunk:
+        return small
+    return (free - chunk * per_chunk) // per_pair
+
+
+def _chunks(pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, n: int, capacity: int,
+            chunk: int) -> Iterator[tuple[slice, tuple[torch.Tensor, ...], torch.Tensor]]:
+    """The list's entries ``k < count`` (of ``capacity``) a chunk of at most ``chunk``
+    at a time: its slice, :func:`_live_pairs` of it and its own count (on the device)."""
+    for c0 in range(0, capacity, chunk):
+        c1 = min(capacity, c0 + chunk)
+        cnt = (count - c0).clamp(0, c1 - c0)
+        yield slice(c0, c1), _live_pairs(pa[c0:c1], pb[c0:c1], cnt, n), cnt
 
 
 def _bound_rows(d: int) -> int:
@@ -311,9 +368,12 @@ class _PairStore:
     #: bits of the pairs of parts of (lo, hi) with (1 or 2) x (1 or 2) parts
     _NEED = (1, 3, 5, 15)
 
-    def __init__(self, n_all: int, dev: torch.device, room: int) -> None:
+    def __init__(self, n_all: int, dev: torch.device, room: int,
+                 chunk: int = _PAIR_CHUNK) -> None:
         self.mult = n_all
         self.room = max(0, int(room))
+        #: the round's new averages are gone through this many at a time (:func:`_chunks`)
+        self.chunk = max(1, int(chunk))
         self.key = torch.empty(0, dtype=torch.int64, device=dev)
         self.val = torch.empty(0, dtype=torch.float64, device=dev)
         self.miss = torch.empty(0, dtype=torch.int64, device=dev)
@@ -360,17 +420,25 @@ class _PairStore:
         merged = q >= 0  # per new slot
         stay = alive & ~merged[na.clamp_min(0)] & ~merged[nb.clamp_min(0)]
         change = alive & ~stay
-        fk = torch.where(new_key != self.SENT, new_key, 0)
-        f_a, f_b = fk // self.mult, fk % self.mult
-        fa, fb = new_of[f_a], new_of[f_b]
-        fresh = (new_key != self.SENT) & (fa >= 0) & (fb >= 0) & (fa != fb)
-        if aside is not None:
-            fresh &= ~(aside[f_a] & aside[f_b])
-        # new averages of two clusters that neither merge nor leave hold as they are
-        fstay = fresh & ~merged[fa.clamp_min(0)] & ~merged[fb.clamp_min(0)]
-        lo = torch.cat([torch.where(stay, na, n), torch.where(fstay, fa, n)])
-        hi = torch.cat([torch.where(stay, nb, n), torch.where(fstay, fb, n)])
-        low = _pair_minima(lo, hi, torch.cat([self.val, new_val.to(torch.float64)]), n)
+        low = _pair_minima(torch.where(stay, na, n), torch.where(stay, nb, n), self.val, n)
+        del kk, a, b
+        # the round's new averages, a chunk at a time (their temporaries are per chunk)
+        fresh = torch.empty(new_key.shape, dtype=torch.bool, device=new_key.device)
+        for c0 in range(0, new_key.numel(), self.chunk):
+            sl = slice(c0, c0 + self.chunk)
+            nk = new_key[sl]
+            fk = torch.where(nk != self.SENT, nk, 0)
+            f_a, f_b = fk // self.mult, fk % self.mult
+            fa, fb = new_of[f_a], new_of[f_b]
+            fr = (nk != self.SENT) & (fa >= 0) & (fb >= 0) & (fa != fb)
+            if aside is not None:
+                fr &= ~(aside[f_a] & aside[f_b])
+            fresh[sl] = fr
+            # new averages of two clusters that neither merge nor leave hold as they are
+            fstay = fr & ~merged[fa.clamp_min(0)] & ~merged[fb.clamp_min(0)]
+            low = torch.minimum(low, _pair_minima(torch.where(fstay, fa, n),
+                                                  torch.where(fstay, fb, n),
+                                                  new_val[sl].to(torch.float64), n))
         self.planned = {"stay": stay, "skey": na * self.mult + nb, "change": change,
                         "new_key": new_key, "new_val": new_val, "fresh": fresh,
                         "new_of": new_of, "q": q, "old_size": old_size[:n].clone(),
@@ -391,9 +459,10 @@ class _PairStore:
         _, (s_key, s_val) = _pack(pl["stay"], n_stay, pl["skey"], self.val)
         # the changing entries and the round's new averages: only these are sorted
         m = n_change + n_new
-        _, (keys, vals) = _pack(torch.cat([pl["change"], pl["fresh"]]), m,
-                                torch.cat([self.key, pl["new_key"]]),
-                                torch.cat([self.val, pl["new_val"].to(f64)]))
+        _, (k_change, v_change) = _pack(pl["change"], n_change, self.key, self.val)
+        _, (k_new, v_new) = _pack(pl["fresh"], n_new, pl["new_key"], pl["new_val"].to(f64))
+        keys, vals = torch.cat([k_change, k_new]), torch.cat([v_change, v_new])
+        del k_change, v_change, k_new, v_new
         c_key, c_val, c_miss = self._combine(keys, vals, pl)
         # merge the two sorted lists (their keys differ): each entry's place is its rank
         # in its own list plus the number of the other list's keys below it
@@ -410,14 +479,29 @@ class _PairStore:
         out_key.scatter_(0, pc, c_key)
         out_val.scatter_(0, pc, c_val)
         out_miss.scatter_(0, pc, c_miss)
-        key, val, miss = out_key[:total], out_val[:total], out_miss[:total]
-        if total > self.room:  # the smallest averages stay
+        self.key, self.val, self.miss = out_key[:total], out_val[:total], out_miss[:total]
+        self.part = pl["part"]
+        self._fit(pl["part"].shape[0])
+
+    def shrink(self, room: int) -> None:
+        """Give up room (a round's candidate pairs need it): at most ``room`` entries from
+        now on, the smallest averages staying.  Between rounds, or in a round whose list is
+        listed again (its plan is dropped)."""
+        self.room = max(0, int(room))
+        self.planned = None
+        if self.key.numel() > self.room:
+            self._fit(self.part.shape[0] if self.part.numel() else self.mult)
+
+    def _fit(self, n: int) -> None:
+        """Keep at most :attr:`room` entries (the smallest averages, in key order), and
+        each of the ``n`` slots' smallest complete average: an upper bound of its nearest
+        distance."""
+        key, val, miss = self.key, self.val, self.miss
+        if key.numel() > self.room:
             keep = torch.topk(torch.where(key != self.SENT, val, float("inf")), self.room,
                               largest=False).indices.sort().values
             key, val, miss = key[keep], val[keep], miss[keep]
-        self.key, self.val, self.miss, self.part = key, val, miss, pl["part"]
-        # each slot's smallest complete average: an upper bound of its nearest distance
-        n = pl["part"].shape[0]
+        self.key, self.val, self.miss = key, val, miss
         on = (key != self.SENT) & (miss == 0)
         kk = torch.where(on, key, 0)
         self.low = _pair_minima(torch.where(on, kk // self.mult, n),
@@ -487,9 +571,10 @@ def trace_rounds(sink: Callable[[dict[str, Any]], None]) -> Iterator[None]:
     of a round holds ``round``, ``n`` (active clusters), ``rows`` (clusters that search),
     ``pairs`` (candidate pairs, Euclidean), ``token_pairs`` (token pairs summed exactly),
     ``max_size`` (largest cluster), ``scan_rows`` (clusters that scan the centroids;
-    Euclidean), ``room`` (the length of the list of candidate pairs; Euclidean) and
-    ``ms``, the time per phase: ``scan`` (centroid scan), ``candidates``, ``sums`` (exact
-    averages), ``select`` (nearest neighbours, the round's bookkeeping and the next
+    Euclidean), ``room`` (the length of the list of candidate pairs; Euclidean),
+    ``relisted`` (lists of candidate pairs past their room, scanned again in a larger one;
+    Euclidean) and ``ms``, the time per phase: ``scan`` (centroid scan), ``candidates``,
+    ``sums`` (exact averages), ``select`` (nearest neighbours, the round's bookkeeping and the next
     round's moments and thresholds, up to its synchronisation), ``update`` (the new token
     order and radii, counted in the next round) and ``handover`` / ``dense`` (matrix and
     dense rounds).  On a GPU the times come from CUDA events read after the round's own
@@ -621,7 +706,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     rows = torch.arange(n_all, dtype=torch.int32, device=dev)
     nrows = n_all
     tokens = rad = store = None
-    pair_bytes, store_bytes = _PAIR_BYTES, 0
+    # bytes per entry of the room for candidate pairs, per entry of a chunk of it, and the
+    # store's share of the budget
+    pair_bytes, chunk_bytes, store_bytes = _PAIR_BYTES, _PAIR_CHUNK_BYTES, 0
+    chunk = _PAIR_CHUNK
     # the round's new exact averages for the store: keys (SENT: none) and float64 values
     fresh: list[torch.Tensor] = []
     # the first round of a Euclidean run needs no exact sums (_SINGLETON_ROUND), and only
@@ -636,10 +724,16 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         if pair_store is None:
             pair_store = dim >= STORE_MIN_DIM
         if pair_store and n_all < (1 << 30):
-            pair_bytes = _PAIR_BYTES + _STORE_PAIR_BYTES
+            pair_bytes += _STORE_PAIR_BYTES
+            chunk_bytes += _STORE_CHUNK_BYTES
+        chunk = _chunk_size(avail - needed, chunk_bytes)
+        if dim >= STORE_MIN_DIM:
+            capacity = max(capacity, min(_PAIRS_PER_CLUSTER_HIGH_D * n_all, _pair_room(
+                (avail - needed) // 4, pair_bytes, chunk_bytes, chunk)))
+        if pair_store and n_all < (1 << 30):
             # half of what the budget leaves past the initial room for candidate pairs
-            store = _PairStore(n_all, dev, max(0, avail - needed - capacity * pair_bytes)
-                               // (2 * _STORE_BYTES))
+            left = avail - needed - capacity * pair_bytes - min(capacity, chunk) * chunk_bytes
+            store = _PairStore(n_all, dev, max(0, left) // (2 * _STORE_BYTES), chunk)
             store_bytes = store.room * _STORE_BYTES
         pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
         pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
@@ -651,6 +745,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         bound = torch.full((n_all,), float("inf"), dtype=dt, device=dev)
         unknown = torch.zeros(n_all, dtype=torch.int8, device=dev)
     nxt: dict[str, torch.Tensor] = {}  # the next round's moments, from carry()
+    round_work = [torch.zeros(1, dtype=i64, device=dev)]  # token pairs the round summed
     del xs
     n = n_all
     # flat cut (Euclidean): the (N - k)-th smallest monotone height recorded, once known
@@ -670,8 +765,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         nxt["mu"], nxt["m2"] = _merge_moments(mu, m2, st.size, p, q, size_next)
         if tokens is not None:
             kept_size = torch.where(kept, st.size2[:n], 0)  # tokens of the next round's slots
-            work = fresh[2] if fresh else _pair_work(*live_ab, st.size)
-            out += [count, kept_size.sum().reshape(1), work, kept_size.max().reshape(1)]
+            out += [count, kept_size.sum().reshape(1), round_work[0],
+                    kept_size.max().reshape(1)]
             known, tail = None, []
             if store is not None and fresh:
                 aside = None
@@ -725,42 +820,81 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 # rounded as pair_average rounds it, and the scan's argmin is the smallest
                 # slot among the nearest: no candidates, no sums
                 count.zero_()
-                live_ab = _live_pairs(pa, pb, count, n)
+                round_work[0] = torch.zeros(1, dtype=i64, device=dev)
                 nn[:n] = scratch[:n]
                 nnd[:n] = best[:n]
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                 clock.mark("select")
+            relisted = -1  # lists past their room, listed again
             while not singletons:
+                relisted += 1
                 count.zero_()
                 tau = best if cut is None else torch.minimum(best, cut)
                 ops.candidate_pairs(mu_t, s2t, rad, tau, n, rel, absm, pa, pb, count,
                                     capacity, rows, nrows, needy)
                 clock.mark("candidates")
-                live_ab = _live_pairs(pa, pb, count, n)  # shared by the three passes below
-                if store is None:
-                    _pair_sums(ops, tokens.x, tokens.offsets, st.size, n, pa, pb, count,
-                               capacity, val, live_ab)
-                else:
-                    fresh[:] = _stored_sums(ops, store, tokens, st.size, n, pa, pb, capacity,
-                                            val, live_ab)
+                # a list past its room is listed again in a larger one after the round's
+                # synchronisation, so none of its pairs is summed (on the device: no pair is
+                # live); the count itself still goes to the synchronisation
+                listed = torch.where(count > capacity, 0, count)
+                pieces = functools.partial(_chunks, pa, pb, listed, n, capacity, chunk)
+                work = torch.zeros(1, dtype=i64, device=dev)
+                if store is not None:
+                    new_key = torch.empty(capacity, dtype=i64, device=dev)
+                    new_val = torch.empty(capacity, dtype=f64, device=dev)
+                    reused = torch.zeros(1, dtype=i64, device=dev)
+                for sl, live_ab, cnt in pieces():
+                    m = sl.stop - sl.start
+                    if store is None:
+                        _pair_sums(ops, tokens.x, tokens.offsets, st.size, n, pa[sl], pb[sl],
+                                   cnt, m, val[sl], live_ab)
+                        work += _pair_work(*live_ab, st.size)
+                    else:
+                        k_c, v_c, w_c, r_c = _stored_sums(ops, store, tokens, st.size, n,
+                                                          pa[sl], pb[sl], m, val[sl], live_ab)
+                        new_key[sl], new_val[sl] = k_c, v_c
+                        work += w_c
+                        reused += r_c
+                    del live_ab
+                if store is not None:
+                    fresh[:] = [new_key, new_val, work, reused]
+                    del new_key, new_val
+                round_work[0] = work
                 clock.mark("sums")
-                _nearest_from_pairs(*live_ab, val, n, needy, nn, nnd)
+                _nearest_from_pairs(pieces, val, n, needy, nn, nnd)
                 if cut is not None:
                     _set_aside(nn, nnd, n, cut)
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                 clock.mark("select")
                 if vals[4] <= capacity:
                     break
-                room = max(0, avail - needed - store_bytes) // pair_bytes
+                room = _pair_room(avail - needed - store_bytes, pair_bytes, chunk_bytes,
+                                  chunk)
+                if vals[4] > room and store is not None:
+                    # the store is a cache: it gives up room to the candidate pairs, down to
+                    # none (then the rounds go on without it, as below STORE_MIN_DIM)
+                    fresh.clear()
+                    want = math.ceil(vals[4] * _PAIRS_GROWTH)
+                    free = avail - needed - want * pair_bytes - min(want, chunk) * chunk_bytes
+                    if free >= _STORE_BYTES * _MIN_PAIRS:
+                        store.shrink(free // _STORE_BYTES)
+                        store_bytes = store.room * _STORE_BYTES
+                    else:
+                        store, store_bytes = None, 0
+                        pair_bytes -= _STORE_PAIR_BYTES
+                        chunk_bytes -= _STORE_CHUNK_BYTES
+                    room = _pair_room(avail - needed - store_bytes, pair_bytes, chunk_bytes,
+                                      chunk)
                 if vals[4] > room:
                     raise _insufficient(
-                        needed + store_bytes + vals[4] * pair_bytes, avail,
+                        needed + store_bytes + vals[4] * pair_bytes
+                        + min(vals[4], chunk) * chunk_bytes, avail,
                         f"{backend} backend: {vals[4]:,} candidate cluster pairs in one "
                         f"matrix-free round (many tied distances, such as duplicate rows?)",
                         "remove duplicate rows, or use backend='cpu'")
                 capacity = min(room, 1 << math.ceil(math.log2(vals[4] * _PAIRS_GROWTH)))
                 if capacity > pairs_buf[0].shape[0]:
-                    del pa, pb, val, live_ab
+                    del pa, pb, val, pieces
                     pairs_buf = ()  # the old room goes before the new one is allocated
                     pairs_buf = (torch.zeros(capacity, dtype=torch.int32, device=dev),
                                  torch.zeros(capacity, dtype=torch.int32, device=dev),
@@ -776,7 +910,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         extra: dict[str, Any] = {}
         if tokens is not None:
             extra = {"scan_rows": searched_scan, "pairs": vals[4], "token_pairs": vals[6],
-                     "max_size": vals[7], "room": capacity}
+                     "max_size": vals[7], "room": capacity, "relisted": max(0, relisted)}
         if store is not None:
             extra.update(reused=vals[9], store=vals[13], sorted=vals[11] + vals[12])
         clock.emit(round=st.rounds + 1, n=n, rows=searched, **extra)
@@ -1135,24 +1269,32 @@ def _matrix_from_pairs(ops: Any, tokens: _Tokens, size: torch.Tensor, n: int,
         nn[r0:r1] = (block == best[:, None]).to(torch.uint8).argmax(dim=1)
 
 
-def _nearest_from_pairs(live: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
-                        val: torch.Tensor, n: int, needy: torch.Tensor, nn: torch.Tensor,
-                        nnd: torch.Tensor) -> None:
+def _nearest_from_pairs(pieces: Callable[[], Any], val: torch.Tensor, n: int,
+                        needy: torch.Tensor, nn: torch.Tensor, nnd: torch.Tensor) -> None:
     """The nearest neighbour of every searching cluster (``needy``) among the evaluated
-    pairs (:func:`_live_pairs`; smallest slot on ties), on the device; the others keep
-    ``nn``/``nnd``."""
+    pairs (smallest slot on ties), on the device; the others keep ``nn``/``nnd``.
+    ``pieces()`` gives the list a chunk at a time as :func:`_chunks` does (slice and
+    :func:`_live_pairs`): two passes over it, the minima, then the smallest slot at them."""
     dev = val.device
-    inf = torch.full_like(val, float("inf"))
-    # the emitting side always searches; the other side only if it is needy
-    va = torch.where(live, val, inf)
-    vb = torch.where(live & (needy[b] != 0), val, inf)
+
+    def sides(sl: slice, live: torch.Tensor, b: torch.Tensor
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+        v = val[sl]
+        inf = torch.full_like(v, float("inf"))
+        # the emitting side always searches; the other side only if it is needy
+        return torch.where(live, v, inf), torch.where(live & (needy[b] != 0), v, inf)
+
     best = torch.full((n,), float("inf"), dtype=val.dtype, device=dev)
-    best = best.scatter_reduce(0, a, va, "amin").scatter_reduce(0, b, vb, "amin")
+    for sl, (live, a, b), *_ in pieces():
+        va, vb = sides(sl, live, b)
+        best.scatter_reduce_(0, a, va, "amin").scatter_reduce_(0, b, vb, "amin")
     big = torch.full((), n, dtype=torch.int64, device=dev)
-    take_b = torch.where(live & (va == best[a]), b, big)
-    take_a = torch.where(live & (vb == best[b]), a, big)
     idx = torch.full((n,), n, dtype=torch.int64, device=dev)
-    idx = idx.scatter_reduce(0, a, take_b, "amin").scatter_reduce(0, b, take_a, "amin")
+    for sl, (live, a, b), *_ in pieces():
+        va, vb = sides(sl, live, b)
+        take_b = torch.where(live & (va == best[a]), b, big)
+        take_a = torch.where(live & (vb == best[b]), a, big)
+        idx.scatter_reduce_(0, a, take_b, "amin").scatter_reduce_(0, b, take_a, "amin")
     # every searching cluster has a pair unless the pairs overflowed (that round is run
     # again): a cluster without one points to itself, which the round scan never merges
     ar = torch.arange(n, device=dev)

@@ -20,6 +20,20 @@ def tie_free(rng: np.random.Generator, n: int, d: int, dtype: type = np.float64)
     return x.astype(dtype)
 
 
+def off_boundary(x):
+    """The ``(ntok, d)`` torch tokens ``x`` as rows of a buffer that starts one element past
+    a 16-byte boundary (a view with strides ``(d, 1)``): no row can be read 16 bytes at a
+    time, whatever ``d``."""
+    import torch
+
+    buf = torch.empty(x.numel() + 2, dtype=x.dtype, device=x.device)
+    start = 1 if buf.data_ptr() % 16 == 0 else 0
+    out = buf[start:start + x.numel()].view(x.shape)
+    out.copy_(x)
+    assert out.data_ptr() % 16 != 0
+    return out
+
+
 def as_columns(x):
     """The ``(ntok, d)`` torch tokens ``x`` as columns of a ``(d, ntok + 3)`` array whose
     padding is NaN (the matrix-free engine's layout past 16 dimensions): a view with

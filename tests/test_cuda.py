@@ -350,6 +350,14 @@ def test_linear_kernels_are_never_contracted_into_fma(tmp_path) -> None:
         assert not re.findall(r"\b(?:div|sqrt|rcp|rsqrt)\.approx", body)
     for op in ("sqrt.rn.f32", "sqrt.rn.f64", "div.rn.f32", "div.rn.f64"):
         assert op in text
+    # token rows on 16-byte boundaries are read 16 bytes at a time (float4 / double2) by
+    # every kernel that sums token distances
+    names = [e.split("(", 1)[0] for e in entries]
+    sums = [e for e, name in zip(entries, names)
+            if "pair_average" in name or "cluster_matrix" in name]
+    assert len(sums) == 5
+    for body in sums:
+        assert re.findall(r"\bld\.global(?:\.nc)?\.v(?:4\.f32|2\.f64)", body), body[:80]
 
 
 @needs_gpu

@@ -36,6 +36,7 @@ from conftest import (  # noqa: E402
     check_round_scan_kernel,
     cpu_order_distances,
     cut_z,
+    off_boundary,
     random_merge_round,
     same_partition,
     tie_free,
@@ -630,7 +631,7 @@ def test_candidate_pairs_with_ties_are_emitted_once(ops: type, split: int) -> No
 
 
 @pytest.mark.parametrize("dtype", _DTYPES)
-@pytest.mark.parametrize("dim", [1, 3, 8, 20])
+@pytest.mark.parametrize("dim", [1, 3, 8, 20, 6])
 def test_pair_average_kernel_matches_reference(ops: type, dtype: torch.dtype, dim: int) -> None:
     """Sizes 1..5, plus two large clusters whose pair (50 x 60 tokens) takes the one-block
     path; the pair count is read on the device, below, at and above the capacity."""
@@ -647,6 +648,11 @@ def test_pair_average_kernel_matches_reference(ops: type, dtype: torch.dtype, di
     rows = check_pair_average(ops.pair_average, x, offsets, sizes_t, pa, pb, m, m)
     cols = check_pair_average(ops.pair_average, as_columns(x), offsets, sizes_t, pa, pb, m, m)
     assert torch.equal(cols, rows)
+    # rows off a 16-byte boundary (the CUDA kernel's scalar loads; on one, 16-byte loads
+    # where dim allows): the same bits
+    shifted = check_pair_average(ops.pair_average, off_boundary(x), offsets, sizes_t, pa, pb,
+                                 m, m)
+    assert torch.equal(shifted, rows)
 
 
 @pytest.mark.parametrize("dtype", _DTYPES)
@@ -660,6 +666,8 @@ def test_cluster_matrix_kernel_matches_reference(ops: type, dtype: torch.dtype,
     check_cluster_matrix(ops.cluster_matrix, x, offsets, sizes_t, 7, 7)  # the first 7
     cols = check_cluster_matrix(ops.cluster_matrix, as_columns(x), offsets, sizes_t, 45, 48)
     assert all(torch.equal(u, w) for u, w in zip(cols, rows))  # the same bits as columns
+    shifted = check_cluster_matrix(ops.cluster_matrix, off_boundary(x), offsets, sizes_t, 45, 48)
+    assert all(torch.equal(u, w) for u, w in zip(shifted, rows))
 
 
 def test_averages_agree_between_pair_list_and_matrix(ops: type) -> None:

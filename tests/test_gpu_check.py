@@ -61,6 +61,8 @@ def stages(calls: list[str]) -> list[str]:
             names.append("test-" + words[3].removeprefix("tests/test_").removesuffix(".py"))
         elif words[1] == "benchmarks/bench_gpu.py":
             names.append("bench")
+        elif words[1] == "benchmarks/bench_kernels.py":
+            names.append("kernels")
     return names
 
 
@@ -79,8 +81,11 @@ def elapsed_before_bench(out: str) -> int:
 def test_all_stages_in_order(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path)
     assert rc == 0, out
-    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu", "bench"]
+    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu", "kernels",
+                             "bench"]
     assert time_limit(calls) == 420
+    (kernels,) = [c for c in calls if "bench_kernels.py" in c]
+    assert kernels.split("--time-limit ")[1].split()[0] == "60"
     assert "--isolate" in [c for c in calls if "bench_gpu.py" in c][0]
     for name in ("env.log", "build.log", "tests.log", "bench.log"):
         assert (tmp_path / "out" / name).exists()
@@ -90,7 +95,7 @@ def test_failed_cuda_build_falls_back_and_still_measures_triton(tmp_path: Path) 
     rc, out, calls = run_check(tmp_path, FAKE_BUILD_FAILS="cuda")
     assert rc == 1
     assert stages(calls) == ["build", "build-no-cuda", "test-triton", "test-cuda",
-                             "test-linear_gpu", "bench"]
+                             "test-linear_gpu", "kernels", "bench"]
     assert "nvcc fatal" in out  # the compiler's message is shown, not only the log's end
 
 
@@ -103,7 +108,8 @@ def test_failed_build_stops_before_tests(tmp_path: Path) -> None:
 def test_failed_tests_fail_the_check_but_the_benchmark_runs(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path, FAKE_TESTS_FAIL="1")
     assert rc != 0
-    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu", "bench"]
+    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu", "kernels",
+                             "bench"]
 
 
 @pytest.mark.parametrize("deadline,expected", [(100, 80), (400, 380), (600, 420)])
@@ -126,14 +132,21 @@ def test_no_benchmark_without_time_for_it(tmp_path: Path) -> None:
 def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1")
     assert rc == 0, out
-    assert stages(calls) == ["build", "test-linear_gpu", "bench"]
+    assert stages(calls) == ["build", "test-linear_gpu", "kernels", "bench"]
     (test,) = [c for c in calls if "-m pytest" in c]
     assert "-k pair_average or setting_aside" in test
-    # the short deadline (230 s), not the default 570
-    assert time_limit(calls) == 230 - elapsed_before_bench(out) - 20
+    assert test.rstrip().endswith("chunks or overflow or 4gib")
+    (kernels,) = [c for c in calls if "bench_kernels.py" in c]
+    assert "--time-limit 20 --token-pairs 33554432" in kernels
+    # the short deadline (320 s), not the default 570
+    assert time_limit(calls) == 320 - elapsed_before_bench(out) - 20
     (bench,) = [c for c in calls if "bench_gpu.py" in c]
     assert bench.split("--scale ")[1].split(" --")[0] == "524288x8 262144x256"
-    assert "--sizes --providers cuda triton" in bench
+    assert "--sizes 16384 --providers cuda triton" in bench
+    assert "--torch-sizes" not in bench
+    # no kernel benchmark when asked for none
+    rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1", DCPE_CHECK_KERNELS="0")
+    assert stages(calls) == ["build", "test-linear_gpu", "bench"]
     # a knob set by hand still wins
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1", DCPE_CHECK_SCALE="262144x8")
     (bench,) = [c for c in calls if "bench_gpu.py" in c]

@@ -479,9 +479,9 @@ def test_pair_overflow_reruns_the_round(monkeypatch: pytest.MonkeyPatch,
     seen = []
     real = linear._nearest_from_pairs
 
-    def spy(pa, *args):
-        seen.append(pa.shape[0])
-        return real(pa, *args)
+    def spy(pieces, val, *args):
+        seen.append(val.shape[0])  # the room
+        return real(pieces, val, *args)
 
     monkeypatch.setattr(linear, "_nearest_from_pairs", spy)
     mg = linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
@@ -489,6 +489,126 @@ def test_pair_overflow_reruns_the_round(monkeypatch: pytest.MonkeyPatch,
     assert seen[0] == 4 and max(seen) > 4
     assert same_partition(merges_to_labels(mg, 30).cpu().numpy(),
                           _cpu_labels(x, 30, "euclidean", None))
+
+
+@pytest.mark.parametrize("pair_store", [False, True])
+def test_pair_overflow_sums_nothing(monkeypatch: pytest.MonkeyPatch,
+                                    rng: np.random.Generator, pair_store: bool) -> None:
+    """A list of candidate pairs past its room is listed again in a larger one: none of its
+    pairs is summed, so the token pairs the kernel is given are those the rounds report,
+    and the merges are those of a room large enough from the start."""
+    x = torch.from_numpy(tie_free(rng, 150, 40)).to(DEVICE)
+    given, listed = [], []
+
+    class Counting(ReferenceOps):
+        @staticmethod
+        def candidate_pairs(*args) -> None:
+            ReferenceOps.candidate_pairs(*args)
+            listed.append((int(args[9][0]), args[10]))  # count, capacity
+
+        @staticmethod
+        def pair_average(x, offsets, sizes, pa, pb, count, capacity, val) -> None:
+            k = min(int(count[0]), capacity)
+            given.append(int((sizes[pa[:k].long()] * sizes[pb[:k].long()]).sum()))
+            ReferenceOps.pair_average(x, offsets, sizes, pa, pb, count, capacity, val)
+
+    def run(min_pairs: int, per_cluster: int) -> tuple[object, list]:
+        monkeypatch.setattr(linear, "_MIN_PAIRS", min_pairs)
+        monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER", per_cluster)
+        monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER_HIGH_D", per_cluster)
+        records: list = []
+        with linear.trace_rounds(records.append):
+            mg = linear.linear_merges(x, metric="euclidean", max_cluster_size=None,
+                                      ops=Counting, n_clusters=40, handover_bytes=0,
+                                      pair_store=pair_store)
+        return mg, [r for r in records if not r.get("done")]
+
+    mg, records = run(4, 0)
+    overflowed = sum(c > cap for c, cap in listed)
+    assert overflowed > 0 and sum(r["relisted"] for r in records) == overflowed
+    assert sum(given) == sum(r.get("token_pairs", 0) for r in records) > 0
+    given.clear()
+    listed.clear()
+    roomy, roomy_records = run(1 << 16, 64)
+    assert not any(c > cap for c, cap in listed)
+    assert sum(r["relisted"] for r in roomy_records) == 0
+    assert sum(given) == sum(r.get("token_pairs", 0) for r in roomy_records)
+    for field in ("rep_a", "rep_b", "height", "size"):
+        assert torch.equal(getattr(mg, field), getattr(roomy, field))
+
+
+@pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("pair_store", [False, True])
+def test_pairs_in_chunks_change_nothing(monkeypatch: pytest.MonkeyPatch,
+                                        rng: np.random.Generator, which: str,
+                                        pair_store: bool) -> None:
+    """A round works through its list of candidate pairs a chunk at a time (the sums, the
+    pair store's lookups and update, the nearest-neighbour passes): chunks of 8 entries
+    give the merges and the token pairs of one chunk, a list past its room included."""
+    ops = _ops(which)
+    n = 90 if which == "triton" and not ON_GPU else 150
+    x = torch.from_numpy(tie_free(rng, n, 40)).to(DEVICE)
+    monkeypatch.setattr(linear, "_MIN_PAIRS", 4)
+    monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER", 1)  # lists past their room too
+    monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER_HIGH_D", 1)
+    runs = []
+    for chunk in (1 << 24, 8):
+        monkeypatch.setattr(linear, "_PAIR_CHUNK", chunk)
+        records: list = []
+        with linear.trace_rounds(records.append):
+            mg = linear.linear_merges(x, metric="euclidean", max_cluster_size=None, ops=ops,
+                                      n_clusters=n // 4, handover_bytes=0,
+                                      pair_store=pair_store)
+        rounds = [r for r in records if not r.get("done")]
+        runs.append((mg, [r["token_pairs"] for r in rounds], [r["room"] for r in rounds],
+                     sum(r["relisted"] for r in rounds)))
+    (one, work_one, rooms, relisted), (chunked, work_chunked, _, _) = runs
+    assert max(rooms) > 8 and relisted > 0  # several chunks in some rounds
+    for field in ("rep_a", "rep_b", "height", "hmono", "size"):
+        assert torch.equal(getattr(one, field), getattr(chunked, field)), field
+    assert work_one == work_chunked
+
+
+def test_pair_store_gives_way_to_the_pairs(monkeypatch: pytest.MonkeyPatch,
+                                           rng: np.random.Generator) -> None:
+    """The pair store is a cache: when a round's candidate pairs need its room, it keeps
+    fewer entries, or none (the rounds go on without it); a budget that holds the rounds
+    without the store holds them with it, with the same merges.  Too small a budget for
+    the pairs alone is refused either way.  (Heights agree to float64 sums in another
+    order, as with and without the store.)"""
+    from dcpe import InsufficientMemoryError
+
+    x = torch.from_numpy(tie_free(rng, 120, 40)).to(DEVICE)
+    monkeypatch.setattr(linear, "_MIN_PAIRS", 4)
+    monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER", 0)  # the store takes half at first
+    monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER_HIGH_D", 0)
+    needed = linear.linear_required_bytes(120, 40, x.element_size())
+
+    def run(extra: int, store: bool):
+        records: list = []
+        with linear.trace_rounds(records.append):
+            mg = linear.linear_merges(x, metric="euclidean", max_cluster_size=None,
+                                      ops=ReferenceOps, n_clusters=30, handover_bytes=0,
+                                      memory_budget=needed + extra, pair_store=store)
+        return mg, [r for r in records if not r.get("done")]
+
+    want, roomy = run(1 << 30, True)
+    largest = max(r["store"] for r in roomy)
+    dropped = kept = 0
+    for extra in (6_000, 20_000, 40_000, 60_000):
+        plain, _ = run(extra, False)
+        mg, rounds = run(extra, True)
+        for got in (mg, plain):  # heights: float64 sums in another order (the store's)
+            for field in ("rep_a", "rep_b", "size"):
+                assert torch.equal(getattr(got, field), getattr(want, field)), field
+            torch.testing.assert_close(got.height, want.height, rtol=1e-12, atol=0)
+        entries = [r.get("store") for r in rounds]
+        dropped += all(e is None for e in entries[1:])  # given up in the second round
+        kept += None not in entries and 0 < max(entries) < largest  # kept, smaller
+    assert dropped and kept
+    for store in (False, True):
+        with pytest.raises(InsufficientMemoryError, match="candidate cluster pairs"):
+            run(3_000, store)
 
 
 def test_pairs_past_the_count_change_no_neighbour(rng: np.random.Generator) -> None:
@@ -512,7 +632,14 @@ def test_pairs_past_the_count_change_no_neighbour(rng: np.random.Generator) -> N
     needy[2] = 0  # keeps its neighbour: only its own pairs' other sides see it
     nn = torch.full((n,), 7, dtype=torch.int64)
     nnd = torch.full((n,), 5.0, dtype=torch.float64)
-    linear._nearest_from_pairs(live, la, lb, val, n, needy, nn, nnd)
+    linear._nearest_from_pairs(lambda: [(slice(0, room), (live, la, lb))], val, n, needy, nn,
+                               nnd)
+    # a chunk of 3 entries at a time (ties across chunks): the same neighbours
+    nn3 = torch.full((n,), 7, dtype=torch.int64)
+    nnd3 = torch.full((n,), 5.0, dtype=torch.float64)
+    linear._nearest_from_pairs(functools.partial(linear._chunks, pa, pb, count, n, room, 3),
+                               val, n, needy, nn3, nnd3)
+    assert torch.equal(nn3, nn) and torch.equal(nnd3, nnd)
     dist = {}
     for x, y, v in zip(a.tolist(), b.tolist(), val[:m].tolist()):
         dist.setdefault(x, []).append((v, y))
@@ -693,8 +820,8 @@ def test_neighbour_bounds_bound_the_next_nearest_distance(monkeypatch: pytest.Mo
         bounds.append((out.clone(), args[4][args[1]].clone()))  # and nnd[p]: the old nearest
         return out
 
-    def spy_n(live, a, b, val, n, needy, nn, nnd):
-        real_n(live, a, b, val, n, needy, nn, nnd)
+    def spy_n(pieces, val, n, needy, nn, nnd):
+        real_n(pieces, val, n, needy, nn, nnd)
         nearest.append(nnd[:n].clone())
 
     monkeypatch.setattr(linear, "_neighbour_bounds", spy_b)

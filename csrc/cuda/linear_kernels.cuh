@@ -8,10 +8,12 @@
 // The includer provides what rnn_kernels.cuh needs (CUDA built-ins, the explicitly rounded
 // operations, warp shuffles, cub block collectives) and, in addition, gridDim,
 // __fsqrt_rn/__dsqrt_rn, __fdiv_rn/__ddiv_rn, atomicAdd on unsigned long long and
-// __align__: nvcc in linear_kernels.cu; the tests' CPU executor (tests/cuda_sim/).
+// __align__ (and, under nvcc only, float4 / double2): nvcc in linear_kernels.cu; the tests'
+// CPU executor (tests/cuda_sim/).
 #pragma once
 
 #include <cstdint>
+#include <cstring>
 
 #include "rnn_kernels.cuh"
 
@@ -333,11 +335,63 @@ constexpr std::int64_t kOctPairMax = 17;     // ... 8 lanes, below this many
 // (dim, ld) row-major buffer: ts = 1, cs = ld; then the lanes of a warp, which take
 // consecutive tokens of a cluster, read consecutive addresses for every coordinate (the
 // layout the matrix-free engine uses past 16 dimensions).
+//
+// Rows (cs = 1) whose two tokens start on 16-byte boundaries, with dim a multiple of the
+// 16-byte vector's lanes, are read 16 bytes at a time (float4 / double2): one load
+// instruction per 4 (2) coordinates, each lane's row streamed through whole cache lines.
+// The squares are still added one coordinate at a time in dimension order: the same bits.
+template <typename T>
+struct alignas(16) Vec16 {
+  static constexpr int kLanes = static_cast<int>(16 / sizeof(T));
+  T v[kLanes];
+};
+
+template <typename T>
+__device__ __forceinline__ Vec16<T> load16(const T* __restrict__ p) {
+  Vec16<T> r;
+#if defined(__CUDACC__)
+  if constexpr (sizeof(T) == 4) {
+    const float4 q = *reinterpret_cast<const float4*>(p);
+    r.v[0] = q.x;
+    r.v[1] = q.y;
+    r.v[2] = q.z;
+    r.v[3] = q.w;
+  } else {
+    const double2 q = *reinterpret_cast<const double2*>(p);
+    r.v[0] = q.x;
+    r.v[1] = q.y;
+  }
+#else
+  std::memcpy(&r, p, sizeof r);  // the CPU executor: a plain copy, no aliasing question
+#endif
+  return r;
+}
+
+template <typename T>
+__device__ __forceinline__ bool vector_rows(const T* xi, const T* xj, std::int64_t dim,
+                                            std::int64_t cs) {
+  const auto ai = reinterpret_cast<std::uintptr_t>(xi);
+  const auto aj = reinterpret_cast<std::uintptr_t>(xj);
+  return cs == 1 && dim % Vec16<T>::kLanes == 0 && ((ai | aj) & 15u) == 0;
+}
+
 template <typename T>
 __device__ __forceinline__ double token_distance(const T* __restrict__ xi,
                                                  const T* __restrict__ xj, std::int64_t dim,
                                                  std::int64_t cs) {
   T acc = T(0);
+  if (vector_rows(xi, xj, dim, cs)) {
+    constexpr int kV = Vec16<T>::kLanes;
+    for (std::int64_t k = 0; k < dim; k += kV) {
+      const Vec16<T> u = load16(xi + k), w = load16(xj + k);
+      DCPE_UNROLL
+      for (int e = 0; e < kV; ++e) {
+        const T diff = u.v[e] - w.v[e];
+        acc = add_rn(acc, mul_rn(diff, diff));
+      }
+    }
+    return static_cast<double>(sqrt_rn(acc));
+  }
   for (std::int64_t k = 0; k < dim; ++k) {
     const T diff = xi[k * cs] - xj[k * cs];
     acc = add_rn(acc, mul_rn(diff, diff));

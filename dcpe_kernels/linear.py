@@ -359,7 +359,8 @@ class _PairStore:
     sort of what changed.  A value is the direct sum's up to the order of the float64
     additions (as for the split pairs of :func:`_pair_sums`), and is deterministic.
     Entries past the store's room (a share of the memory budget) are dropped, the largest
-    averages first: the store is a cache, never needed for the result.
+    averages first: the store is a cache, never needed for the result, and it gives its
+    room up to a round's candidate pairs when they need it (:meth:`shrink`).
     """
 
     SENT = torch.iinfo(torch.int64).max

@@ -724,14 +724,15 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         capacity = max(_MIN_PAIRS, _PAIRS_PER_CLUSTER * n_all)
         if pair_store is None:
             pair_store = dim >= STORE_MIN_DIM
-        if pair_store and n_all < (1 << 30):
+        pair_store = pair_store and n_all < (1 << 30)
+        if pair_store:
             pair_bytes += _STORE_PAIR_BYTES
             chunk_bytes += _STORE_CHUNK_BYTES
         chunk = _chunk_size(avail - needed, chunk_bytes)
         if dim >= STORE_MIN_DIM:
             capacity = max(capacity, min(_PAIRS_PER_CLUSTER_HIGH_D * n_all, _pair_room(
                 (avail - needed) // 4, pair_bytes, chunk_bytes, chunk)))
-        if pair_store and n_all < (1 << 30):
+        if pair_store:
             # half of what the budget leaves past the initial room for candidate pairs
             left = avail - needed - capacity * pair_bytes - min(capacity, chunk) * chunk_bytes
             store = _PairStore(n_all, dev, max(0, left) // (2 * _STORE_BYTES), chunk)
@@ -826,9 +827,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 nnd[:n] = best[:n]
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                 clock.mark("select")
-            relisted = -1  # lists past their room, listed again
+            relisted = 0  # lists past their room, listed again
             while not singletons:
-                relisted += 1
                 count.zero_()
                 tau = best if cut is None else torch.minimum(best, cut)
                 ops.candidate_pairs(mu_t, s2t, rad, tau, n, rel, absm, pa, pb, count,
@@ -839,6 +839,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 # live); the count itself still goes to the synchronisation
                 listed = torch.where(count > capacity, 0, count)
                 pieces = functools.partial(_chunks, pa, pb, listed, n, capacity, chunk)
+                one = None
+                if capacity <= chunk:  # one chunk: its live pairs once for all the passes
+                    one = list(pieces())
+                    pieces = functools.partial(iter, one)
                 work = torch.zeros(1, dtype=i64, device=dev)
                 if store is not None:
                     new_key = torch.empty(capacity, dtype=i64, device=dev)
@@ -869,6 +873,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 clock.mark("select")
                 if vals[4] <= capacity:
                     break
+                relisted += 1
                 room = _pair_room(avail - needed - store_bytes, pair_bytes, chunk_bytes,
                                   chunk)
                 if vals[4] > room and store is not None:
@@ -896,6 +901,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 capacity = min(room, 1 << math.ceil(math.log2(vals[4] * _PAIRS_GROWTH)))
                 if capacity > pairs_buf[0].shape[0]:
                     del pa, pb, val, pieces
+                    one = None
                     pairs_buf = ()  # the old room goes before the new one is allocated
                     pairs_buf = (torch.zeros(capacity, dtype=torch.int32, device=dev),
                                  torch.zeros(capacity, dtype=torch.int32, device=dev),
@@ -911,7 +917,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         extra: dict[str, Any] = {}
         if tokens is not None:
             extra = {"scan_rows": searched_scan, "pairs": vals[4], "token_pairs": vals[6],
-                     "max_size": vals[7], "room": capacity, "relisted": max(0, relisted)}
+                     "max_size": vals[7], "room": capacity, "relisted": relisted}
         if store is not None:
             extra.update(reused=vals[9], store=vals[13], sorted=vals[11] + vals[12])
         clock.emit(round=st.rounds + 1, n=n, rows=searched, **extra)

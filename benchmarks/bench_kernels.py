@@ -17,7 +17,10 @@ measurement rather than on the whole engine's time:
   ``dcpe_kernels.linear._COLUMNS_MIN_DIM - 1`` dimensions); the averages must be the same
   bits in both layouts and for both providers;
 * ``cluster_matrix``: the matrix of ``--matrix-clusters`` clusters of 2 tokens each;
-* ``centroid_nn`` (mode 0) and ``candidate_pairs`` over ``--scan-clusters`` centroids.
+* ``centroid_nn`` (mode 0) and ``candidate_pairs`` over ``--scan-clusters`` centroids,
+  from coordinate differences and (layout ``gram``) from tiles of the centroids' Gram
+  matrix, as the engine runs them from ``dcpe_kernels.linear.GRAM_MIN_DIM`` dimensions on
+  (:mod:`dcpe_kernels.gram`; the float64 matrix products included).
 
 Providers (``PROVIDERS``): ``cuda`` (the CUDA extension's kernels, through
 ``dcpe.backends.cuda_backend.CudaOps``) and ``triton`` (``dcpe_kernels.TritonOps``; on a
@@ -210,9 +213,14 @@ def scan_rows(providers: list[str], args: argparse.Namespace, device: str,
     rows = torch.arange(n, dtype=torch.int32, device=device)
     needy = torch.ones(n, dtype=torch.int8, device=device)
     cap = 64 * n
+    import dcpe_kernels.linear as linear
+
+    mu64 = mu_t.T.to(torch.float64)
+    plan = linear._GramPlan(mu64.mean(0), args.d, linear._GRAM_TILE_BYTES, False)
     ref_tau = None
     for provider in providers:
         ops = kernel_ops(provider)
+        plan.by_columns = bool(getattr(ops, "gram_by_columns", False))
         base = {"d": args.d, "pairs": n * n, "work": n * n, "provider": provider,
                 "layout": "—"}
         if time.monotonic() > deadline:
@@ -239,27 +247,40 @@ def scan_rows(providers: list[str], args: argparse.Namespace, device: str,
                      device)
         emit({**base, "kernel": "candidate_pairs", "class": f"{n} centroids",
               "median_s": t["median_s"], "emitted": int(count.item())})
+        # the same two scans from tiles of the Gram matrix, as the engine runs them past
+        # GRAM_MIN_DIM dimensions (the float64 matrix products included)
+        scans = linear._Scans(ops, mu64, s2, plan)
+        gbase = {**base, "layout": "gram"}
+        t = time_gpu(functools.partial(scans.bounds, tau, nn, rows, n), args.repeats, device)
+        emit({**gbase, "kernel": "centroid_nn", "class": f"{n} centroids",
+              "median_s": t["median_s"]})
+        gscan = functools.partial(scans.candidates, rad, ref_tau.to(device), 1e-6, 0.0, pa,
+                                  pb, count, cap, rows, n, needy)
+        t = time_gpu(lambda gscan=gscan, count=count: (count.zero_(), gscan()), args.repeats,
+                     device)
+        emit({**gbase, "kernel": "candidate_pairs", "class": f"{n} centroids",
+              "median_s": t["median_s"], "emitted": int(count.item())})
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, device: str,
            notes: list[str], machine: dict[str, Any]) -> str:
     best: dict[tuple, float] = {}
     for r in rows:
-        if "median_s" in r and r["layout"] == "columns":
+        if "median_s" in r and r["layout"] in ("columns", "—"):
             best[(r["kernel"], r["class"], r["provider"])] = r["median_s"]
     table = []
     for r in rows:
         t = r.get("median_s")
         rate = f"{r['work'] / t:.3g}" if t else "—"
         base = best.get((r["kernel"], r["class"], r["provider"]))
-        vs = f"{base / t:.2f}x" if t and base and r["layout"] == "rows" else "—"
+        vs = f"{base / t:.2f}x" if t and base and r["layout"] in ("rows", "gram") else "—"
         same = {True: "yes", False: "**no**"}.get(r.get("same_bits"), "—")
         ref = {True: "yes", False: "**no**"}.get(r.get("matches_reference"), "—")
         table.append([r["kernel"], r["class"], r["d"], f"{r['pairs']:,}", f"{r['work']:.3g}",
                       r["provider"], r["layout"],
                       fmt_seconds(t) if t else r.get("skipped", "—"), rate, vs, same, ref])
     head = ["kernel", "class", "d", "pairs", "work", "provider", "layout", "median",
-            "work / s", "rows vs columns", "same bits", "= reference"]
+            "work / s", "vs columns / differences", "same bits", "= reference"]
     ver = machine.get("versions", {})
     where = machine.get("gpu") or machine.get("cpu")
     lines = [f"# dcpe kernel throughput ({device}, {args.dtype})", "",
@@ -267,8 +288,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, device: str,
              f"commit {machine.get('commit')}, {machine.get('date')}.", "",
              markdown_table(head, table), "",
              "work: token pairs (pair_average, cluster_matrix) or centroid pairs (scans) per "
-             "call; median of the timed calls after a warm-up; rows vs columns: the columns "
-             "layout's time over the rows layout's (above 1: rows faster); same bits: the "
+             "call; median of the timed calls after a warm-up; vs columns / differences: the "
+             "columns layout's time over the rows layout's (above 1: rows faster), and the "
+             "scans' time from coordinate differences (layout —) over their time from tiles "
+             "of the Gram matrix (layout gram: float64 matrix products and the kernels that "
+             "read them, dcpe_kernels.gram; above 1: gram faster); same bits: the "
              "same results as the first provider and layout of the row's kernel and class; "
              "= reference: the first pairs' averages against the PyTorch reference in "
              "float64 (1e-6 relative in float32).  Candidate pairs: emitted "

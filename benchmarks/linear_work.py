@@ -269,6 +269,28 @@ class BruteOps:
         _emit(torch.cat(found_a), torch.cat(found_b), pa, pb, count, capacity)
 
     @staticmethod
+    def centroid_nn_gram(g, nrm, gerr, s2, n, c0, c1, out, nn, rows, nrows) -> None:
+        """The engine's own rule (dcpe_kernels.gram's reference), :data:`BRUTE_ROWS` rows of
+        the tile at a time."""
+        from dcpe_kernels.gram import _reference_centroid_nn_gram
+
+        for i in range(0, nrows, BRUTE_ROWS):
+            j = min(nrows, i + BRUTE_ROWS)
+            _reference_centroid_nn_gram(g[i:j], nrm, gerr, s2, n, c0, c1, out, nn, rows[i:j],
+                                        j - i)
+
+    @staticmethod
+    def candidate_pairs_gram(g, nrm, gerr, s2, rad, tau, n, c0, c1, rel, absm, pa, pb, count,
+                             capacity, rows, nrows, needy) -> None:
+        from dcpe_kernels.gram import _reference_candidate_pairs_gram
+
+        for i in range(0, nrows, BRUTE_ROWS):
+            j = min(nrows, i + BRUTE_ROWS)
+            _reference_candidate_pairs_gram(g[i:j], nrm, gerr, s2, rad, tau, n, c0, c1, rel,
+                                            absm, pa, pb, count, capacity, rows[i:j], j - i,
+                                            needy)
+
+    @staticmethod
     def pair_average(x, offsets, sizes, pa, pb, count, capacity, val) -> None:
         torch = _torch()
         cnt = min(int(count[0]), int(capacity))
@@ -327,7 +349,8 @@ def _ops(d: int):
             "pair_average": staticmethod(KDTreeOps.pair_average)})
     return type("BruteWorkOps", (ReferenceOps,), {
         name: staticmethod(getattr(BruteOps, name)) for name in (
-            "centroid_nn", "candidate_pairs", "pair_average", "cluster_matrix")})
+            "centroid_nn", "candidate_pairs", "centroid_nn_gram", "candidate_pairs_gram",
+            "pair_average", "cluster_matrix")})
 
 
 #: upper ends (exclusive) of the classes of pairs by their token pairs: the histogram of the
@@ -378,8 +401,9 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
         "matrix_free_rounds": len(rounds),
         "scan_pairs": sum(r["scan_rows"] * r["n"] for r in rounds),
         # (a list past its room is scanned again)
-        "candidate_scan_pairs": sum(r["rows"] * r["n"] * (1 + r.get("relisted", 0))
-                                    for r in rounds[1:]),
+        "candidate_scan_pairs": sum(r["cand_rows"] * r["n"] * (1 + r.get("relisted", 0))
+                                    for r in rounds),
+        "gram_scans": any(r.get("gram") for r in rounds),
         "relisted": sum(r.get("relisted", 0) for r in rounds),
         "candidate_pairs": sum(r["pairs"] for r in rounds),
         "token_pairs": sum(r["token_pairs"] for r in rounds),
@@ -424,7 +448,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
     table = []
     for r in rows:
         n = r["n"]
-        table.append([n, r["d"], "on" if r.get("pair_store") else "off", r["rounds"],
+        table.append([n, r["d"], "on" if r.get("pair_store") else "off",
+                      "gram" if r.get("gram_scans") else "differences", r["rounds"],
                       r["final_clusters"],
                       f"{r['scan_pairs'] / n ** 2:.2f}",
                       f"{r['candidate_scan_pairs'] / n ** 2:.2f}", r.get("relisted", "—"),
@@ -447,7 +472,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
            "Default hand-over (the dense rounds, not counted here, take over once the "
            "clusters' matrix fits 64 GiB and a round's sums cover 1/64 of all token "
            "pairs)."), "",
-        markdown_table(["N", "d", "pair store", "rounds", "clusters at the stop",
+        markdown_table(["N", "d", "pair store", "scans", "rounds", "clusters at the stop",
                         "centroid scan / N^2", "candidate scan / N^2", "relisted",
                         "candidate pairs / N",
                         "token pairs / N", "token pairs", "token pairs reused",
@@ -456,7 +481,11 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                         "labels = cpu", "host time"], table), "",
         "centroid scan: pairs (searching cluster, cluster) of the bound scan, summed over "
         "the rounds; candidate scan: the same for the candidate scan, which the first "
-        "round (every cluster one token) does not need, again for a list past its room; "
+        "round (every cluster one token) does not need when its scans are exact, again "
+        "for a list past its room; scans: the centroid scans' squared distances from "
+        "coordinate differences or from tiles of the centroids' Gram matrix (from "
+        "dcpe_kernels.linear.GRAM_MIN_DIM dimensions on, --gram; then the first round "
+        "lists and sums its candidates, a token pair each); "
         "relisted: lists of candidate pairs past their room, scanned again in a larger "
         "one (none of their pairs summed); candidate pairs and token pairs: "
         "the exact averages computed; token pairs reused: those of the candidate pairs "
@@ -492,6 +521,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pair-store", choices=["auto", "on", "off", "both"], default="auto",
                     help="the engine's pair store (auto: its default, on from "
                          "STORE_MIN_DIM dimensions; both: each size without, then with)")
+    ap.add_argument("--gram", choices=["auto", "off"], default="auto",
+                    help="the centroid scans from the Gram matrix (auto: the engine's "
+                         "default, from GRAM_MIN_DIM dimensions on; off: from coordinate "
+                         "differences at any d)")
     ap.add_argument("--name", default=None,
                     help="file name (default: linear-work, linear-work-d<d> past 8 dims)")
     args = ap.parse_args(argv)
@@ -503,6 +536,10 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"--data-n {args.data_n} is smaller than the largest size")
     import dcpe.datasets as ds
 
+    if args.gram == "off":
+        import dcpe_kernels.linear as linear
+
+        linear.GRAM_MIN_DIM = 1 << 62
     data = None if args.own_data else ds.make_sample_codebook(n=args.data_n, d=args.d)
     rows: list[dict[str, Any]] = []
     payload: dict[str, Any] = {"benchmark": "linear-work", "machine": machine_info(),

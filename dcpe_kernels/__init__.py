@@ -22,6 +22,10 @@ dense matrix's memory):
   upper bound (Euclidean) or closed-form nearest neighbour (sqeuclidean, cosine);
 * :func:`centroid.candidate_pairs` — ``_candidate_pairs_tiled_kernel``: the pairs whose
   lower bound is within that upper bound;
+* :func:`gram.centroid_nn_gram`, :func:`gram.candidate_pairs_gram` —
+  ``_centroid_nn_gram_kernel``, ``_candidate_pairs_gram_kernel``: the same two scans from a
+  tile of the centroids' Gram matrix (a float64 matrix product), past
+  :data:`linear.GRAM_MIN_DIM` dimensions;
 * :func:`pair_average.pair_average` — ``_pair_average_tiled_kernel`` and
   ``_pair_average_packed_kernel`` (the smallest pairs, many per program): their exact
   average distances, over token pairs, in float64;
@@ -40,6 +44,12 @@ from .centroid import (
     candidate_pairs,
     centroid_nn,
 )
+from .gram import (
+    _reference_candidate_pairs_gram,
+    _reference_centroid_nn_gram,
+    candidate_pairs_gram,
+    centroid_nn_gram,
+)
 from .merge import _reference_merge_compact_nn, merge_compact_nn
 from .pair_average import (
     _reference_cluster_matrix,
@@ -56,7 +66,9 @@ __all__ = [
     "ReferenceOps",
     "TritonOps",
     "candidate_pairs",
+    "candidate_pairs_gram",
     "centroid_nn",
+    "centroid_nn_gram",
     "cluster_matrix",
     "merge_compact_nn",
     "pair_average",
@@ -73,6 +85,8 @@ class TritonOps:
     round_scan = staticmethod(round_scan)
     centroid_nn = staticmethod(centroid_nn)
     candidate_pairs = staticmethod(candidate_pairs)
+    centroid_nn_gram = staticmethod(centroid_nn_gram)
+    candidate_pairs_gram = staticmethod(candidate_pairs_gram)
     pair_average = staticmethod(pair_average)
     cluster_matrix = staticmethod(cluster_matrix)
 
@@ -86,6 +100,8 @@ class ReferenceOps:
     round_scan = staticmethod(_reference_round_scan)
     centroid_nn = staticmethod(_reference_centroid_nn)
     candidate_pairs = staticmethod(_reference_candidate_pairs)
+    centroid_nn_gram = staticmethod(_reference_centroid_nn_gram)
+    candidate_pairs_gram = staticmethod(_reference_candidate_pairs_gram)
     pair_average = staticmethod(_reference_pair_average)
     cluster_matrix = staticmethod(_reference_cluster_matrix)
 

@@ -181,16 +181,36 @@ if HAS_TRITON:
             upd = (v < tile_v) & (rows[:, None] != cols[None, :]) & cmask[None, :]
             tile_v = tl.where(upd, v, tile_v)
             tile_i = tl.where(upd, cols[None, :], tile_i)
+        best, besti = _row_minima(tile_v, tile_i, n, MODE == 0, IS_F32)
+        tl.store(nn_ptr + rows64, besti, mask=rmask)
+        tl.store(out_ptr + rows64, best, mask=rmask)
+
+    @triton.jit
+    def _emit_pairs(emit, rows, cols, count_ptr, pa_ptr, pb_ptr, capacity,
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+        """Append the pairs ``(rows[i], cols[j])`` where ``emit[i, j]``, each at an
+        atomically counted position (``count`` counts on past ``capacity``)."""
+        ones = tl.full([BLOCK_M, BLOCK_N], 1, tl.int64)
+        cptr = count_ptr + tl.zeros([BLOCK_M, BLOCK_N], tl.int64)
+        pos = tl.atomic_add(cptr, ones, mask=emit)
+        ok = emit & (pos < capacity)
+        zero = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
+        tl.store(pa_ptr + pos, rows[:, None] + zero, mask=ok)
+        tl.store(pb_ptr + pos, cols[None, :] + zero, mask=ok)
+
+    @triton.jit
+    def _row_minima(tile_v, tile_i, n, IS_SQRT: tl.constexpr, IS_F32: tl.constexpr):
+        """Per row of the running minima ``tile_v`` (columns ``tile_i``): the minimum (its
+        correctly rounded root if ``IS_SQRT``) and its smallest column (0 where none)."""
         best = tl.min(tile_v, axis=1)
         besti = tl.min(tl.where(tile_v == best[:, None], tile_i, n), axis=1).to(tl.int64)
         besti = tl.where(best < float("inf"), besti, 0)
-        if MODE == 0:  # the root of the minimum is the minimum of the roots (monotone)
+        if IS_SQRT:  # the root of the minimum is the minimum of the roots (monotone)
             if IS_F32:
                 best = tl.sqrt_rn(best)
             else:
                 best = tl.sqrt(best)
-        tl.store(nn_ptr + rows64, besti, mask=rmask)
-        tl.store(out_ptr + rows64, best, mask=rmask)
+        return best, besti
 
     @triton.jit(do_not_specialize=["n", "dim", "capacity", "nrows"])
     def _candidate_pairs_tiled_kernel(mu_ptr, s2_ptr, rad_ptr, tau_ptr, n, dim, margin_ptr,
@@ -236,13 +256,8 @@ if HAS_TRITON:
                 other = tl.load(needy_ptr + cols64, mask=cmask, other=0)
                 emit = valid & cand_ab & ((rows[:, None] < cols[None, :]) | (cand_ba == 0)
                                           | (other[None, :] == 0))
-                ones = tl.full([BLOCK_M, BLOCK_N], 1, tl.int64)
-                cptr = count_ptr + tl.zeros([BLOCK_M, BLOCK_N], tl.int64)
-                pos = tl.atomic_add(cptr, ones, mask=emit)
-                ok = emit & (pos < capacity)
-                zero = tl.zeros([BLOCK_M, BLOCK_N], tl.int32)
-                tl.store(pa_ptr + pos, rows[:, None] + zero, mask=ok)
-                tl.store(pb_ptr + pos, cols[None, :] + zero, mask=ok)
+                _emit_pairs(emit, rows, cols, count_ptr, pa_ptr, pb_ptr, capacity, BLOCK_M,
+                            BLOCK_N)
 
 else:  # pragma: no cover - exercised only without triton
     _centroid_nn_tiled_kernel = None

@@ -32,6 +32,15 @@ host synchronisation.  Only the nearest neighbours are found differently:
   cluster is small, else from the list of all pairs with ``pair_average``, which gives a
   large pair a whole block.  A flat cut at ``k = N/2`` usually stops before.
 
+From :data:`GRAM_MIN_DIM` dimensions on (Euclidean), both centroid scans take their
+squared centroid distances from tiles of the Gram matrix of the centroids less the tokens'
+mean, float64 matrix products on the device's matrix units (2 d operations per pair there
+against 3 d scalar ones from coordinate differences), with a rigorous error interval
+(:mod:`dcpe_kernels.gram`, :class:`_Scans`): the bounds only widen, so the candidates still
+hold every nearest neighbour, whose average is still summed exactly.  The first round then
+lists and sums its candidates (a token pair each) instead of taking the scan's minimum as
+the distance.
+
 Past 16 dimensions the tokens are kept as the columns of a ``(d, N)`` array, so that the
 lanes summing a pair read adjacent addresses for every coordinate (:class:`_Tokens`; the
 sums are the same bits as from rows).  A pair of clusters with at least 2**20 token pairs
@@ -102,6 +111,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .gram import gram_error
 from .rnn import (
     Merges,
     RoundState,
@@ -199,6 +209,17 @@ _STORE_PAIR_BYTES = 48
 #: pair with the sums' own temporaries over it)
 _STORE_CHUNK_BYTES = 320
 _MIN_PAIRS = 1024
+#: Euclidean tokens of at least this many dimensions take the centroid scans' squared
+#: distances from a float64 matrix product, a tile of rows at a time
+#: (:mod:`dcpe_kernels.gram`): 2 d operations per pair on the matrix units, against 3 d
+#: scalar ones from coordinate differences; the first round then sums its candidates (its
+#: bounds are no longer exact distances), a token pair each
+GRAM_MIN_DIM = 64
+#: a tile of the Gram matrix (every row that scans, a range of columns) takes at most this
+#: many bytes (and an eighth of what the budget leaves), and at least _GRAM_MIN_COLS
+#: columns of float64
+_GRAM_TILE_BYTES = 1 << 30
+_GRAM_MIN_COLS = 64
 
 
 def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
@@ -214,10 +235,18 @@ def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
     initial size only within the budget, checked before it grows.)  From
     :data:`STORE_MIN_DIM` dimensions on, the pair store's temporaries for that initial room
     too; the store itself takes a share of what the budget leaves (:class:`_PairStore`).
+    From :data:`GRAM_MIN_DIM` dimensions on, the centred float64 centroids, a copy of those
+    that scan and the smallest tile of the Gram matrix (:data:`_GRAM_MIN_COLS` columns);
+    larger tiles take at most an eighth of what the budget leaves.
     """
     per_pair = 40 + (_STORE_CHUNK_BYTES if d >= STORE_MIN_DIM else 0)
+    # from GRAM_MIN_DIM dimensions on, the centred float64 centroids (in place of the
+    # transposed ones, counted above), those of the rows that scan and the smallest tile
+    # of the Gram matrix
+    gram = (2 * n * d * 8 + _GRAM_MIN_COLS * n * 8) if d >= GRAM_MIN_DIM else 0
     return ((3 * n * d + 2 * n * d) * itemsize + 3 * n * d * 8
-            + 2 * min(n, _bound_rows(d)) * d * 8 + 288 * n + _PAIRS_PER_CLUSTER * per_pair * n)
+            + 2 * min(n, _bound_rows(d)) * d * 8 + 288 * n + _PAIRS_PER_CLUSTER * per_pair * n
+            + gram)
 
 
 def _chunk_size(free: int, per_entry: int) -> int:
@@ -716,6 +745,14 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     # the first round of a Euclidean run needs no exact sums (_SINGLETON_ROUND), and only
     # the later rounds have thresholds from the old neighbours (_BOUND_FACTOR)
     singletons = _SINGLETON_ROUND
+    # past GRAM_MIN_DIM dimensions (Euclidean), the scans' dd from tiles of a Gram matrix;
+    # its bounds are not exact distances, so the first round sums its candidates too
+    gram = None
+    if scale is None and dim >= GRAM_MIN_DIM and hasattr(ops, "candidate_pairs_gram"):
+        gram = _GramPlan(mu.mean(0), dim, max(_GRAM_MIN_COLS * 8 * n_all,
+                                              min(_GRAM_TILE_BYTES, (avail - needed) // 8)),
+                         bool(getattr(ops, "gram_by_columns", False)))
+        singletons = False
     bounded, n_unknown, searched_scan = False, 0, n_all
     if scale is None:
         tokens = _Tokens(xs)
@@ -799,18 +836,17 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
             clock.mark("select")
         else:
-            mu_t = None  # (the last round's is not kept alongside)
-            mu_t = torch.empty((dim, n), dtype=dt, device=dev).copy_(mu[:n].T)
+            scans = None  # (the last round's centroids are not kept alongside)
             s2t = s2.to(dt)
+            scans = _Scans(ops, mu[:n], s2t, gram)
             if bounded:
                 # the thresholds from the old neighbours; the rest scan for theirs
-                ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, scratch,
-                                _compact(unknown[:n], n_unknown), n_unknown)
+                scans.bounds(best, scratch, _compact(unknown[:n], n_unknown), n_unknown)
                 use = (needy[:n] != 0) & (unknown[:n] == 0)
                 best[:n] = torch.where(use, bound[:n], best[:n])
                 searched_scan = n_unknown
             else:
-                ops.centroid_nn(mu_t, s2t, n, 0, 1.0, best, scratch, rows, nrows)
+                scans.bounds(best, scratch, rows, nrows)
                 searched_scan = nrows
             if store is not None and store.low is not None:
                 # the smallest average the store holds of each cluster is an upper bound of
@@ -828,11 +864,12 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                 clock.mark("select")
             relisted = 0  # lists past their room, listed again
+            cand_rows = 0 if singletons else nrows  # clusters of the candidate scan
             while not singletons:
                 count.zero_()
                 tau = best if cut is None else torch.minimum(best, cut)
-                ops.candidate_pairs(mu_t, s2t, rad, tau, n, rel, absm, pa, pb, count,
-                                    capacity, rows, nrows, needy)
+                scans.candidates(rad, tau, rel, absm, pa, pb, count, capacity, rows, nrows,
+                                 needy)
                 clock.mark("candidates")
                 # a list past its room is listed again in a larger one after the round's
                 # synchronisation, so none of its pairs is summed (on the device: no pair is
@@ -907,9 +944,12 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                                  torch.zeros(capacity, dtype=torch.int32, device=dev),
                                  torch.empty(capacity, dtype=dt, device=dev))
                 pa, pb, val = (t[:capacity] for t in pairs_buf)
-            if not singletons and _PAIRS_SHRINK and vals[4] * _PAIRS_SHRINK < capacity:
+            if (not singletons and st.rounds > 0 and _PAIRS_SHRINK
+                    and vals[4] * _PAIRS_SHRINK < capacity):
                 # far fewer pairs than room (the late rounds, a flat cut's set-aside): the
                 # next rounds' passes over the list take a shorter view of the same room
+                # (not after the first round: its clusters of one token list a pair or
+                # two each, far fewer than the next round's)
                 capacity = min(capacity, max(_MIN_PAIRS, 1 << max(0, math.ceil(math.log2(
                     max(1.0, _PAIRS_HEADROOM * vals[4]))))))
                 pa, pb, val = (t[:capacity] for t in pairs_buf)
@@ -917,7 +957,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         extra: dict[str, Any] = {}
         if tokens is not None:
             extra = {"scan_rows": searched_scan, "pairs": vals[4], "token_pairs": vals[6],
-                     "max_size": vals[7], "room": capacity, "relisted": relisted}
+                     "max_size": vals[7], "room": capacity, "relisted": relisted,
+                     "cand_rows": cand_rows, "gram": gram is not None}
         if store is not None:
             extra.update(reused=vals[9], store=vals[13], sorted=vals[11] + vals[12])
         clock.emit(round=st.rounds + 1, n=n, rows=searched, **extra)
@@ -1308,6 +1349,81 @@ def _nearest_from_pairs(pieces: Callable[[], Any], val: torch.Tensor, n: int,
     on = needy[:n] != 0
     nn[:n] = torch.where(on, torch.where(idx >= n, ar, idx), nn[:n])
     nnd[:n] = torch.where(on, best, nnd[:n])
+
+
+class _GramPlan:
+    """How a run takes its scans from the Gram matrix (:mod:`dcpe_kernels.gram`): the
+    common centre of the centroids (the tokens' mean, float64), the error bound, the bytes
+    of a tile of ``G`` and its layout (``by_columns``: the tile is the transpose of a
+    contiguous ``(n, rows)`` product, for kernels whose lanes are rows)."""
+
+    def __init__(self, centre: torch.Tensor, dim: int, tile_bytes: int,
+                 by_columns: bool) -> None:
+        self.centre = centre
+        self.gerr = gram_error(dim)
+        self.tile_bytes = int(tile_bytes)
+        self.by_columns = by_columns
+
+
+class _Scans:
+    """A Euclidean round's two centroid scans over its ``n`` clusters (``mu``: ``(n, d)``
+    float64 centroids, ``s2``: compute dtype): from coordinate differences
+    (``ops.centroid_nn`` mode 0, ``ops.candidate_pairs``) or, with a :class:`_GramPlan`,
+    from tiles of the Gram matrix of the centred centroids, a float64 matrix product per
+    tile of rows (``ops.centroid_nn_gram``, ``ops.candidate_pairs_gram``)."""
+
+    def __init__(self, ops: Any, mu: torch.Tensor, s2: torch.Tensor,
+                 gram: _GramPlan | None) -> None:
+        self.ops, self.s2, self.gram, self.n = ops, s2, gram, int(mu.shape[0])
+        if gram is None:
+            self.mu_t = torch.empty((mu.shape[1], self.n), dtype=s2.dtype,
+                                    device=mu.device).copy_(mu.T)
+        else:
+            self.mu_c = mu - gram.centre
+            self.nrm = self.mu_c.square().sum(1)
+
+    def _each_tile(self, rows: torch.Tensor, nrows: int,
+                   fn: Callable[[torch.Tensor, int, int, torch.Tensor, int], None]) -> None:
+        """``fn(G tile, c0, c1, rows, nrows)`` over the columns, a tile at a time: the rows
+        ``rows[:nrows]`` against the clusters ``c0 .. c1 - 1`` (one tile alive at once)."""
+        gram, mu_c, n = self.gram, self.mu_c, self.n
+        if nrows == 0:
+            return
+        # every row in each tile (a program / thread per row fills the device)
+        sub = mu_c if nrows == n else mu_c.index_select(0, rows[:nrows].long())
+        step = max(_GRAM_MIN_COLS, gram.tile_bytes // (8 * nrows))
+        for c0 in range(0, n, step):
+            c1 = min(n, c0 + step)
+            cols = mu_c[c0:c1]
+            g = torch.mm(cols, sub.T).T if gram.by_columns else torch.mm(sub, cols.T)
+            fn(g, c0, c1, rows, nrows)
+            del g
+
+    def bounds(self, best: torch.Tensor, nn: torch.Tensor, rows: torch.Tensor,
+               nrows: int) -> None:
+        """Each cluster of ``rows[:nrows]``'s smallest upper bound into ``best``."""
+        ops, n = self.ops, self.n
+        if self.gram is None:
+            ops.centroid_nn(self.mu_t, self.s2, n, 0, 1.0, best, nn, rows, nrows)
+            return
+        self._each_tile(rows, nrows, lambda g, c0, c1, r, k: ops.centroid_nn_gram(
+            g, self.nrm, self.gram.gerr, self.s2, n, c0, c1, best, nn, r, k))
+        if nrows:  # the root of the smallest square (a bound: any rounding of it will do)
+            r = rows[:nrows].long()
+            best.index_copy_(0, r, best.index_select(0, r).sqrt())
+
+    def candidates(self, rad: torch.Tensor, tau: torch.Tensor, rel: float, absm: float,
+                   pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, capacity: int,
+                   rows: torch.Tensor, nrows: int, needy: torch.Tensor) -> None:
+        """The candidate pairs of the clusters ``rows[:nrows]`` (all those with ``needy``)."""
+        ops, n = self.ops, self.n
+        if self.gram is None:
+            ops.candidate_pairs(self.mu_t, self.s2, rad, tau, n, rel, absm, pa, pb, count,
+                                capacity, rows, nrows, needy)
+            return
+        self._each_tile(rows, nrows, lambda g, c0, c1, r, k: ops.candidate_pairs_gram(
+            g, self.nrm, self.gram.gerr, self.s2, rad, tau, n, c0, c1, rel, absm, pa, pb,
+            count, capacity, r, k, needy))
 
 
 def _merge_moments(mu: torch.Tensor, m2: torch.Tensor, old_size: torch.Tensor,

@@ -368,6 +368,151 @@ def check_round_scan_kernel(round_scan, n: int, dtype, device: str, make_state=N
     return cases
 
 
+# --------------------------------------------------------------------------- Gram scans
+
+
+def gram_tiles(mu_t, rows, by_columns: bool, step: int):
+    """The tiles of the Gram matrix of the centroids ``mu_t`` (``(d, n)``) that the
+    matrix-free engine would form for ``rows`` (int32): every row, ``step`` columns at a
+    time, with the squared norms and the error bound (dcpe_kernels.gram):
+    ``[(g, c0, c1)], nrm, gerr``."""
+    import torch
+
+    from dcpe_kernels.gram import gram_error
+
+    mu = mu_t.T.to(torch.float64)
+    mu_c = mu - mu.mean(0)
+    nrm = mu_c.square().sum(1)
+    sub = mu_c[rows.long()]
+    n = mu.shape[0]
+    tiles = []
+    for c0 in range(0, n, step):
+        c1 = min(n, c0 + step)
+        cols = mu_c[c0:c1]
+        g = torch.mm(cols, sub.T).T if by_columns else torch.mm(sub, cols.T)
+        tiles.append((g, c0, c1))
+    return tiles, nrm, gram_error(mu_t.shape[0])
+
+
+def check_gram_scans(ops, mu_t, s2, rad, rows, rel: float, absm: float, by_columns: bool,
+                     step: int, fast_bounds: bool = False) -> int:
+    """``ops.centroid_nn_gram`` and ``ops.candidate_pairs_gram`` over the tiles of columns
+    of ``rows`` against their references (dcpe_kernels.gram): the same minima and argmins
+    bit for bit, the same pairs (``fast_bounds``: a GPU's fast float32 root and quotient,
+    equal but for pairs within a few ulp of the threshold), each unordered pair once, every
+    row's bound argmin among them, and every pair of the exact scan (a little inside its
+    margin).  Returns the number of pairs."""
+    import torch
+
+    from dcpe_kernels.centroid import _reference_candidate_pairs
+    from dcpe_kernels.gram import (
+        _reference_candidate_pairs_gram,
+        _reference_centroid_nn_gram,
+    )
+
+    dt, dev = mu_t.dtype, mu_t.device
+    n = mu_t.shape[1]
+    rows = rows.to(torch.int32)
+    nrows = len(rows)
+    tiles, nrm, gerr = gram_tiles(mu_t.cpu(), rows.cpu(), by_columns, step)
+    host = (s2.cpu(), rad.cpu())
+    raw = torch.full((n,), -1.0, dtype=dt)  # (the rows not scanned stay as they are)
+    nn = torch.full((n,), -5, dtype=torch.int64)
+    out = torch.full((n,), -1.0, dtype=dt, device=dev)
+    got_nn = torch.full((n,), -5, dtype=torch.int64, device=dev)
+    for g, c0, c1 in tiles:
+        _reference_centroid_nn_gram(g, nrm, gerr, host[0], n, c0, c1, raw, nn, rows.cpu(),
+                                    nrows)
+        ops.centroid_nn_gram(g.to(dev), nrm.to(dev), gerr, s2, n, c0, c1, out, got_nn,
+                             rows.to(dev), nrows)
+    assert torch.equal(out.cpu(), raw) and torch.equal(got_nn.cpu(), nn)
+    members = rows.long()
+    assert bool((raw[members] > 0).all())  # (tie-free inputs)
+    # more than one candidate per cluster
+    thr = torch.where(raw > 0, raw.clamp_min(0).sqrt() * 1.3, 0.0)
+    needy = torch.zeros(n, dtype=torch.int8)
+    needy[members] = 1
+
+    def run(fn, rel_, to_dev, cap=8192):
+        d_ = dev if to_dev else "cpu"
+        pa = torch.full((cap,), -1, dtype=torch.int32, device=d_)
+        pb = pa.clone()
+        count = torch.zeros(1, dtype=torch.int64, device=d_)
+        for g, c0, c1 in tiles:
+            fn(g.to(d_), nrm.to(d_), gerr, s2.to(d_), rad.to(d_), thr.to(d_), n, c0, c1, rel_,
+               absm, pa, pb, count, cap, rows.to(d_), nrows, needy.to(d_))
+        c = int(count[0])
+        return c, sorted(zip(pa[:min(c, cap)].tolist(), pb[:min(c, cap)].tolist()))
+
+    c, got = run(ops.candidate_pairs_gram, rel, True)
+    c_ref, ref = run(_reference_candidate_pairs_gram, rel, False)
+    assert c == len(got)
+    unordered = {frozenset(p) for p in got}
+    if fast_bounds:
+        inner = run(_reference_candidate_pairs_gram, rel * 0.8, False)[1]
+        outer = run(_reference_candidate_pairs_gram, rel * 1.2, False)[1]
+        assert {frozenset(p) for p in inner} <= unordered <= {frozenset(p) for p in outer}
+    else:
+        assert c == c_ref and got == ref
+    assert len(unordered) == len(got)  # each unordered pair once
+    member_set = set(rows.tolist())
+    assert all(a in member_set for a, _ in got)
+    assert all(frozenset((a, int(nn[a]))) in unordered for a in member_set)
+    # the exact scan's pairs (a little inside its margin) are all there
+    exact_pa = torch.zeros(8192, dtype=torch.int32)
+    exact_pb = torch.zeros(8192, dtype=torch.int32)
+    exact_count = torch.zeros(1, dtype=torch.int64)
+    _reference_candidate_pairs(mu_t.cpu(), host[0], host[1], thr, n, rel * 0.8, absm,
+                               exact_pa, exact_pb, exact_count, 8192, rows.cpu(), nrows,
+                               needy)
+    e = int(exact_count[0])
+    exact = {frozenset(p) for p in zip(exact_pa[:e].tolist(), exact_pb[:e].tolist())}
+    assert exact <= unordered
+    # past the capacity: the count goes on, nothing is written out of bounds
+    c_small, part = run(ops.candidate_pairs_gram, rel, True, cap=5)
+    assert c_small == c and len(part) == min(5, c) and set(part) <= set(got)
+    return c
+
+
+GRAM_ENGINE_CASES = ((None, None, 0, False), (7, 3, 0, False), (None, None, 2 * 30 * 30 * 8, False),
+                     (None, 2, 0, True))
+
+
+def check_gram_engine(ops, xt, monkeypatch, backend: str = "triton",
+                      cases: tuple = GRAM_ENGINE_CASES) -> None:
+    """The matrix-free engine with its centroid scans from the Gram matrix (forced at any
+    dimension) merges as with the scans from coordinate differences: bit
+    for bit without the pair store (a flat cut, the size cap, a hand-over), the same merges
+    with it (heights up to the order of its float64 sums).  Its first round sums its
+    candidates (the bounds are not exact distances).  Tiles of 16 columns or more."""
+    import torch
+
+    import dcpe_kernels.linear as linear
+
+    n = xt.shape[0]
+    eps = torch.finfo(xt.dtype).eps
+    monkeypatch.setattr(linear, "_GRAM_MIN_COLS", 16)
+    monkeypatch.setattr(linear, "_GRAM_TILE_BYTES", 16 * 8 * n)
+    for cap, k_div, handover, store in cases:  # (size cap, n // k, hand-over, pair store)
+        k = None if k_div is None else n // k_div
+        got, first = [], []
+        for gram_from in (1 << 30, 1):
+            monkeypatch.setattr(linear, "GRAM_MIN_DIM", gram_from)
+            records: list[dict] = []
+            with linear.trace_rounds(records.append):
+                got.append(linear.linear_merges(xt, metric="euclidean", max_cluster_size=cap,
+                                                ops=ops, backend=backend, n_clusters=k,
+                                                handover_bytes=handover, pair_store=store))
+            first.append(next(r for r in records if "rows" in r)["pairs"])
+        assert first[0] == 0 and first[1] > 0
+        for name in ("rep_a", "rep_b", "size", "height", "hmono"):
+            a, b = getattr(got[0], name), getattr(got[1], name)
+            if store and name in ("height", "hmono"):
+                torch.testing.assert_close(a, b, rtol=2 * eps, atol=0)
+            else:
+                assert torch.equal(a, b), (name, cap, k, handover, store)
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -30,7 +30,10 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import (  # noqa: E402
+    GRAM_ENGINE_CASES,
     as_columns,
+    check_gram_engine,
+    check_gram_scans,
     check_merge_kernel,
     check_pairwise_kernel,
     check_round_scan_kernel,
@@ -55,6 +58,10 @@ _SIGNATURES = {
     "dcpe_sim_centroid_nn": [_INT, _U, _U, _I64, _I64, _INT, _F64, _U, _U, _U, _I64, _U],
     "dcpe_sim_candidate_pairs": [_INT, _U, _U, _U, _U, _I64, _I64, _F64, _F64, _U, _U, _U,
                                  _I64, _U, _I64, _U, _U],
+    "dcpe_sim_centroid_nn_gram": [_INT, _U, _I64, _I64, _U, _F64, _U, _I64, _I64, _I64, _U,
+                                  _U, _U, _I64, _U],
+    "dcpe_sim_candidate_pairs_gram": [_INT, _U, _I64, _I64, _U, _F64, _U, _U, _U, _I64, _I64,
+                                      _I64, _F64, _F64, _U, _U, _U, _I64, _U, _I64, _U, _U],
     "dcpe_sim_pair_average": [_INT, _U, _I64, _I64, _I64, _U, _U, _U, _U, _U, _I64, _U,
                               ctypes.c_bool, _U],
     "dcpe_sim_cluster_matrix": [_INT, _U, _I64, _I64, _I64, _U, _U, _I64, _U, _I64, _U, _U,
@@ -93,6 +100,12 @@ class _SimExt:
 
     def candidate_pairs(self, *args: object) -> None:
         self._call("dcpe_sim_candidate_pairs", *args)
+
+    def centroid_nn_gram(self, *args: object) -> None:
+        self._call("dcpe_sim_centroid_nn_gram", *args)
+
+    def candidate_pairs_gram(self, *args: object) -> None:
+        self._call("dcpe_sim_candidate_pairs_gram", *args)
 
     def pair_average(self, *args: object) -> None:
         self._call("dcpe_sim_pair_average", *args)
@@ -606,6 +619,32 @@ def test_candidate_pairs_kernel_matches_reference(ops: type, split: int, dtype: 
         tau = tau_of(mu_t, s2, n)
         total = check_candidate_pairs(ops.candidate_pairs, mu_t, s2, rad, tau, n, rel, absm)
         assert total >= (n + 1) // 2  # every cluster's nearest bound is among them
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+@pytest.mark.parametrize("dim", [3, 20])
+def test_gram_scans_match_reference(any_order: type, split: int, dtype: torch.dtype,
+                                    dim: int) -> None:
+    """The scans from tiles of the Gram matrix (gram_scan_kernel): the reference's minima
+    bit for bit and its pairs, each once, a superset of the exact scan's; every row and
+    every third, in one tile and in tiles of 16 columns, read as the engine lays the tiles out
+    for these kernels (rows adjacent) and row-major."""
+    rng = np.random.default_rng(300 + dim)
+    n = 70
+    mu_t, s2, rad = centroid_inputs(rng, n, dim, dtype)
+    for rows in (torch.arange(n), torch.arange(0, n, 3)):
+        for step, by_columns in ((n, True), (16, True), (16, False)):
+            check_gram_scans(any_order, mu_t, s2, rad, rows, 1e-5, 1e-6, by_columns, step)
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+def test_gram_scans_change_no_merge(ops: type, dtype: torch.dtype,
+                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine driving these kernels with its scans from the Gram matrix merges as with
+    the exact scans."""
+    xt = torch.from_numpy(tie_free(np.random.default_rng(21), 80, 6)).to(dtype)
+    cases = GRAM_ENGINE_CASES[:2] if dtype == torch.float32 else GRAM_ENGINE_CASES[2:]
+    check_gram_engine(ops, xt, monkeypatch, "cuda", cases)
 
 
 @pytest.mark.parametrize("dtype", _DTYPES)

@@ -135,7 +135,7 @@ def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
     assert stages(calls) == ["build", "test-linear_gpu", "kernels", "bench"]
     (test,) = [c for c in calls if "-m pytest" in c]
     assert "-k pair_average or setting_aside" in test
-    assert test.rstrip().endswith("chunks or overflow or 4gib")
+    assert test.rstrip().endswith("chunks or overflow or gram or 4gib")
     (kernels,) = [c for c in calls if "bench_kernels.py" in c]
     assert "--time-limit 20 --token-pairs 33554432" in kernels
     # the short deadline (320 s), not the default 570

@@ -31,7 +31,14 @@ import pytest  # noqa: E402
 
 torch = pytest.importorskip("torch")
 
-from conftest import as_columns, same_partition, tie_free  # noqa: E402
+from conftest import (  # noqa: E402
+    GRAM_ENGINE_CASES,
+    as_columns,
+    check_gram_engine,
+    check_gram_scans,
+    same_partition,
+    tie_free,
+)
 
 import dcpe_kernels.linear as linear  # noqa: E402
 from dcpe_kernels import ReferenceOps  # noqa: E402
@@ -164,6 +171,37 @@ def _pairs(ops, mu_t, s2, rad, tau, n, capacity, rel=1e-5, absm=1e-6, rows=None)
     c = int(count[0])
     w = min(c, capacity)
     return c, sorted(zip(pa[:w].tolist(), pb[:w].tolist())), pa, pb
+
+
+@pytest.mark.parametrize("which", KERNEL_OPS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("n,d", [(2, 3), (45, 3), (70, 20)])
+def test_gram_scans_match_reference(which: str, dtype: torch.dtype, n: int, d: int,
+                                    rng: np.random.Generator) -> None:
+    """The scans from tiles of the Gram matrix (dcpe_kernels.gram): the reference's minima
+    bit for bit and its pairs, each once, a superset of the exact scan's; every row, and a
+    subset of the rows, in one tile and in tiles of 16 columns."""
+    ops = _ops(which)
+    _, _, _, mu_t, s2, rad = _clusters(rng, n, d, dtype)
+    by_columns = bool(getattr(ops, "gram_by_columns", False))
+    fast = which == "triton" and ON_GPU and dtype == torch.float32
+    some = torch.arange(n)[torch.from_numpy(rng.random(n) < 0.4)]
+    for rows in (torch.arange(n), some if len(some) else torch.arange(1)):
+        for step in (n, 16):
+            check_gram_scans(ops, mu_t, s2, rad, rows, 1e-5, 1e-6, by_columns, step, fast)
+
+
+@pytest.mark.parametrize("which", ["reference", "triton", "cuda"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_gram_scans_change_no_merge(which: str, dtype: torch.dtype,
+                                    monkeypatch: pytest.MonkeyPatch,
+                                    rng: np.random.Generator) -> None:
+    """The engine with its scans from the Gram matrix merges as with the exact scans."""
+    xt = torch.from_numpy(tie_free(rng, 90, 6)).to(dtype).to(DEVICE)
+    cases = GRAM_ENGINE_CASES
+    if which == "triton" and INTERPRET:  # (slow: half of the cases per dtype)
+        cases = cases[:2] if dtype == torch.float32 else cases[2:]
+    check_gram_engine(_ops(which), xt, monkeypatch, which, cases)
 
 
 @pytest.mark.parametrize("which", KERNEL_OPS)

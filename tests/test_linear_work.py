@@ -176,3 +176,28 @@ def test_bad_sizes_are_an_argument_error(tmp_path: Path) -> None:
          "--out", str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2 and "sizes must be >= 2" in proc.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_gram_scans_are_counted(tmp_path: Path) -> None:
+    """From GRAM_MIN_DIM dimensions on the engine's scans come from the Gram matrix
+    (--gram auto) and its first round lists and sums its candidates: one more N^2 of
+    candidate scan and a token pair per pair listed, the same merges (--gram off: the scans
+    from coordinate differences)."""
+    rows = {}
+    for gram in ("auto", "off"):
+        out = tmp_path / gram
+        proc = subprocess.run(
+            [sys.executable, str(ROOT / "benchmarks" / "linear_work.py"), "--sizes", "300",
+             "--d", "64", "--no-handover", "--own-data", "--pair-store", "off", "--gram", gram,
+             "--out", str(out)], capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        (rows[gram],) = json.loads((out / "linear-work-d64.json").read_text())["rows"]
+    on, off = rows["auto"], rows["off"]
+    assert (on["gram_scans"], off["gram_scans"]) == (True, False)
+    assert on["labels_equal_cpu"] is True and off["labels_equal_cpu"] is True
+    assert on["rounds"] == off["rounds"] and on["final_clusters"] == off["final_clusters"]
+    first_on, first_off = on["per_round"][0], off["per_round"][0]
+    assert first_off["pairs"] == first_off["cand_rows"] == 0
+    assert first_on["cand_rows"] == 300 and first_on["pairs"] == first_on["token_pairs"] > 0
+    assert on["candidate_scan_pairs"] == off["candidate_scan_pairs"] + 300 * 300
+    assert "| 300 | 64 | off | gram |" in (tmp_path / "auto" / "linear-work-d64.md").read_text()

@@ -30,6 +30,7 @@ SCRIPT = textwrap.dedent("""
 
     centroid = importlib.import_module("dcpe_kernels.centroid")
     pair_average = importlib.import_module("dcpe_kernels.pair_average")
+    gram = importlib.import_module("dcpe_kernels.gram")
 
     arch = int(sys.argv[1])
     target = GPUTarget("cuda", arch, 32)
@@ -103,6 +104,22 @@ SCRIPT = textwrap.dedent("""
         kernel = build(centroid._candidate_pairs_tiled_kernel, sig,
                        {"IS_F32": dt == "fp32", **blocks}, cfg)
         assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
+        # the same scans from tiles of the Gram matrix (float64 tiles and norms)
+        cfg = gram._launch_config(on_cpu=False)
+        blocks = {"BLOCK_M": cfg["BLOCK_M"], "BLOCK_N": cfg["BLOCK_N"]}
+        tile = {"g_ptr": "*fp64", "g_rs": "i64", "g_cs": "i64", "nrm_ptr": "*fp64",
+                "gerr": "fp64", "s2_ptr": f"*{dt}"}
+        sig = {**tile, "out_ptr": f"*{dt}", "nn_ptr": "*i64", "n": "i32", "c0": "i32",
+               "c1": "i32", "rows_ptr": "*i32", "nrows": "i32", "BLOCK_M": "constexpr",
+               "BLOCK_N": "constexpr"}
+        kernel = build(gram._centroid_nn_gram_kernel, sig, blocks, cfg)
+        assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
+        sig = {**tile, "rad_ptr": f"*{dt}", "tau_ptr": f"*{dt}", "n": "i32", "c0": "i32",
+               "c1": "i32", "margin_ptr": f"*{dt}", "pa_ptr": "*i32", "pb_ptr": "*i32",
+               "count_ptr": "*i64", "capacity": "i32", "rows_ptr": "*i32", "nrows": "i32",
+               "needy_ptr": "*i8", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
+        kernel = build(gram._candidate_pairs_gram_kernel, sig, blocks, cfg)
+        assert not re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"]), dt
         cfg = pair_average._launch_config(on_cpu=False)
         sig = {"x_ptr": f"*{dt}", "dim": "i32", "ts": "i32", "cs": "i32", "off_ptr": "*i64",
                "size_ptr": "*i64", "pa_ptr": "*i32", "pb_ptr": "*i32", "count_ptr": "*i64",
@@ -136,7 +153,8 @@ SCRIPT = textwrap.dedent("""
                round_._round_scan_oneblock_kernel, centroid._centroid_nn_tiled_kernel,
                centroid._candidate_pairs_tiled_kernel, pair_average._pair_average_tiled_kernel,
                pair_average._pair_average_packed_kernel,
-               pair_average._cluster_matrix_rowlanes_kernel):
+               pair_average._cluster_matrix_rowlanes_kernel, gram._centroid_nn_gram_kernel,
+               gram._candidate_pairs_gram_kernel):
         exempt = {fn.arg_names.index(a) if isinstance(a, str) else int(a)
                   for a in fn.do_not_specialize}
         ints = [i for i, name in enumerate(fn.arg_names)

@@ -39,6 +39,18 @@ void dcpe_register_cuda(py::module_& m) {
         py::arg("capacity"), py::arg("rows"), py::arg("nrows"), py::arg("needy"),
         py::arg("stream"),
         "Cluster pairs whose lower bound does not exceed tau, each once, atomically counted.");
+  c.def("centroid_nn_gram", &dcpe_cuda::centroid_nn_gram, py::arg("dtype"), py::arg("g"),
+        py::arg("g_rs"), py::arg("g_cs"), py::arg("nrm"), py::arg("gerr"), py::arg("s2"),
+        py::arg("n"), py::arg("c0"), py::arg("c1"), py::arg("out"), py::arg("nn"),
+        py::arg("rows"), py::arg("nrows"), py::arg("stream"),
+        "Smallest squared upper bound over a tile of columns, dd from a Gram tile.");
+  c.def("candidate_pairs_gram", &dcpe_cuda::candidate_pairs_gram, py::arg("dtype"),
+        py::arg("g"), py::arg("g_rs"), py::arg("g_cs"), py::arg("nrm"), py::arg("gerr"),
+        py::arg("s2"), py::arg("rad"), py::arg("tau"), py::arg("n"), py::arg("c0"),
+        py::arg("c1"), py::arg("rel"), py::arg("absm"), py::arg("pa"), py::arg("pb"),
+        py::arg("count"), py::arg("capacity"), py::arg("rows"), py::arg("nrows"),
+        py::arg("needy"), py::arg("stream"),
+        "candidate_pairs over a tile of columns, dd from a Gram tile, each pair once.");
   c.def("pair_average", &dcpe_cuda::pair_average, py::arg("dtype"), py::arg("x"),
         py::arg("dim"), py::arg("ts"), py::arg("cs"), py::arg("offsets"), py::arg("sizes"), py::arg("pa"), py::arg("pb"),
         py::arg("count"), py::arg("capacity"), py::arg("val"), py::arg("val_f64"),

@@ -78,6 +78,29 @@ void candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2, std::uin
                      std::int64_t capacity, std::uintptr_t rows, std::int64_t nrows,
                      std::uintptr_t needy, std::uintptr_t stream);
 
+// The two scans above with dd from a tile of the Gram matrix of the centred float64
+// centroids (dcpe_kernels/gram.py): g float64, row i (cluster rows[i], i < nrows) and
+// column b (c0 <= b < c1 <= n) at g[i * g_rs + (b - c0) * g_cs]; nrm float64 (n,) the
+// squared norms; lo = max(0, s - 2g - gerr s), hi = s - 2g + gerr s with s = nrm[a] +
+// nrm[b].  centroid_nn_gram: out[a] / nn[a] = the smallest hi + (s2[a] + s2[b]) over the
+// tile's b != a and its smallest argmin, where c0 > 0 merged with out / nn (a strictly
+// smaller value only; the caller takes the root after the last tile).
+// candidate_pairs_gram: lb = max(sqrt(lo), (lo + t) / (sqrt(hi) + r)), and (a, b) emitted
+// iff cand(a, b) where needy[b] == 0, iff a < b and (cand(a, b) or cand(b, a)) where
+// needy[b] != 0.
+void centroid_nn_gram(int dtype, std::uintptr_t g, std::int64_t g_rs, std::int64_t g_cs,
+                      std::uintptr_t nrm, double gerr, std::uintptr_t s2, std::int64_t n,
+                      std::int64_t c0, std::int64_t c1, std::uintptr_t out, std::uintptr_t nn,
+                      std::uintptr_t rows, std::int64_t nrows, std::uintptr_t stream);
+
+void candidate_pairs_gram(int dtype, std::uintptr_t g, std::int64_t g_rs, std::int64_t g_cs,
+                          std::uintptr_t nrm, double gerr, std::uintptr_t s2,
+                          std::uintptr_t rad, std::uintptr_t tau, std::int64_t n,
+                          std::int64_t c0, std::int64_t c1, double rel, double absm,
+                          std::uintptr_t pa, std::uintptr_t pb, std::uintptr_t count,
+                          std::int64_t capacity, std::uintptr_t rows, std::int64_t nrows,
+                          std::uintptr_t needy, std::uintptr_t stream);
+
 // val[k] for k < min(count[0], capacity) (count read on the device): the average over the
 // tokens i of lo = min(pa[k], pb[k]) and j of hi = max(...) of |x_i - x_j| (rounded as
 // pairwise_nn's metric 0), summed in float64 in a fixed order, divided in float64 by

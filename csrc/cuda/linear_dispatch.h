@@ -112,23 +112,29 @@ void centroid_nn(Launch&& launch, int dtype, U mu_t, U s2, I64 n, I64 dim, int m
   }
 }
 
+template <typename T>
+kernels::CandidateOp<T> candidate_op(U s2, U rad, U tau, I64 n, double rel, double absm, U pa,
+                                     U pb, U count, I64 capacity, U needy) {
+  const T rel_t = static_cast<T>(rel);
+  return kernels::CandidateOp<T>{as<const T>(s2),
+                                 as<const T>(rad),
+                                 as<const T>(tau),
+                                 static_cast<T>(T(1) + rel_t),
+                                 static_cast<T>(absm),
+                                 as<std::int32_t>(pa),
+                                 as<std::int32_t>(pb),
+                                 as<unsigned long long>(count),
+                                 capacity,
+                                 n,
+                                 as<const std::int8_t>(needy)};
+}
+
 template <typename T, typename Launch>
 void candidate_pairs_typed(Launch& launch, U mu_t, U s2, U rad, U tau, I64 n, I64 dim,
                            double rel, double absm, U pa, U pb, U count, I64 capacity,
                            U rows, I64 nrows, U needy, int split) {
-  const T rel_t = static_cast<T>(rel);
-  const kernels::CandidateOp<T> op{as<const T>(s2),
-                                   as<const T>(rad),
-                                   as<const T>(tau),
-                                   static_cast<T>(T(1) + rel_t),
-                                   static_cast<T>(absm),
-                                   as<std::int32_t>(pa),
-                                   as<std::int32_t>(pb),
-                                   as<unsigned long long>(count),
-                                   capacity,
-                                   n,
-                                   as<const std::int8_t>(needy)};
-  centroid_scan<T>(launch, "candidate_pairs", mu_t, n, dim, rows, nrows, split, op);
+  centroid_scan<T>(launch, "candidate_pairs", mu_t, n, dim, rows, nrows, split,
+                   candidate_op<T>(s2, rad, tau, n, rel, absm, pa, pb, count, capacity, needy));
 }
 
 template <typename Launch>
@@ -147,6 +153,99 @@ void candidate_pairs(Launch&& launch, int dtype, U mu_t, U s2, U rad, U tau, I64
   } else {
     candidate_pairs_typed<double>(launch, mu_t, s2, rad, tau, n, dim, rel, absm, pa, pb, count,
                                   capacity, rows, nrows, needy, split);
+  }
+}
+
+// The scans from a tile of the Gram matrix (gram_scan_kernel): g float64, row i of the
+// tile (cluster rows[i]) and column b (c0 <= b < c1) at g[i * g_rs + (b - c0) * g_cs]; nrm
+// float64 (n,); gerr >= 0.
+inline void check_gram(const char* what, I64 g_rs, I64 g_cs, double gerr, I64 n, I64 c0,
+                       I64 c1) {
+  if (c0 < 0 || c0 > c1 || c1 > n) {
+    throw std::invalid_argument(std::string(what) + ": the tile's columns must be 0 <= c0 <= "
+                                "c1 <= n, got " + std::to_string(c0) + ", " +
+                                std::to_string(c1) + " with n=" + std::to_string(n));
+  }
+  if (g_rs < 0 || g_cs < 0) {
+    throw std::invalid_argument(std::string(what) + ": the Gram tile's strides must be >= 0, "
+                                "got " + std::to_string(g_rs) + ", " + std::to_string(g_cs));
+  }
+  if (!(gerr >= 0.0 && gerr < 1.0)) {
+    throw std::invalid_argument(std::string(what) + ": gerr must be in [0, 1), got " +
+                                std::to_string(gerr));
+  }
+}
+
+template <typename T, typename Op, typename Launch>
+void gram_scan(Launch& launch, const char* name, U g, I64 g_rs, I64 g_cs, U nrm, double gerr,
+               I64 n, I64 c0, I64 c1, U rows, I64 nrows, int split, const Op& op) {
+  const unsigned grid = static_cast<unsigned>((nrows * split + kernels::kTileThreads - 1) /
+                                              kernels::kTileThreads);
+  launch(name, kernels::gram_scan_kernel<T, Op>, grid, kernels::kTileThreads,
+         as<const double>(g), g_rs, g_cs, as<const double>(nrm), gerr, n, c0, c1,
+         as<const std::int32_t>(rows), nrows, split, op);
+}
+
+// out / nn: the smallest hi + (s2_a + s2_b) and its smallest argmin (NearestOp's mode 1 at
+// scale 1), merged with the earlier columns' when c0 > 0.
+template <typename T, typename Launch>
+void centroid_nn_gram_typed(Launch& launch, U g, I64 g_rs, I64 g_cs, U nrm, double gerr,
+                            U s2, I64 n, I64 c0, I64 c1, U out, U nn, U rows, I64 nrows,
+                            int split) {
+  const kernels::NearestOp<T> op{as<const T>(s2), as<T>(out), as<I64>(nn), 1, T(1), c0 > 0};
+  gram_scan<T>(launch, "centroid_nn_gram", g, g_rs, g_cs, nrm, gerr, n, c0, c1, rows, nrows,
+               split, op);
+}
+
+template <typename Launch>
+void centroid_nn_gram(Launch&& launch, int dtype, U g, I64 g_rs, I64 g_cs, U nrm, double gerr,
+                      U s2, I64 n, I64 c0, I64 c1, U out, U nn, U rows, I64 nrows,
+                      int split = 0) {
+  check_args(dtype, n, "centroid_nn_gram");
+  check_scan("centroid_nn_gram", 1, split);
+  check_gram("centroid_nn_gram", g_rs, g_cs, gerr, n, c0, c1);
+  check_rows("centroid_nn_gram", n, nrows);
+  if (n == 0 || nrows == 0 || c0 == c1) return;
+  if (split == 0) split = scan_split(nrows);
+  if (dtype == kFloat32) {
+    centroid_nn_gram_typed<float>(launch, g, g_rs, g_cs, nrm, gerr, s2, n, c0, c1, out, nn,
+                                  rows, nrows, split);
+  } else {
+    centroid_nn_gram_typed<double>(launch, g, g_rs, g_cs, nrm, gerr, s2, n, c0, c1, out, nn,
+                                   rows, nrows, split);
+  }
+}
+
+template <typename T, typename Launch>
+void candidate_pairs_gram_typed(Launch& launch, U g, I64 g_rs, I64 g_cs, U nrm, double gerr,
+                                U s2, U rad, U tau, I64 n, I64 c0, I64 c1, double rel,
+                                double absm, U pa, U pb, U count, I64 capacity, U rows,
+                                I64 nrows, U needy, int split) {
+  gram_scan<T>(launch, "candidate_pairs_gram", g, g_rs, g_cs, nrm, gerr, n, c0, c1, rows,
+               nrows, split,
+               candidate_op<T>(s2, rad, tau, n, rel, absm, pa, pb, count, capacity, needy));
+}
+
+template <typename Launch>
+void candidate_pairs_gram(Launch&& launch, int dtype, U g, I64 g_rs, I64 g_cs, U nrm,
+                          double gerr, U s2, U rad, U tau, I64 n, I64 c0, I64 c1, double rel,
+                          double absm, U pa, U pb, U count, I64 capacity, U rows, I64 nrows,
+                          U needy, int split = 0) {
+  check_args(dtype, n, "candidate_pairs_gram");
+  check_scan("candidate_pairs_gram", 1, split);
+  check_gram("candidate_pairs_gram", g_rs, g_cs, gerr, n, c0, c1);
+  check_capacity("candidate_pairs_gram", capacity);
+  check_rows("candidate_pairs_gram", n, nrows);
+  if (n == 0 || nrows == 0 || c0 == c1) return;
+  if (split == 0) split = scan_split(nrows);
+  if (dtype == kFloat32) {
+    candidate_pairs_gram_typed<float>(launch, g, g_rs, g_cs, nrm, gerr, s2, rad, tau, n, c0, c1,
+                                      rel, absm, pa, pb, count, capacity, rows, nrows, needy,
+                                      split);
+  } else {
+    candidate_pairs_gram_typed<double>(launch, g, g_rs, g_cs, nrm, gerr, s2, rad, tau, n, c0,
+                                       c1, rel, absm, pa, pb, count, capacity, rows, nrows,
+                                       needy, split);
   }
 }
 

@@ -63,6 +63,26 @@ void candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2, std::uin
                             count, capacity, rows, nrows, needy);
 }
 
+void centroid_nn_gram(int dtype, std::uintptr_t g, std::int64_t g_rs, std::int64_t g_cs,
+                      std::uintptr_t nrm, double gerr, std::uintptr_t s2, std::int64_t n,
+                      std::int64_t c0, std::int64_t c1, std::uintptr_t out, std::uintptr_t nn,
+                      std::uintptr_t rows, std::int64_t nrows, std::uintptr_t stream) {
+  dispatch::centroid_nn_gram(on(stream), dtype, g, g_rs, g_cs, nrm, gerr, s2, n, c0, c1, out,
+                             nn, rows, nrows);
+}
+
+void candidate_pairs_gram(int dtype, std::uintptr_t g, std::int64_t g_rs, std::int64_t g_cs,
+                          std::uintptr_t nrm, double gerr, std::uintptr_t s2,
+                          std::uintptr_t rad, std::uintptr_t tau, std::int64_t n,
+                          std::int64_t c0, std::int64_t c1, double rel, double absm,
+                          std::uintptr_t pa, std::uintptr_t pb, std::uintptr_t count,
+                          std::int64_t capacity, std::uintptr_t rows, std::int64_t nrows,
+                          std::uintptr_t needy, std::uintptr_t stream) {
+  dispatch::candidate_pairs_gram(on(stream), dtype, g, g_rs, g_cs, nrm, gerr, s2, rad, tau, n,
+                                 c0, c1, rel, absm, pa, pb, count, capacity, rows, nrows,
+                                 needy);
+}
+
 void pair_average(int dtype, std::uintptr_t x, std::int64_t dim, std::int64_t ts,
                   std::int64_t cs, std::uintptr_t offsets,
                   std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,

@@ -74,6 +74,9 @@ struct NearestOp {
   std::int64_t* nn;
   int mode;
   T scale;
+  // out / nn already hold the minimum over earlier columns (the Gram scans' tiles of
+  // columns, in increasing order): start from it, and take a strictly smaller value only
+  bool merge = false;
 
   struct Row {
     T s2, raw, best;
@@ -81,7 +84,12 @@ struct NearestOp {
   };
 
   __device__ Row row(std::int64_t a, bool valid) const {
-    return Row{valid ? s2[a] : T(0), dev_inf<T>(), dev_inf<T>(), kNoIndex};
+    Row r{valid ? s2[a] : T(0), dev_inf<T>(), dev_inf<T>(), kNoIndex};
+    if (merge && valid) {
+      r.raw = r.best = out[a];
+      r.arg = nn[a];
+    }
+    return r;
   }
   __device__ T extra(int, std::int64_t b) const { return s2[b]; }
   __device__ T pad(int) const { return dev_inf<T>(); }  // v = +inf: never taken
@@ -97,6 +105,12 @@ struct NearestOp {
       }
       if (val <= r.best) r.raw = v;
     }
+  }
+
+  // From a Gram matrix (gram_scan_kernel): the upper bound takes dd's upper end.
+  __device__ __forceinline__ void gram_pair(Row& r, std::int64_t a, std::int64_t b, T, T hi,
+                                            const T* cx, int stride) const {
+    pair(r, a, b, hi, cx, stride);
   }
 
   // The `split` warps of a row group hold disjoint column sets: (value, column) minimum.
@@ -190,6 +204,37 @@ struct CandidateOp {
     if (!(low <= r.thr)) return;
     // b emits it (only a scanned b does)
     if (a > b && needy[b] != 0 && low <= mul_rn(add_rn(cx[2 * stride], absm), one_rel)) return;
+    const unsigned long long k = atomicAdd(count, 1ull);
+    if (k < static_cast<unsigned long long>(capacity)) {
+      pa[k] = static_cast<std::int32_t>(a);
+      pb[k] = static_cast<std::int32_t>(b);
+    }
+  }
+
+  // From a Gram matrix (gram_scan_kernel; dcpe_kernels/gram.py): lo <= dd <= hi, lb =
+  // sqrt(lo) if sqrt(hi) + r == 0 else max(sqrt(lo), (lo + t) / (sqrt(hi) + r)).  The two
+  // rows of a pair may see dd in different bits, so a pair of two scanned clusters is
+  // decided by the smaller one alone, for both thresholds: row a emits (a, b) iff cand(a, b)
+  // when b is not scanned, and iff a < b and (cand(a, b) or cand(b, a)) when it is.
+  __device__ __forceinline__ void gram_pair(Row& r, std::int64_t a, std::int64_t b, T lo,
+                                            T hi, const T* cx, int stride) const {
+    if (b >= n || b == a) return;
+    const bool other = needy[b] != 0;
+    if (other && b < a) return;
+    if (!other && lo > r.skip) return;  // (skip_bound holds for lb >= sqrt(lo) too)
+    const T d = sqrt_rn(lo);
+    const T t = add_rn(r.s2, cx[0]);
+    const T den = add_rn(sqrt_rn(hi), add_rn(r.rad, cx[stride]));
+    T lb = d;
+    if (den != T(0)) {
+      const T q = div_rn(add_rn(lo, t), den);
+      if (q > d) lb = q;
+    }
+    const T low = add_rn(lb, -absm);
+    if (!(low <= r.thr) &&
+        !(other && low <= mul_rn(add_rn(cx[2 * stride], absm), one_rel))) {
+      return;
+    }
     const unsigned long long k = atomicAdd(count, 1ull);
     if (k < static_cast<unsigned long long>(capacity)) {
       pa[k] = static_cast<std::int32_t>(a);
@@ -312,6 +357,65 @@ __global__ void __launch_bounds__(kTileThreads)
     for (int jj = 0; jj < kChunkCols; ++jj) {
       const int j = first + jj;
       op.pair(row, a, c0 + j, acc[jj], cx + j, kTile);
+    }
+  }
+  op.finish(row, a, n, warp, lane, split);
+}
+
+// ------------------------------------------------------------------ scans from a Gram matrix
+//
+// Past dcpe_kernels.linear.GRAM_MIN_DIM dimensions the engine forms, per tile of rows,
+// G[i, b] = mu_a . mu_b (a = rows[i]; float64 centroids less a common centre, a matrix
+// product on the device's matrix units) and these scans read dd from it
+// (dcpe_kernels/gram.py): s = nrm_a + nrm_b, e = gerr * s, lo = max(0, (s - 2 G) - e),
+// hi = (s - 2 G) + e, rounded to T; the same bits as the Triton kernels and the reference.
+// The Op's gram_pair takes (lo, hi).  A tile holds every row that scans and the columns
+// c0 .. c1 - 1; a thread is a row, as in the scans above, and reads the tile at
+// g[i * g_rs + (b - c0) * g_cs], coalesced across a warp's rows when g_rs == 1.
+
+template <typename T>
+__device__ __forceinline__ void gram_dd(double g, double na, double nb, double gerr, T& lo,
+                                        T& hi) {
+  const double s = add_rn(na, nb);
+  const double dd = add_rn(s, -mul_rn(2.0, g));
+  const double e = mul_rn(gerr, s);
+  const double l = add_rn(dd, -e);
+  lo = static_cast<T>(l > 0.0 ? l : 0.0);
+  hi = static_cast<T>(add_rn(dd, e));
+}
+
+template <typename T, typename Op>
+__global__ void __launch_bounds__(kTileThreads)
+    gram_scan_kernel(const double* __restrict__ g, std::int64_t g_rs, std::int64_t g_cs,
+                     const double* __restrict__ nrm, double gerr, std::int64_t n,
+                     std::int64_t c0, std::int64_t c1, const std::int32_t* __restrict__ rows,
+                     std::int64_t nrows, int split, Op op) {
+  constexpr int kTile = kChunkCols * kMaxSplit;
+  __shared__ T cx[Op::kExtras * kTile];
+  __shared__ double cn[kTile];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int tile = kChunkCols * split;
+  const int first = (warp % split) * kChunkCols;
+  bool valid;
+  const std::int64_t a = scan_row(rows, nrows, n, split, warp, lane, valid);
+  const std::int64_t i = static_cast<std::int64_t>(blockIdx.x) * (kTileThreads / split) +
+                         (warp / split) * 32 + lane;  // the thread's row of the tile
+  const double na = valid ? nrm[a] : 0.0;
+  const double* gi = g + (valid ? i : 0) * g_rs;
+  typename Op::Row row = op.row(a, valid);
+  for (std::int64_t t0 = c0; t0 < c1; t0 += tile) {
+    __syncthreads();  // everyone is done with the previous tile
+    load_extras<T>(op, cx, kTile, t0, tile, c1);
+    for (int j = threadIdx.x; j < tile; j += kTileThreads) cn[j] = t0 + j < c1 ? nrm[t0 + j] : 0.0;
+    __syncthreads();
+    if (!valid) continue;
+    for (int jj = 0; jj < kChunkCols; ++jj) {
+      const int j = first + jj;
+      const std::int64_t b = t0 + j;
+      if (b >= c1) break;
+      T lo, hi;
+      gram_dd<T>(gi[(b - c0) * g_cs], na, cn[j], gerr, lo, hi);
+      op.gram_pair(row, a, b, lo, hi, cx + j, kTile);
     }
   }
   op.finish(row, a, n, warp, lane, split);

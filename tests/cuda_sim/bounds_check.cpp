@@ -155,6 +155,36 @@ void centroid_scans(I64 n, I64 dim, int split) {
                               ptr(count), capacity, ptr(some), static_cast<I64>(some.size()),
                               ptr(needy_some), split);
   }
+  // the same scans from Gram tiles of exactly nrows x (c1 - c0) float64, in two tiles of
+  // columns: every row (row-major), every third row (the transpose of a (c1 - c0, nrows)
+  // product)
+  const I64 ns = static_cast<I64>(some.size());
+  auto nrm = uniform<double>(n, 0.5, 1.5);
+  const double gerr = 8.0 * (dim + 8) * 0x1p-53;
+  const I64 half = n / 2;
+  for (int pass = 0; pass < 2; ++pass) {
+    const I64 c0 = pass == 0 ? 0 : half, c1 = pass == 0 ? half : n, w = c1 - c0;
+    auto g_all = uniform<double>(static_cast<std::size_t>(n * w), -0.5, 0.5);
+    auto g_some = uniform<double>(static_cast<std::size_t>(ns * w), -0.5, 0.5);
+    dispatch::centroid_nn_gram(cuda_sim::Launcher{}, dtype_code<T>(), ptr(g_all), w, 1,
+                               ptr(nrm), gerr, ptr(s2), n, c0, c1, ptr(out), ptr(nn), ptr(rows),
+                               n, split);
+    dispatch::centroid_nn_gram(cuda_sim::Launcher{}, dtype_code<T>(), ptr(g_some), 1, ns,
+                               ptr(nrm), gerr, ptr(s2), n, c0, c1, ptr(out), ptr(nn),
+                               ptr(some), ns, split);
+    for (I64 capacity : {I64(0), I64(3), n * n}) {
+      std::vector<std::int32_t> pa(capacity), pb(capacity);
+      std::vector<I64> count(1);
+      dispatch::candidate_pairs_gram(cuda_sim::Launcher{}, dtype_code<T>(), ptr(g_all), w, 1,
+                                     ptr(nrm), gerr, ptr(s2), ptr(rad), ptr(out), n, c0, c1,
+                                     0.2, 0.01, ptr(pa), ptr(pb), ptr(count), capacity,
+                                     ptr(rows), n, ptr(needy), split);
+      dispatch::candidate_pairs_gram(cuda_sim::Launcher{}, dtype_code<T>(), ptr(g_some), 1, ns,
+                                     ptr(nrm), gerr, ptr(s2), ptr(rad), ptr(out), n, c0, c1,
+                                     0.2, 0.01, ptr(pa), ptr(pb), ptr(count), capacity,
+                                     ptr(some), ns, ptr(needy_some), split);
+    }
+  }
 }
 
 // Clusters of sizes 1..5 and two of 50 and 60 tokens; pairs k < min(count, capacity).

@@ -126,6 +126,29 @@ int dcpe_sim_candidate_pairs(int dtype, std::uintptr_t mu_t, std::uintptr_t s2,
   });
 }
 
+int dcpe_sim_centroid_nn_gram(int dtype, std::uintptr_t g, I64 g_rs, I64 g_cs,
+                              std::uintptr_t nrm, double gerr, std::uintptr_t s2, I64 n, I64 c0,
+                              I64 c1, std::uintptr_t out, std::uintptr_t nn, std::uintptr_t rows,
+                              I64 nrows, std::uintptr_t /*stream*/) {
+  return guarded([&] {
+    dispatch::centroid_nn_gram(cuda_sim::Launcher{}, dtype, g, g_rs, g_cs, nrm, gerr, s2, n, c0,
+                               c1, out, nn, rows, nrows, g_scan_split);
+  });
+}
+
+int dcpe_sim_candidate_pairs_gram(int dtype, std::uintptr_t g, I64 g_rs, I64 g_cs,
+                                  std::uintptr_t nrm, double gerr, std::uintptr_t s2,
+                                  std::uintptr_t rad, std::uintptr_t tau, I64 n, I64 c0, I64 c1,
+                                  double rel, double absm, std::uintptr_t pa, std::uintptr_t pb,
+                                  std::uintptr_t count, I64 capacity, std::uintptr_t rows,
+                                  I64 nrows, std::uintptr_t needy, std::uintptr_t /*stream*/) {
+  return guarded([&] {
+    dispatch::candidate_pairs_gram(cuda_sim::Launcher{}, dtype, g, g_rs, g_cs, nrm, gerr, s2,
+                                   rad, tau, n, c0, c1, rel, absm, pa, pb, count, capacity, rows,
+                                   nrows, needy, g_scan_split);
+  });
+}
+
 int dcpe_sim_pair_average(int dtype, std::uintptr_t x, I64 dim, I64 ts, I64 cs,
                           std::uintptr_t offsets,
                           std::uintptr_t sizes, std::uintptr_t pa, std::uintptr_t pb,

@@ -128,6 +128,40 @@ class CudaOps:
                             int(capacity), rows.data_ptr(), int(nrows), needy.data_ptr(),
                             cls._stream(mu_t))
 
+    #: the Gram scans' lanes are rows: the engine gives them the transpose of a contiguous
+    #: (n, rows) product, read coalesced (dcpe_kernels.linear._GramPlan)
+    gram_by_columns = True
+
+    @classmethod
+    def centroid_nn_gram(cls, g: torch.Tensor, nrm: torch.Tensor, gerr: float,
+                         s2: torch.Tensor, n: int, c0: int, c1: int, out: torch.Tensor,
+                         nn: torch.Tensor, rows: torch.Tensor, nrows: int) -> None:
+        from dcpe_kernels.gram import _check_gram
+
+        _check_gram(g, nrm, n, c0, c1, nrows)
+        ext = cls._lib()
+        ext.centroid_nn_gram(_dtype_code(s2), g.data_ptr(), int(g.stride(0)), int(g.stride(1)),
+                             nrm.data_ptr(), float(gerr), s2.data_ptr(), int(n), int(c0),
+                             int(c1), out.data_ptr(), nn.data_ptr(), rows.data_ptr(),
+                             int(nrows), cls._stream(s2))
+
+    @classmethod
+    def candidate_pairs_gram(cls, g: torch.Tensor, nrm: torch.Tensor, gerr: float,
+                             s2: torch.Tensor, rad: torch.Tensor, tau: torch.Tensor, n: int,
+                             c0: int, c1: int, rel: float, absm: float, pa: torch.Tensor,
+                             pb: torch.Tensor, count: torch.Tensor, capacity: int,
+                             rows: torch.Tensor, nrows: int, needy: torch.Tensor) -> None:
+        from dcpe_kernels.gram import _check_gram
+
+        _check_gram(g, nrm, n, c0, c1, nrows)
+        ext = cls._lib()
+        ext.candidate_pairs_gram(_dtype_code(s2), g.data_ptr(), int(g.stride(0)),
+                                 int(g.stride(1)), nrm.data_ptr(), float(gerr), s2.data_ptr(),
+                                 rad.data_ptr(), tau.data_ptr(), int(n), int(c0), int(c1),
+                                 float(rel), float(absm), pa.data_ptr(), pb.data_ptr(),
+                                 count.data_ptr(), int(capacity), rows.data_ptr(), int(nrows),
+                                 needy.data_ptr(), cls._stream(s2))
+
     @classmethod
     def pair_average(cls, x: torch.Tensor, offsets: torch.Tensor, sizes: torch.Tensor,
                      pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, capacity: int,

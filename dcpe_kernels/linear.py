@@ -210,10 +210,14 @@ _STORE_PAIR_BYTES = 48
 _STORE_CHUNK_BYTES = 320
 _MIN_PAIRS = 1024
 #: Euclidean tokens of at least this many dimensions take the centroid scans' squared
-#: distances from a float64 matrix product, a tile of rows at a time
-#: (:mod:`dcpe_kernels.gram`): 2 d operations per pair on the matrix units, against 3 d
-#: scalar ones from coordinate differences; the first round then sums its candidates (its
-#: bounds are no longer exact distances), a token pair each
+#: distances from float64 matrix products, a tile of columns at a time
+#: (:mod:`dcpe_kernels.gram`): 2 d operations per pair on the matrix units and 16 bytes of
+#: tile written and read, against 3 d scalar operations from coordinate differences (an
+#: H200 took 5.6e12 coordinate differences a second in the first round at 262,144 x 256): by
+#: that count the products win from about 64 dimensions on (benchmarks/bench_kernels.py
+#: times both).  The first
+#: round then sums its candidates (its bounds are no longer exact distances), a token pair
+#: each
 GRAM_MIN_DIM = 64
 #: a tile of the Gram matrix (every row that scans, a range of columns) takes at most this
 #: many bytes (and an eighth of what the budget leaves), and at least _GRAM_MIN_COLS

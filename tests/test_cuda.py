@@ -332,7 +332,8 @@ def test_linear_kernels_built_when_nvcc_present() -> None:
     ext = _ext()
     if ext is None or not getattr(ext, "has_cuda", False):
         pytest.skip("dcpe._C is not built with CUDA")
-    for name in ("centroid_nn", "candidate_pairs", "pair_average", "cluster_matrix"):
+    for name in ("centroid_nn", "candidate_pairs", "centroid_nn_gram", "candidate_pairs_gram",
+                 "pair_average", "cluster_matrix"):
         assert callable(getattr(ext.cuda, name))
 
 
@@ -342,9 +343,10 @@ def test_linear_kernels_are_never_contracted_into_fma(tmp_path) -> None:
     import re
 
     entries, text = _ptx_entries(tmp_path, "linear_kernels.cu")
-    # (3 + 1 scan kernels) x 2 ops x 2 dtypes, 3 x 2 others, and the pair averages of
-    # float32 tokens written in float64
-    assert len(entries) == 23
+    # (3 + 1 scan kernels, and the scan from a Gram tile) x 2 ops x 2 dtypes, 3 x 2 others,
+    # and the pair averages of float32 tokens written in float64
+    assert len(entries) == 27
+    assert sum("gram_scan_kernel" in e.split("(", 1)[0] for e in entries) == 4
     for body in entries:
         assert not re.findall(r"\bfma\.rn\.f(?:32|64)", body)
         assert not re.findall(r"\b(?:div|sqrt|rcp|rsqrt)\.approx", body)

@@ -14,8 +14,10 @@ pairs), so a rounding error of ``dd`` may only widen them; the kernels take
 
 * ``s = nrm_a + nrm_b`` (``nrm = |mu|^2``, float64), ``e = gerr * s`` and
   ``lo = max(0, (s - 2 G) - e)``, ``hi = (s - 2 G) + e``, rounded to the compute dtype.
-  With ``gerr = 8 (d + 8) 2^-53`` the interval holds the ``dd`` of the float64 centroids
-  with room to spare: a product of ``d`` terms, in any order of summation, is within
+  With ``gerr = 8 (d + 8) 2^-53`` the interval holds the ``dd`` of the centred float64
+  centroids with room to spare (the centring's own rounding, like the centroids', is far
+  inside the margins ``rel``/``absm`` below): a dot product of ``d`` terms, in any order of
+  summation, is within
   ``d 2^-53 sum |mu_a,k mu_b,k| <= d 2^-53 s / 2`` of its value (Higham 2002, "Accuracy
   and Stability of Numerical Algorithms", section 3.1), the norms within ``d 2^-53 nrm``,
   and the sums within a few more ulp of ``s``; centred centroids keep ``s`` near ``dd``.

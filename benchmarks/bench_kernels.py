@@ -230,36 +230,29 @@ def scan_rows(providers: list[str], args: argparse.Namespace, device: str,
             continue
         tau = torch.empty(n, dtype=dtype, device=device)
         nn = torch.empty(n, dtype=torch.int64, device=device)
-        call = functools.partial(ops.centroid_nn, mu_t, s2, n, 0, 1.0, tau, nn, rows, n)
-        t = time_gpu(call, args.repeats, device)
-        got = tau.cpu()
-        if ref_tau is None:
-            ref_tau = got
-        emit({**base, "kernel": "centroid_nn", "class": f"{n} centroids",
-              "median_s": t["median_s"], "same_bits": bool(torch.equal(got, ref_tau))})
         pa = torch.empty(cap, dtype=torch.int32, device=device)
         pb = torch.empty(cap, dtype=torch.int32, device=device)
         count = torch.zeros(1, dtype=torch.int64, device=device)
-
-        scan = functools.partial(ops.candidate_pairs, mu_t, s2, rad, ref_tau.to(device), n,
-                                 1e-6, 0.0, pa, pb, count, cap, rows, n, needy)
-        t = time_gpu(lambda scan=scan, count=count: (count.zero_(), scan()), args.repeats,
-                     device)
-        emit({**base, "kernel": "candidate_pairs", "class": f"{n} centroids",
-              "median_s": t["median_s"], "emitted": int(count.item())})
-        # the same two scans from tiles of the Gram matrix, as the engine runs them past
-        # GRAM_MIN_DIM dimensions (the float64 matrix products included)
-        scans = linear._Scans(ops, mu64, s2, plan)
-        gbase = {**base, "layout": "gram"}
-        t = time_gpu(functools.partial(scans.bounds, tau, nn, rows, n), args.repeats, device)
-        emit({**gbase, "kernel": "centroid_nn", "class": f"{n} centroids",
-              "median_s": t["median_s"]})
-        gscan = functools.partial(scans.candidates, rad, ref_tau.to(device), 1e-6, 0.0, pa,
-                                  pb, count, cap, rows, n, needy)
-        t = time_gpu(lambda gscan=gscan, count=count: (count.zero_(), gscan()), args.repeats,
-                     device)
-        emit({**gbase, "kernel": "candidate_pairs", "class": f"{n} centroids",
-              "median_s": t["median_s"], "emitted": int(count.item())})
+        # from coordinate differences (layout —), then from tiles of the Gram matrix, as the
+        # engine runs them past GRAM_MIN_DIM dimensions (the float64 matrix products included)
+        for layout, gram in (("—", None), ("gram", plan)):
+            row = {**base, "layout": layout, "class": f"{n} centroids"}
+            scans = linear._Scans(ops, mu64, s2, gram)
+            t = time_gpu(functools.partial(scans.bounds, tau, nn, rows, n), args.repeats,
+                         device)
+            extra = {}
+            if gram is None:  # (the Gram scan's bounds are wider: other bits)
+                got = tau.cpu()
+                if ref_tau is None:
+                    ref_tau = got
+                extra = {"same_bits": bool(torch.equal(got, ref_tau))}
+            emit({**row, "kernel": "centroid_nn", "median_s": t["median_s"], **extra})
+            scan = functools.partial(scans.candidates, rad, ref_tau.to(device), 1e-6, 0.0, pa,
+                                     pb, count, cap, rows, n, needy)
+            t = time_gpu(lambda scan=scan, count=count: (count.zero_(), scan()), args.repeats,
+                         device)
+            emit({**row, "kernel": "candidate_pairs", "median_s": t["median_s"],
+                  "emitted": int(count.item())})
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, device: str,

@@ -140,6 +140,26 @@ def _reference_candidate_pairs(mu_t: torch.Tensor, s2: torch.Tensor, rad: torch.
 if HAS_TRITON:
 
     @triton.jit
+    def _scan_rows(rows_ptr, s2_ptr, nrows, BLOCK_M: tl.constexpr):
+        """The program's rows of a scan: their places in ``rows``, mask, clusters (int32,
+        int64) and ``s2``."""
+        r = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        rmask = r < nrows
+        rows = tl.load(rows_ptr + r, mask=rmask, other=0)
+        rows64 = rows.to(tl.int64)
+        return r, rmask, rows, rows64, tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
+
+    @triton.jit
+    def _row_thresholds(rad_ptr, tau_ptr, margin_ptr, rows64, rmask):
+        """A candidate scan's rows: radius, threshold ``(tau + absm) * (1 + rel)``, and the
+        margins ``absm`` and ``1 + rel``."""
+        rr = tl.load(rad_ptr + rows64, mask=rmask, other=0.0)
+        tr = tl.load(tau_ptr + rows64, mask=rmask, other=0.0)
+        absm_t = tl.load(margin_ptr + 1)
+        one_rel = 1.0 + tl.load(margin_ptr)
+        return rr, (tr + absm_t) * one_rel, absm_t, one_rel
+
+    @triton.jit
     def _centroid_dd_tile(mu_ptr, ld, rows64, rmask, cols64, cmask, dim,
                           BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         """``dd`` of a tile: rounded squares summed in dimension order (fusion is off)."""
@@ -156,13 +176,8 @@ if HAS_TRITON:
     def _centroid_nn_tiled_kernel(mu_ptr, s2_ptr, out_ptr, nn_ptr, n, dim, rows_ptr, nrows,
                                   MODE: tl.constexpr, HALF: tl.constexpr, IS_F32: tl.constexpr,
                                   BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid = tl.program_id(0)
-        r = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = r < nrows
-        rows = tl.load(rows_ptr + r, mask=rmask, other=0)
-        rows64 = rows.to(tl.int64)
+        r, rmask, rows, rows64, s2r = _scan_rows(rows_ptr, s2_ptr, nrows, BLOCK_M)
         dtype = mu_ptr.dtype.element_ty
-        s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
         # running minimum per tile position: position j sees the columns j, j + BLOCK_N, ...
         # in increasing order, so a strict < keeps the smallest column among equal values;
         # the rows are reduced once, at the end
@@ -217,17 +232,9 @@ if HAS_TRITON:
                                       pa_ptr, pb_ptr, count_ptr, capacity, rows_ptr, nrows,
                                       needy_ptr, IS_F32: tl.constexpr, BLOCK_M: tl.constexpr,
                                       BLOCK_N: tl.constexpr):
-        pid = tl.program_id(0)
-        r = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = r < nrows
-        rows = tl.load(rows_ptr + r, mask=rmask, other=0)
-        rows64 = rows.to(tl.int64)
-        s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
-        rr = tl.load(rad_ptr + rows64, mask=rmask, other=0.0)
-        tr = tl.load(tau_ptr + rows64, mask=rmask, other=0.0)
-        absm_t = tl.load(margin_ptr + 1)
-        one_rel = 1.0 + tl.load(margin_ptr)
-        thr_r = (tr + absm_t) * one_rel
+        r, rmask, rows, rows64, s2r = _scan_rows(rows_ptr, s2_ptr, nrows, BLOCK_M)
+        rr, thr_r, absm_t, one_rel = _row_thresholds(rad_ptr, tau_ptr, margin_ptr, rows64,
+                                                     rmask)
         # lb >= D, so a pair with D > thr + absm is no candidate: a tile without a pair
         # under that (squared, with room for rounding) skips the bound's root and quotient
         lim = thr_r + absm_t

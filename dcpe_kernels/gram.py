@@ -58,7 +58,7 @@ from ._triton import HAS_TRITON, tl, triton
 from .centroid import _margins_on, _sqrt_rn
 
 if HAS_TRITON:
-    from .centroid import _emit_pairs, _row_minima
+    from .centroid import _emit_pairs, _row_minima, _row_thresholds, _scan_rows
 
 __all__ = [
     "_reference_candidate_pairs_gram",
@@ -159,13 +159,8 @@ if HAS_TRITON:
     def _centroid_nn_gram_kernel(g_ptr, g_rs, g_cs, nrm_ptr, gerr, s2_ptr, out_ptr, nn_ptr,
                                  n, c0, c1, rows_ptr, nrows, BLOCK_M: tl.constexpr,
                                  BLOCK_N: tl.constexpr):
-        pid = tl.program_id(0)
         dtype = s2_ptr.dtype.element_ty
-        r = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = r < nrows
-        rows = tl.load(rows_ptr + r, mask=rmask, other=0)
-        rows64 = rows.to(tl.int64)
-        s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
+        r, rmask, rows, rows64, s2r = _scan_rows(rows_ptr, s2_ptr, nrows, BLOCK_M)
         # as _centroid_nn_tiled_kernel: a running minimum per tile position, strict <
         tile_v = tl.full([BLOCK_M, BLOCK_N], float("inf"), dtype)
         tile_i = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.int32)
@@ -195,18 +190,10 @@ if HAS_TRITON:
                                      tau_ptr, n, c0, c1, margin_ptr, pa_ptr, pb_ptr, count_ptr,
                                      capacity, rows_ptr, nrows, needy_ptr,
                                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-        pid = tl.program_id(0)
         dtype = s2_ptr.dtype.element_ty
-        r = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-        rmask = r < nrows
-        rows = tl.load(rows_ptr + r, mask=rmask, other=0)
-        rows64 = rows.to(tl.int64)
-        s2r = tl.load(s2_ptr + rows64, mask=rmask, other=0.0)
-        rr = tl.load(rad_ptr + rows64, mask=rmask, other=0.0)
-        tr = tl.load(tau_ptr + rows64, mask=rmask, other=0.0)
-        absm_t = tl.load(margin_ptr + 1)
-        one_rel = 1.0 + tl.load(margin_ptr)
-        thr_r = (tr + absm_t) * one_rel
+        r, rmask, rows, rows64, s2r = _scan_rows(rows_ptr, s2_ptr, nrows, BLOCK_M)
+        rr, thr_r, absm_t, one_rel = _row_thresholds(rad_ptr, tau_ptr, margin_ptr, rows64,
+                                                     rmask)
         for cb in range(c0, c1, BLOCK_N):
             cols = cb + tl.arange(0, BLOCK_N)
             cmask = cols < c1

@@ -189,26 +189,41 @@ struct CandidateOp {
   }
   __device__ T pad(int) const { return T(0); }  // padded columns fail b < n
 
-  __device__ __forceinline__ void pair(Row& r, std::int64_t a, std::int64_t b, T dd,
-                                       const T* cx, int stride) const {
-    if (dd > r.skip || b >= n || b == a) return;
-    const T d = sqrt_rn(dd);
+  // fl(lb - absm), lb = d if den == 0 else max(d, (num + t) / den), den = root + r: num = dd
+  // and d = root = sqrt(dd) in the scans from differences, (lo, sqrt(lo), sqrt(hi)) in
+  // those from a Gram matrix
+  __device__ __forceinline__ T low_bound(const Row& r, T num, T d, T root, const T* cx,
+                                         int stride) const {
     const T t = add_rn(r.s2, cx[0]);
-    const T den = add_rn(d, add_rn(r.rad, cx[stride]));
+    const T den = add_rn(root, add_rn(r.rad, cx[stride]));
     T lb = d;
     if (den != T(0)) {
-      const T q = div_rn(add_rn(dd, t), den);
+      const T q = div_rn(add_rn(num, t), den);
       if (q > d) lb = q;
     }
-    const T low = add_rn(lb, -absm);
-    if (!(low <= r.thr)) return;
-    // b emits it (only a scanned b does)
-    if (a > b && needy[b] != 0 && low <= mul_rn(add_rn(cx[2 * stride], absm), one_rel)) return;
+    return add_rn(lb, -absm);
+  }
+  // cand(b, a): the column's threshold (tau_b + absm) * (1 + rel)
+  __device__ __forceinline__ bool cand_ba(T low, const T* cx, int stride) const {
+    return low <= mul_rn(add_rn(cx[2 * stride], absm), one_rel);
+  }
+  __device__ __forceinline__ void append(std::int64_t a, std::int64_t b) const {
     const unsigned long long k = atomicAdd(count, 1ull);
     if (k < static_cast<unsigned long long>(capacity)) {
       pa[k] = static_cast<std::int32_t>(a);
       pb[k] = static_cast<std::int32_t>(b);
     }
+  }
+
+  __device__ __forceinline__ void pair(Row& r, std::int64_t a, std::int64_t b, T dd,
+                                       const T* cx, int stride) const {
+    if (dd > r.skip || b >= n || b == a) return;
+    const T d = sqrt_rn(dd);
+    const T low = low_bound(r, dd, d, d, cx, stride);
+    if (!(low <= r.thr)) return;
+    // b emits it (only a scanned b does)
+    if (a > b && needy[b] != 0 && cand_ba(low, cx, stride)) return;
+    append(a, b);
   }
 
   // From a Gram matrix (gram_scan_kernel; dcpe_kernels/gram.py): lo <= dd <= hi, lb =
@@ -222,24 +237,8 @@ struct CandidateOp {
     const bool other = needy[b] != 0;
     if (other && b < a) return;
     if (!other && lo > r.skip) return;  // (skip_bound holds for lb >= sqrt(lo) too)
-    const T d = sqrt_rn(lo);
-    const T t = add_rn(r.s2, cx[0]);
-    const T den = add_rn(sqrt_rn(hi), add_rn(r.rad, cx[stride]));
-    T lb = d;
-    if (den != T(0)) {
-      const T q = div_rn(add_rn(lo, t), den);
-      if (q > d) lb = q;
-    }
-    const T low = add_rn(lb, -absm);
-    if (!(low <= r.thr) &&
-        !(other && low <= mul_rn(add_rn(cx[2 * stride], absm), one_rel))) {
-      return;
-    }
-    const unsigned long long k = atomicAdd(count, 1ull);
-    if (k < static_cast<unsigned long long>(capacity)) {
-      pa[k] = static_cast<std::int32_t>(a);
-      pb[k] = static_cast<std::int32_t>(b);
-    }
+    const T low = low_bound(r, lo, sqrt_rn(lo), sqrt_rn(hi), cx, stride);
+    if (low <= r.thr || (other && cand_ba(low, cx, stride))) append(a, b);
   }
 
   __device__ void finish(const Row&, std::int64_t, std::int64_t, int, int, int) const {}

@@ -34,6 +34,7 @@ Usage::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 import time
 from pathlib import Path
@@ -376,20 +377,94 @@ def _counting(ops: Any, hist: Any) -> Any:
     return type(ops.__name__, (ops,), {"pair_average": staticmethod(pair_average)})
 
 
+#: operations that only allocate (nothing written)
+_ALLOCATIONS = ("aten::empty", "aten::empty_like", "aten::empty_strided",
+                "aten::new_empty", "aten::new_empty_strided", "aten::scalar_tensor")
+
+
+class _Traffic:
+    """The engine's own tensor operations outside its kernels (``--traffic``): each
+    would be at least one launch on a GPU, and the bytes they write, a lower bound of
+    their memory traffic (reads not counted).  A kernel call (a method of the ops) counts
+    as none: its work is the scans' and sums' of the other columns.  Views and
+    allocations write nothing; an in-place operation writes its output, a scatter as many
+    entries as its source; a host read of a scalar (``.item()``, ``.tolist()``) is not an
+    operation here."""
+
+    def __init__(self) -> None:
+        self.ops = 0
+        self.written = 0
+        self.inside = 0
+
+    def wrap(self, ops: Any) -> Any:
+        """``ops`` with every method marked as a kernel (its operations not counted)."""
+        def marked(f):
+            def call(*a, **kw):
+                self.inside += 1
+                try:
+                    return f(*a, **kw)
+                finally:
+                    self.inside -= 1
+            return staticmethod(call)
+
+        names = [m for m in dir(ops) if not m.startswith("_") and callable(getattr(ops, m))]
+        return type(ops.__name__, (ops,), {m: marked(getattr(ops, m)) for m in names})
+
+    def mode(self) -> Any:
+        torch = _torch()
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        traffic = self
+
+        def storage(t: Any) -> int:
+            return t.untyped_storage().data_ptr()
+
+        class Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                name = func.name().split(".")[0]
+                if traffic.inside or name in _ALLOCATIONS or name == "aten::_local_scalar_dense":
+                    return out
+                ins = {storage(a) for a in torch.utils._pytree.tree_leaves((args, kwargs))
+                       if isinstance(a, torch.Tensor)}
+                outs = [t for t in torch.utils._pytree.tree_leaves(out)
+                        if isinstance(t, torch.Tensor)]
+                inplace = name.endswith("_") or name == "aten::copy_"
+                if outs and not inplace and all(storage(t) in ins for t in outs):
+                    return out  # a view
+                traffic.ops += 1
+                if name.startswith("aten::scatter"):
+                    src = args[3] if len(args) > 3 and isinstance(args[3], torch.Tensor) \
+                        else args[2]
+                    traffic.written += src.numel() * outs[0].element_size()
+                else:
+                    traffic.written += sum(t.numel() * t.element_size() for t in outs)
+                return out
+
+        return Mode()
+
+
 def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
-            pair_store: bool | None = None) -> dict[str, Any]:
+            pair_store: bool | None = None, traffic: bool = False) -> dict[str, Any]:
     """One run of the engine on ``x`` with a flat cut at ``k``: the work per round
-    (``pair_store``: the engine's option; None its default)."""
+    (``pair_store``: the engine's option; None its default; ``traffic``: also count the
+    engine's own operations and the bytes they write, :class:`_Traffic`)."""
     torch = _torch()
     from dcpe_kernels.linear import linear_merges, trace_rounds
     from dcpe_kernels.rnn import merges_to_labels
 
     records: list[dict[str, Any]] = []
     hist = torch.zeros(len(PAIR_CLASSES) + 1, dtype=torch.float64)
+    ops = _counting(_ops(x.shape[1]), hist)
+    counter = _Traffic() if traffic else None
     t0 = time.perf_counter()
-    with trace_rounds(records.append):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(trace_rounds(records.append))
+        if counter is not None:
+            ops = counter.wrap(ops)
+            stack.enter_context(counter.mode())
         mg = linear_merges(torch.from_numpy(x), metric="euclidean", max_cluster_size=None,
-                           ops=_counting(_ops(x.shape[1]), hist), backend="work", n_clusters=k,
+                           ops=ops, backend="work", n_clusters=k,
                            memory_budget=1 << 62, handover_bytes=None if handover else 0,
                            pair_store=pair_store)
     seconds = time.perf_counter() - t0
@@ -419,6 +494,9 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
             [*PAIR_CLASSES, "inf"], hist.tolist())},
         "final_clusters": rounds[-1]["n"], "host_seconds": round(seconds, 2),
         "per_round": rounds}
+    if counter is not None:
+        row["torch_ops"] = counter.ops
+        row["torch_bytes_written"] = counter.written
     if check:
         import dcpe
 
@@ -458,7 +536,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                       f"{r.get('reused_token_pairs', 0):.3g}",
                       f"{r.get('largest_store', 0) / n:.0f}",
                       f"{r.get('store_entries', 0):.3g}", f"{r.get('store_sorted', 0):.3g}",
-                      r["largest_cluster"], _small_share(r),
+                      r["largest_cluster"], _small_share(r), *_traffic_cells(r),
                       {True: "yes", False: "**NO**"}.get(r.get("labels_equal_cpu"), "—"),
                       fmt_seconds(r["host_seconds"])])
     return "\n".join([
@@ -478,6 +556,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                         "token pairs / N", "token pairs", "token pairs reused",
                         "largest store / N", "store entries", "entries sorted",
                         "largest cluster", "in pairs < 5 / < 17 token pairs",
+                        "torch ops / round", "written / round",
                         "labels = cpu", "host time"], table), "",
         "centroid scan: pairs (searching cluster, cluster) of the bound scan, summed over "
         "the rounds; candidate scan: the same for the candidate scan, which the first "
@@ -496,9 +575,24 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         "in pairs < 5 / < 17: the shares of the token pairs summed in pairs of fewer than 5 "
         "and 17 token pairs (as the kernel is given them: the parts of a split pair and of "
         "the pair store's entries each on its own). "
+        " torch ops and written (--traffic; — without): the engine's own tensor "
+        "operations outside its kernels, each at least one launch on a GPU, and the bytes "
+        "they write (a lower bound of their memory traffic; views and allocations none), "
+        "per round."
         " A GPU's time is about a * (centroid + candidate scan pairs) * d + b * token "
         "pairs * d + c * rounds + e * store entries + f * entries sorted.  Labels = cpu: "
         "the same partition as the cpu backend's (up to --check-max-n).", ""])
+
+
+def _fmt_mb(b: float) -> str:
+    return f"{b / 1e6:,.1f} MB"
+
+
+def _traffic_cells(r: dict[str, Any]) -> list[str]:
+    if "torch_ops" not in r:
+        return ["—", "—"]
+    rounds = max(1, r["matrix_free_rounds"])
+    return [f"{r['torch_ops'] / rounds:.0f}", _fmt_mb(r["torch_bytes_written"] / rounds)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -525,6 +619,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="the centroid scans from the Gram matrix (auto: the engine's "
                          "default, from GRAM_MIN_DIM dimensions on; off: from coordinate "
                          "differences at any d)")
+    ap.add_argument("--traffic", action="store_true",
+                    help="also count the engine's own tensor operations outside its kernels "
+                         "and the bytes they write (slower)")
     ap.add_argument("--name", default=None,
                     help="file name (default: linear-work, linear-work-d<d> past 8 dims)")
     args = ap.parse_args(argv)
@@ -551,7 +648,8 @@ def main(argv: list[str] | None = None) -> int:
              else np.ascontiguousarray(data[:n]))
         for store in STORE_CHOICES[args.pair_store]:
             row = measure(x, n // 2, n <= args.check_max_n,
-                          handover=not args.no_handover, pair_store=store)
+                          handover=not args.no_handover, pair_store=store,
+                          traffic=args.traffic)
             rows.append(row)
             print(f"N={n}: store {'on' if row['pair_store'] else 'off'} rounds "
                   f"{row['rounds']} scan {row['scan_pairs'] / n ** 2:.2f} N^2 "

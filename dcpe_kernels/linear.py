@@ -193,6 +193,12 @@ _PAIRS_PER_CLUSTER = 8
 #: 129 per cluster in the second round at N = 4,096 to 16,384 x 256, 1,455 at 262,144 x 256
 #: on an H200), and a list past its room costs a second candidate scan, O(n^2 d)
 _PAIRS_PER_CLUSTER_HIGH_D = 2048
+#: ... but the first round of the Gram scans (every cluster one token, a pair or two each:
+#: 0.85 per cluster at N = 2,048 and 4,096 x 256) goes through a view of this many per
+#: cluster of that room; a list past it is listed again in the whole room, as any list past
+#: its room (the room's passes cost a few hundred bytes written per entry, whether or not
+#: it holds a pair)
+_PAIRS_PER_CLUSTER_FIRST = 8
 #: Euclidean tokens of at least this many dimensions keep the exact averages already summed
 #: from round to round (:class:`_PairStore`): a token pair costs ``O(d)`` reads, an entry of
 #: the store a few sorted words, and in the high-dimensional rounds most candidate pairs
@@ -412,6 +418,8 @@ class _PairStore:
         self.val = torch.empty(0, dtype=torch.float64, device=dev)
         self.miss = torch.empty(0, dtype=torch.int64, device=dev)
         self.part = torch.empty(0, dtype=torch.int64, device=dev)  # size of part 0, per slot
+        #: at least the entries with missing parts (only the last :meth:`apply` makes them)
+        self.incomplete = 0
         self.planned: dict[str, torch.Tensor] | None = None
         #: per slot, the smallest complete average held (``inf``: none), or None
         self.low: torch.Tensor | None = None
@@ -515,6 +523,7 @@ class _PairStore:
         out_miss.scatter_(0, pc, c_miss)
         self.key, self.val, self.miss = out_key[:total], out_val[:total], out_miss[:total]
         self.part = pl["part"]
+        self.incomplete = m
         self._fit(pl["part"].shape[0])
 
     def shrink(self, room: int) -> None:
@@ -758,6 +767,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                          bool(getattr(ops, "gram_by_columns", False)))
         singletons = False
     bounded, n_unknown, searched_scan = False, 0, n_all
+    largest = 1  # the largest cluster (read at each synchronisation)
     if scale is None:
         tokens = _Tokens(xs)
         rad = torch.zeros(n_all, dtype=dt, device=dev)
@@ -782,6 +792,9 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         pb = torch.zeros(capacity, dtype=torch.int32, device=dev)
         val = torch.empty(capacity, dtype=dt, device=dev)
         pairs_buf = (pa, pb, val)  # the room; pa, pb, val: views of its first `capacity`
+        if gram is not None:  # the first round's view (_PAIRS_PER_CLUSTER_FIRST)
+            capacity = min(capacity, max(_MIN_PAIRS, _PAIRS_PER_CLUSTER_FIRST * n_all))
+            pa, pb, val = (t[:capacity] for t in pairs_buf)
         count = torch.zeros(1, dtype=i64, device=dev)
         scratch = torch.empty(n_all, dtype=i64, device=dev)
         # the next round's thresholds from the old neighbours, and who must scan for one
@@ -893,11 +906,12 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                     m = sl.stop - sl.start
                     if store is None:
                         _pair_sums(ops, tokens.x, tokens.offsets, st.size, n, pa[sl], pb[sl],
-                                   cnt, m, val[sl], live_ab)
+                                   cnt, m, val[sl], live_ab, largest)
                         work += _pair_work(*live_ab, st.size)
                     else:
                         k_c, v_c, w_c, r_c = _stored_sums(ops, store, tokens, st.size, n,
-                                                          pa[sl], pb[sl], m, val[sl], live_ab)
+                                                          pa[sl], pb[sl], m, val[sl], live_ab,
+                                                          largest)
                         new_key[sl], new_val[sl] = k_c, v_c
                         work += w_c
                         reused += r_c
@@ -970,9 +984,13 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         if not st.commit(n, n_pairs, n_new, below, backend):
             break
         singletons = singletons and n_pairs == 0
+        if gram is not None and st.rounds == 1:  # the whole room from the second round on
+            capacity = pairs_buf[0].shape[0]
+            pa, pb, val = pairs_buf
         if tokens is not None:
             n_unknown = vals[8]
             bounded = _BOUND_FACTOR > 0
+            largest = vals[7]
         if store is not None:
             store.apply(*vals[10:13])
             fresh.clear()
@@ -999,7 +1017,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 else:
                     room = avail - needed - n * n * itemsize
                     _matrix_from_pairs(ops, tokens, new_size, n, cur, nn, nnd,
-                                       max(1024, min(_MATRIX_CHUNK, room // 48)))
+                                       max(1024, min(_MATRIX_CHUNK, room // 48)), largest)
                 used = needed + n * n * itemsize
                 del tokens, mu, m2, rad, pa, pb, val, store
                 fresh.clear()
@@ -1167,14 +1185,22 @@ def _live_pairs(pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor,
 
 def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Tensor, n: int,
                pa: torch.Tensor, pb: torch.Tensor, count: torch.Tensor, capacity: int,
-               val: torch.Tensor, live_ab: tuple[torch.Tensor, ...] | None = None) -> None:
+               val: torch.Tensor, live_ab: tuple[torch.Tensor, ...] | None = None,
+               largest: int | None = None) -> None:
     """``ops.pair_average`` of the pairs ``k < count`` into ``val``, without leaving a large
     pair to one block (one program): the first :data:`_SPLIT_MAX` pairs of at least
     :data:`_SPLIT_WORK` token pairs are summed in :data:`_SPLIT_PARTS` parts of their larger
     cluster, each part a pair of its own (float64 averages, times their token pairs), and
     the parts added in a fixed order.  The value is that of one sum up to the order of the
     float64 additions; everything stays on the device (no host synchronisation).
-    ``live_ab``: :func:`_live_pairs` of these pairs, when the caller has it."""
+    ``live_ab``: :func:`_live_pairs` of these pairs, when the caller has it.  ``largest``:
+    an upper bound of ``size`` known on the host (the largest cluster, read at the last
+    synchronisation); when no pair can be split under it, the pairs go to one
+    ``pair_average`` as they are, without the passes over the list that pick the split
+    ones (the same values: none would be)."""
+    if largest is not None and (largest < _SPLIT_PARTS or largest * largest < _SPLIT_WORK):
+        ops.pair_average(x, offsets, size, pa, pb, count, capacity, val)
+        return
     dev = val.device
     i64, f64 = torch.int64, torch.float64
     ar = torch.arange(capacity, device=dev)
@@ -1217,7 +1243,8 @@ def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Ten
 
 def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tensor, n: int,
                  pa: torch.Tensor, pb: torch.Tensor, capacity: int, val: torch.Tensor,
-                 live_ab: tuple[torch.Tensor, ...]) -> list[torch.Tensor]:
+                 live_ab: tuple[torch.Tensor, ...], largest: int | None = None
+                 ) -> list[torch.Tensor]:
     """The averages of the pairs ``k < count`` into ``val``, with ``store``
     (:class:`_PairStore`): a pair it holds complete takes its value; one it holds in part
     is summed over its missing pairs of parts only (each part a cluster of its own for
@@ -1225,7 +1252,8 @@ def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tenso
     the rest), added in the order of the parts to the known ones; the others are summed
     whole.  Returns the round's new complete entries for :meth:`_PairStore.plan` (keys,
     ``SENT`` where none, and float64 averages), and the token pairs summed and those whose
-    average the store held (int64 ``(1,)`` each, on the device)."""
+    average the store held (int64 ``(1,)`` each, on the device).  ``largest``: as for
+    :func:`_pair_sums`."""
     f64 = torch.float64
     dev = val.device
     live, a, b = live_ab
@@ -1234,23 +1262,28 @@ def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tenso
     pos, (pa_u, pb_u) = _pack(todo, capacity, pa[:capacity], pb[:capacity])
     val64 = torch.zeros(capacity + 1, dtype=f64, device=dev)
     _pair_sums(ops, tokens.x, tokens.offsets, size, n, pa_u, pb_u, todo.sum().reshape(1),
-               capacity, val64[:capacity])
+               capacity, val64[:capacity], largest=largest)
     avg = torch.where(todo, val64[pos], known)
     del pa_u, pb_u, val64
     partial = found & (miss != 0)
     pairs = torch.where(live, size[a] * size[b], 0)
     work = torch.where(todo, pairs, 0).sum()
-    if store.part.numel():
-        # the missing pairs of parts: (pair k, bit i) -> a pair of part clusters
+    # the pairs held in part: at most the store's incomplete entries (a bound known on the
+    # host), so their passes go over as many entries, not over the whole list
+    mp = min(capacity, store.incomplete) if store.part.numel() else 0
+    if mp:
         lo, hi = torch.minimum(a, b), torch.maximum(a, b)
+        ppos, (lo_p, hi_p, miss_p, known_p) = _pack(partial, mp, lo, hi, miss, known)
+        # their missing pairs of parts: (pair j, bit i) -> a pair of part clusters (none
+        # past the pairs held in part, whose miss is 0)
         bit = torch.arange(4, device=dev)
-        flag = partial[:, None] & (((miss[:, None] >> bit) & 1) == 1)  # (capacity, 4)
+        flag = ((miss_p[:, None] >> bit) & 1) == 1  # (mp, 4)
         part0 = store.part[:n]
         psize = torch.stack([part0, size[:n] - part0], 1)  # (n, 2): tokens of each part
         ulo, uhi = bit >> 1, bit & 1
-        vlo = n + 2 * lo[:, None] + ulo  # part clusters n .. 3n - 1
-        vhi = n + 2 * hi[:, None] + uhi
-        m = 3 * capacity  # at most three missing pairs of parts per pair
+        vlo = n + 2 * lo_p[:, None] + ulo  # part clusters n .. 3n - 1
+        vhi = n + 2 * hi_p[:, None] + uhi
+        m = 3 * mp  # at most three missing pairs of parts per pair
         fpos, (pa_v, pb_v) = _pack(flag.reshape(-1), m, vlo.reshape(-1).to(torch.int32),
                                    vhi.reshape(-1).to(torch.int32))
         fpos = fpos.view(-1, 4)
@@ -1259,15 +1292,15 @@ def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tenso
         sizes_x = torch.cat([size[:n], psize.reshape(-1)])
         val_v = torch.zeros(m + 1, dtype=f64, device=dev)
         _pair_sums(ops, tokens.x, offsets_x, sizes_x, 3 * n, pa_v, pb_v,
-                   flag.sum().reshape(1), m, val_v[:m])
+                   flag.sum().reshape(1), m, val_v[:m], largest=largest)
         del pa_v, pb_v
-        wt = (psize[lo[:, None], ulo] * psize[hi[:, None], uhi]).to(f64)  # (capacity, 4)
+        wt = (psize[lo_p[:, None], ulo] * psize[hi_p[:, None], uhi]).to(f64)  # (mp, 4)
         wt = torch.where(flag, wt, 0.0)
-        total = (size[lo] * size[hi]).to(f64)
-        s = known * (total - wt.sum(1))  # the known token pairs' sum
+        total = (size[lo_p] * size[hi_p]).to(f64)
+        s = known_p * (total - wt.sum(1))  # the known token pairs' sum
         for i in range(4):  # in the order of the parts
             s = s + torch.where(flag[:, i], wt[:, i] * val_v[fpos[:, i]], 0.0)
-        avg = torch.where(partial, s / total, avg)
+        avg = torch.where(partial, torch.cat([s / total, s.new_zeros(1)])[ppos], avg)
         work = work + wt.sum().to(torch.int64)
     val[:capacity] = avg.to(val.dtype)
     summed = todo | partial
@@ -1284,11 +1317,12 @@ def _pair_work(live: torch.Tensor, a: torch.Tensor, b: torch.Tensor,
 
 def _matrix_from_pairs(ops: Any, tokens: _Tokens, size: torch.Tensor, n: int,
                        cur: torch.Tensor, nn: torch.Tensor, nnd: torch.Tensor,
-                       chunk: int) -> None:
+                       chunk: int, largest: int | None = None) -> None:
     """The clusters' matrix from the exact averages of all their pairs, in chunks of
     ``chunk`` pairs (``pair_average`` sums a large pair with a whole block or
     program), with row minima and smallest argmins; the same values as ``cluster_matrix``
-    up to the order of the float64 sums, and exactly symmetric (one sum per pair)."""
+    up to the order of the float64 sums, and exactly symmetric (one sum per pair).
+    ``largest``: as for :func:`_pair_sums`."""
     dev = cur.device
     d = cur[: n * n].view(n, n)
     d.fill_(float("inf"))
@@ -1307,7 +1341,8 @@ def _matrix_from_pairs(ops: Any, tokens: _Tokens, size: torch.Tensor, n: int,
         pa, pb = a.to(torch.int32), b.to(torch.int32)
         val = torch.empty(total, dtype=cur.dtype, device=dev)
         count = torch.full((1,), total, dtype=torch.int64, device=dev)
-        _pair_sums(ops, tokens.x, tokens.offsets, size, n, pa, pb, count, total, val)
+        _pair_sums(ops, tokens.x, tokens.offsets, size, n, pa, pb, count, total, val,
+                   largest=largest)
         d[a, b] = val
         d[b, a] = val
         a0 = a1

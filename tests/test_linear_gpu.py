@@ -467,6 +467,78 @@ def test_large_pairs_summed_in_parts(which: str, dtype: torch.dtype,
     rtol = 1e-14 if dtype == torch.float64 else 1.2e-7  # float32: one rounding apart at most
     torch.testing.assert_close(got.cpu()[:len(pairs)], want[:len(pairs)], rtol=rtol, atol=0)
     assert bool((got.cpu()[len(pairs):] == -7.0).all())
+    # the largest cluster known on the host: the same values, split as before
+    again = torch.full((capacity,), -7.0, dtype=dtype, device=DEVICE)
+    linear._pair_sums(ops, x, offsets, sizes, n, pa, pb, count, capacity, again,
+                      largest=int(sizes.max()))
+    assert torch.equal(again, got)
+
+
+@pytest.mark.parametrize("which", ["reference", "triton"])
+def test_no_pair_to_split_goes_whole(which: str, monkeypatch: pytest.MonkeyPatch,
+                                     rng: np.random.Generator) -> None:
+    """When the largest cluster known on the host is too small for a pair to be split
+    (below the parts, or its square below the split's token pairs), the pairs go to one
+    ``pair_average`` as they are: the same bits as the passes that pick the split ones."""
+    ops = _ops(which)
+    calls = []
+    base = ops.pair_average
+    spy = type("Spy", (), {"pair_average": staticmethod(
+        lambda *a: (calls.append(a[6]), base(*a))[1])})
+    n = 30
+    x, offsets, sizes, _, _, _ = _clusters(rng, n, 3, torch.float64)
+    big = int(sizes.max())
+    pairs = [(a, b) for a in range(n) for b in range(n) if a != b and (a + 2 * b) % 5 == 0]
+    capacity = len(pairs) + 3
+    pa = torch.tensor([p[0] for p in pairs] + [0] * 3, dtype=torch.int32, device=DEVICE)
+    pb = torch.tensor([p[1] for p in pairs] + [1] * 3, dtype=torch.int32, device=DEVICE)
+    count = torch.tensor([len(pairs)], dtype=torch.int64, device=DEVICE)
+    for work, parts in ((big * big + 1, 2), (4, big + 1)):  # too few token pairs / tokens
+        monkeypatch.setattr(linear, "_SPLIT_WORK", work)
+        monkeypatch.setattr(linear, "_SPLIT_PARTS", parts)
+        out = []
+        for largest in (None, big):
+            calls.clear()
+            val = torch.full((capacity,), -7.0, dtype=torch.float64, device=DEVICE)
+            linear._pair_sums(spy, x, offsets, sizes, n, pa, pb, count, capacity, val,
+                              largest=largest)
+            out.append((val, list(calls)))
+        (slow, slow_calls), (fast, fast_calls) = out
+        assert torch.equal(fast, slow)
+        assert len(slow_calls) == 2 and fast_calls == [capacity]  # one call, the list whole
+        assert bool((fast[len(pairs):] == -7.0).all())
+
+
+@pytest.mark.parametrize("which", ["reference", "triton"])
+def test_gram_first_round_view(which: str, monkeypatch: pytest.MonkeyPatch,
+                               rng: np.random.Generator) -> None:
+    """The first round of the Gram scans (clusters of one token) lists its pairs in a view
+    of the room, _PAIRS_PER_CLUSTER_FIRST per cluster; a list past it is listed again in
+    the room, and from the second round on the rounds have the whole room: the same merges
+    and the same rooms after the first round, whatever the view."""
+    ops = _ops(which)
+    n = 60
+    xt = torch.from_numpy(tie_free(rng, n, 6)).to(DEVICE)
+    monkeypatch.setattr(linear, "GRAM_MIN_DIM", 1)
+    monkeypatch.setattr(linear, "_GRAM_MIN_COLS", 16)
+    monkeypatch.setattr(linear, "_GRAM_TILE_BYTES", 16 * 8 * n)
+    monkeypatch.setattr(linear, "_MIN_PAIRS", 4)
+    monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER", 16)  # a room of 960 pairs
+    runs = []
+    for first in (0, 1 << 10):  # a view of 4 pairs; the whole room
+        monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER_FIRST", first)
+        records: list[dict] = []
+        with linear.trace_rounds(records.append):
+            mg = linear.linear_merges(xt, metric="euclidean", max_cluster_size=None, ops=ops,
+                                      n_clusters=n // 3, handover_bytes=0)
+        runs.append((mg, [r for r in records if "room" in r]))
+    (tight, r_tight), (whole, r_whole) = runs
+    for name in ("rep_a", "rep_b", "size", "height", "hmono"):
+        assert torch.equal(getattr(tight, name), getattr(whole, name)), name
+    assert r_tight[0]["pairs"] > 4 and r_tight[0]["relisted"] == 1
+    assert r_whole[0]["relisted"] == 0 and r_whole[0]["room"] == 16 * n
+    assert [r["room"] for r in r_tight[1:]] == [r["room"] for r in r_whole[1:]]
+    assert len(r_tight) > 2
 
 
 @pytest.mark.parametrize("which", ["reference", "triton"])
@@ -974,6 +1046,31 @@ def test_pair_store_sums_only_the_missing_parts(which: str, monkeypatch: pytest.
     assert sum(r["token_pairs"] for r in r_part) < sum(r["token_pairs"] for r in r_whole)
     assert (sum(r["token_pairs"] + r["reused"] for r in r_part)
             == sum(r["token_pairs"] + r["reused"] for r in r_whole))
+
+
+def test_pairs_held_in_part_within_the_stores_bound(monkeypatch: pytest.MonkeyPatch,
+                                                    rng: np.random.Generator) -> None:
+    """The pairs a round finds held in part are at most the store's incomplete entries
+    (the bound known on the host that sizes their passes), and the bound does shrink them
+    below the list in some rounds."""
+    xt = torch.from_numpy(tie_free(rng, 120, 5)).to(DEVICE)
+    real = linear._stored_sums
+    seen = []
+
+    def spy(ops, store, tokens, size, n, pa, pb, capacity, val, live_ab, largest=None):
+        _, found, _, miss = store.lookup(*live_ab)
+        partial = int((found & (miss != 0)).sum())
+        seen.append((partial, store.incomplete, capacity))
+        assert partial <= store.incomplete
+        return real(ops, store, tokens, size, n, pa, pb, capacity, val, live_ab, largest)
+
+    monkeypatch.setattr(linear, "_stored_sums", spy)
+    mg, _ = _store_run(xt, ReferenceOps, True, max_cluster_size=None)
+    monkeypatch.setattr(linear, "_stored_sums", real)
+    want, _ = _store_run(xt, ReferenceOps, True, max_cluster_size=None)
+    assert torch.equal(mg.height, want.height)
+    assert any(p > 0 for p, _, _ in seen)
+    assert any(0 < inc < cap for _, inc, cap in seen)
 
 
 @pytest.mark.parametrize("which", ["reference", "triton"])

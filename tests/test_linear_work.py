@@ -201,3 +201,51 @@ def test_gram_scans_are_counted(tmp_path: Path) -> None:
     assert first_on["cand_rows"] == 300 and first_on["pairs"] == first_on["token_pairs"] > 0
     assert on["candidate_scan_pairs"] == off["candidate_scan_pairs"] + 300 * 300
     assert "| 300 | 64 | off | gram |" in (tmp_path / "auto" / "linear-work-d64.md").read_text()
+
+
+def test_traffic_counts_the_engines_own_operations() -> None:
+    """--traffic: operations outside the kernels and the bytes they write; views and
+    allocations none, an in-place operation its output, a scatter its source, a call of
+    the ops (a kernel) nothing."""
+    work = _work()
+    counter = work._Traffic()
+
+    class Ops:
+        @staticmethod
+        def kernel(t):
+            return (t * 2).sum()  # inside a kernel: not counted
+
+    ops = counter.wrap(Ops)
+    with counter.mode():
+        x = torch.zeros(1000, dtype=torch.float64)  # 8,000 bytes
+        assert (counter.ops, counter.written) == (1, 8000)
+        x[10:20].view(2, 5)
+        torch.empty(500, dtype=torch.int32)
+        assert (counter.ops, counter.written) == (1, 8000)
+        y = x + 1.0  # 8,000
+        x.add_(y)  # 8,000
+        x.scatter_(0, torch.tensor([3, 4]), torch.tensor([1.0, 2.0], dtype=torch.float64))
+        ops.kernel(x)
+    # zeros, add, add_ (8,000 bytes each) and the scatter (its source: 16 bytes); the
+    # tensors made from lists are copies of host data, not operations
+    assert counter.ops == 4
+    assert counter.written == 3 * 8000 + 16
+
+
+def test_traffic_run_has_the_same_work() -> None:
+    """A run with --traffic counts the same work as one without, and some operations and
+    bytes per round."""
+    work = _work()
+    from dcpe.datasets import make_sample_codebook
+
+    data = make_sample_codebook(n=300, d=20).astype(np.float32)
+    plain = work.measure(data, 150, False, handover=False)
+    counted = work.measure(data, 150, False, handover=False, traffic=True)
+    assert "torch_ops" not in plain
+    for key in ("rounds", "scan_pairs", "candidate_scan_pairs", "candidate_pairs",
+                "token_pairs", "final_clusters"):
+        assert counted[key] == plain[key], key
+    rounds = counted["matrix_free_rounds"]
+    assert counted["torch_ops"] > 10 * rounds and counted["torch_bytes_written"] > 300 * rounds
+    assert work._traffic_cells(plain) == ["—", "—"]
+    assert work._traffic_cells(counted)[1].endswith(" MB")

@@ -1198,6 +1198,8 @@ def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Ten
     synchronisation); when no pair can be split under it, the pairs go to one
     ``pair_average`` as they are, without the passes over the list that pick the split
     ones (the same values: none would be)."""
+    if capacity <= 0:
+        return
     if largest is not None and (largest < _SPLIT_PARTS or largest * largest < _SPLIT_WORK):
         ops.pair_average(x, offsets, size, pa, pb, count, capacity, val)
         return
@@ -1205,10 +1207,10 @@ def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Ten
     i64, f64 = torch.int64, torch.float64
     ar = torch.arange(capacity, device=dev)
     live, a, b = _live_pairs(pa, pb, count, n) if live_ab is None else live_ab
-    lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-    n_lo, n_hi = size[lo], size[hi]
+    n_a, n_b = size[a], size[b]
     # (the larger cluster has at least one token per part)
-    big = live & (n_lo * n_hi >= _SPLIT_WORK) & (torch.maximum(n_lo, n_hi) >= _SPLIT_PARTS)
+    big = live & (n_a * n_b >= _SPLIT_WORK) & (torch.maximum(n_a, n_b) >= _SPLIT_PARTS)
+    del n_a, n_b
     rank = torch.cumsum(big, 0) - 1
     take = big & (rank < _SPLIT_MAX)
     # the other pairs whole; a split pair is replaced by the small pair (0, 1) there
@@ -1218,7 +1220,9 @@ def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Ten
     k_of = torch.zeros(_SPLIT_MAX + 1, dtype=i64, device=dev)
     k_of = k_of.scatter(0, torch.where(take, rank, _SPLIT_MAX), ar)[:_SPLIT_MAX]
     n_take = take.sum()
-    lo_j, hi_j, nl_j, nh_j = lo[k_of], hi[k_of], n_lo[k_of], n_hi[k_of]
+    a_j, b_j = a[k_of], b[k_of]
+    lo_j, hi_j = torch.minimum(a_j, b_j), torch.maximum(a_j, b_j)
+    nl_j, nh_j = size[lo_j], size[hi_j]
     split_hi = nh_j >= nl_j
     c_s = torch.where(split_hi, hi_j, lo_j)  # the cluster cut into parts
     c_o = torch.where(split_hi, lo_j, hi_j)
@@ -1238,7 +1242,11 @@ def _pair_sums(ops: Any, x: torch.Tensor, offsets: torch.Tensor, size: torch.Ten
     weight = part_size.to(f64) * size[c_o].to(f64)[:, None]
     sums = val_x.view(_SPLIT_MAX, _SPLIT_PARTS) * weight  # rows past n_take are not used
     avg = (sums.sum(1) / (nl_j.to(f64) * nh_j.to(f64))).to(val.dtype)
-    val.copy_(torch.where(take, avg[torch.where(take, rank, 0)], val))
+    # into their places; the rows past n_take write the first split pair's value again (the
+    # same bits), or, with none split, entry 0 its own value
+    real = torch.arange(_SPLIT_MAX, device=dev) < n_take
+    first = torch.where(n_take > 0, avg[0], val[0])
+    val.scatter_(0, torch.where(real, k_of, k_of[0]), torch.where(real, avg, first))
 
 
 def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tensor, n: int,

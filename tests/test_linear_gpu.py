@@ -472,6 +472,8 @@ def test_large_pairs_summed_in_parts(which: str, dtype: torch.dtype,
     linear._pair_sums(ops, x, offsets, sizes, n, pa, pb, count, capacity, again,
                       largest=int(sizes.max()))
     assert torch.equal(again, got)
+    # an empty list: nothing to sum (the split pairs' places are written by a scatter)
+    linear._pair_sums(ops, x, offsets, sizes, n, pa[:0], pb[:0], count * 0, 0, again[:0])
 
 
 @pytest.mark.parametrize("which", ["reference", "triton"])

@@ -183,8 +183,12 @@ _COLUMNS_MIN_DIM = 17
 #: a second list overflowed at N = 4,096 x 256, benchmarks/linear_work.py)
 _PAIRS_GROWTH = 2.0
 #: when a round lists fewer than 1/_PAIRS_SHRINK of the room's pairs, the next rounds use
-#: a view of the room of the next power of two of _PAIRS_HEADROOM times the count (0: never)
-_PAIRS_SHRINK = 8
+#: a view of the room of the next power of two of _PAIRS_HEADROOM times the count (0: never).
+#: The passes over a round's list go over its whole view, so the views summed over the rounds
+#: are what they cost; with 4 (was 8) they are 3% to 41% smaller on the counts recorded at
+#: N = 4,096 to 65,536 x 256 (benchmarks/results/linear-work-d256-*.json), and none of those
+#: rounds would list past its view (3, with a headroom of 1.5, would at 32,768)
+_PAIRS_SHRINK = 4
 _PAIRS_HEADROOM = 2.0
 #: initial room for candidate pairs, per active cluster
 _PAIRS_PER_CLUSTER = 8

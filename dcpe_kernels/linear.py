@@ -1284,8 +1284,8 @@ def _stored_sums(ops: Any, store: _PairStore, tokens: _Tokens, size: torch.Tenso
     # host), so their passes go over as many entries, not over the whole list
     mp = min(capacity, store.incomplete) if store.part.numel() else 0
     if mp:
-        lo, hi = torch.minimum(a, b), torch.maximum(a, b)
-        ppos, (lo_p, hi_p, miss_p, known_p) = _pack(partial, mp, lo, hi, miss, known)
+        ppos, (a_p, b_p, miss_p, known_p) = _pack(partial, mp, a, b, miss, known)
+        lo_p, hi_p = torch.minimum(a_p, b_p), torch.maximum(a_p, b_p)
         # their missing pairs of parts: (pair j, bit i) -> a pair of part clusters (none
         # past the pairs held in part, whose miss is 0)
         bit = torch.arange(4, device=dev)

@@ -266,10 +266,45 @@ def time_gpu(fn: Callable[[], Any], repeats: int, device: str,
             "warmup_s": t_warm if warmup else None, "peak_bytes": peak, "labels": out}
 
 
+def busy_time(fn: Callable[[], Any], device: str) -> dict[str, Any]:
+    """Time the device spends in kernels and copies during one call of ``fn`` (the
+    profiler's self time of every device event), beside the call's wall time outside the
+    profiler: their difference is time the device waited for the host.  The three
+    kernels that took longest are named.  On a CPU device the CPU operators are summed."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = device == "cuda"
+    fn()  # warm
+    if cuda:
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    fn()
+    if cuda:
+        torch.cuda.synchronize()
+    wall = time.perf_counter() - t0
+    activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
+    with profile(activities=[activity]) as prof:
+        fn()
+        if cuda:
+            torch.cuda.synchronize()
+    rows = []
+    for ev in prof.key_averages():
+        us = ev.self_device_time_total if cuda else ev.self_cpu_time_total
+        if us > 0:
+            rows.append((us, ev.count, ev.key))
+    rows.sort(reverse=True)
+    busy = sum(us for us, _, _ in rows) / 1e6
+    return {"wall_seconds": round(wall, 6), "busy_seconds": round(busy, 6),
+            "waiting_seconds": round(max(wall - busy, 0.0), 6),
+            "top": [f"{key[:60]} x{count}: {us / 1e3:.3f} ms" for us, count, key in rows[:3]]}
+
+
 def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
                 data: dict[int, np.ndarray], n: int, device: str) -> dict[str, Any]:
     """Per RNN provider at ``N = n``, k = N/2: rounds of the labels path (early stop) and of
-    the full dendrogram, and the wall time of one full ``linkage`` call (after warm-up)."""
+    the full dendrogram, the wall time of one full ``linkage`` call (after warm-up), and
+    where the labels call's time goes on the device (:func:`busy_time`)."""
     import torch
 
     from dcpe import backends
@@ -296,6 +331,12 @@ def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
                              "linkage_seconds": round(t_link, 6)}
         except Exception as exc:
             out[provider] = {"error": f"{type(exc).__name__}: {exc}"}
+            continue
+        try:
+            out[provider]["labels_k_half"] = busy_time(
+                lambda: mod.labels(x, n // 2, **kw), device)  # noqa: B023
+        except Exception as exc:  # the profiler is a diagnostic: its failure is reported
+            out[provider]["labels_k_half"] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
 

@@ -118,7 +118,12 @@ class ReferenceOps:
     def merge_compact_nn(src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: int,
                          p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor,
                          n_new: int, row0: int, nrows: int, mode: int, nn: torch.Tensor,
-                         nnd: torch.Tensor) -> None:
+                         nnd: torch.Tensor, count: torch.Tensor | None = None) -> None:
+        if count is not None:  # the order read from the round's counts (row0 is 0)
+            n_new = nrows = ld_dst = int(count[1])
+            p, q, wp, wq = p[:n_new], q[:n_new], wp[:n_new], wq[:n_new]
+            if n_new == 0:
+                return
         n_old = int(max(int(p.max()), int(q.max()))) + 1
         old = src[: n_old * ld_src].view(n_old, ld_src)[:, :n_old]
         new, nn_, nnd_ = _reference_merge_compact_nn(old, p, q, wp, wq, mode)

@@ -76,10 +76,16 @@ if HAS_TRITON:
     # sizes change every round: not specialised on, so one compile per dtype and mode
     @triton.jit(do_not_specialize=["ld_src", "ld_dst", "n_new", "row0", "nrows"])
     def _merge_compact_rownn_kernel(src_ptr, ld_src, dst_ptr, ld_dst, p_ptr, q_ptr, wp_ptr,
-                                    wq_ptr, nn_ptr, nnd_ptr, n_new, row0, nrows,
-                                    MODE: tl.constexpr, BLOCK_M: tl.constexpr,
-                                    BLOCK_N: tl.constexpr):
+                                    wq_ptr, nn_ptr, nnd_ptr, n_new, row0, nrows, count_ptr,
+                                    MODE: tl.constexpr, COUNTED: tl.constexpr,
+                                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid = tl.program_id(0)
+        if COUNTED:  # the round's count of slots, read on the device (row0 is 0)
+            n_new = tl.load(count_ptr + 1).to(tl.int32)
+            ld_dst = n_new
+            nrows = n_new
+        if pid * BLOCK_M >= nrows:  # the grid covers an upper bound of the rows
+            return
         lr = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # local row in this chunk
         rmask = lr < nrows
         rows = row0 + lr
@@ -161,7 +167,7 @@ def _launch_config(n_new: int, on_cpu: bool) -> dict[str, int]:
 def merge_compact_nn(src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: int,
                      p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor,
                      n_new: int, row0: int, nrows: int, mode: int, nn: torch.Tensor,
-                     nnd: torch.Tensor) -> None:
+                     nnd: torch.Tensor, count: torch.Tensor | None = None) -> None:
     """Write rows ``row0 .. row0 + nrows - 1`` of the merged, compacted matrix.
 
     Parameters
@@ -184,13 +190,22 @@ def merge_compact_nn(src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: 
         0 weighted sum, 1 minimum, 2 maximum.
     nn, nnd : torch.Tensor
         Row argmin / minimum outputs (indexed by global row).
+    count : torch.Tensor, optional
+        int64: a round's counts from :func:`dcpe_kernels.round.round_scan`, on the device.
+        With it the kernel reads the new order from ``count[1]`` and writes all its rows
+        with row stride equal to it; ``n_new`` and ``nrows`` are then an upper bound of the
+        count (the grid), ``ld_dst`` is ignored and ``row0`` must be 0.  This lets a round's
+        merge be launched before the host has read its counts.
     """
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")
+    if count is not None and row0 != 0:
+        raise ValueError("merge_compact_nn: a count on the device needs row0 = 0")
     cfg = _launch_config(n_new, src.device.type == "cpu")
     grid = (triton.cdiv(nrows, cfg["BLOCK_M"]),)
     _merge_compact_rownn_kernel[grid](src, ld_src, dst, ld_dst, p, q, wp, wq, nn, nnd,
-                                      n_new, row0, nrows, MODE=mode,
+                                      n_new, row0, nrows, nn if count is None else count,
+                                      MODE=mode, COUNTED=count is not None,
                                       BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"],
                                       num_warps=cfg["num_warps"],
                                       enable_fp_fusion=cfg["enable_fp_fusion"])

@@ -18,6 +18,12 @@ can be merged at once.  One round is
    (the merged cluster takes the smaller slot, the other slot disappears, clusters over the
    size cap are dropped) and, while doing so, the row minima of the new matrix.
 
+Once a second matrix of the current order is held (from the second round on, when two
+matrices fit the budget), step 3 is launched before the host reads the counts of step 2:
+the kernel reads the new order on the device, and the host waits for the counts' copy
+alone.  The device then merges while the host reads the counts and launches the next
+round, instead of waiting for the host between the two steps of every round.
+
 Lance–Williams with two merged clusters on both sides is applied in one step; for average
 linkage ``d(A1 ∪ A2, C1 ∪ C2) = Σ n_Ai n_Cj d(Ai, Cj) / (n_A n_C)``.  Under the strict order
 (distance, slot) the globally closest pair is always reciprocal, so every round merges at
@@ -45,6 +51,7 @@ This module is pure PyTorch: the kernels are passed in as an :class:`RNNOps` (Tr
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass
@@ -84,10 +91,14 @@ class RNNOps(Protocol):
     def merge_compact_nn(self, src: torch.Tensor, ld_src: int, dst: torch.Tensor,
                          ld_dst: int, p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor,
                          wq: torch.Tensor, n_new: int, row0: int, nrows: int, mode: int,
-                         nn: torch.Tensor, nnd: torch.Tensor) -> None:
+                         nn: torch.Tensor, nnd: torch.Tensor,
+                         count: torch.Tensor | None = None) -> None:
         """Write rows ``row0 .. row0+nrows-1`` of the next round's matrix into ``dst``
         (local row ``r`` at ``dst[r * ld_dst:]``), and their argmin/min into
-        ``nn``/``nnd`` at the global row index."""
+        ``nn``/``nnd`` at the global row index.  With ``count`` (``round_scan``'s counts,
+        on the device) the order ``n_new`` is ``count[1]``, read by the kernel, and all its
+        rows are written at row stride ``n_new``; ``n_new`` and ``nrows`` given are then an
+        upper bound and ``row0`` is 0."""
 
     def round_scan(self, n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
                    rep: torch.Tensor, hfix: torch.Tensor, m_a: torch.Tensor, m_b: torch.Tensor,
@@ -303,6 +314,8 @@ class RoundState:
     known: int = 0
     complete: bool = True
     stop_check: bool = False
+    _host: torch.Tensor | None = None  # pinned copy of ``counts`` (CUDA, see :meth:`scan`)
+    _ready: Any = None  # CUDA event: the copy is done
 
     @classmethod
     def new(cls, n_all: int, dev: torch.device, dt: torch.dtype, max_cluster_size: int | None,
@@ -328,10 +341,16 @@ class RoundState:
             average)
 
     def scan(self, ops: Any, n: int, nn: torch.Tensor, nnd: torch.Tensor,
-             extra: Any = None) -> list[int]:
+             extra: Any = None, then: Any = None) -> list[int]:
         """Launch the round's bookkeeping and synchronise once: ``[pairs, n_new, below]``
         followed by the values of ``extra()`` (a callable returning int64 tensors, called
-        after the bookkeeping is launched; read in the same transfer)."""
+        after the bookkeeping is launched; read in the same transfer).
+
+        ``then()``, if given, launches work that reads the counts on the device (the
+        round's merge, :func:`dense_rounds`).  On a CUDA device it is launched after the
+        counts' copy to the host is queued and before the host waits for that copy alone,
+        so the device runs it while the host reads the counts and prepares the next round;
+        the work must be harmless when the rounds end here."""
         # merges recorded so far below every merge still to come?
         self.stop_check = self.need is not None and self.m >= self.need
         ops.round_scan(n, nn, nnd, self.size, self.rep, self.hfix, self.m_a, self.m_b,
@@ -340,7 +359,19 @@ class RoundState:
                        self.rep2, self.hfix2, self.counts)
         if extra is not None:
             return torch.cat([self.counts, *extra()]).tolist()  # the one sync of a round
-        return self.counts.tolist()
+        if then is None:
+            return self.counts.tolist()
+        if self.counts.device.type != "cuda":
+            then()
+            return self.counts.tolist()
+        if self._host is None:
+            self._host = torch.empty(3, dtype=torch.int64, pin_memory=True)
+            self._ready = torch.cuda.Event()
+        self._host.copy_(self.counts, non_blocking=True)
+        self._ready.record()
+        then()
+        self._ready.synchronize()  # the one sync of a round: the counts, not the merge
+        return self._host.tolist()
 
     def commit(self, n: int, n_pairs: int, n_new: int, below: int, backend: str) -> bool:
         """Apply a scanned round; True when another round follows (``n_new`` slots)."""
@@ -378,6 +409,16 @@ def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int
     other: torch.Tensor | None = None  # second matrix buffer once one fits
     staging: torch.Tensor | None = None
     while n >= 2:
+        if other is not None and other.numel() >= n * n:
+            # Whatever n_new is, its matrix fits the other buffer: the merge is launched
+            # before the host has read the counts, and reads n_new on the device.
+            merge = functools.partial(ops.merge_compact_nn, cur, ld, other, n, st.p32, st.q32,
+                                      st.wp, st.wq, n, 0, n, mode, nn, nnd, count=st.counts)
+            n_pairs, n_new, below = st.scan(ops, n, nn, nnd, then=merge)
+            if not st.commit(n, n_pairs, n_new, below, backend):
+                break
+            cur, other, ld, n = other, cur, n_new, n_new
+            continue
         n_pairs, n_new, below = st.scan(ops, n, nn, nnd)
         if not st.commit(n, n_pairs, n_new, below, backend):
             break

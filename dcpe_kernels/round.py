@@ -9,7 +9,11 @@ merged cluster keeps the smaller slot, the other slot disappears, clusters over 
 cap leave).  Written as PyTorch operations that is about sixty small kernels per round;
 here it is one single-program kernel that walks the clusters in blocks and carries two
 running counts (merges recorded, slots kept), so a round costs two launches and one
-synchronisation.
+synchronisation.  The kernel is a chain of blocks, each waiting on the one before, so its
+time is the number of blocks times one block's latency: both counts of a block come from
+one scan (packed into the two halves of an int32, as the CUDA kernel packs them into an
+int64) and its totals from the last prefix count, one reduction instead of two scans and
+two sums.
 
 Inputs (``n`` active clusters): ``nn``/``nnd`` the row argmin/min of the current matrix,
 ``size``, ``rep`` (smallest token index), ``hfix`` (monotone height of each cluster).
@@ -101,6 +105,7 @@ if HAS_TRITON:
                                     wq_ptr, size_out_ptr, rep_out_ptr, hfix_out_ptr,
                                     counts_ptr, n, m, cap, check, average,
                                     BLOCK: tl.constexpr):
+        tl.static_assert(BLOCK < 65536)
         offs = tl.arange(0, BLOCK)
         dtype = nnd_ptr.dtype.element_ty
         below = tl.zeros([BLOCK], dtype=tl.int64)
@@ -128,10 +133,13 @@ if HAS_TRITON:
             szp = tl.load(size_ptr + partner, mask=valid, other=0)
             size_new = tl.where(is_a, sz + szp, sz)
             keep = valid & (is_b == 0) & (size_new <= cap)
-            a_i = is_a.to(tl.int64)
-            k_i = keep.to(tl.int64)
-            a_pos = pairs + tl.cumsum(a_i, axis=0) - a_i  # exclusive prefix counts
-            k_pos = kept + tl.cumsum(k_i, axis=0) - k_i
+            # both counts in one int32 scan: pairs in the high half, kept slots in the low
+            # half (a block holds fewer than 2**16 clusters, so the halves never carry)
+            both = is_a.to(tl.int32) * 65536 + keep.to(tl.int32)
+            incl = tl.cumsum(both, axis=0)
+            excl = (incl - both).to(tl.int64)  # exclusive prefix counts
+            a_pos = pairs + (excl >> 16)
+            k_pos = kept + (excl & 65535)
             hraw = tl.load(nnd_ptr + i, mask=valid, other=0.0)
             hf_own = tl.load(hfix_ptr + i, mask=valid, other=0.0)
             hf = tl.maximum(tl.maximum(hraw, hf_own), tl.load(hfix_ptr + partner, mask=valid,
@@ -157,8 +165,9 @@ if HAS_TRITON:
             tl.store(size_out_ptr + k_pos, size_new, mask=keep)
             tl.store(rep_out_ptr + k_pos, rep_own, mask=keep)
             tl.store(hfix_out_ptr + k_pos, tl.where(is_a, hf, hf_own), mask=keep)
-            pairs += tl.sum(a_i, axis=0)
-            kept += tl.sum(k_i, axis=0)
+            total = tl.max(incl, axis=0).to(tl.int64)  # the last inclusive count
+            pairs += total >> 16
+            kept += total & 65535
         first = offs == 0
         tl.store(counts_ptr + offs, pairs, mask=first)
         tl.store(counts_ptr + 1 + offs, kept, mask=first)

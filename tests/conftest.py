@@ -278,6 +278,43 @@ def check_merge_kernel(merge_compact_nn, old, p, q, wp, wq, mode: int, chunks) -
         assert bool((nn[untouched] == -1).all())
 
 
+def check_merge_kernel_counted(merge_compact_nn, old, p, q, wp, wq, mode: int) -> None:
+    """Run a ``merge_compact_nn`` kernel with the count of new slots on the device (``count``,
+    as ``round_scan`` leaves it) and an upper bound of it as the grid, on slot arrays longer
+    than the count, and compare with the PyTorch reference: all rows at row stride
+    ``n_new``, nothing written past the ``n_new x n_new`` matrix, and no row argmin past
+    ``n_new``."""
+    import torch
+
+    from dcpe_kernels.merge import _reference_merge_compact_nn
+
+    n_old, dev, dt = old.shape[0], old.device, old.dtype
+    ld_src = n_old + 3
+    src = torch.zeros(n_old * ld_src, dtype=dt, device=dev)
+    src.view(n_old, ld_src)[:, :n_old] = old
+    n_new = p.shape[0]
+    bound = n_old + 5  # the slot arrays hold stale entries past the count, as in the rounds
+    pad = bound - n_new
+    p_all = torch.cat([p, torch.full((pad,), n_old - 1, dtype=p.dtype, device=dev)])
+    q_all = torch.cat([q, torch.zeros(pad, dtype=q.dtype, device=dev)])
+    wp_all = torch.cat([wp, torch.full((pad,), 9.0, dtype=wp.dtype, device=dev)])
+    wq_all = torch.cat([wq, torch.full((pad,), 9.0, dtype=wq.dtype, device=dev)])
+    counts = torch.tensor([3, n_new, 0], dtype=torch.int64, device=dev)
+    ref, ref_nn, ref_nnd = _reference_merge_compact_nn(old, p, q, wp, wq, mode)
+    dst = torch.full((n_new * n_new + 2 * bound,), -7.0, dtype=dt, device=dev)
+    nn = torch.full((bound,), -1, dtype=torch.int64, device=dev)
+    nnd = torch.zeros(bound, dtype=dt, device=dev)
+    merge_compact_nn(src, ld_src, dst, bound + 1, p_all, q_all, wp_all, wq_all, bound, 0,
+                     bound, mode, nn, nnd, count=counts)
+    got = dst[: n_new * n_new].view(n_new, n_new)
+    torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
+    assert bool((dst[n_new * n_new:] == -7.0).all()), "wrote outside the matrix"
+    assert torch.equal(nn[:n_new], ref_nn)
+    torch.testing.assert_close(nnd[:n_new], ref_nnd, rtol=1e-6, atol=0)
+    assert bool((nn[n_new:] == -1).all()), "a row past the count"
+    assert counts.tolist() == [3, n_new, 0]
+
+
 def round_scan_outputs(round_scan, n: int, state: dict, m: int, check: bool, cap: int,
                        average: bool) -> dict:
     """Run a ``round_scan`` (kernel or reference) for ``n`` clusters on a copy of ``state``.

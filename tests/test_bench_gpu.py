@@ -55,6 +55,8 @@ def test_dry_run_writes_complete_results(tmp_path: Path, isolate: bool) -> None:
     assert payload["cpu_check"]["triton"] == {"identical": True, "tokens_differing": 0}
     assert payload["engine"]["triton"]["rounds_full"] >= payload["engine"]["triton"][
         "rounds_labels_k_half"]
+    busy = payload["engine"]["triton"]["labels_k_half"]
+    assert busy["wall_seconds"] > 0 and busy["busy_seconds"] > 0 and busy["top"], busy
     if isolate:  # the child's own files came back under --out
         assert (tmp_path / "worker-triton" / "worker.json").exists()
     # the dry run also runs the scale section at a tiny N, on both engines
@@ -73,6 +75,20 @@ def _bench_gpu():
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
     return bench_gpu
+
+
+def test_busy_time_sums_the_profiled_operations() -> None:
+    """The device time of a call is the profiler's self time of its operations, and the
+    longest are named with their number of calls."""
+    import torch
+
+    bench = _bench_gpu()
+    a = torch.randn(400, 400, dtype=torch.float64)
+    one = bench.busy_time(lambda: a @ a, "cpu")
+    five = bench.busy_time(lambda: [a @ a for _ in range(5)], "cpu")
+    assert one["busy_seconds"] > 0 and one["wall_seconds"] > 0
+    assert "mm x1:" in one["top"][0], one["top"]
+    assert "mm x5:" in five["top"][0], five["top"]
 
 
 def test_failed_child_becomes_an_error_row(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ torch = pytest.importorskip("torch")
 
 from conftest import (  # noqa: E402
     check_merge_kernel,
+    check_merge_kernel_counted,
     check_pairwise_kernel,
     check_round_scan_kernel,
     cpu_order_distances,
@@ -167,6 +168,7 @@ def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
     round_ = random_merge_round(rng, 300, 50, 10, 8, dtype, "cuda")
     n_new = round_[1].shape[0]
     check_merge_kernel(cb.CudaOps.merge_compact_nn, *round_, mode, ((0, n_new), (17, 40)))
+    check_merge_kernel_counted(cb.CudaOps.merge_compact_nn, *round_, mode)
 
 
 @needs_gpu

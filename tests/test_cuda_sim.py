@@ -35,6 +35,7 @@ from conftest import (  # noqa: E402
     check_gram_engine,
     check_gram_scans,
     check_merge_kernel,
+    check_merge_kernel_counted,
     check_pairwise_kernel,
     check_round_scan_kernel,
     cpu_order_distances,
@@ -52,7 +53,7 @@ _U, _I64, _INT, _F64 = ctypes.c_uint64, ctypes.c_int64, ctypes.c_int, ctypes.c_d
 _SIGNATURES = {
     "dcpe_sim_pairwise_nn": [_INT, _U, _U, _U, _U, _I64, _I64, _I64, _INT, _U],
     "dcpe_sim_merge_compact_nn": [_INT, _U, _I64, _U, _I64, _U, _U, _U, _U, _I64, _I64, _I64,
-                                  _INT, _U, _U, _U],
+                                  _INT, _U, _U, _U, _U],
     "dcpe_sim_round_scan": [_INT, _I64] + [_U] * 10 + [_I64, ctypes.c_bool, _I64,
                                                       ctypes.c_bool] + [_U] * 9,
     "dcpe_sim_centroid_nn": [_INT, _U, _U, _I64, _I64, _INT, _F64, _U, _U, _U, _I64, _U],
@@ -253,6 +254,7 @@ def test_merge_kernel_matches_reference(any_order: type, dtype: torch.dtype,
     n_new = round_[1].shape[0]
     assert n_new > 256
     check_merge_kernel(any_order.merge_compact_nn, *round_, mode, ((0, n_new), (17, 40)))
+    check_merge_kernel_counted(any_order.merge_compact_nn, *round_, mode)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

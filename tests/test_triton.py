@@ -55,6 +55,7 @@ def _load_kernels():
 
 from conftest import (  # noqa: E402
     check_merge_kernel,
+    check_merge_kernel_counted,
     check_pairwise_kernel,
     check_round_scan_kernel,
     cpu_order_distances,
@@ -63,7 +64,12 @@ from conftest import (  # noqa: E402
 
 dk = _load_kernels()
 from dcpe.backends import triton_backend  # noqa: E402
-from dcpe_kernels.rnn import merges_to_labels, merges_to_linkage, rnn_merges  # noqa: E402
+from dcpe_kernels.rnn import (  # noqa: E402
+    merges_to_labels,
+    merges_to_linkage,
+    required_bytes,
+    rnn_merges,
+)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -190,6 +196,9 @@ def test_merge_kernel_matches_reference(dtype: torch.dtype, mode: int) -> None:
     n_new = round_[1].shape[0]
     # whole matrix, then a chunk of rows (row offset path used by in-place compaction)
     check_merge_kernel(dk.merge_compact_nn, *round_, mode, ((0, n_new), (5, 17)))
+    # the count of new slots read on the device (a merge launched before the host reads it)
+    check_merge_kernel_counted(dk.merge_compact_nn, *round_, mode)
+    check_merge_kernel_counted(dk.ReferenceOps.merge_compact_nn, *round_, mode)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -464,11 +473,41 @@ def test_driver_round_costs_two_kernels_and_few_tensor_ops() -> None:
         mg = rnn_merges(x, method="average", metric="euclidean", max_cluster_size=None,
                         ops=ops, n_clusters=512)
     assert mg.rounds >= 5 and not mg.complete
-    assert calls == {"pairwise_nn": 1, "merge_compact_nn": mg.rounds,
-                     "round_scan": mg.rounds + 1}  # the last scan decides to stop
+    # the last scan decides to stop; its merge was launched before its counts were read
+    assert calls == {"pairwise_nn": 1, "merge_compact_nn": mg.rounds + 1,
+                     "round_scan": mg.rounds + 1}
     # set-up only: the initial cluster state (arange, ones, zeros); was ~60 per round
     assert len(mode.computing) <= 4, mode.computing
     assert mode.free <= 8 * mg.rounds + 20, (mode.free, mg.rounds)
+
+
+def test_merges_launched_before_the_counts_are_read() -> None:
+    """From the second round on (two matrices fit), each round's merge is launched with the
+    counts on the device, before the host reads them; the merges are those of rounds that
+    read the counts first (a budget that holds one matrix and a few rows: merged in place,
+    in chunks, until a second matrix fits)."""
+    seen: list[bool] = []
+
+    class Spy(dk.ReferenceOps):
+        @staticmethod
+        def merge_compact_nn(*args, count=None):  # noqa: ANN002, ANN205
+            seen.append(count is not None)
+            dk.ReferenceOps.merge_compact_nn(*args, count=count)
+
+    x = torch.from_numpy(tie_free(np.random.default_rng(8), 300, 5)).to(torch.float64)
+    kw = {"method": "average", "metric": "euclidean", "max_cluster_size": None}
+    ahead = rnn_merges(x, ops=Spy, **kw)
+    # the last round merges the last two clusters: one merge per round
+    assert seen[0] is False and all(seen[1:]) and len(seen) == ahead.rounds
+    seen.clear()
+    one = required_bytes(300, 5, 8) + 300 * 8 * 40  # one matrix and a few staging rows
+    staged = rnn_merges(x, ops=Spy, memory_budget=one, **kw)
+    # the early rounds merge in place, in chunks (several calls a round, counts read
+    # first); the later ones, once a second matrix fits, ahead of the counts
+    assert not any(seen[:8]) and len(seen) > staged.rounds
+    for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+        assert torch.equal(getattr(ahead, name), getattr(staged, name)), name
+    assert ahead.rounds == staged.rounds
 
 
 def test_memory_preflight_refuses_before_allocating() -> None:

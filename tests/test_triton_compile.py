@@ -59,17 +59,19 @@ SCRIPT = textwrap.dedent("""
             assert not fmas, ("pairwise", dt, metric, len(fmas))
         cfg = merge._launch_config(16384, on_cpu=False)
         for mode in (0, 1, 2):
-            sig = {"src_ptr": f"*{dt}", "ld_src": "i32", "dst_ptr": f"*{dt}",
-                   "ld_dst": "i32", "p_ptr": "*i32", "q_ptr": "*i32",
-                   "wp_ptr": f"*{dt}", "wq_ptr": f"*{dt}", "nn_ptr": "*i64",
-                   "nnd_ptr": f"*{dt}", "n_new": "i32", "row0": "i32", "nrows": "i32",
-                   "MODE": "constexpr", "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
-            kernel = build(merge._merge_compact_rownn_kernel, sig,
-                           {"MODE": mode, "BLOCK_M": cfg["BLOCK_M"],
-                            "BLOCK_N": cfg["BLOCK_N"]}, cfg)
-            # the weighted merge must not be contracted into fma (symmetric rounding)
-            fmas = re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"])
-            assert not fmas, (dt, mode, len(fmas))
+            for counted in (False, True):
+                sig = {"src_ptr": f"*{dt}", "ld_src": "i32", "dst_ptr": f"*{dt}",
+                       "ld_dst": "i32", "p_ptr": "*i32", "q_ptr": "*i32",
+                       "wp_ptr": f"*{dt}", "wq_ptr": f"*{dt}", "nn_ptr": "*i64",
+                       "nnd_ptr": f"*{dt}", "n_new": "i32", "row0": "i32", "nrows": "i32",
+                       "count_ptr": "*i64", "MODE": "constexpr", "COUNTED": "constexpr",
+                       "BLOCK_M": "constexpr", "BLOCK_N": "constexpr"}
+                kernel = build(merge._merge_compact_rownn_kernel, sig,
+                               {"MODE": mode, "COUNTED": counted, "BLOCK_M": cfg["BLOCK_M"],
+                                "BLOCK_N": cfg["BLOCK_N"]}, cfg)
+                # the weighted merge must not be contracted into fma (symmetric rounding)
+                fmas = re.findall(r"\\bfma\\.rn\\.f(?:32|64)", kernel.asm["ptx"])
+                assert not fmas, (dt, mode, len(fmas))
         cfg = round_._launch_config(on_cpu=False)
         sig = {name: "*i64" for name in ("nn_ptr", "size_ptr", "rep_ptr", "ma_ptr", "mb_ptr",
                                          "ms_ptr", "size_out_ptr", "rep_out_ptr",
@@ -182,7 +184,7 @@ def test_kernels_compile_for_nvidia_gpus(arch: int) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     built = proc.stdout.strip().splitlines()[-1]
     assert built.count("_pairwise_dist_rownn_kernel") == 6
-    assert built.count("_merge_compact_rownn_kernel") == 6
+    assert built.count("_merge_compact_rownn_kernel") == 12
     assert built.count("_round_scan_oneblock_kernel") == 2
     assert built.count("_centroid_nn_tiled_kernel") == 6
     assert built.count("_candidate_pairs_tiled_kernel") == 2

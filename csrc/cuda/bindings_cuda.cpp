@@ -20,7 +20,7 @@ void dcpe_register_cuda(py::module_& m) {
   c.def("merge_compact_nn", &dcpe_cuda::merge_compact_nn, py::arg("dtype"), py::arg("src"),
         py::arg("ld_src"), py::arg("dst"), py::arg("ld_dst"), py::arg("p"), py::arg("q"),
         py::arg("wp"), py::arg("wq"), py::arg("n_new"), py::arg("row0"), py::arg("nrows"),
-        py::arg("mode"), py::arg("nn"), py::arg("nnd"), py::arg("stream"),
+        py::arg("mode"), py::arg("nn"), py::arg("nnd"), py::arg("count"), py::arg("stream"),
         "Merge the reciprocal pairs of a round, compact, and find row argmin/min.");
   c.def("round_scan", &dcpe_cuda::round_scan, py::arg("dtype"), py::arg("n"), py::arg("nn"),
         py::arg("nnd"), py::arg("size"), py::arg("rep"), py::arg("hfix"), py::arg("m_a"),

@@ -32,11 +32,14 @@ void pairwise_nn(int dtype, std::uintptr_t x, std::uintptr_t D, std::uintptr_t n
 // weights wp/wq, 1 min, 2 max; +inf diagonal.  Local row r is written at dst[r*ld_dst].
 // nn/nnd receive the row argmin/min at the global row index.
 // p, q: int32; wp, wq, src, dst, nnd: dtype; nn: int64.
+// count (int64, or 0 for none): round_scan's counts on the device; with it, n_new and ld_dst
+// are counts[1] read by the kernel, n_new and nrows given here are an upper bound of it (the
+// grid), and row0 must be 0, so that the merge can be launched before the host reads them.
 void merge_compact_nn(int dtype, std::uintptr_t src, std::int64_t ld_src, std::uintptr_t dst,
                       std::int64_t ld_dst, std::uintptr_t p, std::uintptr_t q,
                       std::uintptr_t wp, std::uintptr_t wq, std::int64_t n_new,
                       std::int64_t row0, std::int64_t nrows, int mode, std::uintptr_t nn,
-                      std::uintptr_t nnd, std::uintptr_t stream);
+                      std::uintptr_t nnd, std::uintptr_t count, std::uintptr_t stream);
 
 // One round's O(n) bookkeeping in one single-block launch (semantics and PyTorch reference:
 // dcpe_kernels/round.py): reciprocal pairs of nn[0..n), their merge records at m.. of

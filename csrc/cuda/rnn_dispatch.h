@@ -61,25 +61,29 @@ void pairwise_nn(Launch&& launch, int dtype, U x, U D, U nn, U nnd, I64 n, I64 d
 
 template <typename T, typename Launch>
 void merge_typed(Launch& launch, U src, I64 ld_src, U dst, I64 ld_dst, U p, U q, U wp, U wq,
-                 I64 n_new, I64 row0, I64 nrows, int mode, U nn, U nnd) {
+                 I64 n_new, I64 row0, I64 nrows, int mode, U nn, U nnd, U count) {
   launch("merge_compact_rownn_kernel", kernels::merge_compact_rownn_kernel<T>,
          static_cast<unsigned>(nrows), kernels::kThreads, as<const T>(src), ld_src, as<T>(dst),
          ld_dst, as<const std::int32_t>(p), as<const std::int32_t>(q), as<const T>(wp),
-         as<const T>(wq), n_new, row0, mode, as<I64>(nn), as<T>(nnd));
+         as<const T>(wq), n_new, row0, mode, as<I64>(nn), as<T>(nnd), as<const I64>(count));
 }
 
 template <typename Launch>
 void merge_compact_nn(Launch&& launch, int dtype, U src, I64 ld_src, U dst, I64 ld_dst, U p,
-                      U q, U wp, U wq, I64 n_new, I64 row0, I64 nrows, int mode, U nn, U nnd) {
+                      U q, U wp, U wq, I64 n_new, I64 row0, I64 nrows, int mode, U nn, U nnd,
+                      U count = 0) {
   check_args(dtype, nrows, "merge_compact_nn");
   if (mode < 0 || mode > 2) throw std::invalid_argument("merge_compact_nn: mode code 0..2");
+  if (count != 0 && row0 != 0) {
+    throw std::invalid_argument("merge_compact_nn: a count on the device needs row0 = 0");
+  }
   if (nrows == 0) return;
   if (dtype == kFloat32) {
     merge_typed<float>(launch, src, ld_src, dst, ld_dst, p, q, wp, wq, n_new, row0, nrows,
-                       mode, nn, nnd);
+                       mode, nn, nnd, count);
   } else {
     merge_typed<double>(launch, src, ld_src, dst, ld_dst, p, q, wp, wq, n_new, row0, nrows,
-                        mode, nn, nnd);
+                        mode, nn, nnd, count);
   }
 }
 

@@ -50,9 +50,9 @@ void merge_compact_nn(int dtype, std::uintptr_t src, std::int64_t ld_src, std::u
                       std::int64_t ld_dst, std::uintptr_t p, std::uintptr_t q,
                       std::uintptr_t wp, std::uintptr_t wq, std::int64_t n_new,
                       std::int64_t row0, std::int64_t nrows, int mode, std::uintptr_t nn,
-                      std::uintptr_t nnd, std::uintptr_t stream) {
+                      std::uintptr_t nnd, std::uintptr_t count, std::uintptr_t stream) {
   dispatch::merge_compact_nn(on(stream), dtype, src, ld_src, dst, ld_dst, p, q, wp, wq, n_new,
-                             row0, nrows, mode, nn, nnd);
+                             row0, nrows, mode, nn, nnd, count);
 }
 
 void round_scan(int dtype, std::int64_t n, std::uintptr_t nn, std::uintptr_t nnd,

@@ -110,8 +110,15 @@ __global__ void __launch_bounds__(kThreads)
                                const std::int32_t* __restrict__ P,
                                const std::int32_t* __restrict__ Q, const T* __restrict__ WP,
                                const T* __restrict__ WQ, std::int64_t n_new, std::int64_t row0,
-                               int mode, std::int64_t* __restrict__ nn, T* __restrict__ nnd) {
+                               int mode, std::int64_t* __restrict__ nn, T* __restrict__ nnd,
+                               const std::int64_t* __restrict__ count) {
   const std::int64_t lr = blockIdx.x;
+  if (count != nullptr) {  // the round's count of slots, read on the device (row0 is 0)
+    const std::int64_t c = count[1];
+    if (lr >= c) return;  // the whole block: the grid covers an upper bound
+    n_new = c;
+    ld_dst = c;
+  }
   const std::int64_t i = row0 + lr;
   const std::int64_t pr = P[i];
   const std::int64_t qr = Q[i];

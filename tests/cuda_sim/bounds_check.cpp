@@ -59,9 +59,10 @@ void pairwise(I64 n, I64 dim, int metric) {
 }
 
 // A round of n_old clusters: every third slot pairs with the next one, every tenth is
-// dropped; new rows [row0, row0 + nrows) of the compacted matrix.
+// dropped; new rows [row0, row0 + nrows) of the compacted matrix.  counted: all rows, with
+// the count of new slots read on the device and n_old rows launched (the buffers hold n_new).
 template <typename T>
-void merge(I64 n_old, int mode, I64 row0_frac_num, I64 chunk_den) {
+void merge(I64 n_old, int mode, I64 row0_frac_num, I64 chunk_den, bool counted = false) {
   const I64 ld_src = n_old + 1;
   std::vector<T> src = uniform<T>(static_cast<std::size_t>((n_old - 1) * ld_src + n_old), 0.5, 2);
   std::vector<std::int32_t> P, Q;
@@ -82,6 +83,13 @@ void merge(I64 n_old, int mode, I64 row0_frac_num, I64 chunk_den) {
   std::vector<T> dst(static_cast<std::size_t>(nrows * ld_dst));
   std::vector<I64> nn(n_new);
   std::vector<T> nnd(n_new);
+  if (counted) {
+    std::vector<I64> counts = {0, n_new, 0};
+    dispatch::merge_compact_nn(cuda_sim::Launcher{}, dtype_code<T>(), ptr(src), ld_src,
+                               ptr(dst), n_old, ptr(P), ptr(Q), ptr(WP), ptr(WQ), n_old, 0,
+                               n_old, mode, ptr(nn), ptr(nnd), ptr(counts));
+    return;
+  }
   dispatch::merge_compact_nn(cuda_sim::Launcher{}, dtype_code<T>(), ptr(src), ld_src, ptr(dst),
                              ld_dst, ptr(P), ptr(Q), ptr(WP), ptr(WQ), n_new, row0, nrows, mode,
                              ptr(nn), ptr(nnd));
@@ -234,6 +242,7 @@ void all_kernels() {
       if (mode > 0 && n_old > 40) continue;  // the modes differ in arithmetic only
       merge<T>(n_old, mode, 0, 1);  // all rows
       merge<T>(n_old, mode, 2, 3);  // the last third
+      merge<T>(n_old, mode, 0, 1, true);  // the count read on the device
     }
   }
   for (I64 n : {1, 2, 3, 511, 512, 513, 1030}) {

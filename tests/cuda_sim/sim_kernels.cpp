@@ -81,10 +81,11 @@ int dcpe_sim_pairwise_nn(int dtype, std::uintptr_t x, std::uintptr_t D, std::uin
 int dcpe_sim_merge_compact_nn(int dtype, std::uintptr_t src, I64 ld_src, std::uintptr_t dst,
                               I64 ld_dst, std::uintptr_t p, std::uintptr_t q, std::uintptr_t wp,
                               std::uintptr_t wq, I64 n_new, I64 row0, I64 nrows, int mode,
-                              std::uintptr_t nn, std::uintptr_t nnd, std::uintptr_t /*stream*/) {
+                              std::uintptr_t nn, std::uintptr_t nnd, std::uintptr_t count,
+                              std::uintptr_t /*stream*/) {
   return guarded([&] {
     dispatch::merge_compact_nn(cuda_sim::Launcher{}, dtype, src, ld_src, dst, ld_dst, p, q, wp,
-                               wq, n_new, row0, nrows, mode, nn, nnd);
+                               wq, n_new, row0, nrows, mode, nn, nnd, count);
   });
 }
 

@@ -87,12 +87,12 @@ class CudaOps:
     def merge_compact_nn(cls, src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: int,
                          p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor,
                          n_new: int, row0: int, nrows: int, mode: int, nn: torch.Tensor,
-                         nnd: torch.Tensor) -> None:
+                         nnd: torch.Tensor, count: torch.Tensor | None = None) -> None:
         ext = cls._lib()
         ext.merge_compact_nn(_dtype_code(src), src.data_ptr(), ld_src, dst.data_ptr(), ld_dst,
                              p.data_ptr(), q.data_ptr(), wp.data_ptr(), wq.data_ptr(), n_new,
                              row0, nrows, mode, nn.data_ptr(), nnd.data_ptr(),
-                             cls._stream(src))
+                             0 if count is None else count.data_ptr(), cls._stream(src))
 
     @classmethod
     def round_scan(cls, n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,

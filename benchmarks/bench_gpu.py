@@ -73,6 +73,7 @@ Smoke test without a GPU::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import re
@@ -300,6 +301,26 @@ def busy_time(fn: Callable[[], Any], device: str) -> dict[str, Any]:
             "top": [f"{key[:60]} x{count}: {us / 1e3:.3f} ms" for us, count, key in rows[:3]]}
 
 
+def merge_ahead_ab(fn: Callable[[], Any], device: str, repeats: int = 5) -> dict[str, Any]:
+    """Median seconds of ``fn`` (a flat cut) with the dense rounds' merges launched ahead of
+    the counts (``dcpe_kernels.rnn._MERGE_AHEAD``, the default) and with the counts read
+    first in every round, alternating in one run, and their ratio."""
+    from dcpe_kernels import rnn
+
+    times: dict[bool, list[float]] = {True: [], False: []}
+    saved = rnn._MERGE_AHEAD
+    try:
+        for _ in range(repeats):
+            for ahead in (False, True):
+                rnn._MERGE_AHEAD = ahead
+                times[ahead].append(time_gpu(fn, 1, device, warmup=False)["median_s"])
+    finally:
+        rnn._MERGE_AHEAD = saved
+    first, ahead = statistics.median(times[False]), statistics.median(times[True])
+    return {"counts_first_seconds": round(first, 6), "ahead_seconds": round(ahead, 6),
+            "counts_first_over_ahead": round(first / ahead, 3) if ahead > 0 else None}
+
+
 def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
                 data: dict[int, np.ndarray], n: int, device: str) -> dict[str, Any]:
     """Per RNN provider at ``N = n``, k = N/2: rounds of the labels path (early stop) and of
@@ -332,11 +353,12 @@ def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
         except Exception as exc:
             out[provider] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
-        try:
-            out[provider]["labels_k_half"] = busy_time(
-                lambda: mod.labels(x, n // 2, **kw), device)  # noqa: B023
-        except Exception as exc:  # the profiler is a diagnostic: its failure is reported
-            out[provider]["labels_k_half"] = {"error": f"{type(exc).__name__}: {exc}"}
+        cut = functools.partial(mod.labels, x, n // 2, **kw)
+        for name, diag in (("labels_k_half", busy_time), ("merge_ahead", merge_ahead_ab)):
+            try:
+                out[provider][name] = diag(cut, device)
+            except Exception as exc:  # a diagnostic's failure is reported, not raised
+                out[provider][name] = {"error": f"{type(exc).__name__}: {exc}"}
     return out
 
 

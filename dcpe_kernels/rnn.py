@@ -203,6 +203,12 @@ class Merges:
         return torch.sort(self.hmono, stable=True).indices
 
 
+#: launch a round's merge before the host reads the round's counts, once a second matrix
+#: of the current order is held (:func:`dense_rounds`); False reads the counts first in
+#: every round (the same merges; kept to measure the difference)
+_MERGE_AHEAD = True
+
+
 def _view_rows(buf: torch.Tensor, ld: int, row0: int, nrows: int, ncols: int) -> torch.Tensor:
     return buf.as_strided((nrows, ncols), (ld, 1), row0 * ld)
 
@@ -409,7 +415,7 @@ def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int
     other: torch.Tensor | None = None  # second matrix buffer once one fits
     staging: torch.Tensor | None = None
     while n >= 2:
-        if other is not None and other.numel() >= n * n:
+        if _MERGE_AHEAD and other is not None and other.numel() >= n * n:
             # Whatever n_new is, its matrix fits the other buffer: the merge is launched
             # before the host has read the counts, and reads n_new on the device.
             merge = functools.partial(ops.merge_compact_nn, cur, ld, other, n, st.p32, st.q32,

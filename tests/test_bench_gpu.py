@@ -57,6 +57,8 @@ def test_dry_run_writes_complete_results(tmp_path: Path, isolate: bool) -> None:
         "rounds_labels_k_half"]
     busy = payload["engine"]["triton"]["labels_k_half"]
     assert busy["wall_seconds"] > 0 and busy["busy_seconds"] > 0 and busy["top"], busy
+    ab = payload["engine"]["triton"]["merge_ahead"]
+    assert ab["counts_first_seconds"] > 0 and ab["ahead_seconds"] > 0, ab
     if isolate:  # the child's own files came back under --out
         assert (tmp_path / "worker-triton" / "worker.json").exists()
     # the dry run also runs the scale section at a tiny N, on both engines

@@ -64,6 +64,7 @@ from conftest import (  # noqa: E402
 
 dk = _load_kernels()
 from dcpe.backends import triton_backend  # noqa: E402
+from dcpe_kernels import rnn as rnn_module  # noqa: E402
 from dcpe_kernels.rnn import (  # noqa: E402
     merges_to_labels,
     merges_to_linkage,
@@ -508,6 +509,14 @@ def test_merges_launched_before_the_counts_are_read() -> None:
     for name in ("rep_a", "rep_b", "height", "hmono", "size"):
         assert torch.equal(getattr(ahead, name), getattr(staged, name)), name
     assert ahead.rounds == staged.rounds
+    # the switch the benchmark's diagnostics compare: counts first in every round
+    seen.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(rnn_module, "_MERGE_AHEAD", False)
+        first = rnn_merges(x, ops=Spy, **kw)
+    assert not any(seen) and len(seen) == first.rounds - 1  # none after the last pair
+    for name in ("rep_a", "rep_b", "height", "hmono", "size"):
+        assert torch.equal(getattr(ahead, name), getattr(first, name)), name
 
 
 def test_memory_preflight_refuses_before_allocating() -> None:

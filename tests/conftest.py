@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import functools
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -562,6 +567,64 @@ def one_error_line(err: str, ignore: tuple[str, ...] = ()) -> str:
     assert lines[0].startswith("dcpe: error: "), err
     assert "Traceback" not in err
     return lines[0]
+
+
+# --------------------------------------------------------------------------- Triton interpreter
+
+#: a kernel with a loop over an integer argument, the pattern of every dcpe kernel, run on a
+#: CPU tensor under the interpreter
+_INTERPRETER_PROBE = """
+import torch, triton, triton.language as tl
+
+@triton.jit
+def _probe_kernel(out_ptr, n, BLOCK: tl.constexpr):
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    for s in range(0, n, BLOCK):
+        acc += 1
+    tl.store(out_ptr + tl.arange(0, BLOCK), acc)
+
+out = torch.zeros(4, dtype=torch.int32)
+_probe_kernel[(1,)](out, 10, BLOCK=4)
+assert out.tolist() == [3, 3, 3, 3], out.tolist()
+"""
+
+
+@functools.cache
+def interpreter_problem() -> str | None:
+    """Why the Triton interpreter (``TRITON_INTERPRET=1``) cannot run dcpe's kernels on CPU
+    tensors here, or None when it can.
+
+    The interpreters of Triton 3.6 and older turn an integer kernel argument into a NumPy
+    array of one element and convert it with ``int()``, which NumPy 2.4 rejects
+    ("only 0-dimensional arrays can be converted to Python scalars"); every kernel with a
+    loop over its sizes then fails.  Such an environment (e.g. torch 2.11 with its Triton 3.6,
+    on a machine without a visible GPU) skips the interpreter's tests with
+    this reason instead of failing them.  Probed in a child process, so that this process's
+    Triton keeps its own interpreter mode."""
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    try:
+        proc = subprocess.run([sys.executable, "-c", _INTERPRETER_PROBE], env=env,
+                              capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired:
+        return "the Triton interpreter did not run a four-lane kernel within 300 s"
+    if proc.returncode == 0:
+        return None
+    lines = [ln for ln in proc.stderr.strip().splitlines() if ln.strip()]
+    import importlib.metadata as md
+
+    versions = ", ".join(f"{name} {md.version(name)}" for name in ("triton", "numpy"))
+    return (f"the Triton interpreter cannot run kernels here ({versions}): "
+            f"{lines[-1] if lines else f'exit status {proc.returncode}'}; "
+            f"Triton >= 3.7, or NumPy < 2.4, runs them")
+
+
+@pytest.fixture
+def triton_interpreter() -> None:
+    """Skip the test when the Triton interpreter cannot run kernels here
+    (:func:`interpreter_problem`)."""
+    problem = interpreter_problem()
+    if problem:
+        pytest.skip(problem)
 
 
 # --------------------------------------------------------------------------- fixtures

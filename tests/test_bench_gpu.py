@@ -31,7 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.mark.parametrize("isolate", [False, True])
-def test_dry_run_writes_complete_results(tmp_path: Path, isolate: bool) -> None:
+def test_dry_run_writes_complete_results(tmp_path: Path, isolate: bool,
+                                         triton_interpreter: None) -> None:
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--dry-run", "--device",
@@ -108,7 +109,7 @@ def test_failed_child_becomes_an_error_row(tmp_path: Path) -> None:
     assert labels == {} and diag == {}
 
 
-def test_child_out_of_time_becomes_an_error_row(tmp_path: Path,
+def test_child_out_of_time_becomes_an_error_row(tmp_path: Path, triton_interpreter: None,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
     """A child still running at its share of the time limit is stopped and recorded."""
     import time
@@ -124,7 +125,7 @@ def test_child_out_of_time_becomes_an_error_row(tmp_path: Path,
     assert "stopped after 5 s" in rows[0]["error"]
 
 
-def test_scale_section_runs_both_engines(tmp_path: Path) -> None:
+def test_scale_section_runs_both_engines(tmp_path: Path, triton_interpreter: None) -> None:
     """``--scale`` under ``--isolate``: the rows of the child process come back, the limit
     selects the matrix-free engine, and the labels agree with the ``cpu`` backend."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}

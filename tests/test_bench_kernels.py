@@ -32,7 +32,7 @@ def _run(*args: str, tmp_path: Path) -> subprocess.CompletedProcess:
                           timeout=600)
 
 
-def test_tiny_run_writes_every_kernel(tmp_path: Path) -> None:
+def test_tiny_run_writes_every_kernel(tmp_path: Path, triton_interpreter: None) -> None:
     proc = _run("--d", "20", "--classes", "1x2", "3x5", "--token-pairs", "120",
                 "--matrix-clusters", "6", "--scan-clusters", "40", "--repeats", "1",
                 "--check-pairs", "8", "--name", "tiny", tmp_path=tmp_path)

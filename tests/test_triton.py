@@ -35,6 +35,11 @@ pytest.importorskip("triton")
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 if not INTERPRET and not torch.cuda.is_available():
     pytest.skip("no CUDA device and TRITON_INTERPRET is not 1", allow_module_level=True)
+if INTERPRET:
+    from conftest import interpreter_problem  # noqa: E402
+
+    if interpreter_problem():
+        pytest.skip(interpreter_problem(), allow_module_level=True)
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 

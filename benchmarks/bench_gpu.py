@@ -909,7 +909,8 @@ def main(argv: list[str] | None = None) -> int:
         work += [("torch", n) for n in torch_sizes if n <= args.torch_early_max]
     dcpe_ok = [p for p in args.providers if p != "torch" and status[p][0]]
     if args.isolate and not args.worker:
-        work += [(p, 0) for p in dcpe_ok]  # N = 0: all sizes in a child process
+        if sizes:  # N = 0: all sizes in a child process (none without dense sizes)
+            work += [(p, 0) for p in dcpe_ok]
     else:
         work += [(p, n) for n in sizes for p in dcpe_ok]
     if run_torch:

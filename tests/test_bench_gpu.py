@@ -127,11 +127,12 @@ def test_child_out_of_time_becomes_an_error_row(tmp_path: Path, triton_interpret
 
 def test_scale_section_runs_both_engines(tmp_path: Path, triton_interpreter: None) -> None:
     """``--scale`` under ``--isolate``: the rows of the child process come back, the limit
-    selects the matrix-free engine, and the labels agree with the ``cpu`` backend."""
+    selects the matrix-free engine, and the labels agree with the ``cpu`` backend.  No
+    dense sizes: no child process for them."""
     env = {**os.environ, "TRITON_INTERPRET": "1"}
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "bench_gpu.py"), "--device", "cpu",
-         "--sizes", "128", "--repeats", "1", "--providers", "triton", "--torch-sizes", "64",
+         "--sizes", "--repeats", "1", "--providers", "triton", "--torch-sizes", "64",
          "--scale", "200x3", "200x3@160KiB", "--scale-cpu-dims", "3", "--isolate",
          "--time-limit", "250", "--out", str(tmp_path)],
         env=env, capture_output=True, text=True, timeout=300)
@@ -163,6 +164,8 @@ def test_scale_section_runs_both_engines(tmp_path: Path, triton_interpreter: Non
     # the labels went through the temporary directory, which is gone; the child's own
     # results came back under --out
     assert (tmp_path / "worker-triton-scale" / "worker.json").exists()
+    assert not (tmp_path / "worker-triton").exists()
+    assert not [r for r in payload["results"] if r.get("provider") == "triton"]
     assert not list(tmp_path.rglob("labels-*-scale-*.npy"))
 
 

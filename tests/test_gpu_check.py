@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -25,6 +26,13 @@ FAKE_PYTHON = """#!/usr/bin/env bash
 # stands in for python: logs the call (with DCPE_SKIP_CUDA) and plays the part asked for
 echo "skip_cuda=${DCPE_SKIP_CUDA:-} $*" >> "$FAKE_LOG"
 case "$*" in
+  "-c import sys, dcpe._C"*)  # is the CUDA extension built?
+    if [ -n "${FAKE_NO_EXT:-}" ]; then exit 1; fi ;;
+  "benchmarks/bench_gpu.py"*)  # a child process's files, as the benchmark leaves them
+    mkdir -p "$OUT/worker-cuda-scale"
+    echo "{}" > "$OUT/worker-cuda-scale/worker.json"
+    echo "| row |" > "$OUT/worker-cuda-scale/worker.md"
+    echo "labels" > "$OUT/worker-cuda-scale/labels-cuda-scale-262144x8.npy" ;;
   "-m pip install"*)
     if [ -n "${FAKE_BUILD_FAILS:-}" ] && { [ -z "${DCPE_SKIP_CUDA:-}" ] ||
         [ "$FAKE_BUILD_FAILS" = always ]; }; then
@@ -87,8 +95,16 @@ def test_all_stages_in_order(tmp_path: Path) -> None:
     (kernels,) = [c for c in calls if "bench_kernels.py" in c]
     assert kernels.split("--time-limit ")[1].split()[0] == "60"
     assert "--isolate" in [c for c in calls if "bench_gpu.py" in c][0]
-    for name in ("env.log", "build.log", "tests.log", "bench.log"):
-        assert (tmp_path / "out" / name).exists()
+    # one log of every stage; the child processes' results in one archive, no labels
+    out_dir = tmp_path / "out"
+    assert sorted(p.name for p in out_dir.iterdir()) == ["gpu_check.log", "workers.tar.gz"]
+    log = (out_dir / "gpu_check.log").read_text()
+    for section in ("environment", "== build", "== tests (triton)", "== tests (linear_gpu)",
+                    "== kernels (60 s)", "== benchmark ("):
+        assert section in log, section
+    with tarfile.open(out_dir / "workers.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["worker-cuda-scale/worker.json",
+                                          "worker-cuda-scale/worker.md"]
 
 
 def test_failed_cuda_build_falls_back_and_still_measures_triton(tmp_path: Path) -> None:
@@ -97,6 +113,8 @@ def test_failed_cuda_build_falls_back_and_still_measures_triton(tmp_path: Path) 
     assert stages(calls) == ["build", "build-no-cuda", "test-triton", "test-cuda",
                              "test-linear_gpu", "kernels", "bench"]
     assert "nvcc fatal" in out  # the compiler's message is shown, not only the log's end
+    log = (tmp_path / "out" / "gpu_check.log").read_text()
+    assert "nvcc fatal" in log and "== build without the CUDA sources" in log
 
 
 def test_failed_build_stops_before_tests(tmp_path: Path) -> None:
@@ -151,3 +169,24 @@ def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1", DCPE_CHECK_SCALE="262144x8")
     (bench,) = [c for c in calls if "bench_gpu.py" in c]
     assert bench.split("--scale ")[1].split(" --")[0] == "262144x8"
+
+
+def test_second_short_call_for_the_largest_row(tmp_path: Path) -> None:
+    """DCPE_CHECK_SHORT=2, right after a short check on the same machine: 262,144 x 256
+    alone with up to 400 s, no tests, no kernel benchmark, no dense sizes, and no build
+    while the CUDA extension imports."""
+    rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="2")
+    assert rc == 0, out
+    assert stages(calls) == ["bench"]
+    assert "== build: none" in out
+    (bench,) = [c for c in calls if "bench_gpu.py" in c]
+    assert bench.split("--scale ")[1].split(" --")[0] == "262144x256"
+    assert "--sizes --providers cuda triton" in bench
+    assert time_limit(calls) == min(400 - elapsed_before_bench(out) - 20, 420)
+    # on a fresh machine it builds first
+    rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="2", FAKE_NO_EXT="1")
+    assert rc == 0, out
+    assert stages(calls) == ["build", "bench"]
+    # DCPE_CHECK_TESTS=none leaves the tests out of any check
+    rc, out, calls = run_check(tmp_path, DCPE_CHECK_TESTS="none")
+    assert stages(calls) == ["build", "kernels", "bench"]

@@ -534,7 +534,7 @@ def test_memory_preflight_refuses_before_allocating() -> None:
 
 # ----------------------------------------------------------------------------- GPU tiles
 # Under the interpreter the host functions pick small tiles (fast to interpret); the tiles a
-# GPU gets (16 x 128 distance tiles, 8 x 256 merge tiles, bookkeeping blocks of 1024
+# GPU gets (8 x 256 distance tiles, 8 x 256 merge tiles, bookkeeping blocks of 1024
 # clusters) would otherwise only be compiled in CI (test_triton_compile.py), never run.
 # On a GPU every test above already runs with them.
 
@@ -566,7 +566,7 @@ def gpu_tiles(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, int]]:
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kernels_with_gpu_tiles_match_references(gpu_tiles: list, dtype: torch.dtype) -> None:
     rng = np.random.default_rng(70)
-    # 300 rows: ragged 16 x 128 tiles on both edges; padded row stride
+    # 300 rows: ragged 8 x 256 tiles on both edges; padded row stride
     x = torch.tensor(tie_free(rng, 300, 8), dtype=dtype, device=DEVICE)
     for metric in (0, 1, 2):
         check_pairwise_kernel(dk.pairwise_nn, x, 307, metric)
@@ -579,7 +579,43 @@ def test_kernels_with_gpu_tiles_match_references(gpu_tiles: list, dtype: torch.d
     for n in (1023, 1025, 2100):
         _check_round_scan_kernel(n, dtype)
     assert {(c.get("BLOCK_M"), c.get("BLOCK_N"), c.get("BLOCK")) for c in gpu_tiles} == {
-        (16, 128, None), (8, 256, None), (None, None, 1024)}
+        (8, 256, None), (None, None, 1024)}
+
+
+@pytest.mark.parametrize("tiles", ["interpreter", "gpu"])
+def test_tied_minima_go_to_the_smallest_column(request: pytest.FixtureRequest,
+                                                 tiles: str) -> None:
+    """Row minima kept per tile position: among equal minima the smallest column wins,
+    whether they share a tile, a position in two tiles (columns 10 and 266: 266 - 10 is a
+    multiple of both tile widths) or neither.  Rows 3, 10, 266 and 290 are one point."""
+    if tiles == "gpu":
+        if not INTERPRET:
+            pytest.skip("on a GPU the tiles are the GPU's anyway")
+        request.getfixturevalue("gpu_tiles")
+    rng = np.random.default_rng(72)
+    a = tie_free(rng, 300, 8)
+    same = [3, 10, 266, 290]
+    a[same] = a[same[0]]
+    x = torch.tensor(a, dtype=torch.float32, device=DEVICE)
+    n = x.shape[0]
+    out = torch.empty(n * n, dtype=x.dtype, device=DEVICE)
+    nn = torch.empty(n, dtype=torch.int64, device=DEVICE)
+    nnd = torch.empty(n, dtype=x.dtype, device=DEVICE)
+    dk.pairwise_nn(x, out, n, 0, nn, nnd)
+    assert nn[same].tolist() == [10, 3, 3, 3]
+    assert nnd[same].tolist() == [0.0] * 4
+    # the same minima through a merge round that keeps every slot (p = i, weight 1)
+    p = torch.arange(n, dtype=torch.int32, device=DEVICE)
+    q = torch.full((n,), -1, dtype=torch.int32, device=DEVICE)
+    wp = torch.ones(n, dtype=x.dtype, device=DEVICE)
+    wq = torch.zeros(n, dtype=x.dtype, device=DEVICE)
+    dst = torch.empty(n * n, dtype=x.dtype, device=DEVICE)
+    nn2 = torch.empty(n, dtype=torch.int64, device=DEVICE)
+    nnd2 = torch.empty(n, dtype=x.dtype, device=DEVICE)
+    for mode in (0, 1, 2):
+        dk.merge_compact_nn(out, n, dst, n, p, q, wp, wq, n, 0, n, mode, nn2, nnd2)
+        assert torch.equal(dst, out), mode
+        assert torch.equal(nn2, nn) and torch.equal(nnd2, nnd), mode
 
 
 @interpret_only

@@ -103,11 +103,15 @@ if HAS_TRITON:
     @triton.jit
     def _token_distance_lanes(x_ptr, ti, tj, mask, dim, ts, cs, IS_F32: tl.constexpr):
         """``|x_ti - x_tj|`` lane by lane (token indices ``ti``, ``tj`` of one shape), in the
-        engines' rounding: squares summed in dimension order, an IEEE root."""
+        engines' rounding: squares summed in dimension order, an IEEE root.  Lanes outside
+        ``mask`` read token 0 (the loads need no predicate) and return a value the callers
+        drop."""
         acc = (ti * 0).to(x_ptr.dtype.element_ty)
+        ti = tl.where(mask, ti, 0)
+        tj = tl.where(mask, tj, 0)
         for c in range(0, dim):
-            u = tl.load(x_ptr + ti * ts + c * cs, mask=mask, other=0.0)
-            v = tl.load(x_ptr + tj * ts + c * cs, mask=mask, other=0.0)
+            u = tl.load(x_ptr + ti * ts + c * cs)
+            v = tl.load(x_ptr + tj * ts + c * cs)
             diff = u - v
             acc += diff * diff
         if IS_F32:
@@ -125,14 +129,14 @@ if HAS_TRITON:
         total = tl.zeros([BLOCK_I, BLOCK_J], dtype=tl.float64)
         for i0 in range(0, n_lo, BLOCK_I):
             mi = (i0 + ii) < n_lo
-            ti = o_lo + i0 + ii
+            ti = o_lo + tl.where(mi, i0 + ii, 0)  # past the cluster: its first token (dropped)
             for j0 in range(0, n_hi, BLOCK_J):
                 mj = (j0 + jj) < n_hi
-                tj = o_hi + j0 + jj
+                tj = o_hi + tl.where(mj, j0 + jj, 0)
                 acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=dtype)
                 for c in range(0, dim):
-                    u = tl.load(x_ptr + ti * ts + c * cs, mask=mi, other=0.0)
-                    v = tl.load(x_ptr + tj * ts + c * cs, mask=mj, other=0.0)
+                    u = tl.load(x_ptr + ti * ts + c * cs)
+                    v = tl.load(x_ptr + tj * ts + c * cs)
                     diff = u[:, None] - v[None, :]
                     acc += diff * diff
                 if IS_F32:

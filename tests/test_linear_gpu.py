@@ -156,6 +156,46 @@ def test_centroid_nn_ties_go_to_the_smallest_column(which: str, dtype: torch.dty
         assert torch.equal(nn.cpu(), ref_nn)  # on a grid, equal roots come from equal values
 
 
+@pytest.mark.skipif(not INTERPRET, reason="on a GPU every test uses the GPU's tiles")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_centroid_scans_with_gpu_tiles(dtype: torch.dtype, monkeypatch: pytest.MonkeyPatch,
+                                       rng: np.random.Generator) -> None:
+    """The Triton scans with the tiles a GPU gets (dcpe_kernels.centroid._launch_config),
+    which the interpreter would otherwise never run: 600 clusters (two column tiles, the
+    second ragged) on a small integer grid (many tied values), every row and a subset
+    (ragged row tiles): the reference's minima and argmins, and its candidate pairs."""
+    from dcpe_kernels import centroid
+
+    gpu = centroid._launch_config(False)
+    monkeypatch.setattr(centroid, "_launch_config", lambda on_cpu: gpu)
+    ops = _triton_ops()
+    n = 600
+    assert gpu["BLOCK_N"] < n < 2 * gpu["BLOCK_N"]
+    mu_t = torch.from_numpy(rng.integers(-2, 3, size=(3, n)).astype(np.float64)).to(dtype)
+    s2 = torch.from_numpy(rng.integers(0, 3, size=n).astype(np.float64)).to(dtype)
+    rad = torch.from_numpy(rng.integers(1, 3, size=n).astype(np.float64)).to(dtype)
+    some = torch.arange(n)[torch.from_numpy(rng.random(n) < 0.3)].to(torch.int32)
+    some = some[: len(some) - (len(some) % gpu["BLOCK_M"] == 0)]  # a ragged last row tile
+    for rows in (torch.arange(n, dtype=torch.int32), some):
+        m = len(rows)
+        for mode in (0, 1):
+            out = torch.full((n,), -1.0, dtype=dtype, device=DEVICE)
+            nn = torch.full((n,), -1, dtype=torch.int64, device=DEVICE)
+            ops.centroid_nn(mu_t.to(DEVICE), s2.to(DEVICE), n, mode, 1.0, out, nn,
+                            rows.to(DEVICE), m)
+            ref_out = torch.full((n,), -1.0, dtype=dtype)
+            ref_nn = torch.full((n,), -1, dtype=torch.int64)
+            _reference_centroid_nn(mu_t, s2, n, mode, 1.0, ref_out, ref_nn, rows, m)
+            assert torch.equal(out.cpu(), ref_out), mode
+            assert torch.equal(nn.cpu(), ref_nn), mode  # on a grid: equal roots, equal values
+        tau = torch.sqrt(ref_out.clamp_min(0)) * 1.2 + 0.5
+        args = (mu_t, s2, rad, tau, n)
+        c, got, _, _ = _pairs(ops.candidate_pairs, *(a.to(DEVICE) if torch.is_tensor(a) else a
+                                                     for a in args), 1 << 20, rows=rows)
+        c_ref, ref, _, _ = _pairs(_reference_candidate_pairs, *args, 1 << 20, rows=rows)
+        assert c == c_ref and got == ref
+
+
 def _pairs(ops, mu_t, s2, rad, tau, n, capacity, rel=1e-5, absm=1e-6, rows=None):
     rel, absm = (float(np.float32(v)) for v in (rel, absm))
     dev = mu_t.device
@@ -291,6 +331,48 @@ def test_pair_average_matches_reference(which: str, dtype: torch.dtype, d: int,
     cols = torch.full_like(val, -7.0)
     ops.pair_average(as_columns(x), offsets, sizes, pa, pb, count, capacity, cols)
     assert torch.equal(cols, val)
+
+
+@pytest.mark.skipif(not INTERPRET, reason="on a GPU every test uses the GPU's launches")
+@pytest.mark.parametrize("layout", ["rows", "columns"])
+def test_pair_average_with_gpu_launches(layout: str, monkeypatch: pytest.MonkeyPatch,
+                                        rng: np.random.Generator) -> None:
+    """The Triton sums with the launch classes a GPU gets (64 pairs of up to 4 token pairs
+    a program, 16 of up to 16, then 8 x 8, 16 x 16 and 64 x 64 tiles), which the
+    interpreter would otherwise never run: a pair in every class, with ragged tiles (the
+    lanes past a cluster read its first token, and drop it), against the reference."""
+    import importlib
+
+    pa_mod = importlib.import_module("dcpe_kernels.pair_average")
+    gpu = pa_mod._launch_config(False)
+    monkeypatch.setattr(pa_mod, "_launch_config", lambda on_cpu: gpu)
+    ops = _triton_ops()
+    dtype = torch.float32
+    sizes = torch.tensor([1, 2, 3, 4, 5, 6, 9, 70, 75, 2], dtype=torch.int64)
+    offsets = torch.cumsum(sizes, 0) - sizes
+    x = torch.from_numpy(tie_free(rng, int(sizes.sum()), 5)).to(dtype)
+    # works 2, 12, 16, 30, 54, 5250 and 675 token pairs: each launch class, in both orders
+    pairs = [(0, 1), (2, 3), (9, 3), (4, 5), (5, 6), (7, 8), (6, 8), (1, 0), (8, 7)]
+    classes = [h for h, *_ in (*gpu["PACKED"], *gpu["TILED"])]
+    work = {int(sizes[a]) * int(sizes[b]) for a, b in pairs}
+    lo = 0
+    for hi in classes:
+        assert any(lo <= w < hi for w in work), (lo, hi, sorted(work))
+        lo = hi
+    k = len(pairs)
+    pa = torch.tensor([a for a, _ in pairs] + [0, 0], dtype=torch.int32)
+    pb = torch.tensor([b for _, b in pairs] + [0, 0], dtype=torch.int32)
+    count = torch.tensor([k], dtype=torch.int64)
+    xs = x.to(DEVICE) if layout == "rows" else as_columns(x.to(DEVICE))
+    val = torch.full((k + 2,), -7.0, dtype=dtype, device=DEVICE)
+    ops.pair_average(xs, offsets.to(DEVICE), sizes.to(DEVICE), pa.to(DEVICE), pb.to(DEVICE),
+                     count.to(DEVICE), k + 2, val)
+    ref = torch.empty(k + 2, dtype=dtype)
+    _reference_pair_average(x, offsets, sizes, pa, pb, count, k + 2, ref)
+    got = val.cpu()
+    torch.testing.assert_close(got[:k], ref[:k], rtol=RTOL[dtype], atol=0)
+    assert bool((got[k:] == -7.0).all())
+    assert got[0] == got[7] and got[5] == got[8]  # (a, b) and (b, a): the same bits
 
 
 @pytest.mark.parametrize("which", KERNEL_OPS)

@@ -20,7 +20,10 @@ measurement rather than on the whole engine's time:
 * ``centroid_nn`` (mode 0) and ``candidate_pairs`` over ``--scan-clusters`` centroids,
   from coordinate differences and (layout ``gram``) from tiles of the centroids' Gram
   matrix, as the engine runs them from ``dcpe_kernels.linear.GRAM_MIN_DIM`` dimensions on
-  (:mod:`dcpe_kernels.gram`; the float64 matrix products included).
+  (:mod:`dcpe_kernels.gram`; the float64 matrix products included); ``triton``'s scans from
+  differences also with their former 64 x 64 tiles (layout ``64x64 tiles``,
+  :data:`FORMER_SCAN_TILES`: the same results; the time of the current 8 x 512 tiles
+  against them).
 
 Providers (``PROVIDERS``): ``cuda`` (the CUDA extension's kernels, through
 ``dcpe.backends.cuda_backend.CudaOps``) and ``triton`` (``dcpe_kernels.TritonOps``; on a
@@ -36,6 +39,7 @@ Usage: ``python benchmarks/bench_kernels.py --out DIR`` writes ``kernels-<name>.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import math
 import sys
@@ -49,6 +53,9 @@ from _common import fmt_seconds, machine_info, markdown_table, write_results  # 
 from bench_gpu import provider_status, time_gpu  # noqa: E402
 
 PROVIDERS = ["cuda", "triton"]
+#: the tiles of triton's centroid scans before 8 x 512 (dcpe_kernels.centroid._launch_config),
+#: timed beside the current ones (layout "64x64 tiles"): the same results, another speed
+FORMER_SCAN_TILES = {"BLOCK_M": 64, "BLOCK_N": 64, "num_warps": 4, "enable_fp_fusion": False}
 LAYOUTS = ["columns", "rows"]
 DEFAULT_CLASSES = ["1x1", "1x2", "2x2", "2x4", "4x4", "8x8", "32x32", "128x128"]
 #: most pairs listed for one class (int32 ids and one average each)
@@ -197,6 +204,23 @@ def matrix_rows(providers: list[str], args: argparse.Namespace, device: str,
             del x, out
 
 
+@contextlib.contextmanager
+def scan_tiles(cfg: dict[str, Any] | None, on_cpu: bool) -> Any:
+    """Within the block, triton's centroid scans launch with ``cfg`` (None: their own);
+    yields the tiles they launch with, ``"MxN"``."""
+    import importlib
+
+    centroid = importlib.import_module("dcpe_kernels.centroid")
+    saved = centroid._launch_config
+    if cfg is not None:
+        centroid._launch_config = lambda on_cpu: dict(cfg)
+    try:
+        used = centroid._launch_config(on_cpu)
+        yield f"{used['BLOCK_M']}x{used['BLOCK_N']}"
+    finally:
+        centroid._launch_config = saved
+
+
 def scan_rows(providers: list[str], args: argparse.Namespace, device: str,
               deadline: float, emit: Any) -> None:
     import torch
@@ -234,12 +258,19 @@ def scan_rows(providers: list[str], args: argparse.Namespace, device: str,
         pb = torch.empty(cap, dtype=torch.int32, device=device)
         count = torch.zeros(1, dtype=torch.int64, device=device)
         # from coordinate differences (layout —), then from tiles of the Gram matrix, as the
-        # engine runs them past GRAM_MIN_DIM dimensions (the float64 matrix products included)
-        for layout, gram in (("—", None), ("gram", plan)):
+        # engine runs them past GRAM_MIN_DIM dimensions (the float64 matrix products
+        # included); triton's also with its former tiles
+        variants = [("—", None, None), ("gram", plan, None)]
+        if provider == "triton":
+            variants.append(("64x64 tiles", None, FORMER_SCAN_TILES))
+        for layout, gram, tiles in variants:
             row = {**base, "layout": layout, "class": f"{n} centroids"}
             scans = linear._Scans(ops, mu64, s2, gram)
-            t = time_gpu(functools.partial(scans.bounds, tau, nn, rows, n), args.repeats,
-                         device)
+            with scan_tiles(tiles, device == "cpu") as used:
+                t = time_gpu(functools.partial(scans.bounds, tau, nn, rows, n), args.repeats,
+                             device)
+            if provider == "triton":  # (the Gram scans have tiles of their own)
+                row["tiles"] = used if gram is None else "—"
             extra = {}
             if gram is None:  # (the Gram scan's bounds are wider: other bits)
                 got = tau.cpu()
@@ -249,8 +280,9 @@ def scan_rows(providers: list[str], args: argparse.Namespace, device: str,
             emit({**row, "kernel": "centroid_nn", "median_s": t["median_s"], **extra})
             scan = functools.partial(scans.candidates, rad, ref_tau.to(device), 1e-6, 0.0, pa,
                                      pb, count, cap, rows, n, needy)
-            t = time_gpu(lambda scan=scan, count=count: (count.zero_(), scan()), args.repeats,
-                         device)
+            with scan_tiles(tiles, device == "cpu"):
+                t = time_gpu(lambda scan=scan, count=count: (count.zero_(), scan()),
+                             args.repeats, device)
             emit({**row, "kernel": "candidate_pairs", "median_s": t["median_s"],
                   "emitted": int(count.item())})
 
@@ -266,7 +298,12 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, device: str,
         t = r.get("median_s")
         rate = f"{r['work'] / t:.3g}" if t else "—"
         base = best.get((r["kernel"], r["class"], r["provider"]))
-        vs = f"{base / t:.2f}x" if t and base and r["layout"] in ("rows", "gram") else "—"
+        vs = "—"
+        if t and base and r["layout"] in ("rows", "gram"):
+            vs = f"{base / t:.2f}x"
+        elif t and base and r["layout"] == "64x64 tiles":
+            vs = f"{t / base:.2f}x"  # the former tiles' time over the current tiles'
+
         same = {True: "yes", False: "**no**"}.get(r.get("same_bits"), "—")
         ref = {True: "yes", False: "**no**"}.get(r.get("matches_reference"), "—")
         table.append([r["kernel"], r["class"], r["d"], f"{r['pairs']:,}", f"{r['work']:.3g}",
@@ -285,7 +322,10 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, device: str,
              "columns layout's time over the rows layout's (above 1: rows faster), and the "
              "scans' time from coordinate differences (layout —) over their time from tiles "
              "of the Gram matrix (layout gram: float64 matrix products and the kernels that "
-             "read them, dcpe_kernels.gram; above 1: gram faster); same bits: the "
+             "read them, dcpe_kernels.gram; above 1: gram faster), and for triton's scans "
+             "from differences with their former 64 x 64 tiles (layout 64x64 tiles), those "
+             "tiles' time over the current ones' (8 x 512 on a GPU; above 1: the current faster); "
+             "same bits: the "
              "same results as the first provider and layout of the row's kernel and class; "
              "= reference: the first pairs' averages against the PyTorch reference in "
              "float64 (1e-6 relative in float32).  Candidate pairs: emitted "

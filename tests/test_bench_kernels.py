@@ -48,7 +48,9 @@ def test_tiny_run_writes_every_kernel(tmp_path: Path, triton_interpreter: None) 
                    ("centroid_nn", "40 centroids", "—"),
                    ("candidate_pairs", "40 centroids", "—"),
                    ("centroid_nn", "40 centroids", "gram"),
-                   ("candidate_pairs", "40 centroids", "gram")}
+                   ("candidate_pairs", "40 centroids", "gram"),
+                   ("centroid_nn", "40 centroids", "64x64 tiles"),
+                   ("candidate_pairs", "40 centroids", "64x64 tiles")}
     assert all(r["provider"] == "triton" and r["median_s"] > 0 for r in rows)
     pairs = [r for r in rows if r["kernel"] == "pair_average"]
     assert [r["pairs"] for r in pairs] == [60, 60, 8, 8]  # 120 token pairs per class
@@ -57,6 +59,12 @@ def test_tiny_run_writes_every_kernel(tmp_path: Path, triton_interpreter: None) 
                                                                 "centroid_nn")
                and r["layout"] != "gram")
     assert all(r["emitted"] > 0 for r in rows if r["kernel"] == "candidate_pairs")
+    # the former tiles: the same pairs as the current ones (and the same minima, above)
+    emitted = {r["layout"]: r["emitted"] for r in rows if r["kernel"] == "candidate_pairs"}
+    assert emitted["64x64 tiles"] == emitted["—"]
+    # the tiles each scan row ran with: the interpreter's own, and the former GPU tiles
+    tiles = {r["layout"]: r["tiles"] for r in rows if r["kernel"] == "centroid_nn"}
+    assert tiles == {"—": "16x32", "gram": "—", "64x64 tiles": "64x64"}
     assert "cuda: not run" in md
     assert "| pair_average | 3x5 | 20 | 8 | 120 | triton | rows |" in md
 

@@ -267,24 +267,23 @@ def scan_rows(providers: list[str], args: argparse.Namespace, device: str,
             row = {**base, "layout": layout, "class": f"{n} centroids"}
             scans = linear._Scans(ops, mu64, s2, gram)
             with scan_tiles(tiles, device == "cpu") as used:
+                if provider == "triton":  # (the Gram scans have tiles of their own)
+                    row["tiles"] = used if gram is None else "—"
                 t = time_gpu(functools.partial(scans.bounds, tau, nn, rows, n), args.repeats,
                              device)
-            if provider == "triton":  # (the Gram scans have tiles of their own)
-                row["tiles"] = used if gram is None else "—"
-            extra = {}
-            if gram is None:  # (the Gram scan's bounds are wider: other bits)
-                got = tau.cpu()
-                if ref_tau is None:
-                    ref_tau = got
-                extra = {"same_bits": bool(torch.equal(got, ref_tau))}
-            emit({**row, "kernel": "centroid_nn", "median_s": t["median_s"], **extra})
-            scan = functools.partial(scans.candidates, rad, ref_tau.to(device), 1e-6, 0.0, pa,
-                                     pb, count, cap, rows, n, needy)
-            with scan_tiles(tiles, device == "cpu"):
+                extra = {}
+                if gram is None:  # (the Gram scan's bounds are wider: other bits)
+                    got = tau.cpu()
+                    if ref_tau is None:
+                        ref_tau = got
+                    extra = {"same_bits": bool(torch.equal(got, ref_tau))}
+                emit({**row, "kernel": "centroid_nn", "median_s": t["median_s"], **extra})
+                scan = functools.partial(scans.candidates, rad, ref_tau.to(device), 1e-6, 0.0,
+                                         pa, pb, count, cap, rows, n, needy)
                 t = time_gpu(lambda scan=scan, count=count: (count.zero_(), scan()),
                              args.repeats, device)
-            emit({**row, "kernel": "candidate_pairs", "median_s": t["median_s"],
-                  "emitted": int(count.item())})
+                emit({**row, "kernel": "candidate_pairs", "median_s": t["median_s"],
+                      "emitted": int(count.item())})
 
 
 def report(rows: list[dict[str, Any]], args: argparse.Namespace, device: str,
@@ -303,7 +302,6 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace, device: str,
             vs = f"{base / t:.2f}x"
         elif t and base and r["layout"] == "64x64 tiles":
             vs = f"{t / base:.2f}x"  # the former tiles' time over the current tiles'
-
         same = {True: "yes", False: "**no**"}.get(r.get("same_bits"), "—")
         ref = {True: "yes", False: "**no**"}.get(r.get("matches_reference"), "—")
         table.append([r["kernel"], r["class"], r["d"], f"{r['pairs']:,}", f"{r['work']:.3g}",

@@ -38,8 +38,9 @@ if not INTERPRET and not torch.cuda.is_available():
 if INTERPRET:
     from conftest import interpreter_problem  # noqa: E402
 
-    if interpreter_problem():
-        pytest.skip(interpreter_problem(), allow_module_level=True)
+    _problem = interpreter_problem()
+    if _problem:
+        pytest.skip(_problem, allow_module_level=True)
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 

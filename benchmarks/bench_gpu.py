@@ -294,24 +294,34 @@ def busy_time(fn: Callable[[], Any], device: str) -> dict[str, Any]:
             "top": [f"{key[:60]} x{count}: {us / 1e3:.3f} ms" for us, count, key in rows[:3]]}
 
 
-def merge_ahead_ab(fn: Callable[[], Any], device: str, repeats: int = 5) -> dict[str, Any]:
-    """Median seconds of ``fn`` (a flat cut) with the dense rounds' merges launched ahead of
-    the counts (``dcpe_kernels.rnn._MERGE_AHEAD``, the default) and with the counts read
-    first in every round, alternating in one run, and their ratio."""
+#: how the dense rounds are driven, as (``_ROUNDS_AHEAD``, ``_MERGE_AHEAD``) of
+#: ``dcpe_kernels.rnn``: counts read before the merge, merge launched ahead of the counts
+#: (rounds read one by one), and rounds chained on the device (the default)
+ROUND_DRIVES = {"counts_first": (1, False), "merge_ahead": (1, True), "chained": (None, True)}
+
+
+def rounds_ab(fn: Callable[[], Any], device: str, repeats: int = 5) -> dict[str, Any]:
+    """Median seconds of ``fn`` (a flat cut) under each of :data:`ROUND_DRIVES`, alternating
+    in one run, and the ratio of each to the default (chained rounds)."""
     from dcpe_kernels import rnn
 
-    times: dict[bool, list[float]] = {True: [], False: []}
-    saved = rnn._MERGE_AHEAD
+    times: dict[str, list[float]] = {name: [] for name in ROUND_DRIVES}
+    saved = rnn._ROUNDS_AHEAD, rnn._MERGE_AHEAD
     try:
         for _ in range(repeats):
-            for ahead in (False, True):
-                rnn._MERGE_AHEAD = ahead
-                times[ahead].append(time_gpu(fn, 1, device, warmup=False)["median_s"])
+            for name, (ahead, merge_ahead) in ROUND_DRIVES.items():
+                rnn._ROUNDS_AHEAD = saved[0] if ahead is None else ahead
+                rnn._MERGE_AHEAD = merge_ahead
+                times[name].append(time_gpu(fn, 1, device, warmup=False)["median_s"])
     finally:
-        rnn._MERGE_AHEAD = saved
-    first, ahead = statistics.median(times[False]), statistics.median(times[True])
-    return {"counts_first_seconds": round(first, 6), "ahead_seconds": round(ahead, 6),
-            "counts_first_over_ahead": round(first / ahead, 3) if ahead > 0 else None}
+        rnn._ROUNDS_AHEAD, rnn._MERGE_AHEAD = saved
+    med = {name: statistics.median(t) for name, t in times.items()}
+    out: dict[str, Any] = {f"{name}_seconds": round(v, 6) for name, v in med.items()}
+    out["rounds_ahead"] = saved[0]
+    for name in ("counts_first", "merge_ahead"):
+        out[f"{name}_over_chained"] = (round(med[name] / med["chained"], 3)
+                                       if med["chained"] > 0 else None)
+    return out
 
 
 def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
@@ -347,7 +357,7 @@ def diagnostics(providers: list[str], status: dict[str, tuple[bool, str]],
             out[provider] = {"error": f"{type(exc).__name__}: {exc}"}
             continue
         cut = functools.partial(mod.labels, x, n // 2, **kw)
-        for name, diag in (("labels_k_half", busy_time), ("merge_ahead", merge_ahead_ab)):
+        for name, diag in (("labels_k_half", busy_time), ("rounds", rounds_ab)):
             try:
                 out[provider][name] = diag(cut, device)
             except Exception as exc:  # a diagnostic's failure is reported, not raised

@@ -119,8 +119,9 @@ class ReferenceOps:
                          p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor,
                          n_new: int, row0: int, nrows: int, mode: int, nn: torch.Tensor,
                          nnd: torch.Tensor, count: torch.Tensor | None = None) -> None:
-        if count is not None:  # the order read from the round's counts (row0 is 0)
+        if count is not None:  # the orders read from the round's record (row0 is 0)
             n_new = nrows = ld_dst = int(count[1])
+            ld_src = int(count[5])
             p, q, wp, wq = p[:n_new], q[:n_new], wp[:n_new], wq[:n_new]
             if n_new == 0:
                 return

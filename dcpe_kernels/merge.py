@@ -80,10 +80,11 @@ if HAS_TRITON:
                                     MODE: tl.constexpr, COUNTED: tl.constexpr,
                                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
         pid = tl.program_id(0)
-        if COUNTED:  # the round's count of slots, read on the device (row0 is 0)
+        if COUNTED:  # the round's record, read on the device (row0 is 0)
             n_new = tl.load(count_ptr + 1).to(tl.int32)
             ld_dst = n_new
             nrows = n_new
+            ld_src = tl.load(count_ptr + 5)  # the old order: the old matrix's row stride
         if pid * BLOCK_M >= nrows:  # the grid covers an upper bound of the rows
             return
         lr = pid * BLOCK_M + tl.arange(0, BLOCK_M)  # local row in this chunk
@@ -198,11 +199,13 @@ def merge_compact_nn(src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: 
     nn, nnd : torch.Tensor
         Row argmin / minimum outputs (indexed by global row).
     count : torch.Tensor, optional
-        int64: a round's counts from :func:`dcpe_kernels.round.round_scan`, on the device.
+        int64: a round's record from :func:`dcpe_kernels.round.round_scan`, on the device.
         With it the kernel reads the new order from ``count[1]`` and writes all its rows
-        with row stride equal to it; ``n_new`` and ``nrows`` are then an upper bound of the
-        count (the grid), ``ld_dst`` is ignored and ``row0`` must be 0.  This lets a round's
-        merge be launched before the host has read its counts.
+        with row stride equal to it, and reads the old matrix at row stride ``count[5]``
+        (the round's order: the old matrix is compact); ``n_new`` and ``nrows`` are then an
+        upper bound of the count (the grid), ``ld_src`` and ``ld_dst`` are ignored and
+        ``row0`` must be 0.  This lets a round's merge be launched before the host has read
+        its record, and rounds be chained (:func:`dcpe_kernels.rnn.dense_rounds`).
     """
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")

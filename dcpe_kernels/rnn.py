@@ -19,10 +19,16 @@ can be merged at once.  One round is
    size cap are dropped) and, while doing so, the row minima of the new matrix.
 
 Once a second matrix of the current order is held (from the second round on, when two
-matrices fit the budget), step 3 is launched before the host reads the counts of step 2:
-the kernel reads the new order on the device, and the host waits for the counts' copy
-alone.  The device then merges while the host reads the counts and launches the next
-round, instead of waiting for the host between the two steps of every round.
+matrices fit the budget), the rounds are *chained* on the device (:func:`chained_rounds`):
+step 2 reads the round's order, the merges recorded so far and the early-stop test from
+the record the round before left on the device, and step 3 reads the old and new orders
+from the round's own record.  No launch then needs the host to have read a count, and the
+host keeps several rounds queued (``_ROUNDS_AHEAD``), reading each round's record (its one
+synchronisation) while the device runs the rounds after it; the grids are sized by the
+last order read, an upper bound.  Rounds queued after the last one do nothing.  Before,
+each round waited for the host once (the merge launched ahead of the counts, whose copy
+alone the host waited for: ``_ROUNDS_AHEAD = 1``) or twice (``_MERGE_AHEAD = False``); the
+merges are the same bit for bit in all three.
 
 Lance–Williams with two merged clusters on both sides is applied in one step; for average
 linkage ``d(A1 ∪ A2, C1 ∪ C2) = Σ n_Ai n_Cj d(Ai, Cj) / (n_A n_C)``.  Under the strict order
@@ -209,6 +215,13 @@ class Merges:
 _MERGE_AHEAD = True
 
 
+#: from the second round on (two matrices held), launch this many rounds before reading the
+#: first one's record: each round reads its order and its merges so far from the record of
+#: the round before, on the device (:func:`chained_rounds`); 1 reads every round's counts
+#: before the next is launched (the same merges; kept to measure the difference)
+_ROUNDS_AHEAD = 4
+
+
 def _view_rows(buf: torch.Tensor, ld: int, row0: int, nrows: int, ncols: int) -> torch.Tensor:
     return buf.as_strided((nrows, ncols), (ld, 1), row0 * ld)
 
@@ -341,7 +354,7 @@ class RoundState:
             torch.empty(n_all, dtype=torch.int32, device=dev),
             torch.empty(n_all, dtype=torch.int32, device=dev),
             torch.empty(n_all, dtype=dt, device=dev), torch.empty(n_all, dtype=dt, device=dev),
-            torch.empty(3, dtype=i64, device=dev),
+            torch.empty(6, dtype=i64, device=dev),  # the round's record (round_scan)
             0 if max_cluster_size is None else int(max_cluster_size),
             None if n_clusters is None else max(0, n_all - int(n_clusters)),
             average)
@@ -363,17 +376,18 @@ class RoundState:
                        self.m_h, self.m_hf, self.m_s, self.m, self.stop_check, self.cap,
                        self.average, self.p32, self.q32, self.wp, self.wq, self.size2,
                        self.rep2, self.hfix2, self.counts)
+        counts = self.counts[:3]
         if extra is not None:
-            return torch.cat([self.counts, *extra()]).tolist()  # the one sync of a round
+            return torch.cat([counts, *extra()]).tolist()  # the one sync of a round
         if then is None:
-            return self.counts.tolist()
+            return counts.tolist()
         if self.counts.device.type != "cuda":
             then()
-            return self.counts.tolist()
+            return counts.tolist()
         if self._host is None:
             self._host = torch.empty(3, dtype=torch.int64, pin_memory=True)
             self._ready = torch.cuda.Event()
-        self._host.copy_(self.counts, non_blocking=True)
+        self._host.copy_(counts, non_blocking=True)
         self._ready.record()
         then()
         self._ready.synchronize()  # the one sync of a round: the counts, not the merge
@@ -415,7 +429,12 @@ def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int
     other: torch.Tensor | None = None  # second matrix buffer once one fits
     staging: torch.Tensor | None = None
     while n >= 2:
-        if _MERGE_AHEAD and other is not None and other.numel() >= n * n:
+        # ld == n: the matrix is compact (so is every one a merge on the device writes)
+        if (_MERGE_AHEAD and _ROUNDS_AHEAD > 1 and other is not None
+                and other.numel() >= n * n and ld == n):
+            chained_rounds(st, ops, cur, other, n, nn, nnd, mode, backend, _ROUNDS_AHEAD)
+            return
+        if _MERGE_AHEAD and other is not None and other.numel() >= n * n and ld == n:
             # Whatever n_new is, its matrix fits the other buffer: the merge is launched
             # before the host has read the counts, and reads n_new on the device.
             merge = functools.partial(ops.merge_compact_nn, cur, ld, other, n, st.p32, st.q32,
@@ -454,6 +473,74 @@ def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int
                 _view_rows(cur, ld, row0, nrows, n_new).copy_(
                     staging[: nrows * n_new].view(nrows, n_new))
         n = n_new
+
+
+def chained_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, other: torch.Tensor,
+                   n: int, nn: torch.Tensor, nnd: torch.Tensor, mode: int, backend: str,
+                   depth: int) -> None:
+    """Run the dense rounds to the end with ``depth`` rounds launched ahead of the host.
+
+    ``cur`` holds the compact ``n x n`` matrix (row argmin/min in ``nn``/``nnd``) and
+    ``other`` room for another of that order.  Every round is chained
+    (:func:`dcpe_kernels.round.round_scan` with ``prev``): it reads its order, the merges
+    recorded so far and the early-stop test from the record of the round before, and its
+    merge reads both orders from its own record, so neither needs the host.  The host
+    keeps ``depth`` rounds queued, reads the records in order (one synchronisation a
+    round, on the oldest round queued, while the device runs the rounds after it) and
+    sizes the grids of the rounds it launches by the last order it read, an upper bound.
+    Rounds launched after the last one do nothing (their records pass its status on).
+    Every round computes what it would have computed with its counts read first, so the
+    merges are the same; the cluster state in ``st`` is not kept up to date (only the
+    merges are read after the rounds)."""
+    from .round import EARLY_STOP, FINISHED, GO, NO_PAIR, RECORD
+
+    dev = nn.device
+    slots = depth + 1  # a record is rewritten only after the host has read it
+    ring = torch.empty((slots, RECORD), dtype=torch.int64, device=dev)
+    # the record the first round reads: its order and the merges recorded so far
+    ring[slots - 1] = torch.tensor([0, n, 0, st.m, GO, n], dtype=torch.int64)
+    cuda = dev.type == "cuda"
+    if cuda:
+        host = torch.empty((slots, RECORD), dtype=torch.int64, pin_memory=True)
+        ready = [torch.cuda.Event() for _ in range(slots)]
+    need = -1 if st.need is None else st.need
+    bound = n  # at least the order of every round not read yet
+    launched = read = 0
+    while True:
+        while launched - read < depth:
+            rec = ring[launched % slots]
+            ops.round_scan(bound, nn, nnd, st.size, st.rep, st.hfix, st.m_a, st.m_b, st.m_h,
+                           st.m_hf, st.m_s, st.m, False, st.cap, st.average, st.p32, st.q32,
+                           st.wp, st.wq, st.size2, st.rep2, st.hfix2, rec,
+                           prev=ring[(launched - 1) % slots], need=need)
+            if cuda:
+                host[launched % slots].copy_(rec, non_blocking=True)
+                ready[launched % slots].record()
+            ops.merge_compact_nn(cur, bound, other, bound, st.p32, st.q32, st.wp, st.wq,
+                                 bound, 0, bound, mode, nn, nnd, count=rec)
+            cur, other = other, cur
+            st.size, st.size2 = st.size2, st.size
+            st.rep, st.rep2 = st.rep2, st.rep
+            st.hfix, st.hfix2 = st.hfix2, st.hfix
+            launched += 1
+        k = read % slots
+        if cuda:
+            ready[k].synchronize()  # the oldest round queued; the device runs the others
+            pairs, n_new, below, m_next, status, order = host[k].tolist()
+        else:
+            pairs, n_new, below, m_next, status, order = ring[k].tolist()
+        read += 1
+        if status == EARLY_STOP:
+            st.known, st.complete = below, False
+            return
+        if status == NO_PAIR:
+            raise RuntimeError(f"{backend} backend: no reciprocal nearest-neighbour pair among "
+                               f"{order} clusters (non-finite dissimilarities?)")
+        st.rounds += 1
+        st.m = m_next
+        if status == FINISHED:
+            return
+        bound = n_new
 
 
 def merges_to_linkage(mg: Merges) -> np.ndarray:

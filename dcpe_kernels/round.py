@@ -25,9 +25,21 @@ Outputs:
   ``max(nnd[a], hfix[a], hfix[b])`` and the merged size;
 * the next round's slots ``0 .. n_new - 1``: old slot ``p``, merged partner ``q`` (or -1),
   the Lance–Williams weights ``wp, wq`` and the new ``size``, ``rep``, ``hfix``;
-* ``counts = [pairs, n_new, below]``; ``below`` is the number of the first ``m`` recorded
-  merges whose monotone height is below every entry of the current matrix (the early-stop
-  test of :func:`dcpe_kernels.rnn.rnn_merges`), 0 unless asked for.
+* the round's record ``counts = [pairs, n_new, below, m_next, status, n]`` (int64):
+  ``below`` is the number of the first ``m`` recorded merges whose monotone height is below
+  every entry of the current matrix (the early-stop test of
+  :func:`dcpe_kernels.rnn.rnn_merges`), 0 unless asked for; ``m_next`` the merges recorded
+  once this round counts (``m + pairs``, or ``m`` when the rounds stop early here);
+  ``status`` what comes next (:data:`GO`, :data:`FINISHED`, :data:`EARLY_STOP`,
+  :data:`NO_PAIR`; with ``need``, the number of merges a flat cut needs); ``n`` the
+  order of this round's matrix, which the round's merge reads as the old row stride.
+
+Chained rounds.  Given ``prev``, the record of the round before, a round takes ``n``
+(``prev[1]``), ``m`` (``prev[3]``) and the early-stop test (``m >= need``) from the device
+instead of the host; after a round whose status is not :data:`GO` it does nothing and
+passes that status on (``n_new = 0``, so that its merge does nothing either).  The host can
+then launch several rounds before it reads the first one's record
+(:func:`dcpe_kernels.rnn.dense_rounds`).
 
 Weights: average linkage ``wp = n_p / (n_p + n_q)`` and ``wq = n_q / (n_p + n_q)``
 computed in float64 and rounded once to the compute dtype, as the ``cpu`` engine does;
@@ -47,6 +59,26 @@ __all__ = ["_reference_round_scan", "round_scan"]
 #: either way, so the kernel compiles with one signature
 _NO_CAP = (1 << 31) - 1
 
+#: ``status`` of a round's record: another round follows
+GO = 0
+#: the round merged, and fewer than two clusters remain that can merge
+FINISHED = 1
+#: the merges a flat cut needs were known before this round (its merges do not count)
+EARLY_STOP = 2
+#: no reciprocal pair among two or more clusters (non-finite dissimilarities)
+NO_PAIR = 3
+#: entries of a round's record
+RECORD = 6
+
+
+def _status(pairs: int, n_new: int, below: int, check: bool, need: int) -> int:
+    """A round's status from its counts (the order the host used to test them)."""
+    if check and need >= 0 and below >= need:
+        return EARLY_STOP
+    if pairs == 0:
+        return NO_PAIR
+    return FINISHED if n_new < 2 else GO
+
 
 def _reference_round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
                           rep: torch.Tensor, hfix: torch.Tensor, m_a: torch.Tensor,
@@ -54,8 +86,15 @@ def _reference_round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: tor
                           m_s: torch.Tensor, m: int, check: bool, cap: int, average: bool,
                           p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor, wq: torch.Tensor,
                           size_out: torch.Tensor, rep_out: torch.Tensor,
-                          hfix_out: torch.Tensor, counts: torch.Tensor) -> None:
+                          hfix_out: torch.Tensor, counts: torch.Tensor,
+                          prev: torch.Tensor | None = None, need: int = -1) -> None:
     """PyTorch reference of :func:`round_scan` (same arguments, same results)."""
+    if prev is not None:  # a chained round: n, m and the early-stop test from the device
+        n, m, before = int(prev[1]), int(prev[3]), int(prev[4])
+        if before != GO:
+            counts[:RECORD] = torch.tensor([0, 0, 0, m, before, 0], dtype=counts.dtype)
+            return
+        check = need >= 0 and m >= need
     dev, dt, i64 = nnd.device, nnd.dtype, torch.int64
     ar = torch.arange(n, dtype=i64, device=dev)
     partner = nn[:n]
@@ -94,21 +133,33 @@ def _reference_round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: tor
     size_out[:n_new] = size_new[slots]
     rep_out[:n_new] = rep_[slots]
     hfix_out[:n_new] = torch.where(is_a, hf, hfix_)[slots]
-    counts[0], counts[1], counts[2] = n_pairs, n_new, below
+    below = int(below)
+    status = _status(n_pairs, n_new, below, check, need)
+    m_next = m if status == EARLY_STOP else m + n_pairs
+    counts[:RECORD] = torch.tensor([n_pairs, n_new, below, m_next, status, n],
+                                   dtype=counts.dtype)
 
 
 if HAS_TRITON:
 
-    # one compile per dtype: no specialisation on the sizes, flags tested at run time
-    @triton.jit(do_not_specialize=["n", "m", "cap", "check", "average"])
+    # one compile per dtype and mode: no specialisation on the sizes, flags tested at run
+    # time
+    @triton.jit(do_not_specialize=["n", "m", "cap", "check", "average", "need"])
     def _round_scan_oneblock_kernel(nn_ptr, nnd_ptr, size_ptr, rep_ptr, hfix_ptr, ma_ptr,
                                     mb_ptr, mh_ptr, mhf_ptr, ms_ptr, p_ptr, q_ptr, wp_ptr,
                                     wq_ptr, size_out_ptr, rep_out_ptr, hfix_out_ptr,
-                                    counts_ptr, n, m, cap, check, average,
-                                    BLOCK: tl.constexpr):
+                                    counts_ptr, n, m, cap, check, average, prev_ptr, need,
+                                    CHAINED: tl.constexpr, BLOCK: tl.constexpr):
         tl.static_assert(BLOCK < 65536)
         offs = tl.arange(0, BLOCK)
+        first = offs == 0
         dtype = nnd_ptr.dtype.element_ty
+        before = 0
+        if CHAINED:  # n, m and the early-stop test from the round before, on the device
+            before = tl.load(prev_ptr + 4)
+            n = tl.where(before == 0, tl.load(prev_ptr + 1), 0).to(tl.int32)
+            m = tl.load(prev_ptr + 3).to(tl.int32)
+            check = ((before == 0) & (need >= 0) & (m >= need)).to(tl.int32)
         below = tl.zeros([BLOCK], dtype=tl.int64)
         if check != 0:
             lo = tl.full([BLOCK], float("inf"), dtype)
@@ -173,11 +224,17 @@ if HAS_TRITON:
             total = tl.max(incl, axis=0).to(tl.int64)  # the last inclusive count
             pairs += total >> 16
             kept += total & 65535
-        first = offs == 0
+        below_all = tl.sum(below, axis=0) + tl.zeros_like(below)
+        early = (check != 0) & (need >= 0) & (below_all >= need)
+        status = tl.where(early, 2, tl.where(pairs == 0, 3, tl.where(kept < 2, 1, 0)))
+        if CHAINED:  # a round after the last one passes its status on
+            status = tl.where(before != 0, before, status)
         tl.store(counts_ptr + offs, pairs, mask=first)
         tl.store(counts_ptr + 1 + offs, kept, mask=first)
-        tl.store(counts_ptr + 2 + offs, tl.sum(below, axis=0) + tl.zeros_like(below),
-                 mask=first)
+        tl.store(counts_ptr + 2 + offs, below_all, mask=first)
+        tl.store(counts_ptr + 3 + offs, tl.where(early, 0, pairs) + m, mask=first)
+        tl.store(counts_ptr + 4 + offs, status.to(tl.int64), mask=first)
+        tl.store(counts_ptr + 5 + offs, tl.zeros_like(pairs) + n, mask=first)
 
 else:  # pragma: no cover - exercised only without triton
     _round_scan_oneblock_kernel = None
@@ -196,7 +253,8 @@ def round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
                m_h: torch.Tensor, m_hf: torch.Tensor, m_s: torch.Tensor, m: int, check: bool,
                cap: int, average: bool, p: torch.Tensor, q: torch.Tensor, wp: torch.Tensor,
                wq: torch.Tensor, size_out: torch.Tensor, rep_out: torch.Tensor,
-               hfix_out: torch.Tensor, counts: torch.Tensor) -> None:
+               hfix_out: torch.Tensor, counts: torch.Tensor,
+               prev: torch.Tensor | None = None, need: int = -1) -> None:
     """Reciprocal pairs, merge records and next slots of one round, in one launch.
 
     Parameters
@@ -225,7 +283,14 @@ def round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
     size_out, rep_out, hfix_out : torch.Tensor
         The new slots' size, representative and monotone height (not aliasing the inputs).
     counts : torch.Tensor
-        int64 ``(3,)`` output: pairs merged, slots kept, recorded merges below the minimum.
+        int64 ``(6,)`` output, the round's record: pairs merged, slots kept, recorded merges
+        below the minimum, merges recorded once the round counts, status, ``n``.
+    prev : torch.Tensor, optional
+        The record of the round before, on the device: a chained round (module docstring).
+        ``n``, ``m`` and ``check`` given are then ignored (``n`` an upper bound of the
+        order, for the caller's own grids).
+    need : int
+        Merges a flat cut needs (the early-stop test, ``status``); -1 for none.
     """
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")
@@ -233,5 +298,7 @@ def round_scan(n: int, nn: torch.Tensor, nnd: torch.Tensor, size: torch.Tensor,
     cap_arg = min(int(cap), _NO_CAP) if cap > 0 else _NO_CAP
     _round_scan_oneblock_kernel[(1,)](nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s, p, q,
                                       wp, wq, size_out, rep_out, hfix_out, counts, n, m, cap_arg,
-                                      int(bool(check)), int(bool(average)), BLOCK=cfg["BLOCK"],
+                                      int(bool(check)), int(bool(average)),
+                                      counts if prev is None else prev, int(need),
+                                      CHAINED=prev is not None, BLOCK=cfg["BLOCK"],
                                       num_warps=cfg["num_warps"])

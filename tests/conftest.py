@@ -304,12 +304,15 @@ def check_merge_kernel_counted(merge_compact_nn, old, p, q, wp, wq, mode: int) -
     q_all = torch.cat([q, torch.zeros(pad, dtype=q.dtype, device=dev)])
     wp_all = torch.cat([wp, torch.full((pad,), 9.0, dtype=wp.dtype, device=dev)])
     wq_all = torch.cat([wq, torch.full((pad,), 9.0, dtype=wq.dtype, device=dev)])
-    counts = torch.tensor([3, n_new, 0], dtype=torch.int64, device=dev)
+    # a round's record: the new order, and the old matrix's row stride (the strides given
+    # are wrong on purpose: the kernel takes both from the record)
+    record = [3, n_new, 0, 5, 0, ld_src]
+    counts = torch.tensor(record, dtype=torch.int64, device=dev)
     ref, ref_nn, ref_nnd = _reference_merge_compact_nn(old, p, q, wp, wq, mode)
     dst = torch.full((n_new * n_new + 2 * bound,), -7.0, dtype=dt, device=dev)
     nn = torch.full((bound,), -1, dtype=torch.int64, device=dev)
     nnd = torch.zeros(bound, dtype=dt, device=dev)
-    merge_compact_nn(src, ld_src, dst, bound + 1, p_all, q_all, wp_all, wq_all, bound, 0,
+    merge_compact_nn(src, n_old, dst, bound + 1, p_all, q_all, wp_all, wq_all, bound, 0,
                      bound, mode, nn, nnd, count=counts)
     got = dst[: n_new * n_new].view(n_new, n_new)
     torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
@@ -317,15 +320,64 @@ def check_merge_kernel_counted(merge_compact_nn, old, p, q, wp, wq, mode: int) -
     assert torch.equal(nn[:n_new], ref_nn)
     torch.testing.assert_close(nnd[:n_new], ref_nnd, rtol=1e-6, atol=0)
     assert bool((nn[n_new:] == -1).all()), "a row past the count"
-    assert counts.tolist() == [3, n_new, 0]
+    assert counts.tolist() == record
+
+
+MERGE_FIELDS = ("rep_a", "rep_b", "height", "hmono", "size")
+
+
+def chained_and_not(x, ops: type, **kw: object) -> tuple:
+    """``rnn_merges(x, ops=ops, **kw)`` with the dense rounds chained on the device (the
+    default ``_ROUNDS_AHEAD``), read one by one with the merge launched ahead, and with the
+    counts read first; returns the three :class:`Merges` and the calls of each run (round
+    scans, those chained, merges)."""
+    import pytest
+
+    from dcpe_kernels import rnn
+
+    def spy(seen: dict) -> type:
+        class Spy(ops):
+            @staticmethod
+            def round_scan(*args, prev=None, need=-1):  # noqa: ANN002, ANN205
+                seen["scans"] += 1
+                seen["chained"] += prev is not None
+                ops.round_scan(*args, prev=prev, need=need)
+
+            @staticmethod
+            def merge_compact_nn(*args, count=None):  # noqa: ANN002, ANN205
+                seen["merges"] += 1
+                ops.merge_compact_nn(*args, count=count)
+        return Spy
+
+    runs, calls = [], []
+    for ahead, merge_ahead in ((rnn._ROUNDS_AHEAD, True), (1, True), (1, False)):
+        calls.append({"chained": 0, "scans": 0, "merges": 0})
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(rnn, "_ROUNDS_AHEAD", ahead)
+            mp.setattr(rnn, "_MERGE_AHEAD", merge_ahead)
+            runs.append(rnn.rnn_merges(x, ops=spy(calls[-1]), **kw))
+    return runs, calls
+
+
+def assert_same_merges(runs: list) -> None:
+    """The runs recorded the same merges, bit for bit, in the same rounds."""
+    import torch
+
+    for mg in runs[1:]:
+        for name in MERGE_FIELDS:
+            assert torch.equal(getattr(mg, name), getattr(runs[0], name)), name
+        assert (mg.rounds, mg.known, mg.complete) == (runs[0].rounds, runs[0].known,
+                                                       runs[0].complete)
 
 
 def round_scan_outputs(round_scan, n: int, state: dict, m: int, check: bool, cap: int,
-                       average: bool) -> dict:
+                       average: bool, prev: list | None = None, need: int = -1) -> dict:
     """Run a ``round_scan`` (kernel or reference) for ``n`` clusters on a copy of ``state``.
 
     Every output starts filled with a sentinel, so that entries a scan must leave alone
-    are compared too.  Returns the outputs (and the record arrays) by name.
+    are compared too.  ``prev``: the record of the round before (a chained round), on the
+    device; ``n``, ``m`` and ``check`` are then given as nonsense.  Returns the outputs
+    (and the record arrays) by name.
     """
     import torch
 
@@ -339,11 +391,15 @@ def round_scan_outputs(round_scan, n: int, state: dict, m: int, check: bool, cap
            "size_out": torch.full((nmax,), -7, dtype=i64, device=dev),
            "rep_out": torch.full((nmax,), -7, dtype=i64, device=dev),
            "hfix_out": torch.full((nmax,), -7.0, dtype=dt, device=dev),
-           "counts": torch.full((3,), -7, dtype=i64, device=dev)}
+           "counts": torch.full((6,), -7, dtype=i64, device=dev)}
+    kw = {"need": need}
+    if prev is not None:
+        kw["prev"] = torch.tensor(prev, dtype=i64, device=dev)
+        n, m, check = 2 * nmax + 9, 123456, not check  # an upper bound; ignored
     round_scan(n, s["nn"], s["nnd"], s["size"], s["rep"], s["hfix"], s["m_a"],
                s["m_b"], s["m_h"], s["m_hf"], s["m_s"], m, check, cap, average, out["p"],
                out["q"], out["wp"], out["wq"], out["size_out"], out["rep_out"],
-               out["hfix_out"], out["counts"])
+               out["hfix_out"], out["counts"], **kw)
     out.update({k: s[k] for k in ("m_a", "m_b", "m_h", "m_hf", "m_s")})
     return out
 
@@ -383,15 +439,18 @@ def random_round_state(rng: np.random.Generator, n: int, n_max: int, m: int, dty
 
 
 def check_round_scan_kernel(round_scan, n: int, dtype, device: str, make_state=None) -> list:
-    """Run a ``round_scan`` kernel and its PyTorch reference on four states of ``n``
-    clusters (nothing recorded yet; the early-stop count; a size cap with halves for
-    weights; one merge recorded and a cap) and compare every output bit for bit, entries
-    to be left alone included.  ``make_state(rng, m)`` makes a state (default:
-    :func:`random_round_state` with ``n + 5`` slots).  Returns ``(state, reference
-    outputs, m, check)`` for each case."""
+    """Run a ``round_scan`` kernel and its PyTorch reference on states of ``n`` clusters
+    and compare every output bit for bit, entries to be left alone included: nothing
+    recorded yet; the early-stop count (a flat cut's need met, and not); a size cap with
+    halves for weights; one merge recorded and a cap; and chained rounds, which read
+    ``n``, ``m`` and the early-stop test from the record of the round before (the test
+    on and off, a cap, and after a last round, which writes nothing but its record).
+    ``make_state(rng, m)`` makes a state (default: :func:`random_round_state` with
+    ``n + 5`` slots).  Returns ``(state, reference outputs, m, check, need, before)``
+    for each case (``before``: the status of the round before, None when not chained)."""
     import torch
 
-    from dcpe_kernels.round import _reference_round_scan
+    from dcpe_kernels.round import EARLY_STOP, FINISHED, GO, _reference_round_scan
 
     if make_state is None:
         def make_state(rng: np.random.Generator, m: int) -> dict:
@@ -399,14 +458,26 @@ def check_round_scan_kernel(round_scan, n: int, dtype, device: str, make_state=N
 
     rng = np.random.default_rng(n)
     cases = []
-    for m, check, cap, average in ((0, False, 0, True), (n // 2, True, 0, True),
-                                   (n // 2, True, 7, False), (1, False, 4, True)):
+    for m, check, cap, average, need, before in (
+            (0, False, 0, True, -1, None), (n // 2, True, 0, True, 1, None),
+            (n // 2, True, 7, False, n, None), (1, False, 4, True, -1, None),
+            (n // 2, True, 0, True, 1, GO), (n // 2, False, 0, True, n, GO),
+            (3, False, 4, False, -1, GO), (n // 2, False, 0, True, 1, EARLY_STOP),
+            (n // 2, False, 0, True, -1, FINISHED)):
         state = make_state(rng, m)
-        ref = round_scan_outputs(_reference_round_scan, n, state, m, check, cap, average)
-        got = round_scan_outputs(round_scan, n, state, m, check, cap, average)
+        prev = None if before is None else [7, n, 0, m, before, n + 1]
+        ref = round_scan_outputs(_reference_round_scan, n, state, m, check, cap, average,
+                                 prev, need)
+        got = round_scan_outputs(round_scan, n, state, m, check, cap, average, prev, need)
         for name, want in ref.items():
-            assert torch.equal(got[name], want), (name, m, check, cap, average)
-        cases.append((state, ref, m, check))
+            assert torch.equal(got[name], want), (name, m, check, cap, average, need, before)
+        if before == GO:  # the same round as with n, m and the test given by the host
+            check = need >= 0 and m >= need
+            alone = round_scan_outputs(_reference_round_scan, n, state, m, check, cap,
+                                       average, None, need)
+            for name, want in alone.items():
+                assert torch.equal(ref[name], want), (name, m, need)
+        cases.append((state, ref, m, check, need, before))
     return cases
 
 

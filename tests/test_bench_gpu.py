@@ -58,8 +58,10 @@ def test_dry_run_writes_complete_results(tmp_path: Path, isolate: bool,
         "rounds_labels_k_half"]
     busy = payload["engine"]["triton"]["labels_k_half"]
     assert {"wall_seconds", "busy_seconds", "waiting_seconds"} <= busy.keys() and busy["top"]
-    ab = payload["engine"]["triton"]["merge_ahead"]
-    assert {"counts_first_seconds", "ahead_seconds", "counts_first_over_ahead"} <= ab.keys()
+    ab = payload["engine"]["triton"]["rounds"]
+    assert {"counts_first_seconds", "merge_ahead_seconds", "chained_seconds",
+            "counts_first_over_chained", "merge_ahead_over_chained"} <= ab.keys()
+    assert ab["rounds_ahead"] > 1
     if isolate:  # the child's own files came back under --out
         assert (tmp_path / "worker-triton" / "worker.json").exists()
     # the dry run also runs the scale section at a tiny N, on both engines

@@ -18,6 +18,8 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import (  # noqa: E402
+    assert_same_merges,
+    chained_and_not,
     check_merge_kernel,
     check_merge_kernel_counted,
     check_pairwise_kernel,
@@ -302,6 +304,23 @@ def test_inplace_path_matches() -> None:
     mg = rnn_merges(x, method="average", metric="euclidean", max_cluster_size=None,
                     ops=cb.CudaOps, backend="cuda", memory_budget=tight)
     np.testing.assert_array_equal(merges_to_linkage(mg), ref)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chained_rounds_on_the_gpu(dtype: torch.dtype) -> None:
+    """The dense rounds chained on the device (records read through pinned memory and
+    events, several rounds queued) merge as the rounds read one by one, bit for bit: a whole
+    tree, a flat cut that stops early, and the size cap."""
+    cb = _backend()
+    n = 3000
+    x = torch.from_numpy(tie_free(np.random.default_rng(17), n, 8)).to(dtype).cuda()
+    for extra in ({}, {"n_clusters": n // 2}, {"max_cluster_size": 8, "n_clusters": 100}):
+        kw = {"method": "average", "metric": "euclidean", "max_cluster_size": None,
+              "backend": "cuda", **extra}
+        runs, calls = chained_and_not(x, cb.CudaOps, **kw)
+        assert_same_merges(runs)
+        assert calls[0]["chained"] > 0 and calls[1]["chained"] == 0
 
 
 @needs_gpu

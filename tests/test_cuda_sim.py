@@ -32,6 +32,8 @@ torch = pytest.importorskip("torch")
 from conftest import (  # noqa: E402
     GRAM_ENGINE_CASES,
     as_columns,
+    assert_same_merges,
+    chained_and_not,
     check_gram_engine,
     check_gram_scans,
     check_merge_kernel,
@@ -55,7 +57,7 @@ _SIGNATURES = {
     "dcpe_sim_merge_compact_nn": [_INT, _U, _I64, _U, _I64, _U, _U, _U, _U, _I64, _I64, _I64,
                                   _INT, _U, _U, _U, _U],
     "dcpe_sim_round_scan": [_INT, _I64] + [_U] * 10 + [_I64, ctypes.c_bool, _I64,
-                                                      ctypes.c_bool] + [_U] * 9,
+                                                      ctypes.c_bool] + [_U] * 9 + [_I64, _U],
     "dcpe_sim_centroid_nn": [_INT, _U, _U, _I64, _I64, _INT, _F64, _U, _U, _U, _I64, _U],
     "dcpe_sim_candidate_pairs": [_INT, _U, _U, _U, _U, _I64, _I64, _F64, _F64, _U, _U, _U,
                                  _I64, _U, _I64, _U, _U],
@@ -859,6 +861,25 @@ def test_scans_of_a_subset_of_rows_match_the_references(sim: _SimExt, ops: type,
         assert {a for a, _ in got[0]} <= set(rows.tolist())
     finally:
         sim.lib.dcpe_sim_set_scan_split(0)
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+def test_chained_rounds_match_rounds_read_one_by_one(ops: type, dtype: torch.dtype) -> None:
+    """The dense rounds chained on the device (each reads its order, the merges so far and
+    the early-stop test from the round before's record; the merges read both orders from
+    their own): the same merges, bit for bit, as rounds whose counts the host reads one by
+    one, for a whole tree, flat cuts that stop early, and the size cap."""
+    from dcpe_kernels import rnn
+
+    n = 90
+    x = torch.from_numpy(tie_free(np.random.default_rng(31), n, 4)).to(dtype)
+    for method in ("average", "complete"):
+        for extra in ({}, {"n_clusters": n // 2}, {"max_cluster_size": 5, "n_clusters": 20}):
+            kw = {"method": method, "metric": "euclidean", "max_cluster_size": None, **extra}
+            runs, calls = chained_and_not(x, ops, **kw)
+            assert_same_merges(runs)
+            assert calls[0]["chained"] > 0 and calls[1]["chained"] == 0
+            assert calls[0]["scans"] - calls[1]["scans"] < rnn._ROUNDS_AHEAD
 
 
 @pytest.mark.parametrize("case", [(60, 3, np.float64, None, 0), (70, 8, np.float32, None, 0),

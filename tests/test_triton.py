@@ -60,6 +60,8 @@ def _load_kernels():
 
 
 from conftest import (  # noqa: E402
+    assert_same_merges,
+    chained_and_not,
     check_merge_kernel,
     check_merge_kernel_counted,
     check_pairwise_kernel,
@@ -257,14 +259,30 @@ def test_round_scan_kernel_matches_reference(dtype: torch.dtype, n: int) -> None
 
 
 def _check_round_scan_kernel(n: int, dtype: torch.dtype) -> None:
-    for state, ref, m, check in check_round_scan_kernel(dk.round_scan, n, dtype, DEVICE):
-        n_pairs, n_new, below = ref["counts"].tolist()
+    from dcpe_kernels.round import EARLY_STOP, FINISHED, GO, NO_PAIR
+
+    cases = check_round_scan_kernel(dk.round_scan, n, dtype, DEVICE)
+    for state, ref, m, check, need, before in cases:
+        n_pairs, n_new, below, m_next, status, order = ref["counts"].tolist()
+        if before not in (None, GO):  # after the last round: its status, nothing else
+            assert [n_pairs, n_new, below, m_next, status, order] == [0, 0, 0, m, before, 0]
+            assert bool((ref["p"] == -7).all()) and bool((ref["m_a"][m:] == -5).all())
+            continue
+        assert order == n
         assert n_pairs >= n // 3 and 0 <= n_new <= n - n_pairs
         if check:
             floor = state["nnd"][:n].min()
             assert below == int((state["m_hf"][:m] < floor).sum())
         else:
             assert below == 0
+        if check and below >= need >= 0:
+            assert status == EARLY_STOP and m_next == m
+        else:
+            assert status == (GO if n_new >= 2 else FINISHED) and m_next == m + n_pairs
+        assert status != NO_PAIR
+    if n >= 64:  # the early stop's need met and not, given and tested on the device
+        assert [c[1]["counts"][4].item() for c in cases[1:3]] == [EARLY_STOP, GO]
+        assert [c[1]["counts"][4].item() for c in cases[4:6]] == [EARLY_STOP, GO]
 
 
 def test_reference_round_scan_semantics() -> None:
@@ -281,11 +299,12 @@ def test_reference_round_scan_semantics() -> None:
     p, q = torch.zeros(5, dtype=torch.int32), torch.zeros(5, dtype=torch.int32)
     wp, wq, hf2 = (torch.zeros(5, dtype=dt) for _ in range(3))
     s2, r2, counts = torch.zeros(5, dtype=torch.int64), torch.zeros(5, dtype=torch.int64), \
-        torch.zeros(3, dtype=torch.int64)
+        torch.zeros(6, dtype=torch.int64)
     dk._reference_round_scan(5, nn, nnd, size, rep, hfix, *rec, 2, True, 4, True, p, q, wp, wq,
                              s2, r2, hf2, counts)
     # merges in slot order of the smaller member; {0, 2} has 1 + 3 = 4 tokens, within the cap
-    assert counts.tolist() == [2, 3, 1]  # pairs, kept (0, 1, 3), merges below 0.5: one
+    # pairs, kept (0, 1, 3), merges below 0.5: one; 4 merges recorded after it; go on; n
+    assert counts.tolist() == [2, 3, 1, 4, 0, 5]
     assert rec[0][2:4].tolist() == [0, 3] and rec[1][2:4].tolist() == [5, 9]
     assert rec[2][2:4].tolist() == [1.0, 0.5] and rec[3][2:4].tolist() == [1.0, 0.6]
     assert rec[4][2:4].tolist() == [4, 4]
@@ -296,7 +315,7 @@ def test_reference_round_scan_semantics() -> None:
     # a cap of 3 freezes both merged clusters; halves for weighted linkage
     dk._reference_round_scan(5, nn, nnd, size, rep, hfix, *rec, 2, False, 3, False, p, q, wp,
                              wq, s2, r2, hf2, counts)
-    assert counts.tolist() == [2, 1, 0] and p[:1].tolist() == [3]
+    assert counts.tolist() == [2, 1, 0, 4, 1, 5] and p[:1].tolist() == [3]  # finished
     assert wp[:1].tolist() == [1.0] and wq[:1].tolist() == [0.0]
 
 
@@ -444,7 +463,8 @@ def test_driver_round_costs_two_kernels_and_few_tensor_ops() -> None:
     computes anything (the kernels' own work is excluded from the count)."""
     from torch.utils._python_dispatch import TorchDispatchMode
 
-    free = {"slice", "view", "alias", "as_strided", "empty", "empty_like"}  # no launch
+    free = {"slice", "select", "view", "alias", "as_strided", "empty", "empty_like",
+            "lift_fresh"}  # no launch
 
     class Count(TorchDispatchMode):
         def __init__(self) -> None:
@@ -480,19 +500,25 @@ def test_driver_round_costs_two_kernels_and_few_tensor_ops() -> None:
         mg = rnn_merges(x, method="average", metric="euclidean", max_cluster_size=None,
                         ops=ops, n_clusters=512)
     assert mg.rounds >= 5 and not mg.complete
-    # the last scan decides to stop; its merge was launched before its counts were read
-    assert calls == {"pairwise_nn": 1, "merge_compact_nn": mg.rounds + 1,
-                     "round_scan": mg.rounds + 1}
-    # set-up only: the initial cluster state (arange, ones, zeros); was ~60 per round
+    # the last scan decides to stop; its merge, and the rounds queued after it (chained
+    # from the second round on: _ROUNDS_AHEAD in flight), were launched before its record
+    # was read, and did nothing
+    queued = rnn_module._ROUNDS_AHEAD
+    assert calls == {"pairwise_nn": 1, "merge_compact_nn": mg.rounds + queued,
+                     "round_scan": mg.rounds + queued}
+    # set-up only: the initial cluster state (arange, ones, zeros) and the record the first
+    # chained round reads (one copy); was ~60 per round
     assert len(mode.computing) <= 4, mode.computing
     assert mode.free <= 8 * mg.rounds + 20, (mode.free, mg.rounds)
 
 
-def test_merges_launched_before_the_counts_are_read() -> None:
-    """From the second round on (two matrices fit), each round's merge is launched with the
-    counts on the device, before the host reads them; the merges are those of rounds that
-    read the counts first (a budget that holds one matrix and a few rows: merged in place,
-    in chunks, until a second matrix fits)."""
+def test_merges_launched_before_the_counts_are_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the rounds not chained (``_ROUNDS_AHEAD = 1``): from the second round on (two
+    matrices fit), each round's merge is launched with the counts on the device, before the
+    host reads them; the merges are those of rounds that read the counts first (a budget
+    that holds one matrix and a few rows: merged in place, in chunks, until a second matrix
+    fits)."""
+    monkeypatch.setattr(rnn_module, "_ROUNDS_AHEAD", 1)
     seen: list[bool] = []
 
     class Spy(dk.ReferenceOps):
@@ -523,6 +549,68 @@ def test_merges_launched_before_the_counts_are_read() -> None:
     assert not any(seen) and len(seen) == first.rounds - 1  # none after the last pair
     for name in ("rep_a", "rep_b", "height", "hmono", "size"):
         assert torch.equal(getattr(ahead, name), getattr(first, name)), name
+
+
+@pytest.mark.parametrize("method", ["average", "single", "complete", "weighted"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_rounds_chained_on_the_device(method: str, dtype: torch.dtype) -> None:
+    """From the second round on the host keeps ``_ROUNDS_AHEAD`` rounds queued: each reads
+    its order, the merges so far and the early-stop test from the record of the round
+    before, on the device.  The merges equal those of rounds read one at a time (merge
+    launched ahead, or counts first), bit for bit: the whole tree, flat cuts that stop
+    early, the size cap, and a budget that merges in place until a second matrix fits.
+    The rounds queued after the last do nothing, and the last's record ends the run."""
+    n = 150
+    x = torch.from_numpy(tie_free(np.random.default_rng(21), n, 5)).to(dtype)
+    ops = dk.ReferenceOps
+    for extra in ({}, {"n_clusters": n // 2}, {"n_clusters": 7}, {"max_cluster_size": 6},
+                  {"max_cluster_size": 6, "n_clusters": n // 3},
+                  {"memory_budget": required_bytes(n, 5, x.element_size())
+                   + n * x.element_size() * 30}):
+        kw = {"method": method, "metric": "euclidean", "max_cluster_size": None, **extra}
+        runs, calls = chained_and_not(x, ops, **kw)
+        assert_same_merges(runs)
+        chained, one, _ = calls
+        assert one["chained"] == 0 and chained["chained"] > 0, extra
+        # queued rounds past the last: at most _ROUNDS_AHEAD - 1 of them
+        assert 0 <= chained["scans"] - one["scans"] <= rnn_module._ROUNDS_AHEAD - 1, extra
+        if extra.get("n_clusters") == n // 2 and "max_cluster_size" not in extra:
+            assert not runs[0].complete  # the early stop came from a chained round
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_chained_rounds_with_the_kernels(dtype: torch.dtype) -> None:
+    """The same, with the Triton kernels (under the interpreter, on CPU tensors): a whole
+    tree, a flat cut and a cap."""
+    n = 48
+    x = torch.from_numpy(tie_free(np.random.default_rng(22), n, 4)).to(dtype).to(DEVICE)
+    for extra in ({}, {"n_clusters": n // 2}, {"max_cluster_size": 3}):
+        kw = {"method": "average", "metric": "euclidean", "max_cluster_size": None, **extra}
+        runs, calls = chained_and_not(x, dk.TritonOps, **kw)
+        assert_same_merges(runs)
+        assert calls[0]["chained"] > 0
+
+
+def test_chained_rounds_stop_on_a_round_without_pairs() -> None:
+    """A round without a reciprocal pair (what non-finite dissimilarities lead to) is an
+    error, also when the host reads it from a chained round's record."""
+    x = torch.from_numpy(tie_free(np.random.default_rng(23), 40, 3))
+
+    class CycleAfterRound3(dk.ReferenceOps):
+        calls = 0
+
+        @staticmethod
+        def merge_compact_nn(*args, count=None):  # noqa: ANN002, ANN205
+            dk.ReferenceOps.merge_compact_nn(*args, count=count)
+            CycleAfterRound3.calls += 1
+            if CycleAfterRound3.calls == 3:  # a chained round's merge
+                assert count is not None
+                k = int(count[1])  # nearest neighbours in one cycle: no reciprocal pair
+                args[12][:k] = torch.roll(torch.arange(k), -1)
+
+    with pytest.raises(RuntimeError, match="no reciprocal nearest-neighbour pair among "):
+        rnn_merges(x, ops=CycleAfterRound3, method="average", metric="euclidean",
+                   max_cluster_size=None)
 
 
 def test_memory_preflight_refuses_before_allocating() -> None:

@@ -79,12 +79,15 @@ SCRIPT = textwrap.dedent("""
         sig.update({name: f"*{dt}" for name in ("nnd_ptr", "hfix_ptr", "mh_ptr", "mhf_ptr",
                                                 "wp_ptr", "wq_ptr", "hfix_out_ptr")})
         sig.update({"p_ptr": "*i32", "q_ptr": "*i32", "n": "i32", "m": "i32", "cap": "i32",
-                    "check": "i32", "average": "i32", "BLOCK": "constexpr"})
-        kernel = build(round_._round_scan_oneblock_kernel, sig, {"BLOCK": cfg["BLOCK"]}, cfg)
-        # average-linkage weights are IEEE float64 quotients, as the cpu engine's
-        ptx = kernel.asm["ptx"]
-        assert re.findall(r"\\bdiv\\.rn\\.f64", ptx), dt
-        assert not re.findall(r"\\b(?:div\\.approx|div\\.full)", ptx), dt
+                    "check": "i32", "average": "i32", "prev_ptr": "*i64", "need": "i32",
+                    "CHAINED": "constexpr", "BLOCK": "constexpr"})
+        for chained in (False, True):
+            kernel = build(round_._round_scan_oneblock_kernel, sig,
+                           {"CHAINED": chained, "BLOCK": cfg["BLOCK"]}, cfg)
+            # average-linkage weights are IEEE float64 quotients, as the cpu engine's
+            ptx = kernel.asm["ptx"]
+            assert re.findall(r"\\bdiv\\.rn\\.f64", ptx), dt
+            assert not re.findall(r"\\b(?:div\\.approx|div\\.full)", ptx), dt
 
         # the matrix-free rounds' kernels (dcpe_kernels.linear)
         cfg = centroid._launch_config(on_cpu=False)
@@ -185,7 +188,7 @@ def test_kernels_compile_for_nvidia_gpus(arch: int) -> None:
     built = proc.stdout.strip().splitlines()[-1]
     assert built.count("_pairwise_dist_rownn_kernel") == 6
     assert built.count("_merge_compact_rownn_kernel") == 12
-    assert built.count("_round_scan_oneblock_kernel") == 2
+    assert built.count("_round_scan_oneblock_kernel") == 4
     assert built.count("_centroid_nn_tiled_kernel") == 6
     assert built.count("_candidate_pairs_tiled_kernel") == 2
     assert built.count("_pair_average_tiled_kernel") == 6

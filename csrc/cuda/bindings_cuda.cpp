@@ -27,7 +27,8 @@ void dcpe_register_cuda(py::module_& m) {
         py::arg("m_b"), py::arg("m_h"), py::arg("m_hf"), py::arg("m_s"), py::arg("m"),
         py::arg("check"), py::arg("cap"), py::arg("average"), py::arg("p"), py::arg("q"),
         py::arg("wp"), py::arg("wq"), py::arg("size_out"), py::arg("rep_out"),
-        py::arg("hfix_out"), py::arg("counts"), py::arg("stream"),
+        py::arg("hfix_out"), py::arg("counts"), py::arg("prev"), py::arg("need"),
+        py::arg("stream"),
         "A round's reciprocal pairs, merge records and next slots, in one launch.");
   c.def("centroid_nn", &dcpe_cuda::centroid_nn, py::arg("dtype"), py::arg("mu_t"),
         py::arg("s2"), py::arg("n"), py::arg("dim"), py::arg("mode"), py::arg("scale"),

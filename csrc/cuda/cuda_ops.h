@@ -32,9 +32,10 @@ void pairwise_nn(int dtype, std::uintptr_t x, std::uintptr_t D, std::uintptr_t n
 // weights wp/wq, 1 min, 2 max; +inf diagonal.  Local row r is written at dst[r*ld_dst].
 // nn/nnd receive the row argmin/min at the global row index.
 // p, q: int32; wp, wq, src, dst, nnd: dtype; nn: int64.
-// count (int64, or 0 for none): round_scan's counts on the device; with it, n_new and ld_dst
-// are counts[1] read by the kernel, n_new and nrows given here are an upper bound of it (the
-// grid), and row0 must be 0, so that the merge can be launched before the host reads them.
+// count (int64, or 0 for none): round_scan's record on the device; with it, n_new and ld_dst
+// are count[1] and ld_src is count[5] (the old order), read by the kernel, n_new and nrows
+// given here are an upper bound of count[1] (the grid), and row0 must be 0, so that the
+// merge can be launched before the host reads the record.
 void merge_compact_nn(int dtype, std::uintptr_t src, std::int64_t ld_src, std::uintptr_t dst,
                       std::int64_t ld_dst, std::uintptr_t p, std::uintptr_t q,
                       std::uintptr_t wp, std::uintptr_t wq, std::int64_t n_new,
@@ -44,16 +45,20 @@ void merge_compact_nn(int dtype, std::uintptr_t src, std::int64_t ld_src, std::u
 // One round's O(n) bookkeeping in one single-block launch (semantics and PyTorch reference:
 // dcpe_kernels/round.py): reciprocal pairs of nn[0..n), their merge records at m.. of
 // m_a/m_b/m_h/m_hf/m_s, the next round's slots p/q (int32) and weights wp/wq, and the new
-// size/rep/hfix; counts (int64, 3) = pairs, slots kept, recorded merges below min(nnd)
-// (0 unless check).  cap <= 0: no size cap.  nn, size, rep, m_a, m_b, m_s: int64; the
-// others dtype.
+// size/rep/hfix; counts (int64, 6), the round's record = pairs, slots kept, recorded
+// merges below min(nnd) (0 unless check), merges recorded after the round, status (0 go
+// on, 1 finished, 2 early stop: below >= need >= 0, 3 no pair), n.  prev (int64, or 0):
+// the record of the round before, from which a chained round takes n, m and check (m >=
+// need), doing nothing after a round whose status is not 0.  cap <= 0: no size cap.
+// nn, size, rep, m_a, m_b, m_s: int64; the others dtype.
 void round_scan(int dtype, std::int64_t n, std::uintptr_t nn, std::uintptr_t nnd,
                 std::uintptr_t size, std::uintptr_t rep, std::uintptr_t hfix,
                 std::uintptr_t m_a, std::uintptr_t m_b, std::uintptr_t m_h, std::uintptr_t m_hf,
                 std::uintptr_t m_s, std::int64_t m, bool check, std::int64_t cap, bool average,
                 std::uintptr_t p, std::uintptr_t q, std::uintptr_t wp, std::uintptr_t wq,
                 std::uintptr_t size_out, std::uintptr_t rep_out, std::uintptr_t hfix_out,
-                std::uintptr_t counts, std::uintptr_t stream);
+                std::uintptr_t counts, std::uintptr_t prev, std::int64_t need,
+                std::uintptr_t stream);
 
 // Matrix-free engine (linear_kernels.cu; PyTorch references in dcpe_kernels/centroid.py and
 // dcpe_kernels/pair_average.py).  mu_t: (dim, n) contiguous dtype, column c the centroid of

@@ -90,19 +90,21 @@ void merge_compact_nn(Launch&& launch, int dtype, U src, I64 ld_src, U dst, I64 
 template <typename T, typename Launch>
 void round_scan_typed(Launch& launch, I64 n, U nn, U nnd, U size, U rep, U hfix, U m_a,
                       U m_b, U m_h, U m_hf, U m_s, I64 m, bool check, I64 cap, bool average,
-                      U p, U q, U wp, U wq, U size_out, U rep_out, U hfix_out, U counts) {
+                      U p, U q, U wp, U wq, U size_out, U rep_out, U hfix_out, U counts,
+                      U prev, I64 need) {
   launch("round_scan_kernel", kernels::round_scan_kernel<T>, 1u, kernels::kScanThreads, n,
          as<const I64>(nn), as<const T>(nnd), as<const I64>(size), as<const I64>(rep),
          as<const T>(hfix), as<I64>(m_a), as<I64>(m_b), as<T>(m_h), as<T>(m_hf), as<I64>(m_s),
          m, check ? 1 : 0, cap, average ? 1 : 0, as<std::int32_t>(p), as<std::int32_t>(q),
          as<T>(wp), as<T>(wq), as<I64>(size_out), as<I64>(rep_out), as<T>(hfix_out),
-         as<I64>(counts));
+         as<I64>(counts), as<const I64>(prev), need);
 }
 
 template <typename Launch>
 void round_scan(Launch&& launch, int dtype, I64 n, U nn, U nnd, U size, U rep, U hfix, U m_a,
                 U m_b, U m_h, U m_hf, U m_s, I64 m, bool check, I64 cap, bool average, U p, U q,
-                U wp, U wq, U size_out, U rep_out, U hfix_out, U counts) {
+                U wp, U wq, U size_out, U rep_out, U hfix_out, U counts, U prev = 0,
+                I64 need = -1) {
   check_args(dtype, n, "round_scan");
   if (m < 0 || m > 0x7fffffffLL) {
     throw std::invalid_argument("round_scan: m out of range: " + std::to_string(m));
@@ -111,11 +113,11 @@ void round_scan(Launch&& launch, int dtype, I64 n, U nn, U nnd, U size, U rep, U
   if (dtype == kFloat32) {
     round_scan_typed<float>(launch, n, nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s, m,
                             check, cap_eff, average, p, q, wp, wq, size_out, rep_out, hfix_out,
-                            counts);
+                            counts, prev, need);
   } else {
     round_scan_typed<double>(launch, n, nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s, m,
                              check, cap_eff, average, p, q, wp, wq, size_out, rep_out,
-                             hfix_out, counts);
+                             hfix_out, counts, prev, need);
   }
 }
 

@@ -61,10 +61,11 @@ void round_scan(int dtype, std::int64_t n, std::uintptr_t nn, std::uintptr_t nnd
                 std::uintptr_t m_s, std::int64_t m, bool check, std::int64_t cap, bool average,
                 std::uintptr_t p, std::uintptr_t q, std::uintptr_t wp, std::uintptr_t wq,
                 std::uintptr_t size_out, std::uintptr_t rep_out, std::uintptr_t hfix_out,
-                std::uintptr_t counts, std::uintptr_t stream) {
+                std::uintptr_t counts, std::uintptr_t prev, std::int64_t need,
+                std::uintptr_t stream) {
   dispatch::round_scan(on(stream), dtype, n, nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s,
                        m, check, cap, average, p, q, wp, wq, size_out, rep_out, hfix_out,
-                       counts);
+                       counts, prev, need);
 }
 
 int device_count() {

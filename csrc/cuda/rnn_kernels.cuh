@@ -113,11 +113,12 @@ __global__ void __launch_bounds__(kThreads)
                                int mode, std::int64_t* __restrict__ nn, T* __restrict__ nnd,
                                const std::int64_t* __restrict__ count) {
   const std::int64_t lr = blockIdx.x;
-  if (count != nullptr) {  // the round's count of slots, read on the device (row0 is 0)
+  if (count != nullptr) {  // the round's record, read on the device (row0 is 0)
     const std::int64_t c = count[1];
     if (lr >= c) return;  // the whole block: the grid covers an upper bound
     n_new = c;
     ld_dst = c;
+    ld_src = count[5];  // the old order: the old matrix's row stride
   }
   const std::int64_t i = row0 + lr;
   const std::int64_t pr = P[i];
@@ -177,7 +178,12 @@ __global__ void __launch_bounds__(kThreads)
 // Round bookkeeping (dcpe_kernels/round.py has the PyTorch reference and the semantics):
 // one block; clusters are taken kScanThreads at a time, and a block-wide exclusive scan
 // of (is_a, keep), packed as is_a * 2^32 + keep, gives each cluster its merge record
-// and its next slot, offset by the running totals of the blocks before.
+// and its next slot, offset by the running totals of the blocks before.  The round's
+// record is counts[0..5] = pairs, slots kept, merges below, merges recorded after it,
+// status, n.  With prev (the record of the round before) n, m and check come from the
+// device, and a round after one whose status is not 0 does nothing but pass it on.
+// Status: 0 go on, 1 finished (fewer than two slots), 2 early stop (below >= need with
+// check), 3 no reciprocal pair.
 constexpr int kScanThreads = 512;  // 64 registers per thread, no spills (sm_90)
 
 struct MinOp {
@@ -198,7 +204,8 @@ __global__ void __launch_bounds__(kScanThreads)
                       std::int32_t* __restrict__ P, std::int32_t* __restrict__ Q,
                       T* __restrict__ WP, T* __restrict__ WQ,
                       std::int64_t* __restrict__ size_out, std::int64_t* __restrict__ rep_out,
-                      T* __restrict__ hfix_out, std::int64_t* __restrict__ counts) {
+                      T* __restrict__ hfix_out, std::int64_t* __restrict__ counts,
+                      const std::int64_t* __restrict__ prev, std::int64_t need) {
   using Scan = cub::BlockScan<long long, kScanThreads>;
   using ReduceT = cub::BlockReduce<T, kScanThreads>;
   using ReduceI = cub::BlockReduce<long long, kScanThreads>;
@@ -209,6 +216,13 @@ __global__ void __launch_bounds__(kScanThreads)
   } tmp;
   __shared__ T floor_shared;
   const int tid = threadIdx.x;
+  std::int64_t before = 0;
+  if (prev != nullptr) {  // a chained round: its order, merges and test from the device
+    before = prev[4];
+    n = before == 0 ? prev[1] : 0;
+    m = prev[3];
+    check = before == 0 && need >= 0 && m >= need ? 1 : 0;
+  }
   long long below = 0;
   if (check) {
     // recorded merges below the smallest entry of the current matrix
@@ -287,9 +301,15 @@ __global__ void __launch_bounds__(kScanThreads)
     kept += total & 0xffffffffLL;
   }
   if (tid == 0) {
+    const bool early = check && need >= 0 && below >= need;
+    std::int64_t status = early ? 2 : pairs == 0 ? 3 : kept < 2 ? 1 : 0;
+    if (before != 0) status = before;
     counts[0] = pairs;
     counts[1] = kept;
     counts[2] = below;
+    counts[3] = early ? m : m + pairs;
+    counts[4] = status;
+    counts[5] = n;
   }
 }
 

@@ -60,10 +60,11 @@ void pairwise(I64 n, I64 dim, int metric) {
 
 // A round of n_old clusters: every third slot pairs with the next one, every tenth is
 // dropped; new rows [row0, row0 + nrows) of the compacted matrix.  counted: all rows, with
-// the count of new slots read on the device and n_old rows launched (the buffers hold n_new).
+// the round's record read on the device (new order, old order) and n_old rows launched (the
+// buffers hold n_new).
 template <typename T>
 void merge(I64 n_old, int mode, I64 row0_frac_num, I64 chunk_den, bool counted = false) {
-  const I64 ld_src = n_old + 1;
+  const I64 ld_src = counted ? n_old : n_old + 1;  // a record's old matrix is compact
   std::vector<T> src = uniform<T>(static_cast<std::size_t>((n_old - 1) * ld_src + n_old), 0.5, 2);
   std::vector<std::int32_t> P, Q;
   std::vector<T> WP, WQ;
@@ -84,7 +85,7 @@ void merge(I64 n_old, int mode, I64 row0_frac_num, I64 chunk_den, bool counted =
   std::vector<I64> nn(n_new);
   std::vector<T> nnd(n_new);
   if (counted) {
-    std::vector<I64> counts = {0, n_new, 0};
+    std::vector<I64> counts = {0, n_new, 0, 0, 0, n_old};
     dispatch::merge_compact_nn(cuda_sim::Launcher{}, dtype_code<T>(), ptr(src), ld_src,
                                ptr(dst), n_old, ptr(P), ptr(Q), ptr(WP), ptr(WQ), n_old, 0,
                                n_old, mode, ptr(nn), ptr(nnd), ptr(counts));
@@ -96,9 +97,11 @@ void merge(I64 n_old, int mode, I64 row0_frac_num, I64 chunk_den, bool counted =
 }
 
 // One round's bookkeeping of n clusters with m merges recorded: record arrays hold exactly
-// m + n / 2 entries (at most n / 2 pairs), the per-cluster arrays n.
+// m + n / 2 entries (at most n / 2 pairs), the per-cluster arrays n.  chained: n and m read
+// from the record of a round before (status `before`), a larger n given as the bound.
 template <typename T>
-void round_scan(I64 n, I64 m, bool check, I64 cap, bool average) {
+void round_scan(I64 n, I64 m, bool check, I64 cap, bool average, bool chained = false,
+                I64 before = 0) {
   std::vector<I64> nn(n);
   std::vector<I64> perm(n);
   std::iota(perm.begin(), perm.end(), 0);
@@ -122,11 +125,13 @@ void round_scan(I64 n, I64 m, bool check, I64 cap, bool average) {
   auto m_hf = uniform<T>(cap_rec, 0, 2);
   std::vector<std::int32_t> P(n), Q(n);
   std::vector<T> WP(n), WQ(n), hfix_out(n);
-  std::vector<I64> size_out(n), rep_out(n), counts(3);
-  dispatch::round_scan(cuda_sim::Launcher{}, dtype_code<T>(), n, ptr(nn), ptr(nnd), ptr(size),
-                       ptr(rep), ptr(hfix), ptr(m_a), ptr(m_b), ptr(m_h), ptr(m_hf), ptr(m_s), m,
-                       check, cap, average, ptr(P), ptr(Q), ptr(WP), ptr(WQ), ptr(size_out),
-                       ptr(rep_out), ptr(hfix_out), ptr(counts));
+  std::vector<I64> size_out(n), rep_out(n), counts(6);
+  std::vector<I64> prev = {1, n, 0, m, before, n + 1};
+  dispatch::round_scan(cuda_sim::Launcher{}, dtype_code<T>(), chained ? 2 * n + 7 : n, ptr(nn),
+                       ptr(nnd), ptr(size), ptr(rep), ptr(hfix), ptr(m_a), ptr(m_b), ptr(m_h),
+                       ptr(m_hf), ptr(m_s), chained ? 0 : m, check, cap, average, ptr(P), ptr(Q),
+                       ptr(WP), ptr(WQ), ptr(size_out), ptr(rep_out), ptr(hfix_out),
+                       ptr(counts), chained ? ptr(prev) : 0, check ? m / 2 : -1);
 }
 
 // Centroid scans of n clusters in dim dimensions at one split (0: the dispatch's choice).
@@ -249,6 +254,8 @@ void all_kernels() {
     round_scan<T>(n, 0, false, 0, true);
     round_scan<T>(n, n / 2, true, 0, true);
     round_scan<T>(n, n / 2, true, 4, false);
+    round_scan<T>(n, n / 2, true, 0, true, true);  // chained: n and m from the device
+    round_scan<T>(n, n / 2, true, 0, true, true, 2);  // after the last round
   }
   for (int split : {0, 1, 8}) {
     for (I64 dim : {1, 8, 20}) centroid_scans<T>(split == 1 ? 300 : 45, dim, split);

@@ -95,12 +95,12 @@ int dcpe_sim_round_scan(int dtype, I64 n, std::uintptr_t nn, std::uintptr_t nnd,
                         std::uintptr_t m_hf, std::uintptr_t m_s, I64 m, bool check, I64 cap,
                         bool average, std::uintptr_t p, std::uintptr_t q, std::uintptr_t wp,
                         std::uintptr_t wq, std::uintptr_t size_out, std::uintptr_t rep_out,
-                        std::uintptr_t hfix_out, std::uintptr_t counts,
-                        std::uintptr_t /*stream*/) {
+                        std::uintptr_t hfix_out, std::uintptr_t counts, std::uintptr_t prev,
+                        I64 need, std::uintptr_t /*stream*/) {
   return guarded([&] {
     dispatch::round_scan(cuda_sim::Launcher{}, dtype, n, nn, nnd, size, rep, hfix, m_a, m_b,
                          m_h, m_hf, m_s, m, check, cap, average, p, q, wp, wq, size_out,
-                         rep_out, hfix_out, counts);
+                         rep_out, hfix_out, counts, prev, need);
   });
 }
 

@@ -100,12 +100,14 @@ class CudaOps:
                    m_h: torch.Tensor, m_hf: torch.Tensor, m_s: torch.Tensor, m: int,
                    check: bool, cap: int, average: bool, p: torch.Tensor, q: torch.Tensor,
                    wp: torch.Tensor, wq: torch.Tensor, size_out: torch.Tensor,
-                   rep_out: torch.Tensor, hfix_out: torch.Tensor, counts: torch.Tensor) -> None:
+                   rep_out: torch.Tensor, hfix_out: torch.Tensor, counts: torch.Tensor,
+                   prev: torch.Tensor | None = None, need: int = -1) -> None:
         ext = cls._lib()
         ptrs = [t.data_ptr() for t in (nn, nnd, size, rep, hfix, m_a, m_b, m_h, m_hf, m_s)]
         outs = [t.data_ptr() for t in (p, q, wp, wq, size_out, rep_out, hfix_out, counts)]
         ext.round_scan(_dtype_code(nnd), n, *ptrs, m, bool(check), int(cap), bool(average),
-                       *outs, cls._stream(nnd))
+                       *outs, 0 if prev is None else prev.data_ptr(), int(need),
+                       cls._stream(nnd))
 
     @classmethod
     def centroid_nn(cls, mu_t: torch.Tensor, s2: torch.Tensor, n: int, mode: int,

@@ -497,8 +497,11 @@ def chained_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, other: torch.
     dev = nn.device
     slots = depth + 1  # a record is rewritten only after the host has read it
     ring = torch.empty((slots, RECORD), dtype=torch.int64, device=dev)
-    # the record the first round reads: its order and the merges recorded so far
-    ring[slots - 1] = torch.tensor([0, n, 0, st.m, GO, n], dtype=torch.int64)
+    # the record the first round reads: its order and the merges recorded so far (staged
+    # at once from host memory; a copy that is not non-blocking would wait for the merge
+    # of the round before)
+    ring[slots - 1].copy_(torch.tensor([0, n, 0, st.m, GO, n], dtype=torch.int64),
+                          non_blocking=True)
     cuda = dev.type == "cuda"
     if cuda:
         host = torch.empty((slots, RECORD), dtype=torch.int64, pin_memory=True)

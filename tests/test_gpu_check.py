@@ -150,10 +150,13 @@ def test_no_benchmark_without_time_for_it(tmp_path: Path) -> None:
 def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1")
     assert rc == 0, out
-    assert stages(calls) == ["build", "test-linear_gpu", "kernels", "bench"]
-    (test,) = [c for c in calls if "-m pytest" in c]
-    assert "-k pair_average or setting_aside" in test
-    assert test.rstrip().endswith("chunks or overflow or gram or 4gib")
+    assert stages(calls) == ["build", "test-linear_gpu", "test-cuda", "kernels", "bench"]
+    tests = [c for c in calls if "-m pytest" in c]
+    assert [t.split("tests/")[1].split()[0] for t in tests] == ["test_linear_gpu.py",
+                                                                "test_cuda.py"]
+    for test in tests:
+        assert "-k pair_average or setting_aside" in test
+        assert test.rstrip().endswith("chunks or overflow or gram or 4gib or chained")
     (kernels,) = [c for c in calls if "bench_kernels.py" in c]
     assert "--time-limit 20 --token-pairs 33554432" in kernels
     # the short deadline (320 s), not the default 570
@@ -164,7 +167,7 @@ def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
     assert "--torch-sizes" not in bench
     # no kernel benchmark when asked for none
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1", DCPE_CHECK_KERNELS="0")
-    assert stages(calls) == ["build", "test-linear_gpu", "bench"]
+    assert stages(calls) == ["build", "test-linear_gpu", "test-cuda", "bench"]
     # a knob set by hand still wins
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1", DCPE_CHECK_SCALE="262144x8")
     (bench,) = [c for c in calls if "bench_gpu.py" in c]

@@ -72,6 +72,7 @@ def _reference_merge_compact_nn(d_old: torch.Tensor, p: torch.Tensor, q: torch.T
 
 
 if HAS_TRITON:
+    from .centroid import _row_minima
 
     # sizes change every round: not specialised on, so one compile per dtype and mode
     @triton.jit(do_not_specialize=["ld_src", "ld_dst", "n_new", "row0", "nrows"])
@@ -147,8 +148,7 @@ if HAS_TRITON:
             upd = (val < tile_v) & cmask[None, :]
             tile_v = tl.where(upd, val, tile_v)
             tile_i = tl.where(upd, cols[None, :], tile_i)
-        best = tl.min(tile_v, axis=1)
-        besti = tl.min(tl.where(tile_v == best[:, None], tile_i, n_new), axis=1).to(tl.int64)
+        best, besti = _row_minima(tile_v, tile_i, n_new, False, False)
         tl.store(nn_ptr + rows64, besti, mask=rmask)
         tl.store(nnd_ptr + rows64, best, mask=rmask)
 
@@ -205,7 +205,7 @@ def merge_compact_nn(src: torch.Tensor, ld_src: int, dst: torch.Tensor, ld_dst: 
         (the round's order: the old matrix is compact); ``n_new`` and ``nrows`` are then an
         upper bound of the count (the grid), ``ld_src`` and ``ld_dst`` are ignored and
         ``row0`` must be 0.  This lets a round's merge be launched before the host has read
-        its record, and rounds be chained (:func:`dcpe_kernels.rnn.dense_rounds`).
+        its record, and rounds be chained (:func:`dcpe_kernels.rnn.chained_rounds`).
     """
     if not HAS_TRITON:
         raise RuntimeError("triton is not installed")

@@ -48,6 +48,7 @@ def _row_argmin(d: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 if HAS_TRITON:
+    from .centroid import _row_minima
 
     @triton.jit(do_not_specialize=["n", "dim", "ld"])  # one compile per dtype and metric
     def _pairwise_dist_rownn_kernel(x_ptr, d_ptr, nn_ptr, nnd_ptr, n, dim, ld,
@@ -86,8 +87,7 @@ if HAS_TRITON:
             upd = (acc < tile_v) & cmask[None, :]
             tile_v = tl.where(upd, acc, tile_v)
             tile_i = tl.where(upd, cols[None, :], tile_i)
-        best = tl.min(tile_v, axis=1)
-        besti = tl.min(tl.where(tile_v == best[:, None], tile_i, n), axis=1).to(tl.int64)
+        best, besti = _row_minima(tile_v, tile_i, n, False, False)
         tl.store(nn_ptr + rows64, besti, mask=rmask)
         tl.store(nnd_ptr + rows64, best, mask=rmask)
 

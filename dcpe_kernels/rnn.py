@@ -165,6 +165,12 @@ def budget_for(dev: torch.device, memory_budget: int | None, needed: int, what: 
     return avail
 
 
+def _no_pair(backend: str, n: int) -> RuntimeError:
+    """A round of ``n`` clusters found no reciprocal pair (the order is strict otherwise)."""
+    return RuntimeError(f"{backend} backend: no reciprocal nearest-neighbour pair among {n} "
+                        f"clusters (non-finite dissimilarities?)")
+
+
 def _insufficient(needed: int, available: int, what: str, hint: str = "") -> Exception:
     try:
         from dcpe._errors import InsufficientMemoryError
@@ -399,8 +405,7 @@ class RoundState:
             self.known, self.complete = below, False
             return False
         if n_pairs == 0:
-            raise RuntimeError(f"{backend} backend: no reciprocal nearest-neighbour pair among "
-                               f"{n} clusters (non-finite dissimilarities?)")
+            raise _no_pair(backend, n)
         self.rounds += 1
         self.m += n_pairs
         if n_new < 2:
@@ -430,11 +435,11 @@ def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int
     staging: torch.Tensor | None = None
     while n >= 2:
         # ld == n: the matrix is compact (so is every one a merge on the device writes)
-        if (_MERGE_AHEAD and _ROUNDS_AHEAD > 1 and other is not None
-                and other.numel() >= n * n and ld == n):
+        ahead = _MERGE_AHEAD and other is not None and other.numel() >= n * n and ld == n
+        if ahead and _ROUNDS_AHEAD > 1:
             chained_rounds(st, ops, cur, other, n, nn, nnd, mode, backend, _ROUNDS_AHEAD)
             return
-        if _MERGE_AHEAD and other is not None and other.numel() >= n * n and ld == n:
+        if ahead:
             # Whatever n_new is, its matrix fits the other buffer: the merge is launched
             # before the host has read the counts, and reads n_new on the device.
             merge = functools.partial(ops.merge_compact_nn, cur, ld, other, n, st.p32, st.q32,
@@ -537,8 +542,7 @@ def chained_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, other: torch.
             st.known, st.complete = below, False
             return
         if status == NO_PAIR:
-            raise RuntimeError(f"{backend} backend: no reciprocal nearest-neighbour pair among "
-                               f"{order} clusters (non-finite dissimilarities?)")
+            raise _no_pair(backend, order)
         st.rounds += 1
         st.m = m_next
         if status == FINISHED:

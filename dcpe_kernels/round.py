@@ -39,7 +39,7 @@ Chained rounds.  Given ``prev``, the record of the round before, a round takes `
 instead of the host; after a round whose status is not :data:`GO` it does nothing and
 passes that status on (``n_new = 0``, so that its merge does nothing either).  The host can
 then launch several rounds before it reads the first one's record
-(:func:`dcpe_kernels.rnn.dense_rounds`).
+(:func:`dcpe_kernels.rnn.chained_rounds`).
 
 Weights: average linkage ``wp = n_p / (n_p + n_q)`` and ``wq = n_q / (n_p + n_q)``
 computed in float64 and rounded once to the compute dtype, as the ``cpu`` engine does;

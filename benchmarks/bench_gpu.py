@@ -45,13 +45,16 @@ for every available dcpe provider as ``dcpe.cluster(x, N // 2, backend=provider,
 memory_limit=LIMIT)`` on ``dcpe.datasets.make_sample_codebook(n=N, d=D)`` (float32; one
 array per D at the largest N of the specs, smaller N are prefixes), in the order given:
 one timed call (CUDA events), preceded by a warm-up call only for rows predicted short
-(N < 524,288 and D < 64 on a GPU; the larger rows find the kernels compiled by the smaller
-rows of the same process).  A row records its time, its peak memory (as above), the engine
-that ``dcpe_kernels.linear.choose_engine`` picks within min(LIMIT, free device memory),
-and, for the matrix-free engine, what ``dcpe_kernels.linear.trace_rounds`` records of the
-timed call: its rounds, its time per phase (CUDA events between the phases, read after each
-round's own synchronisation) and its work (centroid-scan pairs, candidate pairs, token
-pairs summed); a round of at least 1 s is printed as it ends.  The ``cpu`` backend
+(N < 524,288 and D < 64 on a GPU); the other rows on a GPU follow, once per provider and
+D in a process, a compile warm-up (``compile_warmup``: one matrix-free call on the row's
+first 4,096 tokens, under a memory limit just past its preflight), so that the timed
+call compiles and loads no kernel of its own.  A row records its time, its peak memory
+(as above), the engine that ``dcpe_kernels.linear.choose_engine`` picks within
+min(LIMIT, free device memory), and, for the matrix-free engine, what
+``dcpe_kernels.linear.trace_rounds`` records of the timed call: its rounds, its time per
+phase (CUDA events between the phases, read after each round's own synchronisation) and
+its work (centroid-scan pairs, candidate pairs, token pairs summed); a round of at least
+1 s is printed as it ends.  The ``cpu`` backend
 is timed once per spec without ``@LIMIT`` whose D is in ``--scale-cpu-dims`` (default 8),
 after the GPU rows, when its prediction (t ~ N^1.5 from the previous cpu row, or from the
 cpu time at ``--check-n``) fits in the time left; its labels are compared, as partitions,
@@ -112,6 +115,11 @@ DEFAULT_SCALE_CPU_DIMS = [8]
 #: a scale row gets a warm-up call (on a GPU) only below these N and D
 SCALE_WARMUP_BELOW_N = 524288
 SCALE_WARMUP_BELOW_D = 64
+#: ... the other rows on a GPU follow a compile warm-up once per provider and D in a process:
+#: one call on the first COMPILE_WARMUP_N tokens of the row's data, matrix-free, under a
+#: memory limit just past its preflight (compile_warmup), so that the timed call compiles
+#: and loads no kernel of its own
+COMPILE_WARMUP_N = 4096
 #: seconds kept free at the end of the time limit by the scale rows
 SCALE_MARGIN_S = 10.0
 #: a matrix-free round at least this long is printed as it ends
@@ -395,17 +403,32 @@ class RoundTrace:
                 ms[name] = ms.get(name, 0.0) + value
         rounds = [r for r in self.last if not r.get("done")]
         work = {"scan_pairs": sum(r.get("scan_rows", r["rows"]) * r["n"] for r in rounds),
-                "candidate_scan_pairs": sum(r["rows"] * r["n"] * (1 + r.get("relisted", 0))
+                "candidate_scan_pairs": sum((r["rows"] * (1 + r.get("relisted", 0))
+                                             + r.get("rescanned", 0)) * r["n"]
                                             for r in rounds
                                             if r.get("pairs") is not None and r["round"] > 1),
                 "candidate_pairs": sum(r.get("pairs", 0) for r in rounds),
                 "token_pairs": sum(r.get("token_pairs", 0) for r in rounds),
                 "reused_token_pairs": sum(r.get("reused", 0) for r in rounds),
                 "relisted": sum(r.get("relisted", 0) for r in rounds),
+                "batched_rounds": sum(bool(r.get("batches")) for r in rounds),
                 "max_size": max((r.get("max_size", 0) for r in rounds), default=0),
                 "matrix_free_rounds": len(rounds)}
         return {"rounds": self.last[-1]["rounds"],
                 "phases_ms": {k: round(v, 1) for k, v in ms.items()}, "work": work}
+
+
+def compile_warmup(n: int, d: int, itemsize: int) -> tuple[int, int]:
+    """``(N, memory_limit)`` of a scale row's compile warm-up: the first
+    :data:`COMPILE_WARMUP_N` tokens (at most ``n``) at k = N/2 with the matrix-free engine,
+    under the bytes its preflight counts plus an eighth of its N^2 matrix (the rounds stay
+    matrix-free while the clusters are more than half of N/2; a list past the room goes in
+    batches), so that it takes the row's kernels: the layout, the pair store and the scans
+    of its D."""
+    from dcpe_kernels.linear import linear_required_bytes
+
+    nw = min(n, COMPILE_WARMUP_N)
+    return nw, linear_required_bytes(nw, d, itemsize) + nw * nw * itemsize // 8
 
 
 def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline: float,
@@ -424,6 +447,7 @@ def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline:
 
     last: dict[int, tuple[int, int, float]] = {}  # d -> (N, d, seconds) of its last row
     latest: tuple[int, int, float] | None = None  # the same of the last row at any d
+    compiled: set[int] = set()  # the d of the compile warm-ups done
     for spec in specs:
         n, d, limit = spec
         row: dict[str, Any] = {"provider": provider, "spec": spec_name(spec), "n": n, "d": d,
@@ -457,6 +481,15 @@ def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline:
                                           budget=budget, backend=provider)
             if row["engine"] == "linear":  # what the preflight counts, beside the peak
                 row["preflight_bytes"] = linear_required_bytes(n, d, x.element_size())
+            if device == "cuda" and not warmup and d not in compiled:
+                nw, lim_w = compile_warmup(n, d, x.element_size())
+                t0 = time.perf_counter()
+                dcpe.cluster(x[:nw].contiguous(), nw // 2, backend=provider, engine="linear",
+                             memory_limit=lim_w)
+                torch.cuda.synchronize()
+                row["compile_warmup"] = {"n": nw, "memory_limit": lim_w,
+                                         "seconds": time.perf_counter() - t0}
+                compiled.add(d)
             trace = RoundTrace(f"{provider:7s} {spec_name(spec):>16s}")
             with trace_rounds(trace):
                 res = time_gpu(lambda x=x, k=n // 2, lim=limit: dcpe.cluster(
@@ -565,7 +598,9 @@ def scale_table(specs: list[ScaleSpec], rows: list[dict[str, Any]]) -> list[str]
             f"--scale-cpu-dims, when the prediction fits the time left); labels = cpu: the "
             f"same partition as the cpu backend's labels. One timed call per row, after a "
             f"warm-up call only for N < {SCALE_WARMUP_BELOW_N:,} and d < "
-            f"{SCALE_WARMUP_BELOW_D}.", "", *phase_table(rows)]
+            f"{SCALE_WARMUP_BELOW_D}; the other rows after a compile warm-up once per "
+            f"provider and d (one call on the first {COMPILE_WARMUP_N:,} tokens, matrix-free, "
+            f"compile_warmup in the JSON).", "", *phase_table(rows)]
 
 
 def phase_table(rows: list[dict[str, Any]]) -> list[str]:

@@ -475,9 +475,9 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
         "n": n, "d": x.shape[1], "k": k, "rounds": records[-1]["rounds"],
         "matrix_free_rounds": len(rounds),
         "scan_pairs": sum(r["scan_rows"] * r["n"] for r in rounds),
-        # (a list past its room is scanned again)
-        "candidate_scan_pairs": sum(r["cand_rows"] * r["n"] * (1 + r.get("relisted", 0))
-                                    for r in rounds),
+        # (a list past its room is scanned again, and a batch past it: _batched_pairs)
+        "candidate_scan_pairs": sum((r["cand_rows"] * (1 + r.get("relisted", 0))
+                                     + r.get("rescanned", 0)) * r["n"] for r in rounds),
         "gram_scans": any(r.get("gram") for r in rounds),
         "relisted": sum(r.get("relisted", 0) for r in rounds),
         "candidate_pairs": sum(r["pairs"] for r in rounds),

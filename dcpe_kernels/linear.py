@@ -182,6 +182,10 @@ _COLUMNS_MIN_DIM = 17
 #: early rounds of a high-dimensional codebook grow by up to about 1.5x a round; with 1.25
 #: a second list overflowed at N = 4,096 x 256, benchmarks/linear_work.py)
 _PAIRS_GROWTH = 2.0
+#: a list past the largest room the budget allows goes through it a batch of searching
+#: clusters at a time (:func:`_batched_pairs`): at first in as many batches of consecutive
+#: rows as this many times the count fills rooms (a batch past the room is halved)
+_BATCH_HEADROOM = 2.0
 #: when a round lists fewer than 1/_PAIRS_SHRINK of the room's pairs, the next rounds use
 #: a view of the room of the next power of two of _PAIRS_HEADROOM times the count (0: never).
 #: The passes over a round's list go over its whole view, so the views summed over the rounds
@@ -620,7 +624,10 @@ def trace_rounds(sink: Callable[[dict[str, Any]], None]) -> Iterator[None]:
     ``max_size`` (largest cluster), ``scan_rows`` (clusters that scan the centroids;
     Euclidean), ``room`` (the length of the list of candidate pairs; Euclidean),
     ``relisted`` (lists of candidate pairs past their room, scanned again in a larger one;
-    Euclidean) and ``ms``, the time per phase: ``scan`` (centroid scan), ``candidates``,
+    Euclidean), in a round whose list is longer than the largest room the budget allows
+    ``batches`` (the lists it made, a batch of searching clusters each) and ``rescanned``
+    (the clusters listed again, those of a batch past the room: :func:`_batched_pairs`),
+    and ``ms``, the time per phase: ``scan`` (centroid scan), ``candidates``,
     ``sums`` (exact averages), ``select`` (nearest neighbours, the round's bookkeeping and the next
     round's moments and thresholds, up to its synchronisation), ``update`` (the new token
     order and radii, counted in the next round) and ``handover`` / ``dense`` (matrix and
@@ -885,6 +892,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                 clock.mark("select")
             relisted = 0  # lists past their room, listed again
+            batches = rescanned = 0  # (a list past the largest room: _batched_pairs)
             cand_rows = 0 if singletons else nrows  # clusters of the candidate scan
             while not singletons:
                 count.zero_()
@@ -951,12 +959,28 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                     room = _pair_room(avail - needed - store_bytes, pair_bytes, chunk_bytes,
                                       chunk)
                 if vals[4] > room:
-                    raise _insufficient(
-                        needed + store_bytes + vals[4] * pair_bytes
-                        + min(vals[4], chunk) * chunk_bytes, avail,
-                        f"{backend} backend: {vals[4]:,} candidate cluster pairs in one "
-                        f"matrix-free round (many tied distances, such as duplicate rows?)",
-                        "remove duplicate rows, or use backend='cpu'")
+                    # past the largest room: the list a batch of searching clusters at a
+                    # time (_batched_pairs), in the largest room (at least the first one,
+                    # which holds any one cluster's list: 8 pairs per cluster)
+                    if room > pairs_buf[0].shape[0]:
+                        del pa, pb, val, pieces
+                        one = None
+                        pairs_buf = ()
+                        pairs_buf = (torch.zeros(room, dtype=torch.int32, device=dev),
+                                     torch.zeros(room, dtype=torch.int32, device=dev),
+                                     torch.empty(room, dtype=dt, device=dev))
+                    pa, pb, val = pairs_buf
+                    capacity = pa.shape[0]
+                    round_work[0], batches, rescanned = _batched_pairs(
+                        ops, scans, tokens, st.size, n, (rad, tau, rel, absm), pa, pb, val,
+                        count, capacity, chunk, rows, nrows, needy, nn, nnd,
+                        math.ceil(vals[4] * _BATCH_HEADROOM / capacity), largest, backend,
+                        clock)
+                    if cut is not None:
+                        _set_aside(nn, nnd, n, cut)
+                    vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
+                    clock.mark("select")
+                    break
                 capacity = min(room, 1 << math.ceil(math.log2(vals[4] * _PAIRS_GROWTH)))
                 if capacity > pairs_buf[0].shape[0]:
                     del pa, pb, val, pieces
@@ -981,6 +1005,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             extra = {"scan_rows": searched_scan, "pairs": vals[4], "token_pairs": vals[6],
                      "max_size": vals[7], "room": capacity, "relisted": relisted,
                      "cand_rows": cand_rows, "gram": gram is not None}
+            if batches:
+                extra.update(batches=batches, rescanned=rescanned)
         if store is not None:
             extra.update(reused=vals[9], store=vals[13], sorted=vals[11] + vals[12])
         clock.emit(round=st.rounds + 1, n=n, rows=searched, **extra)
@@ -1374,6 +1400,13 @@ def _nearest_from_pairs(pieces: Callable[[], Any], val: torch.Tensor, n: int,
     pairs (smallest slot on ties), on the device; the others keep ``nn``/``nnd``.
     ``pieces()`` gives the list a chunk at a time as :func:`_chunks` does (slice and
     :func:`_live_pairs`): two passes over it, the minima, then the smallest slot at them."""
+    _set_nearest(*_pair_nearest(pieces, val, n, needy), n, needy, nn, nnd)
+
+
+def _pair_nearest(pieces: Callable[[], Any], val: torch.Tensor, n: int,
+                  needy: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per slot, the smallest value of the evaluated pairs it is in (``inf`` where none)
+    and the smallest other slot at it (``n`` where none) (:func:`_nearest_from_pairs`)."""
     dev = val.device
 
     def sides(sl: slice, live: torch.Tensor, b: torch.Tensor
@@ -1394,12 +1427,88 @@ def _nearest_from_pairs(pieces: Callable[[], Any], val: torch.Tensor, n: int,
         take_b = torch.where(live & (va == best[a]), b, big)
         take_a = torch.where(live & (vb == best[b]), a, big)
         idx.scatter_reduce_(0, a, take_b, "amin").scatter_reduce_(0, b, take_a, "amin")
+    return best, idx
+
+
+def _set_nearest(best: torch.Tensor, idx: torch.Tensor, n: int, needy: torch.Tensor,
+                 nn: torch.Tensor, nnd: torch.Tensor) -> None:
+    """``nn``/``nnd`` of the searching clusters from :func:`_pair_nearest`."""
     # every searching cluster has a pair unless the pairs overflowed (that round is run
     # again): a cluster without one points to itself, which the round scan never merges
-    ar = torch.arange(n, device=dev)
+    ar = torch.arange(n, device=best.device)
     on = needy[:n] != 0
     nn[:n] = torch.where(on, torch.where(idx >= n, ar, idx), nn[:n])
     nnd[:n] = torch.where(on, best, nnd[:n])
+
+
+def _batched_pairs(ops: Any, scans: Any, tokens: _Tokens, size: torch.Tensor, n: int,
+                   thresholds: tuple[torch.Tensor, torch.Tensor, float, float],
+                   pa: torch.Tensor, pb: torch.Tensor, val: torch.Tensor,
+                   count: torch.Tensor, capacity: int, chunk: int, rows: torch.Tensor,
+                   nrows: int, needy: torch.Tensor, nn: torch.Tensor, nnd: torch.Tensor,
+                   batches: int, largest: int | None, backend: str,
+                   clock: Any = None) -> tuple[torch.Tensor, int, int]:
+    """A round whose list of candidate pairs is longer than the largest room the budget
+    allows: the searching clusters ``rows[:nrows]`` list their candidates, which are summed
+    and reduced to nearest neighbours, a batch of consecutive rows at a time in the room of
+    ``capacity`` pairs.  A pair is listed by one of its clusters whatever the batches
+    (the candidate scans decide it by its two clusters and ``needy``), so every searching
+    cluster sees the pairs of one list; the minima of the batches and their smallest slots
+    give the nearest neighbours of that list (ties to the smallest slot), and ``count``
+    ends as its length.  Each batch is read by the host (its count): one past the room is
+    halved and listed again.  ``thresholds``: ``(rad, tau, rel, absm)`` of
+    ``scans.candidates``; ``batches``: the first number of batches.  Returns the token
+    pairs summed (int64 ``(1,)``, on the device), the lists made and the rows listed again
+    (those of the batches that were halved)."""
+    dev = val.device
+    i64 = torch.int64
+    rad, tau, rel, absm = thresholds
+    best = torch.full((n,), float("inf"), dtype=val.dtype, device=dev)
+    idx = torch.full((n,), n, dtype=i64, device=dev)
+    work = torch.zeros(1, dtype=i64, device=dev)
+    total = torch.zeros(1, dtype=i64, device=dev)
+    step = max(1, -(-nrows // max(1, batches)))
+    todo = [(r0, min(nrows, r0 + step)) for r0 in range(0, nrows, step)][::-1]  # a stack
+    lists = again = 0
+    while todo:
+        r0, r1 = todo.pop()
+        count.zero_()
+        scans.candidates(rad, tau, rel, absm, pa, pb, count, capacity, rows[r0:], r1 - r0,
+                         needy)
+        if clock is not None:
+            clock.mark("candidates")
+        listed = int(count[0])  # a synchronisation per batch (these rounds only)
+        if listed > capacity:
+            if r1 - r0 == 1:
+                raise _insufficient(
+                    needed=listed * (_PAIR_BYTES + _PAIR_CHUNK_BYTES), available=capacity
+                    * (_PAIR_BYTES + _PAIR_CHUNK_BYTES),
+                    what=f"{backend} backend: {listed:,} candidate pairs of one cluster in "
+                         f"a matrix-free round", hint="use backend='cpu'")
+            mid = (r0 + r1) // 2
+            todo += [(mid, r1), (r0, mid)]
+            again += r1 - r0
+            continue
+        lists += 1
+        if listed == 0:
+            continue
+        pieces = functools.partial(_chunks, pa, pb, count, n, listed, chunk)
+        for sl, live_ab, cnt in pieces():
+            _pair_sums(ops, tokens.x, tokens.offsets, size, n, pa[sl], pb[sl], cnt,
+                       sl.stop - sl.start, val[sl], live_ab, largest)
+            work += _pair_work(*live_ab, size)
+        b_best, b_idx = _pair_nearest(pieces, val, n, needy)
+        # the smaller value, and at equal values the smaller slot: the pair of the whole
+        # list a single pass would pick
+        idx = torch.where(b_best < best, b_idx,
+                          torch.where(b_best == best, torch.minimum(idx, b_idx), idx))
+        best = torch.minimum(best, b_best)
+        total += count
+        if clock is not None:
+            clock.mark("sums")
+    _set_nearest(best, idx, n, needy, nn, nnd)
+    count.copy_(total)
+    return work, lists, again
 
 
 class _GramPlan:

@@ -626,6 +626,62 @@ def check_gram_engine(ops, xt, monkeypatch, backend: str = "triton",
                 assert torch.equal(a, b), (name, cap, k, handover, store)
 
 
+#: (size cap, n // k (None: the whole tree), pair store, scans from the Gram matrix)
+BATCHED_CASES = ((None, 4, False, False), (9, 4, True, False), (None, None, False, True),
+                 (None, 2, True, True))
+
+
+def check_batched_lists(ops, xt, monkeypatch, backend: str = "triton",
+                        cases: tuple = BATCHED_CASES) -> tuple[int, int]:
+    """Lists of candidate pairs longer than the largest room the budget allows go through
+    the room a batch of searching clusters at a time (``dcpe_kernels.linear.
+    _batched_pairs``): under a budget of just what the preflight counts, with a room of
+    one pair per cluster, the merges are bit for bit those of a budget that holds every
+    list (heights up to the order of float64 sums where the pair store, which the tight
+    budget gives up, is on), and so are the token pairs summed without the store.  Returns
+    the rounds listed in batches and the rows listed again (a batch past the room,
+    halved)."""
+    import torch
+
+    import dcpe_kernels.linear as linear
+
+    n, d = xt.shape
+    eps = torch.finfo(xt.dtype).eps
+    monkeypatch.setattr(linear, "_MIN_PAIRS", 4)
+    monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER", 1)
+    monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER_HIGH_D", 1)
+    monkeypatch.setattr(linear, "_GRAM_MIN_COLS", 16)
+    monkeypatch.setattr(linear, "_GRAM_TILE_BYTES", 16 * 8 * n)
+    batched = halved = 0
+    for cap, k_div, store, gram in cases:
+        monkeypatch.setattr(linear, "GRAM_MIN_DIM", 1 if gram else 1 << 30)
+        needed = linear.linear_required_bytes(n, d, xt.element_size())
+        k = None if k_div is None else n // k_div
+        runs = []
+        for extra in (1 << 30, 0):
+            records: list[dict] = []
+            with linear.trace_rounds(records.append):
+                mg = linear.linear_merges(xt, metric="euclidean", max_cluster_size=cap,
+                                          ops=ops, backend=backend, n_clusters=k,
+                                          memory_budget=needed + extra, handover_bytes=0,
+                                          pair_store=store)
+            runs.append((mg, [r for r in records if not r.get("done")]))
+        (roomy, roomy_rounds), (tight, rounds) = runs
+        assert not any(r.get("batches") for r in roomy_rounds)
+        batched += sum(bool(r.get("batches")) for r in rounds)
+        halved += sum(r.get("rescanned", 0) for r in rounds)
+        if not store:  # (the store's averages tighten the thresholds)
+            for key in ("pairs", "token_pairs"):
+                assert [r[key] for r in rounds] == [r[key] for r in roomy_rounds], key
+        for name in ("rep_a", "rep_b", "size", "height", "hmono"):
+            a, b = getattr(tight, name), getattr(roomy, name)
+            if store and name in ("height", "hmono"):
+                torch.testing.assert_close(a, b, rtol=2 * eps, atol=0)
+            else:
+                assert torch.equal(a, b), (name, cap, k, store, gram)
+    return batched, halved
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -180,6 +180,31 @@ def test_bad_scale_spec_is_an_argument_error() -> None:
     assert len(errors) == 1 and "--scale" in errors[0] and "'12y3'" in errors[0], proc.stderr
 
 
+def test_compile_warmup_stays_matrix_free() -> None:
+    """A large scale row's compile warm-up (``compile_warmup``): at most COMPILE_WARMUP_N
+    tokens, and under its memory limit the matrix-free rounds run to the cut, at the row's
+    d, without handing over to the dense rounds (the engine dcpe.cluster runs with
+    engine="linear", on the PyTorch references)."""
+    import torch
+
+    import dcpe
+    from dcpe_kernels import ReferenceOps, linear
+
+    bench_gpu = _bench_gpu()
+    assert bench_gpu.compile_warmup(1 << 20, 8, 4)[0] == bench_gpu.COMPILE_WARMUP_N
+    for d in (8, 40):
+        nw, limit = bench_gpu.compile_warmup(400, d, 4)
+        assert nw == 400 and limit > linear.linear_required_bytes(nw, d, 4)
+        x = torch.from_numpy(dcpe.datasets.make_sample_codebook(nw, d))
+        records: list[dict] = []
+        with linear.trace_rounds(records.append):
+            linear.run_merges(x, method="average", metric="euclidean", max_cluster_size=None,
+                              ops=ReferenceOps, backend="reference", n_clusters=nw // 2,
+                              memory_limit=limit, engine="linear")
+        assert len([r for r in records if not r.get("done")]) >= 3, d
+        assert not any("handover" in r["ms"] or "dense" in r["ms"] for r in records), d
+
+
 def test_scale_helpers() -> None:
     bench_gpu = _bench_gpu()
     assert bench_gpu.parse_scale_spec("262144x8@24GiB") == (262144, 8, "24GiB")

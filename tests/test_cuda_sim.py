@@ -30,10 +30,12 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from conftest import (  # noqa: E402
+    BATCHED_CASES,
     GRAM_ENGINE_CASES,
     as_columns,
     assert_same_merges,
     chained_and_not,
+    check_batched_lists,
     check_gram_engine,
     check_gram_scans,
     check_merge_kernel,
@@ -649,6 +651,21 @@ def test_gram_scans_change_no_merge(ops: type, dtype: torch.dtype,
     xt = torch.from_numpy(tie_free(np.random.default_rng(21), 80, 6)).to(dtype)
     cases = GRAM_ENGINE_CASES[:2] if dtype == torch.float32 else GRAM_ENGINE_CASES[2:]
     check_gram_engine(ops, xt, monkeypatch, "cuda", cases)
+
+
+@pytest.mark.parametrize("dtype", _DTYPES)
+def test_lists_past_the_largest_room_go_in_batches(ops: type, dtype: torch.dtype,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine driving these kernels under a budget of just what its preflight counts:
+    the lists longer than the room go in batches of searching clusters (the candidate
+    scans given a slice of the rows), with the merges of a budget that holds them."""
+    import dcpe_kernels.linear as linear
+
+    xt = torch.from_numpy(tie_free(np.random.default_rng(23), 64, 40)).to(dtype)
+    monkeypatch.setattr(linear, "_BATCH_HEADROOM", 0.5)  # some batches past the room
+    cases = BATCHED_CASES[:2] if dtype == torch.float32 else BATCHED_CASES[2:]
+    batched, halved = check_batched_lists(ops, xt, monkeypatch, "cuda", cases)
+    assert batched > 0 and halved > 0
 
 
 @pytest.mark.parametrize("dtype", _DTYPES)

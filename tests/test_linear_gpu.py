@@ -32,8 +32,10 @@ import pytest  # noqa: E402
 torch = pytest.importorskip("torch")
 
 from conftest import (  # noqa: E402
+    BATCHED_CASES,
     GRAM_ENGINE_CASES,
     as_columns,
+    check_batched_lists,
     check_gram_engine,
     check_gram_scans,
     same_partition,
@@ -647,20 +649,55 @@ def test_engine_with_pairs_in_parts_matches_scipy(which: str,
         np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
 
 
-def test_duplicate_rows_past_the_budget_are_refused(rng: np.random.Generator) -> None:
-    """Identical rows make every pair a candidate (all distances 0): past the budget the
-    engine stops with InsufficientMemoryError naming the cause, instead of allocating."""
+def test_duplicate_rows_past_the_room_go_in_batches(rng: np.random.Generator) -> None:
+    """Identical rows make every pair a candidate (all distances 0): past the largest room
+    the budget allows, the rounds list them a batch of clusters at a time, and merge them
+    at height 0 like any tie (InsufficientMemoryError only below what the preflight
+    counts)."""
     from dcpe import InsufficientMemoryError
 
-    x = torch.zeros((400, 2), dtype=torch.float32, device=DEVICE)
-    budget = linear.linear_required_bytes(400, 2, 4) + 100_000
-    with pytest.raises(InsufficientMemoryError, match="duplicate rows"):
+    x = torch.zeros((80, 2), dtype=torch.float32, device=DEVICE)
+    budget = linear.linear_required_bytes(80, 2, 4) + 20_000
+    records: list[dict] = []
+    with linear.trace_rounds(records.append):
+        mg = linear.linear_merges(x, metric="euclidean", max_cluster_size=None,
+                                  ops=ReferenceOps, n_clusters=2, memory_budget=budget)
+    assert any(r.get("batches") for r in records)
+    assert int(merges_to_labels(mg, 2).max()) == 1
+    assert float(mg.height.abs().max()) == 0.0
+    with pytest.raises(InsufficientMemoryError, match="matrix-free rounds"):
         linear.linear_merges(x, metric="euclidean", max_cluster_size=None, ops=ReferenceOps,
-                             n_clusters=2, memory_budget=budget)
-    # with room for them, duplicates are merged at height 0 like any tie
-    mg = linear.linear_merges(x[:60], metric="euclidean", max_cluster_size=None,
-                              ops=ReferenceOps, n_clusters=3)
-    assert int(merges_to_labels(mg, 3).max()) == 2
+                             n_clusters=2, memory_budget=linear.linear_required_bytes(80, 2, 4)
+                             - 1)
+
+
+@pytest.mark.parametrize("which,dtype", [
+    ("reference", torch.float64), ("reference", torch.float32), ("triton", torch.float32),
+    ("cuda", torch.float32), ("cuda", torch.float64)])
+def test_lists_past_the_largest_room_go_in_batches(which: str, dtype: torch.dtype,
+                                                   monkeypatch: pytest.MonkeyPatch,
+                                                   rng: np.random.Generator) -> None:
+    """A budget of just what the preflight counts: the lists longer than its room go in
+    batches of searching clusters, with the merges of a budget that holds them (a flat
+    cut, the size cap, the whole tree, the pair store, the scans from the Gram matrix)."""
+    ops = _ops(which)
+    small = which == "triton" and not ON_GPU
+    n = 48 if small else 160
+    xt = torch.from_numpy(tie_free(rng, n, 40)).to(DEVICE, dtype)
+    # half the batches a list needs at first, so that some are past the room and halved
+    monkeypatch.setattr(linear, "_BATCH_HEADROOM", 0.5)
+    batched, halved = check_batched_lists(ops, xt, monkeypatch, which,
+                                          BATCHED_CASES[1::2] if small else BATCHED_CASES)
+    assert batched > 0 and halved > 0
+
+
+def test_lists_in_batches_keep_ties(monkeypatch: pytest.MonkeyPatch,
+                                    rng: np.random.Generator) -> None:
+    """Tied distances and duplicate rows: the batches' nearest neighbours are the smallest
+    slots at the minima of the whole list, as in one list (the same merges bit for bit)."""
+    xt = torch.from_numpy(rng.integers(0, 5, size=(110, 2)).astype(np.float64)).to(DEVICE)
+    batched, _ = check_batched_lists(ReferenceOps, xt, monkeypatch, "reference")
+    assert batched > 0
 
 
 def test_pair_overflow_reruns_the_round(monkeypatch: pytest.MonkeyPatch,
@@ -768,8 +805,9 @@ def test_pair_store_gives_way_to_the_pairs(monkeypatch: pytest.MonkeyPatch,
                                            rng: np.random.Generator) -> None:
     """The pair store is a cache: when a round's candidate pairs need its room, it keeps
     fewer entries, or none (the rounds go on without it); a budget that holds the rounds
-    without the store holds them with it, with the same merges.  Too small a budget for
-    the pairs alone is refused either way.  (Heights agree to float64 sums in another
+    without the store holds them with it, with the same merges, and so does one too small
+    for a round's pairs (they go in batches); only a budget below the preflight's count is
+    refused.  (Heights agree to float64 sums in another
     order, as with and without the store.)"""
     from dcpe import InsufficientMemoryError
 
@@ -801,9 +839,14 @@ def test_pair_store_gives_way_to_the_pairs(monkeypatch: pytest.MonkeyPatch,
         dropped += all(e is None for e in entries[1:])  # given up in the second round
         kept += None not in entries and 0 < max(entries) < largest  # kept, smaller
     assert dropped and kept
-    for store in (False, True):
-        with pytest.raises(InsufficientMemoryError, match="candidate cluster pairs"):
-            run(3_000, store)
+    for store in (False, True):  # past the largest room: lists in batches, same merges
+        mg, rounds = run(3_000, store)
+        assert any(r.get("batches") for r in rounds)
+        for field in ("rep_a", "rep_b", "size"):
+            assert torch.equal(getattr(mg, field), getattr(want, field)), field
+        torch.testing.assert_close(mg.height, want.height, rtol=1e-12, atol=0)
+    with pytest.raises(InsufficientMemoryError, match="matrix-free rounds"):
+        run(-1, True)
 
 
 def test_pairs_past_the_count_change_no_neighbour(rng: np.random.Generator) -> None:

@@ -656,7 +656,7 @@ def test_duplicate_rows_past_the_room_go_in_batches(rng: np.random.Generator) ->
     counts)."""
     from dcpe import InsufficientMemoryError
 
-    x = torch.zeros((80, 2), dtype=torch.float32, device=DEVICE)
+    x = torch.zeros((80, 2), dtype=torch.float32)
     budget = linear.linear_required_bytes(80, 2, 4) + 20_000
     records: list[dict] = []
     with linear.trace_rounds(records.append):
@@ -683,7 +683,9 @@ def test_lists_past_the_largest_room_go_in_batches(which: str, dtype: torch.dtyp
     ops = _ops(which)
     small = which == "triton" and not ON_GPU
     n = 48 if small else 160
-    xt = torch.from_numpy(tie_free(rng, n, 40)).to(DEVICE, dtype)
+    # (the references on the host: their Python loops would only slow a GPU check)
+    xt = torch.from_numpy(tie_free(rng, n, 40)).to("cpu" if which == "reference" else DEVICE,
+                                                   dtype)
     # half the batches a list needs at first, so that some are past the room and halved
     monkeypatch.setattr(linear, "_BATCH_HEADROOM", 0.5)
     batched, halved = check_batched_lists(ops, xt, monkeypatch, which,
@@ -695,7 +697,7 @@ def test_lists_in_batches_keep_ties(monkeypatch: pytest.MonkeyPatch,
                                     rng: np.random.Generator) -> None:
     """Tied distances and duplicate rows: the batches' nearest neighbours are the smallest
     slots at the minima of the whole list, as in one list (the same merges bit for bit)."""
-    xt = torch.from_numpy(rng.integers(0, 5, size=(110, 2)).astype(np.float64)).to(DEVICE)
+    xt = torch.from_numpy(rng.integers(0, 5, size=(110, 2)).astype(np.float64))
     batched, _ = check_batched_lists(ReferenceOps, xt, monkeypatch, "reference")
     assert batched > 0
 

@@ -250,7 +250,9 @@ def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
     per-cluster state and temporaries, and the initial room for candidate pairs (about
     40 bytes each).  (On an H200 the peak of 262,144 x 8 tokens was 18 bytes per cluster
     above a count with 256 bytes per cluster; the room for candidate pairs grows past its
-    initial size only within the budget, checked before it grows.)  From
+    initial size only within the budget, checked before it grows, and a round's list past
+    the largest room goes through it in batches of clusters, :func:`_batched_pairs`: the
+    initial room holds any one cluster's list.)  From
     :data:`STORE_MIN_DIM` dimensions on, the pair store's temporaries for that initial room
     too; the store itself takes a share of what the budget leaves (:class:`_PairStore`).
     From :data:`GRAM_MIN_DIM` dimensions on, the centred float64 centroids, a copy of those

@@ -960,19 +960,21 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                         chunk_bytes -= _STORE_CHUNK_BYTES
                     room = _pair_room(avail - needed - store_bytes, pair_bytes, chunk_bytes,
                                       chunk)
-                if vals[4] > room:
-                    # past the largest room: the list a batch of searching clusters at a
-                    # time (_batched_pairs), in the largest room (at least the first one,
-                    # which holds any one cluster's list: 8 pairs per cluster)
-                    if room > pairs_buf[0].shape[0]:
-                        del pa, pb, val, pieces
-                        one = None
-                        pairs_buf = ()
-                        pairs_buf = (torch.zeros(room, dtype=torch.int32, device=dev),
-                                     torch.zeros(room, dtype=torch.int32, device=dev),
-                                     torch.empty(room, dtype=dt, device=dev))
-                    pa, pb, val = pairs_buf
-                    capacity = pa.shape[0]
+                # past the largest room the list goes through it a batch of searching
+                # clusters at a time (_batched_pairs), in the whole room: at least the
+                # first one, which holds any one cluster's list (8 pairs per cluster)
+                batched = vals[4] > room
+                capacity = (max(room, pairs_buf[0].shape[0]) if batched else
+                            min(room, 1 << math.ceil(math.log2(vals[4] * _PAIRS_GROWTH))))
+                if capacity > pairs_buf[0].shape[0]:
+                    del pa, pb, val, pieces
+                    one = None
+                    pairs_buf = ()  # the old room goes before the new one is allocated
+                    pairs_buf = (torch.zeros(capacity, dtype=torch.int32, device=dev),
+                                 torch.zeros(capacity, dtype=torch.int32, device=dev),
+                                 torch.empty(capacity, dtype=dt, device=dev))
+                pa, pb, val = (t[:capacity] for t in pairs_buf)
+                if batched:
                     round_work[0], batches, rescanned = _batched_pairs(
                         ops, scans, tokens, st.size, n, (rad, tau, rel, absm), pa, pb, val,
                         count, capacity, chunk, rows, nrows, needy, nn, nnd,
@@ -983,15 +985,6 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                     vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
                     clock.mark("select")
                     break
-                capacity = min(room, 1 << math.ceil(math.log2(vals[4] * _PAIRS_GROWTH)))
-                if capacity > pairs_buf[0].shape[0]:
-                    del pa, pb, val, pieces
-                    one = None
-                    pairs_buf = ()  # the old room goes before the new one is allocated
-                    pairs_buf = (torch.zeros(capacity, dtype=torch.int32, device=dev),
-                                 torch.zeros(capacity, dtype=torch.int32, device=dev),
-                                 torch.empty(capacity, dtype=dt, device=dev))
-                pa, pb, val = (t[:capacity] for t in pairs_buf)
             if (not singletons and st.rounds > 0 and _PAIRS_SHRINK
                     and vals[4] * _PAIRS_SHRINK < capacity):
                 # far fewer pairs than room (the late rounds, a flat cut's set-aside): the
@@ -1495,6 +1488,8 @@ def _batched_pairs(ops: Any, scans: Any, tokens: _Tokens, size: torch.Tensor, n:
         if listed == 0:
             continue
         pieces = functools.partial(_chunks, pa, pb, count, n, listed, chunk)
+        if listed <= chunk:  # one chunk: its live pairs once for the sums and both passes
+            pieces = functools.partial(iter, list(pieces()))
         for sl, live_ab, cnt in pieces():
             _pair_sums(ops, tokens.x, tokens.offsets, size, n, pa[sl], pb[sl], cnt,
                        sl.stop - sl.start, val[sl], live_ab, largest)

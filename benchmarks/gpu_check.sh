@@ -14,17 +14,18 @@ set -euo pipefail
 # DCPE_CHECK_SHORT=1: a check for a few minutes of device time (each knob below still wins
 # when set): 320 s in all, the matrix-free engine's GPU tests of its kernels, its set-aside,
 # its shorter pair lists, its pair store, its chunks and overflowed lists, its scans from
-# the Gram matrix and the labels at N = 65,536 under 4 GiB, the dense rounds chained on
+# the Gram matrix, the labels at N = 65,536 under 4 GiB and its peak memory under budgets
+# of the preflight's count (plus some bytes), the dense rounds chained on
 # the device (cuda; triton's are covered by the labels the benchmark checks at N = 16,384
 # and the hand-over of the 4 GiB test), a shorter kernel benchmark
 # (with the scans from differences and from the Gram matrix), then the dense size 16,384 (no
 # Algorithm 1) and the two rows past the dense matrix not measured yet (524,288 x 8,
 # 262,144 x 256).
 if [ "${DCPE_CHECK_SHORT:-0}" = 1 ]; then
-  : "${DCPE_CHECK_SECONDS:=320}" "${DCPE_CHECK_TESTS:=linear_gpu:70 cuda:30}"
+  : "${DCPE_CHECK_SECONDS:=320}" "${DCPE_CHECK_TESTS:=linear_gpu:80 cuda:30}"
   : "${DCPE_CHECK_DENSE:=0}"
   k="pair_average or setting_aside or shorter or pair_store or chunks or overflow or gram"
-  : "${DCPE_CHECK_K:=$k or 4gib or chained}"
+  : "${DCPE_CHECK_K:=$k or 4gib or peak or chained}"
   : "${DCPE_CHECK_SCALE:=524288x8 262144x256}" "${DCPE_CHECK_DENSE_SIZES:=16384}"
   : "${DCPE_CHECK_KERNELS:=20}"
   : "${DCPE_CHECK_KERNEL_ARGS:=--token-pairs 33554432 --repeats 2 --scan-clusters 32768}"
@@ -91,7 +92,8 @@ print(dcpe.backends.status())" 2>&1 | tee -a "$LOG"
 # expression for all of them (a shorter check).  One pytest process per test file: a kernel
 # fault that poisons the CUDA context of one process cannot fail the other files' tests.
 # test_linear_gpu.py: the matrix-free engine (kernels of both backends against their
-# references, and labels at N = 65,536 under a 4 GiB budget against the cpu backend).
+# references, labels at N = 65,536 under a 4 GiB budget against the cpu backend, and the
+# device's peak memory within budgets of the preflight's count plus some bytes).
 # DCPE_CHECK_TESTS=none: no tests.
 tests="${DCPE_CHECK_TESTS:-triton:80 cuda:80 linear_gpu:110}"
 [ "$tests" = none ] && tests=""

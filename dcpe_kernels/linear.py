@@ -86,6 +86,13 @@ keeps fewer entries (the smallest averages) or, if even an empty store's tempora
 not fit, the rounds go on without it; the engine fails for lack of memory only where it
 would without the store.
 
+The budget: the preflight (:func:`linear_required_bytes`) counts what a run needs with
+the initial room; everything larger is sized from what the budget leaves past that count
+(``spare`` in :func:`linear_merges`): the room for candidate pairs and one chunk's
+temporaries, the store, and the Gram tiles past the smallest (reserved beside the room,
+with which they are alive during the scans).  The hand-over's two matrices are sized from
+the same bytes, so the room, the store and the round's temporaries go before they come.
+
 A flat cut needs only the first ``N - k`` merges of the greedy order.  Once that many are
 recorded, the ``(N - k)``-th smallest of their heights, ``U``, bounds the cut's height, and
 the searches stop at ``U`` (Euclidean): a cluster with no neighbour within ``U`` can only
@@ -779,6 +786,11 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                                               min(_GRAM_TILE_BYTES, (avail - needed) // 8)),
                          bool(getattr(ops, "gram_by_columns", False)))
         singletons = False
+    # what the budget leaves past the preflight for the room for candidate pairs, one chunk
+    # of its temporaries and the store: less a Gram tile's bytes past the smallest (which the
+    # preflight counts), alive with the room during a round's scans
+    spare = avail - needed - (max(0, gram.tile_bytes - _GRAM_MIN_COLS * 8 * n_all)
+                              if gram is not None else 0)
     bounded, n_unknown, searched_scan = False, 0, n_all
     largest = 1  # the largest cluster (read at each synchronisation)
     if scale is None:
@@ -792,13 +804,13 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         if pair_store:
             pair_bytes += _STORE_PAIR_BYTES
             chunk_bytes += _STORE_CHUNK_BYTES
-        chunk = _chunk_size(avail - needed, chunk_bytes)
+        chunk = _chunk_size(spare, chunk_bytes)
         if dim >= STORE_MIN_DIM:
             capacity = max(capacity, min(_PAIRS_PER_CLUSTER_HIGH_D * n_all, _pair_room(
-                (avail - needed) // 4, pair_bytes, chunk_bytes, chunk)))
+                spare // 4, pair_bytes, chunk_bytes, chunk)))
         if pair_store:
             # half of what the budget leaves past the initial room for candidate pairs
-            left = avail - needed - capacity * pair_bytes - min(capacity, chunk) * chunk_bytes
+            left = spare - capacity * pair_bytes - min(capacity, chunk) * chunk_bytes
             store = _PairStore(n_all, dev, max(0, left) // (2 * _STORE_BYTES), chunk)
             store_bytes = store.room * _STORE_BYTES
         pa = torch.zeros(capacity, dtype=torch.int32, device=dev)
@@ -927,6 +939,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                                                           pa[sl], pb[sl], m, val[sl], live_ab,
                                                           largest)
                         new_key[sl], new_val[sl] = k_c, v_c
+                        del k_c, v_c
                         work += w_c
                         reused += r_c
                     del live_ab
@@ -943,14 +956,13 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 if vals[4] <= capacity:
                     break
                 relisted += 1
-                room = _pair_room(avail - needed - store_bytes, pair_bytes, chunk_bytes,
-                                  chunk)
+                room = _pair_room(spare - store_bytes, pair_bytes, chunk_bytes, chunk)
                 if vals[4] > room and store is not None:
                     # the store is a cache: it gives up room to the candidate pairs, down to
                     # none (then the rounds go on without it, as below STORE_MIN_DIM)
                     fresh.clear()
                     want = math.ceil(vals[4] * _PAIRS_GROWTH)
-                    free = avail - needed - want * pair_bytes - min(want, chunk) * chunk_bytes
+                    free = spare - want * pair_bytes - min(want, chunk) * chunk_bytes
                     if free >= _STORE_BYTES * _MIN_PAIRS:
                         store.shrink(free // _STORE_BYTES)
                         store_bytes = store.room * _STORE_BYTES
@@ -958,8 +970,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                         store, store_bytes = None, 0
                         pair_bytes -= _STORE_PAIR_BYTES
                         chunk_bytes -= _STORE_CHUNK_BYTES
-                    room = _pair_room(avail - needed - store_bytes, pair_bytes, chunk_bytes,
-                                      chunk)
+                    room = _pair_room(spare - store_bytes, pair_bytes, chunk_bytes, chunk)
                 # past the largest room the list goes through it a batch of searching
                 # clusters at a time (_batched_pairs), in the whole room: at least the
                 # first one, which holds any one cluster's list (8 pairs per cluster)
@@ -1036,6 +1047,12 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             rad = r + (r * rel + absm)
             if (2 * n * n * itemsize <= handover and n > 1
                     and vals[6] >= work_floor * tokens.ntok * tokens.ntok):
+                # the room for candidate pairs, its last chunk's temporaries, the scans and
+                # the store go before the clusters' matrices take their place: those are
+                # sized from what the budget leaves past the preflight, as they were
+                pa = pb = val = pieces = one = scans = store = None
+                pairs_buf = ()
+                fresh.clear()
                 cur = torch.empty(n * n, dtype=dt, device=dev)
                 if vals[7] <= _LANE_MAX_SIZE:
                     ops.cluster_matrix(tokens.x, tokens.offsets, new_size, n, cur, n, nn, nnd)
@@ -1044,8 +1061,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                     _matrix_from_pairs(ops, tokens, new_size, n, cur, nn, nnd,
                                        max(1024, min(_MATRIX_CHUNK, room // 48)), largest)
                 used = needed + n * n * itemsize
-                del tokens, mu, m2, rad, pa, pb, val, store
-                fresh.clear()
+                del tokens, mu, m2, rad
                 clock.mark("handover")
                 dense_rounds(st, ops, cur, n, n, nn, nnd, 0, avail, used, backend)
                 clock.mark("dense")

@@ -682,6 +682,76 @@ def check_batched_lists(ops, xt, monkeypatch, backend: str = "triton",
     return batched, halved
 
 
+class TensorPeak:
+    """The largest total of bytes that tensors made inside ``with TensorPeak():`` (the outputs
+    of every PyTorch operation, and the returns of a kernel wrapped by :meth:`ops`) hold
+    at once; a view or an in-place result (same storage as an input) adds nothing, and the
+    temporaries of a wrapped kernel are not counted (a device kernel allocates nothing,
+    where the PyTorch references materialise copies).  The engine's own tensors, counted
+    on any device: a bound below the device's real peak, which adds its operations'
+    internal temporaries."""
+
+    def __init__(self) -> None:
+        import torch
+        from torch.multiprocessing.reductions import StorageWeakRef
+        from torch.utils._python_dispatch import TorchDispatchMode
+
+        self.live: dict[int, tuple] = {}
+        self.now = self.peak = 0
+        self._inside = 0
+        tracker = self
+
+        def leaves(tree):
+            return [t for t in torch.utils._pytree.tree_leaves(tree)
+                    if isinstance(t, torch.Tensor)]
+
+        def note(inputs, outputs) -> None:
+            old = {t.untyped_storage()._cdata for t in leaves(inputs)}
+            for t in leaves(outputs):
+                s = t.untyped_storage()
+                entry = tracker.live.get(s._cdata)
+                if s._cdata in old or (entry is not None and not entry[0].expired()):
+                    continue
+                tracker.live[s._cdata] = (StorageWeakRef(s), s.nbytes())
+                tracker.now += s.nbytes()
+            for key in [k for k, e in tracker.live.items() if e[0].expired()]:
+                tracker.now -= tracker.live.pop(key)[1]
+            tracker.peak = max(tracker.peak, tracker.now)
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if not tracker._inside:
+                    note((args, kwargs), out)
+                return out
+
+        self._note, self._mode = note, _Mode()
+
+    def ops(self, ops: type) -> type:
+        """``ops`` with every public method a kernel: its returns counted, not its
+        temporaries."""
+        def kernel(f):
+            def call(*args, **kwargs):
+                self._inside += 1
+                try:
+                    out = f(*args, **kwargs)
+                finally:
+                    self._inside -= 1
+                self._note((args, kwargs), out)
+                return out
+            return staticmethod(call)
+
+        names = [m for m in dir(ops) if not m.startswith("_") and callable(getattr(ops, m))]
+        return type(ops.__name__, (ops,), {m: kernel(getattr(ops, m)) for m in names})
+
+    def __enter__(self) -> TensorPeak:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._mode.__exit__(*exc)
+
+
 # --------------------------------------------------------------------------- CLI
 
 

@@ -156,7 +156,7 @@ def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
                                                                 "test_cuda.py"]
     for test in tests:
         assert "-k pair_average or setting_aside" in test
-        assert test.rstrip().endswith("chunks or overflow or gram or 4gib or chained")
+        assert test.rstrip().endswith("chunks or overflow or gram or 4gib or peak or chained")
     (kernels,) = [c for c in calls if "bench_kernels.py" in c]
     assert "--time-limit 20 --token-pairs 33554432" in kernels
     # the short deadline (320 s), not the default 570

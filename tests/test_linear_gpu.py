@@ -4,7 +4,9 @@ Without a GPU the Triton kernels run on CPU tensors under the interpreter
 (``TRITON_INTERPRET=1``) at small N, and the engine's driver also runs on the PyTorch
 references (:class:`dcpe_kernels.ReferenceOps`).  On a machine with CUDA the same
 comparisons run on CUDA tensors, with the ``cuda`` backend's kernels too when they are
-built, plus labels at N = 65,536 under a 4 GiB budget compared with the ``cpu`` backend.
+built, plus labels at N = 65,536 under a 4 GiB budget compared with the ``cpu`` backend
+and the device's peak memory under budgets of the preflight's count (on the CPU, the
+bytes of the tensors the engine makes are counted instead: :class:`conftest.TensorPeak`).
 The CUDA kernels are compared with the same references on the CPU in
 ``tests/test_cuda_sim.py``.
 """
@@ -34,6 +36,7 @@ torch = pytest.importorskip("torch")
 from conftest import (  # noqa: E402
     BATCHED_CASES,
     GRAM_ENGINE_CASES,
+    TensorPeak,
     as_columns,
     check_batched_lists,
     check_gram_engine,
@@ -1460,6 +1463,58 @@ def test_public_api_memory_limit_and_engine(rng: np.random.Generator) -> None:
         dcpe.cluster(xt, 8, backend=backend, memory_limit="lots")
 
 
+# ------------------------------------------------------------------- the memory budget
+
+#: (n, d, metric, n // k (None: the whole tree), size cap, hand-over bytes (None: the
+#: default; "budget": all the budget leaves past the preflight), engine knobs, budgets
+#: past the preflight in bytes).  The knobs of the last case start the room for candidate
+#: pairs at 64 pairs and grow it 1,024-fold (within the budget) on its first overflow, so
+#: that the room is at its largest when the clusters' matrix takes over.
+MEMORY_CASES = [
+    (600, 8, "euclidean", 2, None, None, {}, (0, 1 << 18, 1 << 22)),
+    (600, 8, "euclidean", None, 9, None, {}, (0, 1 << 18)),
+    (600, 8, "sqeuclidean", 2, None, None, {}, (0, 1 << 18)),
+    (200, 32, "euclidean", 2, None, 0, {}, (0, 1 << 20, 1 << 23)),
+    (96, 64, "euclidean", 2, None, 0, {"_GRAM_MIN_COLS": 16}, (0, 1 << 20)),
+    (500, 2, "euclidean", None, None, "budget",
+     {"_PAIRS_PER_CLUSTER": 0, "_MIN_PAIRS": 64, "_PAIRS_GROWTH": 1024.0, "_PAIRS_SHRINK": 0},
+     (0, 2 * 500 * 500)),
+]
+
+
+@pytest.mark.skipif(ON_GPU, reason="on a GPU, test_peak_memory_within_the_limit measures "
+                                   "the device's own peak")
+@pytest.mark.parametrize("case", MEMORY_CASES, ids=lambda c: f"{c[0]}x{c[1]}-{c[2]}-{c[3]}")
+def test_engine_tensors_within_the_budget(case: tuple, monkeypatch: pytest.MonkeyPatch
+                                          ) -> None:
+    """Under ``memory_budget`` = the preflight's count plus some bytes, the tensors the
+    engine makes (every operation's output and every kernel's, at their most alive at
+    once, with the input) stay within the budget, and what it takes past its peak under
+    the preflight's count alone stays within the bytes added: the room for candidate
+    pairs, the store, the Gram tiles and the hand-over's matrices are sized from what the
+    budget leaves (the room and the store go before the matrices come)."""
+    from dcpe.datasets import make_sample_codebook
+
+    n, d, metric, k_div, cap, handover, knobs, extras = case
+    for name, value in knobs.items():
+        monkeypatch.setattr(linear, name, value)
+    x = torch.from_numpy(make_sample_codebook(n=n, d=d))
+    needed = linear.linear_required_bytes(n, d, x.element_size())
+    peaks = []
+    for extra in extras:
+        tracker = TensorPeak()
+        with tracker:
+            linear.linear_merges(x, metric=metric, max_cluster_size=cap,
+                                 ops=tracker.ops(ReferenceOps),
+                                 n_clusters=None if k_div is None else n // k_div,
+                                 memory_budget=needed + extra,
+                                 handover_bytes=extra if handover == "budget" else handover)
+        assert tracker.peak + x.nbytes <= needed + extra, extra
+        peaks.append(tracker.peak)
+    for extra, peak in zip(extras[1:], peaks[1:]):
+        assert peak - peaks[0] <= extra, (extra, peak, peaks[0])
+
+
 # ------------------------------------------------------------------- large N on a GPU
 
 
@@ -1476,6 +1531,37 @@ def test_large_n_under_4gib_matches_cpu(backend: str) -> None:
     got = dcpe.cluster(torch.from_numpy(x).cuda(), 65536 // 2, backend=backend,
                        memory_limit="4GiB")
     assert same_partition(got.cpu().numpy(), want)
+
+
+#: (N, d, n // k (None: the whole tree), bytes past the preflight's count)
+PEAK_CASES = [(65536, 8, 2, 0), (65536, 8, None, 256 << 20), (8192, 256, 2, 64 << 20)]
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
+@pytest.mark.parametrize("backend", ["cuda", "triton"])
+@pytest.mark.parametrize("case", PEAK_CASES, ids=lambda c: f"{c[0]}x{c[1]}-{c[2]}-{c[3]}")
+def test_peak_memory_within_the_limit(backend: str, case: tuple) -> None:
+    """The device's own peak (``torch.cuda.max_memory_allocated``, the input included)
+    stays within ``memory_budget`` = the preflight's count plus some bytes: at the
+    preflight's count alone (a flat cut at N/2), with a whole tree whose clusters' matrix
+    takes over within 256 MiB, and at d = 256 (the pair store, the Gram tiles, lists in
+    batches)."""
+    from dcpe.datasets import make_sample_codebook
+
+    n, d, k_div, extra = case
+    ops = _ops(backend)
+    x = torch.from_numpy(make_sample_codebook(n=n, d=d)).cuda()
+    budget = linear.linear_required_bytes(n, d, x.element_size()) + extra
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    mg = linear.linear_merges(x, metric="euclidean", max_cluster_size=None, ops=ops,
+                              backend=backend, memory_budget=budget,
+                              n_clusters=None if k_div is None else n // k_div)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base + x.nbytes
+    assert peak <= budget, (peak, budget)
+    assert mg.known >= n - (1 if k_div is None else n // k_div)
 
 
 @functools.lru_cache(maxsize=1)

@@ -133,11 +133,11 @@ def supported_or_raise(method: str, metric: str, backend: str) -> tuple[int, int
 def required_bytes(n: int, d: int, itemsize: int) -> int:
     """Device bytes the engine needs at least for ``n`` rows of dimension ``d``.
 
-    The dense ``n x n`` matrix, a copy of the data, ~16 length-``n`` work arrays and one
-    staging row.  A second, smaller matrix is used only when it fits (see
-    :func:`rnn_merges`).
+    The dense ``n x n`` matrix, a copy of the data, 24 words per row for the round state,
+    the nearest neighbours and the merges returned (about 21 in float64), and one staging
+    row.  A second, smaller matrix is used only when it fits (see :func:`rnn_merges`).
     """
-    return n * n * itemsize + n * d * itemsize + 16 * 8 * n + n * itemsize
+    return n * n * itemsize + n * d * itemsize + 24 * 8 * n + n * itemsize
 
 
 def memory_available(device: torch.device) -> int:
@@ -292,7 +292,9 @@ def rnn_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
         xs = xs / torch.where(norms > 0, norms, 1)[:, None]
 
     cur = torch.empty(n_all * n_all, dtype=dt, device=dev)
-    used = n_all * n_all * itemsize
+    # the preflight's count, not the matrix alone: the round state, the data's copy and the
+    # staging row are alive too (what is left goes to a second matrix or to staging rows)
+    used = needed
     ld = n_all
     nn = torch.empty(n_all, dtype=i64, device=dev)
     nnd = torch.empty(n_all, dtype=dt, device=dev)
@@ -457,9 +459,10 @@ def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int
         if other is None:
             room = avail - used
             if n_new * n_new * itemsize <= room:
+                # the staging rows (sized from the same room) go before the matrix comes
+                staging = None
                 other = torch.empty(n_new * n_new, dtype=dt, device=dev)
                 used += n_new * n_new * itemsize
-                staging = None
         if other is not None and other.numel() >= n_new * n_new:
             ops.merge_compact_nn(cur, ld, other, n_new, *slots, n_new, 0, n_new, mode, nn, nnd)
             cur, other, ld = other, cur, n_new

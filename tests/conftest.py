@@ -706,23 +706,23 @@ class TensorPeak:
                     if isinstance(t, torch.Tensor)]
 
         def note(inputs, outputs) -> None:
+            # the storages gone since (an address may come back for a new one)
+            for key in [k for k, e in tracker.live.items() if e[0].expired()]:
+                tracker.now -= tracker.live.pop(key)[1]
             old = {t.untyped_storage()._cdata for t in leaves(inputs)}
             for t in leaves(outputs):
                 s = t.untyped_storage()
-                entry = tracker.live.get(s._cdata)
-                if s._cdata in old or (entry is not None and not entry[0].expired()):
+                if s._cdata in old or s._cdata in tracker.live:
                     continue
                 tracker.live[s._cdata] = (StorageWeakRef(s), s.nbytes())
                 tracker.now += s.nbytes()
-            for key in [k for k, e in tracker.live.items() if e[0].expired()]:
-                tracker.now -= tracker.live.pop(key)[1]
             tracker.peak = max(tracker.peak, tracker.now)
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 if not tracker._inside:
-                    note((args, kwargs), out)
+                    tracker._note((args, kwargs), out)
                 return out
 
         self._note, self._mode = note, _Mode()

@@ -60,6 +60,7 @@ def _load_kernels():
 
 
 from conftest import (  # noqa: E402
+    TensorPeak,
     assert_same_merges,
     chained_and_not,
     check_merge_kernel,
@@ -549,6 +550,26 @@ def test_merges_launched_before_the_counts_are_read(monkeypatch: pytest.MonkeyPa
     assert not any(seen) and len(seen) == first.rounds - 1  # none after the last pair
     for name in ("rep_a", "rep_b", "height", "hmono", "size"):
         assert torch.equal(getattr(ahead, name), getattr(first, name)), name
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("share", [0, 1 / 3, 1 / 2, 1])
+def test_driver_tensors_within_the_budget(dtype: torch.dtype, share: float) -> None:
+    """Under ``memory_budget`` = the preflight's count (``required_bytes``) plus a share of
+    one matrix, the tensors the driver makes (every operation's output and every kernel's
+    at their most alive at once, :class:`conftest.TensorPeak`) stay within the budget with
+    the input: none added (merged in place through one staging row at a time), staging
+    rows only, staging rows until a second matrix fits (the rows go before it comes), and
+    a second matrix at once.  The round state is part of the preflight's count."""
+    n, d = 120, 2
+    x = torch.from_numpy(tie_free(np.random.default_rng(4), n, d)).to(dtype).to(DEVICE)
+    budget = required_bytes(n, d, x.element_size()) + int(share * n * n * x.element_size())
+    for method in ("average", "single"):
+        tracker = TensorPeak()
+        with tracker:
+            rnn_merges(x, method=method, metric="euclidean", max_cluster_size=None,
+                       ops=tracker.ops(dk.ReferenceOps), memory_budget=budget)
+        assert tracker.peak + x.nbytes <= budget, (method, tracker.peak + x.nbytes, budget)
 
 
 @pytest.mark.parametrize("method", ["average", "single", "complete", "weighted"])

@@ -16,8 +16,9 @@ set -euo pipefail
 # its shorter pair lists, its pair store, its chunks and overflowed lists, its scans from
 # the Gram matrix, the labels at N = 65,536 under 4 GiB and its peak memory under budgets
 # of the preflight's count (plus some bytes), the dense rounds chained on
-# the device (cuda; triton's are covered by the labels the benchmark checks at N = 16,384
-# and the hand-over of the 4 GiB test), a shorter kernel benchmark
+# the device and their peak memory within such budgets (cuda; triton's rounds are covered
+# by the labels the benchmark checks at N = 16,384 and the hand-over of the 4 GiB test), a
+# shorter kernel benchmark
 # (with the scans from differences and from the Gram matrix), then the dense size 16,384 (no
 # Algorithm 1) and the two rows past the dense matrix not measured yet (524,288 x 8,
 # 262,144 x 256).

@@ -308,6 +308,31 @@ def test_inplace_path_matches() -> None:
 
 @needs_gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("share", [0, 1 / 3, 1])
+def test_peak_memory_within_the_budget(dtype: torch.dtype, share: float) -> None:
+    """The dense rounds' own peak on the device (``torch.cuda.max_memory_allocated``, the
+    input included) within ``memory_budget`` = ``required_bytes`` plus a share of one
+    matrix: merged in place through staging rows to the end, staging rows until a second
+    matrix fits, and a second matrix at once (the bytes of the tensors alone are counted
+    on the CPU by ``tests/test_triton.py``)."""
+    cb = _backend()
+    from dcpe_kernels.rnn import required_bytes, rnn_merges
+
+    n = 4096
+    x = torch.from_numpy(tie_free(np.random.default_rng(19), n, 8)).to(dtype).cuda()
+    budget = required_bytes(n, 8, x.element_size()) + int(share * n * n * x.element_size())
+    torch.cuda.synchronize()
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    rnn_merges(x, method="average", metric="euclidean", max_cluster_size=None,
+               ops=cb.CudaOps, backend="cuda", memory_budget=budget)
+    torch.cuda.synchronize()
+    peak = torch.cuda.max_memory_allocated() - base + x.nbytes
+    assert peak <= budget, (peak, budget)
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_chained_rounds_on_the_gpu(dtype: torch.dtype) -> None:
     """The dense rounds chained on the device (records read through pinned memory and
     events, several rounds queued) merge as the rounds read one by one, bit for bit: a whole

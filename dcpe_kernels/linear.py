@@ -1052,7 +1052,6 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 # sized from what the budget leaves past the preflight, as they were
                 pa = pb = val = pieces = one = scans = store = None
                 pairs_buf = ()
-                fresh.clear()
                 cur = torch.empty(n * n, dtype=dt, device=dev)
                 if vals[7] <= _LANE_MAX_SIZE:
                     ops.cluster_matrix(tokens.x, tokens.offsets, new_size, n, cur, n, nn, nnd)

@@ -692,31 +692,12 @@ class TensorPeak:
     internal temporaries."""
 
     def __init__(self) -> None:
-        import torch
-        from torch.multiprocessing.reductions import StorageWeakRef
         from torch.utils._python_dispatch import TorchDispatchMode
 
-        self.live: dict[int, tuple] = {}
+        self.live: dict[int, tuple] = {}  # storage address -> (weak reference, bytes)
         self.now = self.peak = 0
         self._inside = 0
         tracker = self
-
-        def leaves(tree):
-            return [t for t in torch.utils._pytree.tree_leaves(tree)
-                    if isinstance(t, torch.Tensor)]
-
-        def note(inputs, outputs) -> None:
-            # the storages gone since (an address may come back for a new one)
-            for key in [k for k, e in tracker.live.items() if e[0].expired()]:
-                tracker.now -= tracker.live.pop(key)[1]
-            old = {t.untyped_storage()._cdata for t in leaves(inputs)}
-            for t in leaves(outputs):
-                s = t.untyped_storage()
-                if s._cdata in old or s._cdata in tracker.live:
-                    continue
-                tracker.live[s._cdata] = (StorageWeakRef(s), s.nbytes())
-                tracker.now += s.nbytes()
-            tracker.peak = max(tracker.peak, tracker.now)
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
@@ -725,7 +706,25 @@ class TensorPeak:
                     tracker._note((args, kwargs), out)
                 return out
 
-        self._note, self._mode = note, _Mode()
+        self._mode = _Mode()
+
+    def _note(self, inputs, outputs) -> None:
+        import torch
+        from torch.multiprocessing.reductions import StorageWeakRef
+
+        def storages(tree):
+            return [t.untyped_storage() for t in torch.utils._pytree.tree_leaves(tree)
+                    if isinstance(t, torch.Tensor)]
+
+        # the storages gone since (an address may come back for a new one)
+        for key in [k for k, e in self.live.items() if e[0].expired()]:
+            self.now -= self.live.pop(key)[1]
+        old = {s._cdata for s in storages(inputs)}
+        for s in storages(outputs):
+            if s._cdata not in old and s._cdata not in self.live:
+                self.live[s._cdata] = (StorageWeakRef(s), s.nbytes())
+                self.now += s.nbytes()
+        self.peak = max(self.peak, self.now)
 
     def ops(self, ops: type) -> type:
         """``ops`` with every public method a kernel: its returns counted, not its

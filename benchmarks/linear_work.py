@@ -29,6 +29,12 @@ Usage::
     python benchmarks/linear_work.py --d 256 --sizes 4096 8192 16384 \
         --own-data --no-handover --pair-store both    # -> results/linear-work-d256.*
     python benchmarks/linear_work.py --sizes 4096 --out /tmp/w   # a quick look
+    python benchmarks/linear_work.py --memory 0 256MiB   # -> results/linear-work-memory.*
+
+``--memory EXTRA ...`` runs each size under ``memory_budget`` = the preflight's count
+(``linear_required_bytes``) plus each EXTRA instead, and counts the tensors the engine
+makes (:class:`dcpe_kernels.peak.TensorPeak`): their peak with the input, as asked for
+and as PyTorch's CUDA caching allocator may count them at most, against the budget.
 """
 
 from __future__ import annotations
@@ -508,6 +514,97 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
     return row
 
 
+def measure_memory(x: np.ndarray, k: int, extra: int, check: bool) -> dict[str, Any]:
+    """One run on ``x`` with a flat cut at ``k`` under ``memory_budget`` = the preflight's
+    count plus ``extra`` bytes (the default hand-over, within what the budget leaves): the
+    peak of the tensors the engine makes, with the input (:class:`dcpe_kernels.peak.
+    TensorPeak`; the kernels' returns counted, not their temporaries)."""
+    torch = _torch()
+    from dcpe_kernels.linear import linear_merges, linear_required_bytes, trace_rounds
+    from dcpe_kernels.peak import TensorPeak
+    from dcpe_kernels.rnn import merges_to_labels
+
+    xt = torch.from_numpy(x)
+    n, d = x.shape
+    needed = linear_required_bytes(n, d, xt.element_size())
+    records: list[dict[str, Any]] = []
+    tracker = TensorPeak()
+    t0 = time.perf_counter()
+    with trace_rounds(records.append), tracker:
+        mg = linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                           ops=tracker.ops(_ops(d)), backend="work", n_clusters=k,
+                           memory_budget=needed + extra)
+    seconds = time.perf_counter() - t0
+    rounds = [r for r in records if not r.get("done")]
+    row: dict[str, Any] = {
+        "n": n, "d": d, "k": k, "extra": extra, "preflight": needed, "budget": needed + extra,
+        "peak": tracker.peak + xt.nbytes, "device_peak": tracker.device_peak + xt.nbytes,
+        "rounds": records[-1]["rounds"], "matrix_free_rounds": len(rounds),
+        "batched_rounds": sum(bool(r.get("batches")) for r in rounds),
+        "store": any("store" in r for r in rounds),
+        "host_seconds": round(seconds, 2)}
+    if check:
+        import dcpe
+
+        want = np.asarray(dcpe.cluster(x, k, backend="cpu"))
+        row["labels_equal_cpu"] = same_partition(merges_to_labels(mg, k).numpy(), want)
+    return row
+
+
+def report_memory(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
+    def mib(b: int) -> str:
+        return f"{b / (1 << 20):,.1f} MiB"
+
+    table = [[r["n"], r["d"], _size(r["extra"]), mib(r["preflight"]), mib(r["peak"]),
+              f"{r['peak'] / r['budget']:.3f}", mib(r["device_peak"]),
+              f"{r['device_peak'] / r['budget']:.3f}", r["rounds"], r["batched_rounds"],
+              (f"after {r['matrix_free_rounds']}" if r["matrix_free_rounds"] < r["rounds"]
+               else "—"),
+              "on" if r["store"] else "off",
+              {True: "yes", False: "**NO**"}.get(r.get("labels_equal_cpu"), "—"),
+              fmt_seconds(r["host_seconds"])] for r in rows]
+    return "\n".join([
+        "# Memory of the matrix-free engine (counted on the CPU)", "",
+        f"`dcpe_kernels.linear.linear_merges` on {_data_name(args)}, k = N/2, Euclidean, "
+        f"under `memory_budget` = the preflight's count (`linear_required_bytes`) plus the "
+        f"bytes in the column past it, with "
+        f"{'k-d tree' if args.d <= KDTREE_MAX_DIM else 'brute-force float64'} kernels "
+        f"(benchmarks/linear_work.py --memory).  The tensors the engine makes are "
+        f"counted (`dcpe_kernels.peak.TensorPeak`: every operation's output and every "
+        f"kernel's return, at their most alive at once, with the input); what they hold "
+        f"does not depend on the device.", "",
+        markdown_table(["N", "d", "past the preflight", "preflight", "peak", "peak / budget",
+                        "as the allocator counts", "/ budget", "rounds",
+                        "rounds in batches", "hand-over", "pair store",
+                        "labels = cpu", "host time"], table), "",
+        "peak: the bytes the tensors ask for; as the allocator counts: each as PyTorch's "
+        "CUDA caching allocator may count it at most (rounded up to 512 bytes, and 1 MiB "
+        "more past 1 MiB: dcpe_kernels.rnn.allocator_bytes), the bound the budget keeps.  "
+        "A GPU adds the internal temporaries of PyTorch's own operations (a sort's or a "
+        "scan's workspace), which no CPU count sees.  Rounds in batches: rounds whose list "
+        "of candidate pairs went through its room a batch of clusters at a time; hand-over: "
+        "the matrix-free rounds before the clusters' matrix took over, within the budget "
+        "(its two matrices counted).  Labels = cpu: the same partition as the cpu "
+        "backend's (up to --check-max-n).", ""])
+
+
+def _size(b: int) -> str:
+    for unit, shift in (("GiB", 30), ("MiB", 20), ("KiB", 10)):
+        if b and b % (1 << shift) == 0:
+            return f"{b >> shift} {unit}"
+    return f"{b} B"
+
+
+def _extra(text: str) -> int:
+    """``--memory``'s sizes: 0, or what ``memory_limit`` takes ("256MiB", bytes)."""
+    from dcpe._memory import parse_memory_limit
+
+    try:
+        return 0 if text.strip() == "0" else int(parse_memory_limit(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _data_name(args: argparse.Namespace) -> str:
     if args.own_data:
         return f"`make_sample_codebook(n=N, d={args.d})` for each N"
@@ -622,13 +719,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--traffic", action="store_true",
                     help="also count the engine's own tensor operations outside its kernels "
                          "and the bytes they write (slower)")
+    ap.add_argument("--memory", type=_extra, nargs="+", default=None, metavar="EXTRA",
+                    help="count the engine's tensors under memory_budget = the preflight's "
+                         "count plus each EXTRA (0, '256MiB', bytes) instead of the work "
+                         "(-> linear-work-memory[-d<d>])")
     ap.add_argument("--name", default=None,
                     help="file name (default: linear-work, linear-work-d<d> past 8 dims)")
     args = ap.parse_args(argv)
     if min(args.sizes) < 2 or args.d < 1:
         ap.error("sizes must be >= 2 and --d >= 1")
     args.data_n = args.data_n or max(args.sizes)
-    args.name = args.name or ("linear-work" if args.d <= 8 else f"linear-work-d{args.d}")
+    base = "linear-work-memory" if args.memory else "linear-work"
+    args.name = args.name or (base if args.d <= 8 else f"{base}-d{args.d}")
     if args.data_n < max(args.sizes):
         ap.error(f"--data-n {args.data_n} is smaller than the largest size")
     import dcpe.datasets as ds
@@ -646,7 +748,15 @@ def main(argv: list[str] | None = None) -> int:
     for n in sorted(args.sizes):
         x = (ds.make_sample_codebook(n=n, d=args.d) if data is None
              else np.ascontiguousarray(data[:n]))
-        for store in STORE_CHOICES[args.pair_store]:
+        for extra in args.memory or ():
+            row = measure_memory(x, n // 2, extra, n <= args.check_max_n)
+            rows.append(row)
+            print(f"N={n} d={args.d} past the preflight {_size(extra)}: peak "
+                  f"{row['peak'] / row['budget']:.3f}, as the allocator counts "
+                  f"{row['device_peak'] / row['budget']:.3f} of the budget, labels = cpu "
+                  f"{row.get('labels_equal_cpu', '-')} ({row['host_seconds']} s)", flush=True)
+            write_results(args.name, payload, report_memory(rows, args), args.out)
+        for store in STORE_CHOICES[args.pair_store] if not args.memory else ():
             row = measure(x, n // 2, n <= args.check_max_n,
                           handover=not args.no_handover, pair_store=store,
                           traffic=args.traffic)

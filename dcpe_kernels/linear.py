@@ -91,7 +91,12 @@ the initial room; everything larger is sized from what the budget leaves past th
 (``spare`` in :func:`linear_merges`): the room for candidate pairs and one chunk's
 temporaries, the store, and the Gram tiles past the smallest (reserved beside the room,
 with which they are alive during the scans).  The hand-over's two matrices are sized from
-the same bytes, so the room, the store and the round's temporaries go before they come.
+the same bytes, so the room, the store and the round's temporaries go before they come,
+each as PyTorch's caching allocator may count it (:func:`dcpe_kernels.rnn.
+allocator_bytes`: up to 1 MiB past what a tensor over 1 MiB asks for).  The other sizes
+are not rounded so: the engine's own tensors take at most 0.62 of the preflight's count as
+asked for and 0.74 as the allocator may count them (d = 8, N = 65,536 to 1,048,576, under
+budgets of the count and of 256 MiB more; ``benchmarks/linear_work.py --memory``).
 
 A flat cut needs only the first ``N - k`` merges of the greedy order.  Once that many are
 recorded, the ``(N - k)``-th smallest of their heights, ``U``, bounds the cut's height, and
@@ -123,6 +128,7 @@ from .rnn import (
     Merges,
     RoundState,
     _insufficient,
+    allocator_bytes,
     budget_for,
     dense_rounds,
     memory_available,
@@ -1045,7 +1051,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             slot = tokens.regroup(p, q, old_size, new_size, vals[5])
             r = _radius(tokens, slot, mu, n)
             rad = r + (r * rel + absm)
-            if (2 * n * n * itemsize <= handover and n > 1
+            if (2 * allocator_bytes(n * n * itemsize) <= handover and n > 1
                     and vals[6] >= work_floor * tokens.ntok * tokens.ntok):
                 # the room for candidate pairs, its last chunk's temporaries, the scans and
                 # the store go before the clusters' matrices take their place: those are
@@ -1056,10 +1062,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 if vals[7] <= _LANE_MAX_SIZE:
                     ops.cluster_matrix(tokens.x, tokens.offsets, new_size, n, cur, n, nn, nnd)
                 else:
-                    room = avail - needed - n * n * itemsize
+                    room = avail - needed - allocator_bytes(n * n * itemsize)
                     _matrix_from_pairs(ops, tokens, new_size, n, cur, nn, nnd,
                                        max(1024, min(_MATRIX_CHUNK, room // 48)), largest)
-                used = needed + n * n * itemsize
+                used = needed + allocator_bytes(n * n * itemsize)
                 del tokens, mu, m2, rad
                 clock.mark("handover")
                 dense_rounds(st, ops, cur, n, n, nn, nnd, 0, avail, used, backend)

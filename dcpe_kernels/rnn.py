@@ -71,6 +71,8 @@ __all__ = [
     "METRIC_CODES",
     "Merges",
     "RNNOps",
+    "allocator_bytes",
+    "allocator_fit",
     "memory_available",
     "merges_to_labels",
     "merges_to_linkage",
@@ -130,14 +132,43 @@ def supported_or_raise(method: str, metric: str, backend: str) -> tuple[int, int
     return METHOD_MODES[method], METRIC_CODES[metric]
 
 
+#: PyTorch's CUDA caching allocator (default settings): requests are rounded up to
+#: multiples of 512 bytes; those past 1 MiB come from the large pool, whose blocks are split
+#: only when more than 1 MiB would be left, so that such a tensor may hold (and
+#: ``torch.cuda.max_memory_allocated`` count) up to 1 MiB more than it asked for.
+_ALLOC_ROUND = 512
+_ALLOC_SMALL = 1 << 20
+
+
+def allocator_bytes(nbytes: int) -> int:
+    """The most bytes PyTorch's CUDA caching allocator counts for one tensor of ``nbytes``
+    (its default settings): ``nbytes`` rounded up to 512, plus 1 MiB past 1 MiB (the rest
+    of a block it does not split).  Every budget of both engines counts tensors so."""
+    if nbytes <= 0:
+        return 0
+    size = -(-nbytes // _ALLOC_ROUND) * _ALLOC_ROUND
+    return size if size <= _ALLOC_SMALL else size + _ALLOC_SMALL
+
+
+def allocator_fit(room: int) -> int:
+    """The most bytes of one tensor whose :func:`allocator_bytes` fit ``room`` (a multiple
+    of 512; 0 if none)."""
+    small = min(max(room, 0), _ALLOC_SMALL) // _ALLOC_ROUND * _ALLOC_ROUND
+    large = (room - _ALLOC_SMALL) // _ALLOC_ROUND * _ALLOC_ROUND
+    return large if large > _ALLOC_SMALL else small
+
+
 def required_bytes(n: int, d: int, itemsize: int) -> int:
     """Device bytes the engine needs at least for ``n`` rows of dimension ``d``.
 
     The dense ``n x n`` matrix, a copy of the data, 24 words per row for the round state,
-    the nearest neighbours and the merges returned (about 21 in float64), and one staging
-    row.  A second, smaller matrix is used only when it fits (see :func:`rnn_merges`).
+    the nearest neighbours and the merges returned (about 21 in float64, counted as 24
+    tensors of a word per row), and one staging row, each as the caching allocator counts
+    it (:func:`allocator_bytes`).  A second, smaller matrix is used only when it fits (see
+    :func:`rnn_merges`).
     """
-    return n * n * itemsize + n * d * itemsize + 24 * 8 * n + n * itemsize
+    return (allocator_bytes(n * n * itemsize) + allocator_bytes(n * d * itemsize)
+            + 24 * allocator_bytes(8 * n) + allocator_bytes(n * itemsize))
 
 
 def memory_available(device: torch.device) -> int:
@@ -458,11 +489,11 @@ def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int
 
         if other is None:
             room = avail - used
-            if n_new * n_new * itemsize <= room:
+            if allocator_bytes(n_new * n_new * itemsize) <= room:
                 # the staging rows (sized from the same room) go before the matrix comes
                 staging = None
                 other = torch.empty(n_new * n_new, dtype=dt, device=dev)
-                used += n_new * n_new * itemsize
+                used += allocator_bytes(n_new * n_new * itemsize)
         if other is not None and other.numel() >= n_new * n_new:
             ops.merge_compact_nn(cur, ld, other, n_new, *slots, n_new, 0, n_new, mode, nn, nnd)
             cur, other, ld = other, cur, n_new
@@ -470,7 +501,7 @@ def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int
             # In place, in row chunks: new row i reads old rows >= i only, so a chunk's rows
             # can be overwritten as soon as the chunk is done (through a staging buffer).
             room = max(avail - used, 0)
-            chunk = max(1, min(n_new, room // max(1, n_new * itemsize)))
+            chunk = max(1, min(n_new, allocator_fit(room) // max(1, n_new * itemsize)))
             if staging is None or staging.numel() < chunk * n_new:
                 staging = None
                 staging = torch.empty(chunk * n_new, dtype=dt, device=dev)

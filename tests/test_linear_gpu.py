@@ -6,7 +6,8 @@ references (:class:`dcpe_kernels.ReferenceOps`).  On a machine with CUDA the sam
 comparisons run on CUDA tensors, with the ``cuda`` backend's kernels too when they are
 built, plus labels at N = 65,536 under a 4 GiB budget compared with the ``cpu`` backend
 and the device's peak memory under budgets of the preflight's count (on the CPU, the
-bytes of the tensors the engine makes are counted instead: :class:`conftest.TensorPeak`).
+bytes of the tensors the engine makes are counted instead:
+:class:`dcpe_kernels.peak.TensorPeak`).
 The CUDA kernels are compared with the same references on the CPU in
 ``tests/test_cuda_sim.py``.
 """
@@ -36,7 +37,6 @@ torch = pytest.importorskip("torch")
 from conftest import (  # noqa: E402
     BATCHED_CASES,
     GRAM_ENGINE_CASES,
-    TensorPeak,
     as_columns,
     check_batched_lists,
     check_gram_engine,
@@ -58,6 +58,7 @@ from dcpe_kernels.pair_average import (  # noqa: E402
     _reference_cluster_matrix,
     _reference_pair_average,
 )
+from dcpe_kernels.peak import TensorPeak  # noqa: E402
 from dcpe_kernels.rnn import merges_to_labels, merges_to_linkage  # noqa: E402
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -1510,9 +1511,11 @@ def test_engine_tensors_within_the_budget(case: tuple, monkeypatch: pytest.Monke
                                  memory_budget=needed + extra,
                                  handover_bytes=extra if handover == "budget" else handover)
         assert tracker.peak + x.nbytes <= needed + extra, extra
-        peaks.append(tracker.peak)
+        assert tracker.device_peak + x.nbytes <= needed + extra, extra
+        peaks.append((tracker.peak, tracker.device_peak))
     for extra, peak in zip(extras[1:], peaks[1:]):
-        assert peak - peaks[0] <= extra, (extra, peak, peaks[0])
+        assert peak[0] - peaks[0][0] <= extra, (extra, peak, peaks[0])
+        assert peak[1] - peaks[0][1] <= extra, (extra, peak, peaks[0])
 
 
 # ------------------------------------------------------------------- large N on a GPU

@@ -249,3 +249,36 @@ def test_traffic_run_has_the_same_work() -> None:
     assert counted["torch_ops"] > 10 * rounds and counted["torch_bytes_written"] > 300 * rounds
     assert work._traffic_cells(plain) == ["—", "—"]
     assert work._traffic_cells(counted)[1].endswith(" MB")
+
+
+def test_memory_run_counts_the_tensors_within_the_budget(tmp_path: Path) -> None:
+    """--memory: each size under the preflight's count plus each size given, the tensors
+    the engine makes counted (as asked for and as the caching allocator may count them),
+    both within the budget: at the preflight alone, matrix-free to the cut; with 2 MiB
+    more, the clusters' matrices take over after a few rounds.  The labels are the cpu
+    backend's."""
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "linear_work.py"), "--sizes", "500",
+         "--d", "20", "--own-data", "--memory", "0", "2MiB", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = json.loads((tmp_path / "linear-work-memory-d20.json").read_text())["rows"]
+    assert [(r["n"], r["extra"]) for r in rows] == [(500, 0), (500, 2 << 20)]
+    for r in rows:
+        assert r["budget"] == r["preflight"] + r["extra"]
+        assert 0 < r["peak"] <= r["device_peak"] <= r["budget"]
+        assert r["labels_equal_cpu"] is True and r["rounds"] > 0
+    tight, roomy = rows
+    assert tight["matrix_free_rounds"] >= tight["rounds"] > roomy["matrix_free_rounds"]
+    md = (tmp_path / "linear-work-memory-d20.md").read_text()
+    assert "| 500 | 20 | 0 B |" in md and "| 500 | 20 | 2 MiB |" in md
+    assert not (tmp_path / "linear-work-d20.json").exists()
+
+
+def test_bad_memory_size_is_an_argument_error(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "linear_work.py"), "--sizes", "300",
+         "--memory", "lots", "--out", str(tmp_path)], capture_output=True, text=True,
+        timeout=120)
+    assert proc.returncode == 2 and "argument --memory" in proc.stderr
+    assert "Traceback" not in proc.stderr and not list(tmp_path.iterdir())

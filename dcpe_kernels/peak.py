@@ -1,0 +1,102 @@
+"""The bytes of the tensors an engine makes, counted on any device.
+
+:class:`TensorPeak` is a ``TorchDispatchMode``: every PyTorch operation run inside
+``with TensorPeak():`` adds the storages of its outputs (the returns of a kernel wrapped by
+:meth:`TensorPeak.ops` too) and drops each when it dies, and the largest total alive at
+once is the peak.  The engines' budgets (``memory_budget``, the preflights
+:func:`dcpe_kernels.rnn.required_bytes` and :func:`dcpe_kernels.linear.
+linear_required_bytes`) are checked against it on the CPU by the tests and by
+``benchmarks/linear_work.py --memory``, at sizes and budgets no GPU run needs.
+
+Two totals:
+
+* ``peak``: the bytes the tensors ask for;
+* ``device_peak``: each as PyTorch's CUDA caching allocator may count it at most
+  (:func:`dcpe_kernels.rnn.allocator_bytes`: rounded up to 512 bytes, and 1 MiB more past
+  1 MiB), whatever blocks it holds cached; the bound the budgets keep.
+
+A view or an in-place result (same storage as an input) adds nothing.  The temporaries of
+a wrapped kernel are not counted, since a device kernel allocates nothing where the
+PyTorch references materialise copies; the internal temporaries of PyTorch's own device
+operations (a sort's or a scan's workspace) are not seen either, so the count is the
+engines' own tensors, a bound below the device's real peak.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from .rnn import allocator_bytes
+
+__all__ = ["TensorPeak"]
+
+
+class TensorPeak:
+    """The largest totals of bytes that tensors made inside ``with TensorPeak():`` hold at
+    once (``peak``, ``device_peak``; see the module)."""
+
+    def __init__(self) -> None:
+        # storage address -> (weak reference, bytes, bytes as the allocator counts them)
+        self.live: dict[int, tuple[StorageWeakRef, int, int]] = {}
+        self.now = self.peak = 0
+        self.device_now = self.device_peak = 0
+        self._inside = 0
+        tracker = self
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                if not tracker._inside:
+                    tracker._note((args, kwargs), out)
+                return out
+
+        self._mode = _Mode()
+
+    def _note(self, inputs: Any, outputs: Any) -> None:
+        def storages(tree):
+            return [t.untyped_storage() for t in torch.utils._pytree.tree_leaves(tree)
+                    if isinstance(t, torch.Tensor)]
+
+        # the storages gone since (an address may come back for a new one)
+        for key in [k for k, e in self.live.items() if e[0].expired()]:
+            _, nbytes, counted = self.live.pop(key)
+            self.now -= nbytes
+            self.device_now -= counted
+        old = {s._cdata for s in storages(inputs)}
+        for s in storages(outputs):
+            if s._cdata not in old and s._cdata not in self.live:
+                nbytes = s.nbytes()
+                counted = allocator_bytes(nbytes)
+                self.live[s._cdata] = (StorageWeakRef(s), nbytes, counted)
+                self.now += nbytes
+                self.device_now += counted
+        self.peak = max(self.peak, self.now)
+        self.device_peak = max(self.device_peak, self.device_now)
+
+    def ops(self, ops: type) -> type:
+        """``ops`` with every public method a kernel: its returns counted, not its
+        temporaries."""
+        def kernel(f):
+            def call(*args, **kwargs):
+                self._inside += 1
+                try:
+                    out = f(*args, **kwargs)
+                finally:
+                    self._inside -= 1
+                self._note((args, kwargs), out)
+                return out
+            return staticmethod(call)
+
+        names = [m for m in dir(ops) if not m.startswith("_") and callable(getattr(ops, m))]
+        return type(ops.__name__, (ops,), {m: kernel(getattr(ops, m)) for m in names})
+
+    def __enter__(self) -> TensorPeak:
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._mode.__exit__(*exc)

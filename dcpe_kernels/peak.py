@@ -17,9 +17,12 @@ Two totals:
 
 A view or an in-place result (same storage as an input) adds nothing.  The temporaries of
 a wrapped kernel are not counted, since a device kernel allocates nothing where the
-PyTorch references materialise copies; the internal temporaries of PyTorch's own device
-operations (a sort's or a scan's workspace) are not seen either, so the count is the
-engines' own tensors, a bound below the device's real peak.
+PyTorch references materialise copies.  The internal temporaries of PyTorch's own device
+operations are not seen on the CPU; the largest, a sort's (and a sorted ``topk``'s) of
+more than 4,096 entries, is added to ``device_peak`` while the operation runs, as the
+CUDA radix sort takes it: an index sequence (8 bytes an entry) and cub's temporary
+storage, a second copy of the keys and the indices (:func:`sort_workspace`).  Smaller
+sorts run in place; scans, reductions and selections keep a few bytes per block.
 """
 
 from __future__ import annotations
@@ -32,7 +35,36 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .rnn import allocator_bytes
 
-__all__ = ["TensorPeak"]
+__all__ = ["TensorPeak", "sort_workspace"]
+
+#: sorts of at most this many entries along their dimension run in place, in one block
+_SMALL_SORT = 4096
+
+
+def sort_workspace(entries: int, itemsize: int) -> int:
+    """Bytes, as the caching allocator may count them, that a CUDA sort of ``entries``
+    keys of ``itemsize`` bytes holds besides its outputs: the index sequence it sorts with
+    the keys, and cub's temporary storage (the keys and indices once more)."""
+    if entries <= _SMALL_SORT:
+        return 0
+    return allocator_bytes(8 * entries) + allocator_bytes(entries * (itemsize + 8))
+
+
+def _workspace(func: Any, args: tuple, kwargs: dict | None) -> int:
+    """What :func:`sort_workspace` gives a sort's or a sorted ``topk``'s call (else 0)."""
+    name = func.name()
+    if not name.startswith(("aten::sort", "aten::topk")):
+        return 0
+    given = dict(zip((a.name for a in func._schema.arguments), args))
+    given.update(kwargs or {})
+    x = given["self"]
+    if name.startswith("aten::topk"):
+        return sort_workspace(int(given["k"]), x.element_size()) if given.get(
+            "sorted", True) else 0
+    if x.dim() == 0:
+        return 0
+    length = x.shape[given.get("dim", -1)]
+    return sort_workspace(length, x.element_size()) * (x.numel() // max(1, length))
 
 
 class TensorPeak:
@@ -51,12 +83,12 @@ class TensorPeak:
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
                 out = func(*args, **(kwargs or {}))
                 if not tracker._inside:
-                    tracker._note((args, kwargs), out)
+                    tracker._note((args, kwargs), out, _workspace(func, args, kwargs))
                 return out
 
         self._mode = _Mode()
 
-    def _note(self, inputs: Any, outputs: Any) -> None:
+    def _note(self, inputs: Any, outputs: Any, workspace: int = 0) -> None:
         def storages(tree):
             return [t.untyped_storage() for t in torch.utils._pytree.tree_leaves(tree)
                     if isinstance(t, torch.Tensor)]
@@ -75,7 +107,7 @@ class TensorPeak:
                 self.now += nbytes
                 self.device_now += counted
         self.peak = max(self.peak, self.now)
-        self.device_peak = max(self.device_peak, self.device_now)
+        self.device_peak = max(self.device_peak, self.device_now + workspace)
 
     def ops(self, ops: type) -> type:
         """``ops`` with every public method a kernel: its returns counted, not its

@@ -457,7 +457,6 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
     engine's own operations and the bytes they write, :class:`_Traffic`)."""
     torch = _torch()
     from dcpe_kernels.linear import linear_merges, trace_rounds
-    from dcpe_kernels.rnn import merges_to_labels
 
     records: list[dict[str, Any]] = []
     hist = torch.zeros(len(PAIR_CLASSES) + 1, dtype=torch.float64)
@@ -504,14 +503,24 @@ def measure(x: np.ndarray, k: int, check: bool, handover: bool = True,
         row["torch_ops"] = counter.ops
         row["torch_bytes_written"] = counter.written
     if check:
-        import dcpe
-
-        t1 = time.perf_counter()
-        want = np.asarray(dcpe.cluster(x, k, backend="cpu"))
-        row["cpu_seconds"] = round(time.perf_counter() - t1, 2)
-        got = merges_to_labels(mg, k).numpy()
-        row["labels_equal_cpu"] = same_partition(got, want)
+        row["labels_equal_cpu"], row["cpu_seconds"] = _labels_equal_cpu(x, k, mg)
     return row
+
+
+def _labels_equal_cpu(x: np.ndarray, k: int, mg: Any) -> tuple[bool, float]:
+    """Whether the engine's merges ``mg`` cut at ``k`` give the cpu backend's partition,
+    and the cpu backend's seconds."""
+    import dcpe
+    from dcpe_kernels.rnn import merges_to_labels
+
+    t1 = time.perf_counter()
+    want = np.asarray(dcpe.cluster(x, k, backend="cpu"))
+    seconds = round(time.perf_counter() - t1, 2)
+    return same_partition(merges_to_labels(mg, k).numpy(), want), seconds
+
+
+def _labels_cell(r: dict[str, Any]) -> str:
+    return {True: "yes", False: "**NO**"}.get(r.get("labels_equal_cpu"), "—")
 
 
 def measure_memory(x: np.ndarray, k: int, extra: int, check: bool) -> dict[str, Any]:
@@ -522,7 +531,6 @@ def measure_memory(x: np.ndarray, k: int, extra: int, check: bool) -> dict[str, 
     torch = _torch()
     from dcpe_kernels.linear import linear_merges, linear_required_bytes, trace_rounds
     from dcpe_kernels.peak import TensorPeak
-    from dcpe_kernels.rnn import merges_to_labels
 
     xt = torch.from_numpy(x)
     n, d = x.shape
@@ -544,10 +552,7 @@ def measure_memory(x: np.ndarray, k: int, extra: int, check: bool) -> dict[str, 
         "store": any("store" in r for r in rounds),
         "host_seconds": round(seconds, 2)}
     if check:
-        import dcpe
-
-        want = np.asarray(dcpe.cluster(x, k, backend="cpu"))
-        row["labels_equal_cpu"] = same_partition(merges_to_labels(mg, k).numpy(), want)
+        row["labels_equal_cpu"] = _labels_equal_cpu(x, k, mg)[0]
     return row
 
 
@@ -561,7 +566,7 @@ def report_memory(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
               (f"after {r['matrix_free_rounds']}" if r["matrix_free_rounds"] < r["rounds"]
                else "—"),
               "on" if r["store"] else "off",
-              {True: "yes", False: "**NO**"}.get(r.get("labels_equal_cpu"), "—"),
+              _labels_cell(r),
               fmt_seconds(r["host_seconds"])] for r in rows]
     return "\n".join([
         "# Memory of the matrix-free engine (counted on the CPU)", "",
@@ -634,7 +639,7 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
                       f"{r.get('largest_store', 0) / n:.0f}",
                       f"{r.get('store_entries', 0):.3g}", f"{r.get('store_sorted', 0):.3g}",
                       r["largest_cluster"], _small_share(r), *_traffic_cells(r),
-                      {True: "yes", False: "**NO**"}.get(r.get("labels_equal_cpu"), "—"),
+                      _labels_cell(r),
                       fmt_seconds(r["host_seconds"])])
     return "\n".join([
         "# Work of the matrix-free engine (counted on the CPU)", "",

@@ -1051,7 +1051,8 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             slot = tokens.regroup(p, q, old_size, new_size, vals[5])
             r = _radius(tokens, slot, mu, n)
             rad = r + (r * rel + absm)
-            if (2 * allocator_bytes(n * n * itemsize) <= handover and n > 1
+            matrix = allocator_bytes(n * n * itemsize)
+            if (2 * matrix <= handover and n > 1
                     and vals[6] >= work_floor * tokens.ntok * tokens.ntok):
                 # the room for candidate pairs, its last chunk's temporaries, the scans and
                 # the store go before the clusters' matrices take their place: those are
@@ -1062,10 +1063,10 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
                 if vals[7] <= _LANE_MAX_SIZE:
                     ops.cluster_matrix(tokens.x, tokens.offsets, new_size, n, cur, n, nn, nnd)
                 else:
-                    room = avail - needed - allocator_bytes(n * n * itemsize)
+                    room = avail - needed - matrix
                     _matrix_from_pairs(ops, tokens, new_size, n, cur, nn, nnd,
                                        max(1024, min(_MATRIX_CHUNK, room // 48)), largest)
-                used = needed + allocator_bytes(n * n * itemsize)
+                used = needed + matrix
                 del tokens, mu, m2, rad
                 clock.mark("handover")
                 dense_rounds(st, ops, cur, n, n, nn, nnd, 0, avail, used, backend)

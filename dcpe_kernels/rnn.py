@@ -488,12 +488,12 @@ def dense_rounds(st: RoundState, ops: RNNOps, cur: torch.Tensor, ld: int, n: int
         slots = (st.p32[:n_new], st.q32[:n_new], st.wp[:n_new], st.wq[:n_new])
 
         if other is None:
-            room = avail - used
-            if allocator_bytes(n_new * n_new * itemsize) <= room:
+            matrix = allocator_bytes(n_new * n_new * itemsize)
+            if matrix <= avail - used:
                 # the staging rows (sized from the same room) go before the matrix comes
                 staging = None
                 other = torch.empty(n_new * n_new, dtype=dt, device=dev)
-                used += allocator_bytes(n_new * n_new * itemsize)
+                used += matrix
         if other is not None and other.numel() >= n_new * n_new:
             ops.merge_compact_nn(cur, ld, other, n_new, *slots, n_new, 0, n_new, mode, nn, nnd)
             cur, other, ld = other, cur, n_new

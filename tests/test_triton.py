@@ -575,15 +575,14 @@ def test_allocator_sizes() -> None:
 @pytest.mark.parametrize("n", [120, 600])
 def test_driver_tensors_within_the_budget(n: int, dtype: torch.dtype, share: float) -> None:
     """Under ``memory_budget`` = the preflight's count (``required_bytes``) plus a share of
-    one matrix, the tensors the driver makes (every operation's output and every kernel's
-    at their most alive at once, :class:`dcpe_kernels.peak.TensorPeak`) stay within the
-    budget with the input: none added (merged in place through one staging row at a time), staging
-    rows only, staging rows until a second matrix fits (the rows go before it comes), and
-    a second matrix at once.  The round state is part of the preflight's count (most of
-    it at N = 120).  At N = 600 the matrix (1.4 and 2.9 MB) and the larger staging rows
-    come from the caching allocator's large pool, where a tensor may hold up to 1 MiB more
-    than it asks for: the tensors, counted so (``device_peak``), stay within the budget
-    too."""
+    one matrix, the tensors the driver makes (every operation's output and every kernel's at
+    their most alive at once, :class:`dcpe_kernels.peak.TensorPeak`) stay within the budget
+    with the input: none added (merged in place through one staging row at a time), staging
+    rows only, staging rows until a second matrix fits (the rows go before it comes), and a
+    second matrix at once.  The round state is part of the preflight's count (most of it at
+    N = 120).  At N = 600 the matrix (1.4 and 2.9 MB) and the larger staging rows come from
+    the caching allocator's large pool, where a tensor may hold up to 1 MiB more than it
+    asks for: the tensors, counted so (``device_peak``), stay within the budget too."""
     d = 2
     x = torch.from_numpy(tie_free(np.random.default_rng(4), n, d)).to(dtype).to(DEVICE)
     budget = required_bytes(n, d, x.element_size()) + int(share * n * n * x.element_size())

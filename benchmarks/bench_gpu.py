@@ -418,17 +418,18 @@ class RoundTrace:
                 "phases_ms": {k: round(v, 1) for k, v in ms.items()}, "work": work}
 
 
-def compile_warmup(n: int, d: int, itemsize: int) -> tuple[int, int]:
+def compile_warmup(n: int, d: int, itemsize: int, device: Any = None) -> tuple[int, int]:
     """``(N, memory_limit)`` of a scale row's compile warm-up: the first
     :data:`COMPILE_WARMUP_N` tokens (at most ``n``) at k = N/2 with the matrix-free engine,
-    under the bytes its preflight counts plus an eighth of its N^2 matrix (the rounds stay
+    under the bytes its preflight counts on ``device`` (:func:`dcpe_kernels.linear.
+    linear_required_bytes`) plus an eighth of its N^2 matrix (the rounds stay
     matrix-free while the clusters are more than half of N/2; a list past the room goes in
     batches), so that it takes the row's kernels: the layout, the pair store and the scans
     of its D."""
     from dcpe_kernels.linear import linear_required_bytes
 
     nw = min(n, COMPILE_WARMUP_N)
-    return nw, linear_required_bytes(nw, d, itemsize) + nw * nw * itemsize // 8
+    return nw, linear_required_bytes(nw, d, itemsize, device) + nw * nw * itemsize // 8
 
 
 def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline: float,
@@ -478,11 +479,12 @@ def scale_gpu_rows(provider: str, specs: list[ScaleSpec], device: str, deadline:
             if limit_bytes is not None:
                 budget = min(budget, limit_bytes)
             row["engine"] = choose_engine(n, d, x.element_size(), method="average",
-                                          budget=budget, backend=provider)
+                                          budget=budget, backend=provider, device=x.device)
             if row["engine"] == "linear":  # what the preflight counts, beside the peak
-                row["preflight_bytes"] = linear_required_bytes(n, d, x.element_size())
+                row["preflight_bytes"] = linear_required_bytes(n, d, x.element_size(),
+                                                               x.device)
             if device == "cuda" and not warmup and d not in compiled:
-                nw, lim_w = compile_warmup(n, d, x.element_size())
+                nw, lim_w = compile_warmup(n, d, x.element_size(), x.device)
                 t0 = time.perf_counter()
                 dcpe.cluster(x[:nw].contiguous(), nw // 2, backend=provider, engine="linear",
                              memory_limit=lim_w)

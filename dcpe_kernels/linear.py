@@ -96,7 +96,10 @@ each as PyTorch's caching allocator may count it (:func:`dcpe_kernels.rnn.
 allocator_bytes`: up to 1 MiB past what a tensor over 1 MiB asks for).  The other sizes
 are not rounded so: the engine's own tensors take at most 0.62 of the preflight's count as
 asked for and 0.74 as the allocator may count them (d = 8, N = 65,536 to 1,048,576, under
-budgets of the count and of 256 MiB more; ``benchmarks/linear_work.py --memory``).
+budgets of the count and of 256 MiB more; ``benchmarks/linear_work.py --memory``).  On a
+CUDA device the preflight also counts cuBLAS's workspace from :data:`GRAM_MIN_DIM`
+dimensions on (:func:`dcpe_kernels.rnn.blas_workspace_bytes`): PyTorch allocates it at a
+stream's first matrix product, which may be a Gram tile of this run, and keeps it.
 
 A flat cut needs only the first ``N - k`` merges of the greedy order.  Once that many are
 recorded, the ``(N - k)``-th smallest of their heights, ``U``, bounds the cut's height, and
@@ -129,6 +132,7 @@ from .rnn import (
     RoundState,
     _insufficient,
     allocator_bytes,
+    blas_workspace_bytes,
     budget_for,
     dense_rounds,
     memory_available,
@@ -253,7 +257,8 @@ _GRAM_TILE_BYTES = 1 << 30
 _GRAM_MIN_COLS = 64
 
 
-def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
+def linear_required_bytes(n: int, d: int, itemsize: int,
+                          device: torch.device | str | None = None) -> int:
     """Device bytes the matrix-free engine needs for ``n`` tokens of dimension ``d``.
 
     At its peak: three copies of the tokens (input, sorted, and the next order or the
@@ -270,13 +275,17 @@ def linear_required_bytes(n: int, d: int, itemsize: int) -> int:
     too; the store itself takes a share of what the budget leaves (:class:`_PairStore`).
     From :data:`GRAM_MIN_DIM` dimensions on, the centred float64 centroids, a copy of those
     that scan and the smallest tile of the Gram matrix (:data:`_GRAM_MIN_COLS` columns);
-    larger tiles take at most an eighth of what the budget leaves.
+    larger tiles take at most an eighth of what the budget leaves; and, on a CUDA
+    ``device``, the cuBLAS workspace that PyTorch allocates at a stream's first matrix
+    product and keeps (:func:`dcpe_kernels.rnn.blas_workspace_bytes`, 32 MiB by default):
+    the run may be the one that allocates it.
     """
     per_pair = 40 + (_STORE_CHUNK_BYTES if d >= STORE_MIN_DIM else 0)
     # from GRAM_MIN_DIM dimensions on, the centred float64 centroids (in place of the
     # transposed ones, counted above), those of the rows that scan and the smallest tile
     # of the Gram matrix
-    gram = (2 * n * d * 8 + _GRAM_MIN_COLS * n * 8) if d >= GRAM_MIN_DIM else 0
+    gram = (2 * n * d * 8 + _GRAM_MIN_COLS * n * 8 + blas_workspace_bytes(device)
+            if d >= GRAM_MIN_DIM else 0)
     return ((3 * n * d + 2 * n * d) * itemsize + 3 * n * d * 8
             + 2 * min(n, _bound_rows(d)) * d * 8 + 288 * n + _PAIRS_PER_CLUSTER * per_pair * n
             + gram)
@@ -748,7 +757,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
     i64, f64 = torch.int64, torch.float64
     if n_all < 2:
         return Merges.none(n_all, dev, dt)
-    needed = linear_required_bytes(n_all, dim, itemsize)
+    needed = linear_required_bytes(n_all, dim, itemsize, dev)
     avail = budget_for(dev, memory_budget, needed,
                        f"{backend} backend: matrix-free rounds on {n_all} x {dim} tokens")
     handover = DEFAULT_HANDOVER_BYTES if handover_bytes is None else int(handover_bytes)
@@ -1632,12 +1641,14 @@ ENGINES = ("auto", "matrix", "linear")
 
 
 def choose_engine(n: int, d: int, itemsize: int, *, method: str, budget: int,
-                  engine: str = "auto", backend: str = "triton") -> str:
+                  engine: str = "auto", backend: str = "triton",
+                  device: torch.device | str | None = None) -> str:
     """``"matrix"`` (dense rounds) or ``"linear"`` (matrix-free rounds) for ``n`` tokens.
 
     ``auto`` takes the dense engine while its matrix fits ``budget`` and ``n <=``
     :data:`DENSE_MAX_N` (any ``n`` for the linkages that only it runs), else the
-    matrix-free rounds (average linkage).
+    matrix-free rounds (average linkage).  ``device``: where the tokens are (the
+    preflights of both engines, :func:`linear_required_bytes`, count for it).
 
     Raises
     ------
@@ -1651,7 +1662,7 @@ def choose_engine(n: int, d: int, itemsize: int, *, method: str, budget: int,
     if engine not in ENGINES:
         raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
     dense = required_bytes(n, d, itemsize)
-    linear = linear_required_bytes(n, d, itemsize)
+    linear = linear_required_bytes(n, d, itemsize, device)
     if engine == "linear" and method != "average":
         raise ValueError(f"engine='linear' runs average linkage only, got linkage={method!r}; "
                          f"use engine='auto' or 'matrix'")
@@ -1689,7 +1700,7 @@ def run_merges(x: torch.Tensor, *, method: str, metric: str, max_cluster_size: i
         budget = min(budget, int(memory_limit))
     n, d = int(x.shape[0]), int(x.shape[1])
     chosen = choose_engine(n, d, x.element_size(), method=method, budget=budget,
-                           engine=engine, backend=backend)
+                           engine=engine, backend=backend, device=x.device)
     if chosen == "matrix":
         return rnn_merges(x, method=method, metric=metric, max_cluster_size=max_cluster_size,
                           ops=ops, backend=backend, n_clusters=n_clusters,

@@ -22,7 +22,10 @@ operations are not seen on the CPU; the largest, a sort's (and a sorted ``topk``
 more than 4,096 entries, is added to ``device_peak`` while the operation runs, as the
 CUDA radix sort takes it: an index sequence (8 bytes an entry) and cub's temporary
 storage, a second copy of the keys and the indices (:func:`sort_workspace`).  Smaller
-sorts run in place; scans, reductions and selections keep a few bytes per block.
+sorts run in place; scans, reductions and selections keep a few bytes per block.  With
+``TensorPeak(blas_workspace=...)`` the first matrix product adds those bytes to
+``device_peak`` for good, as PyTorch allocates cuBLAS's workspace at a stream's first
+product and keeps it (:func:`dcpe_kernels.rnn.blas_workspace_bytes`).
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ __all__ = ["TensorPeak", "sort_workspace"]
 
 #: sorts of at most this many entries along their dimension run in place, in one block
 _SMALL_SORT = 4096
+#: the operations that take cuBLAS's workspace on a CUDA device
+_BLAS_OPS = ("aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm", "aten::mv",
+             "aten::addmv", "aten::dot", "aten::vdot")
 
 
 def sort_workspace(entries: int, itemsize: int) -> int:
@@ -69,18 +75,30 @@ def _workspace(func: Any, args: tuple, kwargs: dict | None) -> int:
 
 class TensorPeak:
     """The largest totals of bytes that tensors made inside ``with TensorPeak():`` hold at
-    once (``peak``, ``device_peak``; see the module)."""
+    once (``peak``, ``device_peak``; see the module).
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    blas_workspace : int
+        Bytes ``device_peak`` holds from the first matrix product on (cuBLAS's workspace,
+        :func:`dcpe_kernels.rnn.blas_workspace_bytes`); 0 counts none.  Products inside a
+        wrapped kernel (:meth:`ops`) take none: its device kernel does not call cuBLAS.
+    """
+
+    def __init__(self, blas_workspace: int = 0) -> None:
         # storage address -> (weak reference, bytes, bytes as the allocator counts them)
         self.live: dict[int, tuple[StorageWeakRef, int, int]] = {}
         self.now = self.peak = 0
         self.device_now = self.device_peak = 0
         self._inside = 0
+        self._blas = int(blas_workspace)  # still to be taken by the first product
         tracker = self
 
         class _Mode(TorchDispatchMode):
             def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                if tracker._blas and not tracker._inside and func.name() in _BLAS_OPS:
+                    tracker.device_now += tracker._blas
+                    tracker._blas = 0
                 out = func(*args, **(kwargs or {}))
                 if not tracker._inside:
                     tracker._note((args, kwargs), out, _workspace(func, args, kwargs))

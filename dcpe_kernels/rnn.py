@@ -60,6 +60,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,6 +74,7 @@ __all__ = [
     "RNNOps",
     "allocator_bytes",
     "allocator_fit",
+    "blas_workspace_bytes",
     "memory_available",
     "merges_to_labels",
     "merges_to_linkage",
@@ -156,6 +158,29 @@ def allocator_fit(room: int) -> int:
     small = min(max(room, 0), _ALLOC_SMALL) // _ALLOC_ROUND * _ALLOC_ROUND
     large = (room - _ALLOC_SMALL) // _ALLOC_ROUND * _ALLOC_ROUND
     return large if large > _ALLOC_SMALL else small
+
+
+#: cuBLAS's workspace, which PyTorch takes from the caching allocator at the first matrix
+#: product of a (handle, stream) and keeps for the process: ``CUBLAS_WORKSPACE_CONFIG``
+#: (``:SIZE:COUNT`` pairs, SIZE in KiB, summed) or else 4096 KiB x 8, PyTorch's default on
+#: Hopper and the largest of its defaults on NVIDIA devices (others: 8 MiB + 128 KiB)
+_CUBLAS_WORKSPACE = 4096 * 8 * 1024
+
+
+def blas_workspace_bytes(device: torch.device | str | None) -> int:
+    """The most bytes the caching allocator may count for the cuBLAS workspace that a
+    matrix product on ``device`` allocates (0 off CUDA, and ``None``).
+
+    PyTorch allocates it at the first product on a stream and keeps it, so a run that
+    takes products counts it in full: it may be the one that allocates it.
+    """
+    if device is None or torch.device(device).type != "cuda":
+        return 0
+    size = _CUBLAS_WORKSPACE
+    pairs = re.findall(r":([0-9]+):([0-9]+)", os.environ.get("CUBLAS_WORKSPACE_CONFIG", ""))
+    if pairs:
+        size = sum(int(kib) * 1024 * int(count) for kib, count in pairs)
+    return allocator_bytes(size)
 
 
 def required_bytes(n: int, d: int, itemsize: int) -> int:

@@ -655,7 +655,7 @@ def check_batched_lists(ops, xt, monkeypatch, backend: str = "triton",
     batched = halved = 0
     for cap, k_div, store, gram in cases:
         monkeypatch.setattr(linear, "GRAM_MIN_DIM", 1 if gram else 1 << 30)
-        needed = linear.linear_required_bytes(n, d, xt.element_size())
+        needed = linear.linear_required_bytes(n, d, xt.element_size(), xt.device)
         k = None if k_div is None else n // k_div
         runs = []
         for extra in (1 << 30, 0):

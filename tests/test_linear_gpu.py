@@ -821,7 +821,7 @@ def test_pair_store_gives_way_to_the_pairs(monkeypatch: pytest.MonkeyPatch,
     monkeypatch.setattr(linear, "_MIN_PAIRS", 4)
     monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER", 0)  # the store takes half at first
     monkeypatch.setattr(linear, "_PAIRS_PER_CLUSTER_HIGH_D", 0)
-    needed = linear.linear_required_bytes(120, 40, x.element_size())
+    needed = linear.linear_required_bytes(120, 40, x.element_size(), x.device)
 
     def run(extra: int, store: bool):
         records: list = []
@@ -1438,6 +1438,30 @@ def test_choose_engine() -> None:
         choose(100, 8, 4, method="average", budget=gib, engine="fast")
 
 
+def test_preflight_counts_the_blas_workspace_on_cuda(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CUDA device, from GRAM_MIN_DIM dimensions on (the Gram products), the
+    matrix-free preflight counts cuBLAS's workspace, and ``choose_engine`` refuses a budget
+    that only the count without it would hold; none elsewhere."""
+    from dcpe import InsufficientMemoryError
+    from dcpe_kernels.rnn import blas_workspace_bytes
+
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    ws = blas_workspace_bytes("cuda")
+    assert ws == 33 << 20
+    req = linear.linear_required_bytes
+    low, high = linear.GRAM_MIN_DIM - 1, linear.GRAM_MIN_DIM
+    assert req(2048, high, 4, "cuda") == req(2048, high, 4) + ws == req(2048, high, 4, "cpu") + ws
+    assert req(2048, low, 4, torch.device("cuda", 0)) == req(2048, low, 4)
+    budget = req(2048, high, 4)
+    assert linear.choose_engine(2048, high, 4, method="average", budget=budget,
+                                engine="linear") == "linear"
+    with pytest.raises(InsufficientMemoryError, match="matrix-free rounds"):
+        linear.choose_engine(2048, high, 4, method="average", budget=budget, engine="linear",
+                             device="cuda")
+    monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", ":16:8")
+    assert req(2048, high, 4, "cuda") == req(2048, high, 4) + (128 << 10)
+
+
 def _api_backend() -> str:
     _triton_ops()
     return "triton"
@@ -1493,17 +1517,22 @@ def test_engine_tensors_within_the_budget(case: tuple, monkeypatch: pytest.Monke
     once, with the input) stay within the budget, and what it takes past its peak under
     the preflight's count alone stays within the bytes added: the room for candidate
     pairs, the store, the Gram tiles and the hand-over's matrices are sized from what the
-    budget leaves (the room and the store go before the matrices come)."""
+    budget leaves (the room and the store go before the matrices come).  As on a CUDA
+    device, cuBLAS's workspace counts from the first Gram product on (the preflight counts
+    it from ``GRAM_MIN_DIM`` dimensions on)."""
     from dcpe.datasets import make_sample_codebook
+    from dcpe_kernels.rnn import blas_workspace_bytes
 
     n, d, metric, k_div, cap, handover, knobs, extras = case
     for name, value in knobs.items():
         monkeypatch.setattr(linear, name, value)
+    workspace = blas_workspace_bytes("cuda")
+    monkeypatch.setattr(linear, "blas_workspace_bytes", lambda device: workspace)
     x = torch.from_numpy(make_sample_codebook(n=n, d=d))
     needed = linear.linear_required_bytes(n, d, x.element_size())
     peaks = []
     for extra in extras:
-        tracker = TensorPeak()
+        tracker = TensorPeak(blas_workspace=workspace)
         with tracker:
             linear.linear_merges(x, metric=metric, max_cluster_size=cap,
                                  ops=tracker.ops(ReferenceOps),
@@ -1537,7 +1566,8 @@ def test_large_n_under_4gib_matches_cpu(backend: str) -> None:
 
 
 #: (N, d, n // k (None: the whole tree), bytes past the preflight's count)
-PEAK_CASES = [(65536, 8, 2, 0), (65536, 8, None, 256 << 20), (8192, 256, 2, 64 << 20)]
+PEAK_CASES = [(65536, 8, 2, 0), (65536, 8, None, 256 << 20), (8192, 256, 2, 64 << 20),
+              (2048, 64, 2, 0)]
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA device")
@@ -1548,13 +1578,17 @@ def test_peak_memory_within_the_limit(backend: str, case: tuple) -> None:
     stays within ``memory_budget`` = the preflight's count plus some bytes: at the
     preflight's count alone (a flat cut at N/2), with a whole tree whose clusters' matrix
     takes over within 256 MiB, and at d = 256 (the pair store, the Gram tiles, lists in
-    batches)."""
+    batches); at 2,048 x 64 the preflight's count is mostly cuBLAS's workspace, which the
+    Gram products allocate if the stream has none (cleared first where PyTorch can)."""
     from dcpe.datasets import make_sample_codebook
 
     n, d, k_div, extra = case
     ops = _ops(backend)
     x = torch.from_numpy(make_sample_codebook(n=n, d=d)).cuda()
-    budget = linear.linear_required_bytes(n, d, x.element_size()) + extra
+    budget = linear.linear_required_bytes(n, d, x.element_size(), x.device) + extra
+    clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+    if clear is not None:
+        clear()
     torch.cuda.synchronize()
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()

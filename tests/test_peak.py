@@ -8,7 +8,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from dcpe_kernels.peak import TensorPeak, sort_workspace  # noqa: E402
-from dcpe_kernels.rnn import allocator_bytes  # noqa: E402
+from dcpe_kernels.rnn import allocator_bytes, blas_workspace_bytes  # noqa: E402
 
 MIB = 1 << 20
 
@@ -69,3 +69,47 @@ def test_kernel_returns_counted_not_its_temporaries() -> None:
         out = t.ops(Ops).kernel(1000)
     assert t.peak == 4000 and t.device_peak == allocator_bytes(4000)
     del out
+
+
+def test_blas_workspace_from_the_first_product_on() -> None:
+    """``TensorPeak(blas_workspace=...)``: the first matrix product outside a wrapped kernel
+    adds the workspace to ``device_peak`` for good (once), as PyTorch keeps cuBLAS's."""
+    ws = 3 * MIB
+    a = torch.ones(64, 64, dtype=torch.float64)
+
+    class Ops:
+        @staticmethod
+        def kernel(m: torch.Tensor) -> torch.Tensor:
+            return torch.mm(m, m)  # a device kernel calls no cuBLAS
+
+    with TensorPeak(blas_workspace=ws) as t:
+        b = a + 1
+        before = t.device_peak
+        t.ops(Ops).kernel(a)
+        assert t.device_peak == before + allocator_bytes(a.nbytes)
+        c = torch.mm(b, a)
+        d = b @ a
+        del b, c, d
+        e = torch.ones(10)
+    assert before == allocator_bytes(a.nbytes)
+    assert t.device_peak == 3 * allocator_bytes(a.nbytes) + ws  # b, c, d and the workspace
+    assert t.device_now == allocator_bytes(40) + ws  # e, and the workspace kept
+    assert t.peak == 3 * a.nbytes  # tensors only
+    with TensorPeak() as t:  # none by default
+        torch.mm(a, a)
+    assert t.device_peak == allocator_bytes(a.nbytes)
+    del e
+
+
+def test_blas_workspace_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """cuBLAS's workspace as PyTorch sizes it: ``CUBLAS_WORKSPACE_CONFIG`` (``:KiB:COUNT``
+    pairs, summed) or 4096 KiB x 8; none off CUDA."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    assert blas_workspace_bytes(None) == blas_workspace_bytes("cpu") == 0
+    assert blas_workspace_bytes(torch.device("cuda")) == allocator_bytes(32 * MIB)
+    assert blas_workspace_bytes("cuda:1") == 33 * MIB
+    for config, size in ((":4096:8", 32 * MIB), (":16:8", 128 << 10),
+                         (":4096:2:16:8", 8 * MIB + (128 << 10)), ("junk", 32 * MIB),
+                         (":0:4", 0)):
+        monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", config)
+        assert blas_workspace_bytes("cuda") == allocator_bytes(size), config

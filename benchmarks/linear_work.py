@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import sys
 import time
 from pathlib import Path
@@ -527,25 +528,33 @@ def measure_memory(x: np.ndarray, k: int, extra: int, check: bool) -> dict[str, 
     """One run on ``x`` with a flat cut at ``k`` under ``memory_budget`` = the preflight's
     count plus ``extra`` bytes (the default hand-over, within what the budget leaves): the
     peak of the tensors the engine makes, with the input (:class:`dcpe_kernels.peak.
-    TensorPeak`; the kernels' returns counted, not their temporaries)."""
+    TensorPeak`; the kernels' returns counted, not their temporaries).  As on a CUDA
+    device, the preflight and the count hold cuBLAS's workspace from the first Gram product
+    on (:func:`dcpe_kernels.rnn.blas_workspace_bytes`)."""
+    from unittest import mock
+
     torch = _torch()
-    from dcpe_kernels.linear import linear_merges, linear_required_bytes, trace_rounds
+    import dcpe_kernels.linear as linear
     from dcpe_kernels.peak import TensorPeak
+    from dcpe_kernels.rnn import blas_workspace_bytes
 
     xt = torch.from_numpy(x)
     n, d = x.shape
-    needed = linear_required_bytes(n, d, xt.element_size())
+    blas = blas_workspace_bytes("cuda")
     records: list[dict[str, Any]] = []
-    tracker = TensorPeak()
-    t0 = time.perf_counter()
-    with trace_rounds(records.append), tracker:
-        mg = linear_merges(xt, metric="euclidean", max_cluster_size=None,
-                           ops=tracker.ops(_ops(d)), backend="work", n_clusters=k,
-                           memory_budget=needed + extra)
+    tracker = TensorPeak(blas_workspace=blas)
+    with mock.patch.object(linear, "blas_workspace_bytes", lambda device: blas):
+        needed = linear.linear_required_bytes(n, d, xt.element_size())
+        t0 = time.perf_counter()
+        with linear.trace_rounds(records.append), tracker:
+            mg = linear.linear_merges(xt, metric="euclidean", max_cluster_size=None,
+                                      ops=tracker.ops(_ops(d)), backend="work", n_clusters=k,
+                                      memory_budget=needed + extra)
     seconds = time.perf_counter() - t0
     rounds = [r for r in records if not r.get("done")]
     row: dict[str, Any] = {
         "n": n, "d": d, "k": k, "extra": extra, "preflight": needed, "budget": needed + extra,
+        "blas_workspace": blas if d >= linear.GRAM_MIN_DIM else 0,
         "peak": tracker.peak + xt.nbytes, "device_peak": tracker.device_peak + xt.nbytes,
         "rounds": records[-1]["rounds"], "matrix_free_rounds": len(rounds),
         "batched_rounds": sum(bool(r.get("batches")) for r in rounds),
@@ -577,20 +586,32 @@ def report_memory(rows: list[dict[str, Any]], args: argparse.Namespace) -> str:
         f"(benchmarks/linear_work.py --memory).  The tensors the engine makes are "
         f"counted (`dcpe_kernels.peak.TensorPeak`: every operation's output and every "
         f"kernel's return, at their most alive at once, with the input); what they hold "
-        f"does not depend on the device.", "",
+        f"does not depend on the device.  As on a CUDA device, from "
+        f"`GRAM_MIN_DIM` dimensions on the preflight and the count hold cuBLAS's workspace "
+        f"(`blas_workspace_bytes`) from the first Gram product on.", "",
         markdown_table(["N", "d", "past the preflight", "preflight", "peak", "peak / budget",
                         "as the allocator counts", "/ budget", "rounds",
                         "rounds in batches", "hand-over", "pair store",
                         "labels = cpu", "host time"], table), "",
         "peak: the bytes the tensors ask for; as the allocator counts: each as PyTorch's "
-        "CUDA caching allocator may count it at most (rounded up to 512 bytes, and 1 MiB "
-        "more past 1 MiB: dcpe_kernels.rnn.allocator_bytes), the bound the budget keeps.  "
-        "A GPU adds the internal temporaries of PyTorch's own operations (a sort's or a "
-        "scan's workspace), which no CPU count sees.  Rounds in batches: rounds whose list "
+        "CUDA caching allocator may count it at most ("
+        + (f"under {settings}" if (settings := _allocator_settings()) else
+           "rounded up to 512 bytes, and 1 MiB more past 1 MiB")
+        + ": dcpe_kernels.rnn.allocator_bytes), the bound the budget keeps.  "
+        "A sort's workspace is counted too (dcpe_kernels.peak.sort_workspace); a GPU adds "
+        "the few bytes per block of scans, reductions and selections, which no CPU count "
+        "sees.  Rounds in batches: rounds whose list "
         "of candidate pairs went through its room a batch of clusters at a time; hand-over: "
         "the matrix-free rounds before the clusters' matrix took over, within the budget "
         "(its two matrices counted).  Labels = cpu: the same partition as the cpu "
         "backend's (up to --check-max-n).", ""])
+
+
+def _allocator_settings() -> str:
+    """The allocator settings in the environment, which ``allocator_bytes`` follows."""
+    return " ".join(f"`{v}={os.environ[v]}`" for v in ("PYTORCH_CUDA_ALLOC_CONF",
+                                                       "PYTORCH_ALLOC_CONF")
+                    if os.environ.get(v))
 
 
 def _size(b: int) -> str:
@@ -749,6 +770,7 @@ def main(argv: list[str] | None = None) -> int:
     payload: dict[str, Any] = {"benchmark": "linear-work", "machine": machine_info(),
                                "handover": not args.no_handover,
                                "data": _data_name(args),
+                               "allocator_settings": _allocator_settings(),
                                "rows": rows}
     for n in sorted(args.sizes):
         x = (ds.make_sample_codebook(n=n, d=args.d) if data is None

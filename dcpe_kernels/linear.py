@@ -93,7 +93,8 @@ temporaries, the store, and the Gram tiles past the smallest (reserved beside th
 with which they are alive during the scans).  The hand-over's two matrices are sized from
 the same bytes, so the room, the store and the round's temporaries go before they come,
 each as PyTorch's caching allocator may count it (:func:`dcpe_kernels.rnn.
-allocator_bytes`: up to 1 MiB past what a tensor over 1 MiB asks for).  The other sizes
+allocator_bytes`: up to 1 MiB past what a tensor over 1 MiB asks for, with the default
+``PYTORCH_CUDA_ALLOC_CONF``).  The other sizes
 are not rounded so: the engine's own tensors take at most 0.62 of the preflight's count as
 asked for and 0.74 as the allocator may count them (d = 8, N = 65,536 to 1,048,576, under
 budgets of the count and of 256 MiB more; ``benchmarks/linear_work.py --memory``).  On a

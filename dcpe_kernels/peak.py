@@ -13,7 +13,8 @@ Two totals:
 * ``peak``: the bytes the tensors ask for;
 * ``device_peak``: each as PyTorch's CUDA caching allocator may count it at most
   (:func:`dcpe_kernels.rnn.allocator_bytes`: rounded up to 512 bytes, and 1 MiB more past
-  1 MiB), whatever blocks it holds cached; the bound the budgets keep.
+  1 MiB, with its default settings; ``PYTORCH_CUDA_ALLOC_CONF`` as set in the environment
+  when counted), whatever blocks it holds cached; the bound the budgets keep.
 
 A view or an in-place result (same storage as an input) adds nothing.  The temporaries of
 a wrapped kernel are not counted, since a device kernel allocates nothing where the

@@ -140,24 +140,72 @@ def supported_or_raise(method: str, metric: str, backend: str) -> tuple[int, int
 #: ``torch.cuda.max_memory_allocated`` count) up to 1 MiB more than it asked for.
 _ALLOC_ROUND = 512
 _ALLOC_SMALL = 1 << 20
+#: with ``max_split_size_mb``, a request of at least that size takes a cached block less
+#: than this many bytes (``max_non_split_rounding_mb``, at least 20 MiB) larger, unsplit
+_ALLOC_NON_SPLIT = 20 << 20
+
+
+@functools.lru_cache(maxsize=8)
+def _allocator_settings(conf: str) -> tuple[int, int, int]:
+    """``(divisions, max_split, non_split)`` of an allocator configuration string (the
+    keys of ``PYTORCH_CUDA_ALLOC_CONF`` that change how much a tensor may hold): the
+    fewest divisions of ``roundup_power2_divisions`` past 1 (the coarsest rounding of any
+    size interval; 0: none), ``max_split_size_mb`` and ``max_non_split_rounding_mb`` in
+    bytes (no limit, 20 MiB by default).  ``expandable_segments`` splits every block, which
+    the default bound covers."""
+    conf = conf.replace(" ", "")
+    divisions = 0
+    m = re.search(r"roundup_power2_divisions:(\[[^\]]*\]|[0-9]+)", conf)
+    if m:
+        given = m.group(1)
+        values = ([int(v) for v in re.findall(r":([0-9]+)", given)] if given.startswith("[")
+                  else [int(given)])
+        divisions = min((v for v in values if v > 1), default=0)
+    m = re.search(r"max_split_size_mb:([0-9]+)", conf)
+    max_split = int(m.group(1)) << 20 if m else 1 << 62
+    m = re.search(r"max_non_split_rounding_mb:([0-9]+)", conf)
+    non_split = max(_ALLOC_NON_SPLIT, int(m.group(1)) << 20 if m else 0)
+    return divisions, max_split, non_split
 
 
 def allocator_bytes(nbytes: int) -> int:
-    """The most bytes PyTorch's CUDA caching allocator counts for one tensor of ``nbytes``
-    (its default settings): ``nbytes`` rounded up to 512, plus 1 MiB past 1 MiB (the rest
-    of a block it does not split).  Every budget of both engines counts tensors so."""
+    """The most bytes PyTorch's CUDA caching allocator counts for one tensor of ``nbytes``.
+
+    With its default settings: ``nbytes`` rounded up to 512, plus 1 MiB past 1 MiB (the
+    rest of a block it does not split).  ``PYTORCH_CUDA_ALLOC_CONF`` (or
+    ``PYTORCH_ALLOC_CONF``), as set in the environment, changes the bound where it changes
+    the allocator: ``roundup_power2_divisions`` rounds a request up to a division of its
+    power-of-two interval (the coarsest division given counts for every size), and with
+    ``max_split_size_mb`` a request of at least that size may hold a cached block up to
+    ``max_non_split_rounding_mb`` (20 MiB by default) larger.  Every budget of both engines
+    counts tensors so.
+    """
     if nbytes <= 0:
         return 0
-    size = -(-nbytes // _ALLOC_ROUND) * _ALLOC_ROUND
-    return size if size <= _ALLOC_SMALL else size + _ALLOC_SMALL
+    divisions, max_split, non_split = _allocator_settings(
+        os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "") + ","
+        + os.environ.get("PYTORCH_ALLOC_CONF", ""))
+    size = max(nbytes, _ALLOC_ROUND)
+    step = _ALLOC_ROUND
+    if divisions and size > _ALLOC_ROUND * divisions and size & (size - 1):
+        step = (1 << (size.bit_length() - 1)) // divisions
+    size = -(-size // step) * step
+    if size <= _ALLOC_SMALL:
+        return size
+    return size + (non_split if size >= max_split else _ALLOC_SMALL)
 
 
 def allocator_fit(room: int) -> int:
     """The most bytes of one tensor whose :func:`allocator_bytes` fit ``room`` (a multiple
     of 512; 0 if none)."""
-    small = min(max(room, 0), _ALLOC_SMALL) // _ALLOC_ROUND * _ALLOC_ROUND
-    large = (room - _ALLOC_SMALL) // _ALLOC_ROUND * _ALLOC_ROUND
-    return large if large > _ALLOC_SMALL else small
+    lo, hi = 0, max(0, room) // _ALLOC_ROUND  # in units of 512 bytes; the count only grows
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if allocator_bytes(mid * _ALLOC_ROUND) <= room:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo * _ALLOC_ROUND
 
 
 #: cuBLAS's workspace, which PyTorch takes from the caching allocator at the first matrix

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -256,13 +257,18 @@ def test_memory_run_counts_the_tensors_within_the_budget(tmp_path: Path) -> None
     the engine makes counted (as asked for and as the caching allocator may count them),
     both within the budget: at the preflight alone, matrix-free to the cut; with 2 MiB
     more, the clusters' matrices take over after a few rounds.  The labels are the cpu
-    backend's."""
+    backend's.  The allocator settings in the environment are those counted, and
+    written down (here ``max_split_size_mb``)."""
+    env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:21"}
+    env.pop("PYTORCH_ALLOC_CONF", None)
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "linear_work.py"), "--sizes", "500",
          "--d", "20", "--own-data", "--memory", "0", "2MiB", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=600)
+        capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    rows = json.loads((tmp_path / "linear-work-memory-d20.json").read_text())["rows"]
+    result = json.loads((tmp_path / "linear-work-memory-d20.json").read_text())
+    assert result["allocator_settings"] == "`PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:21`"
+    rows = result["rows"]
     assert [(r["n"], r["extra"]) for r in rows] == [(500, 0), (500, 2 << 20)]
     for r in rows:
         assert r["budget"] == r["preflight"] + r["extra"]
@@ -272,6 +278,7 @@ def test_memory_run_counts_the_tensors_within_the_budget(tmp_path: Path) -> None
     assert tight["matrix_free_rounds"] >= tight["rounds"] > roomy["matrix_free_rounds"]
     md = (tmp_path / "linear-work-memory-d20.md").read_text()
     assert "| 500 | 20 | 0 B |" in md and "| 500 | 20 | 2 MiB |" in md
+    assert "under `PYTORCH_CUDA_ALLOC_CONF=max_split_size_mb:21`" in md
     assert not (tmp_path / "linear-work-d20.json").exists()
 
 

@@ -113,3 +113,41 @@ def test_blas_workspace_size(monkeypatch: pytest.MonkeyPatch) -> None:
                          (":0:4", 0)):
         monkeypatch.setenv("CUBLAS_WORKSPACE_CONFIG", config)
         assert blas_workspace_bytes("cuda") == allocator_bytes(size), config
+
+
+@pytest.mark.parametrize("var", ["PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"])
+def test_allocator_settings(var: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``allocator_bytes`` under the allocator settings that change what a tensor may hold:
+    ``roundup_power2_divisions`` (a number, or a list per size interval: its coarsest
+    division counts), ``max_split_size_mb`` (a request of at least that size may take a
+    cached block up to ``max_non_split_rounding_mb``, 20 MiB by default, larger);
+    ``expandable_segments`` splits every block (the default bound holds); ``allocator_fit``
+    stays the largest request whose count fits, under each."""
+    from dcpe_kernels.rnn import allocator_fit
+
+    for name in ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    cases = {
+        "expandable_segments:True": [(100, 512), (3000, 3072), (5 * MIB + 1, 6 * MIB + 512)],
+        "roundup_power2_divisions:4": [
+            (1200, 1536), (2048, 2048), (3000, 3072), (5000, 5120), (5 * MIB + 1, 7 * MIB),
+            (4 * MIB, 5 * MIB), (600 * 1024, 640 * 1024)],
+        "roundup_power2_divisions: [256:1, 512:2, >:4], expandable_segments:False": [
+            (3 * MIB + 1, 5 * MIB), (5 * MIB + 1, 7 * MIB), (1500, 1536)],
+        "max_split_size_mb:64": [
+            (10 * MIB, 11 * MIB), (64 * MIB - 513, 65 * MIB - 512), (64 * MIB - 1, 84 * MIB),
+            (100 * MIB + 1, 120 * MIB + 512), (1000, 1024)],
+        "max_split_size_mb:64,max_non_split_rounding_mb:40": [(100 * MIB, 140 * MIB)],
+        "garbage_collection_threshold:0.6,max_split_size_mb:128,roundup_power2_divisions:2": [
+            (90 * MIB + 1, 97 * MIB), (100 * MIB + 1, 148 * MIB), (200 * MIB + 1, 276 * MIB)],
+    }
+    rooms = [0, 511, 512, MIB, 2 * MIB + 512, 64 * MIB, 84 * MIB, 300 * MIB]
+    rooms += torch.randint(0, 300 * MIB, (40,), generator=torch.Generator().manual_seed(5)
+                           ).tolist()
+    for conf, expected in cases.items():
+        monkeypatch.setenv(var, conf)
+        assert [allocator_bytes(b) for b, _ in expected] == [c for _, c in expected], conf
+        for room in rooms:
+            fit = allocator_fit(room)
+            assert fit % 512 == 0 and allocator_bytes(fit) <= room, (conf, room)
+            assert allocator_bytes(fit + 512) > room, (conf, room)

@@ -75,6 +75,7 @@ from dcpe.backends import triton_backend  # noqa: E402
 from dcpe_kernels import rnn as rnn_module  # noqa: E402
 from dcpe_kernels.peak import TensorPeak  # noqa: E402
 from dcpe_kernels.rnn import (  # noqa: E402
+    allocator_bytes,
     merges_to_labels,
     merges_to_linkage,
     required_bytes,
@@ -556,7 +557,7 @@ def test_allocator_sizes() -> None:
     """``allocator_bytes``: a request rounded up to 512 bytes, 1 MiB more past 1 MiB (the
     rest of a large block the caching allocator does not split); ``allocator_fit``: the
     largest request whose count fits a room."""
-    from dcpe_kernels.rnn import allocator_bytes, allocator_fit
+    from dcpe_kernels.rnn import allocator_fit
 
     mib = 1 << 20
     assert [allocator_bytes(b) for b in (0, 1, 512, 513, mib, mib + 1, 3 * mib)] == [
@@ -594,6 +595,24 @@ def test_driver_tensors_within_the_budget(n: int, dtype: torch.dtype, share: flo
         assert tracker.peak + x.nbytes <= budget, (method, tracker.peak + x.nbytes, budget)
         assert tracker.device_peak + x.nbytes <= budget, (
             method, tracker.device_peak + x.nbytes, budget)
+
+
+@pytest.mark.parametrize("share", [1 / 3, 1 / 2])
+def test_driver_within_the_budget_under_allocator_settings(
+        share: float, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``PYTORCH_CUDA_ALLOC_CONF`` rounding requests up to halves of their power-of-two
+    interval (the 1.4 MB matrix counts 2.5 MiB), the preflight, the staging rows and the
+    second matrix are sized as the allocator then counts them, within the budget."""
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "roundup_power2_divisions:2")
+    n, d = 600, 2
+    x = torch.from_numpy(tie_free(np.random.default_rng(4), n, d)).to(DEVICE)
+    assert allocator_bytes(n * n * 4) == 5 << 19
+    budget = required_bytes(n, d, x.element_size()) + int(share * n * n * x.element_size())
+    tracker = TensorPeak()
+    with tracker:
+        rnn_merges(x, method="average", metric="euclidean", max_cluster_size=None,
+                   ops=tracker.ops(dk.ReferenceOps), memory_budget=budget)
+    assert tracker.device_peak + x.nbytes <= budget, (tracker.device_peak + x.nbytes, budget)
 
 
 @pytest.mark.parametrize("method", ["average", "single", "complete", "weighted"])

@@ -1648,8 +1648,9 @@ def choose_engine(n: int, d: int, itemsize: int, *, method: str, budget: int,
 
     ``auto`` takes the dense engine while its matrix fits ``budget`` and ``n <=``
     :data:`DENSE_MAX_N` (any ``n`` for the linkages that only it runs), else the
-    matrix-free rounds (average linkage).  ``device``: where the tokens are (the
-    preflights of both engines, :func:`linear_required_bytes`, count for it).
+    matrix-free rounds (average linkage).  ``device``: where the tokens are (on a CUDA
+    device the matrix-free preflight, :func:`linear_required_bytes`, counts cuBLAS's
+    workspace).
 
     Raises
     ------

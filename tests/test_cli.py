@@ -360,7 +360,97 @@ def test_runtime_error_from_a_command_is_one_line(tmp_path, capsys, monkeypatch)
     monkeypatch.setitem(cli._COMMANDS, "cluster", fails)
     assert main(["cluster", "--sample", "-k", "3", "-o", str(tmp_path / "p.npz")]) == 1
     line = one_error_line(capsys.readouterr().err)
-    assert line == "dcpe: error: CUDA error: out of memory more detail"
+    assert line == ("dcpe: error: CUDA error: out of memory more detail; run the command "
+                    "again with --debug for the traceback")
+
+
+@pytest.mark.parametrize("exc,step", [
+    (ValueError("plain"), "plain; see 'dcpe cluster --help'"),
+    (TypeError("plain"), "plain; see 'dcpe cluster --help'"),
+    (PermissionError(13, "Permission denied"), "; check the path and its permissions"),
+    (ImportError("No module named 'x'"), "; install the package it names"),
+    (MemoryError(), "MemoryError; free memory"),
+    (ValueError("what; the step"), "what; the step"),
+])
+def test_an_error_without_a_next_step_gets_one(tmp_path, capsys, monkeypatch, exc, step):
+    from dcpe import cli
+
+    def fails(args):
+        raise exc
+
+    monkeypatch.setitem(cli._COMMANDS, "cluster", fails)
+    assert main(["cluster", "--sample", "-k", "3", "-o", str(tmp_path / "p.npz")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert step in line, line
+    assert line.count("; ") == 1, line
+
+
+def _mistake_files(root: Path) -> None:
+    """Files for the usual mistakes (:func:`test_usual_mistakes_name_a_next_step`)."""
+    torch.save({"model": {"quantize.embedding.weight": torch.randn(200, 8)}},
+               root / "other.pt")
+    np.save(root / "nan.npy", np.full((10, 4), np.nan, dtype=np.float32))
+    np.save(root / "zero_row.npy", np.vstack([np.zeros((1, 4)), np.ones((9, 4))]))
+    (root / "cut.pt").write_bytes(b"PK\x03\x04 a download cut short")
+    (root / "folder").mkdir()
+    np.savez(root / "not_a_prior.npz", a=np.zeros(3))
+    for name, arr in [("codes/imagenet256_codes/0.npy", np.arange(10)),
+                      ("codes/imagenet256_labels/0.npy", np.arange(3)),
+                      ("far_ids/0.npy", np.array([0, 5000])),
+                      ("float_ids/0.npy", np.array([0.5]))]:
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        np.save(root / name, arr)
+    (root / "no_codes").mkdir()
+    (root / "no_codes" / "notes.txt").write_text("notes")
+    (root / "a_file").write_text("x")
+
+
+@pytest.mark.parametrize("argv", [
+    "cluster missing.pt -k 3 -o p.npz",
+    "cluster folder -k 3 -o p.npz",
+    "cluster cut.pt -k 3 -o p.npz",
+    "cluster {ckpt} -k 301 -o p.npz",
+    "cluster {ckpt} -k 3 -o no_dir/p.npz",
+    "cluster {ckpt} -k 3 -o p.txt",
+    "cluster {ckpt} -k 3 -o folder",
+    "cluster nan.npy -k 3 -o p.npz",
+    "cluster zero_row.npy -k 3 --metric cosine -o p.npz",
+    "cluster {ckpt} -k 3 --memory-limit 1KiB -o p.npz",
+    "remap codes --prior missing.npz -o out",
+    "remap codes --prior not_a_prior.npz -o out",
+    "remap codes --prior {ckpt} -o out",
+    "remap missing_codes --prior {prior} -o out",
+    "remap far_ids --prior {prior} -o out",
+    "remap float_ids --prior {prior} -o out",
+    "remap no_codes --prior {prior} -o out",
+    "remap codes --prior {prior} -o a_file",
+    "report --prior {prior} --codebook other.pt -o out",
+    "report --prior {prior} --sample -o out",
+    "report --prior missing.npz --codebook {ckpt} -o out",
+    "sweep {ckpt} --k 400 -o out",
+    "sweep {ckpt} --codes missing_codes -o out",
+    "sweep {ckpt} --codes no_codes -o out",
+    "sweep {ckpt} --codes far_ids -o out",
+    "sweep {ckpt} --codes float_ids -o out",
+    "sweep nan.npy -o out",
+    "export iar --prior {prior} --checkpoint missing.pt -o out",
+    "export iar --prior missing.npz --checkpoint {ckpt} -o out",
+])
+def test_usual_mistakes_name_a_next_step(tmp_path, ckpt, prior_file, capsys, monkeypatch,
+                                         argv):
+    """Each usual mistake is one line, ``dcpe: error: <what>; <next step>``, from the
+    message itself (no fallback step added by the command line), and nothing is written."""
+    _mistake_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    before = _files(tmp_path)
+    capsys.readouterr()
+    args = argv.format(ckpt=ckpt, prior=prior_file).split()
+    assert main([*args, *(["-q"] if args[0] != "export" else [])]) in (1, 2)
+    line = one_error_line(capsys.readouterr().err)
+    what, _, step = line.removeprefix("dcpe: error: ").partition("; ")
+    assert what and step, line
+    assert "--help'" not in step and "--debug" not in step, line
+    assert _files(tmp_path) == before
 
 
 def test_interrupt_exit_code(tmp_path, capsys, monkeypatch):

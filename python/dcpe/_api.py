@@ -176,7 +176,7 @@ def _check_no_zero_rows(data: Data) -> None:
         first = int(zero.nonzero()[0][0]) if data.kind == "tensor" else int(np.argmax(zero))
         raise ValueError(
             f"cosine distance is undefined for the zero vector: x has {n_zero} zero row(s) "
-            f"(first: row {first})"
+            f"(first: row {first}); remove the zero rows, or use the euclidean metric"
         )
 
 

@@ -389,12 +389,14 @@ def _for_backend(x: Any, backend: str) -> Any:
 def _check_output_file(path: str, suffixes: tuple[str, ...]) -> Path:
     out = Path(path)
     if out.suffix.lower() not in suffixes:
-        raise ValueError(f"output must end with {' or '.join(suffixes)}, got {path!r}")
+        raise ValueError(f"output must end with {' or '.join(suffixes)}, got {path!r}; name "
+                         f"it like prior{suffixes[0]}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.is_dir():
-        raise FileNotFoundError(f"output directory does not exist: {parent}")
+        raise FileNotFoundError(f"output directory does not exist: {parent}; create it first")
     if out.is_dir():
-        raise ValueError(f"output path is a directory: {path}")
+        raise ValueError(f"output path is a directory: {path}; give a file name inside it, "
+                         f"like {out / ('prior' + suffixes[0])}")
     return out
 
 
@@ -428,7 +430,8 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     x, source, origin = _read_codebook(args.codebook, args)
     n, d = x.shape
     if args.k > n:
-        raise ValueError(f"-k must be at most the number of tokens ({n}), got {args.k}")
+        raise ValueError(f"-k must be at most the number of tokens ({n}), got {args.k}; "
+                         f"choose -k from 1 to {n}")
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -581,7 +584,8 @@ def _check_codes_file(src: Path, n: int) -> None:
             arr.close()
         raise ValueError(f"{src}: not a .npy array but an archive; {_CODES_HINT}")
     if arr.dtype.kind not in "iu":
-        raise ValueError(f"{src}: token ids must be integers, got dtype {arr.dtype}")
+        raise ValueError(f"{src}: token ids must be integers, got dtype {arr.dtype}; "
+                         f"{_CODES_HINT}")
     if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= n):
         bad = int(arr.min()) if int(arr.min()) < 0 else int(arr.max())
         raise ValueError(f"{src}: contains token id {bad}, outside [0, {n - 1}] of the "
@@ -763,7 +767,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         options = _matching_options(prior, args, origin)
         if options is None:
             raise
-        raise ValueError(f"{exc}; it matches this codebook read with {options}: run the "
+        from dcpe.prior import _OTHER_CODEBOOK_STEP
+
+        what = str(exc).removesuffix(f"; {_OTHER_CODEBOOK_STEP}")
+        raise ValueError(f"{what}; it matches this codebook read with {options}: run the "
                          f"command again with {options}") from None
     result = compare(x, prior, seed=args.seed, n_iter=args.kmeans_iter,
                      show_progress=False if args.quiet else None)
@@ -802,7 +809,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     out_dir = _prepare_output_dir(args.output, what="sweep folder",
                                   files=("sweep.png", "sweep.md", "sweep.json"))
     if args.codes is not None and not Path(args.codes).exists():
-        raise FileNotFoundError(f"codes file or directory not found: {args.codes}")
+        raise FileNotFoundError(f"codes file or directory not found: {args.codes}; check "
+                                f"the path")
     x, _ = _load_codebook(args.codebook, args)
     n = x.shape[0]
     try:
@@ -840,9 +848,14 @@ def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
     return rest, debug
 
 
-def _error_message(exc: BaseException) -> str:
+def _error_message(exc: BaseException, command: str | None = None) -> str:
     """One line for an exception: its message with whitespace folded, without a repeated
-    ``dcpe:`` prefix; a backend that cannot run says which ones can."""
+    ``dcpe:`` prefix; a backend that cannot run says which ones can.
+
+    With ``command`` (the failing command, such as ``"cluster"``), a message that names no
+    next step (no ``"; "`` clause, which dcpe's own messages end with) gets one by the
+    kind of error: the path for a file error, the package for an import, ``--debug`` for
+    a runtime error, the command's help otherwise."""
     from dcpe._errors import BackendUnavailableError
 
     if isinstance(exc, BackendUnavailableError) and exc.backend and exc.reason:
@@ -857,7 +870,20 @@ def _error_message(exc: BaseException) -> str:
         message = message[len("dcpe: "):]
     if isinstance(exc, FileNotFoundError) and exc.filename and not message:
         message = f"file not found: {exc.filename}"
-    return message or type(exc).__name__
+    message = message or type(exc).__name__
+    if command is None or "; " in message:
+        return message
+    if isinstance(exc, OSError):
+        step = "check the path and its permissions"
+    elif isinstance(exc, ImportError):
+        step = "install the package it names"
+    elif isinstance(exc, MemoryError):
+        step = "free memory, or set --memory-limit where the command has it"
+    elif isinstance(exc, RuntimeError):
+        step = "run the command again with --debug for the traceback"
+    else:
+        step = f"see 'dcpe {command} --help'"
+    return f"{message}; {step}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -903,7 +929,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # what a user can cause: bad files, arguments, missing packages, no GPU, no memory
         if debug:
             raise
-        print(f"dcpe: error: {_error_message(exc)}", file=sys.stderr)
+        command = " ".join(filter(None, (args.command, getattr(args, "format", None))))
+        print(f"dcpe: error: {_error_message(exc, command)}", file=sys.stderr)
         return 1
     except Exception as exc:  # a bug: still one line, with the way to the traceback
         if debug:

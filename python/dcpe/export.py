@@ -395,7 +395,7 @@ def _export_iar(prior: Any, checkpoint: str | os.PathLike, out_dir: str | os.Pat
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path exists and is not a directory: {out}")
     if not ckpt.exists():
-        raise FileNotFoundError(f"checkpoint file not found: {ckpt}")
+        raise FileNotFoundError(f"checkpoint file not found: {ckpt}; check the path")
     name = f"{ckpt.stem}-reordered{ckpt.suffix}"
     inputs = {ckpt.resolve()} | ({prior_path.resolve()} if prior_path else set())
     for target in ("mapping.pt", name, "clusters.json"):

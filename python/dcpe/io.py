@@ -134,7 +134,8 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
     path = Path(path)
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
-        raise FileNotFoundError(f"output directory does not exist: {directory}")
+        raise FileNotFoundError(f"output directory does not exist: {directory}; create it "
+                                f"first")
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=directory)
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use the usual mode
@@ -353,7 +354,8 @@ def _read_torch(path: Path, trust: bool, opts: _Options) -> tuple[Any, tuple[str
                              f"without it") from None
         except Exception as exc:
             raise ValueError(f"{path}: cannot read as a PyTorch checkpoint "
-                             f"({_first_line(exc)})") from None
+                             f"({_first_line(exc)}); check that the file is whole (a "
+                             f"download cut short cannot be read)") from None
     module, foreign = _restricted_pickle_module()
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False, pickle_module=module,
@@ -368,8 +370,9 @@ def _read_torch(path: Path, trust: bool, opts: _Options) -> tuple[Any, tuple[str
                 f"{', '.join(foreign[:5])}{', ...' if len(foreign) > 5 else ''}"
                 if foreign else "")
         raise ValueError(
-            f"{path}: cannot read as a PyTorch checkpoint ({_first_line(exc)}){held}. "
-            f"If you made the file yourself, {opts.trust} reads it with full unpickling"
+            f"{path}: cannot read as a PyTorch checkpoint ({_first_line(exc)}){held}; "
+            f"check that the file is whole (a download cut short cannot be read), or, if "
+            f"you made it yourself, {opts.trust} reads it with full unpickling"
         ) from None
     return obj, tuple(foreign)
 
@@ -716,9 +719,10 @@ def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _
         raise TypeError(f"trust must be True or False, got {trust!r}")
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"codebook file not found: {path}")
+        raise FileNotFoundError(f"codebook file not found: {path}; check the path")
     if path.is_dir():
-        raise ValueError(f"codebook path is a directory, not a file: {path}")
+        raise ValueError(f"codebook path is a directory, not a file: {path}; give the "
+                         f"checkpoint file inside it")
     suffix = path.suffix.lower()
     foreign: tuple[str, ...] = ()
     if suffix in (".npy", ".npz"):
@@ -735,7 +739,8 @@ def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _
                          f"need N >= 1 rows and d >= 1 columns")
     bad = int((~np.isfinite(arr).all(axis=1)).sum())
     if bad:
-        raise ValueError(f"{path}: the codebook has {bad} row(s) containing NaN or Inf")
+        raise ValueError(f"{path}: the codebook has {bad} row(s) containing NaN or Inf; "
+                         f"check that it is the trained codebook (a trained one is finite)")
     if normalize:
         norms = np.linalg.norm(arr, axis=1, keepdims=True)
         arr /= np.maximum(norms, np.float32(1e-12))

@@ -42,6 +42,9 @@ if TYPE_CHECKING:
 
 __all__ = ["CodebookPrior", "codebook_sha256"]
 
+#: the next step of an error about a codebook that is not the prior's
+_OTHER_CODEBOOK_STEP = ("give the codebook the prior was made from, read as it was "
+                        "then (raw or normalised)")
 _FORMAT = "dcpe-codebook-prior"
 _FORMAT_VERSION = 1
 _REDUCES = ("mean", "sum", "logsumexp")
@@ -900,10 +903,12 @@ class CodebookPrior:
         """
         path = Path(path)
         if not path.exists():
-            raise FileNotFoundError(f"prior file not found: {path}")
+            raise FileNotFoundError(f"prior file not found: {path}; check the path (dcpe "
+                                    f"cluster writes one)")
         suffix = path.suffix.lower()
         if suffix not in (".pt", ".npz"):
-            raise ValueError(f"{path}: a prior file must end with .pt or .npz")
+            raise ValueError(f"{path}: a prior file must end with .pt or .npz; give the file "
+                             f"that dcpe cluster wrote")
         try:
             if suffix == ".pt":
                 import torch
@@ -932,7 +937,8 @@ class CodebookPrior:
                 raise ValueError("the cluster table does not match its metadata")
         except Exception as exc:
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ValueError(f"{path}: not a readable dcpe prior file ({msg})") from None
+            raise ValueError(f"{path}: not a readable dcpe prior file ({msg}); give a prior "
+                             f"written by dcpe cluster or CodebookPrior.save") from None
         if codebook is not None:
             prior.check_codebook(codebook, source=str(path))
         return prior.to(map_location) if str(map_location) != "cpu" else prior
@@ -947,7 +953,8 @@ class CodebookPrior:
         if self.codebook_sha256 is None:
             if arr.shape[0] != self.num_tokens:
                 raise ValueError(f"{where}the prior has {self.num_tokens} tokens but the "
-                                 f"codebook has {arr.shape[0]} rows")
+                                 f"codebook has {arr.shape[0]} rows; "
+                                 f"{_OTHER_CODEBOOK_STEP}")
             return
         sha = codebook_sha256(arr)
         if sha != self.codebook_sha256:
@@ -955,4 +962,4 @@ class CodebookPrior:
             raise ValueError(
                 f"{where}the prior was made for another codebook: stored sha256 "
                 f"{self.codebook_sha256[:12]} shape {stored_shape}, given codebook sha256 "
-                f"{sha[:12]} shape {tuple(arr.shape)}")
+                f"{sha[:12]} shape {tuple(arr.shape)}; {_OTHER_CODEBOOK_STEP}")

@@ -40,6 +40,8 @@ __all__ = ["default_ks", "markdown_table", "read_usage", "require_matplotlib", "
            "write_sweep"]
 
 _BASELINES = ("kmeans",)
+#: the next step of an error about a code file
+_CODES_STEP = "code files must be .npy arrays of integer token ids, saved with numpy.save"
 _LOWEST_DEFAULT_K = 256
 
 
@@ -137,30 +139,34 @@ def read_usage(path: str | os.PathLike, num_tokens: int, *,
     n = check_int("num_tokens", num_tokens, 1)
     root = Path(path)
     if not root.exists():
-        raise FileNotFoundError(f"codes file or directory not found: {root}")
+        raise FileNotFoundError(f"codes file or directory not found: {root}; check the path")
     if root.is_file() and root.suffix.lower() != ".npy":
         raise ValueError(f"{root}: codes must be .npy files of token ids")
     files = _code_files(root)
     if not files:
-        raise ValueError(f"no .npy files of token ids under {root}")
+        raise ValueError(f"no .npy files of token ids under {root}; give the folder of "
+                         f"extracted codes (such as imagenet256_codes/)")
     counts = np.zeros(n, dtype=np.int64)
     disable = None if show_progress is None else not show_progress
     for f in progress(files, desc="codes", unit="file", disable=disable):
         try:
             arr = np.load(f, allow_pickle=False)
         except Exception as exc:
-            raise ValueError(f"{f}: cannot read as a .npy file ({exc})") from None
+            raise ValueError(f"{f}: cannot read as a .npy file ({exc}); {_CODES_STEP}") from None
         if arr.dtype.kind not in "iu":
-            raise ValueError(f"{f}: token ids must be integers, got dtype {arr.dtype}")
+            raise ValueError(f"{f}: token ids must be integers, got dtype {arr.dtype}; "
+                             f"{_CODES_STEP}")
         if arr.size == 0:
             continue
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi >= n:
             raise ValueError(f"{f}: contains token id {lo if lo < 0 else hi}, outside "
-                             f"[0, {n - 1}] of the codebook")
+                             f"[0, {n - 1}] of the codebook; were these codes extracted "
+                             f"with this codebook?")
         counts += np.bincount(arr.reshape(-1).astype(np.int64), minlength=n)
     if int(counts.sum()) == 0:
-        raise ValueError(f"the codes under {root} hold no token ids")
+        raise ValueError(f"the codes under {root} hold no token ids; give the folder of "
+                         f"extracted codes")
     return counts
 
 

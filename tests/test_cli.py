@@ -385,6 +385,30 @@ def test_an_error_without_a_next_step_gets_one(tmp_path, capsys, monkeypatch, ex
     assert line.count("; ") == 1, line
 
 
+@pytest.mark.parametrize("argv,helps", [
+    (["cluster", "--sample", "-k", "3", "-o", "p.npz", "--bogus"], "'dcpe cluster --help'"),
+    (["sweep", "--sample", "--kk", "4", "-o", "sw"], "'dcpe sweep --help'"),
+    (["remap", "codes", "--prior", "p.npz", "-o", "out", "--bogus", "1"],
+     "'dcpe remap --help'"),
+    (["export", "iar", "--prior", "p.npz", "--checkpoint", "c.pt", "-o", "out", "--bogus"],
+     "'dcpe export iar --help'"),
+    (["--bogus"], "'dcpe --help'"),
+])
+def test_unknown_option_names_its_commands_help(tmp_path, capsys, monkeypatch, argv, helps):
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "unrecognized arguments" in line and line.endswith(f"see {helps}"), line
+    assert _files(tmp_path) == []
+
+
+def test_sweep_takes_k_as_cluster_does(tmp_path, capsys):
+    out = tmp_path / "sw"
+    assert main(["sweep", "--sample", "-k", "4096,8192", "-o", str(out), "-q"]) == 0
+    ks = [row["k"] for row in json.loads((out / "sweep.json").read_text())["rows"]]
+    assert sorted(set(ks)) == [4096, 8192]
+
+
 def _mistake_files(root: Path) -> None:
     """Files for the usual mistakes (:func:`test_usual_mistakes_name_a_next_step`)."""
     torch.save({"model": {"quantize.embedding.weight": torch.randn(200, 8)}},

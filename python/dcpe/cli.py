@@ -237,6 +237,8 @@ def _build_parser() -> argparse.ArgumentParser:
     codebook_options(p, report=True)
     _add_export_parser(sub)
     _add_sweep_parser(sub, codebook_options)
+    # the commands' parsers, so that an unknown option is reported with its command's help
+    parser.commands = sub.choices  # type: ignore[attr-defined]
     return parser
 
 
@@ -262,6 +264,7 @@ def _add_export_parser(sub: Any) -> None:
         description="Write a prior in the files another project's training reads.")
     formats = e.add_subparsers(dest="format", metavar="FORMAT", parser_class=_Parser)
     formats.required = True
+    e.commands = formats.choices  # type: ignore[attr-defined]  (filled below)
     i = formats.add_parser(
         "iar", help="IAR: mapping.pt, the reordered checkpoint, clusters.json",
         description="Write three files for IAR's training:\n"
@@ -310,7 +313,7 @@ def _add_sweep_parser(sub: Any, codebook_options: Any) -> None:
     w.add_argument("codebook", nargs="?", metavar="CODEBOOK",
                    help="codebook file (.pt/.pth/.ckpt, .npy, .npz, .safetensors)")
     w.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
-    w.add_argument("--k", type=_k_list, default=None, dest="ks", metavar="K,K,...",
+    w.add_argument("-k", "--k", type=_k_list, default=None, dest="ks", metavar="K,K,...",
                    help="values of k (default: powers of two from 256 to N/2; from 2 when N < 512)")
     w.add_argument("--codes", default=None, metavar="DIR",
                    help="extracted codes (.npy token ids; LlamaGen's <name>_codes/ layout) "
@@ -848,6 +851,17 @@ def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
     return rest, debug
 
 
+def _command_parser(parser: argparse.ArgumentParser,
+                    args: argparse.Namespace) -> argparse.ArgumentParser:
+    """The parser of the command (and sub-command) that ``args`` names."""
+    for name in (args.command, getattr(args, "format", None)):
+        commands = getattr(parser, "commands", {})
+        if name not in commands:
+            break
+        parser = commands[name]
+    return parser
+
+
 def _error_message(exc: BaseException, command: str | None = None) -> str:
     """One line for an exception: its message with whitespace folded, without a repeated
     ``dcpe:`` prefix; a backend that cannot run says which ones can.
@@ -905,7 +919,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # reported by the parser of the command they were given to
+            _command_parser(parser, args).error(
+                f"unrecognized arguments: {' '.join(unknown)}")
     except SystemExit as exc:  # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 2)
     args.debug = debug

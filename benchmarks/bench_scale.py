@@ -65,6 +65,7 @@ _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 provider, n, d, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
+limit = {"memory_limit": sys.argv[5]} if len(sys.argv) > 5 else {}
 from dcpe.datasets import make_sample_codebook, sample_codebook
 x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
 x = np.ascontiguousarray(x, dtype=np.float32)
@@ -75,14 +76,14 @@ if provider == "fastcluster":
     z = fastcluster.linkage(x.astype(np.float64), method="average", metric="euclidean")
 elif provider == "dcpe-cut":
     import dcpe
-    labels = dcpe.cluster(x, n // 2, engine="linear")
+    labels = dcpe.cluster(x, n // 2, engine="linear", **limit)
     z = None
     extra = {"clusters": int(labels.max()) + 1}
 else:
     import dcpe
     kw = {"dcpe-linear": {"engine": "linear"}, "dcpe-matrix": {"engine": "matrix"},
           "dcpe-cosine": {"metric": "cosine"}}[provider]
-    z = dcpe.linkage(x, **kw)
+    z = dcpe.linkage(x, **kw, **limit)
 seconds = time.perf_counter() - t0
 print(json.dumps({"seconds": seconds,
                   "heights_sum": None if z is None else float(np.sum(z[:, 2])),
@@ -115,11 +116,13 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, int]:
         time.sleep(0.05)
 
 
-def run_python(provider: str, n: int, d: int, threads: int, timeout: float) -> dict[str, Any]:
+def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
+               memory_limit: str | None = None) -> dict[str, Any]:
     env = dict(os.environ, DCPE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
+    limit = [] if memory_limit is None else [memory_limit]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-c", _CHILD, provider, str(n), str(d),
-                                 str(threads)], stdout=out, stderr=err, env=env)
+                                 str(threads), *limit], stdout=out, stderr=err, env=env)
         code, rss = _wait(proc, timeout)
         out.seek(0)
         err.seek(0)
@@ -182,6 +185,10 @@ def main(argv: list[str] | None = None) -> int:
                         "kd-tree prunes little (default: %(default)s)")
     p.add_argument("--cosine-sizes", default="262144x8",
                    help="sizes for the dcpe-cosine provider (default: %(default)s)")
+    p.add_argument("--memory-limit", default=None, metavar="SIZE",
+                   help="memory_limit of dcpe's providers, such as 1GiB (default: none, the "
+                        "available memory); the linear engine's cache follows it, so a "
+                        "small one keeps its rounds from handing over to the matrix")
     p.add_argument("--timeout", type=float, default=3600.0,
                    help="seconds per provider and size before it is stopped")
     p.add_argument("--name", default="scale", help="results file name (default: scale)")
@@ -217,7 +224,8 @@ def main(argv: list[str] | None = None) -> int:
             if provider == "parchain":
                 row = run_parchain(args.parchain, n, d, args.threads, args.timeout)
             else:
-                row = run_python(provider, n, d, args.threads, args.timeout)
+                row = run_python(provider, n, d, args.threads, args.timeout,
+                                 args.memory_limit)
             row.update(provider=provider, n=n, d=d)
             print(f"  {row}", file=sys.stderr, flush=True)
             rows.append(row)
@@ -249,11 +257,15 @@ def main(argv: list[str] | None = None) -> int:
         "Data: the sample codebook's generator, float32. Time: the clustering call alone, "
         "one run per cell; peak RSS: the provider's own process. "
         "Ratio: time / dcpe-linear's time at the same size, in this run (above 16 "
-        "dimensions dcpe's `auto` picks the matrix engine while it fits).",
+        "dimensions dcpe's `auto` picks the matrix engine while it fits)."
+        + (f" dcpe's providers ran under `memory_limit={args.memory_limit!r}`, which bounds "
+           "the linear engine's cache, and so when it hands over to the matrix of the "
+           "clusters left." if args.memory_limit else ""),
         "",
         markdown_table(["N × d", "provider", "time", "× dcpe-linear", "peak RSS"], table),
     ])
     payload = {"machine": info, "threads": args.threads, "rows": rows,
+               "memory_limit": args.memory_limit,
                "parchain": args.parchain is not None}
     jpath, mpath = write_results(args.name, payload, md, args.out)
     print(md)

@@ -70,3 +70,20 @@ def test_bad_parchain_path_is_refused(tmp_path: Path) -> None:
         capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--parchain" in proc.stderr
+
+
+def test_memory_limit_reaches_dcpe_and_the_results(tmp_path: Path) -> None:
+    """--memory-limit is dcpe's memory_limit (a limit too small for the run is its row's
+    error) and is written down with the results."""
+    out = tmp_path / "res"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--sizes", "300x32",
+         "--providers", "dcpe-cut,dcpe-linear", "--linear-high-d-max-n", "300",
+         "--memory-limit", "1KiB", "--threads", "1", "--out", str(out), "--name", "t"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((out / "t.json").read_text())
+    assert payload["memory_limit"] == "1KiB"
+    assert all("InsufficientMemoryError" in r["error"] or "needs" in r["error"]
+               for r in payload["rows"]), payload["rows"]
+    assert "memory_limit='1KiB'" in (out / "t.md").read_text()

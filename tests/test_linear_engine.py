@@ -50,8 +50,10 @@ def _ks(n: int) -> list[int]:
     return sorted({1, 2, max(1, n // 2), max(1, n - 1), n})
 
 
+# above 16 dimensions the centroids are scanned without a kd-tree, eight searches at a
+# time (d = 37: coordinates past the last eight of the scans' running sums)
 CASES = [(n, d) for n, d in [(2, 1), (3, 2), (17, 1), (60, 8), (150, 2), (257, 8), (400, 64),
-                             (300, 256), (999, 8), (1500, 2)]]
+                             (300, 256), (203, 37), (999, 8), (1500, 2)]]
 
 
 @pytest.mark.parametrize("n,d", CASES)
@@ -89,9 +91,10 @@ def test_linear_at_3000_tokens_equals_scipy_and_sklearn(rng):
 @pytest.mark.parametrize("cap", [1, 3, 8])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cache", CACHES)
-def test_size_cap_equals_matrix_engine(rng, cap, dtype, cache):
+@pytest.mark.parametrize("d", [4, 40])
+def test_size_cap_equals_matrix_engine(rng, cap, dtype, cache, d):
     n = 240
-    x = tie_free(rng, n, 4, dtype)
+    x = tie_free(rng, n, d, dtype)
     zm = _matrix_z(x, cap=cap)
     zl = _linear_z(x, cache, cap=cap)
     assert zl.shape == zm.shape
@@ -153,7 +156,7 @@ def _cut_z(x: np.ndarray, k: int, cache: int, *, metric: str = "euclidean",
                                   cache)
 
 
-@pytest.mark.parametrize("n,d", [(1500, 2), (600, 8), (300, 64)])
+@pytest.mark.parametrize("n,d", [(1500, 2), (600, 8), (300, 64), (250, 37)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 @pytest.mark.parametrize("cap", [None, 6])
 @pytest.mark.parametrize("cache", CACHES)

@@ -21,9 +21,14 @@
 // with mu the centroid, s the mean squared distance to it, R the largest distance to it.
 // Candidates come from a kd-tree over the centroids, rebuilt every round [Bentley 1975;
 // Friedman, Bentley, Finkel 1977], searched nearer subtrees first within a radius that
-// shrinks to the smallest upper bound seen; the survivors of the lower bounds are
-// evaluated exactly, in increasing order of their lower bound, until the bound passes the
-// best exact distance. An exact distance is the mean of the token distances of all member
+// shrinks to the smallest upper bound seen. Above 16 dimensions a kd-tree's boxes prune
+// little and there is none: the centroids are scanned in order for eight searching
+// clusters at once, a cache-sized block of centroids at a time (the searches had been
+// bound by reading every centroid once each), with the same shrinking radius. The
+// survivors of the lower bounds are evaluated exactly, in increasing order of their lower
+// bound, until the bound passes the best exact distance (whatever the order of the visits,
+// the same nearest neighbour: the smallest upper bound does not depend on it, and a
+// centroid visited in one order and not in another lies beyond it). An exact distance is the mean of the token distances of all member
 // pairs, each computed in the compute type with the matrix engine's expression (squares
 // of direct coordinate differences summed in coordinate order, then the square root),
 // summed in float64; it is computed from the cluster of the smaller identity, so it is the
@@ -91,6 +96,8 @@ inline void poll(const RunOptions& opt) {
 }
 
 // kd-tree over a set of points (float64, row-major), rebuilt from scratch each round.
+// Above kChainMaxDim dimensions there is no tree: its boxes prune little there, and the
+// points are scanned in order (search(), scan_group()).
 class KdTree {
  public:
   static constexpr int kLeaf = 24;
@@ -101,7 +108,7 @@ class KdTree {
     nodes_.clear();
     box_.clear();
     src_ = pts;
-    if (!ids_.empty()) build_rec(0, static_cast<int32_t>(ids_.size()));
+    if (!ids_.empty() && d_ <= kChainMaxDim) build_rec(0, static_cast<int32_t>(ids_.size()));
     pts_.resize(ids_.size() * static_cast<std::size_t>(d));
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       std::memcpy(&pts_[i * d], pts + static_cast<std::size_t>(ids_[i]) * d, d * sizeof(double));
@@ -112,7 +119,38 @@ class KdTree {
   // nearer subtrees first; visit may lower r2 (a branch-and-bound search).
   template <typename F>
   void search(const double* q, double& r2, F&& visit) const {
-    if (!nodes_.empty()) search_rec(0, q, r2, visit);
+    if (!nodes_.empty()) {
+      search_rec(0, q, r2, visit);
+    } else if (!ids_.empty()) {
+      scan_group(&q, 1, &r2, [&visit](int, int32_t id, double v, double& r) {
+        visit(id, v, r);
+      });
+    }
+  }
+
+  // No tree: the points are scanned (scan_group()).
+  bool flat() const { return d_ > kChainMaxDim; }
+
+  // Without a tree (above kChainMaxDim): visit(j, id, squared distance, r2[j]) for every
+  // point within squared distance r2[j] of qs[j], j < g, in the points' order; visit may
+  // lower r2[j]. The points go a block of about kScanBlockBytes at a time, and the block
+  // meets every query of the group while it is in the core's cache: a group of g queries
+  // reads the points once, where g searches of their own read them g times (at d = 256
+  // the searches were bound by that traffic).
+  template <typename F>
+  void scan_group(const double* const* qs, int g, double* r2, F&& visit) const {
+    const std::size_t n = ids_.size();
+    const std::size_t d = static_cast<std::size_t>(d_);
+    const std::size_t block = std::max<std::size_t>(1, kScanBlockBytes / (d * sizeof(double)));
+    for (std::size_t p0 = 0; p0 < n; p0 += block) {
+      const std::size_t p1 = std::min(n, p0 + block);
+      for (int j = 0; j < g; ++j) {
+        for (std::size_t i = p0; i < p1; ++i) {
+          const double v = dist2(qs[j], &pts_[i * d]);
+          if (v <= r2[j]) visit(j, ids_[i], v, r2[j]);
+        }
+      }
+    }
   }
 
  private:
@@ -120,13 +158,43 @@ class KdTree {
     int32_t lo, hi, left, right;
   };
 
+  // Both squared distances below sum their terms in one order: up to kChainMaxDim
+  // dimensions in coordinate order, above it in kLanes running sums (coordinate k to sum
+  // k % kLanes, each in coordinate order) added pairwise at the end. That order is a loop
+  // the compiler vectorises, where one running sum is a chain of d dependent additions (at
+  // d = 256 the searches spent most of their time in it). Every term of the box's sum is at
+  // most the same term of any inner point's, and each partial sum rounds monotonically, so
+  // the box's sum stays a lower bound of the point's in floating point either way.
+  static constexpr int64_t kChainMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
+  static constexpr int64_t kLanes = 8;
+  static constexpr std::size_t kScanBlockBytes = 64 << 10;
+
+  static double combine(const double* acc) {
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+  }
+
   double dist2(const double* a, const double* b) const {
-    double s = 0.0;
-    for (int64_t k = 0; k < d_; ++k) {
-      const double t = a[k] - b[k];
-      s += t * t;
+    if (d_ <= kChainMaxDim) {
+      double s = 0.0;
+      for (int64_t k = 0; k < d_; ++k) {
+        const double t = a[k] - b[k];
+        s += t * t;
+      }
+      return s;
     }
-    return s;
+    double acc[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= d_; k += kLanes) {
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const double t = a[k + j] - b[k + j];
+        acc[j] += t * t;
+      }
+    }
+    for (int64_t j = 0; k + j < d_; ++j) {
+      const double t = a[k + j] - b[k + j];
+      acc[j] += t * t;
+    }
+    return combine(acc);
   }
 
   // Squared distance from q to the node's bounding box (a lower bound of dist2 for every
@@ -134,14 +202,30 @@ class KdTree {
   double box_dist2(int32_t node, const double* q) const {
     const double* lo = &box_[static_cast<std::size_t>(node) * 2 * d_];
     const double* hi = lo + d_;
-    double s = 0.0;
-    for (int64_t k = 0; k < d_; ++k) {
-      double t = 0.0;
-      if (q[k] < lo[k]) t = lo[k] - q[k];
-      else if (q[k] > hi[k]) t = q[k] - hi[k];
-      s += t * t;
+    if (d_ <= kChainMaxDim) {
+      double s = 0.0;
+      for (int64_t k = 0; k < d_; ++k) {
+        double t = 0.0;
+        if (q[k] < lo[k]) t = lo[k] - q[k];
+        else if (q[k] > hi[k]) t = q[k] - hi[k];
+        s += t * t;
+      }
+      return s;
     }
-    return s;
+    // the same term as above: at most one of lo - q and q - hi is positive (lo <= hi)
+    double acc[kLanes] = {};
+    int64_t k = 0;
+    for (; k + kLanes <= d_; k += kLanes) {
+      for (int64_t j = 0; j < kLanes; ++j) {
+        const double t = std::max(std::max(lo[k + j] - q[k + j], q[k + j] - hi[k + j]), 0.0);
+        acc[j] += t * t;
+      }
+    }
+    for (int64_t j = 0; k + j < d_; ++j) {
+      const double t = std::max(std::max(lo[k + j] - q[k + j], q[k + j] - hi[k + j]), 0.0);
+      acc[j] += t * t;
+    }
+    return combine(acc);
   }
 
   int32_t build_rec(int32_t lo, int32_t hi) {
@@ -477,6 +561,8 @@ class LinearEngine {
   // cases within noise; a share of 1/1024 gained less, 1/100 slowed the whole tree.
   static constexpr double kHandoverShare = 1.0 / 256;
   static constexpr int64_t kKdTreeMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
+  // searches that share a scan of the centroids without a tree (search_euclidean_group())
+  static constexpr int kGroup = 8;
 
   // Token pairs among the tokens of the active clusters (what the hand-over sums).
   double live_pairs() const {
@@ -553,15 +639,21 @@ class LinearEngine {
       const int64_t hi = std::min(m, lo + kBatch);
       // small batches (closed forms, late rounds) run on this thread: a parallel region
       // costs more than they do, and far more when the cores are busy with other work
+      // without a tree (many dimensions) a task is a group of kGroup searches, which
+      // share one scan of the centroids (search_euclidean_group())
+      const bool grouped = !closed_ && tree_.flat();
+      const int64_t step = grouped ? kGroup : 1;
 #pragma omp parallel num_threads(threads_) if (closed_ ? hi - lo >= 1024 : hi - lo >= 16)
       {
-        std::vector<std::pair<double, int32_t>> cand;
+        std::vector<std::pair<double, int32_t>> cand[kGroup];
         double pairs = 0.0;  // token pairs summed exactly by this thread
-#pragma omp for schedule(dynamic, 4)
-        for (int64_t t = lo; t < hi; ++t) {
+#pragma omp for schedule(dynamic, grouped ? 1 : 4)
+        for (int64_t t = lo; t < hi; t += step) {
           const int32_t a = todo[t];
           if (closed_) search_closed(a);
-          else search_euclidean(a, cand, pairs);
+          else if (grouped) search_euclidean_group(&todo[t], int(std::min(step, hi - t)), cand,
+                                                   pairs);
+          else search_euclidean(a, cand[0], pairs);
         }
 #pragma omp atomic
         work_ += pairs;
@@ -592,17 +684,20 @@ class LinearEngine {
     nnd_[a] = best;
   }
 
+  // Bounds of avg(a, b) from the squared centroid distance dm2 (the header's).
+  double upper_bound(int32_t a, int32_t b, double dm2) const {
+    return std::sqrt(dm2 + s2_[a] + s2_[b]);
+  }
+  double lower_bound(int32_t a, int32_t b, double dm2) const {
+    const double dm = std::sqrt(dm2);
+    const double den = dm + rad_[a] + rad_[b];
+    const double l2 = den > 0.0 ? (dm2 + s2_[a] + s2_[b]) / den : 0.0;
+    return std::max(dm, l2);
+  }
+
   void search_euclidean(int32_t a, std::vector<std::pair<double, int32_t>>& cand,
                         double& pairs) {
-    const double up = 1.0 + margin_, down = 1.0 - margin_;
-    const double sa = s2_[a], ra = rad_[a];
-    auto upper = [&](int32_t b, double dm2) { return std::sqrt(dm2 + sa + s2_[b]); };
-    auto lower = [&](int32_t b, double dm2) {
-      const double dm = std::sqrt(dm2);
-      const double den = dm + ra + rad_[b];
-      const double l2 = den > 0.0 ? (dm2 + sa + s2_[b]) / den : 0.0;
-      return std::max(dm, l2);
-    };
+    const double up = 1.0 + margin_;
     // Candidates: every centroid within the smallest upper bound seen so far (the radius
     // shrinks during the search), and within a flat cut's bound U (set_aside()); each with
     // its lower bound.
@@ -610,13 +705,47 @@ class LinearEngine {
     cand.clear();
     tree_.search(mu(a), r2, [&](int32_t b, double dm2, double& radius2) {
       if (b == a) return;
-      const double ub = upper(b, dm2);
+      const double ub = upper_bound(a, b, dm2);
       if (ub < r) {
         r = ub;
         radius2 = (r * up) * (r * up);
       }
-      cand.emplace_back(lower(b, dm2), b);
+      cand.emplace_back(lower_bound(a, b, dm2), b);
     });
+    finish_euclidean(a, cand, r, pairs);
+  }
+
+  // search_euclidean() for the clusters as[0 .. g-1] at once, without a tree: one scan of
+  // the centroids for the group (KdTree::scan_group()), the same candidates for each.
+  void search_euclidean_group(const int32_t* as, int g,
+                              std::vector<std::pair<double, int32_t>>* cands, double& pairs) {
+    const double up = 1.0 + margin_;
+    double r[kGroup], r2[kGroup];
+    const double* qs[kGroup];
+    for (int j = 0; j < g; ++j) {
+      r[j] = cut_;
+      r2[j] = cut_ < kInf ? (r[j] * up) * (r[j] * up) : kInf;
+      qs[j] = mu(as[j]);
+      cands[j].clear();
+    }
+    tree_.scan_group(qs, g, r2, [&](int j, int32_t b, double dm2, double& radius2) {
+      const int32_t a = as[j];
+      if (b == a) return;
+      const double ub = upper_bound(a, b, dm2);
+      if (ub < r[j]) {
+        r[j] = ub;
+        radius2 = (r[j] * up) * (r[j] * up);
+      }
+      cands[j].emplace_back(lower_bound(a, b, dm2), b);
+    });
+    for (int j = 0; j < g; ++j) finish_euclidean(as[j], cands[j], r[j], pairs);
+  }
+
+  // The candidates within the final radius r, in increasing order of their lower bound,
+  // summed exactly until the bound passes the best average: a's nearest neighbour.
+  void finish_euclidean(int32_t a, std::vector<std::pair<double, int32_t>>& cand, double r,
+                        double& pairs) {
+    const double up = 1.0 + margin_, down = 1.0 - margin_;
     const double cut = r * up;
     std::size_t keep = 0;
     for (const auto& c : cand) {

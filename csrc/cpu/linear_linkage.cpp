@@ -173,11 +173,13 @@ class KdTree {
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   }
 
-  double dist2(const double* a, const double* b) const {
+  // The sum of term(k)^2 over the coordinates, in the order above.
+  template <typename Term>
+  double sum_squares(Term term) const {
     if (d_ <= kChainMaxDim) {
       double s = 0.0;
       for (int64_t k = 0; k < d_; ++k) {
-        const double t = a[k] - b[k];
+        const double t = term(k);
         s += t * t;
       }
       return s;
@@ -186,46 +188,31 @@ class KdTree {
     int64_t k = 0;
     for (; k + kLanes <= d_; k += kLanes) {
       for (int64_t j = 0; j < kLanes; ++j) {
-        const double t = a[k + j] - b[k + j];
+        const double t = term(k + j);
         acc[j] += t * t;
       }
     }
     for (int64_t j = 0; k + j < d_; ++j) {
-      const double t = a[k + j] - b[k + j];
+      const double t = term(k + j);
       acc[j] += t * t;
     }
     return combine(acc);
   }
 
+  double dist2(const double* a, const double* b) const {
+    return sum_squares([a, b](int64_t k) { return a[k] - b[k]; });
+  }
+
   // Squared distance from q to the node's bounding box (a lower bound of dist2 for every
-  // point inside, also in floating point: each term and the sum round monotonically).
+  // point inside, also in floating point: each term and the sum round monotonically). A
+  // term is lo - q below the box, q - hi above it, else 0 (at most one of the two
+  // differences is positive, since lo <= hi).
   double box_dist2(int32_t node, const double* q) const {
     const double* lo = &box_[static_cast<std::size_t>(node) * 2 * d_];
     const double* hi = lo + d_;
-    if (d_ <= kChainMaxDim) {
-      double s = 0.0;
-      for (int64_t k = 0; k < d_; ++k) {
-        double t = 0.0;
-        if (q[k] < lo[k]) t = lo[k] - q[k];
-        else if (q[k] > hi[k]) t = q[k] - hi[k];
-        s += t * t;
-      }
-      return s;
-    }
-    // the same term as above: at most one of lo - q and q - hi is positive (lo <= hi)
-    double acc[kLanes] = {};
-    int64_t k = 0;
-    for (; k + kLanes <= d_; k += kLanes) {
-      for (int64_t j = 0; j < kLanes; ++j) {
-        const double t = std::max(std::max(lo[k + j] - q[k + j], q[k + j] - hi[k + j]), 0.0);
-        acc[j] += t * t;
-      }
-    }
-    for (int64_t j = 0; k + j < d_; ++j) {
-      const double t = std::max(std::max(lo[k + j] - q[k + j], q[k + j] - hi[k + j]), 0.0);
-      acc[j] += t * t;
-    }
-    return combine(acc);
+    return sum_squares([q, lo, hi](int64_t k) {
+      return std::max(std::max(lo[k] - q[k], q[k] - hi[k]), 0.0);
+    });
   }
 
   int32_t build_rec(int32_t lo, int32_t hi) {

@@ -119,20 +119,34 @@ def test_every_merge_is_a_minimum(rng):
 def test_closed_forms_equal_scipy(rng, metric, n, d):
     x = tie_free(rng, n, d)
     zs = scipy_linkage(x, metric=metric)
-    z = dcpe.linkage(x, metric=metric, backend="cpu")  # auto: the closed form on moments
-    assert cpu.choose_engine(n, d, method="average", metric=metric,
-                             dtype=np.float64).engine == "linear"
+    z = _linear_z(x, 0, metric=metric)  # the closed form on moments
     np.testing.assert_allclose(z[:, 2], zs[:, 2], rtol=1e-9, atol=1e-13)
     for k in _ks(n):
         assert same_partition(cut_z(z, n, k), cut_z(zs, n, k))
     zm = _matrix_z(x, metric=metric)
     assert hierarchy_sets(z, n) == hierarchy_sets(zm, n)
+    za = dcpe.linkage(x, metric=metric, backend="cpu")  # auto
+    assert hierarchy_sets(za, n) == hierarchy_sets(z, n)
+
+
+def test_auto_takes_moments_at_low_d_and_the_matrix_above():
+    for metric in ("sqeuclidean", "cosine"):
+        def engine(n, d, limit=None, metric=metric):
+            return cpu.choose_engine(n, d, method="average", metric=metric,
+                                     dtype=np.float32, memory_limit=limit).engine
+
+        # at most 16 dimensions the moments are the faster engine at any N
+        assert engine(2048, 8) == engine(16384, 16) == engine(262144, 8) == "linear"
+        # above, the matrix when it fits (it is faster there), moments when it does not
+        assert engine(16384, 17) == engine(16384, 256) == engine(65536, 32) == "matrix"
+        assert engine(16384, 256, "256MiB") == engine(262144, 256, "8GiB") == "linear"
 
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
-def test_closed_forms_with_cap_equal_matrix_engine(rng, metric):
+@pytest.mark.parametrize("d", [5, 37])  # a kd-tree; groups of searches scanning centroids
+def test_closed_forms_with_cap_equal_matrix_engine(rng, metric, d):
     n = 300
-    x = tie_free(rng, n, 5)
+    x = tie_free(rng, n, d)
     for cap in (2, 7):
         zl = _linear_z(x, 0, metric=metric, cap=cap)
         zm = _matrix_z(x, metric=metric, cap=cap)
@@ -192,9 +206,9 @@ def test_flat_cut_equals_scipy_and_sklearn(rng):
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
 @pytest.mark.parametrize("cap", [None, 5])
-def test_flat_cut_of_the_closed_forms_changes_no_label(rng, metric, cap):
-    n = 800
-    x = tie_free(rng, n, 8)
+@pytest.mark.parametrize("n,d", [(800, 8), (300, 37)])
+def test_flat_cut_of_the_closed_forms_changes_no_label(rng, metric, cap, n, d):
+    x = tie_free(rng, n, d)
     full = _linear_z(x, 0, metric=metric, cap=cap)
     shorter = 0
     for k in (1, 9, n // 3, n // 2, n - 1):

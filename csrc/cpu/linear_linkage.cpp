@@ -28,28 +28,31 @@
 // survivors of the lower bounds are evaluated exactly, in increasing order of their lower
 // bound, until the bound passes the best exact distance (whatever the order of the visits,
 // the same nearest neighbour: the smallest upper bound does not depend on it, and a
-// centroid visited in one order and not in another lies beyond it). An exact distance is the mean of the token distances of all member
-// pairs, each computed in the compute type with the matrix engine's expression (squares
-// of direct coordinate differences summed in coordinate order, then the square root),
-// summed in float64; it is computed from the cluster of the smaller identity, so it is the
-// same number whichever of the two asks. The comparisons use a relative safety margin of a
-// few units of the compute type's rounding, so pruning never drops the true nearest
-// neighbour.
+// centroid visited in one order and not in another lies beyond it). An exact distance is
+// the mean of the token distances of all member pairs, each computed in the compute type
+// with the matrix engine's expression (squares of direct coordinate differences summed in
+// coordinate order, then the square root), summed in float64; it is computed from the
+// cluster of the smaller identity, so it is the same number whichever of the two asks.
+// The comparisons use a relative safety margin of a few units of the compute type's
+// rounding, so pruning never drops the true nearest neighbour.
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and,
 // at d <= 16, their searches have become costly (the last one summed at least 1/256 of the
-// token pairs among their tokens exactly: kHandoverShare), the matrix of their exact average distances
-// is built in one pass over all those token pairs and
-// the matrix engine (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the
-// nearest-neighbour chain [Murtagh 1983; Müllner 2011, Fig. 4]) finishes on it, so large
-// clusters are never compared member by member.
+// token pairs among their tokens exactly: kHandoverShare), the matrix of their exact
+// average distances is built in one pass over all those token pairs and the matrix engine
+// (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the nearest-neighbour
+// chain [Murtagh 1983; Müllner 2011, Fig. 4]) finishes on it, so large clusters are never
+// compared member by member.
 //
 // Closed forms. With metric "sqeuclidean", average linkage is a function of cluster
 // moments: E||a - b||^2 = ||mu_A - mu_B||^2 + s_A + s_B; with "cosine" (rows scaled to unit
 // length) 1 - cos = ||a - b||^2 / 2, so it is half of that. Moments merge exactly
 // (mu_C = (|A| mu_A + |B| mu_B) / |C|, s_C = (|A| s_A + |B| s_B) / |C| +
 // |A||B| / |C|^2 ||mu_A - mu_B||^2, no cancellation), so these run on the moments alone
-// (float64), with the kd-tree on the centroids for the search, in O(N d) memory at any N.
+// (float64), in O(N d) memory at any N. Their search is the same walk of the kd-tree on
+// the centroids (above 16 dimensions, the same scan, eight searches at a time), within a
+// radius that follows the best value found: value(B) >= ||mu_A - mu_B||^2 + s_A, scaled.
+// Where the matrix fits and d > 16, the matrix engine is faster (backends/cpu.py chooses).
 // Euclidean distance (the paper's DCPE) has no such form.
 //
 // Flat cut (RunOptions::max_merges = N - k): once N - k merges are recorded, the
@@ -624,22 +627,24 @@ class LinearEngine {
     constexpr int64_t kBatch = 2048;
     for (int64_t lo = 0; lo < m; lo += kBatch) {
       const int64_t hi = std::min(m, lo + kBatch);
-      // small batches (closed forms, late rounds) run on this thread: a parallel region
-      // costs more than they do, and far more when the cores are busy with other work
-      // without a tree (many dimensions) a task is a group of kGroup searches, which
-      // share one scan of the centroids (search_euclidean_group())
-      const bool grouped = !closed_ && tree_.flat();
+      // small batches (closed forms with a tree, late rounds) run on this thread: a
+      // parallel region costs more than they do, and far more when the cores are busy with
+      // other work; without a tree (many dimensions) a task is a group of kGroup searches,
+      // which share one scan of the centroids (search_*_group())
+      const bool grouped = tree_.flat();
       const int64_t step = grouped ? kGroup : 1;
-#pragma omp parallel num_threads(threads_) if (closed_ ? hi - lo >= 1024 : hi - lo >= 16)
+#pragma omp parallel num_threads(threads_) if (closed_ && !grouped ? hi - lo >= 1024 \
+                                                                   : hi - lo >= 16)
       {
         std::vector<std::pair<double, int32_t>> cand[kGroup];
         double pairs = 0.0;  // token pairs summed exactly by this thread
 #pragma omp for schedule(dynamic, grouped ? 1 : 4)
         for (int64_t t = lo; t < hi; t += step) {
           const int32_t a = todo[t];
-          if (closed_) search_closed(a);
-          else if (grouped) search_euclidean_group(&todo[t], int(std::min(step, hi - t)), cand,
-                                                   pairs);
+          const int g = int(std::min(step, hi - t));
+          if (closed_ && grouped) search_closed_group(&todo[t], g);
+          else if (closed_) search_closed(a);
+          else if (grouped) search_euclidean_group(&todo[t], g, cand, pairs);
           else search_euclidean(a, cand[0], pairs);
         }
 #pragma omp atomic
@@ -649,26 +654,58 @@ class LinearEngine {
     }
   }
 
-  void search_closed(int32_t a) {
-    // value(b) = scale * (||mu_a - mu_b||^2 + s_a + s_b) >= scale * (||.||^2 + s_a): the
-    // search radius around mu_a follows the best value found so far
+  // value(b) = scale * (||mu_a - mu_b||^2 + s_a + s_b) >= scale * (||.||^2 + s_a): the
+  // squared centroid radius around mu_a within which a value of at most v can lie
+  double closed_radius2(int32_t a, double v) const {
     const double scale = opt_.metric == Metric::Cosine ? 0.5 : 1.0;
+    return std::max(0.0, v / scale - s2_[a]) * (1.0 + margin_) + 1e-300;
+  }
+
+  // The search radius follows the best value found so far, within a flat cut's bound U
+  // (set_aside()) from the start.
+  void search_closed(int32_t a) {
     double best = kInf;
     int32_t bi = -1;
-    // a flat cut's bound U: only clusters within it matter (set_aside())
-    double r2 = cut_ < kInf ? std::max(0.0, cut_ / scale - s2_[a]) * (1.0 + margin_) + 1e-300
-                            : kInf;
+    double r2 = cut_ < kInf ? closed_radius2(a, cut_) : kInf;
     tree_.search(mu(a), r2, [&](int32_t b, double, double& radius2) {
       if (b == a) return;
       const double v = exact(a, b);
       if (v < best || (v == best && b < bi)) {
         best = v;
         bi = b;
-        radius2 = std::max(0.0, best / scale - s2_[a]) * (1.0 + margin_) + 1e-300;
+        radius2 = closed_radius2(a, v);
       }
     });
     nn_[a] = bi;
     nnd_[a] = best;
+  }
+
+  // search_closed() for the clusters as[0 .. g-1] at once, without a tree: one scan of the
+  // centroids for the group (KdTree::scan_group()), in the order search() visits them.
+  void search_closed_group(const int32_t* as, int g) {
+    double best[kGroup], r2[kGroup];
+    int32_t bi[kGroup];
+    const double* qs[kGroup];
+    for (int j = 0; j < g; ++j) {
+      best[j] = kInf;
+      bi[j] = -1;
+      r2[j] = cut_ < kInf ? closed_radius2(as[j], cut_) : kInf;
+      qs[j] = mu(as[j]);
+    }
+    tree_.scan_group(qs, g, r2, [&](int j, int32_t b, double, double& radius2) {
+      const int32_t a = as[j];
+      if (b == a) return;
+      const double v = exact(a, b);
+      if (v < best[j] || (v == best[j] && b < bi[j])) {
+        best[j] = v;
+        bi[j] = b;
+        radius2 = closed_radius2(a, v);
+      }
+    });
+    for (int j = 0; j < g; ++j) {
+      nn_[as[j]] = bi[j];
+      nnd_[as[j]] = best[j];
+    }
   }
 
   // Bounds of avg(a, b) from the squared centroid distance dm2 (the header's).

@@ -295,8 +295,9 @@ def cluster(
         it fits, the linear engine otherwise; on the GPU the matrix engine up to 131,072
         tokens when it fits.
         Average linkage with ``"sqeuclidean"`` or ``"cosine"`` runs on cluster moments
-        (their closed forms) in the linear engines, in O(N d) memory. Other backends
-        take ``"auto"``.
+        (their closed forms) in the linear engines, in O(N d) memory; ``"auto"`` on the
+        host takes it at d <= 16 and the matrix engine above when it fits (faster there).
+        Other backends take ``"auto"``.
     progress : bool or None
         A progress bar of the merges on standard error for runs of the ``cpu`` backend
         longer than two seconds: ``True`` always, ``None`` when standard error is a

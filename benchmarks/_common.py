@@ -70,6 +70,13 @@ def machine_info() -> dict[str, Any]:
                              text=True, cwd=Path(__file__).parent, timeout=5)
         if out.returncode == 0:
             info["commit"] = out.stdout.strip()
+            # sources that differ from that commit: the numbers are not the commit's
+            changed = subprocess.run(
+                ["git", "status", "--porcelain", "--untracked-files=no", "--", "csrc",
+                 "python", "dcpe_kernels", "setup.py", "CMakeLists.txt"],
+                capture_output=True, text=True, cwd=Path(__file__).parent.parent, timeout=5)
+            if changed.returncode == 0 and changed.stdout.strip():
+                info["commit"] += "+changes"
     except Exception:
         pass
     return info

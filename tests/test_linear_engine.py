@@ -50,8 +50,9 @@ def _ks(n: int) -> list[int]:
     return sorted({1, 2, max(1, n // 2), max(1, n - 1), n})
 
 
-# above 16 dimensions the centroids are scanned without a kd-tree, eight searches at a
-# time (d = 37: coordinates past the last eight of the scans' running sums)
+# above 16 dimensions the centroids are scanned without a kd-tree, 32 searches at a time
+# in passes of eight (d = 37: coordinates past the last eight of the scans' running sums;
+# n = 203: groups of 32, then passes of eight and single searches)
 CASES = [(n, d) for n, d in [(2, 1), (3, 2), (17, 1), (60, 8), (150, 2), (257, 8), (400, 64),
                              (300, 256), (203, 37), (999, 8), (1500, 2)]]
 
@@ -85,6 +86,41 @@ def test_linear_at_3000_tokens_equals_scipy_and_sklearn(rng):
     k = 300
     assert same_partition(dcpe.cluster(x, k, engine="linear", memory_limit="64MiB"),
                           sklearn_labels(x, k))
+
+
+@pytest.mark.parametrize("d", [8, 37, 256])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_merge_of_two_tokens_has_the_matrix_engines_height_bit_for_bit(rng, d, dtype):
+    # the exact sums compute a token pair's distance with the matrix engine's expression
+    # (coordinate differences squared and summed in coordinate order, then the square
+    # root), however many pairs they compute at once: the same number, not a close one
+    n = 300
+    x = tie_free(rng, n, d, dtype)
+    zl, zm = _linear_z(x, 0), _matrix_z(x)
+    leaves = {}
+    for z, name in ((zl, "linear"), (zm, "matrix")):
+        for a, b, h, _ in z:
+            if a < n and b < n:
+                leaves.setdefault((int(min(a, b)), int(max(a, b))), {})[name] = h
+    both = [v for v in leaves.values() if len(v) == 2]
+    assert len(both) >= n // 10
+    assert all(v["linear"] == v["matrix"] for v in both)
+
+
+@pytest.mark.parametrize("offset,dtype", [(1e6, np.float64), (1e3, np.float32)])
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_far_from_the_origin_the_scan_misses_no_neighbour(rng, offset, dtype, metric):
+    # above 16 dimensions the scan tests a centroid by ||q||^2 + ||p||^2 - 2 <q, p>, which
+    # cancels badly here; its error bound must still let every neighbour through
+    n, d = 300, 37
+    x = (tie_free(rng, n, d, np.float64) * 0.05 + offset).astype(dtype)
+    zs = scipy_linkage(x.astype(np.float64), metric=metric)
+    zm = _matrix_z(x, metric=metric)
+    for cache in CACHES if metric == "euclidean" else (0,):
+        zl = _linear_z(x, cache, metric=metric)
+        for k in (2, 10, n // 2, n - 5):
+            assert same_partition(cut_z(zl, n, k), cut_z(zm, n, k)), k
+            assert same_partition(cut_z(zl, n, k), cut_z(zs, n, k)), k
 
 
 @pytest.mark.filterwarnings("ignore:max_cluster_size")

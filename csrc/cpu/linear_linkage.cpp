@@ -22,19 +22,23 @@
 // Candidates come from a kd-tree over the centroids, rebuilt every round [Bentley 1975;
 // Friedman, Bentley, Finkel 1977], searched nearer subtrees first within a radius that
 // shrinks to the smallest upper bound seen. Above 16 dimensions a kd-tree's boxes prune
-// little and there is none: the centroids are scanned in order for eight searching
-// clusters at once, a cache-sized block of centroids at a time (the searches had been
-// bound by reading every centroid once each), with the same shrinking radius. The
-// survivors of the lower bounds are evaluated exactly, in increasing order of their lower
-// bound, until the bound passes the best exact distance (whatever the order of the visits,
-// the same nearest neighbour: the smallest upper bound does not depend on it, and a
-// centroid visited in one order and not in another lies beyond it). An exact distance is
-// the mean of the token distances of all member pairs, each computed in the compute type
-// with the matrix engine's expression (squares of direct coordinate differences summed in
-// coordinate order, then the square root), summed in float64; it is computed from the
-// cluster of the smaller identity, so it is the same number whichever of the two asks.
-// The comparisons use a relative safety margin of a few units of the compute type's
-// rounding, so pruning never drops the true nearest neighbour.
+// little and there is none: the centroids are scanned in order for 32 searching clusters
+// at once, a cache-sized block of centroids at a time (the searches had been bound by
+// reading every centroid from memory once each), with the same shrinking radius; a
+// centroid is first tested by its squared distance from dot products, within a rigorous
+// error bound [Higham 2002, Sec. 3.1], and only one that the test does not exclude gets
+// its distance computed directly (KdTree::scan_group()). The survivors of the lower
+// bounds are evaluated exactly, in increasing order of their lower bound, a few at a time
+// (the token-pair distances of small clusters interleaved: chain_sums()), until the bound
+// passes the best exact distance (whatever the order of the visits, the same nearest
+// neighbour: the smallest upper bound does not depend on it, and a centroid visited in
+// one order and not in another lies beyond it). An exact distance is the mean of the token
+// distances of all member pairs, each computed in the compute type with the matrix
+// engine's expression (squares of direct coordinate differences summed in coordinate
+// order, then the square root), summed in float64; it is computed from the cluster of the
+// smaller identity, so it is the same number whichever of the two asks. The comparisons
+// use a relative safety margin of a few units of the compute type's rounding, so pruning
+// never drops the true nearest neighbour.
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and,
 // at d <= 16, their searches have become costly (the last one summed at least 1/256 of the
@@ -50,7 +54,7 @@
 // (mu_C = (|A| mu_A + |B| mu_B) / |C|, s_C = (|A| s_A + |B| s_B) / |C| +
 // |A||B| / |C|^2 ||mu_A - mu_B||^2, no cancellation), so these run on the moments alone
 // (float64), in O(N d) memory at any N. Their search is the same walk of the kd-tree on
-// the centroids (above 16 dimensions, the same scan, eight searches at a time), within a
+// the centroids (above 16 dimensions, the same scan, 32 searches at a time), within a
 // radius that follows the best value found: value(B) >= ||mu_A - mu_B||^2 + s_A, scaled.
 // Where the matrix fits and d > 16, the matrix engine is faster (backends/cpu.py chooses).
 // Euclidean distance (the paper's DCPE) has no such form.
@@ -116,6 +120,14 @@ class KdTree {
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       std::memcpy(&pts_[i * d], pts + static_cast<std::size_t>(ids_[i]) * d, d * sizeof(double));
     }
+    norm_.clear();
+    if (flat()) {
+      norm_.resize(ids_.size());
+      for (std::size_t i = 0; i < ids_.size(); ++i) {
+        const double* p = &pts_[i * d];
+        dots<1>(&p, p, &norm_[i]);
+      }
+    }
   }
 
   // visit(id, squared distance, r2) for every point within squared distance r2 of q,
@@ -135,24 +147,31 @@ class KdTree {
   bool flat() const { return d_ > kChainMaxDim; }
 
   // Without a tree (above kChainMaxDim): visit(j, id, squared distance, r2[j]) for every
-  // point within squared distance r2[j] of qs[j], j < g, in the points' order; visit may
-  // lower r2[j]. The points go a block of about kScanBlockBytes at a time, and the block
-  // meets every query of the group while it is in the core's cache: a group of g queries
-  // reads the points once, where g searches of their own read them g times (at d = 256
-  // the searches were bound by that traffic).
+  // point within squared distance r2[j] of qs[j], j < g <= kScanGroup, in the points'
+  // order; visit may lower r2[j]. The points go a block of about kScanBlockBytes at a
+  // time, and the block meets every query of the group while it is in the core's cache:
+  // a group of g queries reads the points from memory once, where g searches of their own
+  // read them g times (at d = 256 the searches were bound by that traffic). Within a
+  // block, each point is read once for eight queries (dots()). A point is first tested
+  // by an estimate of its squared distance from dot products, ||q||^2 + ||p||^2 -
+  // 2 <q, p>, whose products and sums keep the multipliers and adders equally busy where
+  // the direct form's subtractions and sums both wait on the adders; only a point that
+  // the estimate's error bound (scan_slack()) does not put beyond r2[j] gets its squared
+  // distance computed as dist2() computes it. So the visits and their values are those of
+  // the direct scan.
+  static constexpr int kScanGroup = 32;
   template <typename F>
   void scan_group(const double* const* qs, int g, double* r2, F&& visit) const {
     const std::size_t n = ids_.size();
     const std::size_t d = static_cast<std::size_t>(d_);
     const std::size_t block = std::max<std::size_t>(1, kScanBlockBytes / (d * sizeof(double)));
+    double nq[kScanGroup];
+    for (int j = 0; j < g; ++j) dots<1>(qs + j, qs[j], nq + j);
     for (std::size_t p0 = 0; p0 < n; p0 += block) {
       const std::size_t p1 = std::min(n, p0 + block);
-      for (int j = 0; j < g; ++j) {
-        for (std::size_t i = p0; i < p1; ++i) {
-          const double v = dist2(qs[j], &pts_[i * d]);
-          if (v <= r2[j]) visit(j, ids_[i], v, r2[j]);
-        }
-      }
+      int j = 0;
+      for (; j + 8 <= g; j += 8) scan_block<8>(qs + j, nq + j, r2 + j, j, p0, p1, visit);
+      for (; j < g; ++j) scan_block<1>(qs + j, nq + j, r2 + j, j, p0, p1, visit);
     }
   }
 
@@ -170,7 +189,7 @@ class KdTree {
   // the box's sum stays a lower bound of the point's in floating point either way.
   static constexpr int64_t kChainMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   static constexpr int64_t kLanes = 8;
-  static constexpr std::size_t kScanBlockBytes = 64 << 10;
+  static constexpr std::size_t kScanBlockBytes = 256 << 10;
 
   static double combine(const double* acc) {
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
@@ -204,6 +223,62 @@ class KdTree {
 
   double dist2(const double* a, const double* b) const {
     return sum_squares([a, b](int64_t k) { return a[k] - b[k]; });
+  }
+
+  // scan_group() for the G queries qs[0 .. G-1] (visited as j0 + j, with squared norms
+  // nq) and the points p0 .. p1 - 1.
+  template <int G, typename F>
+  void scan_block(const double* const* qs, const double* nq, double* r2, int j0,
+                  std::size_t p0, std::size_t p1, F&& visit) const {
+    const std::size_t d = static_cast<std::size_t>(d_);
+    const double slack = scan_slack();
+    for (std::size_t i = p0; i < p1; ++i) {
+      const double* p = &pts_[i * d];
+      double dot[G];
+      dots<G>(qs, p, dot);
+      for (int j = 0; j < G; ++j) {
+        const double norms = nq[j] + norm_[i];
+        if ((norms - 2.0 * dot[j]) - (slack * norms + 1e-300) > r2[j]) continue;
+        const double v = dist2(qs[j], p);
+        if (v <= r2[j]) visit(j0 + j, ids_[i], v, r2[j]);
+      }
+    }
+  }
+
+  // The bound, relative to ||q||^2 + ||p||^2, of the difference between scan()'s estimate
+  // and dist2(): the dot products and squared norms (each a sum of d + 1 rounded terms in
+  // any order) are within gamma_{d+1} (||q||^2 + ||p||^2) of theirs, |<q, p>| <= the half
+  // of that sum, the two operations that combine them add 4u of it, and dist2() (d + 3
+  // roundings per term) is within gamma_{d+3} * 2 (||q||^2 + ||p||^2) of the exact
+  // distance: about (4d + 12) u in all [Higham 2002, "Accuracy and Stability of Numerical
+  // Algorithms", Sec. 3.1]. Twice that, with u = 2^-53, covers the rounding of the test
+  // itself and of the norms it uses; the absolute 1e-300, underflow.
+  double scan_slack() const { return (8.0 * double(d_) + 64.0) * std::ldexp(1.0, -53); }
+
+  // out[j] = <qs[j], p> for j < G, in kLanes running sums: one read of p for G queries.
+  // The lanes are a GCC/Clang vector type (elementwise arithmetic, as the scalar loop's).
+  typedef double Lanes __attribute__((vector_size(kLanes * sizeof(double))));
+  static Lanes load(const double* p) {
+    Lanes v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  template <int G>
+  void dots(const double* const* qs, const double* p, double* out) const {
+    Lanes acc[G];
+    for (int j = 0; j < G; ++j) acc[j] = Lanes{};
+    int64_t k = 0;
+    for (; k + kLanes <= d_; k += kLanes) {
+      const Lanes pk = load(p + k);
+      for (int j = 0; j < G; ++j) acc[j] += load(qs[j] + k) * pk;
+    }
+    for (int j = 0; j < G; ++j) {
+      double a[kLanes];
+      std::memcpy(a, &acc[j], sizeof a);
+      double s = combine(a);
+      for (int64_t t = k; t < d_; ++t) s += qs[j][t] * p[t];
+      out[j] = s;
+    }
   }
 
   // Squared distance from q to the node's bounding box (a lower bound of dist2 for every
@@ -283,6 +358,7 @@ class KdTree {
   const double* src_ = nullptr;
   std::vector<int32_t> ids_;
   std::vector<double> pts_;
+  std::vector<double> norm_;  // squared norms of the points, without a tree
   std::vector<Node> nodes_;
   std::vector<double> box_;
 };
@@ -291,10 +367,12 @@ class KdTree {
 // [d][n] (coordinate k of token i at k * n + i). Each pair's distance is the matrix
 // engine's (squares of direct differences summed in coordinate order in T, square root in
 // T); the sum is float64, over the tokens of `a` in order and, for each, over those of `b`.
+constexpr int64_t kBlockSumLanes = 16;  // block_sum()'s tokens of b at a time
+
 template <typename T>
 double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64_t nb,
                  int64_t d) {
-  constexpr int L = 16;
+  constexpr int L = kBlockSumLanes;
   double total = 0.0;
   for (int64_t i = 0; i < na; ++i) {
     int64_t j = 0;
@@ -334,6 +412,121 @@ double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64
     }
   }
   return total;
+}
+
+// One token pair of block_sum()'s scalar path: coordinate k of the two tokens at
+// a[k * sa] and b[k * sb].
+template <typename T>
+struct Chain {
+  const T* a;
+  const T* b;
+  int64_t sa, sb;
+};
+
+// Eight lanes of T as a GCC/Clang vector type: elementwise arithmetic, each lane rounded
+// as the scalar operation.
+template <typename T>
+struct Lanes8;
+template <>
+struct Lanes8<float> {
+  typedef float type __attribute__((vector_size(8 * sizeof(float))));
+};
+template <>
+struct Lanes8<double> {
+  typedef double type __attribute__((vector_size(8 * sizeof(double))));
+};
+
+// r[i][k] becomes r[k][i] (8 x 8).
+template <typename V>
+inline void transpose8(V* r) {
+  V t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 8, 2, 10, 4, 12, 6, 14);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 9, 3, 11, 5, 13, 7, 15);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    for (int h = 0; h < 2; ++h) {
+      u[i + h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 8, 9, 4, 5, 12, 13);
+      u[i + h + 2] = __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 10, 11, 6, 7, 14,
+                                             15);
+    }
+  }
+  for (int h = 0; h < 4; ++h) {
+    r[h] = __builtin_shufflevector(u[h], u[h + 4], 0, 1, 2, 3, 8, 9, 10, 11);
+    r[h + 4] = __builtin_shufflevector(u[h], u[h + 4], 4, 5, 6, 7, 12, 13, 14, 15);
+  }
+}
+
+// chain_sums() for eight chains of contiguous coordinates (sa = sb = 1: two clusters of one
+// token each): eight coordinates of each chain at a time, squared as rows and transposed,
+// so that lane i of the running sum is chain i, adding its coordinates in order.
+template <typename T>
+void contiguous_chain_sums(const Chain<T>* c, int64_t d, T* out) {
+  using V = typename Lanes8<T>::type;
+  V acc = V{};
+  int64_t k = 0;
+  for (; k + 8 <= d; k += 8) {
+    V r[8];
+    for (int i = 0; i < 8; ++i) {
+      V a, b;
+      std::memcpy(&a, c[i].a + k, sizeof a);
+      std::memcpy(&b, c[i].b + k, sizeof b);
+      const V t = b - a;
+      r[i] = t * t;
+    }
+    transpose8(r);
+    for (int j = 0; j < 8; ++j) acc += r[j];  // coordinate k + j of every chain
+  }
+  T s[8];
+  std::memcpy(s, &acc, sizeof s);
+  for (int i = 0; i < 8; ++i) {
+    for (int64_t j = k; j < d; ++j) {
+      const T t = c[i].b[j] - c[i].a[j];
+      s[i] += t * t;
+    }
+    out[i] = s[i];
+  }
+}
+
+// out[c] = the squared distance of chain c (the sum of block_sum()'s scalar path, before
+// its square root), c < n: the same operations in the same order, several chains at once.
+// One chain is d dependent additions, each waiting on the last; several keep the adders
+// busy: eight as the lanes of vectors where their coordinates are contiguous, else four
+// interleaved. (A first term t * t is 0 + t * t exactly.)
+template <typename T>
+void chain_sums(const Chain<T>* c, int n, int64_t d, T* out) {
+  int i = 0;
+  for (; i + 8 <= n; i += 8) {
+    bool contiguous = true;
+    for (int j = i; j < i + 8; ++j) contiguous = contiguous && c[j].sa == 1 && c[j].sb == 1;
+    if (!contiguous) break;
+    contiguous_chain_sums(c + i, d, out + i);
+  }
+  for (; i + 4 <= n; i += 4) {
+    const T *a0 = c[i].a, *a1 = c[i + 1].a, *a2 = c[i + 2].a, *a3 = c[i + 3].a;
+    const T *b0 = c[i].b, *b1 = c[i + 1].b, *b2 = c[i + 2].b, *b3 = c[i + 3].b;
+    T t0 = *b0 - *a0, t1 = *b1 - *a1, t2 = *b2 - *a2, t3 = *b3 - *a3;
+    T s0 = t0 * t0, s1 = t1 * t1, s2 = t2 * t2, s3 = t3 * t3;
+    for (int64_t k = 1; k < d; ++k) {
+      a0 += c[i].sa, b0 += c[i].sb, a1 += c[i + 1].sa, b1 += c[i + 1].sb;
+      a2 += c[i + 2].sa, b2 += c[i + 2].sb, a3 += c[i + 3].sa, b3 += c[i + 3].sb;
+      t0 = *b0 - *a0, t1 = *b1 - *a1, t2 = *b2 - *a2, t3 = *b3 - *a3;
+      s0 += t0 * t0, s1 += t1 * t1, s2 += t2 * t2, s3 += t3 * t3;
+    }
+    out[i] = s0, out[i + 1] = s1, out[i + 2] = s2, out[i + 3] = s3;
+  }
+  for (; i < n; ++i) {
+    const T* a = c[i].a;
+    const T* b = c[i].b;
+    T t = *b - *a;
+    T s = t * t;
+    for (int64_t k = 1; k < d; ++k) {
+      a += c[i].sa, b += c[i].sb;
+      t = *b - *a;
+      s += t * t;
+    }
+    out[i] = s;
+  }
 }
 
 // racc[q] = sum over the n tokens x (row-major, d coordinates each) of their distance to
@@ -552,7 +745,12 @@ class LinearEngine {
   static constexpr double kHandoverShare = 1.0 / 256;
   static constexpr int64_t kKdTreeMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   // searches that share a scan of the centroids without a tree (search_euclidean_group())
-  static constexpr int kGroup = 8;
+  static constexpr int kGroup = KdTree::kScanGroup;
+  // exact sums of one cluster evaluated together (finish_euclidean()), the most token pairs
+  // of a pair whose chains exact_many() runs together, and the most chains at once
+  static constexpr int kSums = 8;
+  static constexpr int64_t kChainPairs = 16;
+  static constexpr int kChains = 256;
 
   // Token pairs among the tokens of the active clusters (what the hand-over sums).
   double live_pairs() const {
@@ -619,6 +817,46 @@ class LinearEngine {
     if (size_[b] < size_[a]) std::swap(a, b);
     const double s = block_sum<T>(block(a), size_[a], block(b), size_[b], d_);
     return s / (double(size_[a]) * double(size_[b]));
+  }
+
+  // out[t] = exact(as[t], bs[t]) for t < m (Euclidean), the same numbers. A pair of at
+  // most kChainPairs token pairs whose inner cluster has fewer than block_sum()'s 16
+  // tokens is that function's scalar path alone: one chain of d dependent additions per
+  // token pair. The chains of all such pairs, kChains at a time, run together
+  // (chain_sums()), and each pair's total is then summed as block_sum() sums it.
+  void exact_many(const int32_t* as, const int32_t* bs, int m, double* out) const {
+    Chain<T> chains[kChains];
+    T sq[kChains];
+    int first[kChains + 1];  // a pair's first chain; as many as the next one's: exact()
+    for (int t0 = 0; t0 < m;) {
+      int n = 0, t = t0;
+      for (; t < m && t - t0 < kChains; ++t) {
+        first[t - t0] = n;
+        int32_t x = std::min(as[t], bs[t]), y = std::max(as[t], bs[t]);
+        if (size_[y] < size_[x]) std::swap(x, y);  // as exact()
+        const int64_t nx = size_[x], ny = size_[y];
+        if (ny >= kBlockSumLanes || nx * ny > kChainPairs) continue;
+        if (n + nx * ny > kChains) break;
+        const T* px = block(x);
+        const T* py = block(y);
+        for (int64_t i = 0; i < nx; ++i) {
+          for (int64_t j = 0; j < ny; ++j) chains[n++] = {px + i, py + j, nx, ny};
+        }
+      }
+      first[t - t0] = n;
+      chain_sums(chains, n, d_, sq);
+      for (int u = t0; u < t; ++u) {
+        const int c0 = first[u - t0], c1 = first[u - t0 + 1];
+        if (c0 == c1) {
+          out[u] = exact(as[u], bs[u]);
+          continue;
+        }
+        double total = 0.0;
+        for (int c = c0; c < c1; ++c) total += static_cast<double>(std::sqrt(sq[c]));
+        out[u] = total / (double(size_[as[u]]) * double(size_[bs[u]]));
+      }
+      t0 = t;
+    }
   }
 
   // Nearest neighbour of every cluster in `todo` (exact, ties to the smaller identity).
@@ -736,7 +974,7 @@ class LinearEngine {
       }
       cand.emplace_back(lower_bound(a, b, dm2), b);
     });
-    finish_euclidean(a, cand, r, pairs);
+    finish_euclidean(&a, 1, &cand, &r, pairs);
   }
 
   // search_euclidean() for the clusters as[0 .. g-1] at once, without a tree: one scan of
@@ -762,34 +1000,72 @@ class LinearEngine {
       }
       cands[j].emplace_back(lower_bound(a, b, dm2), b);
     });
-    for (int j = 0; j < g; ++j) finish_euclidean(as[j], cands[j], r[j], pairs);
+    finish_euclidean(as, g, cands, r, pairs);
   }
 
-  // The candidates within the final radius r, in increasing order of their lower bound,
-  // summed exactly until the bound passes the best average: a's nearest neighbour.
-  void finish_euclidean(int32_t a, std::vector<std::pair<double, int32_t>>& cand, double r,
-                        double& pairs) {
+  // For each j < g: the candidates of as[j] within its final radius r[j], in increasing
+  // order of their lower bound, summed exactly until the bound passes the best average:
+  // as[j]'s nearest neighbour. The exact sums of the g clusters are computed together, a
+  // round at a time (exact_many()): each cluster's first candidate alone, then its next
+  // candidates within its best so far, up to kSums. A sum past a cluster's stop is
+  // computed and unused, so each result is the one-at-a-time loop's.
+  void finish_euclidean(const int32_t* as, int g, std::vector<std::pair<double, int32_t>>* cands,
+                        const double* r, double& pairs) {
     const double up = 1.0 + margin_, down = 1.0 - margin_;
-    const double cut = r * up;
-    std::size_t keep = 0;
-    for (const auto& c : cand) {
-      if (c.first * down <= cut) cand[keep++] = c;
+    double best[kGroup];
+    int32_t bi[kGroup];
+    std::size_t next[kGroup];
+    for (int j = 0; j < g; ++j) {
+      auto& cand = cands[j];
+      const double cut = r[j] * up;
+      std::size_t keep = 0;
+      for (const auto& c : cand) {
+        if (c.first * down <= cut) cand[keep++] = c;
+      }
+      cand.resize(keep);
+      std::sort(cand.begin(), cand.end());
+      best[j] = kInf;
+      bi[j] = -1;
+      next[j] = 0;
     }
-    cand.resize(keep);
-    std::sort(cand.begin(), cand.end());
-    double best = kInf;
-    int32_t bi = -1;
-    for (const auto& c : cand) {
-      if (c.first * down > best) break;
-      const double v = exact(a, c.second);
-      pairs += double(size_[a]) * double(size_[c.second]);
-      if (v < best || (v == best && c.second < bi)) {
-        best = v;
-        bi = c.second;
+    int32_t pa[kGroup * kSums], pb[kGroup * kSums];
+    double v[kGroup * kSums];
+    int start[kGroup + 1];
+    for (;;) {
+      int m = 0;
+      for (int j = 0; j < g; ++j) {
+        start[j] = m;
+        const auto& cand = cands[j];
+        const int most = next[j] == 0 ? 1 : kSums;
+        for (std::size_t t = next[j]; t < cand.size() && m - start[j] < most; ++t) {
+          if (cand[t].first * down > best[j]) break;
+          pa[m] = as[j];
+          pb[m++] = cand[t].second;
+        }
+      }
+      start[g] = m;
+      if (m == 0) break;
+      exact_many(pa, pb, m, v);
+      for (int j = 0; j < g; ++j) {
+        const auto& cand = cands[j];
+        for (int u = start[j]; u < start[j + 1]; ++u) {
+          if (cand[next[j]].first * down > best[j]) {
+            next[j] = cand.size();  // stop: the later bounds are larger still
+            break;
+          }
+          ++next[j];
+          pairs += double(size_[as[j]]) * double(size_[pb[u]]);
+          if (v[u] < best[j] || (v[u] == best[j] && pb[u] < bi[j])) {
+            best[j] = v[u];
+            bi[j] = pb[u];
+          }
+        }
       }
     }
-    nn_[a] = bi;
-    nnd_[a] = best;
+    for (int j = 0; j < g; ++j) {
+      nn_[as[j]] = bi[j];
+      nnd_[as[j]] = best[j];
+    }
   }
 
   // Merge the reciprocal pairs (a < b): a keeps the slot; merged clusters over the cap leave.

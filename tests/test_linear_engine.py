@@ -123,6 +123,29 @@ def test_far_from_the_origin_the_scan_misses_no_neighbour(rng, offset, dtype, me
             assert same_partition(cut_z(zl, n, k), cut_z(zs, n, k)), k
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
+def test_near_duplicate_tokens_the_scan_misses_no_neighbour(rng, metric):
+    # groups of four tokens 1e-9 apart: the scan's estimate of their distances from dot
+    # products is noise, and only its error bound keeps the true neighbour in the search
+    groups, d = 60, 37
+    base = np.repeat(tie_free(rng, groups, d), 4, axis=0)
+    x = base + 1e-9 * rng.standard_normal(base.shape)
+    n = len(x)
+    zs = scipy_linkage(x, metric=metric)
+    zl = _linear_z(x, 0, metric=metric)
+    for k in (2, 10, groups, 2 * groups, n - 5):
+        assert same_partition(cut_z(zl, n, k), cut_z(zs, n, k)), k
+
+
+@pytest.mark.parametrize("scale", [1e60, 1e-70])
+def test_magnitudes_past_float32_the_scan_tests_in_float64(rng, scale):
+    # coordinates whose products would overflow or underflow in float32
+    n, d = 200, 37
+    x = tie_free(rng, n, d) * scale
+    zm, zl = _matrix_z(x), _linear_z(x, 0)
+    assert hierarchy_sets(zl, n) == hierarchy_sets(zm, n)
+
+
 @pytest.mark.filterwarnings("ignore:max_cluster_size")
 @pytest.mark.parametrize("cap", [1, 3, 8])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])

@@ -257,20 +257,22 @@ class KdTree {
 
   // out[j] = <qs[j], p> for j < G, in kLanes running sums: one read of p for G queries.
   // The lanes are a GCC/Clang vector type (elementwise arithmetic, as the scalar loop's).
+  // (Loaded by memcpy in place: a function returning one would change its ABI with the
+  // instruction set.)
   typedef double Lanes __attribute__((vector_size(kLanes * sizeof(double))));
-  static Lanes load(const double* p) {
-    Lanes v;
-    std::memcpy(&v, p, sizeof v);
-    return v;
-  }
   template <int G>
   void dots(const double* const* qs, const double* p, double* out) const {
     Lanes acc[G];
     for (int j = 0; j < G; ++j) acc[j] = Lanes{};
     int64_t k = 0;
     for (; k + kLanes <= d_; k += kLanes) {
-      const Lanes pk = load(p + k);
-      for (int j = 0; j < G; ++j) acc[j] += load(qs[j] + k) * pk;
+      Lanes pk;
+      std::memcpy(&pk, p + k, sizeof pk);
+      for (int j = 0; j < G; ++j) {
+        Lanes qk;
+        std::memcpy(&qk, qs[j] + k, sizeof qk);
+        acc[j] += qk * pk;
+      }
     }
     for (int j = 0; j < G; ++j) {
       double a[kLanes];

@@ -245,11 +245,11 @@ class KdTree {
     }
   }
 
-  // The bound, relative to ||q||^2 + ||p||^2, of the difference between scan()'s estimate
-  // and dist2(): the dot products and squared norms (each a sum of d + 1 rounded terms in
-  // any order) are within gamma_{d+1} (||q||^2 + ||p||^2) of theirs, |<q, p>| <= the half
-  // of that sum, the two operations that combine them add 4u of it, and dist2() (d + 3
-  // roundings per term) is within gamma_{d+3} * 2 (||q||^2 + ||p||^2) of the exact
+  // The bound, relative to ||q||^2 + ||p||^2, of the difference between scan_block()'s
+  // estimate and dist2(): the dot products and squared norms (each a sum of d + 1 rounded
+  // terms in any order) are within gamma_{d+1} (||q||^2 + ||p||^2) of theirs, |<q, p>| <=
+  // the half of that sum, the two operations that combine them add 4u of it, and dist2()
+  // (d + 3 roundings per term) is within gamma_{d+3} * 2 (||q||^2 + ||p||^2) of the exact
   // distance: about (4d + 12) u in all [Higham 2002, "Accuracy and Stability of Numerical
   // Algorithms", Sec. 3.1]. Twice that, with u = 2^-53, covers the rounding of the test
   // itself and of the norms it uses; the absolute 1e-300, underflow.
@@ -493,8 +493,9 @@ void contiguous_chain_sums(const Chain<T>* c, int64_t d, T* out) {
 // out[c] = the squared distance of chain c (the sum of block_sum()'s scalar path, before
 // its square root), c < n: the same operations in the same order, several chains at once.
 // One chain is d dependent additions, each waiting on the last; several keep the adders
-// busy: eight as the lanes of vectors where their coordinates are contiguous, else four
-// interleaved. (A first term t * t is 0 + t * t exactly.)
+// busy: eight as the lanes of vectors while the chains come in runs of eight with
+// contiguous coordinates, the rest four interleaved. (A first term t * t is 0 + t * t
+// exactly.)
 template <typename T>
 void chain_sums(const Chain<T>* c, int n, int64_t d, T* out) {
   int i = 0;

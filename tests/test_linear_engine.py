@@ -138,8 +138,9 @@ def test_near_duplicate_tokens_the_scan_misses_no_neighbour(rng, metric):
 
 
 @pytest.mark.parametrize("scale", [1e60, 1e-70])
-def test_magnitudes_past_float32_the_scan_tests_in_float64(rng, scale):
-    # coordinates whose products would overflow or underflow in float32
+def test_extreme_magnitudes_change_no_merge(rng, scale):
+    # the scan's dot products and squared norms of coordinates near 1e60 or 1e-70 (products
+    # near 1e120 or 1e-140) stay within its error bound, relative and absolute
     n, d = 200, 37
     x = tie_free(rng, n, d) * scale
     zm, zl = _matrix_z(x), _linear_z(x, 0)

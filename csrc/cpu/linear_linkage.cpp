@@ -102,6 +102,19 @@ inline void poll(const RunOptions& opt) {
   if (opt.interrupted && opt.interrupted()) throw Interrupted();
 }
 
+// Eight lanes of T as a GCC/Clang vector type: elementwise arithmetic, each lane rounded
+// as the scalar operation.
+template <typename T>
+struct Lanes8;
+template <>
+struct Lanes8<float> {
+  typedef float type __attribute__((vector_size(8 * sizeof(float))));
+};
+template <>
+struct Lanes8<double> {
+  typedef double type __attribute__((vector_size(8 * sizeof(double))));
+};
+
 // kd-tree over a set of points (float64, row-major), rebuilt from scratch each round.
 // Above kChainMaxDim dimensions there is no tree: its boxes prune little there, and the
 // points are scanned in order (search(), scan_group()).
@@ -256,10 +269,10 @@ class KdTree {
   double scan_slack() const { return (8.0 * double(d_) + 64.0) * std::ldexp(1.0, -53); }
 
   // out[j] = <qs[j], p> for j < G, in kLanes running sums: one read of p for G queries.
-  // The lanes are a GCC/Clang vector type (elementwise arithmetic, as the scalar loop's).
-  // (Loaded by memcpy in place: a function returning one would change its ABI with the
-  // instruction set.)
-  typedef double Lanes __attribute__((vector_size(kLanes * sizeof(double))));
+  // (The lanes are loaded by memcpy in place: a function returning them would change its
+  // ABI with the instruction set.)
+  using Lanes = Lanes8<double>::type;
+  static_assert(sizeof(Lanes) == kLanes * sizeof(double), "one lane per running sum");
   template <int G>
   void dots(const double* const* qs, const double* p, double* out) const {
     Lanes acc[G];
@@ -423,19 +436,6 @@ struct Chain {
   const T* a;
   const T* b;
   int64_t sa, sb;
-};
-
-// Eight lanes of T as a GCC/Clang vector type: elementwise arithmetic, each lane rounded
-// as the scalar operation.
-template <typename T>
-struct Lanes8;
-template <>
-struct Lanes8<float> {
-  typedef float type __attribute__((vector_size(8 * sizeof(float))));
-};
-template <>
-struct Lanes8<double> {
-  typedef double type __attribute__((vector_size(8 * sizeof(double))));
 };
 
 // r[i][k] becomes r[k][i] (8 x 8).
@@ -816,10 +816,17 @@ class LinearEngine {
       const double v = centroid_dist2(a, b) + s2_[a] + s2_[b];
       return opt_.metric == Metric::Cosine ? 0.5 * v : v;
     }
-    // the smaller cluster outside (the smaller identity on equal sizes): one order per pair
+    const auto [x, y] = sum_order(a, b);
+    const double s = block_sum<T>(block(x), size_[x], block(y), size_[y], d_);
+    return s / (double(size_[x]) * double(size_[y]));
+  }
+
+  // The clusters a != b as their exact sum takes them: the smaller cluster outside (the
+  // smaller identity on equal sizes), one order per pair.
+  std::pair<int32_t, int32_t> sum_order(int32_t a, int32_t b) const {
+    if (a > b) std::swap(a, b);
     if (size_[b] < size_[a]) std::swap(a, b);
-    const double s = block_sum<T>(block(a), size_[a], block(b), size_[b], d_);
-    return s / (double(size_[a]) * double(size_[b]));
+    return {a, b};
   }
 
   // out[t] = exact(as[t], bs[t]) for t < m (Euclidean), the same numbers. A pair of at
@@ -835,8 +842,7 @@ class LinearEngine {
       int n = 0, t = t0;
       for (; t < m && t - t0 < kChains; ++t) {
         first[t - t0] = n;
-        int32_t x = std::min(as[t], bs[t]), y = std::max(as[t], bs[t]);
-        if (size_[y] < size_[x]) std::swap(x, y);  // as exact()
+        const auto [x, y] = sum_order(as[t], bs[t]);
         const int64_t nx = size_[x], ny = size_[y];
         if (ny >= kBlockSumLanes || nx * ny > kChainPairs) continue;
         if (n + nx * ny > kChains) break;
@@ -902,6 +908,19 @@ class LinearEngine {
     return std::max(0.0, v / scale - s2_[a]) * (1.0 + margin_) + 1e-300;
   }
 
+  // b, visited by a's search: the best value (ties to the smaller identity) and the
+  // search radius that follows it.
+  void consider_closed(int32_t a, int32_t b, double& best, int32_t& bi,
+                       double& radius2) const {
+    if (b == a) return;
+    const double v = exact(a, b);
+    if (v < best || (v == best && b < bi)) {
+      best = v;
+      bi = b;
+      radius2 = closed_radius2(a, v);
+    }
+  }
+
   // The search radius follows the best value found so far, within a flat cut's bound U
   // (set_aside()) from the start.
   void search_closed(int32_t a) {
@@ -909,13 +928,7 @@ class LinearEngine {
     int32_t bi = -1;
     double r2 = cut_ < kInf ? closed_radius2(a, cut_) : kInf;
     tree_.search(mu(a), r2, [&](int32_t b, double, double& radius2) {
-      if (b == a) return;
-      const double v = exact(a, b);
-      if (v < best || (v == best && b < bi)) {
-        best = v;
-        bi = b;
-        radius2 = closed_radius2(a, v);
-      }
+      consider_closed(a, b, best, bi, radius2);
     });
     nn_[a] = bi;
     nnd_[a] = best;
@@ -934,14 +947,7 @@ class LinearEngine {
       qs[j] = mu(as[j]);
     }
     tree_.scan_group(qs, g, r2, [&](int j, int32_t b, double, double& radius2) {
-      const int32_t a = as[j];
-      if (b == a) return;
-      const double v = exact(a, b);
-      if (v < best[j] || (v == best[j] && b < bi[j])) {
-        best[j] = v;
-        bi[j] = b;
-        radius2 = closed_radius2(a, v);
-      }
+      consider_closed(as[j], b, best[j], bi[j], radius2);
     });
     for (int j = 0; j < g; ++j) {
       nn_[as[j]] = bi[j];

@@ -23,11 +23,12 @@
 // Friedman, Bentley, Finkel 1977], searched nearer subtrees first within a radius that
 // shrinks to the smallest upper bound seen. Above 16 dimensions a kd-tree's boxes prune
 // little and there is none: the centroids are scanned in order for 32 searching clusters
-// at once, a cache-sized block of centroids at a time (the searches had been bound by
+// at once, each centroid read once for all of them (the searches had been bound by
 // reading every centroid from memory once each), with the same shrinking radius; a
-// centroid is first tested by its squared distance from dot products, within a rigorous
-// error bound [Higham 2002, Sec. 3.1], and only one that the test does not exclude gets
-// its distance computed directly (KdTree::scan_group()). The survivors of the lower
+// centroid is first tested by its squared distance from dot products (a register-blocked
+// product of six centroids with the 32 searching ones), within a rigorous error bound
+// [Higham 2002, Sec. 3.1], and only one that the test does not exclude gets its distance
+// computed directly (KdTree::scan_group()). The survivors of the lower
 // bounds are evaluated exactly, in increasing order of their lower bound, a few at a time
 // (the token-pair distances of small clusters interleaved: chain_sums()), until the bound
 // passes the best exact distance (whatever the order of the visits, the same nearest
@@ -136,10 +137,7 @@ class KdTree {
     norm_.clear();
     if (flat()) {
       norm_.resize(ids_.size());
-      for (std::size_t i = 0; i < ids_.size(); ++i) {
-        const double* p = &pts_[i * d];
-        dots<1>(&p, p, &norm_[i]);
-      }
+      for (std::size_t i = 0; i < ids_.size(); ++i) norm_[i] = norm2(&pts_[i * d]);
     }
   }
 
@@ -161,31 +159,35 @@ class KdTree {
 
   // Without a tree (above kChainMaxDim): visit(j, id, squared distance, r2[j]) for every
   // point within squared distance r2[j] of qs[j], j < g <= kScanGroup, in the points'
-  // order; visit may lower r2[j]. The points go a block of about kScanBlockBytes at a
-  // time, and the block meets every query of the group while it is in the core's cache:
-  // a group of g queries reads the points from memory once, where g searches of their own
-  // read them g times (at d = 256 the searches were bound by that traffic). Within a
-  // block, each point is read once for eight queries (dots()). A point is first tested
-  // by an estimate of its squared distance from dot products, ||q||^2 + ||p||^2 -
-  // 2 <q, p>, whose products and sums keep the multipliers and adders equally busy where
-  // the direct form's subtractions and sums both wait on the adders; only a point that
-  // the estimate's error bound (scan_slack()) does not put beyond r2[j] gets its squared
-  // distance computed as dist2() computes it. So the visits and their values are those of
-  // the direct scan.
+  // order; visit may lower r2[j]. The g queries share one pass over the points, which are
+  // read once for all of them (at d = 256 separate searches were bound by reading every
+  // point once each). A point is first tested by an estimate of its squared distance from
+  // dot products, ||q||^2 + ||p||^2 - 2 <q, p>: the dot products of kScanPoints points
+  // with all kScanGroup queries are one register-blocked product (scan_points(): the
+  // queries transposed, a vector of eight queries times one coordinate of a point per
+  // operation), where the direct form's subtractions and sums both wait on the adders.
+  // Only a point that the estimate's error bound (scan_slack()) does not put beyond r2[j]
+  // gets its squared distance computed as dist2() computes it. So the visits and their
+  // values are those of the direct scan.
   static constexpr int kScanGroup = 32;
   template <typename F>
   void scan_group(const double* const* qs, int g, double* r2, F&& visit) const {
     const std::size_t n = ids_.size();
     const std::size_t d = static_cast<std::size_t>(d_);
-    const std::size_t block = std::max<std::size_t>(1, kScanBlockBytes / (d * sizeof(double)));
-    double nq[kScanGroup];
-    for (int j = 0; j < g; ++j) dots<1>(qs + j, qs[j], nq + j);
-    for (std::size_t p0 = 0; p0 < n; p0 += block) {
-      const std::size_t p1 = std::min(n, p0 + block);
-      int j = 0;
-      for (; j + 8 <= g; j += 8) scan_block<8>(qs + j, nq + j, r2 + j, j, p0, p1, visit);
-      for (; j < g; ++j) scan_block<1>(qs + j, nq + j, r2 + j, j, p0, p1, visit);
+    // the queries transposed: coordinate k of query j at qt[k * kScanGroup + j] (zero for
+    // j >= g, whose products are never read)
+    std::vector<Lanes> qt(d * kScanVecs);
+    double* qd = reinterpret_cast<double*>(qt.data());
+    for (std::size_t k = 0; k < d; ++k) {
+      for (int j = 0; j < kScanGroup; ++j) qd[k * kScanGroup + j] = j < g ? qs[j][k] : 0.0;
     }
+    double nq[kScanGroup];
+    for (int j = 0; j < g; ++j) nq[j] = norm2(qs[j]);
+    std::size_t i = 0;
+    for (; i + kScanPoints <= n; i += kScanPoints) {
+      scan_points<kScanPoints>(qt.data(), qs, nq, g, r2, i, visit);
+    }
+    for (; i < n; ++i) scan_points<1>(qt.data(), qs, nq, g, r2, i, visit);
   }
 
  private:
@@ -202,7 +204,18 @@ class KdTree {
   // the box's sum stays a lower bound of the point's in floating point either way.
   static constexpr int64_t kChainMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   static constexpr int64_t kLanes = 8;
-  static constexpr std::size_t kScanBlockBytes = 256 << 10;
+
+  using Lanes = Lanes8<double>::type;
+  static_assert(sizeof(Lanes) == kLanes * sizeof(double), "one lane per running sum");
+  // scan_group()'s queries as vectors of kLanes, and the points of one product: with
+  // 512-bit registers, 6 x 4 running sums and the 4 query vectors of a coordinate take 28
+  // of the 32 registers; with narrower ones, fewer points keep the sums in registers.
+  static constexpr int kScanVecs = kScanGroup / kLanes;
+#if defined(__AVX512F__)
+  static constexpr int kScanPoints = 6;
+#else
+  static constexpr int kScanPoints = 2;
+#endif
 
   static double combine(const double* acc) {
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
@@ -238,27 +251,45 @@ class KdTree {
     return sum_squares([a, b](int64_t k) { return a[k] - b[k]; });
   }
 
-  // scan_group() for the G queries qs[0 .. G-1] (visited as j0 + j, with squared norms
-  // nq) and the points p0 .. p1 - 1.
-  template <int G, typename F>
-  void scan_block(const double* const* qs, const double* nq, double* r2, int j0,
-                  std::size_t p0, std::size_t p1, F&& visit) const {
+  // ||p||^2 (scan_group()'s estimate), in the order of sum_squares().
+  double norm2(const double* p) const {
+    return sum_squares([p](int64_t k) { return p[k]; });
+  }
+
+  // scan_group() for the P points i0 .. i0 + P - 1: their dot products with the queries
+  // (qt, transposed), each a running sum over the coordinates in order, then each point's
+  // test and visits, in the points' order.
+  template <int P, typename F>
+  void scan_points(const Lanes* __restrict qt, const double* const* qs, const double* nq,
+                   int g, double* r2, std::size_t i0, F& visit) const {
     const std::size_t d = static_cast<std::size_t>(d_);
+    const double* __restrict p = &pts_[i0 * d];
+    Lanes acc[P][kScanVecs];
+    for (int u = 0; u < P; ++u) {
+      for (int v = 0; v < kScanVecs; ++v) acc[u][v] = Lanes{};
+    }
+    for (std::size_t k = 0; k < d; ++k) {
+      const Lanes* q = qt + k * kScanVecs;
+      for (int u = 0; u < P; ++u) {
+        const double x = p[u * d + k];
+        for (int v = 0; v < kScanVecs; ++v) acc[u][v] += q[v] * x;
+      }
+    }
     const double slack = scan_slack();
-    for (std::size_t i = p0; i < p1; ++i) {
-      const double* p = &pts_[i * d];
-      double dot[G];
-      dots<G>(qs, p, dot);
-      for (int j = 0; j < G; ++j) {
+    for (int u = 0; u < P; ++u) {
+      const std::size_t i = i0 + u;
+      double dot[kScanGroup];
+      std::memcpy(dot, acc[u], sizeof dot);
+      for (int j = 0; j < g; ++j) {
         const double norms = nq[j] + norm_[i];
         if ((norms - 2.0 * dot[j]) - (slack * norms + 1e-300) > r2[j]) continue;
-        const double v = dist2(qs[j], p);
-        if (v <= r2[j]) visit(j0 + j, ids_[i], v, r2[j]);
+        const double v = dist2(qs[j], &pts_[i * d]);
+        if (v <= r2[j]) visit(j, ids_[i], v, r2[j]);
       }
     }
   }
 
-  // The bound, relative to ||q||^2 + ||p||^2, of the difference between scan_block()'s
+  // The bound, relative to ||q||^2 + ||p||^2, of the difference between scan_points()'s
   // estimate and dist2(): the dot products and squared norms (each a sum of d + 1 rounded
   // terms in any order) are within gamma_{d+1} (||q||^2 + ||p||^2) of theirs, |<q, p>| <=
   // the half of that sum, the two operations that combine them add 4u of it, and dist2()
@@ -267,34 +298,6 @@ class KdTree {
   // Algorithms", Sec. 3.1]. Twice that, with u = 2^-53, covers the rounding of the test
   // itself and of the norms it uses; the absolute 1e-300, underflow.
   double scan_slack() const { return (8.0 * double(d_) + 64.0) * std::ldexp(1.0, -53); }
-
-  // out[j] = <qs[j], p> for j < G, in kLanes running sums: one read of p for G queries.
-  // (The lanes are loaded by memcpy in place: a function returning them would change its
-  // ABI with the instruction set.)
-  using Lanes = Lanes8<double>::type;
-  static_assert(sizeof(Lanes) == kLanes * sizeof(double), "one lane per running sum");
-  template <int G>
-  void dots(const double* const* qs, const double* p, double* out) const {
-    Lanes acc[G];
-    for (int j = 0; j < G; ++j) acc[j] = Lanes{};
-    int64_t k = 0;
-    for (; k + kLanes <= d_; k += kLanes) {
-      Lanes pk;
-      std::memcpy(&pk, p + k, sizeof pk);
-      for (int j = 0; j < G; ++j) {
-        Lanes qk;
-        std::memcpy(&qk, qs[j] + k, sizeof qk);
-        acc[j] += qk * pk;
-      }
-    }
-    for (int j = 0; j < G; ++j) {
-      double a[kLanes];
-      std::memcpy(a, &acc[j], sizeof a);
-      double s = combine(a);
-      for (int64_t t = k; t < d_; ++t) s += qs[j][t] * p[t];
-      out[j] = s;
-    }
-  }
 
   // Squared distance from q to the node's bounding box (a lower bound of dist2 for every
   // point inside, also in floating point: each term and the sum round monotonically). A

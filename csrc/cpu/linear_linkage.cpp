@@ -432,13 +432,12 @@ double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64
   return total;
 }
 
-// One token pair of block_sum()'s scalar path: coordinate k of the two tokens at
-// a[k * sa] and b[k * sb].
+// One token pair of block_sum()'s scalar path: the rows of its two tokens (d contiguous
+// coordinates each; block_sum()'s a and b).
 template <typename T>
 struct Chain {
   const T* a;
   const T* b;
-  int64_t sa, sb;
 };
 
 // r[i][k] becomes r[k][i] (8 x 8).
@@ -462,11 +461,11 @@ inline void transpose8(V* r) {
   }
 }
 
-// chain_sums() for eight chains of contiguous coordinates (sa = sb = 1: two clusters of one
-// token each): eight coordinates of each chain at a time, squared as rows and transposed,
-// so that lane i of the running sum is chain i, adding its coordinates in order.
+// chain_sums() for eight chains: eight coordinates of each chain at a time, squared as
+// rows and transposed, so that lane i of the running sum is chain i, adding its
+// coordinates in order.
 template <typename T>
-void contiguous_chain_sums(const Chain<T>* c, int64_t d, T* out) {
+void chain_sums8(const Chain<T>* c, int64_t d, T* out) {
   using V = typename Lanes8<T>::type;
   V acc = V{};
   int64_t k = 0;
@@ -494,44 +493,22 @@ void contiguous_chain_sums(const Chain<T>* c, int64_t d, T* out) {
 }
 
 // out[c] = the squared distance of chain c (the sum of block_sum()'s scalar path, before
-// its square root), c < n: the same operations in the same order, several chains at once.
-// One chain is d dependent additions, each waiting on the last; several keep the adders
-// busy: eight as the lanes of vectors while the chains come in runs of eight with
-// contiguous coordinates, the rest four interleaved. (A first term t * t is 0 + t * t
-// exactly.)
+// its square root), c < n: the same operations in the same order, eight chains at once as
+// the lanes of vectors (one chain is d dependent additions, each waiting on the last; a
+// last run of fewer than eight repeats its last chain). The chains read the tokens' rows,
+// where the coordinates of a token are contiguous: in a cluster's block they are strided,
+// and before chains read rows, those of clusters of two or more tokens ran four
+// interleaved with scalar loads. (A first term t * t is 0 + t * t exactly.)
 template <typename T>
 void chain_sums(const Chain<T>* c, int n, int64_t d, T* out) {
   int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    bool contiguous = true;
-    for (int j = i; j < i + 8; ++j) contiguous = contiguous && c[j].sa == 1 && c[j].sb == 1;
-    if (!contiguous) break;
-    contiguous_chain_sums(c + i, d, out + i);
-  }
-  for (; i + 4 <= n; i += 4) {
-    const T *a0 = c[i].a, *a1 = c[i + 1].a, *a2 = c[i + 2].a, *a3 = c[i + 3].a;
-    const T *b0 = c[i].b, *b1 = c[i + 1].b, *b2 = c[i + 2].b, *b3 = c[i + 3].b;
-    T t0 = *b0 - *a0, t1 = *b1 - *a1, t2 = *b2 - *a2, t3 = *b3 - *a3;
-    T s0 = t0 * t0, s1 = t1 * t1, s2 = t2 * t2, s3 = t3 * t3;
-    for (int64_t k = 1; k < d; ++k) {
-      a0 += c[i].sa, b0 += c[i].sb, a1 += c[i + 1].sa, b1 += c[i + 1].sb;
-      a2 += c[i + 2].sa, b2 += c[i + 2].sb, a3 += c[i + 3].sa, b3 += c[i + 3].sb;
-      t0 = *b0 - *a0, t1 = *b1 - *a1, t2 = *b2 - *a2, t3 = *b3 - *a3;
-      s0 += t0 * t0, s1 += t1 * t1, s2 += t2 * t2, s3 += t3 * t3;
-    }
-    out[i] = s0, out[i + 1] = s1, out[i + 2] = s2, out[i + 3] = s3;
-  }
-  for (; i < n; ++i) {
-    const T* a = c[i].a;
-    const T* b = c[i].b;
-    T t = *b - *a;
-    T s = t * t;
-    for (int64_t k = 1; k < d; ++k) {
-      a += c[i].sa, b += c[i].sb;
-      t = *b - *a;
-      s += t * t;
-    }
-    out[i] = s;
+  for (; i + 8 <= n; i += 8) chain_sums8(c + i, d, out + i);
+  if (i < n) {
+    Chain<T> last[8];
+    T s[8];
+    for (int j = 0; j < 8; ++j) last[j] = c[std::min(i + j, n - 1)];
+    chain_sums8(last, d, s);
+    for (int j = i; j < n; ++j) out[j] = s[j - i];
   }
 }
 
@@ -653,7 +630,7 @@ class LinearEngine {
  public:
   LinearEngine(const T* x, int64_t n, int64_t d, const RunOptions& opt, int threads,
                bool closed)
-      : n_(n), d_(d), opt_(opt), threads_(threads), closed_(closed) {
+      : x_(x), n_(n), d_(d), opt_(opt), threads_(threads), closed_(closed) {
     mu_.resize(static_cast<std::size_t>(n) * d);
     size_.assign(n, 1);
     s2_.assign(n, 0.0);
@@ -667,6 +644,7 @@ class LinearEngine {
     if (!closed_) {
       cap_ = 2 * n;
       ar_.resize(static_cast<std::size_t>(d) * cap_);
+      tok_.resize(cap_);
       pos_.resize(n);
     }
     for (int64_t i = 0; i < n; ++i) {
@@ -681,7 +659,10 @@ class LinearEngine {
         mu_[i * d + k] = double(x[i * d + k]) * scale;
         if (!closed_) ar_[i * d + k] = x[i * d + k];
       }
-      if (!closed_) pos_[i] = i;
+      if (!closed_) {
+        pos_[i] = i;
+        tok_[i] = static_cast<int32_t>(i);
+      }
     }
     used_ = n;
     // Relative margin of the bound tests: a few roundings of T per coordinate.
@@ -755,7 +736,7 @@ class LinearEngine {
   // exact sums of one cluster evaluated together (finish_euclidean()), the most token pairs
   // of a pair whose chains exact_many() runs together, and the most chains at once
   static constexpr int kSums = 8;
-  static constexpr int64_t kChainPairs = 16;
+  static constexpr int64_t kChainPairs = 256;
   static constexpr int kChains = 256;
 
   // Token pairs among the tokens of the active clusters (what the hand-over sums).
@@ -800,6 +781,9 @@ class LinearEngine {
 
   const double* mu(int32_t a) const { return &mu_[static_cast<std::size_t>(a) * d_]; }
   const T* block(int32_t a) const { return &ar_[static_cast<std::size_t>(pos_[a]) * d_]; }
+  // Cluster a's tokens, as indices of the input rows, in the order of its block.
+  const int32_t* tokens(int32_t a) const { return &tok_[static_cast<std::size_t>(pos_[a])]; }
+  const T* row(int32_t token) const { return x_ + static_cast<std::size_t>(token) * d_; }
 
   double centroid_dist2(int32_t a, int32_t b) const {
     const double* p = mu(a);
@@ -849,10 +833,10 @@ class LinearEngine {
         const int64_t nx = size_[x], ny = size_[y];
         if (ny >= kBlockSumLanes || nx * ny > kChainPairs) continue;
         if (n + nx * ny > kChains) break;
-        const T* px = block(x);
-        const T* py = block(y);
+        const int32_t* tx = tokens(x);
+        const int32_t* ty = tokens(y);
         for (int64_t i = 0; i < nx; ++i) {
-          for (int64_t j = 0; j < ny; ++j) chains[n++] = {px + i, py + j, nx, ny};
+          for (int64_t j = 0; j < ny; ++j) chains[n++] = {row(tx[i]), row(ty[j])};
         }
       }
       first[t - t0] = n;
@@ -1120,6 +1104,9 @@ class LinearEngine {
           std::memcpy(out + k * nc, pa + k * na, na * sizeof(T));
           std::memcpy(out + k * nc + na, pb + k * nb, nb * sizeof(T));
         }
+        int32_t* ids = &tok_[static_cast<std::size_t>(dest[t])];
+        std::memcpy(ids, tokens(a), na * sizeof(int32_t));
+        std::memcpy(ids + na, tokens(b), nb * sizeof(int32_t));
       }
       for (int64_t t = 0; t < np; ++t) {
         if (dest[t] >= 0) pos_[pairs[t].first] = dest[t];
@@ -1179,6 +1166,7 @@ class LinearEngine {
       const std::size_t to = static_cast<std::size_t>(dest[i]) * d_;
       if (from != to) {
         std::memmove(&ar_[to], &ar_[from], size_[live[i]] * d_ * sizeof(T));
+        std::memmove(&tok_[dest[i]], &tok_[pos_[live[i]]], size_[live[i]] * sizeof(int32_t));
       }
     }
     for (std::size_t i = 0; i < live.size(); ++i) pos_[live[i]] = dest[i];
@@ -1225,6 +1213,7 @@ class LinearEngine {
       }
     }
     { std::vector<T>().swap(ar_); }  // the arena is not needed any more
+    { std::vector<int32_t>().swap(tok_); }
     std::vector<T> D(tri(m) + 1);
     int64_t longest = 1;
     for (std::size_t t = 0; t < n_tiles; ++t) {
@@ -1266,6 +1255,7 @@ class LinearEngine {
     report(merges.size());
   }
 
+  const T* x_;  // the input rows (n x d, row-major), whose values the arena holds
   int64_t n_, d_;
   const RunOptions& opt_;
   int threads_;
@@ -1277,6 +1267,7 @@ class LinearEngine {
   // token arena of cap_ tokens: cluster a's tokens from token offset pos_[a], a block
   // [d][size_[a]] (coordinate k of its token i at pos_[a] * d + k * size_[a] + i)
   std::vector<T> ar_;
+  std::vector<int32_t> tok_;  // the input row of each token of the arena
   int64_t cap_ = 0, used_ = 0;
   std::vector<int64_t> pos_;
   // per slot (slot = smallest token index of the cluster)
@@ -1321,6 +1312,7 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   std::size_t bytes = un * (ud * 8 + 80) + un * (ud * 8 + 4) + un / 2 * (2 * ud * 8 + 16);
   if (!closed) {
     bytes += 2 * un * ud * elem_size + un * ud * elem_size + un * 8;  // arena + compaction
+    bytes += 2 * un * sizeof(int32_t);  // the arena's token indices (tok_)
     bytes += cache_bytes;
   }
   return bytes;

@@ -30,7 +30,8 @@
 // [Higham 2002, Sec. 3.1], and only one that the test does not exclude gets its distance
 // computed directly (KdTree::scan_group()). The survivors of the lower
 // bounds are evaluated exactly, in increasing order of their lower bound, a few at a time
-// (the token-pair distances of small clusters interleaved: chain_sums()), until the bound
+// (the token-pair distances of small clusters eight at a time as vector lanes, from the
+// tokens' input rows: chain_sums()), until the bound
 // passes the best exact distance (whatever the order of the visits, the same nearest
 // neighbour: the smallest upper bound does not depend on it, and a centroid visited in
 // one order and not in another lies beyond it). An exact distance is the mean of the token

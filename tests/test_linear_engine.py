@@ -107,6 +107,55 @@ def test_a_merge_of_two_tokens_has_the_matrix_engines_height_bit_for_bit(rng, d,
     assert all(v["linear"] == v["matrix"] for v in both)
 
 
+def _exact_average(x: np.ndarray, outer: list[int], inner: list[int]) -> float:
+    """The linear engine's exact average of two clusters, as a reference.
+
+    Token distances in the input's dtype, coordinate differences squared and summed in
+    coordinate order, then the square root; summed in float64 over the outer cluster's
+    tokens in order and, for each, over the inner cluster's in blocks of 16 (each block's
+    sum added to the total) and then one at a time.
+    """
+    t = x[inner][None, :, :] - x[outer][:, None, :]
+    acc = t[:, :, 0] * t[:, :, 0]
+    for k in range(1, x.shape[1]):
+        acc = acc + t[:, :, k] * t[:, :, k]
+    dist = np.sqrt(acc).astype(np.float64)
+    ni, total = len(inner), 0.0
+    for row in dist:
+        j = 0
+        while j + 16 <= ni:
+            s = 0.0
+            for v in row[j:j + 16]:
+                s += v
+            total += s
+            j += 16
+        for v in row[j:]:
+            total += v
+    return total / (float(len(outer)) * float(ni))
+
+
+@pytest.mark.parametrize("d", [8, 37, 256])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_every_merge_height_is_the_exact_average_bit_for_bit(rng, d, dtype):
+    # every height of the rounds (cache 0: no hand-over) is the exact average of its two
+    # clusters, summed in one order whichever path computes it (token pairs as vector
+    # lanes or block sums): each cluster's tokens in the engine's order (the part holding
+    # the smaller token index first), the smaller cluster outside (the smaller index on
+    # equal sizes)
+    n = 200
+    x = tie_free(rng, n, d, dtype)
+    z = _linear_z(x, 0)
+    members = {i: [i] for i in range(n)}
+    shapes = set()
+    for t, (a, b, h, _) in enumerate(z):
+        first, second = sorted((members.pop(int(a)), members.pop(int(b))), key=min)
+        outer, inner = ((second, first) if len(second) < len(first) else (first, second))
+        assert h == _exact_average(x, outer, inner), (t, len(outer), len(inner))
+        members[n + t] = first + second
+        shapes.add((min(len(outer), 2), min(len(inner), 16)))
+    assert {(1, 1), (2, 2), (2, 16)} <= shapes  # one-token, small and block-summed pairs
+
+
 @pytest.mark.parametrize("offset,dtype", [(1e6, np.float64), (1e3, np.float32)])
 @pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean"])
 def test_far_from_the_origin_the_scan_misses_no_neighbour(rng, offset, dtype, metric):

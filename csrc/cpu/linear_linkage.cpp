@@ -497,9 +497,8 @@ void chain_sums8(const Chain<T>* c, int64_t d, T* out) {
 // its square root), c < n: the same operations in the same order, eight chains at once as
 // the lanes of vectors (one chain is d dependent additions, each waiting on the last; a
 // last run of fewer than eight repeats its last chain). The chains read the tokens' rows,
-// where the coordinates of a token are contiguous: in a cluster's block they are strided,
-// and before chains read rows, those of clusters of two or more tokens ran four
-// interleaved with scalar loads. (A first term t * t is 0 + t * t exactly.)
+// where the coordinates of a token are contiguous (in a cluster's block they are
+// strided). (A first term t * t is 0 + t * t exactly.)
 template <typename T>
 void chain_sums(const Chain<T>* c, int n, int64_t d, T* out) {
   int i = 0;

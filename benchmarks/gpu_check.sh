@@ -20,14 +20,16 @@ set -euo pipefail
 # by the labels the benchmark checks at N = 16,384 and the hand-over of the 4 GiB test), a
 # shorter kernel benchmark
 # (with the scans from differences and from the Gram matrix), then the dense size 16,384 (no
-# Algorithm 1) and the two rows past the dense matrix not measured yet (524,288 x 8,
-# 262,144 x 256).
+# Algorithm 1) and the rows past the dense matrix: every d = 8 row first (seconds each),
+# the issue's figures before the other rows, and 262,144 x 256 last, with what is left
+# (DCPE_CHECK_SHORT=2 gives it a call of its own).
 if [ "${DCPE_CHECK_SHORT:-0}" = 1 ]; then
   : "${DCPE_CHECK_SECONDS:=320}" "${DCPE_CHECK_TESTS:=linear_gpu:80 cuda:30}"
   : "${DCPE_CHECK_DENSE:=0}"
   k="pair_average or setting_aside or shorter or pair_store or chunks or overflow or gram"
   : "${DCPE_CHECK_K:=$k or 4gib or peak or chained}"
-  : "${DCPE_CHECK_SCALE:=524288x8 262144x256}" "${DCPE_CHECK_DENSE_SIZES:=16384}"
+  : "${DCPE_CHECK_SCALE:=262144x8 262144x8@24GiB 1048576x8 131072x8@16GiB 524288x8 \
+262144x8@16GiB 16384x8@256MiB 262144x256}" "${DCPE_CHECK_DENSE_SIZES:=16384}"
   : "${DCPE_CHECK_KERNELS:=20}"
   : "${DCPE_CHECK_KERNEL_ARGS:=--token-pairs 33554432 --repeats 2 --scan-clusters 32768}"
 fi

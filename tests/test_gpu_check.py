@@ -162,7 +162,11 @@ def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
     # the short deadline (320 s), not the default 570
     assert time_limit(calls) == 320 - elapsed_before_bench(out) - 20
     (bench,) = [c for c in calls if "bench_gpu.py" in c]
-    assert bench.split("--scale ")[1].split(" --")[0] == "524288x8 262144x256"
+    scale = bench.split("--scale ")[1].split(" --")[0].split()
+    # every row past the dense matrix, the d = 8 ones first and 262,144 x 256 last
+    assert scale[-1] == "262144x256" and all(s.split("@")[0].endswith("x8") for s in scale[:-1])
+    assert {"262144x8", "262144x8@24GiB", "1048576x8", "131072x8@16GiB", "524288x8",
+            "262144x8@16GiB", "16384x8@256MiB"} == set(scale[:-1])
     assert "--sizes 16384 --providers cuda triton" in bench
     assert "--torch-sizes" not in bench
     # no kernel benchmark when asked for none

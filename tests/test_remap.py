@@ -67,6 +67,19 @@ def test_code_path_keeps_layout_and_copies_labels(tmp_path, prior_file, capsys):
     assert "remapped 3 code file(s)" in text and "copied 3 label file(s) unchanged" in text
 
 
+@pytest.mark.parametrize("code_path", ["imagenet_codes", "llamagen_codes"])
+def test_code_path_named_like_a_codes_folder(tmp_path, prior_file, code_path):
+    """A code path whose own name ends in ``_codes`` (it holds ``imagenet256_codes/`` and
+    ``imagenet256_labels/``) is a code path, not a ``NAME_codes`` folder: OUTDIR is again
+    a complete code path, not ``OUTDIR/<its name>/...``."""
+    src = _llamagen_code_path(tmp_path / code_path)
+    out = tmp_path / "cluster_codes"
+    assert main(["remap", str(src), "--prior", str(prior_file), "-o", str(out), "-q"]) == 0
+    assert _files(out) == [f"imagenet256_{kind}/{i}.npy" for kind in ("codes", "labels")
+                           for i in range(3)]
+    _check_layout(src, out, prior_file)
+
+
 def test_codes_folder_brings_its_labels(tmp_path, prior_file):
     src = _llamagen_code_path(tmp_path / "codes")
     out = tmp_path / "cluster_codes"

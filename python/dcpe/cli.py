@@ -205,8 +205,9 @@ def _build_parser() -> argparse.ArgumentParser:
                     "CODE_PATH/NAME_labels/*.npy (class labels) are copied\nunchanged, "
                     "so OUTDIR is a complete --code-path for their dataset loaders. A folder "
                     "named\nNAME_codes is written to OUTDIR/NAME_codes with its sibling "
-                    "NAME_labels copied next to it.\nCode files must be .npy (another array "
-                    "file is an error); other files are skipped.\n"
+                    "NAME_labels copied next to it\n(unless it holds a *_codes or *_labels "
+                    "folder: then it is a code path itself).\nCode files must be .npy "
+                    "(another array file is an error); other files are skipped.\n"
                     "OUTDIR may be new, or hold only the files this command writes (they are "
                     "replaced).",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -474,6 +475,14 @@ def _is_labels_dir(name: str) -> bool:
     return name.endswith("_labels")
 
 
+def _holds_layout(folder: Path) -> bool:
+    """Whether ``folder`` holds a ``*_codes`` or ``*_labels`` folder: it is then a code
+    path (LlamaGen's ``--code-path``) whatever its own name, not a ``NAME_codes`` folder,
+    whose files extract_codes_c2i.py writes side by side."""
+    return any(c.is_dir() and (c.name.endswith("_codes") or _is_labels_dir(c.name))
+               for c in folder.iterdir())
+
+
 class _RemapPlan:
     """What ``remap`` reads and writes: ``codes`` (remapped) and ``labels`` (copied), each
     a list of (source file, path relative to OUTDIR), and ``skipped`` (files that are not
@@ -521,7 +530,9 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
 
     - a folder: its files keep their relative names under OUTDIR;
     - a folder named ``NAME_codes``: written to ``OUTDIR/NAME_codes``, and its sibling
-      ``NAME_labels``, if there is one, is copied to ``OUTDIR/NAME_labels``;
+      ``NAME_labels``, if there is one, is copied to ``OUTDIR/NAME_labels``; unless it holds
+      a ``*_codes`` or ``*_labels`` folder itself: then it is a code path that happens to
+      be named so (``imagenet_codes/imagenet256_codes/``), a folder as above;
     - a folder named ``NAME_labels``: copied to ``OUTDIR/NAME_labels``;
     - a ``.npy`` file: written to ``OUTDIR/<its name>``.
     """
@@ -535,7 +546,7 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
             if _is_labels_dir(name):
                 _walk(p, Path(name), plan, out_root, labels=True)
                 continue
-            if name.endswith("_codes"):
+            if name.endswith("_codes") and not _holds_layout(p):
                 found = _walk(p, Path(name), plan, out_root)
                 sibling = p.resolve().parent / (name[: -len("_codes")] + "_labels")
                 if sibling.is_dir():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -427,6 +428,9 @@ def _mistake_files(root: Path) -> None:
     (root / "no_codes").mkdir()
     (root / "no_codes" / "notes.txt").write_text("notes")
     (root / "a_file").write_text("x")
+    # a training checkpoint as LlamaGen writes it (argparse.Namespace: not weights-only)
+    torch.save({"model": {"quantize.embedding.weight": torch.randn(200, 8)},
+                "args": argparse.Namespace(codebook_size=200)}, root / "train.pt")
 
 
 @pytest.mark.parametrize("argv", [
@@ -443,6 +447,8 @@ def _mistake_files(root: Path) -> None:
     "remap codes --prior missing.npz -o out",
     "remap codes --prior not_a_prior.npz -o out",
     "remap codes --prior {ckpt} -o out",
+    "remap codes --prior train.pt -o out",
+    "cluster {prior} -k 3 -o p.npz",
     "remap missing_codes --prior {prior} -o out",
     "remap far_ids --prior {prior} -o out",
     "remap float_ids --prior {prior} -o out",
@@ -459,6 +465,7 @@ def _mistake_files(root: Path) -> None:
     "sweep nan.npy -o out",
     "export iar --prior {prior} --checkpoint missing.pt -o out",
     "export iar --prior missing.npz --checkpoint {ckpt} -o out",
+    "export iar --prior {prior} --checkpoint {prior} -o out",
 ])
 def test_usual_mistakes_name_a_next_step(tmp_path, ckpt, prior_file, capsys, monkeypatch,
                                          argv):
@@ -475,6 +482,25 @@ def test_usual_mistakes_name_a_next_step(tmp_path, ckpt, prior_file, capsys, mon
     assert what and step, line
     assert "--help'" not in step and "--debug" not in step, line
     assert _files(tmp_path) == before
+
+
+@pytest.mark.parametrize("argv, says", [
+    ("cluster {prior} -k 3 -o p.npz", "is a dcpe prior (a cluster table), not a codebook"),
+    ("export iar --prior {prior} --checkpoint {prior} -o out", "is a dcpe prior"),
+    ("remap codes --prior train.pt -o out", "pickled Python objects, which a prior never "
+                                            "does: a tokenizer or training checkpoint?"),
+    ("remap codes --prior {ckpt} -o out", "no 'token_to_cluster' table"),
+])
+def test_prior_and_checkpoint_swapped(tmp_path, ckpt, prior_file, capsys, monkeypatch, argv,
+                                      says):
+    """A prior given where a codebook goes, or a checkpoint where a prior goes, is named
+    as what it is (no unpickler's text, no terminal codes)."""
+    _mistake_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert main(argv.format(ckpt=ckpt, prior=prior_file).split()) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert says in line and "\x1b" not in line and "Weights only" not in line, line
 
 
 def test_interrupt_exit_code(tmp_path, capsys, monkeypatch):

@@ -617,6 +617,9 @@ def _select(obj: Any, key: str | None, path: Path, opts: _Options
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a tensor or a dict "
                          f"of tensors")
+    if "token_to_cluster" in obj and "metadata" in obj:
+        raise ValueError(f"{path}: is a dcpe prior (a cluster table), not a codebook; give "
+                         f"the tokenizer checkpoint or codebook file it was made from")
     table = _flatten(obj)
     wrapper = next((w for w in _WRAPPERS if isinstance(obj.get(w), Mapping)), None)
     prefix = f"{wrapper}." if wrapper else ""

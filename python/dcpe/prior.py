@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,7 +36,7 @@ import numpy as np
 
 from ._validation import check_int
 from ._validation import is_tensor as _is_tensor
-from .io import atomic_write
+from .io import _first_line, atomic_write
 
 if TYPE_CHECKING:
     import torch
@@ -936,7 +937,14 @@ class CodebookPrior:
                     prior.num_tokens != meta.get("num_tokens"):
                 raise ValueError("the cluster table does not match its metadata")
         except Exception as exc:
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            if isinstance(exc, pickle.UnpicklingError):  # torch's weights_only refusal
+                msg = ("it holds pickled Python objects, which a prior never does: a "
+                       "tokenizer or training checkpoint?")
+            elif isinstance(exc, KeyError):
+                msg = (f"no {exc.args[0]!r} table: a codebook or checkpoint rather than a "
+                       f"prior?")
+            else:
+                msg = _first_line(exc)
             raise ValueError(f"{path}: not a readable dcpe prior file ({msg}); give a prior "
                              f"written by dcpe cluster or CodebookPrior.save") from None
         if codebook is not None:

@@ -428,6 +428,7 @@ def _mistake_files(root: Path) -> None:
     (root / "no_codes").mkdir()
     (root / "no_codes" / "notes.txt").write_text("notes")
     (root / "a_file").write_text("x")
+    np.save(root / "wide.npy", np.random.default_rng(0).standard_normal((8, 64)))
     # a training checkpoint as LlamaGen writes it (argparse.Namespace: not weights-only)
     torch.save({"model": {"quantize.embedding.weight": torch.randn(200, 8)},
                 "args": argparse.Namespace(codebook_size=200)}, root / "train.pt")
@@ -490,11 +491,15 @@ def test_usual_mistakes_name_a_next_step(tmp_path, ckpt, prior_file, capsys, mon
     ("remap codes --prior train.pt -o out", "pickled Python objects, which a prior never "
                                             "does: a tokenizer or training checkpoint?"),
     ("remap codes --prior {ckpt} -o out", "no 'token_to_cluster' table"),
+    ("cluster wide.npy -k 20 -o p.npz", "the codebook is 8 x 64: if its 64 columns are the "
+                                        "tokens, transpose it"),
+    ("sweep wide.npy --k 20 -o out", "the codebook is 8 x 64"),
 ])
-def test_prior_and_checkpoint_swapped(tmp_path, ckpt, prior_file, capsys, monkeypatch, argv,
+def test_files_mistaken_for_others(tmp_path, ckpt, prior_file, capsys, monkeypatch, argv,
                                       says):
     """A prior given where a codebook goes, or a checkpoint where a prior goes, is named
-    as what it is (no unpickler's text, no terminal codes)."""
+    as what it is (no unpickler's text, no terminal codes); a codebook stored as columns
+    is named as possibly transposed."""
     _mistake_files(tmp_path)
     monkeypatch.chdir(tmp_path)
     capsys.readouterr()

@@ -48,6 +48,30 @@ def test_n_clusters_out_of_range(k):
         dcpe.cluster(X, k)
 
 
+
+def test_transposed_codebook_gets_a_hint():
+    """k above N with at least k columns: the hint says the columns may be the tokens;
+    with fewer columns than k, no hint."""
+    wide = rng.standard_normal((8, 64))
+    with pytest.raises(ValueError, match=r"must be \[1, 8\]; the codebook is 8 x 64: if its 64 "
+                                         r"columns are the tokens, transpose it"):
+        dcpe.cluster(wide, 20)
+    with pytest.raises(ValueError) as info:
+        dcpe.cluster(wide, 65)
+    assert "transpose" not in str(info.value)
+    assert dcpe.cluster(wide.T, 20).shape == (64,)
+
+
+def test_parameter_input_needs_no_detach(recwarn):
+    """A codebook straight from the model (an ``nn.Parameter``, requires_grad): the labels
+    of its values, no autograd warning, and a result that requires no grad."""
+    emb = torch.nn.Embedding(64, 4)
+    labels = dcpe.cluster(emb.weight, 10)
+    assert not labels.requires_grad and not [w for w in recwarn if "grad" in str(w.message)]
+    assert torch.equal(labels, dcpe.cluster(emb.weight.detach().clone(), 10))
+    assert emb.weight.requires_grad
+
+
 @pytest.mark.parametrize("k", [2.0, "3", None, True])
 def test_n_clusters_not_integer(k):
     with pytest.raises(TypeError, match="n_clusters must be an integer"):

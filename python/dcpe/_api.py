@@ -20,6 +20,7 @@ from ._validation import (
     check_linkage_metric,
     check_max_cluster_size,
     is_tensor,
+    transposed_hint,
 )
 
 __all__ = ["cluster", "linkage", "cut"]
@@ -134,7 +135,12 @@ def _run(x: Any, *, linkage: str, metric: str, max_cluster_size: Any, backend: s
     parse_memory_limit(memory_limit)
     engine = _check_engine(engine)
     data = check_data(x, dtype)
-    k = None if n_clusters is None else check_int("n_clusters", n_clusters, 1, data.n)
+    k = None
+    if n_clusters is not None:
+        try:
+            k = check_int("n_clusters", n_clusters, 1, data.n)
+        except ValueError as exc:
+            raise ValueError(f"{exc}{transposed_hint(data.n, data.d, n_clusters)}") from None
     if metric == "cosine":
         _check_no_zero_rows(data)
     name = _resolve_backend(backend, data, method)

@@ -79,6 +79,15 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return value
 
 
+def transposed_hint(n: int, d: int, k: int) -> str:
+    """A next step for ``k`` above the ``n`` tokens of an ``(n, d)`` codebook whose columns
+    could be the tokens (``d >= k``), else ``""``."""
+    if n < k <= d:
+        return (f"; the codebook is {n} x {d}: if its {d} columns are the tokens, "
+                f"transpose it (a row per token)")
+    return ""
+
+
 def check_max_cluster_size(value: Any) -> int | None:
     if value is None:
         return None
@@ -146,6 +155,7 @@ def _check_finite(x: Any, kind: str, compute: np.dtype) -> None:
     if kind == "tensor":
         import torch
 
+        x = x.detach()  # a codebook straight from the model: an nn.Parameter
         if x.is_floating_point():
             bad_rows = (~torch.isfinite(x)).any(dim=1)
             n_bad = int(bad_rows.sum())

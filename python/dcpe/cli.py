@@ -423,6 +423,7 @@ def _check_dcpe_only(args: argparse.Namespace) -> None:
 def _cmd_cluster(args: argparse.Namespace) -> int:
     import numpy as np
 
+    from dcpe._validation import transposed_hint
     from dcpe.prior import CodebookPrior
 
     if args.codebook is None and not args.sample:
@@ -435,7 +436,7 @@ def _cmd_cluster(args: argparse.Namespace) -> int:
     n, d = x.shape
     if args.k > n:
         raise ValueError(f"-k must be at most the number of tokens ({n}), got {args.k}; "
-                         f"choose -k from 1 to {n}")
+                         f"choose -k from 1 to {n}{transposed_hint(n, d, args.k)}")
     t0 = time.perf_counter()
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -828,7 +829,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     x, _ = _load_codebook(args.codebook, args)
     n = x.shape[0]
     try:
-        ks = sw.default_ks(n) if args.ks is None else sw._check_ks(args.ks, n)
+        ks = sw.default_ks(n) if args.ks is None else sw._check_ks(args.ks, n, x.shape[1])
     except ValueError as exc:
         raise ValueError(f"{exc}; choose --k values in [1, {n}]") from None
     show = False if args.quiet else None

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_int
+from ._validation import check_int, transposed_hint
 from .io import atomic_write
 
 __all__ = ["default_ks", "markdown_table", "read_usage", "require_matplotlib", "sweep",
@@ -78,7 +78,7 @@ def default_ks(num_tokens: int) -> list[int]:
     return ks or [1]
 
 
-def _check_ks(ks: Iterable[Any], n: int) -> list[int]:
+def _check_ks(ks: Iterable[Any], n: int, d: int = 0) -> list[int]:
     if isinstance(ks, (str, bytes)) or not isinstance(ks, Iterable):
         raise TypeError(f"ks must be a sequence of integers, got {ks!r}")
     values = [check_int("k", k, 1) for k in ks]
@@ -87,7 +87,7 @@ def _check_ks(ks: Iterable[Any], n: int) -> list[int]:
     too_big = [k for k in values if k > n]
     if too_big:
         raise ValueError(f"every k must be at most the number of tokens ({n}); "
-                         f"got {too_big[0]}")
+                         f"got {too_big[0]}{transposed_hint(n, d, too_big[0])}")
     return sorted(set(values))
 
 
@@ -266,7 +266,7 @@ def sweep(codebook: Any, ks: Sequence[int] | None = None, *, linkage: str = "ave
     if x.dtype == torch.bool or x.is_complex():
         raise TypeError(f"codebook must hold real numbers, got dtype {x.dtype}")
     n = int(x.shape[0])
-    ks = default_ks(n) if ks is None else _check_ks(ks, n)
+    ks = default_ks(n) if ks is None else _check_ks(ks, n, int(x.shape[-1]))
     check_linkage_metric(linkage, metric)
     if baseline is not None and baseline not in _BASELINES:
         raise ValueError(f"baseline must be None or one of {', '.join(_BASELINES)}; "

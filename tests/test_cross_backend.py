@@ -105,6 +105,23 @@ def test_size_cap_agrees(dcpe_mod, method: str, seed: int) -> None:
                 np.testing.assert_array_equal(labels, expected, err_msg=f"{name}, k={k}")
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_torch_backend_roots_are_correctly_rounded(dtype) -> None:
+    """The torch backend's square roots are IEEE's (NumPy's), in place, on the integers and
+    on random values: PyTorch's CPU ``sqrt`` is one ulp off for some of them on some x86
+    CPUs (MKL's vector math), which made its heights differ from the reference's."""
+    from dcpe.backends.torch_backend import _sqrt_
+
+    rng = np.random.default_rng(0)
+    a = np.concatenate([np.arange(1, 5000), rng.uniform(0, 100, 50_000)]).astype(dtype)
+    t = torch.from_numpy(a.copy())
+    out = _sqrt_(t)
+    assert out.data_ptr() == t.data_ptr()
+    np.testing.assert_array_equal(out.numpy(), np.sqrt(a))
+    strided = torch.from_numpy(a.copy())[::2]  # not contiguous: PyTorch's own, still in place
+    assert _sqrt_(strided).data_ptr() == strided.data_ptr()
+
+
 @pytest.mark.parametrize("other", ["torch"])
 @pytest.mark.parametrize("method,metric", [("single", "euclidean"), ("complete", "euclidean"),
                                            ("single", "sqeuclidean"),

@@ -480,8 +480,11 @@ def _holds_layout(folder: Path) -> bool:
     """Whether ``folder`` holds a ``*_codes`` or ``*_labels`` folder: it is then a code
     path (LlamaGen's ``--code-path``) whatever its own name, not a ``NAME_codes`` folder,
     whose files extract_codes_c2i.py writes side by side."""
-    return any(c.is_dir() and (c.name.endswith("_codes") or _is_labels_dir(c.name))
-               for c in folder.iterdir())
+    import os
+
+    with os.scandir(folder) as entries:  # file types from the listing: no stat per file
+        return any((e.name.endswith("_codes") or _is_labels_dir(e.name)) and e.is_dir()
+                   for e in entries)
 
 
 class _RemapPlan:

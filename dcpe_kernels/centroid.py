@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import functools
 
-import numpy as np
 import torch
 
 from ._triton import HAS_TRITON, tl, triton
@@ -58,9 +57,14 @@ __all__ = [
 
 
 def _sqrt_rn(t: torch.Tensor) -> torch.Tensor:
-    """Correctly rounded (IEEE) square root, as the kernels take it: NumPy's, since
-    PyTorch's ``sqrt`` on the CPU is not always correctly rounded."""
-    return torch.from_numpy(np.sqrt(t.detach().cpu().numpy())).to(t.device)
+    """Correctly rounded (IEEE) square root, as the kernels take it, into a new tensor:
+    taken on the CPU by :func:`dcpe.backends.torch_backend._sqrt_` (NumPy's, since
+    PyTorch's ``sqrt`` on the CPU is not always correctly rounded), whatever ``t``'s
+    device."""
+    from dcpe.backends.torch_backend import _sqrt_
+
+    host = t.detach().to("cpu", copy=True, memory_format=torch.contiguous_format)
+    return _sqrt_(host).to(t.device)
 
 
 def _reference_dd(mu_t: torch.Tensor, n: int) -> torch.Tensor:

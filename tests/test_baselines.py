@@ -322,6 +322,9 @@ def test_bad_inputs(fn):
         fn(x, 2, init="kmeans++")
     with pytest.raises(ValueError, match="seed"):
         fn(x, 2, seed=-1)
+    with pytest.raises(ValueError, match=r"seed=18446744073709551616 is out of range"):
+        fn(x, 2, seed=2**64)  # not torch's "Overflow when unpacking long long"
+    fn(x, 2, seed=2**64 - 1)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

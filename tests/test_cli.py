@@ -508,6 +508,45 @@ def test_files_mistaken_for_others(tmp_path, ckpt, prior_file, capsys, monkeypat
     assert says in line and "\x1b" not in line and "Weights only" not in line, line
 
 
+@pytest.mark.parametrize("argv, says", [
+    ("sweep --sample -k 256 512 -o sw", "separate the values with commas, as in --k 256,512"),
+    ("sweep --sample -k 256,300 512 -o sw", "as in --k 256,300,512"),
+    ("sweep -k 256 512 -o sw", "as in --k 256,512"),
+    ("cluster --sample -k 256 512 -o p.npz", "'512' is not a codebook file but a second "
+                                             "value of -k"),
+    ("cluster -k 256 512 -o p.npz", "compare them with 'dcpe sweep --k 256,512'"),
+    ("cluster --sample --method kmeans -k 8 --seed -1 -o p.npz", "argument --seed: expected "
+                                                                 "an integer from 0"),
+    ("cluster --sample --method kmeans -k 8 --seed 18446744073709551616 -o p.npz",
+     "argument --seed"),
+    ("report --prior {prior} --sample --seed -1 -o rep", "argument --seed"),
+    ("sweep --sample --baseline kmeans --seed -1 -o sw", "argument --seed"),
+])
+def test_usage_mistakes_before_any_work(tmp_path, prior_file, capsys, monkeypatch, argv,
+                                        says):
+    """Values of k typed with spaces (argparse takes the second for the codebook) and
+    seeds out of the baselines' range stop the command line before it reads or runs
+    anything: one line, exit code 2, nothing printed or written before it."""
+    monkeypatch.chdir(tmp_path)
+    before = _files(tmp_path)
+    capsys.readouterr()
+    assert main(argv.format(prior=prior_file).split()) == 2
+    out, err = capsys.readouterr()
+    line = one_error_line(err)
+    assert says in line and out == "", line
+    assert line.count("; ") == 1, line
+    assert _files(tmp_path) == before
+
+
+def test_a_number_that_is_a_file_is_a_codebook(tmp_path, capsys, monkeypatch):
+    """A codebook file named like a number is read as one (the k hint is for paths that do
+    not exist)."""
+    monkeypatch.chdir(tmp_path)
+    torch.save(torch.from_numpy(dcpe.datasets.make_sample_codebook(64, 4)), tmp_path / "512")
+    assert main(["cluster", "512", "-k", "4", "-o", "p.npz", "-q"]) == 0
+    assert (tmp_path / "p.npz").is_file()
+
+
 def test_interrupt_exit_code(tmp_path, capsys, monkeypatch):
     from dcpe import cli
 

@@ -218,6 +218,24 @@ def test_cluster_loss_checks(prior):
         prior.cluster_loss(logits, torch.zeros(2, 5, dtype=torch.int64), reduction="avg")
 
 
+@pytest.mark.parametrize("shape, step", [
+    ((2, 400, 5), r"the tokens are dimension 1: move them last with "
+                  r"token_logits\.movedim\(1, -1\)"),
+    ((400, 2, 5), r"the tokens are dimension 0: move them last with "
+                  r"token_logits\.movedim\(0, -1\)"),
+    ((2, 5, 403), r"if the last 3 are logits of other ids .*token_logits\[\.\.\., :400\]"),
+    ((2, 5, 399), r"give logits over the 400 tokens of the codebook"),
+])
+@pytest.mark.parametrize("call", ["cluster_loss", "cluster_logits"])
+def test_logits_in_another_layout_name_it(prior, shape, step, call):
+    """Logits in cross_entropy's (B, N, T) layout, or with extra ids past the codebook's,
+    get an error that says how to pass them (the loss checks them before the targets)."""
+    logits = torch.zeros(shape)
+    args = (torch.zeros(2, 5, dtype=torch.int64),) if call == "cluster_loss" else ()
+    with pytest.raises(ValueError, match=r"last dimension = number of tokens.*; " + step):
+        getattr(prior, call)(logits, *args)
+
+
 @pytest.mark.parametrize("suffix", [".npz", ".pt"])
 def test_save_load_roundtrip(tmp_path, codebook, prior, suffix):
     path = tmp_path / f"prior{suffix}"

@@ -115,6 +115,22 @@ def test_compare_refuses_other_codebook(small):
         report.compare(x, "prior.npz")
 
 
+@pytest.mark.parametrize("kwargs, error", [({"seed": -1}, ValueError),
+                                            ({"seed": 2**64}, ValueError),
+                                            ({"n_iter": 0}, ValueError),
+                                            ({"seed": "0"}, TypeError)])
+def test_compare_checks_the_baselines_arguments_first(small, monkeypatch, kwargs, error):
+    """The baselines' seed and iterations are checked before the prior's statistics."""
+    x, prior = small
+
+    def no_work(*args, **kw):
+        raise AssertionError("statistics computed")
+
+    monkeypatch.setattr(report, "coherence", no_work)
+    with pytest.raises(error, match=next(iter(kwargs))):
+        report.compare(x, prior, **kwargs)
+
+
 def test_report_says_what_the_statistics_measure(tmp_path, small):
     x, prior = small
     paths = report.write_report(tmp_path / "rep", x, prior, n_iter=5)

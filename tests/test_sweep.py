@@ -149,6 +149,19 @@ def test_sweep_checks_other_arguments(x):
         sweep(bad, [4])
 
 
+@pytest.mark.parametrize("seed, error", [(-1, ValueError), (2**64, ValueError),
+                                         (1.5, TypeError)])
+def test_sweep_checks_the_seed_before_the_tree(x, monkeypatch, seed, error):
+    """A seed out of the baseline's range stops the sweep before it builds the tree (the
+    baseline would check it only after)."""
+    def no_tree(*args, **kwargs):
+        raise AssertionError("the tree was built")
+
+    monkeypatch.setattr(dcpe, "linkage", no_tree)
+    with pytest.raises(error, match="seed"):
+        sweep(x, [4], baseline="kmeans", seed=seed)
+
+
 def test_sweep_duplicates_and_order(x):
     assert sweep(x, [40, 5, 40])["ks"] == [5, 40]
 

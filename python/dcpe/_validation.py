@@ -79,6 +79,12 @@ def check_int(name: str, value: Any, low: int, high: int | None = None) -> int:
     return value
 
 
+def check_seed(value: Any, name: str = "seed") -> int:
+    """A seed of the baselines: an int in ``[0, 2**64 - 1]``, the range of
+    ``torch.Generator.manual_seed`` for non-negative seeds."""
+    return check_int(name, value, 0, 2**64 - 1)
+
+
 def transposed_hint(n: int, d: int, k: int) -> str:
     """A next step for ``k`` above the ``n`` tokens of an ``(n, d)`` codebook whose columns
     could be the tokens (``d >= k``), else ``""``."""

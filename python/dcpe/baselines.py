@@ -45,7 +45,7 @@ import numpy as np
 import torch
 
 from ._threads import host_threads, limit_threads
-from ._validation import check_int
+from ._validation import check_int, check_seed
 
 __all__ = ["ClusteringResult", "balanced_kmeans", "centroid_free_kmeans", "kmeans"]
 
@@ -268,7 +268,7 @@ def _canonical(labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor
 
 
 def _seed_generator(seed: Any) -> torch.Generator:
-    s = check_int("seed", seed, 0)
+    s = check_seed(seed)
     return torch.Generator(device="cpu").manual_seed(s)
 
 

@@ -191,7 +191,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="dcpe (default): exact average linkage; kmeans, balanced (equal "
                         "sizes, IAR's clustering; -k N/128 is IAR's setting), centroid-free "
                         "(k-means w/o centroid): the baselines of the paper")
-    c.add_argument("--seed", type=int, default=0,
+    c.add_argument("--seed", type=_seed, default=0,
                    help="seed of the k-means methods (default: 0)")
     c.add_argument("-o", "--output", required=True, help="prior file to write (.npz or .pt)")
     codebook_options(c)
@@ -231,7 +231,7 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior", required=True, help="prior file (.npz or .pt)")
     p.add_argument("--codebook", default=None, help="codebook file the prior was made for")
     p.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
-    p.add_argument("--seed", type=int, default=0, help="seed of the baselines (default: 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed of the baselines (default: 0)")
     p.add_argument("--kmeans-iter", type=_positive_int, default=50,
                    help="maximum iterations of the baselines (default: 50)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -328,7 +328,7 @@ def _add_sweep_parser(sub: Any, codebook_options: Any) -> None:
                         f"(default: euclidean)")
     w.add_argument("--backend", default="auto", choices=BACKENDS, metavar="BACKEND",
                    help=f"one of {', '.join(BACKENDS)} (default: auto)")
-    w.add_argument("--seed", type=int, default=0, help="seed of k-means (default: 0)")
+    w.add_argument("--seed", type=_seed, default=0, help="seed of k-means (default: 0)")
     w.add_argument("--kmeans-iter", type=_positive_int, default=50,
                    help="maximum iterations of k-means (default: 50)")
     w.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
@@ -352,6 +352,7 @@ def _read_codebook(path: str | None, args: argparse.Namespace) -> tuple[Any, str
     from dcpe.io import _CLI, _load
 
     key = getattr(args, "key", None)
+    _check_stray_k(path, args)
     if getattr(args, "sample", False):
         if path is not None:
             raise _UsageError("give either a codebook file or --sample, not both")
@@ -364,6 +365,34 @@ def _read_codebook(path: str | None, args: argparse.Namespace) -> tuple[Any, str
                       bool(getattr(args, "trust_checkpoint", False)), _CLI)
     note = "; --key chooses another" if source.key is not None else ""
     return x, f"{source.describe()}{note}", source
+
+
+def _check_stray_k(path: str | None, args: argparse.Namespace) -> None:
+    """A CODEBOOK that is a number and no file is a value of k typed after another
+    (``-k 256 512``): argparse reads it as the codebook. Name the mistake, not the file."""
+    if path is None or not path.isdigit() or Path(path).exists():
+        return
+    ks = getattr(args, "ks", None)
+    if ks is not None or hasattr(args, "ks"):
+        given = ",".join(str(k) for k in [*(ks or []), int(path)])
+        raise _UsageError(f"{path!r} is not a codebook file but a value of k after a space; "
+                          f"separate the values with commas, as in --k {given}")
+    k = getattr(args, "k", None)
+    if k is not None:
+        raise _UsageError(f"{path!r} is not a codebook file but a second value of -k; -k "
+                          f"takes one number of clusters: run 'dcpe cluster' once per k, or "
+                          f"compare them with 'dcpe sweep --k {k},{path}'")
+
+
+def _seed(text: str) -> int:
+    """``--seed``: what :func:`dcpe._validation.check_seed` accepts."""
+    from dcpe._validation import check_seed
+
+    try:
+        return check_seed(int(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 2**64 - 1, got "
+                                         f"{text!r}") from None
 
 
 def _preprocessing(args: argparse.Namespace, origin: Any) -> dict[str, Any]:

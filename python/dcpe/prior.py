@@ -704,10 +704,7 @@ class CodebookPrior:
         logits = torch.from_numpy(np.asarray(token_logits)) if from_numpy else token_logits
         if not logits.is_floating_point():
             raise TypeError(f"token_logits must be floating point, got dtype {logits.dtype}")
-        if logits.ndim < 1 or logits.shape[-1] != self.num_tokens:
-            raise ValueError(f"token_logits must have shape (..., {self.num_tokens}) "
-                             f"(last dimension = number of tokens), "
-                             f"got {tuple(logits.shape)}")
+        self._check_vocabulary(tuple(logits.shape))
         if algorithm == "auto":
             algorithm = "segment" if self._contiguous else "scatter"
         if algorithm == "segment" and logits.numel() > 0:
@@ -774,6 +771,25 @@ class CodebookPrior:
                 out = out / self._sizes.to(device=logits.device, dtype=out.dtype).unsqueeze(1)
         return out.T.reshape(lead + (k,))
 
+    def _check_vocabulary(self, shape: tuple[int, ...]) -> None:
+        """Token logits have the vocabulary last; the error names the likely layout."""
+        n = self.num_tokens
+        if len(shape) >= 1 and shape[-1] == n:
+            return
+        msg = (f"token_logits must have shape (..., {n}) (last dimension = number of "
+               f"tokens), got {shape}")
+        if n in shape:
+            axis = shape.index(n)
+            msg += (f"; the tokens are dimension {axis}: move them last with "
+                    f"token_logits.movedim({axis}, -1) (cross_entropy's (B, N, T) layout "
+                    f"is not the one taken here)")
+        elif len(shape) >= 1 and shape[-1] > n:
+            msg += (f"; if the last {shape[-1] - n} are logits of other ids (padding, "
+                    f"class or special tokens), pass token_logits[..., :{n}]")
+        else:
+            msg += f"; give logits over the {n} tokens of the codebook the prior was made for"
+        raise ValueError(msg)
+
     def cluster_loss(self, token_logits: torch.Tensor, target_tokens: torch.Tensor, *,
                      reduce: str = "mean", ignore_index: int = -100,
                      reduction: str = "mean", algorithm: str = "auto") -> torch.Tensor:
@@ -812,6 +828,7 @@ class CodebookPrior:
         if not isinstance(token_logits, torch.Tensor):
             raise TypeError(f"token_logits must be a torch.Tensor, "
                             f"got {type(token_logits).__name__}")
+        self._check_vocabulary(tuple(token_logits.shape))
         target, _ = _int_tensor(target_tokens, "target_tokens")
         target = target.to(token_logits.device)
         if token_logits.ndim < 1 or tuple(target.shape) != tuple(token_logits.shape[:-1]):

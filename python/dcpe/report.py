@@ -238,6 +238,7 @@ def compare(codebook: Any, prior: Any, *, methods: Sequence[str] = _BASELINES,
     """
     from . import baselines
     from ._progress import progress
+    from ._validation import check_int, check_seed
     from .prior import CodebookPrior
 
     if not isinstance(prior, CodebookPrior):
@@ -245,6 +246,8 @@ def compare(codebook: Any, prior: Any, *, methods: Sequence[str] = _BASELINES,
     for m in methods:
         if m not in _BASELINES:
             raise ValueError(f"methods may contain {', '.join(_BASELINES)}; got {m!r}")
+    seed = check_seed(seed)  # before any work, as the baselines would check them after it
+    n_iter = check_int("n_iter", n_iter, 1)
     x = _as_codebook(codebook)
     prior.check_codebook(x.to(torch.float32))
     k = prior.num_clusters

@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_int, transposed_hint
+from ._validation import check_int, check_seed, transposed_hint
 from .io import atomic_write
 
 __all__ = ["default_ks", "markdown_table", "read_usage", "require_matplotlib", "sweep",
@@ -271,7 +271,7 @@ def sweep(codebook: Any, ks: Sequence[int] | None = None, *, linkage: str = "ave
     if baseline is not None and baseline not in _BASELINES:
         raise ValueError(f"baseline must be None or one of {', '.join(_BASELINES)}; "
                          f"got {baseline!r}")
-    seed = check_int("seed", seed, -(2**63))
+    seed = check_seed(seed)
     kmeans_iter = check_int("kmeans_iter", kmeans_iter, 1)
     counts = None
     if usage is not None:

@@ -181,6 +181,75 @@ def test_estimator_sklearn_protocol(dcpe_mod, x: np.ndarray) -> None:
     np.testing.assert_array_equal(clone(est).fit(x).labels_, labels)
 
 
+def _thresholds(heights: np.ndarray) -> list[float]:
+    """Heights between two merges' (never at one, where float rounding decides) at several
+    quantiles, and below and above them all."""
+    h = np.unique(heights)
+    mid = (h[:-1] + h[1:]) / 2
+    picks = [mid[i] for i in np.linspace(0, len(mid) - 1, 7).astype(int)]
+    return [0.0, *picks, float(h[-1]) * 2 + 1, float("inf")]
+
+
+@pytest.mark.parametrize("linkage", ["average", "complete", "single", "ward"])
+def test_estimator_distance_threshold_matches_sklearn(dcpe_mod, x: np.ndarray,
+                                                      linkage: str) -> None:
+    from sklearn.cluster import AgglomerativeClustering
+
+    full = AgglomerativeClustering(n_clusters=None, distance_threshold=0.0,
+                                   linkage=linkage).fit(x)
+    for t in _thresholds(full.distances_):
+        est = dcpe_mod.DCPE(n_clusters=None, distance_threshold=t, linkage=linkage,
+                            dtype="float64").fit(x)
+        if np.isfinite(t):  # scikit-learn takes finite thresholds only
+            ref = AgglomerativeClustering(n_clusters=None, distance_threshold=t,
+                                          linkage=linkage).fit(x)
+            assert est.n_clusters_ == ref.n_clusters_, (linkage, t)
+            assert same_partition(est.labels_, ref.labels_), (linkage, t)
+        assert est.n_clusters_ == 1 + np.count_nonzero(est.distances_ >= t)
+        assert len(est.children_) == len(x) - 1  # the whole tree, as scikit-learn's
+
+
+def test_estimator_distance_threshold_centroid_and_cap(dcpe_mod, x: np.ndarray) -> None:
+    """A non-monotone tree is cut by scikit-learn's count (its first merges in order, as
+    dcpe.cut); the clusters that a size cap left unmerged stay apart."""
+    z = dcpe_mod.linkage(x, linkage="centroid")
+    assert (np.diff(z[:, 2]) < 0).any()  # the heights go down somewhere: non-monotone
+    for t in _thresholds(z[:, 2]):
+        est = dcpe_mod.DCPE(n_clusters=None, distance_threshold=t, linkage="centroid").fit(x)
+        k = 1 + np.count_nonzero(z[:, 2] >= t)
+        assert est.n_clusters_ == k
+        np.testing.assert_array_equal(est.labels_, dcpe_mod.cut(z, k))
+    n = len(x)
+    for t in (0.0, 1.0, 1e9):
+        est = dcpe_mod.DCPE(n_clusters=None, distance_threshold=t, max_cluster_size=4).fit(x)
+        m = len(est.distances_)
+        assert m < n - 1  # the cap stopped the tree
+        k = n - m + np.count_nonzero(est.distances_ >= t)
+        assert est.n_clusters_ == k
+        np.testing.assert_array_equal(est.labels_,
+                                      dcpe_mod.cluster(x, k, max_cluster_size=4))
+
+
+@pytest.mark.parametrize("params, error, match", [
+    ({"n_clusters": None}, ValueError, "exactly one of n_clusters and distance_threshold"),
+    ({"n_clusters": 5, "distance_threshold": 1.0}, ValueError, "exactly one of"),
+    ({"n_clusters": None, "distance_threshold": -0.5}, ValueError, "height >= 0"),
+    ({"n_clusters": None, "distance_threshold": float("nan")}, ValueError, "height >= 0"),
+    ({"n_clusters": None, "distance_threshold": "1"}, TypeError, "real number"),
+    ({"n_clusters": None, "distance_threshold": True}, TypeError, "real number"),
+])
+def test_estimator_distance_threshold_checks(dcpe_mod, x: np.ndarray, monkeypatch,
+                                             params, error, match) -> None:
+    from dcpe import estimator
+
+    def no_run(*args, **kwargs):
+        raise AssertionError("clustered")
+
+    monkeypatch.setattr(estimator, "_run", no_run)
+    with pytest.raises(error, match=match):
+        dcpe_mod.DCPE(**params).fit(x)
+
+
 def test_estimator_accepts_torch(dcpe_mod, x: np.ndarray) -> None:
     est = dcpe_mod.DCPE(n_clusters=4).fit(torch.from_numpy(x))
     np.testing.assert_array_equal(to_numpy(est.labels_), dcpe_mod.cluster(x, 4))

@@ -22,13 +22,14 @@
 // Candidates come from a kd-tree over the centroids, rebuilt every round [Bentley 1975;
 // Friedman, Bentley, Finkel 1977], searched nearer subtrees first within a radius that
 // shrinks to the smallest upper bound seen. Above 16 dimensions a kd-tree's boxes prune
-// little and there is none: the centroids are scanned in order for 32 searching clusters
+// little and there is none: the centroids are scanned in order for 64 searching clusters
 // at once, each centroid read once for all of them (the searches had been bound by
 // reading every centroid from memory once each), with the same shrinking radius; a
-// centroid is first tested by its squared distance from dot products (a register-blocked
-// product of six centroids with the 32 searching ones), within a rigorous error bound
-// [Higham 2002, Sec. 3.1], and only one that the test does not exclude gets its distance
-// computed directly (KdTree::scan_group()). The survivors of the lower
+// centroid is first tested by a lower bound of its distance from float32 dot products of
+// centred, scaled copies of the centroids (a register-blocked product of six centroids
+// with the 64 searching ones), within a rigorous error bound [Higham 2002, Sec. 3.1],
+// and only one that the test does not exclude gets its distance computed directly, in
+// float64 (KdTree::scan_group()). The survivors of the lower
 // bounds are evaluated exactly, in increasing order of their lower bound, a few at a time
 // (the token-pair distances of small clusters eight at a time as vector lanes, from the
 // tokens' input rows: chain_sums()), until the bound
@@ -56,7 +57,7 @@
 // (mu_C = (|A| mu_A + |B| mu_B) / |C|, s_C = (|A| s_A + |B| s_B) / |C| +
 // |A||B| / |C|^2 ||mu_A - mu_B||^2, no cancellation), so these run on the moments alone
 // (float64), in O(N d) memory at any N. Their search is the same walk of the kd-tree on
-// the centroids (above 16 dimensions, the same scan, 32 searches at a time), within a
+// the centroids (above 16 dimensions, the same scan, 64 searches at a time), within a
 // radius that follows the best value found: value(B) >= ||mu_A - mu_B||^2 + s_A, scaled.
 // Where the matrix fits and d > 16, the matrix engine is faster (backends/cpu.py chooses).
 // Euclidean distance (the paper's DCPE) has no such form.
@@ -117,6 +118,19 @@ struct Lanes8<double> {
   typedef double type __attribute__((vector_size(8 * sizeof(double))));
 };
 
+// Sixteen float lanes: scan_group()'s running dot products.
+typedef float ScanLanes __attribute__((vector_size(16 * sizeof(float))));
+
+// c + a * b, fused where the instruction set has it for all sixteen lanes (the source is
+// compiled without contraction); scan_points()'s bound holds either way.
+inline ScanLanes fma_lanes(ScanLanes a, ScanLanes b, ScanLanes c) {
+#if defined(__AVX512F__)
+  return _mm512_fmadd_ps(a, b, c);
+#else
+  return c + a * b;
+#endif
+}
+
 // kd-tree over a set of points (float64, row-major), rebuilt from scratch each round.
 // Above kChainMaxDim dimensions there is no tree: its boxes prune little there, and the
 // points are scanned in order (search(), scan_group()).
@@ -135,11 +149,7 @@ class KdTree {
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       std::memcpy(&pts_[i * d], pts + static_cast<std::size_t>(ids_[i]) * d, d * sizeof(double));
     }
-    norm_.clear();
-    if (flat()) {
-      norm_.resize(ids_.size());
-      for (std::size_t i = 0; i < ids_.size(); ++i) norm_[i] = norm2(&pts_[i * d]);
-    }
+    if (flat()) build_scan_copy();
   }
 
   // visit(id, squared distance, r2) for every point within squared distance r2 of q,
@@ -162,33 +172,41 @@ class KdTree {
   // point within squared distance r2[j] of qs[j], j < g <= kScanGroup, in the points'
   // order; visit may lower r2[j]. The g queries share one pass over the points, which are
   // read once for all of them (at d = 256 separate searches were bound by reading every
-  // point once each). A point is first tested by an estimate of its squared distance from
-  // dot products, ||q||^2 + ||p||^2 - 2 <q, p>: the dot products of kScanPoints points
-  // with all kScanGroup queries are one register-blocked product (scan_points(): the
-  // queries transposed, a vector of eight queries times one coordinate of a point per
-  // operation), where the direct form's subtractions and sums both wait on the adders.
-  // Only a point that the estimate's error bound (scan_slack()) does not put beyond r2[j]
-  // gets its squared distance computed as dist2() computes it. So the visits and their
-  // values are those of the direct scan.
-  static constexpr int kScanGroup = 32;
+  // point once each). A point is first tested by a lower bound of its distance from a
+  // float32 copy of the points, less their mean and scaled by a power of two
+  // (build_scan_copy()): ||q' - p'||^2 estimated as ||q'||^2 + ||p'||^2 - 2 <q', p'>, the
+  // dot products of kScanPoints points with all kScanGroup queries one register-blocked
+  // product in float32 (scan_points(): the queries transposed, a vector of sixteen
+  // queries times one coordinate of a point per operation; half the bytes and twice the
+  // lanes of float64). Only a point that the bound (scan_points()) does not put beyond
+  // r2[j] gets its squared distance computed in float64 as dist2() computes it. So the
+  // visits and their values are those of the direct scan.
+  static constexpr int kScanGroup = 64;
   template <typename F>
   void scan_group(const double* const* qs, int g, double* r2, F&& visit) const {
     const std::size_t n = ids_.size();
     const std::size_t d = static_cast<std::size_t>(d_);
-    // the queries transposed: coordinate k of query j at qt[k * kScanGroup + j] (zero for
-    // j >= g, whose products are never read)
-    std::vector<Lanes> qt(d * kScanVecs);
-    double* qd = reinterpret_cast<double*>(qt.data());
-    for (std::size_t k = 0; k < d; ++k) {
-      for (int j = 0; j < kScanGroup; ++j) qd[k * kScanGroup + j] = j < g ? qs[j][k] : 0.0;
+    // the queries as the points' copy, transposed: coordinate k of query j at
+    // qt[k * kScanGroup + j] (zero for j >= g, whose products are never read)
+    std::vector<ScanLanes> qt(d * kScanVecs);
+    float* qf = reinterpret_cast<float*>(qt.data());
+    ScanQueries sq;
+    for (int j = 0; j < kScanGroup; ++j) {
+      double nq = 0.0;
+      for (std::size_t k = 0; k < d; ++k) {
+        const float v = j < g ? scan_coordinate(qs[j][k], k) : 0.0f;
+        qf[k * kScanGroup + j] = v;
+        nq += double(v) * double(v);
+      }
+      sq.norm2[j] = nq;
+      sq.norm[j] = std::sqrt(nq);
+      sq.radius[j] = j < g ? scaled_radius(r2[j]) : 0.0;
     }
-    double nq[kScanGroup];
-    for (int j = 0; j < g; ++j) nq[j] = norm2(qs[j]);
     std::size_t i = 0;
     for (; i + kScanPoints <= n; i += kScanPoints) {
-      scan_points<kScanPoints>(qt.data(), qs, nq, g, r2, i, visit);
+      scan_points<kScanPoints>(qt.data(), qs, sq, g, r2, i, visit);
     }
-    for (; i < n; ++i) scan_points<1>(qt.data(), qs, nq, g, r2, i, visit);
+    for (; i < n; ++i) scan_points<1>(qt.data(), qs, sq, g, r2, i, visit);
   }
 
  private:
@@ -206,12 +224,15 @@ class KdTree {
   static constexpr int64_t kChainMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   static constexpr int64_t kLanes = 8;
 
-  using Lanes = Lanes8<double>::type;
-  static_assert(sizeof(Lanes) == kLanes * sizeof(double), "one lane per running sum");
-  // scan_group()'s queries as vectors of kLanes, and the points of one product: with
-  // 512-bit registers, 6 x 4 running sums and the 4 query vectors of a coordinate take 28
-  // of the 32 registers; with narrower ones, fewer points keep the sums in registers.
-  static constexpr int kScanVecs = kScanGroup / kLanes;
+  static_assert(sizeof(ScanLanes) == 16 * sizeof(float), "sixteen queries per vector");
+  // scan_group()'s queries as vectors of sixteen floats, and the points of one product:
+  // with 512-bit registers, 6 x 4 running sums and the 4 query vectors of a coordinate
+  // take 28 of the 32 registers; with narrower ones, fewer points keep the sums in
+  // registers. (64 queries per pass against 32 read the points half as often: 4% less
+  // time at 32,768 x 256 on two cores; the running sums in registers of their own,
+  // scan_dots(), 15%.)
+  static constexpr int kScanLanes = 16;
+  static constexpr int kScanVecs = kScanGroup / kScanLanes;
 #if defined(__AVX512F__)
   static constexpr int kScanPoints = 6;
 #else
@@ -252,53 +273,139 @@ class KdTree {
     return sum_squares([a, b](int64_t k) { return a[k] - b[k]; });
   }
 
-  // ||p||^2 (scan_group()'s estimate), in the order of sum_squares().
-  double norm2(const double* p) const {
-    return sum_squares([p](int64_t k) { return p[k]; });
+  // The float32 copy that scan_group() tests the points with: p' = fl32(fl64(p - c) * 2^e),
+  // c the points' mean (float64) and 2^e the power of two that brings the largest |p - c|
+  // to [1, 2), so that the copy neither overflows nor loses the small coordinates to
+  // underflow (a fixed offset, as in a raw codebook, would cost the estimate its
+  // precision); with each point's ||p'||^2 and ||p'|| in float64.
+  void build_scan_copy() {
+    const std::size_t n = ids_.size(), d = static_cast<std::size_t>(d_);
+    center_.assign(d, 0.0);
+    for (std::size_t i = 0; i < n; ++i) {
+      for (std::size_t k = 0; k < d; ++k) center_[k] += pts_[i * d + k];
+    }
+    for (std::size_t k = 0; k < d; ++k) center_[k] /= double(n);
+    double big = 0.0;
+    for (std::size_t i = 0; i < n * d; ++i) {
+      big = std::max(big, std::fabs(pts_[i] - center_[i % d]));
+    }
+    int e = 0;
+    if (big > 0.0 && std::isfinite(big)) std::frexp(big, &e);
+    scale_ = std::ldexp(1.0, std::clamp(1 - e, -400, 400));
+    pts32_.resize(n * d);
+    norm32_.resize(n);
+    len32_.resize(n);
+    for (std::size_t i = 0; i < n; ++i) {
+      double s = 0.0;
+      for (std::size_t k = 0; k < d; ++k) {
+        const float v = scan_coordinate(pts_[i * d + k], k);
+        pts32_[i * d + k] = v;
+        s += double(v) * double(v);
+      }
+      norm32_[i] = s;
+      len32_[i] = std::sqrt(s);
+    }
   }
+
+  float scan_coordinate(double x, std::size_t k) const {
+    return static_cast<float>((x - center_[k]) * scale_);
+  }
+
+  // sqrt(r2) in the copy's scale, rounded up (a radius of the test; infinite stays so)
+  double scaled_radius(double r2) const {
+    return std::sqrt(r2) * scale_ * (1.0 + 0x1p-50);
+  }
+
+  struct ScanQueries {
+    double norm2[kScanGroup];   // ||q'||^2
+    double norm[kScanGroup];    // ||q'||
+    double radius[kScanGroup];  // scaled_radius(r2[j]), updated after every visit
+  };
 
   // scan_group() for the P points i0 .. i0 + P - 1: their dot products with the queries
   // (qt, transposed), each a running sum over the coordinates in order, then each point's
   // test and visits, in the points' order.
-  template <int P, typename F>
-  void scan_points(const Lanes* __restrict qt, const double* const* qs, const double* nq,
-                   int g, double* r2, std::size_t i0, F& visit) const {
+  //
+  // The test. With q' and p' the copies of q and p (build_scan_copy()), each coordinate of
+  // q' - p' is within 2^-23 (|q'_k| + |p'_k|) of the scaled exact difference (two roundings
+  // of at most 2^-53 and 2^-24 relative each, the scaling exact; below float32's normal
+  // range, at most 2^-149 absolute), so ||q - p|| * 2^e >= ||q' - p'|| - E with
+  // E = 2^-22 (||q'|| + ||p'||) + 2^-140 (the norm of those errors, with room). The
+  // estimate ||q'||^2 + ||p'||^2 - 2 <q', p'> is within (2d + 16) 2^-24 S + 2^-120 of
+  // ||q' - p'||^2, S = ||q'||^2 + ||p'||^2 (a float32 dot product of d terms is within
+  // gamma_d sum |q'_k p'_k| <= gamma_d S / 2 of the exact one, with or without fused
+  // multiply-adds, in any order; the float64 operations add a few 2^-53 S; underflow of
+  // the products, at most d 2^-149) [Higham 2002, "Accuracy and Stability of Numerical
+  // Algorithms", Sec. 3.1]. So the point is skipped only when estimate - slack >
+  // (radius + E)^2 (1 + 2^-40 + (d + 3) 2^-50), where radius is sqrt(r2[j]) scaled and
+  // rounded up: then ||q - p||^2 > r2[j] with a relative margin of more than 2^-40 +
+  // (d + 3) 2^-53, beyond dist2()'s rounding (at most (d + 3) 2^-53 of the exact value,
+  // all of its terms non-negative), so dist2() > r2[j] too and the direct scan would not
+  // have visited it either. A NaN or
+  // an infinity in the test (a copy past float32's range) skips nothing.
+  // The dot products of the P points i0 .. i0 + P - 1 (the copy) with the queries (qt,
+  // transposed): out[u][v] lane l is point u's with query 16 v + l, a running sum over
+  // the coordinates in order. The running sums are locals of this function alone, so that
+  // they stay in registers.
+  template <int P>
+  void scan_dots(const ScanLanes* __restrict qt, std::size_t i0,
+                 ScanLanes (*__restrict out)[kScanVecs]) const {
     const std::size_t d = static_cast<std::size_t>(d_);
-    const double* __restrict p = &pts_[i0 * d];
-    Lanes acc[P][kScanVecs];
+    const float* __restrict p = &pts32_[i0 * d];
+    ScanLanes acc[P][kScanVecs];
+#pragma GCC unroll 16
     for (int u = 0; u < P; ++u) {
-      for (int v = 0; v < kScanVecs; ++v) acc[u][v] = Lanes{};
+#pragma GCC unroll 8
+      for (int v = 0; v < kScanVecs; ++v) acc[u][v] = ScanLanes{};
     }
     for (std::size_t k = 0; k < d; ++k) {
-      const Lanes* q = qt + k * kScanVecs;
+      const ScanLanes* q = qt + k * kScanVecs;
+#pragma GCC unroll 16
       for (int u = 0; u < P; ++u) {
-        const double x = p[u * d + k];
-        for (int v = 0; v < kScanVecs; ++v) acc[u][v] += q[v] * x;
+        const float x = p[u * d + k];
+        const ScanLanes xs = {x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+#pragma GCC unroll 8
+        for (int v = 0; v < kScanVecs; ++v) acc[u][v] = fma_lanes(q[v], xs, acc[u][v]);
       }
     }
-    const double slack = scan_slack();
+#pragma GCC unroll 16
     for (int u = 0; u < P; ++u) {
-      const std::size_t i = i0 + u;
-      double dot[kScanGroup];
-      std::memcpy(dot, acc[u], sizeof dot);
-      for (int j = 0; j < g; ++j) {
-        const double norms = nq[j] + norm_[i];
-        if ((norms - 2.0 * dot[j]) - (slack * norms + 1e-300) > r2[j]) continue;
-        const double v = dist2(qs[j], &pts_[i * d]);
-        if (v <= r2[j]) visit(j, ids_[i], v, r2[j]);
-      }
+#pragma GCC unroll 8
+      for (int v = 0; v < kScanVecs; ++v) out[u][v] = acc[u][v];
     }
   }
 
-  // The bound, relative to ||q||^2 + ||p||^2, of the difference between scan_points()'s
-  // estimate and dist2(): the dot products and squared norms (each a sum of d + 1 rounded
-  // terms in any order) are within gamma_{d+1} (||q||^2 + ||p||^2) of theirs, |<q, p>| <=
-  // the half of that sum, the two operations that combine them add 4u of it, and dist2()
-  // (d + 3 roundings per term) is within gamma_{d+3} * 2 (||q||^2 + ||p||^2) of the exact
-  // distance: about (4d + 12) u in all [Higham 2002, "Accuracy and Stability of Numerical
-  // Algorithms", Sec. 3.1]. Twice that, with u = 2^-53, covers the rounding of the test
-  // itself and of the norms it uses; the absolute 1e-300, underflow.
-  double scan_slack() const { return (8.0 * double(d_) + 64.0) * std::ldexp(1.0, -53); }
+  template <int P, typename F>
+  void scan_points(const ScanLanes* __restrict qt, const double* const* qs, ScanQueries& sq,
+                   int g, double* r2, std::size_t i0, F& visit) const {
+    const std::size_t d = static_cast<std::size_t>(d_);
+    ScanLanes acc[P][kScanVecs];
+    scan_dots<P>(qt, i0, acc);
+    const double slack = (2.0 * double(d_) + 16.0) * 0x1p-24;
+    const double margin = 1.0 + 0x1p-40 + double(d_ + 3) * 0x1p-50;
+    for (int u = 0; u < P; ++u) {
+      const std::size_t i = i0 + u;
+      float dot[kScanGroup];
+      std::memcpy(dot, acc[u], sizeof dot);
+      // the test of all the queries at once (a loop the compiler vectorises), then the
+      // visits of those it does not exclude
+      bool near[kScanGroup];
+      for (int j = 0; j < kScanGroup; ++j) {
+        const double s = sq.norm2[j] + norm32_[i];
+        const double low = (s - 2.0 * double(dot[j])) - (slack * s + 0x1p-120);
+        const double t = sq.radius[j] + (0x1p-22 * (sq.norm[j] + len32_[i]) + 0x1p-140);
+        near[j] = !(low > t * t * margin);
+      }
+      for (int j = 0; j < g; ++j) {
+        if (!near[j]) continue;
+        const double v = dist2(qs[j], &pts_[i * d]);
+        if (v <= r2[j]) {
+          visit(j, ids_[i], v, r2[j]);
+          sq.radius[j] = scaled_radius(r2[j]);
+        }
+      }
+    }
+  }
 
   // Squared distance from q to the node's bounding box (a lower bound of dist2 for every
   // point inside, also in floating point: each term and the sum round monotonically). A
@@ -377,7 +484,11 @@ class KdTree {
   const double* src_ = nullptr;
   std::vector<int32_t> ids_;
   std::vector<double> pts_;
-  std::vector<double> norm_;  // squared norms of the points, without a tree
+  // without a tree: the float32 copy of the points (build_scan_copy()), its squared norms
+  // and norms, the points' mean and the power of two it was scaled by
+  std::vector<float> pts32_;
+  std::vector<double> norm32_, len32_, center_;
+  double scale_ = 1.0;
   std::vector<Node> nodes_;
   std::vector<double> box_;
 };

@@ -228,9 +228,9 @@ class KdTree {
   // scan_group()'s queries as vectors of sixteen floats, and the points of one product:
   // with 512-bit registers, 6 x 4 running sums and the 4 query vectors of a coordinate
   // take 28 of the 32 registers; with narrower ones, fewer points keep the sums in
-  // registers. (64 queries per pass against 32 read the points half as often: 4% less
-  // time at 32,768 x 256 on two cores; the running sums in registers of their own,
-  // scan_dots(), 15%.)
+  // registers. (64 queries per pass read the points half as often as 32, which made no
+  // measurable difference at 32,768 x 256 on two cores; the running sums in registers of
+  // a function of their own, scan_dots(), took 15% off the whole run there.)
   static constexpr int kScanLanes = 16;
   static constexpr int kScanVecs = kScanGroup / kScanLanes;
 #if defined(__AVX512F__)

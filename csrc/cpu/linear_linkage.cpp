@@ -87,6 +87,7 @@
 #include <cstring>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/linkage_cpu.h"
@@ -604,6 +605,71 @@ void chain_sums8(const Chain<T>* c, int64_t d, T* out) {
   }
 }
 
+#if defined(__AVX512F__)
+// chain_sums8() for sixteen float chains in 512-bit vectors: chains i and i + 8 share a
+// register, one in each 256-bit half, and each half is transposed as transpose8() does
+// (the same shuffles on both halves at once), so that lane i of the running sum is chain
+// i (i < 8) and lane 8 + i chain 8 + i, each adding its coordinates in order: the same
+// sums as chain_sums8()'s, with a third fewer instructions per chain.
+typedef float Half8 __attribute__((vector_size(8 * sizeof(float))));
+typedef float Pair8 __attribute__((vector_size(16 * sizeof(float))));
+
+inline void transpose8_halves(Pair8* r) {
+  Pair8 t[8], u[8];
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = __builtin_shufflevector(r[i], r[i + 1], 0, 16, 2, 18, 4, 20, 6, 22,
+                                   8, 24, 10, 26, 12, 28, 14, 30);
+    t[i + 1] = __builtin_shufflevector(r[i], r[i + 1], 1, 17, 3, 19, 5, 21, 7, 23,
+                                       9, 25, 11, 27, 13, 29, 15, 31);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    for (int h = 0; h < 2; ++h) {
+      u[i + h] = __builtin_shufflevector(t[i + h], t[i + h + 2], 0, 1, 16, 17, 4, 5, 20, 21,
+                                         8, 9, 24, 25, 12, 13, 28, 29);
+      u[i + h + 2] = __builtin_shufflevector(t[i + h], t[i + h + 2], 2, 3, 18, 19, 6, 7, 22,
+                                             23, 10, 11, 26, 27, 14, 15, 30, 31);
+    }
+  }
+  for (int h = 0; h < 4; ++h) {
+    r[h] = __builtin_shufflevector(u[h], u[h + 4], 0, 1, 2, 3, 16, 17, 18, 19,
+                                   8, 9, 10, 11, 24, 25, 26, 27);
+    r[h + 4] = __builtin_shufflevector(u[h], u[h + 4], 4, 5, 6, 7, 20, 21, 22, 23,
+                                       12, 13, 14, 15, 28, 29, 30, 31);
+  }
+}
+
+inline Pair8 load_pair8(const float* lo, const float* hi) {
+  Half8 a, b;
+  std::memcpy(&a, lo, sizeof a);
+  std::memcpy(&b, hi, sizeof b);
+  return __builtin_shufflevector(a, b, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15);
+}
+
+inline void chain_sums16(const Chain<float>* c, int64_t d, float* out) {
+  Pair8 acc = Pair8{};
+  int64_t k = 0;
+  for (; k + 8 <= d; k += 8) {
+    Pair8 r[8];
+    for (int i = 0; i < 8; ++i) {
+      const Pair8 t = load_pair8(c[i].b + k, c[i + 8].b + k) -
+                      load_pair8(c[i].a + k, c[i + 8].a + k);
+      r[i] = t * t;
+    }
+    transpose8_halves(r);
+    for (int j = 0; j < 8; ++j) acc += r[j];  // coordinate k + j of every chain
+  }
+  float s[16];
+  std::memcpy(s, &acc, sizeof s);
+  for (int i = 0; i < 16; ++i) {
+    for (int64_t j = k; j < d; ++j) {
+      const float t = c[i].b[j] - c[i].a[j];
+      s[i] += t * t;
+    }
+    out[i] = s[i];
+  }
+}
+#endif
+
 // out[c] = the squared distance of chain c (the sum of block_sum()'s scalar path, before
 // its square root), c < n: the same operations in the same order, eight chains at once as
 // the lanes of vectors (one chain is d dependent additions, each waiting on the last; a
@@ -613,6 +679,11 @@ void chain_sums8(const Chain<T>* c, int64_t d, T* out) {
 template <typename T>
 void chain_sums(const Chain<T>* c, int n, int64_t d, T* out) {
   int i = 0;
+#if defined(__AVX512F__)
+  if constexpr (std::is_same_v<T, float>) {
+    for (; i + 16 <= n; i += 16) chain_sums16(c + i, d, out + i);
+  }
+#endif
   for (; i + 8 <= n; i += 8) chain_sums8(c + i, d, out + i);
   if (i < n) {
     Chain<T> last[8];

@@ -31,8 +31,8 @@
 // and only one that the test does not exclude gets its distance computed directly, in
 // float64 (KdTree::scan_group()). The survivors of the lower
 // bounds are evaluated exactly, in increasing order of their lower bound, a few at a time
-// (the token-pair distances of small clusters eight at a time as vector lanes, from the
-// tokens' input rows: chain_sums()), until the bound
+// (the token-pair distances of small clusters sixteen at a time as vector lanes, eight
+// without AVX-512, from the tokens' input rows: chain_sums()), until the bound
 // passes the best exact distance (whatever the order of the visits, the same nearest
 // neighbour: the smallest upper bound does not depend on it, and a centroid visited in
 // one order and not in another lies beyond it). An exact distance is the mean of the token
@@ -1491,6 +1491,8 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   const std::size_t un = static_cast<std::size_t>(std::max<int64_t>(n, 1));
   const std::size_t ud = static_cast<std::size_t>(d);
   // per slot: moments, sizes, neighbours, state; kd-tree copy of the centroids and boxes
+  // (above 16 dimensions there are no boxes; their bytes cover the scan's float32 copy of
+  // the centroids and its norms, 4 d + 16 bytes a slot)
   std::size_t bytes = un * (ud * 8 + 80) + un * (ud * 8 + 4) + un / 2 * (2 * ud * 8 + 16);
   if (!closed) {
     bytes += 2 * un * ud * elem_size + un * ud * elem_size + un * 8;  // arena + compaction

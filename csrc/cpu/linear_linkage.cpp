@@ -122,16 +122,6 @@ struct Lanes8<double> {
 // Sixteen float lanes: scan_group()'s running dot products.
 typedef float ScanLanes __attribute__((vector_size(16 * sizeof(float))));
 
-// c + a * b, fused where the instruction set has it for all sixteen lanes (the source is
-// compiled without contraction); scan_points()'s bound holds either way.
-inline ScanLanes fma_lanes(ScanLanes a, ScanLanes b, ScanLanes c) {
-#if defined(__AVX512F__)
-  return _mm512_fmadd_ps(a, b, c);
-#else
-  return c + a * b;
-#endif
-}
-
 // kd-tree over a set of points (float64, row-major), rebuilt from scratch each round.
 // Above kChainMaxDim dimensions there is no tree: its boxes prune little there, and the
 // points are scanned in order (search(), scan_group()).
@@ -365,8 +355,16 @@ class KdTree {
       for (int u = 0; u < P; ++u) {
         const float x = p[u * d + k];
         const ScanLanes xs = {x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
+        // fused where the instruction set has it for all sixteen lanes (the source is
+        // compiled without contraction); scan_points()'s bound holds either way
 #pragma GCC unroll 8
-        for (int v = 0; v < kScanVecs; ++v) acc[u][v] = fma_lanes(q[v], xs, acc[u][v]);
+        for (int v = 0; v < kScanVecs; ++v) {
+#if defined(__AVX512F__)
+          acc[u][v] = _mm512_fmadd_ps(q[v], xs, acc[u][v]);
+#else
+          acc[u][v] += q[v] * xs;
+#endif
+        }
       }
     }
 #pragma GCC unroll 16

@@ -23,11 +23,11 @@
 // Friedman, Bentley, Finkel 1977], searched nearer subtrees first within a radius that
 // shrinks to the smallest upper bound seen. Above 16 dimensions a kd-tree's boxes prune
 // little and there is none: the centroids are scanned in order for 64 searching clusters
-// at once, each centroid read once for all of them (the searches had been bound by
+// at once (32 without AVX-512), each centroid read once for all of them (the searches had been bound by
 // reading every centroid from memory once each), with the same shrinking radius; a
 // centroid is first tested by a lower bound of its distance from float32 dot products of
 // centred, scaled copies of the centroids (a register-blocked product of six centroids
-// with the 64 searching ones), within a rigorous error bound [Higham 2002, Sec. 3.1],
+// with the 64 searching ones; three with 32 without AVX-512), within a rigorous error bound [Higham 2002, Sec. 3.1],
 // and only one that the test does not exclude gets its distance computed directly, in
 // float64 (KdTree::scan_group()). The survivors of the lower
 // bounds are evaluated exactly, in increasing order of their lower bound, a few at a time
@@ -119,8 +119,14 @@ struct Lanes8<double> {
   typedef double type __attribute__((vector_size(8 * sizeof(double))));
 };
 
-// Sixteen float lanes: scan_group()'s running dot products.
-typedef float ScanLanes __attribute__((vector_size(16 * sizeof(float))));
+// scan_group()'s running dot products: a register of floats (sixteen with AVX-512, else
+// eight: a vector wider than the registers is lowered through memory).
+#if defined(__AVX512F__)
+constexpr int kScanWidth = 16;
+#else
+constexpr int kScanWidth = 8;
+#endif
+typedef float ScanLanes __attribute__((vector_size(kScanWidth * sizeof(float))));
 
 // kd-tree over a set of points (float64, row-major), rebuilt from scratch each round.
 // Above kChainMaxDim dimensions there is no tree: its boxes prune little there, and the
@@ -167,12 +173,16 @@ class KdTree {
   // float32 copy of the points, less their mean and scaled by a power of two
   // (build_scan_copy()): ||q' - p'||^2 estimated as ||q'||^2 + ||p'||^2 - 2 <q', p'>, the
   // dot products of kScanPoints points with all kScanGroup queries one register-blocked
-  // product in float32 (scan_points(): the queries transposed, a vector of sixteen
+  // product in float32 (scan_points(): the queries transposed, a vector of kScanWidth
   // queries times one coordinate of a point per operation; half the bytes and twice the
   // lanes of float64). Only a point that the bound (scan_points()) does not put beyond
   // r2[j] gets its squared distance computed in float64 as dist2() computes it. So the
   // visits and their values are those of the direct scan.
+#if defined(__AVX512F__)
   static constexpr int kScanGroup = 64;
+#else
+  static constexpr int kScanGroup = 32;
+#endif
   template <typename F>
   void scan_group(const double* const* qs, int g, double* r2, F&& visit) const {
     const std::size_t n = ids_.size();
@@ -215,19 +225,18 @@ class KdTree {
   static constexpr int64_t kChainMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   static constexpr int64_t kLanes = 8;
 
-  static_assert(sizeof(ScanLanes) == 16 * sizeof(float), "sixteen queries per vector");
-  // scan_group()'s queries as vectors of sixteen floats, and the points of one product:
-  // with 512-bit registers, 6 x 4 running sums and the 4 query vectors of a coordinate
-  // take 28 of the 32 registers; with narrower ones, fewer points keep the sums in
-  // registers. (64 queries per pass read the points half as often as 32, which made no
+  static_assert(sizeof(ScanLanes) == kScanWidth * sizeof(float), "a query per lane");
+  // scan_group()'s queries as vectors of kScanWidth floats, and the points of one
+  // product: with 512-bit registers, 6 x 4 running sums and the 4 query vectors of a
+  // coordinate take 28 of the 32 registers; with 256-bit ones (AVX2: 32 queries), 3 x 4
+  // running sums take 12 of the 16. (64 queries per pass read the points half as often as 32, which made no
   // measurable difference at 32,768 x 256 on two cores; the running sums in registers of
   // a function of their own, scan_dots(), took 15% off the whole run there.)
-  static constexpr int kScanLanes = 16;
-  static constexpr int kScanVecs = kScanGroup / kScanLanes;
+  static constexpr int kScanVecs = kScanGroup / kScanWidth;
 #if defined(__AVX512F__)
   static constexpr int kScanPoints = 6;
 #else
-  static constexpr int kScanPoints = 2;
+  static constexpr int kScanPoints = 3;
 #endif
 
   static double combine(const double* acc) {
@@ -354,17 +363,16 @@ class KdTree {
 #pragma GCC unroll 16
       for (int u = 0; u < P; ++u) {
         const float x = p[u * d + k];
-        const ScanLanes xs = {x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x};
         // fused where the instruction set has it for all sixteen lanes (the source is
         // compiled without contraction); scan_points()'s bound holds either way
-#pragma GCC unroll 8
-        for (int v = 0; v < kScanVecs; ++v) {
 #if defined(__AVX512F__)
-          acc[u][v] = _mm512_fmadd_ps(q[v], xs, acc[u][v]);
+        const __m512 xs = _mm512_set1_ps(x);
+#pragma GCC unroll 8
+        for (int v = 0; v < kScanVecs; ++v) acc[u][v] = _mm512_fmadd_ps(q[v], xs, acc[u][v]);
 #else
-          acc[u][v] += q[v] * xs;
+#pragma GCC unroll 8
+        for (int v = 0; v < kScanVecs; ++v) acc[u][v] += q[v] * x;
 #endif
-        }
       }
     }
 #pragma GCC unroll 16

@@ -286,8 +286,10 @@ class KdTree {
     }
     for (std::size_t k = 0; k < d; ++k) center_[k] /= double(n);
     double big = 0.0;
-    for (std::size_t i = 0; i < n * d; ++i) {
-      big = std::max(big, std::fabs(pts_[i] - center_[i % d]));
+    for (std::size_t i = 0; i < n; ++i) {
+      for (std::size_t k = 0; k < d; ++k) {
+        big = std::max(big, std::fabs(pts_[i * d + k] - center_[k]));
+      }
     }
     int e = 0;
     if (big > 0.0 && std::isfinite(big)) std::frexp(big, &e);
@@ -580,6 +582,22 @@ inline void transpose8(V* r) {
   }
 }
 
+// The end of chain_sums8() and chain_sums16(): the L running sums (acc, a vector of L
+// lanes, lane i chain i) take each chain's coordinates k .. d - 1 in order, into out.
+template <typename T, int L, typename V>
+inline void chain_tails(const Chain<T>* c, int64_t k, int64_t d, const V* acc, T* out) {
+  static_assert(sizeof(V) == L * sizeof(T), "a lane per chain");
+  T s[L];
+  std::memcpy(s, acc, sizeof s);
+  for (int i = 0; i < L; ++i) {
+    for (int64_t j = k; j < d; ++j) {
+      const T t = c[i].b[j] - c[i].a[j];
+      s[i] += t * t;
+    }
+    out[i] = s[i];
+  }
+}
+
 // chain_sums() for eight chains: eight coordinates of each chain at a time, squared as
 // rows and transposed, so that lane i of the running sum is chain i, adding its
 // coordinates in order.
@@ -600,15 +618,7 @@ void chain_sums8(const Chain<T>* c, int64_t d, T* out) {
     transpose8(r);
     for (int j = 0; j < 8; ++j) acc += r[j];  // coordinate k + j of every chain
   }
-  T s[8];
-  std::memcpy(s, &acc, sizeof s);
-  for (int i = 0; i < 8; ++i) {
-    for (int64_t j = k; j < d; ++j) {
-      const T t = c[i].b[j] - c[i].a[j];
-      s[i] += t * t;
-    }
-    out[i] = s[i];
-  }
+  chain_tails<T, 8>(c, k, d, &acc, out);
 }
 
 #if defined(__AVX512F__)
@@ -664,15 +674,7 @@ inline void chain_sums16(const Chain<float>* c, int64_t d, float* out) {
     transpose8_halves(r);
     for (int j = 0; j < 8; ++j) acc += r[j];  // coordinate k + j of every chain
   }
-  float s[16];
-  std::memcpy(s, &acc, sizeof s);
-  for (int i = 0; i < 16; ++i) {
-    for (int64_t j = k; j < d; ++j) {
-      const float t = c[i].b[j] - c[i].a[j];
-      s[i] += t * t;
-    }
-    out[i] = s[i];
-  }
+  chain_tails<float, 16>(c, k, d, &acc, out);
 }
 #endif
 

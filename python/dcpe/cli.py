@@ -372,9 +372,8 @@ def _check_stray_k(path: str | None, args: argparse.Namespace) -> None:
     (``-k 256 512``): argparse reads it as the codebook. Name the mistake, not the file."""
     if path is None or not path.isdigit() or Path(path).exists():
         return
-    ks = getattr(args, "ks", None)
-    if ks is not None or hasattr(args, "ks"):
-        given = ",".join(str(k) for k in [*(ks or []), int(path)])
+    if hasattr(args, "ks"):  # sweep
+        given = ",".join(str(k) for k in [*(args.ks or []), int(path)])
         raise _UsageError(f"{path!r} is not a codebook file but a value of k after a space; "
                           f"separate the values with commas, as in --k {given}")
     k = getattr(args, "k", None)

@@ -10,6 +10,7 @@ the "clustering" time it prints, which excludes reading its input file).
 
 Providers
 ---------
+``dcpe-auto``     ``dcpe.linkage(x)``: the engine dcpe picks (the matrix engine for small N)
 ``dcpe-linear``   ``dcpe.linkage(x, engine="linear")``: O(N d) memory plus a cache
 ``dcpe-matrix``   ``dcpe.linkage(x, engine="matrix")``: N(N-1)/2 float32 distances, where
                   they fit the memory (``--matrix-max-n``)
@@ -33,6 +34,11 @@ and pass ``--parchain path/to/hac/linkage``. It is run as
 ``PARLAY_NUM_THREADS=<threads> linkage -method avg -cachesize 32 -d <d> -o out.txt in.pbbs``
 on a ``pbbs_sequencePoint<d>d`` text file of the same points (d <= 10 only).
 
+``--repeat R`` runs each provider's call R times in its process (ParChain: its binary R
+times) and reports the median, with every run's time in the JSON. The first call of a
+process also starts its threads (several milliseconds here), which a single run per cell
+counts; below a few thousand tokens that is most of the time.
+
 Results go to ``benchmarks/results/scale.{json,md}``. Ratios are against dcpe's linear
 engine, within the run.
 
@@ -40,6 +46,8 @@ Examples
 --------
     python benchmarks/bench_scale.py --parchain ~/ParChain-HAC/hac/linkage
     python benchmarks/bench_scale.py --sizes 16384x8,65536x8 --providers dcpe-linear,fastcluster
+    python benchmarks/bench_scale.py --sizes 512x8,1024x8,2048x8,4096x8,8192x8 --repeat 7 \
+        --providers dcpe-auto,dcpe-linear,dcpe-cut,parchain --parchain PATH --name scale-small
 """
 
 from __future__ import annotations
@@ -57,7 +65,9 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_seconds, machine_info, markdown_table, write_results  # noqa: E402
 
-PROVIDERS = ("dcpe-linear", "dcpe-cut", "dcpe-matrix", "fastcluster", "parchain", "dcpe-cosine")
+PROVIDERS = ("dcpe-auto", "dcpe-linear", "dcpe-cut", "dcpe-matrix", "fastcluster", "parchain",
+             "dcpe-cosine")
+DEFAULT_PROVIDERS = PROVIDERS[1:]  # dcpe-auto runs dcpe-linear's or dcpe-matrix's engine
 DEFAULT_SIZES = ("16384x8", "65536x8", "131072x8", "262144x8", "8192x256", "16384x256",
                  "65536x256")
 
@@ -65,27 +75,34 @@ _CHILD = r"""
 import json, resource, sys, time
 import numpy as np
 provider, n, d, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-limit = {"memory_limit": sys.argv[5]} if len(sys.argv) > 5 else {}
+repeat = int(sys.argv[5])
+limit = {"memory_limit": sys.argv[6]} if len(sys.argv) > 6 else {}
 from dcpe.datasets import make_sample_codebook, sample_codebook
 x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
 x = np.ascontiguousarray(x, dtype=np.float32)
-extra = {}
-t0 = time.perf_counter()
-if provider == "fastcluster":
-    import fastcluster
-    z = fastcluster.linkage(x.astype(np.float64), method="average", metric="euclidean")
-elif provider == "dcpe-cut":
+
+
+def run():
+    if provider == "fastcluster":
+        import fastcluster
+        return fastcluster.linkage(x.astype(np.float64), method="average",
+                                   metric="euclidean"), {}
     import dcpe
-    labels = dcpe.cluster(x, n // 2, engine="linear", **limit)
-    z = None
-    extra = {"clusters": int(labels.max()) + 1}
-else:
-    import dcpe
-    kw = {"dcpe-linear": {"engine": "linear"}, "dcpe-matrix": {"engine": "matrix"},
-          "dcpe-cosine": {"metric": "cosine"}}[provider]
-    z = dcpe.linkage(x, **kw, **limit)
-seconds = time.perf_counter() - t0
-print(json.dumps({"seconds": seconds,
+    if provider == "dcpe-cut":
+        labels = dcpe.cluster(x, n // 2, engine="linear", **limit)
+        return None, {"clusters": int(labels.max()) + 1}
+    kw = {"dcpe-auto": {}, "dcpe-linear": {"engine": "linear"},
+          "dcpe-matrix": {"engine": "matrix"}, "dcpe-cosine": {"metric": "cosine"}}[provider]
+    return dcpe.linkage(x, **kw, **limit), {}
+
+
+runs = []
+for _ in range(repeat):
+    t0 = time.perf_counter()
+    z, extra = run()
+    runs.append(time.perf_counter() - t0)
+seconds = float(np.median(runs))
+print(json.dumps({"seconds": seconds, "runs": runs,
                   "heights_sum": None if z is None else float(np.sum(z[:, 2])),
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   **extra}))
@@ -117,12 +134,13 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, int]:
 
 
 def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
-               memory_limit: str | None = None) -> dict[str, Any]:
+               memory_limit: str | None = None, repeat: int = 1) -> dict[str, Any]:
     env = dict(os.environ, DCPE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     limit = [] if memory_limit is None else [memory_limit]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-c", _CHILD, provider, str(n), str(d),
-                                 str(threads), *limit], stdout=out, stderr=err, env=env)
+                                 str(threads), str(repeat), *limit],
+                                stdout=out, stderr=err, env=env)
         code, rss = _wait(proc, timeout)
         out.seek(0)
         err.seek(0)
@@ -135,7 +153,8 @@ def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
     return row
 
 
-def run_parchain(binary: str, n: int, d: int, threads: int, timeout: float) -> dict[str, Any]:
+def run_parchain(binary: str, n: int, d: int, threads: int, timeout: float,
+                 repeat: int = 1) -> dict[str, Any]:
     if d > 10:
         return {"error": "ParChain is built for d <= 10"}
     import numpy as np
@@ -143,35 +162,39 @@ def run_parchain(binary: str, n: int, d: int, threads: int, timeout: float) -> d
     from dcpe.datasets import make_sample_codebook, sample_codebook
 
     x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
+    runs, peak = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "points.pbbs", Path(tmp) / "dendrogram.txt"
         with open(src, "w") as fh:
             fh.write(f"pbbs_sequencePoint{d}d\n")
             np.savetxt(fh, x.astype(np.float64), fmt="%.9g")
         env = dict(os.environ, PARLAY_NUM_THREADS=str(threads))
-        with tempfile.TemporaryFile("w+") as out:
-            proc = subprocess.Popen([binary, "-method", "avg", "-cachesize", "32", "-d", str(d),
-                                     "-o", str(dst), str(src)], stdout=out,
-                                    stderr=subprocess.STDOUT, env=env)
-            code, rss = _wait(proc, timeout)
-            out.seek(0)
-            text = out.read()
-        if code != 0:
-            return {"error": "timed out" if code == -9 else text.strip()[-300:],
-                    "peak_rss": rss}
-        seconds = None
-        for line in text.splitlines():
-            if "clustering:" in line:  # "Parlay time: clustering: 12.3456"
-                seconds = float(line.rsplit(":", 1)[1])
+        for _ in range(repeat):
+            with tempfile.TemporaryFile("w+") as out:
+                proc = subprocess.Popen([binary, "-method", "avg", "-cachesize", "32", "-d",
+                                         str(d), "-o", str(dst), str(src)], stdout=out,
+                                        stderr=subprocess.STDOUT, env=env)
+                code, rss = _wait(proc, timeout)
+                out.seek(0)
+                text = out.read()
+            peak = max(peak, rss)
+            if code != 0:
+                return {"error": "timed out" if code == -9 else text.strip()[-300:],
+                        "peak_rss": peak}
+            for line in text.splitlines():
+                if "clustering:" in line:  # "Parlay time: clustering: 12.3456"
+                    runs.append(float(line.rsplit(":", 1)[1]))
         heights = np.loadtxt(dst, usecols=2, ndmin=1)
-    return {"seconds": seconds, "heights_sum": float(heights.sum()), "peak_rss": rss}
+    seconds = float(np.median(runs)) if runs else None
+    return {"seconds": seconds, "runs": runs, "heights_sum": float(heights.sum()),
+            "peak_rss": peak}
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--sizes", default=",".join(DEFAULT_SIZES),
                    help="comma-separated NxD list (default: %(default)s)")
-    p.add_argument("--providers", default=",".join(PROVIDERS),
+    p.add_argument("--providers", default=",".join(DEFAULT_PROVIDERS),
                    help=f"comma-separated subset of {', '.join(PROVIDERS)}")
     p.add_argument("--parchain", default=None, metavar="PATH",
                    help="a built ParChain 'linkage' binary (see the module docstring)")
@@ -189,6 +212,9 @@ def main(argv: list[str] | None = None) -> int:
                    help="memory_limit of dcpe's providers, such as 1GiB (default: none, the "
                         "available memory); the linear engine's cache follows it, so a "
                         "small one keeps its rounds from handing over to the matrix")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each provider's call per cell, reported by their median "
+                        "(default: %(default)s)")
     p.add_argument("--timeout", type=float, default=3600.0,
                    help="seconds per provider and size before it is stopped")
     p.add_argument("--name", default="scale", help="results file name (default: scale)")
@@ -203,6 +229,8 @@ def main(argv: list[str] | None = None) -> int:
         providers.remove("parchain")
     if args.parchain is not None and not os.access(args.parchain, os.X_OK):
         p.error(f"--parchain {args.parchain!r} is not an executable file")
+    if args.repeat < 1:
+        p.error(f"--repeat must be at least 1, not {args.repeat}")
     sizes = _parse_sizes(args.sizes)
     cosine_sizes = set(_parse_sizes(args.cosine_sizes))
 
@@ -222,10 +250,11 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             print(f"{provider} {n}x{d} ...", file=sys.stderr, flush=True)
             if provider == "parchain":
-                row = run_parchain(args.parchain, n, d, args.threads, args.timeout)
+                row = run_parchain(args.parchain, n, d, args.threads, args.timeout,
+                                   args.repeat)
             else:
                 row = run_python(provider, n, d, args.threads, args.timeout,
-                                 args.memory_limit)
+                                 args.memory_limit, args.repeat)
             row.update(provider=provider, n=n, d=d)
             print(f"  {row}", file=sys.stderr, flush=True)
             rows.append(row)
@@ -255,7 +284,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{info['versions'].get('fastcluster')}",
         "",
         "Data: the sample codebook's generator, float32. Time: the clustering call alone, "
-        "one run per cell; peak RSS: the provider's own process. "
+        + ("one run per cell" if args.repeat == 1 else
+           f"the median of {args.repeat} runs per cell, in one process (ParChain: "
+           f"{args.repeat} runs of its binary), the first included")
+        + "; peak RSS: the provider's own process. "
         "Ratio: time / dcpe-linear's time at the same size, in this run (above 16 "
         "dimensions dcpe's `auto` picks the matrix engine while it fits)."
         + (f" dcpe's providers ran under `memory_limit={args.memory_limit!r}`, which bounds "

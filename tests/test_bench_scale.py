@@ -87,3 +87,57 @@ def test_memory_limit_reaches_dcpe_and_the_results(tmp_path: Path) -> None:
     assert all("InsufficientMemoryError" in r["error"] or "needs" in r["error"]
                for r in payload["rows"]), payload["rows"]
     assert "memory_limit='1KiB'" in (out / "t.md").read_text()
+
+
+# A stand-in that prints a different time on each run (0.03, 0.01, 0.02, ...), counted in a
+# file beside it.
+_FAKE_PARCHAIN_RUNS = """#!{python}
+import sys
+from pathlib import Path
+args = sys.argv[1:]
+count = Path(__file__).with_name("count")
+k = int(count.read_text()) if count.exists() else 0
+count.write_text(str(k + 1))
+out = args[args.index("-o") + 1]
+n = sum(1 for _ in open(args[-1])) - 1
+with open(out, "w") as fh:
+    for i in range(n - 1):
+        fh.write(f"{{i}} {{i + 1}} {{float(i)}} 2\\n")
+print("Parlay time: clustering: " + ["0.03", "0.01", "0.02"][k % 3])
+"""
+
+
+def test_repeat_reports_the_median_of_every_run(tmp_path: Path) -> None:
+    """--repeat R: each provider's call R times (ParChain's binary R times), their median
+    reported, every run kept; dcpe-auto is dcpe.linkage's own choice of engine."""
+    fake = tmp_path / "linkage"
+    fake.write_text(_FAKE_PARCHAIN_RUNS.format(python=sys.executable))
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    out = tmp_path / "res"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--sizes", "300x4",
+         "--providers", "dcpe-auto,dcpe-linear,parchain", "--parchain", str(fake),
+         "--repeat", "3", "--threads", "1", "--out", str(out), "--name", "t"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {r["provider"]: r for r in json.loads((out / "t.json").read_text())["rows"]}
+    assert (tmp_path / "count").read_text() == "3"
+    assert rows["parchain"]["runs"] == [0.03, 0.01, 0.02]
+    assert rows["parchain"]["seconds"] == pytest.approx(0.02)
+    for name in ("dcpe-auto", "dcpe-linear"):
+        runs = rows[name]["runs"]
+        assert len(runs) == 3 and all(t > 0 for t in runs)
+        assert rows[name]["seconds"] == pytest.approx(sorted(runs)[1])
+    assert rows["dcpe-auto"]["heights_sum"] == pytest.approx(rows["dcpe-linear"]["heights_sum"],
+                                                             rel=1e-5)
+    assert "the median of 3 runs per cell" in (out / "t.md").read_text()
+
+
+def test_repeat_below_one_is_refused(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--sizes", "50x2",
+         "--repeat", "0", "--out", str(tmp_path)],
+        capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "--repeat must be at least 1" in proc.stderr
+    assert not any(tmp_path.iterdir())

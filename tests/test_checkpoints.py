@@ -16,6 +16,7 @@ import logging
 import pickle
 import sys
 import textwrap
+import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +31,10 @@ from dcpe import io as dio
 from dcpe.io import load_codebook, load_codebook_with_source
 
 K, D = 96, 8
+
+# Most files here store LlamaGen's training args (codebook_l2_norm=True) and are read raw:
+# that warning is tested on its own below.
+pytestmark = pytest.mark.filterwarnings("ignore:.*codebook_l2_norm=True:UserWarning")
 
 
 @pytest.fixture()
@@ -461,6 +466,85 @@ def test_no_key_lists_candidates_of_whole_file(tmp_path, weight):
         load_codebook(path, key="quantize.embed.weight")
     assert "model.quantize.embedding.weight [96, 8]" in str(info.value)
     assert "ema.quantize.embedding.weight [96, 8]" in str(info.value)
+
+
+# ------------------------------------------------------------- how the quantizer compares rows
+
+
+def test_training_args_say_how_rows_are_compared(tmp_path, weight):
+    """LlamaGen's args have codebook_l2_norm=True: reading the raw rows warns and names
+    normalize=True; normalize=True reads them as the quantizer compares them, silently."""
+    path = tmp_path / "vq_ds16_c2i.pt"
+    torch.save(_llamagen_checkpoint(weight), path)
+    with pytest.warns(UserWarning, match=r"codebook_l2_norm=True.*normalize=True") as got:
+        load_codebook(path)
+    assert len(got) == 1 and "--normalize" not in str(got[0].message)
+    with pytest.warns(UserWarning, match="codebook_l2_norm=True"):
+        _, src = load_codebook_with_source(path)
+    assert src.trained_l2_norm is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, src = load_codebook_with_source(path, normalize=True)
+        load_codebook(path, normalize=True)
+    assert src.trained_l2_norm is True and src.normalize
+
+
+@pytest.mark.parametrize("holder", ["namespace", "dict", "lightning"])
+def test_training_args_without_l2_norm(tmp_path, weight, holder):
+    """codebook_l2_norm=False (a Namespace, a dict, Lightning's hyper_parameters): the
+    normalised rows are the ones that warn, naming normalize=False."""
+    args = argparse.Namespace(codebook_l2_norm=False, codebook_size=K)
+    ckpt = {"model": _vq_state(weight)}
+    if holder == "namespace":
+        ckpt["args"] = args
+    elif holder == "dict":
+        ckpt["args"] = vars(args)
+    else:
+        ckpt = {"state_dict": _vq_state(weight), "hyper_parameters": vars(args)}
+    path = tmp_path / "vq.pt"
+    torch.save(ckpt, path)
+    with pytest.warns(UserWarning, match=r"codebook_l2_norm=False.*normalize=False"):
+        load_codebook(path, normalize=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        _, src = load_codebook_with_source(path)
+    assert src.trained_l2_norm is False
+
+
+@pytest.mark.parametrize("args", [None, argparse.Namespace(codebook_size=K),
+                                  {"codebook_l2_norm": "yes"}, "codebook_l2_norm"])
+def test_no_training_args_no_warning(tmp_path, weight, args):
+    """A file that does not say (no args, no such field, not a bool) reads either way."""
+    ckpt = {"model": _vq_state(weight)}
+    if args is not None:
+        ckpt["args"] = args
+    path = tmp_path / "vq.pt"
+    torch.save(ckpt, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        for normalize in (False, True):
+            _, src = load_codebook_with_source(path, normalize=normalize)
+            assert src.trained_l2_norm is None
+
+
+def test_cli_warns_when_rows_are_read_otherwise(tmp_path, weight, capsys):
+    """dcpe cluster / sweep on a LlamaGen checkpoint without --normalize: one warning line
+    on standard error naming --normalize; the run goes on. With --normalize: none."""
+    from dcpe.cli import main
+
+    path = tmp_path / "vq_ds16_c2i.pt"
+    torch.save(_llamagen_checkpoint(weight), path)
+    out = tmp_path / "p.npz"
+    assert main(["cluster", str(path), "-k", "10", "-o", str(out)]) == 0
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("dcpe: warning:")]
+    assert len(lines) == 1, err
+    assert "codebook_l2_norm=True" in lines[0] and "--normalize" in lines[0]
+    assert "normalize=True" not in lines[0] and out.exists()
+    assert main(["cluster", str(path), "-k", "10", "--normalize", "-o", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err
+    assert main(["sweep", str(path), "--k", "8,16", "-o", str(tmp_path / "sw")]) == 0
+    assert "codebook_l2_norm=True" in capsys.readouterr().err
 
 
 # --------------------------------------------------------------------------- command line

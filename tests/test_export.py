@@ -24,6 +24,11 @@ from dcpe.prior import CodebookPrior, codebook_sha256
 N = 192
 
 
+# The checkpoints here store LlamaGen's args (codebook_l2_norm=True), and some tests read
+# their raw rows on purpose: that warning is tested in test_checkpoints.py.
+pytestmark = pytest.mark.filterwarnings("ignore:.*codebook_l2_norm=True:UserWarning")
+
+
 def _files(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
@@ -149,6 +154,13 @@ def test_export_iar_cli(tmp_path, ckpt, prior_file, capsys):
     tokens = torch.arange(N)
     assert torch.equal(q.to_clusters(torch.from_numpy(mapping)[tokens]),
                        prior.to_clusters(tokens))
+    # unequal clusters: IAR's train_c2i.py would read them as blocks of --cluster-size ids
+    warning = [ln for ln in captured.err.splitlines() if ln.startswith("dcpe: warning:")]
+    sizes = prior.cluster_sizes
+    assert len(warning) == 1, captured.err
+    assert f"have {int(sizes.min())} to {int(sizes.max())} tokens" in warning[0]
+    assert "--method balanced" in warning[0] and str(out / "clusters.json") in warning[0]
+    assert "--cluster-size" not in captured.out
 
 
 def test_nearest_neighbour_walk_rule():
@@ -200,6 +212,11 @@ def test_balanced_export_is_iar_drop_in(tmp_path, ckpt, capsys):
     # IAR's rule: the cluster of new token id t is t // cluster_size
     labels = prior.token_to_cluster.numpy()
     np.testing.assert_array_equal(mapping // 16, labels)
+    # the command gives the arguments of IAR's training that match the files
+    captured = capsys.readouterr()
+    assert (f"--vocab-size {N} --cluster-size 16 --mapping-path {out / 'mapping.pt'}"
+            in captured.out)
+    assert "warning" not in captured.err
 
 
 @pytest.mark.parametrize("method, stored", [("dcpe", "dcpe"), ("kmeans", "kmeans"),

@@ -349,7 +349,7 @@ def _read_codebook(path: str | None, args: argparse.Namespace) -> tuple[Any, str
     (``None`` for ``--sample``). The name of a file's codebook says which tensor was used
     (key, shape, dtype, ``model`` or ``ema``, normalisation); errors name ``--key`` and
     ``--trust-checkpoint``."""
-    from dcpe.io import _CLI, _load
+    from dcpe.io import _CLI, _load, _normalize_note
 
     key = getattr(args, "key", None)
     _check_stray_k(path, args)
@@ -363,6 +363,9 @@ def _read_codebook(path: str | None, args: argparse.Namespace) -> tuple[Any, str
         raise _UsageError("no codebook: give a codebook file or --sample")
     x, source = _load(path, key, bool(getattr(args, "normalize", False)),
                       bool(getattr(args, "trust_checkpoint", False)), _CLI)
+    note = _normalize_note(source, _CLI)
+    if note is not None:
+        print(f"dcpe: warning: {note}", file=sys.stderr)
     note = "; --key chooses another" if source.key is not None else ""
     return x, f"{source.describe()}{note}", source
 
@@ -845,6 +848,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"permuted: {', '.join(result['permuted'])}"
           + (" (model and ema)" if len(result["permuted"]) > 1 else ""))
     print("wrote " + ", ".join(str(p) for p in result["paths"].values()))
+    sizes = result["sizes"]
+    n, k = int(sizes.sum()), len(sizes)
+    if int(sizes.min()) == int(sizes.max()):
+        print(f"IAR's train_c2i.py: --vocab-size {n} --cluster-size {int(sizes[0])} "
+              f"--mapping-path {result['paths']['mapping']} (the reordered checkpoint is "
+              f"its --vq-ckpt)")
+    else:
+        print(f"dcpe: warning: the prior's {k} clusters have {int(sizes.min())} to "
+              f"{int(sizes.max())} tokens, and IAR's train_c2i.py takes every "
+              f"--cluster-size consecutive new ids as one cluster; for its script make "
+              f"equal clusters ('dcpe cluster --method balanced -k {max(1, n // 128)}' for "
+              f"its size 128), or read the clusters' offsets in "
+              f"{result['paths']['clusters']}", file=sys.stderr)
     return 0
 
 

@@ -355,7 +355,10 @@ def export_iar(prior: Any, checkpoint: str | os.PathLike, out_dir: str | os.Path
     dict
         ``paths`` (``mapping``, ``checkpoint``, ``clusters``), ``permuted`` (locations
         of the permuted tables as dotted text), ``source`` (the
-        :class:`~dcpe.io.CodebookSource`), ``normalize``, ``mapping`` (the permutation).
+        :class:`~dcpe.io.CodebookSource`), ``normalize``, ``mapping`` (the permutation),
+        ``sizes`` (cluster sizes, int64, in cluster order). IAR's ``train_c2i.py`` takes
+        every ``--cluster-size`` consecutive new ids as one cluster, which matches the
+        prior only when all sizes are equal (``--method balanced``).
 
     Raises
     ------
@@ -477,4 +480,4 @@ def _export_iar(prior: Any, checkpoint: str | os.PathLike, out_dir: str | os.Pat
                       checkpoint_writer=_writer(obj, ckpt.suffix.lower(), st_meta),
                       clusters=clusters)
     return {"paths": paths, "permuted": clusters["permuted"], "source": source,
-            "normalize": normalize, "mapping": mapping}
+            "normalize": normalize, "mapping": mapping, "sizes": np.asarray(sizes, np.int64)}

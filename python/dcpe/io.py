@@ -82,6 +82,7 @@ import os
 import re
 import tempfile
 import types
+import warnings
 import zipfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping
@@ -170,14 +171,18 @@ class _Options:
 
     key: str
     trust: str
+    normalize: str
+    no_normalize: str
 
     def key_is(self, key: str) -> str:
         """``key='x'`` or ``--key x``."""
         return f"{self.key}{key!r}" if self.key.endswith("=") else f"{self.key} {key}"
 
 
-_PYTHON = _Options(key="key=", trust="trust=True")
-_CLI = _Options(key="--key", trust="--trust-checkpoint")
+_PYTHON = _Options(key="key=", trust="trust=True", normalize="normalize=True",
+                   no_normalize="normalize=False")
+_CLI = _Options(key="--key", trust="--trust-checkpoint", normalize="--normalize",
+                no_normalize="--no-normalize")
 
 
 # --------------------------------------------------------------------------- safe unpickling
@@ -571,6 +576,12 @@ class CodebookSource:
         The same tensor under the file's other wrappers (``"ema.quantize.embedding.weight"``).
     foreign : tuple of str
         Classes the file names that were not imported (inert placeholders).
+    trained_l2_norm : bool or None
+        ``codebook_l2_norm`` of the training arguments the checkpoint stores (LlamaGen's
+        ``vq_train.py`` saves them as ``checkpoint["args"]``; Lightning's
+        ``hyper_parameters`` when a plain dict): True when the tokenizer's quantizer
+        L2-normalises the rows before it looks up the nearest one, so that their
+        directions are what it compares. ``None`` when the file does not say.
     """
 
     path: str
@@ -584,6 +595,7 @@ class CodebookSource:
     normalize: bool
     alternatives: tuple[str, ...] = ()
     foreign: tuple[str, ...] = ()
+    trained_l2_norm: bool | None = None
 
     def describe(self) -> str:
         """One line: which tensor was used, its shape and dtype, and what else is there."""
@@ -713,6 +725,41 @@ def _alternatives(table: Mapping[str, Any], obj: Mapping[str, Any], full: str,
 # --------------------------------------------------------------------------- loading
 
 
+def _trained_l2_norm(obj: Any) -> bool | None:
+    """``codebook_l2_norm`` of the training arguments stored beside the weights: an
+    ``argparse.Namespace`` or a dict under ``"args"`` (LlamaGen's and GigaTok's
+    checkpoints) or ``"hyper_parameters"`` (Lightning), when it is a bool; else None."""
+    if not isinstance(obj, Mapping):
+        return None
+    for name in ("args", "hyper_parameters"):
+        holder = obj.get(name)
+        if isinstance(holder, argparse.Namespace):
+            value = vars(holder).get("codebook_l2_norm")
+        elif isinstance(holder, Mapping):
+            value = holder.get("codebook_l2_norm")
+        else:
+            continue
+        if isinstance(value, bool):
+            return value
+    return None
+
+
+def _normalize_note(source: CodebookSource, opts: _Options) -> str | None:
+    """One line when the rows are read otherwise than the checkpoint's quantizer compares
+    them (``source.trained_l2_norm`` against ``source.normalize``); else None."""
+    trained = source.trained_l2_norm
+    if trained is None or trained == source.normalize:
+        return None
+    name = Path(source.path).name
+    if trained:
+        return (f"{name} was trained with codebook_l2_norm=True (its args): its quantizer "
+                f"compares L2-normalised rows, not the raw rows read here; "
+                f"{opts.normalize} clusters them as it does")
+    return (f"{name} was trained with codebook_l2_norm=False (its args): its quantizer "
+            f"compares the raw rows, not the L2-normalised rows read here; "
+            f"{opts.no_normalize} clusters them as it does")
+
+
 def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _Options
           ) -> tuple[np.ndarray, CodebookSource]:
     if key is not None and not isinstance(key, str):
@@ -751,7 +798,7 @@ def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _
         path=str(path), key=chosen, location=location, head=head, wrapper=wrapper,
         stored_shape=_shape_of(value), dtype=_dtype_name(value),
         shape=(int(arr.shape[0]), int(arr.shape[1])), normalize=normalize,
-        alternatives=alternatives, foreign=foreign)
+        alternatives=alternatives, foreign=foreign, trained_l2_norm=_trained_l2_norm(obj))
     return arr, source
 
 
@@ -776,8 +823,17 @@ def load_codebook_with_source(path: PathLike, key: str | None = None, normalize:
     ------
     FileNotFoundError, ValueError, TypeError, ImportError
         As :func:`load_codebook`.
+
+    Warns
+    -----
+    UserWarning
+        As :func:`load_codebook`.
     """
-    return _load(path, key, normalize, trust, _PYTHON)
+    arr, source = _load(path, key, normalize, trust, _PYTHON)
+    note = _normalize_note(source, _PYTHON)
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return arr, source
 
 
 def load_codebook(path: PathLike, key: str | None = None, normalize: bool = False, *,
@@ -823,6 +879,14 @@ def load_codebook(path: PathLike, key: str | None = None, normalize: bool = Fals
     ImportError
         A ``.safetensors`` file without the ``safetensors`` package.
 
+    Warns
+    -----
+    UserWarning
+        The checkpoint's training arguments say how its quantizer compares the rows
+        (``codebook_l2_norm``, :attr:`CodebookSource.trained_l2_norm`) and ``normalize``
+        reads them otherwise: LlamaGen's tokenizers compare L2-normalised rows, so their
+        raw rows give another clustering than the one the tokenizer's geometry implies.
+
     Examples
     --------
     >>> from dcpe.io import load_codebook
@@ -832,6 +896,9 @@ def load_codebook(path: PathLike, key: str | None = None, normalize: bool = Fals
     """
     arr, source = _load(path, key, normalize, trust, _PYTHON)
     _log.info("codebook %s", source.describe())
+    note = _normalize_note(source, _PYTHON)
+    if note is not None:
+        warnings.warn(note, UserWarning, stacklevel=2)
     return arr
 
 

@@ -262,6 +262,23 @@ def test_load_refuses_other_codebook(tmp_path, codebook, prior):
     assert "(400, 8)" in msg
 
 
+def test_load_names_the_normalised_rows(tmp_path, codebook):
+    """A prior of the L2-normalised rows given the raw ones says so (and how to read them),
+    for a codebook whose rows are not unit already."""
+    from dcpe.io import _l2_normalized
+
+    raw = codebook * np.linspace(0.5, 2.0, len(codebook), dtype=np.float32)[:, None]
+    unit = _l2_normalized(raw)
+    path = tmp_path / "prior.npz"
+    CodebookPrior.from_labels(np.arange(len(raw)) % 40, codebook=unit).save(path)
+    CodebookPrior.load(path, codebook=unit)  # the rows it was made from
+    with pytest.raises(ValueError, match="L2-normalised, and these are raw") as info:
+        CodebookPrior.load(path, codebook=raw)
+    assert "normalize=True" in str(info.value)
+    with pytest.raises(ValueError, match="another codebook"):
+        CodebookPrior.load(path, codebook=raw + 1.0)
+
+
 def test_load_errors(tmp_path, prior):
     with pytest.raises(FileNotFoundError, match="missing.npz"):
         CodebookPrior.load(tmp_path / "missing.npz")

@@ -45,20 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from .io import atomic_write
+from .io import _l2_normalized, atomic_write
 
 __all__ = ["export_iar", "iar_permutation", "write_iar"]
 
 _FORMAT = "dcpe-iar-export"
 _WITHIN = ("nearest-neighbour walk: start at the cluster's smallest token id, then the "
            "nearest unvisited token of the cluster (Euclidean; ties to the smaller id)")
-
-
-def _normalized(arr: np.ndarray) -> np.ndarray:
-    """Rows L2-normalised exactly as :func:`dcpe.io.load_codebook` does."""
-    out = np.array(arr, dtype=np.float32, order="C", copy=True)
-    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
-    return out
 
 
 def iar_permutation(prior: Any, codebook: Any) -> np.ndarray:
@@ -418,10 +411,10 @@ def _export_iar(prior: Any, checkpoint: str | os.PathLike, out_dir: str | os.Pat
     x = None
     if prior.codebook_sha256 is None:
         normalize = bool(stored)
-        x = _normalized(raw) if normalize else raw
+        x = _l2_normalized(raw) if normalize else raw
     else:
         for normalize in options:
-            cand = _normalized(raw) if normalize else raw
+            cand = _l2_normalized(raw) if normalize else raw
             if codebook_sha256(cand) == prior.codebook_sha256:
                 x = cand
                 break

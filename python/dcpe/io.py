@@ -725,6 +725,14 @@ def _alternatives(table: Mapping[str, Any], obj: Mapping[str, Any], full: str,
 # --------------------------------------------------------------------------- loading
 
 
+def _l2_normalized(arr: np.ndarray) -> np.ndarray:
+    """A float32 copy with every row L2-normalised (norms clamped to at least 1e-12): the
+    rows ``normalize=True`` reads, bit for bit (the prior's fingerprint depends on them)."""
+    out = np.array(arr, dtype=np.float32, order="C", copy=True)
+    out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
+    return out
+
+
 def _trained_l2_norm(obj: Any) -> bool | None:
     """``codebook_l2_norm`` of the training arguments stored beside the weights: an
     ``argparse.Namespace`` or a dict under ``"args"`` (LlamaGen's and GigaTok's
@@ -792,8 +800,7 @@ def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _
         raise ValueError(f"{path}: the codebook has {bad} row(s) containing NaN or Inf; "
                          f"check that it is the trained codebook (a trained one is finite)")
     if normalize:
-        norms = np.linalg.norm(arr, axis=1, keepdims=True)
-        arr /= np.maximum(norms, np.float32(1e-12))
+        arr = _l2_normalized(arr)
     source = CodebookSource(
         path=str(path), key=chosen, location=location, head=head, wrapper=wrapper,
         stored_shape=_shape_of(value), dtype=_dtype_name(value),

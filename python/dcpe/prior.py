@@ -983,6 +983,13 @@ class CodebookPrior:
             return
         sha = codebook_sha256(arr)
         if sha != self.codebook_sha256:
+            from .io import _l2_normalized
+
+            if codebook_sha256(_l2_normalized(arr)) == self.codebook_sha256:
+                raise ValueError(
+                    f"{where}the prior was made from this codebook's rows L2-normalised, "
+                    f"and these are raw; read it as dcpe.io.load_codebook(path, "
+                    f"normalize=True) does, or normalise its rows")
             stored_shape = tuple(self.codebook_shape) if self.codebook_shape else None
             raise ValueError(
                 f"{where}the prior was made for another codebook: stored sha256 "

@@ -169,9 +169,14 @@ if HAS_TRITON:
         """``dd`` of a tile: rounded squares summed in dimension order (fusion is off)."""
         dtype = mu_ptr.dtype.element_ty
         acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=dtype)
-        for k in range(0, dim):
-            a = tl.load(mu_ptr + k * ld + rows64, mask=rmask, other=0.0)
-            b = tl.load(mu_ptr + k * ld + cols64, mask=cmask, other=0.0)
+        # the pointers step by ld: no 32-bit product k * ld (past 2**31 at d * n >= 2**31)
+        pa = mu_ptr + rows64
+        pb = mu_ptr + cols64
+        for _k in range(0, dim):
+            a = tl.load(pa, mask=rmask, other=0.0)
+            b = tl.load(pb, mask=cmask, other=0.0)
+            pa += ld
+            pb += ld
             diff = a[:, None] - b[None, :]
             acc += diff * diff
         return acc

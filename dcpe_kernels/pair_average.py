@@ -109,9 +109,14 @@ if HAS_TRITON:
         acc = (ti * 0).to(x_ptr.dtype.element_ty)
         ti = tl.where(mask, ti, 0)
         tj = tl.where(mask, tj, 0)
-        for c in range(0, dim):
-            u = tl.load(x_ptr + ti * ts + c * cs)
-            v = tl.load(x_ptr + tj * ts + c * cs)
+        # the pointers step by cs: no 32-bit product c * cs (past 2**31 at d * N >= 2**31)
+        pu = x_ptr + ti * ts
+        pv = x_ptr + tj * ts
+        for _c in range(0, dim):
+            u = tl.load(pu)
+            v = tl.load(pv)
+            pu += cs
+            pv += cs
             diff = u - v
             acc += diff * diff
         if IS_F32:
@@ -134,9 +139,13 @@ if HAS_TRITON:
                 mj = (j0 + jj) < n_hi
                 tj = o_hi + tl.where(mj, j0 + jj, 0)
                 acc = tl.zeros([BLOCK_I, BLOCK_J], dtype=dtype)
-                for c in range(0, dim):
-                    u = tl.load(x_ptr + ti * ts + c * cs)
-                    v = tl.load(x_ptr + tj * ts + c * cs)
+                pu = x_ptr + ti * ts  # stepped by cs, as in _token_distance_lanes
+                pv = x_ptr + tj * ts
+                for _c in range(0, dim):
+                    u = tl.load(pu)
+                    v = tl.load(pv)
+                    pu += cs
+                    pv += cs
                     diff = u[:, None] - v[None, :]
                     acc += diff * diff
                 if IS_F32:

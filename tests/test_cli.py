@@ -196,7 +196,8 @@ def test_report_wrong_codebook(tmp_path, ckpt, prior_file, capsys):
                "--no-normalize", "-o", str(out)])
     assert rc == 1
     line = one_error_line(capsys.readouterr().err)
-    assert "another codebook" in line and "run the command again with --normalize" in line
+    assert "rows L2-normalised, and these are raw" in line
+    assert "run the command again with --normalize" in line and "load_codebook" not in line
     assert not out.exists()
     other = tmp_path / "other.npy"
     np.save(other, np.random.default_rng(0).standard_normal((300, 8)).astype(np.float32))

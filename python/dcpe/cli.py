@@ -816,9 +816,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
         options = _matching_options(prior, args, origin)
         if options is None:
             raise
-        from dcpe.prior import _OTHER_CODEBOOK_STEP
+        from dcpe.prior import _NORMALIZED_STEP, _OTHER_CODEBOOK_STEP
 
-        what = str(exc).removesuffix(f"; {_OTHER_CODEBOOK_STEP}")
+        what = str(exc).removesuffix(f"; {_OTHER_CODEBOOK_STEP}").removesuffix(
+            f"; {_NORMALIZED_STEP}")  # the step named here is the command line's
         raise ValueError(f"{what}; it matches this codebook read with {options}: run the "
                          f"command again with {options}") from None
     result = compare(x, prior, seed=args.seed, n_iter=args.kmeans_iter,

@@ -46,6 +46,8 @@ __all__ = ["CodebookPrior", "codebook_sha256"]
 #: the next step of an error about a codebook that is not the prior's
 _OTHER_CODEBOOK_STEP = ("give the codebook the prior was made from, read as it was "
                         "then (raw or normalised)")
+_NORMALIZED_STEP = ("read it as dcpe.io.load_codebook(path, normalize=True) does, or "
+                    "normalise its rows")
 _FORMAT = "dcpe-codebook-prior"
 _FORMAT_VERSION = 1
 _REDUCES = ("mean", "sum", "logsumexp")
@@ -988,8 +990,7 @@ class CodebookPrior:
             if codebook_sha256(_l2_normalized(arr)) == self.codebook_sha256:
                 raise ValueError(
                     f"{where}the prior was made from this codebook's rows L2-normalised, "
-                    f"and these are raw; read it as dcpe.io.load_codebook(path, "
-                    f"normalize=True) does, or normalise its rows")
+                    f"and these are raw; {_NORMALIZED_STEP}")
             stored_shape = tuple(self.codebook_shape) if self.codebook_shape else None
             raise ValueError(
                 f"{where}the prior was made for another codebook: stored sha256 "

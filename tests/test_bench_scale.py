@@ -16,30 +16,45 @@ ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("dcpe")
 
 # A stand-in for ParChain's `linkage`: writes a dendrogram of the right shape (ids, ids,
-# height, size) and prints its timing line as ParChain does.
+# height, size) and prints its timing line as ParChain does, the k-th run (counted in a
+# file beside it) the k-th of `times`, cyclically.
 _FAKE_PARCHAIN = """#!{python}
 import sys
+from pathlib import Path
 args = sys.argv[1:]
+count = Path(__file__).with_name("count")
+k = int(count.read_text()) if count.exists() else 0
+count.write_text(str(k + 1))
 out = args[args.index("-o") + 1]
 n = sum(1 for _ in open(args[-1])) - 1
 with open(out, "w") as fh:
     for i in range(n - 1):
         fh.write(f"{{i}} {{i + 1}} {{float(i)}} 2\\n")
+times = {times!r}
 print("num workers: 1")
-print("Parlay time: clustering: 0.0123")
+print("Parlay time: clustering: " + times[k % len(times)])
 """
 
 
-def test_small_run_writes_complete_results(tmp_path: Path) -> None:
+def _fake_parchain(tmp_path: Path, times: tuple[str, ...] = ("0.0123",)) -> Path:
     fake = tmp_path / "linkage"
-    fake.write_text(_FAKE_PARCHAIN.format(python=sys.executable))
+    fake.write_text(_FAKE_PARCHAIN.format(python=sys.executable, times=times))
     fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    return fake
+
+
+def _bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """benchmarks/bench_scale.py with these arguments, its output captured."""
+    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ))
+
+
+def test_small_run_writes_complete_results(tmp_path: Path) -> None:
+    fake = _fake_parchain(tmp_path)
     out = tmp_path / "res"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--sizes", "300x4,200x32",
-         "--cosine-sizes", "300x4", "--parchain", str(fake), "--threads", "1",
-         "--out", str(out), "--name", "t"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    proc = _bench("--sizes", "300x4,200x32", "--cosine-sizes", "300x4", "--parchain", str(fake),
+                  "--threads", "1", "--out", str(out), "--name", "t")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     payload = json.loads((out / "t.json").read_text())
     rows = {(r["provider"], r["n"], r["d"]): r for r in payload["rows"]}
@@ -64,10 +79,8 @@ def test_small_run_writes_complete_results(tmp_path: Path) -> None:
 
 
 def test_bad_parchain_path_is_refused(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--sizes", "50x2",
-         "--parchain", str(tmp_path / "missing"), "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120)
+    proc = _bench("--sizes", "50x2", "--parchain", str(tmp_path / "missing"),
+                  "--out", str(tmp_path), timeout=120)
     assert proc.returncode == 2
     assert "--parchain" in proc.stderr
 
@@ -76,11 +89,9 @@ def test_memory_limit_reaches_dcpe_and_the_results(tmp_path: Path) -> None:
     """--memory-limit is dcpe's memory_limit (a limit too small for the run is its row's
     error) and is written down with the results."""
     out = tmp_path / "res"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--sizes", "300x32",
-         "--providers", "dcpe-cut,dcpe-linear", "--linear-high-d-max-n", "300",
-         "--memory-limit", "1KiB", "--threads", "1", "--out", str(out), "--name", "t"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    proc = _bench("--sizes", "300x32", "--providers", "dcpe-cut,dcpe-linear",
+                  "--linear-high-d-max-n", "300", "--memory-limit", "1KiB", "--threads", "1",
+                  "--out", str(out), "--name", "t")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     payload = json.loads((out / "t.json").read_text())
     assert payload["memory_limit"] == "1KiB"
@@ -89,36 +100,14 @@ def test_memory_limit_reaches_dcpe_and_the_results(tmp_path: Path) -> None:
     assert "memory_limit='1KiB'" in (out / "t.md").read_text()
 
 
-# A stand-in that prints a different time on each run (0.03, 0.01, 0.02, ...), counted in a
-# file beside it.
-_FAKE_PARCHAIN_RUNS = """#!{python}
-import sys
-from pathlib import Path
-args = sys.argv[1:]
-count = Path(__file__).with_name("count")
-k = int(count.read_text()) if count.exists() else 0
-count.write_text(str(k + 1))
-out = args[args.index("-o") + 1]
-n = sum(1 for _ in open(args[-1])) - 1
-with open(out, "w") as fh:
-    for i in range(n - 1):
-        fh.write(f"{{i}} {{i + 1}} {{float(i)}} 2\\n")
-print("Parlay time: clustering: " + ["0.03", "0.01", "0.02"][k % 3])
-"""
-
-
 def test_repeat_reports_the_median_of_every_run(tmp_path: Path) -> None:
     """--repeat R: each provider's call R times (ParChain's binary R times), their median
     reported, every run kept; dcpe-auto is dcpe.linkage's own choice of engine."""
-    fake = tmp_path / "linkage"
-    fake.write_text(_FAKE_PARCHAIN_RUNS.format(python=sys.executable))
-    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    fake = _fake_parchain(tmp_path, times=("0.03", "0.01", "0.02"))
     out = tmp_path / "res"
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--sizes", "300x4",
-         "--providers", "dcpe-auto,dcpe-linear,parchain", "--parchain", str(fake),
-         "--repeat", "3", "--threads", "1", "--out", str(out), "--name", "t"],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ))
+    proc = _bench("--sizes", "300x4", "--providers", "dcpe-auto,dcpe-linear,parchain",
+                  "--parchain", str(fake), "--repeat", "3", "--threads", "1",
+                  "--out", str(out), "--name", "t")
     assert proc.returncode == 0, proc.stdout + proc.stderr
     rows = {r["provider"]: r for r in json.loads((out / "t.json").read_text())["rows"]}
     assert (tmp_path / "count").read_text() == "3"
@@ -134,10 +123,7 @@ def test_repeat_reports_the_median_of_every_run(tmp_path: Path) -> None:
 
 
 def test_repeat_below_one_is_refused(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), "--sizes", "50x2",
-         "--repeat", "0", "--out", str(tmp_path)],
-        capture_output=True, text=True, timeout=120)
+    proc = _bench("--sizes", "50x2", "--repeat", "0", "--out", str(tmp_path), timeout=120)
     assert proc.returncode == 2
     assert "--repeat must be at least 1" in proc.stderr
     assert not any(tmp_path.iterdir())

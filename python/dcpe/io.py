@@ -725,10 +725,12 @@ def _alternatives(table: Mapping[str, Any], obj: Mapping[str, Any], full: str,
 # --------------------------------------------------------------------------- loading
 
 
-def _l2_normalized(arr: np.ndarray) -> np.ndarray:
-    """A float32 copy with every row L2-normalised (norms clamped to at least 1e-12): the
-    rows ``normalize=True`` reads, bit for bit (the prior's fingerprint depends on them)."""
-    out = np.array(arr, dtype=np.float32, order="C", copy=True)
+def _l2_normalized(arr: np.ndarray, copy: bool = True) -> np.ndarray:
+    """Float32 rows L2-normalised (norms clamped to at least 1e-12): the rows
+    ``normalize=True`` reads, bit for bit (the prior's fingerprint depends on them). A copy,
+    or with ``copy=False`` ``arr`` itself when it is a C-contiguous float32 array (a copy
+    otherwise)."""
+    out = np.array(arr, dtype=np.float32, order="C", copy=True if copy else None)
     out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), np.float32(1e-12))
     return out
 
@@ -800,7 +802,7 @@ def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _
         raise ValueError(f"{path}: the codebook has {bad} row(s) containing NaN or Inf; "
                          f"check that it is the trained codebook (a trained one is finite)")
     if normalize:
-        arr = _l2_normalized(arr)
+        arr = _l2_normalized(arr, copy=False)  # arr is this call's own copy
     source = CodebookSource(
         path=str(path), key=chosen, location=location, head=head, wrapper=wrapper,
         stored_shape=_shape_of(value), dtype=_dtype_name(value),

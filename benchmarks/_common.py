@@ -58,6 +58,13 @@ def machine_info() -> dict[str, Any]:
     except (ValueError, OSError):
         pass
     try:
+        # the linear engine's scan above 16 dimensions on AMX tiles (DCPE_CPU_AMX=0: off)
+        from dcpe import _C
+
+        info["cpu_amx"] = bool(_C.cpu_amx())
+    except Exception:
+        pass
+    try:
         import torch
 
         if torch.cuda.is_available():

@@ -280,7 +280,8 @@ def main(argv: list[str] | None = None) -> int:
         "# Exact average linkage at scale (full dendrogram; dcpe-cut: labels at k = N/2)",
         "",
         f"{info['date']} · {info['cpu']} · {info['cores']} cores · threads {args.threads} · "
-        f"dcpe {info['versions'].get('dcpe')} · fastcluster "
+        + ({True: "AMX scan · ", False: "no AMX scan · "}.get(info.get("cpu_amx"), ""))
+        + f"dcpe {info['versions'].get('dcpe')} · fastcluster "
         f"{info['versions'].get('fastcluster')}",
         "",
         "Data: the sample codebook's generator, float32. Time: the clustering call alone, "

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 
 #include "balanced_assign.h"
+#include "cpu/amx_scan.h"
 #include "linkage.h"
 #include "nearest.h"
 
@@ -53,6 +54,10 @@ PYBIND11_MODULE(_C, m) {
         "best of u.shape[1] candidates drawn by D^2 with the uniforms u (k - 1, trials).");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "Number of OpenMP threads used by default.");
+  m.def("cpu_amx", []() { return dcpe::amx::available(); },
+        "Whether the linear engine's centroid scan above 16 dimensions runs on AMX tiles "
+        "in this process: built with AMX-BF16, granted by the kernel, and DCPE_CPU_AMX "
+        "not 0 (read at each call, as the engine reads it each round).");
 #ifdef DCPE_WITH_CUDA
   m.attr("has_cuda") = true;
   dcpe_register_cuda(m);

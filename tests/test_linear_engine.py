@@ -186,10 +186,16 @@ def test_near_duplicate_tokens_the_scan_misses_no_neighbour(rng, metric):
         assert same_partition(cut_z(zl, n, k), cut_z(zs, n, k)), k
 
 
-@pytest.mark.parametrize("scale", [1e60, 1e-70])
-def test_extreme_magnitudes_change_no_merge(rng, scale):
+@pytest.mark.parametrize("amx", ["", "0"])
+@pytest.mark.parametrize("scale", [1e60, 1e-70, 1e140, 1e150])
+def test_extreme_magnitudes_change_no_merge(rng, monkeypatch, scale, amx):
     # the scan's dot products and squared norms of coordinates near 1e60 or 1e-70 (products
-    # near 1e120 or 1e-140) stay within its error bound, relative and absolute
+    # near 1e120 or 1e-140) stay within its error bound, relative and absolute; from about
+    # 1e140 the copies' scaling is clamped (2^-400) and their products overflow float32,
+    # and a dot product that is not finite excludes nothing (DCPE_CPU_AMX=0: the float32
+    # products where the CPU has AMX tiles)
+    if amx:
+        monkeypatch.setenv("DCPE_CPU_AMX", amx)
     n, d = 200, 37
     x = tie_free(rng, n, d) * scale
     zm, zl = _matrix_z(x), _linear_z(x, 0)
@@ -468,3 +474,71 @@ def test_bad_engine_is_rejected(rng):
         dcpe.cluster(x, 2, linkage="single", engine="linear")
     with pytest.raises(ValueError, match="engine"):
         dcpe.cluster(x, 2, backend="reference", engine="linear")
+
+
+# Above 16 dimensions the centroid scan's dot products run on AMX tiles in bfloat16 where
+# the CPU has them (dcpe._C.cpu_amx()); DCPE_CPU_AMX=0 gives the float32 products. Only
+# the test's error bound differs, so the merges must be the same, bit for bit.
+_AMX = bool(dcpe._C.cpu_amx())
+needs_amx = pytest.mark.skipif(not _AMX, reason="this CPU or build has no AMX tiles")
+
+
+def _near_duplicates(rng, groups: int, per: int, d: int, dtype=np.float64) -> np.ndarray:
+    # groups of points within ~1e-4 of each other around unit-scale centres: their squared
+    # distances (~1e-7) lie far below a bfloat16 product's rounding (2^-8 of ||p||^2 ~ 1),
+    # so a test whose bound left out that rounding would drop true neighbours
+    base = np.repeat(rng.standard_normal((groups, d)) / np.sqrt(d), per, axis=0)
+    x = base + 1e-4 * rng.standard_normal(base.shape) / np.sqrt(d)
+    return x[rng.permutation(len(x))].astype(dtype)
+
+
+@needs_amx
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("n,d", [(90, 17), (203, 37), (300, 256), (517, 100)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_amx_scan_gives_the_same_merges(rng, monkeypatch, metric, n, d, dtype):
+    x = tie_free(rng, n, d, dtype)
+    for cache in CACHES:
+        z_amx = _linear_z(x, cache, metric=metric)
+        with monkeypatch.context() as m:
+            m.setenv("DCPE_CPU_AMX", "0")
+            assert not dcpe._C.cpu_amx()
+            z_32 = _linear_z(x, cache, metric=metric)
+        np.testing.assert_array_equal(z_amx, z_32)
+
+
+@needs_amx
+@pytest.mark.parametrize("d", [24, 256])
+@pytest.mark.parametrize("cap", [None, 3])
+def test_amx_scan_keeps_neighbours_below_bfloat16_rounding(rng, monkeypatch, d, cap):
+    x = _near_duplicates(rng, 40, 6, d)
+    n = len(x)
+    z_amx = _linear_z(x, 0, cap=cap)
+    monkeypatch.setenv("DCPE_CPU_AMX", "0")
+    np.testing.assert_array_equal(z_amx, _linear_z(x, 0, cap=cap))
+    zm = _matrix_z(x, cap=cap)
+    assert hierarchy_sets(z_amx, n) == hierarchy_sets(zm, n)
+    if cap is None:
+        zs = scipy_linkage(x)
+        for k in (2, 40, 120, n - 1):
+            assert same_partition(cut_z(z_amx, n, k), cut_z(zs, n, k))
+
+
+@needs_amx
+@pytest.mark.parametrize("scale", [1e60, 1e-70, 1e150])
+def test_amx_scan_at_extreme_magnitudes(rng, monkeypatch, scale):
+    # at 1e150 the scaling is clamped (2^-400) and products of the copies overflow float32:
+    # a dot product that is not finite excludes nothing
+    n, d = 150, 40
+    x = tie_free(rng, n, d) * scale
+    z_amx = _linear_z(x, 0)
+    monkeypatch.setenv("DCPE_CPU_AMX", "0")
+    np.testing.assert_array_equal(z_amx, _linear_z(x, 0))
+    assert hierarchy_sets(z_amx, n) == hierarchy_sets(_matrix_z(x), n)
+
+
+def test_amx_switch_is_read_from_the_environment(monkeypatch):
+    monkeypatch.setenv("DCPE_CPU_AMX", "0")
+    assert dcpe._C.cpu_amx() is False
+    monkeypatch.delenv("DCPE_CPU_AMX")
+    assert dcpe._C.cpu_amx() is _AMX

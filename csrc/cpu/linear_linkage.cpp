@@ -184,7 +184,7 @@ class KdTree {
   // (amx::available(), checked every round) the dot products come from bfloat16 copies of
   // the float32 copies instead, 16 points at a time (scan_group_amx()), with a bound that
   // adds their rounding: the same visits and values. On 32,768 to 131,072 x 256 (a flat cut
-  // at N/2 on two cores of an Intel Xeon with AMX) that took 10% to 24% off the whole run;
+  // at N/2 on two cores of an Intel Xeon with AMX) that took 10% to 14% off the whole run;
   // most of the scan's time is then its test and its visits.
 #if defined(__AVX512F__)
   static constexpr int kScanGroup = 64;

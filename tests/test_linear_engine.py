@@ -483,13 +483,13 @@ _AMX = bool(dcpe._C.cpu_amx())
 needs_amx = pytest.mark.skipif(not _AMX, reason="this CPU or build has no AMX tiles")
 
 
-def _near_duplicates(rng, groups: int, per: int, d: int, dtype=np.float64) -> np.ndarray:
+def _near_duplicates(rng, groups: int, per: int, d: int) -> np.ndarray:
     # groups of points within ~1e-4 of each other around unit-scale centres: their squared
     # distances (~1e-7) lie far below a bfloat16 product's rounding (2^-8 of ||p||^2 ~ 1),
     # so a test whose bound left out that rounding would drop true neighbours
     base = np.repeat(rng.standard_normal((groups, d)) / np.sqrt(d), per, axis=0)
     x = base + 1e-4 * rng.standard_normal(base.shape) / np.sqrt(d)
-    return x[rng.permutation(len(x))].astype(dtype)
+    return x[rng.permutation(len(x))]
 
 
 @needs_amx

@@ -204,17 +204,9 @@ class KdTree {
     std::vector<ScanLanes> qt(d * kScanVecs);
     float* qf = reinterpret_cast<float*>(qt.data());
     ScanQueries sq;
-    for (int j = 0; j < kScanGroup; ++j) {
-      double nq = 0.0;
-      for (std::size_t k = 0; k < d; ++k) {
-        const float v = j < g ? scan_coordinate(qs[j][k], k) : 0.0f;
-        qf[k * kScanGroup + j] = v;
-        nq += double(v) * double(v);
-      }
-      sq.norm2[j] = nq;
-      sq.norm[j] = std::sqrt(nq);
-      sq.radius[j] = j < g ? scaled_radius(r2[j]) : 0.0;
-    }
+    copy_queries(qs, g, r2, sq, [qf](int j, std::size_t k, float v) {
+      qf[k * kScanGroup + j] = v;
+    });
     std::size_t i = 0;
     for (; i + kScanPoints <= n; i += kScanPoints) {
       scan_points<kScanPoints>(qt.data(), qs, sq, g, r2, i, visit);
@@ -422,6 +414,25 @@ class KdTree {
     }
   }
 
+  // The queries' copies (put(j, k, coordinate k of query j's copy), zero for j >= g),
+  // their squared norms and norms, and their scaled radii, for both scans.
+  template <typename Put>
+  void copy_queries(const double* const* qs, int g, const double* r2, ScanQueries& sq,
+                    Put&& put) const {
+    const std::size_t d = static_cast<std::size_t>(d_);
+    for (int j = 0; j < kScanGroup; ++j) {
+      double nq = 0.0;
+      for (std::size_t k = 0; k < d; ++k) {
+        const float v = j < g ? scan_coordinate(qs[j][k], k) : 0.0f;
+        put(j, k, v);
+        nq += double(v) * double(v);
+      }
+      sq.norm2[j] = nq;
+      sq.norm[j] = std::sqrt(nq);
+      sq.radius[j] = j < g ? scaled_radius(r2[j]) : 0.0;
+    }
+  }
+
   // Point i against the queries whose dot products with it (the copies') are dot[j]: the
   // test of all the queries at once (a loop the compiler vectorises), with the estimate's
   // error bound slack * S + floor (scan_points(): float32 products; scan_group_amx():
@@ -463,25 +474,16 @@ class KdTree {
   template <typename F>
   void scan_group_amx(const double* const* qs, int g, double* r2, F& visit) const {
 #if DCPE_HAVE_AMX
-    const std::size_t n = ids_.size(), d = static_cast<std::size_t>(d_), dp = dp_;
+    const std::size_t n = ids_.size(), dp = dp_;
     const int nqb = (g + 15) / 16;
     const std::size_t block = dp / 2 * 16;
     std::vector<uint32_t> qv(static_cast<std::size_t>(nqb) * block, 0u);
     ScanQueries sq;
-    for (int j = 0; j < kScanGroup; ++j) {
-      double nq = 0.0;
-      if (j < g) {
-        uint32_t* b = &qv[static_cast<std::size_t>(j / 16) * block + j % 16];
-        for (std::size_t k = 0; k < d; ++k) {
-          const float v = scan_coordinate(qs[j][k], k);
-          nq += double(v) * double(v);
-          b[k / 2 * 16] |= uint32_t(amx::to_bf16(v)) << (16 * (k % 2));
-        }
-      }
-      sq.norm2[j] = nq;
-      sq.norm[j] = std::sqrt(nq);
-      sq.radius[j] = j < g ? scaled_radius(r2[j]) : 0.0;
-    }
+    copy_queries(qs, g, r2, sq, [&qv, block](int j, std::size_t k, float v) {
+      if (v == 0.0f) return;  // the zero rows of queries j >= g, and zero coordinates
+      uint32_t* b = &qv[static_cast<std::size_t>(j / 16) * block + j % 16];
+      b[k / 2 * 16] |= uint32_t(amx::to_bf16(v)) << (16 * (k % 2));
+    });
     const double slack = 0x1p-7 + 0x1p-14 + (2.0 * double(d_) + 16.0) * 0x1p-24;
     alignas(64) float dots[16 * 64] = {};
     amx::Tiles tiles;

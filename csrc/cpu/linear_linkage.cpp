@@ -184,8 +184,12 @@ class KdTree {
   // (amx::available(), checked every round) the dot products come from bfloat16 copies of
   // the float32 copies instead, 16 points at a time (scan_group_amx()), with a bound that
   // adds their rounding: the same visits and values. On 32,768 to 131,072 x 256 (a flat cut
-  // at N/2 on two cores of an Intel Xeon with AMX) that took 10% to 14% off the whole run;
-  // most of the scan's time is then its test and its visits.
+  // at N/2 on two cores of an Intel Xeon with AMX) that took 10% to 14% off the whole run.
+  // The test of a point against the queries is then float32 vectors, 16 queries an
+  // instruction (test_point(); evaluated one query at a time in float64, it had taken more
+  // time than the tiles' products): 14% off a flat cut of 32,768 x 256, 31% off cosine on
+  // the moments of 16,384 x 256, with the same visits. Most of the scan's time is then its
+  // visits (a float64 row of each point visited).
 #if defined(__AVX512F__)
   static constexpr int kScanGroup = 64;
 #else
@@ -230,6 +234,7 @@ class KdTree {
   static constexpr int64_t kLanes = 8;
 
   static_assert(sizeof(ScanLanes) == kScanWidth * sizeof(float), "a query per lane");
+  static_assert(kScanGroup <= 64, "test_point() keeps a bit per query");
   // scan_group()'s queries as vectors of kScanWidth floats, and the points of one
   // product: with 512-bit registers, 6 x 4 running sums and the 4 query vectors of a
   // coordinate take 28 of the 32 registers; with 256-bit ones (AVX2: 32 queries), 3 x 4
@@ -311,6 +316,7 @@ class KdTree {
       norm32_[i] = s;
       len32_[i] = std::sqrt(s);
     }
+    len32_max_ = n ? *std::max_element(len32_.begin(), len32_.end()) : 0.0;
     // scan_group_amx()'s bfloat16 copy: rows of dp_ (d rounded up to a tile step), the
     // points rounded up to a tile of 16, zero past them
     amx_ = amx::available();
@@ -323,6 +329,11 @@ class KdTree {
     } else {
       pts16_.clear();
     }
+    // each point's share of the test (test_point()): fl32(fl64(c ||p'||^2)) with
+    // c = 1 - slack - 2^-19, at most (1 - slack - 2^-20) ||p'||^2
+    const double c = 1.0 - scan_slack() - 0x1p-19;
+    point32_.resize(n);
+    for (std::size_t i = 0; i < n; ++i) point32_[i] = static_cast<float>(c * norm32_[i]);
   }
 
   float scan_coordinate(double x, std::size_t k) const {
@@ -338,7 +349,17 @@ class KdTree {
     double norm2[kScanGroup];   // ||q'||^2
     double norm[kScanGroup];    // ||q'||
     double radius[kScanGroup];  // scaled_radius(r2[j]), updated after every visit
+    double slack, floor;        // the estimate's error bound: slack * S + floor
+    // the test's float32 thresholds (query_threshold()), one vector per kScanWidth queries
+    alignas(64) float skip[kScanGroup];
   };
+
+  // The estimate's error bound slack * S + floor (S = ||q'||^2 + ||p'||^2) of the scan in
+  // use: float32 products (scan_points()) or bfloat16 ones (scan_group_amx()).
+  double scan_slack() const {
+    return (amx_ ? 0x1p-7 + 0x1p-14 : 0.0) + (2.0 * double(d_) + 16.0) * 0x1p-24;
+  }
+  double scan_floor() const { return amx_ ? 0x1p-100 : 0x1p-120; }
 
   // scan_group() for the P points i0 .. i0 + P - 1: their dot products with the queries
   // (qt, transposed), each a running sum over the coordinates in order, then each point's
@@ -359,9 +380,11 @@ class KdTree {
   // rounded up: then ||q - p||^2 > r2[j] with a relative margin of more than 2^-40 +
   // (d + 3) 2^-53, beyond dist2()'s rounding (at most (d + 3) 2^-53 of the exact value,
   // all of its terms non-negative), so dist2() > r2[j] too and the direct scan would not
-  // have visited it either. A NaN in the test, or a dot product that is not finite (from
-  // about 1e140 the copies' scaling is clamped and their products overflow float32), skips
-  // nothing (test_point()).
+  // have visited it either. test_point() evaluates that criterion in float32, 16 queries
+  // per instruction, within guards that make a skip there imply the criterion's float64
+  // evaluation. A NaN in the test, or a dot product that is not finite (from about 1e140
+  // the copies' scaling is clamped and their products overflow float32), skips nothing.
+  //
   // The dot products of the P points i0 .. i0 + P - 1 (the copy) with the queries (qt,
   // transposed): out[u][v] lane l is point u's with query 16 v + l, a running sum over
   // the coordinates in order. The running sums are locals of this function alone, so that
@@ -406,20 +429,20 @@ class KdTree {
                    int g, double* r2, std::size_t i0, F& visit) const {
     ScanLanes acc[P][kScanVecs];
     scan_dots<P>(qt, i0, acc);
-    const double slack = (2.0 * double(d_) + 16.0) * 0x1p-24;
     for (int u = 0; u < P; ++u) {
-      float dot[kScanGroup];
-      std::memcpy(dot, acc[u], sizeof dot);
-      test_point(i0 + u, dot, slack, 0x1p-120, qs, sq, g, r2, visit);
+      test_point(i0 + u, reinterpret_cast<const float*>(acc[u]), qs, sq, g, r2, visit);
     }
   }
 
   // The queries' copies (put(j, k, coordinate k of query j's copy), zero for j >= g),
-  // their squared norms and norms, and their scaled radii, for both scans.
+  // their squared norms and norms, their scaled radii and the test's thresholds, for both
+  // scans.
   template <typename Put>
   void copy_queries(const double* const* qs, int g, const double* r2, ScanQueries& sq,
                     Put&& put) const {
     const std::size_t d = static_cast<std::size_t>(d_);
+    sq.slack = scan_slack();
+    sq.floor = scan_floor();
     for (int j = 0; j < kScanGroup; ++j) {
       double nq = 0.0;
       for (std::size_t k = 0; k < d; ++k) {
@@ -430,33 +453,69 @@ class KdTree {
       sq.norm2[j] = nq;
       sq.norm[j] = std::sqrt(nq);
       sq.radius[j] = j < g ? scaled_radius(r2[j]) : 0.0;
+      sq.skip[j] = j < g ? query_threshold(sq, j) : std::numeric_limits<float>::infinity();
     }
   }
 
+  // The test in float32. In real numbers, with s = ||q'||^2 + ||p'||^2, x = <q', p'> as
+  // computed, the criterion above is L > T with L = (1 - slack) s - 2x - floor and
+  // T = t^2 m, t = radius + 2^-22 (||q'|| + ||p'||) + 2^-140, m = 1 + 2^-40 + (d + 3) 2^-50.
+  // Its float64 evaluation rounds each operation of L by at most 2^-53 of terms below 3s
+  // (|x| <= s / 2 + slack s), so it skips whenever L > T_j + 2^-45 s, where T_j is the
+  // float64 evaluation of T with the largest ||p'|| of all points (the evaluation is
+  // monotone in it). Here the point's share A_i = fl32(fl64((1 - slack - 2^-19) ||p'||^2))
+  // (build_scan_copy()) and the query's B_j = fl32(fl64((1 - slack - 2^-19) ||q'||^2 -
+  // 2 floor - T_j (1 + 2^-19))) (query_threshold()) are each at least 2^-20 (||p'||^2,
+  // resp. ||q'||^2 + T_j) plus a floor below their real shares, and the lane skips when
+  // h = fl32(fl32(A_i + B_j) - 2x) > 0 and x is finite: then A_i + B_j - 2x >
+  // -2^-24 |A_i + B_j| >= -2^-23 (s + T_j) (one rounding before the sign of h is known,
+  // at most 2^-149 more below float32's normal range, which the floor covers), so
+  // L - T_j > 2^-21 (s + T_j) > 2^-45 s. Every lane skipped here would be skipped by the
+  // float64 test; the guards keep a few more points, whose dist2() > r2[j] decides
+  // anyway, so the visits are the same. A query past g has B_j = +inf: its lane always
+  // skips (its dot products are exactly 0).
+  float query_threshold(const ScanQueries& sq, int j) const {
+    const double m = 1.0 + 0x1p-40 + double(d_ + 3) * 0x1p-50;
+    const double t = sq.radius[j] + (0x1p-22 * (sq.norm[j] + len32_max_) + 0x1p-140);
+    const double tm = t * t * m;
+    return static_cast<float>((1.0 - sq.slack - 0x1p-19) * sq.norm2[j] - 2.0 * sq.floor -
+                              tm * (1.0 + 0x1p-19));
+  }
+
   // Point i against the queries whose dot products with it (the copies') are dot[j]: the
-  // test of all the queries at once (a loop the compiler vectorises), with the estimate's
-  // error bound slack * S + floor (scan_points(): float32 products; scan_group_amx():
-  // bfloat16 ones), then the visits of those it does not exclude. A dot product that is
-  // not finite excludes nothing.
+  // test of all kScanGroup queries at once (kScanVecs vectors), then the visits of those
+  // it does not exclude, in increasing j.
   template <typename F>
-  void test_point(std::size_t i, const float* dot, double slack, double floor,
-                  const double* const* qs, ScanQueries& sq, int g, double* r2,
-                  F& visit) const {
+  void test_point(std::size_t i, const float* dot, const double* const* qs, ScanQueries& sq,
+                  int g, double* r2, F& visit) const {
     const std::size_t d = static_cast<std::size_t>(d_);
-    const double margin = 1.0 + 0x1p-40 + double(d_ + 3) * 0x1p-50;
-    bool near[kScanGroup];
-    for (int j = 0; j < kScanGroup; ++j) {
-      const double s = sq.norm2[j] + norm32_[i];
-      const double low = (s - 2.0 * double(dot[j])) - (slack * s + floor);
-      const double t = sq.radius[j] + (0x1p-22 * (sq.norm[j] + len32_[i]) + 0x1p-140);
-      near[j] = !(low > t * t * margin) || !(std::fabs(dot[j]) <= 0x1.fffffep127f);
+    const float a = point32_[i];
+    uint64_t near = 0;
+    for (int v = 0; v < kScanVecs; ++v) {
+      ScanLanes x, b;
+      std::memcpy(&x, dot + v * kScanWidth, sizeof x);
+      std::memcpy(&b, sq.skip + v * kScanWidth, sizeof b);
+      const ScanLanes h = (a + b) - (x + x);
+#if defined(__AVX512F__)
+      const __mmask16 skip = _mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_GT_OQ) &
+                             _mm512_cmp_ps_mask(x, _mm512_set1_ps(-0x1.fffffep127f),
+                                                _CMP_GE_OQ);
+      near |= uint64_t(uint16_t(~skip)) << (v * kScanWidth);
+#else
+      const auto skip = (h > 0.0f) & (x >= -0x1.fffffep127f);
+      for (int l = 0; l < kScanWidth; ++l) {
+        if (!skip[l]) near |= uint64_t(1) << (v * kScanWidth + l);
+      }
+#endif
     }
-    for (int j = 0; j < g; ++j) {
-      if (!near[j]) continue;
+    for (; near; near &= near - 1) {
+      const int j = __builtin_ctzll(near);
+      if (j >= g) break;
       const double v = dist2(qs[j], &pts_[i * d]);
       if (v <= r2[j]) {
         visit(j, ids_[i], v, r2[j]);
         sq.radius[j] = scaled_radius(r2[j]);
+        sq.skip[j] = query_threshold(sq, j);
       }
     }
   }
@@ -484,14 +543,13 @@ class KdTree {
       uint32_t* b = &qv[static_cast<std::size_t>(j / 16) * block + j % 16];
       b[k / 2 * 16] |= uint32_t(amx::to_bf16(v)) << (16 * (k % 2));
     });
-    const double slack = 0x1p-7 + 0x1p-14 + (2.0 * double(d_) + 16.0) * 0x1p-24;
     alignas(64) float dots[16 * 64] = {};
     amx::Tiles tiles;
     for (std::size_t i0 = 0; i0 < n; i0 += 16) {
       amx::dots16(&pts16_[i0 * dp], dp, qv.data(), nqb, dots);
       const std::size_t m = std::min<std::size_t>(16, n - i0);
       for (std::size_t u = 0; u < m; ++u) {
-        test_point(i0 + u, dots + u * 64, slack, 0x1p-100, qs, sq, g, r2, visit);
+        test_point(i0 + u, dots + u * 64, qs, sq, g, r2, visit);
       }
     }
 #else
@@ -583,6 +641,8 @@ class KdTree {
   std::size_t dp_ = 0;           // the bfloat16 copy's row length
   std::vector<uint16_t> pts16_;  // the float32 copy in bfloat16 (build_scan_copy())
   std::vector<double> norm32_, len32_, center_;
+  std::vector<float> point32_;  // each point's share of the test (build_scan_copy())
+  double len32_max_ = 0.0;      // the largest of len32_
   double scale_ = 1.0;
   std::vector<Node> nodes_;
   std::vector<double> box_;
@@ -1586,7 +1646,7 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   const std::size_t ud = static_cast<std::size_t>(d);
   // per slot: moments, sizes, neighbours, state; kd-tree copy of the centroids and boxes
   // (above 16 dimensions there are no boxes; their bytes cover the scan's float32 copy of
-  // the centroids and its norms, 4 d + 16 bytes a slot)
+  // the centroids, its norms and its test's shares, 4 d + 20 bytes a slot)
   std::size_t bytes = un * (ud * 8 + 80) + un * (ud * 8 + 4) + un / 2 * (2 * ud * 8 + 16);
   // above 16 dimensions, the scan's bfloat16 copy where it runs on AMX tiles (counted
   // wherever it does not, so that the count does not depend on the CPU)

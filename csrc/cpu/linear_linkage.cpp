@@ -460,20 +460,20 @@ class KdTree {
   // The test in float32. In real numbers, with s = ||q'||^2 + ||p'||^2, x = <q', p'> as
   // computed, the criterion above is L > T with L = (1 - slack) s - 2x - floor and
   // T = t^2 m, t = radius + 2^-22 (||q'|| + ||p'||) + 2^-140, m = 1 + 2^-40 + (d + 3) 2^-50.
-  // Its float64 evaluation rounds each operation of L by at most 2^-53 of terms below 3s
-  // (|x| <= s / 2 + slack s), so it skips whenever L > T_j + 2^-45 s, where T_j is the
-  // float64 evaluation of T with the largest ||p'|| of all points (the evaluation is
-  // monotone in it). Here the point's share A_i = fl32(fl64((1 - slack - 2^-19) ||p'||^2))
-  // (build_scan_copy()) and the query's B_j = fl32(fl64((1 - slack - 2^-19) ||q'||^2 -
-  // 2 floor - T_j (1 + 2^-19))) (query_threshold()) are each at least 2^-20 (||p'||^2,
-  // resp. ||q'||^2 + T_j) plus a floor below their real shares, and the lane skips when
-  // h = fl32(fl32(A_i + B_j) - 2x) > 0 and x is finite: then A_i + B_j - 2x >
-  // -2^-24 |A_i + B_j| >= -2^-23 (s + T_j) (one rounding before the sign of h is known,
-  // at most 2^-149 more below float32's normal range, which the floor covers), so
-  // L - T_j > 2^-21 (s + T_j) > 2^-45 s. Every lane skipped here would be skipped by the
-  // float64 test; the guards keep a few more points, whose dist2() > r2[j] decides
-  // anyway, so the visits are the same. A query past g has B_j = +inf: its lane always
-  // skips (its dot products are exactly 0).
+  // T_j is T evaluated in float64 with the largest ||p'|| of all points: at least
+  // (1 - 2^-50) T (T grows with ||p'||; four roundings). The point's share
+  // A_i = fl32(fl64((1 - slack - 2^-19) ||p'||^2)) (build_scan_copy()) and the query's
+  // B_j = fl32(fl64((1 - slack - 2^-19) ||q'||^2 - 2 floor - T_j (1 + 2^-19)))
+  // (query_threshold()) are each at least 2^-20 (||p'||^2, resp. ||q'||^2 + T_j) plus a
+  // floor below their real shares (the float64 and float32 roundings are far smaller), and
+  // the lane skips when h = fl32(fl32(A_i + B_j) - 2x) > 0 and x is finite: then
+  // A_i + B_j - 2x > -2^-24 |A_i + B_j| >= -2^-23 (s + T_j) (a positive h needs
+  // fl32(A_i + B_j) > 2x, and fl32(A_i + B_j) is within 2^-24 of A_i + B_j, plus 2^-149
+  // below float32's normal range, which the floor covers), so L - T_j > 2^-21 (s + T_j) and
+  // L > T: the criterion holds, and dist2() > r2[j]. The guards keep a few more points
+  // than the criterion itself would, and dist2() <= r2[j] decides each of those, so the
+  // visits are the same. A query past g has B_j = +inf: its lane always skips (its dot
+  // products are exactly 0).
   float query_threshold(const ScanQueries& sq, int j) const {
     const double m = 1.0 + 0x1p-40 + double(d_ + 3) * 0x1p-50;
     const double t = sq.radius[j] + (0x1p-22 * (sq.norm[j] + len32_max_) + 0x1p-140);

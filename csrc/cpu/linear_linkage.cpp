@@ -286,7 +286,7 @@ class KdTree {
   // c the points' mean (float64) and 2^e the power of two that brings the largest |p - c|
   // to [1, 2), so that the copy neither overflows nor loses the small coordinates to
   // underflow (a fixed offset, as in a raw codebook, would cost the estimate its
-  // precision); with each point's ||p'||^2 and ||p'|| in float64.
+  // precision); with each point's share of the test and the largest ||p'|| (float64).
   void build_scan_copy() {
     const std::size_t n = ids_.size(), d = static_cast<std::size_t>(d_);
     center_.assign(d, 0.0);
@@ -303,9 +303,13 @@ class KdTree {
     int e = 0;
     if (big > 0.0 && std::isfinite(big)) std::frexp(big, &e);
     scale_ = std::ldexp(1.0, std::clamp(1 - e, -400, 400));
+    // the copy, and each point's share of the test (test_point()):
+    // fl32(fl64(c ||p'||^2)) with c = 1 - slack - 2^-19, at most (1 - slack - 2^-20) ||p'||^2
+    amx_ = amx::available();
+    const double c = 1.0 - scan_slack() - 0x1p-19;
     pts32_.resize(n * d);
-    norm32_.resize(n);
-    len32_.resize(n);
+    point32_.resize(n);
+    double most = 0.0;
     for (std::size_t i = 0; i < n; ++i) {
       double s = 0.0;
       for (std::size_t k = 0; k < d; ++k) {
@@ -313,13 +317,12 @@ class KdTree {
         pts32_[i * d + k] = v;
         s += double(v) * double(v);
       }
-      norm32_[i] = s;
-      len32_[i] = std::sqrt(s);
+      point32_[i] = static_cast<float>(c * s);
+      most = std::max(most, s);
     }
-    len32_max_ = n ? *std::max_element(len32_.begin(), len32_.end()) : 0.0;
+    len32_max_ = std::sqrt(most);
     // scan_group_amx()'s bfloat16 copy: rows of dp_ (d rounded up to a tile step), the
     // points rounded up to a tile of 16, zero past them
-    amx_ = amx::available();
     if (amx_) {
       dp_ = amx::padded(d);
       pts16_.assign((n + 15) / 16 * 16 * dp_, 0);
@@ -329,11 +332,6 @@ class KdTree {
     } else {
       pts16_.clear();
     }
-    // each point's share of the test (test_point()): fl32(fl64(c ||p'||^2)) with
-    // c = 1 - slack - 2^-19, at most (1 - slack - 2^-20) ||p'||^2
-    const double c = 1.0 - scan_slack() - 0x1p-19;
-    point32_.resize(n);
-    for (std::size_t i = 0; i < n; ++i) point32_[i] = static_cast<float>(c * norm32_[i]);
   }
 
   float scan_coordinate(double x, std::size_t k) const {
@@ -349,7 +347,6 @@ class KdTree {
     double norm2[kScanGroup];   // ||q'||^2
     double norm[kScanGroup];    // ||q'||
     double radius[kScanGroup];  // scaled_radius(r2[j]), updated after every visit
-    double slack, floor;        // the estimate's error bound: slack * S + floor
     // the test's float32 thresholds (query_threshold()), one vector per kScanWidth queries
     alignas(64) float skip[kScanGroup];
   };
@@ -381,8 +378,8 @@ class KdTree {
   // (d + 3) 2^-53, beyond dist2()'s rounding (at most (d + 3) 2^-53 of the exact value,
   // all of its terms non-negative), so dist2() > r2[j] too and the direct scan would not
   // have visited it either. test_point() evaluates that criterion in float32, 16 queries
-  // per instruction, within guards that make a skip there imply the criterion's float64
-  // evaluation. A NaN in the test, or a dot product that is not finite (from about 1e140
+  // per instruction, within guards under which a skip there implies it (query_threshold()).
+  // A NaN in the test, or a dot product that is not finite (from about 1e140
   // the copies' scaling is clamped and their products overflow float32), skips nothing.
   //
   // The dot products of the P points i0 .. i0 + P - 1 (the copy) with the queries (qt,
@@ -441,8 +438,6 @@ class KdTree {
   void copy_queries(const double* const* qs, int g, const double* r2, ScanQueries& sq,
                     Put&& put) const {
     const std::size_t d = static_cast<std::size_t>(d_);
-    sq.slack = scan_slack();
-    sq.floor = scan_floor();
     for (int j = 0; j < kScanGroup; ++j) {
       double nq = 0.0;
       for (std::size_t k = 0; k < d; ++k) {
@@ -478,8 +473,8 @@ class KdTree {
     const double m = 1.0 + 0x1p-40 + double(d_ + 3) * 0x1p-50;
     const double t = sq.radius[j] + (0x1p-22 * (sq.norm[j] + len32_max_) + 0x1p-140);
     const double tm = t * t * m;
-    return static_cast<float>((1.0 - sq.slack - 0x1p-19) * sq.norm2[j] - 2.0 * sq.floor -
-                              tm * (1.0 + 0x1p-19));
+    return static_cast<float>((1.0 - scan_slack() - 0x1p-19) * sq.norm2[j] -
+                              2.0 * scan_floor() - tm * (1.0 + 0x1p-19));
   }
 
   // Point i against the queries whose dot products with it (the copies') are dot[j]: the
@@ -640,9 +635,9 @@ class KdTree {
   bool amx_ = false;             // scan_group() on AMX tiles (amx_scan.h)
   std::size_t dp_ = 0;           // the bfloat16 copy's row length
   std::vector<uint16_t> pts16_;  // the float32 copy in bfloat16 (build_scan_copy())
-  std::vector<double> norm32_, len32_, center_;
+  std::vector<double> center_;
   std::vector<float> point32_;  // each point's share of the test (build_scan_copy())
-  double len32_max_ = 0.0;      // the largest of len32_
+  double len32_max_ = 0.0;      // the largest ||p'|| of the copy
   double scale_ = 1.0;
   std::vector<Node> nodes_;
   std::vector<double> box_;
@@ -1646,7 +1641,7 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   const std::size_t ud = static_cast<std::size_t>(d);
   // per slot: moments, sizes, neighbours, state; kd-tree copy of the centroids and boxes
   // (above 16 dimensions there are no boxes; their bytes cover the scan's float32 copy of
-  // the centroids, its norms and its test's shares, 4 d + 20 bytes a slot)
+  // the centroids and its test's shares, 4 d + 4 bytes a slot)
   std::size_t bytes = un * (ud * 8 + 80) + un * (ud * 8 + 4) + un / 2 * (2 * ud * 8 + 16);
   // above 16 dimensions, the scan's bfloat16 copy where it runs on AMX tiles (counted
   // wherever it does not, so that the count does not depend on the CPU)

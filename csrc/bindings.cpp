@@ -5,6 +5,7 @@
 
 #include "balanced_assign.h"
 #include "cpu/amx_scan.h"
+#include "cpu/linkage_cpu.h"
 #include "linkage.h"
 #include "nearest.h"
 
@@ -54,6 +55,17 @@ PYBIND11_MODULE(_C, m) {
         "best of u.shape[1] candidates drawn by D^2 with the uniforms u (k - 1, trials).");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "Number of OpenMP threads used by default.");
+  m.def("cpu_list_stats", []() {
+          const auto s = dcpe::linear_list_stats();
+          py::dict out;
+          out["searches"] = s[0];
+          out["tried"] = s[1];
+          out["settled"] = s[2];
+          return out;
+        },
+        "The last linear-engine run's searches after its first round (Euclidean, above 16 "
+        "dimensions), those that tried the tokens' neighbour lists and those the lists "
+        "settled without a scan of the centroids (DCPE_CPU_LISTS=0 turns the lists off).");
   m.def("cpu_amx", []() { return dcpe::amx::available(); },
         "Whether the linear engine's centroid scan above 16 dimensions runs on AMX tiles "
         "in this process: built with AMX-BF16, granted by the kernel, and DCPE_CPU_AMX "

@@ -9,6 +9,7 @@ hand-over to the nearest-neighbour chain on the matrix of the clusters left are 
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -542,3 +543,98 @@ def test_amx_switch_is_read_from_the_environment(monkeypatch):
     assert dcpe._C.cpu_amx() is False
     monkeypatch.delenv("DCPE_CPU_AMX")
     assert dcpe._C.cpu_amx() is _AMX
+
+
+# ----------------------------------------------------------------------- neighbour lists
+# Above 16 dimensions (Euclidean) the first search fills each token's list of its nearest
+# tokens, and later searches settle from the lists where they prove that no other cluster
+# is nearer (linear_linkage.cpp, settle_from_lists()); DCPE_CPU_LISTS=0 turns them off.
+# Either way every search ends with the same nearest neighbour (ties included), so the
+# merges must be the same bit for bit.
+
+
+def _with_and_without_lists(monkeypatch, run):
+    """``run()`` with the lists and without, and the lists' counts of the first run."""
+    out, stats = [], None
+    for flag in ("1", "0"):
+        with monkeypatch.context() as m:
+            m.setenv("DCPE_CPU_LISTS", flag)
+            out.append(run())
+            if flag == "1":
+                stats = dict(dcpe._C.cpu_list_stats())
+    assert dcpe._C.cpu_list_stats()["searches"] == 0  # none without them
+    return out[0], out[1], stats
+
+
+def _lists_input(rng, kind: str, n: int, d: int, dtype) -> np.ndarray:
+    if kind == "codebook":  # clustered, unit rows: most searches settle from the lists
+        from dcpe.datasets import make_sample_codebook
+
+        return make_sample_codebook(n=n, d=d, seed=int(rng.integers(1 << 30))).astype(dtype)
+    if kind == "tie_free":
+        return tie_free(rng, n, d, dtype)
+    if kind == "grid":  # tied distances and duplicate rows
+        return integer_grid(rng, n, d).astype(dtype)
+    return _near_duplicates(rng, n // 6, 6, d).astype(dtype)
+
+
+@pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid", "near_duplicates"])
+@pytest.mark.parametrize("d", [17, 64, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cap", [None, 5])
+def test_neighbour_lists_give_the_same_merges(rng, monkeypatch, kind, d, dtype, cap):
+    n = 600
+    x = _lists_input(rng, kind, n, d, dtype)
+    for cache in CACHES:
+        z_on, z_off, stats = _with_and_without_lists(
+            monkeypatch, functools.partial(_linear_z, x, cache, cap=cap))
+        np.testing.assert_array_equal(z_on, z_off)
+        assert 0 <= stats["settled"] <= stats["tried"] <= stats["searches"]
+        assert stats["searches"] > 0
+        if kind == "codebook":
+            assert stats["settled"] > stats["searches"] // 2
+
+
+@pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid"])
+@pytest.mark.parametrize("cap", [None, 4])
+def test_neighbour_lists_give_the_same_flat_cut(rng, monkeypatch, kind, cap):
+    n, d = 900, 48
+    x = _lists_input(rng, kind, n, d, np.float32)
+    for k in (n // 2, n // 8, 3):
+        z_on, z_off, stats = _with_and_without_lists(
+            monkeypatch, functools.partial(_cut_z, x, k, 0, cap=cap))
+        np.testing.assert_array_equal(z_on, z_off)
+        assert stats["searches"] > 0
+
+
+@pytest.mark.parametrize("d", [24, 128])
+def test_neighbour_lists_agree_with_scipy(rng, d):
+    from dcpe.datasets import make_sample_codebook
+
+    n = 1500
+    x = make_sample_codebook(n=n, d=d, seed=int(rng.integers(1 << 30))).astype(np.float64)
+    z = _linear_z(x, 0)
+    stats = dcpe._C.cpu_list_stats()
+    assert stats["settled"] > stats["searches"] // 2  # the lists, not the scans, decided
+    zs = scipy_linkage(x)
+    for k in (2, 10, n // 8, n // 2, n - 10):
+        assert same_partition(cut_z(z, n, k), cut_z(zs, n, k)), k
+        cut = _cut_z(x, k, 0)
+        assert same_partition(cut_z(cut, n, k), cut_z(zs, n, k)), k
+
+
+def test_neighbour_lists_only_above_16_dimensions_and_counted(rng):
+    x = tie_free(rng, 300, 16)
+    _linear_z(x, 0)
+    assert dcpe._C.cpu_list_stats()["searches"] == 0  # a kd-tree, no lists
+    _linear_z(x[:, :8], 0, metric="sqeuclidean")
+    assert dcpe._C.cpu_list_stats()["searches"] == 0
+    _linear_z(tie_free(rng, 300, 17), 0)
+    assert dcpe._C.cpu_list_stats()["searches"] > 0
+    # their memory is in the linear engine's count: 64 indices and bounds a token, and more
+    n = 10_000
+    ws = functools.partial(dcpe._C.workspace_bytes_cpu, n, method="average", elem_size=4,
+                           engine="linear")
+    grow = ws(17, metric="euclidean") - ws(16, metric="euclidean")
+    grow_closed = ws(17, metric="sqeuclidean") - ws(16, metric="sqeuclidean")
+    assert grow - grow_closed >= n * (64 * 8 + 12)

@@ -22,6 +22,7 @@
 #include <omp.h>
 
 #include <algorithm>
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <functional>
@@ -98,6 +99,11 @@ bool has_closed_form(Method method, Metric metric);
 // Bytes the linear engine allocates at most (its cache included).
 std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size, bool closed,
                                    std::size_t cache_bytes);
+
+// The last linear run's searches after its first round (Euclidean, above 16 dimensions),
+// those that tried the neighbour lists and those the lists settled without a scan (all
+// threads; a diagnostic: concurrent runs share the counters).
+std::array<int64_t, 3> linear_list_stats();
 
 // Centroid linkage on centroids (Euclidean only).
 template <typename T>

@@ -19,9 +19,10 @@ Providers
                   (``--fastcluster-max-n``)
 ``parchain``      ParChain's ``avg`` method, with ``--parchain PATH`` to a built binary
 ``dcpe-cosine``   ``dcpe.linkage(x, metric="cosine")``: the closed form on cluster moments
-``dcpe-cut``      ``dcpe.cluster(x, N // 2, engine="linear")``: a flat cut's labels, which
-                  need only the first N/2 merges (the linear engine stops once they are
-                  known); the others' time for the same labels is their full dendrogram's
+``dcpe-cut``      ``dcpe.cluster(x, N // F, engine="linear")``: a flat cut's labels, which
+                  need only the first N - N // F merges (the linear engine stops once they
+                  are known); the others' time for the same labels is their full
+                  dendrogram's. ``F`` is ``--cut-fraction`` (default 2: k = N/2)
 
 ParChain (Yu, Wang, Gu, Dhulipala, Shun, PVLDB 15) is never downloaded or built here. To
 build it: clone its public repository ``yushangdi/ParChain-HAC`` with its ``parlaylib``
@@ -76,7 +77,8 @@ import json, resource, sys, time
 import numpy as np
 provider, n, d, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 repeat = int(sys.argv[5])
-limit = {"memory_limit": sys.argv[6]} if len(sys.argv) > 6 else {}
+fraction = int(sys.argv[6])
+limit = {"memory_limit": sys.argv[7]} if len(sys.argv) > 7 else {}
 from dcpe.datasets import make_sample_codebook, sample_codebook
 x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
 x = np.ascontiguousarray(x, dtype=np.float32)
@@ -89,7 +91,7 @@ def run():
                                    metric="euclidean"), {}
     import dcpe
     if provider == "dcpe-cut":
-        labels = dcpe.cluster(x, n // 2, engine="linear", **limit)
+        labels = dcpe.cluster(x, max(1, n // fraction), engine="linear", **limit)
         return None, {"clusters": int(labels.max()) + 1}
     kw = {"dcpe-auto": {}, "dcpe-linear": {"engine": "linear"},
           "dcpe-matrix": {"engine": "matrix"}, "dcpe-cosine": {"metric": "cosine"}}[provider]
@@ -134,12 +136,13 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, int]:
 
 
 def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
-               memory_limit: str | None = None, repeat: int = 1) -> dict[str, Any]:
+               memory_limit: str | None = None, repeat: int = 1,
+               cut_fraction: int = 2) -> dict[str, Any]:
     env = dict(os.environ, DCPE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     limit = [] if memory_limit is None else [memory_limit]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-c", _CHILD, provider, str(n), str(d),
-                                 str(threads), str(repeat), *limit],
+                                 str(threads), str(repeat), str(cut_fraction), *limit],
                                 stdout=out, stderr=err, env=env)
         code, rss = _wait(proc, timeout)
         out.seek(0)
@@ -212,6 +215,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="memory_limit of dcpe's providers, such as 1GiB (default: none, the "
                         "available memory); the linear engine's cache follows it, so a "
                         "small one keeps its rounds from handing over to the matrix")
+    p.add_argument("--cut-fraction", type=int, default=2, metavar="F",
+                   help="dcpe-cut's labels at k = N // F (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs of each provider's call per cell, reported by their median "
                         "(default: %(default)s)")
@@ -229,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         providers.remove("parchain")
     if args.parchain is not None and not os.access(args.parchain, os.X_OK):
         p.error(f"--parchain {args.parchain!r} is not an executable file")
+    if args.cut_fraction < 1:
+        p.error(f"--cut-fraction must be at least 1, not {args.cut_fraction}")
     if args.repeat < 1:
         p.error(f"--repeat must be at least 1, not {args.repeat}")
     sizes = _parse_sizes(args.sizes)
@@ -254,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
                                    args.repeat)
             else:
                 row = run_python(provider, n, d, args.threads, args.timeout,
-                                 args.memory_limit, args.repeat)
+                                 args.memory_limit, args.repeat, args.cut_fraction)
             row.update(provider=provider, n=n, d=d)
             print(f"  {row}", file=sys.stderr, flush=True)
             rows.append(row)
@@ -277,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                       ratio, f"{r.get('peak_rss', 0) / 2**20:,.0f} MiB"])
     info = machine_info()
     md = "\n".join([
-        "# Exact average linkage at scale (full dendrogram; dcpe-cut: labels at k = N/2)",
+        "# Exact average linkage at scale (full dendrogram; dcpe-cut: labels at "
+        f"k = N/{args.cut_fraction})",
         "",
         f"{info['date']} · {info['cpu']} · {info['cores']} cores · threads {args.threads} · "
         + ({True: "AMX scan · ", False: "no AMX scan · "}.get(info.get("cpu_amx"), ""))
@@ -298,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
         markdown_table(["N × d", "provider", "time", "× dcpe-linear", "peak RSS"], table),
     ])
     payload = {"machine": info, "threads": args.threads, "rows": rows,
-               "memory_limit": args.memory_limit,
+               "memory_limit": args.memory_limit, "cut_fraction": args.cut_fraction,
                "parchain": args.parchain is not None}
     jpath, mpath = write_results(args.name, payload, md, args.out)
     print(md)

@@ -127,3 +127,22 @@ def test_repeat_below_one_is_refused(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert "--repeat must be at least 1" in proc.stderr
     assert not any(tmp_path.iterdir())
+
+
+def test_cut_fraction_sets_the_flat_cuts_k(tmp_path: Path) -> None:
+    """--cut-fraction F: dcpe-cut's labels at k = N // F, written down with the results."""
+    out = tmp_path / "res"
+    proc = _bench("--sizes", "300x4", "--providers", "dcpe-cut", "--cut-fraction", "16",
+                  "--threads", "1", "--out", str(out), "--name", "t")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((out / "t.json").read_text())
+    assert payload["cut_fraction"] == 16
+    assert payload["rows"][0]["clusters"] == 300 // 16
+    assert "labels at k = N/16" in (out / "t.md").read_text()
+
+
+def test_cut_fraction_below_one_is_refused(tmp_path: Path) -> None:
+    proc = _bench("--sizes", "50x2", "--cut-fraction", "0", "--out", str(tmp_path), timeout=120)
+    assert proc.returncode == 2
+    assert "--cut-fraction must be at least 1" in proc.stderr
+    assert not any(tmp_path.iterdir())

@@ -34,7 +34,8 @@
 // float64 (KdTree::scan_group()). The survivors of the lower
 // bounds are evaluated exactly, in increasing order of their lower bound, a few at a time
 // (the token-pair distances of small clusters sixteen at a time as vector lanes, eight
-// without AVX-512, from the tokens' input rows: chain_sums()), until the bound
+// without AVX-512, from the tokens' input rows: chain_sums(); those of larger ones from
+// their blocks, four runs of sixteen tokens at a time: block_sum()), until the bound
 // passes the best exact distance (whatever the order of the visits, the same nearest
 // neighbour: the smallest upper bound does not depend on it, and a centroid visited in
 // one order and not in another lies beyond it). An exact distance is the mean of the token
@@ -683,39 +684,25 @@ class KdTree {
 // Sum of the token distances between the tokens of two clusters stored as blocks
 // [d][n] (coordinate k of token i at k * n + i). Each pair's distance is the matrix
 // engine's (squares of direct differences summed in coordinate order in T, square root in
-// T); the sum is float64, over the tokens of `a` in order and, for each, over those of `b`.
+// T); the sum is float64, over the tokens of `a` in order and, for each, over those of `b`:
+// runs of 16 tokens, each run's distances summed from 0 and added to the total, then the
+// tokens past the last run one at a time. A distance is d dependent additions, each
+// waiting on the last, so the (token of a, run of b) items run kBlockSumItems at a time,
+// their running sums apart (vector lanes across the run's tokens); the float64 sums then
+// take them in that order.
 constexpr int64_t kBlockSumLanes = 16;  // block_sum()'s tokens of b at a time
+constexpr int kBlockSumItems = 4;
 
 template <typename T>
 double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64_t nb,
                  int64_t d) {
-  constexpr int L = kBlockSumLanes;
+  constexpr int L = kBlockSumLanes, U = kBlockSumItems;
+  using V = typename Lanes8<T>::type;  // two per run
+  static_assert(L == 16, "a run is two vectors of eight");
+  const int64_t runs = nb / L, items = na * runs;
   double total = 0.0;
-  for (int64_t i = 0; i < na; ++i) {
-    int64_t j = 0;
-    for (; j + L <= nb; j += L) {
-      T acc[L];
-      {
-        const T xa = a[i];
-        const T* col = b + j;
-        for (int l = 0; l < L; ++l) {
-          const T t = col[l] - xa;
-          acc[l] = t * t;
-        }
-      }
-      for (int64_t k = 1; k < d; ++k) {
-        const T xa = a[k * na + i];
-        const T* col = b + k * nb + j;
-        for (int l = 0; l < L; ++l) {
-          const T t = col[l] - xa;
-          acc[l] += t * t;
-        }
-      }
-      double s = 0.0;
-      for (int l = 0; l < L; ++l) s += static_cast<double>(std::sqrt(acc[l]));
-      total += s;
-    }
-    for (; j < nb; ++j) {
+  auto rest = [&](int64_t i) {  // row i's tokens past its last run
+    for (int64_t j = runs * L; j < nb; ++j) {
       T acc;
       {
         const T t = b[j] - a[i];
@@ -727,9 +714,111 @@ double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64
       }
       total += static_cast<double>(std::sqrt(acc));
     }
+  };
+  if (runs == 0) {
+    for (int64_t i = 0; i < na; ++i) rest(i);
+    return total;
+  }
+  for (int64_t it0 = 0; it0 < items; it0 += U) {
+    const int m = static_cast<int>(std::min<int64_t>(U, items - it0));
+    const T* ai[U];
+    const T* bj[U];
+    for (int u = 0; u < U; ++u) {
+      const int64_t it = it0 + std::min(u, m - 1);  // a short group repeats its last item
+      ai[u] = a + it / runs;
+      bj[u] = b + it % runs * L;
+    }
+    V acc[U][2];
+    for (int u = 0; u < U; ++u) {
+      for (int h = 0; h < 2; ++h) {
+        V c;
+        std::memcpy(&c, bj[u] + 8 * h, sizeof c);
+        const V t = c - ai[u][0];
+        acc[u][h] = t * t;
+      }
+    }
+    for (int64_t k = 1; k < d; ++k) {
+      for (int u = 0; u < U; ++u) {
+        const T xa = ai[u][k * na];
+        const T* col = bj[u] + k * nb;
+        for (int h = 0; h < 2; ++h) {
+          V c;
+          std::memcpy(&c, col + 8 * h, sizeof c);
+          const V t = c - xa;
+          acc[u][h] += t * t;
+        }
+      }
+    }
+    for (int u = 0; u < m; ++u) {
+      T sq[L];
+      std::memcpy(sq, acc[u], sizeof sq);
+      double sum = 0.0;
+      for (int l = 0; l < L; ++l) sum += static_cast<double>(std::sqrt(sq[l]));
+      total += sum;
+      if ((it0 + u) % runs == runs - 1) rest((it0 + u) / runs);
+    }
   }
   return total;
 }
+
+#if defined(__AVX512F__)
+// block_sum() for float32 in 512-bit vectors: the same distances and the same float64 sums
+// in the same order. Each (token i of a, run of 16 tokens of b) is an item, the last run of
+// a row masked to the tokens left (lanes past them are computed and dropped). A distance
+// is d dependent additions, each waiting on the last, so kBlockSumItems items run together
+// (their running sums in separate registers); every lane still adds its coordinates in
+// order (no fused multiply-add: the file is built with -ffp-contract=off), and the float64
+// sums then take the items in block_sum()'s order: a full run's 16 distances summed from
+// 0 and added to the total, a masked run's added one at a time.
+
+template <>
+inline double block_sum<float>(const float* __restrict a, int64_t na,
+                               const float* __restrict b, int64_t nb, int64_t d) {
+  constexpr int U = kBlockSumItems;
+  const int64_t runs = (nb + 15) / 16, items = na * runs;
+  const int left = static_cast<int>(nb % 16);
+  const __mmask16 last = left == 0 ? __mmask16(0xFFFF) : __mmask16((1u << left) - 1);
+  alignas(64) float dist[U][16];
+  double total = 0.0;
+  for (int64_t it0 = 0; it0 < items; it0 += U) {
+    const int m = static_cast<int>(std::min<int64_t>(U, items - it0));
+    const float* ai[U];
+    const float* bj[U];
+    __mmask16 mask[U];
+    for (int u = 0; u < U; ++u) {
+      const int64_t it = it0 + std::min(u, m - 1);  // a short group repeats its last item
+      const int64_t i = it / runs, r = it % runs;
+      ai[u] = a + i;
+      bj[u] = b + r * 16;
+      mask[u] = r == runs - 1 ? last : __mmask16(0xFFFF);
+    }
+    __m512 acc[U];
+    for (int u = 0; u < U; ++u) {
+      const __m512 t = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask[u], bj[u]),
+                                     _mm512_set1_ps(ai[u][0]));
+      acc[u] = _mm512_mul_ps(t, t);
+    }
+    for (int64_t k = 1; k < d; ++k) {
+      for (int u = 0; u < U; ++u) {
+        const __m512 t = _mm512_sub_ps(_mm512_maskz_loadu_ps(mask[u], bj[u] + k * nb),
+                                       _mm512_set1_ps(ai[u][k * na]));
+        acc[u] = _mm512_add_ps(acc[u], _mm512_mul_ps(t, t));
+      }
+    }
+    for (int u = 0; u < m; ++u) _mm512_store_ps(dist[u], _mm512_sqrt_ps(acc[u]));
+    for (int u = 0; u < m; ++u) {
+      if (mask[u] == __mmask16(0xFFFF)) {
+        double sum = 0.0;
+        for (int l = 0; l < 16; ++l) sum += static_cast<double>(dist[u][l]);
+        total += sum;
+      } else {
+        for (int l = 0; l < left; ++l) total += static_cast<double>(dist[u][l]);
+      }
+    }
+  }
+  return total;
+}
+#endif
 
 // One token pair of block_sum()'s scalar path: the rows of its two tokens (d contiguous
 // coordinates each; block_sum()'s a and b).

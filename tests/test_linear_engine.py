@@ -599,6 +599,31 @@ def test_neighbour_lists_give_the_same_merges(rng, monkeypatch, kind, d, dtype, 
             assert stats["settled"] > stats["searches"] // 2
 
 
+@pytest.mark.parametrize("kind", ["codebook", "grid"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cap", [None, 5])
+def test_neighbour_lists_of_any_length_give_the_same_merges(rng, monkeypatch, kind, dtype,
+                                                            cap):
+    # DCPE_CPU_LISTS=K sets the lists' length (by default about sqrt(N) / 2, from 64):
+    # short lists settle fewer searches, long ones more, and the merges are the same
+    n, d = 600, 64
+    x = _lists_input(rng, kind, n, d, dtype)
+    run = functools.partial(_linear_z, x, 0, cap=cap)
+    z_on, z_off, _ = _with_and_without_lists(monkeypatch, run)
+    np.testing.assert_array_equal(z_on, z_off)
+    settled = {}
+    for length in (8, 24, 200):
+        with monkeypatch.context() as m:
+            m.setenv("DCPE_CPU_LISTS", str(length))
+            np.testing.assert_array_equal(run(), z_off)
+            stats = dict(dcpe._C.cpu_list_stats())
+        assert 0 <= stats["settled"] <= stats["tried"] <= stats["searches"]
+        settled[length] = stats["settled"] / stats["searches"]
+    if kind == "codebook":  # the length is the one asked for: longer lists settle more
+        assert settled[8] < settled[200]
+        assert settled[200] > 0.5
+
+
 @pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid"])
 @pytest.mark.parametrize("cap", [None, 4])
 def test_neighbour_lists_give_the_same_flat_cut(rng, monkeypatch, kind, cap):
@@ -635,10 +660,11 @@ def test_neighbour_lists_only_above_16_dimensions_and_counted(rng):
     assert dcpe._C.cpu_list_stats()["searches"] == 0
     _linear_z(tie_free(rng, 300, 17), 0)
     assert dcpe._C.cpu_list_stats()["searches"] > 0
-    # their memory is in the linear engine's count: 64 indices and bounds a token, and more
-    n = 10_000
-    ws = functools.partial(dcpe._C.workspace_bytes_cpu, n, method="average", elem_size=4,
-                           engine="linear")
-    grow = ws(17, metric="euclidean") - ws(16, metric="euclidean")
-    grow_closed = ws(17, metric="sqeuclidean") - ws(16, metric="sqeuclidean")
-    assert grow - grow_closed >= n * (64 * 8 + 12)
+    # their memory is in the linear engine's count: K indices and bounds a token, and
+    # more, with K = 64 up to 16,384 tokens and about sqrt(N) / 2 past that
+    for n, k in ((10_000, 64), (65_536, 128), (262_144, 256), (1 << 22, 512)):
+        ws = functools.partial(dcpe._C.workspace_bytes_cpu, n, method="average",
+                               elem_size=4, engine="linear")
+        grow = ws(17, metric="euclidean") - ws(16, metric="euclidean")
+        grow_closed = ws(17, metric="sqeuclidean") - ws(16, metric="sqeuclidean")
+        assert grow - grow_closed >= n * (k * 8 + 12)

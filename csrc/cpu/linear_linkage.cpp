@@ -47,9 +47,10 @@
 // never drops the true nearest neighbour.
 //
 // Neighbour lists (above 16 dimensions, Euclidean). The first search, in which every
-// cluster is one token and every token searches, also keeps for each token t its 64
-// nearest other tokens and r(t), the distance of the 64th: its scan's radius stays at
-// least there, so every token off the list is at least r(t) away. Averaging over A's
+// cluster is one token and every token searches, also keeps for each token t its K
+// nearest other tokens and r(t), the distance of the K-th: its scan's radius stays at
+// least there, so every token off the list is at least r(t) away (K about sqrt(N) / 2,
+// from 64: list_length()). Averaging over A's
 // tokens, a cluster B with none of its tokens on the lists of A's tokens has
 // avg(A, B) >= L(A), the mean of r(t) over t in A, and one with some has
 // avg(A, B) >= P(A, B), the same mean with the listed distances in place of r(t) for its
@@ -57,12 +58,13 @@
 // exactly the clusters on its lists, in increasing order of P; if the nearest of them (or
 // a flat cut's bound, if smaller) is nearer than L(A), within the margin, it is A's
 // nearest neighbour, and no scan of the centroids is needed; otherwise A scans as above.
-// The lists are token facts, true for every later cluster, and cost 524 bytes a token. On
-// the sample codebook's generator at d = 256 (a flat cut at N/2 under 1 GiB) they settled
-// 99.9%, 98.7% and 93% of the searches after the first round at N = 16,384, 32,768 and
-// 65,536: a flat cut of 32,768 x 256 took 7.4 s instead of 16.3 s, 65,536 x 256 31 s
-// instead of 78 s, 262,144 x 256 10.3 min instead of 24.9 (2 cores). Clusters in
-// dense regions, whose tokens' r(t) are small, still scan. The idea is that of a
+// The lists are token facts, true for every later cluster, and cost 8 K + 12 bytes a
+// token. On the sample codebook's generator at d = 256 (a flat cut at N/2 under 1 GiB),
+// with K = 64 at every N, they settled 99.9%, 98.7% and 93% of the searches after the
+// first round at N = 16,384, 32,768 and 65,536: a flat cut of 32,768 x 256 took 7.4 s
+// instead of 16.3 s, 65,536 x 256 31 s instead of 78 s, 262,144 x 256 10.3 min instead
+// of 24.9 (2 cores). Clusters in dense regions, whose tokens' r(t) are small, still scan;
+// longer lists at larger N settle most of them (K = 128 at 65,536: 98%). The idea is that of a
 // k-nearest-neighbour graph as a filter for exact search, with the bound of an average
 // over token pairs in place of a single distance.
 //
@@ -108,6 +110,7 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <numeric>
@@ -124,10 +127,27 @@ namespace {
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
 // Tokens on each token's neighbour list (LinearEngine::settle_from_lists()), above 16
-// dimensions, Euclidean; DCPE_CPU_LISTS=0 runs without them (the same merges).
-constexpr int kListLength = 64;
+// dimensions, Euclidean, for n tokens: about sqrt(n) / 2, a multiple of 8 from 64 to 512
+// (64 up to 16,384 tokens, 128 at 65,536, 184 at 131,072, 256 at 262,144). Longer lists
+// settle more searches (the clusters of dense regions) and cost the first round's scan
+// more (its radius stays at the last one's distance); on the sample codebook's generator
+// at d = 256 (a flat cut at N/2, 2 cores) the best of 64, 128 and 256 was 64 at 16,384
+// tokens (2.4 s against 2.7 s for 128), 64 and 128 alike at 32,768, 128 at 65,536 (22 s,
+// 24 s for 256, 29 s for 64) and 256 at 131,072 (74 s, 78 s for 128, 100 s for 64).
+// DCPE_CPU_LISTS=0 runs without them, and an integer from 8 to 1024 sets their length
+// (the same merges either way); any other value is the default.
+inline int list_length(int64_t n) {
+  const char* env = std::getenv("DCPE_CPU_LISTS");
+  if (env != nullptr) {
+    char* end = nullptr;
+    const long v = std::strtol(env, &end, 10);
+    if (end != env && *end == '\0' && v >= 8 && v <= 1024) return static_cast<int>(v);
+  }
+  const int64_t k = std::llround(std::sqrt(double(std::max<int64_t>(n, 1))) / 16.0) * 8;
+  return static_cast<int>(std::clamp<int64_t>(k, 64, 512));
+}
 // ... and the largest cluster whose search tries them (a larger one scans; the lists of
-// its tokens, |A| kListLength entries, are a search's scratch)
+// its tokens, |A| times the length, are a search's scratch)
 constexpr int64_t kListMaxSize = 1024;
 
 inline bool lists_enabled() {
@@ -1142,8 +1162,8 @@ class LinearEngine {
     g_list_searches = 0;
     g_list_tried = 0;
     g_list_settled = 0;
-    if (!closed_ && tree_.flat() && n_ > 2 * kListLength && lists_enabled()) {
-      kList_ = kListLength;
+    if (!closed_ && tree_.flat() && n_ > 2 * list_length(n_) && lists_enabled()) {
+      kList_ = list_length(n_);
       const std::size_t un = static_cast<std::size_t>(n_);
       list_id_.assign(un * kList_, 0);
       list_d_.assign(un * kList_, 0.0f);
@@ -1971,9 +1991,9 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   // above 16 dimensions, the scan's bfloat16 copy where it runs on AMX tiles (counted
   // wherever it does not, so that the count does not depend on the CPU)
   if (d > 16) bytes += (un + 15) / 16 * 16 * amx::padded(ud) * sizeof(uint16_t);
-  // above 16 dimensions (Euclidean), the neighbour lists: per token kListLength indices
-  // and float bounds, r(t) and its cluster's slot
-  if (!closed && d > 16) bytes += un * (kListLength * 8 + 12);
+  // above 16 dimensions (Euclidean), the neighbour lists: per token list_length(n)
+  // indices and float bounds, r(t) and its cluster's slot (counted with them off too)
+  if (!closed && d > 16) bytes += un * (std::size_t(list_length(n)) * 8 + 12);
   if (!closed) {
     bytes += 2 * un * ud * elem_size + un * ud * elem_size + un * 8;  // arena + compaction
     bytes += 2 * un * sizeof(int32_t);  // the arena's token indices (tok_)

@@ -11,7 +11,8 @@ chooses between them, from N, d and the memory budget (:func:`choose_engine`):
     average linkage in O(N d) memory plus a bounded cache: Euclidean by exact-bound
     searches over clusters kept as groups of token rows (a kd-tree on centroids, exact
     average distances from member pairs; above 16 dimensions a scan of the centroids, and
-    each token's list of its 64 nearest tokens, which settles most searches without one),
+    each token's list of its nearest tokens, about sqrt(N) / 2 of them from 64, which
+    settles most searches without one),
     finished by the nearest-neighbour chain on the matrix of the clusters left once it
     fits the cache; ``sqeuclidean`` and ``cosine``
     by their closed forms on cluster moments (mean and mean squared distance to it), at

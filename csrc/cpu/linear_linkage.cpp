@@ -64,9 +64,9 @@
 // first round at N = 16,384, 32,768 and 65,536: a flat cut of 32,768 x 256 took 7.4 s
 // instead of 16.3 s, 65,536 x 256 31 s instead of 78 s, 262,144 x 256 10.3 min instead
 // of 24.9 (2 cores). Clusters in dense regions, whose tokens' r(t) are small, still scan;
-// longer lists at larger N settle most of them (K = 128 at 65,536: 98%). The idea is that of a
-// k-nearest-neighbour graph as a filter for exact search, with the bound of an average
-// over token pairs in place of a single distance.
+// longer lists at larger N settle most of them (K = 128 at 65,536: 98%). The idea is that
+// of a k-nearest-neighbour graph as a filter for exact search, with the bound of an
+// average over token pairs in place of a single distance.
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and,
 // at d <= 16, their searches have become costly (the last one summed at least 1/256 of the
@@ -790,7 +790,6 @@ double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64
 // order (no fused multiply-add: the file is built with -ffp-contract=off), and the float64
 // sums then take the items in block_sum()'s order: a full run's 16 distances summed from
 // 0 and added to the total, a masked run's added one at a time.
-
 template <>
 inline double block_sum<float>(const float* __restrict a, int64_t na,
                                const float* __restrict b, int64_t nb, int64_t d) {
@@ -1162,8 +1161,9 @@ class LinearEngine {
     g_list_searches = 0;
     g_list_tried = 0;
     g_list_settled = 0;
-    if (!closed_ && tree_.flat() && n_ > 2 * list_length(n_) && lists_enabled()) {
-      kList_ = list_length(n_);
+    const int k_list = lists_enabled() ? list_length(n_) : 0;
+    if (!closed_ && tree_.flat() && k_list > 0 && n_ > 2 * k_list) {
+      kList_ = k_list;
       const std::size_t un = static_cast<std::size_t>(n_);
       list_id_.assign(un * kList_, 0);
       list_d_.assign(un * kList_, 0.0f);

@@ -108,6 +108,17 @@ def test_a_merge_of_two_tokens_has_the_matrix_engines_height_bit_for_bit(rng, d,
     assert all(v["linear"] == v["matrix"] for v in both)
 
 
+@pytest.mark.parametrize("n,d", [(300, 37), (333, 256), (90, 17)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_a_hand_over_at_the_start_is_the_matrix_engine_bit_for_bit(rng, n, d, dtype):
+    # above 16 dimensions, with every token's matrix within the cache, the linear engine
+    # builds that matrix itself (the hand-over's sums, every cluster one token: blocks of
+    # 16 columns and a last, shorter one) and finishes as the matrix engine does
+    x = tie_free(rng, n, d, dtype)
+    cache = n * (n - 1) // 2 * x.dtype.itemsize
+    np.testing.assert_array_equal(_linear_z(x, cache), _matrix_z(x))
+
+
 def _exact_average(x: np.ndarray, outer: list[int], inner: list[int]) -> float:
     """The linear engine's exact average of two clusters, as a reference.
 

@@ -244,7 +244,7 @@ class KdTree {
   // adds their rounding: the same visits and values. On 32,768 to 131,072 x 256 (a flat cut
   // at N/2 on two cores of an Intel Xeon with AMX) that took 10% to 14% off the whole run.
   // The test of a point against the queries is then float32 vectors, 16 queries an
-  // instruction (test_point(); evaluated one query at a time in float64, it had taken more
+  // instruction (near_queries(); evaluated one query at a time in float64, it had taken more
   // time than the tiles' products): 14% off a flat cut of 32,768 x 256, 31% off cosine on
   // the moments of 16,384 x 256, with the same visits. Most of the scan's time is then its
   // visits (a float64 row of each point visited).
@@ -292,7 +292,7 @@ class KdTree {
   static constexpr int64_t kLanes = 8;
 
   static_assert(sizeof(ScanLanes) == kScanWidth * sizeof(float), "a query per lane");
-  static_assert(kScanGroup <= 64, "test_point() keeps a bit per query");
+  static_assert(kScanGroup <= 64, "near_queries() keeps a bit per query");
   // scan_group()'s queries as vectors of kScanWidth floats, and the points of one
   // product: with 512-bit registers, 6 x 4 running sums and the 4 query vectors of a
   // coordinate take 28 of the 32 registers; with 256-bit ones (AVX2: 32 queries), 3 x 4
@@ -361,7 +361,7 @@ class KdTree {
     int e = 0;
     if (big > 0.0 && std::isfinite(big)) std::frexp(big, &e);
     scale_ = std::ldexp(1.0, std::clamp(1 - e, -400, 400));
-    // the copy, and each point's share of the test (test_point()):
+    // the copy, and each point's share of the test (near_queries()):
     // fl32(fl64(c ||p'||^2)) with c = 1 - slack - 2^-19, at most (1 - slack - 2^-20) ||p'||^2
     amx_ = amx::available();
     const double c = 1.0 - scan_slack() - 0x1p-19;
@@ -435,7 +435,7 @@ class KdTree {
   // rounded up: then ||q - p||^2 > r2[j] with a relative margin of more than 2^-40 +
   // (d + 3) 2^-53, beyond dist2()'s rounding (at most (d + 3) 2^-53 of the exact value,
   // all of its terms non-negative), so dist2() > r2[j] too and the direct scan would not
-  // have visited it either. test_point() evaluates that criterion in float32, 16 queries
+  // have visited it either. near_queries() evaluates that criterion in float32, 16 queries
   // per instruction, within guards under which a skip there implies it (query_threshold()).
   // A NaN in the test, or a dot product that is not finite (from about 1e140
   // the copies' scaling is clamped and their products overflow float32), skips nothing.
@@ -484,9 +484,8 @@ class KdTree {
                    int g, double* r2, std::size_t i0, F& visit) const {
     ScanLanes acc[P][kScanVecs];
     scan_dots<P>(qt, i0, acc);
-    for (int u = 0; u < P; ++u) {
-      test_point(i0 + u, reinterpret_cast<const float*>(acc[u]), qs, sq, g, r2, visit);
-    }
+    static_assert(P <= kTestPoints, "a block of test_points()");
+    test_points(i0, P, reinterpret_cast<const float*>(acc), kScanGroup, qs, sq, g, r2, visit);
   }
 
   // The queries' copies (put(j, k, coordinate k of query j's copy), zero for j >= g),
@@ -535,14 +534,58 @@ class KdTree {
                               2.0 * scan_floor() - tm * (1.0 + 0x1p-19));
   }
 
-  // Point i against the queries whose dot products with it (the copies') are dot[j]: the
-  // test of all kScanGroup queries at once (kScanVecs vectors), then the visits of those
-  // it does not exclude, in increasing j.
+  // The points i0 .. i0 + np - 1 against the queries, point u's dot products (the
+  // copies') at dot[u * stride + j]: the test of all kScanGroup queries at once (kScanVecs
+  // vectors) for each point, then the distances of the pairs it does not exclude
+  // (dist2_batch()), then their visits, in the points' order and, for each point, in
+  // increasing j. The whole block is tested with the thresholds it started with, which a
+  // visit may only lower, so the test keeps a superset of the pairs a test after each
+  // visit would, and dist2() <= r2[j] at the time of the visit decides each, as it would
+  // have: the same visits. (A distance above kChainMaxDim is d / kLanes dependent
+  // additions per lane; one pair at a time, the visits waited on the adder.)
+  static constexpr int kTestPoints = 16;  // the most points a block tests at once
   template <typename F>
-  void test_point(std::size_t i, const float* dot, const double* const* qs, ScanQueries& sq,
-                  int g, double* r2, F& visit) const {
+  void test_points(std::size_t i0, int np, const float* dot, std::size_t stride,
+                   const double* const* qs, ScanQueries& sq, int g, double* r2,
+                   F& visit) const {
     const std::size_t d = static_cast<std::size_t>(d_);
-    const float a = point32_[i];
+    const uint64_t live = g < kScanGroup ? (uint64_t(1) << g) - 1 : ~uint64_t(0);
+    uint8_t pu[kTestPoints * kScanGroup], pj[kTestPoints * kScanGroup];
+    int m = 0;
+    for (int u = 0; u < np; ++u) {
+      uint64_t near = near_queries(point32_[i0 + u], dot + u * stride, sq) & live;
+      for (; near; near &= near - 1) {
+        pu[m] = static_cast<uint8_t>(u);
+        pj[m] = static_cast<uint8_t>(__builtin_ctzll(near));
+        ++m;
+      }
+    }
+    if (m == 0) return;
+    double v[kTestPoints * kScanGroup];
+    int t = 0;
+    for (; t + kDistBatch <= m; t += kDistBatch) {
+      const double* a[kDistBatch];
+      const double* b[kDistBatch];
+      for (int w = 0; w < kDistBatch; ++w) {
+        a[w] = qs[pj[t + w]];
+        b[w] = &pts_[(i0 + pu[t + w]) * d];
+      }
+      dist2_batch(a, b, v + t);
+    }
+    for (; t < m; ++t) v[t] = dist2(qs[pj[t]], &pts_[(i0 + pu[t]) * d]);
+    for (t = 0; t < m; ++t) {
+      const int j = pj[t];
+      if (v[t] <= r2[j]) {
+        visit(j, ids_[i0 + pu[t]], v[t], r2[j]);
+        sq.radius[j] = scaled_radius(r2[j]);
+        sq.skip[j] = query_threshold(sq, j);
+      }
+    }
+  }
+
+  // The test of a point (its share a, its dot products dot[j] with the queries): a bit for
+  // each query it does not exclude.
+  uint64_t near_queries(float a, const float* dot, const ScanQueries& sq) const {
     uint64_t near = 0;
     for (int v = 0; v < kScanVecs; ++v) {
       ScanLanes x, b;
@@ -561,15 +604,39 @@ class KdTree {
       }
 #endif
     }
-    for (; near; near &= near - 1) {
-      const int j = __builtin_ctzll(near);
-      if (j >= g) break;
-      const double v = dist2(qs[j], &pts_[i * d]);
-      if (v <= r2[j]) {
-        visit(j, ids_[i], v, r2[j]);
-        sq.radius[j] = scaled_radius(r2[j]);
-        sq.skip[j] = query_threshold(sq, j);
+    return near;
+  }
+
+  // dist2(a[w], b[w]) for w < kDistBatch, the same bits, their running sums apart.
+  static constexpr int kDistBatch = 4;
+  void dist2_batch(const double* const* a, const double* const* b, double* out) const {
+    if (d_ <= kChainMaxDim) {
+      for (int w = 0; w < kDistBatch; ++w) out[w] = dist2(a[w], b[w]);
+      return;
+    }
+    using V = Lanes8<double>::type;
+    static_assert(sizeof(V) == kLanes * sizeof(double), "a lane per running sum");
+    V acc[kDistBatch];
+    for (int w = 0; w < kDistBatch; ++w) acc[w] = V{};
+    int64_t k = 0;
+    for (; k + kLanes <= d_; k += kLanes) {
+#pragma GCC unroll 4
+      for (int w = 0; w < kDistBatch; ++w) {
+        V x, y;
+        std::memcpy(&x, a[w] + k, sizeof x);
+        std::memcpy(&y, b[w] + k, sizeof y);
+        const V t = x - y;
+        acc[w] += t * t;
       }
+    }
+    for (int w = 0; w < kDistBatch; ++w) {
+      double s[kLanes];
+      std::memcpy(s, &acc[w], sizeof s);
+      for (int64_t j = 0; k + j < d_; ++j) {
+        const double t = a[w][k + j] - b[w][k + j];
+        s[j] += t * t;
+      }
+      out[w] = combine(s);
     }
   }
 
@@ -601,9 +668,7 @@ class KdTree {
     for (std::size_t i0 = 0; i0 < n; i0 += 16) {
       amx::dots16(&pts16_[i0 * dp], dp, qv.data(), nqb, dots);
       const std::size_t m = std::min<std::size_t>(16, n - i0);
-      for (std::size_t u = 0; u < m; ++u) {
-        test_point(i0 + u, dots + u * 64, qs, sq, g, r2, visit);
-      }
+      test_points(i0, static_cast<int>(m), dots, 64, qs, sq, g, r2, visit);
     }
 #else
     (void)qs, (void)g, (void)r2, (void)visit;
@@ -1022,80 +1087,87 @@ void span_sums(const T* __restrict xt, int64_t stride, int64_t d, const T* __res
 }
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
-// AVX-512 version for float32: 16 tokens of xt against 4 tokens of x at a time, every
-// sum in registers; same arithmetic per pair (no fused multiply-add: the file is built
-// with -ffp-contract=off, and each square and sum is its own instruction) and the same
-// float64 sums, in the same order (over the tokens of x, for each token q).
+// The roots of sixteen float32 squared distances, widened and added to the float64 sums
+// lo (lanes 0-7) and hi (8-15).
+inline void span_add(__m512 v, __m512d& lo, __m512d& hi) {
+  v = _mm512_sqrt_ps(v);
+  lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
+  hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
+}
+
+// The squared distances of B tokens of x (rows x0, x0 + d, ...) to Q blocks of 16 tokens of
+// xt (columns q, q + 16, ...), each a running sum over the coordinates in order, added
+// (span_add()) to the blocks' sums token after token: B * Q independent sums, so that the
+// additions of one do not wait on each other's.
+template <int B, int Q>
+inline void span_kernel(const float* __restrict xt, int64_t stride, int64_t d,
+                        const float* __restrict x0, int64_t q, __m512d* lo, __m512d* hi) {
+  __m512 a[B][Q];
+  for (int64_t k = 0; k < d; ++k) {
+    __m512 c[Q];
+#pragma GCC unroll 4
+    for (int v = 0; v < Q; ++v) c[v] = _mm512_loadu_ps(xt + k * stride + q + 16 * v);
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) {
+      const __m512 xv = _mm512_set1_ps(x0[b * d + k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < Q; ++v) {
+        const __m512 t = _mm512_sub_ps(c[v], xv);
+        const __m512 sq = _mm512_mul_ps(t, t);
+        a[b][v] = k == 0 ? sq : _mm512_add_ps(a[b][v], sq);  // a first term is 0 + t * t
+      }
+    }
+  }
+  for (int v = 0; v < Q; ++v) {
+    for (int b = 0; b < B; ++b) span_add(a[b][v], lo[v], hi[v]);
+  }
+}
+
+// AVX-512 version for float32: blocks of 16 tokens of xt, against 4 tokens of x at a time,
+// and the last 1 to 3 tokens of x against 4 blocks at a time, every sum in registers; the
+// same arithmetic per pair (no fused multiply-add: the file is built with
+// -ffp-contract=off, and each square and sum is its own instruction) and the same float64
+// sums, in the same order (over the tokens of x, for each token q). A last block of fewer
+// than 16 tokens is computed in full and stored in part: xt's rows must be readable up to
+// len rounded up to 16 (finish_on_matrix() pads its tiles so).
 template <>
 inline void span_sums<float>(const float* __restrict xt, int64_t stride, int64_t d,
                              const float* __restrict x, int64_t n, int64_t len,
                              float* __restrict buf, double* __restrict racc) {
-  int64_t q = 0;
-  for (; q + 16 <= len; q += 16) {
-    __m512d lo = _mm512_setzero_pd(), hi = _mm512_setzero_pd();
-    auto add = [&lo, &hi](__m512 v) {
-      v = _mm512_sqrt_ps(v);
-      lo = _mm512_add_pd(lo, _mm512_cvtps_pd(_mm512_castps512_ps256(v)));
-      hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
-    };
+  constexpr int Q = 4;
+  const int64_t blocks = (len + 15) / 16;
+  for (int64_t b0 = 0; b0 < blocks; b0 += Q) {
+    const int nb = static_cast<int>(std::min<int64_t>(Q, blocks - b0));
+    __m512d lo[Q], hi[Q];
+    for (int v = 0; v < Q; ++v) lo[v] = hi[v] = _mm512_setzero_pd();
+    const int64_t q = b0 * 16;
     int64_t b = 0;
     for (; b + 4 <= n; b += 4) {
-      const float* x0 = x + b * d;
-      const float* x1 = x0 + d;
-      const float* x2 = x1 + d;
-      const float* x3 = x2 + d;
-      __m512 c = _mm512_loadu_ps(xt + q);
-      __m512 t0 = _mm512_sub_ps(c, _mm512_set1_ps(x0[0]));
-      __m512 t1 = _mm512_sub_ps(c, _mm512_set1_ps(x1[0]));
-      __m512 t2 = _mm512_sub_ps(c, _mm512_set1_ps(x2[0]));
-      __m512 t3 = _mm512_sub_ps(c, _mm512_set1_ps(x3[0]));
-      __m512 a0 = _mm512_mul_ps(t0, t0), a1 = _mm512_mul_ps(t1, t1);
-      __m512 a2 = _mm512_mul_ps(t2, t2), a3 = _mm512_mul_ps(t3, t3);
-      for (int64_t k = 1; k < d; ++k) {
-        c = _mm512_loadu_ps(xt + k * stride + q);
-        t0 = _mm512_sub_ps(c, _mm512_set1_ps(x0[k]));
-        t1 = _mm512_sub_ps(c, _mm512_set1_ps(x1[k]));
-        t2 = _mm512_sub_ps(c, _mm512_set1_ps(x2[k]));
-        t3 = _mm512_sub_ps(c, _mm512_set1_ps(x3[k]));
-        a0 = _mm512_add_ps(a0, _mm512_mul_ps(t0, t0));
-        a1 = _mm512_add_ps(a1, _mm512_mul_ps(t1, t1));
-        a2 = _mm512_add_ps(a2, _mm512_mul_ps(t2, t2));
-        a3 = _mm512_add_ps(a3, _mm512_mul_ps(t3, t3));
+      for (int v = 0; v < nb; ++v) {
+        span_kernel<4, 1>(xt, stride, d, x + b * d, q + 16 * v, lo + v, hi + v);
       }
-      add(a0);
-      add(a1);
-      add(a2);
-      add(a3);
     }
     for (; b < n; ++b) {
-      const float* x0 = x + b * d;
-      __m512 t0 = _mm512_sub_ps(_mm512_loadu_ps(xt + q), _mm512_set1_ps(x0[0]));
-      __m512 a0 = _mm512_mul_ps(t0, t0);
-      for (int64_t k = 1; k < d; ++k) {
-        t0 = _mm512_sub_ps(_mm512_loadu_ps(xt + k * stride + q), _mm512_set1_ps(x0[k]));
-        a0 = _mm512_add_ps(a0, _mm512_mul_ps(t0, t0));
+      if (nb == Q) {
+        span_kernel<1, Q>(xt, stride, d, x + b * d, q, lo, hi);
+      } else {
+        for (int v = 0; v < nb; ++v) {
+          span_kernel<1, 1>(xt, stride, d, x + b * d, q + 16 * v, lo + v, hi + v);
+        }
       }
-      add(a0);
     }
-    _mm512_storeu_pd(racc + q, lo);
-    _mm512_storeu_pd(racc + q + 8, hi);
-  }
-  for (; q < len; ++q) {
-    double s = 0.0;
-    for (int64_t b = 0; b < n; ++b) {
-      const float* xb = x + b * d;
-      float v;
-      {
-        const float t = xt[q] - xb[0];
-        v = t * t;
+    for (int v = 0; v < nb; ++v) {
+      const int64_t at = q + 16 * v, left = len - at;
+      if (left >= 16) {
+        _mm512_storeu_pd(racc + at, lo[v]);
+        _mm512_storeu_pd(racc + at + 8, hi[v]);
+      } else {
+        const __mmask8 mlo = static_cast<__mmask8>((1u << std::min<int64_t>(left, 8)) - 1);
+        const __mmask8 mhi = static_cast<__mmask8>((1u << std::max<int64_t>(left - 8, 0)) - 1);
+        _mm512_mask_storeu_pd(racc + at, mlo, lo[v]);
+        _mm512_mask_storeu_pd(racc + at + 8, mhi, hi[v]);
       }
-      for (int64_t k = 1; k < d; ++k) {
-        const float t = xt[k * stride + q] - xb[k];
-        v += t * t;
-      }
-      s += static_cast<double>(std::sqrt(v));
     }
-    racc[q] = s;
   }
   (void)buf;
 }
@@ -1529,9 +1601,7 @@ class LinearEngine {
         h.push_back(e);
         std::push_heap(h.begin(), h.end());
       } else if (e < h.front()) {
-        std::pop_heap(h.begin(), h.end());
-        h.back() = e;
-        std::push_heap(h.begin(), h.end());
+        replace_top(h, e);
       }
       radius2 = h.size() < k_list ? kInf
                                   : std::max((r[j] * up) * (r[j] * up), h.front().first);
@@ -1557,6 +1627,23 @@ class LinearEngine {
       // r(t) = 0, a bound of nothing, for a list that is short
       list_r_[t] = h.size() == k_list ? std::sqrt(h.back().first) : 0.0;
     }
+  }
+
+  // h[0] (the largest of the max-heap h) replaced by e, and sifted down: the heap of
+  // std::pop_heap() then std::push_heap() with e, in one pass down instead of two.
+  static void replace_top(std::vector<std::pair<double, int32_t>>& h,
+                          const std::pair<double, int32_t>& e) {
+    const std::size_t n = h.size();
+    std::size_t i = 0;
+    for (;;) {
+      std::size_t c = 2 * i + 1;
+      if (c >= n) break;
+      if (c + 1 < n && h[c] < h[c + 1]) ++c;
+      if (!(e < h[c])) break;
+      h[i] = h[c];
+      i = c;
+    }
+    h[i] = e;
   }
 
   // Settle the searches of as[0 .. g-1] from the neighbour lists where they can; returns

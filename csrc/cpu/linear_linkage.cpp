@@ -542,7 +542,9 @@ class KdTree {
   // visit may only lower, so the test keeps a superset of the pairs a test after each
   // visit would, and dist2() <= r2[j] at the time of the visit decides each, as it would
   // have: the same visits. (A distance above kChainMaxDim is d / kLanes dependent
-  // additions per lane; one pair at a time, the visits waited on the adder.)
+  // additions per lane; one pair at a time, the visits waited on the adder. In the first
+  // round, which fills the neighbour lists, a query visits about K (1 + ln(N / K)) points,
+  // K the lists' length: each one nearer than its K nearest so far, in the points' order.)
   static constexpr int kTestPoints = 16;  // the most points a block tests at once
   template <typename F>
   void test_points(std::size_t i0, int np, const float* dot, std::size_t stride,
@@ -1124,7 +1126,9 @@ inline void span_kernel(const float* __restrict xt, int64_t stride, int64_t d,
 }
 
 // AVX-512 version for float32: blocks of 16 tokens of xt, against 4 tokens of x at a time,
-// and the last 1 to 3 tokens of x against 4 blocks at a time, every sum in registers; the
+// and the last 1 to 3 tokens of x against 4 blocks at a time (at a flat cut's hand-over
+// most clusters have fewer than 4 tokens; one block at a time, their sums waited on the
+// adder, and the scalar last block cost as much), every sum in registers; the
 // same arithmetic per pair (no fused multiply-add: the file is built with
 // -ffp-contract=off, and each square and sum is its own instruction) and the same float64
 // sums, in the same order (over the tokens of x, for each token q). A last block of fewer

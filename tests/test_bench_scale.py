@@ -122,10 +122,11 @@ def test_repeat_reports_the_median_of_every_run(tmp_path: Path) -> None:
     assert "the median of 3 runs per cell" in (out / "t.md").read_text()
 
 
-def test_repeat_below_one_is_refused(tmp_path: Path) -> None:
-    proc = _bench("--sizes", "50x2", "--repeat", "0", "--out", str(tmp_path), timeout=120)
+@pytest.mark.parametrize("flag", ["--repeat", "--cut-fraction"])
+def test_a_count_below_one_is_refused(tmp_path: Path, flag: str) -> None:
+    proc = _bench("--sizes", "50x2", flag, "0", "--out", str(tmp_path), timeout=120)
     assert proc.returncode == 2
-    assert "--repeat must be at least 1" in proc.stderr
+    assert f"{flag} must be at least 1" in proc.stderr
     assert not any(tmp_path.iterdir())
 
 
@@ -139,10 +140,3 @@ def test_cut_fraction_sets_the_flat_cuts_k(tmp_path: Path) -> None:
     assert payload["cut_fraction"] == 16
     assert payload["rows"][0]["clusters"] == 300 // 16
     assert "labels at k = N/16" in (out / "t.md").read_text()
-
-
-def test_cut_fraction_below_one_is_refused(tmp_path: Path) -> None:
-    proc = _bench("--sizes", "50x2", "--cut-fraction", "0", "--out", str(tmp_path), timeout=120)
-    assert proc.returncode == 2
-    assert "--cut-fraction must be at least 1" in proc.stderr
-    assert not any(tmp_path.iterdir())

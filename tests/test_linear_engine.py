@@ -119,6 +119,33 @@ def test_a_hand_over_at_the_start_is_the_matrix_engine_bit_for_bit(rng, n, d, dt
     np.testing.assert_array_equal(_linear_z(x, cache), _matrix_z(x))
 
 
+@pytest.mark.parametrize("n,d", [(600, 256), (1000, 100), (2000, 37)])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cut", [False, True])
+def test_hand_over_sums_in_groups_are_each_clusters_own_bit_for_bit(rng, monkeypatch, n, d,
+                                                                   dtype, cut):
+    # a hand-over midway (the matrix of n / 3 clusters fits the cache; a flat cut at n / 6
+    # goes past it), with column tiles of 65536 / d tokens: the rows past a tile sum groups
+    # of consecutive clusters of up to 16 tokens together (span_sums_group(), four tokens
+    # at a time whichever clusters they belong to). DCPE_CPU_HANDOVER_GROUPS=0 sums each
+    # cluster on its own: every float64 sum in the same order, so the same merges, bit for
+    # bit
+    x = tie_free(rng, n, d, dtype)
+    m = n // 3
+    cache = m * (m - 1) // 2 * x.dtype.itemsize
+
+    def run():
+        if cut:
+            return _cut_z(x, n // 6, cache)
+        return _linear_z(x, cache)
+
+    grouped = run()
+    with monkeypatch.context() as mp:
+        mp.setenv("DCPE_CPU_HANDOVER_GROUPS", "0")
+        alone = run()
+    np.testing.assert_array_equal(grouped, alone)
+
+
 def _exact_average(x: np.ndarray, outer: list[int], inner: list[int]) -> float:
     """The linear engine's exact average of two clusters, as a reference.
 

@@ -1088,6 +1088,24 @@ void span_sums(const T* __restrict xt, int64_t stride, int64_t d, const T* __res
   }
 }
 
+// At most this many tokens in a group of the hand-over's span_sums_group()
+constexpr int64_t kGroupTokens = 16;
+
+// The sums of span_sums() for g consecutive clusters of the row-major tokens x (cluster c's
+// tokens are rows seg[c] - seg[0] .. seg[c + 1] - seg[0] of x) against the same len tokens
+// of xt: cluster c's in racc[c * lenp ...], lenp >= len a multiple of 16, each the same
+// float64 sum in the same order as span_sums() on its own (racc[c * lenp + q] is 0, then
+// the distance of each of the cluster's tokens to token q added in their order).
+template <typename T>
+void span_sums_group(const T* __restrict xt, int64_t stride, int64_t d, const T* __restrict x,
+                     const int64_t* seg, int g, int64_t len, int64_t lenp, T* __restrict buf,
+                     double* __restrict racc) {
+  for (int c = 0; c < g; ++c) {
+    span_sums<T>(xt, stride, d, x + (seg[c] - seg[0]) * d, seg[c + 1] - seg[c], len, buf,
+                 racc + c * lenp);
+  }
+}
+
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
 // The roots of sixteen float32 squared distances, widened and added to the float64 sums
 // lo (lanes 0-7) and hi (8-15).
@@ -1098,13 +1116,11 @@ inline void span_add(__m512 v, __m512d& lo, __m512d& hi) {
 }
 
 // The squared distances of B tokens of x (rows x0, x0 + d, ...) to Q blocks of 16 tokens of
-// xt (columns q, q + 16, ...), each a running sum over the coordinates in order, added
-// (span_add()) to the blocks' sums token after token: B * Q independent sums, so that the
-// additions of one do not wait on each other's.
+// xt (columns q, q + 16, ...), each a running sum over the coordinates in order: B * Q
+// independent sums, so that the additions of one do not wait on each other's.
 template <int B, int Q>
-inline void span_kernel(const float* __restrict xt, int64_t stride, int64_t d,
-                        const float* __restrict x0, int64_t q, __m512d* lo, __m512d* hi) {
-  __m512 a[B][Q];
+inline void span_squares(const float* __restrict xt, int64_t stride, int64_t d,
+                         const float* __restrict x0, int64_t q, __m512 (&a)[B][Q]) {
   for (int64_t k = 0; k < d; ++k) {
     __m512 c[Q];
 #pragma GCC unroll 4
@@ -1120,6 +1136,14 @@ inline void span_kernel(const float* __restrict xt, int64_t stride, int64_t d,
       }
     }
   }
+}
+
+// span_squares(), each sum's root added (span_add()) to its block's sums token after token.
+template <int B, int Q>
+inline void span_kernel(const float* __restrict xt, int64_t stride, int64_t d,
+                        const float* __restrict x0, int64_t q, __m512d* lo, __m512d* hi) {
+  __m512 a[B][Q];
+  span_squares<B, Q>(xt, stride, d, x0, q, a);
   for (int v = 0; v < Q; ++v) {
     for (int b = 0; b < B; ++b) span_add(a[b][v], lo[v], hi[v]);
   }
@@ -1175,7 +1199,81 @@ inline void span_sums<float>(const float* __restrict xt, int64_t stride, int64_t
   }
   (void)buf;
 }
+
+// span_sums_group() for float32 with AVX-512: the clusters' tokens together, four at a time
+// against Q = 2 blocks of xt (whichever clusters they belong to), each root added to its own
+// cluster's sums in memory in the tokens' order. At a flat cut's hand-over most clusters
+// have 1 to 3 tokens: on their own, each pass over the column tile (256 tokens x 256
+// coordinates at d = 256, from the L2 cache) served 1 to 3 rows; grouped, the 32 columns of
+// a step stay in the L1 cache for up to kGroupTokens rows. The squares and float64 sums are
+// those of span_sums<float>(), in the same order.
+template <>
+inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, int64_t d,
+                                   const float* __restrict x, const int64_t* seg, int g,
+                                   int64_t len, int64_t lenp, float* __restrict buf,
+                                   double* __restrict racc) {
+  constexpr int Q = 2;
+  const int64_t n = seg[g] - seg[0];
+  if (n > kGroupTokens) {  // not a group this kernel was made for: one cluster at a time
+    for (int c = 0; c < g; ++c) {
+      span_sums<float>(xt, stride, d, x + (seg[c] - seg[0]) * d, seg[c + 1] - seg[c], len,
+                       buf, racc + c * lenp);
+    }
+    return;
+  }
+  double* out[kGroupTokens];  // each token's cluster's sums
+  for (int c = 0; c < g; ++c) {
+    for (int64_t b = seg[c]; b < seg[c + 1]; ++b) out[b - seg[0]] = racc + c * lenp;
+  }
+  std::fill(racc, racc + g * lenp, 0.0);
+  const auto add = [](double* p, __m512 v) {
+    __m512d lo = _mm512_loadu_pd(p), hi = _mm512_loadu_pd(p + 8);
+    span_add(v, lo, hi);
+    _mm512_storeu_pd(p, lo);
+    _mm512_storeu_pd(p + 8, hi);
+  };
+  const int64_t blocks = (len + 15) / 16;  // the last one in full: xt and racc are padded
+  for (int64_t b0 = 0; b0 < blocks; b0 += Q) {
+    const int64_t q = b0 * 16;
+    int64_t b = 0;
+    if (b0 + Q <= blocks) {
+      for (; b + 4 <= n; b += 4) {
+        __m512 a[4][Q];
+        span_squares<4, Q>(xt, stride, d, x + b * d, q, a);
+        for (int t = 0; t < 4; ++t) {
+          for (int v = 0; v < Q; ++v) add(out[b + t] + q + 16 * v, a[t][v]);
+        }
+      }
+      for (; b < n; ++b) {
+        __m512 a[1][Q];
+        span_squares<1, Q>(xt, stride, d, x + b * d, q, a);
+        for (int v = 0; v < Q; ++v) add(out[b] + q + 16 * v, a[0][v]);
+      }
+    } else {  // the last blocks, one at a time
+      for (int64_t qv = q; qv < blocks * 16; qv += 16) {
+        for (b = 0; b + 4 <= n; b += 4) {
+          __m512 a[4][1];
+          span_squares<4, 1>(xt, stride, d, x + b * d, qv, a);
+          for (int t = 0; t < 4; ++t) add(out[b + t] + qv, a[t][0]);
+        }
+        for (; b < n; ++b) {
+          __m512 a[1][1];
+          span_squares<1, 1>(xt, stride, d, x + b * d, qv, a);
+          add(out[b] + qv, a[0][0]);
+        }
+      }
+    }
+  }
+}
 #endif
+
+// Whether the hand-over sums the rows past a column tile in groups of clusters
+// (span_sums_group()); DCPE_CPU_HANDOVER_GROUPS=0 sums each cluster on its own (the same
+// bits).
+inline bool handover_groups() {
+  const char* env = std::getenv("DCPE_CPU_HANDOVER_GROUPS");
+  return !(env != nullptr && std::strcmp(env, "0") == 0);
+}
 
 template <typename T>
 class LinearEngine {
@@ -1972,24 +2070,55 @@ class LinearEngine {
     for (std::size_t t = 0; t < n_tiles; ++t) {
       longest = std::max(longest, seg[tiles[t + 1]] - seg[tiles[t]]);
     }
+    // The rows of a tile's clusters against the tile's earlier ones one at a time, and the
+    // rows past it (all against the whole tile) in groups of consecutive clusters of at most
+    // kGroupTokens tokens (a cluster with more alone): rows [work[w], work[w + 1]). Only a
+    // tile of at most `tile` tokens (not one larger cluster alone) is summed in groups, so
+    // that their sums take at most kGroupTokens * `tile` float64 a thread.
+    const bool groups = handover_groups();
+    const int64_t lenp = (std::min(longest, tile) + 15) / 16 * 16;
     std::vector<std::vector<double>> accs(threads_, std::vector<double>(longest));
+    std::vector<std::vector<double>> gaccs(threads_,
+                                           std::vector<double>(groups ? kGroupTokens * lenp : 0));
     std::vector<std::vector<T>> bufs(threads_, std::vector<T>(longest));
+    std::vector<int64_t> work;
     for (std::size_t t = 0; t < n_tiles; ++t) {
       const int64_t c0 = tiles[t], c1 = tiles[t + 1], p0 = seg[c0];
+      work.clear();
+      for (int64_t i = c0 + 1; i < m;) {
+        work.push_back(i);
+        int64_t e = i + 1;
+        if (groups && i >= c1 && seg[c1] - p0 <= lenp) {
+          while (e < m && seg[e + 1] - seg[i] <= kGroupTokens) ++e;
+        }
+        i = e;
+      }
+      work.push_back(m);
+      const int64_t n_work = static_cast<int64_t>(work.size()) - 1;
 #pragma omp parallel for num_threads(threads_) schedule(dynamic, 1)
-      for (int64_t i = c0 + 1; i < m; ++i) {
+      for (int64_t w = 0; w < n_work; ++w) {
         const int tid = omp_get_thread_num();
-        double* racc = accs[tid].data();
-        const int64_t ni = seg[i + 1] - seg[i];
-        const int64_t jend = std::min(i, c1);
+        const int64_t i0 = work[w], i1 = work[w + 1];
+        double* racc = (i1 - i0 == 1 ? accs : gaccs)[tid].data();
+        const int64_t jend = std::min(i0, c1);
         const int64_t len = seg[jend] - p0;
-        span_sums<T>(xt.data() + offset[t], stride[t], d_, xr.data() + seg[i] * d_, ni, len,
-                     bufs[tid].data(), racc);
-        T* row = D.data() + tri(i);
-        for (int64_t j = c0; j < jend; ++j) {
-          double sum = 0.0;
-          for (int64_t q = seg[j] - p0; q < seg[j + 1] - p0; ++q) sum += racc[q];
-          row[j] = static_cast<T>(sum / (double(ni) * double(seg[j + 1] - seg[j])));
+        if (i1 - i0 == 1) {
+          span_sums<T>(xt.data() + offset[t], stride[t], d_, xr.data() + seg[i0] * d_,
+                       seg[i0 + 1] - seg[i0], len, bufs[tid].data(), racc);
+        } else {
+          span_sums_group<T>(xt.data() + offset[t], stride[t], d_, xr.data() + seg[i0] * d_,
+                             seg.data() + i0, static_cast<int>(i1 - i0), len, lenp,
+                             bufs[tid].data(), racc);
+        }
+        for (int64_t i = i0; i < i1; ++i) {
+          const double* ri = racc + (i - i0) * lenp;
+          const int64_t ni = seg[i + 1] - seg[i];
+          T* row = D.data() + tri(i);
+          for (int64_t j = c0; j < jend; ++j) {
+            double sum = 0.0;
+            for (int64_t q = seg[j] - p0; q < seg[j + 1] - p0; ++q) sum += ri[q];
+            row[j] = static_cast<T>(sum / (double(ni) * double(seg[j + 1] - seg[j])));
+          }
         }
       }
       poll(opt_);

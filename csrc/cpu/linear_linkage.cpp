@@ -1096,14 +1096,22 @@ constexpr int64_t kGroupTokens = 16;
 // of xt: cluster c's in racc[c * lenp ...], lenp >= len a multiple of 16, each the same
 // float64 sum in the same order as span_sums() on its own (racc[c * lenp + q] is 0, then
 // the distance of each of the cluster's tokens to token q added in their order).
+// span_sums() of each cluster on its own: the sums span_sums_group() is defined by.
 template <typename T>
-void span_sums_group(const T* __restrict xt, int64_t stride, int64_t d, const T* __restrict x,
-                     const int64_t* seg, int g, int64_t len, int64_t lenp, T* __restrict buf,
-                     double* __restrict racc) {
+void span_sums_each(const T* __restrict xt, int64_t stride, int64_t d, const T* __restrict x,
+                    const int64_t* seg, int g, int64_t len, int64_t lenp, T* __restrict buf,
+                    double* __restrict racc) {
   for (int c = 0; c < g; ++c) {
     span_sums<T>(xt, stride, d, x + (seg[c] - seg[0]) * d, seg[c + 1] - seg[c], len, buf,
                  racc + c * lenp);
   }
+}
+
+template <typename T>
+void span_sums_group(const T* __restrict xt, int64_t stride, int64_t d, const T* __restrict x,
+                     const int64_t* seg, int g, int64_t len, int64_t lenp, T* __restrict buf,
+                     double* __restrict racc) {
+  span_sums_each<T>(xt, stride, d, x, seg, g, len, lenp, buf, racc);
 }
 
 #if defined(__AVX512F__) && defined(__AVX512DQ__)
@@ -1200,13 +1208,41 @@ inline void span_sums<float>(const float* __restrict xt, int64_t stride, int64_t
   (void)buf;
 }
 
+// One step of span_sums_group<float>(): the group's n tokens (x, row-major) against the Q
+// blocks of 16 tokens of xt from column q, four tokens at a time, each root added to the
+// sums of its token's cluster (out[b]) in memory, in the tokens' order.
+template <int Q>
+inline void span_group_step(const float* __restrict xt, int64_t stride, int64_t d,
+                            const float* __restrict x, int64_t n, double* const* out,
+                            int64_t q) {
+  const auto add = [](double* p, __m512 v) {
+    __m512d lo = _mm512_loadu_pd(p), hi = _mm512_loadu_pd(p + 8);
+    span_add(v, lo, hi);
+    _mm512_storeu_pd(p, lo);
+    _mm512_storeu_pd(p + 8, hi);
+  };
+  int64_t b = 0;
+  for (; b + 4 <= n; b += 4) {
+    __m512 a[4][Q];
+    span_squares<4, Q>(xt, stride, d, x + b * d, q, a);
+    for (int t = 0; t < 4; ++t) {
+      for (int v = 0; v < Q; ++v) add(out[b + t] + q + 16 * v, a[t][v]);
+    }
+  }
+  for (; b < n; ++b) {
+    __m512 a[1][Q];
+    span_squares<1, Q>(xt, stride, d, x + b * d, q, a);
+    for (int v = 0; v < Q; ++v) add(out[b] + q + 16 * v, a[0][v]);
+  }
+}
+
 // span_sums_group() for float32 with AVX-512: the clusters' tokens together, four at a time
 // against Q = 2 blocks of xt (whichever clusters they belong to), each root added to its own
-// cluster's sums in memory in the tokens' order. At a flat cut's hand-over most clusters
-// have 1 to 3 tokens: on their own, each pass over the column tile (256 tokens x 256
-// coordinates at d = 256, from the L2 cache) served 1 to 3 rows; grouped, the 32 columns of
-// a step stay in the L1 cache for up to kGroupTokens rows. The squares and float64 sums are
-// those of span_sums<float>(), in the same order.
+// cluster's sums in memory in the tokens' order (span_group_step()). At a flat cut's
+// hand-over most clusters have 1 to 3 tokens: on their own, each pass over the column tile
+// (256 tokens x 256 coordinates at d = 256, from the L2 cache) served 1 to 3 rows; grouped,
+// the 32 columns of a step stay in the L1 cache for up to kGroupTokens rows. The squares
+// and float64 sums are those of span_sums<float>(), in the same order.
 template <>
 inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, int64_t d,
                                    const float* __restrict x, const int64_t* seg, int g,
@@ -1214,11 +1250,8 @@ inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, i
                                    double* __restrict racc) {
   constexpr int Q = 2;
   const int64_t n = seg[g] - seg[0];
-  if (n > kGroupTokens) {  // not a group this kernel was made for: one cluster at a time
-    for (int c = 0; c < g; ++c) {
-      span_sums<float>(xt, stride, d, x + (seg[c] - seg[0]) * d, seg[c + 1] - seg[c], len,
-                       buf, racc + c * lenp);
-    }
+  if (n > kGroupTokens) {  // not a group this kernel was made for
+    span_sums_each<float>(xt, stride, d, x, seg, g, len, lenp, buf, racc);
     return;
   }
   double* out[kGroupTokens];  // each token's cluster's sums
@@ -1226,44 +1259,10 @@ inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, i
     for (int64_t b = seg[c]; b < seg[c + 1]; ++b) out[b - seg[0]] = racc + c * lenp;
   }
   std::fill(racc, racc + g * lenp, 0.0);
-  const auto add = [](double* p, __m512 v) {
-    __m512d lo = _mm512_loadu_pd(p), hi = _mm512_loadu_pd(p + 8);
-    span_add(v, lo, hi);
-    _mm512_storeu_pd(p, lo);
-    _mm512_storeu_pd(p + 8, hi);
-  };
   const int64_t blocks = (len + 15) / 16;  // the last one in full: xt and racc are padded
-  for (int64_t b0 = 0; b0 < blocks; b0 += Q) {
-    const int64_t q = b0 * 16;
-    int64_t b = 0;
-    if (b0 + Q <= blocks) {
-      for (; b + 4 <= n; b += 4) {
-        __m512 a[4][Q];
-        span_squares<4, Q>(xt, stride, d, x + b * d, q, a);
-        for (int t = 0; t < 4; ++t) {
-          for (int v = 0; v < Q; ++v) add(out[b + t] + q + 16 * v, a[t][v]);
-        }
-      }
-      for (; b < n; ++b) {
-        __m512 a[1][Q];
-        span_squares<1, Q>(xt, stride, d, x + b * d, q, a);
-        for (int v = 0; v < Q; ++v) add(out[b] + q + 16 * v, a[0][v]);
-      }
-    } else {  // the last blocks, one at a time
-      for (int64_t qv = q; qv < blocks * 16; qv += 16) {
-        for (b = 0; b + 4 <= n; b += 4) {
-          __m512 a[4][1];
-          span_squares<4, 1>(xt, stride, d, x + b * d, qv, a);
-          for (int t = 0; t < 4; ++t) add(out[b + t] + qv, a[t][0]);
-        }
-        for (; b < n; ++b) {
-          __m512 a[1][1];
-          span_squares<1, 1>(xt, stride, d, x + b * d, qv, a);
-          add(out[b] + qv, a[0][0]);
-        }
-      }
-    }
-  }
+  int64_t b0 = 0;
+  for (; b0 + Q <= blocks; b0 += Q) span_group_step<Q>(xt, stride, d, x, n, out, b0 * 16);
+  for (; b0 < blocks; ++b0) span_group_step<1>(xt, stride, d, x, n, out, b0 * 16);
 }
 #endif
 

@@ -10,6 +10,7 @@ hand-over to the nearest-neighbour chain on the matrix of the clusters left are 
 from __future__ import annotations
 
 import functools
+import itertools
 import os
 import subprocess
 import sys
@@ -672,6 +673,36 @@ def test_neighbour_lists_give_the_same_flat_cut(rng, monkeypatch, kind, cap):
             monkeypatch, functools.partial(_cut_z, x, k, 0, cap=cap))
         np.testing.assert_array_equal(z_on, z_off)
         assert stats["searches"] > 0
+
+
+@pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid", "near_duplicates"])
+@pytest.mark.parametrize("d", [40, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_search_in_cells_fills_the_same_lists(rng, monkeypatch, kind, d, dtype):
+    # the first search scans the tokens cell by cell, each group of searching tokens from
+    # its own cell (scan_order.h); DCPE_CPU_SCAN_ORDER=0 scans them in index order. Every
+    # token within a search's final radius is visited in either order, and the lists keep
+    # the nearest by (distance, index): the same lists (so the same searches settle from
+    # them) and the same merges, bit for bit, ties and duplicate rows included; for two
+    # kinds also with the scan's float32 products in place of the AMX tiles (its other
+    # loop over the points)
+    n = 1500  # five cells
+    x = _lists_input(rng, kind, n, d, dtype)
+    runs = (functools.partial(_linear_z, x, 0), functools.partial(_cut_z, x, n // 3, 0),
+            functools.partial(_linear_z, x, 0, cap=6))
+    amx = ("1", "0") if kind in ("codebook", "grid") else ("1",)
+    for run in runs:
+        out, stats = [], []
+        for tiles, flag in itertools.product(amx, ("1", "0")):
+            with monkeypatch.context() as m:
+                m.setenv("DCPE_CPU_AMX", tiles)
+                m.setenv("DCPE_CPU_SCAN_ORDER", flag)
+                out.append(run())
+                stats.append(dict(dcpe._C.cpu_list_stats()))
+        for z, st in zip(out[1:], stats[1:]):
+            np.testing.assert_array_equal(z, out[0])
+            assert st == stats[0]
+        assert stats[0]["searches"] > 0
 
 
 @pytest.mark.parametrize("d", [24, 128])

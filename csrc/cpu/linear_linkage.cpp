@@ -66,7 +66,11 @@
 // of 24.9 (2 cores). Clusters in dense regions, whose tokens' r(t) are small, still scan;
 // longer lists at larger N settle most of them (K = 128 at 65,536: 98%). The idea is that
 // of a k-nearest-neighbour graph as a filter for exact search, with the bound of an
-// average over token pairs in place of a single distance.
+// average over token pairs in place of a single distance. The first search takes the
+// tokens cell by cell (k-means cells in a chain, scan_order.h), and each group of 64
+// searching tokens of one cell starts its scan there, so that its K nearest so far are
+// near early and fewer tokens get their exact distance computed (the same lists and
+// neighbours: DCPE_CPU_SCAN_ORDER=0 scans in index order).
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and,
 // at d <= 16, their searches have become costly (the last one summed at least 1/256 of the
@@ -119,6 +123,7 @@
 
 #include "cpu/amx_scan.h"
 #include "cpu/linkage_cpu.h"
+#include "cpu/scan_order.h"
 #include "macros.h"
 
 namespace dcpe {
@@ -149,6 +154,13 @@ inline int list_length(int64_t n) {
 // ... and the largest cluster whose search tries them (a larger one scans; the lists of
 // its tokens, |A| times the length, are a search's scratch)
 constexpr int64_t kListMaxSize = 1024;
+
+// DCPE_CPU_SCAN_ORDER=0: the first search scans the tokens in index order (the same lists
+// and merges; scan_order.h)
+inline bool scan_order_enabled() {
+  const char* env = std::getenv("DCPE_CPU_SCAN_ORDER");
+  return !(env != nullptr && std::strcmp(env, "0") == 0);
+}
 
 inline bool lists_enabled() {
   const char* env = std::getenv("DCPE_CPU_LISTS");
@@ -253,10 +265,19 @@ class KdTree {
 #else
   static constexpr int kScanGroup = 32;
 #endif
+  //
+  // `start`: the scan takes the points from position start (a multiple of 16) to the end,
+  // then from the first one up to start (the first search starts each group at its cell of
+  // scan_order.h). Which points it visits and their values do not depend on the order of
+  // the points: every point within the final r2[j] is visited in any order, and a point
+  // visited in one order and not in another lies beyond it (the visits' callers keep only
+  // what is within it, or the nearest by (distance, index)).
   template <typename F>
-  void scan_group(const double* const* qs, int g, double* r2, F&& visit) const {
+  void scan_group(const double* const* qs, int g, double* r2, F&& visit,
+                  std::size_t start = 0) const {
+    start = std::min(start, ids_.size());
     if (amx_) {
-      scan_group_amx(qs, g, r2, visit);
+      scan_group_amx(qs, g, r2, visit, start);
       return;
     }
     const std::size_t n = ids_.size();
@@ -269,11 +290,15 @@ class KdTree {
     copy_queries(qs, g, r2, sq, [qf](int j, std::size_t k, float v) {
       qf[k * kScanGroup + j] = v;
     });
-    std::size_t i = 0;
-    for (; i + kScanPoints <= n; i += kScanPoints) {
-      scan_points<kScanPoints>(qt.data(), qs, sq, g, r2, i, visit);
-    }
-    for (; i < n; ++i) scan_points<1>(qt.data(), qs, sq, g, r2, i, visit);
+    auto points = [&](std::size_t lo, std::size_t hi) {
+      std::size_t i = lo;
+      for (; i + kScanPoints <= hi; i += kScanPoints) {
+        scan_points<kScanPoints>(qt.data(), qs, sq, g, r2, i, visit);
+      }
+      for (; i < hi; ++i) scan_points<1>(qt.data(), qs, sq, g, r2, i, visit);
+    };
+    points(start, n);
+    points(0, start);
   }
 
  private:
@@ -653,7 +678,8 @@ class KdTree {
   // estimate. Only that bound differs from scan_points()'s test, so the visits and their
   // values are the same.
   template <typename F>
-  void scan_group_amx(const double* const* qs, int g, double* r2, F& visit) const {
+  void scan_group_amx(const double* const* qs, int g, double* r2, F& visit,
+                      std::size_t start) const {
 #if DCPE_HAVE_AMX
     const std::size_t n = ids_.size(), dp = dp_;
     const int nqb = (g + 15) / 16;
@@ -667,13 +693,15 @@ class KdTree {
     });
     alignas(64) float dots[16 * 64] = {};
     amx::Tiles tiles;
-    for (std::size_t i0 = 0; i0 < n; i0 += 16) {
+    const std::size_t s = start / 16 * 16;
+    for (std::size_t b = 0; b < n; b += 16) {
+      const std::size_t i0 = s + b < n ? s + b : s + b - (n + 15) / 16 * 16;
       amx::dots16(&pts16_[i0 * dp], dp, qv.data(), nqb, dots);
       const std::size_t m = std::min<std::size_t>(16, n - i0);
       test_points(i0, static_cast<int>(m), dots, 64, qs, sq, g, r2, visit);
     }
 #else
-    (void)qs, (void)g, (void)r2, (void)visit;
+    (void)qs, (void)g, (void)r2, (void)visit, (void)start;
 #endif
   }
 
@@ -1330,12 +1358,11 @@ class LinearEngine {
       return merges;
     }
     std::vector<int32_t> todo(active_);
-    tree_.build(mu_.data(), active_, d_);
     g_list_searches = 0;
     g_list_tried = 0;
     g_list_settled = 0;
     const int k_list = lists_enabled() ? list_length(n_) : 0;
-    if (!closed_ && tree_.flat() && k_list > 0 && n_ > 2 * k_list) {
+    if (!closed_ && d_ > kKdTreeMaxDim && k_list > 0 && n_ > 2 * k_list) {
       kList_ = k_list;
       const std::size_t un = static_cast<std::size_t>(n_);
       list_id_.assign(un * kList_, 0);
@@ -1345,8 +1372,20 @@ class LinearEngine {
       std::iota(owner_.begin(), owner_.end(), 0);
     }
     listing_ = kList_ > 0;
+    if (listing_ && scan_order_enabled()) {
+      // the first search scans the tokens cell by cell, each group from its own cell
+      // (scan_order.h): the same lists and neighbours, fewer exact distances
+      ScanOrder so = scan_order(x_, n_, d_, threads_);
+      tree_.build(mu_.data(), so.order, d_);
+      todo = std::move(so.order);
+      scan_start_ = std::move(so.start);
+    } else {
+      tree_.build(mu_.data(), active_, d_);
+    }
     search(todo);
     listing_ = false;
+    scan_start_.clear();
+    scan_start_.shrink_to_fit();
     while (active_.size() >= 2) {
       set_aside();
       if (active_.size() < 2) break;
@@ -1690,6 +1729,7 @@ class LinearEngine {
     const std::size_t k_list = static_cast<std::size_t>(kList_);
     std::vector<std::pair<double, int32_t>> heap[kGroup];
     for (int j = 0; j < g; ++j) heap[j].reserve(k_list);
+    const std::size_t start = scan_start_.empty() ? 0 : std::size_t(scan_start_[as[0]]);
     tree_.scan_group(qs, g, r2, [&](int j, int32_t b, double dm2, double& radius2) {
       const int32_t a = as[j];
       if (b == a) return;
@@ -1706,7 +1746,7 @@ class LinearEngine {
       }
       radius2 = h.size() < k_list ? kInf
                                   : std::max((r[j] * up) * (r[j] * up), h.front().first);
-    });
+    }, start);
     finish_euclidean(as, g, cands, r, pairs);
     for (int j = 0; j < g; ++j) {
       const int32_t t = as[j];  // a cluster of one token: its slot is the token's index
@@ -2164,6 +2204,8 @@ class LinearEngine {
   // search fills them
   int kList_ = 0;
   bool listing_ = false;
+  // while the first search runs: where each token's group starts its scan (scan_order.h)
+  std::vector<int32_t> scan_start_;
   std::vector<int32_t> list_id_;
   std::vector<float> list_d_;
   std::vector<double> list_r_;
@@ -2213,6 +2255,9 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   // above 16 dimensions (Euclidean), the neighbour lists: per token list_length(n)
   // indices and float bounds, r(t) and its cluster's slot (counted with them off too)
   if (!closed && d > 16) bytes += un * (std::size_t(list_length(n)) * 8 + 12);
+  // and the first search's order of the tokens: the order, each token's start, and what
+  // scan_order() holds while it computes them
+  if (!closed && d > 16) bytes += un * 8 + scan_order_bytes(n, d);
   if (!closed) {
     bytes += 2 * un * ud * elem_size + un * ud * elem_size + un * 8;  // arena + compaction
     bytes += 2 * un * sizeof(int32_t);  // the arena's token indices (tok_)

@@ -705,6 +705,22 @@ def test_first_search_in_cells_fills_the_same_lists(rng, monkeypatch, kind, d, d
         assert stats[0]["searches"] > 0
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_searches_the_lists_leave_scan_together_across_batches(rng, monkeypatch, dtype):
+    # more searches than a batch (2,048): those the lists do not settle gather across
+    # batches and scan in groups of their own (search()); the merges are those without the
+    # lists, and those of the first search in index order
+    n, d = 6000, 20
+    x = _lists_input(rng, "codebook", n, d, dtype)
+    for run in (functools.partial(_linear_z, x, 0), functools.partial(_cut_z, x, n // 4, 0)):
+        z_on, z_off, stats = _with_and_without_lists(monkeypatch, run)
+        np.testing.assert_array_equal(z_on, z_off)
+        assert stats["tried"] < stats["searches"] and stats["settled"] < stats["tried"]
+        with monkeypatch.context() as m:
+            m.setenv("DCPE_CPU_SCAN_ORDER", "0")
+            np.testing.assert_array_equal(run(), z_on)
+
+
 @pytest.mark.parametrize("d", [24, 128])
 def test_neighbour_lists_agree_with_scipy(rng, d):
     from dcpe.datasets import make_sample_codebook

@@ -70,7 +70,9 @@
 // tokens cell by cell (k-means cells in a chain, scan_order.h), and each group of 64
 // searching tokens of one cell starts its scan there, so that its K nearest so far are
 // near early and fewer tokens get their exact distance computed (the same lists and
-// neighbours: DCPE_CPU_SCAN_ORDER=0 scans in index order).
+// neighbours: DCPE_CPU_SCAN_ORDER=0 scans in index order). The later rounds' searches run
+// in that order too (nearby tokens' rows are summed one after the other), and those the
+// lists do not settle scan together, in groups of their own (search()).
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and,
 // at d <= 16, their searches have become costly (the last one summed at least 1/256 of the
@@ -1377,6 +1379,10 @@ class LinearEngine {
       // (scan_order.h): the same lists and neighbours, fewer exact distances
       ScanOrder so = scan_order(x_, n_, d_, threads_);
       tree_.build(mu_.data(), so.order, d_);
+      scan_rank_.resize(so.order.size());
+      for (std::size_t p = 0; p < so.order.size(); ++p) {
+        scan_rank_[so.order[p]] = static_cast<int32_t>(p);
+      }
       todo = std::move(so.order);
       scan_start_ = std::move(so.start);
     } else {
@@ -1412,6 +1418,13 @@ class LinearEngine {
       for (const int32_t a : active_) {
         const int32_t b = nn_[a];
         if (state_[a] == kChanged || b < 0 || state_[b] != kActive) todo.push_back(a);
+      }
+      if (!scan_rank_.empty()) {
+        // in the first search's order (by the slot's token): a group of searches and the
+        // groups after it sum the rows of nearby tokens, which the caches still hold
+        std::sort(todo.begin(), todo.end(), [this](int32_t u, int32_t v) {
+          return scan_rank_[u] < scan_rank_[v];
+        });
       }
       for (const auto& p : pairs) state_[p.first] = state_[p.first] == kFrozen ? kFrozen : kActive;
       tree_.build(mu_.data(), active_, d_);
@@ -1559,35 +1572,81 @@ class LinearEngine {
   }
 
   // Nearest neighbour of every cluster in `todo` (exact, ties to the smaller identity).
+  //
+  // After the first round (above 16 dimensions, with the neighbour lists) a batch's
+  // searches first try the lists (settle_from_lists()), and those they do not settle scan
+  // the centroids in groups of their own, in todo's order, once at least kOpenScans have
+  // gathered (and at the end): a scan reads every centroid once for up to kGroup searches,
+  // and the few that each group of todo leaves (3% of them at 262,144 x 256) had each
+  // scanned all centroids for a group of one to a few searches.
   void search(const std::vector<int32_t>& todo) {
     const int64_t m = static_cast<int64_t>(todo.size());
     constexpr int64_t kBatch = 2048;
+    const bool grouped = tree_.flat();
+    const int64_t step = grouped ? kGroup : 1;
+    const bool lists = !closed_ && grouped && kList_ > 0 && !listing_;
+    const std::size_t open_scans = static_cast<std::size_t>(2 * kGroup * threads_);
+    std::vector<int32_t> open;  // searches that the lists left, to scan
+    std::vector<uint8_t> left;
     for (int64_t lo = 0; lo < m; lo += kBatch) {
       const int64_t hi = std::min(m, lo + kBatch);
+      const int32_t* batch = &todo[lo];
       // small batches (closed forms with a tree, late rounds) run on this thread: a
       // parallel region costs more than they do, and far more when the cores are busy with
       // other work; without a tree (many dimensions) a task is a group of kGroup searches,
       // which share one scan of the centroids (search_*_group())
-      const bool grouped = tree_.flat();
-      const int64_t step = grouped ? kGroup : 1;
-#pragma omp parallel num_threads(threads_) if (closed_ && !grouped ? hi - lo >= 1024 \
-                                                                   : hi - lo >= 16)
-      {
-        std::vector<std::pair<double, int32_t>> cand[kGroup];
-        double pairs = 0.0;  // token pairs summed exactly by this thread
-#pragma omp for schedule(dynamic, grouped ? 1 : 4)
-        for (int64_t t = lo; t < hi; t += step) {
-          const int32_t a = todo[t];
-          const int g = int(std::min(step, hi - t));
-          if (closed_ && grouped) search_closed_group(&todo[t], g);
-          else if (closed_) search_closed(a);
-          else if (grouped) search_euclidean_group(&todo[t], g, cand, pairs);
-          else search_euclidean(a, cand[0], pairs);
+      const bool parallel = closed_ && !grouped ? hi - lo >= 1024 : hi - lo >= 16;
+      if (lists) {
+        left.assign(static_cast<std::size_t>(hi - lo), 0);
+        for_groups(batch, hi - lo, step, parallel, [&](const int32_t* as, int g, Cands* cand,
+                                                       double& pairs) {
+          int32_t rest[kGroup];
+          const int r = settle_from_lists(as, g, cand, pairs, rest);
+          std::sort(rest, rest + r);
+          for (int j = 0; j < g; ++j) {
+            if (std::binary_search(rest, rest + r, as[j])) left[as - batch + j] = 1;
+          }
+        });
+        for (int64_t t = lo; t < hi; ++t) {
+          if (left[t - lo]) open.push_back(todo[t]);
         }
-#pragma omp atomic
-        work_ += pairs;
+        if (hi == m || open.size() >= open_scans) {
+          const int64_t o = static_cast<int64_t>(open.size());
+          for_groups(open.data(), o, step, o >= 16, [&](const int32_t* as, int g,
+                                                        Cands* cand, double& pairs) {
+            search_euclidean_group(as, g, cand, pairs);
+          });
+          open.clear();
+        }
+      } else {
+        for_groups(batch, hi - lo, step, parallel, [&](const int32_t* as, int g, Cands* cand,
+                                                       double& pairs) {
+          if (closed_ && grouped) search_closed_group(as, g);
+          else if (closed_) search_closed(as[0]);
+          else if (grouped) search_euclidean_group(as, g, cand, pairs);
+          else search_euclidean(as[0], cand[0], pairs);
+        });
       }
       poll(opt_);
+    }
+  }
+
+  // body(ids + t, g, cand, pairs) for t = 0, step, 2 step, ... < m, g = min(step, m - t),
+  // on the threads if `parallel`; cand: kGroup candidate lists of the thread, pairs its
+  // count of the token pairs summed exactly, added to work_ at the end.
+  using Cands = std::vector<std::pair<double, int32_t>>;
+  template <typename F>
+  void for_groups(const int32_t* ids, int64_t m, int64_t step, bool parallel, F&& body) {
+#pragma omp parallel num_threads(threads_) if (parallel)
+    {
+      Cands cand[kGroup];
+      double pairs = 0.0;
+#pragma omp for schedule(dynamic, step > 1 ? 1 : 4)
+      for (int64_t t = 0; t < m; t += step) {
+        body(ids + t, static_cast<int>(std::min(step, m - t)), cand, pairs);
+      }
+#pragma omp atomic
+      work_ += pairs;
     }
   }
 
@@ -1678,16 +1737,10 @@ class LinearEngine {
 
   // search_euclidean() for the clusters as[0 .. g-1] at once, without a tree: one scan of
   // the centroids for the group (KdTree::scan_group()), the same candidates for each.
-  // After the first round the neighbour lists settle most searches without a scan
-  // (settle_from_lists()); the first round's scan fills them (listing_).
+  // After the first round the neighbour lists settle most searches without a scan, and
+  // only the others come here (search()); the first round's scan fills them (listing_).
   void search_euclidean_group(const int32_t* as, int g,
                               std::vector<std::pair<double, int32_t>>* cands, double& pairs) {
-    int32_t rest[kGroup];
-    if (kList_ > 0 && !listing_) {
-      g = settle_from_lists(as, g, cands, pairs, rest);
-      as = rest;
-      if (g == 0) return;
-    }
     const double up = 1.0 + margin_;
     double r[kGroup], r2[kGroup];
     const double* qs[kGroup];
@@ -2206,6 +2259,9 @@ class LinearEngine {
   bool listing_ = false;
   // while the first search runs: where each token's group starts its scan (scan_order.h)
   std::vector<int32_t> scan_start_;
+  // each token's position in the first search's order (empty without it): the order of
+  // the later searches
+  std::vector<int32_t> scan_rank_;
   std::vector<int32_t> list_id_;
   std::vector<float> list_d_;
   std::vector<double> list_r_;
@@ -2255,9 +2311,9 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   // above 16 dimensions (Euclidean), the neighbour lists: per token list_length(n)
   // indices and float bounds, r(t) and its cluster's slot (counted with them off too)
   if (!closed && d > 16) bytes += un * (std::size_t(list_length(n)) * 8 + 12);
-  // and the first search's order of the tokens: the order, each token's start, and what
-  // scan_order() holds while it computes them
-  if (!closed && d > 16) bytes += un * 8 + scan_order_bytes(n, d);
+  // and the first search's order of the tokens: the order, each token's start and rank,
+  // and what scan_order() holds while it computes them
+  if (!closed && d > 16) bytes += un * 12 + scan_order_bytes(n, d);
   if (!closed) {
     bytes += 2 * un * ud * elem_size + un * ud * elem_size + un * 8;  // arena + compaction
     bytes += 2 * un * sizeof(int32_t);  // the arena's token indices (tok_)

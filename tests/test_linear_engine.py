@@ -746,10 +746,13 @@ def test_neighbour_lists_only_above_16_dimensions_and_counted(rng):
     _linear_z(tie_free(rng, 300, 17), 0)
     assert dcpe._C.cpu_list_stats()["searches"] > 0
     # their memory is in the linear engine's count: K indices and bounds a token, and
-    # more, with K = 64 up to 16,384 tokens and about sqrt(N) / 2 past that
+    # more, with K = 64 up to 16,384 tokens and about sqrt(N) / 2 past that; and the first
+    # round's order of the tokens (scan_order.h): the order, each token's start, rank and
+    # cell, and a subsample's float32 rows
     for n, k in ((10_000, 64), (65_536, 128), (262_144, 256), (1 << 22, 512)):
         ws = functools.partial(dcpe._C.workspace_bytes_cpu, n, method="average",
                                elem_size=4, engine="linear")
         grow = ws(17, metric="euclidean") - ws(16, metric="euclidean")
         grow_closed = ws(17, metric="sqeuclidean") - ws(16, metric="sqeuclidean")
-        assert grow - grow_closed >= n * (k * 8 + 12)
+        sample = min(n, n // 256 * 64) * 17 * 4
+        assert grow - grow_closed >= n * (k * 8 + 12) + n * 16 + sample

@@ -43,6 +43,7 @@ constexpr int64_t kOrderSample = 64;   // tokens a centre in the k-means iterati
 constexpr int kOrderIters = 3;
 constexpr int64_t kOrderBlock = 16;    // the scan's blocks of points (its AMX tiles)
 constexpr int kOrderLanes = 16;        // centres a vector
+constexpr int64_t kOrderRows = 4096;   // rows converted to float32 at a time
 
 struct ScanOrder {
   std::vector<int32_t> order;  // the tokens, cell by cell
@@ -53,11 +54,13 @@ struct ScanOrder {
 inline std::size_t scan_order_bytes(int64_t n, int64_t d) {
   const std::size_t c = static_cast<std::size_t>(std::max<int64_t>(n / kOrderCell, 1));
   const std::size_t cp = (c + kOrderLanes - 1) / kOrderLanes * kOrderLanes;
-  const std::size_t s = std::min<std::size_t>(static_cast<std::size_t>(n), c * kOrderSample);
-  // centres (float32, transposed and row-major), their sums (float64), norms and counts;
-  // the subsample's rows (float32) and every token's cell
-  return cp * static_cast<std::size_t>(d) * (4 + 4 + 8) + cp * 16 +
-         s * static_cast<std::size_t>(d) * 4 + static_cast<std::size_t>(n) * 4;
+  const std::size_t un = static_cast<std::size_t>(n);
+  const std::size_t s = std::min<std::size_t>(un, c * kOrderSample);
+  const std::size_t rows = std::max(s, std::min<std::size_t>(un, kOrderRows));
+  // centres (float32, transposed and row-major), their sums (float64), norms, counts and
+  // chain; the subsample's rows, or later a block of rows (float32); every token's cell
+  return cp * static_cast<std::size_t>(d) * (4 + 4 + 8) + cp * 40 +
+         rows * static_cast<std::size_t>(d) * 4 + un * 4;
 }
 
 namespace scan_order_detail {
@@ -174,7 +177,7 @@ ScanOrder scan_order(const T* x, int64_t n, int64_t d, int threads) {
   // every token's cell, a block of rows at a time
   transpose();
   {
-    constexpr int64_t kRows = 4096;
+    const int64_t kRows = std::min<int64_t>(kOrderRows, n);
     std::vector<float> rows(static_cast<std::size_t>(kRows) * ud);
     for (int64_t i0 = 0; i0 < n; i0 += kRows) {
       const int64_t m = std::min(kRows, n - i0);

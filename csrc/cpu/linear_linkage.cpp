@@ -1377,7 +1377,7 @@ class LinearEngine {
     if (listing_ && scan_order_enabled()) {
       // the first search scans the tokens cell by cell, each group from its own cell
       // (scan_order.h): the same lists and neighbours, fewer exact distances
-      ScanOrder so = scan_order(x_, n_, d_, threads_);
+      ScanOrder so = scan_order(x_, n_, d_, threads_, [this] { poll(opt_); });
       tree_.build(mu_.data(), so.order, d_);
       scan_rank_.resize(so.order.size());
       for (std::size_t p = 0; p < so.order.size(); ++p) {

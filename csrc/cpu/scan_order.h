@@ -113,9 +113,10 @@ inline void nearest_centres(const float* rows, int64_t n, int64_t d, const float
 }  // namespace scan_order_detail
 
 // The order above for the n rows of x (d columns). Fewer than 2 kOrderCell rows: their
-// index order, every scan from the start.
-template <typename T>
-ScanOrder scan_order(const T* x, int64_t n, int64_t d, int threads) {
+// index order, every scan from the start. poll() is called between the steps (outside
+// the threads' regions), so that it may throw to stop the run.
+template <typename T, typename Poll>
+ScanOrder scan_order(const T* x, int64_t n, int64_t d, int threads, Poll&& poll) {
   using scan_order_detail::Lanes;
   ScanOrder r;
   r.order.resize(static_cast<std::size_t>(n));
@@ -155,6 +156,7 @@ ScanOrder scan_order(const T* x, int64_t n, int64_t d, int threads) {
   std::vector<double> sum(static_cast<std::size_t>(cp) * ud);
   std::vector<int64_t> count(static_cast<std::size_t>(cp));
   for (int it = 0; it < kOrderIters; ++it) {
+    poll();
     transpose();
     scan_order_detail::nearest_centres(sample.data(), s, d, ct.data(), c2.data(), groups,
                                        threads, cell.data());
@@ -180,6 +182,7 @@ ScanOrder scan_order(const T* x, int64_t n, int64_t d, int threads) {
     const int64_t kRows = std::min<int64_t>(kOrderRows, n);
     std::vector<float> rows(static_cast<std::size_t>(kRows) * ud);
     for (int64_t i0 = 0; i0 < n; i0 += kRows) {
+      poll();
       const int64_t m = std::min(kRows, n - i0);
       for (int64_t i = 0; i < m; ++i) {
         for (std::size_t k = 0; k < ud; ++k) {
@@ -198,6 +201,7 @@ ScanOrder scan_order(const T* x, int64_t n, int64_t d, int threads) {
   done[0] = 1;
   chain.push_back(0);
   for (int64_t step = 1; step < c; ++step) {
+    if (step % 256 == 0) poll();
     float best = std::numeric_limits<float>::infinity();
     int64_t arg = -1;
     for (int64_t j = 0; j < c; ++j) {

@@ -1575,8 +1575,8 @@ class LinearEngine {
   //
   // After the first round (above 16 dimensions, with the neighbour lists) a batch's
   // searches first try the lists (settle_from_lists()), and those they do not settle scan
-  // the centroids in groups of their own, in todo's order, once at least kOpenScans have
-  // gathered (and at the end): a scan reads every centroid once for up to kGroup searches,
+  // the centroids in groups of their own, in todo's order, once at least 2 kGroup a thread
+  // have gathered (and at the end): a scan reads every centroid once for up to kGroup searches,
   // and the few that each group of todo leaves (3% of them at 262,144 x 256) had each
   // scanned all centroids for a group of one to a few searches.
   void search(const std::vector<int32_t>& todo) {

@@ -157,17 +157,17 @@ inline int list_length(int64_t n) {
 // its tokens, |A| times the length, are a search's scratch)
 constexpr int64_t kListMaxSize = 1024;
 
-// DCPE_CPU_SCAN_ORDER=0: the first search scans the tokens in index order (the same lists
-// and merges; scan_order.h)
-inline bool scan_order_enabled() {
-  const char* env = std::getenv("DCPE_CPU_SCAN_ORDER");
+// A run-time switch of the engine: on unless the environment variable `name` is "0".
+inline bool switched_on(const char* name) {
+  const char* env = std::getenv(name);
   return !(env != nullptr && std::strcmp(env, "0") == 0);
 }
 
-inline bool lists_enabled() {
-  const char* env = std::getenv("DCPE_CPU_LISTS");
-  return !(env != nullptr && std::strcmp(env, "0") == 0);
-}
+// DCPE_CPU_SCAN_ORDER=0: the first search scans the tokens in index order (the same lists
+// and merges; scan_order.h)
+inline bool scan_order_enabled() { return switched_on("DCPE_CPU_SCAN_ORDER"); }
+
+inline bool lists_enabled() { return switched_on("DCPE_CPU_LISTS"); }
 
 // The last run's searches after the first round (all threads), those that tried the lists
 // and those the lists settled (linear_list_stats()).
@@ -1299,10 +1299,7 @@ inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, i
 // Whether the hand-over sums the rows past a column tile in groups of clusters
 // (span_sums_group()); DCPE_CPU_HANDOVER_GROUPS=0 sums each cluster on its own (the same
 // bits).
-inline bool handover_groups() {
-  const char* env = std::getenv("DCPE_CPU_HANDOVER_GROUPS");
-  return !(env != nullptr && std::strcmp(env, "0") == 0);
-}
+inline bool handover_groups() { return switched_on("DCPE_CPU_HANDOVER_GROUPS"); }
 
 template <typename T>
 class LinearEngine {
@@ -1600,12 +1597,7 @@ class LinearEngine {
         left.assign(static_cast<std::size_t>(hi - lo), 0);
         for_groups(batch, hi - lo, step, parallel, [&](const int32_t* as, int g, Cands* cand,
                                                        double& pairs) {
-          int32_t rest[kGroup];
-          const int r = settle_from_lists(as, g, cand, pairs, rest);
-          std::sort(rest, rest + r);
-          for (int j = 0; j < g; ++j) {
-            if (std::binary_search(rest, rest + r, as[j])) left[as - batch + j] = 1;
-          }
+          settle_from_lists(as, g, cand, pairs, &left[as - batch]);
         });
         for (int64_t t = lo; t < hi; ++t) {
           if (left[t - lo]) open.push_back(todo[t]);
@@ -1840,8 +1832,8 @@ class LinearEngine {
     h[i] = e;
   }
 
-  // Settle the searches of as[0 .. g-1] from the neighbour lists where they can; returns
-  // the count of the others, written to rest.
+  // Settle the searches of as[0 .. g-1] from the neighbour lists where they can; left[j]
+  // = 1 for each other one (left[j] is not written for a settled one).
   //
   // Every token t has a list of kList_ tokens and r(t), a lower bound of its distance to
   // every token off the list (list_first_search()). So for clusters A != B,
@@ -1861,20 +1853,20 @@ class LinearEngine {
   // Clusters of more than kListMaxSize tokens scan without trying. On the sample
   // codebook's generator (d = 256, a flat cut at N/2) the scans that remain are those of
   // clusters in the dense regions, whose tokens' r(t) are small.
-  int settle_from_lists(const int32_t* as, int g,
-                        std::vector<std::pair<double, int32_t>>* cands, double& pairs,
-                        int32_t* rest) {
+  void settle_from_lists(const int32_t* as, int g,
+                         std::vector<std::pair<double, int32_t>>* cands, double& pairs,
+                         uint8_t* left) {
     const double down = 1.0 - margin_;
     const std::size_t k_list = static_cast<std::size_t>(kList_);
-    int32_t tried[kGroup];
+    int32_t tried[kGroup], at[kGroup];  // the clusters that try, and their places in as
     double thr[kGroup], settle[kGroup];
-    int nt = 0, nr = 0;
+    int nt = 0;
     std::vector<std::pair<int32_t, std::pair<double, double>>> hits;
     for (int j = 0; j < g; ++j) {
       const int32_t a = as[j];
       const int64_t na = size_[a];
       if (na > kListMaxSize) {
-        rest[nr++] = a;
+        left[j] = 1;
         continue;
       }
       const int32_t* tk = tokens(a);
@@ -1885,7 +1877,7 @@ class LinearEngine {
       const double slack = double(na + kList_ + d_ + 16) * 0x1p-50;
       const double lim = la * down * (1.0 - slack);
       if (!(lim > nnd_[a])) {
-        rest[nr++] = a;
+        left[j] = 1;
         continue;
       }
       // A's candidates: the clusters of the tokens on its tokens' lists, with the sums of
@@ -1919,12 +1911,13 @@ class LinearEngine {
         cand.emplace_back(std::max(0.0, p), b);
       }
       tried[nt] = a;
+      at[nt] = j;
       thr[nt] = la;
       settle[nt++] = lim;
     }
     g_list_searches += g;
     g_list_tried += nt;
-    if (nt == 0) return nr;
+    if (nt == 0) return;
     finish_euclidean(tried, nt, cands, thr, pairs);
     int settled = 0;
     for (int t = 0; t < nt; ++t) {
@@ -1932,11 +1925,10 @@ class LinearEngine {
       if (std::min(nnd_[a], cut_) < settle[t]) {
         ++settled;
       } else {
-        rest[nr++] = a;
+        left[at[t]] = 1;
       }
     }
     g_list_settled += settled;
-    return nr;
   }
 
   // For each j < g: the candidates of as[j] within its final radius r[j], in increasing
@@ -2310,10 +2302,12 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   if (d > 16) bytes += (un + 15) / 16 * 16 * amx::padded(ud) * sizeof(uint16_t);
   // above 16 dimensions (Euclidean), the neighbour lists: per token list_length(n)
   // indices and float bounds, r(t) and its cluster's slot (counted with them off too)
-  if (!closed && d > 16) bytes += un * (std::size_t(list_length(n)) * 8 + 12);
   // and the first search's order of the tokens: the order, each token's start and rank,
   // and what scan_order() holds while it computes them
-  if (!closed && d > 16) bytes += un * 12 + scan_order_bytes(n, d);
+  if (!closed && d > 16) {
+    bytes += un * (std::size_t(list_length(n)) * 8 + 12);
+    bytes += un * 12 + scan_order_bytes(n, d);
+  }
   if (!closed) {
     bytes += 2 * un * ud * elem_size + un * ud * elem_size + un * 8;  // arena + compaction
     bytes += 2 * un * sizeof(int32_t);  // the arena's token indices (tok_)

@@ -61,11 +61,13 @@ PYBIND11_MODULE(_C, m) {
           out["searches"] = s[0];
           out["tried"] = s[1];
           out["settled"] = s[2];
+          out["handover"] = s[3];
           return out;
         },
         "The last linear-engine run's searches after its first round (Euclidean, above 16 "
         "dimensions), those that tried the tokens' neighbour lists and those the lists "
-        "settled without a scan of the centroids (DCPE_CPU_LISTS=0 turns the lists off).");
+        "settled without a scan of the centroids (DCPE_CPU_LISTS=0 turns the lists off), "
+        "and the clusters it handed over to the matrix of their averages (0: none).");
   m.def("cpu_amx", []() { return dcpe::amx::available(); },
         "Whether the linear engine's centroid scan above 16 dimensions runs on AMX tiles "
         "in this process: built with AMX-BF16, granted by the kernel, and DCPE_CPU_AMX "

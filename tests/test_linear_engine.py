@@ -147,6 +147,37 @@ def test_hand_over_sums_in_groups_are_each_clusters_own_bit_for_bit(rng, monkeyp
     np.testing.assert_array_equal(grouped, alone)
 
 
+@pytest.mark.parametrize("d", [48, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hand_over_above_16_dimensions_after_a_cut_is_known(rng, monkeypatch, d, dtype):
+    # above 16 dimensions the clusters left go to the matrix of their averages as soon as
+    # it fits the cache, for a whole tree and for a flat cut whose merges are not all known
+    # yet; once they are, only if the last search summed at least 1/16 of the token pairs
+    # that the hand-over sums (handover_now()). DCPE_CPU_CUT_HANDOVER=0 never hands over
+    # after the cut's merges are known, =1 at once. cpu_list_stats() names the clusters
+    # handed over (0: none); the labels are those of the rounds alone (cache 0) every way
+    n = 1200
+    x = tie_free(rng, n, d, dtype)
+    m = n // 2  # the cache fits the matrix of n / 2 clusters
+    cache = m * (m - 1) // 2 * x.dtype.itemsize
+    z0 = _linear_z(x, 0)
+    assert dcpe._C.cpu_list_stats()["handover"] == 0
+    _linear_z(x, cache)
+    assert 0 < dcpe._C.cpu_list_stats()["handover"] <= m
+    # a far cut (n / 8): the clusters fit before its merges are known; a near one
+    # (0.55 n, above n / 2): its merges are known before they fit
+    for k, flag, handed in ((n // 8, "0", True), (n * 55 // 100, "0", False),
+                            (n * 55 // 100, "1", True), (n * 55 // 100, None, None)):
+        with monkeypatch.context() as mp:
+            if flag is not None:
+                mp.setenv("DCPE_CPU_CUT_HANDOVER", flag)
+            z = _cut_z(x, k, cache)
+        got = dcpe._C.cpu_list_stats()["handover"]
+        if handed is not None:
+            assert (0 < got <= m) if handed else got == 0, (k, flag, got)
+        assert same_partition(cut_z(z, n, k), cut_z(z0, n, k)), (k, flag)
+
+
 def _exact_average(x: np.ndarray, outer: list[int], inner: list[int]) -> float:
     """The linear engine's exact average of two clusters, as a reference.
 
@@ -450,6 +481,25 @@ def test_progress_is_reported(rng):
 
 
 # --------------------------------------------------------------------------- the choice
+
+
+def test_the_linear_engines_cache_may_be_larger_above_16_dimensions():
+    # the cache is at most a quarter of the budget and 64 times the data, within 2 GiB at
+    # most 16 dimensions and 8 GiB above (where the clusters go to their matrix as soon as
+    # it fits)
+    from dcpe._memory import memory_budget
+
+    budget = memory_budget("12GiB")
+    if budget // 4 <= (2 << 30):  # pragma: no cover - a machine with little memory free
+        pytest.skip("less than 8 GiB of memory available")
+    f32 = np.float32
+    high = cpu.choose_engine(262144, 256, method="average", metric="euclidean", dtype=f32,
+                             memory_limit="12GiB")
+    low = cpu.choose_engine(1 << 22, 16, method="average", metric="euclidean", dtype=f32,
+                            memory_limit="12GiB")
+    assert high.engine == low.engine == "linear"
+    assert (2 << 30) < high.cache_bytes <= min(8 << 30, budget // 4)
+    assert low.cache_bytes == 2 << 30
 
 
 def test_auto_takes_the_matrix_engine_for_small_problems_and_linear_beyond():

@@ -74,9 +74,10 @@
 // in that order too (nearby tokens' rows are summed one after the other), and those the
 // lists do not settle scan together, in groups of their own (search()).
 //
-// Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and,
-// at d <= 16, their searches have become costly (the last one summed at least 1/256 of the
-// token pairs among their tokens exactly: kHandoverShare), the matrix of their exact
+// Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
+// their searches have become costly (at d <= 16, or above for a flat cut whose merges are
+// all known: the last one summed at least 1/256, or 1/16, of the token pairs among their
+// tokens exactly: kHandoverShare, kHandoverCutShare), the matrix of their exact
 // average distances is built in one pass over all those token pairs and the matrix engine
 // (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the nearest-neighbour
 // chain [Murtagh 1983; Müllner 2011, Fig. 4]) finishes on it, so large clusters are never
@@ -172,6 +173,8 @@ inline bool lists_enabled() { return switched_on("DCPE_CPU_LISTS"); }
 // The last run's searches after the first round (all threads), those that tried the lists
 // and those the lists settled (linear_list_stats()).
 std::atomic<int64_t> g_list_searches{0}, g_list_tried{0}, g_list_settled{0};
+// ... and the clusters it handed over to the matrix (finish_on_matrix(); 0: none).
+std::atomic<int64_t> g_handover{0};
 
 inline std::size_t tri(int64_t i) {
   return static_cast<std::size_t>(i) * static_cast<std::size_t>(i - 1) / 2;
@@ -1344,6 +1347,9 @@ class LinearEngine {
     // Relative margin of the bound tests: a few roundings of T per coordinate.
     margin_ = closed_ ? 1e-12
                       : 8.0 * double(d + 4) * double(std::numeric_limits<T>::epsilon());
+    if (const char* env = std::getenv("DCPE_CPU_CUT_HANDOVER")) {
+      if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) cut_handover_ = env[0] - '0';
+    }
     active_.resize(n);
     std::iota(active_.begin(), active_.end(), 0);
   }
@@ -1351,15 +1357,16 @@ class LinearEngine {
   std::vector<Merge> run() {
     std::vector<Merge> merges;
     merges.reserve(n_ > 0 ? n_ - 1 : 0);
+    g_list_searches = 0;
+    g_list_tried = 0;
+    g_list_settled = 0;
+    g_handover = 0;
     if (n_ < 2) return merges;
     if (!closed_ && d_ > kKdTreeMaxDim && tri(n_) * sizeof(T) <= opt_.cache_bytes) {
       finish_on_matrix(merges);  // the tokens fit already, and the kd-tree prunes little
       return merges;
     }
     std::vector<int32_t> todo(active_);
-    g_list_searches = 0;
-    g_list_tried = 0;
-    g_list_settled = 0;
     const int k_list = lists_enabled() ? list_length(n_) : 0;
     if (!closed_ && d_ > kKdTreeMaxDim && k_list > 0 && n_ > 2 * k_list) {
       kList_ = k_list;
@@ -1406,7 +1413,7 @@ class LinearEngine {
       if (active_.size() < 2) break;
       if (!closed_ && tri(static_cast<int64_t>(active_.size())) * sizeof(T) <=
                           opt_.cache_bytes &&
-          (d_ > kKdTreeMaxDim || work_ >= kHandoverShare * live_pairs())) {
+          handover_now(merges.size())) {
         finish_on_matrix(merges);
         break;
       }
@@ -1437,12 +1444,14 @@ class LinearEngine {
   // dimensions, the last search summed at least this share of those pairs exactly (the
   // searches cost more as the clusters grow). Above kKdTreeMaxDim the kd-tree prunes
   // little and every search costs a scan of the centroids: the matrix takes over as soon
-  // as it fits (at the start if the tokens' matrix does). On the sample codebook's
+  // as it fits (at the start if the tokens' matrix does), unless a flat cut's merges are
+  // known and its searches have become cheap (handover_now()). On the sample codebook's
   // generator (d = 8, 2 cores, default cache) this took the whole tree of 16,384 tokens
   // from 0.53 s (hand-over as soon as the matrix fit) to 0.21 s, of 65,536 from 1.59 s to
   // 1.35 s, and a flat cut at k = N/16 of 262,144 tokens from 13.5 s to 8.0 s, the other
   // cases within noise; a share of 1/1024 gained less, 1/100 slowed the whole tree.
   static constexpr double kHandoverShare = 1.0 / 256;
+  static constexpr double kHandoverCutShare = 1.0 / 16;  // handover_now()
   static constexpr int64_t kKdTreeMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   // searches that share a scan of the centroids without a tree (search_euclidean_group())
   static constexpr int kGroup = KdTree::kScanGroup;
@@ -1451,6 +1460,27 @@ class LinearEngine {
   static constexpr int kSums = 8;
   static constexpr int64_t kChainPairs = 256;
   static constexpr int kChains = 256;
+
+  // Whether the matrix of the clusters left, which fits the cache, takes over now (the
+  // hand-over sums every token pair among their tokens once, live_pairs()). At most
+  // kKdTreeMaxDim dimensions: once the last search summed at least kHandoverShare of those
+  // pairs exactly. Above: at once, unless a flat cut's merges are all known and the last
+  // search summed less than kHandoverCutShare of them. Such a cut only finishes the
+  // clusters that still have a neighbour within its bound, and as they are set aside the
+  // searches cost less and less; a cut far from reached needs many more merges. On
+  // 131,072 x 256 (the sample codebook's generator, 2 cores, a cache that fit 55,000
+  // clusters) a cut at N/2, whose merges were known before the clusters fit, took 94.5 s
+  // with the hand-over as soon as they fit (its last search had summed 1% of the pairs)
+  // and 74 s without; at 65,536 x 256 a cut at N/4 reached its merges as the clusters fit
+  // (16,051 of them), with 17% of the pairs in the last search: 132 s without the
+  // hand-over. DCPE_CPU_CUT_HANDOVER=0 never hands over once the cut's merges are known,
+  // =1 at once (the same merges either way).
+  bool handover_now(std::size_t merged) const {
+    if (d_ <= kKdTreeMaxDim) return work_ >= kHandoverShare * live_pairs();
+    if (opt_.max_merges <= 0 || static_cast<int64_t>(merged) < opt_.max_merges) return true;
+    if (cut_handover_ >= 0) return cut_handover_ == 1;
+    return work_ >= kHandoverCutShare * live_pairs();
+  }
 
   // Token pairs among the tokens of the active clusters (what the hand-over sums).
   double live_pairs() const {
@@ -2112,6 +2142,7 @@ class LinearEngine {
   // (one pass over all token pairs), then the matrix engine's rounds and chain on it.
   void finish_on_matrix(std::vector<Merge>& merges) {
     const int64_t m = static_cast<int64_t>(active_.size());
+    g_handover = m;
     const std::vector<int32_t> slot(active_);
     // Cluster i's tokens are tokens seg[i] .. seg[i + 1] of the clusters left, in slot order.
     std::vector<int64_t> seg(m + 1, 0);
@@ -2227,6 +2258,7 @@ class LinearEngine {
   int threads_;
   bool closed_;
   double margin_ = 0.0;
+  int cut_handover_ = -1;  // DCPE_CPU_CUT_HANDOVER: 0 or 1; -1 unset (handover_now())
   double cut_ = kInf;         // a flat cut's bound U (update_cut()), +inf until known
   double work_ = 0.0;         // token pairs summed exactly by the last search
   std::vector<double> keys_;  // scratch of update_cut()
@@ -2280,8 +2312,9 @@ std::vector<Merge> linear_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   return engine.run();
 }
 
-std::array<int64_t, 3> linear_list_stats() {
-  return {g_list_searches.load(), g_list_tried.load(), g_list_settled.load()};
+std::array<int64_t, 4> linear_list_stats() {
+  return {g_list_searches.load(), g_list_tried.load(), g_list_settled.load(),
+          g_handover.load()};
 }
 
 template std::vector<Merge> linear_linkage<float>(const float*, int64_t, int64_t,

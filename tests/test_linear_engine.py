@@ -152,7 +152,7 @@ def test_hand_over_sums_in_groups_are_each_clusters_own_bit_for_bit(rng, monkeyp
 def test_hand_over_above_16_dimensions_after_a_cut_is_known(rng, monkeypatch, d, dtype):
     # above 16 dimensions the clusters left go to the matrix of their averages as soon as
     # it fits the cache, for a whole tree and for a flat cut whose merges are not all known
-    # yet; once they are, only if the last search summed at least 1/16 of the token pairs
+    # yet; once they are, only if the last search summed at least 1/64 of the token pairs
     # that the hand-over sums (handover_now()). DCPE_CPU_CUT_HANDOVER=0 never hands over
     # after the cut's merges are known, =1 at once. cpu_list_stats() names the clusters
     # handed over (0: none); the labels are those of the rounds alone (cache 0) every way

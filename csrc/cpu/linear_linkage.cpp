@@ -76,7 +76,7 @@
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
 // their searches have become costly (at d <= 16, or above for a flat cut whose merges are
-// all known: the last one summed at least 1/256, or 1/16, of the token pairs among their
+// all known: the last one summed at least 1/256, or 1/64, of the token pairs among their
 // tokens exactly: kHandoverShare, kHandoverCutShare), the matrix of their exact
 // average distances is built in one pass over all those token pairs and the matrix engine
 // (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the nearest-neighbour
@@ -1451,7 +1451,7 @@ class LinearEngine {
   // 1.35 s, and a flat cut at k = N/16 of 262,144 tokens from 13.5 s to 8.0 s, the other
   // cases within noise; a share of 1/1024 gained less, 1/100 slowed the whole tree.
   static constexpr double kHandoverShare = 1.0 / 256;
-  static constexpr double kHandoverCutShare = 1.0 / 16;  // handover_now()
+  static constexpr double kHandoverCutShare = 1.0 / 64;  // handover_now()
   static constexpr int64_t kKdTreeMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   // searches that share a scan of the centroids without a tree (search_euclidean_group())
   static constexpr int kGroup = KdTree::kScanGroup;
@@ -1466,15 +1466,19 @@ class LinearEngine {
   // kKdTreeMaxDim dimensions: once the last search summed at least kHandoverShare of those
   // pairs exactly. Above: at once, unless a flat cut's merges are all known and the last
   // search summed less than kHandoverCutShare of them. Such a cut only finishes the
-  // clusters that still have a neighbour within its bound, and as they are set aside the
-  // searches cost less and less; a cut far from reached needs many more merges. On
-  // 131,072 x 256 (the sample codebook's generator, 2 cores, a cache that fit 55,000
-  // clusters) a cut at N/2, whose merges were known before the clusters fit, took 94.5 s
-  // with the hand-over as soon as they fit (its last search had summed 1% of the pairs)
-  // and 74 s without; at 65,536 x 256 a cut at N/4 reached its merges as the clusters fit
-  // (16,051 of them), with 17% of the pairs in the last search: 132 s without the
-  // hand-over. DCPE_CPU_CUT_HANDOVER=0 never hands over once the cut's merges are known,
-  // =1 at once (the same merges either way).
+  // clusters that still have a neighbour within its bound; as they are set aside, fewer
+  // pairs are left to hand over, and the searches of the rounds left summed about 10 to 50
+  // times the last one's pairs, each pair (and its share of the scans) about six times the
+  // cost of a pair of the hand-over (131,072 and 65,536 x 256, the sample codebook's
+  // generator, 2 cores). A flat cut at N/2 of 131,072 x 256 under the default budget (a
+  // cache that fit 55,000 clusters, reached after the cut's merges were known, when the
+  // last search had summed 1% of the pairs) took 94.5 s handing over as soon as the
+  // clusters fit, 70.9 s with a share of 1/16 and 69.2 s with 1/64; under 1 GiB,
+  // 65,536 x 256 took 20.7 s, 23.4 s and 21.2 s; under 2 GiB, 131,072 x 256 65.1 s,
+  // 70.2 s and 65.0 s. A cut at N/4 of 65,536 x 256 under 2 GiB reached its merges as the
+  // clusters fit, with 17% of the pairs in the last search: 132 s without the hand-over.
+  // DCPE_CPU_CUT_HANDOVER=0 never hands over once the cut's merges are known, =1 at once
+  // (the same merges either way).
   bool handover_now(std::size_t merged) const {
     if (d_ <= kKdTreeMaxDim) return work_ >= kHandoverShare * live_pairs();
     if (opt_.max_merges <= 0 || static_cast<int64_t>(merged) < opt_.max_merges) return true;

@@ -73,10 +73,11 @@ _CACHE_MIN, _CACHE_MAX = 256 << 20, 2 << 30
 #: go to their matrix as soon as it fits (unless a flat cut's merges are already known),
 #: and the hand-over sums every token pair once however many clusters are left, so the
 #: sooner the better. On 131,072 x 256 (the sample codebook's generator, 2 cores, the
-#: default budget of a 24 GiB machine, so a cache of a quarter of it, 5.75 GiB, against
-#: 2 GiB with the 2 GiB bound) a flat cut at N/16 took 141 s instead of 242 s and at N/4
-#: 127 s instead of 360 s, with a peak of 7.3 GiB instead of 1.6 to 3.4 GiB; at N/2, whose
-#: merges are known before the clusters fit, 74 s either way.
+#: default budget of a 24 GiB machine, so a cache of a quarter of it, 5.75 GiB, where the
+#: 2 GiB bound gave 2 GiB) a flat cut at N/16 took 138 s instead of 225 s and at N/4 128 s
+#: instead of 208 s, with a peak of 7.2 and 6.1 GiB instead of 3.4 GiB; at N/2, whose
+#: merges are known before the clusters fit, 68 s instead of 72 s
+#: (benchmarks/results/scale-d256-131k-default-n*).
 _CACHE_MAX_HIGH_D = 8 << 30
 
 

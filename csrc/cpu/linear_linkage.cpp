@@ -158,11 +158,17 @@ inline int list_length(int64_t n) {
 // its tokens, |A| times the length, are a search's scratch)
 constexpr int64_t kListMaxSize = 1024;
 
-// A run-time switch of the engine: on unless the environment variable `name` is "0".
-inline bool switched_on(const char* name) {
+// A run-time switch of the engine: 0 or 1 where the environment variable `name` is "0" or
+// "1", -1 otherwise (unset: the engine's own choice).
+inline int env_switch(const char* name) {
   const char* env = std::getenv(name);
-  return !(env != nullptr && std::strcmp(env, "0") == 0);
+  if (env == nullptr) return -1;
+  if (std::strcmp(env, "0") == 0) return 0;
+  return std::strcmp(env, "1") == 0 ? 1 : -1;
 }
+
+// ... on unless it is "0".
+inline bool switched_on(const char* name) { return env_switch(name) != 0; }
 
 // DCPE_CPU_SCAN_ORDER=0: the first search scans the tokens in index order (the same lists
 // and merges; scan_order.h)
@@ -1347,9 +1353,7 @@ class LinearEngine {
     // Relative margin of the bound tests: a few roundings of T per coordinate.
     margin_ = closed_ ? 1e-12
                       : 8.0 * double(d + 4) * double(std::numeric_limits<T>::epsilon());
-    if (const char* env = std::getenv("DCPE_CPU_CUT_HANDOVER")) {
-      if (std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0) cut_handover_ = env[0] - '0';
-    }
+    cut_handover_ = env_switch("DCPE_CPU_CUT_HANDOVER");
     active_.resize(n);
     std::iota(active_.begin(), active_.end(), 0);
   }

@@ -54,9 +54,13 @@ def _ks(n: int) -> list[int]:
 
 # above 16 dimensions the centroids are scanned without a kd-tree, 32 searches at a time
 # in passes of eight (d = 37: coordinates past the last eight of the scans' running sums;
-# n = 203: groups of 32, then passes of eight and single searches)
+# n = 203: groups of 32, then passes of eight and single searches); at most 16 dimensions
+# the kd-tree's leaves take eight points at a time as vector lanes, each a running sum per
+# coordinate modulo eight (d = 5, 12, 16: sums left empty, a partial and a full second
+# eight)
 CASES = [(n, d) for n, d in [(2, 1), (3, 2), (17, 1), (60, 8), (150, 2), (257, 8), (400, 64),
-                             (300, 256), (203, 37), (999, 8), (1500, 2)]]
+                             (300, 256), (203, 37), (999, 8), (1500, 2), (700, 5), (600, 12),
+                             (500, 16)]]
 
 
 @pytest.mark.parametrize("n,d", CASES)

@@ -21,7 +21,8 @@
 // with mu the centroid, s the mean squared distance to it, R the largest distance to it.
 // Candidates come from a kd-tree over the centroids, rebuilt every round [Bentley 1975;
 // Friedman, Bentley, Finkel 1977], searched nearer subtrees first within a radius that
-// shrinks to the smallest upper bound seen. Above 16 dimensions a kd-tree's boxes prune
+// shrinks to the smallest upper bound seen, the searches of a round in the tree's order
+// and each leaf's distances eight points at a time as vector lanes. Above 16 dimensions a kd-tree's boxes prune
 // little and there is none: the centroids are scanned in order for 64 searching clusters
 // at once (32 without AVX-512), each centroid read once for all of them (the searches had been bound by
 // reading every centroid from memory once each), with the same shrinking radius; a
@@ -225,12 +226,17 @@ class KdTree {
     nodes_.clear();
     box_.clear();
     src_ = pts;
-    if (!ids_.empty() && d_ <= kChainMaxDim) build_rec(0, static_cast<int32_t>(ids_.size()));
+    if (!flat()) {
+      pts_.clear();
+      if (!ids_.empty()) build_rec(0, static_cast<int32_t>(ids_.size()));
+      build_leaf_blocks();
+      return;
+    }
     pts_.resize(ids_.size() * static_cast<std::size_t>(d));
     for (std::size_t i = 0; i < ids_.size(); ++i) {
       std::memcpy(&pts_[i * d], pts + static_cast<std::size_t>(ids_[i]) * d, d * sizeof(double));
     }
-    if (flat()) build_scan_copy();
+    build_scan_copy();
   }
 
   // visit(id, squared distance, r2) for every point within squared distance r2 of q,
@@ -248,6 +254,9 @@ class KdTree {
 
   // No tree: the points are scanned (scan_group()).
   bool flat() const { return d_ > kChainMaxDim; }
+
+  // The points in the tree's order (leaf by leaf, as build() left them).
+  const std::vector<int32_t>& order() const { return ids_; }
 
   // Without a tree (above kChainMaxDim): visit(j, id, squared distance, r2[j]) for every
   // point within squared distance r2[j] of qs[j], j < g <= kScanGroup, in the points'
@@ -313,17 +322,21 @@ class KdTree {
   }
 
  private:
+  // The points of ids_[lo .. hi-1]; a leaf has left = -1 and its first block at right
+  // (build_leaf_blocks()).
   struct Node {
     int32_t lo, hi, left, right;
   };
 
-  // Both squared distances below sum their terms in one order: up to kChainMaxDim
-  // dimensions in coordinate order, above it in kLanes running sums (coordinate k to sum
-  // k % kLanes, each in coordinate order) added pairwise at the end. That order is a loop
-  // the compiler vectorises, where one running sum is a chain of d dependent additions (at
-  // d = 256 the searches spent most of their time in it). Every term of the box's sum is at
-  // most the same term of any inner point's, and each partial sum rounds monotonically, so
-  // the box's sum stays a lower bound of the point's in floating point either way.
+  // Both squared distances below sum their terms in one order at every d: kLanes running
+  // sums (coordinate k to sum k % kLanes, each in coordinate order) added pairwise at the
+  // end. That order is a loop the compiler vectorises, where one running sum is a chain of
+  // d dependent additions (at d = 256 the searches spent most of their time in it; up to
+  // 16 dimensions the sums had been one such chain, in coordinate order, and a flat cut of
+  // 262,144 x 16 spent 88% of its time in the kd-tree's box and leaf distances). Every
+  // term of the box's sum is at most the same term of any inner point's, and each partial
+  // sum rounds monotonically, so the box's sum stays a lower bound of the point's in
+  // floating point.
   static constexpr int64_t kChainMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   static constexpr int64_t kLanes = 8;
 
@@ -349,14 +362,6 @@ class KdTree {
   // The sum of term(k)^2 over the coordinates, in the order above.
   template <typename Term>
   double sum_squares(Term term) const {
-    if (d_ <= kChainMaxDim) {
-      double s = 0.0;
-      for (int64_t k = 0; k < d_; ++k) {
-        const double t = term(k);
-        s += t * t;
-      }
-      return s;
-    }
     double acc[kLanes] = {};
     int64_t k = 0;
     for (; k + kLanes <= d_; k += kLanes) {
@@ -771,13 +776,67 @@ class KdTree {
     return node;
   }
 
+  // The leaves' points, kBlock at a time: a leaf's points fill blocks of their own from
+  // block Node::right on, coordinate k of the leaf's point kBlock b + l at
+  // leaf_[((right + b) d + k) kBlock + l] (zero past its last point), so that a leaf's
+  // squared distances are computed kBlock at a time as vector lanes, each lane summing
+  // its terms as dist2() does (the same numbers). A leaf holds 12 to 24 points (kLeaf;
+  // more where they are all equal), so the blocks hold at most 24 / 17 times the points.
+  void build_leaf_blocks() {
+    const std::size_t d = static_cast<std::size_t>(d_);
+    int32_t blocks = 0;
+    for (Node& nd : nodes_) {
+      if (nd.left >= 0) continue;
+      nd.right = blocks;
+      blocks += (nd.hi - nd.lo + kBlock - 1) / kBlock;
+    }
+    leaf_.assign(static_cast<std::size_t>(blocks) * d * kBlock, 0.0);
+    for (const Node& nd : nodes_) {
+      if (nd.left >= 0) continue;
+      for (int32_t i = nd.lo; i < nd.hi; ++i) {
+        const std::size_t b = static_cast<std::size_t>(nd.right + (i - nd.lo) / kBlock);
+        const std::size_t l = static_cast<std::size_t>((i - nd.lo) % kBlock);
+        const double* p = src_ + static_cast<std::size_t>(ids_[i]) * d;
+        for (std::size_t k = 0; k < d; ++k) leaf_[(b * d + k) * kBlock + l] = p[k];
+      }
+    }
+  }
+
   template <typename F>
   void search_rec(int32_t node, const double* q, double& r2, F& visit) const {
     const Node& nd = nodes_[node];
     if (nd.left < 0) {
-      for (int32_t i = nd.lo; i < nd.hi; ++i) {
-        const double v = dist2(q, &pts_[static_cast<std::size_t>(i) * d_]);
-        if (v <= r2) visit(ids_[i], v, r2);
+      // dist2(q, p) for the leaf's points, a block of kBlock at a time (build_leaf_blocks())
+      typedef Lanes8<double>::type Block __attribute__((aligned(8)));
+      static_assert(sizeof(Block) == kBlock * sizeof(double), "a point per lane");
+      const std::size_t d = static_cast<std::size_t>(d_);
+      int32_t b = nd.right;
+      for (int32_t i0 = nd.lo; i0 < nd.hi; i0 += kBlock, ++b) {
+        const Block* p =
+            reinterpret_cast<const Block*>(&leaf_[static_cast<std::size_t>(b) * d * kBlock]);
+        Block acc[kLanes] = {};
+        std::size_t k = 0;
+        for (; k + kLanes <= d; k += kLanes) {
+#pragma GCC unroll 8
+          for (int j = 0; j < kLanes; ++j) {
+            const Block t = q[k + j] - p[k + j];
+            acc[j] += t * t;
+          }
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < kLanes; ++j) {
+          if (k + j < d) {
+            const Block t = q[k + j] - p[k + j];
+            acc[j] += t * t;
+          }
+        }
+        const Block s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
+                        ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        const int m = std::min<int32_t>(kBlock, nd.hi - i0);
+        for (int l = 0; l < m; ++l) {
+          const double v = s[l];
+          if (v <= r2) visit(ids_[i0 + l], v, r2);
+        }
       }
       return;
     }
@@ -792,7 +851,9 @@ class KdTree {
   int64_t d_ = 0;
   const double* src_ = nullptr;
   std::vector<int32_t> ids_;
-  std::vector<double> pts_;
+  std::vector<double> pts_;   // without a tree: the points in the order of ids_
+  static constexpr int kBlock = 8;
+  std::vector<double> leaf_;  // with a tree: the leaves' points (build_leaf_blocks())
   // without a tree: the float32 copy of the points (build_scan_copy()), its squared norms
   // and norms, the points' mean and the power of two it was scaled by
   std::vector<float> pts32_;
@@ -1395,6 +1456,7 @@ class LinearEngine {
       scan_start_ = std::move(so.start);
     } else {
       tree_.build(mu_.data(), active_, d_);
+      if (!tree_.flat()) todo = tree_.order();
     }
     search(todo);
     listing_ = false;
@@ -1436,6 +1498,7 @@ class LinearEngine {
       }
       for (const auto& p : pairs) state_[p.first] = state_[p.first] == kFrozen ? kFrozen : kActive;
       tree_.build(mu_.data(), active_, d_);
+      if (!tree_.flat()) in_tree_order(todo);
       work_ = 0.0;
       search(todo);
     }
@@ -1455,6 +1518,21 @@ class LinearEngine {
   // 1.35 s, and a flat cut at k = N/16 of 262,144 tokens from 13.5 s to 8.0 s, the other
   // cases within noise; a share of 1/1024 gained less, 1/100 slowed the whole tree.
   static constexpr double kHandoverShare = 1.0 / 256;
+
+  // `todo` (a subset of the tree's points) in the kd-tree's order: searches one after the
+  // other then start from nearby centroids and walk much the same nodes and leaves, which
+  // the caches still hold (the searches do not depend on their order). On 262,144 x 16
+  // (the sample codebook's generator, a flat cut at N/2, 2 cores) the searches had been
+  // bound by reading the tree's boxes and leaves from memory in the slots' order.
+  void in_tree_order(std::vector<int32_t>& todo) {
+    marked_.assign(static_cast<std::size_t>(n_), 0);
+    for (const int32_t a : todo) marked_[a] = 1;
+    todo.clear();
+    for (const int32_t a : tree_.order()) {
+      if (marked_[a]) todo.push_back(a);
+    }
+  }
+
   static constexpr double kHandoverCutShare = 1.0 / 64;  // handover_now()
   static constexpr int64_t kKdTreeMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   // searches that share a scan of the centroids without a tree (search_euclidean_group())
@@ -2294,6 +2372,7 @@ class LinearEngine {
   // each token's position in the first search's order (empty without it): the order of
   // the later searches
   std::vector<int32_t> scan_rank_;
+  std::vector<uint8_t> marked_;  // in_tree_order()
   std::vector<int32_t> list_id_;
   std::vector<float> list_d_;
   std::vector<double> list_r_;
@@ -2338,6 +2417,9 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   // (above 16 dimensions there are no boxes; their bytes cover the scan's float32 copy of
   // the centroids and its test's shares, 4 d + 4 bytes a slot)
   std::size_t bytes = un * (ud * 8 + 80) + un * (ud * 8 + 4) + un / 2 * (2 * ud * 8 + 16);
+  // with a tree: its leaves' blocks hold at most 24 / 17 times the points
+  // (build_leaf_blocks()), and the searches' order marks the slots (in_tree_order())
+  if (d <= 16) bytes += un * ud * 8 * 7 / 17 + un;
   // above 16 dimensions, the scan's bfloat16 copy where it runs on AMX tiles (counted
   // wherever it does not, so that the count does not depend on the CPU)
   if (d > 16) bytes += (un + 15) / 16 * 16 * amx::padded(ud) * sizeof(uint16_t);

@@ -22,10 +22,11 @@
 // Candidates come from a kd-tree over the centroids, rebuilt every round [Bentley 1975;
 // Friedman, Bentley, Finkel 1977], searched nearer subtrees first within a radius that
 // shrinks to the smallest upper bound seen, the searches of a round in the tree's order
-// and each leaf's distances eight points at a time as vector lanes. Above 16 dimensions a kd-tree's boxes prune
-// little and there is none: the centroids are scanned in order for 64 searching clusters
-// at once (32 without AVX-512), each centroid read once for all of them (the searches had been bound by
-// reading every centroid from memory once each), with the same shrinking radius; a
+// and each leaf's distances eight points at a time as vector lanes. Above 16 dimensions a
+// kd-tree's boxes prune little and there is none: the centroids are scanned in order for
+// 64 searching clusters at once (32 without AVX-512), each centroid read once for all of
+// them (the searches had been bound by reading every centroid from memory once each), with
+// the same shrinking radius; a
 // centroid is first tested by a lower bound of its distance from float32 dot products of
 // centred, scaled copies of the centroids (a register-blocked product of six centroids
 // with the 64 searching ones; three with 32 without AVX-512; on a CPU with AMX tiles,
@@ -355,7 +356,9 @@ class KdTree {
   static constexpr int kScanPoints = 3;
 #endif
 
-  static double combine(const double* acc) {
+  // The kLanes running sums added pairwise (a double each, or a vector of them lane by lane).
+  template <typename V>
+  static V combine(const V* acc) {
     return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
   }
 
@@ -653,10 +656,6 @@ class KdTree {
   // dist2(a[w], b[w]) for w < kDistBatch, the same bits, their running sums apart.
   static constexpr int kDistBatch = 4;
   void dist2_batch(const double* const* a, const double* const* b, double* out) const {
-    if (d_ <= kChainMaxDim) {
-      for (int w = 0; w < kDistBatch; ++w) out[w] = dist2(a[w], b[w]);
-      return;
-    }
     using V = Lanes8<double>::type;
     static_assert(sizeof(V) == kLanes * sizeof(double), "a lane per running sum");
     V acc[kDistBatch];
@@ -830,8 +829,7 @@ class KdTree {
             acc[j] += t * t;
           }
         }
-        const Block s = ((acc[0] + acc[1]) + (acc[2] + acc[3])) +
-                        ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+        const Block s = combine(acc);
         const int m = std::min<int32_t>(kBlock, nd.hi - i0);
         for (int l = 0; l < m; ++l) {
           const double v = s[l];

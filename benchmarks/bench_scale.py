@@ -18,11 +18,16 @@ Providers
                   ``fastcluster.linkage(x, "average")`` on its float64 matrix, where it fits
                   (``--fastcluster-max-n``)
 ``parchain``      ParChain's ``avg`` method, with ``--parchain PATH`` to a built binary
-``dcpe-cosine``   ``dcpe.linkage(x, metric="cosine")``: the closed form on cluster moments
+``dcpe-cosine``   ``dcpe.linkage(x, metric="cosine")``: the engine dcpe picks for the
+                  closed form (on cluster moments, or on the matrix); ``dcpe-cosine-linear``
+                  and ``dcpe-cosine-matrix`` force one (``--cosine-sizes`` for all three)
 ``dcpe-cut``      ``dcpe.cluster(x, N // F, engine="linear")``: a flat cut's labels, which
                   need only the first N - N // F merges (the linear engine stops once they
                   are known); the others' time for the same labels is their full
                   dendrogram's. ``F`` is ``--cut-fraction`` (default 2: k = N/2)
+``dcpe-cut-matrix``  the same labels by the matrix engine (``engine="matrix"``), which stops
+                  once its merges are known too
+``dcpe-cut-auto``    the same labels by the engine dcpe picks (``dcpe.cluster(x, N // F)``)
 
 ParChain (Yu, Wang, Gu, Dhulipala, Shun, PVLDB 15) is never downloaded or built here. To
 build it: clone its public repository ``yushangdi/ParChain-HAC`` with its ``parlaylib``
@@ -67,10 +72,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import fmt_seconds, machine_info, markdown_table, write_results  # noqa: E402
 
 PROVIDERS = ("dcpe-auto", "dcpe-linear", "dcpe-cut", "dcpe-matrix", "fastcluster", "parchain",
-             "dcpe-cosine")
-DEFAULT_PROVIDERS = PROVIDERS[1:]  # dcpe-auto runs dcpe-linear's or dcpe-matrix's engine
+             "dcpe-cosine", "dcpe-cut-matrix", "dcpe-cut-auto", "dcpe-cosine-linear",
+             "dcpe-cosine-matrix")
+# dcpe-auto runs dcpe-linear's or dcpe-matrix's engine, and so on for the others left out
+DEFAULT_PROVIDERS = PROVIDERS[1:7]
 DEFAULT_SIZES = ("16384x8", "65536x8", "131072x8", "262144x8", "8192x256", "16384x256",
                  "65536x256")
+
+_MATRIX_PROVIDERS = ("dcpe-matrix", "dcpe-cut-matrix", "dcpe-cosine-matrix")
+_LINEAR_PROVIDERS = ("dcpe-linear", "dcpe-cut")
 
 _CHILD = r"""
 import json, resource, sys, time
@@ -90,11 +100,15 @@ def run():
         return fastcluster.linkage(x.astype(np.float64), method="average",
                                    metric="euclidean"), {}
     import dcpe
-    if provider == "dcpe-cut":
-        labels = dcpe.cluster(x, max(1, n // fraction), engine="linear", **limit)
+    if provider.startswith("dcpe-cut"):
+        engine = {"dcpe-cut": "linear", "dcpe-cut-matrix": "matrix",
+                  "dcpe-cut-auto": "auto"}[provider]
+        labels = dcpe.cluster(x, max(1, n // fraction), engine=engine, **limit)
         return None, {"clusters": int(labels.max()) + 1}
     kw = {"dcpe-auto": {}, "dcpe-linear": {"engine": "linear"},
-          "dcpe-matrix": {"engine": "matrix"}, "dcpe-cosine": {"metric": "cosine"}}[provider]
+          "dcpe-matrix": {"engine": "matrix"}, "dcpe-cosine": {"metric": "cosine"},
+          "dcpe-cosine-linear": {"metric": "cosine", "engine": "linear"},
+          "dcpe-cosine-matrix": {"metric": "cosine", "engine": "matrix"}}[provider]
     return dcpe.linkage(x, **kw, **limit), {}
 
 
@@ -206,11 +220,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest N for dcpe's matrix engine (default: %(default)s)")
     p.add_argument("--fastcluster-max-n", type=int, default=65536,
                    help="largest N for fastcluster's float64 matrix (default: %(default)s)")
-    p.add_argument("--linear-high-d-max-n", type=int, default=16384,
-                   help="largest N for dcpe's linear engine above 16 dimensions, where its "
-                        "kd-tree prunes little (default: %(default)s)")
+    p.add_argument("--linear-high-d-max-n", type=int, default=65536,
+                   help="largest N for dcpe's linear engine above 16 dimensions, where it "
+                        "scans the centroids (default: %(default)s)")
     p.add_argument("--cosine-sizes", default="262144x8",
-                   help="sizes for the dcpe-cosine provider (default: %(default)s)")
+                   help="sizes for the dcpe-cosine providers (default: %(default)s)")
     p.add_argument("--memory-limit", default=None, metavar="SIZE",
                    help="memory_limit of dcpe's providers, such as 1GiB (default: none, the "
                         "available memory); the linear engine's cache follows it, so a "
@@ -244,16 +258,16 @@ def main(argv: list[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for n, d in sizes:
         for provider in providers:
-            if provider == "dcpe-matrix" and n > args.matrix_max_n:
+            if provider in _MATRIX_PROVIDERS and n > args.matrix_max_n:
                 continue
-            if (provider in ("dcpe-linear", "dcpe-cut") and d > 16
+            if (provider in _LINEAR_PROVIDERS and d > 16
                     and n > args.linear_high_d_max_n):
                 continue
             if provider == "fastcluster" and n > args.fastcluster_max_n:
                 continue
             if provider == "parchain" and d > 10:
                 continue
-            if provider == "dcpe-cosine" and (n, d) not in cosine_sizes:
+            if provider.startswith("dcpe-cosine") and (n, d) not in cosine_sizes:
                 continue
             print(f"{provider} {n}x{d} ...", file=sys.stderr, flush=True)
             if provider == "parchain":
@@ -276,7 +290,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         base = seconds_of("dcpe-linear", r["n"], r["d"])
         ratio = (f"{r['seconds'] / base:.2f}×" if base and r.get("seconds")
-                 and r["provider"] != "dcpe-cosine" else "")
+                 and not r["provider"].startswith("dcpe-cosine") else "")
         r["ratio_to_dcpe_linear"] = (r["seconds"] / base
                                      if base and r.get("seconds") else None)
         table.append([f"{r['n']:,} × {r['d']}", r["provider"],
@@ -297,8 +311,9 @@ def main(argv: list[str] | None = None) -> int:
            f"the median of {args.repeat} runs per cell, in one process (ParChain: "
            f"{args.repeat} runs of its binary), the first included")
         + "; peak RSS: the provider's own process. "
-        "Ratio: time / dcpe-linear's time at the same size, in this run (above 16 "
-        "dimensions dcpe's `auto` picks the matrix engine while it fits)."
+        "Ratio: time / dcpe-linear's time at the same size, in this run (dcpe's `auto` "
+        "picks the matrix engine up to 2,048 tokens at d <= 8, 32,768 at d <= 16 and "
+        "16,384 above, while it fits)."
         + (f" dcpe's providers ran under `memory_limit={args.memory_limit!r}`, which bounds "
            "the linear engine's cache, and so when it hands over to the matrix of the "
            "clusters left." if args.memory_limit else ""),

@@ -78,6 +78,26 @@ def test_small_run_writes_complete_results(tmp_path: Path) -> None:
     assert "| N × d |" in (out / "t.md").read_text()
 
 
+def test_engine_providers_agree(tmp_path: Path) -> None:
+    """The providers that force an engine or leave it to dcpe give the same results."""
+    out = tmp_path / "res"
+    proc = _bench("--sizes", "240x4,200x32", "--cosine-sizes", "200x32", "--threads", "1",
+                  "--providers", "dcpe-cut,dcpe-cut-matrix,dcpe-cut-auto,dcpe-cosine,"
+                  "dcpe-cosine-linear,dcpe-cosine-matrix", "--cut-fraction", "4",
+                  "--out", str(out), "--name", "t")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rows = {(r["provider"], r["n"], r["d"]): r
+            for r in json.loads((out / "t.json").read_text())["rows"]}
+    for n, d in ((240, 4), (200, 32)):
+        for provider in ("dcpe-cut", "dcpe-cut-matrix", "dcpe-cut-auto"):
+            assert rows[(provider, n, d)]["clusters"] == n // 4
+    assert ("dcpe-cosine", 240, 4) not in rows  # not among --cosine-sizes
+    sums = [rows[(p, 200, 32)]["heights_sum"]
+            for p in ("dcpe-cosine", "dcpe-cosine-linear", "dcpe-cosine-matrix")]
+    assert sums[1] == pytest.approx(sums[0], rel=1e-5)
+    assert sums[2] == pytest.approx(sums[0], rel=1e-5)
+
+
 def test_bad_parchain_path_is_refused(tmp_path: Path) -> None:
     proc = _bench("--sizes", "50x2", "--parchain", str(tmp_path / "missing"),
                   "--out", str(tmp_path), timeout=120)

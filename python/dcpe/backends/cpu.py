@@ -27,12 +27,13 @@ linear engine's searches stop there too).
 Both engines give the same labels on inputs without tied distances. ``auto`` takes the
 matrix engine for Euclidean average linkage up to :data:`LOW_D_MATRIX_MAX_N` tokens at
 most :data:`LOW_D` dimensions, up to :data:`MATRIX_MAX_N` tokens at most
-:data:`KDTREE_MAX_D`, and at any N above, when its matrix fits the budget (it is the
-faster one there), and the linear engine otherwise. The closed forms run on moments at
-most :data:`KDTREE_MAX_D` dimensions, and above it on the matrix when it fits (see
-:data:`KDTREE_MAX_D`), on moments otherwise. OpenMP across all cores (``OMP_NUM_THREADS`` or
-``DCPE_NUM_THREADS`` to limit), the GIL released while it runs, Ctrl-C honoured between
-blocks of work. See ``csrc/cpu/linkage_cpu.h`` for the algorithms.
+:data:`KDTREE_MAX_D` and up to :data:`HIGH_D_MATRIX_MAX_N` tokens above, when its matrix
+fits the budget (it is the faster one there), and the linear engine otherwise. The closed
+forms run on moments at most :data:`CLOSED_FORM_MATRIX_MIN_D` dimensions, and above it on
+the matrix up to :data:`MATRIX_MAX_N` tokens when it fits, on moments otherwise. OpenMP
+across all cores (``OMP_NUM_THREADS`` or ``DCPE_NUM_THREADS`` to limit), the GIL released
+while it runs, Ctrl-C honoured between blocks of work. See ``csrc/cpu/linkage_cpu.h`` for
+the algorithms.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from . import CLOSED_FORM_METRICS
 #: engine names of the ``engine=`` argument
 ENGINES = ("auto", "matrix", "linear")
 #: largest N at which ``auto`` prefers the matrix engine for Euclidean average linkage
+#: (and for the closed forms above :data:`CLOSED_FORM_MATRIX_MIN_D` dimensions)
 MATRIX_MAX_N = 32768
 #: ...and at most :data:`LOW_D` dimensions, where the linear engine's kd-tree prunes best:
 #: on the sample codebook's generator (2 cores, best of 3 to 5) the linear engine took the
@@ -58,13 +60,28 @@ MATRIX_MAX_N = 32768
 #: runs), 16,384 x 8 in 0.46x (a flat cut at N/2: 0.32x), 16,384 x 2 in 0.19x; at
 #: 1,024 x 8 it took 1.6x, at 16,384 x 16 1.3x
 LOW_D, LOW_D_MATRIX_MAX_N = 8, 2048
-#: above this dimension ``auto`` prefers the matrix engine whenever it fits: the linear
-#: engine has no kd-tree on centroids there (it would prune little) and scans them. That
-#: holds for the closed forms too: ``cosine`` on 16,384 unit rows (2 cores, a flat cut at
-#: N/2, best of 2) took 0.21 s on the matrix engine and 0.05 s on moments at d = 8, 0.24 s
-#: and 0.21 s at d = 16, but 0.28 s and 1.50 s at d = 17, 0.42 s and 1.85 s at d = 64,
-#: 1.26 s and 12.4 s at d = 256; on 65,536 x 32, 12.1 s and 20.2 s
+#: at most this dimension the linear engine's searches walk a kd-tree on centroids; above
+#: it they scan the centroids (64 searches at a time, with each token's list of its nearest
+#: tokens settling most of them)
 KDTREE_MAX_D = 16
+#: ...and there ``auto`` prefers the matrix engine up to this N. On the sample codebook's
+#: generator (2 cores, an Intel Xeon with AMX tiles, best of 2 or 3; a flat cut at N/2 and
+#: the whole tree), the linear engine took 1.2x to 1.9x the matrix engine's time at
+#: 8,192 tokens (d = 17 to 256) and 1.2x to 1.5x at 16,384; about the same at 24,576
+#: (0.79x to 1.34x); at 32,768 0.46x to 0.94x for d = 17 to 64 and 0.95x to 0.99x for
+#: d = 256; at 65,536 (one run each; the matrix needs 5.2 to 8.3 GiB, the linear engine
+#: 0.2 to 4.3) 0.24x to 0.50x for d = 17 to 64 and 0.80x to 0.86x for d = 256. The scan
+#: without AMX tiles (DCPE_CPU_AMX=0) took the same time within 10%
+HIGH_D_MATRIX_MAX_N = 16384
+#: the closed forms (``sqeuclidean``, ``cosine``) run on moments at most this dimension
+#: at any N, and above it on the matrix when it fits up to :data:`MATRIX_MAX_N` tokens.
+#: ``cosine`` on the sample codebook's generator (2 cores, a flat cut at N/2, best of 2 or
+#: 3): moments took 0.47x the matrix engine's time on 16,384 x 17, 0.48x on 16,384 x 64,
+#: 0.24x on 65,536 x 17 and 0.21x on 65,536 x 64, 0.56x to 1.1x at 2,048 and 4,096 tokens
+#: up to d = 64 (also ``sqeuclidean``; milliseconds); at d = 96 and 128 1.5x at 4,096
+#: tokens and 0.48x and 0.85x at 16,384; at d = 256 2.8x at 2,048, 1.9x at 16,384, 1.3x
+#: at 32,768 and 1.05x at 65,536 (with 538 MiB against 8.3 GiB)
+CLOSED_FORM_MATRIX_MIN_D = 128
 #: the linear engine's cache: at most this many times the size of the data...
 _CACHE_PER_DATA = 64
 #: ...within these bounds, and at most a quarter of the budget (at most 16 dimensions a
@@ -170,11 +187,11 @@ def choose_engine(n: int, d: int, *, method: str, metric: str, dtype: np.dtype,
     if engine == "matrix" or method != "average":
         _require(matrix_needs, budget, what + " (matrix engine)", method)
         return Plan("matrix")
-    matrix_max_n = LOW_D_MATRIX_MAX_N if d <= LOW_D else MATRIX_MAX_N
     if closed:
-        prefer_matrix = d > KDTREE_MAX_D
+        prefer_matrix = d > CLOSED_FORM_MATRIX_MIN_D and n <= MATRIX_MAX_N
     else:
-        prefer_matrix = n <= matrix_max_n or d > KDTREE_MAX_D
+        prefer_matrix = n <= (LOW_D_MATRIX_MAX_N if d <= LOW_D else
+                              MATRIX_MAX_N if d <= KDTREE_MAX_D else HIGH_D_MATRIX_MAX_N)
     if engine == "auto" and prefer_matrix and matrix_needs <= budget:
         return Plan("matrix")
     base = data + workspace_bytes(n, d, method, dtype, "linear", metric, 0)

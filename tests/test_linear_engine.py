@@ -332,9 +332,8 @@ def test_auto_takes_moments_at_low_d_and_the_matrix_above():
         # at most 128 dimensions the moments are the faster engine at any N
         assert engine(2048, 8) == engine(16384, 16) == engine(262144, 8) == "linear"
         assert engine(2048, 17) == engine(16384, 64) == engine(65536, 128) == "linear"
-        # above, the matrix up to 32,768 tokens when it fits, moments otherwise
+        # above, the matrix when it fits (it is faster there), moments when it does not
         assert engine(2048, 129) == engine(16384, 256) == engine(32768, 256) == "matrix"
-        assert engine(32769, 256) == engine(65536, 256) == "linear"
         assert engine(16384, 256, "256MiB") == engine(262144, 256, "8GiB") == "linear"
 
 
@@ -516,12 +515,17 @@ def test_auto_takes_the_matrix_engine_for_small_problems_and_linear_beyond():
                              dtype=f32).engine == "matrix"
     assert cpu.choose_engine(16384, 256, method="average", metric="euclidean",
                              dtype=f32).engine == "matrix"
-    # above 16 dimensions the linear engine is the faster one from about 24,576 tokens on
-    for d in (17, 64, 256):
+    # from 17 to 128 dimensions the linear engine is the faster one from about 32,768
+    # tokens on; above, the matrix engine wherever it fits
+    for d in (17, 64, 128):
         assert cpu.choose_engine(16385, d, method="average", metric="euclidean",
                                  dtype=f32).engine == "linear"
         assert cpu.choose_engine(65536, d, method="average", metric="euclidean",
                                  dtype=f32, memory_limit="16GiB").engine == "linear"
+    assert cpu.choose_engine(16385, 129, method="average", metric="euclidean",
+                             dtype=f32).engine == "matrix"
+    assert cpu.choose_engine(65536, 256, method="average", metric="euclidean",
+                             dtype=f32, memory_limit="16GiB").engine == "matrix"
     # at most 8 dimensions the linear engine is the faster one from a few thousand tokens
     assert cpu.choose_engine(4096, 8, method="average", metric="euclidean",
                              dtype=f32).engine == "linear"

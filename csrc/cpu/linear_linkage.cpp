@@ -93,8 +93,7 @@
 // (float64), in O(N d) memory at any N. Their search is the same walk of the kd-tree on
 // the centroids (above 16 dimensions, the same scan, 64 searches at a time), within a
 // radius that follows the best value found: value(B) >= ||mu_A - mu_B||^2 + s_A, scaled.
-// Above 128 dimensions, up to 32,768 tokens, the matrix engine is faster where it fits
-// (backends/cpu.py chooses).
+// Above 128 dimensions the matrix engine is faster where it fits (backends/cpu.py chooses).
 // Euclidean distance (the paper's DCPE) has no such form.
 //
 // Flat cut (RunOptions::max_merges = N - k): once N - k merges are recorded, the

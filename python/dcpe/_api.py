@@ -297,13 +297,13 @@ def cluster(
         needs O(N d) memory (plus, on the host, a cache of at most a quarter of the
         budget; on the GPU the clusters' own matrix once it fits) and is exact too.
         ``"auto"`` on the host takes the matrix engine for Euclidean average linkage up
-        to 2,048 tokens at d <= 8, up to 32,768 at d <= 16 and up to 16,384 at d > 16
-        when it fits, the linear engine otherwise (the faster one there); on the GPU the
-        matrix engine up to 131,072 tokens when it fits.
+        to 2,048 tokens at d <= 8, up to 32,768 at d <= 16, up to 16,384 at d <= 128 and
+        at any N above when it fits, the linear engine otherwise (the faster one there);
+        on the GPU the matrix engine up to 131,072 tokens when it fits.
         Average linkage with ``"sqeuclidean"`` or ``"cosine"`` runs on cluster moments
         (their closed forms) in the linear engines, in O(N d) memory; ``"auto"`` on the
-        host takes it at d <= 128, and above up to 32,768 tokens the matrix engine when
-        it fits (faster there).
+        host takes it at d <= 128, and above the matrix engine when it fits (faster
+        there).
         Other backends take ``"auto"``.
     progress : bool or None
         A progress bar of the merges on standard error for runs of the ``cpu`` backend

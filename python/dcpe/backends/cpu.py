@@ -27,10 +27,10 @@ linear engine's searches stop there too).
 Both engines give the same labels on inputs without tied distances. ``auto`` takes the
 matrix engine for Euclidean average linkage up to :data:`LOW_D_MATRIX_MAX_N` tokens at
 most :data:`LOW_D` dimensions, up to :data:`MATRIX_MAX_N` tokens at most
-:data:`KDTREE_MAX_D` and up to :data:`HIGH_D_MATRIX_MAX_N` tokens above, when its matrix
-fits the budget (it is the faster one there), and the linear engine otherwise. The closed
-forms run on moments at most :data:`CLOSED_FORM_MATRIX_MIN_D` dimensions, and above it on
-the matrix up to :data:`MATRIX_MAX_N` tokens when it fits, on moments otherwise. OpenMP
+:data:`KDTREE_MAX_D`, up to :data:`HIGH_D_MATRIX_MAX_N` tokens at most
+:data:`MATRIX_MIN_D` and at any N above, when its matrix fits the budget (it is the faster
+one there), and the linear engine otherwise. The closed forms run on moments at most
+:data:`MATRIX_MIN_D` dimensions, and above it on the matrix when it fits. OpenMP
 across all cores (``OMP_NUM_THREADS`` or ``DCPE_NUM_THREADS`` to limit), the GIL released
 while it runs, Ctrl-C honoured between blocks of work. See ``csrc/cpu/linkage_cpu.h`` for
 the algorithms.
@@ -52,7 +52,6 @@ from . import CLOSED_FORM_METRICS
 #: engine names of the ``engine=`` argument
 ENGINES = ("auto", "matrix", "linear")
 #: largest N at which ``auto`` prefers the matrix engine for Euclidean average linkage
-#: (and for the closed forms above :data:`CLOSED_FORM_MATRIX_MIN_D` dimensions)
 MATRIX_MAX_N = 32768
 #: ...and at most :data:`LOW_D` dimensions, where the linear engine's kd-tree prunes best:
 #: on the sample codebook's generator (2 cores, best of 3 to 5) the linear engine took the
@@ -64,24 +63,26 @@ LOW_D, LOW_D_MATRIX_MAX_N = 8, 2048
 #: it they scan the centroids (64 searches at a time, with each token's list of its nearest
 #: tokens settling most of them)
 KDTREE_MAX_D = 16
-#: ...and there ``auto`` prefers the matrix engine up to this N. On the sample codebook's
-#: generator (2 cores, an Intel Xeon with AMX tiles, best of 2 or 3; a flat cut at N/2 and
-#: the whole tree), the linear engine took 1.2x to 1.9x the matrix engine's time at
-#: 8,192 tokens (d = 17 to 256) and 1.2x to 1.5x at 16,384; about the same at 24,576
-#: (0.79x to 1.34x); at 32,768 0.46x to 0.94x for d = 17 to 64 and 0.95x to 0.99x for
-#: d = 256; at 65,536 (one run each; the matrix needs 5.2 to 8.3 GiB, the linear engine
-#: 0.2 to 4.3) 0.24x to 0.50x for d = 17 to 64 and 0.80x to 0.86x for d = 256. The scan
-#: without AMX tiles (DCPE_CPU_AMX=0) took the same time within 10%
+#: ...and there, up to :data:`MATRIX_MIN_D` dimensions, ``auto`` prefers the matrix engine
+#: up to this N. On the sample codebook's generator (2 cores, an Intel Xeon with AMX tiles;
+#: a flat cut at N/2 and the whole tree; benchmarks/results/scale-highd-auto.md and
+#: scale-highd-d128.md, medians of 3 and 2 runs, the first included, each engine in a
+#: process of its own), the linear engine took 0.90x to 1.55x the matrix engine's time at
+#: 16,384 tokens (d = 17 to 256; 1.2x to 1.9x at 8,192, best of 3); at 32,768 0.36x to
+#: 0.92x for d = 17 to 64 and 0.90x and 1.02x at d = 128; at 65,536 (where the matrix
+#: needs 5.2 to 8.2 GiB, the linear engine 0.2 to 2.2) 0.40x to 0.88x for d = 17 to 128.
+#: The scan without AMX tiles (DCPE_CPU_AMX=0) took the same time within 10%
 HIGH_D_MATRIX_MAX_N = 16384
-#: the closed forms (``sqeuclidean``, ``cosine``) run on moments at most this dimension
-#: at any N, and above it on the matrix when it fits up to :data:`MATRIX_MAX_N` tokens.
-#: ``cosine`` on the sample codebook's generator (2 cores, a flat cut at N/2, best of 2 or
-#: 3): moments took 0.47x the matrix engine's time on 16,384 x 17, 0.48x on 16,384 x 64,
-#: 0.24x on 65,536 x 17 and 0.21x on 65,536 x 64, 0.56x to 1.1x at 2,048 and 4,096 tokens
-#: up to d = 64 (also ``sqeuclidean``; milliseconds); at d = 96 and 128 1.5x at 4,096
-#: tokens and 0.48x and 0.85x at 16,384; at d = 256 2.8x at 2,048, 1.9x at 16,384, 1.3x
-#: at 32,768 and 1.05x at 65,536 (with 538 MiB against 8.3 GiB)
-CLOSED_FORM_MATRIX_MIN_D = 128
+#: above this dimension ``auto`` prefers the matrix engine whenever it fits, for Euclidean
+#: average linkage and for the closed forms (``sqeuclidean``, ``cosine``). At d = 256 the
+#: linear engine took 1.08x to 1.18x the matrix engine's time at 32,768 and 65,536 tokens,
+#: in half its memory (4.3 against 8.3 GiB at 65,536), and the moments of the closed forms
+#: 1.5x to 2.8x (``cosine``, the whole tree, 16,384 to 65,536 tokens;
+#: scale-highd-auto-cosine.md). At most this dimension the closed forms run on moments at
+#: any N: ``cosine`` on them took 0.21x to 0.59x the matrix engine's time from 16,384 to
+#: 65,536 tokens at d = 17 to 64 (flat cuts at N/2 and whole trees; at 16,384 x 128 1.2x
+#: for the whole tree, 0.85x for a flat cut), 0.53x to 1.1x at 2,048 and 4,096 tokens
+MATRIX_MIN_D = 128
 #: the linear engine's cache: at most this many times the size of the data...
 _CACHE_PER_DATA = 64
 #: ...within these bounds, and at most a quarter of the budget (at most 16 dimensions a
@@ -187,8 +188,10 @@ def choose_engine(n: int, d: int, *, method: str, metric: str, dtype: np.dtype,
     if engine == "matrix" or method != "average":
         _require(matrix_needs, budget, what + " (matrix engine)", method)
         return Plan("matrix")
-    if closed:
-        prefer_matrix = d > CLOSED_FORM_MATRIX_MIN_D and n <= MATRIX_MAX_N
+    if d > MATRIX_MIN_D:
+        prefer_matrix = True
+    elif closed:
+        prefer_matrix = False
     else:
         prefer_matrix = n <= (LOW_D_MATRIX_MAX_N if d <= LOW_D else
                               MATRIX_MAX_N if d <= KDTREE_MAX_D else HIGH_D_MATRIX_MAX_N)

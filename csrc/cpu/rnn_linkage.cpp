@@ -91,12 +91,24 @@ inline int64_t block_end(int64_t lo, int64_t n, std::size_t elems) {
   return hi;
 }
 
-// From this size on, the condensed matrix is aligned to 2 MiB and advised to use transparent
-// huge pages (fewer TLB misses in the passes over it). A smaller one is an ordinary
-// 64-byte-aligned allocation: faulting in a huge page means zeroing 2 MiB, and where the
-// kernel compacts memory for advised regions (defrag=madvise) it stalled a 256-token run
-// by 6 ms every second or third call, ten times the run itself.
+// From this size on, the condensed matrix is aligned to 2 MiB, where the kernel backs it by
+// transparent huge pages if it does so without advice (enabled=always). Advising them
+// (MADV_HUGEPAGE) is off by default: where the kernel compacts memory for advised regions
+// (defrag=madvise, the usual default), the first call of a process stalled while it did,
+// for up to the run's own time. Whole trees on the matrix (2 cores, fresh processes, three
+// calls each): 32,768 x 17 took 3.5 to 3.9 s for the first call advised and 2.0 s (once
+// 3.6 s) for the next, 2.2 s and 2.1 s without; 65,536 x 17 16.4 s and 9.4 s advised, 9.6 s and 10.5 s
+// without; 16,384 x 256 1.9 s and 1.1 to 1.8 s advised, 1.3 s without. DCPE_CPU_HUGE_PAGES=1
+// advises them (fewer TLB misses over many calls in one process where memory is not
+// fragmented). A smaller matrix is an ordinary 64-byte-aligned allocation: faulting in a
+// huge page means zeroing 2 MiB, and advised it stalled a 256-token run by 6 ms every
+// second or third call, ten times the run itself.
 constexpr std::size_t kHugePageMinBytes = std::size_t(32) << 20;
+
+inline bool advise_huge_pages() {
+  const char* env = std::getenv("DCPE_CPU_HUGE_PAGES");
+  return env != nullptr && std::strcmp(env, "1") == 0;
+}
 
 template <typename T>
 class TriMatrix {
@@ -108,7 +120,8 @@ class TriMatrix {
     bytes_ = (count * sizeof(T) + align - 1) / align * align;
     data_ = static_cast<T*>(std::aligned_alloc(align, bytes_));
     if (data_ == nullptr) throw std::bad_alloc();
-    if (huge) madvise(data_, bytes_, MADV_HUGEPAGE);  // advice only; failure is harmless
+    // advice only; failure is harmless
+    if (huge && advise_huge_pages()) madvise(data_, bytes_, MADV_HUGEPAGE);
   }
   ~TriMatrix() { std::free(data_); }
   TriMatrix(const TriMatrix&) = delete;

@@ -346,9 +346,10 @@ class KdTree {
   // scan_group()'s queries as vectors of kScanWidth floats, and the points of one
   // product: with 512-bit registers, 6 x 4 running sums and the 4 query vectors of a
   // coordinate take 28 of the 32 registers; with 256-bit ones (AVX2: 32 queries), 3 x 4
-  // running sums take 12 of the 16. (64 queries per pass read the points half as often as 32, which made no
-  // measurable difference at 32,768 x 256 on two cores; the running sums in registers of
-  // a function of their own, scan_dots(), took 15% off the whole run there.)
+  // running sums take 12 of the 16. (64 queries per pass read the points half as often
+  // as 32, which made no measurable difference at 32,768 x 256 on two cores; the running
+  // sums in registers of a function of their own, scan_dots(), took 15% off the whole run
+  // there.)
   static constexpr int kScanVecs = kScanGroup / kScanWidth;
 #if defined(__AVX512F__)
   static constexpr int kScanPoints = 6;

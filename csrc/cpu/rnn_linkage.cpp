@@ -97,12 +97,12 @@ inline int64_t block_end(int64_t lo, int64_t n, std::size_t elems) {
 // (defrag=madvise, the usual default), the first call of a process stalled while it did,
 // for up to the run's own time. Whole trees on the matrix (2 cores, fresh processes, three
 // calls each): 32,768 x 17 took 3.5 to 3.9 s for the first call advised and 2.0 s (once
-// 3.6 s) for the next, 2.2 s and 2.1 s without; 65,536 x 17 16.4 s and 9.4 s advised, 9.6 s and 10.5 s
-// without; 16,384 x 256 1.9 s and 1.1 to 1.8 s advised, 1.3 s without. DCPE_CPU_HUGE_PAGES=1
-// advises them (fewer TLB misses over many calls in one process where memory is not
-// fragmented). A smaller matrix is an ordinary 64-byte-aligned allocation: faulting in a
-// huge page means zeroing 2 MiB, and advised it stalled a 256-token run by 6 ms every
-// second or third call, ten times the run itself.
+// 3.6 s) for the next, 2.2 s and 2.1 s without; 65,536 x 17 16.4 s and 9.4 s advised,
+// 9.6 s and 10.5 s without; 16,384 x 256 1.9 s and 1.1 to 1.8 s advised, 1.3 s without.
+// DCPE_CPU_HUGE_PAGES=1 advises them (fewer TLB misses over many calls in one process
+// where memory is not fragmented). A smaller matrix is an ordinary 64-byte-aligned
+// allocation: faulting in a huge page means zeroing 2 MiB, and advised it stalled a
+// 256-token run by 6 ms every second or third call, ten times the run itself.
 constexpr std::size_t kHugePageMinBytes = std::size_t(32) << 20;
 
 inline bool advise_huge_pages() {

@@ -75,7 +75,8 @@ PROVIDERS = ("dcpe-auto", "dcpe-linear", "dcpe-cut", "dcpe-matrix", "fastcluster
              "dcpe-cosine", "dcpe-cut-matrix", "dcpe-cut-auto", "dcpe-cosine-linear",
              "dcpe-cosine-matrix")
 # dcpe-auto runs dcpe-linear's or dcpe-matrix's engine, and so on for the others left out
-DEFAULT_PROVIDERS = PROVIDERS[1:7]
+DEFAULT_PROVIDERS = ("dcpe-linear", "dcpe-cut", "dcpe-matrix", "fastcluster", "parchain",
+                     "dcpe-cosine")
 DEFAULT_SIZES = ("16384x8", "65536x8", "131072x8", "262144x8", "8192x256", "16384x256",
                  "65536x256")
 

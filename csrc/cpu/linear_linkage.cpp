@@ -160,18 +160,6 @@ inline int list_length(int64_t n) {
 // its tokens, |A| times the length, are a search's scratch)
 constexpr int64_t kListMaxSize = 1024;
 
-// A run-time switch of the engine: 0 or 1 where the environment variable `name` is "0" or
-// "1", -1 otherwise (unset: the engine's own choice).
-inline int env_switch(const char* name) {
-  const char* env = std::getenv(name);
-  if (env == nullptr) return -1;
-  if (std::strcmp(env, "0") == 0) return 0;
-  return std::strcmp(env, "1") == 0 ? 1 : -1;
-}
-
-// ... on unless it is "0".
-inline bool switched_on(const char* name) { return env_switch(name) != 0; }
-
 // DCPE_CPU_SCAN_ORDER=0: the first search scans the tokens in index order (the same lists
 // and merges; scan_order.h)
 inline bool scan_order_enabled() { return switched_on("DCPE_CPU_SCAN_ORDER"); }

@@ -25,11 +25,25 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <string>
 #include <vector>
 
 namespace dcpe {
+
+// A run-time switch of an engine: 0 or 1 where the environment variable `name` is "0" or
+// "1", -1 otherwise (unset: the engine's own choice).
+inline int env_switch(const char* name) {
+  const char* env = std::getenv(name);
+  if (env == nullptr) return -1;
+  if (std::strcmp(env, "0") == 0) return 0;
+  return std::strcmp(env, "1") == 0 ? 1 : -1;
+}
+
+// ... on unless it is "0".
+inline bool switched_on(const char* name) { return env_switch(name) != 0; }
 
 enum class Method { Average, Single, Complete, Weighted, Centroid, Ward };
 

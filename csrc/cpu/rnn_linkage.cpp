@@ -105,11 +105,6 @@ inline int64_t block_end(int64_t lo, int64_t n, std::size_t elems) {
 // 256-token run by 6 ms every second or third call, ten times the run itself.
 constexpr std::size_t kHugePageMinBytes = std::size_t(32) << 20;
 
-inline bool advise_huge_pages() {
-  const char* env = std::getenv("DCPE_CPU_HUGE_PAGES");
-  return env != nullptr && std::strcmp(env, "1") == 0;
-}
-
 template <typename T>
 class TriMatrix {
  public:
@@ -121,7 +116,7 @@ class TriMatrix {
     data_ = static_cast<T*>(std::aligned_alloc(align, bytes_));
     if (data_ == nullptr) throw std::bad_alloc();
     // advice only; failure is harmless
-    if (huge && advise_huge_pages()) madvise(data_, bytes_, MADV_HUGEPAGE);
+    if (huge && env_switch("DCPE_CPU_HUGE_PAGES") == 1) madvise(data_, bytes_, MADV_HUGEPAGE);
   }
   ~TriMatrix() { std::free(data_); }
   TriMatrix(const TriMatrix&) = delete;

@@ -222,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fastcluster-max-n", type=int, default=65536,
                    help="largest N for fastcluster's float64 matrix (default: %(default)s)")
     p.add_argument("--linear-high-d-max-n", type=int, default=65536,
-                   help="largest N for dcpe's linear engine above 16 dimensions, where it "
-                        "scans the centroids (default: %(default)s)")
+                   help="largest N for dcpe's linear engine above 16 dimensions, where its "
+                        "scans of the centroids cost the most (default: %(default)s)")
     p.add_argument("--cosine-sizes", default="262144x8",
                    help="sizes for the dcpe-cosine providers (default: %(default)s)")
     p.add_argument("--memory-limit", default=None, metavar="SIZE",
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> int:
            f"{args.repeat} runs of its binary), the first included")
         + "; peak RSS: the provider's own process. "
         "Ratio: time / dcpe-linear's time at the same size, in this run (dcpe's `auto` "
-        "picks the matrix engine up to 2,048 tokens at d <= 8, 32,768 at d <= 16, 16,384 "
+        "picks the matrix engine up to 2,048 tokens at d <= 8, 32,768 at d <= 12, 16,384 "
         "at d <= 128 and at any N above, while it fits)."
         + (f" dcpe's providers ran under `memory_limit={args.memory_limit!r}`, which bounds "
            "the linear engine's cache, and so when it hands over to the matrix of the "

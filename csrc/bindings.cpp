@@ -64,12 +64,12 @@ PYBIND11_MODULE(_C, m) {
           out["handover"] = s[3];
           return out;
         },
-        "The last linear-engine run's searches after its first round (Euclidean, above 16 "
+        "The last linear-engine run's searches after its first round (Euclidean, above 12 "
         "dimensions), those that tried the tokens' neighbour lists and those the lists "
         "settled without a scan of the centroids (DCPE_CPU_LISTS=0 turns the lists off), "
         "and the clusters it handed over to the matrix of their averages (0: none).");
   m.def("cpu_amx", []() { return dcpe::amx::available(); },
-        "Whether the linear engine's centroid scan above 16 dimensions runs on AMX tiles "
+        "Whether the linear engine's centroid scan (above 12 dimensions) runs on AMX tiles "
         "in this process: built with AMX-BF16, granted by the kernel, and DCPE_CPU_AMX "
         "not 0 (read at each call, as the engine reads it each round).");
 #ifdef DCPE_WITH_CUDA

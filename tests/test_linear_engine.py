@@ -52,15 +52,16 @@ def _ks(n: int) -> list[int]:
     return sorted({1, 2, max(1, n // 2), max(1, n - 1), n})
 
 
-# above 16 dimensions the centroids are scanned without a kd-tree, 32 searches at a time
+# above 12 dimensions the centroids are scanned without a kd-tree, 32 searches at a time
 # in passes of eight (d = 37: coordinates past the last eight of the scans' running sums;
-# n = 203: groups of 32, then passes of eight and single searches); at most 16 dimensions
-# the kd-tree's leaves take eight points at a time as vector lanes, each a running sum per
-# coordinate modulo eight (d = 5, 12, 16: sums left empty, a partial and a full second
-# eight)
+# n = 203: groups of 32, then passes of eight and single searches; d = 13 and 16: the scan
+# with the short neighbour lists of 13 to 16 dimensions); at most 12 dimensions the
+# kd-tree's leaves take eight points at a time as vector lanes, each a running sum per
+# coordinate modulo eight (d = 5, 12: sums left empty, a partial second eight; the closed
+# forms' tree at d = 16: a full second eight, test_closed_forms_equal_scipy)
 CASES = [(n, d) for n, d in [(2, 1), (3, 2), (17, 1), (60, 8), (150, 2), (257, 8), (400, 64),
                              (300, 256), (203, 37), (999, 8), (1500, 2), (700, 5), (600, 12),
-                             (500, 16)]]
+                             (500, 16), (450, 13)]]
 
 
 @pytest.mark.parametrize("n,d", CASES)
@@ -113,10 +114,10 @@ def test_a_merge_of_two_tokens_has_the_matrix_engines_height_bit_for_bit(rng, d,
     assert all(v["linear"] == v["matrix"] for v in both)
 
 
-@pytest.mark.parametrize("n,d", [(300, 37), (333, 256), (90, 17)])
+@pytest.mark.parametrize("n,d", [(300, 37), (333, 256), (90, 17), (120, 14)])
 @pytest.mark.parametrize("dtype", [np.float64, np.float32])
 def test_a_hand_over_at_the_start_is_the_matrix_engine_bit_for_bit(rng, n, d, dtype):
-    # above 16 dimensions, with every token's matrix within the cache, the linear engine
+    # above 12 dimensions, with every token's matrix within the cache, the linear engine
     # builds that matrix itself (the hand-over's sums, every cluster one token: blocks of
     # 16 columns and a last, shorter one) and finishes as the matrix engine does
     x = tie_free(rng, n, d, dtype)
@@ -488,10 +489,10 @@ def test_progress_is_reported(rng):
 # --------------------------------------------------------------------------- the choice
 
 
-def test_the_linear_engines_cache_may_be_larger_above_16_dimensions():
+def test_the_linear_engines_cache_may_be_larger_above_12_dimensions():
     # the cache is at most a quarter of the budget and 64 times the data, within 2 GiB at
-    # most 16 dimensions and 8 GiB above (where the clusters go to their matrix as soon as
-    # it fits)
+    # most 12 dimensions (the kd-tree's) and 8 GiB above (where the clusters go to their
+    # matrix as soon as it fits)
     from dcpe._memory import memory_budget
 
     budget = memory_budget("12GiB")
@@ -500,10 +501,13 @@ def test_the_linear_engines_cache_may_be_larger_above_16_dimensions():
     f32 = np.float32
     high = cpu.choose_engine(262144, 256, method="average", metric="euclidean", dtype=f32,
                              memory_limit="12GiB")
-    low = cpu.choose_engine(1 << 22, 16, method="average", metric="euclidean", dtype=f32,
+    low = cpu.choose_engine(1 << 22, 12, method="average", metric="euclidean", dtype=f32,
                             memory_limit="12GiB")
-    assert high.engine == low.engine == "linear"
+    scan = cpu.choose_engine(1 << 22, 13, method="average", metric="euclidean", dtype=f32,
+                             memory_limit="12GiB")
+    assert high.engine == low.engine == scan.engine == "linear"
     assert (2 << 30) < high.cache_bytes <= min(8 << 30, budget // 4)
+    assert (2 << 30) < scan.cache_bytes <= min(8 << 30, budget // 4)
     assert low.cache_bytes == 2 << 30
 
 
@@ -515,9 +519,14 @@ def test_auto_takes_the_matrix_engine_for_small_problems_and_linear_beyond():
                              dtype=f32).engine == "matrix"
     assert cpu.choose_engine(16384, 256, method="average", metric="euclidean",
                              dtype=f32).engine == "matrix"
-    # from 17 to 128 dimensions the linear engine is the faster one from about 32,768
-    # tokens on; above, the matrix engine wherever it fits
-    for d in (17, 64, 128):
+    # from 9 to 12 dimensions (the kd-tree) the matrix up to 32,768 tokens
+    assert cpu.choose_engine(32768, 12, method="average", metric="euclidean",
+                             dtype=f32).engine == "matrix"
+    assert cpu.choose_engine(32769, 12, method="average", metric="euclidean",
+                             dtype=f32).engine == "linear"
+    # from 13 to 128 dimensions (the scan) the linear engine is the faster one from about
+    # 32,768 tokens on; above, the matrix engine wherever it fits
+    for d in (13, 16, 17, 64, 128):
         assert cpu.choose_engine(16385, d, method="average", metric="euclidean",
                                  dtype=f32).engine == "linear"
         assert cpu.choose_engine(65536, d, method="average", metric="euclidean",
@@ -655,7 +664,7 @@ def test_amx_switch_is_read_from_the_environment(monkeypatch):
 
 
 # ----------------------------------------------------------------------- neighbour lists
-# Above 16 dimensions (Euclidean) the first search fills each token's list of its nearest
+# Above 12 dimensions (Euclidean) the first search fills each token's list of its nearest
 # tokens, and later searches settle from the lists where they prove that no other cluster
 # is nearer (linear_linkage.cpp, settle_from_lists()); DCPE_CPU_LISTS=0 turns them off.
 # Either way every search ends with the same nearest neighbour (ties included), so the
@@ -688,7 +697,7 @@ def _lists_input(rng, kind: str, n: int, d: int, dtype) -> np.ndarray:
 
 
 @pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid", "near_duplicates"])
-@pytest.mark.parametrize("d", [17, 64, 256])
+@pytest.mark.parametrize("d", [13, 16, 17, 64, 256])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("cap", [None, 5])
 def test_neighbour_lists_give_the_same_merges(rng, monkeypatch, kind, d, dtype, cap):
@@ -803,22 +812,27 @@ def test_neighbour_lists_agree_with_scipy(rng, d):
         assert same_partition(cut_z(cut, n, k), cut_z(zs, n, k)), k
 
 
-def test_neighbour_lists_only_above_16_dimensions_and_counted(rng):
+def test_neighbour_lists_only_above_12_dimensions_and_counted(rng):
     x = tie_free(rng, 300, 16)
-    _linear_z(x, 0)
+    _linear_z(x[:, :12], 0)
     assert dcpe._C.cpu_list_stats()["searches"] == 0  # a kd-tree, no lists
-    _linear_z(x[:, :8], 0, metric="sqeuclidean")
+    _linear_z(x, 0, metric="sqeuclidean")  # the closed forms' kd-tree up to 16
     assert dcpe._C.cpu_list_stats()["searches"] == 0
+    _linear_z(x[:, :13], 0)
+    assert dcpe._C.cpu_list_stats()["searches"] > 0
     _linear_z(tie_free(rng, 300, 17), 0)
     assert dcpe._C.cpu_list_stats()["searches"] > 0
-    # their memory is in the linear engine's count: K indices and bounds a token, and
-    # more, with K = 64 up to 16,384 tokens and about sqrt(N) / 2 past that; and the first
+    # their memory is in the linear engine's count (beside what the closed forms count at
+    # the same d): K indices and bounds a token, with K = 64 up to 16,384 tokens and about
+    # sqrt(N) / 2 past that above 16 dimensions, 16 at any N from 13 to 16; and the first
     # round's order of the tokens (scan_order.h): the order, each token's start, rank and
     # cell, and a subsample's float32 rows
-    for n, k in ((10_000, 64), (65_536, 128), (262_144, 256), (1 << 22, 512)):
-        ws = functools.partial(dcpe._C.workspace_bytes_cpu, n, method="average",
+    for n, k, d in ((10_000, 64, 17), (65_536, 128, 17), (262_144, 256, 17),
+                    (1 << 22, 512, 17), (10_000, 16, 13), (262_144, 16, 16)):
+        ws = functools.partial(dcpe._C.workspace_bytes_cpu, n, d, method="average",
                                elem_size=4, engine="linear")
-        grow = ws(17, metric="euclidean") - ws(16, metric="euclidean")
-        grow_closed = ws(17, metric="sqeuclidean") - ws(16, metric="sqeuclidean")
-        sample = min(n, n // 256 * 64) * 17 * 4
-        assert grow - grow_closed >= n * (k * 8 + 12) + n * 16 + sample
+        grow = ws(metric="euclidean") - ws(metric="sqeuclidean")
+        sample = min(n, n // 256 * 64) * d * 4
+        assert grow >= n * (k * 8 + 12) + n * 16 + sample
+        if k == 16:
+            assert grow < n * (64 * 8 + 12)  # not the lists of 64 and more above 16

@@ -1,6 +1,6 @@
 // Dot products of points with a group of queries on Intel AMX tiles (bfloat16 in, float32
-// accumulated), for the centroid scan of the linear engine above 16 dimensions
-// (linear_linkage.cpp, KdTree::scan_group()).
+// accumulated), for the centroid scan of the linear engine above 12 dimensions (16 for the
+// closed forms; linear_linkage.cpp, KdTree::scan_group()).
 //
 // The scan's test needs only a lower bound of each squared distance, ||q'||^2 + ||p'||^2 -
 // 2 <q', p'> less a rigorous bound of its error, so the dot products may be coarse: with

@@ -22,8 +22,9 @@
 // Candidates come from a kd-tree over the centroids, rebuilt every round [Bentley 1975;
 // Friedman, Bentley, Finkel 1977], searched nearer subtrees first within a radius that
 // shrinks to the smallest upper bound seen, the searches of a round in the tree's order
-// and each leaf's distances eight points at a time as vector lanes. Above 16 dimensions a
-// kd-tree's boxes prune little and there is none: the centroids are scanned in order for
+// and each leaf's distances eight points at a time as vector lanes. Above 12 dimensions
+// (Euclidean; 16 for the closed forms: uses_tree()) a kd-tree's boxes prune little and
+// there is none: the centroids are scanned in order for
 // 64 searching clusters at once (32 without AVX-512), each centroid read once for all of
 // them (the searches had been bound by reading every centroid from memory once each), with
 // the same shrinking radius; a
@@ -48,11 +49,11 @@
 // use a relative safety margin of a few units of the compute type's rounding, so pruning
 // never drops the true nearest neighbour.
 //
-// Neighbour lists (above 16 dimensions, Euclidean). The first search, in which every
-// cluster is one token and every token searches, also keeps for each token t its K
-// nearest other tokens and r(t), the distance of the K-th: its scan's radius stays at
-// least there, so every token off the list is at least r(t) away (K about sqrt(N) / 2,
-// from 64: list_length()). Averaging over A's
+// Neighbour lists (with the scan, Euclidean: above 12 dimensions). The first search, in
+// which every cluster is one token and every token searches, also keeps for each token t
+// its K nearest other tokens and r(t), the distance of the K-th: its scan's radius stays
+// at least there, so every token off the list is at least r(t) away (K about sqrt(N) / 2,
+// from 64, above 16 dimensions; 16 at 13 to 16: list_length()). Averaging over A's
 // tokens, a cluster B with none of its tokens on the lists of A's tokens has
 // avg(A, B) >= L(A), the mean of r(t) over t in A, and one with some has
 // avg(A, B) >= P(A, B), the same mean with the listed distances in place of r(t) for its
@@ -77,7 +78,7 @@
 // lists do not settle scan together, in groups of their own (search()).
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
-// their searches have become costly (at d <= 16, or above for a flat cut whose merges are
+// their searches have become costly (with the kd-tree, or with the scan for a flat cut whose merges are
 // all known: the last one summed at least 1/256, or 1/64, of the token pairs among their
 // tokens exactly: kHandoverShare, kHandoverCutShare), the matrix of their exact
 // average distances is built in one pass over all those token pairs and the matrix engine
@@ -136,8 +137,9 @@ namespace {
 
 constexpr double kInf = std::numeric_limits<double>::infinity();
 
-// Tokens on each token's neighbour list (LinearEngine::settle_from_lists()), above 16
-// dimensions, Euclidean, for n tokens: about sqrt(n) / 2, a multiple of 8 from 64 to 512
+// Tokens on each token's neighbour list (LinearEngine::settle_from_lists()), Euclidean,
+// where the searches scan (uses_tree()), for n tokens above 16 dimensions: about
+// sqrt(n) / 2, a multiple of 8 from 64 to 512
 // (64 up to 16,384 tokens, 128 at 65,536, 184 at 131,072, 256 at 262,144). Longer lists
 // settle more searches (the clusters of dense regions) and cost the first round's scan
 // more (its radius stays at the last one's distance); on the sample codebook's generator
@@ -146,19 +148,43 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // 24 s for 256, 29 s for 64) and 256 at 131,072 (74 s, 78 s for 128, 100 s for 64).
 // DCPE_CPU_LISTS=0 runs without them, and an integer from 8 to 1024 sets their length
 // (the same merges either way); any other value is the default.
-inline int list_length(int64_t n) {
+//
+// From 13 to 16 dimensions (where the Euclidean searches scan too, uses_tree()) the lists
+// are kLowDimList long at any N: there the first search's visits, not its test of every
+// centroid, are what longer lists cost, and a few nearest tokens settle most later
+// searches. On the sample codebook's generator at d = 16 (a flat cut at N/2, 2 cores)
+// lists of 8, 16, 24, 32, 48, 64 and 128 took 3.9, 3.8, 4.0, 4.3, 4.9, 5.5 and 8.4 s at
+// 131,072 tokens (184, the rule above, 10.8 s), and 16, 32, 48, 64 and 128 took 13.2, 13.6,
+// 14.9, 16.2 and 22.4 s at 262,144 (256: 34.9 s).
+constexpr int kLowDimList = 16;
+inline int list_length(int64_t n, int64_t d) {
   const char* env = std::getenv("DCPE_CPU_LISTS");
   if (env != nullptr) {
     char* end = nullptr;
     const long v = std::strtol(env, &end, 10);
     if (end != env && *end == '\0' && v >= 8 && v <= 1024) return static_cast<int>(v);
   }
+  if (d <= 16) return kLowDimList;
   const int64_t k = std::llround(std::sqrt(double(std::max<int64_t>(n, 1))) / 16.0) * 8;
   return static_cast<int>(std::clamp<int64_t>(k, 64, 512));
 }
 // ... and the largest cluster whose search tries them (a larger one scans; the lists of
 // its tokens, |A| times the length, are a search's scratch)
 constexpr int64_t kListMaxSize = 1024;
+
+// Whether the linear engine's searches walk a kd-tree on the centroids (else they scan
+// them, 64 at a time; the Euclidean ones with the neighbour lists): at most 12 dimensions
+// for Euclidean distance, at most 16 for the closed forms (as KDTREE_MAX_D and
+// CLOSED_KDTREE_MAX_D of backends/cpu.py). From 13 to 16 dimensions the tree's boxes
+// prune little (a search visits thousands of leaf points), and the scan with short lists
+// was the faster: on the sample codebook's generator (a flat cut at N/2, 2 cores) the
+// tree took 8.8 s at 131,072 x 16, 25.8 s at 262,144 x 16 and 4.7 s at 131,072 x 13, the
+// scan 3.8 s, 13.2 s and 3.6 s; at 131,072 x 12 the tree 3.4 s and the scan 3.5 s.
+constexpr int64_t kEuclideanTreeMaxDim = 12;
+constexpr int64_t kClosedTreeMaxDim = 16;
+inline bool uses_tree(int64_t d, bool closed) {
+  return d <= (closed ? kClosedTreeMaxDim : kEuclideanTreeMaxDim);
+}
 
 // DCPE_CPU_SCAN_ORDER=0: the first search scans the tokens in index order (the same lists
 // and merges; scan_order.h)
@@ -203,14 +229,15 @@ constexpr int kScanWidth = 8;
 typedef float ScanLanes __attribute__((vector_size(kScanWidth * sizeof(float))));
 
 // kd-tree over a set of points (float64, row-major), rebuilt from scratch each round.
-// Above kChainMaxDim dimensions there is no tree: its boxes prune little there, and the
+// Where it prunes little (uses_tree() false: build()'s `tree`) there is no tree, and the
 // points are scanned in order (search(), scan_group()).
 class KdTree {
  public:
   static constexpr int kLeaf = 24;
 
-  void build(const double* pts, const std::vector<int32_t>& ids, int64_t d) {
+  void build(const double* pts, const std::vector<int32_t>& ids, int64_t d, bool tree) {
     d_ = d;
+    tree_ = tree;
     ids_ = ids;
     nodes_.clear();
     box_.clear();
@@ -242,12 +269,12 @@ class KdTree {
   }
 
   // No tree: the points are scanned (scan_group()).
-  bool flat() const { return d_ > kChainMaxDim; }
+  bool flat() const { return !tree_; }
 
   // The points in the tree's order (leaf by leaf, as build() left them).
   const std::vector<int32_t>& order() const { return ids_; }
 
-  // Without a tree (above kChainMaxDim): visit(j, id, squared distance, r2[j]) for every
+  // Without a tree: visit(j, id, squared distance, r2[j]) for every
   // point within squared distance r2[j] of qs[j], j < g <= kScanGroup, in the points'
   // order; visit may lower r2[j]. The g queries share one pass over the points, which are
   // read once for all of them (at d = 256 separate searches were bound by reading every
@@ -326,7 +353,6 @@ class KdTree {
   // term of the box's sum is at most the same term of any inner point's, and each partial
   // sum rounds monotonically, so the box's sum stays a lower bound of the point's in
   // floating point.
-  static constexpr int64_t kChainMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   static constexpr int64_t kLanes = 8;
 
   static_assert(sizeof(ScanLanes) == kScanWidth * sizeof(float), "a query per lane");
@@ -574,7 +600,7 @@ class KdTree {
   // increasing j. The whole block is tested with the thresholds it started with, which a
   // visit may only lower, so the test keeps a superset of the pairs a test after each
   // visit would, and dist2() <= r2[j] at the time of the visit decides each, as it would
-  // have: the same visits. (A distance above kChainMaxDim is d / kLanes dependent
+  // have: the same visits. (A distance of many dimensions is d / kLanes dependent
   // additions per lane; one pair at a time, the visits waited on the adder. In the first
   // round, which fills the neighbour lists, a query visits about K (1 + ln(N / K)) points,
   // K the lists' length: each one nearer than its K nearest so far, in the points' order.)
@@ -836,6 +862,7 @@ class KdTree {
   }
 
   int64_t d_ = 0;
+  bool tree_ = true;
   const double* src_ = nullptr;
   std::vector<int32_t> ids_;
   std::vector<double> pts_;   // without a tree: the points in the order of ids_
@@ -1363,7 +1390,8 @@ class LinearEngine {
  public:
   LinearEngine(const T* x, int64_t n, int64_t d, const RunOptions& opt, int threads,
                bool closed)
-      : x_(x), n_(n), d_(d), opt_(opt), threads_(threads), closed_(closed) {
+      : x_(x), n_(n), d_(d), opt_(opt), threads_(threads), closed_(closed),
+        tree_dims_(uses_tree(d, closed)) {
     mu_.resize(static_cast<std::size_t>(n) * d);
     size_.assign(n, 1);
     s2_.assign(n, 0.0);
@@ -1414,13 +1442,13 @@ class LinearEngine {
     g_list_settled = 0;
     g_handover = 0;
     if (n_ < 2) return merges;
-    if (!closed_ && d_ > kKdTreeMaxDim && tri(n_) * sizeof(T) <= opt_.cache_bytes) {
-      finish_on_matrix(merges);  // the tokens fit already, and the kd-tree prunes little
+    if (!closed_ && !tree_dims_ && tri(n_) * sizeof(T) <= opt_.cache_bytes) {
+      finish_on_matrix(merges);  // the tokens fit already, and a kd-tree would prune little
       return merges;
     }
     std::vector<int32_t> todo(active_);
-    const int k_list = lists_enabled() ? list_length(n_) : 0;
-    if (!closed_ && d_ > kKdTreeMaxDim && k_list > 0 && n_ > 2 * k_list) {
+    const int k_list = lists_enabled() ? list_length(n_, d_) : 0;
+    if (!closed_ && !tree_dims_ && k_list > 0 && n_ > 2 * k_list) {
       kList_ = k_list;
       const std::size_t un = static_cast<std::size_t>(n_);
       list_id_.assign(un * kList_, 0);
@@ -1434,7 +1462,7 @@ class LinearEngine {
       // the first search scans the tokens cell by cell, each group from its own cell
       // (scan_order.h): the same lists and neighbours, fewer exact distances
       ScanOrder so = scan_order(x_, n_, d_, threads_, [this] { poll(opt_); });
-      tree_.build(mu_.data(), so.order, d_);
+      tree_.build(mu_.data(), so.order, d_, tree_dims_);
       scan_rank_.resize(so.order.size());
       for (std::size_t p = 0; p < so.order.size(); ++p) {
         scan_rank_[so.order[p]] = static_cast<int32_t>(p);
@@ -1442,7 +1470,7 @@ class LinearEngine {
       todo = std::move(so.order);
       scan_start_ = std::move(so.start);
     } else {
-      tree_.build(mu_.data(), active_, d_);
+      tree_.build(mu_.data(), active_, d_, tree_dims_);
       if (!tree_.flat()) todo = tree_.order();
     }
     search(todo);
@@ -1484,7 +1512,7 @@ class LinearEngine {
         });
       }
       for (const auto& p : pairs) state_[p.first] = state_[p.first] == kFrozen ? kFrozen : kActive;
-      tree_.build(mu_.data(), active_, d_);
+      tree_.build(mu_.data(), active_, d_, tree_dims_);
       if (!tree_.flat()) in_tree_order(todo);
       work_ = 0.0;
       search(todo);
@@ -1494,10 +1522,10 @@ class LinearEngine {
 
  private:
   // The hand-over to the matrix of the clusters left sums all token pairs among their
-  // tokens once; it is taken when that matrix fits the cache and, at most kKdTreeMaxDim
-  // dimensions, the last search summed at least this share of those pairs exactly (the
-  // searches cost more as the clusters grow). Above kKdTreeMaxDim the kd-tree prunes
-  // little and every search costs a scan of the centroids: the matrix takes over as soon
+  // tokens once; it is taken when that matrix fits the cache and, with the kd-tree
+  // (uses_tree()), the last search summed at least this share of those pairs exactly (the
+  // searches cost more as the clusters grow). Without it every search that the lists do
+  // not settle costs a scan of the centroids: the matrix takes over as soon
   // as it fits (at the start if the tokens' matrix does), unless a flat cut's merges are
   // known and its searches have become cheap (handover_now()). On the sample codebook's
   // generator (d = 8, 2 cores, default cache) this took the whole tree of 16,384 tokens
@@ -1521,7 +1549,6 @@ class LinearEngine {
   }
 
   static constexpr double kHandoverCutShare = 1.0 / 64;  // handover_now()
-  static constexpr int64_t kKdTreeMaxDim = 16;  // as KDTREE_MAX_D of backends/cpu.py
   // searches that share a scan of the centroids without a tree (search_euclidean_group())
   static constexpr int kGroup = KdTree::kScanGroup;
   // exact sums of one cluster evaluated together (finish_euclidean()), the most token pairs
@@ -1531,9 +1558,9 @@ class LinearEngine {
   static constexpr int kChains = 256;
 
   // Whether the matrix of the clusters left, which fits the cache, takes over now (the
-  // hand-over sums every token pair among their tokens once, live_pairs()). At most
-  // kKdTreeMaxDim dimensions: once the last search summed at least kHandoverShare of those
-  // pairs exactly. Above: at once, unless a flat cut's merges are all known and the last
+  // hand-over sums every token pair among their tokens once, live_pairs()). With the
+  // kd-tree: once the last search summed at least kHandoverShare of those pairs exactly.
+  // With the scan: at once, unless a flat cut's merges are all known and the last
   // search summed less than kHandoverCutShare of them. Such a cut only finishes the
   // clusters that still have a neighbour within its bound; as they are set aside, fewer
   // pairs are left to hand over, and the searches of the rounds left summed about 10 to 50
@@ -1549,7 +1576,7 @@ class LinearEngine {
   // DCPE_CPU_CUT_HANDOVER=0 never hands over once the cut's merges are known, =1 at once
   // (the same merges either way).
   bool handover_now(std::size_t merged) const {
-    if (d_ <= kKdTreeMaxDim) return work_ >= kHandoverShare * live_pairs();
+    if (tree_dims_) return work_ >= kHandoverShare * live_pairs();
     if (opt_.max_merges <= 0 || static_cast<int64_t>(merged) < opt_.max_merges) return true;
     if (cut_handover_ >= 0) return cut_handover_ == 1;
     return work_ >= kHandoverCutShare * live_pairs();
@@ -2348,6 +2375,7 @@ class LinearEngine {
   std::vector<uint8_t> state_;
   std::vector<int32_t> active_;
   KdTree tree_;
+  const bool tree_dims_;  // uses_tree(d, closed): the searches walk tree_, else scan
   // Neighbour lists (settle_from_lists()): kList_ entries a token (0: none), the lists'
   // token indices and lower bounds of their distances, each token's bound r(t) of the
   // tokens off its list, and the slot of each token's cluster; listing_ while the first
@@ -2401,21 +2429,22 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   const std::size_t un = static_cast<std::size_t>(std::max<int64_t>(n, 1));
   const std::size_t ud = static_cast<std::size_t>(d);
   // per slot: moments, sizes, neighbours, state; kd-tree copy of the centroids and boxes
-  // (above 16 dimensions there are no boxes; their bytes cover the scan's float32 copy of
-  // the centroids and its test's shares, 4 d + 4 bytes a slot)
+  // (without the tree, uses_tree(), there are no boxes; their bytes cover the scan's
+  // float32 copy of the centroids and its test's shares, 4 d + 4 bytes a slot)
   std::size_t bytes = un * (ud * 8 + 80) + un * (ud * 8 + 4) + un / 2 * (2 * ud * 8 + 16);
   // with a tree: its leaves' blocks hold at most 24 / 17 times the points
   // (build_leaf_blocks()), and the searches' order marks the slots (in_tree_order())
-  if (d <= 16) bytes += un * ud * 8 * 7 / 17 + un;
-  // above 16 dimensions, the scan's bfloat16 copy where it runs on AMX tiles (counted
-  // wherever it does not, so that the count does not depend on the CPU)
-  if (d > 16) bytes += (un + 15) / 16 * 16 * amx::padded(ud) * sizeof(uint16_t);
-  // above 16 dimensions (Euclidean), the neighbour lists: per token list_length(n)
+  const bool tree = uses_tree(d, closed);
+  if (tree) bytes += un * ud * 8 * 7 / 17 + un;
+  // without it, the scan's bfloat16 copy where it runs on AMX tiles (counted wherever it
+  // does not, so that the count does not depend on the CPU)
+  if (!tree) bytes += (un + 15) / 16 * 16 * amx::padded(ud) * sizeof(uint16_t);
+  // and (Euclidean) the neighbour lists: per token list_length(n, d)
   // indices and float bounds, r(t) and its cluster's slot (counted with them off too)
   // and the first search's order of the tokens: the order, each token's start and rank,
   // and what scan_order() holds while it computes them
-  if (!closed && d > 16) {
-    bytes += un * (std::size_t(list_length(n)) * 8 + 12);
+  if (!closed && !tree) {
+    bytes += un * (std::size_t(list_length(n, d)) * 8 + 12);
     bytes += un * 12 + scan_order_bytes(n, d);
   }
   if (!closed) {

@@ -114,7 +114,7 @@ bool has_closed_form(Method method, Metric metric);
 std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size, bool closed,
                                    std::size_t cache_bytes);
 
-// The last linear run's searches after its first round (Euclidean, above 16 dimensions),
+// The last linear run's searches after its first round (Euclidean, above 12 dimensions),
 // those that tried the neighbour lists and those the lists settled without a scan (all
 // threads), and the clusters it handed over to the matrix (0: none); a diagnostic:
 // concurrent runs share the counters.

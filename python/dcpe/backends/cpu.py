@@ -10,9 +10,9 @@ chooses between them, from N, d and the memory budget (:func:`choose_engine`):
 ``linear``
     average linkage in O(N d) memory plus a bounded cache: Euclidean by exact-bound
     searches over clusters kept as groups of token rows (a kd-tree on centroids, exact
-    average distances from member pairs; above 16 dimensions a scan of the centroids, and
-    each token's list of its nearest tokens, about sqrt(N) / 2 of them from 64, which
-    settles most searches without one),
+    average distances from member pairs; above 12 dimensions a scan of the centroids, and
+    each token's list of its nearest tokens, 16 of them up to 16 dimensions and about
+    sqrt(N) / 2 from 64 above, which settles most searches without one),
     finished by the nearest-neighbour chain on the matrix of the clusters left once it
     fits the cache; ``sqeuclidean`` and ``cosine``
     by their closed forms on cluster moments (mean and mean squared distance to it), at
@@ -59,12 +59,19 @@ MATRIX_MAX_N = 32768
 #: runs), 16,384 x 8 in 0.46x (a flat cut at N/2: 0.32x), 16,384 x 2 in 0.19x; at
 #: 1,024 x 8 it took 1.6x, at 16,384 x 16 1.3x
 LOW_D, LOW_D_MATRIX_MAX_N = 8, 2048
-#: at most this dimension the linear engine's searches walk a kd-tree on centroids; above
-#: it they scan the centroids (64 searches at a time, with each token's list of its nearest
-#: tokens settling most of them)
-KDTREE_MAX_D = 16
+#: at most this dimension the linear engine's Euclidean searches walk a kd-tree on
+#: centroids; above it they scan the centroids (64 searches at a time, with each token's
+#: list of its nearest tokens settling most of them). From 13 to 16 dimensions the tree
+#: prunes little: on the sample codebook's generator (a flat cut at N/2, 2 cores) the scan
+#: took 0.43x the tree's time at 131,072 x 16, 0.51x at 262,144 x 16 and 0.75x at
+#: 131,072 x 13, and 1.04x at 131,072 x 12 (csrc/cpu/linear_linkage.cpp, uses_tree())
+KDTREE_MAX_D = 12
+#: ...and the closed forms' searches on moments, which scan above this dimension
+CLOSED_KDTREE_MAX_D = 16
 #: ...and there, up to :data:`MATRIX_MIN_D` dimensions, ``auto`` prefers the matrix engine
-#: up to this N. On the sample codebook's generator (2 cores, an Intel Xeon with AMX tiles;
+#: up to this N. At d = 16 the linear engine took 1.2x the matrix engine's time at 16,384
+#: tokens (the whole tree; a flat cut at N/2: 1.2x) and 0.51x at 32,768 (a flat cut:
+#: 0.24x), best of 3. On the sample codebook's generator (2 cores, an Intel Xeon with AMX tiles;
 #: a flat cut at N/2 and the whole tree; benchmarks/results/scale-highd-auto.md and
 #: scale-highd-d128.md, medians of 3 and 2 runs, the first included, each engine in a
 #: process of its own), the linear engine took 0.90x to 1.55x the matrix engine's time at

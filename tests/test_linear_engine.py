@@ -812,7 +812,7 @@ def test_neighbour_lists_agree_with_scipy(rng, d):
         assert same_partition(cut_z(cut, n, k), cut_z(zs, n, k)), k
 
 
-def test_neighbour_lists_only_above_12_dimensions_and_counted(rng):
+def test_neighbour_lists_only_above_12_dimensions_and_counted(rng, monkeypatch):
     x = tie_free(rng, 300, 16)
     _linear_z(x[:, :12], 0)
     assert dcpe._C.cpu_list_stats()["searches"] == 0  # a kd-tree, no lists
@@ -834,5 +834,8 @@ def test_neighbour_lists_only_above_12_dimensions_and_counted(rng):
         grow = ws(metric="euclidean") - ws(metric="sqeuclidean")
         sample = min(n, n // 256 * 64) * d * 4
         assert grow >= n * (k * 8 + 12) + n * 16 + sample
-        if k == 16:
-            assert grow < n * (64 * 8 + 12)  # not the lists of 64 and more above 16
+        # K as counted: lists of 64 (DCPE_CPU_LISTS=64) cost 8 (64 - K) bytes a token more
+        with monkeypatch.context() as m:
+            m.setenv("DCPE_CPU_LISTS", "64")
+            longer = ws(metric="euclidean")
+        assert longer - ws(metric="euclidean") == n * (64 - k) * 8

@@ -24,10 +24,9 @@
 // shrinks to the smallest upper bound seen, the searches of a round in the tree's order
 // and each leaf's distances eight points at a time as vector lanes. Above 12 dimensions
 // (Euclidean; 16 for the closed forms: uses_tree()) a kd-tree's boxes prune little and
-// there is none: the centroids are scanned in order for
-// 64 searching clusters at once (32 without AVX-512), each centroid read once for all of
-// them (the searches had been bound by reading every centroid from memory once each), with
-// the same shrinking radius; a
+// there is none: the centroids are scanned in order for 64 searching clusters at once (32
+// without AVX-512), each centroid read once for all of them (the searches had been bound
+// by reading every centroid from memory once each), with the same shrinking radius; a
 // centroid is first tested by a lower bound of its distance from float32 dot products of
 // centred, scaled copies of the centroids (a register-blocked product of six centroids
 // with the 64 searching ones; three with 32 without AVX-512; on a CPU with AMX tiles,
@@ -78,13 +77,13 @@
 // lists do not settle scan together, in groups of their own (search()).
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
-// their searches have become costly (with the kd-tree, or with the scan for a flat cut whose merges are
-// all known: the last one summed at least 1/256, or 1/64, of the token pairs among their
-// tokens exactly: kHandoverShare, kHandoverCutShare), the matrix of their exact
-// average distances is built in one pass over all those token pairs and the matrix engine
-// (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the nearest-neighbour
-// chain [Murtagh 1983; Müllner 2011, Fig. 4]) finishes on it, so large clusters are never
-// compared member by member.
+// their searches have become costly (with the kd-tree, or with the scan for a flat cut
+// whose merges are all known: the last one summed at least 1/256, or 1/64, of the token
+// pairs among their tokens exactly: kHandoverShare, kHandoverCutShare), the matrix of
+// their exact average distances is built in one pass over all those token pairs and the
+// matrix engine (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the
+// nearest-neighbour chain [Murtagh 1983; Müllner 2011, Fig. 4]) finishes on it, so large
+// clusters are never compared member by member.
 //
 // Closed forms. With metric "sqeuclidean", average linkage is a function of cluster
 // moments: E||a - b||^2 = ||mu_A - mu_B||^2 + s_A + s_B; with "cosine" (rows scaled to unit

@@ -310,7 +310,8 @@ def test_every_merge_is_a_minimum(rng):
 
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
-@pytest.mark.parametrize("n,d", [(2, 2), (50, 2), (333, 8), (500, 64), (200, 256)])
+@pytest.mark.parametrize("n,d", [(2, 2), (50, 2), (333, 8), (400, 16), (500, 64),
+                                 (200, 256)])
 def test_closed_forms_equal_scipy(rng, metric, n, d):
     x = tie_free(rng, n, d)
     zs = scipy_linkage(x, metric=metric)

@@ -71,8 +71,8 @@ CLOSED_KDTREE_MAX_D = 16
 #: ...and there, up to :data:`MATRIX_MIN_D` dimensions, ``auto`` prefers the matrix engine
 #: up to this N. At d = 16 the linear engine took 1.2x the matrix engine's time at 16,384
 #: tokens (the whole tree; a flat cut at N/2: 1.2x) and 0.51x at 32,768 (a flat cut:
-#: 0.24x), best of 3. On the sample codebook's generator (2 cores, an Intel Xeon with AMX tiles;
-#: a flat cut at N/2 and the whole tree; benchmarks/results/scale-highd-auto.md and
+#: 0.24x), best of 3. On the sample codebook's generator (2 cores, an Intel Xeon with AMX
+#: tiles; a flat cut at N/2 and the whole tree; benchmarks/results/scale-highd-auto.md and
 #: scale-highd-d128.md, medians of 3 and 2 runs, the first included, each engine in a
 #: process of its own), the linear engine took 0.90x to 1.55x the matrix engine's time at
 #: 16,384 tokens (d = 17 to 256; 1.2x to 1.9x at 8,192, best of 3); at 32,768 0.36x to

@@ -62,12 +62,18 @@ PYBIND11_MODULE(_C, m) {
           out["tried"] = s[1];
           out["settled"] = s[2];
           out["handover"] = s[3];
+          out["rounds"] = s[4];
+          out["tree_rounds"] = s[5];
+          out["refreshes"] = s[6];
           return out;
         },
         "The last linear-engine run's searches after its first round (Euclidean, above 12 "
         "dimensions), those that tried the tokens' neighbour lists and those the lists "
         "settled without a scan of the centroids (DCPE_CPU_LISTS=0 turns the lists off), "
-        "and the clusters it handed over to the matrix of their averages (0: none).");
+        "and the clusters it handed over to the matrix of their averages (0: none); its "
+        "rounds of searches, those on the kd-tree (the closed forms leave it once it "
+        "prunes little; DCPE_CPU_LEAVE_TREE=0 keeps them on it), and its searches of every "
+        "cluster again where rounding had left no reciprocal pair.");
   m.def("cpu_amx", []() { return dcpe::amx::available(); },
         "Whether the linear engine's centroid scan (above 12 dimensions) runs on AMX tiles "
         "in this process: built with AMX-BF16, granted by the kernel, and DCPE_CPU_AMX "

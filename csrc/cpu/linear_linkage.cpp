@@ -45,8 +45,9 @@
 // engine's expression (squares of direct coordinate differences summed in coordinate
 // order, then the square root), summed in float64; it is computed from the cluster of the
 // smaller identity, so it is the same number whichever of the two asks. The comparisons
-// use a relative safety margin of a few units of the compute type's rounding, so pruning
-// never drops the true nearest neighbour.
+// use a relative safety margin of a few units of the compute type's rounding, and an
+// absolute one for the rounding of the float64 centroids themselves (float64 rows a few
+// roundings apart are that near), so pruning never drops the true nearest neighbour.
 //
 // Neighbour lists (with the scan, Euclidean: above 12 dimensions). The first search, in
 // which every cluster is one token and every token searches, also keeps for each token t
@@ -88,11 +89,15 @@
 // Closed forms. With metric "sqeuclidean", average linkage is a function of cluster
 // moments: E||a - b||^2 = ||mu_A - mu_B||^2 + s_A + s_B; with "cosine" (rows scaled to unit
 // length) 1 - cos = ||a - b||^2 / 2, so it is half of that. Moments merge exactly
-// (mu_C = (|A| mu_A + |B| mu_B) / |C|, s_C = (|A| s_A + |B| s_B) / |C| +
-// |A||B| / |C|^2 ||mu_A - mu_B||^2, no cancellation), so these run on the moments alone
-// (float64), in O(N d) memory at any N. Their search is the same walk of the kd-tree on
-// the centroids (above 16 dimensions, the same scan, 64 searches at a time), within a
-// radius that follows the best value found: value(B) >= ||mu_A - mu_B||^2 + s_A, scaled.
+// (mu_C = mu_A + |B| / |C| (mu_B - mu_A), which keeps the centroid of copies of a row
+// exactly; s_C = (|A| s_A + |B| s_B) / |C| + |A||B| / |C|^2 ||mu_A - mu_B||^2, no
+// cancellation), so these run on the moments alone (float64), in O(N d) memory at any N.
+// Their search is the same walk of the kd-tree on the centroids, within a radius that
+// follows the best value found: value(B) >= ||mu_A - mu_B||^2 + s_A, scaled. As the
+// clusters grow the radius admits more of the tree's leaves, and once a round's searches
+// computed the distances of a share d / 512 of the centroids, few of them within the
+// radius, the searches leave the tree for the same scan as above, 64 searches at a time
+// (leave_tree(); above 16 dimensions they scan from the start).
 // Above 128 dimensions the matrix engine is faster where it fits (backends/cpu.py chooses).
 // Euclidean distance (the paper's DCPE) has no such form.
 //
@@ -107,6 +112,9 @@
 // matrix engine. Ties: nearest neighbours are chosen by (distance, identity), a strict
 // order, so every round has a reciprocal pair, and the result does not depend on the
 // number of threads (each search runs on one thread; merges are recorded in slot order).
+// (Where rounding breaks reducibility by a unit in the last place, a kept nearest
+// neighbour can be out of date and a round left without a reciprocal pair: every cluster
+// then searches again, run().)
 
 #include <omp.h>
 #if defined(__AVX512F__)
@@ -191,11 +199,18 @@ inline bool scan_order_enabled() { return switched_on("DCPE_CPU_SCAN_ORDER"); }
 
 inline bool lists_enabled() { return switched_on("DCPE_CPU_LISTS"); }
 
+// DCPE_CPU_LEAVE_TREE=0: the closed forms' searches stay on the kd-tree in every round
+// (the same nearest neighbours and merges; LinearEngine::leave_tree())
+inline bool leave_tree_enabled() { return switched_on("DCPE_CPU_LEAVE_TREE"); }
+
 // The last run's searches after the first round (all threads), those that tried the lists
 // and those the lists settled (linear_list_stats()).
 std::atomic<int64_t> g_list_searches{0}, g_list_tried{0}, g_list_settled{0};
 // ... and the clusters it handed over to the matrix (finish_on_matrix(); 0: none).
 std::atomic<int64_t> g_handover{0};
+// ... and its rounds of searches, those that walked the kd-tree (leave_tree()), and the
+// searches of every cluster again where no pair was reciprocal (run()).
+std::atomic<int64_t> g_rounds{0}, g_tree_rounds{0}, g_refreshes{0};
 
 inline std::size_t tri(int64_t i) {
   return static_cast<std::size_t>(i) * static_cast<std::size_t>(i - 1) / 2;
@@ -255,16 +270,21 @@ class KdTree {
   }
 
   // visit(id, squared distance, r2) for every point within squared distance r2 of q,
-  // nearer subtrees first; visit may lower r2 (a branch-and-bound search).
+  // nearer subtrees first; visit may lower r2 (a branch-and-bound search). Returns the
+  // number of points whose distance it computed (with the tree, those of the leaves it
+  // entered; without, all of them).
   template <typename F>
-  void search(const double* q, double& r2, F&& visit) const {
+  int64_t search(const double* q, double& r2, F&& visit) const {
+    int64_t examined = 0;
     if (!nodes_.empty()) {
-      search_rec(0, q, r2, visit);
+      search_rec(0, q, r2, visit, examined);
     } else if (!ids_.empty()) {
       scan_group(&q, 1, &r2, [&visit](int, int32_t id, double v, double& r) {
         visit(id, v, r);
       });
+      examined = static_cast<int64_t>(ids_.size());
     }
+    return examined;
   }
 
   // No tree: the points are scanned (scan_group()).
@@ -816,9 +836,11 @@ class KdTree {
   }
 
   template <typename F>
-  void search_rec(int32_t node, const double* q, double& r2, F& visit) const {
+  void search_rec(int32_t node, const double* q, double& r2, F& visit,
+                  int64_t& examined) const {
     const Node& nd = nodes_[node];
     if (nd.left < 0) {
+      examined += nd.hi - nd.lo;
       // dist2(q, p) for the leaf's points, a block of kBlock at a time (build_leaf_blocks())
       typedef Lanes8<double>::type Block __attribute__((aligned(8)));
       static_assert(sizeof(Block) == kBlock * sizeof(double), "a point per lane");
@@ -856,8 +878,8 @@ class KdTree {
     const bool left_first = dl <= dr;
     const int32_t first = left_first ? nd.left : nd.right;
     const int32_t second = left_first ? nd.right : nd.left;
-    if ((left_first ? dl : dr) <= r2) search_rec(first, q, r2, visit);
-    if ((left_first ? dr : dl) <= r2) search_rec(second, q, r2, visit);
+    if ((left_first ? dl : dr) <= r2) search_rec(first, q, r2, visit, examined);
+    if ((left_first ? dr : dl) <= r2) search_rec(second, q, r2, visit, examined);
   }
 
   int64_t d_ = 0;
@@ -1390,7 +1412,7 @@ class LinearEngine {
   LinearEngine(const T* x, int64_t n, int64_t d, const RunOptions& opt, int threads,
                bool closed)
       : x_(x), n_(n), d_(d), opt_(opt), threads_(threads), closed_(closed),
-        tree_dims_(uses_tree(d, closed)) {
+        tree_dims_(uses_tree(d, closed)), walk_tree_(tree_dims_) {
     mu_.resize(static_cast<std::size_t>(n) * d);
     size_.assign(n, 1);
     s2_.assign(n, 0.0);
@@ -1428,6 +1450,17 @@ class LinearEngine {
     // Relative margin of the bound tests: a few roundings of T per coordinate.
     margin_ = closed_ ? 1e-12
                       : 8.0 * double(d + 4) * double(std::numeric_limits<T>::epsilon());
+    // ... and an absolute one (Euclidean): the bounds come from centroids in float64,
+    // each coordinate off by a few roundings of the largest |x| per merge it went through
+    // (at most n), so a bound may be off by sqrt(d) times that, whatever the distances.
+    // Rows a few float64 roundings apart (near-duplicate float64 rows) have distances of
+    // that size, and without it a search could miss its nearest neighbour.
+    if (!closed_) {
+      double big = 0.0;
+      for (int64_t i = 0; i < n * d; ++i) big = std::max(big, std::abs(double(x[i])));
+      slack_ = 8.0 * std::sqrt(double(d)) * double(n) * big *
+               std::numeric_limits<double>::epsilon();
+    }
     cut_handover_ = env_switch("DCPE_CPU_CUT_HANDOVER");
     active_.resize(n);
     std::iota(active_.begin(), active_.end(), 0);
@@ -1440,6 +1473,9 @@ class LinearEngine {
     g_list_tried = 0;
     g_list_settled = 0;
     g_handover = 0;
+    g_rounds = 0;
+    g_tree_rounds = 0;
+    g_refreshes = 0;
     if (n_ < 2) return merges;
     if (!closed_ && !tree_dims_ && tri(n_) * sizeof(T) <= opt_.cache_bytes) {
       finish_on_matrix(merges);  // the tokens fit already, and a kd-tree would prune little
@@ -1461,7 +1497,7 @@ class LinearEngine {
       // the first search scans the tokens cell by cell, each group from its own cell
       // (scan_order.h): the same lists and neighbours, fewer exact distances
       ScanOrder so = scan_order(x_, n_, d_, threads_, [this] { poll(opt_); });
-      tree_.build(mu_.data(), so.order, d_, tree_dims_);
+      tree_.build(mu_.data(), so.order, d_, walk_tree_);
       scan_rank_.resize(so.order.size());
       for (std::size_t p = 0; p < so.order.size(); ++p) {
         scan_rank_[so.order[p]] = static_cast<int32_t>(p);
@@ -1469,21 +1505,34 @@ class LinearEngine {
       todo = std::move(so.order);
       scan_start_ = std::move(so.start);
     } else {
-      tree_.build(mu_.data(), active_, d_, tree_dims_);
+      tree_.build(mu_.data(), active_, d_, walk_tree_);
       if (!tree_.flat()) todo = tree_.order();
     }
     search(todo);
+    leave_tree(todo.size());
     listing_ = false;
     scan_start_.clear();
     scan_start_.shrink_to_fit();
     while (active_.size() >= 2) {
       set_aside();
       if (active_.size() < 2) break;
-      // Reciprocal pairs, in slot order (slot = smallest token index of the cluster).
-      std::vector<std::pair<int32_t, int32_t>> pairs;
-      for (const int32_t a : active_) {
-        const int32_t b = nn_[a];
-        if (b > a && nn_[b] == a) pairs.emplace_back(a, b);
+      std::vector<std::pair<int32_t, int32_t>> pairs = reciprocal_pairs();
+      if (pairs.empty()) {
+        // A unit of rounding can break reducibility: a merged cluster nearer to some C than
+        // both of its parts were, which C's kept nearest neighbour does not know (merged
+        // centroids of near-duplicate rows, the closed forms). Every cluster then searches
+        // again; with every nearest neighbour current, the nearest pair (ties: the smallest
+        // identities) is reciprocal.
+        ++g_refreshes;
+        std::vector<int32_t> all(active_);
+        tree_.build(mu_.data(), active_, d_, walk_tree_);
+        if (!tree_.flat()) in_tree_order(all);
+        work_ = 0.0;
+        search(all);
+        visited_ = 0;
+        set_aside();
+        if (active_.size() < 2) break;
+        pairs = reciprocal_pairs();
       }
       DCPE_CHECK(!pairs.empty(), "internal error: no reciprocal pair");
       merge_pairs(pairs, merges);
@@ -1511,15 +1560,57 @@ class LinearEngine {
         });
       }
       for (const auto& p : pairs) state_[p.first] = state_[p.first] == kFrozen ? kFrozen : kActive;
-      tree_.build(mu_.data(), active_, d_, tree_dims_);
+      tree_.build(mu_.data(), active_, d_, walk_tree_);
       if (!tree_.flat()) in_tree_order(todo);
       work_ = 0.0;
       search(todo);
+      leave_tree(todo.size());
     }
     return merges;
   }
 
  private:
+  // Reciprocal pairs, in slot order (slot = smallest token index of the cluster).
+  std::vector<std::pair<int32_t, int32_t>> reciprocal_pairs() const {
+    std::vector<std::pair<int32_t, int32_t>> pairs;
+    for (const int32_t a : active_) {
+      const int32_t b = nn_[a];
+      if (b > a && nn_[b] == a) pairs.emplace_back(a, b);
+    }
+    return pairs;
+  }
+
+  // The closed forms' searches leave the kd-tree for the scan, for good, after a round on
+  // the tree whose s searches computed, in all, the distances of more than
+  // s m d / kLeaveTreeDiv of the m centroids (work_), of which at most one in
+  // kLeaveTreeVisits lay within their radius (visited_). Early, a search enters a few
+  // leaves; as the clusters grow, their centroids spread and their spreads s2 differ, the
+  // radius that a candidate allows widens, and a search enters many leaves whose points
+  // are nearly all beyond it. The scan (scan_group(): kGroup searches a pass, in
+  // parallel) rejects such points by a float32 bound, for less than the tree spends on
+  // each. On the sample codebook's generator (cosine, 2 cores, with and without AMX) the
+  // rounds' times crossed where a search computed 1.5% (d = 8), 2.3% (d = 12) and 2.5 to
+  // 2.9% (d = 13 to 16) of the centroids' distances, with 1% of those within the radius;
+  // leaving there took 5% to 35% off whole trees of 65,536 and 262,144 tokens (d = 4 to
+  // 16). Points within the radius cost the scan more than the tree: among duplicate rows
+  // (a distance of 0, one merge a round; 2,000 copies of a row in 16,384 x 8) every point
+  // examined is within it, and the scan had taken 2.4 times as long.
+  static constexpr double kLeaveTreeDiv = 512.0;
+  static constexpr int64_t kLeaveTreeVisits = 8;
+  void leave_tree(std::size_t searches) {
+    const int64_t visited = visited_;
+    visited_ = 0;
+    ++g_rounds;
+    if (!tree_.flat()) ++g_tree_rounds;
+    if (!closed_ || !walk_tree_ || searches == 0) return;
+    const double m = static_cast<double>(active_.size());
+    if (!leave_tree_enabled()) return;
+    if (work_ * kLeaveTreeDiv > double(searches) * m * double(d_) &&
+        double(visited) * kLeaveTreeVisits < work_) {
+      walk_tree_ = false;
+    }
+  }
+
   // The hand-over to the matrix of the clusters left sums all token pairs among their
   // tokens once; it is taken when that matrix fits the cache and, with the kd-tree
   // (uses_tree()), the last search summed at least this share of those pairs exactly (the
@@ -1743,7 +1834,7 @@ class LinearEngine {
         for_groups(batch, hi - lo, step, parallel, [&](const int32_t* as, int g, Cands* cand,
                                                        double& pairs) {
           if (closed_ && grouped) search_closed_group(as, g);
-          else if (closed_) search_closed(as[0]);
+          else if (closed_) search_closed(as[0], pairs);
           else if (grouped) search_euclidean_group(as, g, cand, pairs);
           else search_euclidean(as[0], cand[0], pairs);
         });
@@ -1793,13 +1884,19 @@ class LinearEngine {
 
   // The search radius follows the best value found so far, within a flat cut's bound U
   // (set_aside()) from the start.
-  void search_closed(int32_t a) {
+  // `examined` counts the centroids whose distance the search computed, visited_ those
+  // within its radius (leave_tree()).
+  void search_closed(int32_t a, double& examined) {
     double best = kInf;
     int32_t bi = -1;
     double r2 = cut_ < kInf ? closed_radius2(a, cut_) : kInf;
-    tree_.search(mu(a), r2, [&](int32_t b, double, double& radius2) {
+    int64_t visits = 0;
+    examined += double(tree_.search(mu(a), r2, [&](int32_t b, double, double& radius2) {
+      ++visits;
       consider_closed(a, b, best, bi, radius2);
-    });
+    }));
+#pragma omp atomic
+    visited_ += visits;
     nn_[a] = bi;
     nnd_[a] = best;
   }
@@ -1825,6 +1922,13 @@ class LinearEngine {
     }
   }
 
+  // The squared search radius around a centroid for an upper bound r of the nearest
+  // average: r within the margins.
+  double radius2_of(double r) const {
+    const double t = r * (1.0 + margin_) + slack_;
+    return t * t;
+  }
+
   // Bounds of avg(a, b) from the squared centroid distance dm2 (the header's).
   double upper_bound(int32_t a, int32_t b, double dm2) const {
     return std::sqrt(dm2 + s2_[a] + s2_[b]);
@@ -1838,18 +1942,17 @@ class LinearEngine {
 
   void search_euclidean(int32_t a, std::vector<std::pair<double, int32_t>>& cand,
                         double& pairs) {
-    const double up = 1.0 + margin_;
     // Candidates: every centroid within the smallest upper bound seen so far (the radius
     // shrinks during the search), and within a flat cut's bound U (set_aside()); each with
     // its lower bound.
-    double r = cut_, r2 = cut_ < kInf ? (r * up) * (r * up) : kInf;
+    double r = cut_, r2 = cut_ < kInf ? radius2_of(r) : kInf;
     cand.clear();
     tree_.search(mu(a), r2, [&](int32_t b, double dm2, double& radius2) {
       if (b == a) return;
       const double ub = upper_bound(a, b, dm2);
       if (ub < r) {
         r = ub;
-        radius2 = (r * up) * (r * up);
+        radius2 = radius2_of(r);
       }
       cand.emplace_back(lower_bound(a, b, dm2), b);
     });
@@ -1862,12 +1965,11 @@ class LinearEngine {
   // only the others come here (search()); the first round's scan fills them (listing_).
   void search_euclidean_group(const int32_t* as, int g,
                               std::vector<std::pair<double, int32_t>>* cands, double& pairs) {
-    const double up = 1.0 + margin_;
     double r[kGroup], r2[kGroup];
     const double* qs[kGroup];
     for (int j = 0; j < g; ++j) {
       r[j] = cut_;
-      r2[j] = cut_ < kInf ? (r[j] * up) * (r[j] * up) : kInf;
+      r2[j] = cut_ < kInf ? radius2_of(r[j]) : kInf;
       qs[j] = mu(as[j]);
       cands[j].clear();
     }
@@ -1881,7 +1983,7 @@ class LinearEngine {
       const double ub = upper_bound(a, b, dm2);
       if (ub < r[j]) {
         r[j] = ub;
-        radius2 = (r[j] * up) * (r[j] * up);
+        radius2 = radius2_of(r[j]);
       }
       cands[j].emplace_back(lower_bound(a, b, dm2), b);
     });
@@ -1899,7 +2001,6 @@ class LinearEngine {
   void list_first_search(const int32_t* as, int g, const double* const* qs,
                          std::vector<std::pair<double, int32_t>>* cands, double* r,
                          double* r2, double& pairs) {
-    const double up = 1.0 + margin_;
     const std::size_t k_list = static_cast<std::size_t>(kList_);
     std::vector<std::pair<double, int32_t>> heap[kGroup];
     for (int j = 0; j < g; ++j) heap[j].reserve(k_list);
@@ -1919,7 +2020,7 @@ class LinearEngine {
         replace_top(h, e);
       }
       radius2 = h.size() < k_list ? kInf
-                                  : std::max((r[j] * up) * (r[j] * up), h.front().first);
+                                  : std::max(radius2_of(r[j]), h.front().first);
     }, start);
     finish_euclidean(as, g, cands, r, pairs);
     for (int j = 0; j < g; ++j) {
@@ -2074,10 +2175,10 @@ class LinearEngine {
     std::size_t next[kGroup];
     for (int j = 0; j < g; ++j) {
       auto& cand = cands[j];
-      const double cut = r[j] * up;
+      const double cut = r[j] * up + slack_;
       std::size_t keep = 0;
       for (const auto& c : cand) {
-        if (c.first * down <= cut) cand[keep++] = c;
+        if (c.first * down - slack_ <= cut) cand[keep++] = c;
       }
       cand.resize(keep);
       std::sort(cand.begin(), cand.end());
@@ -2095,7 +2196,7 @@ class LinearEngine {
         const auto& cand = cands[j];
         const int most = next[j] == 0 ? 1 : kSums;
         for (std::size_t t = next[j]; t < cand.size() && m - start[j] < most; ++t) {
-          if (cand[t].first * down > best[j]) break;
+          if (cand[t].first * down - slack_ > best[j]) break;
           pa[m] = as[j];
           pb[m++] = cand[t].second;
         }
@@ -2106,7 +2207,7 @@ class LinearEngine {
       for (int j = 0; j < g; ++j) {
         const auto& cand = cands[j];
         for (int u = start[j]; u < start[j + 1]; ++u) {
-          if (cand[next[j]].first * down > best[j]) {
+          if (cand[next[j]].first * down - slack_ > best[j]) {
             next[j] = cand.size();  // stop: the later bounds are larger still
             break;
           }
@@ -2184,7 +2285,12 @@ class LinearEngine {
       const double dm2 = centroid_dist2(a, b);
       double* ma = &mu_[static_cast<std::size_t>(a) * d_];
       const double* mb = mu(b);
-      for (int64_t k = 0; k < d_; ++k) ma[k] = (na * ma[k] + nb * mb[k]) / nc;
+      // as a step from mu_a towards mu_b: copies of a row (mu_b = mu_a) keep their centroid
+      // exactly, and with it a spread of 0 and a distance of exactly 0 between them (the
+      // matrix engine's; the weighted mean had drifted by units of rounding, heights of
+      // 1e-32 in place of 0)
+      const double w = nb / nc;
+      for (int64_t k = 0; k < d_; ++k) ma[k] += (mb[k] - ma[k]) * w;
       s2_[a] = (na * s2_[a] + nb * s2_[b]) / nc + na * nb / (nc * nc) * dm2;
       if (!closed_ && !(cap > 0 && size_[a] + size_[b] > cap)) {
         double r2 = 0.0;
@@ -2357,9 +2463,14 @@ class LinearEngine {
   int threads_;
   bool closed_;
   double margin_ = 0.0;
+  double slack_ = 0.0;  // the absolute margin (Euclidean)
   int cut_handover_ = -1;  // DCPE_CPU_CUT_HANDOVER: 0 or 1; -1 unset (handover_now())
   double cut_ = kInf;         // a flat cut's bound U (update_cut()), +inf until known
-  double work_ = 0.0;         // token pairs summed exactly by the last search
+  // the last search's work: token pairs summed exactly (Euclidean), centroids whose
+  // distance it computed on the tree (closed forms, leave_tree()); and those of them
+  // within its radius
+  double work_ = 0.0;
+  int64_t visited_ = 0;
   std::vector<double> keys_;  // scratch of update_cut()
   // token arena of cap_ tokens: cluster a's tokens from token offset pos_[a], a block
   // [d][size_[a]] (coordinate k of its token i at pos_[a] * d + k * size_[a] + i)
@@ -2374,7 +2485,8 @@ class LinearEngine {
   std::vector<uint8_t> state_;
   std::vector<int32_t> active_;
   KdTree tree_;
-  const bool tree_dims_;  // uses_tree(d, closed): the searches walk tree_, else scan
+  const bool tree_dims_;  // uses_tree(d, closed): the searches start on tree_, else scan
+  bool walk_tree_;        // this round's searches walk tree_ (leave_tree()), else scan
   // Neighbour lists (settle_from_lists()): kList_ entries a token (0: none), the lists'
   // token indices and lower bounds of their distances, each token's bound r(t) of the
   // tokens off its list, and the slot of each token's cluster; listing_ while the first
@@ -2413,9 +2525,10 @@ std::vector<Merge> linear_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   return engine.run();
 }
 
-std::array<int64_t, 4> linear_list_stats() {
+std::array<int64_t, 7> linear_list_stats() {
   return {g_list_searches.load(), g_list_tried.load(), g_list_settled.load(),
-          g_handover.load()};
+          g_handover.load(),      g_rounds.load(),     g_tree_rounds.load(),
+          g_refreshes.load()};
 }
 
 template std::vector<Merge> linear_linkage<float>(const float*, int64_t, int64_t,

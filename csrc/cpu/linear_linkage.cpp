@@ -1588,13 +1588,14 @@ class LinearEngine {
   // radius that a candidate allows widens, and a search enters many leaves whose points
   // are nearly all beyond it. The scan (scan_group(): kGroup searches a pass, in
   // parallel) rejects such points by a float32 bound, for less than the tree spends on
-  // each. On the sample codebook's generator (cosine, 2 cores, with and without AMX) the
-  // rounds' times crossed where a search computed 1.5% (d = 8), 2.3% (d = 12) and 2.5 to
-  // 2.9% (d = 13 to 16) of the centroids' distances, with 1% of those within the radius;
-  // leaving there took 5% to 35% off whole trees of 65,536 and 262,144 tokens (d = 4 to
-  // 16). Points within the radius cost the scan more than the tree: among duplicate rows
-  // (a distance of 0, one merge a round; 2,000 copies of a row in 16,384 x 8) every point
-  // examined is within it, and the scan had taken 2.4 times as long.
+  // each. On the sample codebook's generator (cosine, 2 cores of an AMD EPYC without AMX
+  // tiles) the rounds' times crossed where a search computed 1.5% (d = 8), 2.3% (d = 12)
+  // and 2.5 to 2.9% (d = 13 to 16) of the centroids' distances, with about 1% of those
+  // within the radius; the whole tree took 0.70x to 0.99x the time of staying on the tree
+  // at 65,536 to 1,048,576 tokens, d = 8 to 16 (README, "The closed forms leave the
+  // kd-tree"). Points within the radius cost the scan more than the tree: among duplicate
+  // rows (a distance of 0, one merge a round) every point examined is within it, and on
+  // 2,048 x 1 (two distinct rows) the scan had taken 6.1 s to the tree's 2.5 s.
   static constexpr double kLeaveTreeDiv = 512.0;
   static constexpr int64_t kLeaveTreeVisits = 8;
   void leave_tree(std::size_t searches) {

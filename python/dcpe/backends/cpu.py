@@ -68,8 +68,8 @@ LOW_D, LOW_D_MATRIX_MAX_N = 8, 2048
 KDTREE_MAX_D = 12
 #: ...and the closed forms' searches on moments, which scan above this dimension. At most
 #: at this dimension they start on the kd-tree and leave it for the scan once it prunes
-#: little (a round's searches computed the distances of d / 512 of the centroids): 0.65x
-#: to 0.94x the time of staying on it on 65,536 and 262,144 x 4 to 16 (cosine, the whole
+#: little (a round's searches computed the distances of d / 512 of the centroids): 0.70x
+#: to 0.99x the time of staying on it at 65,536 to 1,048,576 x 8 to 16 (cosine, the whole
 #: tree; README, "The closed forms leave the kd-tree")
 CLOSED_KDTREE_MAX_D = 16
 #: ...and there, up to :data:`MATRIX_MIN_D` dimensions, ``auto`` prefers the matrix engine

@@ -888,10 +888,23 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
         searched = nrows
         s2 = m2[:n] / st.size[:n].to(f64)
         if scale is not None:
-            ops.centroid_nn(mu[:n].T.contiguous(), s2, n, 1, scale, best, nn, rows, nrows)
+            mut = mu[:n].T.contiguous()
+            ops.centroid_nn(mut, s2, n, 1, scale, best, nn, rows, nrows)
             clock.mark("scan")
             nnd[:n] = best[:n].to(dt)
             vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
+            if vals[0] == 0 and nrows < n and not (st.stop_check and vals[2] >= st.need):
+                # a unit of rounding in the moments can make a merged cluster nearer to some
+                # C than both of its parts were, which C's kept nearest neighbour does not
+                # know, and leave the round without a reciprocal pair: every cluster then
+                # searches again (with every nearest neighbour current, the nearest pair,
+                # ties to the smallest identities, is reciprocal); the scan only launched
+                # the next round's state, which this one replaces
+                rows = torch.arange(n, dtype=torch.int32, device=dev)
+                nrows = searched = n
+                ops.centroid_nn(mut, s2, n, 1, scale, best, nn, rows, nrows)
+                nnd[:n] = best[:n].to(dt)
+                vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
             clock.mark("select")
         else:
             scans = None  # (the last round's centroids are not kept alongside)

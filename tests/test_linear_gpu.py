@@ -1630,3 +1630,24 @@ def test_cli_gpu_backend_with_memory_limit(tmp_path, capsys,
     assert "clusters found: 100" in capsys.readouterr().out
     got = np.load(out)["token_to_cluster"]
     assert same_partition(got, _cpu_labels(x, 100, "euclidean", None))
+
+
+@pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
+def test_near_duplicate_float64_rows_closed_forms(metric: str) -> None:
+    """Rows a few float64 roundings apart from a few distinct ones (the inputs of
+    ``test_near_duplicate_float64_rows_need_no_luck`` in ``test_linear_engine.py``): a
+    unit of rounding in the moments can leave a round of the matrix-free closed forms
+    without a reciprocal pair (seed 15, ``sqeuclidean``: at 8 clusters), where every
+    cluster then searches again. The merges are those of the ``cpu`` engine's moments up
+    to that rounding: the flat cut at the number of distinct rows is those rows."""
+    for seed in (15, 54, 83, 88):
+        rng = np.random.default_rng(seed)
+        d = int(rng.choice([2, 3, 8, 16, 20]))
+        k = int(rng.integers(2, 6))
+        x = tie_free(rng, k, d)[rng.integers(0, k, size=300)]
+        x = x * (1 + float(rng.choice([1e-16, 1e-15, 1e-14])) * rng.standard_normal(x.shape))
+        mg = linear.linear_merges(torch.from_numpy(x).to(DEVICE), metric=metric,
+                                  max_cluster_size=None, ops=ReferenceOps, handover_bytes=0)
+        labels = merges_to_labels(mg, k).cpu().numpy()
+        groups = np.unique(x.round(6), axis=0, return_inverse=True)[1].ravel()
+        assert same_partition(labels, groups), seed

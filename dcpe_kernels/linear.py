@@ -893,7 +893,7 @@ def linear_merges(x: torch.Tensor, *, metric: str, max_cluster_size: int | None,
             clock.mark("scan")
             nnd[:n] = best[:n].to(dt)
             vals = st.scan(ops, n, nn, nnd, lambda n=n: carry(n))
-            if vals[0] == 0 and nrows < n and not (st.stop_check and vals[2] >= st.need):
+            if vals[0] == 0 and nrows < n and not st.stops(vals[2]):
                 # a unit of rounding in the moments can make a merged cluster nearer to some
                 # C than both of its parts were, which C's kept nearest neighbour does not
                 # know, and leave the round without a reciprocal pair: every cluster then

@@ -505,9 +505,14 @@ class RoundState:
         self._ready.synchronize()  # the one sync of a round: the counts, not the merge
         return self._host.tolist()
 
+    def stops(self, below: int) -> bool:
+        """Whether a flat cut's merges are all known after the scanned round (``below``
+        of its counts): the rounds end there, whatever its pairs."""
+        return self.stop_check and below >= self.need
+
     def commit(self, n: int, n_pairs: int, n_new: int, below: int, backend: str) -> bool:
         """Apply a scanned round; True when another round follows (``n_new`` slots)."""
-        if self.stop_check and below >= self.need:
+        if self.stops(below):
             self.known, self.complete = below, False
             return False
         if n_pairs == 0:

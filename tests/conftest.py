@@ -51,6 +51,17 @@ def as_columns(x):
     return buf[:, : x.shape[0]].T
 
 
+def near_duplicate_float64_rows(seed: int, n: int = 300) -> tuple[np.ndarray, int]:
+    """``n`` rows within a few float64 roundings (relative 1e-16 to 1e-14) of ``k``
+    distinct tie-free rows, 2 <= k <= 5, d in {2, 3, 8, 16, 20}; returns ``(x, k)``. Their
+    distances are as small as the rounding of centroids and moments."""
+    rng = np.random.default_rng(seed)
+    d = int(rng.choice([2, 3, 8, 16, 20]))
+    k = int(rng.integers(2, 6))
+    x = tie_free(rng, k, d)[rng.integers(0, k, size=n)]
+    return x * (1 + float(rng.choice([1e-16, 1e-15, 1e-14])) * rng.standard_normal(x.shape)), k
+
+
 def integer_grid(rng: np.random.Generator, n: int, d: int, side: int = 3) -> np.ndarray:
     """Points on a small integer grid: many exactly tied distances and duplicate rows."""
     return rng.integers(0, side, size=(n, d)).astype(np.float64)

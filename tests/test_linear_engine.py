@@ -21,6 +21,7 @@ from conftest import (
     cut_z,
     hierarchy_sets,
     integer_grid,
+    near_duplicate_float64_rows,
     replay_gaps,
     same_partition,
     scipy_linkage,
@@ -924,11 +925,7 @@ def test_near_duplicate_float64_rows_need_no_luck():
     # where the engine had stopped too. The merges are greedy up to that rounding.
     refreshed = 0
     for seed in range(200):
-        rng = np.random.default_rng(seed)
-        d = int(rng.choice([2, 3, 8, 16, 20]))
-        k = int(rng.integers(2, 6))
-        x = tie_free(rng, k, d)[rng.integers(0, k, size=300)]
-        x = x * (1 + float(rng.choice([1e-16, 1e-15, 1e-14])) * rng.standard_normal(x.shape))
+        x, k = near_duplicate_float64_rows(seed)
         for metric in ("euclidean", "sqeuclidean", "cosine"):
             z = _linear_z(x, 0, metric=metric)
             stats = dcpe._C.cpu_list_stats()

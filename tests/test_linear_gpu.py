@@ -41,6 +41,7 @@ from conftest import (  # noqa: E402
     check_batched_lists,
     check_gram_engine,
     check_gram_scans,
+    near_duplicate_float64_rows,
     same_partition,
     tie_free,
 )
@@ -1641,11 +1642,7 @@ def test_near_duplicate_float64_rows_closed_forms(metric: str) -> None:
     cluster then searches again. The merges are those of the ``cpu`` engine's moments up
     to that rounding: the flat cut at the number of distinct rows is those rows."""
     for seed in (15, 54, 83, 88):
-        rng = np.random.default_rng(seed)
-        d = int(rng.choice([2, 3, 8, 16, 20]))
-        k = int(rng.integers(2, 6))
-        x = tie_free(rng, k, d)[rng.integers(0, k, size=300)]
-        x = x * (1 + float(rng.choice([1e-16, 1e-15, 1e-14])) * rng.standard_normal(x.shape))
+        x, k = near_duplicate_float64_rows(seed)
         mg = linear.linear_merges(torch.from_numpy(x).to(DEVICE), metric=metric,
                                   max_cluster_size=None, ops=ReferenceOps, handover_bytes=0)
         labels = merges_to_labels(mg, k).cpu().numpy()

@@ -1429,6 +1429,7 @@ class LinearEngine {
       tok_.resize(cap_);
       pos_.resize(n);
     }
+    double big = 0.0;  // the largest |x| (Euclidean: slack_)
     for (int64_t i = 0; i < n; ++i) {
       double scale = 1.0;
       if (cosine) {
@@ -1439,6 +1440,7 @@ class LinearEngine {
       }
       for (int64_t k = 0; k < d; ++k) {
         mu_[i * d + k] = double(x[i * d + k]) * scale;
+        big = std::max(big, std::abs(mu_[i * d + k]));
         if (!closed_) ar_[i * d + k] = x[i * d + k];
       }
       if (!closed_) {
@@ -1456,12 +1458,11 @@ class LinearEngine {
     // Rows a few float64 roundings apart (near-duplicate float64 rows) have distances of
     // that size, and without it a search could miss its nearest neighbour.
     if (!closed_) {
-      double big = 0.0;
-      for (int64_t i = 0; i < n * d; ++i) big = std::max(big, std::abs(double(x[i])));
       slack_ = 8.0 * std::sqrt(double(d)) * double(n) * big *
                std::numeric_limits<double>::epsilon();
     }
     cut_handover_ = env_switch("DCPE_CPU_CUT_HANDOVER");
+    can_leave_tree_ = closed_ && tree_dims_ && leave_tree_enabled();
     active_.resize(n);
     std::iota(active_.begin(), active_.end(), 0);
   }
@@ -1525,11 +1526,7 @@ class LinearEngine {
         // identities) is reciprocal.
         ++g_refreshes;
         std::vector<int32_t> all(active_);
-        tree_.build(mu_.data(), active_, d_, walk_tree_);
-        if (!tree_.flat()) in_tree_order(all);
-        work_ = 0.0;
-        search(all);
-        visited_ = 0;
+        search_round(all);
         set_aside();
         if (active_.size() < 2) break;
         pairs = reciprocal_pairs();
@@ -1560,16 +1557,23 @@ class LinearEngine {
         });
       }
       for (const auto& p : pairs) state_[p.first] = state_[p.first] == kFrozen ? kFrozen : kActive;
-      tree_.build(mu_.data(), active_, d_, walk_tree_);
-      if (!tree_.flat()) in_tree_order(todo);
-      work_ = 0.0;
-      search(todo);
+      search_round(todo);
       leave_tree(todo.size());
     }
     return merges;
   }
 
  private:
+  // The searches of `todo` after the first round: the tree (or the scan's copy) on the
+  // active centroids, the searches in its order, their work counted afresh (leave_tree()).
+  void search_round(std::vector<int32_t>& todo) {
+    tree_.build(mu_.data(), active_, d_, walk_tree_);
+    if (!tree_.flat()) in_tree_order(todo);
+    work_ = 0.0;
+    visited_ = 0;
+    search(todo);
+  }
+
   // Reciprocal pairs, in slot order (slot = smallest token index of the cluster).
   std::vector<std::pair<int32_t, int32_t>> reciprocal_pairs() const {
     std::vector<std::pair<int32_t, int32_t>> pairs;
@@ -1599,15 +1603,12 @@ class LinearEngine {
   static constexpr double kLeaveTreeDiv = 512.0;
   static constexpr int64_t kLeaveTreeVisits = 8;
   void leave_tree(std::size_t searches) {
-    const int64_t visited = visited_;
-    visited_ = 0;
     ++g_rounds;
     if (!tree_.flat()) ++g_tree_rounds;
-    if (!closed_ || !walk_tree_ || searches == 0) return;
+    if (!can_leave_tree_ || !walk_tree_ || searches == 0) return;
     const double m = static_cast<double>(active_.size());
-    if (!leave_tree_enabled()) return;
     if (work_ * kLeaveTreeDiv > double(searches) * m * double(d_) &&
-        double(visited) * kLeaveTreeVisits < work_) {
+        double(visited_) * kLeaveTreeVisits < work_) {
       walk_tree_ = false;
     }
   }
@@ -1923,10 +1924,12 @@ class LinearEngine {
     }
   }
 
-  // The squared search radius around a centroid for an upper bound r of the nearest
-  // average: r within the margins.
+  // An upper bound r of an average, widened by the margins (relative and absolute), and a
+  // lower bound b narrowed by them; and the squared search radius around a centroid for r.
+  double widen(double r) const { return r * (1.0 + margin_) + slack_; }
+  double narrow(double b) const { return b * (1.0 - margin_) - slack_; }
   double radius2_of(double r) const {
-    const double t = r * (1.0 + margin_) + slack_;
+    const double t = widen(r);
     return t * t;
   }
 
@@ -2170,16 +2173,15 @@ class LinearEngine {
   // computed and unused, so each result is the one-at-a-time loop's.
   void finish_euclidean(const int32_t* as, int g, std::vector<std::pair<double, int32_t>>* cands,
                         const double* r, double& pairs) {
-    const double up = 1.0 + margin_, down = 1.0 - margin_;
     double best[kGroup];
     int32_t bi[kGroup];
     std::size_t next[kGroup];
     for (int j = 0; j < g; ++j) {
       auto& cand = cands[j];
-      const double cut = r[j] * up + slack_;
+      const double cut = widen(r[j]);
       std::size_t keep = 0;
       for (const auto& c : cand) {
-        if (c.first * down - slack_ <= cut) cand[keep++] = c;
+        if (narrow(c.first) <= cut) cand[keep++] = c;
       }
       cand.resize(keep);
       std::sort(cand.begin(), cand.end());
@@ -2197,7 +2199,7 @@ class LinearEngine {
         const auto& cand = cands[j];
         const int most = next[j] == 0 ? 1 : kSums;
         for (std::size_t t = next[j]; t < cand.size() && m - start[j] < most; ++t) {
-          if (cand[t].first * down - slack_ > best[j]) break;
+          if (narrow(cand[t].first) > best[j]) break;
           pa[m] = as[j];
           pb[m++] = cand[t].second;
         }
@@ -2208,7 +2210,7 @@ class LinearEngine {
       for (int j = 0; j < g; ++j) {
         const auto& cand = cands[j];
         for (int u = start[j]; u < start[j + 1]; ++u) {
-          if (cand[next[j]].first * down - slack_ > best[j]) {
+          if (narrow(cand[next[j]].first) > best[j]) {
             next[j] = cand.size();  // stop: the later bounds are larger still
             break;
           }
@@ -2488,6 +2490,7 @@ class LinearEngine {
   KdTree tree_;
   const bool tree_dims_;  // uses_tree(d, closed): the searches start on tree_, else scan
   bool walk_tree_;        // this round's searches walk tree_ (leave_tree()), else scan
+  bool can_leave_tree_ = false;  // closed forms on the tree, DCPE_CPU_LEAVE_TREE not 0
   // Neighbour lists (settle_from_lists()): kList_ entries a token (0: none), the lists'
   // token indices and lower bounds of their distances, each token's bound r(t) of the
   // tokens off its list, and the slot of each token's cluster; listing_ while the first

@@ -141,6 +141,17 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(a) == len(b) and bool(np.array_equal(canonical(a), canonical(b)))
 
 
+def with_copies(x: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
+    """``x`` with ``round(fraction * N)`` of its rows other than row 0, drawn at random
+    (``seed``), replaced by copies of row 0: exact duplicates, which tie at distance 0."""
+    x = np.array(x, copy=True)
+    count = min(len(x) - 1, round(fraction * len(x)))
+    if count > 0:
+        rows = np.random.default_rng(seed).choice(np.arange(1, len(x)), count, replace=False)
+        x[rows] = x[0]
+    return x
+
+
 def markdown_table(headers: list[str], rows: list[list[Any]]) -> str:
     lines = ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers)]
     for row in rows:

@@ -40,6 +40,9 @@ and pass ``--parchain path/to/hac/linkage``. It is run as
 ``PARLAY_NUM_THREADS=<threads> linkage -method avg -cachesize 32 -d <d> -o out.txt in.pbbs``
 on a ``pbbs_sequencePoint<d>d`` text file of the same points (d <= 10 only).
 
+``--copies F`` replaces a fraction F of the rows (drawn at random, seed 0) by copies of the
+first row: exact duplicates, at distance 0 from each other, for every provider.
+
 ``--repeat R`` runs each provider's call R times in its process (ParChain: its binary R
 times) and reports the median, with every run's time in the JSON. The first call of a
 process also starts its threads (several milliseconds here), which a single run per cell
@@ -52,6 +55,8 @@ Examples
 --------
     python benchmarks/bench_scale.py --parchain ~/ParChain-HAC/hac/linkage
     python benchmarks/bench_scale.py --sizes 16384x8,65536x8 --providers dcpe-linear,fastcluster
+    python benchmarks/bench_scale.py --sizes 262144x8 --copies 0.05 --providers dcpe-cut \
+        --name scale-copies
     python benchmarks/bench_scale.py --sizes 512x8,1024x8,2048x8,4096x8,8192x8 --repeat 7 \
         --providers dcpe-auto,dcpe-linear,dcpe-cut,parchain --parchain PATH --name scale-small
 """
@@ -69,7 +74,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt_seconds, machine_info, markdown_table, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    fmt_seconds,
+    machine_info,
+    markdown_table,
+    with_copies,
+    write_results,
+)
 
 PROVIDERS = ("dcpe-auto", "dcpe-linear", "dcpe-cut", "dcpe-matrix", "fastcluster", "parchain",
              "dcpe-cosine", "dcpe-cut-matrix", "dcpe-cut-auto", "dcpe-cosine-linear",
@@ -89,10 +100,13 @@ import numpy as np
 provider, n, d, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
 repeat = int(sys.argv[5])
 fraction = int(sys.argv[6])
-limit = {"memory_limit": sys.argv[7]} if len(sys.argv) > 7 else {}
+copies = float(sys.argv[7])
+sys.path.insert(0, sys.argv[8])
+limit = {"memory_limit": sys.argv[9]} if len(sys.argv) > 9 else {}
+from _common import with_copies
 from dcpe.datasets import make_sample_codebook, sample_codebook
 x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
-x = np.ascontiguousarray(x, dtype=np.float32)
+x = np.ascontiguousarray(with_copies(x, copies), dtype=np.float32)
 
 
 def run():
@@ -152,12 +166,13 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, int]:
 
 def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
                memory_limit: str | None = None, repeat: int = 1,
-               cut_fraction: int = 2) -> dict[str, Any]:
+               cut_fraction: int = 2, copies: float = 0.0) -> dict[str, Any]:
     env = dict(os.environ, DCPE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     limit = [] if memory_limit is None else [memory_limit]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-c", _CHILD, provider, str(n), str(d),
-                                 str(threads), str(repeat), str(cut_fraction), *limit],
+                                 str(threads), str(repeat), str(cut_fraction), str(copies),
+                                 str(Path(__file__).resolve().parent), *limit],
                                 stdout=out, stderr=err, env=env)
         code, rss = _wait(proc, timeout)
         out.seek(0)
@@ -172,7 +187,7 @@ def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
 
 
 def run_parchain(binary: str, n: int, d: int, threads: int, timeout: float,
-                 repeat: int = 1) -> dict[str, Any]:
+                 repeat: int = 1, copies: float = 0.0) -> dict[str, Any]:
     if d > 10:
         return {"error": "ParChain is built for d <= 10"}
     import numpy as np
@@ -180,6 +195,7 @@ def run_parchain(binary: str, n: int, d: int, threads: int, timeout: float,
     from dcpe.datasets import make_sample_codebook, sample_codebook
 
     x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
+    x = with_copies(x, copies)
     runs, peak = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "points.pbbs", Path(tmp) / "dendrogram.txt"
@@ -232,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
                         "small one keeps its rounds from handing over to the matrix")
     p.add_argument("--cut-fraction", type=int, default=2, metavar="F",
                    help="dcpe-cut's labels at k = N // F (default: %(default)s)")
+    p.add_argument("--copies", type=float, default=0.0, metavar="F",
+                   help="replace a fraction F of the rows by copies of the first row "
+                        "(default: %(default)s)")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs of each provider's call per cell, reported by their median "
                         "(default: %(default)s)")
@@ -251,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--parchain {args.parchain!r} is not an executable file")
     if args.cut_fraction < 1:
         p.error(f"--cut-fraction must be at least 1, not {args.cut_fraction}")
+    if not 0.0 <= args.copies < 1.0:
+        p.error(f"--copies must be at least 0 and below 1, not {args.copies}")
     if args.repeat < 1:
         p.error(f"--repeat must be at least 1, not {args.repeat}")
     sizes = _parse_sizes(args.sizes)
@@ -273,10 +294,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{provider} {n}x{d} ...", file=sys.stderr, flush=True)
             if provider == "parchain":
                 row = run_parchain(args.parchain, n, d, args.threads, args.timeout,
-                                   args.repeat)
+                                   args.repeat, args.copies)
             else:
                 row = run_python(provider, n, d, args.threads, args.timeout,
-                                 args.memory_limit, args.repeat, args.cut_fraction)
+                                 args.memory_limit, args.repeat, args.cut_fraction,
+                                 args.copies)
             row.update(provider=provider, n=n, d=d)
             print(f"  {row}", file=sys.stderr, flush=True)
             rows.append(row)
@@ -307,7 +329,10 @@ def main(argv: list[str] | None = None) -> int:
         + f"dcpe {info['versions'].get('dcpe')} · fastcluster "
         f"{info['versions'].get('fastcluster')}",
         "",
-        "Data: the sample codebook's generator, float32. Time: the clustering call alone, "
+        "Data: the sample codebook's generator, float32"
+        + (f", a fraction {args.copies:g} of its rows replaced by copies of the first row"
+           if args.copies else "")
+        + ". Time: the clustering call alone, "
         + ("one run per cell" if args.repeat == 1 else
            f"the median of {args.repeat} runs per cell, in one process (ParChain: "
            f"{args.repeat} runs of its binary), the first included")
@@ -323,6 +348,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     payload = {"machine": info, "threads": args.threads, "rows": rows,
                "memory_limit": args.memory_limit, "cut_fraction": args.cut_fraction,
+               "copies": args.copies,
                "parchain": args.parchain is not None}
     jpath, mpath = write_results(args.name, payload, md, args.out)
     print(md)

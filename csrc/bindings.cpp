@@ -65,6 +65,7 @@ PYBIND11_MODULE(_C, m) {
           out["rounds"] = s[4];
           out["tree_rounds"] = s[5];
           out["refreshes"] = s[6];
+          out["copies"] = s[7];
           return out;
         },
         "The last linear-engine run's searches after its first round (Euclidean, above 12 "
@@ -73,7 +74,8 @@ PYBIND11_MODULE(_C, m) {
         "and the clusters it handed over to the matrix of their averages (0: none); its "
         "rounds of searches, those on the kd-tree (the closed forms leave it once it "
         "prunes little; DCPE_CPU_LEAVE_TREE=0 keeps them on it), and its searches of every "
-        "cluster again where rounding had left no reciprocal pair.");
+        "cluster again where rounding had left no reciprocal pair; the merges of copies of a "
+        "row that the closed forms made ahead of the rounds (DCPE_CPU_COPIES=0: in them).");
   m.def("cpu_amx", []() { return dcpe::amx::available(); },
         "Whether the linear engine's centroid scan (above 12 dimensions) runs on AMX tiles "
         "in this process: built with AMX-BF16, granted by the kernel, and DCPE_CPU_AMX "

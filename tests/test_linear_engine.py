@@ -852,15 +852,20 @@ def test_neighbour_lists_only_above_12_dimensions_and_counted(rng, monkeypatch):
 # bit. cpu_list_stats() counts the rounds, and those on the tree.
 
 
-def _leaving_and_staying(monkeypatch, run):
-    """``run()`` leaving the tree and staying on it, and the rounds' counts of each."""
+def _switched(monkeypatch, name: str, run):
+    """``run()`` with the engine's switch ``name`` on and off, and the run's counts of each."""
     out, stats = [], []
     for flag in ("1", "0"):
         with monkeypatch.context() as m:
-            m.setenv("DCPE_CPU_LEAVE_TREE", flag)
+            m.setenv(name, flag)
             out.append(run())
             stats.append(dict(dcpe._C.cpu_list_stats()))
     return out, stats
+
+
+def _leaving_and_staying(monkeypatch, run):
+    """``run()`` leaving the tree and staying on it, and the rounds' counts of each."""
+    return _switched(monkeypatch, "DCPE_CPU_LEAVE_TREE", run)
 
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
@@ -879,7 +884,10 @@ def test_closed_forms_leave_the_tree_with_the_same_merges(rng, monkeypatch, metr
     for run in runs:
         (z_leave, z_stay), (leave, stay) = _leaving_and_staying(monkeypatch, run)
         np.testing.assert_array_equal(z_leave, z_stay)
-        assert stay["tree_rounds"] == stay["rounds"] == leave["rounds"] > 2
+        # the grid's flat cut falls among its copies of rows, all merged after the first
+        # search (merge_copies()), whose clusters' searches are the second round and last
+        shortest = 2 if kind == "grid" and run is runs[1] else 3
+        assert stay["tree_rounds"] == stay["rounds"] == leave["rounds"] >= shortest
         if kind in ("codebook", "tie_free") and d >= 8:  # the tree first, then the scan
             assert 0 < leave["tree_rounds"] < leave["rounds"]
         assert leave["refreshes"] == stay["refreshes"] == 0
@@ -887,9 +895,11 @@ def test_closed_forms_leave_the_tree_with_the_same_merges(rng, monkeypatch, metr
 
 @pytest.mark.parametrize("metric", ["sqeuclidean", "cosine"])
 def test_closed_forms_stay_on_the_tree_among_duplicate_rows(rng, monkeypatch, metric):
-    # three rows, 200 copies each: a distance of 0 between copies and one merge a round of
-    # each row's copies; every centroid a search examines lies within its radius, where the
-    # scan would cost more than the tree, so the searches stay on it
+    # three rows, 200 copies each, merged in the rounds (DCPE_CPU_COPIES=0): a distance of 0
+    # between copies and one merge a round of each row's copies; every centroid a search
+    # examines lies within its radius, where the scan would cost more than the tree, so
+    # the searches stay on it
+    monkeypatch.setenv("DCPE_CPU_COPIES", "0")
     distinct = tie_free(rng, 3, 8)
     x = distinct[rng.permutation(np.repeat(np.arange(3), 200))]
     n = len(x)
@@ -912,6 +922,101 @@ def test_closed_forms_merge_copies_at_exactly_zero(rng, metric):
         assert np.all(z[:n_zero, 2] == 0) and np.all(z[n_zero:, 2] > 0)
     zm = _matrix_z(x, metric=metric)
     assert hierarchy_sets(_linear_z(x, 0, metric=metric), n) == hierarchy_sets(zm, n)
+
+
+def _rows_with_copies(rng: np.random.Generator, n: int, d: int, dtype: type
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """About ``n`` shuffled rows: one distinct row with n/4 copies, four with tens and the
+    rest with one to three, each row's copies at random places; and the rows' counts."""
+    m = n // 3
+    counts = rng.integers(1, 4, size=m)
+    counts[rng.choice(m, 4, replace=False)] = rng.integers(10, 40, size=4)
+    counts[0] = n // 4
+    distinct = tie_free(rng, m, d, dtype) + 0.5  # no zero rows (cosine)
+    x = distinct[rng.permutation(np.repeat(np.arange(m), counts))]
+    return x, counts
+
+
+def _with_and_without_copies(monkeypatch, run):
+    """``run()`` with copies merged after the first search, and in the rounds (as before)."""
+    return _switched(monkeypatch, "DCPE_CPU_COPIES", run)
+
+
+def _copy_merges(counts: np.ndarray, cap: int | None) -> int:
+    """Merges among copies: c - 1 for c copies, or under a cap runs of cap + 1 copies (a
+    cluster leaves once larger than the cap) and what is left."""
+    if cap is None:
+        return int(np.sum(counts - 1))
+    full, rest = np.divmod(counts, cap + 1)
+    return int(np.sum(full * cap + np.maximum(rest - 1, 0)))
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("d", [3, 8, 16, 40])
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+@pytest.mark.parametrize("cap", [None, 5])
+def test_copies_merge_after_the_first_search_as_in_the_rounds(rng, monkeypatch, metric, d,
+                                                               dtype, cap):
+    # copies of a row, at distance exactly 0, had merged one pair of a row's copies a round
+    # (ties go to the smallest identity); merged at once after the first search
+    # (merge_copies()), the merges are the rounds' in the same order, also under the cap
+    # (runs of cap + 1 copies) and for flat cuts above and among the copies' merges;
+    # cache 0: the rounds only (the matrix's own rounds order the copies' merges otherwise)
+    x, counts = _rows_with_copies(rng, 600, d, dtype)
+    n = len(x)
+    n_zero = int(np.sum(counts - 1))
+    ks = (len(counts) // 2, n - n_zero // 2)  # a flat cut above the copies and among them
+    runs = [functools.partial(_linear_z, x, 0, metric=metric, cap=cap)]
+    runs += [functools.partial(_cut_z, x, k, 0, metric=metric, cap=cap) for k in ks]
+    for run, k in zip(runs, (None,) + ks):
+        (z_ahead, z_rounds), (ahead, rounds) = _with_and_without_copies(monkeypatch, run)
+        rows = len(z_rounds) if k is None else n - k
+        np.testing.assert_array_equal(z_ahead[:rows], z_rounds[:rows])
+        assert ahead["copies"] == _copy_merges(counts, cap) and rounds["copies"] == 0
+        if k is None and cap is None:
+            # n/4 copies of a row took that many rounds; now the distinct rows' rounds
+            assert rounds["rounds"] >= counts.max() - 1 > 2 * ahead["rounds"]
+            assert np.all(z_ahead[:n_zero, 2] == 0) and np.all(z_ahead[n_zero:, 2] > 0)
+
+
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("cap", [None, 4])
+def test_copies_merged_ahead_before_a_hand_over(rng, monkeypatch, metric, cap):
+    # with the hand-over to the matrix, which merges the copies left its own way, the
+    # hierarchy is the same as without merging them ahead and as the matrix engine's, and a
+    # flat cut at most the distinct rows gives the same partition
+    x, counts = _rows_with_copies(rng, 500, 8, np.float64)
+    n = len(x)
+    run = functools.partial(_linear_z, x, 4096, metric=metric, cap=cap)
+    (z_ahead, z_rounds), (ahead, _) = _with_and_without_copies(monkeypatch, run)
+    assert ahead["copies"] == _copy_merges(counts, cap)
+    sets = hierarchy_sets(z_ahead, n)
+    assert sets == hierarchy_sets(z_rounds, n)
+    assert sets == hierarchy_sets(_matrix_z(x, metric=metric, cap=cap), n)
+    for k in (1, 7, len(counts)):
+        if cap is None:
+            assert same_partition(cut_z(z_ahead, n, k), cut_z(z_rounds, n, k))
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_copies_are_rows_equal_as_numbers(rng, monkeypatch, dtype):
+    # -0.0 and 0.0 are the same coordinate (a distance of 0); with "cosine" a row and twice
+    # it are the same unit row, copies too, and with the other metrics they are not
+    x = tie_free(rng, 60, 4, dtype) + 1
+    x[:, 0] = 0.0
+    y = x[:12].copy()
+    y[:, 0] = -0.0
+    doubled = 2 * x[12:20]
+    rows = np.concatenate([x, y, doubled])
+    n = len(rows)
+    expect = {"euclidean": 12, "sqeuclidean": 12, "cosine": 20}
+    for metric, copies in expect.items():
+        run = functools.partial(_linear_z, rows, 0, metric=metric)
+        (z_ahead, z_rounds), (ahead, _) = _with_and_without_copies(monkeypatch, run)
+        assert ahead["copies"] == copies
+        np.testing.assert_array_equal(z_ahead, z_rounds)
+        assert np.all(z_ahead[:copies, 2] == 0) and np.all(z_ahead[copies:, 2] > 0)
+        assert len(z_ahead) == n - 1
 
 
 def test_near_duplicate_float64_rows_need_no_luck():

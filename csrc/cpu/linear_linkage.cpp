@@ -114,7 +114,8 @@
 // number of threads (each search runs on one thread; merges are recorded in slot order).
 // (Where rounding breaks reducibility by a unit in the last place, a kept nearest
 // neighbour can be out of date and a round left without a reciprocal pair: every cluster
-// then searches again, run().)
+// then searches again, run().) Copies of a row, which those ties would merge one pair a
+// round, merge at once after the first search, in the rounds' order (merge_copies()).
 
 #include <omp.h>
 #if defined(__AVX512F__)
@@ -1618,7 +1619,8 @@ class LinearEngine {
   // within the radius; the whole tree took 0.70x to 0.99x the time of staying on the tree
   // at 65,536 to 1,048,576 tokens, d = 8 to 16 (README, "The closed forms leave the
   // kd-tree"). Points within the radius cost the scan more than the tree: among duplicate
-  // rows (a distance of 0, one merge a round) every point examined is within it, and on
+  // rows left to the rounds (a distance of 0, one merge a round; DCPE_CPU_COPIES=0) every
+  // point examined is within it, and on
   // 2,048 x 1 (two distinct rows) the scan had taken 6.1 s to the tree's 2.5 s.
   static constexpr double kLeaveTreeDiv = 512.0;
   static constexpr int64_t kLeaveTreeVisits = 8;
@@ -2257,9 +2259,10 @@ class LinearEngine {
   // go to the smallest identity, so the rounds merge one pair of a row's copies
   // c_1 < c_2 < ... a round: c_1 takes c_2, then c_3, ..., at height 0, and a cluster over
   // the size cap leaves, after which the next two copies start the next one. That was
-  // n - 1 rounds for n copies: 2,000 copies of a row in 16,384 x 8 took 14 s with metric
-  // "cosine" (0.1 s without them), and 20,000 in 262,144 x 8 more than 10 min with
-  // Euclidean distance (7 s without). Here the i-th merge of each row's copies is recorded
+  // n - 1 rounds for n copies: with 2,048 copies of a row in the sample codebook (16,384 x
+  // 8) the whole tree took 18 s with metric "cosine", 0.09 s now, and with 5,243 in its
+  // generator's 262,144 x 8, 5.8 min, 3.1 s now; a flat cut at N/2 with Euclidean distance
+  // 16.3 s, 3.8 s now (2 cores of an AMD EPYC; README, "Copies of a row merge at once"). Here the i-th merge of each row's copies is recorded
   // as the i-th round's, the merges of a round in slot order, as run() records them. All
   // other merges are above 0, so the merges sorted by height come in the rounds' order
   // unless a pair of distinct rows is at a computed distance of 0 (differences that

@@ -1019,6 +1019,20 @@ def test_copies_are_rows_equal_as_numbers(rng, monkeypatch, dtype):
         assert len(z_ahead) == n - 1
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "sqeuclidean", "cosine"])
+@pytest.mark.parametrize("n", [2, 3, 100])
+@pytest.mark.parametrize("cap", [None, 1, 7])
+def test_copies_of_one_row_only(monkeypatch, metric, n, cap):
+    # every row a copy: one cluster (or runs of cap + 1) left after the copies' merges, or
+    # none left to search when every run is over the cap
+    x = np.full((n, 5), 0.25)
+    (z_ahead, z_rounds), (ahead, _) = _with_and_without_copies(
+        monkeypatch, functools.partial(_linear_z, x, 0, metric=metric, cap=cap))
+    np.testing.assert_array_equal(z_ahead, z_rounds)
+    assert ahead["copies"] == len(z_ahead) == _copy_merges(np.array([n]), cap)
+    assert np.all(z_ahead[:, 2] == 0)
+
+
 def test_near_duplicate_float64_rows_need_no_luck():
     # rows within a few float64 roundings of a few distinct ones, whose distances are as
     # small as the rounding of the centroids. Euclidean: the bounds from those centroids

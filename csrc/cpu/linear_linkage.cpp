@@ -204,9 +204,10 @@ inline bool lists_enabled() { return switched_on("DCPE_CPU_LISTS"); }
 // (the same nearest neighbours and merges; LinearEngine::leave_tree())
 inline bool leave_tree_enabled() { return switched_on("DCPE_CPU_LEAVE_TREE"); }
 
-// DCPE_CPU_COPIES=0: the closed forms merge copies of a row in rounds, one merge a round,
-// instead of ahead of them (the same merges where copies are the only pairs at distance
-// 0; LinearEngine::merge_copies())
+// DCPE_CPU_COPIES=0: copies of a row merge in the rounds, one merge of them a round,
+// instead of at once after the first search (the same merges, unless the rounds hand
+// over to the matrix, which orders the merges at height 0 its own way;
+// LinearEngine::merge_copies())
 inline bool copies_enabled() { return switched_on("DCPE_CPU_COPIES"); }
 
 // The last run's searches after the first round (all threads), those that tried the lists
@@ -216,7 +217,7 @@ std::atomic<int64_t> g_list_searches{0}, g_list_tried{0}, g_list_settled{0};
 std::atomic<int64_t> g_handover{0};
 // ... and its rounds of searches, those that walked the kd-tree (leave_tree()), the
 // searches of every cluster again where no pair was reciprocal (run()), and the merges of
-// copies of a row made ahead of the rounds (merge_copies()).
+// copies of a row made at once after the first search (merge_copies()).
 std::atomic<int64_t> g_rounds{0}, g_tree_rounds{0}, g_refreshes{0}, g_copies{0};
 
 inline std::size_t tri(int64_t i) {
@@ -2262,15 +2263,16 @@ class LinearEngine {
   // n - 1 rounds for n copies: with 2,048 copies of a row in the sample codebook (16,384 x
   // 8) the whole tree took 18 s with metric "cosine", 0.09 s now, and with 5,243 in its
   // generator's 262,144 x 8, 5.8 min, 3.1 s now; a flat cut at N/2 with Euclidean distance
-  // 16.3 s, 3.8 s now (2 cores of an AMD EPYC; README, "Copies of a row merge at once"). Here the i-th merge of each row's copies is recorded
-  // as the i-th round's, the merges of a round in slot order, as run() records them. All
-  // other merges are above 0, so the merges sorted by height come in the rounds' order
-  // unless a pair of distinct rows is at a computed distance of 0 (differences that
-  // underflow when squared), or merges above 0 tie, which the rounds order by the round
-  // that found them (either way each merge is one at the smallest distance). A merged
-  // cluster's tokens are its copies in increasing order, as merge_pairs() would leave
-  // them. The copies are found by sorting the rows' hashes (8 bytes a row, freed before
-  // the searches). Returns whether any were merged; their new clusters then search.
+  // 16.3 s, 3.8 s now (2 cores of an AMD EPYC; README, "Copies of a row merge at once").
+  // Here the i-th merge of each row's copies is recorded as the i-th round's, the merges
+  // of a round in slot order, as run() records them. All other merges are above 0, so
+  // the merges sorted by height come in the rounds' order unless a pair of distinct rows
+  // is at a computed distance of 0 (differences that underflow when squared), or merges
+  // above 0 tie, which the rounds order by the round that found them (either way each
+  // merge is one at the smallest distance). A merged cluster's tokens are its copies in
+  // increasing order, as merge_pairs() would leave them. The copies are found by sorting
+  // the rows' hashes (8 bytes a row, counted by linear_workspace_bytes(), freed before the
+  // searches). Returns whether any were merged; their clusters then search.
   // DCPE_CPU_COPIES=0 leaves them to the rounds.
   bool merge_copies(std::vector<Merge>& merges) {
     const int64_t cap = opt_.max_cluster_size;
@@ -2316,7 +2318,9 @@ class LinearEngine {
       // rows of one hash, in increasing order, split into rows equal to each other
       run.clear();
       if (e - s >= 2) {
-        for (std::size_t t = s; t < e; ++t) run.push_back(static_cast<int32_t>(keys[t] & row_bits));
+        for (std::size_t t = s; t < e; ++t) {
+          run.push_back(static_cast<int32_t>(keys[t] & row_bits));
+        }
       }
       while (run.size() >= 2) {
         const int32_t c1 = run.front();
@@ -2690,6 +2694,7 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   // (without the tree, uses_tree(), there are no boxes; their bytes cover the scan's
   // float32 copy of the centroids and its test's shares, 4 d + 4 bytes a slot)
   std::size_t bytes = un * (ud * 8 + 80) + un * (ud * 8 + 4) + un / 2 * (2 * ud * 8 + 16);
+  bytes += un * 8;  // the rows' hashes that find copies of a row (merge_copies())
   // with a tree: its leaves' blocks hold at most 24 / 17 times the points
   // (build_leaf_blocks()), and the searches' order marks the slots (in_tree_order())
   const bool tree = uses_tree(d, closed);

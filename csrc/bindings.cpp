@@ -74,8 +74,8 @@ PYBIND11_MODULE(_C, m) {
         "and the clusters it handed over to the matrix of their averages (0: none); its "
         "rounds of searches, those on the kd-tree (the closed forms leave it once it "
         "prunes little; DCPE_CPU_LEAVE_TREE=0 keeps them on it), and its searches of every "
-        "cluster again where rounding had left no reciprocal pair; the merges of copies of a "
-        "row that the closed forms made ahead of the rounds (DCPE_CPU_COPIES=0: in them).");
+        "cluster again where rounding had left no reciprocal pair; and the merges of copies of "
+        "a row it made at once after its first search (DCPE_CPU_COPIES=0: in the rounds).");
   m.def("cpu_amx", []() { return dcpe::amx::available(); },
         "Whether the linear engine's centroid scan (above 12 dimensions) runs on AMX tiles "
         "in this process: built with AMX-BF16, granted by the kernel, and DCPE_CPU_AMX "

@@ -2270,16 +2270,25 @@ class LinearEngine {
   // is at a computed distance of 0 (differences that underflow when squared), or merges
   // above 0 tie, which the rounds order by the round that found them (either way each
   // merge is one at the smallest distance). A merged cluster's tokens are its copies in
-  // increasing order, as merge_pairs() would leave them. The copies are found by sorting
-  // the rows' hashes (8 bytes a row, counted by linear_workspace_bytes(), freed before the
-  // searches). Returns whether any were merged; their clusters then search.
+  // increasing order, as merge_pairs() would leave them. Only a row whose first search
+  // found a neighbour at distance 0 can have a copy (the first search is every token's,
+  // with no bound); the copies among those are found by sorting their rows' hashes (at
+  // most 8 bytes a row, counted by linear_workspace_bytes(), freed before the searches),
+  // so an input without such rows costs one pass over nnd_. Returns whether any were
+  // merged; their clusters then search.
   // DCPE_CPU_COPIES=0 leaves them to the rounds.
   bool merge_copies(std::vector<Merge>& merges) {
     const int64_t cap = opt_.max_cluster_size;
     const uint64_t row_bits = (uint64_t(1) << 31) - 1;  // n < 2^31
-    std::vector<uint64_t> keys(n_);
-#pragma omp parallel for num_threads(threads_) schedule(static) if (n_ >= 4096)
+    std::vector<uint64_t> keys;
     for (int64_t i = 0; i < n_; ++i) {
+      if (nnd_[i] == 0.0) keys.push_back(static_cast<uint64_t>(i));
+    }
+    const int64_t nz = static_cast<int64_t>(keys.size());
+    if (nz < 2) return false;
+#pragma omp parallel for num_threads(threads_) schedule(static) if (nz >= 4096)
+    for (int64_t t = 0; t < nz; ++t) {
+      const uint64_t i = keys[t];
       const double* p = mu(static_cast<int32_t>(i));
       uint64_t h = 0x9e3779b97f4a7c15ULL;
       for (int64_t k = 0; k < d_; ++k) {
@@ -2289,7 +2298,7 @@ class LinearEngine {
         h = (h ^ u) * 0xff51afd7ed558ccdULL;
         h ^= h >> 32;
       }
-      keys[i] = (h & ~row_bits) | static_cast<uint64_t>(i);  // equal hashes: by row
+      keys[t] = (h & ~row_bits) | i;  // equal hashes: by row
     }
     std::sort(keys.begin(), keys.end());
     const std::size_t first = merges.size();

@@ -118,7 +118,7 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size, 
 // those that tried the neighbour lists and those the lists settled without a scan (all
 // threads), the clusters it handed over to the matrix (0: none), its rounds of searches,
 // those of them on the kd-tree, its searches of every cluster again where no pair was
-// reciprocal, and its merges of copies of a row ahead of the rounds (closed forms); a
+// reciprocal, and its merges of copies of a row at once after the first search; a
 // diagnostic: concurrent runs share the counters.
 std::array<int64_t, 8> linear_list_stats();
 

@@ -141,6 +141,24 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(a) == len(b) and bool(np.array_equal(canonical(a), canonical(b)))
 
 
+DATA_KINDS = ("codebook", "gaussian")
+
+
+def make_points(kind: str, n: int, d: int) -> np.ndarray:
+    """``n`` points of dimension ``d``, float32: ``"codebook"``, the sample codebook's
+    generator (its 16,384 x 8 case the sample codebook itself); ``"gaussian"``, isotropic
+    standard normal points (seed 0), as the dead codes of a trained codebook keep their
+    random initialisation. In many dimensions these have few reciprocal nearest
+    neighbours, and a round-based engine merges few pairs a round."""
+    from dcpe.datasets import make_sample_codebook, sample_codebook
+
+    if kind == "gaussian":
+        return np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    if kind != "codebook":
+        raise ValueError(f"data kind {kind!r}: choose from {DATA_KINDS}")
+    return sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
+
+
 def with_copies(x: np.ndarray, fraction: float, seed: int = 0) -> np.ndarray:
     """``x`` with ``round(fraction * N)`` of its rows other than row 0, drawn at random
     (``seed``), replaced by copies of row 0: exact duplicates, which tie at distance 0."""

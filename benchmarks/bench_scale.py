@@ -3,7 +3,8 @@ fastcluster and ParChain, time and peak memory, in one run.
 
 Every provider but ``dcpe-cut`` computes the full dendrogram of the same data (the built-in sample
 codebook's generator, ``dcpe.datasets.make_sample_codebook(n, d)``, float32; its
-16,384 x 8 case is the sample codebook itself) in a child process of its own, so that
+16,384 x 8 case is the sample codebook itself; or ``--data gaussian``, below) in a child
+process of its own, so that
 each peak resident set size (``ru_maxrss`` of that child) is its own. Times are wall
 clock of the clustering call alone (data generation and imports excluded; for ParChain
 the "clustering" time it prints, which excludes reading its input file).
@@ -43,6 +44,10 @@ on a ``pbbs_sequencePoint<d>d`` text file of the same points (d <= 10 only).
 ``--copies F`` replaces a fraction F of the rows (drawn at random, seed 0) by copies of the
 first row: exact duplicates, at distance 0 from each other, for every provider.
 
+``--data gaussian`` clusters isotropic standard normal points (seed 0) instead, as the dead
+codes of a trained codebook keep their random initialisation: in many dimensions they have
+few reciprocal nearest neighbours, so the engines' rounds merge few pairs each.
+
 ``--repeat R`` runs each provider's call R times in its process (ParChain: its binary R
 times) and reports the median, with every run's time in the JSON. The first call of a
 process also starts its threads (several milliseconds here), which a single run per cell
@@ -75,8 +80,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    DATA_KINDS,
     fmt_seconds,
     machine_info,
+    make_points,
     markdown_table,
     with_copies,
     write_results,
@@ -102,11 +109,10 @@ repeat = int(sys.argv[5])
 fraction = int(sys.argv[6])
 copies = float(sys.argv[7])
 sys.path.insert(0, sys.argv[8])
-limit = {"memory_limit": sys.argv[9]} if len(sys.argv) > 9 else {}
-from _common import with_copies
-from dcpe.datasets import make_sample_codebook, sample_codebook
-x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
-x = np.ascontiguousarray(with_copies(x, copies), dtype=np.float32)
+kind = sys.argv[9]
+limit = {"memory_limit": sys.argv[10]} if len(sys.argv) > 10 else {}
+from _common import make_points, with_copies
+x = np.ascontiguousarray(with_copies(make_points(kind, n, d), copies), dtype=np.float32)
 
 
 def run():
@@ -166,13 +172,14 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, int]:
 
 def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
                memory_limit: str | None = None, repeat: int = 1,
-               cut_fraction: int = 2, copies: float = 0.0) -> dict[str, Any]:
+               cut_fraction: int = 2, copies: float = 0.0,
+               data: str = "codebook") -> dict[str, Any]:
     env = dict(os.environ, DCPE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     limit = [] if memory_limit is None else [memory_limit]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-c", _CHILD, provider, str(n), str(d),
                                  str(threads), str(repeat), str(cut_fraction), str(copies),
-                                 str(Path(__file__).resolve().parent), *limit],
+                                 str(Path(__file__).resolve().parent), data, *limit],
                                 stdout=out, stderr=err, env=env)
         code, rss = _wait(proc, timeout)
         out.seek(0)
@@ -187,15 +194,13 @@ def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
 
 
 def run_parchain(binary: str, n: int, d: int, threads: int, timeout: float,
-                 repeat: int = 1, copies: float = 0.0) -> dict[str, Any]:
+                 repeat: int = 1, copies: float = 0.0,
+                 data: str = "codebook") -> dict[str, Any]:
     if d > 10:
         return {"error": "ParChain is built for d <= 10"}
     import numpy as np
 
-    from dcpe.datasets import make_sample_codebook, sample_codebook
-
-    x = sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)
-    x = with_copies(x, copies)
+    x = with_copies(make_points(data, n, d), copies)
     runs, peak = [], 0
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "points.pbbs", Path(tmp) / "dendrogram.txt"
@@ -251,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--copies", type=float, default=0.0, metavar="F",
                    help="replace a fraction F of the rows by copies of the first row "
                         "(default: %(default)s)")
+    p.add_argument("--data", choices=DATA_KINDS, default="codebook",
+                   help="the points: the sample codebook's generator, or isotropic "
+                        "Gaussian points (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs of each provider's call per cell, reported by their median "
                         "(default: %(default)s)")
@@ -294,11 +302,11 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{provider} {n}x{d} ...", file=sys.stderr, flush=True)
             if provider == "parchain":
                 row = run_parchain(args.parchain, n, d, args.threads, args.timeout,
-                                   args.repeat, args.copies)
+                                   args.repeat, args.copies, args.data)
             else:
                 row = run_python(provider, n, d, args.threads, args.timeout,
                                  args.memory_limit, args.repeat, args.cut_fraction,
-                                 args.copies)
+                                 args.copies, args.data)
             row.update(provider=provider, n=n, d=d)
             print(f"  {row}", file=sys.stderr, flush=True)
             rows.append(row)
@@ -329,7 +337,8 @@ def main(argv: list[str] | None = None) -> int:
         + f"dcpe {info['versions'].get('dcpe')} · fastcluster "
         f"{info['versions'].get('fastcluster')}",
         "",
-        "Data: the sample codebook's generator, float32"
+        ("Data: the sample codebook's generator, float32" if args.data == "codebook" else
+         "Data: isotropic standard normal points (seed 0), float32")
         + (f", a fraction {args.copies:g} of its rows replaced by copies of the first row"
            if args.copies else "")
         + ". Time: the clustering call alone, "
@@ -348,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     payload = {"machine": info, "threads": args.threads, "rows": rows,
                "memory_limit": args.memory_limit, "cut_fraction": args.cut_fraction,
-               "copies": args.copies,
+               "copies": args.copies, "data": args.data,
                "parchain": args.parchain is not None}
     jpath, mpath = write_results(args.name, payload, md, args.out)
     print(md)

@@ -76,6 +76,17 @@ PYBIND11_MODULE(_C, m) {
         "prunes little; DCPE_CPU_LEAVE_TREE=0 keeps them on it), and its searches of every "
         "cluster again where rounding had left no reciprocal pair; and the merges of copies of "
         "a row it made at once after its first search (DCPE_CPU_COPIES=0: in the rounds).");
+  m.def("cpu_matrix_stats", []() {
+          const auto s = dcpe::matrix_stats();
+          py::dict out;
+          out["rounds"] = s[0];
+          out["chain"] = s[1];
+          return out;
+        },
+        "The last matrix-engine run's rounds (also the linear engine's hand-over to the matrix "
+        "of its clusters) and the clusters it left to the nearest-neighbour chain (0: none). "
+        "The rounds hand over when one merges fewer than 1/64 of the clusters; "
+        "DCPE_CPU_CHAIN=0 never, =1 after the first round.");
   m.def("cpu_amx", []() { return dcpe::amx::available(); },
         "Whether the linear engine's centroid scan (above 12 dimensions) runs on AMX tiles "
         "in this process: built with AMX-BF16, granted by the kernel, and DCPE_CPU_AMX "

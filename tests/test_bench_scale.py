@@ -160,3 +160,25 @@ def test_cut_fraction_sets_the_flat_cuts_k(tmp_path: Path) -> None:
     assert payload["cut_fraction"] == 16
     assert payload["rows"][0]["clusters"] == 300 // 16
     assert "labels at k = N/16" in (out / "t.md").read_text()
+
+
+def test_gaussian_data(tmp_path: Path) -> None:
+    """--data gaussian: every provider clusters the same isotropic Gaussian points (their
+    heights agree, and differ from the codebook's), and the results say which data."""
+    out = tmp_path / "res"
+    sums = {}
+    for data in ("gaussian", "codebook"):
+        proc = _bench("--sizes", "200x64", "--providers", "dcpe-linear,dcpe-matrix",
+                      "--threads", "1", "--data", data, "--out", str(out), "--name", data)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        payload = json.loads((out / f"{data}.json").read_text())
+        assert payload["data"] == data
+        rows = {r["provider"]: r for r in payload["rows"]}
+        assert rows["dcpe-matrix"]["heights_sum"] == pytest.approx(
+            rows["dcpe-linear"]["heights_sum"], rel=1e-5)
+        sums[data] = rows["dcpe-linear"]["heights_sum"]
+    assert "isotropic standard normal" in (out / "gaussian.md").read_text()
+    # unit rows (codebook) against standard normal rows of norm about 8
+    assert sums["gaussian"] > 4 * sums["codebook"]
+    proc = _bench("--sizes", "200x4", "--data", "uniform", "--out", str(out))
+    assert proc.returncode == 2 and "--data" in proc.stderr

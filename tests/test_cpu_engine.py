@@ -264,3 +264,125 @@ def test_high_dimension_keeps_token_matrix_same_tree(dtype, grid, cap):
                 padded[:, :8] = x
                 np.testing.assert_array_equal(_C.linkage_cpu(padded, method, metric, cap, 0), z,
                                               err_msg=f"{method} {metric} d={d}")
+
+
+def _chain_switched(monkeypatch, run):
+    """``run()`` with the rounds handing over to the chain after their first round
+    (DCPE_CPU_CHAIN=1), never (=0) and by the rule (unset), and each run's matrix stats."""
+    out, stats = [], []
+    for flag in ("1", "0", None):
+        with monkeypatch.context() as m:
+            if flag is None:
+                m.delenv("DCPE_CPU_CHAIN", raising=False)
+            else:
+                m.setenv("DCPE_CPU_CHAIN", flag)
+            out.append(run())
+            stats.append(dict(_C.cpu_matrix_stats()))
+    return out, stats
+
+
+@pytest.mark.filterwarnings("ignore:max_cluster_size")
+@pytest.mark.parametrize("method", ["average", "single", "complete", "weighted"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cap", [0, 6])
+@pytest.mark.parametrize("d", [3, 130])
+def test_chain_and_rounds_give_the_same_tree(monkeypatch, method, dtype, cap, d):
+    """The nearest-neighbour chain and the rounds merge the same pairs in the same order on
+    tie-free inputs, for whole trees and a flat cut's merges; only the rounding of the
+    Lance–Williams updates differs (the rounds combine two merged clusters on each side at
+    once), and which merges past a flat cut's are returned (the clusters set aside).
+    cpu_matrix_stats() names the clusters the rounds left to the chain (0: none)."""
+    n = 300
+    x = tie_free(np.random.default_rng(41 + cap + d), n, d, dtype)
+    rtol = 1e-4 if dtype == np.float32 else 1e-11
+    for k in (1, 40, 150):
+        (chained, rounds, default), stats = _chain_switched(
+            monkeypatch, lambda k=k: _C.linkage_cpu(x, method, "euclidean", cap, 0, n - k))
+        assert 2 <= stats[0]["chain"] < n and stats[0]["rounds"] == 1, stats
+        assert stats[1]["chain"] == 0 and stats[1]["rounds"] > 1, stats
+        steps = min(n - k, len(rounds))  # a flat cut's rows past its merges may differ
+        for z in (chained, default):
+            assert len(z) >= steps, (k, stats)
+            np.testing.assert_array_equal(z[:steps, [0, 1, 3]], rounds[:steps, [0, 1, 3]],
+                                          err_msg=k)
+            np.testing.assert_allclose(z[:steps, 2], rounds[:steps, 2], rtol=rtol, err_msg=k)
+        np.testing.assert_array_equal(_C.cut_cpu(chained, n, k), _C.cut_cpu(rounds, n, k))
+
+
+def _valid_tree(z: np.ndarray, n: int) -> None:
+    """Every row of ``z`` merges two clusters that exist at that step, into their sizes' sum."""
+    size = [1] * n
+    live = set(range(n))
+    for i, (a, b, _, s) in enumerate(z):
+        a, b = int(a), int(b)
+        assert a != b and a in live and b in live, f"row {i} merges {a} and {b}"
+        assert size[a] + size[b] == int(s), f"row {i}: size {s}"
+        live -= {a, b}
+        live.add(n + i)
+        size.append(int(s))
+
+
+def _tied_points(seed: int) -> np.ndarray:
+    """Gaussian points rounded to a grid of 1/4, 1/2 or 1 (many tied distances)."""
+    rng = np.random.default_rng(seed)
+    n, d = int(rng.integers(50, 600)), int(rng.choice([1, 2, 3, 8]))
+    g = float(rng.choice([0.25, 0.5, 1.0]))
+    return (np.round(rng.standard_normal((n, d)) / g) * g).astype(np.float32)
+
+
+@pytest.mark.parametrize("method", ["average", "single", "complete", "weighted"])
+def test_chain_among_ties_builds_a_valid_greedy_tree(monkeypatch, method):
+    """With tied distances a chain that sent ties to the smallest slot alone could push a
+    cluster already on its stack; once merged, its stale copy was merged again (single
+    linkage, where ties persist: 4 of 300 such inputs with the chain from the first round,
+    the first two below). A tie with the cluster below on the stack now goes to it: every
+    tree is valid, deterministic and, for average linkage, every merge a minimum."""
+    monkeypatch.setenv("DCPE_CPU_CHAIN", "1")
+    for seed in (5059, 5145, 5000, 5001):
+        x = _tied_points(seed)
+        n = len(x)
+        for cap in (0, 7):
+            z = _C.linkage_cpu(x, method, "euclidean", cap, 0)
+            assert _C.cpu_matrix_stats()["chain"] > 0
+            _valid_tree(z, n)
+            np.testing.assert_array_equal(z, _C.linkage_cpu(x, method, "euclidean", cap, 0))
+            if method == "average" and cap == 0:
+                merged, best = replay_gaps(z, x.astype(np.float64))
+                np.testing.assert_allclose(merged, best, rtol=1e-5, atol=1e-12)
+
+
+def test_rounds_hand_over_to_the_chain_when_they_merge_few_pairs():
+    """Points on a line at geometrically growing gaps: each round merges one pair, so the
+    rounds hand over to the chain after the first; isotropic Gaussian points in 128
+    dimensions (few reciprocal pairs, but more than 1/64 of the clusters a round) stay in
+    the rounds until few clusters are left. Both trees are SciPy's."""
+    n = 400
+    line = np.cumsum(1.01 ** np.arange(n))[:, None]
+    z = _C.linkage_cpu(line, "average", "euclidean", 0, 0)
+    assert _C.cpu_matrix_stats() == {"rounds": 1, "chain": n - 1}
+    ref = scipy_linkage(line, "average")
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+    np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
+    x = np.random.default_rng(2).standard_normal((1500, 128))
+    z = _C.linkage_cpu(x, "average", "euclidean", 0, 0)
+    stats = _C.cpu_matrix_stats()  # (with 1/16: the chain from 1,333 clusters, 2 rounds)
+    assert stats["rounds"] > 10 and stats["chain"] < 1500 // 3, stats
+    ref = scipy_linkage(x, "average")
+    np.testing.assert_array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
+    np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
+
+
+def test_single_linkage_among_ties_by_the_default_rule():
+    """The input on which the chain's ties had made an invalid tree by the default rule
+    (1,001 points of a 0.25 grid in 3 dimensions; the chain takes over in a late round):
+    dcpe.linkage's tree is valid and a cut gives k clusters."""
+    rng = np.random.default_rng(1011)
+    n, d, g = int(rng.integers(200, 3000)), int(rng.choice([2, 3, 4, 8, 16])), 0.25
+    rng.choice([0.25, 0.5, 1.0])
+    x = (np.round(rng.standard_normal((n, d)) / g) * g).astype(np.float32)
+    assert (n, d) == (1001, 3)
+    z = dcpe.linkage(x, linkage="single")
+    assert _C.cpu_matrix_stats()["chain"] > 0
+    _valid_tree(z, n)
+    for k in (2, 50):
+        assert len(np.unique(dcpe.cluster(x, k, linkage="single"))) == k

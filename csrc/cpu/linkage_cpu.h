@@ -122,6 +122,11 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size, 
 // diagnostic: concurrent runs share the counters.
 std::array<int64_t, 8> linear_list_stats();
 
+// The last matrix-engine run's rounds (also the linear engine's hand-over to its matrix)
+// and the clusters its rounds left to the nearest-neighbour chain (0: none); a diagnostic:
+// concurrent runs share the counters.
+std::array<int64_t, 2> matrix_stats();
+
 // Centroid linkage on centroids (Euclidean only).
 template <typename T>
 std::vector<Merge> centroid_linkage(const T* x, int64_t n, int64_t d, const RunOptions& opt);

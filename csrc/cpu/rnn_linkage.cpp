@@ -89,10 +89,10 @@ constexpr int64_t kKeepTokenMatrixDim = 128;
 // matrix (the matrix shrinks by that fraction, squared, each round); the chain from
 // 15,615 clusters of isotropic Gaussian points, 16,384 x 256, cost about 50 of them (2.6 s
 // against 0.05 s for a round, 2 cores). With 1/16, such inputs of more than 48 dimensions
-// went to the chain after two rounds with about 14,000 clusters left, and their trees took
-// 3 to 5 s instead of 0.9 to 1.6 s; on the sample codebook's geometry the chain takes
-// over with a few thousand clusters either way. DCPE_CPU_CHAIN=0 never hands over (the
-// rounds finish), =1 after the first round; the merges are the same.
+// went to the chain after one or two rounds with 14,000 to 15,600 clusters left, and their
+// trees took 3 to 5 s instead of 0.7 to 1.6 s; on the sample codebook's geometry the
+// chain takes over with a few thousand clusters either way. DCPE_CPU_CHAIN=0 never hands
+// over (the rounds finish), =1 after the first round; the same merges on tie-free inputs.
 constexpr int64_t kChainBelow = 64;
 
 // The last run's rounds and the clusters it handed over to the chain (0: none), for

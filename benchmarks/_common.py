@@ -147,9 +147,9 @@ DATA_KINDS = ("codebook", "gaussian")
 def make_points(kind: str, n: int, d: int) -> np.ndarray:
     """``n`` points of dimension ``d``, float32: ``"codebook"``, the sample codebook's
     generator (its 16,384 x 8 case the sample codebook itself); ``"gaussian"``, isotropic
-    standard normal points (seed 0), as the dead codes of a trained codebook keep their
-    random initialisation. In many dimensions these have few reciprocal nearest
-    neighbours, and a round-based engine merges few pairs a round."""
+    standard normal points (seed 0), as the dead codes of a codebook initialised as
+    ``torch.nn.Embedding`` is keep that initialisation. In many dimensions these have few
+    reciprocal nearest neighbours, and a round-based engine merges few pairs a round."""
     from dcpe.datasets import make_sample_codebook, sample_codebook
 
     if kind == "gaussian":

@@ -45,8 +45,9 @@ on a ``pbbs_sequencePoint<d>d`` text file of the same points (d <= 10 only).
 first row: exact duplicates, at distance 0 from each other, for every provider.
 
 ``--data gaussian`` clusters isotropic standard normal points (seed 0) instead, as the dead
-codes of a trained codebook keep their random initialisation: in many dimensions they have
-few reciprocal nearest neighbours, so the engines' rounds merge few pairs each.
+codes of a codebook initialised as ``torch.nn.Embedding`` is keep that initialisation: in
+many dimensions they have few reciprocal nearest neighbours, so the engines' rounds merge
+few pairs each.
 
 ``--repeat R`` runs each provider's call R times in its process (ParChain: its binary R
 times) and reports the median, with every run's time in the JSON. The first call of a

@@ -3,6 +3,10 @@
 #include <omp.h>
 #include <pybind11/pybind11.h>
 
+#include <array>
+#include <cstddef>
+#include <cstdint>
+
 #include "balanced_assign.h"
 #include "cpu/amx_scan.h"
 #include "cpu/linkage_cpu.h"
@@ -14,6 +18,19 @@
 #endif
 
 namespace py = pybind11;
+
+namespace {
+
+// An engine's counters of its last run as a dict, named in order.
+template <std::size_t N>
+py::dict named_counts(const std::array<int64_t, N>& values,
+                      const std::array<const char*, N>& names) {
+  py::dict out;
+  for (std::size_t i = 0; i < N; ++i) out[names[i]] = values[i];
+  return out;
+}
+
+}  // namespace
 
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dcpe compiled kernels (C++ CPU engine; CUDA kernels when built with nvcc)";
@@ -56,17 +73,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "Number of OpenMP threads used by default.");
   m.def("cpu_list_stats", []() {
-          const auto s = dcpe::linear_list_stats();
-          py::dict out;
-          out["searches"] = s[0];
-          out["tried"] = s[1];
-          out["settled"] = s[2];
-          out["handover"] = s[3];
-          out["rounds"] = s[4];
-          out["tree_rounds"] = s[5];
-          out["refreshes"] = s[6];
-          out["copies"] = s[7];
-          return out;
+          return named_counts(dcpe::linear_list_stats(),
+                              {"searches", "tried", "settled", "handover", "rounds",
+                               "tree_rounds", "refreshes", "copies"});
         },
         "The last linear-engine run's searches after its first round (Euclidean, above 12 "
         "dimensions), those that tried the tokens' neighbour lists and those the lists "
@@ -77,11 +86,7 @@ PYBIND11_MODULE(_C, m) {
         "cluster again where rounding had left no reciprocal pair; and the merges of copies of "
         "a row it made at once after its first search (DCPE_CPU_COPIES=0: in the rounds).");
   m.def("cpu_matrix_stats", []() {
-          const auto s = dcpe::matrix_stats();
-          py::dict out;
-          out["rounds"] = s[0];
-          out["chain"] = s[1];
-          return out;
+          return named_counts(dcpe::matrix_stats(), {"rounds", "chain"});
         },
         "The last matrix-engine run's rounds (also the linear engine's hand-over to the matrix "
         "of its clusters) and the clusters it left to the nearest-neighbour chain (0: none). "

@@ -2307,8 +2307,8 @@ class LinearEngine {
     // (Euclidean), after the singletons' (these blocks hold at most n tokens in all, and
     // the arena 2 n)
     auto place = [&](const std::vector<int32_t>& toks) {
-      const int32_t a = toks.front();
       if (closed_) return;
+      const int32_t a = toks.front();
       const int64_t nc = static_cast<int64_t>(toks.size());
       T* out = &ar_[static_cast<std::size_t>(used_) * d_];
       for (int64_t k = 0; k < d_; ++k) {

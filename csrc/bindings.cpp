@@ -75,7 +75,7 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_list_stats", []() {
           return named_counts(dcpe::linear_list_stats(),
                               {"searches", "tried", "settled", "handover", "rounds",
-                               "tree_rounds", "refreshes", "copies"});
+                               "tree_rounds", "refreshes", "copies", "dense"});
         },
         "The last linear-engine run's searches after its first round (Euclidean, above 12 "
         "dimensions), those that tried the tokens' neighbour lists and those the lists "
@@ -84,7 +84,9 @@ PYBIND11_MODULE(_C, m) {
         "rounds of searches, those on the kd-tree (the closed forms leave it once it "
         "prunes little; DCPE_CPU_LEAVE_TREE=0 keeps them on it), and its searches of every "
         "cluster again where rounding had left no reciprocal pair; and the merges of copies of "
-        "a row it made at once after its first search (DCPE_CPU_COPIES=0: in the rounds).");
+        "a row it made at once after its first search (DCPE_CPU_COPIES=0: in the rounds), and its "
+        "searches whose bounds left so many candidates that they summed every cluster densely "
+        "(DCPE_CPU_DENSE=0: none do).");
   m.def("cpu_matrix_stats", []() {
           return named_counts(dcpe::matrix_stats(), {"rounds", "chain"});
         },

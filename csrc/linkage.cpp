@@ -130,7 +130,8 @@ std::size_t workspace_bytes_cpu(int64_t n, int64_t d, const std::string& method,
   const Method m = parse_method(method);
   if (engine == "linear" && !is_centroid_method(m)) {
     return linear_workspace_bytes(n, d, static_cast<std::size_t>(elem_size),
-                                  has_closed_form(m, parse_metric(metric)), cache_bytes);
+                                  has_closed_form(m, parse_metric(metric)), cache_bytes,
+                                  num_threads);
   }
   return workspace_bytes(n, d, m, static_cast<std::size_t>(elem_size), num_threads);
 }

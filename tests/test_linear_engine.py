@@ -1061,3 +1061,111 @@ def test_near_duplicate_float64_rows_need_no_luck():
             groups = np.unique(x.round(6), axis=0, return_inverse=True)[1].ravel()
             assert same_partition(cut_z(z, len(x), k), groups)
     assert refreshed >= 2  # 6 of these 400 closed-form runs on an AMD EPYC
+
+
+# ------------------------------------------------------------------------- dense searches
+# A search that the lists leave, and whose bounds leave candidates holding at least 1/8 of
+# the live tokens (points without clusters, where every token is nearly as far from all
+# others), sums every cluster at once from column tiles of their tokens, each average with
+# exact()'s distances in exact()'s order (linear_linkage.cpp, dense_search()); clusters
+# larger than a tile (65,536 / d tokens, at least 64) are summed one by one.
+# DCPE_CPU_DENSE=0 sums the candidates one by one. Either way every average is the same
+# number, so the merges must be the same bit for bit.
+
+
+def _dense_input(rng, kind: str, n: int, d: int, dtype) -> np.ndarray:
+    if kind == "gaussian":  # the bounds prune little: most searches that scan sum densely
+        return rng.standard_normal((n, d)).astype(dtype)
+    if kind == "blobs":  # clusters of more than a tile's 64 tokens at d = 1024, in noise
+        centres = rng.standard_normal((3, d)) * 4.0
+        blobs = (centres[:, None, :] + 0.5 * rng.standard_normal((3, 90, d))).reshape(-1, d)
+        return np.concatenate([blobs, rng.standard_normal((n - 270, d))]).astype(dtype)
+    return _lists_input(rng, kind, n, d, dtype)
+
+
+def _dense_and_not(monkeypatch, run):
+    (z_on, z_off), (s_on, s_off) = _switched(monkeypatch, "DCPE_CPU_DENSE", run)
+    np.testing.assert_array_equal(z_on, z_off)
+    assert s_off["dense"] == 0
+    assert 0 <= s_on["dense"] <= s_on["searches"] - s_on["settled"]
+    return s_on
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "grid", "near_duplicates", "codebook"])
+@pytest.mark.parametrize("d", [17, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cap", [None, 5])
+def test_dense_searches_give_the_same_merges(rng, monkeypatch, kind, d, dtype, cap):
+    x = _dense_input(rng, kind, 500, d, dtype)
+    for cache in CACHES:
+        stats = _dense_and_not(monkeypatch, functools.partial(_linear_z, x, cache, cap=cap))
+        if kind == "gaussian":
+            assert stats["dense"] > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_dense_searches_among_clusters_larger_than_a_tile(rng, monkeypatch, dtype):
+    x = _dense_input(rng, "blobs", 700, 1024, dtype)
+    stats = _dense_and_not(monkeypatch, functools.partial(_linear_z, x, 0))
+    assert stats["dense"] > 0
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "grid"])
+@pytest.mark.parametrize("cap", [None, 4])
+def test_dense_searches_give_the_same_flat_cut(rng, monkeypatch, kind, cap):
+    n, d = 700, 64
+    x = _dense_input(rng, kind, n, d, np.float32)
+    for k in (n // 2, n // 8, 3):
+        _dense_and_not(monkeypatch, functools.partial(_cut_z, x, k, 0, cap=cap))
+
+
+def test_dense_searches_agree_with_scipy_and_the_matrix_engine(rng):
+    x = tie_free(rng, 800, 48)
+    zl = _linear_z(x, 0)
+    assert dcpe._C.cpu_list_stats()["dense"] > 0
+    zs = scipy_linkage(x)
+    np.testing.assert_allclose(zl[:, 2], _matrix_z(x)[:, 2], rtol=1e-12)
+    for k in _ks(len(x)):
+        assert same_partition(cut_z(zl, len(x), k), cut_z(zs, len(x), k))
+
+
+def test_dense_searches_give_the_same_result_for_any_thread_count(rng):
+    x = rng.standard_normal((600, 64)).astype(np.float32)
+    code = (
+        "import sys, numpy as np; from dcpe.backends import cpu; "
+        "x = np.load(sys.argv[1]); "
+        "z = cpu.linkage(x, method='average', metric='euclidean', max_cluster_size=None, "
+        "plan=cpu.Plan('linear', 0)); "
+        "assert cpu._ext().cpu_list_stats()['dense'] > 0; "
+        "np.save(sys.argv[2], z)"
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "x.npy")
+        np.save(src, x)
+        results = []
+        for threads in ("1", "2", "3"):
+            out = os.path.join(tmp, f"z{threads}.npy")
+            env = dict(os.environ, DCPE_NUM_THREADS=threads)
+            subprocess.run([sys.executable, "-c", code, src, out], env=env, check=True)
+            results.append(np.load(out))
+        assert np.array_equal(results[0], results[1])
+        assert np.array_equal(results[0], results[2])
+
+
+def test_dense_searches_memory_is_counted():
+    # each thread's slab of distances (at most 256 searching tokens against a tile of
+    # 65,536 / d tokens), and the tiles' copy of the tokens, above 12 dimensions only
+    # (Euclidean): beside the neighbour lists and the first search's order (as counted in
+    # test_neighbour_lists_only_above_12_dimensions_and_counted), the arena's two copies
+    # of the tokens, a third for the hand-over, and a fourth for the tiles
+    for n, k, d in ((65_536, 128, 64), (262_144, 256, 256)):
+        ws = functools.partial(dcpe._C.workspace_bytes_cpu, n, d, method="average",
+                               elem_size=4, engine="linear")
+        per_thread = ws(num_threads=3, metric="euclidean") - ws(num_threads=2, metric="euclidean")
+        assert per_thread >= 256 * (65_536 // d) * 4
+        assert ws(num_threads=3, metric="cosine") == ws(num_threads=2, metric="cosine")
+        grow = ws(num_threads=1, metric="euclidean") - ws(num_threads=1, metric="sqeuclidean")
+        lists = n * (k * 8 + 12) + n * 16 + min(n, n // 256 * 64) * d * 4
+        assert grow >= lists + 4 * n * d * 4

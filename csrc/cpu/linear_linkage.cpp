@@ -75,7 +75,12 @@
 // near early and fewer tokens get their exact distance computed (the same lists and
 // neighbours: DCPE_CPU_SCAN_ORDER=0 scans in index order). The later rounds' searches run
 // in that order too (nearby tokens' rows are summed one after the other), and those the
-// lists do not settle scan together, in groups of their own (search()).
+// lists do not settle scan together, in groups of their own (search()). Where the bounds
+// prune little (points without clusters, every token nearly as far from all others) a
+// search whose candidates hold at least 1/8 of the live tokens sums them all at once
+// instead: its tokens against column tiles of every cluster's, the same averages in the
+// same order (dense_search()); on isotropic Gaussian points the whole tree of 65,536 x 64
+// took 68 s instead of 158 s.
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
 // their searches have become costly (with the kd-tree, or with the scan for a flat cut
@@ -210,6 +215,24 @@ inline bool leave_tree_enabled() { return switched_on("DCPE_CPU_LEAVE_TREE"); }
 // LinearEngine::merge_copies())
 inline bool copies_enabled() { return switched_on("DCPE_CPU_COPIES"); }
 
+// DCPE_CPU_DENSE=0: every search that the lists leave sums its candidates one by one, in
+// the order of their bounds, however many its bounds leave (LinearEngine::dense_search();
+// the same numbers, so the same merges)
+inline bool dense_enabled() { return switched_on("DCPE_CPU_DENSE"); }
+
+// Tokens of a column tile (LinearEngine::column_tiles()): 256 KiB of float32 coordinates
+inline int64_t column_tile(int64_t d) { return std::clamp<int64_t>(65536 / d, 64, 8192); }
+
+// A search sums densely when its candidates hold at least 1 / kDenseDiv of the live
+// tokens, and it has at most kDenseMaxTokens tokens; the searches' tokens meet a tile
+// about kDenseRows at a time (LinearEngine::dense_search()). On isotropic Gaussian
+// points (2 cores of an AMD EPYC) a divisor of 4 to 32 gave the same times within the
+// runs' spread: 32,768 x 64, the whole tree, 9.9 s at 8 (10.8 s at 4, 11.1 s at 16), and
+// 2 (dense only once the candidates hold half the tokens) 14.1 s.
+constexpr double kDenseDiv = 8.0;
+constexpr int64_t kDenseMaxTokens = 256;
+constexpr int64_t kDenseRows = 16;
+
 // The last run's searches after the first round (all threads), those that tried the lists
 // and those the lists settled (linear_list_stats()).
 std::atomic<int64_t> g_list_searches{0}, g_list_tried{0}, g_list_settled{0};
@@ -219,6 +242,8 @@ std::atomic<int64_t> g_handover{0};
 // searches of every cluster again where no pair was reciprocal (run()), and the merges of
 // copies of a row made at once after the first search (merge_copies()).
 std::atomic<int64_t> g_rounds{0}, g_tree_rounds{0}, g_refreshes{0}, g_copies{0};
+// ... and its searches that summed densely (LinearEngine::dense_search())
+std::atomic<int64_t> g_dense{0};
 
 inline std::size_t tri(int64_t i) {
   return static_cast<std::size_t>(i) * static_cast<std::size_t>(i - 1) / 2;
@@ -1266,27 +1291,51 @@ inline void span_add(__m512 v, __m512d& lo, __m512d& hi) {
   hi = _mm512_add_pd(hi, _mm512_cvtps_pd(_mm512_extractf32x8_ps(v, 1)));
 }
 
-// The squared distances of B tokens of x (rows x0, x0 + d, ...) to Q blocks of 16 tokens of
-// xt (columns q, q + 16, ...), each a running sum over the coordinates in order: B * Q
-// independent sums, so that the additions of one do not wait on each other's.
+// The squared distances of B tokens (rows xs[0], xs[1], ..., d coordinates each) to Q
+// blocks of 16 tokens of xt (columns q, q + 16, ...), each a running sum over the
+// coordinates in order: B * Q independent sums, so that the additions of one do not wait
+// on each other's.
 template <int B, int Q>
 inline void span_squares(const float* __restrict xt, int64_t stride, int64_t d,
-                         const float* __restrict x0, int64_t q, __m512 (&a)[B][Q]) {
-  for (int64_t k = 0; k < d; ++k) {
+                         const float* const* xs, int64_t q, __m512 (&a)[B][Q]) {
+  // coordinate 0 apart (a first term is 0 + t * t), so that the sums stay in registers
+  {
+    __m512 c[Q];
+#pragma GCC unroll 4
+    for (int v = 0; v < Q; ++v) c[v] = _mm512_loadu_ps(xt + q + 16 * v);
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) {
+      const __m512 xv = _mm512_set1_ps(xs[b][0]);
+#pragma GCC unroll 4
+      for (int v = 0; v < Q; ++v) {
+        const __m512 t = _mm512_sub_ps(c[v], xv);
+        a[b][v] = _mm512_mul_ps(t, t);
+      }
+    }
+  }
+  for (int64_t k = 1; k < d; ++k) {
     __m512 c[Q];
 #pragma GCC unroll 4
     for (int v = 0; v < Q; ++v) c[v] = _mm512_loadu_ps(xt + k * stride + q + 16 * v);
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) {
-      const __m512 xv = _mm512_set1_ps(x0[b * d + k]);
+      const __m512 xv = _mm512_set1_ps(xs[b][k]);
 #pragma GCC unroll 4
       for (int v = 0; v < Q; ++v) {
         const __m512 t = _mm512_sub_ps(c[v], xv);
-        const __m512 sq = _mm512_mul_ps(t, t);
-        a[b][v] = k == 0 ? sq : _mm512_add_ps(a[b][v], sq);  // a first term is 0 + t * t
+        a[b][v] = _mm512_add_ps(a[b][v], _mm512_mul_ps(t, t));
       }
     }
   }
+}
+
+// ... of B consecutive rows x0, x0 + d, ...
+template <int B, int Q>
+inline void span_squares(const float* __restrict xt, int64_t stride, int64_t d,
+                         const float* __restrict x0, int64_t q, __m512 (&a)[B][Q]) {
+  const float* xs[B];
+  for (int b = 0; b < B; ++b) xs[b] = x0 + b * d;
+  span_squares<B, Q>(xt, stride, d, xs, q, a);
 }
 
 // span_squares(), each sum's root added (span_add()) to its block's sums token after token.
@@ -1409,6 +1458,96 @@ inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, i
 }
 #endif
 
+// out[i * ldo + q] = the distance of token i (row xs[i], d coordinates), i < n, to token
+// q of the transposed array xt (stride `stride`), q < len: block_sum()'s expression, so
+// the same number in T (the dense searches, LinearEngine::dense_search()). ldo and xt's
+// rows must hold len rounded up to 16.
+template <typename T>
+void span_dists(const T* __restrict xt, int64_t stride, int64_t d, const T* const* xs,
+                int64_t n, int64_t len, T* __restrict out, int64_t ldo) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* xi = xs[i];
+    T* o = out + i * ldo;
+    {
+      const T xv = xi[0];
+      for (int64_t q = 0; q < len; ++q) {
+        const T t = xt[q] - xv;
+        o[q] = t * t;
+      }
+    }
+    for (int64_t k = 1; k < d; ++k) {
+      const T* col = xt + k * stride;
+      const T xv = xi[k];
+      for (int64_t q = 0; q < len; ++q) {
+        const T t = col[q] - xv;
+        o[q] += t * t;
+      }
+    }
+    for (int64_t q = 0; q < len; ++q) o[q] = std::sqrt(o[q]);
+  }
+}
+
+#if defined(__AVX512F__)
+// span_dists() for float32: four tokens of x against two blocks of 16 tokens of xt at a
+// time, every sum in registers (span_squares()), the last block in full (padded).
+template <int B, int Q>
+inline void span_dists_step(const float* __restrict xt, int64_t stride, int64_t d,
+                            const float* const* xs, int64_t q, float* __restrict out,
+                            int64_t ldo) {
+  __m512 a[B][Q];
+  span_squares<B, Q>(xt, stride, d, xs, q, a);
+  for (int b = 0; b < B; ++b) {
+    for (int v = 0; v < Q; ++v) {
+      _mm512_storeu_ps(out + b * ldo + q + 16 * v, _mm512_sqrt_ps(a[b][v]));
+    }
+  }
+}
+
+template <>
+inline void span_dists<float>(const float* __restrict xt, int64_t stride, int64_t d,
+                              const float* const* xs, int64_t n, int64_t len,
+                              float* __restrict out, int64_t ldo) {
+  const int64_t blocks = (len + 15) / 16;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+      span_dists_step<4, 2>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
+    }
+    if (b < blocks) span_dists_step<4, 1>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
+  }
+  for (; i < n; ++i) {
+    int64_t b = 0;
+    for (; b + 4 <= blocks; b += 4) {
+      span_dists_step<1, 4>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
+    }
+    for (; b < blocks; ++b) {
+      span_dists_step<1, 1>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
+    }
+  }
+}
+#endif
+
+// exact()'s float64 sum over the token pairs of two clusters from their distances
+// dist(i, j), i < nx over the tokens of the outer cluster (sum_order()), j < ny: for each
+// i in order, each run of 16 of the inner tokens summed from 0 and added to the total,
+// then the inner tokens past the last run one at a time (block_sum(); exact_many()'s
+// chains, whose inner cluster has fewer than 16 tokens, are the latter alone).
+template <typename F>
+inline double ordered_total(int64_t nx, int64_t ny, F&& dist) {
+  const int64_t full = ny / kBlockSumLanes * kBlockSumLanes;
+  double total = 0.0;
+  for (int64_t i = 0; i < nx; ++i) {
+    for (int64_t j0 = 0; j0 < full; j0 += kBlockSumLanes) {
+      double sum = 0.0;
+      for (int64_t l = 0; l < kBlockSumLanes; ++l) sum += static_cast<double>(dist(i, j0 + l));
+      total += sum;
+    }
+    for (int64_t j = full; j < ny; ++j) total += static_cast<double>(dist(i, j));
+  }
+  return total;
+}
+
 // Whether the hand-over sums the rows past a column tile in groups of clusters
 // (span_sums_group()); DCPE_CPU_HANDOVER_GROUPS=0 sums each cluster on its own (the same
 // bits).
@@ -1486,6 +1625,7 @@ class LinearEngine {
     g_tree_rounds = 0;
     g_refreshes = 0;
     g_copies = 0;
+    g_dense = 0;
     if (n_ < 2) return merges;
     if (!closed_ && !tree_dims_ && tri(n_) * sizeof(T) <= opt_.cache_bytes) {
       finish_on_matrix(merges);  // the tokens fit already, and a kd-tree would prune little
@@ -1823,6 +1963,9 @@ class LinearEngine {
   // scanned all centroids for a group of one to a few searches.
   void search(const std::vector<int32_t>& todo) {
     const int64_t m = static_cast<int64_t>(todo.size());
+    dense_on_ = !closed_ && tree_.flat() && !listing_ && dense_enabled();
+    live_tokens_ = 0;
+    for (const int32_t a : active_) live_tokens_ += size_[a];
     constexpr int64_t kBatch = 2048;
     const bool grouped = tree_.flat();
     const int64_t step = grouped ? kGroup : 1;
@@ -1866,6 +2009,7 @@ class LinearEngine {
       }
       poll(opt_);
     }
+    dense_ = DenseLayout();  // (its memory is free before the merges)
   }
 
   // body(ids + t, g, cand, pairs) for t = 0, step, 2 step, ... < m, g = min(step, m - t),
@@ -2014,7 +2158,160 @@ class LinearEngine {
       }
       cands[j].emplace_back(lower_bound(a, b, dm2), b);
     });
-    finish_euclidean(as, g, cands, r, pairs);
+    if (!dense_on_) {
+      finish_euclidean(as, g, cands, r, pairs);
+      return;
+    }
+    // the searches whose candidates hold at least 1 / kDenseDiv of the tokens sum densely
+    int32_t dense[kGroup], sparse[kGroup];
+    double rs[kGroup];
+    int nd = 0, ns = 0;
+    for (int j = 0; j < g; ++j) {
+      const double cut = widen(r[j]);
+      double toks = 0.0;
+      for (const auto& c : cands[j]) {
+        if (narrow(c.first) <= cut) toks += double(size_[c.second]);
+      }
+      if (size_[as[j]] <= kDenseMaxTokens && toks * kDenseDiv >= double(live_tokens_)) {
+        dense[nd++] = as[j];
+      } else {
+        if (ns != j) std::swap(cands[ns], cands[j]);
+        rs[ns] = r[j];
+        sparse[ns++] = as[j];
+      }
+    }
+    if (nd > 0) {
+      g_dense += nd;
+      dense_search(dense, nd, pairs);
+    }
+    finish_euclidean(sparse, ns, cands, rs, pairs);
+  }
+
+  // Dense searches. In data without clusters (isotropic Gaussian points at d = 64, say,
+  // where every token is nearly as far from all others) the bounds of a cluster pair
+  // prune little once the clusters have a few tokens each, and a search that the lists
+  // do not settle had summed, one candidate at a time in the order of its bounds, a
+  // quarter of all the token pairs it has, reading rows from all over memory (32,768 x 64:
+  // 98% of its candidates, 4,700 on average, for 5,000 such searches a round). A search
+  // whose candidates hold at least 1 / kDenseDiv of the live tokens instead sums all of
+  // them: its tokens against every active cluster's, stored in column tiles
+  // (column_tiles(), built once a round when first needed), their distances computed
+  // sixteen columns at a time (span_dists()) and each cluster's total summed from them in
+  // exact()'s order (ordered_total()), so each average is the number exact() gives and
+  // the merges do not depend on which searches sum densely (DCPE_CPU_DENSE=0: none do).
+  // Clusters of more than column_tile(d) tokens are left out of the tiles and summed by
+  // exact(); a searching cluster of more than kDenseMaxTokens tokens sums one by one.
+  // Runs of whole clusters (slot[i], whose tokens are seg[i] .. seg[i + 1] of the runs'
+  // order) of at most column_tile(d) tokens each (a larger cluster alone), each stored
+  // transposed in a block of its own: d rows of `stride` entries (the run's tokens, padded
+  // with zeros to a multiple of 16 and by 16 more, so that the rows fall in different
+  // cache sets), which stays in a core's cache while many tokens meet it
+  // (finish_on_matrix(), dense_search()). xr, if not null, receives the tokens row-major.
+  struct ColumnTiles {
+    std::vector<int64_t> first{0};  // tile t: clusters first[t] .. first[t + 1] - 1
+    std::vector<int64_t> stride, offset{0};
+    std::vector<T> xt;
+    std::size_t count() const { return first.size() - 1; }
+  };
+
+
+  struct DenseLayout {
+    bool built = false;
+    std::vector<int32_t> slot;  // the tiles' clusters
+    std::vector<int64_t> seg;   // their tokens in the tiles' order
+    ColumnTiles tiles;
+    std::vector<int32_t> big;   // the larger clusters
+  };
+
+  void build_dense() {
+    DenseLayout& L = dense_;
+    const int64_t tile = column_tile(d_);
+    L.slot.clear();
+    L.big.clear();
+    L.seg.assign(1, 0);
+    for (const int32_t a : active_) {
+      if (size_[a] > tile) {
+        L.big.push_back(a);
+      } else {
+        L.slot.push_back(a);
+        L.seg.push_back(L.seg.back() + size_[a]);
+      }
+    }
+    L.tiles = column_tiles(L.slot, L.seg, nullptr, false);
+    L.built = true;
+  }
+
+  void dense_search(const int32_t* as, int g, double& pairs) {
+#pragma omp critical(dcpe_dense_layout)
+    {
+      if (!dense_.built) build_dense();
+    }
+    const DenseLayout& L = dense_;
+    double best[kGroup];
+    int32_t bi[kGroup];
+    int64_t r0[kGroup + 1];  // search j's rows of the slab: r0[j] .. r0[j + 1] - 1
+    std::vector<const T*> rows;
+    r0[0] = 0;
+    for (int j = 0; j < g; ++j) {
+      best[j] = kInf;
+      bi[j] = -1;
+      const int32_t* tk = tokens(as[j]);
+      for (int64_t i = 0; i < size_[as[j]]; ++i) rows.push_back(row(tk[i]));
+      r0[j + 1] = static_cast<int64_t>(rows.size());
+    }
+    std::vector<T> slab;
+    for (std::size_t t = 0; t < L.tiles.count(); ++t) {
+      const int64_t c0 = L.tiles.first[t], c1 = L.tiles.first[t + 1];
+      const int64_t p0 = L.seg[c0], len = L.seg[c1] - p0, lenp = (len + 15) / 16 * 16;
+      const T* xt = L.tiles.xt.data() + L.tiles.offset[t];
+      // the tokens of consecutive searches together, about kDenseRows at a time (a
+      // search's tokens in one slab), kernel rows across the searches
+      for (int j0 = 0; j0 < g;) {
+        int j1 = j0 + 1;
+        while (j1 < g && r0[j1 + 1] - r0[j0] <= kDenseRows) ++j1;
+        const int64_t nr = r0[j1] - r0[j0];
+        slab.resize(static_cast<std::size_t>(nr * lenp));
+        span_dists<T>(xt, L.tiles.stride[t], d_, rows.data() + r0[j0], nr, len, slab.data(),
+                      lenp);
+        for (int j = j0; j < j1; ++j) {
+          const int32_t a = as[j];
+          const int64_t na = size_[a];
+          const T* sl = slab.data() + (r0[j] - r0[j0]) * lenp;
+          for (int64_t c = c0; c < c1; ++c) {
+            const int32_t b = L.slot[c];
+            if (b == a) continue;
+            const int64_t nb = size_[b];
+            const T* col = sl + (L.seg[c] - p0);
+            const auto [x, y] = sum_order(a, b);
+            const double total =
+                x == a
+                    ? ordered_total(na, nb, [&](int64_t i, int64_t k) { return col[i * lenp + k]; })
+                    : ordered_total(nb, na, [&](int64_t i, int64_t k) { return col[k * lenp + i]; });
+            const double v = total / (double(size_[x]) * double(size_[y]));
+            if (v < best[j] || (v == best[j] && b < bi[j])) {
+              best[j] = v;
+              bi[j] = b;
+            }
+          }
+        }
+        j0 = j1;
+      }
+    }
+    for (const int32_t b : L.big) {
+      for (int j = 0; j < g; ++j) {
+        if (b == as[j]) continue;
+        const double v = exact(as[j], b);
+        if (v < best[j] || (v == best[j] && b < bi[j])) {
+          best[j] = v;
+          bi[j] = b;
+        }
+      }
+    }
+    for (int j = 0; j < g; ++j) {
+      nn_[as[j]] = bi[j];
+      nnd_[as[j]] = best[j];
+      pairs += double(size_[as[j]]) * double(live_tokens_);
+    }
   }
 
   // The first search (every cluster one token, every token searching), which also fills
@@ -2501,6 +2798,38 @@ class LinearEngine {
     used_ = o;
   }
 
+  ColumnTiles column_tiles(const std::vector<int32_t>& slot, const std::vector<int64_t>& seg,
+                           T* xr, bool parallel) const {
+    ColumnTiles ct;
+    const int64_t m = static_cast<int64_t>(slot.size()), tile = column_tile(d_);
+    while (ct.first.back() < m) {
+      int64_t c = ct.first.back() + 1;
+      while (c < m && seg[c + 1] - seg[ct.first.back()] <= tile) ++c;
+      const int64_t len = seg[c] - seg[ct.first.back()];
+      ct.stride.push_back((len + 15) / 16 * 16 + 16);
+      ct.offset.push_back(ct.offset.back() + ct.stride.back() * d_);
+      ct.first.push_back(c);
+    }
+    ct.xt.assign(static_cast<std::size_t>(ct.offset.back()), T(0));
+    std::vector<int64_t> tile_of(m);
+    for (std::size_t t = 0; t < ct.count(); ++t) {
+      for (int64_t i = ct.first[t]; i < ct.first[t + 1]; ++i) tile_of[i] = int64_t(t);
+    }
+#pragma omp parallel for num_threads(threads_) schedule(dynamic, 64) if (parallel)
+    for (int64_t i = 0; i < m; ++i) {
+      const T* blk = block(slot[i]);
+      const int64_t nc = size_[slot[i]], t = tile_of[i];
+      const int64_t at = seg[i] - seg[ct.first[t]];
+      for (int64_t k = 0; k < d_; ++k) {
+        std::memcpy(&ct.xt[ct.offset[t] + k * ct.stride[t] + at], blk + k * nc, nc * sizeof(T));
+        if (xr) {
+          for (int64_t b = 0; b < nc; ++b) xr[(seg[i] + b) * d_ + k] = blk[k * nc + b];
+        }
+      }
+    }
+    return ct;
+  }
+
   // The clusters left fit the cache: their exact average distances in a condensed matrix
   // (one pass over all token pairs), then the matrix engine's rounds and chain on it.
   void finish_on_matrix(std::vector<Merge>& merges) {
@@ -2511,36 +2840,16 @@ class LinearEngine {
     std::vector<int64_t> seg(m + 1, 0);
     for (int64_t i = 0; i < m; ++i) seg[i + 1] = seg[i] + size_[slot[i]];
     const int64_t total = seg[m];
-    // Column tiles: runs of whole clusters of about `tile` tokens, each stored transposed
-    // in a block of its own (d rows, padded so that the rows fall in different cache sets),
-    // which stays in the core's cache while every later cluster's tokens meet it.
-    const int64_t tile = std::clamp<int64_t>(65536 / d_, 64, 8192);
-    std::vector<int64_t> tiles{0}, stride, offset{0};
-    while (tiles.back() < m) {
-      int64_t c = tiles.back() + 1;
-      while (c < m && seg[c + 1] - seg[tiles.back()] <= tile) ++c;
-      const int64_t len = seg[c] - seg[tiles.back()];
-      stride.push_back((len + 15) / 16 * 16 + 16);
-      offset.push_back(offset.back() + stride.back() * d_);
-      tiles.push_back(c);
-    }
-    const std::size_t n_tiles = tiles.size() - 1;
-    std::vector<T> xt(static_cast<std::size_t>(offset.back()));
-    std::vector<T> xr(static_cast<std::size_t>(d_) * total);  // row-major copy
-    std::vector<int64_t> tile_of(m);
-    for (std::size_t t = 0; t < n_tiles; ++t) {
-      for (int64_t i = tiles[t]; i < tiles[t + 1]; ++i) tile_of[i] = static_cast<int64_t>(t);
-    }
-#pragma omp parallel for num_threads(threads_) schedule(dynamic, 64)
-    for (int64_t i = 0; i < m; ++i) {
-      const T* blk = block(slot[i]);
-      const int64_t nc = size_[slot[i]], t = tile_of[i];
-      const int64_t at = seg[i] - seg[tiles[t]];
-      for (int64_t k = 0; k < d_; ++k) {
-        std::memcpy(&xt[offset[t] + k * stride[t] + at], blk + k * nc, nc * sizeof(T));
-        for (int64_t b = 0; b < nc; ++b) xr[(seg[i] + b) * d_ + k] = blk[k * nc + b];
-      }
-    }
+    // Column tiles (column_tiles()), each of which stays in the core's cache while every
+    // later cluster's tokens meet it, and a row-major copy of the tokens.
+    const int64_t tile = column_tile(d_);
+    std::vector<T> xr(static_cast<std::size_t>(d_) * total);
+    ColumnTiles ct = column_tiles(slot, seg, xr.data(), true);
+    const std::vector<int64_t>& tiles = ct.first;
+    const std::vector<int64_t>& stride = ct.stride;
+    const std::vector<int64_t>& offset = ct.offset;
+    std::vector<T>& xt = ct.xt;
+    const std::size_t n_tiles = ct.count();
     { std::vector<T>().swap(ar_); }  // the arena is not needed any more
     { std::vector<int32_t>().swap(tok_); }
     std::vector<T> D(tri(m) + 1);
@@ -2662,6 +2971,11 @@ class LinearEngine {
   std::vector<float> list_d_;
   std::vector<double> list_r_;
   std::vector<int32_t> owner_;
+  // this round's dense searches (dense_search()): whether they may run, the tokens of the
+  // active clusters, and their tiles
+  bool dense_on_ = false;
+  int64_t live_tokens_ = 0;
+  DenseLayout dense_;
 };
 
 }  // namespace
@@ -2684,10 +2998,10 @@ std::vector<Merge> linear_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   return engine.run();
 }
 
-std::array<int64_t, 8> linear_list_stats() {
+std::array<int64_t, 9> linear_list_stats() {
   return {g_list_searches.load(), g_list_tried.load(), g_list_settled.load(),
           g_handover.load(),      g_rounds.load(),     g_tree_rounds.load(),
-          g_refreshes.load(),     g_copies.load()};
+          g_refreshes.load(),     g_copies.load(),       g_dense.load()};
 }
 
 template std::vector<Merge> linear_linkage<float>(const float*, int64_t, int64_t,
@@ -2696,7 +3010,7 @@ template std::vector<Merge> linear_linkage<double>(const double*, int64_t, int64
                                                    const RunOptions&);
 
 std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
-                                   bool closed, std::size_t cache_bytes) {
+                                   bool closed, std::size_t cache_bytes, int num_threads) {
   const std::size_t un = static_cast<std::size_t>(std::max<int64_t>(n, 1));
   const std::size_t ud = static_cast<std::size_t>(d);
   // per slot: moments, sizes, neighbours, state; kd-tree copy of the centroids and boxes
@@ -2718,6 +3032,13 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   if (!closed && !tree) {
     bytes += un * (std::size_t(list_length(n, d)) * 8 + 12);
     bytes += un * 12 + scan_order_bytes(n, d);
+    // a round's dense searches (LinearEngine::dense_search()): the tiles of the clusters
+    // (the tokens, their tiles' padding of at most 32 tokens, at most 2 n / tile + 1
+    // tiles) and their slots, and per thread a slab of distances and its rows
+    const std::size_t tile = static_cast<std::size_t>(column_tile(d));
+    const std::size_t threads = static_cast<std::size_t>(resolve_threads(num_threads));
+    bytes += (un + 32 * (2 * un / tile + 1)) * ud * elem_size + un * 8 * 3;
+    bytes += threads * (std::size_t(kDenseMaxTokens) * ((tile + 15) / 16 * 16 * elem_size + 8));
   }
   if (!closed) {
     bytes += 2 * un * ud * elem_size + un * ud * elem_size + un * 8;  // arena + compaction

@@ -112,15 +112,16 @@ bool has_closed_form(Method method, Metric metric);
 
 // Bytes the linear engine allocates at most (its cache included).
 std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size, bool closed,
-                                   std::size_t cache_bytes);
+                                   std::size_t cache_bytes, int num_threads);
 
 // The last linear run's searches after its first round (Euclidean, above 12 dimensions),
 // those that tried the neighbour lists and those the lists settled without a scan (all
 // threads), the clusters it handed over to the matrix (0: none), its rounds of searches,
 // those of them on the kd-tree, its searches of every cluster again where no pair was
-// reciprocal, and its merges of copies of a row at once after the first search; a
-// diagnostic: concurrent runs share the counters.
-std::array<int64_t, 8> linear_list_stats();
+// reciprocal, its merges of copies of a row at once after the first search, and its
+// searches that summed every cluster densely; a diagnostic: concurrent runs share the
+// counters.
+std::array<int64_t, 9> linear_list_stats();
 
 // The last matrix-engine run's rounds (also the linear engine's hand-over to its matrix)
 // and the clusters its rounds left to the nearest-neighbour chain (0: none); a diagnostic:

@@ -80,7 +80,7 @@
 // search whose candidates hold at least 1/8 of the live tokens sums them all at once
 // instead: its tokens against column tiles of every cluster's, the same averages in the
 // same order (dense_search()); on isotropic Gaussian points the whole tree of 65,536 x 64
-// took 68 s instead of 158 s.
+// took 69 s instead of 140 s (2 cores; README).
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
 // their searches have become costly (with the kd-tree, or with the scan for a flat cut
@@ -228,7 +228,8 @@ inline int64_t column_tile(int64_t d) { return std::clamp<int64_t>(65536 / d, 64
 // about kDenseRows at a time (LinearEngine::dense_search()). On isotropic Gaussian
 // points (2 cores of an AMD EPYC) a divisor of 4 to 32 gave the same times within the
 // runs' spread: 32,768 x 64, the whole tree, 9.9 s at 8 (10.8 s at 4, 11.1 s at 16), and
-// 2 (dense only once the candidates hold half the tokens) 14.1 s.
+// 2 (dense only once the candidates hold half the tokens) 14.1 s; 16,384 x 256 under a
+// cache of 64 MB, 22.6 to 23.3 s at 4, 8 and 16 against 52.6 to 57.5 s with none dense.
 constexpr double kDenseDiv = 8.0;
 constexpr int64_t kDenseMaxTokens = 256;
 constexpr int64_t kDenseRows = 16;

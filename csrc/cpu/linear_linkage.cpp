@@ -2188,6 +2188,19 @@ class LinearEngine {
     finish_euclidean(sparse, ns, cands, rs, pairs);
   }
 
+  // Runs of whole clusters (slot[i], whose tokens are seg[i] .. seg[i + 1] of the runs'
+  // order) of at most column_tile(d) tokens each (a larger cluster alone), each stored
+  // transposed in a block of its own: d rows of `stride` entries (the run's tokens, padded
+  // with zeros to a multiple of 16 and by 16 more, so that the rows fall in different
+  // cache sets), which stays in a core's cache while many tokens meet it
+  // (finish_on_matrix(), dense_search()). xr, if not null, receives the tokens row-major.
+  struct ColumnTiles {
+    std::vector<int64_t> first{0};  // tile t: clusters first[t] .. first[t + 1] - 1
+    std::vector<int64_t> stride, offset{0};
+    std::vector<T> xt;
+    std::size_t count() const { return first.size() - 1; }
+  };
+
   // Dense searches. In data without clusters (isotropic Gaussian points at d = 64, say,
   // where every token is nearly as far from all others) the bounds of a cluster pair
   // prune little once the clusters have a few tokens each, and a search that the lists
@@ -2202,20 +2215,6 @@ class LinearEngine {
   // the merges do not depend on which searches sum densely (DCPE_CPU_DENSE=0: none do).
   // Clusters of more than column_tile(d) tokens are left out of the tiles and summed by
   // exact(); a searching cluster of more than kDenseMaxTokens tokens sums one by one.
-  // Runs of whole clusters (slot[i], whose tokens are seg[i] .. seg[i + 1] of the runs'
-  // order) of at most column_tile(d) tokens each (a larger cluster alone), each stored
-  // transposed in a block of its own: d rows of `stride` entries (the run's tokens, padded
-  // with zeros to a multiple of 16 and by 16 more, so that the rows fall in different
-  // cache sets), which stays in a core's cache while many tokens meet it
-  // (finish_on_matrix(), dense_search()). xr, if not null, receives the tokens row-major.
-  struct ColumnTiles {
-    std::vector<int64_t> first{0};  // tile t: clusters first[t] .. first[t + 1] - 1
-    std::vector<int64_t> stride, offset{0};
-    std::vector<T> xt;
-    std::size_t count() const { return first.size() - 1; }
-  };
-
-
   struct DenseLayout {
     bool built = false;
     std::vector<int32_t> slot;  // the tiles' clusters
@@ -3035,11 +3034,13 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
     bytes += un * 12 + scan_order_bytes(n, d);
     // a round's dense searches (LinearEngine::dense_search()): the tiles of the clusters
     // (the tokens, their tiles' padding of at most 32 tokens, at most 2 n / tile + 1
-    // tiles) and their slots, and per thread a slab of distances and its rows
+    // tiles) and their slots, and per thread a slab of distances (at most kDenseMaxTokens
+    // rows of a tile) and the rows of a group of searches (64 of kDenseMaxTokens at most)
     const std::size_t tile = static_cast<std::size_t>(column_tile(d));
     const std::size_t threads = static_cast<std::size_t>(resolve_threads(num_threads));
     bytes += (un + 32 * (2 * un / tile + 1)) * ud * elem_size + un * 8 * 3;
-    bytes += threads * (std::size_t(kDenseMaxTokens) * ((tile + 15) / 16 * 16 * elem_size + 8));
+    bytes += threads * std::size_t(kDenseMaxTokens) *
+             ((tile + 15) / 16 * 16 * elem_size + 64 * sizeof(void*));
   }
   if (!closed) {
     bytes += 2 * un * ud * elem_size + un * ud * elem_size + un * 8;  // arena + compaction

@@ -1224,10 +1224,41 @@ void chain_sums(const Chain<T>* c, int n, int64_t d, T* out) {
   }
 }
 
+// out[i * ldo + q] = the distance of token i (row xs[i], d coordinates), i < n, to token
+// q of the transposed array xt (stride `stride`), q < len: block_sum()'s expression, so
+// the same number in T (the dense searches, LinearEngine::dense_search(); span_sums()).
+// The float32 version with AVX-512 computes whole blocks of 16: ldo and xt's rows must
+// then hold len rounded up to 16.
+template <typename T>
+void span_dists(const T* __restrict xt, int64_t stride, int64_t d, const T* const* xs,
+                int64_t n, int64_t len, T* __restrict out, int64_t ldo) {
+  for (int64_t i = 0; i < n; ++i) {
+    const T* xi = xs[i];
+    T* o = out + i * ldo;
+    {
+      const T xv = xi[0];
+      for (int64_t q = 0; q < len; ++q) {
+        const T t = xt[q] - xv;
+        o[q] = t * t;
+      }
+    }
+    for (int64_t k = 1; k < d; ++k) {
+      const T* col = xt + k * stride;
+      const T xv = xi[k];
+      for (int64_t q = 0; q < len; ++q) {
+        const T t = col[q] - xv;
+        o[q] += t * t;
+      }
+    }
+    for (int64_t q = 0; q < len; ++q) o[q] = std::sqrt(o[q]);
+  }
+}
+
 // racc[q] = sum over the n tokens x (row-major, d coordinates each) of their distance to
 // token q of the transposed array xt (stride `stride`), q < len, in float64; buf: len
-// scratch entries of T. Each distance with the same expression as block_sum(), computed
-// for a chunk of tokens at a time (the loops run over contiguous coordinates and vectorise).
+// scratch entries of T. Each distance from span_dists() (block_sum()'s expression),
+// computed for a chunk of tokens at a time (the loops run over contiguous coordinates and
+// vectorise).
 template <typename T>
 void span_sums(const T* __restrict xt, int64_t stride, int64_t d, const T* __restrict x,
                int64_t n, int64_t len, T* __restrict buf, double* __restrict racc) {
@@ -1237,22 +1268,8 @@ void span_sums(const T* __restrict xt, int64_t stride, int64_t d, const T* __res
     const T* xb = x + b * d;
     for (int64_t c = 0; c < len; c += kChunk) {
       const int64_t e = std::min(len, c + kChunk);
-      {
-        const T xv = xb[0];
-        for (int64_t j = c; j < e; ++j) {
-          const T t = xt[j] - xv;
-          buf[j] = t * t;
-        }
-      }
-      for (int64_t k = 1; k < d; ++k) {
-        const T* col = xt + k * stride;
-        const T xv = xb[k];
-        for (int64_t j = c; j < e; ++j) {
-          const T t = col[j] - xv;
-          buf[j] += t * t;
-        }
-      }
-      for (int64_t j = c; j < e; ++j) racc[j] += static_cast<double>(std::sqrt(buf[j]));
+      span_dists<T>(xt + c, stride, d, &xb, 1, e - c, buf + c, 0);
+      for (int64_t j = c; j < e; ++j) racc[j] += static_cast<double>(buf[j]);
     }
   }
 }
@@ -1458,35 +1475,6 @@ inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, i
   for (; b0 < blocks; ++b0) span_group_step<1>(xt, stride, d, x, n, out, b0 * 16);
 }
 #endif
-
-// out[i * ldo + q] = the distance of token i (row xs[i], d coordinates), i < n, to token
-// q of the transposed array xt (stride `stride`), q < len: block_sum()'s expression, so
-// the same number in T (the dense searches, LinearEngine::dense_search()). ldo and xt's
-// rows must hold len rounded up to 16.
-template <typename T>
-void span_dists(const T* __restrict xt, int64_t stride, int64_t d, const T* const* xs,
-                int64_t n, int64_t len, T* __restrict out, int64_t ldo) {
-  for (int64_t i = 0; i < n; ++i) {
-    const T* xi = xs[i];
-    T* o = out + i * ldo;
-    {
-      const T xv = xi[0];
-      for (int64_t q = 0; q < len; ++q) {
-        const T t = xt[q] - xv;
-        o[q] = t * t;
-      }
-    }
-    for (int64_t k = 1; k < d; ++k) {
-      const T* col = xt + k * stride;
-      const T xv = xi[k];
-      for (int64_t q = 0; q < len; ++q) {
-        const T t = col[q] - xv;
-        o[q] += t * t;
-      }
-    }
-    for (int64_t q = 0; q < len; ++q) o[q] = std::sqrt(o[q]);
-  }
-}
 
 #if defined(__AVX512F__)
 // span_dists() for float32: four tokens of x against two blocks of 16 tokens of xt at a

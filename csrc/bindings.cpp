@@ -75,7 +75,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("cpu_list_stats", []() {
           return named_counts(dcpe::linear_list_stats(),
                               {"searches", "tried", "settled", "handover", "rounds",
-                               "tree_rounds", "refreshes", "copies", "dense"});
+                               "tree_rounds", "refreshes", "copies", "dense",
+                               "unscanned"});
         },
         "The last linear-engine run's searches after its first round (Euclidean, above 12 "
         "dimensions), those that tried the tokens' neighbour lists and those the lists "
@@ -86,7 +87,8 @@ PYBIND11_MODULE(_C, m) {
         "cluster again where rounding had left no reciprocal pair; and the merges of copies of "
         "a row it made at once after its first search (DCPE_CPU_COPIES=0: in the rounds), and its "
         "searches whose bounds left so many candidates that they summed every cluster densely "
-        "(DCPE_CPU_DENSE=0: none do).");
+        "(DCPE_CPU_DENSE=0: none do), and those of them that summed densely without a scan, "
+        "as their cluster's last search had (DCPE_CPU_DENSE_SKIP=0: none).");
   m.def("cpu_matrix_stats", []() {
           return named_counts(dcpe::matrix_stats(), {"rounds", "chain"});
         },

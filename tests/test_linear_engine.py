@@ -1119,6 +1119,44 @@ def test_dense_searches_give_the_same_flat_cut(rng, monkeypatch, kind, cap):
         _dense_and_not(monkeypatch, functools.partial(_cut_z, x, k, 0, cap=cap))
 
 
+# A cluster whose search scanned and summed densely sums densely in its next 7 searches
+# without the scan (DCPE_CPU_DENSE_SKIP=0: each scans). Dense sums give exact()'s numbers,
+# so the merges must again be the same bit for bit, and with a flat cut a search that
+# finds its nearest beyond the cut's bound sets its cluster aside either way.
+
+
+def _skipping_and_not(monkeypatch, run):
+    (z_on, z_off), (s_on, s_off) = _switched(monkeypatch, "DCPE_CPU_DENSE_SKIP", run)
+    np.testing.assert_array_equal(z_on, z_off)
+    assert s_off["unscanned"] == 0
+    assert 0 <= s_on["unscanned"] <= s_on["dense"]
+    return s_on
+
+
+@pytest.mark.parametrize("kind", ["gaussian", "blobs", "codebook"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("cap", [None, 6])
+def test_dense_searches_without_a_scan_give_the_same_merges(rng, monkeypatch, kind, dtype,
+                                                            cap):
+    n, d = (700, 1024) if kind == "blobs" else (600, 48)
+    x = _dense_input(rng, kind, n, d, dtype)
+    for cache in CACHES:
+        stats = _skipping_and_not(monkeypatch,
+                                  functools.partial(_linear_z, x, cache, cap=cap))
+        if kind == "gaussian":
+            assert stats["unscanned"] > 0
+
+
+@pytest.mark.parametrize("cap", [None, 4])
+def test_dense_searches_without_a_scan_give_the_same_flat_cut(rng, monkeypatch, cap):
+    n, d = 700, 64
+    x = _dense_input(rng, "gaussian", n, d, np.float32)
+    for k in (n // 2, n // 8, 3):
+        stats = _skipping_and_not(monkeypatch, functools.partial(_cut_z, x, k, 0, cap=cap))
+        if k < n // 2:
+            assert stats["unscanned"] > 0
+
+
 def test_dense_searches_agree_with_scipy_and_the_matrix_engine(rng):
     x = tie_free(rng, 800, 48)
     zl = _linear_z(x, 0)

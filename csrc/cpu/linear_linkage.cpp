@@ -221,8 +221,9 @@ inline bool copies_enabled() { return switched_on("DCPE_CPU_COPIES"); }
 inline bool dense_enabled() { return switched_on("DCPE_CPU_DENSE"); }
 
 // DCPE_CPU_DENSE_SKIP=0: every search scans the centroids before it sums densely, even where
-// its cluster's last search summed densely (LinearEngine::search_euclidean_group(); the
-// same searches, so the same merges)
+// its cluster's last search summed densely (LinearEngine::search_euclidean_group(); a
+// search may then sum one by one where it would have skipped the scan, but every average
+// is the same number, so the merges are the same)
 inline bool dense_skip_enabled() { return switched_on("DCPE_CPU_DENSE_SKIP"); }
 
 // Tokens of a column tile (LinearEngine::column_tiles()): 256 KiB of float32 coordinates

@@ -1658,8 +1658,8 @@ class LinearEngine {
     } else {
       tree_.build(mu_.data(), active_, d_, walk_tree_);
       if (!tree_.flat()) todo = tree_.order();
-      if (copies_enabled()) skip_copies(todo);
     }
+    if (copies_enabled()) skip_copies(todo);
     search(todo);
     leave_tree(todo.size());
     listing_ = false;
@@ -2630,9 +2630,11 @@ class LinearEngine {
     std::vector<uint64_t>().swap(keys);
   }
 
-  // Before the first search (without the neighbour lists, which every token's search
-  // fills): each row that has a copy takes the first other copy as its nearest neighbour,
-  // at distance 0, and does not search. Searching, each of c copies of a row had found the
+  // Before the first search: each row that has a copy takes the first other copy as its
+  // nearest neighbour, at distance 0, and does not search; with the neighbour lists, each
+  // row with at least kList_ copies besides itself, whose list is then the first kList_
+  // of them, at distance 0, and r(t) = 0 (the list and bound its search would have given),
+  // and the rows with fewer copies search. Searching, each of c copies of a row had found the
   // other c - 1 within its radius, all with bounds of 0, and sorted and summed them: c^2
   // pairs, 4 x 10^8 for 20,000 copies of a row in 65,536 x 8, which took the whole tree
   // from 1.1 s to 10.7 s (2 cores of an AMD EPYC). Its nearest neighbour would have been
@@ -2645,11 +2647,23 @@ class LinearEngine {
     std::iota(keys.begin(), keys.end(), uint64_t(0));
     std::vector<uint8_t> skip(static_cast<std::size_t>(n_), 0);
     bool any = false;
+    const std::size_t k_list = static_cast<std::size_t>(kList_);
     for_copies(keys, [&](const std::vector<int32_t>& copies) {
+      if (k_list > 0 && copies.size() <= k_list) return;
       for (const int32_t c : copies) {
         nn_[c] = c == copies[0] ? copies[1] : copies[0];
         nnd_[c] = 0.0;
         skip[c] = 1;
+        if (k_list == 0) continue;
+        const std::size_t o = static_cast<std::size_t>(c) * k_list;
+        std::size_t k = 0;
+        for (std::size_t i = 0; k < k_list; ++i) {
+          if (copies[i] == c) continue;
+          list_id_[o + k] = copies[i];
+          list_d_[o + k] = 0.0f;
+          ++k;
+        }
+        list_r_[c] = 0.0;
       }
       any = true;
     });

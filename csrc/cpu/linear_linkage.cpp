@@ -2344,7 +2344,8 @@ class LinearEngine {
     }
   }
 
-  // The first search (every cluster one token, every token searching), which also fills
+  // The first search (every cluster one token, every token searching but the copies that
+  // skip_copies() settles), which also fills
   // the neighbour lists: the scan's radius of token a is kept at least at the squared
   // distance of the kList_-th nearest token visited (+inf until kList_ are), so every
   // token it does not visit is farther than that; a's list is its kList_ nearest visited

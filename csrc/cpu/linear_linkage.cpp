@@ -2345,14 +2345,14 @@ class LinearEngine {
   }
 
   // The first search (every cluster one token, every token searching but the copies that
-  // skip_copies() settles), which also fills
-  // the neighbour lists: the scan's radius of token a is kept at least at the squared
-  // distance of the kList_-th nearest token visited (+inf until kList_ are), so every
-  // token it does not visit is farther than that; a's list is its kList_ nearest visited
-  // tokens (max-heap on (squared distance, index)) and r(a) the largest of their
-  // distances. The visits are a superset of the plain search's (its radius, the smallest
-  // upper bound within the margin, is never above this one), so are its candidates within
-  // that radius, and finish_euclidean() gives the same nearest neighbours.
+  // skip_copies() settles), which also fills the neighbour lists: the scan's radius of
+  // token a is kept at least at the squared distance of the kList_-th nearest token
+  // visited (+inf until kList_ are), so every token it does not visit is farther than
+  // that; a's list is its kList_ nearest visited tokens (max-heap on (squared distance,
+  // index)) and r(a) the largest of their distances. The visits are a superset of the
+  // plain search's (its radius, the smallest upper bound within the margin, is never above
+  // this one), so are its candidates within that radius, and finish_euclidean() gives the
+  // same nearest neighbours.
   void list_first_search(const int32_t* as, int g, const double* const* qs,
                          std::vector<std::pair<double, int32_t>>* cands, double* r,
                          double* r2, double& pairs) {
@@ -2643,10 +2643,11 @@ class LinearEngine {
   // at a computed distance of 0), and merge_copies() merges every such row's copies right
   // after the first search, whose clusters then search: the merges are the same.
   // DCPE_CPU_COPIES=0 (the copies left to the rounds) searches every row.
+  // (Before the first search every nearest distance is +inf: the rows it settles are
+  // those at 0.)
   void skip_copies(std::vector<int32_t>& todo) {
     std::vector<uint64_t> keys(static_cast<std::size_t>(n_));
     std::iota(keys.begin(), keys.end(), uint64_t(0));
-    std::vector<uint8_t> skip(static_cast<std::size_t>(n_), 0);
     bool any = false;
     const std::size_t k_list = static_cast<std::size_t>(kList_);
     for_copies(keys, [&](const std::vector<int32_t>& copies) {
@@ -2654,7 +2655,6 @@ class LinearEngine {
       for (const int32_t c : copies) {
         nn_[c] = c == copies[0] ? copies[1] : copies[0];
         nnd_[c] = 0.0;
-        skip[c] = 1;
         if (k_list == 0) continue;
         const std::size_t o = static_cast<std::size_t>(c) * k_list;
         std::size_t k = 0;
@@ -2671,7 +2671,7 @@ class LinearEngine {
     if (!any) return;
     std::size_t keep = 0;
     for (const int32_t a : todo) {
-      if (!skip[a]) todo[keep++] = a;
+      if (nnd_[a] != 0.0) todo[keep++] = a;
     }
     todo.resize(keep);
   }
@@ -2698,8 +2698,7 @@ class LinearEngine {
   // found a neighbour at distance 0 can have a copy (the first search is every token's,
   // with no bound; or skip_copies() gave it a copy at 0); the copies among those are
   // found by for_copies(), freed before the searches, so an input without such rows
-  // costs one pass over nnd_. Returns whether any were
-  // merged; their clusters then search.
+  // costs one pass over nnd_. Returns whether any were merged; their clusters then search.
   // DCPE_CPU_COPIES=0 leaves them to the rounds.
   bool merge_copies(std::vector<Merge>& merges) {
     const int64_t cap = opt_.max_cluster_size;
@@ -3111,7 +3110,7 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   // (without the tree, uses_tree(), there are no boxes; their bytes cover the scan's
   // float32 copy of the centroids and its test's shares, 4 d + 4 bytes a slot)
   std::size_t bytes = un * (ud * 8 + 80) + un * (ud * 8 + 4) + un / 2 * (2 * ud * 8 + 16);
-  bytes += un * 9;  // the rows' hashes that find copies of a row, and the rows skip_copies() marks
+  bytes += un * 8;  // the rows' hashes that find copies of a row (for_copies())
   // with a tree: its leaves' blocks hold at most 24 / 17 times the points
   // (build_leaf_blocks()), and the searches' order marks the slots (in_tree_order())
   const bool tree = uses_tree(d, closed);

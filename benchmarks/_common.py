@@ -141,7 +141,14 @@ def same_partition(a: np.ndarray, b: np.ndarray) -> bool:
     return len(a) == len(b) and bool(np.array_equal(canonical(a), canonical(b)))
 
 
-DATA_KINDS = ("codebook", "gaussian")
+DATA_KINDS = ("codebook", "gaussian", "grid")
+DATA_TEXT = {
+    "codebook": "the sample codebook's generator, float32",
+    "gaussian": "isotropic standard normal points (seed 0), float32",
+    "grid": "the first N points, in lexicographic order, of the smallest grid of L^d points "
+            "(coordinates -(L-1)/2 to (L-1)/2 in steps of 1; 2^d points: the corners of a "
+            "cube), float32",
+}
 
 
 def make_points(kind: str, n: int, d: int) -> np.ndarray:
@@ -149,11 +156,22 @@ def make_points(kind: str, n: int, d: int) -> np.ndarray:
     generator (its 16,384 x 8 case the sample codebook itself); ``"gaussian"``, isotropic
     standard normal points (seed 0), as the dead codes of a codebook initialised as
     ``torch.nn.Embedding`` is keep that initialisation. In many dimensions these have few
-    reciprocal nearest neighbours, and a round-based engine merges few pairs a round."""
+    reciprocal nearest neighbours, and a round-based engine merges few pairs a round;
+    ``"grid"``, the first ``n`` points in lexicographic order of the smallest grid of ``L``
+    levels a dimension with ``L^d >= n`` (coordinates ``-(L-1)/2`` to ``(L-1)/2`` in steps of
+    1, exact in float32): a finite scalar quantizer's codebook, or with ``n = 2^d`` a
+    lookup-free quantizer's (the corners of a cube). There every distance ties with many
+    others."""
     from dcpe.datasets import make_sample_codebook, sample_codebook
 
     if kind == "gaussian":
         return np.random.default_rng(0).standard_normal((n, d)).astype(np.float32)
+    if kind == "grid":
+        levels = 2
+        while levels ** d < n:
+            levels += 1
+        index = np.stack(np.unravel_index(np.arange(n), (levels,) * d), axis=1)
+        return (index - (levels - 1) / 2).astype(np.float32)
     if kind != "codebook":
         raise ValueError(f"data kind {kind!r}: choose from {DATA_KINDS}")
     return sample_codebook() if (n, d) == (16384, 8) else make_sample_codebook(n, d)

@@ -47,7 +47,10 @@ first row: exact duplicates, at distance 0 from each other, for every provider.
 ``--data gaussian`` clusters isotropic standard normal points (seed 0) instead, as the dead
 codes of a codebook initialised as ``torch.nn.Embedding`` is keep that initialisation: in
 many dimensions they have few reciprocal nearest neighbours, so the engines' rounds merge
-few pairs each.
+few pairs each. ``--data grid`` clusters the first N points (in lexicographic order) of the
+smallest grid of ``L^d`` points with at least N (coordinates -(L-1)/2 to (L-1)/2 in steps of
+1): a finite scalar quantizer's codebook, or with N = 2^d a lookup-free quantizer's (the
+corners of a cube), where every distance ties with many others.
 
 ``--repeat R`` runs each provider's call R times in its process (ParChain: its binary R
 times) and reports the median, with every run's time in the JSON. The first call of a
@@ -82,6 +85,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
     DATA_KINDS,
+    DATA_TEXT,
     fmt_seconds,
     machine_info,
     make_points,
@@ -258,8 +262,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="replace a fraction F of the rows by copies of the first row "
                         "(default: %(default)s)")
     p.add_argument("--data", choices=DATA_KINDS, default="codebook",
-                   help="the points: the sample codebook's generator, or isotropic "
-                        "Gaussian points (default: %(default)s)")
+                   help="the points: the sample codebook's generator, isotropic Gaussian "
+                        "points, or points of a grid (default: %(default)s)")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs of each provider's call per cell, reported by their median "
                         "(default: %(default)s)")
@@ -338,8 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         + f"dcpe {info['versions'].get('dcpe')} · fastcluster "
         f"{info['versions'].get('fastcluster')}",
         "",
-        ("Data: the sample codebook's generator, float32" if args.data == "codebook" else
-         "Data: isotropic standard normal points (seed 0), float32")
+        f"Data: {DATA_TEXT[args.data]}"
         + (f", a fraction {args.copies:g} of its rows replaced by copies of the first row"
            if args.copies else "")
         + ". Time: the clustering call alone, "

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -182,3 +183,26 @@ def test_gaussian_data(tmp_path: Path) -> None:
     assert sums["gaussian"] > 4 * sums["codebook"]
     proc = _bench("--sizes", "200x4", "--data", "uniform", "--out", str(out))
     assert proc.returncode == 2 and "--data" in proc.stderr
+
+
+def test_grid_data(tmp_path: Path) -> None:
+    """--data grid: the first N points of the smallest integer grid with at least N points,
+    centred at 0 (N = 2^d: the corners of a cube); the results say which data."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from _common import make_points
+    finally:
+        sys.path.pop(0)
+    cube = make_points("grid", 64, 6)
+    assert cube.dtype == np.float32 and cube.shape == (64, 6)
+    assert len(np.unique(cube, axis=0)) == 64 and set(np.unique(cube)) == {-0.5, 0.5}
+    grid = make_points("grid", 100, 3)  # 5 levels (4^3 = 64 < 100 <= 125)
+    assert set(np.unique(grid)) == {-2.0, -1.0, 0.0, 1.0, 2.0}
+    np.testing.assert_array_equal(grid[:6, 2], [-2, -1, 0, 1, 2, -2])
+    assert len(np.unique(grid, axis=0)) == 100 and (grid[:, 0] <= 1).all()
+    out = tmp_path / "res"
+    proc = _bench("--sizes", "64x6", "--providers", "dcpe-linear,dcpe-matrix", "--threads", "1",
+                  "--data", "grid", "--out", str(out), "--name", "grid")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert json.loads((out / "grid.json").read_text())["data"] == "grid"
+    assert "the corners of a cube" in (out / "grid.md").read_text()

@@ -353,13 +353,14 @@ def test_chain_among_ties_builds_a_valid_greedy_tree(monkeypatch, method):
 
 def test_rounds_hand_over_to_the_chain_when_they_merge_few_pairs():
     """Points on a line at geometrically growing gaps: each round merges one pair, so the
-    rounds hand over to the chain after the first; isotropic Gaussian points in 128
+    rounds hand over to the chain after the second (the first round counts as growing, and
+    the second merged no more than it); isotropic Gaussian points in 128
     dimensions (few reciprocal pairs, but more than 1/64 of the clusters a round) stay in
     the rounds until few clusters are left. Both trees are SciPy's."""
     n = 400
     line = np.cumsum(1.01 ** np.arange(n))[:, None]
     z = _C.linkage_cpu(line, "average", "euclidean", 0, 0)
-    assert _C.cpu_matrix_stats() == {"rounds": 1, "chain": n - 1}
+    assert _C.cpu_matrix_stats() == {"rounds": 2, "chain": n - 2}
     ref = scipy_linkage(line, "average")
     np.testing.assert_array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
     np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
@@ -370,6 +371,38 @@ def test_rounds_hand_over_to_the_chain_when_they_merge_few_pairs():
     ref = scipy_linkage(x, "average")
     np.testing.assert_array_equal(z[:, [0, 1, 3]], ref[:, [0, 1, 3]])
     np.testing.assert_allclose(z[:, 2], ref[:, 2], rtol=1e-12)
+
+
+def _cube_corners(d: int) -> np.ndarray:
+    """The 2^d corners of the cube [-1, 1]^d, a lookup-free quantizer's codebook: every
+    corner has d nearest neighbours, all at the same distance."""
+    return np.array(np.meshgrid(*[[-1.0, 1.0]] * d, indexing="ij")).reshape(d, -1).T.copy()
+
+
+@pytest.mark.parametrize("points", ["cube", "grid"])
+@pytest.mark.parametrize("k", [1, 64])
+def test_rounds_go_on_while_their_merges_grow(points, k):
+    """On points of a grid the first rounds merge few pairs (each token's nearest neighbour
+    is its tied neighbour of the smallest slot; on the cube's corners only slots 0 and 1 are
+    reciprocal), then more and more as the merged clusters' average distances break the
+    ties: the rounds go on instead of handing over to the chain after the first (which
+    finished the 1,024 corners from 1,023 clusters). The tree is valid, deterministic and
+    every merge is a minimum."""
+    if points == "cube":
+        x = _cube_corners(10)
+    else:  # 2,400 points, levels 6 x 5 x 5 x 4 x 4 as a finite scalar quantizer's
+        axes = [np.arange(m) - (m - 1) / 2 for m in (6, 5, 5, 4, 4)]
+        x = np.array(np.meshgrid(*axes, indexing="ij")).reshape(5, -1).T.copy()
+    n = len(x)
+    z = _C.linkage_cpu(x, "average", "euclidean", 0, 0, n - k)
+    stats = _C.cpu_matrix_stats()
+    assert stats["rounds"] >= 4 and stats["chain"] < n // 2, stats
+    _valid_tree(z, n)
+    np.testing.assert_array_equal(z, _C.linkage_cpu(x, "average", "euclidean", 0, 0, n - k))
+    merged, best = replay_gaps(z[:n - k], x)
+    np.testing.assert_allclose(merged, best, rtol=1e-12, atol=1e-12)
+    labels = dcpe.cluster(x, k, engine="matrix")
+    assert len(np.unique(labels)) == k
 
 
 def test_single_linkage_among_ties_by_the_default_rule():

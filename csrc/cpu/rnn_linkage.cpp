@@ -19,8 +19,9 @@
 // of every cluster for the next round. Rows are processed in blocks: a block's new rows are
 // written to a small buffer and copied into place after the block, so the threads never
 // overwrite a row another thread still reads. When a round merges fewer than 1/64 of the
-// clusters (kChainBelow), the remaining clusters are finished by the nearest-neighbour
-// chain algorithm [Murtagh 1983; Müllner 2011, Sect. 3.2] on the same matrix.
+// clusters (kChainBelow), and fewer than 3/2 as many pairs as the round before, the
+// remaining clusters are finished by the nearest-neighbour chain algorithm [Murtagh 1983;
+// Müllner 2011, Sect. 3.2] on the same matrix.
 //
 // The token matrix itself is not stored: a first pass finds every token's nearest
 // neighbour from distance rows computed on the fly, and the first round writes the matrix
@@ -96,15 +97,17 @@ constexpr int64_t kKeepTokenMatrixDim = 128;
 constexpr int64_t kChainBelow = 64;
 // ... unless that round merged at least 3/2 as many pairs as the round before (the first
 // round counts as such). On points of a grid the rounds start with few merges and grow:
-// every token's nearest neighbour is its tied neighbour of the smallest slot, so the first
-// round finds few reciprocal pairs, and the average distances of the merged clusters then
-// break the ties around them. On the 16,384 corners of a 14-dimensional cube the rounds
-// merged 1, 13, 79, 298, 782, ... pairs and the whole tree took 17 rounds, 1.2 s; handed
-// over after the first round, the chain took 4.6 s. On a 15,360-point grid in 5 dimensions
-// (8 x 8 x 8 x 6 x 5 levels): 30, 90, 210, 360, ... pairs, 23 rounds and 0.6 s against
-// 2.9 s. Where merges grow by 3/2 a round, the rounds reach 1/kChainBelow of the clusters
-// within about 14 rounds (from one pair, 16,384 clusters), well under the chain's 50
-// passes; where they do not grow, the hand-over is as before.
+// every token's nearest neighbours are tied and the tie goes to the smallest slot, so the
+// first round finds few reciprocal pairs (on the corners of a cube only slots 0 and 1),
+// and the average distances of the merged clusters then break the ties around them (the
+// corners of a 14-dimensional cube, scaled by 1/sqrt(14): 1, 13, 79, 298, 782, 1,518, ...
+// pairs). Handed over after the first round, the chain finished 16,384 such corners in
+// 3.5 s; the rounds, 27 of them, took 0.62 s for the whole tree, and 0.2 to 0.4x the time
+// on the other grids of `bench_scale.py --data grid` (README). Where merges grow by 3/2 a
+// round, the rounds reach 1/kChainBelow of the clusters within about 14 rounds (from one
+// pair, 16,384 clusters), well under the chain's 50 passes; where they do not grow, the
+// hand-over is where it was (the same round on the 12 Gaussian and codebook inputs of
+// 8,192 to 32,768 tokens measured).
 
 // The last run's rounds and the clusters it handed over to the chain (0: none), for
 // matrix_stats().

@@ -521,11 +521,12 @@ def test_auto_takes_the_matrix_engine_for_small_problems_and_linear_beyond():
                              dtype=f32).engine == "matrix"
     assert cpu.choose_engine(16384, 256, method="average", metric="euclidean",
                              dtype=f32).engine == "matrix"
-    # from 9 to 12 dimensions (the kd-tree) the matrix up to 32,768 tokens
-    assert cpu.choose_engine(32768, 12, method="average", metric="euclidean",
-                             dtype=f32).engine == "matrix"
-    assert cpu.choose_engine(32769, 12, method="average", metric="euclidean",
-                             dtype=f32).engine == "linear"
+    # from 9 to 12 dimensions (the kd-tree) the matrix up to 16,384 tokens
+    for d in (9, 12):
+        assert cpu.choose_engine(16384, d, method="average", metric="euclidean",
+                                 dtype=f32).engine == "matrix"
+        assert cpu.choose_engine(16385, d, method="average", metric="euclidean",
+                                 dtype=f32).engine == "linear"
     # from 13 to 128 dimensions (the scan) the linear engine is the faster one from about
     # 32,768 tokens on; above, the matrix engine wherever it fits
     for d in (13, 16, 17, 64, 128):

@@ -297,7 +297,7 @@ def cluster(
         needs O(N d) memory (plus, on the host, a cache of at most a quarter of the
         budget; on the GPU the clusters' own matrix once it fits) and is exact too.
         ``"auto"`` on the host takes the matrix engine for Euclidean average linkage up
-        to 2,048 tokens at d <= 8, up to 32,768 at d <= 12, up to 16,384 at d <= 128 and
+        to 2,048 tokens at d <= 8, up to 16,384 at d <= 128 and
         at any N above when it fits, the linear engine otherwise (the faster one there);
         on the GPU the matrix engine up to 131,072 tokens when it fits.
         Average linkage with ``"sqeuclidean"`` or ``"cosine"`` runs on cluster moments

@@ -52,16 +52,18 @@ from . import CLOSED_FORM_METRICS
 #: engine names of the ``engine=`` argument
 ENGINES = ("auto", "matrix", "linear")
 #: largest N at which ``auto`` prefers the matrix engine for Euclidean average linkage
-#: from :data:`LOW_D` + 1 to :data:`KDTREE_MAX_D` dimensions. On the sample codebook's
-#: generator the linear engine took 0.36x to 0.54x the matrix engine's time at 20,480 to
-#: 32,768 tokens and 9 to 12 dimensions (the whole tree; a flat cut at N/2: 0.25x to 0.31x),
-#: in 0.1 GiB instead of 0.8 to 1.3; on isotropic Gaussian points 0.93x at 9 dimensions and
-#: 1.45x to 1.92x at 11 and 12 (a flat cut: 0.75x, 1.47x to 1.91x), 2 cores, medians of 3
-#: (benchmarks/results/scale-auto-d9-12-*.md). Up to 16,384 tokens the matrix engine keeps
-#: them: there the linear engine took 0.50x to 0.83x its time on the codebook's generator
-#: from 8,192 tokens on (1.01x to 1.42x at 4,096), and 1.5x to 2.4x on Gaussian points
+#: from :data:`LOW_D` + 1 to :data:`KDTREE_MAX_D` dimensions. Past it, on the sample
+#: codebook's generator, the linear engine took 0.34x to 0.53x the matrix engine's time at
+#: 20,480 to 32,768 tokens and 9 to 12 dimensions (the whole tree; a flat cut at N/2: 0.18x
+#: to 0.33x), in 71 to 98 MiB instead of 0.5 to 1.3 GiB; on isotropic Gaussian points
+#: 1.00x and 1.16x at 9 dimensions and 1.74x to 2.07x at 11 and 12 (a flat cut: 0.69x, and
+#: 1.51x to 1.57x); 2 cores, medians of 3 (benchmarks/results/scale-auto-d9-12-*.md). Up to
+#: it the matrix engine keeps them: from 8,192 to 16,384 tokens the linear engine took
+#: 0.50x to 0.83x its time on the codebook's generator, but 1.5x to 2.4x on Gaussian
+#: points, and at 4,096 1.0x to 1.4x and 2.0x to 2.4x (scale-auto-d9-12-small-*.md)
 MATRIX_MAX_N = 16384
-#: ...and at most :data:`LOW_D` dimensions, where the linear engine's kd-tree prunes best:
+#: at most :data:`LOW_D` dimensions ``auto`` prefers the matrix engine up to
+#: :data:`LOW_D_MATRIX_MAX_N` tokens only, where the linear engine's kd-tree prunes best:
 #: on the sample codebook's generator (2 cores, best of 3 to 5) the linear engine took the
 #: whole tree of 4,096 x 8 tokens in 0.86x the matrix engine's time (0.86x to 1.07x over
 #: runs), 16,384 x 8 in 0.46x (a flat cut at N/2: 0.32x), 16,384 x 2 in 0.19x; at

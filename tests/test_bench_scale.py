@@ -18,16 +18,22 @@ pytest.importorskip("dcpe")
 
 # A stand-in for ParChain's `linkage`: writes a dendrogram of the right shape (ids, ids,
 # height, size) and prints its timing line as ParChain does, the k-th run (counted in a
-# file beside it) the k-th of `times`, cyclically.
+# file beside it, the script's probe of four points not counted) the k-th of `times`,
+# cyclically. Like ParChain's published build it has
+# no branch for d > 10: it prints "dim not supported", writes nothing and exits 0.
 _FAKE_PARCHAIN = """#!{python}
 import sys
 from pathlib import Path
 args = sys.argv[1:]
+if int(args[args.index("-d") + 1]) > 10:
+    print("dim not supported", file=sys.stderr)
+    sys.exit(0)
+n = sum(1 for _ in open(args[-1])) - 1
 count = Path(__file__).with_name("count")
 k = int(count.read_text()) if count.exists() else 0
-count.write_text(str(k + 1))
+if n > 4:  # not the script's probe of four points
+    count.write_text(str(k + 1))
 out = args[args.index("-o") + 1]
-n = sum(1 for _ in open(args[-1])) - 1
 with open(out, "w") as fh:
     for i in range(n - 1):
         fh.write(f"{{i}} {{i + 1}} {{float(i)}} 2\\n")
@@ -69,7 +75,8 @@ def test_small_run_writes_complete_results(tmp_path: Path) -> None:
         assert measured is not None or rows[key].get("error"), rows[key]
     parsed = rows[("parchain", 300, 4)]["seconds"]  # the stand-in's printed figure, parsed
     assert parsed == pytest.approx(0.0123)
-    assert ("parchain", 200, 32) not in rows  # ParChain is built for d <= 10
+    # a d that the build has no branch for: the row says so
+    assert "no d = 32" in rows[("parchain", 200, 32)]["error"]
     # the exact engines agree on the dendrogram's heights
     a = rows[("dcpe-linear", 300, 4)]["heights_sum"]
     b = rows[("dcpe-matrix", 300, 4)]["heights_sum"]

@@ -209,15 +209,18 @@ def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
 
 @functools.cache
 def parchain_takes(binary: str, d: int) -> bool:
-    """Whether this ParChain build clusters points of ``d`` dimensions: at a d it has no
-    branch for, its ``linkage`` prints "dim not supported", writes nothing and exits 0."""
+    """Whether this ParChain build clusters four points of ``d`` dimensions: at a d it has
+    no branch for, its ``linkage`` prints "dim not supported", writes nothing and exits 0."""
     with tempfile.TemporaryDirectory() as tmp:
         src, dst = Path(tmp) / "points.pbbs", Path(tmp) / "dendrogram.txt"
         rows = [" ".join(str((i * 7 + j * 3) % 5) for j in range(d)) for i in range(4)]
         src.write_text(f"pbbs_sequencePoint{d}d\n" + "\n".join(rows) + "\n")
-        proc = subprocess.run([binary, "-method", "avg", "-cachesize", "32", "-d", str(d),
-                               "-o", str(dst), str(src)], capture_output=True, text=True,
-                              env=dict(os.environ, PARLAY_NUM_THREADS="1"), timeout=60)
+        try:
+            proc = subprocess.run([binary, "-method", "avg", "-cachesize", "32", "-d",
+                                   str(d), "-o", str(dst), str(src)], capture_output=True,
+                                  env=dict(os.environ, PARLAY_NUM_THREADS="1"), timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+            return False
         return proc.returncode == 0 and dst.exists()
 
 
@@ -225,7 +228,8 @@ def run_parchain(binary: str, n: int, d: int, threads: int, timeout: float,
                  repeat: int = 1, copies: float = 0.0,
                  data: str = "codebook") -> dict[str, Any]:
     if not parchain_takes(binary, d):
-        return {"error": f"this ParChain build has no d = {d} (see the module docstring)"}
+        return {"error": f"this ParChain build does not take d = {d}: it clustered no four "
+                         "points of that d (see the module docstring)"}
     import numpy as np
 
     x = with_copies(make_points(data, n, d), copies)

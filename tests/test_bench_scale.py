@@ -19,8 +19,8 @@ pytest.importorskip("dcpe")
 # A stand-in for ParChain's `linkage`: writes a dendrogram of the right shape (ids, ids,
 # height, size) and prints its timing line as ParChain does, the k-th run (counted in a
 # file beside it, the script's probe of four points not counted) the k-th of `times`,
-# cyclically. Like ParChain's published build it has
-# no branch for d > 10: it prints "dim not supported", writes nothing and exits 0.
+# cyclically. Like ParChain's published build it has no branch for d > 10: there it
+# prints "dim not supported", writes nothing and exits 0.
 _FAKE_PARCHAIN = """#!{python}
 import sys
 from pathlib import Path
@@ -76,7 +76,7 @@ def test_small_run_writes_complete_results(tmp_path: Path) -> None:
     parsed = rows[("parchain", 300, 4)]["seconds"]  # the stand-in's printed figure, parsed
     assert parsed == pytest.approx(0.0123)
     # a d that the build has no branch for: the row says so
-    assert "no d = 32" in rows[("parchain", 200, 32)]["error"]
+    assert "does not take d = 32" in rows[("parchain", 200, 32)]["error"]
     # the exact engines agree on the dendrogram's heights
     a = rows[("dcpe-linear", 300, 4)]["heights_sum"]
     b = rows[("dcpe-matrix", 300, 4)]["heights_sum"]

@@ -70,11 +70,18 @@ def test_cluster_sample_readme_command(tmp_path, capsys):
     (["{ckpt}", "-k", "301"], "at most the number of tokens"),
     (["{ckpt}", "-k", "3", "--key", "nope"], "no key 'nope'"),
     (["{bad}", "-k", "3"], "cannot read"),
+    # extracted codes given where the checkpoint goes: the remap command is named
+    (["{codes}", "-k", "3"], "mapped to clusters with `dcpe remap`"),
+    (["{vector}", "-k", "3"], "give the tokenizer's checkpoint or its (N, d) codebook"),
+    (["{ckpt}", "-k", "3", "--key", "decoder.conv.weight"], "choose the codebook with --key"),
 ])
 def test_cluster_user_errors(tmp_path, ckpt, capsys, args, fragment):
     bad = tmp_path / "bad.pt"
     bad.write_bytes(b"truncated")
-    args = [a.format(ckpt=ckpt, bad=bad) for a in args]
+    codes, vector = tmp_path / "0.npy", tmp_path / "v.npy"
+    np.save(codes, np.random.default_rng(0).integers(0, 300, (1, 10, 256)))
+    np.save(vector, np.zeros(8, np.float32))
+    args = [a.format(ckpt=ckpt, bad=bad, codes=codes, vector=vector) for a in args]
     out = tmp_path / "out" / "p.npz"
     out.parent.mkdir()
     rc = main(["cluster", *args, "-o", str(out)])

@@ -112,8 +112,25 @@ def test_no_candidate_lists_matrices(tmp_path, weight):
     np.testing.assert_array_equal(load_codebook(path, key="fc.weight"), weight.numpy())
     with pytest.raises(ValueError, match="no key 'nope'"):
         load_codebook(path, key="nope")
-    with pytest.raises(ValueError, match="2-D floating-point"):
+    with pytest.raises(ValueError, match="2-D floating-point.*choose the codebook with key="):
         load_codebook(path, key="fc.bias")
+
+
+def test_token_ids_are_not_a_codebook(tmp_path):
+    """Extracted codes (integer token ids) given as a codebook: the message says how token
+    ids are mapped, in Python's terms (the command line names `dcpe remap`)."""
+    path = tmp_path / "0.npy"
+    np.save(path, np.arange(2560).reshape(1, 10, 256))
+    with pytest.raises(ValueError, match=r"shape \[1, 10, 256\] and dtype int64.*"
+                       r"CodebookPrior.to_clusters"):
+        load_codebook(path)
+    np.save(path, np.zeros(8))
+    with pytest.raises(ValueError, match="2-D floating-point") as info:
+        load_codebook(path)
+    assert "to_clusters" not in str(info.value)
+    torch.save([1, 2, 3], tmp_path / "list.pt")
+    with pytest.raises(ValueError, match="holds a list, not a tensor.*; give the tokenizer"):
+        load_codebook(tmp_path / "list.pt")
 
 
 def test_normalize(tmp_path, weight):

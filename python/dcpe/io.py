@@ -451,6 +451,11 @@ def _floating(value: Any) -> bool:
     return isinstance(value, np.ndarray) and value.dtype.kind == "f"
 
 
+def _integral(value: Any) -> bool:
+    """Whether ``value`` holds integers (as token ids do), by its dtype's name."""
+    return re.fullmatch(r"u?int\d+", _dtype_name(value)) is not None
+
+
 def _heads(value: Any) -> int | None:
     """``None`` unless ``value`` is a float (heads, K, d) tensor; then heads (1 squeezes)."""
     if _floating(value) and value.ndim == 3:
@@ -628,7 +633,7 @@ def _select(obj: Any, key: str | None, path: Path, opts: _Options
         return _check_choice(table, "", head, path, opts, whole=True) + (None, (), obj)
     if not isinstance(obj, Mapping):
         raise ValueError(f"{path}: holds a {type(obj).__name__}, not a tensor or a dict "
-                         f"of tensors")
+                         f"of tensors; give the tokenizer's checkpoint or its (N, d) codebook")
     if "token_to_cluster" in obj and "metadata" in obj:
         raise ValueError(f"{path}: is a dcpe prior (a cluster table), not a codebook; give "
                          f"the tokenizer checkpoint or codebook file it was made from")
@@ -688,12 +693,21 @@ def _check_choice(table: Mapping[str, tuple[Any, tuple[Any, ...]]], full: str,
                   ) -> tuple[str | None, tuple[Any, ...], int | None]:
     """Check that ``table[full]`` (head ``head``) is a usable codebook tensor."""
     value, location = table[full]
-    name = "the file's tensor" if whole else f"key {full!r}"
+    name = "the file" if whole else f"key {full!r}"
     shown = "" if whole else full
     if not _floating(value) or value.ndim not in (2, 3):
+        if not whole:
+            step = f"choose the codebook with {opts.key}"
+        elif _integral(value):  # token ids, such as LlamaGen's extracted codes
+            mapper = "`dcpe remap`" if opts is _CLI else "CodebookPrior.to_clusters"
+            step = (f"token ids (extracted codes) are mapped to clusters with {mapper}, "
+                    f"after clustering the tokenizer's checkpoint; a codebook of integer "
+                    f"levels is read once saved as floats")
+        else:
+            step = "give the tokenizer's checkpoint or its (N, d) codebook"
         raise ValueError(f"{path}: {name} holds a tensor of shape {list(_shape_of(value))} "
                          f"and dtype {_dtype_name(value)}; a codebook must be a 2-D "
-                         f"floating-point tensor")
+                         f"floating-point tensor; {step}")
     if value.ndim == 2:
         if head is not None:
             raise ValueError(f"{path}: {name} holds a 2-D tensor of shape "

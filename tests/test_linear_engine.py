@@ -184,6 +184,34 @@ def test_hand_over_above_16_dimensions_after_a_cut_is_known(rng, monkeypatch, d,
         assert same_partition(cut_z(z, n, k), cut_z(z0, n, k)), (k, flag)
 
 
+@pytest.mark.parametrize("d", [13, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_hand_over_at_13_to_16_dimensions_waits_for_costly_searches(rng, monkeypatch, d,
+                                                                    dtype):
+    # from 13 to 16 dimensions (the scan with short lists) a whole tree still hands over as
+    # soon as the clusters' matrix fits, but a flat cut, before its merges are known, only
+    # once the last search summed 1/128 of the token pairs (handover_now()):
+    # DCPE_CPU_CUT_HANDOVER=0 keeps a far cut off the matrix, =1 hands over at once; the
+    # labels are those of the rounds alone every way
+    n = 1200
+    x = tie_free(rng, n, d, dtype)
+    m = n // 2
+    cache = m * (m - 1) // 2 * x.dtype.itemsize
+    z0 = _linear_z(x, 0)
+    _linear_z(x, cache)
+    assert 0 < dcpe._C.cpu_list_stats()["handover"] <= m
+    k = n // 8  # the clusters fit the cache long before the cut's merges are known
+    for flag, handed in (("0", False), ("1", True), (None, None)):
+        with monkeypatch.context() as mp:
+            if flag is not None:
+                mp.setenv("DCPE_CPU_CUT_HANDOVER", flag)
+            z = _cut_z(x, k, cache)
+        got = dcpe._C.cpu_list_stats()["handover"]
+        if handed is not None:
+            assert (0 < got <= m) if handed else got == 0, (flag, got)
+        assert same_partition(cut_z(z, n, k), cut_z(z0, n, k)), flag
+
+
 def _exact_average(x: np.ndarray, outer: list[int], inner: list[int]) -> float:
     """The linear engine's exact average of two clusters, as a reference.
 

@@ -170,6 +170,7 @@ constexpr double kInf = std::numeric_limits<double>::infinity();
 // 131,072 tokens (184, the rule above, 10.8 s), and 16, 32, 48, 64 and 128 took 13.2, 13.6,
 // 14.9, 16.2 and 22.4 s at 262,144 (256: 34.9 s).
 constexpr int kLowDimList = 16;
+constexpr int64_t kLowDimListMaxDim = 16;
 inline int list_length(int64_t n, int64_t d) {
   const char* env = std::getenv("DCPE_CPU_LISTS");
   if (env != nullptr) {
@@ -177,7 +178,7 @@ inline int list_length(int64_t n, int64_t d) {
     const long v = std::strtol(env, &end, 10);
     if (end != env && *end == '\0' && v >= 8 && v <= 1024) return static_cast<int>(v);
   }
-  if (d <= 16) return kLowDimList;
+  if (d <= kLowDimListMaxDim) return kLowDimList;
   const int64_t k = std::llround(std::sqrt(double(std::max<int64_t>(n, 1))) / 16.0) * 8;
   return static_cast<int>(std::clamp<int64_t>(k, 64, 512));
 }
@@ -1830,13 +1831,24 @@ class LinearEngine {
   // 65,536 x 256 took 20.7 s, 23.4 s and 21.2 s; under 2 GiB, 131,072 x 256 65.1 s,
   // 70.2 s and 65.0 s. A cut at N/4 of 65,536 x 256 under 2 GiB reached its merges as the
   // clusters fit, with 17% of the pairs in the last search: 132 s without the hand-over.
-  // DCPE_CPU_CUT_HANDOVER=0 never hands over once the cut's merges are known, =1 at once
-  // (the same merges either way).
+  // From 13 to 16 dimensions, where the short lists settle most searches, a flat cut hands
+  // over before its merges are known only once the last search summed kHandoverListShare
+  // of the pairs: handing over as soon as the clusters fit summed every token pair while
+  // the cut was a few rounds from its merges. On 262,144 x 16 (the sample codebook's
+  // generator, 2 cores, the default cache of 1 GiB, which fits 23,000 clusters) a cut at
+  // N/16 took 24.6 s instead of 37.2 s and 298 MiB instead of 1.16 GiB; with a share of
+  // 1/64 a cut at N/1024 took 43.8 s instead of 37.7 s, with 1/128 37.6 s, with
+  // waiting for the merges 3.8 min. DCPE_CPU_CUT_HANDOVER=0 never hands over once the
+  // cut's merges are known (from 13 to 16 dimensions: nor before), =1 at once (the same
+  // merges either way).
+  static constexpr double kHandoverListShare = 1.0 / 128;
   bool handover_now(std::size_t merged) const {
     if (tree_dims_) return work_ >= kHandoverShare * live_pairs();
-    if (opt_.max_merges <= 0 || static_cast<int64_t>(merged) < opt_.max_merges) return true;
+    if (opt_.max_merges <= 0) return true;
+    const bool known = static_cast<int64_t>(merged) >= opt_.max_merges;
+    if (!known && d_ > kLowDimListMaxDim) return true;
     if (cut_handover_ >= 0) return cut_handover_ == 1;
-    return work_ >= kHandoverCutShare * live_pairs();
+    return work_ >= (known ? kHandoverCutShare : kHandoverListShare) * live_pairs();
   }
 
   // Token pairs among the tokens of the active clusters (what the hand-over sums).

@@ -1836,9 +1836,10 @@ class LinearEngine {
   // of the pairs: handing over as soon as the clusters fit summed every token pair while
   // the cut was a few rounds from its merges. On 262,144 x 16 (the sample codebook's
   // generator, 2 cores, the default cache of 1 GiB, which fits 23,000 clusters) a cut at
-  // N/16 took 24.6 s instead of 37.2 s and 298 MiB instead of 1.16 GiB; with a share of
-  // 1/64 a cut at N/1024 took 43.8 s instead of 37.7 s, with 1/128 37.6 s, with
-  // waiting for the merges 3.8 min. DCPE_CPU_CUT_HANDOVER=0 never hands over once the
+  // N/16 took 27.3 s instead of 34.9 s and 298 MiB instead of 1.16 GiB, at 13 dimensions
+  // 20.0 s instead of 29.1 s (README, "Flat cuts at 13 to 16 dimensions"); by hand, a cut at
+  // N/1024 took 43.8 s with a share of 1/64 and 3.8 min waiting for the merges, against
+  // 37.7 s handing over at once and 37.6 s with 1/128. DCPE_CPU_CUT_HANDOVER=0 never hands over once the
   // cut's merges are known (from 13 to 16 dimensions: nor before), =1 at once (the same
   // merges either way).
   static constexpr double kHandoverListShare = 1.0 / 128;

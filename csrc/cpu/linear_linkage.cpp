@@ -1818,8 +1818,9 @@ class LinearEngine {
   // Whether the matrix of the clusters left, which fits the cache, takes over now (the
   // hand-over sums every token pair among their tokens once, live_pairs()). With the
   // kd-tree: once the last search summed at least kHandoverShare of those pairs exactly.
-  // With the scan: at once, unless a flat cut's merges are all known and the last
-  // search summed less than kHandoverCutShare of them. Such a cut only finishes the
+  // With the scan: at once for a whole tree, and for a flat cut unless its merges are all
+  // known and the last search summed less than kHandoverCutShare of them (from 13 to 16
+  // dimensions, before they are known, unless it summed less than kHandoverListShare). Such a cut only finishes the
   // clusters that still have a neighbour within its bound; as they are set aside, fewer
   // pairs are left to hand over, and the searches of the rounds left summed about 10 to 50
   // times the last one's pairs, each pair (and its share of the scans) about six times the
@@ -1839,9 +1840,9 @@ class LinearEngine {
   // N/16 took 27.3 s instead of 34.9 s and 298 MiB instead of 1.16 GiB, at 13 dimensions
   // 20.0 s instead of 29.1 s (README, "Flat cuts at 13 to 16 dimensions"); by hand, a cut at
   // N/1024 took 43.8 s with a share of 1/64 and 3.8 min waiting for the merges, against
-  // 37.7 s handing over at once and 37.6 s with 1/128. DCPE_CPU_CUT_HANDOVER=0 never hands over once the
-  // cut's merges are known (from 13 to 16 dimensions: nor before), =1 at once (the same
-  // merges either way).
+  // 37.7 s handing over at once and 37.6 s with 1/128. DCPE_CPU_CUT_HANDOVER=0 never
+  // hands over once the cut's merges are known (from 13 to 16 dimensions: nor before), =1
+  // at once (the same merges either way).
   static constexpr double kHandoverListShare = 1.0 / 128;
   bool handover_now(std::size_t merged) const {
     if (tree_dims_) return work_ >= kHandoverShare * live_pairs();

@@ -111,7 +111,9 @@ _CACHE_PER_DATA = 64
 #: cache against 414 s under 2 GiB, 2 cores, with the same hand-over)
 _CACHE_MIN, _CACHE_MAX = 256 << 20, 2 << 30
 #: ...above :data:`KDTREE_MAX_D` dimensions at most this much instead: there the clusters
-#: go to their matrix as soon as it fits (unless a flat cut's merges are already known),
+#: go to their matrix as soon as it fits (a flat cut's, unless its merges are already known
+#: or, at 13 to 16 dimensions, its searches are still cheap: handover_now() in
+#: csrc/cpu/linear_linkage.cpp),
 #: and the hand-over sums every token pair once however many clusters are left, so the
 #: sooner the better. On 131,072 x 256 (the sample codebook's generator, 2 cores, the
 #: default budget of a 24 GiB machine, so a cache of a quarter of it, 5.75 GiB, where the

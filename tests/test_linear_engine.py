@@ -172,8 +172,18 @@ def test_hand_over_above_16_dimensions_after_a_cut_is_known(rng, monkeypatch, d,
     assert 0 < dcpe._C.cpu_list_stats()["handover"] <= m
     # a far cut (n / 8): the clusters fit before its merges are known; a near one
     # (0.55 n, above n / 2): its merges are known before they fit
-    for k, flag, handed in ((n // 8, "0", True), (n * 55 // 100, "0", False),
-                            (n * 55 // 100, "1", True), (n * 55 // 100, None, None)):
+    _check_cut_handovers(monkeypatch, x, cache, z0, m, (
+        (n // 8, "0", True), (n * 55 // 100, "0", False), (n * 55 // 100, "1", True),
+        (n * 55 // 100, None, None)))
+
+
+def _check_cut_handovers(monkeypatch, x: np.ndarray, cache: int, z0: np.ndarray, m: int,
+                         cases) -> None:
+    """For each (k, DCPE_CPU_CUT_HANDOVER or None, handed over or None): a flat cut at k
+    under ``cache`` hands over (to at most m clusters) or not, as said, and its labels are
+    those of the rounds alone (``z0``)."""
+    n = len(x)
+    for k, flag, handed in cases:
         with monkeypatch.context() as mp:
             if flag is not None:
                 mp.setenv("DCPE_CPU_CUT_HANDOVER", flag)
@@ -201,15 +211,8 @@ def test_hand_over_at_13_to_16_dimensions_waits_for_costly_searches(rng, monkeyp
     _linear_z(x, cache)
     assert 0 < dcpe._C.cpu_list_stats()["handover"] <= m
     k = n // 8  # the clusters fit the cache long before the cut's merges are known
-    for flag, handed in (("0", False), ("1", True), (None, None)):
-        with monkeypatch.context() as mp:
-            if flag is not None:
-                mp.setenv("DCPE_CPU_CUT_HANDOVER", flag)
-            z = _cut_z(x, k, cache)
-        got = dcpe._C.cpu_list_stats()["handover"]
-        if handed is not None:
-            assert (0 < got <= m) if handed else got == 0, (flag, got)
-        assert same_partition(cut_z(z, n, k), cut_z(z0, n, k)), flag
+    _check_cut_handovers(monkeypatch, x, cache, z0, m,
+                         ((k, "0", False), (k, "1", True), (k, None, None)))
 
 
 def _exact_average(x: np.ndarray, outer: list[int], inner: list[int]) -> float:

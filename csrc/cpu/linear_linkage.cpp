@@ -1820,16 +1820,16 @@ class LinearEngine {
   // kd-tree: once the last search summed at least kHandoverShare of those pairs exactly.
   // With the scan: at once for a whole tree, and for a flat cut unless its merges are all
   // known and the last search summed less than kHandoverCutShare of them (from 13 to 16
-  // dimensions, before they are known, unless it summed less than kHandoverListShare). Such a cut only finishes the
-  // clusters that still have a neighbour within its bound; as they are set aside, fewer
-  // pairs are left to hand over, and the searches of the rounds left summed about 10 to 50
-  // times the last one's pairs, each pair (and its share of the scans) about six times the
-  // cost of a pair of the hand-over (131,072 and 65,536 x 256, the sample codebook's
-  // generator, 2 cores). A flat cut at N/2 of 131,072 x 256 under the default budget (a
-  // cache that fit 55,000 clusters, reached after the cut's merges were known, when the
-  // last search had summed 1% of the pairs) took 94.5 s handing over as soon as the
-  // clusters fit, 70.9 s with a share of 1/16 and 69.2 s with 1/64; under 1 GiB,
-  // 65,536 x 256 took 20.7 s, 23.4 s and 21.2 s; under 2 GiB, 131,072 x 256 65.1 s,
+  // dimensions, before they are known, unless it summed less than kHandoverListShare). Such
+  // a cut only finishes the clusters that still have a neighbour within its bound; as they
+  // are set aside, fewer pairs are left to hand over, and the searches of the rounds left
+  // summed about 10 to 50 times the last one's pairs, each pair (and its share of the
+  // scans) about six times the cost of a pair of the hand-over (131,072 and 65,536 x 256,
+  // the sample codebook's generator, 2 cores). A flat cut at N/2 of 131,072 x 256 under the
+  // default budget (a cache that fit 55,000 clusters, reached after the cut's merges were
+  // known, when the last search had summed 1% of the pairs) took 94.5 s handing over as
+  // soon as the clusters fit, 70.9 s with a share of 1/16 and 69.2 s with 1/64; under
+  // 1 GiB, 65,536 x 256 took 20.7 s, 23.4 s and 21.2 s; under 2 GiB, 131,072 x 256 65.1 s,
   // 70.2 s and 65.0 s. A cut at N/4 of 65,536 x 256 under 2 GiB reached its merges as the
   // clusters fit, with 17% of the pairs in the last search: 132 s without the hand-over.
   // From 13 to 16 dimensions, where the short lists settle most searches, a flat cut hands

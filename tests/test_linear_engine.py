@@ -33,6 +33,7 @@ dcpe = pytest.importorskip("dcpe")
 cpu = pytest.importorskip("dcpe.backends.cpu")
 if not cpu.available()[0]:  # pragma: no cover
     pytest.skip("the compiled cpu backend is not available", allow_module_level=True)
+from dcpe.datasets import make_sample_codebook  # noqa: E402
 
 #: caches of the forced linear engine: 0 (rounds only) and one that takes over midway
 CACHES = (0, 4096)
@@ -196,20 +197,30 @@ def _check_cut_handovers(monkeypatch, x: np.ndarray, cache: int, z0: np.ndarray,
 
 @pytest.mark.parametrize("d", [13, 16])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-def test_hand_over_at_13_to_16_dimensions_waits_for_costly_searches(rng, monkeypatch, d,
-                                                                    dtype):
-    # from 13 to 16 dimensions (the scan with short lists) a whole tree still hands over as
-    # soon as the clusters' matrix fits, but a flat cut, before its merges are known, only
-    # once the last search summed 1/128 of the token pairs (handover_now()):
-    # DCPE_CPU_CUT_HANDOVER=0 keeps a far cut off the matrix, =1 hands over at once; the
-    # labels are those of the rounds alone every way
+def test_hand_over_at_13_to_16_dimensions_waits_for_costly_searches(monkeypatch, d, dtype):
+    # from 13 to 16 dimensions (the scan with short lists) a whole tree, and a flat cut
+    # before its merges are known, hand over only once the last search summed 1/128 of the
+    # token pairs (handover_now()): a cut at k = 2, whose rounds are the whole tree's until
+    # its merges are known, hands over to the same clusters as the whole tree, and to fewer
+    # than at once (DCPE_CPU_CUT_HANDOVER=1) on clumps of the sample codebook's generator,
+    # whose short lists settle most searches. DCPE_CPU_CUT_HANDOVER=0 keeps a far cut off
+    # the matrix; the labels are those of the rounds alone every way
     n = 1200
-    x = tie_free(rng, n, d, dtype)
+    x = make_sample_codebook(n, d).astype(dtype)
     m = n // 2
     cache = m * (m - 1) // 2 * x.dtype.itemsize
     z0 = _linear_z(x, 0)
-    _linear_z(x, cache)
-    assert 0 < dcpe._C.cpu_list_stats()["handover"] <= m
+    z = _linear_z(x, cache)
+    tree = dcpe._C.cpu_list_stats()["handover"]
+    assert 0 < tree <= m
+    for k in (2, n // 8, n // 2):
+        assert same_partition(cut_z(z, n, k), cut_z(z0, n, k)), k
+    _cut_z(x, 2, cache)
+    assert dcpe._C.cpu_list_stats()["handover"] == tree
+    with monkeypatch.context() as mp:
+        mp.setenv("DCPE_CPU_CUT_HANDOVER", "1")
+        _cut_z(x, 2, cache)
+    assert tree < dcpe._C.cpu_list_stats()["handover"] <= m
     k = n // 8  # the clusters fit the cache long before the cut's merges are known
     _check_cut_handovers(monkeypatch, x, cache, z0, m,
                          ((k, "0", False), (k, "1", True), (k, None, None)))

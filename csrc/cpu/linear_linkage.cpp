@@ -83,9 +83,10 @@
 // took 69 s instead of 140 s (2 cores; README).
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
-// their searches have become costly (with the kd-tree, or with the scan for a flat cut
-// whose merges are all known: the last one summed at least 1/256, or 1/64, of the token
-// pairs among their tokens exactly: kHandoverShare, kHandoverCutShare), the matrix of
+// their searches have become costly (with the kd-tree; with the scan from 13 to 16
+// dimensions; above 16, for a flat cut whose merges are all known: the last one summed at
+// least 1/256, 1/128 or 1/64 of the token pairs among their tokens exactly:
+// kHandoverShare, kHandoverListShare, kHandoverCutShare; handover_now()), the matrix of
 // their exact average distances is built in one pass over all those token pairs and the
 // matrix engine (rnn_linkage.cpp: RNN rounds with Lance–Williams updates, then the
 // nearest-neighbour chain [Murtagh 1983; Müllner 2011, Fig. 4]) finishes on it, so large
@@ -1783,9 +1784,10 @@ class LinearEngine {
   // tokens once; it is taken when that matrix fits the cache and, with the kd-tree
   // (uses_tree()), the last search summed at least this share of those pairs exactly (the
   // searches cost more as the clusters grow). Without it every search that the lists do
-  // not settle costs a scan of the centroids: the matrix takes over as soon
-  // as it fits (at the start if the tokens' matrix does), unless a flat cut's merges are
-  // known and its searches have become cheap (handover_now()). On the sample codebook's
+  // not settle costs a scan of the centroids: above 16 dimensions the matrix takes over as
+  // soon as it fits (at the start if the tokens' matrix does, at any dimension), unless a
+  // flat cut's merges are known and its searches have become cheap; from 13 to 16 once
+  // they have become costly (handover_now()). On the sample codebook's
   // generator (d = 8, 2 cores, default cache) this took the whole tree of 16,384 tokens
   // from 0.53 s (hand-over as soon as the matrix fit) to 0.21 s, of 65,536 from 1.59 s to
   // 1.35 s, and a flat cut at k = N/16 of 262,144 tokens from 13.5 s to 8.0 s, the other
@@ -1820,7 +1822,8 @@ class LinearEngine {
   // kd-tree: once the last search summed at least kHandoverShare of those pairs exactly.
   // With the scan: at once for a whole tree, and for a flat cut unless its merges are all
   // known and the last search summed less than kHandoverCutShare of them (from 13 to 16
-  // dimensions, before they are known, unless it summed less than kHandoverListShare). Such
+  // dimensions, a whole tree and a cut whose merges are not known yet: once it summed
+  // kHandoverListShare of them). Such
   // a cut only finishes the clusters that still have a neighbour within its bound; as they
   // are set aside, fewer pairs are left to hand over, and the searches of the rounds left
   // summed about 10 to 50 times the last one's pairs, each pair (and its share of the
@@ -1832,24 +1835,33 @@ class LinearEngine {
   // 1 GiB, 65,536 x 256 took 20.7 s, 23.4 s and 21.2 s; under 2 GiB, 131,072 x 256 65.1 s,
   // 70.2 s and 65.0 s. A cut at N/4 of 65,536 x 256 under 2 GiB reached its merges as the
   // clusters fit, with 17% of the pairs in the last search: 132 s without the hand-over.
-  // From 13 to 16 dimensions, where the short lists settle most searches, a flat cut hands
-  // over before its merges are known only once the last search summed kHandoverListShare
-  // of the pairs: handing over as soon as the clusters fit summed every token pair while
-  // the cut was a few rounds from its merges. On 262,144 x 16 (the sample codebook's
-  // generator, 2 cores, the default cache of 1 GiB, which fits 23,000 clusters) a cut at
+  // From 13 to 16 dimensions, where the short lists settle most searches, a whole tree and
+  // a flat cut whose merges are not known yet hand over only once the last search summed
+  // kHandoverListShare of the pairs: handing over as soon as the clusters fit summed every
+  // token pair while the cut was a few rounds from its merges, and held a whole tree's
+  // clusters in a matrix that the cheap rounds left would have shrunk. On the whole tree
+  // (the sample codebook's generator, 2 cores, the default cache; by hand, one run each)
+  // this took 16,384 x 16 from 0.60 s and 290 MiB to 0.31 s and 72 MiB, 65,536 x 16 from
+  // 3.5 s and 348 MiB to 3.4 s and 144 MiB, and 262,144 x 16 from 39.3 s and 1.16 GiB to
+  // 36.7 s and 453 MiB (13 dimensions: 29.9 s and 1.04 GiB to 29.7 s and 359 MiB);
+  // at 262,144 x 16 a share of 1/256 handed 1.6 times the clusters over (792 MiB) in
+  // 39.9 s, and 1/64 took 42.2 s. On isotropic Gaussian points and a grid (65,536 x 16),
+  // whose searches are costly from the start, both rules hand over to the same clusters.
+  // For flat cuts: on 262,144 x 16 (the sample codebook's generator, 2 cores, the default
+  // cache of 1 GiB, which fits 23,000 clusters) a cut at
   // N/16 took 27.3 s instead of 34.9 s and 298 MiB instead of 1.16 GiB, at 13 dimensions
   // 20.0 s instead of 29.1 s (README, "Flat cuts at 13 to 16 dimensions"); by hand, a cut at
   // N/1024 took 43.8 s with a share of 1/64 and 3.8 min waiting for the merges, against
   // 37.7 s handing over at once and 37.6 s with 1/128. DCPE_CPU_CUT_HANDOVER=0 never
   // hands over once the cut's merges are known (from 13 to 16 dimensions: nor before), =1
-  // at once (the same merges either way).
+  // at once (the same merges either way); it leaves whole trees alone.
   static constexpr double kHandoverListShare = 1.0 / 128;
   bool handover_now(std::size_t merged) const {
     if (tree_dims_) return work_ >= kHandoverShare * live_pairs();
-    if (opt_.max_merges <= 0) return true;
-    const bool known = static_cast<int64_t>(merged) >= opt_.max_merges;
+    const bool cut = opt_.max_merges > 0;
+    const bool known = cut && static_cast<int64_t>(merged) >= opt_.max_merges;
     if (!known && d_ > kLowDimListMaxDim) return true;
-    if (cut_handover_ >= 0) return cut_handover_ == 1;
+    if (cut && cut_handover_ >= 0) return cut_handover_ == 1;
     return work_ >= (known ? kHandoverCutShare : kHandoverListShare) * live_pairs();
   }
 

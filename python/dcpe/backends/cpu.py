@@ -110,17 +110,16 @@ _CACHE_PER_DATA = 64
 #: larger bound did not help: a flat cut of 1,048,576 x 16 at N/2 took 428 s under a 4 GiB
 #: cache against 414 s under 2 GiB, 2 cores, with the same hand-over)
 _CACHE_MIN, _CACHE_MAX = 256 << 20, 2 << 30
-#: ...above :data:`KDTREE_MAX_D` dimensions at most this much instead: there the clusters
-#: go to their matrix as soon as it fits (a flat cut's, unless its merges are already known
-#: or, at 13 to 16 dimensions, its searches are still cheap: handover_now() in
-#: csrc/cpu/linear_linkage.cpp),
-#: and the hand-over sums every token pair once however many clusters are left, so the
-#: sooner the better. On 131,072 x 256 (the sample codebook's generator, 2 cores, the
-#: default budget of a 24 GiB machine, so a cache of a quarter of it, 5.75 GiB, where the
-#: 2 GiB bound gave 2 GiB) a flat cut at N/16 took 138 s instead of 225 s and at N/4 128 s
-#: instead of 208 s, with a peak of 7.2 and 6.1 GiB instead of 3.4 GiB; at N/2, whose
-#: merges are known before the clusters fit, 68 s instead of 72 s
-#: (benchmarks/results/scale-d256-131k-default-n*).
+#: ...above :data:`KDTREE_MAX_D` dimensions at most this much instead: above 16 dimensions
+#: the clusters go to their matrix as soon as it fits (a flat cut's, unless its merges are
+#: already known; from 13 to 16 dimensions, once their searches have become costly:
+#: handover_now() in csrc/cpu/linear_linkage.cpp), and the hand-over sums every token pair
+#: once however many clusters are left, so the sooner the better. On 131,072 x 256 (the
+#: sample codebook's generator, 2 cores, the default budget of a 24 GiB machine, so a cache
+#: of a quarter of it, 5.75 GiB, where the 2 GiB bound gave 2 GiB) a flat cut at N/16 took
+#: 138 s instead of 225 s and at N/4 128 s instead of 208 s, with a peak of 7.2 and 6.1 GiB
+#: instead of 3.4 GiB; at N/2, whose merges are known before the clusters fit, 68 s instead
+#: of 72 s (benchmarks/results/scale-d256-131k-default-n*).
 _CACHE_MAX_HIGH_D = 8 << 30
 
 

@@ -559,17 +559,27 @@ def test_auto_takes_the_matrix_engine_for_small_problems_and_linear_beyond():
     f32 = np.float32
     assert cpu.choose_engine(2048, 8, method="average", metric="euclidean",
                              dtype=f32).engine == "matrix"
-    assert cpu.choose_engine(16384, 16, method="average", metric="euclidean",
+    assert cpu.choose_engine(16384, 17, method="average", metric="euclidean",
                              dtype=f32).engine == "matrix"
     assert cpu.choose_engine(16384, 256, method="average", metric="euclidean",
                              dtype=f32).engine == "matrix"
+    # from 13 to 16 dimensions (the scan with short lists) the matrix while the tokens'
+    # float32 matrix fits the linear engine's least cache (the linear engine would build
+    # it at once), the linear engine past it
+    for d in (13, 16):
+        assert cpu.choose_engine(11585, d, method="average", metric="euclidean",
+                                 dtype=f32).engine == "matrix"
+        assert cpu.choose_engine(11586, d, method="average", metric="euclidean",
+                                 dtype=f32).engine == "linear"
+        assert cpu.choose_engine(16384, d, method="average", metric="euclidean",
+                                 dtype=f32).engine == "linear"
     # from 9 to 12 dimensions (the kd-tree) the matrix up to 16,384 tokens
     for d in (9, 12):
         assert cpu.choose_engine(16384, d, method="average", metric="euclidean",
                                  dtype=f32).engine == "matrix"
         assert cpu.choose_engine(16385, d, method="average", metric="euclidean",
                                  dtype=f32).engine == "linear"
-    # from 13 to 128 dimensions (the scan) the linear engine is the faster one from about
+    # from 17 to 128 dimensions (the scan) the linear engine is the faster one from about
     # 32,768 tokens on; above, the matrix engine wherever it fits
     for d in (13, 16, 17, 64, 128):
         assert cpu.choose_engine(16385, d, method="average", metric="euclidean",

@@ -27,7 +27,8 @@ linear engine's searches stop there too).
 Both engines give the same labels on inputs without tied distances. ``auto`` takes the
 matrix engine for Euclidean average linkage up to :data:`LOW_D_MATRIX_MAX_N` tokens at
 most :data:`LOW_D` dimensions, up to :data:`MATRIX_MAX_N` tokens at most
-:data:`KDTREE_MAX_D`, up to :data:`HIGH_D_MATRIX_MAX_N` tokens at most
+:data:`KDTREE_MAX_D`, up to :data:`SHORT_LISTS_MATRIX_MAX_N` tokens at most
+:data:`SHORT_LISTS_MAX_D`, up to :data:`HIGH_D_MATRIX_MAX_N` tokens at most
 :data:`MATRIX_MIN_D` and at any N above, when its matrix fits the budget (it is the faster
 one there), and the linear engine otherwise. The closed forms run on moments at most
 :data:`MATRIX_MIN_D` dimensions, and above it on the matrix when it fits. OpenMP
@@ -82,10 +83,12 @@ KDTREE_MAX_D = 12
 #: to 0.99x the time of staying on it at 65,536 to 1,048,576 x 8 to 16 (cosine, the whole
 #: tree; README, "The closed forms leave the kd-tree")
 CLOSED_KDTREE_MAX_D = 16
-#: ...and there, up to :data:`MATRIX_MIN_D` dimensions, ``auto`` prefers the matrix engine
-#: up to this N. At d = 16 the linear engine took 1.2x the matrix engine's time at 16,384
+#: ...and there, from 17 to :data:`MATRIX_MIN_D` dimensions, ``auto`` prefers the matrix
+#: engine up to this N (at most :data:`SHORT_LISTS_MAX_D`, :data:`SHORT_LISTS_MATRIX_MAX_N`).
+#: At d = 16 the linear engine took 1.2x the matrix engine's time at 16,384
 #: tokens (the whole tree; a flat cut at N/2: 1.2x) and 0.51x at 32,768 (a flat cut:
-#: 0.24x), best of 3. On the sample codebook's generator (2 cores, an Intel Xeon with AMX
+#: 0.24x), best of 3, before its whole trees there waited for costly searches to hand
+#: over. On the sample codebook's generator (2 cores, an Intel Xeon with AMX
 #: tiles; a flat cut at N/2 and the whole tree; benchmarks/results/scale-highd-auto.md and
 #: scale-highd-d128.md, medians of 3 and 2 runs, the first included, each engine in a
 #: process of its own), the linear engine took 0.90x to 1.55x the matrix engine's time at
@@ -94,6 +97,19 @@ CLOSED_KDTREE_MAX_D = 16
 #: needs 5.2 to 8.2 GiB, the linear engine 0.2 to 2.2) 0.40x to 0.88x for d = 17 to 128.
 #: The scan without AMX tiles (DCPE_CPU_AMX=0) took the same time within 10%
 HIGH_D_MATRIX_MAX_N = 16384
+#: from 13 to this dimension the linear engine's scan keeps short lists (16 tokens each),
+#: which settle most searches, and a whole tree hands over to the clusters' matrix only
+#: once their searches have become costly (handover_now() in csrc/cpu/linear_linkage.cpp)...
+SHORT_LISTS_MAX_D = 16
+#: ...and ``auto`` prefers the matrix engine there up to this N, the most tokens whose
+#: float32 matrix fits the linear engine's least cache (:data:`_CACHE_MIN`): up to it that
+#: engine would build the same matrix itself at once, more slowly. On the sample
+#: codebook's generator (2 cores, medians of 3, the whole tree) the linear engine took
+#: 1.9x the matrix engine's time at 10,240 x 16 and 8,192 x 13 and 16, but 0.72x to 0.77x
+#: at 12,288 x 13 and 16, 0.55x at 14,336 x 16 and 0.56x to 0.59x at 16,384 x 13 and 16;
+#: on isotropic Gaussian points 1.7x to 1.8x, then 0.89x to 0.92x, 0.87x and 0.73x to
+#: 0.87x (benchmarks/results/scale-d16-auto-*.md)
+SHORT_LISTS_MATRIX_MAX_N = 11585
 #: above this dimension ``auto`` prefers the matrix engine whenever it fits, for Euclidean
 #: average linkage and for the closed forms (``sqeuclidean``, ``cosine``). At d = 256 the
 #: linear engine took 1.08x to 1.18x the matrix engine's time at 32,768 and 65,536 tokens,
@@ -216,7 +232,9 @@ def choose_engine(n: int, d: int, *, method: str, metric: str, dtype: np.dtype,
         prefer_matrix = False
     else:
         prefer_matrix = n <= (LOW_D_MATRIX_MAX_N if d <= LOW_D else
-                              MATRIX_MAX_N if d <= KDTREE_MAX_D else HIGH_D_MATRIX_MAX_N)
+                              MATRIX_MAX_N if d <= KDTREE_MAX_D else
+                              SHORT_LISTS_MATRIX_MAX_N if d <= SHORT_LISTS_MAX_D else
+                              HIGH_D_MATRIX_MAX_N)
     if engine == "auto" and prefer_matrix and matrix_needs <= budget:
         return Plan("matrix")
     base = data + workspace_bytes(n, d, method, dtype, "linear", metric, 0)

@@ -1784,10 +1784,10 @@ class LinearEngine {
   // tokens once; it is taken when that matrix fits the cache and, with the kd-tree
   // (uses_tree()), the last search summed at least this share of those pairs exactly (the
   // searches cost more as the clusters grow). Without it every search that the lists do
-  // not settle costs a scan of the centroids: above 16 dimensions the matrix takes over as
-  // soon as it fits (at the start if the tokens' matrix does, at any dimension), unless a
-  // flat cut's merges are known and its searches have become cheap; from 13 to 16 once
-  // they have become costly (handover_now()). On the sample codebook's
+  // not settle costs a scan of the centroids: the matrix takes over at the start if the
+  // tokens' matrix fits; later, above 16 dimensions as soon as it fits, unless a flat cut's
+  // merges are known and its searches have become cheap, and from 13 to 16 once they have
+  // become costly (handover_now()). On the sample codebook's
   // generator (d = 8, 2 cores, default cache) this took the whole tree of 16,384 tokens
   // from 0.53 s (hand-over as soon as the matrix fit) to 0.21 s, of 65,536 from 1.59 s to
   // 1.35 s, and a flat cut at k = N/16 of 262,144 tokens from 13.5 s to 8.0 s, the other
@@ -1820,11 +1820,11 @@ class LinearEngine {
   // Whether the matrix of the clusters left, which fits the cache, takes over now (the
   // hand-over sums every token pair among their tokens once, live_pairs()). With the
   // kd-tree: once the last search summed at least kHandoverShare of those pairs exactly.
-  // With the scan: at once for a whole tree, and for a flat cut unless its merges are all
-  // known and the last search summed less than kHandoverCutShare of them (from 13 to 16
-  // dimensions, a whole tree and a cut whose merges are not known yet: once it summed
-  // kHandoverListShare of them). Such
-  // a cut only finishes the clusters that still have a neighbour within its bound; as they
+  // With the scan: a flat cut whose merges are all known unless the last search summed
+  // less than kHandoverCutShare of them; above 16 dimensions a whole tree and a cut whose
+  // merges are not known yet at once, from 13 to 16 once the last search summed
+  // kHandoverListShare of them. A cut
+  // whose merges are known only finishes the clusters that still have a neighbour within its bound; as they
   // are set aside, fewer pairs are left to hand over, and the searches of the rounds left
   // summed about 10 to 50 times the last one's pairs, each pair (and its share of the
   // scans) about six times the cost of a pair of the hand-over (131,072 and 65,536 x 256,

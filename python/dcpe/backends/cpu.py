@@ -99,7 +99,8 @@ CLOSED_KDTREE_MAX_D = 16
 HIGH_D_MATRIX_MAX_N = 16384
 #: from 13 to this dimension the linear engine's scan keeps short lists (16 tokens each),
 #: which settle most searches, and a whole tree hands over to the clusters' matrix only
-#: once their searches have become costly (handover_now() in csrc/cpu/linear_linkage.cpp)...
+#: once their searches have become costly (handover_now() and kLowDimListMaxDim in
+#: csrc/cpu/linear_linkage.cpp)...
 SHORT_LISTS_MAX_D = 16
 #: ...and ``auto`` prefers the matrix engine there up to this N, the most tokens whose
 #: float32 matrix fits the linear engine's least cache (:data:`_CACHE_MIN`): up to it that

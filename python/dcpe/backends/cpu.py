@@ -39,6 +39,7 @@ the algorithms.
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -100,17 +101,8 @@ HIGH_D_MATRIX_MAX_N = 16384
 #: from 13 to this dimension the linear engine's scan keeps short lists (16 tokens each),
 #: which settle most searches, and a whole tree hands over to the clusters' matrix only
 #: once their searches have become costly (handover_now() and kLowDimListMaxDim in
-#: csrc/cpu/linear_linkage.cpp)...
+#: csrc/cpu/linear_linkage.cpp)
 SHORT_LISTS_MAX_D = 16
-#: ...and ``auto`` prefers the matrix engine there up to this N, the most tokens whose
-#: float32 matrix fits the linear engine's least cache (:data:`_CACHE_MIN`): up to it that
-#: engine would build the same matrix itself at once, more slowly. On the sample
-#: codebook's generator (2 cores, medians of 3, the whole tree) the linear engine took
-#: 1.9x the matrix engine's time at 10,240 x 16 and 8,192 x 13 and 16, but 0.72x to 0.77x
-#: at 12,288 x 13 and 16, 0.55x at 14,336 x 16 and 0.56x to 0.59x at 16,384 x 13 and 16;
-#: on isotropic Gaussian points 1.7x to 1.8x, then 0.89x to 0.92x, 0.87x and 0.73x to
-#: 0.87x (benchmarks/results/scale-d16-auto-*.md)
-SHORT_LISTS_MATRIX_MAX_N = 11585
 #: above this dimension ``auto`` prefers the matrix engine whenever it fits, for Euclidean
 #: average linkage and for the closed forms (``sqeuclidean``, ``cosine``). At d = 256 the
 #: linear engine took 1.08x to 1.18x the matrix engine's time at 32,768 and 65,536 tokens,
@@ -138,6 +130,15 @@ _CACHE_MIN, _CACHE_MAX = 256 << 20, 2 << 30
 #: instead of 3.4 GiB; at N/2, whose merges are known before the clusters fit, 68 s instead
 #: of 72 s (benchmarks/results/scale-d256-131k-default-n*).
 _CACHE_MAX_HIGH_D = 8 << 30
+#: from 13 to :data:`SHORT_LISTS_MAX_D` dimensions ``auto`` prefers the matrix engine up to
+#: this N (11,585), the most tokens whose float32 matrix fits the linear engine's least
+#: cache (:data:`_CACHE_MIN`): up to it that engine would build the same matrix itself at
+#: once, more slowly. On the sample codebook's generator (2 cores, medians of 3, the whole
+#: tree) the linear engine took 1.9x the matrix engine's time at 10,240 x 16 and 8,192 x 13
+#: and 16, but 0.72x to 0.77x at 12,288 x 13 and 16, 0.55x at 14,336 x 16 and 0.56x to 0.59x
+#: at 16,384 x 13 and 16; on isotropic Gaussian points 1.7x to 1.8x, then 0.89x to 0.92x,
+#: 0.87x and 0.73x to 0.87x (benchmarks/results/scale-d16-auto-*.md)
+SHORT_LISTS_MATRIX_MAX_N = (1 + math.isqrt(1 + 2 * _CACHE_MIN)) // 2  # n (n - 1) / 2 * 4 <= it
 
 
 def _ext() -> Any:

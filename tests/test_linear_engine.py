@@ -835,6 +835,45 @@ def test_first_search_in_cells_fills_the_same_lists(rng, monkeypatch, kind, d, d
         assert stats[0]["searches"] > 0
 
 
+@pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid", "near_duplicates"])
+@pytest.mark.parametrize("d", [13, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_search_skips_blocks_beyond_its_queries(rng, monkeypatch, kind, d, dtype):
+    # from 13 to 16 dimensions the first search skips the blocks of 16 tokens (kd-split
+    # inside each cell, scan_order.h) whose bounding box is beyond every searching token's
+    # radius (KdTree::for_blocks()); DCPE_CPU_BLOCKS=0 scans every token. A skipped token
+    # would not have been visited: the same lists, searches and merges, bit for bit, ties
+    # and duplicate rows included. (The AMX tiles' loop does not skip: the float32 one here.)
+    n = 1500  # five cells
+    x = _lists_input(rng, kind, n, d, dtype)
+    runs = (functools.partial(_linear_z, x, 0), functools.partial(_cut_z, x, n // 3, 0),
+            functools.partial(_linear_z, x, 0, cap=6))
+    for run in runs:
+        out, stats = [], []
+        for flag in ("1", "0"):
+            with monkeypatch.context() as m:
+                m.setenv("DCPE_CPU_AMX", "0")
+                m.setenv("DCPE_CPU_BLOCKS", flag)
+                out.append(run())
+                stats.append(dict(dcpe._C.cpu_list_stats()))
+        np.testing.assert_array_equal(out[1], out[0])
+        skipped = stats[0].pop("skipped_blocks")
+        assert stats[1].pop("skipped_blocks") == 0
+        assert stats[1] == stats[0]
+        assert stats[0]["searches"] > 0
+        if kind == "codebook":
+            assert skipped > 0
+    # coordinates past 2^500, whose boxes' squares could overflow: no blocks, the same merges
+    far = x.astype(np.float64) * 2.0**501
+    assert np.abs(far).max() > 2.0**500
+    with monkeypatch.context() as m:
+        m.setenv("DCPE_CPU_AMX", "0")
+        z = _linear_z(far, 0)
+        assert dcpe._C.cpu_list_stats()["skipped_blocks"] == 0
+        m.setenv("DCPE_CPU_BLOCKS", "0")
+        np.testing.assert_array_equal(_linear_z(far, 0), z)
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_searches_the_lists_leave_scan_together_across_batches(rng, monkeypatch, dtype):
     # more searches than a batch (2,048): those the lists do not settle gather across

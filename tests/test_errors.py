@@ -134,6 +134,18 @@ def test_float32_overflow_refused():
     assert dcpe.cluster(x, 2).shape == (20,)  # float64 input computes in float64
 
 
+@pytest.mark.parametrize("metric", ["euclidean", "cosine"])
+def test_float64_overflow_refused(metric):
+    # squared distances (and the squared norms cosine scales rows by) past float64's range
+    # had ended in an internal error of the engines; refused before any work instead
+    x = X * 1e160
+    with pytest.raises(ValueError, match="too large even for float64.*scale the codebook"):
+        dcpe.cluster(x, 2, metric=metric)
+    with pytest.raises(ValueError, match="too large even for float64"):
+        dcpe.linkage(x, metric=metric)
+    assert dcpe.cluster(x / 1e160 * 1e140, 2).shape == (20,)
+
+
 def test_memory_preflight_refuses_before_allocating(monkeypatch):
     monkeypatch.setenv("DCPE_MEMORY_LIMIT", str(10_000))
     with pytest.raises(dcpe.InsufficientMemoryError, match=r"needs [\d,]+ bytes .* only 10,000"):

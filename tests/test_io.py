@@ -169,6 +169,17 @@ def test_bad_files(tmp_path):
     np.save(tmp_path / "nan.npy", bad)
     with pytest.raises(ValueError, match="1 row"):
         load_codebook(tmp_path / "nan.npy")
+    # values past float32's distances (or its range: a float64 tensor of 1e200), which had
+    # loaded as Inf rows or overflowed later: refused with the largest value and a next step
+    np.save(tmp_path / "big.npy", np.ones((5, 2)) * 1e20)
+    with pytest.raises(ValueError, match=r"big.npy: .* up to 1e\+20, too large .* scale it"):
+        load_codebook(tmp_path / "big.npy")
+    torch.save({"model": {"quantize.embedding.weight": torch.ones(5, 2, dtype=torch.float64)
+                          * 1e200}}, tmp_path / "huge.pt")
+    with pytest.raises(ValueError, match=r"huge.pt: .* up to 1e\+200, too large"):
+        load_codebook(tmp_path / "huge.pt")
+    np.save(tmp_path / "fine.npy", np.ones((5, 2)) * 1e14)
+    assert load_codebook(tmp_path / "fine.npy").max() == np.float32(1e14)
     np.save(tmp_path / "empty.npy", np.zeros((0, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="N >= 1"):
         load_codebook(tmp_path / "empty.npy")

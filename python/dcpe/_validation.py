@@ -13,6 +13,8 @@ from .backends import BACKENDS, EUCLIDEAN_ONLY, LINKAGES, METRICS
 
 #: Largest |x| for which float32 squared distances cannot overflow (d <= 2**20).
 _FLOAT32_SAFE_ABS = 1e15
+#: ... and float64 ones (d <= 2**20), nor the squared norms that cosine scales rows by.
+_FLOAT64_SAFE_ABS = 1e150
 
 
 def is_tensor(x: Any) -> bool:
@@ -185,4 +187,9 @@ def _check_finite(x: Any, kind: str, compute: np.dtype) -> None:
         raise ValueError(
             f"x has values up to {big:.3g}, too large for float32 distances; "
             "pass dtype='float64'"
+        )
+    if big > _FLOAT64_SAFE_ABS:
+        raise ValueError(
+            f"x has values up to {big:.3g}, too large even for float64 distances; "
+            "scale the codebook down (for example, divide it by its largest absolute value)"
         )

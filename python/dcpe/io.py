@@ -92,7 +92,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ._validation import is_tensor
+from ._validation import _FLOAT32_SAFE_ABS, is_tensor
 
 __all__ = ["CodebookSource", "atomic_write", "find_codebook_candidates", "load_codebook",
            "load_codebook_with_source", "save_codebook"]
@@ -473,7 +473,9 @@ def _as_matrix(value: Any, head: int | None) -> np.ndarray:
     if value.ndim == 3:
         value = value[0 if head is None else head]
     if is_tensor(value):
-        return value.detach().to("cpu").float().numpy()
+        value = value.detach().to("cpu")
+        return (value.double() if value.dtype.is_floating_point and value.dtype.itemsize > 4
+                else value.float()).numpy()
     return np.asarray(value)
 
 
@@ -807,14 +809,22 @@ def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _
         obj, foreign = _read_torch(path, trust, opts)
 
     chosen, location, head, wrapper, alternatives, value = _select(obj, key, path, opts)
-    arr = np.array(_as_matrix(value, head), dtype=np.float32, order="C", copy=True)
+    stored = _as_matrix(value, head)
+    with np.errstate(over="ignore"):  # values past float32's range: refused below
+        arr = np.array(stored, dtype=np.float32, order="C", copy=True)
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{path}: the codebook has shape {list(arr.shape)}; "
                          f"need N >= 1 rows and d >= 1 columns")
-    bad = int((~np.isfinite(arr).all(axis=1)).sum())
+    bad = int((~np.isfinite(stored).all(axis=1)).sum()) if stored.dtype.kind == "f" else 0
     if bad:
         raise ValueError(f"{path}: the codebook has {bad} row(s) containing NaN or Inf; "
                          f"check that it is the trained codebook (a trained one is finite)")
+    big = float(np.abs(stored).max())
+    if big > _FLOAT32_SAFE_ABS:
+        # the codebook is read as float32, whose squared distances would overflow
+        raise ValueError(f"{path}: the codebook has values up to {big:.3g}, too large for "
+                         f"float32 distances; scale it down (for example, divide it by its "
+                         f"largest absolute value) and save it again")
     if normalize:
         arr = _l2_normalized(arr, copy=False)  # arr is this call's own copy
     source = CodebookSource(

@@ -805,6 +805,24 @@ def test_neighbour_lists_give_the_same_flat_cut(rng, monkeypatch, kind, cap):
         assert stats["searches"] > 0
 
 
+def _first_search_runs(x: np.ndarray) -> tuple:
+    """A whole tree, a flat cut at N/3 and a whole tree under a cap, each from scratch."""
+    return (functools.partial(_linear_z, x, 0), functools.partial(_cut_z, x, len(x) // 3, 0),
+            functools.partial(_linear_z, x, 0, cap=6))
+
+
+def _runs_under(monkeypatch, run, settings) -> tuple[list, list[dict]]:
+    """run() under each dict of environment settings: its outputs and cpu_list_stats()."""
+    out, stats = [], []
+    for env in settings:
+        with monkeypatch.context() as m:
+            for name, value in env.items():
+                m.setenv(name, value)
+            out.append(run())
+            stats.append(dict(dcpe._C.cpu_list_stats()))
+    return out, stats
+
+
 @pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid", "near_duplicates"])
 @pytest.mark.parametrize("d", [40, 256])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -816,19 +834,12 @@ def test_first_search_in_cells_fills_the_same_lists(rng, monkeypatch, kind, d, d
     # them) and the same merges, bit for bit, ties and duplicate rows included; for two
     # kinds also with the scan's float32 products in place of the AMX tiles (its other
     # loop over the points)
-    n = 1500  # five cells
-    x = _lists_input(rng, kind, n, d, dtype)
-    runs = (functools.partial(_linear_z, x, 0), functools.partial(_cut_z, x, n // 3, 0),
-            functools.partial(_linear_z, x, 0, cap=6))
+    x = _lists_input(rng, kind, 1500, d, dtype)  # five cells
     amx = ("1", "0") if kind in ("codebook", "grid") else ("1",)
-    for run in runs:
-        out, stats = [], []
-        for tiles, flag in itertools.product(amx, ("1", "0")):
-            with monkeypatch.context() as m:
-                m.setenv("DCPE_CPU_AMX", tiles)
-                m.setenv("DCPE_CPU_SCAN_ORDER", flag)
-                out.append(run())
-                stats.append(dict(dcpe._C.cpu_list_stats()))
+    settings = [{"DCPE_CPU_AMX": tiles, "DCPE_CPU_SCAN_ORDER": flag}
+                for tiles, flag in itertools.product(amx, ("1", "0"))]
+    for run in _first_search_runs(x):
+        out, stats = _runs_under(monkeypatch, run, settings)
         for z, st in zip(out[1:], stats[1:]):
             np.testing.assert_array_equal(z, out[0])
             assert st == stats[0]
@@ -844,18 +855,10 @@ def test_first_search_skips_blocks_beyond_its_queries(rng, monkeypatch, kind, d,
     # radius (KdTree::for_blocks()); DCPE_CPU_BLOCKS=0 scans every token. A skipped token
     # would not have been visited: the same lists, searches and merges, bit for bit, ties
     # and duplicate rows included. (The AMX tiles' loop does not skip: the float32 one here.)
-    n = 1500  # five cells
-    x = _lists_input(rng, kind, n, d, dtype)
-    runs = (functools.partial(_linear_z, x, 0), functools.partial(_cut_z, x, n // 3, 0),
-            functools.partial(_linear_z, x, 0, cap=6))
-    for run in runs:
-        out, stats = [], []
-        for flag in ("1", "0"):
-            with monkeypatch.context() as m:
-                m.setenv("DCPE_CPU_AMX", "0")
-                m.setenv("DCPE_CPU_BLOCKS", flag)
-                out.append(run())
-                stats.append(dict(dcpe._C.cpu_list_stats()))
+    x = _lists_input(rng, kind, 1500, d, dtype)  # five cells
+    settings = [{"DCPE_CPU_AMX": "0", "DCPE_CPU_BLOCKS": flag} for flag in ("1", "0")]
+    for run in _first_search_runs(x):
+        out, stats = _runs_under(monkeypatch, run, settings)
         np.testing.assert_array_equal(out[1], out[0])
         skipped = stats[0].pop("skipped_blocks")
         assert stats[1].pop("skipped_blocks") == 0

@@ -3351,6 +3351,9 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   if (!closed && !tree) {
     bytes += un * (std::size_t(list_length(n, d)) * 8 + 12);
     bytes += un * 12 + scan_order_bytes(n, d);
+    // from 13 to 16 dimensions the first search's blocks: a box of float64 each
+    // (KdTree::build_blocks(); counted with them off too)
+    if (d <= kLowDimListMaxDim) bytes += (un + kOrderBlock - 1) / kOrderBlock * 2 * ud * 8;
     // a round's dense searches (LinearEngine::dense_search()): the tiles of the clusters
     // (the tokens, their tiles' padding of at most 32 tokens, at most 2 n / tile + 1
     // tiles) and their slots, and per thread a slab of distances (at most kDenseMaxTokens

@@ -76,7 +76,7 @@ PYBIND11_MODULE(_C, m) {
           return named_counts(dcpe::linear_list_stats(),
                               {"searches", "tried", "settled", "handover", "rounds",
                                "tree_rounds", "refreshes", "copies", "dense",
-                               "unscanned", "skipped_blocks"});
+                               "unscanned", "tested_blocks", "skipped_blocks"});
         },
         "The last linear-engine run's searches after its first round (Euclidean, above 12 "
         "dimensions), those that tried the tokens' neighbour lists and those the lists "
@@ -89,8 +89,9 @@ PYBIND11_MODULE(_C, m) {
         "searches whose bounds left so many candidates that they summed every cluster densely "
         "(DCPE_CPU_DENSE=0: none do), and those of them that summed densely without a scan, "
         "as their cluster's last search had (DCPE_CPU_DENSE_SKIP=0: none); and the blocks of "
-        "16 tokens that its first search skipped at 13 to 16 dimensions, counted once per "
-        "group of searches (DCPE_CPU_BLOCKS=0: none).");
+        "16 tokens that its first search tested and skipped at 13 to 16 dimensions, counted "
+        "once per group of searches (DCPE_CPU_BLOCKS=0: none; where they are skipped too "
+        "rarely, the later groups test none).");
   m.def("cpu_matrix_stats", []() {
           return named_counts(dcpe::matrix_stats(), {"rounds", "chain"});
         },

@@ -860,9 +860,10 @@ def test_first_search_skips_blocks_beyond_its_queries(rng, monkeypatch, kind, d,
     for run in _first_search_runs(x):
         out, stats = _runs_under(monkeypatch, run, settings)
         np.testing.assert_array_equal(out[1], out[0])
-        skipped = stats[0].pop("skipped_blocks")
-        assert stats[1].pop("skipped_blocks") == 0
+        tested, skipped = stats[0].pop("tested_blocks"), stats[0].pop("skipped_blocks")
+        assert stats[1].pop("tested_blocks") == stats[1].pop("skipped_blocks") == 0
         assert stats[1] == stats[0]
+        assert 0 <= skipped <= tested
         assert stats[0]["searches"] > 0
         if kind == "codebook":
             assert skipped > 0
@@ -875,6 +876,30 @@ def test_first_search_skips_blocks_beyond_its_queries(rng, monkeypatch, kind, d,
         assert dcpe._C.cpu_list_stats()["skipped_blocks"] == 0
         m.setenv("DCPE_CPU_BLOCKS", "0")
         np.testing.assert_array_equal(_linear_z(far, 0), z)
+
+
+@pytest.mark.parametrize("kind", ["codebook", "gaussian"])
+def test_first_search_stops_testing_blocks_it_rarely_skips(monkeypatch, kind):
+    # once 2^16 blocks were met, the groups test blocks only while at least 1 in 16 was
+    # skipped: clustered tokens keep testing (every group tests every block), isotropic
+    # Gaussian points, whose blocks are hardly ever beyond a group, stop; the merges are
+    # those of the plain scan either way
+    n, d = 16384, 16  # 1,024 blocks, 256 groups: 2^16 blocks met after a quarter of them
+    if kind == "codebook":
+        from dcpe.datasets import make_sample_codebook
+
+        x = make_sample_codebook(n=n, d=d, seed=3)
+    else:
+        x = np.random.default_rng(3).standard_normal((n, d)).astype(np.float32)
+    run = functools.partial(_cut_z, x, n // 2, 0)
+    out, stats = _runs_under(monkeypatch, run, [{"DCPE_CPU_AMX": "0", "DCPE_CPU_BLOCKS": f}
+                                                for f in ("1", "0")])
+    np.testing.assert_array_equal(out[1], out[0])
+    tested, skipped = stats[0]["tested_blocks"], stats[0]["skipped_blocks"]
+    if kind == "codebook":
+        assert tested == (n // 16) * (n // 64) and skipped * 16 >= tested
+    else:
+        assert 1 << 16 <= tested < (n // 16) * (n // 64) and skipped * 16 < 1 << 16
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

@@ -121,7 +121,7 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size, 
 // reciprocal, its merges of copies of a row at once after the first search, and its
 // searches that summed every cluster densely, and those of them that did so without a
 // scan; a diagnostic: concurrent runs share the counters.
-std::array<int64_t, 11> linear_list_stats();
+std::array<int64_t, 12> linear_list_stats();
 
 // The last matrix-engine run's rounds (also the linear engine's hand-over to its matrix)
 // and the clusters its rounds left to the nearest-neighbour chain (0: none); a diagnostic:

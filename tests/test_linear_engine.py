@@ -726,17 +726,23 @@ def test_amx_switch_is_read_from_the_environment(monkeypatch):
 # merges must be the same bit for bit.
 
 
+def _runs_under(monkeypatch, run, settings) -> tuple[list, list[dict]]:
+    """run() under each dict of environment settings: its outputs and cpu_list_stats()."""
+    out, stats = [], []
+    for env in settings:
+        with monkeypatch.context() as m:
+            for name, value in env.items():
+                m.setenv(name, value)
+            out.append(run())
+            stats.append(dict(dcpe._C.cpu_list_stats()))
+    return out, stats
+
+
 def _with_and_without_lists(monkeypatch, run):
     """``run()`` with the lists and without, and the lists' counts of the first run."""
-    out, stats = [], None
-    for flag in ("1", "0"):
-        with monkeypatch.context() as m:
-            m.setenv("DCPE_CPU_LISTS", flag)
-            out.append(run())
-            if flag == "1":
-                stats = dict(dcpe._C.cpu_list_stats())
-    assert dcpe._C.cpu_list_stats()["searches"] == 0  # none without them
-    return out[0], out[1], stats
+    out, stats = _runs_under(monkeypatch, run, [{"DCPE_CPU_LISTS": f} for f in ("1", "0")])
+    assert stats[1]["searches"] == 0  # none without them
+    return out[0], out[1], stats[0]
 
 
 def _lists_input(rng, kind: str, n: int, d: int, dtype) -> np.ndarray:
@@ -809,18 +815,6 @@ def _first_search_runs(x: np.ndarray) -> tuple:
     """A whole tree, a flat cut at N/3 and a whole tree under a cap, each from scratch."""
     return (functools.partial(_linear_z, x, 0), functools.partial(_cut_z, x, len(x) // 3, 0),
             functools.partial(_linear_z, x, 0, cap=6))
-
-
-def _runs_under(monkeypatch, run, settings) -> tuple[list, list[dict]]:
-    """run() under each dict of environment settings: its outputs and cpu_list_stats()."""
-    out, stats = [], []
-    for env in settings:
-        with monkeypatch.context() as m:
-            for name, value in env.items():
-                m.setenv(name, value)
-            out.append(run())
-            stats.append(dict(dcpe._C.cpu_list_stats()))
-    return out, stats
 
 
 @pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid", "near_duplicates"])

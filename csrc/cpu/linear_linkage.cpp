@@ -268,7 +268,7 @@ std::atomic<int64_t> g_rounds{0}, g_tree_rounds{0}, g_refreshes{0}, g_copies{0};
 // them that did not scan the centroids first (LinearEngine::search_euclidean_group())
 std::atomic<int64_t> g_dense{0}, g_unscanned{0};
 // ... and the blocks of points that its first search tested and skipped, once for each
-// group of searches (KdTree::for_blocks())
+// group of searches (KdTree::for_blocks(), counted by the tree)
 std::atomic<int64_t> g_blocks_tested{0}, g_blocks{0};
 
 inline std::size_t tri(int64_t i) {
@@ -514,17 +514,18 @@ class KdTree {
   // Whether every point of block b is beyond r2[j] for every query j < g: the squared
   // distance from the queries' box to the block's box, then from each query to it, is a
   // lower bound of every exact squared distance between them.
-  bool block_beyond(std::size_t b, const BlockQueries& bq, const GroupBox& gb) const {
+  bool block_beyond(std::size_t b, const BlockQueries& bq, const GroupBox& gb,
+                    const double* const* qs, int g) const {
     const double* lo = &blk_box_[b * 2 * d_];
     const double* hi = lo + d_;
     const double gap = sum_squares([&](int64_t k) {
       return std::max(std::max(lo[k] - gb.hi[k], gb.lo[k] - hi[k]), 0.0);
     });
     if (gap > bq.most) return true;
-    // 8 queries at a time, each a running sum over the coordinates in order; the first 8
-    // with one query not beyond decide
-    constexpr int kV = kScanGroup / 8;
+    // 16 queries at a time, each a running sum over the coordinates in order; the first 16
+    // with one query not beyond decide (without AVX-512, one query at a time)
 #if defined(__AVX512F__)
+    constexpr int kV = kScanGroup / 8;
     for (int v = 0; v < kV; v += 2) {
       __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
       for (int64_t k = 0; k < d_; ++k) {
@@ -544,17 +545,8 @@ class KdTree {
       }
     }
 #else
-    for (int v = 0; v < kV; ++v) {
-      for (int l = 0; l < 8; ++l) {
-        const int j = 8 * v + l;
-        double acc = 0.0;
-        for (int64_t k = 0; k < d_; ++k) {
-          const double q = bq.q[k * kScanGroup + j];
-          const double t = std::max(std::max(lo[k] - q, q - hi[k]), 0.0);
-          acc += t * t;
-        }
-        if (!(acc > bq.thr[j])) return false;
-      }
+    for (int j = 0; j < g; ++j) {
+      if (!(box_dist2(lo, hi, qs[j]) > bq.thr[j])) return false;
     }
 #endif
     return true;
@@ -602,7 +594,7 @@ class KdTree {
     for (std::size_t t = 0; t < nb; ++t) {
       const std::size_t b = b0 + t < nb ? b0 + t : b0 + t - nb;
       if (b == 0) flush();  // (the wrap)
-      if (block_beyond(b, bq, gb)) {
+      if (block_beyond(b, bq, gb, qs, g)) {
         flush();
         ++skipped;
         continue;
@@ -611,8 +603,6 @@ class KdTree {
       if (++run_n == kRunBlocks) flush();
     }
     flush();
-    g_blocks.fetch_add(skipped, std::memory_order_relaxed);
-    g_blocks_tested.fetch_add(static_cast<int64_t>(nb), std::memory_order_relaxed);
     blk_seen_.fetch_add(static_cast<int64_t>(nb), std::memory_order_relaxed);
     blk_skipped_.fetch_add(skipped, std::memory_order_relaxed);
   }
@@ -1021,7 +1011,10 @@ class KdTree {
   // differences is positive, since lo <= hi).
   double box_dist2(int32_t node, const double* q) const {
     const double* lo = &box_[static_cast<std::size_t>(node) * 2 * d_];
-    const double* hi = lo + d_;
+    return box_dist2(lo, lo + d_, q);
+  }
+  // ... and to the box [lo, hi] (also a block's: block_beyond())
+  double box_dist2(const double* lo, const double* hi, const double* q) const {
     return sum_squares([q, lo, hi](int64_t k) {
       return std::max(std::max(lo[k] - q[k], q[k] - hi[k]), 0.0);
     });
@@ -1169,6 +1162,11 @@ class KdTree {
   static constexpr int64_t kBlocksTrial = 1 << 16;
   static constexpr int64_t kBlocksMinShare = 16;
   mutable std::atomic<int64_t> blk_seen_{0}, blk_skipped_{0};
+
+ public:
+  // ... their counts (the first search's statistics, linear_list_stats())
+  int64_t blocks_tested() const { return blk_seen_.load(); }
+  int64_t blocks_skipped() const { return blk_skipped_.load(); }
 };
 
 // Sum of the token distances between the tokens of two clusters stored as blocks
@@ -1887,6 +1885,8 @@ class LinearEngine {
     }
     if (copies_enabled()) skip_copies(todo);
     search(todo);
+    g_blocks_tested = tree_.blocks_tested();
+    g_blocks = tree_.blocks_skipped();
     leave_tree(todo.size());
     listing_ = false;
     scan_start_.clear();

@@ -473,9 +473,8 @@ def _as_matrix(value: Any, head: int | None) -> np.ndarray:
     if value.ndim == 3:
         value = value[0 if head is None else head]
     if is_tensor(value):
-        value = value.detach().to("cpu")
-        return (value.double() if value.dtype.is_floating_point and value.dtype.itemsize > 4
-                else value.float()).numpy()
+        value = value.detach().to("cpu")  # a candidate: floating point (_floating())
+        return (value.double() if value.dtype.itemsize > 4 else value.float()).numpy()
     return np.asarray(value)
 
 
@@ -815,7 +814,7 @@ def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _
     if arr.shape[0] == 0 or arr.shape[1] == 0:
         raise ValueError(f"{path}: the codebook has shape {list(arr.shape)}; "
                          f"need N >= 1 rows and d >= 1 columns")
-    bad = int((~np.isfinite(stored).all(axis=1)).sum()) if stored.dtype.kind == "f" else 0
+    bad = int((~np.isfinite(stored).all(axis=1)).sum())
     if bad:
         raise ValueError(f"{path}: the codebook has {bad} row(s) containing NaN or Inf; "
                          f"check that it is the trained codebook (a trained one is finite)")

@@ -92,6 +92,9 @@ PYBIND11_MODULE(_C, m) {
         "16 tokens that its first search tested and skipped at 13 to 16 dimensions, counted "
         "once per group of searches (DCPE_CPU_BLOCKS=0: none; where they are skipped too "
         "rarely, the later groups test none).");
+  m.def("cpu_scan_group", []() { return dcpe::linear_scan_group(); },
+        "How many searches one scan of the tokens serves at once in the linear engine (64 in "
+        "an AVX-512 build, 32 otherwise): the size of the first search's groups.");
   m.def("cpu_matrix_stats", []() {
           return named_counts(dcpe::matrix_stats(), {"rounds", "chain"});
         },

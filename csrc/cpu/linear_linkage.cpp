@@ -128,7 +128,7 @@
 // round, merge at once after the first search, in the rounds' order (merge_copies()).
 
 #include <omp.h>
-#if defined(__AVX512F__)
+#if defined(__AVX512F__) || defined(__AVX2__)
 #include <immintrin.h>
 #endif
 #include <chrono>
@@ -523,7 +523,8 @@ class KdTree {
     });
     if (gap > bq.most) return true;
     // 16 queries at a time, each a running sum over the coordinates in order; the first 16
-    // with one query not beyond decide (without AVX-512, one query at a time)
+    // with one query not beyond decide (as four vectors of four with AVX2; without either,
+    // one query at a time)
 #if defined(__AVX512F__)
     constexpr int kV = kScanGroup / 8;
     for (int v = 0; v < kV; v += 2) {
@@ -543,6 +544,29 @@ class KdTree {
            _mm512_cmp_pd_mask(acc1, _mm512_load_pd(&bq.thr[8 * v + 8]), _CMP_GT_OQ)) != 0xff) {
         return false;
       }
+    }
+#elif defined(__AVX2__)
+    static_assert(kScanGroup % 16 == 0, "whole passes of 16 queries");
+    // (one query at a time, this test took 58% of a flat cut of 131,072 x 16 on two AVX2
+    // cores, which then ran 1.5 times as long as without blocks)
+    for (int v = 0; v < g; v += 16) {
+      __m256d acc[4];
+      for (int u = 0; u < 4; ++u) acc[u] = _mm256_setzero_pd();
+      for (int64_t k = 0; k < d_; ++k) {
+        const __m256d l = _mm256_set1_pd(lo[k]), h = _mm256_set1_pd(hi[k]);
+        for (int u = 0; u < 4; ++u) {
+          const __m256d q = _mm256_load_pd(&bq.q[k * kScanGroup + v + 4 * u]);
+          const __m256d t = _mm256_max_pd(_mm256_max_pd(_mm256_sub_pd(l, q), _mm256_sub_pd(q, h)),
+                                          _mm256_setzero_pd());
+          acc[u] = _mm256_add_pd(acc[u], _mm256_mul_pd(t, t));
+        }
+      }
+      int beyond = 0xf;
+      for (int u = 0; u < 4; ++u) {
+        beyond &= _mm256_movemask_pd(
+            _mm256_cmp_pd(acc[u], _mm256_load_pd(&bq.thr[v + 4 * u]), _CMP_GT_OQ));
+      }
+      if (beyond != 0xf) return false;
     }
 #else
     for (int j = 0; j < g; ++j) {
@@ -3339,6 +3363,8 @@ std::vector<Merge> linear_linkage(const T* x, int64_t n, int64_t d, const RunOpt
   LinearEngine<T> engine(x, n, d, opt, resolve_threads(opt.num_threads), closed);
   return engine.run();
 }
+
+int linear_scan_group() { return KdTree::kScanGroup; }
 
 std::array<int64_t, 12> linear_list_stats() {
   return {g_list_searches.load(), g_list_tried.load(), g_list_settled.load(),

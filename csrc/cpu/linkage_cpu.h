@@ -123,6 +123,10 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size, 
 // scan; a diagnostic: concurrent runs share the counters.
 std::array<int64_t, 12> linear_list_stats();
 
+// The searches that one scan of the tokens serves at once (KdTree::kScanGroup): 64 with
+// AVX-512, 32 otherwise; the first search's groups, whose blocks linear_list_stats() counts.
+int linear_scan_group();
+
 // The last matrix-engine run's rounds (also the linear engine's hand-over to its matrix)
 // and the clusters its rounds left to the nearest-neighbour chain (0: none); a diagnostic:
 // concurrent runs share the counters.

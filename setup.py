@@ -85,6 +85,7 @@ setup(
     extras_require={
         "test": [
             "pytest>=7",
+            "pytest-xdist>=3",
             "scipy>=1.10",
             "scikit-learn>=1.3",
             "safetensors>=0.4",

@@ -10,6 +10,13 @@ import sys
 import numpy as np
 import pytest
 
+# Under pytest-xdist (README: ``-n 2``) two worker processes each run the engines' OpenMP
+# threads on the same cores. Threads that spin while they wait at a barrier would then hold
+# a core that the other process's threads need; passive waiting lets them sleep instead.
+# (Read by the OpenMP runtime when it starts, before any test module imports dcpe.)
+if os.environ.get("PYTEST_XDIST_WORKER") and "OMP_WAIT_POLICY" not in os.environ:
+    os.environ["OMP_WAIT_POLICY"] = "PASSIVE"
+
 # --------------------------------------------------------------------------- data
 
 

@@ -526,8 +526,7 @@ class KdTree {
     // with one query not beyond decide (as four vectors of four with AVX2; without either,
     // one query at a time)
 #if defined(__AVX512F__)
-    constexpr int kV = kScanGroup / 8;
-    for (int v = 0; v < kV; v += 2) {
+    for (int v = 0; 8 * v < g; v += 2) {  // (the lanes past g never hold a block back)
       __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
       for (int64_t k = 0; k < d_; ++k) {
         const __m512d l = _mm512_set1_pd(lo[k]), h = _mm512_set1_pd(hi[k]);

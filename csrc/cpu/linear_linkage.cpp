@@ -1772,6 +1772,177 @@ inline void span_dists<float>(const float* __restrict xt, int64_t stride, int64_
 }
 #endif
 
+#if defined(__AVX2__) && !defined(__AVX512F__)
+// AVX2 versions of span_sums<float>(), span_sums_group<float>() and span_dists<float>()
+// (builds without AVX-512): a block of 16 tokens of xt is two vectors of eight. Without
+// them each token of x read the whole column tile (from the L2 cache) and kept its sums
+// in memory, coordinate after coordinate; here four tokens share each load of xt and every
+// sum stays in a register, as in the AVX-512 versions above. The arithmetic per pair is the
+// same (the squares and sums in coordinate order, each its own instruction, no fused
+// multiply-add; the root; the float64 sums over the tokens of x in their order), so are the
+// bits.
+
+// The squared distances of B tokens (rows xs[0], xs[1], ...) to V vectors of eight tokens
+// of xt (columns q, q + 8, ...): span_squares() in vectors of eight.
+template <int B, int V>
+inline void span_squares8(const float* __restrict xt, int64_t stride, int64_t d,
+                          const float* const* xs, int64_t q, __m256 (&a)[B][V]) {
+  {
+    __m256 c[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) c[v] = _mm256_loadu_ps(xt + q + 8 * v);
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) {
+      const __m256 xv = _mm256_set1_ps(xs[b][0]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) {
+        const __m256 t = _mm256_sub_ps(c[v], xv);
+        a[b][v] = _mm256_mul_ps(t, t);
+      }
+    }
+  }
+  for (int64_t k = 1; k < d; ++k) {
+    __m256 c[V];
+#pragma GCC unroll 4
+    for (int v = 0; v < V; ++v) c[v] = _mm256_loadu_ps(xt + k * stride + q + 8 * v);
+#pragma GCC unroll 4
+    for (int b = 0; b < B; ++b) {
+      const __m256 xv = _mm256_set1_ps(xs[b][k]);
+#pragma GCC unroll 4
+      for (int v = 0; v < V; ++v) {
+        const __m256 t = _mm256_sub_ps(c[v], xv);
+        a[b][v] = _mm256_add_ps(a[b][v], _mm256_mul_ps(t, t));
+      }
+    }
+  }
+}
+
+// ... of B consecutive rows x0, x0 + d, ...
+template <int B, int V>
+inline void span_squares8(const float* __restrict xt, int64_t stride, int64_t d,
+                          const float* __restrict x0, int64_t q, __m256 (&a)[B][V]) {
+  const float* xs[B];
+  for (int b = 0; b < B; ++b) xs[b] = x0 + b * d;
+  span_squares8<B, V>(xt, stride, d, xs, q, a);
+}
+
+// The roots of eight float32 squared distances, widened and added to the float64 sums
+// p[0 .. 7] in memory.
+inline void span_add8(double* p, __m256 v) {
+  v = _mm256_sqrt_ps(v);
+  _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+  _mm256_storeu_pd(p + 4, _mm256_add_pd(_mm256_loadu_pd(p + 4),
+                                        _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+}
+
+// The B tokens of x0 against V vectors of xt from column q, each root added to the sums
+// out[b] + at + 8 v (out[b]: the sums of token b's cluster), in the tokens' order.
+template <int B, int V>
+inline void span_add_step8(const float* __restrict xt, int64_t stride, int64_t d,
+                           const float* __restrict x0, int64_t q, double* const* out,
+                           int64_t at) {
+  __m256 a[B][V];
+  span_squares8<B, V>(xt, stride, d, x0, q, a);
+  for (int b = 0; b < B; ++b) {
+    for (int v = 0; v < V; ++v) span_add8(out[b] + at + 8 * v, a[b][v]);
+  }
+}
+
+// AVX2 version for float32: 32 tokens of xt at a time, against four tokens of x (one block
+// of 16 after the other) and then the last 1 to 3 tokens of x (all 32 at once), the float64
+// sums of the 32 on the stack, then stored up to len. xt's rows must be readable up to len
+// rounded up to 16 (finish_on_matrix() pads its tiles so); racc need not be.
+template <>
+inline void span_sums<float>(const float* __restrict xt, int64_t stride, int64_t d,
+                             const float* __restrict x, int64_t n, int64_t len,
+                             float* __restrict buf, double* __restrict racc) {
+  const int64_t blocks = (len + 15) / 16;
+  alignas(32) double sums[32];
+  double* out[4] = {sums, sums, sums, sums};
+  for (int64_t b0 = 0; b0 < blocks; b0 += 2) {
+    const bool two = b0 + 2 <= blocks;
+    const int64_t q = b0 * 16;
+    std::fill(sums, sums + 32, 0.0);
+    int64_t b = 0;
+    for (; b + 4 <= n; b += 4) {
+      span_add_step8<4, 2>(xt, stride, d, x + b * d, q, out, 0);
+      if (two) span_add_step8<4, 2>(xt, stride, d, x + b * d, q + 16, out, 16);
+    }
+    for (; b < n; ++b) {
+      if (two) {
+        span_add_step8<1, 4>(xt, stride, d, x + b * d, q, out, 0);
+      } else {
+        span_add_step8<1, 2>(xt, stride, d, x + b * d, q, out, 0);
+      }
+    }
+    std::copy(sums, sums + std::min<int64_t>(32, len - q), racc + q);
+  }
+  (void)buf;
+}
+
+// span_sums_group() for float32 with AVX2: the group's tokens four at a time against each
+// block of 16 tokens of xt (whichever clusters they belong to), each root added to its own
+// cluster's sums in memory in the tokens' order, as in the AVX-512 version.
+template <>
+inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, int64_t d,
+                                   const float* __restrict x, const int64_t* seg, int g,
+                                   int64_t len, int64_t lenp, float* __restrict buf,
+                                   double* __restrict racc) {
+  const int64_t n = seg[g] - seg[0];
+  if (n > kGroupTokens) {  // not a group this kernel was made for
+    span_sums_each<float>(xt, stride, d, x, seg, g, len, lenp, buf, racc);
+    return;
+  }
+  double* out[kGroupTokens];  // each token's cluster's sums
+  for (int c = 0; c < g; ++c) {
+    for (int64_t b = seg[c]; b < seg[c + 1]; ++b) out[b - seg[0]] = racc + c * lenp;
+  }
+  std::fill(racc, racc + g * lenp, 0.0);
+  const int64_t blocks = (len + 15) / 16;  // the last one in full: xt and racc are padded
+  for (int64_t q = 0; q < blocks * 16; q += 16) {
+    int64_t b = 0;
+    for (; b + 4 <= n; b += 4) span_add_step8<4, 2>(xt, stride, d, x + b * d, q, out + b, q);
+    for (; b < n; ++b) span_add_step8<1, 2>(xt, stride, d, x + b * d, q, out + b, q);
+  }
+}
+
+// span_dists() for float32 with AVX2: four tokens of x against a block of 16 tokens of xt
+// at a time, then the last 1 to 3 tokens against two blocks at a time, every sum in
+// registers, the last block in full (padded).
+template <int B, int V>
+inline void span_dists_step8(const float* __restrict xt, int64_t stride, int64_t d,
+                             const float* const* xs, int64_t q, float* __restrict out,
+                             int64_t ldo) {
+  __m256 a[B][V];
+  span_squares8<B, V>(xt, stride, d, xs, q, a);
+  for (int b = 0; b < B; ++b) {
+    for (int v = 0; v < V; ++v) {
+      _mm256_storeu_ps(out + b * ldo + q + 8 * v, _mm256_sqrt_ps(a[b][v]));
+    }
+  }
+}
+
+template <>
+inline void span_dists<float>(const float* __restrict xt, int64_t stride, int64_t d,
+                              const float* const* xs, int64_t n, int64_t len,
+                              float* __restrict out, int64_t ldo) {
+  const int64_t blocks = (len + 15) / 16;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int64_t b = 0; b < blocks; ++b) {
+      span_dists_step8<4, 2>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
+    }
+  }
+  for (; i < n; ++i) {
+    int64_t b = 0;
+    for (; b + 2 <= blocks; b += 2) {
+      span_dists_step8<1, 4>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
+    }
+    if (b < blocks) span_dists_step8<1, 2>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
+  }
+}
+#endif
+
 // exact()'s float64 sum over the token pairs of two clusters from their distances
 // dist(i, j), i < nx over the tokens of the outer cluster (sum_order()), j < ny: for each
 // i in order, each run of 16 of the inner tokens summed from 0 and added to the total,

@@ -1482,8 +1482,8 @@ void chain_sums(const Chain<T>* c, int n, int64_t d, T* out) {
 // out[i * ldo + q] = the distance of token i (row xs[i], d coordinates), i < n, to token
 // q of the transposed array xt (stride `stride`), q < len: block_sum()'s expression, so
 // the same number in T (the dense searches, LinearEngine::dense_search(); span_sums()).
-// The float32 version with AVX-512 computes whole blocks of 16: ldo and xt's rows must
-// then hold len rounded up to 16.
+// The float32 versions with AVX-512 and with AVX2 compute whole blocks of 16: ldo and
+// xt's rows must then hold len rounded up to 16.
 template <typename T>
 void span_dists(const T* __restrict xt, int64_t stride, int64_t d, const T* const* xs,
                 int64_t n, int64_t len, T* __restrict out, int64_t ldo) {

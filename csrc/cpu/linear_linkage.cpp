@@ -1532,6 +1532,15 @@ void span_sums(const T* __restrict xt, int64_t stride, int64_t d, const T* __res
 // At most this many tokens in a group of the hand-over's span_sums_group()
 constexpr int64_t kGroupTokens = 16;
 
+// The vectorised span_sums_group()s' sums, zeroed: out[b] = racc + c * lenp for each token b
+// of cluster c (b counted from seg[0]), so that each token's roots go to its own cluster's.
+inline void group_sums(const int64_t* seg, int g, int64_t lenp, double* racc, double** out) {
+  for (int c = 0; c < g; ++c) {
+    for (int64_t b = seg[c]; b < seg[c + 1]; ++b) out[b - seg[0]] = racc + c * lenp;
+  }
+  std::fill(racc, racc + g * lenp, 0.0);
+}
+
 // The sums of span_sums() for g consecutive clusters of the row-major tokens x (cluster c's
 // tokens are rows seg[c] - seg[0] .. seg[c + 1] - seg[0] of x) against the same len tokens
 // of xt: cluster c's in racc[c * lenp ...], lenp >= len a multiple of 16, each the same
@@ -1720,10 +1729,7 @@ inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, i
     return;
   }
   double* out[kGroupTokens];  // each token's cluster's sums
-  for (int c = 0; c < g; ++c) {
-    for (int64_t b = seg[c]; b < seg[c + 1]; ++b) out[b - seg[0]] = racc + c * lenp;
-  }
-  std::fill(racc, racc + g * lenp, 0.0);
+  group_sums(seg, g, lenp, racc, out);
   const int64_t blocks = (len + 15) / 16;  // the last one in full: xt and racc are padded
   int64_t b0 = 0;
   for (; b0 + Q <= blocks; b0 += Q) span_group_step<Q>(xt, stride, d, x, n, out, b0 * 16);
@@ -1894,10 +1900,7 @@ inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, i
     return;
   }
   double* out[kGroupTokens];  // each token's cluster's sums
-  for (int c = 0; c < g; ++c) {
-    for (int64_t b = seg[c]; b < seg[c + 1]; ++b) out[b - seg[0]] = racc + c * lenp;
-  }
-  std::fill(racc, racc + g * lenp, 0.0);
+  group_sums(seg, g, lenp, racc, out);
   const int64_t blocks = (len + 15) / 16;  // the last one in full: xt and racc are padded
   for (int64_t q = 0; q < blocks * 16; q += 16) {
     int64_t b = 0;

@@ -1198,18 +1198,38 @@ class KdTree {
 // T); the sum is float64, over the tokens of `a` in order and, for each, over those of `b`:
 // runs of 16 tokens, each run's distances summed from 0 and added to the total, then the
 // tokens past the last run one at a time. A distance is d dependent additions, each
-// waiting on the last, so the (token of a, run of b) items run kBlockSumItems at a time,
-// their running sums apart (vector lanes across the run's tokens); the float64 sums then
-// take them in that order.
+// waiting on the last, so the (token of a, run of b) items run several at a time, their
+// running sums apart (vector lanes across the run's tokens); the float64 sums then take
+// them in that order. A run is 16 / W vectors of the build's widest registers (W lanes of
+// T: BlockLanes), and min(kBlockSumItems, 8 / (16 / W)) items run together, so that their
+// running sums take eight registers: with 512-bit vectors two per run and four items;
+// with AVX2 two (float) or four (double) per run, four or two items. (A vector of eight
+// doubles, two AVX2 registers, had made four items sixteen registers, spilled to memory
+// at every coordinate: a whole tree of 1,500 x 256 in float64 took 8 times the float32
+// run.)
 constexpr int64_t kBlockSumLanes = 16;  // block_sum()'s tokens of b at a time
 constexpr int kBlockSumItems = 4;
 
 template <typename T>
+struct BlockLanes {
+#if defined(__AVX512F__)
+  static constexpr int kBytes = 64;
+#elif defined(__AVX__)
+  static constexpr int kBytes = 32;
+#else
+  static constexpr int kBytes = 16;
+#endif
+  static constexpr int W = kBytes / static_cast<int>(sizeof(T));
+  typedef T type __attribute__((vector_size(kBytes)));
+};
+
+template <typename T>
 double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64_t nb,
                  int64_t d) {
-  constexpr int L = kBlockSumLanes, U = kBlockSumItems;
-  using V = typename Lanes8<T>::type;  // two per run
-  static_assert(L == 16, "a run is two vectors of eight");
+  constexpr int L = kBlockSumLanes, W = BlockLanes<T>::W, H = L / W;  // H vectors a run
+  constexpr int U = std::max(1, std::min(kBlockSumItems, 8 / H));
+  using V = typename BlockLanes<T>::type;
+  static_assert(L % W == 0 && sizeof(V) == W * sizeof(T), "a run is whole vectors");
   const int64_t runs = nb / L, items = na * runs;
   double total = 0.0;
   auto rest = [&](int64_t i) {  // row i's tokens past its last run
@@ -1239,11 +1259,11 @@ double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64
       ai[u] = a + it / runs;
       bj[u] = b + it % runs * L;
     }
-    V acc[U][2];
+    V acc[U][H];
     for (int u = 0; u < U; ++u) {
-      for (int h = 0; h < 2; ++h) {
+      for (int h = 0; h < H; ++h) {
         V c;
-        std::memcpy(&c, bj[u] + 8 * h, sizeof c);
+        std::memcpy(&c, bj[u] + W * h, sizeof c);
         const V t = c - ai[u][0];
         acc[u][h] = t * t;
       }
@@ -1252,9 +1272,9 @@ double block_sum(const T* __restrict a, int64_t na, const T* __restrict b, int64
       for (int u = 0; u < U; ++u) {
         const T xa = ai[u][k * na];
         const T* col = bj[u] + k * nb;
-        for (int h = 0; h < 2; ++h) {
+        for (int h = 0; h < H; ++h) {
           V c;
-          std::memcpy(&c, col + 8 * h, sizeof c);
+          std::memcpy(&c, col + W * h, sizeof c);
           const V t = c - xa;
           acc[u][h] += t * t;
         }
@@ -1482,8 +1502,8 @@ void chain_sums(const Chain<T>* c, int n, int64_t d, T* out) {
 // out[i * ldo + q] = the distance of token i (row xs[i], d coordinates), i < n, to token
 // q of the transposed array xt (stride `stride`), q < len: block_sum()'s expression, so
 // the same number in T (the dense searches, LinearEngine::dense_search(); span_sums()).
-// The float32 versions with AVX-512 and with AVX2 compute whole blocks of 16: ldo and
-// xt's rows must then hold len rounded up to 16.
+// The float32 version with AVX-512 and the AVX2 versions compute whole blocks of 16: ldo
+// and xt's rows must then hold len rounded up to 16.
 template <typename T>
 void span_dists(const T* __restrict xt, int64_t stride, int64_t d, const T* const* xs,
                 int64_t n, int64_t len, T* __restrict out, int64_t ldo) {
@@ -1779,124 +1799,170 @@ inline void span_dists<float>(const float* __restrict xt, int64_t stride, int64_
 #endif
 
 #if defined(__AVX2__) && !defined(__AVX512F__)
-// AVX2 versions of span_sums<float>(), span_sums_group<float>() and span_dists<float>()
-// (builds without AVX-512): a block of 16 tokens of xt is two vectors of eight. Without
-// them each token of x read the whole column tile (from the L2 cache) and kept its sums
-// in memory, coordinate after coordinate; here four tokens share each load of xt and every
-// sum stays in a register, as in the AVX-512 versions above. The arithmetic per pair is the
-// same (the squares and sums in coordinate order, each its own instruction, no fused
-// multiply-add; the root; the float64 sums over the tokens of x in their order), so are the
-// bits.
+// AVX2 versions of span_sums(), span_sums_group() and span_dists(), for float32 and float64
+// (builds without AVX-512): a block of 16 tokens of xt is 16 / W vectors of W lanes (two of
+// eight floats, four of four doubles). Without them each token of x read the whole column
+// tile (from the L2 cache) and kept its sums in memory, coordinate after coordinate; here
+// four tokens share each load of xt and every sum stays in a register, as in the AVX-512
+// versions above. The arithmetic per pair is the same (the squares and sums in coordinate
+// order, each its own instruction, no fused multiply-add; the root; the float64 sums over
+// the tokens of x in their order), so are the bits.
 
-// The squared distances of B tokens (rows xs[0], xs[1], ...) to V vectors of eight tokens
-// of xt (columns q, q + 8, ...): span_squares() in vectors of eight.
-template <int B, int V>
-inline void span_squares8(const float* __restrict xt, int64_t stride, int64_t d,
-                          const float* const* xs, int64_t q, __m256 (&a)[B][V]) {
+// One AVX2 register of T and the operations of the kernels below, lane by lane.
+template <typename T>
+struct Avx2;
+
+template <>
+struct Avx2<float> {
+  using V = __m256;
+  static constexpr int W = 8;
+  static V load(const float* p) { return _mm256_loadu_ps(p); }
+  static V set1(float x) { return _mm256_set1_ps(x); }
+  static V sub(V a, V b) { return _mm256_sub_ps(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_ps(a, b); }
+  static V add(V a, V b) { return _mm256_add_ps(a, b); }
+  static V sqrt(V a) { return _mm256_sqrt_ps(a); }
+  static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+  // p[0 .. 7] += the lanes, widened to float64
+  static void add_to(double* p, V v) {
+    _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+    _mm256_storeu_pd(p + 4, _mm256_add_pd(_mm256_loadu_pd(p + 4),
+                                          _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
+  }
+};
+
+template <>
+struct Avx2<double> {
+  using V = __m256d;
+  static constexpr int W = 4;
+  static V load(const double* p) { return _mm256_loadu_pd(p); }
+  static V set1(double x) { return _mm256_set1_pd(x); }
+  static V sub(V a, V b) { return _mm256_sub_pd(a, b); }
+  static V mul(V a, V b) { return _mm256_mul_pd(a, b); }
+  static V add(V a, V b) { return _mm256_add_pd(a, b); }
+  static V sqrt(V a) { return _mm256_sqrt_pd(a); }
+  static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
+  static void add_to(double* p, V v) { _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), v)); }
+};
+
+// The squared distances of B tokens (rows xs[0], xs[1], ...) to V vectors of W tokens of
+// xt (columns q, q + W, ...): span_squares() in AVX2 registers.
+template <typename T, int B, int V>
+inline void avx2_squares(const T* __restrict xt, int64_t stride, int64_t d,
+                         const T* const* xs, int64_t q, typename Avx2<T>::V (&a)[B][V]) {
+  using A = Avx2<T>;
   {
-    __m256 c[V];
+    typename A::V c[V];
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) c[v] = _mm256_loadu_ps(xt + q + 8 * v);
+    for (int v = 0; v < V; ++v) c[v] = A::load(xt + q + A::W * v);
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) {
-      const __m256 xv = _mm256_set1_ps(xs[b][0]);
+      const typename A::V xv = A::set1(xs[b][0]);
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) {
-        const __m256 t = _mm256_sub_ps(c[v], xv);
-        a[b][v] = _mm256_mul_ps(t, t);
+        const typename A::V t = A::sub(c[v], xv);
+        a[b][v] = A::mul(t, t);
       }
     }
   }
   for (int64_t k = 1; k < d; ++k) {
-    __m256 c[V];
+    typename A::V c[V];
 #pragma GCC unroll 4
-    for (int v = 0; v < V; ++v) c[v] = _mm256_loadu_ps(xt + k * stride + q + 8 * v);
+    for (int v = 0; v < V; ++v) c[v] = A::load(xt + k * stride + q + A::W * v);
 #pragma GCC unroll 4
     for (int b = 0; b < B; ++b) {
-      const __m256 xv = _mm256_set1_ps(xs[b][k]);
+      const typename A::V xv = A::set1(xs[b][k]);
 #pragma GCC unroll 4
       for (int v = 0; v < V; ++v) {
-        const __m256 t = _mm256_sub_ps(c[v], xv);
-        a[b][v] = _mm256_add_ps(a[b][v], _mm256_mul_ps(t, t));
+        const typename A::V t = A::sub(c[v], xv);
+        a[b][v] = A::add(a[b][v], A::mul(t, t));
       }
     }
   }
 }
 
-// ... of B consecutive rows x0, x0 + d, ...
-template <int B, int V>
-inline void span_squares8(const float* __restrict xt, int64_t stride, int64_t d,
-                          const float* __restrict x0, int64_t q, __m256 (&a)[B][V]) {
-  const float* xs[B];
+// The B tokens of consecutive rows x0, x0 + d, ... against V vectors of xt from column q,
+// each root added to the float64 sums out[b] + at + W v (out[b]: the sums of token b's
+// cluster), in the tokens' order.
+template <typename T, int B, int V>
+inline void avx2_add_step(const T* __restrict xt, int64_t stride, int64_t d,
+                          const T* __restrict x0, int64_t q, double* const* out, int64_t at) {
+  using A = Avx2<T>;
+  const T* xs[B];
   for (int b = 0; b < B; ++b) xs[b] = x0 + b * d;
-  span_squares8<B, V>(xt, stride, d, xs, q, a);
-}
-
-// The roots of eight float32 squared distances, widened and added to the float64 sums
-// p[0 .. 7] in memory.
-inline void span_add8(double* p, __m256 v) {
-  v = _mm256_sqrt_ps(v);
-  _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
-  _mm256_storeu_pd(p + 4, _mm256_add_pd(_mm256_loadu_pd(p + 4),
-                                        _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
-}
-
-// The B tokens of x0 against V vectors of xt from column q, each root added to the sums
-// out[b] + at + 8 v (out[b]: the sums of token b's cluster), in the tokens' order.
-template <int B, int V>
-inline void span_add_step8(const float* __restrict xt, int64_t stride, int64_t d,
-                           const float* __restrict x0, int64_t q, double* const* out,
-                           int64_t at) {
-  __m256 a[B][V];
-  span_squares8<B, V>(xt, stride, d, x0, q, a);
+  typename A::V a[B][V];
+  avx2_squares<T, B, V>(xt, stride, d, xs, q, a);
   for (int b = 0; b < B; ++b) {
-    for (int v = 0; v < V; ++v) span_add8(out[b] + at + 8 * v, a[b][v]);
+    for (int v = 0; v < V; ++v) A::add_to(out[b] + at + A::W * v, A::sqrt(a[b][v]));
   }
 }
 
-// AVX2 version for float32: 32 tokens of xt at a time, against four tokens of x (one block
-// of 16 after the other) and then the last 1 to 3 tokens of x (all 32 at once), the float64
-// sums of the 32 on the stack, then stored up to len. xt's rows must be readable up to len
-// rounded up to 16 (finish_on_matrix() pads its tiles so); racc need not be.
-template <>
-inline void span_sums<float>(const float* __restrict xt, int64_t stride, int64_t d,
-                             const float* __restrict x, int64_t n, int64_t len,
-                             float* __restrict buf, double* __restrict racc) {
+// span_sums(): 32 tokens of xt at a time (16 in the last block of an odd count), against
+// four tokens of x (2 W columns at a time) and then the last 1 to 3 tokens of x (4 W
+// columns at a time where they divide the 32), the float64 sums of the 32 on the stack,
+// then stored up to len. xt's rows must be readable up to len rounded up to 16
+// (finish_on_matrix() pads its tiles so); racc need not be.
+template <typename T>
+inline void avx2_span_sums(const T* __restrict xt, int64_t stride, int64_t d,
+                           const T* __restrict x, int64_t n, int64_t len,
+                           double* __restrict racc) {
+  constexpr int64_t W = Avx2<T>::W;
   const int64_t blocks = (len + 15) / 16;
   alignas(32) double sums[32];
   double* out[4] = {sums, sums, sums, sums};
   for (int64_t b0 = 0; b0 < blocks; b0 += 2) {
-    const bool two = b0 + 2 <= blocks;
+    const int64_t cols = b0 + 2 <= blocks ? 32 : 16;
     const int64_t q = b0 * 16;
     std::fill(sums, sums + 32, 0.0);
     int64_t b = 0;
     for (; b + 4 <= n; b += 4) {
-      span_add_step8<4, 2>(xt, stride, d, x + b * d, q, out, 0);
-      if (two) span_add_step8<4, 2>(xt, stride, d, x + b * d, q + 16, out, 16);
+      for (int64_t o = 0; o < cols; o += 2 * W) {
+        avx2_add_step<T, 4, 2>(xt, stride, d, x + b * d, q + o, out, o);
+      }
     }
     for (; b < n; ++b) {
-      if (two) {
-        span_add_step8<1, 4>(xt, stride, d, x + b * d, q, out, 0);
+      if (cols % (4 * W) == 0) {
+        for (int64_t o = 0; o < cols; o += 4 * W) {
+          avx2_add_step<T, 1, 4>(xt, stride, d, x + b * d, q + o, out, o);
+        }
       } else {
-        span_add_step8<1, 2>(xt, stride, d, x + b * d, q, out, 0);
+        for (int64_t o = 0; o < cols; o += 2 * W) {
+          avx2_add_step<T, 1, 2>(xt, stride, d, x + b * d, q + o, out, o);
+        }
       }
     }
     std::copy(sums, sums + std::min<int64_t>(32, len - q), racc + q);
   }
+}
+
+template <>
+inline void span_sums<float>(const float* __restrict xt, int64_t stride, int64_t d,
+                             const float* __restrict x, int64_t n, int64_t len,
+                             float* __restrict buf, double* __restrict racc) {
+  avx2_span_sums<float>(xt, stride, d, x, n, len, racc);
   (void)buf;
 }
 
-// span_sums_group() for float32 with AVX2: the group's tokens four at a time against each
-// block of 16 tokens of xt (whichever clusters they belong to), each root added to its own
-// cluster's sums in memory in the tokens' order, as in the AVX-512 version.
 template <>
-inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, int64_t d,
-                                   const float* __restrict x, const int64_t* seg, int g,
-                                   int64_t len, int64_t lenp, float* __restrict buf,
-                                   double* __restrict racc) {
+inline void span_sums<double>(const double* __restrict xt, int64_t stride, int64_t d,
+                              const double* __restrict x, int64_t n, int64_t len,
+                              double* __restrict buf, double* __restrict racc) {
+  avx2_span_sums<double>(xt, stride, d, x, n, len, racc);
+  (void)buf;
+}
+
+// span_sums_group(): the group's tokens four at a time against each block of 16 tokens of
+// xt (whichever clusters they belong to), each root added to its own cluster's sums in
+// memory in the tokens' order, as in the AVX-512 version.
+template <typename T>
+inline void avx2_span_sums_group(const T* __restrict xt, int64_t stride, int64_t d,
+                                 const T* __restrict x, const int64_t* seg, int g,
+                                 int64_t len, int64_t lenp, T* __restrict buf,
+                                 double* __restrict racc) {
+  constexpr int64_t W = Avx2<T>::W;
   const int64_t n = seg[g] - seg[0];
   if (n > kGroupTokens) {  // not a group this kernel was made for
-    span_sums_each<float>(xt, stride, d, x, seg, g, len, lenp, buf, racc);
+    span_sums_each<T>(xt, stride, d, x, seg, g, len, lenp, buf, racc);
     return;
   }
   double* out[kGroupTokens];  // each token's cluster's sums
@@ -1904,24 +1970,63 @@ inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, i
   const int64_t blocks = (len + 15) / 16;  // the last one in full: xt and racc are padded
   for (int64_t q = 0; q < blocks * 16; q += 16) {
     int64_t b = 0;
-    for (; b + 4 <= n; b += 4) span_add_step8<4, 2>(xt, stride, d, x + b * d, q, out + b, q);
-    for (; b < n; ++b) span_add_step8<1, 2>(xt, stride, d, x + b * d, q, out + b, q);
+    for (; b + 4 <= n; b += 4) {
+      for (int64_t o = 0; o < 16; o += 2 * W) {
+        avx2_add_step<T, 4, 2>(xt, stride, d, x + b * d, q + o, out + b, q + o);
+      }
+    }
+    for (; b < n; ++b) avx2_add_step<T, 1, 16 / W>(xt, stride, d, x + b * d, q, out + b, q);
   }
 }
 
-// span_dists() for float32 with AVX2: four tokens of x against a block of 16 tokens of xt
-// at a time, then the last 1 to 3 tokens against two blocks at a time, every sum in
-// registers, the last block in full (padded).
-template <int B, int V>
-inline void span_dists_step8(const float* __restrict xt, int64_t stride, int64_t d,
-                             const float* const* xs, int64_t q, float* __restrict out,
-                             int64_t ldo) {
-  __m256 a[B][V];
-  span_squares8<B, V>(xt, stride, d, xs, q, a);
+template <>
+inline void span_sums_group<float>(const float* __restrict xt, int64_t stride, int64_t d,
+                                   const float* __restrict x, const int64_t* seg, int g,
+                                   int64_t len, int64_t lenp, float* __restrict buf,
+                                   double* __restrict racc) {
+  avx2_span_sums_group<float>(xt, stride, d, x, seg, g, len, lenp, buf, racc);
+}
+
+template <>
+inline void span_sums_group<double>(const double* __restrict xt, int64_t stride, int64_t d,
+                                    const double* __restrict x, const int64_t* seg, int g,
+                                    int64_t len, int64_t lenp, double* __restrict buf,
+                                    double* __restrict racc) {
+  avx2_span_sums_group<double>(xt, stride, d, x, seg, g, len, lenp, buf, racc);
+}
+
+// span_dists(): four tokens of x against 2 W tokens of xt at a time, then the last 1 to 3
+// tokens against 4 W at a time (2 W for what is left), every sum in registers, the last
+// block of 16 in full (padded).
+template <typename T, int B, int V>
+inline void avx2_dists_step(const T* __restrict xt, int64_t stride, int64_t d,
+                            const T* const* xs, int64_t q, T* __restrict out, int64_t ldo) {
+  using A = Avx2<T>;
+  typename A::V a[B][V];
+  avx2_squares<T, B, V>(xt, stride, d, xs, q, a);
   for (int b = 0; b < B; ++b) {
-    for (int v = 0; v < V; ++v) {
-      _mm256_storeu_ps(out + b * ldo + q + 8 * v, _mm256_sqrt_ps(a[b][v]));
+    for (int v = 0; v < V; ++v) A::store(out + b * ldo + q + A::W * v, A::sqrt(a[b][v]));
+  }
+}
+
+template <typename T>
+inline void avx2_span_dists(const T* __restrict xt, int64_t stride, int64_t d,
+                            const T* const* xs, int64_t n, int64_t len, T* __restrict out,
+                            int64_t ldo) {
+  constexpr int64_t W = Avx2<T>::W;
+  const int64_t cols = (len + 15) / 16 * 16;
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    for (int64_t c = 0; c < cols; c += 2 * W) {
+      avx2_dists_step<T, 4, 2>(xt, stride, d, xs + i, c, out + i * ldo, ldo);
     }
+  }
+  for (; i < n; ++i) {
+    int64_t c = 0;
+    for (; c + 4 * W <= cols; c += 4 * W) {
+      avx2_dists_step<T, 1, 4>(xt, stride, d, xs + i, c, out + i * ldo, ldo);
+    }
+    for (; c < cols; c += 2 * W) avx2_dists_step<T, 1, 2>(xt, stride, d, xs + i, c, out + i * ldo, ldo);
   }
 }
 
@@ -1929,20 +2034,14 @@ template <>
 inline void span_dists<float>(const float* __restrict xt, int64_t stride, int64_t d,
                               const float* const* xs, int64_t n, int64_t len,
                               float* __restrict out, int64_t ldo) {
-  const int64_t blocks = (len + 15) / 16;
-  int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    for (int64_t b = 0; b < blocks; ++b) {
-      span_dists_step8<4, 2>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
-    }
-  }
-  for (; i < n; ++i) {
-    int64_t b = 0;
-    for (; b + 2 <= blocks; b += 2) {
-      span_dists_step8<1, 4>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
-    }
-    if (b < blocks) span_dists_step8<1, 2>(xt, stride, d, xs + i, b * 16, out + i * ldo, ldo);
-  }
+  avx2_span_dists<float>(xt, stride, d, xs, n, len, out, ldo);
+}
+
+template <>
+inline void span_dists<double>(const double* __restrict xt, int64_t stride, int64_t d,
+                               const double* const* xs, int64_t n, int64_t len,
+                               double* __restrict out, int64_t ldo) {
+  avx2_span_dists<double>(xt, stride, d, xs, n, len, out, ldo);
 }
 #endif
 

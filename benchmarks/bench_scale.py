@@ -2,8 +2,9 @@
 fastcluster and ParChain, time and peak memory, in one run.
 
 Every provider but ``dcpe-cut`` computes the full dendrogram of the same data (the built-in sample
-codebook's generator, ``dcpe.datasets.make_sample_codebook(n, d)``, float32; its
-16,384 x 8 case is the sample codebook itself; or ``--data gaussian``, below) in a child
+codebook's generator, ``dcpe.datasets.make_sample_codebook(n, d)``, float32, or float64
+with ``--dtype float64``; its 16,384 x 8 case is the sample codebook itself; or
+``--data gaussian``, below) in a child
 process of its own, so that
 each peak resident set size (``ru_maxrss`` of that child) is its own. Times are wall
 clock of the clustering call alone (data generation and imports excluded; for ParChain
@@ -124,9 +125,10 @@ fraction = int(sys.argv[6])
 copies = float(sys.argv[7])
 sys.path.insert(0, sys.argv[8])
 kind = sys.argv[9]
-limit = {"memory_limit": sys.argv[10]} if len(sys.argv) > 10 else {}
+dtype = np.dtype(sys.argv[10])
+limit = {"memory_limit": sys.argv[11]} if len(sys.argv) > 11 else {}
 from _common import make_points, with_copies
-x = np.ascontiguousarray(with_copies(make_points(kind, n, d), copies), dtype=np.float32)
+x = np.ascontiguousarray(with_copies(make_points(kind, n, d), copies), dtype=dtype)
 
 
 def run():
@@ -153,7 +155,7 @@ for _ in range(repeat):
     z, extra = run()
     runs.append(time.perf_counter() - t0)
 seconds = float(np.median(runs))
-print(json.dumps({"seconds": seconds, "runs": runs,
+print(json.dumps({"seconds": seconds, "runs": runs, "dtype": str(x.dtype),
                   "heights_sum": None if z is None else float(np.sum(z[:, 2])),
                   "peak_rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
                   **extra}))
@@ -187,13 +189,13 @@ def _wait(proc: subprocess.Popen, timeout: float) -> tuple[int, int]:
 def run_python(provider: str, n: int, d: int, threads: int, timeout: float,
                memory_limit: str | None = None, repeat: int = 1,
                cut_fraction: int = 2, copies: float = 0.0,
-               data: str = "codebook") -> dict[str, Any]:
+               data: str = "codebook", dtype: str = "float32") -> dict[str, Any]:
     env = dict(os.environ, DCPE_NUM_THREADS=str(threads), OMP_NUM_THREADS=str(threads))
     limit = [] if memory_limit is None else [memory_limit]
     with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
         proc = subprocess.Popen([sys.executable, "-c", _CHILD, provider, str(n), str(d),
                                  str(threads), str(repeat), str(cut_fraction), str(copies),
-                                 str(Path(__file__).resolve().parent), data, *limit],
+                                 str(Path(__file__).resolve().parent), data, dtype, *limit],
                                 stdout=out, stderr=err, env=env)
         code, rss = _wait(proc, timeout)
         out.seek(0)
@@ -293,6 +295,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", choices=DATA_KINDS, default="codebook",
                    help="the points: the sample codebook's generator, isotropic Gaussian "
                         "points, or points of a grid (default: %(default)s)")
+    p.add_argument("--dtype", choices=("float32", "float64"), default="float32",
+                   help="the points' type as dcpe's providers get them, and so the "
+                        "precision they cluster in (fastcluster always takes float64, "
+                        "ParChain text; default: %(default)s)")
     p.add_argument("--repeat", type=int, default=1,
                    help="runs of each provider's call per cell, reported by their median "
                         "(default: %(default)s)")
@@ -338,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 row = run_python(provider, n, d, args.threads, args.timeout,
                                  args.memory_limit, args.repeat, args.cut_fraction,
-                                 args.copies, args.data)
+                                 args.copies, args.data, args.dtype)
             row.update(provider=provider, n=n, d=d)
             print(f"  {row}", file=sys.stderr, flush=True)
             rows.append(row)
@@ -372,7 +378,7 @@ def main(argv: list[str] | None = None) -> int:
         f"Data: {DATA_TEXT[args.data]}"
         + (f", a fraction {args.copies:g} of its rows replaced by copies of the first row"
            if args.copies else "")
-        + ". Time: the clustering call alone, "
+        + f", {args.dtype} to dcpe. Time: the clustering call alone, "
         + ("one run per cell" if args.repeat == 1 else
            f"the median of {args.repeat} runs per cell, in one process (ParChain: "
            f"{args.repeat} runs of its binary), the first included")
@@ -388,7 +394,7 @@ def main(argv: list[str] | None = None) -> int:
     ])
     payload = {"machine": info, "threads": args.threads, "rows": rows,
                "memory_limit": args.memory_limit, "cut_fraction": args.cut_fraction,
-               "copies": args.copies, "data": args.data,
+               "copies": args.copies, "data": args.data, "dtype": args.dtype,
                "parchain": args.parchain is not None}
     jpath, mpath = write_results(args.name, payload, md, args.out)
     print(md)

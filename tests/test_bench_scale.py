@@ -170,6 +170,32 @@ def test_cut_fraction_sets_the_flat_cuts_k(tmp_path: Path) -> None:
     assert "labels at k = N/16" in (out / "t.md").read_text()
 
 
+def test_dtype_reaches_dcpe_and_the_results(tmp_path: Path) -> None:
+    """--dtype float64: dcpe's providers get float64 points (each child says what it
+    clustered), their heights agree between the engines and differ from float32's in the
+    last bits, and the results say which type; another type is refused."""
+    out = tmp_path / "res"
+    sums = {}
+    for dtype in ("float64", "float32"):
+        proc = _bench("--sizes", "200x32", "--providers", "dcpe-linear,dcpe-matrix",
+                      "--threads", "1", "--dtype", dtype, "--out", str(out), "--name", dtype)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        payload = json.loads((out / f"{dtype}.json").read_text())
+        assert payload["dtype"] == dtype
+        rows = {r["provider"]: r for r in payload["rows"]}
+        assert {r["dtype"] for r in rows.values()} == {dtype}
+        assert rows["dcpe-matrix"]["heights_sum"] == pytest.approx(
+            rows["dcpe-linear"]["heights_sum"], rel=1e-6)
+        sums[dtype] = rows["dcpe-linear"]["heights_sum"]
+        assert f"{dtype} to dcpe" in (out / f"{dtype}.md").read_text()
+    assert sums["float64"] != sums["float32"]
+    assert sums["float64"] == pytest.approx(sums["float32"], rel=1e-5)
+    proc = _bench("--sizes", "50x2", "--dtype", "float16", "--out", str(tmp_path / "no"),
+                  timeout=120)
+    assert proc.returncode == 2 and "--dtype" in proc.stderr
+    assert not (tmp_path / "no").exists()
+
+
 def test_gaussian_data(tmp_path: Path) -> None:
     """--data gaussian: every provider clusters the same isotropic Gaussian points (their
     heights agree, and differ from the codebook's), and the results say which data."""

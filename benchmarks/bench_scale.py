@@ -378,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
         f"Data: {DATA_TEXT[args.data]}"
         + (f", a fraction {args.copies:g} of its rows replaced by copies of the first row"
            if args.copies else "")
-        + f", {args.dtype} to dcpe. Time: the clustering call alone, "
+        + (", widened to float64 for dcpe's providers" if args.dtype == "float64" else "")
+        + ". Time: the clustering call alone, "
         + ("one run per cell" if args.repeat == 1 else
            f"the median of {args.repeat} runs per cell, in one process (ParChain: "
            f"{args.repeat} runs of its binary), the first included")

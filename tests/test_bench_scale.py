@@ -170,6 +170,19 @@ def test_cut_fraction_sets_the_flat_cuts_k(tmp_path: Path) -> None:
     assert "labels at k = N/16" in (out / "t.md").read_text()
 
 
+def _engines_run(out: Path, name: str, size: str, *args: str) -> tuple[dict, dict]:
+    """dcpe-linear and dcpe-matrix at one size (one thread), results in out/name: the
+    payload and its rows by provider, whose heights agree between the two engines."""
+    proc = _bench("--sizes", size, "--providers", "dcpe-linear,dcpe-matrix", "--threads", "1",
+                  *args, "--out", str(out), "--name", name)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    payload = json.loads((out / f"{name}.json").read_text())
+    rows = {r["provider"]: r for r in payload["rows"]}
+    assert rows["dcpe-matrix"]["heights_sum"] == pytest.approx(
+        rows["dcpe-linear"]["heights_sum"], rel=1e-5)
+    return payload, rows
+
+
 def test_dtype_reaches_dcpe_and_the_results(tmp_path: Path) -> None:
     """--dtype float64: dcpe's providers get float64 points (each child says what it
     clustered), their heights agree between the engines and differ from float32's in the
@@ -177,15 +190,9 @@ def test_dtype_reaches_dcpe_and_the_results(tmp_path: Path) -> None:
     out = tmp_path / "res"
     sums = {}
     for dtype in ("float64", "float32"):
-        proc = _bench("--sizes", "200x32", "--providers", "dcpe-linear,dcpe-matrix",
-                      "--threads", "1", "--dtype", dtype, "--out", str(out), "--name", dtype)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        payload = json.loads((out / f"{dtype}.json").read_text())
+        payload, rows = _engines_run(out, dtype, "200x32", "--dtype", dtype)
         assert payload["dtype"] == dtype
-        rows = {r["provider"]: r for r in payload["rows"]}
         assert {r["dtype"] for r in rows.values()} == {dtype}
-        assert rows["dcpe-matrix"]["heights_sum"] == pytest.approx(
-            rows["dcpe-linear"]["heights_sum"], rel=1e-6)
         sums[dtype] = rows["dcpe-linear"]["heights_sum"]
         widened = "widened to float64 for dcpe's providers" in (out / f"{dtype}.md").read_text()
         assert widened == (dtype == "float64")
@@ -203,14 +210,8 @@ def test_gaussian_data(tmp_path: Path) -> None:
     out = tmp_path / "res"
     sums = {}
     for data in ("gaussian", "codebook"):
-        proc = _bench("--sizes", "200x64", "--providers", "dcpe-linear,dcpe-matrix",
-                      "--threads", "1", "--data", data, "--out", str(out), "--name", data)
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        payload = json.loads((out / f"{data}.json").read_text())
+        payload, rows = _engines_run(out, data, "200x64", "--data", data)
         assert payload["data"] == data
-        rows = {r["provider"]: r for r in payload["rows"]}
-        assert rows["dcpe-matrix"]["heights_sum"] == pytest.approx(
-            rows["dcpe-linear"]["heights_sum"], rel=1e-5)
         sums[data] = rows["dcpe-linear"]["heights_sum"]
     assert "isotropic standard normal" in (out / "gaussian.md").read_text()
     # unit rows (codebook) against standard normal rows of norm about 8

@@ -1825,7 +1825,8 @@ struct Avx2<float> {
   static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
   // p[0 .. 7] += the lanes, widened to float64
   static void add_to(double* p, V v) {
-    _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
+    _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p),
+                                      _mm256_cvtps_pd(_mm256_castps256_ps128(v))));
     _mm256_storeu_pd(p + 4, _mm256_add_pd(_mm256_loadu_pd(p + 4),
                                           _mm256_cvtps_pd(_mm256_extractf128_ps(v, 1))));
   }
@@ -1842,7 +1843,9 @@ struct Avx2<double> {
   static V add(V a, V b) { return _mm256_add_pd(a, b); }
   static V sqrt(V a) { return _mm256_sqrt_pd(a); }
   static void store(double* p, V v) { _mm256_storeu_pd(p, v); }
-  static void add_to(double* p, V v) { _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), v)); }
+  static void add_to(double* p, V v) {
+    _mm256_storeu_pd(p, _mm256_add_pd(_mm256_loadu_pd(p), v));
+  }
 };
 
 // The squared distances of B tokens (rows xs[0], xs[1], ...) to V vectors of W tokens of
@@ -2026,7 +2029,9 @@ inline void avx2_span_dists(const T* __restrict xt, int64_t stride, int64_t d,
     for (; c + 4 * W <= cols; c += 4 * W) {
       avx2_dists_step<T, 1, 4>(xt, stride, d, xs + i, c, out + i * ldo, ldo);
     }
-    for (; c < cols; c += 2 * W) avx2_dists_step<T, 1, 2>(xt, stride, d, xs + i, c, out + i * ldo, ldo);
+    for (; c < cols; c += 2 * W) {
+      avx2_dists_step<T, 1, 2>(xt, stride, d, xs + i, c, out + i * ldo, ldo);
+    }
   }
 }
 

@@ -1902,7 +1902,7 @@ inline void avx2_add_step(const T* __restrict xt, int64_t stride, int64_t d,
 
 // span_sums(): 32 tokens of xt at a time (16 in the last block of an odd count), against
 // four tokens of x (2 W columns at a time) and then the last 1 to 3 tokens of x (4 W
-// columns at a time where they divide the 32), the float64 sums of the 32 on the stack,
+// columns at a time, 2 W for what is left, as span_dists()), the float64 sums on the stack,
 // then stored up to len. xt's rows must be readable up to len rounded up to 16
 // (finish_on_matrix() pads its tiles so); racc need not be.
 template <typename T>
@@ -1924,15 +1924,11 @@ inline void avx2_span_sums(const T* __restrict xt, int64_t stride, int64_t d,
       }
     }
     for (; b < n; ++b) {
-      if (cols % (4 * W) == 0) {
-        for (int64_t o = 0; o < cols; o += 4 * W) {
-          avx2_add_step<T, 1, 4>(xt, stride, d, x + b * d, q + o, out, o);
-        }
-      } else {
-        for (int64_t o = 0; o < cols; o += 2 * W) {
-          avx2_add_step<T, 1, 2>(xt, stride, d, x + b * d, q + o, out, o);
-        }
+      int64_t o = 0;
+      for (; o + 4 * W <= cols; o += 4 * W) {
+        avx2_add_step<T, 1, 4>(xt, stride, d, x + b * d, q + o, out, o);
       }
+      for (; o < cols; o += 2 * W) avx2_add_step<T, 1, 2>(xt, stride, d, x + b * d, q + o, out, o);
     }
     std::copy(sums, sums + std::min<int64_t>(32, len - q), racc + q);
   }

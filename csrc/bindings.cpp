@@ -76,7 +76,8 @@ PYBIND11_MODULE(_C, m) {
           return named_counts(dcpe::linear_list_stats(),
                               {"searches", "tried", "settled", "handover", "rounds",
                                "tree_rounds", "refreshes", "copies", "dense",
-                               "unscanned", "tested_blocks", "skipped_blocks"});
+                               "unscanned", "tested_blocks", "skipped_blocks", "pair_rescans",
+                               "lists_digest"});
         },
         "The last linear-engine run's searches after its first round (Euclidean, above 12 "
         "dimensions), those that tried the tokens' neighbour lists and those the lists "
@@ -91,7 +92,10 @@ PYBIND11_MODULE(_C, m) {
         "as their cluster's last search had (DCPE_CPU_DENSE_SKIP=0: none); and the blocks of "
         "16 tokens that its first search tested and skipped at 13 to 16 dimensions, counted "
         "once per group of searches (DCPE_CPU_BLOCKS=0: none; where they are skipped too "
-        "rarely, the later groups test none).");
+        "rarely, the later groups test none); and the searches of its first search that "
+        "tested each pair of tokens once for both and then scanned again, as without that "
+        "(above 16 dimensions; DCPE_CPU_PAIRS=0: none do); and a digest of the lists its first "
+        "search filled (0: none).");
   m.def("cpu_scan_group", []() { return dcpe::linear_scan_group(); },
         "How many searches one scan of the tokens serves at once in the linear engine (64 in "
         "an AVX-512 build, 32 otherwise): the size of the first search's groups.");

@@ -834,10 +834,57 @@ def test_first_search_in_cells_fills_the_same_lists(rng, monkeypatch, kind, d, d
                 for tiles, flag in itertools.product(amx, ("1", "0"))]
     for run in _first_search_runs(x):
         out, stats = _runs_under(monkeypatch, run, settings)
+        for st in stats:  # (in index order the first search tests each pair twice)
+            st.pop("pair_rescans")
         for z, st in zip(out[1:], stats[1:]):
             np.testing.assert_array_equal(z, out[0])
             assert st == stats[0]
         assert stats[0]["searches"] > 0
+
+
+@pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid", "jittered_grid",
+                                  "near_duplicates", "clump"])
+@pytest.mark.parametrize("d", [17, 40, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_first_search_by_pairs_fills_the_same_lists(rng, monkeypatch, kind, d, dtype):
+    # above 16 dimensions the first search computes each pair's float32 dot product once
+    # for both of its tokens, in blocks of its order met in rounds on the threads
+    # (KdTree::scan_pairs()); DCPE_CPU_PAIRS=0 scans every token for each group of
+    # searching tokens. Every token within a search's final radius is visited either way,
+    # and the lists keep the nearest by (distance, index): the same lists, searches and
+    # merges, bit for bit, on one thread or two (blocks of other sizes, visits in another
+    # order; the lists compared by their digest). The heap keeps float32 keys of the
+    # squared distances and orders equal keys by the distances: on the jittered grid
+    # (float64) many distances differ by less than a key's rounding. A token whose K-th
+    # nearest lies within the margins of its nearest searches again as before: each of the
+    # clump's hundred rows within 1e-12 of the origin (K = 64), beside the codebook's rows
+    # moved 4 away
+    n = 1500
+    if kind == "jittered_grid":
+        x = (integer_grid(rng, n, d) + 1e-9 * rng.standard_normal((n, d))).astype(dtype)
+    elif kind == "clump":
+        x = _lists_input(rng, "codebook", n, d, np.float64) + 4 / np.sqrt(d)
+        x[:100] = 1e-13 * rng.standard_normal((100, d))
+        x = x[rng.permutation(n)].astype(dtype)
+    else:
+        x = _lists_input(rng, kind, n, d, dtype)
+    ext = cpu._ext()
+    # (a cache of 1 MiB: the rounds after the first, then the matrix of 724 clusters)
+    runs = [functools.partial(ext.linkage_cpu, x, "average", "euclidean", cap, threads, mm,
+                              "linear", 1 << 20)
+            for threads in (1, 2) for mm, cap in ((0, 0), (n - n // 3, 0), (0, 6))]
+    for run in runs:
+        out, stats = _runs_under(monkeypatch, run, [{"DCPE_CPU_AMX": "0", "DCPE_CPU_PAIRS": f}
+                                                    for f in ("1", "0")])
+        np.testing.assert_array_equal(out[1], out[0])
+        rescans = stats[0].pop("pair_rescans")
+        assert stats[1].pop("pair_rescans") == 0
+        assert stats[1] == stats[0]
+        assert stats[0]["searches"] > 0 and stats[0]["lists_digest"] != 0
+        if kind == "clump":
+            assert rescans == 100
+        elif kind in ("codebook", "tie_free"):
+            assert rescans == 0
 
 
 @pytest.mark.parametrize("kind", ["codebook", "tie_free", "grid", "near_duplicates"])

@@ -77,7 +77,12 @@
 // tokens of a cell follow a kd split on a grid of 16 positions, and the first search
 // skips every block of 16 tokens whose bounding box is beyond the radius of each token of
 // its group (KdTree::for_blocks(): tokens it would not have visited, so the same lists
-// and neighbours; DCPE_CPU_BLOCKS=0 scans them all). The later rounds' searches run
+// and neighbours; DCPE_CPU_BLOCKS=0 scans them all). Above 16 dimensions (on float32
+// products, not AMX tiles) the first search computes each pair's dot product once for
+// both of its tokens: blocks of that order, each meeting itself and then the blocks
+// nearest it, in rounds of disjoint pairs of blocks on the threads (KdTree::scan_pairs(),
+// LinearEngine::pairs_first_search(); the same lists and neighbours: DCPE_CPU_PAIRS=0
+// scans every token for each group). The later rounds' searches run
 // in that order too (nearby tokens' rows are summed one after the other), and those the
 // lists do not settle scan together, in groups of their own (search()). Where the bounds
 // prune little (points without clusters, every token nearly as far from all others) a
@@ -237,6 +242,12 @@ inline bool dense_skip_enabled() { return switched_on("DCPE_CPU_DENSE_SKIP"); }
 // so the same lists and merges)
 inline bool blocks_enabled() { return switched_on("DCPE_CPU_BLOCKS"); }
 
+// DCPE_CPU_PAIRS=0: the first search above 16 dimensions scans the tokens for each group
+// of searching tokens, each pair's float32 dot product computed for both of its tokens,
+// instead of once for both (KdTree::scan_pairs(); the same lists and nearest neighbours,
+// so the same merges)
+inline bool pairs_enabled() { return switched_on("DCPE_CPU_PAIRS"); }
+
 // Tokens of a column tile (LinearEngine::column_tiles()): 256 KiB of float32 coordinates
 inline int64_t column_tile(int64_t d) { return std::clamp<int64_t>(65536 / d, 64, 8192); }
 
@@ -270,6 +281,12 @@ std::atomic<int64_t> g_dense{0}, g_unscanned{0};
 // ... and the blocks of points that its first search tested and skipped, once for each
 // group of searches (KdTree::for_blocks(), counted by the tree)
 std::atomic<int64_t> g_blocks_tested{0}, g_blocks{0};
+// ... and the searches of its first search that tested each pair once and then scanned
+// again (LinearEngine::pairs_first_search())
+std::atomic<int64_t> g_pair_rescans{0};
+// ... and a digest of the neighbour lists its first search filled (FNV-1a over every
+// token's list, its bounds' bits and r(t)'s; 0 without lists)
+std::atomic<int64_t> g_lists_digest{0};
 
 inline std::size_t tri(int64_t i) {
   return static_cast<std::size_t>(i) * static_cast<std::size_t>(i - 1) / 2;
@@ -350,6 +367,12 @@ class KdTree {
 
   // No tree: the points are scanned (scan_group()).
   bool flat() const { return !tree_; }
+
+  // Whether scan_group() runs on AMX tiles (build_scan_copy()).
+  bool amx() const { return amx_; }
+
+  // The squared distance of two float64 rows as the searches compute it.
+  double distance2(const double* a, const double* b) const { return dist2(a, b); }
 
   // The points in the tree's order (leaf by leaf, as build() left them).
   const std::vector<int32_t>& order() const { return ids_; }
@@ -442,6 +465,84 @@ class KdTree {
     }
     GroupBox gb(qs, g, d_);
     for_blocks(qs, g, r2, gb, start, points);
+  }
+
+  // The first search's scan with each pair of points tested once for both of them (no
+  // tree, no AMX tiles; LinearEngine::pairs_first_search()). Every point searches whose
+  // r2[p] (by position in order()) is not negative; visit(q, p, squared distance, r2[q])
+  // is called for every point p within squared distance r2[q] of a searching point q != p
+  // (by positions), and may lower r2[q]. Which pairs it visits depends on the order of the
+  // visits, but every pair within the final r2[q] is visited, and every visit is within
+  // r2[q] at the time (as scan_group()'s; its callers keep the nearest by (distance,
+  // index)).
+  //
+  // How. The points, in the first search's order (near points near each other), are cut
+  // into blocks of m; the float32 dot products of two blocks are computed once (the
+  // queries of one, kScanGroup at a time, as scan_group() computes them, against the
+  // points of the other, which stay in the cache meanwhile) and tested both ways: each
+  // query of the first block against each point of the second (near_queries()), and each
+  // point of the second, as a query, against the points of the first (near_points(), the
+  // same criterion with the roles swapped: a dot product is the same sum either way). A
+  // pair the test keeps gets its squared distance in float64 once (dist2(), whose terms do
+  // not depend on the order of the two), and each way visits it if it is within that
+  // query's radius. A block first meets itself (one way, every ordered pair), then the
+  // blocks 1, 2, 3, ... positions away, nearest first, so that its radii shrink early.
+  // Blocks are cut and met in rounds of pairs of blocks that share no block, each round
+  // on the threads at once, so that a point's radius and visits are one thread's (and
+  // between() runs on this thread after each round). scan_group() computes each dot
+  // product twice, once for each of its points, and in the first search at 65,536 x 256
+  // it made 37 billion float32 multiply-adds a second on two AVX2 cores, 88% of what they
+  // can do; here each is computed once. On the sample codebook's generator (a flat cut
+  // at N/16 under 2 GiB, two AVX2 cores, alternating runs) the first round took 17.5 s
+  // and 16.8 s instead of 31.2 s and 35.2 s at 65,536 x 256, 4.3 s and 4.1 s instead of
+  // 5.0 s and 5.6 s at 65,536 x 24, with as many exact distances within 1%.
+  template <typename F, typename Between>
+  void scan_pairs(std::vector<double>& r2, const std::vector<int32_t>& start, int threads,
+                  F&& visit, Between&& between) const {
+    const std::size_t n = ids_.size(), d = static_cast<std::size_t>(d_);
+    PairScan ps;
+    ps.r2 = r2.data();
+    ps.start = start.data();
+    ps.norm.resize(n);
+    ps.norm2.resize(n);
+    ps.skip.resize(n);
+    for (std::size_t p = 0; p < n; ++p) {
+      double s = 0.0;  // ||p'||^2 as copy_queries() sums it
+      for (std::size_t k = 0; k < d; ++k) s += double(pts32_[p * d + k]) * double(pts32_[p * d + k]);
+      ps.norm2[p] = s;
+      ps.norm[p] = std::sqrt(s);
+      ps.skip[p] = r2[p] < 0.0 ? std::numeric_limits<float>::infinity()
+                               : threshold(scaled_radius(r2[p]), ps.norm[p], s);
+    }
+    // a block: about 256 KiB of the copy (the points that stay in the cache), a multiple
+    // of kScanGroup, at most an eighth of the points a thread
+    const std::size_t g = static_cast<std::size_t>(kScanGroup);
+    std::size_t m = std::clamp<std::size_t>(65536 / d, g, 2048) / g * g;
+    const std::size_t share = n / (8 * static_cast<std::size_t>(std::max(threads, 1))) / g * g;
+    m = std::max(g, std::min(m, share));
+    const int64_t nb = static_cast<int64_t>((n + m - 1) / m);
+    std::vector<int64_t> first;  // this round's pairs (first, first + apart)
+    auto round = [&](int64_t apart) {
+      const int64_t c = static_cast<int64_t>(first.size());
+#pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (c > 1)
+      for (int64_t t = 0; t < c; ++t) {
+        const std::size_t i = static_cast<std::size_t>(first[t]) * m;
+        const std::size_t j = i + static_cast<std::size_t>(apart) * m;
+        pair_blocks(i, std::min(n, i + m), j, std::min(n, j + m), apart == 0, ps, visit);
+      }
+      between();
+    };
+    for (int64_t b = 0; b < nb; ++b) first.push_back(b);
+    round(0);
+    for (int64_t apart = 1; apart < nb; ++apart) {
+      for (int64_t half = 0; half < 2; ++half) {  // (b / apart even, then odd: no block twice)
+        first.clear();
+        for (int64_t b = 0; b + apart < nb; ++b) {
+          if ((b / apart) % 2 == half) first.push_back(b);
+        }
+        if (!first.empty()) round(apart);
+      }
+    }
   }
 
   // Without a tree, and with blocks (build()): the bounding box of each block of
@@ -861,6 +962,104 @@ class KdTree {
     }
   }
 
+  // scan_pairs()'s state of each point: its radius (the caller's r2), the norms of its copy
+  // and its threshold as a query (query_threshold(); +inf for a point that does not search)
+  struct PairScan {
+    double* r2 = nullptr;
+    const int32_t* start = nullptr;
+    std::vector<double> norm, norm2;
+    std::vector<float> skip;
+  };
+
+  // scan_pairs() for the blocks of points i0 .. i1 - 1 (the queries) and j0 .. j1 - 1 (the
+  // points; the same block, one way only, where `same`).
+  template <typename F>
+  void pair_blocks(std::size_t i0, std::size_t i1, std::size_t j0, std::size_t j1, bool same,
+                   PairScan& ps, F& visit) const {
+    const std::size_t d = static_cast<std::size_t>(d_);
+    std::vector<ScanLanes> qt(d * kScanVecs);
+    float* qf = reinterpret_cast<float*>(qt.data());
+    for (std::size_t g0 = i0; g0 < i1; g0 += kScanGroup) {
+      const int g = static_cast<int>(std::min<std::size_t>(kScanGroup, i1 - g0));
+      ScanQueries sq;
+      alignas(64) float share[kScanGroup];  // the group's points' shares of the test
+      for (int j = 0; j < kScanGroup; ++j) {
+        for (std::size_t k = 0; k < d; ++k) {
+          qf[k * kScanGroup + j] = j < g ? pts32_[(g0 + j) * d + k] : 0.0f;
+        }
+        if (j < g) {
+          const std::size_t q = g0 + j;
+          sq.norm2[j] = ps.norm2[q];
+          sq.norm[j] = ps.norm[q];
+          sq.radius[j] = ps.r2[q] < 0.0 ? 0.0 : scaled_radius(ps.r2[q]);
+          sq.skip[j] = ps.skip[q];
+          share[j] = point32_[q];
+        } else {  // (never near: its lanes' dot products are exactly 0)
+          sq.norm2[j] = sq.norm[j] = sq.radius[j] = 0.0;
+          sq.skip[j] = share[j] = std::numeric_limits<float>::infinity();
+        }
+      }
+      auto points = [&](std::size_t lo, std::size_t hi) {
+        std::size_t i = lo;
+        for (; i + kScanPoints <= hi; i += kScanPoints) {
+          pair_points<kScanPoints>(qt.data(), sq, share, g0, g, i, same, ps, visit);
+        }
+        for (; i < hi; ++i) pair_points<1>(qt.data(), sq, share, g0, g, i, same, ps, visit);
+      };
+      // in its own block a group starts with itself and the points after it (near ones)
+      const std::size_t from =
+          same ? std::clamp<std::size_t>(static_cast<std::size_t>(ps.start[g0]), j0, g0) : j0;
+      points(from, j1);
+      points(j0, from);
+      for (int j = 0; j < g; ++j) ps.skip[g0 + j] = sq.skip[j];
+    }
+  }
+
+  // pair_blocks() for the P points i0 .. i0 + P - 1 against the group of g queries from
+  // g0: the dot products (scan_dots()), then the tests both ways (the group's queries
+  // against each point; unless `same`, each point as a query against the group's points),
+  // the squared distances of the pairs either keeps, and the visits.
+  template <int P, typename F>
+  void pair_points(const ScanLanes* __restrict qt, ScanQueries& sq, const float* share,
+                   std::size_t g0, int g, std::size_t i0, bool same, PairScan& ps,
+                   F& visit) const {
+    ScanLanes acc[P][kScanVecs];
+    scan_dots<P>(qt, i0, acc);
+    const float* dot = reinterpret_cast<const float*>(acc);
+    const std::size_t d = static_cast<std::size_t>(d_);
+    const uint64_t live = g < kScanGroup ? (uint64_t(1) << g) - 1 : ~uint64_t(0);
+    uint8_t pu[P * kScanGroup], pj[P * kScanGroup], way[P * kScanGroup];
+    int m = 0;
+    for (int u = 0; u < P; ++u) {
+      const uint64_t fwd = near_queries(point32_[i0 + u], dot + u * kScanGroup, sq) & live;
+      const uint64_t back =
+          same ? 0 : near_points(ps.skip[i0 + u], dot + u * kScanGroup, share) & live;
+      for (uint64_t near = fwd | back; near; near &= near - 1) {
+        const int j = __builtin_ctzll(near);
+        pu[m] = static_cast<uint8_t>(u);
+        pj[m] = static_cast<uint8_t>(j);
+        way[m] = static_cast<uint8_t>(((fwd >> j) & 1) | (((back >> j) & 1) << 1));
+        ++m;
+      }
+    }
+    if (m == 0) return;
+    double v[P * kScanGroup];
+    pair_dists(m, pu, pj, i0, v, [&](int j) { return &pts_[(g0 + j) * d]; });
+    for (int t = 0; t < m; ++t) {
+      const int j = pj[t];
+      const std::size_t q = g0 + j, p = i0 + pu[t];
+      if ((way[t] & 1) && q != p && v[t] <= ps.r2[q]) {
+        visit(q, p, v[t], ps.r2[q]);
+        sq.radius[j] = scaled_radius(ps.r2[q]);
+        sq.skip[j] = query_threshold(sq, j);
+      }
+      if ((way[t] & 2) && v[t] <= ps.r2[p]) {
+        visit(p, q, v[t], ps.r2[p]);
+        ps.skip[p] = threshold(scaled_radius(ps.r2[p]), ps.norm[p], ps.norm2[p]);
+      }
+    }
+  }
+
   // The test in float32. In real numbers, with s = ||q'||^2 + ||p'||^2, x = <q', p'> as
   // computed, the criterion above is L > T with L = (1 - slack) s - 2x - floor and
   // T = t^2 m, t = radius + 2^-22 (||q'|| + ||p'||) + 2^-140, m = 1 + 2^-40 + (d + 3) 2^-50.
@@ -879,11 +1078,14 @@ class KdTree {
   // visits are the same. A query past g has B_j = +inf: its lane always skips (its dot
   // products are exactly 0).
   float query_threshold(const ScanQueries& sq, int j) const {
+    return threshold(sq.radius[j], sq.norm[j], sq.norm2[j]);
+  }
+  float threshold(double radius, double norm, double norm2) const {
     const double m = 1.0 + 0x1p-40 + double(d_ + 3) * 0x1p-50;
-    const double t = sq.radius[j] + (0x1p-22 * (sq.norm[j] + len32_max_) + 0x1p-140);
+    const double t = radius + (0x1p-22 * (norm + len32_max_) + 0x1p-140);
     const double tm = t * t * m;
-    return static_cast<float>((1.0 - scan_slack() - 0x1p-19) * sq.norm2[j] -
-                              2.0 * scan_floor() - tm * (1.0 + 0x1p-19));
+    return static_cast<float>((1.0 - scan_slack() - 0x1p-19) * norm2 - 2.0 * scan_floor() -
+                              tm * (1.0 + 0x1p-19));
   }
 
   // The points i0 .. i0 + np - 1 against the queries, point u's dot products (the
@@ -902,7 +1104,6 @@ class KdTree {
   void test_points(std::size_t i0, int np, const float* dot, std::size_t stride,
                    const double* const* qs, ScanQueries& sq, int g, double* r2,
                    F& visit) const {
-    const std::size_t d = static_cast<std::size_t>(d_);
     const uint64_t live = g < kScanGroup ? (uint64_t(1) << g) - 1 : ~uint64_t(0);
     uint8_t pu[kTestPoints * kScanGroup], pj[kTestPoints * kScanGroup];
     int m = 0;
@@ -916,18 +1117,8 @@ class KdTree {
     }
     if (m == 0) return;
     double v[kTestPoints * kScanGroup];
-    int t = 0;
-    for (; t + kDistBatch <= m; t += kDistBatch) {
-      const double* a[kDistBatch];
-      const double* b[kDistBatch];
-      for (int w = 0; w < kDistBatch; ++w) {
-        a[w] = qs[pj[t + w]];
-        b[w] = &pts_[(i0 + pu[t + w]) * d];
-      }
-      dist2_batch(a, b, v + t);
-    }
-    for (; t < m; ++t) v[t] = dist2(qs[pj[t]], &pts_[(i0 + pu[t]) * d]);
-    for (t = 0; t < m; ++t) {
+    pair_dists(m, pu, pj, i0, v, [qs](int j) { return qs[j]; });
+    for (int t = 0; t < m; ++t) {
       const int j = pj[t];
       if (v[t] <= r2[j]) {
         visit(j, ids_[i0 + pu[t]], v[t], r2[j]);
@@ -945,20 +1136,58 @@ class KdTree {
       ScanLanes x, b;
       std::memcpy(&x, dot + v * kScanWidth, sizeof x);
       std::memcpy(&b, sq.skip + v * kScanWidth, sizeof b);
-      const ScanLanes h = (a + b) - (x + x);
-#if defined(__AVX512F__)
-      const __mmask16 skip = _mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_GT_OQ) &
-                             _mm512_cmp_ps_mask(x, _mm512_set1_ps(-0x1.fffffep127f),
-                                                _CMP_GE_OQ);
-      near |= uint64_t(uint16_t(~skip)) << (v * kScanWidth);
-#else
-      const auto skip = (h > 0.0f) & (x >= -0x1.fffffep127f);
-      for (int l = 0; l < kScanWidth; ++l) {
-        if (!skip[l]) near |= uint64_t(1) << (v * kScanWidth + l);
-      }
-#endif
+      near |= near_lanes((a + b) - (x + x), x) << (v * kScanWidth);
     }
     return near;
+  }
+
+  // The same test of one query (its threshold b) against the points of a group (their
+  // shares a[j], their dot products dot[j] with it): a bit for each point it does not
+  // exclude (scan_pairs(); a + b is the same sum in either order).
+  uint64_t near_points(float b, const float* dot, const float* a) const {
+    uint64_t near = 0;
+    for (int v = 0; v < kScanVecs; ++v) {
+      ScanLanes x, s;
+      std::memcpy(&x, dot + v * kScanWidth, sizeof x);
+      std::memcpy(&s, a + v * kScanWidth, sizeof s);
+      near |= near_lanes((s + b) - (x + x), x) << (v * kScanWidth);
+    }
+    return near;
+  }
+
+  // A bit for each lane that the test does not skip: h > 0 with a finite dot product x
+  // skips.
+  static uint64_t near_lanes(ScanLanes h, ScanLanes x) {
+#if defined(__AVX512F__)
+    const __mmask16 skip = _mm512_cmp_ps_mask(h, _mm512_setzero_ps(), _CMP_GT_OQ) &
+                           _mm512_cmp_ps_mask(x, _mm512_set1_ps(-0x1.fffffep127f), _CMP_GE_OQ);
+    return uint64_t(uint16_t(~skip));
+#else
+    const auto skip = (h > 0.0f) & (x >= -0x1.fffffep127f);
+    uint64_t near = 0;
+    for (int l = 0; l < kScanWidth; ++l) {
+      if (!skip[l]) near |= uint64_t(1) << l;
+    }
+    return near;
+#endif
+  }
+
+  // v[t] = dist2(query(pj[t]), point i0 + pu[t]) for t < m, kDistBatch at a time.
+  template <typename Query>
+  void pair_dists(int m, const uint8_t* pu, const uint8_t* pj, std::size_t i0, double* v,
+                  Query&& query) const {
+    const std::size_t d = static_cast<std::size_t>(d_);
+    int t = 0;
+    for (; t + kDistBatch <= m; t += kDistBatch) {
+      const double* a[kDistBatch];
+      const double* b[kDistBatch];
+      for (int w = 0; w < kDistBatch; ++w) {
+        a[w] = query(pj[t + w]);
+        b[w] = &pts_[(i0 + pu[t + w]) * d];
+      }
+      dist2_batch(a, b, v + t);
+    }
+    for (; t < m; ++t) v[t] = dist2(query(pj[t]), &pts_[(i0 + pu[t]) * d]);
   }
 
   // dist2(a[w], b[w]) for w < kDistBatch, the same bits, their running sums apart.
@@ -2147,6 +2376,8 @@ class LinearEngine {
     g_unscanned = 0;
     g_blocks = 0;
     g_blocks_tested = 0;
+    g_pair_rescans = 0;
+    g_lists_digest = 0;
     if (n_ < 2) return merges;
     if (!closed_ && !tree_dims_ && tri(n_) * sizeof(T) <= opt_.cache_bytes) {
       finish_on_matrix(merges);  // the tokens fit already, and a kd-tree would prune little
@@ -2181,8 +2412,13 @@ class LinearEngine {
       if (!tree_.flat()) todo = tree_.order();
     }
     if (copies_enabled()) skip_copies(todo);
-    search(todo);
+    if (pairs_usable()) {
+      pairs_first_search(todo);
+    } else {
+      search(todo);
+    }
     g_blocks_tested = tree_.blocks_tested();
+    g_lists_digest = lists_digest();
     g_blocks = tree_.blocks_skipped();
     leave_tree(todo.size());
     listing_ = false;
@@ -2947,6 +3183,156 @@ class LinearEngine {
     }
   }
 
+  // Whether the first search tests each pair of tokens once (pairs_first_search()): on the
+  // scan's float32 products (not the AMX tiles, nor the blocks up to 16 dimensions), in
+  // the first search's order.
+  bool pairs_usable() const {
+    return listing_ && tree_.flat() && !tree_.amx() && d_ > kLowDimListMaxDim &&
+           !scan_rank_.empty() && pairs_enabled();
+  }
+
+  // The first search of `todo` (in the first search's order) with each pair of tokens
+  // tested once for both (KdTree::scan_pairs()), where the scan runs on float32 products
+  // above 16 dimensions (pairs_usable()); the lists and nearest neighbours of
+  // list_first_search(), the same numbers. A token's state while it lasts: the heap of its
+  // kList_ nearest visited tokens by (squared distance, index), at its list's place
+  // (list_id_, and list_d_ the squared distance rounded to float32: rounding to nearest is
+  // monotone, so two keys that differ order their distances, and equal ones are ordered by
+  // the distances computed again), its nearest distance so far (upper_bound()) and its
+  // radius, which stays at least at the heap's largest distance (bounded by the float32
+  // above its key) once the heap is full. At the end the heap is the kList_ nearest
+  // tokens, which the list and r(t) come from as list_first_search()'s do; they are also
+  // the search's candidates, unless a token off the list could pass finish_euclidean()'s
+  // filter (its bound narrowed no more than the nearest widened: the K-th nearest within
+  // the margins of the nearest), and then that token searches again as before. Otherwise
+  // the candidates that pass the filter are those of list_first_search() (every token it
+  // visits within the filter is on the list, and every token on the list is within its
+  // final radius), so are the nearest neighbours and the pairs summed.
+  void pairs_first_search(const std::vector<int32_t>& todo) {
+    const std::size_t k_list = static_cast<std::size_t>(kList_);
+    const std::vector<int32_t>& order = tree_.order();
+    std::vector<double> r2(order.size(), -1.0);  // by position (-1: does not search)
+    for (const int32_t a : todo) r2[static_cast<std::size_t>(scan_rank_[a])] = kInf;
+    std::vector<double> near(static_cast<std::size_t>(n_), kInf);
+    std::vector<int32_t> fill(static_cast<std::size_t>(n_), 0);
+    std::vector<int32_t> start(order.size());
+    for (std::size_t p = 0; p < order.size(); ++p) start[p] = scan_start_[order[p]];
+    tree_.scan_pairs(r2, start, threads_, [&](std::size_t q, std::size_t p, double v, double& radius2) {
+      const int32_t a = order[q], b = order[p];
+      const double ub = upper_bound(a, b, v);
+      if (ub < near[a]) near[a] = ub;
+      if (!heap_offer(a, b, v, fill[a])) return;
+      if (fill[a] < kList_) return;  // (+inf until the heap is full)
+      const float top = list_d_[static_cast<std::size_t>(a) * k_list];
+      radius2 = std::max(radius2_of(near[a]),
+                         double(std::nextafter(top, std::numeric_limits<float>::infinity())));
+    }, [this] { poll(opt_); });
+    std::vector<int32_t> again;  // the searches that run as list_first_search()
+    for_groups(todo.data(), static_cast<int64_t>(todo.size()), kGroup, todo.size() >= 16,
+               [&](const int32_t* as, int g, Cands* cands, double& pairs) {
+      int32_t bs[kGroup];
+      double r[kGroup];
+      int gb = 0;
+      std::vector<std::pair<double, int32_t>> e(k_list);
+      for (int j = 0; j < g; ++j) {
+        const int32_t a = as[j];
+        const std::size_t o = static_cast<std::size_t>(a) * k_list;
+        for (std::size_t k = 0; k < k_list; ++k) {
+          e[k] = {tree_.distance2(mu(a), mu(list_id_[o + k])), list_id_[o + k]};
+        }
+        std::sort(e.begin(), e.end());
+        for (std::size_t k = 0; k < k_list; ++k) {
+          const double dist = std::sqrt(e[k].first);
+          float lo = static_cast<float>(dist);  // rounded down: a lower bound of dist
+          if (double(lo) > dist) lo = std::nextafter(lo, 0.0f);
+          list_id_[o + k] = e[k].second;
+          list_d_[o + k] = lo;
+        }
+        list_r_[a] = std::sqrt(e.back().first);
+        if (narrow(std::sqrt(e.back().first)) <= widen(near[a])) {
+#pragma omp critical(dcpe_pairs_again)
+          again.push_back(a);
+          continue;
+        }
+        auto& cand = cands[gb];
+        cand.clear();
+        for (const auto& [dm2, b] : e) cand.emplace_back(lower_bound(a, b, dm2), b);
+        bs[gb] = a;
+        r[gb++] = near[a];
+      }
+      finish_euclidean(bs, gb, cands, r, pairs);
+    });
+    g_pair_rescans = static_cast<int64_t>(again.size());
+    if (!again.empty()) {
+      std::sort(again.begin(), again.end(),
+                [this](int32_t x, int32_t y) { return scan_rank_[x] < scan_rank_[y]; });
+      search(again);
+    }
+  }
+
+  // FNV-1a over the lists (list_id_, the bits of list_d_ and list_r_), token by token.
+  int64_t lists_digest() const {
+    uint64_t h = 0xcbf29ce484222325ULL;
+    auto eat = [&h](const void* p, std::size_t bytes) {
+      const unsigned char* c = static_cast<const unsigned char*>(p);
+      for (std::size_t i = 0; i < bytes; ++i) h = (h ^ c[i]) * 0x100000001b3ULL;
+    };
+    if (kList_ == 0) return 0;
+    eat(list_id_.data(), list_id_.size() * sizeof(int32_t));
+    eat(list_d_.data(), list_d_.size() * sizeof(float));
+    eat(list_r_.data(), list_r_.size() * sizeof(double));
+    return static_cast<int64_t>(h >> 1);
+  }
+
+  // Offers token b at squared distance v to the heap of token a (pairs_first_search(); a
+  // max-heap of `fill` entries, at most kList_): whether it took it.
+  bool heap_offer(int32_t a, int32_t b, double v, int32_t& fill) {
+    const std::size_t o = static_cast<std::size_t>(a) * static_cast<std::size_t>(kList_);
+    int32_t* id = &list_id_[o];
+    float* key = &list_d_[o];
+    const float kb = static_cast<float>(v);
+    // (b, v) before entry i in (squared distance, index)
+    auto before = [&](std::size_t i) {
+      if (kb != key[i]) return kb < key[i];
+      const double w = tree_.distance2(mu(a), mu(id[i]));
+      return v < w || (v == w && b < id[i]);
+    };
+    // entry i before entry i2
+    auto ahead = [&](std::size_t i, std::size_t i2) {
+      if (key[i] != key[i2]) return key[i] < key[i2];
+      const double w = tree_.distance2(mu(a), mu(id[i]));
+      const double w2 = tree_.distance2(mu(a), mu(id[i2]));
+      return w < w2 || (w == w2 && id[i] < id[i2]);
+    };
+    std::size_t i;
+    if (fill < kList_) {  // up from the end
+      i = static_cast<std::size_t>(fill++);
+      while (i > 0) {
+        const std::size_t up = (i - 1) / 2;
+        if (before(up)) break;
+        id[i] = id[up];
+        key[i] = key[up];
+        i = up;
+      }
+    } else {  // in place of the largest, down
+      if (!before(0)) return false;
+      const std::size_t n = static_cast<std::size_t>(kList_);
+      i = 0;
+      for (;;) {
+        std::size_t c = 2 * i + 1;
+        if (c >= n) break;
+        if (c + 1 < n && ahead(c, c + 1)) ++c;
+        if (!before(c)) break;
+        id[i] = id[c];
+        key[i] = key[c];
+        i = c;
+      }
+    }
+    id[i] = b;
+    key[i] = kb;
+    return true;
+  }
+
   // h[0] (the largest of the max-heap h) replaced by e, and sifted down: the heap of
   // std::pop_heap() then std::push_heap() with e, in one pass down instead of two.
   static void replace_top(std::vector<std::pair<double, int32_t>>& h,
@@ -3639,11 +4025,12 @@ std::vector<Merge> linear_linkage(const T* x, int64_t n, int64_t d, const RunOpt
 
 int linear_scan_group() { return KdTree::kScanGroup; }
 
-std::array<int64_t, 12> linear_list_stats() {
+std::array<int64_t, 14> linear_list_stats() {
   return {g_list_searches.load(), g_list_tried.load(), g_list_settled.load(),
           g_handover.load(),      g_rounds.load(),     g_tree_rounds.load(),
           g_refreshes.load(),     g_copies.load(),     g_dense.load(),
-          g_unscanned.load(),     g_blocks_tested.load(), g_blocks.load()};
+          g_unscanned.load(),     g_blocks_tested.load(), g_blocks.load(),
+          g_pair_rescans.load(), g_lists_digest.load()};
 }
 
 template std::vector<Merge> linear_linkage<float>(const float*, int64_t, int64_t,
@@ -3674,6 +4061,10 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size,
   if (!closed && !tree) {
     bytes += un * (std::size_t(list_length(n, d)) * 8 + 12);
     bytes += un * 12 + scan_order_bytes(n, d);
+    // above 16 dimensions the first search by pairs (pairs_first_search(), counted at any
+    // d): each token's radius, nearest distance, heap size and start, and its copy's norms
+    // and threshold (KdTree::scan_pairs())
+    bytes += un * 48;
     // from 13 to 16 dimensions the first search's blocks: a box of float64 each
     // (KdTree::build_blocks(); counted with them off too)
     if (d <= kLowDimListMaxDim) bytes += (un + kOrderBlock - 1) / kOrderBlock * 2 * ud * 8;

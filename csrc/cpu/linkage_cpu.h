@@ -120,8 +120,11 @@ std::size_t linear_workspace_bytes(int64_t n, int64_t d, std::size_t elem_size, 
 // those of them on the kd-tree, its searches of every cluster again where no pair was
 // reciprocal, its merges of copies of a row at once after the first search, and its
 // searches that summed every cluster densely, and those of them that did so without a
-// scan; a diagnostic: concurrent runs share the counters.
-std::array<int64_t, 12> linear_list_stats();
+// scan; and the blocks of tokens its first search skipped (13 to 16 dimensions), and the
+// searches of its first search that tested each pair of tokens once and then scanned
+// again, and a digest of the lists that search filled; a diagnostic: concurrent runs share
+// the counters.
+std::array<int64_t, 14> linear_list_stats();
 
 // The searches that one scan of the tokens serves at once (KdTree::kScanGroup): 64 with
 // AVX-512, 32 otherwise; the first search's groups, whose blocks linear_list_stats() counts.

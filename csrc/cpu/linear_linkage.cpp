@@ -284,8 +284,8 @@ std::atomic<int64_t> g_blocks_tested{0}, g_blocks{0};
 // ... and the searches of its first search that tested each pair once and then scanned
 // again (LinearEngine::pairs_first_search())
 std::atomic<int64_t> g_pair_rescans{0};
-// ... and a digest of the neighbour lists its first search filled (FNV-1a over every
-// token's list, its bounds' bits and r(t)'s; 0 without lists)
+// ... and a digest of the neighbour lists its first search filled (every token's list,
+// its bounds' bits and r(t)'s; 0 without lists: LinearEngine::lists_digest())
 std::atomic<int64_t> g_lists_digest{0};
 
 inline std::size_t tri(int64_t i) {
@@ -508,7 +508,9 @@ class KdTree {
     ps.skip.resize(n);
     for (std::size_t p = 0; p < n; ++p) {
       double s = 0.0;  // ||p'||^2 as copy_queries() sums it
-      for (std::size_t k = 0; k < d; ++k) s += double(pts32_[p * d + k]) * double(pts32_[p * d + k]);
+      for (std::size_t k = 0; k < d; ++k) {
+        s += double(pts32_[p * d + k]) * double(pts32_[p * d + k]);
+      }
       ps.norm2[p] = s;
       ps.norm[p] = std::sqrt(s);
       ps.skip[p] = r2[p] < 0.0 ? std::numeric_limits<float>::infinity()
@@ -518,8 +520,8 @@ class KdTree {
     // of kScanGroup, at most an eighth of the points a thread
     const std::size_t g = static_cast<std::size_t>(kScanGroup);
     std::size_t m = std::clamp<std::size_t>(65536 / d, g, 2048) / g * g;
-    const std::size_t share = n / (8 * static_cast<std::size_t>(std::max(threads, 1))) / g * g;
-    m = std::max(g, std::min(m, share));
+    const std::size_t most = n / (8 * static_cast<std::size_t>(std::max(threads, 1))) / g * g;
+    m = std::max(g, std::min(m, most));
     const int64_t nb = static_cast<int64_t>((n + m - 1) / m);
     std::vector<int64_t> first;  // this round's pairs (first, first + apart)
     auto round = [&](int64_t apart) {
@@ -3217,7 +3219,7 @@ class LinearEngine {
     std::vector<int32_t> fill(static_cast<std::size_t>(n_), 0);
     std::vector<int32_t> start(order.size());
     for (std::size_t p = 0; p < order.size(); ++p) start[p] = scan_start_[order[p]];
-    tree_.scan_pairs(r2, start, threads_, [&](std::size_t q, std::size_t p, double v, double& radius2) {
+    auto visit = [&](std::size_t q, std::size_t p, double v, double& radius2) {
       const int32_t a = order[q], b = order[p];
       const double ub = upper_bound(a, b, v);
       if (ub < near[a]) near[a] = ub;
@@ -3226,7 +3228,8 @@ class LinearEngine {
       const float top = list_d_[static_cast<std::size_t>(a) * k_list];
       radius2 = std::max(radius2_of(near[a]),
                          double(std::nextafter(top, std::numeric_limits<float>::infinity())));
-    }, [this] { poll(opt_); });
+    };
+    tree_.scan_pairs(r2, start, threads_, visit, [this] { poll(opt_); });
     std::vector<int32_t> again;  // the searches that run as list_first_search()
     for_groups(todo.data(), static_cast<int64_t>(todo.size()), kGroup, todo.size() >= 16,
                [&](const int32_t* as, int g, Cands* cands, double& pairs) {
@@ -3270,18 +3273,26 @@ class LinearEngine {
     }
   }
 
-  // FNV-1a over the lists (list_id_, the bits of list_d_ and list_r_), token by token.
+  // A digest of the lists (each entry's token and the bits of its bound, then the bits of
+  // every r(t)), 64 bits at a time: 0 without lists.
   int64_t lists_digest() const {
-    uint64_t h = 0xcbf29ce484222325ULL;
-    auto eat = [&h](const void* p, std::size_t bytes) {
-      const unsigned char* c = static_cast<const unsigned char*>(p);
-      for (std::size_t i = 0; i < bytes; ++i) h = (h ^ c[i]) * 0x100000001b3ULL;
-    };
     if (kList_ == 0) return 0;
-    eat(list_id_.data(), list_id_.size() * sizeof(int32_t));
-    eat(list_d_.data(), list_d_.size() * sizeof(float));
-    eat(list_r_.data(), list_r_.size() * sizeof(double));
-    return static_cast<int64_t>(h >> 1);
+    uint64_t h = 0xcbf29ce484222325ULL;
+    auto eat = [&h](uint64_t w) {
+      h = (h ^ w) * 0x9e3779b97f4a7c15ULL;
+      h ^= h >> 29;
+    };
+    for (std::size_t i = 0; i < list_id_.size(); ++i) {
+      uint32_t bits;
+      std::memcpy(&bits, &list_d_[i], sizeof bits);
+      eat(uint64_t(uint32_t(list_id_[i])) << 32 | bits);
+    }
+    for (const double r : list_r_) {
+      uint64_t bits;
+      std::memcpy(&bits, &r, sizeof bits);
+      eat(bits);
+    }
+    return static_cast<int64_t>(h >> 1) | 1;
   }
 
   // Offers token b at squared distance v to the heap of token a (pairs_first_search(); a

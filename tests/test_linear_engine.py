@@ -854,8 +854,9 @@ def test_first_search_by_pairs_fills_the_same_lists(rng, monkeypatch, kind, d, d
     # and the lists keep the nearest by (distance, index): the same lists, searches and
     # merges, bit for bit, on one thread or two (blocks of other sizes, visits in another
     # order; the lists compared by their digest). The heap keeps float32 keys of the
-    # squared distances and orders equal keys by the distances: on the jittered grid
-    # (float64) many distances differ by less than a key's rounding. A token whose K-th
+    # squared distances and orders equal keys by the distances: on the jittered grid many
+    # distances differ by less than a key's rounding (its zero coordinates keep their
+    # jitter in float32 too). A token whose K-th
     # nearest lies within the margins of its nearest searches again as before: each of the
     # clump's hundred rows within 1e-12 of the origin (K = 64), beside the codebook's rows
     # moved 4 away

@@ -3167,22 +3167,29 @@ class LinearEngine {
       const int32_t t = as[j];  // a cluster of one token: its slot is the token's index
       auto& h = heap[j];
       std::sort_heap(h.begin(), h.end());
-      const std::size_t o = static_cast<std::size_t>(t) * k_list;
-      for (std::size_t k = 0; k < k_list; ++k) {
-        if (k >= h.size()) {  // (not reached: every token visits kList_ others or more)
-          list_id_[o + k] = t;
-          list_d_[o + k] = 0.0f;
-          continue;
-        }
-        const double dist = std::sqrt(h[k].first);
-        float lo = static_cast<float>(dist);  // rounded down: a lower bound of dist
-        if (double(lo) > dist) lo = std::nextafter(lo, 0.0f);
-        list_id_[o + k] = h[k].second;
-        list_d_[o + k] = lo;
-      }
-      // r(t) = 0, a bound of nothing, for a list that is short
-      list_r_[t] = h.size() == k_list ? std::sqrt(h.back().first) : 0.0;
+      write_list(t, h);
     }
+  }
+
+  // Token t's list from its nearest tokens h (squared distance, index), in increasing
+  // order: their indices, lower bounds of their distances in float32, and r(t).
+  void write_list(int32_t t, const std::vector<std::pair<double, int32_t>>& h) {
+    const std::size_t k_list = static_cast<std::size_t>(kList_);
+    const std::size_t o = static_cast<std::size_t>(t) * k_list;
+    for (std::size_t k = 0; k < k_list; ++k) {
+      if (k >= h.size()) {  // (not reached: every token visits kList_ others or more)
+        list_id_[o + k] = t;
+        list_d_[o + k] = 0.0f;
+        continue;
+      }
+      const double dist = std::sqrt(h[k].first);
+      float lo = static_cast<float>(dist);  // rounded down: a lower bound of dist
+      if (double(lo) > dist) lo = std::nextafter(lo, 0.0f);
+      list_id_[o + k] = h[k].second;
+      list_d_[o + k] = lo;
+    }
+    // r(t) = 0, a bound of nothing, for a list that is short
+    list_r_[t] = h.size() == k_list ? std::sqrt(h.back().first) : 0.0;
   }
 
   // Whether the first search tests each pair of tokens once (pairs_first_search()): on the
@@ -3244,14 +3251,7 @@ class LinearEngine {
           e[k] = {tree_.distance2(mu(a), mu(list_id_[o + k])), list_id_[o + k]};
         }
         std::sort(e.begin(), e.end());
-        for (std::size_t k = 0; k < k_list; ++k) {
-          const double dist = std::sqrt(e[k].first);
-          float lo = static_cast<float>(dist);  // rounded down: a lower bound of dist
-          if (double(lo) > dist) lo = std::nextafter(lo, 0.0f);
-          list_id_[o + k] = e[k].second;
-          list_d_[o + k] = lo;
-        }
-        list_r_[a] = std::sqrt(e.back().first);
+        write_list(a, e);
         if (narrow(std::sqrt(e.back().first)) <= widen(near[a])) {
 #pragma omp critical(dcpe_pairs_again)
           again.push_back(a);

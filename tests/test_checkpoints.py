@@ -468,6 +468,35 @@ def test_no_key_lists_candidates_of_whole_file(tmp_path, weight):
     assert "ema.quantize.embedding.weight [96, 8]" in str(info.value)
 
 
+def test_key_naming_a_part_of_the_file_takes_its_one_codebook(tmp_path, weight):
+    """``key="ema"`` (``--key ema``) names the part of the file, not the tensor: its one
+    codebook candidate is taken (the source names the tensor, which a prior records);
+    ``"quantize"`` is looked up under checkpoint["model"] as a full key would be. A part
+    with several candidates lists them; the missing-key message says how to give one."""
+    other = weight + 1.0
+    path = tmp_path / "vq.pt"
+    torch.save(_llamagen_checkpoint(weight, ema=other), path)
+    for key, want, full in (("ema", other, "ema.quantize.embedding.weight"),
+                            ("model", weight, "model.quantize.embedding.weight"),
+                            ("quantize", weight, "model.quantize.embedding.weight"),
+                            ("ema.quantize", other, "ema.quantize.embedding.weight")):
+        x, src = load_codebook_with_source(path, key=key)
+        np.testing.assert_array_equal(x, want.numpy())
+        assert src.key == full, key
+    with pytest.raises(ValueError, match="no key 'emb'.*give one of them with key=") as info:
+        load_codebook(path, key="emb")
+    assert "ema.quantize.embedding.weight [96, 8]" in str(info.value)
+    books = {f"quantizer.codebooks.{i}.codebook.weight": weight + i for i in range(3)}
+    path = tmp_path / "unitok.pt"
+    torch.save({"model": books}, path)
+    with pytest.raises(ValueError, match="several tensors under 'quantizer'") as info:
+        load_codebook(path, key="quantizer")
+    msg = str(info.value)
+    assert all(f"model.quantizer.codebooks.{i}.codebook.weight" in msg for i in range(3))
+    x = load_codebook(path, key="quantizer.codebooks.2")
+    np.testing.assert_array_equal(x, (weight + 2).numpy())
+
+
 # ------------------------------------------------------------- how the quantizer compares rows
 
 

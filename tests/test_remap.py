@@ -191,6 +191,27 @@ def test_output_inside_input_and_in_place(tmp_path, prior_file, capsys):
     assert "would overwrite its input" in one_error_line(capsys.readouterr().err)
 
 
+def test_output_in_an_input_code_folder_is_named(tmp_path, prior_file, capsys):
+    """The output given as the code path's own NAME_codes folder: its files would count as
+    an earlier run's output, which leaves no inputs; the message says why, not only that no
+    code files were found. With a second code folder beside it, the output folder's own
+    files (the other one's inputs) stop the command. Nothing is written either way."""
+    src = _llamagen_code_path(tmp_path / "codes")
+    before = _files(src)
+    out = src / "imagenet256_codes"
+    rc = main(["remap", str(src), "--prior", str(prior_file), "-o", str(out)])
+    assert rc == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "outside the output folder" in line and "choose an output folder outside" in line
+    assert _files(src) == before
+    _llamagen_code_path(src, name="imagenet512")
+    before = _files(src)
+    rc = main(["remap", str(src), "--prior", str(prior_file), "-o", str(out)])
+    assert rc == 1
+    assert "which this command does not write" in one_error_line(capsys.readouterr().err)
+    assert _files(src) == before
+
+
 def test_two_inputs_to_one_name(tmp_path, prior_file, capsys):
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):

@@ -527,6 +527,7 @@ class _RemapPlan:
         self.codes: list[tuple[Path, Path]] = []
         self.labels: list[tuple[Path, Path]] = []
         self.skipped: list[Path] = []
+        self.in_output: list[Path] = []  # .npy files under the output folder (not inputs)
 
     def outputs(self) -> list[Path]:
         return [rel for _, rel in self.codes + self.labels]
@@ -541,7 +542,11 @@ def _walk(root: Path, base: Path, plan: _RemapPlan, out_root: Path, *,
     added = 0
     nested = out_root != root.resolve() and out_root.is_relative_to(root.resolve())
     for f in sorted(root.rglob("*")):
-        if not f.is_file() or (nested and f.resolve().is_relative_to(out_root)):
+        if not f.is_file():
+            continue
+        if nested and f.resolve().is_relative_to(out_root):
+            if f.suffix.lower() == ".npy":
+                plan.in_output.append(f)
             continue
         rel = f.relative_to(root)
         is_label = labels or any(_is_labels_dir(part) for part in rel.parts[:-1])
@@ -588,6 +593,11 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
                     _walk(sibling, Path(sibling.name), plan, out_root, labels=True)
             else:
                 found = _walk(p, Path(), plan, out_root)
+            if not found and plan.in_output:
+                raise ValueError(f"no .npy code files under folder {item} outside the output "
+                                 f"folder {out_dir} (files under it, such as "
+                                 f"{plan.in_output[0]}, are taken for an earlier run's output, "
+                                 f"not inputs); choose an output folder outside {item}")
             if not found:
                 raise ValueError(f"no .npy code files under folder {item}; {_CODES_HINT}")
             n_codes += found

@@ -654,12 +654,26 @@ def _select(obj: Any, key: str | None, path: Path, opts: _Options
                         _alternatives(table, obj, full, w), table[full][0])
         floats = [k for k, (v, _) in table.items() if _is_matrix(v) or _heads(v)]
         candidates = [k for k in floats if _matches_rule(k)]
+        if head is None:
+            # a key that names a part of the file (``ema``, ``model.quantize``): the one
+            # codebook candidate under it, as the rule would find it there
+            under = [k for k in _expand(table, candidates)
+                     if any(k.startswith(f + ".") for f in (base, prefix + base))]
+            if len(under) == 1:
+                return _select(obj, under[0], path, opts)
+            if under:
+                raise ValueError(
+                    f"{path}: several tensors under {base!r} look like a codebook; choose "
+                    f"one with {opts.key_is(under[0])} or another of: "
+                    f"{_listing(table, under)}")
         if candidates:
             listing = "codebook candidates in the file: " + _listing(table, _expand(table,
                                                                                    candidates))
         else:
             listing = "float tensors in the file: " + (
                 _listing(table, _expand(table, floats)) if floats else "none")
+        if candidates or floats:
+            listing += f"; give one of them with {opts.key}"
         raise _MissingKeyError(f"{path}: no key {base!r}; {listing}")
 
     floats = [k for k in scope if _is_matrix(table[k][0]) or _heads(table[k][0])]
@@ -883,7 +897,10 @@ def load_codebook(path: PathLike, key: str | None = None, normalize: bool = Fals
     key : str, optional
         Dotted key of the codebook tensor inside the file (``"<key>[i]"`` for head ``i``
         of a ``(heads, K, d)`` tensor). ``None`` applies the rule described in the module
-        docstring: ``checkpoint["model"]`` before ``"ema"``, one candidate or a list.
+        docstring: ``checkpoint["model"]`` before ``"ema"``, one candidate or a list. A key
+        that names a part of the file rather than a tensor (``"ema"``,
+        ``"model.quantize"``) takes the one codebook candidate under it (several: an error
+        that lists them).
     normalize : bool
         L2-normalise every row, as LlamaGen does with ``F.normalize(w, dim=-1)``
         (norms clamped to at least 1e-12).

@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> int:
         + "; peak RSS: the provider's own process. "
         "Ratio: time / dcpe-linear's time at the same size, in this run (dcpe's `auto` "
         "picks the matrix engine up to 2,048 tokens at d <= 8, 11,585 at 13 <= d <= 16, "
-        "16,384 at other d <= 128 and at any N above, while it fits)."
+        "16,384 at other d <= 64, 24,576 at 65 <= d <= 128 and at any N above, while it "
+        "fits)."
         + (f" dcpe's providers ran under `memory_limit={args.memory_limit!r}`, which bounds "
            "the linear engine's cache, and so when it hands over to the matrix of the "
            "clusters left." if args.memory_limit else ""),

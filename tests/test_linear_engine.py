@@ -580,9 +580,16 @@ def test_auto_takes_the_matrix_engine_for_small_problems_and_linear_beyond():
         assert cpu.choose_engine(16385, d, method="average", metric="euclidean",
                                  dtype=f32).engine == "linear"
     # from 17 to 128 dimensions (the scan) the linear engine is the faster one from about
-    # 32,768 tokens on; above, the matrix engine wherever it fits
-    for d in (13, 16, 17, 64, 128):
+    # 32,768 tokens on, and at 17 to 64 dimensions from about 16,384 with AMX tiles; the
+    # matrix engine up to 16,384 tokens at 17 to 64, up to 24,576 at 65 to 128; above
+    # 128, the matrix engine wherever it fits
+    for d in (13, 16, 17, 64, 65, 128):
+        wide = d > 64
         assert cpu.choose_engine(16385, d, method="average", metric="euclidean",
+                                 dtype=f32).engine == ("matrix" if wide else "linear")
+        assert cpu.choose_engine(24576, d, method="average", metric="euclidean",
+                                 dtype=f32).engine == ("matrix" if wide else "linear")
+        assert cpu.choose_engine(24577, d, method="average", metric="euclidean",
                                  dtype=f32).engine == "linear"
         assert cpu.choose_engine(65536, d, method="average", metric="euclidean",
                                  dtype=f32, memory_limit="16GiB").engine == "linear"

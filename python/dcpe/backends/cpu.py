@@ -28,9 +28,10 @@ Both engines give the same labels on inputs without tied distances. ``auto`` tak
 matrix engine for Euclidean average linkage up to :data:`LOW_D_MATRIX_MAX_N` tokens at
 most :data:`LOW_D` dimensions, up to :data:`MATRIX_MAX_N` tokens at most
 :data:`KDTREE_MAX_D`, up to :data:`SHORT_LISTS_MATRIX_MAX_N` tokens at most
-:data:`SHORT_LISTS_MAX_D`, up to :data:`HIGH_D_MATRIX_MAX_N` tokens at most
-:data:`MATRIX_MIN_D` and at any N above, when its matrix fits the budget (it is the faster
-one there), and the linear engine otherwise. The closed forms run on moments at most
+:data:`SHORT_LISTS_MAX_D`, up to :data:`HIGH_D_MATRIX_MAX_N` tokens at most :data:`WIDE_D`,
+up to :data:`WIDE_D_MATRIX_MAX_N` tokens at most :data:`MATRIX_MIN_D` and at any N above,
+when its matrix fits the budget (it is the faster one there), and the linear engine
+otherwise. The closed forms run on moments at most
 :data:`MATRIX_MIN_D` dimensions, and above it on the matrix when it fits. OpenMP
 across all cores (``OMP_NUM_THREADS`` or ``DCPE_NUM_THREADS`` to limit), the GIL released
 while it runs, Ctrl-C honoured between blocks of work. See ``csrc/cpu/linkage_cpu.h`` for
@@ -98,6 +99,18 @@ CLOSED_KDTREE_MAX_D = 16
 #: needs 5.2 to 8.2 GiB, the linear engine 0.2 to 2.2) 0.40x to 0.88x for d = 17 to 128.
 #: The scan without AMX tiles (DCPE_CPU_AMX=0) took the same time within 10%
 HIGH_D_MATRIX_MAX_N = 16384
+#: ...and from :data:`WIDE_D` + 1 to :data:`MATRIX_MIN_D` dimensions up to this N instead.
+#: On two AMD EPYC cores with AVX2 (no AMX tiles; the sample codebook's generator, float32,
+#: each call in a process of its own, two to four runs, alternating engines) the matrix
+#: engine took 0.53x to 0.85x the linear engine's time at 24,576 tokens and d = 80, 96 and
+#: 128 (the whole tree and a flat cut at N/2), 0.80x to 0.99x at 32,768 and 1.01x to 1.72x
+#: at 40,960; 0.49x to 0.78x at 16,384 x 24 to 128. At d = 24 and 64 it took 0.63x to 0.86x
+#: at 24,576 tokens (but 1.06x and 1.19x for a flat cut at d = 24) and 0.92x to 1.49x at
+#: 32,768, and on the Intel Xeon above 1.09x (the whole tree) and 1.46x (a flat cut) at
+#: 32,768 x 64, against 0.98x and 1.11x at 32,768 x 128: d = 17 to 64 keep
+#: :data:`HIGH_D_MATRIX_MAX_N`, and past 24,576 tokens the engines are about even at d = 128
+#: on both machines, the matrix in twice the memory
+WIDE_D, WIDE_D_MATRIX_MAX_N = 64, 24576
 #: from 13 to this dimension the linear engine's scan keeps short lists (16 tokens each),
 #: which settle most searches, and a whole tree hands over to the clusters' matrix only
 #: once their searches have become costly (handover_now() and kLowDimListMaxDim in
@@ -236,7 +249,8 @@ def choose_engine(n: int, d: int, *, method: str, metric: str, dtype: np.dtype,
         prefer_matrix = n <= (LOW_D_MATRIX_MAX_N if d <= LOW_D else
                               MATRIX_MAX_N if d <= KDTREE_MAX_D else
                               SHORT_LISTS_MATRIX_MAX_N if d <= SHORT_LISTS_MAX_D else
-                              HIGH_D_MATRIX_MAX_N)
+                              HIGH_D_MATRIX_MAX_N if d <= WIDE_D else
+                              WIDE_D_MATRIX_MAX_N)
     if engine == "auto" and prefer_matrix and matrix_needs <= budget:
         return Plan("matrix")
     base = data + workspace_bytes(n, d, method, dtype, "linear", metric, 0)

@@ -103,7 +103,7 @@ HIGH_D_MATRIX_MAX_N = 16384
 #: On two AMD EPYC cores with AVX2 (no AMX tiles; the sample codebook's generator, float32,
 #: each call in a process of its own, two to four runs, alternating engines) the matrix
 #: engine took 0.53x to 0.85x the linear engine's time at 24,576 tokens and d = 80, 96 and
-#: 128 (the whole tree and a flat cut at N/2), 0.80x to 0.99x at 32,768 and 1.01x to 1.72x
+#: 128 (the whole tree and a flat cut at N/2), 0.80x to 0.99x at 32,768 and 1.01x to 1.55x
 #: at 40,960; 0.49x to 0.78x at 16,384 x 24 to 128. At d = 24 and 64 it took 0.63x to 0.86x
 #: at 24,576 tokens (but 1.06x and 1.19x for a flat cut at d = 24) and 0.92x to 1.49x at
 #: 32,768, and on the Intel Xeon above 1.09x (the whole tree) and 1.46x (a flat cut) at

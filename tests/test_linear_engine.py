@@ -580,8 +580,8 @@ def test_auto_takes_the_matrix_engine_for_small_problems_and_linear_beyond():
         assert cpu.choose_engine(16385, d, method="average", metric="euclidean",
                                  dtype=f32).engine == "linear"
     # from 17 to 128 dimensions (the scan) the linear engine is the faster one from about
-    # 32,768 tokens on, and at 17 to 64 dimensions from about 16,384 with AMX tiles; the
-    # matrix engine up to 16,384 tokens at 17 to 64, up to 24,576 at 65 to 128; above
+    # 32,768 tokens on: the matrix engine up to 16,384 tokens at 17 to 64 dimensions, up to
+    # 24,576 at 65 to 128 (where, without AMX tiles, it stays the faster one longer); above
     # 128, the matrix engine wherever it fits
     for d in (13, 16, 17, 64, 65, 128):
         wide = d > 64

@@ -583,6 +583,7 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
         p = Path(item)
         if p.is_dir():
             name = p.resolve().name
+            seen_in_output = len(plan.in_output)
             if _is_labels_dir(name):
                 _walk(p, Path(name), plan, out_root, labels=True)
                 continue
@@ -593,11 +594,12 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
                     _walk(sibling, Path(sibling.name), plan, out_root, labels=True)
             else:
                 found = _walk(p, Path(), plan, out_root)
-            if not found and plan.in_output:
+            if not found and len(plan.in_output) > seen_in_output:
                 raise ValueError(f"no .npy code files under folder {item} outside the output "
                                  f"folder {out_dir} (files under it, such as "
-                                 f"{plan.in_output[0]}, are taken for an earlier run's output, "
-                                 f"not inputs); choose an output folder outside {item}")
+                                 f"{plan.in_output[seen_in_output]}, are taken for an earlier "
+                                 f"run's output, not inputs); choose an output folder outside "
+                                 f"{item}")
             if not found:
                 raise ValueError(f"no .npy code files under folder {item}; {_CODES_HINT}")
             n_codes += found

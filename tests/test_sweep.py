@@ -188,6 +188,26 @@ def test_read_usage_flat_directory_skips_labels_folders(tmp_path):
     np.testing.assert_array_equal(read_usage(tmp_path / "c", 4), [0, 1, 2, 0])
 
 
+def test_read_usage_refuses_a_labels_folder(tmp_path, capsys):
+    """LlamaGen's NAME_labels folder (or a file in it) given as the codes: ImageNet's class
+    ids (0..999) lie within the codebook, so counting them would pass unnoticed; it is
+    refused, in Python and as ``dcpe sweep --codes`` (one error line, nothing written)."""
+    labels = tmp_path / "codes" / "imagenet256_labels"
+    labels.mkdir(parents=True)
+    for i in range(3):
+        np.save(labels / f"{i}.npy", np.array([i]))
+    for given in (labels, labels / "0.npy"):
+        with pytest.raises(ValueError, match="folder of class labels.*give the \\*_codes"):
+            read_usage(given, 64)
+    cb = tmp_path / "cb.npy"
+    np.save(cb, np.random.default_rng(0).standard_normal((64, 4)).astype(np.float32))
+    out = tmp_path / "sw"
+    rc = main(["sweep", str(cb), "-k", "8", "--codes", str(labels), "-o", str(out)])
+    assert rc == 1
+    assert "folder of class labels" in one_error_line(capsys.readouterr().err)
+    assert not out.exists()
+
+
 def test_read_usage_errors(tmp_path):
     with pytest.raises(FileNotFoundError):
         read_usage(tmp_path / "none", 8)

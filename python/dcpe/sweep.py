@@ -115,7 +115,8 @@ def read_usage(path: str | os.PathLike, num_tokens: int, *,
         A ``.npy`` file of token ids, or a directory. In a directory laid out as LlamaGen's
         ``extract_codes_c2i.py`` writes it (``<name>_codes/*.npy`` next to
         ``<name>_labels/*.npy``), only the files under ``*_codes`` directories are read;
-        otherwise every ``.npy`` file below it, except under ``*_labels`` directories.
+        otherwise every ``.npy`` file below it, except under ``*_labels`` directories. A
+        ``*_labels`` directory, or a file in one, is refused.
     num_tokens : int
         Codebook size ``N``; every id must be in ``[0, N)``.
     show_progress : bool or None
@@ -131,8 +132,8 @@ def read_usage(path: str | os.PathLike, num_tokens: int, *,
     FileNotFoundError
         ``path`` does not exist.
     ValueError
-        A file that is not ``.npy`` or cannot be read, no ``.npy`` file, non-integer ids,
-        an id outside ``[0, N)``, or no ids at all.
+        A file that is not ``.npy`` or cannot be read, a folder of class labels, no ``.npy``
+        file, non-integer ids, an id outside ``[0, N)``, or no ids at all.
     """
     from ._progress import progress
 
@@ -142,6 +143,12 @@ def read_usage(path: str | os.PathLike, num_tokens: int, *,
         raise FileNotFoundError(f"codes file or directory not found: {root}; check the path")
     if root.is_file() and root.suffix.lower() != ".npy":
         raise ValueError(f"{root}: codes must be .npy files of token ids")
+    folder = root.resolve() if root.is_dir() else root.resolve().parent
+    if folder.name.endswith("_labels"):
+        # class labels (ImageNet's 0..999) lie within any codebook: counted as token ids,
+        # they would go unnoticed
+        raise ValueError(f"{root} is in a folder of class labels ({folder.name}), not token "
+                         f"ids; give the *_codes folder, or the folder that holds both")
     files = _code_files(root)
     if not files:
         raise ValueError(f"no .npy files of token ids under {root}; give the folder of "

@@ -144,7 +144,8 @@ def _build_parser() -> argparse.ArgumentParser:
         recorded = "the key the prior records, else " if report else ""
         p.add_argument("--key", default=None,
                        help="dotted key of the codebook tensor inside the checkpoint, "
-                            "'KEY[i]' for head i of a (heads, K, d) tensor (default: "
+                            "'KEY[i]' for head i of a (heads, K, d) tensor, or of a part of "
+                            "it such as 'ema', for the one codebook there (default: "
                             f"{recorded}the one codebook-like tensor of checkpoint['model'], "
                             "else 'ema', else 'state_dict')")
         p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
@@ -288,8 +289,9 @@ def _add_export_parser(sub: Any) -> None:
                    help="the tokenizer checkpoint the prior was made from")
     i.add_argument("-o", "--output", required=True, metavar="DIR", help="output directory")
     i.add_argument("--key", default=None,
-                   help="dotted key of the codebook tensor inside the checkpoint (default: "
-                        "the key the prior records, else the rule of 'dcpe cluster')")
+                   help="dotted key of the codebook tensor inside the checkpoint, or of a "
+                        "part of it such as 'ema' (default: the key the prior records, else "
+                        "the rule of 'dcpe cluster')")
     i.add_argument("--trust-checkpoint", action="store_true",
                    help="read the checkpoint with full unpickling (torch.load with "
                         "weights_only=False), which imports and can run what the file "

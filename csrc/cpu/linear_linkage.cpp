@@ -89,7 +89,7 @@
 // search whose candidates hold at least 1/8 of the live tokens sums them all at once
 // instead: its tokens against column tiles of every cluster's, the same averages in the
 // same order (dense_search()); on isotropic Gaussian points the whole tree of 65,536 x 64
-// took 69 s instead of 140 s (2 cores; README).
+// took 69 s instead of 140 s (2 cores; benchmarks/README.md).
 //
 // Once the clusters left fit the cache (their condensed matrix within `cache_bytes`) and
 // their searches have become costly (with the kd-tree; with the scan from 13 to 16
@@ -2521,8 +2521,8 @@ class LinearEngine {
   // tiles) the rounds' times crossed where a search computed 1.5% (d = 8), 2.3% (d = 12)
   // and 2.5 to 2.9% (d = 13 to 16) of the centroids' distances, with about 1% of those
   // within the radius; the whole tree took 0.70x to 0.99x the time of staying on the tree
-  // at 65,536 to 1,048,576 tokens, d = 8 to 16 (README, "The closed forms leave the
-  // kd-tree"). Points within the radius cost the scan more than the tree: among duplicate
+  // at 65,536 to 1,048,576 tokens, d = 8 to 16 (benchmarks/README.md, "The closed forms
+  // leave the kd-tree"). Points within the radius cost the scan more than the tree: among duplicate
   // rows left to the rounds (a distance of 0, one merge a round; DCPE_CPU_COPIES=0) every
   // point examined is within it, and on
   // 2,048 x 1 (two distinct rows) the scan had taken 6.1 s to the tree's 2.5 s.
@@ -2609,11 +2609,12 @@ class LinearEngine {
   // For flat cuts: on 262,144 x 16 (the sample codebook's generator, 2 cores, the default
   // cache of 1 GiB, which fits 23,000 clusters) a cut at
   // N/16 took 27.3 s instead of 34.9 s and 298 MiB instead of 1.16 GiB, at 13 dimensions
-  // 20.0 s instead of 29.1 s (README, "Flat cuts at 13 to 16 dimensions"); by hand, a cut at
-  // N/1024 took 43.8 s with a share of 1/64 and 3.8 min waiting for the merges, against
-  // 37.7 s handing over at once and 37.6 s with 1/128. DCPE_CPU_CUT_HANDOVER=0 never
-  // hands over once the cut's merges are known (from 13 to 16 dimensions: nor before), =1
-  // at once (the same merges either way); it leaves whole trees alone.
+  // 20.0 s instead of 29.1 s (benchmarks/README.md, "Flat cuts at 13 to 16 dimensions"); by
+  // hand, a cut at N/1024 took 43.8 s with a share of 1/64 and 3.8 min waiting for the
+  // merges, against 37.7 s handing over at once and 37.6 s with 1/128.
+  // DCPE_CPU_CUT_HANDOVER=0 never hands over once the cut's merges are known (from 13 to 16
+  // dimensions: nor before), =1 at once (the same merges either way); it leaves whole trees
+  // alone.
   static constexpr double kHandoverListShare = 1.0 / 128;
   bool handover_now(std::size_t merged) const {
     if (tree_dims_) return work_ >= kHandoverShare * live_pairs();
@@ -3631,7 +3632,8 @@ class LinearEngine {
   // n - 1 rounds for n copies: with 2,048 copies of a row in the sample codebook (16,384 x
   // 8) the whole tree took 18 s with metric "cosine", 0.09 s now, and with 5,243 in its
   // generator's 262,144 x 8, 5.8 min, 3.1 s now; a flat cut at N/2 with Euclidean distance
-  // 16.3 s, 3.8 s now (2 cores of an AMD EPYC; README, "Copies of a row merge at once").
+  // 16.3 s, 3.8 s now (2 cores of an AMD EPYC; benchmarks/README.md, "Copies of a row merge
+  // at once").
   // Here the i-th merge of each row's copies is recorded as the i-th round's, the merges
   // of a round in slot order, as run() records them. All other merges are above 0, so
   // the merges sorted by height come in the rounds' order unless a pair of distinct rows

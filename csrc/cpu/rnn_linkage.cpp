@@ -103,7 +103,8 @@ constexpr int64_t kChainBelow = 64;
 // corners of a 14-dimensional cube, scaled by 1/sqrt(14): 1, 13, 79, 298, 782, 1,518, ...
 // pairs). Handed over to the chain after the first round, the whole tree of the 16,384
 // corners (coordinates +-1/2) took 3.5 s; with the rounds going on, 27 of them, 0.62 s,
-// and 0.2 to 0.4x the time on the other grids of `bench_scale.py --data grid` (README).
+// and 0.2 to 0.4x the time on the other grids of `bench_scale.py --data grid`
+// (benchmarks/README.md).
 // Where merges grow by 3/2 a round, the rounds reach 1/kChainBelow of the clusters within
 // about 14 rounds (from one pair, 16,384 clusters), well under the chain's 50 passes;
 // where they do not grow, the hand-over is where it was (the same round on the 12 Gaussian

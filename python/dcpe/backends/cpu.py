@@ -83,7 +83,7 @@ KDTREE_MAX_D = 12
 #: at this dimension they start on the kd-tree and leave it for the scan once it prunes
 #: little (a round's searches computed the distances of d / 512 of the centroids): 0.70x
 #: to 0.99x the time of staying on it at 65,536 to 1,048,576 x 8 to 16 (cosine, the whole
-#: tree; README, "The closed forms leave the kd-tree")
+#: tree; benchmarks/README.md, "The closed forms leave the kd-tree")
 CLOSED_KDTREE_MAX_D = 16
 #: ...and there, from 17 to :data:`MATRIX_MIN_D` dimensions, ``auto`` prefers the matrix
 #: engine up to this N (at most :data:`SHORT_LISTS_MAX_D`, :data:`SHORT_LISTS_MATRIX_MAX_N`).

@@ -8,7 +8,11 @@ README names, built here in the layouts of the projects that write them:
   16384 x 8 codebook;
 - ``codes/``: codes as LlamaGen's ``extract_codes_c2i.py`` writes them,
   ``codes/imagenet256_codes/<i>.npy`` (int64, shape (1, 2, 256)) and
-  ``codes/imagenet256_labels/<i>.npy`` (int64, shape (1,)).
+  ``codes/imagenet256_labels/<i>.npy`` (int64, shape (1,));
+- ``imagenet_code_c2i_flip_ten_crop/`` and its twin ``..._105/``: the same with
+  ``--ten-crop`` ((1, 10, 256) codes), named as LlamaGen's instructions name them.
+
+A command that prints a ``dcpe: warning:`` line fails the test too.
 
 Each ``dcpe ...`` (or ``python -m dcpe ...``) command is split as a shell would split it
 (quotes, ``#`` comments, ``\\`` line continuations, ``&&`` chains) and run through
@@ -98,6 +102,13 @@ def _files(folder: Path) -> None:
     for i in range(4):
         np.save(codes / f"{i}.npy", rng.integers(0, N, (1, 2, 256)))
         np.save(labels / f"{i}.npy", rng.integers(0, 1000, (1,)))
+    # LlamaGen's recommended extraction (--ten-crop, flips): ten crops and their flips,
+    # and the 1.05 crops in the twin folder
+    for root in ("imagenet_code_c2i_flip_ten_crop", "imagenet_code_c2i_flip_ten_crop_105"):
+        for sub, shape in (("imagenet256_codes", (1, 10, 256)), ("imagenet256_labels", (1,))):
+            (folder / root / sub).mkdir(parents=True)
+            for i in range(2):
+                np.save(folder / root / sub / f"{i}.npy", rng.integers(0, N, shape))
 
 
 def test_parsing():
@@ -128,6 +139,9 @@ def _run(blocks: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
             captured = capsys.readouterr()
             assert rc == 0, (f"README command {shlex.join(argv)!r} exited with {rc}:\n"
                              f"{captured.err}{captured.out}")
+            # the README's commands are examples to copy: none of them is warned about
+            assert "dcpe: warning:" not in captured.err, (
+                f"README command {shlex.join(argv)!r} warns:\n{captured.err}")
             ran.append(shlex.join(argv))
     return ran
 

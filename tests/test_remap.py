@@ -233,3 +233,104 @@ def test_dtype_kept_when_it_holds_the_cluster_ids(tmp_path, prior_file):
     assert np.load(out / "u8.npy").dtype == np.uint8
     got = np.load(out / "i16.npy")
     assert got.dtype == np.int16 and got.shape == (8, 8)
+
+
+# ----------------------------------------------------------- LlamaGen's and IAR's code loader
+
+
+def _extracted(root: Path, shape: tuple[int, ...], name: str = "imagenet256") -> Path:
+    """A code path as extract_codes_c2i.py writes it, with arrays of ``shape``."""
+    rng = np.random.default_rng(1)
+    (root / f"{name}_codes").mkdir(parents=True)
+    (root / f"{name}_labels").mkdir()
+    for i in range(2):
+        np.save(root / f"{name}_codes" / f"{i}.npy", rng.integers(0, N_TOKENS, shape))
+        np.save(root / f"{name}_labels" / f"{i}.npy", np.array([i]))
+    return root
+
+
+def _loader_sample(code_path: Path, twin: bool = False) -> tuple[np.ndarray, bool]:
+    """Sample 0 as the ImageNet code loader of LlamaGen and IAR reads it from
+    ``--code-path code_path`` (their ``dataset/imagenet.py``, restated), and whether it
+    finds the twin folder: the options come from the path's name, not from the files.
+    The row is what their ``train_c2i.py`` trains on, ``x.reshape(batch, -1)``."""
+    feature_dir = f"{code_path}/imagenet256_codes"
+    label_dir = f"{code_path}/imagenet256_labels"
+    twin_features = feature_dir.replace("ten_crop/", "ten_crop_105/")
+    twin_labels = label_dir.replace("ten_crop/", "ten_crop_105/")
+    # (without 'ten_crop/' in the name the "twin" is the folder itself: no twin)
+    found = (twin_features != feature_dir and Path(twin_features).exists()
+             and Path(twin_labels).exists())
+    if twin:
+        assert found
+        feature_dir = twin_features
+    features = np.load(f"{feature_dir}/0.npy")
+    if "flip" in feature_dir:
+        features = features[:, 0]
+    return features.reshape(1, -1), found
+
+
+def test_output_named_for_the_code_loader(tmp_path, prior_file, capsys, monkeypatch):
+    """LlamaGen's recommended extraction: ten crops and their flips in
+    ``..._flip_ten_crop``, and the 1.05 crops in its twin ``..._flip_ten_crop_105``. An
+    output named otherwise is written but warned about, with the names to use; under
+    those names the loader reads one sequence a sample and finds the remapped twin, which
+    the command to write it (printed) produces. The arguments of train_c2i.py are printed."""
+    monkeypatch.chdir(tmp_path)
+    src = _extracted(Path("data") / "imagenet_code_c2i_flip_ten_crop", (1, 10, 256))
+    _extracted(Path("data") / "imagenet_code_c2i_flip_ten_crop_105", (1, 10, 256))
+    assert _loader_sample(src.absolute())[0].shape == (1, 256)  # the input, as extracted
+    assert _loader_sample(src.absolute(), twin=True)[0].shape == (1, 256)
+
+    assert main(["remap", str(src), "--prior", str(prior_file), "-o", "cluster_codes"]) == 0
+    out, err = capsys.readouterr()
+    warning, = [line for line in err.splitlines() if line.strip()]
+    assert warning.startswith("dcpe: warning: ") and "'flip'" in warning, err
+    assert "data/imagenet_code_c2i_flip_ten_crop_105 for half the samples" in warning
+    assert warning.endswith("remap into cluster_codes_flip_ten_crop instead, and the twin "
+                            "into cluster_codes_flip_ten_crop_105")
+    row, found = _loader_sample(tmp_path / "cluster_codes")
+    assert row.shape == (1, 2560) and not found  # what the warning is about
+
+    argv = ["remap", str(src), "--prior", str(prior_file), "-o", "cluster_codes_flip_ten_crop"]
+    assert main(argv) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err
+    assert ("LlamaGen's train_c2i.py: --code-path cluster_codes_flip_ten_crop --image-size 256 "
+            f"--vocab-size {K}") in out
+    command, = [line.split(": ", 1)[1] for line in out.splitlines() if "its twin" in line]
+    assert command == ("dcpe remap data/imagenet_code_c2i_flip_ten_crop_105 --prior "
+                       f"{prior_file} -o cluster_codes_flip_ten_crop_105")
+    assert main(command.split()[1:]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err and "its twin" not in out
+    prior = CodebookPrior.load(prior_file)
+    for twin in (False, True):
+        row, found = _loader_sample(tmp_path / "cluster_codes_flip_ten_crop", twin=twin)
+        original, _ = _loader_sample(src.absolute(), twin=twin)
+        assert found and row.shape == (1, 256)
+        np.testing.assert_array_equal(row, prior.to_clusters(original))
+    # the input's folder holding both: one run writes both, and says nothing of a twin
+    assert main(["remap", "data", "--prior", str(prior_file), "-o", "both"]) == 0
+    out, err = capsys.readouterr()
+    assert "warning" not in err and "its twin" not in out
+    assert out.count("--code-path") == 1
+    assert "--code-path both/imagenet_code_c2i_flip_ten_crop " in out
+    assert _loader_sample(tmp_path / "both" / "imagenet_code_c2i_flip_ten_crop", twin=True)[1]
+
+
+def test_output_name_and_codes_without_augmentations(tmp_path, prior_file, capsys,
+                                                      monkeypatch):
+    """Codes of one sequence an image, (1, 256): 'flip' in the output's path would make
+    the loader take one token of each; a name the loader cannot read the input by (here
+    'flip' on (1, 256) codes) is not meant for it, and nothing is said."""
+    monkeypatch.chdir(tmp_path)
+    plain = _extracted(Path("plain"), (1, 256))
+    assert _loader_sample(plain.absolute())[0].shape == (1, 256)
+    assert main(["remap", str(plain), "--prior", str(prior_file), "-o", "out_flip"]) == 0
+    warning, = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert warning.startswith("dcpe: warning: ") and "without 'flip'" in warning
+    assert _loader_sample(tmp_path / "out_flip")[0].shape == (1, 1)
+    other = _extracted(Path("other_flip"), (1, 256))
+    assert main(["remap", str(other), "--prior", str(prior_file), "-o", "out2", "-q"]) == 0
+    assert capsys.readouterr().err == ""

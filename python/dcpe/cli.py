@@ -7,6 +7,7 @@ error), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
 import warnings
@@ -210,7 +211,13 @@ def _build_parser() -> argparse.ArgumentParser:
                     "folder: then it is a code path itself).\nCode files must be .npy "
                     "(another array file is an error); other files are skipped.\n"
                     "OUTDIR may be new, or hold only the files this command writes (they are "
-                    "replaced).",
+                    "replaced).\n\n"
+                    "Their ImageNet code loader reads options from the code path's name: "
+                    "'flip' (take one\naugmentation of each (1, A, 256) array) and an end "
+                    "in 'ten_crop' (also read the twin\nNAME_ten_crop_105). Name OUTDIR as "
+                    "the input is named (imagenet_code_c2i_flip_ten_crop ->\n"
+                    "cluster_code_c2i_flip_ten_crop): a name that loses them is warned about, "
+                    "and the command\nthat remaps a twin is printed.",
         epilog=_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     r.add_argument("codes", nargs="+", metavar="CODES",
                    help=".npy files or folders (searched recursively for *.npy; files in "
@@ -219,7 +226,8 @@ def _build_parser() -> argparse.ArgumentParser:
     r.add_argument("-o", "--output", required=True, metavar="OUTDIR",
                    help="output folder: created if missing; an existing one may hold only "
                         "files this command writes")
-    r.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    r.add_argument("-q", "--quiet", action="store_true",
+                   help="no progress bar and no summary (warnings still print)")
 
     p = sub.add_parser(
         "report", help="compare a prior with k-means (figure + coherence table)",
@@ -655,6 +663,117 @@ def _check_codes_file(src: Path, n: int) -> None:
                          f"prior; was the prior made for this tokenizer?")
 
 
+#: LlamaGen's ``dataset/imagenet.py`` (IAR's too) reads two options from the code path's
+#: name: ``'flip' in feature_dir`` and the twin ``feature_dir.replace(_TEN_CROP, _TWIN)``.
+_FLIP, _TEN_CROP, _TWIN = "flip", "ten_crop/", "ten_crop_105/"
+
+
+def _loader_takes(shape: tuple[int, ...], flip: bool) -> bool:
+    """Whether LlamaGen's ImageNet code loader reads one sequence from an array of
+    ``shape`` with its ``flip`` option: with it, one augmentation ``a[:, i]`` of the
+    ``(1, A, L)`` arrays extract_codes_c2i.py writes; without it, the array as it is."""
+    augmented = len(shape) >= 3 and shape[1] > 1
+    if flip:
+        return len(shape) >= 3
+    return not augmented
+
+
+def _named_like(in_code_path: Path, out_code_path: Path, *, flip: bool,
+                ten_crop: bool) -> Path:
+    """An output code path named with the input's options: with ``flip``, the part of the
+    input's name from ``flip`` on (``..._flip_ten_crop``), else ``_flip``; with
+    ``ten_crop``, ``_ten_crop`` at the end unless the name ends so already."""
+    if not out_code_path.name:  # "."
+        out_code_path = out_code_path.absolute()
+    name, in_name = out_code_path.name, in_code_path.absolute().name
+    if flip:
+        name += "_" + (in_name[in_name.index(_FLIP):] if _FLIP in in_name else _FLIP)
+    if ten_crop and not name.endswith(_TEN_CROP[:-1]):
+        name += "_" + _TEN_CROP[:-1]
+    return out_code_path.with_name(name)
+
+
+def _loader_notes(plan: _RemapPlan, out_dir: Path,
+                  prior: str) -> tuple[list[str], list[str], list[str]]:
+    """What LlamaGen's and IAR's ImageNet code loader would make of OUTDIR, where it reads
+    the input as extracted: ``(warnings, next commands, --code-path arguments)``.
+
+    That loader (``CustomDataset`` in their ``dataset/imagenet.py``, given
+    ``--code-path CODE_PATH``) reads ``CODE_PATH/NAME_codes`` and takes its options from
+    that path's name, not from the files:
+
+    - ``flip`` in it: each ``(1, A, L)`` array of extract_codes_c2i.py gives one of its A
+      augmentations; without it the array is read whole, A·L tokens as one sequence;
+    - ``ten_crop/`` in it: half the samples come from the twin with ``ten_crop_105/``
+      instead (LlamaGen's second extraction, at a crop range of 1.05), when it exists.
+
+    Only a name that reads the input right but the output wrong is warned about (a path
+    that the loader cannot read as it stands is not meant for it); a twin of the input
+    without a remapped twin of the output gets the command that writes it. Paths are
+    compared as absolute paths.
+    """
+    import os
+
+    import numpy as np
+
+    def twin(feature_dir: str) -> str:  # the loader's twin of a NAME_codes path
+        return (feature_dir + "/").replace(_TEN_CROP, _TWIN).rstrip("/")
+
+    def code_path(feature_dir: str) -> str:  # the --code-path that reads a NAME_codes path
+        return os.path.dirname(feature_dir) or "."
+
+    found: list[str] = []
+    commands: list[str] = []
+    code_paths: list[str] = []  # of the outputs the loader reads, not counting twins
+    folders = {rel.parent for _, rel in plan.codes}
+    written = {os.path.abspath(out_dir / folder) for folder in folders}
+    seen: set[tuple[Path, Path]] = set()
+    for src, rel in plan.codes:
+        if not rel.parent.name.endswith("_codes") or (src.parent, rel.parent) in seen:
+            continue
+        seen.add((src.parent, rel.parent))
+        # what the loader tests (absolute paths), and what the messages show (as given)
+        feat_in, feat_out = os.path.abspath(src.parent), os.path.abspath(out_dir / rel.parent)
+        shown_in = os.path.normpath(src.parent)
+        shown_out = os.path.normpath(out_dir / rel.parent)
+        in_cp, out_cp = code_path(shown_in), code_path(shown_out)
+        shape = tuple(np.load(src, mmap_mode="r", allow_pickle=False).shape)
+        has_twin = (twin(feat_in) != feat_in and os.path.isdir(twin(feat_in))
+                    and os.path.isdir(twin(feat_in[: -len("_codes")] + "_labels")))
+        twin_in = code_path(twin(shown_in) if twin(shown_in) != shown_in else twin(feat_in))
+        loses_flip = (_loader_takes(shape, _FLIP in feat_in)
+                      and not _loader_takes(shape, _FLIP in feat_out))
+        loses_twin = has_twin and twin(feat_out) == feat_out
+        if _TWIN not in feat_out + "/" and re.fullmatch(r"imagenet\d+_codes", rel.parent.name):
+            code_paths.append(out_cp)
+        if loses_flip and _FLIP in feat_out:
+            found.append(f"LlamaGen's and IAR's code loader takes one augmentation a[:, i] "
+                         f"of each code array when '{_FLIP}' is in the code path, as it is "
+                         f"in {out_cp} but not in {in_cp}, whose {shape} arrays hold one "
+                         f"sequence each (it would train on one id of each); remap into a "
+                         f"folder without '{_FLIP}' in its path")
+        elif loses_flip or loses_twin:
+            like = _named_like(Path(in_cp), Path(out_cp), flip=loses_flip,
+                               ten_crop=loses_twin)
+            what = []
+            if loses_flip:
+                what.append(f"'{_FLIP}' (to take one of the {shape[1]} augmentations of each "
+                            f"{shape} array, not {shape[1] * shape[-1]} tokens as one "
+                            f"sequence)")
+            if loses_twin:
+                what.append(f"an end in ten_crop (to read the twin {twin_in} for half the "
+                            f"samples)")
+            also = f", and the twin into {like}_105" if loses_twin else ""
+            found.append(f"LlamaGen's and IAR's code loader reads its options from the code "
+                         f"path's name, and {out_cp} lacks what {in_cp} has: "
+                         f"{' and '.join(what)}; remap into {like} instead{also}")
+        elif has_twin and twin(feat_out) not in written and not os.path.isdir(twin(feat_out)):
+            out_twin = code_path(twin(shown_out) if twin(shown_out) != shown_out
+                                 else twin(feat_out))
+            commands.append(f"dcpe remap {twin_in} --prior {prior} -o {out_twin}")
+    return found, commands, sorted(set(code_paths))
+
+
 def _cmd_remap(args: argparse.Namespace) -> int:
     import shutil
 
@@ -677,6 +796,9 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     disable = True if args.quiet else None
     for src, _ in progress(plan.codes, desc="checking", unit="file", disable=disable):
         _check_codes_file(src, n)
+    notes, commands, code_paths = _loader_notes(plan, out_dir, args.prior)
+    for note in notes:
+        print(f"dcpe: warning: {note}", file=sys.stderr)
     k = prior.num_clusters
     for src, rel in progress(plan.codes, desc="remap", unit="file", disable=disable):
         codes = np.load(src, allow_pickle=False)
@@ -699,6 +821,15 @@ def _cmd_remap(args: argparse.Namespace) -> int:
         if plan.skipped:
             print(f"skipped {len(plan.skipped)} file(s) that are not .npy, such as "
                   f"{plan.skipped[0]}")
+        for command in commands:
+            print(f"its twin, which LlamaGen's code loader reads for half the samples: "
+                  f"{command}")
+        sizes = sorted({m.group(1) for _, rel in plan.codes
+                        if (m := re.fullmatch(r"imagenet(\d+)_codes", rel.parent.name))})
+        size = f" --image-size {sizes[0]}" if len(sizes) == 1 else ""
+        for code_path in code_paths:
+            print(f"LlamaGen's train_c2i.py: --code-path {code_path}{size} --vocab-size {k} "
+                  f"(the cluster ids are its tokens)")
     return 0
 
 

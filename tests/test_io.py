@@ -200,18 +200,24 @@ def test_save_codebook_roundtrip(tmp_path, weight, suffix):
     np.testing.assert_array_equal(load_codebook(path), weight.numpy())
 
 
-def test_atomic_write_cleans_up(tmp_path):
+@pytest.mark.parametrize("sync", [True, False])
+def test_atomic_write_cleans_up(tmp_path, monkeypatch, sync):
+    flushed = []
+    fsync = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (flushed.append(fd), fsync(fd))[1])
     path = tmp_path / "out.bin"
     path.write_bytes(b"old")
     with pytest.raises(RuntimeError):
-        with atomic_write(path) as fh:
+        with atomic_write(path, sync=sync) as fh:
             fh.write(b"partial")
             raise RuntimeError("interrupted")
     assert path.read_bytes() == b"old"
     assert os.listdir(tmp_path) == ["out.bin"]
-    with atomic_write(path) as fh:
+    with atomic_write(path, sync=sync) as fh:
         fh.write(b"new")
     assert path.read_bytes() == b"new"
+    assert os.listdir(tmp_path) == ["out.bin"]
+    assert len(flushed) == (1 if sync else 0)  # the complete file only, when asked
     with pytest.raises(FileNotFoundError):
         with atomic_write(tmp_path / "nodir" / "x.bin"):
             pass

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -334,3 +336,35 @@ def test_output_name_and_codes_without_augmentations(tmp_path, prior_file, capsy
     other = _extracted(Path("other_flip"), (1, 256))
     assert main(["remap", str(other), "--prior", str(prior_file), "-o", "out2", "-q"]) == 0
     assert capsys.readouterr().err == ""
+
+
+def test_files_whole_when_interrupted_and_one_sync(tmp_path, prior_file, monkeypatch):
+    """remap writes many small files: each is renamed into place whole, without a flush of
+    its own, and one sync at the end puts them all on the disk. Interrupted at its third
+    code file, it leaves the two before whole and nothing else (no temporary file)."""
+    src = _llamagen_code_path(tmp_path / "codes", n=4)
+    out = tmp_path / "out"
+    synced, flushed = [], []
+    monkeypatch.setattr(os, "sync", lambda: synced.append(1))
+    monkeypatch.setattr(os, "fsync", flushed.append)
+    argv = ["remap", str(src), "--prior", str(prior_file), "-o", str(out), "-q"]
+    assert main(argv) == 0
+    assert synced == [1] and flushed == []
+    _check_layout(src, out, prior_file)
+
+    shutil.rmtree(out)
+    save, saved = np.save, []
+
+    def interrupted_save(fh, arr):
+        if len(saved) == 2:
+            raise KeyboardInterrupt
+        saved.append(1)
+        save(fh, arr)
+
+    monkeypatch.setattr(np, "save", interrupted_save)
+    assert main(argv) == 130
+    assert _files(out) == ["imagenet256_codes/0.npy", "imagenet256_codes/1.npy"]
+    prior = CodebookPrior.load(prior_file)
+    for name in ("0.npy", "1.npy"):
+        np.testing.assert_array_equal(np.load(out / "imagenet256_codes" / name),
+                                      prior.to_clusters(np.load(src / "imagenet256_codes" / name)))

@@ -646,8 +646,9 @@ def _check_codes_file(src: Path, n: int) -> None:
     """A code file must be an integer ``.npy`` array with ids in ``[0, n)``."""
     import numpy as np
 
-    try:
-        arr = np.load(src, mmap_mode="r", allow_pickle=False)
+    try:  # a memory map only for large files: for small ones it costs more than a read
+        mmap = "r" if src.stat().st_size > (1 << 20) else None
+        arr = np.load(src, mmap_mode=mmap, allow_pickle=False)
     except Exception as exc:
         raise ValueError(f"{src}: cannot read as a .npy file ({exc}); {_CODES_HINT}") from None
     if not isinstance(arr, np.ndarray):  # e.g. a zip archive (.npz, .pt) named .npy
@@ -775,6 +776,7 @@ def _loader_notes(plan: _RemapPlan, out_dir: Path,
 
 
 def _cmd_remap(args: argparse.Namespace) -> int:
+    import os
     import shutil
 
     import numpy as np
@@ -785,8 +787,11 @@ def _cmd_remap(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.output)
     plan = _collect_codes(args.codes, out_dir)
-    for src, rel in plan.codes + plan.labels:
-        if (out_dir / rel).resolve() == src.resolve():
+    # a file keeps its name (rel.name == src.name): its folder decides, once per folder
+    for src_dir, rel_dir in {(src.parent, rel.parent) for src, rel in plan.codes + plan.labels}:
+        if (out_dir / rel_dir).resolve() == src_dir.resolve():
+            src = next(s for s, r in plan.codes + plan.labels
+                       if s.parent == src_dir and r.parent == rel_dir)
             raise ValueError(f"output would overwrite its input: {src}; choose another "
                              f"output folder")
     _prepare_output_dir(out_dir, what="output folder", files=plan.outputs())
@@ -800,19 +805,28 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"dcpe: warning: {note}", file=sys.stderr)
     k = prior.num_clusters
+    table = prior.token_to_cluster.cpu().numpy()  # ids were checked: a lookup per file
+    made: set[Path] = set()
+
+    def destination(rel: Path) -> Path:
+        dest = out_dir / rel
+        if dest.parent not in made:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            made.add(dest.parent)
+        return dest
+
+    # Many small files: each is renamed into place complete, and all reach the disk with
+    # one sync at the end instead of one flush each (see atomic_write).
     for src, rel in progress(plan.codes, desc="remap", unit="file", disable=disable):
         codes = np.load(src, allow_pickle=False)
         dtype = codes.dtype if np.iinfo(codes.dtype).max >= k - 1 else np.int64
-        clusters = np.asarray(prior.to_clusters(codes)).astype(dtype, copy=False)
-        dest = out_dir / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_write(dest, "wb") as fh:
-            np.save(fh, clusters)
+        with atomic_write(destination(rel), "wb", sync=False) as fh:
+            np.save(fh, table[codes].astype(dtype, copy=False))
     for src, rel in progress(plan.labels, desc="labels", unit="file", disable=disable):
-        dest = out_dir / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        with open(src, "rb") as fin, atomic_write(dest, "wb") as fh:
+        with open(src, "rb") as fin, atomic_write(destination(rel), "wb", sync=False) as fh:
             shutil.copyfileobj(fin, fh)
+    if hasattr(os, "sync"):
+        os.sync()
     if not args.quiet:
         line = f"remapped {len(plan.codes)} code file(s) to cluster ids (k={k})"
         if plan.labels:

@@ -113,7 +113,7 @@ _STATISTICS = frozenset({"avg", "sum", "count", "counts", "usage", "used", "size
 
 
 @contextlib.contextmanager
-def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
+def atomic_write(path: PathLike, mode: str = "wb", *, sync: bool = True) -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on success move it onto ``path``.
 
     The temporary file lives in the same directory (``.<name>.<random>.tmp``) and is
@@ -126,6 +126,11 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         Destination. Its directory must exist.
     mode : str
         ``"wb"`` or ``"w"``.
+    sync : bool
+        Flush the file to the disk (``fsync``) before the rename (the default). A command
+        that writes many small files passes ``False`` and syncs once at its end
+        (:func:`os.sync`): an interrupted run still leaves no partial file, and only a
+        crash of the system itself before that sync can leave files empty.
 
     Yields
     ------
@@ -142,8 +147,9 @@ def atomic_write(path: PathLike, mode: str = "wb") -> Iterator[IO[Any]]:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; use the usual mode
         with os.fdopen(fd, mode) as fh:
             yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):

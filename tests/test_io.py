@@ -221,3 +221,31 @@ def test_atomic_write_cleans_up(tmp_path, monkeypatch, sync):
     with pytest.raises(FileNotFoundError):
         with atomic_write(tmp_path / "nodir" / "x.bin"):
             pass
+
+
+def test_path_arguments_take_one_path(tmp_path):
+    """Every function that reads or writes a file takes one str or os.PathLike; a list, an
+    array or None is a TypeError naming the argument before any work, not pathlib's."""
+    from dcpe import CodebookPrior, export, report, sweep
+    from dcpe.io import load_codebook_with_source
+
+    x = np.zeros((4, 2), np.float32)
+    prior = CodebookPrior.from_labels(np.arange(4) % 2)
+    calls = {
+        "path": [lambda v: load_codebook(v), lambda v: load_codebook_with_source(v),
+                 lambda v: save_codebook(v, x), lambda v: CodebookPrior.load(v),
+                 lambda v: prior.save(v), lambda v: sweep.read_usage(v, 4)],
+        "checkpoint": [lambda v: export.export_iar(prior, v, tmp_path / "out")],
+        "out_dir": [lambda v: export.export_iar(prior, tmp_path / "c.pt", v),
+                    lambda v: report.write_report(v, x, prior),
+                    lambda v: sweep.write_sweep(v, {})],
+    }
+    hints = {"list": "give one path", "ndarray": "names a file, not data", "NoneType": ""}
+    for name, funcs in calls.items():
+        for func in funcs:
+            for value in (["a.npy", "b.npy"], x, None):
+                kind = type(value).__name__
+                with pytest.raises(TypeError, match=f"^{name} must be a str or os.PathLike, "
+                                                    f"got {kind}.*{hints[kind]}"):
+                    func(value)
+    assert os.listdir(tmp_path) == []

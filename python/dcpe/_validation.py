@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import operator
+import os
 import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +23,20 @@ def is_tensor(x: Any) -> bool:
     """Whether ``x`` is a ``torch.Tensor`` (without importing torch when it is not loaded)."""
     torch = sys.modules.get("torch")
     return torch is not None and isinstance(x, torch.Tensor)
+
+
+def check_path(name: str, value: Any) -> Path:
+    """``value`` as a :class:`~pathlib.Path`: one path, a ``str`` or ``os.PathLike``; any
+    other object is a ``TypeError`` that names the argument (and, for a list or an array,
+    what to give instead)."""
+    if isinstance(value, (str, os.PathLike)):
+        return Path(value)
+    hint = ""
+    if isinstance(value, (list, tuple)):
+        hint = "; give one path (call once per file)"
+    elif hasattr(value, "shape"):
+        hint = "; it names a file, not data (are two arguments swapped?)"
+    raise TypeError(f"{name} must be a str or os.PathLike, got {type(value).__name__}{hint}")
 
 
 @dataclass

@@ -278,7 +278,9 @@ def write_iar(out_dir: str | os.PathLike, *, mapping: Any, checkpoint_name: str,
     """
     import torch
 
-    out = Path(out_dir)
+    from ._validation import check_path
+
+    out = check_path("out_dir", out_dir)
     created = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     paths = {"mapping": out / "mapping.pt", "checkpoint": out / checkpoint_name,
@@ -371,9 +373,11 @@ def export_iar(prior: Any, checkpoint: str | os.PathLike, out_dir: str | os.Path
 def _export_iar(prior: Any, checkpoint: str | os.PathLike, out_dir: str | os.PathLike, *,
                 key: str | None, trust: bool, cli: bool) -> dict[str, Any]:
     """:func:`export_iar`; ``cli`` spells options as command-line flags in messages."""
+    from ._validation import check_path
     from ._version import __version__
     from .prior import CodebookPrior, codebook_sha256
 
+    checkpoint, out_dir = check_path("checkpoint", checkpoint), check_path("out_dir", out_dir)
     if isinstance(prior, (str, os.PathLike)):
         prior_path: Path | None = Path(prior)
         prior = CodebookPrior.load(prior)

@@ -92,7 +92,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ._validation import _FLOAT32_SAFE_ABS, is_tensor
+from ._validation import _FLOAT32_SAFE_ABS, check_path, is_tensor
 
 __all__ = ["CodebookSource", "atomic_write", "find_codebook_candidates", "load_codebook",
            "load_codebook_with_source", "save_codebook"]
@@ -807,6 +807,7 @@ def _normalize_note(source: CodebookSource, opts: _Options) -> str | None:
 
 def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _Options
           ) -> tuple[np.ndarray, CodebookSource]:
+    path = check_path("path", path)
     if key is not None and not isinstance(key, str):
         raise TypeError(f"key must be a string or None, got {key!r}")
     normalize = bool(normalize)
@@ -970,6 +971,7 @@ def save_codebook(path: PathLike, codebook: Any, key: str = "codebook") -> None:
     key : str
         Entry name for ``.npz`` and ``.safetensors``.
     """
+    path = check_path("path", path)
     import torch
 
     if isinstance(codebook, torch.Tensor):

@@ -29,12 +29,11 @@ import json
 import os
 import pickle
 import sys
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._validation import check_int
+from ._validation import check_int, check_path
 from ._validation import is_tensor as _is_tensor
 from .io import _first_line, atomic_write
 
@@ -881,7 +880,7 @@ class CodebookPrior:
         path : str or os.PathLike
             Destination; the extension chooses the format.
         """
-        path = Path(path)
+        path = check_path("path", path)
         suffix = path.suffix.lower()
         if suffix not in (".pt", ".npz"):
             raise ValueError(f"path must end with .pt or .npz, got {str(path)!r}")
@@ -921,7 +920,7 @@ class CodebookPrior:
         ValueError
             The file is not a readable prior, or it was made for another codebook.
         """
-        path = Path(path)
+        path = check_path("path", path)
         if not path.exists():
             raise FileNotFoundError(f"prior file not found: {path}; check the path (dcpe "
                                     f"cluster writes one)")

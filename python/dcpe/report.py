@@ -393,7 +393,9 @@ def write_report(out_dir: str | os.PathLike, codebook: Any, prior: Any, *,
     ValueError
         ``out_dir`` exists and is not a directory, or as :func:`compare`.
     """
-    out = Path(out_dir)
+    from ._validation import check_path
+
+    out = check_path("out_dir", out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path exists and is not a directory: {out}")
     require_matplotlib()

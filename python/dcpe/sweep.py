@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ._validation import check_int, check_seed, transposed_hint
+from ._validation import check_int, check_path, check_seed, transposed_hint
 from .io import atomic_write
 
 __all__ = ["default_ks", "markdown_table", "read_usage", "require_matplotlib", "sweep",
@@ -137,8 +137,8 @@ def read_usage(path: str | os.PathLike, num_tokens: int, *,
     """
     from ._progress import progress
 
+    root = check_path("path", path)
     n = check_int("num_tokens", num_tokens, 1)
-    root = Path(path)
     if not root.exists():
         raise FileNotFoundError(f"codes file or directory not found: {root}; check the path")
     if root.is_file() and root.suffix.lower() != ".npy":
@@ -422,8 +422,8 @@ def write_sweep(out_dir: str | os.PathLike, result: dict[str, Any]) -> dict[str,
     ValueError
         ``out_dir`` exists and is not a directory.
     """
+    out = check_path("out_dir", out_dir)
     require_matplotlib()
-    out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ValueError(f"output path exists and is not a directory: {out}")
     out.mkdir(parents=True, exist_ok=True)

@@ -368,3 +368,20 @@ def test_files_whole_when_interrupted_and_one_sync(tmp_path, prior_file, monkeyp
     for name in ("0.npy", "1.npy"):
         np.testing.assert_array_equal(np.load(out / "imagenet256_codes" / name),
                                       prior.to_clusters(np.load(src / "imagenet256_codes" / name)))
+
+
+def test_linked_input_in_the_output_is_refused(tmp_path, prior_file, capsys):
+    """A code file that is a link to a file the command would write (here its own earlier
+    output) is refused, as the folder itself given as the output is."""
+    src = _llamagen_code_path(tmp_path / "codes")
+    out = tmp_path / "out"
+    assert main(["remap", str(src), "--prior", str(prior_file), "-o", str(out), "-q"]) == 0
+    links = tmp_path / "links" / "imagenet256_codes"
+    links.mkdir(parents=True)
+    (links / "0.npy").symlink_to(out / "imagenet256_codes" / "0.npy")
+    before = (out / "imagenet256_codes" / "0.npy").read_bytes()
+    rc = main(["remap", str(links), "--prior", str(prior_file), "-o", str(out), "-q"])
+    assert rc == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "would overwrite its input" in line and "links" in line
+    assert (out / "imagenet256_codes" / "0.npy").read_bytes() == before

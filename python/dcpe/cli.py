@@ -787,11 +787,13 @@ def _cmd_remap(args: argparse.Namespace) -> int:
 
     out_dir = Path(args.output)
     plan = _collect_codes(args.codes, out_dir)
-    # a file keeps its name (rel.name == src.name): its folder decides, once per folder
-    for src_dir, rel_dir in {(src.parent, rel.parent) for src, rel in plan.codes + plan.labels}:
-        if (out_dir / rel_dir).resolve() == src_dir.resolve():
-            src = next(s for s, r in plan.codes + plan.labels
-                       if s.parent == src_dir and r.parent == rel_dir)
+    # A file keeps its name (rel.name == src.name), so its folder decides, once a folder;
+    # a link decides by its target, which may lie anywhere.
+    same = {(s, r) for s, r in {(src.parent, rel.parent) for src, rel in plan.codes + plan.labels}
+            if (out_dir / r).resolve() == s.resolve()}
+    for src, rel in plan.codes + plan.labels:
+        if (src.parent, rel.parent) in same or (
+                src.is_symlink() and (out_dir / rel).resolve() == src.resolve()):
             raise ValueError(f"output would overwrite its input: {src}; choose another "
                              f"output folder")
     _prepare_output_dir(out_dir, what="output folder", files=plan.outputs())

@@ -807,7 +807,6 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"dcpe: warning: {note}", file=sys.stderr)
     k = prior.num_clusters
-    table = prior.token_to_cluster.cpu().numpy()  # ids were checked: a lookup per file
     made: set[Path] = set()
 
     def destination(rel: Path) -> Path:
@@ -823,7 +822,7 @@ def _cmd_remap(args: argparse.Namespace) -> int:
         codes = np.load(src, allow_pickle=False)
         dtype = codes.dtype if np.iinfo(codes.dtype).max >= k - 1 else np.int64
         with atomic_write(destination(rel), "wb", sync=False) as fh:
-            np.save(fh, table[codes].astype(dtype, copy=False))
+            np.save(fh, prior.to_clusters(codes).astype(dtype, copy=False))
     for src, rel in progress(plan.labels, desc="labels", unit="file", disable=disable):
         with open(src, "rb") as fin, atomic_write(destination(rel), "wb", sync=False) as fh:
             shutil.copyfileobj(fin, fh)

@@ -297,8 +297,9 @@ def cluster(
         needs O(N d) memory (plus, on the host, a cache of at most a quarter of the
         budget; on the GPU the clusters' own matrix once it fits) and is exact too.
         ``"auto"`` on the host takes the matrix engine for Euclidean average linkage up
-        to 2,048 tokens at d <= 8, up to 16,384 at d <= 128 and
-        at any N above when it fits, the linear engine otherwise (the faster one there);
+        to 2,048 tokens at d <= 8, up to 11,585 at 13 <= d <= 16, up to 16,384 at other
+        d <= 64, up to 24,576 at 65 <= d <= 128 and at any N above when it fits, the
+        linear engine otherwise (the faster one there);
         on the GPU the matrix engine up to 131,072 tokens when it fits.
         Average linkage with ``"sqeuclidean"`` or ``"cosine"`` runs on cluster moments
         (their closed forms) in the linear engines, in O(N d) memory; ``"auto"`` on the

@@ -694,7 +694,16 @@ def _named_like(in_code_path: Path, out_code_path: Path, *, flip: bool,
     return out_code_path.with_name(name)
 
 
-def _loader_notes(plan: _RemapPlan, out_dir: Path,
+def _first_by_folder(files: list[tuple[Path, Path]]) -> dict[tuple[Path, Path], Path]:
+    """The first source file of each (source folder, output folder) pair of ``files``, in
+    one pass: the checks that depend on folders only run once a folder, not once a file."""
+    first: dict[tuple[Path, Path], Path] = {}
+    for src, rel in files:
+        first.setdefault((src.parent, rel.parent), src)
+    return first
+
+
+def _loader_notes(code_folders: dict[tuple[Path, Path], Path], out_dir: Path,
                   prior: str) -> tuple[list[str], list[str], list[str]]:
     """What LlamaGen's and IAR's ImageNet code loader would make of OUTDIR, where it reads
     the input as extracted: ``(warnings, next commands, --code-path arguments)``.
@@ -726,17 +735,14 @@ def _loader_notes(plan: _RemapPlan, out_dir: Path,
     found: list[str] = []
     commands: list[str] = []
     code_paths: list[str] = []  # of the outputs the loader reads, not counting twins
-    folders = {rel.parent for _, rel in plan.codes}
-    written = {os.path.abspath(out_dir / folder) for folder in folders}
-    seen: set[tuple[Path, Path]] = set()
-    for src, rel in plan.codes:
-        if not rel.parent.name.endswith("_codes") or (src.parent, rel.parent) in seen:
+    written = {os.path.abspath(out_dir / rel_dir) for _, rel_dir in code_folders}
+    for (src_dir, rel_dir), src in code_folders.items():
+        if not rel_dir.name.endswith("_codes"):
             continue
-        seen.add((src.parent, rel.parent))
         # what the loader tests (absolute paths), and what the messages show (as given)
-        feat_in, feat_out = os.path.abspath(src.parent), os.path.abspath(out_dir / rel.parent)
-        shown_in = os.path.normpath(src.parent)
-        shown_out = os.path.normpath(out_dir / rel.parent)
+        feat_in, feat_out = os.path.abspath(src_dir), os.path.abspath(out_dir / rel_dir)
+        shown_in = os.path.normpath(src_dir)
+        shown_out = os.path.normpath(out_dir / rel_dir)
         in_cp, out_cp = code_path(shown_in), code_path(shown_out)
         shape = tuple(np.load(src, mmap_mode="r", allow_pickle=False).shape)
         has_twin = (twin(feat_in) != feat_in and os.path.isdir(twin(feat_in))
@@ -745,7 +751,7 @@ def _loader_notes(plan: _RemapPlan, out_dir: Path,
         loses_flip = (_loader_takes(shape, _FLIP in feat_in)
                       and not _loader_takes(shape, _FLIP in feat_out))
         loses_twin = has_twin and twin(feat_out) == feat_out
-        if _TWIN not in feat_out + "/" and re.fullmatch(r"imagenet\d+_codes", rel.parent.name):
+        if _TWIN not in feat_out + "/" and re.fullmatch(r"imagenet\d+_codes", rel_dir.name):
             code_paths.append(out_cp)
         if loses_flip and _FLIP in feat_out:
             found.append(f"LlamaGen's and IAR's code loader takes one augmentation a[:, i] "
@@ -789,11 +795,13 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     plan = _collect_codes(args.codes, out_dir)
     # A file keeps its name (rel.name == src.name), so its folder decides, once a folder;
     # a link decides by its target, which may lie anywhere.
-    same = {(s, r) for s, r in {(src.parent, rel.parent) for src, rel in plan.codes + plan.labels}
-            if (out_dir / r).resolve() == s.resolve()}
+    code_folders = _first_by_folder(plan.codes)
+    for (src_dir, rel_dir), src in {**code_folders, **_first_by_folder(plan.labels)}.items():
+        if (out_dir / rel_dir).resolve() == src_dir.resolve():
+            raise ValueError(f"output would overwrite its input: {src}; choose another "
+                             f"output folder")
     for src, rel in plan.codes + plan.labels:
-        if (src.parent, rel.parent) in same or (
-                src.is_symlink() and (out_dir / rel).resolve() == src.resolve()):
+        if src.is_symlink() and (out_dir / rel).resolve() == src.resolve():
             raise ValueError(f"output would overwrite its input: {src}; choose another "
                              f"output folder")
     _prepare_output_dir(out_dir, what="output folder", files=plan.outputs())
@@ -803,7 +811,7 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     disable = True if args.quiet else None
     for src, _ in progress(plan.codes, desc="checking", unit="file", disable=disable):
         _check_codes_file(src, n)
-    notes, commands, code_paths = _loader_notes(plan, out_dir, args.prior)
+    notes, commands, code_paths = _loader_notes(code_folders, out_dir, args.prior)
     for note in notes:
         print(f"dcpe: warning: {note}", file=sys.stderr)
     k = prior.num_clusters
@@ -839,8 +847,8 @@ def _cmd_remap(args: argparse.Namespace) -> int:
         for command in commands:
             print(f"its twin, which LlamaGen's code loader reads for half the samples: "
                   f"{command}")
-        sizes = sorted({m.group(1) for _, rel in plan.codes
-                        if (m := re.fullmatch(r"imagenet(\d+)_codes", rel.parent.name))})
+        sizes = sorted({m.group(1) for _, rel_dir in code_folders
+                        if (m := re.fullmatch(r"imagenet(\d+)_codes", rel_dir.name))})
         size = f" --image-size {sizes[0]}" if len(sizes) == 1 else ""
         for code_path in code_paths:
             print(f"LlamaGen's train_c2i.py: --code-path {code_path}{size} --vocab-size {k} "

@@ -363,6 +363,40 @@ def test_nearest_center_matches_brute_force(d, dtype):
         np.testing.assert_array_equal(got.numpy(), masked.argmin(axis=1))
 
 
+def _sequential_sq_dist(x: np.ndarray, c: np.ndarray) -> np.ndarray:
+    """Squared distances in float64, the coordinates' terms added in order, each operation
+    rounded on its own: the compiled search's arithmetic, bit for bit."""
+    x, c = x.astype(np.float64), c.astype(np.float64)
+    s = np.zeros((len(x), len(c)))
+    for t in range(x.shape[1]):
+        s += (x[:, None, t] - c[None, :, t]) ** 2
+    return s
+
+
+@pytest.mark.parametrize("d", [1, 2, 3, 8, 12, 13, 16])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nearest_center_on_real_valued_points(d, dtype):
+    # the kd-tree over the centers (up to 12 dimensions, from 256 centers) and the scan
+    # (fewer centers, or more dimensions) both give the first nearest center by the same
+    # distances: clustered points, some centers repeated (ties across leaves), a mask
+    from dcpe import _C
+
+    rng = np.random.default_rng(100 + d)
+    hubs = rng.standard_normal((12, d))
+    x = (hubs[rng.integers(0, 12, 1500)] + 0.3 * rng.standard_normal((1500, d))).astype(dtype)
+    for k in (100, 300, 1000):
+        c = x[rng.choice(1500, k, replace=False)].copy()
+        c[k // 2:k // 2 + 20] = c[:20]  # repeated centers: the smaller index wins
+        dist = _sequential_sq_dist(x, c)
+        np.testing.assert_array_equal(_C.nearest_cpu(x, c), dist.argmin(axis=1))
+        mask = rng.random(k) < 0.6
+        masked = np.where(mask[None, :], dist, np.inf)
+        np.testing.assert_array_equal(_C.nearest_cpu(x, c, mask), masked.argmin(axis=1))
+        # the thread count does not change the answer
+        np.testing.assert_array_equal(_C.nearest_cpu(x, c, num_threads=1),
+                                      _C.nearest_cpu(x, c, num_threads=3))
+
+
 def test_nearest_center_rejects_bad_arguments():
     from dcpe import _C
 
@@ -397,10 +431,12 @@ def _brute_kmeanspp(x: np.ndarray, k: int, first: int, u: np.ndarray) -> np.ndar
     return np.array(idx)
 
 
-@pytest.mark.parametrize("d", [2, 8])
+@pytest.mark.parametrize("d", [2, 8, 16, 24])
 def test_kmeanspp_seeds_match_brute_force(d):
     # compiled greedy k-means++ == its definition, given the same uniforms (integer
-    # coordinates: every sum is exact, so even tied potentials compare equal)
+    # coordinates: every sum is exact, so even tied potentials compare equal). Up to 16
+    # dimensions the seeding skips the groups of points that the triangle inequality
+    # keeps from a candidate; above, it scans every point.
     from dcpe import _C
 
     rng = np.random.default_rng(d)
@@ -409,6 +445,14 @@ def test_kmeanspp_seeds_match_brute_force(d):
         u = rng.random((k - 1, trials))
         got = _C.kmeanspp_cpu(x, k, 17, u)
         np.testing.assert_array_equal(got, _brute_kmeanspp(x, k, 17, u))
+    # u = 0: the first row of positive weight, not row 0, which is the first center
+    u0 = np.zeros((5, 2))
+    np.testing.assert_array_equal(_C.kmeanspp_cpu(x, 6, 0, u0), _brute_kmeanspp(x, 6, 0, u0))
+    # few distinct rows: the potential reaches 0 before k rows are chosen
+    few = rng.integers(-2, 3, size=(700, d)).astype(np.float64)
+    few[:, 2:] = 0
+    u = rng.random((39, 3))
+    np.testing.assert_array_equal(_C.kmeanspp_cpu(few, 40, 5, u), _brute_kmeanspp(few, 40, 5, u))
     # the thread count does not change the seeds (partial sums over fixed blocks)
     y = rng.standard_normal((1000, d))
     u = rng.random((99, 4))

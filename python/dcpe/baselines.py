@@ -180,9 +180,10 @@ def _nearest(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None)
     """Index of the nearest row of ``c`` for every row of ``x``, ties to the smallest index;
     rows of ``c`` where ``mask`` is False are skipped.
 
-    Host tensors use the compiled exhaustive scan (``dcpe._C.nearest_cpu``: squared
-    distances from coordinate differences in double); other devices, or a build without
-    the extension, a chunked matrix product.
+    Host tensors use the compiled search (``dcpe._C.nearest_cpu``: squared distances from
+    coordinate differences in double; a kd-tree over the centers up to 12 dimensions from
+    256 centers on, an exhaustive scan otherwise, with the same answer); other devices, or
+    a build without the extension, a chunked matrix product.
     """
     ext = _host_ext(x)
     if ext is not None:

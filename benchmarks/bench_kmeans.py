@@ -1,0 +1,173 @@
+"""k-means baselines at codebook sizes: dcpe's against scikit-learn's, in one run.
+
+``dcpe report``, ``dcpe sweep --baseline kmeans`` and ``dcpe cluster --method kmeans`` run
+:func:`dcpe.baselines.kmeans`: greedy k-means++ seeding (``2 + log k`` candidates per
+center, as scikit-learn), then Lloyd's iterations with exact nearest centers. This script
+times the whole call on data from the sample codebook's generator
+(``dcpe.datasets.make_sample_codebook``), next to scikit-learn's ``KMeans`` with the same
+seeding rule and iteration cap, and reports the inertia of both (the sum of squared
+distances to the centers), so that the times compare like with like.
+
+Providers (``--providers``, comma-separated):
+
+``dcpe-kmeans``     ``dcpe.baselines.kmeans(x, k, n_iter=M, seed=0)``
+``sklearn-kmeans``  ``sklearn.cluster.KMeans(k, n_init=1, max_iter=M, random_state=0)``
+
+Usage::
+
+    python benchmarks/bench_kmeans.py                    # -> results/kmeans.{json,md}
+    python benchmarks/bench_kmeans.py --sizes 16384x8:8192 --max-iter 10 --name kmeans-small
+
+Sizes are ``NxD:K``. Every call runs once per provider (``--repeat R``: the median of R),
+in this process, after one untimed call at the smallest size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import fmt_seconds, machine_info, markdown_table, time_call, write_results  # noqa: E402
+
+#: provider -> what is timed
+PROVIDERS: dict[str, str] = {
+    "dcpe-kmeans": "dcpe.baselines.kmeans(x, k, n_iter=M, seed=0): greedy k-means++ and "
+                   "Lloyd, exact nearest centers",
+    "sklearn-kmeans": "sklearn.cluster.KMeans(n_clusters=k, n_init=1, max_iter=M, "
+                      "random_state=0): greedy k-means++ and Lloyd (elkan or lloyd, its "
+                      "default)",
+}
+DEFAULT_SIZES = "16384x8:8192,65536x8:4096,262144x8:16384,65536x16:4096,16384x256:1024"
+
+
+def parse_sizes(text: str) -> list[tuple[int, int, int]]:
+    """``"NxD:K,..."`` -> ``[(N, D, K), ...]``; a malformed entry is a usage error."""
+    sizes = []
+    for item in text.split(","):
+        try:
+            shape, k = item.split(":")
+            n, d = shape.lower().split("x")
+            n_, d_, k_ = int(n), int(d), int(k)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"size {item!r} is not NxD:K, e.g. 16384x8:8192") from None
+        if not (n_ >= 1 and d_ >= 1 and 1 <= k_ <= n_):
+            raise argparse.ArgumentTypeError(f"size {item!r} needs N, D >= 1 and 1 <= K <= N")
+        sizes.append((n_, d_, k_))
+    return sizes
+
+
+def run_provider(provider: str, x: np.ndarray, k: int, max_iter: int) -> dict[str, Any]:
+    """One call of a provider: its labels' inertia and iterations (not timed here)."""
+    if provider == "dcpe-kmeans":
+        from dcpe.baselines import kmeans
+
+        res = kmeans(x, k, n_iter=max_iter, seed=0)
+        return {"inertia": float(res.inertia), "n_iter": int(res.n_iter)}
+    from sklearn.cluster import KMeans
+
+    km = KMeans(n_clusters=k, n_init=1, max_iter=max_iter, random_state=0).fit(x)
+    return {"inertia": float(km.inertia_), "n_iter": int(km.n_iter_)}
+
+
+def available(provider: str) -> str | None:
+    """None when the provider can run here, else why not."""
+    if provider == "sklearn-kmeans":
+        try:
+            import sklearn  # noqa: F401
+        except ImportError:
+            return "scikit-learn is not installed"
+    return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES),
+                    help=f"NxD:K,... (default {DEFAULT_SIZES})")
+    ap.add_argument("--providers", default=",".join(PROVIDERS),
+                    help=f"comma-separated, of {', '.join(PROVIDERS)}")
+    ap.add_argument("--max-iter", type=int, default=10, help="Lloyd iterations at most")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell (the median)")
+    ap.add_argument("--name", default="kmeans", help="results file name (default kmeans)")
+    ap.add_argument("--out", help="output directory (default benchmarks/results/)")
+    args = ap.parse_args(argv)
+    providers = [p for p in args.providers.split(",") if p]
+    unknown = [p for p in providers if p not in PROVIDERS]
+    if unknown or not providers:
+        ap.error(f"--providers takes {', '.join(PROVIDERS)}; got {args.providers!r}")
+    if args.max_iter < 1 or args.repeat < 1:
+        ap.error("--max-iter and --repeat must be at least 1")
+
+    import dcpe
+
+    started = time.strftime("%Y-%m-%d %H:%M:%S")
+    n0, d0, k0 = min(args.sizes)
+    warm = dcpe.datasets.make_sample_codebook(n0, d0)
+    for p in providers:
+        if available(p) is None:
+            run_provider(p, warm, k0, 1)
+    rows: list[dict[str, Any]] = []
+    for n, d, k in args.sizes:
+        x = dcpe.datasets.make_sample_codebook(n, d)
+        for p in providers:
+            why = available(p)
+            row: dict[str, Any] = {"n": n, "d": d, "k": k, "provider": p}
+            if why is not None:
+                row["error"] = why
+            else:
+                out: dict[str, Any] = {}
+                row.update(time_call(
+                    lambda p=p, x=x, k=k, out=out: out.update(run_provider(p, x, k,
+                                                                           args.max_iter)),
+                    repeats=args.repeat))
+                row.update(out)
+            rows.append(row)
+            print(f"{n} x {d}, k = {k}, {p}: "
+                  + (row["error"] if "error" in row else
+                     f"{fmt_seconds(row['median_s'])}, inertia {row['inertia']:.6g}, "
+                     f"{row['n_iter']} iterations"), flush=True)
+
+    table = []
+    for n, d, k in args.sizes:
+        cells = {r["provider"]: r for r in rows if (r["n"], r["d"], r["k"]) == (n, d, k)}
+        mine = cells.get("dcpe-kmeans")
+        line: list[Any] = [f"{n:,} × {d}", f"{k:,}"]
+        for p in providers:
+            r = cells[p]
+            if "error" in r:
+                line.append(r["error"])
+                continue
+            text = f"{fmt_seconds(r['median_s'])}, inertia {r['inertia']:.6g}"
+            if p != "dcpe-kmeans" and mine is not None and "error" not in mine:
+                text += f" ({r['median_s'] / mine['median_s']:.1f}×)"
+            line.append(text)
+        table.append(line)
+    info = machine_info()
+    md = "\n".join([
+        f"# k-means baselines ({started})",
+        "",
+        f"Machine: {info.get('cpu', '?')}, {info.get('cores', '?')} cores; dcpe "
+        f"{dcpe.__version__} (commit {info.get('commit', '?')}); at most {args.max_iter} "
+        f"Lloyd iterations; median of {args.repeat} run(s); data from "
+        f"`make_sample_codebook(N, D)`. A ratio is the provider's time over dcpe's.",
+        "",
+        markdown_table(["N × d", "k", *providers], table),
+        "",
+        *[f"- `{p}`: {PROVIDERS[p]}" for p in providers],
+    ])
+    payload = {"machine": info, "started": started, "max_iter": args.max_iter,
+               "repeat": args.repeat, "providers": {p: PROVIDERS[p] for p in providers},
+               "rows": rows}
+    jpath, mpath = write_results(args.name, payload, md, args.out)
+    print(f"wrote {jpath} and {mpath}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

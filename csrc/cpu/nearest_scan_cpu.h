@@ -1,0 +1,24 @@
+// The nearest-center search and the k-means++ seeding by exhaustive scans (see
+// nearest_cpu.h for what they compute): nearest_cpu.cpp calls them past the dimensions
+// where its kd-tree and its groups of points prune, and with few centers.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+
+namespace dcpe {
+
+// out[i]: the first nearest usable center of point i (first: the answer when every
+// distance overflows to +inf)
+template <typename T>
+void nearest_center_scan(const T* x, int64_t n, int64_t d, const T* c, int64_t k,
+                         const uint8_t* mask, int64_t first, int64_t* out, int threads,
+                         const std::function<bool()>& interrupted);
+
+// the seeding of kmeanspp_seeds, every candidate's potential summed over all points
+template <typename T>
+void kmeanspp_seeds_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
+                         const double* u, int64_t trials, int64_t* idx, int threads,
+                         const std::function<bool()>& interrupted);
+
+}  // namespace dcpe

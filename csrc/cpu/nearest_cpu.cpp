@@ -203,13 +203,13 @@ void nearest_center(const T* x, int64_t n, int64_t d, const T* c, int64_t k,
   }
   if (usable == 0) first = k - 1;
   const int threads = resolve_threads(num_threads);
+  if (d > kTreeMaxD || usable < kTreeMinK) {
+    nearest_center_scan<T>(x, n, d, c, k, mask, first, out, threads, interrupted);
+    return;
+  }
+  const CenterTree tree(c, k, d, mask);
   with_dimension(d, [&](auto D) {
-    if (d <= kTreeMaxD && usable >= kTreeMinK) {
-      const CenterTree tree(c, k, d, mask);
-      tree_search<D.value>(x, n, d, tree, first, out, threads, interrupted);
-    } else {
-      nearest_center_scan<T>(x, n, d, c, k, mask, first, out, threads, interrupted);
-    }
+    tree_search<D.value>(x, n, d, tree, first, out, threads, interrupted);
   });
 }
 
@@ -370,12 +370,12 @@ void kmeanspp_seeds(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
                     const std::function<bool()>& interrupted) {
   if (k < 1) return;
   const int threads = resolve_threads(num_threads);
+  if (d > kPruneMaxD) {
+    kmeanspp_seeds_scan<T>(x, n, d, k, first, u, trials, idx, threads, interrupted);
+    return;
+  }
   with_dimension(d, [&](auto D) {
-    if (d <= kPruneMaxD) {
-      kmeanspp_run<D.value>(x, n, d, k, first, u, trials, idx, threads, interrupted);
-    } else {
-      kmeanspp_seeds_scan<T>(x, n, d, k, first, u, trials, idx, threads, interrupted);
-    }
+    kmeanspp_run<D.value>(x, n, d, k, first, u, trials, idx, threads, interrupted);
   });
 }
 

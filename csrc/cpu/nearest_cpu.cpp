@@ -62,7 +62,9 @@ inline double sq_dist(const double* xd, const T* c, int64_t d) {
   return s;
 }
 
-// first: the first usable center, the answer when every distance overflows to +inf
+// keep center id at distance dist if it is nearer than the best so far, or as near with a
+// smaller index (arg < 0: none yet; a distance of +inf is never taken, so that the caller
+// answers `first` when every distance overflows)
 inline void take(double dist, int64_t id, double& best, int64_t& arg) {
   if (dist < best || (dist == best && arg >= 0 && id < arg)) {
     best = dist;
@@ -165,6 +167,7 @@ struct CenterTree {
   }
 };
 
+// first: the first usable center, the answer when every distance overflows to +inf
 template <int D, typename T>
 void tree_search(const T* x, int64_t n, int64_t d, const CenterTree& tree, int64_t first,
                  int64_t* out, int threads, const std::function<bool()>& interrupted) {

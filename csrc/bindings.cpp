@@ -11,6 +11,7 @@
 #include "cpu/amx_scan.h"
 #include "cpu/linkage_cpu.h"
 #include "linkage.h"
+#include "member_sums.h"
 #include "nearest.h"
 
 #ifdef DCPE_WITH_CUDA
@@ -70,6 +71,11 @@ PYBIND11_MODULE(_C, m) {
         py::arg("u"), py::arg("num_threads") = 0,
         "Greedy k-means++ seeds (indices into x): first, then for every further seed the "
         "best of u.shape[1] candidates drawn by D^2 with the uniforms u (k - 1, trials).");
+  m.def("member_sums_cpu", &dcpe::member_sums_cpu, py::arg("x"), py::arg("offsets"),
+        py::arg("num_threads") = 0,
+        "For every row of x (n, d) float64, the sum of its Euclidean distances to the rows "
+        "of its cluster, the run of rows offsets[c]:offsets[c + 1] that holds it (distances "
+        "from differences in double; the same result for any thread count).");
   m.def("max_threads", []() { return omp_get_max_threads(); },
         "Number of OpenMP threads used by default.");
   m.def("cpu_list_stats", []() {

@@ -55,14 +55,11 @@ def test_coherence_matches_brute_force(k):
     assert got["num_tokens"] == 300
 
 
-def test_coherence_large_cluster_is_chunked(monkeypatch):
-    # force the row-chunked path for big clusters and the batched path for small ones
-    monkeypatch.setattr(report, "_BUDGET", 64)
+def test_coherence_of_a_large_cluster():
+    # a cluster past the kernel's chunks and row tasks, and small ones beside it
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((120, 3))
-    labels = np.concatenate([np.zeros(100, dtype=np.int64), np.arange(1, 21)])
-    labels[100:104] = 1
-    labels = np.unique(labels, return_inverse=True)[1]
+    x = rng.standard_normal((2200, 3))
+    labels = np.concatenate([np.zeros(2100, dtype=np.int64), np.arange(1, 101) // 5 + 1])
     got = report.coherence(x, labels)
     want = _brute(x, labels)
     assert got["mean_intra_pairwise_distance"] == pytest.approx(

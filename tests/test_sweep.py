@@ -102,14 +102,16 @@ def test_usage_weighting_follows_the_tokens(x):
     assert sweep(x, [20])["rows"][0]["usage_weighted_expected_distance"] is None
 
 
-def test_large_clusters_are_chunked(x, monkeypatch):
-    import dcpe.report
+def test_large_clusters_match_brute_force():
+    # one cluster past the kernel's chunks and row tasks, next to small ones
     import dcpe.sweep as sw
 
-    whole = sw._member_distance_sums(torch.from_numpy(x).double(), dcpe.cluster(x, 3))
-    monkeypatch.setattr(dcpe.report, "_BUDGET", 64)  # every cluster on the row-chunk path
-    chunked = sw._member_distance_sums(torch.from_numpy(x).double(), dcpe.cluster(x, 3))
-    np.testing.assert_allclose(chunked, whole, rtol=1e-12)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((2500, 8))
+    labels = np.where(np.arange(2500) < 2300, 0, 1 + np.arange(2500) % 7)
+    got = sw._member_distance_sums(torch.from_numpy(x), labels)
+    want = _per_token_expected_distance(x, labels) * np.bincount(labels)[labels]
+    np.testing.assert_allclose(got, want, rtol=1e-12)
 
 
 def test_default_grid():

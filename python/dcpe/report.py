@@ -15,8 +15,9 @@ Statistics (:func:`coherence`), all distances Euclidean:
 ``largest_cluster``, ``smallest_cluster``, ``singletons``, ``num_clusters``,
 ``num_tokens``.
 
-Sums of pairwise distances are computed per cluster, for many small clusters at a time
-(padded batches) and in row chunks for large ones, so memory stays bounded.
+Sums of pairwise distances come from a compiled kernel (:func:`member_distance_sums`): every
+token's distances to its cluster's members, from coordinate differences in float64, summed
+in float64 in an order that does not depend on the thread count, in ``O(N * d)`` memory.
 
 What these statistics measure
 -----------------------------
@@ -47,7 +48,6 @@ from .io import atomic_write
 
 __all__ = ["coherence", "compare", "markdown_table", "require_matplotlib", "write_report"]
 
-_BUDGET = 1 << 22  # distance-matrix elements per batch
 _BASELINES = ("kmeans", "balanced_kmeans")
 
 #: What the coherence statistics measure, said in every report.
@@ -117,41 +117,21 @@ def _as_labels(labels: Any, n: int) -> torch.Tensor:
 def member_distance_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
     """``(N,)`` float64: for every token, the sum of its distances to its cluster's members.
 
-    Clusters are batched by padded size so that memory stays bounded (``_BUDGET`` distances
-    at a time); distances from coordinate differences.
+    ``x`` is a float64 CPU tensor, ``labels`` int64 ids in ``[0, k)``. The rows are sorted by
+    cluster and handed to the compiled kernel (``dcpe._C.member_sums_cpu``), which computes
+    every ordered pair within each cluster from coordinate differences in double, in
+    ``O(N * d)`` memory; each sum's order is fixed, so the result does not depend on the
+    number of threads.
     """
-    n = x.shape[0]
+    from . import _C
+    from ._threads import host_threads
+
     order = torch.argsort(labels, stable=True)
-    xs = x[order]
     sizes = torch.bincount(labels, minlength=k)
-    starts = torch.cumsum(sizes, dim=0) - sizes
-    sums = torch.zeros(n, dtype=torch.float64)
-    multi = torch.nonzero(sizes >= 2).flatten()
-    if multi.numel():
-        pad = torch.pow(2, torch.ceil(torch.log2(sizes[multi].to(torch.float64))))
-        pad = pad.to(torch.int64)
-        for p in torch.unique(pad).tolist():
-            clusters = multi[pad == p]
-            if p * p <= _BUDGET:
-                per_batch = max(1, _BUDGET // (p * p))
-                ar = torch.arange(p)
-                for b in range(0, clusters.numel(), per_batch):
-                    cb = clusters[b:b + per_batch]
-                    valid = ar.unsqueeze(0) < sizes[cb].unsqueeze(1)
-                    idx = torch.where(valid, starts[cb].unsqueeze(1) + ar.unsqueeze(0), 0)
-                    pts = xs[idx]
-                    d = torch.cdist(pts, pts, compute_mode="donot_use_mm_for_euclid_dist")
-                    rows = (d * valid.unsqueeze(1)).sum(dim=2)
-                    sums[idx[valid]] = rows[valid].to(torch.float64)
-            else:
-                for c in clusters.tolist():
-                    s0, n_c = int(starts[c]), int(sizes[c])
-                    members = xs[s0:s0 + n_c]
-                    step = max(1, _BUDGET // n_c)
-                    for r in range(0, n_c, step):
-                        d = torch.cdist(members[r:r + step], members,
-                                        compute_mode="donot_use_mm_for_euclid_dist")
-                        sums[s0 + r:s0 + r + d.shape[0]] = d.sum(dim=1).to(torch.float64)
+    offsets = torch.zeros(k + 1, dtype=torch.int64)
+    torch.cumsum(sizes, dim=0, out=offsets[1:])
+    xs = x[order].to(torch.float64).contiguous().numpy()
+    sums = torch.from_numpy(_C.member_sums_cpu(xs, offsets.numpy(), num_threads=host_threads()))
     out = torch.empty_like(sums)
     out[order] = sums
     return out

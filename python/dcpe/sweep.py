@@ -19,8 +19,9 @@ generation quality (FID, IS), which needs a model trained with the prior; k-mean
 score better on them than DCPE.
 
 Distances are Euclidean on the codebook as given (after ``--normalize`` in the CLI),
-whatever ``metric`` the tree was built with; they are summed in float64 per cluster, in
-batches of bounded size.
+whatever ``metric`` the tree was built with. Every token's distances to its cluster's members
+are summed in float64 by the compiled kernel of :func:`dcpe.report.member_distance_sums`,
+in ``O(N * d)`` memory.
 """
 
 from __future__ import annotations

@@ -113,6 +113,26 @@ def fit_power_law(ns: list[int], seconds: list[float]) -> tuple[float, float]:
     return p, c
 
 
+def parse_sizes(text: str) -> list[tuple[int, int, int]]:
+    """``"NxD:K,..."`` -> ``[(N, D, K), ...]``; a malformed entry is a usage error
+    (``argparse.ArgumentTypeError``)."""
+    import argparse
+
+    sizes = []
+    for item in text.split(","):
+        try:
+            shape, k = item.split(":")
+            n, d = shape.lower().split("x")
+            n_, d_, k_ = int(n), int(d), int(k)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"size {item!r} is not NxD:K, e.g. 16384x8:8192") from None
+        if not (n_ >= 1 and d_ >= 1 and 1 <= k_ <= n_):
+            raise argparse.ArgumentTypeError(f"size {item!r} needs N, D >= 1 and 1 <= K <= N")
+        sizes.append((n_, d_, k_))
+    return sizes
+
+
 def fmt_seconds(t: float | None) -> str:
     if t is None or (isinstance(t, float) and math.isnan(t)):
         return "—"

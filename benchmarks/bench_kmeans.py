@@ -33,7 +33,14 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import fmt_seconds, machine_info, markdown_table, time_call, write_results  # noqa: E402
+from _common import (  # noqa: E402
+    fmt_seconds,
+    machine_info,
+    markdown_table,
+    parse_sizes,
+    time_call,
+    write_results,
+)
 
 #: provider -> what is timed
 PROVIDERS: dict[str, str] = {
@@ -44,23 +51,6 @@ PROVIDERS: dict[str, str] = {
                       "default)",
 }
 DEFAULT_SIZES = "16384x8:8192,65536x8:4096,262144x8:16384,65536x16:4096,16384x256:1024"
-
-
-def parse_sizes(text: str) -> list[tuple[int, int, int]]:
-    """``"NxD:K,..."`` -> ``[(N, D, K), ...]``; a malformed entry is a usage error."""
-    sizes = []
-    for item in text.split(","):
-        try:
-            shape, k = item.split(":")
-            n, d = shape.lower().split("x")
-            n_, d_, k_ = int(n), int(d), int(k)
-        except ValueError:
-            raise argparse.ArgumentTypeError(
-                f"size {item!r} is not NxD:K, e.g. 16384x8:8192") from None
-        if not (n_ >= 1 and d_ >= 1 and 1 <= k_ <= n_):
-            raise argparse.ArgumentTypeError(f"size {item!r} needs N, D >= 1 and 1 <= K <= N")
-        sizes.append((n_, d_, k_))
-    return sizes
 
 
 def run_provider(provider: str, x: np.ndarray, k: int, max_iter: int) -> dict[str, Any]:

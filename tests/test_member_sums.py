@@ -11,13 +11,15 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.spatial.distance import cdist
 
 from dcpe import _C
 from dcpe.report import member_distance_sums
 
-# Around the kernel's shapes: blocks of 4 rows, panels of 8 members, tasks of 64 rows; the
-# chunks of packed members hold 16384 / (8 d) panels, i.e. 2048 members at d <= 8 and 64
-# at d = 256, which the large clusters cross.
+# Around the kernel's shapes: blocks of 4 rows, panels of 8 members, tasks of 64 rows (each
+# pair once: the members past a task's rows get column sums); the chunks of packed members
+# hold 16384 / (8 d) panels, i.e. 2048 members at d <= 8 and 64 at d = 256, which the
+# large clusters cross.
 SIZES = [1, 2, 3, 4, 5, 7, 8, 9, 63, 64, 65, 130, 0, 1]
 
 
@@ -56,6 +58,21 @@ def test_member_sums_do_not_depend_on_threads():
         runs = [_C.member_sums_cpu(x, offsets, num_threads=t) for t in (1, 2, 3)]
         np.testing.assert_array_equal(runs[0], runs[1])
         np.testing.assert_array_equal(runs[0], runs[2])
+
+
+def test_member_sums_of_a_cluster_past_one_batch_of_column_sums():
+    # 12,000 members leave about 1.1 million column sums, past the million a batch holds:
+    # they are added over two batches, in the order of the rows
+    rng = np.random.default_rng(7)
+    offsets = _offsets([12000, 3])
+    x = rng.standard_normal((12003, 2))
+    got = _C.member_sums_cpu(x, offsets)
+    want = np.zeros(12003)
+    for r in range(0, 12000, 1500):
+        want[r:r + 1500] = cdist(x[r:r + 1500], x[:12000]).sum(axis=1)
+    want[12000:] = _reference(x[12000:], _offsets([3]))
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(_C.member_sums_cpu(x, offsets, num_threads=1), got)
 
 
 def test_member_sums_of_copies_and_large_values():

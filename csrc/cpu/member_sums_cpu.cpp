@@ -37,7 +37,10 @@ constexpr int64_t kLanes = 8;             // members per panel
 constexpr int64_t kRows = 64;             // rows per task (a multiple of 4)
 constexpr int64_t kChunkDoubles = 16384;  // packed members per chunk times d (128 KiB)
 constexpr double kBatchWork = 1 << 30;    // pair-coordinates between two polls of Ctrl-C
-constexpr int64_t kSlotDoubles = 1 << 20; // column sums held between two reductions, at least
+// column sums held between two reductions: room for 4 tasks a thread, within these bounds
+// (a task larger than the upper bound runs in a batch of its own)
+constexpr int64_t kSlotDoubles = 1 << 20;   // 8 MiB
+constexpr int64_t kSlotCap = int64_t(1) << 25;  // 256 MiB
 
 struct Task {
   int64_t start, end;  // the cluster's rows
@@ -167,7 +170,8 @@ void member_distance_sums(const double* x, int64_t n, int64_t d, const int64_t* 
   const int64_t chunk = chunk_members(d);
   int64_t widest = 0;  // the longest row of column sums a task leaves
   for (const Task& t : tasks) widest = std::max(widest, t.end - t.r1);
-  const int64_t slot_limit = std::max<int64_t>(kSlotDoubles, 4 * threads * widest);
+  const int64_t slot_limit =
+      std::max<int64_t>(kSlotDoubles, std::min<int64_t>(4 * threads * widest, kSlotCap));
   std::vector<double> colsum(static_cast<size_t>(n), 0.0);  // from the rows above, in order
   std::vector<double> slots;
   std::vector<int64_t> at;

@@ -17,7 +17,8 @@ Statistics (:func:`coherence`), all distances Euclidean:
 
 Sums of pairwise distances come from a compiled kernel (:func:`member_distance_sums`): every
 token's distances to its cluster's members, from coordinate differences in float64, summed
-in float64 in an order that does not depend on the thread count, in ``O(N * d)`` memory.
+in float64 in an order that does not depend on the thread count, without the clusters'
+distance matrices.
 
 What these statistics measure
 -----------------------------
@@ -119,9 +120,10 @@ def member_distance_sums(x: torch.Tensor, labels: torch.Tensor, k: int) -> torch
 
     ``x`` is a float64 CPU tensor, ``labels`` int64 ids in ``[0, k)``. The rows are sorted by
     cluster and handed to the compiled kernel (``dcpe._C.member_sums_cpu``), which computes
-    every ordered pair within each cluster from coordinate differences in double, in
-    ``O(N * d)`` memory; each sum's order is fixed, so the result does not depend on the
-    number of threads.
+    each pair within a cluster once, from coordinate differences in double, and adds it to
+    both tokens' sums. Memory: a sorted copy of ``x`` and at most 256 MiB of partial sums,
+    not the clusters' distance matrices. Each sum's order is fixed, so the result does not
+    depend on the number of threads.
     """
     from . import _C
     from ._threads import host_threads

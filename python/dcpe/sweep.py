@@ -21,7 +21,7 @@ score better on them than DCPE.
 Distances are Euclidean on the codebook as given (after ``--normalize`` in the CLI),
 whatever ``metric`` the tree was built with. Every token's distances to its cluster's members
 are summed in float64 by the compiled kernel of :func:`dcpe.report.member_distance_sums`,
-in ``O(N * d)`` memory.
+without the clusters' distance matrices.
 """
 
 from __future__ import annotations

@@ -133,6 +133,43 @@ def parse_sizes(text: str) -> list[tuple[int, int, int]]:
     return sizes
 
 
+def sizes_parser(doc: str, default_sizes: str, providers: dict[str, str],
+                 name: str) -> Any:
+    """The options of a benchmark over ``NxD:K`` sizes and providers: ``--sizes``,
+    ``--providers``, ``--repeat``, ``--name`` and ``--out`` (an ``argparse`` parser; the
+    caller may add more)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--sizes", type=parse_sizes, default=parse_sizes(default_sizes),
+                    help=f"NxD:K,... (default {default_sizes})")
+    ap.add_argument("--providers", default=",".join(providers),
+                    help=f"comma-separated, of {', '.join(providers)}")
+    ap.add_argument("--repeat", type=int, default=1, help="runs per cell (the median)")
+    ap.add_argument("--name", default=name, help=f"results file name (default {name})")
+    ap.add_argument("--out", help="output directory (default benchmarks/results/)")
+    return ap
+
+
+def chosen_providers(ap: Any, text: str, providers: dict[str, str]) -> list[str]:
+    """The providers of ``--providers``, all known, at least one (else a usage error)."""
+    chosen = [p for p in text.split(",") if p]
+    if not chosen or any(p not in providers for p in chosen):
+        ap.error(f"--providers takes {', '.join(providers)}; got {text!r}")
+    return chosen
+
+
+def missing(module: str, what: str) -> str | None:
+    """None when ``module`` imports, else why a provider that needs it cannot run."""
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError:
+        return f"{what} is not installed"
+    return None
+
+
 def fmt_seconds(t: float | None) -> str:
     if t is None or (isinstance(t, float) and math.isnan(t)):
         return "—"

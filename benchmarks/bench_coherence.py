@@ -26,7 +26,6 @@ untimed call at the smallest size.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -36,10 +35,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (  # noqa: E402
+    chosen_providers,
     fmt_seconds,
     machine_info,
     markdown_table,
-    parse_sizes,
+    missing,
+    sizes_parser,
     time_call,
     write_results,
 )
@@ -82,28 +83,13 @@ def run_provider(provider: str, x: np.ndarray, labels: np.ndarray, k: int) -> np
 
 def available(provider: str) -> str | None:
     """None when the provider can run here, else why not."""
-    if provider == "scipy-cdist":
-        try:
-            import scipy  # noqa: F401
-        except ImportError:
-            return "SciPy is not installed"
-    return None
+    return missing("scipy", "SciPy") if provider == "scipy-cdist" else None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--sizes", type=parse_sizes, default=parse_sizes(DEFAULT_SIZES),
-                    help=f"NxD:K,... (default {DEFAULT_SIZES})")
-    ap.add_argument("--providers", default=",".join(PROVIDERS),
-                    help=f"comma-separated, of {', '.join(PROVIDERS)}")
-    ap.add_argument("--repeat", type=int, default=1, help="runs per cell (the median)")
-    ap.add_argument("--name", default="coherence", help="results file name (default coherence)")
-    ap.add_argument("--out", help="output directory (default benchmarks/results/)")
+    ap = sizes_parser(__doc__, DEFAULT_SIZES, PROVIDERS, "coherence")
     args = ap.parse_args(argv)
-    providers = [p for p in args.providers.split(",") if p]
-    unknown = [p for p in providers if p not in PROVIDERS]
-    if unknown or not providers:
-        ap.error(f"--providers takes {', '.join(PROVIDERS)}; got {args.providers!r}")
+    providers = chosen_providers(ap, args.providers, PROVIDERS)
     if args.repeat < 1:
         ap.error("--repeat must be at least 1")
 

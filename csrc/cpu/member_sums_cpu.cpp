@@ -36,7 +36,7 @@ namespace {
 constexpr int64_t kLanes = 8;             // members per panel
 constexpr int64_t kRows = 64;             // rows per task (a multiple of 4)
 constexpr int64_t kChunkDoubles = 16384;  // packed members per chunk times d (128 KiB)
-constexpr double kBatchWork = 1 << 30;    // pair-coordinates between two polls of Ctrl-C
+constexpr double kBatchWork = 1 << 30;    // pair-coordinates between two polls of Ctrl-C, at least
 // column sums held between two reductions: room for 4 tasks a thread, within these bounds
 // (a task larger than the upper bound runs in a batch of its own)
 constexpr int64_t kSlotDoubles = 1 << 20;   // 8 MiB
@@ -182,7 +182,9 @@ void member_distance_sums(const double* x, int64_t n, int64_t d, const int64_t* 
       int64_t b1 = b0, used = 0;
       double work = 0.0;
       at.clear();
-      while (b1 < count && work < kBatchWork) {
+      // enough work between two polls, and at least 4 tasks a thread (a task of a large
+      // cluster is a batch's worth of work by itself)
+      while (b1 < count && (work < kBatchWork || b1 - b0 < 4 * threads)) {
         const Task& t = tasks[static_cast<size_t>(b1)];
         if (b1 > b0 && used + (t.end - t.r1) > slot_limit) break;
         at.push_back(used);

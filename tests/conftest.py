@@ -714,6 +714,30 @@ def one_error_line(err: str, ignore: tuple[str, ...] = ()) -> str:
     return lines[0]
 
 
+# --------------------------------------------------------------------------- Ctrl-C
+
+
+def interrupted_in_child(code: str, delay: float, what: str) -> None:
+    """Run ``code`` in a child Python that prints ``start`` before its long call and
+    ``interrupted`` when KeyboardInterrupt reaches it; send SIGINT ``delay`` seconds after
+    ``start`` and assert that the child says ``interrupted`` and exits 0 within 60 s (else
+    the test fails, naming ``what``)."""
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "start"
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    try:
+        out, _ = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"{what} did not stop within 60 s of SIGINT")
+    assert proc.returncode == 0, out
+    assert out.strip() == "interrupted"
+
+
 # --------------------------------------------------------------------------- Triton interpreter
 
 #: a kernel with a loop over an integer argument, the pattern of every dcpe kernel, run on a

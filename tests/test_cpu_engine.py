@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
-from conftest import cpu_order_distances, integer_grid, replay_gaps, tie_free
+from conftest import (
+    cpu_order_distances,
+    integer_grid,
+    interrupted_in_child,
+    replay_gaps,
+    tie_free,
+)
 from scipy.cluster.hierarchy import linkage as scipy_linkage
 from scipy.spatial.distance import squareform
 
@@ -41,17 +43,7 @@ def test_ctrl_c_stops_cleanly():
             sys.exit(0)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "start"
-    time.sleep(0.5)
-    proc.send_signal(signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the engine did not stop within 60 s of SIGINT")
-    assert proc.returncode == 0, out
-    assert out.strip() == "interrupted"
+    interrupted_in_child(code, 0.5, "the engine")
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])

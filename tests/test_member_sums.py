@@ -8,15 +8,12 @@ few units in the last place.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import sys
 import textwrap
-import time
 
 import numpy as np
 import pytest
 import torch
+from conftest import interrupted_in_child
 from scipy.spatial.distance import cdist
 
 from dcpe import _C
@@ -153,14 +150,4 @@ def test_ctrl_c_stops_the_kernel():
         print("finished", flush=True)
         """
     )
-    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
-    assert proc.stdout.readline().strip() == "start"
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGINT)
-    try:
-        out, _ = proc.communicate(timeout=60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        pytest.fail("the kernel did not stop within 60 s of SIGINT")
-    assert proc.returncode == 0, out
-    assert out.strip() == "interrupted"
+    interrupted_in_child(code, 1.0, "the kernel")

@@ -144,9 +144,10 @@ def _optimal_balanced_cost(x: np.ndarray, c: np.ndarray, cap: np.ndarray) -> flo
     """The optimum of the capacity-constrained assignment by SciPy's Hungarian solver
     (every center expanded into cap[j] identical slots)."""
     from scipy.optimize import linear_sum_assignment
+    from scipy.spatial.distance import cdist
 
     slots = np.repeat(np.arange(len(c)), cap)
-    cost = ((x[:, None, :] - c[slots][None, :, :]) ** 2).sum(-1)
+    cost = cdist(x, c, "sqeuclidean")[:, slots]
     rows, cols = linear_sum_assignment(cost)
     return float(cost[rows, cols].sum())
 
@@ -187,6 +188,25 @@ def test_balanced_assignment_is_optimal(seed):
         assert float(((x - c[again.numpy()]) ** 2).sum()) <= best * (1 + 1e-6) + 1e-12
 
 
+def _check_two_warm_steps(x: np.ndarray, c: np.ndarray, cap: np.ndarray,
+                          rng: np.random.Generator) -> None:
+    """Two assignments with 2 candidates per token, the second from the first's prices and
+    labels after the centers moved a little (as in balanced_kmeans); each must fill every
+    center exactly, at the Hungarian optimum up to the relative 1e-5."""
+    prices, labels = None, None
+    x64 = x.astype(np.float64)
+    for _step in range(2):
+        labels, prices = baselines._balanced_assign(
+            torch.from_numpy(x), torch.from_numpy(c), torch.from_numpy(cap), 2, prices, labels)
+        got = labels.numpy()
+        np.testing.assert_array_equal(np.bincount(got, minlength=len(c)), cap)
+        c64 = c.astype(np.float64)
+        cost = float(((x64 - c64[got]) ** 2).sum())
+        best = _optimal_balanced_cost(x64, c64, cap)
+        assert best - 1e-9 <= cost <= best * (1 + 1e-5)
+        c = (c + rng.standard_normal(c.shape) * 0.02).astype(c.dtype)
+
+
 @pytest.mark.parametrize("d", [4, 5, 8, 16])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_balanced_assignment_optimal_with_many_centers(d, dtype):
@@ -199,19 +219,29 @@ def test_balanced_assignment_optimal_with_many_centers(d, dtype):
     x[:200] *= 0.05  # a crowded region whose points must travel
     for k in (300, 150):
         c = x[rng.choice(n, k, replace=False)] + dtype(0.01)
-        cap = np.full(k, n // k, dtype=np.int64)
-        prices, labels = None, None
-        for _step in range(2):
-            labels, prices = baselines._balanced_assign(
-                torch.from_numpy(x), torch.from_numpy(c), torch.from_numpy(cap), 2, prices,
-                labels)
-            got = labels.numpy()
-            np.testing.assert_array_equal(np.bincount(got, minlength=k), cap)
-            x64, c64 = x.astype(np.float64), c.astype(np.float64)
-            cost = float(((x64 - c64[got]) ** 2).sum())
-            best = _optimal_balanced_cost(x64, c64, cap)
-            assert best - 1e-9 <= cost <= best * (1 + 1e-5)
-            c = (c + rng.standard_normal(c.shape).astype(dtype) * dtype(0.02)).astype(dtype)
+        _check_two_warm_steps(x, c, np.full(k, n // k, dtype=np.int64), rng)
+
+
+@pytest.mark.parametrize("d,order", [(5, "random"), (8, "random"), (8, "sample-rich")])
+def test_balanced_assignment_optimal_with_sampled_list_thresholds(d, order):
+    # k in the thousands: a list rebuilt from all centers takes its threshold from a sample
+    # (every 16th center) of the values and keeps the centers that pass it (packed four at
+    # a time), falling back to all centers when too few pass; short lists (2 candidates)
+    # run out often, and the second call starts from moved centers, as in balanced_kmeans.
+    # "sample-rich" puts the crowded region's centers at the sampled positions, so that
+    # the sample's threshold is too high and the fallback runs.
+    rng = np.random.default_rng(100 + d)
+    n, k = 2198, 1099  # k % 4 == 3: the filter's scalar tail too
+    x = rng.standard_normal((n, d)).astype(np.float32)
+    x[:700] *= np.float32(0.05)  # a crowded region whose points must travel
+    c = x[rng.choice(n, k, replace=False)] + np.float32(0.01)
+    if order == "sample-rich":
+        by_norm = c[np.argsort(np.linalg.norm(c, axis=1), kind="stable")]
+        sampled = np.arange(0, k, 16)
+        slots = np.concatenate([sampled, np.setdiff1d(np.arange(k), sampled)])
+        c = np.empty_like(c)
+        c[slots] = by_norm
+    _check_two_warm_steps(x, c, np.full(k, 2, dtype=np.int64), rng)
 
 
 def test_balanced_assignment_optimal_on_crowded_sample_codebook():

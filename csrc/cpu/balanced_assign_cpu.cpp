@@ -19,6 +19,9 @@
 #include "balanced_assign_cpu.h"
 
 #include <omp.h>
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cfloat>
@@ -47,11 +50,13 @@ struct List {
 // Scratch of one thread for rebuild(): k distances and a selection buffer.
 struct RebuildScratch {
   std::vector<double> dist;
+  std::vector<double> val;  // -dist - price
   std::vector<double> xd;  // the point in double
   std::vector<double> sample;
-  std::vector<int32_t> idx;
+  std::vector<int32_t> idx;  // k + 4: the packed stores write four lanes
   std::vector<std::pair<double, int64_t>> buf;
-  explicit RebuildScratch(int64_t k) : dist(static_cast<size_t>(k)), idx(static_cast<size_t>(k)) {}
+  explicit RebuildScratch(int64_t k)
+      : dist(static_cast<size_t>(k)), val(static_cast<size_t>(k)), idx(static_cast<size_t>(k) + 4) {}
 };
 
 // Rebuild a point's list with its m best centers by value -dist - price; bound = the best
@@ -61,12 +66,15 @@ template <typename T>
 void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price,
              int64_t m, List& list, RebuildScratch& s) {
   double* dist = s.dist.data();
+  double* val = s.val.data();
   s.xd.resize(static_cast<size_t>(d));
   for (int64_t t = 0; t < d; ++t) s.xd[t] = static_cast<double>(xi[t]);
   with_dimension(d, [&](auto D) {  // the usual codebook dimensions: register-resident sums
     constexpr int64_t kBlock = 256;
     for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
-      block_distances<D.value>(s.xd.data(), ct, k, d, j0, std::min(kBlock, k - j0), dist + j0);
+      const int64_t len = std::min(kBlock, k - j0);
+      block_distances<D.value>(s.xd.data(), ct, k, d, j0, len, dist + j0);
+      for (int64_t j = j0; j < j0 + len; ++j) val[j] = -dist[j] - price[j];
     }
   });
   m = std::min(m, k);
@@ -80,37 +88,65 @@ void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price
     list.bound = -kInf;
     return;
   }
-  // Select the m + 1 best (value, id).  A threshold from a strided sample of the values
-  // should let about twice the m + 1 needed pass a branch-free filter; the survivors are
-  // then cut to the m + 1 best.  If fewer pass, all centers are candidates (the sample only
-  // saves work).
+  // Select the m + 1 best (value, id).  A threshold from a sample of every 16th value
+  // should let about twice the m + 1 needed pass the filter; the survivors are then cut to
+  // the m + 1 best.  If fewer pass, all centers are candidates (the sample only saves
+  // work).  The sample's threshold is the least of its rank + 1 best values, kept sorted
+  // as they are met (few values enter: about (rank + 1) * ln(samples / (rank + 1))).
   auto better = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
   const int64_t keep = m + 1;
+  constexpr int64_t kStride = 16;
   double thr = -kInf;
-  const int64_t stride = std::min<int64_t>(16, k / (4 * keep));
-  if (stride >= 2) {
-    auto& smp = s.sample;
-    smp.clear();
-    for (int64_t j = 0; j < k; j += stride) smp.push_back(-dist[j] - price[j]);
-    const int64_t rank = 2 * keep / stride;  // of the sample, 0-based, best first
-    std::nth_element(smp.begin(), smp.begin() + rank, smp.end(), std::greater<double>());
-    thr = smp[rank];
+  // sample values kept (best last): the threshold is met by about top_n of the sample, and
+  // by about top_n * kStride >= 2 * keep of all; at least 17, so that fewer than keep pass
+  // in well under 1% of the calls (a Poisson tail) even for short lists
+  const int64_t top_n = std::max<int64_t>(2 * keep / kStride, 16) + 1;
+  if (2 * top_n * kStride <= k) {
+    auto& top = s.sample;
+    top.assign(static_cast<size_t>(top_n), -kInf);
+    double* tp = top.data();
+    for (int64_t j = 0; j < k; j += kStride) {
+      const double v = val[j];
+      if (!(v > tp[0])) continue;
+      int64_t q = 1;
+      for (; q < top_n && tp[q] < v; ++q) tp[q - 1] = tp[q];
+      tp[q - 1] = v;
+    }
+    thr = tp[0];
   }
   int32_t* idx = s.idx.data();
   int64_t passed = 0;
-  for (int64_t j = 0; j < k; ++j) {
+  int64_t j = 0;
+#if defined(__AVX2__)
+  // four values at a time: the lanes that pass are packed to the front (a table of the 16
+  // lane masks), stored, and counted, with no branch
+  alignas(64) static const int32_t kPack[16][4] = {
+      {0, 0, 0, 0}, {0, 0, 0, 0}, {1, 0, 0, 0}, {0, 1, 0, 0}, {2, 0, 0, 0}, {0, 2, 0, 0},
+      {1, 2, 0, 0}, {0, 1, 2, 0}, {3, 0, 0, 0}, {0, 3, 0, 0}, {1, 3, 0, 0}, {0, 1, 3, 0},
+      {2, 3, 0, 0}, {0, 2, 3, 0}, {1, 2, 3, 0}, {0, 1, 2, 3}};
+  const __m256d thr4 = _mm256_set1_pd(thr);
+  for (; j + 4 <= k; j += 4) {
+    const int mask =
+        _mm256_movemask_pd(_mm256_cmp_pd(_mm256_loadu_pd(val + j), thr4, _CMP_GE_OQ));
+    const __m128i lanes = _mm_load_si128(reinterpret_cast<const __m128i*>(kPack[mask]));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(idx + passed),
+                     _mm_add_epi32(lanes, _mm_set1_epi32(static_cast<int32_t>(j))));
+    passed += __builtin_popcount(static_cast<unsigned>(mask));
+  }
+#endif
+  for (; j < k; ++j) {
     idx[passed] = static_cast<int32_t>(j);
-    passed += (-dist[j] - price[j] >= thr) ? 1 : 0;
+    passed += (val[j] >= thr) ? 1 : 0;
   }
   if (passed < keep) {  // the sample's threshold was too high
-    for (int64_t j = 0; j < k; ++j) idx[j] = static_cast<int32_t>(j);
+    for (int64_t q = 0; q < k; ++q) idx[q] = static_cast<int32_t>(q);
     passed = k;
   }
   auto& buf = s.buf;
   buf.clear();
-  for (int64_t q = 0; q < passed; ++q) buf.emplace_back(-dist[idx[q]] - price[idx[q]], idx[q]);
+  for (int64_t q = 0; q < passed; ++q) buf.emplace_back(val[idx[q]], idx[q]);
   std::nth_element(buf.begin(), buf.begin() + (keep - 1), buf.end(), better);
   list.bound = buf[keep - 1].first;  // the best value left outside
   for (int64_t t = 0; t + 1 < keep; ++t) {

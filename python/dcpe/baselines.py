@@ -488,7 +488,10 @@ def balanced_kmeans(
         Seed of the CPU ``torch.Generator`` used for initialisation.
     n_candidates : int
         Centers kept per token by the assignment (a token whose list runs out rescans
-        all centers and keeps a longer list); affects speed, not the result.
+        all centers and keeps a longer list). It sets the speed, not the guarantee: every
+        value gives an assignment within the relative ``1e-6`` of the optimum, but where
+        near-optimal assignments differ by less, different values can return different
+        ones (and the later steps then differ too).
 
     Returns
     -------

@@ -1,4 +1,5 @@
-"""Tests of dcpe.baselines: k-means, balanced k-means, centroid-free k-means."""
+"""Tests of dcpe.baselines: k-means, k-means++ seeding, balanced k-means, centroid-free
+k-means."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 from dcpe import baselines
-from dcpe.baselines import balanced_kmeans, centroid_free_kmeans, kmeans
+from dcpe.baselines import balanced_kmeans, centroid_free_kmeans, kmeans, kmeans_plusplus
 
 
 def _blobs(n: int = 600, d: int = 8, centers: int = 12, seed: int = 0) -> np.ndarray:
@@ -30,6 +31,85 @@ def test_kmeans_history_never_increases(init):
     assert h.size == res.n_iter >= 2
     assert np.all(np.diff(h) <= 1e-9 * h[0])
     assert res.inertia <= h[-1] * (1 + 1e-9)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeans_plusplus_starts_both_baselines_as_their_own_seeding(dtype):
+    x = _blobs(700, 6, seed=4).astype(dtype)
+    centers, idx = kmeans_plusplus(x, 21, seed=9)
+    assert centers.dtype == dtype and idx.dtype == np.int64 and centers.shape == (21, 6)
+    np.testing.assert_array_equal(centers, x[idx])
+    assert len(np.unique(idx)) == 21
+    for fn in (kmeans, balanced_kmeans):
+        own = fn(x, 21, seed=9, n_iter=8)
+        given = fn(x, 21, init=centers, n_iter=8, seed=123)  # the seed is not used
+        np.testing.assert_array_equal(given.labels, own.labels)
+        assert given.inertia == own.inertia and given.history == own.history
+    other, _ = kmeans_plusplus(x, 21, seed=10)
+    assert not np.array_equal(other, centers)
+    few, _ = kmeans_plusplus(x, 21, seed=9, n_local_trials=1)
+    assert not np.array_equal(few, centers)
+    t_centers, t_idx = kmeans_plusplus(torch.from_numpy(x), 21, seed=9)
+    assert isinstance(t_centers, torch.Tensor) and isinstance(t_idx, torch.Tensor)
+    np.testing.assert_array_equal(t_idx.numpy(), idx)
+
+
+def test_init_centers_are_checked_before_any_work(monkeypatch):
+    x = _blobs(200, 4)
+    good = x[:5].copy()
+
+    def no_work(*args, **kw):
+        raise AssertionError("work started")
+
+    monkeypatch.setattr(baselines, "_lloyd", no_work)
+    monkeypatch.setattr(baselines, "_balanced_assign", no_work)
+    for fn in (kmeans, balanced_kmeans):
+        with pytest.raises(ValueError,
+                           match=r"init must have shape \(k, d\) = \(5, 4\), got \(4, 4\)"):
+            fn(x, 5, init=good[:4])
+        with pytest.raises(ValueError, match=r"init must have shape .* got \(5, 3\)"):
+            fn(x, 5, init=good[:, :3])
+        with pytest.raises(ValueError, match="init must be 2-D"):
+            fn(x, 5, init=good[0])
+        bad = good.copy()
+        bad[2, 1] = np.nan
+        with pytest.raises(ValueError, match=r"init has 1 row\(s\) containing NaN"):
+            fn(x, 5, init=bad)
+        with pytest.raises(TypeError, match="init must be 'k-means\\+\\+', 'random' or a"):
+            fn(x, 5, init=5)
+        with pytest.raises(ValueError, match="init must be 'k-means"):
+            fn(x, 5, init="kmeans++")
+    with pytest.raises(ValueError, match="n_init must be 1 when init is an array"):
+        kmeans(x, 5, init=good, n_init=2)
+    with pytest.raises(ValueError, match="init must be 'k-means"):
+        centroid_free_kmeans(x, 5, init=good)  # seeds are tokens there
+
+
+def test_init_centers_follow_the_data_dtype_and_are_not_mutated():
+    x = _blobs(300, 5)
+    start = x[::60].astype(np.float64)  # float64 centers for float32 data
+    before = start.copy()
+    res = kmeans(x, 5, init=start, n_iter=4)
+    np.testing.assert_array_equal(start, before)
+    assert res.centers.dtype == np.float32
+    same = kmeans(x, 5, init=start.astype(np.float32), n_iter=4)
+    np.testing.assert_array_equal(res.labels, same.labels)
+    t = kmeans(torch.from_numpy(x), 5, init=torch.from_numpy(start), n_iter=4)
+    np.testing.assert_array_equal(t.labels.numpy(), res.labels)
+
+
+def test_kmeans_plusplus_rejects_bad_arguments():
+    x = _blobs(50, 3)
+    with pytest.raises(ValueError, match="k"):
+        kmeans_plusplus(x, 51)
+    with pytest.raises(ValueError, match="k"):
+        kmeans_plusplus(x, 0)
+    with pytest.raises(ValueError, match="n_local_trials"):
+        kmeans_plusplus(x, 5, n_local_trials=0)
+    with pytest.raises(ValueError, match="seed"):
+        kmeans_plusplus(x, 5, seed=-1)
+    with pytest.raises(ValueError, match="2-D"):
+        kmeans_plusplus(x[0], 1)
 
 
 def test_kmeans_inertia_matches_definition_and_centers_are_means():

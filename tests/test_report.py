@@ -102,6 +102,30 @@ def test_compare_and_write_report(tmp_path, small):
         assert f"| {name} |" in md
 
 
+def test_compare_seeds_both_baselines_once(small, monkeypatch):
+    """One k-means++ seeding starts both baselines, and each result is the one its
+    function gives on its own with the same seed."""
+    from dcpe import baselines
+
+    x, prior = small
+    calls = []
+    seeding = baselines.kmeans_plusplus
+
+    def counted(*args, **kw):
+        calls.append(kw.get("seed"))
+        return seeding(*args, **kw)
+
+    monkeypatch.setattr(baselines, "kmeans_plusplus", counted)
+    result = report.compare(x, prior, n_iter=10, seed=5)
+    assert calls == [5]
+    x32 = x.astype(np.float32)
+    for name in ("kmeans", "balanced_kmeans"):
+        alone = getattr(baselines, name)(x32, prior.num_clusters, seed=5, n_iter=10)
+        np.testing.assert_array_equal(result["labels"][name], alone.labels)
+    report.compare(x, prior, methods=(), n_iter=10)
+    assert calls == [5]  # no baseline, no seeding
+
+
 def test_compare_refuses_other_codebook(small):
     x, prior = small
     with pytest.raises(ValueError, match="another codebook"):

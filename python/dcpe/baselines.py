@@ -13,6 +13,11 @@ Three methods from the literature on codebook priors:
     The paper's "k-means w/o centroid" ablation: a token joins the cluster whose current
     members are at the smallest *mean* distance from it.
 
+:func:`kmeans_plusplus`
+    The greedy k-means++ seeding on its own (as ``sklearn.cluster.kmeans_plusplus``): its
+    centers can start :func:`kmeans` and :func:`balanced_kmeans` (``init=``), so that
+    both start from one seeding computed once.
+
 All of them
 
 - accept an ``(N, d)`` NumPy array, array-like or ``torch.Tensor`` (any device) and answer
@@ -47,7 +52,8 @@ import torch
 from ._threads import host_threads, limit_threads
 from ._validation import check_int, check_seed
 
-__all__ = ["ClusteringResult", "balanced_kmeans", "centroid_free_kmeans", "kmeans"]
+__all__ = ["ClusteringResult", "balanced_kmeans", "centroid_free_kmeans", "kmeans",
+           "kmeans_plusplus"]
 
 #: Number of matrix elements a single chunk of a distance computation may hold.
 _CHUNK_ELEMENTS = 1 << 22
@@ -143,9 +149,26 @@ def _check_tol(tol: Any) -> float:
 
 
 def _check_init(init: Any) -> str:
+    if not isinstance(init, str):
+        raise ValueError(f"init must be 'k-means++' or 'random', got {type(init).__name__}")
     if init not in ("k-means++", "random"):
         raise ValueError(f"init must be 'k-means++' or 'random', got {init!r}")
     return init
+
+
+def _check_init_or_centers(init: Any, x: torch.Tensor, k: int) -> str | torch.Tensor:
+    """``init`` as a method name, or as ``(k, d)`` initial centers in ``x``'s dtype and on
+    its device (checked like the data: real, finite)."""
+    if isinstance(init, str):
+        return _check_init(init)
+    if not isinstance(init, (np.ndarray, torch.Tensor, list, tuple)):
+        raise TypeError("init must be 'k-means++', 'random' or a (k, d) array of initial "
+                        f"centers, got {type(init).__name__}")
+    c, _ = _prepare(init, "init")
+    if tuple(c.shape) != (k, x.shape[1]):
+        raise ValueError(f"init must have shape (k, d) = ({k}, {x.shape[1]}), "
+                         f"got {tuple(c.shape)}")
+    return c.to(device=x.device, dtype=x.dtype).contiguous()
 
 
 def _output(t: torch.Tensor, from_numpy: bool) -> Any:
@@ -308,6 +331,66 @@ def _init_indices(x: torch.Tensor, k: int, init: str, gen: torch.Generator,
     return idx
 
 
+@_fit_threads
+def kmeans_plusplus(
+    x: Any,
+    k: int,
+    *,
+    seed: int = 0,
+    n_local_trials: int | None = None,
+) -> tuple[Any, Any]:
+    """Greedy k-means++ seeding, on its own.
+
+    The seeding that :func:`kmeans` and :func:`balanced_kmeans` run for
+    ``init="k-means++"``, with the same generator: ``kmeans(x, k, init=centers)`` with
+    ``centers`` from ``kmeans_plusplus(x, k, seed=s)`` gives the result of
+    ``kmeans(x, k, seed=s)`` (``n_init=1``, default ``n_local_trials``), and likewise for
+    :func:`balanced_kmeans`. One seeding can so start both, as :func:`dcpe.report.compare`
+    does.
+
+    Parameters
+    ----------
+    x : array-like or torch.Tensor
+        ``(N, d)`` data (the codebook), float or integer, finite.
+    k : int
+        Number of centers, ``1 <= k <= N``.
+    seed : int
+        Seed of the CPU ``torch.Generator`` the draws come from.
+    n_local_trials : int, optional
+        Candidates drawn per center, the one that lowers the potential most is kept
+        (default ``2 + int(log(k))``, as in scikit-learn).
+
+    Returns
+    -------
+    centers : numpy.ndarray or torch.Tensor
+        ``(k, d)`` rows of ``x`` (in the compute dtype: float32, or float64 for float64
+        input), in the order they were chosen.
+    indices : numpy.ndarray or torch.Tensor
+        ``(k,)`` int64: ``centers[i]`` is ``x[indices[i]]``.
+
+    Notes
+    -----
+    Arthur & Vassilvitskii 2007, "k-means++: the advantages of careful seeding", with the
+    greedy choice among several candidates of scikit-learn's ``kmeans_plusplus``; the
+    distances are exact (coordinate differences, in double) on the host.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from dcpe.baselines import kmeans, kmeans_plusplus
+    >>> x = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    >>> centers, idx = kmeans_plusplus(x, 16, seed=0)
+    >>> bool((kmeans(x, 16, init=centers).labels == kmeans(x, 16, seed=0).labels).all())
+    True
+    """
+    xt, from_numpy = _prepare(x)
+    k = check_int("k", k, 1, xt.shape[0])
+    if n_local_trials is not None:
+        n_local_trials = check_int("n_local_trials", n_local_trials, 1)
+    idx = _init_indices(xt, k, "k-means++", _seed_generator(seed), n_local_trials)
+    return _output(xt[idx], from_numpy), _output(idx.to(xt.device), from_numpy)
+
+
 # --------------------------------------------------------------------------- k-means
 
 
@@ -349,7 +432,7 @@ def kmeans(
     x: Any,
     k: int,
     *,
-    init: str = "k-means++",
+    init: str | np.ndarray | torch.Tensor = "k-means++",
     n_iter: int = 300,
     tol: float = 1e-4,
     seed: int = 0,
@@ -364,10 +447,11 @@ def kmeans(
         ``(N, d)`` data (the codebook), float or integer, finite.
     k : int
         Number of clusters, ``1 <= k <= N``.
-    init : {"k-means++", "random"}
+    init : {"k-means++", "random"} or array-like of shape (k, d)
         ``"k-means++"``: greedy k-means++ seeding (``n_local_trials`` candidates per
         center, default ``2 + int(log(k))`` as in scikit-learn). ``"random"``: ``k``
-        distinct tokens drawn uniformly.
+        distinct tokens drawn uniformly. An array: the initial centers (for example from
+        :func:`kmeans_plusplus`); ``n_init`` must then be 1, and ``seed`` is not used.
     n_iter : int
         Maximum number of assignment steps per run.
     tol : float
@@ -406,10 +490,13 @@ def kmeans(
     xt, from_numpy = _prepare(x)
     n = xt.shape[0]
     k = check_int("k", k, 1, n)
-    init = _check_init(init)
+    start = _check_init_or_centers(init, xt, k)
     n_iter = check_int("n_iter", n_iter, 1)
     tol = _check_tol(tol)
     n_init = check_int("n_init", n_init, 1)
+    if isinstance(start, torch.Tensor) and n_init != 1:
+        raise ValueError(f"n_init must be 1 when init is an array of centers (every run would "
+                         f"start from them), got {n_init}")
     if n_local_trials is not None:
         n_local_trials = check_int("n_local_trials", n_local_trials, 1)
     gen = _seed_generator(seed)
@@ -417,8 +504,11 @@ def kmeans(
 
     best = None
     for _ in range(n_init):
-        idx = _init_indices(xt, k, init, gen, n_local_trials)
-        labels, centers, it, history = _lloyd(xt, xt[idx].clone(), k, n_iter, tol_abs)
+        if isinstance(start, torch.Tensor):
+            first = start.clone()
+        else:
+            first = xt[_init_indices(xt, k, start, gen, n_local_trials)].clone()
+        labels, centers, it, history = _lloyd(xt, first, k, n_iter, tol_abs)
         inertia = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
         if best is None or inertia < best[2]:
             best = (labels, centers, inertia, it, history)
@@ -463,7 +553,7 @@ def balanced_kmeans(
     x: Any,
     k: int,
     *,
-    init: str = "k-means++",
+    init: str | np.ndarray | torch.Tensor = "k-means++",
     n_iter: int = 100,
     tol: float = 1e-4,
     seed: int = 0,
@@ -477,8 +567,9 @@ def balanced_kmeans(
         ``(N, d)`` data.
     k : int
         Number of clusters, ``1 <= k <= N``.
-    init : {"k-means++", "random"}
-        Initial centers, as in :func:`kmeans`.
+    init : {"k-means++", "random"} or array-like of shape (k, d)
+        Initial centers, as in :func:`kmeans` (an array: those centers; ``seed`` is then
+        not used).
     n_iter : int
         Maximum number of assignment steps.
     tol : float
@@ -514,7 +605,7 @@ def balanced_kmeans(
     xt, from_numpy = _prepare(x)
     n = xt.shape[0]
     k = check_int("k", k, 1, n)
-    init = _check_init(init)
+    start = _check_init_or_centers(init, xt, k)
     n_iter = check_int("n_iter", n_iter, 1)
     tol = _check_tol(tol)
     n_candidates = check_int("n_candidates", n_candidates, 1)
@@ -523,7 +614,10 @@ def balanced_kmeans(
 
     capacity = torch.full((k,), n // k, dtype=torch.int64, device=xt.device)
     capacity[: n % k] += 1
-    centers = xt[_init_indices(xt, k, init, gen, None)].clone()
+    if isinstance(start, torch.Tensor):
+        centers = start.clone()
+    else:
+        centers = xt[_init_indices(xt, k, start, gen, None)].clone()
     labels, prices = _balanced_assign(xt, centers, capacity, n_candidates)
     history = [float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())]
     it = 1

@@ -201,8 +201,9 @@ def compare(codebook: Any, prior: Any, *, methods: Sequence[str] = _BASELINES,
     prior : CodebookPrior
         The prior (usually DCPE).
     methods : sequence of {"kmeans", "balanced_kmeans"}
-        Baselines to run (k-means++ initialisation, ``seed``, at most ``n_iter``
-        iterations).
+        Baselines to run (at most ``n_iter`` iterations), from one greedy k-means++
+        seeding with ``seed`` (:func:`dcpe.baselines.kmeans_plusplus`), computed once:
+        each result is the one its function gives with ``seed``.
     seed : int
         Seed of the baselines.
     n_iter : int
@@ -242,9 +243,13 @@ def compare(codebook: Any, prior: Any, *, methods: Sequence[str] = _BASELINES,
     with bar, _ticking(bar):
         stats[name] = coherence(x, labels[name])
         bar.update()
+        start = None
         for m in methods:
+            if start is None:
+                bar.set_description_str(f"report: k-means++ seeding (k={k})")
+                start, _ = baselines.kmeans_plusplus(x32, k, seed=seed)
             bar.set_description_str(f"report: {m} (k={k}, at most {n_iter} iterations)")
-            res = getattr(baselines, m)(x32, k, seed=seed, n_iter=n_iter)
+            res = getattr(baselines, m)(x32, k, init=start, n_iter=n_iter)
             labels[m] = res.labels
             stats[m] = coherence(x, res.labels)
             bar.update()

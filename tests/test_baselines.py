@@ -69,8 +69,16 @@ def test_init_centers_are_checked_before_any_work(monkeypatch):
             fn(x, 5, init=good[:4])
         with pytest.raises(ValueError, match=r"init must have shape .* got \(5, 3\)"):
             fn(x, 5, init=good[:, :3])
-        with pytest.raises(ValueError, match="init must be 2-D"):
+        with pytest.raises(ValueError, match=r"init must be a \(k, d\) = \(5, 4\) array of "
+                                             r"initial centers, got shape \(4,\)$"):
             fn(x, 5, init=good[0])
+        for idx in (np.arange(5), torch.arange(5)):
+            with pytest.raises(ValueError, match=r"token indices\? pass their rows"):
+                fn(x, 5, init=idx)
+        with pytest.raises(TypeError, match=r"init=kmeans_plusplus\(x, k\)\[0\]"):
+            fn(x, 5, init=kmeans_plusplus(x, 5))
+        with pytest.raises(ValueError, match="init must be 2-D"):
+            fn(x, 5, init=[[[1.0]]] * 5)
         bad = good.copy()
         bad[2, 1] = np.nan
         with pytest.raises(ValueError, match=r"init has 1 row\(s\) containing NaN"):

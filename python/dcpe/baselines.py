@@ -164,6 +164,21 @@ def _check_init_or_centers(init: Any, x: torch.Tensor, k: int) -> str | torch.Te
     if not isinstance(init, (np.ndarray, torch.Tensor, list, tuple)):
         raise TypeError("init must be 'k-means++', 'random' or a (k, d) array of initial "
                         f"centers, got {type(init).__name__}")
+    if (isinstance(init, tuple) and len(init) == 2
+            and all(isinstance(a, (np.ndarray, torch.Tensor)) for a in init)
+            and init[0].ndim == 2 and init[1].ndim == 1):
+        raise TypeError("init is a (centers, indices) pair, as kmeans_plusplus returns; pass "
+                        "the centers: init=kmeans_plusplus(x, k)[0]")
+    ndim = init.ndim if isinstance(init, (np.ndarray, torch.Tensor)) else None
+    if ndim is not None and ndim != 2:
+        if isinstance(init, np.ndarray):
+            integral = init.dtype.kind in "iu"
+        else:
+            integral = not (init.dtype.is_floating_point or init.dtype.is_complex)
+        hint = " (token indices? pass their rows: init=x[indices])" if (
+            ndim == 1 and integral) else ""
+        raise ValueError(f"init must be a (k, d) = ({k}, {x.shape[1]}) array of initial "
+                         f"centers, got shape {tuple(init.shape)}{hint}")
     c, _ = _prepare(init, "init")
     if tuple(c.shape) != (k, x.shape[1]):
         raise ValueError(f"init must have shape (k, d) = ({k}, {x.shape[1]}), "

@@ -89,7 +89,7 @@ def test_init_centers_are_checked_before_any_work(monkeypatch):
             fn(x, 5, init="kmeans++")
     with pytest.raises(ValueError, match="n_init must be 1 when init is an array"):
         kmeans(x, 5, init=good, n_init=2)
-    with pytest.raises(ValueError, match="init must be 'k-means"):
+    with pytest.raises(TypeError, match="init must be 'k-means.* got ndarray"):
         centroid_free_kmeans(x, 5, init=good)  # seeds are tokens there
 
 

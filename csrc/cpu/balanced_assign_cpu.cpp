@@ -91,8 +91,8 @@ void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price
   // Select the m + 1 best (value, id).  A threshold from a sample of every 16th value
   // should let about twice the m + 1 needed pass the filter; the survivors are then cut to
   // the m + 1 best.  If fewer pass, all centers are candidates (the sample only saves
-  // work).  The sample's threshold is the least of its rank + 1 best values, kept sorted
-  // as they are met (few values enter: about (rank + 1) * ln(samples / (rank + 1))).
+  // work).  The sample's threshold is the least of its top_n best values, kept sorted as
+  // they are met (few values enter: about top_n * ln(samples / top_n)).
   auto better = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   };
@@ -101,7 +101,8 @@ void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price
   double thr = -kInf;
   // sample values kept (best last): the threshold is met by about top_n of the sample, and
   // by about top_n * kStride >= 2 * keep of all; at least 17, so that fewer than keep pass
-  // in well under 1% of the calls (a Poisson tail) even for short lists
+  // in well under 1% of the calls (a Poisson tail) even for short lists.  Sampled when at
+  // most half of the sample is kept; fewer centers are all candidates.
   const int64_t top_n = std::max<int64_t>(2 * keep / kStride, 16) + 1;
   if (2 * top_n * kStride <= k) {
     auto& top = s.sample;

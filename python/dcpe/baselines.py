@@ -150,7 +150,7 @@ def _check_tol(tol: Any) -> float:
 
 def _check_init(init: Any) -> str:
     if not isinstance(init, str):
-        raise ValueError(f"init must be 'k-means++' or 'random', got {type(init).__name__}")
+        raise TypeError(f"init must be 'k-means++' or 'random', got {type(init).__name__}")
     if init not in ("k-means++", "random"):
         raise ValueError(f"init must be 'k-means++' or 'random', got {init!r}")
     return init

@@ -455,6 +455,12 @@ def test_cuda_matches_cpu():
     assert gpu.inertia == pytest.approx(cpu.inertia, rel=1e-3)
     bal = balanced_kmeans(torch.from_numpy(x).cuda(), 10, seed=0)
     assert torch.all(torch.bincount(bal.labels) == 50)
+    centers, idx = kmeans_plusplus(torch.from_numpy(x).cuda(), 12, seed=0)
+    assert centers.device.type == "cuda" and idx.device.type == "cuda"
+    assert torch.equal(centers, torch.from_numpy(x).cuda()[idx])
+    again = kmeans(torch.from_numpy(x).cuda(), 12, init=centers)
+    assert again.labels.device.type == "cuda"
+    assert again.inertia == pytest.approx(gpu.inertia, rel=1e-5)
 
 
 @pytest.mark.parametrize("d", [1, 4, 5, 8, 16])

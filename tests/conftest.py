@@ -717,6 +717,15 @@ def one_error_line(err: str, ignore: tuple[str, ...] = ()) -> str:
 # --------------------------------------------------------------------------- Ctrl-C
 
 
+def run_bench(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``benchmarks/<script>`` run with these arguments in a child Python, its output
+    captured (``timeout`` only guards against a hang)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    return subprocess.run([sys.executable, os.path.join(root, "benchmarks", script), *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ))
+
+
 def interrupted_in_child(code: str, delay: float, what: str) -> None:
     """Run ``code`` in a child Python that prints ``start`` before its long call and
     ``interrupted`` when KeyboardInterrupt reaches it; send SIGINT ``delay`` seconds after

@@ -4,24 +4,21 @@ refuses malformed sizes."""
 
 from __future__ import annotations
 
+import functools
 import json
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("dcpe")
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
-def _bench(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_coherence.py"), *args],
-        capture_output=True, text=True, timeout=300, env=dict(os.environ))
+_bench = functools.partial(run_bench, "bench_coherence.py")
 
 
 def test_small_run_writes_complete_results(tmp_path: Path) -> None:

@@ -3,15 +3,15 @@
 
 from __future__ import annotations
 
+import functools
 import json
-import os
 import stat
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_bench
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("dcpe")
@@ -50,11 +50,7 @@ def _fake_parchain(tmp_path: Path, times: tuple[str, ...] = ("0.0123",)) -> Path
     return fake
 
 
-def _bench(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """benchmarks/bench_scale.py with these arguments, its output captured."""
-    return subprocess.run([sys.executable, str(ROOT / "benchmarks" / "bench_scale.py"), *args],
-                          capture_output=True, text=True, timeout=timeout,
-                          env=dict(os.environ))
+_bench = functools.partial(run_bench, "bench_scale.py")
 
 
 def test_small_run_writes_complete_results(tmp_path: Path) -> None:

@@ -51,7 +51,8 @@ PROVIDERS: dict[str, str] = {
                       "random_state=0): greedy k-means++ and Lloyd (elkan or lloyd, its "
                       "default)",
 }
-DEFAULT_SIZES = "16384x8:8192,65536x8:4096,262144x8:16384,65536x16:4096,16384x256:1024"
+DEFAULT_SIZES = ("16384x8:8192,65536x8:4096,262144x8:16384,65536x16:4096,16384x256:1024,"
+                 "65536x256:4096")
 
 
 def run_provider(provider: str, x: np.ndarray, k: int, max_iter: int) -> dict[str, Any]:

@@ -67,6 +67,11 @@ PYBIND11_MODULE(_C, m) {
         "Index of the nearest row of centers for every row of x (squared distances from "
         "differences in double, ties to the smallest index; mask: bool (k,), the usable "
         "centers).");
+  m.def("nearest_refine_cpu", &dcpe::nearest_refine_cpu, py::arg("x"), py::arg("centers"),
+        py::arg("approx"), py::arg("slack"), py::arg("first") = 0, py::arg("num_threads") = 0,
+        "nearest_cpu's answer for every row of x from approx = |c|^2 - 2 x.c (m, k) float64 "
+        "(+inf: a center to skip), within slack (m,) of |x - c|^2 - |x|^2: only the centers "
+        "within 2 slack of a row's smallest approx get their distances computed.");
   m.def("kmeanspp_cpu", &dcpe::kmeanspp_cpu, py::arg("x"), py::arg("k"), py::arg("first"),
         py::arg("u"), py::arg("num_threads") = 0,
         "Greedy k-means++ seeds (indices into x): first, then for every further seed the "

@@ -9,6 +9,8 @@
 #include <vector>
 
 #include "cpu/nearest_cpu.h"
+#include "cpu/linkage_cpu.h"
+#include "cpu/nearest_scan_cpu.h"
 #include "macros.h"
 #include "point_checks.h"
 #include "released.h"
@@ -49,6 +51,53 @@ py::array_t<int64_t> nearest_cpu(const py::array& x, const py::array& centers,
       nearest_center<double>(static_cast<const double*>(xc.data()), n, d,
                              static_cast<const double*>(cc.data()), k, mk, o, num_threads,
                              interrupted);
+    }
+  });
+  return out;
+}
+
+py::array_t<int64_t> nearest_refine_cpu(const py::array& x, const py::array& centers,
+                                        const py::array& approx, const py::array& slack,
+                                        int64_t first, int num_threads) {
+  const PointsAndCenters pc = check_points_and_centers(x, centers);
+  const int64_t m = pc.n, d = pc.d, k = pc.k;
+  const bool a_f32 = py::isinstance<py::array_t<float>>(approx);
+  DCPE_CHECK_ARG((a_f32 || py::isinstance<py::array_t<double>>(approx)) &&
+                     approx.ndim() == 2 && approx.shape(0) == m && approx.shape(1) == k,
+                 "approx", std::string(py::str(approx.attr("shape"))) + " " +
+                     std::string(py::str(approx.dtype())),
+                 "expected a float32 or float64 array of shape (m, k)");
+  DCPE_CHECK_ARG(!a_f32 || pc.is_f32, "approx.dtype", "float32",
+                 "expected float64 for float64 points");
+  DCPE_CHECK_ARG(py::isinstance<py::array_t<double>>(slack) && slack.ndim() == 1 &&
+                     slack.shape(0) == m,
+                 "slack", std::string(py::str(slack.attr("shape"))),
+                 "expected a float64 array of shape (m,)");
+  DCPE_CHECK_ARG(first >= 0 && first < k, "first", first, "expected 0 <= first < k");
+  DCPE_CHECK_ARG(num_threads >= 0, "num_threads", num_threads, "must be >= 0 (0 = default)");
+  py::array xc = py::array::ensure(x, py::array::c_style | py::array::forcecast);
+  py::array cc = py::array::ensure(centers, py::array::c_style | py::array::forcecast);
+  py::array ac = py::array::ensure(approx, py::array::c_style | py::array::forcecast);
+  py::array_t<double, py::array::c_style | py::array::forcecast> sc(slack);
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(m));
+  int64_t* o = out.mutable_data();
+  const int threads = resolve_threads(num_threads);
+  call_released([&](const std::function<bool()>& interrupted) {
+    if (pc.is_f32 && a_f32) {
+      nearest_center_refine<float, float>(static_cast<const float*>(xc.data()), m, d,
+                                          static_cast<const float*>(cc.data()), k,
+                                          static_cast<const float*>(ac.data()), sc.data(),
+                                          first, o, threads, interrupted);
+    } else if (pc.is_f32) {
+      nearest_center_refine<float, double>(static_cast<const float*>(xc.data()), m, d,
+                                           static_cast<const float*>(cc.data()), k,
+                                           static_cast<const double*>(ac.data()), sc.data(),
+                                           first, o, threads, interrupted);
+    } else {
+      nearest_center_refine<double, double>(static_cast<const double*>(xc.data()), m, d,
+                                            static_cast<const double*>(cc.data()), k,
+                                            static_cast<const double*>(ac.data()),
+                                            sc.data(), first, o, threads, interrupted);
     }
   });
   return out;

@@ -521,6 +521,84 @@ def test_nearest_center_on_real_valued_points(d, dtype):
                                       _C.nearest_cpu(x, c, num_threads=3))
 
 
+def _mirrored_pairs(rng: np.random.Generator, d: int, pairs: int, dtype: type) -> tuple:
+    """Points each with two centers at the same distance in real arithmetic (the second
+    the first mirrored through a hyperplane through the point), which rounding to ``dtype``
+    separates by about one unit in the last place: below what a float32 (or float64)
+    matrix product resolves. Far centers fill k past 128."""
+    x = rng.standard_normal((pairs, d)) * 3
+    a = x + 0.1 * rng.standard_normal((pairs, d))
+    normal = rng.standard_normal((pairs, d))
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    b = a - 2 * ((a - x) * normal).sum(1, keepdims=True) * normal
+    far = 40 + rng.standard_normal((72, d))
+    c = np.concatenate([a, b, far])[rng.permutation(2 * pairs + 72)]
+    return x.astype(dtype), c.astype(dtype)
+
+
+@pytest.mark.parametrize("d", [13, 16, 40, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nearest_by_product_gives_the_scans_answer(d, dtype):
+    # Above 12 dimensions from 128 centers on, _nearest ranks the centers by a matrix
+    # product (float32 for float32 data) and computes only those within its error bound
+    # of the best: the scan's answer (DCPE_CPU_PRODUCTS=0), to the last tie and rounding.
+    from dcpe import _C
+
+    assert baselines._PRODUCT_MIN_D <= 13 and baselines._PRODUCT_MIN_K <= 128
+    rng = np.random.default_rng(d)
+    hubs = rng.standard_normal((10, d))
+    clustered = hubs[rng.integers(0, 10, 900)] + 0.2 * rng.standard_normal((900, d))
+    near, pair_centers = _mirrored_pairs(rng, d, 150, dtype)
+    cases = [
+        (clustered, clustered[rng.choice(900, 300, replace=False)]),
+        (1e3 + clustered, 1e3 + clustered[:200]),             # far from the origin
+        (clustered, np.concatenate([clustered[:150]] * 2)),  # every center twice
+        (near, pair_centers),                                # near-ties at rounding level
+    ]
+    for x, c in cases:
+        x, c = x.astype(dtype), c.astype(dtype)
+        scan = _C.nearest_cpu(x, c)
+        got = baselines._nearest(torch.from_numpy(x), torch.from_numpy(c))
+        np.testing.assert_array_equal(got.numpy(), scan)
+        mask = rng.random(len(c)) < 0.6
+        got = baselines._nearest(torch.from_numpy(x), torch.from_numpy(c),
+                                 torch.from_numpy(mask))
+        np.testing.assert_array_equal(got.numpy(), _C.nearest_cpu(x, c, mask))
+    # the mirrored pairs do split the products: the float32 (or float64) ranking alone
+    # picks the other center of a pair for some points
+    work = torch.float32 if dtype == np.float32 else torch.float64
+    xw, cw = torch.from_numpy(near).to(work), torch.from_numpy(pair_centers).to(work)
+    ranked = (cw.square().sum(1) - 2 * xw @ cw.T).argmin(1).numpy()
+    assert (ranked != _C.nearest_cpu(near, pair_centers)).any()
+
+
+def test_nearest_by_product_keeps_float64_when_torch_rounds_float32_products_lower(
+        monkeypatch):
+    # set_float32_matmul_precision("medium") lets oneDNN multiply float32 in bfloat16:
+    # the float32 bound would not hold, so the products are float64, with the same answer
+    from dcpe import _C
+
+    rng = np.random.default_rng(7)
+    x, c = _mirrored_pairs(rng, 24, 100, np.float32)
+    dtypes = []
+    addmm = torch.addmm
+
+    def spy(*args, **kwargs):
+        dtypes.append(args[1].dtype)
+        return addmm(*args, **kwargs)
+
+    monkeypatch.setattr(baselines.torch, "addmm", spy)
+    got = baselines._nearest(torch.from_numpy(x), torch.from_numpy(c))
+    assert set(dtypes) == {torch.float32}
+    np.testing.assert_array_equal(got.numpy(), _C.nearest_cpu(x, c))
+    dtypes.clear()
+    monkeypatch.setattr(baselines.torch, "get_float32_matmul_precision", lambda: "medium")
+    assert not baselines._float32_products_exact()
+    got = baselines._nearest(torch.from_numpy(x), torch.from_numpy(c))
+    assert set(dtypes) == {torch.float64}
+    np.testing.assert_array_equal(got.numpy(), _C.nearest_cpu(x, c))
+
+
 def test_nearest_center_rejects_bad_arguments():
     from dcpe import _C
 
@@ -538,6 +616,27 @@ def test_nearest_center_rejects_bad_arguments():
         _C.nearest_cpu(x, c, np.ones(2, bool))
     with pytest.raises(ValueError, match="x.dtype"):
         _C.nearest_cpu(x.astype(np.int64), c)
+    # the refinement of the matrix products' ranking
+    approx, slack = np.zeros((4, 3)), np.zeros(4)
+    assert _C.nearest_refine_cpu(x, c, approx, slack).tolist() == [0, 0, 0, 0]
+    # +inf marks a center to skip; a row with none left answers `first`
+    approx[:, 0] = np.inf
+    approx[3] = np.inf
+    assert _C.nearest_refine_cpu(x, c, approx, slack, first=2).tolist() == [1, 1, 1, 2]
+    approx = np.zeros((4, 3))
+    with pytest.raises(ValueError, match="'approx'"):
+        _C.nearest_refine_cpu(x, c, approx[:, :2], slack)
+    with pytest.raises(ValueError, match="'approx'"):
+        _C.nearest_refine_cpu(x, c, approx.astype(np.int64), slack)
+    with pytest.raises(ValueError, match="approx.dtype"):
+        _C.nearest_refine_cpu(x.astype(np.float64), c.astype(np.float64),
+                              approx.astype(np.float32), slack)
+    with pytest.raises(ValueError, match="'slack'"):
+        _C.nearest_refine_cpu(x, c, approx, slack[:3])
+    with pytest.raises(ValueError, match="'first'"):
+        _C.nearest_refine_cpu(x, c, approx, slack, first=3)
+    with pytest.raises(ValueError, match="centers.dtype"):
+        _C.nearest_refine_cpu(x, c.astype(np.float64), approx, slack)
 
 
 def _brute_kmeanspp(x: np.ndarray, k: int, first: int, u: np.ndarray) -> np.ndarray:
@@ -582,6 +681,63 @@ def test_kmeanspp_seeds_match_brute_force(d):
     u = rng.random((99, 4))
     np.testing.assert_array_equal(_C.kmeanspp_cpu(y, 100, 3, u, num_threads=1),
                                   _C.kmeanspp_cpu(y, 100, 3, u, num_threads=3))
+
+
+def _scan_seeds(monkeypatch, *args, **kwargs) -> np.ndarray:
+    """``kmeanspp_cpu`` by the exhaustive scan at every dimension (DCPE_CPU_PRODUCTS=0)."""
+    from dcpe import _C
+
+    with monkeypatch.context() as m:
+        m.setenv("DCPE_CPU_PRODUCTS", "0")
+        return _C.kmeanspp_cpu(*args, **kwargs)
+
+
+@pytest.mark.parametrize("d", [17, 40, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeanspp_products_give_the_scans_seeds(d, dtype, monkeypatch):
+    # Above 16 dimensions the seeding approximates each candidate's distances by float32
+    # products and computes those within its error bound of a point's D^2: the seeds of
+    # the scan (DCPE_CPU_PRODUCTS=0), whatever the data's offset, copies or thread count.
+    from dcpe import _C
+
+    rng = np.random.default_rng(d)
+    hubs = rng.standard_normal((8, d))
+    x = hubs[rng.integers(0, 8, 800)] + 0.3 * rng.standard_normal((800, d))
+    unit = x / np.linalg.norm(x, axis=1, keepdims=True)
+    for data in (x, 1e3 + x, unit, np.concatenate([x[:300]] * 3)):
+        data = data.astype(dtype)
+        for k, trials, threads in ((1, 3, 2), (60, 5, 1), (250, 7, 3)):
+            u = rng.random((k - 1, trials))
+            np.testing.assert_array_equal(_C.kmeanspp_cpu(data, k, 11, u, num_threads=threads),
+                                          _scan_seeds(monkeypatch, data, k, 11, u,
+                                                      num_threads=threads))
+
+
+def test_kmeanspp_products_count_gains_below_float32_resolution(monkeypatch):
+    # A point E that a candidate A brings closer by 1e-9 of its D^2 (far below what a
+    # float32 product resolves) has D^2 lowered by the seeding, as the scan lowers it;
+    # the next draw (u just past E's weight, E first) tells: it lands on E if E kept its
+    # old D^2. Twenty such layouts, so that a bound too tight would miss one.
+    from dcpe import _C
+
+    rng = np.random.default_rng(5)
+    d, delta = 40, 1e-9
+    for _ in range(20):
+        e = np.concatenate([[(1 + delta) / 2], rng.standard_normal(d - 1)])
+        a = np.zeros(d)
+        a[0] = 1.0
+        filler = 3 + rng.standard_normal((150, d))
+        x = np.stack([e, np.zeros(d), a, *filler])       # E, the first center O, A, others
+        closest = (x ** 2).sum(1)                        # D^2 to O
+        cum = np.cumsum(closest)
+        u = np.empty((2, 1))
+        u[0, 0] = (cum[1] + closest[2] / 2) / cum[-1]    # draws A
+        closest = np.minimum(closest, ((x - a) ** 2).sum(1))
+        assert closest[0] < (e ** 2).sum()               # A brings E closer
+        u[1, 0] = (closest[0] + delta / 4) / closest.sum()
+        got = _C.kmeanspp_cpu(x, 3, 1, u)
+        assert got[1] == 2 and got[2] != 0
+        np.testing.assert_array_equal(got, _scan_seeds(monkeypatch, x, 3, 1, u))
 
 
 def test_kmeanspp_rejects_bad_arguments():

@@ -24,7 +24,8 @@
 // 256 points: block b's prefix P_b, plus the block's own running sum, which is
 // nondecreasing and equals P_(b+1) at the block's end; only the blocks whose points moved
 // are summed again.  Past kPruneMaxD dimensions the triangle inequality prunes little and
-// the seeding scans every point (nearest_scan_cpu.cpp).
+// the seeding tests every point (nearest_scan_cpu.cpp: by float32 dot products first, the
+// same seeds as its exhaustive scan).
 
 #include "nearest_cpu.h"
 

@@ -8,16 +8,34 @@
 // (in registers for the dimensions 4, 8 and 16), then reduced to the first smallest.
 // Points run in parallel.
 //
+// nearest_center_refine: the scan's answer from approximate distances (a matrix product's
+// |c|^2 - 2 x.c, within a known error): only the centers whose approximation is within twice
+// the error of the row's smallest can be the scan's answer, and only their distances are
+// computed, by the same block_distances as the scan (so the same roundings), the first
+// smallest kept.
+//
 // kmeanspp_seeds_scan: the same blocked distances, from each candidate to all points
 // (transposed), one partial potential per block of points, summed in order (the result
 // does not depend on the thread count), and the potential, as summed, picks the
-// candidate.
+// candidate.  Above 16 dimensions (unless DCPE_CPU_PRODUCTS=0) kmeanspp_product gives the
+// same seeds: it computes a candidate's distance only to the points that float32 dot
+// products, within their error bound, do not rule out (those it may bring closer), and
+// the others keep their D^2 in the potential, as the scan's minimum keeps it.
+//
+// The refined distances (block_distances on a gathered block, exact_sq_dist) are the same
+// operations in the same order as the scan's lanes, compiled with the same contraction
+// here, so they round alike: the tests compare the two ways on many inputs, bit for bit.
 
 #include "nearest_scan_cpu.h"
 
 #include <omp.h>
 
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
 #include <algorithm>
+#include <cmath>
 #include <limits>
 #include <vector>
 
@@ -79,6 +97,77 @@ void scan(const T* x, int64_t n, int64_t d, const T* c, int64_t k, const uint8_t
         const int64_t j = nearest_one<D>(x + i * d, ct.data(), penalty.data(), k, d,
                                          xd.data(), acc.data());
         out[i] = j >= 0 ? j : first;
+      }
+    }
+  }
+}
+
+constexpr int64_t kRun = 64;  // approximations tested at once by refine
+
+// min(a[j0:j1]) with independent lanes, so that the compiler vectorises it
+template <typename A>
+inline A run_min(const A* a, int64_t j0, int64_t j1) {
+  constexpr int kLanes = 16;
+  A lane[kLanes];
+  for (int q = 0; q < kLanes; ++q) lane[q] = std::numeric_limits<A>::infinity();
+  int64_t j = j0;
+  for (; j + kLanes <= j1; j += kLanes) {
+    for (int q = 0; q < kLanes; ++q) lane[q] = a[j + q] < lane[q] ? a[j + q] : lane[q];
+  }
+  for (; j < j1; ++j) lane[0] = a[j] < lane[0] ? a[j] : lane[0];
+  A lo = lane[0];
+  for (int q = 1; q < kLanes; ++q) lo = lane[q] < lo ? lane[q] : lo;
+  return lo;
+}
+
+template <int D, typename T, typename A>
+void refine(const T* x, int64_t m, int64_t d, const T* c, int64_t k, const A* approx,
+            const double* slack, int64_t first, int64_t* out, int threads,
+            const std::function<bool()>& interrupted) {
+  const int64_t rows = 256;  // points between two polls of Ctrl-C
+  for (int64_t r0 = 0; r0 < m; r0 += rows) {
+    if (interrupted && interrupted()) throw Interrupted();
+    const int64_t r1 = std::min(m, r0 + rows);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<double> xd(static_cast<size_t>(d)), acc(static_cast<size_t>(kBlock));
+      std::vector<T> ct(static_cast<size_t>(kBlock * d));  // candidates transposed (d x len)
+      std::vector<int64_t> cand;
+#pragma omp for schedule(static)
+      for (int64_t i = r0; i < r1; ++i) {
+        const A* a = approx + i * k;
+        const double thr = static_cast<double>(run_min(a, 0, k)) + 2.0 * slack[i];
+        if (!(thr < std::numeric_limits<double>::infinity())) {  // every center skipped
+          out[i] = first;
+          continue;
+        }
+        cand.clear();  // ascending, so that a tie keeps the smaller index
+        for (int64_t j0 = 0; j0 < k; j0 += kRun) {
+          const int64_t j1 = std::min(k, j0 + kRun);
+          if (static_cast<double>(run_min(a, j0, j1)) > thr) continue;
+          for (int64_t j = j0; j < j1; ++j) {
+            if (static_cast<double>(a[j]) <= thr) cand.push_back(j);
+          }
+        }
+        for (int64_t t = 0; t < d; ++t) xd[t] = static_cast<double>(x[i * d + t]);
+        double best = std::numeric_limits<double>::infinity();
+        int64_t arg = -1;
+        const int64_t nc = static_cast<int64_t>(cand.size());
+        for (int64_t q0 = 0; q0 < nc; q0 += kBlock) {
+          const int64_t len = std::min(kBlock, nc - q0);
+          for (int64_t q = 0; q < len; ++q) {
+            const T* row = c + cand[q0 + q] * d;
+            for (int64_t t = 0; t < d; ++t) ct[t * len + q] = row[t];
+          }
+          block_distances<D>(xd.data(), ct.data(), len, d, 0, len, acc.data());
+          for (int64_t q = 0; q < len; ++q) {
+            if (acc[q] < best) {
+              best = acc[q];
+              arg = cand[q0 + q];
+            }
+          }
+        }
+        out[i] = arg >= 0 ? arg : first;
       }
     }
   }
@@ -154,6 +243,183 @@ void kmeanspp_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, c
   }
 }
 
+// |xd - p|^2 as block_distances<0> computes each of its lanes: differences in double,
+// summed over the coordinates in order (the same operations, so the same roundings)
+template <typename T>
+inline double exact_sq_dist(const double* xd, const T* p, int64_t d) {
+  double s = 0.0;
+  for (int64_t t = 0; t < d; ++t) {
+    const double diff = xd[t] - static_cast<double>(p[t]);
+    s += diff * diff;
+  }
+  return s;
+}
+
+// out[g] = xi . c_g for G rows c_g of length dp (a multiple of L) stored one after another,
+// in float32, L partial sums each: G independent chains of vector multiply-adds
+template <int G, int L>
+inline void dot_group(const float* xi, const float* c, int64_t dp, float* out) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (G == 4 && L == 8) {  // 8 chains: two accumulators per row, in registers
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    int64_t q = 0;
+    for (; q + 16 <= dp; q += 16) {
+      const __m256 x0 = _mm256_loadu_ps(xi + q), x1 = _mm256_loadu_ps(xi + q + 8);
+      a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + q), a0);
+      a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + dp + q), a1);
+      a2 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 2 * dp + q), a2);
+      a3 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 3 * dp + q), a3);
+      b0 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + q + 8), b0);
+      b1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + dp + q + 8), b1);
+      b2 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + 2 * dp + q + 8), b2);
+      b3 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + 3 * dp + q + 8), b3);
+    }
+    if (q < dp) {  // dp is a multiple of 8
+      const __m256 x0 = _mm256_loadu_ps(xi + q);
+      a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + q), a0);
+      a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + dp + q), a1);
+      a2 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 2 * dp + q), a2);
+      a3 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 3 * dp + q), a3);
+    }
+    const __m256 s[4] = {_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1),
+                         _mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3)};
+    for (int g = 0; g < 4; ++g) {
+      alignas(32) float v[8];
+      _mm256_store_ps(v, s[g]);
+      out[g] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+    }
+    return;
+  }
+#endif
+  float acc[G][L] = {};
+  for (int64_t q = 0; q < dp; q += L) {
+    for (int g = 0; g < G; ++g) {
+      for (int l = 0; l < L; ++l) acc[g][l] += xi[q + l] * c[g * dp + q + l];
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    float s = 0.0f;
+    for (int l = 0; l < L; ++l) s += acc[g][l];
+    out[g] = s;
+  }
+}
+
+// The seeding of kmeanspp_scan, with each candidate's distances to the points first
+// approximated from float32 dot products of the rows shifted by their mean (xs, unit
+// roundoff u = 2^-24): a = |xs_i|^2 + |cs|^2 - 2 xs_i.cs (norms in double) is within
+// (d + 2) u (|xs_i| + |cs|)^2 of |xs_i - cs|^2 (the dot product's sum and its use), the
+// shift's rounding moves the squared distance by at most 2 u (|xs_i| + |cs|)^2, and the
+// scan's distance within (d + 2) 2^-53 of the exact one; the slack 4 (d + 4) u
+// (|xs_i| + |cs|)^2 is more than twice their sum, for the roundings of the bound itself.
+// A point whose a exceeds its D^2 by more than the slack keeps D^2 in the candidate's
+// potential, as the scan's min(D^2, distance) would; the others get the scan's distance
+// (exact_sq_dist), and the potentials are summed as the scan sums them: the same seeds.
+// A block's points are read once per draw for all its candidates, in float32.
+template <typename T>
+void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
+                      const double* u, int64_t trials, int64_t* idx, int threads,
+                      const std::function<bool()>& interrupted) {
+  constexpr int kLanes = 8;  // float32 lanes of a dot product's partial sums
+  const int64_t dp = (d + kLanes - 1) / kLanes * kLanes;  // padded with zeros
+  std::vector<double> mean(static_cast<size_t>(d), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t t = 0; t < d; ++t) mean[t] += static_cast<double>(x[i * d + t]);
+  }
+  for (int64_t t = 0; t < d; ++t) mean[t] /= static_cast<double>(n);
+  std::vector<float> xs(static_cast<size_t>(n * dp), 0.0f);
+  std::vector<double> norm(static_cast<size_t>(n)), sq(static_cast<size_t>(n));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) {
+    double s = 0.0;
+    for (int64_t t = 0; t < d; ++t) {
+      const float v = static_cast<float>(static_cast<double>(x[i * d + t]) - mean[t]);
+      xs[i * dp + t] = v;
+      s += static_cast<double>(v) * static_cast<double>(v);
+    }
+    sq[i] = s;
+    norm[i] = std::sqrt(s);
+  }
+  const double scale = 4.0 * static_cast<double>(d + 4) * std::ldexp(1.0, -24);
+  const int64_t chunks = (n + kBlock - 1) / kBlock;
+  std::vector<double> closest(static_cast<size_t>(n)), cum(static_cast<size_t>(n));
+  std::vector<double> part(static_cast<size_t>(chunks * trials));
+  std::vector<int64_t> cand(static_cast<size_t>(trials));
+  std::vector<float> cs(static_cast<size_t>(trials * dp));
+  std::vector<double> cd(static_cast<size_t>(trials * d));
+  // the points each candidate brings closer, with their distances, per thread
+  std::vector<std::vector<std::vector<std::pair<int64_t, double>>>> closer(
+      static_cast<size_t>(threads));
+  {
+    std::vector<double> xf(static_cast<size_t>(d));
+    for (int64_t t = 0; t < d; ++t) xf[t] = static_cast<double>(x[first * d + t]);
+#pragma omp parallel for num_threads(threads) schedule(static)
+    for (int64_t i = 0; i < n; ++i) closest[i] = exact_sq_dist(xf.data(), x + i * d, d);
+  }
+  idx[0] = first;
+  for (int64_t c = 1; c < k; ++c) {
+    if ((c & 63) == 0 && interrupted && interrupted()) throw Interrupted();
+    double total = 0.0;
+    for (int64_t i = 0; i < n; ++i) cum[i] = (total += closest[i]);
+    for (int64_t t = 0; t < trials; ++t) {  // searchsorted(cum, u * total, right=True)
+      const double target = u[(c - 1) * trials + t] * total;
+      const int64_t at = std::upper_bound(cum.begin(), cum.end(), target) - cum.begin();
+      cand[t] = std::min(at, n - 1);
+      std::copy(&xs[cand[t] * dp], &xs[cand[t] * dp] + dp, &cs[t * dp]);
+      for (int64_t q = 0; q < d; ++q) cd[t * d + q] = static_cast<double>(x[cand[t] * d + q]);
+    }
+#pragma omp parallel num_threads(threads)
+    {
+      auto& mine = closer[static_cast<size_t>(omp_get_thread_num())];
+      mine.assign(static_cast<size_t>(trials), {});
+      std::vector<double> sum(static_cast<size_t>(trials));
+      std::vector<float> dots(static_cast<size_t>(trials));
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < chunks; ++b) {
+        const int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
+        std::fill(sum.begin(), sum.end(), 0.0);
+        for (int64_t i = lo; i < hi; ++i) {
+          const float* xi = &xs[i * dp];
+          int64_t t0 = 0;
+          for (; t0 + 4 <= trials; t0 += 4) dot_group<4, kLanes>(xi, &cs[t0 * dp], dp, &dots[t0]);
+          for (; t0 < trials; ++t0) dot_group<1, kLanes>(xi, &cs[t0 * dp], dp, &dots[t0]);
+          for (int64_t t = 0; t < trials; ++t) {
+            const int64_t ct = cand[t];
+            const float dot = dots[static_cast<size_t>(t)];
+            const double r = norm[i] + norm[ct];
+            const double a = sq[i] + sq[ct] - 2.0 * static_cast<double>(dot);
+            double v = closest[i];
+            if (a - scale * r * r <= v) {
+              const double e = exact_sq_dist(&cd[t * d], x + i * d, d);
+              if (e < v) {
+                mine[static_cast<size_t>(t)].emplace_back(i, e);
+                v = e;
+              }
+            }
+            sum[static_cast<size_t>(t)] += v;
+          }
+        }
+        for (int64_t t = 0; t < trials; ++t) part[b * trials + t] = sum[static_cast<size_t>(t)];
+      }
+    }
+    int64_t best = 0;
+    double best_pot = std::numeric_limits<double>::infinity();
+    for (int64_t t = 0; t < trials; ++t) {
+      double pot = 0.0;
+      for (int64_t b = 0; b < chunks; ++b) pot += part[b * trials + t];
+      if (pot < best_pot) {
+        best_pot = pot;
+        best = t;
+      }
+    }
+    idx[c] = cand[best];
+    for (auto& mine : closer) {
+      if (static_cast<int64_t>(mine.size()) <= best) continue;
+      for (const auto& [i, e] : mine[static_cast<size_t>(best)]) closest[i] = e;
+    }
+  }
+}
+
 }  // namespace
 
 template <typename T>
@@ -165,10 +431,23 @@ void nearest_center_scan(const T* x, int64_t n, int64_t d, const T* c, int64_t k
   });
 }
 
+template <typename T, typename A>
+void nearest_center_refine(const T* x, int64_t m, int64_t d, const T* c, int64_t k,
+                           const A* approx, const double* slack, int64_t first,
+                           int64_t* out, int threads, const std::function<bool()>& interrupted) {
+  with_dimension(d, [&](auto D) {
+    refine<D.value>(x, m, d, c, k, approx, slack, first, out, threads, interrupted);
+  });
+}
+
 template <typename T>
 void kmeanspp_seeds_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
                          const double* u, int64_t trials, int64_t* idx, int threads,
                          const std::function<bool()>& interrupted) {
+  if (d > 16 && switched_on("DCPE_CPU_PRODUCTS")) {
+    kmeanspp_product(x, n, d, k, first, u, trials, idx, threads, interrupted);
+    return;
+  }
   with_dimension(d, [&](auto D) {
     kmeanspp_scan<D.value>(x, n, d, k, first, u, trials, idx, threads, interrupted);
   });
@@ -180,6 +459,14 @@ template void nearest_center_scan<float>(const float*, int64_t, int64_t, const f
 template void nearest_center_scan<double>(const double*, int64_t, int64_t, const double*,
                                           int64_t, const uint8_t*, int64_t, int64_t*, int,
                                           const std::function<bool()>&);
+#define DCPE_REFINE(T, A)                                                                 \
+  template void nearest_center_refine<T, A>(const T*, int64_t, int64_t, const T*, int64_t, \
+                                            const A*, const double*, int64_t, int64_t*, int, \
+                                            const std::function<bool()>&);
+DCPE_REFINE(float, float)
+DCPE_REFINE(float, double)
+DCPE_REFINE(double, double)
+#undef DCPE_REFINE
 template void kmeanspp_seeds_scan<float>(const float*, int64_t, int64_t, int64_t, int64_t,
                                          const double*, int64_t, int64_t*, int,
                                          const std::function<bool()>&);

@@ -15,6 +15,16 @@ void nearest_center_scan(const T* x, int64_t n, int64_t d, const T* c, int64_t k
                          const uint8_t* mask, int64_t first, int64_t* out, int threads,
                          const std::function<bool()>& interrupted);
 
+// out[i] for the m points x: the answer of nearest_center_scan, from approx (m x k,
+// row-major, float or double): |c_j|^2 - 2 x_i.c_j up to a constant per row (+inf for a
+// skipped center), within slack[i] of the scan's |x_i - c_j|^2 less that constant for
+// every usable center j; centers whose approx exceeds the row's smallest by more than
+// 2 slack[i] are not computed
+template <typename T, typename A>
+void nearest_center_refine(const T* x, int64_t m, int64_t d, const T* c, int64_t k,
+                           const A* approx, const double* slack, int64_t first,
+                           int64_t* out, int threads, const std::function<bool()>& interrupted);
+
 // the seeding of kmeanspp_seeds, every candidate's potential summed over all points
 template <typename T>
 void kmeanspp_seeds_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,

@@ -58,6 +58,11 @@ __all__ = ["ClusteringResult", "balanced_kmeans", "centroid_free_kmeans", "kmean
 #: Number of matrix elements a single chunk of a distance computation may hold.
 _CHUNK_ELEMENTS = 1 << 22
 
+#: From this many dimensions and centers on, the host's nearest-center search ranks the
+#: centers by a matrix product first (:func:`_nearest_by_product`; the same answers).
+_PRODUCT_MIN_D = 13
+_PRODUCT_MIN_K = 128
+
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
@@ -220,16 +225,90 @@ def _nearest(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None)
 
     Host tensors use the compiled search (``dcpe._C.nearest_cpu``: squared distances from
     coordinate differences in double; a kd-tree over the centers up to 12 dimensions from
-    256 centers on, an exhaustive scan otherwise, with the same answer); other devices, or
-    a build without the extension, a chunked matrix product.
+    256 centers on, an exhaustive scan otherwise, with the same answer); above 12
+    dimensions from 128 centers on, the scan's answer found from a matrix product
+    (:func:`_nearest_by_product`; ``DCPE_CPU_PRODUCTS=0``: the scan). Other devices, or a
+    build without the extension, a chunked matrix product.
     """
     ext = _host_ext(x)
+    if ext is not None and x.shape[1] >= _PRODUCT_MIN_D and c.shape[0] >= _PRODUCT_MIN_K \
+            and os.environ.get("DCPE_CPU_PRODUCTS") != "0":
+        return _nearest_by_product(x, c, mask, ext)
     if ext is not None:
         m = None if mask is None else mask.numpy().astype(bool)
         return torch.from_numpy(ext.nearest_cpu(x.contiguous().numpy(),
                                                 c.to(x.dtype).contiguous().numpy(), m,
                                                 num_threads=host_threads()))
     return _nearest_matmul(x, c, mask)
+
+
+def _float32_products_exact() -> bool:
+    """Whether PyTorch's float32 matrix products on the host round in float32 (IEEE), not
+    through bfloat16 or TF32 (``torch.set_float32_matmul_precision`` and the oneDNN
+    ``fp32_precision`` settings allow that): the error bound of
+    :func:`_nearest_by_product` holds only then."""
+    try:
+        if torch.get_float32_matmul_precision() != "highest":
+            return False
+    except RuntimeError:  # legacy and new precision settings mixed: do not guess
+        return False
+    for owner in (torch.backends, getattr(torch.backends, "mkldnn", None),
+                  getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)):
+        if getattr(owner, "fp32_precision", "none") not in ("none", "ieee"):
+            return False
+    return True
+
+
+def _nearest_by_product(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
+                        ext: Any) -> torch.Tensor:
+    """:func:`_nearest` on the host from ``_PRODUCT_MIN_D`` dimensions on: the answer of the
+    compiled scan, with the centers ranked by a matrix product first.
+
+    Points and centers are shifted by the centers' mean (rounded to the working precision:
+    float32 for float32 data, else float64; unit roundoff u), and for a chunk of points one
+    matrix product (BLAS) gives ``a[i, j] = |c_j|^2 - 2 x_i.c_j`` of the shifted rows. Its
+    error is at most (d + 2) u (|x_i| + |c_j|)^2 (the sums of the dot product and the norm,
+    and two additions), the shift's rounding moves the squared distance by at most
+    2 u (|x_i| + |c_j|)^2, and the scan's distance ``s[i, j]`` (differences in double,
+    summed in order) is within (d + 2) 2^-53 |x_i - c_j|^2 of the exact one. So
+    ``a[i, j]`` is within ``slack[i] = 4 (d + 4) u (|x_i| + max_j |c_j|)^2`` (shifted
+    norms) of ``s[i, j]`` less a constant of the row: more than twice the sum of the
+    bounds, which covers the roundings of the bound itself. The scan's answer j* has
+    ``s[i, j*] <= s[i, m]`` for the center m of the smallest ``a``, so
+    ``a[i, j*] <= a[i, m] + 2 slack[i]``; ``dcpe._C.nearest_refine_cpu`` computes ``s``
+    only for the centers within that of the row's smallest, as the scan computes them, and
+    keeps the first smallest. On codebooks that is one or a few centers per point; at worst
+    every center, the scan's own work.
+
+    Float32 products are used only when PyTorch keeps them in float32
+    (:func:`_float32_products_exact`); otherwise float64.
+    """
+    k, d = c.shape
+    usable = torch.ones(k, dtype=torch.bool) if mask is None else mask.to(torch.bool)
+    first = int(torch.nonzero(usable)[0])
+    work = torch.float32 if x.dtype == torch.float32 and _float32_products_exact() \
+        else torch.float64
+    unit = 2.0 ** -24 if work == torch.float32 else 2.0 ** -53
+    mean = c[usable].to(torch.float64).mean(dim=0)
+    cw = (c.to(torch.float64) - mean).to(work)
+    c_sq = cw.to(torch.float64).square().sum(dim=1)
+    c_max = float(c_sq[usable].max().sqrt())
+    c_sq = c_sq.masked_fill(~usable, float("inf")).to(work)
+    scale = 4.0 * (d + 4) * unit
+    xs = x.contiguous()
+    cs = c.to(x.dtype).contiguous().numpy()
+    threads = host_threads()
+    out = torch.empty(x.shape[0], dtype=torch.int64)
+    step = min(_row_chunk(k), 4096)  # a chunk's shifted rows stay in cache
+    for i in range(0, x.shape[0], step):
+        xb = xs[i:i + step]
+        xw = xb.to(torch.float64) - mean
+        slack = (xw.square().sum(dim=1).sqrt() + c_max).square_().mul_(scale)
+        xw = xw.to(work)
+        approx = torch.addmm(c_sq.unsqueeze(0), xw, cw.T, alpha=-2.0)
+        out[i:i + step] = torch.from_numpy(ext.nearest_refine_cpu(
+            xb.numpy(), cs, approx.numpy(), slack.numpy(), first, num_threads=threads))
+    return out
 
 
 def _nearest_matmul(x: torch.Tensor, c: torch.Tensor,

@@ -173,6 +173,37 @@ void refine(const T* x, int64_t m, int64_t d, const T* c, int64_t k, const A* ap
   }
 }
 
+// The draw of a seeding step: cand[t] = searchsorted(cum, u[t] * total, right=True) over
+// the cumulative sum of D^2 (cum: scratch of n), clamped to the last point.
+inline void draw(const std::vector<double>& closest, const double* u, std::vector<double>& cum,
+                 std::vector<int64_t>& cand) {
+  const int64_t n = static_cast<int64_t>(closest.size());
+  double total = 0.0;
+  for (int64_t i = 0; i < n; ++i) cum[i] = (total += closest[i]);
+  for (size_t t = 0; t < cand.size(); ++t) {
+    const double target = u[t] * total;
+    const int64_t at = std::upper_bound(cum.begin(), cum.end(), target) - cum.begin();
+    cand[t] = std::min(at, n - 1);
+  }
+}
+
+// The candidate of the smallest potential, its blocks' partial sums (part[b * trials + t])
+// added in block order; ties to the first.
+inline int64_t smallest_potential(const std::vector<double>& part, int64_t chunks,
+                                  int64_t trials) {
+  int64_t best = 0;
+  double best_pot = std::numeric_limits<double>::infinity();
+  for (int64_t t = 0; t < trials; ++t) {
+    double pot = 0.0;
+    for (int64_t b = 0; b < chunks; ++b) pot += part[b * trials + t];
+    if (pot < best_pot) {
+      best_pot = pot;
+      best = t;
+    }
+  }
+  return best;
+}
+
 template <int D, typename T>
 void kmeanspp_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, const double* u,
                   int64_t trials, int64_t* idx, int threads,
@@ -206,13 +237,7 @@ void kmeanspp_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, c
   update(first, true);
   for (int64_t c = 1; c < k; ++c) {
     if ((c & 63) == 0 && interrupted && interrupted()) throw Interrupted();
-    double total = 0.0;
-    for (int64_t i = 0; i < n; ++i) cum[i] = (total += closest[i]);
-    for (int64_t t = 0; t < trials; ++t) {  // searchsorted(cum, u * total, right=True)
-      const double target = u[(c - 1) * trials + t] * total;
-      const int64_t at = std::upper_bound(cum.begin(), cum.end(), target) - cum.begin();
-      cand[t] = std::min(at, n - 1);
-    }
+    draw(closest, &u[(c - 1) * trials], cum, cand);
 #pragma omp parallel num_threads(threads)
     {
       std::vector<double> acc(static_cast<size_t>(kBlock)), xj(static_cast<size_t>(d));
@@ -228,16 +253,7 @@ void kmeanspp_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, c
         }
       }
     }
-    int64_t best = 0;
-    double best_pot = std::numeric_limits<double>::infinity();
-    for (int64_t t = 0; t < trials; ++t) {
-      double pot = 0.0;
-      for (int64_t b = 0; b < chunks; ++b) pot += part[b * trials + t];
-      if (pot < best_pot) {
-        best_pot = pot;
-        best = t;
-      }
-    }
+    const int64_t best = smallest_potential(part, chunks, trials);
     idx[c] = cand[best];
     update(cand[best], false);
   }
@@ -359,12 +375,8 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
   idx[0] = first;
   for (int64_t c = 1; c < k; ++c) {
     if ((c & 63) == 0 && interrupted && interrupted()) throw Interrupted();
-    double total = 0.0;
-    for (int64_t i = 0; i < n; ++i) cum[i] = (total += closest[i]);
-    for (int64_t t = 0; t < trials; ++t) {  // searchsorted(cum, u * total, right=True)
-      const double target = u[(c - 1) * trials + t] * total;
-      const int64_t at = std::upper_bound(cum.begin(), cum.end(), target) - cum.begin();
-      cand[t] = std::min(at, n - 1);
+    draw(closest, &u[(c - 1) * trials], cum, cand);
+    for (int64_t t = 0; t < trials; ++t) {
       std::copy(&xs[cand[t] * dp], &xs[cand[t] * dp] + dp, &cs[t * dp]);
       for (int64_t q = 0; q < d; ++q) cd[t * d + q] = static_cast<double>(x[cand[t] * d + q]);
     }
@@ -402,16 +414,7 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
         for (int64_t t = 0; t < trials; ++t) part[b * trials + t] = sum[static_cast<size_t>(t)];
       }
     }
-    int64_t best = 0;
-    double best_pot = std::numeric_limits<double>::infinity();
-    for (int64_t t = 0; t < trials; ++t) {
-      double pot = 0.0;
-      for (int64_t b = 0; b < chunks; ++b) pot += part[b * trials + t];
-      if (pot < best_pot) {
-        best_pot = pot;
-        best = t;
-      }
-    }
+    const int64_t best = smallest_potential(part, chunks, trials);
     idx[c] = cand[best];
     for (auto& mine : closer) {
       if (static_cast<int64_t>(mine.size()) <= best) continue;

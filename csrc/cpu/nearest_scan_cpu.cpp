@@ -380,10 +380,13 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
       std::copy(&xs[cand[t] * dp], &xs[cand[t] * dp] + dp, &cs[t * dp]);
       for (int64_t q = 0; q < d; ++q) cd[t * d + q] = static_cast<double>(x[cand[t] * d + q]);
     }
+    for (auto& mine : closer) {  // every thread's, whether or not it joins this step
+      mine.resize(static_cast<size_t>(trials));
+      for (auto& list : mine) list.clear();
+    }
 #pragma omp parallel num_threads(threads)
     {
       auto& mine = closer[static_cast<size_t>(omp_get_thread_num())];
-      mine.assign(static_cast<size_t>(trials), {});
       std::vector<double> sum(static_cast<size_t>(trials));
       std::vector<float> dots(static_cast<size_t>(trials));
 #pragma omp for schedule(static)
@@ -416,8 +419,7 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
     }
     const int64_t best = smallest_potential(part, chunks, trials);
     idx[c] = cand[best];
-    for (auto& mine : closer) {
-      if (static_cast<int64_t>(mine.size()) <= best) continue;
+    for (const auto& mine : closer) {
       for (const auto& [i, e] : mine[static_cast<size_t>(best)]) closest[i] = e;
     }
   }

@@ -22,8 +22,8 @@
 // products, within their error bound, do not rule out (those it may bring closer), and
 // the others keep their D^2 in the potential, as the scan's minimum keeps it.
 //
-// The refined distances (block_distances on a gathered block, exact_sq_dist) are the same
-// operations in the same order as the scan's lanes, compiled with the same contraction
+// The refined distances are block_distances too (on a gathered block, or on one row), the
+// same operations in the same order as the scan's lanes, compiled with the same contraction
 // here, so they round alike: the tests compare the two ways on many inputs, bit for bit.
 
 #include "nearest_scan_cpu.h"
@@ -259,15 +259,12 @@ void kmeanspp_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, c
   }
 }
 
-// |xd - p|^2 as block_distances<0> computes each of its lanes: differences in double,
-// summed over the coordinates in order (the same operations, so the same roundings)
+// |xd - p|^2 for one row p: block_distances<0> itself on a block of one (the row as its
+// own transposed block), so it rounds as every lane of the scan's blocks
 template <typename T>
 inline double exact_sq_dist(const double* xd, const T* p, int64_t d) {
-  double s = 0.0;
-  for (int64_t t = 0; t < d; ++t) {
-    const double diff = xd[t] - static_cast<double>(p[t]);
-    s += diff * diff;
-  }
+  double s;
+  block_distances<0>(xd, p, 1, d, 0, 1, &s);
   return s;
 }
 

@@ -425,6 +425,15 @@ def _init_indices(x: torch.Tensor, k: int, init: str, gen: torch.Generator,
     return idx
 
 
+def _initial_centers(x: torch.Tensor, k: int, start: str | torch.Tensor,
+                     gen: torch.Generator, n_local_trials: int | None) -> torch.Tensor:
+    """A copy of the starting centers: ``start`` itself when it holds centers (from
+    :func:`_check_init_or_centers`), else the rows its seeding method picks."""
+    if isinstance(start, torch.Tensor):
+        return start.clone()
+    return x[_init_indices(x, k, start, gen, n_local_trials)].clone()
+
+
 @_fit_threads
 def kmeans_plusplus(
     x: Any,
@@ -598,10 +607,7 @@ def kmeans(
 
     best = None
     for _ in range(n_init):
-        if isinstance(start, torch.Tensor):
-            first = start.clone()
-        else:
-            first = xt[_init_indices(xt, k, start, gen, n_local_trials)].clone()
+        first = _initial_centers(xt, k, start, gen, n_local_trials)
         labels, centers, it, history = _lloyd(xt, first, k, n_iter, tol_abs)
         inertia = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
         if best is None or inertia < best[2]:
@@ -708,10 +714,7 @@ def balanced_kmeans(
 
     capacity = torch.full((k,), n // k, dtype=torch.int64, device=xt.device)
     capacity[: n % k] += 1
-    if isinstance(start, torch.Tensor):
-        centers = start.clone()
-    else:
-        centers = xt[_init_indices(xt, k, start, gen, None)].clone()
+    centers = _initial_centers(xt, k, start, gen, None)
     labels, prices = _balanced_assign(xt, centers, capacity, n_candidates)
     history = [float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())]
     it = 1

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "balanced_assign.h"
+#include "cpu/balanced_assign_cpu.h"
 #include "cpu/amx_scan.h"
 #include "cpu/linkage_cpu.h"
 #include "linkage.h"
@@ -36,6 +37,9 @@ py::dict named_counts(const std::array<int64_t, N>& values,
 PYBIND11_MODULE(_C, m) {
   m.doc() = "dcpe compiled kernels (C++ CPU engine; CUDA kernels when built with nvcc)";
   m.attr("__version__") = DCPE_VERSION;
+  // (dimensions, centers) from which balanced_assign_cpu makes its lists from products
+  m.attr("balanced_products_from") =
+      py::make_tuple(dcpe::kAuctionProductMinD, dcpe::kAuctionProductMinK);
   m.def("linkage_cpu", &dcpe::linkage_cpu, py::arg("x"), py::arg("method") = "average",
         py::arg("metric") = "euclidean", py::arg("max_cluster_size") = 0,
         py::arg("num_threads") = 0, py::arg("max_merges") = 0, py::arg("engine") = "matrix",

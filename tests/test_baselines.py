@@ -903,3 +903,77 @@ def test_baselines_restore_torch_threads_on_error(busy):
 def test_file_name_points_to_load_codebook(fn):
     with pytest.raises(TypeError, match=r"file name .*dcpe\.io\.load_codebook"):
         fn("vq_ds16_c2i.pt", 4)
+
+
+def _auction(monkeypatch, products: bool, x, c, cap, prices, **kwargs) -> tuple:
+    """``balanced_assign_cpu`` with the lists made from products or by the scan
+    (``DCPE_CPU_PRODUCTS``): its labels, the prices it leaves and its counts."""
+    from dcpe import _C
+
+    prices = prices.copy()
+    with monkeypatch.context() as m:
+        m.setenv("DCPE_CPU_PRODUCTS", "1" if products else "0")
+        labels, stats = _C.balanced_assign_cpu(x, c, cap, prices, **kwargs)
+    return labels, prices, stats
+
+
+def _listed_near_ties(rng: np.random.Generator, d: int, points: int, dtype: type) -> tuple:
+    """Points each with two near centers and, just past them, two centers at the same
+    distance in real arithmetic (the second the first mirrored through a hyperplane through
+    the point), which rounding to ``dtype`` separates below what float32 products resolve:
+    with lists of two centers, which of the two is the list's bound is a rounding-level
+    decision."""
+    x = rng.standard_normal((points, d)) * 3
+    close = np.concatenate([x + 0.02 * rng.standard_normal((points, d)) for _ in range(2)])
+    a = x + 0.1 * rng.standard_normal((points, d))
+    normal = rng.standard_normal((points, d))
+    normal /= np.linalg.norm(normal, axis=1, keepdims=True)
+    b = a - 2 * ((a - x) * normal).sum(1, keepdims=True) * normal
+    c = np.concatenate([close, a, b])[rng.permutation(4 * points)]
+    return x.astype(dtype), c.astype(dtype)
+
+
+@pytest.mark.parametrize("d", [64, 67, 256])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_balanced_assign_products_give_the_scans_auction(d, dtype, monkeypatch):
+    # From 64 dimensions and 1,024 centers on, the auction's candidate lists are made from
+    # float32 products, and only the centers their error bound cannot rule out get their
+    # distance: the same lists, distances and bounds as the scan's, so the same labels,
+    # prices and bid counts, cold and warm, whatever the offset, copies or thread count.
+    from dcpe import _C
+
+    min_d, min_k = _C.balanced_products_from
+    assert d >= min_d
+    k = min_k
+    rng = np.random.default_rng(d)
+    hubs = rng.standard_normal((16, d))
+    x = hubs[rng.integers(0, 16, 2 * k)] + 0.3 * rng.standard_normal((2 * k, d))
+    near, near_centers = _listed_near_ties(rng, d, k // 4, dtype)
+    cases = [
+        (x, x[rng.choice(2 * k, k, replace=False)]),
+        (1e3 + x, 1e3 + x[:k]),                              # far from the origin
+        (x, np.concatenate([x[: k // 2]] * 2)),              # every center twice
+        (np.concatenate([near] * 4), near_centers),          # near-ties at a list's end
+    ]
+    for data, c in cases:
+        data, c = data.astype(dtype), c.astype(dtype)
+        n = len(data)
+        cap = np.full(k, n // k, np.int64)
+        refreshes = 0
+        for n_candidates, threads in ((2, 1), (32, 2), (300, 3)):
+            kw = dict(n_candidates=n_candidates, num_threads=threads)
+            want = _auction(monkeypatch, False, data, c, cap, np.zeros(k), **kw)
+            got = _auction(monkeypatch, True, data, c, cap, np.zeros(k), **kw)
+            np.testing.assert_array_equal(got[0], want[0])
+            np.testing.assert_array_equal(got[1], want[1])
+            assert got[2] == want[2]
+            refreshes += want[2]["refreshes"]
+            # warm: the next step's centers, from this step's prices and labels
+            moved = (c + 0.01 * rng.standard_normal(c.shape)).astype(dtype)
+            warm = dict(kw, labels=want[0])
+            want_w = _auction(monkeypatch, False, data, moved, cap, want[1], **warm)
+            got_w = _auction(monkeypatch, True, data, moved, cap, want[1], **warm)
+            np.testing.assert_array_equal(got_w[0], want_w[0])
+            np.testing.assert_array_equal(got_w[1], want_w[1])
+            assert got_w[2] == want_w[2]
+        assert refreshes > 0  # lists did run out and were made again, from products too

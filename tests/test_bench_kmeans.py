@@ -25,7 +25,8 @@ def test_small_run_writes_complete_results(tmp_path: Path) -> None:
     rows = payload["rows"]
     assert [(r["n"], r["d"], r["k"], r["provider"]) for r in rows] == [
         (300, 4, 20, "dcpe-kmeans"), (300, 4, 20, "sklearn-kmeans"),
-        (200, 3, 7, "dcpe-kmeans"), (200, 3, 7, "sklearn-kmeans")]
+        (300, 4, 20, "dcpe-balanced"),
+        (200, 3, 7, "dcpe-kmeans"), (200, 3, 7, "sklearn-kmeans"), (200, 3, 7, "dcpe-balanced")]
     for r in rows:
         assert r["median_s"] > 0 and r["inertia"] > 0 and 1 <= r["n_iter"] <= 3
     md = (tmp_path / "km.md").read_text()

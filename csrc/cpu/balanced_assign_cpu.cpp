@@ -12,6 +12,14 @@
 // prices only rise).  Distances are computed from coordinate differences in double
 // precision; the m best are picked by a filter whose threshold comes from a sample.
 //
+// Products.  From kAuctionProductMinD (64) dimensions and kAuctionProductMinK (1,024)
+// centers on, a list is made from float32 products of the rows shifted by the centers'
+// mean (packed panels, several points at a time): they rank all k centers within a proven
+// error, and only the centers they cannot rule out get their distance, by the same
+// block_distances (rebuild_by_product).  The lists, their
+// distances and bounds are those of the scan, so the auction is the same, bid for bid.
+// DCPE_CPU_PRODUCTS=0 scans.
+//
 // Phases.  After the first phase (or given a previous assignment as a warm start), the
 // points whose center still satisfies eps-CS for the new eps keep it; only the others bid
 // again.
@@ -27,12 +35,14 @@
 #include <cfloat>
 #include <limits>
 #include <numeric>
+#include <type_traits>
 #include <utility>
 #include <vector>
 #include <functional>
 
 #include "../macros.h"
 #include "block_distances.h"
+#include "float_dots.h"
 #include "linkage_cpu.h"
 
 namespace dcpe {
@@ -47,7 +57,9 @@ struct List {
   double bound = -std::numeric_limits<double>::infinity();
 };
 
-// Scratch of one thread for rebuild(): k distances and a selection buffer.
+// Scratch of one thread for rebuild() and rebuild_by_product(): k distances, a selection
+// buffer and a block of gathered rows.
+template <typename T>
 struct RebuildScratch {
   std::vector<double> dist;
   std::vector<double> val;  // -dist - price
@@ -55,69 +67,21 @@ struct RebuildScratch {
   std::vector<double> sample;
   std::vector<int32_t> idx;  // k + 4: the packed stores write four lanes
   std::vector<std::pair<double, int64_t>> buf;
+  std::vector<T> block;  // candidate rows transposed (d x len)
+  std::vector<int32_t> where;  // a center's place in the list being replaced, or -1
+  std::vector<int32_t> fresh;  // the candidates whose distances are computed
   explicit RebuildScratch(int64_t k)
-      : dist(static_cast<size_t>(k)), val(static_cast<size_t>(k)), idx(static_cast<size_t>(k) + 4) {}
+      : dist(static_cast<size_t>(k)), val(static_cast<size_t>(k)), idx(static_cast<size_t>(k) + 4),
+        where(static_cast<size_t>(k), -1), fresh(static_cast<size_t>(k)) {}
 };
 
-// Rebuild a point's list with its m best centers by value -dist - price; bound = the best
-// value outside the list (-inf when the list holds every center).  ct holds the centers
-// transposed (d x k) so that the distance loop runs along the centers.
-template <typename T>
-void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price,
-             int64_t m, List& list, RebuildScratch& s) {
-  double* dist = s.dist.data();
-  double* val = s.val.data();
-  s.xd.resize(static_cast<size_t>(d));
-  for (int64_t t = 0; t < d; ++t) s.xd[t] = static_cast<double>(xi[t]);
-  with_dimension(d, [&](auto D) {  // the usual codebook dimensions: register-resident sums
-    constexpr int64_t kBlock = 256;
-    for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
-      const int64_t len = std::min(kBlock, k - j0);
-      block_distances<D.value>(s.xd.data(), ct, k, d, j0, len, dist + j0);
-      for (int64_t j = j0; j < j0 + len; ++j) val[j] = -dist[j] - price[j];
-    }
-  });
-  m = std::min(m, k);
-  list.id.clear();
-  list.dist.clear();
-  if (m == k) {  // every center
-    for (int64_t j = 0; j < k; ++j) {
-      list.id.push_back(j);
-      list.dist.push_back(dist[j]);
-    }
-    list.bound = -kInf;
-    return;
-  }
-  // Select the m + 1 best (value, id).  A threshold from a sample of every 16th value
-  // should let about twice the m + 1 needed pass the filter; the survivors are then cut to
-  // the m + 1 best.  If fewer pass, all centers are candidates (the sample only saves
-  // work).  The sample's threshold is the least of its top_n best values, kept sorted as
-  // they are met (few values enter: about top_n * ln(samples / top_n)).
-  auto better = [](const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
-    return a.first > b.first || (a.first == b.first && a.second < b.second);
-  };
-  const int64_t keep = m + 1;
-  constexpr int64_t kStride = 16;
-  double thr = -kInf;
-  // sample values kept (best last): the threshold is met by about top_n of the sample, and
-  // by about top_n * kStride >= 2 * keep of all; at least 17, so that fewer than keep pass
-  // in well under 1% of the calls (a Poisson tail) even for short lists.  Sampled when at
-  // most half of the sample is kept; fewer centers are all candidates.
-  const int64_t top_n = std::max<int64_t>(2 * keep / kStride, 16) + 1;
-  if (2 * top_n * kStride <= k) {
-    auto& top = s.sample;
-    top.assign(static_cast<size_t>(top_n), -kInf);
-    double* tp = top.data();
-    for (int64_t j = 0; j < k; j += kStride) {
-      const double v = val[j];
-      if (!(v > tp[0])) continue;
-      int64_t q = 1;
-      for (; q < top_n && tp[q] < v; ++q) tp[q - 1] = tp[q];
-      tp[q - 1] = v;
-    }
-    thr = tp[0];
-  }
-  int32_t* idx = s.idx.data();
+// The (value, id) pairs is a strict total order: larger value first, then smaller id.
+inline bool better(const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
+  return a.first > b.first || (a.first == b.first && a.second < b.second);
+}
+
+// The indices j < k with val[j] >= thr, packed into idx in ascending order; their count.
+inline int64_t at_least(const double* val, int64_t k, double thr, int32_t* idx) {
   int64_t passed = 0;
   int64_t j = 0;
 #if defined(__AVX2__)
@@ -141,6 +105,39 @@ void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price
     idx[passed] = static_cast<int32_t>(j);
     passed += (val[j] >= thr) ? 1 : 0;
   }
+  return passed;
+}
+
+// The keep best (value, id) pairs of val[0..k) by `better`, in s.buf[0..keep), the keep-th
+// best at s.buf[keep - 1] (keep < k).  A threshold from a sample of every 16th value should
+// let about twice the keep needed pass the filter; the survivors are then cut to the keep
+// best.  If fewer pass, all centers are candidates (the sample only saves work).  The
+// sample's threshold is the least of its top_n best values, kept sorted as they are met
+// (few values enter: about top_n * ln(samples / top_n)).
+template <typename T>
+void select_best(const double* val, int64_t k, int64_t keep, RebuildScratch<T>& s) {
+  constexpr int64_t kStride = 16;
+  double thr = -kInf;
+  // sample values kept (best last): the threshold is met by about top_n of the sample, and
+  // by about top_n * kStride >= 2 * keep of all; at least 17, so that fewer than keep pass
+  // in well under 1% of the calls (a Poisson tail) even for short lists.  Sampled when at
+  // most half of the sample is kept; fewer centers are all candidates.
+  const int64_t top_n = std::max<int64_t>(2 * keep / kStride, 16) + 1;
+  if (2 * top_n * kStride <= k) {
+    auto& top = s.sample;
+    top.assign(static_cast<size_t>(top_n), -kInf);
+    double* tp = top.data();
+    for (int64_t j = 0; j < k; j += kStride) {
+      const double v = val[j];
+      if (!(v > tp[0])) continue;
+      int64_t q = 1;
+      for (; q < top_n && tp[q] < v; ++q) tp[q - 1] = tp[q];
+      tp[q - 1] = v;
+    }
+    thr = tp[0];
+  }
+  int32_t* idx = s.idx.data();
+  int64_t passed = at_least(val, k, thr, idx);
   if (passed < keep) {  // the sample's threshold was too high
     for (int64_t q = 0; q < k; ++q) idx[q] = static_cast<int32_t>(q);
     passed = k;
@@ -149,7 +146,208 @@ void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price
   buf.clear();
   for (int64_t q = 0; q < passed; ++q) buf.emplace_back(val[idx[q]], idx[q]);
   std::nth_element(buf.begin(), buf.begin() + (keep - 1), buf.end(), better);
-  list.bound = buf[keep - 1].first;  // the best value left outside
+}
+
+// Rebuild a point's list with its m best centers by value -dist - price; bound = the best
+// value outside the list (-inf when the list holds every center).  ct holds the centers
+// transposed (d x k) so that the distance loop runs along the centers.
+template <typename T>
+void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price,
+             int64_t m, List& list, RebuildScratch<T>& s) {
+  double* dist = s.dist.data();
+  double* val = s.val.data();
+  s.xd.resize(static_cast<size_t>(d));
+  for (int64_t t = 0; t < d; ++t) s.xd[t] = static_cast<double>(xi[t]);
+  with_dimension(d, [&](auto D) {  // the usual codebook dimensions: register-resident sums
+    constexpr int64_t kBlock = 256;
+    for (int64_t j0 = 0; j0 < k; j0 += kBlock) {
+      const int64_t len = std::min(kBlock, k - j0);
+      block_distances<D.value>(s.xd.data(), ct, k, d, j0, len, dist + j0);
+      for (int64_t j = j0; j < j0 + len; ++j) val[j] = -dist[j] - price[j];
+    }
+  });
+  m = std::min(m, k);
+  list.id.clear();
+  list.dist.clear();
+  if (m == k) {  // every center
+    for (int64_t j = 0; j < k; ++j) {
+      list.id.push_back(j);
+      list.dist.push_back(dist[j]);
+    }
+    list.bound = -kInf;
+    return;
+  }
+  const int64_t keep = m + 1;
+  select_best(val, k, keep, s);
+  list.bound = s.buf[keep - 1].first;  // the best value left outside
+  for (int64_t t = 0; t + 1 < keep; ++t) {
+    list.id.push_back(s.buf[t].second);
+    list.dist.push_back(dist[s.buf[t].second]);
+  }
+}
+
+// The centers shifted by their mean for rebuild_by_product's float32 products (float_dots.h),
+// packed in panels of 8.
+struct CenterProducts {
+  int64_t dp = 0;
+  int64_t stride = 0;         // a row of products: the centers padded to whole panels
+  std::vector<double> mean;
+  std::vector<float> packed;  // panel_count(k) x dp x 8
+  std::vector<double> sq;     // |cs_j|^2
+  double radius = 0.0;        // max_j |cs_j|
+  double scale = 0.0;         // product_scale(d)
+};
+
+// A group of points and its products with the centers: xs (count x dp) the points shifted,
+// sqx = |xs|^2, dots (count x stride) the products.
+struct Group {
+  int64_t count = 0;
+  std::vector<float> xs, dots;
+  std::vector<double> sqx;
+  template <typename T>
+  void shift(const T* x, int64_t d, const int64_t* ids, int64_t n, const CenterProducts& pr) {
+    count = n;
+    xs.resize(static_cast<size_t>(n * pr.dp));
+    dots.resize(static_cast<size_t>(n * pr.stride));
+    sqx.resize(static_cast<size_t>(n));
+    for (int64_t t = 0; t < n; ++t) {
+      sqx[t] = shift_row(x + ids[t] * d, d, pr.mean.data(), &xs[t * pr.dp]);
+    }
+  }
+  // the products with the centers of the panels [q0, q1)
+  void multiply(const CenterProducts& pr, int64_t q0, int64_t q1) {
+    dot_packed(xs.data(), count, pr.packed.data(), q0, q1, pr.dp, dots.data(), pr.stride);
+  }
+};
+
+// block (d x len, len a multiple of 8) = the rows rp[0..len) transposed
+template <typename T>
+void transpose_rows(const T* const* rp, int64_t len, int64_t d, T* block) {
+  int64_t t0 = 0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {  // 8 x 8 tiles in registers
+    for (; t0 + 8 <= d; t0 += 8) {
+      for (int64_t q = 0; q < len; q += 8) {
+        __m256 r[8], u[8], v[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rp[q + i] + t0);
+        for (int i = 0; i < 8; i += 2) {
+          u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+          u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int h = 0; h < 8; h += 4) {
+          v[h] = _mm256_shuffle_ps(u[h], u[h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+          v[h + 1] = _mm256_shuffle_ps(u[h], u[h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+          v[h + 2] = _mm256_shuffle_ps(u[h + 1], u[h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+          v[h + 3] = _mm256_shuffle_ps(u[h + 1], u[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(block + (t0 + i) * len + q, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+          _mm256_storeu_ps(block + (t0 + i + 4) * len + q,
+                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+        }
+      }
+    }
+  }
+#endif
+  for (int64_t q = 0; q < len; ++q) {
+    for (int64_t t = t0; t < d; ++t) block[t * len + q] = rp[q][t];
+  }
+}
+
+// The distances of the centers ids[0..count) to s.xd, by the same block_distances as
+// rebuild() on small blocks of rows of c gathered and transposed (in L1): the same
+// operations in the same order as rebuild's lanes, so the same roundings (a block is
+// padded to a multiple of 8 rows with copies of its first, whose lanes are dropped).
+template <typename T>
+void gathered_distances(const T* c, int64_t d, const int32_t* ids, int64_t count,
+                        RebuildScratch<T>& s, double* out) {
+  const int64_t rows =
+      std::clamp<int64_t>(16384 / (d * static_cast<int64_t>(sizeof(T))), 8, 64) / 8 * 8;
+  s.block.resize(static_cast<size_t>(rows * d));
+  T* block = s.block.data();
+  const T* rp[64];
+  double acc[64];
+  for (int64_t q0 = 0; q0 < count; q0 += rows) {
+    const int64_t len = std::min(rows, count - q0), padded = (len + 7) / 8 * 8;
+    for (int64_t q = 0; q < padded; ++q) {
+      rp[q] = c + static_cast<int64_t>(ids[q0 + (q < len ? q : 0)]) * d;
+    }
+    transpose_rows(rp, padded, d, block);
+    with_dimension(d, [&](auto D) {
+      block_distances<D.value>(s.xd.data(), block, padded, d, 0, padded, acc);
+    });
+    std::copy(acc, acc + len, out + q0);
+  }
+}
+
+// rebuild() with fewer distances (m < k): float32 products rank the centers, and only those
+// that the products' error bound cannot rule out get their distance.  The list, its
+// distances and its bound are rebuild()'s: a = |xs|^2 + |cs_j|^2 - 2 xs.cs_j is within
+// scale r^2 of the distance (r = |xs| + max |cs|; float_dots.h), and the values -a - price
+// and -dist - price round within 2^-53 of |a| + price each, so every approximate value
+// v'_j is within slack of the exact v_j.  Let T' be the (m + 1)-th best approximate value:
+// the m + 1 centers at or above it have v >= T' - slack, so the (m + 1)-th best exact value
+// is at least T' - slack, and a center with v'_j < T' - 2 slack (v_j < T' - slack) is
+// outside the m + 1 best.  The others are ranked by their exact values, as rebuild() ranks
+// all k; `better` is a strict total order, so the m + 1 best are the same.  With nearest,
+// the smallest distance of all k centers is set likewise, from the centers whose a is
+// within 2 slack of the smallest.  The list's order may differ from rebuild()'s; nothing
+// reads it (scan() depends only on the values and ids).
+template <typename T>
+void rebuild_by_product(const T* xi, double sqx, const float* dots, const T* c, int64_t k,
+                        int64_t d, const double* price, int64_t m, const CenterProducts& pr,
+                        List& list, RebuildScratch<T>& s, double* nearest) {
+  s.xd.resize(static_cast<size_t>(d));
+  for (int64_t t = 0; t < d; ++t) s.xd[t] = static_cast<double>(xi[t]);
+  double* a = s.dist.data();
+  double* val = s.val.data();
+  double p_max = 0.0;
+  for (int64_t j = 0; j < k; ++j) {
+    a[j] = sqx + pr.sq[j] - 2.0 * static_cast<double>(dots[j]);
+    val[j] = -a[j] - price[j];
+    p_max = std::max(p_max, price[j]);
+  }
+  const double r = std::sqrt(sqx) + pr.radius;
+  const double slack = pr.scale * r * r + std::ldexp(1.0, -50) * (r * r + p_max);
+  int32_t* idx = s.idx.data();
+  if (nearest) {
+    const double a_min = *std::min_element(a, a + k);
+    int64_t count = 0;
+    for (int64_t j = 0; j < k; ++j) {
+      if (a[j] <= a_min + 2.0 * slack) idx[count++] = static_cast<int32_t>(j);
+    }
+    std::vector<double>& e = s.sample;
+    e.resize(static_cast<size_t>(count));
+    gathered_distances(c, d, idx, count, s, e.data());
+    *nearest = *std::min_element(e.begin(), e.end());
+  }
+  const int64_t keep = m + 1;
+  select_best(val, k, keep, s);
+  const int64_t count = at_least(val, k, s.buf[keep - 1].first - 2.0 * slack, idx);
+  // the distances of the candidates: those in the list being replaced are known
+  int32_t* where = s.where.data();
+  for (size_t t = 0; t < list.id.size(); ++t) where[list.id[t]] = static_cast<int32_t>(t);
+  int32_t* fresh = s.fresh.data();
+  int64_t n_fresh = 0;
+  for (int64_t q = 0; q < count; ++q) {
+    if (where[idx[q]] < 0) fresh[n_fresh++] = idx[q];
+  }
+  std::vector<double>& e = s.sample;
+  e.resize(static_cast<size_t>(n_fresh));
+  gathered_distances(c, d, fresh, n_fresh, s, e.data());
+  double* dist = s.dist.data();  // the exact distances, over the approximate ones
+  auto& buf = s.buf;
+  buf.clear();
+  for (int64_t q = 0, f = 0; q < count; ++q) {
+    const int64_t j = idx[q];
+    dist[j] = where[j] >= 0 ? list.dist[where[j]] : e[f++];
+    buf.emplace_back(-dist[j] - price[j], j);
+  }
+  for (const int64_t j : list.id) where[j] = -1;
+  std::nth_element(buf.begin(), buf.begin() + (keep - 1), buf.end(), better);
+  list.id.clear();
+  list.dist.clear();
+  list.bound = buf[keep - 1].first;
   for (int64_t t = 0; t + 1 < keep; ++t) {
     list.id.push_back(buf[t].second);
     list.dist.push_back(dist[buf[t].second]);
@@ -241,19 +439,58 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   // crowded regions, which must travel far, stop rescanning all centers after a few times.
   const int64_t m0 = std::max<int64_t>(2, std::min(opt.n_candidates, k));
   const int64_t kMaxList = std::max<int64_t>(m0, 256);
+  // From kAuctionProductMinD dimensions and kAuctionProductMinK centers on (unless DCPE_CPU_PRODUCTS=0),
+  // lists shorter than k are made by rebuild_by_product: the same lists from fewer distances
+  // (with fewer centers, or fewer dimensions, the lists of up to 256 centers are too large a
+  // part of all of them, and the scan was as fast or faster).
   std::vector<List> lists(static_cast<size_t>(n));
+  CenterProducts pr;
+  const bool products =
+      d >= kAuctionProductMinD && k >= kAuctionProductMinK && switched_on("DCPE_CPU_PRODUCTS");
+  if (products) {
+    pr.dp = padded_dim(d);
+    pr.stride = panel_count(k) * 8;
+    pr.mean = row_mean(c, k, d);
+    std::vector<float> cs;
+    shift_rows(c, k, d, pr.mean.data(), cs, pr.sq, threads);
+    pack_panels(cs.data(), k, pr.dp, pr.packed);
+    pr.radius = std::sqrt(*std::max_element(pr.sq.begin(), pr.sq.end()));
+    pr.scale = product_scale(d);
+  }
+  // point i's list of m centers; with products, g holds them for point i at position t
+  auto make_list = [&](int64_t i, int64_t m, RebuildScratch<T>& scratch, const Group* g,
+                       int64_t t, double* nearest) {
+    if (g && m < k) {
+      rebuild_by_product(x + i * d, g->sqx[t], &g->dots[t * pr.stride], c, k, d, price.data(), m, pr,
+                         lists[i], scratch, nearest);
+      return;
+    }
+    rebuild(x + i * d, ct.data(), k, d, price.data(), m, lists[i], scratch);
+    if (nearest) *nearest = *std::min_element(scratch.dist.begin(), scratch.dist.end());
+  };
   std::vector<double> nearest(static_cast<size_t>(n));  // squared distance to the nearest center
   const int64_t block = 1024;
+  constexpr int64_t kGroup = 12;  // points multiplied together (their products: kGroup x k)
   for (int64_t b0 = 0; b0 < n; b0 += block) {
     if (opt.interrupted && opt.interrupted()) throw Interrupted();
     const int64_t b1 = std::min(n, b0 + block);
 #pragma omp parallel num_threads(threads)
     {
-      RebuildScratch scratch(k);
+      RebuildScratch<T> scratch(k);
+      Group g;
+      std::vector<int64_t> ids;
 #pragma omp for schedule(static)
-      for (int64_t i = b0; i < b1; ++i) {
-        rebuild(x + i * d, ct.data(), k, d, price.data(), m0, lists[i], scratch);
-        nearest[i] = *std::min_element(scratch.dist.begin(), scratch.dist.end());
+      for (int64_t g0 = b0; g0 < b1; g0 += kGroup) {
+        const int64_t count = std::min(b1 - g0, kGroup);
+        ids.resize(static_cast<size_t>(count));
+        std::iota(ids.begin(), ids.end(), g0);
+        if (products) {
+          g.shift(x, d, ids.data(), count, pr);
+          g.multiply(pr, 0, panel_count(k));
+        }
+        for (int64_t t = 0; t < count; ++t) {
+          make_list(g0 + t, m0, scratch, products ? &g : nullptr, t, &nearest[g0 + t]);
+        }
       }
     }
   }
@@ -300,8 +537,9 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   std::vector<Holder> heap(static_cast<size_t>(n));
   std::vector<int64_t> size(static_cast<size_t>(k));
   std::vector<int64_t> queue(static_cast<size_t>(n));  // circular: at most n waiting
-  std::vector<RebuildScratch> scratch(static_cast<size_t>(threads), RebuildScratch(k));
+  std::vector<RebuildScratch<T>> scratch(static_cast<size_t>(threads), RebuildScratch<T>(k));
   std::vector<int64_t> batch;
+  Group refresh;  // the batch's products
   constexpr int64_t kLookahead = 64, kBatch = 16;
   std::vector<double> floor_price(price);
   for (;;) {
@@ -351,13 +589,22 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
         }
         st.refreshes += static_cast<int64_t>(batch.size());
         const int64_t nb = static_cast<int64_t>(batch.size());
+        if (products) {  // the batch's products, the centers split among the threads
+          refresh.shift(x, d, batch.data(), nb, pr);
+          constexpr int64_t kPart = 32;  // panels
+          const int64_t panels = panel_count(k), parts = (panels + kPart - 1) / kPart;
+#pragma omp parallel for num_threads(threads) schedule(static) if (nb * k * d >= (1 << 20))
+          for (int64_t part = 0; part < parts; ++part) {
+            refresh.multiply(pr, part * kPart, std::min(panels, (part + 1) * kPart));
+          }
+        }
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1) if (nb > 1)
         for (int64_t t = 0; t < nb; ++t) {
           const int64_t q = batch[t];
           const int64_t m =
               std::min<int64_t>(2 * static_cast<int64_t>(lists[q].id.size()), kMaxList);
-          rebuild(x + q * d, ct.data(), k, d, price.data(), m, lists[q],
-                  scratch[omp_get_thread_num()]);
+          make_list(q, m, scratch[omp_get_thread_num()], products ? &refresh : nullptr, t,
+                    nullptr);
         }
         p = scan(list, price.data());
       }

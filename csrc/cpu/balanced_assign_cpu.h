@@ -18,6 +18,10 @@
 
 namespace dcpe {
 
+// The candidate lists are made from float32 products (balanced_assign_cpu.cpp) from this
+// many dimensions and centers on, unless DCPE_CPU_PRODUCTS=0.
+constexpr int64_t kAuctionProductMinD = 64, kAuctionProductMinK = 1024;
+
 struct AuctionOptions {
   // Final eps relative to the mean squared distance of a point to its nearest center:
   // the cost is then at most (1 + rel_eps) times the optimum.

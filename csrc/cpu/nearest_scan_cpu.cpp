@@ -30,10 +30,6 @@
 
 #include <omp.h>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
-
 #include <algorithm>
 #include <cmath>
 #include <limits>
@@ -41,6 +37,7 @@
 
 #include "../macros.h"
 #include "block_distances.h"
+#include "float_dots.h"
 #include "linkage_cpu.h"
 
 namespace dcpe {
@@ -268,92 +265,24 @@ inline double exact_sq_dist(const double* xd, const T* p, int64_t d) {
   return s;
 }
 
-// out[g] = xi . c_g for G rows c_g of length dp (a multiple of L) stored one after another,
-// in float32, L partial sums each: G independent chains of vector multiply-adds
-template <int G, int L>
-inline void dot_group(const float* xi, const float* c, int64_t dp, float* out) {
-#if defined(__AVX2__) && defined(__FMA__)
-  if constexpr (G == 4 && L == 8) {  // 8 chains: two accumulators per row, in registers
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    int64_t q = 0;
-    for (; q + 16 <= dp; q += 16) {
-      const __m256 x0 = _mm256_loadu_ps(xi + q), x1 = _mm256_loadu_ps(xi + q + 8);
-      a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + q), a0);
-      a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + dp + q), a1);
-      a2 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 2 * dp + q), a2);
-      a3 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 3 * dp + q), a3);
-      b0 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + q + 8), b0);
-      b1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + dp + q + 8), b1);
-      b2 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + 2 * dp + q + 8), b2);
-      b3 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + 3 * dp + q + 8), b3);
-    }
-    if (q < dp) {  // dp is a multiple of 8
-      const __m256 x0 = _mm256_loadu_ps(xi + q);
-      a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + q), a0);
-      a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + dp + q), a1);
-      a2 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 2 * dp + q), a2);
-      a3 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 3 * dp + q), a3);
-    }
-    const __m256 s[4] = {_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1),
-                         _mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3)};
-    for (int g = 0; g < 4; ++g) {
-      alignas(32) float v[8];
-      _mm256_store_ps(v, s[g]);
-      out[g] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-    }
-    return;
-  }
-#endif
-  float acc[G][L] = {};
-  for (int64_t q = 0; q < dp; q += L) {
-    for (int g = 0; g < G; ++g) {
-      for (int l = 0; l < L; ++l) acc[g][l] += xi[q + l] * c[g * dp + q + l];
-    }
-  }
-  for (int g = 0; g < G; ++g) {
-    float s = 0.0f;
-    for (int l = 0; l < L; ++l) s += acc[g][l];
-    out[g] = s;
-  }
-}
-
 // The seeding of kmeanspp_scan, with each candidate's distances to the points first
-// approximated from float32 dot products of the rows shifted by their mean (xs, unit
-// roundoff u = 2^-24): a = |xs_i|^2 + |cs|^2 - 2 xs_i.cs (norms in double) is within
-// (d + 2) u (|xs_i| + |cs|)^2 of |xs_i - cs|^2 (the dot product's sum and its use), the
-// shift's rounding moves the squared distance by at most 2 u (|xs_i| + |cs|)^2, and the
-// scan's distance within (d + 2) 2^-53 of the exact one; the slack 4 (d + 4) u
-// (|xs_i| + |cs|)^2 is more than twice their sum, for the roundings of the bound itself.
-// A point whose a exceeds its D^2 by more than the slack keeps D^2 in the candidate's
-// potential, as the scan's min(D^2, distance) would; the others get the scan's distance
-// (exact_sq_dist), and the potentials are summed as the scan sums them: the same seeds.
-// A block's points are read once per draw for all its candidates, in float32.
+// approximated from float32 dot products of the rows shifted by their mean (float_dots.h:
+// a = |xs_i|^2 + |cs|^2 - 2 xs_i.cs, within product_scale(d) (|xs_i| + |cs|)^2 of the scan's
+// distance).  A point whose a exceeds its D^2 by more than that slack keeps D^2 in the
+// candidate's potential, as the scan's min(D^2, distance) would; the others get the scan's
+// distance (exact_sq_dist), and the potentials are summed as the scan sums them: the same
+// seeds.  A block's points are read once per draw for all its candidates, in float32.
 template <typename T>
 void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
                       const double* u, int64_t trials, int64_t* idx, int threads,
                       const std::function<bool()>& interrupted) {
-  constexpr int kLanes = 8;  // float32 lanes of a dot product's partial sums
-  const int64_t dp = (d + kLanes - 1) / kLanes * kLanes;  // padded with zeros
-  std::vector<double> mean(static_cast<size_t>(d), 0.0);
-  for (int64_t i = 0; i < n; ++i) {
-    for (int64_t t = 0; t < d; ++t) mean[t] += static_cast<double>(x[i * d + t]);
-  }
-  for (int64_t t = 0; t < d; ++t) mean[t] /= static_cast<double>(n);
-  std::vector<float> xs(static_cast<size_t>(n * dp), 0.0f);
-  std::vector<double> norm(static_cast<size_t>(n)), sq(static_cast<size_t>(n));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < n; ++i) {
-    double s = 0.0;
-    for (int64_t t = 0; t < d; ++t) {
-      const float v = static_cast<float>(static_cast<double>(x[i * d + t]) - mean[t]);
-      xs[i * dp + t] = v;
-      s += static_cast<double>(v) * static_cast<double>(v);
-    }
-    sq[i] = s;
-    norm[i] = std::sqrt(s);
-  }
-  const double scale = 4.0 * static_cast<double>(d + 4) * std::ldexp(1.0, -24);
+  const int64_t dp = padded_dim(d);
+  const std::vector<double> mean = row_mean(x, n, d);
+  std::vector<float> xs;
+  std::vector<double> sq, norm(static_cast<size_t>(n));
+  shift_rows(x, n, d, mean.data(), xs, sq, threads);
+  for (int64_t i = 0; i < n; ++i) norm[i] = std::sqrt(sq[i]);
+  const double scale = product_scale(d);
   const int64_t chunks = (n + kBlock - 1) / kBlock;
   std::vector<double> closest(static_cast<size_t>(n)), cum(static_cast<size_t>(n));
   std::vector<double> part(static_cast<size_t>(chunks * trials));
@@ -392,9 +321,7 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
         std::fill(sum.begin(), sum.end(), 0.0);
         for (int64_t i = lo; i < hi; ++i) {
           const float* xi = &xs[i * dp];
-          int64_t t0 = 0;
-          for (; t0 + 4 <= trials; t0 += 4) dot_group<4, kLanes>(xi, &cs[t0 * dp], dp, &dots[t0]);
-          for (; t0 < trials; ++t0) dot_group<1, kLanes>(xi, &cs[t0 * dp], dp, &dots[t0]);
+          dot_rows(xi, cs.data(), trials, dp, dots.data());
           for (int64_t t = 0; t < trials; ++t) {
             const int64_t ct = cand[t];
             const float dot = dots[static_cast<size_t>(t)];

@@ -1,0 +1,208 @@
+// Float32 dot products of rows shifted by a mean, as approximate squared distances with a
+// proven error bound.  Shared by the k-means++ seeding (nearest_scan_cpu.cpp) and the
+// balanced assignment's candidate lists (balanced_assign_cpu.cpp): both use them only to
+// rule pairs out, and compute the pairs that are left by block_distances in double.
+//
+// The bound.  Rows are shifted by a mean in double and rounded to float32 (unit roundoff
+// u = 2^-24): xs = fl(x - mean), padded with zeros to a multiple of 8, with |xs|^2 summed in
+// double.  Then a = |xs|^2 + |cs|^2 - 2 fl(xs.cs) is within (d + 2) u (|xs| + |cs|)^2 of
+// |xs - cs|^2 (the float32 sum, in at most d terms, and its use); the shift's rounding
+// moves the squared distance by at most 2 u (|xs| + |cs|)^2; and block_distances' double
+// distance is within (d + 2) 2^-53 of the exact one.  The slack product_scale(d)
+// (|xs| + |cs|)^2 = 4 (d + 4) u (|xs| + |cs|)^2 is more than twice their sum, which covers
+// the roundings of the bound itself.
+#pragma once
+
+#if defined(__AVX2__) && defined(__FMA__)
+#include <immintrin.h>
+#endif
+
+#include <omp.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <vector>
+
+namespace dcpe {
+
+constexpr int kDotLanes = 8;  // float32 lanes of a dot product's partial sums
+
+// d padded to a multiple of kDotLanes
+inline int64_t padded_dim(int64_t d) { return (d + kDotLanes - 1) / kDotLanes * kDotLanes; }
+
+// the slack of a pair, per (|xs| + |cs|)^2 (see the header comment)
+inline double product_scale(int64_t d) {
+  return 4.0 * static_cast<double>(d + 4) * std::ldexp(1.0, -24);
+}
+
+// the mean of the n rows of x, in double
+template <typename T>
+std::vector<double> row_mean(const T* x, int64_t n, int64_t d) {
+  std::vector<double> mean(static_cast<size_t>(d), 0.0);
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t t = 0; t < d; ++t) mean[t] += static_cast<double>(x[i * d + t]);
+  }
+  for (int64_t t = 0; t < d; ++t) mean[t] /= static_cast<double>(n);
+  return mean;
+}
+
+// xs = fl(x - mean) for one row, padded with zeros to padded_dim(d); returns |xs|^2 in double
+template <typename T>
+inline double shift_row(const T* x, int64_t d, const double* mean, float* xs) {
+  double s = 0.0;
+  for (int64_t t = 0; t < d; ++t) {
+    const float v = static_cast<float>(static_cast<double>(x[t]) - mean[t]);
+    xs[t] = v;
+    s += static_cast<double>(v) * static_cast<double>(v);
+  }
+  for (int64_t t = d; t < padded_dim(d); ++t) xs[t] = 0.0f;
+  return s;
+}
+
+// shift_row for the n rows of x: xs (n x padded_dim(d)) and sq (n) are resized and filled
+template <typename T>
+void shift_rows(const T* x, int64_t n, int64_t d, const double* mean, std::vector<float>& xs,
+                std::vector<double>& sq, int threads) {
+  const int64_t dp = padded_dim(d);
+  xs.resize(static_cast<size_t>(n * dp));
+  sq.resize(static_cast<size_t>(n));
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int64_t i = 0; i < n; ++i) sq[i] = shift_row(x + i * d, d, mean, &xs[i * dp]);
+}
+
+// out[g] = xi . c_g for G rows c_g of length dp (a multiple of L) stored one after another,
+// in float32, L partial sums each: G independent chains of vector multiply-adds
+template <int G, int L>
+inline void dot_group(const float* xi, const float* c, int64_t dp, float* out) {
+#if defined(__AVX2__) && defined(__FMA__)
+  if constexpr (G == 4 && L == 8) {  // 8 chains: two accumulators per row, in registers
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    int64_t q = 0;
+    for (; q + 16 <= dp; q += 16) {
+      const __m256 x0 = _mm256_loadu_ps(xi + q), x1 = _mm256_loadu_ps(xi + q + 8);
+      a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + q), a0);
+      a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + dp + q), a1);
+      a2 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 2 * dp + q), a2);
+      a3 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 3 * dp + q), a3);
+      b0 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + q + 8), b0);
+      b1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + dp + q + 8), b1);
+      b2 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + 2 * dp + q + 8), b2);
+      b3 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + 3 * dp + q + 8), b3);
+    }
+    if (q < dp) {  // dp is a multiple of 8
+      const __m256 x0 = _mm256_loadu_ps(xi + q);
+      a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + q), a0);
+      a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + dp + q), a1);
+      a2 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 2 * dp + q), a2);
+      a3 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 3 * dp + q), a3);
+    }
+    const __m256 s[4] = {_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1),
+                         _mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3)};
+    for (int g = 0; g < 4; ++g) {
+      alignas(32) float v[8];
+      _mm256_store_ps(v, s[g]);
+      out[g] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
+    }
+    return;
+  }
+#endif
+  float acc[G][L] = {};
+  for (int64_t q = 0; q < dp; q += L) {
+    for (int g = 0; g < G; ++g) {
+      for (int l = 0; l < L; ++l) acc[g][l] += xi[q + l] * c[g * dp + q + l];
+    }
+  }
+  for (int g = 0; g < G; ++g) {
+    float s = 0.0f;
+    for (int l = 0; l < L; ++l) s += acc[g][l];
+    out[g] = s;
+  }
+}
+
+// out[j] = xi . c_j for the n rows of c (n x dp): groups of four, then one at a time
+inline void dot_rows(const float* xi, const float* c, int64_t n, int64_t dp, float* out) {
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) dot_group<4, kDotLanes>(xi, c + j * dp, dp, out + j);
+  for (; j < n; ++j) dot_group<1, kDotLanes>(xi, c + j * dp, dp, out + j);
+}
+
+// Rows packed for dot_packed: panels of 8 rows (the last one padded with zero rows), each
+// panel coordinate-major (dp x 8), so that a panel is one contiguous run.
+inline int64_t panel_count(int64_t n) { return (n + 7) / 8; }
+
+// packed (panel_count(n) x dp x 8) from the n rows xs (n x dp)
+inline void pack_panels(const float* xs, int64_t n, int64_t dp, std::vector<float>& packed) {
+  packed.assign(static_cast<size_t>(panel_count(n) * dp * 8), 0.0f);
+  for (int64_t j = 0; j < n; ++j) {
+    float* panel = &packed[(j / 8) * dp * 8 + j % 8];
+    for (int64_t t = 0; t < dp; ++t) panel[t * 8] = xs[j * dp + t];
+  }
+}
+
+// out[p * ldo + 8 w + l] = x_p . (row l of panel w) for P rows x_p (stride dp) and the W
+// panels at pan: each coordinate of x_p is broadcast against a panel's 8 rows, so the
+// P x W accumulators are the products themselves (no horizontal sums)
+template <int P, int W>
+inline void dot_panel(const float* x, int64_t dp, const float* pan, float* out, int64_t ldo) {
+#if defined(__AVX2__) && defined(__FMA__)
+  __m256 acc[P][W];
+  for (int p = 0; p < P; ++p) {
+    for (int w = 0; w < W; ++w) acc[p][w] = _mm256_setzero_ps();
+  }
+  for (int64_t t = 0; t < dp; ++t) {
+    __m256 cv[W];
+    for (int w = 0; w < W; ++w) cv[w] = _mm256_loadu_ps(pan + w * dp * 8 + t * 8);
+    for (int p = 0; p < P; ++p) {
+      const __m256 xv = _mm256_broadcast_ss(x + p * dp + t);
+      for (int w = 0; w < W; ++w) acc[p][w] = _mm256_fmadd_ps(xv, cv[w], acc[p][w]);
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    for (int w = 0; w < W; ++w) _mm256_storeu_ps(out + p * ldo + w * 8, acc[p][w]);
+  }
+#else
+  float acc[P][W][8] = {};
+  for (int64_t t = 0; t < dp; ++t) {
+    for (int p = 0; p < P; ++p) {
+      const float xv = x[p * dp + t];
+      for (int w = 0; w < W; ++w) {
+        for (int l = 0; l < 8; ++l) acc[p][w][l] += xv * pan[w * dp * 8 + t * 8 + l];
+      }
+    }
+  }
+  for (int p = 0; p < P; ++p) {
+    for (int w = 0; w < W; ++w) {
+      for (int l = 0; l < 8; ++l) out[p * ldo + w * 8 + l] = acc[p][w][l];
+    }
+  }
+#endif
+}
+
+// out[i * ldo + j] = x_i . c_j for the p rows of x (p x dp) and the rows c_j of the panels
+// [q0, q1) of packed (j from 8 q0 to 8 q1): four panels (in L1) at a time against groups of
+// six rows of x (12 accumulators), then of three
+inline void dot_packed(const float* x, int64_t p, const float* packed, int64_t q0, int64_t q1,
+                       int64_t dp, float* out, int64_t ldo) {
+  int64_t q = q0;
+  for (; q + 4 <= q1; q += 4) {
+    const float* pan = packed + q * dp * 8;
+    float* o = out + q * 8;
+    int64_t i = 0;
+    for (; i + 6 <= p; i += 6) {
+      dot_panel<6, 2>(x + i * dp, dp, pan, o + i * ldo, ldo);
+      dot_panel<6, 2>(x + i * dp, dp, pan + 2 * dp * 8, o + i * ldo + 16, ldo);
+    }
+    for (; i + 3 <= p; i += 3) dot_panel<3, 4>(x + i * dp, dp, pan, o + i * ldo, ldo);
+    if (p - i == 2) dot_panel<2, 4>(x + i * dp, dp, pan, o + i * ldo, ldo);
+    if (p - i == 1) dot_panel<1, 4>(x + i * dp, dp, pan, o + i * ldo, ldo);
+  }
+  for (; q < q1; ++q) {
+    for (int64_t i = 0; i < p; ++i) {
+      dot_panel<1, 1>(x + i * dp, dp, packed + q * dp * 8, out + i * ldo + q * 8, ldo);
+    }
+  }
+}
+
+}  // namespace dcpe

@@ -933,8 +933,7 @@ def _listed_near_ties(rng: np.random.Generator, d: int, points: int, dtype: type
     return x.astype(dtype), c.astype(dtype)
 
 
-@pytest.mark.parametrize("d", [64, 67, 256])
-@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize(("d", "dtype"), [(64, np.float64), (67, np.float32), (256, np.float32)])
 def test_balanced_assign_products_give_the_scans_auction(d, dtype, monkeypatch):
     # From 64 dimensions and 1,024 centers on, the auction's candidate lists are made from
     # float32 products, and only the centers their error bound cannot rule out get their

@@ -16,9 +16,8 @@
 // centers on, a list is made from float32 products of the rows shifted by the centers'
 // mean (packed panels, several points at a time): they rank all k centers within a proven
 // error, and only the centers they cannot rule out get their distance, by the same
-// block_distances (rebuild_by_product).  The lists, their
-// distances and bounds are those of the scan, so the auction is the same, bid for bid.
-// DCPE_CPU_PRODUCTS=0 scans.
+// block_distances (rebuild_by_product).  The lists, their distances and bounds are those of
+// the scan, so the auction is the same, bid for bid.  DCPE_CPU_PRODUCTS=0 scans.
 //
 // Phases.  After the first phase (or given a previous assignment as a warm start), the
 // points whose center still satisfies eps-CS for the new eps keep it; only the others bid
@@ -75,7 +74,7 @@ struct RebuildScratch {
         where(static_cast<size_t>(k), -1), fresh(static_cast<size_t>(k)) {}
 };
 
-// The (value, id) pairs is a strict total order: larger value first, then smaller id.
+// The order of (value, id) pairs, strict and total: larger value first, then smaller id.
 inline bool better(const std::pair<double, int64_t>& a, const std::pair<double, int64_t>& b) {
   return a.first > b.first || (a.first == b.first && a.second < b.second);
 }
@@ -109,7 +108,7 @@ inline int64_t at_least(const double* val, int64_t k, double thr, int32_t* idx) 
 }
 
 // The keep best (value, id) pairs of val[0..k) by `better`, in s.buf[0..keep), the keep-th
-// best at s.buf[keep - 1] (keep < k).  A threshold from a sample of every 16th value should
+// best at s.buf[keep - 1] (keep <= k).  A threshold from a sample of every 16th value should
 // let about twice the keep needed pass the filter; the survivors are then cut to the keep
 // best.  If fewer pass, all centers are candidates (the sample only saves work).  The
 // sample's threshold is the least of its top_n best values, kept sorted as they are met
@@ -241,7 +240,8 @@ void transpose_rows(const T* const* rp, int64_t len, int64_t d, T* block) {
           v[h + 3] = _mm256_shuffle_ps(u[h + 1], u[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
         }
         for (int i = 0; i < 4; ++i) {
-          _mm256_storeu_ps(block + (t0 + i) * len + q, _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+          _mm256_storeu_ps(block + (t0 + i) * len + q,
+                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
           _mm256_storeu_ps(block + (t0 + i + 4) * len + q,
                            _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
         }
@@ -439,10 +439,10 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   // crowded regions, which must travel far, stop rescanning all centers after a few times.
   const int64_t m0 = std::max<int64_t>(2, std::min(opt.n_candidates, k));
   const int64_t kMaxList = std::max<int64_t>(m0, 256);
-  // From kAuctionProductMinD dimensions and kAuctionProductMinK centers on (unless DCPE_CPU_PRODUCTS=0),
-  // lists shorter than k are made by rebuild_by_product: the same lists from fewer distances
-  // (with fewer centers, or fewer dimensions, the lists of up to 256 centers are too large a
-  // part of all of them, and the scan was as fast or faster).
+  // From kAuctionProductMinD dimensions and kAuctionProductMinK centers on (unless
+  // DCPE_CPU_PRODUCTS=0), lists shorter than k are made by rebuild_by_product: the same lists
+  // from fewer distances (with fewer centers, or fewer dimensions, the lists of up to 256
+  // centers are too large a part of all of them, and the scan was as fast or faster).
   std::vector<List> lists(static_cast<size_t>(n));
   CenterProducts pr;
   const bool products =
@@ -461,8 +461,8 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   auto make_list = [&](int64_t i, int64_t m, RebuildScratch<T>& scratch, const Group* g,
                        int64_t t, double* nearest) {
     if (g && m < k) {
-      rebuild_by_product(x + i * d, g->sqx[t], &g->dots[t * pr.stride], c, k, d, price.data(), m, pr,
-                         lists[i], scratch, nearest);
+      rebuild_by_product(x + i * d, g->sqx[t], &g->dots[t * pr.stride], c, k, d, price.data(),
+                         m, pr, lists[i], scratch, nearest);
       return;
     }
     rebuild(x + i * d, ct.data(), k, d, price.data(), m, lists[i], scratch);
@@ -484,12 +484,13 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
         const int64_t count = std::min(b1 - g0, kGroup);
         ids.resize(static_cast<size_t>(count));
         std::iota(ids.begin(), ids.end(), g0);
-        if (products) {
+        const bool multiply = products && m0 < k;  // lists of all k centers: the scan
+        if (multiply) {
           g.shift(x, d, ids.data(), count, pr);
           g.multiply(pr, 0, panel_count(k));
         }
         for (int64_t t = 0; t < count; ++t) {
-          make_list(g0 + t, m0, scratch, products ? &g : nullptr, t, &nearest[g0 + t]);
+          make_list(g0 + t, m0, scratch, multiply ? &g : nullptr, t, &nearest[g0 + t]);
         }
       }
     }

@@ -34,7 +34,6 @@
 #include <cfloat>
 #include <limits>
 #include <numeric>
-#include <type_traits>
 #include <utility>
 #include <vector>
 #include <functional>
@@ -219,67 +218,6 @@ struct Group {
   }
 };
 
-// block (d x len, len a multiple of 8) = the rows rp[0..len) transposed
-template <typename T>
-void transpose_rows(const T* const* rp, int64_t len, int64_t d, T* block) {
-  int64_t t0 = 0;
-#if defined(__AVX2__)
-  if constexpr (std::is_same_v<T, float>) {  // 8 x 8 tiles in registers
-    for (; t0 + 8 <= d; t0 += 8) {
-      for (int64_t q = 0; q < len; q += 8) {
-        __m256 r[8], u[8], v[8];
-        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rp[q + i] + t0);
-        for (int i = 0; i < 8; i += 2) {
-          u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
-          u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
-        }
-        for (int h = 0; h < 8; h += 4) {
-          v[h] = _mm256_shuffle_ps(u[h], u[h + 2], _MM_SHUFFLE(1, 0, 1, 0));
-          v[h + 1] = _mm256_shuffle_ps(u[h], u[h + 2], _MM_SHUFFLE(3, 2, 3, 2));
-          v[h + 2] = _mm256_shuffle_ps(u[h + 1], u[h + 3], _MM_SHUFFLE(1, 0, 1, 0));
-          v[h + 3] = _mm256_shuffle_ps(u[h + 1], u[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
-        }
-        for (int i = 0; i < 4; ++i) {
-          _mm256_storeu_ps(block + (t0 + i) * len + q,
-                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
-          _mm256_storeu_ps(block + (t0 + i + 4) * len + q,
-                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
-        }
-      }
-    }
-  }
-#endif
-  for (int64_t q = 0; q < len; ++q) {
-    for (int64_t t = t0; t < d; ++t) block[t * len + q] = rp[q][t];
-  }
-}
-
-// The distances of the centers ids[0..count) to s.xd, by the same block_distances as
-// rebuild() on small blocks of rows of c gathered and transposed (in L1): the same
-// operations in the same order as rebuild's lanes, so the same roundings (a block is
-// padded to a multiple of 8 rows with copies of its first, whose lanes are dropped).
-template <typename T>
-void gathered_distances(const T* c, int64_t d, const int32_t* ids, int64_t count,
-                        RebuildScratch<T>& s, double* out) {
-  const int64_t rows =
-      std::clamp<int64_t>(16384 / (d * static_cast<int64_t>(sizeof(T))), 8, 64) / 8 * 8;
-  s.block.resize(static_cast<size_t>(rows * d));
-  T* block = s.block.data();
-  const T* rp[64];
-  double acc[64];
-  for (int64_t q0 = 0; q0 < count; q0 += rows) {
-    const int64_t len = std::min(rows, count - q0), padded = (len + 7) / 8 * 8;
-    for (int64_t q = 0; q < padded; ++q) {
-      rp[q] = c + static_cast<int64_t>(ids[q0 + (q < len ? q : 0)]) * d;
-    }
-    transpose_rows(rp, padded, d, block);
-    with_dimension(d, [&](auto D) {
-      block_distances<D.value>(s.xd.data(), block, padded, d, 0, padded, acc);
-    });
-    std::copy(acc, acc + len, out + q0);
-  }
-}
-
 // rebuild() with fewer distances (m < k): float32 products rank the centers, and only those
 // that the products' error bound cannot rule out get their distance.  The list, its
 // distances and its bound are rebuild()'s: a = |xs|^2 + |cs_j|^2 - 2 xs.cs_j is within
@@ -318,7 +256,7 @@ void rebuild_by_product(const T* xi, double sqx, const float* dots, const T* c, 
     }
     std::vector<double>& e = s.sample;
     e.resize(static_cast<size_t>(count));
-    gathered_distances(c, d, idx, count, s, e.data());
+    gathered_distances(s.xd.data(), c, d, idx, count, s.block, e.data());
     *nearest = *std::min_element(e.begin(), e.end());
   }
   const int64_t keep = m + 1;
@@ -334,7 +272,7 @@ void rebuild_by_product(const T* xi, double sqx, const float* dots, const T* c, 
   }
   std::vector<double>& e = s.sample;
   e.resize(static_cast<size_t>(n_fresh));
-  gathered_distances(c, d, fresh, n_fresh, s, e.data());
+  gathered_distances(s.xd.data(), c, d, fresh, n_fresh, s.block, e.data());
   double* dist = s.dist.data();  // the exact distances, over the approximate ones
   auto& buf = s.buf;
   buf.clear();

@@ -1,12 +1,18 @@
 // Squared distances from one point to a block of rows stored transposed, in double, and the
 // dispatch that fixes the usual codebook dimensions at compile time.  Shared by the
 // nearest-center scan, the k-means++ seeding (nearest_cpu.cpp) and the balanced
-// assignment (balanced_assign_cpu.cpp).
+// assignment (balanced_assign_cpu.cpp); gathered_distances computes them for rows picked
+// anywhere in a matrix (the refinements of nearest_scan_cpu.cpp and balanced_assign_cpu.cpp).
 #pragma once
+
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
 
 #include <algorithm>
 #include <cstdint>
 #include <type_traits>
+#include <vector>
 
 namespace dcpe {
 
@@ -46,6 +52,67 @@ inline void with_dimension(int64_t d, F&& f) {
     case 8: f(std::integral_constant<int, 8>{}); break;
     case 16: f(std::integral_constant<int, 16>{}); break;
     default: f(std::integral_constant<int, 0>{}); break;
+  }
+}
+
+// block (d x len, len a multiple of 8) = the rows rp[0..len) transposed
+template <typename T>
+inline void transpose_rows(const T* const* rp, int64_t len, int64_t d, T* block) {
+  int64_t t0 = 0;
+#if defined(__AVX2__)
+  if constexpr (std::is_same_v<T, float>) {  // 8 x 8 tiles in registers
+    for (; t0 + 8 <= d; t0 += 8) {
+      for (int64_t q = 0; q < len; q += 8) {
+        __m256 r[8], u[8], v[8];
+        for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(rp[q + i] + t0);
+        for (int i = 0; i < 8; i += 2) {
+          u[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+          u[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+        }
+        for (int h = 0; h < 8; h += 4) {
+          v[h] = _mm256_shuffle_ps(u[h], u[h + 2], _MM_SHUFFLE(1, 0, 1, 0));
+          v[h + 1] = _mm256_shuffle_ps(u[h], u[h + 2], _MM_SHUFFLE(3, 2, 3, 2));
+          v[h + 2] = _mm256_shuffle_ps(u[h + 1], u[h + 3], _MM_SHUFFLE(1, 0, 1, 0));
+          v[h + 3] = _mm256_shuffle_ps(u[h + 1], u[h + 3], _MM_SHUFFLE(3, 2, 3, 2));
+        }
+        for (int i = 0; i < 4; ++i) {
+          _mm256_storeu_ps(block + (t0 + i) * len + q,
+                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x20));
+          _mm256_storeu_ps(block + (t0 + i + 4) * len + q,
+                           _mm256_permute2f128_ps(v[i], v[i + 4], 0x31));
+        }
+      }
+    }
+  }
+#endif
+  for (int64_t q = 0; q < len; ++q) {
+    for (int64_t t = t0; t < d; ++t) block[t * len + q] = rp[q][t];
+  }
+}
+
+// out[q] = |xd - c_(ids[q])|^2 for q < count (c: the rows, row-major n x d): the rows are
+// gathered in small blocks (in L1), transposed and passed to block_distances, so each
+// distance has the same operations in the same order as a lane of a scan's block over all
+// rows, and rounds alike (a block is padded to a multiple of 8 rows with copies of its
+// first, whose lanes are dropped).  block: scratch.
+template <typename T, typename I>
+void gathered_distances(const double* xd, const T* c, int64_t d, const I* ids, int64_t count,
+                        std::vector<T>& block, double* out) {
+  const int64_t rows =
+      std::clamp<int64_t>(16384 / (d * static_cast<int64_t>(sizeof(T))), 8, 64) / 8 * 8;
+  block.resize(static_cast<size_t>(rows * d));
+  const T* rp[64];
+  double acc[64];
+  for (int64_t q0 = 0; q0 < count; q0 += rows) {
+    const int64_t len = std::min(rows, count - q0), padded = (len + 7) / 8 * 8;
+    for (int64_t q = 0; q < padded; ++q) {
+      rp[q] = c + static_cast<int64_t>(ids[q0 + (q < len ? q : 0)]) * d;
+    }
+    transpose_rows(rp, padded, d, block.data());
+    with_dimension(d, [&](auto D) {
+      block_distances<D.value>(xd, block.data(), padded, d, 0, padded, acc);
+    });
+    std::copy(acc, acc + len, out + q0);
   }
 }
 

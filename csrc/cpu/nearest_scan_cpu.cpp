@@ -22,7 +22,7 @@
 // products, within their error bound, do not rule out (those it may bring closer), and
 // the others keep their D^2 in the potential, as the scan's minimum keeps it.
 //
-// The refined distances are block_distances too (on a gathered block, or on one row), the
+// The refined distances are block_distances too (gathered_distances, or on one row), the
 // same operations in the same order as the scan's lanes, compiled with the same contraction
 // here, so they round alike: the tests compare the two ways on many inputs, bit for bit.
 
@@ -117,7 +117,7 @@ inline A run_min(const A* a, int64_t j0, int64_t j1) {
   return lo;
 }
 
-template <int D, typename T, typename A>
+template <typename T, typename A>
 void refine(const T* x, int64_t m, int64_t d, const T* c, int64_t k, const A* approx,
             const double* slack, int64_t first, int64_t* out, int threads,
             const std::function<bool()>& interrupted) {
@@ -127,8 +127,8 @@ void refine(const T* x, int64_t m, int64_t d, const T* c, int64_t k, const A* ap
     const int64_t r1 = std::min(m, r0 + rows);
 #pragma omp parallel num_threads(threads)
     {
-      std::vector<double> xd(static_cast<size_t>(d)), acc(static_cast<size_t>(kBlock));
-      std::vector<T> ct(static_cast<size_t>(kBlock * d));  // candidates transposed (d x len)
+      std::vector<double> xd(static_cast<size_t>(d)), dist;
+      std::vector<T> block;  // scratch of gathered_distances
       std::vector<int64_t> cand;
 #pragma omp for schedule(static)
       for (int64_t i = r0; i < r1; ++i) {
@@ -147,21 +147,15 @@ void refine(const T* x, int64_t m, int64_t d, const T* c, int64_t k, const A* ap
           }
         }
         for (int64_t t = 0; t < d; ++t) xd[t] = static_cast<double>(x[i * d + t]);
+        const int64_t nc = static_cast<int64_t>(cand.size());
+        dist.resize(static_cast<size_t>(nc));
+        gathered_distances(xd.data(), c, d, cand.data(), nc, block, dist.data());
         double best = std::numeric_limits<double>::infinity();
         int64_t arg = -1;
-        const int64_t nc = static_cast<int64_t>(cand.size());
-        for (int64_t q0 = 0; q0 < nc; q0 += kBlock) {
-          const int64_t len = std::min(kBlock, nc - q0);
-          for (int64_t q = 0; q < len; ++q) {
-            const T* row = c + cand[q0 + q] * d;
-            for (int64_t t = 0; t < d; ++t) ct[t * len + q] = row[t];
-          }
-          block_distances<D>(xd.data(), ct.data(), len, d, 0, len, acc.data());
-          for (int64_t q = 0; q < len; ++q) {
-            if (acc[q] < best) {
-              best = acc[q];
-              arg = cand[q0 + q];
-            }
+        for (int64_t q = 0; q < nc; ++q) {
+          if (dist[q] < best) {
+            best = dist[q];
+            arg = cand[q];
           }
         }
         out[i] = arg >= 0 ? arg : first;
@@ -364,9 +358,7 @@ template <typename T, typename A>
 void nearest_center_refine(const T* x, int64_t m, int64_t d, const T* c, int64_t k,
                            const A* approx, const double* slack, int64_t first,
                            int64_t* out, int threads, const std::function<bool()>& interrupted) {
-  with_dimension(d, [&](auto D) {
-    refine<D.value>(x, m, d, c, k, approx, slack, first, out, threads, interrupted);
-  });
+  refine(x, m, d, c, k, approx, slack, first, out, threads, interrupted);
 }
 
 template <typename T>

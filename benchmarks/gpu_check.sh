@@ -17,17 +17,17 @@ set -euo pipefail
 # the Gram matrix, the labels at N = 65,536 under 4 GiB and its peak memory under budgets
 # of the preflight's count (plus some bytes), the dense rounds chained on
 # the device and their peak memory within such budgets (cuda; triton's rounds are covered
-# by the labels the benchmark checks at N = 16,384 and the hand-over of the 4 GiB test), a
-# shorter kernel benchmark
+# by the labels the benchmark checks at N = 16,384 and the hand-over of the 4 GiB test),
+# k-means on CUDA tensors against the host's labels, a shorter kernel benchmark
 # (with the scans from differences and from the Gram matrix), then the dense size 16,384 (no
 # Algorithm 1) and the rows past the dense matrix: every d = 8 row first (seconds each),
 # the issue's figures before the other rows, and 262,144 x 256 last, with what is left
 # (DCPE_CHECK_SHORT=2 gives it a call of its own).
 if [ "${DCPE_CHECK_SHORT:-0}" = 1 ]; then
-  : "${DCPE_CHECK_SECONDS:=320}" "${DCPE_CHECK_TESTS:=linear_gpu:80 cuda:30}"
+  : "${DCPE_CHECK_SECONDS:=320}" "${DCPE_CHECK_TESTS:=linear_gpu:80 cuda:30 baselines:30}"
   : "${DCPE_CHECK_DENSE:=0}"
   k="pair_average or setting_aside or shorter or pair_store or chunks or overflow or gram"
-  : "${DCPE_CHECK_K:=$k or 4gib or peak or chained}"
+  : "${DCPE_CHECK_K:=$k or 4gib or peak or chained or kmeans_on_cuda}"
   : "${DCPE_CHECK_SCALE:=262144x8 262144x8@24GiB 1048576x8 131072x8@16GiB 524288x8 \
 262144x8@16GiB 16384x8@256MiB 262144x256}" "${DCPE_CHECK_DENSE_SIZES:=16384}"
   : "${DCPE_CHECK_KERNELS:=20}"
@@ -97,12 +97,16 @@ print(dcpe.backends.status())" 2>&1 | tee -a "$LOG"
 # test_linear_gpu.py: the matrix-free engine (kernels of both backends against their
 # references, labels at N = 65,536 under a 4 GiB budget against the cpu backend, and the
 # device's peak memory within budgets of the preflight's count plus some bytes).
+# test_baselines.py: its GPU tests only (k-means on CUDA tensors gives the host's labels,
+# TF32 on or off); the others are the CPU suite's.
 # DCPE_CHECK_TESTS=none: no tests.
-tests="${DCPE_CHECK_TESTS:-triton:80 cuda:80 linear_gpu:110}"
+tests="${DCPE_CHECK_TESTS:-triton:80 cuda:80 linear_gpu:110 baselines:40}"
 [ "$tests" = none ] && tests=""
 for t in $tests; do
   echo "== tests (${t%:*})" | tee -a "$LOG"
-  timeout "${t#*:}" "$PY" -m pytest "tests/test_${t%:*}.py" -q -rs --durations=10 \
+  marker=""
+  [ "${t%:*}" = baselines ] && marker="-m gpu"
+  timeout "${t#*:}" "$PY" -m pytest "tests/test_${t%:*}.py" $marker -q -rs --durations=10 \
     ${DCPE_CHECK_K:+-k "$DCPE_CHECK_K"} 2>&1 \
     | tee -a "$LOG" || status=$?
 done

@@ -463,6 +463,26 @@ def test_cuda_matches_cpu():
     assert again.inertia == pytest.approx(gpu.inertia, rel=1e-5)
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.gpu
+@pytest.mark.parametrize("tf32", [False, True])
+def test_kmeans_on_cuda_gives_the_cpu_labels(tf32, monkeypatch):
+    # Lloyd's steps on CUDA tensors rank the centers by a matrix product and settle the
+    # near-ties by the host's distances: from the same initial centers, the host's labels,
+    # with TF32 switched on (as LlamaGen's training script does) or off
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", tf32)
+    x = _blobs(n=2000, d=8, centers=30, seed=21)
+    centers, _ = kmeans_plusplus(x, 30, seed=0)
+    want = kmeans(x, 30, init=centers)
+    got = kmeans(torch.from_numpy(x).cuda(), 30, init=torch.from_numpy(centers).cuda())
+    np.testing.assert_array_equal(got.labels.cpu().numpy(), want.labels)
+    assert got.n_iter == want.n_iter
+    # the search alone, on near-ties at rounding level (float32 above 12 dimensions)
+    xn, cn = _mirrored_pairs(np.random.default_rng(3), 16, 200, np.float32)
+    got = baselines._nearest(torch.from_numpy(xn).cuda(), torch.from_numpy(cn).cuda())
+    np.testing.assert_array_equal(got.cpu().numpy(), _first_nearest(xn, cn, None))
+
+
 @pytest.mark.parametrize("d", [1, 4, 5, 8, 16])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 def test_nearest_center_matches_brute_force(d, dtype):
@@ -976,3 +996,158 @@ def test_balanced_assign_products_give_the_scans_auction(d, dtype, monkeypatch):
             np.testing.assert_array_equal(got_w[1], want_w[1])
             assert got_w[2] == want_w[2]
         assert refreshes > 0  # lists did run out and were made again, from products too
+
+
+@pytest.mark.parametrize("scale", [1e-100, 1e-30, 1e30, 1e100])
+def test_float32_products_answer_as_the_scans_at_any_scale(scale, monkeypatch):
+    # The products of the nearest-center search, the seeding and the auction's lists are
+    # float32 for float64 data too. Scaled by a power of two, they rank any codebook that
+    # float64 distances take (1e-100 and 1e100 squared are far outside float32's range):
+    # the scans' answers, near-ties included.
+    from dcpe import _C
+
+    rng = np.random.default_rng(int(np.log10(scale)) + 200)
+    x, c = _mirrored_pairs(rng, 16, 100, np.float64)
+    x, c = x * scale, c * scale
+    mask = rng.random(len(c)) < 0.7
+    for m in (None, mask):
+        tm = None if m is None else torch.from_numpy(m)
+        got = baselines._nearest(torch.from_numpy(x), torch.from_numpy(c), tm)
+        np.testing.assert_array_equal(got.numpy(), _C.nearest_cpu(x, c, m))
+        # and the device path (here on host tensors; its distances are never fused)
+        got = baselines._nearest_matmul(torch.from_numpy(x), torch.from_numpy(c), tm)
+        np.testing.assert_array_equal(got.numpy(), _first_nearest(x, c, m))
+    hubs = rng.standard_normal((8, 40))
+    y = (hubs[rng.integers(0, 8, 600)] + 0.3 * rng.standard_normal((600, 40))) * scale
+    u = rng.random((79, 5))
+    np.testing.assert_array_equal(_C.kmeanspp_cpu(y, 80, 3, u),
+                                  _scan_seeds(monkeypatch, y, 80, 3, u))
+    d = _C.balanced_products_from[0]
+    k = _C.balanced_products_from[1]
+    near, near_centers = _listed_near_ties(rng, d, k // 4, np.float64)
+    data, centers = np.concatenate([near] * 4) * scale, near_centers * scale
+    cap = np.full(k, len(data) // k, np.int64)
+    want = _auction(monkeypatch, False, data, centers, cap, np.zeros(k), n_candidates=2)
+    got = _auction(monkeypatch, True, data, centers, cap, np.zeros(k), n_candidates=2)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    assert got[2] == want[2]
+
+
+def _first_nearest(x: np.ndarray, c: np.ndarray, mask: np.ndarray | None) -> np.ndarray:
+    dist = _sequential_sq_dist(x, c)
+    return (dist if mask is None else np.where(mask[None, :], dist, np.inf)).argmin(axis=1)
+
+
+@pytest.mark.parametrize("exact_float32", [True, False])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d", [1, 3, 8, 13, 40])
+def test_nearest_on_the_device_gives_the_hosts_answer(d, dtype, exact_float32, monkeypatch):
+    # CUDA tensors take _nearest_matmul: a matrix product ranks the centers (float64 when
+    # torch may round float32 products through TF32 or bfloat16), and the rows with
+    # several centers within the bound get their distances as the host computes them: the
+    # first nearest center by sequential double distances, to the last tie and rounding.
+    # Run here on host tensors, against a NumPy reference.
+    monkeypatch.setattr(baselines, "_float32_products_exact",
+                        lambda device_type="cpu": exact_float32)
+    pairs = []
+    seq = baselines._sequential_sq_dist
+
+    def spy(a, b):
+        pairs.append(len(a))
+        return seq(a, b)
+
+    monkeypatch.setattr(baselines, "_sequential_sq_dist", spy)
+    rng = np.random.default_rng(d)
+    x, c = _mirrored_pairs(rng, d, 150, dtype)
+    hubs = rng.standard_normal((10, d))
+    clustered = hubs[rng.integers(0, 10, 400)] + 0.2 * rng.standard_normal((400, d))
+    cases = [
+        (x, c),                                                       # near-ties
+        (clustered, np.concatenate([clustered[:100]] * 2)),           # every center twice
+        (1e3 + clustered, 1e3 + clustered[rng.choice(400, 150)]),     # far from the origin
+    ]
+    for px, pc in cases:
+        px, pc = px.astype(dtype), pc.astype(dtype)
+        mask = rng.random(len(pc)) < 0.7
+        for m in (None, mask):
+            got = baselines._nearest_matmul(torch.from_numpy(px), torch.from_numpy(pc),
+                                            None if m is None else torch.from_numpy(m))
+            np.testing.assert_array_equal(got.numpy(), _first_nearest(px, pc, m))
+    assert sum(pairs) > 0  # the refinement ran
+
+
+def test_kmeans_on_the_device_path_matches_the_host(monkeypatch):
+    # the whole of Lloyd's steps with the device's nearest-center search (host tensors, no
+    # extension): the host's labels, whether float32 products are trusted or not
+    x = _blobs(n=800, d=16, centers=20, seed=3)
+    centers, _ = kmeans_plusplus(x, 20, seed=0)
+    want = kmeans(x, 20, init=centers)
+    monkeypatch.setattr(baselines, "_host_ext", lambda t: None)
+    for exact in (True, False):
+        monkeypatch.setattr(baselines, "_float32_products_exact",
+                            lambda device_type="cpu", e=exact: e)
+        got = kmeans(x, 20, init=centers)
+        np.testing.assert_array_equal(got.labels, want.labels)
+        assert got.n_iter == want.n_iter
+
+
+def test_float32_products_exact_reads_the_tf32_switches():
+    # in a fresh interpreter: the switches are process-wide, and mixing the legacy and new
+    # ones puts torch in a state where reading the precision raises
+    import subprocess
+    import sys
+
+    code = "\n".join([
+        "import torch",
+        "from dcpe import baselines as b",
+        "assert b._float32_products_exact('cuda') and b._float32_products_exact('cpu')",
+        "torch.backends.cuda.matmul.allow_tf32 = True",   # LlamaGen's training script
+        "assert not b._float32_products_exact('cuda')",
+        "torch.backends.cuda.matmul.allow_tf32 = False",
+        "assert b._float32_products_exact('cuda')",
+        "torch.set_float32_matmul_precision('high')",
+        "assert not b._float32_products_exact('cuda')",
+        "assert not b._float32_products_exact('cpu')",
+        "torch.set_float32_matmul_precision('highest')",
+        "assert b._float32_products_exact('cuda')",
+        "torch.backends.cuda.matmul.fp32_precision = 'tf32'",  # the new switch: mixed
+        "assert not b._float32_products_exact('cuda')",
+        "print('ok')",
+    ])
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("fn", [kmeans, balanced_kmeans, centroid_free_kmeans,
+                                kmeans_plusplus])
+def test_values_outside_the_dtypes_range_are_refused(fn):
+    # squared distances that overflow or underflow in the data's dtype: a clear error that
+    # names the way out, before any work
+    x = _blobs(n=40, d=4)
+    for data, match in [
+        (x * 1e16, r"values up to .*, too large for float32 distances; pass float64 data "
+                   r"\(x.astype\('float64'\) or x.double\(\)\)"),
+        (x * 1e-12, r"values of at most .*, too small for float32 distances; pass float64"),
+        (x.astype(np.float64) * 1e151, r"too large even for float64 distances; scale it "
+                                       r"down"),
+        (x.astype(np.float64) * 1e-131, r"too small even for float64 distances; scale it "
+                                        r"up"),
+        (torch.from_numpy(x) * 1e16, r"too large for float32 distances"),
+    ]:
+        with pytest.raises(ValueError, match=match):
+            fn(data, 4)
+    # the float64 data of the same values, and all-zero data, are taken
+    fn(x.astype(np.float64) * 1e16, 4)
+    fn(x.astype(np.float64) * 1e-12, 4)
+    fn(np.zeros((40, 4), np.float32), 4)
+
+
+def test_initial_centers_outside_the_dtypes_range_are_refused():
+    x = _blobs(n=40, d=4)
+    with pytest.raises(ValueError, match=r"init has values up to .*, too large for float32 "
+                                         r"distances; pass float64 data \(x.astype"):
+        kmeans(x, 4, init=np.full((4, 4), 1e20))
+    kmeans(x.astype(np.float64), 4, init=np.full((4, 4), 1e20))

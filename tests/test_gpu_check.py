@@ -89,8 +89,8 @@ def elapsed_before_bench(out: str) -> int:
 def test_all_stages_in_order(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path)
     assert rc == 0, out
-    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu", "kernels",
-                             "bench"]
+    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu",
+                             "test-baselines", "kernels", "bench"]
     assert time_limit(calls) == 420
     (kernels,) = [c for c in calls if "bench_kernels.py" in c]
     assert kernels.split("--time-limit ")[1].split()[0] == "60"
@@ -111,7 +111,7 @@ def test_failed_cuda_build_falls_back_and_still_measures_triton(tmp_path: Path) 
     rc, out, calls = run_check(tmp_path, FAKE_BUILD_FAILS="cuda")
     assert rc == 1
     assert stages(calls) == ["build", "build-no-cuda", "test-triton", "test-cuda",
-                             "test-linear_gpu", "kernels", "bench"]
+                             "test-linear_gpu", "test-baselines", "kernels", "bench"]
     assert "nvcc fatal" in out  # the compiler's message is shown, not only the log's end
     log = (tmp_path / "out" / "gpu_check.log").read_text()
     assert "nvcc fatal" in log and "== build without the CUDA sources" in log
@@ -126,8 +126,8 @@ def test_failed_build_stops_before_tests(tmp_path: Path) -> None:
 def test_failed_tests_fail_the_check_but_the_benchmark_runs(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path, FAKE_TESTS_FAIL="1")
     assert rc != 0
-    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu", "kernels",
-                             "bench"]
+    assert stages(calls) == ["build", "test-triton", "test-cuda", "test-linear_gpu",
+                             "test-baselines", "kernels", "bench"]
 
 
 @pytest.mark.parametrize("deadline,expected", [(100, 80), (400, 380), (600, 420)])
@@ -150,13 +150,17 @@ def test_no_benchmark_without_time_for_it(tmp_path: Path) -> None:
 def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1")
     assert rc == 0, out
-    assert stages(calls) == ["build", "test-linear_gpu", "test-cuda", "kernels", "bench"]
+    assert stages(calls) == ["build", "test-linear_gpu", "test-cuda", "test-baselines",
+                             "kernels", "bench"]
     tests = [c for c in calls if "-m pytest" in c]
     assert [t.split("tests/")[1].split()[0] for t in tests] == ["test_linear_gpu.py",
-                                                                "test_cuda.py"]
+                                                                "test_cuda.py",
+                                                                "test_baselines.py"]
     for test in tests:
         assert "-k pair_average or setting_aside" in test
-        assert test.rstrip().endswith("chunks or overflow or gram or 4gib or peak or chained")
+        assert test.rstrip().endswith("4gib or peak or chained or kmeans_on_cuda")
+    # the baselines' GPU tests only
+    assert [("-m gpu" in t) for t in tests] == [False, False, True]
     (kernels,) = [c for c in calls if "bench_kernels.py" in c]
     assert "--time-limit 20 --token-pairs 33554432" in kernels
     # the short deadline (320 s), not the default 570
@@ -171,7 +175,8 @@ def test_short_check_for_a_few_minutes(tmp_path: Path) -> None:
     assert "--torch-sizes" not in bench
     # no kernel benchmark when asked for none
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1", DCPE_CHECK_KERNELS="0")
-    assert stages(calls) == ["build", "test-linear_gpu", "test-cuda", "bench"]
+    assert stages(calls) == ["build", "test-linear_gpu", "test-cuda", "test-baselines",
+                             "bench"]
     # a knob set by hand still wins
     rc, out, calls = run_check(tmp_path, DCPE_CHECK_SHORT="1", DCPE_CHECK_SCALE="262144x8")
     (bench,) = [c for c in calls if "bench_gpu.py" in c]

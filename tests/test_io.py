@@ -180,6 +180,15 @@ def test_bad_files(tmp_path):
         load_codebook(tmp_path / "huge.pt")
     np.save(tmp_path / "fine.npy", np.ones((5, 2)) * 1e14)
     assert load_codebook(tmp_path / "fine.npy").max() == np.float32(1e14)
+    # ... and values whose squared differences underflow
+    np.save(tmp_path / "tiny.npy", np.ones((5, 2)) * 1e-12)
+    with pytest.raises(ValueError, match=r"tiny.npy: .* at most 1e-12, too small .* scale it "
+                                         r"up .* and save it again"):
+        load_codebook(tmp_path / "tiny.npy")
+    np.save(tmp_path / "small.npy", np.ones((5, 2)) * 1e-9)
+    assert load_codebook(tmp_path / "small.npy").max() == np.float32(1e-9)
+    np.save(tmp_path / "dead.npy", np.zeros((5, 2)))  # every row 0: ties, but taken
+    assert load_codebook(tmp_path / "dead.npy").max() == 0
     np.save(tmp_path / "empty.npy", np.zeros((0, 8), dtype=np.float32))
     with pytest.raises(ValueError, match="N >= 1"):
         load_codebook(tmp_path / "empty.npy")

@@ -186,13 +186,14 @@ void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price
 
 // The centers shifted by their mean for rebuild_by_product's float32 products (float_dots.h),
 // packed in panels of 8.
+// The frame (float_dots.h) is the centers' mean, scaled for the points and the centers.
 struct CenterProducts {
   int64_t dp = 0;
   int64_t stride = 0;         // a row of products: the centers padded to whole panels
-  std::vector<double> mean;
+  ProductFrame frame;
   std::vector<float> packed;  // panel_count(k) x dp x 8
-  std::vector<double> sq;     // |cs_j|^2
-  double radius = 0.0;        // max_j |cs_j|
+  std::vector<double> sq;     // |cs_j|^2 (the frame's units)
+  double radius = 0.0;        // max_j |cs_j| (the frame's units)
   double scale = 0.0;         // product_scale(d)
 };
 
@@ -209,7 +210,7 @@ struct Group {
     dots.resize(static_cast<size_t>(n * pr.stride));
     sqx.resize(static_cast<size_t>(n));
     for (int64_t t = 0; t < n; ++t) {
-      sqx[t] = shift_row(x + ids[t] * d, d, pr.mean.data(), &xs[t * pr.dp]);
+      sqx[t] = shift_row(x + ids[t] * d, d, pr.frame, &xs[t * pr.dp]);
     }
   }
   // the products with the centers of the panels [q0, q1)
@@ -220,8 +221,9 @@ struct Group {
 
 // rebuild() with fewer distances (m < k): float32 products rank the centers, and only those
 // that the products' error bound cannot rule out get their distance.  The list, its
-// distances and its bound are rebuild()'s: a = |xs|^2 + |cs_j|^2 - 2 xs.cs_j is within
-// scale r^2 of the distance (r = |xs| + max |cs|; float_dots.h), and the values -a - price
+// distances and its bound are rebuild()'s: a = (|xs|^2 + |cs_j|^2 - 2 xs.cs_j) unit is within
+// scale r^2 + floor of the distance (r = (|xs| + max |cs|) / factor; float_dots.h: the
+// frame's unit, factor and floor bring everything to the data's units), and the values -a - price
 // and -dist - price round within 2^-53 of |a| + price each, so every approximate value
 // v'_j is within slack of the exact v_j.  Let T' be the (m + 1)-th best approximate value:
 // the m + 1 centers at or above it have v >= T' - slack, so the (m + 1)-th best exact value
@@ -240,13 +242,15 @@ void rebuild_by_product(const T* xi, double sqx, const float* dots, const T* c, 
   double* a = s.dist.data();
   double* val = s.val.data();
   double p_max = 0.0;
+  const double unit = pr.frame.unit;
   for (int64_t j = 0; j < k; ++j) {
-    a[j] = sqx + pr.sq[j] - 2.0 * static_cast<double>(dots[j]);
+    a[j] = (sqx + pr.sq[j] - 2.0 * static_cast<double>(dots[j])) * unit;
     val[j] = -a[j] - price[j];
     p_max = std::max(p_max, price[j]);
   }
-  const double r = std::sqrt(sqx) + pr.radius;
-  const double slack = pr.scale * r * r + std::ldexp(1.0, -50) * (r * r + p_max);
+  const double r = (std::sqrt(sqx) + pr.radius) / pr.frame.factor;
+  const double slack =
+      pr.scale * r * r + pr.frame.floor + std::ldexp(1.0, -50) * (r * r + p_max);
   int32_t* idx = s.idx.data();
   if (nearest) {
     const double a_min = *std::min_element(a, a + k);
@@ -388,9 +392,12 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   if (products) {
     pr.dp = padded_dim(d);
     pr.stride = panel_count(k) * 8;
-    pr.mean = row_mean(c, k, d);
+    std::vector<double> mean = row_mean(c, k, d);
+    const double top = std::max(max_shifted_norm(c, k, d, mean.data(), threads),
+                                max_shifted_norm(x, n, d, mean.data(), threads));
+    pr.frame = product_frame(std::move(mean), top, d);
     std::vector<float> cs;
-    shift_rows(c, k, d, pr.mean.data(), cs, pr.sq, threads);
+    shift_rows(c, k, d, pr.frame, cs, pr.sq, threads);
     pack_panels(cs.data(), k, pr.dp, pr.packed);
     pr.radius = std::sqrt(*std::max_element(pr.sq.begin(), pr.sq.end()));
     pr.scale = product_scale(d);

@@ -3,14 +3,23 @@
 // balanced assignment's candidate lists (balanced_assign_cpu.cpp): both use them only to
 // rule pairs out, and compute the pairs that are left by block_distances in double.
 //
-// The bound.  Rows are shifted by a mean in double and rounded to float32 (unit roundoff
-// u = 2^-24): xs = fl(x - mean), padded with zeros to a multiple of 8, with |xs|^2 summed in
-// double.  Then a = |xs|^2 + |cs|^2 - 2 fl(xs.cs) is within (d + 2) u (|xs| + |cs|)^2 of
-// |xs - cs|^2 (the float32 sum, in at most d terms, and its use); the shift's rounding
-// moves the squared distance by at most 2 u (|xs| + |cs|)^2; and block_distances' double
-// distance is within (d + 2) 2^-53 of the exact one.  The slack product_scale(d)
-// (|xs| + |cs|)^2 = 4 (d + 4) u (|xs| + |cs|)^2 is more than twice their sum, which covers
-// the roundings of the bound itself.
+// The frame.  Rows are shifted by a mean in double, scaled by a power of two f that brings
+// the largest shifted row to a norm in [1, 2), and rounded to float32 (unit roundoff
+// u = 2^-24): xs = fl((x - mean) f), padded with zeros to a multiple of 8, with |xs|^2 summed
+// in double.  The scaling is exact; it keeps the products of any data (float64 codebooks of
+// norm 1e-100 or 1e100 included) inside float32's normal range, where the relative bound
+// below holds.  Results are brought back to the data's units by the exact factor 1 / f^2
+// (ProductFrame::unit).
+//
+// The bound (in the frame's units).  a = |xs|^2 + |cs|^2 - 2 fl(xs.cs) is within
+// (d + 2) u (|xs| + |cs|)^2 of |xs - cs|^2 (the float32 sum, in at most d terms, and its
+// use); the shift's rounding moves the squared distance by at most 2 u (|xs| + |cs|)^2; and
+// block_distances' double distance is within (d + 2) 2^-53 of the exact one.  The slack
+// product_scale(d) (|xs| + |cs|)^2 = 4 (d + 4) u (|xs| + |cs|)^2 is more than twice their
+// sum, which covers the roundings of the bound itself.  Coordinates or products that fall
+// below float32's normal range (a row far smaller than the largest) add at most 2^-149 each
+// instead: ProductFrame::floor, (16 dp + 64) 2^-149 in the frame's units (with |xs| <= 2, the
+// shift's share is at most 8 sqrt(d) 2^-149, the products' dp 2^-149), adds them.
 #pragma once
 
 #if defined(__AVX2__) && defined(__FMA__)
@@ -36,6 +45,16 @@ inline double product_scale(int64_t d) {
   return 4.0 * static_cast<double>(d + 4) * std::ldexp(1.0, -24);
 }
 
+// The frame of a set of rows (see the header comment): the mean they are shifted by, the
+// power of two f they are scaled by, the factor 1 / f^2 back to the data's units, and the
+// absolute part of a pair's slack in the data's units.
+struct ProductFrame {
+  std::vector<double> mean;
+  double factor = 1.0;
+  double unit = 1.0;
+  double floor = 0.0;
+};
+
 // the mean of the n rows of x, in double
 template <typename T>
 std::vector<double> row_mean(const T* x, int64_t n, int64_t d) {
@@ -47,12 +66,41 @@ std::vector<double> row_mean(const T* x, int64_t n, int64_t d) {
   return mean;
 }
 
-// xs = fl(x - mean) for one row, padded with zeros to padded_dim(d); returns |xs|^2 in double
+// max_i |x_i - mean| over the n rows of x, in double
 template <typename T>
-inline double shift_row(const T* x, int64_t d, const double* mean, float* xs) {
+double max_shifted_norm(const T* x, int64_t n, int64_t d, const double* mean, int threads) {
+  double top = 0.0;
+#pragma omp parallel for num_threads(threads) schedule(static) reduction(max : top)
+  for (int64_t i = 0; i < n; ++i) {
+    double s = 0.0;
+    for (int64_t t = 0; t < d; ++t) {
+      const double v = static_cast<double>(x[i * d + t]) - mean[t];
+      s += v * v;
+    }
+    top = std::max(top, s);
+  }
+  return std::sqrt(top);
+}
+
+// The frame of rows shifted by mean whose largest shifted norm is top (finite).
+inline ProductFrame product_frame(std::vector<double> mean, double top, int64_t d) {
+  ProductFrame f;
+  f.mean = std::move(mean);
+  const int e = top > 0.0 && std::isfinite(top) ? std::ilogb(top) : 0;
+  f.factor = std::ldexp(1.0, -e);
+  f.unit = std::ldexp(1.0, 2 * e);
+  f.floor = std::ldexp(static_cast<double>(16 * padded_dim(d) + 64), 2 * e - 149);
+  return f;
+}
+
+// xs = fl((x - mean) factor) for one row, padded with zeros to padded_dim(d); returns |xs|^2
+// in double (the frame's units)
+template <typename T>
+inline double shift_row(const T* x, int64_t d, const ProductFrame& f, float* xs) {
+  const double* mean = f.mean.data();
   double s = 0.0;
   for (int64_t t = 0; t < d; ++t) {
-    const float v = static_cast<float>(static_cast<double>(x[t]) - mean[t]);
+    const float v = static_cast<float>((static_cast<double>(x[t]) - mean[t]) * f.factor);
     xs[t] = v;
     s += static_cast<double>(v) * static_cast<double>(v);
   }
@@ -62,13 +110,13 @@ inline double shift_row(const T* x, int64_t d, const double* mean, float* xs) {
 
 // shift_row for the n rows of x: xs (n x padded_dim(d)) and sq (n) are resized and filled
 template <typename T>
-void shift_rows(const T* x, int64_t n, int64_t d, const double* mean, std::vector<float>& xs,
-                std::vector<double>& sq, int threads) {
+void shift_rows(const T* x, int64_t n, int64_t d, const ProductFrame& f,
+                std::vector<float>& xs, std::vector<double>& sq, int threads) {
   const int64_t dp = padded_dim(d);
   xs.resize(static_cast<size_t>(n * dp));
   sq.resize(static_cast<size_t>(n));
 #pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < n; ++i) sq[i] = shift_row(x + i * d, d, mean, &xs[i * dp]);
+  for (int64_t i = 0; i < n; ++i) sq[i] = shift_row(x + i * d, d, f, &xs[i * dp]);
 }
 
 // out[g] = xi . c_g for G rows c_g of length dp (a multiple of L) stored one after another,

@@ -262,7 +262,8 @@ inline double exact_sq_dist(const double* xd, const T* p, int64_t d) {
 // The seeding of kmeanspp_scan, with each candidate's distances to the points first
 // approximated from float32 dot products of the rows shifted by their mean (float_dots.h:
 // a = |xs_i|^2 + |cs|^2 - 2 xs_i.cs, within product_scale(d) (|xs_i| + |cs|)^2 of the scan's
-// distance).  A point whose a exceeds its D^2 by more than that slack keeps D^2 in the
+// distance, in the frame's units, plus the frame's floor).  A point whose a exceeds its D^2
+// by more than that slack keeps D^2 in the
 // candidate's potential, as the scan's min(D^2, distance) would; the others get the scan's
 // distance (exact_sq_dist), and the potentials are summed as the scan sums them: the same
 // seeds.  A block's points are read once per draw for all its candidates, in float32.
@@ -271,12 +272,14 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
                       const double* u, int64_t trials, int64_t* idx, int threads,
                       const std::function<bool()>& interrupted) {
   const int64_t dp = padded_dim(d);
-  const std::vector<double> mean = row_mean(x, n, d);
+  std::vector<double> mean = row_mean(x, n, d);
+  const double top = max_shifted_norm(x, n, d, mean.data(), threads);
+  const ProductFrame frame = product_frame(std::move(mean), top, d);
   std::vector<float> xs;
   std::vector<double> sq, norm(static_cast<size_t>(n));
-  shift_rows(x, n, d, mean.data(), xs, sq, threads);
+  shift_rows(x, n, d, frame, xs, sq, threads);
   for (int64_t i = 0; i < n; ++i) norm[i] = std::sqrt(sq[i]);
-  const double scale = product_scale(d);
+  const double scale = product_scale(d), unit = frame.unit, floor = frame.floor;
   const int64_t chunks = (n + kBlock - 1) / kBlock;
   std::vector<double> closest(static_cast<size_t>(n)), cum(static_cast<size_t>(n));
   std::vector<double> part(static_cast<size_t>(chunks * trials));
@@ -322,7 +325,7 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
             const double r = norm[i] + norm[ct];
             const double a = sq[i] + sq[ct] - 2.0 * static_cast<double>(dot);
             double v = closest[i];
-            if (a - scale * r * r <= v) {
+            if ((a - scale * r * r) * unit - floor <= v) {  // the data's units
               const double e = exact_sq_dist(&cd[t * d], x + i * d, d);
               if (e < v) {
                 mine[static_cast<size_t>(t)].emplace_back(i, e);

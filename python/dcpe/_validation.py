@@ -17,6 +17,15 @@ from .backends import BACKENDS, EUCLIDEAN_ONLY, LINKAGES, METRICS
 _FLOAT32_SAFE_ABS = 1e15
 #: ... and float64 ones (d <= 2**20), nor the squared norms that cosine scales rows by.
 _FLOAT64_SAFE_ABS = 1e150
+#: Smallest largest |x| (other than 0) for which float32 squared distances keep their
+#: precision: a difference of one unit in the last place of the largest value, squared,
+#: stays above float32's smallest normal number (1.2e-38), so no distance underflows.
+#: :func:`dcpe.cluster` takes smaller values (its float32 distances then underflow to 0,
+#: ties; ``dtype='float64'`` avoids that); the baselines, whose objective is summed in the
+#: data's dtype, refuse them.
+_FLOAT32_TINY_ABS = 1e-10
+#: ... and float64 ones (2.2e-308).
+_FLOAT64_TINY_ABS = 1e-130
 
 
 def is_tensor(x: Any) -> bool:

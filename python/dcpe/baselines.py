@@ -22,7 +22,9 @@ All of them
 
 - accept an ``(N, d)`` NumPy array, array-like or ``torch.Tensor`` (any device) and answer
   in the same container: NumPy in, NumPy out; torch in, torch out on the same device;
-- compute in float32, or in float64 for float64 input;
+- compute in float32, or in float64 for float64 input, and refuse data whose squared
+  distances would overflow or underflow there: the largest absolute value (unless 0) must
+  lie between 1e-10 and 1e15 for float32 data (float64 data: 1e-130 and 1e150);
 - are deterministic for a given ``seed``: the random numbers come from a CPU
   ``torch.Generator`` whatever the device, so a NumPy array and the same data as a CPU
   tensor give identical results;
@@ -43,14 +45,21 @@ from __future__ import annotations
 import functools
 import math
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NamedTuple, TypeVar
 
 import numpy as np
 import torch
 
 from ._threads import host_threads, limit_threads
-from ._validation import check_int, check_seed
+from ._validation import (
+    _FLOAT32_SAFE_ABS,
+    _FLOAT32_TINY_ABS,
+    _FLOAT64_SAFE_ABS,
+    _FLOAT64_TINY_ABS,
+    check_int,
+    check_seed,
+)
 
 __all__ = ["ClusteringResult", "balanced_kmeans", "centroid_free_kmeans", "kmeans",
            "kmeans_plusplus"]
@@ -140,7 +149,31 @@ def _prepare(x: Any, name: str = "x") -> tuple[torch.Tensor, bool]:
     n_bad = int(bad.sum())
     if n_bad:
         raise ValueError(f"{name} has {n_bad} row(s) containing NaN or Inf")
+    _check_range(t, name)
     return t.contiguous(), from_numpy
+
+
+def _check_range(t: torch.Tensor, name: str, data: str | None = None) -> None:
+    """Refuse values whose squared distances overflow or underflow in ``t``'s dtype:
+    float32 data must have its largest absolute value (unless 0) between 1e-10 and 1e15,
+    float64 data between 1e-130 and 1e150. :func:`dcpe.cluster` has the same upper
+    limits; it takes smaller values, whose distances are ties once they underflow, but
+    the objective of Lloyd's steps (summed in the data's dtype) would then stop them.
+    ``data`` names the argument whose dtype sets ``t``'s (default: ``name``)."""
+    data = data or name
+    big = float(t.abs().max())
+    if big == 0.0:
+        return
+    what = f"{name} has values up to {big:.3g}" if big > 1.0 \
+        else f"{name} has values of at most {big:.3g}"
+    if t.dtype == torch.float32 and not _FLOAT32_TINY_ABS <= big <= _FLOAT32_SAFE_ABS:
+        raise ValueError(f"{what}, too {'large' if big > 1.0 else 'small'} for float32 "
+                         f"distances; pass float64 data ({data}.astype('float64') or "
+                         f"{data}.double())")
+    if not _FLOAT64_TINY_ABS <= big <= _FLOAT64_SAFE_ABS:
+        size, way = ("large", "down") if big > 1.0 else ("small", "up")
+        raise ValueError(f"{what}, too {size} even for float64 distances; scale it {way} "
+                         f"(for example, divide it by its largest absolute value)")
 
 
 def _check_tol(tol: Any) -> float:
@@ -188,7 +221,9 @@ def _check_init_or_centers(init: Any, x: torch.Tensor, k: int) -> str | torch.Te
     if tuple(c.shape) != (k, x.shape[1]):
         raise ValueError(f"init must have shape (k, d) = ({k}, {x.shape[1]}), "
                          f"got {tuple(c.shape)}")
-    return c.to(device=x.device, dtype=x.dtype).contiguous()
+    c = c.to(device=x.device, dtype=x.dtype).contiguous()
+    _check_range(c, "init", data="x")  # in x's dtype
+    return c
 
 
 def _output(t: torch.Tensor, from_numpy: bool) -> Any:
@@ -227,9 +262,13 @@ def _nearest(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None)
     coordinate differences in double; a kd-tree over the centers up to 12 dimensions from
     256 centers on, an exhaustive scan otherwise, with the same answer); above 12
     dimensions from 128 centers on, the scan's answer found from a matrix product
-    (:func:`_nearest_by_product`; ``DCPE_CPU_PRODUCTS=0``: the scan). Other devices, or a
-    build without the extension, a chunked matrix product.
+    (:func:`_nearest_by_product`; ``DCPE_CPU_PRODUCTS=0``: the scan). CUDA tensors, or a
+    build without the extension: :func:`_nearest_matmul`, the same rule on the device.
+    Other devices (which may lack float64): the host's answer, on a host copy.
     """
+    if x.device.type not in ("cpu", "cuda"):
+        host = _nearest(x.cpu(), c.cpu(), None if mask is None else mask.cpu())
+        return host.to(x.device)
     ext = _host_ext(x)
     if ext is not None and x.shape[1] >= _PRODUCT_MIN_D and c.shape[0] >= _PRODUCT_MIN_K \
             and os.environ.get("DCPE_CPU_PRODUCTS") != "0":
@@ -242,21 +281,74 @@ def _nearest(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None = None)
     return _nearest_matmul(x, c, mask)
 
 
-def _float32_products_exact() -> bool:
-    """Whether PyTorch's float32 matrix products on the host round in float32 (IEEE), not
-    through bfloat16 or TF32 (``torch.set_float32_matmul_precision`` and the oneDNN
-    ``fp32_precision`` settings allow that): the error bound of
-    :func:`_nearest_by_product` holds only then."""
+def _float32_products_exact(device_type: str = "cpu") -> bool:
+    """Whether PyTorch's float32 matrix products on ``device_type`` ("cpu" or "cuda") round
+    in float32 (IEEE), not through bfloat16 or TF32 (``torch.set_float32_matmul_precision``,
+    ``torch.backends.cuda.matmul.allow_tf32`` and the ``fp32_precision`` settings allow
+    that; LlamaGen's training script turns TF32 on): the error bound of
+    :func:`_product_chunks` holds only then."""
     try:
         if torch.get_float32_matmul_precision() != "highest":
             return False
+        if device_type == "cuda":  # allow_tf32 = True sets the precision to "high"
+            owners = (torch.backends, torch.backends.cuda.matmul)
+        else:
+            mkldnn = getattr(torch.backends, "mkldnn", None)
+            owners = (torch.backends, mkldnn, getattr(mkldnn, "matmul", None))
     except RuntimeError:  # legacy and new precision settings mixed: do not guess
         return False
-    for owner in (torch.backends, getattr(torch.backends, "mkldnn", None),
-                  getattr(getattr(torch.backends, "mkldnn", None), "matmul", None)):
+    for owner in owners:
         if getattr(owner, "fp32_precision", "none") not in ("none", "ieee"):
             return False
     return True
+
+
+class _ProductChunk(NamedTuple):
+    """Rows ``start:stop`` of ``x``, their approximations ``approx[i, j]`` of the squared
+    distances to the centers less a constant of the row, and each row's ``slack``."""
+
+    start: int
+    stop: int
+    approx: torch.Tensor
+    slack: torch.Tensor
+
+
+def _product_chunks(x: torch.Tensor, c: torch.Tensor, usable: torch.Tensor, step: int
+                    ) -> Iterator[_ProductChunk]:
+    """The approximate squared distances of :func:`_nearest_by_product` and
+    :func:`_nearest_matmul`, ``step`` rows of ``x`` at a time, on ``x``'s device.
+
+    Points and centers are shifted by the usable centers' mean and rounded to the working
+    precision: float32 for float32 data when :func:`_float32_products_exact`, else float64
+    (unit roundoff u, smallest subnormal eta; the data's range, which :func:`_check_range`
+    bounds, keeps the products far from overflow). One matrix product per chunk gives
+    ``a[i, j] = |c_j|^2 - 2 x_i.c_j`` of these rows, within (d + 2) u (|x_i| + |c_j|)^2 (the
+    sums of the dot product and the norm, and two additions) plus, where coordinates or
+    products fall below the normal range, at most (2 d + 16) eta; the shift's rounding
+    moves the squared distance by at most 2 u (|x_i| + |c_j|)^2, plus
+    2 sqrt(d) (|x_i| + |c_j|) eta <= u (|x_i| + |c_j|)^2 + d eta for coordinates below the
+    normal range; and the host's distance ``s[i, j]`` (differences in double, summed in
+    order) is within (d + 2) 2^-53 |x_i - c_j|^2 of the exact one. So ``a[i, j]`` is within
+    ``slack[i] = 4 (d + 4) u (|x_i| + max_j |c_j|)^2 + (16 d + 64) eta`` of ``s[i, j]``
+    less a constant of the row: more than twice the sum of the bounds, which covers the
+    roundings of the bound itself (``eta`` stands for the underflows: at most one smallest
+    subnormal per operation). Masked centers get ``a = inf``.
+    """
+    k, d = c.shape
+    work = torch.float32 if x.dtype == torch.float32 \
+        and _float32_products_exact(x.device.type) else torch.float64
+    unit, eta = (2.0 ** -24, 2.0 ** -149) if work == torch.float32 else (2.0 ** -53, 2.0 ** -1074)
+    mean = c[usable].to(torch.float64).mean(dim=0)
+    cw = (c.to(torch.float64) - mean).to(work)
+    c_sq = cw.to(torch.float64).square().sum(dim=1)
+    c_max = float(c_sq[usable].max().sqrt())
+    c_sq = c_sq.masked_fill(~usable, float("inf")).to(work)
+    scale, floor = 4.0 * (d + 4) * unit, (16 * d + 64) * eta
+    for i in range(0, x.shape[0], step):
+        xw = x[i:i + step].to(torch.float64) - mean
+        slack = (xw.square().sum(dim=1).sqrt() + c_max).square_().mul_(scale).add_(floor)
+        approx = torch.addmm(c_sq.unsqueeze(0), xw.to(work), cw.T, alpha=-2.0)
+        yield _ProductChunk(i, min(i + step, x.shape[0]), approx, slack)
 
 
 def _nearest_by_product(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | None,
@@ -264,65 +356,84 @@ def _nearest_by_product(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | N
     """:func:`_nearest` on the host from ``_PRODUCT_MIN_D`` dimensions on: the answer of the
     compiled scan, with the centers ranked by a matrix product first.
 
-    Points and centers are shifted by the centers' mean (rounded to the working precision:
-    float32 for float32 data, else float64; unit roundoff u), and for a chunk of points one
-    matrix product (BLAS) gives ``a[i, j] = |c_j|^2 - 2 x_i.c_j`` of the shifted rows. Its
-    error is at most (d + 2) u (|x_i| + |c_j|)^2 (the sums of the dot product and the norm,
-    and two additions), the shift's rounding moves the squared distance by at most
-    2 u (|x_i| + |c_j|)^2, and the scan's distance ``s[i, j]`` (differences in double,
-    summed in order) is within (d + 2) 2^-53 |x_i - c_j|^2 of the exact one. So
-    ``a[i, j]`` is within ``slack[i] = 4 (d + 4) u (|x_i| + max_j |c_j|)^2`` (shifted
-    norms) of ``s[i, j]`` less a constant of the row: more than twice the sum of the
-    bounds, which covers the roundings of the bound itself. The scan's answer j* has
+    With ``a[i, j]`` and ``slack[i]`` of :func:`_product_chunks`, the scan's answer j* has
     ``s[i, j*] <= s[i, m]`` for the center m of the smallest ``a``, so
     ``a[i, j*] <= a[i, m] + 2 slack[i]``; ``dcpe._C.nearest_refine_cpu`` computes ``s``
     only for the centers within that of the row's smallest, as the scan computes them, and
     keeps the first smallest. On codebooks that is one or a few centers per point; at worst
     every center, the scan's own work.
-
-    Float32 products are used only when PyTorch keeps them in float32
-    (:func:`_float32_products_exact`); otherwise float64.
     """
-    k, d = c.shape
+    k = c.shape[0]
     usable = torch.ones(k, dtype=torch.bool) if mask is None else mask.to(torch.bool)
     first = int(torch.nonzero(usable)[0])
-    work = torch.float32 if x.dtype == torch.float32 and _float32_products_exact() \
-        else torch.float64
-    unit = 2.0 ** -24 if work == torch.float32 else 2.0 ** -53
-    mean = c[usable].to(torch.float64).mean(dim=0)
-    cw = (c.to(torch.float64) - mean).to(work)
-    c_sq = cw.to(torch.float64).square().sum(dim=1)
-    c_max = float(c_sq[usable].max().sqrt())
-    c_sq = c_sq.masked_fill(~usable, float("inf")).to(work)
-    scale = 4.0 * (d + 4) * unit
     xs = x.contiguous()
     cs = c.to(x.dtype).contiguous().numpy()
     threads = host_threads()
     out = torch.empty(x.shape[0], dtype=torch.int64)
     step = min(_row_chunk(k), 4096)  # a chunk's shifted rows stay in cache
-    for i in range(0, x.shape[0], step):
-        xb = xs[i:i + step]
-        xw = xb.to(torch.float64) - mean
-        slack = (xw.square().sum(dim=1).sqrt() + c_max).square_().mul_(scale)
-        xw = xw.to(work)
-        approx = torch.addmm(c_sq.unsqueeze(0), xw, cw.T, alpha=-2.0)
-        out[i:i + step] = torch.from_numpy(ext.nearest_refine_cpu(
-            xb.numpy(), cs, approx.numpy(), slack.numpy(), first, num_threads=threads))
+    for ch in _product_chunks(xs, c, usable, step):
+        out[ch.start:ch.stop] = torch.from_numpy(ext.nearest_refine_cpu(
+            xs[ch.start:ch.stop].numpy(), cs, ch.approx.numpy(), ch.slack.numpy(), first,
+            num_threads=threads))
     return out
+
+
+def _sequential_sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``|x_i - c_i|^2`` for paired rows, as the compiled search computes it: coordinate
+    differences in float64, squared and added in coordinate order, each operation rounded
+    on its own (one elementwise kernel each, so nothing fuses them)."""
+    diff = x.to(torch.float64) - c.to(torch.float64)
+    sq = diff.mul_(diff)
+    acc = sq[:, 0].clone()
+    for t in range(1, sq.shape[1]):
+        acc += sq[:, t]
+    return acc
 
 
 def _nearest_matmul(x: torch.Tensor, c: torch.Tensor,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
-    """:func:`_nearest` by chunked ``|c|^2 - 2 x.c`` products on any device."""
-    c_sq = c.square().sum(dim=1)
-    if mask is not None:
-        c_sq = c_sq.masked_fill(~mask, float("inf"))
-    out = torch.empty(x.shape[0], dtype=torch.int64, device=x.device)
-    step = _row_chunk(c.shape[0])
-    for i in range(0, x.shape[0], step):
-        xb = x[i:i + step]
-        d2 = torch.addmm(c_sq.unsqueeze(0), xb, c.T, alpha=-2.0)
-        out[i:i + step] = d2.argmin(dim=1)
+    """:func:`_nearest` on the device of ``x`` (CUDA, or the host without the extension):
+    the host's answer, the first nearest center by squared distances from coordinate
+    differences in double, summed in order.
+
+    The centers are ranked by a matrix product (:func:`_product_chunks`, in float64 where
+    float32 products may round through TF32 or bfloat16); a row whose smallest
+    approximation is the only one within twice its slack has its answer, and only the rows
+    with several such centers get those centers' distances (:func:`_sequential_sq_dist`),
+    the first smallest kept. The host's distances are these for float32 data (their
+    squares are exact in double); for float64 data above 12 dimensions the compiled scan
+    may fuse its multiply-adds, and a distance can then differ in its last bit.
+    """
+    k, d = c.shape
+    dev = x.device
+    usable = torch.ones(k, dtype=torch.bool, device=dev) if mask is None \
+        else mask.to(device=dev, dtype=torch.bool)
+    first = int(torch.nonzero(usable)[0])
+    c = c.to(x.dtype)
+    out = torch.empty(x.shape[0], dtype=torch.int64, device=dev)
+    pair_step = max(1, _CHUNK_ELEMENTS // d)
+    for ch in _product_chunks(x, c, usable, _row_chunk(k)):
+        low, arg = ch.approx.min(dim=1)
+        near = ch.approx <= (low.to(torch.float64) + 2.0 * ch.slack).unsqueeze(1)
+        near &= usable
+        count = near.sum(dim=1)
+        res = torch.where(count > 0, arg, torch.full_like(arg, first))
+        rows = torch.nonzero(count > 1).flatten()
+        if rows.numel():
+            sub, cols = torch.nonzero(near[rows], as_tuple=True)
+            dist = torch.empty(sub.numel(), dtype=torch.float64, device=dev)
+            xb = x[ch.start:ch.stop]
+            for p in range(0, sub.numel(), pair_step):
+                q = slice(p, p + pair_step)
+                dist[q] = _sequential_sq_dist(xb[rows[sub[q]]], c[cols[q]])
+            m = rows.numel()
+            best = torch.full((m,), float("inf"), dtype=torch.float64, device=dev)
+            best.scatter_reduce_(0, sub, dist, reduce="amin")
+            first_best = torch.full((m,), k, dtype=torch.int64, device=dev)
+            first_best.scatter_reduce_(0, sub, torch.where(dist == best[sub], cols, k),
+                                       reduce="amin")
+            res[rows] = first_best
+        out[ch.start:ch.stop] = res
     return out
 
 
@@ -408,15 +519,20 @@ def _init_indices(x: torch.Tensor, k: int, init: str, gen: torch.Generator,
                                                  num_threads=host_threads()))
     idx = torch.empty(k, dtype=torch.int64, device=x.device)
     idx[0] = first
-    x_sq = x.square().sum(dim=1)
-    closest = (x - x[first]).square().sum(dim=1)
+    # The rows shifted by their mean, in float64 where float32 matrix products may round
+    # through TF32 or bfloat16 (:func:`_float32_products_exact`).
+    work = torch.float32 if x.dtype == torch.float32 \
+        and _float32_products_exact(x.device.type) else torch.float64
+    xw = (x.to(torch.float64) - x.mean(dim=0, dtype=torch.float64)).to(work)
+    x_sq = xw.square().sum(dim=1)
+    closest = (xw - xw[first]).square().sum(dim=1)
     for c in range(1, k):
         u = torch.rand(trials, generator=gen, dtype=torch.float64).to(x.device)
         cum = torch.cumsum(closest.to(torch.float64), dim=0)
         cand = torch.searchsorted(cum, u * cum[-1], right=True).clamp_(max=n - 1)
-        # (trials, N) squared distances to the candidates; the expansion is accurate
-        # enough for sampling weights.
-        d_cand = torch.addmm(x_sq[cand].unsqueeze(1), x[cand], x.T, alpha=-2.0)
+        # (trials, N) squared distances to the candidates; the expansion of the shifted
+        # rows is accurate enough for sampling weights (the host's are exact).
+        d_cand = torch.addmm(x_sq[cand].unsqueeze(1), xw[cand], xw.T, alpha=-2.0)
         d_cand += x_sq.unsqueeze(0)
         new = torch.minimum(closest.unsqueeze(0), d_cand.clamp_(min=0))
         best = int(new.sum(dim=1).argmin())

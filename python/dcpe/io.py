@@ -92,7 +92,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from ._validation import _FLOAT32_SAFE_ABS, check_path, is_tensor
+from ._validation import _FLOAT32_SAFE_ABS, _FLOAT32_TINY_ABS, check_path, is_tensor
 
 __all__ = ["CodebookSource", "atomic_write", "find_codebook_candidates", "load_codebook",
            "load_codebook_with_source", "save_codebook"]
@@ -845,6 +845,11 @@ def _load(path: PathLike, key: str | None, normalize: bool, trust: bool, opts: _
         raise ValueError(f"{path}: the codebook has values up to {big:.3g}, too large for "
                          f"float32 distances; scale it down (for example, divide it by its "
                          f"largest absolute value) and save it again")
+    if 0.0 < big < _FLOAT32_TINY_ABS:
+        # ... or underflow (the k-means of `dcpe report` refuses such float32 data)
+        raise ValueError(f"{path}: the codebook has values of at most {big:.3g}, too small "
+                         f"for float32 distances; scale it up (for example, divide it by "
+                         f"its largest absolute value) and save it again")
     if normalize:
         arr = _l2_normalized(arr, copy=False)  # arr is this call's own copy
     source = CodebookSource(

@@ -303,6 +303,14 @@ def _float32_products_exact(device_type: str = "cpu") -> bool:
     return True
 
 
+def _product_dtype(x: torch.Tensor) -> torch.dtype:
+    """The dtype of matrix products of ``x``'s rows: float32 for float32 data when PyTorch
+    keeps float32 products in float32 on its device (:func:`_float32_products_exact`),
+    else float64."""
+    exact = x.dtype == torch.float32 and _float32_products_exact(x.device.type)
+    return torch.float32 if exact else torch.float64
+
+
 class _ProductChunk(NamedTuple):
     """Rows ``start:stop`` of ``x``, their approximations ``approx[i, j]`` of the squared
     distances to the centers less a constant of the row, and each row's ``slack``."""
@@ -335,8 +343,7 @@ def _product_chunks(x: torch.Tensor, c: torch.Tensor, usable: torch.Tensor, step
     subnormal per operation). Masked centers get ``a = inf``.
     """
     k, d = c.shape
-    work = torch.float32 if x.dtype == torch.float32 \
-        and _float32_products_exact(x.device.type) else torch.float64
+    work = _product_dtype(x)
     unit, eta = (2.0 ** -24, 2.0 ** -149) if work == torch.float32 else (2.0 ** -53, 2.0 ** -1074)
     mean = c[usable].to(torch.float64).mean(dim=0)
     cw = (c.to(torch.float64) - mean).to(work)
@@ -520,10 +527,8 @@ def _init_indices(x: torch.Tensor, k: int, init: str, gen: torch.Generator,
     idx = torch.empty(k, dtype=torch.int64, device=x.device)
     idx[0] = first
     # The rows shifted by their mean, in float64 where float32 matrix products may round
-    # through TF32 or bfloat16 (:func:`_float32_products_exact`).
-    work = torch.float32 if x.dtype == torch.float32 \
-        and _float32_products_exact(x.device.type) else torch.float64
-    xw = (x.to(torch.float64) - x.mean(dim=0, dtype=torch.float64)).to(work)
+    # through TF32 or bfloat16.
+    xw = (x.to(torch.float64) - x.mean(dim=0, dtype=torch.float64)).to(_product_dtype(x))
     x_sq = xw.square().sum(dim=1)
     closest = (xw - xw[first]).square().sum(dim=1)
     for c in range(1, k):

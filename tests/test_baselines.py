@@ -1151,3 +1151,19 @@ def test_initial_centers_outside_the_dtypes_range_are_refused():
                                          r"distances; pass float64 data \(x.astype"):
         kmeans(x, 4, init=np.full((4, 4), 1e20))
     kmeans(x.astype(np.float64), 4, init=np.full((4, 4), 1e20))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_lloyds_objective_is_measured_as_the_search_measures(dtype):
+    # Lloyd's step keeps a token's old center unless the search's new one is closer, and
+    # its history sums the tokens' terms: both by the search's own distances (differences
+    # in double, added in order), bit for bit, so no device's rounding decides a move
+    rng = np.random.default_rng(4)
+    x = (5 + rng.standard_normal((3000, 24))).astype(dtype)
+    c = (5 + rng.standard_normal((40, 24))).astype(dtype)
+    labels = rng.integers(0, 40, 3000)
+    got = baselines._sq_dist_rows(torch.from_numpy(x), torch.from_numpy(c),
+                                  torch.from_numpy(labels))
+    assert got.dtype == torch.float64
+    np.testing.assert_array_equal(got.numpy(), _sequential_sq_dist(x, c)[np.arange(3000),
+                                                                          labels])

@@ -237,10 +237,29 @@ def _row_chunk(n_cols: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(1, n_cols))
 
 
+def _sequential_sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """``|x_i - c_i|^2`` for paired rows, as the compiled search computes it: coordinate
+    differences in float64, squared and added in coordinate order, each operation rounded
+    on its own (one elementwise kernel each, so nothing fuses them)."""
+    diff = x.to(torch.float64) - c.to(torch.float64)
+    sq = diff.mul_(diff).T.contiguous()  # a coordinate's terms in one run
+    acc = sq[0].clone()
+    for t in range(1, sq.shape[0]):
+        acc += sq[t]
+    return acc
+
+
 def _sq_dist_rows(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Exact squared distance of each row of ``x`` to ``c[labels]`` (differences, no
-    expansion, so that nearly equal points are not hit by cancellation)."""
-    return (x - c[labels]).square().sum(dim=1)
+    """Squared distance (float64) of each row of ``x`` to ``c[labels]``, as the
+    nearest-center search computes it (:func:`_sequential_sq_dist`: differences, no
+    expansion, so that nearly equal points are not hit by cancellation), on every device:
+    Lloyd's step keeps a token's old center unless the search's new one is closer by these
+    distances, which the search itself ranks by."""
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    step = _row_chunk(x.shape[1])
+    for i in range(0, x.shape[0], step):
+        out[i:i + step] = _sequential_sq_dist(x[i:i + step], c[labels[i:i + step]])
+    return out
 
 
 def _host_ext(x: torch.Tensor) -> Any:
@@ -385,16 +404,6 @@ def _nearest_by_product(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | N
     return out
 
 
-def _sequential_sq_dist(x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
-    """``|x_i - c_i|^2`` for paired rows, as the compiled search computes it: coordinate
-    differences in float64, squared and added in coordinate order, each operation rounded
-    on its own (one elementwise kernel each, so nothing fuses them)."""
-    diff = x.to(torch.float64) - c.to(torch.float64)
-    sq = diff.mul_(diff)
-    acc = sq[:, 0].clone()
-    for t in range(1, sq.shape[1]):
-        acc += sq[:, t]
-    return acc
 
 
 def _nearest_matmul(x: torch.Tensor, c: torch.Tensor,
@@ -730,7 +739,7 @@ def kmeans(
     for _ in range(n_init):
         first = _initial_centers(xt, k, start, gen, n_local_trials)
         labels, centers, it, history = _lloyd(xt, first, k, n_iter, tol_abs)
-        inertia = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
+        inertia = float(_sq_dist_rows(xt, centers, labels).sum())
         if best is None or inertia < best[2]:
             best = (labels, centers, inertia, it, history)
     assert best is not None
@@ -840,24 +849,24 @@ def balanced_kmeans(
     capacity[: n % k] += 1
     centers = _initial_centers(xt, k, start, gen, None)
     labels, prices = _balanced_assign(xt, centers, capacity, n_candidates)
-    history = [float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())]
+    history = [float(_sq_dist_rows(xt, centers, labels).sum())]
     it = 1
     while it < n_iter:
         new_centers = _means(xt, labels, k, centers)
         shift = float((new_centers - centers).to(torch.float64).square().sum())
         centers = new_centers
-        current = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
+        current = float(_sq_dist_rows(xt, centers, labels).sum())
         if shift <= tol_abs:
             break
         new, prices = _balanced_assign(xt, centers, capacity, n_candidates, prices, labels)
         it += 1
-        obj = float(_sq_dist_rows(xt, centers, new).to(torch.float64).sum())
+        obj = float(_sq_dist_rows(xt, centers, new).sum())
         if not obj < current:
             break
         labels = new
         history.append(obj)
     centers = _means(xt, labels, k, centers)
-    inertia = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
+    inertia = float(_sq_dist_rows(xt, centers, labels).sum())
     labels, order = _canonical(labels, k)
     return ClusteringResult(_output(labels, from_numpy), _output(centers[order], from_numpy),
                             inertia, it, tuple(history))
@@ -957,7 +966,7 @@ def centroid_free_kmeans(
         if not changed:
             break
     centers = _means(xt, labels, k, xt[seeds])
-    inertia = float(_sq_dist_rows(xt, centers, labels).to(torch.float64).sum())
+    inertia = float(_sq_dist_rows(xt, centers, labels).sum())
     labels, order = _canonical(labels, k)
     return ClusteringResult(_output(labels, from_numpy), _output(centers[order], from_numpy),
                             inertia, it, tuple(history))

@@ -31,6 +31,51 @@ def test_shape_errors(bad, match):
         dcpe.linkage(bad)
 
 
+class _Quantizer(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.embedding = torch.nn.Embedding(20, 3)
+
+
+class _VQModel(torch.nn.Module):  # LlamaGen's layout: vq_model.quantize.embedding
+    def __init__(self) -> None:
+        super().__init__()
+        self.quantize = _Quantizer()
+        self.encoder = torch.nn.Linear(3, 3)
+
+
+_WEIGHT = torch.nn.Embedding(20, 3).weight
+
+
+@pytest.mark.parametrize(
+    "bad, match",
+    [
+        (torch.nn.Embedding(20, 3), r"is a torch.nn.Embedding module, not its codebook; pass "
+                                    r"its weight: \w+.weight"),
+        (_VQModel(), r"is a _VQModel module, not a codebook; pass "
+                     r"\w+.quantize.embedding.weight$"),
+        (torch.nn.Sequential(), r"torch.nn.Sequential module, not a codebook; pass the \(N, d\)"),
+        ({"quantize.embedding.weight": _WEIGHT.detach(), "step": 3},
+         r"is a dict \(a checkpoint or state_dict\?\), not a codebook; pass the \(N, d\) "
+         r"codebook tensor in it \(here \w+\['quantize.embedding.weight'\]\?\), or read a "
+         r"checkpoint file with dcpe.io.load_codebook\(path\)"),
+        ({"model": {"w": _WEIGHT}}, r"is a dict .* in it, or read a checkpoint file"),
+        ([_WEIGHT[:10], _WEIGHT[10:]], r"is a list of 2 tensors, not one codebook; pass one "
+                                       r"\(N, d\) tensor \(torch.cat\(\w+\) joins them\)"),
+    ],
+)
+def test_what_a_codebook_is_taken_from_is_refused_with_the_way_out(bad, match):
+    # the quantizer module, the whole model, a state_dict or a list of tensors: NumPy reads
+    # them as arrays of objects; each entry point says what to pass instead
+    from dcpe.baselines import balanced_kmeans, kmeans
+
+    for fn in (dcpe.cluster, kmeans, balanced_kmeans, dcpe.CodebookPrior.from_codebook):
+        with pytest.raises(TypeError, match=match):
+            fn(bad, 2)
+    with pytest.raises(TypeError, match=match):
+        dcpe.linkage(bad)
+
+
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])
 def test_non_finite_rows_counted(value):
     x = X.copy()

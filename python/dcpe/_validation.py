@@ -5,6 +5,7 @@ from __future__ import annotations
 import operator
 import os
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,38 @@ _FLOAT64_SAFE_ABS = 1e150
 _FLOAT32_TINY_ABS = 1e-10
 #: ... and float64 ones (2.2e-308).
 _FLOAT64_TINY_ABS = 1e-130
+
+
+def check_not_a_container(x: Any, name: str) -> None:
+    """Refuse, with the way out, the objects a codebook is commonly taken from rather than
+    the codebook itself: a ``torch.nn.Module`` (the quantizer's ``nn.Embedding``), a
+    mapping (a checkpoint or ``state_dict``) or a list or tuple of tensors. NumPy would
+    read them as arrays of objects, and the error would not say what to pass."""
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(x, torch.nn.Module):
+        kind = f"torch.nn.{type(x).__name__}" if type(x).__module__.startswith("torch.nn") \
+            else type(x).__name__
+        weight = getattr(x, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.ndim == 2:
+            raise TypeError(f"{name} is a {kind} module, not its codebook; pass its weight: "
+                            f"{name}.weight (LlamaGen's: vq_model.quantize.embedding.weight)")
+        found = [f"{name}.{path}.weight" for path, m in x.named_modules()
+                 if path and isinstance(m, torch.nn.Embedding) and m.weight.ndim == 2]
+        hint = f"pass {found[0]}" if len(found) == 1 else \
+            f"pass one of {', '.join(found[:3])}" if found else \
+            "pass the (N, d) codebook tensor (LlamaGen's: vq_model.quantize.embedding.weight)"
+        raise TypeError(f"{name} is a {kind} module, not a codebook; {hint}")
+    if isinstance(x, Mapping):
+        keys = [k for k, v in x.items()
+                if getattr(v, "ndim", None) == 2 and isinstance(k, str)]
+        hint = f" (here {name}[{keys[0]!r}]?)" if len(keys) == 1 else \
+            f" (one of {', '.join(repr(k) for k in keys[:3])}?)" if keys else ""
+        raise TypeError(f"{name} is a {type(x).__name__} (a checkpoint or state_dict?), not a "
+                        f"codebook; pass the (N, d) codebook tensor in it{hint}, or read a "
+                        f"checkpoint file with dcpe.io.load_codebook(path)")
+    if isinstance(x, (list, tuple)) and x and all(is_tensor(t) for t in x):
+        raise TypeError(f"{name} is a {type(x).__name__} of {len(x)} tensors, not one codebook; "
+                        f"pass one (N, d) tensor (torch.cat({name}) joins them)")
 
 
 def is_tensor(x: Any) -> bool:
@@ -162,6 +195,7 @@ def check_data(x: Any, dtype: Any = None) -> Data:
         if isinstance(x, np.ndarray):
             arr = x
         else:
+            check_not_a_container(x, "x")
             try:
                 arr = np.asarray(x)
             except Exception as exc:

@@ -58,6 +58,7 @@ from ._validation import (
     _FLOAT64_SAFE_ABS,
     _FLOAT64_TINY_ABS,
     check_int,
+    check_not_a_container,
     check_seed,
 )
 
@@ -131,6 +132,7 @@ def _prepare(x: Any, name: str = "x") -> tuple[torch.Tensor, bool]:
         if isinstance(x, (str, os.PathLike)):
             raise TypeError(f"{name} is a file name ({os.fspath(x)!r}), not an array; read the "
                             f"codebook first with dcpe.io.load_codebook({os.fspath(x)!r})")
+        check_not_a_container(x, name)
         try:
             a = np.asarray(x)
         except Exception as exc:  # ragged lists and the like

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ._validation import check_int, check_path
+from ._validation import check_int, check_not_a_container, check_path
 from ._validation import is_tensor as _is_tensor
 from .io import _first_line, atomic_write
 
@@ -58,6 +58,7 @@ _TABLES = ("labels", "sizes", "indices", "indptr")
 def _codebook_array(codebook: Any, name: str = "codebook") -> np.ndarray:
     if _is_tensor(codebook):
         codebook = codebook.detach().float().cpu().numpy()
+    check_not_a_container(codebook, name)
     arr = np.asarray(codebook)
     if arr.dtype.kind not in "fiu":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")

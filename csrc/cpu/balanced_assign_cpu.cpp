@@ -185,8 +185,7 @@ void rebuild(const T* xi, const T* ct, int64_t k, int64_t d, const double* price
 }
 
 // The centers shifted by their mean for rebuild_by_product's float32 products (float_dots.h),
-// packed in panels of 8.
-// The frame (float_dots.h) is the centers' mean, scaled for the points and the centers.
+// packed in panels of 8; the frame's scale covers the points and the centers.
 struct CenterProducts {
   int64_t dp = 0;
   int64_t stride = 0;         // a row of products: the centers padded to whole panels

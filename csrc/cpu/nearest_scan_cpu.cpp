@@ -263,10 +263,10 @@ inline double exact_sq_dist(const double* xd, const T* p, int64_t d) {
 // approximated from float32 dot products of the rows shifted by their mean (float_dots.h:
 // a = |xs_i|^2 + |cs|^2 - 2 xs_i.cs, within product_scale(d) (|xs_i| + |cs|)^2 of the scan's
 // distance, in the frame's units, plus the frame's floor).  A point whose a exceeds its D^2
-// by more than that slack keeps D^2 in the
-// candidate's potential, as the scan's min(D^2, distance) would; the others get the scan's
-// distance (exact_sq_dist), and the potentials are summed as the scan sums them: the same
-// seeds.  A block's points are read once per draw for all its candidates, in float32.
+// by more than that slack keeps D^2 in the candidate's potential, as the scan's
+// min(D^2, distance) would; the others get the scan's distance (exact_sq_dist), and the
+// potentials are summed as the scan sums them: the same seeds.  A block's points are read
+// once per draw for all its candidates, in float32.
 template <typename T>
 void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
                       const double* u, int64_t trials, int64_t* idx, int threads,

@@ -62,6 +62,8 @@ _WEIGHT = torch.nn.Embedding(20, 3).weight
         ({"model": {"w": _WEIGHT}}, r"is a dict .* in it, or read a checkpoint file"),
         ([_WEIGHT[:10], _WEIGHT[10:]], r"is a list of 2 tensors, not one codebook; pass one "
                                        r"\(N, d\) tensor \(torch.cat\(\w+\) joins them\)"),
+        (list(_WEIGHT), r"is a list of 20 tensors that require grad; pass one \(N, d\) tensor "
+                        r"\(torch.stack\(\w+\).detach\(\)\)"),
     ],
 )
 def test_what_a_codebook_is_taken_from_is_refused_with_the_way_out(bad, match):
@@ -74,6 +76,14 @@ def test_what_a_codebook_is_taken_from_is_refused_with_the_way_out(bad, match):
             fn(bad, 2)
     with pytest.raises(TypeError, match=match):
         dcpe.linkage(bad)
+
+
+def test_a_list_of_row_tensors_is_still_a_codebook():
+    from dcpe.baselines import kmeans
+
+    rows = list(torch.from_numpy(X))
+    np.testing.assert_array_equal(dcpe.cluster(rows, 3), dcpe.cluster(X, 3))
+    np.testing.assert_array_equal(kmeans(rows, 3).labels, kmeans(X, 3).labels)
 
 
 @pytest.mark.parametrize("value", [np.nan, np.inf, -np.inf])

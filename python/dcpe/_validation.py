@@ -57,8 +57,13 @@ def check_not_a_container(x: Any, name: str) -> None:
                         f"codebook; pass the (N, d) codebook tensor in it{hint}, or read a "
                         f"checkpoint file with dcpe.io.load_codebook(path)")
     if isinstance(x, (list, tuple)) and x and all(is_tensor(t) for t in x):
-        raise TypeError(f"{name} is a {type(x).__name__} of {len(x)} tensors, not one codebook; "
-                        f"pass one (N, d) tensor (torch.cat({name}) joins them)")
+        # rows (1-D tensors) read as an array, unless they require grad
+        if any(t.ndim >= 2 for t in x):
+            raise TypeError(f"{name} is a {type(x).__name__} of {len(x)} tensors, not one "
+                            f"codebook; pass one (N, d) tensor (torch.cat({name}) joins them)")
+        if any(t.requires_grad for t in x):
+            raise TypeError(f"{name} is a {type(x).__name__} of {len(x)} tensors that require "
+                            f"grad; pass one (N, d) tensor (torch.stack({name}).detach())")
 
 
 def is_tensor(x: Any) -> bool:

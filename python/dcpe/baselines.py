@@ -640,17 +640,20 @@ def _lloyd(x: torch.Tensor, centers: torch.Tensor, k: int, n_iter: int, tol_abs:
         dist = _sq_dist_rows(x, centers, new)
         if labels is not None:
             # Keep the old label unless the new one is strictly closer when measured
-            # exactly: every token's term never increases.
-            old = _sq_dist_rows(x, centers, labels)
-            keep = dist >= old
-            new = torch.where(keep, labels, new)
-            dist = torch.where(keep, old, dist)
+            # exactly: every token's term never increases. Only the tokens whose nearest
+            # center changed need their old distance (the others' is ``dist``).
+            other = torch.nonzero(new != labels).flatten()
+            if other.numel():
+                old = _sq_dist_rows(x[other], centers, labels[other])
+                keep = dist[other] >= old
+                new[other] = torch.where(keep, labels[other], new[other])
+                dist[other] = torch.where(keep, old, dist[other])
         moved = _refill_empty(new, dist, k)
         if moved.numel():
             centers = centers.clone()
             centers[new[moved]] = x[moved]
             dist[moved] = 0
-        history.append(float(dist.to(torch.float64).sum()))
+        history.append(float(dist.sum()))
         changed = labels is None or bool((new != labels).any())
         labels = new
         new_centers = _means(x, labels, k, centers)

@@ -733,6 +733,25 @@ def test_kmeanspp_products_give_the_scans_seeds(d, dtype, monkeypatch):
                                                       num_threads=threads))
 
 
+@pytest.mark.parametrize("trials", [1, 2, 4, 8, 9, 10, 13])
+def test_kmeanspp_product_groups_give_the_scans_seeds(trials, monkeypatch):
+    # The products of a block of points with a draw's candidates come in groups of six,
+    # three, two and one candidates against panels of eight points (the last panel and the
+    # last block partly filled: 803 points); a draw's candidates that bring no point of a
+    # block closer share one sum. The seeds are the scan's for every group count.
+    from dcpe import _C
+
+    rng = np.random.default_rng(trials)
+    hubs = rng.standard_normal((6, 48))
+    x = (hubs[rng.integers(0, 6, 803)] + 0.4 * rng.standard_normal((803, 48))).astype(np.float32)
+    for k in (2, 90):
+        u = rng.random((k - 1, trials))
+        for threads in (1, 2):
+            np.testing.assert_array_equal(_C.kmeanspp_cpu(x, k, 802, u, num_threads=threads),
+                                          _scan_seeds(monkeypatch, x, k, 802, u,
+                                                      num_threads=threads))
+
+
 def test_kmeanspp_products_count_gains_below_float32_resolution(monkeypatch):
     # A point E that a candidate A brings closer by 1e-9 of its D^2 (far below what a
     # float32 product resolves) has D^2 lowered by the seeding, as the scan lowers it;

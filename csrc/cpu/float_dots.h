@@ -35,7 +35,7 @@
 
 namespace dcpe {
 
-constexpr int kDotLanes = 8;  // float32 lanes of a dot product's partial sums
+constexpr int kDotLanes = 8;  // float32 lanes of a vector: rows are padded to a multiple
 
 // d padded to a multiple of kDotLanes
 inline int64_t padded_dim(int64_t d) { return (d + kDotLanes - 1) / kDotLanes * kDotLanes; }
@@ -119,63 +119,6 @@ void shift_rows(const T* x, int64_t n, int64_t d, const ProductFrame& f,
   for (int64_t i = 0; i < n; ++i) sq[i] = shift_row(x + i * d, d, f, &xs[i * dp]);
 }
 
-// out[g] = xi . c_g for G rows c_g of length dp (a multiple of L) stored one after another,
-// in float32, L partial sums each: G independent chains of vector multiply-adds
-template <int G, int L>
-inline void dot_group(const float* xi, const float* c, int64_t dp, float* out) {
-#if defined(__AVX2__) && defined(__FMA__)
-  if constexpr (G == 4 && L == 8) {  // 8 chains: two accumulators per row, in registers
-    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-    __m256 b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-    int64_t q = 0;
-    for (; q + 16 <= dp; q += 16) {
-      const __m256 x0 = _mm256_loadu_ps(xi + q), x1 = _mm256_loadu_ps(xi + q + 8);
-      a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + q), a0);
-      a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + dp + q), a1);
-      a2 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 2 * dp + q), a2);
-      a3 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 3 * dp + q), a3);
-      b0 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + q + 8), b0);
-      b1 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + dp + q + 8), b1);
-      b2 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + 2 * dp + q + 8), b2);
-      b3 = _mm256_fmadd_ps(x1, _mm256_loadu_ps(c + 3 * dp + q + 8), b3);
-    }
-    if (q < dp) {  // dp is a multiple of 8
-      const __m256 x0 = _mm256_loadu_ps(xi + q);
-      a0 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + q), a0);
-      a1 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + dp + q), a1);
-      a2 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 2 * dp + q), a2);
-      a3 = _mm256_fmadd_ps(x0, _mm256_loadu_ps(c + 3 * dp + q), a3);
-    }
-    const __m256 s[4] = {_mm256_add_ps(a0, b0), _mm256_add_ps(a1, b1),
-                         _mm256_add_ps(a2, b2), _mm256_add_ps(a3, b3)};
-    for (int g = 0; g < 4; ++g) {
-      alignas(32) float v[8];
-      _mm256_store_ps(v, s[g]);
-      out[g] = ((v[0] + v[1]) + (v[2] + v[3])) + ((v[4] + v[5]) + (v[6] + v[7]));
-    }
-    return;
-  }
-#endif
-  float acc[G][L] = {};
-  for (int64_t q = 0; q < dp; q += L) {
-    for (int g = 0; g < G; ++g) {
-      for (int l = 0; l < L; ++l) acc[g][l] += xi[q + l] * c[g * dp + q + l];
-    }
-  }
-  for (int g = 0; g < G; ++g) {
-    float s = 0.0f;
-    for (int l = 0; l < L; ++l) s += acc[g][l];
-    out[g] = s;
-  }
-}
-
-// out[j] = xi . c_j for the n rows of c (n x dp): groups of four, then one at a time
-inline void dot_rows(const float* xi, const float* c, int64_t n, int64_t dp, float* out) {
-  int64_t j = 0;
-  for (; j + 4 <= n; j += 4) dot_group<4, kDotLanes>(xi, c + j * dp, dp, out + j);
-  for (; j < n; ++j) dot_group<1, kDotLanes>(xi, c + j * dp, dp, out + j);
-}
-
 // Rows packed for dot_packed: panels of 8 rows (the last one padded with zero rows), each
 // panel coordinate-major (dp x 8), so that a panel is one contiguous run.
 inline int64_t panel_count(int64_t n) { return (n + 7) / 8; }
@@ -187,6 +130,34 @@ inline void pack_panels(const float* xs, int64_t n, int64_t dp, std::vector<floa
     float* panel = &packed[(j / 8) * dp * 8 + j % 8];
     for (int64_t t = 0; t < dp; ++t) panel[t * 8] = xs[j * dp + t];
   }
+}
+
+// shift_row for the n rows of x, written straight into panels (packed as pack_panels packs
+// them, padded with zero rows) with no row-major copy; sq (n) is resized and filled
+template <typename T>
+void shift_rows_packed(const T* x, int64_t n, int64_t d, const ProductFrame& f,
+                       std::vector<float>& packed, std::vector<double>& sq, int threads) {
+  const int64_t dp = padded_dim(d), panels = panel_count(n);
+  packed.assign(static_cast<size_t>(panels * dp * 8), 0.0f);
+  sq.resize(static_cast<size_t>(n));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> row(static_cast<size_t>(dp));
+#pragma omp for schedule(static)
+    for (int64_t w = 0; w < panels; ++w) {
+      float* panel = &packed[static_cast<size_t>(w * dp * 8)];
+      for (int64_t l = 0; l < 8 && w * 8 + l < n; ++l) {
+        sq[w * 8 + l] = shift_row(x + (w * 8 + l) * d, d, f, row.data());
+        for (int64_t t = 0; t < dp; ++t) panel[t * 8 + l] = row[t];
+      }
+    }
+  }
+}
+
+// row j of packed panels (dp floats) into out
+inline void unpack_row(const float* packed, int64_t j, int64_t dp, float* out) {
+  const float* panel = packed + (j / 8) * dp * 8 + j % 8;
+  for (int64_t t = 0; t < dp; ++t) out[t] = panel[t * 8];
 }
 
 // out[p * ldo + 8 w + l] = x_p . (row l of panel w) for P rows x_p (stride dp) and the W

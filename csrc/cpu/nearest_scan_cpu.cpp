@@ -44,6 +44,7 @@ namespace dcpe {
 namespace {
 
 constexpr int64_t kBlock = 256;  // centers (points) per block
+constexpr int64_t kAhead = 8;     // panels between those multiplied and those prefetched
 
 template <int D, typename T>
 int64_t nearest_one(const T* xi, const T* ct, const double* penalty, int64_t k, int64_t d,
@@ -264,9 +265,11 @@ inline double exact_sq_dist(const double* xd, const T* p, int64_t d) {
 // a = |xs_i|^2 + |cs|^2 - 2 xs_i.cs, within product_scale(d) (|xs_i| + |cs|)^2 of the scan's
 // distance, in the frame's units, plus the frame's floor).  A point whose a exceeds its D^2
 // by more than that slack keeps D^2 in the candidate's potential, as the scan's
-// min(D^2, distance) would; the others get the scan's distance (exact_sq_dist), and the
-// potentials are summed as the scan sums them: the same seeds.  A block's points are read
-// once per draw for all its candidates, in float32.
+// min(D^2, distance) would; the others get the scan's distance (gathered_distances), and the
+// potentials are summed as the scan sums them: the same seeds.  The points are packed in
+// panels of 8 (coordinate-major), so that a block's products with all the draw's candidates
+// come from dot_packed (each coordinate of a candidate broadcast against the panels, no
+// horizontal sums), and a block's points are read once per draw, in float32.
 template <typename T>
 void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
                       const double* u, int64_t trials, int64_t* idx, int threads,
@@ -275,9 +278,9 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
   std::vector<double> mean = row_mean(x, n, d);
   const double top = max_shifted_norm(x, n, d, mean.data(), threads);
   const ProductFrame frame = product_frame(std::move(mean), top, d);
-  std::vector<float> xs;
+  std::vector<float> packed;  // the points, panels of 8
   std::vector<double> sq, norm(static_cast<size_t>(n));
-  shift_rows(x, n, d, frame, xs, sq, threads);
+  shift_rows_packed(x, n, d, frame, packed, sq, threads);
   for (int64_t i = 0; i < n; ++i) norm[i] = std::sqrt(sq[i]);
   const double scale = product_scale(d), unit = frame.unit, floor = frame.floor;
   const int64_t chunks = (n + kBlock - 1) / kBlock;
@@ -285,7 +288,8 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
   std::vector<double> part(static_cast<size_t>(chunks * trials));
   std::vector<int64_t> cand(static_cast<size_t>(trials));
   std::vector<float> cs(static_cast<size_t>(trials * dp));
-  std::vector<double> cd(static_cast<size_t>(trials * d));
+  std::vector<double> cd(static_cast<size_t>(trials * d)), csq(static_cast<size_t>(trials)),
+      cnorm(static_cast<size_t>(trials));
   // the points each candidate brings closer, with their distances, per thread
   std::vector<std::vector<std::vector<std::pair<int64_t, double>>>> closer(
       static_cast<size_t>(threads));
@@ -300,8 +304,10 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
     if ((c & 63) == 0 && interrupted && interrupted()) throw Interrupted();
     draw(closest, &u[(c - 1) * trials], cum, cand);
     for (int64_t t = 0; t < trials; ++t) {
-      std::copy(&xs[cand[t] * dp], &xs[cand[t] * dp] + dp, &cs[t * dp]);
+      unpack_row(packed.data(), cand[t], dp, &cs[t * dp]);
       for (int64_t q = 0; q < d; ++q) cd[t * d + q] = static_cast<double>(x[cand[t] * d + q]);
+      csq[t] = sq[cand[t]];
+      cnorm[t] = norm[cand[t]];
     }
     for (auto& mine : closer) {  // every thread's, whether or not it joins this step
       mine.resize(static_cast<size_t>(trials));
@@ -310,32 +316,93 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
 #pragma omp parallel num_threads(threads)
     {
       auto& mine = closer[static_cast<size_t>(omp_get_thread_num())];
-      std::vector<double> sum(static_cast<size_t>(trials));
-      std::vector<float> dots(static_cast<size_t>(trials));
+      std::vector<float> dots(static_cast<size_t>(trials * kBlock));  // [t][point in block]
+      std::vector<std::vector<int64_t>> hits(static_cast<size_t>(trials));
+      std::vector<std::vector<double>> hit_dist(static_cast<size_t>(trials));
+      std::vector<T> block;  // scratch of gathered_distances
 #pragma omp for schedule(static)
       for (int64_t b = 0; b < chunks; ++b) {
         const int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
-        std::fill(sum.begin(), sum.end(), 0.0);
-        for (int64_t i = lo; i < hi; ++i) {
-          const float* xi = &xs[i * dp];
-          dot_rows(xi, cs.data(), trials, dp, dots.data());
-          for (int64_t t = 0; t < trials; ++t) {
-            const int64_t ct = cand[t];
-            const float dot = dots[static_cast<size_t>(t)];
-            const double r = norm[i] + norm[ct];
-            const double a = sq[i] + sq[ct] - 2.0 * static_cast<double>(dot);
-            double v = closest[i];
-            if ((a - scale * r * r) * unit - floor <= v) {  // the data's units
-              const double e = exact_sq_dist(&cd[t * d], x + i * d, d);
-              if (e < v) {
-                mine[static_cast<size_t>(t)].emplace_back(i, e);
-                v = e;
-              }
-            }
-            sum[static_cast<size_t>(t)] += v;
-          }
+        // the block's products with the draw's candidates, four panels at a time, each group
+        // asking for the panels kAhead further on (the points are read from memory once a draw,
+        // and the products outpace the hardware's prefetching)
+        const int64_t first_panel = lo / 8, panels = panel_count(hi - lo);
+        for (int64_t q = 0; q < panels; q += 4) {
+          const size_t ahead = static_cast<size_t>((first_panel + q + kAhead) * dp * 8);
+          const size_t stop = std::min(packed.size(), ahead + static_cast<size_t>(4 * dp * 8));
+          for (size_t o = ahead; o < stop; o += 16) __builtin_prefetch(&packed[o]);
+          dot_packed(cs.data(), trials, &packed[static_cast<size_t>(first_panel * dp * 8)], q,
+                     std::min(panels, q + 4), dp, dots.data(), kBlock);
         }
-        for (int64_t t = 0; t < trials; ++t) part[b * trials + t] = sum[static_cast<size_t>(t)];
+        // the points that the products cannot rule out, per candidate (eight tested at once),
+        // and the scan's distances of those pairs: gathered_distances, each a lane of a
+        // block of the scan, with its roundings; only the points a candidate brings closer
+        // are kept
+        for (int64_t t = 0; t < trials; ++t) {
+          const float* dt = &dots[static_cast<size_t>(t * kBlock)];
+          const double ct_sq = csq[t], ct_norm = cnorm[t];
+          auto maybe_closer = [&](int64_t i) {  // the pair's approximation within its slack
+            const double r = norm[i] + ct_norm;
+            const double a = sq[i] + ct_sq - 2.0 * static_cast<double>(dt[i - lo]);
+            return (a - scale * r * r) * unit - floor <= closest[i];  // the data's units
+          };
+          auto& hit = hits[static_cast<size_t>(t)];
+          auto& dist = hit_dist[static_cast<size_t>(t)];
+          hit.clear();
+          for (int64_t i0 = lo; i0 < hi; i0 += 8) {
+            const int64_t i1 = std::min(hi, i0 + 8);
+            bool any = false;
+            if (i1 - i0 == 8) {
+              for (int64_t i = i0; i < i0 + 8; ++i) any |= maybe_closer(i);
+            } else {
+              for (int64_t i = i0; i < i1; ++i) any |= maybe_closer(i);
+            }
+            if (!any) continue;
+            for (int64_t i = i0; i < i1; ++i) {
+              if (maybe_closer(i)) hit.push_back(i);
+            }
+          }
+          const int64_t found = static_cast<int64_t>(hit.size());
+          dist.resize(static_cast<size_t>(found));
+          if (found > 0) gathered_distances(&cd[t * d], x, d, hit.data(), found, block, dist.data());
+          int64_t kept = 0;
+          for (int64_t q = 0; q < found; ++q) {
+            if (dist[q] < closest[hit[q]]) {
+              hit[kept] = hit[q];
+              dist[kept] = dist[q];
+              mine[static_cast<size_t>(t)].emplace_back(hit[q], dist[q]);
+              ++kept;
+            }
+          }
+          hit.resize(static_cast<size_t>(kept));
+        }
+        // each candidate's potential over the block: min(D^2, distance) summed over the
+        // points in order, as the scan sums it; a candidate that brings no point closer
+        // has the sum of D^2, computed once
+        double base = 0.0;
+        bool base_done = false;
+        for (int64_t t = 0; t < trials; ++t) {
+          const auto& hit = hits[static_cast<size_t>(t)];
+          const auto& dist = hit_dist[static_cast<size_t>(t)];
+          if (hit.empty()) {
+            if (!base_done) {
+              for (int64_t i = lo; i < hi; ++i) base += closest[i];
+              base_done = true;
+            }
+            part[b * trials + t] = base;
+            continue;
+          }
+          double pot = 0.0;
+          size_t q = 0;
+          for (int64_t i = lo; i < hi; ++i) {
+            if (q < hit.size() && hit[q] == i) {
+              pot += dist[q++];
+            } else {
+              pot += closest[i];
+            }
+          }
+          part[b * trials + t] = pot;
+        }
       }
     }
     const int64_t best = smallest_potential(part, chunks, trials);

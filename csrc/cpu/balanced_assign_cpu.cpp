@@ -395,9 +395,7 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
     const double top = std::max(max_shifted_norm(c, k, d, mean.data(), threads),
                                 max_shifted_norm(x, n, d, mean.data(), threads));
     pr.frame = product_frame(std::move(mean), top, d);
-    std::vector<float> cs;
-    shift_rows(c, k, d, pr.frame, cs, pr.sq, threads);
-    pack_panels(cs.data(), k, pr.dp, pr.packed);
+    shift_rows_packed(c, k, d, pr.frame, pr.packed, pr.sq, threads);
     pr.radius = std::sqrt(*std::max_element(pr.sq.begin(), pr.sq.end()));
     pr.scale = product_scale(d);
   }

@@ -108,32 +108,12 @@ inline double shift_row(const T* x, int64_t d, const ProductFrame& f, float* xs)
   return s;
 }
 
-// shift_row for the n rows of x: xs (n x padded_dim(d)) and sq (n) are resized and filled
-template <typename T>
-void shift_rows(const T* x, int64_t n, int64_t d, const ProductFrame& f,
-                std::vector<float>& xs, std::vector<double>& sq, int threads) {
-  const int64_t dp = padded_dim(d);
-  xs.resize(static_cast<size_t>(n * dp));
-  sq.resize(static_cast<size_t>(n));
-#pragma omp parallel for num_threads(threads) schedule(static)
-  for (int64_t i = 0; i < n; ++i) sq[i] = shift_row(x + i * d, d, f, &xs[i * dp]);
-}
-
 // Rows packed for dot_packed: panels of 8 rows (the last one padded with zero rows), each
 // panel coordinate-major (dp x 8), so that a panel is one contiguous run.
 inline int64_t panel_count(int64_t n) { return (n + 7) / 8; }
 
-// packed (panel_count(n) x dp x 8) from the n rows xs (n x dp)
-inline void pack_panels(const float* xs, int64_t n, int64_t dp, std::vector<float>& packed) {
-  packed.assign(static_cast<size_t>(panel_count(n) * dp * 8), 0.0f);
-  for (int64_t j = 0; j < n; ++j) {
-    float* panel = &packed[(j / 8) * dp * 8 + j % 8];
-    for (int64_t t = 0; t < dp; ++t) panel[t * 8] = xs[j * dp + t];
-  }
-}
-
-// shift_row for the n rows of x, written straight into panels (packed as pack_panels packs
-// them, padded with zero rows) with no row-major copy; sq (n) is resized and filled
+// shift_row for the n rows of x, written straight into packed panels (the last one padded
+// with zero rows); packed and sq (n) are resized and filled
 template <typename T>
 void shift_rows_packed(const T* x, int64_t n, int64_t d, const ProductFrame& f,
                        std::vector<float>& packed, std::vector<double>& sq, int threads) {

@@ -195,6 +195,33 @@ def test_report(tmp_path, ckpt, prior_file, capsys):
     assert "| dcpe |" in capsys.readouterr().out
 
 
+@pytest.mark.parametrize("given, names", [("kmeans", ["dcpe", "kmeans"]),
+                                          ("balanced", ["dcpe", "balanced_kmeans"]),
+                                          ("balanced,kmeans", ["dcpe", "balanced_kmeans",
+                                                               "kmeans"]),
+                                          ("none", ["dcpe"])])
+def test_report_runs_the_baselines_asked_for(tmp_path, ckpt, prior_file, capsys, given,
+                                             names):
+    out = tmp_path / "rep"
+    rc = main(["report", "--prior", str(prior_file), "--codebook", str(ckpt), "--normalize",
+               "-o", str(out), "--kmeans-iter", "3", "-q", "--baselines", given])
+    assert rc == 0
+    assert _files(out) == ["cluster_sizes.png", "coherence.json", "coherence.md"]
+    assert list(json.loads((out / "coherence.json").read_text())["methods"]) == names
+
+
+@pytest.mark.parametrize("given", ["kmean", "kmeans,kmeans", "none,kmeans", "", "dcpe"])
+def test_report_refuses_unknown_baselines_before_any_work(tmp_path, ckpt, prior_file, capsys,
+                                                          given):
+    out = tmp_path / "rep"
+    rc = main(["report", "--prior", str(prior_file), "--codebook", str(ckpt), "--normalize",
+               "-o", str(out), "--baselines", given])
+    assert rc == 2
+    line = one_error_line(capsys.readouterr().err)
+    assert "--baselines" in line and "dcpe report --help" in line
+    assert not out.exists()
+
+
 def test_report_wrong_codebook(tmp_path, ckpt, prior_file, capsys):
     out = tmp_path / "rep"
     # the prior was made with --normalize: without it the codebook bytes differ, and the

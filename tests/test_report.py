@@ -102,6 +102,30 @@ def test_compare_and_write_report(tmp_path, small):
         assert f"| {name} |" in md
 
 
+@pytest.mark.parametrize("method", ["kmeans", "balanced_kmeans"])
+def test_a_kmeans_prior_keeps_its_row_beside_the_baseline_of_its_method(tmp_path, small,
+                                                                         method):
+    """A prior made by a baseline's method is compared with that baseline under its own
+    name; its statistics are its own, not the baseline's (which ran with other
+    iterations), and the figure shows it whichever baselines run."""
+    from dcpe import baselines
+
+    x, _ = small
+    made = getattr(baselines, method)(x.astype(np.float32), 30, seed=3, n_iter=40)
+    prior = CodebookPrior.from_labels(made.labels, method=method, codebook=x)
+    result = report.compare(x, prior, n_iter=2)
+    own = f"{method} (prior)"
+    assert list(result["methods"]) == [own, "kmeans", "balanced_kmeans"]
+    np.testing.assert_array_equal(result["labels"][own], made.labels)
+    assert result["methods"][own] == report.coherence(x, made.labels)
+    for methods in ((), ("kmeans",), ("balanced_kmeans",)):
+        out = tmp_path / f"rep{len(methods)}{methods[:1]}"
+        paths = report.write_report(out, x, prior, methods=methods, n_iter=2)
+        names = list(json.loads(paths["json"].read_text())["methods"])
+        assert names == ([own] if method in methods else [method]) + list(methods)
+        assert paths["figure"].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
 def test_compare_seeds_both_baselines_once(small, monkeypatch):
     """One k-means++ seeding starts both baselines, and each result is the one its
     function gives on its own with the same seed."""

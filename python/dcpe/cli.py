@@ -232,7 +232,8 @@ def _build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "report", help="compare a prior with k-means (figure + coherence table)",
         description="Write cluster_sizes.png (cluster-size distribution, prior vs k-means), "
-                    "coherence.md and coherence.json (prior vs k-means vs balanced k-means). "
+                    "coherence.md and coherence.json (prior vs k-means vs balanced k-means; "
+                    "--baselines chooses). "
                     "The codebook is read as the prior records (--normalize, --key). The "
                     "statistics measure codebook geometry, not generation quality; the "
                     "paper's gains are measured downstream (FID, IS). Needs matplotlib.",
@@ -243,6 +244,12 @@ def _build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0, help="seed of the baselines (default: 0)")
     p.add_argument("--kmeans-iter", type=_positive_int, default=50,
                    help="maximum iterations of the baselines (default: 50)")
+    p.add_argument("--baselines", type=_baselines, default=("kmeans", "balanced_kmeans"),
+                   metavar="LIST",
+                   help="baselines to run at the prior's k, comma-separated: kmeans, "
+                        "balanced (default: kmeans,balanced), or none for the prior's "
+                        "statistics alone. On large codebooks balanced k-means takes the "
+                        "longest (65,536 x 256 at k = 4,096: about half of the report)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     codebook_options(p, report=True)
     _add_export_parser(sub)
@@ -394,6 +401,25 @@ def _check_stray_k(path: str | None, args: argparse.Namespace) -> None:
         raise _UsageError(f"{path!r} is not a codebook file but a second value of -k; -k "
                           f"takes one number of clusters: run 'dcpe cluster' once per k, or "
                           f"compare them with 'dcpe sweep --k {k},{path}'")
+
+
+#: ``dcpe report --baselines`` names (as ``dcpe cluster --method`` names them) and the
+#: baselines of :func:`dcpe.report.compare`.
+_BASELINE_NAMES = {name: _METHODS[name] for name in ("kmeans", "balanced")}
+
+
+def _baselines(text: str) -> tuple[str, ...]:
+    """``--baselines``: comma-separated ``kmeans``/``balanced`` (each once, in the order
+    given), or ``none``."""
+    names = [part.strip() for part in text.split(",")]
+    if names == ["none"]:
+        return ()
+    if any(n not in _BASELINE_NAMES for n in names):
+        raise argparse.ArgumentTypeError(
+            f"expected kmeans, balanced or both, comma-separated (or none), got {text!r}")
+    if len(set(names)) < len(names):
+        raise argparse.ArgumentTypeError(f"each baseline once, got {text!r}")
+    return tuple(_BASELINE_NAMES[n] for n in names)
 
 
 def _seed(text: str) -> int:
@@ -990,8 +1016,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
             f"; {_NORMALIZED_STEP}")  # the step named here is the command line's
         raise ValueError(f"{what}; it matches this codebook read with {options}: run the "
                          f"command again with {options}") from None
-    result = compare(x, prior, seed=args.seed, n_iter=args.kmeans_iter,
-                     show_progress=False if args.quiet else None)
+    result = compare(x, prior, methods=args.baselines, seed=args.seed,
+                     n_iter=args.kmeans_iter, show_progress=False if args.quiet else None)
     paths = write_report(out_dir, x, prior, result=result)
     print(markdown_table(result), end="")
     print("wrote " + ", ".join(str(p) for p in paths.values()))

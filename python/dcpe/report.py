@@ -217,7 +217,9 @@ def compare(codebook: Any, prior: Any, *, methods: Sequence[str] = _BASELINES,
     dict
         ``num_tokens``, ``dim``, ``num_clusters``, ``prior`` (its metadata),
         ``methods``: ``{name: coherence dict}`` with the prior under its own method name
-        (``"dcpe"`` for DCPE) first, and ``labels``: ``{name: (N,) int64 ndarray}``.
+        (``"dcpe"`` for DCPE; ``"kmeans (prior)"`` for a k-means prior compared with the
+        ``"kmeans"`` baseline, and likewise for the others) first, and ``labels``:
+        ``{name: (N,) int64 ndarray}``, in the same order.
     """
     from . import baselines
     from ._progress import progress
@@ -236,6 +238,8 @@ def compare(codebook: Any, prior: Any, *, methods: Sequence[str] = _BASELINES,
     k = prior.num_clusters
     x32 = x.to(torch.float32).numpy()
     name = prior.method or "prior"
+    if name in methods:  # a k-means prior beside the baseline of its method: both rows
+        name = f"{name} (prior)"
     labels = {name: prior.token_to_cluster.cpu().numpy()}
     stats = {}
     bar = progress(total=1 + len(methods), desc=f"report: {name} statistics", unit="method",
@@ -323,7 +327,9 @@ def _plot_sizes(result: dict[str, Any], path: Path) -> None:
 
     fig = Figure(figsize=(10, 4), dpi=120)
     ax_hist, ax_rank = fig.subplots(1, 2)
-    names = [n for n in result["labels"] if n != "balanced_kmeans"]
+    # the prior (first) and the baselines but balanced k-means, whose sizes are all equal
+    prior_name, *others = result["labels"]
+    names = [prior_name] + [n for n in others if n != "balanced_kmeans"]
     all_sizes = {n: np.bincount(result["labels"][n]) for n in names}
     top = max(int(s.max()) for s in all_sizes.values())
     bins = np.unique(np.round(np.logspace(0, math.log10(top + 1), 30)).astype(int))
@@ -347,7 +353,8 @@ def _plot_sizes(result: dict[str, Any], path: Path) -> None:
 
 
 def write_report(out_dir: str | os.PathLike, codebook: Any, prior: Any, *,
-                 result: dict[str, Any] | None = None, seed: int = 0, n_iter: int = 50,
+                 result: dict[str, Any] | None = None, methods: Sequence[str] = _BASELINES,
+                 seed: int = 0, n_iter: int = 50,
                  show_progress: bool | None = False) -> dict[str, Path]:
     """Write the comparison report into ``out_dir`` (created if missing).
 
@@ -365,7 +372,7 @@ def write_report(out_dir: str | os.PathLike, codebook: Any, prior: Any, *,
         As in :func:`compare`.
     result : dict, optional
         A :func:`compare` result to reuse instead of computing one.
-    seed, n_iter, show_progress
+    methods, seed, n_iter, show_progress
         Passed to :func:`compare`.
 
     Returns
@@ -387,7 +394,7 @@ def write_report(out_dir: str | os.PathLike, codebook: Any, prior: Any, *,
         raise ValueError(f"output path exists and is not a directory: {out}")
     require_matplotlib()
     if result is None:
-        result = compare(codebook, prior, seed=seed, n_iter=n_iter,
+        result = compare(codebook, prior, methods=methods, seed=seed, n_iter=n_iter,
                          show_progress=show_progress)
     out.mkdir(parents=True, exist_ok=True)
     paths = {"figure": out / "cluster_sizes.png", "markdown": out / "coherence.md",

@@ -352,7 +352,7 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
           for (int64_t i0 = lo; i0 < hi; i0 += 8) {
             const int64_t i1 = std::min(hi, i0 + 8);
             bool any = false;
-            if (i1 - i0 == 8) {
+            if (i1 - i0 == 8) {  // a fixed count, so that the tests are vectorised
               for (int64_t i = i0; i < i0 + 8; ++i) any |= maybe_closer(i);
             } else {
               for (int64_t i = i0; i < i1; ++i) any |= maybe_closer(i);

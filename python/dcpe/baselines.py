@@ -406,8 +406,6 @@ def _nearest_by_product(x: torch.Tensor, c: torch.Tensor, mask: torch.Tensor | N
     return out
 
 
-
-
 def _nearest_matmul(x: torch.Tensor, c: torch.Tensor,
                     mask: torch.Tensor | None = None) -> torch.Tensor:
     """:func:`_nearest` on the device of ``x`` (CUDA, or the host without the extension):

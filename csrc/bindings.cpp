@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "balanced_assign.h"
+#include "center_stats.h"
 #include "cpu/balanced_assign_cpu.h"
 #include "cpu/amx_scan.h"
 #include "cpu/linkage_cpu.h"
@@ -80,6 +81,15 @@ PYBIND11_MODULE(_C, m) {
         py::arg("u"), py::arg("num_threads") = 0,
         "Greedy k-means++ seeds (indices into x): first, then for every further seed the "
         "best of u.shape[1] candidates drawn by D^2 with the uniforms u (k - 1, trials).");
+  m.def("paired_sq_dist_cpu", &dcpe::paired_sq_dist_cpu, py::arg("x"), py::arg("centers"),
+        py::arg("labels"), py::arg("num_threads") = 0,
+        "|x_i - centers[labels[i]]|^2 for every row of x (float64: differences in double, "
+        "each square rounded, added in coordinate order).");
+  m.def("segment_sums_cpu", &dcpe::segment_sums_cpu, py::arg("x"), py::arg("labels"),
+        py::arg("k"), py::arg("num_threads") = 0,
+        "(sums (k, d) float64, counts (k,) int64) of the rows of x per label: the differences "
+        "of a running sum over the rows sorted stably by label (the same for any thread "
+        "count).");
   m.def("member_sums_cpu", &dcpe::member_sums_cpu, py::arg("x"), py::arg("offsets"),
         py::arg("num_threads") = 0,
         "For every row of x (n, d) float64, the sum of its Euclidean distances to the rows "

@@ -256,12 +256,37 @@ def _sq_dist_rows(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor) -> tor
     nearest-center search computes it (:func:`_sequential_sq_dist`: differences, no
     expansion, so that nearly equal points are not hit by cancellation), on every device:
     Lloyd's step keeps a token's old center unless the search's new one is closer by these
-    distances, which the search itself ranks by."""
+    distances, which the search itself ranks by. Host tensors use the compiled
+    ``dcpe._C.paired_sq_dist_cpu``, the same values bit for bit in one pass; other devices
+    :func:`_sq_dist_rows_torch`."""
+    ext = _host_ext(x)
+    if ext is not None and c.dtype == x.dtype:
+        return torch.from_numpy(ext.paired_sq_dist_cpu(
+            x.contiguous().numpy(), c.contiguous().numpy(), labels.contiguous().numpy(),
+            num_threads=host_threads()))
+    return _sq_dist_rows_torch(x, c, labels)
+
+
+def _sq_dist_rows_torch(x: torch.Tensor, c: torch.Tensor, labels: torch.Tensor
+                        ) -> torch.Tensor:
+    """:func:`_sq_dist_rows` in PyTorch, on any device, a chunk of rows at a time."""
     out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
     step = _row_chunk(x.shape[1])
     for i in range(0, x.shape[0], step):
         out[i:i + step] = _sequential_sq_dist(x[i:i + step], c[labels[i:i + step]])
     return out
+
+
+def _total(values: torch.Tensor) -> float:
+    """The sum of ``values`` in one fixed order: NumPy's pairwise sum on the host; on CUDA,
+    PyTorch's sum (the same on one device from run to run). PyTorch's sum on the host
+    splits a large tensor among its threads, so its last bits would follow the thread
+    count, which :func:`host_threads` fits to the machine's load at every step: the
+    baselines' objectives, and the decisions taken on them (the tolerance, a balanced
+    step's acceptance, the best of ``n_init``), are summed here instead."""
+    if values.device.type == "cuda":
+        return float(values.sum())
+    return float(np.sum(values.detach().cpu().numpy()))
 
 
 def _host_ext(x: torch.Tensor) -> Any:
@@ -457,9 +482,24 @@ def _segment_sums(values: torch.Tensor, labels: torch.Tensor, k: int
                   ) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-cluster sums (float64) of the rows of ``values`` and the cluster counts.
 
-    Uses a stable sort and a cumulative sum, which is deterministic on every device
-    (unlike atomic ``index_add`` on CUDA).
+    The rows sorted stably by label, their running sum, and each cluster's sum as the
+    difference of the running sum at its ends: deterministic on every device (unlike
+    atomic ``index_add`` on CUDA). Host tensors use the compiled
+    ``dcpe._C.segment_sums_cpu``, in one pass the sums that :func:`_segment_sums_torch`
+    gives on the host, bit for bit; other devices :func:`_segment_sums_torch`.
     """
+    ext = _host_ext(values)
+    if ext is not None and values.dim() == 2:
+        sums, counts = ext.segment_sums_cpu(values.contiguous().numpy(),
+                                            labels.contiguous().numpy(), k,
+                                            num_threads=host_threads())
+        return torch.from_numpy(sums), torch.from_numpy(counts)
+    return _segment_sums_torch(values, labels, k)
+
+
+def _segment_sums_torch(values: torch.Tensor, labels: torch.Tensor, k: int
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`_segment_sums` in PyTorch, on any device: a stable sort and a cumulative sum."""
     order = torch.argsort(labels, stable=True)
     cs = torch.cumsum(values[order].to(torch.float64), dim=0)
     cs = torch.cat([cs.new_zeros((1,) + tuple(cs.shape[1:])), cs])
@@ -651,11 +691,11 @@ def _lloyd(x: torch.Tensor, centers: torch.Tensor, k: int, n_iter: int, tol_abs:
             centers = centers.clone()
             centers[new[moved]] = x[moved]
             dist[moved] = 0
-        history.append(float(dist.sum()))
+        history.append(_total(dist))
         changed = labels is None or bool((new != labels).any())
         labels = new
         new_centers = _means(x, labels, k, centers)
-        shift = float((new_centers - centers).to(torch.float64).square().sum())
+        shift = _total((new_centers - centers).to(torch.float64).square())
         centers = new_centers
         if not changed or shift <= tol_abs:
             break
@@ -742,7 +782,7 @@ def kmeans(
     for _ in range(n_init):
         first = _initial_centers(xt, k, start, gen, n_local_trials)
         labels, centers, it, history = _lloyd(xt, first, k, n_iter, tol_abs)
-        inertia = float(_sq_dist_rows(xt, centers, labels).sum())
+        inertia = _total(_sq_dist_rows(xt, centers, labels))
         if best is None or inertia < best[2]:
             best = (labels, centers, inertia, it, history)
     assert best is not None
@@ -852,24 +892,24 @@ def balanced_kmeans(
     capacity[: n % k] += 1
     centers = _initial_centers(xt, k, start, gen, None)
     labels, prices = _balanced_assign(xt, centers, capacity, n_candidates)
-    history = [float(_sq_dist_rows(xt, centers, labels).sum())]
+    history = [_total(_sq_dist_rows(xt, centers, labels))]
     it = 1
     while it < n_iter:
         new_centers = _means(xt, labels, k, centers)
-        shift = float((new_centers - centers).to(torch.float64).square().sum())
+        shift = _total((new_centers - centers).to(torch.float64).square())
         centers = new_centers
-        current = float(_sq_dist_rows(xt, centers, labels).sum())
+        current = _total(_sq_dist_rows(xt, centers, labels))
         if shift <= tol_abs:
             break
         new, prices = _balanced_assign(xt, centers, capacity, n_candidates, prices, labels)
         it += 1
-        obj = float(_sq_dist_rows(xt, centers, new).sum())
+        obj = _total(_sq_dist_rows(xt, centers, new))
         if not obj < current:
             break
         labels = new
         history.append(obj)
     centers = _means(xt, labels, k, centers)
-    inertia = float(_sq_dist_rows(xt, centers, labels).sum())
+    inertia = _total(_sq_dist_rows(xt, centers, labels))
     labels, order = _canonical(labels, k)
     return ClusteringResult(_output(labels, from_numpy), _output(centers[order], from_numpy),
                             inertia, it, tuple(history))
@@ -962,14 +1002,14 @@ def centroid_free_kmeans(
             stay = own_d <= best_d
             new[rows] = torch.where(stay, cur, best)
             own[rows] = own_d
-        history.append(float(own.mean()))
+        history.append(_total(own) / n)
         _refill_empty(new, own, k)
         changed = bool((new != labels).any())
         labels = new
         if not changed:
             break
     centers = _means(xt, labels, k, xt[seeds])
-    inertia = float(_sq_dist_rows(xt, centers, labels).sum())
+    inertia = _total(_sq_dist_rows(xt, centers, labels))
     labels, order = _canonical(labels, k)
     return ClusteringResult(_output(labels, from_numpy), _output(centers[order], from_numpy),
                             inertia, it, tuple(history))

@@ -109,6 +109,9 @@ class ClusteringResult(NamedTuple):
         that step, and it never increases. For :func:`centroid_free_kmeans` it is the
         mean over tokens of the mean distance to the members of their cluster (no
         monotonicity guarantee), evaluated on the assignment each step starts from.
+
+    The objectives (``inertia``, ``history``) are summed in one fixed order, so they do not
+    depend on the thread count.
     """
 
     labels: Any

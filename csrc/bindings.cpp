@@ -77,6 +77,11 @@ PYBIND11_MODULE(_C, m) {
         "nearest_cpu's answer for every row of x from approx = |c|^2 - 2 x.c (m, k) float64 "
         "(+inf: a center to skip), within slack (m,) of |x - c|^2 - |x|^2: only the centers "
         "within 2 slack of a row's smallest approx get their distances computed.");
+  m.def("nearest_among_cpu", &dcpe::nearest_among_cpu, py::arg("x"), py::arg("centers"),
+        py::arg("cand"), py::arg("num_threads") = 0,
+        "For every row of x, the nearest of its candidates cand (m, r) int64 by nearest_cpu's "
+        "distances above 12 dimensions, ties to the smaller index, and that squared distance: "
+        "(int64 (m,), float64 (m,)).");
   m.def("kmeanspp_cpu", &dcpe::kmeanspp_cpu, py::arg("x"), py::arg("k"), py::arg("first"),
         py::arg("u"), py::arg("num_threads") = 0,
         "Greedy k-means++ seeds (indices into x): first, then for every further seed the "

@@ -103,6 +103,45 @@ py::array_t<int64_t> nearest_refine_cpu(const py::array& x, const py::array& cen
   return out;
 }
 
+py::tuple nearest_among_cpu(const py::array& x, const py::array& centers,
+                            const py::array& cand, int num_threads) {
+  const PointsAndCenters pc = check_points_and_centers(x, centers);
+  const int64_t m = pc.n, d = pc.d, k = pc.k;
+  DCPE_CHECK_ARG(py::isinstance<py::array_t<int64_t>>(cand) && cand.ndim() == 2 &&
+                     cand.shape(0) == m && cand.shape(1) >= 1,
+                 "cand", std::string(py::str(cand.attr("shape"))) + " " +
+                     std::string(py::str(cand.dtype())),
+                 str_cat("expected an int64 array of shape (", m, ", r) with r >= 1"));
+  DCPE_CHECK_ARG(d >= 1, "x.shape[1]", d, "expected d >= 1");
+  DCPE_CHECK_ARG(num_threads >= 0, "num_threads", num_threads, "must be >= 0 (0 = default)");
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> cc_ids(cand);
+  const int64_t r = cand.shape(1);
+  const int64_t* ids = cc_ids.data();
+  for (int64_t q = 0; q < m * r; ++q) {
+    DCPE_CHECK_ARG(ids[q] >= 0 && ids[q] < k, str_cat("cand[", q / r, ", ", q % r, "]"), ids[q],
+                   str_cat("expected 0 <= index < k = ", k));
+  }
+  py::array xc = py::array::ensure(x, py::array::c_style | py::array::forcecast);
+  py::array cc = py::array::ensure(centers, py::array::c_style | py::array::forcecast);
+  py::array_t<int64_t> out(static_cast<py::ssize_t>(m));
+  py::array_t<double> dist(static_cast<py::ssize_t>(m));
+  int64_t* o = out.mutable_data();
+  double* od = dist.mutable_data();
+  const int threads = resolve_threads(num_threads);
+  call_released([&](const std::function<bool()>& interrupted) {
+    if (pc.is_f32) {
+      nearest_center_among<float>(static_cast<const float*>(xc.data()), m, d,
+                                  static_cast<const float*>(cc.data()), ids, r, o, od,
+                                  threads, interrupted);
+    } else {
+      nearest_center_among<double>(static_cast<const double*>(xc.data()), m, d,
+                                   static_cast<const double*>(cc.data()), ids, r, o, od,
+                                   threads, interrupted);
+    }
+  });
+  return py::make_tuple(out, dist);
+}
+
 py::array_t<int64_t> kmeanspp_cpu(const py::array& x, int64_t k, int64_t first,
                                   const py::array& u, int num_threads) {
   const PointsAndCenters pc = check_points_and_centers(x, x);

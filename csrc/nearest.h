@@ -21,6 +21,12 @@ pybind11::array_t<int64_t> nearest_refine_cpu(const pybind11::array& x,
                                               const pybind11::array& slack, int64_t first,
                                               int num_threads);
 
+// For every row i of x (m, d): of the centers cand[i] (int64 (m, r), r >= 1, indices into
+// centers (k, d)), the nearest by nearest_cpu's distances above 12 dimensions (the scan's),
+// ties to the smaller index.  Returns (int64 (m,), its squared distance float64 (m,)).
+pybind11::tuple nearest_among_cpu(const pybind11::array& x, const pybind11::array& centers,
+                                  const pybind11::array& cand, int num_threads);
+
 // Greedy k-means++ seeds of the rows of x (n, d): first index, then (k - 1) * trials
 // uniforms u (float64, C order) drive the D^2 draws.  Returns int64 (k,).
 pybind11::array_t<int64_t> kmeanspp_cpu(const pybind11::array& x, int64_t k, int64_t first,

@@ -1186,3 +1186,162 @@ def test_lloyds_objective_is_measured_as_the_search_measures(dtype):
     assert got.dtype == torch.float64
     np.testing.assert_array_equal(got.numpy(), _sequential_sq_dist(x, c)[np.arange(3000),
                                                                           labels])
+
+
+# --------------------------------------------------------------------------- moved centers
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_nearest_among_candidates(dtype):
+    # the nearest of each row's candidates (any order, repeats) by the scan's distances,
+    # ties to the smaller index, and that distance: on an integer grid (exact distances,
+    # many ties) against NumPy, on real values against the masked scan
+    from dcpe import _C
+
+    rng = np.random.default_rng(30)
+    d = 17
+    x = rng.integers(-2, 3, (400, d)).astype(dtype)
+    c = rng.integers(-2, 3, (60, d)).astype(dtype)
+    c[30:40] = c[:10]  # copies: ties between a small and a large index
+    cand = rng.integers(0, 60, (400, 5))
+    cand[::3, 1] = np.where(cand[::3, 0] < 10, cand[::3, 0] + 30, cand[::3, 1])
+    dist = _sequential_sq_dist(x, c)
+    got, got_d = _C.nearest_among_cpu(x, c, cand)
+    rows = np.arange(400)[:, None]
+    cd = dist[rows, cand]
+    best = cd.min(axis=1)
+    want = np.where(cd == best[:, None], cand, 60).min(axis=1)
+    np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(got_d, best)
+    # real values: every row's candidates are the same shuffled subset, the scan's answer
+    # over that subset is the masked search's
+    x = (5 + rng.standard_normal((500, d))).astype(dtype)
+    c = (5 + rng.standard_normal((90, d))).astype(dtype)
+    subset = rng.choice(90, 25, replace=False)
+    mask = np.zeros(90, bool)
+    mask[subset] = True
+    cand = np.stack([rng.permutation(subset) for _ in range(500)])
+    got, _ = _C.nearest_among_cpu(x, c, cand, num_threads=2)
+    np.testing.assert_array_equal(got, _C.nearest_cpu(x, c, mask))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda _C: _C.nearest_among_cpu(np.zeros((3, 2)), np.zeros((2, 2)),
+                                      np.array([[0], [2], [1]])), r"cand\[1, 0\]' = 2"),
+    (lambda _C: _C.nearest_among_cpu(np.zeros((3, 2)), np.zeros((2, 2)),
+                                      np.array([[0, -1]] * 3)), r"cand\[0, 1\]' = -1"),
+    (lambda _C: _C.nearest_among_cpu(np.zeros((3, 2)), np.zeros((2, 2)),
+                                      np.zeros((3, 0), np.int64)), "'cand'"),
+    (lambda _C: _C.nearest_among_cpu(np.zeros((3, 2)), np.zeros((2, 2)),
+                                      np.zeros((2, 1), np.int64)), "'cand'"),
+    (lambda _C: _C.nearest_among_cpu(np.zeros((3, 2)), np.zeros((2, 2)),
+                                      np.zeros((3, 1), np.int32)), "'cand'"),
+    (lambda _C: _C.nearest_among_cpu(np.zeros((3, 2)), np.zeros((2, 2), np.float32),
+                                      np.zeros((3, 1), np.int64)), "centers.dtype"),
+    (lambda _C: _C.nearest_among_cpu(np.zeros((3, 2)), np.zeros((2, 2)),
+                                      np.zeros((3, 1), np.int64), num_threads=-1),
+     "num_threads"),
+])
+def test_nearest_among_rejects_bad_arguments(call, match):
+    from dcpe import _C
+
+    with pytest.raises(ValueError, match=match):
+        call(_C)
+
+
+def _moved_centers(rng: np.random.Generator, x: np.ndarray, before: np.ndarray
+                   ) -> np.ndarray:
+    """``before`` with some centers moved: toward a point, away from the data, onto a copy
+    of another center (with a smaller or a larger index), by one unit in the last place,
+    in one coordinate only."""
+    c = before.copy()
+    k = len(c)
+    for j in rng.choice(k, max(1, k // 10), replace=False):
+        kind = rng.integers(0, 5)
+        if kind == 0:
+            c[j] = (c[j] + x[rng.integers(0, len(x))]) / 2
+        elif kind == 1:
+            c[j] = c[j] + 3 * rng.standard_normal(c.shape[1])
+        elif kind == 2:
+            c[j] = before[rng.integers(0, k)]
+        elif kind == 3:
+            c[j] = np.nextafter(c[j], np.inf)
+        else:
+            c[j, rng.integers(0, c.shape[1])] += 0.5
+    return c
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("d, k", [(13, 40), (17, 300), (64, 130)])
+def test_nearest_after_moves_is_the_full_search(d, k, dtype, monkeypatch):
+    # the answer from the last answer and the moved centers is the full search's, to the
+    # last tie: clustered points, copies of centers, centers moved by one ulp
+    monkeypatch.setattr(baselines, "_MOVES_AT_MOST", 10.0)  # never fall back
+    rng = np.random.default_rng(d + k)
+    hubs = rng.standard_normal((20, d)) * 3
+    x = (hubs[rng.integers(0, 20, 1200)] + rng.standard_normal((1200, d))).astype(dtype)
+    before = x[rng.choice(1200, k, replace=False)].copy()
+    before[k // 2:k // 2 + 5] = before[:5]
+    xt = torch.from_numpy(x)
+    answer = baselines._nearest(xt, torch.from_numpy(before))
+    for _ in range(4):
+        c = _moved_centers(rng, x, before).astype(dtype)
+        got = baselines._nearest_after_moves(xt, torch.from_numpy(c), torch.from_numpy(before),
+                                             answer)
+        assert got is not None
+        np.testing.assert_array_equal(got.numpy(), baselines._nearest(xt, torch.from_numpy(c)))
+        before, answer = c, got
+    # nothing moved: the same answer
+    same = baselines._nearest_after_moves(xt, torch.from_numpy(before), torch.from_numpy(before),
+                                          answer)
+    np.testing.assert_array_equal(same.numpy(), answer.numpy())
+
+
+def test_nearest_after_moves_applies_only_where_it_is_exact_and_cheaper(monkeypatch):
+    rng = np.random.default_rng(3)
+    before = torch.from_numpy(rng.standard_normal((50, 12)))
+    x = torch.from_numpy(rng.standard_normal((300, 12)))
+    answer = baselines._nearest(x, before)
+    moved = before.clone()
+    moved[0] += 1
+    # up to 12 dimensions the kd-tree's distances may round otherwise than the scan's
+    assert baselines._nearest_after_moves(x, moved, before, answer) is None
+    x13, b13 = torch.cat([x, x[:, :1]], 1), torch.cat([before, before[:, :1]], 1)
+    m13 = b13.clone()
+    m13[0] += 1
+    answer = baselines._nearest(x13, b13)
+    assert baselines._nearest_after_moves(x13, m13, b13, answer) is not None
+    monkeypatch.setenv("DCPE_CPU_MOVES", "0")
+    assert baselines._nearest_after_moves(x13, m13, b13, answer) is None
+    monkeypatch.delenv("DCPE_CPU_MOVES")
+    assert baselines._nearest_after_moves(x13, b13 + 1, b13, answer) is None  # all moved
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeans_after_moves_gives_the_full_searchs_result(dtype, monkeypatch):
+    # whole runs, with the step from moved centers and without (DCPE_CPU_MOVES=0): the same
+    # labels, centers and history, and the step from moved centers was taken. The float64
+    # data hold float32 values: their clusters' sums are exact, so a cluster that keeps its
+    # tokens keeps its center (other float64 sums round with the running sum of the
+    # clusters before, and most centers move by a rounding at every step)
+    rng = np.random.default_rng(8)
+    hubs = rng.standard_normal((60, 24)) * 3
+    x = (hubs[rng.integers(0, 60, 3000)] + rng.standard_normal((3000, 24)))
+    x = x.astype(np.float32).astype(dtype)
+    x[100:130] = x[0]  # copies
+    taken = []
+    after = baselines._nearest_after_moves
+
+    def spy(*args):
+        out = after(*args)
+        taken.append(out is not None)
+        return out
+
+    monkeypatch.setattr(baselines, "_nearest_after_moves", spy)
+    fast = kmeans(x, 60, seed=4, tol=0.0)
+    assert sum(taken) >= 3
+    monkeypatch.setenv("DCPE_CPU_MOVES", "0")
+    full = kmeans(x, 60, seed=4, tol=0.0)
+    assert fast.n_iter == full.n_iter and fast.history == full.history
+    np.testing.assert_array_equal(fast.labels, full.labels)
+    np.testing.assert_array_equal(fast.centers, full.centers)

@@ -14,6 +14,11 @@
 // computed, by the same block_distances as the scan (so the same roundings), the first
 // smallest kept.
 //
+// nearest_center_among: the first nearest of a few candidates per point, and its distance,
+// by the same distances (gathered_distances), ties to the smaller center index: the scan's
+// answer when the candidates include it (k-means' step after few centers moved,
+// baselines.py).
+//
 // kmeanspp_seeds_scan: the same blocked distances, from each candidate to all points
 // (transposed), one partial potential per block of points, summed in order (the result
 // does not depend on the thread count), and the potential, as summed, picks the
@@ -432,6 +437,38 @@ void nearest_center_refine(const T* x, int64_t m, int64_t d, const T* c, int64_t
 }
 
 template <typename T>
+void nearest_center_among(const T* x, int64_t m, int64_t d, const T* c, const int64_t* cand,
+                          int64_t r, int64_t* out, double* out_dist, int threads,
+                          const std::function<bool()>& interrupted) {
+  const int64_t rows = 1024;  // points between two polls of Ctrl-C
+  for (int64_t r0 = 0; r0 < m; r0 += rows) {
+    if (interrupted && interrupted()) throw Interrupted();
+    const int64_t r1 = std::min(m, r0 + rows);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<double> xd(static_cast<size_t>(d)), dist(static_cast<size_t>(r));
+      std::vector<T> block;  // scratch of gathered_distances
+#pragma omp for schedule(static)
+      for (int64_t i = r0; i < r1; ++i) {
+        for (int64_t t = 0; t < d; ++t) xd[t] = static_cast<double>(x[i * d + t]);
+        const int64_t* ci = cand + i * r;
+        gathered_distances(xd.data(), c, d, ci, r, block, dist.data());
+        double best = dist[0];
+        int64_t arg = ci[0];
+        for (int64_t q = 1; q < r; ++q) {
+          if (dist[q] < best || (dist[q] == best && ci[q] < arg)) {
+            best = dist[q];
+            arg = ci[q];
+          }
+        }
+        out[i] = arg;
+        out_dist[i] = best;
+      }
+    }
+  }
+}
+
+template <typename T>
 void kmeanspp_seeds_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
                          const double* u, int64_t trials, int64_t* idx, int threads,
                          const std::function<bool()>& interrupted) {
@@ -458,6 +495,12 @@ DCPE_REFINE(float, float)
 DCPE_REFINE(float, double)
 DCPE_REFINE(double, double)
 #undef DCPE_REFINE
+template void nearest_center_among<float>(const float*, int64_t, int64_t, const float*,
+                                          const int64_t*, int64_t, int64_t*, double*, int,
+                                          const std::function<bool()>&);
+template void nearest_center_among<double>(const double*, int64_t, int64_t, const double*,
+                                           const int64_t*, int64_t, int64_t*, double*, int,
+                                           const std::function<bool()>&);
 template void kmeanspp_seeds_scan<float>(const float*, int64_t, int64_t, int64_t, int64_t,
                                          const double*, int64_t, int64_t*, int,
                                          const std::function<bool()>&);

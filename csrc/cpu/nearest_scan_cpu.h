@@ -25,6 +25,14 @@ void nearest_center_refine(const T* x, int64_t m, int64_t d, const T* c, int64_t
                            const A* approx, const double* slack, int64_t first,
                            int64_t* out, int threads, const std::function<bool()>& interrupted);
 
+// out[i] for the m points x: of the r centers cand[i * r .. i * r + r) (indices into c, any
+// order), the one at the smallest distance as nearest_center_scan computes it, ties to the
+// smaller index; out_dist[i]: that distance
+template <typename T>
+void nearest_center_among(const T* x, int64_t m, int64_t d, const T* c, const int64_t* cand,
+                          int64_t r, int64_t* out, double* out_dist, int threads,
+                          const std::function<bool()>& interrupted);
+
 // the seeding of kmeanspp_seeds, every candidate's potential summed over all points
 template <typename T>
 void kmeanspp_seeds_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,

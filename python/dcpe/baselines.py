@@ -72,6 +72,9 @@ _CHUNK_ELEMENTS = 1 << 22
 #: centers by a matrix product first (:func:`_nearest_by_product`; the same answers).
 _PRODUCT_MIN_D = 13
 _PRODUCT_MIN_K = 128
+#: :func:`_nearest_after_moves` searches again only while the moved centers' share plus the
+#: share of points whose answer moved stays below this.
+_MOVES_AT_MOST = 0.5
 
 _F = TypeVar("_F", bound=Callable[..., Any])
 
@@ -670,14 +673,62 @@ def kmeans_plusplus(
 # --------------------------------------------------------------------------- k-means
 
 
+def _nearest_after_moves(x: torch.Tensor, c: torch.Tensor, before: torch.Tensor,
+                         answer: torch.Tensor) -> torch.Tensor | None:
+    """:func:`_nearest` of ``x`` and the centers ``c`` from ``answer``, its answer for the
+    centers ``before``, when few centers moved; None where it does not apply (not host data
+    above 12 dimensions, ``DCPE_CPU_MOVES=0``) or would not save time.
+
+    Above 12 dimensions the host's search gives the scan's answer: the first center of the
+    smallest distance s, computed as the scan computes it. A center that did not move keeps
+    its distances, none below s(answer) before, and those equal to it belong to larger
+    indices. So where the answer did not move, or moved no farther from the point, the new
+    answer is the first nearest of the answer and the moved centers: their first nearest
+    from one search of the moved centers alone, then ``dcpe._C.nearest_among_cpu`` between
+    the two (by the scan's distances, ties to the smaller index). Only the points whose
+    answer moved away are searched again among all centers. The same answers as
+    :func:`_nearest`, bit for bit; late in Lloyd's iterations few centers move (at
+    65,536 x 256 and k = 4,096, under 5% after 8 steps).
+    """
+    ext = _host_ext(x)
+    if ext is None or x.shape[1] < _PRODUCT_MIN_D or os.environ.get("DCPE_CPU_MOVES") == "0":
+        return None
+    moved = (c != before).any(dim=1)
+    ids = torch.nonzero(moved).flatten()
+    if ids.numel() == 0:
+        return answer.clone()
+    threads = host_threads()
+    xs, cs = x.contiguous().numpy(), c.to(x.dtype).contiguous().numpy()
+    rows = torch.nonzero(moved[answer]).flatten()  # the points whose answer moved
+    if rows.numel():
+        own = answer[rows].unsqueeze(1).numpy()
+        xr = x[rows].contiguous().numpy()
+        then = ext.nearest_among_cpu(xr, before.to(x.dtype).contiguous().numpy(), own,
+                                     num_threads=threads)[1]
+        now = ext.nearest_among_cpu(xr, cs, own, num_threads=threads)[1]
+        rows = rows[torch.from_numpy(now > then)]
+    if ids.numel() / c.shape[0] + rows.numel() / x.shape[0] > _MOVES_AT_MOST:
+        return None
+    near = ids[_nearest(x, c[ids])]
+    out = torch.from_numpy(ext.nearest_among_cpu(
+        xs, cs, torch.stack([answer, near], dim=1).numpy(), num_threads=threads)[0])
+    if rows.numel():
+        out[rows] = _nearest(x[rows], c)
+    return out
+
+
 def _lloyd(x: torch.Tensor, centers: torch.Tensor, k: int, n_iter: int, tol_abs: float
            ) -> tuple[torch.Tensor, torch.Tensor, int, list[float]]:
     labels: torch.Tensor | None = None
     history: list[float] = []
+    answer = searched = None  # the last search's answer, and its centers
     it = 0
     while it < n_iter:
         it += 1
-        new = _nearest(x, centers)
+        new = None if answer is None else _nearest_after_moves(x, centers, searched, answer)
+        if new is None:
+            new = _nearest(x, centers)
+        answer, searched = new.clone(), centers
         dist = _sq_dist_rows(x, centers, new)
         if labels is not None:
             # Keep the old label unless the new one is strictly closer when measured
@@ -756,6 +807,13 @@ def kmeans(
     tokens whose cluster keeps another member), which lowers the objective. Labels can
     have fewer than ``k`` distinct values only if ``x`` has fewer than ``k`` distinct
     rows.
+
+    On host data above 12 dimensions, once few centers move in a step, the next step
+    compares each token's last nearest center only with the centers that moved, and
+    searches all centers again only for the tokens whose nearest center moved away from
+    them: the same labels as a full search, bit for bit (``DCPE_CPU_MOVES=0`` searches
+    every token at every step). Float64 data whose clusters' sums round gain less: their
+    centers move by a rounding whenever a cluster before them changes.
 
     Examples
     --------

@@ -53,16 +53,10 @@ py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
   py::array_t<int64_t> labels(static_cast<py::ssize_t>(n));
   const bool warm = !warm_labels.is_none();
   if (warm) {
-    DCPE_CHECK_ARG(py::isinstance<py::array_t<int64_t>>(warm_labels),
-                   "labels.dtype", std::string(py::str(warm_labels.attr("dtype"))),
-                   "expected int64");
-    py::array_t<int64_t, py::array::c_style | py::array::forcecast> wl(warm_labels);
-    DCPE_CHECK_ARG(wl.ndim() == 1 && wl.shape(0) == n, "labels",
-                   std::string(py::str(wl.attr("shape"))), "expected shape (N,)");
+    const auto wl = check_labels(py::array(warm_labels), n, k);
     std::vector<int64_t> count(static_cast<size_t>(k), 0);
     for (int64_t i = 0; i < n; ++i) {
       const int64_t j = wl.data()[i];
-      DCPE_CHECK_ARG(j >= 0 && j < k, "labels", j, "every entry must be in [0, k)");
       DCPE_CHECK_ARG(++count[j] <= cap.data()[j], "labels", j,
                      "a center is given more points than its capacity");
     }

@@ -16,33 +16,12 @@
 namespace py = pybind11;
 
 namespace dcpe {
-namespace {
-
-// labels: int64 (n,) in [0, k); returns a C-contiguous copy or view.
-py::array_t<int64_t, py::array::c_style> checked_labels(const py::array& labels, int64_t n,
-                                                        int64_t k) {
-  DCPE_CHECK_ARG(py::isinstance<py::array_t<int64_t>>(labels) && labels.ndim() == 1 &&
-                     labels.shape(0) == n,
-                 "labels", std::string(py::str(labels.attr("shape"))) + " " +
-                     std::string(py::str(labels.dtype())),
-                 str_cat("expected an int64 array of shape (", n, ",)"));
-  py::array_t<int64_t, py::array::c_style | py::array::forcecast> lc(labels);
-  const int64_t* l = lc.data();
-  for (int64_t i = 0; i < n; ++i) {
-    DCPE_CHECK_ARG(l[i] >= 0 && l[i] < k, str_cat("labels[", i, "]"), l[i],
-                   str_cat("expected 0 <= label < k = ", k));
-  }
-  return lc;
-}
-
-}  // namespace
-
 py::array_t<double> paired_sq_dist_cpu(const py::array& x, const py::array& centers,
                                        const py::array& labels, int num_threads) {
   const PointsAndCenters pc = check_points_and_centers(x, centers);
   DCPE_CHECK_ARG(pc.d >= 1, "x.shape[1]", pc.d, "expected d >= 1");
   DCPE_CHECK_ARG(num_threads >= 0, "num_threads", num_threads, "must be >= 0 (0 = default)");
-  const auto lc = checked_labels(labels, pc.n, pc.k);
+  const auto lc = check_labels(labels, pc.n, pc.k);
   py::array xc = py::array::ensure(x, py::array::c_style | py::array::forcecast);
   py::array cc = py::array::ensure(centers, py::array::c_style | py::array::forcecast);
   py::array_t<double> out(static_cast<py::ssize_t>(pc.n));
@@ -70,7 +49,7 @@ py::tuple segment_sums_cpu(const py::array& x, const py::array& labels, int64_t 
   DCPE_CHECK_ARG(k >= 1, "k", k, "expected k >= 1");
   DCPE_CHECK_ARG(num_threads >= 0, "num_threads", num_threads, "must be >= 0 (0 = default)");
   const int64_t n = x.shape(0), d = x.shape(1);
-  const auto lc = checked_labels(labels, n, k);
+  const auto lc = check_labels(labels, n, k);
   py::array xc = py::array::ensure(x, py::array::c_style | py::array::forcecast);
   py::array_t<double> sums({static_cast<py::ssize_t>(k), static_cast<py::ssize_t>(d)});
   py::array_t<int64_t> counts(static_cast<py::ssize_t>(k));

@@ -1,4 +1,4 @@
-// Checks shared by the bindings that take points x (N, d) and centers (k, d).
+// Checks shared by the bindings that take points x (N, d), centers (k, d) and labels.
 #pragma once
 
 #include <pybind11/numpy.h>
@@ -34,6 +34,24 @@ inline PointsAndCenters check_points_and_centers(const pybind11::array& x,
   DCPE_CHECK_ARG(centers.shape(1) == pc.d, "centers.shape[1]", centers.shape(1),
                  "expected the d of x");
   return pc;
+}
+
+// labels: an int64 array of shape (n,) with every entry in [0, k); returns it C-contiguous.
+inline pybind11::array_t<int64_t, pybind11::array::c_style> check_labels(
+    const pybind11::array& labels, int64_t n, int64_t k) {
+  namespace py = pybind11;
+  DCPE_CHECK_ARG(py::isinstance<py::array_t<int64_t>>(labels) && labels.ndim() == 1 &&
+                     labels.shape(0) == n,
+                 "labels", std::string(py::str(labels.attr("shape"))) + " " +
+                     std::string(py::str(labels.dtype())),
+                 str_cat("expected an int64 array of shape (", n, ",)"));
+  py::array_t<int64_t, py::array::c_style | py::array::forcecast> lc(labels);
+  const int64_t* l = lc.data();
+  for (int64_t i = 0; i < n; ++i) {
+    DCPE_CHECK_ARG(l[i] >= 0 && l[i] < k, str_cat("labels[", i, "]"), l[i],
+                   str_cat("expected 0 <= label < k = ", k));
+  }
+  return lc;
 }
 
 }  // namespace dcpe

@@ -1338,10 +1338,10 @@ def test_kmeans_after_moves_gives_the_full_searchs_result(dtype, monkeypatch):
         return out
 
     monkeypatch.setattr(baselines, "_nearest_after_moves", spy)
-    fast = kmeans(x, 60, seed=4, tol=0.0)
+    by_moves = kmeans(x, 60, seed=4, tol=0.0)
     assert sum(taken) >= 3
     monkeypatch.setenv("DCPE_CPU_MOVES", "0")
-    full = kmeans(x, 60, seed=4, tol=0.0)
-    assert fast.n_iter == full.n_iter and fast.history == full.history
-    np.testing.assert_array_equal(fast.labels, full.labels)
-    np.testing.assert_array_equal(fast.centers, full.centers)
+    searched = kmeans(x, 60, seed=4, tol=0.0)
+    assert by_moves.n_iter == searched.n_iter and by_moves.history == searched.history
+    np.testing.assert_array_equal(by_moves.labels, searched.labels)
+    np.testing.assert_array_equal(by_moves.centers, searched.centers)

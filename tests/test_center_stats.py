@@ -199,7 +199,7 @@ def test_objectives_do_not_depend_on_the_thread_count(method, monkeypatch):
 
 def test_total_does_not_depend_on_the_thread_count():
     # the sum behind every objective of the baselines (centroid-free k-means' too, whose
-    # steps cost N^2 distances: too slow to run at this size here)
+    # steps cost N^2 distances, so it is not run whole at this size here)
     rng = np.random.default_rng(12)
     values = torch.from_numpy(rng.random(40000) * 10.0 ** rng.integers(-3, 4, 40000))
     before = torch.get_num_threads()

@@ -249,7 +249,7 @@ def _build_parser() -> argparse.ArgumentParser:
                    help="baselines to run at the prior's k, comma-separated: kmeans, "
                         "balanced (default: kmeans,balanced), or none for the prior's "
                         "statistics alone. On large codebooks balanced k-means takes the "
-                        "longest (65,536 x 256 at k = 4,096: about half of the report)")
+                        "longest (65,536 x 256 at k = 4,096: most of the report)")
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     codebook_options(p, report=True)
     _add_export_parser(sub)

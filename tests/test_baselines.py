@@ -733,6 +733,36 @@ def test_kmeanspp_products_give_the_scans_seeds(d, dtype, monkeypatch):
                                                       num_threads=threads))
 
 
+@pytest.mark.parametrize("half", ["1", "0"])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_kmeanspp_products_in_half_precision_give_the_scans_seeds(half, dtype, monkeypatch):
+    # Where the compiler targets F16C the seeding reads the points in half precision
+    # (DCPE_CPU_HALF=0: float32), with each row's error measured, coordinates below 2^-14
+    # of the largest row stored as 0. Rows whose coordinates span seven decades, rows a
+    # millionth of the others, and near copies that differ far below half's resolution: the
+    # seeds are the scan's either way.
+    from dcpe import _C
+
+    rng = np.random.default_rng(7)
+    d = 24
+    hubs = rng.standard_normal((5, d))
+    x = hubs[rng.integers(0, 5, 400)] + 0.2 * rng.standard_normal((400, d))
+    x[:100] *= 10.0 ** rng.uniform(-7, 0, size=(100, d))
+    x[100:140] *= 1e-6
+    x[200:300] = x[100:200] + 1e-6 * rng.standard_normal((100, d))
+    # clusters a millionth of two far rows (about the mean): every coordinate of theirs is
+    # stored as 0
+    y = 1e-6 * (hubs[rng.integers(0, 5, 300)] + 0.2 * rng.standard_normal((300, d)))
+    y[0], y[1] = 10.0, -10.0
+    monkeypatch.setenv("DCPE_CPU_HALF", half)
+    for data in (x.astype(dtype), y.astype(dtype)):
+        for k, trials, threads in ((120, 6, 2), (300, 3, 1)):
+            u = rng.random((k - 1, trials))
+            np.testing.assert_array_equal(_C.kmeanspp_cpu(data, k, 5, u, num_threads=threads),
+                                          _scan_seeds(monkeypatch, data, k, 5, u,
+                                                      num_threads=threads))
+
+
 @pytest.mark.parametrize("trials", [1, 2, 4, 8, 9, 10, 13])
 def test_kmeanspp_product_groups_give_the_scans_seeds(trials, monkeypatch):
     # The products of a block of points with a draw's candidates come in groups of six,
@@ -828,6 +858,8 @@ def test_busy_cpus_elsewhere_counts_other_processes_only(monkeypatch):
     # every CPU of the machine is ours: runnable tasks minus this process's own threads
     monkeypatch.setattr(_threads, "_allowed_set", lambda: {0, 1, 2, 3})
     monkeypatch.setattr(_threads.os, "cpu_count", lambda: 4)
+    monkeypatch.setattr(_threads, "_stat_cache", {})
+    monkeypatch.setattr(_threads.time, "sleep", lambda s: None)
     monkeypatch.setattr(_threads, "_procs_running", lambda: 5)
     monkeypatch.setattr(_threads, "_own_running", lambda: 3)  # e.g. spinning OpenMP workers
     assert _threads.busy_cpus_elsewhere() == 2
@@ -848,6 +880,51 @@ def test_busy_cpus_elsewhere_counts_other_processes_only(monkeypatch):
     assert _threads.busy_cpus_elsewhere() == 3
     assert _threads.busy_cpus_elsewhere() == 3
     assert calls == [{5, 9}]
+
+
+def test_busy_cpus_elsewhere_ignores_a_task_that_runs_for_a_moment(monkeypatch):
+    from dcpe import _threads
+
+    monkeypatch.setattr(_threads, "_allowed_set", lambda: {0, 1})
+    monkeypatch.setattr(_threads.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(_threads, "_own_running", lambda: 2)
+    waits = []
+    monkeypatch.setattr(_threads.time, "sleep", waits.append)
+
+    def reads(*counts):  # /proc/stat's runnable tasks, one count per read
+        it = iter(counts)
+        monkeypatch.setattr(_threads, "_procs_running", lambda: next(it))
+        monkeypatch.setattr(_threads, "_stat_cache", {})
+        waits.clear()
+
+    reads(2)  # nothing else runs: one read, no wait
+    assert _threads.busy_cpus_elsewhere() == 0 and waits == []
+    reads(3, 3, 2)  # a task runnable for a moment (gone at the second wait)
+    assert _threads.busy_cpus_elsewhere() == 0
+    assert len(waits) == 2
+    reads(4, 3, 4, 3, 4)  # a task that lasts, another that comes and goes: the lowest count
+    assert _threads.busy_cpus_elsewhere() == 1
+    assert len(waits) == len(_threads._CONFIRM_WAITS) and sum(waits) >= 0.01
+    # a count confirmed a moment ago is reused, not waited for again (a new count lower
+    # than it is taken)
+    waits.clear()
+    monkeypatch.setattr(_threads, "_procs_running", lambda: 5)
+    assert _threads.busy_cpus_elsewhere() == 1 and waits == []
+    monkeypatch.setattr(_threads, "_procs_running", lambda: 2)
+    assert _threads.busy_cpus_elsewhere() == 0
+    reads(5, 5, 5, 5, 5)
+    assert _threads.busy_cpus_elsewhere() == 3
+    waits.clear()
+    monkeypatch.setattr(_threads, "_procs_running", lambda: 3)
+    assert _threads.busy_cpus_elsewhere() == 1 and waits == []
+    # ... for half a second
+    monkeypatch.setattr(_threads, "_procs_running", lambda: 5)
+    when, value = _threads._stat_cache["busy"]
+    _threads._stat_cache["busy"] = (when - 2 * _threads._SCAN_SECONDS, value)
+    assert _threads.busy_cpus_elsewhere() == 3 and len(waits) == len(_threads._CONFIRM_WAITS)
+    # a read that fails meanwhile changes nothing
+    reads(3, None, 3, 3, 3)
+    assert _threads.busy_cpus_elsewhere() == 1
 
 
 @pytest.mark.skipif(not hasattr(__import__("os"), "sched_setaffinity"), reason="Linux only")

@@ -20,10 +20,22 @@
 // below float32's normal range (a row far smaller than the largest) add at most 2^-149 each
 // instead: ProductFrame::floor, (16 dp + 64) 2^-149 in the frame's units (with |xs| <= 2, the
 // shift's share is at most 8 sqrt(d) 2^-149, the products' dp 2^-149), adds them.
+//
+// Half-precision panels (where the compiler targets F16C).  Rows that are read far more
+// often than they are written (the points of the k-means++ seeding, read once a draw) may be
+// stored in IEEE half precision, which halves the memory a pass reads: xh = half(xs), with
+// the coordinates below 2^-14 stored as 0 (so that no half is subnormal), and widened to
+// float32 exactly by the products.  The rows' own error e = |xh - xs| is measured when they
+// are packed (HalfError: in double, from the stored halves), not assumed, so that no
+// rounding or flushing mode can break the bound: xh.cs is within e |cs| of xs.cs, and the
+// pair's slack becomes product_scale(d) (|xs| + e + |cs|)^2 + 2 e |cs| (1 + 2^-20).
 #pragma once
 
 #if defined(__AVX2__) && defined(__FMA__)
 #include <immintrin.h>
+#endif
+#if defined(__AVX2__) && defined(__FMA__) && defined(__F16C__)
+#define DCPE_HALF_PANELS 1
 #endif
 
 #include <omp.h>
@@ -134,17 +146,21 @@ void shift_rows_packed(const T* x, int64_t n, int64_t d, const ProductFrame& f,
   }
 }
 
-// row j of packed panels (dp floats) into out
-inline void unpack_row(const float* packed, int64_t j, int64_t dp, float* out) {
-  const float* panel = packed + (j / 8) * dp * 8 + j % 8;
-  for (int64_t t = 0; t < dp; ++t) out[t] = panel[t * 8];
-}
-
 // out[p * ldo + 8 w + l] = x_p . (row l of panel w) for P rows x_p (stride dp) and the W
 // panels at pan: each coordinate of x_p is broadcast against a panel's 8 rows, so the
 // P x W accumulators are the products themselves (no horizontal sums)
-template <int P, int W>
-inline void dot_panel(const float* x, int64_t dp, const float* pan, float* out, int64_t ldo) {
+#if defined(__AVX2__) && defined(__FMA__)
+// 8 consecutive panel entries as float32: loaded, or widened from half precision (exact)
+inline __m256 load_lanes(const float* p) { return _mm256_loadu_ps(p); }
+#if defined(DCPE_HALF_PANELS)
+inline __m256 load_lanes(const uint16_t* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+#endif
+#endif
+
+template <int P, int W, typename S>
+inline void dot_panel(const float* x, int64_t dp, const S* pan, float* out, int64_t ldo) {
 #if defined(__AVX2__) && defined(__FMA__)
   __m256 acc[P][W];
   for (int p = 0; p < P; ++p) {
@@ -152,7 +168,7 @@ inline void dot_panel(const float* x, int64_t dp, const float* pan, float* out, 
   }
   for (int64_t t = 0; t < dp; ++t) {
     __m256 cv[W];
-    for (int w = 0; w < W; ++w) cv[w] = _mm256_loadu_ps(pan + w * dp * 8 + t * 8);
+    for (int w = 0; w < W; ++w) cv[w] = load_lanes(pan + w * dp * 8 + t * 8);
     for (int p = 0; p < P; ++p) {
       const __m256 xv = _mm256_broadcast_ss(x + p * dp + t);
       for (int w = 0; w < W; ++w) acc[p][w] = _mm256_fmadd_ps(xv, cv[w], acc[p][w]);
@@ -182,11 +198,12 @@ inline void dot_panel(const float* x, int64_t dp, const float* pan, float* out, 
 // out[i * ldo + j] = x_i . c_j for the p rows of x (p x dp) and the rows c_j of the panels
 // [q0, q1) of packed (j from 8 q0 to 8 q1): four panels (in L1) at a time against groups of
 // six rows of x (12 accumulators), then of three
-inline void dot_packed(const float* x, int64_t p, const float* packed, int64_t q0, int64_t q1,
+template <typename S>
+inline void dot_packed(const float* x, int64_t p, const S* packed, int64_t q0, int64_t q1,
                        int64_t dp, float* out, int64_t ldo) {
   int64_t q = q0;
   for (; q + 4 <= q1; q += 4) {
-    const float* pan = packed + q * dp * 8;
+    const S* pan = packed + q * dp * 8;
     float* o = out + q * 8;
     int64_t i = 0;
     for (; i + 6 <= p; i += 6) {
@@ -203,5 +220,49 @@ inline void dot_packed(const float* x, int64_t p, const float* packed, int64_t q
     }
   }
 }
+
+#if defined(DCPE_HALF_PANELS)
+// xs (dp floats, from shift_row) into half precision for packed panels: a coordinate below
+// 2^-14 in magnitude (a subnormal half) is stored as 0; returns |half(xs) - xs|, the row's
+// error, measured from the stored halves in double and rounded up (HalfError in the header)
+inline double shift_row_half(const float* xs, int64_t dp, uint16_t* xh) {
+  const float tiny = std::ldexp(1.0f, -14);
+  double e2 = 0.0;
+  for (int64_t t = 0; t < dp; ++t) {
+    const float v = std::fabs(xs[t]) < tiny ? 0.0f : xs[t];
+    const uint16_t h = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    xh[t] = h;
+    const double diff = static_cast<double>(_cvtsh_ss(h)) - static_cast<double>(xs[t]);
+    e2 += diff * diff;  // exact differences (two floats within a factor of two, or one 0)
+  }
+  return std::sqrt(e2) * (1.0 + std::ldexp(1.0, -30));
+}
+
+// shift_rows_packed in half precision: packed (n rows in panels of 8, as shift_rows_packed),
+// sq (|xs|^2 of the float32 rows) and err (each row's measured error) resized and filled
+template <typename T>
+void shift_rows_packed_half(const T* x, int64_t n, int64_t d, const ProductFrame& f,
+                            std::vector<uint16_t>& packed, std::vector<double>& sq,
+                            std::vector<double>& err, int threads) {
+  const int64_t dp = padded_dim(d), panels = panel_count(n);
+  packed.assign(static_cast<size_t>(panels * dp * 8), 0);
+  sq.resize(static_cast<size_t>(n));
+  err.resize(static_cast<size_t>(n));
+#pragma omp parallel num_threads(threads)
+  {
+    std::vector<float> row(static_cast<size_t>(dp));
+    std::vector<uint16_t> half(static_cast<size_t>(dp));
+#pragma omp for schedule(static)
+    for (int64_t w = 0; w < panels; ++w) {
+      uint16_t* panel = &packed[static_cast<size_t>(w * dp * 8)];
+      for (int64_t l = 0; l < 8 && w * 8 + l < n; ++l) {
+        sq[w * 8 + l] = shift_row(x + (w * 8 + l) * d, d, f, row.data());
+        err[w * 8 + l] = shift_row_half(row.data(), dp, half.data());
+        for (int64_t t = 0; t < dp; ++t) panel[t * 8 + l] = half[t];
+      }
+    }
+  }
+}
+#endif
 
 }  // namespace dcpe

@@ -25,7 +25,9 @@
 // candidate.  Above 16 dimensions (unless DCPE_CPU_PRODUCTS=0) kmeanspp_product gives the
 // same seeds: it computes a candidate's distance only to the points that float32 dot
 // products, within their error bound, do not rule out (those it may bring closer), and
-// the others keep their D^2 in the potential, as the scan's minimum keeps it.
+// the others keep their D^2 in the potential, as the scan's minimum keeps it.  The points
+// it reads at every draw are stored in half precision where the compiler targets F16C
+// (float_dots.h; DCPE_CPU_HALF=0 keeps them in float32), with each row's error in the bound.
 //
 // The refined distances are block_distances too (gathered_distances, or on one row), the
 // same operations in the same order as the scan's lanes, compiled with the same contraction
@@ -274,8 +276,27 @@ inline double exact_sq_dist(const double* xd, const T* p, int64_t d) {
 // potentials are summed as the scan sums them: the same seeds.  The points are packed in
 // panels of 8 (coordinate-major), so that a block's products with all the draw's candidates
 // come from dot_packed (each coordinate of a candidate broadcast against the panels, no
-// horizontal sums), and a block's points are read once per draw, in float32.
+// horizontal sums), and a block's points are read once per draw: in half precision where
+// the compiler targets F16C (S = uint16_t, float_dots.h; DCPE_CPU_HALF=0 keeps float32),
+// which halves the memory a draw reads, the pass's bound, at the price of a slack of
+// 2 e_i |cs| more per pair (e_i: the row's measured error).
 template <typename T>
+void pack_points(const T* x, int64_t n, int64_t d, const ProductFrame& f,
+                 std::vector<float>& packed, std::vector<double>& sq, std::vector<double>& err,
+                 int threads) {
+  shift_rows_packed(x, n, d, f, packed, sq, threads);
+  err.assign(static_cast<size_t>(n), 0.0);
+}
+#if defined(DCPE_HALF_PANELS)
+template <typename T>
+void pack_points(const T* x, int64_t n, int64_t d, const ProductFrame& f,
+                 std::vector<uint16_t>& packed, std::vector<double>& sq,
+                 std::vector<double>& err, int threads) {
+  shift_rows_packed_half(x, n, d, f, packed, sq, err, threads);
+}
+#endif
+
+template <typename S, typename T>
 void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
                       const double* u, int64_t trials, int64_t* idx, int threads,
                       const std::function<bool()>& interrupted) {
@@ -283,10 +304,12 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
   std::vector<double> mean = row_mean(x, n, d);
   const double top = max_shifted_norm(x, n, d, mean.data(), threads);
   const ProductFrame frame = product_frame(std::move(mean), top, d);
-  std::vector<float> packed;  // the points, panels of 8
-  std::vector<double> sq, norm(static_cast<size_t>(n));
-  shift_rows_packed(x, n, d, frame, packed, sq, threads);
+  std::vector<S> packed;  // the points, panels of 8
+  std::vector<double> sq, err, norm(static_cast<size_t>(n));
+  pack_points(x, n, d, frame, packed, sq, err, threads);
   for (int64_t i = 0; i < n; ++i) norm[i] = std::sqrt(sq[i]);
+  // a pair's slack beyond scale (|xs| + e + |cs|)^2: 2 e |cs|, rounded up
+  const double twice = 2.0 * (1.0 + std::ldexp(1.0, -20));
   const double scale = product_scale(d), unit = frame.unit, floor = frame.floor;
   const int64_t chunks = (n + kBlock - 1) / kBlock;
   std::vector<double> closest(static_cast<size_t>(n)), cum(static_cast<size_t>(n));
@@ -309,7 +332,7 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
     if ((c & 63) == 0 && interrupted && interrupted()) throw Interrupted();
     draw(closest, &u[(c - 1) * trials], cum, cand);
     for (int64_t t = 0; t < trials; ++t) {
-      unpack_row(packed.data(), cand[t], dp, &cs[t * dp]);
+      shift_row(x + cand[t] * d, d, frame, &cs[t * dp]);  // the float32 row, as packed
       for (int64_t q = 0; q < d; ++q) cd[t * d + q] = static_cast<double>(x[cand[t] * d + q]);
       csq[t] = sq[cand[t]];
       cnorm[t] = norm[cand[t]];
@@ -347,9 +370,10 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
           const float* dt = &dots[static_cast<size_t>(t * kBlock)];
           const double ct_sq = csq[t], ct_norm = cnorm[t];
           auto maybe_closer = [&](int64_t i) {  // the pair's approximation within its slack
-            const double r = norm[i] + ct_norm;
+            const double r = norm[i] + err[i] + ct_norm;
             const double a = sq[i] + ct_sq - 2.0 * static_cast<double>(dt[i - lo]);
-            return (a - scale * r * r) * unit - floor <= closest[i];  // the data's units
+            const double slack = scale * r * r + twice * err[i] * ct_norm;
+            return (a - slack) * unit - floor <= closest[i];  // the data's units
           };
           auto& hit = hits[static_cast<size_t>(t)];
           auto& dist = hit_dist[static_cast<size_t>(t)];
@@ -473,7 +497,13 @@ void kmeanspp_seeds_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t fi
                          const double* u, int64_t trials, int64_t* idx, int threads,
                          const std::function<bool()>& interrupted) {
   if (d > 16 && switched_on("DCPE_CPU_PRODUCTS")) {
-    kmeanspp_product(x, n, d, k, first, u, trials, idx, threads, interrupted);
+#if defined(DCPE_HALF_PANELS)
+    if (switched_on("DCPE_CPU_HALF")) {
+      kmeanspp_product<uint16_t>(x, n, d, k, first, u, trials, idx, threads, interrupted);
+      return;
+    }
+#endif
+    kmeanspp_product<float>(x, n, d, k, first, u, trials, idx, threads, interrupted);
     return;
   }
   with_dimension(d, [&](auto D) {

@@ -98,16 +98,30 @@ def _runnable_on(cpus: set[int]) -> int | None:
 
 _SCAN_SECONDS = 0.5  # a scan of every task is reused this long
 _scan_cache: dict[frozenset[int], tuple[float, int | None]] = {}
+_CONFIRM_WAITS = (0.001, 0.002, 0.004, 0.008)  # seconds between the reads of a competitor
+_stat_cache: dict[str, tuple[float, int]] = {}
+
+
+def _busy_by_stat() -> int | None:
+    """All runnable tasks (``/proc/stat``) less this process's own, now; None if unknown."""
+    running = _procs_running()
+    if running is None:
+        return None
+    return max(0, running - _own_running())
 
 
 def busy_cpus_elsewhere() -> int | None:
     """Runnable tasks of other processes on this process's CPUs, now (Linux).
 
     When this process may use every CPU of the machine: all runnable tasks
-    (``/proc/stat``) minus this process's own runnable threads. When its CPUs are a subset
-    (``taskset``, a container's cpuset): the runnable tasks of other processes on those
-    CPUs, from a scan of ``/proc`` that is reused for half a second. It can exceed the
-    number of CPUs. ``None`` where the kernel does not say (then nothing is assumed).
+    (``/proc/stat``) minus this process's own runnable threads. A count above 0 must last:
+    it is read again over 15 ms and the lowest count is taken (then reused for half a
+    second), because tasks that run for a few milliseconds (a kernel thread after a large
+    allocation, measured to last about 3 ms) would otherwise halve the threads of a call
+    that runs for minutes. When its CPUs are a subset (``taskset``, a container's cpuset):
+    the runnable tasks of other processes on those CPUs, from a scan of ``/proc`` that is
+    reused for half a second. It can exceed the number of CPUs. ``None`` where the kernel
+    does not say (then nothing is assumed).
     """
     allowed = _allowed_set()
     total = os.cpu_count() or 0
@@ -120,10 +134,20 @@ def busy_cpus_elsewhere() -> int | None:
             _scan_cache.clear()
             _scan_cache[key] = hit
         return hit[1]
-    running = _procs_running()
-    if running is None:
-        return None
-    return max(0, running - _own_running())
+    busy = _busy_by_stat()
+    if not busy:
+        return busy
+    hit = _stat_cache.get("busy")
+    if hit is not None and time.monotonic() - hit[0] <= _SCAN_SECONDS:
+        return min(busy, hit[1])
+    for wait in _CONFIRM_WAITS:
+        time.sleep(wait)
+        again = _busy_by_stat()
+        busy = busy if again is None else min(busy, again)
+        if busy == 0:
+            break
+    _stat_cache["busy"] = (time.monotonic(), busy)
+    return busy
 
 
 def _default_threads() -> int:

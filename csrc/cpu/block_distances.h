@@ -24,10 +24,16 @@ template <int D, typename T>
 inline void block_distances(const double* xd, const T* ct, int64_t k, int64_t d, int64_t j0,
                             int64_t len, double* acc) {
   if (D > 0) {
+    // The point in registers, and one lane per row (each lane's sum stays in coordinate
+    // order): acc may be any double array, so without both the compiler reloads xd at every
+    // row and does not vectorise across rows.
+    double xl[D > 0 ? D : 1];
+    for (int t = 0; t < D; ++t) xl[t] = xd[t];
+#pragma omp simd
     for (int64_t j = 0; j < len; ++j) {
       double s = 0.0;
       for (int t = 0; t < D; ++t) {
-        const double diff = xd[t] - static_cast<double>(ct[t * k + j0 + j]);
+        const double diff = xl[t] - static_cast<double>(ct[t * k + j0 + j]);
         s += diff * diff;
       }
       acc[j] = s;

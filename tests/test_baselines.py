@@ -674,6 +674,38 @@ def _brute_kmeanspp(x: np.ndarray, k: int, first: int, u: np.ndarray) -> np.ndar
     return np.array(idx)
 
 
+@pytest.mark.parametrize("d", [8, 24])
+def test_kmeanspp_draws_that_land_on_a_cumulative_sum(d):
+    # A draw whose target is a point's cumulative sum itself takes the next point of
+    # positive weight (searchsorted, side="right"). Targets at the ends of the blocks of
+    # 256 points whose running sums the seeding keeps (255, 511, 767), at the last point,
+    # and at points inside runs of weight 0 (copies of a chosen center), on integer
+    # coordinates (every sum exact): the seeds of the definition.
+    from dcpe import _C
+
+    rng = np.random.default_rng(d + 1)
+    x = rng.integers(-4, 5, size=(1100, d)).astype(np.float32)
+    x[600:700] = x[3]  # a run of copies of the first center
+    first, k = 3, 40
+    xs = x.astype(np.float64)
+    closest = ((xs - xs[first]) ** 2).sum(1)
+    idx, rows = [first], []
+    for _ in range(1, k):
+        cum = np.cumsum(closest)
+        zero = np.flatnonzero(closest == 0)
+        at = [255, 511, 767, len(x) - 1, int(zero[len(zero) // 2]), int(rng.integers(len(x)))]
+        u = cum[at] / cum[-1]
+        rows.append(u)
+        cand = np.minimum(np.searchsorted(cum, u * cum[-1], side="right"), len(x) - 1)
+        d_cand = ((xs[None, :, :] - xs[cand][:, None, :]) ** 2).sum(-1)
+        best = int(np.argmin(np.minimum(closest[None, :], d_cand).sum(1)))
+        idx.append(int(cand[best]))
+        closest = np.minimum(closest, d_cand[best])
+    u = np.array(rows)
+    np.testing.assert_array_equal(_C.kmeanspp_cpu(x, k, first, u), np.array(idx))
+    np.testing.assert_array_equal(_C.kmeanspp_cpu(x, k, first, u), _brute_kmeanspp(x, k, first, u))
+
+
 @pytest.mark.parametrize("d", [2, 8, 16, 24])
 def test_kmeanspp_seeds_match_brute_force(d):
     # compiled greedy k-means++ == its definition, given the same uniforms (integer

@@ -237,6 +237,7 @@ void kmeanspp_run(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, co
   std::vector<int64_t> cand(static_cast<size_t>(trials));
   std::vector<double> gain(static_cast<size_t>(trials));
   std::vector<std::vector<std::pair<int64_t, double>>> moved(static_cast<size_t>(trials));
+  std::vector<std::vector<int64_t>> near_of(static_cast<size_t>(trials));
 
   // the chosen rows transposed (d x k), for a candidate's distances to all of them
   std::vector<double> ct(static_cast<size_t>(k * dd));
@@ -251,10 +252,11 @@ void kmeanspp_run(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, co
     idx[c] = row;
     for (int64_t t = 0; t < dd; ++t) ct[t * k + c] = static_cast<double>(x[row * d + t]);
   };
+  std::vector<double> run(static_cast<size_t>(n));  // each block's running sum of D^2
   auto block_sum = [&](int64_t b) {
     const int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
     double s = 0.0;
-    for (int64_t i = lo; i < hi; ++i) s += closest[i];
+    for (int64_t i = lo; i < hi; ++i) run[i] = (s += closest[i]);
     bsum[b] = s;
   };
   // The points of group j (at squared distance dc from the candidate xq) that the
@@ -295,18 +297,14 @@ void kmeanspp_run(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, co
       const int64_t b = std::upper_bound(prefix.begin() + 1, prefix.end(), target) -
                         (prefix.begin() + 1);
       int64_t at = n;
-      if (b < blocks) {
+      if (b < blocks) {  // the first point whose prefix[b] + running sum exceeds target: a
+        // binary search, as prefix[b] + run[i] (rounded) does not decrease with i
         const int64_t lo = b * kBlock, hi = std::min(n, lo + kBlock);
-        double s = 0.0;
-        at = hi - 1;  // the block's end is prefix[b + 1] > target
-        for (int64_t i = lo; i < hi; ++i) {
-          s += closest[i];
-          if (prefix[b] + s > target) {
-            at = i;
-            break;
-          }
-        }
-      }
+        const double base = prefix[b];
+        const auto it = std::upper_bound(run.begin() + lo, run.begin() + hi, target,
+                                         [base](double v, double r) { return v < base + r; });
+        at = it == run.begin() + hi ? hi - 1 : it - run.begin();  // the block's end is
+      }                                                               // prefix[b + 1] > target
       cand[t] = std::min(at, n - 1);
     }
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)
@@ -321,7 +319,12 @@ void kmeanspp_run(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, co
       for (int64_t j0 = 0; j0 < c; j0 += kBlock) {
         block_distances<D>(xq, ct.data(), k, dd, j0, std::min(kBlock, c - j0), dc + j0);
       }
-      for (int64_t j = 0; j < c; ++j) visit(j, dc[j], xq, g, mv);
+      auto& near = near_of[t];  // the groups that pass visit's first test, in order
+      near.clear();
+      for (int64_t j = 0; j < c; ++j) {
+        if (!(dc[j] > 4.0 * r2[j] * margin)) near.push_back(j);
+      }
+      for (const int64_t j : near) visit(j, dc[j], xq, g, mv);
       gain[t] = g;
     }
     int64_t best = 0;

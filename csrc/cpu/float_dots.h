@@ -26,7 +26,7 @@
 // stored in IEEE half precision, which halves the memory a pass reads: xh = half(xs), with
 // the coordinates below 2^-14 stored as 0 (so that no half is subnormal), and widened to
 // float32 exactly by the products.  The rows' own error e = |xh - xs| is measured when they
-// are packed (HalfError: in double, from the stored halves), not assumed, so that no
+// are packed (shift_row_half: in double, from the stored halves), not assumed, so that no
 // rounding or flushing mode can break the bound: xh.cs is within e |cs| of xs.cs, and the
 // pair's slack becomes product_scale(d) (|xs| + e + |cs|)^2 + 2 e |cs| (1 + 2^-20).
 #pragma once
@@ -224,7 +224,7 @@ inline void dot_packed(const float* x, int64_t p, const S* packed, int64_t q0, i
 #if defined(DCPE_HALF_PANELS)
 // xs (dp floats, from shift_row) into half precision for packed panels: a coordinate below
 // 2^-14 in magnitude (a subnormal half) is stored as 0; returns |half(xs) - xs|, the row's
-// error, measured from the stored halves in double and rounded up (HalfError in the header)
+// error, measured from the stored halves in double and rounded up (see the header)
 inline double shift_row_half(const float* xs, int64_t dp, uint16_t* xh) {
   const float tiny = std::ldexp(1.0f, -14);
   double e2 = 0.0;

@@ -21,9 +21,10 @@
 // distances, so a point they skip is not brought closer as computed either.  The candidate
 // with the largest gain is the one with the smallest potential (ties: the first).  The
 // cumulative sum of D^2 that the candidates are drawn from is kept as sums over blocks of
-// 256 points: block b's prefix P_b, plus the block's own running sum, which is
-// nondecreasing and equals P_(b+1) at the block's end; only the blocks whose points moved
-// are summed again.  Past kPruneMaxD dimensions the triangle inequality prunes little and
+// 256 points: block b's prefix P_b, plus the block's own running sums (kept, and searched
+// by bisection), which are nondecreasing and equal P_(b+1) at the block's end; only the
+// blocks whose points moved are summed again.  A candidate lists the groups within its
+// reach (the test above) before it visits them, in order.  Past kPruneMaxD dimensions the triangle inequality prunes little and
 // the seeding tests every point (nearest_scan_cpu.cpp: by float32 dot products first, the
 // same seeds as its exhaustive scan).
 
@@ -303,8 +304,9 @@ void kmeanspp_run(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, co
         const double base = prefix[b];
         const auto it = std::upper_bound(run.begin() + lo, run.begin() + hi, target,
                                          [base](double v, double r) { return v < base + r; });
-        at = it == run.begin() + hi ? hi - 1 : it - run.begin();  // the block's end is
-      }                                                               // prefix[b + 1] > target
+        // none: the last point (the block's end is prefix[b + 1] > target)
+        at = it == run.begin() + hi ? hi - 1 : it - run.begin();
+      }
       cand[t] = std::min(at, n - 1);
     }
 #pragma omp parallel for num_threads(threads) schedule(dynamic, 1)

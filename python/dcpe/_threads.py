@@ -116,12 +116,12 @@ def busy_cpus_elsewhere() -> int | None:
     When this process may use every CPU of the machine: all runnable tasks
     (``/proc/stat``) minus this process's own runnable threads. A count above 0 must last:
     it is read again over 15 ms and the lowest count is taken (then reused for half a
-    second), because tasks that run for a few milliseconds (a kernel thread after a large
-    allocation, measured to last about 3 ms) would otherwise halve the threads of a call
-    that runs for minutes. When its CPUs are a subset (``taskset``, a container's cpuset):
-    the runnable tasks of other processes on those CPUs, from a scan of ``/proc`` that is
-    reused for half a second. It can exceed the number of CPUs. ``None`` where the kernel
-    does not say (then nothing is assumed).
+    second), because a task that runs for a few milliseconds (one was seen for about 3 ms
+    right after a codebook was prepared, in a third of the runs) would otherwise halve
+    the threads of a call that runs for minutes. When its CPUs are a subset (``taskset``,
+    a container's cpuset): the runnable tasks of other processes on those CPUs, from a scan
+    of ``/proc`` that is reused for half a second. It can exceed the number of CPUs.
+    ``None`` where the kernel does not say (then nothing is assumed).
     """
     allowed = _allowed_set()
     total = os.cpu_count() or 0

@@ -15,6 +15,10 @@
 #include <vector>
 
 namespace dcpe {
+// Internal linkage: the sources that include this header are compiled with and without
+// floating-point contraction (CMakeLists.txt), and each must keep its own copies; an inline
+// function with external linkage is one copy for the whole module, taken from any of them.
+namespace {
 
 // acc[j] = |xd - c_(j0 + j)|^2 for j < len, where ct holds the rows transposed (d x k, the
 // input type) and xd is the point in double: coordinate differences in double, summed over
@@ -122,4 +126,5 @@ void gathered_distances(const double* xd, const T* c, int64_t d, const I* ids, i
   }
 }
 
+}  // namespace
 }  // namespace dcpe

@@ -29,9 +29,12 @@
 // it reads at every draw are stored in half precision where the compiler targets F16C
 // (float_dots.h; DCPE_CPU_HALF=0 keeps them in float32), with each row's error in the bound.
 //
-// The refined distances are block_distances too (gathered_distances, or on one row), the
-// same operations in the same order as the scan's lanes, compiled with the same contraction
-// here, so they round alike: the tests compare the two ways on many inputs, bit for bit.
+// The refined distances are block_distances too (gathered_distances: lanes of blocks of 8
+// rows or more), the same operations in the same order as the scan's lanes, compiled with
+// the same contraction here, so they round alike: the tests compare the two ways on many
+// inputs, bit for bit.  A row on its own (a block of one) does not: the compiler contracts
+// its sum otherwise (measured: about 30% of random pairs differ in the last bit), so no
+// distance here is computed that way.
 
 #include "nearest_scan_cpu.h"
 
@@ -258,15 +261,6 @@ void kmeanspp_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, c
   }
 }
 
-// |xd - p|^2 for one row p: block_distances<0> itself on a block of one (the row as its
-// own transposed block), so it rounds as every lane of the scan's blocks
-template <typename T>
-inline double exact_sq_dist(const double* xd, const T* p, int64_t d) {
-  double s;
-  block_distances<0>(xd, p, 1, d, 0, 1, &s);
-  return s;
-}
-
 // The seeding of kmeanspp_scan, with each candidate's distances to the points first
 // approximated from float32 dot products of the rows shifted by their mean (float_dots.h:
 // a = |xs_i|^2 + |cs|^2 - 2 xs_i.cs, within product_scale(d) (|xs_i| + |cs|)^2 of the scan's
@@ -321,11 +315,21 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
   // the points each candidate brings closer, with their distances, per thread
   std::vector<std::vector<std::vector<std::pair<int64_t, double>>>> closer(
       static_cast<size_t>(threads));
-  {
+  {  // the first center's distances as lanes of blocks, as the scan's: a row on its own (a
+     // block of one) may round otherwise in this file, which contracts multiply-adds
     std::vector<double> xf(static_cast<size_t>(d));
     for (int64_t t = 0; t < d; ++t) xf[t] = static_cast<double>(x[first * d + t]);
-#pragma omp parallel for num_threads(threads) schedule(static)
-    for (int64_t i = 0; i < n; ++i) closest[i] = exact_sq_dist(xf.data(), x + i * d, d);
+#pragma omp parallel num_threads(threads)
+    {
+      std::vector<T> block;  // scratch of gathered_distances
+      std::vector<int64_t> ids(static_cast<size_t>(kBlock));
+#pragma omp for schedule(static)
+      for (int64_t b = 0; b < chunks; ++b) {
+        const int64_t lo = b * kBlock, len = std::min(kBlock, n - lo);
+        for (int64_t q = 0; q < len; ++q) ids[q] = lo + q;
+        gathered_distances(xf.data(), x, d, ids.data(), len, block, &closest[lo]);
+      }
+    }
   }
   idx[0] = first;
   for (int64_t c = 1; c < k; ++c) {

@@ -944,40 +944,40 @@ def test_busy_cpus_elsewhere_ignores_a_task_that_runs_for_a_moment(monkeypatch):
     monkeypatch.setattr(_threads, "_allowed_set", lambda: {0, 1})
     monkeypatch.setattr(_threads.os, "cpu_count", lambda: 2)
     monkeypatch.setattr(_threads, "_own_running", lambda: 2)
-    waits = []
-    monkeypatch.setattr(_threads.time, "sleep", waits.append)
+    pauses_asked = []  # the pauses it asks for, recorded: nothing sleeps, no clock is read
+    monkeypatch.setattr(_threads.time, "sleep", pauses_asked.append)
 
     def reads(*counts):  # /proc/stat's runnable tasks, one count per read
         it = iter(counts)
         monkeypatch.setattr(_threads, "_procs_running", lambda: next(it))
         monkeypatch.setattr(_threads, "_stat_cache", {})
-        waits.clear()
+        pauses_asked.clear()
 
     reads(2)  # nothing else runs: one read, no wait
-    assert _threads.busy_cpus_elsewhere() == 0 and waits == []
+    assert _threads.busy_cpus_elsewhere() == 0 and pauses_asked == []
     reads(3, 3, 2)  # a task runnable for a moment (gone at the second wait)
     assert _threads.busy_cpus_elsewhere() == 0
-    assert len(waits) == 2
+    assert len(pauses_asked) == 2
     reads(4, 3, 4, 3, 4)  # a task that lasts, another that comes and goes: the lowest count
     assert _threads.busy_cpus_elsewhere() == 1
-    assert len(waits) == len(_threads._CONFIRM_WAITS) and sum(waits) >= 0.01
+    assert len(pauses_asked) == len(_threads._CONFIRM_WAITS) and sum(pauses_asked) >= 0.01
     # a count confirmed a moment ago is reused, not waited for again (a new count lower
     # than it is taken)
-    waits.clear()
+    pauses_asked.clear()
     monkeypatch.setattr(_threads, "_procs_running", lambda: 5)
-    assert _threads.busy_cpus_elsewhere() == 1 and waits == []
+    assert _threads.busy_cpus_elsewhere() == 1 and pauses_asked == []
     monkeypatch.setattr(_threads, "_procs_running", lambda: 2)
     assert _threads.busy_cpus_elsewhere() == 0
     reads(5, 5, 5, 5, 5)
     assert _threads.busy_cpus_elsewhere() == 3
-    waits.clear()
+    pauses_asked.clear()
     monkeypatch.setattr(_threads, "_procs_running", lambda: 3)
-    assert _threads.busy_cpus_elsewhere() == 1 and waits == []
+    assert _threads.busy_cpus_elsewhere() == 1 and pauses_asked == []
     # ... for half a second
     monkeypatch.setattr(_threads, "_procs_running", lambda: 5)
     when, value = _threads._stat_cache["busy"]
     _threads._stat_cache["busy"] = (when - 2 * _threads._SCAN_SECONDS, value)
-    assert _threads.busy_cpus_elsewhere() == 3 and len(waits) == len(_threads._CONFIRM_WAITS)
+    assert _threads.busy_cpus_elsewhere() == 3 and len(pauses_asked) == len(_threads._CONFIRM_WAITS)
     # a read that fails meanwhile changes nothing
     reads(3, None, 3, 3, 3)
     assert _threads.busy_cpus_elsewhere() == 1

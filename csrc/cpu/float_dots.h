@@ -26,7 +26,7 @@
 // stored in IEEE half precision, which halves the memory a pass reads: xh = half(xs), with
 // the coordinates below 2^-14 stored as 0 (so that no half is subnormal), and widened to
 // float32 exactly by the products.  The rows' own error e = |xh - xs| is measured when they
-// are packed (shift_row_half: in double, from the stored halves), not assumed, so that no
+// are packed (store_row: in double, from the stored halves), not assumed, so that no
 // rounding or flushing mode can break the bound: xh.cs is within e |cs| of xs.cs, and the
 // pair's slack becomes product_scale(d) (|xs| + e + |cs|)^2 + 2 e |cs| (1 + 2^-20).
 #pragma once
@@ -124,23 +124,54 @@ inline double shift_row(const T* x, int64_t d, const ProductFrame& f, float* xs)
 // panel coordinate-major (dp x 8), so that a panel is one contiguous run.
 inline int64_t panel_count(int64_t n) { return (n + 7) / 8; }
 
-// shift_row for the n rows of x, written straight into packed panels (the last one padded
-// with zero rows); packed and sq (n) are resized and filled
-template <typename T>
+// xs (dp floats, from shift_row) as stored in packed panels: in float32 as it is (error 0)
+inline double store_row(const float* xs, int64_t dp, float* out) {
+  std::copy(xs, xs + dp, out);
+  return 0.0;
+}
+
+#if defined(DCPE_HALF_PANELS)
+// ... or in half precision: a coordinate below 2^-14 in magnitude (a subnormal half) is
+// stored as 0; returns |half(xs) - xs|, the row's error, measured from the stored halves in
+// double and rounded up (see the header)
+inline double store_row(const float* xs, int64_t dp, uint16_t* out) {
+  const float tiny = std::ldexp(1.0f, -14);
+  double e2 = 0.0;
+  for (int64_t t = 0; t < dp; ++t) {
+    const float v = std::fabs(xs[t]) < tiny ? 0.0f : xs[t];
+    const uint16_t h = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    out[t] = h;
+    const double diff = static_cast<double>(_cvtsh_ss(h)) - static_cast<double>(xs[t]);
+    e2 += diff * diff;  // exact differences (two floats within a factor of two, or one 0)
+  }
+  return std::sqrt(e2) * (1.0 + std::ldexp(1.0, -30));
+}
+#endif
+
+// shift_row for the n rows of x, stored (store_row: float32, or half precision where
+// compiled) straight into packed panels (the last one padded with zero rows); packed, sq
+// (n: |xs|^2 of the float32 rows) and, if given, err (n: each row's stored error) are resized
+// and filled
+template <typename T, typename S>
 void shift_rows_packed(const T* x, int64_t n, int64_t d, const ProductFrame& f,
-                       std::vector<float>& packed, std::vector<double>& sq, int threads) {
+                       std::vector<S>& packed, std::vector<double>& sq, int threads,
+                       std::vector<double>* err = nullptr) {
   const int64_t dp = padded_dim(d), panels = panel_count(n);
-  packed.assign(static_cast<size_t>(panels * dp * 8), 0.0f);
+  packed.assign(static_cast<size_t>(panels * dp * 8), S{});
   sq.resize(static_cast<size_t>(n));
+  if (err != nullptr) err->resize(static_cast<size_t>(n));
 #pragma omp parallel num_threads(threads)
   {
     std::vector<float> row(static_cast<size_t>(dp));
+    std::vector<S> stored(static_cast<size_t>(dp));
 #pragma omp for schedule(static)
     for (int64_t w = 0; w < panels; ++w) {
-      float* panel = &packed[static_cast<size_t>(w * dp * 8)];
+      S* panel = &packed[static_cast<size_t>(w * dp * 8)];
       for (int64_t l = 0; l < 8 && w * 8 + l < n; ++l) {
         sq[w * 8 + l] = shift_row(x + (w * 8 + l) * d, d, f, row.data());
-        for (int64_t t = 0; t < dp; ++t) panel[t * 8 + l] = row[t];
+        const double e = store_row(row.data(), dp, stored.data());
+        if (err != nullptr) (*err)[w * 8 + l] = e;
+        for (int64_t t = 0; t < dp; ++t) panel[t * 8 + l] = stored[t];
       }
     }
   }
@@ -220,49 +251,5 @@ inline void dot_packed(const float* x, int64_t p, const S* packed, int64_t q0, i
     }
   }
 }
-
-#if defined(DCPE_HALF_PANELS)
-// xs (dp floats, from shift_row) into half precision for packed panels: a coordinate below
-// 2^-14 in magnitude (a subnormal half) is stored as 0; returns |half(xs) - xs|, the row's
-// error, measured from the stored halves in double and rounded up (see the header)
-inline double shift_row_half(const float* xs, int64_t dp, uint16_t* xh) {
-  const float tiny = std::ldexp(1.0f, -14);
-  double e2 = 0.0;
-  for (int64_t t = 0; t < dp; ++t) {
-    const float v = std::fabs(xs[t]) < tiny ? 0.0f : xs[t];
-    const uint16_t h = _cvtss_sh(v, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    xh[t] = h;
-    const double diff = static_cast<double>(_cvtsh_ss(h)) - static_cast<double>(xs[t]);
-    e2 += diff * diff;  // exact differences (two floats within a factor of two, or one 0)
-  }
-  return std::sqrt(e2) * (1.0 + std::ldexp(1.0, -30));
-}
-
-// shift_rows_packed in half precision: packed (n rows in panels of 8, as shift_rows_packed),
-// sq (|xs|^2 of the float32 rows) and err (each row's measured error) resized and filled
-template <typename T>
-void shift_rows_packed_half(const T* x, int64_t n, int64_t d, const ProductFrame& f,
-                            std::vector<uint16_t>& packed, std::vector<double>& sq,
-                            std::vector<double>& err, int threads) {
-  const int64_t dp = padded_dim(d), panels = panel_count(n);
-  packed.assign(static_cast<size_t>(panels * dp * 8), 0);
-  sq.resize(static_cast<size_t>(n));
-  err.resize(static_cast<size_t>(n));
-#pragma omp parallel num_threads(threads)
-  {
-    std::vector<float> row(static_cast<size_t>(dp));
-    std::vector<uint16_t> half(static_cast<size_t>(dp));
-#pragma omp for schedule(static)
-    for (int64_t w = 0; w < panels; ++w) {
-      uint16_t* panel = &packed[static_cast<size_t>(w * dp * 8)];
-      for (int64_t l = 0; l < 8 && w * 8 + l < n; ++l) {
-        sq[w * 8 + l] = shift_row(x + (w * 8 + l) * d, d, f, row.data());
-        err[w * 8 + l] = shift_row_half(row.data(), dp, half.data());
-        for (int64_t t = 0; t < dp; ++t) panel[t * 8 + l] = half[t];
-      }
-    }
-  }
-}
-#endif
 
 }  // namespace dcpe

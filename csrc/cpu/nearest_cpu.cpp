@@ -24,9 +24,9 @@
 // 256 points: block b's prefix P_b, plus the block's own running sums (kept, and searched
 // by bisection), which are nondecreasing and equal P_(b+1) at the block's end; only the
 // blocks whose points moved are summed again.  A candidate lists the groups within its
-// reach (the test above) before it visits them, in order.  Past kPruneMaxD dimensions the triangle inequality prunes little and
-// the seeding tests every point (nearest_scan_cpu.cpp: by float32 dot products first, the
-// same seeds as its exhaustive scan).
+// reach (the test above) before it visits them, in order.  Past kPruneMaxD dimensions the
+// triangle inequality prunes little and the seeding tests every point (nearest_scan_cpu.cpp:
+// by float32 dot products first, the same seeds as its exhaustive scan).
 
 #include "nearest_cpu.h"
 
@@ -262,9 +262,9 @@ void kmeanspp_run(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, co
   };
   // The points of group j (at squared distance dc from the candidate xq) that the
   // candidate brings closer: only those with D^2 > dc / 4 can be (triangle inequality).
+  // (called only for the groups within reach: dc <= 4 r2[j] margin)
   auto visit = [&](int64_t j, double dc, const double* xq, double& g,
                    std::vector<std::pair<int64_t, double>>& mv) {
-    if (dc > 4.0 * r2[j] * margin) return;
     const double reach = dc / (4.0 * margin);
     for (const int64_t i : members[j]) {
       if (!(closest[i] > reach)) break;  // neither this point nor the rest come closer
@@ -321,7 +321,7 @@ void kmeanspp_run(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, co
       for (int64_t j0 = 0; j0 < c; j0 += kBlock) {
         block_distances<D>(xq, ct.data(), k, dd, j0, std::min(kBlock, c - j0), dc + j0);
       }
-      auto& near = near_of[t];  // the groups that pass visit's first test, in order
+      auto& near = near_of[t];  // the groups within reach, in order
       near.clear();
       for (int64_t j = 0; j < c; ++j) {
         if (!(dc[j] > 4.0 * r2[j] * margin)) near.push_back(j);

@@ -274,22 +274,6 @@ void kmeanspp_scan(const T* x, int64_t n, int64_t d, int64_t k, int64_t first, c
 // the compiler targets F16C (S = uint16_t, float_dots.h; DCPE_CPU_HALF=0 keeps float32),
 // which halves the memory a draw reads, the pass's bound, at the price of a slack of
 // 2 e_i |cs| more per pair (e_i: the row's measured error).
-template <typename T>
-void pack_points(const T* x, int64_t n, int64_t d, const ProductFrame& f,
-                 std::vector<float>& packed, std::vector<double>& sq, std::vector<double>& err,
-                 int threads) {
-  shift_rows_packed(x, n, d, f, packed, sq, threads);
-  err.assign(static_cast<size_t>(n), 0.0);
-}
-#if defined(DCPE_HALF_PANELS)
-template <typename T>
-void pack_points(const T* x, int64_t n, int64_t d, const ProductFrame& f,
-                 std::vector<uint16_t>& packed, std::vector<double>& sq,
-                 std::vector<double>& err, int threads) {
-  shift_rows_packed_half(x, n, d, f, packed, sq, err, threads);
-}
-#endif
-
 template <typename S, typename T>
 void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first,
                       const double* u, int64_t trials, int64_t* idx, int threads,
@@ -299,8 +283,8 @@ void kmeanspp_product(const T* x, int64_t n, int64_t d, int64_t k, int64_t first
   const double top = max_shifted_norm(x, n, d, mean.data(), threads);
   const ProductFrame frame = product_frame(std::move(mean), top, d);
   std::vector<S> packed;  // the points, panels of 8
-  std::vector<double> sq, err, norm(static_cast<size_t>(n));
-  pack_points(x, n, d, frame, packed, sq, err, threads);
+  std::vector<double> sq, err, norm(static_cast<size_t>(n));  // err: 0 in float32
+  shift_rows_packed(x, n, d, frame, packed, sq, threads, &err);
   for (int64_t i = 0; i < n; ++i) norm[i] = std::sqrt(sq[i]);
   // a pair's slack beyond scale (|xs| + e + |cs|)^2: 2 e |cs|, rounded up
   const double twice = 2.0 * (1.0 + std::ldexp(1.0, -20));

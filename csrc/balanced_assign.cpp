@@ -6,6 +6,7 @@
 
 #include <functional>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cpu/balanced_assign_cpu.h"
@@ -20,7 +21,8 @@ namespace dcpe {
 py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
                               const py::array& capacity, py::array& prices,
                               int64_t n_candidates, double rel_eps, int num_threads,
-                              const py::object& warm_labels, double start_rel_eps) {
+                              const py::object& warm_labels, double start_rel_eps,
+                              const py::object& lists) {
   const PointsAndCenters pc = check_points_and_centers(x, centers);
   const bool is_f32 = pc.is_f32;
   const int64_t n = pc.n, d = pc.d, k = pc.k;
@@ -62,7 +64,40 @@ py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
     }
     std::copy(wl.data(), wl.data() + n, labels.mutable_data());
   }
+  // lists: a dict carried from call to call (balanced k-means' steps): read when it holds a
+  // previous call's lists for the same points and centers' shape, and then filled with
+  // this call's.
+  const bool keep_lists = !lists.is_none();
+  DCPE_CHECK_ARG(!keep_lists || py::isinstance<py::dict>(lists), "lists",
+                 std::string(py::str(py::type::of(lists).attr("__name__"))),
+                 "expected None or a dict (from a previous call, or empty)");
+  CarriedLists carry_in, carry_out;
+  const bool carried = keep_lists && py::dict(lists).contains("ids");
+  if (carried) {
+    const py::dict held(lists);
+    auto take = [&](const char* key, auto& vec, int64_t size) {
+      using V = typename std::decay_t<decltype(vec)>::value_type;
+      DCPE_CHECK_ARG(held.contains(key), "lists", key, "a kept list's entry is missing");
+      const auto a = py::array_t<V, py::array::c_style | py::array::forcecast>(held[key]);
+      DCPE_CHECK_ARG(a.ndim() == 1 && (size < 0 || a.shape(0) == size), "lists", key,
+                     "a kept list's entry does not fit these points and centers");
+      vec.assign(a.data(), a.data() + a.shape(0));
+    };
+    take("centers", carry_in.centers, k * d);
+    take("prices", carry_in.prices, k);
+    take("offsets", carry_in.offsets, n + 1);
+    take("ids", carry_in.ids, -1);
+    take("bound", carry_in.bound, n);
+    take("nearest", carry_in.nearest, n);
+    const auto& off = carry_in.offsets;
+    bool ok = off[0] == 0 && off[n] == static_cast<int64_t>(carry_in.ids.size());
+    for (int64_t i = 0; ok && i < n; ++i) ok = off[i] <= off[i + 1];
+    for (const int32_t j : carry_in.ids) ok = ok && j >= 0 && j < k;
+    DCPE_CHECK_ARG(ok, "lists", "offsets/ids", "the kept lists are not a previous call's");
+  }
   AuctionOptions opt;
+  if (carried) opt.carry_in = &carry_in;
+  if (keep_lists) opt.carry_out = &carry_out;
   opt.rel_eps = rel_eps;
   opt.n_candidates = n_candidates;
   opt.num_threads = num_threads;
@@ -80,10 +115,29 @@ py::tuple balanced_assign_cpu(const py::array& x, const py::array& centers,
                                           static_cast<const double*>(cc.data()), k, cap.data(),
                                           pr, lab, opt);
   });
+  if (keep_lists) {
+    py::dict held(lists);
+    held.clear();
+    if (!carry_out.offsets.empty()) {
+      const auto as_array = [](const auto& vec) {
+        using V = typename std::decay_t<decltype(vec)>::value_type;
+        py::array_t<V> a(static_cast<py::ssize_t>(vec.size()));
+        std::copy(vec.begin(), vec.end(), a.mutable_data());
+        return a;
+      };
+      held["centers"] = as_array(carry_out.centers);
+      held["prices"] = as_array(carry_out.prices);
+      held["offsets"] = as_array(carry_out.offsets);
+      held["ids"] = as_array(carry_out.ids);
+      held["bound"] = as_array(carry_out.bound);
+      held["nearest"] = as_array(carry_out.nearest);
+    }
+  }
   py::dict stats;
   stats["bids"] = st.bids;
   stats["refreshes"] = st.refreshes;
   stats["phases"] = st.phases;
+  stats["carried"] = st.carried;
   stats["eps"] = st.eps;
   return py::make_tuple(labels, stats);
 }

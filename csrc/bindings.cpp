@@ -62,11 +62,14 @@ PYBIND11_MODULE(_C, m) {
         py::arg("capacity"), py::arg("prices"), py::arg("n_candidates") = 32,
         py::arg("rel_eps") = 1e-6, py::arg("num_threads") = 0,
         py::arg("labels") = py::none(), py::arg("start_rel_eps") = 0.0,
+        py::arg("lists") = py::none(),
         "Capacity-constrained assignment of the rows of x to the centers (auction with "
         "eps-scaling; cost within N * eps of the optimum). Updates prices in place; "
         "returns (labels, stats). labels: an assignment that fills every center (e.g. the "
         "previous step's) as a warm start; start_rel_eps > 0: the first eps relative to the "
-        "mean squared distance to the nearest center.");
+        "mean squared distance to the nearest center; lists: a dict, empty or from the "
+        "previous call on the same points (with its prices as this call's), that carries "
+        "the candidate lists to the next call.");
   m.def("nearest_cpu", &dcpe::nearest_cpu, py::arg("x"), py::arg("centers"),
         py::arg("mask") = py::none(), py::arg("num_threads") = 0,
         "Index of the nearest row of centers for every row of x (squared distances from "

@@ -347,6 +347,127 @@ def test_balanced_assignment_optimal_on_crowded_sample_codebook():
     assert cost <= _optimal_balanced_cost(x64, c64, cap) * (1 + 1e-5)
 
 
+def _carried_steps(x: np.ndarray, c: np.ndarray, cap: np.ndarray, rng: np.random.Generator,
+                   far: int, n_candidates: int, move: float, steps: int = 4) -> int:
+    """Assignments of successive steps, as balanced_kmeans makes them: each from the
+    previous step's prices, labels and candidate lists (``lists``), after the centers moved
+    by about ``move`` (``far`` of them, a lot). Each must fill every center exactly, at the
+    Hungarian optimum up to the relative 1e-6 (1e-5 in float32). Returns how many lists
+    the steps took from their previous step."""
+    from dcpe import _C
+
+    x64 = x.astype(np.float64)
+    tol = 1e-6 if x.dtype == np.float64 else 1e-5
+    prices, labels, lists, carried = np.zeros(len(c)), None, {}, 0
+    for step in range(steps):
+        labels, st = _C.balanced_assign_cpu(x, c, cap, prices, n_candidates, 1e-6,
+                                            labels=labels, lists=lists)
+        assert set(lists) == {"centers", "prices", "offsets", "ids", "bound", "nearest"}
+        if step > 0:
+            assert 0 <= st["carried"] <= len(x)
+            carried += st["carried"]
+        # the final eps stays within 1e-6 of the mean squared distance to the nearest
+        # center (here a lower bound of it for the carried lists)
+        nearest = ((x64[:, None, :] - c.astype(np.float64)[None]) ** 2).sum(2).min(1)
+        assert st["eps"] <= 1e-6 * nearest.mean() * (1 + 1e-9)
+        np.testing.assert_array_equal(np.bincount(labels, minlength=len(c)), cap)
+        c64 = c.astype(np.float64)
+        cost = float(((x64 - c64[labels]) ** 2).sum())
+        best = _optimal_balanced_cost(x64, c64, cap)
+        assert best - 1e-9 <= cost <= best * (1 + tol) + 1e-12
+        moved = c + move * rng.standard_normal(c.shape)
+        jump = rng.choice(len(c), far, replace=False)
+        moved[jump] = x[rng.choice(len(x), far, replace=False)]  # far moves
+        c = moved.astype(c.dtype)
+    return carried
+
+
+@pytest.mark.parametrize("d", [2, 8, 24])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_balanced_assignment_optimal_from_carried_lists(d, dtype):
+    # Each call starts from the lists of the previous step's call: their distances computed
+    # again for the moved centers and their bounds widened by the moves; the centers that
+    # moved farthest are checked against every token and join a list that they now belong
+    # in; lists that ran out are made anew. Every step stays optimal.
+    rng = np.random.default_rng(300 + d)
+    n = 480
+    x = rng.standard_normal((n, d)).astype(dtype)
+    x[:160] *= dtype(0.05)  # a crowded region whose points must travel
+    for k, far, n_candidates, move in ((240, 0, 2, 0.01), (240, 0, 4, 0.1), (120, 3, 4, 0.01),
+                                       (160, 20, 32, 0.03)):
+        c = x[rng.choice(n, k, replace=False)] + dtype(0.01)
+        cap = np.full(k, n // k, dtype=np.int64)
+        assert _carried_steps(x, c, cap, rng, far, n_candidates, move) > 0
+
+
+def test_balanced_assignment_widens_carried_bounds_by_the_moves():
+    # Four groups of three tokens at 0, 1, 100 and 101, each at its own center; lists of
+    # two centers. Then the centers at 0 and 100 move to 0.3 and 0.1: the first group
+    # still has its center as its list's best, but the center that came from 100 (outside
+    # its list) is now nearer, and the optimum swaps the groups at 0 and at 100. Only a
+    # bound widened by that move sends the first group to it (unwidened, the step ends at
+    # 29,940.9 against the optimum's 29,405.1).
+    from dcpe import _C
+
+    x = np.concatenate([np.arange(3) * 1e-3 + o for o in (0.0, 1.0, 100.0, 101.0)])[:, None]
+    c = np.array([[0.0], [1.0], [100.0], [101.0]])
+    cap = np.full(4, 3, np.int64)
+    prices, lists = np.zeros(4), {}
+    labels, _ = _C.balanced_assign_cpu(x, c, cap, prices, 2, lists=lists)
+    np.testing.assert_array_equal(labels, np.repeat(np.arange(4), 3))
+    moved = np.array([[0.3], [1.0], [0.1], [101.0]])
+    got, st = _C.balanced_assign_cpu(x, moved, cap, prices, 2, labels=labels, lists=lists)
+    assert st["carried"] > 0
+    np.testing.assert_array_equal(got, np.repeat([2, 0, 1, 3], 3))
+    cost = float(((x - moved[got]) ** 2).sum())
+    assert cost <= _optimal_balanced_cost(x, moved, cap) * (1 + 1e-6)
+
+
+def test_balanced_assignment_ignores_lists_its_prices_do_not_bound():
+    # A list's bound holds for prices at least those it was made at: a call started from
+    # lower prices (here none) makes every list anew, and fills the dict with its own.
+    from dcpe import _C
+
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((200, 3))
+    c = x[:50] + 0.01
+    cap = np.full(50, 4, np.int64)
+    prices, lists = np.zeros(50), {}
+    _C.balanced_assign_cpu(x, c, cap, prices, 4, lists=lists)
+    assert prices.max() > 0
+    first = {key: v.copy() for key, v in lists.items()}
+    labels, st = _C.balanced_assign_cpu(x, c + 0.001, cap, np.zeros(50), 4, lists=lists)
+    assert st["carried"] == 0
+    assert not np.array_equal(lists["centers"], first["centers"])
+    cost = float(((x - (c + 0.001)[labels]) ** 2).sum())
+    assert cost <= _optimal_balanced_cost(x, c + 0.001, cap) * (1 + 1e-6) + 1e-12
+    # and the same prices again: the lists are taken
+    _, st = _C.balanced_assign_cpu(x, c + 0.002, cap, lists["prices"].copy(), 4, lists=lists)
+    assert st["carried"] > 0
+
+
+def test_balanced_assignment_rejects_lists_of_another_problem():
+    from dcpe import _C
+
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((40, 2))
+    c = x[:10] + 0.01
+    cap = np.full(10, 4, np.int64)
+    lists: dict = {}
+    _C.balanced_assign_cpu(x, c, cap, np.zeros(10), 2, lists=lists)
+    with pytest.raises(ValueError, match="'lists' = list is invalid: expected None or a dict"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(10), lists=[])
+    with pytest.raises(ValueError, match="does not fit these points"):
+        _C.balanced_assign_cpu(x[:20], c, np.full(10, 2, np.int64), np.zeros(10),
+                               lists=dict(lists))
+    bad = dict(lists, ids=np.where(lists["ids"] == 0, 10, lists["ids"]).astype(np.int32))
+    with pytest.raises(ValueError, match="not a previous call's"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(10), lists=bad)
+    missing = {key: v for key, v in lists.items() if key != "bound"}
+    with pytest.raises(ValueError, match="'lists' = bound .*missing"):
+        _C.balanced_assign_cpu(x, c, cap, np.zeros(10), lists=missing)
+
+
 def test_balanced_assignment_rejects_bad_arguments():
     from dcpe import _C
 
@@ -1130,7 +1251,7 @@ def test_balanced_assign_products_give_the_scans_auction(d, dtype, monkeypatch):
         data, c = data.astype(dtype), c.astype(dtype)
         n = len(data)
         cap = np.full(k, n // k, np.int64)
-        refreshes = 0
+        refreshes = carried = 0
         for n_candidates, threads in ((2, 1), (32, 2), (300, 3)):
             kw = dict(n_candidates=n_candidates, num_threads=threads)
             want = _auction(monkeypatch, False, data, c, cap, np.zeros(k), **kw)
@@ -1147,7 +1268,22 @@ def test_balanced_assign_products_give_the_scans_auction(d, dtype, monkeypatch):
             np.testing.assert_array_equal(got_w[0], want_w[0])
             np.testing.assert_array_equal(got_w[1], want_w[1])
             assert got_w[2] == want_w[2]
+            # and given the lists of this step's call (balanced_kmeans' steps), which both
+            # make anew at these sizes
+            lists_scan, lists_products = {}, {}
+            _auction(monkeypatch, False, data, c, cap, np.zeros(k), lists=lists_scan, **kw)
+            _auction(monkeypatch, True, data, c, cap, np.zeros(k), lists=lists_products, **kw)
+            warm = dict(warm, n_candidates=n_candidates)
+            want_c = _auction(monkeypatch, False, data, moved, cap, want[1], lists=lists_scan,
+                              **warm)
+            got_c = _auction(monkeypatch, True, data, moved, cap, want[1],
+                             lists=lists_products, **warm)
+            np.testing.assert_array_equal(got_c[0], want_c[0])
+            np.testing.assert_array_equal(got_c[1], want_c[1])
+            assert got_c[2] == want_c[2]
+            carried += want_c[2]["carried"]
         assert refreshes > 0  # lists did run out and were made again, from products too
+        assert carried == 0  # where products make the lists, fresh ones cost little
 
 
 @pytest.mark.parametrize("scale", [1e-100, 1e-30, 1e30, 1e100])

@@ -15,12 +15,26 @@
 
 #include <cstdint>
 #include <functional>
+#include <vector>
 
 namespace dcpe {
 
 // The candidate lists are made from float32 products (balanced_assign_cpu.cpp) from this
 // many dimensions and centers on, unless DCPE_CPU_PRODUCTS=0.
 constexpr int64_t kAuctionProductMinD = 64, kAuctionProductMinK = 1024;
+
+// Candidate lists kept from one call for the next, on the same points with centers that
+// moved (the steps of balanced k-means).  Every list keeps its ids; their distances are
+// computed again for the new centers, and its bound (the best value a center outside it
+// can have) is widened by how far the centers moved (balanced_assign_cpu.cpp).
+struct CarriedLists {
+  std::vector<double> centers;   // k x d: the centers the lists were made for
+  std::vector<double> prices;    // k: the prices at which the bounds hold
+  std::vector<int64_t> offsets;  // n + 1: point i's list is ids[offsets[i], offsets[i + 1])
+  std::vector<int32_t> ids;
+  std::vector<double> bound;     // n
+  std::vector<double> nearest;   // n: at most the squared distance to the nearest center
+};
 
 struct AuctionOptions {
   // Final eps relative to the mean squared distance of a point to its nearest center:
@@ -37,12 +51,18 @@ struct AuctionOptions {
   double start_rel_eps = 0.0;
   int num_threads = 0;        // 0: OpenMP default
   std::function<bool()> interrupted;  // polled from the calling thread
+  // Lists of a previous call to start from (used when they fit this problem and its start
+  // prices are at least theirs; otherwise every list is made anew), and where to leave
+  // this call's lists for the next.  Either may be null.
+  const CarriedLists* carry_in = nullptr;
+  CarriedLists* carry_out = nullptr;
 };
 
 struct AuctionStats {
   int64_t bids = 0;       // bids placed, all phases
   int64_t refreshes = 0;  // full scans of all centers for one point (after the first)
   int64_t phases = 0;
+  int64_t carried = 0;    // lists taken from carry_in (the others were made anew)
   double eps = 0.0;       // final eps: cost <= optimum + n * eps
 };
 

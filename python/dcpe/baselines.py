@@ -858,7 +858,8 @@ def kmeans(
 
 def _balanced_assign(x: torch.Tensor, centers: torch.Tensor, capacity: torch.Tensor,
                      n_candidates: int, prices: np.ndarray | None = None,
-                     labels: torch.Tensor | None = None) -> tuple[torch.Tensor, np.ndarray]:
+                     labels: torch.Tensor | None = None,
+                     lists: dict | None = None) -> tuple[torch.Tensor, np.ndarray]:
     """Optimal capacity-constrained assignment (``dcpe._C.balanced_assign_cpu``).
 
     Minimises the sum of squared distances subject to ``capacity[j]`` tokens in cluster
@@ -867,7 +868,9 @@ def _balanced_assign(x: torch.Tensor, centers: torch.Tensor, capacity: torch.Ten
     optimum.  Runs on the host (the problem is small next to the data transfer); labels
     are returned on ``x``'s device.  ``prices`` and ``labels`` from a previous call with
     nearby centers are a warm start (points whose center is still near-optimal keep it);
-    the prices of this solution are returned.
+    the prices of this solution are returned. ``lists``, a dict passed from call to call
+    (empty at first), carries the tokens' candidate lists to the next call, which then
+    computes only the listed distances for most tokens instead of all ``N * k``.
     """
     from . import _C
 
@@ -878,7 +881,7 @@ def _balanced_assign(x: torch.Tensor, centers: torch.Tensor, capacity: torch.Ten
     pr = np.zeros(cap.shape[0]) if prices is None else np.array(prices, dtype=np.float64)
     warm = None if labels is None else labels.detach().cpu().numpy().astype(np.int64)
     out, _stats = _C.balanced_assign_cpu(xs, cs, cap, pr, n_candidates, 1e-6,
-                                         num_threads=host_threads(), labels=warm)
+                                         num_threads=host_threads(), labels=warm, lists=lists)
     return torch.from_numpy(out).to(x.device), pr
 
 
@@ -934,10 +937,18 @@ def balanced_kmeans(
     starts from the previous step's prices and assignment. From 64 dimensions and 1,024
     clusters on, the tokens' candidate lists are ranked by float32 products first and only
     the distances that the products' error bound leaves undecided are computed: the same
-    lists, so the same assignment (``DCPE_CPU_PRODUCTS=0`` computes every distance). The
-    center step takes the cluster means. A new assignment is kept only if it lowers the
-    objective, otherwise the iteration stops. The assignment runs on the host; CUDA input is
-    copied there and labels come back on its device.
+    lists, so the same assignment (``DCPE_CPU_PRODUCTS=0`` computes every distance). Below
+    those sizes, each step after the first also starts from the previous step's candidate
+    lists, cut to ``n_candidates`` centers: their distances are computed again for the
+    moved centers, the bound on the centers outside a list is widened by how far the
+    centers moved (the sixteenth of the centers that moved farthest are compared with
+    every token instead), and only the lists that ran out are made from all centers again;
+    the final epsilon is set from a lower bound of the tokens' nearest-center distances.
+    The lists differ from fresh ones, so where near-optimal assignments differ by less
+    than the tolerance a step can return another one than fresh lists would; the
+    guarantee is the same. The center step takes the cluster means. A new assignment is
+    kept only if it lowers the objective, otherwise the iteration stops. The assignment
+    runs on the host; CUDA input is copied there and labels come back on its device.
     """
     xt, from_numpy = _prepare(x)
     n = xt.shape[0]
@@ -952,7 +963,8 @@ def balanced_kmeans(
     capacity = torch.full((k,), n // k, dtype=torch.int64, device=xt.device)
     capacity[: n % k] += 1
     centers = _initial_centers(xt, k, start, gen, None)
-    labels, prices = _balanced_assign(xt, centers, capacity, n_candidates)
+    lists: dict = {}  # the candidate lists, carried from step to step
+    labels, prices = _balanced_assign(xt, centers, capacity, n_candidates, lists=lists)
     history = [_total(_sq_dist_rows(xt, centers, labels))]
     it = 1
     while it < n_iter:
@@ -962,7 +974,8 @@ def balanced_kmeans(
         current = _total(_sq_dist_rows(xt, centers, labels))
         if shift <= tol_abs:
             break
-        new, prices = _balanced_assign(xt, centers, capacity, n_candidates, prices, labels)
+        new, prices = _balanced_assign(xt, centers, capacity, n_candidates, prices, labels,
+                                       lists)
         it += 1
         obj = _total(_sq_dist_rows(xt, centers, new))
         if not obj < current:

@@ -413,8 +413,8 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   // centers are too large a part of all of them, and the scan was as fast or faster).
   std::vector<List> lists(static_cast<size_t>(n));
   CenterProducts pr;
-  const bool products =
-      d >= kAuctionProductMinD && k >= kAuctionProductMinK && switched_on("DCPE_CPU_PRODUCTS");
+  const bool product_sizes = d >= kAuctionProductMinD && k >= kAuctionProductMinK;
+  const bool products = product_sizes && switched_on("DCPE_CPU_PRODUCTS");
   if (products) {
     pr.dp = padded_dim(d);
     pr.stride = panel_count(k) * 8;
@@ -457,7 +457,7 @@ AuctionStats balanced_assign(const T* x, int64_t n, int64_t d, const T* c, int64
   // path), fresh lists cost little, and carried ones, whose bounds are looser, ran out
   // during the auction three times as often: 2.9 s against 2.6 s a step at 65,536 x 256,
   // k = 2,048.  They are made anew there.
-  if (d >= kAuctionProductMinD && k >= kAuctionProductMinK) carry = nullptr;
+  if (product_sizes) carry = nullptr;
   if (carry) {
     // How far each center moved.  The k / 16 that moved farthest (those beyond the 15/16
     // quantile) get their distance to every point, and join a list when their value beats

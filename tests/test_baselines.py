@@ -400,6 +400,49 @@ def test_balanced_assignment_optimal_from_carried_lists(d, dtype):
         assert _carried_steps(x, c, cap, rng, far, n_candidates, move) > 0
 
 
+def _assert_prices_certify(x: np.ndarray, c: np.ndarray, labels: np.ndarray,
+                           prices: np.ndarray, eps: float) -> None:
+    """eps-complementary slackness at the returned prices, the auction's certificate of
+    optimality (the cost is then within n * eps of the optimum): every token's center is
+    within eps of its best value -|x - c_j|^2 - p_j over all centers."""
+    x64, c64 = x.astype(np.float64), c.astype(np.float64)
+    dist = ((x64[:, None, :] - c64[None]) ** 2).sum(2)
+    value = -dist - prices[None]
+    own = value[np.arange(len(x)), labels]
+    rounding = 1e-12 * (dist.max() + prices.max())
+    assert np.all(own >= value.max(1) - eps - rounding)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_balanced_assignment_prices_certify_it(seed):
+    # After every call, cold, warm (the previous prices and labels, the centers moved) and
+    # from carried lists, the returned prices leave every token within the final eps of its
+    # best center. Kept tokens hold their slots at the bids they would place (a center's
+    # price rises to the next holder's bid when a bid evicts the lowest): a holder's bid
+    # above what it would bid lets the price rise past it, and its eps-CS fail.
+    from dcpe import _C
+
+    rng = np.random.default_rng(500 + seed)
+    n = int(rng.integers(60, 400))
+    k = int(rng.integers(2, n // 2))
+    d = int(rng.integers(1, 10))
+    dtype = (np.float32, np.float64)[seed % 2]
+    x = rng.standard_normal((n, d)).astype(dtype)
+    x[: n // 3] *= dtype(0.05)  # a crowded region whose points must travel
+    c = x[rng.choice(n, k, replace=False)] + dtype(0.01)
+    cap = np.full(k, n // k, np.int64)
+    cap[: n % k] += 1
+    n_candidates = (2, 4, 32)[seed % 3]
+    prices, labels, lists = np.zeros(k), None, {}
+    for _step in range(4):
+        labels, st = _C.balanced_assign_cpu(x, c, cap, prices, n_candidates, 1e-6,
+                                            labels=labels, lists=lists)
+        np.testing.assert_array_equal(np.bincount(labels, minlength=k), cap)
+        assert np.all(prices >= 0)
+        _assert_prices_certify(x, c, labels, prices, st["eps"])
+        c = (c + rng.standard_normal(c.shape) * 0.03).astype(dtype)
+
+
 def test_balanced_assignment_widens_carried_bounds_by_the_moves():
     # Four groups of three tokens at 0, 1, 100 and 101, each at its own center; lists of
     # two centers. Then the centers at 0 and 100 move to 0.3 and 0.1: the first group

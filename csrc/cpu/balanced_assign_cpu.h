@@ -44,9 +44,9 @@ struct AuctionOptions {
   int64_t n_candidates = 32;  // centers kept per point (more are scanned when needed)
   // Warm start: labels holds an assignment that fills every center exactly (e.g. the
   // previous step's); the first phase keeps the points that satisfy eps-CS at the given
-  // prices and starts from eps = the mean eps-CS violation of the given assignment (at most
-  // the cold start's).  start_rel_eps > 0 sets the first eps instead, relative to the mean
-  // squared distance to the nearest center.
+  // prices and starts from the typical eps-CS violation of the points that must move (at
+  // most the cold start's eps; balanced_assign_cpu.cpp).  start_rel_eps > 0 sets the first
+  // eps instead, relative to the mean squared distance to the nearest center.
   bool warm_labels = false;
   double start_rel_eps = 0.0;
   int num_threads = 0;        // 0: OpenMP default

@@ -934,7 +934,10 @@ def balanced_kmeans(
     of squared distances to the current centers under the size constraint (a transport
     problem), solved by a forward auction with epsilon-scaling [Bertsekas 1988; Bertsekas
     & Castanon 1989] in the compiled extension, to within a relative ``1e-6``; each step
-    starts from the previous step's prices and assignment. From 64 dimensions and 1,024
+    starts from the previous step's prices and assignment, its first epsilon set from the
+    typical optimality violation of the tokens that must move. Between epsilon phases, a
+    token that keeps its cluster holds its place at the bid it would place then, so a
+    cluster's price rises as soon as one of its tokens is outbid. From 64 dimensions and 1,024
     clusters on, the tokens' candidate lists are ranked by float32 products first and only
     the distances that the products' error bound leaves undecided are computed: the same
     lists, so the same assignment (``DCPE_CPU_PRODUCTS=0`` computes every distance). Below

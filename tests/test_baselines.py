@@ -228,6 +228,52 @@ def test_balanced_sample_codebook_runs():
     assert np.all(np.bincount(res.labels, minlength=128) == 32)
 
 
+def _balanced_starts(monkeypatch, x: np.ndarray, k: int, **kw) -> list[tuple[bool, float]]:
+    """For each assignment step of balanced_kmeans after the first: whether it was given
+    the previous step's prices and labels (both or neither), and the centers' mean squared
+    move over the tokens' mean squared distance to the moved centers (previous labels)."""
+    calls: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+    assign = baselines._balanced_assign
+
+    def record(xt, centers, capacity, n_candidates, prices=None, labels=None, lists=None):
+        got = assign(xt, centers, capacity, n_candidates, prices, labels, lists)
+        calls.append((centers.numpy().astype(np.float64),
+                      None if prices is None else np.asarray(prices),
+                      None if labels is None else labels.numpy().copy()))
+        calls[-1] = calls[-1] + (got[0].numpy().copy(),)
+        return got
+
+    monkeypatch.setattr(baselines, "_balanced_assign", record)
+    balanced_kmeans(x, k, **kw)
+    xd = x.astype(np.float64)
+    starts = []
+    for (before, _, _, assigned), (after, prices, labels, _) in zip(calls, calls[1:]):
+        assert (prices is None) == (labels is None)
+        move = float(((after - before) ** 2).sum(axis=1).mean())
+        spread = float(((xd - after[assigned]) ** 2).sum(axis=1).mean())
+        starts.append((prices is not None, move / spread))
+    return starts
+
+
+def test_balanced_kmeans_starts_warm_only_after_small_moves(monkeypatch):
+    # The second step (the k-means++ seeds, tokens, replaced by their clusters' means)
+    # moves the centers by about the tokens' distance to them and starts from no prices;
+    # the later ones move less and less, and start from the previous prices and
+    # assignment once the move is below a third of that distance.
+    import dcpe
+
+    x = dcpe.datasets.make_sample_codebook(2048, 8)
+    for k in (16, 64, 512):
+        starts = _balanced_starts(monkeypatch, x, k, seed=0, n_iter=6)
+        assert len(starts) >= 3
+        assert [warm for warm, _ in starts] == [r < 1 / 3 for _, r in starts], (k, starts)
+        assert not starts[0][0] and starts[-1][0], (k, starts)
+    # the centers of a run cut short, given as init, move little: every step starts warm
+    early = balanced_kmeans(x, 64, seed=0, n_iter=4)
+    starts = _balanced_starts(monkeypatch, x, 64, init=early.centers, n_iter=4, tol=0.0)
+    assert starts and all(warm for warm, _ in starts), starts
+
+
 def _optimal_balanced_cost(x: np.ndarray, c: np.ndarray, cap: np.ndarray) -> float:
     """The optimum of the capacity-constrained assignment by SciPy's Hungarian solver
     (every center expanded into cap[j] identical slots)."""

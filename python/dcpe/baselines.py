@@ -81,13 +81,14 @@ _MOVES_AT_MOST = 0.5
 #: On the sample codebook's generator (8 to 256 dimensions, 128 to 8,192 clusters) the
 #: second step, where the seeds (tokens) give way to their clusters' means, moved the
 #: centers by 0.69 to 7.9 times the tokens' distance, and the third by 0.06 to 0.18 times.
-#: Started from no prices, the second step's assignment took 0.51x to 0.77x the time of
-#: the warm start (5.7 s against 9.3 s at 262,144 x 8, k = 2,048; 3.2 s against 5.7 s at
+#: Started from no prices, the second step's assignment took 0.52x to 0.77x the time of
+#: the warm start (5.7 s against 9.6 s at 262,144 x 8, k = 2,048; 3.2 s against 5.8 s at
 #: 65,536 x 256, k = 512), with fewer bids and list refreshes: the seeds' prices were
-#: further from the new centers' than no prices. At the third step the warm start was
-#: faster at 8 dimensions (0.56x to 0.75x the time from no prices), even at 65,536 x 256
-#: and slower at 16,384 x 256 and x 64 (1.16x and 1.25x), and at the fourth faster there
-#: (0.79x and 0.87x).
+#: further from the new centers' than no prices. Whole runs took 0.81x to 1.01x the time
+#: (benchmarks/README.md): the later steps start from other prices and take other bids.
+#: At the third step the warm start was faster at 8 dimensions (0.56x to 0.75x the time
+#: from no prices), even at 65,536 x 256 and slower at 16,384 x 256 and x 64 (1.16x and
+#: 1.25x), and at the fourth faster there (0.79x and 0.87x).
 _WARM_MOVE_BELOW = 1.0 / 3.0
 
 _F = TypeVar("_F", bound=Callable[..., Any])

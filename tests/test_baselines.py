@@ -232,15 +232,13 @@ def _balanced_starts(monkeypatch, x: np.ndarray, k: int, **kw) -> list[tuple[boo
     """For each assignment step of balanced_kmeans after the first: whether it was given
     the previous step's prices and labels (both or neither), and the centers' mean squared
     move over the tokens' mean squared distance to the moved centers (previous labels)."""
-    calls: list[tuple[np.ndarray, np.ndarray | None, np.ndarray | None]] = []
+    calls: list[tuple[np.ndarray, bool, bool, np.ndarray]] = []
     assign = baselines._balanced_assign
 
     def record(xt, centers, capacity, n_candidates, prices=None, labels=None, lists=None):
         got = assign(xt, centers, capacity, n_candidates, prices, labels, lists)
-        calls.append((centers.numpy().astype(np.float64),
-                      None if prices is None else np.asarray(prices),
-                      None if labels is None else labels.numpy().copy()))
-        calls[-1] = calls[-1] + (got[0].numpy().copy(),)
+        calls.append((centers.numpy().astype(np.float64), prices is not None,
+                      labels is not None, got[0].numpy().copy()))
         return got
 
     monkeypatch.setattr(baselines, "_balanced_assign", record)
@@ -248,10 +246,10 @@ def _balanced_starts(monkeypatch, x: np.ndarray, k: int, **kw) -> list[tuple[boo
     xd = x.astype(np.float64)
     starts = []
     for (before, _, _, assigned), (after, prices, labels, _) in zip(calls, calls[1:]):
-        assert (prices is None) == (labels is None)
+        assert prices == labels
         move = float(((after - before) ** 2).sum(axis=1).mean())
         spread = float(((xd - after[assigned]) ** 2).sum(axis=1).mean())
-        starts.append((prices is not None, move / spread))
+        starts.append((prices, move / spread))
     return starts
 
 

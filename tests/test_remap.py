@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import shutil
 from pathlib import Path
@@ -237,6 +238,65 @@ def test_dtype_kept_when_it_holds_the_cluster_ids(tmp_path, prior_file):
     assert got.dtype == np.int16 and got.shape == (8, 8)
 
 
+
+def test_code_files_of_any_layout_are_written_as_numpy_saves_them(tmp_path, prior_file):
+    """Each output file is byte for byte ``numpy.save`` of ``to_clusters`` (in the token
+    ids' dtype when it holds the cluster ids), whatever the layout of the input: Fortran
+    order, big-endian, 0-d, empty, a file over 1 MiB (memory-mapped when checked) and a
+    version 3 header (read by numpy.load)."""
+    rng = np.random.default_rng(3)
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    arrays = {
+        "fortran": np.asfortranarray(rng.integers(0, N_TOKENS, (10, 256))),
+        "big_endian": rng.integers(0, N_TOKENS, (1, 2, 256)).astype(">i4"),
+        "scalar": np.array(N_TOKENS - 1, dtype=np.uint8),
+        "empty": np.zeros((0, 256), dtype=np.int64),
+        "large": rng.integers(0, N_TOKENS, (600, 256)),
+        "bool_free_u1": np.arange(N_TOKENS, dtype=np.uint8),
+    }
+    for name, arr in arrays.items():
+        np.save(codes / f"{name}.npy", arr)
+    with open(codes / "version3.npy", "wb") as fh:
+        np.lib.format.write_array(fh, arrays["big_endian"], version=(3, 0))
+    arrays["version3"] = arrays["big_endian"]
+    assert (codes / "large.npy").stat().st_size > 1 << 20
+    out = tmp_path / "out"
+    assert main(["remap", str(codes), "--prior", str(prior_file), "-o", str(out), "-q"]) == 0
+    prior = CodebookPrior.load(prior_file)
+    for name, arr in arrays.items():
+        dtype = arr.dtype if np.iinfo(arr.dtype).max >= K - 1 else np.int64
+        fp = io.BytesIO()
+        np.save(fp, np.asarray(prior.to_clusters(arr)).astype(dtype, copy=False))
+        assert (out / f"{name}.npy").read_bytes() == fp.getvalue(), name
+    assert _files(out) == sorted(f"{name}.npy" for name in arrays)
+
+
+@pytest.mark.parametrize("bad", [-1, N_TOKENS])
+def test_file_changed_after_its_check_is_an_error(tmp_path, prior_file, capsys, monkeypatch,
+                                                  bad):
+    """A code file that holds an id outside the prior when it is remapped, though not when
+    it was checked (it changed in between), stops the command with one line; a negative
+    id does not count from the end of the table."""
+    import dcpe._npyfiles as npyfiles
+
+    src = _llamagen_code_path(tmp_path / "codes")
+    read = npyfiles.NpyReader.read
+
+    def changed(self, path, *, max_bytes=None):
+        arr = read(self, path, max_bytes=max_bytes)
+        if max_bytes is None and Path(path).name == "1.npy":  # the remap pass, not the check
+            arr = arr.copy()
+            arr[0, 0, 5] = bad
+        return arr
+
+    monkeypatch.setattr(npyfiles.NpyReader, "read", changed)
+    out = tmp_path / "out"
+    assert main(["remap", str(src), "--prior", str(prior_file), "-o", str(out), "-q"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "1.npy" in line and "changed while being remapped" in line
+    assert _files(out) == ["imagenet256_codes/0.npy"]  # no temporary file
+
 # ----------------------------------------------------------- LlamaGen's and IAR's code loader
 
 
@@ -353,15 +413,16 @@ def test_files_whole_when_interrupted_and_one_sync(tmp_path, prior_file, monkeyp
     _check_layout(src, out, prior_file)
 
     shutil.rmtree(out)
-    save, saved = np.save, []
+    replace, renamed = os.replace, []
 
-    def interrupted_save(fh, arr):
-        if len(saved) == 2:
+    def interrupted_replace(tmp, dest):  # the third file is written, not yet renamed
+        if len(renamed) == 2:
+            assert Path(tmp).is_file() and Path(tmp).name.startswith(".2.npy.")
             raise KeyboardInterrupt
-        saved.append(1)
-        save(fh, arr)
+        renamed.append(dest)
+        replace(tmp, dest)
 
-    monkeypatch.setattr(np, "save", interrupted_save)
+    monkeypatch.setattr(os, "replace", interrupted_replace)
     assert main(argv) == 130
     assert _files(out) == ["imagenet256_codes/0.npy", "imagenet256_codes/1.npy"]
     prior = CodebookPrior.load(prior_file)

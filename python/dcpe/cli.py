@@ -7,13 +7,17 @@ error), 2 usage error.
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 import time
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from dcpe._npyfiles import NpyReader
 
 __all__ = ["main"]
 
@@ -94,8 +98,6 @@ def _prepare_output_dir(path: str | Path, *, what: str, files: Sequence[str | Pa
     ValueError
         The path is a file, or the folder holds something the command does not write.
     """
-    import os
-
     out = Path(path)
     if out.exists() and not out.is_dir():
         raise ValueError(f"{what} {out} exists and is not a folder; choose a folder path")
@@ -547,8 +549,6 @@ def _holds_layout(folder: Path) -> bool:
     """Whether ``folder`` holds a ``*_codes`` or ``*_labels`` folder: it is then a code
     path (LlamaGen's ``--code-path``) whatever its own name, not a ``NAME_codes`` folder,
     whose files extract_codes_c2i.py writes side by side."""
-    import os
-
     with os.scandir(folder) as entries:  # file types from the listing: no stat per file
         return any((e.name.endswith("_codes") or _is_labels_dir(e.name)) and e.is_dir()
                    for e in entries)
@@ -569,6 +569,33 @@ class _RemapPlan:
         return [rel for _, rel in self.codes + self.labels]
 
 
+def _suffix(name: str) -> str:
+    """``Path(name).suffix``: from the last dot, unless the name starts or ends there."""
+    i = name.rfind(".")
+    return name[i:] if 0 < i < len(name) - 1 else ""
+
+
+def _files_under(root: str) -> list[tuple[str, ...]]:
+    """The files under ``root`` as paths relative to it (tuples of names), sorted as
+    ``sorted(Path(root).rglob("*"))`` sorts them, and as it walks: links to files are
+    files, links to folders are not entered. One listing per folder, no stat per file."""
+    found: list[tuple[str, ...]] = []
+
+    def visit(folder: str, rel: tuple[str, ...]) -> None:
+        with os.scandir(folder) as entries:
+            listed = list(entries)
+        for entry in listed:
+            if entry.is_dir():
+                if not entry.is_symlink():
+                    visit(entry.path, (*rel, entry.name))
+            elif entry.is_file():
+                found.append((*rel, entry.name))
+
+    visit(root, ())
+    found.sort()
+    return found
+
+
 def _walk(root: Path, base: Path, plan: _RemapPlan, out_root: Path, *,
           labels: bool = False) -> int:
     """Add the files under ``root`` to ``plan`` as ``base / relative path``; a file under a
@@ -577,19 +604,18 @@ def _walk(root: Path, base: Path, plan: _RemapPlan, out_root: Path, *,
     output) are not inputs. Returns the number of code files added."""
     added = 0
     nested = out_root != root.resolve() and out_root.is_relative_to(root.resolve())
-    for f in sorted(root.rglob("*")):
-        if not f.is_file():
-            continue
+    for parts in _files_under(str(root)):
+        f = root.joinpath(*parts)
+        suffix = _suffix(parts[-1]).lower()
         if nested and f.resolve().is_relative_to(out_root):
-            if f.suffix.lower() == ".npy":
+            if suffix == ".npy":
                 plan.in_output.append(f)
             continue
-        rel = f.relative_to(root)
-        is_label = labels or any(_is_labels_dir(part) for part in rel.parts[:-1])
-        if f.suffix.lower() == ".npy":
-            (plan.labels if is_label else plan.codes).append((f, base / rel))
+        is_label = labels or any(_is_labels_dir(part) for part in parts[:-1])
+        if suffix == ".npy":
+            (plan.labels if is_label else plan.codes).append((f, base.joinpath(*parts)))
             added += not is_label
-        elif f.suffix.lower() in _ARRAY_SUFFIXES and not is_label:
+        elif suffix in _ARRAY_SUFFIXES and not is_label:
             raise ValueError(f"{f}: {_CODES_HINT}")
         else:
             plan.skipped.append(f)
@@ -668,13 +694,19 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
     return plan
 
 
-def _check_codes_file(src: Path, n: int) -> None:
-    """A code file must be an integer ``.npy`` array with ids in ``[0, n)``."""
+def _check_codes_file(src: Path, n: int, reader: NpyReader | None = None) -> None:
+    """A code file must be an integer ``.npy`` array with ids in ``[0, n)``. ``reader``
+    (a :class:`dcpe._npyfiles.NpyReader`) reads the files of up to 1 MiB that it can;
+    larger ones are memory-mapped, and the rest go to :func:`numpy.load` for its errors."""
     import numpy as np
 
-    try:  # a memory map only for large files: for small ones it costs more than a read
-        mmap = "r" if src.stat().st_size > (1 << 20) else None
-        arr = np.load(src, mmap_mode=mmap, allow_pickle=False)
+    arr = None
+    try:
+        if reader is not None:
+            arr = reader.read(src, max_bytes=1 << 20)
+        if arr is None:  # a memory map only for large files: it costs more than a read
+            mmap = "r" if src.stat().st_size > (1 << 20) else None
+            arr = np.load(src, mmap_mode=mmap, allow_pickle=False)
     except Exception as exc:
         raise ValueError(f"{src}: cannot read as a .npy file ({exc}); {_CODES_HINT}") from None
     if not isinstance(arr, np.ndarray):  # e.g. a zip archive (.npz, .pt) named .npy
@@ -748,8 +780,6 @@ def _loader_notes(code_folders: dict[tuple[Path, Path], Path], out_dir: Path,
     without a remapped twin of the output gets the command that writes it. Paths are
     compared as absolute paths.
     """
-    import os
-
     import numpy as np
 
     def twin(feature_dir: str) -> str:  # the loader's twin of a NAME_codes path
@@ -808,13 +838,10 @@ def _loader_notes(code_folders: dict[tuple[Path, Path], Path], out_dir: Path,
 
 
 def _cmd_remap(args: argparse.Namespace) -> int:
-    import os
-    import shutil
-
     import numpy as np
 
+    from dcpe._npyfiles import AtomicNpyWriter, NpyReader
     from dcpe._progress import progress
-    from dcpe.io import atomic_write
     from dcpe.prior import CodebookPrior
 
     out_dir = Path(args.output)
@@ -835,8 +862,9 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     n = prior.num_tokens
     # Validate every input before writing anything.
     disable = True if args.quiet else None
+    reader, writer = NpyReader(), AtomicNpyWriter()
     for src, _ in progress(plan.codes, desc="checking", unit="file", disable=disable):
-        _check_codes_file(src, n)
+        _check_codes_file(src, n, reader)
     notes, commands, code_paths = _loader_notes(code_folders, out_dir, args.prior)
     for note in notes:
         print(f"dcpe: warning: {note}", file=sys.stderr)
@@ -851,15 +879,30 @@ def _cmd_remap(args: argparse.Namespace) -> int:
         return dest
 
     # Many small files: each is renamed into place complete, and all reach the disk with
-    # one sync at the end instead of one flush each (see atomic_write).
+    # one sync at the end instead of one flush each (see AtomicNpyWriter). Cluster ids
+    # keep the token ids' dtype when it holds them: one table per dtype. An id outside the
+    # table, in a file changed since it was checked, is an error (a negative one would
+    # count from the end of the table).
+    labels = prior.to_clusters(np.arange(n))
+    tables: dict[np.dtype, np.ndarray] = {}
     for src, rel in progress(plan.codes, desc="remap", unit="file", disable=disable):
-        codes = np.load(src, allow_pickle=False)
-        dtype = codes.dtype if np.iinfo(codes.dtype).max >= k - 1 else np.int64
-        with atomic_write(destination(rel), "wb", sync=False) as fh:
-            np.save(fh, prior.to_clusters(codes).astype(dtype, copy=False))
+        codes = reader.read(src)
+        if codes is None:
+            codes = np.load(src, allow_pickle=False)
+        table = tables.get(codes.dtype)
+        if table is None:
+            dtype = codes.dtype if np.iinfo(codes.dtype).max >= k - 1 else np.dtype(np.int64)
+            table = tables[codes.dtype] = labels.astype(dtype)
+        try:
+            if codes.size and codes.dtype.kind == "i" and codes.min() < 0:
+                raise IndexError
+            clusters = np.asarray(table[codes], order="C")  # C order, as to_clusters gives
+        except IndexError:
+            raise ValueError(f"{src}: changed while being remapped (it now holds a token id "
+                             f"outside [0, {n - 1}]); run the command again") from None
+        writer.save(destination(rel), clusters)
     for src, rel in progress(plan.labels, desc="labels", unit="file", disable=disable):
-        with open(src, "rb") as fin, atomic_write(destination(rel), "wb", sync=False) as fh:
-            shutil.copyfileobj(fin, fh)
+        writer.copy(src, destination(rel))
     if hasattr(os, "sync"):
         os.sync()
     if not args.quiet:

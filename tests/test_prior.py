@@ -294,6 +294,34 @@ def test_load_errors(tmp_path, prior):
         prior.save(tmp_path / "prior.json")
 
 
+def test_load_names_a_mapping_or_other_object_given_as_the_prior(tmp_path, capsys):
+    """IAR's mapping.pt (one tensor, written by dcpe export iar) or another object saved
+    with torch.save, given as the prior: a ValueError that says what the file holds, and
+    on the command line one error line and no warning of torch's."""
+    import warnings
+
+    from conftest import one_error_line
+
+    from dcpe.cli import main
+
+    mapping = tmp_path / "mapping.pt"
+    torch.save(torch.randperm(64), mapping)
+    listed = tmp_path / "listed.pt"
+    torch.save([1, 2], listed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(ValueError, match=r"one tensor of shape \(64,\).*mapping.pt\?"):
+            CodebookPrior.load(mapping)
+        with pytest.raises(ValueError, match="it holds a list, not a prior's tables"):
+            CodebookPrior.load(listed)
+    codes = tmp_path / "codes"
+    codes.mkdir()
+    np.save(codes / "0.npy", np.arange(64))
+    assert main(["remap", str(codes), "--prior", str(mapping), "-o", str(tmp_path / "o")]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "mapping.pt: not a readable dcpe prior file" in line and "dcpe cluster" in line
+
+
 def test_save_failure_leaves_nothing(tmp_path, prior, monkeypatch):
     path = tmp_path / "prior.npz"
 

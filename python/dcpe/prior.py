@@ -934,6 +934,12 @@ class CodebookPrior:
                 import torch
 
                 data = torch.load(path, weights_only=True, map_location="cpu")
+                if isinstance(data, torch.Tensor):  # e.g. IAR's mapping.pt (dcpe export)
+                    raise ValueError(f"it holds one tensor of shape {tuple(data.shape)}, not "
+                                     f"a prior's tables: IAR's mapping.pt?")
+                if not isinstance(data, dict):
+                    raise ValueError(f"it holds a {type(data).__name__}, not a prior's "
+                                     f"tables")
                 labels = data["token_to_cluster"]
                 meta_json = data["metadata"]
             else:

@@ -630,3 +630,13 @@ def test_prepare_output_dir_rule(tmp_path):
     with pytest.raises(ValueError, match="exists and is not a folder"):
         _prepare_output_dir(a_file, what="output folder", files=files)
 
+    deep = tmp_path / "deep"  # an earlier run's files two folders down, named either way
+    (deep / "x" / "y").mkdir(parents=True)
+    (deep / "x" / "y" / "z.npy").write_bytes(b"x")
+    (deep / "top.npy").write_bytes(b"x")
+    nested = [Path("x") / "y" / "z.npy", "./top.npy"]
+    assert _prepare_output_dir(deep, what="output folder", files=nested) == deep
+    (deep / "x" / "y" / "w.npy").write_bytes(b"x")
+    with pytest.raises(ValueError, match=r"holds x/y/w.npy, which"):
+        _prepare_output_dir(deep, what="output folder", files=nested)
+

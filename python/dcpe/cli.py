@@ -103,20 +103,26 @@ def _prepare_output_dir(path: str | Path, *, what: str, files: Sequence[str | Pa
         raise ValueError(f"{what} {out} exists and is not a folder; choose a folder path")
     if not out.is_dir():
         return out
-    expected = {Path(f) for f in files}
-    parents = {p for f in expected for p in f.parents}
+    # Relative paths as normalised strings: a remap may write millions of files.
+    expected = {os.path.normpath(f) for f in files}
+    parents: set[str] = set()
+    for folder in {os.path.dirname(f) for f in expected}:
+        while folder and folder not in parents:
+            parents.add(folder)
+            folder = os.path.dirname(folder)
     foreign: list[str] = []
     complete = True
     for top, dirs, names in os.walk(out):  # foreign folders are not entered
-        here = Path(top).relative_to(out)
+        here = os.path.relpath(top, out)
+        prefix = "" if here == os.curdir else here + os.sep
         entered = []
         for name in sorted(dirs):
-            if here / name in parents:
+            if prefix + name in parents:
                 entered.append(name)
             else:
-                foreign.append(str(here / name))
+                foreign.append(prefix + name)
         dirs[:] = entered
-        foreign.extend(str(here / n) for n in sorted(names) if here / n not in expected)
+        foreign.extend(prefix + n for n in sorted(names) if prefix + n not in expected)
         if len(foreign) > 100:
             complete = False
             break

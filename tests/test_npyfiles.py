@@ -95,6 +95,7 @@ def test_reader_leaves_the_rest_to_numpy(tmp_path):
         reader.read(tmp_path / "missing.npy")
 
 
+@pytest.mark.filterwarnings("ignore:Stored array in format 2.0")
 def test_writer_writes_what_numpy_save_writes(tmp_path):
     writer = AtomicNpyWriter()
     for name, arr in _arrays().items():
@@ -104,6 +105,11 @@ def test_writer_writes_what_numpy_save_writes(tmp_path):
     c_order = np.ascontiguousarray(_arrays()["codes_fortran"])  # its shape and dtype in C
     writer.save(tmp_path / "codes_i8.npy", c_order)
     assert (tmp_path / "codes_i8.npy").read_bytes() == _npy_bytes(c_order)
+    wide = np.zeros(3, dtype=[(f"field{i}", "<i2") for i in range(5000)])  # a 2.0 header
+    writer.save(tmp_path / "wide.npy", wide)
+    assert (tmp_path / "wide.npy").read_bytes() == _npy_bytes(wide)
+    assert _npy_bytes(wide)[6] == 2
+    (tmp_path / "wide.npy").unlink()
     src = tmp_path / "label.npy"
     writer.copy(src, tmp_path / "copied.npy")
     assert (tmp_path / "copied.npy").read_bytes() == src.read_bytes()

@@ -20,6 +20,7 @@ import io
 import math
 import os
 import secrets
+import warnings
 from typing import Any
 
 import numpy as np
@@ -89,6 +90,23 @@ class NpyReader:
         return dtype, tuple(shape), bool(fortran), offset, math.prod(shape)
 
 
+def _save_header(arr: np.ndarray) -> bytes:
+    """The bytes :func:`numpy.save` writes before ``arr``'s data: the version 1.0 header,
+    which it writes whenever that fits; past it (a header over 64 KiB), the header of a
+    save of ``arr`` itself."""
+    fp = io.BytesIO()
+    try:
+        np.lib.format.write_array_header_1_0(fp, np.lib.format.header_data_from_array_1_0(arr))
+        return fp.getvalue()
+    except ValueError:  # a header past 64 KiB: a version 2.0 or 3.0 header
+        fp = io.BytesIO()
+        with warnings.catch_warnings():  # "can only be read by NumPy >= 1.9"
+            warnings.simplefilter("ignore", UserWarning)
+            np.save(fp, arr)
+        whole = fp.getvalue()
+        return whole[:len(whole) - arr.nbytes]
+
+
 class AtomicNpyWriter:
     """Writes files whole: each to a temporary file beside it, renamed into place.
 
@@ -115,10 +133,7 @@ class AtomicNpyWriter:
         key = (arr.dtype.str, arr.shape, fortran)
         header = self._headers.get(key)
         if header is None:
-            fp = io.BytesIO()
-            np.save(fp, arr)
-            whole = fp.getvalue()
-            header = self._headers[key] = whole[:len(whole) - arr.nbytes]
+            header = self._headers[key] = _save_header(arr)
         data = (arr.T if fortran else arr).reshape(-1)  # C-contiguous either way: a view
         self._write(path, (header, data.view(np.uint8)))
 

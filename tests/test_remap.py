@@ -272,12 +272,12 @@ def test_code_files_of_any_layout_are_written_as_numpy_saves_them(tmp_path, prio
     assert _files(out) == sorted(f"{name}.npy" for name in arrays)
 
 
-@pytest.mark.parametrize("bad", [-1, N_TOKENS])
+@pytest.mark.parametrize("bad", [-1, N_TOKENS, 0.5])
 def test_file_changed_after_its_check_is_an_error(tmp_path, prior_file, capsys, monkeypatch,
                                                   bad):
-    """A code file that holds an id outside the prior when it is remapped, though not when
-    it was checked (it changed in between), stops the command with one line; a negative
-    id does not count from the end of the table."""
+    """A code file that holds an id outside the prior (or no integers) when it is
+    remapped, though not when it was checked (it changed in between), stops the command
+    with one line; a negative id does not count from the end of the table."""
     import dcpe._npyfiles as npyfiles
 
     src = _llamagen_code_path(tmp_path / "codes")
@@ -286,7 +286,7 @@ def test_file_changed_after_its_check_is_an_error(tmp_path, prior_file, capsys, 
     def changed(self, path, *, max_bytes=None):
         arr = read(self, path, max_bytes=max_bytes)
         if max_bytes is None and Path(path).name == "1.npy":  # the remap pass, not the check
-            arr = arr.copy()
+            arr = arr.astype(type(bad))
             arr[0, 0, 5] = bad
         return arr
 

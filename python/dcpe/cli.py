@@ -889,23 +889,25 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     # keep the token ids' dtype when it holds them: one table per dtype. An id outside the
     # table, in a file changed since it was checked, is an error (a negative one would
     # count from the end of the table).
-    labels = prior.to_clusters(np.arange(n))
+    token_to_cluster = prior.to_clusters(np.arange(n))
     tables: dict[np.dtype, np.ndarray] = {}
     for src, rel in progress(plan.codes, desc="remap", unit="file", disable=disable):
         codes = reader.read(src)
         if codes is None:
             codes = np.load(src, allow_pickle=False)
-        table = tables.get(codes.dtype)
-        if table is None:
-            dtype = codes.dtype if np.iinfo(codes.dtype).max >= k - 1 else np.dtype(np.int64)
-            table = tables[codes.dtype] = labels.astype(dtype)
         try:
-            if codes.size and codes.dtype.kind == "i" and codes.min() < 0:
+            if codes.dtype.kind not in "iu" or (codes.size and codes.dtype.kind == "i"
+                                                and codes.min() < 0):
                 raise IndexError
+            table = tables.get(codes.dtype)
+            if table is None:
+                holds = np.iinfo(codes.dtype).max >= k - 1
+                table = tables[codes.dtype] = token_to_cluster.astype(
+                    codes.dtype if holds else np.int64)
             clusters = np.asarray(table[codes], order="C")  # C order, as to_clusters gives
         except IndexError:
-            raise ValueError(f"{src}: changed while being remapped (it now holds a token id "
-                             f"outside [0, {n - 1}]); run the command again") from None
+            raise ValueError(f"{src}: changed while being remapped (it no longer holds "
+                             f"token ids in [0, {n - 1}]); run the command again") from None
         writer.save(destination(rel), clusters)
     for src, rel in progress(plan.labels, desc="labels", unit="file", disable=disable):
         writer.copy(src, destination(rel))

@@ -224,6 +224,10 @@ def test_two_inputs_to_one_name(tmp_path, prior_file, capsys):
                "-o", str(tmp_path / "out")])
     assert rc == 1
     assert "same output name 0.npy" in one_error_line(capsys.readouterr().err)
+    (tmp_path / "a_link").symlink_to(a, target_is_directory=True)  # one file, two spellings
+    rc = main(["remap", str(a / "0.npy"), str(tmp_path / "a_link" / "0.npy"), "--prior",
+               str(prior_file), "-o", str(tmp_path / "out"), "-q"])
+    assert rc == 0 and _files(tmp_path / "out") == ["0.npy"]
 
 
 def test_dtype_kept_when_it_holds_the_cluster_ids(tmp_path, prior_file):
@@ -296,6 +300,29 @@ def test_file_changed_after_its_check_is_an_error(tmp_path, prior_file, capsys, 
     line = one_error_line(capsys.readouterr().err)
     assert "1.npy" in line and "changed while being remapped" in line
     assert _files(out) == ["imagenet256_codes/0.npy"]  # no temporary file
+
+
+def test_code_path_given_as_the_working_folder(tmp_path, prior_file, capsys, monkeypatch):
+    """``dcpe remap .`` from inside the code path: the layout is kept, and files are named
+    as a path names them (``imagenet256_codes/notes.txt``, not ``./imagenet256_codes/...``)."""
+    src = _llamagen_code_path(tmp_path / "codes")
+    (src / "imagenet256_codes" / "notes.txt").write_text("extraction log")
+    monkeypatch.chdir(src)
+    assert main(["remap", ".", "--prior", str(prior_file), "-o", "../out"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped 1 file(s) that are not .npy, such as imagenet256_codes/notes.txt" in out
+    (src / "imagenet256_codes" / "notes.txt").unlink()
+    _check_layout(src, tmp_path / "out", prior_file)
+    torch.save(torch.zeros(3, dtype=torch.int64), src / "imagenet256_codes" / "x.pt")
+    assert main(["remap", ".", "--prior", str(prior_file), "-o", "../out2"]) == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert line.startswith("dcpe: error: imagenet256_codes/x.pt: ")
+    monkeypatch.chdir(src / "imagenet256_codes")  # a NAME_codes folder given as "."
+    assert main(["remap", ".", "--prior", str(prior_file), "-o", "../../out3", "-q"]) == 1
+    assert one_error_line(capsys.readouterr().err).startswith("dcpe: error: x.pt: ")
+    (src / "imagenet256_codes" / "x.pt").unlink()
+    assert main(["remap", ".", "--prior", str(prior_file), "-o", "../../out3", "-q"]) == 0
+    _check_layout(src, tmp_path / "out3", prior_file)
 
 # ----------------------------------------------------------- LlamaGen's and IAR's code loader
 

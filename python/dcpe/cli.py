@@ -563,15 +563,17 @@ def _holds_layout(folder: Path) -> bool:
 class _RemapPlan:
     """What ``remap`` reads and writes: ``codes`` (remapped) and ``labels`` (copied), each
     a list of (source file, path relative to OUTDIR), and ``skipped`` (files that are not
-    .npy, left alone)."""
+    .npy, left alone). The paths of ``codes`` and ``labels`` are strings, as
+    ``str(Path(...))`` writes them: an ImageNet extraction has millions of files, and a
+    ``Path`` takes three times the memory and time."""
 
     def __init__(self) -> None:
-        self.codes: list[tuple[Path, Path]] = []
-        self.labels: list[tuple[Path, Path]] = []
+        self.codes: list[tuple[str, str]] = []
+        self.labels: list[tuple[str, str]] = []
         self.skipped: list[Path] = []
         self.in_output: list[Path] = []  # .npy files under the output folder (not inputs)
 
-    def outputs(self) -> list[Path]:
+    def outputs(self) -> list[str]:
         return [rel for _, rel in self.codes + self.labels]
 
 
@@ -610,21 +612,24 @@ def _walk(root: Path, base: Path, plan: _RemapPlan, out_root: Path, *,
     output) are not inputs. Returns the number of code files added."""
     added = 0
     nested = out_root != root.resolve() and out_root.is_relative_to(root.resolve())
+    # str(root / a / b) as strings: Path('.') / a is a, not ./a
+    root_s, base_s = ("" if p == Path() else str(p) for p in (root, base))
     for parts in _files_under(str(root)):
-        f = root.joinpath(*parts)
+        src = os.path.join(root_s, *parts)
         suffix = _suffix(parts[-1]).lower()
-        if nested and f.resolve().is_relative_to(out_root):
+        if nested and Path(src).resolve().is_relative_to(out_root):
             if suffix == ".npy":
-                plan.in_output.append(f)
+                plan.in_output.append(Path(src))
             continue
         is_label = labels or any(_is_labels_dir(part) for part in parts[:-1])
         if suffix == ".npy":
-            (plan.labels if is_label else plan.codes).append((f, base.joinpath(*parts)))
+            (plan.labels if is_label else plan.codes).append((src, os.path.join(base_s,
+                                                                                *parts)))
             added += not is_label
         elif suffix in _ARRAY_SUFFIXES and not is_label:
-            raise ValueError(f"{f}: {_CODES_HINT}")
+            raise ValueError(f"{src}: {_CODES_HINT}")
         else:
-            plan.skipped.append(f)
+            plan.skipped.append(Path(src))
     return added
 
 
@@ -678,7 +683,7 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
                 raise ValueError(f"{item} is in a folder of class labels "
                                  f"({p.resolve().parent.name}); remap maps token codes: give "
                                  f"the *_codes folder, or the folder that holds both")
-            plan.codes.append((p, Path(p.name)))
+            plan.codes.append((str(p), p.name))
             n_codes += 1
         else:
             raise FileNotFoundError(f"codes file or folder not found: {item}; check the path")
@@ -686,9 +691,9 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
         raise ValueError("no code files: the inputs hold class labels only; give the "
                          "*_codes folder, or the folder that holds both")
     for what in ("codes", "labels"):  # the same file twice is fine, two files to one name not
-        unique: dict[Path, Path] = {}
+        unique: dict[str, str] = {}
         for src, rel in getattr(plan, what):
-            if rel in unique and unique[rel].resolve() != src.resolve():
+            if rel in unique and os.path.realpath(unique[rel]) != os.path.realpath(src):
                 raise ValueError(f"two inputs map to the same output name {rel}: "
                                  f"{unique[rel]} and {src}; remap them into separate folders")
             unique.setdefault(rel, src)
@@ -700,7 +705,7 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
     return plan
 
 
-def _check_codes_file(src: Path, n: int, reader: NpyReader | None = None) -> None:
+def _check_codes_file(src: str | Path, n: int, reader: NpyReader | None = None) -> None:
     """A code file must be an integer ``.npy`` array with ids in ``[0, n)``. ``reader``
     (a :class:`dcpe._npyfiles.NpyReader`) reads the files of up to 1 MiB that it can;
     larger ones are memory-mapped, and the rest go to :func:`numpy.load` for its errors."""
@@ -711,7 +716,7 @@ def _check_codes_file(src: Path, n: int, reader: NpyReader | None = None) -> Non
         if reader is not None:
             arr = reader.read(src, max_bytes=1 << 20)
         if arr is None:  # a memory map only for large files: it costs more than a read
-            mmap = "r" if src.stat().st_size > (1 << 20) else None
+            mmap = "r" if os.stat(src).st_size > (1 << 20) else None
             arr = np.load(src, mmap_mode=mmap, allow_pickle=False)
     except Exception as exc:
         raise ValueError(f"{src}: cannot read as a .npy file ({exc}); {_CODES_HINT}") from None
@@ -758,13 +763,14 @@ def _named_like(in_code_path: Path, out_code_path: Path, *, flip: bool,
     return out_code_path.with_name(name)
 
 
-def _first_by_folder(files: list[tuple[Path, Path]]) -> dict[tuple[Path, Path], Path]:
+def _first_by_folder(files: list[tuple[str, str]]) -> dict[tuple[Path, Path], Path]:
     """The first source file of each (source folder, output folder) pair of ``files``, in
     one pass: the checks that depend on folders only run once a folder, not once a file."""
-    first: dict[tuple[Path, Path], Path] = {}
+    first: dict[tuple[str, str], str] = {}
     for src, rel in files:
-        first.setdefault((src.parent, rel.parent), src)
-    return first
+        first.setdefault((os.path.dirname(src), os.path.dirname(rel)), src)
+    return {(Path(src_dir), Path(rel_dir)): Path(src)
+            for (src_dir, rel_dir), src in first.items()}
 
 
 def _loader_notes(code_folders: dict[tuple[Path, Path], Path], out_dir: Path,
@@ -860,7 +866,7 @@ def _cmd_remap(args: argparse.Namespace) -> int:
             raise ValueError(f"output would overwrite its input: {src}; choose another "
                              f"output folder")
     for src, rel in plan.codes + plan.labels:
-        if src.is_symlink() and (out_dir / rel).resolve() == src.resolve():
+        if os.path.islink(src) and (out_dir / rel).resolve() == Path(src).resolve():
             raise ValueError(f"output would overwrite its input: {src}; choose another "
                              f"output folder")
     _prepare_output_dir(out_dir, what="output folder", files=plan.outputs())
@@ -875,13 +881,14 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     for note in notes:
         print(f"dcpe: warning: {note}", file=sys.stderr)
     k = prior.num_clusters
-    made: set[Path] = set()
+    made: set[str] = set()
 
-    def destination(rel: Path) -> Path:
-        dest = out_dir / rel
-        if dest.parent not in made:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            made.add(dest.parent)
+    def destination(rel: str) -> str:
+        dest = os.path.join(out_dir, rel)
+        folder = os.path.dirname(dest)
+        if folder not in made:
+            os.makedirs(folder or os.curdir, exist_ok=True)
+            made.add(folder)
         return dest
 
     # Many small files: each is renamed into place complete, and all reach the disk with

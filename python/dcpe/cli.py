@@ -705,16 +705,14 @@ def _collect_codes(inputs: Sequence[str], out_dir: Path) -> _RemapPlan:
     return plan
 
 
-def _check_codes_file(src: str | Path, n: int, reader: NpyReader | None = None) -> None:
+def _check_codes_file(src: str | Path, n: int, reader: NpyReader) -> None:
     """A code file must be an integer ``.npy`` array with ids in ``[0, n)``. ``reader``
-    (a :class:`dcpe._npyfiles.NpyReader`) reads the files of up to 1 MiB that it can;
-    larger ones are memory-mapped, and the rest go to :func:`numpy.load` for its errors."""
+    reads the files of up to 1 MiB that it can; larger ones are memory-mapped, and the
+    rest go to :func:`numpy.load` for its errors."""
     import numpy as np
 
-    arr = None
     try:
-        if reader is not None:
-            arr = reader.read(src, max_bytes=1 << 20)
+        arr = reader.read(src, max_bytes=1 << 20)
         if arr is None:  # a memory map only for large files: it costs more than a read
             mmap = "r" if os.stat(src).st_size > (1 << 20) else None
             arr = np.load(src, mmap_mode=mmap, allow_pickle=False)

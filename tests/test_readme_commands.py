@@ -12,11 +12,15 @@ README names, built here in the layouts of the projects that write them:
 - ``imagenet_code_c2i_flip_ten_crop/`` and its twin ``..._105/``: the same with
   ``--ten-crop`` ((1, 10, 256) codes), named as LlamaGen's instructions name them.
 
+- ``LlamaGen/``: a folder in LlamaGen's layout with stand-in models and sampling script
+  (``llamagen_stub``), and ``c2i_B_clusters.pt``, a GPT checkpoint over 8192 cluster ids.
+
 A command that prints a ``dcpe: warning:`` line fails the test too.
 
 Each ``dcpe ...`` (or ``python -m dcpe ...``) command is split as a shell would split it
 (quotes, ``#`` comments, ``\\`` line continuations, ``&&`` chains) and run through
-:func:`dcpe.cli.main`; a command that does not exit with 0 fails the test. Commands of
+:func:`dcpe.cli.main`; a command that does not exit with 0 fails the test. A leading
+``PYTHONPATH=DIRS`` puts those folders first on ``sys.path`` for that command only. Commands of
 other programs are not run: ``pip install ...`` (installing is not this test's job) and
 ``python -m pytest`` (the suite itself). Any other command in a bash block fails the test,
 so that the README shows only commands this test checks.
@@ -27,14 +31,18 @@ The commands run as the README gives them, with its k; they take seconds each he
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shlex
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from llamagen_stub import forget_llamagen_modules, write_llamagen
 
+import dcpe
 from dcpe.cli import main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
@@ -67,6 +75,13 @@ def _skipped(argv: list[str]) -> bool:
     if argv[:2] == ["pip", "install"]:
         return True
     return argv[:3] == ["python", "-m", "pytest"]
+
+
+def _python_path(argv: list[str]) -> tuple[list[str], list[str]]:
+    """A leading ``PYTHONPATH=DIRS`` assignment: its folders, and the command after it."""
+    if argv and argv[0].startswith("PYTHONPATH="):
+        return [d for d in argv[0].split("=", 1)[1].split(os.pathsep) if d], argv[1:]
+    return [], argv
 
 
 def _dcpe_args(argv: list[str]) -> list[str] | None:
@@ -109,6 +124,11 @@ def _files(folder: Path) -> None:
             (folder / root / sub).mkdir(parents=True)
             for i in range(2):
                 np.save(folder / root / sub / f"{i}.npy", rng.integers(0, N, shape))
+    # a clone of LlamaGen (stand-ins), and the GPT its train_c2i.py trained on cluster ids
+    write_llamagen(folder / "LlamaGen")
+    k = 8192
+    torch.save({"model": {"tok_embeddings.weight": torch.zeros(k, 16),
+                          "output.weight": torch.zeros(k, 16)}}, folder / "c2i_B_clusters.pt")
 
 
 def test_parsing():
@@ -131,11 +151,18 @@ def _run(blocks: list[str], capsys: pytest.CaptureFixture[str]) -> list[str]:
         for argv in commands(block):
             if _skipped(argv):
                 continue
-            args = _dcpe_args(argv)
+            paths, command = _python_path(argv)
+            args = _dcpe_args(command)
             assert args is not None, (
                 f"README runs {shlex.join(argv)!r}, which this test does not know how to "
                 f"check; show dcpe commands only, or teach the test")
-            rc = main(args)
+            saved = list(sys.path)
+            sys.path[:0] = [str(Path(d).resolve()) for d in paths]
+            try:
+                rc = main(args)
+            finally:
+                sys.path[:] = saved
+                forget_llamagen_modules()
             captured = capsys.readouterr()
             assert rc == 0, (f"README command {shlex.join(argv)!r} exited with {rc}:\n"
                              f"{captured.err}{captured.out}")
@@ -167,3 +194,9 @@ def test_readme_commands_run_as_written(tmp_path, monkeypatch, capsys):
     assert any(c.startswith("dcpe report --prior prior.npz --codebook vq_ds16_c2i.pt")
                for c in ran), ran
     assert (tmp_path / "report" / "coherence.md").is_file()
+    # the sampling command ran LlamaGen's script on cluster ids: tokens of their clusters
+    assert any(c.startswith("PYTHONPATH=LlamaGen dcpe sample --prior prior.npz") for c in ran)
+    samples = np.load(tmp_path / "samples.npz")
+    prior = dcpe.CodebookPrior.load(tmp_path / "prior.npz")
+    assert samples["ids"].max() < prior.num_clusters == 8192
+    np.testing.assert_array_equal(prior.to_clusters(samples["tokens"]), samples["ids"])

@@ -31,7 +31,8 @@ __all__ = [
 ]
 
 #: Submodules imported on first use (scikit-learn, torch, matplotlib load only then).
-_LAZY_MODULES = ("baselines", "io", "prior", "report", "cli", "export", "sweep")
+_LAZY_MODULES = ("baselines", "io", "prior", "report", "cli", "export", "sweep",
+                 "llamagen")
 _LAZY_CLASSES = {"DCPE": "estimator", "CodebookPrior": "prior"}
 
 

@@ -1,4 +1,5 @@
-"""The ``dcpe`` command line: cluster a codebook, remap extracted codes, write a report.
+"""The ``dcpe`` command line: cluster a codebook, remap extracted codes, write a report,
+export IAR's files, sweep k, and run LlamaGen's sampling scripts on cluster ids.
 
 Exit codes: 0 success, 1 failure (reported as one ``dcpe: error: ...`` line on standard
 error), 2 usage error.
@@ -29,6 +30,7 @@ examples:
   dcpe remap codes/ --prior prior.npz -o cluster_codes/
   dcpe report --prior prior.npz --sample -o report/
   dcpe report --prior prior.npz --codebook vq_ds16_c2i.pt --normalize -o report/
+  dcpe sample --prior prior.npz autoregressive/sample/sample_c2i.py --gpt-ckpt c2i_B.pt ...
 """
 
 
@@ -262,9 +264,58 @@ def _build_parser() -> argparse.ArgumentParser:
     codebook_options(p, report=True)
     _add_export_parser(sub)
     _add_sweep_parser(sub, codebook_options)
+    _add_sample_parser(sub)
     # the commands' parsers, so that an unknown option is reported with its command's help
     parser.commands = sub.choices  # type: ignore[attr-defined]
     return parser
+
+
+def _add_sample_parser(sub: Any) -> None:
+    s = sub.add_parser(
+        "sample", help="run LlamaGen's sampling script on a GPT trained on cluster ids",
+        description="Run one of LlamaGen's sampling scripts unedited "
+                    "(autoregressive/sample/sample_c2i.py,\nsample_c2i_ddp.py, "
+                    "sample_t2i.py, sample_t2i_ddp.py) on a GPT trained on the cluster ids\n"
+                    "of 'dcpe remap': the GPT is built with the prior's k clusters as its "
+                    "vocabulary, and\nevery id it generates is decoded as a random token of "
+                    "its cluster. --codebook-size\nstays the tokenizer's. Everything after "
+                    "SCRIPT is the script's; it runs as\n'python SCRIPT ARGS' would (with "
+                    "LlamaGen's folder on PYTHONPATH). Before\ngeneration, the "
+                    "tokenizer's codebook must be the prior's and the GPT checkpoint\nmust "
+                    "predict k ids. Several GPUs: torchrun --nproc_per_node=8 -m dcpe sample "
+                    "...",
+        epilog="examples:\n"
+               "  PYTHONPATH=LlamaGen dcpe sample --prior prior.npz "
+               "LlamaGen/autoregressive/sample/sample_c2i.py \\\n"
+               "      --vq-ckpt vq_ds16_c2i.pt --gpt-ckpt c2i_B_clusters.pt --gpt-model "
+               "GPT-B --image-size 256\n",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("--prior", required=True,
+                   help="the prior file whose cluster ids the GPT was trained on (before "
+                        "SCRIPT)")
+    s.add_argument("script", metavar="SCRIPT", help="LlamaGen's sampling script (.py)")
+    s.add_argument("script_args", nargs=argparse.REMAINDER, metavar="ARGS",
+                   help="the script's arguments, as LlamaGen's README gives them")
+
+
+def _split_script(argv: list[str]) -> tuple[list[str], list[str]]:
+    """For ``dcpe sample``: the arguments up to its SCRIPT, and the script's own after it,
+    which dcpe does not parse (``--debug`` or ``--help`` there are the script's)."""
+    at = 0
+    while at < len(argv) and argv[at].startswith("-"):  # dcpe's own options
+        at += 1
+    if at == len(argv) or argv[at] != "sample":
+        return argv, []
+    i = at + 1
+    while i < len(argv):
+        arg = argv[i]
+        if arg == "--prior":
+            i += 2
+        elif arg.startswith("-") and arg != "-":
+            i += 1
+        else:
+            return argv[:i + 1], argv[i + 1:]
+    return argv, []
 
 
 def _k_list(text: str) -> list[int]:
@@ -1141,8 +1192,21 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_sample(args: argparse.Namespace) -> int:
+    from dcpe.llamagen import check_script, run_script
+    from dcpe.prior import CodebookPrior
+
+    check_script(args.script)  # before the prior: the usual mistake is the path
+    prior = CodebookPrior.load(args.prior)
+    if os.environ.get("RANK", "0") == "0":  # one line under torchrun
+        print(f"dcpe: sampling with {args.prior}: the GPT predicts its {prior.num_clusters} "
+              f"clusters, each decoded as a random token of the cluster "
+              f"({prior.num_tokens} tokens)", file=sys.stderr)
+    return run_script(args.script, args.script_args, prior, prior_name=args.prior)
+
+
 _COMMANDS = {"cluster": _cmd_cluster, "remap": _cmd_remap, "report": _cmd_report,
-             "export": _cmd_export, "sweep": _cmd_sweep}
+             "export": _cmd_export, "sweep": _cmd_sweep, "sample": _cmd_sample}
 
 
 def _split_debug(argv: Sequence[str]) -> tuple[list[str], bool]:
@@ -1226,10 +1290,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     int
         0 on success, 1 on failure, 2 on a usage error, 130 when interrupted (Ctrl-C).
     """
-    argv, debug = _split_debug(list(sys.argv[1:] if argv is None else argv))
+    argv, script_args = _split_script(list(sys.argv[1:] if argv is None else argv))
+    argv, debug = _split_debug(argv)
     parser = _build_parser()
     try:
+        if script_args and not any(a == "--prior" or a.startswith("--prior=") for a in argv) \
+                and any(a == "--prior" or a.startswith("--prior=") for a in script_args):
+            parser.commands["sample"].error(  # type: ignore[attr-defined]
+                "--prior goes before SCRIPT (the arguments after SCRIPT are the script's): "
+                "dcpe sample --prior PRIOR SCRIPT ARGS")
         args, unknown = parser.parse_known_args(argv)
+        if args.command == "sample":
+            args.script_args = script_args
         if unknown:  # reported by the parser of the command they were given to
             _command_parser(parser, args).error(
                 f"unrecognized arguments: {' '.join(unknown)}")

@@ -118,6 +118,23 @@ def _walk(pts: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- reading
 
 
+def _as_made(prior: Any, raw: np.ndarray) -> tuple[np.ndarray, bool] | None:
+    """A checkpoint's codebook rows as the prior was made from them, and whether that is
+    L2-normalised: the reading (raw, or normalised; the one the prior records first) whose
+    fingerprint is the prior's, or None when neither is. A prior without a fingerprint is
+    taken at its word (its recorded ``normalize``)."""
+    from .prior import codebook_sha256
+
+    stored = prior.meta.get("normalize")
+    if prior.codebook_sha256 is None:
+        return (_l2_normalized(raw) if stored else raw), bool(stored)
+    for normalize in ([bool(stored)] if stored is not None else [False, True]):
+        rows = _l2_normalized(raw) if normalize else raw
+        if codebook_sha256(rows) == prior.codebook_sha256:
+            return rows, normalize
+    return None
+
+
 def _read_checkpoint(path: Path, key: str | None, trust: bool, cli: bool
                      ) -> tuple[Any, np.ndarray, Any, dict[str, str] | None]:
     """The whole file, its codebook (float32, as stored) and where the codebook is.
@@ -410,25 +427,15 @@ def _export_iar(prior: Any, checkpoint: str | os.PathLike, out_dir: str | os.Pat
     if raw.shape[0] != n:
         raise ValueError(f"{ckpt}: the codebook {source.key or ''} has {raw.shape[0]} rows "
                          f"but the prior has {n} tokens; choose the codebook with {flag}")
-    stored = prior.meta.get("normalize")
-    options = [bool(stored)] if stored is not None else [False, True]
-    x = None
-    if prior.codebook_sha256 is None:
-        normalize = bool(stored)
-        x = _l2_normalized(raw) if normalize else raw
-    else:
-        for normalize in options:
-            cand = _l2_normalized(raw) if normalize else raw
-            if codebook_sha256(cand) == prior.codebook_sha256:
-                x = cand
-                break
-        if x is None:
-            raise ValueError(
-                f"{ckpt}: the prior was made for another codebook (stored sha256 "
-                f"{prior.codebook_sha256[:12]}, shape {prior.codebook_shape}); this "
-                f"checkpoint's {source.key or 'codebook'} has shape {list(raw.shape)} and "
-                f"matches neither raw nor L2-normalised; choose another tensor with {flag} "
-                f"or the checkpoint the prior was made from")
+    made = _as_made(prior, raw)
+    if made is None:
+        raise ValueError(
+            f"{ckpt}: the prior was made for another codebook (stored sha256 "
+            f"{prior.codebook_sha256[:12]}, shape {prior.codebook_shape}); this "
+            f"checkpoint's {source.key or 'codebook'} has shape {list(raw.shape)} and "
+            f"matches neither raw nor L2-normalised; choose another tensor with {flag} "
+            f"or the checkpoint the prior was made from")
+    x, normalize = made
     if source.foreign:
         names = ", ".join(source.foreign[:3]) + (", ..." if len(source.foreign) > 3 else "")
         raise ValueError(f"{ckpt}: holds objects of classes dcpe did not import ({names}); "

@@ -148,7 +148,8 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"dcpe {__version__}")
     parser.add_argument("--debug", action="store_true",
                         help="show full tracebacks on errors (accepted anywhere on the "
-                             "command line, e.g. after the command)")
+                             "command line, e.g. after the command; before SCRIPT in 'dcpe "
+                             "sample')")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
     def codebook_options(p: argparse.ArgumentParser, report: bool = False) -> None:

@@ -212,7 +212,13 @@ def test_a_script_that_builds_no_gpt(llamagen, capsys) -> None:
         "from autoregressive.models.generate import generate\n",
         "from autoregressive.models.generate import generate\nGPT_models = {'GPT-B': 3}\n"))
     assert main(["sample", "--prior", "prior.npz", "odd.py", *ARGS]) == 1
-    assert "odd.py: its GPT_models is a dict, not LlamaGen's dict of model builders" \
+    assert "odd.py: its GPT_models holds other things than LlamaGen's model builders" \
+        in _one_error_line(capsys)
+    write_file(llamagen, "odd2.py", SAMPLE_C2I.replace(
+        "from autoregressive.models.generate import generate\n",
+        "from autoregressive.models.generate import generate\nVQ_models = ['VQ-16']\n"))
+    assert main(["sample", "--prior", "prior.npz", "odd2.py", *ARGS]) == 1
+    assert "odd2.py: its VQ_models is a list, not LlamaGen's model builders" \
         in _one_error_line(capsys)
 
 

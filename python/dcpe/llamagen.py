@@ -198,8 +198,8 @@ def _tokenizer_builder(build: Callable[..., Any], prior: Any, prior_name: str,
         size = kwargs.get("codebook_size")
         if size is not None and size != n:
             raise _Mismatch(f"--codebook-size {size}: it is the tokenizer's codebook size, "
-                             f"{n} for {prior_name}; keep it so (dcpe sample gives the GPT "
-                             f"the prior's {k} clusters itself)")
+                            f"{n} for {prior_name}; keep it so (dcpe sample gives the GPT "
+                            f"the prior's {k} clusters itself)")
         model = build(*args, **kwargs)
         load, decode = model.load_state_dict, model.decode_code
 
@@ -240,8 +240,8 @@ def _gpt_builder(build: Callable[..., Any], prior: Any, prior_name: str,
         vocab = kwargs.get("vocab_size", n)
         if vocab not in (n, k):
             raise _Mismatch(f"the GPT is built with vocab_size={vocab}, neither the "
-                             f"tokenizer's {n} tokens nor the {k} clusters of {prior_name}; "
-                             f"give --codebook-size {n}")
+                            f"tokenizer's {n} tokens nor the {k} clusters of {prior_name}; "
+                            f"give --codebook-size {n}")
         kwargs["vocab_size"] = k
         model = build(*args, **kwargs)
         load = model.load_state_dict
@@ -275,8 +275,10 @@ def _patch(namespace: dict[str, Any], prior: Any, prior_name: str, calls: _Calls
     for name, wrap in (("GPT_models", _gpt_builder), ("VQ_models", _tokenizer_builder)):
         builders = namespace.get(name)
         if not isinstance(builders, dict) or not all(callable(b) for b in builders.values()):
-            raise _Mismatch(f"{script}: its {name} is a {type(builders).__name__}, not "
-                             f"LlamaGen's dict of model builders; give LlamaGen's {_SCRIPTS}")
+            what = "holds other things than" if isinstance(builders, dict) else \
+                f"is a {type(builders).__name__}, not"
+            raise _Mismatch(f"{script}: its {name} {what} LlamaGen's model builders; give "
+                            f"LlamaGen's {_SCRIPTS}")
         namespace[name] = {key: wrap(b, prior, prior_name, calls)
                            for key, b in builders.items()}
 

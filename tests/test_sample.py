@@ -122,6 +122,19 @@ def test_a_raw_codebook_prior_and_a_prior_without_fingerprint(llamagen) -> None:
     assert _sample("--out", "s.npz", prior="bare.npz") == 0
 
 
+def test_a_script_that_passes_no_vocabulary(llamagen) -> None:
+    # sample_t2i.py builds its GPT without vocab_size=: the GPT gets k all the same
+    write_file(llamagen, "t2i.py", SAMPLE_C2I.replace("(vocab_size=args.codebook_size,\n", "(\n"))
+    assert "vocab_size" not in (llamagen / "t2i.py").read_text()
+    assert main(["sample", "--prior", "prior.npz", "t2i.py", *ARGS, "--out", "t.npz"]) == 0
+    from autoregressive.models import gpt
+
+    assert gpt.BUILT == [K]
+    out = np.load(llamagen / "t.npz")
+    prior = dcpe.CodebookPrior.load(llamagen / "prior.npz")
+    np.testing.assert_array_equal(prior.to_clusters(out["tokens"]), out["ids"])
+
+
 def test_wrong_codebook_size_stops_before_anything(llamagen, capsys) -> None:
     assert _sample("--out", "a.npz", "--codebook-size", str(K)) == 1
     line = _one_error_line(capsys)

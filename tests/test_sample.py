@@ -348,3 +348,26 @@ def test_as_a_command(llamagen) -> None:
     out = np.load(llamagen / "cmd.npz")
     prior = dcpe.CodebookPrior.load(llamagen / "prior.npz")
     np.testing.assert_array_equal(prior.to_clusters(out["tokens"]), out["ids"])
+
+
+@pytest.mark.slow
+def test_under_torchrun_one_line_and_a_sample_per_rank(llamagen) -> None:
+    # as sample_c2i_ddp.py: each rank seeds with its rank and writes its own samples
+    write_file(llamagen, "ddp.py", SAMPLE_C2I.replace(
+        "    torch.manual_seed(args.seed)\n",
+        "    import os\n    rank = int(os.environ['RANK'])\n"
+        "    torch.manual_seed(args.seed * int(os.environ['WORLD_SIZE']) + rank)\n").replace(
+        "np.savez(args.out,", "np.savez(f'{args.out}.{rank}.npz',"))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(llamagen), *sys.path]),
+           "OMP_NUM_THREADS": "1"}
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                          "--standalone", "-m", "dcpe", "sample", "--prior", "prior.npz",
+                          "ddp.py", *ARGS, "--out", "ddp"], cwd=llamagen, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert run.stderr.count("dcpe: sampling with prior.npz") == 1  # rank 0 only
+    prior = dcpe.CodebookPrior.load(llamagen / "prior.npz")
+    outs = [np.load(llamagen / f"ddp.{rank}.npz") for rank in (0, 1)]
+    for out in outs:
+        np.testing.assert_array_equal(prior.to_clusters(out["tokens"]), out["ids"])
+    assert not np.array_equal(outs[0]["ids"], outs[1]["ids"])

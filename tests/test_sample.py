@@ -220,19 +220,16 @@ def test_a_script_that_builds_no_gpt(llamagen, capsys) -> None:
     assert main(["sample", "--prior", "prior.npz", "quiet.py", *ARGS]) == 1
     assert "quiet.py ran to its end without building a GPT from GPT_models" \
         in _one_error_line(capsys)
-    # a dict of something else than builders
-    write_file(llamagen, "odd.py", SAMPLE_C2I.replace(
-        "from autoregressive.models.generate import generate\n",
-        "from autoregressive.models.generate import generate\nGPT_models = {'GPT-B': 3}\n"))
-    assert main(["sample", "--prior", "prior.npz", "odd.py", *ARGS]) == 1
-    assert "odd.py: its GPT_models holds other things than LlamaGen's model builders" \
-        in _one_error_line(capsys)
-    write_file(llamagen, "odd2.py", SAMPLE_C2I.replace(
-        "from autoregressive.models.generate import generate\n",
-        "from autoregressive.models.generate import generate\nVQ_models = ['VQ-16']\n"))
-    assert main(["sample", "--prior", "prior.npz", "odd2.py", *ARGS]) == 1
-    assert "odd2.py: its VQ_models is a list, not LlamaGen's model builders" \
-        in _one_error_line(capsys)
+    # a table of builders that is not one: a dict of something else, a list
+    last_import = "from autoregressive.models.generate import generate\n"
+    for name, table, message in (
+            ("odd.py", "GPT_models = {'GPT-B': 3}",
+             "odd.py: its GPT_models holds other things than LlamaGen's model builders"),
+            ("odd2.py", "VQ_models = ['VQ-16']",
+             "odd2.py: its VQ_models is a list, not LlamaGen's model builders")):
+        write_file(llamagen, name, SAMPLE_C2I.replace(last_import, f"{last_import}{table}\n"))
+        assert main(["sample", "--prior", "prior.npz", name, *ARGS]) == 1
+        assert message in _one_error_line(capsys)
 
 
 def test_llamagen_folder_not_on_the_path(llamagen, tmp_path, monkeypatch, capsys) -> None:

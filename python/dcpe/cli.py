@@ -946,7 +946,7 @@ def _cmd_remap(args: argparse.Namespace) -> int:
     # keep the token ids' dtype when it holds them: one table per dtype. An id outside the
     # table, in a file changed since it was checked, is an error (a negative one would
     # count from the end of the table).
-    token_to_cluster = prior.token_to_cluster.numpy()  # the prior's own table
+    token_to_cluster = prior._numpy("labels")  # the prior's own table, on the host
     tables: dict[np.dtype, np.ndarray] = {}
     for src, rel in progress(plan.codes, desc="remap", unit="file", disable=disable):
         codes = reader.read(src)
